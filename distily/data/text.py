@@ -1,0 +1,212 @@
+"""Text in, packed token sequences out: load, split by document, tokenize, pack, cache."""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from distily.config import DataArguments
+from distily.errors import DistilyConfigError
+
+FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+INPUT_IDS = "input_ids"
+
+
+def _local_files(path: Path) -> dict[str, list[str]]:
+    """Data files under a local path, grouped by the ``datasets`` builder that reads them."""
+    candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    groups: dict[str, list[str]] = {}
+    for candidate in candidates:
+        builder = FILE_BUILDERS.get(candidate.suffix.lower())
+        if builder is not None:
+            groups.setdefault(builder, []).append(str(candidate))
+    if not groups:
+        raise DistilyConfigError(
+            f"dataset_name={str(path)!r} holds no data files; expected {', '.join(FILE_BUILDERS)} files"
+        )
+    if len(groups) > 1:
+        raise DistilyConfigError(
+            f"dataset_name={str(path)!r} mixes file kinds ({', '.join(groups)}); expected one kind of file"
+        )
+    return groups
+
+
+def load_documents(args: DataArguments) -> datasets.Dataset:
+    """The raw dataset: from the Hub, local files, or a directory written by ``save_to_disk``."""
+    if args.dataset_name is None:
+        raise DistilyConfigError("dataset_name is not set; expected a Hub dataset id or a local path")
+    path = Path(os.path.expanduser(args.dataset_name))
+    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = _split(loaded, args)
+        return loaded
+    if path.exists():
+        ((builder, files),) = _local_files(path).items()
+        return datasets.load_dataset(builder, data_files=files, split="train")
+    if args.dataset_name.startswith(("/", "./", "../", "~")):
+        raise DistilyConfigError(f"dataset_name={args.dataset_name!r} does not exist; expected a local path or Hub id")
+    try:
+        loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise DistilyConfigError(f"cannot load dataset {args.dataset_name!r}: {reason}")
+    except ValueError as err:  # unknown split or subset
+        raise DistilyConfigError(f"dataset {args.dataset_name!r}: {str(err).strip().splitlines()[0]}")
+    return loaded
+
+
+def _split(dataset_dict: datasets.DatasetDict, args: DataArguments) -> datasets.Dataset:
+    if args.dataset_split not in dataset_dict:
+        raise DistilyConfigError(
+            f"dataset_split={args.dataset_split!r} is not in {args.dataset_name!r}; expected one of "
+            f"{', '.join(dataset_dict)}"
+        )
+    return dataset_dict[args.dataset_split]
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A stable hash of what the tokenizer does: its class, vocabulary and special tokens."""
+    content = {
+        "class": type(tokenizer).__name__,
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": tokenizer.special_tokens_map,
+    }
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        content["backend"] = backend.to_str()
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tokenize_batch(batch, tokenizer, text_column):
+    ids = tokenizer(batch[text_column], add_special_tokens=False)[INPUT_IDS]
+    return {INPUT_IDS: ids}
+
+
+def _pack_batch(batch, max_seq_length, separator):
+    """Concatenate documents (each followed by ``separator``) and cut into full-length blocks; the
+    remainder of each map batch is dropped so every block is exactly ``max_seq_length`` tokens."""
+    stream = []
+    for ids in batch[INPUT_IDS]:
+        stream.extend(ids)
+        stream.extend(separator)
+    usable = len(stream) - len(stream) % max_seq_length
+    return {INPUT_IDS: [stream[i : i + max_seq_length] for i in range(0, usable, max_seq_length)]}
+
+
+def tokenize_and_pack(
+    documents: datasets.Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    text_column: str,
+    cache_dir: str,
+    num_proc: Optional[int] = None,
+) -> datasets.Dataset:
+    """Blocks of ``max_seq_length`` token ids, cached by (data, tokenizer, length) so a second run with
+    the same inputs reads the cache instead of tokenizing again."""
+    key = hashlib.sha256(
+        f"{documents._fingerprint}|{tokenizer_fingerprint(tokenizer)}|{max_seq_length}|{text_column}".encode()
+    ).hexdigest()[:24]
+    cached = Path(cache_dir) / key
+    if (cached / "dataset_info.json").exists():
+        return datasets.load_from_disk(str(cached))
+    if INPUT_IDS not in documents.column_names:
+        documents = documents.map(
+            _tokenize_batch,
+            batched=True,
+            num_proc=num_proc,
+            remove_columns=documents.column_names,
+            fn_kwargs={"tokenizer": tokenizer, "text_column": text_column},
+            desc="Tokenizing",
+        )
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    packed = documents.map(
+        _pack_batch,
+        batched=True,
+        batch_size=1000,
+        num_proc=num_proc,
+        remove_columns=documents.column_names,
+        fn_kwargs={"max_seq_length": max_seq_length, "separator": separator},
+        desc=f"Packing into {max_seq_length}-token blocks",
+    )
+    packed.save_to_disk(str(cached) + ".partial")
+    os.replace(str(cached) + ".partial", cached)  # a crash never leaves a cache entry that looks complete
+    return datasets.load_from_disk(str(cached))
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "distily", "tokenized")
+
+
+@dataclass
+class DistillationData:
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    max_seq_length: int
+
+
+def _documents_with_content(documents: datasets.Dataset, args: DataArguments) -> datasets.Dataset:
+    if INPUT_IDS in documents.column_names:
+        return documents.select_columns([INPUT_IDS]).filter(len, input_columns=INPUT_IDS, desc="Dropping empty rows")
+    if args.dataset_text_column not in documents.column_names:
+        raise DistilyConfigError(
+            f"dataset_text_column={args.dataset_text_column!r} is not a column of {args.dataset_name!r}; expected one "
+            f"of {', '.join(documents.column_names)} (or an input_ids column)"
+        )
+    return documents.select_columns([args.dataset_text_column]).filter(
+        lambda text: bool(text and text.strip()), input_columns=args.dataset_text_column, desc="Dropping empty rows"
+    )
+
+
+def build_datasets(
+    args: DataArguments, tokenizer: PreTrainedTokenizerBase, max_seq_length: int, seed: int
+) -> DistillationData:
+    """Train and eval blocks from disjoint sets of documents, shuffled with ``seed``."""
+    documents = _documents_with_content(load_documents(args), args)
+    if len(documents) < 2:
+        raise DistilyConfigError(
+            f"dataset {args.dataset_name!r} has {len(documents)} non-empty documents after filtering; "
+            "expected at least 2 (one to train on, one to evaluate)"
+        )
+    split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
+    cache_dir = args.tokenization_cache_dir or default_cache_dir()
+    packed = {
+        name: tokenize_and_pack(
+            docs, tokenizer, max_seq_length, args.dataset_text_column, cache_dir, args.preprocessing_num_workers
+        )
+        for name, docs in (("train", split["train"]), ("eval", split["test"]))
+    }
+    for name, blocks in packed.items():
+        if len(blocks) == 0:
+            raise DistilyConfigError(
+                f"dataset {args.dataset_name!r} gives no {name} sequence of {max_seq_length} tokens; expected more "
+                "text, a smaller max_seq_length or a larger eval_fraction"
+            )
+    train = packed["train"].shuffle(seed=seed)
+    if args.max_samples is not None:
+        train = train.select(range(min(args.max_samples, len(train))))
+    evaluation = packed["eval"]
+    if args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    return DistillationData(
+        train=train.with_format("torch"), eval=evaluation.with_format("torch"), max_seq_length=max_seq_length
+    )
+
+
+def collate(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence; ``attention_mask`` marks real tokens, ``labels`` are -100 on padding."""
+    longest = max(len(f[INPUT_IDS]) for f in features)
+    input_ids = torch.full((len(features), longest), pad_token_id, dtype=torch.long)  # [batch, seq]
+    attention_mask = torch.zeros((len(features), longest), dtype=torch.long)  # [batch, seq]
+    for row, feature in enumerate(features):
+        ids = torch.as_tensor(feature[INPUT_IDS], dtype=torch.long)
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

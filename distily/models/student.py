@@ -1,0 +1,158 @@
+"""Build the student: from a checkpoint, from a config, or from the teacher's config with overrides,
+initialised randomly or from chosen teacher layers; then named modules copied and frozen."""
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from distily.config import ModelArguments
+from distily.errors import DistilyConfigError
+from distily.models.architecture import decoder_layers, decoder_layers_prefix
+from distily.models.teacher import from_pretrained
+
+DEPTH = "num_hidden_layers"
+WIDTH = "hidden_size"
+HEADS = "num_attention_heads"
+
+
+def _canonical(config: PretrainedConfig, key: str) -> str:
+    """The name a config stores ``key`` under (GPT-2 keeps num_hidden_layers as n_layer)."""
+    return config.attribute_map.get(key, key)
+
+
+def config_with_overrides(config: PretrainedConfig, overrides: dict) -> PretrainedConfig:
+    """A new config of the same class with ``overrides`` applied through the class's own constructor,
+    so values derived from the changed ones (head_dim, per-layer types) are derived again."""
+    values = config.to_dict()
+    changes = {_canonical(config, key): value for key, value in overrides.items()}
+    for key, original in zip(overrides, changes):
+        if original not in values and not hasattr(config, original):
+            raise DistilyConfigError(
+                f"student_config_overrides key {key!r} is not a field of {type(config).__name__}; "
+                "expected one of its config keys"
+            )
+    width, heads, depth = (_canonical(config, k) for k in (WIDTH, HEADS, DEPTH))
+    if (width in changes or heads in changes) and "head_dim" not in changes:
+        new_width, new_heads = changes.get(width, values[width]), changes.get(heads, values[heads])
+        if not isinstance(new_heads, int) or new_heads < 1 or new_width % new_heads:
+            raise DistilyConfigError(
+                f"student num_attention_heads={new_heads} does not divide hidden_size={new_width}; "
+                "expected a head count that divides the hidden size"
+            )
+        if values.get("head_dim") == values[width] // values[heads]:
+            values.pop("head_dim")  # derived from width and heads: derive it again
+    if depth in changes and "layer_types" not in changes and values.get("layer_types") is not None:
+        values["layer_types"] = None  # per-layer list of the teacher's depth: derive it again
+    values.update(changes)
+    student_config = type(config).from_dict(values)
+    check_attention_shape(student_config)
+    return student_config
+
+
+def check_attention_shape(config: PretrainedConfig) -> None:
+    heads = getattr(config, HEADS, None)
+    kv_heads = getattr(config, "num_key_value_heads", None)
+    if heads and kv_heads and heads % kv_heads:
+        raise DistilyConfigError(
+            f"student num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}; "
+            "expected a KV head count that divides the head count"
+        )
+
+
+def evenly_spaced_layers(teacher_depth: int, student_depth: int) -> list[int]:
+    """Teacher layer for each student layer: evenly spaced, first and last included."""
+    if student_depth == 1:
+        return [teacher_depth - 1]
+    return [round(i * (teacher_depth - 1) / (student_depth - 1)) for i in range(student_depth)]
+
+
+def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teacher_layers: list[int]) -> None:
+    """Copy ``teacher_layers[i]`` into student layer i, and every other parameter (embeddings, final
+    norm, LM head) whose name and shape match."""
+    teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
+    if len(teacher_layers) != len(student_blocks):
+        raise DistilyConfigError(
+            f"student_layers_from_teacher has {len(teacher_layers)} entries; expected one per student layer "
+            f"({len(student_blocks)})"
+        )
+    for index in teacher_layers:
+        if not 0 <= index < len(teacher_blocks):
+            raise DistilyConfigError(
+                f"student_layers_from_teacher index {index} is out of range; expected 0..{len(teacher_blocks) - 1}"
+            )
+    with torch.no_grad():
+        for student_block, index in zip(student_blocks, teacher_layers):
+            _copy_module(teacher_blocks[index], student_block, f"teacher layer {index}")
+        prefix = decoder_layers_prefix(student) + "."
+        teacher_params = dict(teacher.state_dict())
+        for name, param in student.state_dict().items():
+            source = teacher_params.get(name)
+            if not name.startswith(prefix) and source is not None and source.shape == param.shape:
+                param.copy_(source)
+
+
+def _copy_module(source: torch.nn.Module, target: torch.nn.Module, what: str) -> None:
+    source_state, target_state = source.state_dict(), target.state_dict()
+    for name, param in target_state.items():
+        if name not in source_state or source_state[name].shape != param.shape:
+            got = tuple(source_state[name].shape) if name in source_state else "missing"
+            raise DistilyConfigError(
+                f"cannot copy {what} into the student: {name} has shape {tuple(param.shape)} in the student and "
+                f"{got} in the teacher; expected matching shapes (use student_init=random for a reshaped student)"
+            )
+        with torch.no_grad():
+            param.copy_(source_state[name])
+
+
+def _submodule(model: PreTrainedModel, name: str, role: str, option: str) -> torch.nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise DistilyConfigError(f"{option}: {role} has no module named {name!r}; expected a name from named_modules()")
+
+
+def copy_named_modules(teacher: PreTrainedModel, student: PreTrainedModel, names: list[str]) -> None:
+    for name in names:
+        source = _submodule(teacher, name, "teacher", "copy_teacher_modules")
+        target = _submodule(student, name, "student", "copy_teacher_modules")
+        _copy_module(source, target, f"teacher module {name}")
+
+
+def freeze_named_modules(student: PreTrainedModel, names: list[str]) -> None:
+    for name in names:
+        _submodule(student, name, "student", "freeze_student_modules").requires_grad_(False)
+
+
+def student_config(args: ModelArguments, teacher_config: PretrainedConfig) -> PretrainedConfig:
+    if args.student_config_name_or_path is not None:
+        base = from_pretrained(
+            AutoConfig, args.student_config_name_or_path, "student config", trust_remote_code=args.trust_remote_code
+        )
+    else:
+        base = teacher_config
+    return config_with_overrides(base, args.student_config_overrides)
+
+
+def build_student(args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedModel:
+    """The student, in float32 (mixed precision is the trainer's business), ready to train."""
+    if args.student_model_name_or_path is not None:
+        student = from_pretrained(
+            AutoModelForCausalLM,
+            args.student_model_name_or_path,
+            "student",
+            dtype=torch.float32,
+            trust_remote_code=args.trust_remote_code,
+        )
+    else:
+        config = student_config(args, teacher.config)
+        student = AutoModelForCausalLM.from_config(
+            config, dtype=torch.float32, trust_remote_code=args.trust_remote_code
+        )
+        if args.student_init == "teacher":
+            layers = args.student_layers_from_teacher or evenly_spaced_layers(
+                teacher.config.num_hidden_layers, config.num_hidden_layers
+            )
+            copy_teacher_layers(teacher, student, layers)
+    copy_named_modules(teacher, student, args.copy_teacher_modules or [])
+    freeze_named_modules(student, args.freeze_student_modules or [])
+    return student
+

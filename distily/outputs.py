@@ -1,0 +1,19 @@
+"""Writing outputs so that a crash never leaves a file that looks complete."""
+
+import json
+import os
+from pathlib import Path
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """Write ``data`` as JSON beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(partial, path)
+
+
+def directory_size(path: str | os.PathLike, pattern: str = "*.safetensors") -> int:
+    """Bytes of the files matching ``pattern`` directly under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).glob(pattern))
