@@ -5,18 +5,30 @@ Every loss in ``LOSSES`` has the signature::
     loss(student_logits, teacher_logits, temperature=1.0, **params) -> per_token_loss
 
 with ``student_logits`` and ``teacher_logits`` of shape ``[tokens, vocab]`` (padding already removed)
-and a ``[tokens]`` result in float32. Logits are divided by ``temperature`` and the result is
-multiplied by ``temperature ** 2`` so gradient magnitudes do not depend on it (Hinton et al., 2015,
-"Distilling the Knowledge in a Neural Network"). The reduction over tokens is the caller's job,
-so that one batch of B and k accumulated batches of B/k give the same value.
+and a ``[tokens]`` result in float32, whatever the input dtype. Logits are divided by ``temperature``
+and the result is multiplied by ``temperature ** 2`` so gradient magnitudes do not depend on it
+(Hinton et al., 2015, "Distilling the Knowledge in a Neural Network"). The two losses on raw logits
+(``mse``, ``cosine``) are independent of the temperature: for MSE the rule cancels exactly, and the
+cosine is scale invariant. The reduction over tokens is the caller's job, so that one batch of B and
+k accumulated batches of B/k give the same value (sum, then divide by the global token count).
 
-Register a loss of your own with ``LOSSES["name"] = fn``.
+Notation in the docstrings: ``p_t = softmax(teacher_logits / T)``, ``p_s = softmax(student_logits / T)``,
+sums run over the vocabulary. Terms ``0 * log 0`` count as 0, so a teacher logit of ``-inf`` (a token
+the teacher rules out, as in a top-k record) is allowed wherever the loss stays finite.
+
+Register a loss of your own with ``LOSSES["name"] = fn``; ``resolve_loss`` then checks a config's
+parameters against its signature.
 """
 
-from typing import Callable
+import inspect
+import math
+from functools import partial
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from distily.errors import DistilyConfigError
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -25,29 +37,221 @@ def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return F.log_softmax(logits.float() / temperature, dim=-1)
 
 
+def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) from log-probabilities [N, V] -> [N].
+
+    Entries with p(v) = 0 contribute 0 even where log q(v) is -inf or log p(v) is -inf.
+    """
+    terms = logp.exp() * (logp - logq)  # [N, V]
+    return torch.where(logp > -math.inf, terms, 0.0).sum(-1)
+
+
+def _log_mixture(logp: torch.Tensor, logq: torch.Tensor, weight_p: float) -> torch.Tensor:
+    """log(weight_p * p + (1 - weight_p) * q), computed in log space (no underflow) [N, V]."""
+    log_weight_p = math.log(weight_p) if weight_p > 0 else -math.inf
+    return torch.logaddexp(logp + log_weight_p, logq + math.log1p(-weight_p))
+
+
+def _check_unit_interval(name: str, value: float, *, open_low: bool, open_high: bool) -> None:
+    low_ok = value > 0 if open_low else value >= 0
+    high_ok = value < 1 if open_high else value <= 1
+    if not (low_ok and high_ok):
+        interval = ("(" if open_low else "[") + "0, 1" + (")" if open_high else "]")
+        raise DistilyConfigError(f"loss parameter {name}={value!r} must lie in {interval}")
+
+
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(p_teacher || p_student) = sum_v p_t(v) (log p_t(v) - log p_s(v)), per token.
+    """KL(p_t || p_s) = sum_v p_t(v) (log p_t(v) - log p_s(v)), per token, times T^2.
 
     Mode-covering; the classic distillation target (Hinton et al., 2015).
     """
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
-    kl = (teacher_logprobs.exp() * (teacher_logprobs - student_logprobs)).sum(-1)
-    return kl * temperature**2
+    return _kl(teacher_logprobs, student_logprobs) * temperature**2
 
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(p_student || p_teacher) = sum_v p_s(v) (log p_s(v) - log p_t(v)), per token.
+    """KL(p_s || p_t) = sum_v p_s(v) (log p_s(v) - log p_t(v)), per token, times T^2.
 
-    Mode-seeking (Gu et al., 2024, "MiniLLM").
+    Mode-seeking (Gu et al., 2024, "MiniLLM: Knowledge Distillation of Large Language Models").
     """
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
-    kl = (student_logprobs.exp() * (student_logprobs - teacher_logprobs)).sum(-1)
-    return kl * temperature**2
+    return _kl(student_logprobs, teacher_logprobs) * temperature**2
+
+
+def cakld(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, beta: float
+) -> torch.Tensor:
+    """Confidence-aware KL: beta * KL(p_s || p_t) + (1 - beta) * KL(p_t || p_s), per token, times T^2.
+
+    Du et al., 2024, "BitDistiller: Unleashing the Potential of Sub-4-Bit LLMs via Self-Distillation",
+    Sec. 3.3. There beta is the teacher's mean confidence over the training data (see
+    ``teacher_confidence``): a confident teacher weights the mode-seeking reverse KL more. Here beta is
+    a parameter, fixed by the user or estimated once before training; beta in [0, 1].
+    """
+    _check_unit_interval("beta", beta, open_low=False, open_high=False)
+    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    reverse = _kl(student_logprobs, teacher_logprobs)  # [N]
+    forward = _kl(teacher_logprobs, student_logprobs)  # [N]
+    return (beta * reverse + (1 - beta) * forward) * temperature**2
+
+
+@torch.no_grad()
+def teacher_confidence(
+    teacher_logits_batches: Iterable[torch.Tensor], masks: Optional[Iterable[torch.Tensor]] = None
+) -> float:
+    """The teacher's mean confidence, mean over tokens of max_v p_t(v) at temperature 1: CAKLD's beta.
+
+    ``teacher_logits_batches`` yields ``[..., vocab]`` tensors (e.g. ``[batch, seq, vocab]`` from a
+    calibration pass over training batches); ``masks`` yields matching ``[...]`` bool tensors, True for
+    tokens that count. BitDistiller (``train/train.py`` of DD-DuDa/BitDistiller) averages the per-batch
+    mean of the teacher's max probability over about 20 batches, padding included; this function
+    averages over all non-padding tokens of all batches, so batches with more real tokens weigh more.
+    """
+    if masks is None:
+        batches = ((teacher_logits, None) for teacher_logits in teacher_logits_batches)
+    else:
+        batches = zip(teacher_logits_batches, masks, strict=True)
+    confidence_sum = torch.zeros((), dtype=torch.float64)
+    token_count = 0
+    for teacher_logits, mask in batches:
+        logits = teacher_logits.float()  # [..., V]
+        max_prob = (logits.amax(-1) - torch.logsumexp(logits, -1)).exp()  # [...]
+        if mask is not None:
+            max_prob = max_prob[mask.to(torch.bool)]
+        confidence_sum += max_prob.sum(dtype=torch.float64).cpu()
+        token_count += max_prob.numel()
+    if token_count == 0:
+        raise DistilyConfigError("teacher_confidence got no tokens: expected at least one unmasked token")
+    return float(confidence_sum / token_count)
+
+
+def jsd(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, beta: float = 0.5
+) -> torch.Tensor:
+    """Generalized Jensen-Shannon divergence, per token, times T^2.
+
+    JSD_beta = beta * KL(p_t || m) + (1 - beta) * KL(p_s || m),  m = beta * p_t + (1 - beta) * p_s,
+    with log m computed by logaddexp (Agarwal et al., 2024, "On-Policy Distillation of Language Models:
+    Learning from Self-Generated Mistakes" (GKD), with p_t as their P). beta = 0.5 is the standard,
+    symmetric JSD (bounded by log 2 before the T^2 factor); JSD_beta / beta tends to the forward KL as
+    beta -> 0 and JSD_beta / (1 - beta) to the reverse KL as beta -> 1. beta in (0, 1).
+    """
+    _check_unit_interval("beta", beta, open_low=True, open_high=True)
+    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, beta)  # [N, V]
+    divergence = beta * _kl(teacher_logprobs, mixture_logprobs) + (1 - beta) * _kl(student_logprobs, mixture_logprobs)
+    return divergence * temperature**2
+
+
+def skew_forward_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, alpha: float = 0.1
+) -> torch.Tensor:
+    """Skew KL: KL(p_t || alpha * p_t + (1 - alpha) * p_s), per token, times T^2.
+
+    Ko et al., 2024, "DistiLLM: Towards Streamlined Distillation for Large Language Models",
+    alpha-skew KL (alpha = 0.1 there). alpha = 0 is the forward KL; the mixture keeps the loss and its gradient
+    bounded where the student puts little mass. alpha in [0, 1).
+    """
+    _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
+    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, alpha)  # [N, V]
+    return _kl(teacher_logprobs, mixture_logprobs) * temperature**2
+
+
+def skew_reverse_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, alpha: float = 0.1
+) -> torch.Tensor:
+    """Skew reverse KL: KL(p_s || (1 - alpha) * p_t + alpha * p_s), per token, times T^2.
+
+    Ko et al., 2024, "DistiLLM", alpha-skew reverse KL. alpha = 0 is the reverse KL. alpha in [0, 1).
+    """
+    _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
+    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    mixture_logprobs = _log_mixture(student_logprobs, teacher_logprobs, alpha)  # [N, V]
+    return _kl(student_logprobs, mixture_logprobs) * temperature**2
+
+
+def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Total variation distance: 0.5 * sum_v |p_t(v) - p_s(v)|, per token, times T^2.
+
+    A symmetric, bounded distance (in [0, 1] before the T^2 factor); used for distillation e.g. by
+    Wen et al., 2023, "f-Divergence Minimization for Sequence-Level Knowledge Distillation".
+    """
+    student_probs = _log_softmax(student_logits, temperature).exp()  # [N, V]
+    teacher_probs = _log_softmax(teacher_logits, temperature).exp()  # [N, V]
+    return 0.5 * (teacher_probs - student_probs).abs().sum(-1) * temperature**2
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Soft cross-entropy: -sum_v p_t(v) log p_s(v), per token, times T^2 (Hinton et al., 2015).
+
+    The teacher enters as probabilities, the student as log-probabilities. It equals the forward KL
+    plus the teacher's entropy, so it has the same gradient but is not zero when student == teacher.
+    """
+    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    terms = teacher_logprobs.exp() * student_logprobs  # [N, V]
+    return -torch.where(teacher_logprobs > -math.inf, terms, 0.0).sum(-1) * temperature**2
+
+
+def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean squared error of the logits: mean_v (z_s(v) - z_t(v))^2, per token.
+
+    Ba & Caruana, 2014, "Do Deep Nets Really Need to be Deep?"; the high-temperature limit of the
+    forward KL (Hinton et al., 2015). ((z_s - z_t) / T)^2 * T^2 does not depend on T, so
+    ``temperature`` has no effect.
+    """
+    return (student_logits.float() - teacher_logits.float()).square().mean(-1)
+
+
+def cosine(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cosine distance of the logit vectors: 1 - <z_s, z_t> / (|z_s| |z_t|), per token, in [0, 2].
+
+    Used on outputs e.g. by Sanh et al., 2019 (DistilBERT, on hidden states). The cosine is scale
+    invariant, so ``temperature`` has no effect and no T^2 factor is applied.
+    """
+    return 1.0 - F.cosine_similarity(student_logits.float(), teacher_logits.float(), dim=-1)
 
 
 LOSSES: dict[str, LossFn] = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,
+    "cakld": cakld,
+    "jsd": jsd,
+    "skew_forward_kl": skew_forward_kl,
+    "skew_reverse_kl": skew_reverse_kl,
+    "tvd": tvd,
+    "soft_cross_entropy": soft_cross_entropy,
+    "mse": mse,
+    "cosine": cosine,
 }
+
+
+def loss_params(name: str) -> dict[str, object]:
+    """The extra parameters of the registered loss ``name``: name -> default (``inspect.Parameter.empty``
+    where the parameter is required), read from its signature, so user-registered losses work too."""
+    if name not in LOSSES:
+        raise DistilyConfigError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+    parameters = list(inspect.signature(LOSSES[name]).parameters.values())[3:]
+    return {p.name: p.default for p in parameters}
+
+
+def resolve_loss(name: str, params: Optional[dict[str, float]] = None) -> LossFn:
+    """``LOSSES[name]`` with ``params`` bound, after checking that they are the loss's parameters."""
+    params = dict(params or {})
+    accepted = loss_params(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise DistilyConfigError(f"loss {name!r} got unknown parameters {unknown}; it accepts {sorted(accepted)}")
+    missing = sorted(p for p, default in accepted.items() if default is inspect.Parameter.empty and p not in params)
+    if missing:
+        raise DistilyConfigError(f"loss {name!r} needs parameters {missing} (e.g. cakld needs beta)")
+    return partial(LOSSES[name], **params) if params else LOSSES[name]

@@ -1,0 +1,170 @@
+"""The chunked logit loss equals the plain one (value and gradients) for every loss, shape and dtype."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distily.errors import DistilyConfigError
+from distily.objectives.chunked import chunked_logit_loss_sum
+from distily.objectives.losses import LOSSES
+
+PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2}, "skew_reverse_kl": {"alpha": 0.2}}
+
+# token shape, hidden size (None: unfused, the student gives logits), student / teacher vocab,
+# vocab_size, bias, mask, chunk size
+CASES = {
+    "fused-one-token": dict(tokens=(1,), hidden=8, vocab=(17, 17), vocab_size=None, bias=False, mask=False, chunk=1),
+    "fused-bias-mask": dict(tokens=(37,), hidden=16, vocab=(101, 101), vocab_size=None, bias=True, mask=True, chunk=8),
+    "fused-padded-vocab": dict(tokens=(3, 11), hidden=16, vocab=(104, 101), vocab_size=101, bias=True, mask=True, chunk=5),
+    "unfused-mask": dict(tokens=(20,), hidden=None, vocab=(64, 64), vocab_size=None, bias=False, mask=True, chunk=7),
+    "unfused-padded-vocab": dict(tokens=(2, 9), hidden=None, vocab=(64, 70), vocab_size=60, bias=False, mask=False, chunk=4),
+}
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # relative, Frobenius norm
+
+
+def _randn(*shape, scale=1.0, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def _inputs(case, dtype):
+    tokens, (student_vocab, teacher_vocab) = case["tokens"], case["vocab"]
+    width = case["hidden"] or student_vocab
+    student = _randn(*tokens, width, scale=1.0 if case["hidden"] else 3.0, seed=1).to(dtype).requires_grad_()
+    weight = bias = None
+    if case["hidden"]:
+        weight = _randn(student_vocab, width, scale=width**-0.5 * 3, seed=2).to(dtype).requires_grad_()
+        if case["bias"]:
+            bias = _randn(student_vocab, seed=3).to(dtype).requires_grad_()
+    teacher = _randn(*tokens, teacher_vocab, scale=3.0, seed=4).to(dtype)
+    mask = None
+    if case["mask"]:
+        mask = _randn(*tokens, seed=5) > -0.5
+        mask.view(-1)[0] = True
+    return student, weight, bias, teacher, mask
+
+
+def _plain_sum(loss_fn, student, weight, bias, teacher, mask, vocab_size, temperature, params):
+    """The obvious implementation: full logits, truncate, select real rows, loss, sum."""
+    logits = F.linear(student, weight, bias) if weight is not None else student  # [..., V_s]
+    columns = vocab_size or logits.shape[-1]
+    logits, teacher = logits[..., :columns], teacher[..., :columns]
+    if mask is not None:
+        logits, teacher = logits[mask], teacher[mask]
+    return loss_fn(logits.reshape(-1, columns), teacher.reshape(-1, columns), temperature, **params).sum()
+
+
+def _relative_error(value, reference):
+    value, reference = value.detach().double(), reference.detach().double()
+    return float((value - reference).norm() / reference.norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case_name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_chunked_equals_plain(name, case_name, dtype):
+    case = CASES[case_name]
+    student, weight, bias, teacher, mask = _inputs(case, dtype)
+    leaves = [t for t in (student, weight, bias) if t is not None]
+    common = dict(mask=mask, vocab_size=case["vocab_size"], temperature=1.5)
+    params = PARAMS.get(name, {})
+
+    plain = _plain_sum(LOSSES[name], student, weight, bias, teacher, mask, case["vocab_size"], 1.5, params)
+    plain_grads = torch.autograd.grad(plain, leaves)
+    chunked = chunked_logit_loss_sum(LOSSES[name], student, teacher, lm_head_weight=weight, lm_head_bias=bias,
+                                     chunk_size=case["chunk"], **common, **params)
+    chunked_grads = torch.autograd.grad(chunked, leaves)
+
+    assert chunked.dtype == torch.float32 and chunked.shape == ()
+    assert _relative_error(chunked, plain) <= TOLERANCE[dtype]
+    for grad, plain_grad in zip(chunked_grads, plain_grads):
+        assert grad.dtype == plain_grad.dtype and grad.shape == plain_grad.shape
+        assert _relative_error(grad, plain_grad) <= TOLERANCE[dtype]
+
+
+def test_padded_rows_are_never_read():
+    case = CASES["fused-bias-mask"]
+    student, weight, bias, teacher, mask = _inputs(case, torch.float32)
+    poisoned_student = student.detach().clone()
+    poisoned_student[~mask] = math.nan
+    poisoned_student.requires_grad_()
+    poisoned_teacher = teacher.clone()
+    poisoned_teacher[~mask] = math.inf
+
+    clean = chunked_logit_loss_sum(LOSSES["forward_kl"], student, teacher, lm_head_weight=weight, mask=mask, chunk_size=4)
+    poisoned = chunked_logit_loss_sum(LOSSES["forward_kl"], poisoned_student, poisoned_teacher, lm_head_weight=weight,
+                                      mask=mask, chunk_size=4)
+    (grad,) = torch.autograd.grad(poisoned, poisoned_student)
+    torch.testing.assert_close(poisoned, clean)
+    assert (grad[~mask] == 0).all() and torch.isfinite(grad).all()
+
+
+def test_gradient_accumulation_invariance():
+    """Sum / global real-token count: one batch of 4 sequences == 2 accumulated batches of 2."""
+    hidden, vocab = 16, 50
+    student = _randn(4, 9, hidden, seed=6).requires_grad_()  # [B, S, H]
+    weight = _randn(vocab, hidden, scale=0.5, seed=7).requires_grad_()  # [V, H]
+    teacher = _randn(4, 9, vocab, scale=3.0, seed=8)  # [B, S, V]
+    mask = torch.arange(9) < torch.tensor([9, 3, 6, 1])[:, None]  # [B, S]
+    total_tokens = mask.sum()
+
+    def loss(batch):
+        return chunked_logit_loss_sum(LOSSES["reverse_kl"], student[batch], teacher[batch], lm_head_weight=weight,
+                                      mask=mask[batch], chunk_size=5) / total_tokens
+
+    full = loss(slice(0, 4))
+    full.backward()
+    full_grads = student.grad.clone(), weight.grad.clone()
+    student.grad = weight.grad = None
+    accumulated = 0.0
+    for batch in (slice(0, 2), slice(2, 4)):
+        micro = loss(batch)
+        micro.backward()
+        accumulated += micro.detach()
+    torch.testing.assert_close(accumulated, full.detach())
+    torch.testing.assert_close(student.grad, full_grads[0])
+    torch.testing.assert_close(weight.grad, full_grads[1])
+
+
+def test_frozen_inputs_and_no_grad():
+    case = CASES["fused-bias-mask"]
+    student, weight, bias, teacher, mask = _inputs(case, torch.float32)
+    frozen_weight = weight.detach()
+    loss = chunked_logit_loss_sum(LOSSES["jsd"], student, teacher, lm_head_weight=frozen_weight, lm_head_bias=bias,
+                                  mask=mask, chunk_size=6)
+    plain = _plain_sum(LOSSES["jsd"], student, frozen_weight, bias, teacher, mask, None, 1.0, {})
+    for grad, plain_grad in zip(torch.autograd.grad(loss, [student, bias]), torch.autograd.grad(plain, [student, bias])):
+        torch.testing.assert_close(grad, plain_grad)
+    with torch.no_grad():
+        value = chunked_logit_loss_sum(LOSSES["jsd"], student, teacher, lm_head_weight=weight, lm_head_bias=bias,
+                                       mask=mask)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, plain.detach())
+
+
+def test_default_chunk_size_and_scaled_backward():
+    student, weight, _, teacher, _ = _inputs(CASES["fused-bias-mask"], torch.float32)
+    (3.0 * chunked_logit_loss_sum(LOSSES["tvd"], student, teacher, lm_head_weight=weight)).backward()
+    plain_grads = torch.autograd.grad(3.0 * _plain_sum(LOSSES["tvd"], student, weight, None, teacher, None, None, 1.0, {}),
+                                      [student, weight])
+    torch.testing.assert_close(student.grad, plain_grads[0])
+    torch.testing.assert_close(weight.grad, plain_grads[1])
+
+
+def test_inconsistent_inputs_are_reported():
+    student, weight, bias, teacher, _ = _inputs(CASES["fused-padded-vocab"], torch.float32)  # V_s 104, V_t 101
+    loss_fn = LOSSES["forward_kl"]
+    with pytest.raises(DistilyConfigError, match="student vocabulary 104 != teacher vocabulary 101"):
+        chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight)
+    with pytest.raises(DistilyConfigError, match="vocab_size=102"):
+        chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight, vocab_size=102)
+    with pytest.raises(DistilyConfigError, match="mask has shape"):
+        chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight, vocab_size=101,
+                               mask=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(DistilyConfigError, match="lm_head_bias was given without"):
+        chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_bias=bias)
+    with pytest.raises(DistilyConfigError, match="lm_head_weight has shape"):
+        chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight.T, vocab_size=16)
+    with pytest.raises(DistilyConfigError, match="chunk_size=0"):
+        chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight, vocab_size=101, chunk_size=0)
