@@ -135,6 +135,8 @@ def tokenize_and_pack(
         fn_kwargs={"max_seq_length": max_seq_length, "separator": separator},
         desc=f"Packing into {max_seq_length}-token blocks",
     )
+    if len(packed) == 0:
+        return packed  # nothing worth caching; the caller reports it
     packed.save_to_disk(str(cached) + ".partial")
     os.replace(str(cached) + ".partial", cached)  # a crash never leaves a cache entry that looks complete
     return datasets.load_from_disk(str(cached))
@@ -164,16 +166,26 @@ def _documents_with_content(documents: datasets.Dataset, args: DataArguments) ->
     )
 
 
-def build_datasets(
-    args: DataArguments, tokenizer: PreTrainedTokenizerBase, max_seq_length: int, seed: int
-) -> DistillationData:
-    """Train and eval blocks from disjoint sets of documents, shuffled with ``seed``."""
+def load_training_documents(args: DataArguments) -> datasets.Dataset:
+    """The non-empty documents (text or token ids) to distill on; fails fast on a bad dataset."""
     documents = _documents_with_content(load_documents(args), args)
     if len(documents) < 2:
         raise DistilyConfigError(
             f"dataset {args.dataset_name!r} has {len(documents)} non-empty documents after filtering; "
             "expected at least 2 (one to train on, one to evaluate)"
         )
+    return documents
+
+
+def build_datasets(
+    args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_length: int,
+    seed: int,
+    documents: Optional[datasets.Dataset] = None,
+) -> DistillationData:
+    """Train and eval blocks from disjoint sets of documents, shuffled with ``seed``."""
+    documents = load_training_documents(args) if documents is None else documents
     split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
     cache_dir = args.tokenization_cache_dir or default_cache_dir()
     packed = {

@@ -11,7 +11,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import distily
 from distily.config import DistillConfig
-from distily.data.text import build_datasets, collate
+from distily.data.text import build_datasets, collate, load_training_documents
 from distily.errors import DistilyConfigError
 from distily.evaluation.heldout import heldout_metrics
 from distily.models.architecture import max_positions, output_vocab_size
@@ -91,6 +91,7 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
     resume = resolve_resume(training)
     check_output_dir(training, resume)
     set_seed(training.seed)
+    documents = load_training_documents(config.data)  # before the models: a bad dataset fails fast
 
     teacher = load_teacher(
         model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
@@ -102,8 +103,8 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
         check_same_tokenizer(tokenizer, student_tokenizer)
     vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(student), len(tokenizer))
     max_seq_length = resolve_max_seq_length(config.data.max_seq_length, teacher, student)
-    data = build_datasets(config.data, tokenizer, max_seq_length, training.seed)
-    objective = build_objective(config.objective, vocab_size)
+    data = build_datasets(config.data, tokenizer, max_seq_length, training.seed, documents)
+    objective = build_objective(config.objective, teacher.config, student.config, vocab_size)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate_fn = partial(collate, pad_token_id=pad_token_id)
 

@@ -1,0 +1,75 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from distily.config import CONFIG_CLASSES, make_parser, parse_config
+from distily.errors import DistilyConfigError
+
+
+def write_yaml(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_file_values_and_flags_merge_with_flags_winning(tmp_path):
+    config_file = write_yaml(
+        tmp_path / "c.yaml",
+        {
+            "teacher_model_name_or_path": "gpt2",
+            "output_dir": str(tmp_path / "out"),
+            "learning_rate": 0.5,
+            "student_config_overrides": {"n_layer": 6},
+            "freeze_student_modules": ["transformer.wte"],
+            "bf16": True,
+        },
+    )
+    config = parse_config(config_file, ["--learning_rate", "0.25", "--logits_temperature", "2"])
+    assert config.training.learning_rate == 0.25  # flag wins
+    assert config.objective.logits_temperature == 2.0
+    assert config.model.student_config_overrides == {"n_layer": 6}
+    assert config.model.freeze_student_modules == ["transformer.wte"]
+    assert config.training.bf16 is True
+    assert config.model.teacher_model_name_or_path == "gpt2"
+
+
+def test_training_arguments_are_transformers_training_arguments(tmp_path):
+    from transformers import TrainingArguments
+
+    config = parse_config(argv=["--output_dir", str(tmp_path), "--gradient_accumulation_steps", "3"])
+    assert isinstance(config.training, TrainingArguments)
+    assert config.training.gradient_accumulation_steps == 3
+    assert config.training.report_to == ["tensorboard"]  # a distillation default
+
+
+def test_help_lists_every_key_with_its_default():
+    text = make_parser().format_help()
+    for cls in CONFIG_CLASSES:
+        for field in dataclasses.fields(cls):
+            if field.init:
+                assert f"--{field.name}" in text, field.name
+    assert "(default: forward_kl)" in text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--output_dir", "o", "--learning_rat", "1"], "unknown config key 'learning_rat' (did you mean 'learning_rate'?)"),
+        (["--output_dir", "o", "--learning_rate", "fast"], "invalid float value: 'fast'"),
+        (["--output_dir", "o", "--student_config_overrides", "{n_layer: 2"], "is not valid JSON"),
+        (["--output_dir", "o", "--teacher_torch_dtype", "int3"], "teacher_torch_dtype='int3' is not supported"),
+        (["--output_dir", "o", "--eval_fraction", "1.5"], "eval_fraction=1.5 is out of range"),
+        (["--learning_rate", "1"], "output_dir is not set"),
+    ],
+)
+def test_bad_values_raise_one_line_errors(argv, message):
+    with pytest.raises(DistilyConfigError) as err:
+        parse_config(argv=argv)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    config_file = write_yaml(tmp_path / "c.yaml", {"output_dir": "o", "teacher_modle": "gpt2"})
+    with pytest.raises(DistilyConfigError, match="unknown config key 'teacher_modle'"):
+        parse_config(config_file)

@@ -1,0 +1,53 @@
+"""Fixtures over ``tiny``: the tests never touch the network."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from tiny import ARCHITECTURES, make_documents, make_tokenizer, save_tiny_model, write_jsonl  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def teacher_dirs(tmp_path_factory, tokenizer):
+    """A saved tiny teacher per architecture."""
+    root = tmp_path_factory.mktemp("teachers")
+    return {arch: save_tiny_model(root / arch, arch, tokenizer) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "docs.jsonl", make_documents(400))
+
+
+@pytest.fixture
+def run_values(text_file, tmp_path):
+    """Config keys for a short distillation run on tiny data."""
+
+    def values(teacher_dir, **overrides):
+        return {
+            "teacher_model_name_or_path": teacher_dir,
+            "dataset_name": text_file,
+            "max_seq_length": 32,
+            "max_eval_samples": 16,
+            "output_dir": str(tmp_path / "run"),
+            "tokenization_cache_dir": str(tmp_path / "cache"),
+            "max_steps": 4,
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 8,
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            "logging_steps": 2,
+            "report_to": "none",
+            "disable_tqdm": True,
+            **overrides,
+        }
+
+    return values

@@ -1,0 +1,126 @@
+import json
+
+import datasets
+import pytest
+import torch
+
+import distily.data.text as text_module
+from distily.config import DataArguments
+from distily.data.text import build_datasets, collate, tokenizer_fingerprint
+from distily.errors import DistilyConfigError
+from tiny import make_documents, make_tokenizer, write_jsonl
+
+
+def args(path, tmp_path, **overrides):
+    return DataArguments(dataset_name=str(path), tokenization_cache_dir=str(tmp_path / "cache"), **overrides)
+
+
+def flat(dataset):
+    return [tuple(row.tolist()) for row in dataset["input_ids"]]
+
+
+def test_blocks_are_full_length_and_train_eval_documents_are_disjoint(tmp_path, tokenizer):
+    documents = [f"document number {i} says " + d for i, d in enumerate(make_documents(200))]
+    path = write_jsonl(tmp_path / "d.jsonl", documents)
+    data = build_datasets(args(path, tmp_path, eval_fraction=0.2, max_eval_samples=None), tokenizer, 32, seed=0)
+    assert all(len(row) == 32 for row in data.train["input_ids"])
+    assert len(data.eval) > 0
+    train_text = tokenizer.decode([t for row in data.train["input_ids"] for t in row.tolist()])
+    eval_text = tokenizer.decode([t for row in data.eval["input_ids"] for t in row.tolist()])
+    train_numbers = {int(part.split()[0]) for part in train_text.split("document number ")[1:] if part.split()[0].isdigit()}
+    eval_numbers = {int(part.split()[0]) for part in eval_text.split("document number ")[1:] if part.split()[0].isdigit()}
+    assert train_numbers and eval_numbers and not train_numbers & eval_numbers
+
+
+def test_packing_keeps_every_token_with_separators(tmp_path, tokenizer):
+    documents = make_documents(50)
+    batch = text_module._tokenize_batch({"text": documents}, tokenizer, "text")
+    packed = text_module._pack_batch(batch, 16, [tokenizer.eos_token_id])
+    stream = [t for ids in batch["input_ids"] for t in ids + [tokenizer.eos_token_id]]
+    assert [t for block in packed["input_ids"] for t in block] == stream[: len(stream) // 16 * 16]
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "parquet", "directory", "saved", "pretokenized"])
+def test_every_source_kind_loads(tmp_path, tokenizer, kind):
+    documents = make_documents(120)
+    if kind == "txt":
+        path = tmp_path / "d.txt"
+        path.write_text("\n".join(documents))
+    elif kind == "jsonl":
+        path = write_jsonl(tmp_path / "d.jsonl", documents)
+    elif kind == "parquet":
+        path = tmp_path / "d.parquet"
+        datasets.Dataset.from_dict({"text": documents}).to_parquet(str(path))
+    elif kind == "directory":
+        path = tmp_path / "dir"
+        path.mkdir()
+        write_jsonl(path / "a.jsonl", documents[:60])
+        write_jsonl(path / "b.jsonl", documents[60:])
+    elif kind == "saved":
+        path = tmp_path / "saved"
+        datasets.Dataset.from_dict({"text": documents}).save_to_disk(str(path))
+    else:
+        path = tmp_path / "tokenized"
+        ids = tokenizer(documents)["input_ids"]
+        datasets.Dataset.from_dict({"input_ids": ids}).save_to_disk(str(path))
+    data = build_datasets(args(path, tmp_path), tokenizer, 32, seed=0)
+    assert len(data.train) > 10 and data.train[0]["input_ids"].shape == (32,)
+
+
+def test_shuffle_depends_on_seed_and_max_samples_limits(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", make_documents(300))
+    first = build_datasets(args(path, tmp_path, max_samples=10), tokenizer, 32, seed=0)
+    again = build_datasets(args(path, tmp_path, max_samples=10), tokenizer, 32, seed=0)
+    other = build_datasets(args(path, tmp_path, max_samples=10), tokenizer, 32, seed=1)
+    assert len(first.train) == 10
+    assert flat(first.train) == flat(again.train)
+    assert flat(first.train) != flat(other.train)
+
+
+def test_tokenization_is_cached(tmp_path, tokenizer, monkeypatch):
+    path = write_jsonl(tmp_path / "d.jsonl", make_documents(100))
+    calls = []
+    original = text_module._tokenize_batch
+
+    def counting(batch, **kwargs):
+        calls.append(len(batch["text"]))
+        return original(batch, **kwargs)
+
+    monkeypatch.setattr(text_module, "_tokenize_batch", counting)
+    first = build_datasets(args(path, tmp_path), tokenizer, 32, seed=0)
+    assert calls
+    calls.clear()
+    second = build_datasets(args(path, tmp_path), tokenizer, 32, seed=0)
+    assert calls == []
+    assert flat(first.train) == flat(second.train)
+    build_datasets(args(path, tmp_path), tokenizer, 16, seed=0)  # another length is another cache entry
+    assert calls
+
+
+def test_tokenizer_fingerprint_is_stable_and_discriminating(tokenizer):
+    assert tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(make_tokenizer())
+    other = make_tokenizer()
+    other.add_tokens(["<new>"])
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tokenizer)
+
+
+def test_collate_masks_padding():
+    batch = collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}], pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: write_jsonl(p / "d.jsonl", make_documents(50)), "dataset_text_column='body' is not a column"),
+        (lambda p: write_jsonl(p / "d.jsonl", ["", "   ", ""]), "0 non-empty documents after filtering"),
+        (lambda p: str(p / "missing.jsonl"), "does not exist"),
+        (lambda p: write_jsonl(p / "d.jsonl", ["tiny", "text"]), "gives no train sequence"),
+    ],
+)
+def test_bad_datasets_are_clear_errors(tmp_path, tokenizer, setup, message):
+    column = "body" if "body" in message else "text"
+    with pytest.raises(DistilyConfigError, match=message):
+        build_datasets(args(setup(tmp_path), tmp_path, dataset_text_column=column), tokenizer, 32, seed=0)

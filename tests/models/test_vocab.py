@@ -1,0 +1,28 @@
+import pytest
+
+from tiny import make_tokenizer
+from distily.errors import DistilyConfigError
+from distily.models.vocab import check_same_tokenizer, shared_vocab_size
+
+
+def test_padded_heads_share_the_real_vocabulary():
+    assert shared_vocab_size(320, 320, 320) is None
+    assert shared_vocab_size(384, 320, 320) == 320
+    assert shared_vocab_size(320, 336, 300) == 300
+
+
+def test_heads_that_do_not_cover_the_tokenizer_are_an_error():
+    with pytest.raises(DistilyConfigError, match="expected both to cover the tokenizer"):
+        shared_vocab_size(320, 256, 300)
+
+
+def test_different_tokenizers_are_an_error():
+    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    other = Tokenizer(models.WordLevel({"a": 0, "b": 1, "<unk>": 2}, unk_token="<unk>"))
+    other.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(DistilyConfigError, match="differs from the teacher's"):
+        check_same_tokenizer(make_tokenizer(), PreTrainedTokenizerFast(tokenizer_object=other))
+    check_same_tokenizer(make_tokenizer(), make_tokenizer())

@@ -1,0 +1,89 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from types import SimpleNamespace
+
+from distily.config import ObjectiveArguments
+from distily.errors import DistilyConfigError
+from distily.objectives.losses import forward_kl
+from distily.objectives.objective import build_objective, token_counts
+from tiny import tiny_config
+
+
+def outputs(logits):
+    return SimpleNamespace(logits=logits)
+
+
+def batch_with_padding():
+    torch.manual_seed(0)
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    input_ids = torch.randint(0, 11, attention_mask.shape)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def test_token_counts():
+    batch = batch_with_padding()
+    assert token_counts(batch["attention_mask"]).tolist() == [6 + 4 + 3 + 6, 5 + 3 + 2 + 5]
+
+
+def test_logit_component_is_the_mean_over_real_tokens_only():
+    batch = batch_with_padding()
+    student, teacher = torch.randn(4, 6, 11), torch.randn(4, 6, 11)
+    objective = build_objective(ObjectiveArguments())
+    result = objective(outputs(student), outputs(teacher), batch)
+    mask = batch["attention_mask"].bool()
+    expected = forward_kl(student[mask], teacher[mask]).mean()
+    torch.testing.assert_close(result.loss, expected)
+    garbage = student.clone()
+    garbage[~mask] = 1e4  # padding positions must not matter
+    torch.testing.assert_close(objective(outputs(garbage), outputs(teacher), batch).loss, expected)
+
+
+def test_vocab_size_limits_the_logit_loss_to_shared_columns():
+    batch = batch_with_padding()
+    student, teacher = torch.randn(4, 6, 11), torch.randn(4, 6, 13)  # teacher head padded by 2 rows
+    objective = build_objective(ObjectiveArguments(), vocab_size=11)
+    mask = batch["attention_mask"].bool()
+    expected = forward_kl(student[mask], teacher[mask][:, :11]).mean()
+    torch.testing.assert_close(objective(outputs(student), outputs(teacher), batch).loss, expected)
+
+
+def test_hard_label_component_equals_the_models_own_loss():
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    input_ids = torch.randint(0, 300, (2, 12))
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids}
+    result = model(input_ids=input_ids, labels=input_ids)
+    objective = build_objective(ObjectiveArguments(logits_weight=0, hard_label_weight=1))
+    torch.testing.assert_close(objective(result, None, batch).loss, result.loss)
+
+
+def test_accumulated_halves_give_the_same_loss_and_gradient():
+    batch = batch_with_padding()
+    teacher = torch.randn(4, 6, 11)
+    student = torch.randn(4, 6, 11, requires_grad=True)
+    objective = build_objective(ObjectiveArguments(hard_label_weight=0.5))
+    whole = objective(outputs(student), outputs(teacher), batch).loss
+    (whole_grad,) = torch.autograd.grad(whole, student)
+    counts = token_counts(batch["attention_mask"])  # of the whole accumulated batch
+    total, grad = 0.0, torch.zeros_like(student)
+    for part in (slice(0, 2), slice(2, 4)):
+        piece = {key: value[part] for key, value in batch.items()}
+        loss = objective(outputs(student[part]), outputs(teacher[part]), piece, counts).loss
+        (g,) = torch.autograd.grad(loss, student)
+        total, grad = total + loss, grad + g
+    torch.testing.assert_close(total, whole)
+    torch.testing.assert_close(grad, whole_grad)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(logits_loss="kl_divergence"), "logits_loss='kl_divergence' is not a registered loss"),
+        (dict(logits_loss_kwargs='{"beta": 0.5}'), "do not fit loss 'forward_kl'"),
+    ],
+)
+def test_bad_objective_settings(arguments, message):
+    with pytest.raises(DistilyConfigError, match=message):
+        build_objective(ObjectiveArguments(**arguments))

@@ -1,0 +1,92 @@
+"""Tiny models, a tiny tokenizer and tiny text, built here: the tests never touch the network."""
+
+import json
+import random
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+VOCAB = 320
+SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "a student", "the model", "our team", "that bird"]
+VERBS = ["sees", "likes", "reads", "builds", "finds", "trains", "loves", "writes"]
+OBJECTS = ["a book", "the tree", "some code", "a song", "the river", "an idea", "the house", "a letter"]
+ENDINGS = ["today.", "again.", "at night.", "with care.", "quickly.", "in the park.", "every day.", "slowly."]
+
+
+def make_documents(count: int, seed: int = 0) -> list[str]:
+    """Sentences from a small grammar: structured enough that a model can learn it."""
+    rng = random.Random(seed)
+    documents = []
+    for _ in range(count):
+        sentences = [
+            f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)}"
+            for _ in range(rng.randint(2, 6))
+        ]
+        documents.append(" ".join(sentences).capitalize())
+    return documents
+
+
+def make_tokenizer() -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(make_documents(200, seed=1), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", model_max_length=256)
+
+
+def tiny_config(arch: str, layers: int = 4, vocab_size: int = VOCAB, **overrides):
+    common = dict(vocab_size=vocab_size, initializer_range=0.2)
+    if arch == "gpt2":
+        config = GPT2Config(n_layer=layers, n_embd=64, n_head=4, n_positions=256, **common)
+    elif arch == "llama":
+        config = LlamaConfig(
+            num_hidden_layers=layers, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, max_position_embeddings=256, **common,
+        )
+    elif arch == "phi3":
+        config = Phi3Config(
+            num_hidden_layers=layers, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+            intermediate_size=128, max_position_embeddings=256, pad_token_id=0, **common,
+        )
+    elif arch == "qwen2":
+        config = Qwen2Config(
+            num_hidden_layers=layers, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, max_position_embeddings=256, **common,
+        )
+    else:
+        raise ValueError(arch)
+    config.bos_token_id = config.eos_token_id = 0
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+ARCHITECTURES = ["gpt2", "llama", "phi3", "qwen2"]
+
+
+def save_tiny_model(path, arch: str, tokenizer, seed: int = 0, **config_overrides) -> str:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, **config_overrides))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def write_jsonl(path, documents: list[str]) -> str:
+    with open(path, "w") as out:
+        for document in documents:
+            out.write(json.dumps({"text": document}) + "\n")
+    return str(path)
+
+

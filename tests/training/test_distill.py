@@ -1,0 +1,115 @@
+"""End to end: ``run_distillation`` on tiny models, for every architecture as teacher and student."""
+
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from distily.config import ModelArguments, parse_config
+from distily.data.text import build_datasets, collate
+from distily.config import DataArguments
+from distily.evaluation.heldout import heldout_metrics
+from distily.models.student import build_student
+from distily.models.teacher import load_teacher
+from distily.training.distill import run_distillation
+from tiny import ARCHITECTURES, save_tiny_model
+
+
+@pytest.mark.slow
+def test_distillation_halves_heldout_kl_of_a_random_student(teacher_dirs, run_values):
+    values = run_values(
+        teacher_dirs["llama"],
+        student_config_overrides={"num_hidden_layers": 2},
+        student_init="random",
+        max_steps=80,
+        learning_rate=3e-3,
+        per_device_train_batch_size=8,
+        warmup_steps=5,
+    )
+    metrics = run_distillation(parse_config(**values))
+    student = metrics["student"]
+    assert student["after_kl_to_teacher"] <= 0.5 * student["before_kl_to_teacher"], student
+    assert student["after_loss_logits"] == pytest.approx(student["after_kl_to_teacher"], rel=1e-4)
+    assert student["after_top1_agreement"] > student["before_top1_agreement"]
+
+
+def test_teacher_initialised_student_starts_closer_than_a_random_one(teacher_dirs, tokenizer, text_file, tmp_path):
+    teacher = load_teacher(teacher_dirs["llama"])
+    data = build_datasets(
+        DataArguments(dataset_name=text_file, tokenization_cache_dir=str(tmp_path)), tokenizer, 32, seed=0
+    )
+    kl = {}
+    for init in ("teacher", "random"):
+        student = build_student(ModelArguments(student_config_overrides={"num_hidden_layers": 3}, student_init=init), teacher)
+        kl[init] = heldout_metrics(student, data.eval, collate, teacher=teacher)["kl_to_teacher"]
+    assert kl["teacher"] < kl["random"], kl
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_distills_into_a_smaller_copy_of_itself(arch, teacher_dirs, run_values):
+    values = run_values(teacher_dirs[arch], student_config_overrides={"num_hidden_layers": 2}, bf16=True)
+    metrics = run_distillation(parse_config(**values))
+    assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
+    assert torch.isfinite(torch.tensor(metrics["student"]["after_loss"]))
+
+
+# Not Qwen2 here: transformers loads our generic test tokenizer as a Qwen2Tokenizer beside a Qwen2 config,
+# which adds a token, and the tokenizers then (rightly) differ.
+@pytest.mark.parametrize("teacher_arch, student_arch", [("gpt2", "llama"), ("llama", "phi3"), ("phi3", "gpt2")])
+def test_student_of_another_architecture_from_a_checkpoint(
+    teacher_arch, student_arch, teacher_dirs, tokenizer, run_values, tmp_path
+):
+    student_dir = save_tiny_model(tmp_path / "student", student_arch, tokenizer, seed=1, layers=2)
+    values = run_values(teacher_dirs[teacher_arch], student_model_name_or_path=student_dir)
+    metrics = run_distillation(parse_config(**values))
+    assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
+
+
+def test_outputs_of_a_run(teacher_dirs, run_values):
+    values = run_values(
+        teacher_dirs["gpt2"],
+        student_config_overrides={"n_layer": 2},
+        save_strategy="steps",
+        save_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        report_to="tensorboard",
+    )
+    run_distillation(parse_config(**values))
+    out = Path(values["output_dir"])
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    assert (out / "tokenizer.json").exists()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert list(out.glob("runs/**/events.out.tfevents.*"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"teacher", "student", "train"} <= set(metrics)
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    assert any("loss_logits" in entry for entry in history)
+    assert any("eval_loss_logits" in entry for entry in history)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.n_layer == 2
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(teacher_dirs["gpt2"]).get_vocab()
+
+
+def test_gradient_accumulation_gives_the_same_training_curve(teacher_dirs, run_values, tmp_path):
+    losses = {}
+    for batch, accumulation in ((4, 1), (2, 2), (1, 4)):
+        values = run_values(
+            teacher_dirs["llama"],
+            student_config_overrides={"num_hidden_layers": 2},
+            hard_label_weight=0.5,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            logging_steps=1,
+            output_dir=str(tmp_path / f"run{batch}"),
+        )
+        config = parse_config(**values)
+        run_distillation(config)
+        state = json.loads((Path(config.training.output_dir) / "metrics.json").read_text())
+        losses[(batch, accumulation)] = state["train"]["train_loss"]
+    reference = losses[(4, 1)]
+    for value in losses.values():
+        assert value == pytest.approx(reference, rel=1e-4), losses
