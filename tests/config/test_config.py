@@ -73,3 +73,13 @@ def test_unknown_key_in_file_is_named(tmp_path):
     config_file = write_yaml(tmp_path / "c.yaml", {"output_dir": "o", "teacher_modle": "gpt2"})
     with pytest.raises(DistilyConfigError, match="unknown config key 'teacher_modle'"):
         parse_config(config_file)
+
+
+def test_configuration_reference_is_up_to_date():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "config_reference.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
