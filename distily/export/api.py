@@ -1,0 +1,44 @@
+"""`distily export RUN_DIR --format packed|gguf`: turn a trained BitNet student into a deployable file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from distily.errors import DistilyConfigError
+from distily.export.gguf import write_gguf
+from distily.export.packed import write_packed_checkpoint
+from distily.models.bitnet import load_bitnet_student
+
+EXPORT_FORMATS = ("packed", "gguf")
+# Tokens of the fixed random batch the packed export is checked on: [batch, seq].
+VERIFY_BATCH, VERIFY_SEQUENCE = 2, 32
+
+
+def default_output(run_dir: Path, format: str, qtype: str = "TQ2_0") -> Path:
+    """Where an export goes when no output is given: inside the run directory."""
+    return run_dir / ("packed" if format == "packed" else f"student-{qtype.lower()}.gguf")
+
+
+def export_run(run_dir: str | Path, format: str, output: str | Path | None = None, *, qtype: str = "TQ2_0") -> Path:
+    """Export the BitNet student saved in `run_dir` and verify what was written; returns the output path.
+
+    format "packed": a transformers-loadable checkpoint with 2-bit weights (a directory), checked by
+    reloading it and comparing logits with the fake-quantised student. format "gguf": one llama.cpp file
+    with `qtype` ternary tensors (TQ2_0 or TQ1_0), checked tensor by tensor.
+    """
+    run_dir = Path(run_dir)
+    if format not in EXPORT_FORMATS:
+        raise DistilyConfigError(f"export format '{format}' is not supported; expected one of {', '.join(EXPORT_FORMATS)}")
+    if not (run_dir / "config.json").is_file():
+        raise DistilyConfigError(f"run directory '{run_dir}' has no config.json; expected a saved student checkpoint")
+    student = load_bitnet_student(run_dir)
+    output = Path(output) if output is not None else default_output(run_dir, format, qtype)
+    if format == "gguf":
+        return write_gguf(student, run_dir, output, qtype=qtype)
+    config = student.config
+    sequence = min(VERIFY_SEQUENCE, getattr(config, "max_position_embeddings", VERIFY_SEQUENCE))
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, config.vocab_size, (VERIFY_BATCH, sequence), generator=generator)
+    return write_packed_checkpoint(student, output, tokenizer_dir=run_dir, verify_input_ids=input_ids)

@@ -1,0 +1,263 @@
+"""GGUF export of BitNet students for llama.cpp, through the `gguf` package.
+
+Ternary projections are written as TQ2_0 (2.06 bits per weight) or TQ1_0 (1.69 bits): both store
+blocks of 256 values of one row with one fp16 scale per block, so a row length must be a multiple of
+256 and the per-tensor absmean scale s becomes every block's scale. Dequantised, a tensor therefore
+equals ternary * fp16(s) exactly; `verify_gguf` checks that for every ternary tensor.
+
+Architectures (transformers model_type -> llama.cpp architecture):
+    llama            -> llama   (Q and K rows permuted to llama.cpp's rotary layout)
+    llama, subln     -> bitnet  (llama.cpp's BitNet graph: SubLN before attn_output and ffn_down;
+                                 it ties the output to the token embedding)
+    gpt2             -> gpt2
+    phi3             -> phi3    (fused qkv and gate_up projections, default rotary embedding only)
+An `input_norm` student (an RMSNorm inside every ternary layer) has no llama.cpp graph. llama.cpp
+quantises activations per block of 256 (Q8_K) rather than per token, so its logits differ slightly
+from the fake-quantised PyTorch ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from distily.errors import DistilyConfigError
+from distily.export.atomic import atomic_output
+from distily.models.bitnet import BitLinear, BitNetOptions, bitlinear_modules
+
+TERNARY_TYPES = {"TQ2_0": gguf.GGMLQuantizationType.TQ2_0, "TQ1_0": gguf.GGMLQuantizationType.TQ1_0}
+FILE_TYPES = {"TQ2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "TQ1_0": gguf.LlamaFileType.MOSTLY_TQ1_0}
+# general.name; llama.cpp changes token attributes for names containing e.g. "phi3", so it stays neutral.
+GGUF_MODEL_NAME = "distily-bitnet-student"
+SUB_NORMS = {"o_proj": gguf.MODEL_TENSOR.ATTN_SUB_NORM, "down_proj": gguf.MODEL_TENSOR.FFN_SUB_NORM}
+
+
+@dataclass
+class GGUFTensor:
+    """One tensor to write: `values` float32 [rows, columns] or [n] (ternary * scale for ternary tensors,
+    which also carry `ternary` and `scale`)."""
+
+    name: str
+    values: np.ndarray
+    ternary: np.ndarray | None = None  # int8 [rows, columns]
+    scale: float | None = None
+
+
+def gguf_architecture(model: PreTrainedModel) -> str:
+    """The llama.cpp architecture for a converted student, or DistilyConfigError if it has none."""
+    options = BitNetOptions.from_config(model.config)
+    model_type = model.config.model_type
+    if options.input_norm:
+        raise DistilyConfigError("input_norm=True students have no llama.cpp graph; expected input_norm=False for GGUF")
+    if options.subln:
+        if model_type != "llama":
+            raise DistilyConfigError(f"subln GGUF export needs model_type 'llama' (llama.cpp 'bitnet'); got '{model_type}'")
+        if not model.config.tie_word_embeddings:
+            raise DistilyConfigError("llama.cpp's bitnet graph ties the LM head to the embeddings; expected tie_word_embeddings=True")
+        return "bitnet"
+    if model_type not in ("llama", "gpt2", "phi3"):
+        raise DistilyConfigError(f"no GGUF mapping for model_type '{model_type}'; expected one of llama, gpt2, phi3")
+    return model_type
+
+
+def plan_tensors(model: PreTrainedModel, architecture: str, n_vocab: int) -> list[GGUFTensor]:
+    """Map every parameter to its GGUF name and value; ternary layers are ternarised here.
+
+    Embeddings / LM head are padded to `n_vocab` rows when the tokenizer is larger than the model's
+    vocabulary (never the other way round, which is rejected in write_gguf).
+    """
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[architecture.upper()], model.config.num_hidden_layers)
+    ternary_layers = dict(bitlinear_modules(model))
+    tensors = []
+    for name, parameter in model.named_parameters():
+        module_name, _, leaf = name.rpartition(".")
+        if module_name.endswith(".rms_norm"):
+            tensors.append(GGUFTensor(_sub_norm_name(module_name), _float32(parameter)))
+            continue
+        gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise DistilyConfigError(f"no GGUF name for parameter '{name}' in llama.cpp's {architecture} graph")
+        layer = ternary_layers.get(module_name)
+        if isinstance(layer, BitLinear) and leaf == "weight":
+            tensors.append(_ternary_tensor(gguf_name, layer, model.config, architecture))
+        elif gguf_name in ("token_embd.weight", "output.weight"):
+            values = _float32(parameter)  # [vocab, hidden]
+            padding = np.zeros((n_vocab - values.shape[0], values.shape[1]), dtype=np.float32)
+            tensors.append(GGUFTensor(gguf_name, np.concatenate([values, padding])))
+        else:
+            tensors.append(GGUFTensor(gguf_name, _float32(parameter)))
+    return tensors
+
+
+def check_packable(tensors: list[GGUFTensor], qtype: str) -> None:
+    """Raise DistilyConfigError unless every ternary tensor's row length fits the GGUF type's block size."""
+    if qtype not in TERNARY_TYPES:
+        raise DistilyConfigError(f"GGUF ternary type '{qtype}' is not supported; expected one of {sorted(TERNARY_TYPES)}")
+    block_size, _ = gguf.GGML_QUANT_SIZES[TERNARY_TYPES[qtype]]
+    for tensor in tensors:
+        if tensor.ternary is not None and tensor.ternary.shape[-1] % block_size:
+            raise DistilyConfigError(
+                f"cannot write {tensor.name} as {qtype}: row length {tensor.ternary.shape[-1]}; "
+                f"expected a multiple of {block_size}"
+            )
+
+
+def write_gguf(model: PreTrainedModel, tokenizer_dir: str | Path, output_path: str | Path, qtype: str = "TQ2_0") -> Path:
+    """Write a converted student and the tokenizer saved in `tokenizer_dir` as one GGUF file; verify it.
+
+    Every check (architecture, shapes, tokenizer) runs before anything is written; the file is
+    written beside `output_path` and renamed into place.
+    """
+    architecture = gguf_architecture(model)
+    vocabulary = _vocabulary(Path(tokenizer_dir), model.config.vocab_size)
+    tensors = plan_tensors(model, architecture, len(vocabulary.tokens))
+    check_packable(tensors, qtype)
+    output_path = Path(output_path)
+    with atomic_output(output_path) as staging:
+        writer = gguf.GGUFWriter(str(staging), architecture)
+        writer.add_name(GGUF_MODEL_NAME)
+        writer.add_file_type(FILE_TYPES[qtype])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _add_hyperparameters(writer, model.config, architecture)
+        vocabulary.add_to(writer)
+        for tensor in tensors:
+            _add_tensor(writer, tensor, qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        verify_gguf(staging, tensors)
+    return output_path
+
+
+def verify_gguf(path: str | Path, tensors: list[GGUFTensor]) -> None:
+    """Check every ternary tensor in the file dequantises to ternary * fp16(scale) exactly."""
+    expected = {tensor.name: tensor for tensor in tensors if tensor.ternary is not None}
+    for stored in gguf.GGUFReader(str(path)).tensors:
+        if stored.name not in expected:
+            continue
+        tensor = expected.pop(stored.name)
+        values = gguf.quants.dequantize(stored.data, stored.tensor_type)  # [rows, columns] float32
+        reference = tensor.ternary.astype(np.float32) * np.float32(np.float16(tensor.scale))
+        if values.shape != reference.shape or not np.array_equal(values, reference):
+            raise DistilyConfigError(f"GGUF tensor {stored.name} does not dequantise to ternary * scale; expected equality")
+    if expected:
+        raise DistilyConfigError(f"GGUF file {path} lacks ternary tensors {sorted(expected)[:3]}; expected all of them")
+
+
+@dataclass
+class _Vocabulary:
+    model: str  # llama.cpp tokenizer model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    pre: str
+    tokens: list[bytes]
+    scores: list[float]
+    types: list[int]
+    special: gguf.SpecialVocab
+
+    def add_to(self, writer: gguf.GGUFWriter) -> None:
+        writer.add_tokenizer_model(self.model)
+        writer.add_tokenizer_pre(self.pre)
+        writer.add_token_list(self.tokens)
+        writer.add_token_scores(self.scores)
+        writer.add_token_types(self.types)
+        self.special.add_to_gguf(writer, quiet=True)
+
+
+def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
+    """Read a saved HF tokenizer with gguf's vocab readers; pad with unused tokens to the model's vocab size."""
+    for reader in (gguf.vocab.BpeVocab, gguf.vocab.LlamaHfVocab, gguf.vocab.SentencePieceVocab):
+        try:
+            vocab = reader(path)
+            break
+        except (FileNotFoundError, TypeError, ValueError, ImportError):
+            continue
+    else:
+        raise DistilyConfigError(f"no byte-level BPE or SentencePiece tokenizer in {path}; expected tokenizer.json or tokenizer.model")
+    entries = list(vocab.all_tokens())
+    if len(entries) > model_vocab_size:
+        raise DistilyConfigError(f"tokenizer in {path} has {len(entries)} tokens; expected at most the model's {model_vocab_size}")
+    entries += [(f"[PAD{index}]".encode(), -1000.0, gguf.TokenType.UNUSED) for index in range(len(entries), model_vocab_size)]
+    tokens, scores, types = zip(*entries)
+    return _Vocabulary(
+        model=vocab.tokenizer_model,
+        pre=_pre_tokenizer(path) if vocab.tokenizer_model == "gpt2" else "default",
+        tokens=list(tokens), scores=list(scores), types=[int(kind) for kind in types],
+        special=gguf.SpecialVocab(path, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=model_vocab_size),
+    )
+
+
+def _pre_tokenizer(path: Path) -> str:
+    """llama.cpp's pre-tokenizer name: GPT-2's regex for a plain ByteLevel pre-tokenizer, else its default."""
+    pre = json.loads((path / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+    return "gpt-2" if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) else "default"
+
+
+def _add_hyperparameters(writer: gguf.GGUFWriter, config, architecture: str) -> None:
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_vocab_size(config.vocab_size)
+    if architecture == "gpt2":
+        writer.add_feed_forward_length(config.n_inner or 4 * config.hidden_size)
+        writer.add_layer_norm_eps(config.layer_norm_epsilon)
+        return
+    rope = config.rope_parameters or {}
+    if rope.get("rope_type", "default") != "default" or rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise DistilyConfigError(f"GGUF export supports the default rotary embedding only; got {rope}")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(rope.get("rope_theta", 10000.0))
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+
+
+def _add_tensor(writer: gguf.GGUFWriter, tensor: GGUFTensor, qtype: str) -> None:
+    if tensor.ternary is not None:
+        qtype_enum = TERNARY_TYPES[qtype]
+        writer.add_tensor(tensor.name, gguf.quants.quantize(tensor.values, qtype_enum), raw_dtype=qtype_enum)
+    elif tensor.values.ndim == 2:
+        writer.add_tensor(tensor.name, tensor.values.astype(np.float16))
+    else:
+        writer.add_tensor(tensor.name, tensor.values)
+
+
+def _ternary_tensor(gguf_name: str, layer: BitLinear, config, architecture: str) -> GGUFTensor:
+    ternary, scale = layer.ternary_weight()  # int8 [out, in], fp32 []
+    if architecture == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+        heads = config.num_attention_heads if "attn_q" in gguf_name else config.num_key_value_heads
+        ternary = _rotary_permute(ternary, heads)
+    ternary = ternary.numpy()
+    return GGUFTensor(gguf_name, ternary.astype(np.float32) * scale.item(), ternary, scale.item())
+
+
+def _rotary_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Reorder each head's rows from HF's half-split rotary layout to llama.cpp's interleaved pairs.
+
+    weight [heads * head_dim, in]: row (h, j) of half i moves to (h, 2j + i).
+    """
+    rows, columns = weight.shape
+    return weight.reshape(heads, 2, rows // heads // 2, columns).transpose(1, 2).reshape(rows, columns)
+
+
+def _sub_norm_name(norm_module: str) -> str:
+    """GGUF name of a SubLN norm stored inside a projection, e.g. model.layers.3.self_attn.o_proj.rms_norm."""
+    parts = norm_module.split(".")
+    projection, block = parts[-2], next(int(part) for part in parts if part.isdigit())
+    if projection not in SUB_NORMS:
+        raise DistilyConfigError(f"no GGUF name for the norm inside '{projection}'; expected one of {sorted(SUB_NORMS)}")
+    return gguf.TENSOR_NAMES[SUB_NORMS[projection]].format(bid=block) + ".weight"
+
+
+def _float32(parameter: torch.Tensor) -> np.ndarray:
+    return parameter.detach().float().cpu().numpy()
+

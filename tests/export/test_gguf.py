@@ -1,0 +1,160 @@
+"""GGUF export: ternary tensors round-trip, tokenizer metadata, shape errors before writing, llama.cpp."""
+
+import math
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
+
+from distily.errors import DistilyConfigError
+from distily.export.api import export_run
+from distily.export.gguf import write_gguf
+from distily.models.bitnet import bitlinear_modules, convert_to_bitnet
+
+VOCAB = 320
+TINY_CONFIGS = {
+    "gpt2": lambda **kw: GPT2Config(**{"vocab_size": VOCAB, "n_embd": 256, "n_layer": 2, "n_head": 4, "n_positions": 64, **kw}),
+    "llama": lambda **kw: LlamaConfig(**{"vocab_size": VOCAB, "hidden_size": 256, "intermediate_size": 512,
+                                         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                         "max_position_embeddings": 64, **kw}),
+    "phi3": lambda **kw: Phi3Config(**{"vocab_size": VOCAB, "hidden_size": 256, "intermediate_size": 512,
+                                       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                                       "max_position_embeddings": 64, "pad_token_id": 0, **kw}),
+}
+EXPECTED_ARCH = {"gpt2": "gpt2", "llama": "llama", "phi3": "phi3"}
+
+
+def tiny_student(architecture: str, options: dict | None = None, **config):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(TINY_CONFIGS[architecture](**config)).eval()
+    return convert_to_bitnet(model, **(options or {}))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB - 16, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 8, trainer)
+    path = tmp_path_factory.mktemp("tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(path)
+    return path
+
+
+def field_value(reader: gguf.GGUFReader, key: str):
+    return reader.get_field(key).contents()
+
+
+def unpermute_rotary(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Inverse of llama.cpp's Q/K row order (pairs interleaved) back to HF's half-split order."""
+    rows, columns = weight.shape
+    return weight.reshape(heads, rows // heads // 2, 2, columns).transpose(0, 2, 1, 3).reshape(rows, columns)
+
+
+@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize("qtype", ["TQ2_0", "TQ1_0"])
+def test_gguf_tensors_round_trip(architecture, qtype, tokenizer_dir, tmp_path):
+    student = tiny_student(architecture)
+    path = write_gguf(student, tokenizer_dir, tmp_path / "student.gguf", qtype=qtype)
+    reader = gguf.GGUFReader(str(path))
+    assert field_value(reader, "general.architecture") == EXPECTED_ARCH[architecture]
+    stored = {tensor.name: tensor for tensor in reader.tensors}
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[EXPECTED_ARCH[architecture].upper()], 2)
+    for name, layer in bitlinear_modules(student):
+        tensor = stored[name_map.get_name(name + ".weight", try_suffixes=(".weight",))]
+        assert tensor.tensor_type == gguf.GGMLQuantizationType[qtype]
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # [out, in]
+        if architecture == "llama" and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = student.config.num_attention_heads if "attn_q" in tensor.name else student.config.num_key_value_heads
+            values = unpermute_rotary(values, heads)
+        ternary, scale = layer.ternary_weight()
+        np.testing.assert_array_equal(values, ternary.numpy().astype(np.float32) * np.float32(np.float16(scale.item())))
+    assert stored["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+    assert stored["output_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def test_gguf_tokenizer_metadata(tokenizer_dir, tmp_path):
+    reader = gguf.GGUFReader(str(write_gguf(tiny_student("llama"), tokenizer_dir, tmp_path / "student.gguf")))
+    assert field_value(reader, "tokenizer.ggml.model") == "gpt2"
+    assert field_value(reader, "tokenizer.ggml.pre") == "gpt-2"
+    tokens = field_value(reader, "tokenizer.ggml.tokens")
+    assert len(tokens) == VOCAB and tokens[-1] == "[PAD319]"
+    assert len(field_value(reader, "tokenizer.ggml.merges")) > 0
+    eos = field_value(reader, "tokenizer.ggml.eos_token_id")
+    assert tokens[eos] == "<|endoftext|>"
+
+
+def test_subln_llama_becomes_llama_cpp_bitnet(tokenizer_dir, tmp_path):
+    student = tiny_student("llama", {"subln": True}, tie_word_embeddings=True)
+    reader = gguf.GGUFReader(str(write_gguf(student, tokenizer_dir, tmp_path / "student.gguf")))
+    assert field_value(reader, "general.architecture") == "bitnet"
+    names = {tensor.name for tensor in reader.tensors}
+    assert {"blk.0.attn_sub_norm.weight", "blk.1.ffn_sub_norm.weight"} <= names and "output.weight" not in names
+
+
+@pytest.mark.parametrize("architecture, config, match", [
+    ("llama", {"intermediate_size": 320}, "blk.0.ffn_down.weight as TQ2_0: row length 320; expected a multiple of 256"),
+    ("gpt2", {"n_inner": 640}, "row length 640; expected a multiple of 256"),
+])
+def test_unpackable_shape_fails_before_writing(architecture, config, match, tokenizer_dir, tmp_path):
+    with pytest.raises(DistilyConfigError, match=match):
+        write_gguf(tiny_student(architecture, **config), tokenizer_dir, tmp_path / "student.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("architecture, options, match", [
+    ("llama", {"input_norm": True}, "input_norm=True students have no llama.cpp graph"),
+    ("gpt2", {"subln": True}, "subln GGUF export needs model_type 'llama'"),
+    ("llama", {"subln": True}, "expected tie_word_embeddings=True"),
+])
+def test_unsupported_students_are_rejected(architecture, options, match, tokenizer_dir, tmp_path):
+    with pytest.raises(DistilyConfigError, match=match):
+        write_gguf(tiny_student(architecture, options), tokenizer_dir, tmp_path / "student.gguf")
+    with pytest.raises(DistilyConfigError, match="'TQ3_0' is not supported"):
+        write_gguf(tiny_student("llama"), tokenizer_dir, tmp_path / "student.gguf", qtype="TQ3_0")
+
+
+def test_export_run_gguf(tokenizer_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    tiny_student("llama").save_pretrained(run_dir)
+    PreTrainedTokenizerFast.from_pretrained(tokenizer_dir).save_pretrained(run_dir)
+    path = export_run(run_dir, "gguf")
+    assert path == run_dir / "student-tq2_0.gguf" and path.stat().st_size > 0
+
+
+def pytorch_perplexity(model, tokens: torch.Tensor) -> float:
+    with torch.no_grad():
+        logprobs = model(tokens[None]).logits[0, :-1].float().log_softmax(-1)  # [seq - 1, vocab]
+    return math.exp(-logprobs.gather(-1, tokens[1:, None]).mean().item())
+
+
+def llama_cpp_perplexity(path, tokens: torch.Tensor) -> float:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = llama_cpp.Llama(model_path=str(path), n_ctx=len(tokens), logits_all=True, verbose=False, n_threads=2)
+    model.eval(tokens.tolist())
+    logits = torch.tensor(np.asarray(model.scores[: len(tokens)]))[:-1]  # [seq - 1, vocab]
+    return math.exp(-logits.log_softmax(-1).gather(-1, tokens[1:, None]).mean().item())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture, options, config", [
+    ("llama", {}, {}), ("gpt2", {}, {}), ("phi3", {}, {}), ("llama", {"subln": True}, {"tie_word_embeddings": True}),
+])
+def test_llama_cpp_perplexity_matches_pytorch(architecture, options, config, tokenizer_dir, tmp_path):
+    pytest.importorskip("llama_cpp")
+    torch.manual_seed(0)
+    student = convert_to_bitnet(AutoModelForCausalLM.from_config(TINY_CONFIGS[architecture](**config)).eval(), **options)
+    with torch.no_grad():  # peaked predictions and attention, so that a wrong rotary layout shows
+        student.get_output_embeddings().weight.mul_(2)
+        for name, module in student.named_modules():
+            if name.endswith(("q_proj", "k_proj", "qkv_proj", "c_attn")):
+                module.weight.mul_(8)
+    path = write_gguf(student, tokenizer_dir, tmp_path / "student.gguf")
+    tokens = torch.randint(0, VOCAB - 16, (64,), generator=torch.Generator().manual_seed(3))
+    reference = pytorch_perplexity(student, tokens)
+    assert llama_cpp_perplexity(path, tokens) == pytest.approx(reference, rel=0.02)

@@ -1,0 +1,137 @@
+"""Packed ternary checkpoints: transformers' 2-bit layout, exact round trip, logits, transformers loading."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
+from transformers.integrations.bitnet import pack_weights
+
+from distily.errors import DistilyConfigError
+from distily.export.api import export_run
+from distily.export.packed import (
+    LOGITS_TOLERANCE,
+    linear_weight_bytes,
+    load_packed_student,
+    pack_ternary,
+    unpack_ternary,
+    verify_packed,
+    write_packed_checkpoint,
+)
+from distily.models.bitnet import bitlinear_modules, convert_to_bitnet
+
+VOCAB = 256
+TINY_CONFIGS = {
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=256, n_layer=2, n_head=4, n_positions=64),
+    "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64),
+    "phi3": lambda: Phi3Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0),
+}
+
+
+def tiny_student(architecture: str, **options):
+    torch.manual_seed(0)
+    return convert_to_bitnet(AutoModelForCausalLM.from_config(TINY_CONFIGS[architecture]()).eval(), **options)
+
+
+def random_tokens(batch: int = 2, seq: int = 32) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(1))
+
+
+def test_pack_layout_matches_transformers():
+    ternary = torch.randint(-1, 2, (64, 24), dtype=torch.int8)
+    packed = pack_ternary(ternary)
+    assert packed.shape == (16, 24) and packed.dtype == torch.uint8
+    assert torch.equal(packed, pack_weights(ternary.clone()))
+    assert torch.equal(unpack_ternary(packed), ternary)
+
+
+def test_pack_rejects_rows_not_divisible_by_four():
+    with pytest.raises(DistilyConfigError, match="6 rows; expected a multiple of 4"):
+        pack_ternary(torch.zeros(6, 8, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+def test_packed_round_trip_is_exact(architecture, tmp_path):
+    student = tiny_student(architecture)
+    path = write_packed_checkpoint(student, tmp_path / "packed", verify_input_ids=random_tokens())
+    stored = load_file(path / "model.safetensors")
+    for name, layer in bitlinear_modules(student):
+        ternary, scale = layer.ternary_weight()
+        assert torch.equal(unpack_ternary(stored[f"{name}.weight"]), ternary)
+        assert torch.equal(stored[f"{name}.weight_scale"], scale.reshape(1))
+    packed_bytes, fp16_bytes = linear_weight_bytes(path)
+    assert packed_bytes * 7 <= fp16_bytes
+    reloaded = load_packed_student(path)
+    with torch.no_grad():
+        assert torch.equal(reloaded(random_tokens()).logits, student(random_tokens()).logits)
+
+
+def test_transformers_loads_packed_llama(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)  # transformers' BitNet helpers are torch.compile'd
+    student = tiny_student("llama", input_norm=True)
+    path = write_packed_checkpoint(student, tmp_path / "packed")
+    config = json.loads((path / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "bitnet"
+    assert config["quantization_config"]["modules_to_not_convert"] == ["lm_head"]
+    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        reference, logits = student(random_tokens()).logits, loaded(random_tokens()).logits
+    assert (logits - reference).abs().max() <= LOGITS_TOLERANCE * reference.abs().max()
+
+
+@pytest.mark.parametrize("architecture, options", [("gpt2", {}), ("llama", {"subln": True})])
+def test_layouts_transformers_cannot_rebuild_carry_no_quantization_config(architecture, options, tmp_path):
+    student = tiny_student(architecture, **options)
+    path = write_packed_checkpoint(student, tmp_path / "packed", verify_input_ids=random_tokens())
+    assert "quantization_config" not in json.loads((path / "config.json").read_text())
+    assert json.loads((path / "config.json").read_text())["distily_bitnet"]["format"] == "packed"
+
+
+def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
+    student = tiny_student("llama")
+    monkeypatch.setattr("distily.export.packed.LOGITS_TOLERANCE", -1.0)
+    with pytest.raises(DistilyConfigError, match="packed logits differ"):
+        write_packed_checkpoint(student, tmp_path / "packed", verify_input_ids=random_tokens())
+    assert list(tmp_path.iterdir()) == []
+
+
+def save_run(student, run_dir):
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(["a tiny corpus for a tiny tokenizer"] * 4, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(run_dir)
+    student.save_pretrained(run_dir)
+
+
+def test_export_run_writes_a_verified_packed_checkpoint(tmp_path):
+    save_run(tiny_student("llama"), tmp_path / "run")
+    path = export_run(tmp_path / "run", "packed")
+    assert path == tmp_path / "run" / "packed"
+    assert (path / "tokenizer.json").is_file() and (path / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
+
+
+def test_export_run_errors(tmp_path):
+    with pytest.raises(DistilyConfigError, match="expected one of packed, gguf"):
+        export_run(tmp_path, "onnx")
+    with pytest.raises(DistilyConfigError, match="no config.json"):
+        export_run(tmp_path, "packed")
+    save_run(tiny_student("llama"), tmp_path / "run")
+    export_run(tmp_path / "run", "packed")
+    with pytest.raises(DistilyConfigError, match="packed export"):  # an export is not a trained student
+        export_run(tmp_path / "run" / "packed", "packed")
+
+
+def test_verify_rejects_oversized_weights(tmp_path, monkeypatch):
+    student = tiny_student("llama")
+    path = write_packed_checkpoint(student, tmp_path / "packed")
+    monkeypatch.setattr("distily.export.packed.linear_weight_bytes", lambda _: (100, 100))
+    with pytest.raises(DistilyConfigError, match="packed linear weights take 100 bytes"):
+        verify_packed(student, path, random_tokens())

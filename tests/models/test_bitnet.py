@@ -1,0 +1,185 @@
+"""BitNet conversion: ternary layers, straight-through gradients, teacher-initialised students, distillation."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config
+from transformers.pytorch_utils import Conv1D
+
+from distily.errors import DistilyConfigError
+from distily.models.bitnet import (
+    BitLinear,
+    block_projections,
+    convert_to_bitnet,
+    fake_quantize_activations,
+    load_bitnet_student,
+    ternarize,
+)
+from distily.training.bitnet_schedule import BitNetSchedule, build_bitnet_optimizer
+
+VOCAB = 256
+TINY_CONFIGS = {
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=256, n_layer=2, n_head=4, n_positions=64),
+    "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64),
+    "phi3": lambda: Phi3Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0),
+}
+
+
+def tiny_model(architecture: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(TINY_CONFIGS[architecture]()).eval()
+
+
+def random_tokens(batch: int = 2, seq: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_ternarize_is_absmean_in_fp32():
+    weight = torch.randn(64, 32, dtype=torch.bfloat16)
+    ternary, scale = ternarize(weight)
+    assert ternary.dtype == torch.int8 and scale.dtype == torch.float32
+    assert set(ternary.unique().tolist()) <= {-1, 0, 1}
+    assert torch.equal(scale, weight.float().abs().mean())
+    assert torch.equal(ternary, (weight.float() / scale).round().clamp(-1, 1).to(torch.int8))
+
+
+def test_activation_quantisation_is_int8_per_token():
+    activations = torch.randn(3, 5, 64) * torch.logspace(-3, 3, 5).view(1, 5, 1)
+    quantised = fake_quantize_activations(activations)
+    step = activations.abs().amax(-1, keepdim=True) / 127  # [3, 5, 1]
+    levels = (quantised / step).round()
+    assert torch.allclose(quantised / step, levels, atol=1e-3)
+    assert levels.abs().max() <= 127
+    assert ((quantised - activations).abs() <= step / 2 + 1e-6).all()
+
+
+def test_straight_through_estimator_passes_gradients_to_latent_weights():
+    torch.manual_seed(0)
+    layer = BitLinear(32, 16, bias=True)
+    inputs = torch.randn(4, 32, requires_grad=True)
+    layer(inputs).square().sum().backward()
+    ternary, scale = ternarize(layer.weight)
+    reference_weight = (ternary.float() * scale).requires_grad_()
+    reference_inputs = fake_quantize_activations(inputs.detach()).requires_grad_()
+    F.linear(reference_inputs, reference_weight, layer.bias.detach()).square().sum().backward()
+    assert torch.allclose(layer.weight.grad, reference_weight.grad, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(inputs.grad, reference_inputs.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+def test_conversion_replaces_only_block_projections(architecture):
+    model = tiny_model(architecture)
+    sources = {name: module.weight.detach().clone() for name, module in block_projections(model)}
+    transposed = {name for name, module in block_projections(model) if isinstance(module, Conv1D)}
+    convert_to_bitnet(model)
+    converted = dict(model.named_modules())
+    assert sources and all(isinstance(converted[name], BitLinear) for name in sources)
+    for name, weight in sources.items():  # latent weights start from the source weights
+        expected = weight.t() if name in transposed else weight
+        assert torch.equal(converted[name].weight, expected)
+    outside = [module for name, module in model.named_modules() if name not in sources and isinstance(module, BitLinear)]
+    assert not outside
+    assert isinstance(model.get_output_embeddings(), nn.Linear) and not isinstance(model.get_output_embeddings(), BitLinear)
+    assert model.config.distily_bitnet == {"input_norm": False, "subln": False, "rms_norm_eps": pytest.approx(model.config.distily_bitnet["rms_norm_eps"])}
+
+
+def ternarised_teacher(teacher):
+    """The teacher with every block projection's weight replaced by ternary * scale (weights only)."""
+    reference = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for _, module in block_projections(reference):
+            ternary, scale = ternarize(module.weight)
+            module.weight.copy_(ternary.float() * scale)
+    return reference
+
+
+@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+def test_teacher_initialised_student_tracks_ternarised_teacher(architecture):
+    teacher = tiny_model(architecture)
+    student = convert_to_bitnet(copy.deepcopy(teacher))
+    tokens = random_tokens()
+    with torch.no_grad():
+        reference = ternarised_teacher(teacher)(tokens).logits.log_softmax(-1)  # [batch, seq, vocab]
+        logprobs = student(tokens).logits.log_softmax(-1)
+        teacher_logprobs = teacher(tokens).logits.log_softmax(-1)
+    kl_to_ternarised = F.kl_div(logprobs, reference, log_target=True, reduction="batchmean").item() / tokens.shape[1]
+    kl_to_teacher = F.kl_div(logprobs, teacher_logprobs, log_target=True, reduction="batchmean").item() / tokens.shape[1]
+    # only the int8 activation rounding separates the student from the ternarised teacher
+    assert kl_to_ternarised < 1e-3
+    assert kl_to_ternarised < kl_to_teacher
+
+
+def test_input_norm_and_subln_placement():
+    everywhere = convert_to_bitnet(tiny_model("llama"), input_norm=True)
+    assert all(layer.rms_norm is not None for _, layer in block_projections(everywhere))
+    subln = convert_to_bitnet(tiny_model("llama"), subln=True)
+    with_norm = sorted({name.rsplit(".", 1)[-1] for name, layer in block_projections(subln) if layer.rms_norm is not None})
+    assert with_norm == ["down_proj", "o_proj"]
+    gpt2 = convert_to_bitnet(tiny_model("gpt2"), subln=True)
+    assert sorted({name.split(".")[-2] + "." + name.split(".")[-1]
+                   for name, layer in block_projections(gpt2) if layer.rms_norm is not None}) == ["attn.c_proj", "mlp.c_proj"]
+
+
+def test_conversion_errors():
+    model = convert_to_bitnet(tiny_model("llama"))
+    with pytest.raises(DistilyConfigError, match="already"):
+        convert_to_bitnet(model)
+    model = tiny_model("llama")
+    model.config.num_hidden_layers = 7
+    with pytest.raises(DistilyConfigError, match="num_hidden_layers=7"):
+        convert_to_bitnet(model)
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_saved_student_reloads_exactly(architecture, tmp_path):
+    student = convert_to_bitnet(tiny_model(architecture), subln=True)
+    with torch.no_grad():
+        for _, layer in block_projections(student):
+            if layer.rms_norm is not None:
+                layer.rms_norm.weight.uniform_(0.5, 1.5)
+    student.save_pretrained(tmp_path)
+    reloaded = load_bitnet_student(tmp_path)
+    tokens = random_tokens()
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens).logits, student(tokens).logits)
+
+
+def test_load_requires_a_bitnet_checkpoint(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path)
+    with pytest.raises(DistilyConfigError, match="distily_bitnet"):
+        load_bitnet_student(tmp_path)
+
+
+def test_short_distillation_lowers_kl():
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # a teacher with confident predictions to learn from
+        teacher.get_output_embeddings().weight.mul_(8)
+    student = convert_to_bitnet(AutoModelForCausalLM.from_config(config)).train()  # from its own initialisation
+    optimizer, scheduler = build_bitnet_optimizer(student, lr=3e-3, schedule=BitNetSchedule(total_steps=40, warmup_steps=4))
+
+    def kl(tokens):
+        with torch.no_grad():
+            target = teacher(tokens).logits.log_softmax(-1)  # [batch, seq, vocab]
+        logprobs = student(tokens).logits.log_softmax(-1)
+        return F.kl_div(logprobs, target, log_target=True, reduction="none").sum(-1).mean()
+
+    held_out = random_tokens(4, 32, seed=99)
+    with torch.no_grad():
+        before = kl(held_out).item()
+    for step in range(40):
+        loss = kl(random_tokens(4, 32, seed=step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    with torch.no_grad():
+        after = kl(held_out).item()
+    assert after < 0.8 * before
