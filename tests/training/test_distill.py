@@ -113,3 +113,14 @@ def test_gradient_accumulation_gives_the_same_training_curve(teacher_dirs, run_v
     reference = losses[(4, 1)]
     for value in losses.values():
         assert value == pytest.approx(reference, rel=1e-4), losses
+
+
+def test_a_finished_run_can_be_resumed_for_more_steps(teacher_dirs, run_values):
+    values = run_values(
+        teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, save_strategy="steps", save_steps=2
+    )
+    run_distillation(parse_config(**values))
+    metrics = run_distillation(parse_config(**{**values, "max_steps": 6, "resume_from_checkpoint": "true"}))
+    state = json.loads((Path(values["output_dir"]) / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert metrics["train"]["train_runtime"] > 0
