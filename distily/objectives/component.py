@@ -1,0 +1,37 @@
+"""What every term of the distillation objective is: a ``Component``, and the token counts it is divided by."""
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+POSITIONS, TARGETS = 0, 1  # rows of the token-count tensor
+
+
+def token_counts(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[positions, targets]``: non-padding positions, and those followed by a non-padding token."""
+    mask = attention_mask.bool()  # [batch, seq]
+    return torch.stack([mask.sum(), (mask[:, 1:] & mask[:, :-1]).sum()])
+
+
+class Component(nn.Module):
+    """One term of the objective. ``forward`` returns the loss summed over tokens.
+
+    ``normalizer`` picks the token count the objective divides the sum by; the ``needs_*`` flags tell
+    the trainer what the models must return. Parameters of a component (projectors, norms) are trained
+    with the student and saved in checkpoints, never in the exported student.
+    """
+
+    normalizer = POSITIONS
+    needs_teacher = True
+    needs_hidden_states = False
+    needs_attentions = False
+
+    def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
+        """Called by the trainer with both models before any forward pass (``teacher`` is None when it was
+        recorded ahead of time); a component that reads model internals (e.g. q/k/v through hooks) registers
+        its hooks here."""
+
+    def forward(self, student_outputs: Any, teacher_outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,276 @@
+"""Feature distillation: hidden states, attention probabilities and attention relations.
+
+Each component pairs student and teacher layers with a layer map (``layer_maps.py``) and returns, like
+every ``Component``, its loss summed over non-padding positions; the objective divides by the token
+count. Within a component the loss is averaged over layer pairs (and heads, relation kinds), so its
+weight does not depend on how many layers are mapped. All reductions run in float32.
+"""
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from distily.config import ObjectiveArguments
+from distily.errors import DistilyConfigError
+from distily.objectives.component import Component
+from distily.objectives.layer_maps import LayerPairs, resolve_layer_map
+from distily.objectives.model_shape import ModelShape
+from distily.objectives.norms import PairNorm, build_norm
+from distily.objectives.projectors import build_projector
+from distily.objectives.qkv import QKVRecorder
+
+FeatureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``mean_c (s_c - t_c)^2`` per token, ``[tokens, width]`` -> ``[tokens]`` (TinyBERT's hidden-state loss,
+    Jiao et al., 2020, "TinyBERT: Distilling BERT for Natural Language Understanding")."""
+    return (student.float() - teacher.float()).square().mean(-1)
+
+
+def cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``1 - s.t / (|s| |t|)`` per token, ``[tokens, width]`` -> ``[tokens]``; blind to scale (DistilBERT's
+    cosine embedding loss, Sanh et al., 2019, "DistilBERT, a distilled version of BERT")."""
+    return 1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
+
+
+FEATURE_LOSSES: dict[str, FeatureLoss] = {"mse": mse, "cosine": cosine}
+
+
+class HiddenStatesComponent(Component):
+    """``mean over pairs (i, j) of loss(norm(project(h_s[i])), norm(h_t[j]))`` at every non-padding token,
+    ``h[i]`` the model's ``hidden_states[i]`` (index 0: embeddings). FitNets hints (Romero et al., 2015)
+    and TinyBERT's hidden-state distillation (Jiao et al., 2020) are the linear-projector, MSE case."""
+
+    needs_hidden_states = True
+
+    def __init__(self, layer_pairs: LayerPairs, projectors: list[nn.Module], norms: list[PairNorm], loss: str):
+        super().__init__()
+        self.layer_pairs = list(layer_pairs)
+        self.projectors = nn.ModuleList(projectors)  # one per pair: [..., student_width] -> [..., teacher_width]
+        self.norms = nn.ModuleList(norms)  # one per pair
+        self.loss_name, self.loss_fn = loss, FEATURE_LOSSES[loss]
+
+    def forward(self, student_outputs, teacher_outputs, batch):
+        mask = batch["attention_mask"].bool()  # [batch, seq]
+        total = torch.zeros((), device=mask.device)
+        for (student_index, teacher_index), projector, norm in zip(self.layer_pairs, self.projectors, self.norms):
+            student = projector(student_outputs.hidden_states[student_index][mask].float())  # [tokens, teacher_width]
+            teacher = teacher_outputs.hidden_states[teacher_index][mask]  # [tokens, teacher_width]
+            student, teacher = norm(student, teacher)  # float32
+            total = total + self.loss_fn(student, teacher).sum()
+        return total / len(self.layer_pairs)
+
+    def extra_repr(self) -> str:
+        return f"layer_pairs={self.layer_pairs}, loss={self.loss_name}"
+
+
+def _merge_heads(probs: torch.Tensor, heads: int) -> torch.Tensor:
+    """Average contiguous groups of heads down to ``heads``: ``[batch, H, q, k]`` -> ``[batch, heads, q, k]``.
+    A mean of distributions is a distribution."""
+    return probs.unflatten(1, (heads, probs.shape[1] // heads)).float().mean(2)
+
+
+def _row_kl(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
+    """``KL(p_t || p_s) = sum_k p_t (log p_t - log p_s)`` over the last axis, from probabilities, float32.
+    Keys with ``p_t = 0`` (masked, or in the future of a causal row) contribute 0."""
+    tiny = torch.finfo(torch.float32).tiny
+    teacher_probs, student_probs = teacher_probs.float(), student_probs.float()
+    return (teacher_probs * (teacher_probs.clamp_min(tiny).log() - student_probs.clamp_min(tiny).log())).sum(-1)
+
+
+class AttentionsComponent(Component):
+    """``mean over pairs, heads of KL(A_t[j] || A_s[i])`` per attention row (query position), the rows'
+    distributions over keys; MiniLM's self-attention distribution transfer (Wang et al., 2020, "MiniLM:
+    Deep Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers").
+
+    Heads: ``group`` averages the model with more heads in contiguous groups down to the other's count
+    (one count must divide the other); ``mean`` averages all heads of both models into one distribution.
+    The models must return attention probabilities, which needs eager attention (the trainer switches
+    both models to it). With attention dropout in training, Hugging Face returns the post-dropout weights.
+    """
+
+    needs_attentions = True
+
+    def __init__(self, layer_pairs: LayerPairs, student_heads: int, teacher_heads: int, heads: str = "group"):
+        super().__init__()
+        self.layer_pairs, self.heads_mode = list(layer_pairs), heads
+        self.matched_heads = min(student_heads, teacher_heads) if heads == "group" else 1
+
+    def forward(self, student_outputs, teacher_outputs, batch):
+        mask = batch["attention_mask"].bool()  # [batch, seq]
+        for role, outputs in (("student", student_outputs), ("teacher", teacher_outputs)):
+            if not outputs.attentions:
+                raise DistilyConfigError(
+                    f"the {role} returned no attention probabilities; attentions_weight > 0 expects models that "
+                    "support eager attention"
+                )
+        total = torch.zeros((), device=mask.device)
+        for student_index, teacher_index in self.layer_pairs:
+            student_probs = _merge_heads(student_outputs.attentions[student_index - 1], self.matched_heads)
+            teacher_probs = _merge_heads(teacher_outputs.attentions[teacher_index - 1], self.matched_heads)
+            student_rows = student_probs.transpose(1, 2)[mask]  # [tokens, heads, keys]
+            teacher_rows = teacher_probs.transpose(1, 2)[mask]  # [tokens, heads, keys]
+            total = total + _row_kl(teacher_rows, student_rows).mean(-1).sum()
+        return total / len(self.layer_pairs)
+
+    def extra_repr(self) -> str:
+        return f"layer_pairs={self.layer_pairs}, heads={self.heads_mode}, matched_heads={self.matched_heads}"
+
+
+def relation_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Which key each query row may relate to: earlier or same positions that are not padding, and always
+    itself (so no row is empty): ``[batch, seq]`` -> ``[batch, 1, seq, seq]`` bool."""
+    mask = attention_mask.bool()  # [batch, seq]
+    seq = mask.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=mask.device).tril()  # [query, key]
+    itself = torch.eye(seq, dtype=torch.bool, device=mask.device)  # [query, key]
+    return (causal & mask[:, None, None, :]) | itself
+
+
+def relation_logprobs(vectors: torch.Tensor, relation_heads: int, allowed: torch.Tensor) -> torch.Tensor:
+    """``log softmax(V_r V_r^T / sqrt(d_r))`` over allowed keys for each relation head r, where ``V_r`` is
+    the r-th of ``relation_heads`` equal slices of the width: ``[batch, seq, width]`` ->
+    ``[batch, relation_heads, seq, seq]`` float32. Disallowed keys get probability 0."""
+    head_vectors = vectors.float().unflatten(-1, (relation_heads, -1)).transpose(1, 2)  # [batch, R, seq, d_r]
+    scores = head_vectors @ head_vectors.transpose(-1, -2) / math.sqrt(head_vectors.shape[-1])  # [batch, R, seq, seq]
+    scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return scores.log_softmax(-1)
+
+
+class AttentionRelationsComponent(Component):
+    """Self-attention relation distillation (Wang et al., 2021, "MiniLMv2: Multi-Head Self-Attention
+    Relation Distillation for Compressing Pretrained Transformers"): for each kind in q-q, k-k, v-v,
+
+        R = softmax(V_r V_r^T / sqrt(d_r)),  loss = mean over pairs, kinds, relation heads of KL(R_t || R_s)
+
+    per query row. The q/k/v of both models are split into the same number of relation heads, so the
+    student may have other widths and head counts than the teacher. They are recorded by forward hooks on
+    the projections (``qkv.py``): no model needs eager attention. Rows are causal (a position relates to
+    itself and earlier positions), like the attention of the causal LMs distilled here; padding keys are
+    left out and padding rows are not counted.
+    """
+
+    def __init__(self, layer_pairs: LayerPairs, relation_heads: int, kinds: list[str]):
+        super().__init__()
+        self.layer_pairs, self.relation_heads, self.kinds = list(layer_pairs), relation_heads, list(kinds)
+        self._recorders: tuple[QKVRecorder, QKVRecorder] | None = None  # (student, teacher), set by attach()
+
+    def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
+        if teacher is None:
+            raise DistilyConfigError(
+                "attention_relations_weight > 0 with a recorded teacher; expected a teacher model, whose q/k/v are "
+                "captured during its forward pass"
+            )
+        if self._recorders is not None:
+            for recorder in self._recorders:
+                recorder.remove()
+        self._recorders = (
+            QKVRecorder(student, [index - 1 for index, _ in self.layer_pairs]),
+            QKVRecorder(teacher, [index - 1 for _, index in self.layer_pairs]),
+        )
+
+    def forward(self, student_outputs, teacher_outputs, batch):
+        if self._recorders is None:
+            raise RuntimeError("attention relations read q/k/v through hooks: call attach(student, teacher) first")
+        mask = batch["attention_mask"].bool()  # [batch, seq]
+        allowed = relation_mask(mask)  # [batch, 1, seq, seq]
+        student_recorder, teacher_recorder = self._recorders
+        student_records = {index: student_recorder.take(index - 1) for index in {s for s, _ in self.layer_pairs}}
+        teacher_records = {index: teacher_recorder.take(index - 1) for index in {t for _, t in self.layer_pairs}}
+        total = torch.zeros((), device=mask.device)
+        for student_index, teacher_index in self.layer_pairs:
+            for kind in self.kinds:
+                student_logp = relation_logprobs(student_records[student_index][kind], self.relation_heads, allowed)
+                teacher_logp = relation_logprobs(teacher_records[teacher_index][kind], self.relation_heads, allowed)
+                row_kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)  # [batch, R, seq]
+                total = total + row_kl.mean(1)[mask].sum()
+        return total / (len(self.layer_pairs) * len(self.kinds))
+
+    def extra_repr(self) -> str:
+        return f"layer_pairs={self.layer_pairs}, relation_heads={self.relation_heads}, kinds={self.kinds}"
+
+
+def _layer_pairs(
+    args: ObjectiveArguments, component: str, teacher: ModelShape, student: ModelShape, allow_embeddings: bool
+) -> LayerPairs:
+    """The layer pairs of ``<component>_layer_map`` and ``<component>_layer_map_kwargs`` for these depths."""
+    option = f"{component}_layer_map"
+    return resolve_layer_map(
+        option,
+        getattr(args, option),
+        getattr(args, f"{option}_kwargs"),
+        student.depth,
+        teacher.depth,
+        allow_embeddings,
+    )
+
+
+def _hidden_states(args: ObjectiveArguments, teacher: ModelShape, student: ModelShape) -> HiddenStatesComponent:
+    pairs = _layer_pairs(args, "hidden_states", teacher, student, allow_embeddings=True)
+    if args.hidden_states_loss not in FEATURE_LOSSES:
+        raise DistilyConfigError(
+            f"hidden_states_loss={args.hidden_states_loss!r} is not a registered feature loss; expected one of "
+            f"{', '.join(FEATURE_LOSSES)}"
+        )
+    projectors = [
+        build_projector("hidden_states_projector", args.hidden_states_projector, student.width, teacher.width)
+        for _ in pairs
+    ]
+    norms = [build_norm("hidden_states_norm", args.hidden_states_norm, teacher.width) for _ in pairs]
+    return HiddenStatesComponent(pairs, projectors, norms, args.hidden_states_loss)
+
+
+def _attentions(args: ObjectiveArguments, teacher: ModelShape, student: ModelShape) -> AttentionsComponent:
+    pairs = _layer_pairs(args, "attentions", teacher, student, allow_embeddings=False)
+    if args.attentions_heads == "group" and max(student.heads, teacher.heads) % min(student.heads, teacher.heads):
+        raise DistilyConfigError(
+            f"attentions_heads='group' needs one head count to divide the other; got {student.heads} student and "
+            f"{teacher.heads} teacher heads (expected attentions_heads='mean' for these models)"
+        )
+    return AttentionsComponent(pairs, student.heads, teacher.heads, args.attentions_heads)
+
+
+def _relation_widths(shape: ModelShape, kinds: list[str]) -> list[int]:
+    return [shape.query_width if kind == "query" else shape.kv_width for kind in kinds]
+
+
+def _attention_relations(
+    args: ObjectiveArguments, teacher: ModelShape, student: ModelShape
+) -> AttentionRelationsComponent:
+    pairs = _layer_pairs(args, "attention_relations", teacher, student, allow_embeddings=False)
+    kinds = args.attention_relations_kinds
+    widths = _relation_widths(student, kinds) + _relation_widths(teacher, kinds)
+    relation_heads = args.attention_relations_heads or math.gcd(
+        student.heads, student.kv_heads, teacher.heads, teacher.kv_heads
+    )
+    if any(width % relation_heads for width in widths):
+        raise DistilyConfigError(
+            f"attention_relations_heads={relation_heads} does not divide the q/k/v widths {sorted(set(widths))} of "
+            "student and teacher; expected a divisor of every one"
+        )
+    return AttentionRelationsComponent(pairs, relation_heads, kinds)
+
+
+def build_feature_components(
+    args: ObjectiveArguments, teacher_config: Optional[PretrainedConfig], student_config: Optional[PretrainedConfig]
+) -> tuple[dict[str, Component], dict[str, float]]:
+    """The feature components the configuration turns on (weight > 0), sized from the model configs, and
+    their weights."""
+    builders = {
+        "hidden_states": (args.hidden_states_weight, _hidden_states),
+        "attentions": (args.attentions_weight, _attentions),
+        "attention_relations": (args.attention_relations_weight, _attention_relations),
+    }
+    wanted = {name: (weight, build) for name, (weight, build) in builders.items() if weight > 0}
+    if not wanted:
+        return {}, {}
+    if teacher_config is None or student_config is None:
+        raise ValueError(f"{', '.join(wanted)} are sized from the models: pass teacher_config and student_config")
+    teacher, student = ModelShape.from_config(teacher_config), ModelShape.from_config(student_config)
+    components = {name: build(args, teacher, student) for name, (_, build) in wanted.items()}
+    return components, {name: weight for name, (weight, _) in wanted.items()}
