@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from distily.errors import DistilyConfigError
-from distily.export.gguf import write_gguf
 from distily.export.packed import write_packed_checkpoint
 from distily.models.bitnet import load_bitnet_student
 
@@ -36,9 +35,18 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     student = load_bitnet_student(run_dir)
     output = Path(output) if output is not None else default_output(run_dir, format, qtype)
     if format == "gguf":
-        return write_gguf(student, run_dir, output, qtype=qtype)
+        return _write_gguf()(student, run_dir, output, qtype=qtype)
     config = student.config
     sequence = min(VERIFY_SEQUENCE, getattr(config, "max_position_embeddings", VERIFY_SEQUENCE))
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, config.vocab_size, (VERIFY_BATCH, sequence), generator=generator)
     return write_packed_checkpoint(student, output, tokenizer_dir=run_dir, verify_input_ids=input_ids)
+
+
+def _write_gguf():
+    """distily.export.gguf.write_gguf; imported on use because the gguf package is an optional extra."""
+    try:
+        from distily.export.gguf import write_gguf
+    except ImportError as error:
+        raise DistilyConfigError(f"GGUF export needs the gguf package ({error}); expected `pip install 'distily[bitnet]'`") from error
+    return write_gguf

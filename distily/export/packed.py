@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
@@ -182,8 +183,6 @@ def load_packed_student(path: str | Path, dtype: torch.dtype = torch.float32) ->
 
 def linear_weight_bytes(path: str | Path) -> tuple[int, int]:
     """(bytes of the packed ternary weights + scales, bytes the same weights take in fp16) in a checkpoint."""
-    from safetensors import safe_open
-
     packed_bytes = fp16_bytes = 0
     with safe_open(str(Path(path) / "model.safetensors"), framework="pt") as tensors:
         for key in tensors.keys():

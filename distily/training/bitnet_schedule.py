@@ -110,6 +110,12 @@ class BitNetScheduler(torch.optim.lr_scheduler.LambdaLR):
         super().step() if epoch is None else super().step(epoch)
         set_stage_weight_decay(self.optimizer, self.schedule, self.last_epoch)
 
+    def state_dict(self) -> dict:
+        """LambdaLR's state without the schedule object, so checkpoints load with weights_only=True."""
+        state = super().state_dict()
+        state.pop("schedule", None)
+        return state
+
 
 def build_bitnet_optimizer(model: nn.Module, lr: float, schedule: BitNetSchedule,
                            **adamw_kwargs) -> tuple[torch.optim.AdamW, BitNetScheduler]:

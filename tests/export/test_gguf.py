@@ -2,7 +2,6 @@
 
 import math
 
-import gguf
 import numpy as np
 import pytest
 import torch
@@ -11,7 +10,9 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Conf
 
 from distily.errors import DistilyConfigError
 from distily.export.api import export_run
-from distily.export.gguf import write_gguf
+
+gguf = pytest.importorskip("gguf")
+from distily.export.gguf import write_gguf  # noqa: E402  (needs the optional gguf package)
 from distily.models.bitnet import bitlinear_modules, convert_to_bitnet
 
 VOCAB = 320

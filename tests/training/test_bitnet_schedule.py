@@ -51,6 +51,8 @@ def test_scheduler_drops_weight_decay_in_second_stage():
         decays.append(optimizer.param_groups[0]["weight_decay"])
     assert decays[:4] == [0.1] * 4 and decays[4:] == [0.0] * 6
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    state = scheduler.state_dict()
+    assert "schedule" not in state and state["last_epoch"] == 10
 
 
 def test_callback_switches_weight_decay_at_boundary(tmp_path):
