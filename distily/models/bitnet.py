@@ -103,20 +103,23 @@ class _TernaryLinear(torch.autograd.Function):
         # inputs [..., in], weight (latent) [out, in], bias [out] -> [..., out]
         ternary, scale = ternarize(weight)
         quantised_inputs = fake_quantize_activations(inputs)
-        scaled_bias = None if bias is None else (bias.float() / scale).to(bias.dtype)
+        scaled_bias = None if bias is None else (bias.float() / scale).to(inputs.dtype)
         ctx.save_for_backward(quantised_inputs, ternary, scale)
-        ctx.weight_dtype, ctx.has_bias = weight.dtype, bias is not None
+        ctx.dtypes = (inputs.dtype, weight.dtype, None if bias is None else bias.dtype)
         output = F.linear(quantised_inputs, ternary.to(inputs.dtype), scaled_bias)
         return output * scale.to(inputs.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
+        # products in fp32 whatever the training dtype, cast back to each input's dtype
         quantised_inputs, ternary, scale = ctx.saved_tensors
-        grad_rows = grad_output.reshape(-1, grad_output.shape[-1])  # [tokens, out]
-        grad_inputs = grad_output @ dequantize_ternary(ternary, scale, grad_output.dtype)  # [..., in]
-        grad_weight = (grad_rows.t() @ quantised_inputs.reshape(-1, quantised_inputs.shape[-1])).to(ctx.weight_dtype)
-        grad_bias = grad_rows.sum(0) if ctx.has_bias else None
-        return grad_inputs, grad_weight, grad_bias
+        input_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        grad_rows = grad_output.float().reshape(-1, grad_output.shape[-1])  # [tokens, out]
+        input_rows = quantised_inputs.float().reshape(-1, quantised_inputs.shape[-1])  # [tokens, in]
+        grad_inputs = (grad_rows @ dequantize_ternary(ternary, scale, torch.float32)).to(input_dtype)
+        grad_weight = (grad_rows.t() @ input_rows).to(weight_dtype)  # [out, in]
+        grad_bias = None if bias_dtype is None else grad_rows.sum(0).to(bias_dtype)
+        return grad_inputs.reshape(quantised_inputs.shape), grad_weight, grad_bias
 
 
 class BitLinear(nn.Linear):

@@ -24,10 +24,10 @@ from distily.models.bitnet import bitlinear_modules, convert_to_bitnet
 
 VOCAB = 256
 TINY_CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=256, n_layer=2, n_head=4, n_positions=64),
-    "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64),
+    "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64),
-    "phi3": lambda: Phi3Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+    "phi3": lambda: Phi3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0),
 }
 

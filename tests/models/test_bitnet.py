@@ -22,10 +22,10 @@ from distily.training.bitnet_schedule import BitNetSchedule, build_bitnet_optimi
 
 VOCAB = 256
 TINY_CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=256, n_layer=2, n_head=4, n_positions=64),
-    "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64),
+    "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64),
-    "phi3": lambda: Phi3Config(vocab_size=VOCAB, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+    "phi3": lambda: Phi3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0),
 }
 
@@ -183,3 +183,15 @@ def test_short_distillation_lowers_kl():
     with torch.no_grad():
         after = kl(held_out).item()
     assert after < 0.8 * before
+
+
+def test_gradients_under_bf16_autocast_and_bf16_weights():
+    torch.manual_seed(0)
+    layer = BitLinear(64, 32, bias=True)
+    inputs = torch.randn(2, 5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(inputs).float().square().mean().backward()
+    assert layer.weight.grad.dtype == torch.float32 and torch.isfinite(layer.weight.grad).all()
+    bf16_layer = BitLinear(64, 32, bias=True, dtype=torch.bfloat16)
+    bf16_layer(inputs.bfloat16()).float().square().mean().backward()
+    assert bf16_layer.weight.grad.dtype == torch.bfloat16 and bf16_layer.bias.grad.dtype == torch.bfloat16
