@@ -5,12 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from distily.errors import DistilyConfigError
 from distily.export.packed import write_packed_checkpoint
 from distily.models.bitnet import load_bitnet_student
 
 EXPORT_FORMATS = ("packed", "gguf")
+# The text llama.cpp's perplexity is checked on after a GGUF export (where llama-cpp-python is installed).
+PERPLEXITY_TEXT = (
+    "A ternary language model keeps one of three values for each weight and a single scale for each "
+    "matrix. Its activations are rounded to eight bits for every token. Trained by distillation from a "
+    "larger model, it learns to reproduce the teacher's next-token distribution while taking a small "
+    "fraction of the memory, and it runs quickly on an ordinary processor. The export writes the "
+    "weights in a packed form and checks that the file computes what the trained model computed."
+)
+PERPLEXITY_MAX_TOKENS = 128
 # Tokens of the fixed random batch the packed export is checked on: [batch, seq].
 VERIFY_BATCH, VERIFY_SEQUENCE = 2, 32
 
@@ -25,7 +35,8 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
 
     format "packed": a transformers-loadable checkpoint with 2-bit weights (a directory), checked by
     reloading it and comparing logits with the fake-quantised student. format "gguf": one llama.cpp file
-    with `qtype` ternary tensors (TQ2_0 or TQ1_0), checked tensor by tensor.
+    with `qtype` ternary tensors (TQ2_0 or TQ1_0), checked tensor by tensor and, where llama-cpp-python
+    is installed, by llama.cpp's perplexity on PERPLEXITY_TEXT (within 2% of the student's).
     """
     run_dir = Path(run_dir)
     if format not in EXPORT_FORMATS:
@@ -33,14 +44,21 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     if not (run_dir / "config.json").is_file():
         raise DistilyConfigError(f"run directory '{run_dir}' has no config.json; expected a saved student checkpoint")
     student = load_bitnet_student(run_dir)
+    config = student.config
     output = Path(output) if output is not None else default_output(run_dir, format, qtype)
     if format == "gguf":
-        return _write_gguf()(student, run_dir, output, qtype=qtype)
-    config = student.config
+        return _write_gguf()(student, run_dir, output, qtype=qtype, perplexity_ids=_perplexity_ids(run_dir, config))
     sequence = min(VERIFY_SEQUENCE, getattr(config, "max_position_embeddings", VERIFY_SEQUENCE))
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, config.vocab_size, (VERIFY_BATCH, sequence), generator=generator)
     return write_packed_checkpoint(student, output, tokenizer_dir=run_dir, verify_input_ids=input_ids)
+
+
+def _perplexity_ids(run_dir: Path, config) -> torch.Tensor:
+    """PERPLEXITY_TEXT tokenised by the run's tokenizer: [seq], at most the model's context."""
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    limit = min(PERPLEXITY_MAX_TOKENS, getattr(config, "max_position_embeddings", PERPLEXITY_MAX_TOKENS))
+    return torch.tensor(tokenizer(PERPLEXITY_TEXT)["input_ids"][:limit])
 
 
 def _write_gguf():

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 
 from distily.errors import DistilyConfigError
 from distily.export.atomic import atomic_output
+from distily.export.llama_cpp_check import check_llama_cpp_perplexity, llama_cpp_available
 from distily.models.bitnet import BitLinear, BitNetOptions, bitlinear_modules
 
 TERNARY_TYPES = {"TQ2_0": gguf.GGMLQuantizationType.TQ2_0, "TQ1_0": gguf.GGMLQuantizationType.TQ1_0}
@@ -108,11 +109,14 @@ def check_packable(tensors: list[GGUFTensor], qtype: str) -> None:
             )
 
 
-def write_gguf(model: PreTrainedModel, tokenizer_dir: str | Path, output_path: str | Path, qtype: str = "TQ2_0") -> Path:
+def write_gguf(model: PreTrainedModel, tokenizer_dir: str | Path, output_path: str | Path, qtype: str = "TQ2_0",
+               perplexity_ids: torch.Tensor | None = None) -> Path:
     """Write a converted student and the tokenizer saved in `tokenizer_dir` as one GGUF file; verify it.
 
     Every check (architecture, shapes, tokenizer) runs before anything is written; the file is
-    written beside `output_path` and renamed into place.
+    written beside `output_path` and renamed into place after verify_gguf and, when `perplexity_ids`
+    [seq] is given and llama-cpp-python is installed, after llama.cpp's perplexity on them is within
+    2% of the model's.
     """
     architecture = gguf_architecture(model)
     vocabulary = _vocabulary(Path(tokenizer_dir), model.config.vocab_size)
@@ -133,6 +137,8 @@ def write_gguf(model: PreTrainedModel, tokenizer_dir: str | Path, output_path: s
         writer.write_tensors_to_file()
         writer.close()
         verify_gguf(staging, tensors)
+        if perplexity_ids is not None and llama_cpp_available():
+            check_llama_cpp_perplexity(model, staging, perplexity_ids)
     return output_path
 
 

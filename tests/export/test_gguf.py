@@ -1,15 +1,14 @@
 """GGUF export: ternary tensors round-trip, tokenizer metadata, shape errors before writing, llama.cpp."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
 
 from distily.errors import DistilyConfigError
 from distily.export.api import export_run
+from distily.export.llama_cpp_check import llama_cpp_perplexity, pytorch_perplexity
 
 gguf = pytest.importorskip("gguf")
 from distily.export.gguf import write_gguf  # noqa: E402  (needs the optional gguf package)
@@ -44,6 +43,21 @@ def tokenizer_dir(tmp_path_factory):
     tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 8, trainer)
     path = tmp_path_factory.mktemp("tokenizer")
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer_dir(tmp_path_factory):
+    """A Llama-2-style tokenizer.json: BPE over "▁"-joined text with byte fallback tokens <0xNN>."""
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    byte_tokens = [f"<0x{value:02X}>" for value in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB - 16, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens])
+    tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 8, trainer)
+    path = tmp_path_factory.mktemp("sentencepiece")
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(path)
     return path
 
 
@@ -90,6 +104,19 @@ def test_gguf_tokenizer_metadata(tokenizer_dir, tmp_path):
     assert tokens[eos] == "<|endoftext|>"
 
 
+@pytest.mark.parametrize("fixture, model", [("tokenizer_dir", "gpt2"), ("sentencepiece_tokenizer_dir", "llama")])
+def test_llama_cpp_tokenizes_like_transformers(fixture, model, request, tmp_path):
+    directory = request.getfixturevalue(fixture)
+    path = write_gguf(tiny_student("llama"), directory, tmp_path / "student.gguf")
+    assert field_value(gguf.GGUFReader(str(path)), "tokenizer.ggml.model") == model
+    llama_cpp = pytest.importorskip("llama_cpp")
+    text = "the lazy fox é jumps"
+    vocabulary = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    expected = PreTrainedTokenizerFast.from_pretrained(directory)(text, add_special_tokens=False)["input_ids"]
+    assert vocabulary.tokenize(text.encode(), add_bos=False) == expected
+    vocabulary.close()
+
+
 def test_subln_llama_becomes_llama_cpp_bitnet(tokenizer_dir, tmp_path):
     student = tiny_student("llama", {"subln": True}, tie_word_embeddings=True)
     reader = gguf.GGUFReader(str(write_gguf(student, tokenizer_dir, tmp_path / "student.gguf")))
@@ -120,26 +147,24 @@ def test_unsupported_students_are_rejected(architecture, options, match, tokeniz
         write_gguf(tiny_student("llama"), tokenizer_dir, tmp_path / "student.gguf", qtype="TQ3_0")
 
 
-def test_export_run_gguf(tokenizer_dir, tmp_path):
-    run_dir = tmp_path / "run"
+def save_run(run_dir, tokenizer_dir):
     tiny_student("llama").save_pretrained(run_dir)
     PreTrainedTokenizerFast.from_pretrained(tokenizer_dir).save_pretrained(run_dir)
-    path = export_run(run_dir, "gguf")
-    assert path == run_dir / "student-tq2_0.gguf" and path.stat().st_size > 0
 
 
-def pytorch_perplexity(model, tokens: torch.Tensor) -> float:
-    with torch.no_grad():
-        logprobs = model(tokens[None]).logits[0, :-1].float().log_softmax(-1)  # [seq - 1, vocab]
-    return math.exp(-logprobs.gather(-1, tokens[1:, None]).mean().item())
+def test_export_run_gguf(tokenizer_dir, tmp_path):
+    save_run(tmp_path / "run", tokenizer_dir)
+    path = export_run(tmp_path / "run", "gguf")
+    assert path == tmp_path / "run" / "student-tq2_0.gguf" and path.stat().st_size > 0
 
 
-def llama_cpp_perplexity(path, tokens: torch.Tensor) -> float:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    model = llama_cpp.Llama(model_path=str(path), n_ctx=len(tokens), logits_all=True, verbose=False, n_threads=2)
-    model.eval(tokens.tolist())
-    logits = torch.tensor(np.asarray(model.scores[: len(tokens)]))[:-1]  # [seq - 1, vocab]
-    return math.exp(-logits.log_softmax(-1).gather(-1, tokens[1:, None]).mean().item())
+def test_export_run_gguf_rejects_a_llama_cpp_perplexity_mismatch(tokenizer_dir, tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    save_run(tmp_path / "run", tokenizer_dir)
+    monkeypatch.setattr("distily.export.llama_cpp_check.PERPLEXITY_TOLERANCE", -1.0)
+    with pytest.raises(DistilyConfigError, match="llama.cpp perplexity .* differs from PyTorch's"):
+        export_run(tmp_path / "run", "gguf")
+    assert not any(path.suffix == ".gguf" or path.name.startswith(".") for path in (tmp_path / "run").iterdir())
 
 
 @pytest.mark.slow
@@ -157,5 +182,4 @@ def test_llama_cpp_perplexity_matches_pytorch(architecture, options, config, tok
                 module.weight.mul_(8)
     path = write_gguf(student, tokenizer_dir, tmp_path / "student.gguf")
     tokens = torch.randint(0, VOCAB - 16, (64,), generator=torch.Generator().manual_seed(3))
-    reference = pytorch_perplexity(student, tokens)
-    assert llama_cpp_perplexity(path, tokens) == pytest.approx(reference, rel=0.02)
+    assert llama_cpp_perplexity(path, tokens) == pytest.approx(pytorch_perplexity(student, tokens), rel=0.02)
