@@ -204,10 +204,15 @@ def verify_packed(model: PreTrainedModel, path: str | Path, input_ids: torch.Ten
     packed_bytes, fp16_bytes = linear_weight_bytes(path)
     if packed_bytes * 7 > fp16_bytes:
         raise DistilyConfigError(f"packed linear weights take {packed_bytes} bytes; expected at most {fp16_bytes / 7:.0f}")
-    reloaded = load_packed_student(path, dtype=next(model.parameters()).dtype)
+    parameter = next(model.parameters())
+    reloaded = load_packed_student(path, dtype=parameter.dtype).to(parameter.device)
+    input_ids = input_ids.to(parameter.device)
+    was_training = model.training
+    model.eval()  # no dropout in the comparison
     with torch.no_grad():
         reference = model(input_ids).logits.float()  # [batch, seq, vocab]
         logits = reloaded(input_ids).logits.float()
+    model.train(was_training)
     error = ((logits - reference).abs().max() / reference.abs().max().clamp(min=1e-12)).item()
     if error > LOGITS_TOLERANCE:
         raise DistilyConfigError(f"packed logits differ from the fake-quantised ones by {error:.2e}; expected <= {LOGITS_TOLERANCE}")

@@ -135,3 +135,9 @@ def test_verify_rejects_oversized_weights(tmp_path, monkeypatch):
     monkeypatch.setattr("distily.export.packed.linear_weight_bytes", lambda _: (100, 100))
     with pytest.raises(DistilyConfigError, match="packed linear weights take 100 bytes"):
         verify_packed(student, path, random_tokens())
+
+
+def test_verification_of_a_training_student_ignores_dropout(tmp_path):
+    student = tiny_student("gpt2").train()  # GPT-2 has dropout 0.1
+    write_packed_checkpoint(student, tmp_path / "packed", verify_input_ids=random_tokens())
+    assert student.training
