@@ -117,9 +117,20 @@ def copy_named_modules(teacher: PreTrainedModel, student: PreTrainedModel, names
         _copy_module(source, target, f"teacher module {name}")
 
 
+# names that mean the same module in every architecture (an LM head tied to the embeddings is one parameter)
+FREEZE_ALIASES = {
+    "embeddings": PreTrainedModel.get_input_embeddings,
+    "lm_head": PreTrainedModel.get_output_embeddings,
+}
+
+
 def freeze_named_modules(student: PreTrainedModel, names: list[str]) -> None:
     for name in names:
-        _submodule(student, name, "student", "freeze_student_modules").requires_grad_(False)
+        if name in FREEZE_ALIASES:
+            module = FREEZE_ALIASES[name](student)
+        else:
+            module = _submodule(student, name, "student", "freeze_student_modules")
+        module.requires_grad_(False)
 
 
 def student_config(args: ModelArguments, teacher_config: PretrainedConfig) -> PretrainedConfig:

@@ -1,9 +1,18 @@
-"""Load the teacher: any causal LM, frozen, in eval mode."""
+"""Load the teacher: any causal LM, frozen, in eval mode, optionally quantized to 8 or 4 bits."""
 
+import importlib.util
+import logging
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from accelerate import PartialState
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from distily.errors import DistilyConfigError
 
@@ -33,10 +42,39 @@ def from_pretrained(loader, name_or_path: str, role: str, **kwargs):
         raise DistilyConfigError(f"cannot load {role} {name_or_path!r}: {reason}")
 
 
-def load_teacher(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False) -> PreTrainedModel:
-    """The teacher, frozen and in eval mode."""
+def bitsandbytes_config(quantization: str, dtype: str) -> BitsAndBytesConfig:
+    """LLM.int8 (``8bit``) or NF4 weights computing in ``dtype`` (float32 for auto/float32) (``4bit``)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DistilyConfigError(
+            f"teacher_quantization={quantization!r} needs bitsandbytes, which is not installed; expected "
+            "`pip install distily[quantization]` or teacher_quantization='none'"
+        )
+    if quantization == "8bit":
+        # LLM.int8 always quantizes activations through float16 and logs so at every layer and step
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute_dtype = DTYPES[dtype] if dtype in ("bfloat16", "float16") else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_teacher(
+    name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False, quantization: str = "none"
+) -> PreTrainedModel:
+    """The teacher, frozen and in eval mode; with ``quantization`` (8bit, 4bit) loaded by bitsandbytes
+    straight onto this process's device."""
+    quantized = {}
+    if quantization != "none":
+        quantized = {
+            "quantization_config": bitsandbytes_config(quantization, dtype),
+            "device_map": {"": PartialState().device},
+        }
     teacher = from_pretrained(
-        AutoModelForCausalLM, name_or_path, "teacher", dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        AutoModelForCausalLM,
+        name_or_path,
+        "teacher",
+        dtype=DTYPES[dtype],
+        trust_remote_code=trust_remote_code,
+        **quantized,
     )
     teacher.eval()
     teacher.requires_grad_(False)

@@ -1,0 +1,295 @@
+"""Which distillation signal makes the best student at an equal token budget? Measured on WikiText-2.
+
+    python experiments/compare_signals.py [--data ../shared/data/wikitext-2] [--work_dir runs/compare-signals]
+
+1. A byte-level BPE tokenizer (4096 tokens) and a small Llama-architecture teacher (4 layers, width
+   192, 2.7M parameters) are trained on ``valid.txt`` (300k tokens), 800 steps of 16 x 128 tokens.
+2. Students of one shape (the teacher's config with 2 of its 4 layers, initialised from teacher
+   layers 0 and 3, its embeddings, final norm and LM head) are trained on ``valid.txt`` with the same
+   number of steps, batch and sequence length, so the same tokens, by:
+   next-token cross-entropy on the data only (the baseline, no teacher); the teacher's logits
+   (forward KL); the teacher's hidden states (MSE after layer norm, every student block with the
+   teacher block at the same relative depth); logits and hidden states; and, when distily has the
+   ``student_as_bitnet`` key, the logit-distilled student as a ternary (BitNet b1.58) student.
+   The students are a sweep (``WORK_DIR/students.yaml``): an interrupted comparison resumes.
+3. Teacher and students are evaluated on blocks of ``test.txt``: perplexity, KL to the teacher and
+   top-1 agreement with it, per token.
+
+Writes the table and a plot to ``docs/results/compare_signals.{md,png}`` and every number to
+``benchmarks/results/compare_signals.json``. Defaults take about an hour on 2 busy CPU cores.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import fields
+from functools import partial
+from pathlib import Path
+
+import matplotlib
+import torch
+import yaml
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from distily.config import CONFIG_CLASSES, DataArguments
+from distily.data.text import build_datasets, collate, load_training_documents, tokenize_and_pack
+from distily.evaluation.heldout import heldout_metrics
+from distily.experiments.sweep import run_sweep
+from distily.experiments.sweep_file import load_sweep
+from distily.models.bitnet import BITNET_CONFIG_KEY, load_bitnet_student
+from distily.outputs import write_json_atomic
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EOS = "<|endoftext|>"
+TEACHER_TRAINING_FILE = "training.json"
+# (name, what the student learns from, config keys over the common ones)
+VARIANTS = [
+    ("hard-labels", "next-token cross-entropy on the data (baseline)", {"logits_weight": 0.0, "hard_label_weight": 1.0}),
+    ("logits", "teacher logits (forward KL)", {}),
+    ("hidden-states", "teacher hidden states (MSE)", {"logits_weight": 0.0, "hidden_states_weight": 1.0}),
+    ("logits+hidden-states", "teacher logits + hidden states", {"hidden_states_weight": 1.0}),
+]
+BITNET_VARIANT = ("logits-bitnet", "teacher logits, ternary (BitNet b1.58) student", {"student_as_bitnet": True})
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "wikitext-2"),
+                        help="directory with valid.txt (training) and test.txt (evaluation)")
+    parser.add_argument("--work_dir", default=str(REPO / "runs" / "compare-signals"), help="tokenizer, teacher, students")
+    parser.add_argument("--report", default=str(REPO / "docs" / "results" / "compare_signals.md"),
+                        help="the table (markdown); the plot goes beside it as .png")
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "compare_signals.json"))
+    parser.add_argument("--vocab_size", type=int, default=4096)
+    parser.add_argument("--hidden_size", type=int, default=192)
+    parser.add_argument("--teacher_layers", type=int, default=4)
+    parser.add_argument("--student_layers", type=int, default=2)
+    parser.add_argument("--seq_length", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--teacher_steps", type=int, default=800)
+    parser.add_argument("--student_steps", type=int, default=300)
+    parser.add_argument("--eval_blocks", type=int, default=400, help="test.txt blocks evaluated (all: 0)")
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def train_tokenizer(text_file: Path, vocab_size: int) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train([str(text_file)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, pad_token=EOS)
+
+
+def train_teacher(args, teacher_dir: Path) -> None:
+    """Tokenizer and teacher, trained on valid.txt; kept when teacher_dir holds them, resumed from the last
+    checkpoint when the training was interrupted."""
+    if (teacher_dir / "model.safetensors").exists():
+        return
+    training_dir = Path(args.work_dir) / "teacher-training"
+    if (training_dir / "tokenizer.json").exists():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(training_dir)
+    else:
+        tokenizer = train_tokenizer(Path(args.data) / "valid.txt", args.vocab_size)
+        tokenizer.save_pretrained(training_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size,
+        num_hidden_layers=args.teacher_layers, num_attention_heads=args.hidden_size // 64,
+        max_position_embeddings=2 * args.seq_length, tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    data_args = DataArguments(dataset_name=str(Path(args.data) / "valid.txt"), eval_fraction=0.02,
+                              tokenization_cache_dir=str(Path(args.work_dir) / "cache"))  # fmt: skip
+    data = build_datasets(data_args, tokenizer, args.seq_length, seed=0)
+    training = TrainingArguments(
+        output_dir=str(training_dir), max_steps=args.teacher_steps,
+        per_device_train_batch_size=args.batch_size, learning_rate=3e-3, lr_scheduler_type="cosine",
+        warmup_steps=0.05, weight_decay=0.1, bf16=True, use_cpu=not torch.accelerator.is_available(),
+        logging_steps=max(args.teacher_steps // 10, 1), eval_strategy="no", save_steps=max(args.teacher_steps // 8, 1),
+        save_total_limit=1, report_to="none", remove_unused_columns=False, seed=0,
+    )  # fmt: skip
+    collate_fn = partial(collate, pad_token_id=tokenizer.eos_token_id)
+    started = time.perf_counter()
+    trainer = Trainer(model=model, args=training, train_dataset=data.train, data_collator=collate_fn)
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(training_dir)))
+    model.save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    write_json_atomic(teacher_dir / TEACHER_TRAINING_FILE, {"train_seconds": time.perf_counter() - started})
+
+
+def bitnet_available() -> bool:
+    return any(f.name == "student_as_bitnet" for cls in CONFIG_CLASSES for f in fields(cls))
+
+
+def student_sweep(args, teacher_dir: Path):
+    """The students as a sweep file in work_dir, loaded: one run per variant, equal budgets."""
+    base = {
+        "teacher_model_name_or_path": str(teacher_dir),
+        "student_config_overrides": {"num_hidden_layers": args.student_layers},
+        "dataset_name": str(Path(args.data) / "valid.txt"),
+        "eval_fraction": 0.02,
+        "max_eval_samples": 64,  # the run's own held-out check; the comparison itself is on test.txt
+        "max_seq_length": args.seq_length,
+        "tokenization_cache_dir": str(Path(args.work_dir) / "cache"),
+        "hidden_states_layer_map": "all",
+        "hidden_states_projector": "identity",
+        "hidden_states_norm": "layernorm",
+        "max_steps": args.student_steps,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": 1e-3,
+        "bf16": True,
+        "eval_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": max(args.student_steps // 4, 1),
+        "logging_steps": max(args.student_steps // 10, 1),
+        "report_to": "none",
+        "seed": 0,
+    }
+    variants = VARIANTS + ([BITNET_VARIANT] if bitnet_available() else [])
+    spec = {
+        "base": base,
+        "output_dir": str(Path(args.work_dir) / "students"),
+        "runs": [{"name": name, **overrides} for name, _, overrides in variants],
+    }
+    path = Path(args.work_dir) / "students.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_sweep(str(path)), {name: what for name, what, _ in variants}
+
+
+def load_student(run_dir: Path):
+    config = json.loads((run_dir / "config.json").read_text())
+    if BITNET_CONFIG_KEY in config:
+        return load_bitnet_student(run_dir)
+    return AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
+
+
+def test_blocks(args, tokenizer):
+    documents = load_training_documents(DataArguments(dataset_name=str(Path(args.data) / "test.txt")))
+    blocks = tokenize_and_pack(documents, tokenizer, args.seq_length, "text", str(Path(args.work_dir) / "cache"))
+    return blocks.select(range(min(args.eval_blocks or len(blocks), len(blocks)))).with_format("torch")
+
+
+def evaluate(args, teacher_dir: Path, sweep, descriptions: dict) -> dict:
+    """Teacher and every finished student on test.txt blocks."""
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
+    blocks = test_blocks(args, tokenizer)
+    measure = partial(heldout_metrics, dataset=blocks, collate_fn=partial(collate, pad_token_id=tokenizer.eos_token_id))
+    results = {
+        "teacher": {
+            "parameters": teacher.num_parameters(),
+            **json.loads((teacher_dir / TEACHER_TRAINING_FILE).read_text()),
+            **measure(teacher, desc="teacher"),
+        }
+    }
+    results["test_tokens"] = int(sum(len(block) for block in blocks["input_ids"]))
+    students = {}
+    for run in sweep.runs:
+        label = run.name.rsplit("-", 1)[0]
+        run_dir = sweep.run_dir(run)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        student = load_student(run_dir)
+        students[label] = {
+            "signal": descriptions[label],
+            "parameters": student.num_parameters(),
+            "train_seconds": metrics["train"]["wall_seconds"],
+            **measure(student, teacher=teacher, desc=label),
+        }
+    results["students"] = students
+    return results
+
+
+def _ratio(students: dict, name: str, reference: str):
+    if name in students and reference in students:
+        return students[name]["perplexity"] / students[reference]["perplexity"]
+    return None
+
+
+def write_report(args, results: dict, command: str) -> None:
+    students, teacher = results["students"], results["teacher"]
+    lines = [
+        "# Distillation signals compared (WikiText-2)",
+        "",
+        f"Command: `{command}` (on {results['device']}).",
+        "",
+        f"Teacher: Llama architecture, {args.teacher_layers} layers, width {args.hidden_size}, "
+        f"{teacher['parameters'] / 1e6:.2f}M parameters, {args.teacher_steps} steps on `valid.txt`. "
+        f"Students: {args.student_layers} layers initialised from the teacher's, each trained {args.student_steps} "
+        f"steps of {args.batch_size} x {args.seq_length} tokens on `valid.txt`. Evaluated on "
+        f"{results['test_tokens']:,} tokens of `test.txt`; KL is KL(teacher || student) per token, in nats.",
+        "",
+        "| model | learns from | perplexity | vs. baseline | KL to teacher | top-1 agreement | train time |",
+        "|---|---|---|---|---|---|---|",
+        f"| teacher | next-token cross-entropy on the data | {teacher['perplexity']:.1f} | | | | "
+        f"{teacher['train_seconds']:.0f} s |",
+    ]
+    for name, row in students.items():
+        ratio = _ratio(students, name, "hard-labels")
+        lines.append(
+            f"| {name} | {row['signal']} | {row['perplexity']:.1f} | {ratio:.2f}x | {row['kl_to_teacher']:.3f} | "
+            f"{row['top1_agreement']:.3f} | {row['train_seconds']:.0f} s |"
+        )
+    logits_ratio, bitnet_ratio = _ratio(students, "logits", "hard-labels"), _ratio(students, "logits-bitnet", "logits")
+    lines += ["", f"- Logit-distilled student vs. cross-entropy baseline: {logits_ratio:.2f}x the perplexity (goal: at most 0.90x)."]
+    if bitnet_ratio is None:
+        lines.append("- Ternary student: not measured; distily has no `student_as_bitnet` key yet.")
+    else:
+        lines.append(f"- Ternary vs. full-precision logit-distilled student: {bitnet_ratio:.2f}x the perplexity (goal: at most 1.30x).")
+    lines += ["", f"![perplexity and KL per student]({Path(args.report).with_suffix('.png').name})", ""]
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text("\n".join(lines))
+    plot(results, Path(args.report).with_suffix(".png"))
+
+
+def plot(results: dict, path: Path) -> None:
+    names = list(results["students"])
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.bar(names, [results["students"][n]["perplexity"] for n in names], color="tab:blue")
+    left.axhline(results["teacher"]["perplexity"], color="tab:red", linestyle="--", label="teacher")
+    left.set_ylabel("test perplexity")
+    left.legend()
+    right.bar(names, [results["students"][n]["kl_to_teacher"] for n in names], color="tab:orange")
+    right.set_ylabel("KL(teacher || student), nats/token")
+    for axes in (left, right):
+        axes.tick_params(axis="x", rotation=25)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def device_description() -> str:
+    if torch.accelerator.is_available():
+        return str(torch.accelerator.current_accelerator())
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    command = shlex.join(["python", "experiments/compare_signals.py", *(sys.argv[1:] if argv is None else argv)])
+    teacher_dir = Path(args.work_dir) / "teacher"
+    train_teacher(args, teacher_dir)
+    sweep, descriptions = student_sweep(args, teacher_dir)
+    rows = run_sweep(sweep)
+    failed = [f"{row['name']}: {row.get('error')}" for row in rows if row["status"] != "finished"]
+    if failed:
+        raise SystemExit("students failed: " + "; ".join(failed))
+    results = evaluate(args, teacher_dir, sweep, descriptions)
+    results.update(command=command, settings=vars(args), device=device_description())
+    write_json_atomic(args.json, results)
+    write_report(args, results, command)
+    return results
+
+
+if __name__ == "__main__":
+    main()

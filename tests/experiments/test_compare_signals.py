@@ -1,0 +1,34 @@
+"""experiments/compare_signals.py end to end at a toy scale: teacher, students, evaluation, report."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tiny import make_documents
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "compare_signals.py"
+
+
+@pytest.mark.slow
+def test_compare_signals_writes_its_table_plot_and_numbers(tmp_path):
+    spec = importlib.util.spec_from_file_location("compare_signals", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "valid.txt").write_text("\n".join(make_documents(300, seed=2)) + "\n")
+    (data / "test.txt").write_text("\n".join(make_documents(60, seed=3)) + "\n")
+    report, numbers = tmp_path / "docs" / "compare.md", tmp_path / "compare.json"
+    toy = ["--vocab_size", "300", "--hidden_size", "64", "--teacher_layers", "2", "--student_layers", "1",
+           "--seq_length", "32", "--batch_size", "4", "--teacher_steps", "2", "--student_steps", "2", "--eval_blocks", "4"]  # fmt: skip
+    argv = ["--data", str(data), "--work_dir", str(tmp_path / "work"), "--report", str(report), "--json", str(numbers)]
+    results = script.main(argv + toy)
+
+    expected = [name for name, _, _ in script.VARIANTS] + (["logits-bitnet"] if script.bitnet_available() else [])
+    assert list(results["students"]) == expected
+    assert json.loads(numbers.read_text())["students"].keys() == set(expected)
+    table = report.read_text()
+    assert all(f"| {name} |" in table for name in expected) and "compare_signals.py --data" in table
+    assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,191 @@
+"""Sweeps: grid expansion and run names, sweep-file errors, skipping finished runs, recording failures,
+resuming killed runs, and the results files."""
+
+import csv
+import itertools
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from distily.cli import main
+from distily.errors import DistilyConfigError
+from distily.experiments.runs import run_name
+from distily.experiments.sweep import run_sweep
+from distily.experiments.sweep_file import load_sweep
+
+
+@pytest.fixture
+def base(teacher_dirs, run_values):
+    """A tiny run as an inline base: one student layer, one step."""
+    values = run_values(teacher_dirs["gpt2"], student_config_overrides={"n_layer": 1}, max_steps=1, max_eval_samples=4)
+    values.pop("output_dir")
+    return values
+
+
+def write_sweep(tmp_path, name="sweep.yaml", **spec) -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+def test_grid_expands_to_every_combination_with_stable_readable_names(base, tmp_path):
+    grid = {"learning_rate": [1.0e-4, 1.0e-3], "seed": [0, 1, 2]}
+    sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid=grid))
+    expected = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    assert [run.overrides for run in sweep.runs] == expected
+    assert sweep.runs[0].name.startswith("learning_rate=0.0001+seed=0-")
+    assert len({run.name for run in sweep.runs}) == 6
+
+    reordered = {"seed": [0, 1, 2], "learning_rate": [1.0e-4, 1.0e-3]}
+    again = load_sweep(write_sweep(tmp_path, "again.yaml", base=base, output_dir="elsewhere", grid=reordered))
+    assert sorted(run.name for run in again.runs) == sorted(run.name for run in sweep.runs)
+    assert run_name({"seed": 1}) != run_name({"seed": 2})
+    assert run_name({"seed": 1}, "a label") != run_name({"seed": 2}, "a label")
+
+
+def test_explicit_runs_at_every_grid_point_keep_their_labels(base, tmp_path):
+    runs = [{"name": "hard labels", "logits_weight": 0.0, "hard_label_weight": 1.0}, {"name": "logits"}]
+    sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir="out", runs=runs, grid={"seed": [0, 1]}))
+    labels = [run.name.rsplit("-", 1)[0] for run in sweep.runs]
+    assert labels == ["hard-labels+seed=0", "hard-labels+seed=1", "logits+seed=0", "logits+seed=1"]
+    assert sweep.runs[0].overrides == {"logits_weight": 0.0, "hard_label_weight": 1.0, "seed": 0}
+
+
+def test_flags_apply_to_every_run_over_the_base(base, tmp_path):
+    path = write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]})
+    sweep = load_sweep(path, ["--learning_rate", "0.5", "--output_dir", str(tmp_path / "moved")])
+    assert sweep.output_dir == tmp_path / "moved"
+    for run in sweep.runs:
+        config = sweep.config(run)
+        assert config.training.learning_rate == 0.5
+        assert config.training.output_dir == str(tmp_path / "moved" / run.name)
+
+
+BAD_SWEEPS = [
+    ({"grd": {"seed": [1]}}, "unknown key 'grd'"),
+    ({"base": None}, "base=None is not a config file or a mapping"),
+    ({"base": "missing.yaml"}, "base='missing.yaml' does not exist"),
+    ({"output_dir": None}, "output_dir=None is not a directory"),
+    ({"grid": {"seed": 1}}, "grid.seed=1 is not a list of values"),
+    ({"grid": {"lerning_rate": [1]}}, "grid: unknown config key 'lerning_rate' \\(did you mean 'learning_rate'"),
+    ({"grid": {"output_dir": ["a", "b"]}}, "output_dir is chosen by the sweep"),
+    ({"set": [1]}, "set=\\[1\\] is not a mapping"),
+    ({"runs": [1]}, "runs=\\[1\\] is not a list of mappings"),
+    ({"runs": [{"name": 3}]}, "runs\\[0\\].name=3 is not a string"),
+    ({"runs": [{"seed": 1}], "grid": {"seed": [2]}}, "runs\\[0\\] sets seed, which the grid varies"),
+    ({"runs": [{"seed": 1}, {"name": "again", "seed": 1}], "grid": None}, "have the same overrides"),
+    ({"grid": None}, "has no runs; expected grid, runs or layer_search"),
+    ({"metric_goal": "best"}, "metric_goal='best' is not supported"),
+    ({"metric": 3}, "metric=3 is not a string"),
+    ({"layer_search": {}, "grid": {"seed": [1]}}, "expected layer_search alone"),
+    ({"grid": None, "layer_search": {"component": "logits"}}, "layer_search.component='logits' is not supported"),
+    ({"grid": None, "layer_search": {"mapz": []}}, "layer_search has \\['mapz'\\]"),
+    ({"grid": None, "layer_search": {}}, "hidden_states_weight is 0"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_SWEEPS, ids=[message[:40] for _, message in BAD_SWEEPS])
+def test_sweep_file_errors_name_the_bad_value(change, message, base, tmp_path):
+    spec = {"base": base, "output_dir": "out", "grid": {"seed": [0, 1]}, **change}
+    with pytest.raises(DistilyConfigError, match=message):
+        load_sweep(write_sweep(tmp_path, **{key: value for key, value in spec.items() if value is not None or key == "base"}))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seed", "3"], "--seed is given on the command line but the sweep varies seed"),
+        (["--sed", "3"], "unknown config key 'sed'"),
+        (["--output_dir"], "--output_dir has no value"),
+    ],
+)
+def test_sweep_flag_errors(flags, message, base, tmp_path):
+    with pytest.raises(DistilyConfigError, match=message):
+        load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]}), flags)
+
+
+def test_missing_sweep_file_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "nope.yaml")]) == 2
+    error = capsys.readouterr().err
+    assert "does not exist" in error and error.count("\n") == 1
+
+
+def _statuses(output_dir) -> dict[str, str]:
+    with open(output_dir / "results.csv") as handle:
+        return {row["name"]: row["status"] for row in csv.DictReader(handle)}
+
+
+def test_a_failed_run_is_recorded_and_a_rerun_does_only_what_is_missing(base, tmp_path):
+    shapes = [{"n_layer": 1}, {"n_head": 3}, {"n_layer": 2}]  # 3 heads do not divide the width: that run fails
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"student_config_overrides": shapes})
+    good, bad, other = load_sweep(path).runs
+    out = tmp_path / "out"
+
+    assert main(["sweep", path]) == 1  # a run failed; the others ran
+    assert _statuses(out) == {good.name: "finished", bad.name: "failed", other.name: "finished"}
+    assert "num_attention_heads=3 does not divide" in (out / bad.name / "error.txt").read_text().splitlines()[0]
+    results = (out / "results.md").read_text()
+    assert "| 1 |" in results and "failed" in results and "![plot_by_run](plot_by_run.png)" in results
+    for plot in ("plot_by_run.png", "plot_student_config_overrides.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    finished_at = (out / good.name / "metrics.json").stat().st_mtime_ns
+    (out / other.name / "metrics.json").unlink()  # as if the sweep had been killed during this run
+    rows = run_sweep(load_sweep(path))
+    assert (out / good.name / "metrics.json").stat().st_mtime_ns == finished_at  # skipped
+    assert {row["name"]: row["status"] for row in rows} == _statuses(out)
+    assert _statuses(out)[other.name] == "finished" and _statuses(out)[bad.name] == "failed"
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_checkpoint_resumes_from_it(base, tmp_path):
+    base = {**base, "max_steps": 2, "save_strategy": "steps", "save_steps": 1}
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), runs=[{"name": "only"}])
+    (run,) = load_sweep(path).runs
+    run_dir = tmp_path / "out" / run.name
+    run_sweep(load_sweep(path))
+    checkpoint = run_dir / "checkpoint-2"
+    saved_at = checkpoint.stat().st_mtime_ns
+    (run_dir / "metrics.json").unlink()  # killed after its last checkpoint, before it finished
+
+    (row,) = run_sweep(load_sweep(path))
+    assert row["status"] == "finished"
+    assert checkpoint.stat().st_mtime_ns == saved_at  # resumed at step 2, not trained again
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_part_way_finishes_only_the_missing_runs(base, tmp_path):
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"seed": [0, 1, 2]})
+    runs = load_sweep(path).runs
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "distily.cli", "sweep", path], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    first = out / runs[0].name / "metrics.json"
+    deadline = time.monotonic() + 300
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.kill()
+    process.wait()
+    assert first.exists() and not (out / runs[-1].name / "metrics.json").exists()
+    finished_at = first.stat().st_mtime_ns
+
+    rows = run_sweep(load_sweep(path))
+    assert [row["status"] for row in rows] == ["finished"] * 3
+    assert first.stat().st_mtime_ns == finished_at
+    assert json.loads(first.read_text())["command"].endswith(f"(run {runs[0].name})")
+
+
+@pytest.mark.slow
+def test_teacher_quantization_and_frozen_modules_as_sweep_parameters(base, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    grid = {"teacher_quantization": ["none", "8bit", "4bit"], "freeze_student_modules": [None, ["embeddings", "lm_head"]]}
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid=grid)
+    rows = run_sweep(load_sweep(path))
+    assert [row["status"] for row in rows] == ["finished"] * 6
+    quality = {row["teacher_quantization"]: row["teacher.perplexity"] for row in rows}
+    assert {row["teacher.quantization"] for row in rows} == {"none", "8bit", "4bit"} and len(set(quality.values())) == 3
+    assert (tmp_path / "out" / "plot_teacher_quantization.png").exists()
