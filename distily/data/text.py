@@ -153,7 +153,8 @@ class DistillationData:
     max_seq_length: int
 
 
-def _documents_with_content(documents: datasets.Dataset, args: DataArguments) -> datasets.Dataset:
+def documents_with_content(documents: datasets.Dataset, args: DataArguments) -> datasets.Dataset:
+    """The rows with text (or token ids) in them, reduced to that one column."""
     if INPUT_IDS in documents.column_names:
         return documents.select_columns([INPUT_IDS]).filter(len, input_columns=INPUT_IDS, desc="Dropping empty rows")
     if args.dataset_text_column not in documents.column_names:
@@ -168,7 +169,7 @@ def _documents_with_content(documents: datasets.Dataset, args: DataArguments) ->
 
 def load_training_documents(args: DataArguments) -> datasets.Dataset:
     """The non-empty documents (text or token ids) to distill on; fails fast on a bad dataset."""
-    documents = _documents_with_content(load_documents(args), args)
+    documents = documents_with_content(load_documents(args), args)
     if len(documents) < 2:
         raise DistilyConfigError(
             f"dataset {args.dataset_name!r} has {len(documents)} non-empty documents after filtering; "

@@ -1,19 +1,66 @@
-"""Held-out quality of a model, alone and against its teacher: next-token loss and perplexity,
-forward KL to the teacher and top-1 agreement, all averaged over non-padding tokens."""
+"""Held-out quality of a model, alone and against its teacher, on packed eval sets: next-token loss and
+perplexity, forward KL to the teacher and top-1 agreement, each averaged over non-padding tokens."""
 
-import math
 from typing import Callable, Optional
 
+import datasets
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from distily.objectives.losses import forward_kl
+from distily.config import HELDOUT_SET
+from distily.evaluation.agreement import agreement_sums
+from distily.evaluation.perplexity import next_token_nll, perplexity
+
+
+def _loss_metrics(nll: float, targets: int) -> dict[str, float]:
+    loss = nll / max(targets, 1)
+    return {"lm_loss": loss, "perplexity": perplexity(loss)}
+
+
+def _metrics(sums: dict[str, float], with_teacher: bool) -> dict[str, float]:
+    metrics = _loss_metrics(sums["nll"], sums["targets"])
+    if with_teacher:
+        metrics["kl_to_teacher"] = sums["kl"] / max(sums["positions"], 1)
+        metrics["top1_agreement"] = sums["agree"] / max(sums["positions"], 1)
+    return metrics
 
 
 @torch.no_grad()
+def _sums(
+    model: PreTrainedModel,
+    dataset,
+    collate_fn: Callable,
+    batch_size: int,
+    teacher: Optional[PreTrainedModel],
+    vocab_size: Optional[int],
+    desc: str,
+) -> dict[str, float]:
+    """Sums over the dataset: the model's next-token loss and targets; with a teacher also the KL and agreement
+    sums, positions, and the teacher's own next-token loss (same forward pass, so it costs nothing more)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = {"nll": 0.0, "targets": 0, "kl": 0.0, "agree": 0, "positions": 0, "teacher_nll": 0.0}
+    for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc=desc, leave=False):
+        input_ids = batch["input_ids"].to(device)  # [batch, seq]
+        mask = batch["attention_mask"].to(device).bool()  # [batch, seq]
+        logits = model(input_ids=input_ids, attention_mask=mask.long()).logits  # [batch, seq, vocab]
+        nll, targets = next_token_nll(logits, input_ids, mask)
+        sums["nll"] += nll
+        sums["targets"] += targets
+        if teacher is not None:
+            teacher_logits = teacher(input_ids=input_ids, attention_mask=mask.long()).logits.to(device)
+            kl, agree, positions = agreement_sums(logits, teacher_logits, mask, vocab_size)
+            sums["kl"] += kl
+            sums["agree"] += agree
+            sums["positions"] += positions
+            sums["teacher_nll"] += next_token_nll(teacher_logits, input_ids, mask)[0]
+    model.train(was_training)
+    return sums
+
+
 def heldout_metrics(
     model: PreTrainedModel,
     dataset,
@@ -25,30 +72,57 @@ def heldout_metrics(
 ) -> dict[str, float]:
     """``lm_loss`` (next-token cross-entropy, nats), ``perplexity``; with a teacher also ``kl_to_teacher``
     (forward KL(teacher || model) per position, nats) and ``top1_agreement`` (argmax match rate)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    totals = {"nll": 0.0, "targets": 0, "kl": 0.0, "agree": 0.0, "positions": 0}
-    for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc=desc, leave=False):
-        input_ids = batch["input_ids"].to(device)  # [batch, seq]
-        mask = batch["attention_mask"].to(device).bool()  # [batch, seq]
-        logits = model(input_ids=input_ids, attention_mask=mask.long()).logits.float()  # [batch, seq, vocab]
-        next_valid = mask[:, 1:] & mask[:, :-1]  # [batch, seq - 1]
-        totals["nll"] += F.cross_entropy(
-            logits[:, :-1][next_valid], input_ids[:, 1:][next_valid], reduction="sum"
-        ).item()
-        totals["targets"] += int(next_valid.sum())
-        if teacher is not None:
-            teacher_logits = teacher(input_ids=input_ids, attention_mask=mask.long()).logits.float()
-            student_logits = logits[mask][:, :vocab_size]  # [tokens, vocab]
-            teacher_logits = teacher_logits[mask][:, :vocab_size]  # [tokens, vocab]
-            totals["kl"] += forward_kl(student_logits, teacher_logits).sum().item()
-            totals["agree"] += (student_logits.argmax(-1) == teacher_logits.argmax(-1)).sum().item()
-            totals["positions"] += int(mask.sum())
-    model.train(was_training)
-    loss = totals["nll"] / max(totals["targets"], 1)
-    metrics = {"lm_loss": loss, "perplexity": math.exp(min(loss, 700.0))}
-    if teacher is not None:
-        metrics["kl_to_teacher"] = totals["kl"] / max(totals["positions"], 1)
-        metrics["top1_agreement"] = totals["agree"] / max(totals["positions"], 1)
-    return metrics
+    return _metrics(_sums(model, dataset, collate_fn, batch_size, teacher, vocab_size, desc), teacher is not None)
+
+
+def metric_key(set_name: str, metric: str) -> str:
+    """``perplexity`` on the held-out split, ``<set>_perplexity`` on a named eval set."""
+    return metric if set_name == HELDOUT_SET else f"{set_name}_{metric}"
+
+
+class Evaluator:
+    """Called with the student at every evaluation: ``heldout_metrics`` on each eval set, keyed by
+    ``metric_key``. The teacher's own loss and perplexity do not change, so they are computed once (in
+    the first call's teacher pass) and kept in ``teacher_metrics()``."""
+
+    def __init__(
+        self,
+        eval_sets: dict[str, datasets.Dataset],
+        collate_fn: Callable,
+        batch_size: int,
+        teacher: Optional[PreTrainedModel] = None,
+        vocab_size: Optional[int] = None,
+    ):
+        self.eval_sets = eval_sets
+        self.collate_fn, self.batch_size = collate_fn, batch_size
+        self.teacher, self.vocab_size = teacher, vocab_size
+        self._teacher_metrics: dict[str, dict[str, float]] = {}
+
+    def __call__(self, model: PreTrainedModel) -> dict[str, float]:
+        metrics = {}
+        for name, dataset in self.eval_sets.items():
+            sums = _sums(
+                model, dataset, self.collate_fn, self.batch_size, self.teacher, self.vocab_size, f"Evaluating on {name}"
+            )
+            if self.teacher is not None:
+                self._teacher_metrics.setdefault(name, _loss_metrics(sums["teacher_nll"], sums["targets"]))
+            found = _metrics(sums, self.teacher is not None)
+            metrics.update({metric_key(name, metric): value for metric, value in found.items()})
+        return metrics
+
+    def teacher_metrics(self) -> dict[str, float]:
+        """The teacher's ``lm_loss`` and ``perplexity`` on each eval set (keyed as ``__call__``'s); empty
+        without a teacher."""
+        if self.teacher is None:
+            return {}
+        for name, dataset in self.eval_sets.items():
+            if name not in self._teacher_metrics:
+                desc = f"Evaluating the teacher on {name}"
+                self._teacher_metrics[name] = heldout_metrics(
+                    self.teacher, dataset, self.collate_fn, self.batch_size, desc=desc
+                )
+        return {
+            metric_key(name, metric): value
+            for name, found in self._teacher_metrics.items()
+            for metric, value in found.items()
+        }

@@ -1,0 +1,73 @@
+"""``distily eval MODEL [--teacher_model_name_or_path T]``: the evaluation of a run, on its own.
+
+The same measurements as during and after distillation (perplexity on named eval sets, agreement with
+the teacher, lm-eval tasks with the teacher's results cached), for any causal LM and teacher.
+"""
+
+from functools import partial
+from pathlib import Path
+
+from transformers import AutoConfig, PreTrainedModel
+
+from distily.config import EvalCommandArguments, EvaluationArguments
+from distily.data.text import collate, default_cache_dir
+from distily.errors import DistilyConfigError
+from distily.evaluation.harness import cached_teacher_results, run_tasks, task_manager
+from distily.evaluation.heldout import Evaluator
+from distily.evaluation.perplexity import load_eval_sets
+from distily.evaluation.report import flat_lm_eval, markdown_table, plot_comparison
+from distily.models.architecture import output_vocab_size
+from distily.models.bitnet import BITNET_CONFIG_KEY, load_bitnet_student
+from distily.models.teacher import DTYPES, from_pretrained, load_teacher, load_tokenizer
+from distily.models.vocab import check_same_tokenizer, shared_vocab_size
+from distily.outputs import write_json_atomic
+from distily.training.distill import resolve_max_seq_length
+
+RESULTS_FILE = "eval.json"
+
+
+def load_model(name_or_path: str, dtype: str, trust_remote_code: bool) -> PreTrainedModel:
+    """A frozen model in eval mode; a Distily BitNet student is rebuilt with its BitLinear layers."""
+    config = from_pretrained(AutoConfig, name_or_path, "model", trust_remote_code=trust_remote_code)
+    if getattr(config, BITNET_CONFIG_KEY, None) is not None:
+        return load_bitnet_student(name_or_path, DTYPES[dtype] if dtype != "auto" else DTYPES["float32"])
+    return load_teacher(name_or_path, dtype, trust_remote_code)
+
+
+def run_evaluation(command: EvalCommandArguments, evaluation: EvaluationArguments) -> dict:
+    """``{"columns": {model name: metrics}, "table": markdown}``; with ``output_dir``, also written there."""
+    if not evaluation.eval_datasets and not evaluation.lm_eval_tasks:
+        raise DistilyConfigError("nothing to evaluate; expected --eval_datasets and/or --lm_eval_tasks")
+    manager = task_manager(evaluation) if evaluation.lm_eval_tasks else None
+    model = load_model(command.model_name_or_path, command.torch_dtype, command.trust_remote_code)
+    tokenizer = load_tokenizer(command.model_name_or_path, "model", command.trust_remote_code)
+    teacher, vocab_size = None, None
+    if command.teacher_model_name_or_path is not None:
+        teacher = load_teacher(command.teacher_model_name_or_path, command.torch_dtype, command.trust_remote_code)
+        check_same_tokenizer(load_tokenizer(command.teacher_model_name_or_path, "teacher"), tokenizer)
+        vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(model), len(tokenizer))
+    max_seq_length = resolve_max_seq_length(command.max_seq_length, *(m for m in (model, teacher) if m is not None))
+    cache_dir = command.tokenization_cache_dir or default_cache_dir()
+    sets = load_eval_sets(evaluation.eval_datasets, tokenizer, max_seq_length, cache_dir, command.max_eval_samples)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    evaluator = Evaluator(sets, partial(collate, pad_token_id=pad_token_id), command.per_device_eval_batch_size,
+                          teacher, vocab_size)
+    student_metrics, teacher_metrics = evaluator(model), evaluator.teacher_metrics()
+    if manager is not None:
+        batch_size = command.per_device_eval_batch_size
+        student_metrics.update(flat_lm_eval(run_tasks(model, tokenizer, evaluation, manager, batch_size)))
+        if teacher is not None:
+            teacher_metrics.update(flat_lm_eval(cached_teacher_results(
+                teacher, command.teacher_model_name_or_path, tokenizer, evaluation, manager, batch_size
+            )))
+    columns = {"teacher": teacher_metrics} if teacher is not None else {}
+    columns[Path(command.model_name_or_path).name or command.model_name_or_path] = student_metrics
+    table = markdown_table(columns)
+    if command.output_dir is not None:
+        output_dir = Path(command.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output_dir / RESULTS_FILE, {"columns": columns, "max_seq_length": max_seq_length})
+        (output_dir / "results.md").write_text(table)
+        plot_comparison(columns, output_dir / "teacher_vs_student.png")
+    return {"columns": columns, "table": table}
+

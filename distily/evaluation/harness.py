@@ -1,0 +1,166 @@
+"""Benchmarks through lm-evaluation-harness (``pip install distily[eval]``), on models already in memory.
+
+Tasks are any the harness knows (``mmlu_pro``, ``hellaswag``, ...; their data come from the Hub) or
+local task YAML files in ``lm_eval_include_path`` whose data files are local, so a benchmark also runs
+offline. The teacher's results depend only on the teacher and the task settings, so they are kept in
+a cache under those and computed once.
+"""
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distily.config import EvaluationArguments
+from distily.errors import DistilyConfigError
+from distily.outputs import write_json_atomic
+
+
+def task_manager(args: EvaluationArguments):
+    """The harness's ``TaskManager`` for ``args.lm_eval_tasks``, checked before any model is trained: a missing
+    harness or an unknown task fails now, not after training. Local-only task lists skip indexing the
+    harness's own few thousand tasks."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise DistilyConfigError(
+            f"lm_eval_tasks={args.lm_eval_tasks} needs lm-evaluation-harness, which is not installed; expected "
+            "`pip install distily[eval]`"
+        )
+    from lm_eval.tasks import TaskManager
+
+    include_path = os.path.expanduser(args.lm_eval_include_path) if args.lm_eval_include_path else None
+    if include_path is not None:
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if set(args.lm_eval_tasks) <= set(local.all_tasks):
+            return local
+    manager = TaskManager(include_path=include_path)
+    for task in args.lm_eval_tasks:
+        if task not in manager.all_tasks:
+            close = difflib.get_close_matches(task, manager.all_tasks, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DistilyConfigError(
+                f"lm_eval_tasks: {task!r} is not an lm-eval task{hint}; expected a task, group or tag of "
+                "`lm_eval --tasks list`, or a task in lm_eval_include_path"
+            )
+    return manager
+
+
+def _descendants(group_subtasks: dict[str, list[str]], names: list[str]) -> set[str]:
+    found, pending = set(), list(names)
+    while pending:
+        for child in group_subtasks.get(pending.pop(), []):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found
+
+
+def task_results(raw: dict[str, Any], requested: list[str]) -> dict[str, dict[str, float]]:
+    """``{task: {metric: value, metric_stderr: value, samples: n}}`` from the harness's results: the requested
+    tasks and groups (a group's own aggregate, not its members), and the members of requested tags. A metric
+    with a filter other than ``none`` is named ``metric_filter``; stderrs the harness did not compute are left out.
+    """
+    hidden = _descendants(raw.get("group_subtasks", {}), requested) - set(requested)
+    results = {}
+    for task, values in raw["results"].items():
+        if task in hidden:
+            continue
+        metrics = {}
+        for key, value in values.items():
+            if "," not in key or not isinstance(value, (int, float)):
+                continue
+            metric, filter_name = key.split(",", 1)
+            metrics[metric if filter_name == "none" else f"{metric}_{filter_name}"] = float(value)
+        samples = raw.get("n-samples", {}).get(task, {}).get("effective")
+        if samples is not None:
+            metrics["samples"] = samples
+        results[task] = metrics
+    return results
+
+
+def run_tasks(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    args: EvaluationArguments,
+    manager,
+    batch_size: int,
+) -> dict[str, dict[str, float]]:
+    """``task_results`` of ``model`` on ``args.lm_eval_tasks`` (the model is left in eval mode)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    raw = lm_eval.simple_evaluate(
+        model=wrapped,
+        tasks=list(args.lm_eval_tasks),
+        num_fewshot=args.lm_eval_num_fewshot,
+        limit=args.lm_eval_limit,
+        bootstrap_iters=args.lm_eval_bootstrap_iters,
+        task_manager=manager,
+        log_samples=False,
+    )
+    return task_results(raw, list(args.lm_eval_tasks))
+
+
+def default_cache_dir() -> str:
+    return os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "distily", "lm_eval")
+
+
+def _folder_fingerprint(path: Optional[str]) -> list:
+    """Names and contents' hashes of the files under a local directory (task YAMLs and their data)."""
+    if path is None or not os.path.isdir(os.path.expanduser(path)):
+        return []
+    root = Path(os.path.expanduser(path))
+    return [
+        (str(file.relative_to(root)), hashlib.sha256(file.read_bytes()).hexdigest())
+        for file in sorted(root.rglob("*"))
+        if file.is_file()
+    ]
+
+
+def teacher_cache_key(teacher: PreTrainedModel, teacher_name_or_path: str, args: EvaluationArguments) -> str:
+    """What the teacher's results depend on: the teacher (its config, and its weight files' sizes and times or
+    its Hub revision), the tasks and their local definitions, the settings, and the harness version."""
+    from importlib.metadata import version
+
+    local = Path(os.path.expanduser(teacher_name_or_path))
+    if local.is_dir():
+        files = sorted([*local.glob("*.safetensors"), *local.glob("*.bin")])
+        weights = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    else:
+        weights = getattr(teacher.config, "_commit_hash", None)
+    content = {
+        "teacher": teacher_name_or_path,
+        "config": teacher.config.to_dict(),
+        "weights": weights,
+        "dtype": str(teacher.dtype),
+        "tasks": sorted(args.lm_eval_tasks),
+        "local_tasks": _folder_fingerprint(args.lm_eval_include_path),
+        "limit": args.lm_eval_limit,
+        "num_fewshot": args.lm_eval_num_fewshot,
+        "bootstrap_iters": args.lm_eval_bootstrap_iters,
+        "lm_eval": version("lm_eval"),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def cached_teacher_results(
+    teacher: PreTrainedModel,
+    teacher_name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    args: EvaluationArguments,
+    manager,
+    batch_size: int,
+) -> dict[str, dict[str, float]]:
+    """``run_tasks`` for the teacher, read from the cache when this teacher ran these tasks before."""
+    key = teacher_cache_key(teacher, teacher_name_or_path, args)
+    path = Path(os.path.expanduser(args.lm_eval_cache_dir or default_cache_dir())) / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    results = run_tasks(teacher, tokenizer, args, manager, batch_size)
+    write_json_atomic(path, results)
+    return results

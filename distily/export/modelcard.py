@@ -1,0 +1,319 @@
+"""The model card: ``README.md`` of a distilled student, built with ``huggingface_hub``'s card tools.
+
+It reports what was done and measured, nothing more:
+
+- ``base_model`` is the teacher (when it is a Hub id), but the relation never claims a fine-tune. The Hub
+  knows four relations (``adapter``, ``merge``, ``quantized``, ``finetune``), none of them "distilled".
+  A ternary (BitNet b1.58) student is declared ``quantized``: it is a low-bit model of the teacher and is
+  listed among the teacher's quantizations. A dense student declares no relation; the text says it was
+  distilled, not fine-tuned. (Without a declared relation the Hub infers one from the repository's files.)
+- The method is read from the objective that trained the student: its components, weights, losses,
+  layer maps, projectors and norms, and the student's BitNet options if any.
+- Teacher and student metrics are model-index results (the teacher's named as such); lm-eval scores on
+  a subsample (``lm_eval_limit``) say so.
+- The configuration that reproduces the run, and the versions of Distily and the frameworks.
+"""
+
+import dataclasses
+import enum
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import TrainingArguments
+
+from distily.config import HELDOUT_SET, DistillConfig
+from distily.evaluation.report import MIB, flat_lm_eval, markdown_table, run_columns
+from distily.models.teacher import looks_like_local_path
+from distily.objectives.objective import DistillationObjective
+
+FRAMEWORKS = ("transformers", "torch", "datasets", "accelerate", "huggingface_hub", "lm_eval")
+CARD_METRICS = ("perplexity", "kl_to_teacher", "top1_agreement")  # per eval set, in the model index
+ARCHITECTURE_ROWS = {
+    "model_type": "model type",
+    "layers": "layers",
+    "hidden_size": "hidden size",
+    "attention_heads": "attention heads",
+    "key_value_heads": "key/value heads",
+    "intermediate_size": "MLP width",
+    "vocab_size": "vocabulary",
+    "dtype": "dtype",
+}
+
+
+def teacher_name(config: DistillConfig, metrics: dict) -> str:
+    """The teacher as the run knew it: its Hub id or path (from the store, for a recorded teacher)."""
+    return config.model.teacher_model_name_or_path or metrics["teacher"].get("teacher_model_name_or_path", "unknown")
+
+
+def hub_id(name_or_path: str) -> str | None:
+    """``name_or_path`` when it names a Hub repository rather than a local directory."""
+    return None if looks_like_local_path(name_or_path) else name_or_path
+
+
+def _link(name_or_path: str) -> str:
+    repo = hub_id(name_or_path)
+    return f"[{repo}](https://huggingface.co/{repo})" if repo else f"the local checkpoint `{name_or_path}`"
+
+
+def is_bitnet(metrics: dict) -> bool:
+    return bool(metrics["student"].get("architecture", {}).get("bitnet"))
+
+
+def _eval_results(config: DistillConfig, metrics: dict) -> list[EvalResult]:
+    """Student and teacher numbers on the held-out split, each named eval set, and each lm-eval task."""
+    teacher = teacher_name(config, metrics)
+    student, teacher_values = metrics["student"], metrics["teacher"]
+    data = config.data
+    dataset = data.dataset_name or "recorded teacher store"
+    # (type: a Hub id, else the set's name, so that local sets stay apart; name; config; split)
+    sources = {HELDOUT_SET: (hub_id(dataset) or HELDOUT_SET, f"{dataset} (held-out documents)",
+                             data.dataset_config_name, f"{data.dataset_split} (held-out documents)")}
+    for name, spec in metrics.get("eval_sets", {}).items():
+        sources[name] = (hub_id(spec["path"]) or name, name, spec["config"], spec["split"])
+    results = []
+
+    def add(source, metric, value, owner=None):
+        if isinstance(value, (int, float)):
+            dataset_type, dataset_name, dataset_config, dataset_split = source
+            results.append(EvalResult(
+                task_type="text-generation", dataset_type=dataset_type, dataset_name=dataset_name,
+                dataset_config=dataset_config, dataset_split=dataset_split, metric_type=metric,
+                metric_value=float(value),
+                metric_name=metric if owner is None else f"{metric} of the teacher ({owner})",
+            ))
+
+    for set_name, source in sources.items():
+        prefix = "" if set_name == HELDOUT_SET else f"{set_name}_"
+        for metric in CARD_METRICS:
+            add(source, metric, student.get(f"after_{prefix}{metric}"))
+        add(source, "perplexity", teacher_values.get(f"{prefix}perplexity"), owner=teacher)
+    for owner, values in ((None, student), (teacher, teacher_values)):
+        for key, value in flat_lm_eval(values.get("lm_eval", {})).items():
+            _, task, metric = key.split("/", 2)
+            if not metric.endswith("_stderr") and metric != "samples":
+                add((task, task, None, None), metric, value, owner)
+    return results
+
+
+def card_data(config: DistillConfig, metrics: dict, model_name: str) -> ModelCardData:
+    teacher = hub_id(teacher_name(config, metrics))
+    tags = ["distily", "distillation"] + (["bitnet", "1.58b", "ternary"] if is_bitnet(metrics) else [])
+    extra = {"base_model_relation": "quantized"} if teacher and is_bitnet(metrics) else {}
+    dataset = hub_id(config.data.dataset_name) if config.data.dataset_name else None
+    return ModelCardData(
+        model_name=model_name,
+        base_model=teacher,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=tags,
+        datasets=[dataset] if dataset else None,
+        eval_results=_eval_results(config, metrics),
+        **extra,
+    )
+
+
+def results_section(config: DistillConfig, metrics: dict, plots: list[str]) -> str:
+    evaluation = config.evaluation
+    lines = [
+        "## Results",
+        "",
+        f"Measured by Distily on held-out data: {metrics['eval_sequences']} sequences of {metrics['max_seq_length']} "
+        "tokens from documents set aside before packing"
+        + (", and the named eval sets below" if metrics.get("eval_sets") else "") + ". KL and agreement are per "
+        "token, against the teacher's next-token distribution.",
+        "",
+        markdown_table(run_columns(metrics)),
+    ]
+    for name, spec in metrics.get("eval_sets", {}).items():
+        lines.append(f"- `{name}`: {spec['sequences']} sequences from `{spec['path']}` ({spec['split']})")
+    overlap = metrics.get("eval_overlap")
+    if overlap:
+        found = [f"`{name}` {o['overlapping_sequences']} of {o['sequences']}" for name, o in overlap.items()]
+        n = next(iter(overlap.values()))["ngram"]
+        lines += ["", f"Overlap with the training sequences (sequences sharing a {n}-token span): {', '.join(found)}."]
+    else:
+        lines += ["", "The eval sets were not checked for overlap with the training data."]
+    if evaluation.lm_eval_tasks:
+        sample = (f"on a sample (lm_eval_limit={evaluation.lm_eval_limit}); these are not full benchmark scores"
+                  if evaluation.lm_eval_limit else "on every example")
+        lines += ["", f"lm-evaluation-harness tasks ran {sample}; n is the number of examples scored."]
+    lines += [""] + [f"![{plot}]({plot})" for plot in plots]
+    return "\n".join(lines)
+
+
+def _method_section(config: DistillConfig, metrics: dict, objective: DistillationObjective) -> str:
+    lines = [
+        "## Method",
+        "",
+        "The student minimised a weighted sum of components, each averaged over the tokens of a batch:",
+        "",
+    ]
+    for name, component in objective.components.items():
+        formula = (type(component).__doc__ or "").strip().split("\n\n")[0].replace("\n", " ").replace("``", "`")
+        details = component.extra_repr()
+        lines.append(f"- `{name}` × {objective.weights[name]:g}: {formula}" + (f" (`{details}`)" if details else ""))
+    lines += ["", "<details><summary>The objective's modules</summary>", "", "```text", repr(objective), "```",
+              "", "</details>", ""]
+    model = config.model
+    if model.student_model_name_or_path:
+        lines.append(f"The student started from the checkpoint `{model.student_model_name_or_path}`.")
+    else:
+        source = f"`{model.student_config_name_or_path}`" if model.student_config_name_or_path else "the teacher's"
+        changes = f" with `{model.student_config_overrides}`" if model.student_config_overrides else ""
+        if model.student_init != "teacher":
+            init = "a random initialisation"
+        elif model.student_layers_from_teacher:
+            init = f"teacher layers {model.student_layers_from_teacher} copied into its layers"
+        else:
+            init = "teacher layers copied into its layers (evenly spaced, first and last included)"
+        lines.append(f"The student was built from {source} config{changes}, starting from {init}.")
+    teacher = metrics["teacher"]
+    if teacher.get("source") == "recorded":
+        lines += ["", f"The teacher did not run during training: its top-{teacher.get('record_top_k')} "
+                  f"log-probabilities were read from a recorded store (`{teacher.get('teacher_store')}`), and the "
+                  "held-out KL and agreement are measured against that record."]
+    elif teacher.get("quantization", "none") != "none":
+        lines += ["", f"The teacher ran quantized to {teacher['quantization']} (bitsandbytes); its numbers here are "
+                  "those of the quantized teacher."]
+    bitnet = metrics["student"].get("architecture", {}).get("bitnet")
+    if bitnet:
+        lines += ["", "It is a ternary BitNet b1.58 model: every linear projection in its decoder blocks is a "
+                  "BitLinear layer with weights in {-1, 0, +1} times a per-tensor scale and 8-bit activations "
+                  f"(options: `{bitnet}`). This checkpoint holds the latent weights the ternary ones are computed "
+                  "from."]
+    return "\n".join(lines)
+
+
+def _architecture_section(metrics: dict) -> str:
+    teacher, student = metrics["teacher"], metrics["student"]
+    shapes = teacher.get("architecture", {}), student.get("architecture", {})
+    lines = ["## Architecture", "", "| | teacher | student |", "|---|---:|---:|"]
+    for key, title in ARCHITECTURE_ROWS.items():
+        if any(key in shape for shape in shapes):
+            lines.append(f"| {title} | {shapes[0].get(key, '—')} | {shapes[1].get(key, '—')} |")
+    lines.append(f"| weights | dense | {'ternary (BitNet b1.58)' if shapes[1].get('bitnet') else 'dense'} |")
+    lines.append(f"| parameters | {teacher['parameters']:,} | {student['parameters']:,} |")
+    sizes = [f"{values['size_on_disk_bytes'] / MIB:,.1f}" for values in (teacher, student)]
+    lines.append(f"| size on disk (MiB) | {sizes[0]} | {sizes[1]} |")
+    return "\n".join(lines)
+
+
+def _data_section(config: DistillConfig, metrics: dict) -> str:
+    data = config.data
+    length, train = metrics["max_seq_length"], metrics["train"]
+    source = f"`{data.dataset_name}`" if data.dataset_name else "the recorded teacher store"
+    details = ", ".join(f"{key} `{value}`" for key, value in (
+        ("subset", data.dataset_config_name), ("split", data.dataset_split), ("text column", data.dataset_text_column)
+    ) if value)
+    lines = [
+        "## Training data",
+        "",
+        f"- Dataset: {source} ({details}); {data.eval_fraction:g} of its documents held out for evaluation.",
+        f"- Training set: {metrics['train_sequences']:,} packed sequences of {length} tokens "
+        f"({metrics['train_sequences'] * length:,} tokens).",
+    ]
+    if "tokens_seen" in train:
+        lines.append(f"- Trained for {train['global_step']:,} optimizer steps, about {train['tokens_seen']:,} tokens "
+                     f"({train.get('epoch', 0):.2f} epochs).")
+    return "\n".join(lines)
+
+
+def _hyperparameters(training: TrainingArguments) -> dict:
+    precision = "bf16" if training.bf16 else "fp16" if training.fp16 else "fp32"
+    return {
+        "learning rate": training.learning_rate,
+        "schedule": _plain(training.lr_scheduler_type),
+        "warmup (steps, or fraction if < 1)": training.warmup_steps,
+        "optimizer": _plain(training.optim),
+        "weight decay": training.weight_decay,
+        "batch size per device": training.per_device_train_batch_size,
+        "gradient accumulation": training.gradient_accumulation_steps,
+        "devices": training.world_size,
+        "max steps": training.max_steps if training.max_steps > 0 else "—",
+        "epochs": training.num_train_epochs if training.max_steps <= 0 else "—",
+        "precision": precision,
+        "seed": training.seed,
+    }
+
+
+def _plain(value):
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def non_default_config(config: DistillConfig) -> dict:
+    """Every key whose value differs from its default, and the (required) ``output_dir``: the config file that
+    reproduces the run."""
+    values = {"output_dir": config.training.output_dir}
+    for part in dataclasses.fields(config):
+        args = getattr(config, part.name)
+        kind = type(args)
+        defaults = kind(output_dir=args.output_dir) if isinstance(args, TrainingArguments) else kind()
+        for item in dataclasses.fields(args):
+            value = getattr(args, item.name)
+            if item.init and not item.name.endswith("token") and value != getattr(defaults, item.name):
+                values[item.name] = _plain(value)
+    return values
+
+
+def framework_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in FRAMEWORKS:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _reproduce_section(config: DistillConfig, metrics: dict) -> str:
+    settings = yaml.safe_dump(non_default_config(config), sort_keys=False, allow_unicode=True).strip()
+    hyper = _hyperparameters(config.training)
+    versions = ", ".join(f"{name} {value}" for name, value in framework_versions().items())
+    lines = [
+        "## Hyperparameters",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {key} | {value} |" for key, value in hyper.items()],
+        "",
+        "## Reproduce",
+        "",
+        f"The run was started as `{metrics.get('command') or 'run_distillation(config)'}`. With Distily "
+        f"{metrics['distily_version']}, `distily distill config.yaml` repeats it, `config.yaml` holding `output_dir` "
+        "and every key that differs from its default:",
+        "",
+        "```yaml",
+        settings,
+        "```",
+        "",
+        f"Versions: Distily {metrics['distily_version']}, {versions}.",
+    ]
+    return "\n".join(lines)
+
+
+def build_model_card(
+    config: DistillConfig, metrics: dict, objective: DistillationObjective, model_name: str, plots: list[str] = ()
+) -> ModelCard:
+    """The card of a finished run; ``metrics`` as in ``metrics.json``, ``plots`` paths relative to the card."""
+    teacher = teacher_name(config, metrics)
+    kind = "a ternary (BitNet b1.58) student" if is_bitnet(metrics) else "a student"
+    data = config.data.dataset_name or "the teacher's recorded outputs"
+    intro = (
+        f"# {model_name}\n\n{model_name} is {kind} distilled from {_link(teacher)} with Distily: it was trained to "
+        f"reproduce the teacher's output distribution on `{data}` (knowledge distillation); it is not a fine-tune of "
+        "the teacher. "
+        f"It has {metrics['student']['parameters']:,} parameters; the teacher has "
+        f"{metrics['teacher']['parameters']:,}."
+    )
+    sections = [
+        intro,
+        results_section(config, metrics, list(plots)),
+        _method_section(config, metrics, objective),
+        _architecture_section(metrics),
+        _data_section(config, metrics),
+        _reproduce_section(config, metrics),
+    ]
+    data_yaml = card_data(config, metrics, model_name).to_yaml()
+    return ModelCard("---\n" + data_yaml + "\n---\n\n" + "\n\n".join(sections) + "\n")

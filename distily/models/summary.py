@@ -1,0 +1,28 @@
+"""What a model is, in the numbers a reader compares: depth, widths, dtype, BitNet or not."""
+
+from transformers import PreTrainedModel
+
+from distily.models.bitnet import BITNET_CONFIG_KEY
+
+SHAPE_KEYS = {  # summary name: config attribute (after get_text_config; GPT-2's names are attribute aliases)
+    "layers": "num_hidden_layers",
+    "hidden_size": "hidden_size",
+    "attention_heads": "num_attention_heads",
+    "key_value_heads": "num_key_value_heads",
+    "intermediate_size": "intermediate_size",
+    "vocab_size": "vocab_size",
+}
+
+
+def architecture_summary(model: PreTrainedModel) -> dict:
+    """``model_type``, the shape numbers of ``SHAPE_KEYS`` the config has, ``dtype``, and ``bitnet``: the
+    options of a ternary (BitNet b1.58) model, ``None`` for a dense one."""
+    config = model.config.get_text_config()
+    summary = {"model_type": config.model_type}
+    for name, attribute in SHAPE_KEYS.items():
+        value = getattr(config, attribute, None)
+        if isinstance(value, int):
+            summary[name] = value
+    summary["dtype"] = str(model.dtype).removeprefix("torch.")
+    summary["bitnet"] = getattr(model.config, BITNET_CONFIG_KEY, None)
+    return summary

@@ -1,0 +1,54 @@
+"""Each mistake in the evaluation settings: one line naming the bad value and what was expected."""
+
+import json
+
+import pytest
+
+from distily.cli import main
+from distily.config import parse_config, parse_eval_config
+from distily.errors import DistilyConfigError
+from distily.evaluation.command import run_evaluation
+from distily.evaluation.perplexity import load_eval_set
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"eval_datasets": "[1, 2]"}, "eval_datasets='[1, 2]' is a JSON list; expected a JSON object"),
+        ({"eval_datasets": {"heldout": "x.jsonl"}}, "eval_datasets['heldout']: the name is not usable"),
+        ({"eval_datasets": {"a b": "x.jsonl"}}, "eval_datasets['a b']: the name is not usable"),
+        ({"eval_datasets": {"a": {"split": "test"}}}, "expected a path or Hub id, or an object with a 'path'"),
+        ({"eval_datasets": {"a": {"path": "x", "splt": "test"}}}, "eval_datasets['a'] has unknown key 'splt'"),
+        ({"eval_datasets": {"a": {"path": "x", "max_samples": 0}}}, "max_samples=0 must be a positive integer"),
+        ({"eval_overlap_ngram": -1}, "eval_overlap_ngram=-1 must be >= 0"),
+        ({"lm_eval_bootstrap_iters": -5}, "lm_eval_bootstrap_iters=-5 must be >= 0"),
+        ({"lm_eval_limit": 2.5}, "lm_eval_limit=2.5 is not usable; expected a count, or a fraction 0 < x < 1"),
+        ({"lm_eval_limit": -3}, "lm_eval_limit=-3.0 is not usable"),
+        ({"lm_eval_include_path": "/no/such/tasks", "lm_eval_tasks": ["t"]}, "is not a directory"),
+        ({"lm_eval_include_path": "."}, "lm_eval_include_path='.' is set without lm_eval_tasks"),
+    ],
+)
+def test_bad_evaluation_settings(values, message, tmp_path):
+    with pytest.raises(DistilyConfigError) as error:
+        parse_config(output_dir=str(tmp_path), **values)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_eval_set_that_cannot_be_read_is_named(tokenizer, tmp_path):
+    spec = {"path": str(tmp_path / "missing.jsonl"), "config": None, "split": "train", "text_column": "text",
+            "max_samples": None}
+    with pytest.raises(DistilyConfigError, match=r"^eval_datasets\['recent'\]: dataset_name=.* does not exist"):
+        load_eval_set("recent", spec, tokenizer, 32, str(tmp_path))
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"text": "Too short."}) + "\n")
+    with pytest.raises(DistilyConfigError, match=r"gives no sequence of 32 tokens; expected more text"):
+        load_eval_set("short", {**spec, "path": str(short)}, tokenizer, 32, str(tmp_path))
+
+
+def test_eval_command_errors(capsys):
+    assert main(["eval"]) == 2
+    assert "no model to evaluate; expected `distily eval MODEL`" in capsys.readouterr().err
+    assert main(["eval", "some/model", "--lm_eval_limt", "3"]) == 2
+    assert "unexpected argument '--lm_eval_limt'" in capsys.readouterr().err
+    with pytest.raises(DistilyConfigError, match="nothing to evaluate; expected --eval_datasets"):
+        run_evaluation(*parse_eval_config(["--model_name_or_path", "some/model"]))

@@ -1,0 +1,39 @@
+"""The side-by-side table and the plots: valid PNGs, drawn from a log history and metrics.json."""
+
+from PIL import Image
+
+from distily.evaluation.report import markdown_table, plot_comparison, plot_eval_metrics, plot_losses, run_columns
+
+LOG_HISTORY = [
+    {"step": 10, "loss": 1.0, "loss_logits": 0.8, "loss_hidden_states": 0.4},
+    {"step": 20, "eval_loss": 0.9, "eval_loss_logits": 0.7, "eval_perplexity": 12.0, "eval_recent_perplexity": 14.0,
+     "eval_runtime": 1.0},
+    {"step": 20, "loss": 0.7, "loss_logits": 0.6, "loss_hidden_states": 0.2},
+]
+
+
+def assert_png(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+        image.verify()
+
+
+def test_plots_are_valid_pngs(tmp_path, run_metrics):
+    metrics = run_metrics()
+    for draw, path in (
+        (lambda p: plot_losses(LOG_HISTORY, p), tmp_path / "losses.png"),
+        (lambda p: plot_eval_metrics(LOG_HISTORY, metrics, p), tmp_path / "eval_metrics.png"),
+        (lambda p: plot_comparison(run_columns(metrics), p), tmp_path / "teacher_vs_student.png"),
+    ):
+        assert draw(path) == path
+        assert_png(path)
+    assert plot_losses([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_the_table_puts_teacher_and_student_side_by_side(run_metrics):
+    table = markdown_table(run_columns(run_metrics()))
+    lines = table.splitlines()
+    assert lines[0] == "| metric | teacher | student (before) | student (after) |"
+    assert "| recent: perplexity | 9.50 | — | 12.25 |" in lines
+    assert "| hellaswag: acc (n=100) | 0.4100 ± 0.0100 | — | 0.3300 ± 0.0100 |" in lines
+    assert "| parameters | 400,000 | — | 200,000 |" in lines

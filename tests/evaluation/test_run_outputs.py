@@ -1,0 +1,95 @@
+"""A run end to end: eval-set metrics at every evaluation, metrics.json, the table, plots, tensorboard scalars,
+and the model card that push_to_hub uploads (the Hub itself replaced by a recorder: the tests are offline)."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from distily.cli import main
+from distily.config import parse_config
+from distily.training.distill import run_distillation
+from tiny import make_documents, save_tiny_model, write_jsonl
+
+
+class RecordingHub:
+    """What ``transformers.trainer.hf_api()`` is asked to do, with what ``README.md`` held at each upload."""
+
+    def __init__(self):
+        self.uploads = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        self.uploads.append({"repo_id": repo_id, "readme": (Path(folder_path) / "README.md").read_text()})
+
+
+def test_a_run_reports_eval_sets_during_and_after_training_and_pushes_its_card(
+    teacher_dirs, run_values, tmp_path, monkeypatch
+):
+    hub = RecordingHub()
+    monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    recent = write_jsonl(tmp_path / "recent.jsonl", make_documents(30, seed=5))
+    values = run_values(
+        teacher_dirs["gpt2"],
+        student_config_overrides={"n_layer": 2},
+        eval_datasets={"recent": recent},
+        max_eval_samples=8,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=4,
+        report_to="tensorboard",
+        push_to_hub=True,
+        hub_model_id="someone/tiny-student",
+        hub_strategy="end",
+    )
+    metrics = run_distillation(parse_config(**values), command="distily distill run.yaml")
+    out = Path(values["output_dir"])
+
+    teacher, student = metrics["teacher"], metrics["student"]
+    for key in ("lm_loss", "perplexity", "parameters", "size_on_disk_bytes", "recent_perplexity"):
+        assert key in teacher, key
+    for key in ("loss", "lm_loss", "perplexity", "kl_to_teacher", "top1_agreement", "recent_perplexity",
+                "recent_kl_to_teacher", "recent_top1_agreement"):
+        assert f"before_{key}" in student and f"after_{key}" in student, key
+    assert student["architecture"]["layers"] == 2 and teacher["architecture"]["layers"] == 4
+    assert set(metrics["eval_overlap"]) == {"heldout", "recent"}
+    assert metrics["train"]["wall_seconds"] > 0 and metrics["train"]["tokens_seen"] == 4 * 4 * 32
+    assert json.loads((out / "metrics.json").read_text())["student"]["after_recent_perplexity"] > 0
+
+    history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    evaluated = [entry["step"] for entry in history if "eval_recent_top1_agreement" in entry]
+    assert evaluated == [2, 4] and all("eval_kl_to_teacher" in e for e in history if "eval_loss" in e)
+
+    assert "| recent: perplexity |" in (out / "results.md").read_text()
+    for name in ("losses", "eval_metrics", "teacher_vs_student"):
+        with Image.open(out / "plots" / f"{name}.png") as image:
+            image.verify()
+    assert list((out / "runs" / "results").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "runs").exists()  # the evaluation before training logs into output_dir too
+
+    card = ModelCard.load(out / "README.md")
+    assert "distillation" in card.data.tags and "Finetuned from" not in str(card)
+    assert [upload["repo_id"] for upload in hub.uploads] == ["someone/tiny-student"]
+    assert hub.uploads[0]["readme"] == (out / "README.md").read_text()  # the card is what was pushed
+
+
+def test_distily_eval_compares_a_model_with_its_teacher(teacher_dirs, tokenizer, tmp_path, capsys):
+    student = save_tiny_model(tmp_path / "student", "gpt2", tokenizer, seed=1, layers=2)
+    recent = write_jsonl(tmp_path / "recent.jsonl", make_documents(30, seed=5))
+    code = main([
+        "eval", student, "--teacher_model_name_or_path", teacher_dirs["gpt2"],
+        "--eval_datasets", json.dumps({"recent": recent}), "--max_seq_length", "32", "--max_eval_samples", "8",
+        "--tokenization_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "eval"),
+    ])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0] == "| metric | teacher | student |"
+    assert "| recent: top-1 agreement with the teacher | — |" in table
+    columns = json.loads((tmp_path / "eval" / "eval.json").read_text())["columns"]
+    assert columns["student"]["recent_perplexity"] > 0 and columns["teacher"]["recent_perplexity"] > 0
