@@ -12,8 +12,9 @@ with a straight-through estimator: the backward pass treats both quantisers as t
 full-precision latent weights W receive the gradient. Scales are computed in fp32. Embeddings, the LM
 head and the norms stay in full precision.
 
-The arithmetic follows transformers' online-quantised `AutoBitLinear` (transformers/integrations/
-bitnet.py) so a packed export loaded by transformers computes what training computed. Options:
+The arithmetic follows transformers' `AutoBitLinear` (transformers/integrations/bitnet.py): the
+quantisers of its online mode and the output order of its offline mode, so a packed export loaded
+by transformers computes what training computed. Options:
 `input_norm` puts an RMSNorm at the input of every ternary layer (the original BitLinear), stored
 under the same `rms_norm` name transformers uses; `subln` puts one only before each sub-layer's
 output projection (attention output, MLP down projection), the SubLN placement of BitNet b1.58.
@@ -40,7 +41,9 @@ SCALE_EPS = 1e-5
 ACTIVATION_MAX = 127
 # Leaf names of the projection that closes a sub-layer (attention output / MLP down projection)
 # in the architectures transformers ships; SubLN inserts its norm in front of these.
-SUBLAYER_OUTPUT_NAMES = frozenset({"o_proj", "out_proj", "c_proj", "down_proj", "dense", "fc2", "wo", "w2"})
+SUBLAYER_OUTPUT_NAMES = frozenset(
+    {"o_proj", "out_proj", "c_proj", "down_proj", "dense", "fc2", "wo", "w2", "dense_4h_to_h"}
+)
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,7 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def block_projections(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(qualified name, module) of every nn.Linear / Conv1D / BitLinear inside the decoder blocks."""
+    """(qualified name, module) of every nn.Linear (BitLinear included) / Conv1D inside the decoder blocks."""
     prefix, blocks = decoder_blocks(model)
     return [(f"{prefix}.{name}", module) for name, module in blocks.named_modules()
             if isinstance(module, (nn.Linear, Conv1D))]
