@@ -1,5 +1,6 @@
 """The ``distily`` command: parses, dispatches, and turns user errors into one line and exit code 2."""
 
+import logging
 import shlex
 import sys
 from typing import Callable, Optional
@@ -10,21 +11,89 @@ USAGE = """usage: distily COMMAND [ARGS] [--debug]
 
 commands:
   distill CONFIG.yaml [--key value ...]   distill a teacher into a student (see `distily distill --help`)
+  record CONFIG.yaml [--key value ...]    run the teacher once and store its top-k outputs (teacher_store)
+  generate CONFIG.yaml [--key value ...]  sample synthetic text from the teacher (generate_output)
+  sweep SWEEP.yaml [--key value ...]      run a grid, a list of runs or a layer search (docs/experiments.md)
+  eval MODEL [--teacher_model_name_or_path T] [--key value ...]
+                                          perplexity sets, agreement, lm-eval tasks (see `distily eval --help`)
   demo [--output_dir DIR]                 offline demo: distill the bundled teacher on Python's own docs
+
+record and generate read the same config as distill (output_dir is not needed); see docs/recording.md.
 
 --debug shows the full traceback of an error instead of one line."""
 
 
-def _distill(args: list[str], command_line: str) -> int:
+def _config(args: list[str], prog: str, **defaults):
+    """The config from a file (the first argument, unless a flag) and flags; None after printing help."""
     from distily.config import make_parser, parse_config
-    from distily.training.distill import run_distillation
 
     if "-h" in args or "--help" in args:
-        make_parser().print_help()
-        return 0
+        make_parser(prog).print_help()
+        return None
     config_path = args[0] if args and not args[0].startswith("-") else None
     flags = args[1:] if config_path else args
-    run_distillation(parse_config(config_path, flags), command=command_line)
+    return parse_config(config_path, flags, defaults=defaults)
+
+
+def _distill(args: list[str], command_line: str) -> int:
+    from distily.training.distill import run_distillation
+
+    config = _config(args, "distily distill")
+    if config is not None:
+        run_distillation(config, command=command_line)
+    return 0
+
+
+def _record(args: list[str], command_line: str) -> int:
+    from rich.console import Console
+
+    from distily.recording.run import run_recording, summary_table
+
+    config = _config(args, "distily record", output_dir=".")  # record writes only teacher_store
+    if config is not None:
+        Console().print(summary_table(run_recording(config)))
+    return 0
+
+
+def _generate(args: list[str], command_line: str) -> int:
+    from rich.console import Console
+
+    from distily.recording.generate import run_generation
+    from distily.recording.run import summary_table
+
+    config = _config(args, "distily generate", output_dir=".")  # generate writes generate_output (teacher_store)
+    if config is not None:
+        result = run_generation(config)
+        print(f"wrote {result['samples']} samples ({result['tokens']} tokens) to {result['generate_output']}")
+        if "manifest" in result:
+            Console().print(summary_table(result["manifest"]))
+    return 0
+
+
+def _sweep(args: list[str], command_line: str) -> int:
+    """Exit status 1 when a run failed (the others still ran)."""
+    from distily.experiments import sweep_file
+    from distily.experiments.results import print_ranking
+    from distily.experiments.sweep import run_sweep
+
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: distily sweep SWEEP.yaml [--output_dir DIR] [--key value ...]\n\n{sweep_file.__doc__}")
+        return 0
+    sweep = sweep_file.load_sweep(args[0], args[1:])
+    rows = run_sweep(sweep)
+    print_ranking(sweep, rows)
+    return int(any(row["status"] == "failed" for row in rows))
+
+
+def _eval(args: list[str], command_line: str) -> int:
+    from distily.config import make_eval_parser, parse_eval_config
+    from distily.evaluation.command import run_evaluation
+
+    if "-h" in args or "--help" in args:
+        make_eval_parser().print_help()
+        return 0
+    flags = ["--model_name_or_path", *args] if args and not args[0].startswith("-") else args
+    print(run_evaluation(*parse_eval_config(flags))["table"], end="")
     return 0
 
 
@@ -41,7 +110,14 @@ def _demo(args: list[str], command_line: str) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str], str], int]] = {"distill": _distill, "demo": _demo}
+COMMANDS: dict[str, Callable[[list[str], str], int]] = {
+    "distill": _distill,
+    "record": _record,
+    "generate": _generate,
+    "sweep": _sweep,
+    "eval": _eval,
+    "demo": _demo,
+}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -55,6 +131,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if command not in COMMANDS:
         print(f"distily: error: unknown command {command!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("distily").setLevel(logging.INFO)
     try:
         return COMMANDS[command](args, shlex.join(["distily", *argv]))
     except DistilyConfigError as err:

@@ -1,5 +1,6 @@
-"""Writing outputs so that a crash never leaves a file that looks complete."""
+"""Writing outputs so that a crash never leaves a file that looks complete; sizes and hashes of files."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,3 +18,12 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
 def directory_size(path: str | os.PathLike, pattern: str = "*.safetensors") -> int:
     """Bytes of the files matching ``pattern`` directly under ``path``."""
     return sum(f.stat().st_size for f in Path(path).glob(pattern))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -71,6 +71,11 @@ def case_unfinished_run_without_resume(values, tmp_path):
     return "holds checkpoints of an unfinished run"
 
 
+def case_cannot_fit_in_memory(values, tmp_path):
+    values["per_device_train_batch_size"] = 10**6
+    return "the run cannot fit"
+
+
 CASES = [
     case_unknown_key,
     case_wrong_type,
@@ -82,6 +87,7 @@ CASES = [
     case_sequence_too_long,
     case_unknown_loss,
     case_unfinished_run_without_resume,
+    case_cannot_fit_in_memory,
 ]
 
 

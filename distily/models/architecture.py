@@ -4,6 +4,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
+LOGIT_TRANSFORM_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # applied after the LM head
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
@@ -33,3 +34,9 @@ def max_positions(config: PretrainedConfig) -> int | None:
 def output_vocab_size(model: PreTrainedModel) -> int:
     """Rows of the LM head: the width of the logits, padding rows included."""
     return model.get_output_embeddings().weight.shape[0]
+
+
+def plain_lm_head(config: PretrainedConfig) -> bool:
+    """True when the logits are exactly the LM head applied to the last hidden state (no soft-capping or
+    scaling after it), so the head can be fused into the loss."""
+    return all(getattr(config, key, None) in (None, 1, 1.0) for key in LOGIT_TRANSFORM_KEYS)

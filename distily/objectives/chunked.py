@@ -9,11 +9,12 @@ API::
         *,
         lm_head_weight=None,       # [V_s, H]: fuse the student's LM head, its logits are never materialised
         lm_head_bias=None,         # [V_s] or None
-        mask=None,                 # [...] bool, True for tokens that count; padding rows are skipped
+        mask=None,                 # [...] bool, True for tokens that count; other rows are never read
         vocab_size=None,           # count only the first vocab_size columns (vocabularies that differ
                                    # by padding rows only); None requires V_s == V_t
         temperature=1.0,
-        chunk_size=None,           # tokens per chunk; None picks about CHUNK_ELEMENTS / vocab_size
+        chunk_size=None,           # tokens per LM-head chunk; None: about CHUNK_ELEMENTS / vocab_size
+        loss_chunk_size=None,      # tokens per loss evaluation; None: about LOSS_CHUNK_ELEMENTS / vocab_size
         **loss_params,             # e.g. beta=0.5 for jsd
     ) -> torch.Tensor              # scalar float32: the SUM of the per-token loss over unmasked tokens
 
@@ -21,42 +22,131 @@ The caller divides by the number of real tokens in the whole (accumulated) batch
 value the same for one batch of B and k accumulated batches of B/k. Differentiable with respect to
 ``student``, ``lm_head_weight`` and ``lm_head_bias``.
 
-How: a ``torch.autograd.Function`` whose forward walks the tokens in chunks; per chunk it makes the
-student logits ``[chunk, V]``, runs ``loss_fn`` under autograd to get the gradient with respect to
-those logits, and folds that into the gradients of the inputs (through the LM head when fused). The
-backward only scales the stored gradients by the incoming scalar. Peak memory beyond the inputs is
-therefore a few ``[chunk, V]`` fp32 tensors plus the input-sized gradients, independent of the
-number of tokens (the unfused path must return a ``[N, V_s]`` gradient, so it saves the loss's
-intermediates but not that). Gradients of bf16 inputs are accumulated in fp32 for the LM head.
+How: a ``torch.autograd.Function`` computes the gradient in its forward pass; the backward only
+scales it by the incoming scalar. With the LM head fused, the forward walks the real tokens in
+chunks of ``chunk_size``: one matmul writes the chunk's student logits into a ``[chunk, V]`` buffer
+that is reused for every chunk; the loss runs under autograd on slices of ``loss_chunk_size`` tokens
+(small blocks the allocator recycles), and each slice's gradient overwrites its logits in the buffer; two
+matmuls then fold the buffer into the gradients of the hidden states and of the LM head (accumulated
+in fp32). Without the LM head, the loss slices run directly on the student logits and their
+gradients go into the ``[N, V_s]`` gradient the caller needs anyway.
+
+Memory beyond the inputs is therefore the buffer, the loss's intermediates for one slice and the
+input-sized gradients: it does not grow with the number of tokens but through the ``[N, H]``
+gradient of the hidden states.
 """
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from distily.errors import DistilyConfigError
 from distily.objectives.losses import LossFn
 
-CHUNK_ELEMENTS = 2**23
-"""Default chunk budget in logits: 8M elements, 32 MiB per fp32 ``[chunk, V]`` tensor (166 tokens at
-V = 50257). Larger chunks cost memory; much smaller ones cost time, as every chunk reads and writes
-the whole ``[V, H]`` fp32 LM-head gradient (benchmarks/loss_memory.py measures the trade-off)."""
+CHUNK_ELEMENTS = 2**25
+"""Default LM-head chunk: 32M logits, a 128 MiB fp32 buffer (667 tokens at V = 50257). Every chunk
+reads and writes the whole ``[V, H]`` fp32 LM-head gradient, so much smaller chunks cost time."""
+
+LOSS_CHUNK_ELEMENTS = 2**22
+"""Default loss slice: 4M logits, 16 MiB per fp32 intermediate (83 tokens at V = 50257). Blocks
+this small are reused by the C allocator instead of being mapped fresh (and page-faulted) per
+operation, which was the largest cost of the loss on CPU (benchmarks/loss_memory.py); much smaller
+slices pay per-operation overhead instead."""
+
+
+class _LossSlices:
+    """Runs the loss, with its gradient when asked, on slices of the tokens that count.
+
+    ``teacher_logits`` [N, V_t]; ``row_index`` [n] lists the rows that count (None: all N);
+    ``vocab_size`` columns count; a slice has at most ``loss_chunk_size`` tokens.
+    """
+
+    def __init__(
+        self, loss_fn, temperature, loss_params, teacher_logits, row_index, vocab_size, loss_chunk_size, with_grad
+    ):
+        self.loss_fn, self.temperature, self.loss_params = loss_fn, temperature, loss_params
+        self.teacher_logits, self.row_index, self.vocab_size = teacher_logits, row_index, vocab_size
+        self.loss_chunk_size, self.with_grad = loss_chunk_size, with_grad
+        self.num_rows = teacher_logits.shape[0] if row_index is None else row_index.numel()
+
+    def rows(self, start: int, stop: int):
+        """Rows start:stop of the tokens that count, as a slice or an index tensor."""
+        return slice(start, stop) if self.row_index is None else self.row_index[start:stop]
+
+    def spans(self, start: int, stop: int):
+        """(start, stop) of each slice of the tokens start:stop."""
+        for piece in range(start, stop, self.loss_chunk_size):
+            yield piece, min(piece + self.loss_chunk_size, stop)
+
+    def loss_and_grad(self, student_logits: torch.Tensor, start: int, stop: int):
+        """(summed loss, its gradient w.r.t. student_logits [n, V] or None) for the tokens start:stop."""
+        teacher_logits = self.teacher_logits[self.rows(start, stop), : self.vocab_size]  # [n, V]
+        if not self.with_grad:
+            return self.loss_fn(student_logits, teacher_logits, self.temperature, **self.loss_params).sum(), None
+        student_logits = student_logits.detach().requires_grad_()
+        with torch.enable_grad():
+            loss = self.loss_fn(student_logits, teacher_logits, self.temperature, **self.loss_params).sum()
+        (grad,) = torch.autograd.grad(loss, student_logits)
+        return loss.detach(), grad
+
+
+def _logits_pass(slices: _LossSlices, student_logits, grad_student) -> torch.Tensor:
+    """Summed loss of student logits [N, V_s]; their gradient goes into grad_student [N, V_s] (or None)."""
+    total = torch.zeros((), dtype=torch.float32, device=student_logits.device)
+    for start, stop in slices.spans(0, slices.num_rows):
+        rows = slices.rows(start, stop)
+        loss, grad = slices.loss_and_grad(student_logits[rows, : slices.vocab_size], start, stop)
+        total += loss
+        if grad_student is not None:
+            grad_student[rows, : slices.vocab_size] = grad
+    return total
 
 
 def _add_matmul(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
-    """accumulator += left @ right, in place, with the accumulator's (fp32) precision kept."""
+    """accumulator += left @ right, in place, keeping the accumulator's (fp32) precision."""
     if left.dtype == accumulator.dtype:
         accumulator.addmm_(left, right)
     else:
         accumulator.add_(left @ right)
 
 
-class _ChunkedLogitLoss(torch.autograd.Function):
-    """Summed logit loss with its gradient computed in the forward pass, chunk by chunk.
+def _fused_pass(
+    slices: _LossSlices, hidden, weight, bias, chunk_size, grad_hidden, grad_weight, grad_bias
+) -> torch.Tensor:
+    """Summed loss of hidden [N, H] through the LM head weight [V, H] (+ bias [V]), chunk by chunk.
 
-    Inputs are 2-D: ``student`` [N, H or V_s], ``teacher_logits`` [N, V_t]; ``row_chunks`` is a list of
-    row selectors (slices or index tensors) covering the rows that count.
+    The gradients go into grad_hidden [N, H], grad_weight [V, H] and grad_bias [V] (fp32), each or None.
+    """
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    buffer = torch.empty(min(chunk_size, slices.num_rows), weight.shape[0], dtype=hidden.dtype, device=hidden.device)
+    for start in range(0, slices.num_rows, chunk_size):
+        stop = min(start + chunk_size, slices.num_rows)
+        rows = slices.rows(start, stop)
+        hidden_rows = hidden[rows]  # [C, H]
+        logits = buffer[: stop - start]  # [C, V]: the chunk's logits, then their gradients
+        if bias is None:
+            torch.mm(hidden_rows, weight.T, out=logits)
+        else:
+            torch.addmm(bias, hidden_rows, weight.T, out=logits)
+        for piece_start, piece_stop in slices.spans(start, stop):
+            piece_logits = logits[piece_start - start : piece_stop - start]  # [n, V]
+            loss, grad = slices.loss_and_grad(piece_logits, piece_start, piece_stop)
+            total += loss
+            if grad is not None:
+                piece_logits.copy_(grad)
+        if grad_hidden is not None:
+            grad_hidden[rows] = logits @ weight  # [C, H]
+        if grad_weight is not None:
+            _add_matmul(grad_weight, logits.T, hidden_rows)  # [V, H]
+        if grad_bias is not None:
+            grad_bias += logits.sum(0, dtype=torch.float32)  # [V]
+    return total
+
+
+class _ChunkedLogitLoss(torch.autograd.Function):
+    """Summed logit loss with its gradient computed in the forward pass.
+
+    ``student`` [N, H or V_s] and ``teacher_logits`` [N, V_t] are 2-D; see ``_LossSlices`` for the rest.
     """
 
     @staticmethod
@@ -66,66 +156,42 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         lm_head_weight: Optional[torch.Tensor],
         lm_head_bias: Optional[torch.Tensor],
         teacher_logits: torch.Tensor,
-        row_chunks: list,
+        row_index: Optional[torch.Tensor],
         vocab_size: int,
+        sizes: tuple[int, int],
         loss_fn: LossFn,
         temperature: float,
         loss_params: dict,
         grad_enabled: bool,
     ) -> torch.Tensor:
-        fused = lm_head_weight is not None
+        chunk_size, loss_chunk_size = sizes
         # needs_input_grad ignores no_grad mode, so the caller's grad mode comes in as grad_enabled
         needs_student, needs_weight, needs_bias = (grad_enabled and needs for needs in ctx.needs_input_grad[:3])
-        any_grad = needs_student or needs_weight or needs_bias
-        weight = lm_head_weight[:vocab_size] if fused else None  # [V, H]
-        bias = lm_head_bias[:vocab_size] if lm_head_bias is not None else None  # [V]
-
+        with_grad = needs_student or needs_weight or needs_bias
+        slices = _LossSlices(loss_fn, temperature, loss_params, teacher_logits, row_index, vocab_size, loss_chunk_size,
+                             with_grad)
         grad_student = torch.zeros_like(student) if needs_student else None  # [N, H or V_s]
-        grad_weight = torch.zeros(lm_head_weight.shape, dtype=torch.float32, device=student.device) if needs_weight else None
-        grad_bias = torch.zeros(lm_head_bias.shape, dtype=torch.float32, device=student.device) if needs_bias else None
-        total = torch.zeros((), dtype=torch.float32, device=student.device)
-
-        for rows in row_chunks:
-            student_rows = student[rows]  # [C, H or V_s]
-            student_logits = F.linear(student_rows, weight, bias) if fused else student_rows[:, :vocab_size]  # [C, V]
-            teacher_chunk = teacher_logits[rows, :vocab_size]  # [C, V]
-            if not any_grad:
-                total += loss_fn(student_logits, teacher_chunk, temperature, **loss_params).sum()
-                continue
-            student_logits = student_logits.detach().requires_grad_()
-            with torch.enable_grad():
-                chunk_loss = loss_fn(student_logits, teacher_chunk, temperature, **loss_params).sum()
-            (grad_logits,) = torch.autograd.grad(chunk_loss, student_logits)  # [C, V]
-            total += chunk_loss.detach()
-            if not fused:
-                grad_student[rows, :vocab_size] = grad_logits
-                continue
-            if needs_student:
-                grad_student[rows] = grad_logits @ weight  # [C, H]
+        grad_weight = grad_bias = None
+        if lm_head_weight is None:
+            total = _logits_pass(slices, student, grad_student)
+        else:
             if needs_weight:
-                _add_matmul(grad_weight[:vocab_size], grad_logits.T, student_rows)  # [V, H]
+                grad_weight = torch.zeros(lm_head_weight.shape, dtype=torch.float32, device=student.device)  # [V_s, H]
             if needs_bias:
-                grad_bias[:vocab_size] += grad_logits.sum(0, dtype=torch.float32)  # [V]
-
-        if needs_weight:
-            grad_weight = grad_weight.to(lm_head_weight.dtype)
-        if needs_bias:
-            grad_bias = grad_bias.to(lm_head_bias.dtype)
+                grad_bias = torch.zeros(lm_head_bias.shape, dtype=torch.float32, device=student.device)  # [V_s]
+            bias = lm_head_bias[:vocab_size] if lm_head_bias is not None else None
+            total = _fused_pass(slices, student, lm_head_weight[:vocab_size], bias, chunk_size, grad_student,
+                                grad_weight[:vocab_size] if needs_weight else None,
+                                grad_bias[:vocab_size] if needs_bias else None)
+            grad_weight = grad_weight.to(lm_head_weight.dtype) if needs_weight else None
+            grad_bias = grad_bias.to(lm_head_bias.dtype) if needs_bias else None
         ctx.save_for_backward(grad_student, grad_weight, grad_bias)
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
         scaled = [None if grad is None else grad * grad_total.to(grad.dtype) for grad in ctx.saved_tensors]
-        return (*scaled, None, None, None, None, None, None, None)
-
-
-def _row_chunks(mask: Optional[torch.Tensor], num_rows: int, chunk_size: int) -> list:
-    """Row selectors of at most chunk_size rows each: slices without a mask, index tensors with one."""
-    if mask is None:
-        return [slice(start, min(start + chunk_size, num_rows)) for start in range(0, num_rows, chunk_size)]
-    rows = mask.reshape(-1).to(torch.bool).nonzero().squeeze(-1)  # [n_real]
-    return list(rows.split(chunk_size))
+        return (*scaled, *[None] * 8)
 
 
 def _check_shapes(student, teacher_logits, lm_head_weight, mask, vocab_size) -> int:
@@ -159,6 +225,16 @@ def _check_shapes(student, teacher_logits, lm_head_weight, mask, vocab_size) -> 
     return vocab_size
 
 
+def _chunk_sizes(chunk_size: Optional[int], loss_chunk_size: Optional[int], columns: int) -> tuple[int, int]:
+    """(tokens per LM-head chunk, tokens per loss slice), the slice no larger than the chunk."""
+    chunk_size = max(1, CHUNK_ELEMENTS // columns) if chunk_size is None else chunk_size
+    loss_chunk_size = max(1, LOSS_CHUNK_ELEMENTS // columns) if loss_chunk_size is None else loss_chunk_size
+    for name, value in (("chunk_size", chunk_size), ("loss_chunk_size", loss_chunk_size)):
+        if value < 1:
+            raise DistilyConfigError(f"{name}={value}; expected a positive number of tokens")
+    return chunk_size, min(loss_chunk_size, chunk_size)
+
+
 def chunked_logit_loss_sum(
     loss_fn: LossFn,
     student: torch.Tensor,
@@ -170,6 +246,7 @@ def chunked_logit_loss_sum(
     vocab_size: Optional[int] = None,
     temperature: float = 1.0,
     chunk_size: Optional[int] = None,
+    loss_chunk_size: Optional[int] = None,
     **loss_params,
 ) -> torch.Tensor:
     """Sum over unmasked tokens of ``loss_fn(student_logits, teacher_logits, temperature, **loss_params)``.
@@ -180,14 +257,11 @@ def chunked_logit_loss_sum(
     if lm_head_bias is not None and lm_head_weight is None:
         raise DistilyConfigError("lm_head_bias was given without lm_head_weight; expected both or only the weight")
     columns = _check_shapes(student, teacher_logits, lm_head_weight, mask, vocab_size)
-    if chunk_size is None:
-        chunk_size = max(1, CHUNK_ELEMENTS // columns)
-    if chunk_size < 1:
-        raise DistilyConfigError(f"chunk_size={chunk_size}; expected a positive number of tokens")
+    sizes = _chunk_sizes(chunk_size, loss_chunk_size, columns)
     student_2d = student.reshape(-1, student.shape[-1])  # [N, H or V_s]
     teacher_2d = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])  # [N, V_t]
-    row_chunks = _row_chunks(mask, student_2d.shape[0], chunk_size)
+    row_index = None if mask is None else mask.reshape(-1).to(torch.bool).nonzero().squeeze(-1)  # [n_real]
     return _ChunkedLogitLoss.apply(
-        student_2d, lm_head_weight, lm_head_bias, teacher_2d, row_chunks, columns, loss_fn, temperature, loss_params,
-        torch.is_grad_enabled(),
+        student_2d, lm_head_weight, lm_head_bias, teacher_2d, row_index, columns, sizes, loss_fn, temperature,
+        loss_params, torch.is_grad_enabled(),
     )

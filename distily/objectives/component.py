@@ -27,6 +27,7 @@ class Component(nn.Module):
     needs_teacher = True
     needs_hidden_states = False
     needs_attentions = False
+    needs_student_logits = False  # when no component does, the student's LM head is fused into the logit loss
 
     def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
         """Called by the trainer with both models before any forward pass (``teacher`` is None when it was

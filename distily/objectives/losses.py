@@ -14,7 +14,8 @@ k accumulated batches of B/k give the same value (sum, then divide by the global
 
 Notation in the docstrings: ``p_t = softmax(teacher_logits / T)``, ``p_s = softmax(student_logits / T)``,
 sums run over the vocabulary. Terms ``0 * log 0`` count as 0, so a teacher logit of ``-inf`` (a token
-the teacher rules out, as in a top-k record) is allowed wherever the loss stays finite.
+the teacher rules out, as in a top-k record) is allowed wherever the loss stays finite; student logits
+must be finite.
 
 Register a loss of your own with ``LOSSES["name"] = fn``; ``resolve_loss`` then checks a config's
 parameters against its signature.
@@ -34,16 +35,21 @@ LossFn = Callable[..., torch.Tensor]
 
 
 def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.log_softmax(logits.float() / temperature, dim=-1)
+    scaled = logits.float() if temperature == 1 else logits.float() / temperature  # [N, V]
+    return F.log_softmax(scaled, dim=-1)
+
+
+def _teacher_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Teacher log-probabilities with log 0 = -inf raised to the lowest finite float, so that the
+    0 * log 0 terms of every formula evaluate to 0 rather than nan [N, V]."""
+    logprobs = _log_softmax(logits, temperature)
+    lowest = torch.finfo(logprobs.dtype).min
+    return logprobs.clamp_min(lowest) if logprobs.requires_grad else logprobs.clamp_min_(lowest)
 
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) from log-probabilities [N, V] -> [N].
-
-    Entries with p(v) = 0 contribute 0 even where log q(v) is -inf or log p(v) is -inf.
-    """
-    terms = logp.exp() * (logp - logq)  # [N, V]
-    return torch.where(logp > -math.inf, terms, 0.0).sum(-1)
+    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) from log-probabilities [N, V] -> [N]."""
+    return (logp.exp() * (logp - logq)).sum(-1)
 
 
 def _log_mixture(logp: torch.Tensor, logq: torch.Tensor, weight_p: float) -> torch.Tensor:
@@ -66,7 +72,7 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     Mode-covering; the classic distillation target (Hinton et al., 2015).
     """
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
-    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     return _kl(teacher_logprobs, student_logprobs) * temperature**2
 
 
@@ -76,7 +82,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     Mode-seeking (Gu et al., 2024, "MiniLLM: Knowledge Distillation of Large Language Models").
     """
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
-    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     return _kl(student_logprobs, teacher_logprobs) * temperature**2
 
 
@@ -92,7 +98,7 @@ def cakld(
     """
     _check_unit_interval("beta", beta, open_low=False, open_high=False)
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
-    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     reverse = _kl(student_logprobs, teacher_logprobs)  # [N]
     forward = _kl(teacher_logprobs, student_logprobs)  # [N]
     return (beta * reverse + (1 - beta) * forward) * temperature**2
@@ -141,7 +147,7 @@ def jsd(
     """
     _check_unit_interval("beta", beta, open_low=True, open_high=True)
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
-    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, beta)  # [N, V]
     divergence = beta * _kl(teacher_logprobs, mixture_logprobs) + (1 - beta) * _kl(student_logprobs, mixture_logprobs)
     return divergence * temperature**2
@@ -158,7 +164,7 @@ def skew_forward_kl(
     """
     _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
-    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, alpha)  # [N, V]
     return _kl(teacher_logprobs, mixture_logprobs) * temperature**2
 
@@ -172,7 +178,7 @@ def skew_reverse_kl(
     """
     _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
-    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
+    teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(student_logprobs, teacher_logprobs, alpha)  # [N, V]
     return _kl(student_logprobs, mixture_logprobs) * temperature**2
 
@@ -184,7 +190,7 @@ def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     Wen et al., 2023, "f-Divergence Minimization for Sequence-Level Knowledge Distillation".
     """
     student_probs = _log_softmax(student_logits, temperature).exp()  # [N, V]
-    teacher_probs = _log_softmax(teacher_logits, temperature).exp()  # [N, V]
+    teacher_probs = _teacher_log_softmax(teacher_logits, temperature).exp()  # [N, V]
     return 0.5 * (teacher_probs - student_probs).abs().sum(-1) * temperature**2
 
 
@@ -197,9 +203,8 @@ def soft_cross_entropy(
     plus the teacher's entropy, so it has the same gradient but is not zero when student == teacher.
     """
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
-    teacher_logprobs = _log_softmax(teacher_logits, temperature)  # [N, V]
-    terms = teacher_logprobs.exp() * student_logprobs  # [N, V]
-    return -torch.where(teacher_logprobs > -math.inf, terms, 0.0).sum(-1) * temperature**2
+    teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
+    return -(teacher_logprobs.exp() * student_logprobs).sum(-1) * temperature**2
 
 
 def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -12,45 +12,49 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
 
 from distily.config import ObjectiveArguments
 from distily.errors import DistilyConfigError
+from distily.objectives.chunked import chunked_logit_loss_sum
+from distily.objectives.component import TARGETS, Component, token_counts
+from distily.objectives.features import build_feature_components
 from distily.objectives.losses import LOSSES
-
-POSITIONS, TARGETS = 0, 1  # rows of the token-count tensor
-
-
-def token_counts(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``[positions, targets]``: non-padding positions, and those followed by a non-padding token."""
-    mask = attention_mask.bool()  # [batch, seq]
-    return torch.stack([mask.sum(), (mask[:, 1:] & mask[:, :-1]).sum()])
-
-
-class Component(nn.Module):
-    """One term of the objective. ``forward`` returns the loss summed over tokens."""
-
-    normalizer = POSITIONS
-    needs_teacher = True
-    needs_hidden_states = False
-    needs_attentions = False
-
-    def forward(self, student_outputs: Any, teacher_outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+from distily.objectives.sparse import SparseLogitsComponent
 
 
 class LogitsComponent(Component):
-    """``loss(student_logits, teacher_logits)`` at every non-padding position."""
+    """``loss(student_logits, teacher_logits)`` at every non-padding position, in token chunks
+    (``chunked.py``) so that full ``[tokens, vocab]`` fp32 tensors of both models are never held at once.
+
+    When the trainer runs the student without its logits (no component needs them), the student's final
+    hidden states go through its LM head chunk by chunk inside the loss, so its logits are never
+    materialised either."""
 
     def __init__(self, loss: str, temperature: float = 1.0, vocab_size: Optional[int] = None, **loss_kwargs):
         super().__init__()
         self.loss_name, self.loss_fn = loss, LOSSES[loss]
         self.temperature, self.vocab_size, self.loss_kwargs = temperature, vocab_size, loss_kwargs
+        self._lm_head: tuple[nn.Module, ...] = ()  # the student's, held outside this module's state
+
+    def attach(self, student, teacher):
+        self._lm_head = (student.get_output_embeddings(),)
 
     def forward(self, student_outputs, teacher_outputs, batch):
         mask = batch["attention_mask"].bool()  # [batch, seq]
-        student_logits = student_outputs.logits[mask][:, : self.vocab_size]  # [tokens, vocab]
-        teacher_logits = teacher_outputs.logits[mask][:, : self.vocab_size]  # [tokens, vocab]
-        return self.loss_fn(student_logits, teacher_logits, self.temperature, **self.loss_kwargs).sum()
+        teacher_logits = teacher_outputs.logits  # [batch, seq, teacher vocab]
+        common = dict(mask=mask, vocab_size=self.vocab_size, temperature=self.temperature, **self.loss_kwargs)
+        if student_outputs.logits.shape[1] == mask.shape[1]:  # the student's logits are all there
+            return chunked_logit_loss_sum(self.loss_fn, student_outputs.logits, teacher_logits, **common)
+        (lm_head,) = self._lm_head
+        return chunked_logit_loss_sum(
+            self.loss_fn,
+            student_outputs.hidden_states[-1],  # [batch, seq, hidden], after the final norm
+            teacher_logits,
+            lm_head_weight=lm_head.weight,
+            lm_head_bias=lm_head.bias,
+            **common,
+        )
 
     def extra_repr(self) -> str:
         return f"loss={self.loss_name}, temperature={self.temperature}, vocab_size={self.vocab_size}"
@@ -61,6 +65,7 @@ class HardLabelComponent(Component):
 
     normalizer = TARGETS
     needs_teacher = False
+    needs_student_logits = True
 
     def forward(self, student_outputs, teacher_outputs, batch):
         logits = student_outputs.logits[:, :-1]  # [batch, seq - 1, vocab]
@@ -85,6 +90,12 @@ class DistillationObjective(nn.Module):
 
     def needs(self, attribute: str) -> bool:
         return any(getattr(component, attribute) for component in self.components.values())
+
+    def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
+        """Let components that read model internals (hooks) attach to both models; the trainer calls it
+        (``teacher`` is None for a recorded teacher)."""
+        for component in self.components.values():
+            component.attach(student, teacher)
 
     def forward(
         self,
@@ -111,16 +122,27 @@ def _check_loss(name: str, kwargs: dict) -> None:
         raise DistilyConfigError(f"logits_loss_kwargs {kwargs} do not fit loss {name!r}: {err}")
 
 
-def build_objective(args: ObjectiveArguments, vocab_size: Optional[int] = None) -> DistillationObjective:
-    """The objective the configuration asks for; ``vocab_size`` limits logit losses to the shared vocabulary."""
+def build_objective(
+    args: ObjectiveArguments,
+    teacher_config: Optional[PretrainedConfig] = None,
+    student_config: Optional[PretrainedConfig] = None,
+    vocab_size: Optional[int] = None,
+    recorded_teacher: bool = False,
+) -> DistillationObjective:
+    """The objective the configuration asks for. The model configs size the feature components (layer maps,
+    projectors, norms) without a forward pass, and are needed only when one is turned on; ``vocab_size``
+    limits logit losses to the shared vocabulary. With ``recorded_teacher`` the logit loss reads a store's
+    sparse targets (``sparse.py``)."""
     components, weights = {}, {}
     if args.logits_weight > 0:
         _check_loss(args.logits_loss, args.logits_loss_kwargs)
-        components["logits"] = LogitsComponent(
+        logits_component = SparseLogitsComponent if recorded_teacher else LogitsComponent
+        components["logits"] = logits_component(
             args.logits_loss, args.logits_temperature, vocab_size, **args.logits_loss_kwargs
         )
         weights["logits"] = args.logits_weight
     if args.hard_label_weight > 0:
         components["hard_label"] = HardLabelComponent()
         weights["hard_label"] = args.hard_label_weight
-    return DistillationObjective(components, weights)
+    features, feature_weights = build_feature_components(args, teacher_config, student_config)
+    return DistillationObjective({**components, **features}, {**weights, **feature_weights})

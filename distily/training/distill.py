@@ -1,5 +1,6 @@
 """``distily distill``: configuration in, student and metrics out."""
 
+import logging
 import os
 import time
 from functools import partial
@@ -10,17 +11,25 @@ from transformers import PreTrainedModel, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 import distily
-from distily.config import DistillConfig
+from distily.config import HELDOUT_SET, DistillConfig
+from distily.data.store import collate_recorded
 from distily.data.text import build_datasets, collate, load_training_documents
 from distily.errors import DistilyConfigError
-from distily.evaluation.heldout import heldout_metrics
+from distily.evaluation.harness import task_manager
+from distily.evaluation.heldout import Evaluator
 from distily.models.architecture import max_positions, output_vocab_size
 from distily.models.student import build_student
+from distily.models.summary import architecture_summary
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.models.vocab import check_same_tokenizer, shared_vocab_size
 from distily.objectives.objective import build_objective
 from distily.outputs import directory_size, write_json_atomic
+from distily.training.preflight import check_memory, estimate_memory
+from distily.training.recorded import RecordedTeacher
+from distily.training.reporting import benchmark, eval_set_metrics, named_eval_sets, write_reports
 from distily.training.trainer import DistillationTrainer
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"  # written last: its presence marks a finished run
 DEFAULT_MAX_SEQ_LENGTH = 1024
@@ -76,9 +85,9 @@ def parameter_count(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _checkpoint_size(name_or_path: str, model: PreTrainedModel) -> int:
-    """Bytes of a local checkpoint's weights; for a Hub model, of its weights in memory."""
-    if os.path.isdir(name_or_path):
+def _checkpoint_size(name_or_path: Optional[str], model: PreTrainedModel) -> int:
+    """Bytes of a local checkpoint's weights; for a Hub model (or a recorded one not named), of its weights."""
+    if name_or_path is not None and os.path.isdir(name_or_path):
         return directory_size(name_or_path)
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -86,77 +95,131 @@ def _checkpoint_size(name_or_path: str, model: PreTrainedModel) -> int:
 def run_distillation(config: DistillConfig, command: Optional[str] = None) -> dict:
     """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics."""
     model_args, training = config.model, config.training
-    if model_args.teacher_model_name_or_path is None:
+    from_store = config.record.teacher_source == "recorded"
+    if model_args.teacher_model_name_or_path is None and not from_store:
         raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
     resume = resolve_resume(training)
     check_output_dir(training, resume)
+    tasks = task_manager(config.evaluation) if config.evaluation.lm_eval_tasks else None  # unknown tasks fail now
     set_seed(training.seed)
-    documents = load_training_documents(config.data)  # before the models: a bad dataset fails fast
+    # before the models: a bad dataset fails fast (a recorded run trains on the store's, checked against any given)
+    documents = load_training_documents(config.data) if config.data.dataset_name or not from_store else None
+    recorded = RecordedTeacher(config, documents) if from_store else None
 
-    teacher = load_teacher(
-        model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
-    )
-    tokenizer = load_tokenizer(model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code)
+    if recorded is None:
+        teacher = load_teacher(
+            model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
+        )
+        tokenizer = load_tokenizer(model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code)
+    else:
+        teacher, tokenizer = recorded.teacher_for_student(model_args), recorded.tokenizer
     student = build_student(model_args, teacher)
+    if recorded is None and model_args.teacher_quantization != "none":  # the student copied full-precision weights
+        teacher = load_teacher(
+            model_args.teacher_model_name_or_path,
+            model_args.teacher_torch_dtype,
+            model_args.trust_remote_code,
+            model_args.teacher_quantization,
+        )
     if model_args.student_model_name_or_path is not None:
         student_tokenizer = load_tokenizer(model_args.student_model_name_or_path, "student")
         check_same_tokenizer(tokenizer, student_tokenizer)
     vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(student), len(tokenizer))
-    max_seq_length = resolve_max_seq_length(config.data.max_seq_length, teacher, student)
-    data = build_datasets(config.data, tokenizer, max_seq_length, training.seed, documents)
-    objective = build_objective(config.objective, teacher.config, student.config, vocab_size)
+    if recorded is None:
+        max_seq_length = resolve_max_seq_length(config.data.max_seq_length, teacher, student)
+        # one process writes the tokenization cache, the others read it (one per node without a shared filesystem)
+        with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
+            data = build_datasets(config.data, tokenizer, max_seq_length, training.seed, documents)
+    else:
+        teacher.to("meta")  # its weights (if loaded to initialise the student) are not needed any more
+        recorded.check_student(student)
+        max_seq_length = recorded.max_seq_length
+        data = recorded.datasets(config.data.max_samples, config.data.max_eval_samples)
+    if training.memory_check:
+        estimate = estimate_memory(
+            teacher if recorded is None else None,  # a recorded teacher holds no memory during training
+            student, training.per_device_train_batch_size, max_seq_length, training.bf16 or training.fp16,
+        )
+        logger.info(check_memory(estimate, training.device))
+    objective = build_objective(
+        config.objective, teacher.config, student.config, vocab_size, recorded_teacher=recorded is not None
+    )
+    if recorded is not None:
+        recorded.check_objective(objective)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    collate_fn = partial(collate, pad_token_id=pad_token_id)
+    collate_fn = partial(collate if recorded is None else collate_recorded, pad_token_id=pad_token_id)
+
+    with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
+        eval_sets = named_eval_sets(config, tokenizer, max_seq_length)
+    eval_set_checks = eval_set_metrics(config, eval_sets, data.train, data.eval, max_seq_length)
+    batch_size = training.per_device_eval_batch_size
+    if recorded is None:  # held-out split and named sets, against the teacher; its own metrics once
+        evaluate_student = Evaluator({HELDOUT_SET: data.eval, **eval_sets}, collate_fn, batch_size, teacher, vocab_size)
+        teacher_metrics = evaluate_student.teacher_metrics
+    else:  # held-out split against the store; named sets on the student alone (the teacher is not loaded)
+        named = Evaluator(eval_sets, partial(collate, pad_token_id=pad_token_id), batch_size)
+        heldout = partial(recorded.student_metrics, dataset=data.eval, collate_fn=collate_fn, batch_size=batch_size)
+
+        def evaluate_student(model):
+            return {**heldout(model), **named(model)}
+
+        teacher_metrics = partial(recorded.teacher_metrics, data.eval)
 
     trainer = DistillationTrainer(
         model=student,
-        teacher_model=teacher,
+        teacher_model=teacher if recorded is None else None,
+        recorded_teacher=recorded,
         objective=objective,
+        evaluator=evaluate_student,
         args=training,
         train_dataset=data.train,
         eval_dataset=data.eval,
         data_collator=collate_fn,
         processing_class=tokenizer,
     )
-    evaluate = partial(
-        heldout_metrics,
-        dataset=data.eval,
-        collate_fn=collate_fn,
-        batch_size=training.per_device_eval_batch_size,
-        vocab_size=vocab_size,
-    )
-    teacher_metrics = evaluate(teacher, desc="Evaluating teacher")
-    before = {**trainer.evaluate(metric_key_prefix="before"), **_prefixed(evaluate(student, teacher=teacher), "before")}
+    before = trainer.evaluate(metric_key_prefix="before")
 
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
 
-    after = {**trainer.evaluate(metric_key_prefix="after"), **_prefixed(evaluate(student, teacher=teacher), "after")}
-    trainer.save_model(training.output_dir)
+    after = trainer.evaluate(metric_key_prefix="after")
+    trainer.save_model(training.output_dir, _internal_call=True)  # pushed once, at the end, with the model card
     metrics = {
         "distily_version": distily.__version__,
         "command": command,
         "teacher": {
-            **teacher_metrics,
+            **teacher_metrics(),
             "parameters": parameter_count(teacher),
             "size_on_disk_bytes": _checkpoint_size(model_args.teacher_model_name_or_path, teacher),
+            "quantization": model_args.teacher_quantization,
+            "memory_bytes": teacher.get_memory_footprint(),
+            "architecture": architecture_summary(teacher),
         },
         "student": {
             "parameters": parameter_count(student),
             "size_on_disk_bytes": directory_size(training.output_dir),
             **before,
             **after,
+            "architecture": architecture_summary(student),
         },
-        "train": {**train_output.metrics, "wall_seconds": seconds},
+        "train": {
+            **train_output.metrics,
+            "wall_seconds": seconds,
+            "global_step": train_output.global_step,
+            "tokens_seen": train_output.global_step * training.train_batch_size * training.gradient_accumulation_steps
+            * training.world_size * max_seq_length,
+        },
         "max_seq_length": max_seq_length,
         "train_sequences": len(data.train),
         "eval_sequences": len(data.eval),
+        **eval_set_checks,
     }
     if trainer.is_world_process_zero():
+        if tasks is not None:
+            benchmark(metrics, config, student, teacher if recorded is None else None, tokenizer, tasks)
+        write_reports(trainer, config, metrics, objective)
         write_json_atomic(Path(training.output_dir) / METRICS_FILE, metrics)
+    if training.push_to_hub:
+        trainer.push_to_hub()  # uploads output_dir, with the model card as README.md
     return metrics
-
-
-def _prefixed(metrics: dict, prefix: str) -> dict:
-    return {f"{prefix}_{key}": value for key, value in metrics.items()}

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
+from tiny import VOCAB, make_tokenizer, tiny_config
+from transformers import AutoModelForCausalLM
 from transformers.integrations.bitnet import pack_weights
 
 from distily.errors import DistilyConfigError
@@ -22,19 +22,12 @@ from distily.export.packed import (
 )
 from distily.models.bitnet import bitlinear_modules, convert_to_bitnet
 
-VOCAB = 256
-TINY_CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64),
-    "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64),
-    "phi3": lambda: Phi3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0),
-}
+ARCHITECTURES = ["gpt2", "llama", "phi3"]
 
 
 def tiny_student(architecture: str, **options):
     torch.manual_seed(0)
-    return convert_to_bitnet(AutoModelForCausalLM.from_config(TINY_CONFIGS[architecture]()).eval(), **options)
+    return convert_to_bitnet(AutoModelForCausalLM.from_config(tiny_config(architecture, layers=2)).eval(), **options)
 
 
 def random_tokens(batch: int = 2, seq: int = 32) -> torch.Tensor:
@@ -54,7 +47,7 @@ def test_pack_rejects_rows_not_divisible_by_four():
         pack_ternary(torch.zeros(6, 8, dtype=torch.int8))
 
 
-@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_packed_round_trip_is_exact(architecture, tmp_path):
     student = tiny_student(architecture)
     path = write_packed_checkpoint(student, tmp_path / "packed", verify_input_ids=random_tokens())
@@ -100,13 +93,7 @@ def test_failed_verification_leaves_nothing(tmp_path, monkeypatch):
 
 
 def save_run(student, run_dir):
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(["a tiny corpus for a tiny tokenizer"] * 4, trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(run_dir)
+    make_tokenizer().save_pretrained(run_dir)
     student.save_pretrained(run_dir)
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config
+from tiny import VOCAB, tiny_config
+from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from distily.errors import DistilyConfigError
@@ -20,19 +21,12 @@ from distily.models.bitnet import (
 )
 from distily.training.bitnet_schedule import BitNetSchedule, build_bitnet_optimizer
 
-VOCAB = 256
-TINY_CONFIGS = {
-    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64),
-    "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64),
-    "phi3": lambda: Phi3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0),
-}
+ARCHITECTURES = ["gpt2", "llama", "phi3"]
 
 
 def tiny_model(architecture: str, seed: int = 0):
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(TINY_CONFIGS[architecture]()).eval()
+    return AutoModelForCausalLM.from_config(tiny_config(architecture, layers=2)).eval()
 
 
 def random_tokens(batch: int = 2, seq: int = 32, seed: int = 1) -> torch.Tensor:
@@ -71,7 +65,7 @@ def test_straight_through_estimator_passes_gradients_to_latent_weights():
     assert torch.allclose(inputs.grad, reference_inputs.grad, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_conversion_replaces_only_block_projections(architecture):
     model = tiny_model(architecture)
     sources = {name: module.weight.detach().clone() for name, module in block_projections(model)}
@@ -98,7 +92,7 @@ def ternarised_teacher(teacher):
     return reference
 
 
-@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_teacher_initialised_student_tracks_ternarised_teacher(architecture):
     teacher = tiny_model(architecture)
     student = convert_to_bitnet(copy.deepcopy(teacher))
@@ -156,12 +150,9 @@ def test_load_requires_a_bitnet_checkpoint(tmp_path):
 
 
 def test_short_distillation_lowers_kl():
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = tiny_config("llama", layers=2)
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # a teacher with confident predictions to learn from
-        teacher.get_output_embeddings().weight.mul_(8)
     student = convert_to_bitnet(AutoModelForCausalLM.from_config(config)).train()  # from its own initialisation
     optimizer, scheduler = build_bitnet_optimizer(student, lr=3e-3, schedule=BitNetSchedule(total_steps=40, warmup_steps=4))
 

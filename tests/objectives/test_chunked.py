@@ -10,16 +10,22 @@ from distily.errors import DistilyConfigError
 from distily.objectives.chunked import chunked_logit_loss_sum
 from distily.objectives.losses import LOSSES
 
-PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2}, "skew_reverse_kl": {"alpha": 0.2}}
+PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2},
+          "skew_reverse_kl": {"alpha": 0.2}}
 
 # token shape, hidden size (None: unfused, the student gives logits), student / teacher vocab,
-# vocab_size, bias, mask, chunk size
+# vocab_size, bias, mask, (LM-head chunk, loss slice) in tokens
 CASES = {
-    "fused-one-token": dict(tokens=(1,), hidden=8, vocab=(17, 17), vocab_size=None, bias=False, mask=False, chunk=1),
-    "fused-bias-mask": dict(tokens=(37,), hidden=16, vocab=(101, 101), vocab_size=None, bias=True, mask=True, chunk=8),
-    "fused-padded-vocab": dict(tokens=(3, 11), hidden=16, vocab=(104, 101), vocab_size=101, bias=True, mask=True, chunk=5),
-    "unfused-mask": dict(tokens=(20,), hidden=None, vocab=(64, 64), vocab_size=None, bias=False, mask=True, chunk=7),
-    "unfused-padded-vocab": dict(tokens=(2, 9), hidden=None, vocab=(64, 70), vocab_size=60, bias=False, mask=False, chunk=4),
+    "fused-one-token": dict(tokens=(1,), hidden=8, vocab=(17, 17), vocab_size=None,
+                            bias=False, mask=False, chunk=(1, 1)),
+    "fused-bias-mask": dict(tokens=(37,), hidden=16, vocab=(101, 101), vocab_size=None,
+                            bias=True, mask=True, chunk=(8, 3)),
+    "fused-padded-vocab": dict(tokens=(3, 11), hidden=16, vocab=(104, 101), vocab_size=101,
+                               bias=True, mask=True, chunk=(5, 5)),
+    "unfused-mask": dict(tokens=(20,), hidden=None, vocab=(64, 64), vocab_size=None,
+                         bias=False, mask=True, chunk=(7, 3)),
+    "unfused-padded-vocab": dict(tokens=(2, 9), hidden=None, vocab=(64, 70), vocab_size=60,
+                                 bias=False, mask=False, chunk=(4, 4)),
 }
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # relative, Frobenius norm
 
@@ -73,7 +79,7 @@ def test_chunked_equals_plain(name, case_name, dtype):
     plain = _plain_sum(LOSSES[name], student, weight, bias, teacher, mask, case["vocab_size"], 1.5, params)
     plain_grads = torch.autograd.grad(plain, leaves)
     chunked = chunked_logit_loss_sum(LOSSES[name], student, teacher, lm_head_weight=weight, lm_head_bias=bias,
-                                     chunk_size=case["chunk"], **common, **params)
+                                     chunk_size=case["chunk"][0], loss_chunk_size=case["chunk"][1], **common, **params)
     chunked_grads = torch.autograd.grad(chunked, leaves)
 
     assert chunked.dtype == torch.float32 and chunked.shape == ()
@@ -92,7 +98,8 @@ def test_padded_rows_are_never_read():
     poisoned_teacher = teacher.clone()
     poisoned_teacher[~mask] = math.inf
 
-    clean = chunked_logit_loss_sum(LOSSES["forward_kl"], student, teacher, lm_head_weight=weight, mask=mask, chunk_size=4)
+    clean = chunked_logit_loss_sum(LOSSES["forward_kl"], student, teacher, lm_head_weight=weight, mask=mask,
+                                   chunk_size=4)
     poisoned = chunked_logit_loss_sum(LOSSES["forward_kl"], poisoned_student, poisoned_teacher, lm_head_weight=weight,
                                       mask=mask, chunk_size=4)
     (grad,) = torch.autograd.grad(poisoned, poisoned_student)
@@ -134,7 +141,8 @@ def test_frozen_inputs_and_no_grad():
     loss = chunked_logit_loss_sum(LOSSES["jsd"], student, teacher, lm_head_weight=frozen_weight, lm_head_bias=bias,
                                   mask=mask, chunk_size=6)
     plain = _plain_sum(LOSSES["jsd"], student, frozen_weight, bias, teacher, mask, None, 1.0, {})
-    for grad, plain_grad in zip(torch.autograd.grad(loss, [student, bias]), torch.autograd.grad(plain, [student, bias])):
+    grads, plain_grads = torch.autograd.grad(loss, [student, bias]), torch.autograd.grad(plain, [student, bias])
+    for grad, plain_grad in zip(grads, plain_grads):
         torch.testing.assert_close(grad, plain_grad)
     with torch.no_grad():
         value = chunked_logit_loss_sum(LOSSES["jsd"], student, teacher, lm_head_weight=weight, lm_head_bias=bias,
@@ -146,8 +154,8 @@ def test_frozen_inputs_and_no_grad():
 def test_default_chunk_size_and_scaled_backward():
     student, weight, _, teacher, _ = _inputs(CASES["fused-bias-mask"], torch.float32)
     (3.0 * chunked_logit_loss_sum(LOSSES["tvd"], student, teacher, lm_head_weight=weight)).backward()
-    plain_grads = torch.autograd.grad(3.0 * _plain_sum(LOSSES["tvd"], student, weight, None, teacher, None, None, 1.0, {}),
-                                      [student, weight])
+    plain = _plain_sum(LOSSES["tvd"], student, weight, None, teacher, None, None, 1.0, {})
+    plain_grads = torch.autograd.grad(3.0 * plain, [student, weight])
     torch.testing.assert_close(student.grad, plain_grads[0])
     torch.testing.assert_close(weight.grad, plain_grads[1])
 

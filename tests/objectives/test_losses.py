@@ -8,7 +8,8 @@ import torch
 from distily.errors import DistilyConfigError
 from distily.objectives.losses import LOSSES, loss_params, resolve_loss, teacher_confidence
 
-PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2}, "skew_reverse_kl": {"alpha": 0.2}}
+PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2},
+          "skew_reverse_kl": {"alpha": 0.2}}
 LOGIT_SPACE = {"mse", "cosine"}  # losses on raw logits: independent of the temperature
 DIVERGENCES = sorted(set(LOSSES) - {"soft_cross_entropy"})  # zero exactly when student == teacher
 
@@ -75,7 +76,8 @@ def test_value_and_gradient_match_reference(name, temperature):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_non_negative(name):
     teacher = _logits(64, 50, seed=3)
-    for student in (_logits(64, 50, seed=4), teacher + 1e-3 * _logits(64, 50, seed=5), _logits(64, 50, scale=30, seed=6)):
+    near_teacher = teacher + 1e-3 * _logits(64, 50, seed=5)
+    for student in (_logits(64, 50, seed=4), near_teacher, _logits(64, 50, scale=30, seed=6)):
         assert (_loss(name, student, teacher) >= -1e-6).all()
 
 
@@ -122,7 +124,8 @@ def test_logit_space_losses_ignore_temperature(name):
 def test_high_temperature_gradient_approaches_logit_matching(name):
     """Hinton et al. (2015), Sec. 2.1: for zero-mean logits, T^2 dKL/dz_s -> (z_s - z_t) / V as T grows."""
     student, teacher = _logits(4, 25, scale=1.0, seed=18), _logits(4, 25, scale=1.0, seed=19)
-    student, teacher = (student - student.mean(-1, keepdim=True)).requires_grad_(), teacher - teacher.mean(-1, keepdim=True)
+    student = (student - student.mean(-1, keepdim=True)).requires_grad_()
+    teacher = teacher - teacher.mean(-1, keepdim=True)
     (grad,) = torch.autograd.grad(LOSSES[name](student, teacher, 2000.0).sum(), student)
     torch.testing.assert_close(grad, (student.detach() - teacher) / 25, rtol=2e-2, atol=1e-4)
 
@@ -234,4 +237,5 @@ def test_resolve_loss_checks_names_and_parameters(monkeypatch):
 
     monkeypatch.setitem(LOSSES, "l1", l1)
     assert loss_params("l1") == {"weight": 1.0}
-    torch.testing.assert_close(resolve_loss("l1", {"weight": 2.0})(torch.ones(1, 3), torch.zeros(1, 3)), torch.tensor([6.0]))
+    l1_doubled = resolve_loss("l1", {"weight": 2.0})
+    torch.testing.assert_close(l1_doubled(torch.ones(1, 3), torch.zeros(1, 3)), torch.tensor([6.0]))

@@ -1,0 +1,263 @@
+"""The recorded-teacher store: the teacher's sparse outputs over packed sequences, written once by
+``distily record`` and read by any number of training runs.
+
+A store is a directory::
+
+    manifest.json            provenance, settings, shards with sha256, fidelity report (written last)
+    progress.json            while recording: settings and the shards done so far (removed at the end)
+    tokenizer/               the teacher's tokenizer (save_pretrained)
+    teacher/config.json      the teacher's config (the student can be built from it without the weights)
+    train-00000.safetensors  one shard: record_shard_size packed sequences
+    eval-00000.safetensors   ...
+
+Each shard holds, for ``rows`` sequences of ``seq`` tokens (``k`` = record_top_k):
+
+    input_ids               [rows, seq]        int32    the token ids the teacher read
+    teacher_topk_logprobs   [rows, seq, k]     float16  the k largest log p_t(v | x_<=i), descending
+    teacher_topk_ids        [rows, seq, k]     uint16 (vocabulary <= 65536) or int32: their token ids
+    teacher_tail_logprob    [rows, seq]        float32  log of the mass of all other tokens (-inf if none)
+    teacher_nll             [rows]             float64  the row's summed next-token NLL at temperature 1
+    teacher_hidden_states.i [rows, seq, width] float16 (bfloat16 for a bfloat16 teacher), recorded layers
+
+so a top-k entry costs 4 bytes (6 with int32 ids). Shards are safetensors files: memory-mapped,
+read one row at a time. A shard is written beside its final name and renamed into place, and only
+then listed (with its sha256) in ``progress.json``, itself replaced atomically: a killed recording
+leaves complete, listed shards and nothing that looks complete but is not.
+"""
+
+import bisect
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
+
+from distily.data.text import INPUT_IDS, collate
+from distily.errors import DistilyConfigError
+from distily.outputs import file_sha256, write_json_atomic
+
+FORMAT, VERSION = "distily-teacher-store", 1
+MANIFEST, PROGRESS = "manifest.json", "progress.json"
+TOKENIZER_DIR, TEACHER_CONFIG_DIR = "tokenizer", "teacher"
+SPLITS = ("train", "eval")
+
+TOPK_LOGPROBS = "teacher_topk_logprobs"
+TOPK_IDS = "teacher_topk_ids"
+TAIL_LOGPROB = "teacher_tail_logprob"
+ROW_NLL = "teacher_nll"
+HIDDEN_STATES_PREFIX = "teacher_hidden_states."
+
+
+def hidden_states_key(layer: int) -> str:
+    return f"{HIDDEN_STATES_PREFIX}{layer}"
+
+
+def id_dtype(vocab_size: int) -> torch.dtype:
+    """The narrowest id type that holds every token id: 2 bytes up to 65536 tokens, else 4."""
+    return torch.uint16 if vocab_size <= 2**16 else torch.int32
+
+
+def bytes_per_entry(vocab_size: int) -> int:
+    """Bytes of one top-k entry: a float16 log-probability and its id."""
+    return 2 + torch.empty((), dtype=id_dtype(vocab_size)).element_size()
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.safetensors"
+
+
+def _first_difference(old: dict, new: dict) -> Optional[str]:
+    """The first key, in ``new``'s order, whose value differs (settings derived from others come last)."""
+    for key in [*new, *(key for key in old if key not in new)]:
+        if old.get(key) != new.get(key):
+            return key
+    return None
+
+
+def _add_stats(total: dict, stats: dict) -> dict:
+    """Sum nested dicts of numbers key by key."""
+    for key, value in stats.items():
+        total[key] = _add_stats(total.get(key, {}), value) if isinstance(value, dict) else total.get(key, 0) + value
+    return total
+
+
+class StoreWriter:
+    """Writes shards into a store directory, resuming a recording with the same ``settings``.
+
+    ``settings`` is a JSON-able dict of everything that determines the store's content (provenance,
+    k, temperature, layers, shard size); a store started with other settings is an error.
+    """
+
+    def __init__(self, path: str | os.PathLike, settings: dict):
+        self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
+        self.finished = False
+        self.shards: dict[str, dict[str, dict]] = {split: {} for split in SPLITS}
+        for name in (MANIFEST, PROGRESS):
+            existing = self.path / name
+            if existing.is_file():
+                recorded = json.loads(existing.read_text())
+                self._check_settings(recorded["settings"])
+                self.shards = recorded["shards"]
+                self.finished = name == MANIFEST
+                break
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def _check_settings(self, recorded: dict) -> None:
+        key = _first_difference(recorded, self.settings)
+        if key is not None:
+            raise DistilyConfigError(
+                f"teacher_store={str(self.path)!r} holds a recording with {key}={recorded.get(key)!r}; this run has "
+                f"{key}={self.settings.get(key)!r}; expected the same settings or another teacher_store"
+            )
+
+    def done(self, split: str, index: int) -> bool:
+        return str(index) in self.shards[split]
+
+    def rows_done(self) -> int:
+        return sum(entry["rows"] for split in SPLITS for entry in self.shards[split].values())
+
+    def write_shard(self, split: str, index: int, tensors: dict[str, torch.Tensor], stats: dict) -> None:
+        """Write one shard atomically, then list it with its checksum and ``stats`` (sums over its rows)."""
+        name = shard_name(split, index)
+        partial = self.path / (name + ".partial")
+        save_file({key: value.contiguous() for key, value in tensors.items()}, str(partial))
+        entry = {
+            "file": name,
+            "rows": int(tensors[INPUT_IDS].shape[0]),
+            "bytes": partial.stat().st_size,
+            "sha256": file_sha256(partial),
+            "stats": stats,
+        }
+        os.replace(partial, self.path / name)
+        self.shards[split][str(index)] = entry
+        write_json_atomic(self.path / PROGRESS, {"settings": self.settings, "shards": self.shards})
+
+    def totals(self, split: str) -> dict:
+        total: dict = {}
+        for entry in self.shards[split].values():
+            _add_stats(total, entry["stats"])
+        return total
+
+    def finish(self, report: dict) -> dict:
+        """Write ``manifest.json`` (settings, shards, ``report``) and drop the progress file."""
+        manifest = {"format": FORMAT, "version": VERSION, "settings": self.settings, "shards": self.shards, **report}
+        write_json_atomic(self.path / MANIFEST, manifest)
+        (self.path / PROGRESS).unlink(missing_ok=True)
+        self.finished = True
+        return manifest
+
+
+class StoreDataset(torch.utils.data.Dataset):
+    """The rows of one split, read lazily from memory-mapped shards; each item is a dict of tensors
+    (``input_ids`` [seq] int64, teacher fields as stored, ids widened to int32)."""
+
+    def __init__(self, shard_paths: list[Path], shard_rows: list[int], limit: Optional[int] = None):
+        self.shard_paths, self.shard_rows = list(shard_paths), list(shard_rows)
+        self.starts = [sum(self.shard_rows[:i]) for i in range(len(self.shard_rows))]
+        total = sum(self.shard_rows)
+        self.length = total if limit is None else min(limit, total)
+        self._handles: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getstate__(self):  # file handles stay in the process that opened them (DataLoader workers)
+        return {**self.__dict__, "_handles": {}}
+
+    def _handle(self, shard: int):
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.shard_paths[shard]), framework="pt")
+        return self._handles[shard]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        shard = bisect.bisect_right(self.starts, index) - 1
+        row = index - self.starts[shard]
+        handle = self._handle(shard)
+        item = {key: handle.get_slice(key)[row : row + 1][0] for key in handle.keys()}
+        item[INPUT_IDS] = item[INPUT_IDS].long()
+        item[TOPK_IDS] = item[TOPK_IDS].to(torch.int32)
+        return item
+
+    def row_nll(self) -> torch.Tensor:
+        """``[rows]`` float64: each row's summed teacher next-token NLL, read without the other fields."""
+        sums = [self._handle(shard).get_tensor(ROW_NLL) for shard in range(len(self.shard_paths))]
+        return torch.cat(sums)[: self.length]
+
+
+def collate_recorded(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """``collate`` for store rows: the token batch plus each teacher field stacked along the batch,
+    padded like the tokens (padding is masked by ``attention_mask``)."""
+    batch = collate(features, pad_token_id)
+    for key in features[0]:
+        if key != INPUT_IDS:
+            values = [feature[key] for feature in features]
+            batch[key] = torch.stack(values) if values[0].dim() == 0 else pad_sequence(values, batch_first=True)
+    return batch
+
+
+class TeacherStore:
+    """A finished store, opened for reading; ``verify`` checks every shard against the manifest."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            if (self.path / PROGRESS).is_file():
+                raise DistilyConfigError(
+                    f"teacher_store={str(self.path)!r} holds an unfinished recording; expected `distily record` with "
+                    "the same config to complete it"
+                )
+            raise DistilyConfigError(
+                f"teacher_store={str(self.path)!r} has no {MANIFEST}; expected a directory written by `distily record`"
+            )
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
+            raise DistilyConfigError(
+                f"teacher_store={str(self.path)!r} is format {self.manifest.get('format')!r} version "
+                f"{self.manifest.get('version')!r}; expected {FORMAT!r} version {VERSION}"
+            )
+        self.settings = self.manifest["settings"]
+
+    def _entries(self, split: str) -> list[dict]:
+        shards = self.manifest["shards"][split]
+        return [shards[key] for key in sorted(shards, key=int)]
+
+    def verify(self) -> None:
+        """Every listed shard exists with its recorded size and sha256 (a truncated or corrupted shard is
+        an error naming it)."""
+        entries = [entry for split in SPLITS for entry in self._entries(split)]
+        for entry in tqdm(entries, desc="Verifying teacher store", leave=False):
+            path = self.path / entry["file"]
+            if not path.is_file():
+                raise DistilyConfigError(f"teacher store shard {str(path)!r} is missing; expected the recorded file")
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                raise DistilyConfigError(
+                    f"teacher store shard {str(path)!r} has {size} bytes; expected {entry['bytes']} (truncated or "
+                    "replaced: record it again)"
+                )
+            if file_sha256(path) != entry["sha256"]:
+                raise DistilyConfigError(
+                    f"teacher store shard {str(path)!r} fails its sha256 check; expected {entry['sha256'][:16]}... "
+                    "(corrupted: record it again)"
+                )
+
+    def dataset(self, split: str, limit: Optional[int] = None) -> StoreDataset:
+        entries = self._entries(split)
+        return StoreDataset([self.path / e["file"] for e in entries], [e["rows"] for e in entries], limit)
+
+    @property
+    def tokenizer_path(self) -> str:
+        return str(self.path / TOKENIZER_DIR)
+
+    @property
+    def teacher_config_path(self) -> str:
+        return str(self.path / TEACHER_CONFIG_DIR)

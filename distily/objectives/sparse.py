@@ -1,0 +1,126 @@
+"""Logit losses against a recorded teacher: its top-k log-probabilities and the mass of the rest.
+
+A store keeps, per position, the teacher's k largest log-probabilities at the recording temperature T
+and the log of the mass of all other tokens, the tail. The losses here compare the two models on the
+k + 1 buckets this defines, the k recorded tokens and the tail as one bucket::
+
+    P_t = (p_t(v_1), ..., p_t(v_k), 1 - sum_i p_t(v_i))
+    P_s = (p_s(v_1), ..., p_s(v_k), 1 - sum_i p_s(v_i)),   p_s = softmax(student_logits / T)
+
+and any divergence of ``LOSSES`` between P_t and P_s is taken exactly (times T^2, as the dense
+losses). The tail is never dropped: renormalising the top k alone would raise every recorded
+probability by 1 / (1 - tail) and train the student to put no mass outside the top k. What is lost
+is only how the teacher spreads the tail over its tokens; for the forward KL the result is the
+coarse-grained KL, a lower bound of the full KL that equals it when k covers the vocabulary (then
+there is no tail bucket) and differs by the tail-internal term (see docs/recording.md).
+
+Which losses have a sparse form: ``SPARSE_LOSSES``, the divergences between distributions. ``mse``
+and ``cosine`` compare raw logits, which a store does not keep. A user-registered loss that is a
+function of the two distributions can be added to ``SPARSE_LOSSES``.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from distily.errors import DistilyConfigError
+from distily.objectives.component import Component
+from distily.objectives.losses import LOSSES
+
+SPARSE_LOSSES = {
+    "forward_kl",
+    "reverse_kl",
+    "cakld",
+    "jsd",
+    "skew_forward_kl",
+    "skew_reverse_kl",
+    "tvd",
+    "soft_cross_entropy",
+}
+
+
+@dataclass
+class RecordedTeacherOutput:
+    """What a recorded teacher hands the objective in place of a model output.
+
+    ``hidden_states`` follows Hugging Face's layout (index 0: embeddings, i: the output of block i, one
+    entry per index up to the teacher's depth) so hidden-state components read it unchanged; layers
+    that were not recorded are ``None``.
+    """
+
+    topk_logprobs: torch.Tensor  # [batch, seq, k] float16, descending, at ``temperature``
+    topk_ids: torch.Tensor  # [batch, seq, k] integer token ids
+    tail_logprob: torch.Tensor  # [batch, seq] float32, log of the mass outside the top k (-inf: none)
+    temperature: float
+    hidden_states: tuple[Optional[torch.Tensor], ...] = ()  # each [batch, seq, width] or None
+
+
+def bucket_logprobs(
+    student_logits: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    topk_ids: torch.Tensor,
+    tail_logprob: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's and the teacher's log-probabilities over the k + 1 buckets, float32.
+
+    ``student_logits`` [tokens, vocab], ``topk_logprobs`` / ``topk_ids`` [tokens, k], ``tail_logprob``
+    [tokens] -> two [tokens, k + 1] tensors ([tokens, k] when k = vocab: no tail bucket). The teacher's
+    buckets are normalised, which only removes the float16 rounding of the stored values (~1e-4).
+    """
+    vocab, k = student_logits.shape[-1], topk_ids.shape[-1]
+    student_logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [tokens, vocab]
+    ids = topk_ids.long()
+    student_top = student_logprobs.gather(-1, ids)  # [tokens, k]
+    teacher = topk_logprobs.float()  # [tokens, k]
+    if k < vocab:
+        student_tail = student_logprobs.scatter(-1, ids, -math.inf).logsumexp(-1)  # [tokens]
+        student = torch.cat([student_top, student_tail[:, None]], dim=-1)  # [tokens, k + 1]
+        teacher = torch.cat([teacher, tail_logprob.float()[:, None]], dim=-1)  # [tokens, k + 1]
+    else:
+        student = student_top
+    return student, teacher - teacher.logsumexp(-1, keepdim=True)
+
+
+def check_sparse_loss(name: str) -> None:
+    if name not in SPARSE_LOSSES:
+        raise DistilyConfigError(
+            f"logits_loss={name!r} has no sparse form for a recorded teacher (it compares raw logits, which a store "
+            f"does not keep); expected one of {', '.join(sorted(SPARSE_LOSSES))}"
+        )
+
+
+class SparseLogitsComponent(Component):
+    """``loss(P_s, P_t) * T^2`` over the k + 1 buckets at every non-padding position, ``loss`` a name in
+    ``SPARSE_LOSSES``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T."""
+
+    needs_student_logits = True
+
+    def __init__(self, loss: str, temperature: float = 1.0, vocab_size: Optional[int] = None, **loss_kwargs):
+        super().__init__()
+        check_sparse_loss(loss)
+        self.loss_name, self.loss_fn = loss, LOSSES[loss]
+        self.temperature, self.vocab_size, self.loss_kwargs = temperature, vocab_size, loss_kwargs
+
+    def forward(self, student_outputs, teacher_outputs: RecordedTeacherOutput, batch):
+        if teacher_outputs.temperature != self.temperature:
+            raise DistilyConfigError(
+                f"logits_temperature={self.temperature} differs from the store's recording temperature "
+                f"{teacher_outputs.temperature}; expected {teacher_outputs.temperature} or a store recorded at "
+                f"{self.temperature}"
+            )
+        mask = batch["attention_mask"].bool()  # [batch, seq]
+        student, teacher = bucket_logprobs(
+            student_outputs.logits[mask][:, : self.vocab_size],  # [tokens, vocab]
+            teacher_outputs.topk_logprobs[mask],  # [tokens, k]
+            teacher_outputs.topk_ids[mask],  # [tokens, k]
+            teacher_outputs.tail_logprob[mask],  # [tokens]
+            self.temperature,
+        )
+        return self.loss_fn(student, teacher, 1.0, **self.loss_kwargs).sum() * self.temperature**2
+
+    def extra_repr(self) -> str:
+        return f"loss={self.loss_name}, temperature={self.temperature}, vocab_size={self.vocab_size}, sparse=True"

@@ -1,0 +1,83 @@
+"""The Hugging Face recording back end: batched teacher forward passes, no gradients, any device."""
+
+from typing import Optional
+
+import torch
+from transformers import PreTrainedModel
+
+from distily.data.store import ROW_NLL, TAIL_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, hidden_states_key, id_dtype
+from distily.data.text import INPUT_IDS
+from distily.errors import DistilyConfigError
+from distily.models.architecture import output_vocab_size
+from distily.recording.targets import check_top_k, fidelity_sums, next_token_nll, sparse_targets
+
+
+def hidden_states_dtype(teacher: PreTrainedModel) -> torch.dtype:
+    """Recorded hidden states are half precision: bfloat16 for a bfloat16 teacher, else float16."""
+    return torch.bfloat16 if teacher.dtype == torch.bfloat16 else torch.float16
+
+
+class HFRecorder:
+    """Records rows of token ids: ``record(input_ids [rows, seq]) -> (shard tensors, stats)``.
+
+    Logits are turned into sparse targets one sequence at a time, so the float32 working set is one
+    ``[seq, vocab]`` tensor whatever the batch size."""
+
+    def __init__(
+        self,
+        teacher: PreTrainedModel,
+        top_k: int,
+        temperature: float,
+        hidden_states_layers: list[int],
+        batch_size: int,
+        fidelity_ks: list[int],
+    ):
+        depth = teacher.config.num_hidden_layers
+        for layer in hidden_states_layers:
+            if layer > depth:
+                raise DistilyConfigError(
+                    f"record_hidden_states_layers index {layer} is out of range; expected 0..{depth} (0: embeddings)"
+                )
+        vocab = output_vocab_size(teacher)
+        check_top_k(top_k, vocab)
+        self.teacher, self.top_k, self.temperature = teacher, top_k, temperature
+        self.layers, self.batch_size, self.fidelity_ks = list(hidden_states_layers), batch_size, list(fidelity_ks)
+        self.id_dtype, self.hidden_dtype = id_dtype(vocab), hidden_states_dtype(teacher)
+
+    @torch.inference_mode()
+    def record(self, input_ids: torch.Tensor, held_out: bool, progress: Optional[object] = None) -> tuple[dict, dict]:
+        """Shard tensors for ``input_ids`` [rows, seq] and the sums the manifest reports (the teacher's NLL;
+        on held-out rows also the fidelity sums)."""
+        device = self.teacher.device
+        per_row: dict[str, list[torch.Tensor]] = {}  # one entry per sequence, stacked at the end
+        per_batch: dict[str, list[torch.Tensor]] = {}  # one [batch, ...] entry per batch, concatenated
+        stats: dict = {"positions": input_ids.numel(), "targets": input_ids.shape[0] * (input_ids.shape[1] - 1)}
+        fidelity: dict = {}
+        for start in range(0, input_ids.shape[0], self.batch_size):
+            batch = input_ids[start : start + self.batch_size].to(device)  # [batch, seq]
+            outputs = self.teacher(
+                input_ids=batch, attention_mask=torch.ones_like(batch), output_hidden_states=bool(self.layers)
+            )
+            for row in range(batch.shape[0]):
+                logits = outputs.logits[row]  # [seq, vocab]
+                top_logprobs, top_ids, tail = sparse_targets(logits, self.top_k, self.temperature)
+                per_row.setdefault(TOPK_LOGPROBS, []).append(top_logprobs.half().cpu())  # [seq, k]
+                per_row.setdefault(TOPK_IDS, []).append(top_ids.cpu().to(self.id_dtype))  # [seq, k]
+                per_row.setdefault(TAIL_LOGPROB, []).append(tail.cpu())  # [seq]
+                per_row.setdefault(ROW_NLL, []).append(next_token_nll(logits, batch[row]).cpu())  # []
+                if held_out:
+                    for k, sums in fidelity_sums(logits, self.fidelity_ks, self.temperature).items():
+                        fidelity[k] = {name: fidelity.get(k, {}).get(name, 0.0) + value for name, value in sums.items()}
+            for layer in self.layers:
+                per_batch.setdefault(hidden_states_key(layer), []).append(
+                    outputs.hidden_states[layer].to(self.hidden_dtype).cpu()  # [batch, seq, width]
+                )
+            if progress is not None:
+                progress.update(batch.shape[0])
+        tensors = {INPUT_IDS: input_ids.to(torch.int32)}
+        tensors.update({key: torch.stack(values) for key, values in per_row.items()})
+        tensors.update({key: torch.cat(values) for key, values in per_batch.items()})
+        stats["nll_sum"] = float(tensors[ROW_NLL].sum())
+        if held_out:
+            stats["fidelity"] = fidelity
+        return tensors, stats

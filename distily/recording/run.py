@@ -1,0 +1,184 @@
+"""``distily record``: run the teacher once over the packed train and eval sequences and write a store.
+
+The sequences are exactly those ``distily distill`` would train and evaluate on with the same config
+(same documents, split, tokenizer, length, seed and limits). Recording resumes: shards already in the
+store are kept, and the rest are recorded as an uninterrupted run would have.
+"""
+
+import json
+import math
+from typing import Optional
+
+import torch
+from rich.table import Table
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+import distily
+from distily.config import DistillConfig
+from distily.data.store import (
+    MANIFEST,
+    TEACHER_CONFIG_DIR,
+    TOKENIZER_DIR,
+    StoreWriter,
+    bytes_per_entry,
+    id_dtype,
+)
+from distily.data.text import INPUT_IDS, build_datasets, load_training_documents, tokenizer_fingerprint
+from distily.errors import DistilyConfigError
+from distily.models.architecture import output_vocab_size
+from distily.models.identity import teacher_identity
+from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
+from distily.recording.hf import HFRecorder, hidden_states_dtype
+from distily.training.distill import resolve_max_seq_length
+
+FIDELITY_KS = (8, 32, 64, 128)
+
+
+def recording_settings(config: DistillConfig, teacher: PreTrainedModel, tokenizer, documents, max_seq_length) -> dict:
+    """Everything that decides a store's content: provenance and recording options."""
+    data, record = config.data, config.record
+    vocab = output_vocab_size(teacher)
+    return {
+        **teacher_identity(config.model.teacher_model_name_or_path, teacher),
+        "teacher_dtype": str(teacher.dtype).removeprefix("torch."),
+        "teacher_vocab_size": vocab,
+        "teacher_num_hidden_layers": teacher.config.num_hidden_layers,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "max_seq_length": max_seq_length,
+        "dataset_name": data.dataset_name,
+        "dataset_config_name": data.dataset_config_name,
+        "dataset_split": data.dataset_split,
+        "dataset_text_column": data.dataset_text_column,
+        "dataset_fingerprint": documents._fingerprint,
+        "eval_fraction": data.eval_fraction,
+        "max_samples": data.max_samples,
+        "max_eval_samples": data.max_eval_samples,
+        "seed": config.training.seed,
+        "record_top_k": record.record_top_k,
+        "logits_temperature": config.objective.logits_temperature,
+        "record_hidden_states_layers": sorted(record.record_hidden_states_layers or []),
+        "record_hidden_states_dtype": str(hidden_states_dtype(teacher)).removeprefix("torch."),
+        "record_shard_size": record.record_shard_size,
+        "record_backend": record.record_backend,
+        "id_dtype": str(id_dtype(vocab)).removeprefix("torch."),
+        "fidelity_k": sorted({min(k, vocab) for k in (*FIDELITY_KS, record.record_top_k)}),
+    }
+
+
+def _report(writer: StoreWriter) -> dict:
+    """What the manifest says about the finished store: sizes, the teacher's held-out loss, fidelity."""
+    settings = writer.settings
+    totals = {split: writer.totals(split) for split in writer.shards}
+    entries = [entry for shards in writer.shards.values() for entry in shards.values()]
+    tokens = sum(total.get("positions", 0) for total in totals.values())
+    held_out = totals["eval"]
+    lm_loss = held_out["nll_sum"] / max(held_out["targets"], 1)
+    report = {
+        "distily_version": distily.__version__,
+        "rows": {split: sum(e["rows"] for e in shards.values()) for split, shards in writer.shards.items()},
+        "bytes_per_topk_entry": bytes_per_entry(settings["teacher_vocab_size"]),
+        "bytes_per_token": sum(e["bytes"] for e in entries) / max(tokens, 1),
+        "teacher_heldout": {"lm_loss": lm_loss, "perplexity": math.exp(min(lm_loss, 700.0))},
+    }
+    if "fidelity" in held_out:
+        positions = held_out["positions"]
+        report["fidelity"] = {
+            "tokens": positions,
+            "temperature": settings["logits_temperature"],
+            "by_k": {
+                k: {"kl": sums["kl_sum"] / positions, "tail_mass": sums["tail_mass_sum"] / positions}
+                for k, sums in sorted(held_out["fidelity"].items(), key=lambda item: int(item[0]))
+            },
+        }
+    return report
+
+
+def _recorder(config: DistillConfig, teacher: PreTrainedModel, max_seq_length: int, fidelity_ks: list[int]):
+    record = config.record
+    if record.record_backend == "vllm":
+        from distily.recording.vllm_backend import VLLMRecorder
+
+        return VLLMRecorder(
+            config.model.teacher_model_name_or_path,
+            record.record_top_k,
+            config.objective.logits_temperature,
+            record.record_hidden_states_layers or [],
+            output_vocab_size(teacher),
+            max_seq_length,
+            config.model.teacher_torch_dtype,
+            config.model.trust_remote_code,
+        )
+    return HFRecorder(
+        teacher.to(config.training.device),
+        record.record_top_k,
+        config.objective.logits_temperature,
+        sorted(record.record_hidden_states_layers or []),
+        config.training.per_device_eval_batch_size,
+        fidelity_ks,
+    )
+
+
+def _teacher_for(config: DistillConfig) -> PreTrainedModel:
+    """The loaded teacher (hf), or for vllm one without weights (its config is all the store needs)."""
+    model_args = config.model
+    if config.record.record_backend == "hf":
+        return load_teacher(model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype,
+                            model_args.trust_remote_code)
+    teacher_config = from_pretrained(AutoConfig, model_args.teacher_model_name_or_path, "teacher config",
+                                     trust_remote_code=model_args.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(teacher_config, trust_remote_code=model_args.trust_remote_code)
+
+
+def run_recording(
+    config: DistillConfig,
+    teacher: Optional[PreTrainedModel] = None,
+    tokenizer: Optional[PreTrainedTokenizerBase] = None,
+) -> dict:
+    """Record the teacher into ``teacher_store`` (resuming a recording with the same settings) and return
+    the manifest. ``teacher`` and ``tokenizer`` may be passed in when already loaded (``distily generate``)."""
+    model_args, record = config.model, config.record
+    if record.teacher_store is None:
+        raise DistilyConfigError("teacher_store is not set; expected the directory to write the store into")
+    if model_args.teacher_model_name_or_path is None:
+        raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
+    documents = load_training_documents(config.data)  # before the teacher: a bad dataset fails fast
+    teacher = teacher if teacher is not None else _teacher_for(config)
+    tokenizer = tokenizer or load_tokenizer(model_args.teacher_model_name_or_path, "teacher",
+                                            model_args.trust_remote_code)
+    max_seq_length = resolve_max_seq_length(config.data.max_seq_length, teacher)
+    writer = StoreWriter(record.teacher_store, recording_settings(config, teacher, tokenizer, documents,
+                                                                  max_seq_length))
+    if writer.finished:
+        return json.loads((writer.path / MANIFEST).read_text())
+    data = build_datasets(config.data, tokenizer, max_seq_length, config.training.seed, documents)
+    tokenizer.save_pretrained(writer.path / TOKENIZER_DIR)
+    teacher.config.save_pretrained(writer.path / TEACHER_CONFIG_DIR)
+    recorder = _recorder(config, teacher, max_seq_length, writer.settings["fidelity_k"])
+    shard_size = record.record_shard_size
+    splits = (("train", data.train), ("eval", data.eval))
+    total = sum(len(dataset) for _, dataset in splits)
+    with tqdm(total=total, initial=writer.rows_done(), desc="Recording teacher", unit="seq") as progress:
+        for split, dataset in splits:
+            for index, start in enumerate(range(0, len(dataset), shard_size)):
+                if writer.done(split, index):
+                    continue
+                input_ids = dataset[start : start + shard_size][INPUT_IDS]  # [rows, seq]
+                tensors, stats = recorder.record(input_ids, held_out=split == "eval", progress=progress)
+                writer.write_shard(split, index, tensors, stats)
+    return writer.finish(_report(writer))
+
+
+def summary_table(manifest: dict) -> Table:
+    """The fidelity report and sizes, for the terminal."""
+    settings = manifest["settings"]
+    table = Table(title=f"teacher store: k={settings['record_top_k']}, "
+                        f"{manifest['bytes_per_topk_entry']} B per top-k entry, "
+                        f"{manifest['bytes_per_token']:.0f} B per token")
+    table.add_column("k", justify="right")
+    table.add_column("KL(teacher || rebuilt), nats/token", justify="right")
+    table.add_column("tail mass", justify="right")
+    for k, values in manifest.get("fidelity", {}).get("by_k", {}).items():
+        table.add_row(k, f"{values['kl']:.5f}", f"{values['tail_mass']:.5f}")
+    return table

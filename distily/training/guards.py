@@ -1,0 +1,60 @@
+"""Numerical guards: a step whose gradients are not finite is skipped, a run that keeps producing them
+is stopped, and weights that are not finite are never written as a checkpoint."""
+
+import logging
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from distily.errors import DistilyConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    flags = [torch.isfinite(tensor).all() for tensor in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+class NonFiniteStepGuard:
+    """Wraps ``optimizer.step``: when any gradient is NaN or infinite the step is skipped (gradients
+    dropped, weights and optimizer state untouched) with a warning; ``max_consecutive`` skipped steps in
+    a row stop the run."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_consecutive: int):
+        self.optimizer, self.max_consecutive = optimizer, max_consecutive
+        self.consecutive = self.skipped = 0
+        self._step = optimizer.step
+        optimizer.step = self.step
+
+    def _gradients(self):
+        for group in self.optimizer.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    yield parameter.grad
+
+    def step(self, *args, **kwargs):
+        if all_finite(self._gradients()):
+            self.consecutive = 0
+            return self._step(*args, **kwargs)
+        self.consecutive += 1
+        self.skipped += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        logger.warning(f"non-finite gradient: optimizer step skipped ({self.consecutive} in a row)")
+        if self.consecutive >= self.max_consecutive:
+            raise DistilyConfigError(
+                f"{self.consecutive} optimizer steps in a row had non-finite gradients (max_nonfinite_steps="
+                f"{self.max_consecutive}); expected finite losses: lower learning_rate, or use bf16 instead of fp16"
+            )
+        return None
+
+
+def check_finite_weights(*modules: nn.Module) -> None:
+    """Refuse to write a checkpoint of weights that are not finite."""
+    for module in modules:
+        for name, parameter in module.named_parameters():
+            if not torch.isfinite(parameter).all():
+                raise DistilyConfigError(
+                    f"parameter {name} holds non-finite values; expected finite weights, so no checkpoint is written"
+                )

@@ -1,0 +1,201 @@
+"""Training from a recorded teacher (``teacher_source: recorded``).
+
+``RecordedTeacher`` opens a store for a run: it verifies the shards, checks the store's provenance
+against the run (sequence length, dataset, tokenizer, temperature, teacher), gives the datasets (the
+stored token ids and sparse targets), and, called on a batch, the teacher's outputs the objective reads
+(``RecordedTeacherOutput``). The teacher model is not loaded, except once, to copy layers into a
+student initialised from it.
+"""
+
+import math
+from typing import Callable, Optional
+
+import datasets
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from distily.config import DistillConfig, ModelArguments
+from distily.data.store import (
+    TAIL_LOGPROB,
+    TOPK_IDS,
+    TOPK_LOGPROBS,
+    StoreDataset,
+    TeacherStore,
+    hidden_states_key,
+)
+from distily.data.text import DistillationData, tokenizer_fingerprint
+from distily.errors import DistilyConfigError
+from distily.evaluation.heldout import heldout_metrics
+from distily.models.architecture import max_positions, output_vocab_size
+from distily.models.identity import teacher_identity
+from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
+from distily.objectives.component import Component
+from distily.objectives.losses import forward_kl
+from distily.objectives.objective import DistillationObjective
+from distily.objectives.sparse import RecordedTeacherOutput, bucket_logprobs
+
+
+def needs_teacher_weights(model_args: ModelArguments) -> bool:
+    """Whether building the student copies teacher weights (layers, or named modules)."""
+    from_teacher_layers = model_args.student_model_name_or_path is None and model_args.student_init == "teacher"
+    return from_teacher_layers or bool(model_args.copy_teacher_modules)
+
+
+class RecordedTeacher:
+    def __init__(self, config: DistillConfig, documents: Optional[datasets.Dataset]):
+        self.store = TeacherStore(config.record.teacher_store)
+        self.where = f"teacher_store={str(self.store.path)!r}"
+        self.settings = self.store.settings
+        self.temperature = self.settings["logits_temperature"]
+        self.max_seq_length = self.settings["max_seq_length"]
+        self.store.verify()
+        self.tokenizer = load_tokenizer(self.store.tokenizer_path, "teacher store")
+        self._check_provenance(config, documents)
+
+    def _mismatch(self, what: str, run_value, stored_value) -> DistilyConfigError:
+        return DistilyConfigError(
+            f"{what}={run_value!r} differs from the {stored_value!r} {self.where} was recorded with; expected "
+            f"{stored_value!r} or a store recorded for this run"
+        )
+
+    def _check_provenance(self, config: DistillConfig, documents: Optional[datasets.Dataset]) -> None:
+        requested = config.data.max_seq_length
+        if requested is not None and requested != self.max_seq_length:
+            raise self._mismatch("max_seq_length", requested, self.max_seq_length)
+        if config.objective.logits_temperature != self.temperature:
+            raise self._mismatch("logits_temperature", config.objective.logits_temperature, self.temperature)
+        if documents is not None and documents._fingerprint != self.settings["dataset_fingerprint"]:
+            raise DistilyConfigError(
+                f"dataset_name={config.data.dataset_name!r} holds other documents than the "
+                f"{self.settings['dataset_name']!r} {self.where} was recorded on (fingerprint "
+                f"{documents._fingerprint} vs {self.settings['dataset_fingerprint']}); expected the same documents, "
+                "or no dataset_name to train on the store's"
+            )
+        model_args = config.model
+        if model_args.teacher_model_name_or_path is not None:
+            tokenizer = load_tokenizer(model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code)
+            fingerprint = tokenizer_fingerprint(tokenizer)
+            if fingerprint != self.settings["tokenizer_fingerprint"]:
+                raise DistilyConfigError(
+                    f"the tokenizer of teacher_model_name_or_path={model_args.teacher_model_name_or_path!r} "
+                    f"(fingerprint {fingerprint}) is not the one {self.where} was recorded with "
+                    f"({self.settings['tokenizer_fingerprint']}); expected the recorded teacher's tokenizer"
+                )
+
+    def teacher_for_student(self, model_args: ModelArguments) -> PreTrainedModel:
+        """The teacher the student is built from: with its weights when the student copies some (checked to
+        be the recorded teacher's), otherwise without any (its config on the meta device)."""
+        if not needs_teacher_weights(model_args):
+            teacher_config = from_pretrained(AutoConfig, self.store.teacher_config_path, "teacher store config")
+            with torch.device("meta"):
+                return AutoModelForCausalLM.from_config(teacher_config, trust_remote_code=model_args.trust_remote_code)
+        name = model_args.teacher_model_name_or_path
+        if name is None:
+            raise DistilyConfigError(
+                "the student copies teacher weights (student_init='teacher' or copy_teacher_modules), so "
+                f"teacher_model_name_or_path is needed with a recorded teacher too; expected "
+                f"{self.settings['teacher_model_name_or_path']!r} (the recorded teacher) or student_init=random"
+            )
+        teacher = load_teacher(name, model_args.teacher_torch_dtype, model_args.trust_remote_code)
+        identity = teacher_identity(name, teacher)
+        for key in ("teacher_revision", "teacher_weights_sha256"):
+            if identity[key] != self.settings[key]:
+                raise DistilyConfigError(
+                    f"teacher_model_name_or_path={name!r} is not the teacher {self.where} was recorded with "
+                    f"({self.settings['teacher_model_name_or_path']!r}, {key} differs); expected the recorded teacher"
+                )
+        return teacher
+
+    def check_student(self, student: PreTrainedModel) -> None:
+        width = output_vocab_size(student)
+        if width != self.settings["teacher_vocab_size"]:
+            raise DistilyConfigError(
+                f"the student has {width} logits but {self.where} was recorded over the teacher's "
+                f"{self.settings['teacher_vocab_size']}; expected a student with the teacher's output width"
+            )
+        limit = max_positions(student.config)
+        if limit is not None and limit < self.max_seq_length:
+            raise DistilyConfigError(
+                f"{self.where} holds {self.max_seq_length}-token sequences, beyond the student's position limit "
+                f"{limit}; expected a store recorded with max_seq_length <= {limit}"
+            )
+
+    def check_objective(self, objective: DistillationObjective) -> None:
+        """Every component must be computable from the store: no attention probabilities or hooked
+        internals, and hidden states only of recorded layers."""
+        recorded = set(self.settings["record_hidden_states_layers"])
+        for name, component in objective.components.items():
+            if component.needs_attentions or type(component).attach is not Component.attach:
+                raise DistilyConfigError(
+                    f"the {name} component reads the live teacher's internals, which a store does not record; "
+                    f"expected teacher_source=live or {name}_weight=0"
+                )
+            if component.needs_hidden_states:
+                missing = sorted({teacher_index for _, teacher_index in component.layer_pairs} - recorded)
+                if missing:
+                    raise DistilyConfigError(
+                        f"{name}_layer_map uses teacher hidden states {missing}, but {self.where} recorded "
+                        f"{sorted(recorded)}; expected record_hidden_states_layers to include them"
+                    )
+
+    def datasets(self, max_samples: Optional[int], max_eval_samples: Optional[int]) -> DistillationData:
+        return DistillationData(
+            train=self.store.dataset("train", max_samples),
+            eval=self.store.dataset("eval", max_eval_samples),
+            max_seq_length=self.max_seq_length,
+        )
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> RecordedTeacherOutput:
+        """The teacher's outputs for a batch built by ``collate_recorded`` (the trainer calls this)."""
+        depth = self.settings["teacher_num_hidden_layers"]
+        return RecordedTeacherOutput(
+            topk_logprobs=batch[TOPK_LOGPROBS],
+            topk_ids=batch[TOPK_IDS],
+            tail_logprob=batch[TAIL_LOGPROB],
+            temperature=self.temperature,
+            hidden_states=tuple(batch.get(hidden_states_key(index)) for index in range(depth + 1)),
+        )
+
+    def teacher_metrics(self, dataset: StoreDataset) -> dict:
+        """The teacher's held-out next-token loss on the evaluated rows, from the store, and where it came from."""
+        targets = len(dataset) * (self.max_seq_length - 1)
+        lm_loss = float(dataset.row_nll().sum()) / max(targets, 1)
+        return {
+            "lm_loss": lm_loss,
+            "perplexity": math.exp(min(lm_loss, 700.0)),
+            "source": "recorded",
+            "teacher_model_name_or_path": self.settings["teacher_model_name_or_path"],
+            "teacher_store": str(self.store.path),
+            "record_top_k": self.settings["record_top_k"],
+            "recording_temperature": self.temperature,
+        }
+
+    @torch.no_grad()
+    def student_metrics(
+        self, student: PreTrainedModel, dataset: StoreDataset, collate_fn: Callable, batch_size: int
+    ) -> dict:
+        """``heldout_metrics`` of the student alone, plus ``kl_to_teacher`` (forward KL over the store's k + 1
+        buckets at the recording temperature: equal to the full KL when k is the vocabulary and T = 1, a
+        lower bound otherwise) and ``top1_agreement`` (with the teacher's recorded top token)."""
+        metrics = heldout_metrics(student, dataset, collate_fn, batch_size)
+        was_training = student.training
+        student.eval()
+        device = next(student.parameters()).device
+        kl, agree, positions = 0.0, 0, 0
+        for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc="Evaluating "
+                          "against the store", leave=False):
+            mask = batch["attention_mask"].to(device).bool()  # [batch, seq]
+            logits = student(input_ids=batch["input_ids"].to(device), attention_mask=mask.long()).logits
+            student_logits = logits[mask].float()  # [tokens, vocab]
+            topk_ids = batch[TOPK_IDS].to(device)[mask]  # [tokens, k]
+            student_buckets, teacher_buckets = bucket_logprobs(
+                student_logits, batch[TOPK_LOGPROBS].to(device)[mask], topk_ids,
+                batch[TAIL_LOGPROB].to(device)[mask], self.temperature,
+            )
+            kl += forward_kl(student_buckets, teacher_buckets).sum().item()
+            agree += (student_logits.argmax(-1) == topk_ids[:, 0]).sum().item()
+            positions += int(mask.sum())
+        student.train(was_training)
+        return {**metrics, "kl_to_teacher": kl / max(positions, 1), "top1_agreement": agree / max(positions, 1)}

@@ -1,0 +1,110 @@
+"""Sparse logit losses against a recorded teacher: the k + 1 bucket form, checked against dense losses
+and against the coarse-grained KL written out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from distily.errors import DistilyConfigError
+from distily.objectives.losses import LOSSES, forward_kl
+from distily.objectives.sparse import SPARSE_LOSSES, SparseLogitsComponent, bucket_logprobs, check_sparse_loss
+from distily.recording.targets import sparse_targets
+
+PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2}, "skew_reverse_kl": {"alpha": 0.2}}
+
+
+def _logits(*shape, scale=3.0, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def _stored(teacher_logits, k, temperature):
+    """What a store keeps: float16 top-k log-probabilities, ids, float32 tail."""
+    top, ids, tail = sparse_targets(teacher_logits, k, temperature)
+    return top.half(), ids, tail
+
+
+def _sparse_loss(name, student_logits, stored, temperature):
+    student, teacher = bucket_logprobs(student_logits, *stored, temperature)
+    return LOSSES[name](student, teacher, 1.0, **PARAMS.get(name, {})) * temperature**2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("name", sorted(SPARSE_LOSSES))
+def test_sparse_loss_at_full_vocabulary_equals_the_dense_loss(name, temperature):
+    student_logits, teacher_logits = _logits(6, 50, seed=1), _logits(6, 50, seed=2)
+    stored = _stored(teacher_logits, 50, temperature)
+    # the dense loss on the same float16-rounded teacher log-probabilities (as logits at temperature T)
+    rounded = torch.empty_like(teacher_logits).scatter(-1, stored[1], stored[0].float()) * temperature
+    dense = LOSSES[name](student_logits, rounded, temperature, **PARAMS.get(name, {}))
+    sparse = _sparse_loss(name, student_logits, stored, temperature)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    # and against the unrounded teacher, within float16 rounding
+    exact = LOSSES[name](student_logits, teacher_logits, temperature, **PARAMS.get(name, {}))
+    torch.testing.assert_close(sparse, exact, rtol=2e-3, atol=2e-3)
+
+
+def test_sparse_forward_kl_is_the_kl_of_the_bucketed_distributions():
+    student_logits, teacher_logits = _logits(8, 40, seed=3), _logits(8, 40, seed=4)
+    k = 5
+    stored = _stored(teacher_logits, k, 1.0)
+    pt, ps = teacher_logits.double().softmax(-1), student_logits.double().softmax(-1)
+    ids = stored[1]
+    in_top = torch.zeros_like(pt, dtype=torch.bool).scatter(-1, ids, True)
+    bucket_t = torch.cat([pt.gather(-1, ids), (pt * ~in_top).sum(-1, keepdim=True)], -1)
+    bucket_s = torch.cat([ps.gather(-1, ids), (ps * ~in_top).sum(-1, keepdim=True)], -1)
+    coarse_kl = (bucket_t * (bucket_t.log() - bucket_s.log())).sum(-1)
+    sparse = _sparse_loss("forward_kl", student_logits, stored, 1.0)
+    torch.testing.assert_close(sparse.double(), coarse_kl, rtol=2e-3, atol=1e-5)
+    # a coarse-graining never raises a KL; renormalising the top k alone gives another (biased) value
+    assert (sparse <= forward_kl(student_logits, teacher_logits) + 1e-5).all()
+    top_t = bucket_t[:, :k] / bucket_t[:, :k].sum(-1, keepdim=True)
+    top_s = bucket_s[:, :k] / bucket_s[:, :k].sum(-1, keepdim=True)
+    renormalised = (top_t * (top_t.log() - top_s.log())).sum(-1)
+    assert not torch.allclose(sparse.double(), renormalised, atol=1e-3)
+
+
+def test_tail_is_one_bucket_whose_mass_the_student_must_match():
+    """A student equal to the teacher on the top k and on the tail's total is at the optimum whatever it does
+    inside the tail; one with the right top-k ratios but the wrong tail mass is not."""
+    teacher_logits = torch.tensor([[4.0, 3.0, 2.0, 0.0, 0.0, 0.0]])
+    stored = _stored(teacher_logits, 3, 1.0)
+    inside_tail_differs = torch.tensor([[4.0, 3.0, 2.0, 0.5, -1.0, math.log(3 - math.exp(0.5) - math.exp(-1.0))]])
+    exact = _sparse_loss("forward_kl", inside_tail_differs.requires_grad_(), stored, 1.0).sum()
+    assert exact.item() == pytest.approx(0.0, abs=1e-4)
+    (gradient,) = torch.autograd.grad(exact, inside_tail_differs)
+    assert gradient.abs().max() < 1e-3
+    no_tail_mass = torch.tensor([[4.0, 3.0, 2.0, -20.0, -20.0, -20.0]])  # renormalised top-3 is exact here
+    assert _sparse_loss("forward_kl", no_tail_mass, stored, 1.0).item() > 0.1
+
+
+def test_gradient_reaches_the_student_and_vanishes_at_the_teacher():
+    teacher_logits = _logits(4, 30, seed=5)
+    stored = _stored(teacher_logits, 8, 2.0)
+    student = _logits(4, 30, seed=6).requires_grad_()
+    (gradient,) = torch.autograd.grad(_sparse_loss("jsd", student, stored, 2.0).sum(), student)
+    assert gradient.abs().sum() > 0 and torch.isfinite(gradient).all()
+    at_teacher = teacher_logits.clone().requires_grad_()
+    (gradient,) = torch.autograd.grad(_sparse_loss("forward_kl", at_teacher, stored, 2.0).sum(), at_teacher)
+    assert gradient.abs().max() < 1e-3  # float16 targets: zero up to their rounding
+
+
+def test_component_masks_padding_and_checks_the_temperature():
+    from distily.objectives.sparse import RecordedTeacherOutput
+
+    teacher_logits, student_logits = _logits(2, 5, 20, seed=7), _logits(2, 5, 20, seed=8)
+    top, ids, tail = _stored(teacher_logits.flatten(0, 1), 4, 1.0)
+    teacher = RecordedTeacherOutput(top.view(2, 5, 4), ids.view(2, 5, 4), tail.view(2, 5), temperature=1.0)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    student = type("Out", (), {"logits": student_logits})()
+    total = SparseLogitsComponent("forward_kl")(student, teacher, {"attention_mask": mask})
+    per_token = _sparse_loss("forward_kl", student_logits.flatten(0, 1), (top, ids, tail), 1.0).view(2, 5)
+    torch.testing.assert_close(total, per_token[mask.bool()].sum())
+    with pytest.raises(DistilyConfigError, match=r"logits_temperature=2.0 differs from the store's recording temperature 1.0"):
+        SparseLogitsComponent("forward_kl", temperature=2.0)(student, teacher, {"attention_mask": mask})
+
+
+@pytest.mark.parametrize("name", ["mse", "cosine"])
+def test_a_loss_without_a_sparse_form_is_a_clear_error(name):
+    with pytest.raises(DistilyConfigError, match=rf"logits_loss='{name}' has no sparse form for a recorded teacher"):
+        check_sparse_loss(name)

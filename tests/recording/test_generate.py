@@ -1,0 +1,88 @@
+"""``distily generate``: the temperature schedule, samples usable as a dataset, recording in the same command."""
+
+import json
+
+import datasets
+import pytest
+import torch
+
+from distily.cli import main
+from distily.config import parse_config
+from distily.data.store import TeacherStore
+from distily.errors import DistilyConfigError
+from distily.recording.generate import LinearTemperatureLogitsProcessor, run_generation
+from distily.training.distill import run_distillation
+from store_values import store_values
+
+
+def test_temperature_moves_linearly_along_the_sequence_then_stays():
+    processor = LinearTemperatureLogitsProcessor(start=2.0, end=0.5, length=4, prompt_length=1)
+    scores = torch.ones(3, 5)
+    expected = {1: 2.0, 2: 1.5, 3: 1.0, 4: 0.5, 6: 0.5}  # input length -> temperature of the next token
+    for length, temperature in expected.items():
+        out = processor(torch.zeros(3, length, dtype=torch.long), scores)
+        torch.testing.assert_close(out, scores / temperature)
+
+
+def _values(teacher_dirs, text_file, tmp_path, **overrides):
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path, generate_num_samples=12, generate_length=40,
+                          generate_temperature=1.5, generate_final_temperature=0.7, generate_top_p=0.9,
+                          max_samples=None, eval_fraction=0.25, **overrides)
+    values.pop("dataset_name")
+    return values
+
+
+def test_generated_samples_form_a_dataset_to_distill_on(teacher_dirs, text_file, tmp_path, tokenizer):
+    output = tmp_path / "samples.jsonl"
+    values = _values(teacher_dirs, text_file, tmp_path, generate_output=str(output))
+    result = run_generation(parse_config(**values))
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == result["samples"] == 12
+    assert all(0 < len(row["input_ids"]) <= 40 and tokenizer.eos_token_id not in row["input_ids"] for row in rows)
+    assert rows[0]["text"] == tokenizer.decode(rows[0]["input_ids"])
+    with pytest.raises(DistilyConfigError, match=r"generate_output='.*samples.jsonl' exists; expected a new path"):
+        run_generation(parse_config(**values))
+    metrics = run_distillation(parse_config(**{**values, "dataset_name": str(output), "max_steps": 2}))
+    assert metrics["train_sequences"] > 0
+
+
+def test_generate_can_record_the_teacher_in_the_same_command(teacher_dirs, text_file, tmp_path):
+    output = tmp_path / "samples"
+    values = _values(teacher_dirs, text_file, tmp_path, generate_output=str(output), generate_record=True)
+    values.pop("output_dir")
+    flags = [
+        f"--{key}={json.dumps(value) if isinstance(value, dict) else value}"
+        for key, value in values.items()
+        if value is not None
+    ]
+    assert main(["generate", *flags]) == 0
+    assert len(datasets.load_from_disk(str(output))) == 12
+    store = TeacherStore(values["teacher_store"])
+    assert store.settings["dataset_name"] == str(output)
+    assert store.manifest["rows"]["train"] > 0 and store.manifest["rows"]["eval"] > 0
+    metrics = run_distillation(parse_config(**{**values, "dataset_name": str(output), "teacher_source": "recorded",
+                                               "output_dir": str(tmp_path / "run"), "max_steps": 2}))
+    assert metrics["teacher"]["source"] == "recorded"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--generate_num_samples", "0"], r"generate_num_samples=0 must be a positive integer"),
+        (["--generate_temperature", "0"], r"generate_temperature=0.0 must be > 0"),
+        (["--generate_final_temperature", "-1"], r"generate_final_temperature=-1.0 must be > 0"),
+        (["--generate_top_p", "1.5"], r"generate_top_p=1.5 is out of range; expected 0 < x <= 1"),
+    ],
+)
+def test_bad_generate_flags_are_one_line_errors(flags, message):
+    with pytest.raises(DistilyConfigError, match=message):
+        parse_config(argv=["--output_dir", "o", *flags])
+
+
+def test_generate_needs_an_output_and_a_store_to_record_into(teacher_dirs, text_file, tmp_path):
+    values = _values(teacher_dirs, text_file, tmp_path)
+    with pytest.raises(DistilyConfigError, match=r"generate_output is not set; expected a .jsonl file or a directory"):
+        run_generation(parse_config(**values))
+    values.update(generate_output=str(tmp_path / "s.jsonl"), generate_record=True, teacher_store=None)
+    with pytest.raises(DistilyConfigError, match=r"generate_record=true needs teacher_store"):
+        run_generation(parse_config(**values))

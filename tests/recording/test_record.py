@@ -1,0 +1,209 @@
+"""``distily record`` on a tiny teacher: values against a direct computation, resume after a kill,
+the fidelity report, hidden states, provenance in the manifest."""
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from distily.cli import main
+from distily.config import parse_config
+from distily.data.store import (
+    MANIFEST,
+    ROW_NLL,
+    TAIL_LOGPROB,
+    TOPK_IDS,
+    TOPK_LOGPROBS,
+    TeacherStore,
+    hidden_states_key,
+)
+from distily.data.text import INPUT_IDS, tokenizer_fingerprint
+from distily.errors import DistilyConfigError
+from distily.models.teacher import load_teacher
+from distily.recording.hf import HFRecorder
+from distily.recording.run import run_recording
+from store_values import store_values
+
+
+def _record(teacher_dir, text_file, root, **overrides):
+    values = store_values(teacher_dir, text_file, root, **overrides)
+    return values, run_recording(parse_config(**values))
+
+
+def test_stored_values_are_the_teachers_top_k_tail_and_loss(teacher_dirs, text_file, tokenizer, tmp_path):
+    values, manifest = _record(teacher_dirs["llama"], text_file, tmp_path, record_hidden_states_layers=[0, 3])
+    settings = manifest["settings"]
+    assert settings["tokenizer_fingerprint"] == tokenizer_fingerprint(tokenizer)
+    assert settings["teacher_weights_sha256"] and settings["dataset_fingerprint"]
+    assert manifest["rows"] == {"train": 24, "eval": 8} and len(manifest["shards"]["train"]) == 3
+    assert manifest["bytes_per_topk_entry"] == 4
+    teacher = load_teacher(teacher_dirs["llama"])
+    rows = TeacherStore(values["teacher_store"]).dataset("train")
+    items = [rows[i] for i in range(8, 16)]  # the second shard, one recording batch
+    input_ids = torch.stack([item[INPUT_IDS] for item in items])  # [8, 32]
+    with torch.no_grad():
+        outputs = teacher(input_ids=input_ids, output_hidden_states=True)
+    logprobs = F.log_softmax(outputs.logits.float(), -1)  # [8, 32, vocab]
+    top = logprobs.topk(16, -1)
+    stored_logprobs = torch.stack([item[TOPK_LOGPROBS] for item in items])
+    assert stored_logprobs.dtype == torch.float16
+    torch.testing.assert_close(stored_logprobs.float(), top.values.half().float(), rtol=0, atol=2e-3)
+    assert (torch.stack([item[TOPK_IDS] for item in items])[..., :3] == top.indices[..., :3]).float().mean() > 0.99
+    tail = torch.stack([item[TAIL_LOGPROB] for item in items])
+    torch.testing.assert_close(tail.exp(), 1 - top.values.exp().sum(-1), rtol=1e-4, atol=1e-5)
+    nll = -logprobs[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1).double().sum(-1)
+    torch.testing.assert_close(torch.stack([item[ROW_NLL] for item in items]), nll, rtol=1e-5, atol=1e-4)
+    for layer in (0, 3):
+        stored = torch.stack([item[hidden_states_key(layer)] for item in items])
+        assert stored.dtype == torch.float16
+        torch.testing.assert_close(stored.float(), outputs.hidden_states[layer], rtol=1e-3, atol=1e-3)
+    assert hidden_states_key(1) not in items[0]
+
+
+def test_fidelity_report_matches_a_direct_computation(teacher_dirs, text_file, tmp_path):
+    values, manifest = _record(teacher_dirs["llama"], text_file, tmp_path, record_top_k=8)
+    report = manifest["fidelity"]
+    assert sorted(int(k) for k in report["by_k"]) == [8, 32, 64, 128]
+    teacher = load_teacher(teacher_dirs["llama"])
+    held_out = TeacherStore(values["teacher_store"]).dataset("eval")
+    input_ids = torch.stack([held_out[i][INPUT_IDS] for i in range(len(held_out))])
+    with torch.no_grad():
+        p = F.softmax(teacher(input_ids=input_ids).logits.double(), -1).flatten(0, 1)  # [tokens, vocab]
+    vocab = p.shape[-1]
+    assert report["tokens"] == p.shape[0]
+    for k, reported in report["by_k"].items():
+        k = int(k)
+        top = p.topk(k, -1)
+        kept = top.values.log().half().double().exp()  # what the store keeps, float16 log-probabilities
+        tail = 1 - top.values.sum(-1, keepdim=True)
+        total = kept.sum(-1, keepdim=True) + tail
+        q = (tail / total / (vocab - k)).expand(-1, vocab).clone().scatter(-1, top.indices, kept / total)
+        kl = (p * (p.log() - q.log())).sum(-1)
+        assert reported["kl"] == pytest.approx(kl.mean().item(), rel=1e-3, abs=1e-6), k
+        assert reported["tail_mass"] == pytest.approx(tail.mean().item(), rel=1e-3, abs=1e-6), k
+    kls = [report["by_k"][k]["kl"] for k in ("8", "32", "64", "128")]
+    assert kls == sorted(kls, reverse=True)  # a larger k loses less
+
+
+def test_a_killed_recording_resumes_to_the_uninterrupted_result(teacher_dirs, text_file, tmp_path, monkeypatch):
+    _, uninterrupted = _record(teacher_dirs["llama"], text_file, tmp_path / "a")
+    calls = {"count": 0}
+    original = HFRecorder.record
+
+    def dies_on_the_third_shard(self, *args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFRecorder, "record", dies_on_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        _record(teacher_dirs["llama"], text_file, tmp_path / "b")
+    assert not (tmp_path / "b" / "store" / MANIFEST).exists()
+    monkeypatch.setattr(HFRecorder, "record", original)
+    recorded = []
+    monkeypatch.setattr(HFRecorder, "record", lambda self, ids, *a, **k: recorded.append(len(ids)) or original(self, ids, *a, **k))
+    _, resumed = _record(teacher_dirs["llama"], text_file, tmp_path / "b")
+    assert recorded == [8, 8]  # only the missing train shard and the eval shard
+    assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
+    assert resumed["fidelity"] == uninterrupted["fidelity"]
+
+
+def _shard_hashes(manifest):
+    return {split: [entry["sha256"] for entry in shards.values()] for split, shards in manifest["shards"].items()}
+
+
+def test_a_store_recorded_with_other_settings_is_not_resumed(teacher_dirs, text_file, tmp_path):
+    _record(teacher_dirs["llama"], text_file, tmp_path)
+    with pytest.raises(DistilyConfigError, match=r"holds a recording with record_top_k=16; this run has record_top_k=32"):
+        _record(teacher_dirs["llama"], text_file, tmp_path, record_top_k=32)
+    with pytest.raises(DistilyConfigError, match=r"holds a recording with max_seq_length=32; this run has max_seq_length=16"):
+        _record(teacher_dirs["llama"], text_file, tmp_path, max_seq_length=16)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"record_top_k": 400}, r"record_top_k=400 exceeds the teacher's 320 logits; expected at most 320"),
+        ({"record_hidden_states_layers": [5]}, r"record_hidden_states_layers index 5 is out of range; expected 0..4"),
+        ({"teacher_store": None}, r"teacher_store is not set; expected the directory"),
+    ],
+)
+def test_bad_recording_settings_are_clear_errors(teacher_dirs, text_file, tmp_path, overrides, message):
+    with pytest.raises(DistilyConfigError, match=message):
+        _record(teacher_dirs["llama"], text_file, tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--record_top_k", "0"], r"record_top_k=0 must be a positive integer"),
+        (["--record_shard_size", "-1"], r"record_shard_size=-1 must be a positive integer"),
+        (["--record_backend", "tgi"], r"record_backend='tgi' is not supported; expected one of hf, vllm"),
+        (["--teacher_source", "cache"], r"teacher_source='cache' is not supported; expected one of live, recorded"),
+        (["--teacher_source", "recorded"], r"teacher_source='recorded' needs teacher_store"),
+        (["--record_hidden_states_layers", "1", "1"], r"record_hidden_states_layers=\[1, 1\] is not supported"),
+    ],
+)
+def test_bad_record_flags_are_one_line_errors(flags, message):
+    with pytest.raises(DistilyConfigError, match=message):
+        parse_config(argv=["--output_dir", "o", *flags])
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(teacher_dirs, text_file, tmp_path):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed")
+    with pytest.raises(DistilyConfigError, match=r"record_backend='vllm' needs the vllm package"):
+        _record(teacher_dirs["llama"], text_file, tmp_path, record_backend="vllm")
+
+
+def test_record_command_writes_the_store_and_prints_the_report(teacher_dirs, text_file, tmp_path, capsys):
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path)
+    values.pop("output_dir")  # record does not need it
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(values))
+    assert main(["record", str(config_file)]) == 0
+    assert "KL(teacher || rebuilt)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "store" / MANIFEST).read_text())["rows"]["eval"] == 8
+    assert main(["record", str(config_file), "--record_top_k", "8"]) == 2
+    assert "holds a recording with record_top_k=16" in capsys.readouterr().err
+
+
+KILLER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+replace, count = os.replace, [0]
+def replace_then_die(src, dst):
+    if str(src).endswith(".safetensors.partial"):
+        count[0] += 1
+        if count[0] == 3:
+            os.kill(os.getpid(), signal.SIGKILL)  # the third shard is written but never renamed
+    return replace(src, dst)
+os.replace = replace_then_die
+from distily.config import parse_config
+from distily.recording.run import run_recording
+run_recording(parse_config(**{values!r}))
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkilled_recording_resumes_to_the_uninterrupted_result(teacher_dirs, text_file, tmp_path):
+    _, uninterrupted = _record(teacher_dirs["llama"], text_file, tmp_path / "a")
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path / "b")
+    script = KILLER.format(tests=str(Path(__file__).parents[1]), values=values)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, env={**os.environ})
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    store = tmp_path / "b" / "store"
+    assert (store / "train-00002.safetensors.partial").exists() and not (store / MANIFEST).exists()
+    _, resumed = _record(teacher_dirs["llama"], text_file, tmp_path / "b")
+    assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
+    assert not math.isnan(resumed["teacher_heldout"]["lm_loss"])

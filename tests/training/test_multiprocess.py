@@ -1,0 +1,91 @@
+"""Data-parallel distillation over processes (``torchrun``, gloo on CPU): 2 processes give the loss curve of
+1 process with the same global batch, for a live teacher and for a recorded store, and a checkpoint written
+by 2 processes resumes in 1. Each run is a ``distily distill`` subprocess, as a user launches it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distily.config import parse_config
+from distily.recording.run import run_recording
+from store_values import store_values
+
+# Relative difference allowed between the curves: the processes sum the same tokens in another order
+# (and all-reduce the gradients), so they agree to float32 rounding, not bit for bit.
+TOLERANCE = 1e-5
+LOGGED = ("loss", "loss_logits", "grad_norm")
+
+
+def _distill(values: dict, processes: int, output_dir: Path, **overrides) -> dict:
+    """Run ``distily distill`` on ``processes`` processes; the metrics it wrote."""
+    config = output_dir.with_suffix(".yaml")
+    config.write_text(yaml.safe_dump({**values, "output_dir": str(output_dir), **overrides}))
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
+    command = [sys.executable, *launcher, "-m", "distily.cli", "distill", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((output_dir / "metrics.json").read_text())
+
+
+def _curve(output_dir: Path) -> dict[int, dict[str, float]]:
+    """The logged training values per step, from the last checkpoint's ``trainer_state.json``."""
+    last = max(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: {key: entry[key] for key in LOGGED} for entry in history if "loss" in entry}
+
+
+def _assert_same_curve(expected: dict, actual: dict) -> None:
+    assert expected.keys() == actual.keys()
+    for step, values in expected.items():
+        for key, value in values.items():
+            assert actual[step][key] == pytest.approx(value, rel=TOLERANCE), (step, key, expected, actual)
+
+
+def _run_values(values: dict) -> dict:
+    return {
+        **values,
+        "student_config_overrides": {"num_hidden_layers": 2},
+        "learning_rate": 1e-3,
+        "warmup_steps": 0,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": 3,
+        "max_steps": 6,
+    }
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch_and_resume_in_one(teacher_dirs, run_values, tmp_path):
+    values = _run_values(run_values(teacher_dirs["llama"]))  # Llama: no dropout, so no per-process randomness
+    one = _distill(values, 1, tmp_path / "one", per_device_train_batch_size=8)
+    two = _distill(values, 2, tmp_path / "two", per_device_train_batch_size=4)
+    _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "two"))
+    for key in ("before_loss", "before_loss_logits", "after_loss", "after_loss_logits", "after_kl_to_teacher"):
+        assert two["student"][key] == pytest.approx(one["student"][key], rel=TOLERANCE), key
+    assert two["train"]["tokens_seen"] == one["train"]["tokens_seen"]
+
+    # the 2-process checkpoint at step 3, continued by 1 process, retraces the 2-process run's steps 4-6 (its
+    # history holds steps 1-3 from the checkpoint)
+    _distill(
+        values, 1, tmp_path / "resumed", per_device_train_batch_size=8,
+        resume_from_checkpoint=str(tmp_path / "two" / "checkpoint-3"),
+    )
+    _assert_same_curve(_curve(tmp_path / "two"), _curve(tmp_path / "resumed"))
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_on_a_recorded_store(teacher_dirs, text_file, tmp_path):
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path)
+    run_recording(parse_config(**values))
+    values = _run_values({**values, "teacher_source": "recorded"})
+    one = _distill(values, 1, tmp_path / "one", per_device_train_batch_size=8)
+    two = _distill(values, 2, tmp_path / "two", per_device_train_batch_size=4)
+    _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "two"))
+    for key in ("before_loss", "after_loss", "after_kl_to_teacher"):
+        assert two["student"][key] == pytest.approx(one["student"][key], rel=TOLERANCE), key

@@ -1,0 +1,117 @@
+"""Training from a store (``teacher_source: recorded``): equal to the live teacher at k = vocabulary,
+lowers the KL at small k, reads recorded hidden states, and refuses a store that does not fit the run."""
+
+import shutil
+
+import pytest
+
+from distily.config import parse_config
+from distily.errors import DistilyConfigError
+from distily.recording.run import run_recording
+from distily.training.distill import run_distillation
+from store_values import store_values
+from tiny import VOCAB, make_documents, make_tokenizer, save_tiny_model, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def recorded(teacher_dirs, text_file, tmp_path_factory):
+    """A k=16 store of the tiny Llama teacher with hidden states 2 and 4 recorded."""
+    root = tmp_path_factory.mktemp("recorded")
+    values = store_values(teacher_dirs["llama"], text_file, root, record_hidden_states_layers=[2, 4])
+    run_recording(parse_config(**values))
+    return values
+
+
+def _train(values, tmp_path, **overrides):
+    run = {**values, "output_dir": str(tmp_path / "run"), "teacher_source": "recorded", **overrides}
+    return run_distillation(parse_config(**{key: value for key, value in run.items() if value is not None}))
+
+
+def test_training_from_a_full_vocabulary_store_matches_the_live_teacher(teacher_dirs, text_file, tmp_path):
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path, record_top_k=VOCAB, learning_rate=1e-3)
+    run_recording(parse_config(**values))
+    live = run_distillation(parse_config(**{**values, "output_dir": str(tmp_path / "live")}))
+    from_store = _train(values, tmp_path)
+    assert from_store["train"]["train_loss"] == pytest.approx(live["train"]["train_loss"], rel=2e-3)
+    for key in ("before_loss_logits", "after_loss_logits", "after_kl_to_teacher", "after_lm_loss"):
+        assert from_store["student"][key] == pytest.approx(live["student"][key], rel=2e-3), key
+    assert from_store["student"]["after_top1_agreement"] == pytest.approx(live["student"]["after_top1_agreement"], abs=0.02)
+    assert from_store["teacher"]["lm_loss"] == pytest.approx(live["teacher"]["lm_loss"], rel=1e-5)
+    assert from_store["teacher"]["source"] == "recorded"
+
+
+def test_record_backed_training_lowers_the_kl_to_the_teacher(recorded, tmp_path):
+    metrics = _train(recorded, tmp_path, max_steps=30, learning_rate=3e-3, warmup_steps=2, teacher_model_name_or_path=None,
+                     student_init="random")
+    student = metrics["student"]
+    assert student["after_kl_to_teacher"] < 0.8 * student["before_kl_to_teacher"], student
+    assert student["after_loss_logits"] == pytest.approx(student["after_kl_to_teacher"], rel=1e-4)
+    assert metrics["train_sequences"] == 24 and metrics["eval_sequences"] == 8
+
+
+def test_hidden_state_distillation_reads_recorded_layers(recorded, tmp_path):
+    metrics = _train(
+        recorded, tmp_path, hidden_states_weight=1.0, hidden_states_layer_map="pairs",
+        hidden_states_layer_map_kwargs={"pairs": [[1, 2], [2, 4]]},
+    )
+    assert metrics["student"]["after_loss_hidden_states"] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"hidden_states_weight": 1.0, "hidden_states_layer_map": "all"}, None),  # teacher layers 2 and 4
+        ({"hidden_states_weight": 1.0, "hidden_states_layer_map": "pairs",
+          "hidden_states_layer_map_kwargs": {"pairs": [[0, 0], [1, 1], [2, 3]]}},
+         r"hidden_states_layer_map uses teacher hidden states \[0, 1, 3\], but teacher_store=.* recorded \[2, 4\]; "
+         r"expected record_hidden_states_layers to include them"),
+        ({"attentions_weight": 1.0}, r"the attentions component reads the live teacher's internals"),
+        ({"attention_relations_weight": 1.0}, r"the attention_relations component reads the live teacher's internals"),
+        ({"logits_loss": "mse"}, r"logits_loss='mse' has no sparse form for a recorded teacher"),
+        ({"max_seq_length": 16}, r"max_seq_length=16 differs from the 32 teacher_store=.* was recorded with"),
+        ({"logits_temperature": 2.0}, r"logits_temperature=2.0 differs from the 1.0 teacher_store=.* was recorded with"),
+        ({"teacher_model_name_or_path": None},
+         r"the student copies teacher weights .* teacher_model_name_or_path is needed with a recorded teacher too"),
+    ],
+)
+def test_a_store_that_does_not_fit_the_run_is_a_clear_error(recorded, tmp_path, overrides, message):
+    if message is None:
+        _train(recorded, tmp_path, max_steps=1, **overrides)
+        return
+    with pytest.raises(DistilyConfigError, match=message):
+        _train(recorded, tmp_path, **overrides)
+
+
+def test_other_documents_are_a_provenance_error(recorded, tmp_path):
+    other = write_jsonl(tmp_path / "other.jsonl", make_documents(50, seed=7))
+    with pytest.raises(DistilyConfigError, match=r"dataset_name='.*other.jsonl' holds other documents than the"):
+        _train(recorded, tmp_path, dataset_name=other)
+    metrics = _train(recorded, tmp_path, dataset_name=None, max_steps=1)  # no dataset: the store's
+    assert metrics["train_sequences"] == 24
+
+
+def test_another_tokenizer_or_teacher_is_a_provenance_error(recorded, tmp_path):
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    other_tokenizer = save_tiny_model(tmp_path / "tok", "llama", tokenizer)
+    with pytest.raises(DistilyConfigError, match=r"the tokenizer of teacher_model_name_or_path=.* is not the one"):
+        _train(recorded, tmp_path, teacher_model_name_or_path=other_tokenizer)
+    other_weights = save_tiny_model(tmp_path / "weights", "llama", make_tokenizer(), seed=1)
+    with pytest.raises(DistilyConfigError, match=r"is not the teacher teacher_store=.* was recorded with .*"
+                                                 r"teacher_weights_sha256 differs"):
+        _train(recorded, tmp_path, teacher_model_name_or_path=other_weights)
+
+
+def test_a_student_of_another_width_is_an_error(recorded, tmp_path):
+    with pytest.raises(DistilyConfigError, match=r"the student has 384 logits but teacher_store=.* was recorded over the "
+                                                 r"teacher's 320"):
+        _train(recorded, tmp_path, student_init="random", student_config_overrides={"vocab_size": 384})
+
+
+def test_a_corrupted_store_stops_training(recorded, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(recorded["teacher_store"], copy)
+    shard = copy / "train-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(DistilyConfigError, match=r"train-00002.safetensors' has 100 bytes"):
+        _train(recorded, tmp_path, teacher_store=str(copy))

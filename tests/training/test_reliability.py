@@ -1,0 +1,138 @@
+"""Numerical guards, atomic checkpoints, and exact resume after SIGKILL."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers.trainer_utils import get_last_checkpoint
+
+from distily.config import parse_config
+from distily.errors import DistilyConfigError
+from distily.objectives.objective import LogitsComponent
+from distily.training.distill import run_distillation
+from distily.training.guards import NonFiniteStepGuard
+from distily.training.trainer import CHECKPOINT_STAGING_DIR, DistillationTrainer
+
+
+def test_guard_skips_a_non_finite_step_and_stops_after_too_many():
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    guard = NonFiniteStepGuard(optimizer, max_consecutive=2)
+    weight.grad = torch.tensor([1.0, float("nan"), 0.0])
+    optimizer.step()
+    assert torch.equal(weight.detach(), torch.ones(3)) and not optimizer.state  # nothing moved
+    assert weight.grad is None and guard.skipped == 1
+    weight.grad = torch.ones(3)
+    optimizer.step()
+    assert not torch.equal(weight.detach(), torch.ones(3)) and guard.consecutive == 0
+    weight.grad = torch.tensor([float("inf"), 0.0, 0.0])
+    optimizer.step()
+    weight.grad = torch.tensor([float("inf"), 0.0, 0.0])
+    with pytest.raises(DistilyConfigError, match="2 optimizer steps in a row had non-finite gradients"):
+        optimizer.step()
+
+
+def test_a_run_with_non_finite_losses_skips_those_steps(teacher_dirs, run_values, monkeypatch):
+    calls = {"n": 0}
+    forward = LogitsComponent.forward
+
+    def sometimes_nan(self, *args):
+        value = forward(self, *args)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] in (2, 3):
+                return value * float("nan")
+        return value
+
+    monkeypatch.setattr(LogitsComponent, "forward", sometimes_nan)
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=5)
+    skipped = []
+    original = DistillationTrainer.train
+
+    def train(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        skipped.append(self.nonfinite_guard.skipped)
+        return output
+
+    monkeypatch.setattr(DistillationTrainer, "train", train)
+    run_distillation(parse_config(**values))
+    assert skipped == [2]
+    weights = load_file(Path(values["output_dir"]) / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def test_an_interrupted_checkpoint_is_never_taken_for_a_complete_one(teacher_dirs, run_values, monkeypatch):
+    values = run_values(
+        teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, save_strategy="steps", save_steps=2
+    )
+    saves = {"n": 0}
+    original = DistillationTrainer._save_rng_state
+
+    def crash_on_second_save(self, output_dir):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise KeyboardInterrupt("killed while saving")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(DistillationTrainer, "_save_rng_state", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_distillation(parse_config(**values))
+    out = Path(values["output_dir"])
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-2")
+    assert (out / CHECKPOINT_STAGING_DIR / "checkpoint-4").is_dir()  # the half-written one, set aside
+    assert not (out / "metrics.json").exists()
+
+
+def _launch(config_path: Path, *flags: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "distily.cli", "distill", str(config_path), *flags],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(arch, teacher_dirs, run_values, tmp_path):
+    steps = 8
+    base = run_values(
+        teacher_dirs[arch],
+        student_config_overrides={"num_hidden_layers": 2},
+        max_steps=steps,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=None,
+        learning_rate=1e-3,
+    )
+    reference = {**base, "output_dir": str(tmp_path / "reference")}
+    run_distillation(parse_config(**reference))
+
+    killed = {**base, "output_dir": str(tmp_path / "killed")}
+    config_path = tmp_path / "killed.yaml"
+    config_path.write_text(yaml.safe_dump(killed))
+    kill_after = random.Random(arch).randint(2, steps - 2)
+    process = _launch(config_path)
+    deadline = time.time() + 300
+    while not (Path(killed["output_dir"]) / f"checkpoint-{kill_after}").exists():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (Path(killed["output_dir"]) / "metrics.json").exists()
+
+    resumed = _launch(config_path, "--resume_from_checkpoint", "true")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
+    expected = load_file(Path(reference["output_dir"]) / "model.safetensors")
+    actual = load_file(Path(killed["output_dir"]) / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
