@@ -1,5 +1,6 @@
 """The ``distily`` command: parses, dispatches, and turns user errors into one line and exit code 2."""
 
+import argparse
 import logging
 import shlex
 import sys
@@ -16,6 +17,7 @@ commands:
   sweep SWEEP.yaml [--key value ...]      run a grid, a list of runs or a layer search (docs/experiments.md)
   eval MODEL [--teacher_model_name_or_path T] [--key value ...]
                                           perplexity sets, agreement, lm-eval tasks (see `distily eval --help`)
+  export RUN_DIR --format packed|gguf     export a BitNet student (2-bit packed checkpoint or GGUF) and verify it
   demo [--output_dir DIR]                 offline demo: distill the bundled teacher on Python's own docs
 
 record and generate read the same config as distill (output_dir is not needed); see docs/recording.md.
@@ -97,12 +99,33 @@ def _eval(args: list[str], command_line: str) -> int:
     return 0
 
 
-def _demo(args: list[str], command_line: str) -> int:
-    import argparse
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one-line ``DistilyConfigError``s."""
 
+    def error(self, message):
+        raise DistilyConfigError(message)
+
+
+def _export(args: list[str], command_line: str) -> int:
+    from distily.export.api import EXPORT_FORMATS, export_run
+
+    parser = _ArgumentParser(
+        prog="distily export", description="Export a BitNet student and verify what was written."
+    )
+    parser.add_argument("run_dir", help="a run's output_dir (or any saved BitNet student)")
+    parser.add_argument("--format", required=True, help=f"one of {', '.join(EXPORT_FORMATS)}")
+    parser.add_argument("--output", default=None, help="where to write (default: inside RUN_DIR)")
+    parser.add_argument("--gguf_type", default="TQ2_0", help="GGUF ternary type: TQ2_0 or TQ1_0")
+    options = parser.parse_args(args)
+    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type)
+    print(f"wrote and verified {path}")
+    return 0
+
+
+def _demo(args: list[str], command_line: str) -> int:
     from distily.demo.run import run_demo
 
-    parser = argparse.ArgumentParser(prog="distily demo", description="Offline demo on the bundled teacher.")
+    parser = _ArgumentParser(prog="distily demo", description="Offline demo on the bundled teacher.")
     parser.add_argument("--output_dir", default="distily-demo", help="where the demo run is written")
     parser.add_argument("--max_steps", type=int, default=None, help="training steps (default: the demo's own)")
     options = parser.parse_args(args)
@@ -116,6 +139,7 @@ COMMANDS: dict[str, Callable[[list[str], str], int]] = {
     "generate": _generate,
     "sweep": _sweep,
     "eval": _eval,
+    "export": _export,
     "demo": _demo,
 }
 

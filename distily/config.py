@@ -104,6 +104,19 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the Hub for teacher and student."}
     )
+    student_as_bitnet: bool = field(
+        default=False,
+        metadata={
+            "help": "Make the student BitNet b1.58: every linear projection in its decoder blocks becomes ternary "
+            "(absmean weights, int8 absmax activations, straight-through gradients), starting from its weights."
+        },
+    )
+    bitnet_input_norm: bool = field(
+        default=False, metadata={"help": "BitNet: an RMSNorm at the input of each ternary layer (the BitNet recipe)."}
+    )
+    bitnet_subln: bool = field(
+        default=False, metadata={"help": "BitNet: insert SubLN norms before the attention output and MLP down projections."}
+    )
 
     def __post_init__(self):
         _one_of(self.teacher_torch_dtype, TORCH_DTYPES, "teacher_torch_dtype")
@@ -305,6 +318,16 @@ class DistillationTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in output_dir instead of refusing to start."}
     )
+    bitnet_schedule: bool = field(
+        default=False,
+        metadata={
+            "help": "BitNet two-stage schedule (needs student_as_bitnet): the learning rate drops at "
+            "bitnet_stage_boundary, and weight decay, applied only to latent ternary weights, goes to 0 there."
+        },
+    )
+    bitnet_stage_boundary: float = field(
+        default=0.5, metadata={"help": "Fraction of the training steps where the BitNet schedule's second stage starts."}
+    )
     max_nonfinite_steps: int = field(
         default=5,
         metadata={"help": "Optimizer steps with non-finite gradients are skipped; this many in a row stop the run."},
@@ -331,6 +354,8 @@ class DistillationTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if self.output_dir is None:
             raise DistilyConfigError("output_dir is not set; expected a directory for the student and its logs")
+        if not 0 < self.bitnet_stage_boundary < 1:
+            raise DistilyConfigError(f"bitnet_stage_boundary={self.bitnet_stage_boundary} is out of range; expected 0 < x < 1")
         if self.max_nonfinite_steps < 1:
             raise DistilyConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be a positive integer")
         if not torch.accelerator.is_available():

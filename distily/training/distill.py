@@ -98,6 +98,8 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
     from_store = config.record.teacher_source == "recorded"
     if model_args.teacher_model_name_or_path is None and not from_store:
         raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
+    if training.bitnet_schedule and not model_args.student_as_bitnet:
+        raise DistilyConfigError("bitnet_schedule=true needs a BitNet student; expected student_as_bitnet=true")
     resume = resolve_resume(training)
     check_output_dir(training, resume)
     tasks = task_manager(config.evaluation) if config.evaluation.lm_eval_tasks else None  # unknown tasks fail now

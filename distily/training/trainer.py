@@ -20,7 +20,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from distily.errors import DistilyConfigError
 from distily.models.architecture import plain_lm_head
+from distily.models.bitnet import bitlinear_modules
 from distily.objectives.objective import DistillationObjective, token_counts
+from distily.training.bitnet_schedule import LATENT_GROUP, BitNetSchedule, BitNetScheduler
 from distily.training.guards import NonFiniteStepGuard, check_finite_weights
 from distily.training.teacher_placement import place_teacher
 
@@ -140,15 +142,38 @@ class DistillationTrainer(Trainer):
             )
         if building:
             self.nonfinite_guard = NonFiniteStepGuard(optimizer, self.args.max_nonfinite_steps)
+            if self.args.bitnet_schedule:  # the decayed group is the latent ternary weights (get_decay_parameter_names)
+                for group in optimizer.param_groups:
+                    if group["weight_decay"] > 0:
+                        group["name"] = LATENT_GROUP
         return optimizer
 
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """With the BitNet schedule, weight decay applies to the latent ternary weights only."""
+        if not self.args.bitnet_schedule:
+            return super().get_decay_parameter_names(model)
+        return [f"{name}.weight" for name, _ in bitlinear_modules(model)]
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        if not self.args.bitnet_schedule or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        schedule = BitNetSchedule(
+            total_steps=num_training_steps,
+            warmup_steps=self.args.get_warmup_steps(num_training_steps),
+            stage_boundary=self.args.bitnet_stage_boundary,
+            weight_decay=self.args.weight_decay,
+        )
+        self.lr_scheduler = BitNetScheduler(optimizer or self.optimizer, schedule)
+        return self.lr_scheduler
+
     def train(self, *args, **kwargs):
-        """The Trainer's ``train``, after undoing an evaluation-only preparation of the student: an
-        ``evaluate()`` before training marks the student prepared (accelerate >= 1.14 then refuses to prepare
-        it again), so training would run without the DDP wrapper and each process would step on its own
-        gradients."""
+        """The Trainer's ``train``, after undoing an evaluation-only preparation of the student: without FSDP
+        or DeepSpeed, an ``evaluate()`` before training prepares the student for evaluation and marks it
+        prepared, and accelerate (1.15 here) then refuses to prepare it again, so training would run without
+        the DDP wrapper and each process would step on its own gradients."""
         student = self.model
-        if self.model_wrapped is student and getattr(student, "_is_accelerate_prepared", False):
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled  # their evaluation prepares the student fully
+        if not sharded and self.model_wrapped is student and getattr(student, "_is_accelerate_prepared", False):
             del student._is_accelerate_prepared
             if "_original_forward" in vars(student):  # mixed precision wrapped forward; it is wrapped again
                 student.forward = student._original_forward
