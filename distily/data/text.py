@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from distily.config import DataArguments
 from distily.errors import DistilyConfigError
+from distily.outputs import atomic_output
 
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 INPUT_IDS = "input_ids"
@@ -137,8 +138,8 @@ def tokenize_and_pack(
     )
     if len(packed) == 0:
         return packed  # nothing worth caching; the caller reports it
-    packed.save_to_disk(str(cached) + ".partial")
-    os.replace(str(cached) + ".partial", cached)  # a crash never leaves a cache entry that looks complete
+    with atomic_output(cached, directory=True) as staging:  # a crash never leaves an entry that looks complete
+        packed.save_to_disk(str(staging))
     return datasets.load_from_disk(str(cached))
 
 

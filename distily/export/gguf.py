@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedModel
 
 from distily.errors import DistilyConfigError
-from distily.export.atomic import atomic_output
+from distily.outputs import atomic_output
 from distily.export.llama_cpp_check import check_llama_cpp_perplexity, llama_cpp_available
 from distily.models.bitnet import BitLinear, BitNetOptions, bitlinear_modules
 

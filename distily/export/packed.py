@@ -27,7 +27,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from distily.errors import DistilyConfigError
-from distily.export.atomic import atomic_output
+from distily.outputs import atomic_output
 from distily.models.bitnet import (
     BITNET_CONFIG_KEY,
     BitLinear,

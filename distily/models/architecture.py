@@ -3,23 +3,32 @@
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from distily.errors import DistilyConfigError
+
 POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
 LOGIT_TRANSFORM_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # applied after the LM head
 
 
-def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The model's list of decoder blocks: the ``ModuleList`` with ``num_hidden_layers`` entries."""
-    depth = model.config.num_hidden_layers
-    for _, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == depth:
-            return module
-    raise ValueError(f"{type(model).__name__} has no ModuleList of {depth} decoder layers")
+def named_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(qualified name, list) of the decoder blocks: the only ``ModuleList`` with ``num_hidden_layers``
+    entries, e.g. ``model.layers`` or ``transformer.h``."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    depth = getattr(config, "num_hidden_layers", None)
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and depth is not None and len(module) == depth
+    ]
+    if len(found) != 1:
+        raise DistilyConfigError(
+            f"found {len(found)} module lists of length num_hidden_layers={depth} in {type(model).__name__}; "
+            "expected exactly one list of decoder blocks"
+        )
+    return found[0]
 
 
-def decoder_layers_prefix(model: PreTrainedModel) -> str:
-    """The qualified name of ``decoder_layers(model)``, e.g. ``model.layers`` or ``transformer.h``."""
-    layers = decoder_layers(model)
-    return next(name for name, module in model.named_modules() if module is layers)
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return named_decoder_layers(model)[1]
 
 
 def max_positions(config: PretrainedConfig) -> int | None:

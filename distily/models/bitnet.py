@@ -33,6 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from distily.errors import DistilyConfigError
+from distily.models.architecture import named_decoder_layers
 
 # The key under which a converted model's options are stored in its (saved) config.
 BITNET_CONFIG_KEY = "distily_bitnet"
@@ -169,23 +170,9 @@ class BitLinear(nn.Linear):
         return f"{super().extra_repr()}, rms_norm={self.rms_norm is not None}"
 
 
-def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The (name, ModuleList) of decoder blocks: the only ModuleList as long as config.num_hidden_layers."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    num_layers = getattr(config, "num_hidden_layers", None)
-    found = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, nn.ModuleList) and num_layers is not None and len(module) == num_layers]
-    if len(found) != 1:
-        raise DistilyConfigError(
-            f"found {len(found)} module lists of length num_hidden_layers={num_layers} in "
-            f"{type(model).__name__}; expected exactly one list of decoder blocks"
-        )
-    return found[0]
-
-
 def block_projections(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) of every nn.Linear (BitLinear included) / Conv1D inside the decoder blocks."""
-    prefix, blocks = decoder_blocks(model)
+    prefix, blocks = named_decoder_layers(model)
     return [(f"{prefix}.{name}", module) for name, module in blocks.named_modules()
             if isinstance(module, (nn.Linear, Conv1D))]
 

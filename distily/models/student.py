@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 
 from distily.config import ModelArguments
 from distily.errors import DistilyConfigError
-from distily.models.architecture import decoder_layers, decoder_layers_prefix
+from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.bitnet import BITNET_CONFIG_KEY, convert_to_bitnet, load_bitnet_student
 from distily.models.teacher import from_pretrained
 
@@ -85,7 +85,7 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
     with torch.no_grad():
         for student_block, index in zip(student_blocks, teacher_layers):
             _copy_module(teacher_blocks[index], student_block, f"teacher layer {index}")
-        prefix = decoder_layers_prefix(student) + "."
+        prefix = named_decoder_layers(student)[0] + "."
         teacher_params = dict(teacher.state_dict())
         for name, param in student.state_dict().items():
             source = teacher_params.get(name)

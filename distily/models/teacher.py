@@ -7,6 +7,7 @@ import os
 import torch
 from accelerate import PartialState
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
@@ -23,18 +24,18 @@ def looks_like_local_path(name_or_path: str) -> bool:
     return name_or_path.startswith(("/", "./", "../", "~")) or os.path.exists(name_or_path)
 
 
-def check_model_source(name_or_path: str, role: str) -> None:
-    """A local path must exist; anything else is taken as a Hub id."""
-    if looks_like_local_path(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise DistilyConfigError(
-            f"{role} path {name_or_path!r} does not exist or is not a directory; "
-            "expected a checkpoint directory or a Hub id"
-        )
+def check_model_source(name_or_path: str, role: str, allow_file: bool = False) -> None:
+    """A local path must exist (a directory, or with ``allow_file`` a file); anything else is a Hub id."""
+    path = os.path.expanduser(name_or_path)
+    if looks_like_local_path(name_or_path) and not (os.path.isdir(path) or allow_file and os.path.isfile(path)):
+        expected = "a checkpoint directory, a config file or a Hub id" if allow_file else "a checkpoint directory or a Hub id"
+        raise DistilyConfigError(f"{role} path {name_or_path!r} does not exist or is not a directory; expected {expected}")
 
 
 def from_pretrained(loader, name_or_path: str, role: str, **kwargs):
-    """``loader.from_pretrained`` with a one-line error when the source cannot be read."""
-    check_model_source(name_or_path, role)
+    """``loader.from_pretrained`` with a one-line error when the source cannot be read; a config loader
+    also reads a single config file."""
+    check_model_source(name_or_path, role, allow_file=loader is AutoConfig)
     try:
         return loader.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
     except OSError as err:

@@ -47,11 +47,11 @@ CHUNK_ELEMENTS = 2**25
 """Default LM-head chunk: 32M logits, a 128 MiB fp32 buffer (667 tokens at V = 50257). Every chunk
 reads and writes the whole ``[V, H]`` fp32 LM-head gradient, so much smaller chunks cost time."""
 
-LOSS_CHUNK_ELEMENTS = 2**22
-"""Default loss slice: 4M logits, 16 MiB per fp32 intermediate (83 tokens at V = 50257). Blocks
-this small are reused by the C allocator instead of being mapped fresh (and page-faulted) per
-operation, which was the largest cost of the loss on CPU (benchmarks/loss_memory.py); much smaller
-slices pay per-operation overhead instead."""
+LOSS_CHUNK_ELEMENTS = 2**23
+"""Default loss slice: 8M logits, at most 32 MiB per fp32 intermediate (166 tokens at V = 50257).
+glibc serves blocks up to 32 MiB from its heap and reuses them, while larger ones are mapped fresh
+and page-faulted on every allocation, which was the largest cost of the loss on CPU; much smaller
+slices pay per-operation overhead instead (benchmarks/loss_memory.py, docs/losses.md)."""
 
 
 class _LossSlices:
