@@ -110,6 +110,89 @@ def test_bad_input(case, tmp_path, teacher_dirs, run_values, capsys):
     assert snapshot(out) == before
 
 
+# Cases that are a change of config values: (id, values to set, expected text of the error line).
+VALUE_CASES = [
+    ("bad_json_overrides", {"student_config_overrides": "{n_layer: 2"}, "is not valid JSON"),
+    ("overrides_not_an_object", {"student_config_overrides": "[2]"}, "is a JSON list; expected a JSON object"),
+    ("unknown_override_key", {"student_config_overrides": {"num_layerz": 2}}, "'num_layerz' is not a field"),
+    ("kv_heads_not_dividing", {"student_config_overrides": {"num_key_value_heads": 3}}, "num_key_value_heads=3"),
+    ("teacher_layer_out_of_range", {"student_layers_from_teacher": [0, 7]}, "index 7 is out of range"),
+    ("teacher_layer_count", {"student_layers_from_teacher": [0, 1, 2]}, "has 3 entries; expected one per student layer"),
+    ("narrow_student_from_teacher_layers", {"student_config_overrides": {"hidden_size": 32, "num_attention_heads": 2,
+                                            "num_key_value_heads": 1}}, "use student_init=random"),
+    ("copy_unknown_module", {"copy_teacher_modules": ["model.embedz"]}, "no module named 'model.embedz'"),
+    ("freeze_unknown_module", {"freeze_student_modules": ["model.nope"]}, "no module named 'model.nope'"),
+    ("bad_teacher_dtype", {"teacher_torch_dtype": "int4"}, "teacher_torch_dtype='int4' is not supported"),
+    ("bad_student_init", {"student_init": "copy"}, "student_init='copy' is not supported"),
+    ("two_student_sources", {"student_model_name_or_path": "a", "student_config_name_or_path": "b"}, "both set"),
+    ("eval_fraction_out_of_range", {"eval_fraction": 0}, "eval_fraction=0"),
+    ("negative_weight", {"logits_weight": -1}, "logits_weight=-1.0 must be >= 0"),
+    ("no_component", {"logits_weight": 0}, "expected"),
+    ("zero_temperature", {"logits_temperature": 0}, "logits_temperature=0.0 must be > 0"),
+    ("loss_kwargs_mismatch", {"logits_loss_kwargs": {"gamma": 2}}, "do not fit loss 'forward_kl'"),
+    ("bitnet_schedule_without_bitnet", {"bitnet_schedule": True}, "needs a BitNet student"),
+    ("nonfinite_limit", {"max_nonfinite_steps": 0}, "max_nonfinite_steps=0 must be a positive integer"),
+    ("resume_without_checkpoint", {"resume_from_checkpoint": "true"}, "holds no checkpoint"),
+    ("missing_dataset_path", {"dataset_name": "./no/such/data.jsonl"}, "does not exist"),
+    ("negative_eval_samples", {"max_eval_samples": -1}, "max_eval_samples=-1 must be a positive integer"),
+    ("zero_max_samples", {"max_samples": 0}, "max_samples=0 must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("changes, expected", [case[1:] for case in VALUE_CASES], ids=[c[0] for c in VALUE_CASES])
+def test_bad_value(changes, expected, tmp_path, teacher_dirs, run_values, capsys):
+    values = {**run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}), **changes}
+    out = Path(values["output_dir"])
+    out.mkdir(parents=True)
+    (out / "model.safetensors").write_bytes(b"precious weights")
+    before = snapshot(out)
+    assert run_cli(tmp_path, values) == 2
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert last.startswith("distily distill: error: ") and expected in last, err
+    assert "Traceback" not in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    "write, expected",
+    [
+        (lambda path: None, "does not exist"),
+        (lambda path: path.write_text("a: [1, 2"), "is not valid YAML"),
+        (lambda path: path.write_text("- 1\n- 2\n"), "holds a list; expected a mapping of keys"),
+    ],
+    ids=["missing", "invalid_yaml", "not_a_mapping"],
+)
+def test_bad_config_file(write, expected, tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    write(path)
+    assert main(["distill", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--format", "zip"], "export format 'zip' is not supported"),
+        (["--format", "packed"], "expected a BitNet student"),
+        ([], "the following arguments are required: --format"),
+    ],
+    ids=["unknown_format", "dense_student", "no_format"],
+)
+def test_bad_export(args, expected, teacher_dirs, capsys):
+    before = snapshot(Path(teacher_dirs["llama"]))
+    assert main(["export", teacher_dirs["llama"], *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert snapshot(Path(teacher_dirs["llama"])) == before
+
+
+def test_export_of_a_missing_run_dir(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nothing"), "--format", "packed"]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+
 def test_debug_shows_the_traceback(tmp_path, teacher_dirs, run_values):
     from distily.errors import DistilyConfigError
 

@@ -60,7 +60,7 @@ class BitNetOptions:
         stored = getattr(config, BITNET_CONFIG_KEY, None)
         if not isinstance(stored, dict):
             raise DistilyConfigError(
-                f"config has no '{BITNET_CONFIG_KEY}' entry; expected a student converted with convert_to_bitnet"
+                f"config has no '{BITNET_CONFIG_KEY}' entry; expected a BitNet student (trained with student_as_bitnet=true)"
             )
         return cls(**{key: stored[key] for key in ("input_norm", "subln", "rms_norm_eps") if key in stored})
 
