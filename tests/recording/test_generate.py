@@ -10,6 +10,7 @@ from distily.cli import main
 from distily.config import parse_config
 from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
+from distily.models.teacher import load_tokenizer
 from distily.recording.generate import LinearTemperatureLogitsProcessor, run_generation
 from distily.training.distill import run_distillation
 from store_values import store_values
@@ -32,7 +33,8 @@ def _values(teacher_dirs, text_file, tmp_path, **overrides):
     return values
 
 
-def test_generated_samples_form_a_dataset_to_distill_on(teacher_dirs, text_file, tmp_path, tokenizer):
+def test_generated_samples_form_a_dataset_to_distill_on(teacher_dirs, text_file, tmp_path):
+    tokenizer = load_tokenizer(teacher_dirs["llama"], "teacher")
     output = tmp_path / "samples.jsonl"
     values = _values(teacher_dirs, text_file, tmp_path, generate_output=str(output))
     result = run_generation(parse_config(**values))

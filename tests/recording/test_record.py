@@ -28,7 +28,7 @@ from distily.data.store import (
 )
 from distily.data.text import INPUT_IDS, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
-from distily.models.teacher import load_teacher
+from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
 from store_values import store_values
@@ -39,10 +39,10 @@ def _record(teacher_dir, text_file, root, **overrides):
     return values, run_recording(parse_config(**values))
 
 
-def test_stored_values_are_the_teachers_top_k_tail_and_loss(teacher_dirs, text_file, tokenizer, tmp_path):
+def test_stored_values_are_the_teachers_top_k_tail_and_loss(teacher_dirs, text_file, tmp_path):
     values, manifest = _record(teacher_dirs["llama"], text_file, tmp_path, record_hidden_states_layers=[0, 3])
     settings = manifest["settings"]
-    assert settings["tokenizer_fingerprint"] == tokenizer_fingerprint(tokenizer)
+    assert settings["tokenizer_fingerprint"] == tokenizer_fingerprint(load_tokenizer(teacher_dirs["llama"], "teacher"))
     assert settings["teacher_weights_sha256"] and settings["dataset_fingerprint"]
     assert manifest["rows"] == {"train": 24, "eval": 8} and len(manifest["shards"]["train"]) == 3
     assert manifest["bytes_per_topk_entry"] == 4
