@@ -22,6 +22,7 @@ DISTILL_RECIPES = {
 SWEEP_RECIPES = {"logits-vs-hidden-states.yaml": ("gpt2", 12)}
 TINY_BUDGET = [
     "--max_steps", "2",
+    "--warmup_steps", "0",
     "--max_seq_length", "32",
     "--max_samples", "8",
     "--max_eval_samples", "4",
