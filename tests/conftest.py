@@ -10,16 +10,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from tiny import ARCHITECTURES, make_documents, make_tokenizer, save_tiny_model, write_jsonl  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tokenizer():
+    """A fresh tokenizer per test, so no test sees another's changes to it."""
     return make_tokenizer()
 
 
 @pytest.fixture(scope="session")
-def teacher_dirs(tmp_path_factory, tokenizer):
+def teacher_dirs(tmp_path_factory):
     """A saved tiny teacher per architecture."""
     root = tmp_path_factory.mktemp("teachers")
-    return {arch: save_tiny_model(root / arch, arch, tokenizer) for arch in ARCHITECTURES}
+    return {arch: save_tiny_model(root / arch, arch, make_tokenizer()) for arch in ARCHITECTURES}
 
 
 @pytest.fixture(scope="session")

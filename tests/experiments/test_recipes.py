@@ -10,7 +10,7 @@ import yaml
 
 from distily.cli import main
 from distily.config import CONFIG_CLASSES
-from tiny import save_tiny_model
+from tiny import make_tokenizer, save_tiny_model
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # recipe -> (architecture, depth of the real teacher): the student overrides in the recipe apply as they are
@@ -41,10 +41,13 @@ def test_every_recipe_is_tested():
 
 
 @pytest.fixture(scope="module")
-def recipe_teachers(tmp_path_factory, tokenizer):
+def recipe_teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipe-teachers")
     archs = set(DISTILL_RECIPES.values()) | set(SWEEP_RECIPES.values())
-    return {(arch, depth): save_tiny_model(root / f"{arch}-{depth}", arch, tokenizer, layers=depth) for arch, depth in archs}
+    return {
+        (arch, depth): save_tiny_model(root / f"{arch}-{depth}", arch, make_tokenizer(), layers=depth)
+        for arch, depth in archs
+    }
 
 
 def _local(recipe_teachers, arch_depth, text_file, tmp_path) -> list[str]:
