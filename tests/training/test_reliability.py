@@ -19,7 +19,9 @@ from distily.errors import DistilyConfigError
 from distily.objectives.objective import LogitsComponent
 from distily.training.distill import run_distillation
 from distily.training.guards import NonFiniteStepGuard
+from distily.recording.run import run_recording
 from distily.training.trainer import CHECKPOINT_STAGING_DIR, DistillationTrainer
+from store_values import store_values
 
 
 def test_guard_skips_a_non_finite_step_and_stops_after_too_many():
@@ -100,8 +102,10 @@ def _launch(config_path: Path, *flags: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(arch, teacher_dirs, run_values, tmp_path):
+@pytest.mark.parametrize("arch, teacher_source", [("llama", "live"), ("gpt2", "live"), ("llama", "recorded")])
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
+    arch, teacher_source, teacher_dirs, run_values, text_file, tmp_path
+):
     steps = 8
     base = run_values(
         teacher_dirs[arch],
@@ -112,6 +116,11 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(ar
         save_total_limit=None,
         learning_rate=1e-3,
     )
+    if teacher_source == "recorded":  # a store of the teacher, read in the same order after the resume
+        store = store_values(teacher_dirs[arch], text_file, tmp_path / "store")
+        run_recording(parse_config(**store))
+        keys = ("teacher_store", "record_top_k", "max_samples", "max_eval_samples")
+        base = {**base, **{key: store[key] for key in keys}, "teacher_source": "recorded"}
     reference = {**base, "output_dir": str(tmp_path / "reference")}
     run_distillation(parse_config(**reference))
 
