@@ -1,6 +1,6 @@
 """Peak memory, time and accuracy of the chunked, LM-head-fused logit loss against a naive one.
 
-    python benchmarks/loss_memory.py [--tokens 4096] [--vocab 50257] [--hidden 768] [--runs 5]
+    python benchmarks/loss_memory.py [--tokens 4096] [--vocab 50257] [--hidden 768] [--runs 5] [--steps 3]
 
 Both methods compute ``sum_tokens loss(student_hidden @ lm_head.T, teacher_logits) / tokens`` and its
 gradients with respect to the student's hidden states [N, H] and LM-head weight [V, H], in fp32:
@@ -13,13 +13,18 @@ its allocations), so every measurement runs in a fresh subprocess that reads the
 of the process's resident memory: it builds the inputs (the teacher logits [N, V] fp32, the hidden
 states and the LM head), warms the method up on 64 tokens so one-time library initialisation is not
 counted, resets the peak resident set size (writing 5 to /proc/self/clear_refs), records the current
-RSS as the baseline, runs the method once, and reports VmHWM - baseline: the peak memory the loss and
-its backward added on top of their inputs, gradients included. PyTorch's CPU allocator returns large
-blocks to the OS on free, so RSS follows live tensors closely. Linux only.
+RSS as the baseline, runs ``--steps`` training-like steps of the method (gradients set to None
+before each, as ``zero_grad`` does), and reports VmHWM - baseline: the peak memory the loss and its
+backward added on top of their inputs, gradients included. Several steps are measured because that
+is what training sees: glibc keeps blocks of up to 32 MiB in its heap for reuse, so the chunked
+method's resident memory rises over its first chunks until the heap is warm (one step at N = 4096
+is only 7 chunks, one at 2N is 13, which made a one-step comparison of N and 2N measure heap warm-up
+rather than growth with N). Blocks above 32 MiB, such as every ``[N, V]`` tensor of the naive
+method, go back to the OS on free, so for them RSS follows live tensors. Linux only.
 
-Time is the wall time of that same single run (page faults of fresh memory included, as in training),
-and, as a check that is less sensitive to other jobs on a shared machine, its CPU time (all threads,
-user + system).
+Time is the mean wall time per step (page faults of fresh memory included, as in training) and, as
+a check that is less sensitive to other jobs on a shared machine, the mean CPU time per step (all
+threads, user + system).
 Runs of the methods are interleaved (naive, chunked, chunked at 2N; then the next round), and the
 table reports medians over ``--runs`` rounds. The peak-growth check doubles N for the chunked method
 only. Accuracy is checked once, in its own subprocess, on identical inputs: relative error
@@ -81,11 +86,17 @@ def _measure(method: str, args) -> dict:
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")
     baseline_kib = _memory_kib("VmRSS")
-    start, cpu_start = time.perf_counter(), time.process_time()
-    _run(method, args.loss, *inputs)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    step_seconds, step_cpu_seconds = [], []
+    for _ in range(args.steps):
+        for leaf in inputs[:2]:
+            leaf.grad = None
+        start, cpu_start = time.perf_counter(), time.process_time()
+        _run(method, args.loss, *inputs)
+        step_seconds.append(time.perf_counter() - start)
+        step_cpu_seconds.append(time.process_time() - cpu_start)
     peak_kib = _memory_kib("VmHWM")
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_extra_bytes": (peak_kib - baseline_kib) * 1024,
+    return {"seconds": statistics.mean(step_seconds), "cpu_seconds": statistics.mean(step_cpu_seconds),
+            "step_seconds": step_seconds, "peak_extra_bytes": (peak_kib - baseline_kib) * 1024,
             "baseline_bytes": baseline_kib * 1024}
 
 
@@ -111,7 +122,7 @@ def _check(args) -> dict:
 
 def _worker(task: str, tokens: int, args) -> dict:
     command = [sys.executable, __file__, "--worker", task, "--tokens", str(tokens), "--vocab", str(args.vocab),
-               "--hidden", str(args.hidden), "--loss", args.loss]
+               "--hidden", str(args.hidden), "--loss", args.loss, "--steps", str(args.steps)]
     completed = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -127,6 +138,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="steps measured per run (fresh process)")
     parser.add_argument("--loss", default="forward_kl", choices=sorted(LOSSES))
     parser.add_argument("--worker", choices=["naive", "chunked", "check"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -137,23 +149,28 @@ def main() -> None:
         print(json.dumps(_measure(args.worker, args)))
         return
 
-    cases = {"naive": ("naive", args.tokens), "chunked": ("chunked", args.tokens), "chunked_2n": ("chunked", 2 * args.tokens)}
+    cases = {"naive": ("naive", args.tokens), "chunked": ("chunked", args.tokens),
+             "chunked_2n": ("chunked", 2 * args.tokens)}
     runs = {case: [] for case in cases}
     for round_index in range(args.runs):
         order = list(cases) if round_index % 2 == 0 else list(reversed(cases))
         for case in order:
             runs[case].append(_worker(*cases[case], args))
             print(f"round {round_index + 1}/{args.runs} {case}: {runs[case][-1]}", file=sys.stderr, flush=True)
-    accuracy = _worker("check", args.tokens, args)
+    _report(args, runs, _worker("check", args.tokens, args))
 
-    median = {case: {key: statistics.median(run[key] for run in runs[case])
+
+def _report(args, runs: dict, accuracy: dict) -> None:
+    """Print the table of medians and ratios, and write it all to RESULTS."""
+    median = {case: {key: statistics.median(run[key] for run in case_runs)
                      for key in ("seconds", "cpu_seconds", "peak_extra_bytes")}
-              for case in cases}
+              for case, case_runs in runs.items()}
     ratios = {
         "peak_memory_chunked_over_naive": median["chunked"]["peak_extra_bytes"] / median["naive"]["peak_extra_bytes"],
         "time_chunked_over_naive": median["chunked"]["seconds"] / median["naive"]["seconds"],
         "cpu_time_chunked_over_naive": median["chunked"]["cpu_seconds"] / median["naive"]["cpu_seconds"],
-        "peak_memory_chunked_2n_over_n": median["chunked_2n"]["peak_extra_bytes"] / median["chunked"]["peak_extra_bytes"],
+        "peak_memory_chunked_2n_over_n":
+            median["chunked_2n"]["peak_extra_bytes"] / median["chunked"]["peak_extra_bytes"],
     }
     goals_met = {
         "peak_memory": ratios["peak_memory_chunked_over_naive"] <= GOALS["peak_memory"],
@@ -161,34 +178,36 @@ def main() -> None:
         "accuracy": max(v for k, v in accuracy.items() if k.endswith("rel_err")) <= GOALS["rel_err"],
         "peak_growth": ratios["peak_memory_chunked_2n_over_n"] - 1 <= GOALS["peak_growth"],
     }
-    mib = 2**20
+    peak_mib = {case: f"{median[case]['peak_extra_bytes'] / 2**20:.0f} MiB" for case in runs}
+    n, n2 = args.tokens, 2 * args.tokens
     rows = [("quantity", "value", "goal"),
-            (f"naive peak extra, N={args.tokens}", f"{median['naive']['peak_extra_bytes'] / mib:.0f} MiB", ""),
-            (f"chunked peak extra, N={args.tokens}", f"{median['chunked']['peak_extra_bytes'] / mib:.0f} MiB", ""),
-            (f"chunked peak extra, N={2 * args.tokens}", f"{median['chunked_2n']['peak_extra_bytes'] / mib:.0f} MiB", ""),
+            (f"naive peak extra, N={n}", peak_mib["naive"], ""),
+            (f"chunked peak extra, N={n}", peak_mib["chunked"], ""),
+            (f"chunked peak extra, N={n2}", peak_mib["chunked_2n"], ""),
             ("peak memory chunked / naive", f"{ratios['peak_memory_chunked_over_naive']:.3f}x", "<= 0.25x"),
             ("chunked peak 2N / N", f"{ratios['peak_memory_chunked_2n_over_n']:.3f}x", "<= 1.10x"),
-            (f"naive time, N={args.tokens}", f"{median['naive']['seconds']:.2f} s", ""),
-            (f"chunked time, N={args.tokens}", f"{median['chunked']['seconds']:.2f} s", ""),
+            (f"naive time per step, N={n}", f"{median['naive']['seconds']:.2f} s", ""),
+            (f"chunked time per step, N={n}", f"{median['chunked']['seconds']:.2f} s", ""),
             ("time chunked / naive", f"{ratios['time_chunked_over_naive']:.3f}x", "<= 1.0x"),
-            (f"naive CPU time, N={args.tokens}", f"{median['naive']['cpu_seconds']:.2f} s", ""),
-            (f"chunked CPU time, N={args.tokens}", f"{median['chunked']['cpu_seconds']:.2f} s", ""),
+            (f"naive CPU time per step, N={n}", f"{median['naive']['cpu_seconds']:.2f} s", ""),
+            (f"chunked CPU time per step, N={n}", f"{median['chunked']['cpu_seconds']:.2f} s", ""),
             ("CPU time chunked / naive", f"{ratios['cpu_time_chunked_over_naive']:.3f}x", ""),
             ("loss rel. error", f"{accuracy['loss_rel_err']:.1e}", "<= 1e-5"),
             ("grad hidden rel. error", f"{accuracy['grad_hidden_rel_err']:.1e}", "<= 1e-5"),
             ("grad lm_head rel. error", f"{accuracy['grad_lm_head_rel_err']:.1e}", "<= 1e-5")]
-    print(f"loss={args.loss} N={args.tokens} V={args.vocab} H={args.hidden} fp32, "
-          f"median of {args.runs} interleaved runs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"loss={args.loss} N={n} V={args.vocab} H={args.hidden} fp32, "
+          f"median of {args.runs} interleaved runs of {args.steps} steps, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
     print(_table(rows))
     print("goals met:", goals_met)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "command": "python " + " ".join(["benchmarks/loss_memory.py", *sys.argv[1:]]),
-        "config": {"loss": args.loss, "tokens": args.tokens, "vocab": args.vocab, "hidden": args.hidden,
-                   "runs": args.runs, "dtype": "float32", "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "config": {"loss": args.loss, "tokens": n, "vocab": args.vocab, "hidden": args.hidden,
+                   "runs": args.runs, "steps": args.steps, "dtype": "float32", "torch": torch.__version__,
+                   "threads": torch.get_num_threads()},
         **ratios, **accuracy, "medians": median, "runs": runs, "goals": GOALS, "goals_met": goals_met,
     }, indent=2) + "\n")
-
 
 if __name__ == "__main__":
     main()
