@@ -1,5 +1,6 @@
 """``distily distill``: configuration in, student and metrics out."""
 
+import itertools
 import logging
 import os
 import time
@@ -7,6 +8,8 @@ from functools import partial
 from pathlib import Path
 from typing import Optional
 
+import torch
+from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -22,6 +25,7 @@ from distily.models.student import build_student
 from distily.models.summary import architecture_summary
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.models.vocab import check_same_tokenizer, shared_vocab_size
+from distily.objectives.losses import teacher_confidence
 from distily.objectives.objective import build_objective
 from distily.outputs import directory_size, write_json_atomic
 from distily.training.preflight import check_memory, estimate_memory
@@ -92,6 +96,22 @@ def _checkpoint_size(name_or_path: Optional[str], model: PreTrainedModel) -> int
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+CALIBRATION_BATCHES = 20
+
+
+@torch.no_grad()
+def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn, batch_size: int = 8) -> float:
+    """CAKLD's beta: the teacher's mean confidence over the first training batches (as BitDistiller does,
+    Du et al., 2024), estimated once before training."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+    device = next(teacher.parameters()).device
+    batches = list(itertools.islice(loader, CALIBRATION_BATCHES))
+    return teacher_confidence(
+        (teacher(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits for b in batches),
+        (b["attention_mask"].bool().to(device) for b in batches),
+    )
+
+
 def run_distillation(config: DistillConfig, command: Optional[str] = None) -> dict:
     """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics."""
     model_args, training = config.model, config.training
@@ -143,6 +163,11 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
             student, training.per_device_train_batch_size, max_seq_length, training.bf16 or training.fp16,
         )
         logger.info(check_memory(estimate, training.device))
+    if config.objective.logits_loss == "cakld" and "beta" not in config.objective.logits_loss_kwargs:
+        if recorded is not None:
+            raise DistilyConfigError("logits_loss=cakld from a store needs a fixed beta; expected logits_loss_kwargs beta")
+        config.objective.logits_loss_kwargs["beta"] = calibrate_cakld_beta(teacher, data.train, collate)
+        logger.info(f"CAKLD beta (teacher's mean confidence) = {config.objective.logits_loss_kwargs['beta']:.4f}")
     objective = build_objective(
         config.objective, teacher.config, student.config, vocab_size, recorded_teacher=recorded is not None
     )

@@ -124,3 +124,14 @@ def test_a_finished_run_can_be_resumed_for_more_steps(teacher_dirs, run_values):
     state = json.loads((Path(values["output_dir"]) / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     assert metrics["train"]["train_runtime"] > 0
+
+
+def test_cakld_beta_is_calibrated_from_the_teacher_when_not_given(teacher_dirs, run_values):
+    config = parse_config(**run_values(teacher_dirs["llama"], logits_loss="cakld", max_steps=2))
+    run_distillation(config)
+    teacher = load_teacher(teacher_dirs["llama"])
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dirs["llama"])
+    data = build_datasets(config.data, tokenizer, 32, config.training.seed)
+    blocks = torch.stack([row["input_ids"] for row in data.train])[:160]  # the 20 calibration batches of 8
+    confidence = teacher(input_ids=blocks).logits.softmax(-1).max(-1).values.mean().item()
+    assert config.objective.logits_loss_kwargs["beta"] == pytest.approx(confidence, rel=1e-4)
