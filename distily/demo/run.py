@@ -13,7 +13,7 @@ from distily.demo.corpus import write_corpus
 from distily.training.distill import run_distillation
 
 TEACHER_DIR = Path(__file__).parent / "teacher"
-DEMO_STEPS = 200
+DEMO_STEPS = 300
 
 
 def demo_values(output_dir: str, max_steps: Optional[int] = None) -> dict:
@@ -28,7 +28,7 @@ def demo_values(output_dir: str, max_steps: Optional[int] = None) -> dict:
         "output_dir": output_dir,
         "overwrite_output_dir": True,
         "max_steps": max_steps or DEMO_STEPS,
-        "per_device_train_batch_size": 8,
+        "per_device_train_batch_size": 16,
         "learning_rate": 3e-3,
         "bf16": True,
         "eval_strategy": "no",

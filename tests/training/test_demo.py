@@ -1,0 +1,40 @@
+"""``distily demo``: the bundled teacher, the corpus from the standard library, the printed table."""
+
+import json
+
+import pytest
+
+from distily.cli import main
+from distily.demo.run import TEACHER_DIR
+from distily.outputs import directory_size
+
+
+def _run_demo(tmp_path, capsys, *extra: str) -> tuple[dict, str]:
+    output_dir = tmp_path / "demo"
+    assert main(["demo", "--output_dir", str(output_dir), *extra]) == 0
+    printed = capsys.readouterr().out
+    return json.loads((output_dir / "metrics.json").read_text()), printed
+
+
+def test_demo_prints_teacher_against_student(tmp_path, capsys):
+    metrics, printed = _run_demo(tmp_path, capsys, "--max_steps", "6")
+    student = metrics["student"]
+    for row in ("distillation loss (forward KL)", "perplexity", "parameters", "size on disk", "training time"):
+        assert row in printed
+    assert f"{student['before_loss']:.3f}" in printed and f"{student['after_loss']:.3f}" in printed
+    assert f"{metrics['teacher']['parameters']:,}" in printed
+    assert metrics["train"]["global_step"] == 6
+    assert student["parameters"] < metrics["teacher"]["parameters"]
+    assert (tmp_path / "demo" / "model.safetensors").exists()
+
+
+def test_bundled_teacher_stays_under_10_mb():
+    assert 0 < directory_size(TEACHER_DIR, "*") < 10 * 10**6
+
+
+@pytest.mark.slow
+def test_demo_lowers_heldout_distillation_loss_by_at_least_30_percent(tmp_path, capsys):
+    metrics, printed = _run_demo(tmp_path, capsys)
+    before, after = metrics["student"]["before_loss"], metrics["student"]["after_loss"]
+    assert after <= 0.7 * before, (before, after)
+    assert f"{1 - after / before:.0%} lower" in printed
