@@ -1,12 +1,15 @@
 """``distily sweep``: run each run of a sweep that has not finished, record failures, gather the results.
 
-A run is finished when its ``metrics.json`` exists, and running the sweep again skips it. A run that
+A run is finished when its ``metrics.json`` exists, and running the sweep again skips it; a finished
+or resumable run whose settings (config keys and flags, recorded in its ``run.json``) differ from the
+sweep's now is an error before anything runs, rather than a stale result in the table. A run that
 was killed resumes from its last checkpoint (or starts again without one); a failed run is tried
 again. A failure (any exception) goes to the run's ``error.txt`` and one line of the results, and the
 sweep goes on. Results are written when the sweep ends, also when it is interrupted.
 """
 
 import gc
+import json
 import traceback
 
 from tqdm.auto import tqdm
@@ -15,11 +18,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from distily.errors import DistilyConfigError
 from distily.experiments.results import ERROR_FILE, gather_results, write_results
 from distily.experiments.runs import Run
-from distily.experiments.sweep_file import Sweep
+from distily.experiments.sweep_file import Sweep, flag_keys
 from distily.outputs import write_json_atomic
 from distily.training.distill import METRICS_FILE, run_distillation
 
-RUN_FILE = "run.json"  # what the run is: its name and overrides
+RUN_FILE = "run.json"  # what the run is: its name, overrides and settings
 
 
 def one_line(error: Exception) -> str:
@@ -28,10 +31,47 @@ def one_line(error: Exception) -> str:
     return message if isinstance(error, DistilyConfigError) else f"{type(error).__name__}: {message}"
 
 
+def _settings(sweep: Sweep, run: Run) -> dict:
+    """What a run is started with, as it reads back from JSON; output_dir left out so a sweep can move."""
+    values = {key: value for key, value in sweep.values(run).items() if key != "output_dir"}
+    return json.loads(json.dumps({"values": values, "flags": sweep.flags}))
+
+
+def _shown(settings: dict, key: str) -> str:
+    if key in settings["values"]:
+        return repr(settings["values"][key])
+    return "set by a flag" if key in flag_keys(settings["flags"]) else "not set"
+
+
+def check_started_runs(sweep: Sweep) -> None:
+    """Refuse a sweep whose finished or resumable runs were started with other settings than it would use now."""
+    for run in sweep.runs:
+        run_dir = sweep.run_dir(run)
+        kept = (run_dir / METRICS_FILE).exists() or (run_dir.is_dir() and get_last_checkpoint(str(run_dir)))
+        if not kept or not (run_dir / RUN_FILE).exists():
+            continue
+        was = json.loads((run_dir / RUN_FILE).read_text()).get("settings")
+        now = _settings(sweep, run)
+        if was is None or was == now:
+            continue
+        differences = [
+            f"{key}: {_shown(was, key)} then, {_shown(now, key)} now"
+            for key in sorted(set(was["values"]) | set(now["values"]))
+            if was["values"].get(key) != now["values"].get(key)
+        ]
+        if was["flags"] != now["flags"]:
+            differences.append(f"flags: {was['flags']} then, {now['flags']} now")
+        raise DistilyConfigError(
+            f"run {run.name!r} in {sweep.output_dir} finished with other settings ({differences[0]}); expected the settings it "
+            "ran with, or a new output_dir for the changed sweep"
+        )
+
+
 def _run(sweep: Sweep, run: Run) -> None:
     run_dir = sweep.run_dir(run)
     resume = run_dir.is_dir() and get_last_checkpoint(str(run_dir)) is not None
-    write_json_atomic(run_dir / RUN_FILE, {"name": run.name, "overrides": run.overrides, "sweep": sweep.source})
+    record = {"name": run.name, "overrides": run.overrides, "sweep": sweep.source, "settings": _settings(sweep, run)}
+    write_json_atomic(run_dir / RUN_FILE, record)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     config = sweep.config(run, **({"resume_from_checkpoint": "true"} if resume else {}))
     run_distillation(config, command=f"distily sweep {sweep.source} (run {run.name})")
@@ -39,6 +79,7 @@ def _run(sweep: Sweep, run: Run) -> None:
 
 def run_sweep(sweep: Sweep) -> list[dict]:
     """Run what is left of ``sweep``, write results.csv, results.md and plots, and return the ranked rows."""
+    check_started_runs(sweep)
     sweep.output_dir.mkdir(parents=True, exist_ok=True)
     progress = tqdm(sweep.runs, desc=f"sweep {sweep.output_dir.name}", unit="run")
     try:

@@ -179,6 +179,23 @@ def test_a_sweep_killed_part_way_finishes_only_the_missing_runs(base, tmp_path):
     assert json.loads(first.read_text())["command"].endswith(f"(run {runs[0].name})")
 
 
+def test_a_finished_run_with_other_settings_stops_the_sweep_and_keeps_its_results(base, tmp_path, capsys):
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"seed": [0]})
+    (run,) = load_sweep(path).runs
+    assert main(["sweep", path]) == 0
+    metrics = (tmp_path / "out" / run.name / "metrics.json").read_bytes()
+
+    changed = write_sweep(tmp_path, "changed.yaml", base={**base, "learning_rate": 0.5}, output_dir=str(tmp_path / "out"), grid={"seed": [0]})
+    capsys.readouterr()
+    assert main(["sweep", changed]) == 2
+    error = capsys.readouterr().err
+    assert f"run {run.name!r}" in error and "learning_rate: " in error and "0.5 now" in error and error.count("\n") == 1
+    assert main(["sweep", path, "--max_steps", "2"]) == 2
+    assert "(max_steps: 1 then, set by a flag now)" in capsys.readouterr().err
+    assert (tmp_path / "out" / run.name / "metrics.json").read_bytes() == metrics
+    assert main(["sweep", path, "--output_dir", str(tmp_path / "out")]) == 0  # the same settings: skipped
+
+
 @pytest.mark.slow
 def test_teacher_quantization_and_frozen_modules_as_sweep_parameters(base, tmp_path):
     pytest.importorskip("bitsandbytes")
