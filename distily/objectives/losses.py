@@ -23,7 +23,6 @@ parameters against its signature.
 
 import inspect
 import math
-from functools import partial
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -249,14 +248,16 @@ def loss_params(name: str) -> dict[str, object]:
     return {p.name: p.default for p in parameters}
 
 
-def resolve_loss(name: str, params: Optional[dict[str, float]] = None) -> LossFn:
-    """``LOSSES[name]`` with ``params`` bound, after checking that they are the loss's parameters."""
-    params = dict(params or {})
+def check_loss(name: str, params: dict) -> None:
+    """Stop unless ``name`` is a registered loss and ``params`` are parameters it accepts, every required one given."""
+    if name not in LOSSES:
+        raise DistilyConfigError(f"logits_loss={name!r} is not a registered loss; expected one of {', '.join(LOSSES)}")
     accepted = loss_params(name)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise DistilyConfigError(f"loss {name!r} got unknown parameters {unknown}; it accepts {sorted(accepted)}")
+        raise DistilyConfigError(
+            f"logits_loss_kwargs {params} do not fit loss {name!r}: unknown parameters {unknown}; it accepts {sorted(accepted)}"
+        )
     missing = sorted(p for p, default in accepted.items() if default is inspect.Parameter.empty and p not in params)
     if missing:
-        raise DistilyConfigError(f"loss {name!r} needs parameters {missing} (e.g. cakld needs beta)")
-    return partial(LOSSES[name], **params) if params else LOSSES[name]
+        raise DistilyConfigError(f"logits_loss_kwargs {params} do not fit loss {name!r}: it needs parameters {missing}")

@@ -5,7 +5,6 @@ number of tokens in the whole (possibly accumulated, possibly multi-process) bat
 B and k accumulated batches of B/k give the same loss and the same gradients.
 """
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -19,7 +18,7 @@ from distily.errors import DistilyConfigError
 from distily.objectives.chunked import chunked_logit_loss_sum
 from distily.objectives.component import TARGETS, Component, token_counts
 from distily.objectives.features import build_feature_components
-from distily.objectives.losses import LOSSES
+from distily.objectives.losses import LOSSES, check_loss
 from distily.objectives.sparse import SparseLogitsComponent
 
 
@@ -113,15 +112,6 @@ class DistillationObjective(nn.Module):
         return ObjectiveOutput(loss=total, components=logged)
 
 
-def _check_loss(name: str, kwargs: dict) -> None:
-    if name not in LOSSES:
-        raise DistilyConfigError(f"logits_loss={name!r} is not a registered loss; expected one of {', '.join(LOSSES)}")
-    try:
-        inspect.signature(LOSSES[name]).bind(None, None, 1.0, **kwargs)
-    except TypeError as err:
-        raise DistilyConfigError(f"logits_loss_kwargs {kwargs} do not fit loss {name!r}: {err}")
-
-
 def build_objective(
     args: ObjectiveArguments,
     teacher_config: Optional[PretrainedConfig] = None,
@@ -135,7 +125,7 @@ def build_objective(
     sparse targets (``sparse.py``)."""
     components, weights = {}, {}
     if args.logits_weight > 0:
-        _check_loss(args.logits_loss, args.logits_loss_kwargs)
+        check_loss(args.logits_loss, args.logits_loss_kwargs)
         logits_component = SparseLogitsComponent if recorded_teacher else LogitsComponent
         components["logits"] = logits_component(
             args.logits_loss, args.logits_temperature, vocab_size, **args.logits_loss_kwargs

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distily.errors import DistilyConfigError
-from distily.objectives.losses import LOSSES, loss_params, resolve_loss, teacher_confidence
+from distily.objectives.losses import LOSSES, check_loss, loss_params, teacher_confidence
 
 PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2},
           "skew_reverse_kl": {"alpha": 0.2}}
@@ -218,17 +218,18 @@ def test_teacher_confidence_is_the_mean_max_probability_over_real_tokens():
         teacher_confidence(batches[:1], [torch.zeros(2, 3, dtype=torch.bool)])
 
 
-def test_resolve_loss_checks_names_and_parameters(monkeypatch):
+def test_check_loss_checks_names_and_parameters(monkeypatch):
     assert loss_params("jsd") == {"beta": 0.5}
     assert loss_params("forward_kl") == {}
-    with pytest.raises(DistilyConfigError, match="unknown loss 'kl'"):
-        resolve_loss("kl")
-    with pytest.raises(DistilyConfigError, match="unknown parameters \\['alpha'\\]"):
-        resolve_loss("jsd", {"alpha": 0.1})
+    with pytest.raises(DistilyConfigError, match="logits_loss='kl' is not a registered loss"):
+        check_loss("kl", {})
+    with pytest.raises(DistilyConfigError, match="do not fit loss 'jsd': unknown parameters \\['alpha'\\]"):
+        check_loss("jsd", {"alpha": 0.1})
     with pytest.raises(DistilyConfigError, match="needs parameters \\['beta'\\]"):
-        resolve_loss("cakld")
+        check_loss("cakld", {})
+    check_loss("cakld", {"beta": 0.5})
     with pytest.raises(DistilyConfigError, match="beta=1.5"):
-        resolve_loss("cakld", {"beta": 1.5})(_logits(2, 5), _logits(2, 5))
+        LOSSES["cakld"](_logits(2, 5), _logits(2, 5), beta=1.5)
     with pytest.raises(DistilyConfigError, match="beta=0.0"):
         LOSSES["jsd"](_logits(2, 5), _logits(2, 5), beta=0.0)
 
@@ -237,5 +238,5 @@ def test_resolve_loss_checks_names_and_parameters(monkeypatch):
 
     monkeypatch.setitem(LOSSES, "l1", l1)
     assert loss_params("l1") == {"weight": 1.0}
-    l1_doubled = resolve_loss("l1", {"weight": 2.0})
-    torch.testing.assert_close(l1_doubled(torch.ones(1, 3), torch.zeros(1, 3)), torch.tensor([6.0]))
+    check_loss("l1", {"weight": 2.0})
+    torch.testing.assert_close(LOSSES["l1"](torch.ones(1, 3), torch.zeros(1, 3), weight=2.0), torch.tensor([6.0]))
