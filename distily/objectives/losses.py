@@ -17,7 +17,7 @@ sums run over the vocabulary. Terms ``0 * log 0`` count as 0, so a teacher logit
 the teacher rules out, as in a top-k record) is allowed wherever the loss stays finite; student logits
 must be finite.
 
-Register a loss of your own with ``LOSSES["name"] = fn``; ``resolve_loss`` then checks a config's
+Register a loss of your own with ``LOSSES["name"] = fn``; ``check_loss`` then checks a config's
 parameters against its signature.
 """
 
