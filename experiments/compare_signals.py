@@ -3,20 +3,25 @@
     python experiments/compare_signals.py [--data ../shared/data/wikitext-2] [--work_dir runs/compare-signals]
 
 1. A byte-level BPE tokenizer (4096 tokens) and a small Llama-architecture teacher (4 layers, width
-   192, 2.7M parameters) are trained on ``valid.txt`` (300k tokens), 800 steps of 16 x 128 tokens.
+   192, 2.7M parameters) are trained on ``valid.txt`` (300k tokens), 2000 steps of 16 x 128 tokens.
 2. Students of one shape (the teacher's config with 2 of its 4 layers, initialised from teacher
    layers 0 and 3, its embeddings, final norm and LM head) are trained on ``valid.txt`` with the same
    number of steps, batch and sequence length, so the same tokens, by:
    next-token cross-entropy on the data only (the baseline, no teacher); the teacher's logits
    (forward KL); the teacher's hidden states (MSE after layer norm, every student block with the
-   teacher block at the same relative depth); logits and hidden states; and, when distily has the
-   ``student_as_bitnet`` key, the logit-distilled student as a ternary (BitNet b1.58) student.
-   The students are a sweep (``WORK_DIR/students.yaml``): an interrupted comparison resumes.
-3. Teacher and students are evaluated on blocks of ``test.txt``: perplexity, KL to the teacher and
+   teacher block at the same relative depth); logits and hidden states; and the logit-distilled
+   student as a ternary (BitNet b1.58) student.
+   With ``--student_init random_blocks`` the students' blocks start random instead (embeddings, final
+   norm and LM head still the teacher's), so the signals alone have to train them.
+   The students are a sweep (``WORK_DIR/students-INIT.yaml``): an interrupted comparison resumes.
+3. The token-budget curve: the cross-entropy and the logit-distilled students again at each of
+   ``--budget_steps`` (a second sweep, ``WORK_DIR/budgets-INIT.yaml``), so the table shows where
+   distillation's advantage over the labels grows and where it fades.
+4. Teacher and students are evaluated on blocks of ``test.txt``: perplexity, KL to the teacher and
    top-1 agreement with it, per token.
 
 Writes the table and a plot to ``docs/results/compare_signals.{md,png}`` and every number to
-``benchmarks/results/compare_signals.json``. Defaults take about an hour on 2 busy CPU cores.
+``benchmarks/results/compare_signals.json``. Defaults take about half an hour on 2 idle CPU cores.
 """
 
 import argparse
@@ -24,7 +29,6 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
@@ -35,7 +39,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from distily.config import CONFIG_CLASSES, DataArguments
+from distily.config import DataArguments
 from distily.data.text import build_datasets, collate, load_training_documents, tokenize_and_pack
 from distily.evaluation.heldout import heldout_metrics
 from distily.experiments.sweep import run_sweep
@@ -48,6 +52,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EOS = "<|endoftext|>"
+# --student_init -> (what the students start from, their config keys); the teacher is a Llama with tied
+# embeddings, so model.embed_tokens is also its LM head
+STUDENT_INITS = {
+    "teacher": ("blocks copied from evenly spaced teacher blocks, embeddings, final norm and LM head from the teacher",
+                {"student_init": "teacher"}),
+    "random_blocks": ("random blocks, embeddings, final norm and LM head from the teacher",
+                      {"student_init": "random", "copy_teacher_modules": ["model.embed_tokens", "model.norm"]}),
+}  # fmt: skip
 TEACHER_TRAINING_FILE = "training.json"
 # (name, what the student learns from, config keys over the common ones)
 VARIANTS = [
@@ -55,8 +67,9 @@ VARIANTS = [
     ("logits", "teacher logits (forward KL)", {}),
     ("hidden-states", "teacher hidden states (MSE)", {"logits_weight": 0.0, "hidden_states_weight": 1.0}),
     ("logits+hidden-states", "teacher logits + hidden states", {"hidden_states_weight": 1.0}),
+    ("logits-bitnet", "teacher logits, ternary (BitNet b1.58) student", {"student_as_bitnet": True}),
 ]
-BITNET_VARIANT = ("logits-bitnet", "teacher logits, ternary (BitNet b1.58) student", {"student_as_bitnet": True})
+BUDGET_VARIANTS = ("hard-labels", "logits")  # the pair the token-budget curve compares
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,19 +77,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "wikitext-2"),
                         help="directory with valid.txt (training) and test.txt (evaluation)")
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "compare-signals"), help="tokenizer, teacher, students")
-    parser.add_argument("--report", default=str(REPO / "docs" / "results" / "compare_signals.md"),
-                        help="the table (markdown); the plot goes beside it as .png")
-    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "compare_signals.json"))
+    parser.add_argument("--student_init", choices=list(STUDENT_INITS), default="teacher",
+                        help="teacher: the student's blocks, embeddings, final norm and LM head copied from the "
+                        "teacher; random_blocks: random blocks, the rest copied")
+    parser.add_argument("--report", help="the table (markdown), the plot beside it as .png "
+                        "(default: docs/results/compare_signals[_random_blocks].md)")
+    parser.add_argument("--json", help="every number (default: benchmarks/results/compare_signals[_random_blocks].json)")
     parser.add_argument("--vocab_size", type=int, default=4096)
     parser.add_argument("--hidden_size", type=int, default=192)
     parser.add_argument("--teacher_layers", type=int, default=4)
     parser.add_argument("--student_layers", type=int, default=2)
     parser.add_argument("--seq_length", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--teacher_steps", type=int, default=800)
+    parser.add_argument("--teacher_steps", type=int, default=2000)
     parser.add_argument("--student_steps", type=int, default=300)
     parser.add_argument("--eval_blocks", type=int, default=400, help="test.txt blocks evaluated (all: 0)")
-    return parser.parse_args(argv)  # fmt: skip
+    parser.add_argument("--budget_steps", type=int, nargs="*", default=[50, 100, 200],
+                        help="shorter budgets at which the cross-entropy and logit students are also trained (none: omit)")
+    args = parser.parse_args(argv)
+    if any(steps < 1 for steps in args.budget_steps):
+        parser.error(f"--budget_steps {args.budget_steps} must be positive step counts")
+    args.budget_steps = sorted(set(args.budget_steps) - {args.student_steps})
+    name = "compare_signals" + ("" if args.student_init == "teacher" else f"_{args.student_init}")
+    args.report = args.report or str(REPO / "docs" / "results" / f"{name}.md")
+    args.json = args.json or str(REPO / "benchmarks" / "results" / f"{name}.json")
+    return args  # fmt: skip
 
 
 def train_tokenizer(text_file: Path, vocab_size: int) -> PreTrainedTokenizerFast:
@@ -128,15 +153,12 @@ def train_teacher(args, teacher_dir: Path) -> None:
     write_json_atomic(teacher_dir / TEACHER_TRAINING_FILE, {"train_seconds": time.perf_counter() - started})
 
 
-def bitnet_available() -> bool:
-    return any(f.name == "student_as_bitnet" for cls in CONFIG_CLASSES for f in fields(cls))
-
-
-def student_sweep(args, teacher_dir: Path):
-    """The students as a sweep file in work_dir, loaded: one run per variant, equal budgets."""
-    base = {
+def student_base(args, teacher_dir: Path) -> dict:
+    """The config keys every student shares."""
+    return {
         "teacher_model_name_or_path": str(teacher_dir),
         "student_config_overrides": {"num_hidden_layers": args.student_layers},
+        **STUDENT_INITS[args.student_init][1],
         "dataset_name": str(Path(args.data) / "valid.txt"),
         "eval_fraction": 0.02,
         "max_eval_samples": 64,  # the run's own held-out check; the comparison itself is on test.txt
@@ -156,15 +178,28 @@ def student_sweep(args, teacher_dir: Path):
         "report_to": "none",
         "seed": 0,
     }
-    variants = VARIANTS + ([BITNET_VARIANT] if bitnet_available() else [])
-    spec = {
-        "base": base,
-        "output_dir": str(Path(args.work_dir) / "students"),
-        "runs": [{"name": name, **overrides} for name, _, overrides in variants],
-    }
-    path = Path(args.work_dir) / "students.yaml"
+
+
+def write_sweep(args, name: str, spec: dict):
+    """``spec`` as the sweep file WORK_DIR/NAME-INIT.yaml, its runs in WORK_DIR/NAME-INIT, loaded."""
+    path = Path(args.work_dir) / f"{name}-{args.student_init}.yaml"
+    spec = {**spec, "output_dir": str(path.with_suffix(""))}
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return load_sweep(str(path)), {name: what for name, what, _ in variants}
+    return load_sweep(str(path))
+
+
+def student_sweep(args, teacher_dir: Path):
+    """The students as a sweep: one run per variant, equal budgets; and what each learns from."""
+    runs = [{"name": name, **overrides} for name, _, overrides in VARIANTS]
+    sweep = write_sweep(args, "students", {"base": student_base(args, teacher_dir), "runs": runs})
+    return sweep, {name: what for name, what, _ in VARIANTS}
+
+
+def budget_sweep(args, teacher_dir: Path):
+    """The cross-entropy and logit students at each of --budget_steps, as a sweep."""
+    runs = [{"name": name, **overrides} for name, _, overrides in VARIANTS if name in BUDGET_VARIANTS]
+    spec = {"base": student_base(args, teacher_dir), "runs": runs, "grid": {"max_steps": args.budget_steps}}
+    return write_sweep(args, "budgets", spec)
 
 
 def load_student(run_dir: Path):
@@ -180,8 +215,8 @@ def test_blocks(args, tokenizer):
     return blocks.select(range(min(args.eval_blocks or len(blocks), len(blocks)))).with_format("torch")
 
 
-def evaluate(args, teacher_dir: Path, sweep, descriptions: dict) -> dict:
-    """Teacher and every finished student on test.txt blocks."""
+def evaluate(args, teacher_dir: Path, sweep, descriptions: dict, budgets=None) -> dict:
+    """Teacher and every finished student (and the budget sweep's, if given) on test.txt blocks."""
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
     blocks = test_blocks(args, tokenizer)
@@ -194,19 +229,27 @@ def evaluate(args, teacher_dir: Path, sweep, descriptions: dict) -> dict:
         }
     }
     results["test_tokens"] = int(sum(len(block) for block in blocks["input_ids"]))
-    students = {}
-    for run in sweep.runs:
-        label = run.name.rsplit("-", 1)[0]
-        run_dir = sweep.run_dir(run)
+
+    def student_row(run_dir: Path, label: str) -> dict:
         metrics = json.loads((run_dir / "metrics.json").read_text())
         student = load_student(run_dir)
-        students[label] = {
-            "signal": descriptions[label],
+        return {
             "parameters": student.num_parameters(),
             "train_seconds": metrics["train"]["wall_seconds"],
+            "tokens": metrics["train"]["tokens_seen"],
             **measure(student, teacher=teacher, desc=label),
         }
-    results["students"] = students
+
+    results["students"] = {}
+    for run in sweep.runs:
+        label = run.name.rsplit("-", 1)[0]
+        results["students"][label] = {"signal": descriptions[label], **student_row(sweep.run_dir(run), label)}
+    if budgets is not None:
+        curve = {name: {args.student_steps: results["students"][name]} for name in BUDGET_VARIANTS}
+        for run in budgets.runs:
+            name, steps = run.name.split("+max_steps=")[0], run.overrides["max_steps"]
+            curve[name][steps] = student_row(budgets.run_dir(run), f"{name}, {steps} steps")
+        results["budgets"] = {name: dict(sorted(points.items())) for name, points in curve.items()}
     return results
 
 
@@ -225,7 +268,7 @@ def write_report(args, results: dict, command: str) -> None:
         "",
         f"Teacher: Llama architecture, {args.teacher_layers} layers, width {args.hidden_size}, "
         f"{teacher['parameters'] / 1e6:.2f}M parameters, {args.teacher_steps} steps on `valid.txt`. "
-        f"Students: {args.student_layers} layers initialised from the teacher's, each trained {args.student_steps} "
+        f"Students: {args.student_layers} layers, {STUDENT_INITS[args.student_init][0]}, each trained {args.student_steps} "
         f"steps of {args.batch_size} x {args.seq_length} tokens on `valid.txt`. Evaluated on "
         f"{results['test_tokens']:,} tokens of `test.txt`; KL is KL(teacher || student) per token, in nats.",
         "",
@@ -242,27 +285,58 @@ def write_report(args, results: dict, command: str) -> None:
         )
     logits_ratio, bitnet_ratio = _ratio(students, "logits", "hard-labels"), _ratio(students, "logits-bitnet", "logits")
     lines += ["", f"- Logit-distilled student vs. cross-entropy baseline: {logits_ratio:.2f}x the perplexity (goal: at most 0.90x)."]
-    if bitnet_ratio is None:
-        lines.append("- Ternary student: not measured; distily has no `student_as_bitnet` key yet.")
-    else:
-        lines.append(f"- Ternary vs. full-precision logit-distilled student: {bitnet_ratio:.2f}x the perplexity (goal: at most 1.30x).")
+    lines.append(f"- Ternary vs. full-precision logit-distilled student: {bitnet_ratio:.2f}x the perplexity (goal: at most 1.30x).")
+    lines += budget_lines(results.get("budgets"))
     lines += ["", f"![perplexity and KL per student]({Path(args.report).with_suffix('.png').name})", ""]
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text("\n".join(lines))
     plot(results, Path(args.report).with_suffix(".png"))
 
 
+def budget_lines(budgets) -> list[str]:
+    """The token-budget table: cross-entropy against logit distillation at each budget."""
+    if not budgets:
+        return []
+    base, distilled = budgets["hard-labels"], budgets["logits"]
+    lines = [
+        "",
+        "Token budget: the cross-entropy and logit-distilled students, the same but for the number of steps.",
+        "",
+        "| steps | tokens | cross-entropy perplexity | logits perplexity | logits / cross-entropy | logits KL to teacher |",
+        "|---|---|---|---|---|---|",
+    ]
+    for steps in base:
+        ratio = distilled[steps]["perplexity"] / base[steps]["perplexity"]
+        lines.append(
+            f"| {steps} | {base[steps]['tokens']:,} | {base[steps]['perplexity']:.1f} | {distilled[steps]['perplexity']:.1f} "
+            f"| {ratio:.2f}x | {distilled[steps]['kl_to_teacher']:.3f} |"
+        )
+    return lines
+
+
 def plot(results: dict, path: Path) -> None:
     names = list(results["students"])
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.bar(names, [results["students"][n]["perplexity"] for n in names], color="tab:blue")
+    budgets = results.get("budgets")
+    figure, axes_row = plt.subplots(1, 3 if budgets else 2, figsize=(16 if budgets else 11, 4))
+    left, right = axes_row[:2]
+    left.bar_label(left.bar(names, [results["students"][n]["perplexity"] for n in names], color="tab:blue"), fmt="%.1f")
     left.axhline(results["teacher"]["perplexity"], color="tab:red", linestyle="--", label="teacher")
     left.set_ylabel("test perplexity")
     left.legend()
-    right.bar(names, [results["students"][n]["kl_to_teacher"] for n in names], color="tab:orange")
+    right.bar_label(right.bar(names, [results["students"][n]["kl_to_teacher"] for n in names], color="tab:orange"), fmt="%.3f")
     right.set_ylabel("KL(teacher || student), nats/token")
     for axes in (left, right):
         axes.tick_params(axis="x", rotation=25)
+    if budgets:
+        curve = axes_row[2]
+        for name, points in budgets.items():
+            tokens = [point["tokens"] for point in points.values()]
+            curve.plot(tokens, [point["perplexity"] for point in points.values()], marker="o", label=name)
+        curve.axhline(results["teacher"]["perplexity"], color="tab:red", linestyle="--", label="teacher")
+        curve.set_xscale("log")
+        curve.set_xlabel("training tokens")
+        curve.set_ylabel("test perplexity")
+        curve.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -280,11 +354,12 @@ def main(argv=None) -> dict:
     teacher_dir = Path(args.work_dir) / "teacher"
     train_teacher(args, teacher_dir)
     sweep, descriptions = student_sweep(args, teacher_dir)
-    rows = run_sweep(sweep)
+    budgets = budget_sweep(args, teacher_dir) if args.budget_steps else None
+    rows = [row for each in (sweep, budgets) if each is not None for row in run_sweep(each)]
     failed = [f"{row['name']}: {row.get('error')}" for row in rows if row["status"] != "finished"]
     if failed:
         raise SystemExit("students failed: " + "; ".join(failed))
-    results = evaluate(args, teacher_dir, sweep, descriptions)
+    results = evaluate(args, teacher_dir, sweep, descriptions, budgets)
     results.update(command=command, settings=vars(args), device=device_description())
     write_json_atomic(args.json, results)
     write_report(args, results, command)

@@ -17,6 +17,7 @@ from distily.training.distill import METRICS_FILE
 ERROR_FILE = "error.txt"  # first line: the error in one line; then the traceback
 SHOWN = (
     "teacher.perplexity",
+    "teacher.memory_bytes",
     "student.after_perplexity",
     "student.after_kl_to_teacher",
     "student.after_top1_agreement",

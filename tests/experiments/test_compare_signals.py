@@ -12,7 +12,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "compare_signals.
 
 
 @pytest.mark.slow
-def test_compare_signals_writes_its_table_plot_and_numbers(tmp_path):
+@pytest.mark.parametrize("student_init", ["teacher", "random_blocks"])
+def test_compare_signals_writes_its_table_plot_and_numbers(student_init, tmp_path):
     spec = importlib.util.spec_from_file_location("compare_signals", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -22,13 +23,18 @@ def test_compare_signals_writes_its_table_plot_and_numbers(tmp_path):
     (data / "test.txt").write_text("\n".join(make_documents(60, seed=3)) + "\n")
     report, numbers = tmp_path / "docs" / "compare.md", tmp_path / "compare.json"
     toy = ["--vocab_size", "300", "--hidden_size", "64", "--teacher_layers", "2", "--student_layers", "1",
-           "--seq_length", "32", "--batch_size", "4", "--teacher_steps", "2", "--student_steps", "2", "--eval_blocks", "4"]  # fmt: skip
-    argv = ["--data", str(data), "--work_dir", str(tmp_path / "work"), "--report", str(report), "--json", str(numbers)]
+           "--seq_length", "32", "--batch_size", "4", "--teacher_steps", "2", "--student_steps", "2", "--eval_blocks", "4", "--budget_steps", "1"]  # fmt: skip
+    argv = ["--data", str(data), "--work_dir", str(tmp_path / "work"), "--report", str(report), "--json", str(numbers),
+            "--student_init", student_init]  # fmt: skip
     results = script.main(argv + toy)
 
-    expected = [name for name, _, _ in script.VARIANTS] + (["logits-bitnet"] if script.bitnet_available() else [])
+    expected = [name for name, _, _ in script.VARIANTS]
     assert list(results["students"]) == expected
+    assert {name: list(points) for name, points in results["budgets"].items()} == {"hard-labels": [1, 2], "logits": [1, 2]}
+    assert results["budgets"]["logits"][2] == results["students"]["logits"]  # the full budget is the main table's run
+    assert results["budgets"]["logits"][1]["tokens"] == 4 * 32
     assert json.loads(numbers.read_text())["students"].keys() == set(expected)
     table = report.read_text()
     assert all(f"| {name} |" in table for name in expected) and "compare_signals.py --data" in table
+    assert "| 1 | 128 |" in table and "| 2 | 256 |" in table
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
