@@ -350,6 +350,12 @@ class DistillationTrainingArguments(TrainingArguments):
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
     report_to: Optional[str] = field(default="tensorboard", metadata={"help": "Loggers: tensorboard, wandb, none..."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all dataset columns (needed)."})
+    ddp_find_unused_parameters: Optional[bool] = field(
+        default=None,
+        metadata={"help": "DDP: search the graph for parameters without gradients every step (it costs time). "
+                  "Default: off when the objective has a logit or hard-label term, so every trainable student "
+                  "parameter gets a gradient; on for feature-only objectives, which may leave later layers without."},
+    )
 
     def __post_init__(self):
         if self.output_dir is None:
@@ -631,6 +637,11 @@ class DistillConfig:
     record: RecordArguments
     generate: GenerateArguments
     evaluation: EvaluationArguments
+
+    def __post_init__(self):
+        if self.training.ddp_find_unused_parameters is None:
+            reaches_output = self.objective.logits_weight > 0 or self.objective.hard_label_weight > 0
+            self.training.ddp_find_unused_parameters = not reaches_output
 
 
 class _Parser(HfArgumentParser):

@@ -42,6 +42,20 @@ def test_training_arguments_are_transformers_training_arguments(tmp_path):
     assert config.training.report_to == ["tensorboard"]  # a distillation default
 
 
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ({}, False),  # forward KL on the logits: every student parameter gets a gradient
+        ({"logits_weight": 0.0, "hard_label_weight": 1.0}, False),
+        ({"logits_weight": 0.0, "hidden_states_weight": 1.0}, True),  # later layers may get none
+        ({"ddp_find_unused_parameters": True}, True),  # the user's choice stands
+    ],
+)
+def test_ddp_searches_for_unused_parameters_only_when_the_objective_may_leave_some(values, expected, tmp_path):
+    config = parse_config(output_dir=str(tmp_path), **values)
+    assert config.training.ddp_find_unused_parameters is expected
+
+
 def test_help_lists_every_key_with_its_default():
     text = make_parser().format_help()
     for cls in CONFIG_CLASSES:
