@@ -115,6 +115,8 @@ def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn, batch_si
 def run_distillation(config: DistillConfig, command: Optional[str] = None) -> dict:
     """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics."""
     model_args, training = config.model, config.training
+    if not training.should_log:  # the main process reports for all; the others only log errors
+        logging.getLogger("distily").setLevel(logging.ERROR)
     from_store = config.record.teacher_source == "recorded"
     if model_args.teacher_model_name_or_path is None and not from_store:
         raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")

@@ -30,6 +30,7 @@ def _distill(values: dict, processes: int, output_dir: Path, **overrides) -> dic
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("estimated peak memory") == 1  # the main process reports, once for all
     return json.loads((output_dir / "metrics.json").read_text())
 
 
