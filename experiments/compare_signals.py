@@ -3,7 +3,7 @@
     python experiments/compare_signals.py [--data ../shared/data/wikitext-2] [--work_dir runs/compare-signals]
 
 1. A byte-level BPE tokenizer (4096 tokens) and a small Llama-architecture teacher (4 layers, width
-   192, 2.7M parameters) are trained on ``valid.txt`` (300k tokens), 2000 steps of 16 x 128 tokens.
+   192, 2.7M parameters) are trained on ``valid.txt`` (300k tokens), 800 steps of 16 x 128 tokens.
 2. Students of one shape (the teacher's config with 2 of its 4 layers, initialised from teacher
    layers 0 and 3, its embeddings, final norm and LM head) are trained on ``valid.txt`` with the same
    number of steps, batch and sequence length, so the same tokens, by:
@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--student_layers", type=int, default=2)
     parser.add_argument("--seq_length", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--teacher_steps", type=int, default=2000)
+    parser.add_argument("--teacher_steps", type=int, default=800)
     parser.add_argument("--student_steps", type=int, default=300)
     parser.add_argument("--eval_blocks", type=int, default=400, help="test.txt blocks evaluated (all: 0)")
     parser.add_argument("--budget_steps", type=int, nargs="*", default=[50, 100, 200],
