@@ -36,7 +36,6 @@ Results go to benchmarks/results/loss_memory.json.
 import argparse
 import gc
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -47,10 +46,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import memory_kib, results_path, table  # noqa: E402
 from distily.objectives.chunked import chunked_logit_loss_sum  # noqa: E402
 from distily.objectives.losses import LOSSES  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "loss_memory.json"
+RESULTS = results_path("loss_memory")
 GOALS = {"peak_memory": 0.25, "time": 1.0, "rel_err": 1e-5, "peak_growth": 0.10}
 
 
@@ -75,17 +75,13 @@ def _run(method: str, loss_name: str, student_hidden, lm_head, teacher_logits) -
     return loss.detach()
 
 
-def _memory_kib(field: str) -> int:
-    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
-
-
 def _measure(method: str, args) -> dict:
     """Peak RSS added by one run of ``method`` over its inputs, and its wall time (worker process)."""
     _run(method, args.loss, *_inputs(64, args.vocab, args.hidden))
     inputs = _inputs(args.tokens, args.vocab, args.hidden)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")
-    baseline_kib = _memory_kib("VmRSS")
+    baseline_kib = memory_kib("VmRSS")
     step_seconds, step_cpu_seconds = [], []
     for _ in range(args.steps):
         for leaf in inputs[:2]:
@@ -94,7 +90,7 @@ def _measure(method: str, args) -> dict:
         _run(method, args.loss, *inputs)
         step_seconds.append(time.perf_counter() - start)
         step_cpu_seconds.append(time.process_time() - cpu_start)
-    peak_kib = _memory_kib("VmHWM")
+    peak_kib = memory_kib("VmHWM")
     return {"seconds": statistics.mean(step_seconds), "cpu_seconds": statistics.mean(step_cpu_seconds),
             "step_seconds": step_seconds, "peak_extra_bytes": (peak_kib - baseline_kib) * 1024,
             "baseline_bytes": baseline_kib * 1024}
@@ -127,12 +123,7 @@ def _worker(task: str, tokens: int, args) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def _table(rows: list[tuple[str, str, str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows)
-
-
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--vocab", type=int, default=50257)
@@ -141,7 +132,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps measured per run (fresh process)")
     parser.add_argument("--loss", default="forward_kl", choices=sorted(LOSSES))
     parser.add_argument("--worker", choices=["naive", "chunked", "check"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker == "check":
         print(json.dumps(_check(args)))
         return
@@ -198,7 +189,7 @@ def _report(args, runs: dict, accuracy: dict) -> None:
     print(f"loss={args.loss} N={n} V={args.vocab} H={args.hidden} fp32, "
           f"median of {args.runs} interleaved runs of {args.steps} steps, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print(_table(rows))
+    print(table(rows))
     print("goals met:", goals_met)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({

@@ -23,15 +23,15 @@ import statistics
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
+from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
+from common import results_path, train_byte_level_bpe
 from distily.config import DataArguments, parse_config
 from distily.data.text import build_datasets
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
 
-RESULTS = Path(__file__).parent / "results" / "recorded.json"
+RESULTS = results_path("recorded")
 WIKITEXT = Path("/work/shared/data/wikitext-2")
 FIDELITY_KS = (8, 32, 64, 128)
 VOCAB = 4096
@@ -43,13 +43,7 @@ def build_teacher(directory: Path, options) -> str:
         return str(directory)
     set_seed(0)
     lines = [line for line in (WIKITEXT / "valid.txt").read_text().splitlines() if line.strip()]
-    tokenizer_model = Tokenizer(models.BPE())
-    tokenizer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer_model.decoder = decoders.ByteLevel()
-    tokenizer_model.train_from_iterator(lines, trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer_model, eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>", model_max_length=2 * options.seq)
+    tokenizer = train_byte_level_bpe(lines, VOCAB, model_max_length=2 * options.seq)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=options.hidden, intermediate_size=options.hidden * 8 // 3,
                          num_hidden_layers=options.teacher_layers, num_attention_heads=options.hidden // 64,
                          num_key_value_heads=options.hidden // 64, max_position_embeddings=2 * options.seq,
@@ -101,7 +95,7 @@ def values(options, teacher: str, workdir: Path, **overrides) -> dict:
     }
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/distily-bench-recorded")
     parser.add_argument("--hidden", type=int, default=256)
@@ -116,7 +110,7 @@ def main() -> None:
     parser.add_argument("--record_rows", type=int, default=512, help="train sequences recorded")
     parser.add_argument("--eval_rows", type=int, default=64, help="held-out sequences (fidelity)")
     parser.add_argument("--threads", type=int, default=1)
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
     torch.set_num_threads(options.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     workdir = Path(options.workdir)

@@ -1,0 +1,125 @@
+"""Helpers shared by the benchmarks: fresh-process workers, interleaved rounds, medians, memory
+accounting, the machine's description, tables and the results files.
+
+Results go to ``benchmarks/results/<name>.json``, or to ``$DISTILY_BENCH_RESULTS_DIR/<name>.json`` when
+that is set (``run_all.py --quick`` sets it, so a smoke run never overwrites measured results).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR_VARIABLE = "DISTILY_BENCH_RESULTS_DIR"
+
+
+def results_path(name: str) -> Path:
+    """Where the benchmark ``name`` writes its JSON."""
+    return Path(os.environ.get(RESULTS_DIR_VARIABLE) or RESULTS_DIR) / f"{name}.json"
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """Write ``payload`` with the command line and the machine to the results file of ``name``."""
+    path = results_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    path.write_text(json.dumps({"command": command, "machine": machine(), **payload}, indent=2) + "\n")
+    return path
+
+
+def train_byte_level_bpe(lines: list[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of ``vocab_size`` tokens (or fewer, if the text runs out of merges) trained on
+    ``lines``, with ``<|endoftext|>`` as its end-of-text and beginning-of-text token."""
+    tokenizer_model = Tokenizer(models.BPE())
+    tokenizer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer_model.decoder = decoders.ByteLevel()
+    tokenizer_model.train_from_iterator(lines, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer_model, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", model_max_length=model_max_length)
+
+
+def machine() -> dict:
+    """CPU model, cores, bf16 support and library versions."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.M)
+    return {
+        "cpu": model.group(1).strip() if model else platform.processor(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "avx512_bf16": bool(flags and "avx512_bf16" in flags.group(1).split()),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def describe(info: dict) -> str:
+    return (f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
+            f"{info['memory_gib']} GiB, torch {info['torch']}, transformers {info['transformers']}")
+
+
+def memory_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB: VmRSS (resident now) or VmHWM (peak resident)."""
+    return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak resident set size (VmHWM) to the current one and return that, in bytes."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return memory_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size since the last ``reset_peak_rss``."""
+    return memory_kib("VmHWM") * 1024
+
+
+def process_peak_rss_bytes() -> int:
+    """Peak resident set size of the whole process, from its start (ru_maxrss; KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_worker(script: Path, *arguments: str) -> dict:
+    """Run ``python script arguments`` in a fresh process; its last stdout line is the JSON it returns."""
+    completed = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{script.name} {' '.join(arguments)} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def interleaved(cases: dict[str, Callable[[], dict]], runs: int) -> dict[str, list[dict]]:
+    """``runs`` rounds of every case in the same order (a, b, c, a, b, c, ...); each call's result kept."""
+    results: dict[str, list[dict]] = {name: [] for name in cases}
+    for round_index in range(runs):
+        for name, case in cases.items():
+            results[name].append(case())
+            print(f"round {round_index + 1}/{runs} {name}: {json.dumps(results[name][-1])[:300]}",
+                  file=sys.stderr, flush=True)
+    return results
+
+
+def medians(runs: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in keys}
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns, the first row the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
