@@ -135,12 +135,19 @@ def _fused_pass(
             if grad is not None:
                 piece_logits.copy_(grad)
         if grad_hidden is not None:
-            grad_hidden[rows] = logits @ weight  # [C, H]
+            grad_hidden[rows] = (logits @ weight).to(grad_hidden.dtype)  # [C, H]
         if grad_weight is not None:
             _add_matmul(grad_weight, logits.T, hidden_rows)  # [V, H]
         if grad_bias is not None:
             grad_bias += logits.sum(0, dtype=torch.float32)  # [V]
     return total
+
+
+def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype autocast runs matmuls in on ``device`` (None outside autocast). The fused pass writes its
+    matmuls into buffers (``out=``, in place), which autocast never casts, so it casts the LM head itself,
+    as autocast would the student's own; the loss still runs in fp32 and the gradients accumulate in fp32."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
 class _ChunkedLogitLoss(torch.autograd.Function):
@@ -179,8 +186,13 @@ class _ChunkedLogitLoss(torch.autograd.Function):
                 grad_weight = torch.zeros(lm_head_weight.shape, dtype=torch.float32, device=student.device)  # [V_s, H]
             if needs_bias:
                 grad_bias = torch.zeros(lm_head_bias.shape, dtype=torch.float32, device=student.device)  # [V_s]
-            bias = lm_head_bias[:vocab_size] if lm_head_bias is not None else None
-            total = _fused_pass(slices, student, lm_head_weight[:vocab_size], bias, chunk_size, grad_student,
+            hidden, weight = student, lm_head_weight[:vocab_size]  # [N, H], [V, H]
+            bias = lm_head_bias[:vocab_size] if lm_head_bias is not None else None  # [V]
+            matmul_dtype = _autocast_dtype(student.device)
+            if matmul_dtype is not None:
+                hidden, weight = hidden.to(matmul_dtype), weight.to(matmul_dtype)
+                bias = bias.to(matmul_dtype) if bias is not None else None
+            total = _fused_pass(slices, hidden, weight, bias, chunk_size, grad_student,
                                 grad_weight[:vocab_size] if needs_weight else None,
                                 grad_bias[:vocab_size] if needs_bias else None)
             grad_weight = grad_weight.to(lm_head_weight.dtype) if needs_weight else None

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import chunked_logit_loss_sum
@@ -105,6 +106,41 @@ def test_padded_rows_are_never_read():
     (grad,) = torch.autograd.grad(poisoned, poisoned_student)
     torch.testing.assert_close(poisoned, clean)
     assert (grad[~mask] == 0).all() and torch.isfinite(grad).all()
+
+
+class _MatmulDtypes(TorchDispatchMode):
+    """Records the input dtypes of every matmul dispatched under it."""
+
+    MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.mm.out, torch.ops.aten.addmm.default,
+               torch.ops.aten.addmm.out, torch.ops.aten.addmm_.default}
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.MATMULS:
+            self.dtypes.append({arg.dtype for arg in args if isinstance(arg, torch.Tensor) and arg.dim() == 2})
+        return func(*args, **(kwargs or {}))
+
+
+def test_fused_lm_head_runs_in_the_autocast_dtype():
+    """Under bf16 autocast the fused LM head's matmuls run in bf16, as the student's own LM head would; the loss
+    stays fp32, the gradients keep their leaves' dtype and agree with autocast's own computation."""
+    case = CASES["fused-bias-mask"]
+    student, weight, bias, teacher, mask = _inputs(case, torch.float32)
+    leaves = (student, weight, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = _plain_sum(LOSSES["forward_kl"], student, weight, bias, teacher, mask, None, 1.0, {})
+        with _MatmulDtypes() as recorded:
+            chunked = chunked_logit_loss_sum(LOSSES["forward_kl"], student, teacher, lm_head_weight=weight,
+                                             lm_head_bias=bias, mask=mask, chunk_size=8, loss_chunk_size=3)
+    assert recorded.dtypes and all(dtypes == {torch.bfloat16} for dtypes in recorded.dtypes)
+    assert chunked.dtype == torch.float32
+    assert _relative_error(chunked, plain) <= TOLERANCE[torch.bfloat16]
+    for grad, plain_grad in zip(torch.autograd.grad(chunked, leaves), torch.autograd.grad(plain, leaves)):
+        assert grad.dtype == torch.float32
+        assert _relative_error(grad, plain_grad) <= TOLERANCE[torch.bfloat16]
 
 
 def test_gradient_accumulation_invariance():
