@@ -10,8 +10,9 @@ Training step: ``run_distillation`` on the Llama-shaped teacher and student of t
 where matmuls dominate (--hidden 1024 by default), each run a fresh process. After --warmup steps, --steps
 steps are timed; one more step is run under ``torch.utils.flop_counter.FlopCounterMode``, which counts the
 FLOPs of every matmul, linear and attention kernel PyTorch dispatches (the teacher's forward, the student's
-forward and backward, the chunked loss and its LM-head recomputation; elementwise ops, norms, softmax and
-the optimizer are not counted, so the ratio is a lower bound on the work done). Achieved FLOP/s = counted
+forward and backward, the chunked loss and its LM-head recomputation; in-place ``addmm_`` is added to its
+table; elementwise ops, norms, softmax and the optimizer are not counted, so the ratio is a lower bound on
+the work done). Achieved FLOP/s = counted
 FLOPs / median timed step; efficiency = achieved / peak of the same precision. bf16 is autocast with fp32
 weights, as ``--bf16 true`` trains. Rounds interleave the precisions; the table gives medians and
 benchmarks/results/hardware_efficiency.json keeps every run.
@@ -54,13 +55,19 @@ def matmul_peak(precision: str, repeats: int, sizes: tuple[int, ...] = MATMUL_SI
     return {"flops_per_second": max(by_size.values()), "by_size": by_size}
 
 
+def _addmm_flops(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
+    """FLOPs of ``self += a @ b``: 2 m k n (FlopCounterMode passes the input and output shapes)."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
 class FlopCountingClock(StepClock):
     """Times every step but the last, and counts the FLOPs PyTorch dispatches in the last."""
 
     def __init__(self, steps: int):
         super().__init__()
         self.steps = steps
-        self.counter = FlopCounterMode(display=False)
+        # in-place addmm_ (the fused LM head's fp32 gradient accumulation) is not in PyTorch's table
+        self.counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_flops})
 
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == self.steps - 1:
