@@ -256,8 +256,11 @@ class DistillationTrainer(Trainer):
             output_attentions=self.objective.needs("needs_attentions"),
             **({"logits_to_keep": 1} if fuse_lm_head else {}),
         )
-        teacher_outputs = self._forward_teacher(inputs)
-        result = self.objective(student_outputs, teacher_outputs, inputs, counts)
+        # the prepared student runs under the accelerator's mixed precision; the teacher and the loss do too
+        # (the losses compute in fp32 themselves)
+        with self.accelerator.autocast():
+            teacher_outputs = self._forward_teacher(inputs)
+            result = self.objective(student_outputs, teacher_outputs, inputs, counts)
         self._record_components(result.components, "train" if training else "eval")
         loss = result.loss
         if counts is not None and self.args.world_size > 1:

@@ -135,3 +135,25 @@ def test_cakld_beta_is_calibrated_from_the_teacher_when_not_given(teacher_dirs, 
     blocks = torch.stack([row["input_ids"] for row in data.train])[:160]  # the 20 calibration batches of 8
     confidence = teacher(input_ids=blocks).logits.softmax(-1).max(-1).values.mean().item()
     assert config.objective.logits_loss_kwargs["beta"] == pytest.approx(confidence, rel=1e-4)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_teacher_and_loss_run_in_the_students_mixed_precision(bf16, teacher_dirs, run_values, monkeypatch):
+    from distily.objectives.objective import DistillationObjective
+    from distily.training.trainer import DistillationTrainer
+
+    seen = {"teacher": [], "objective": []}
+
+    def recording(name, method):
+        def wrapped(self, *args, **kwargs):
+            if torch.is_grad_enabled():  # training steps, not evaluation
+                seen[name].append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return method(self, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(DistillationTrainer, "_forward_teacher", recording("teacher", DistillationTrainer._forward_teacher))
+    monkeypatch.setattr(DistillationObjective, "__call__", recording("objective", DistillationObjective.__call__))
+    run_distillation(parse_config(**run_values(teacher_dirs["llama"], max_steps=2, bf16=bf16)))
+    expected = torch.bfloat16 if bf16 else None
+    assert seen["teacher"] == [expected] * 2 and seen["objective"] == [expected] * 2
