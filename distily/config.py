@@ -347,7 +347,7 @@ class DistillationTrainingArguments(TrainingArguments):
     eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: no, steps or epoch."})
     eval_steps: Optional[float] = field(default=0.25, metadata={"help": "Evaluate every N steps (< 1: a fraction)."})
     save_steps: float = field(default=0.25, metadata={"help": "Checkpoint every N steps (< 1: a fraction)."})
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept, the newest (0: all)."})
     report_to: Optional[str] = field(default="tensorboard", metadata={"help": "Loggers: tensorboard, wandb, none..."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all dataset columns (needed)."})
     ddp_find_unused_parameters: Optional[bool] = field(

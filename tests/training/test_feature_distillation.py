@@ -117,7 +117,7 @@ def trainer_for(tmp_path, objective_seed: int, max_steps: int = 4) -> Distillati
     )
     args = DistillationTrainingArguments(
         output_dir=str(tmp_path / "run"), max_steps=max_steps, save_strategy="steps", save_steps=2,
-        save_total_limit=None, eval_strategy="no", logging_steps=1, report_to="none", learning_rate=1e-2,
+        save_total_limit=0, eval_strategy="no", logging_steps=1, report_to="none", learning_rate=1e-2,
         warmup_steps=0, per_device_train_batch_size=4, seed=0,
     )
     train = datasets.Dataset.from_dict({"input_ids": [d[:24] for d in documents(32)]}).with_format("torch")

@@ -113,7 +113,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
         max_steps=steps,
         save_strategy="steps",
         save_steps=1,
-        save_total_limit=None,
+        save_total_limit=0,  # keep every checkpoint
         learning_rate=1e-3,
     )
     if teacher_source == "recorded":  # a store of the teacher, read in the same order after the resume
