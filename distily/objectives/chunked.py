@@ -5,10 +5,13 @@ API::
     chunked_logit_loss_sum(
         loss_fn,                   # a LOSSES entry: (student_logits, teacher_logits, temperature, **params) -> [n]
         student,                   # [..., H] hidden states if lm_head_weight is given, else [..., V_s] logits
-        teacher_logits,            # [..., V_t], treated as a constant (no gradient flows into it)
+        teacher,                   # [..., V_t] logits, or [..., H_t] hidden states if teacher_lm_head_weight is
+                                   # given; a constant (no gradient flows into it)
         *,
         lm_head_weight=None,       # [V_s, H]: fuse the student's LM head, its logits are never materialised
         lm_head_bias=None,         # [V_s] or None
+        teacher_lm_head_weight=None,  # [V_t, H_t]: fuse the teacher's LM head too (slice by slice)
+        teacher_lm_head_bias=None,    # [V_t] or None
         mask=None,                 # [...] bool, True for tokens that count; other rows are never read
         vocab_size=None,           # count only the first vocab_size columns (vocabularies that differ
                                    # by padding rows only); None requires V_s == V_t
@@ -33,12 +36,14 @@ gradients go into the ``[N, V_s]`` gradient the caller needs anyway.
 
 Memory beyond the inputs is therefore the buffer, the loss's intermediates for one slice and the
 input-sized gradients: it does not grow with the number of tokens but through the ``[N, H]``
-gradient of the hidden states.
+gradient of the hidden states. With the teacher's LM head fused as well, each slice's teacher logits
+are computed when the slice needs them, so the teacher's ``[N, V_t]`` logits are never held either.
 """
 
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from distily.errors import DistilyConfigError
 from distily.objectives.losses import LossFn
@@ -54,20 +59,35 @@ and page-faulted on every allocation, which was the largest cost of the loss on 
 slices pay per-operation overhead instead (benchmarks/loss_memory.py, docs/losses.md)."""
 
 
+class _TeacherLogits:
+    """The teacher's logits for any rows: read from ``[N, V_t]`` logits, or computed from ``[N, H_t]``
+    hidden states through the LM head ``weight`` [V_t, H_t] (+ ``bias``) when a slice needs them."""
+
+    def __init__(self, teacher: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]):
+        self.teacher, self.weight, self.bias = teacher, weight, bias
+
+    def __call__(self, rows, vocab_size: int) -> torch.Tensor:  # [n, vocab_size]
+        if self.weight is None:
+            return self.teacher[rows, :vocab_size]
+        bias = self.bias[:vocab_size] if self.bias is not None else None
+        return F.linear(self.teacher[rows], self.weight[:vocab_size], bias)
+
+
 class _LossSlices:
     """Runs the loss, with its gradient when asked, on slices of the tokens that count.
 
-    ``teacher_logits`` [N, V_t]; ``row_index`` [n] lists the rows that count (None: all N);
-    ``vocab_size`` columns count; a slice has at most ``loss_chunk_size`` tokens.
+    ``teacher_logits`` gives the teacher's logits of any rows; ``row_index`` [n] lists the rows that count
+    (None: all ``num_tokens``); ``vocab_size`` columns count; a slice has at most ``loss_chunk_size`` tokens.
     """
 
     def __init__(
-        self, loss_fn, temperature, loss_params, teacher_logits, row_index, vocab_size, loss_chunk_size, with_grad
-    ):
+        self, loss_fn, temperature, loss_params, teacher_logits: _TeacherLogits, num_tokens, row_index, vocab_size,
+        loss_chunk_size, with_grad,
+    ):  # fmt: skip
         self.loss_fn, self.temperature, self.loss_params = loss_fn, temperature, loss_params
         self.teacher_logits, self.row_index, self.vocab_size = teacher_logits, row_index, vocab_size
         self.loss_chunk_size, self.with_grad = loss_chunk_size, with_grad
-        self.num_rows = teacher_logits.shape[0] if row_index is None else row_index.numel()
+        self.num_rows = num_tokens if row_index is None else row_index.numel()
 
     def rows(self, start: int, stop: int):
         """Rows start:stop of the tokens that count, as a slice or an index tensor."""
@@ -80,7 +100,7 @@ class _LossSlices:
 
     def loss_and_grad(self, student_logits: torch.Tensor, start: int, stop: int):
         """(summed loss, its gradient w.r.t. student_logits [n, V] or None) for the tokens start:stop."""
-        teacher_logits = self.teacher_logits[self.rows(start, stop), : self.vocab_size]  # [n, V]
+        teacher_logits = self.teacher_logits(self.rows(start, stop), self.vocab_size)  # [n, V]
         if not self.with_grad:
             return self.loss_fn(student_logits, teacher_logits, self.temperature, **self.loss_params).sum(), None
         student_logits = student_logits.detach().requires_grad_()
@@ -153,7 +173,7 @@ def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
 class _ChunkedLogitLoss(torch.autograd.Function):
     """Summed logit loss with its gradient computed in the forward pass.
 
-    ``student`` [N, H or V_s] and ``teacher_logits`` [N, V_t] are 2-D; see ``_LossSlices`` for the rest.
+    ``student`` [N, H or V_s] is 2-D; see ``_TeacherLogits`` and ``_LossSlices`` for the rest.
     """
 
     @staticmethod
@@ -162,7 +182,7 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         student: torch.Tensor,
         lm_head_weight: Optional[torch.Tensor],
         lm_head_bias: Optional[torch.Tensor],
-        teacher_logits: torch.Tensor,
+        teacher_logits: _TeacherLogits,
         row_index: Optional[torch.Tensor],
         vocab_size: int,
         sizes: tuple[int, int],
@@ -175,8 +195,8 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         # needs_input_grad ignores no_grad mode, so the caller's grad mode comes in as grad_enabled
         needs_student, needs_weight, needs_bias = (grad_enabled and needs for needs in ctx.needs_input_grad[:3])
         with_grad = needs_student or needs_weight or needs_bias
-        slices = _LossSlices(loss_fn, temperature, loss_params, teacher_logits, row_index, vocab_size, loss_chunk_size,
-                             with_grad)
+        slices = _LossSlices(loss_fn, temperature, loss_params, teacher_logits, student.shape[0], row_index, vocab_size,
+                             loss_chunk_size, with_grad)
         grad_student = torch.zeros_like(student) if needs_student else None  # [N, H or V_s]
         grad_weight = grad_bias = None
         if lm_head_weight is None:
@@ -206,19 +226,26 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         return (*scaled, *[None] * 8)
 
 
-def _check_shapes(student, teacher_logits, lm_head_weight, mask, vocab_size) -> int:
-    """The number of vocabulary columns that count; raises on inconsistent shapes."""
-    student_vocab = lm_head_weight.shape[0] if lm_head_weight is not None else student.shape[-1]
-    teacher_vocab = teacher_logits.shape[-1]
-    if lm_head_weight is not None and lm_head_weight.shape[1] != student.shape[-1]:
+def _check_head(name: str, weight: Optional[torch.Tensor], hidden: torch.Tensor, whose: str) -> int:
+    """Columns of ``hidden`` [..., H or V] as logits: the head's rows if ``weight`` [V, H] is given."""
+    if weight is None:
+        return hidden.shape[-1]
+    if weight.shape[1] != hidden.shape[-1]:
         raise DistilyConfigError(
-            f"lm_head_weight has shape {tuple(lm_head_weight.shape)}; expected [vocab, {student.shape[-1]}] "
-            "to match the student hidden size"
+            f"{name} has shape {tuple(weight.shape)}; expected [vocab, {hidden.shape[-1]}] to match the {whose} "
+            "hidden size"
         )
-    if student.shape[:-1] != teacher_logits.shape[:-1]:
+    return weight.shape[0]
+
+
+def _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask, vocab_size) -> int:
+    """The number of vocabulary columns that count; raises on inconsistent shapes."""
+    student_vocab = _check_head("lm_head_weight", lm_head_weight, student, "student")
+    teacher_vocab = _check_head("teacher_lm_head_weight", teacher_lm_head_weight, teacher, "teacher")
+    if student.shape[:-1] != teacher.shape[:-1]:
         raise DistilyConfigError(
-            f"student has token shape {tuple(student.shape[:-1])} but teacher_logits has "
-            f"{tuple(teacher_logits.shape[:-1])}; expected the same tokens"
+            f"student has token shape {tuple(student.shape[:-1])} but the teacher has "
+            f"{tuple(teacher.shape[:-1])}; expected the same tokens"
         )
     if mask is not None and mask.shape != student.shape[:-1]:
         raise DistilyConfigError(f"mask has shape {tuple(mask.shape)}; expected {tuple(student.shape[:-1])}")
@@ -250,10 +277,12 @@ def _chunk_sizes(chunk_size: Optional[int], loss_chunk_size: Optional[int], colu
 def chunked_logit_loss_sum(
     loss_fn: LossFn,
     student: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher: torch.Tensor,
     *,
     lm_head_weight: Optional[torch.Tensor] = None,
     lm_head_bias: Optional[torch.Tensor] = None,
+    teacher_lm_head_weight: Optional[torch.Tensor] = None,
+    teacher_lm_head_bias: Optional[torch.Tensor] = None,
     mask: Optional[torch.Tensor] = None,
     vocab_size: Optional[int] = None,
     temperature: float = 1.0,
@@ -266,14 +295,18 @@ def chunked_logit_loss_sum(
     See the module docstring for the arguments. Returns a float32 scalar; divide it by the real-token
     count of the whole (accumulated) batch for a mean.
     """
-    if lm_head_bias is not None and lm_head_weight is None:
-        raise DistilyConfigError("lm_head_bias was given without lm_head_weight; expected both or only the weight")
-    columns = _check_shapes(student, teacher_logits, lm_head_weight, mask, vocab_size)
+    for prefix, bias, weight in (("", lm_head_bias, lm_head_weight), ("teacher_", teacher_lm_head_bias, teacher_lm_head_weight)):
+        if bias is not None and weight is None:
+            raise DistilyConfigError(
+                f"{prefix}lm_head_bias was given without {prefix}lm_head_weight; expected both or only the weight"
+            )
+    columns = _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask, vocab_size)
     sizes = _chunk_sizes(chunk_size, loss_chunk_size, columns)
     student_2d = student.reshape(-1, student.shape[-1])  # [N, H or V_s]
-    teacher_2d = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])  # [N, V_t]
+    teacher_2d = teacher.detach().reshape(-1, teacher.shape[-1])  # [N, V_t or H_t]
+    detached = [None if tensor is None else tensor.detach() for tensor in (teacher_lm_head_weight, teacher_lm_head_bias)]
     row_index = None if mask is None else mask.reshape(-1).to(torch.bool).nonzero().squeeze(-1)  # [n_real]
     return _ChunkedLogitLoss.apply(
-        student_2d, lm_head_weight, lm_head_bias, teacher_2d, row_index, columns, sizes, loss_fn, temperature,
-        loss_params, torch.is_grad_enabled(),
+        student_2d, lm_head_weight, lm_head_bias, _TeacherLogits(teacher_2d, *detached), row_index, columns, sizes,
+        loss_fn, temperature, loss_params, torch.is_grad_enabled(),
     )

@@ -28,30 +28,36 @@ class LogitsComponent(Component):
 
     When the trainer runs the student without its logits (no component needs them), the student's final
     hidden states go through its LM head chunk by chunk inside the loss, so its logits are never
-    materialised either."""
+    materialised either; when it runs only the teacher's decoder (outputs without ``logits``), the
+    teacher's LM head is applied the same way, slice by slice."""
 
     def __init__(self, loss: str, temperature: float = 1.0, vocab_size: Optional[int] = None, **loss_kwargs):
         super().__init__()
         self.loss_name, self.loss_fn = loss, LOSSES[loss]
         self.temperature, self.vocab_size, self.loss_kwargs = temperature, vocab_size, loss_kwargs
-        self._lm_head: tuple[nn.Module, ...] = ()  # the student's, held outside this module's state
+        self._lm_heads: dict[str, nn.Module] = {}  # the models' own, held outside this module's state
 
     def attach(self, student, teacher):
-        self._lm_head = (student.get_output_embeddings(),)
+        self._lm_heads = {"student": student.get_output_embeddings()}
+        if teacher is not None:
+            self._lm_heads["teacher"] = teacher.get_output_embeddings()
 
     def forward(self, student_outputs, teacher_outputs, batch):
         mask = batch["attention_mask"].bool()  # [batch, seq]
-        teacher_logits = teacher_outputs.logits  # [batch, seq, teacher vocab]
         common = dict(mask=mask, vocab_size=self.vocab_size, temperature=self.temperature, **self.loss_kwargs)
+        teacher = getattr(teacher_outputs, "logits", None)  # [batch, seq, teacher vocab]
+        if teacher is None:  # the teacher's decoder ran alone: [batch, seq, teacher hidden], after its final norm
+            teacher, head = teacher_outputs.last_hidden_state, self._lm_heads["teacher"]
+            common.update(teacher_lm_head_weight=head.weight, teacher_lm_head_bias=head.bias)
         if student_outputs.logits.shape[1] == mask.shape[1]:  # the student's logits are all there
-            return chunked_logit_loss_sum(self.loss_fn, student_outputs.logits, teacher_logits, **common)
-        (lm_head,) = self._lm_head
+            return chunked_logit_loss_sum(self.loss_fn, student_outputs.logits, teacher, **common)
+        head = self._lm_heads["student"]
         return chunked_logit_loss_sum(
             self.loss_fn,
             student_outputs.hidden_states[-1],  # [batch, seq, hidden], after the final norm
-            teacher_logits,
-            lm_head_weight=lm_head.weight,
-            lm_head_bias=lm_head.bias,
+            teacher,
+            lm_head_weight=head.weight,
+            lm_head_bias=head.bias,
             **common,
         )
 

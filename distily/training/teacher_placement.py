@@ -19,15 +19,22 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
-def place_teacher(teacher: nn.Module, accelerator: Accelerator) -> nn.Module:
-    """The teacher ready for forwards on this process: sharded under FSDP2 or ZeRO-3, else on its device."""
+def teacher_is_sharded(accelerator: Accelerator) -> bool:
+    """Whether ``place_teacher`` shards the teacher (FSDP2, ZeRO-3) rather than keeping a whole copy."""
     state = accelerator.state
     if accelerator.distributed_type == DistributedType.FSDP:
-        if state.fsdp_plugin.fsdp_version == 2:
+        return state.fsdp_plugin.fsdp_version == 2
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and state.deepspeed_plugin.zero_stage == 3
+
+
+def place_teacher(teacher: nn.Module, accelerator: Accelerator) -> nn.Module:
+    """The teacher ready for forwards on this process: sharded under FSDP2 or ZeRO-3, else on its device."""
+    if teacher_is_sharded(accelerator):
+        if accelerator.distributed_type == DistributedType.FSDP:
             return fsdp2_prepare_model(accelerator, teacher.eval())  # shards in place: the same module
+        return _zero3_inference_engine(teacher, accelerator.state.deepspeed_plugin.deepspeed_config)
+    if accelerator.distributed_type == DistributedType.FSDP:
         logger.info("FSDP version 1: the teacher is replicated on every device (fsdp_version: 2 shards it)")
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and state.deepspeed_plugin.zero_stage == 3:
-        return _zero3_inference_engine(teacher, state.deepspeed_plugin.deepspeed_config)
     return teacher.to(accelerator.device)
 
 

@@ -24,7 +24,7 @@ from distily.models.bitnet import bitlinear_modules
 from distily.objectives.objective import DistillationObjective, token_counts
 from distily.training.bitnet_schedule import LATENT_GROUP, BitNetSchedule, BitNetScheduler
 from distily.training.guards import NonFiniteStepGuard, check_finite_weights
-from distily.training.teacher_placement import place_teacher
+from distily.training.teacher_placement import place_teacher, teacher_is_sharded
 
 CHECKPOINT_STAGING_DIR = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
 OBJECTIVE_STATE_FILE = "objective.safetensors"  # in each checkpoint: the objective's projectors and norms
@@ -116,6 +116,10 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:  # after attach: hooks go on the teacher's own modules
             self.teacher_model = place_teacher(teacher_model, self.accelerator)
         self.fuse_lm_head = not self.objective.needs("needs_student_logits") and plain_lm_head(self.model.config)
+        # a whole (unsharded) teacher runs without its LM head: the logit loss applies it slice by slice
+        self.fuse_teacher_lm_head = (
+            teacher_model is not None and not teacher_is_sharded(self.accelerator) and plain_lm_head(teacher_model.config)
+        )
         if any(parameter.requires_grad for parameter in self.objective.parameters()):
             self.add_callback(_ObjectiveGradients(self.objective))
         # compute_loss divides by the token count of the whole accumulated batch itself
@@ -237,8 +241,9 @@ class DistillationTrainer(Trainer):
             return None
         if self.recorded_teacher is not None:
             return self.recorded_teacher(inputs)
+        teacher = self.teacher_model.get_decoder() if self.fuse_teacher_lm_head else self.teacher_model
         with torch.no_grad():
-            return self.teacher_model(
+            return teacher(
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs["attention_mask"],
                 output_hidden_states=self.objective.needs("needs_hidden_states"),

@@ -212,3 +212,28 @@ def test_inconsistent_inputs_are_reported():
         chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight.T, vocab_size=16)
     with pytest.raises(DistilyConfigError, match="chunk_size=0"):
         chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight, vocab_size=101, chunk_size=0)
+    with pytest.raises(DistilyConfigError, match="teacher_lm_head_weight has shape \\(101, 5\\); expected \\[vocab, 101\\]"):
+        chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight, teacher_lm_head_weight=torch.ones(101, 5))
+    with pytest.raises(DistilyConfigError, match="teacher_lm_head_bias was given without"):
+        chunked_logit_loss_sum(loss_fn, student, teacher, teacher_lm_head_bias=bias)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "jsd"])
+def test_fused_teacher_lm_head_gives_the_loss_and_gradients_of_its_logits(name):
+    torch.manual_seed(0)
+    tokens, hidden, teacher_hidden, vocab = (3, 13), 16, 24, 101
+    student = torch.randn(*tokens, hidden, requires_grad=True)
+    weight = torch.randn(vocab + 3, hidden, requires_grad=True)  # padded by 3 rows, like the teacher
+    teacher_states = torch.randn(*tokens, teacher_hidden)
+    teacher_weight, teacher_bias = torch.randn(vocab + 5, teacher_hidden), torch.randn(vocab + 5)
+    mask = torch.rand(tokens) > 0.3
+    common = dict(lm_head_weight=weight, mask=mask, vocab_size=vocab, chunk_size=8, loss_chunk_size=3, **PARAMS.get(name, {}))
+
+    logits = F.linear(teacher_states, teacher_weight, teacher_bias)  # [3, 13, 106]
+    expected = chunked_logit_loss_sum(LOSSES[name], student, logits, **common)
+    expected_grads = torch.autograd.grad(expected, (student, weight))
+    fused = chunked_logit_loss_sum(LOSSES[name], student, teacher_states, teacher_lm_head_weight=teacher_weight,
+                                   teacher_lm_head_bias=teacher_bias, **common)  # fmt: skip
+    torch.testing.assert_close(fused, expected)
+    for actual, wanted in zip(torch.autograd.grad(fused, (student, weight)), expected_grads):
+        torch.testing.assert_close(actual, wanted)

@@ -157,3 +157,30 @@ def test_teacher_and_loss_run_in_the_students_mixed_precision(bf16, teacher_dirs
     run_distillation(parse_config(**run_values(teacher_dirs["llama"], max_steps=2, bf16=bf16)))
     expected = torch.bfloat16 if bf16 else None
     assert seen["teacher"] == [expected] * 2 and seen["objective"] == [expected] * 2
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_teacher_runs_without_its_lm_head_and_the_losses_are_unchanged(arch, teacher_dirs, run_values, monkeypatch):
+    import distily.training.trainer as trainer_module
+
+    outputs = []
+    forward_teacher = trainer_module.DistillationTrainer._forward_teacher
+
+    def recording(self, inputs):
+        result = forward_teacher(self, inputs)
+        outputs.append(result)
+        return result
+
+    monkeypatch.setattr(trainer_module.DistillationTrainer, "_forward_teacher", recording)
+    values = run_values(teacher_dirs[arch], max_steps=3, hidden_states_weight=1.0, eval_strategy="steps", eval_steps=3)
+    fused = run_distillation(parse_config(**values))
+    assert outputs and all(getattr(output, "logits", None) is None for output in outputs)  # the decoder alone
+
+    outputs.clear()
+    monkeypatch.setattr(trainer_module, "teacher_is_sharded", lambda accelerator: True)  # as if: the full teacher
+    whole = run_distillation(parse_config(**{**values, "overwrite_output_dir": True}))
+    assert outputs and all(output.logits is not None for output in outputs)
+    for key in ("train_loss",):
+        assert fused["train"][key] == pytest.approx(whole["train"][key], rel=1e-5)
+    for key in ("after_loss", "after_loss_logits", "after_loss_hidden_states", "after_kl_to_teacher"):
+        assert fused["student"][key] == pytest.approx(whole["student"][key], rel=1e-5), key
