@@ -62,8 +62,8 @@ def check_started_runs(sweep: Sweep) -> None:
         if was["flags"] != now["flags"]:
             differences.append(f"flags: {was['flags']} then, {now['flags']} now")
         raise DistilyConfigError(
-            f"run {run.name!r} in {sweep.output_dir} finished with other settings ({differences[0]}); expected the settings it "
-            "ran with, or a new output_dir for the changed sweep"
+            f"run {run.name!r} in {sweep.output_dir} was started with other settings ({differences[0]}); expected the "
+            "settings it ran with, or a new output_dir for the changed sweep"
         )
 
 

@@ -295,7 +295,8 @@ def chunked_logit_loss_sum(
     See the module docstring for the arguments. Returns a float32 scalar; divide it by the real-token
     count of the whole (accumulated) batch for a mean.
     """
-    for prefix, bias, weight in (("", lm_head_bias, lm_head_weight), ("teacher_", teacher_lm_head_bias, teacher_lm_head_weight)):
+    heads = (("", lm_head_weight, lm_head_bias), ("teacher_", teacher_lm_head_weight, teacher_lm_head_bias))
+    for prefix, weight, bias in heads:
         if bias is not None and weight is None:
             raise DistilyConfigError(
                 f"{prefix}lm_head_bias was given without {prefix}lm_head_weight; expected both or only the weight"
@@ -304,7 +305,7 @@ def chunked_logit_loss_sum(
     sizes = _chunk_sizes(chunk_size, loss_chunk_size, columns)
     student_2d = student.reshape(-1, student.shape[-1])  # [N, H or V_s]
     teacher_2d = teacher.detach().reshape(-1, teacher.shape[-1])  # [N, V_t or H_t]
-    detached = [None if tensor is None else tensor.detach() for tensor in (teacher_lm_head_weight, teacher_lm_head_bias)]
+    detached = [None if t is None else t.detach() for t in (teacher_lm_head_weight, teacher_lm_head_bias)]
     row_index = None if mask is None else mask.reshape(-1).to(torch.bool).nonzero().squeeze(-1)  # [n_real]
     return _ChunkedLogitLoss.apply(
         student_2d, lm_head_weight, lm_head_bias, _TeacherLogits(teacher_2d, *detached), row_index, columns, sizes,

@@ -112,24 +112,10 @@ def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn, batch_si
     )
 
 
-def run_distillation(config: DistillConfig, command: Optional[str] = None) -> dict:
-    """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics."""
-    model_args, training = config.model, config.training
-    if not training.should_log:  # the main process reports for all; the others only log errors
-        logging.getLogger("distily").setLevel(logging.ERROR)
-    from_store = config.record.teacher_source == "recorded"
-    if model_args.teacher_model_name_or_path is None and not from_store:
-        raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
-    if training.bitnet_schedule and not model_args.student_as_bitnet:
-        raise DistilyConfigError("bitnet_schedule=true needs a BitNet student; expected student_as_bitnet=true")
-    resume = resolve_resume(training)
-    check_output_dir(training, resume)
-    tasks = task_manager(config.evaluation) if config.evaluation.lm_eval_tasks else None  # unknown tasks fail now
-    set_seed(training.seed)
-    # before the models: a bad dataset fails fast (a recorded run trains on the store's, checked against any given)
-    documents = load_training_documents(config.data) if config.data.dataset_name or not from_store else None
-    recorded = RecordedTeacher(config, documents) if from_store else None
-
+def _load_models(config: DistillConfig, recorded: Optional[RecordedTeacher]):
+    """(teacher, student, tokenizer): the teacher (quantized last, after the student copied its full-precision
+    weights), the student built from it, and the shared tokenizer (checked against a student checkpoint's)."""
+    model_args = config.model
     if recorded is None:
         teacher = load_teacher(
             model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
@@ -148,51 +134,93 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
     if model_args.student_model_name_or_path is not None:
         student_tokenizer = load_tokenizer(model_args.student_model_name_or_path, "student")
         check_same_tokenizer(tokenizer, student_tokenizer)
-    vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(student), len(tokenizer))
+    return teacher, student, tokenizer
+
+
+def _training_data(config: DistillConfig, recorded, documents, teacher, student, tokenizer):
+    """(train/eval datasets, max_seq_length): tokenized and packed text, or the store's sequences."""
+    training = config.training
     if recorded is None:
         max_seq_length = resolve_max_seq_length(config.data.max_seq_length, teacher, student)
         # one process writes the tokenization cache, the others read it (one per node without a shared filesystem)
         with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
-            data = build_datasets(config.data, tokenizer, max_seq_length, training.seed, documents)
-    else:
-        teacher.to("meta")  # its weights (if loaded to initialise the student) are not needed any more
-        recorded.check_student(student)
-        max_seq_length = recorded.max_seq_length
-        data = recorded.datasets(config.data.max_samples, config.data.max_eval_samples)
+            return build_datasets(config.data, tokenizer, max_seq_length, training.seed, documents), max_seq_length
+    teacher.to("meta")  # its weights (if loaded to initialise the student) are not needed any more
+    recorded.check_student(student)
+    return recorded.datasets(config.data.max_samples, config.data.max_eval_samples), recorded.max_seq_length
+
+
+def _evaluators(config, recorded, data, eval_sets, collate_fn, teacher, vocab_size, pad_token_id):
+    """(the student's evaluator, a function giving the teacher's own metrics)."""
+    batch_size = config.training.per_device_eval_batch_size
+    if recorded is None:  # held-out split and named sets, against the teacher; its own metrics once
+        evaluate_student = Evaluator({HELDOUT_SET: data.eval, **eval_sets}, collate_fn, batch_size, teacher, vocab_size)
+        return evaluate_student, evaluate_student.teacher_metrics
+    # held-out split against the store; named sets on the student alone (the teacher is not loaded)
+    named = Evaluator(eval_sets, partial(collate, pad_token_id=pad_token_id), batch_size)
+    heldout = partial(recorded.student_metrics, dataset=data.eval, collate_fn=collate_fn, batch_size=batch_size)
+
+    def evaluate_student(model):
+        return {**heldout(model), **named(model)}
+
+    return evaluate_student, partial(recorded.teacher_metrics, data.eval)
+
+
+def _objective(config: DistillConfig, recorded, teacher, student, train_data, vocab_size: int):
+    """The objective, with CAKLD's beta calibrated on the teacher when not given, checked against a store."""
+    objective_args = config.objective
+    if objective_args.logits_loss == "cakld" and "beta" not in objective_args.logits_loss_kwargs:
+        if recorded is not None:
+            raise DistilyConfigError(
+                "logits_loss=cakld from a store needs a fixed beta; expected logits_loss_kwargs beta"
+            )
+        objective_args.logits_loss_kwargs["beta"] = calibrate_cakld_beta(teacher, train_data, collate)
+        logger.info(f"CAKLD beta (teacher's mean confidence) = {objective_args.logits_loss_kwargs['beta']:.4f}")
+    objective = build_objective(
+        objective_args, teacher.config, student.config, vocab_size, recorded_teacher=recorded is not None
+    )
+    if recorded is not None:
+        recorded.check_objective(objective)
+    return objective
+
+
+def run_distillation(config: DistillConfig, command: Optional[str] = None) -> dict:
+    """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics."""
+    model_args, training = config.model, config.training
+    if not training.should_log:  # the main process reports for all; the others only log errors
+        logging.getLogger("distily").setLevel(logging.ERROR)
+    from_store = config.record.teacher_source == "recorded"
+    if model_args.teacher_model_name_or_path is None and not from_store:
+        raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
+    if training.bitnet_schedule and not model_args.student_as_bitnet:
+        raise DistilyConfigError("bitnet_schedule=true needs a BitNet student; expected student_as_bitnet=true")
+    resume = resolve_resume(training)
+    check_output_dir(training, resume)
+    tasks = task_manager(config.evaluation) if config.evaluation.lm_eval_tasks else None  # unknown tasks fail now
+    set_seed(training.seed)
+    # before the models: a bad dataset fails fast (a recorded run trains on the store's, checked against any given)
+    documents = load_training_documents(config.data) if config.data.dataset_name or not from_store else None
+    recorded = RecordedTeacher(config, documents) if from_store else None
+
+    teacher, student, tokenizer = _load_models(config, recorded)
+    vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(student), len(tokenizer))
+    data, max_seq_length = _training_data(config, recorded, documents, teacher, student, tokenizer)
     if training.memory_check:
         estimate = estimate_memory(
             teacher if recorded is None else None,  # a recorded teacher holds no memory during training
             student, training.per_device_train_batch_size, max_seq_length, training.bf16 or training.fp16,
         )
         logger.info(check_memory(estimate, training.device))
-    if config.objective.logits_loss == "cakld" and "beta" not in config.objective.logits_loss_kwargs:
-        if recorded is not None:
-            raise DistilyConfigError("logits_loss=cakld from a store needs a fixed beta; expected logits_loss_kwargs beta")
-        config.objective.logits_loss_kwargs["beta"] = calibrate_cakld_beta(teacher, data.train, collate)
-        logger.info(f"CAKLD beta (teacher's mean confidence) = {config.objective.logits_loss_kwargs['beta']:.4f}")
-    objective = build_objective(
-        config.objective, teacher.config, student.config, vocab_size, recorded_teacher=recorded is not None
-    )
-    if recorded is not None:
-        recorded.check_objective(objective)
+    objective = _objective(config, recorded, teacher, student, data.train, vocab_size)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate_fn = partial(collate if recorded is None else collate_recorded, pad_token_id=pad_token_id)
 
     with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
         eval_sets = named_eval_sets(config, tokenizer, max_seq_length)
     eval_set_checks = eval_set_metrics(config, eval_sets, data.train, data.eval, max_seq_length)
-    batch_size = training.per_device_eval_batch_size
-    if recorded is None:  # held-out split and named sets, against the teacher; its own metrics once
-        evaluate_student = Evaluator({HELDOUT_SET: data.eval, **eval_sets}, collate_fn, batch_size, teacher, vocab_size)
-        teacher_metrics = evaluate_student.teacher_metrics
-    else:  # held-out split against the store; named sets on the student alone (the teacher is not loaded)
-        named = Evaluator(eval_sets, partial(collate, pad_token_id=pad_token_id), batch_size)
-        heldout = partial(recorded.student_metrics, dataset=data.eval, collate_fn=collate_fn, batch_size=batch_size)
-
-        def evaluate_student(model):
-            return {**heldout(model), **named(model)}
-
-        teacher_metrics = partial(recorded.teacher_metrics, data.eval)
+    evaluate_student, teacher_metrics = _evaluators(
+        config, recorded, data, eval_sets, collate_fn, teacher, vocab_size, pad_token_id
+    )
 
     trainer = DistillationTrainer(
         model=student,

@@ -117,9 +117,8 @@ class DistillationTrainer(Trainer):
             self.teacher_model = place_teacher(teacher_model, self.accelerator)
         self.fuse_lm_head = not self.objective.needs("needs_student_logits") and plain_lm_head(self.model.config)
         # a whole (unsharded) teacher runs without its LM head: the logit loss applies it slice by slice
-        self.fuse_teacher_lm_head = (
-            teacher_model is not None and not teacher_is_sharded(self.accelerator) and plain_lm_head(teacher_model.config)
-        )
+        whole_teacher = teacher_model is not None and not teacher_is_sharded(self.accelerator)
+        self.fuse_teacher_lm_head = whole_teacher and plain_lm_head(teacher_model.config)
         if any(parameter.requires_grad for parameter in self.objective.parameters()):
             self.add_callback(_ObjectiveGradients(self.objective))
         # compute_loss divides by the token count of the whole accumulated batch itself
