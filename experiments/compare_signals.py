@@ -44,7 +44,7 @@ from distily.data.text import build_datasets, collate, load_training_documents, 
 from distily.evaluation.heldout import heldout_metrics
 from distily.experiments.sweep import run_sweep
 from distily.experiments.sweep_file import load_sweep
-from distily.models.bitnet import BITNET_CONFIG_KEY, load_bitnet_student
+from distily.models.student import load_student
 from distily.outputs import write_json_atomic
 
 matplotlib.use("Agg")
@@ -202,13 +202,6 @@ def budget_sweep(args, teacher_dir: Path):
     return write_sweep(args, "budgets", spec)
 
 
-def load_student(run_dir: Path):
-    config = json.loads((run_dir / "config.json").read_text())
-    if BITNET_CONFIG_KEY in config:
-        return load_bitnet_student(run_dir)
-    return AutoModelForCausalLM.from_pretrained(run_dir, dtype=torch.float32)
-
-
 def test_blocks(args, tokenizer):
     documents = load_training_documents(DataArguments(dataset_name=str(Path(args.data) / "test.txt")))
     blocks = tokenize_and_pack(documents, tokenizer, args.seq_length, "text", str(Path(args.work_dir) / "cache"))
@@ -232,7 +225,7 @@ def evaluate(args, teacher_dir: Path, sweep, descriptions: dict, budgets=None) -
 
     def student_row(run_dir: Path, label: str) -> dict:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        student = load_student(run_dir)
+        student = load_student(str(run_dir))
         return {
             "parameters": student.num_parameters(),
             "train_seconds": metrics["train"]["wall_seconds"],

@@ -17,7 +17,7 @@ from distily.evaluation.heldout import Evaluator
 from distily.evaluation.perplexity import load_eval_sets
 from distily.evaluation.report import flat_lm_eval, markdown_table, plot_comparison
 from distily.models.architecture import output_vocab_size
-from distily.models.bitnet import BITNET_CONFIG_KEY, load_bitnet_student
+from distily.models.bitnet import is_bitnet, load_bitnet_student
 from distily.models.teacher import DTYPES, from_pretrained, load_teacher, load_tokenizer
 from distily.models.vocab import check_same_tokenizer, shared_vocab_size
 from distily.outputs import write_json_atomic
@@ -29,7 +29,7 @@ RESULTS_FILE = "eval.json"
 def load_model(name_or_path: str, dtype: str, trust_remote_code: bool) -> PreTrainedModel:
     """A frozen model in eval mode; a Distily BitNet student is rebuilt with its BitLinear layers."""
     config = from_pretrained(AutoConfig, name_or_path, "model", trust_remote_code=trust_remote_code)
-    if getattr(config, BITNET_CONFIG_KEY, None) is not None:
+    if is_bitnet(config):
         return load_bitnet_student(name_or_path, DTYPES[dtype] if dtype != "auto" else DTYPES["float32"])
     return load_teacher(name_or_path, dtype, trust_remote_code)
 

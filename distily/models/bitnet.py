@@ -37,6 +37,11 @@ from distily.models.architecture import named_decoder_layers
 
 # The key under which a converted model's options are stored in its (saved) config.
 BITNET_CONFIG_KEY = "distily_bitnet"
+
+
+def is_bitnet(config) -> bool:
+    """Whether a model's config says it is a converted (BitNet) student."""
+    return getattr(config, BITNET_CONFIG_KEY, None) is not None
 # Scales below this are clamped, as in transformers' BitNet quantisers.
 SCALE_EPS = 1e-5
 ACTIVATION_MAX = 127
@@ -186,7 +191,7 @@ def convert_to_bitnet(model: nn.Module, *, input_norm: bool = False, subln: bool
     the model config's `rms_norm_eps` / `layer_norm_epsilon` / 1e-6. Records the options in
     `model.config.distily_bitnet` and returns the model.
     """
-    if getattr(model.config, BITNET_CONFIG_KEY, None) is not None:
+    if is_bitnet(model.config):
         raise DistilyConfigError(f"model config already has '{BITNET_CONFIG_KEY}'; expected an unconverted model")
     options = BitNetOptions(input_norm=input_norm, subln=subln, rms_norm_eps=_norm_eps(model.config, rms_norm_eps))
     projections = block_projections(model)

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from distily.config import ModelArguments
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
-from distily.models.bitnet import BITNET_CONFIG_KEY, convert_to_bitnet, load_bitnet_student
+from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student
 from distily.models.teacher import from_pretrained
 
 DEPTH = "num_hidden_layers"
@@ -146,14 +146,10 @@ def student_config(args: ModelArguments, teacher_config: PretrainedConfig) -> Pr
     return config_with_overrides(base, args.student_config_overrides)
 
 
-def is_bitnet(model: PreTrainedModel) -> bool:
-    return getattr(model.config, BITNET_CONFIG_KEY, None) is not None
-
-
 def load_student(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
     """A saved student in float32; a BitNet student (its config says so) comes back with its ternary layers."""
     config = from_pretrained(AutoConfig, name_or_path, "student", trust_remote_code=trust_remote_code)
-    if getattr(config, BITNET_CONFIG_KEY, None) is not None:
+    if is_bitnet(config):
         return load_bitnet_student(os.path.expanduser(name_or_path)).train()
     return from_pretrained(
         AutoModelForCausalLM, name_or_path, "student", dtype=torch.float32, trust_remote_code=trust_remote_code
@@ -175,7 +171,7 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedM
             )
             copy_teacher_layers(teacher, student, layers)
     copy_named_modules(teacher, student, args.copy_teacher_modules or [])
-    if args.student_as_bitnet and not is_bitnet(student):
+    if args.student_as_bitnet and not is_bitnet(student.config):
         convert_to_bitnet(student, input_norm=args.bitnet_input_norm, subln=args.bitnet_subln)
     freeze_named_modules(student, args.freeze_student_modules or [])
     return student
