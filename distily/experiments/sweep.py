@@ -31,6 +31,10 @@ def one_line(error: Exception) -> str:
     return message if isinstance(error, DistilyConfigError) else f"{type(error).__name__}: {message}"
 
 
+def _resumable(run_dir) -> bool:
+    return run_dir.is_dir() and get_last_checkpoint(str(run_dir)) is not None
+
+
 def _settings(sweep: Sweep, run: Run) -> dict:
     """What a run is started with, as it reads back from JSON; output_dir left out so a sweep can move."""
     values = {key: value for key, value in sweep.values(run).items() if key != "output_dir"}
@@ -47,7 +51,7 @@ def check_started_runs(sweep: Sweep) -> None:
     """Refuse a sweep whose finished or resumable runs were started with other settings than it would use now."""
     for run in sweep.runs:
         run_dir = sweep.run_dir(run)
-        kept = (run_dir / METRICS_FILE).exists() or (run_dir.is_dir() and get_last_checkpoint(str(run_dir)))
+        kept = (run_dir / METRICS_FILE).exists() or _resumable(run_dir)
         if not kept or not (run_dir / RUN_FILE).exists():
             continue
         was = json.loads((run_dir / RUN_FILE).read_text()).get("settings")
@@ -69,7 +73,7 @@ def check_started_runs(sweep: Sweep) -> None:
 
 def _run(sweep: Sweep, run: Run) -> None:
     run_dir = sweep.run_dir(run)
-    resume = run_dir.is_dir() and get_last_checkpoint(str(run_dir)) is not None
+    resume = _resumable(run_dir)
     record = {"name": run.name, "overrides": run.overrides, "sweep": sweep.source, "settings": _settings(sweep, run)}
     write_json_atomic(run_dir / RUN_FILE, record)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
