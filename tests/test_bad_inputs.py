@@ -1,6 +1,5 @@
 """Each bad input: one line naming the problem, exit code 2, nothing overwritten."""
 
-import json
 from pathlib import Path
 
 import pytest

@@ -14,7 +14,6 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from distily.config import ObjectiveArguments
-from distily.errors import DistilyConfigError
 from distily.objectives.chunked import chunked_logit_loss_sum
 from distily.objectives.component import TARGETS, Component, token_counts
 from distily.objectives.features import build_feature_components

@@ -1,8 +1,5 @@
-import json
-
 import datasets
 import pytest
-import torch
 
 import distily.data.text as text_module
 from distily.config import DataArguments

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from tiny import ARCHITECTURES, tiny_config
 from distily.config import ModelArguments

@@ -17,7 +17,6 @@ def test_heads_that_do_not_cover_the_tokenizer_are_an_error():
 
 
 def test_different_tokenizers_are_an_error():
-    from transformers import AutoTokenizer
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 

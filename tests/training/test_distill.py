@@ -1,7 +1,6 @@
 """End to end: ``run_distillation`` on tiny models, for every architecture as teacher and student."""
 
 import json
-from functools import partial
 from pathlib import Path
 
 import pytest
