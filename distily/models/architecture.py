@@ -45,7 +45,10 @@ def output_vocab_size(model: PreTrainedModel) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
-def plain_lm_head(config: PretrainedConfig) -> bool:
-    """True when the logits are exactly the LM head applied to the last hidden state (no soft-capping or
-    scaling after it), so the head can be fused into the loss."""
-    return all(getattr(config, key, None) in (None, 1, 1.0) for key in LOGIT_TRANSFORM_KEYS)
+def plain_lm_head(model: PreTrainedModel) -> bool:
+    """True when the logits are exactly ``F.linear(last hidden state, head.weight, head.bias)``, so the head
+    can be fused into the loss: a linear head with float weights and ``nn.Linear``'s own forward (not a
+    quantized or ternary one), and no soft-capping or scaling after it."""
+    head = model.get_output_embeddings()
+    linear = isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward and head.weight.is_floating_point()
+    return linear and all(getattr(model.config, key, None) in (None, 1, 1.0) for key in LOGIT_TRANSFORM_KEYS)
