@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig
 
+from distily.data.tokenizer import train_byte_level_bpe
 from distily.export.gguf import write_gguf
 from distily.export.packed import linear_weight_bytes, write_packed_checkpoint
 from distily.models.bitnet import convert_to_bitnet
@@ -36,13 +36,7 @@ PROMPT_LENGTH = 16
 
 def build_tokenizer(path: Path) -> None:
     """A small byte-level BPE tokenizer; GGUF pads its vocabulary to the model's with unused tokens."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(["benchmark text for a benchmark tokenizer"] * 16, trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>").save_pretrained(path)
+    train_byte_level_bpe(["benchmark text for a benchmark tokenizer"] * 16, 1000, bos=False).save_pretrained(path)
 
 
 def directory_bytes(path: Path) -> int:

@@ -20,8 +20,9 @@ from typing import Callable
 
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+import distily.data.tokenizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_DIR_VARIABLE = "DISTILY_BENCH_RESULTS_DIR"
@@ -42,15 +43,9 @@ def write_results(name: str, payload: dict) -> Path:
 
 
 def train_byte_level_bpe(lines: list[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE of ``vocab_size`` tokens (or fewer, if the text runs out of merges) trained on
-    ``lines``, with ``<|endoftext|>`` as its end-of-text and beginning-of-text token."""
-    tokenizer_model = Tokenizer(models.BPE())
-    tokenizer_model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer_model.decoder = decoders.ByteLevel()
-    tokenizer_model.train_from_iterator(lines, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer_model, eos_token="<|endoftext|>",
-                                   bos_token="<|endoftext|>", model_max_length=model_max_length)
+    """The benchmarks' tokenizer: a byte-level BPE of ``vocab_size`` tokens (or fewer, if the text runs out of
+    merges) trained on ``lines``, with ``<|endoftext|>`` as its end-of-text and beginning-of-text token."""
+    return distily.data.tokenizer.train_byte_level_bpe(lines, vocab_size, model_max_length=model_max_length)
 
 
 def machine() -> dict:

@@ -35,12 +35,12 @@ from pathlib import Path
 import matplotlib
 import torch
 import yaml
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from distily.config import DataArguments
 from distily.data.text import build_datasets, collate, load_training_documents, tokenize_and_pack
+from distily.data.tokenizer import train_byte_level_bpe
 from distily.evaluation.heldout import heldout_metrics
 from distily.experiments.sweep import run_sweep
 from distily.experiments.sweep_file import load_sweep
@@ -105,14 +105,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train_tokenizer(text_file: Path, vocab_size: int) -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train([str(text_file)], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, pad_token=EOS)
+    # the file's lines with their endings, as Tokenizer.train([text_file]) reads them: the same merges
+    with open(text_file, encoding="utf-8", newline="") as lines:
+        return train_byte_level_bpe(lines, vocab_size, EOS, pad=True)
 
 
 def train_teacher(args, teacher_dir: Path) -> None:

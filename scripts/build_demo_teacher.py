@@ -11,30 +11,15 @@ import tempfile
 from functools import partial
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, TrainingArguments, set_seed
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
 
 from distily.config import DataArguments
 from distily.data.text import build_datasets, collate
+from distily.data.tokenizer import train_byte_level_bpe
 from distily.demo.corpus import python_doc_paragraphs, write_corpus
 
 VOCAB_SIZE = 2048
 SEQ_LENGTH = 128
-
-
-def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", model_max_length=SEQ_LENGTH * 2
-    )
 
 
 def main():
@@ -43,7 +28,7 @@ def main():
     parser.add_argument("--steps", type=int, default=400)
     options = parser.parse_args()
     set_seed(0)
-    tokenizer = train_tokenizer(python_doc_paragraphs())
+    tokenizer = train_byte_level_bpe(python_doc_paragraphs(), VOCAB_SIZE, model_max_length=SEQ_LENGTH * 2)
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=192,

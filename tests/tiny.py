@@ -4,7 +4,6 @@ import json
 import random
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -13,6 +12,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+from distily.data.tokenizer import train_byte_level_bpe
 
 VOCAB = 320
 SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "a student", "the model", "our team", "that bird"]
@@ -35,14 +36,7 @@ def make_documents(count: int, seed: int = 0) -> list[str]:
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(make_documents(200, seed=1), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", model_max_length=256)
+    return train_byte_level_bpe(make_documents(200, seed=1), VOCAB, "<eos>", bos=False, model_max_length=256)
 
 
 def tiny_config(arch: str, layers: int = 4, vocab_size: int = VOCAB, **overrides):

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
 
+from distily.data.tokenizer import train_byte_level_bpe
 from distily.errors import DistilyConfigError
 from distily.export.api import export_run
 from distily.export.llama_cpp_check import llama_cpp_perplexity, pytorch_perplexity
@@ -35,14 +36,8 @@ def tiny_student(architecture: str, options: dict | None = None, **config):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB - 16, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 8, trainer)
     path = tmp_path_factory.mktemp("tokenizer")
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>").save_pretrained(path)
+    train_byte_level_bpe(["the quick brown fox jumps over the lazy dog"] * 8, VOCAB - 16).save_pretrained(path)
     return path
 
 

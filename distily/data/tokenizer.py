@@ -1,0 +1,43 @@
+"""A small byte-level BPE tokenizer trained here, offline: for the tests, the demo teacher, the experiments
+and the benchmarks, which need a tokenizer without downloading one."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+
+def train_byte_level_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    eos_token: str = "<|endoftext|>",
+    *,
+    bos: bool = True,
+    pad: bool = False,
+    model_max_length: int | None = None,
+) -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE of ``vocab_size`` tokens (fewer if the text runs out of merges) trained
+    on ``texts``, with ``eos_token`` as its one special token: the end-of-text token, also the
+    beginning-of-text token when ``bos`` and the padding token when ``pad``. Every byte is in the
+    vocabulary, so any text round-trips through encode and decode.
+
+    Each item of ``texts`` is one training sequence. To train on a text file exactly as
+    ``Tokenizer.train([path])`` does, pass the open file (``open(path, encoding="utf-8", newline="")``):
+    its lines, line endings included."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[eos_token], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    settings = {"eos_token": eos_token}
+    if bos:
+        settings["bos_token"] = eos_token
+    if pad:
+        settings["pad_token"] = eos_token
+    if model_max_length is not None:
+        settings["model_max_length"] = model_max_length
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **settings)
