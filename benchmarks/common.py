@@ -20,9 +20,6 @@ from typing import Callable
 
 import torch
 import transformers
-from transformers import PreTrainedTokenizerFast
-
-import distily.data.tokenizer
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_DIR_VARIABLE = "DISTILY_BENCH_RESULTS_DIR"
@@ -40,12 +37,6 @@ def write_results(name: str, payload: dict) -> Path:
     command = "python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     path.write_text(json.dumps({"command": command, "machine": machine(), **payload}, indent=2) + "\n")
     return path
-
-
-def train_byte_level_bpe(lines: list[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
-    """The benchmarks' tokenizer: a byte-level BPE of ``vocab_size`` tokens (or fewer, if the text runs out of
-    merges) trained on ``lines``, with ``<|endoftext|>`` as its end-of-text and beginning-of-text token."""
-    return distily.data.tokenizer.train_byte_level_bpe(lines, vocab_size, model_max_length=model_max_length)
 
 
 def machine() -> dict:

@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
-from common import results_path, train_byte_level_bpe
+from common import results_path
 from distily.config import DataArguments, parse_config
 from distily.data.text import build_datasets
+from distily.data.tokenizer import train_byte_level_bpe
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
 

@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainerCallback, set_seed
 
 from common import (describe, interleaved, machine, medians, peak_rss_bytes, process_peak_rss_bytes,
-                    reset_peak_rss, run_worker, table, train_byte_level_bpe, write_results)
+                    reset_peak_rss, run_worker, table, write_results)
 from distily.config import DataArguments, parse_config
 from distily.data.text import build_datasets, collate
+from distily.data.tokenizer import train_byte_level_bpe
 from distily.demo.corpus import python_doc_paragraphs, write_corpus
 from distily.models.teacher import load_tokenizer
 
