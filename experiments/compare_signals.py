@@ -12,7 +12,8 @@
    teacher block at the same relative depth); logits and hidden states; and the logit-distilled
    student as a ternary (BitNet b1.58) student.
    With ``--student_init random_blocks`` the students' blocks start random instead (embeddings, final
-   norm and LM head still the teacher's), so the signals alone have to train them.
+   norm and LM head still the teacher's), so the signals alone have to train them; with ``--student_init
+   random`` nothing is copied: the students learn from scratch, the textbook distillation setting.
    The students are a sweep (``WORK_DIR/students-INIT.yaml``): an interrupted comparison resumes.
 3. The token-budget curve: the cross-entropy and the logit-distilled students again at each of
    ``--budget_steps`` (a second sweep, ``WORK_DIR/budgets-INIT.yaml``), so the table shows where
@@ -59,6 +60,7 @@ STUDENT_INITS = {
                 {"student_init": "teacher"}),
     "random_blocks": ("random blocks, embeddings, final norm and LM head from the teacher",
                       {"student_init": "random", "copy_teacher_modules": ["model.embed_tokens", "model.norm"]}),
+    "random": ("every weight random (trained from scratch)", {"student_init": "random"}),
 }  # fmt: skip
 TEACHER_TRAINING_FILE = "training.json"
 # (name, what the student learns from, config keys over the common ones)
@@ -79,10 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "compare-signals"), help="tokenizer, teacher, students")
     parser.add_argument("--student_init", choices=list(STUDENT_INITS), default="teacher",
                         help="teacher: the student's blocks, embeddings, final norm and LM head copied from the "
-                        "teacher; random_blocks: random blocks, the rest copied")
+                        "teacher; random_blocks: random blocks, the rest copied; random: nothing copied")
     parser.add_argument("--report", help="the table (markdown), the plot beside it as .png "
-                        "(default: docs/results/compare_signals[_random_blocks].md)")
-    parser.add_argument("--json", help="every number (default: benchmarks/results/compare_signals[_random_blocks].json)")
+                        "(default: docs/results/compare_signals[_INIT].md)")
+    parser.add_argument("--json", help="every number (default: benchmarks/results/compare_signals[_INIT].json)")
     parser.add_argument("--vocab_size", type=int, default=4096)
     parser.add_argument("--hidden_size", type=int, default=192)
     parser.add_argument("--teacher_layers", type=int, default=4)

@@ -12,7 +12,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "compare_signals.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("student_init", ["teacher", "random_blocks"])
+@pytest.mark.parametrize("student_init", ["teacher", "random_blocks", "random"])
 def test_compare_signals_writes_its_table_plot_and_numbers(student_init, tmp_path):
     spec = importlib.util.spec_from_file_location("compare_signals", SCRIPT)
     script = importlib.util.module_from_spec(spec)
