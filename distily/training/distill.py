@@ -184,6 +184,39 @@ def _objective(config: DistillConfig, recorded, teacher, student, train_data, vo
     return objective
 
 
+def _teacher_summary(model_args, teacher: PreTrainedModel, own_metrics: dict) -> dict:
+    """metrics.json's teacher: its own held-out metrics, size, precision and architecture."""
+    return {
+        **own_metrics,
+        "parameters": parameter_count(teacher),
+        "size_on_disk_bytes": _checkpoint_size(model_args.teacher_model_name_or_path, teacher),
+        "quantization": model_args.teacher_quantization,
+        "memory_bytes": teacher.get_memory_footprint(),
+        "architecture": architecture_summary(teacher),
+    }
+
+
+def _student_summary(training, student: PreTrainedModel, evaluations: dict) -> dict:
+    """metrics.json's student: size (as saved in output_dir), the before/after evaluations, architecture."""
+    return {
+        "parameters": parameter_count(student),
+        "size_on_disk_bytes": directory_size(training.output_dir),
+        **evaluations,
+        "architecture": architecture_summary(student),
+    }
+
+
+def _train_summary(training, train_output, seconds: float, max_seq_length: int) -> dict:
+    """metrics.json's train: the Trainer's figures, wall time, optimizer steps and tokens seen."""
+    tokens_per_step = training.train_batch_size * training.gradient_accumulation_steps * training.world_size
+    return {
+        **train_output.metrics,
+        "wall_seconds": seconds,
+        "global_step": train_output.global_step,
+        "tokens_seen": train_output.global_step * tokens_per_step * max_seq_length,
+    }
+
+
 def run_distillation(config: DistillConfig, command: Optional[str] = None) -> dict:
     """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics."""
     model_args, training = config.model, config.training
@@ -245,28 +278,9 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
     metrics = {
         "distily_version": distily.__version__,
         "command": command,
-        "teacher": {
-            **teacher_metrics(),
-            "parameters": parameter_count(teacher),
-            "size_on_disk_bytes": _checkpoint_size(model_args.teacher_model_name_or_path, teacher),
-            "quantization": model_args.teacher_quantization,
-            "memory_bytes": teacher.get_memory_footprint(),
-            "architecture": architecture_summary(teacher),
-        },
-        "student": {
-            "parameters": parameter_count(student),
-            "size_on_disk_bytes": directory_size(training.output_dir),
-            **before,
-            **after,
-            "architecture": architecture_summary(student),
-        },
-        "train": {
-            **train_output.metrics,
-            "wall_seconds": seconds,
-            "global_step": train_output.global_step,
-            "tokens_seen": train_output.global_step * training.train_batch_size * training.gradient_accumulation_steps
-            * training.world_size * max_seq_length,
-        },
+        "teacher": _teacher_summary(model_args, teacher, teacher_metrics()),
+        "student": _student_summary(training, student, {**before, **after}),
+        "train": _train_summary(training, train_output, seconds, max_seq_length),
         "max_seq_length": max_seq_length,
         "train_sequences": len(data.train),
         "eval_sequences": len(data.eval),
