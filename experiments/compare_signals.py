@@ -305,11 +305,14 @@ def budget_lines(budgets) -> list[str]:
 
 
 def plot(results: dict, path: Path) -> None:
-    names = list(results["students"])
+    names = [name for name, _, _ in VARIANTS if name in results["students"]]  # the table's order
     budgets = results.get("budgets")
     figure, axes_row = plt.subplots(1, 3 if budgets else 2, figsize=(16 if budgets else 11, 4))
     left, right = axes_row[:2]
-    left.bar_label(left.bar(names, [results["students"][n]["perplexity"] for n in names], color="tab:blue"), fmt="%.1f")
+    perplexities = [results["students"][n]["perplexity"] for n in names]
+    left.bar_label(left.bar(names, perplexities, color="tab:blue"), fmt="%.1f")
+    if max(perplexities) > 10 * min(perplexities):  # a student that learned nothing would flatten the others
+        left.set_yscale("log")
     left.axhline(results["teacher"]["perplexity"], color="tab:red", linestyle="--", label="teacher")
     left.set_ylabel("test perplexity")
     left.legend()
