@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import memory_kib, results_path, table  # noqa: E402
+from common import peak_rss_bytes, reset_peak_rss, results_path, table  # noqa: E402
 from distily.objectives.chunked import chunked_logit_loss_sum  # noqa: E402
 from distily.objectives.losses import LOSSES  # noqa: E402
 
@@ -80,8 +80,7 @@ def _measure(method: str, args) -> dict:
     _run(method, args.loss, *_inputs(64, args.vocab, args.hidden))
     inputs = _inputs(args.tokens, args.vocab, args.hidden)
     gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    baseline_kib = memory_kib("VmRSS")
+    baseline_bytes = reset_peak_rss()
     step_seconds, step_cpu_seconds = [], []
     for _ in range(args.steps):
         for leaf in inputs[:2]:
@@ -90,10 +89,9 @@ def _measure(method: str, args) -> dict:
         _run(method, args.loss, *inputs)
         step_seconds.append(time.perf_counter() - start)
         step_cpu_seconds.append(time.process_time() - cpu_start)
-    peak_kib = memory_kib("VmHWM")
     return {"seconds": statistics.mean(step_seconds), "cpu_seconds": statistics.mean(step_cpu_seconds),
-            "step_seconds": step_seconds, "peak_extra_bytes": (peak_kib - baseline_kib) * 1024,
-            "baseline_bytes": baseline_kib * 1024}
+            "step_seconds": step_seconds, "peak_extra_bytes": peak_rss_bytes() - baseline_bytes,
+            "baseline_bytes": baseline_bytes}
 
 
 def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

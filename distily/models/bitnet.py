@@ -37,11 +37,6 @@ from distily.models.architecture import named_decoder_layers
 
 # The key under which a converted model's options are stored in its (saved) config.
 BITNET_CONFIG_KEY = "distily_bitnet"
-
-
-def is_bitnet(config) -> bool:
-    """Whether a model's config says it is a converted (BitNet) student."""
-    return getattr(config, BITNET_CONFIG_KEY, None) is not None
 # Scales below this are clamped, as in transformers' BitNet quantisers.
 SCALE_EPS = 1e-5
 ACTIVATION_MAX = 127
@@ -68,6 +63,11 @@ class BitNetOptions:
                 f"config has no '{BITNET_CONFIG_KEY}' entry; expected a BitNet student (trained with student_as_bitnet=true)"
             )
         return cls(**{key: stored[key] for key in ("input_norm", "subln", "rms_norm_eps") if key in stored})
+
+
+def is_bitnet(config) -> bool:
+    """Whether a model's config says it is a converted (BitNet) student."""
+    return getattr(config, BITNET_CONFIG_KEY, None) is not None
 
 
 def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
