@@ -18,6 +18,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from distily.data.framing import PACKINGS
 from distily.errors import DistilyConfigError
 
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -139,6 +140,19 @@ class ModelArguments:
             )
 
 
+PACKING_HELP = (
+    "How documents become blocks: stream (EOS-separated, cut into full blocks: GPT-2, Qwen), bos_blocks (every "
+    "block opens with BOS, documents masked apart: Llama, Mistral, Gemma), documents (whole documents best-fit "
+    "into blocks, masked apart, padded) or auto (bos_blocks when the tokenizer adds BOS, else stream; "
+    "pre-tokenized rows as documents). See docs/data.md."
+)
+TEXT_DOCUMENT_DELIMITER_HELP = (
+    "What one document is in a .txt file (line breaks are kept inside it): blank_line (blocks separated by blank "
+    "lines, the usual paragraph or article layout), line (one record per line), file (the whole file) or a regular "
+    "expression that starts a document (e.g. WikiText's articles: '^ = [^=]')."
+)
+
+
 @dataclass
 class DataArguments:
     """The text the student learns from, and how it is tokenized, packed and split."""
@@ -160,6 +174,8 @@ class DataArguments:
         default=None,
         metadata={"help": "Length of the packed sequences. Default: the smaller of the models' limit and 1024."},
     )
+    packing: str = field(default="auto", metadata={"help": PACKING_HELP})
+    text_document_delimiter: str = field(default="blank_line", metadata={"help": TEXT_DOCUMENT_DELIMITER_HELP})
     max_samples: Optional[int] = field(
         default=None, metadata={"help": "Limit on the number of packed training sequences."}
     )
@@ -181,10 +197,13 @@ class DataArguments:
     def __post_init__(self):
         if not 0.0 < self.eval_fraction < 1.0:
             raise DistilyConfigError(f"eval_fraction={self.eval_fraction} is out of range; expected 0 < x < 1")
-        for name in ("max_seq_length", "max_samples", "max_eval_samples"):
+        _one_of(self.packing, PACKINGS, "packing")
+        for name in ("max_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DistilyConfigError(f"{name}={value} must be a positive integer")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise DistilyConfigError(f"max_seq_length={self.max_seq_length} is too short; expected at least 2")
 
 
 ATTENTION_HEAD_MATCHING = ("group", "mean")
@@ -591,6 +610,8 @@ class EvalCommandArguments:
         default=None,
         metadata={"help": "Length of the packed sequences. Default: the smaller of the models' limit and 1024."},
     )
+    packing: str = field(default="auto", metadata={"help": PACKING_HELP})
+    text_document_delimiter: str = field(default="blank_line", metadata={"help": TEXT_DOCUMENT_DELIMITER_HELP})
     max_eval_samples: Optional[int] = field(
         default=256, metadata={"help": "Limit on the packed sequences of each eval set."}
     )
@@ -609,6 +630,7 @@ class EvalCommandArguments:
         if self.model_name_or_path is None:
             raise DistilyConfigError("no model to evaluate; expected `distily eval MODEL` (a Hub id or a checkpoint)")
         _one_of(self.torch_dtype, TORCH_DTYPES, "torch_dtype")
+        _one_of(self.packing, PACKINGS, "packing")
         for name in ("max_seq_length", "max_eval_samples", "per_device_eval_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

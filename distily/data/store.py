@@ -12,11 +12,14 @@ A store is a directory::
 
 Each shard holds, for ``rows`` sequences of ``seq`` tokens (``k`` = record_top_k):
 
-    input_ids               [rows, seq]        int32    the token ids the teacher read
+    input_ids               [rows, seq]        int32    the token ids the teacher read (right-padded in a shard)
+    attention_mask          [rows, seq]        int8     1 on real tokens, 0 on padding
+    position_ids            [rows, seq]        int32    per-document positions (packings with document masks)
     teacher_topk_logprobs   [rows, seq, k]     float16  the k largest log p_t(v | x_<=i), descending
     teacher_topk_ids        [rows, seq, k]     uint16 (vocabulary <= 65536) or int32: their token ids
     teacher_tail_logprob    [rows, seq]        float32  log of the mass of all other tokens (-inf if none)
     teacher_nll             [rows]             float64  the row's summed next-token NLL at temperature 1
+    teacher_targets         [rows]             int32    the row's next-token targets (what teacher_nll sums)
     teacher_hidden_states.i [rows, seq, width] float16 (bfloat16 for a bfloat16 teacher), recorded layers
 
 so a top-k entry costs 4 bytes (6 with int32 ids). Shards are safetensors files: memory-mapped,
@@ -37,11 +40,12 @@ from safetensors.torch import save_file
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from distily.data.text import INPUT_IDS, collate
+from distily.data.framing import INPUT_IDS, POSITION_IDS
+from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.outputs import file_sha256, write_json_atomic
 
-FORMAT, VERSION = "distily-teacher-store", 1
+FORMAT, VERSION = "distily-teacher-store", 2
 MANIFEST, PROGRESS = "manifest.json", "progress.json"
 TOKENIZER_DIR, TEACHER_CONFIG_DIR = "tokenizer", "teacher"
 SPLITS = ("train", "eval")
@@ -50,6 +54,8 @@ TOPK_LOGPROBS = "teacher_topk_logprobs"
 TOPK_IDS = "teacher_topk_ids"
 TAIL_LOGPROB = "teacher_tail_logprob"
 ROW_NLL = "teacher_nll"
+ROW_TARGETS = "teacher_targets"
+ATTENTION_MASK = "attention_mask"
 HIDDEN_STATES_PREFIX = "teacher_hidden_states."
 
 
@@ -182,14 +188,16 @@ class StoreDataset(torch.utils.data.Dataset):
         row = index - self.starts[shard]
         handle = self._handle(shard)
         item = {key: handle.get_slice(key)[row : row + 1][0] for key in handle.keys()}
+        length = int(item.pop(ATTENTION_MASK).sum())  # the row without its shard padding
+        item = {key: value if value.dim() == 0 else value[:length] for key, value in item.items()}
         item[INPUT_IDS] = item[INPUT_IDS].long()
         item[TOPK_IDS] = item[TOPK_IDS].to(torch.int32)
         return item
 
-    def row_nll(self) -> torch.Tensor:
-        """``[rows]`` float64: each row's summed teacher next-token NLL, read without the other fields."""
-        sums = [self._handle(shard).get_tensor(ROW_NLL) for shard in range(len(self.shard_paths))]
-        return torch.cat(sums)[: self.length]
+    def row_values(self, key: str) -> torch.Tensor:
+        """``[rows]``: a per-row field (``ROW_NLL``, ``ROW_TARGETS``) of every row, read without the others."""
+        values = [self._handle(shard).get_tensor(key) for shard in range(len(self.shard_paths))]
+        return torch.cat(values)[: self.length]
 
 
 def collate_recorded(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
@@ -197,7 +205,7 @@ def collate_recorded(features: list[dict], pad_token_id: int = 0) -> dict[str, t
     padded like the tokens (padding is masked by ``attention_mask``)."""
     batch = collate(features, pad_token_id)
     for key in features[0]:
-        if key != INPUT_IDS:
+        if key not in (INPUT_IDS, POSITION_IDS):  # collate's own
             values = [feature[key] for feature in features]
             batch[key] = torch.stack(values) if values[0].dim() == 0 else pad_sequence(values, batch_first=True)
     return batch

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -12,11 +13,49 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from distily.config import DataArguments
+from distily.data.framing import INPUT_IDS, POSITION_IDS, Framing
 from distily.errors import DistilyConfigError
 from distily.outputs import atomic_output
 
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-INPUT_IDS = "input_ids"
+# text_document_delimiter's named values; anything else is a regular expression that starts a document
+BLANK_LINE, LINE, FILE = "blank_line", "line", "file"
+BLANK_LINES = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")  # one or more blank (or whitespace-only) lines
+
+
+def split_text(text: str, delimiter: str) -> list[str]:
+    """A text file's documents, line breaks kept inside each: split at blank lines (``blank_line``), one per
+    line (``line``), the whole file (``file``), or before each match of a regular expression (multi-line
+    mode, e.g. WikiText's article headings ``^ = [^=]``)."""
+    if delimiter == FILE:
+        return [text]
+    if delimiter == LINE:
+        return text.splitlines()
+    if delimiter == BLANK_LINE:
+        return BLANK_LINES.split(text)
+    try:
+        starts = re.compile(delimiter, re.MULTILINE)
+    except re.error as err:
+        raise DistilyConfigError(
+            f"text_document_delimiter={delimiter!r} is not a regular expression ({err}); expected blank_line, line, "
+            "file or a regular expression"
+        )
+    cuts = sorted({match.start() for match in starts.finditer(text)} | {0, len(text)})
+    return [text[begin:end] for begin, end in zip(cuts, cuts[1:])]
+
+
+def _read_text(path: str) -> str:
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DistilyConfigError(f"{path!r} is not UTF-8 at byte {err.start}; expected UTF-8 text")
+
+
+def load_text_files(files: list[str], delimiter: str) -> datasets.Dataset:
+    """``.txt`` files as a ``text`` column of documents (``split_text``), their line breaks kept."""
+    documents = [document for path in files for document in split_text(_read_text(path), delimiter)]
+    return datasets.Dataset.from_dict({"text": documents})
 
 
 def _local_files(path: Path) -> dict[str, list[str]]:
@@ -50,6 +89,8 @@ def load_documents(args: DataArguments) -> datasets.Dataset:
         return loaded
     if path.exists():
         ((builder, files),) = _local_files(path).items()
+        if builder == "text":
+            return load_text_files(files, args.text_document_delimiter)
         return datasets.load_dataset(builder, data_files=files, split="train")
     if args.dataset_name.startswith(("/", "./", "../", "~")):
         raise DistilyConfigError(f"dataset_name={args.dataset_name!r} does not exist; expected a local path or Hub id")
@@ -86,59 +127,64 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _tokenize_batch(batch, tokenizer, text_column):
-    ids = tokenizer(batch[text_column], add_special_tokens=False)[INPUT_IDS]
-    return {INPUT_IDS: ids}
+    """Token ids of each document with the tokenizer's own special tokens (BOS where it adds one)."""
+    return {INPUT_IDS: tokenizer(batch[text_column])[INPUT_IDS]}
 
 
-def _pack_batch(batch, max_seq_length, separator):
-    """Concatenate documents (each followed by ``separator``) and cut into full-length blocks; the
-    remainder of each map batch is dropped so every block is exactly ``max_seq_length`` tokens."""
-    stream = []
-    for ids in batch[INPUT_IDS]:
-        stream.extend(ids)
-        stream.extend(separator)
-    usable = len(stream) - len(stream) % max_seq_length
-    return {INPUT_IDS: [stream[i : i + max_seq_length] for i in range(0, usable, max_seq_length)]}
+def _pack_batch(batch, framing: Framing):
+    return framing.pack(batch[INPUT_IDS])
+
+
+def tokenize_documents(documents: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, text_column: str,
+                       num_proc: Optional[int] = None) -> datasets.Dataset:
+    """Each document's token ids (``input_ids``); pre-tokenized rows as they are."""
+    if INPUT_IDS in documents.column_names:
+        return documents
+    return documents.map(
+        _tokenize_batch,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=documents.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "text_column": text_column},
+        desc="Tokenizing",
+    )
+
+
+def data_framing(documents: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
+                 packing: str) -> Framing:
+    """The framing of ``documents`` (``packing`` resolved for this tokenizer and kind of data)."""
+    return Framing.for_tokenizer(packing, tokenizer, max_seq_length, pretokenized=INPUT_IDS in documents.column_names)
 
 
 def tokenize_and_pack(
     documents: datasets.Dataset,
     tokenizer: PreTrainedTokenizerBase,
-    max_seq_length: int,
+    framing: Framing,
     text_column: str,
     cache_dir: str,
     num_proc: Optional[int] = None,
 ) -> datasets.Dataset:
-    """Blocks of ``max_seq_length`` token ids, cached by (data, tokenizer, length) so a second run with
-    the same inputs reads the cache instead of tokenizing again."""
+    """Blocks of at most ``framing.max_seq_length`` token ids, cached by (data, tokenizer, framing) so a
+    second run with the same inputs reads the cache instead of tokenizing again."""
     key = hashlib.sha256(
-        f"{documents._fingerprint}|{tokenizer_fingerprint(tokenizer)}|{max_seq_length}|{text_column}".encode()
+        f"{documents._fingerprint}|{tokenizer_fingerprint(tokenizer)}|{framing}|{text_column}".encode()
     ).hexdigest()[:24]
     cached = Path(cache_dir) / key
     if (cached / "dataset_info.json").exists():
         return datasets.load_from_disk(str(cached))
-    if INPUT_IDS not in documents.column_names:
-        documents = documents.map(
-            _tokenize_batch,
-            batched=True,
-            num_proc=num_proc,
-            remove_columns=documents.column_names,
-            fn_kwargs={"tokenizer": tokenizer, "text_column": text_column},
-            desc="Tokenizing",
-        )
-    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    packed = documents.map(
+    tokenized = tokenize_documents(documents, tokenizer, text_column, num_proc)
+    packed = tokenized.map(
         _pack_batch,
         batched=True,
         batch_size=1000,
         num_proc=num_proc,
-        remove_columns=documents.column_names,
-        fn_kwargs={"max_seq_length": max_seq_length, "separator": separator},
-        desc=f"Packing into {max_seq_length}-token blocks",
+        remove_columns=tokenized.column_names,
+        fn_kwargs={"framing": framing},
+        desc=f"Packing into {framing.max_seq_length}-token blocks ({framing.packing})",
     )
     if len(packed) == 0:
         return packed  # nothing worth caching; the caller reports it
-    with atomic_output(cached, directory=True) as staging:  # a crash never leaves an entry that looks complete
+    with atomic_output(cached, directory=True, overwrite=True) as staging:  # a crash never leaves an entry that looks complete
         packed.save_to_disk(str(staging))
     return datasets.load_from_disk(str(cached))
 
@@ -152,6 +198,8 @@ class DistillationData:
     train: datasets.Dataset
     eval: datasets.Dataset
     max_seq_length: int
+    framing: Optional[Framing] = None  # how the blocks were built (None: a store's rows)
+    eval_documents: Optional[datasets.Dataset] = None  # the held-out documents before packing
 
 
 def documents_with_content(documents: datasets.Dataset, args: DataArguments) -> datasets.Dataset:
@@ -190,9 +238,10 @@ def build_datasets(
     documents = load_training_documents(args) if documents is None else documents
     split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
     cache_dir = args.tokenization_cache_dir or default_cache_dir()
+    framing = data_framing(documents, tokenizer, max_seq_length, args.packing)
     packed = {
         name: tokenize_and_pack(
-            docs, tokenizer, max_seq_length, args.dataset_text_column, cache_dir, args.preprocessing_num_workers
+            docs, tokenizer, framing, args.dataset_text_column, cache_dir, args.preprocessing_num_workers
         )
         for name, docs in (("train", split["train"]), ("eval", split["test"]))
     }
@@ -209,18 +258,36 @@ def build_datasets(
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     return DistillationData(
-        train=train.with_format("torch"), eval=evaluation.with_format("torch"), max_seq_length=max_seq_length
+        train=train.with_format("torch"),
+        eval=evaluation.with_format("torch"),
+        max_seq_length=max_seq_length,
+        framing=framing,
+        eval_documents=split["test"],
     )
 
 
 def collate(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence; ``attention_mask`` marks real tokens, ``labels`` are -100 on padding."""
+    """Pad to the longest sequence; ``attention_mask`` marks real tokens, ``labels`` are -100 on padding.
+
+    Blocks with document masks also carry ``position_ids`` (restarting at each document; padding counts
+    as one more document), and a document's first token is no target of the token before it (-100), as
+    when each document is run alone."""
     longest = max(len(f[INPUT_IDS]) for f in features)
     input_ids = torch.full((len(features), longest), pad_token_id, dtype=torch.long)  # [batch, seq]
     attention_mask = torch.zeros((len(features), longest), dtype=torch.long)  # [batch, seq]
+    masked = POSITION_IDS in features[0]
+    position_ids = torch.arange(longest).repeat(len(features), 1)  # [batch, seq]
     for row, feature in enumerate(features):
         ids = torch.as_tensor(feature[INPUT_IDS], dtype=torch.long)
-        input_ids[row, : len(ids)] = ids
-        attention_mask[row, : len(ids)] = 1
+        length = len(ids)
+        input_ids[row, :length] = ids
+        attention_mask[row, :length] = 1
+        if masked:
+            position_ids[row, :length] = torch.as_tensor(feature[POSITION_IDS], dtype=torch.long)
+            position_ids[row, length:] = torch.arange(longest - length)
     labels = input_ids.masked_fill(attention_mask == 0, -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {INPUT_IDS: input_ids, "attention_mask": attention_mask, "labels": labels}
+    if masked:
+        labels[position_ids == 0] = -100  # a document's first token: nothing before it in its document
+        batch[POSITION_IDS] = position_ids
+    return batch

@@ -48,7 +48,8 @@ def run_evaluation(command: EvalCommandArguments, evaluation: EvaluationArgument
         vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(model), len(tokenizer))
     max_seq_length = resolve_max_seq_length(command.max_seq_length, *(m for m in (model, teacher) if m is not None))
     cache_dir = command.tokenization_cache_dir or default_cache_dir()
-    sets = load_eval_sets(evaluation.eval_datasets, tokenizer, max_seq_length, cache_dir, command.max_eval_samples)
+    sets = load_eval_sets(evaluation.eval_datasets, tokenizer, max_seq_length, cache_dir, command.max_eval_samples,
+                          command.packing, command.text_document_delimiter)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     evaluator = Evaluator(sets, partial(collate, pad_token_id=pad_token_id), command.per_device_eval_batch_size,
                           teacher, vocab_size)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from distily.config import HELDOUT_SET
+from distily.data.framing import model_inputs
 from distily.evaluation.agreement import agreement_sums
 from distily.evaluation.perplexity import next_token_nll, perplexity
 
@@ -44,19 +45,19 @@ def _sums(
     device = next(model.parameters()).device
     sums = {"nll": 0.0, "targets": 0, "kl": 0.0, "agree": 0, "positions": 0, "teacher_nll": 0.0}
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc=desc, leave=False):
-        input_ids = batch["input_ids"].to(device)  # [batch, seq]
-        mask = batch["attention_mask"].to(device).bool()  # [batch, seq]
-        logits = model(input_ids=input_ids, attention_mask=mask.long()).logits  # [batch, seq, vocab]
-        nll, targets = next_token_nll(logits, input_ids, mask)
+        batch = {key: value.to(device) for key, value in batch.items()}
+        mask = batch["attention_mask"].bool()  # [batch, seq]
+        logits = model(**model_inputs(batch)).logits  # [batch, seq, vocab]
+        nll, targets = next_token_nll(logits, batch)
         sums["nll"] += nll
         sums["targets"] += targets
         if teacher is not None:
-            teacher_logits = teacher(input_ids=input_ids, attention_mask=mask.long()).logits.to(device)
+            teacher_logits = teacher(**model_inputs(batch)).logits.to(device)
             kl, agree, positions = agreement_sums(logits, teacher_logits, mask, vocab_size)
             sums["kl"] += kl
             sums["agree"] += agree
             sums["positions"] += positions
-            sums["teacher_nll"] += next_token_nll(teacher_logits, input_ids, mask)[0]
+            sums["teacher_nll"] += next_token_nll(teacher_logits, batch)[0]
     model.train(was_training)
     return sums
 

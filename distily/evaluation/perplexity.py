@@ -12,18 +12,20 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from distily.config import DataArguments
-from distily.data.text import documents_with_content, load_documents, tokenize_and_pack
+from distily.data.text import data_framing, documents_with_content, load_documents, tokenize_and_pack
 from distily.errors import DistilyConfigError
+from distily.objectives.component import next_token_targets
 
 
-def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    """``(sum of -log p(x[t+1] | x[<=t]), targets)`` over positions t where both t and t+1 are real tokens.
+def next_token_nll(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """``(sum of -log p(x[t+1] | x[<=t]), targets)`` over the positions t with a next-token target
+    (``next_token_targets``: no padding, no step into another document).
 
-    ``logits``: ``[batch, seq, vocab]``; ``input_ids``, ``mask``: ``[batch, seq]`` (mask bool). Nats, float32.
+    ``logits``: ``[batch, seq, vocab]``; ``batch`` as ``collate`` builds it, on the logits' device. Nats, float32.
     """
-    targets = mask[:, 1:] & mask[:, :-1]  # [batch, seq - 1]
+    targets = next_token_targets(batch)  # [batch, seq - 1]
     predicted = logits[:, :-1][targets].float()  # [targets, vocab]
-    total = F.cross_entropy(predicted, input_ids[:, 1:][targets], reduction="sum")
+    total = F.cross_entropy(predicted, batch["input_ids"][:, 1:][targets], reduction="sum")
     return total.item(), int(targets.sum())
 
 
@@ -39,20 +41,26 @@ def load_eval_set(
     max_seq_length: int,
     cache_dir: str,
     max_samples: int | None = None,
+    packing: str = "auto",
+    text_document_delimiter: str = "blank_line",
 ) -> datasets.Dataset:
-    """Packed ``max_seq_length`` blocks of an eval set, ``spec`` as in ``EvaluationArguments.eval_datasets``
-    (``path``, ``config``, ``split``, ``text_column``, ``max_samples``, which wins over ``max_samples``)."""
+    """Packed blocks of at most ``max_seq_length`` tokens of an eval set, ``spec`` as in
+    ``EvaluationArguments.eval_datasets`` (``path``, ``config``, ``split``, ``text_column``, ``max_samples``,
+    which wins over ``max_samples``), framed like the training data (``packing``, ``text_document_delimiter``)."""
     args = DataArguments(
         dataset_name=spec["path"],
         dataset_config_name=spec["config"],
         dataset_split=spec["split"],
         dataset_text_column=spec["text_column"],
+        packing=packing,
+        text_document_delimiter=text_document_delimiter,
     )
     try:
         documents = documents_with_content(load_documents(args), args)
     except DistilyConfigError as err:
         raise DistilyConfigError(f"eval_datasets[{name!r}]: {err}")
-    blocks = tokenize_and_pack(documents, tokenizer, max_seq_length, spec["text_column"], cache_dir)
+    framing = data_framing(documents, tokenizer, max_seq_length, packing)
+    blocks = tokenize_and_pack(documents, tokenizer, framing, spec["text_column"], cache_dir)
     if len(blocks) == 0:
         raise DistilyConfigError(
             f"eval_datasets[{name!r}] ({spec['path']!r}) gives no sequence of {max_seq_length} tokens; expected more "
@@ -70,9 +78,13 @@ def load_eval_sets(
     max_seq_length: int,
     cache_dir: str,
     max_samples: int | None = None,
+    packing: str = "auto",
+    text_document_delimiter: str = "blank_line",
 ) -> dict[str, datasets.Dataset]:
     """``load_eval_set`` for each of ``EvaluationArguments.eval_datasets``."""
     return {
-        name: load_eval_set(name, spec, tokenizer, max_seq_length, cache_dir, max_samples)
+        name: load_eval_set(
+            name, spec, tokenizer, max_seq_length, cache_dir, max_samples, packing, text_document_delimiter
+        )
         for name, spec in specs.items()
     }

@@ -200,6 +200,15 @@ def _architecture_section(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _framing_line(framing: dict) -> str:
+    """How the documents were framed, and the teacher's loss as packed against the documents run alone."""
+    line = f"- Packing: `{framing.get('packing', 'stream')}` (see Distily's docs/data.md)"
+    if "teacher_lm_loss_documents" in framing:
+        line += (f"; the teacher's held-out loss as packed {framing['teacher_lm_loss_packed']:.3f} nats, on the same "
+                 f"documents run alone {framing['teacher_lm_loss_documents']:.3f}")
+    return line + "."
+
+
 def _data_section(config: DistillConfig, metrics: dict) -> str:
     data = config.data
     length, train = metrics["max_seq_length"], metrics["train"]
@@ -213,6 +222,7 @@ def _data_section(config: DistillConfig, metrics: dict) -> str:
         f"- Dataset: {source} ({details}); {data.eval_fraction:g} of its documents held out for evaluation.",
         f"- Training set: {metrics['train_sequences']:,} packed sequences of {length} tokens "
         f"({metrics['train_sequences'] * length:,} tokens).",
+        _framing_line(metrics.get("framing", {})),
     ]
     if "tokens_seen" in train:
         lines.append(f"- Trained for {train['global_step']:,} optimizer steps, about {train['tokens_seen']:,} tokens "

@@ -9,10 +9,18 @@ from transformers import PreTrainedModel
 POSITIONS, TARGETS = 0, 1  # rows of the token-count tensor
 
 
-def token_counts(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``[positions, targets]``: non-padding positions, and those followed by a non-padding token."""
-    mask = attention_mask.bool()  # [batch, seq]
-    return torch.stack([mask.sum(), (mask[:, 1:] & mask[:, :-1]).sum()])
+def next_token_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[batch, seq - 1]`` bool: the positions whose next token is a target (both real tokens, and the next
+    one not the first of a document: ``labels`` -100 there)."""
+    mask = batch["attention_mask"].bool()  # [batch, seq]
+    labels = batch.get("labels")
+    following = mask[:, 1:] if labels is None else labels[:, 1:] != -100  # [batch, seq - 1]
+    return mask[:, :-1] & following
+
+
+def token_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[positions, targets]``: non-padding positions, and those with a next-token target."""
+    return torch.stack([batch["attention_mask"].bool().sum(), next_token_targets(batch).sum()])
 
 
 class Component(nn.Module):

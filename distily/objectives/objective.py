@@ -15,7 +15,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from distily.config import ObjectiveArguments
 from distily.objectives.chunked import chunked_logit_loss_sum
-from distily.objectives.component import TARGETS, Component, token_counts
+from distily.objectives.component import TARGETS, Component, next_token_targets, token_counts
 from distily.objectives.features import build_feature_components
 from distily.objectives.losses import LOSSES, check_loss
 from distily.objectives.sparse import SparseLogitsComponent
@@ -73,9 +73,8 @@ class HardLabelComponent(Component):
 
     def forward(self, student_outputs, teacher_outputs, batch):
         logits = student_outputs.logits[:, :-1]  # [batch, seq - 1, vocab]
-        targets = batch["labels"][:, 1:]  # [batch, seq - 1]
-        valid = (targets != -100) & batch["attention_mask"][:, :-1].bool()
-        return F.cross_entropy(logits[valid].float(), targets[valid], reduction="sum")
+        valid = next_token_targets(batch)  # [batch, seq - 1]
+        return F.cross_entropy(logits[valid].float(), batch["input_ids"][:, 1:][valid], reduction="sum")
 
 
 @dataclass
@@ -108,7 +107,7 @@ class DistillationObjective(nn.Module):
         batch: dict[str, torch.Tensor],
         counts: Optional[torch.Tensor] = None,
     ) -> ObjectiveOutput:
-        counts = token_counts(batch["attention_mask"]) if counts is None else counts
+        counts = token_counts(batch) if counts is None else counts
         total, logged = 0.0, {}
         for name, component in self.components.items():
             value = component(student_outputs, teacher_outputs, batch) / counts[component.normalizer].clamp(min=1)

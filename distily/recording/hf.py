@@ -5,8 +5,18 @@ from typing import Optional
 import torch
 from transformers import PreTrainedModel
 
-from distily.data.store import ROW_NLL, TAIL_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, hidden_states_key, id_dtype
-from distily.data.text import INPUT_IDS
+from distily.data.framing import INPUT_IDS, POSITION_IDS, model_inputs
+from distily.data.store import (
+    ATTENTION_MASK,
+    ROW_NLL,
+    ROW_TARGETS,
+    TAIL_LOGPROB,
+    TOPK_IDS,
+    TOPK_LOGPROBS,
+    hidden_states_key,
+    id_dtype,
+)
+from distily.objectives.component import next_token_targets
 from distily.errors import DistilyConfigError
 from distily.models.architecture import output_vocab_size
 from distily.recording.targets import check_top_k, fidelity_sums, next_token_nll, sparse_targets
@@ -18,7 +28,7 @@ def hidden_states_dtype(teacher: PreTrainedModel) -> torch.dtype:
 
 
 class HFRecorder:
-    """Records rows of token ids: ``record(input_ids [rows, seq]) -> (shard tensors, stats)``.
+    """Records a batch of rows built by ``collate``: ``record(rows) -> (shard tensors, stats)``.
 
     Logits are turned into sparse targets one sequence at a time, so the float32 working set is one
     ``[seq, vocab]`` tensor whatever the batch size."""
@@ -45,36 +55,43 @@ class HFRecorder:
         self.id_dtype, self.hidden_dtype = id_dtype(vocab), hidden_states_dtype(teacher)
 
     @torch.inference_mode()
-    def record(self, input_ids: torch.Tensor, held_out: bool, progress: Optional[object] = None) -> tuple[dict, dict]:
-        """Shard tensors for ``input_ids`` [rows, seq] and the sums the manifest reports (the teacher's NLL;
-        on held-out rows also the fidelity sums)."""
+    def record(
+        self, rows: dict[str, torch.Tensor], held_out: bool, progress: Optional[object] = None
+    ) -> tuple[dict, dict]:
+        """Shard tensors for ``rows`` (``input_ids`` [rows, seq], its masks and positions) and the sums the
+        manifest reports (the teacher's NLL; on held-out rows also the fidelity sums)."""
         device = self.teacher.device
         per_row: dict[str, list[torch.Tensor]] = {}  # one entry per sequence, stacked at the end
         per_batch: dict[str, list[torch.Tensor]] = {}  # one [batch, ...] entry per batch, concatenated
-        stats: dict = {"positions": input_ids.numel(), "targets": input_ids.shape[0] * (input_ids.shape[1] - 1)}
+        targets = next_token_targets(rows)  # [rows, seq - 1]
+        stats: dict = {"positions": int(rows["attention_mask"].sum()), "targets": int(targets.sum())}
         fidelity: dict = {}
-        for start in range(0, input_ids.shape[0], self.batch_size):
-            batch = input_ids[start : start + self.batch_size].to(device)  # [batch, seq]
-            outputs = self.teacher(
-                input_ids=batch, attention_mask=torch.ones_like(batch), output_hidden_states=bool(self.layers)
-            )
-            for row in range(batch.shape[0]):
+        for start in range(0, rows[INPUT_IDS].shape[0], self.batch_size):
+            batch = {key: value[start : start + self.batch_size].to(device) for key, value in rows.items()}
+            outputs = self.teacher(**model_inputs(batch), output_hidden_states=bool(self.layers))
+            for row in range(batch[INPUT_IDS].shape[0]):
                 logits = outputs.logits[row]  # [seq, vocab]
+                real = int(batch["attention_mask"][row].sum())
                 top_logprobs, top_ids, tail = sparse_targets(logits, self.top_k, self.temperature)
                 per_row.setdefault(TOPK_LOGPROBS, []).append(top_logprobs.half().cpu())  # [seq, k]
                 per_row.setdefault(TOPK_IDS, []).append(top_ids.cpu().to(self.id_dtype))  # [seq, k]
                 per_row.setdefault(TAIL_LOGPROB, []).append(tail.cpu())  # [seq]
-                per_row.setdefault(ROW_NLL, []).append(next_token_nll(logits, batch[row]).cpu())  # []
+                row_targets = targets[start + row].to(device)  # [seq - 1]
+                nll = next_token_nll(logits[:-1][row_targets], batch[INPUT_IDS][row, 1:][row_targets])
+                per_row.setdefault(ROW_NLL, []).append(nll.cpu())  # []
+                per_row.setdefault(ROW_TARGETS, []).append(row_targets.sum().to(torch.int32).cpu())  # []
                 if held_out:
-                    for k, sums in fidelity_sums(logits, self.fidelity_ks, self.temperature).items():
+                    for k, sums in fidelity_sums(logits[:real], self.fidelity_ks, self.temperature).items():
                         fidelity[k] = {name: fidelity.get(k, {}).get(name, 0.0) + value for name, value in sums.items()}
             for layer in self.layers:
                 per_batch.setdefault(hidden_states_key(layer), []).append(
                     outputs.hidden_states[layer].to(self.hidden_dtype).cpu()  # [batch, seq, width]
                 )
             if progress is not None:
-                progress.update(batch.shape[0])
-        tensors = {INPUT_IDS: input_ids.to(torch.int32)}
+                progress.update(batch[INPUT_IDS].shape[0])
+        tensors = {INPUT_IDS: rows[INPUT_IDS].to(torch.int32), ATTENTION_MASK: rows["attention_mask"].to(torch.int8)}
+        if POSITION_IDS in rows:
+            tensors[POSITION_IDS] = rows[POSITION_IDS].to(torch.int32)
         tensors.update({key: torch.stack(values) for key, values in per_row.items()})
         tensors.update({key: torch.cat(values) for key, values in per_batch.items()})
         stats["nll_sum"] = float(tensors[ROW_NLL].sum())

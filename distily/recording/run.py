@@ -24,7 +24,7 @@ from distily.data.store import (
     bytes_per_entry,
     id_dtype,
 )
-from distily.data.text import INPUT_IDS, build_datasets, load_training_documents, tokenizer_fingerprint
+from distily.data.text import build_datasets, collate, data_framing, load_training_documents, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
 from distily.models.architecture import output_vocab_size
 from distily.models.identity import teacher_identity
@@ -36,8 +36,9 @@ FIDELITY_KS = (8, 32, 64, 128)
 
 
 def recording_settings(config: DistillConfig, teacher: PreTrainedModel, tokenizer, documents, max_seq_length) -> dict:
-    """Everything that decides a store's content: provenance and recording options."""
+    """Everything that decides a store's content: provenance, framing and recording options."""
     data, record = config.data, config.record
+    framing = data_framing(documents, tokenizer, max_seq_length, data.packing)
     vocab = output_vocab_size(teacher)
     return {
         **teacher_identity(config.model.teacher_model_name_or_path, teacher),
@@ -46,6 +47,8 @@ def recording_settings(config: DistillConfig, teacher: PreTrainedModel, tokenize
         "teacher_num_hidden_layers": teacher.config.num_hidden_layers,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "max_seq_length": max_seq_length,
+        "packing": framing.packing,
+        "text_document_delimiter": data.text_document_delimiter,
         "dataset_name": data.dataset_name,
         "dataset_config_name": data.dataset_config_name,
         "dataset_split": data.dataset_split,
@@ -155,7 +158,13 @@ def run_recording(
     data = build_datasets(config.data, tokenizer, max_seq_length, config.training.seed, documents)
     tokenizer.save_pretrained(writer.path / TOKENIZER_DIR)
     teacher.config.save_pretrained(writer.path / TEACHER_CONFIG_DIR)
+    if data.framing.document_masks and record.record_backend == "vllm":
+        raise DistilyConfigError(
+            f"record_backend=vllm records whole rows, not packed documents (packing={data.framing.packing}); "
+            "expected record_backend=hf or packing=stream"
+        )
     recorder = _recorder(config, teacher, max_seq_length, writer.settings["fidelity_k"])
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     shard_size = record.record_shard_size
     splits = (("train", data.train), ("eval", data.eval))
     total = sum(len(dataset) for _, dataset in splits)
@@ -164,8 +173,9 @@ def run_recording(
             for index, start in enumerate(range(0, len(dataset), shard_size)):
                 if writer.done(split, index):
                     continue
-                input_ids = dataset[start : start + shard_size][INPUT_IDS]  # [rows, seq]
-                tensors, stats = recorder.record(input_ids, held_out=split == "eval", progress=progress)
+                rows = collate([dataset[row] for row in range(start, min(start + shard_size, len(dataset)))],
+                               pad_token_id)  # [rows, seq], padded to the shard's longest
+                tensors, stats = recorder.record(rows, held_out=split == "eval", progress=progress)
                 writer.write_shard(split, index, tensors, stats)
     return writer.finish(_report(writer))
 

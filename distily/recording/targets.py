@@ -30,11 +30,11 @@ def sparse_targets(logits: torch.Tensor, top_k: int, temperature: float) -> tupl
     return top.values, top.indices, tail
 
 
-def next_token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Summed next-token NLL at temperature 1 of one row: ``logits`` [seq, vocab], ``input_ids`` [seq] ->
-    float64 scalar (the targets are ``input_ids[1:]``)."""
-    logprobs = F.log_softmax(logits[:-1].float(), dim=-1)  # [seq - 1, vocab]
-    return -logprobs.gather(-1, input_ids[1:, None]).double().sum()
+def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed NLL at temperature 1 of ``targets`` [n] under ``logits`` [n, vocab] (the predictions made one
+    position before each target) -> float64 scalar."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # [n, vocab]
+    return -logprobs.gather(-1, targets[:, None]).double().sum()
 
 
 def reconstructed_logprobs(top_logprobs: torch.Tensor, tail_logprob: torch.Tensor) -> torch.Tensor:

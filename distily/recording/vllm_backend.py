@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from distily.data.store import ROW_NLL, TAIL_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, id_dtype
-from distily.data.text import INPUT_IDS
+from distily.data.framing import INPUT_IDS
+from distily.data.store import ATTENTION_MASK, ROW_NLL, ROW_TARGETS, TAIL_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, id_dtype
 from distily.errors import DistilyConfigError
 
 
@@ -89,7 +89,9 @@ class VLLMRecorder:
         )
         self.params = SamplingParams(max_tokens=1, logprobs=top_k, prompt_logprobs=top_k, detokenize=False)
 
-    def record(self, input_ids: torch.Tensor, held_out: bool, progress: Optional[object] = None) -> tuple[dict, dict]:
+    def record(self, batch: dict, held_out: bool, progress: Optional[object] = None) -> tuple[dict, dict]:
+        """As ``HFRecorder.record``, for full rows (``packing: stream``: no padding, no document masks)."""
+        input_ids = batch[INPUT_IDS]  # [rows, seq]
         rows = input_ids.tolist()
         outputs = self.engine.generate([{"prompt_token_ids": row} for row in rows], self.params, use_tqdm=False)
         targets = [row_targets(output, row, self.top_k) for output, row in zip(outputs, rows)]
@@ -97,10 +99,12 @@ class VLLMRecorder:
             progress.update(len(rows))
         tensors = {
             INPUT_IDS: input_ids.to(torch.int32),
+            ATTENTION_MASK: torch.ones_like(input_ids, dtype=torch.int8),
             TOPK_LOGPROBS: torch.stack([t[0] for t in targets]).half(),  # [rows, seq, k]
             TOPK_IDS: torch.stack([t[1] for t in targets]).to(self.id_dtype),  # [rows, seq, k]
             TAIL_LOGPROB: torch.stack([t[2] for t in targets]),  # [rows, seq]
             ROW_NLL: torch.stack([t[3] for t in targets]),  # [rows]
+            ROW_TARGETS: torch.full((len(rows),), input_ids.shape[1] - 1, dtype=torch.int32),  # [rows]
         }
         stats = {
             "positions": input_ids.numel(),

@@ -16,8 +16,10 @@ from transformers.trainer_utils import get_last_checkpoint
 import distily
 from distily.config import HELDOUT_SET, DistillConfig
 from distily.data.store import collate_recorded
+from distily.data.framing import check_document_isolation, model_inputs
 from distily.data.text import build_datasets, collate, load_training_documents
 from distily.errors import DistilyConfigError
+from distily.evaluation.framing_check import check_framing
 from distily.evaluation.harness import task_manager
 from distily.evaluation.heldout import Evaluator
 from distily.models.architecture import max_positions, output_vocab_size
@@ -107,7 +109,7 @@ def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn, batch_si
     device = next(teacher.parameters()).device
     batches = list(itertools.islice(loader, CALIBRATION_BATCHES))
     return teacher_confidence(
-        (teacher(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits for b in batches),
+        (teacher(**model_inputs(b, device)).logits for b in batches),
         (b["attention_mask"].bool().to(device) for b in batches),
     )
 
@@ -244,9 +246,19 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
             student, training.per_device_train_batch_size, max_seq_length, training.bf16 or training.fp16,
         )
         logger.info(check_memory(estimate, training.device))
+    if data.framing.document_masks:  # every model must keep packed documents apart
+        for role, model in (("teacher", teacher if recorded is None else None), ("student", student)):
+            if model is not None:
+                check_document_isolation(model, role)
     objective = _objective(config, recorded, teacher, student, data.train, vocab_size)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate_fn = partial(collate if recorded is None else collate_recorded, pad_token_id=pad_token_id)
+    framing_metrics = {"packing": data.framing.packing}
+    if recorded is None and data.eval_documents is not None:
+        framing_metrics = check_framing(
+            teacher, data.eval_documents, tokenizer, data.framing, config.data.dataset_text_column,
+            partial(collate, pad_token_id=pad_token_id), training.per_device_eval_batch_size,
+        ) or framing_metrics
 
     with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
         eval_sets = named_eval_sets(config, tokenizer, max_seq_length)
@@ -282,6 +294,7 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
         "student": _student_summary(training, student, {**before, **after}),
         "train": _train_summary(training, train_output, seconds, max_seq_length),
         "max_seq_length": max_seq_length,
+        "framing": framing_metrics,
         "train_sequences": len(data.train),
         "eval_sequences": len(data.eval),
         **eval_set_checks,

@@ -18,6 +18,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from distily.config import DistillConfig, ModelArguments
 from distily.data.store import (
+    ROW_NLL,
+    ROW_TARGETS,
     TAIL_LOGPROB,
     TOPK_IDS,
     TOPK_LOGPROBS,
@@ -25,6 +27,7 @@ from distily.data.store import (
     TeacherStore,
     hidden_states_key,
 )
+from distily.data.framing import Framing, model_inputs
 from distily.data.text import DistillationData, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
 from distily.evaluation.heldout import heldout_metrics
@@ -64,6 +67,9 @@ class RecordedTeacher:
         requested = config.data.max_seq_length
         if requested is not None and requested != self.max_seq_length:
             raise self._mismatch("max_seq_length", requested, self.max_seq_length)
+        packing = config.data.packing
+        if packing != "auto" and packing != self.settings["packing"]:
+            raise self._mismatch("packing", packing, self.settings["packing"])
         if config.objective.logits_temperature != self.temperature:
             raise self._mismatch("logits_temperature", config.objective.logits_temperature, self.temperature)
         if documents is not None and documents._fingerprint != self.settings["dataset_fingerprint"]:
@@ -145,6 +151,7 @@ class RecordedTeacher:
             train=self.store.dataset("train", max_samples),
             eval=self.store.dataset("eval", max_eval_samples),
             max_seq_length=self.max_seq_length,
+            framing=Framing(self.settings["packing"], self.max_seq_length),
         )
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> RecordedTeacherOutput:
@@ -160,8 +167,8 @@ class RecordedTeacher:
 
     def teacher_metrics(self, dataset: StoreDataset) -> dict:
         """The teacher's held-out next-token loss on the evaluated rows, from the store, and where it came from."""
-        targets = len(dataset) * (self.max_seq_length - 1)
-        lm_loss = float(dataset.row_nll().sum()) / max(targets, 1)
+        targets = int(dataset.row_values(ROW_TARGETS).sum())
+        lm_loss = float(dataset.row_values(ROW_NLL).sum()) / max(targets, 1)
         return {
             "lm_loss": lm_loss,
             "perplexity": math.exp(min(lm_loss, 700.0)),
@@ -187,7 +194,7 @@ class RecordedTeacher:
         for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc="Evaluating "
                           "against the store", leave=False):
             mask = batch["attention_mask"].to(device).bool()  # [batch, seq]
-            logits = student(input_ids=batch["input_ids"].to(device), attention_mask=mask.long()).logits
+            logits = student(**model_inputs(batch, device)).logits
             student_logits = logits[mask].float()  # [tokens, vocab]
             topk_ids = batch[TOPK_IDS].to(device)[mask]  # [tokens, k]
             student_buckets, teacher_buckets = bucket_logprobs(

@@ -32,7 +32,8 @@ def named_eval_sets(
 ) -> dict[str, datasets.Dataset]:
     cache_dir = config.data.tokenization_cache_dir or default_cache_dir()
     return load_eval_sets(
-        config.evaluation.eval_datasets, tokenizer, max_seq_length, cache_dir, config.data.max_eval_samples
+        config.evaluation.eval_datasets, tokenizer, max_seq_length, cache_dir, config.data.max_eval_samples,
+        config.data.packing, config.data.text_document_delimiter,
     )
 
 

@@ -18,6 +18,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from distily.data.framing import model_inputs
 from distily.errors import DistilyConfigError
 from distily.models.architecture import plain_lm_head
 from distily.models.bitnet import bitlinear_modules
@@ -204,6 +205,9 @@ class DistillationTrainer(Trainer):
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(staged, final)
+            staging = os.path.join(run_dir, CHECKPOINT_STAGING_DIR)
+            if not os.listdir(staging):  # else it holds a half-written checkpoint of an interrupted save
+                os.rmdir(staging)
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def _write_checkpoint(self, model, trial):
@@ -230,7 +234,7 @@ class DistillationTrainer(Trainer):
         if not batches:
             return batches, None
         self._component_steps += 1
-        counts = sum(token_counts(batch["attention_mask"]) for batch in batches).to(device)  # [2]
+        counts = sum(token_counts(batch) for batch in batches).to(device)  # [2]
         if self.args.world_size > 1:
             counts = self.accelerator.gather(counts[None]).sum(0)
         return batches, counts
@@ -243,8 +247,7 @@ class DistillationTrainer(Trainer):
         teacher = self.teacher_model.get_decoder() if self.fuse_teacher_lm_head else self.teacher_model
         with torch.no_grad():
             return teacher(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
+                **model_inputs(inputs),
                 output_hidden_states=self.objective.needs("needs_hidden_states"),
                 output_attentions=self.objective.needs("needs_attentions"),
             )
@@ -254,8 +257,7 @@ class DistillationTrainer(Trainer):
         counts = num_items_in_batch if training and torch.is_tensor(num_items_in_batch) else None
         fuse_lm_head = self.fuse_lm_head  # the logit loss applies the LM head itself, chunk by chunk
         student_outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
+            **model_inputs(inputs),
             output_hidden_states=fuse_lm_head or self.objective.needs("needs_hidden_states"),
             output_attentions=self.objective.needs("needs_attentions"),
             **({"logits_to_keep": 1} if fuse_lm_head else {}),

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from distily.data.store import (
+    ATTENTION_MASK,
     PROGRESS,
     ROW_NLL,
     TAIL_LOGPROB,
@@ -28,6 +29,7 @@ def _shard(rows, seed, vocab=70000, k=4, seq=6, width=5):
     generator = torch.Generator().manual_seed(seed)
     return {
         INPUT_IDS: torch.randint(0, vocab, (rows, seq), generator=generator, dtype=torch.int32),
+        ATTENTION_MASK: torch.ones(rows, seq, dtype=torch.int8),
         TOPK_LOGPROBS: (-torch.rand(rows, seq, k, generator=generator) * 10).half(),
         TOPK_IDS: torch.randint(0, vocab, (rows, seq, k), generator=generator).to(id_dtype(vocab)),
         TAIL_LOGPROB: torch.cat([torch.full((rows, 1), float("-inf")), -torch.rand(rows, seq - 1, generator=generator)], 1),
@@ -65,8 +67,22 @@ def test_stored_values_round_trip_exactly(tmp_path):
         for key in (TOPK_LOGPROBS, TAIL_LOGPROB, ROW_NLL, hidden_states_key(2)):
             assert item[key].dtype == shard[key].dtype
             assert torch.equal(item[key], shard[key][row]), key
-    assert torch.equal(dataset.row_nll(), torch.cat([shard[ROW_NLL] for shard in written["train"]]))
+    assert torch.equal(dataset.row_values(ROW_NLL), torch.cat([shard[ROW_NLL] for shard in written["train"]]))
     assert len(store.dataset("train", limit=4)) == 4 and len(store.dataset("eval")) == 2
+
+
+def test_a_padded_row_reads_back_without_its_padding(tmp_path):
+    shard = _shard(2, seed=3)
+    shard[ATTENTION_MASK][1, 4:] = 0  # the second row has 4 real tokens
+    writer = StoreWriter(tmp_path / "store", SETTINGS)
+    writer.write_shard("train", 0, shard, {"positions": 10})
+    writer.write_shard("eval", 0, _shard(1, seed=4), {"positions": 6})
+    writer.finish({})
+    item = TeacherStore(tmp_path / "store").dataset("train")[1]
+    assert ATTENTION_MASK not in item
+    assert torch.equal(item[INPUT_IDS], shard[INPUT_IDS][1, :4].long())
+    assert torch.equal(item[TOPK_LOGPROBS], shard[TOPK_LOGPROBS][1, :4])
+    assert torch.equal(item[ROW_NLL], shard[ROW_NLL][1])  # per-row values stay whole
 
 
 def test_collate_stacks_the_teacher_fields(tmp_path):

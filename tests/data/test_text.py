@@ -3,6 +3,7 @@ import pytest
 
 import distily.data.text as text_module
 from distily.config import DataArguments
+from distily.data.framing import Framing
 from distily.data.text import build_datasets, collate, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
 from tiny import make_documents, make_tokenizer, write_jsonl
@@ -32,7 +33,7 @@ def test_blocks_are_full_length_and_train_eval_documents_are_disjoint(tmp_path, 
 def test_packing_keeps_every_token_with_separators(tmp_path, tokenizer):
     documents = make_documents(50)
     batch = text_module._tokenize_batch({"text": documents}, tokenizer, "text")
-    packed = text_module._pack_batch(batch, 16, [tokenizer.eos_token_id])
+    packed = Framing("stream", 16, eos_token_id=tokenizer.eos_token_id).pack(batch["input_ids"])
     stream = [t for ids in batch["input_ids"] for t in ids + [tokenizer.eos_token_id]]
     assert [t for block in packed["input_ids"] for t in block] == stream[: len(stream) // 16 * 16]
 
@@ -42,7 +43,7 @@ def test_every_source_kind_loads(tmp_path, tokenizer, kind):
     documents = make_documents(120)
     if kind == "txt":
         path = tmp_path / "d.txt"
-        path.write_text("\n".join(documents))
+        path.write_text("\n\n".join(documents))  # paragraphs: one document each
     elif kind == "jsonl":
         path = write_jsonl(tmp_path / "d.jsonl", documents)
     elif kind == "parquet":

@@ -5,6 +5,7 @@ import random
 import datasets
 import pytest
 
+from distily.data.framing import Framing
 from distily.data.text import tokenize_and_pack
 from distily.errors import DistilyConfigError
 from distily.evaluation.overlap import training_overlap
@@ -35,7 +36,8 @@ def test_a_planted_span_of_n_tokens_is_caught_and_a_shorter_one_is_not():
 
 def test_a_training_document_planted_in_an_eval_file_is_caught(tokenizer, tmp_path):
     documents = make_documents(80)
-    train = tokenize_and_pack(datasets.Dataset.from_dict({"text": documents}), tokenizer, 32, "text", str(tmp_path))
+    train = tokenize_and_pack(datasets.Dataset.from_dict({"text": documents}), tokenizer,
+                              Framing("stream", 32, eos_token_id=tokenizer.eos_token_id), "text", str(tmp_path))
     rng = random.Random(0)  # words outside the training grammar
     fresh = [" ".join(f"item{rng.randrange(10**6)} x{rng.randrange(99)}" for _ in range(40)) for _ in range(4)]
     spec = {"config": None, "split": "train", "text_column": "text", "max_samples": None}

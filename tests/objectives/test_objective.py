@@ -24,7 +24,7 @@ def batch_with_padding():
 
 def test_token_counts():
     batch = batch_with_padding()
-    assert token_counts(batch["attention_mask"]).tolist() == [6 + 4 + 3 + 6, 5 + 3 + 2 + 5]
+    assert token_counts(batch).tolist() == [6 + 4 + 3 + 6, 5 + 3 + 2 + 5]
 
 
 def test_logit_component_is_the_mean_over_real_tokens_only():
@@ -66,7 +66,7 @@ def test_accumulated_halves_give_the_same_loss_and_gradient():
     objective = build_objective(ObjectiveArguments(hard_label_weight=0.5))
     whole = objective(outputs(student), outputs(teacher), batch).loss
     (whole_grad,) = torch.autograd.grad(whole, student)
-    counts = token_counts(batch["attention_mask"])  # of the whole accumulated batch
+    counts = token_counts(batch)  # of the whole accumulated batch
     total, grad = 0.0, torch.zeros_like(student)
     for part in (slice(0, 2), slice(2, 4)):
         piece = {key: value[part] for key, value in batch.items()}

@@ -111,7 +111,7 @@ def test_a_killed_recording_resumes_to_the_uninterrupted_result(teacher_dirs, te
     assert not (tmp_path / "b" / "store" / MANIFEST).exists()
     monkeypatch.setattr(HFRecorder, "record", original)
     recorded = []
-    monkeypatch.setattr(HFRecorder, "record", lambda self, ids, *a, **k: recorded.append(len(ids)) or original(self, ids, *a, **k))
+    monkeypatch.setattr(HFRecorder, "record", lambda self, rows, *a, **k: recorded.append(len(rows["input_ids"])) or original(self, rows, *a, **k))
     _, resumed = _record(teacher_dirs["llama"], text_file, tmp_path / "b")
     assert recorded == [8, 8]  # only the missing train shard and the eval shard
     assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)

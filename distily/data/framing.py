@@ -1,0 +1,191 @@
+"""How token sequences are framed into training blocks, the way each model family was pretrained.
+
+Three packings (``DataArguments.packing``):
+
+- ``stream``: documents, each followed by the end-of-text token (unless the tokenizer already ends them
+  with it), concatenated and cut into full ``max_seq_length`` blocks; attention runs across documents.
+  This is how GPT-2 (WebText) and other EOS-separated families were trained.
+- ``bos_blocks``: documents as the tokenizer frames them (Llama, Mistral, Gemma: BOS first), concatenated
+  and cut into full blocks; a block that opens in the middle of a document opens with BOS, as every
+  pretraining context of these families did. Documents sharing a block never attend to each other and
+  their positions restart at 0 (document masks).
+- ``documents``: every document whole in a block when it fits (longer ones cut under the BOS rule),
+  best-fit into blocks of at most ``max_seq_length`` tokens, with document masks; padding fills the
+  rest of a batch and never enters a loss.
+
+``auto`` picks ``bos_blocks`` when the tokenizer starts a text with BOS, else ``stream``; pre-tokenized
+rows are the user's exact sequences, so ``auto`` packs them as ``documents`` (no separator added, none
+re-cut unless longer than ``max_seq_length``).
+
+Document masks reach the model as per-document ``position_ids`` with no ``attention_mask`` (and no KV
+cache): transformers then builds the block-diagonal causal mask itself (eager and SDPA) or runs the
+varlen flash-attention kernels, as TRL's padding-free collator does.
+"""
+
+import bisect
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distily.errors import DistilyConfigError
+
+PACKINGS = ("auto", "stream", "bos_blocks", "documents")
+INPUT_IDS, POSITION_IDS = "input_ids", "position_ids"
+
+
+def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer starts an encoded text with its BOS token (Llama, Mistral, Gemma do; GPT-2 and
+    Qwen do not)."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("x")[INPUT_IDS]
+    return bos is not None and bool(ids) and ids[0] == bos
+
+
+def resolve_packing(packing: str, tokenizer: PreTrainedTokenizerBase, pretokenized: bool) -> str:
+    """The packing ``auto`` stands for with this tokenizer and data; any other value as given."""
+    if packing not in PACKINGS:
+        raise DistilyConfigError(f"packing={packing!r} is not supported; expected one of {', '.join(PACKINGS)}")
+    if packing != "auto":
+        return packing
+    if pretokenized:
+        return "documents"
+    return "bos_blocks" if tokenizer_adds_bos(tokenizer) else "stream"
+
+
+@dataclass(frozen=True)
+class Framing:
+    """A resolved packing and what it needs from the tokenizer."""
+
+    packing: str  # stream | bos_blocks | documents
+    max_seq_length: int
+    bos_token_id: Optional[int] = None  # a continuation of a document that starts with it starts with it too
+    eos_token_id: Optional[int] = None  # the separator of ``stream``
+
+    @classmethod
+    def for_tokenizer(cls, packing: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int, pretokenized: bool):
+        return cls(
+            resolve_packing(packing, tokenizer, pretokenized), max_seq_length, tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+        )
+
+    @property
+    def document_masks(self) -> bool:
+        """Whether documents sharing a block are kept apart (per-document positions, block-diagonal mask)."""
+        return self.packing != "stream"
+
+    def pack(self, documents: list[list[int]]) -> dict[str, list[list[int]]]:
+        """Blocks of token ids from tokenized documents (with ``position_ids`` under document masks)."""
+        if self.packing == "stream":
+            return {INPUT_IDS: self._stream(documents)}
+        if self.packing == "bos_blocks":
+            blocks = self._bos_blocks(documents)
+        else:
+            blocks = _best_fit([piece for document in documents for piece in self._pieces(document)],
+                               self.max_seq_length)
+        return {
+            INPUT_IDS: [[token for piece in block for token in piece] for block in blocks],
+            POSITION_IDS: [[position for piece in block for position in range(len(piece))] for block in blocks],
+        }
+
+    def _continuation_head(self, document: list[int]) -> list[int]:
+        """What a continuation of ``document`` starts with: BOS when the document does."""
+        return [self.bos_token_id] if self.bos_token_id is not None and document[:1] == [self.bos_token_id] else []
+
+    def _stream(self, documents: list[list[int]]) -> list[list[int]]:
+        """Documents with separators, concatenated and cut into full blocks (the last partial one dropped)."""
+        separator = [self.eos_token_id] if self.eos_token_id is not None else []
+        stream = []
+        for ids in documents:
+            stream.extend(ids)
+            if separator and ids[-1:] != separator:
+                stream.extend(separator)
+        length = self.max_seq_length
+        return [stream[i : i + length] for i in range(0, len(stream) - len(stream) % length, length)]
+
+    def _bos_blocks(self, documents: list[list[int]]) -> list[list[list[int]]]:
+        """Documents end to end in full blocks, each block a list of document pieces; a document cut at a
+        block's end goes on at the next block's start behind its continuation head (the last partial
+        block is dropped)."""
+        blocks, block, used = [], [], 0
+        for document in documents:
+            start = 0
+            while start < len(document):
+                lead = self._continuation_head(document) if start > 0 else []  # the block is empty here
+                room = self.max_seq_length - used - len(lead)
+                piece = lead + document[start : start + room]
+                block.append(piece)
+                used += len(piece)
+                start += room
+                if used == self.max_seq_length:
+                    blocks.append(block)
+                    block, used = [], 0
+        return blocks
+
+    def _pieces(self, document: list[int]) -> list[list[int]]:
+        """A document cut into pieces of at most ``max_seq_length`` tokens, continuations behind their head."""
+        length = self.max_seq_length
+        head = self._continuation_head(document)
+        pieces, start = [document[:length]], length
+        while start < len(document):
+            room = length - len(head)
+            pieces.append(head + document[start : start + room])
+            start += room
+        return pieces
+
+
+def _best_fit(pieces: list[list[int]], length: int) -> list[list[list[int]]]:
+    """Best-fit decreasing: each piece, longest first, into the block with the least room that holds it."""
+    blocks: list[list[list[int]]] = []
+    rooms: list[tuple[int, int]] = []  # (room left, block index), sorted
+    for piece in sorted(pieces, key=len, reverse=True):
+        slot = bisect.bisect_left(rooms, (len(piece), -1))
+        if slot == len(rooms):
+            blocks.append([piece])
+            bisect.insort(rooms, (length - len(piece), len(blocks) - 1))
+            continue
+        room, index = rooms.pop(slot)
+        blocks[index].append(piece)
+        bisect.insort(rooms, (room - len(piece), index))
+    return blocks
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: Optional[torch.device] = None) -> dict:
+    """What a model is called with for a batch built by ``collate``: the token ids and either the padding
+    mask or, for blocks with document masks, the per-document positions (no mask and no cache, so that
+    transformers builds the block-diagonal causal mask from the positions)."""
+    def on_device(tensor):
+        return tensor if device is None else tensor.to(device)
+
+    if POSITION_IDS in batch:
+        return {
+            INPUT_IDS: on_device(batch[INPUT_IDS]), POSITION_IDS: on_device(batch[POSITION_IDS]), "use_cache": False,
+        }
+    return {INPUT_IDS: on_device(batch[INPUT_IDS]), "attention_mask": on_device(batch["attention_mask"])}
+
+
+ISOLATION_PROBE = (5, 4)  # two documents' lengths in the probe block
+
+
+@torch.no_grad()
+def check_document_isolation(model: PreTrainedModel, role: str) -> None:
+    """Refuse a model that does not keep packed documents apart: the second document's logits in a packed
+    block must equal its logits alone (a model whose attention ignores restarting positions would let it
+    see the first one)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    first, second = (torch.randint(1, model.config.vocab_size, (1, n), generator=generator) for n in ISOLATION_PROBE)
+    positions = torch.cat([torch.arange(n) for n in ISOLATION_PROBE])[None]  # [1, seq]
+    was_training = model.training
+    model.eval()
+    packed = model(input_ids=torch.cat([first, second], 1).to(device), position_ids=positions.to(device),
+                   use_cache=False).logits[0, ISOLATION_PROBE[0]:].float()  # [seq, vocab]
+    alone = model(input_ids=second.to(device), use_cache=False).logits[0].float()  # [seq, vocab]
+    model.train(was_training)
+    scale = alone.abs().max().item()
+    if (packed - alone).abs().max().item() > 0.02 * scale + 1e-3:
+        raise DistilyConfigError(
+            f"the {role} ({type(model).__name__}) lets packed documents attend to each other (it ignores restarting "
+            "position_ids); expected packing=stream for this model"
+        )
