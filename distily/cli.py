@@ -17,7 +17,8 @@ commands:
   sweep SWEEP.yaml [--key value ...]      run a grid, a list of runs or a layer search (docs/experiments.md)
   eval MODEL [--teacher_model_name_or_path T] [--key value ...]
                                           perplexity sets, agreement, lm-eval tasks (see `distily eval --help`)
-  export RUN_DIR --format packed|gguf     export a BitNet student (2-bit packed checkpoint or GGUF) and verify it
+  export RUN_DIR --format packed|gguf [--output PATH] [--overwrite]
+                                          export a BitNet student (2-bit packed checkpoint or GGUF) and verify it
   demo [--output_dir DIR]                 offline demo: distill the bundled teacher on Python's own docs
 
 record and generate read the same config as distill (output_dir is not needed); see docs/recording.md.
@@ -108,6 +109,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def _export(args: list[str], command_line: str) -> int:
     from distily.export.api import EXPORT_FORMATS, export_run
+    from distily.export.report import read_export_report
 
     parser = _ArgumentParser(
         prog="distily export", description="Export a BitNet student and verify what was written."
@@ -116,9 +118,12 @@ def _export(args: list[str], command_line: str) -> int:
     parser.add_argument("--format", required=True, help=f"one of {', '.join(EXPORT_FORMATS)}")
     parser.add_argument("--output", default=None, help="where to write (default: inside RUN_DIR)")
     parser.add_argument("--gguf_type", default="TQ2_0", help="GGUF ternary type: TQ2_0 or TQ1_0")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output, if it is a previous export of this format (never the run "
+                             "directory, the current directory or a directory containing them)")
     options = parser.parse_args(args)
-    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type)
-    print(f"wrote and verified {path}")
+    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type, overwrite=options.overwrite)
+    print(read_export_report(path).line(path))  # says which checks did not run, if any
     return 0
 
 

@@ -1,37 +1,98 @@
-"""Writing outputs so that a crash never leaves a file that looks complete; sizes and hashes of files."""
+"""Writing outputs so that a crash never leaves a file that looks complete, and nothing a command did not
+write is ever replaced; sizes and hashes of files."""
 
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+from distily.errors import DistilyConfigError
+
+
+@dataclass(frozen=True)
+class PreviousOutput:
+    """How a command recognises an output it wrote before, the only thing `overwrite` lets it replace."""
+
+    name: str  # what the command writes, e.g. "packed export"
+    # Why an existing path (a non-empty directory, or a file) is not such an output; None when it is one.
+    why_not: Callable[[Path], str | None]
+
+
+def check_output(target: Path, *, directory: bool = False, overwrite: bool = False,
+                 previous: PreviousOutput | None = None, protected: Mapping[Path, str] | None = None) -> None:
+    """Raise DistilyConfigError unless `target` may be written: it does not exist, or `overwrite` is given and
+    it is a previous output of the same kind (`previous`; any, when None: the caller owns the path).
+
+    Never replaceable, even with `overwrite`: a path in `protected` (path -> what it is, e.g. the run
+    directory) or one containing it, the current directory or one containing it, a symbolic link, a file
+    where a directory is written (or the other way round).
+    """
+    if not os.path.lexists(target):
+        return
+    resolved = target.resolve()
+    for path, what in {**(protected or {}), Path.cwd(): "the current directory"}.items():
+        path = Path(path).resolve()
+        if resolved == path or resolved in path.parents:
+            relation = "is" if resolved == path else "contains"
+            raise DistilyConfigError(f"output '{target}' {relation} {what} '{path}'; expected a path outside it")
+    name = previous.name if previous is not None else "output"
+    if not overwrite:
+        raise DistilyConfigError(f"output '{target}' already exists; expected a new path, or --overwrite to replace a previous {name}")
+    if target.is_symlink():
+        raise DistilyConfigError(f"output '{target}' is a symbolic link; expected a new path or a previous {name}")
+    if target.is_dir() != directory:
+        found, expected = ("a directory", "a file") if target.is_dir() else ("not a directory", "a directory")
+        raise DistilyConfigError(f"output '{target}' is {found}; expected {expected} (a previous {name})")
+    if previous is None or (directory and not any(target.iterdir())):
+        return  # the caller's own path, or an empty directory: nothing to lose
+    reason = previous.why_not(target)
+    if reason is not None:
+        raise DistilyConfigError(f"output '{target}' is not a previous {name} ({reason}); expected a new path or a previous {name}")
 
 
 @contextmanager
-def atomic_output(target: Path, *, directory: bool = False) -> Iterator[Path]:
+def atomic_output(target: Path, *, directory: bool = False, overwrite: bool = False,
+                  previous: PreviousOutput | None = None, protected: Mapping[Path, str] | None = None) -> Iterator[Path]:
     """Yield a fresh staging path beside `target` (same filesystem); rename it onto `target` on success.
 
     The staging path does not exist yet: the caller creates the file (or, with directory=True, the
-    directory). On an exception the staging path is removed and `target` is left untouched. An
-    existing target directory is replaced.
+    directory). `target` is checked by check_output (same arguments) before and again after the write.
+    An existing target is only ever replaced by renames: a file by one rename onto it; a directory is
+    moved aside into the sibling temporary directory (`.NAME.*/previous`), the new one renamed onto
+    `target`, then the old one deleted, so a kill at any moment leaves the old or the new output complete
+    (between the two renames: the old one in `.NAME.*/previous`). On an exception, `target` is left (or
+    put back) as it was and the staging path removed.
     """
+    rules = {"directory": directory, "overwrite": overwrite, "previous": previous, "protected": protected}
+    check_output(target, **rules)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / "staging"
+    workspace = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging, aside = workspace / "staging", workspace / "previous"
+    replaced = False
     try:
         yield staging
-        if directory and target.is_dir():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        check_output(target, **rules)  # something may have appeared there while we wrote
+        if directory and os.path.lexists(target):
+            os.rename(target, aside)
+        os.replace(staging, target)  # a file replaces a file in one rename
+        replaced = True
+    except BaseException:
+        if os.path.lexists(aside) and not os.path.lexists(target):
+            os.rename(aside, target)  # put the old output back
+        raise
     finally:
-        shutil.rmtree(staging.parent, ignore_errors=True)
+        if replaced or not os.path.lexists(aside):  # never delete an old output that is not back in place
+            shutil.rmtree(workspace, ignore_errors=True)
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
-    """Write ``data`` as JSON beside ``path``, then rename it into place."""
-    with atomic_output(Path(path)) as staging:
+    """Write ``data`` as JSON beside ``path``, then rename it into place (replacing the caller's own file)."""
+    with atomic_output(Path(path), overwrite=True) as staging:
         staging.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 

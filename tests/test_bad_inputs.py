@@ -1,11 +1,14 @@
 """Each bad input: one line naming the problem, exit code 2, nothing overwritten."""
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from distily.cli import main
+from file_tree import tree
 from tiny import write_jsonl
 
 
@@ -204,3 +207,37 @@ def test_debug_shows_the_traceback(tmp_path, teacher_dirs, run_values):
 def test_unknown_command(capsys):
     assert main(["distil"]) == 2
     assert "unknown command 'distil'" in capsys.readouterr().err
+
+
+
+# Export outputs that must never be replaced: (id, --output, flags, current directory, expected error).
+# The work folder holds run/ (the student), mine/ (a user's folder) and here/deeper/ (a user's draft).
+EXPORT_OUTPUT_CASES = [
+    ("users_folder", "mine", [], ".", "output 'mine' already exists; expected a new path, or --overwrite"),
+    ("users_folder_overwrite", "mine", ["--overwrite"], ".",
+     "output 'mine' is not a previous packed export (it holds 'notes.txt', which a packed export does not write)"),
+    ("users_file_as_gguf", "mine/notes.txt", ["--format", "gguf", "--overwrite"], ".",
+     "output 'mine/notes.txt' is not a previous GGUF export (it is not a GGUF file)"),
+    ("run_dir", "run", [], ".", "output 'run' is the run directory"),
+    ("run_dir_overwrite", "run", ["--overwrite"], ".", "output 'run' is the run directory"),
+    ("parent_of_run_dir", "../work", ["--overwrite"], ".", "output '../work' contains the run directory"),
+    ("current_dir", ".", ["--overwrite"], "here/deeper", "output '.' is the current directory"),
+    ("parent_of_current_dir", "..", ["--overwrite"], "here/deeper", "output '..' contains the current directory"),
+]
+
+
+@pytest.mark.parametrize("output, flags, cwd, expected", [case[1:] for case in EXPORT_OUTPUT_CASES],
+                         ids=[case[0] for case in EXPORT_OUTPUT_CASES])
+def test_export_never_replaces_what_it_did_not_write(output, flags, cwd, expected, tmp_path, teacher_dirs, capsys, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(teacher_dirs["llama"], work / "run")  # the output checks come before the student is loaded
+    (work / "mine").mkdir()
+    (work / "mine" / "notes.txt").write_text("a user's file")
+    (work / "here" / "deeper").mkdir(parents=True)
+    (work / "here" / "deeper" / "draft.txt").write_text("a user's draft")
+    monkeypatch.chdir(work / cwd)
+    before = tree(tmp_path)
+    assert main(["export", os.path.relpath(work / "run"), "--format", "packed", "--output", output, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("distily export: error: ") and expected in err, err
+    assert tree(tmp_path) == before

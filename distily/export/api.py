@@ -8,8 +8,9 @@ import torch
 from transformers import AutoTokenizer
 
 from distily.errors import DistilyConfigError
-from distily.export.packed import write_packed_checkpoint
+from distily.export.packed import PACKED_EXPORT, write_packed_checkpoint
 from distily.models.bitnet import load_bitnet_student
+from distily.outputs import check_output
 
 EXPORT_FORMATS = ("packed", "gguf")
 # The text llama.cpp's perplexity is checked on after a GGUF export (where llama-cpp-python is installed).
@@ -30,28 +31,37 @@ def default_output(run_dir: Path, format: str, qtype: str = "TQ2_0") -> Path:
     return run_dir / ("packed" if format == "packed" else f"student-{qtype.lower()}.gguf")
 
 
-def export_run(run_dir: str | Path, format: str, output: str | Path | None = None, *, qtype: str = "TQ2_0") -> Path:
+def export_run(run_dir: str | Path, format: str, output: str | Path | None = None, *, qtype: str = "TQ2_0",
+               overwrite: bool = False) -> Path:
     """Export the BitNet student saved in `run_dir` and verify what was written; returns the output path.
 
     format "packed": a transformers-loadable checkpoint with 2-bit weights (a directory), checked by
     reloading it and comparing logits with the fake-quantised student. format "gguf": one llama.cpp file
     with `qtype` ternary tensors (TQ2_0 or TQ1_0), checked tensor by tensor and, where llama-cpp-python
-    is installed, by llama.cpp's perplexity on PERPLEXITY_TEXT (within 2% of the student's).
+    is installed, by llama.cpp's perplexity on PERPLEXITY_TEXT (within 2% of the student's). What was
+    checked, and what was not, is in the export's report (distily.export.report.read_export_report).
+
+    An existing `output` is refused (DistilyConfigError, before the student is loaded) unless
+    `overwrite` and it is a previous export of the same format; the run directory, the current
+    directory and any directory containing them are never replaced.
     """
     run_dir = Path(run_dir)
     if format not in EXPORT_FORMATS:
         raise DistilyConfigError(f"export format '{format}' is not supported; expected one of {', '.join(EXPORT_FORMATS)}")
     if not (run_dir / "config.json").is_file():
         raise DistilyConfigError(f"run directory '{run_dir}' has no config.json; expected a saved student checkpoint")
+    output = Path(output) if output is not None else default_output(run_dir, format, qtype)
+    rules = {"overwrite": overwrite, "protected": {run_dir: "the run directory"}}
+    write_gguf, gguf_export = _gguf_writer() if format == "gguf" else (None, None)
+    check_output(output, directory=format == "packed", previous=gguf_export or PACKED_EXPORT, **rules)
     student = load_bitnet_student(run_dir)
     config = student.config
-    output = Path(output) if output is not None else default_output(run_dir, format, qtype)
     if format == "gguf":
-        return _write_gguf()(student, run_dir, output, qtype=qtype, perplexity_ids=_perplexity_ids(run_dir, config))
+        return write_gguf(student, run_dir, output, qtype=qtype, perplexity_ids=_perplexity_ids(run_dir, config), **rules)
     sequence = min(VERIFY_SEQUENCE, getattr(config, "max_position_embeddings", VERIFY_SEQUENCE))
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, config.vocab_size, (VERIFY_BATCH, sequence), generator=generator)
-    return write_packed_checkpoint(student, output, tokenizer_dir=run_dir, verify_input_ids=input_ids)
+    return write_packed_checkpoint(student, output, tokenizer_dir=run_dir, verify_input_ids=input_ids, **rules)
 
 
 def _perplexity_ids(run_dir: Path, config) -> torch.Tensor:
@@ -61,10 +71,10 @@ def _perplexity_ids(run_dir: Path, config) -> torch.Tensor:
     return torch.tensor(tokenizer(PERPLEXITY_TEXT)["input_ids"][:limit])
 
 
-def _write_gguf():
-    """distily.export.gguf.write_gguf; imported on use because the gguf package is an optional extra."""
+def _gguf_writer():
+    """distily.export.gguf's write_gguf and GGUF_EXPORT; imported on use because the gguf package is an optional extra."""
     try:
-        from distily.export.gguf import write_gguf
+        from distily.export.gguf import GGUF_EXPORT, write_gguf
     except ImportError as error:
         raise DistilyConfigError(f"GGUF export needs the gguf package ({error}); expected `pip install 'distily[bitnet]'`") from error
-    return write_gguf
+    return write_gguf, GGUF_EXPORT

@@ -19,6 +19,7 @@ from the fake-quantised PyTorch ones.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,9 @@ import torch
 from transformers import PreTrainedModel
 
 from distily.errors import DistilyConfigError
-from distily.outputs import atomic_output
-from distily.export.llama_cpp_check import check_llama_cpp_perplexity, llama_cpp_available
+from distily.export.llama_cpp_check import PERPLEXITY_TOLERANCE, check_llama_cpp_perplexity, llama_cpp_available
+from distily.export.report import GGUF_REPORT_KEY, LLAMA_CPP_NOT_INSTALLED, ExportReport
+from distily.outputs import PreviousOutput, atomic_output
 from distily.models.bitnet import BitLinear, BitNetOptions, bitlinear_modules
 
 TERNARY_TYPES = {"TQ2_0": gguf.GGMLQuantizationType.TQ2_0, "TQ1_0": gguf.GGMLQuantizationType.TQ1_0}
@@ -37,6 +39,7 @@ FILE_TYPES = {"TQ2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "TQ1_0": gguf.LlamaFileT
 # general.name; llama.cpp changes token attributes for names containing e.g. "phi3", so it stays neutral.
 GGUF_MODEL_NAME = "distily-bitnet-student"
 SUB_NORMS = {"o_proj": gguf.MODEL_TENSOR.ATTN_SUB_NORM, "down_proj": gguf.MODEL_TENSOR.FFN_SUB_NORM}
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -109,23 +112,50 @@ def check_packable(tensors: list[GGUFTensor], qtype: str) -> None:
             )
 
 
+def why_not_gguf_export(path: Path) -> str | None:
+    """Why the file `path` is not a GGUF file written by write_gguf; None if it is one."""
+    with open(path, "rb") as handle:
+        if handle.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+            return "it is not a GGUF file"
+    try:
+        name = gguf.GGUFReader(str(path)).get_field("general.name").contents()
+    except Exception:  # noqa: BLE001 - any unreadable GGUF file is not one of ours
+        return "it is not a readable GGUF file"
+    return None if name == GGUF_MODEL_NAME else f"its general.name is {name!r}, not {GGUF_MODEL_NAME!r}"
+
+
+GGUF_EXPORT = PreviousOutput("GGUF export", why_not_gguf_export)
+
+
 def write_gguf(model: PreTrainedModel, tokenizer_dir: str | Path, output_path: str | Path, qtype: str = "TQ2_0",
-               perplexity_ids: torch.Tensor | None = None) -> Path:
+               perplexity_ids: torch.Tensor | None = None, *, overwrite: bool = False,
+               protected: Mapping[Path, str] | None = None) -> Path:
     """Write a converted student and the tokenizer saved in `tokenizer_dir` as one GGUF file; verify it.
 
     Every check (architecture, shapes, tokenizer) runs before anything is written; the file is
     written beside `output_path` and renamed into place after verify_gguf and, when `perplexity_ids`
     [seq] is given and llama-cpp-python is installed, after llama.cpp's perplexity on them is within
-    2% of the model's.
+    2% of the model's. The metadata string GGUF_REPORT_KEY lists those checks, and any that could not
+    run. An existing `output_path` is refused unless `overwrite` and it is a previous GGUF export
+    (distily.outputs.check_output; `protected` paths are never replaced).
     """
     architecture = gguf_architecture(model)
     vocabulary = _vocabulary(Path(tokenizer_dir), model.config.vocab_size)
     tensors = plan_tensors(model, architecture, len(vocabulary.tokens))
     check_packable(tensors, qtype)
     output_path = Path(output_path)
-    with atomic_output(output_path) as staging:
+    report = ExportReport("gguf", verified=["ternary tensors dequantise to ternary * scale exactly"])
+    run_llama_cpp = perplexity_ids is not None and llama_cpp_available()
+    if run_llama_cpp:
+        report.verified.append(f"llama.cpp perplexity within {PERPLEXITY_TOLERANCE:.0%} of the student's")
+    elif perplexity_ids is None:
+        report.not_verified.append("not verified with llama.cpp: no perplexity_ids given")
+    else:
+        report.not_verified.append(LLAMA_CPP_NOT_INSTALLED)
+    with atomic_output(output_path, overwrite=overwrite, previous=GGUF_EXPORT, protected=protected) as staging:
         writer = gguf.GGUFWriter(str(staging), architecture)
         writer.add_name(GGUF_MODEL_NAME)
+        writer.add_string(GGUF_REPORT_KEY, report.to_json())  # true once the file is in place: it follows the checks
         writer.add_file_type(FILE_TYPES[qtype])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hyperparameters(writer, model.config, architecture)
@@ -137,7 +167,7 @@ def write_gguf(model: PreTrainedModel, tokenizer_dir: str | Path, output_path: s
         writer.write_tensors_to_file()
         writer.close()
         verify_gguf(staging, tensors)
-        if perplexity_ids is not None and llama_cpp_available():
+        if run_llama_cpp:
             check_llama_cpp_perplexity(model, staging, perplexity_ids)
     return output_path
 

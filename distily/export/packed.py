@@ -16,7 +16,9 @@ plain transformers load fails on the weight shapes instead of computing somethin
 from __future__ import annotations
 
 import copy
+import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -27,7 +29,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from distily.errors import DistilyConfigError
-from distily.outputs import atomic_output
+from distily.export.report import REPORT_FILE, ExportReport
+from distily.outputs import PreviousOutput, atomic_output
 from distily.models.bitnet import (
     BITNET_CONFIG_KEY,
     BitLinear,
@@ -42,6 +45,7 @@ from distily.models.bitnet import (
 VALUES_PER_BYTE = 4
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+PACKED_FILES = frozenset({"model.safetensors", "config.json", REPORT_FILE, *TOKENIZER_FILES})
 # Largest |packed logits - fake-quantised logits| / max |fake-quantised logits| accepted on export.
 # Both compute the same float operations (exact in fp32); the margin covers other dtypes and kernels.
 LOGITS_TOLERANCE = 1e-5
@@ -138,13 +142,33 @@ def _source_projections_are_linear(config) -> bool:
     return all(type(module) is nn.Linear for _, module in block_projections(source))
 
 
+def why_not_packed_export(path: Path) -> str | None:
+    """Why the non-empty directory `path` is not a packed export written by write_packed_checkpoint; None if it is."""
+    unexpected = sorted(entry.name for entry in path.iterdir() if entry.name not in PACKED_FILES or not entry.is_file())
+    if unexpected:
+        return f"it holds '{unexpected[0]}'{f' and {len(unexpected) - 1} more' if len(unexpected) > 1 else ''}, which a packed export does not write"
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "it has no readable config.json"
+    if not isinstance(config, dict) or (config.get(BITNET_CONFIG_KEY) or {}).get("format") != "packed":
+        return f"its config.json lacks {BITNET_CONFIG_KEY}.format='packed'"
+    return None
+
+
+PACKED_EXPORT = PreviousOutput("packed export", why_not_packed_export)
+
+
 def write_packed_checkpoint(model: PreTrainedModel, output_dir: str | Path, tokenizer_dir: str | Path | None = None,
-                            verify_input_ids: torch.Tensor | None = None) -> Path:
+                            verify_input_ids: torch.Tensor | None = None, *, overwrite: bool = False,
+                            protected: Mapping[Path, str] | None = None) -> Path:
     """Write `model` (a converted student) as a packed checkpoint directory; returns its path.
 
     Tokenizer files found in `tokenizer_dir` are copied alongside. With `verify_input_ids` [batch, seq]
-    the written checkpoint is checked by verify_packed before it is moved into place. The directory
-    appears atomically: it is written beside `output_dir` and renamed into place.
+    the written checkpoint is checked by verify_packed before it is moved into place; REPORT_FILE records
+    the checks that ran and those that did not. The directory appears atomically: it is written beside
+    `output_dir` and renamed into place. An existing `output_dir` is refused unless `overwrite` and it is
+    a previous packed export (distily.outputs.check_output; `protected` paths are never replaced).
     """
     packed = to_packed(model)
     config = copy.deepcopy(model.config)
@@ -152,7 +176,9 @@ def write_packed_checkpoint(model: PreTrainedModel, output_dir: str | Path, toke
     if quantization_config is not None:
         config.quantization_config = quantization_config
     getattr(config, BITNET_CONFIG_KEY)["format"] = "packed"
-    with atomic_output(Path(output_dir), directory=True) as staging:
+    report = ExportReport("packed")
+    output = Path(output_dir)
+    with atomic_output(output, directory=True, overwrite=overwrite, previous=PACKED_EXPORT, protected=protected) as staging:
         staging.mkdir()
         save_file(_untied_state_dict(packed), str(staging / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(staging)
@@ -160,8 +186,13 @@ def write_packed_checkpoint(model: PreTrainedModel, output_dir: str | Path, toke
             if tokenizer_dir is not None and (Path(tokenizer_dir) / name).is_file():
                 shutil.copy2(Path(tokenizer_dir) / name, staging / name)
         if verify_input_ids is not None:
-            verify_packed(model, staging, verify_input_ids)
-    return Path(output_dir)
+            error = verify_packed(model, staging, verify_input_ids)
+            report.verified += ["packed linear weights at most 1/7 of fp16",
+                                f"reloaded logits within {LOGITS_TOLERANCE:g} of the student's (measured {error:.1e})"]
+        else:
+            report.not_verified.append("not verified against the student's logits: no verify_input_ids given")
+        (staging / REPORT_FILE).write_text(report.to_json(), encoding="utf-8")
+    return output
 
 
 def load_packed_student(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:

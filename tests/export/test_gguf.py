@@ -1,15 +1,20 @@
 """GGUF export: ternary tensors round-trip, tokenizer metadata, shape errors before writing, llama.cpp."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from file_tree import tree
 from tokenizers import Tokenizer, decoders, models, normalizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
 
+from distily.cli import main
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.errors import DistilyConfigError
 from distily.export.api import export_run
 from distily.export.llama_cpp_check import llama_cpp_perplexity, pytorch_perplexity
+from distily.export.report import LLAMA_CPP_NOT_INSTALLED, read_export_report
 
 gguf = pytest.importorskip("gguf")
 from distily.export.gguf import write_gguf  # noqa: E402  (needs the optional gguf package)
@@ -181,3 +186,85 @@ def test_llama_cpp_perplexity_matches_pytorch(architecture, options, config, hea
     reference = pytorch_perplexity(student, tokens)
     assert reference > 1.1 * VOCAB  # worse than uniform: the predictions are confident
     assert llama_cpp_perplexity(path, tokens) == pytest.approx(reference, rel=0.02)
+
+
+
+def test_export_command_says_llama_cpp_did_not_verify_the_file(tokenizer_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("distily.export.gguf.llama_cpp_available", lambda: False)  # as where it is not installed
+    save_run(tmp_path / "run", tokenizer_dir)
+    assert main(["export", str(tmp_path / "run"), "--format", "gguf"]) == 0
+    path = tmp_path / "run" / "student-tq2_0.gguf"
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"wrote {path}; verified: ternary tensors dequantise to ternary * scale exactly; not verified with "
+                    "llama.cpp: llama-cpp-python is not installed; `pip install 'distily[llamacpp]'`")
+    report = read_export_report(path)  # the file carries the same report in its metadata
+    assert report.not_verified == [LLAMA_CPP_NOT_INSTALLED]
+
+
+def test_llama_cpp_extra_installs_what_the_message_names():
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(requirement.startswith("llama-cpp-python") for requirement in extras["llamacpp"])
+    assert any(requirement.startswith("gguf") for requirement in extras["llamacpp"])
+
+
+def test_llama_cpp_check_is_reported_when_it_ran(tokenizer_dir, tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr("distily.export.gguf.llama_cpp_available", lambda: True)
+    monkeypatch.setattr("distily.export.gguf.check_llama_cpp_perplexity", lambda *args: ran.append(args) or (1.0, 1.0))
+    path = write_gguf(tiny_student("llama"), tokenizer_dir, tmp_path / "student.gguf", perplexity_ids=torch.arange(8))
+    assert len(ran) == 1
+    report = read_export_report(path)
+    assert report.not_verified == [] and "llama.cpp perplexity within 2% of the student's" in report.verified
+    assert report.line(path).startswith(f"wrote and verified {path} (")
+
+
+def test_gguf_export_replaces_a_previous_one_only_with_overwrite(tokenizer_dir, tmp_path, capsys):
+    save_run(tmp_path / "run", tokenizer_dir)
+    path = export_run(tmp_path / "run", "gguf")
+    before, inode = tree(tmp_path), path.stat().st_ino
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), "--format", "gguf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"distily export: error: output '{path}' already exists; expected a new path, or --overwrite to replace a previous GGUF export"
+    assert tree(tmp_path) == before
+    assert main(["export", str(tmp_path / "run"), "--format", "gguf", "--overwrite"]) == 0
+    assert path.stat().st_ino != inode and tree(tmp_path) == before  # the same file again, renamed in
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"my notes", "it is not a GGUF file"),
+    ("someone else's GGUF", "its general.name is 'someone-elses-model'"),
+])
+def test_gguf_export_never_replaces_a_file_it_did_not_write(content, reason, tokenizer_dir, tmp_path, capsys):
+    save_run(tmp_path / "run", tokenizer_dir)
+    output = tmp_path / "model.gguf"
+    if isinstance(content, bytes):
+        output.write_bytes(content)
+    else:
+        writer = gguf.GGUFWriter(str(output), "llama")
+        writer.add_name("someone-elses-model")
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    before = tree(tmp_path)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), "--format", "gguf", "--output", str(output), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"is not a previous GGUF export ({reason}" in err, err
+    assert tree(tmp_path) == before
+
+
+def test_a_failed_gguf_overwrite_leaves_the_previous_file(tokenizer_dir, tmp_path, monkeypatch):
+    save_run(tmp_path / "run", tokenizer_dir)
+    export_run(tmp_path / "run", "gguf")
+    before = tree(tmp_path)
+
+    def failing(*args):
+        raise DistilyConfigError("verification failed")
+
+    monkeypatch.setattr("distily.export.gguf.verify_gguf", failing)
+    with pytest.raises(DistilyConfigError, match="verification failed"):
+        export_run(tmp_path / "run", "gguf", overwrite=True)
+    assert tree(tmp_path) == before

@@ -1,14 +1,17 @@
 """Packed ternary checkpoints: transformers' 2-bit layout, exact round trip, logits, transformers loading."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from file_tree import tree
 from tiny import VOCAB, make_tokenizer, tiny_config
 from transformers import AutoModelForCausalLM
 from transformers.integrations.bitnet import pack_weights
 
+from distily.cli import main
 from distily.errors import DistilyConfigError
 from distily.export.api import export_run
 from distily.export.packed import (
@@ -20,6 +23,7 @@ from distily.export.packed import (
     verify_packed,
     write_packed_checkpoint,
 )
+from distily.export.report import read_export_report
 from distily.models.bitnet import bitlinear_modules, convert_to_bitnet
 
 ARCHITECTURES = ["gpt2", "llama", "phi3"]
@@ -128,3 +132,63 @@ def test_verification_of_a_training_student_ignores_dropout(tmp_path):
     student = tiny_student("gpt2").train()  # GPT-2 has dropout 0.1
     write_packed_checkpoint(student, tmp_path / "packed", verify_input_ids=random_tokens())
     assert student.training
+
+
+
+def export_command(*args) -> int:
+    return main(["export", *map(str, args)])
+
+
+def test_export_command_replaces_a_previous_export_only_with_overwrite(tmp_path, capsys):
+    save_run(tiny_student("llama"), tmp_path / "run")
+    output = tmp_path / "exports" / "packed"
+    assert export_command(tmp_path / "run", "--format", "packed", "--output", output) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"wrote and verified {output} (") and "reloaded logits within 1e-05" in last
+    assert read_export_report(output).not_verified == []
+    before, inode = tree(tmp_path), output.stat().st_ino
+
+    assert export_command(tmp_path / "run", "--format", "packed", "--output", output) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"distily export: error: output '{output}' already exists; expected a new path, or --overwrite to replace a previous packed export"
+    assert tree(tmp_path) == before
+
+    assert export_command(tmp_path / "run", "--format", "packed", "--output", output, "--overwrite") == 0
+    assert output.stat().st_ino != inode  # a new directory, renamed in
+    assert tree(tmp_path) == before  # the same export again, and no staging left beside it
+
+
+def test_export_refuses_a_users_folder_even_with_overwrite(tmp_path, capsys):
+    save_run(tiny_student("llama"), tmp_path / "run")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"my": "settings"}')
+    (folder / "thesis.tex").write_text("years of work")
+    before = tree(tmp_path)
+    capsys.readouterr()  # the saved run's progress bars
+    for flags, expected in (([], "already exists"), (["--overwrite"], "is not a previous packed export (it holds 'thesis.tex'")):
+        assert export_command(tmp_path / "run", "--format", "packed", "--output", folder, *flags) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+        assert tree(tmp_path) == before
+
+
+def test_a_failed_overwrite_leaves_the_previous_export_and_no_staging(tmp_path, monkeypatch):
+    save_run(tiny_student("llama"), tmp_path / "run")
+    export_run(tmp_path / "run", "packed")
+    before = tree(tmp_path)
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed while verifying")
+
+    monkeypatch.setattr("distily.export.packed.verify_packed", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(tmp_path / "run", "packed", overwrite=True)
+    assert tree(tmp_path) == before
+
+
+def test_packed_export_report_without_verification_says_so(tmp_path):
+    path = write_packed_checkpoint(tiny_student("llama"), tmp_path / "packed")
+    report = read_export_report(path)
+    assert report.verified == [] and report.not_verified == ["not verified against the student's logits: no verify_input_ids given"]
+    assert report.line(path).startswith(f"wrote {path}; verified: nothing; not verified")
