@@ -6,6 +6,7 @@ import shlex
 import sys
 from typing import Callable, Optional
 
+from distily import __version__
 from distily.errors import DistilyConfigError
 
 USAGE = """usage: distily COMMAND [ARGS] [--debug]
@@ -23,7 +24,7 @@ commands:
 
 record and generate read the same config as distill (output_dir is not needed); see docs/recording.md.
 
---debug shows the full traceback of an error instead of one line."""
+--debug shows the full traceback of an error instead of one line; --version prints the version."""
 
 
 def _config(args: list[str], prog: str, **defaults):
@@ -155,6 +156,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = [arg for arg in argv if arg != "--debug"]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
+        return 0
+    if argv[0] == "--version":
+        print(f"distily {__version__}")
         return 0
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
