@@ -14,6 +14,7 @@ from distily.evaluation.heldout import heldout_metrics
 from distily.models.student import build_student
 from distily.models.teacher import load_teacher
 from distily.training.distill import run_distillation
+from distily.training.trainer import CHECKPOINT_STAGING_DIR
 from tiny import ARCHITECTURES, save_tiny_model
 
 
@@ -82,6 +83,7 @@ def test_outputs_of_a_run(teacher_dirs, run_values):
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
     assert (out / "tokenizer.json").exists()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / CHECKPOINT_STAGING_DIR).exists()  # checkpoints were staged there, and nothing is left
     assert list(out.glob("runs/**/events.out.tfevents.*"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"teacher", "student", "train"} <= set(metrics)
