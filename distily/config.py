@@ -143,7 +143,7 @@ class ModelArguments:
 PACKING_HELP = (
     "How documents become blocks: stream (EOS-separated, cut into full blocks: GPT-2, Qwen), bos_blocks (every "
     "block opens with BOS, documents masked apart: Llama, Mistral, Gemma), documents (whole documents best-fit "
-    "into blocks, masked apart, padded) or auto (bos_blocks when the tokenizer adds BOS, else stream; "
+    "into blocks, masked apart, padded) or auto (documents when the tokenizer adds BOS, else stream; "
     "pre-tokenized rows as documents). See docs/data.md."
 )
 TEXT_DOCUMENT_DELIMITER_HELP = (

@@ -13,6 +13,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from tokenizers.processors import TemplateProcessing
+
 from distily.data.tokenizer import train_byte_level_bpe
 
 VOCAB = 320
@@ -84,3 +86,28 @@ def write_jsonl(path, documents: list[str]) -> str:
     return str(path)
 
 
+def make_bos_tokenizer() -> PreTrainedTokenizerFast:
+    """A Llama-style tokenizer: ``<s>`` (BOS) before every text, ``</s>`` (EOS) apart; ``VOCAB`` tokens."""
+    backend = train_byte_level_bpe(make_documents(200, seed=1), VOCAB - 1, "</s>", bos=False).backend_tokenizer
+    backend.add_special_tokens(["<s>"])
+    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", model_max_length=256)
+
+
+def train_bos_anchored_llama(tokenizer, steps: int = 250, seed: int = 0):
+    """A 2-layer Llama trained only on contexts that start with BOS (each document alone, as Llama's
+    pretraining framed them), so that, like real Llama-family models, it needs BOS at position 0."""
+    from distily.data.text import collate
+
+    documents = [tokenizer(text)["input_ids"] for text in make_documents(2000, seed=5)]
+    config = tiny_config("llama", layers=2, vocab_size=len(tokenizer))
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        batch = collate([{"input_ids": documents[(step * 16 + row) % len(documents)]} for row in range(16)])
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from distily.config import DistillConfig, GenerateArguments
+from distily.data.framing import tokenizer_adds_bos
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.run import run_recording
@@ -59,8 +60,10 @@ def start_token(tokenizer: PreTrainedTokenizerBase) -> int:
 def sample_sequences(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: GenerateArguments, batch_size: int
 ) -> list[list[int]]:
-    """``generate_num_samples`` token lists, each cut before the first end-of-text token."""
+    """``generate_num_samples`` token lists, each cut before the first end-of-text token; for a tokenizer that
+    starts texts with BOS, each starts with it, so the samples reach a student framed as the teacher read them."""
     start = start_token(tokenizer)
+    keep_start = tokenizer_adds_bos(tokenizer)  # a sample opens as the teacher's contexts open: BOS first
     eos = tokenizer.eos_token_id
     samples = []
     with tqdm(total=args.generate_num_samples, desc="Sampling from the teacher", unit="seq") as progress:
@@ -88,15 +91,16 @@ def sample_sequences(
                 pad_token_id=eos if eos is not None else start,
                 eos_token_id=eos,
             )[:, 1:]  # [count, <= generate_length]
+            head = [start] if keep_start else []
             for row in generated.tolist():
-                samples.append(row[: row.index(eos)] if eos in row else row)
+                samples.append(head + (row[: row.index(eos)] if eos in row else row))
             progress.update(count)
     return samples
 
 
 def write_samples(samples: list[list[int]], tokenizer: PreTrainedTokenizerBase, output: str) -> None:
     """``input_ids`` and ``text`` columns into a .jsonl file or a ``save_to_disk`` directory, atomically."""
-    dataset = datasets.Dataset.from_dict({"input_ids": samples, "text": tokenizer.batch_decode(samples)})
+    dataset = datasets.Dataset.from_dict({"input_ids": samples, "text": tokenizer.batch_decode(samples, skip_special_tokens=True)})
     target = Path(output)
     partial = target.with_name(target.name + ".partial")
     if target.suffix == ".jsonl":

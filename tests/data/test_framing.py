@@ -1,0 +1,262 @@
+"""Framing: blocks open the way the model's pretraining contexts did, documents never see each other, and a
+BOS-anchored teacher measured by Distily scores what plain transformers gives on the same sequences."""
+
+import logging
+from functools import partial
+
+import datasets
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from distily.config import DataArguments, GenerateArguments
+from distily.data.framing import Framing, check_document_isolation, model_inputs, resolve_packing
+from distily.data.text import build_datasets, collate, split_text
+from distily.errors import DistilyConfigError
+from distily.evaluation.framing_check import check_framing
+from distily.evaluation.heldout import Evaluator
+from distily.recording.generate import sample_sequences, write_samples
+from tiny import make_bos_tokenizer, make_documents, tiny_config, train_bos_anchored_llama, write_jsonl
+
+BOS = 1000  # a stand-in id in the pure framing tests
+
+
+def documents_of(block_ids, block_positions):
+    """The pieces of a block, cut where positions restart."""
+    pieces = []
+    for token, position in zip(block_ids, block_positions):
+        if position == 0:
+            pieces.append([])
+        pieces[-1].append(token)
+    return pieces
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer():
+    return make_bos_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def bos_teacher(bos_tokenizer):
+    return train_bos_anchored_llama(bos_tokenizer)
+
+
+def test_bos_blocks_open_with_bos_and_keep_every_token():
+    documents = [[BOS] + list(range(i * 100, i * 100 + n)) for i, n in enumerate([5, 13, 2, 30, 7, 9])]
+    packed = Framing("bos_blocks", 8, bos_token_id=BOS).pack(documents)
+    assert all(len(ids) == 8 and ids[0] == BOS for ids in packed["input_ids"])
+    pieces = [p for ids, pos in zip(packed["input_ids"], packed["position_ids"]) for p in documents_of(ids, pos)]
+    rebuilt, current = [], None  # a piece that does not open a document continues the previous one
+    for piece in pieces:
+        if piece[1:2] and current is not None and piece[1] == current[-1] + 1 and current[0] == BOS:
+            current.extend(piece[1:])
+        else:
+            current = list(piece)
+            rebuilt.append(current)
+    stream = [t for d in documents for t in d]
+    assert [t for d in rebuilt for t in d] == stream[: len([t for d in rebuilt for t in d])]
+    assert len(stream) - sum(map(len, rebuilt)) < 8  # only the last partial block is dropped
+
+
+def test_documents_packing_keeps_each_document_whole():
+    documents = [[BOS] + list(range(i * 100, i * 100 + n)) for i, n in enumerate([5, 13, 2, 6, 7, 1, 3])]
+    packed = Framing("documents", 16, bos_token_id=BOS).pack(documents)
+    assert all(len(ids) <= 16 for ids in packed["input_ids"])
+    pieces = [p for ids, pos in zip(packed["input_ids"], packed["position_ids"]) for p in documents_of(ids, pos)]
+    assert sorted(pieces) == sorted(documents)
+    assert len(packed["input_ids"]) == 3  # best fit: 44 tokens in three blocks of 16
+
+
+def test_a_long_document_is_cut_under_the_bos_rule():
+    document = [BOS] + list(range(20))
+    packed = Framing("documents", 8, bos_token_id=BOS).pack([document])
+    pieces = sorted(packed["input_ids"], key=lambda ids: ids[1] if ids[0] == BOS else -1)
+    assert all(ids[0] == BOS for ids in pieces)
+    assert [t for ids in pieces for t in ids[1:]] == list(range(20))
+
+
+def test_auto_packing_follows_the_tokenizer(bos_tokenizer, tokenizer):
+    assert resolve_packing("auto", bos_tokenizer, pretokenized=False) == "documents"
+    assert resolve_packing("auto", tokenizer, pretokenized=False) == "stream"  # GPT-2 style: no BOS
+    assert resolve_packing("auto", tokenizer, pretokenized=True) == "documents"
+    assert resolve_packing("stream", bos_tokenizer, pretokenized=True) == "stream"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("packing", ["bos_blocks", "documents"])
+def test_no_token_attends_across_a_document_boundary(arch, packing):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers=2)).eval()
+    first, second = [1] + list(range(10, 19)), [1] + list(range(40, 45))
+    framing = Framing(packing, 16, bos_token_id=1)
+
+    def logits(documents):
+        packed = framing.pack(documents)
+        batch = collate([dict(zip(packed, row)) for row in zip(*packed.values())])
+        with torch.no_grad():
+            return model(**model_inputs(batch)).logits[0], batch
+
+    original, batch = logits([first, second])
+    perturbed, _ = logits([[1] + list(range(60, 69)), second])  # document A changed, B kept
+    assert batch["position_ids"][0].tolist()[:16] == list(range(10)) + list(range(6))  # positions restart
+    b = slice(10, 16)
+    assert torch.allclose(original[b], perturbed[b], atol=1e-5)
+    assert not torch.allclose(original[:10], perturbed[:10], atol=1e-3)
+    alone = model(input_ids=torch.tensor([second])).logits[0]
+    assert torch.allclose(original[b], alone, atol=1e-4)
+    assert (batch["labels"][0, 10] == -100).item()  # B's first token is no target of A's last
+
+
+def test_stream_blocks_do_attend_across_documents():
+    """The contrast: GPT-2's layout keeps one context over documents, so the isolation test above can fail."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("gpt2", layers=2)).eval()
+    framing = Framing("stream", 16, eos_token_id=0)
+
+    def logits(first):
+        batch = collate([{"input_ids": ids} for ids in framing.pack([first, list(range(40, 46))])["input_ids"]])
+        assert "position_ids" not in batch
+        return model(**model_inputs(batch)).logits[0, 11:16]
+
+    assert not torch.allclose(logits(list(range(10, 20))), logits(list(range(60, 70))), atol=1e-3)
+
+
+class LeakyModel(torch.nn.Module):
+    """Ignores position_ids: every position sees the mean of all earlier embeddings, across documents."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = tiny_config("llama")
+        self.embed = torch.nn.Embedding(self.config.vocab_size, 8)
+        self.head = torch.nn.Linear(8, self.config.vocab_size)
+
+    def forward(self, input_ids, position_ids=None, use_cache=None):
+        hidden = self.embed(input_ids).cumsum(1) / torch.arange(1, input_ids.shape[1] + 1)[None, :, None]
+        return type("Output", (), {"logits": self.head(hidden)})
+
+
+def test_a_model_that_lets_documents_see_each_other_is_refused():
+    with pytest.raises(DistilyConfigError, match=r"the teacher \(LeakyModel\) lets packed documents attend"):
+        check_document_isolation(LeakyModel(), "teacher")
+    torch.manual_seed(0)
+    check_document_isolation(AutoModelForCausalLM.from_config(tiny_config("llama", layers=2)), "student")
+
+
+@pytest.mark.parametrize("delimiter, expected", [
+    ("blank_line", ["a b\nc", "d\ne f", "g\n"]),
+    ("line", ["a b", "c", "", "d", "e f", " \t", "", "g"]),
+    ("file", ["a b\nc\n\nd\ne f\n \t\n\ng\n"]),
+    (r"^d", ["a b\nc\n\n", "d\ne f\n \t\n\ng\n"]),
+])
+def test_text_files_split_into_documents_with_line_breaks_kept(delimiter, expected):
+    assert split_text("a b\nc\n\nd\ne f\n \t\n\ng\n", delimiter) == expected
+
+
+def test_a_txt_files_line_breaks_reach_the_tokenizer(tmp_path, bos_tokenizer):
+    articles = ["First line of one.\nSecond line of one.", "Only line of two.", "Three:\n  indented\n\tand tabbed."]
+    path = tmp_path / "d.txt"
+    path.write_text("\n\n".join(articles) + "\n")
+    args = DataArguments(dataset_name=str(path), tokenization_cache_dir=str(tmp_path / "cache"), packing="documents",
+                         eval_fraction=0.34, max_eval_samples=None)
+    data = build_datasets(args, bos_tokenizer, 64, seed=0)
+    pieces = [documents_of(row["input_ids"].tolist(), row["position_ids"].tolist()) for split in (data.train, data.eval)
+              for row in split]
+    found = sorted(piece for row in pieces for piece in row)
+    expected = sorted(bos_tokenizer(text)["input_ids"] for text in articles[:2] + [articles[2] + "\n"])
+    assert found == expected
+
+
+def test_invalid_document_delimiter_and_non_utf8_are_one_line_errors(tmp_path):
+    with pytest.raises(DistilyConfigError, match=r"text_document_delimiter='\(' is not a regular expression"):
+        split_text("x", "(")
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"good text\n\n\xff\xfe bad")
+    from distily.data.text import load_documents
+
+    with pytest.raises(DistilyConfigError, match=r"is not UTF-8 at byte 11; expected UTF-8 text"):
+        load_documents(DataArguments(dataset_name=str(path)))
+
+
+# ----- a BOS-anchored teacher, measured by Distily and by plain transformers -----
+
+
+def plain_loss(model, sequences: list[list[int]]) -> float:
+    """Mean next-token loss of each sequence run alone, in plain transformers."""
+    total, targets = 0.0, 0
+    with torch.no_grad():
+        for ids in filter(lambda ids: len(ids) > 1, sequences):  # a one-token piece has no target
+            ids = torch.tensor([ids])
+            total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+            targets += ids.shape[1] - 1
+    return total / targets
+
+
+def distily_teacher_loss(teacher, tokenizer, data):
+    evaluator = Evaluator({"heldout": data.eval}, partial(collate, pad_token_id=0), 4, teacher, len(tokenizer))
+    return evaluator.teacher_metrics()["lm_loss"]
+
+
+def sequences_of(dataset) -> list[list[int]]:
+    return [piece for row in dataset for piece in documents_of(row["input_ids"].tolist(), row["position_ids"].tolist())]
+
+
+def data_args(path, tmp_path, **overrides):
+    return DataArguments(dataset_name=str(path), tokenization_cache_dir=str(tmp_path / "cache"), eval_fraction=0.3,
+                         max_eval_samples=None, **overrides)
+
+
+@pytest.mark.parametrize("packing", ["auto", "bos_blocks"])
+def test_text_data_teacher_loss_equals_plain_transformers(bos_teacher, bos_tokenizer, tmp_path, packing):
+    texts = make_documents(60, seed=11)
+    data = build_datasets(data_args(write_jsonl(tmp_path / "d.jsonl", texts), tmp_path, packing=packing),
+                          bos_tokenizer, 128, seed=0)
+    assert data.framing.packing == ("documents" if packing == "auto" else "bos_blocks")
+    assert all(row["input_ids"][0].item() == bos_tokenizer.bos_token_id for row in data.eval)
+    measured = distily_teacher_loss(bos_teacher, bos_tokenizer, data)
+    reference = plain_loss(bos_teacher, sequences_of(data.eval))
+    assert measured == pytest.approx(reference, rel=0.01)
+    if packing == "auto":  # every document whole: the reference is the documents themselves
+        assert sorted(sequences_of(data.eval)) == sorted(
+            bos_tokenizer(t)["input_ids"] for t in data.eval_documents["text"]
+        )
+
+
+def test_pretokenized_rows_are_used_as_given(bos_teacher, bos_tokenizer, tmp_path):
+    rows = [bos_tokenizer(text)["input_ids"] for text in make_documents(60, seed=12)]
+    path = tmp_path / "rows.parquet"
+    datasets.Dataset.from_dict({"input_ids": rows}).to_parquet(str(path))
+    data = build_datasets(data_args(path, tmp_path), bos_tokenizer, 128, seed=0)
+    assert data.framing.packing == "documents"
+    assert sorted(sequences_of(data.eval)) == sorted(map(list, data.eval_documents["input_ids"]))
+    measured = distily_teacher_loss(bos_teacher, bos_tokenizer, data)
+    assert measured == pytest.approx(plain_loss(bos_teacher, sequences_of(data.eval)), rel=0.01)
+
+
+def test_generated_samples_reach_the_student_in_the_teachers_framing(bos_teacher, bos_tokenizer, tmp_path):
+    args = GenerateArguments(generate_output=str(tmp_path / "s.jsonl"), generate_num_samples=24, generate_length=40)
+    torch.manual_seed(0)
+    samples = sample_sequences(bos_teacher, bos_tokenizer, args, batch_size=8)
+    assert all(sample[0] == bos_tokenizer.bos_token_id for sample in samples)
+    write_samples(samples, bos_tokenizer, args.generate_output)
+    data = build_datasets(data_args(args.generate_output, tmp_path), bos_tokenizer, 64, seed=0)
+    eval_rows = [sample for sample in samples if sample in [list(r) for r in data.eval_documents["input_ids"]]]
+    assert sorted(sequences_of(data.eval)) == sorted(eval_rows)
+    measured = distily_teacher_loss(bos_teacher, bos_tokenizer, data)
+    assert measured == pytest.approx(plain_loss(bos_teacher, eval_rows), rel=0.01)
+
+
+def test_stream_packing_hurts_a_bos_teacher_and_the_guard_says_so(bos_teacher, bos_tokenizer, tmp_path, caplog):
+    texts = make_documents(60, seed=11)
+    path = write_jsonl(tmp_path / "d.jsonl", texts)
+    stream = build_datasets(data_args(path, tmp_path, packing="stream"), bos_tokenizer, 128, seed=0)
+    framed = build_datasets(data_args(path, tmp_path), bos_tokenizer, 128, seed=0)
+    collate_fn = partial(collate, pad_token_id=0)
+    with caplog.at_level(logging.WARNING, logger="distily"):
+        report = check_framing(bos_teacher, stream.eval_documents, bos_tokenizer, stream.framing, "text", collate_fn, 4)
+    assert report["teacher_lm_loss_packed"] > 1.3 * report["teacher_lm_loss_documents"]
+    assert "packing=stream makes the teacher's held-out loss" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="distily"):
+        report = check_framing(bos_teacher, framed.eval_documents, bos_tokenizer, framed.framing, "text", collate_fn, 4)
+    assert report["teacher_lm_loss_packed"] < 1.05 * report["teacher_lm_loss_documents"]
+    assert "makes the teacher's held-out loss" not in caplog.text
