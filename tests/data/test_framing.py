@@ -260,3 +260,43 @@ def test_stream_packing_hurts_a_bos_teacher_and_the_guard_says_so(bos_teacher, b
         report = check_framing(bos_teacher, framed.eval_documents, bos_tokenizer, framed.framing, "text", collate_fn, 4)
     assert report["teacher_lm_loss_packed"] < 1.05 * report["teacher_lm_loss_documents"]
     assert "makes the teacher's held-out loss" not in caplog.text
+
+
+def test_distill_and_record_measure_a_bos_teacher_as_plain_transformers_does(
+    bos_teacher, bos_tokenizer, run_values, tmp_path
+):
+    """End to end: the teacher in metrics.json is the teacher plain transformers measures, live and recorded."""
+    from distily.config import parse_config
+    from distily.data.store import TeacherStore
+    from distily.recording.run import run_recording
+    from distily.training.distill import run_distillation
+
+    teacher_dir = tmp_path / "teacher"
+    bos_teacher.save_pretrained(teacher_dir)
+    bos_tokenizer.save_pretrained(teacher_dir)
+    values = run_values(str(teacher_dir), student_config_overrides={"num_hidden_layers": 1}, max_seq_length=128,
+                        max_steps=2, max_eval_samples=None)
+    metrics = run_distillation(parse_config(**values))
+    framing = metrics["framing"]
+    assert framing["packing"] == "documents"
+    assert framing["teacher_lm_loss_packed"] == pytest.approx(framing["teacher_lm_loss_documents"], rel=0.01)
+    config = parse_config(**values)
+    data = build_datasets(config.data, bos_tokenizer, 128, config.training.seed)
+    reference = plain_loss(bos_teacher, sequences_of(data.eval))
+    assert metrics["teacher"]["lm_loss"] == pytest.approx(reference, rel=0.01)
+
+    store = tmp_path / "store"
+    manifest = run_recording(parse_config(**{**values, "teacher_store": str(store)}))
+    assert manifest["settings"]["packing"] == "documents"
+    assert manifest["teacher_heldout"]["lm_loss"] == pytest.approx(reference, rel=0.01)
+    row = TeacherStore(store).dataset("eval")[0]
+    assert row["position_ids"][0] == 0 and row["input_ids"][0] == bos_tokenizer.bos_token_id
+    recorded = run_distillation(parse_config(**{
+        **values, "teacher_store": str(store), "teacher_source": "recorded", "output_dir": str(tmp_path / "rec"),
+    }))
+    assert recorded["teacher"]["lm_loss"] == pytest.approx(reference, rel=0.01)
+    with pytest.raises(DistilyConfigError, match=r"packing='stream' differs from the 'documents'"):
+        run_distillation(parse_config(**{
+            **values, "teacher_store": str(store), "teacher_source": "recorded", "packing": "stream",
+            "output_dir": str(tmp_path / "rec2"),
+        }))
