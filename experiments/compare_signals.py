@@ -40,11 +40,12 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 from transformers.trainer_utils import get_last_checkpoint
 
 from distily.config import DataArguments
-from distily.data.text import build_datasets, collate, load_training_documents, tokenize_and_pack
+from distily.data.text import build_datasets, collate, data_framing, load_training_documents, tokenize_and_pack
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.evaluation.heldout import heldout_metrics
 from distily.experiments.sweep import run_sweep
 from distily.experiments.sweep_file import load_sweep
+from distily.models.precision import bf16_is_fast
 from distily.models.student import load_student
 from distily.outputs import write_json_atomic
 
@@ -53,6 +54,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EOS = "<|endoftext|>"
+WIKITEXT_ARTICLES = r"^ = [^=]"  # a WikiText article starts at its top-level heading " = Title = "
 # --student_init -> (what the students start from, their config keys); the teacher is a Llama with tied
 # embeddings, so model.embed_tokens is also its LM head
 STUDENT_INITS = {
@@ -132,12 +134,13 @@ def train_teacher(args, teacher_dir: Path) -> None:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     data_args = DataArguments(dataset_name=str(Path(args.data) / "valid.txt"), eval_fraction=0.02,
+                              text_document_delimiter=WIKITEXT_ARTICLES,
                               tokenization_cache_dir=str(Path(args.work_dir) / "cache"))  # fmt: skip
     data = build_datasets(data_args, tokenizer, args.seq_length, seed=0)
     training = TrainingArguments(
         output_dir=str(training_dir), max_steps=args.teacher_steps,
         per_device_train_batch_size=args.batch_size, learning_rate=3e-3, lr_scheduler_type="cosine",
-        warmup_steps=0.05, weight_decay=0.1, bf16=True, use_cpu=not torch.accelerator.is_available(),
+        warmup_steps=0.05, weight_decay=0.1, bf16=bf16_is_fast(), use_cpu=not torch.accelerator.is_available(),
         logging_steps=max(args.teacher_steps // 10, 1), eval_strategy="no", save_steps=max(args.teacher_steps // 8, 1),
         save_total_limit=1, report_to="none", remove_unused_columns=False, seed=0,
     )  # fmt: skip
@@ -157,6 +160,7 @@ def student_base(args, teacher_dir: Path) -> dict:
         "student_config_overrides": {"num_hidden_layers": args.student_layers},
         **STUDENT_INITS[args.student_init][1],
         "dataset_name": str(Path(args.data) / "valid.txt"),
+        "text_document_delimiter": WIKITEXT_ARTICLES,
         "eval_fraction": 0.02,
         "max_eval_samples": 64,  # the run's own held-out check; the comparison itself is on test.txt
         "max_seq_length": args.seq_length,
@@ -167,7 +171,7 @@ def student_base(args, teacher_dir: Path) -> dict:
         "max_steps": args.student_steps,
         "per_device_train_batch_size": args.batch_size,
         "learning_rate": 1e-3,
-        "bf16": True,
+        "bf16": bf16_is_fast(),
         "eval_strategy": "no",
         "save_strategy": "steps",
         "save_steps": max(args.student_steps // 4, 1),
@@ -200,8 +204,11 @@ def budget_sweep(args, teacher_dir: Path):
 
 
 def test_blocks(args, tokenizer):
-    documents = load_training_documents(DataArguments(dataset_name=str(Path(args.data) / "test.txt")))
-    blocks = tokenize_and_pack(documents, tokenizer, args.seq_length, "text", str(Path(args.work_dir) / "cache"))
+    documents = load_training_documents(
+        DataArguments(dataset_name=str(Path(args.data) / "test.txt"), text_document_delimiter=WIKITEXT_ARTICLES)
+    )
+    framing = data_framing(documents, tokenizer, args.seq_length, "auto")
+    blocks = tokenize_and_pack(documents, tokenizer, framing, "text", str(Path(args.work_dir) / "cache"))
     return blocks.select(range(min(args.eval_blocks or len(blocks), len(blocks)))).with_format("torch")
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from distily.config import parse_config
 from distily.demo.corpus import write_corpus
+from distily.models.precision import bf16_is_fast
 from distily.training.distill import run_distillation
 
 TEACHER_DIR = Path(__file__).parent / "teacher"
@@ -30,7 +31,7 @@ def demo_values(output_dir: str, max_steps: Optional[int] = None) -> dict:
         "max_steps": max_steps or DEMO_STEPS,
         "per_device_train_batch_size": 16,
         "learning_rate": 3e-3,
-        "bf16": True,
+        "bf16": bf16_is_fast(),  # fp32 where bf16 matmuls are emulated (CPUs without AVX512-BF16/AMX)
         "eval_strategy": "no",
         "save_strategy": "no",
         "logging_steps": 25,

@@ -23,6 +23,7 @@ from distily.evaluation.framing_check import check_framing
 from distily.evaluation.harness import task_manager
 from distily.evaluation.heldout import Evaluator
 from distily.models.architecture import max_positions, output_vocab_size
+from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student
 from distily.models.summary import architecture_summary
 from distily.models.teacher import load_teacher, load_tokenizer
@@ -229,6 +230,11 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
         raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
     if training.bitnet_schedule and not model_args.student_as_bitnet:
         raise DistilyConfigError("bitnet_schedule=true needs a BitNet student; expected student_as_bitnet=true")
+    if training.bf16 and training.use_cpu and not bf16_is_fast(use_cpu=True):
+        logger.warning(
+            f"bf16=true on a CPU without native bf16 matmuls ({torch.backends.cpu.get_cpu_capability()}): they are "
+            "emulated and run many times slower than fp32; expected bf16=false on this machine"
+        )
     resume = resolve_resume(training)
     check_output_dir(training, resume)
     tasks = task_manager(config.evaluation) if config.evaluation.lm_eval_tasks else None  # unknown tasks fail now

@@ -11,6 +11,15 @@ from tiny import make_documents
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "compare_signals.py"
 
 
+def wikitext_like(paragraphs: list[str], per_article: int = 5) -> str:
+    """WikiText's layout: articles under " = Title = " headings, paragraphs between blank lines."""
+    articles = [
+        f" = Article {i} = \n \n" + "".join(f" {p} \n \n" for p in paragraphs[i : i + per_article])
+        for i in range(0, len(paragraphs), per_article)
+    ]
+    return " \n" + "".join(articles)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("student_init", ["teacher", "random_blocks", "random"])
 def test_compare_signals_writes_its_table_plot_and_numbers(student_init, tmp_path):
@@ -19,8 +28,8 @@ def test_compare_signals_writes_its_table_plot_and_numbers(student_init, tmp_pat
     spec.loader.exec_module(script)
     data = tmp_path / "data"
     data.mkdir()
-    (data / "valid.txt").write_text("\n".join(make_documents(300, seed=2)) + "\n")
-    (data / "test.txt").write_text("\n".join(make_documents(60, seed=3)) + "\n")
+    (data / "valid.txt").write_text(wikitext_like(make_documents(300, seed=2)))
+    (data / "test.txt").write_text(wikitext_like(make_documents(60, seed=3)))
     report, numbers = tmp_path / "docs" / "compare.md", tmp_path / "compare.json"
     toy = ["--vocab_size", "300", "--hidden_size", "64", "--teacher_layers", "2", "--student_layers", "1",
            "--seq_length", "32", "--batch_size", "4", "--teacher_steps", "2", "--student_steps", "2", "--eval_blocks", "4", "--budget_steps", "1"]  # fmt: skip
