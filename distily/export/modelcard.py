@@ -2,15 +2,13 @@
 
 It reports what was done and measured, nothing more:
 
-- ``base_model`` is the teacher (when it is a Hub id), but the relation never claims a fine-tune. The Hub
-  knows four relations (``adapter``, ``merge``, ``quantized``, ``finetune``), none of them "distilled".
-  A ternary (BitNet b1.58) student is declared ``quantized``: it is a low-bit model of the teacher and is
-  listed among the teacher's quantizations. A dense student declares no relation; the text says it was
-  distilled, not fine-tuned. (Without a declared relation the Hub infers one from the repository's files.)
+- The front matter has no ``base_model`` (see ``card_data``): the Hub would show the student as "Finetuned
+  from" or "Quantized from" its teacher, and a distilled student is neither. The teacher is named in the
+  text ("distilled from [teacher](link)") and, when it is a Hub id, in the metadata key ``teacher_model``.
 - The method is read from the objective that trained the student: its components, weights, losses,
   layer maps, projectors and norms, and the student's BitNet options if any.
-- Teacher and student metrics are model-index results (the teacher's named as such); lm-eval scores on
-  a subsample (``lm_eval_limit``) say so.
+- The model-index holds the student's results only; the teacher's numbers stand beside the student's in
+  the text's table. lm-eval scores on a subsample (``lm_eval_limit``) say so.
 - The configuration that reproduces the run, and the versions of Distily and the frameworks.
 """
 
@@ -62,9 +60,9 @@ def is_bitnet(metrics: dict) -> bool:
 
 
 def _eval_results(config: DistillConfig, metrics: dict) -> list[EvalResult]:
-    """Student and teacher numbers on the held-out split, each named eval set, and each lm-eval task."""
-    teacher = teacher_name(config, metrics)
-    student, teacher_values = metrics["student"], metrics["teacher"]
+    """The student's numbers on the held-out split, each named eval set, and each lm-eval task (the teacher's
+    are in the text's table: a model-index result is read as the model's own)."""
+    student = metrics["student"]
     data = config.data
     dataset = data.dataset_name or "recorded teacher store"
     # (type: a Hub id, else the set's name, so that local sets stay apart; name; config; split)
@@ -74,37 +72,42 @@ def _eval_results(config: DistillConfig, metrics: dict) -> list[EvalResult]:
         sources[name] = (hub_id(spec["path"]) or name, name, spec["config"], spec["split"])
     results = []
 
-    def add(source, metric, value, owner=None):
+    def add(source, metric, value):
         if isinstance(value, (int, float)):
             dataset_type, dataset_name, dataset_config, dataset_split = source
             results.append(EvalResult(
                 task_type="text-generation", dataset_type=dataset_type, dataset_name=dataset_name,
                 dataset_config=dataset_config, dataset_split=dataset_split, metric_type=metric,
-                metric_value=float(value),
-                metric_name=metric if owner is None else f"{metric} of the teacher ({owner})",
+                metric_value=float(value), metric_name=metric,
             ))
 
     for set_name, source in sources.items():
         prefix = "" if set_name == HELDOUT_SET else f"{set_name}_"
         for metric in CARD_METRICS:
             add(source, metric, student.get(f"after_{prefix}{metric}"))
-        add(source, "perplexity", teacher_values.get(f"{prefix}perplexity"), owner=teacher)
-    for owner, values in ((None, student), (teacher, teacher_values)):
-        for key, value in flat_lm_eval(values.get("lm_eval", {})).items():
-            _, task, metric = key.split("/", 2)
-            if not metric.endswith("_stderr") and metric != "samples":
-                add((task, task, None, None), metric, value, owner)
+    for key, value in flat_lm_eval(student.get("lm_eval", {})).items():
+        _, task, metric = key.split("/", 2)
+        if not metric.endswith("_stderr") and metric != "samples":
+            add((task, task, None, None), metric, value)
     return results
 
 
 def card_data(config: DistillConfig, metrics: dict, model_name: str) -> ModelCardData:
+    """The front matter. The rule: ``base_model`` only with a relation the Hub defines (``adapter``, ``merge``,
+    ``quantized``, ``finetune``) that is true of the student, and none is. A distilled student is no adapter
+    or merge; it is not a quantization of the teacher, not even a BitNet student that keeps the teacher's
+    architecture (its ternary weights were trained against the teacher's outputs, not rounded from its
+    weights); it is not a fine-tune (it was trained to reproduce the teacher, whose layers it may only have
+    started from). A ``base_model`` without a relation is worse: the Hub infers one from the files, and
+    shows "Finetuned from" or "Quantized from". So there is no ``base_model``; the teacher, when a Hub id, is
+    ``teacher_model`` (a key of Distily's: the Hub shows no relation for it), and the text names it with a link
+    (a local teacher is named there only)."""
     teacher = hub_id(teacher_name(config, metrics))
     tags = ["distily", "distillation"] + (["bitnet", "1.58b", "ternary"] if is_bitnet(metrics) else [])
-    extra = {"base_model_relation": "quantized"} if teacher and is_bitnet(metrics) else {}
     dataset = hub_id(config.data.dataset_name) if config.data.dataset_name else None
+    extra = {"teacher_model": teacher} if teacher else {}
     return ModelCardData(
         model_name=model_name,
-        base_model=teacher,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=tags,

@@ -30,21 +30,26 @@ def card_for(tmp_path, run_metrics, teacher="gpt2", bitnet=None, **values):
     return ModelCard.load(path), config
 
 
+def front_matter(card: ModelCard) -> dict:
+    """The YAML between the card's first two ``---`` lines, parsed back as the Hub reads it."""
+    text = str(card)
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
 def test_the_card_parses_and_carries_the_metrics_and_tags(tmp_path, run_metrics):
     card, _ = card_for(tmp_path, run_metrics)
     data = card.data
-    assert data.base_model == "gpt2"
     assert {"distily", "distillation"} <= set(data.tags)
     assert "bitnet" not in data.tags
     assert data.datasets == ["wikimedia/wikipedia"]
     results = {(r.dataset_name, r.metric_name): r.metric_value for r in data.eval_results}
     assert results[("wikimedia/wikipedia (held-out documents)", "perplexity")] == 9.025
-    assert results[("wikimedia/wikipedia (held-out documents)", "perplexity of the teacher (gpt2)")] == 7.389
     assert results[("recent", "kl_to_teacher")] == 0.5
     assert results[("hellaswag", "acc")] == 0.33
-    assert results[("hellaswag", "acc of the teacher (gpt2)")] == 0.41
     text = card.text
-    assert "| heldout: perplexity | 7.39 | 30.00 | 9.03 |" in text
+    assert "| heldout: perplexity | 7.39 | 30.00 | 9.03 |" in text  # the teacher's numbers beside the student's
+    assert "| hellaswag: acc (n=100) | 0.4100 ± 0.0100 | — | 0.3300 ± 0.0100 |" in text
     assert "`recent` 2 of 32" in text  # the overlap is reported
     assert "lm_eval_limit=100" in text and "not full benchmark scores" in text
     assert "HiddenStatesComponent" in text and "layer_pairs=" in text  # the method actually used
@@ -53,23 +58,41 @@ def test_the_card_parses_and_carries_the_metrics_and_tags(tmp_path, run_metrics)
     assert "![plots/losses.png](plots/losses.png)" in text
 
 
-def test_the_card_makes_no_finetuned_from_claim(tmp_path, run_metrics):
+def test_the_model_index_holds_the_students_results_only(tmp_path, run_metrics):
     card, _ = card_for(tmp_path, run_metrics)
-    assert card.data.to_dict().get("base_model_relation") != "finetune"
-    assert not re.search(r"fine-?tuned from", str(card), re.IGNORECASE)
+    index = front_matter(card)["model-index"]
+    assert [model["name"] for model in index] == ["tiny-student"]
+    values = [metric["value"] for result in index[0]["results"] for metric in result["metrics"]]
+    assert sorted(values) == sorted([9.025, 0.25, 0.8, 12.25, 0.5, 0.33])  # the student's after training
+    assert 7.389 not in values and 0.41 not in values and "of the teacher" not in yaml.safe_dump(index)
 
 
-def test_a_bitnet_student_is_tagged_and_declared_a_quantization_of_its_teacher(tmp_path, run_metrics):
+def test_a_dense_students_card_claims_no_relation_to_its_hub_teacher(tmp_path, run_metrics):
+    card, _ = card_for(tmp_path, run_metrics, teacher="openai-community/gpt2")
+    meta = front_matter(card)
+    assert "base_model" not in meta and "base_model_relation" not in meta  # no "Finetuned from" on the Hub
+    assert meta["teacher_model"] == "openai-community/gpt2"
+    assert meta["tags"] == ["distily", "distillation"]
+    assert "distilled from [openai-community/gpt2](https://huggingface.co/openai-community/gpt2)" in card.text
+    assert not re.search(r"fine-?tuned from|quantized from", str(card), re.IGNORECASE)
+
+
+def test_a_bitnet_students_card_is_tagged_but_claims_no_quantization(tmp_path, run_metrics):
     card, _ = card_for(tmp_path, run_metrics, bitnet={"input_norm": False, "subln": True, "rms_norm_eps": 1e-6})
-    assert {"bitnet", "1.58b"} <= set(card.data.tags)
-    assert card.data.to_dict()["base_model_relation"] == "quantized"
+    meta = front_matter(card)
+    assert "base_model" not in meta and "base_model_relation" not in meta  # no "Quantized from" on the Hub
+    assert meta["teacher_model"] == "gpt2"
+    assert {"distillation", "bitnet", "1.58b"} <= set(meta["tags"])
     assert "ternary BitNet b1.58" in card.text and "| weights | dense | ternary (BitNet b1.58) |" in card.text
+    assert "distilled from [gpt2](https://huggingface.co/gpt2)" in card.text
 
 
-def test_a_local_teacher_is_named_but_not_a_base_model(tmp_path, run_metrics):
+def test_a_local_teacher_is_named_in_the_text_only(tmp_path, run_metrics):
     card, _ = card_for(tmp_path, run_metrics, teacher=str(tmp_path))
-    assert card.data.base_model is None
-    assert f"the local checkpoint `{tmp_path}`" in card.text
+    meta = front_matter(card)
+    assert "base_model" not in meta and "teacher_model" not in meta
+    assert str(tmp_path) not in yaml.safe_dump(meta)
+    assert f"distilled from the local checkpoint `{tmp_path}`" in card.text
 
 
 def test_the_configuration_in_the_card_reproduces_the_run(tmp_path, run_metrics):
