@@ -7,7 +7,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from tiny import ARCHITECTURES, make_documents, make_tokenizer, save_tiny_model, write_jsonl  # noqa: E402
+from tiny import ARCHITECTURES, make_documents, make_tokenizer, save_tiny_model, tokenizer_for, write_jsonl  # noqa: E402
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def tokenizer():
 def teacher_dirs(tmp_path_factory):
     """A saved tiny teacher per architecture."""
     root = tmp_path_factory.mktemp("teachers")
-    return {arch: save_tiny_model(root / arch, arch, make_tokenizer()) for arch in ARCHITECTURES}
+    return {arch: save_tiny_model(root / arch, arch, tokenizer_for(arch)) for arch in ARCHITECTURES}
 
 
 @pytest.fixture(scope="session")

@@ -37,8 +37,15 @@ def make_documents(count: int, seed: int = 0) -> list[str]:
     return documents
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    return train_byte_level_bpe(make_documents(200, seed=1), VOCAB, "<eos>", bos=False, model_max_length=256)
+def make_tokenizer(eos_token: str = "<eos>") -> PreTrainedTokenizerFast:
+    return train_byte_level_bpe(make_documents(200, seed=1), VOCAB, eos_token, bos=False, model_max_length=256)
+
+
+def tokenizer_for(arch: str) -> PreTrainedTokenizerFast:
+    """The tokenizer saved beside a tiny ``arch`` model. Qwen2's ends texts with ``<|endoftext|>``, as Qwen2's
+    does: transformers loads a tokenizer beside a Qwen2 config as a Qwen2Tokenizer, which adds that token
+    (as unknown and padding token) when the vocabulary lacks it, one id past the model's embedding."""
+    return make_tokenizer("<|endoftext|>" if arch == "qwen2" else "<eos>")
 
 
 def tiny_config(arch: str, layers: int = 4, vocab_size: int = VOCAB, **overrides):

@@ -2,7 +2,7 @@
 
 from typing import Optional
 
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.errors import DistilyConfigError
 
@@ -27,3 +27,21 @@ def shared_vocab_size(teacher_vocab: int, student_vocab: int, tokenizer_size: in
             f"{tokenizer_size} tokens; expected both to cover the tokenizer (differing only by padding rows)"
         )
     return tokenizer_size
+
+
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, role: str) -> None:
+    """Every id the tokenizer can give (``len(tokenizer)``, and its pad/BOS/EOS ids) must be a row of the model's
+    input embedding: past it, a batch fails with an index error, or the run finishes and the saved model, whose
+    config takes the tokenizer's pad id, cannot be loaded again (``Padding_idx must be within num_embeddings``)."""
+    rows = model.get_input_embeddings().num_embeddings
+    special = {
+        name: getattr(tokenizer, name)
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id")
+        if isinstance(getattr(tokenizer, name), int) and getattr(tokenizer, name) >= rows
+    }
+    if len(tokenizer) > rows or special:
+        beyond = "".join(f", {name} {value}" for name, value in special.items())
+        raise DistilyConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens{beyond}, but the {role}'s input embedding has {rows} rows; "
+            f"expected every token id below {rows} (the model's own tokenizer, or a model whose embedding covers it)"
+        )

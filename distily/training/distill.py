@@ -11,14 +11,13 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 import distily
 from distily.config import HELDOUT_SET, DistillConfig
 from distily.data.store import collate_recorded
 from distily.data.framing import check_document_isolation, model_inputs
 from distily.data.text import build_datasets, collate, load_training_documents
-from distily.errors import DistilyConfigError
+from distily.errors import DistilyConfigError, RunInterrupted
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.harness import task_manager
 from distily.evaluation.heldout import Evaluator
@@ -27,53 +26,28 @@ from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student
 from distily.models.summary import architecture_summary
 from distily.models.teacher import load_teacher, load_tokenizer
-from distily.models.vocab import check_same_tokenizer, shared_vocab_size
+from distily.models.vocab import check_same_tokenizer, check_tokenizer_fits, shared_vocab_size
 from distily.objectives.losses import teacher_confidence
 from distily.objectives.objective import build_objective
 from distily.outputs import directory_size, write_json_atomic
 from distily.training.preflight import check_memory, estimate_memory
 from distily.training.recorded import RecordedTeacher
 from distily.training.reporting import benchmark, eval_set_metrics, named_eval_sets, write_reports
+from distily.training.run_dir import (
+    METRICS_FILE,
+    check_output_dir,
+    check_resume,
+    interrupted,
+    output_dir_lock,
+    prepare_output_dir,
+    resolve_resume,
+    run_settings,
+)
 from distily.training.trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"  # written last: its presence marks a finished run
 DEFAULT_MAX_SEQ_LENGTH = 1024
-
-
-def resolve_resume(training) -> Optional[str | bool]:
-    """``resume_from_checkpoint``: a checkpoint path, or true/last for the newest in output_dir."""
-    value = training.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", "no", ""):
-        return None
-    if str(value).lower() in ("true", "last", "yes"):
-        if get_last_checkpoint(training.output_dir) is None:
-            raise DistilyConfigError(
-                f"resume_from_checkpoint={value!r} but {training.output_dir!r} holds no checkpoint; expected a "
-                "directory with checkpoint-* subdirectories"
-            )
-        return True
-    if not os.path.isdir(value):
-        raise DistilyConfigError(f"resume_from_checkpoint={value!r} does not exist; expected a checkpoint directory")
-    return value
-
-
-def check_output_dir(training, resume) -> None:
-    """Refuse to overwrite a finished run, or to restart over an unfinished one, unless told to."""
-    output_dir = Path(training.output_dir)
-    if training.overwrite_output_dir or resume or not output_dir.is_dir():
-        return
-    if (output_dir / METRICS_FILE).exists():
-        raise DistilyConfigError(
-            f"output_dir={str(output_dir)!r} holds a finished run; expected --overwrite_output_dir true to replace it "
-            "or another output_dir"
-        )
-    if get_last_checkpoint(str(output_dir)) is not None:
-        raise DistilyConfigError(
-            f"output_dir={str(output_dir)!r} holds checkpoints of an unfinished run; expected "
-            "--resume_from_checkpoint true to continue it or --overwrite_output_dir true to start over"
-        )
 
 
 def resolve_max_seq_length(requested: Optional[int], *models: PreTrainedModel) -> int:
@@ -117,7 +91,8 @@ def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn, batch_si
 
 def _load_models(config: DistillConfig, recorded: Optional[RecordedTeacher]):
     """(teacher, student, tokenizer): the teacher (quantized last, after the student copied its full-precision
-    weights), the student built from it, and the shared tokenizer (checked against a student checkpoint's)."""
+    weights), the student built from it, and the shared tokenizer (checked against a student checkpoint's, and
+    to give no id past either model's embedding)."""
     model_args = config.model
     if recorded is None:
         teacher = load_teacher(
@@ -137,6 +112,8 @@ def _load_models(config: DistillConfig, recorded: Optional[RecordedTeacher]):
     if model_args.student_model_name_or_path is not None:
         student_tokenizer = load_tokenizer(model_args.student_model_name_or_path, "student")
         check_same_tokenizer(tokenizer, student_tokenizer)
+    for role, model in (("teacher", teacher), ("student", student)):
+        check_tokenizer_fits(tokenizer, model, role)
     return teacher, student, tokenizer
 
 
@@ -235,8 +212,21 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
             f"bf16=true on a CPU without native bf16 matmuls ({torch.backends.cpu.get_cpu_capability()}): they are "
             "emulated and run many times slower than fp32; expected bf16=false on this machine"
         )
+    try:
+        with output_dir_lock(training.output_dir, enabled=training.should_save):  # one run writes output_dir
+            return _distill(config, command)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line saying how to go on
+        raise RunInterrupted(interrupted(training, command)) from interrupt
+
+
+def _distill(config: DistillConfig, command: Optional[str]) -> dict:
+    model_args, training = config.model, config.training
+    from_store = config.record.teacher_source == "recorded"
     resume = resolve_resume(training)
     check_output_dir(training, resume)
+    settings = run_settings(config)  # before anything changes the config (CAKLD's calibrated beta)
+    if resume is not None:
+        check_resume(training, resume, settings)
     tasks = task_manager(config.evaluation) if config.evaluation.lm_eval_tasks else None  # unknown tasks fail now
     set_seed(training.seed)
     # before the models: a bad dataset fails fast (a recorded run trains on the store's, checked against any given)
@@ -273,6 +263,7 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
         config, recorded, data, eval_sets, collate_fn, teacher, vocab_size, pad_token_id
     )
 
+    prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher if recorded is None else None,

@@ -2,7 +2,7 @@ import pytest
 
 from tiny import make_tokenizer
 from distily.errors import DistilyConfigError
-from distily.models.vocab import check_same_tokenizer, shared_vocab_size
+from distily.models.vocab import check_same_tokenizer, check_tokenizer_fits, shared_vocab_size
 
 
 def test_padded_heads_share_the_real_vocabulary():
@@ -25,3 +25,17 @@ def test_different_tokenizers_are_an_error():
     with pytest.raises(DistilyConfigError, match="differs from the teacher's"):
         check_same_tokenizer(make_tokenizer(), PreTrainedTokenizerFast(tokenizer_object=other))
     check_same_tokenizer(make_tokenizer(), make_tokenizer())
+
+
+def test_a_tokenizer_must_fit_the_input_embedding():
+    from transformers import AutoModelForCausalLM
+
+    from tiny import VOCAB, tiny_config
+
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", layers=1))
+    tokenizer = make_tokenizer()
+    check_tokenizer_fits(tokenizer, model, "student")  # VOCAB tokens, VOCAB rows
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    with pytest.raises(DistilyConfigError, match=f"the tokenizer has {VOCAB + 1} tokens, pad_token_id {VOCAB}, but "
+                                                 f"the student's input embedding has {VOCAB} rows"):
+        check_tokenizer_fits(tokenizer, model, "student")

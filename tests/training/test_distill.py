@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distily.config import ModelArguments, parse_config
+from distily.errors import DistilyConfigError
 from distily.data.text import build_datasets, collate
 from distily.config import DataArguments
 from distily.evaluation.heldout import heldout_metrics
@@ -15,7 +16,7 @@ from distily.models.student import build_student
 from distily.models.teacher import load_teacher
 from distily.training.distill import run_distillation
 from distily.training.trainer import CHECKPOINT_STAGING_DIR
-from tiny import ARCHITECTURES, save_tiny_model
+from tiny import ARCHITECTURES, VOCAB, make_tokenizer, save_tiny_model
 
 
 @pytest.mark.slow
@@ -54,6 +55,7 @@ def test_every_architecture_distills_into_a_smaller_copy_of_itself(arch, teacher
     metrics = run_distillation(parse_config(**values))
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
     assert torch.isfinite(torch.tensor(metrics["student"]["after_loss"]))
+    AutoModelForCausalLM.from_pretrained(values["output_dir"])  # the saved student loads again
 
 
 # Not Qwen2 here: transformers loads our generic test tokenizer as a Qwen2Tokenizer beside a Qwen2 config,
@@ -184,3 +186,38 @@ def test_the_teacher_runs_without_its_lm_head_and_the_losses_are_unchanged(arch,
     assert fused["train"]["train_loss"] == pytest.approx(whole["train"]["train_loss"], rel=1e-5)
     for key in ("after_loss", "after_loss_logits", "after_loss_hidden_states", "after_kl_to_teacher"):
         assert fused["student"][key] == pytest.approx(whole["student"][key], rel=1e-5), key
+
+
+def _qwen2_style_tokenizer():
+    """The tiny tokenizer with Qwen2's kind of special tokens added after its vocabulary: 3 ids from VOCAB on."""
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens({"pad_token": "<|endoftext|>", "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    assert len(tokenizer) == VOCAB + 3 and tokenizer.pad_token_id == VOCAB
+    return tokenizer
+
+
+def test_a_tokenizer_with_ids_past_the_embedding_is_refused_before_training(run_values, tmp_path):
+    teacher = save_tiny_model(tmp_path / "qwen2", "qwen2", _qwen2_style_tokenizer())  # embedding: VOCAB rows
+    values = run_values(teacher, student_config_overrides={"num_hidden_layers": 2})
+    message = (f"the tokenizer has {VOCAB + 3} tokens, pad_token_id {VOCAB}, but the teacher's input embedding has "
+               f"{VOCAB} rows; expected every token id below {VOCAB}")
+    with pytest.raises(DistilyConfigError, match=message):
+        run_distillation(parse_config(**values))
+    assert not (Path(values["output_dir"]) / "model.safetensors").exists()  # refused before training
+
+
+def test_a_student_embedding_narrower_than_the_tokenizer_is_refused(teacher_dirs, run_values):
+    values = run_values(teacher_dirs["llama"], student_init="random",
+                        student_config_overrides={"num_hidden_layers": 2, "vocab_size": VOCAB - 20})
+    with pytest.raises(DistilyConfigError, match=f"the tokenizer has {VOCAB} tokens, but the student's input "
+                                                 f"embedding has {VOCAB - 20} rows"):
+        run_distillation(parse_config(**values))
+
+
+def test_an_embedding_padded_past_the_tokenizer_trains_and_the_student_reloads(run_values, tmp_path):
+    """Qwen2's layout: more embedding rows than tokens, the special tokens inside them."""
+    teacher = save_tiny_model(tmp_path / "qwen2", "qwen2", _qwen2_style_tokenizer(), vocab_size=VOCAB + 64)
+    values = run_values(teacher, student_config_overrides={"num_hidden_layers": 2}, max_steps=1)
+    run_distillation(parse_config(**values))
+    student = AutoModelForCausalLM.from_pretrained(values["output_dir"])
+    assert student.get_input_embeddings().num_embeddings == VOCAB + 64
