@@ -23,13 +23,22 @@ from distily.outputs import write_json_atomic
 
 def task_manager(args: EvaluationArguments):
     """The harness's ``TaskManager`` for ``args.lm_eval_tasks``, checked before any model is trained: a missing
-    harness or an unknown task fails now, not after training. Local-only task lists skip indexing the
-    harness's own few thousand tasks."""
+    harness, an unknown task or a task whose data cannot be loaded (offline and not cached, a dataset that is
+    not there) fails now, in one line, not after training."""
     if importlib.util.find_spec("lm_eval") is None:
         raise DistilyConfigError(
             f"lm_eval_tasks={args.lm_eval_tasks} needs lm-evaluation-harness, which is not installed; expected "
             "`pip install distily[eval]`"
         )
+    manager = _manager_for(args)
+    for task in args.lm_eval_tasks:
+        _check_task_loads(task, manager)
+    return manager
+
+
+def _manager_for(args: EvaluationArguments):
+    """The manager that knows every task of ``args.lm_eval_tasks`` (local-only task lists skip indexing the
+    harness's own few thousand tasks)."""
     from lm_eval.tasks import TaskManager
 
     include_path = os.path.expanduser(args.lm_eval_include_path) if args.lm_eval_include_path else None
@@ -47,6 +56,23 @@ def task_manager(args: EvaluationArguments):
                 "`lm_eval --tasks list`, or a task in lm_eval_include_path"
             )
     return manager
+
+
+def _check_task_loads(task: str, manager) -> None:
+    """Build ``task`` as the harness will after training, which loads its data (from the datasets cache the
+    second time). Whatever the harness or ``datasets`` raise (a dataset not on the Hub, the Hub unreachable or
+    offline without a cached copy, a bad task file) is told in one line."""
+    from lm_eval.tasks import get_task_dict
+
+    try:
+        get_task_dict([task], manager)
+    except Exception as error:  # the harness lets any of datasets' and the Hub's errors through
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise DistilyConfigError(
+            f"lm_eval_tasks: {task!r} could not be loaded ({type(error).__name__}: {reason}); expected its dataset "
+            "to be reachable: online, or in the datasets cache when offline (HF_DATASETS_OFFLINE=1), or a task in "
+            "lm_eval_include_path whose data files are local"
+        ) from error
 
 
 def _descendants(group_subtasks: dict[str, list[str]], names: list[str]) -> set[str]:

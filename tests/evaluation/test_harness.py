@@ -2,6 +2,9 @@
 student, and the teacher's results come from the cache the second time."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -11,9 +14,23 @@ from distily.config import EvaluationArguments
 from distily.errors import DistilyConfigError
 from distily.evaluation import harness
 from distily.evaluation.harness import cached_teacher_results, run_tasks, task_manager, task_results
-from tiny import save_tiny_model
+from tiny import make_documents, save_tiny_model, write_jsonl
 
 TASK = "distily_tiny_choice"
+
+
+def choice_task(name: str, **dataset) -> dict:
+    """A multiple-choice task definition over rows of context, choices and label, its data as ``dataset`` says."""
+    return {
+        "task": name,
+        **dataset,
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{context}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{label}}",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
 
 
 def write_local_task(directory) -> str:
@@ -25,17 +42,7 @@ def write_local_task(directory) -> str:
     ] * 4
     data = directory / "tiny_choice.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    task = {
-        "task": TASK,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{context}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "{{label}}",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
+    task = choice_task(TASK, dataset_path="json", dataset_kwargs={"data_files": {"test": str(data)}})
     (directory / "tiny_choice.yaml").write_text(yaml.safe_dump(task))
     return str(directory)
 
@@ -83,3 +90,34 @@ def test_a_missing_harness_is_named_before_training(monkeypatch):
     monkeypatch.setattr(harness.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DistilyConfigError, match=r"needs lm-evaluation-harness.*pip install distily\[eval\]"):
         task_manager(EvaluationArguments(lm_eval_tasks=["hellaswag"]))
+
+
+def write_task_of_a_missing_hub_dataset(directory) -> str:
+    """A local task whose data is a Hub dataset that is neither there nor in the datasets cache."""
+    directory.mkdir()
+    task = choice_task("distily_missing_hub", dataset_path="distily-nobody/no-such-dataset")
+    (directory / "missing.yaml").write_text(yaml.safe_dump(task))
+    return str(directory)
+
+
+@pytest.mark.parametrize("command", ["distill", "eval"])
+def test_a_task_whose_data_cannot_be_loaded_is_one_line_before_anything_runs(command, teacher_dirs, tmp_path):
+    tasks = write_task_of_a_missing_hub_dataset(tmp_path / "tasks")
+    flags = ["--lm_eval_tasks", "distily_missing_hub", "--lm_eval_include_path", tasks]
+    if command == "distill":
+        data = write_jsonl(tmp_path / "docs.jsonl", make_documents(50))
+        flags += ["--teacher_model_name_or_path", teacher_dirs["llama"], "--dataset_name", data,
+                  "--output_dir", str(tmp_path / "run")]
+    else:
+        flags = [teacher_dirs["llama"], *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "distily.cli", command, *flags], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        f"distily {command}: error: lm_eval_tasks: 'distily_missing_hub' could not be loaded (ConnectionError: "
+        "Couldn't reach 'distily-nobody/no-such-dataset' on the Hub (OfflineModeIsEnabled)); expected its dataset to "
+        "be reachable: online, or in the datasets cache when offline (HF_DATASETS_OFFLINE=1), or a task in "
+        "lm_eval_include_path whose data files are local"
+    ]
+    assert not (tmp_path / "run").exists()  # refused before any training
