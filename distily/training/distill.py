@@ -63,7 +63,8 @@ def resolve_max_seq_length(requested: Optional[int], *models: PreTrainedModel) -
 
 
 def parameter_count(model: PreTrainedModel) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Each parameter once (tied embeddings and LM head are one), 4-bit ones as the weights they stand for."""
+    return model.num_parameters()
 
 
 def _checkpoint_size(name_or_path: Optional[str], model: PreTrainedModel) -> int:
@@ -126,6 +127,7 @@ def _training_data(config: DistillConfig, recorded, documents, teacher, student,
         with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
             return build_datasets(config.data, tokenizer, max_seq_length, training.seed, documents), max_seq_length
     teacher.to("meta")  # its weights (if loaded to initialise the student) are not needed any more
+    teacher.tie_weights()  # the move gave tied weights (embedding and LM head) a tensor each
     recorded.check_student(student)
     return recorded.datasets(config.data.max_samples, config.data.max_eval_samples), recorded.max_seq_length
 
@@ -165,13 +167,15 @@ def _objective(config: DistillConfig, recorded, teacher, student, train_data, vo
 
 
 def _teacher_summary(model_args, teacher: PreTrainedModel, own_metrics: dict) -> dict:
-    """metrics.json's teacher: its own held-out metrics, size, precision and architecture."""
+    """metrics.json's teacher: its own held-out metrics, size, precision and architecture; its memory only when
+    it ran (a recorded teacher is not loaded)."""
+    loaded = own_metrics.get("source") != "recorded"
     return {
         **own_metrics,
         "parameters": parameter_count(teacher),
         "size_on_disk_bytes": _checkpoint_size(model_args.teacher_model_name_or_path, teacher),
         "quantization": model_args.teacher_quantization,
-        "memory_bytes": teacher.get_memory_footprint(),
+        **({"memory_bytes": teacher.get_memory_footprint()} if loaded else {}),
         "architecture": architecture_summary(teacher),
     }
 

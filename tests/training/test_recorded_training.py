@@ -115,3 +115,30 @@ def test_a_corrupted_store_stops_training(recorded, tmp_path):
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(DistilyConfigError, match=r"train-00002.safetensors' has 100 bytes"):
         _train(recorded, tmp_path, teacher_store=str(copy))
+
+
+def _unique_parameters(model) -> int:
+    """Parameters counted by storage: a tensor shared by two modules (tied embedding and LM head) once."""
+    return sum({p.data_ptr(): p.numel() for _, p in model.named_parameters(remove_duplicate=False)}.values())
+
+
+def test_tied_embeddings_are_counted_once_and_a_recorded_teacher_has_no_memory_figure(teacher_dirs, text_file,
+                                                                                        tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])  # GPT-2 ties its LM head to the embedding
+    assert teacher.lm_head.weight is teacher.get_input_embeddings().weight
+    expected = _unique_parameters(teacher)
+    assert expected < sum(p.numel() for _, p in teacher.named_parameters(remove_duplicate=False))
+    values = store_values(teacher_dirs["gpt2"], text_file, tmp_path, max_steps=1)
+    run_recording(parse_config(**values))
+    live = run_distillation(parse_config(**{**values, "output_dir": str(tmp_path / "live")}))
+    with_weights = _train(values, tmp_path / "weights")  # the teacher loaded to initialise the student, then dropped
+    without = _train(values, tmp_path / "config", teacher_model_name_or_path=None, student_init="random")  # meta only
+    runs = {"live": live, "weights/run": with_weights, "config/run": without}
+    for output_dir, metrics in runs.items():
+        assert metrics["teacher"]["parameters"] == expected, output_dir
+        student = AutoModelForCausalLM.from_pretrained(tmp_path / output_dir)
+        assert metrics["student"]["parameters"] == _unique_parameters(student)
+    assert live["teacher"]["memory_bytes"] > 0
+    assert "memory_bytes" not in with_weights["teacher"] and "memory_bytes" not in without["teacher"]
