@@ -1,4 +1,5 @@
-"""The ``distily`` command: parses, dispatches, and turns user errors into one line and exit code 2."""
+"""The ``distily`` command: parses, dispatches, and turns user errors into one line and exit code 2 (Ctrl-C: one
+line and 130)."""
 
 import argparse
 import logging
@@ -173,6 +174,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         print(f"distily {command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line (a run's says how to resume), 128 + SIGINT
+        if debug:
+            raise
+        print(f"distily {command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from distily.experiments.plots import plot_against, plot_by_run
 from distily.experiments.runs import render_value
-from distily.training.distill import METRICS_FILE
+from distily.training.run_dir import METRICS_FILE
 
 ERROR_FILE = "error.txt"  # first line: the error in one line; then the traceback
 SHOWN = (

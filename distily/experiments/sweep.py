@@ -20,7 +20,8 @@ from distily.experiments.results import ERROR_FILE, gather_results, write_result
 from distily.experiments.runs import Run
 from distily.experiments.sweep_file import Sweep, flag_keys
 from distily.outputs import write_json_atomic
-from distily.training.distill import METRICS_FILE, run_distillation
+from distily.training.distill import run_distillation
+from distily.training.run_dir import METRICS_FILE
 
 RUN_FILE = "run.json"  # what the run is: its name, overrides and settings
 

@@ -185,6 +185,15 @@ class DistillationTrainer(Trainer):
             self.accelerator._models = [model for model in self.accelerator._models if model is not student]
         return super().train(*args, **kwargs)
 
+    def _run_epoch(self, *args, **kwargs):
+        """The Trainer's epoch, unless the run is already at ``max_steps``: resumed from a checkpoint of its
+        last step (a run killed after it), the Trainer would take one more step before its own check, and
+        write a checkpoint past the end."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _get_output_dir(self, trial):
         return self._checkpoint_staging or super()._get_output_dir(trial)
 

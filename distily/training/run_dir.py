@@ -1,0 +1,307 @@
+"""A run's ``output_dir``: finished or not, resumed or started over, written by one run at a time.
+
+- ``metrics.json`` is written last: its presence marks a finished run. A finished run is trained again
+  only with ``overwrite_output_dir``, or longer (``resume_from_checkpoint`` with a larger ``max_steps``).
+- Before a run writes anything, the finished marker of what it replaces is deleted first, so no kill can
+  leave a directory that says "finished" beside another run's checkpoints.
+- A lock file (pid and host) admits one writer; a lock left by a dead process on this host is taken over.
+- The settings that shape a run (models, data, objective, optimizer, global batch) are recorded in
+  ``run_settings.json`` when it starts; a resume with other values is refused.
+"""
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Iterator, Optional
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from distily.config import DistillConfig, ModelArguments, ObjectiveArguments
+from distily.errors import DistilyConfigError
+from distily.outputs import write_json_atomic
+from distily.training.trainer import CHECKPOINT_STAGING_DIR
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"  # written last: its presence marks a finished run
+LOCK_FILE = "_distily.lock"  # while a run writes output_dir ("_": push_to_hub does not upload it)
+SETTINGS_FILE = "run_settings.json"  # what shapes the run, recorded when it starts
+TRAINER_STATE_FILE = "trainer_state.json"
+STUDENT_WEIGHTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
+
+# Settings a resumed run must share with the run that wrote its checkpoint: what it trains on, the models, the
+# objective and the optimizer. Anything else (max_steps, logging, evaluation, checkpoints, precision, workers)
+# may change.
+DATA_KEYS = ("dataset_name", "dataset_config_name", "dataset_split", "dataset_text_column", "max_seq_length",
+             "packing", "text_document_delimiter", "max_samples", "eval_fraction")
+RECORD_KEYS = ("teacher_source", "teacher_store")
+TRAINING_KEYS = ("seed", "data_seed", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
+                 "weight_decay", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                 "bitnet_schedule", "bitnet_stage_boundary")
+GLOBAL_BATCH = "global_train_batch_size"  # per-device batch x accumulation x processes: these may be traded
+RESUMABLE_CHANGES = "max_steps, logging, evaluation and checkpoint settings may change"
+
+
+def run_settings(config: DistillConfig) -> dict:
+    """The settings that shape the run, as they read back from JSON."""
+    model_keys = [f.name for f in fields(ModelArguments) if f.name != "trust_remote_code"]
+    parts = [
+        (config.model, model_keys),
+        (config.data, DATA_KEYS),
+        (config.objective, [f.name for f in fields(ObjectiveArguments)]),
+        (config.record, RECORD_KEYS),
+        (config.training, TRAINING_KEYS),
+    ]
+    settings = {key: getattr(part, key) for part, keys in parts for key in keys}
+    training = config.training
+    settings[GLOBAL_BATCH] = (
+        training.per_device_train_batch_size * training.gradient_accumulation_steps * training.world_size
+    )
+    return json.loads(json.dumps(settings, default=str))
+
+
+def check_output_dir_path(output_dir: str) -> None:
+    """output_dir is a directory or nothing yet."""
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise DistilyConfigError(
+            f"output_dir={output_dir!r} is an existing file; expected a directory (new, or of a previous run)"
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _holder(lock: Path) -> dict:
+    try:
+        holder = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _stale(holder: dict) -> bool:
+    """A lock written by a process of this host that is gone."""
+    pid = holder.get("pid")
+    return (
+        isinstance(pid, int) and holder.get("host") == socket.gethostname() and pid != os.getpid() and not _alive(pid)
+    )
+
+
+def _acquire(lock: Path) -> None:
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(5):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            if not _stale(holder):
+                who = (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
+                       if holder else "a run whose lock file is unreadable")
+                raise DistilyConfigError(
+                    f"output_dir={str(lock.parent)!r} is in use by another run ({who}); expected one run per "
+                    f"output_dir at a time: wait for it, use another output_dir, or delete {str(lock)!r} if that run "
+                    "is gone"
+                )
+            aside = lock.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
+            try:  # one rename wins when several runs take the stale lock over at once
+                os.rename(lock, aside)
+                aside.unlink()
+                logger.warning(f"took over {lock}: its run (process {holder['pid']}) is gone")
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(handle, "w") as out:
+            json.dump(me, out)
+        return
+    raise DistilyConfigError(f"could not take {str(lock)!r}; expected one run per output_dir at a time")
+
+
+@contextmanager
+def output_dir_lock(output_dir: str, enabled: bool = True) -> Iterator[None]:
+    """Hold ``output_dir``'s lock file while the block runs (created with the directory if need be); at exit,
+    remove it, and the directories made for it when they are still empty."""
+    if not enabled:
+        yield
+        return
+    check_output_dir_path(output_dir)
+    directory = Path(output_dir)
+    made = [path for path in (directory, *directory.parents) if not path.exists()]
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK_FILE
+    _acquire(lock)
+    try:
+        yield
+    finally:
+        if _holder(lock).get("pid") == os.getpid():
+            lock.unlink(missing_ok=True)
+        for path in made:  # innermost first
+            try:
+                path.rmdir()
+            except OSError:  # not empty: the run wrote into it
+                break
+
+
+def resolve_resume(training) -> Optional[str]:
+    """``resume_from_checkpoint`` as a checkpoint directory (true/last: the newest in output_dir), or None."""
+    value = training.resume_from_checkpoint
+    if value is None or str(value).lower() in ("false", "no", ""):
+        return None
+    if training.overwrite_output_dir:
+        raise DistilyConfigError(
+            f"resume_from_checkpoint={value!r} and overwrite_output_dir=true are both set; expected one: resume "
+            "continues the run in output_dir, overwrite starts it over"
+        )
+    if str(value).lower() in ("true", "last", "yes"):
+        last = get_last_checkpoint(training.output_dir) if os.path.isdir(training.output_dir) else None
+        if last is None:
+            raise DistilyConfigError(
+                f"resume_from_checkpoint={value!r} but {training.output_dir!r} holds no checkpoint; expected a "
+                "directory with checkpoint-* subdirectories"
+            )
+        return last
+    if not os.path.isfile(os.path.join(value, TRAINER_STATE_FILE)):
+        raise DistilyConfigError(
+            f"resume_from_checkpoint={value!r} is not a checkpoint; expected a checkpoint-* directory with "
+            f"{TRAINER_STATE_FILE}"
+        )
+    return value
+
+
+def _checkpoint_step(checkpoint: str) -> int:
+    return json.loads(Path(checkpoint, TRAINER_STATE_FILE).read_text())["global_step"]
+
+
+def _finished_step(output_dir: Path) -> Optional[int]:
+    try:
+        return int(json.loads((output_dir / METRICS_FILE).read_text())["train"]["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_output_dir(training, resume: Optional[str]) -> None:
+    """Refuse to train again over a finished run, or to start over an unfinished one, unless told to; a
+    finished run is resumed only to train it longer, from a checkpoint at its last step."""
+    output_dir = Path(training.output_dir)
+    check_output_dir_path(str(output_dir))
+    if training.overwrite_output_dir or not output_dir.is_dir():
+        return
+    if (output_dir / METRICS_FILE).exists():
+        finished = _finished_step(output_dir)
+        steps = f" of {finished} steps" if finished is not None else ""
+        expected = "--overwrite_output_dir true to train it again, or another output_dir"
+        if resume is None or finished is None:
+            raise DistilyConfigError(
+                f"output_dir={str(output_dir)!r} holds a finished run{steps}; expected {expected}"
+                + ("" if finished is None else f" (or --resume_from_checkpoint true with max_steps above {finished} "
+                   "to train it longer)")
+            )
+        if training.max_steps <= finished:
+            raise DistilyConfigError(
+                f"output_dir={str(output_dir)!r} holds a finished run of {finished} steps and max_steps="
+                f"{training.max_steps} trains no further; expected max_steps above {finished} to train it longer, or "
+                f"{expected}"
+            )
+        if _checkpoint_step(resume) < finished:
+            raise DistilyConfigError(
+                f"resume_from_checkpoint={resume!r} is at step {_checkpoint_step(resume)}, before the end of the "
+                f"finished run in {str(output_dir)!r} (step {finished}); expected a checkpoint of its last step, or "
+                f"{expected}"
+            )
+        return
+    if resume is None and get_last_checkpoint(str(output_dir)) is not None:
+        raise DistilyConfigError(
+            f"output_dir={str(output_dir)!r} holds checkpoints of an unfinished run; expected "
+            "--resume_from_checkpoint true to continue it or --overwrite_output_dir true to start over"
+        )
+
+
+def check_resume(training, resume: str, settings: dict) -> None:
+    """A resumed run trains at least to its checkpoint's step, with the settings that run was started with."""
+    step = _checkpoint_step(resume)
+    if 0 < training.max_steps < step:
+        raise DistilyConfigError(
+            f"max_steps={training.max_steps} is below the step of resume_from_checkpoint={resume!r} ({step}); "
+            f"expected max_steps of at least {step}"
+        )
+    recorded = Path(resume).parent / SETTINGS_FILE
+    if not recorded.is_file():
+        logger.warning(f"{recorded} does not exist: the settings of the resumed run cannot be checked")
+        return
+    was = json.loads(recorded.read_text()).get("settings", {})
+    for key in sorted(set(was) | set(settings)):
+        if was.get(key) != settings.get(key):
+            raise DistilyConfigError(
+                f"resume_from_checkpoint={resume!r} continues a run started with {key}={was.get(key)!r}, not "
+                f"{settings.get(key)!r}; expected the settings it was started with ({RESUMABLE_CHANGES}), or "
+                "--overwrite_output_dir true to start over"
+            )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def prepare_output_dir(training, resume: Optional[str], settings: dict) -> None:
+    """Just before the run writes: delete the finished marker of what it replaces first (an overwritten run, or
+    a finished run trained longer), then an overwritten run's checkpoints and student weights, so that no kill
+    leaves another run's files that a plain start, a resume or an export would take for this one's; record
+    ``settings`` (a resumed run keeps those it was started with)."""
+    if not training.should_save:
+        return
+    output_dir = Path(training.output_dir)
+    (output_dir / METRICS_FILE).unlink(missing_ok=True)  # the marker goes first
+    if training.overwrite_output_dir and output_dir.is_dir():
+        previous = [output_dir / CHECKPOINT_STAGING_DIR, *output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")]
+        previous += [path for pattern in STUDENT_WEIGHTS for path in output_dir.glob(pattern)]
+        for path in previous:
+            _remove(path)
+    if resume is None or not (output_dir / SETTINGS_FILE).exists():
+        write_json_atomic(output_dir / SETTINGS_FILE, {"settings": settings})
+
+
+def _resume_command(command: str, overwrite: bool) -> str:
+    """``command`` with ``--resume_from_checkpoint true`` instead of any resume or overwrite flag."""
+    words, kept = shlex.split(command), []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        name = word.split("=")[0]
+        if name in ("--resume_from_checkpoint", "--overwrite_output_dir"):
+            skip = "=" not in word
+            continue
+        kept.append(word)
+    kept += ["--overwrite_output_dir", "false"] if overwrite else []  # set in the config file
+    return shlex.join([*kept, "--resume_from_checkpoint", "true"])
+
+
+def interrupted(training, command: Optional[str]) -> str:
+    """What a Ctrl-C leaves, in one line: the checkpoint to resume from and the command that does it."""
+    output_dir = training.output_dir
+    if os.path.isfile(os.path.join(output_dir, METRICS_FILE)):
+        return f"interrupted after the run finished ({output_dir}/{METRICS_FILE} is written)"
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if last is None:
+        return f"interrupted before the first checkpoint in {output_dir!r}; nothing to resume, start it again"
+    if command is None or not command.startswith("distily distill "):  # called from Python, or by a sweep
+        return f"interrupted; the last checkpoint is {last!r}, resume_from_checkpoint=true continues it"
+    how = _resume_command(command, training.overwrite_output_dir)
+    return f"interrupted; the last checkpoint is {last!r}, resume with: {how}"

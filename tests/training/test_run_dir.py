@@ -1,0 +1,152 @@
+"""A run's output_dir: no phantom step after a kill, finished runs kept, overwrites that cannot leave a false
+"finished", one writer at a time, resumes with the settings the run started with, Ctrl-C's way back."""
+
+import json
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distily.cli import main
+from distily.config import parse_config
+from distily.errors import DistilyConfigError
+from distily.training import run_dir
+from distily.training.distill import run_distillation
+from distily.training.run_dir import LOCK_FILE, METRICS_FILE, SETTINGS_FILE, output_dir_lock
+from distily.training.trainer import DistillationTrainer
+from file_tree import tree
+
+
+def _values(run_values, teacher_dirs, **overrides):
+    return run_values(
+        teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, save_strategy="steps", save_steps=2,
+        **overrides,
+    )
+
+
+def _steps(checkpoint: Path) -> int:
+    return json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+
+
+def _kill_after_training(monkeypatch):
+    """A kill after the last checkpoint, before metrics.json: the evaluation after training raises."""
+    evaluate = DistillationTrainer.evaluate
+
+    def killed(self, *args, **kwargs):
+        if kwargs.get("metric_key_prefix") == "after":
+            raise KeyboardInterrupt("killed")
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "evaluate", killed)
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_without_a_phantom_step(teacher_dirs, run_values, monkeypatch):
+    values = _values(run_values, teacher_dirs)  # 4 steps; checkpoints at 2 and 4
+    out = Path(values["output_dir"])
+    with monkeypatch.context() as patch:
+        _kill_after_training(patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_distillation(parse_config(**values))
+    assert not (out / METRICS_FILE).exists() and _steps(out / "checkpoint-4") == 4
+
+    metrics = run_distillation(parse_config(**values, resume_from_checkpoint="true"))
+    assert metrics["train"]["global_step"] == 4
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert _steps(out / "checkpoint-4") == 4
+    assert json.loads((out / METRICS_FILE).read_text())["train"]["global_step"] == 4
+
+
+def test_a_finished_run_is_resumed_only_to_train_it_longer(teacher_dirs, run_values):
+    values = _values(run_values, teacher_dirs)
+    out = Path(values["output_dir"])
+    run_distillation(parse_config(**values))
+    before = tree(out)
+    for changes in ({}, {"max_steps": 3}, {"resume_from_checkpoint": str(out / "checkpoint-2"), "max_steps": 6}):
+        with pytest.raises(DistilyConfigError) as refused:
+            run_distillation(parse_config(**{**values, "resume_from_checkpoint": "true", **changes}))
+        assert "finished run of 4 steps" in str(refused.value) or "before the end of the finished run" in str(refused.value)
+    assert tree(out) == before  # nothing written, the lock released
+
+    # more steps, with other logging and evaluation settings: trained on from checkpoint-4
+    longer = {**values, "max_steps": 6, "logging_steps": 1, "max_eval_samples": 8, "resume_from_checkpoint": "true"}
+    metrics = run_distillation(parse_config(**longer))
+    assert metrics["train"]["global_step"] == 6 and _steps(out / "checkpoint-6") == 6
+    assert not (out / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("fault", ["removing the old checkpoints", "the first training step"])
+def test_an_interrupted_overwrite_never_leaves_a_false_finished_run(fault, teacher_dirs, run_values, monkeypatch, capsys):
+    values = _values(run_values, teacher_dirs)
+    out = Path(values["output_dir"])
+    run_distillation(parse_config(**values))
+    assert (out / METRICS_FILE).exists() and (out / "checkpoint-4").is_dir()
+
+    with monkeypatch.context() as patch:
+        if fault == "removing the old checkpoints":  # right after the marker is deleted
+            patch.setattr(run_dir, "_remove", lambda path: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+        else:
+            patch.setattr(DistillationTrainer, "training_step", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            run_distillation(parse_config(**{**values, "overwrite_output_dir": True, "max_steps": 8}))
+    assert not (out / METRICS_FILE).exists()
+
+    config = out.parent / "plain.yaml"
+    config.write_text(yaml.safe_dump({**values, "max_steps": 2}))
+    capsys.readouterr()
+    code = main(["distill", str(config)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not any("holds a finished run" in line for line in err), err[-3:]
+    if fault == "removing the old checkpoints":  # the old run's checkpoints are still there: resumable, not finished
+        assert code == 2 and "holds checkpoints of an unfinished run" in err[-1]
+    else:  # the old run's checkpoints and weights went before training: a plain run starts
+        assert code == 0 and json.loads((out / METRICS_FILE).read_text())["train"]["global_step"] == 2
+
+
+def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(teacher_dirs, run_values, tmp_path):
+    directory = tmp_path / "out"
+    with output_dir_lock(str(directory)):
+        holder = json.loads((directory / LOCK_FILE).read_text())
+        with pytest.raises(DistilyConfigError, match="is in use by another run"):
+            with output_dir_lock(str(directory)):
+                pass
+    assert not directory.exists()  # made for the lock, removed with it
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    values = _values(run_values, teacher_dirs, max_steps=2)
+    out = Path(values["output_dir"])
+    out.mkdir()
+    (out / LOCK_FILE).write_text(json.dumps({**holder, "pid": int(dead.stdout)}))
+    assert run_distillation(parse_config(**values))["train"]["global_step"] == 2
+    assert not (out / LOCK_FILE).exists()
+    assert holder["host"] == socket.gethostname()
+
+
+def test_ctrl_c_prints_the_resume_command_and_it_finishes_the_run(teacher_dirs, run_values, tmp_path, monkeypatch, capsys):
+    values = _values(run_values, teacher_dirs, max_steps=6)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(values))
+    step = DistillationTrainer.training_step
+    calls = {"n": 0}
+
+    def ctrl_c_at_step_3(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DistillationTrainer, "training_step", ctrl_c_at_step_3)
+        assert main(["distill", str(config), "--logging_steps", "1"]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    out = Path(values["output_dir"])
+    assert last.startswith(f"distily distill: interrupted; the last checkpoint is '{out / 'checkpoint-2'}'"), last
+    command = last.split("resume with: ")[1]
+    assert command == f"distily distill {config} --logging_steps 1 --resume_from_checkpoint true"
+    assert not (out / LOCK_FILE).exists()
+    assert main(shlex.split(command)[1:]) == 0
+    assert json.loads((out / METRICS_FILE).read_text())["train"]["global_step"] == 6
+    assert json.loads((out / SETTINGS_FILE).read_text())["settings"]["max_seq_length"] == 32
