@@ -8,6 +8,7 @@ distillation.
 
 import difflib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -369,6 +370,11 @@ class DistillationTrainingArguments(TrainingArguments):
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept, the newest (0: all)."})
     report_to: Optional[str] = field(default="tensorboard", metadata={"help": "Loggers: tensorboard, wandb, none..."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all dataset columns (needed)."})
+    include_num_input_tokens_seen: str = field(
+        default="non_padding",
+        metadata={"help": "Count the tokens read in training (metrics.json's tokens_seen): non_padding (real tokens), "
+                  "all (padding too) or no."},
+    )
     ddp_find_unused_parameters: Optional[bool] = field(
         default=None,
         metadata={"help": "DDP: search the graph for parameters without gradients every step (it costs time). "
@@ -383,9 +389,36 @@ class DistillationTrainingArguments(TrainingArguments):
             raise DistilyConfigError(f"bitnet_stage_boundary={self.bitnet_stage_boundary} is out of range; expected 0 < x < 1")
         if self.max_nonfinite_steps < 1:
             raise DistilyConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be a positive integer")
+        self._check_training_values()
+        counted = {"true": "all", "false": "no"}.get(str(self.include_num_input_tokens_seen).lower())
+        self.include_num_input_tokens_seen = counted or self.include_num_input_tokens_seen
+        _one_of(self.include_num_input_tokens_seen, ("non_padding", "all", "no"), "include_num_input_tokens_seen")
         if not torch.accelerator.is_available():
             self.use_cpu = True  # lets bf16 mean CPU autocast on machines without an accelerator
         super().__post_init__()
+
+    def _check_training_values(self) -> None:
+        """Values the Trainer would take and then train nothing with, or fail on deep inside a step."""
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise DistilyConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise DistilyConfigError(f"learning_rate={self.learning_rate} must be > 0; expected e.g. 1e-4")
+        if self.weight_decay < 0:
+            raise DistilyConfigError(f"weight_decay={self.weight_decay} must be >= 0")
+        if self.max_steps == 0 or self.max_steps < -1:
+            why = "is not usable"
+            if self.max_steps == 0:
+                why = "trains nothing (an untrained student would be written as a finished run)"
+            raise DistilyConfigError(
+                f"max_steps={self.max_steps} {why}; expected a positive number of optimizer steps, or -1 to train "
+                "num_train_epochs"
+            )
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise DistilyConfigError(
+                f"num_train_epochs={self.num_train_epochs} with max_steps=-1 trains nothing; expected num_train_epochs "
+                "> 0 or a positive max_steps"
+            )
 
 
 TEACHER_SOURCES = ("live", "recorded")
@@ -687,14 +720,42 @@ def _known_keys() -> set[str]:
     return {f.name for cls in CONFIG_CLASSES for f in fields(cls) if f.init}
 
 
+class _KeyGivenTwice(Exception):
+    def __init__(self, key, first_line: int, line: int):
+        super().__init__(key, first_line, line)
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor': merged keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _KeyGivenTwice(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: YAML's own error follows
+                break
+        return super().construct_mapping(node, deep)
+
+
 def read_config_file(path: str) -> dict:
-    """Read a YAML or JSON config file into a flat dict of keys."""
+    """Read a YAML or JSON config file into a flat dict of keys; a key given twice is an error."""
     if not os.path.isfile(path):
         raise DistilyConfigError(f"config file {path!r} does not exist; expected a YAML or JSON file")
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise DistilyConfigError(f"config file {path!r} is not valid YAML: {str(err).splitlines()[0]}")
+    except _KeyGivenTwice as twice:
+        lines = f"lines {twice.first_line} and {twice.line}" if twice.first_line != twice.line else f"line {twice.line}"
+        raise DistilyConfigError(f"config file {path!r} sets {twice.key!r} twice ({lines}); expected each key once")
     if data is None:
         return {}
     if not isinstance(data, dict):

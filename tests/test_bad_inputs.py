@@ -1,15 +1,20 @@
 """Each bad input: one line naming the problem, exit code 2, nothing overwritten."""
 
+import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
 import yaml
 
 from distily.cli import main
+from distily.config import parse_config
+from distily.training.run_dir import LOCK_FILE, SETTINGS_FILE, run_settings
+from distily.training.trainer import DistillationTrainer
 from file_tree import tree
-from tiny import write_jsonl
+from tiny import make_documents, write_jsonl
 
 
 def run_cli(tmp_path, values, *extra):
@@ -78,6 +83,132 @@ def case_cannot_fit_in_memory(values, tmp_path):
     return "the run cannot fit"
 
 
+def case_output_dir_is_a_file(values, tmp_path):
+    values["output_dir"] = str(Path(values["output_dir"]) / "model.safetensors")
+    return "model.safetensors' is an existing file; expected a directory"
+
+
+def case_empty_data_file(values, tmp_path):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    values["dataset_name"] = str(tmp_path / "empty.jsonl")
+    return "empty.jsonl' is empty (0 bytes); expected documents in it"
+
+
+def _data_file(tmp_path, lines: list[str]) -> str:
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+def case_malformed_jsonl_line(values, tmp_path):
+    good = [json.dumps({"text": text}) for text in make_documents(20)]
+    values["dataset_name"] = _data_file(tmp_path, good[:6] + ['{"text": "an unfinished line'] + good[6:])
+    return "data.jsonl' line 7 is not valid JSON (Unterminated string starting at, column 10); expected one JSON object"
+
+
+def case_jsonl_line_not_an_object(values, tmp_path):
+    good = [json.dumps({"text": text}) for text in make_documents(20)]
+    values["dataset_name"] = _data_file(tmp_path, good[:2] + ['["a", "list"]'] + good[2:])
+    return "data.jsonl' line 3 holds a JSON list; expected one JSON object per line"
+
+
+def _token_rows(tmp_path, bad_row: int, bad_id: int) -> str:
+    rows = [[(row * 7 + i) % 300 for i in range(40)] for row in range(30)]
+    rows[1] = []  # an empty row, dropped before training, still counted
+    rows[bad_row][5] = bad_id
+    return _data_file(tmp_path, [json.dumps({"input_ids": row}) for row in rows])
+
+
+def case_token_id_out_of_range(values, tmp_path):
+    values["dataset_name"] = _token_rows(tmp_path, bad_row=3, bad_id=320)
+    return "row 3 (counting from 0) holds token id 320; expected ids in 0..319 (the models' vocabulary)"
+
+
+def case_negative_token_id(values, tmp_path):
+    values["dataset_name"] = _token_rows(tmp_path, bad_row=17, bad_id=-1)
+    return "row 17 (counting from 0) holds token id -1; expected ids in 0..319"
+
+
+def case_dataset_too_short(values, tmp_path):
+    values["dataset_name"] = write_jsonl(tmp_path / "short.jsonl", ["A cat.", "A dog.", "A bird."])
+    return "gives no train sequence of 32 tokens; expected more text, a smaller max_seq_length or a smaller eval_fraction"
+
+
+def case_missing_dataset_without_dot_slash(values, tmp_path):
+    values["dataset_name"] = "no-such-data/train.jsonl"  # a file suffix: a local path, not a Hub id
+    return "dataset_name='no-such-data/train.jsonl' does not exist; expected an existing local path or a Hub id"
+
+
+def case_missing_teacher_without_dot_slash(values, tmp_path):
+    values["teacher_model_name_or_path"] = "no/such/teacher"  # two slashes: a local path, not a Hub id
+    return "teacher path 'no/such/teacher' does not exist"
+
+
+def _lock(values, **holder):
+    (Path(values["output_dir"]) / LOCK_FILE).write_text(json.dumps({"since": "2026-01-01 00:00:00", **holder}))
+
+
+def case_output_dir_in_use(values, tmp_path):
+    _lock(values, pid=os.getppid(), host=socket.gethostname())  # a live process of this host
+    return f"is in use by another run (process {os.getppid()} on {socket.gethostname()} since 2026-01-01 00:00:00)"
+
+
+def case_output_dir_in_use_on_another_host(values, tmp_path):
+    _lock(values, pid=12345, host="another-machine")  # its process cannot be checked from here
+    return "is in use by another run (process 12345 on another-machine"
+
+
+def _checkpoint(values, step: int) -> Path:
+    checkpoint = Path(values["output_dir"]) / f"checkpoint-{step}"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return checkpoint
+
+
+def case_resume_a_finished_run(values, tmp_path):
+    _checkpoint(values, 4)
+    (Path(values["output_dir"]) / "metrics.json").write_text(json.dumps({"train": {"global_step": 4}}))
+    values["resume_from_checkpoint"] = "true"
+    return "holds a finished run of 4 steps and max_steps=4 trains no further; expected max_steps above 4"
+
+
+def case_resume_and_overwrite(values, tmp_path):
+    _checkpoint(values, 2)
+    values.update(resume_from_checkpoint="true", overwrite_output_dir=True)
+    return "overwrite_output_dir=true are both set; expected one"
+
+
+def case_resume_below_its_checkpoint(values, tmp_path):
+    _checkpoint(values, 6)
+    values["resume_from_checkpoint"] = "true"
+    return "max_steps=4 is below the step of resume_from_checkpoint"
+
+
+def case_resume_from_a_directory_that_is_no_checkpoint(values, tmp_path):
+    values["resume_from_checkpoint"] = str(tmp_path)
+    return "is not a checkpoint; expected a checkpoint-* directory with trainer_state.json"
+
+
+def _started_with(values, **changes):
+    """A checkpoint of a run started with ``values``; the resume is asked with ``changes``."""
+    _checkpoint(values, 2)
+    settings = run_settings(parse_config(**values))
+    (Path(values["output_dir"]) / SETTINGS_FILE).write_text(json.dumps({"settings": settings}))
+    values.update(resume_from_checkpoint="true", **changes)
+
+
+def case_resume_with_another_max_seq_length(values, tmp_path):
+    _started_with(values, max_seq_length=64)
+    return "continues a run started with max_seq_length=32, not 64; expected the settings it was started with"
+
+
+def case_resume_with_another_dataset(values, tmp_path):
+    other = write_jsonl(tmp_path / "other.jsonl", make_documents(50, seed=3))
+    was = values["dataset_name"]
+    _started_with(values, dataset_name=other)
+    return f"continues a run started with dataset_name={was!r}, not {other!r}"
+
+
 CASES = [
     case_unknown_key,
     case_wrong_type,
@@ -90,6 +221,23 @@ CASES = [
     case_unknown_loss,
     case_unfinished_run_without_resume,
     case_cannot_fit_in_memory,
+    case_output_dir_is_a_file,
+    case_empty_data_file,
+    case_malformed_jsonl_line,
+    case_jsonl_line_not_an_object,
+    case_token_id_out_of_range,
+    case_negative_token_id,
+    case_dataset_too_short,
+    case_missing_dataset_without_dot_slash,
+    case_missing_teacher_without_dot_slash,
+    case_output_dir_in_use,
+    case_output_dir_in_use_on_another_host,
+    case_resume_a_finished_run,
+    case_resume_and_overwrite,
+    case_resume_below_its_checkpoint,
+    case_resume_from_a_directory_that_is_no_checkpoint,
+    case_resume_with_another_max_seq_length,
+    case_resume_with_another_dataset,
 ]
 
 
@@ -138,6 +286,19 @@ VALUE_CASES = [
     ("missing_dataset_path", {"dataset_name": "./no/such/data.jsonl"}, "does not exist"),
     ("negative_eval_samples", {"max_eval_samples": -1}, "max_eval_samples=-1 must be a positive integer"),
     ("zero_max_samples", {"max_samples": 0}, "max_samples=0 must be a positive integer"),
+    ("zero_batch_size", {"per_device_train_batch_size": 0}, "per_device_train_batch_size=0 must be a positive integer"),
+    ("zero_eval_batch_size", {"per_device_eval_batch_size": 0}, "per_device_eval_batch_size=0 must be a positive"),
+    ("zero_accumulation", {"gradient_accumulation_steps": 0}, "gradient_accumulation_steps=0 must be a positive"),
+    ("zero_learning_rate", {"learning_rate": 0}, "learning_rate=0.0 must be > 0"),
+    ("negative_learning_rate", {"learning_rate": -1e-4}, "learning_rate=-0.0001 must be > 0"),
+    ("zero_max_steps", {"max_steps": 0}, "max_steps=0 trains nothing (an untrained student would be written as a "
+                                         "finished run); expected a positive number of optimizer steps"),
+    ("zero_epochs", {"max_steps": -1, "num_train_epochs": 0}, "num_train_epochs=0.0 with max_steps=-1 trains nothing"),
+    ("negative_weight_decay", {"weight_decay": -0.1}, "weight_decay=-0.1 must be >= 0"),
+    ("teacher_neither_local_nor_on_the_hub", {"teacher_model_name_or_path": "no-such-org/no-such-teacher"},
+     "cannot load teacher 'no-such-org/no-such-teacher': no local directory 'no-such-org/no-such-teacher', and from "
+     "the Hub: "),
+    ("bad_tokens_seen_setting", {"include_num_input_tokens_seen": "some"}, "include_num_input_tokens_seen='some' is not"),
 ]
 
 
@@ -162,8 +323,12 @@ def test_bad_value(changes, expected, tmp_path, teacher_dirs, run_values, capsys
         (lambda path: None, "does not exist"),
         (lambda path: path.write_text("a: [1, 2"), "is not valid YAML"),
         (lambda path: path.write_text("- 1\n- 2\n"), "holds a list; expected a mapping of keys"),
+        (lambda path: path.write_text("learning_rate: 1e-3\nmax_steps: 5\nlearning_rate: 1e-4\n"),
+         "sets 'learning_rate' twice (lines 1 and 3); expected each key once"),
+        (lambda path: path.write_text("student_config_overrides:\n  n_layer: 2\n  n_layer: 4\n"),
+         "sets 'n_layer' twice (lines 2 and 3)"),
     ],
-    ids=["missing", "invalid_yaml", "not_a_mapping"],
+    ids=["missing", "invalid_yaml", "not_a_mapping", "key_given_twice", "nested_key_given_twice"],
 )
 def test_bad_config_file(write, expected, tmp_path, capsys):
     path = tmp_path / "config.yaml"
@@ -193,6 +358,33 @@ def test_bad_export(args, expected, teacher_dirs, capsys):
 def test_export_of_a_missing_run_dir(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing"), "--format", "packed"]) == 2
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_training_is_one_line_with_the_resume_command(tmp_path, teacher_dirs, run_values, capsys,
+                                                                   monkeypatch):
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2},
+                        save_strategy="steps", save_steps=2)
+    out = Path(values["output_dir"])
+    out.mkdir(parents=True)
+    (out / "model.safetensors").write_bytes(b"precious weights")
+    step = DistillationTrainer.training_step
+    calls = []
+
+    def ctrl_c_at_step_3(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "training_step", ctrl_c_at_step_3)
+    assert run_cli(tmp_path, values) == 130
+    err = capsys.readouterr().err.strip()
+    last = err.splitlines()[-1]
+    assert "Traceback" not in err and [line for line in err.splitlines() if "interrupted" in line] == [last]
+    assert last == (f"distily distill: interrupted; the last checkpoint is '{out / 'checkpoint-2'}', resume with: "
+                    f"distily distill {tmp_path / 'config.yaml'} --resume_from_checkpoint true")
+    assert (out / "model.safetensors").read_bytes() == b"precious weights"  # a plain run replaces it at its end only
+    assert not (out / LOCK_FILE).exists() and not (out / "metrics.json").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path, teacher_dirs, run_values):

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
+import pyarrow.compute
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -16,6 +18,7 @@ from distily.config import DataArguments
 from distily.data.framing import INPUT_IDS, POSITION_IDS, Framing
 from distily.errors import DistilyConfigError
 from distily.outputs import atomic_output
+from distily.paths import looks_like_local_path
 
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # text_document_delimiter's named values; anything else is a regular expression that starts a document
@@ -74,7 +77,42 @@ def _local_files(path: Path) -> dict[str, list[str]]:
         raise DistilyConfigError(
             f"dataset_name={str(path)!r} mixes file kinds ({', '.join(groups)}); expected one kind of file"
         )
+    empty = next((name for files in groups.values() for name in files if os.path.getsize(name) == 0), None)
+    if empty is not None:
+        raise DistilyConfigError(f"data file {empty!r} is empty (0 bytes); expected documents in it")
     return groups
+
+
+def _first_bad_json_line(files: list[str]) -> Optional[str]:
+    """Where a JSON-lines file is not one JSON object per line: the file, line number and what is wrong."""
+    for name in files:
+        with open(name, encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as err:
+                    return f"data file {name!r} line {number} is not valid JSON ({err.msg}, column {err.colno})"
+                if not isinstance(row, dict):
+                    return f"data file {name!r} line {number} holds a JSON {type(row).__name__}"
+    return None
+
+
+def _load_json_files(files: list[str]) -> datasets.Dataset:
+    """JSON or JSON-lines files as a dataset; a malformed line is named by file and line number."""
+    builder_log = logging.getLogger("datasets.packaged_modules.json.json")
+    level = builder_log.level
+    builder_log.setLevel(logging.CRITICAL)  # it logs a parse error as it raises it, by row in a chunk
+    try:
+        return datasets.load_dataset("json", data_files=files, split="train")
+    except Exception:  # the builder's own error says neither file nor line
+        bad = _first_bad_json_line([name for name in files if name.lower().endswith(".jsonl")])
+        if bad is None:
+            raise
+        raise DistilyConfigError(f"{bad}; expected one JSON object per line, such as {{\"text\": \"...\"}}")
+    finally:
+        builder_log.setLevel(level)
 
 
 def load_documents(args: DataArguments) -> datasets.Dataset:
@@ -91,9 +129,13 @@ def load_documents(args: DataArguments) -> datasets.Dataset:
         ((builder, files),) = _local_files(path).items()
         if builder == "text":
             return load_text_files(files, args.text_document_delimiter)
+        if builder == "json":
+            return _load_json_files(files)
         return datasets.load_dataset(builder, data_files=files, split="train")
-    if args.dataset_name.startswith(("/", "./", "../", "~")):
-        raise DistilyConfigError(f"dataset_name={args.dataset_name!r} does not exist; expected a local path or Hub id")
+    if looks_like_local_path(args.dataset_name):
+        raise DistilyConfigError(
+            f"dataset_name={args.dataset_name!r} does not exist; expected an existing local path or a Hub id"
+        )
     try:
         loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
@@ -216,6 +258,34 @@ def documents_with_content(documents: datasets.Dataset, args: DataArguments) -> 
     )
 
 
+def _ids_outside(documents: datasets.Dataset, limit: int) -> Optional[tuple[int, int]]:
+    """The first (row, id) of ``documents``' input_ids outside 0..limit-1, or None; read in Arrow batches."""
+    table = documents.with_format("arrow")
+    for start in range(0, len(documents), 4096):
+        batch = table[start:start + 4096][INPUT_IDS]
+        low, high = pyarrow.compute.min_max(pyarrow.compute.list_flatten(batch)).values()
+        if (low.as_py() is None or low.as_py() >= 0) and (high.as_py() is None or high.as_py() < limit):
+            continue
+        for row, ids in enumerate(batch.to_pylist(), start=start):
+            bad = next((token for token in ids or [] if not 0 <= token < limit), None)
+            if bad is not None:
+                return row, bad
+    return None
+
+
+def check_token_ids(documents: datasets.Dataset, limit: int, args: DataArguments) -> None:
+    """Pre-tokenized rows hold only ids the models have rows for, 0..limit-1 (else a step fails with an index
+    error deep inside the embedding, on a GPU as a device-side assert); the row is counted in the dataset as
+    given, empty rows included."""
+    if INPUT_IDS not in documents.column_names or _ids_outside(documents, limit) is None:
+        return
+    row, token = _ids_outside(load_documents(args).select_columns([INPUT_IDS]), limit)  # rows as given
+    raise DistilyConfigError(
+        f"dataset {args.dataset_name!r} row {row} (counting from 0) holds token id {token}; expected ids in "
+        f"0..{limit - 1} (the models' vocabulary)"
+    )
+
+
 def load_training_documents(args: DataArguments) -> datasets.Dataset:
     """The non-empty documents (text or token ids) to distill on; fails fast on a bad dataset."""
     documents = documents_with_content(load_documents(args), args)
@@ -247,9 +317,10 @@ def build_datasets(
     }
     for name, blocks in packed.items():
         if len(blocks) == 0:
+            fraction = "a smaller" if name == "train" else "a larger"
             raise DistilyConfigError(
                 f"dataset {args.dataset_name!r} gives no {name} sequence of {max_seq_length} tokens; expected more "
-                "text, a smaller max_seq_length or a larger eval_fraction"
+                f"text, a smaller max_seq_length or {fraction} eval_fraction (now {args.eval_fraction})"
             )
     train = packed["train"].shuffle(seed=seed)
     if args.max_samples is not None:

@@ -45,6 +45,12 @@ def output_vocab_size(model: PreTrainedModel) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
+def token_id_limit(*models: PreTrainedModel) -> int:
+    """One past the largest token id every model can take in and predict: the fewest rows of any input
+    embedding or LM head."""
+    return min(min(model.get_input_embeddings().num_embeddings, output_vocab_size(model)) for model in models)
+
+
 def plain_lm_head(model: PreTrainedModel) -> bool:
     """True when the logits are exactly ``F.linear(last hidden state, head.weight, head.bias)``, so the head
     can be fused into the loss: a linear head with float weights and ``nn.Linear``'s own forward (not a

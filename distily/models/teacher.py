@@ -16,12 +16,9 @@ from transformers import (
 )
 
 from distily.errors import DistilyConfigError
+from distily.paths import looks_like_local_path
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def looks_like_local_path(name_or_path: str) -> bool:
-    return name_or_path.startswith(("/", "./", "../", "~")) or os.path.exists(name_or_path)
 
 
 def check_model_source(name_or_path: str, role: str, allow_file: bool = False) -> None:
@@ -40,7 +37,8 @@ def from_pretrained(loader, name_or_path: str, role: str, **kwargs):
         return loader.from_pretrained(os.path.expanduser(name_or_path), **kwargs)
     except OSError as err:
         reason = str(err).strip().splitlines()[0]
-        raise DistilyConfigError(f"cannot load {role} {name_or_path!r}: {reason}")
+        local = "" if "/" not in name_or_path else f"no local directory {name_or_path!r}, and from the Hub: "
+        raise DistilyConfigError(f"cannot load {role} {name_or_path!r}: {local}{reason}")
 
 
 def bitsandbytes_config(quantization: str, dtype: str) -> BitsAndBytesConfig:

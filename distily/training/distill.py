@@ -16,12 +16,12 @@ import distily
 from distily.config import HELDOUT_SET, DistillConfig
 from distily.data.store import collate_recorded
 from distily.data.framing import check_document_isolation, model_inputs
-from distily.data.text import build_datasets, collate, load_training_documents
+from distily.data.text import build_datasets, check_token_ids, collate, load_training_documents
 from distily.errors import DistilyConfigError, RunInterrupted
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.harness import task_manager
 from distily.evaluation.heldout import Evaluator
-from distily.models.architecture import max_positions, output_vocab_size
+from distily.models.architecture import max_positions, output_vocab_size, token_id_limit
 from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student
 from distily.models.summary import architecture_summary
@@ -122,6 +122,7 @@ def _training_data(config: DistillConfig, recorded, documents, teacher, student,
     """(train/eval datasets, max_seq_length): tokenized and packed text, or the store's sequences."""
     training = config.training
     if recorded is None:
+        check_token_ids(documents, token_id_limit(teacher, student), config.data)  # pre-tokenized rows
         max_seq_length = resolve_max_seq_length(config.data.max_seq_length, teacher, student)
         # one process writes the tokenization cache, the others read it (one per node without a shared filesystem)
         with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
@@ -190,14 +191,16 @@ def _student_summary(training, student: PreTrainedModel, evaluations: dict) -> d
     }
 
 
-def _train_summary(training, train_output, seconds: float, max_seq_length: int) -> dict:
-    """metrics.json's train: the Trainer's figures, wall time, optimizer steps and tokens seen."""
-    tokens_per_step = training.train_batch_size * training.gradient_accumulation_steps * training.world_size
+def _train_summary(training, train_output, seconds: float, state) -> dict:
+    """metrics.json's train: the Trainer's figures, wall time, optimizer steps and the tokens read in training
+    (the Trainer's count over all processes and sessions; without padding unless include_num_input_tokens_seen
+    says otherwise, and absent when it is "no")."""
+    counted = training.include_num_input_tokens_seen != "no"
     return {
         **train_output.metrics,
         "wall_seconds": seconds,
         "global_step": train_output.global_step,
-        "tokens_seen": train_output.global_step * tokens_per_step * max_seq_length,
+        **({"tokens_seen": state.num_input_tokens_seen} if counted else {}),
     }
 
 
@@ -293,7 +296,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         "command": command,
         "teacher": _teacher_summary(model_args, teacher, teacher_metrics()),
         "student": _student_summary(training, student, {**before, **after}),
-        "train": _train_summary(training, train_output, seconds, max_seq_length),
+        "train": _train_summary(training, train_output, seconds, trainer.state),
         "max_seq_length": max_seq_length,
         "framing": framing_metrics,
         "train_sequences": len(data.train),

@@ -221,3 +221,26 @@ def test_an_embedding_padded_past_the_tokenizer_trains_and_the_student_reloads(r
     run_distillation(parse_config(**values))
     student = AutoModelForCausalLM.from_pretrained(values["output_dir"])
     assert student.get_input_embeddings().num_embeddings == VOCAB + 64
+
+
+@pytest.mark.parametrize("packing", ["documents", "stream"])
+def test_tokens_seen_counts_the_real_tokens_read(packing, teacher_dirs, run_values, monkeypatch):
+    from distily.training.trainer import DistillationTrainer
+
+    real, read = [], []
+    step = DistillationTrainer.training_step
+
+    def counting(self, model, inputs, *args, **kwargs):
+        real.append(int(inputs["attention_mask"].sum()))
+        read.append(inputs["input_ids"].numel())
+        return step(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "training_step", counting)
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, packing=packing,
+                        max_seq_length=100, max_steps=3, gradient_accumulation_steps=2, per_device_train_batch_size=2)
+    metrics = run_distillation(parse_config(**values))
+    assert len(real) == 6 and metrics["train"]["tokens_seen"] == sum(real)
+    if packing == "documents":  # whole documents in padded blocks: the padding is not counted
+        assert sum(real) < sum(read)
+    else:  # full blocks: every token is real
+        assert sum(real) == sum(read) == 3 * 2 * 2 * 100
