@@ -101,11 +101,19 @@ def _launch(config_path: Path, *flags: str) -> subprocess.Popen:
     )
 
 
+FEATURES = {"hidden_states_weight": 1.0, "hidden_states_norm": "affine"}  # a linear projector and a norm per layer pair
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, teacher_source", [("llama", "live"), ("gpt2", "live"), ("llama", "recorded")])
-def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
-    arch, teacher_source, teacher_dirs, run_values, text_file, tmp_path
+@pytest.mark.parametrize(
+    "arch, teacher_source, objective",
+    [("llama", "live", {}), ("gpt2", "live", {}), ("llama", "recorded", {}), ("llama", "live", FEATURES)],
+    ids=["llama-live", "gpt2-live", "llama-recorded", "llama-features"],
+)
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights_bit_for_bit(
+    arch, teacher_source, objective, teacher_dirs, run_values, text_file, tmp_path
 ):
+    """fp32 on the CPU: the resumed run's weights (and objective state) are the uninterrupted run's, bit for bit."""
     steps = 8
     base = run_values(
         teacher_dirs[arch],
@@ -115,6 +123,8 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
         save_steps=1,
         save_total_limit=0,  # keep every checkpoint
         learning_rate=1e-3,
+        use_cpu=True,
+        **objective,
     )
     if teacher_source == "recorded":  # a store of the teacher, read in the same order after the resume
         store = store_values(teacher_dirs[arch], text_file, tmp_path / "store")
@@ -138,10 +148,15 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
     process.wait()
     assert not (Path(killed["output_dir"]) / "metrics.json").exists()
 
+    first = Path(killed["output_dir"]) / "checkpoint-1" / "model.safetensors"
+    written = first.stat().st_mtime_ns
     resumed = _launch(config_path, "--resume_from_checkpoint", "true")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()[-2000:]
-    expected = load_file(Path(reference["output_dir"]) / "model.safetensors")
-    actual = load_file(Path(killed["output_dir"]) / "model.safetensors")
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert first.stat().st_mtime_ns == written  # resumed, not started over
+    files = ["model.safetensors"] + [f"checkpoint-{steps}/objective.safetensors"] * bool(objective)
+    for file in files:
+        expected = load_file(Path(reference["output_dir"]) / file)
+        actual = load_file(Path(killed["output_dir"]) / file)
+        assert expected.keys() == actual.keys() and expected
+        different = [name for name in expected if not torch.equal(actual[name], expected[name])]
+        assert not different, (file, different)
