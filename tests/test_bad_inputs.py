@@ -14,7 +14,7 @@ from distily.config import parse_config
 from distily.training.run_dir import LOCK_FILE, SETTINGS_FILE, run_settings
 from distily.training.trainer import DistillationTrainer
 from file_tree import tree
-from tiny import make_documents, write_jsonl
+from tiny import make_documents, make_tokenizer, save_tiny_masked_lm, write_jsonl
 
 
 def run_cli(tmp_path, values, *extra):
@@ -144,6 +144,17 @@ def case_missing_teacher_without_dot_slash(values, tmp_path):
     return "teacher path 'no/such/teacher' does not exist"
 
 
+def case_bidirectional_teacher(values, tmp_path):
+    values["teacher_model_name_or_path"] = save_tiny_masked_lm(tmp_path / "bert", make_tokenizer())
+    return "the teacher (BertLMHeadModel) is not causal: its logits at a position change with later tokens"
+
+
+def case_bidirectional_student(values, tmp_path):
+    values["student_model_name_or_path"] = save_tiny_masked_lm(tmp_path / "bert", make_tokenizer())
+    del values["student_config_overrides"]
+    return "the student (BertLMHeadModel) is not causal"
+
+
 def _lock(values, **holder):
     (Path(values["output_dir"]) / LOCK_FILE).write_text(json.dumps({"since": "2026-01-01 00:00:00", **holder}))
 
@@ -230,6 +241,8 @@ CASES = [
     case_dataset_too_short,
     case_missing_dataset_without_dot_slash,
     case_missing_teacher_without_dot_slash,
+    case_bidirectional_teacher,
+    case_bidirectional_student,
     case_output_dir_in_use,
     case_output_dir_in_use_on_another_host,
     case_resume_a_finished_run,

@@ -86,6 +86,19 @@ def save_tiny_model(path, arch: str, tokenizer, seed: int = 0, **config_override
     return str(path)
 
 
+def save_tiny_masked_lm(path, tokenizer) -> str:
+    """A tiny BertForMaskedLM, saved: AutoModelForCausalLM loads it as a BertLMHeadModel with is_decoder=False,
+    which attends both ways (a model that sees later tokens)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=256, pad_token_id=0)
+    BertForMaskedLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 def write_jsonl(path, documents: list[str]) -> str:
     with open(path, "w") as out:
         for document in documents:

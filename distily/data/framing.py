@@ -167,6 +167,27 @@ def model_inputs(batch: dict[str, torch.Tensor], device: Optional[torch.device] 
 
 
 ISOLATION_PROBE = (5, 4)  # two documents' lengths in the probe block
+CAUSALITY_PROBE = (6, 4)  # the tokens kept, then the tokens changed, in the causality probe
+CAUSALITY_TOLERANCE = 1e-3  # of the changed positions' move, for float noise
+
+
+def _probe_ids(model: PreTrainedModel, lengths: tuple[int, ...]) -> list[torch.Tensor]:
+    """Random token ids (seeded), one [1, n] tensor per length, for the probes below."""
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randint(1, model.config.vocab_size, (1, n), generator=generator) for n in lengths]
+
+
+def _logits(model: PreTrainedModel, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The model's logits in eval mode (its mode kept), in fp32: [seq, vocab]."""
+    was_training = model.training
+    model.eval()
+    logits = model(input_ids=input_ids.to(next(model.parameters()).device), use_cache=False, **kwargs).logits
+    model.train(was_training)
+    return logits[0].float()
+
+
+def _differ(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    return (actual - expected).abs().max().item() > 0.02 * expected.abs().max().item() + 1e-3
 
 
 @torch.no_grad()
@@ -174,19 +195,32 @@ def check_document_isolation(model: PreTrainedModel, role: str) -> None:
     """Refuse a model that does not keep packed documents apart: the second document's logits in a packed
     block must equal its logits alone (a model whose attention ignores restarting positions would let it
     see the first one)."""
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(0)
-    first, second = (torch.randint(1, model.config.vocab_size, (1, n), generator=generator) for n in ISOLATION_PROBE)
+    first, second = _probe_ids(model, ISOLATION_PROBE)
     positions = torch.cat([torch.arange(n) for n in ISOLATION_PROBE])[None]  # [1, seq]
-    was_training = model.training
-    model.eval()
-    packed = model(input_ids=torch.cat([first, second], 1).to(device), position_ids=positions.to(device),
-                   use_cache=False).logits[0, ISOLATION_PROBE[0]:].float()  # [seq, vocab]
-    alone = model(input_ids=second.to(device), use_cache=False).logits[0].float()  # [seq, vocab]
-    model.train(was_training)
-    scale = alone.abs().max().item()
-    if (packed - alone).abs().max().item() > 0.02 * scale + 1e-3:
+    device = next(model.parameters()).device
+    packed = _logits(model, torch.cat([first, second], 1), position_ids=positions.to(device))[ISOLATION_PROBE[0]:]
+    if _differ(packed, _logits(model, second)):
         raise DistilyConfigError(
             f"the {role} ({type(model).__name__}) lets packed documents attend to each other (it ignores restarting "
             "position_ids); expected packing=stream for this model"
+        )
+
+
+@torch.no_grad()
+def check_causality(model: PreTrainedModel, role: str) -> None:
+    """Refuse a model that sees later tokens: changing the last tokens of a sequence must leave the logits
+    before them as they were. (A saved BertForMaskedLM loads through AutoModelForCausalLM as a
+    BertLMHeadModel with is_decoder=False, which attends both ways: its next-token predictions read the
+    answer, and a student distilled from it learns nothing a causal model can use.)"""
+    kept, changed = _probe_ids(model, CAUSALITY_PROBE)
+    before = _logits(model, torch.cat([kept, changed], 1))  # [seq, vocab]
+    after = _logits(model, torch.cat([kept, changed % (model.config.vocab_size - 1) + 1], 1))  # each id other
+    moved = (after - before).abs().amax(-1)  # [seq]: how far each position's logits moved
+    # a causal model's earlier positions do not move at all (the same arithmetic on the same rows); a
+    # bidirectional one's move by a share of what the changed positions move, small only while it is untrained
+    if moved[:CAUSALITY_PROBE[0]].max().item() > CAUSALITY_TOLERANCE * moved[CAUSALITY_PROBE[0]:].max().item() + 1e-6:
+        raise DistilyConfigError(
+            f"the {role} ({type(model).__name__}) is not causal: its logits at a position change with later tokens "
+            "(a bidirectional model, e.g. a masked LM such as BERT loaded as a causal LM); expected a causal language "
+            "model (a decoder)"
         )

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, set_seed
 import distily
 from distily.config import HELDOUT_SET, DistillConfig
 from distily.data.store import collate_recorded
-from distily.data.framing import check_document_isolation, model_inputs
+from distily.data.framing import check_causality, check_document_isolation, model_inputs
 from distily.data.text import build_datasets, check_token_ids, collate, load_training_documents
 from distily.errors import DistilyConfigError, RunInterrupted
 from distily.evaluation.framing_check import check_framing
@@ -93,16 +93,18 @@ def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn, batch_si
 def _load_models(config: DistillConfig, recorded: Optional[RecordedTeacher]):
     """(teacher, student, tokenizer): the teacher (quantized last, after the student copied its full-precision
     weights), the student built from it, and the shared tokenizer (checked against a student checkpoint's, and
-    to give no id past either model's embedding)."""
+    to give no id past either model's embedding); both models checked to be causal."""
     model_args = config.model
     if recorded is None:
         teacher = load_teacher(
             model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
         )
+        check_causality(teacher, "teacher")  # before the student copies anything from it
         tokenizer = load_tokenizer(model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code)
     else:
         teacher, tokenizer = recorded.teacher_for_student(model_args), recorded.tokenizer
     student = build_student(model_args, teacher)
+    check_causality(student, "student")
     if recorded is None and model_args.teacher_quantization != "none":  # the student copied full-precision weights
         teacher = load_teacher(
             model_args.teacher_model_name_or_path,

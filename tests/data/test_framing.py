@@ -10,13 +10,22 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from distily.config import DataArguments, GenerateArguments
-from distily.data.framing import Framing, check_document_isolation, model_inputs, resolve_packing
+from distily.data.framing import Framing, check_causality, check_document_isolation, model_inputs, resolve_packing
 from distily.data.text import build_datasets, collate, split_text
 from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator
 from distily.recording.generate import sample_sequences, write_samples
-from tiny import make_bos_tokenizer, make_documents, tiny_config, train_bos_anchored_llama, write_jsonl
+from tiny import (
+    ARCHITECTURES,
+    make_bos_tokenizer,
+    make_documents,
+    make_tokenizer,
+    save_tiny_masked_lm,
+    tiny_config,
+    train_bos_anchored_llama,
+    write_jsonl,
+)
 
 BOS = 1000  # a stand-in id in the pure framing tests
 
@@ -140,6 +149,20 @@ def test_a_model_that_lets_documents_see_each_other_is_refused():
         check_document_isolation(LeakyModel(), "teacher")
     torch.manual_seed(0)
     check_document_isolation(AutoModelForCausalLM.from_config(tiny_config("llama", layers=2)), "student")
+
+
+def test_a_model_that_sees_later_tokens_is_refused_and_causal_ones_pass(tmp_path):
+    from transformers import BertLMHeadModel
+
+    bidirectional = AutoModelForCausalLM.from_pretrained(save_tiny_masked_lm(tmp_path / "bert", make_tokenizer()))
+    assert type(bidirectional) is BertLMHeadModel and not bidirectional.config.is_decoder
+    with pytest.raises(DistilyConfigError, match=r"^the teacher \(BertLMHeadModel\) is not causal: its logits at a "):
+        check_causality(bidirectional, "teacher")
+    decoder = BertLMHeadModel(type(bidirectional.config)(**{**bidirectional.config.to_dict(), "is_decoder": True}))
+    check_causality(decoder, "student")  # the same architecture as a decoder: causal
+    for arch in ARCHITECTURES:
+        check_causality(AutoModelForCausalLM.from_config(tiny_config(arch, layers=2)), "student")
+    check_causality(LeakyModel(), "teacher")  # its cumulative mean reads earlier tokens only
 
 
 @pytest.mark.parametrize("delimiter, expected", [
