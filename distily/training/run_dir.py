@@ -34,6 +34,7 @@ METRICS_FILE = "metrics.json"  # written last: its presence marks a finished run
 LOCK_FILE = "_distily.lock"  # while a run writes output_dir ("_": push_to_hub does not upload it)
 SETTINGS_FILE = "run_settings.json"  # what shapes the run, recorded when it starts
 TRAINER_STATE_FILE = "trainer_state.json"
+REPLACED_DIR = "_replaced"  # an overwritten run's files on their way out
 STUDENT_WEIGHTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
 
 # Settings a resumed run must share with the run that wrote its checkpoint: what it trains on, the models, the
@@ -251,11 +252,15 @@ def check_resume(training, resume: str, settings: dict) -> None:
             )
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+def _remove(paths: list[Path], trash: Path) -> None:
+    """Delete ``paths`` by first renaming each into ``trash`` (one atomic rename each), so that a kill never leaves
+    a half-deleted checkpoint where a resume would look for one; then delete ``trash``."""
+    shutil.rmtree(trash, ignore_errors=True)  # left by a killed overwrite
+    trash.mkdir()
+    for number, path in enumerate(paths):
+        if os.path.lexists(path):
+            os.rename(path, trash / f"{number}-{path.name}")
+    shutil.rmtree(trash)
 
 
 def prepare_output_dir(training, resume: Optional[str], settings: dict) -> None:
@@ -270,8 +275,7 @@ def prepare_output_dir(training, resume: Optional[str], settings: dict) -> None:
     if training.overwrite_output_dir and output_dir.is_dir():
         previous = [output_dir / CHECKPOINT_STAGING_DIR, *output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")]
         previous += [path for pattern in STUDENT_WEIGHTS for path in output_dir.glob(pattern)]
-        for path in previous:
-            _remove(path)
+        _remove(previous, output_dir / REPLACED_DIR)
     if resume is None or not (output_dir / SETTINGS_FILE).exists():
         write_json_atomic(output_dir / SETTINGS_FILE, {"settings": settings})
 

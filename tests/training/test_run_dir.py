@@ -87,12 +87,15 @@ def test_an_interrupted_overwrite_never_leaves_a_false_finished_run(fault, teach
 
     with monkeypatch.context() as patch:
         if fault == "removing the old checkpoints":  # right after the marker is deleted
-            patch.setattr(run_dir, "_remove", lambda path: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+            patch.setattr(run_dir, "_remove", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt("killed")))
         else:
             patch.setattr(DistillationTrainer, "training_step", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             run_distillation(parse_config(**{**values, "overwrite_output_dir": True, "max_steps": 8}))
     assert not (out / METRICS_FILE).exists()
+    if fault == "the first training step":  # the old run's checkpoints and weights went before it
+        assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
+        assert not (out / run_dir.REPLACED_DIR).exists()
 
     config = out.parent / "plain.yaml"
     config.write_text(yaml.safe_dump({**values, "max_steps": 2}))
