@@ -57,7 +57,7 @@ def check_framing(
         better = "documents" if framing.packing != "documents" else "stream"
         logger.warning(
             f"packing={framing.packing} makes the teacher's held-out loss {packed_loss:.3f} nats against "
-            f"{aligned_loss:.3f} on the same documents run alone (+{packing_cost(packed_loss, aligned_loss):.0%}); "
+            f"{aligned_loss:.3f} on the same documents run alone (+{packed_loss / aligned_loss - 1:.0%}); "
             f"expected packing={better} (or a text_document_delimiter that matches how the teacher was trained)"
         )
     return {
@@ -65,8 +65,3 @@ def check_framing(
         "teacher_lm_loss_packed": packed_loss,
         "teacher_lm_loss_documents": aligned_loss,
     }
-
-
-def packing_cost(packed_loss: float, aligned_loss: float) -> float:
-    """How much worse the packed loss is, as a fraction of the document-aligned one."""
-    return packed_loss / aligned_loss - 1

@@ -261,8 +261,8 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     framing_metrics = {"packing": data.framing.packing}
     if recorded is None and data.eval_documents is not None:
         framing_metrics = check_framing(
-            teacher, data.eval_documents, tokenizer, data.framing, config.data.dataset_text_column,
-            partial(collate, pad_token_id=pad_token_id), training.per_device_eval_batch_size,
+            teacher, data.eval_documents, tokenizer, data.framing, config.data.dataset_text_column, collate_fn,
+            training.per_device_eval_batch_size,
         ) or framing_metrics
 
     with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
