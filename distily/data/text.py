@@ -18,7 +18,7 @@ from distily.config import DataArguments
 from distily.data.framing import INPUT_IDS, POSITION_IDS, Framing
 from distily.errors import DistilyConfigError
 from distily.outputs import atomic_output
-from distily.paths import looks_like_local_path
+from distily.paths import distily_cache_dir, looks_like_local_path
 
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # text_document_delimiter's named values; anything else is a regular expression that starts a document
@@ -232,7 +232,8 @@ def tokenize_and_pack(
 
 
 def default_cache_dir() -> str:
-    return os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "distily", "tokenized")
+    """Where tokenized datasets are cached unless ``tokenization_cache_dir`` says otherwise."""
+    return distily_cache_dir("tokenized")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distily.config import EvaluationArguments
 from distily.errors import DistilyConfigError
 from distily.outputs import write_json_atomic
+from distily.paths import distily_cache_dir
 
 
 def task_manager(args: EvaluationArguments):
@@ -132,10 +133,6 @@ def run_tasks(
     return task_results(raw, list(args.lm_eval_tasks))
 
 
-def default_cache_dir() -> str:
-    return os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "distily", "lm_eval")
-
-
 def _folder_fingerprint(path: Optional[str]) -> list:
     """Names and contents' hashes of the files under a local directory (task YAMLs and their data)."""
     if path is None or not os.path.isdir(os.path.expanduser(path)):
@@ -184,7 +181,7 @@ def cached_teacher_results(
 ) -> dict[str, dict[str, float]]:
     """``run_tasks`` for the teacher, read from the cache when this teacher ran these tasks before."""
     key = teacher_cache_key(teacher, teacher_name_or_path, args)
-    path = Path(os.path.expanduser(args.lm_eval_cache_dir or default_cache_dir())) / f"{key}.json"
+    path = Path(os.path.expanduser(args.lm_eval_cache_dir or distily_cache_dir("lm_eval"))) / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
     results = run_tasks(teacher, tokenizer, args, manager, batch_size)

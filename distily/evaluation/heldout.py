@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 from distily.config import HELDOUT_SET
 from distily.data.framing import model_inputs
 from distily.evaluation.agreement import agreement_sums
-from distily.evaluation.perplexity import next_token_nll, perplexity
+from distily.evaluation.perplexity import batch_next_token_nll, perplexity
 
 
 def _loss_metrics(nll: float, targets: int) -> dict[str, float]:
@@ -48,7 +48,7 @@ def _sums(
         batch = {key: value.to(device) for key, value in batch.items()}
         mask = batch["attention_mask"].bool()  # [batch, seq]
         logits = model(**model_inputs(batch)).logits  # [batch, seq, vocab]
-        nll, targets = next_token_nll(logits, batch)
+        nll, targets = batch_next_token_nll(logits, batch)
         sums["nll"] += nll
         sums["targets"] += targets
         if teacher is not None:
@@ -57,7 +57,7 @@ def _sums(
             sums["kl"] += kl
             sums["agree"] += agree
             sums["positions"] += positions
-            sums["teacher_nll"] += next_token_nll(teacher_logits, batch)[0]
+            sums["teacher_nll"] += batch_next_token_nll(teacher_logits, batch)[0]
     model.train(was_training)
     return sums
 

@@ -17,16 +17,21 @@ from distily.errors import DistilyConfigError
 from distily.objectives.component import next_token_targets
 
 
-def next_token_nll(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed NLL at temperature 1 of ``targets`` [n] under ``logits`` [n, vocab] (the predictions made one
+    position before each target) -> float64 scalar, in nats."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # [n, vocab]
+    return -logprobs.gather(-1, targets[:, None]).double().sum()
+
+
+def batch_next_token_nll(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
     """``(sum of -log p(x[t+1] | x[<=t]), targets)`` over the positions t with a next-token target
     (``next_token_targets``: no padding, no step into another document).
 
-    ``logits``: ``[batch, seq, vocab]``; ``batch`` as ``collate`` builds it, on the logits' device. Nats, float32.
+    ``logits``: ``[batch, seq, vocab]``; ``batch`` as ``collate`` builds it, on the logits' device. Nats.
     """
     targets = next_token_targets(batch)  # [batch, seq - 1]
-    predicted = logits[:, :-1][targets].float()  # [targets, vocab]
-    total = F.cross_entropy(predicted, batch["input_ids"][:, 1:][targets], reduction="sum")
-    return total.item(), int(targets.sum())
+    return float(next_token_nll(logits[:, :-1][targets], batch["input_ids"][:, 1:][targets])), int(targets.sum())
 
 
 def perplexity(mean_nll: float) -> float:

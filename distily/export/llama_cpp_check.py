@@ -8,7 +8,6 @@ accepts a relative difference up to PERPLEXITY_TOLERANCE (the criterion of issue
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 from distily.errors import DistilyConfigError
+from distily.evaluation.perplexity import next_token_nll, perplexity
 
 PERPLEXITY_TOLERANCE = 0.02
 
@@ -57,5 +57,4 @@ def check_llama_cpp_perplexity(model: PreTrainedModel, path: str | Path, token_i
 
 def _perplexity(logits: torch.Tensor, token_ids: torch.Tensor) -> float:
     # logits [seq - 1, vocab] predicting token_ids[1:]
-    logprobs = logits.float().log_softmax(-1).gather(-1, token_ids[1:, None].cpu())  # [seq - 1, 1]
-    return math.exp(-logprobs.mean().item())
+    return perplexity(float(next_token_nll(logits, token_ids[1:].cpu())) / logits.shape[0])

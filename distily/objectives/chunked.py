@@ -45,7 +45,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from distily.errors import DistilyConfigError
 from distily.objectives.losses import LossFn
 
 CHUNK_ELEMENTS = 2**25
@@ -231,7 +230,7 @@ def _check_head(name: str, weight: Optional[torch.Tensor], hidden: torch.Tensor,
     if weight is None:
         return hidden.shape[-1]
     if weight.shape[1] != hidden.shape[-1]:
-        raise DistilyConfigError(
+        raise ValueError(
             f"{name} has shape {tuple(weight.shape)}; expected [vocab, {hidden.shape[-1]}] to match the {whose} "
             "hidden size"
         )
@@ -243,21 +242,21 @@ def _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask
     student_vocab = _check_head("lm_head_weight", lm_head_weight, student, "student")
     teacher_vocab = _check_head("teacher_lm_head_weight", teacher_lm_head_weight, teacher, "teacher")
     if student.shape[:-1] != teacher.shape[:-1]:
-        raise DistilyConfigError(
+        raise ValueError(
             f"student has token shape {tuple(student.shape[:-1])} but the teacher has "
             f"{tuple(teacher.shape[:-1])}; expected the same tokens"
         )
     if mask is not None and mask.shape != student.shape[:-1]:
-        raise DistilyConfigError(f"mask has shape {tuple(mask.shape)}; expected {tuple(student.shape[:-1])}")
+        raise ValueError(f"mask has shape {tuple(mask.shape)}; expected {tuple(student.shape[:-1])}")
     if vocab_size is None:
         if student_vocab != teacher_vocab:
-            raise DistilyConfigError(
+            raise ValueError(
                 f"student vocabulary {student_vocab} != teacher vocabulary {teacher_vocab}; pass vocab_size "
                 "if they differ only by padding rows"
             )
         return student_vocab
     if not 0 < vocab_size <= min(student_vocab, teacher_vocab):
-        raise DistilyConfigError(
+        raise ValueError(
             f"vocab_size={vocab_size}; expected 1..{min(student_vocab, teacher_vocab)} "
             f"(student {student_vocab}, teacher {teacher_vocab})"
         )
@@ -270,7 +269,7 @@ def _chunk_sizes(chunk_size: Optional[int], loss_chunk_size: Optional[int], colu
     loss_chunk_size = max(1, LOSS_CHUNK_ELEMENTS // columns) if loss_chunk_size is None else loss_chunk_size
     for name, value in (("chunk_size", chunk_size), ("loss_chunk_size", loss_chunk_size)):
         if value < 1:
-            raise DistilyConfigError(f"{name}={value}; expected a positive number of tokens")
+            raise ValueError(f"{name}={value}; expected a positive number of tokens")
     return chunk_size, min(loss_chunk_size, chunk_size)
 
 
@@ -298,7 +297,7 @@ def chunked_logit_loss_sum(
     heads = (("", lm_head_weight, lm_head_bias), ("teacher_", teacher_lm_head_weight, teacher_lm_head_bias))
     for prefix, weight, bias in heads:
         if bias is not None and weight is None:
-            raise DistilyConfigError(
+            raise ValueError(
                 f"{prefix}lm_head_bias was given without {prefix}lm_head_weight; expected both or only the weight"
             )
     columns = _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask, vocab_size)

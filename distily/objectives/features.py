@@ -10,7 +10,6 @@ import math
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -18,27 +17,14 @@ from distily.config import ObjectiveArguments
 from distily.errors import DistilyConfigError
 from distily.objectives.component import Component
 from distily.objectives.layer_maps import LayerPairs, resolve_layer_map
+from distily.objectives.losses import cosine, kl_divergence, mse
 from distily.objectives.model_shape import ModelShape
 from distily.objectives.norms import PairNorm, build_norm
 from distily.objectives.projectors import build_projector
 from distily.objectives.qkv import QKVRecorder
 
 FeatureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """``mean_c (s_c - t_c)^2`` per token, ``[tokens, width]`` -> ``[tokens]`` (TinyBERT's hidden-state loss,
-    Jiao et al., 2020, "TinyBERT: Distilling BERT for Natural Language Understanding")."""
-    return (student.float() - teacher.float()).square().mean(-1)
-
-
-def cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """``1 - s.t / (|s| |t|)`` per token, ``[tokens, width]`` -> ``[tokens]``; blind to scale (DistilBERT's
-    cosine embedding loss, Sanh et al., 2019, "DistilBERT, a distilled version of BERT")."""
-    return 1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-8)
-
-
-FEATURE_LOSSES: dict[str, FeatureLoss] = {"mse": mse, "cosine": cosine}
+FEATURE_LOSSES: dict[str, FeatureLoss] = {"mse": mse, "cosine": cosine}  # per token: [tokens, width] -> [tokens]
 
 
 class HiddenStatesComponent(Component):
@@ -76,11 +62,10 @@ def _merge_heads(probs: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _row_kl(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
-    """``KL(p_t || p_s) = sum_k p_t (log p_t - log p_s)`` over the last axis, from probabilities, float32.
-    Keys with ``p_t = 0`` (masked, or in the future of a causal row) contribute 0."""
+    """``KL(p_t || p_s)`` over the last axis, from probabilities, float32. Keys with ``p_t = 0`` (masked, or in
+    the future of a causal row) contribute 0 (to float noise: their log is raised to that of the tiniest float)."""
     tiny = torch.finfo(torch.float32).tiny
-    teacher_probs, student_probs = teacher_probs.float(), student_probs.float()
-    return (teacher_probs * (teacher_probs.clamp_min(tiny).log() - student_probs.clamp_min(tiny).log())).sum(-1)
+    return kl_divergence(teacher_probs.float().clamp_min(tiny).log(), student_probs.float().clamp_min(tiny).log())
 
 
 class AttentionsComponent(Component):
@@ -187,7 +172,7 @@ class AttentionRelationsComponent(Component):
             for kind in self.kinds:
                 student_logp = relation_logprobs(student_records[student_index][kind], self.relation_heads, allowed)
                 teacher_logp = relation_logprobs(teacher_records[teacher_index][kind], self.relation_heads, allowed)
-                row_kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)  # [batch, R, seq]
+                row_kl = kl_divergence(teacher_logp, student_logp)  # [batch, R, seq]
                 total = total + row_kl.mean(1)[mask].sum()
         return total / (len(self.layer_pairs) * len(self.kinds))
 

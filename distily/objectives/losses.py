@@ -18,7 +18,9 @@ the teacher rules out, as in a top-k record) is allowed wherever the loss stays 
 must be finite.
 
 Register a loss of your own with ``LOSSES["name"] = fn``; ``check_loss`` then checks a config's
-parameters against its signature.
+parameters against its signature. A loss that depends on the two distributions alone (not on the raw
+logits) is marked ``@between_distributions``, which gives it a sparse form against a recorded teacher.
+``mse`` and ``cosine`` also serve as the feature losses of hidden states (``features.py``).
 """
 
 import inspect
@@ -46,9 +48,16 @@ def _teacher_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tens
     return logprobs.clamp_min(lowest) if logprobs.requires_grad else logprobs.clamp_min_(lowest)
 
 
-def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) from log-probabilities [N, V] -> [N]."""
+def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) over the last axis, from log-probabilities [..., V] -> [...]."""
     return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def between_distributions(loss: LossFn) -> LossFn:
+    """Mark ``loss`` as a function of the two distributions p_s and p_t alone (not of the raw logits): it then
+    has a sparse form against a recorded teacher's top-k (``distily.objectives.sparse``). Returns ``loss``."""
+    loss.between_distributions = True
+    return loss
 
 
 def _log_mixture(logp: torch.Tensor, logq: torch.Tensor, weight_p: float) -> torch.Tensor:
@@ -65,6 +74,7 @@ def _check_unit_interval(name: str, value: float, *, open_low: bool, open_high: 
         raise DistilyConfigError(f"loss parameter {name}={value!r} must lie in {interval}")
 
 
+@between_distributions
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p_t || p_s) = sum_v p_t(v) (log p_t(v) - log p_s(v)), per token, times T^2.
 
@@ -72,9 +82,10 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     """
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
-    return _kl(teacher_logprobs, student_logprobs) * temperature**2
+    return kl_divergence(teacher_logprobs, student_logprobs) * temperature**2
 
 
+@between_distributions
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p_s || p_t) = sum_v p_s(v) (log p_s(v) - log p_t(v)), per token, times T^2.
 
@@ -82,9 +93,10 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     """
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
-    return _kl(student_logprobs, teacher_logprobs) * temperature**2
+    return kl_divergence(student_logprobs, teacher_logprobs) * temperature**2
 
 
+@between_distributions
 def cakld(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, beta: float
 ) -> torch.Tensor:
@@ -98,8 +110,8 @@ def cakld(
     _check_unit_interval("beta", beta, open_low=False, open_high=False)
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
-    reverse = _kl(student_logprobs, teacher_logprobs)  # [N]
-    forward = _kl(teacher_logprobs, student_logprobs)  # [N]
+    reverse = kl_divergence(student_logprobs, teacher_logprobs)  # [N]
+    forward = kl_divergence(teacher_logprobs, student_logprobs)  # [N]
     return (beta * reverse + (1 - beta) * forward) * temperature**2
 
 
@@ -133,6 +145,7 @@ def teacher_confidence(
     return float(confidence_sum / token_count)
 
 
+@between_distributions
 def jsd(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, beta: float = 0.5
 ) -> torch.Tensor:
@@ -148,10 +161,13 @@ def jsd(
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, beta)  # [N, V]
-    divergence = beta * _kl(teacher_logprobs, mixture_logprobs) + (1 - beta) * _kl(student_logprobs, mixture_logprobs)
+    divergence = beta * kl_divergence(teacher_logprobs, mixture_logprobs) + (1 - beta) * kl_divergence(
+        student_logprobs, mixture_logprobs
+    )
     return divergence * temperature**2
 
 
+@between_distributions
 def skew_forward_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, alpha: float = 0.1
 ) -> torch.Tensor:
@@ -165,9 +181,10 @@ def skew_forward_kl(
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, alpha)  # [N, V]
-    return _kl(teacher_logprobs, mixture_logprobs) * temperature**2
+    return kl_divergence(teacher_logprobs, mixture_logprobs) * temperature**2
 
 
+@between_distributions
 def skew_reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, alpha: float = 0.1
 ) -> torch.Tensor:
@@ -179,9 +196,10 @@ def skew_reverse_kl(
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(student_logprobs, teacher_logprobs, alpha)  # [N, V]
-    return _kl(student_logprobs, mixture_logprobs) * temperature**2
+    return kl_divergence(student_logprobs, mixture_logprobs) * temperature**2
 
 
+@between_distributions
 def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Total variation distance: 0.5 * sum_v |p_t(v) - p_s(v)|, per token, times T^2.
 
@@ -193,6 +211,7 @@ def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     return 0.5 * (teacher_probs - student_probs).abs().sum(-1) * temperature**2
 
 
+@between_distributions
 def soft_cross_entropy(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
@@ -211,7 +230,8 @@ def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
 
     Ba & Caruana, 2014, "Do Deep Nets Really Need to be Deep?"; the high-temperature limit of the
     forward KL (Hinton et al., 2015). ((z_s - z_t) / T)^2 * T^2 does not depend on T, so
-    ``temperature`` has no effect.
+    ``temperature`` has no effect. On hidden states ``[tokens, width]`` it is TinyBERT's hidden-state loss
+    (Jiao et al., 2020, "TinyBERT: Distilling BERT for Natural Language Understanding").
     """
     return (student_logits.float() - teacher_logits.float()).square().mean(-1)
 
@@ -219,8 +239,9 @@ def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
 def cosine(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Cosine distance of the logit vectors: 1 - <z_s, z_t> / (|z_s| |z_t|), per token, in [0, 2].
 
-    Used on outputs e.g. by Sanh et al., 2019 (DistilBERT, on hidden states). The cosine is scale
-    invariant, so ``temperature`` has no effect and no T^2 factor is applied.
+    Used on outputs e.g. by Sanh et al., 2019 (DistilBERT, on hidden states: its cosine embedding loss,
+    "DistilBERT, a distilled version of BERT"). The cosine is scale invariant, so ``temperature`` has no
+    effect and no T^2 factor is applied.
     """
     return 1.0 - F.cosine_similarity(student_logits.float(), teacher_logits.float(), dim=-1)
 

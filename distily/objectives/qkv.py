@@ -56,7 +56,7 @@ def _as_kind(kind: str, output: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _split(output: torch.Tensor, widths: list[int]) -> dict[str, torch.Tensor]:
     if output.shape[-1] != sum(widths):
-        raise DistilyConfigError(
+        raise ValueError(
             f"a fused q/k/v projection gave width {output.shape[-1]}; expected {sum(widths)} ({widths}) from the config"
         )
     return dict(zip(KINDS, output.split(widths, dim=-1)))

@@ -14,9 +14,10 @@ is only how the teacher spreads the tail over its tokens; for the forward KL the
 coarse-grained KL, a lower bound of the full KL that equals it when k covers the vocabulary (then
 there is no tail bucket) and differs by the tail-internal term (see docs/recording.md).
 
-Which losses have a sparse form: ``SPARSE_LOSSES``, the divergences between distributions. ``mse``
-and ``cosine`` compare raw logits, which a store does not keep. A user-registered loss that is a
-function of the two distributions can be added to ``SPARSE_LOSSES``.
+Which losses have a sparse form: ``sparse_losses()``, those of ``LOSSES`` marked
+``@between_distributions`` (the divergences). ``mse`` and ``cosine`` compare raw logits, which a store
+does not keep. A user-registered loss that is a function of the two distributions gets a sparse form
+by the same mark.
 """
 
 import math
@@ -30,16 +31,9 @@ from distily.errors import DistilyConfigError
 from distily.objectives.component import Component
 from distily.objectives.losses import LOSSES
 
-SPARSE_LOSSES = {
-    "forward_kl",
-    "reverse_kl",
-    "cakld",
-    "jsd",
-    "skew_forward_kl",
-    "skew_reverse_kl",
-    "tvd",
-    "soft_cross_entropy",
-}
+def sparse_losses() -> list[str]:
+    """The registered losses with a sparse form: those marked ``@between_distributions``."""
+    return [name for name, loss in LOSSES.items() if getattr(loss, "between_distributions", False)]
 
 
 @dataclass
@@ -86,16 +80,16 @@ def bucket_logprobs(
 
 
 def check_sparse_loss(name: str) -> None:
-    if name not in SPARSE_LOSSES:
+    if name not in sparse_losses():
         raise DistilyConfigError(
             f"logits_loss={name!r} has no sparse form for a recorded teacher (it compares raw logits, which a store "
-            f"does not keep); expected one of {', '.join(sorted(SPARSE_LOSSES))}"
+            f"does not keep); expected one of {', '.join(sorted(sparse_losses()))}"
         )
 
 
 class SparseLogitsComponent(Component):
     """``loss(P_s, P_t) * T^2`` over the k + 1 buckets at every non-padding position, ``loss`` a name in
-    ``SPARSE_LOSSES``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T."""
+    ``sparse_losses()``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T."""
 
     needs_student_logits = True
 

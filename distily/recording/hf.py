@@ -18,8 +18,9 @@ from distily.data.store import (
 )
 from distily.objectives.component import next_token_targets
 from distily.errors import DistilyConfigError
+from distily.evaluation.perplexity import next_token_nll
 from distily.models.architecture import output_vocab_size
-from distily.recording.targets import check_top_k, fidelity_sums, next_token_nll, sparse_targets
+from distily.recording.targets import check_top_k, fidelity_sums, sparse_targets
 
 
 def hidden_states_dtype(teacher: PreTrainedModel) -> torch.dtype:

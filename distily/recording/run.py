@@ -6,7 +6,6 @@ store are kept, and the rest are recorded as an uninterrupted run would have.
 """
 
 import json
-import math
 from typing import Optional
 
 import torch
@@ -26,6 +25,7 @@ from distily.data.store import (
 )
 from distily.data.text import build_datasets, collate, data_framing, load_training_documents, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
+from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import output_vocab_size
 from distily.models.identity import teacher_identity
 from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
@@ -82,7 +82,7 @@ def _report(writer: StoreWriter) -> dict:
         "rows": {split: sum(e["rows"] for e in shards.values()) for split, shards in writer.shards.items()},
         "bytes_per_topk_entry": bytes_per_entry(settings["teacher_vocab_size"]),
         "bytes_per_token": sum(e["bytes"] for e in entries) / max(tokens, 1),
-        "teacher_heldout": {"lm_loss": lm_loss, "perplexity": math.exp(min(lm_loss, 700.0))},
+        "teacher_heldout": {"lm_loss": lm_loss, "perplexity": perplexity(lm_loss)},
     }
     if "fidelity" in held_out:
         positions = held_out["positions"]

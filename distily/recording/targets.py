@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from distily.errors import DistilyConfigError
+from distily.objectives.losses import kl_divergence
 
 
 def check_top_k(top_k: int, vocab: int) -> None:
@@ -28,13 +29,6 @@ def sparse_targets(logits: torch.Tensor, top_k: int, temperature: float) -> tupl
     top = logprobs.topk(top_k, dim=-1)  # sorted, descending
     tail = logprobs.scatter(-1, top.indices, -math.inf).logsumexp(-1)  # [tokens]
     return top.values, top.indices, tail
-
-
-def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed NLL at temperature 1 of ``targets`` [n] under ``logits`` [n, vocab] (the predictions made one
-    position before each target) -> float64 scalar."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # [n, vocab]
-    return -logprobs.gather(-1, targets[:, None]).double().sum()
 
 
 def reconstructed_logprobs(top_logprobs: torch.Tensor, tail_logprob: torch.Tensor) -> torch.Tensor:
@@ -64,7 +58,7 @@ def fidelity_sums(logits: torch.Tensor, top_ks: list[int], temperature: float) -
             q_top, q_other = buckets[:, :k], buckets[:, k] - math.log(vocab - k)  # [tokens, k], [tokens]
         else:
             q_top, q_other = stored - stored.logsumexp(-1, keepdim=True), torch.zeros_like(tail)
-        kl_top = (top.values.exp() * (top.values - q_top)).sum(-1)  # [tokens]
+        kl_top = kl_divergence(top.values, q_top)  # [tokens]
         probs = logprobs.exp()  # [tokens, vocab]
         other_terms = probs * (logprobs - q_other[:, None])  # [tokens, vocab]
         kl_other = torch.where(in_top | (probs == 0), 0.0, other_terms).sum(-1)  # [tokens]

@@ -7,7 +7,6 @@ stored token ids and sparse targets), and, called on a batch, the teacher's outp
 student initialised from it.
 """
 
-import math
 from typing import Callable, Optional
 
 import datasets
@@ -31,6 +30,7 @@ from distily.data.framing import Framing, model_inputs
 from distily.data.text import DistillationData, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
 from distily.evaluation.heldout import heldout_metrics
+from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import max_positions, output_vocab_size
 from distily.models.identity import teacher_identity
 from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
@@ -171,7 +171,7 @@ class RecordedTeacher:
         lm_loss = float(dataset.row_values(ROW_NLL).sum()) / max(targets, 1)
         return {
             "lm_loss": lm_loss,
-            "perplexity": math.exp(min(lm_loss, 700.0)),
+            "perplexity": perplexity(lm_loss),
             "source": "recorded",
             "teacher_model_name_or_path": self.settings["teacher_model_name_or_path"],
             "teacher_store": str(self.store.path),

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from distily.errors import DistilyConfigError
-from distily.objectives.losses import LOSSES, forward_kl
-from distily.objectives.sparse import SPARSE_LOSSES, SparseLogitsComponent, bucket_logprobs, check_sparse_loss
+from distily.objectives.losses import LOSSES, between_distributions, forward_kl
+from distily.objectives.sparse import SparseLogitsComponent, bucket_logprobs, check_sparse_loss, sparse_losses
 from distily.recording.targets import sparse_targets
 
 PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2}, "skew_reverse_kl": {"alpha": 0.2}}
@@ -30,7 +30,7 @@ def _sparse_loss(name, student_logits, stored, temperature):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-@pytest.mark.parametrize("name", sorted(SPARSE_LOSSES))
+@pytest.mark.parametrize("name", sorted(sparse_losses()))
 def test_sparse_loss_at_full_vocabulary_equals_the_dense_loss(name, temperature):
     student_logits, teacher_logits = _logits(6, 50, seed=1), _logits(6, 50, seed=2)
     stored = _stored(teacher_logits, 50, temperature)
@@ -102,6 +102,15 @@ def test_component_masks_padding_and_checks_the_temperature():
     torch.testing.assert_close(total, per_token[mask.bool()].sum())
     with pytest.raises(DistilyConfigError, match=r"logits_temperature=2.0 differs from the store's recording temperature 1.0"):
         SparseLogitsComponent("forward_kl", temperature=2.0)(student, teacher, {"attention_mask": mask})
+
+
+def test_the_divergences_have_a_sparse_form_and_a_marked_loss_of_ones_own_gets_one(monkeypatch):
+    assert sorted(sparse_losses()) == sorted(set(LOSSES) - {"mse", "cosine"})
+    monkeypatch.setitem(LOSSES, "half_kl", between_distributions(lambda s, t, temperature=1.0: forward_kl(s, t) / 2))
+    monkeypatch.setitem(LOSSES, "raw_l1", lambda s, t, temperature=1.0: (s - t).abs().sum(-1))
+    check_sparse_loss("half_kl")
+    with pytest.raises(DistilyConfigError, match="logits_loss='raw_l1' has no sparse form"):
+        check_sparse_loss("raw_l1")
 
 
 @pytest.mark.parametrize("name", ["mse", "cosine"])
