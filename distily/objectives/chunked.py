@@ -45,7 +45,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from distily.objectives.losses import LossFn
+from distily.objectives.losses import UNKNOWN_WORKING_TENSORS, LossFn
 
 CHUNK_ELEMENTS = 2**25
 """Default LM-head chunk: 32M logits, a 128 MiB fp32 buffer (667 tokens at V = 50257). Every chunk
@@ -271,6 +271,34 @@ def _chunk_sizes(chunk_size: Optional[int], loss_chunk_size: Optional[int], colu
         if value < 1:
             raise ValueError(f"{name}={value}; expected a positive number of tokens")
     return chunk_size, min(loss_chunk_size, chunk_size)
+
+
+def chunked_loss_footprint(
+    tokens: int,
+    columns: int,
+    hidden: Optional[int] = None,
+    *,
+    working_tensors: int = UNKNOWN_WORKING_TENSORS,
+    compute_bytes: int = 4,
+    hidden_bytes: int = 4,
+    chunk_size: Optional[int] = None,
+    loss_chunk_size: Optional[int] = None,
+) -> int:
+    """Peak bytes ``chunked_logit_loss_sum`` allocates beyond its inputs for ``tokens`` rows that count and
+    ``columns`` vocabulary columns, the gradients it returns included.
+
+    ``hidden``: the student's width when its LM head is fused (None: the student's logits are given, and their
+    ``[N, V]`` gradient is what the loss returns); ``compute_bytes``: bytes per value of the matmuls (2 under
+    bf16/fp16 autocast, which also makes half-precision copies of the hidden states and the LM head);
+    ``hidden_bytes``: bytes per value of the student's input; ``working_tensors``: the loss's (``losses.py``), for
+    one slice of the tokens at a time."""
+    chunk, piece = (min(size, tokens) for size in _chunk_sizes(chunk_size, loss_chunk_size, columns))
+    slices = working_tensors * piece * columns * 4
+    if hidden is None:
+        return tokens * columns * compute_bytes + slices
+    gradients = tokens * hidden * hidden_bytes + 2 * columns * hidden * 4  # [N, H]; [V, H] fp32 and its scaled copy
+    casts = (tokens + columns) * hidden * compute_bytes if compute_bytes < 4 else 0  # autocast's copies
+    return gradients + casts + chunk * columns * compute_bytes + slices  # + the [chunk, V] buffer
 
 
 def chunked_logit_loss_sum(

@@ -1,10 +1,13 @@
 """What every term of the distillation objective is: a ``Component``, and the token counts it is divided by."""
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+
+from distily.objectives.model_shape import ModelShape
 
 POSITIONS, TARGETS = 0, 1  # rows of the token-count tensor
 
@@ -21,6 +24,23 @@ def next_token_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def token_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """``[positions, targets]``: non-padding positions, and those with a next-token target."""
     return torch.stack([batch["attention_mask"].bool().sum(), next_token_targets(batch).sum()])
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What the working memory of a training step depends on: one micro-batch and the two models."""
+
+    batch_size: int
+    seq_length: int
+    student: ModelShape
+    teacher: ModelShape
+    student_vocab: int  # the student's logits
+    compute_bytes: int  # bytes per value of the models' matmul outputs: 2 under bf16/fp16 autocast, else 4
+    fused_student_head: bool  # the student's logits are never materialised: the logit loss applies its LM head
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_length
 
 
 class Component(nn.Module):
@@ -44,3 +64,8 @@ class Component(nn.Module):
 
     def forward(self, student_outputs: Any, teacher_outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def memory_footprint(self, step: StepShape) -> int:
+        """Peak bytes this component allocates for a micro-batch of ``step``'s shape, the gradients it hands
+        back included (the models' own outputs are counted with the models)."""
+        return 0

@@ -15,7 +15,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from distily.config import ObjectiveArguments
 from distily.errors import DistilyConfigError
-from distily.objectives.component import Component
+from distily.objectives.component import Component, StepShape
 from distily.objectives.layer_maps import LayerPairs, resolve_layer_map
 from distily.objectives.losses import cosine, kl_divergence, mse
 from distily.objectives.model_shape import ModelShape
@@ -50,6 +50,11 @@ class HiddenStatesComponent(Component):
             student, teacher = norm(student, teacher)  # float32
             total = total + self.loss_fn(student, teacher).sum()
         return total / len(self.layer_pairs)
+
+    def memory_footprint(self, step: StepShape) -> int:
+        # per pair, held for the backward pass: fp32 [tokens, teacher width] copies of both sides, projected,
+        # normalised and differenced
+        return len(self.layer_pairs) * 6 * step.tokens * step.teacher.width * 4
 
     def extra_repr(self) -> str:
         return f"layer_pairs={self.layer_pairs}, loss={self.loss_name}"
@@ -102,6 +107,11 @@ class AttentionsComponent(Component):
             teacher_rows = teacher_probs.transpose(1, 2)[mask]  # [tokens, heads, keys]
             total = total + _row_kl(teacher_rows, student_rows).mean(-1).sum()
         return total / len(self.layer_pairs)
+
+    def memory_footprint(self, step: StepShape) -> int:
+        # per pair: fp32 [batch, heads, seq, seq] probabilities of both models, merged, gathered by row, their
+        # logs and differences (the models' own attention outputs are counted with the models)
+        return len(self.layer_pairs) * 8 * step.batch_size * self.matched_heads * step.seq_length**2 * 4
 
     def extra_repr(self) -> str:
         return f"layer_pairs={self.layer_pairs}, heads={self.heads_mode}, matched_heads={self.matched_heads}"
@@ -175,6 +185,12 @@ class AttentionRelationsComponent(Component):
                 row_kl = kl_divergence(teacher_logp, student_logp)  # [batch, R, seq]
                 total = total + row_kl.mean(1)[mask].sum()
         return total / (len(self.layer_pairs) * len(self.kinds))
+
+    def memory_footprint(self, step: StepShape) -> int:
+        # per pair and kind: fp32 [batch, relation heads, seq, seq] scores, masked scores and log-probabilities of
+        # both models, and the KL's terms; the student's q/k/v are kept by the hooks (counted with the model)
+        kinds = len(self.layer_pairs) * len(self.kinds)
+        return kinds * 8 * step.batch_size * self.relation_heads * step.seq_length**2 * 4
 
     def extra_repr(self) -> str:
         return f"layer_pairs={self.layer_pairs}, relation_heads={self.relation_heads}, kinds={self.kinds}"

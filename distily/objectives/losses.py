@@ -19,7 +19,8 @@ must be finite.
 
 Register a loss of your own with ``LOSSES["name"] = fn``; ``check_loss`` then checks a config's
 parameters against its signature. A loss that depends on the two distributions alone (not on the raw
-logits) is marked ``@between_distributions``, which gives it a sparse form against a recorded teacher.
+logits) is marked ``@between_distributions``, which gives it a sparse form against a recorded teacher;
+``@working_tensors(n)`` tells the memory preflight how many ``[tokens, vocab]`` tensors it holds at once.
 ``mse`` and ``cosine`` also serve as the feature losses of hidden states (``features.py``).
 """
 
@@ -53,6 +54,21 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
+UNKNOWN_WORKING_TENSORS = 10
+"""``working_tensors`` of a loss that does not declare it: more than any registered loss holds."""
+
+
+def working_tensors(count: int) -> Callable[[LossFn], LossFn]:
+    """Declare that the loss and its gradient hold at most ``count`` fp32 ``[tokens, vocab]`` tensors at once
+    (measured at the allocator, ``tests/training/test_preflight.py``): the memory preflight reads it."""
+
+    def mark(loss: LossFn) -> LossFn:
+        loss.working_tensors = count
+        return loss
+
+    return mark
+
+
 def between_distributions(loss: LossFn) -> LossFn:
     """Mark ``loss`` as a function of the two distributions p_s and p_t alone (not of the raw logits): it then
     has a sparse form against a recorded teacher's top-k (``distily.objectives.sparse``). Returns ``loss``."""
@@ -75,6 +91,7 @@ def _check_unit_interval(name: str, value: float, *, open_low: bool, open_high: 
 
 
 @between_distributions
+@working_tensors(6)
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p_t || p_s) = sum_v p_t(v) (log p_t(v) - log p_s(v)), per token, times T^2.
 
@@ -86,6 +103,7 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
 
 @between_distributions
+@working_tensors(6)
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p_s || p_t) = sum_v p_s(v) (log p_s(v) - log p_t(v)), per token, times T^2.
 
@@ -97,6 +115,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
 
 @between_distributions
+@working_tensors(8)
 def cakld(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, beta: float
 ) -> torch.Tensor:
@@ -146,6 +165,7 @@ def teacher_confidence(
 
 
 @between_distributions
+@working_tensors(10)
 def jsd(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, beta: float = 0.5
 ) -> torch.Tensor:
@@ -168,6 +188,7 @@ def jsd(
 
 
 @between_distributions
+@working_tensors(9)
 def skew_forward_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, alpha: float = 0.1
 ) -> torch.Tensor:
@@ -185,6 +206,7 @@ def skew_forward_kl(
 
 
 @between_distributions
+@working_tensors(10)
 def skew_reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, alpha: float = 0.1
 ) -> torch.Tensor:
@@ -200,6 +222,7 @@ def skew_reverse_kl(
 
 
 @between_distributions
+@working_tensors(6)
 def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Total variation distance: 0.5 * sum_v |p_t(v) - p_s(v)|, per token, times T^2.
 
@@ -212,6 +235,7 @@ def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
 
 
 @between_distributions
+@working_tensors(5)
 def soft_cross_entropy(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
@@ -225,6 +249,7 @@ def soft_cross_entropy(
     return -(teacher_logprobs.exp() * student_logprobs).sum(-1) * temperature**2
 
 
+@working_tensors(6)
 def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Mean squared error of the logits: mean_v (z_s(v) - z_t(v))^2, per token.
 
@@ -236,6 +261,7 @@ def mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     return (student_logits.float() - teacher_logits.float()).square().mean(-1)
 
 
+@working_tensors(6)
 def cosine(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Cosine distance of the logit vectors: 1 - <z_s, z_t> / (|z_s| |z_t|), per token, in [0, 2].
 

@@ -14,10 +14,11 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from distily.config import ObjectiveArguments
-from distily.objectives.chunked import chunked_logit_loss_sum
-from distily.objectives.component import TARGETS, Component, next_token_targets, token_counts
+from distily.models.architecture import plain_lm_head
+from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_footprint
+from distily.objectives.component import TARGETS, Component, StepShape, next_token_targets, token_counts
 from distily.objectives.features import build_feature_components
-from distily.objectives.losses import LOSSES, check_loss
+from distily.objectives.losses import LOSSES, UNKNOWN_WORKING_TENSORS, check_loss
 from distily.objectives.sparse import SparseLogitsComponent
 
 
@@ -60,6 +61,12 @@ class LogitsComponent(Component):
             **common,
         )
 
+    def memory_footprint(self, step: StepShape) -> int:
+        hidden = step.student.width if step.fused_student_head else None
+        working = getattr(self.loss_fn, "working_tensors", UNKNOWN_WORKING_TENSORS)
+        return chunked_loss_footprint(step.tokens, self.vocab_size or step.student_vocab, hidden,
+                                      working_tensors=working, compute_bytes=step.compute_bytes)
+
     def extra_repr(self) -> str:
         return f"loss={self.loss_name}, temperature={self.temperature}, vocab_size={self.vocab_size}"
 
@@ -75,6 +82,10 @@ class HardLabelComponent(Component):
         logits = student_outputs.logits[:, :-1]  # [batch, seq - 1, vocab]
         valid = next_token_targets(batch)  # [batch, seq - 1]
         return F.cross_entropy(logits[valid].float(), batch["input_ids"][:, 1:][valid], reduction="sum")
+
+    def memory_footprint(self, step: StepShape) -> int:
+        # the targets' logits gathered, in fp32, their log-softmax and its gradient: [tokens, vocab] each
+        return step.tokens * step.student_vocab * (step.compute_bytes + 3 * 4)
 
 
 @dataclass
@@ -93,6 +104,17 @@ class DistillationObjective(nn.Module):
 
     def needs(self, attribute: str) -> bool:
         return any(getattr(component, attribute) for component in self.components.values())
+
+    def fuses_student_lm_head(self, student: PreTrainedModel) -> bool:
+        """Whether the student runs without its logits, its LM head applied inside the logit loss: when no
+        component needs the logits and the head is a plain linear layer."""
+        return not self.needs("needs_student_logits") and plain_lm_head(student)
+
+    def memory_footprint(self, step: StepShape) -> int:
+        """Peak bytes the objective allocates for a micro-batch of ``step``'s shape: the sum of its components'
+        (each count includes what the component holds for the backward pass; the sum errs high, as they run one
+        after the other)."""
+        return sum(component.memory_footprint(step) for component in self.components.values())
 
     def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
         """Let components that read model internals (hooks) attach to both models; the trainer calls it

@@ -28,8 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from distily.errors import DistilyConfigError
-from distily.objectives.component import Component
+from distily.objectives.component import Component, StepShape
 from distily.objectives.losses import LOSSES
+
+SPARSE_INTERMEDIATES = 4
+"""fp32 ``[tokens, vocab]`` tensors alive at once in ``bucket_logprobs`` and its gradient, whatever the loss on
+the k + 1 buckets (measured at the allocator, ``tests/training/test_preflight.py``)."""
+
 
 def sparse_losses() -> list[str]:
     """The registered losses with a sparse form: those marked ``@between_distributions``."""
@@ -115,6 +120,12 @@ class SparseLogitsComponent(Component):
             self.temperature,
         )
         return self.loss_fn(student, teacher, 1.0, **self.loss_kwargs).sum() * self.temperature**2
+
+    def memory_footprint(self, step: StepShape) -> int:
+        # the real tokens' logits gathered, then fp32 [tokens, vocab] tensors: the logits scaled by 1 / T, their
+        # log-softmax, the tail's scatter and log-sum-exp, and as many gradients in the backward pass
+        columns = self.vocab_size or step.student_vocab
+        return step.tokens * columns * (step.compute_bytes + SPARSE_INTERMEDIATES * 4)
 
     def extra_repr(self) -> str:
         return f"loss={self.loss_name}, temperature={self.temperature}, vocab_size={self.vocab_size}, sparse=True"

@@ -245,17 +245,17 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     teacher, student, tokenizer = _load_models(config, recorded)
     vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(student), len(tokenizer))
     data, max_seq_length = _training_data(config, recorded, documents, teacher, student, tokenizer)
-    if training.memory_check:
-        estimate = estimate_memory(
-            teacher if recorded is None else None,  # a recorded teacher holds no memory during training
-            student, training.per_device_train_batch_size, max_seq_length, training.bf16 or training.fp16,
-        )
-        logger.info(check_memory(estimate, training.device))
     if data.framing.document_masks:  # every model must keep packed documents apart
         for role, model in (("teacher", teacher if recorded is None else None), ("student", student)):
             if model is not None:
                 check_document_isolation(model, role)
     objective = _objective(config, recorded, teacher, student, data.train, vocab_size)
+    if training.memory_check:  # a recorded teacher is on the meta device: it holds no memory during training
+        estimate = estimate_memory(
+            teacher, student, objective, training.per_device_train_batch_size, max_seq_length,
+            training.bf16 or training.fp16, training.optim,
+        )
+        logger.info(check_memory(estimate, training.device))
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate_fn = partial(collate if recorded is None else collate_recorded, pad_token_id=pad_token_id)
     framing_metrics = {"packing": data.framing.packing}

@@ -116,7 +116,7 @@ class DistillationTrainer(Trainer):
         self.objective.attach(self.model, self.teacher_model)
         if teacher_model is not None:  # after attach: hooks go on the teacher's own modules
             self.teacher_model = place_teacher(teacher_model, self.accelerator)
-        self.fuse_lm_head = not self.objective.needs("needs_student_logits") and plain_lm_head(self.model)
+        self.fuse_lm_head = self.objective.fuses_student_lm_head(self.model)
         # a whole (unsharded) teacher runs without its LM head: the logit loss applies it slice by slice
         whole_teacher = teacher_model is not None and not teacher_is_sharded(self.accelerator)
         self.fuse_teacher_lm_head = whole_teacher and plain_lm_head(teacher_model)

@@ -1,41 +1,176 @@
+"""The memory preflight against the measured peak of training steps, and its refusal rule.
+
+The peak is measured at the allocator: the profiler records every allocation and free of the CPU allocator
+(``profile_memory=True``) with the running total, so the peak of a step is the bytes alive before it (the
+weights) plus the highest running total during it. A step is the trainer's: the student under autocast with
+its LM head fused into the logit loss, the teacher's decoder under no_grad (or a store's top-k targets), the
+objective, the backward pass and a fused AdamW step; two steps, so the second runs with the optimizer's states.
+"""
+
 import pytest
 import torch
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM
 
 import distily.training.preflight as preflight
+from distily.config import ObjectiveArguments
 from distily.errors import DistilyConfigError
+from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_footprint
+from distily.objectives.losses import LOSSES
+from distily.objectives.objective import build_objective
+from distily.objectives.sparse import RecordedTeacherOutput
 from tiny import tiny_config
 
-
-def models():
-    teacher = AutoModelForCausalLM.from_config(tiny_config("llama"))
-    student = AutoModelForCausalLM.from_config(tiny_config("llama", layers=2))
-    return teacher, student
+TOP_K = 16
 
 
-def test_estimate_follows_its_formula():
-    teacher, student = models()
-    estimate = preflight.estimate_memory(teacher, student, batch_size=4, max_seq_length=32, mixed_precision=False)
-    params = sum(p.numel() for p in student.parameters())
-    assert estimate.student_weights == 4 * params and estimate.gradients == 4 * params
-    assert estimate.optimizer_states == 8 * params
-    assert estimate.teacher_weights == 4 * sum(p.numel() for p in teacher.parameters())
-    assert estimate.logits == 3 * 4 * (4 * 32) * 320
-    per_layer = 4 * 32 * 64 * (34 + 5 * 4 * 32 / 64)
-    assert estimate.activations == int(per_layer * 2 * 4 / 2)
-    half = preflight.estimate_memory(teacher, student, 4, 32, mixed_precision=True)
-    assert half.activations == estimate.activations // 2
-    assert estimate.total == sum(
-        (estimate.teacher_weights, estimate.student_weights, estimate.gradients, estimate.optimizer_states,
-         estimate.activations, estimate.logits)
-    )
+def _models(vocab: int, recorded: bool):
+    torch.manual_seed(0)
+    student = AutoModelForCausalLM.from_config(tiny_config("llama", layers=2, vocab_size=vocab))
+    teacher_config = tiny_config("llama", layers=3, vocab_size=vocab)
+    if recorded:
+        with torch.device("meta"):
+            teacher = AutoModelForCausalLM.from_config(teacher_config)
+    else:
+        teacher = AutoModelForCausalLM.from_config(teacher_config).requires_grad_(False)
+    objective = build_objective(ObjectiveArguments(), teacher.config, student.config, vocab, recorded_teacher=recorded)
+    objective.attach(student, None if recorded else teacher)
+    return teacher, student, objective
 
 
-def test_a_run_that_cannot_fit_is_refused(monkeypatch):
-    teacher, student = models()
-    estimate = preflight.estimate_memory(teacher, student, 4, 32, False)
-    monkeypatch.setattr(preflight, "available_memory", lambda device: estimate.total - 1)
+def _batch(vocab: int, batch_size: int, seq_length: int, recorded: bool) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    batch = {
+        "input_ids": torch.randint(vocab, (batch_size, seq_length), generator=generator),
+        "attention_mask": torch.ones(batch_size, seq_length, dtype=torch.long),
+    }
+    if recorded:
+        top = torch.randn(batch_size, seq_length, vocab, generator=generator).log_softmax(-1).topk(TOP_K)
+        batch["teacher"] = RecordedTeacherOutput(
+            topk_logprobs=top.values.half(), topk_ids=top.indices, temperature=1.0,
+            tail_logprob=(1 - top.values.exp().sum(-1)).clamp_min(1e-6).log(),
+        )
+    return batch
+
+
+def _step(teacher, student, objective, batch, optimizer, dtype) -> None:
+    """One training step as the trainer takes it."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        fused = objective.fuses_student_lm_head(student)
+        student_outputs = student(**inputs, output_hidden_states=fused, **({"logits_to_keep": 1} if fused else {}))
+        if "teacher" in batch:
+            teacher_outputs = batch["teacher"]
+        else:
+            with torch.no_grad():
+                teacher_outputs = teacher.get_decoder()(**inputs)
+        loss = objective(student_outputs, teacher_outputs, batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _tree(nodes):
+    for node in nodes:
+        yield node
+        yield from _tree(node.children)
+
+
+def _allocated_peak(run) -> int:
+    """The most bytes ``run()`` has allocated at once beyond what was alive before it, from the allocator's records."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = prof.profiler.kineto_results.experimental_event_tree()
+    allocations = sorted((n for n in _tree(events) if n.tag == _EventType.Allocation), key=lambda n: n.start_time_ns)
+    running = peak = 0
+    for allocation in allocations:
+        running += allocation.extra_fields.alloc_size
+        peak = max(peak, running)
+    return peak
+
+
+def measured_peak(teacher, student, objective, batch, dtype) -> int:
+    """Bytes alive at the highest point of two training steps: the weights, and the most allocated beyond them."""
+    optimizer = torch.optim.AdamW([*student.parameters(), *objective.parameters()], lr=1e-4, fused=True)
+    alive = sum(t.numel() * t.element_size() for model in (teacher, student)
+                for t in (*model.parameters(), *model.buffers()) if not t.is_meta)
+
+    def steps():
+        for _ in range(2):
+            _step(teacher, student, objective, batch, optimizer, dtype)
+
+    return alive + _allocated_peak(steps)
+
+
+GRID = [  # (vocab, batch, seq length, recorded, dtype)
+    (512, 4, 64, False, torch.float32),
+    (512, 8, 256, False, torch.float32),
+    (512, 8, 128, False, torch.bfloat16),
+    (512, 2, 256, True, torch.float32),
+    (8192, 4, 64, True, torch.bfloat16),
+    (8192, 2, 128, False, torch.float32),
+    (32768, 2, 32, False, torch.bfloat16),
+    (151936, 1, 32, False, torch.float32),
+    (151936, 2, 16, False, torch.bfloat16),
+    (151936, 1, 24, True, torch.float32),
+    (151936, 1, 16, True, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("vocab,batch_size,seq_length,recorded,dtype", GRID)
+def test_estimate_is_within_30_percent_of_the_measured_peak(vocab, batch_size, seq_length, recorded, dtype):
+    teacher, student, objective = _models(vocab, recorded)
+    mixed = dtype != torch.float32
+    estimate = preflight.estimate_memory(teacher, student, objective, batch_size, seq_length, mixed)
+    measured = measured_peak(teacher, student, objective, _batch(vocab, batch_size, seq_length, recorded), dtype)
+    assert estimate.total == pytest.approx(measured, rel=preflight.MARGIN)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_each_loss_declares_the_working_memory_it_takes_in_the_chunked_loss(name):
+    tokens, vocab, width = 256, 8192, 64
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(tokens, width, generator=generator, requires_grad=True)
+    weight = torch.randn(vocab, width, generator=generator, requires_grad=True)
+    teacher, teacher_weight = (torch.randn(rows, width, generator=generator) for rows in (tokens, vocab))
+    params = {"beta": 0.3} if name == "cakld" else {}
+
+    def step():
+        chunked_logit_loss_sum(
+            LOSSES[name], hidden, teacher, lm_head_weight=weight, teacher_lm_head_weight=teacher_weight, **params
+        ).backward()
+
+    step()  # the gradients' own memory is the caller's: .grad exists before the measured step
+    measured = _allocated_peak(step)
+    estimate = chunked_loss_footprint(tokens, vocab, width, working_tensors=LOSSES[name].working_tensors)
+    assert estimate == pytest.approx(measured, rel=0.1)
+
+
+def test_the_fused_loss_never_counts_full_logits():
+    """At a 151,936-token vocabulary and 8 x 1024 tokens the objective's memory is a few [chunk, vocab] buffers
+    and the LM head's gradient, far from three fp32 [tokens, vocab] tensors (~14 GiB)."""
+    teacher, student, objective = _models(151936, recorded=False)
+    estimate = preflight.estimate_memory(teacher, student, objective, 8, 1024, mixed_precision=True)
+    full_logits = 3 * 4 * 8 * 1024 * 151936
+    assert estimate.objective < full_logits / 10
+
+
+def test_a_run_is_refused_only_when_even_the_low_end_of_the_estimate_cannot_fit(monkeypatch):
+    teacher, student, objective = _models(512, recorded=False)
+    estimate = preflight.estimate_memory(teacher, student, objective, 4, 32, False)
+    low_end = estimate.total * (1 - preflight.MARGIN)
+    monkeypatch.setattr(preflight, "available_memory", lambda device: int(low_end) - 1)
     with pytest.raises(DistilyConfigError, match="the run cannot fit"):
         preflight.check_memory(estimate, torch.device("cpu"))
-    monkeypatch.setattr(preflight, "available_memory", lambda device: estimate.total * 2)
+    monkeypatch.setattr(preflight, "available_memory", lambda device: int(low_end) + 1)
     assert "estimated peak memory" in preflight.check_memory(estimate, torch.device("cpu"))
+
+
+def test_a_recorded_teacher_holds_no_memory_and_the_optimizer_sets_the_states():
+    teacher, student, objective = _models(512, recorded=True)
+    estimate = preflight.estimate_memory(teacher, student, objective, 4, 32, False, optim="sgd")
+    trainable = sum(p.numel() * p.element_size() for p in student.parameters())
+    assert estimate.teacher_weights == estimate.teacher_activations == 0
+    assert estimate.optimizer_states == trainable == estimate.gradients
+    assert preflight.estimate_memory(teacher, student, objective, 4, 32, False).optimizer_states == 2 * trainable
