@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from distily.config import ObjectiveArguments
 from distily.errors import DistilyConfigError
+from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.component import Component
 from distily.objectives.layer_maps import LayerPairs, resolve_layer_map
 from distily.objectives.model_shape import ModelShape

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from distily.config import ObjectiveArguments
+from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.chunked import chunked_logit_loss_sum
 from distily.objectives.component import TARGETS, Component, next_token_targets, token_counts
 from distily.objectives.features import build_feature_components
