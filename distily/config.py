@@ -86,7 +86,8 @@ class DistillConfig:
         if self.training.ddp_find_unused_parameters is not None:
             return self.training
         resolved = copy.copy(self.training)
-        resolved.ddp_find_unused_parameters = not (self.objective.logits_weight > 0 or self.objective.hard_label_weight > 0)
+        reaches_output = self.objective.logits_weight > 0 or self.objective.hard_label_weight > 0
+        resolved.ddp_find_unused_parameters = not reaches_output
         return resolved
 
 
@@ -287,7 +288,9 @@ def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]],
         key = unknown.lstrip("-").split("=")[0]
         check_keys([key])
         if key in _known_keys():
-            raise DistilyConfigError(f"{key} is not used by `{command.prog}`; expected a key of `{command.prog} --help`")
+            raise DistilyConfigError(
+                f"{key} is not used by `{command.prog}`; expected a key of `{command.prog} --help`"
+            )
         raise DistilyConfigError(f"unexpected argument {unknown!r}; expected --key value pairs")
     try:
         parts = parser.parse_args_into_dataclasses(args=flags)

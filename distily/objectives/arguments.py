@@ -41,7 +41,9 @@ class ObjectiveArguments:
     hidden_states_layer_map: str = field(
         default="all", metadata={"help": f"Which student hidden state learns from which teacher one: {LAYER_MAP_HELP}"}
     )
-    hidden_states_layer_map_kwargs: Optional[Union[dict, str]] = field(default=None, metadata={"help": LAYER_MAP_KWARGS_HELP})
+    hidden_states_layer_map_kwargs: Optional[Union[dict, str]] = field(
+        default=None, metadata={"help": LAYER_MAP_KWARGS_HELP}
+    )
     hidden_states_projector: str = field(
         default="linear",
         metadata={
@@ -69,7 +71,9 @@ class ObjectiveArguments:
     attentions_layer_map: str = field(
         default="all", metadata={"help": f"Which student attention learns from which teacher one: {LAYER_MAP_HELP}"}
     )
-    attentions_layer_map_kwargs: Optional[Union[dict, str]] = field(default=None, metadata={"help": LAYER_MAP_KWARGS_HELP})
+    attentions_layer_map_kwargs: Optional[Union[dict, str]] = field(
+        default=None, metadata={"help": LAYER_MAP_KWARGS_HELP}
+    )
     attentions_heads: str = field(
         default="group",
         metadata={
@@ -87,7 +91,9 @@ class ObjectiveArguments:
     attention_relations_layer_map: str = field(
         default="last", metadata={"help": f"Which student block learns from which teacher block: {LAYER_MAP_HELP}"}
     )
-    attention_relations_layer_map_kwargs: Optional[Union[dict, str]] = field(default=None, metadata={"help": LAYER_MAP_KWARGS_HELP})
+    attention_relations_layer_map_kwargs: Optional[Union[dict, str]] = field(
+        default=None, metadata={"help": LAYER_MAP_KWARGS_HELP}
+    )
     attention_relations_heads: Optional[int] = field(
         default=None,
         metadata={

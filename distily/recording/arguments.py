@@ -92,7 +92,9 @@ class InferenceArguments:
     per_device_eval_batch_size: int = field_of(
         DistillationTrainingArguments, "per_device_eval_batch_size", help="Sequences per batch of the teacher."
     )
-    use_cpu: bool = field_of(TrainingArguments, "use_cpu", help="Run the teacher on the CPU even where an accelerator is.")
+    use_cpu: bool = field_of(
+        TrainingArguments, "use_cpu", help="Run the teacher on the CPU even where an accelerator is."
+    )
 
     def __post_init__(self):
         if self.per_device_eval_batch_size < 1:
