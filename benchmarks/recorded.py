@@ -26,7 +26,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
 from common import results_path
-from distily.config import DataArguments, parse_config
+from distily.config import parse_config, parse_record_config
+from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.recording.run import run_recording
@@ -120,7 +121,7 @@ def main(argv=None) -> None:
     stores = {}
     for k in sorted({*FIDELITY_KS, options.top_k}):
         store = workdir / f"store-k{k}"
-        manifest = run_recording(parse_config(**values(options, teacher, workdir, teacher_store=str(store),
+        manifest = run_recording(parse_record_config(**values(options, teacher, workdir, teacher_store=str(store),
                                                        record_top_k=k)))
         stores[k] = {"path": str(store), "bytes_per_token": manifest["bytes_per_token"],
                      "bytes_per_topk_entry": manifest["bytes_per_topk_entry"]}

@@ -42,7 +42,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Tr
 
 from common import (describe, interleaved, machine, medians, peak_rss_bytes, process_peak_rss_bytes,
                     reset_peak_rss, run_worker, table, write_results)
-from distily.config import DataArguments, parse_config
+from distily.config import parse_config
+from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets, collate
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.demo.corpus import python_doc_paragraphs, write_corpus

@@ -39,11 +39,11 @@ import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from distily.config import DataArguments
+from distily.commands.sweep import run_sweep
+from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets, collate, data_framing, load_training_documents, tokenize_and_pack
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.evaluation.heldout import heldout_metrics
-from distily.experiments.sweep import run_sweep
 from distily.experiments.sweep_file import load_sweep
 from distily.models.precision import bf16_is_fast
 from distily.models.student import load_student

@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
 
-from distily.config import DataArguments
+from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets, collate
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.demo.corpus import python_doc_paragraphs, write_corpus

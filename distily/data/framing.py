@@ -32,9 +32,9 @@ from typing import Optional
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distily.data.arguments import PACKINGS
 from distily.errors import DistilyConfigError
 
-PACKINGS = ("auto", "stream", "bos_blocks", "documents")
 INPUT_IDS, POSITION_IDS = "input_ids", "position_ids"
 
 

@@ -14,7 +14,7 @@ import pyarrow.compute
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from distily.config import DataArguments
+from distily.data.arguments import DataArguments
 from distily.data.framing import INPUT_IDS, POSITION_IDS, Framing
 from distily.errors import DistilyConfigError
 from distily.outputs import atomic_output

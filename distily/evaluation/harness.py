@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distily.config import EvaluationArguments
 from distily.errors import DistilyConfigError
+from distily.evaluation.arguments import EvaluationArguments
 from distily.outputs import write_json_atomic
 from distily.paths import distily_cache_dir
 

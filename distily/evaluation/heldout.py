@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from distily.config import HELDOUT_SET
 from distily.data.framing import model_inputs
 from distily.evaluation.agreement import agreement_sums
+from distily.evaluation.arguments import HELDOUT_SET
 from distily.evaluation.perplexity import batch_next_token_nll, perplexity
 
 

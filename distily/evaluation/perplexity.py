@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from distily.config import DataArguments
+from distily.data.arguments import DataArguments
 from distily.data.text import data_framing, documents_with_content, load_documents, tokenize_and_pack
 from distily.errors import DistilyConfigError
 from distily.objectives.component import next_token_targets

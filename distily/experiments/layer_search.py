@@ -17,9 +17,10 @@ import logging
 
 from transformers import AutoConfig
 
-from distily.config import DistillConfig, ModelArguments
+from distily.config import DistillConfig
 from distily.errors import DistilyConfigError
 from distily.experiments.runs import Run, render_overrides, run_name
+from distily.models.arguments import ModelArguments
 from distily.models.student import student_config
 from distily.models.teacher import from_pretrained
 from distily.objectives.layer_maps import LAYER_MAPS, resolve_layer_map

@@ -6,6 +6,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from distily.errors import DistilyConfigError
 
 POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
+DEFAULT_MAX_SEQ_LENGTH = 1024
 LOGIT_TRANSFORM_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # applied after the LM head
 
 
@@ -38,6 +39,20 @@ def max_positions(config: PretrainedConfig) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def resolve_max_seq_length(requested: int | None, *models: PreTrainedModel) -> int:
+    """The packed sequence length: ``requested``, checked against every model's position limit, or by default
+    the smaller of that limit and ``DEFAULT_MAX_SEQ_LENGTH``."""
+    limits = [limit for limit in (max_positions(m.config) for m in models) if limit is not None]
+    limit = min(limits) if limits else None
+    if requested is None:
+        return min(limit or DEFAULT_MAX_SEQ_LENGTH, DEFAULT_MAX_SEQ_LENGTH)
+    if limit is not None and requested > limit:
+        raise DistilyConfigError(
+            f"max_seq_length={requested} exceeds the models' position limit {limit}; expected at most {limit}"
+        )
+    return requested
 
 
 def output_vocab_size(model: PreTrainedModel) -> int:

@@ -6,9 +6,9 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from distily.config import ModelArguments
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
+from distily.models.arguments import ModelArguments
 from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student
 from distily.models.teacher import from_pretrained
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from distily.config import ObjectiveArguments
 from distily.errors import DistilyConfigError
+from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.component import Component, StepShape
 from distily.objectives.layer_maps import LayerPairs, resolve_layer_map
 from distily.objectives.losses import cosine, kl_divergence, mse

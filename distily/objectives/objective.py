@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from distily.config import ObjectiveArguments
 from distily.models.architecture import plain_lm_head
+from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_footprint
 from distily.objectives.component import TARGETS, Component, StepShape, next_token_targets, token_counts
 from distily.objectives.features import build_feature_components

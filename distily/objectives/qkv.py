@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from distily.config import ATTENTION_RELATION_KINDS as KINDS
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
+from distily.objectives.arguments import ATTENTION_RELATION_KINDS as KINDS
 from distily.objectives.model_shape import ModelShape
 
 Split = Callable[[torch.Tensor], dict[str, torch.Tensor]]  # projection output -> {kind: [batch, seq, width]}

@@ -7,7 +7,6 @@ sampling (top-p) is applied after it. Samples are written with an ``input_ids`` 
 tokens, used pre-tokenized by ``distily distill``) and their ``text``.
 """
 
-import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -24,10 +23,11 @@ from transformers import (
     set_seed,
 )
 
-from distily.config import DistillConfig, GenerateArguments
+from distily.config import GenerateConfig
 from distily.data.framing import tokenizer_adds_bos
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher, load_tokenizer
+from distily.recording.arguments import GenerateArguments
 from distily.recording.run import run_recording
 
 
@@ -111,24 +111,18 @@ def write_samples(samples: list[list[int]], tokenizer: PreTrainedTokenizerBase, 
     os.replace(partial, target)
 
 
-def run_generation(config: DistillConfig) -> dict:
+def run_generation(config: GenerateConfig) -> dict:
     """Sample from the teacher into ``generate_output``; with ``generate_record`` also record the teacher over
     the samples into ``teacher_store``. Returns what was written (and the store's manifest)."""
-    model_args, args = config.model, config.generate
-    if model_args.teacher_model_name_or_path is None:
-        raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
-    if args.generate_output is None:
-        raise DistilyConfigError("generate_output is not set; expected a .jsonl file or a directory to write into")
+    model_args, args, inference = config.model, config.generate, config.inference
     if os.path.exists(args.generate_output):
         raise DistilyConfigError(f"generate_output={args.generate_output!r} exists; expected a new path")
-    if args.generate_record and config.record.teacher_store is None:
-        raise DistilyConfigError("generate_record=true needs teacher_store; expected a directory for the store")
-    set_seed(config.training.seed)
+    set_seed(inference.seed)
     teacher = load_teacher(
         model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
-    ).to(config.training.device)
+    ).to(inference.device)
     tokenizer = load_tokenizer(model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code)
-    samples = sample_sequences(teacher, tokenizer, args, config.training.per_device_eval_batch_size)
+    samples = sample_sequences(teacher, tokenizer, args, inference.per_device_eval_batch_size)
     write_samples(samples, tokenizer, args.generate_output)
     result = {
         "generate_output": args.generate_output,
@@ -136,8 +130,5 @@ def run_generation(config: DistillConfig) -> dict:
         "tokens": sum(len(sample) for sample in samples),
     }
     if args.generate_record:
-        recording = dataclasses.replace(
-            config, data=dataclasses.replace(config.data, dataset_name=args.generate_output)
-        )
-        result["manifest"] = run_recording(recording, teacher=teacher, tokenizer=tokenizer)
+        result["manifest"] = run_recording(config.recording(), teacher=teacher, tokenizer=tokenizer)
     return result

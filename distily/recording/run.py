@@ -9,12 +9,11 @@ import json
 from typing import Optional
 
 import torch
-from rich.table import Table
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 import distily
-from distily.config import DistillConfig
+from distily.config import RecordConfig
 from distily.data.store import (
     MANIFEST,
     TEACHER_CONFIG_DIR,
@@ -26,16 +25,15 @@ from distily.data.store import (
 from distily.data.text import build_datasets, collate, data_framing, load_training_documents, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import perplexity
-from distily.models.architecture import output_vocab_size
+from distily.models.architecture import output_vocab_size, resolve_max_seq_length
 from distily.models.identity import teacher_identity
 from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
 from distily.recording.hf import HFRecorder, hidden_states_dtype
-from distily.training.distill import resolve_max_seq_length
 
 FIDELITY_KS = (8, 32, 64, 128)
 
 
-def recording_settings(config: DistillConfig, teacher: PreTrainedModel, tokenizer, documents, max_seq_length) -> dict:
+def recording_settings(config: RecordConfig, teacher: PreTrainedModel, tokenizer, documents, max_seq_length) -> dict:
     """Everything that decides a store's content: provenance, framing and recording options."""
     data, record = config.data, config.record
     framing = data_framing(documents, tokenizer, max_seq_length, data.packing)
@@ -57,9 +55,9 @@ def recording_settings(config: DistillConfig, teacher: PreTrainedModel, tokenize
         "eval_fraction": data.eval_fraction,
         "max_samples": data.max_samples,
         "max_eval_samples": data.max_eval_samples,
-        "seed": config.training.seed,
+        "seed": config.inference.seed,
         "record_top_k": record.record_top_k,
-        "logits_temperature": config.objective.logits_temperature,
+        "logits_temperature": record.logits_temperature,
         "record_hidden_states_layers": sorted(record.record_hidden_states_layers or []),
         "record_hidden_states_dtype": str(hidden_states_dtype(teacher)).removeprefix("torch."),
         "record_shard_size": record.record_shard_size,
@@ -97,7 +95,7 @@ def _report(writer: StoreWriter) -> dict:
     return report
 
 
-def _recorder(config: DistillConfig, teacher: PreTrainedModel, max_seq_length: int, fidelity_ks: list[int]):
+def _recorder(config: RecordConfig, teacher: PreTrainedModel, max_seq_length: int, fidelity_ks: list[int]):
     record = config.record
     if record.record_backend == "vllm":
         from distily.recording.vllm_backend import VLLMRecorder
@@ -105,7 +103,7 @@ def _recorder(config: DistillConfig, teacher: PreTrainedModel, max_seq_length: i
         return VLLMRecorder(
             config.model.teacher_model_name_or_path,
             record.record_top_k,
-            config.objective.logits_temperature,
+            record.logits_temperature,
             record.record_hidden_states_layers or [],
             output_vocab_size(teacher),
             max_seq_length,
@@ -113,16 +111,16 @@ def _recorder(config: DistillConfig, teacher: PreTrainedModel, max_seq_length: i
             config.model.trust_remote_code,
         )
     return HFRecorder(
-        teacher.to(config.training.device),
+        teacher.to(config.inference.device),
         record.record_top_k,
-        config.objective.logits_temperature,
+        record.logits_temperature,
         sorted(record.record_hidden_states_layers or []),
-        config.training.per_device_eval_batch_size,
+        config.inference.per_device_eval_batch_size,
         fidelity_ks,
     )
 
 
-def _teacher_for(config: DistillConfig) -> PreTrainedModel:
+def _teacher_for(config: RecordConfig) -> PreTrainedModel:
     """The loaded teacher (hf), or for vllm one without weights (its config is all the store needs)."""
     model_args = config.model
     if config.record.record_backend == "hf":
@@ -135,17 +133,13 @@ def _teacher_for(config: DistillConfig) -> PreTrainedModel:
 
 
 def run_recording(
-    config: DistillConfig,
+    config: RecordConfig,
     teacher: Optional[PreTrainedModel] = None,
     tokenizer: Optional[PreTrainedTokenizerBase] = None,
 ) -> dict:
     """Record the teacher into ``teacher_store`` (resuming a recording with the same settings) and return
     the manifest. ``teacher`` and ``tokenizer`` may be passed in when already loaded (``distily generate``)."""
     model_args, record = config.model, config.record
-    if record.teacher_store is None:
-        raise DistilyConfigError("teacher_store is not set; expected the directory to write the store into")
-    if model_args.teacher_model_name_or_path is None:
-        raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
     documents = load_training_documents(config.data)  # before the teacher: a bad dataset fails fast
     teacher = teacher if teacher is not None else _teacher_for(config)
     tokenizer = tokenizer or load_tokenizer(model_args.teacher_model_name_or_path, "teacher",
@@ -155,7 +149,7 @@ def run_recording(
                                                                   max_seq_length))
     if writer.finished:
         return json.loads((writer.path / MANIFEST).read_text())
-    data = build_datasets(config.data, tokenizer, max_seq_length, config.training.seed, documents)
+    data = build_datasets(config.data, tokenizer, max_seq_length, config.inference.seed, documents)
     tokenizer.save_pretrained(writer.path / TOKENIZER_DIR)
     teacher.config.save_pretrained(writer.path / TEACHER_CONFIG_DIR)
     if data.framing.document_masks and record.record_backend == "vllm":
@@ -179,16 +173,3 @@ def run_recording(
                 writer.write_shard(split, index, tensors, stats)
     return writer.finish(_report(writer))
 
-
-def summary_table(manifest: dict) -> Table:
-    """The fidelity report and sizes, for the terminal."""
-    settings = manifest["settings"]
-    table = Table(title=f"teacher store: k={settings['record_top_k']}, "
-                        f"{manifest['bytes_per_topk_entry']} B per top-k entry, "
-                        f"{manifest['bytes_per_token']:.0f} B per token")
-    table.add_column("k", justify="right")
-    table.add_column("KL(teacher || rebuilt), nats/token", justify="right")
-    table.add_column("tail mass", justify="right")
-    for k, values in manifest.get("fidelity", {}).get("by_k", {}).items():
-        table.add_row(k, f"{values['kl']:.5f}", f"{values['tail_mass']:.5f}")
-    return table

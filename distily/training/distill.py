@@ -13,15 +13,17 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, set_seed
 
 import distily
-from distily.config import HELDOUT_SET, DistillConfig
+from distily.config import DistillConfig
 from distily.data.store import collate_recorded
 from distily.data.framing import check_causality, check_document_isolation, model_inputs
 from distily.data.text import build_datasets, check_token_ids, collate, load_training_documents
 from distily.errors import DistilyConfigError, RunInterrupted
+from distily.evaluation.arguments import HELDOUT_SET
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.harness import task_manager
 from distily.evaluation.heldout import Evaluator
-from distily.models.architecture import max_positions, output_vocab_size, token_id_limit
+from distily.evaluation.run import benchmark, eval_set_metrics, named_eval_sets
+from distily.models.architecture import output_vocab_size, resolve_max_seq_length, token_id_limit
 from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student
 from distily.models.summary import architecture_summary
@@ -30,9 +32,9 @@ from distily.models.vocab import check_same_tokenizer, check_tokenizer_fits, sha
 from distily.objectives.losses import teacher_confidence
 from distily.objectives.objective import build_objective
 from distily.outputs import directory_size, write_json_atomic
+from distily.reporting.run import write_reports
 from distily.training.preflight import check_memory, estimate_memory
 from distily.training.recorded import RecordedTeacher
-from distily.training.reporting import benchmark, eval_set_metrics, named_eval_sets, write_reports
 from distily.training.run_dir import (
     METRICS_FILE,
     check_output_dir,
@@ -46,21 +48,6 @@ from distily.training.run_dir import (
 from distily.training.trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_SEQ_LENGTH = 1024
-
-
-def resolve_max_seq_length(requested: Optional[int], *models: PreTrainedModel) -> int:
-    limits = [limit for limit in (max_positions(m.config) for m in models) if limit is not None]
-    limit = min(limits) if limits else None
-    if requested is None:
-        return min(limit or DEFAULT_MAX_SEQ_LENGTH, DEFAULT_MAX_SEQ_LENGTH)
-    if limit is not None and requested > limit:
-        raise DistilyConfigError(
-            f"max_seq_length={requested} exceeds the models' position limit {limit}; expected at most {limit}"
-        )
-    return requested
-
 
 def parameter_count(model: PreTrainedModel) -> int:
     """Each parameter once (tied embeddings and LM head are one), 4-bit ones as the weights they stand for."""
@@ -211,11 +198,6 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
     model_args, training = config.model, config.training
     if not training.should_log:  # the main process reports for all; the others only log errors
         logging.getLogger("distily").setLevel(logging.ERROR)
-    from_store = config.record.teacher_source == "recorded"
-    if model_args.teacher_model_name_or_path is None and not from_store:
-        raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
-    if training.bitnet_schedule and not model_args.student_as_bitnet:
-        raise DistilyConfigError("bitnet_schedule=true needs a BitNet student; expected student_as_bitnet=true")
     if training.bf16 and training.use_cpu and not bf16_is_fast(use_cpu=True):
         logger.warning(
             f"bf16=true on a CPU without native bf16 matmuls ({torch.backends.cpu.get_cpu_capability()}): they are "
@@ -279,7 +261,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         recorded_teacher=recorded,
         objective=objective,
         evaluator=evaluate_student,
-        args=training,
+        args=config.trainer_arguments(),
         train_dataset=data.train,
         eval_dataset=data.eval,
         data_collator=collate_fn,

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from distily.config import DistillConfig, ModelArguments
+from distily.config import DistillConfig
 from distily.data.store import (
     ROW_NLL,
     ROW_TARGETS,
@@ -32,6 +32,7 @@ from distily.errors import DistilyConfigError
 from distily.evaluation.heldout import heldout_metrics
 from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import max_positions, output_vocab_size
+from distily.models.arguments import ModelArguments
 from distily.models.identity import teacher_identity
 from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
 from distily.objectives.component import Component

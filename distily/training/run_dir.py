@@ -23,8 +23,10 @@ from typing import Iterator, Optional
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from distily.config import DistillConfig, ModelArguments, ObjectiveArguments
+from distily.config import DistillConfig
 from distily.errors import DistilyConfigError
+from distily.models.arguments import ModelArguments
+from distily.objectives.arguments import ObjectiveArguments
 from distily.outputs import write_json_atomic
 from distily.training.trainer import CHECKPOINT_STAGING_DIR
 

@@ -1,9 +1,9 @@
-import dataclasses
+import re
 
 import pytest
 import yaml
 
-from distily.config import CONFIG_CLASSES, make_parser, parse_config
+from distily.config import FILE_COMMANDS, DistillConfig, command_keys, make_parser, parse_config
 from distily.errors import DistilyConfigError
 
 
@@ -36,7 +36,8 @@ def test_file_values_and_flags_merge_with_flags_winning(tmp_path):
 def test_training_arguments_are_transformers_training_arguments(tmp_path):
     from transformers import TrainingArguments
 
-    config = parse_config(argv=["--output_dir", str(tmp_path), "--gradient_accumulation_steps", "3"])
+    config = parse_config(argv=["--output_dir", str(tmp_path), "--gradient_accumulation_steps", "3"],
+                          teacher_model_name_or_path="gpt2")
     assert isinstance(config.training, TrainingArguments)
     assert config.training.gradient_accumulation_steps == 3
     assert config.training.report_to == ["tensorboard"]  # a distillation default
@@ -52,17 +53,46 @@ def test_training_arguments_are_transformers_training_arguments(tmp_path):
     ],
 )
 def test_ddp_searches_for_unused_parameters_only_when_the_objective_may_leave_some(values, expected, tmp_path):
-    config = parse_config(output_dir=str(tmp_path), **values)
-    assert config.training.ddp_find_unused_parameters is expected
+    config = parse_config(output_dir=str(tmp_path), teacher_model_name_or_path="gpt2", **values)
+    assert config.trainer_arguments().ddp_find_unused_parameters is expected
+    assert config.training.ddp_find_unused_parameters is values.get("ddp_find_unused_parameters")  # as given
 
 
-def test_help_lists_every_key_with_its_default():
-    text = make_parser().format_help()
-    for cls in CONFIG_CLASSES:
-        for field in dataclasses.fields(cls):
-            if field.init:
-                assert f"--{field.name}" in text, field.name
-    assert "(default: forward_kl)" in text
+@pytest.mark.parametrize("command", FILE_COMMANDS, ids=lambda command: command.prog)
+def test_help_lists_the_keys_the_command_uses_and_no_other(command):
+    text = make_parser(command).format_help()
+    flags = set(re.findall(r"^  --(\w+)", text, re.M))
+    assert command_keys(command) <= flags
+    others = set().union(*(command_keys(other) for other in FILE_COMMANDS)) - command_keys(command)
+    assert not flags & others, sorted(flags & others)
+
+
+def test_each_command_reads_what_it_uses():
+    distill = command_keys(DistillConfig)
+    assert "(default: forward_kl)" in make_parser().format_help()
+    assert {"teacher_source", "teacher_store", "eval_datasets", "learning_rate"} <= distill
+    assert not any(key.startswith(("generate_", "record_")) for key in distill)
+    record, generate = (command_keys(command) for command in FILE_COMMANDS[1:])
+    assert {"teacher_store", "record_top_k", "logits_temperature", "seed", "per_device_eval_batch_size"} <= record
+    assert not {"output_dir", "learning_rate", "teacher_source", "generate_output"} & record
+    assert record | {key for key in generate if key.startswith("generate_")} == generate
+
+
+def test_a_shared_config_file_serves_every_command_and_flags_stay_strict(tmp_path):
+    from distily.config import parse_generate_config, parse_record_config
+
+    config_file = write_yaml(tmp_path / "c.yaml", {
+        "teacher_model_name_or_path": "gpt2", "output_dir": "o", "learning_rate": 0.5, "teacher_store": "s",
+        "record_top_k": 8, "generate_output": "g.jsonl", "logits_temperature": 2.0, "seed": 3,
+    })
+    distill = parse_config(config_file)
+    assert (distill.training.learning_rate, distill.record.teacher_store, distill.objective.logits_temperature) == (
+        0.5, "s", 2.0)
+    record = parse_record_config(config_file)
+    assert (record.record.record_top_k, record.record.logits_temperature, record.inference.seed) == (8, 2.0, 3)
+    assert parse_generate_config(config_file).generate.generate_output == "g.jsonl"
+    with pytest.raises(DistilyConfigError, match="output_dir is not used by `distily record`"):
+        parse_record_config(config_file, ["--output_dir", "o"])
 
 
 @pytest.mark.parametrize(
@@ -74,6 +104,9 @@ def test_help_lists_every_key_with_its_default():
         (["--output_dir", "o", "--teacher_torch_dtype", "int3"], "teacher_torch_dtype='int3' is not supported"),
         (["--output_dir", "o", "--eval_fraction", "1.5"], "eval_fraction=1.5 is out of range"),
         (["--learning_rate", "1"], "output_dir is not set"),
+        (["--output_dir", "o"], "teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint"),
+        (["--output_dir", "o", "--teacher_model_name_or_path", "t", "--bitnet_schedule", "true"],
+         "bitnet_schedule=true needs a BitNet student"),
     ],
 )
 def test_bad_values_raise_one_line_errors(argv, message):

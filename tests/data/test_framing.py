@@ -9,12 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from distily.config import DataArguments, GenerateArguments
+from distily.data.arguments import DataArguments
 from distily.data.framing import Framing, check_causality, check_document_isolation, model_inputs, resolve_packing
 from distily.data.text import build_datasets, collate, split_text
 from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator
+from distily.recording.arguments import GenerateArguments
 from distily.recording.generate import sample_sequences, write_samples
 from tiny import (
     ARCHITECTURES,
@@ -289,7 +290,7 @@ def test_distill_and_record_measure_a_bos_teacher_as_plain_transformers_does(
     bos_teacher, bos_tokenizer, run_values, tmp_path
 ):
     """End to end: the teacher in metrics.json is the teacher plain transformers measures, live and recorded."""
-    from distily.config import parse_config
+    from distily.config import parse_config, parse_record_config
     from distily.data.store import TeacherStore
     from distily.recording.run import run_recording
     from distily.training.distill import run_distillation
@@ -309,7 +310,7 @@ def test_distill_and_record_measure_a_bos_teacher_as_plain_transformers_does(
     assert metrics["teacher"]["lm_loss"] == pytest.approx(reference, rel=0.01)
 
     store = tmp_path / "store"
-    manifest = run_recording(parse_config(**{**values, "teacher_store": str(store)}))
+    manifest = run_recording(parse_record_config(**{**values, "teacher_store": str(store)}))
     assert manifest["settings"]["packing"] == "documents"
     assert manifest["teacher_heldout"]["lm_loss"] == pytest.approx(reference, rel=0.01)
     row = TeacherStore(store).dataset("eval")[0]

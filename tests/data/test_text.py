@@ -2,7 +2,7 @@ import datasets
 import pytest
 
 import distily.data.text as text_module
-from distily.config import DataArguments
+from distily.data.arguments import DataArguments
 from distily.data.framing import Framing
 from distily.data.text import build_datasets, collate, tokenizer_fingerprint
 from distily.errors import DistilyConfigError

@@ -7,7 +7,6 @@ import pytest
 from distily.cli import main
 from distily.config import parse_config, parse_eval_config
 from distily.errors import DistilyConfigError
-from distily.evaluation.command import run_evaluation
 from distily.evaluation.perplexity import load_eval_set
 
 
@@ -51,4 +50,4 @@ def test_eval_command_errors(capsys):
     assert main(["eval", "some/model", "--lm_eval_limt", "3"]) == 2
     assert "unexpected argument '--lm_eval_limt'" in capsys.readouterr().err
     with pytest.raises(DistilyConfigError, match="nothing to evaluate; expected --eval_datasets"):
-        run_evaluation(*parse_eval_config(["--model_name_or_path", "some/model"]))
+        parse_eval_config(["--model_name_or_path", "some/model"])

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
-from distily.config import EvaluationArguments
 from distily.errors import DistilyConfigError
 from distily.evaluation import harness
+from distily.evaluation.arguments import EvaluationArguments
 from distily.evaluation.harness import cached_teacher_results, run_tasks, task_manager, task_results
 from tiny import make_documents, save_tiny_model, write_jsonl
 

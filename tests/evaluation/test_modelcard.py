@@ -6,8 +6,8 @@ import yaml
 from huggingface_hub import ModelCard
 
 from distily.config import parse_config
-from distily.export.modelcard import build_model_card, non_default_config
 from distily.objectives.objective import build_objective
+from distily.reporting.model_card import build_model_card, non_default_config
 from tiny import tiny_config
 
 def card_for(tmp_path, run_metrics, teacher="gpt2", bitnet=None, **values):

@@ -2,7 +2,8 @@
 
 from PIL import Image
 
-from distily.evaluation.report import markdown_table, plot_comparison, plot_eval_metrics, plot_losses, run_columns
+from distily.reporting.plots import plot_comparison, plot_eval_metrics, plot_losses
+from distily.reporting.tables import markdown_table, run_columns
 
 LOG_HISTORY = [
     {"step": 10, "loss": 1.0, "loss_logits": 0.8, "loss_hidden_states": 0.4},

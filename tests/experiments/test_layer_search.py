@@ -6,10 +6,10 @@ import pytest
 import yaml
 from rich.console import Console
 
+from distily.commands.sweep import run_sweep
 from distily.errors import DistilyConfigError
-from distily.experiments.results import print_ranking
-from distily.experiments.sweep import run_sweep
 from distily.experiments.sweep_file import load_sweep
+from distily.reporting.sweep import print_ranking
 
 
 def search_file(tmp_path, base, **layer_search) -> str:

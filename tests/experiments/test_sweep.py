@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from distily.cli import main
+from distily.commands.sweep import run_sweep
 from distily.errors import DistilyConfigError
 from distily.experiments.runs import run_name
-from distily.experiments.sweep import run_sweep
 from distily.experiments.sweep_file import load_sweep
 
 

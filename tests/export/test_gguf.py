@@ -10,9 +10,9 @@ from tokenizers import Tokenizer, decoders, models, normalizers, trainers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
 
 from distily.cli import main
+from distily.commands.export import export_run
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.errors import DistilyConfigError
-from distily.export.api import export_run
 from distily.export.llama_cpp_check import llama_cpp_perplexity, pytorch_perplexity
 from distily.export.report import LLAMA_CPP_NOT_INSTALLED, read_export_report
 

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 from transformers.integrations.bitnet import pack_weights
 
 from distily.cli import main
+from distily.commands.export import export_run
 from distily.errors import DistilyConfigError
-from distily.export.api import export_run
 from distily.export.packed import (
     LOGITS_TOLERANCE,
     linear_weight_bytes,

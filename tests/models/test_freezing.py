@@ -2,7 +2,7 @@
 
 import pytest
 
-from distily.config import ModelArguments
+from distily.models.arguments import ModelArguments
 from distily.models.student import build_student
 from distily.models.teacher import load_teacher
 

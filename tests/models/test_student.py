@@ -3,9 +3,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tiny import ARCHITECTURES, tiny_config
-from distily.config import ModelArguments
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
+from distily.models.arguments import ModelArguments
 from distily.models.student import build_student, config_with_overrides, evenly_spaced_layers
 
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Phi3Config, Qwen2Config
 
-from distily.config import ObjectiveArguments
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
+from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.features import (
     FEATURE_LOSSES,
     AttentionRelationsComponent,

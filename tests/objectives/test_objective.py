@@ -3,8 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM
 from types import SimpleNamespace
 
-from distily.config import ObjectiveArguments
 from distily.errors import DistilyConfigError
+from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.losses import forward_kl
 from distily.objectives.objective import build_objective, token_counts
 from tiny import tiny_config

@@ -5,9 +5,10 @@ import json
 import datasets
 import pytest
 import torch
+import yaml
 
 from distily.cli import main
-from distily.config import parse_config
+from distily.config import parse_config, parse_generate_config
 from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_tokenizer
@@ -37,13 +38,13 @@ def test_generated_samples_form_a_dataset_to_distill_on(teacher_dirs, text_file,
     tokenizer = load_tokenizer(teacher_dirs["llama"], "teacher")
     output = tmp_path / "samples.jsonl"
     values = _values(teacher_dirs, text_file, tmp_path, generate_output=str(output))
-    result = run_generation(parse_config(**values))
+    result = run_generation(parse_generate_config(**values))
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == result["samples"] == 12
     assert all(0 < len(row["input_ids"]) <= 40 and tokenizer.eos_token_id not in row["input_ids"] for row in rows)
     assert rows[0]["text"] == tokenizer.decode(rows[0]["input_ids"])
     with pytest.raises(DistilyConfigError, match=r"generate_output='.*samples.jsonl' exists; expected a new path"):
-        run_generation(parse_config(**values))
+        run_generation(parse_generate_config(**values))
     metrics = run_distillation(parse_config(**{**values, "dataset_name": str(output), "max_steps": 2}))
     assert metrics["train_sequences"] > 0
 
@@ -51,13 +52,9 @@ def test_generated_samples_form_a_dataset_to_distill_on(teacher_dirs, text_file,
 def test_generate_can_record_the_teacher_in_the_same_command(teacher_dirs, text_file, tmp_path):
     output = tmp_path / "samples"
     values = _values(teacher_dirs, text_file, tmp_path, generate_output=str(output), generate_record=True)
-    values.pop("output_dir")
-    flags = [
-        f"--{key}={json.dumps(value) if isinstance(value, dict) else value}"
-        for key, value in values.items()
-        if value is not None
-    ]
-    assert main(["generate", *flags]) == 0
+    config_file = tmp_path / "config.yaml"  # the file distill reads too: generate takes the keys it uses
+    config_file.write_text(yaml.safe_dump({key: value for key, value in values.items() if value is not None}))
+    assert main(["generate", str(config_file), "--generate_num_samples", str(values["generate_num_samples"])]) == 0
     assert len(datasets.load_from_disk(str(output))) == 12
     store = TeacherStore(values["teacher_store"])
     assert store.settings["dataset_name"] == str(output)
@@ -78,13 +75,13 @@ def test_generate_can_record_the_teacher_in_the_same_command(teacher_dirs, text_
 )
 def test_bad_generate_flags_are_one_line_errors(flags, message):
     with pytest.raises(DistilyConfigError, match=message):
-        parse_config(argv=["--output_dir", "o", *flags])
+        parse_generate_config(argv=["--teacher_model_name_or_path", "t", "--generate_output", "g", *flags])
 
 
 def test_generate_needs_an_output_and_a_store_to_record_into(teacher_dirs, text_file, tmp_path):
     values = _values(teacher_dirs, text_file, tmp_path)
     with pytest.raises(DistilyConfigError, match=r"generate_output is not set; expected a .jsonl file or a directory"):
-        run_generation(parse_config(**values))
+        run_generation(parse_generate_config(**values))
     values.update(generate_output=str(tmp_path / "s.jsonl"), generate_record=True, teacher_store=None)
     with pytest.raises(DistilyConfigError, match=r"generate_record=true needs teacher_store"):
-        run_generation(parse_config(**values))
+        run_generation(parse_generate_config(**values))

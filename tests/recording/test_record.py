@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import yaml
 
 from distily.cli import main
-from distily.config import parse_config
+from distily.config import parse_config, parse_record_config
 from distily.data.store import (
     MANIFEST,
     ROW_NLL,
@@ -36,7 +36,7 @@ from store_values import store_values
 
 def _record(teacher_dir, text_file, root, **overrides):
     values = store_values(teacher_dir, text_file, root, **overrides)
-    return values, run_recording(parse_config(**values))
+    return values, run_recording(parse_record_config(**values))
 
 
 def test_stored_values_are_the_teachers_top_k_tail_and_loss(teacher_dirs, text_file, tmp_path):
@@ -149,12 +149,25 @@ def test_bad_recording_settings_are_clear_errors(teacher_dirs, text_file, tmp_pa
         (["--record_top_k", "0"], r"record_top_k=0 must be a positive integer"),
         (["--record_shard_size", "-1"], r"record_shard_size=-1 must be a positive integer"),
         (["--record_backend", "tgi"], r"record_backend='tgi' is not supported; expected one of hf, vllm"),
-        (["--teacher_source", "cache"], r"teacher_source='cache' is not supported; expected one of live, recorded"),
-        (["--teacher_source", "recorded"], r"teacher_source='recorded' needs teacher_store"),
         (["--record_hidden_states_layers", "1", "1"], r"record_hidden_states_layers=\[1, 1\] is not supported"),
+        (["--logits_temperature", "0"], r"logits_temperature=0.0 must be > 0"),
+        (["--learning_rate", "1"], r"learning_rate is not used by `distily record`"),
     ],
 )
 def test_bad_record_flags_are_one_line_errors(flags, message):
+    with pytest.raises(DistilyConfigError, match=message):
+        parse_record_config(argv=["--teacher_model_name_or_path", "t", "--teacher_store", "s", *flags])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--teacher_source", "cache"], r"teacher_source='cache' is not supported; expected one of live, recorded"),
+        (["--teacher_source", "recorded"], r"teacher_source='recorded' needs teacher_store"),
+        (["--record_top_k", "8"], r"record_top_k is not used by `distily distill`"),
+    ],
+)
+def test_bad_teacher_source_flags_are_one_line_errors(flags, message):
     with pytest.raises(DistilyConfigError, match=message):
         parse_config(argv=["--output_dir", "o", *flags])
 
@@ -189,9 +202,9 @@ def replace_then_die(src, dst):
             os.kill(os.getpid(), signal.SIGKILL)  # the third shard is written but never renamed
     return replace(src, dst)
 os.replace = replace_then_die
-from distily.config import parse_config
+from distily.config import parse_config, parse_record_config
 from distily.recording.run import run_recording
-run_recording(parse_config(**{values!r}))
+run_recording(parse_record_config(**{values!r}))
 """
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from distily.cli import main
-from distily.demo.run import TEACHER_DIR
+from distily.demo import TEACHER_DIR
 from distily.outputs import directory_size
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from distily.config import ModelArguments, parse_config
-from distily.errors import DistilyConfigError
+from distily.config import parse_config
+from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets, collate
-from distily.config import DataArguments
+from distily.errors import DistilyConfigError
 from distily.evaluation.heldout import heldout_metrics
+from distily.models.arguments import ModelArguments
 from distily.models.student import build_student
 from distily.models.teacher import load_teacher
 from distily.training.distill import run_distillation

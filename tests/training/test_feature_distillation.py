@@ -15,10 +15,12 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-from distily.config import DistillationTrainingArguments, ObjectiveArguments, parse_config
+from distily.config import parse_config
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
+from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.objective import build_objective
+from distily.training.arguments import DistillationTrainingArguments
 from distily.training.distill import run_distillation
 from distily.training.trainer import (
     OBJECTIVE_STATE_FILE,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distily.config import parse_config
+from distily.config import parse_record_config
 from distily.recording.run import run_recording
 from store_values import store_values
 
@@ -83,7 +83,7 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_in_one(te
 @pytest.mark.slow
 def test_two_processes_match_one_on_a_recorded_store(teacher_dirs, text_file, tmp_path):
     values = store_values(teacher_dirs["llama"], text_file, tmp_path)
-    run_recording(parse_config(**values))
+    run_recording(parse_record_config(**values))
     values = _run_values({**values, "teacher_source": "recorded"})
     one = _distill(values, 1, tmp_path / "one", per_device_train_batch_size=8)
     two = _distill(values, 2, tmp_path / "two", per_device_train_batch_size=4)

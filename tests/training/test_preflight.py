@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM
 
 import distily.training.preflight as preflight
-from distily.config import ObjectiveArguments
+from distily.objectives.arguments import ObjectiveArguments
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_footprint
 from distily.objectives.losses import LOSSES

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from distily.config import parse_config
+from distily.config import parse_config, parse_record_config
 from distily.errors import DistilyConfigError
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
@@ -18,7 +18,7 @@ def recorded(teacher_dirs, text_file, tmp_path_factory):
     """A k=16 store of the tiny Llama teacher with hidden states 2 and 4 recorded."""
     root = tmp_path_factory.mktemp("recorded")
     values = store_values(teacher_dirs["llama"], text_file, root, record_hidden_states_layers=[2, 4])
-    run_recording(parse_config(**values))
+    run_recording(parse_record_config(**values))
     return values
 
 
@@ -29,7 +29,7 @@ def _train(values, tmp_path, **overrides):
 
 def test_training_from_a_full_vocabulary_store_matches_the_live_teacher(teacher_dirs, text_file, tmp_path):
     values = store_values(teacher_dirs["llama"], text_file, tmp_path, record_top_k=VOCAB, learning_rate=1e-3)
-    run_recording(parse_config(**values))
+    run_recording(parse_record_config(**values))
     live = run_distillation(parse_config(**{**values, "output_dir": str(tmp_path / "live")}))
     from_store = _train(values, tmp_path)
     assert from_store["train"]["train_loss"] == pytest.approx(live["train"]["train_loss"], rel=2e-3)
@@ -131,7 +131,7 @@ def test_tied_embeddings_are_counted_once_and_a_recorded_teacher_has_no_memory_f
     expected = _unique_parameters(teacher)
     assert expected < sum(p.numel() for _, p in teacher.named_parameters(remove_duplicate=False))
     values = store_values(teacher_dirs["gpt2"], text_file, tmp_path, max_steps=1)
-    run_recording(parse_config(**values))
+    run_recording(parse_record_config(**values))
     live = run_distillation(parse_config(**{**values, "output_dir": str(tmp_path / "live")}))
     with_weights = _train(values, tmp_path / "weights")  # the teacher loaded to initialise the student, then dropped
     without = _train(values, tmp_path / "config", teacher_model_name_or_path=None, student_init="random")  # meta only

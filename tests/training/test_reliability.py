@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers.trainer_utils import get_last_checkpoint
 
-from distily.config import parse_config
+from distily.config import parse_config, parse_record_config
 from distily.errors import DistilyConfigError
 from distily.objectives.objective import LogitsComponent
 from distily.training.distill import run_distillation
@@ -128,7 +128,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights_bi
     )
     if teacher_source == "recorded":  # a store of the teacher, read in the same order after the resume
         store = store_values(teacher_dirs[arch], text_file, tmp_path / "store")
-        run_recording(parse_config(**store))
+        run_recording(parse_record_config(**store))
         keys = ("teacher_store", "record_top_k", "max_samples", "max_eval_samples")
         base = {**base, **{key: store[key] for key in keys}, "teacher_source": "recorded"}
     reference = {**base, "output_dir": str(tmp_path / "reference")}

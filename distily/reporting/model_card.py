@@ -21,10 +21,11 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainingArguments
 
-from distily.config import HELDOUT_SET, DistillConfig
-from distily.evaluation.report import MIB, flat_lm_eval, markdown_table, run_columns
+from distily.config import DistillConfig
+from distily.evaluation.arguments import HELDOUT_SET
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
+from distily.reporting.tables import MIB, flat_lm_eval, markdown_table, run_columns
 
 FRAMEWORKS = ("transformers", "torch", "datasets", "accelerate", "huggingface_hub", "lm_eval")
 CARD_METRICS = ("perplexity", "kl_to_teacher", "top1_agreement")  # per eval set, in the model index

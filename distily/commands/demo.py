@@ -8,12 +8,12 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from distily.config import parse_config
+from distily.config import ArgumentParser, parse_config
+from distily.demo import TEACHER_DIR
 from distily.demo.corpus import write_corpus
 from distily.models.precision import bf16_is_fast
 from distily.training.distill import run_distillation
 
-TEACHER_DIR = Path(__file__).parent / "teacher"
 DEMO_STEPS = 300
 
 
@@ -91,3 +91,12 @@ def run_demo(output_dir: str, max_steps: Optional[int] = None) -> dict:
         f"demo took {time.perf_counter() - started:.0f} s; outputs in {output_dir}"
     )
     return metrics
+
+
+def main(args: list[str], command_line: str) -> int:
+    parser = ArgumentParser(prog="distily demo", description="Offline demo on the bundled teacher.")
+    parser.add_argument("--output_dir", default="distily-demo", help="where the demo run is written")
+    parser.add_argument("--max_steps", type=int, default=None, help="training steps (default: the demo's own)")
+    options = parser.parse_args(args)
+    run_demo(options.output_dir, max_steps=options.max_steps)
+    return 0

@@ -9,19 +9,18 @@ from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedModel
 
-from distily.config import EvalCommandArguments, EvaluationArguments
+from distily.config import EvalConfig, make_parser, parse_eval_config
 from distily.data.text import collate, default_cache_dir
-from distily.errors import DistilyConfigError
 from distily.evaluation.harness import cached_teacher_results, run_tasks, task_manager
 from distily.evaluation.heldout import Evaluator
 from distily.evaluation.perplexity import load_eval_sets
-from distily.evaluation.report import flat_lm_eval, markdown_table, plot_comparison
-from distily.models.architecture import output_vocab_size
+from distily.models.architecture import output_vocab_size, resolve_max_seq_length
 from distily.models.bitnet import is_bitnet, load_bitnet_student
 from distily.models.teacher import DTYPES, from_pretrained, load_teacher, load_tokenizer
 from distily.models.vocab import check_same_tokenizer, shared_vocab_size
 from distily.outputs import write_json_atomic
-from distily.training.distill import resolve_max_seq_length
+from distily.reporting.plots import plot_comparison
+from distily.reporting.tables import flat_lm_eval, markdown_table
 
 RESULTS_FILE = "eval.json"
 
@@ -34,10 +33,9 @@ def load_model(name_or_path: str, dtype: str, trust_remote_code: bool) -> PreTra
     return load_teacher(name_or_path, dtype, trust_remote_code)
 
 
-def run_evaluation(command: EvalCommandArguments, evaluation: EvaluationArguments) -> dict:
+def run_evaluation(config: EvalConfig) -> dict:
     """``{"columns": {model name: metrics}, "table": markdown}``; with ``output_dir``, also written there."""
-    if not evaluation.eval_datasets and not evaluation.lm_eval_tasks:
-        raise DistilyConfigError("nothing to evaluate; expected --eval_datasets and/or --lm_eval_tasks")
+    command, evaluation = config.command, config.evaluation
     manager = task_manager(evaluation) if evaluation.lm_eval_tasks else None
     model = load_model(command.model_name_or_path, command.torch_dtype, command.trust_remote_code)
     tokenizer = load_tokenizer(command.model_name_or_path, "model", command.trust_remote_code)
@@ -72,3 +70,11 @@ def run_evaluation(command: EvalCommandArguments, evaluation: EvaluationArgument
         plot_comparison(columns, output_dir / "teacher_vs_student.png")
     return {"columns": columns, "table": table}
 
+
+def main(args: list[str], command_line: str) -> int:
+    if "-h" in args or "--help" in args:
+        make_parser(EvalConfig).print_help()
+        return 0
+    flags = ["--model_name_or_path", *args] if args and not args[0].startswith("-") else args
+    print(run_evaluation(parse_eval_config(flags))["table"], end="")
+    return 0

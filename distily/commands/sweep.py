@@ -16,10 +16,12 @@ from tqdm.auto import tqdm
 from transformers.trainer_utils import get_last_checkpoint
 
 from distily.errors import DistilyConfigError
-from distily.experiments.results import ERROR_FILE, gather_results, write_results
+from distily.experiments import sweep_file
+from distily.experiments.results import ERROR_FILE, gather_results
 from distily.experiments.runs import Run
 from distily.experiments.sweep_file import Sweep, flag_keys
 from distily.outputs import write_json_atomic
+from distily.reporting.sweep import print_ranking, write_results
 from distily.training.distill import run_distillation
 from distily.training.run_dir import METRICS_FILE
 
@@ -104,3 +106,14 @@ def run_sweep(sweep: Sweep) -> list[dict]:
         rows = gather_results(sweep)
         write_results(sweep, rows)
     return rows
+
+
+def main(args: list[str], command_line: str) -> int:
+    """Exit status 1 when a run failed (the others still ran)."""
+    if not args or args[0] in ("-h", "--help"):
+        print(f"usage: distily sweep SWEEP.yaml [--output_dir DIR] [--key value ...]\n\n{sweep_file.__doc__}")
+        return 0
+    sweep = sweep_file.load_sweep(args[0], args[1:])
+    rows = run_sweep(sweep)
+    print_ranking(sweep, rows)
+    return int(any(row["status"] == "failed" for row in rows))

@@ -1,4 +1,4 @@
-"""`distily export RUN_DIR --format packed|gguf`: turn a trained BitNet student into a deployable file."""
+"""``distily export RUN_DIR --format packed|gguf``: turn a trained BitNet student into a deployable file."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from distily.config import ArgumentParser
 from distily.errors import DistilyConfigError
 from distily.export.packed import PACKED_EXPORT, write_packed_checkpoint
+from distily.export.report import read_export_report
 from distily.models.bitnet import load_bitnet_student
 from distily.outputs import check_output
 
@@ -78,3 +80,18 @@ def _gguf_writer():
     except ImportError as error:
         raise DistilyConfigError(f"GGUF export needs the gguf package ({error}); expected `pip install 'distily[bitnet]'`") from error
     return write_gguf, GGUF_EXPORT
+
+
+def main(args: list[str], command_line: str) -> int:
+    parser = ArgumentParser(prog="distily export", description="Export a BitNet student and verify what was written.")
+    parser.add_argument("run_dir", help="a run's output_dir (or any saved BitNet student)")
+    parser.add_argument("--format", required=True, help=f"one of {', '.join(EXPORT_FORMATS)}")
+    parser.add_argument("--output", default=None, help="where to write (default: inside RUN_DIR)")
+    parser.add_argument("--gguf_type", default="TQ2_0", help="GGUF ternary type: TQ2_0 or TQ1_0")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output, if it is a previous export of this format (never the run "
+                             "directory, the current directory or a directory containing them)")
+    options = parser.parse_args(args)
+    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type, overwrite=options.overwrite)
+    print(read_export_report(path).line(path))  # says which checks did not run, if any
+    return 0

@@ -1,0 +1,29 @@
+"""``distily record CONFIG.yaml [--key value ...]``: record the teacher into a store (distily.recording.run) and
+print the store's fidelity report."""
+
+from rich.console import Console
+from rich.table import Table
+
+from distily.config import RecordConfig, config_from_command_line
+from distily.recording.run import run_recording
+
+
+def summary_table(manifest: dict) -> Table:
+    """The fidelity report and sizes, for the terminal."""
+    settings = manifest["settings"]
+    table = Table(title=f"teacher store: k={settings['record_top_k']}, "
+                        f"{manifest['bytes_per_topk_entry']} B per top-k entry, "
+                        f"{manifest['bytes_per_token']:.0f} B per token")
+    table.add_column("k", justify="right")
+    table.add_column("KL(teacher || rebuilt), nats/token", justify="right")
+    table.add_column("tail mass", justify="right")
+    for k, values in manifest.get("fidelity", {}).get("by_k", {}).items():
+        table.add_row(k, f"{values['kl']:.5f}", f"{values['tail_mass']:.5f}")
+    return table
+
+
+def main(args: list[str], command_line: str) -> int:
+    config = config_from_command_line(RecordConfig, args)
+    if config is not None:
+        Console().print(summary_table(run_recording(config)))
+    return 0

@@ -1,0 +1,74 @@
+"""What a user configures about the training text: where it is, and how it is tokenized, packed and split."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from distily.arguments import one_of
+from distily.errors import DistilyConfigError
+
+PACKINGS = ("auto", "stream", "bos_blocks", "documents")
+
+PACKING_HELP = (
+    "How documents become blocks: stream (EOS-separated, cut into full blocks: GPT-2, Qwen), bos_blocks (every "
+    "block opens with BOS, documents masked apart: Llama, Mistral, Gemma), documents (whole documents best-fit "
+    "into blocks, masked apart, padded) or auto (documents when the tokenizer adds BOS, else stream; "
+    "pre-tokenized rows as documents). See docs/data.md."
+)
+TEXT_DOCUMENT_DELIMITER_HELP = (
+    "What one document is in a .txt file (line breaks are kept inside it): blank_line (blocks separated by blank "
+    "lines, the usual paragraph or article layout), line (one record per line), file (the whole file) or a regular "
+    "expression that starts a document (e.g. WikiText's articles: '^ = [^=]')."
+)
+
+
+@dataclass
+class DataArguments:
+    """The text the student learns from, and how it is tokenized, packed and split."""
+
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id, or a local path: a txt/jsonl/json/parquet file, a directory of them, or a "
+            "dataset saved with save_to_disk (required)."
+        },
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset subset (config) name."})
+    dataset_split: str = field(default="train", metadata={"help": "Dataset split to read."})
+    dataset_text_column: str = field(
+        default="text",
+        metadata={"help": "Column holding the text. A dataset with an input_ids column is used pre-tokenized."},
+    )
+    max_seq_length: Optional[int] = field(
+        default=None,
+        metadata={"help": "Length of the packed sequences. Default: the smaller of the models' limit and 1024."},
+    )
+    packing: str = field(default="auto", metadata={"help": PACKING_HELP})
+    text_document_delimiter: str = field(default="blank_line", metadata={"help": TEXT_DOCUMENT_DELIMITER_HELP})
+    max_samples: Optional[int] = field(
+        default=None, metadata={"help": "Limit on the number of packed training sequences."}
+    )
+    eval_fraction: float = field(
+        default=0.05,
+        metadata={"help": "Fraction of documents held out for evaluation (split before packing, so no overlap)."},
+    )
+    max_eval_samples: Optional[int] = field(
+        default=256, metadata={"help": "Limit on the number of packed evaluation sequences."}
+    )
+    tokenization_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where tokenized datasets are cached. Default: $HF_HOME/distily/tokenized."},
+    )
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Processes used to tokenize (datasets.map num_proc)."}
+    )
+
+    def __post_init__(self):
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise DistilyConfigError(f"eval_fraction={self.eval_fraction} is out of range; expected 0 < x < 1")
+        one_of(self.packing, PACKINGS, "packing")
+        for name in ("max_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DistilyConfigError(f"{name}={value} must be a positive integer")
+        if self.max_seq_length is not None and self.max_seq_length < 2:
+            raise DistilyConfigError(f"max_seq_length={self.max_seq_length} is too short; expected at least 2")

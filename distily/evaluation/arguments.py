@@ -1,0 +1,166 @@
+"""What a user configures about evaluation: perplexity sets, the overlap check, lm-eval benchmarks, and what
+``distily eval`` evaluates."""
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from distily.arguments import json_dict, one_of
+from distily.data.arguments import PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP
+from distily.errors import DistilyConfigError
+from distily.models.arguments import TORCH_DTYPES
+
+EVAL_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+EVAL_SET_KEYS = ("path", "config", "split", "text_column", "max_samples")
+HELDOUT_SET = "heldout"  # the held-out split of the training dataset, always evaluated
+
+
+def _eval_sets(value: Any) -> dict[str, dict]:
+    """``eval_datasets`` as ``{name: {path, config, split, text_column, max_samples}}``."""
+    sets = {}
+    for name, spec in json_dict(value, "eval_datasets").items():
+        where = f"eval_datasets[{name!r}]"
+        if not EVAL_SET_NAME.match(name) or name == HELDOUT_SET:
+            raise DistilyConfigError(
+                f"{where}: the name is not usable; expected letters, digits, '_', '.' or '-', and not "
+                f"{HELDOUT_SET!r}"
+            )
+        spec = {"path": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or not isinstance(spec.get("path"), str):
+            raise DistilyConfigError(f"{where}={spec!r}; expected a path or Hub id, or an object with a 'path'")
+        unknown = sorted(set(spec) - set(EVAL_SET_KEYS))
+        if unknown:
+            raise DistilyConfigError(
+                f"{where} has unknown key {unknown[0]!r}; expected keys among {', '.join(EVAL_SET_KEYS)}"
+            )
+        max_samples = spec.get("max_samples")
+        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+            raise DistilyConfigError(f"{where} max_samples={max_samples!r} must be a positive integer")
+        sets[name] = {"config": None, "split": "train", "text_column": "text", "max_samples": None, **spec}
+    return sets
+
+
+@dataclass
+class EvaluationArguments:
+    """What is measured besides the objective: perplexity sets, overlap with the training data, benchmarks."""
+
+    eval_datasets: Optional[Union[dict, str]] = field(
+        default=None,
+        metadata={
+            "help": "JSON object of named perplexity sets, measured for teacher and student at every evaluation. "
+            "A value is a Hub dataset id or a local path (txt/jsonl/json/parquet file or directory), or an object "
+            "with path, config, split (slices such as train[:2000] work), text_column and max_samples (default: "
+            'max_eval_samples), e.g. \'{"recent": "data/wiki_2025.jsonl", "fr": {"path": "wikimedia/wikipedia", '
+            '"config": "20231101.fr", "split": "train[:2000]"}}\'.'
+        },
+    )
+    eval_overlap_ngram: int = field(
+        default=13,
+        metadata={
+            "help": "Eval sets and the held-out split are checked against the training sequences by content: a "
+            "sequence overlaps when it shares a span of this many tokens with one. Overlaps are reported "
+            "(metrics.json, model card). 0 skips the check."
+        },
+    )
+    lm_eval_tasks: Optional[list[str]] = field(
+        default=None,
+        metadata={
+            "help": "lm-evaluation-harness tasks run after training on the student and on the teacher (cached), "
+            "e.g. mmlu_pro hellaswag, or tasks defined in lm_eval_include_path. Needs `pip install distily[eval]`."
+        },
+    )
+    lm_eval_include_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Directory of local lm-eval task YAML files (with local data files, so they run offline)."},
+    )
+    lm_eval_limit: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Examples per lm-eval task: a count, or a fraction if < 1. Default: all. A limited run is a "
+            "sample, and its scores are marked so."
+        },
+    )
+    lm_eval_num_fewshot: Optional[int] = field(
+        default=None, metadata={"help": "Few-shot examples per lm-eval prompt. Default: each task's own."}
+    )
+    lm_eval_bootstrap_iters: int = field(
+        default=100000,
+        metadata={"help": "Bootstrap iterations for lm-eval standard errors of non-mean metrics (0: no stderr)."},
+    )
+    lm_eval_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Where the teacher's lm-eval results are kept, by teacher, tasks and settings, so a teacher is "
+            "benchmarked once. Default: $HF_HOME/distily/lm_eval."
+        },
+    )
+
+    def __post_init__(self):
+        self.eval_datasets = _eval_sets(self.eval_datasets)
+        for name in ("eval_overlap_ngram", "lm_eval_bootstrap_iters", "lm_eval_num_fewshot"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise DistilyConfigError(f"{name}={value} must be >= 0")
+        limit = self.lm_eval_limit
+        if limit is not None:
+            if limit <= 0 or (limit >= 1 and limit != int(limit)):
+                raise DistilyConfigError(
+                    f"lm_eval_limit={limit} is not usable; expected a count, or a fraction 0 < x < 1"
+                )
+            self.lm_eval_limit = int(limit) if limit >= 1 else limit
+        if self.lm_eval_include_path is not None:
+            if not os.path.isdir(os.path.expanduser(self.lm_eval_include_path)):
+                raise DistilyConfigError(
+                    f"lm_eval_include_path={self.lm_eval_include_path!r} is not a directory; expected a directory of "
+                    "lm-eval task YAML files"
+                )
+            if not self.lm_eval_tasks:
+                raise DistilyConfigError(
+                    f"lm_eval_include_path={self.lm_eval_include_path!r} is set without lm_eval_tasks; expected the "
+                    "names of the tasks to run"
+                )
+
+
+@dataclass
+class EvalCommandArguments:
+    """``distily eval``: the model to evaluate, its teacher, and where the results go."""
+
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "The model evaluated: a Hub id or a local checkpoint directory (required)."}
+    )
+    teacher_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Its teacher, evaluated beside it and compared to it (optional)."}
+    )
+    torch_dtype: str = field(
+        default="auto", metadata={"help": f"Weights dtype of both models, one of {', '.join(TORCH_DTYPES)}."}
+    )
+    max_seq_length: Optional[int] = field(
+        default=None,
+        metadata={"help": "Length of the packed sequences. Default: the smaller of the models' limit and 1024."},
+    )
+    packing: str = field(default="auto", metadata={"help": PACKING_HELP})
+    text_document_delimiter: str = field(default="blank_line", metadata={"help": TEXT_DOCUMENT_DELIMITER_HELP})
+    max_eval_samples: Optional[int] = field(
+        default=256, metadata={"help": "Limit on the packed sequences of each eval set."}
+    )
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per batch."})
+    tokenization_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where tokenized eval sets are cached. Default: $HF_HOME/distily/tokenized."}
+    )
+    output_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where eval.json, results.md and the comparison plot are written (optional)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code from the Hub for both models."}
+    )
+
+    def __post_init__(self):
+        if self.model_name_or_path is None:
+            raise DistilyConfigError("no model to evaluate; expected `distily eval MODEL` (a Hub id or a checkpoint)")
+        one_of(self.torch_dtype, TORCH_DTYPES, "torch_dtype")
+        one_of(self.packing, PACKINGS, "packing")
+        for name in ("max_seq_length", "max_eval_samples", "per_device_eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DistilyConfigError(f"{name}={value} must be a positive integer")

@@ -1,0 +1,52 @@
+"""What a distillation run measures besides its loss: the named eval sets, loaded like the training data; the
+check that they (and the held-out split) are disjoint from the training sequences; the lm-eval benchmarks."""
+
+from typing import Optional
+
+import datasets
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distily.config import DistillConfig
+from distily.data.text import default_cache_dir
+from distily.evaluation.arguments import HELDOUT_SET
+from distily.evaluation.harness import cached_teacher_results, run_tasks
+from distily.evaluation.overlap import training_overlap
+from distily.evaluation.perplexity import load_eval_sets
+
+
+def named_eval_sets(
+    config: DistillConfig, tokenizer: PreTrainedTokenizerBase, max_seq_length: int
+) -> dict[str, datasets.Dataset]:
+    cache_dir = config.data.tokenization_cache_dir or default_cache_dir()
+    return load_eval_sets(
+        config.evaluation.eval_datasets, tokenizer, max_seq_length, cache_dir, config.data.max_eval_samples,
+        config.data.packing, config.data.text_document_delimiter,
+    )
+
+
+def eval_set_metrics(config: DistillConfig, eval_sets: dict[str, datasets.Dataset], train, heldout, max_seq_length):
+    """``metrics.json``'s ``eval_sets`` (where each came from, how many sequences) and ``eval_overlap`` (the
+    content check against the training sequences; empty when ``eval_overlap_ngram`` is 0)."""
+    specs = config.evaluation.eval_datasets
+    sources = {name: {**specs[name], "sequences": len(dataset)} for name, dataset in eval_sets.items()}
+    n = config.evaluation.eval_overlap_ngram
+    overlap = training_overlap(train, {HELDOUT_SET: heldout, **eval_sets}, n, max_seq_length) if n else {}
+    return {"eval_sets": sources, "eval_overlap": overlap}
+
+
+def benchmark(
+    metrics: dict,
+    config: DistillConfig,
+    student: PreTrainedModel,
+    teacher: Optional[PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    manager,
+) -> None:
+    """lm-eval results of the student and (from the cache when it ran before) the teacher, into ``metrics``.
+    ``teacher`` is None when only its recorded outputs are at hand."""
+    batch_size = config.training.per_device_eval_batch_size
+    metrics["student"]["lm_eval"] = run_tasks(student, tokenizer, config.evaluation, manager, batch_size)
+    if teacher is not None:
+        metrics["teacher"]["lm_eval"] = cached_teacher_results(
+            teacher, config.model.teacher_model_name_or_path, tokenizer, config.evaluation, manager, batch_size
+        )

@@ -1,0 +1,149 @@
+"""What a user configures about the teacher's outputs: where ``distily distill`` reads them from, how
+``distily record`` stores them, and how ``distily generate`` samples text from the teacher."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import TrainingArguments
+
+from distily.arguments import field_of, one_of
+from distily.errors import DistilyConfigError
+from distily.objectives.arguments import ObjectiveArguments
+from distily.training.arguments import DistillationTrainingArguments
+
+TEACHER_SOURCES = ("live", "recorded")
+RECORD_BACKENDS = ("hf", "vllm")
+
+
+@dataclass
+class TeacherSourceArguments:
+    """Where ``distily distill`` gets the teacher's outputs: the teacher itself, or a store ``distily record`` wrote."""
+
+    teacher_source: str = field(
+        default="live",
+        metadata={
+            "help": "Where the teacher's outputs come from: live (the teacher runs at every step) or recorded (read "
+            "from teacher_store; the teacher is not loaded, except once to copy layers into the student)."
+        },
+    )
+    teacher_store: Optional[str] = field(
+        default=None,
+        metadata={"help": "Directory of a recorded-teacher store: written by `distily record`, read when "
+                  "teacher_source=recorded (see docs/recording.md)."},
+    )
+
+    def __post_init__(self):
+        one_of(self.teacher_source, TEACHER_SOURCES, "teacher_source")
+        if self.teacher_source == "recorded" and self.teacher_store is None:
+            raise DistilyConfigError(
+                "teacher_source='recorded' needs teacher_store; expected the directory written by `distily record`"
+            )
+
+
+@dataclass
+class RecordArguments:
+    """Recording the teacher once (``distily record``): what is kept per token, and where."""
+
+    teacher_store: Optional[str] = field_of(
+        TeacherSourceArguments, "teacher_store",
+        help="Directory the store is written into (required); a recording with the same settings resumes there.",
+    )
+    record_top_k: int = field(
+        default=64,
+        metadata={"help": "Teacher log-probabilities kept per token (the largest k, plus the tail's total mass). "
+                  "The recording temperature is logits_temperature."},
+    )
+    record_hidden_states_layers: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "Teacher hidden states to record, as indices into hidden_states (0: embeddings, i: the "
+                  "output of block i). Default: none."},
+    )
+    record_shard_size: int = field(default=256, metadata={"help": "Sequences per store shard (the unit of resume)."})
+    record_backend: str = field(
+        default="hf",
+        metadata={"help": f"Recording back end, one of {', '.join(RECORD_BACKENDS)}: hf (batched Transformers "
+                  "forward, any device) or vllm (prompt log-probs; needs the vllm package and a GPU)."},
+    )
+    logits_temperature: float = field_of(
+        ObjectiveArguments, "logits_temperature",
+        help="Softmax temperature the teacher is recorded at; a store serves runs at this temperature only.",
+    )
+
+    def __post_init__(self):
+        one_of(self.record_backend, RECORD_BACKENDS, "record_backend")
+        for name in ("record_top_k", "record_shard_size"):
+            if getattr(self, name) < 1:
+                raise DistilyConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        layers = self.record_hidden_states_layers or []
+        if any(index < 0 for index in layers) or len(set(layers)) != len(layers):
+            raise DistilyConfigError(
+                f"record_hidden_states_layers={layers} is not supported; expected distinct indices >= 0"
+            )
+        if self.logits_temperature <= 0:
+            raise DistilyConfigError(f"logits_temperature={self.logits_temperature} must be > 0")
+
+
+@dataclass
+class InferenceArguments:
+    """How ``distily record`` and ``distily generate`` run the teacher: seed, batch size, device."""
+
+    seed: int = field_of(TrainingArguments, "seed", help="Random seed (the split of the documents, the samples).")
+    per_device_eval_batch_size: int = field_of(
+        DistillationTrainingArguments, "per_device_eval_batch_size", help="Sequences per batch of the teacher."
+    )
+    use_cpu: bool = field_of(
+        TrainingArguments, "use_cpu", help="Run the teacher on the CPU even where an accelerator is."
+    )
+
+    def __post_init__(self):
+        if self.per_device_eval_batch_size < 1:
+            raise DistilyConfigError(
+                f"per_device_eval_batch_size={self.per_device_eval_batch_size} must be a positive integer"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        """The accelerator (as training would use it), or the CPU."""
+        accelerator = None if self.use_cpu else torch.accelerator.current_accelerator()
+        return accelerator if accelerator is not None else torch.device("cpu")
+
+
+@dataclass
+class GenerateArguments:
+    """Synthetic data (``distily generate``): sequences sampled from the teacher."""
+
+    generate_output: Optional[str] = field(
+        default=None,
+        metadata={"help": "Where the samples go: a .jsonl file, or a directory written with save_to_disk; both hold "
+                  "input_ids and text columns, usable as dataset_name."},
+    )
+    generate_num_samples: int = field(default=1000, metadata={"help": "Number of sequences sampled."})
+    generate_length: int = field(
+        default=256, metadata={"help": "Tokens sampled per sequence (a sampled end-of-text token ends it earlier)."}
+    )
+    generate_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the first token."})
+    generate_final_temperature: Optional[float] = field(
+        default=None,
+        metadata={"help": "Temperature of the last token; it moves linearly from generate_temperature along the "
+                  "sequence. Default: constant generate_temperature."},
+    )
+    generate_top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling: keep the smallest token set with this much probability."}
+    )
+    generate_record: bool = field(
+        default=False,
+        metadata={"help": "Also record the teacher over the samples into teacher_store in the same command, with "
+                  "the teacher already loaded."},
+    )
+
+    def __post_init__(self):
+        for name in ("generate_num_samples", "generate_length"):
+            if getattr(self, name) < 1:
+                raise DistilyConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        for name in ("generate_temperature", "generate_final_temperature"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise DistilyConfigError(f"{name}={value} must be > 0")
+        if not 0.0 < self.generate_top_p <= 1.0:
+            raise DistilyConfigError(f"generate_top_p={self.generate_top_p} is out of range; expected 0 < x <= 1")

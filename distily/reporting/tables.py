@@ -1,0 +1,107 @@
+"""Teacher against student(s) as a markdown table, and the rows, labels and number formats the plots share.
+
+Everything here reads plain metric dicts: *columns* ``{column name: {metric: value}}`` with the same
+metric names in each column (``perplexity``, ``<set>_perplexity``, ``lm_eval/<task>/<metric>``, ...).
+"""
+
+from typing import Optional
+
+from distily.evaluation.arguments import HELDOUT_SET
+
+LM_EVAL = "lm_eval"
+MIB = 2**20
+PER_SET_METRICS = ("lm_loss", "perplexity", "kl_to_teacher", "top1_agreement")
+LABELS = {
+    "loss": "distillation loss (the objective)",
+    "lm_loss": "next-token loss (nats)",
+    "perplexity": "perplexity",
+    "kl_to_teacher": "KL(teacher ‖ model) per token (nats)",
+    "top1_agreement": "top-1 agreement with the teacher",
+    "parameters": "parameters",
+    "size_on_disk_bytes": "size on disk (MiB)",
+}
+
+
+def flat_lm_eval(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{task: {metric: value}}`` as ``{"lm_eval/<task>/<metric>": value}``."""
+    return {f"{LM_EVAL}/{task}/{metric}": value for task, found in results.items() for metric, value in found.items()}
+
+
+def run_columns(metrics: dict) -> dict[str, dict[str, float]]:
+    """A finished run's ``metrics.json`` as columns: the teacher, the student before and after training."""
+    student = metrics["student"]
+    before = {key.removeprefix("before_"): value for key, value in student.items() if key.startswith("before_")}
+    after = {key.removeprefix("after_"): value for key, value in student.items() if key.startswith("after_")}
+    after.update(parameters=student["parameters"], size_on_disk_bytes=student["size_on_disk_bytes"])
+    after.update(flat_lm_eval(student.get(LM_EVAL, {})))
+    teacher = {key: value for key, value in metrics["teacher"].items() if key != LM_EVAL}
+    teacher.update(flat_lm_eval(metrics["teacher"].get(LM_EVAL, {})))
+    return {"teacher": teacher, "student (before)": before, "student (after)": after}
+
+
+def _set_names(columns: dict[str, dict]) -> list[str]:
+    """The named eval sets in the columns, in order of appearance."""
+    names = []
+    for values in columns.values():
+        for key in values:
+            name = key.removesuffix("_perplexity")
+            if key.endswith("_perplexity") and not key.startswith(f"{LM_EVAL}/") and name not in names:
+                names.append(name)
+    return names
+
+
+def row_keys(columns: dict[str, dict]) -> list[str]:
+    """The metrics shown, in order: objective loss, held-out split, each named set, lm-eval, size."""
+    keys = ["loss", *PER_SET_METRICS]
+    keys += [f"{name}_{metric}" for name in _set_names(columns) for metric in PER_SET_METRICS]
+    benchmark = [
+        key
+        for values in columns.values()
+        for key in values
+        if key.startswith(f"{LM_EVAL}/") and not key.endswith(("_stderr", "/samples"))
+    ]
+    keys += list(dict.fromkeys(benchmark))
+    keys += ["parameters", "size_on_disk_bytes"]
+    return [key for key in keys if any(is_number(values.get(key)) for values in columns.values())]
+
+
+def label(key: str, columns: Optional[dict[str, dict]] = None) -> str:
+    if key.startswith(f"{LM_EVAL}/"):
+        _, task, metric = key.split("/", 2)
+        counts = [values[f"{LM_EVAL}/{task}/samples"] for values in (columns or {}).values()
+                  if f"{LM_EVAL}/{task}/samples" in values]
+        return f"{task}: {metric}" + (f" (n={counts[0]:g})" if counts else "")
+    for metric in PER_SET_METRICS:
+        if key.endswith(f"_{metric}"):
+            return f"{key.removesuffix('_' + metric)}: {LABELS[metric]}"
+    where = f"{HELDOUT_SET}: " if key in PER_SET_METRICS else ""
+    return where + LABELS.get(key, key)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_value(key: str, values: dict) -> str:
+    value = values.get(key)
+    if not is_number(value):
+        return "—"
+    if key == "parameters":
+        return f"{value:,}"
+    if key == "size_on_disk_bytes":
+        return f"{value / MIB:,.1f}"
+    if key.startswith(f"{LM_EVAL}/"):
+        stderr = values.get(f"{key}_stderr")
+        return f"{value:.4f}" + (f" ± {stderr:.4f}" if is_number(stderr) else "")
+    if key.endswith("perplexity"):
+        return f"{value:,.2f}"
+    return f"{value:.4f}"
+
+
+def markdown_table(columns: dict[str, dict[str, float]]) -> str:
+    """One row per metric of ``row_keys``, one column per model; ``—`` where a model has no value."""
+    lines = ["| metric | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for key in row_keys(columns):
+        cells = " | ".join(format_value(key, values) for values in columns.values())
+        lines.append(f"| {label(key, columns)} | {cells} |")
+    return "\n".join(lines) + "\n"

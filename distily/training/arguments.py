@@ -1,0 +1,105 @@
+"""What a user configures about training: ``transformers.TrainingArguments`` with defaults for distillation and
+a few additions."""
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import TrainingArguments
+
+from distily.arguments import one_of
+from distily.errors import DistilyConfigError
+
+
+@dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    """``transformers.TrainingArguments`` with defaults for distillation and a few additions."""
+
+    output_dir: Optional[str] = field(
+        default=None, metadata={"help": "Where the student, checkpoints, logs and metrics.json are written (required)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a finished run in output_dir instead of refusing to start."}
+    )
+    bitnet_schedule: bool = field(
+        default=False,
+        metadata={
+            "help": "BitNet two-stage schedule (needs student_as_bitnet): the learning rate drops at "
+            "bitnet_stage_boundary, and weight decay, applied only to latent ternary weights, goes to 0 there."
+        },
+    )
+    bitnet_stage_boundary: float = field(
+        default=0.5, metadata={"help": "Fraction of the training steps where the BitNet schedule's second stage starts."}
+    )
+    max_nonfinite_steps: int = field(
+        default=5,
+        metadata={"help": "Optimizer steps with non-finite gradients are skipped; this many in a row stop the run."},
+    )
+    memory_check: bool = field(
+        default=True,
+        metadata={"help": "Estimate the peak memory before training, print it, and refuse a run that cannot fit."},
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the student (AdamW)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(
+        default=0.05, metadata={"help": "Warmup: a number of steps, or a fraction of the training steps if < 1."}
+    )
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Sequences per device per step."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per device in evaluation."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps (a fraction: of the run)."})
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: no, steps or epoch."})
+    eval_steps: Optional[float] = field(default=0.25, metadata={"help": "Evaluate every N steps (< 1: a fraction)."})
+    save_steps: float = field(default=0.25, metadata={"help": "Checkpoint every N steps (< 1: a fraction)."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept, the newest (0: all)."})
+    report_to: Optional[str] = field(default="tensorboard", metadata={"help": "Loggers: tensorboard, wandb, none..."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all dataset columns (needed)."})
+    include_num_input_tokens_seen: str = field(
+        default="non_padding",
+        metadata={"help": "Count the tokens read in training (metrics.json's tokens_seen): non_padding (real tokens), "
+                  "all (padding too) or no."},
+    )
+    ddp_find_unused_parameters: Optional[bool] = field(
+        default=None,
+        metadata={"help": "DDP: search the graph for parameters without gradients every step (it costs time). "
+                  "Default: off when the objective has a logit or hard-label term, so every trainable student "
+                  "parameter gets a gradient; on for feature-only objectives, which may leave later layers without."},
+    )
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            raise DistilyConfigError("output_dir is not set; expected a directory for the student and its logs")
+        if not 0 < self.bitnet_stage_boundary < 1:
+            raise DistilyConfigError(f"bitnet_stage_boundary={self.bitnet_stage_boundary} is out of range; expected 0 < x < 1")
+        if self.max_nonfinite_steps < 1:
+            raise DistilyConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be a positive integer")
+        self._check_training_values()
+        counted = {"true": "all", "false": "no"}.get(str(self.include_num_input_tokens_seen).lower())
+        self.include_num_input_tokens_seen = counted or self.include_num_input_tokens_seen
+        one_of(self.include_num_input_tokens_seen, ("non_padding", "all", "no"), "include_num_input_tokens_seen")
+        if not torch.accelerator.is_available():
+            self.use_cpu = True  # lets bf16 mean CPU autocast on machines without an accelerator
+        super().__post_init__()
+
+    def _check_training_values(self) -> None:
+        """Values the Trainer would take and then train nothing with, or fail on deep inside a step."""
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise DistilyConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise DistilyConfigError(f"learning_rate={self.learning_rate} must be > 0; expected e.g. 1e-4")
+        if self.weight_decay < 0:
+            raise DistilyConfigError(f"weight_decay={self.weight_decay} must be >= 0")
+        if self.max_steps == 0 or self.max_steps < -1:
+            why = "is not usable"
+            if self.max_steps == 0:
+                why = "trains nothing (an untrained student would be written as a finished run)"
+            raise DistilyConfigError(
+                f"max_steps={self.max_steps} {why}; expected a positive number of optimizer steps, or -1 to train "
+                "num_train_epochs"
+            )
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise DistilyConfigError(
+                f"num_train_epochs={self.num_train_epochs} with max_steps=-1 trains nothing; expected num_train_epochs "
+                "> 0 or a positive max_steps"
+            )
