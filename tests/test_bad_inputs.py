@@ -11,7 +11,7 @@ import yaml
 
 from distily.cli import main
 from distily.config import parse_config
-from distily.training.run_dir import LOCK_FILE, SETTINGS_FILE, run_settings
+from distily.training.run_dir import RunDir, run_settings
 from distily.training.trainer import DistillationTrainer
 from file_tree import tree
 from tiny import make_documents, make_tokenizer, save_tiny_masked_lm, write_jsonl
@@ -156,7 +156,7 @@ def case_bidirectional_student(values, tmp_path):
 
 
 def _lock(values, **holder):
-    (Path(values["output_dir"]) / LOCK_FILE).write_text(json.dumps({"since": "2026-01-01 00:00:00", **holder}))
+    (Path(values["output_dir"]) / RunDir.LOCK).write_text(json.dumps({"since": "2026-01-01 00:00:00", **holder}))
 
 
 def case_output_dir_in_use(values, tmp_path):
@@ -204,7 +204,7 @@ def _started_with(values, **changes):
     """A checkpoint of a run started with ``values``; the resume is asked with ``changes``."""
     _checkpoint(values, 2)
     settings = run_settings(parse_config(**values))
-    (Path(values["output_dir"]) / SETTINGS_FILE).write_text(json.dumps({"settings": settings}))
+    (Path(values["output_dir"]) / RunDir.SETTINGS).write_text(json.dumps({"settings": settings}))
     values.update(resume_from_checkpoint="true", **changes)
 
 
@@ -397,7 +397,7 @@ def test_ctrl_c_during_training_is_one_line_with_the_resume_command(tmp_path, te
     assert last == (f"distily distill: interrupted; the last checkpoint is '{out / 'checkpoint-2'}', resume with: "
                     f"distily distill {tmp_path / 'config.yaml'} --resume_from_checkpoint true")
     assert (out / "model.safetensors").read_bytes() == b"precious weights"  # a plain run replaces it at its end only
-    assert not (out / LOCK_FILE).exists() and not (out / "metrics.json").exists()
+    assert not (out / RunDir.LOCK).exists() and not (out / "metrics.json").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path, teacher_dirs, run_values):
