@@ -127,20 +127,23 @@ def atomic_output(target: Path, *, directory: bool = False, overwrite: bool = Fa
     moved aside into the sibling temporary directory (`.NAME.*/previous`), the new one renamed onto
     `target`, then the old one deleted, so a kill at any moment leaves the old or the new output complete
     (between the two renames: the old one in `.NAME.*/previous`). On an exception, `target` is left (or
-    put back) as it was and the staging path removed.
+    put back) as it was and the staging path removed; a full, read-only or unwritable filesystem is a
+    DistilyConfigError naming the path (filesystem_errors).
     """
     rules = {"directory": directory, "overwrite": overwrite, "previous": previous, "protected": protected}
     check_output(target, **rules)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    workspace = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    with filesystem_errors(target, "the output"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        workspace = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging, aside = workspace / "staging", workspace / "previous"
     replaced = False
     try:
-        yield staging
-        check_output(target, **rules)  # something may have appeared there while we wrote
-        if directory and os.path.lexists(target):
-            os.rename(target, aside)
-        os.replace(staging, target)  # a file replaces a file in one rename
+        with filesystem_errors(target, "the output"):  # diagnosed before the staging path is removed
+            yield staging
+            check_output(target, **rules)  # something may have appeared there while we wrote
+            if directory and os.path.lexists(target):
+                os.rename(target, aside)
+            os.replace(staging, target)  # a file replaces a file in one rename
         replaced = True
     except BaseException:
         if os.path.lexists(aside) and not os.path.lexists(target):
