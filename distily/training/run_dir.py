@@ -114,6 +114,7 @@ class RunDir:
     def student_weights(self) -> list[Path]:
         return [path for pattern in self.STUDENT_WEIGHTS for path in self.path.glob(pattern)]
 
+
 # Settings a resumed run must share with the run that wrote its checkpoint: what it trains on, the models, the
 # objective and the optimizer. Anything else (max_steps, logging, evaluation, checkpoints, precision, workers)
 # may change.
