@@ -13,6 +13,7 @@ import json
 import traceback
 
 from tqdm.auto import tqdm
+
 from distily.errors import DistilyConfigError
 from distily.experiments.results import ERROR_FILE, gather_results, write_results
 from distily.experiments.runs import Run
