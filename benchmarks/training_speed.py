@@ -142,7 +142,7 @@ def train_distily(spec: dict, bf16: bool, clock: StepClock) -> None:
 
     class ClockedTrainer(distill.DistillationTrainer):
         def __init__(self, *args, **kwargs):
-            super().__init__(*args, callbacks=[clock], **kwargs)
+            super().__init__(*args, **{**kwargs, "callbacks": [*kwargs.get("callbacks", []), clock]})
 
     distill.DistillationTrainer = ClockedTrainer  # the name run_distillation builds its trainer from
     distill.run_distillation(parse_config(

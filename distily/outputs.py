@@ -1,9 +1,12 @@
-"""Writing outputs so that a crash never leaves a file that looks complete, and nothing a command did not
-write is ever replaced; sizes and hashes of files."""
+"""Writing outputs so that a crash never leaves a file that looks complete, nothing a command did not
+write is ever replaced, and a full, read-only or unwritable filesystem is one line naming the path; sizes and
+hashes of files."""
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -55,6 +58,64 @@ def check_output(target: Path, *, directory: bool = False, overwrite: bool = Fal
         raise DistilyConfigError(f"output '{target}' is not a previous {name} ({reason}); expected a new path or a previous {name}")
 
 
+# What a write needs from the filesystem, by the errno of its failure.
+FILESYSTEM_ERRORS = {
+    errno.ENOSPC: "free space on its filesystem",
+    errno.EDQUOT: "free space in the disk quota",
+    errno.EROFS: "a writable filesystem",
+    errno.EACCES: "a directory this user may write",
+    errno.EPERM: "a directory this user may write",
+    errno.ENOTDIR: "a path whose parents are directories",
+}
+LOW_SPACE_BYTES = 1 << 20  # below this, a failed write with no errno is taken for a full filesystem
+
+
+def _existing_parent(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.isdir(candidate):
+            return candidate
+    return Path(".")
+
+
+def filesystem_errno(error: BaseException, path: Path) -> int | None:
+    """The errno of a write under ``path`` that failed because of the filesystem, or None. An OSError carries it;
+    safetensors' errors name it ("os error 28"); others (torch's writer) carry none, so the filesystem itself is
+    looked at: read-only, not writable, or nearly full. Call it before removing what the failed write left."""
+    code = getattr(error, "errno", None)
+    if code is None:
+        match = re.search(r"\(os error (\d+)\)", str(error))
+        code = int(match[1]) if match else None
+    if code in FILESYSTEM_ERRORS:
+        return code
+    directory = _existing_parent(path)
+    stats = os.statvfs(directory)
+    if stats.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if not os.access(directory, os.W_OK):
+        return errno.EACCES
+    if stats.f_bavail * stats.f_frsize < LOW_SPACE_BYTES:
+        return errno.ENOSPC
+    return None
+
+
+@contextmanager
+def filesystem_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a failed write of ``what`` under ``path`` whose cause is the filesystem (full, read-only, not
+    writable, a file where a directory is needed) into a one-line DistilyConfigError naming the path."""
+    try:
+        yield
+    except DistilyConfigError:
+        raise
+    except Exception as error:
+        where = Path(getattr(error, "filename", None) or path)
+        code = filesystem_errno(error, where)
+        if code is None:
+            raise
+        raise DistilyConfigError(
+            f"cannot write {what} '{where}': {os.strerror(code)}; expected {FILESYSTEM_ERRORS[code]}"
+        ) from error
+
+
 @contextmanager
 def atomic_output(target: Path, *, directory: bool = False, overwrite: bool = False,
                   previous: PreviousOutput | None = None, protected: Mapping[Path, str] | None = None) -> Iterator[Path]:
@@ -66,20 +127,23 @@ def atomic_output(target: Path, *, directory: bool = False, overwrite: bool = Fa
     moved aside into the sibling temporary directory (`.NAME.*/previous`), the new one renamed onto
     `target`, then the old one deleted, so a kill at any moment leaves the old or the new output complete
     (between the two renames: the old one in `.NAME.*/previous`). On an exception, `target` is left (or
-    put back) as it was and the staging path removed.
+    put back) as it was and the staging path removed; a full, read-only or unwritable filesystem is a
+    DistilyConfigError naming the path (filesystem_errors).
     """
     rules = {"directory": directory, "overwrite": overwrite, "previous": previous, "protected": protected}
     check_output(target, **rules)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    workspace = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    with filesystem_errors(target, "the output"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        workspace = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     staging, aside = workspace / "staging", workspace / "previous"
     replaced = False
     try:
-        yield staging
-        check_output(target, **rules)  # something may have appeared there while we wrote
-        if directory and os.path.lexists(target):
-            os.rename(target, aside)
-        os.replace(staging, target)  # a file replaces a file in one rename
+        with filesystem_errors(target, "the output"):  # diagnosed before the staging path is removed
+            yield staging
+            check_output(target, **rules)  # something may have appeared there while we wrote
+            if directory and os.path.lexists(target):
+                os.rename(target, aside)
+            os.replace(staging, target)  # a file replaces a file in one rename
         replaced = True
     except BaseException:
         if os.path.lexists(aside) and not os.path.lexists(target):

@@ -1,5 +1,6 @@
 """Each bad input: one line naming the problem, exit code 2, nothing overwritten."""
 
+import errno
 import json
 import os
 import shutil
@@ -11,9 +12,12 @@ import yaml
 
 from distily.cli import main
 from distily.config import parse_config
-from distily.training.run_dir import LOCK_FILE, SETTINGS_FILE, run_settings
+from distily.data.store import StoreWriter
+from distily.training.checkpoints import write_checksums
+from distily.training.run_dir import RunDir, run_settings
 from distily.training.trainer import DistillationTrainer
 from file_tree import tree
+from small_filesystem import remount, small_filesystem
 from tiny import make_documents, make_tokenizer, save_tiny_masked_lm, write_jsonl
 
 
@@ -156,7 +160,7 @@ def case_bidirectional_student(values, tmp_path):
 
 
 def _lock(values, **holder):
-    (Path(values["output_dir"]) / LOCK_FILE).write_text(json.dumps({"since": "2026-01-01 00:00:00", **holder}))
+    (Path(values["output_dir"]) / RunDir.LOCK).write_text(json.dumps({"since": "2026-01-01 00:00:00", **holder}))
 
 
 def case_output_dir_in_use(values, tmp_path):
@@ -204,7 +208,7 @@ def _started_with(values, **changes):
     """A checkpoint of a run started with ``values``; the resume is asked with ``changes``."""
     _checkpoint(values, 2)
     settings = run_settings(parse_config(**values))
-    (Path(values["output_dir"]) / SETTINGS_FILE).write_text(json.dumps({"settings": settings}))
+    (Path(values["output_dir"]) / RunDir.SETTINGS).write_text(json.dumps({"settings": settings}))
     values.update(resume_from_checkpoint="true", **changes)
 
 
@@ -218,6 +222,49 @@ def case_resume_with_another_dataset(values, tmp_path):
     was = values["dataset_name"]
     _started_with(values, dataset_name=other)
     return f"continues a run started with dataset_name={was!r}, not {other!r}"
+
+
+def case_resume_with_no_intact_checkpoint(values, tmp_path):
+    (_checkpoint(values, 2) / "trainer_state.json").write_text('{"global_st')  # cut off
+    values["resume_from_checkpoint"] = "true"
+    return (f"resume_from_checkpoint='true' but no checkpoint in {values['output_dir']!r} is intact (checkpoint-2 is "
+            "not intact (trainer_state.json is missing or unreadable)); expected an intact checkpoint, or "
+            "--overwrite_output_dir true to start over")
+
+
+def case_resume_from_a_checkpoint_that_fails_its_checksums(values, tmp_path):
+    checkpoint = _checkpoint(values, 2)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    write_checksums(checkpoint)
+    (checkpoint / "model.safetensors").write_bytes(b"changed")
+    values["resume_from_checkpoint"] = str(checkpoint)
+    return (f"resume_from_checkpoint={str(checkpoint)!r} is not intact (model.safetensors fails its sha256 check); "
+            "expected an intact checkpoint")
+
+
+def case_output_dir_below_a_file(values, tmp_path):
+    values["output_dir"] = str(Path(values["output_dir"]) / "model.safetensors" / "run")
+    return (f"cannot write in output_dir '{values['output_dir']}': Not a directory; expected a path whose parents are "
+            "directories")
+
+
+def _store(values, tmp_path, edit) -> Path:
+    """A finished (empty) store, its manifest then changed by ``edit``; the run is to train from it."""
+    StoreWriter(tmp_path / "store", {"record_top_k": 4}).finish({})
+    manifest = tmp_path / "store" / "manifest.json"
+    manifest.write_text(edit(manifest.read_text()))
+    values.update(teacher_source="recorded", teacher_store=str(tmp_path / "store"))
+    return manifest
+
+
+def case_edited_store_manifest(values, tmp_path):
+    manifest = _store(values, tmp_path, lambda text: text.replace('"record_top_k": 4', '"record_top_k": 8'))
+    return f"teacher store manifest '{manifest}' was changed after recording: its content hashes to"
+
+
+def case_store_manifest_not_json(values, tmp_path):
+    manifest = _store(values, tmp_path, lambda text: text[:-10])
+    return f"teacher store manifest '{manifest}' is not valid JSON"
 
 
 CASES = [
@@ -251,6 +298,11 @@ CASES = [
     case_resume_from_a_directory_that_is_no_checkpoint,
     case_resume_with_another_max_seq_length,
     case_resume_with_another_dataset,
+    case_resume_with_no_intact_checkpoint,
+    case_resume_from_a_checkpoint_that_fails_its_checksums,
+    case_output_dir_below_a_file,
+    case_edited_store_manifest,
+    case_store_manifest_not_json,
 ]
 
 
@@ -397,7 +449,7 @@ def test_ctrl_c_during_training_is_one_line_with_the_resume_command(tmp_path, te
     assert last == (f"distily distill: interrupted; the last checkpoint is '{out / 'checkpoint-2'}', resume with: "
                     f"distily distill {tmp_path / 'config.yaml'} --resume_from_checkpoint true")
     assert (out / "model.safetensors").read_bytes() == b"precious weights"  # a plain run replaces it at its end only
-    assert not (out / LOCK_FILE).exists() and not (out / "metrics.json").exists()
+    assert not (out / RunDir.LOCK).exists() and not (out / "metrics.json").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path, teacher_dirs, run_values):
@@ -446,3 +498,53 @@ def test_export_never_replaces_what_it_did_not_write(output, flags, cwd, expecte
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("distily export: error: ") and expected in err, err
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("filesystem", ["read-only", "full"])
+def test_a_read_only_or_full_filesystem_is_one_line_and_the_run_resumable(filesystem, tmp_path, teacher_dirs, run_values,
+                                                                         capsys):
+    """A real tmpfs: read-only, the run stops before training; full, when it saves the student, leaving nothing
+    half-written. Once there is room, the same command finishes the run."""
+    with small_filesystem(tmp_path / "mnt", "8m" if filesystem == "read-only" else "96k") as mnt:
+        values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2},
+                            output_dir=str(mnt / "run"))
+        out = Path(values["output_dir"])
+        out.mkdir()
+        (out / "notes.txt").write_text("the user's")
+        if filesystem == "read-only":
+            remount(mnt, "ro")
+        before = tree(mnt)
+        assert run_cli(tmp_path, values) == 2
+        err = capsys.readouterr().err.strip()
+        last = err.splitlines()[-1]
+        assert "Traceback" not in err and [line for line in err.splitlines() if "error" in line.lower()] == [last]
+        if filesystem == "read-only":
+            assert last == (f"distily distill: error: cannot write in output_dir '{out / RunDir.LOCK}': Read-only file "
+                            "system; expected a writable filesystem")
+            assert tree(mnt) == before
+            remount(mnt, "rw")
+        else:
+            assert last == (f"distily distill: error: cannot write the student '{out}': No space left on device; "
+                            "expected free space on its filesystem")
+            assert tree(mnt) == {**before, "run/run_settings.json": tree(mnt)["run/run_settings.json"]}
+            remount(mnt, "size=8m")
+        assert run_cli(tmp_path, values) == 0
+        assert RunDir(out).finished_step() == 4 and (out / "notes.txt").read_text() == "the user's"
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_checkpoint(tmp_path, teacher_dirs, run_values,
+                                                                                    capsys, monkeypatch):
+    """Where no tmpfs can be mounted too: the optimizer's torch.save fails as on a full disk."""
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2},
+                        save_strategy="steps", save_steps=2)
+    out = Path(values["output_dir"])
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half an optimizer")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("torch.save", full_disk)
+    assert run_cli(tmp_path, values) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"distily distill: error: cannot write in output_dir '{out}': No space left on device; expected free space on its filesystem"
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [RunDir.SETTINGS]

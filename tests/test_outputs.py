@@ -1,6 +1,7 @@
 """atomic_output and check_output: nothing the caller did not write is replaced, and a replacement is
 renames only, so a failure or a kill at any moment leaves the old or the new output complete."""
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from file_tree import tree
+from small_filesystem import small_filesystem
 
 from distily.errors import DistilyConfigError
 from distily.outputs import PreviousOutput, atomic_output, check_output, write_json_atomic
@@ -199,3 +201,30 @@ def test_write_json_atomic_replaces_its_own_file(tmp_path):
 
 def test_check_output_accepts_a_new_path(tmp_path):
     check_output(tmp_path / "new" / "out", directory=True)
+
+
+def test_a_full_filesystem_is_one_line_naming_the_output_and_leaves_nothing(tmp_path):
+    with small_filesystem(tmp_path / "small", "64k") as small:
+        before = tree(small)
+        with pytest.raises(DistilyConfigError) as refused:
+            with atomic_output(small / "export.bin") as staging:
+                staging.write_bytes(b"x" * (1 << 20))
+        assert str(refused.value) == (f"cannot write the output '{small / 'export.bin'}': No space left on device; "
+                                      "expected free space on its filesystem")
+        assert tree(small) == before
+
+
+@pytest.mark.parametrize("code, expected", [
+    (errno.ENOSPC, "No space left on device; expected free space on its filesystem"),
+    (errno.EROFS, "Read-only file system; expected a writable filesystem"),
+    (errno.EACCES, "Permission denied; expected a directory this user may write"),
+])
+def test_a_filesystem_error_while_writing_is_one_line_and_leaves_the_previous_output(code, expected, tmp_path):
+    write_export(tmp_path / "out", "old")
+    before = tree(tmp_path)
+    with pytest.raises(DistilyConfigError) as refused:
+        with atomic_output(tmp_path / "out", directory=True, overwrite=True, previous=OURS) as staging:
+            write_export(staging, "half")
+            raise OSError(code, os.strerror(code))
+    assert str(refused.value) == f"cannot write the output '{tmp_path / 'out'}': {expected}"
+    assert tree(tmp_path) == before

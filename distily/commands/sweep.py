@@ -13,7 +13,6 @@ import json
 import traceback
 
 from tqdm.auto import tqdm
-from transformers.trainer_utils import get_last_checkpoint
 
 from distily.errors import DistilyConfigError
 from distily.experiments import sweep_file
@@ -23,7 +22,7 @@ from distily.experiments.sweep_file import Sweep, flag_keys
 from distily.outputs import write_json_atomic
 from distily.reporting.sweep import print_ranking, write_results
 from distily.training.distill import run_distillation
-from distily.training.run_dir import METRICS_FILE
+from distily.training.run_dir import RunDir
 
 RUN_FILE = "run.json"  # what the run is: its name, overrides and settings
 
@@ -35,7 +34,7 @@ def one_line(error: Exception) -> str:
 
 
 def _resumable(run_dir) -> bool:
-    return run_dir.is_dir() and get_last_checkpoint(str(run_dir)) is not None
+    return RunDir(run_dir).last_checkpoint() is not None
 
 
 def _settings(sweep: Sweep, run: Run) -> dict:
@@ -54,7 +53,7 @@ def check_started_runs(sweep: Sweep) -> None:
     """Refuse a sweep whose finished or resumable runs were started with other settings than it would use now."""
     for run in sweep.runs:
         run_dir = sweep.run_dir(run)
-        kept = (run_dir / METRICS_FILE).exists() or _resumable(run_dir)
+        kept = RunDir(run_dir).is_finished() or _resumable(run_dir)
         if not kept or not (run_dir / RUN_FILE).exists():
             continue
         was = json.loads((run_dir / RUN_FILE).read_text()).get("settings")
@@ -92,7 +91,7 @@ def run_sweep(sweep: Sweep) -> list[dict]:
     try:
         for run in progress:
             progress.set_postfix_str(run.name)
-            if (sweep.run_dir(run) / METRICS_FILE).exists():
+            if RunDir(sweep.run_dir(run)).is_finished():
                 tqdm.write(f"{run.name}: finished earlier, skipped")
                 continue
             try:

@@ -22,14 +22,18 @@ Each shard holds, for ``rows`` sequences of ``seq`` tokens (``k`` = record_top_k
     teacher_targets         [rows]             int32    the row's next-token targets (what teacher_nll sums)
     teacher_hidden_states.i [rows, seq, width] float16 (bfloat16 for a bfloat16 teacher), recorded layers
 
-so a top-k entry costs 4 bytes (6 with int32 ids). Shards are safetensors files: memory-mapped,
+so a top-k entry costs 4 bytes (6 with int32 ids). ``manifest.json`` carries the sha256 of its own content
+(``MANIFEST_CHECKSUM``): a manifest edited by hand is refused; one written before manifests carried it is read
+with a warning. Shards are safetensors files: memory-mapped,
 read one row at a time. A shard is written beside its final name and renamed into place, and only
 then listed (with its sha256) in ``progress.json``, itself replaced atomically: a killed recording
 leaves complete, listed shards and nothing that looks complete but is not.
 """
 
 import bisect
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -43,10 +47,13 @@ from tqdm.auto import tqdm
 from distily.data.framing import INPUT_IDS, POSITION_IDS
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
-from distily.outputs import file_sha256, write_json_atomic
+from distily.outputs import file_sha256, filesystem_errors, write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 FORMAT, VERSION = "distily-teacher-store", 2
 MANIFEST, PROGRESS = "manifest.json", "progress.json"
+MANIFEST_CHECKSUM = "manifest_sha256"  # in manifest.json: the sha256 of its other content (manifest_checksum)
 TOKENIZER_DIR, TEACHER_CONFIG_DIR = "tokenizer", "teacher"
 SPLITS = ("train", "eval")
 
@@ -75,6 +82,40 @@ def bytes_per_entry(vocab_size: int) -> int:
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.safetensors"
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """The sha256 of a manifest's canonical JSON (sorted keys, no spaces), without its own checksum."""
+    content = {key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_manifest(path: Path) -> dict:
+    """A store's manifest.json, refused in one line when it is not JSON, not a store's, or edited since it was
+    written (its content no longer hashes to its checksum)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise DistilyConfigError(
+            f"teacher store manifest '{path}' is not valid JSON ({error}); expected the manifest `distily record` wrote"
+        ) from error
+    found = manifest if isinstance(manifest, dict) else {}
+    if found.get("format") != FORMAT or found.get("version") != VERSION:
+        raise DistilyConfigError(
+            f"teacher_store={str(path.parent)!r} is format {found.get('format')!r} version {found.get('version')!r}; "
+            f"expected {FORMAT!r} version {VERSION}"
+        )
+    recorded = manifest.get(MANIFEST_CHECKSUM)
+    if recorded is None:
+        logger.warning(f"teacher store manifest '{path}' has no {MANIFEST_CHECKSUM} (written before manifests carried "
+                       "one): an edit of it cannot be detected")
+    elif manifest_checksum(manifest) != recorded:
+        raise DistilyConfigError(
+            f"teacher store manifest '{path}' was changed after recording: its content hashes to "
+            f"{manifest_checksum(manifest)[:16]}..., expected its {MANIFEST_CHECKSUM} {recorded[:16]}...; expected "
+            "the manifest as `distily record` wrote it (undo the edit, or record the store again)"
+        )
+    return manifest
 
 
 def _first_difference(old: dict, new: dict) -> Optional[str]:
@@ -107,7 +148,7 @@ class StoreWriter:
         for name in (MANIFEST, PROGRESS):
             existing = self.path / name
             if existing.is_file():
-                recorded = json.loads(existing.read_text())
+                recorded = read_manifest(existing) if name == MANIFEST else json.loads(existing.read_text())
                 self._check_settings(recorded["settings"])
                 self.shards = recorded["shards"]
                 self.finished = name == MANIFEST
@@ -129,10 +170,16 @@ class StoreWriter:
         return sum(entry["rows"] for split in SPLITS for entry in self.shards[split].values())
 
     def write_shard(self, split: str, index: int, tensors: dict[str, torch.Tensor], stats: dict) -> None:
-        """Write one shard atomically, then list it with its checksum and ``stats`` (sums over its rows)."""
+        """Write one shard atomically, then list it with its checksum and ``stats`` (sums over its rows); a write
+        that fails (a full disk: one line naming the shard) leaves no partial file."""
         name = shard_name(split, index)
         partial = self.path / (name + ".partial")
-        save_file({key: value.contiguous() for key, value in tensors.items()}, str(partial))
+        try:
+            with filesystem_errors(self.path / name, "teacher store shard"):  # diagnosed before the partial goes
+                save_file({key: value.contiguous() for key, value in tensors.items()}, str(partial))
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         entry = {
             "file": name,
             "rows": int(tensors[INPUT_IDS].shape[0]),
@@ -151,8 +198,11 @@ class StoreWriter:
         return total
 
     def finish(self, report: dict) -> dict:
-        """Write ``manifest.json`` (settings, shards, ``report``) and drop the progress file."""
+        """Write ``manifest.json`` (settings, shards, ``report``, the checksum of all that) and drop the progress
+        file."""
         manifest = {"format": FORMAT, "version": VERSION, "settings": self.settings, "shards": self.shards, **report}
+        manifest = json.loads(json.dumps(manifest, default=str))  # as it reads back, which the checksum covers
+        manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
         write_json_atomic(self.path / MANIFEST, manifest)
         (self.path / PROGRESS).unlink(missing_ok=True)
         self.finished = True
@@ -226,12 +276,7 @@ class TeacherStore:
             raise DistilyConfigError(
                 f"teacher_store={str(self.path)!r} has no {MANIFEST}; expected a directory written by `distily record`"
             )
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
-            raise DistilyConfigError(
-                f"teacher_store={str(self.path)!r} is format {self.manifest.get('format')!r} version "
-                f"{self.manifest.get('version')!r}; expected {FORMAT!r} version {VERSION}"
-            )
+        self.manifest = read_manifest(manifest_path)
         self.settings = self.manifest["settings"]
 
     def _entries(self, split: str) -> list[dict]:

@@ -1,11 +1,10 @@
 """The results of a sweep: one row per run, from its ``metrics.json`` (flattened: ``student.after_perplexity``)
 or its ``error.txt``, ranked by the sweep's metric (distily.reporting.sweep writes and prints them)."""
 
-import json
 import math
 
 from distily.experiments.runs import render_value
-from distily.training.run_dir import METRICS_FILE
+from distily.training.run_dir import RunDir
 
 ERROR_FILE = "error.txt"  # first line: the error in one line; then the traceback
 
@@ -34,8 +33,8 @@ def gather_results(sweep) -> list[dict]:
     for run in sweep.runs:
         run_dir = sweep.run_dir(run)
         row = {"name": run.name, **{key: render_value(value) for key, value in run.overrides.items()}}
-        if (run_dir / METRICS_FILE).exists():
-            row.update(status="finished", **flatten(json.loads((run_dir / METRICS_FILE).read_text())))
+        if RunDir(run_dir).is_finished():
+            row.update(status="finished", **flatten(RunDir(run_dir).read_metrics()))
         elif (run_dir / ERROR_FILE).exists():
             row.update(status="failed", error=(run_dir / ERROR_FILE).read_text().splitlines()[0])
         else:

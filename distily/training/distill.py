@@ -5,7 +5,6 @@ import logging
 import os
 import time
 from functools import partial
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -31,12 +30,13 @@ from distily.models.teacher import load_teacher, load_tokenizer
 from distily.models.vocab import check_same_tokenizer, check_tokenizer_fits, shared_vocab_size
 from distily.objectives.losses import teacher_confidence
 from distily.objectives.objective import build_objective
-from distily.outputs import directory_size, write_json_atomic
+from distily.outputs import directory_size
 from distily.reporting.run import write_reports
+from distily.training.checkpoints import CheckpointChecksums
 from distily.training.preflight import check_memory, estimate_memory
 from distily.training.recorded import RecordedTeacher
 from distily.training.run_dir import (
-    METRICS_FILE,
+    RunDir,
     check_output_dir,
     check_resume,
     interrupted,
@@ -44,6 +44,7 @@ from distily.training.run_dir import (
     prepare_output_dir,
     resolve_resume,
     run_settings,
+    save_student,
 )
 from distily.training.trainer import DistillationTrainer
 
@@ -266,6 +267,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         eval_dataset=data.eval,
         data_collator=collate_fn,
         processing_class=tokenizer,
+        callbacks=[CheckpointChecksums()],
     )
     before = trainer.evaluate(metric_key_prefix="before")
 
@@ -274,7 +276,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     seconds = time.perf_counter() - started
 
     after = trainer.evaluate(metric_key_prefix="after")
-    trainer.save_model(training.output_dir, _internal_call=True)  # pushed once, at the end, with the model card
+    save_student(trainer, training.output_dir)  # pushed once, at the end, with the model card
     metrics = {
         "distily_version": distily.__version__,
         "command": command,
@@ -291,7 +293,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         if tasks is not None:
             benchmark(metrics, config, student, teacher if recorded is None else None, tokenizer, tasks)
         write_reports(trainer, config, metrics, objective)
-        write_json_atomic(Path(training.output_dir) / METRICS_FILE, metrics)
+        RunDir(training.output_dir).write_metrics(metrics)
     if training.push_to_hub:
         trainer.push_to_hub()  # uploads output_dir, with the model card as README.md
     return metrics

@@ -7,6 +7,10 @@
 - A lock file (pid and host) admits one writer; a lock left by a dead process on this host is taken over.
 - The settings that shape a run (models, data, objective, optimizer, global batch) are recorded in
   ``run_settings.json`` when it starts; a resume with other values is refused.
+- ``resume_from_checkpoint=true`` resumes from the newest intact checkpoint (``distily.training.checkpoints``):
+  a newer one that is truncated or fails its checksums is passed over with a warning.
+- A full, read-only or unwritable filesystem is one line naming the path; the student is saved aside and
+  renamed in, so nothing half-written is left where a user or a resume would look.
 """
 
 import json
@@ -21,23 +25,97 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Iterator, Optional
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.config import DistillConfig
 from distily.errors import DistilyConfigError
 from distily.models.arguments import ModelArguments
 from distily.objectives.arguments import ObjectiveArguments
-from distily.outputs import write_json_atomic
+from distily.outputs import filesystem_errors, write_json_atomic
+from distily.training.checkpoints import TRAINER_STATE_FILE, checkpoint_problem
 from distily.training.trainer import CHECKPOINT_STAGING_DIR
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"  # written last: its presence marks a finished run
-LOCK_FILE = "_distily.lock"  # while a run writes output_dir ("_": push_to_hub does not upload it)
-SETTINGS_FILE = "run_settings.json"  # what shapes the run, recorded when it starts
-TRAINER_STATE_FILE = "trainer_state.json"
-REPLACED_DIR = "_replaced"  # an overwritten run's files on their way out
-STUDENT_WEIGHTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
+
+class RunDir:
+    """A run's output_dir: the paths of what Distily writes there, its finished marker and its checkpoints."""
+
+    METRICS = "metrics.json"  # written last: its presence marks a finished run
+    LOCK = "_distily.lock"  # while a run writes output_dir ("_": push_to_hub does not upload it)
+    SETTINGS = "run_settings.json"  # what shapes the run, recorded when it starts
+    REPLACED = "_replaced"  # an overwritten run's files on their way out
+    STUDENT_STAGING = ".student-staging"  # the student is saved here, then renamed into output_dir
+    STUDENT_WEIGHTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
+                       "pytorch_model*.bin")
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def lock(self) -> Path:
+        return self.path / self.LOCK
+
+    @property
+    def settings(self) -> Path:
+        return self.path / self.SETTINGS
+
+    @property
+    def replaced(self) -> Path:
+        return self.path / self.REPLACED
+
+    @property
+    def checkpoint_staging(self) -> Path:
+        return self.path / CHECKPOINT_STAGING_DIR
+
+    @property
+    def student_staging(self) -> Path:
+        return self.path / self.STUDENT_STAGING
+
+    def is_finished(self) -> bool:
+        return self.metrics.exists()
+
+    def read_metrics(self) -> dict:
+        return json.loads(self.metrics.read_text())
+
+    def write_metrics(self, metrics: dict) -> None:
+        """Write metrics.json, which marks the run finished (so: last)."""
+        write_json_atomic(self.metrics, metrics)
+
+    def unmark_finished(self) -> None:
+        self.metrics.unlink(missing_ok=True)
+
+    def finished_step(self) -> Optional[int]:
+        """The last step of the finished run, None when there is none or its metrics.json does not say."""
+        try:
+            return int(self.read_metrics()["train"]["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def recorded_settings(self) -> Optional[dict]:
+        """The settings the run was started with, None when they were not recorded."""
+        return json.loads(self.settings.read_text()).get("settings", {}) if self.settings.is_file() else None
+
+    def record_settings(self, settings: dict) -> None:
+        write_json_atomic(self.settings, {"settings": settings})
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoint-N directories, newest (highest N) first."""
+        prefix = f"{PREFIX_CHECKPOINT_DIR}-"
+        numbered = [(int(path.name[len(prefix):]), path) for path in self.path.glob(f"{prefix}*")
+                    if path.name[len(prefix):].isdigit() and path.is_dir()]
+        return [path for _, path in sorted(numbered, reverse=True)]
+
+    def last_checkpoint(self) -> Optional[Path]:
+        return next(iter(self.checkpoints()), None)
+
+    def student_weights(self) -> list[Path]:
+        return [path for pattern in self.STUDENT_WEIGHTS for path in self.path.glob(pattern)]
+
 
 # Settings a resumed run must share with the run that wrote its checkpoint: what it trains on, the models, the
 # objective and the optimizer. Anything else (max_steps, logging, evaluation, checkpoints, precision, workers)
@@ -119,7 +197,7 @@ def _acquire(lock: Path) -> None:
                     f"output_dir at a time: wait for it, use another output_dir, or delete {str(lock)!r} if that run "
                     "is gone"
                 )
-            aside = lock.with_name(f"{LOCK_FILE}.stale-{os.getpid()}")
+            aside = lock.with_name(f"{RunDir.LOCK}.stale-{os.getpid()}")
             try:  # one rename wins when several runs take the stale lock over at once
                 os.rename(lock, aside)
                 aside.unlink()
@@ -136,18 +214,21 @@ def _acquire(lock: Path) -> None:
 @contextmanager
 def output_dir_lock(output_dir: str, enabled: bool = True) -> Iterator[None]:
     """Hold ``output_dir``'s lock file while the block runs (created with the directory if need be); at exit,
-    remove it, and the directories made for it when they are still empty."""
+    remove it, and the directories made for it when they are still empty. A write into output_dir that fails
+    because of the filesystem is one line naming the path."""
     if not enabled:
         yield
         return
     check_output_dir_path(output_dir)
     directory = Path(output_dir)
     made = [path for path in (directory, *directory.parents) if not path.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
-    lock = directory / LOCK_FILE
-    _acquire(lock)
+    lock = RunDir(directory).lock
+    with filesystem_errors(directory, "in output_dir"):
+        directory.mkdir(parents=True, exist_ok=True)
+        _acquire(lock)
     try:
-        yield
+        with filesystem_errors(directory, "in output_dir"):
+            yield
     finally:
         if _holder(lock).get("pid") == os.getpid():
             lock.unlink(missing_ok=True)
@@ -158,8 +239,31 @@ def output_dir_lock(output_dir: str, enabled: bool = True) -> Iterator[None]:
                 break
 
 
+def _newest_intact(value, output_dir: str) -> str:
+    """The newest intact checkpoint in ``output_dir``, with one warning line for the newer ones passed over."""
+    checkpoints = RunDir(output_dir).checkpoints()
+    if not checkpoints:
+        raise DistilyConfigError(
+            f"resume_from_checkpoint={value!r} but {output_dir!r} holds no checkpoint; expected a directory with "
+            "checkpoint-* subdirectories"
+        )
+    broken = []
+    for checkpoint in checkpoints:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            if broken:
+                logger.warning(f"resuming from {checkpoint}, the newest intact checkpoint: {'; '.join(broken)}")
+            return str(checkpoint)
+        broken.append(f"{checkpoint.name} is not intact ({problem})")
+    raise DistilyConfigError(
+        f"resume_from_checkpoint={value!r} but no checkpoint in {output_dir!r} is intact ({'; '.join(broken)}); "
+        "expected an intact checkpoint, or --overwrite_output_dir true to start over"
+    )
+
+
 def resolve_resume(training) -> Optional[str]:
-    """``resume_from_checkpoint`` as a checkpoint directory (true/last: the newest in output_dir), or None."""
+    """``resume_from_checkpoint`` as a checkpoint directory (true/last: the newest intact one in output_dir, a
+    newer one that is not intact passed over with a warning), or None."""
     value = training.resume_from_checkpoint
     if value is None or str(value).lower() in ("false", "no", ""):
         return None
@@ -169,17 +273,17 @@ def resolve_resume(training) -> Optional[str]:
             "continues the run in output_dir, overwrite starts it over"
         )
     if str(value).lower() in ("true", "last", "yes"):
-        last = get_last_checkpoint(training.output_dir) if os.path.isdir(training.output_dir) else None
-        if last is None:
-            raise DistilyConfigError(
-                f"resume_from_checkpoint={value!r} but {training.output_dir!r} holds no checkpoint; expected a "
-                "directory with checkpoint-* subdirectories"
-            )
-        return last
+        return _newest_intact(value, training.output_dir)
     if not os.path.isfile(os.path.join(value, TRAINER_STATE_FILE)):
         raise DistilyConfigError(
             f"resume_from_checkpoint={value!r} is not a checkpoint; expected a checkpoint-* directory with "
             f"{TRAINER_STATE_FILE}"
+        )
+    problem = checkpoint_problem(value)
+    if problem is not None:
+        raise DistilyConfigError(
+            f"resume_from_checkpoint={value!r} is not intact ({problem}); expected an intact checkpoint (an earlier "
+            "one, or resume_from_checkpoint=true for the newest intact one)"
         )
     return value
 
@@ -188,22 +292,16 @@ def _checkpoint_step(checkpoint: str) -> int:
     return json.loads(Path(checkpoint, TRAINER_STATE_FILE).read_text())["global_step"]
 
 
-def _finished_step(output_dir: Path) -> Optional[int]:
-    try:
-        return int(json.loads((output_dir / METRICS_FILE).read_text())["train"]["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def check_output_dir(training, resume: Optional[str]) -> None:
     """Refuse to train again over a finished run, or to start over an unfinished one, unless told to; a
     finished run is resumed only to train it longer, from a checkpoint at its last step."""
-    output_dir = Path(training.output_dir)
+    run = RunDir(training.output_dir)
+    output_dir = run.path
     check_output_dir_path(str(output_dir))
     if training.overwrite_output_dir or not output_dir.is_dir():
         return
-    if (output_dir / METRICS_FILE).exists():
-        finished = _finished_step(output_dir)
+    if run.is_finished():
+        finished = run.finished_step()
         steps = f" of {finished} steps" if finished is not None else ""
         expected = "--overwrite_output_dir true to train it again, or another output_dir"
         if resume is None or finished is None:
@@ -225,7 +323,7 @@ def check_output_dir(training, resume: Optional[str]) -> None:
                 f"{expected}"
             )
         return
-    if resume is None and get_last_checkpoint(str(output_dir)) is not None:
+    if resume is None and run.last_checkpoint() is not None:
         raise DistilyConfigError(
             f"output_dir={str(output_dir)!r} holds checkpoints of an unfinished run; expected "
             "--resume_from_checkpoint true to continue it or --overwrite_output_dir true to start over"
@@ -240,11 +338,11 @@ def check_resume(training, resume: str, settings: dict) -> None:
             f"max_steps={training.max_steps} is below the step of resume_from_checkpoint={resume!r} ({step}); "
             f"expected max_steps of at least {step}"
         )
-    recorded = Path(resume).parent / SETTINGS_FILE
-    if not recorded.is_file():
-        logger.warning(f"{recorded} does not exist: the settings of the resumed run cannot be checked")
+    run = RunDir(Path(resume).parent)
+    was = run.recorded_settings()
+    if was is None:
+        logger.warning(f"{run.settings} does not exist: the settings of the resumed run cannot be checked")
         return
-    was = json.loads(recorded.read_text()).get("settings", {})
     for key in sorted(set(was) | set(settings)):
         if was.get(key) != settings.get(key):
             raise DistilyConfigError(
@@ -272,14 +370,38 @@ def prepare_output_dir(training, resume: Optional[str], settings: dict) -> None:
     ``settings`` (a resumed run keeps those it was started with)."""
     if not training.should_save:
         return
-    output_dir = Path(training.output_dir)
-    (output_dir / METRICS_FILE).unlink(missing_ok=True)  # the marker goes first
-    if training.overwrite_output_dir and output_dir.is_dir():
-        previous = [output_dir / CHECKPOINT_STAGING_DIR, *output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")]
-        previous += [path for pattern in STUDENT_WEIGHTS for path in output_dir.glob(pattern)]
-        _remove(previous, output_dir / REPLACED_DIR)
-    if resume is None or not (output_dir / SETTINGS_FILE).exists():
-        write_json_atomic(output_dir / SETTINGS_FILE, {"settings": settings})
+    run = RunDir(training.output_dir)
+    run.unmark_finished()  # the marker goes first
+    if training.overwrite_output_dir and run.path.is_dir():
+        previous = [run.checkpoint_staging, run.student_staging, *run.path.glob(f"{PREFIX_CHECKPOINT_DIR}-*")]
+        _remove(previous + run.student_weights(), run.replaced)
+    if resume is None or not run.settings.exists():
+        run.record_settings(settings)
+
+
+def save_student(trainer, output_dir: str) -> None:
+    """The Trainer's ``save_model`` into a hidden staging directory, then each file renamed into ``output_dir``
+    (weights of an earlier save that this one does not write removed), so that a kill or a full disk never
+    leaves a half-written student there; a failed save removes what it staged."""
+    run, saves = RunDir(output_dir), trainer.args.should_save
+    try:
+        with filesystem_errors(run.path, "the student"):  # diagnosed before the staged files are removed
+            if saves:
+                shutil.rmtree(run.student_staging, ignore_errors=True)  # left by a killed save
+            trainer.save_model(str(run.student_staging), _internal_call=True)
+            trainer.accelerator.wait_for_everyone()
+            if saves:
+                staged = sorted(run.student_staging.iterdir())
+                stale = [path for path in run.student_weights() if path.name not in {file.name for file in staged}]
+                for file in staged:
+                    os.replace(file, run.path / file.name)
+                for path in stale:
+                    path.unlink()
+                run.student_staging.rmdir()
+    except BaseException:
+        if saves:
+            shutil.rmtree(run.student_staging, ignore_errors=True)
+        raise
 
 
 def _resume_command(command: str, overwrite: bool) -> str:
@@ -301,12 +423,12 @@ def _resume_command(command: str, overwrite: bool) -> str:
 
 def interrupted(training, command: Optional[str]) -> str:
     """What a Ctrl-C leaves, in one line: the checkpoint to resume from and the command that does it."""
-    output_dir = training.output_dir
-    if os.path.isfile(os.path.join(output_dir, METRICS_FILE)):
-        return f"interrupted after the run finished ({output_dir}/{METRICS_FILE} is written)"
-    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if last is None:
-        return f"interrupted before the first checkpoint in {output_dir!r}; nothing to resume, start it again"
+    run = RunDir(training.output_dir)
+    if run.is_finished():
+        return f"interrupted after the run finished ({run.metrics} is written)"
+    if run.last_checkpoint() is None:
+        return f"interrupted before the first checkpoint in {training.output_dir!r}; nothing to resume, start it again"
+    last = str(run.last_checkpoint())
     if command is None or not command.startswith("distily distill "):  # called from Python, or by a sweep
         return f"interrupted; the last checkpoint is {last!r}, resume_from_checkpoint=true continues it"
     how = _resume_command(command, training.overwrite_output_dir)

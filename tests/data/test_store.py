@@ -1,12 +1,18 @@
 """The store format: exact round trips, checksums, resumable writing, clear errors."""
 
+import errno
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from distily.data.store import (
     ATTENTION_MASK,
+    MANIFEST,
+    MANIFEST_CHECKSUM,
     PROGRESS,
     ROW_NLL,
     TAIL_LOGPROB,
@@ -147,3 +153,65 @@ def test_an_unfinished_or_foreign_directory_is_a_clear_error(tmp_path):
     (tmp_path / "other" / "manifest.json").write_text(json.dumps({"format": "something", "version": 3}))
     with pytest.raises(DistilyConfigError, match=r"is format 'something' version 3; expected 'distily-teacher-store'"):
         TeacherStore(tmp_path / "other")
+
+
+def test_the_manifest_carries_the_checksum_of_its_content(tmp_path):
+    _write_store(tmp_path / "store")
+    path = tmp_path / "store" / MANIFEST
+    manifest = json.loads(path.read_text())
+    content = {key: value for key, value in manifest.items() if key != MANIFEST_CHECKSUM}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+    assert manifest[MANIFEST_CHECKSUM] == hashlib.sha256(canonical).hexdigest()
+    path.write_text(json.dumps(manifest, indent=4))  # laid out otherwise, same content: still the same manifest
+    assert TeacherStore(tmp_path / "store").settings == SETTINGS
+
+
+@pytest.mark.parametrize("edit", [
+    lambda manifest: manifest["settings"].update(record_top_k=8),
+    lambda manifest: manifest["shards"]["train"]["0"].update(rows=2),
+    lambda manifest: manifest.update(manifest_sha256="0" * 64),
+], ids=["top_k", "rows", "checksum"])
+def test_an_edited_manifest_is_refused_in_one_line(edit, tmp_path):
+    _write_store(tmp_path / "store")
+    path = tmp_path / "store" / MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    for open_store in (TeacherStore, lambda store: StoreWriter(store, SETTINGS)):  # reading it, or recording on
+        with pytest.raises(DistilyConfigError) as refused:
+            open_store(tmp_path / "store")
+        message = str(refused.value)
+        assert "\n" not in message
+        assert message.startswith(f"teacher store manifest '{path}' was changed after recording: its content hashes")
+        assert f"expected its manifest_sha256 {manifest['manifest_sha256'][:16]}..." in message
+
+
+def test_a_manifest_that_is_not_json_is_refused_and_one_without_a_checksum_is_read_with_a_warning(tmp_path, caplog):
+    _write_store(tmp_path / "store")
+    path = tmp_path / "store" / MANIFEST
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps(manifest)[:-20])
+    with pytest.raises(DistilyConfigError, match=r"manifest.json' is not valid JSON \(.*\); expected the manifest"):
+        TeacherStore(tmp_path / "store")
+    del manifest[MANIFEST_CHECKSUM]  # as written before manifests carried one
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="distily.data.store"):
+        TeacherStore(tmp_path / "store").verify()
+    assert f"manifest '{path}' has no manifest_sha256" in caplog.text
+
+
+def test_a_full_disk_while_writing_a_shard_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    writer = StoreWriter(tmp_path / "store", SETTINGS)
+    writer.write_shard("train", 0, _shard(3, 0), {})
+    before = {path.name: path.read_bytes() for path in (tmp_path / "store").iterdir()}
+
+    def full_disk(tensors, filename):
+        Path(filename).write_bytes(b"half a shard")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("distily.data.store.save_file", full_disk)
+    with pytest.raises(DistilyConfigError) as refused:
+        writer.write_shard("train", 1, _shard(2, 1), {})
+    assert str(refused.value) == (f"cannot write teacher store shard '{tmp_path / 'store' / 'train-00001.safetensors'}': "
+                                  "No space left on device; expected free space on its filesystem")
+    assert {path.name: path.read_bytes() for path in (tmp_path / "store").iterdir()} == before

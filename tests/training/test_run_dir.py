@@ -16,7 +16,7 @@ from distily.config import parse_config
 from distily.errors import DistilyConfigError
 from distily.training import run_dir
 from distily.training.distill import run_distillation
-from distily.training.run_dir import LOCK_FILE, METRICS_FILE, SETTINGS_FILE, output_dir_lock
+from distily.training.run_dir import RunDir, output_dir_lock
 from distily.training.trainer import DistillationTrainer
 from file_tree import tree
 
@@ -51,13 +51,13 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_without_a_phantom_step(t
         _kill_after_training(patch)
         with pytest.raises(KeyboardInterrupt):
             run_distillation(parse_config(**values))
-    assert not (out / METRICS_FILE).exists() and _steps(out / "checkpoint-4") == 4
+    assert not (out / RunDir.METRICS).exists() and _steps(out / "checkpoint-4") == 4
 
     metrics = run_distillation(parse_config(**values, resume_from_checkpoint="true"))
     assert metrics["train"]["global_step"] == 4
     assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert _steps(out / "checkpoint-4") == 4
-    assert json.loads((out / METRICS_FILE).read_text())["train"]["global_step"] == 4
+    assert json.loads((out / RunDir.METRICS).read_text())["train"]["global_step"] == 4
 
 
 def test_a_finished_run_is_resumed_only_to_train_it_longer(teacher_dirs, run_values):
@@ -75,7 +75,7 @@ def test_a_finished_run_is_resumed_only_to_train_it_longer(teacher_dirs, run_val
     longer = {**values, "max_steps": 6, "logging_steps": 1, "max_eval_samples": 8, "resume_from_checkpoint": "true"}
     metrics = run_distillation(parse_config(**longer))
     assert metrics["train"]["global_step"] == 6 and _steps(out / "checkpoint-6") == 6
-    assert not (out / LOCK_FILE).exists()
+    assert not (out / RunDir.LOCK).exists()
 
 
 @pytest.mark.parametrize("fault", ["removing the old checkpoints", "the first training step"])
@@ -83,7 +83,7 @@ def test_an_interrupted_overwrite_never_leaves_a_false_finished_run(fault, teach
     values = _values(run_values, teacher_dirs)
     out = Path(values["output_dir"])
     run_distillation(parse_config(**values))
-    assert (out / METRICS_FILE).exists() and (out / "checkpoint-4").is_dir()
+    assert (out / RunDir.METRICS).exists() and (out / "checkpoint-4").is_dir()
 
     with monkeypatch.context() as patch:
         if fault == "removing the old checkpoints":  # right after the marker is deleted
@@ -92,10 +92,10 @@ def test_an_interrupted_overwrite_never_leaves_a_false_finished_run(fault, teach
             patch.setattr(DistillationTrainer, "training_step", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             run_distillation(parse_config(**{**values, "overwrite_output_dir": True, "max_steps": 8}))
-    assert not (out / METRICS_FILE).exists()
+    assert not (out / RunDir.METRICS).exists()
     if fault == "the first training step":  # the old run's checkpoints and weights went before it
         assert not list(out.glob("checkpoint-*")) and not (out / "model.safetensors").exists()
-        assert not (out / run_dir.REPLACED_DIR).exists()
+        assert not (out / RunDir.REPLACED).exists()
 
     config = out.parent / "plain.yaml"
     config.write_text(yaml.safe_dump({**values, "max_steps": 2}))
@@ -106,13 +106,13 @@ def test_an_interrupted_overwrite_never_leaves_a_false_finished_run(fault, teach
     if fault == "removing the old checkpoints":  # the old run's checkpoints are still there: resumable, not finished
         assert code == 2 and "holds checkpoints of an unfinished run" in err[-1]
     else:  # the old run's checkpoints and weights went before training: a plain run starts
-        assert code == 0 and json.loads((out / METRICS_FILE).read_text())["train"]["global_step"] == 2
+        assert code == 0 and json.loads((out / RunDir.METRICS).read_text())["train"]["global_step"] == 2
 
 
 def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(teacher_dirs, run_values, tmp_path):
     directory = tmp_path / "out"
     with output_dir_lock(str(directory)):
-        holder = json.loads((directory / LOCK_FILE).read_text())
+        holder = json.loads((directory / RunDir.LOCK).read_text())
         with pytest.raises(DistilyConfigError, match="is in use by another run"):
             with output_dir_lock(str(directory)):
                 pass
@@ -122,9 +122,9 @@ def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(teacher_dirs, run_
     values = _values(run_values, teacher_dirs, max_steps=2)
     out = Path(values["output_dir"])
     out.mkdir()
-    (out / LOCK_FILE).write_text(json.dumps({**holder, "pid": int(dead.stdout)}))
+    (out / RunDir.LOCK).write_text(json.dumps({**holder, "pid": int(dead.stdout)}))
     assert run_distillation(parse_config(**values))["train"]["global_step"] == 2
-    assert not (out / LOCK_FILE).exists()
+    assert not (out / RunDir.LOCK).exists()
     assert holder["host"] == socket.gethostname()
 
 
@@ -149,7 +149,7 @@ def test_ctrl_c_prints_the_resume_command_and_it_finishes_the_run(teacher_dirs, 
     assert last.startswith(f"distily distill: interrupted; the last checkpoint is '{out / 'checkpoint-2'}'"), last
     command = last.split("resume with: ")[1]
     assert command == f"distily distill {config} --logging_steps 1 --resume_from_checkpoint true"
-    assert not (out / LOCK_FILE).exists()
+    assert not (out / RunDir.LOCK).exists()
     assert main(shlex.split(command)[1:]) == 0
-    assert json.loads((out / METRICS_FILE).read_text())["train"]["global_step"] == 6
-    assert json.loads((out / SETTINGS_FILE).read_text())["settings"]["max_seq_length"] == 32
+    assert json.loads((out / RunDir.METRICS).read_text())["train"]["global_step"] == 6
+    assert json.loads((out / RunDir.SETTINGS).read_text())["settings"]["max_seq_length"] == 32

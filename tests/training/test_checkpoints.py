@@ -1,0 +1,170 @@
+"""Checkpoint integrity: checksums written after each save, the newest intact checkpoint resumed from, and a
+student whose final save was killed left resumable."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from distily.config import parse_config
+from distily.training.checkpoints import CHECKSUMS_FILE, checkpoint_problem, write_checksums
+from distily.training.distill import run_distillation
+from distily.training.run_dir import RunDir
+from distily.training.trainer import DistillationTrainer
+
+
+def _checkpoint(path: Path) -> Path:
+    path.mkdir()
+    save_file({"weight": torch.arange(12.0).reshape(3, 4), "bias": torch.ones(3)}, path / "model.safetensors")
+    torch.save({"state": torch.zeros(5)}, path / "optimizer.pt")
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    return path
+
+
+def _cut(path: Path, keep: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_checksums_find_a_cut_or_changed_file(tmp_path):
+    checkpoint = _checkpoint(tmp_path / "checkpoint-2")
+    write_checksums(checkpoint)
+    listed = json.loads((checkpoint / CHECKSUMS_FILE).read_text())["files"]
+    assert sorted(listed) == ["model.safetensors", "optimizer.pt", "trainer_state.json"]
+    assert checkpoint_problem(checkpoint) is None
+    size = (checkpoint / "model.safetensors").stat().st_size
+    _flip_last_byte(checkpoint / "optimizer.pt")
+    assert checkpoint_problem(checkpoint) == "optimizer.pt fails its sha256 check"
+    _cut(checkpoint / "model.safetensors", size - 4)
+    assert checkpoint_problem(checkpoint) == f"model.safetensors has {size - 4} bytes, expected {size}"
+    (checkpoint / "model.safetensors").unlink()
+    assert checkpoint_problem(checkpoint) == "model.safetensors is missing"
+
+
+def test_without_checksums_a_checkpoint_is_checked_for_truncation(tmp_path):
+    checkpoint = _checkpoint(tmp_path / "checkpoint-2")  # as a run killed before its checksums were written
+    assert checkpoint_problem(checkpoint) is None
+    size = (checkpoint / "model.safetensors").stat().st_size
+    _cut(checkpoint / "model.safetensors", size - 1)
+    assert checkpoint_problem(checkpoint) == f"model.safetensors has {size - 1} bytes, its header says {size}"
+    _cut(checkpoint / "model.safetensors", 20)
+    assert checkpoint_problem(checkpoint) == "model.safetensors has 20 bytes, its header says " + str(
+        8 + int.from_bytes((checkpoint / "model.safetensors").read_bytes()[:8], "little")
+    )
+    _cut(checkpoint / "model.safetensors", 5)
+    assert checkpoint_problem(checkpoint) == "model.safetensors's header is cut off or unreadable"
+    (checkpoint / "model.safetensors").unlink()
+    _cut(checkpoint / "optimizer.pt", (checkpoint / "optimizer.pt").stat().st_size - 30)
+    assert checkpoint_problem(checkpoint) == "optimizer.pt is cut off (its zip directory does not read)"
+    (checkpoint / "optimizer.pt").unlink()
+    (checkpoint / "trainer_state.json").write_text('{"global_st')
+    assert checkpoint_problem(checkpoint) == "trainer_state.json is missing or unreadable"
+
+
+def _values(run_values, teacher_dirs, **overrides):
+    return run_values(
+        teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, save_strategy="steps", save_steps=2,
+        use_cpu=True, **overrides,
+    )
+
+
+def _killed_after_training(values, monkeypatch):
+    """A run of 4 steps (checkpoints 2 and 4) killed after training, before its student and metrics.json."""
+    evaluate = DistillationTrainer.evaluate
+
+    def killed(self, *args, **kwargs):
+        if kwargs.get("metric_key_prefix") == "after":
+            raise KeyboardInterrupt("killed")
+        return evaluate(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DistillationTrainer, "evaluate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_distillation(parse_config(**values))
+
+
+def _weights(path: Path) -> dict:
+    """The tensors of a safetensors file, copied: load_file maps the file, which the test then changes."""
+    return {name: tensor.clone() for name, tensor in load_file(path).items()}
+
+
+def _same_tensors(path: Path, expected: dict) -> bool:
+    actual = load_file(path)
+    return actual.keys() == expected.keys() and all(torch.equal(actual[name], expected[name]) for name in expected)
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "a changed byte in optimizer.pt"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one(damage, teacher_dirs, run_values,
+                                                                           monkeypatch, caplog):
+    values = _values(run_values, teacher_dirs)
+    out = Path(values["output_dir"])
+    _killed_after_training(values, monkeypatch)
+    assert all((out / name / CHECKSUMS_FILE).is_file() for name in ("checkpoint-2", "checkpoint-4"))
+    trained = _weights(out / "checkpoint-4" / "model.safetensors")  # what steps 3 and 4 gave
+    size = (out / "checkpoint-4" / "model.safetensors").stat().st_size
+    if damage == "truncated weights":
+        _cut(out / "checkpoint-4" / "model.safetensors", size // 2)
+        problem = f"model.safetensors has {size // 2} bytes, expected {size}"
+    else:
+        _flip_last_byte(out / "checkpoint-4" / "optimizer.pt")
+        problem = "optimizer.pt fails its sha256 check"
+
+    with caplog.at_level(logging.WARNING, logger="distily"):
+        metrics = run_distillation(parse_config(**values, resume_from_checkpoint="true"))
+    warnings = [record.getMessage() for record in caplog.records if "intact" in record.getMessage()]
+    assert warnings == [f"resuming from {out / 'checkpoint-2'}, the newest intact checkpoint: checkpoint-4 is not "
+                        f"intact ({problem})"]
+    assert metrics["train"]["global_step"] == 4
+    assert checkpoint_problem(out / "checkpoint-4") is None  # written again, steps 3 and 4 trained again
+    assert _same_tensors(out / "checkpoint-4" / "model.safetensors", trained)
+    assert _same_tensors(out / "model.safetensors", trained)
+
+
+KILLED_WHILE_SAVING_THE_STUDENT = """
+import os, sys
+import transformers.modeling_utils as modeling_utils
+from distily.cli import main
+save = modeling_utils.safe_save_file
+def killed_halfway(tensors, filename, *args, **kwargs):  # SIGKILL while the final student is half written
+    save(tensors, filename, *args, **kwargs)
+    if "checkpoint-" not in str(filename):
+        with open(filename, "r+b") as handle:
+            handle.truncate(os.path.getsize(filename) // 2)
+        os._exit(9)
+modeling_utils.safe_save_file = killed_halfway
+sys.exit(main(["distill", sys.argv[1]]))
+"""
+
+
+def test_a_kill_while_the_student_is_saved_leaves_no_student_and_a_resumable_run(teacher_dirs, run_values, tmp_path):
+    values = _values(run_values, teacher_dirs)
+    out = Path(values["output_dir"])
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(values))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
+    script = textwrap.dedent(KILLED_WHILE_SAVING_THE_STUDENT)
+    killed = subprocess.run([sys.executable, "-c", script, str(config)], env=env, capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr[-2000:]
+    run = RunDir(out)
+    assert not run.is_finished() and not run.student_weights()  # nothing half-written where a user would look
+    assert [path.name for path in run.checkpoints()] == ["checkpoint-4", "checkpoint-2"]  # newest first
+    trained = _weights(out / "checkpoint-4" / "model.safetensors")
+
+    metrics = run_distillation(parse_config(**values, resume_from_checkpoint="true"))  # takes the dead run's lock over
+    assert metrics["train"]["global_step"] == 4
+    assert _same_tensors(out / "model.safetensors", trained)  # nothing lost: the student of the last step
+    assert not run.student_staging.exists() and not run.lock.exists()
