@@ -26,7 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from distily.config import DistillConfig, ModelArguments, ObjectiveArguments
 from distily.errors import DistilyConfigError
 from distily.outputs import write_json_atomic
-from distily.training.trainer import CHECKPOINT_STAGING_DIR
+from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 
 logger = logging.getLogger(__name__)
 

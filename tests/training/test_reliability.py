@@ -20,7 +20,8 @@ from distily.objectives.objective import LogitsComponent
 from distily.training.distill import run_distillation
 from distily.training.guards import NonFiniteStepGuard
 from distily.recording.run import run_recording
-from distily.training.trainer import CHECKPOINT_STAGING_DIR, DistillationTrainer
+from distily.training.trainer import DistillationTrainer
+from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 from store_values import store_values
 
 
