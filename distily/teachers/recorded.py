@@ -107,6 +107,11 @@ class RecordedTeacher(TeacherSource):
         self.model = self._teacher_for_student(self.config.model)
         return self.model
 
+    def student_built(self, student: PreTrainedModel) -> None:
+        """Free the teacher's weights (loaded only to initialise the student)."""
+        self.model.to("meta")
+        self.model.tie_weights()  # the move gave tied weights (embedding and LM head) a tensor each
+
     def _teacher_for_student(self, model_args: ModelArguments) -> PreTrainedModel:
         if not needs_teacher_weights(model_args):
             teacher_config = from_pretrained(AutoConfig, self.store.teacher_config_path, "teacher store config")
@@ -131,8 +136,6 @@ class RecordedTeacher(TeacherSource):
 
     def datasets(self, student: PreTrainedModel, resolve_length: Callable[..., int]) -> DistillationData:
         """The store's sequences (at the length they were recorded at), once the student fits them."""
-        self.model.to("meta")  # its weights (if loaded to initialise the student) are not needed any more
-        self.model.tie_weights()  # the move gave tied weights (embedding and LM head) a tensor each
         self._check_student(student)
         data_args = self.config.data
         return DistillationData(

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from distily.data.framing import model_inputs
+from distily.errors import DistilyConfigError
 from distily.models.architecture import plain_lm_head
 from distily.objectives.objective import DistillationObjective, ObjectiveOutput
 
@@ -62,11 +63,29 @@ class DistillationModel(nn.Module):
         return self.objective(student_outputs, teacher_outputs, batch, counts), student_outputs
 
     def state_dict(self, *args, **kwargs):
-        """Each tensor once: without the names of ``_keys_to_ignore_on_save`` (safetensors refuses shared tensors)."""
+        """Each tensor once, without the names of ``_keys_to_ignore_on_save``, and contiguous (an orthogonal
+        projector's parametrization is a transposed view): what safetensors writes."""
         state = super().state_dict(*args, **kwargs)
         for name in self._keys_to_ignore_on_save:
             state.pop(kwargs.get("prefix", "") + name, None)
+        for name, tensor in state.items():
+            if not tensor.is_contiguous():
+                state[name] = tensor.contiguous()
         return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load a checkpoint of this model; the objective's part must be exactly this objective's (the Trainer
+        loads non-strictly, and missing projectors would silently start over)."""
+        prefix = f"{OBJECTIVE}."
+        expected = {prefix + name for name in self.objective.state_dict()}
+        given = {name for name in state_dict if name.startswith(prefix)}
+        misfits = sorted(expected ^ given)
+        if misfits:
+            raise DistilyConfigError(
+                f"the checkpoint's objective state does not fit this objective (first misfit: {misfits[0]}); "
+                "expected a checkpoint written with the same objective settings and models"
+            )
+        return super().load_state_dict(state_dict, strict, assign)
 
     def tie_weights(self) -> None:
         self.student.tie_weights()
