@@ -62,6 +62,7 @@ class LiveTeacher(TeacherSource):
         self.tokenizer = load_tokenizer(
             model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code
         )
+        self.placed = self.model  # the teacher as it runs (sharded under FSDP2/ZeRO-3): set in ``prepare``
         self.fuse_lm_head = False  # decided in ``prepare``
         self._evaluator: Optional[Evaluator] = None
 

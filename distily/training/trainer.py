@@ -120,7 +120,8 @@ class DistillationTrainer(StagedCheckpoints):
         if os.path.basename(os.path.normpath(output_dir)).startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
             return super().save_model(output_dir, _internal_call)
         prefix = f"{STUDENT}."
-        state = self.accelerator.get_state_dict(self.model_wrapped)
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        state = self.accelerator.get_state_dict(self.model_wrapped) if sharded else self.model.state_dict()
         if self.args.should_save:
             student_state = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
             self.student.save_pretrained(output_dir, state_dict=student_state)
