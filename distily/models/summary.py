@@ -26,3 +26,8 @@ def architecture_summary(model: PreTrainedModel) -> dict:
     summary["dtype"] = str(model.dtype).removeprefix("torch.")
     summary["bitnet"] = getattr(model.config, BITNET_CONFIG_KEY, None)
     return summary
+
+
+def parameter_count(model: PreTrainedModel) -> int:
+    """Each parameter once (tied embeddings and LM head are one), 4-bit ones as the weights they stand for."""
+    return model.num_parameters()

@@ -19,7 +19,6 @@ from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_foot
 from distily.objectives.component import TARGETS, Component, StepShape, next_token_targets, token_counts
 from distily.objectives.features import build_feature_components
 from distily.objectives.losses import LOSSES, UNKNOWN_WORKING_TENSORS, check_loss
-from distily.objectives.sparse import SparseLogitsComponent
 
 
 class LogitsComponent(Component):
@@ -143,16 +142,15 @@ def build_objective(
     teacher_config: Optional[PretrainedConfig] = None,
     student_config: Optional[PretrainedConfig] = None,
     vocab_size: Optional[int] = None,
-    recorded_teacher: bool = False,
+    logits_component: type[Component] = LogitsComponent,
 ) -> DistillationObjective:
     """The objective the configuration asks for. The model configs size the feature components (layer maps,
     projectors, norms) without a forward pass, and are needed only when one is turned on; ``vocab_size``
-    limits logit losses to the shared vocabulary. With ``recorded_teacher`` the logit loss reads a store's
-    sparse targets (``sparse.py``)."""
+    limits logit losses to the shared vocabulary. ``logits_component`` is the logit loss the teacher's
+    outputs feed: full logits (``LogitsComponent``) or a store's sparse targets (``SparseLogitsComponent``)."""
     components, weights = {}, {}
     if args.logits_weight > 0:
         check_loss(args.logits_loss, args.logits_loss_kwargs)
-        logits_component = SparseLogitsComponent if recorded_teacher else LogitsComponent
         components["logits"] = logits_component(
             args.logits_loss, args.logits_temperature, vocab_size, **args.logits_loss_kwargs
         )

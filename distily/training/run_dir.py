@@ -33,7 +33,7 @@ from distily.models.arguments import ModelArguments
 from distily.objectives.arguments import ObjectiveArguments
 from distily.outputs import filesystem_errors, write_json_atomic
 from distily.training.checkpoints import TRAINER_STATE_FILE, checkpoint_problem
-from distily.training.trainer import CHECKPOINT_STAGING_DIR
+from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """Packed ternary checkpoints: transformers' 2-bit layout, exact round trip, logits, transformers loading."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distily.config import parse_config
@@ -16,7 +17,7 @@ from distily.models.arguments import ModelArguments
 from distily.models.student import build_student
 from distily.models.teacher import load_teacher
 from distily.training.distill import run_distillation
-from distily.training.trainer import CHECKPOINT_STAGING_DIR
+from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 from tiny import ARCHITECTURES, VOCAB, make_tokenizer, save_tiny_model
 
 
@@ -131,14 +132,18 @@ def test_a_finished_run_can_be_resumed_for_more_steps(teacher_dirs, run_values):
 
 
 def test_cakld_beta_is_calibrated_from_the_teacher_when_not_given(teacher_dirs, run_values):
+    """The calibrated beta trains the student and is reported in the model card; the user's config stays as given."""
     config = parse_config(**run_values(teacher_dirs["llama"], logits_loss="cakld", max_steps=2))
     run_distillation(config)
+    assert config.objective.logits_loss_kwargs == {}  # nothing written back
+    card = (Path(config.training.output_dir) / "README.md").read_text()
+    reported = yaml.safe_load(card.split("```yaml\n")[1].split("```")[0])["logits_loss_kwargs"]["beta"]
     teacher = load_teacher(teacher_dirs["llama"])
     tokenizer = AutoTokenizer.from_pretrained(teacher_dirs["llama"])
     data = build_datasets(config.data, tokenizer, 32, config.training.seed)
     blocks = torch.stack([row["input_ids"] for row in data.train])[:160]  # the 20 calibration batches of 8
     confidence = teacher(input_ids=blocks).logits.softmax(-1).max(-1).values.mean().item()
-    assert config.objective.logits_loss_kwargs["beta"] == pytest.approx(confidence, rel=1e-4)
+    assert reported == pytest.approx(confidence, rel=1e-4)
 
 
 @pytest.mark.parametrize("bf16", [True, False])
@@ -165,6 +170,7 @@ def test_teacher_and_loss_run_in_the_students_mixed_precision(bf16, teacher_dirs
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_the_teacher_runs_without_its_lm_head_and_the_losses_are_unchanged(arch, teacher_dirs, run_values, monkeypatch):
+    import distily.teachers.live as live
     import distily.training.trainer as trainer_module
 
     outputs = []
@@ -181,7 +187,7 @@ def test_the_teacher_runs_without_its_lm_head_and_the_losses_are_unchanged(arch,
     assert outputs and all(getattr(output, "logits", None) is None for output in outputs)  # the decoder alone
 
     outputs.clear()
-    monkeypatch.setattr(trainer_module, "teacher_is_sharded", lambda accelerator: True)  # as if: the full teacher
+    monkeypatch.setattr(live, "teacher_is_sharded", lambda accelerator: True)  # as if: the full teacher
     whole = run_distillation(parse_config(**{**values, "overwrite_output_dir": True}))
     assert outputs and all(output.logits is not None for output in outputs)
     assert fused["train"]["train_loss"] == pytest.approx(whole["train"]["train_loss"], rel=1e-5)

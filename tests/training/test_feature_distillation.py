@@ -2,32 +2,23 @@
 projector; projectors train with the student, are checkpointed and restored, and are never exported."""
 
 import json
-import os
 
 import datasets
 import pytest
 import torch
-import torch.multiprocessing
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
-from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 from distily.config import parse_config
-from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.objective import build_objective
-from distily.training.arguments import DistillationTrainingArguments
+from distily.teachers.live import LiveTeacher
 from distily.training.distill import run_distillation
-from distily.training.trainer import (
-    OBJECTIVE_STATE_FILE,
-    DistillationTrainer,
-    average_across_processes,
-    load_objective_state,
-)
+from distily.training.trainer import DistillationTrainer
 
 VOCAB = 128
 STUDENT_SHAPE = {"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
@@ -103,28 +94,36 @@ def test_hidden_state_distillation_into_a_narrower_student_lowers_heldout_featur
     assert student["after_loss_hidden_states"] < 0.9 * student["before_loss_hidden_states"]
     assert student["after_kl_to_teacher"] < 0.8 * student["before_kl_to_teacher"]
     exported = load_file(str(tmp_path / "run" / "model.safetensors"))
-    assert not any("projector" in name or "components" in name for name in exported)
-    assert not (tmp_path / "run" / OBJECTIVE_STATE_FILE).exists()
+    assert exported.keys() <= tiny_student().state_dict().keys()  # the student's own weights, no projector
 
 
 def trainer_for(tmp_path, objective_seed: int, max_steps: int = 4) -> DistillationTrainer:
-    teacher, student = tiny_teacher(), tiny_student()
+    """A trainer of a live teacher, a narrower student and an objective with trainable heads (orthogonal projectors,
+    affine norms), checkpointing every 2 steps into tmp_path/run."""
+    data_dir = tmp_path / "data"
+    if not data_dir.exists():
+        datasets.Dataset.from_dict({"input_ids": [d[:24] for d in documents(32)]}).save_to_disk(str(data_dir))
+    teacher_dir = tmp_path / "teacher"
+    if not teacher_dir.exists():
+        save_teacher_with_tokenizer(teacher_dir)
+    config = parse_config(
+        teacher_model_name_or_path=str(teacher_dir), dataset_name=str(data_dir), output_dir=str(tmp_path / "run"),
+        max_steps=max_steps, save_strategy="steps", save_steps=2, save_total_limit=0, eval_strategy="no",
+        logging_steps=1, report_to="none", learning_rate=1e-2, weight_decay=0.1, warmup_steps=0,
+        per_device_train_batch_size=4, seed=0,
+    )
+    teacher, student = LiveTeacher(config), tiny_student()
     torch.manual_seed(objective_seed)
     objective = build_objective(
         ObjectiveArguments(hidden_states_weight=1.0, hidden_states_projector="orthogonal", hidden_states_norm="affine",
                            attention_relations_weight=1.0),
-        teacher.config,
+        teacher.model.config,
         student.config,
         VOCAB,
     )
-    args = DistillationTrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=max_steps, save_strategy="steps", save_steps=2,
-        save_total_limit=0, eval_strategy="no", logging_steps=1, report_to="none", learning_rate=1e-2,
-        warmup_steps=0, per_device_train_batch_size=4, seed=0,
-    )
-    train = datasets.Dataset.from_dict({"input_ids": [d[:24] for d in documents(32)]}).with_format("torch")
-    return DistillationTrainer(model=student, teacher_model=teacher, objective=objective, args=args,
-                               train_dataset=train, data_collator=collate)
+    train = datasets.load_from_disk(str(data_dir)).with_format("torch")
+    return DistillationTrainer(model=student, teacher=teacher, objective=objective, args=config.training,
+                               train_dataset=train, data_collator=teacher.collate_fn())
 
 
 def objective_state(trainer: DistillationTrainer) -> dict[str, torch.Tensor]:
@@ -140,15 +139,20 @@ def test_objective_state_is_trained_checkpointed_restored_on_resume_and_not_expo
     assert any(not torch.equal(initial[name], final[name]) for name in final), "the optimizer trains the projectors"
     assert all(parameter.grad is None for parameter in trainer.objective.parameters()), "zeroed after each step"
     assert any("loss_hidden_states" in log and "loss_attention_relations" in log for log in trainer.state.log_history)
+    decayed = [group for group in trainer.optimizer.param_groups if group["weight_decay"] > 0]
+    heads = {id(parameter) for parameter in trainer.objective.parameters()}
+    assert decayed and not any(id(parameter) in heads for group in decayed for parameter in group["params"])
 
     checkpoint = tmp_path / "run" / "checkpoint-4"
-    saved = load_file(str(checkpoint / OBJECTIVE_STATE_FILE))
-    assert saved.keys() == final.keys() and all(torch.equal(saved[name], final[name]) for name in final)
-    assert not any("components" in name for name in load_file(str(checkpoint / "model.safetensors")))
+    saved = load_file(str(checkpoint / "model.safetensors"))  # the Trainer's model: the student and the heads
+    assert all(torch.equal(saved[f"objective.{name}"], final[name]) for name in final)
+    assert {name for name in saved if name.startswith("objective.")} == {f"objective.{name}" for name in final}
 
     trainer.save_model(str(tmp_path / "export"))
-    assert not (tmp_path / "export" / OBJECTIVE_STATE_FILE).exists()
-    assert not any("components" in name for name in load_file(str(tmp_path / "export" / "model.safetensors")))
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
+    assert load_file(str(tmp_path / "export" / "model.safetensors")).keys() <= exported.state_dict().keys()
+    for name, tensor in trainer.student.state_dict().items():
+        assert torch.equal(exported.state_dict()[name], tensor), name
 
     resumed = trainer_for(tmp_path, objective_seed=1)  # other initial projectors
     assert any(not torch.equal(objective_state(resumed)[name], initial[name]) for name in initial)
@@ -156,31 +160,16 @@ def test_objective_state_is_trained_checkpointed_restored_on_resume_and_not_expo
     after_resume = objective_state(resumed)
     for name in final:
         assert torch.allclose(after_resume[name], final[name], atol=1e-5), name
-    for name, tensor in trainer.model.state_dict().items():
-        assert torch.allclose(resumed.model.state_dict()[name], tensor, atol=1e-5), name
+    for name, tensor in trainer.student.state_dict().items():
+        assert torch.allclose(resumed.student.state_dict()[name], tensor, atol=1e-5), name
 
 
 def test_resuming_from_a_checkpoint_without_the_objective_state_is_a_config_error(tmp_path):
-    trainer = trainer_for(tmp_path, objective_seed=0)
-    os.makedirs(tmp_path / "empty")
-    with pytest.raises(DistilyConfigError, match=f"has no {OBJECTIVE_STATE_FILE}"):
-        load_objective_state(trainer.objective, str(tmp_path / "empty"))
-
-
-def _average_in_process(rank: int, world_size: int, init_file: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        projector, norm = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
-        projector.grad = torch.full((3,), float(rank + 1))
-        if rank == 0:
-            norm.grad = torch.ones(2)  # no gradient on the other process
-        average_across_processes([projector, norm], world_size)
-        assert torch.equal(projector.grad, torch.full((3,), 1.5)) and torch.equal(norm.grad, torch.full((2,), 0.5))
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def test_objective_gradients_are_averaged_over_processes_like_ddp(tmp_path):
-    torch.multiprocessing.start_processes(
-        _average_in_process, args=(2, str(tmp_path / "init")), nprocs=2, start_method="fork"
-    )
+    trainer = trainer_for(tmp_path, objective_seed=0, max_steps=2)
+    trainer.train()
+    weights = tmp_path / "run" / "checkpoint-2" / "model.safetensors"
+    save_file({name: tensor for name, tensor in load_file(str(weights)).items() if not name.startswith("objective.")},
+              str(weights), metadata={"format": "pt"})
+    resumed = trainer_for(tmp_path, objective_seed=0, max_steps=4)
+    with pytest.raises(DistilyConfigError, match="does not fit this objective"):
+        resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))

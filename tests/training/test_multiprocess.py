@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from distily.config import parse_record_config
 from distily.recording.run import run_recording
@@ -90,3 +92,17 @@ def test_two_processes_match_one_on_a_recorded_store(teacher_dirs, text_file, tm
     _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "two"))
     for key in ("before_loss", "after_loss", "after_kl_to_teacher"):
         assert two["student"][key] == pytest.approx(one["student"][key], rel=TOLERANCE), key
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_objectives_heads_like_one(teacher_dirs, run_values, tmp_path):
+    """Linear projectors and affine norms are parameters of the Trainer's model: DDP averages their gradients."""
+    values = _run_values(run_values(teacher_dirs["llama"], hidden_states_weight=1.0, hidden_states_norm="affine"))
+    _distill(values, 1, tmp_path / "one", per_device_train_batch_size=8)
+    _distill(values, 2, tmp_path / "two", per_device_train_batch_size=4)
+    _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "two"))
+    one, two = (load_file(tmp_path / run / "checkpoint-6" / "model.safetensors") for run in ("one", "two"))
+    heads = [name for name in one if name.startswith("objective.")]
+    assert heads and one.keys() == two.keys()
+    for name in heads:
+        assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-6), name

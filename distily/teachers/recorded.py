@@ -3,13 +3,15 @@
 ``RecordedTeacher`` opens a store for a run: it verifies the shards, checks the store's provenance
 against the run (sequence length, dataset, tokenizer, temperature, teacher), gives the datasets (the
 stored token ids and sparse targets), and, called on a batch, the teacher's outputs the objective reads
-(``RecordedTeacherOutput``). The teacher model is not loaded, except once, to copy layers into a
-student initialised from it.
+(``RecordedTeacherOutput``, fed to the sparse logit loss). The teacher model is not loaded, except once,
+to copy layers into a student initialised from it; nothing of it runs, so it is neither probed nor
+counted in the preflight, and metrics.json gives it no memory figure.
 """
 
+from functools import partial
 from typing import Callable, Optional
 
-import datasets
+from datasets import Dataset
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -24,12 +26,13 @@ from distily.data.store import (
     TOPK_LOGPROBS,
     StoreDataset,
     TeacherStore,
+    collate_recorded,
     hidden_states_key,
 )
 from distily.data.framing import Framing, model_inputs
-from distily.data.text import DistillationData, tokenizer_fingerprint
+from distily.data.text import DistillationData, collate, load_training_documents, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
-from distily.evaluation.heldout import heldout_metrics
+from distily.evaluation.heldout import Evaluator, heldout_metrics
 from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import max_positions, output_vocab_size
 from distily.models.arguments import ModelArguments
@@ -38,7 +41,8 @@ from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
 from distily.objectives.component import Component
 from distily.objectives.losses import forward_kl
 from distily.objectives.objective import DistillationObjective
-from distily.objectives.sparse import RecordedTeacherOutput, bucket_logprobs
+from distily.objectives.sparse import RecordedTeacherOutput, SparseLogitsComponent, bucket_logprobs
+from distily.teachers.source import TeacherSource
 
 
 def needs_teacher_weights(model_args: ModelArguments) -> bool:
@@ -47,8 +51,14 @@ def needs_teacher_weights(model_args: ModelArguments) -> bool:
     return from_teacher_layers or bool(model_args.copy_teacher_modules)
 
 
-class RecordedTeacher:
-    def __init__(self, config: DistillConfig, documents: Optional[datasets.Dataset]):
+class RecordedTeacher(TeacherSource):
+    logits_component = SparseLogitsComponent
+
+    def __init__(self, config: DistillConfig):
+        """Open and verify the store, and check it against the run (the documents, when a dataset is named,
+        are loaded first: a bad dataset fails fast)."""
+        documents = load_training_documents(config.data) if config.data.dataset_name else None
+        self.config = config
         self.store = TeacherStore(config.record.teacher_store)
         self.where = f"teacher_store={str(self.store.path)!r}"
         self.settings = self.store.settings
@@ -57,6 +67,7 @@ class RecordedTeacher:
         self.store.verify()
         self.tokenizer = load_tokenizer(self.store.tokenizer_path, "teacher store")
         self._check_provenance(config, documents)
+        self._eval: Optional[StoreDataset] = None  # the evaluated rows, set with the evaluator
 
     def _mismatch(self, what: str, run_value, stored_value) -> DistilyConfigError:
         return DistilyConfigError(
@@ -64,7 +75,7 @@ class RecordedTeacher:
             f"{stored_value!r} or a store recorded for this run"
         )
 
-    def _check_provenance(self, config: DistillConfig, documents: Optional[datasets.Dataset]) -> None:
+    def _check_provenance(self, config: DistillConfig, documents: Optional[Dataset]) -> None:
         requested = config.data.max_seq_length
         if requested is not None and requested != self.max_seq_length:
             raise self._mismatch("max_seq_length", requested, self.max_seq_length)
@@ -91,9 +102,18 @@ class RecordedTeacher:
                     f"({self.settings['tokenizer_fingerprint']}); expected the recorded teacher's tokenizer"
                 )
 
-    def teacher_for_student(self, model_args: ModelArguments) -> PreTrainedModel:
+    def student_init_model(self) -> PreTrainedModel:
         """The teacher the student is built from: with its weights when the student copies some (checked to
         be the recorded teacher's), otherwise without any (its config on the meta device)."""
+        self.model = self._teacher_for_student(self.config.model)
+        return self.model
+
+    def student_built(self, student: PreTrainedModel) -> None:
+        """Free the teacher's weights (loaded only to initialise the student)."""
+        self.model.to("meta")
+        self.model.tie_weights()  # the move gave tied weights (embedding and LM head) a tensor each
+
+    def _teacher_for_student(self, model_args: ModelArguments) -> PreTrainedModel:
         if not needs_teacher_weights(model_args):
             teacher_config = from_pretrained(AutoConfig, self.store.teacher_config_path, "teacher store config")
             with torch.device("meta"):
@@ -115,7 +135,24 @@ class RecordedTeacher:
                 )
         return teacher
 
-    def check_student(self, student: PreTrainedModel) -> None:
+    def datasets(self, student: PreTrainedModel) -> DistillationData:
+        """The store's sequences (at the length they were recorded at), once the student fits them."""
+        self._check_student(student)
+        data_args = self.config.data
+        return DistillationData(
+            train=self.store.dataset("train", data_args.max_samples),
+            eval=self.store.dataset("eval", data_args.max_eval_samples),
+            max_seq_length=self.max_seq_length,
+            framing=Framing(self.settings["packing"], self.max_seq_length),
+        )
+
+    def collate_fn(self) -> Callable:
+        return partial(collate_recorded, pad_token_id=self.pad_token_id)
+
+    def mean_confidence(self, train: Dataset) -> float:
+        raise DistilyConfigError("logits_loss=cakld from a store needs a fixed beta; expected logits_loss_kwargs beta")
+
+    def _check_student(self, student: PreTrainedModel) -> None:
         width = output_vocab_size(student)
         if width != self.settings["teacher_vocab_size"]:
             raise DistilyConfigError(
@@ -147,15 +184,18 @@ class RecordedTeacher:
                         f"{sorted(recorded)}; expected record_hidden_states_layers to include them"
                     )
 
-    def datasets(self, max_samples: Optional[int], max_eval_samples: Optional[int]) -> DistillationData:
-        return DistillationData(
-            train=self.store.dataset("train", max_samples),
-            eval=self.store.dataset("eval", max_eval_samples),
-            max_seq_length=self.max_seq_length,
-            framing=Framing(self.settings["packing"], self.max_seq_length),
-        )
+    def evaluator(self, data, eval_sets, collate_fn, vocab_size) -> Callable[[PreTrainedModel], dict[str, float]]:
+        """The held-out split against the store; named sets on the student alone (the teacher is not loaded)."""
+        batch_size = self.config.training.per_device_eval_batch_size
+        named = Evaluator(eval_sets, partial(collate, pad_token_id=self.pad_token_id), batch_size)
+        self._eval = data.eval
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> RecordedTeacherOutput:
+        def evaluate_student(student: PreTrainedModel) -> dict[str, float]:
+            return {**self.student_metrics(student, data.eval, collate_fn, batch_size), **named(student)}
+
+        return evaluate_student
+
+    def __call__(self, batch: dict[str, torch.Tensor], objective: DistillationObjective) -> RecordedTeacherOutput:
         """The teacher's outputs for a batch built by ``collate_recorded`` (the trainer calls this)."""
         depth = self.settings["teacher_num_hidden_layers"]
         return RecordedTeacherOutput(
@@ -166,8 +206,9 @@ class RecordedTeacher:
             hidden_states=tuple(batch.get(hidden_states_key(index)) for index in range(depth + 1)),
         )
 
-    def teacher_metrics(self, dataset: StoreDataset) -> dict:
+    def own_metrics(self) -> dict:
         """The teacher's held-out next-token loss on the evaluated rows, from the store, and where it came from."""
+        dataset = self._eval
         targets = int(dataset.row_values(ROW_TARGETS).sum())
         lm_loss = float(dataset.row_values(ROW_NLL).sum()) / max(targets, 1)
         return {

@@ -1,0 +1,139 @@
+"""The live teacher (``teacher_source: live``): loaded once, run under ``no_grad`` on every batch.
+
+Its full logits feed the logit loss (``LogitsComponent``); when the whole teacher is on each device, it runs
+without its LM head and the loss applies the head slice by slice (``chunked.py``), so its ``[tokens, vocab]``
+logits are never held at once.
+"""
+
+import itertools
+from functools import partial
+from typing import Callable, Optional
+
+from datasets import Dataset
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
+
+from distily.config import DistillConfig
+from distily.evaluation.arguments import HELDOUT_SET
+from distily.data.framing import check_causality, model_inputs
+from distily.data.text import DistillationData, build_datasets, check_token_ids, collate, load_training_documents
+from distily.errors import DistilyConfigError
+from distily.evaluation.framing_check import check_framing
+from distily.evaluation.heldout import Evaluator
+from distily.models.architecture import plain_lm_head, resolve_max_seq_length, token_id_limit
+from distily.models.teacher import load_teacher, load_tokenizer
+from distily.objectives.losses import teacher_confidence
+from distily.objectives.objective import DistillationObjective, LogitsComponent
+from distily.teachers.placement import place_teacher, teacher_is_sharded
+from distily.teachers.source import TeacherSource
+
+CALIBRATION_BATCHES = 20
+
+
+@torch.no_grad()
+def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn, batch_size: int = 8) -> float:
+    """CAKLD's beta: the teacher's mean confidence over the first training batches (as BitDistiller does,
+    Du et al., 2024), estimated once before training."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+    device = next(teacher.parameters()).device
+    batches = list(itertools.islice(loader, CALIBRATION_BATCHES))
+    return teacher_confidence(
+        (teacher(**model_inputs(b, device)).logits for b in batches),
+        (b["attention_mask"].bool().to(device) for b in batches),
+    )
+
+
+class LiveTeacher(TeacherSource):
+    logits_component = LogitsComponent
+
+    def __init__(self, config: DistillConfig):
+        """Load the training documents (a bad dataset fails before the models load), the teacher (checked to be
+        causal before the student copies anything from it) and its tokenizer."""
+        model_args = config.model
+        if model_args.teacher_model_name_or_path is None:
+            raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
+        self.config = config
+        self.documents = load_training_documents(config.data)
+        self.model = load_teacher(
+            model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
+        )
+        check_causality(self.model, "teacher")
+        self.tokenizer = load_tokenizer(
+            model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code
+        )
+        self.placed = self.model  # the teacher as it runs (sharded under FSDP2/ZeRO-3): set in ``prepare``
+        self.fuse_lm_head = False  # decided in ``prepare``
+        self._evaluator: Optional[Evaluator] = None
+
+    @property
+    def live_model(self) -> PreTrainedModel:
+        return self.model
+
+    def student_init_model(self) -> PreTrainedModel:
+        return self.model
+
+    def student_built(self, student: PreTrainedModel) -> None:
+        """Quantize the teacher now (the student copied its full-precision weights)."""
+        model_args = self.config.model
+        if model_args.teacher_quantization != "none":
+            self.model = load_teacher(
+                model_args.teacher_model_name_or_path,
+                model_args.teacher_torch_dtype,
+                model_args.trust_remote_code,
+                model_args.teacher_quantization,
+            )
+
+    def datasets(self, student: PreTrainedModel) -> DistillationData:
+        """The documents tokenized and packed, at the length both models take."""
+        config = self.config
+        training = config.training
+        check_token_ids(self.documents, token_id_limit(self.model, student), config.data)  # pre-tokenized rows
+        max_seq_length = resolve_max_seq_length(config.data.max_seq_length, self.model, student)
+        # one process writes the tokenization cache, the others read it (one per node without a shared filesystem)
+        with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
+            return build_datasets(config.data, self.tokenizer, max_seq_length, training.seed, self.documents)
+
+    def collate_fn(self) -> Callable:
+        return partial(collate, pad_token_id=self.pad_token_id)
+
+    def mean_confidence(self, train: Dataset) -> float:
+        return calibrate_cakld_beta(self.model, train, collate)
+
+    def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> dict:
+        """The packing, and the teacher's loss packed vs by document on a few held-out documents."""
+        if data.eval_documents is None:
+            return super().framing_metrics(data, collate_fn)
+        config = self.config
+        return check_framing(
+            self.model, data.eval_documents, self.tokenizer, data.framing, config.data.dataset_text_column,
+            collate_fn, config.training.per_device_eval_batch_size,
+        ) or super().framing_metrics(data, collate_fn)
+
+    def evaluator(self, data, eval_sets, collate_fn, vocab_size) -> Evaluator:
+        """Held-out split and named sets, against the teacher; its own metrics computed once."""
+        batch_size = self.config.training.per_device_eval_batch_size
+        self._evaluator = Evaluator({HELDOUT_SET: data.eval, **eval_sets}, collate_fn, batch_size, self.model, vocab_size)
+        return self._evaluator
+
+    def own_metrics(self) -> dict:
+        return self._evaluator.teacher_metrics()
+
+    def memory_figure(self) -> dict:
+        return {"memory_bytes": self.model.get_memory_footprint()}
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        """Place the teacher (sharded like the student, or whole on each device); a whole teacher runs without
+        its LM head, which the logit loss applies slice by slice."""
+        self.fuse_lm_head = not teacher_is_sharded(accelerator) and plain_lm_head(self.model)
+        self.placed = place_teacher(self.model, accelerator)
+
+    def __call__(self, batch: dict[str, torch.Tensor], objective: DistillationObjective):
+        teacher = self.placed.get_decoder() if self.fuse_lm_head else self.placed
+        with torch.no_grad():
+            return teacher(
+                **model_inputs(batch),
+                output_hidden_states=objective.needs("needs_hidden_states"),
+                output_attentions=objective.needs("needs_attentions"),
+            )

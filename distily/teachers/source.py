@@ -1,0 +1,138 @@
+"""Where a run's teacher outputs come from: one ``TeacherSource`` per kind (``live``, ``recorded``).
+
+``run_distillation`` asks the source, in this order, for everything that depends on the teacher:
+
+- ``student_init_model()``: the model the student is built from (layers, config), then
+  ``student_built(student)`` once the student exists;
+- ``datasets(student)`` and ``collate_fn()``: what the run trains and evaluates on;
+- ``live_model``: the model that runs during the run (its weights count in the preflight), or None;
+- ``probed_models()``: the teacher models checked to keep packed documents apart;
+- ``resolve_objective(...)``, ``logits_component`` and ``check_objective(...)``: the objective it can feed;
+- ``framing_metrics(...)``, ``evaluator(...)``, ``summary(...)``: held-out metrics and metrics.json's
+  ``teacher`` section;
+
+and the trainer calls ``prepare(...)`` once and the source itself on every batch (the teacher outputs the
+objective reads). A new kind (generated on-policy, a remote server) is one more subclass registered in
+``TEACHER_SOURCES`` (``distily.teachers.sources``).
+"""
+
+import dataclasses
+import logging
+import os
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Optional
+
+from datasets import Dataset
+import torch
+from accelerate import Accelerator
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distily.config import DistillConfig
+from distily.objectives.arguments import ObjectiveArguments
+from distily.data.text import DistillationData
+from distily.models.summary import architecture_summary, parameter_count
+from distily.objectives.component import Component
+from distily.objectives.objective import DistillationObjective
+from distily.outputs import directory_size
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_size(name_or_path: Optional[str], model: PreTrainedModel) -> int:
+    """Bytes of a local checkpoint's weights; for a Hub model (or a recorded one not named), of its weights."""
+    if name_or_path is not None and os.path.isdir(name_or_path):
+        return directory_size(name_or_path)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+class TeacherSource(ABC):
+    """The teacher of one run. ``model`` is its architecture and size (it sizes the objective and is reported;
+    a teacher that does not run may hold it on the meta device); ``live_model`` is the model that runs during
+    the run, or None when its outputs are read rather than computed."""
+
+    config: DistillConfig
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    logits_component: type[Component]  # the logit loss this teacher's outputs feed
+
+    @property
+    def live_model(self) -> Optional[PreTrainedModel]:
+        return None
+
+    @abstractmethod
+    def student_init_model(self) -> PreTrainedModel:
+        """The teacher the student is built from (weights where the student copies some)."""
+
+    def student_built(self, student: PreTrainedModel) -> None:
+        """Called once the student is built from ``student_init_model()``."""
+
+    @abstractmethod
+    def datasets(self, student: PreTrainedModel) -> DistillationData:
+        """The train and eval sequences, and their length (text is packed to the length every model takes; a
+        source with fixed sequences has its own)."""
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    @abstractmethod
+    def collate_fn(self) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        """Turns rows of ``datasets()`` into the batches the trainer and the evaluator read."""
+
+    def probed_models(self) -> list[tuple[str, PreTrainedModel]]:
+        """(role, model) of the teacher models that must keep packed documents apart: those that run."""
+        return [("teacher", self.live_model)] if self.live_model is not None else []
+
+    @abstractmethod
+    def mean_confidence(self, train: Dataset) -> float:
+        """The teacher's mean top-token probability over the first training batches (CAKLD's beta)."""
+
+    def resolve_objective(self, args: ObjectiveArguments, train: Dataset) -> ObjectiveArguments:
+        """The objective's arguments as the run uses them (a new object; ``args`` is left as given): CAKLD's
+        beta, when not given, is the teacher's mean confidence (as BitDistiller does, Du et al., 2024)."""
+        if args.logits_loss != "cakld" or "beta" in args.logits_loss_kwargs:
+            return args
+        beta = self.mean_confidence(train)
+        logger.info(f"CAKLD beta (teacher's mean confidence) = {beta:.4f}")
+        return dataclasses.replace(args, logits_loss_kwargs={**args.logits_loss_kwargs, "beta": beta})
+
+    def check_objective(self, objective: DistillationObjective) -> None:
+        """Refuse an objective this teacher's outputs cannot feed."""
+
+    def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> dict:
+        """metrics.json's ``framing``."""
+        return {"packing": data.framing.packing}
+
+    @abstractmethod
+    def evaluator(
+        self, data: DistillationData, eval_sets: dict[str, Dataset], collate_fn: Callable, vocab_size: int
+    ) -> Callable[[PreTrainedModel], dict[str, float]]:
+        """The student's evaluator, called at each evaluation: held-out split and named eval sets."""
+
+    @abstractmethod
+    def own_metrics(self) -> dict:
+        """The teacher's own held-out metrics, and where they came from (after an evaluation)."""
+
+    def memory_figure(self) -> dict:
+        """``memory_bytes`` of the teacher when it ran (none for one that does not)."""
+        return {}
+
+    def summary(self) -> dict:
+        """metrics.json's ``teacher``: its own held-out metrics, size, precision and architecture; its memory
+        only when it ran."""
+        model_args = self.config.model
+        return {
+            **self.own_metrics(),
+            "parameters": parameter_count(self.model),
+            "size_on_disk_bytes": checkpoint_size(model_args.teacher_model_name_or_path, self.model),
+            "quantization": model_args.teacher_quantization,
+            **self.memory_figure(),
+            "architecture": architecture_summary(self.model),
+        }
+
+    def prepare(self, accelerator: Accelerator) -> None:
+        """Called by the trainer once, after the objective attached its hooks: place what runs."""
+
+    @abstractmethod
+    def __call__(self, batch: dict[str, torch.Tensor], objective: DistillationObjective) -> Any:
+        """The teacher's outputs for a batch, as the objective reads them (the trainer calls this every step)."""

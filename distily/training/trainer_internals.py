@@ -1,0 +1,88 @@
+"""The only places Distily reaches into private parts of transformers' Trainer and accelerate, each written for
+the versions in ``WRITTEN_FOR`` (a warning names any other) and each pinned by a regression test in
+``tests/training/test_trainer_internals.py`` that fails when the library behaviour it works around changes.
+
+- ``StagedCheckpoints``: the Trainer writes a checkpoint file by file into ``checkpoint-N``, so a save cut
+  short leaves a directory that ``get_last_checkpoint`` takes for a checkpoint. Here it is written into
+  ``.checkpoint-staging/checkpoint-N`` and renamed into place once complete (``_get_output_dir`` and
+  ``_save_checkpoint``: no public hook runs before the Trainer picks the directory).
+- ``undo_evaluation_preparation``: an ``evaluate()`` before training prepares the model for evaluation only
+  (no DDP wrapper) and marks it prepared; accelerate then refuses to prepare it for training, so each process
+  would step on its own gradients.
+"""
+
+import logging
+import os
+import shutil
+import warnings
+from importlib.metadata import version
+
+from accelerate import Accelerator
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from distily.training.guards import check_finite_weights
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_STAGING_DIR = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
+WRITTEN_FOR = {"transformers": "5.", "accelerate": "1.1"}  # version prefixes: transformers 5.x, accelerate 1.1x
+
+
+def check_library_versions() -> None:
+    """Warn when transformers or accelerate is a version these workarounds were not written for."""
+    for package, prefix in WRITTEN_FOR.items():
+        found = version(package)
+        if not found.startswith(prefix):
+            warnings.warn(
+                f"{package} {found}: distily/training/trainer_internals.py was written for {package} {prefix}x; "
+                "atomic checkpoints and DDP after a first evaluation may not hold (run tests/training/"
+                "test_trainer_internals.py)",
+                stacklevel=2,
+            )
+
+
+class StagedCheckpoints(Trainer):
+    """A Trainer whose checkpoints appear only complete; weights that are not finite are never written."""
+
+    _checkpoint_staging = None  # the run directory the Trainer writes into, while a checkpoint is written
+
+    def _get_output_dir(self, trial):
+        return self._checkpoint_staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        check_finite_weights(self.model)
+        run_dir = self._get_output_dir(trial)
+        staging = os.path.join(run_dir, CHECKPOINT_STAGING_DIR)
+        self._checkpoint_staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_staging = None
+        self.accelerator.wait_for_everyone()
+        if not self.args.should_save:
+            return
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        if self.state.best_model_checkpoint == staged:
+            self.state.best_model_checkpoint = final
+        if not os.listdir(staging):  # else it holds a half-written checkpoint of an interrupted save
+            os.rmdir(staging)
+        rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+
+
+def undo_evaluation_preparation(accelerator: Accelerator, model: nn.Module) -> None:
+    """Let ``accelerator.prepare`` wrap ``model`` for training (DDP) after an evaluation-only preparation: drop the
+    prepared mark, the mixed-precision forward it installed (it is installed again) and its entry among the
+    accelerator's models. Nothing to do when ``model`` was not prepared."""
+    if not getattr(model, "_is_accelerate_prepared", False):
+        return
+    del model._is_accelerate_prepared
+    if "_original_forward" in vars(model):
+        model.forward = model._original_forward
+        del model._original_forward
+    accelerator._models = [prepared for prepared in accelerator._models if prepared is not model]

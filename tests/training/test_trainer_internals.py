@@ -1,0 +1,88 @@
+"""The library behaviours ``distily/training/trainer_internals.py`` works around, pinned: when one of these tests
+fails, transformers or accelerate changed, and the workaround must be checked (or removed)."""
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from distily.training import trainer_internals
+from distily.training.trainer_internals import (
+    CHECKPOINT_STAGING_DIR,
+    StagedCheckpoints,
+    check_library_versions,
+    undo_evaluation_preparation,
+)
+from tiny import tiny_config
+
+
+def _trainer(cls, output_dir: Path) -> Trainer:
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", layers=1))
+    args = TrainingArguments(output_dir=str(output_dir), report_to="none", use_cpu=True, save_strategy="no")
+    return cls(model=model, args=args)
+
+
+def _save_killed_after_the_weights(trainer: Trainer, monkeypatch) -> None:
+    """A checkpoint save cut short after the model's weights, before the optimizer and trainer state."""
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    trainer.state.global_step = 1
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(trainer, "_save_optimizer_and_scheduler", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer._save_checkpoint(trainer.model, trial=None)
+
+
+def test_the_trainer_alone_leaves_a_half_written_checkpoint_that_looks_complete(tmp_path, monkeypatch):
+    """What ``StagedCheckpoints`` works around: without it, get_last_checkpoint takes the half-written one."""
+    _save_killed_after_the_weights(_trainer(Trainer, tmp_path), monkeypatch)
+    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
+    assert not (tmp_path / "checkpoint-1" / "trainer_state.json").exists()
+
+
+def test_staged_checkpoints_appear_only_complete(tmp_path, monkeypatch):
+    trainer = _trainer(StagedCheckpoints, tmp_path)
+    _save_killed_after_the_weights(trainer, monkeypatch)
+    assert get_last_checkpoint(str(tmp_path)) is None
+    assert (tmp_path / CHECKPOINT_STAGING_DIR / "checkpoint-1").is_dir()  # set aside
+
+    monkeypatch.undo()
+    trainer._save_checkpoint(trainer.model, trial=None)
+    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-1")
+    assert (tmp_path / "checkpoint-1" / "trainer_state.json").is_file()
+    assert not (tmp_path / CHECKPOINT_STAGING_DIR).exists()  # the half-written one was this one: replaced
+
+
+def test_an_evaluation_only_preparation_blocks_the_training_one_until_undone():
+    """What ``undo_evaluation_preparation`` works around: accelerate does not prepare a model twice, so after an
+    evaluation-only preparation the training one (the DDP wrapper on several processes) would not happen."""
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: this test's precision
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    model = torch.nn.Linear(2, 2)
+    forward = model.forward
+    accelerator.prepare_model(model, evaluation_mode=True)
+    assert model._is_accelerate_prepared and model.forward != forward  # mixed precision wrapped its forward
+    assert accelerator.prepare_model(model) is model and model in accelerator._models  # not prepared again
+
+    undo_evaluation_preparation(accelerator, model)
+    assert not hasattr(model, "_is_accelerate_prepared") and model.forward == forward
+    assert model not in accelerator._models
+    accelerator.prepare_model(model)  # prepared afresh
+    assert model._is_accelerate_prepared and model in accelerator._models
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_a_library_version_the_workarounds_were_not_written_for_is_named(monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_library_versions()  # the installed versions
+    monkeypatch.setattr(trainer_internals, "version", lambda package: "9.0" if package == "accelerate" else "5.1")
+    with pytest.warns(UserWarning, match="accelerate 9.0: distily/training/trainer_internals.py was written for"):
+        check_library_versions()
