@@ -19,7 +19,6 @@ from distily.config import DistillConfig
 from distily.evaluation.arguments import HELDOUT_SET
 from distily.data.framing import check_causality, model_inputs
 from distily.data.text import DistillationData, build_datasets, check_token_ids, collate, load_training_documents
-from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator
 from distily.models.architecture import plain_lm_head, resolve_max_seq_length, token_id_limit
@@ -52,8 +51,6 @@ class LiveTeacher(TeacherSource):
         """Load the training documents (a bad dataset fails before the models load), the teacher (checked to be
         causal before the student copies anything from it) and its tokenizer."""
         model_args = config.model
-        if model_args.teacher_model_name_or_path is None:
-            raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
         self.config = config
         self.documents = load_training_documents(config.data)
         self.model = load_teacher(

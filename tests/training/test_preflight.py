@@ -18,7 +18,8 @@ from distily.objectives.arguments import ObjectiveArguments
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_footprint
 from distily.objectives.losses import LOSSES
-from distily.objectives.objective import build_objective
+from distily.objectives.objective import LogitsComponent, build_objective
+from distily.objectives.sparse import SparseLogitsComponent
 from distily.objectives.sparse import RecordedTeacherOutput
 from tiny import tiny_config
 
@@ -34,7 +35,8 @@ def _models(vocab: int, recorded: bool):
             teacher = AutoModelForCausalLM.from_config(teacher_config)
     else:
         teacher = AutoModelForCausalLM.from_config(teacher_config).requires_grad_(False)
-    objective = build_objective(ObjectiveArguments(), teacher.config, student.config, vocab, recorded_teacher=recorded)
+    objective = build_objective(ObjectiveArguments(), teacher.config, student.config, vocab,
+                                logits_component=SparseLogitsComponent if recorded else LogitsComponent)
     objective.attach(student, None if recorded else teacher)
     return teacher, student, objective
 
