@@ -34,44 +34,35 @@ from pathlib import Path
 
 import matplotlib
 import torch
-import yaml
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from distily.data.text import collate
 from distily.evaluation.heldout import heldout_metrics
 from distily.experiments.sweep import run_sweep
-from distily.experiments.sweep_file import load_sweep
-from distily.models.precision import bf16_is_fast
 from distily.models.student import load_student
 from distily.outputs import write_json_atomic
 
 from wikitext import (
     DEFAULT_DATA,
     REPO,
-    WIKITEXT_ARTICLES,
+    STUDENT_INITS,
     add_model_arguments,
     device_description,
     draw_perplexity_curves,
     heldout_blocks,
     markdown_head,
     markdown_row,
+    report_opening,
+    student_keys,
     teacher_training,
     train_teacher,
+    write_sweep,
 )
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 TEACHER_LEARNING_RATE = 3e-3  # the teacher of the measured tables in docs/results.md
-# --student_init -> (what the students start from, their config keys); the teacher is a Llama with tied
-# embeddings, so model.embed_tokens is also its LM head
-STUDENT_INITS = {
-    "teacher": ("blocks copied from evenly spaced teacher blocks, embeddings, final norm and LM head from the teacher",
-                {"student_init": "teacher"}),
-    "random_blocks": ("random blocks, embeddings, final norm and LM head from the teacher",
-                      {"student_init": "random", "copy_teacher_modules": ["model.embed_tokens", "model.norm"]}),
-    "random": ("every weight random (trained from scratch)", {"student_init": "random"}),
-}  # fmt: skip
 # (name, what the student learns from, config keys over the common ones)
 VARIANTS = [
     ("hard-labels", "next-token cross-entropy on the data (baseline)", {"logits_weight": 0.0, "hard_label_weight": 1.0}),
@@ -112,43 +103,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 def student_base(args, teacher_dir: Path) -> dict:
     """The config keys every student shares."""
     return {
-        "teacher_model_name_or_path": str(teacher_dir),
-        "student_config_overrides": {"num_hidden_layers": args.student_layers},
+        **student_keys(args, teacher_dir),
         **STUDENT_INITS[args.student_init][1],
         "dataset_name": str(Path(args.data) / "valid.txt"),
-        "text_document_delimiter": WIKITEXT_ARTICLES,
         "eval_fraction": 0.02,
         "max_eval_samples": 64,  # the run's own held-out check; the comparison itself is on test.txt
-        "max_seq_length": args.seq_length,
-        "tokenization_cache_dir": str(Path(args.work_dir) / "cache"),
-        "hidden_states_layer_map": "all",
-        "hidden_states_projector": "identity",
-        "hidden_states_norm": "layernorm",
-        "max_steps": args.student_steps,
-        "per_device_train_batch_size": args.batch_size,
-        "learning_rate": 1e-3,
-        "bf16": bf16_is_fast(),
         "eval_strategy": "no",
-        "save_strategy": "steps",
         "save_steps": max(args.student_steps // 4, 1),
         "logging_steps": max(args.student_steps // 10, 1),
-        "report_to": "none",
-        "seed": 0,
     }
-
-
-def write_sweep(args, name: str, spec: dict):
-    """``spec`` as the sweep file WORK_DIR/NAME-INIT.yaml, its runs in WORK_DIR/NAME-INIT, loaded."""
-    path = Path(args.work_dir) / f"{name}-{args.student_init}.yaml"
-    spec = {**spec, "output_dir": str(path.with_suffix(""))}
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return load_sweep(str(path))
 
 
 def student_sweep(args, teacher_dir: Path):
     """The students as a sweep: one run per variant, equal budgets; and what each learns from."""
     runs = [{"name": name, **overrides} for name, _, overrides in VARIANTS]
-    sweep = write_sweep(args, "students", {"base": student_base(args, teacher_dir), "runs": runs})
+    spec = {"base": student_base(args, teacher_dir), "runs": runs}
+    sweep = write_sweep(args.work_dir, f"students-{args.student_init}", spec)
     return sweep, {name: what for name, what, _ in VARIANTS}
 
 
@@ -156,7 +126,7 @@ def budget_sweep(args, teacher_dir: Path):
     """The cross-entropy and logit students at each of --budget_steps, as a sweep."""
     runs = [{"name": name, **overrides} for name, _, overrides in VARIANTS if name in BUDGET_VARIANTS]
     spec = {"base": student_base(args, teacher_dir), "runs": runs, "grid": {"max_steps": args.budget_steps}}
-    return write_sweep(args, "budgets", spec)
+    return write_sweep(args.work_dir, f"budgets-{args.student_init}", spec)
 
 
 def evaluate(args, teacher_dir: Path, sweep, descriptions: dict, budgets=None) -> dict:
@@ -206,13 +176,11 @@ def _ratio(students: dict, name: str, reference: str):
 
 def write_report(args, results: dict, command: str) -> None:
     students, teacher = results["students"], results["teacher"]
+    *head, teacher_line = report_opening("Distillation signals compared (WikiText-2)", command, results["device"], args,
+                                         teacher)  # fmt: skip
     lines = [
-        "# Distillation signals compared (WikiText-2)",
-        "",
-        f"Command: `{command}` (on {results['device']}).",
-        "",
-        f"Teacher: Llama architecture, {args.teacher_layers} layers, width {args.hidden_size}, "
-        f"{teacher['parameters'] / 1e6:.2f}M parameters, {args.teacher_steps} steps on `valid.txt`. "
+        *head,
+        f"{teacher_line}, {args.teacher_steps} steps on `valid.txt`. "
         f"Students: {args.student_layers} layers, {STUDENT_INITS[args.student_init][0]}, each trained {args.student_steps} "
         f"steps of {args.batch_size} x {args.seq_length} tokens on `valid.txt`. Evaluated on "
         f"{results['test_tokens']:,} tokens of `test.txt`; KL is KL(teacher || student) per token, in nats.",

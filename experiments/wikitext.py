@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -18,6 +19,7 @@ from distily.config import DataArguments
 from distily.data.text import DistillationData, build_datasets, collate, split_text
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.evaluation.perplexity import load_eval_set
+from distily.experiments.sweep_file import Sweep, load_sweep
 from distily.models.precision import bf16_is_fast
 from distily.outputs import write_json_atomic
 
@@ -26,6 +28,15 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "wikitext-2"
 EOS = "<|endoftext|>"
 WIKITEXT_ARTICLES = r"^ = [^=]"  # a WikiText article starts at its top-level heading " = Title = "
 TEACHER_TRAINING_FILE = "training.json"
+# a student's starting point -> (what it starts from, its config keys); the teacher is a Llama with tied
+# embeddings, so model.embed_tokens is also its LM head
+STUDENT_INITS = {
+    "teacher": ("blocks copied from evenly spaced teacher blocks, embeddings, final norm and LM head from the teacher",
+                {"student_init": "teacher"}),
+    "random_blocks": ("random blocks, embeddings, final norm and LM head from the teacher",
+                      {"student_init": "random", "copy_teacher_modules": ["model.embed_tokens", "model.norm"]}),
+    "random": ("every weight random (trained from scratch)", {"student_init": "random"}),
+}  # fmt: skip
 
 
 def read_articles(text_file: Path) -> list[str]:
@@ -102,11 +113,55 @@ def teacher_training(teacher_dir: Path) -> dict:
     return json.loads((teacher_dir / TEACHER_TRAINING_FILE).read_text())
 
 
+def student_keys(args, teacher_dir: Path) -> dict:
+    """The config keys every student of these experiments has: the teacher's config with
+    ``args.student_layers`` layers, ``args.student_steps`` steps of ``args.batch_size`` blocks at learning
+    rate 1e-3, hidden states (when a run weighs them) paired by relative depth, compared by MSE after layer
+    norm without a projector; checkpoints by steps, seed 0."""
+    return {
+        "teacher_model_name_or_path": str(teacher_dir),
+        "student_config_overrides": {"num_hidden_layers": args.student_layers},
+        "text_document_delimiter": WIKITEXT_ARTICLES,
+        "max_seq_length": args.seq_length,
+        "tokenization_cache_dir": str(Path(args.work_dir) / "cache"),
+        "hidden_states_layer_map": "all",
+        "hidden_states_projector": "identity",
+        "hidden_states_norm": "layernorm",
+        "max_steps": args.student_steps,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": 1e-3,
+        "bf16": bf16_is_fast(),
+        "save_strategy": "steps",
+        "report_to": "none",
+        "seed": 0,
+    }
+
+
+def write_sweep(work_dir: str, name: str, spec: dict) -> Sweep:
+    """``spec`` as the sweep file WORK_DIR/NAME.yaml, its runs in WORK_DIR/NAME, loaded."""
+    path = Path(work_dir) / f"{name}.yaml"
+    spec = {**spec, "output_dir": str(path.with_suffix(""))}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_sweep(str(path))
+
+
 def heldout_blocks(text_file: Path, tokenizer, seq_length: int, cache_dir: Path, limit: int):
     """The first ``limit`` blocks (all: 0) of ``text_file``, by article, framed as the models were trained."""
     spec = {"path": str(text_file), "config": None, "split": "train", "text_column": "text", "max_samples": limit or None}
     return load_eval_set(text_file.stem, spec, tokenizer, seq_length, str(cache_dir),
                          text_document_delimiter=WIKITEXT_ARTICLES)  # fmt: skip
+
+
+def report_opening(title: str, command: str, device: str, args, teacher: dict) -> list[str]:
+    """A report's title, command and the start of its teacher's description (its shape and size)."""
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{command}` (on {device}).",
+        "",
+        f"Teacher: Llama architecture, {args.teacher_layers} layers, width {args.hidden_size}, "
+        f"{teacher['parameters'] / 1e6:.2f}M parameters",
+    ]
 
 
 def markdown_head(columns: list[str]) -> list[str]:

@@ -37,10 +37,10 @@ def make_documents(count: int, seed: int = 0) -> list[str]:
     return documents
 
 
-def wikitext_like(paragraphs: list[str], per_article: int = 5) -> str:
+def wikitext_like(paragraphs: list[str], per_article: int = 5, title: str = "Article") -> str:
     """WikiText's layout: articles under " = Title = " headings, paragraphs between blank lines."""
     articles = [
-        f" = Article {i} = \n \n" + "".join(f" {p} \n \n" for p in paragraphs[i : i + per_article])
+        f" = {title} {i} = \n \n" + "".join(f" {p} \n \n" for p in paragraphs[i : i + per_article])
         for i in range(0, len(paragraphs), per_article)
     ]
     return " \n" + "".join(articles)
