@@ -6,8 +6,8 @@
    first 80% of ``test.txt`` (cut at the first article that starts past 80% of its characters); the
    held-out set is the rest of ``test.txt``, seen by nobody (not the tokenizer, not the teacher, no
    student). The transfer sets are articles of the teacher's training text (its own 2% held-out articles
-   left out), drawn in a seeded random order until they hold 10% (and, a second point, 30%) of the
-   teacher text's characters; the 10% set is part of the 30% set.
+   left out), drawn in a seeded random order until they hold as near 10% (and, a second point, 30%) of
+   the teacher text's characters as whole articles can; the 10% set is part of the 30% set.
 2. A byte-level BPE tokenizer (4096 tokens) and a Llama-architecture teacher (4 layers, width 192) are
    trained on the teacher's text, 1000 steps of 16 x 128 tokens at learning rate 1e-3.
 3. Teacher-sampled text: ``distily generate`` from the teacher, as many sequences of 128 tokens as the
@@ -29,6 +29,7 @@ Writes the tables and curves to ``docs/results/transfer_set.{md,png}`` and every
 """
 
 import argparse
+import itertools
 import json
 import random
 import shlex
@@ -111,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--student_inits", nargs="+", choices=list(INITS), default=list(INITS))
     parser.add_argument("--student_steps", type=int, default=320)
     parser.add_argument("--eval_every", type=int, default=40, help="steps between held-out evaluations (divides --student_steps)")
-    parser.add_argument("--eval_blocks", type=int, default=256, help="held-out blocks evaluated (the first ones)")
+    parser.add_argument("--eval_blocks", type=int, default=128, help="held-out blocks evaluated (the first ones)")
     args = parser.parse_args(argv)
     if not 0 < args.heldout_fraction < 1:
         parser.error(f"--heldout_fraction {args.heldout_fraction} must be between 0 and 1")
@@ -147,17 +148,14 @@ def split_articles(data: Path, heldout_fraction: float) -> tuple[list[str], list
 
 
 def draw_transfer_sets(candidates: list[str], total_characters: int, fractions: list[float]) -> list[list[str]]:
-    """For each fraction (ascending), the first articles of ``candidates`` in a seeded random order that hold
-    that fraction of ``total_characters``: each set is the start of the next."""
+    """For each fraction (ascending), the first articles of ``candidates`` in a seeded random order whose
+    characters come closest to that fraction of ``total_characters`` (at least one article): each set is
+    the start of the next."""
     order = random.Random(0).sample(candidates, len(candidates))
-    sets = []
-    for fraction in fractions:
-        held, count = 0, 0
-        while count < len(order) and held < fraction * total_characters:
-            held += len(order[count])
-            count += 1
-        sets.append(order[:count])
-    return sets
+    held = list(itertools.accumulate(map(len, order)))  # characters of the first 1, 2, ... articles
+    counts = [1 + min(range(len(held)), key=lambda index: abs(held[index] - fraction * total_characters))
+              for fraction in fractions]  # fmt: skip
+    return [order[:count] for count in counts]
 
 
 def stream_blocks(documents: datasets.Dataset, tokenizer, args) -> datasets.Dataset:
