@@ -86,7 +86,7 @@ SIGNALS = [
     (SAMPLED, "teacher logits on the transfer set plus as much teacher-sampled text", {}),
     (TERNARY, "teacher logits, ternary (BitNet b1.58) student", {"student_as_bitnet": True}),
 ]  # fmt: skip
-SECOND_POINT = ((BASELINE, LOGITS), ("random",))  # the signals and starting points trained on the larger transfer sets
+SECOND_POINT_SIGNALS, SECOND_POINT_INITS = (BASELINE, LOGITS), ("random",)  # on the larger transfer sets
 FULL_PRECISION_SIGNALS = [name for name, _, _ in SIGNALS if name not in (BASELINE, TERNARY)]  # "the best signal"
 UNSEEN = "unseen"  # the held-out set's name among each run's eval sets
 ONE_BLOCK = 1e-3  # eval_fraction: distily's own held-out split of a transfer set is ceil(0.001 x blocks) blocks
@@ -224,9 +224,9 @@ def prepare_data(args) -> dict:
 def groups(args) -> list[tuple[str, str, list[str]]]:
     """(transfer set, starting point, signals) of every group of students compared with one baseline."""
     first, *others = [set_name(fraction) for fraction in args.transfer_fractions]
-    signals, inits = SECOND_POINT
     found = [(first, init, [name for name, _, _ in SIGNALS]) for init in args.student_inits]
-    return found + [(name, init, list(signals)) for name in others for init in args.student_inits if init in inits]
+    return found + [(name, init, list(SECOND_POINT_SIGNALS)) for name in others for init in args.student_inits
+                    if init in SECOND_POINT_INITS]  # fmt: skip
 
 
 def student_sweep(args, teacher_dir: Path, files: dict):
