@@ -449,7 +449,7 @@ def plot(results: dict, path: Path) -> None:
     for axes, (name, group) in zip(axes_row[0], found.items()):
         curves = {signal: [(point["tokens"], point["perplexity"]) for point in row["curve"]]
                   for signal, row in group["students"].items()}  # fmt: skip
-        draw_perplexity_curves(axes, curves, results["teacher"]["perplexity"], log_tokens=False)
+        draw_perplexity_curves(axes, curves, results["teacher"]["perplexity"], log_tokens=False, teacher_color="black")
         axes.axvline(group["baseline_best_tokens"], color="gray", linestyle=":")
         axes.set_yscale("log")  # from an untrained student's thousands to the teacher's tens
         axes.set_title(f"{group['transfer_set']} transfer set, {INITS[group['student_init']]}")

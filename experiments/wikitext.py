@@ -174,12 +174,13 @@ def markdown_row(cells) -> str:
     return "|" + "|".join(f" {cell} " if cell != "" else " " for cell in cells) + "|"
 
 
-def draw_perplexity_curves(axes, curves: dict, teacher_perplexity: float, log_tokens: bool) -> None:
+def draw_perplexity_curves(axes, curves: dict, teacher_perplexity: float, log_tokens: bool,
+                           teacher_color: str = "tab:red") -> None:
     """Held-out perplexity against training tokens, one line per model (``curves``: name -> [(tokens,
-    perplexity)]), the teacher's as a dashed line."""
+    perplexity)]), the teacher's as a dashed line (in a colour none of the curves has)."""
     for name, points in curves.items():
         axes.plot(*zip(*points), marker="o", label=name)
-    axes.axhline(teacher_perplexity, color="tab:red", linestyle="--", label="teacher")
+    axes.axhline(teacher_perplexity, color=teacher_color, linestyle="--", label="teacher")
     if log_tokens:
         axes.set_xscale("log")
     axes.set_xlabel("training tokens")
