@@ -29,42 +29,40 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
 import matplotlib
 import torch
-import yaml
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from distily.commands.sweep import run_sweep
-from distily.data.arguments import DataArguments
-from distily.data.text import build_datasets, collate, data_framing, load_training_documents, tokenize_and_pack
-from distily.data.tokenizer import train_byte_level_bpe
+from distily.data.text import collate
 from distily.evaluation.heldout import heldout_metrics
-from distily.experiments.sweep_file import load_sweep
-from distily.models.precision import bf16_is_fast
 from distily.models.student import load_student
 from distily.outputs import write_json_atomic
+
+from wikitext import (
+    DEFAULT_DATA,
+    REPO,
+    STUDENT_INITS,
+    add_model_arguments,
+    device_description,
+    draw_perplexity_curves,
+    heldout_blocks,
+    markdown_head,
+    markdown_row,
+    report_opening,
+    student_keys,
+    teacher_training,
+    train_teacher,
+    write_sweep,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-EOS = "<|endoftext|>"
-WIKITEXT_ARTICLES = r"^ = [^=]"  # a WikiText article starts at its top-level heading " = Title = "
-# --student_init -> (what the students start from, their config keys); the teacher is a Llama with tied
-# embeddings, so model.embed_tokens is also its LM head
-STUDENT_INITS = {
-    "teacher": ("blocks copied from evenly spaced teacher blocks, embeddings, final norm and LM head from the teacher",
-                {"student_init": "teacher"}),
-    "random_blocks": ("random blocks, embeddings, final norm and LM head from the teacher",
-                      {"student_init": "random", "copy_teacher_modules": ["model.embed_tokens", "model.norm"]}),
-    "random": ("every weight random (trained from scratch)", {"student_init": "random"}),
-}  # fmt: skip
-TEACHER_TRAINING_FILE = "training.json"
+TEACHER_LEARNING_RATE = 3e-3  # the teacher of the measured tables in docs/results.md
 # (name, what the student learns from, config keys over the common ones)
 VARIANTS = [
     ("hard-labels", "next-token cross-entropy on the data (baseline)", {"logits_weight": 0.0, "hard_label_weight": 1.0}),
@@ -78,7 +76,7 @@ BUDGET_VARIANTS = ("hard-labels", "logits")  # the pair the token-budget curve c
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "wikitext-2"),
+    parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="directory with valid.txt (training) and test.txt (evaluation)")
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "compare-signals"), help="tokenizer, teacher, students")
     parser.add_argument("--student_init", choices=list(STUDENT_INITS), default="teacher",
@@ -87,13 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--report", help="the table (markdown), the plot beside it as .png "
                         "(default: docs/results/compare_signals[_INIT].md)")
     parser.add_argument("--json", help="every number (default: benchmarks/results/compare_signals[_INIT].json)")
-    parser.add_argument("--vocab_size", type=int, default=4096)
-    parser.add_argument("--hidden_size", type=int, default=192)
-    parser.add_argument("--teacher_layers", type=int, default=4)
-    parser.add_argument("--student_layers", type=int, default=2)
-    parser.add_argument("--seq_length", type=int, default=128)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--teacher_steps", type=int, default=800)
+    add_model_arguments(parser, teacher_steps=800)
     parser.add_argument("--student_steps", type=int, default=300)
     parser.add_argument("--eval_blocks", type=int, default=400, help="test.txt blocks evaluated (all: 0)")
     parser.add_argument("--budget_steps", type=int, nargs="*", default=[50, 100, 200],
@@ -108,91 +100,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args  # fmt: skip
 
 
-def train_tokenizer(text_file: Path, vocab_size: int) -> PreTrainedTokenizerFast:
-    # the file's lines with their endings, as Tokenizer.train([text_file]) reads them: the same merges
-    with open(text_file, encoding="utf-8", newline="") as lines:
-        return train_byte_level_bpe(lines, vocab_size, EOS, pad=True)
-
-
-def train_teacher(args, teacher_dir: Path) -> None:
-    """Tokenizer and teacher, trained on valid.txt; kept when teacher_dir holds them, resumed from the last
-    checkpoint when the training was interrupted."""
-    if (teacher_dir / "model.safetensors").exists():
-        return
-    training_dir = Path(args.work_dir) / "teacher-training"
-    if (training_dir / "tokenizer.json").exists():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(training_dir)
-    else:
-        tokenizer = train_tokenizer(Path(args.data) / "valid.txt", args.vocab_size)
-        tokenizer.save_pretrained(training_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size,
-        num_hidden_layers=args.teacher_layers, num_attention_heads=args.hidden_size // 64,
-        max_position_embeddings=2 * args.seq_length, tie_word_embeddings=True,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    data_args = DataArguments(dataset_name=str(Path(args.data) / "valid.txt"), eval_fraction=0.02,
-                              text_document_delimiter=WIKITEXT_ARTICLES,
-                              tokenization_cache_dir=str(Path(args.work_dir) / "cache"))  # fmt: skip
-    data = build_datasets(data_args, tokenizer, args.seq_length, seed=0)
-    training = TrainingArguments(
-        output_dir=str(training_dir), max_steps=args.teacher_steps,
-        per_device_train_batch_size=args.batch_size, learning_rate=3e-3, lr_scheduler_type="cosine",
-        warmup_steps=0.05, weight_decay=0.1, bf16=bf16_is_fast(), use_cpu=not torch.accelerator.is_available(),
-        logging_steps=max(args.teacher_steps // 10, 1), eval_strategy="no", save_steps=max(args.teacher_steps // 8, 1),
-        save_total_limit=1, report_to="none", remove_unused_columns=False, seed=0,
-    )  # fmt: skip
-    collate_fn = partial(collate, pad_token_id=tokenizer.eos_token_id)
-    started = time.perf_counter()
-    trainer = Trainer(model=model, args=training, train_dataset=data.train, data_collator=collate_fn)
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(str(training_dir)))
-    model.save_pretrained(teacher_dir)
-    tokenizer.save_pretrained(teacher_dir)
-    write_json_atomic(teacher_dir / TEACHER_TRAINING_FILE, {"train_seconds": time.perf_counter() - started})
-
-
 def student_base(args, teacher_dir: Path) -> dict:
     """The config keys every student shares."""
     return {
-        "teacher_model_name_or_path": str(teacher_dir),
-        "student_config_overrides": {"num_hidden_layers": args.student_layers},
+        **student_keys(args, teacher_dir),
         **STUDENT_INITS[args.student_init][1],
         "dataset_name": str(Path(args.data) / "valid.txt"),
-        "text_document_delimiter": WIKITEXT_ARTICLES,
         "eval_fraction": 0.02,
         "max_eval_samples": 64,  # the run's own held-out check; the comparison itself is on test.txt
-        "max_seq_length": args.seq_length,
-        "tokenization_cache_dir": str(Path(args.work_dir) / "cache"),
-        "hidden_states_layer_map": "all",
-        "hidden_states_projector": "identity",
-        "hidden_states_norm": "layernorm",
-        "max_steps": args.student_steps,
-        "per_device_train_batch_size": args.batch_size,
-        "learning_rate": 1e-3,
-        "bf16": bf16_is_fast(),
         "eval_strategy": "no",
-        "save_strategy": "steps",
         "save_steps": max(args.student_steps // 4, 1),
         "logging_steps": max(args.student_steps // 10, 1),
-        "report_to": "none",
-        "seed": 0,
     }
-
-
-def write_sweep(args, name: str, spec: dict):
-    """``spec`` as the sweep file WORK_DIR/NAME-INIT.yaml, its runs in WORK_DIR/NAME-INIT, loaded."""
-    path = Path(args.work_dir) / f"{name}-{args.student_init}.yaml"
-    spec = {**spec, "output_dir": str(path.with_suffix(""))}
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return load_sweep(str(path))
 
 
 def student_sweep(args, teacher_dir: Path):
     """The students as a sweep: one run per variant, equal budgets; and what each learns from."""
     runs = [{"name": name, **overrides} for name, _, overrides in VARIANTS]
-    sweep = write_sweep(args, "students", {"base": student_base(args, teacher_dir), "runs": runs})
+    spec = {"base": student_base(args, teacher_dir), "runs": runs}
+    sweep = write_sweep(args.work_dir, f"students-{args.student_init}", spec)
     return sweep, {name: what for name, what, _ in VARIANTS}
 
 
@@ -200,28 +126,20 @@ def budget_sweep(args, teacher_dir: Path):
     """The cross-entropy and logit students at each of --budget_steps, as a sweep."""
     runs = [{"name": name, **overrides} for name, _, overrides in VARIANTS if name in BUDGET_VARIANTS]
     spec = {"base": student_base(args, teacher_dir), "runs": runs, "grid": {"max_steps": args.budget_steps}}
-    return write_sweep(args, "budgets", spec)
-
-
-def test_blocks(args, tokenizer):
-    documents = load_training_documents(
-        DataArguments(dataset_name=str(Path(args.data) / "test.txt"), text_document_delimiter=WIKITEXT_ARTICLES)
-    )
-    framing = data_framing(documents, tokenizer, args.seq_length, "auto")
-    blocks = tokenize_and_pack(documents, tokenizer, framing, "text", str(Path(args.work_dir) / "cache"))
-    return blocks.select(range(min(args.eval_blocks or len(blocks), len(blocks)))).with_format("torch")
+    return write_sweep(args.work_dir, f"budgets-{args.student_init}", spec)
 
 
 def evaluate(args, teacher_dir: Path, sweep, descriptions: dict, budgets=None) -> dict:
     """Teacher and every finished student (and the budget sweep's, if given) on test.txt blocks."""
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
-    blocks = test_blocks(args, tokenizer)
+    blocks = heldout_blocks(Path(args.data) / "test.txt", tokenizer, args.seq_length, Path(args.work_dir) / "cache",
+                            args.eval_blocks)
     measure = partial(heldout_metrics, dataset=blocks, collate_fn=partial(collate, pad_token_id=tokenizer.eos_token_id))
     results = {
         "teacher": {
             "parameters": teacher.num_parameters(),
-            **json.loads((teacher_dir / TEACHER_TRAINING_FILE).read_text()),
+            **teacher_training(teacher_dir),
             **measure(teacher, desc="teacher"),
         }
     }
@@ -258,28 +176,25 @@ def _ratio(students: dict, name: str, reference: str):
 
 def write_report(args, results: dict, command: str) -> None:
     students, teacher = results["students"], results["teacher"]
+    *head, teacher_line = report_opening("Distillation signals compared (WikiText-2)", command, results["device"], args,
+                                         teacher)  # fmt: skip
     lines = [
-        "# Distillation signals compared (WikiText-2)",
-        "",
-        f"Command: `{command}` (on {results['device']}).",
-        "",
-        f"Teacher: Llama architecture, {args.teacher_layers} layers, width {args.hidden_size}, "
-        f"{teacher['parameters'] / 1e6:.2f}M parameters, {args.teacher_steps} steps on `valid.txt`. "
+        *head,
+        f"{teacher_line}, {args.teacher_steps} steps on `valid.txt`. "
         f"Students: {args.student_layers} layers, {STUDENT_INITS[args.student_init][0]}, each trained {args.student_steps} "
         f"steps of {args.batch_size} x {args.seq_length} tokens on `valid.txt`. Evaluated on "
         f"{results['test_tokens']:,} tokens of `test.txt`; KL is KL(teacher || student) per token, in nats.",
         "",
-        "| model | learns from | perplexity | vs. baseline | KL to teacher | top-1 agreement | train time |",
-        "|---|---|---|---|---|---|---|",
-        f"| teacher | next-token cross-entropy on the data | {teacher['perplexity']:.1f} | | | | "
-        f"{teacher['train_seconds']:.0f} s |",
+        *markdown_head(["model", "learns from", "perplexity", "vs. baseline", "KL to teacher", "top-1 agreement",
+                        "train time"]),
+        markdown_row(["teacher", "next-token cross-entropy on the data", f"{teacher['perplexity']:.1f}", "", "", "",
+                      f"{teacher['train_seconds']:.0f} s"]),
     ]
     for name, row in students.items():
         ratio = _ratio(students, name, "hard-labels")
-        lines.append(
-            f"| {name} | {row['signal']} | {row['perplexity']:.1f} | {ratio:.2f}x | {row['kl_to_teacher']:.3f} | "
-            f"{row['top1_agreement']:.3f} | {row['train_seconds']:.0f} s |"
-        )
+        lines.append(markdown_row([name, row["signal"], f"{row['perplexity']:.1f}", f"{ratio:.2f}x",
+                                   f"{row['kl_to_teacher']:.3f}", f"{row['top1_agreement']:.3f}",
+                                   f"{row['train_seconds']:.0f} s"]))  # fmt: skip
     logits_ratio, bitnet_ratio = _ratio(students, "logits", "hard-labels"), _ratio(students, "logits-bitnet", "logits")
     lines += ["", f"- Logit-distilled student vs. cross-entropy baseline: {logits_ratio:.2f}x the perplexity (goal: at most 0.90x)."]
     lines.append(f"- Ternary vs. full-precision logit-distilled student: {bitnet_ratio:.2f}x the perplexity (goal: at most 1.30x).")
@@ -299,15 +214,14 @@ def budget_lines(budgets) -> list[str]:
         "",
         "Token budget: the cross-entropy and logit-distilled students, the same but for the number of steps.",
         "",
-        "| steps | tokens | cross-entropy perplexity | logits perplexity | logits / cross-entropy | logits KL to teacher |",
-        "|---|---|---|---|---|---|",
+        *markdown_head(["steps", "tokens", "cross-entropy perplexity", "logits perplexity", "logits / cross-entropy",
+                        "logits KL to teacher"]),
     ]
     for steps in base:
         ratio = distilled[steps]["perplexity"] / base[steps]["perplexity"]
-        lines.append(
-            f"| {steps} | {base[steps]['tokens']:,} | {base[steps]['perplexity']:.1f} | {distilled[steps]['perplexity']:.1f} "
-            f"| {ratio:.2f}x | {distilled[steps]['kl_to_teacher']:.3f} |"
-        )
+        lines.append(markdown_row([steps, f"{base[steps]['tokens']:,}", f"{base[steps]['perplexity']:.1f}",
+                                   f"{distilled[steps]['perplexity']:.1f}", f"{ratio:.2f}x",
+                                   f"{distilled[steps]['kl_to_teacher']:.3f}"]))  # fmt: skip
     return lines
 
 
@@ -328,31 +242,18 @@ def plot(results: dict, path: Path) -> None:
     for axes in (left, right):
         axes.tick_params(axis="x", rotation=25)
     if budgets:
-        curve = axes_row[2]
-        for name, points in budgets.items():
-            tokens = [point["tokens"] for point in points.values()]
-            curve.plot(tokens, [point["perplexity"] for point in points.values()], marker="o", label=name)
-        curve.axhline(results["teacher"]["perplexity"], color="tab:red", linestyle="--", label="teacher")
-        curve.set_xscale("log")
-        curve.set_xlabel("training tokens")
-        curve.set_ylabel("test perplexity")
-        curve.legend()
+        curves = {name: [(point["tokens"], point["perplexity"]) for point in points.values()]
+                  for name, points in budgets.items()}  # fmt: skip
+        draw_perplexity_curves(axes_row[2], curves, results["teacher"]["perplexity"], log_tokens=True)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def device_description() -> str:
-    if torch.accelerator.is_available():
-        return str(torch.accelerator.current_accelerator())
-    return f"CPU, {torch.get_num_threads()} threads"
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     command = shlex.join(["python", "experiments/compare_signals.py", *(sys.argv[1:] if argv is None else argv)])
-    teacher_dir = Path(args.work_dir) / "teacher"
-    train_teacher(args, teacher_dir)
+    teacher_dir = train_teacher(args, Path(args.data) / "valid.txt", TEACHER_LEARNING_RATE)
     sweep, descriptions = student_sweep(args, teacher_dir)
     budgets = budget_sweep(args, teacher_dir) if args.budget_steps else None
     rows = [row for each in (sweep, budgets) if each is not None for row in run_sweep(each)]

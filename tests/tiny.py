@@ -37,6 +37,15 @@ def make_documents(count: int, seed: int = 0) -> list[str]:
     return documents
 
 
+def wikitext_like(paragraphs: list[str], per_article: int = 5, title: str = "Article") -> str:
+    """WikiText's layout: articles under " = Title = " headings, paragraphs between blank lines."""
+    articles = [
+        f" = {title} {i} = \n \n" + "".join(f" {p} \n \n" for p in paragraphs[i : i + per_article])
+        for i in range(0, len(paragraphs), per_article)
+    ]
+    return " \n" + "".join(articles)
+
+
 def make_tokenizer(eos_token: str = "<eos>") -> PreTrainedTokenizerFast:
     return train_byte_level_bpe(make_documents(200, seed=1), VOCAB, eos_token, bos=False, model_max_length=256)
 

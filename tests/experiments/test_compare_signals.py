@@ -1,31 +1,16 @@
 """experiments/compare_signals.py end to end at a toy scale: teacher, students, evaluation, report."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-from tiny import make_documents
-
-SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "compare_signals.py"
-
-
-def wikitext_like(paragraphs: list[str], per_article: int = 5) -> str:
-    """WikiText's layout: articles under " = Title = " headings, paragraphs between blank lines."""
-    articles = [
-        f" = Article {i} = \n \n" + "".join(f" {p} \n \n" for p in paragraphs[i : i + per_article])
-        for i in range(0, len(paragraphs), per_article)
-    ]
-    return " \n" + "".join(articles)
+import compare_signals as script
+from tiny import make_documents, wikitext_like
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("student_init", ["teacher", "random_blocks", "random"])
 def test_compare_signals_writes_its_table_plot_and_numbers(student_init, tmp_path):
-    spec = importlib.util.spec_from_file_location("compare_signals", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     data = tmp_path / "data"
     data.mkdir()
     (data / "valid.txt").write_text(wikitext_like(make_documents(300, seed=2)))
