@@ -30,6 +30,7 @@ from distily.config import parse_config, parse_record_config
 from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets
 from distily.data.tokenizer import train_byte_level_bpe
+from distily.metrics import RunMetrics
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
 
@@ -135,10 +136,10 @@ def main(argv=None) -> None:
     seconds = {mode: [] for mode in modes}
     for run in range(options.runs + 1):  # run 0 warms caches and is not counted
         for mode, run_values in modes.items():
-            metrics = run_distillation(parse_config(**run_values))
+            train = RunMetrics.from_dict(run_distillation(parse_config(**run_values))).train
             if run > 0:
-                seconds[mode].append(metrics["train"]["train_runtime"])
-            print(f"run {run} {mode}: {metrics['train']['train_runtime']:.2f} s", flush=True)
+                seconds[mode].append(train.runtime)
+            print(f"run {run} {mode}: {train.runtime:.2f} s", flush=True)
     tokens = options.steps * options.batch * options.seq
     tokens_per_second = {mode: tokens / statistics.median(runs) for mode, runs in seconds.items()}
     speedup = tokens_per_second["recorded"] / tokens_per_second["live"]

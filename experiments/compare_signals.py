@@ -26,7 +26,6 @@ Writes the table and a plot to ``docs/results/compare_signals.{md,png}`` and eve
 """
 
 import argparse
-import json
 import shlex
 import sys
 from functools import partial
@@ -41,6 +40,7 @@ from distily.data.text import collate
 from distily.evaluation.heldout import heldout_metrics
 from distily.models.student import load_student
 from distily.outputs import write_json_atomic
+from distily.training.run_dir import RunDir
 
 from wikitext import (
     DEFAULT_DATA,
@@ -146,12 +146,12 @@ def evaluate(args, teacher_dir: Path, sweep, descriptions: dict, budgets=None) -
     results["test_tokens"] = int(sum(len(block) for block in blocks["input_ids"]))
 
     def student_row(run_dir: Path, label: str) -> dict:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        train = RunDir(run_dir).read_metrics().train
         student = load_student(str(run_dir))
         return {
             "parameters": student.num_parameters(),
-            "train_seconds": metrics["train"]["wall_seconds"],
-            "tokens": metrics["train"]["tokens_seen"],
+            "train_seconds": train.wall_seconds,
+            "tokens": train.tokens_seen,
             **measure(student, teacher=teacher, desc=label),
         }
 

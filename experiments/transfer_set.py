@@ -29,6 +29,7 @@ Writes the tables and curves to ``docs/results/transfer_set.{md,png}`` and every
 """
 
 import argparse
+import dataclasses
 import itertools
 import json
 import random
@@ -47,6 +48,7 @@ from distily.data.framing import Framing
 from distily.data.text import collate, tokenize_and_pack
 from distily.evaluation.heldout import heldout_metrics
 from distily.commands.sweep import run_sweep
+from distily.metrics import Evaluation
 from distily.outputs import write_json_atomic
 from distily.recording.generate import run_generation
 from distily.training.checkpoints import TRAINER_STATE_FILE
@@ -252,9 +254,14 @@ def student_sweep(args, teacher_dir: Path, files: dict):
     return write_sweep(args.work_dir, "students", spec)
 
 
-def curve_point(step: int, tokens_per_step: int, values: dict, prefix: str) -> dict:
+def curve_point(step: int, tokens_per_step: int, evaluation: Evaluation) -> dict:
     return {"step": step, "tokens": step * tokens_per_step,
-            **{metric: values[f"{prefix}{UNSEEN}_{metric}"] for metric in CURVE_METRICS}}  # fmt: skip
+            **{metric: evaluation.get(metric, UNSEEN) for metric in CURVE_METRICS}}  # fmt: skip
+
+
+def logged_evaluation(entry: dict) -> Evaluation:
+    """An evaluation as the Trainer logs it (each metric prefixed ``eval_``)."""
+    return Evaluation({key.removeprefix("eval_"): value for key, value in entry.items() if key.startswith("eval_")})
 
 
 def student_results(run_dir: Path, tokens_per_step: int) -> dict:
@@ -266,12 +273,12 @@ def student_results(run_dir: Path, tokens_per_step: int) -> dict:
     evaluations = [entry for entry in state["log_history"] if f"eval_{UNSEEN}_perplexity" in entry]
     return {
         "run_dir": str(run_dir),
-        "parameters": metrics["student"]["parameters"],
-        "train_seconds": metrics["train"]["wall_seconds"],
-        "tokens_seen": metrics["train"].get("tokens_seen"),
-        "heldout_overlap": metrics["eval_overlap"].get(UNSEEN),
-        "curve": [curve_point(0, tokens_per_step, metrics["student"], "before_")]
-        + [curve_point(entry["step"], tokens_per_step, entry, "eval_") for entry in evaluations],
+        "parameters": metrics.student.parameters,
+        "train_seconds": metrics.train.wall_seconds,
+        "tokens_seen": metrics.train.tokens_seen,
+        "heldout_overlap": dataclasses.asdict(metrics.eval_overlap[UNSEEN]) if UNSEEN in metrics.eval_overlap else None,
+        "curve": [curve_point(0, tokens_per_step, metrics.student.before)]
+        + [curve_point(entry["step"], tokens_per_step, logged_evaluation(entry)) for entry in evaluations],
     }
 
 

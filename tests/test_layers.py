@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distily"
 FLOORS = (
     ("foundation", ("distily", "distily.errors", "distily.paths", "distily.outputs")),
     ("configuration", ("distily.arguments", "distily.*.arguments", "distily.config")),
+    ("what a run measured (metrics.json)", ("distily.metrics",)),
     ("models and data", ("distily.models", "distily.data", "distily.demo")),
     ("objectives", ("distily.objectives",)),
     ("what runs beside an objective: recording, evaluation, export",
@@ -96,7 +97,8 @@ def test_the_graph_is_read():
     assert "distily.models.architecture" in GRAPH["distily.training.distill"]
     assert "distily.training.distill" in GRAPH["distily.commands.distill"]
     assert "distily.experiments.sweep_file" in GRAPH["distily.commands.sweep"]  # `from package import module`
-    assert floor("distily.models.arguments") == 1 and floor("distily.models.student") == 2
+    assert floor("distily.models.arguments") == 1 and floor("distily.metrics") == 2
+    assert floor("distily.models.student") == 3
 
 
 def test_the_checks_catch_an_upward_edge_and_a_cycle():

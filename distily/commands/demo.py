@@ -11,6 +11,7 @@ from rich.table import Table
 from distily.config import ArgumentParser, parse_config
 from distily.demo import TEACHER_DIR
 from distily.demo.corpus import write_corpus
+from distily.metrics import RunMetrics
 from distily.models.precision import bf16_is_fast
 from distily.training.distill import run_distillation
 
@@ -44,48 +45,40 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / 2**20:.1f} MiB"
 
 
-def summary_table(metrics: dict) -> Table:
-    teacher, student = metrics["teacher"], metrics["student"]
+def summary_table(metrics: RunMetrics) -> Table:
+    teacher, student = metrics.teacher, metrics.student
+    before, after = student.before, student.after
     table = Table(title="distily demo: teacher vs student (held-out Python docs)")
     table.add_column("")
     table.add_column("teacher", justify="right")
     table.add_column("student before", justify="right")
     table.add_column("student after", justify="right")
+    table.add_row("distillation loss (forward KL)", "0", f"{before.loss:.3f}", f"{after.loss:.3f}")
     table.add_row(
-        "distillation loss (forward KL)", "0", f"{student['before_loss']:.3f}", f"{student['after_loss']:.3f}"
-    )
-    table.add_row(
-        "next-token loss (nats)",
-        f"{teacher['lm_loss']:.3f}",
-        f"{student['before_lm_loss']:.3f}",
-        f"{student['after_lm_loss']:.3f}",
+        "next-token loss (nats)", f"{teacher.evaluation.lm_loss:.3f}", f"{before.lm_loss:.3f}", f"{after.lm_loss:.3f}"
     )
     table.add_row(
         "perplexity",
-        f"{teacher['perplexity']:.1f}",
-        f"{student['before_perplexity']:.1f}",
-        f"{student['after_perplexity']:.1f}",
+        f"{teacher.evaluation.perplexity:.1f}",
+        f"{before.perplexity:.1f}",
+        f"{after.perplexity:.1f}",
     )
     table.add_row(
-        "top-1 agreement with teacher",
-        "1.000",
-        f"{student['before_top1_agreement']:.3f}",
-        f"{student['after_top1_agreement']:.3f}",
+        "top-1 agreement with teacher", "1.000", f"{before.top1_agreement:.3f}", f"{after.top1_agreement:.3f}"
     )
-    table.add_row("parameters", f"{teacher['parameters']:,}", "", f"{student['parameters']:,}")
-    table.add_row(
-        "size on disk", _size(teacher["size_on_disk_bytes"]), "", _size(student["size_on_disk_bytes"])
-    )
-    table.add_row("training time", "", "", f"{metrics['train']['wall_seconds']:.0f} s")
+    table.add_row("parameters", f"{teacher.parameters:,}", "", f"{student.parameters:,}")
+    table.add_row("size on disk", _size(teacher.size_on_disk_bytes), "", _size(student.size_on_disk_bytes))
+    table.add_row("training time", "", "", f"{metrics.train.wall_seconds:.0f} s")
     return table
 
 
-def run_demo(output_dir: str, max_steps: Optional[int] = None) -> dict:
+def run_demo(output_dir: str, max_steps: Optional[int] = None) -> RunMetrics:
     started = time.perf_counter()
-    metrics = run_distillation(parse_config(**demo_values(output_dir, max_steps)), command="distily demo")
+    config = parse_config(**demo_values(output_dir, max_steps))
+    metrics = RunMetrics.from_dict(run_distillation(config, command="distily demo"))
     console = Console()
     console.print(summary_table(metrics))
-    before, after = metrics["student"]["before_loss"], metrics["student"]["after_loss"]
+    before, after = metrics.student.before.loss, metrics.student.after.loss
     console.print(
         f"held-out distillation loss fell from {before:.3f} to {after:.3f} ({1 - after / before:.0%} lower); "
         f"demo took {time.perf_counter() - started:.0f} s; outputs in {output_dir}"

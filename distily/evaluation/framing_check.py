@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distily.data.framing import INPUT_IDS, Framing
 from distily.data.text import tokenize_documents
 from distily.evaluation.heldout import heldout_metrics
+from distily.metrics import FramingMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ def check_framing(
     text_column: str,
     collate_fn: Callable,
     batch_size: int,
-) -> Optional[dict]:
-    """``{"packing", "teacher_lm_loss_packed", "teacher_lm_loss_documents"}`` on a few held-out documents
+) -> Optional[FramingMetrics]:
+    """The packing and the teacher's loss packed and by document on a few held-out documents
     (None when they fill no block); warns in one line when packing makes the teacher more than 5% worse."""
     subset = eval_documents.select(range(min(CHECK_MAX_DOCUMENTS, len(eval_documents))))
     tokenized = tokenize_documents(subset, tokenizer, text_column)[INPUT_IDS]
@@ -60,8 +61,4 @@ def check_framing(
             f"{aligned_loss:.3f} on the same documents run alone (+{packed_loss / aligned_loss - 1:.0%}); "
             f"expected packing={better} (or a text_document_delimiter that matches how the teacher was trained)"
         )
-    return {
-        "packing": framing.packing,
-        "teacher_lm_loss_packed": packed_loss,
-        "teacher_lm_loss_documents": aligned_loss,
-    }
+    return FramingMetrics(framing.packing, teacher_lm_loss_packed=packed_loss, teacher_lm_loss_documents=aligned_loss)

@@ -11,8 +11,8 @@ from transformers import PreTrainedModel
 
 from distily.data.framing import model_inputs
 from distily.evaluation.agreement import agreement_sums
-from distily.evaluation.arguments import HELDOUT_SET
 from distily.evaluation.perplexity import batch_next_token_nll, perplexity
+from distily.metrics import metric_key
 
 
 def _loss_metrics(nll: float, targets: int) -> dict[str, float]:
@@ -74,11 +74,6 @@ def heldout_metrics(
     """``lm_loss`` (next-token cross-entropy, nats), ``perplexity``; with a teacher also ``kl_to_teacher``
     (forward KL(teacher || model) per position, nats) and ``top1_agreement`` (argmax match rate)."""
     return _metrics(_sums(model, dataset, collate_fn, batch_size, teacher, vocab_size, desc), teacher is not None)
-
-
-def metric_key(set_name: str, metric: str) -> str:
-    """``perplexity`` on the held-out split, ``<set>_perplexity`` on a named eval set."""
-    return metric if set_name == HELDOUT_SET else f"{set_name}_{metric}"
 
 
 class Evaluator:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from distily.data.text import INPUT_IDS
 from distily.errors import DistilyConfigError
+from distily.metrics import OverlapCheck
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _sequences(dataset, n: int) -> list[np.ndarray]:
     return [hashes for rows in _batches(dataset) for block in rows for hashes in ngram_hashes(block, n)]
 
 
-def training_overlap(train, eval_sets: dict, n: int, max_seq_length: int) -> dict[str, dict]:
+def training_overlap(train, eval_sets: dict, n: int, max_seq_length: int) -> dict[str, OverlapCheck]:
     """For each eval set: ``sequences``, ``overlapping_sequences`` (those sharing an ``n``-token span with a
     training sequence) and ``ngram``. Logs a warning for each set with an overlap. The datasets hold
     ``input_ids`` sequences of at most ``max_seq_length`` tokens (a ``datasets.Dataset`` or a map-style
@@ -68,7 +69,7 @@ def training_overlap(train, eval_sets: dict, n: int, max_seq_length: int) -> dic
     report = {}
     for name, per_sequence in hashes.items():
         overlapping = sum(bool(np.isin(h, shared).any()) for h in per_sequence)
-        report[name] = {"sequences": len(per_sequence), "overlapping_sequences": overlapping, "ngram": n}
+        report[name] = OverlapCheck(sequences=len(per_sequence), overlapping_sequences=overlapping, ngram=n)
         if overlapping:
             logger.warning(
                 "eval set %r: %d of %d sequences share a %d-token span with the training data",

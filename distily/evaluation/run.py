@@ -12,6 +12,7 @@ from distily.evaluation.arguments import HELDOUT_SET
 from distily.evaluation.harness import cached_teacher_results, run_tasks
 from distily.evaluation.overlap import training_overlap
 from distily.evaluation.perplexity import load_eval_sets
+from distily.metrics import EvalSetSource, OverlapCheck
 
 
 def named_eval_sets(
@@ -24,29 +25,31 @@ def named_eval_sets(
     )
 
 
-def eval_set_metrics(config: DistillConfig, eval_sets: dict[str, datasets.Dataset], train, heldout, max_seq_length):
+def eval_set_metrics(
+    config: DistillConfig, eval_sets: dict[str, datasets.Dataset], train, heldout, max_seq_length
+) -> tuple[dict[str, EvalSetSource], dict[str, OverlapCheck]]:
     """``metrics.json``'s ``eval_sets`` (where each came from, how many sequences) and ``eval_overlap`` (the
     content check against the training sequences; empty when ``eval_overlap_ngram`` is 0)."""
     specs = config.evaluation.eval_datasets
-    sources = {name: {**specs[name], "sequences": len(dataset)} for name, dataset in eval_sets.items()}
+    sources = {name: EvalSetSource(**specs[name], sequences=len(dataset)) for name, dataset in eval_sets.items()}
     n = config.evaluation.eval_overlap_ngram
     overlap = training_overlap(train, {HELDOUT_SET: heldout, **eval_sets}, n, max_seq_length) if n else {}
-    return {"eval_sets": sources, "eval_overlap": overlap}
+    return sources, overlap
 
 
 def benchmark(
-    metrics: dict,
     config: DistillConfig,
     student: PreTrainedModel,
     teacher: Optional[PreTrainedModel],
     tokenizer: PreTrainedTokenizerBase,
     manager,
-) -> None:
-    """lm-eval results of the student and (from the cache when it ran before) the teacher, into ``metrics``.
-    ``teacher`` is None when only its recorded outputs are at hand."""
+) -> tuple[dict, Optional[dict]]:
+    """lm-eval results of the student and (from the cache when it ran before) the teacher; the teacher's are
+    None when ``teacher`` is None (only its recorded outputs are at hand)."""
     batch_size = config.training.per_device_eval_batch_size
-    metrics["student"]["lm_eval"] = run_tasks(student, tokenizer, config.evaluation, manager, batch_size)
-    if teacher is not None:
-        metrics["teacher"]["lm_eval"] = cached_teacher_results(
-            teacher, config.model.teacher_model_name_or_path, tokenizer, config.evaluation, manager, batch_size
-        )
+    student_results = run_tasks(student, tokenizer, config.evaluation, manager, batch_size)
+    if teacher is None:
+        return student_results, None
+    return student_results, cached_teacher_results(
+        teacher, config.model.teacher_model_name_or_path, tokenizer, config.evaluation, manager, batch_size
+    )

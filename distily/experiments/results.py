@@ -34,7 +34,7 @@ def gather_results(sweep) -> list[dict]:
         run_dir = sweep.run_dir(run)
         row = {"name": run.name, **{key: render_value(value) for key, value in run.overrides.items()}}
         if RunDir(run_dir).is_finished():
-            row.update(status="finished", **flatten(RunDir(run_dir).read_metrics()))
+            row.update(status="finished", **flatten(RunDir(run_dir).read_metrics().to_dict()))
         elif (run_dir / ERROR_FILE).exists():
             row.update(status="failed", error=(run_dir / ERROR_FILE).read_text().splitlines()[0])
         else:

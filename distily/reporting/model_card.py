@@ -23,6 +23,7 @@ from transformers import TrainingArguments
 
 from distily.config import DistillConfig
 from distily.evaluation.arguments import HELDOUT_SET
+from distily.metrics import FramingMetrics, RunMetrics
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
 from distily.reporting.tables import MIB, flat_lm_eval, markdown_table, run_columns
@@ -41,9 +42,9 @@ ARCHITECTURE_ROWS = {
 }
 
 
-def teacher_name(config: DistillConfig, metrics: dict) -> str:
+def teacher_name(config: DistillConfig, metrics: RunMetrics) -> str:
     """The teacher as the run knew it: its Hub id or path (from the store, for a recorded teacher)."""
-    return config.model.teacher_model_name_or_path or metrics["teacher"].get("teacher_model_name_or_path", "unknown")
+    return config.model.teacher_model_name_or_path or metrics.teacher.model_name_or_path or "unknown"
 
 
 def hub_id(name_or_path: str) -> str | None:
@@ -56,21 +57,17 @@ def _link(name_or_path: str) -> str:
     return f"[{repo}](https://huggingface.co/{repo})" if repo else f"the local checkpoint `{name_or_path}`"
 
 
-def is_bitnet(metrics: dict) -> bool:
-    return bool(metrics["student"].get("architecture", {}).get("bitnet"))
-
-
-def _eval_results(config: DistillConfig, metrics: dict) -> list[EvalResult]:
+def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult]:
     """The student's numbers on the held-out split, each named eval set, and each lm-eval task (the teacher's
     are in the text's table: a model-index result is read as the model's own)."""
-    student = metrics["student"]
+    student = metrics.student
     data = config.data
     dataset = data.dataset_name or "recorded teacher store"
     # (type: a Hub id, else the set's name, so that local sets stay apart; name; config; split)
     sources = {HELDOUT_SET: (hub_id(dataset) or HELDOUT_SET, f"{dataset} (held-out documents)",
                              data.dataset_config_name, f"{data.dataset_split} (held-out documents)")}
-    for name, spec in metrics.get("eval_sets", {}).items():
-        sources[name] = (hub_id(spec["path"]) or name, name, spec["config"], spec["split"])
+    for name, spec in metrics.eval_sets.items():
+        sources[name] = (hub_id(spec.path) or name, name, spec.config, spec.split)
     results = []
 
     def add(source, metric, value):
@@ -83,17 +80,16 @@ def _eval_results(config: DistillConfig, metrics: dict) -> list[EvalResult]:
             ))
 
     for set_name, source in sources.items():
-        prefix = "" if set_name == HELDOUT_SET else f"{set_name}_"
         for metric in CARD_METRICS:
-            add(source, metric, student.get(f"after_{prefix}{metric}"))
-    for key, value in flat_lm_eval(student.get("lm_eval", {})).items():
+            add(source, metric, student.after.get(metric, set_name))
+    for key, value in flat_lm_eval(student.lm_eval or {}).items():
         _, task, metric = key.split("/", 2)
         if not metric.endswith("_stderr") and metric != "samples":
             add((task, task, None, None), metric, value)
     return results
 
 
-def card_data(config: DistillConfig, metrics: dict, model_name: str) -> ModelCardData:
+def card_data(config: DistillConfig, metrics: RunMetrics, model_name: str) -> ModelCardData:
     """The front matter. The rule: ``base_model`` only with a relation the Hub defines (``adapter``, ``merge``,
     ``quantized``, ``finetune``) that is true of the student, and none is. A distilled student is no adapter
     or merge; it is not a quantization of the teacher, not even a BitNet student that keeps the teacher's
@@ -104,7 +100,7 @@ def card_data(config: DistillConfig, metrics: dict, model_name: str) -> ModelCar
     ``teacher_model`` (a key of Distily's: the Hub shows no relation for it), and the text names it with a link
     (a local teacher is named there only)."""
     teacher = hub_id(teacher_name(config, metrics))
-    tags = ["distily", "distillation"] + (["bitnet", "1.58b", "ternary"] if is_bitnet(metrics) else [])
+    tags = ["distily", "distillation"] + (["bitnet", "1.58b", "ternary"] if metrics.student.bitnet else [])
     dataset = hub_id(config.data.dataset_name) if config.data.dataset_name else None
     extra = {"teacher_model": teacher} if teacher else {}
     return ModelCardData(
@@ -118,24 +114,24 @@ def card_data(config: DistillConfig, metrics: dict, model_name: str) -> ModelCar
     )
 
 
-def results_section(config: DistillConfig, metrics: dict, plots: list[str]) -> str:
+def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]) -> str:
     evaluation = config.evaluation
     lines = [
         "## Results",
         "",
-        f"Measured by Distily on held-out data: {metrics['eval_sequences']} sequences of {metrics['max_seq_length']} "
+        f"Measured by Distily on held-out data: {metrics.eval_sequences} sequences of {metrics.max_seq_length} "
         "tokens from documents set aside before packing"
-        + (", and the named eval sets below" if metrics.get("eval_sets") else "") + ". KL and agreement are per "
+        + (", and the named eval sets below" if metrics.eval_sets else "") + ". KL and agreement are per "
         "token, against the teacher's next-token distribution.",
         "",
         markdown_table(run_columns(metrics)),
     ]
-    for name, spec in metrics.get("eval_sets", {}).items():
-        lines.append(f"- `{name}`: {spec['sequences']} sequences from `{spec['path']}` ({spec['split']})")
-    overlap = metrics.get("eval_overlap")
+    for name, spec in metrics.eval_sets.items():
+        lines.append(f"- `{name}`: {spec.sequences} sequences from `{spec.path}` ({spec.split})")
+    overlap = metrics.eval_overlap
     if overlap:
-        found = [f"`{name}` {o['overlapping_sequences']} of {o['sequences']}" for name, o in overlap.items()]
-        n = next(iter(overlap.values()))["ngram"]
+        found = [f"`{name}` {o.overlapping_sequences} of {o.sequences}" for name, o in overlap.items()]
+        n = next(iter(overlap.values())).ngram
         lines += ["", f"Overlap with the training sequences (sequences sharing a {n}-token span): {', '.join(found)}."]
     else:
         lines += ["", "The eval sets were not checked for overlap with the training data."]
@@ -147,7 +143,7 @@ def results_section(config: DistillConfig, metrics: dict, plots: list[str]) -> s
     return "\n".join(lines)
 
 
-def _method_section(config: DistillConfig, metrics: dict, objective: DistillationObjective) -> str:
+def _method_section(config: DistillConfig, metrics: RunMetrics, objective: DistillationObjective) -> str:
     lines = [
         "## Method",
         "",
@@ -173,15 +169,15 @@ def _method_section(config: DistillConfig, metrics: dict, objective: Distillatio
         else:
             init = "teacher layers copied into its layers (evenly spaced, first and last included)"
         lines.append(f"The student was built from {source} config{changes}, starting from {init}.")
-    teacher = metrics["teacher"]
-    if teacher.get("source") == "recorded":
-        lines += ["", f"The teacher did not run during training: its top-{teacher.get('record_top_k')} "
-                  f"log-probabilities were read from a recorded store (`{teacher.get('teacher_store')}`), and the "
+    teacher = metrics.teacher
+    if teacher.recording:
+        lines += ["", f"The teacher did not run during training: its top-{teacher.recording.record_top_k} "
+                  f"log-probabilities were read from a recorded store (`{teacher.recording.teacher_store}`), and the "
                   "held-out KL and agreement are measured against that record."]
-    elif teacher.get("quantization", "none") != "none":
-        lines += ["", f"The teacher ran quantized to {teacher['quantization']} (bitsandbytes); its numbers here are "
+    elif teacher.quantization != "none":
+        lines += ["", f"The teacher ran quantized to {teacher.quantization} (bitsandbytes); its numbers here are "
                   "those of the quantized teacher."]
-    bitnet = metrics["student"].get("architecture", {}).get("bitnet")
+    bitnet = metrics.student.bitnet
     if bitnet:
         lines += ["", "It is a ternary BitNet b1.58 model: every linear projection in its decoder blocks is a "
                   "BitLinear layer with weights in {-1, 0, +1} times a per-tensor scale and 8-bit activations "
@@ -190,32 +186,32 @@ def _method_section(config: DistillConfig, metrics: dict, objective: Distillatio
     return "\n".join(lines)
 
 
-def _architecture_section(metrics: dict) -> str:
-    teacher, student = metrics["teacher"], metrics["student"]
-    shapes = teacher.get("architecture", {}), student.get("architecture", {})
+def _architecture_section(metrics: RunMetrics) -> str:
+    teacher, student = metrics.teacher, metrics.student
+    shapes = teacher.architecture, student.architecture
     lines = ["## Architecture", "", "| | teacher | student |", "|---|---:|---:|"]
     for key, title in ARCHITECTURE_ROWS.items():
         if any(key in shape for shape in shapes):
             lines.append(f"| {title} | {shapes[0].get(key, '—')} | {shapes[1].get(key, '—')} |")
     lines.append(f"| weights | dense | {'ternary (BitNet b1.58)' if shapes[1].get('bitnet') else 'dense'} |")
-    lines.append(f"| parameters | {teacher['parameters']:,} | {student['parameters']:,} |")
-    sizes = [f"{values['size_on_disk_bytes'] / MIB:,.1f}" for values in (teacher, student)]
+    lines.append(f"| parameters | {teacher.parameters:,} | {student.parameters:,} |")
+    sizes = [f"{model.size_on_disk_bytes / MIB:,.1f}" for model in (teacher, student)]
     lines.append(f"| size on disk (MiB) | {sizes[0]} | {sizes[1]} |")
     return "\n".join(lines)
 
 
-def _framing_line(framing: dict) -> str:
+def _framing_line(framing: FramingMetrics) -> str:
     """How the documents were framed, and the teacher's loss as packed against the documents run alone."""
-    line = f"- Packing: `{framing.get('packing', 'stream')}` (see Distily's docs/data.md)"
-    if "teacher_lm_loss_documents" in framing:
-        line += (f"; the teacher's held-out loss as packed {framing['teacher_lm_loss_packed']:.3f} nats, on the same "
-                 f"documents run alone {framing['teacher_lm_loss_documents']:.3f}")
+    line = f"- Packing: `{framing.packing}` (see Distily's docs/data.md)"
+    if framing.teacher_lm_loss_documents is not None:
+        line += (f"; the teacher's held-out loss as packed {framing.teacher_lm_loss_packed:.3f} nats, on the same "
+                 f"documents run alone {framing.teacher_lm_loss_documents:.3f}")
     return line + "."
 
 
-def _data_section(config: DistillConfig, metrics: dict) -> str:
+def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     data = config.data
-    length, train = metrics["max_seq_length"], metrics["train"]
+    length, train = metrics.max_seq_length, metrics.train
     source = f"`{data.dataset_name}`" if data.dataset_name else "the recorded teacher store"
     details = ", ".join(f"{key} `{value}`" for key, value in (
         ("subset", data.dataset_config_name), ("split", data.dataset_split), ("text column", data.dataset_text_column)
@@ -224,13 +220,13 @@ def _data_section(config: DistillConfig, metrics: dict) -> str:
         "## Training data",
         "",
         f"- Dataset: {source} ({details}); {data.eval_fraction:g} of its documents held out for evaluation.",
-        f"- Training set: {metrics['train_sequences']:,} packed sequences of {length} tokens "
-        f"({metrics['train_sequences'] * length:,} tokens).",
-        _framing_line(metrics.get("framing", {})),
+        f"- Training set: {metrics.train_sequences:,} packed sequences of {length} tokens "
+        f"({metrics.train_sequences * length:,} tokens).",
+        _framing_line(metrics.framing),
     ]
-    if "tokens_seen" in train:
-        lines.append(f"- Trained for {train['global_step']:,} optimizer steps, about {train['tokens_seen']:,} tokens "
-                     f"({train.get('epoch', 0):.2f} epochs).")
+    if train.tokens_seen is not None:
+        lines.append(f"- Trained for {train.global_step:,} optimizer steps, about {train.tokens_seen:,} tokens "
+                     f"({train.epoch:.2f} epochs).")
     return "\n".join(lines)
 
 
@@ -281,7 +277,7 @@ def framework_versions() -> dict[str, str]:
     return found
 
 
-def _reproduce_section(config: DistillConfig, metrics: dict) -> str:
+def _reproduce_section(config: DistillConfig, metrics: RunMetrics) -> str:
     settings = yaml.safe_dump(non_default_config(config), sort_keys=False, allow_unicode=True).strip()
     hyper = _hyperparameters(config.training)
     versions = ", ".join(f"{name} {value}" for name, value in framework_versions().items())
@@ -294,32 +290,33 @@ def _reproduce_section(config: DistillConfig, metrics: dict) -> str:
         "",
         "## Reproduce",
         "",
-        f"The run was started as `{metrics.get('command') or 'run_distillation(config)'}`. With Distily "
-        f"{metrics['distily_version']}, `distily distill config.yaml` repeats it, `config.yaml` holding `output_dir` "
+        f"The run was started as `{metrics.command or 'run_distillation(config)'}`. With Distily "
+        f"{metrics.distily_version}, `distily distill config.yaml` repeats it, `config.yaml` holding `output_dir` "
         "and every key that differs from its default:",
         "",
         "```yaml",
         settings,
         "```",
         "",
-        f"Versions: Distily {metrics['distily_version']}, {versions}.",
+        f"Versions: Distily {metrics.distily_version}, {versions}.",
     ]
     return "\n".join(lines)
 
 
 def build_model_card(
-    config: DistillConfig, metrics: dict, objective: DistillationObjective, model_name: str, plots: list[str] = ()
+    config: DistillConfig, metrics: RunMetrics, objective: DistillationObjective, model_name: str,
+    plots: list[str] = (),
 ) -> ModelCard:
-    """The card of a finished run; ``metrics`` as in ``metrics.json``, ``plots`` paths relative to the card."""
+    """The card of a finished run, ``plots`` paths relative to the card."""
     teacher = teacher_name(config, metrics)
-    kind = "a ternary (BitNet b1.58) student" if is_bitnet(metrics) else "a student"
+    kind = "a ternary (BitNet b1.58) student" if metrics.student.bitnet else "a student"
     data = config.data.dataset_name or "the teacher's recorded outputs"
     intro = (
         f"# {model_name}\n\n{model_name} is {kind} distilled from {_link(teacher)} with Distily: it was trained to "
         f"reproduce the teacher's output distribution on `{data}` (knowledge distillation); it is not a fine-tune of "
         "the teacher. "
-        f"It has {metrics['student']['parameters']:,} parameters; the teacher has "
-        f"{metrics['teacher']['parameters']:,}."
+        f"It has {metrics.student.parameters:,} parameters; the teacher has "
+        f"{metrics.teacher.parameters:,}."
     )
     sections = [
         intro,

@@ -8,6 +8,7 @@ from typing import Optional
 
 from matplotlib.figure import Figure
 
+from distily.metrics import RunMetrics
 from distily.reporting.tables import is_number, label, row_keys
 
 RUN_DPI, SWEEP_DPI = 100, 120
@@ -68,22 +69,21 @@ def plot_losses(log_history: list[dict], path: Path) -> Optional[Path]:
     return _save_grid(figure, axes, path)
 
 
-def plot_eval_metrics(log_history: list[dict], metrics: dict, path: Path) -> Optional[Path]:
+def plot_eval_metrics(log_history: list[dict], metrics: RunMetrics, path: Path) -> Optional[Path]:
     """The student's eval metrics over steps (before training at step 0, each evaluation, after training at
     the last step), the teacher's value as a dashed line; ``None`` if there is nothing to plot."""
-    student, teacher = metrics["student"], metrics["teacher"]
-    last_step = metrics["train"].get("global_step", 0)
+    student, teacher = metrics.student, metrics.teacher.evaluation.values
     series: dict[str, list[tuple[float, float]]] = {}
-    for key, value in student.items():
-        if key.startswith("before_") and is_number(value):
-            series.setdefault(key.removeprefix("before_"), []).append((0, value))
+    for key, value in student.before.values.items():
+        if is_number(value):
+            series.setdefault(key, []).append((0, value))
     for entry in log_history:
         for key, value in entry.items():
             if key.startswith("eval_") and is_number(value) and "step" in entry:
                 series.setdefault(key.removeprefix("eval_"), []).append((entry["step"], value))
-    for key, value in student.items():
-        if key.startswith("after_") and is_number(value):
-            series.setdefault(key.removeprefix("after_"), []).append((last_step, value))
+    for key, value in student.after.values.items():
+        if is_number(value):
+            series.setdefault(key, []).append((metrics.train.global_step, value))
     shown = row_keys({"student": dict.fromkeys(series, 0.0)})  # the table's order
     names = [name for name in shown if name != "loss" and not name.endswith("lm_loss")]  # perplexity shows it
     if not names:

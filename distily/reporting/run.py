@@ -7,6 +7,7 @@ from pathlib import Path
 from transformers import Trainer
 
 from distily.config import DistillConfig
+from distily.metrics import RunMetrics
 from distily.objectives.objective import DistillationObjective
 from distily.reporting.model_card import build_model_card, results_section
 from distily.reporting.plots import plot_comparison, plot_eval_metrics, plot_losses
@@ -29,7 +30,7 @@ def write_tensorboard(columns: dict[str, dict[str, float]], log_dir: Path, step:
 
 
 def write_reports(
-    trainer: Trainer, config: DistillConfig, metrics: dict, objective: DistillationObjective
+    trainer: Trainer, config: DistillConfig, metrics: RunMetrics, objective: DistillationObjective
 ) -> None:
     """``results.md``, the plots, tensorboard scalars (when tensorboard is a logger) and the model card."""
     output_dir = Path(config.training.output_dir)
@@ -42,7 +43,7 @@ def write_reports(
     ]
     plots = [str(path.relative_to(output_dir)) for path in drawn if path is not None]
     if "tensorboard" in config.training.report_to:
-        write_tensorboard(columns, output_dir / TENSORBOARD_RESULTS_DIR, metrics["train"].get("global_step", 0))
+        write_tensorboard(columns, output_dir / TENSORBOARD_RESULTS_DIR, metrics.train.global_step)
     name = (config.training.hub_model_id or output_dir.resolve().name).split("/")[-1]
     (output_dir / REPORT_FILE).write_text(f"# {name}\n\n" + results_section(config, metrics, plots) + "\n")
     trainer.model_card = build_model_card(config, metrics, objective, name, plots)

@@ -1,16 +1,16 @@
 """Teacher against student(s) as a markdown table, and the rows, labels and number formats the plots share.
 
-Everything here reads plain metric dicts: *columns* ``{column name: {metric: value}}`` with the same
-metric names in each column (``perplexity``, ``<set>_perplexity``, ``lm_eval/<task>/<metric>``, ...).
+Everything here but ``run_columns`` reads plain metric dicts: *columns* ``{column name: {metric: value}}`` with
+the same metric names in each column (``perplexity``, ``<set>_perplexity``, ``lm_eval/<task>/<metric>``, ...).
 """
 
 from typing import Optional
 
 from distily.evaluation.arguments import HELDOUT_SET
+from distily.metrics import PER_SET_METRICS, RunMetrics
 
 LM_EVAL = "lm_eval"
 MIB = 2**20
-PER_SET_METRICS = ("lm_loss", "perplexity", "kl_to_teacher", "top1_agreement")
 LABELS = {
     "loss": "distillation loss (the objective)",
     "lm_loss": "next-token loss (nats)",
@@ -27,16 +27,20 @@ def flat_lm_eval(results: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{LM_EVAL}/{task}/{metric}": value for task, found in results.items() for metric, value in found.items()}
 
 
-def run_columns(metrics: dict) -> dict[str, dict[str, float]]:
-    """A finished run's ``metrics.json`` as columns: the teacher, the student before and after training."""
-    student = metrics["student"]
-    before = {key.removeprefix("before_"): value for key, value in student.items() if key.startswith("before_")}
-    after = {key.removeprefix("after_"): value for key, value in student.items() if key.startswith("after_")}
-    after.update(parameters=student["parameters"], size_on_disk_bytes=student["size_on_disk_bytes"])
-    after.update(flat_lm_eval(student.get(LM_EVAL, {})))
-    teacher = {key: value for key, value in metrics["teacher"].items() if key != LM_EVAL}
-    teacher.update(flat_lm_eval(metrics["teacher"].get(LM_EVAL, {})))
-    return {"teacher": teacher, "student (before)": before, "student (after)": after}
+def _sized(model, evaluation: dict) -> dict:
+    """A model's column: its evaluation, size and lm-eval results."""
+    return {**evaluation, "parameters": model.parameters, "size_on_disk_bytes": model.size_on_disk_bytes,
+            **flat_lm_eval(model.lm_eval or {})}
+
+
+def run_columns(metrics: RunMetrics) -> dict[str, dict[str, float]]:
+    """A finished run's metrics as columns: the teacher, the student before and after training."""
+    student = metrics.student
+    return {
+        "teacher": _sized(metrics.teacher, metrics.teacher.evaluation.values),
+        "student (before)": dict(student.before.values),
+        "student (after)": _sized(student, student.after.values),
+    }
 
 
 def _set_names(columns: dict[str, dict]) -> list[str]:

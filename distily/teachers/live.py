@@ -21,6 +21,7 @@ from distily.data.framing import check_causality, model_inputs
 from distily.data.text import DistillationData, build_datasets, check_token_ids, collate, load_training_documents
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator
+from distily.metrics import Evaluation, FramingMetrics
 from distily.models.architecture import plain_lm_head, resolve_max_seq_length, token_id_limit
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.objectives.losses import teacher_confidence
@@ -98,7 +99,7 @@ class LiveTeacher(TeacherSource):
     def mean_confidence(self, train: Dataset) -> float:
         return calibrate_cakld_beta(self.model, train, collate)
 
-    def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> dict:
+    def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> FramingMetrics:
         """The packing, and the teacher's loss packed vs by document on a few held-out documents."""
         if data.eval_documents is None:
             return super().framing_metrics(data, collate_fn)
@@ -114,11 +115,11 @@ class LiveTeacher(TeacherSource):
         self._evaluator = Evaluator({HELDOUT_SET: data.eval, **eval_sets}, collate_fn, batch_size, self.model, vocab_size)
         return self._evaluator
 
-    def own_metrics(self) -> dict:
-        return self._evaluator.teacher_metrics()
+    def own_metrics(self) -> Evaluation:
+        return Evaluation(self._evaluator.teacher_metrics())
 
-    def memory_figure(self) -> dict:
-        return {"memory_bytes": self.model.get_memory_footprint()}
+    def memory_bytes(self) -> int:
+        return self.model.get_memory_footprint()
 
     def prepare(self, accelerator: Accelerator) -> None:
         """Place the teacher (sharded like the student, or whole on each device); a whole teacher runs without

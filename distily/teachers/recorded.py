@@ -34,6 +34,7 @@ from distily.data.text import DistillationData, collate, load_training_documents
 from distily.errors import DistilyConfigError
 from distily.evaluation.heldout import Evaluator, heldout_metrics
 from distily.evaluation.perplexity import perplexity
+from distily.metrics import Evaluation, RecordingSource
 from distily.models.architecture import max_positions, output_vocab_size
 from distily.models.arguments import ModelArguments
 from distily.models.identity import teacher_identity
@@ -206,20 +207,20 @@ class RecordedTeacher(TeacherSource):
             hidden_states=tuple(batch.get(hidden_states_key(index)) for index in range(depth + 1)),
         )
 
-    def own_metrics(self) -> dict:
-        """The teacher's held-out next-token loss on the evaluated rows, from the store, and where it came from."""
+    def own_metrics(self) -> Evaluation:
+        """The teacher's held-out next-token loss on the evaluated rows, from the store."""
         dataset = self._eval
         targets = int(dataset.row_values(ROW_TARGETS).sum())
         lm_loss = float(dataset.row_values(ROW_NLL).sum()) / max(targets, 1)
-        return {
-            "lm_loss": lm_loss,
-            "perplexity": perplexity(lm_loss),
-            "source": "recorded",
-            "teacher_model_name_or_path": self.settings["teacher_model_name_or_path"],
-            "teacher_store": str(self.store.path),
-            "record_top_k": self.settings["record_top_k"],
-            "recording_temperature": self.temperature,
-        }
+        return Evaluation({"lm_loss": lm_loss, "perplexity": perplexity(lm_loss)})
+
+    def recording(self) -> RecordingSource:
+        return RecordingSource(
+            teacher_model_name_or_path=self.settings["teacher_model_name_or_path"],
+            teacher_store=str(self.store.path),
+            record_top_k=self.settings["record_top_k"],
+            recording_temperature=self.temperature,
+        )
 
     @torch.no_grad()
     def student_metrics(

@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distily.config import DistillConfig
 from distily.objectives.arguments import ObjectiveArguments
 from distily.data.text import DistillationData
+from distily.metrics import Evaluation, FramingMetrics, RecordingSource, TeacherMetrics
 from distily.models.summary import architecture_summary, parameter_count
 from distily.objectives.component import Component
 from distily.objectives.objective import DistillationObjective
@@ -99,9 +100,9 @@ class TeacherSource(ABC):
     def check_objective(self, objective: DistillationObjective) -> None:
         """Refuse an objective this teacher's outputs cannot feed."""
 
-    def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> dict:
+    def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> FramingMetrics:
         """metrics.json's ``framing``."""
-        return {"packing": data.framing.packing}
+        return FramingMetrics(data.framing.packing)
 
     @abstractmethod
     def evaluator(
@@ -110,25 +111,30 @@ class TeacherSource(ABC):
         """The student's evaluator, called at each evaluation: held-out split and named eval sets."""
 
     @abstractmethod
-    def own_metrics(self) -> dict:
-        """The teacher's own held-out metrics, and where they came from (after an evaluation)."""
+    def own_metrics(self) -> Evaluation:
+        """The teacher's own held-out metrics (after an evaluation)."""
 
-    def memory_figure(self) -> dict:
-        """``memory_bytes`` of the teacher when it ran (none for one that does not)."""
-        return {}
+    def recording(self) -> Optional[RecordingSource]:
+        """Where the teacher's outputs were recorded (None for one that runs)."""
+        return None
 
-    def summary(self) -> dict:
-        """metrics.json's ``teacher``: its own held-out metrics, size, precision and architecture; its memory
-        only when it ran."""
+    def memory_bytes(self) -> Optional[int]:
+        """The teacher's memory when it ran (None for one that does not)."""
+        return None
+
+    def summary(self) -> TeacherMetrics:
+        """metrics.json's ``teacher``: its own held-out metrics, where it was recorded, size, precision and
+        architecture; its memory only when it ran."""
         model_args = self.config.model
-        return {
-            **self.own_metrics(),
-            "parameters": parameter_count(self.model),
-            "size_on_disk_bytes": checkpoint_size(model_args.teacher_model_name_or_path, self.model),
-            "quantization": model_args.teacher_quantization,
-            **self.memory_figure(),
-            "architecture": architecture_summary(self.model),
-        }
+        return TeacherMetrics(
+            evaluation=self.own_metrics(),
+            recording=self.recording(),
+            parameters=parameter_count(self.model),
+            size_on_disk_bytes=checkpoint_size(model_args.teacher_model_name_or_path, self.model),
+            quantization=model_args.teacher_quantization,
+            memory_bytes=self.memory_bytes(),
+            architecture=architecture_summary(self.model),
+        )
 
     def prepare(self, accelerator: Accelerator) -> None:
         """Called by the trainer once, after the objective attached its hooks: place what runs."""

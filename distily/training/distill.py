@@ -13,6 +13,7 @@ from distily.data.framing import check_causality, check_document_isolation
 from distily.errors import RunInterrupted
 from distily.evaluation.harness import task_manager
 from distily.evaluation.run import benchmark, eval_set_metrics, named_eval_sets
+from distily.metrics import AFTER, BEFORE, RunMetrics, StudentMetrics, TrainMetrics
 from distily.models.architecture import output_vocab_size
 from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student
@@ -58,31 +59,32 @@ def _load_student(config: DistillConfig, teacher: TeacherSource) -> PreTrainedMo
     return student
 
 
-def _student_summary(training, student: PreTrainedModel, evaluations: dict) -> dict:
+def _student_summary(training, student: PreTrainedModel, evaluations: dict) -> StudentMetrics:
     """metrics.json's student: size (as saved in output_dir), the before/after evaluations, architecture."""
-    return {
-        "parameters": parameter_count(student),
-        "size_on_disk_bytes": directory_size(training.output_dir),
-        **evaluations,
-        "architecture": architecture_summary(student),
-    }
+    return StudentMetrics(
+        parameters=parameter_count(student),
+        size_on_disk_bytes=directory_size(training.output_dir),
+        evaluations=evaluations,
+        architecture=architecture_summary(student),
+    )
 
 
-def _train_summary(training, train_output, seconds: float, state) -> dict:
+def _train_summary(training, train_output, seconds: float, state) -> TrainMetrics:
     """metrics.json's train: the Trainer's figures, wall time, optimizer steps and the tokens read in training
     (the Trainer's count over all processes and sessions; without padding unless include_num_input_tokens_seen
     says otherwise, and absent when it is "no")."""
     counted = training.include_num_input_tokens_seen != "no"
-    return {
-        **train_output.metrics,
-        "wall_seconds": seconds,
-        "global_step": train_output.global_step,
-        **({"tokens_seen": state.num_input_tokens_seen} if counted else {}),
-    }
+    return TrainMetrics(
+        trainer=train_output.metrics,
+        wall_seconds=seconds,
+        global_step=train_output.global_step,
+        tokens_seen=state.num_input_tokens_seen if counted else None,
+    )
 
 
 def run_distillation(config: DistillConfig, command: Optional[str] = None) -> dict:
-    """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics."""
+    """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics (as
+    ``RunMetrics.to_dict()``: metrics.json's content)."""
     training = config.training
     if not training.should_log:  # the main process reports for all; the others only log errors
         logging.getLogger("distily").setLevel(logging.ERROR)
@@ -130,7 +132,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
 
     with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
         eval_sets = named_eval_sets(config, teacher.tokenizer, run.max_seq_length)
-    eval_set_checks = eval_set_metrics(config, eval_sets, data.train, data.eval, run.max_seq_length)
+    eval_set_sources, eval_overlap = eval_set_metrics(config, eval_sets, data.train, data.eval, run.max_seq_length)
     evaluate_student = teacher.evaluator(data, eval_sets, collate_fn, vocab_size)
 
     prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
@@ -146,31 +148,34 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         processing_class=teacher.tokenizer,
         callbacks=[CheckpointChecksums()],
     )
-    before = trainer.evaluate(metric_key_prefix="before")
+    before = trainer.evaluate(metric_key_prefix=BEFORE)
 
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
 
-    after = trainer.evaluate(metric_key_prefix="after")
+    after = trainer.evaluate(metric_key_prefix=AFTER)
     save_student(trainer, training.output_dir)  # pushed once, at the end, with the model card
-    metrics = {
-        "distily_version": distily.__version__,
-        "command": command,
-        "teacher": teacher.summary(),
-        "student": _student_summary(training, student, {**before, **after}),
-        "train": _train_summary(training, train_output, seconds, trainer.state),
-        "max_seq_length": run.max_seq_length,
-        "framing": framing_metrics,
-        "train_sequences": len(data.train),
-        "eval_sequences": len(data.eval),
-        **eval_set_checks,
-    }
+    metrics = RunMetrics(
+        distily_version=distily.__version__,
+        command=command,
+        teacher=teacher.summary(),
+        student=_student_summary(training, student, {**before, **after}),
+        train=_train_summary(training, train_output, seconds, trainer.state),
+        max_seq_length=run.max_seq_length,
+        framing=framing_metrics,
+        train_sequences=len(data.train),
+        eval_sequences=len(data.eval),
+        eval_sets=eval_set_sources,
+        eval_overlap=eval_overlap,
+    )
     if trainer.is_world_process_zero():
         if tasks is not None:
-            benchmark(metrics, config, student, teacher.live_model, teacher.tokenizer, tasks)
+            metrics = metrics.with_benchmarks(
+                *benchmark(config, student, teacher.live_model, teacher.tokenizer, tasks)
+            )
         write_reports(trainer, run.reported_config, metrics, objective)
         RunDir(training.output_dir).write_metrics(metrics)
     if training.push_to_hub:
         trainer.push_to_hub()  # uploads output_dir, with the model card as README.md
-    return metrics
+    return metrics.to_dict()

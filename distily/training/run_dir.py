@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.config import DistillConfig
 from distily.errors import DistilyConfigError
+from distily.metrics import RunMetrics
 from distily.models.arguments import ModelArguments
 from distily.objectives.arguments import ObjectiveArguments
 from distily.outputs import filesystem_errors, write_json_atomic
@@ -79,20 +80,21 @@ class RunDir:
     def is_finished(self) -> bool:
         return self.metrics.exists()
 
-    def read_metrics(self) -> dict:
-        return json.loads(self.metrics.read_text())
+    def read_metrics(self) -> RunMetrics:
+        return RunMetrics.from_dict(json.loads(self.metrics.read_text()))
 
-    def write_metrics(self, metrics: dict) -> None:
+    def write_metrics(self, metrics: RunMetrics) -> None:
         """Write metrics.json, which marks the run finished (so: last)."""
-        write_json_atomic(self.metrics, metrics)
+        write_json_atomic(self.metrics, metrics.to_dict())
 
     def unmark_finished(self) -> None:
         self.metrics.unlink(missing_ok=True)
 
     def finished_step(self) -> Optional[int]:
-        """The last step of the finished run, None when there is none or its metrics.json does not say."""
+        """The last step of the finished run, None when there is none or its metrics.json does not say (read
+        alone, not as ``RunMetrics``: a metrics.json that lacks other figures still tells how far its run went)."""
         try:
-            return int(self.read_metrics()["train"]["global_step"])
+            return int(json.loads(self.metrics.read_text())["train"]["global_step"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

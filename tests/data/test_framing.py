@@ -277,12 +277,12 @@ def test_stream_packing_hurts_a_bos_teacher_and_the_guard_says_so(bos_teacher, b
     collate_fn = partial(collate, pad_token_id=0)
     with caplog.at_level(logging.WARNING, logger="distily"):
         report = check_framing(bos_teacher, stream.eval_documents, bos_tokenizer, stream.framing, "text", collate_fn, 4)
-    assert report["teacher_lm_loss_packed"] > 1.3 * report["teacher_lm_loss_documents"]
+    assert report.teacher_lm_loss_packed > 1.3 * report.teacher_lm_loss_documents
     assert "packing=stream makes the teacher's held-out loss" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="distily"):
         report = check_framing(bos_teacher, framed.eval_documents, bos_tokenizer, framed.framing, "text", collate_fn, 4)
-    assert report["teacher_lm_loss_packed"] < 1.05 * report["teacher_lm_loss_documents"]
+    assert report.teacher_lm_loss_packed < 1.05 * report.teacher_lm_loss_documents
     assert "makes the teacher's held-out loss" not in caplog.text
 
 

@@ -10,6 +10,7 @@ from distily.data.text import tokenize_and_pack
 from distily.errors import DistilyConfigError
 from distily.evaluation.overlap import training_overlap
 from distily.evaluation.perplexity import load_eval_set
+from distily.metrics import OverlapCheck
 from tiny import make_documents, write_jsonl
 
 
@@ -27,11 +28,11 @@ def test_a_planted_span_of_n_tokens_is_caught_and_a_shorter_one_is_not():
         "across": sequences([fresh[:16] + list(range(696, 712))]),  # 16 in common, but split over two sequences
     }
     report = training_overlap(train, eval_sets, n=13, max_seq_length=32)
-    assert report["clean"] == {"sequences": 2, "overlapping_sequences": 0, "ngram": 13}
-    assert report["planted"]["overlapping_sequences"] == 1
-    assert report["near_miss"]["overlapping_sequences"] == 0
-    assert report["across"]["overlapping_sequences"] == 0  # the model never saw these tokens together
-    assert training_overlap(train, eval_sets, n=12, max_seq_length=32)["near_miss"]["overlapping_sequences"] == 1
+    assert report["clean"] == OverlapCheck(sequences=2, overlapping_sequences=0, ngram=13)
+    assert report["planted"].overlapping_sequences == 1
+    assert report["near_miss"].overlapping_sequences == 0
+    assert report["across"].overlapping_sequences == 0  # the model never saw these tokens together
+    assert training_overlap(train, eval_sets, n=12, max_seq_length=32)["near_miss"].overlapping_sequences == 1
 
 
 def test_a_training_document_planted_in_an_eval_file_is_caught(tokenizer, tmp_path):
@@ -47,8 +48,8 @@ def test_a_training_document_planted_in_an_eval_file_is_caught(tokenizer, tmp_pa
         for name, docs in (("clean", fresh), ("planted", fresh[:2] + [max(documents, key=len)] + fresh[2:]))
     }
     report = training_overlap(train, eval_sets, n=13, max_seq_length=32)
-    assert report["clean"]["overlapping_sequences"] == 0
-    assert report["planted"]["overlapping_sequences"] >= 1
+    assert report["clean"].overlapping_sequences == 0
+    assert report["planted"].overlapping_sequences >= 1
 
 
 def test_a_span_longer_than_the_sequences_is_refused():
