@@ -27,7 +27,7 @@ def values(teacher_dirs, tmp_path, prompts: str, **overrides) -> dict:
     }
 
 
-def test_prompts_become_conversations_with_the_teachers_responses(teacher_dirs, tmp_path, capsys):
+def test_prompts_become_conversations_with_the_teachers_responses(teacher_dirs, tmp_path):
     prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"the cat sees {n} books"} for n in range(5)])
     config = parse_generate_config(**values(teacher_dirs, tmp_path, prompts, generate_num_return_sequences=3))
     result = run_generation(config)
