@@ -77,6 +77,11 @@ class DistillConfig:
             _require_teacher(self.model)
         if self.training.bitnet_schedule and not self.model.student_as_bitnet:
             raise DistilyConfigError("bitnet_schedule=true needs a BitNet student; expected student_as_bitnet=true")
+        if self.training.lmbda > 0 and self.record.teacher_source == "recorded":
+            raise DistilyConfigError(
+                f"lmbda={self.training.lmbda} needs a live teacher: a recorded store cannot score the student's new "
+                "completions; expected teacher_source=live or lmbda=0"
+            )
 
     def trainer_arguments(self) -> DistillationTrainingArguments:
         """The training arguments the Trainer runs with: the user's, with DDP's search for parameters without
@@ -131,6 +136,11 @@ class GenerateConfig(RecordConfig):
         _require_teacher(self.model)
         if self.generate.generate_output is None:
             raise DistilyConfigError("generate_output is not set; expected a .jsonl file or a directory to write into")
+        if self.generate.generate_record and self.generate.generate_prompts is not None:
+            raise DistilyConfigError(
+                "generate_record=true cannot record responses to generate_prompts (a store keeps no loss mask for "
+                "the assistant's tokens); expected generate_record=false, then distill on the messages dataset"
+            )
         if self.generate.generate_record and self.record.teacher_store is None:
             raise DistilyConfigError("generate_record=true needs teacher_store; expected a directory for the store")
 

@@ -1,5 +1,5 @@
-"""``distily generate CONFIG.yaml [--key value ...]``: sample synthetic text from the teacher
-(distily.recording.generate), and with ``generate_record`` record the teacher over it."""
+"""``distily generate CONFIG.yaml [--key value ...]``: sample synthetic text from the teacher, or its responses to
+prompts (distily.recording.generate), and with ``generate_record`` record the teacher over the samples."""
 
 from rich.console import Console
 
@@ -12,7 +12,11 @@ def main(args: list[str], command_line: str) -> int:
     config = config_from_command_line(GenerateConfig, args)
     if config is not None:
         result = run_generation(config)
-        print(f"wrote {result['samples']} samples ({result['tokens']} tokens) to {result['generate_output']}")
+        if "conversations" in result:
+            print(f"wrote {result['conversations']} conversations with the teacher's responses to "
+                  f"{result['generate_output']} ({result['empty_dropped']} empty responses dropped)")
+        else:
+            print(f"wrote {result['samples']} samples ({result['tokens']} tokens) to {result['generate_output']}")
         if "manifest" in result:
             Console().print(summary_table(result["manifest"]))
     return 0

@@ -38,6 +38,11 @@ class DataArguments:
         default="text",
         metadata={"help": "Column holding the text. A dataset with an input_ids column is used pre-tokenized."},
     )
+    chat_template: Optional[str] = field(
+        default=None,
+        metadata={"help": "A chat template (a Jinja string, or a file holding one) for conversations, used instead of "
+                  "the tokenizer's own; needed when the tokenizer has none."},
+    )
     max_seq_length: Optional[int] = field(
         default=None,
         metadata={"help": "Length of the packed sequences. Default: the smaller of the models' limit and 1024."},

@@ -9,6 +9,7 @@ from transformers import TrainingArguments
 
 from distily.arguments import field_of, one_of
 from distily.errors import DistilyConfigError
+from distily.generation.engine import SamplingSettings
 from distily.objectives.arguments import ObjectiveArguments
 from distily.training.arguments import DistillationTrainingArguments
 
@@ -111,16 +112,30 @@ class InferenceArguments:
 
 @dataclass
 class GenerateArguments:
-    """Synthetic data (``distily generate``): sequences sampled from the teacher."""
+    """Synthetic data (``distily generate``): sequences sampled from the teacher, or its responses to prompts."""
 
     generate_output: Optional[str] = field(
         default=None,
-        metadata={"help": "Where the samples go: a .jsonl file, or a directory written with save_to_disk; both hold "
-                  "input_ids and text columns, usable as dataset_name."},
+        metadata={"help": "Where the samples go: a .jsonl or .parquet file, or a directory written with save_to_disk; "
+                  "usable as dataset_name. Samples hold input_ids and text columns; responses to generate_prompts a "
+                  "messages column."},
     )
-    generate_num_samples: int = field(default=1000, metadata={"help": "Number of sequences sampled."})
+    generate_prompts: Optional[str] = field(
+        default=None,
+        metadata={"help": "A prompt dataset (a local jsonl/json/parquet file or directory, or a Hub id) with a prompt "
+                  "column (a string) or a messages column (role/content turns ending with the user's): the teacher "
+                  "answers each, formatted with its chat template (or chat_template). Default: sample from BOS."},
+    )
+    generate_prompts_split: str = field(default="train", metadata={"help": "Split of generate_prompts to read."})
+    generate_num_return_sequences: int = field(
+        default=1, metadata={"help": "Responses sampled per prompt of generate_prompts (each one conversation)."}
+    )
+    generate_num_samples: int = field(
+        default=1000, metadata={"help": "Number of sequences sampled (without generate_prompts)."}
+    )
     generate_length: int = field(
-        default=256, metadata={"help": "Tokens sampled per sequence (a sampled end-of-text token ends it earlier)."}
+        default=256,
+        metadata={"help": "Tokens sampled per sequence or response (a sampled end-of-text token ends it earlier)."},
     )
     generate_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the first token."})
     generate_final_temperature: Optional[float] = field(
@@ -138,7 +153,7 @@ class GenerateArguments:
     )
 
     def __post_init__(self):
-        for name in ("generate_num_samples", "generate_length"):
+        for name in ("generate_num_samples", "generate_length", "generate_num_return_sequences"):
             if getattr(self, name) < 1:
                 raise DistilyConfigError(f"{name}={getattr(self, name)} must be a positive integer")
         for name in ("generate_temperature", "generate_final_temperature"):
@@ -147,3 +162,8 @@ class GenerateArguments:
                 raise DistilyConfigError(f"{name}={value} must be > 0")
         if not 0.0 < self.generate_top_p <= 1.0:
             raise DistilyConfigError(f"generate_top_p={self.generate_top_p} is out of range; expected 0 < x <= 1")
+
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(
+            self.generate_length, self.generate_temperature, self.generate_top_p, self.generate_final_temperature
+        )

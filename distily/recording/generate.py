@@ -1,6 +1,7 @@
-"""``distily generate``: synthetic text sampled from the teacher, as a dataset to distill on.
+"""``distily generate``: synthetic text sampled from the teacher, or its responses to prompts
+(``distily.recording.responses``), as a dataset to distill on.
 
-Each sample starts from the beginning-of-text token (the end-of-text token where the tokenizer has
+Without prompts, each sample starts from the beginning-of-text token (the end-of-text token where the tokenizer has
 none) and runs ``generate_length`` tokens or until the teacher samples end-of-text. The temperature
 can move along the sequence (hot at the start for variety, cooler later for coherence); nucleus
 sampling (top-p) is applied after it. Samples are written with an ``input_ids`` column (the exact
@@ -12,39 +13,17 @@ import shutil
 from pathlib import Path
 
 import datasets
-import torch
 from tqdm.auto import tqdm
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    TopPLogitsWarper,
-    set_seed,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from distily.config import GenerateConfig
 from distily.data.framing import tokenizer_adds_bos
 from distily.errors import DistilyConfigError
+from distily.generation.engine import HFGenerator, strip_eos
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.arguments import GenerateArguments
+from distily.recording.responses import teacher_responses
 from distily.recording.run import run_recording
-
-
-class LinearTemperatureLogitsProcessor(LogitsProcessor):
-    """Divides the scores by a temperature that moves linearly from ``start`` at the first sampled token
-    to ``end`` at the ``length``-th (and stays there): ``T_i = start + (end - start) * min(i / (length - 1), 1)``
-    for the i-th sampled token, i from 0. ``start == end`` is plain temperature sampling."""
-
-    def __init__(self, start: float, end: float, length: int, prompt_length: int):
-        self.start, self.end, self.length, self.prompt_length = start, end, length, prompt_length
-
-    def temperature(self, step: int) -> float:
-        return self.start + (self.end - self.start) * min(step / max(self.length - 1, 1), 1.0)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        # input_ids [batch, prompt + sampled so far], scores [batch, vocab]
-        return scores / self.temperature(input_ids.shape[-1] - self.prompt_length)
 
 
 def start_token(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -56,55 +35,33 @@ def start_token(tokenizer: PreTrainedTokenizerBase) -> int:
     )
 
 
-@torch.no_grad()
 def sample_sequences(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: GenerateArguments, batch_size: int
 ) -> list[list[int]]:
     """``generate_num_samples`` token lists, each cut before the first end-of-text token; for a tokenizer that
     starts texts with BOS, each starts with it, so the samples reach a student framed as the teacher read them."""
     start = start_token(tokenizer)
-    keep_start = tokenizer_adds_bos(tokenizer)  # a sample opens as the teacher's contexts open: BOS first
+    head = [start] if tokenizer_adds_bos(tokenizer) else []  # a sample opens as the teacher's contexts open
     eos = tokenizer.eos_token_id
+    generator = HFGenerator(teacher, args.sampling(), eos, pad_token_id=eos if eos is not None else start)
     samples = []
     with tqdm(total=args.generate_num_samples, desc="Sampling from the teacher", unit="seq") as progress:
         while len(samples) < args.generate_num_samples:
             count = min(batch_size, args.generate_num_samples - len(samples))
-            prompt = torch.full((count, 1), start, dtype=torch.long, device=teacher.device)  # [count, 1]
-            processors = LogitsProcessorList([
-                LinearTemperatureLogitsProcessor(
-                    args.generate_temperature,
-                    args.generate_final_temperature or args.generate_temperature,
-                    args.generate_length,
-                    prompt_length=1,
-                ),
-                TopPLogitsWarper(args.generate_top_p),
-            ])
-            generated = teacher.generate(
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                do_sample=True,
-                temperature=1.0,  # the processors above do the temperature and top-p, in that order
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=args.generate_length,
-                logits_processor=processors,
-                pad_token_id=eos if eos is not None else start,
-                eos_token_id=eos,
-            )[:, 1:]  # [count, <= generate_length]
-            head = [start] if keep_start else []
-            for row in generated.tolist():
-                samples.append(head + (row[: row.index(eos)] if eos in row else row))
+            completions = generator.generate([[start]] * count)
+            samples.extend(head + strip_eos(completion, eos) for completion in completions)
             progress.update(count)
     return samples
 
 
-def write_samples(samples: list[list[int]], tokenizer: PreTrainedTokenizerBase, output: str) -> None:
-    """``input_ids`` and ``text`` columns into a .jsonl file or a ``save_to_disk`` directory, atomically."""
-    dataset = datasets.Dataset.from_dict({"input_ids": samples, "text": tokenizer.batch_decode(samples, skip_special_tokens=True)})
+def write_dataset(dataset: datasets.Dataset, output: str) -> None:
+    """``dataset`` into a .jsonl or .parquet file or a ``save_to_disk`` directory, atomically."""
     target = Path(output)
     partial = target.with_name(target.name + ".partial")
     if target.suffix == ".jsonl":
         dataset.to_json(str(partial), lines=True)
+    elif target.suffix == ".parquet":
+        dataset.to_parquet(str(partial))
     else:
         shutil.rmtree(partial, ignore_errors=True)
         dataset.save_to_disk(str(partial))
@@ -112,8 +69,9 @@ def write_samples(samples: list[list[int]], tokenizer: PreTrainedTokenizerBase, 
 
 
 def run_generation(config: GenerateConfig) -> dict:
-    """Sample from the teacher into ``generate_output``; with ``generate_record`` also record the teacher over
-    the samples into ``teacher_store``. Returns what was written (and the store's manifest)."""
+    """Sample from the teacher (or its responses to ``generate_prompts``) into ``generate_output``; with
+    ``generate_record`` also record the teacher over the samples into ``teacher_store``. Returns what was written
+    (and the store's manifest)."""
     model_args, args, inference = config.model, config.generate, config.inference
     if os.path.exists(args.generate_output):
         raise DistilyConfigError(f"generate_output={args.generate_output!r} exists; expected a new path")
@@ -122,8 +80,13 @@ def run_generation(config: GenerateConfig) -> dict:
         model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
     ).to(inference.device)
     tokenizer = load_tokenizer(model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code)
+    if args.generate_prompts is not None:
+        conversations, empty = teacher_responses(teacher, tokenizer, config, inference.per_device_eval_batch_size)
+        write_dataset(datasets.Dataset.from_dict({"messages": conversations}), args.generate_output)
+        return {"generate_output": args.generate_output, "conversations": len(conversations), "empty_dropped": empty}
     samples = sample_sequences(teacher, tokenizer, args, inference.per_device_eval_batch_size)
-    write_samples(samples, tokenizer, args.generate_output)
+    texts = tokenizer.batch_decode(samples, skip_special_tokens=True)
+    write_dataset(datasets.Dataset.from_dict({"input_ids": samples, "text": texts}), args.generate_output)
     result = {
         "generate_output": args.generate_output,
         "samples": len(samples),

@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 
 from distily.arguments import one_of
 from distily.errors import DistilyConfigError
+from distily.generation.backends import GENERATION_BACKENDS
 
 
 @dataclass
@@ -59,6 +60,25 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": "Count the tokens read in training (metrics.json's tokens_seen): non_padding (real tokens), "
                   "all (padding too) or no."},
     )
+    lmbda: float = field(
+        default=0.0,
+        metadata={"help": "On-policy distillation (GKD's lambda): the fraction of training batches, drawn per batch "
+                  "from the seed, replaced by the student's own completions of their prompts, scored by the "
+                  "teacher. Needs prompt/completion or chat data and a live teacher. 0: supervised KD only."},
+    )
+    on_policy_temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature of the student's on-policy completions (0: greedy)."}
+    )
+    on_policy_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p of on-policy completions."})
+    on_policy_max_new_tokens: int = field(
+        default=128, metadata={"help": "Tokens generated at most per on-policy completion (end-of-text stops earlier)."}
+    )
+    on_policy_backend: str = field(
+        default="hf",
+        metadata={"help": f"Generation back end of on-policy completions, one of {', '.join(GENERATION_BACKENDS)}: hf "
+                  "(the student's generate, KV cache) or vllm (an engine the student's weights are copied into "
+                  "after each optimizer step; needs the vllm package and a GPU)."},
+    )
     ddp_find_unused_parameters: Optional[bool] = field(
         default=None,
         metadata={"help": "DDP: search the graph for parameters without gradients every step (it costs time). "
@@ -74,12 +94,26 @@ class DistillationTrainingArguments(TrainingArguments):
         if self.max_nonfinite_steps < 1:
             raise DistilyConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be a positive integer")
         self._check_training_values()
+        self._check_on_policy_values()
         counted = {"true": "all", "false": "no"}.get(str(self.include_num_input_tokens_seen).lower())
         self.include_num_input_tokens_seen = counted or self.include_num_input_tokens_seen
         one_of(self.include_num_input_tokens_seen, ("non_padding", "all", "no"), "include_num_input_tokens_seen")
         if not torch.accelerator.is_available():
             self.use_cpu = True  # lets bf16 mean CPU autocast on machines without an accelerator
         super().__post_init__()
+
+    def _check_on_policy_values(self) -> None:
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise DistilyConfigError(f"lmbda={self.lmbda} is out of range; expected 0 <= x <= 1")
+        if not self.on_policy_temperature >= 0:
+            raise DistilyConfigError(f"on_policy_temperature={self.on_policy_temperature} must be >= 0 (0: greedy)")
+        if not 0.0 < self.on_policy_top_p <= 1.0:
+            raise DistilyConfigError(f"on_policy_top_p={self.on_policy_top_p} is out of range; expected 0 < x <= 1")
+        if self.on_policy_max_new_tokens < 1:
+            raise DistilyConfigError(
+                f"on_policy_max_new_tokens={self.on_policy_max_new_tokens} must be a positive integer"
+            )
+        one_of(self.on_policy_backend, GENERATION_BACKENDS, "on_policy_backend")
 
     def _check_training_values(self) -> None:
         """Values the Trainer would take and then train nothing with, or fail on deep inside a step."""

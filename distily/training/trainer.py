@@ -22,6 +22,7 @@ from distily.teachers.source import TeacherSource
 from distily.training.bitnet_schedule import LATENT_GROUP, BitNetSchedule, BitNetScheduler
 from distily.training.distillation_model import OBJECTIVE, STUDENT, DistillationModel
 from distily.training.guards import NonFiniteStepGuard
+from distily.training.on_policy import OnPolicyBatches
 from distily.training.trainer_internals import StagedCheckpoints, check_library_versions, undo_evaluation_preparation
 
 
@@ -35,13 +36,14 @@ class DistillationTrainer(StagedCheckpoints):
         teacher: TeacherSource,
         objective: DistillationObjective,
         evaluator: Optional[Callable[[PreTrainedModel], dict[str, float]]] = None,
+        on_policy: Optional[OnPolicyBatches] = None,
         **kwargs,
     ):
         """``model`` is the student; the Trainer's ``model`` is the student with ``objective``
         (``DistillationModel``), so the objective's projectors and norms train, sync and checkpoint with it.
         ``teacher`` gives the teacher's outputs for each batch. ``evaluator``, called with the student at each
         evaluation, adds its metrics (perplexity on the eval sets, agreement with the teacher) to the
-        evaluation's."""
+        evaluation's. ``on_policy`` replaces some training micro-batches with the student's own completions."""
         check_library_versions()
         if objective.needs("needs_attentions"):  # only eager attention returns attention probabilities
             for network in (model, teacher.live_model):
@@ -53,6 +55,7 @@ class DistillationTrainer(StagedCheckpoints):
             if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
                 callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
         self.evaluator = evaluator
+        self.on_policy = on_policy
         self.model_card: Optional[ModelCard] = None  # Distily's card, set at the end of a run
         self.teacher = teacher
         self.teacher.prepare(self.accelerator)  # after attach: hooks go on the teacher's own modules
@@ -133,7 +136,8 @@ class DistillationTrainer(StagedCheckpoints):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """Collect the micro-batches of one optimizer step and count their tokens, over all processes:
-        the objective's denominators, passed to ``compute_loss`` as ``num_items_in_batch``. None at
+        the objective's denominators, passed to ``compute_loss`` as ``num_items_in_batch`` (those of the
+        on-policy micro-batches that replaced the drawn ones, generated under the mixed precision). None at
         ``max_steps``: a run resumed from a checkpoint of its last step (killed after it) is only finished,
         where the Trainer would take one step more before its own check and write a checkpoint past the end."""
         if self.state.global_step >= self.state.max_steps:
@@ -142,6 +146,9 @@ class DistillationTrainer(StagedCheckpoints):
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batches:
             return batches, None
+        if self.on_policy is not None:
+            with self.accelerator.autocast():
+                batches = self.on_policy.replace(batches, self.state.global_step, self.student)
         self._component_steps += 1
         counts = sum(token_counts(batch) for batch in batches).to(device)  # [2]
         if self.args.world_size > 1:
@@ -208,11 +215,13 @@ class DistillationTrainer(StagedCheckpoints):
             self.model_card.save(os.path.join(self.args.output_dir, "README.md"))
 
     def log(self, logs, start_time=None):
-        """Add each objective component's mean since the last log to the training logs."""
+        """Add each objective component's mean since the last log to the training logs, and the on-policy figures."""
         if "loss" in logs:
             steps = max(self._component_steps, 1)
             for name, total in self._sum_over_processes(self._component_sums["train"]).items():
                 logs[f"loss_{name}"] = round(float(total) / steps, 6)
             self._component_sums["train"] = {}
             self._component_steps = 0
+            if self.on_policy is not None:
+                logs.update(self.on_policy.logs())
         super().log(logs, start_time)

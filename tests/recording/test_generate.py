@@ -12,7 +12,8 @@ from distily.config import parse_config, parse_generate_config
 from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_tokenizer
-from distily.recording.generate import LinearTemperatureLogitsProcessor, run_generation
+from distily.generation.engine import LinearTemperatureLogitsProcessor
+from distily.recording.generate import run_generation
 from distily.training.distill import run_distillation
 from store_values import store_values
 

@@ -1,0 +1,27 @@
+"""The generation back ends a run can name, and the generator it opens."""
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distily.generation.engine import CompletionGenerator, HFGenerator, SamplingSettings
+from distily.generation.vllm_engine import open_vllm_generator
+
+GENERATION_BACKENDS = ("hf", "vllm")
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id prompts are padded with (masked out: any id the model has)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+def open_generator(
+    backend: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings,
+    max_model_len: int,
+) -> CompletionGenerator:
+    """A generator sampling from ``model`` with ``settings``: ``backend`` hf (``model.generate``) or vllm (an
+    engine over a copy of ``model``, prompt and completion at most ``max_model_len`` tokens)."""
+    if backend == "vllm":
+        return open_vllm_generator(model, tokenizer, settings, max_model_len)
+    return HFGenerator(model, settings, tokenizer.eos_token_id, pad_token_id(tokenizer))

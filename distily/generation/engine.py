@@ -1,0 +1,125 @@
+"""Completions of prompts, batched, behind one interface (``CompletionGenerator``) with two back ends:
+``HFGenerator`` (``transformers`` ``generate``, here) and ``VLLMGenerator`` (``vllm_engine.py``).
+
+A generator takes prompts as token-id lists and returns, per prompt, the completion's token ids: up to and
+including the first end-of-text token (the model chose to stop there), or ``max_new_tokens`` ids without one.
+``load_weights(model)`` makes it sample from ``model``'s current weights: the Hugging Face back end generates
+with the model itself, the vLLM back end copies the weights into its engine.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, TopPLogitsWarper
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How completions are sampled: temperature (0: greedy), nucleus top-p, at most ``max_new_tokens`` each.
+    ``final_temperature`` moves the temperature linearly along the completion (Hugging Face back end only)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    final_temperature: Optional[float] = None
+
+
+def cut_at_eos(ids: list[int], eos_token_id: Optional[int]) -> list[int]:
+    """``ids`` up to and including the first ``eos_token_id`` (all of them when there is none)."""
+    return ids[: ids.index(eos_token_id) + 1] if eos_token_id in ids else ids
+
+
+def strip_eos(ids: list[int], eos_token_id: Optional[int]) -> list[int]:
+    """A completion without its closing end-of-text token."""
+    return ids[:-1] if ids and ids[-1] == eos_token_id else ids
+
+
+class CompletionGenerator(ABC):
+    settings: SamplingSettings
+
+    @abstractmethod
+    def generate(self, prompts: list[list[int]]) -> list[list[int]]:
+        """One completion per prompt (see the module's docstring)."""
+
+    @abstractmethod
+    def load_weights(self, model: PreTrainedModel) -> None:
+        """Sample from ``model``'s current weights from now on."""
+
+
+class LinearTemperatureLogitsProcessor(LogitsProcessor):
+    """Divides the scores by a temperature that moves linearly from ``start`` at the first sampled token
+    to ``end`` at the ``length``-th (and stays there): ``T_i = start + (end - start) * min(i / (length - 1), 1)``
+    for the i-th sampled token, i from 0. ``start == end`` is plain temperature sampling."""
+
+    def __init__(self, start: float, end: float, length: int, prompt_length: int):
+        self.start, self.end, self.length, self.prompt_length = start, end, length, prompt_length
+
+    def temperature(self, step: int) -> float:
+        return self.start + (self.end - self.start) * min(step / max(self.length - 1, 1), 1.0)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # input_ids [batch, prompt + sampled so far], scores [batch, vocab]
+        return scores / self.temperature(input_ids.shape[-1] - self.prompt_length)
+
+
+def left_padded(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` [prompts, longest], each prompt at the right end of its row."""
+    longest = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)  # [prompts, longest]
+    attention_mask = torch.zeros_like(input_ids)  # [prompts, longest]
+    for row, prompt in enumerate(prompts):
+        input_ids[row, longest - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
+        attention_mask[row, longest - len(prompt):] = 1
+    return input_ids, attention_mask
+
+
+class HFGenerator(CompletionGenerator):
+    """``model.generate`` on left-padded prompts, in eval mode (dropout off; gradient checkpointing, which only
+    acts in training mode, leaves the KV cache on) under ``no_grad``; the model's mode is restored after."""
+
+    def __init__(self, model: PreTrainedModel, settings: SamplingSettings, eos_token_id: Optional[int],
+                 pad_token_id: int):
+        self.model, self.settings = model, settings
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+
+    def load_weights(self, model: PreTrainedModel) -> None:
+        self.model = model
+
+    def _sampling(self, prompt_length: int) -> dict:
+        settings = self.settings
+        if settings.temperature == 0:
+            return {"do_sample": False}
+        processors = LogitsProcessorList([
+            LinearTemperatureLogitsProcessor(
+                settings.temperature,
+                settings.final_temperature or settings.temperature,
+                settings.max_new_tokens,
+                prompt_length=prompt_length,
+            ),
+            TopPLogitsWarper(settings.top_p),
+        ])
+        # the processors above do the temperature and top-p, in that order
+        return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "logits_processor": processors}
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]]) -> list[list[int]]:
+        model = self.model
+        input_ids, attention_mask = left_padded(prompts, self.pad_token_id)  # [prompts, longest] each
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            generated = model.generate(
+                input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=self.settings.max_new_tokens,
+                use_cache=True,
+                pad_token_id=self.pad_token_id,
+                eos_token_id=self.eos_token_id,
+                **self._sampling(input_ids.shape[1]),
+            )  # [prompts, longest + <= max_new_tokens]
+        finally:
+            model.train(was_training)
+        return [cut_at_eos(row, self.eos_token_id) for row in generated[:, input_ids.shape[1]:].tolist()]

@@ -1,0 +1,70 @@
+"""The vLLM generation back end (optional; needs the vllm package on a GPU machine).
+
+The engine is built once from a copy of the model saved to a temporary directory; ``load_weights`` copies the
+model's current weights into it (vLLM's ``LLM.apply_model`` runs a function on the engine's model in its worker:
+that function is the model's own ``load_weights``, which takes Hugging Face parameter names). The engine runs
+in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the weights reach it without a copy between processes,
+and takes ``GPU_MEMORY_FRACTION`` of the accelerator's memory, beside the training.
+"""
+
+import os
+import tempfile
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distily.errors import DistilyConfigError
+from distily.generation.engine import CompletionGenerator, SamplingSettings, cut_at_eos
+
+GPU_MEMORY_FRACTION = 0.3  # of the accelerator's memory, for the engine's weights and KV cache
+
+
+class VLLMGenerator(CompletionGenerator):
+    """Completions from a vLLM ``LLM`` engine (``engine``, with ``generate`` and ``apply_model``), sampled with
+    ``sampling_params`` (a ``vllm.SamplingParams`` of ``settings``)."""
+
+    def __init__(self, engine, sampling_params, settings: SamplingSettings, eos_token_id):
+        self.engine, self.sampling_params = engine, sampling_params
+        self.settings, self.eos_token_id = settings, eos_token_id
+
+    def load_weights(self, model: PreTrainedModel) -> None:
+        weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+        self.engine.apply_model(lambda engine_model: engine_model.load_weights(weights))
+
+    def generate(self, prompts: list[list[int]]) -> list[list[int]]:
+        requests = [{"prompt_token_ids": prompt} for prompt in prompts]
+        outputs = self.engine.generate(requests, self.sampling_params, use_tqdm=False)
+        return [cut_at_eos(list(output.outputs[0].token_ids), self.eos_token_id) for output in outputs]
+
+
+def open_vllm_generator(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings, max_model_len: int
+) -> VLLMGenerator:
+    """A vLLM engine over a saved copy of ``model`` (and ``tokenizer``), sampling with ``settings``."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError:
+        raise DistilyConfigError(
+            "on_policy_backend='vllm' needs the vllm package; expected `pip install vllm` on a GPU machine, or "
+            "on_policy_backend=hf"
+        )
+    if settings.final_temperature is not None:
+        raise DistilyConfigError(
+            f"the vLLM back end samples at one temperature, not a schedule to {settings.final_temperature}; "
+            "expected no final temperature, or the hf back end"
+        )
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # apply_model hands the weights over in this process
+    with tempfile.TemporaryDirectory(prefix="distily-vllm-") as copy:
+        model.save_pretrained(copy)
+        tokenizer.save_pretrained(copy)
+        engine = LLM(
+            model=copy,
+            dtype=str(model.dtype).removeprefix("torch."),
+            max_model_len=max_model_len,
+            gpu_memory_utilization=GPU_MEMORY_FRACTION,
+            enable_prefix_caching=False,
+        )
+    params = SamplingParams(
+        n=1, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens,
+        detokenize=False,
+    )
+    return VLLMGenerator(engine, params, settings, tokenizer.eos_token_id)

@@ -1,0 +1,124 @@
+"""The teacher's responses to prompts (``distily generate`` with ``generate_prompts``): sequence-level KD data.
+
+Each prompt (a ``prompt`` string: one user turn; or ``messages``: role/content turns ending with the user's) is
+formatted with the teacher's chat template (``apply_chat_template(..., add_generation_prompt=True)``), or the
+``chat_template`` given, and the teacher samples ``generate_num_return_sequences`` responses to it. Each response
+becomes one conversation: the prompt's turns and an ``assistant`` turn, the ``messages`` rows that ``distily
+distill`` reads as chat data. A response that is empty (the teacher stopped at once) is dropped and counted.
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional
+
+import datasets
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distily.config import GenerateConfig
+from distily.data.text import load_documents
+from distily.errors import DistilyConfigError
+from distily.generation.backends import pad_token_id
+from distily.generation.engine import HFGenerator, strip_eos
+
+PROMPT, MESSAGES = "prompt", "messages"
+
+
+def load_prompts(config: GenerateConfig) -> datasets.Dataset:
+    """The ``generate_prompts`` dataset, read as ``dataset_name`` is."""
+    args = config.generate
+    data = dataclasses.replace(
+        config.data, dataset_name=args.generate_prompts, dataset_split=args.generate_prompts_split
+    )
+    try:
+        return load_documents(data)
+    except DistilyConfigError as err:
+        raise DistilyConfigError(f"generate_prompts={args.generate_prompts!r}: {err}")
+
+
+def _turns(messages, row: int) -> list[dict]:
+    """A ``messages`` row as a list of {role, content} turns, checked to end with the user's turn."""
+    if not isinstance(messages, list) or not messages:
+        raise DistilyConfigError(f"generate_prompts row {row} has no messages; expected a list of role/content turns")
+    for turn in messages:
+        if not (isinstance(turn, dict) and all(isinstance(turn.get(key), str) for key in ("role", "content"))):
+            raise DistilyConfigError(
+                f"generate_prompts row {row} holds the turn {turn!r}; expected {{'role': ..., 'content': ...}} strings"
+            )
+    if messages[-1]["role"] != "user":
+        raise DistilyConfigError(
+            f"generate_prompts row {row} ends with a {messages[-1]['role']!r} turn; expected the user's turn last"
+        )
+    return [{"role": turn["role"], "content": turn["content"]} for turn in messages]
+
+
+def prompt_conversations(prompts: datasets.Dataset) -> list[list[dict]]:
+    """Each prompt row as the conversation the teacher answers (checked: no empty prompt, the user's turn last)."""
+    if MESSAGES in prompts.column_names:
+        conversations = [_turns(messages, row) for row, messages in enumerate(prompts[MESSAGES])]
+    elif PROMPT in prompts.column_names:
+        conversations = []
+        for row, prompt in enumerate(prompts[PROMPT]):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise DistilyConfigError(f"generate_prompts row {row} has an empty prompt {prompt!r}; expected text")
+            conversations.append([{"role": "user", "content": prompt}])
+    else:
+        raise DistilyConfigError(
+            f"generate_prompts has the columns {', '.join(prompts.column_names)}; expected a {PROMPT!r} column (a "
+            f"string) or a {MESSAGES!r} column (role/content turns)"
+        )
+    if not conversations:
+        raise DistilyConfigError("generate_prompts holds no prompts; expected at least one row")
+    return conversations
+
+
+def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str]) -> str:
+    """The template conversations are formatted with: ``chat_template`` (a Jinja string, or a file holding one)
+    when given, else the tokenizer's own."""
+    if chat_template is not None:
+        return Path(chat_template).read_text() if os.path.isfile(chat_template) else chat_template
+    if tokenizer.chat_template is None:
+        raise DistilyConfigError(
+            "the teacher's tokenizer has no chat template and chat_template is not set; expected chat_template: a "
+            "Jinja template (a string or a file)"
+        )
+    return tokenizer.chat_template
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: list[dict], chat_template: str) -> list[int]:
+    """The conversation as the teacher reads it before its answer: the template's text with the generation prompt
+    (the template writes any BOS itself, so the tokenizer adds no special tokens)."""
+    text = tokenizer.apply_chat_template(
+        conversation, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def teacher_responses(
+    teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GenerateConfig, batch_size: int
+) -> tuple[list[list[dict]], int]:
+    """The conversations with the teacher's responses appended (``generate_num_return_sequences`` per prompt, in
+    prompt order), and the number of empty responses dropped."""
+    args = config.generate
+    conversations = prompt_conversations(load_prompts(config))
+    template = resolve_chat_template(tokenizer, config.data.chat_template)
+    eos = tokenizer.eos_token_id
+    generator = HFGenerator(teacher, args.sampling(), eos, pad_token_id(tokenizer))
+    requests = [
+        (conversation, ids)
+        for conversation in conversations
+        for ids in [prompt_ids(tokenizer, conversation, template)] * args.generate_num_return_sequences
+    ]
+    answered, empty = [], 0
+    with tqdm(total=len(requests), desc="Teacher responses", unit="response") as progress:
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start:start + batch_size]
+            for (conversation, _), completion in zip(chunk, generator.generate([ids for _, ids in chunk])):
+                response = tokenizer.decode(strip_eos(completion, eos), skip_special_tokens=True)
+                if response.strip():
+                    answered.append(conversation + [{"role": "assistant", "content": response}])
+                else:
+                    empty += 1
+            progress.update(len(chunk))
+    return answered, empty

@@ -1,0 +1,124 @@
+"""The generation engine: batched, left-padded, in eval mode with a KV cache; the vLLM back end on a stand-in
+engine with vLLM's interface (the package itself needs a GPU machine)."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from distily.errors import DistilyConfigError
+from distily.generation.backends import open_generator
+from distily.generation.engine import HFGenerator, SamplingSettings, cut_at_eos, left_padded, strip_eos
+from distily.generation.vllm_engine import VLLMGenerator
+from tiny import ARCHITECTURES, tiny_config
+
+EOS, PAD = 0, 0
+PROMPTS = [[5, 17, 42, 9, 33, 8, 71], [12], [101, 7, 66]]  # of different lengths: the batch is left-padded
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(arch, layers=2, **overrides)).eval()
+
+
+def greedy(model, max_new_tokens: int = 12) -> HFGenerator:
+    return HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0.0), EOS, PAD)
+
+
+def test_prompts_are_left_padded():
+    input_ids, attention_mask = left_padded([[4, 5, 6], [7]], pad_token_id=1)
+    assert input_ids.tolist() == [[4, 5, 6], [1, 1, 7]]
+    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_a_completion_ends_with_the_first_end_of_text_token():
+    assert cut_at_eos([3, 4, 0, 5, 0], 0) == [3, 4, 0]
+    assert cut_at_eos([3, 4], 0) == [3, 4]
+    assert strip_eos([3, 4, 0], 0) == [3, 4]
+    assert strip_eos([3, 4], 0) == [3, 4]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_batched_left_padded_greedy_equals_each_prompt_alone(arch):
+    model = tiny_model(arch)
+    generator = greedy(model)
+    batched = generator.generate(PROMPTS)
+    alone = [generator.generate([prompt])[0] for prompt in PROMPTS]
+    assert batched == alone
+    for prompt, completion in zip(PROMPTS, alone):  # the model's own greedy continuation, token by token
+        ids = torch.tensor([prompt])
+        expected = []
+        for _ in range(12):
+            token = int(model(input_ids=ids).logits[0, -1].argmax())
+            expected.append(token)
+            if token == EOS:
+                break
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        assert completion == expected
+
+
+def test_generation_runs_in_eval_mode_with_the_cache_and_restores_training_mode():
+    reference = greedy(tiny_model()).generate(PROMPTS)
+    model = tiny_model(attention_dropout=0.5).train()  # the same weights; dropout would change the tokens
+    model.activation_checkpointing_enable()
+    lengths = []  # tokens per forward pass: with the KV cache, one per step after the prompt
+    model.get_input_embeddings().register_forward_hook(lambda module, args, output: lengths.append(args[0].shape[1]))
+    assert greedy(model).generate(PROMPTS) == reference
+    assert model.training
+    assert lengths[0] == len(PROMPTS[0]) and set(lengths[1:]) == {1}
+
+
+def test_sampling_is_seeded_and_respects_max_new_tokens():
+    model = tiny_model()
+    generator = HFGenerator(model, SamplingSettings(5, temperature=1.3, top_p=0.9), eos_token_id=None, pad_token_id=PAD)
+    torch.manual_seed(3)
+    first = generator.generate(PROMPTS)
+    torch.manual_seed(3)
+    assert generator.generate(PROMPTS) == first
+    assert [len(completion) for completion in first] == [5, 5, 5]
+
+
+class StandInLLM:
+    """vLLM's ``LLM`` as the back end uses it (``generate`` on prompt token ids, ``apply_model``), serving greedy
+    completions from its own copy of a Hugging Face model."""
+
+    def __init__(self, model):
+        self.model = copy.deepcopy(model)
+        self.model.load_weights = lambda weights: self.model.load_state_dict(dict(weights))
+        self.loads = 0
+
+    def apply_model(self, func):
+        self.loads += 1
+        return [func(self.model)]
+
+    def generate(self, requests, sampling_params, use_tqdm=True):
+        prompts = [request["prompt_token_ids"] for request in requests]
+        completions = greedy(self.model, sampling_params.max_tokens).generate(prompts)
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=tuple(c) + (EOS, 7))]) for c in completions]
+
+
+def test_the_vllm_back_end_samples_from_the_weights_it_was_last_given():
+    student = tiny_model(seed=0)
+    engine = StandInLLM(tiny_model(seed=1))  # built from other weights
+    generator = VLLMGenerator(engine, SimpleNamespace(max_tokens=12), SamplingSettings(12, 0.0), EOS)
+    generator.load_weights(student)
+    assert generator.generate(PROMPTS) == [cut_at_eos(c + [EOS], EOS) for c in greedy(student).generate(PROMPTS)]
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    changed = greedy(student).generate(PROMPTS)
+    generator.load_weights(student)
+    assert generator.generate(PROMPTS) == [cut_at_eos(c + [EOS], EOS) for c in changed]
+    assert engine.loads == 2
+
+
+def test_the_vllm_back_end_without_vllm_is_a_one_line_error():
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(DistilyConfigError, match=r"on_policy_backend='vllm' needs the vllm package; expected"):
+        open_generator("vllm", tiny_model(), None, SamplingSettings(4), max_model_len=32)

@@ -1,0 +1,78 @@
+"""``distily generate`` with ``generate_prompts``: the teacher's responses written as a ``messages`` dataset."""
+
+import json
+
+import datasets
+import pytest
+
+from distily.cli import main
+from distily.config import parse_generate_config
+from distily.errors import DistilyConfigError
+from distily.recording.generate import run_generation
+
+TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def write_rows(path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def values(teacher_dirs, tmp_path, prompts: str, **overrides) -> dict:
+    return {
+        "teacher_model_name_or_path": teacher_dirs["llama"], "generate_prompts": prompts,
+        "generate_output": str(tmp_path / "responses.jsonl"), "generate_length": 12, "generate_temperature": 1.0,
+        "per_device_eval_batch_size": 4, "chat_template": TEMPLATE, "seed": 0, **overrides,
+    }
+
+
+def test_prompts_become_conversations_with_the_teachers_responses(teacher_dirs, tmp_path):
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"the cat sees {n} books"} for n in range(5)])
+    config = parse_generate_config(**values(teacher_dirs, tmp_path, prompts, generate_num_return_sequences=3))
+    result = run_generation(config)
+    rows = [json.loads(line) for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == result["conversations"] == 15 - result["empty_dropped"] and result["empty_dropped"] <= 2
+    assert all([turn["role"] for turn in row["messages"]] == ["user", "assistant"] for row in rows)
+    assert {row["messages"][0]["content"] for row in rows} == {f"the cat sees {n} books" for n in range(5)}
+    assert all(row["messages"][1]["content"].strip() for row in rows)
+
+
+def test_messages_prompts_keep_their_turns_and_parquet_is_written(teacher_dirs, tmp_path, capsys):
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a dog reads"}]
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"messages": turns}] * 2)
+    output = tmp_path / "responses.parquet"
+    assert main(["generate", *sum(([f"--{key}", str(value)] for key, value in values(
+        teacher_dirs, tmp_path, prompts, generate_output=str(output), generate_temperature=0.0001).items()), [])]) == 0
+    assert "conversations with the teacher's responses" in capsys.readouterr().out
+    rows = datasets.load_dataset("parquet", data_files=str(output), split="train")
+    assert [[turn["role"] for turn in messages] for messages in rows["messages"]] == [
+        ["system", "user", "assistant"]] * len(rows)
+    assert rows["messages"][0][:2] == turns
+
+
+@pytest.mark.parametrize("rows, overrides, message", [
+    ([{"prompt": "a dog"}, {"prompt": "  "}], {}, r"generate_prompts row 1 has an empty prompt '  '; expected text"),
+    ([{"question": "a dog"}], {}, r"generate_prompts has the columns question; expected a 'prompt' column"),
+    ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}], {},
+     r"generate_prompts row 0 ends with a 'assistant' turn; expected the user's turn last"),
+    ([{"messages": []}], {}, r"generate_prompts row 0 has no messages; expected a list of role/content turns"),
+    ([{"prompt": "a dog"}], {"chat_template": None},
+     r"the teacher's tokenizer has no chat template and chat_template is not set; expected chat_template"),
+])
+def test_bad_prompts_are_one_line_errors_and_nothing_is_written(rows, overrides, message, teacher_dirs, tmp_path):
+    prompts = write_rows(tmp_path / "prompts.jsonl", rows)
+    with pytest.raises(DistilyConfigError, match=message):
+        run_generation(parse_generate_config(**values(teacher_dirs, tmp_path, prompts, **overrides)))
+    assert not (tmp_path / "responses.jsonl").exists()
+
+
+def test_recording_responses_is_refused(teacher_dirs, tmp_path):
+    with pytest.raises(DistilyConfigError, match=r"generate_record=true cannot record responses to generate_prompts"):
+        parse_generate_config(**values(teacher_dirs, tmp_path, "prompts.jsonl", generate_record=True,
+                                       teacher_store=str(tmp_path / "store")))
+
+
+def test_a_missing_prompt_file_names_generate_prompts(teacher_dirs, tmp_path):
+    with pytest.raises(DistilyConfigError, match=r"^generate_prompts='./nowhere.jsonl': .* does not exist"):
+        run_generation(parse_generate_config(**values(teacher_dirs, tmp_path, "./nowhere.jsonl")))
