@@ -16,7 +16,9 @@ from typing import Any, Optional
 
 from distily.evaluation.arguments import HELDOUT_SET
 
-PER_SET_METRICS = ("lm_loss", "perplexity", "kl_to_teacher", "top1_agreement")  # measured on each eval set
+# measured on each eval set (bits and nats per byte: by the model's own tokenizer, see distily.evaluation.bytes)
+PER_SET_METRICS = ("lm_loss", "perplexity", "bits_per_byte", "nats_per_byte", "kl_to_teacher", "top1_agreement")
+BYTE_METRICS = ("bits_per_byte", "nats_per_byte")  # comparable across tokenizers
 BEFORE, AFTER = "before", "after"  # the student's evaluations before and after training
 
 
@@ -70,6 +72,10 @@ class Evaluation:
     @property
     def perplexity(self) -> Optional[float]:
         return self.get("perplexity")
+
+    @property
+    def bits_per_byte(self) -> Optional[float]:
+        return self.get("bits_per_byte")
 
     @property
     def top1_agreement(self) -> Optional[float]:

@@ -135,7 +135,8 @@ def evaluate(args, teacher_dir: Path, sweep, descriptions: dict, budgets=None) -
     tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
     blocks = heldout_blocks(Path(args.data) / "test.txt", tokenizer, args.seq_length, Path(args.work_dir) / "cache",
                             args.eval_blocks)
-    measure = partial(heldout_metrics, dataset=blocks, collate_fn=partial(collate, pad_token_id=tokenizer.eos_token_id))
+    measure = partial(heldout_metrics, dataset=blocks, collate_fn=partial(collate, pad_token_id=tokenizer.eos_token_id),
+                      tokenizer=tokenizer)
     results = {
         "teacher": {
             "parameters": teacher.num_parameters(),

@@ -341,7 +341,7 @@ def evaluate(args, prepared: dict, sweep) -> dict:
         "splits": prepared["splits"],
         "heldout_tokens": int(sum(len(block) for block in blocks["input_ids"])),
         "teacher": {"parameters": teacher.num_parameters(), **teacher_training(teacher_dir),
-                    **heldout_metrics(teacher, blocks, collate_fn, desc="teacher")},  # fmt: skip
+                    **heldout_metrics(teacher, blocks, collate_fn, desc="teacher", tokenizer=tokenizer)},  # fmt: skip
         "groups": {},
     }
     run_dirs = {run.name.rsplit("-", 1)[0]: sweep.run_dir(run) for run in sweep.runs}

@@ -64,6 +64,12 @@ def summary_table(metrics: RunMetrics) -> Table:
         f"{after.perplexity:.1f}",
     )
     table.add_row(
+        "bits per byte",
+        f"{teacher.evaluation.bits_per_byte:.3f}",
+        f"{before.bits_per_byte:.3f}",
+        f"{after.bits_per_byte:.3f}",
+    )
+    table.add_row(
         "top-1 agreement with teacher", "1.000", f"{before.top1_agreement:.3f}", f"{after.top1_agreement:.3f}"
     )
     table.add_row("parameters", f"{teacher.parameters:,}", "", f"{student.parameters:,}")

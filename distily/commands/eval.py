@@ -39,10 +39,11 @@ def run_evaluation(config: EvalConfig) -> dict:
     manager = task_manager(evaluation) if evaluation.lm_eval_tasks else None
     model = load_model(command.model_name_or_path, command.torch_dtype, command.trust_remote_code)
     tokenizer = load_tokenizer(command.model_name_or_path, "model", command.trust_remote_code)
-    teacher, vocab_size = None, None
+    teacher, teacher_tokenizer, vocab_size = None, None, None
     if command.teacher_model_name_or_path is not None:
         teacher = load_teacher(command.teacher_model_name_or_path, command.torch_dtype, command.trust_remote_code)
-        check_same_tokenizer(load_tokenizer(command.teacher_model_name_or_path, "teacher"), tokenizer)
+        teacher_tokenizer = load_tokenizer(command.teacher_model_name_or_path, "teacher")
+        check_same_tokenizer(teacher_tokenizer, tokenizer)
         vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(model), len(tokenizer))
     max_seq_length = resolve_max_seq_length(command.max_seq_length, *(m for m in (model, teacher) if m is not None))
     cache_dir = command.tokenization_cache_dir or default_cache_dir()
@@ -50,7 +51,7 @@ def run_evaluation(config: EvalConfig) -> dict:
                           command.packing, command.text_document_delimiter)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     evaluator = Evaluator(sets, partial(collate, pad_token_id=pad_token_id), command.per_device_eval_batch_size,
-                          teacher, vocab_size)
+                          teacher, vocab_size, tokenizer, teacher_tokenizer)
     student_metrics, teacher_metrics = evaluator(model), evaluator.teacher_metrics()
     if manager is not None:
         batch_size = command.per_device_eval_batch_size

@@ -29,7 +29,7 @@ from distily.objectives.objective import DistillationObjective
 from distily.reporting.tables import MIB, flat_lm_eval, markdown_table, run_columns
 
 FRAMEWORKS = ("transformers", "torch", "datasets", "accelerate", "huggingface_hub", "lm_eval")
-CARD_METRICS = ("perplexity", "kl_to_teacher", "top1_agreement")  # per eval set, in the model index
+CARD_METRICS = ("perplexity", "bits_per_byte", "kl_to_teacher", "top1_agreement")  # per eval set, in the model index
 ARCHITECTURE_ROWS = {
     "model_type": "model type",
     "layers": "layers",
@@ -122,7 +122,9 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
         f"Measured by Distily on held-out data: {metrics.eval_sequences} sequences of {metrics.max_seq_length} "
         "tokens from documents set aside before packing"
         + (", and the named eval sets below" if metrics.eval_sets else "") + ". KL and agreement are per "
-        "token, against the teacher's next-token distribution.",
+        "token, against the teacher's next-token distribution. Bits per byte is the next-token loss summed over "
+        "the held-out tokens, in bits, over the UTF-8 bytes of those tokens (each model's by its own tokenizer): "
+        "unlike perplexity, it compares models whose tokenizers differ.",
         "",
         markdown_table(run_columns(metrics)),
     ]

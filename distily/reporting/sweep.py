@@ -12,8 +12,10 @@ from distily.reporting.plots import plot_against, plot_by_run
 
 SHOWN = (
     "teacher.perplexity",
+    "teacher.bits_per_byte",
     "teacher.memory_bytes",
     "student.after_perplexity",
+    "student.after_bits_per_byte",
     "student.after_kl_to_teacher",
     "student.after_top1_agreement",
     "train.wall_seconds",

@@ -2,12 +2,15 @@
 
 Everything here but ``run_columns`` reads plain metric dicts: *columns* ``{column name: {metric: value}}`` with
 the same metric names in each column (``perplexity``, ``<set>_perplexity``, ``lm_eval/<task>/<metric>``, ...).
+
+Perplexity and next-token loss are per token, so they compare models only when they share a tokenizer; bits per
+byte compare any two. When the compared models' tokenizers differ, the bits-per-byte rows come first.
 """
 
 from typing import Optional
 
 from distily.evaluation.arguments import HELDOUT_SET
-from distily.metrics import PER_SET_METRICS, RunMetrics
+from distily.metrics import BYTE_METRICS, PER_SET_METRICS, RunMetrics
 
 LM_EVAL = "lm_eval"
 MIB = 2**20
@@ -15,6 +18,8 @@ LABELS = {
     "loss": "distillation loss (the objective)",
     "lm_loss": "next-token loss (nats)",
     "perplexity": "perplexity",
+    "bits_per_byte": "bits per byte (UTF-8)",
+    "nats_per_byte": "nats per byte (UTF-8)",
     "kl_to_teacher": "KL(teacher ‖ model) per token (nats)",
     "top1_agreement": "top-1 agreement with the teacher",
     "parameters": "parameters",
@@ -54,8 +59,14 @@ def _set_names(columns: dict[str, dict]) -> list[str]:
     return names
 
 
-def row_keys(columns: dict[str, dict]) -> list[str]:
-    """The metrics shown, in order: objective loss, held-out split, each named set, lm-eval, size."""
+def _is_byte_metric(key: str) -> bool:
+    return any(key == metric or key.endswith(f"_{metric}") for metric in BYTE_METRICS)
+
+
+def row_keys(columns: dict[str, dict], tokenizers_differ: bool = False) -> list[str]:
+    """The metrics shown, in order: objective loss, held-out split, each named set, lm-eval, size; when the
+    models' ``tokenizers_differ``, the bits and nats per byte of every set first (the per-token rows do not
+    compare them)."""
     keys = ["loss", *PER_SET_METRICS]
     keys += [f"{name}_{metric}" for name in _set_names(columns) for metric in PER_SET_METRICS]
     benchmark = [
@@ -66,6 +77,8 @@ def row_keys(columns: dict[str, dict]) -> list[str]:
     ]
     keys += list(dict.fromkeys(benchmark))
     keys += ["parameters", "size_on_disk_bytes"]
+    if tokenizers_differ:
+        keys = sorted(keys, key=lambda key: not _is_byte_metric(key))  # stable: each group keeps its order
     return [key for key in keys if any(is_number(values.get(key)) for values in columns.values())]
 
 
@@ -102,10 +115,10 @@ def format_value(key: str, values: dict) -> str:
     return f"{value:.4f}"
 
 
-def markdown_table(columns: dict[str, dict[str, float]]) -> str:
+def markdown_table(columns: dict[str, dict[str, float]], tokenizers_differ: bool = False) -> str:
     """One row per metric of ``row_keys``, one column per model; ``—`` where a model has no value."""
     lines = ["| metric | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    for key in row_keys(columns):
+    for key in row_keys(columns, tokenizers_differ):
         cells = " | ".join(format_value(key, values) for values in columns.values())
         lines.append(f"| {label(key, columns)} | {cells} |")
     return "\n".join(lines) + "\n"

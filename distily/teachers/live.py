@@ -112,7 +112,8 @@ class LiveTeacher(TeacherSource):
     def evaluator(self, data, eval_sets, collate_fn, vocab_size) -> Evaluator:
         """Held-out split and named sets, against the teacher; its own metrics computed once."""
         batch_size = self.config.training.per_device_eval_batch_size
-        self._evaluator = Evaluator({HELDOUT_SET: data.eval, **eval_sets}, collate_fn, batch_size, self.model, vocab_size)
+        self._evaluator = Evaluator({HELDOUT_SET: data.eval, **eval_sets}, collate_fn, batch_size, self.model,
+                                    vocab_size, tokenizer=self.tokenizer)
         return self._evaluator
 
     def own_metrics(self) -> Evaluation:

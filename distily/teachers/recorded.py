@@ -32,6 +32,7 @@ from distily.data.store import (
 from distily.data.framing import Framing, model_inputs
 from distily.data.text import DistillationData, collate, load_training_documents, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
+from distily.evaluation.bytes import byte_metrics, dataset_target_bytes, token_byte_lengths
 from distily.evaluation.heldout import Evaluator, heldout_metrics
 from distily.evaluation.perplexity import perplexity
 from distily.metrics import Evaluation, RecordingSource
@@ -150,6 +151,10 @@ class RecordedTeacher(TeacherSource):
     def collate_fn(self) -> Callable:
         return partial(collate_recorded, pad_token_id=self.pad_token_id)
 
+    def _token_collate(self) -> Callable:
+        """``collate`` of the token ids alone (for text eval sets, and counting the store rows' bytes)."""
+        return partial(collate, pad_token_id=self.pad_token_id)
+
     def mean_confidence(self, train: Dataset) -> float:
         raise DistilyConfigError("logits_loss=cakld from a store needs a fixed beta; expected logits_loss_kwargs beta")
 
@@ -188,7 +193,7 @@ class RecordedTeacher(TeacherSource):
     def evaluator(self, data, eval_sets, collate_fn, vocab_size) -> Callable[[PreTrainedModel], dict[str, float]]:
         """The held-out split against the store; named sets on the student alone (the teacher is not loaded)."""
         batch_size = self.config.training.per_device_eval_batch_size
-        named = Evaluator(eval_sets, partial(collate, pad_token_id=self.pad_token_id), batch_size)
+        named = Evaluator(eval_sets, self._token_collate(), batch_size, tokenizer=self.tokenizer)
         self._eval = data.eval
 
         def evaluate_student(student: PreTrainedModel) -> dict[str, float]:
@@ -208,11 +213,14 @@ class RecordedTeacher(TeacherSource):
         )
 
     def own_metrics(self) -> Evaluation:
-        """The teacher's held-out next-token loss on the evaluated rows, from the store."""
+        """The teacher's held-out next-token loss on the evaluated rows, from the store, and its bits per byte
+        (the bytes of the rows' targets, by the store's tokenizer)."""
         dataset = self._eval
         targets = int(dataset.row_values(ROW_TARGETS).sum())
-        lm_loss = float(dataset.row_values(ROW_NLL).sum()) / max(targets, 1)
-        return Evaluation({"lm_loss": lm_loss, "perplexity": perplexity(lm_loss)})
+        nll = float(dataset.row_values(ROW_NLL).sum())
+        lm_loss = nll / max(targets, 1)
+        n_bytes = dataset_target_bytes(dataset, self._token_collate(), token_byte_lengths(self.tokenizer))
+        return Evaluation({"lm_loss": lm_loss, "perplexity": perplexity(lm_loss), **byte_metrics(nll, n_bytes)})
 
     def recording(self) -> RecordingSource:
         return RecordingSource(
@@ -229,7 +237,7 @@ class RecordedTeacher(TeacherSource):
         """``heldout_metrics`` of the student alone, plus ``kl_to_teacher`` (forward KL over the store's k + 1
         buckets at the recording temperature: equal to the full KL when k is the vocabulary and T = 1, a
         lower bound otherwise) and ``top1_agreement`` (with the teacher's recorded top token)."""
-        metrics = heldout_metrics(student, dataset, collate_fn, batch_size)
+        metrics = heldout_metrics(student, dataset, collate_fn, batch_size, tokenizer=self.tokenizer)
         was_training = student.training
         student.eval()
         device = next(student.parameters()).device

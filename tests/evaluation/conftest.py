@@ -13,7 +13,8 @@ def _run_metrics(bitnet=None) -> RunMetrics:
         "distily_version": "0.1.0",
         "command": "distily distill run.yaml",
         "teacher": {
-            "lm_loss": 2.0, "perplexity": 7.389, "recent_perplexity": 9.5, "parameters": 400_000,
+            "lm_loss": 2.0, "perplexity": 7.389, "bits_per_byte": 1.2, "nats_per_byte": 0.832, "recent_perplexity": 9.5,
+            "parameters": 400_000,
             "size_on_disk_bytes": 1_600_000, "quantization": "none", "memory_bytes": 1_600_000,
             "architecture": {**ARCHITECTURE, "layers": 4, "bitnet": None},
             "lm_eval": {"hellaswag": {"acc": 0.41, "acc_stderr": 0.01, "samples": 100}},
@@ -21,7 +22,8 @@ def _run_metrics(bitnet=None) -> RunMetrics:
         "student": {
             "parameters": 200_000, "size_on_disk_bytes": 800_000,
             "before_loss": 1.5, "before_perplexity": 30.0, "before_top1_agreement": 0.3,
-            "after_loss": 0.25, "after_lm_loss": 2.2, "after_perplexity": 9.025, "after_kl_to_teacher": 0.25,
+            "after_loss": 0.25, "after_lm_loss": 2.2, "after_perplexity": 9.025, "after_bits_per_byte": 1.3,
+            "after_recent_bits_per_byte": 1.4, "after_kl_to_teacher": 0.25,
             "after_top1_agreement": 0.8, "after_recent_perplexity": 12.25, "after_recent_kl_to_teacher": 0.5,
             "architecture": {**ARCHITECTURE, "layers": 2, "bitnet": bitnet},
             "lm_eval": {"hellaswag": {"acc": 0.33, "acc_stderr": 0.01, "samples": 100}},

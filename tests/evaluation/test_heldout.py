@@ -5,7 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models
 from torch import nn
+from transformers import PreTrainedTokenizerFast
 
 from distily.data.text import collate
 from distily.evaluation.heldout import Evaluator, heldout_metrics
@@ -45,6 +47,17 @@ KL = (math.log(2) / 4 + 0 + math.log(4 / 3) / 2 + 0 + math.log(4 / 3) / 2 + math
 AGREEMENT = 5 / 6
 
 
+def byte_level_tokenizer(tokens: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer whose token ``i`` is ``tokens[i]`` (``Ġ`` is its spelling of a space byte)."""
+    backend = Tokenizer(models.BPE(vocab={token: index for index, token in enumerate(tokens)}, merges=[]))
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+# Tokens 0, 1, 2 spell 1, 2 and 3 bytes ("a", " b", "  c"); the targets 1, 2, 1, 2 spell 10 bytes.
+STUDENT_TOKENS, TARGET_BYTES = ["a", "Ġb", "ĠĠc"], 10
+
+
 def test_perplexity_and_agreement_of_a_tiny_model_match_hand_computed_values():
     metrics = heldout_metrics(BigramLM(STUDENT), dataset(), collate, batch_size=2, teacher=BigramLM(TEACHER))
     assert metrics["lm_loss"] == pytest.approx(STUDENT_NLL, rel=1e-6)
@@ -68,3 +81,25 @@ def test_evaluator_names_each_set_and_computes_the_teacher_metrics_once():
     assert teacher.calls == calls  # kept from the first evaluation's teacher pass
     assert teacher_metrics["perplexity"] == pytest.approx(2**1.5, rel=1e-6)  # exp(1.5 ln 2)
     assert teacher_metrics["recent_lm_loss"] == pytest.approx(TEACHER_NLL, rel=1e-6)
+
+
+def test_bits_per_byte_are_the_summed_nll_in_bits_over_the_targets_bytes():
+    metrics = heldout_metrics(BigramLM(STUDENT), dataset(), collate, batch_size=2,
+                              tokenizer=byte_level_tokenizer(STUDENT_TOKENS))
+    assert metrics["bits_per_byte"] == pytest.approx(4 * STUDENT_NLL / math.log(2) / TARGET_BYTES, rel=1e-6)
+    assert metrics["nats_per_byte"] == pytest.approx(4 * STUDENT_NLL / TARGET_BYTES, rel=1e-6)
+    assert "bits_per_byte" not in heldout_metrics(BigramLM(STUDENT), dataset(), collate)  # no tokenizer, no bytes
+
+
+def test_teacher_and_student_bytes_are_counted_by_each_ones_tokenizer():
+    """A teacher whose tokens spell one byte each: its 4 targets are 4 bytes, the student's 10."""
+    teacher = BigramLM(TEACHER)
+    evaluator = Evaluator({"heldout": dataset()}, collate, batch_size=2, teacher=teacher,
+                          tokenizer=byte_level_tokenizer(STUDENT_TOKENS),
+                          teacher_tokenizer=byte_level_tokenizer(["a", "b", "c"]))
+    metrics = evaluator(BigramLM(STUDENT))
+    assert metrics["bits_per_byte"] == pytest.approx(4 * STUDENT_NLL / math.log(2) / TARGET_BYTES, rel=1e-6)
+    teacher_metrics = evaluator.teacher_metrics()
+    assert teacher_metrics["bits_per_byte"] == pytest.approx(4 * TEACHER_NLL / math.log(2) / 4, rel=1e-6)
+    alone = Evaluator({"heldout": dataset()}, collate, 2, teacher, tokenizer=byte_level_tokenizer(["a", "b", "c"]))
+    assert alone.teacher_metrics() == pytest.approx(teacher_metrics)  # its own pass gives the same numbers

@@ -46,9 +46,12 @@ def test_the_card_parses_and_carries_the_metrics_and_tags(tmp_path, run_metrics)
     results = {(r.dataset_name, r.metric_name): r.metric_value for r in data.eval_results}
     assert results[("wikimedia/wikipedia (held-out documents)", "perplexity")] == 9.025
     assert results[("recent", "kl_to_teacher")] == 0.5
+    assert results[("recent", "bits_per_byte")] == 1.4
     assert results[("hellaswag", "acc")] == 0.33
     text = card.text
     assert "| heldout: perplexity | 7.39 | 30.00 | 9.03 |" in text  # the teacher's numbers beside the student's
+    assert "| heldout: bits per byte (UTF-8) | 1.2000 | — | 1.3000 |" in text
+    assert "unlike perplexity, it compares models whose tokenizers differ" in text
     assert "| hellaswag: acc (n=100) | 0.4100 ± 0.0100 | — | 0.3300 ± 0.0100 |" in text
     assert "`recent` 2 of 32" in text  # the overlap is reported
     assert "lm_eval_limit=100" in text and "not full benchmark scores" in text
@@ -63,7 +66,7 @@ def test_the_model_index_holds_the_students_results_only(tmp_path, run_metrics):
     index = front_matter(card)["model-index"]
     assert [model["name"] for model in index] == ["tiny-student"]
     values = [metric["value"] for result in index[0]["results"] for metric in result["metrics"]]
-    assert sorted(values) == sorted([9.025, 0.25, 0.8, 12.25, 0.5, 0.33])  # the student's after training
+    assert sorted(values) == sorted([9.025, 1.3, 0.25, 0.8, 12.25, 1.4, 0.5, 0.33])  # the student's after training
     assert 7.389 not in values and 0.41 not in values and "of the teacher" not in yaml.safe_dump(index)
 
 

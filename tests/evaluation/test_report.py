@@ -2,8 +2,10 @@
 
 from PIL import Image
 
+from distily.data.text import tokenizer_fingerprint
 from distily.reporting.plots import plot_comparison, plot_eval_metrics, plot_losses
-from distily.reporting.tables import markdown_table, run_columns
+from distily.reporting.tables import markdown_table, row_keys, run_columns
+from tiny import make_sentencepiece_tokenizer, make_tokenizer
 
 LOG_HISTORY = [
     {"step": 10, "loss": 1.0, "loss_logits": 0.8, "loss_hidden_states": 0.4},
@@ -38,3 +40,25 @@ def test_the_table_puts_teacher_and_student_side_by_side(run_metrics):
     assert "| recent: perplexity | 9.50 | — | 12.25 |" in lines
     assert "| hellaswag: acc (n=100) | 0.4100 ± 0.0100 | — | 0.3300 ± 0.0100 |" in lines
     assert "| parameters | 400,000 | — | 200,000 |" in lines
+
+
+def test_bits_per_byte_lead_the_table_when_the_tokenizers_differ():
+    """Per-token loss and perplexity do not compare a byte-level BPE teacher with a SentencePiece student."""
+    columns = {
+        "teacher": {"lm_loss": 2.0, "perplexity": 7.39, "bits_per_byte": 1.2, "nats_per_byte": 0.83,
+                    "recent_perplexity": 9.5, "recent_bits_per_byte": 1.25, "parameters": 400_000},
+        "student": {"loss": 0.3, "lm_loss": 1.5, "perplexity": 4.48, "bits_per_byte": 1.3, "nats_per_byte": 0.9,
+                    "kl_to_teacher": 0.2, "recent_perplexity": 5.0, "recent_bits_per_byte": 1.35, "parameters": 9},
+    }
+    same = [make_tokenizer(), make_tokenizer()]
+    differ = [make_tokenizer(), make_sentencepiece_tokenizer()]
+    for tokenizers, expected in (
+        (same, ["loss", "lm_loss", "perplexity", "bits_per_byte", "nats_per_byte", "kl_to_teacher",
+                "recent_perplexity", "recent_bits_per_byte", "parameters"]),
+        (differ, ["bits_per_byte", "nats_per_byte", "recent_bits_per_byte", "loss", "lm_loss", "perplexity",
+                  "kl_to_teacher", "recent_perplexity", "parameters"]),
+    ):
+        tokenizers_differ = len({tokenizer_fingerprint(tokenizer) for tokenizer in tokenizers}) > 1
+        assert row_keys(columns, tokenizers_differ) == expected
+        rows = markdown_table(columns, tokenizers_differ).splitlines()[2:]
+        assert rows[0].startswith("| heldout: bits per byte (UTF-8) | 1.2000 | 1.3000 |") == tokenizers_differ

@@ -2,9 +2,11 @@
 and the model card that push_to_hub uploads (the Hub itself replaced by a recorder: the tests are offline)."""
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from huggingface_hub import ModelCard
 from PIL import Image
 
@@ -52,11 +54,18 @@ def test_a_run_reports_eval_sets_during_and_after_training_and_pushes_its_card(
     out = Path(values["output_dir"])
 
     teacher, student = metrics["teacher"], metrics["student"]
-    for key in ("lm_loss", "perplexity", "parameters", "size_on_disk_bytes", "recent_perplexity"):
+    for key in ("lm_loss", "perplexity", "bits_per_byte", "parameters", "size_on_disk_bytes", "recent_perplexity",
+                "recent_bits_per_byte"):
         assert key in teacher, key
-    for key in ("loss", "lm_loss", "perplexity", "kl_to_teacher", "top1_agreement", "recent_perplexity",
-                "recent_kl_to_teacher", "recent_top1_agreement"):
+    for key in ("loss", "lm_loss", "perplexity", "bits_per_byte", "nats_per_byte", "kl_to_teacher", "top1_agreement",
+                "recent_perplexity", "recent_bits_per_byte", "recent_kl_to_teacher", "recent_top1_agreement"):
         assert f"before_{key}" in student and f"after_{key}" in student, key
+    # the same held-out targets (so the same bytes) under both models: bits per byte scale with the loss
+    assert teacher["bits_per_byte"] / teacher["lm_loss"] == pytest.approx(
+        student["after_bits_per_byte"] / student["after_lm_loss"], rel=1e-9)
+    assert student["after_nats_per_byte"] == pytest.approx(student["after_bits_per_byte"] * math.log(2), rel=1e-12)
+    # a byte-level token spells 1 to a few bytes of this ASCII text: more than one byte per token on average
+    assert 1 < teacher["lm_loss"] / (teacher["bits_per_byte"] * math.log(2)) < 8
     assert student["architecture"]["layers"] == 2 and teacher["architecture"]["layers"] == 4
     assert set(metrics["eval_overlap"]) == {"heldout", "recent"}
     assert metrics["train"]["wall_seconds"] > 0 and metrics["train"]["tokens_seen"] == 4 * 4 * 32
@@ -67,6 +76,7 @@ def test_a_run_reports_eval_sets_during_and_after_training_and_pushes_its_card(
     assert evaluated == [2, 4] and all("eval_kl_to_teacher" in e for e in history if "eval_loss" in e)
 
     assert "| recent: perplexity |" in (out / "results.md").read_text()
+    assert "| recent: bits per byte (UTF-8) |" in (out / "results.md").read_text()
     for name in ("losses", "eval_metrics", "teacher_vs_student"):
         with Image.open(out / "plots" / f"{name}.png") as image:
             image.verify()
@@ -75,6 +85,9 @@ def test_a_run_reports_eval_sets_during_and_after_training_and_pushes_its_card(
 
     card = ModelCard.load(out / "README.md")
     assert "distillation" in card.data.tags and "Finetuned from" not in str(card)
+    assert f"| heldout: bits per byte (UTF-8) | {teacher['bits_per_byte']:.4f} |" in card.text
+    card_bpb = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert card_bpb[("recent", "bits_per_byte")] == pytest.approx(student["after_recent_bits_per_byte"])
     assert [upload["repo_id"] for upload in hub.uploads] == ["someone/tiny-student"]
     assert hub.uploads[0]["readme"] == (out / "README.md").read_text()  # the card is what was pushed
 
@@ -93,3 +106,5 @@ def test_distily_eval_compares_a_model_with_its_teacher(teacher_dirs, tokenizer,
     assert "| recent: top-1 agreement with the teacher | — |" in table
     columns = json.loads((tmp_path / "eval" / "eval.json").read_text())["columns"]
     assert columns["student"]["recent_perplexity"] > 0 and columns["teacher"]["recent_perplexity"] > 0
+    assert columns["student"]["recent_bits_per_byte"] > 0 and columns["teacher"]["recent_bits_per_byte"] > 0
+    assert "| recent: bits per byte (UTF-8) |" in table

@@ -130,6 +130,7 @@ def test_a_failed_run_is_recorded_and_a_rerun_does_only_what_is_missing(base, tm
     assert "num_attention_heads=3 does not divide" in (out / bad.name / "error.txt").read_text().splitlines()[0]
     results = (out / "results.md").read_text()
     assert "| 1 |" in results and "failed" in results and "![plot_by_run](plot_by_run.png)" in results
+    assert "| teacher.perplexity | teacher.bits_per_byte |" in results and " student.after_bits_per_byte |" in results
     for plot in ("plot_by_run.png", "plot_student_config_overrides.png"):
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

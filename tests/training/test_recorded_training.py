@@ -37,6 +37,7 @@ def test_training_from_a_full_vocabulary_store_matches_the_live_teacher(teacher_
         assert from_store["student"][key] == pytest.approx(live["student"][key], rel=2e-3), key
     assert from_store["student"]["after_top1_agreement"] == pytest.approx(live["student"]["after_top1_agreement"], abs=0.02)
     assert from_store["teacher"]["lm_loss"] == pytest.approx(live["teacher"]["lm_loss"], rel=1e-5)
+    assert from_store["teacher"]["bits_per_byte"] == pytest.approx(live["teacher"]["bits_per_byte"], rel=1e-5)
     assert from_store["teacher"]["source"] == "recorded"
 
 
