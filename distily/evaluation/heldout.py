@@ -1,5 +1,6 @@
 """Held-out quality of a model, alone and against its teacher, on packed eval sets: next-token loss and
-perplexity, forward KL to the teacher and top-1 agreement, each averaged over non-padding tokens."""
+perplexity, forward KL to the teacher and top-1 agreement, each averaged over the loss positions
+(``loss_positions``: non-padding tokens, only the assistant's for chat data)."""
 
 from typing import Callable, Optional
 
@@ -13,6 +14,7 @@ from distily.data.framing import model_inputs
 from distily.evaluation.agreement import agreement_sums
 from distily.evaluation.perplexity import batch_next_token_nll, perplexity
 from distily.metrics import metric_key
+from distily.objectives.component import loss_positions
 
 
 def _loss_metrics(nll: float, targets: int) -> dict[str, float]:
@@ -46,7 +48,7 @@ def _sums(
     sums = {"nll": 0.0, "targets": 0, "kl": 0.0, "agree": 0, "positions": 0, "teacher_nll": 0.0}
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc=desc, leave=False):
         batch = {key: value.to(device) for key, value in batch.items()}
-        mask = batch["attention_mask"].bool()  # [batch, seq]
+        mask = loss_positions(batch)  # [batch, seq]
         logits = model(**model_inputs(batch)).logits  # [batch, seq, vocab]
         nll, targets = batch_next_token_nll(logits, batch)
         sums["nll"] += nll

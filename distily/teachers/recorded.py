@@ -39,7 +39,7 @@ from distily.models.architecture import max_positions, output_vocab_size
 from distily.models.arguments import ModelArguments
 from distily.models.identity import teacher_identity
 from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
-from distily.objectives.component import Component
+from distily.objectives.component import Component, loss_positions
 from distily.objectives.losses import forward_kl
 from distily.objectives.objective import DistillationObjective
 from distily.objectives.sparse import RecordedTeacherOutput, SparseLogitsComponent, bucket_logprobs
@@ -236,7 +236,7 @@ class RecordedTeacher(TeacherSource):
         kl, agree, positions = 0.0, 0, 0
         for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc="Evaluating "
                           "against the store", leave=False):
-            mask = batch["attention_mask"].to(device).bool()  # [batch, seq]
+            mask = loss_positions(batch).to(device)  # [batch, seq]
             logits = student(**model_inputs(batch, device)).logits
             student_logits = logits[mask].float()  # [tokens, vocab]
             topk_ids = batch[TOPK_IDS].to(device)[mask]  # [tokens, k]
