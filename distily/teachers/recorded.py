@@ -83,6 +83,8 @@ class RecordedTeacher(TeacherSource):
         packing = config.data.packing
         if packing != "auto" and packing != self.settings["packing"]:
             raise self._mismatch("packing", packing, self.settings["packing"])
+        if self.settings.get("loss_on", config.data.loss_on) != config.data.loss_on:  # a store of chat data
+            raise self._mismatch("loss_on", config.data.loss_on, self.settings["loss_on"])
         if config.objective.logits_temperature != self.temperature:
             raise self._mismatch("logits_temperature", config.objective.logits_temperature, self.temperature)
         if documents is not None and documents._fingerprint != self.settings["dataset_fingerprint"]:
