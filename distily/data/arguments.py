@@ -6,14 +6,14 @@ from typing import Optional
 from distily.arguments import one_of
 from distily.errors import DistilyConfigError
 
-PACKINGS = ("auto", "stream", "bos_blocks", "documents")
+PACKINGS = ("auto", "stream", "bos_blocks", "documents", "padded")
 LOSS_ON = ("assistant", "all")
 
 PACKING_HELP = (
     "How documents become blocks: stream (EOS-separated, cut into full blocks: GPT-2, Qwen), bos_blocks (every "
     "block opens with BOS, documents masked apart: Llama, Mistral, Gemma), documents (whole documents best-fit "
-    "into blocks, masked apart, padded) or auto (documents when the tokenizer adds BOS, else stream; "
-    "pre-tokenized rows as documents). See docs/data.md."
+    "into blocks, masked apart, padded), padded (one document per row, padded; any model) or auto (documents when "
+    "the tokenizer adds BOS, else stream; pre-tokenized rows as documents; chat data padded). See docs/data.md."
 )
 TEXT_DOCUMENT_DELIMITER_HELP = (
     "What one document is in a .txt file (line breaks are kept inside it): blank_line (blocks separated by blank "

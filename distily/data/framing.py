@@ -1,6 +1,6 @@
 """How token sequences are framed into training blocks, the way each model family was pretrained.
 
-Three packings (``DataArguments.packing``):
+Four packings (``DataArguments.packing``):
 
 - ``stream``: documents, each followed by the end-of-text token (unless the tokenizer already ends them
   with it), concatenated and cut into full ``max_seq_length`` blocks; attention runs across documents.
@@ -12,6 +12,8 @@ Three packings (``DataArguments.packing``):
 - ``documents``: every document whole in a block when it fits (longer ones cut under the BOS rule),
   best-fit into blocks of at most ``max_seq_length`` tokens, with document masks; padding fills the
   rest of a batch and never enters a loss.
+- ``padded``: one document per row (longer ones cut as for ``documents``), padded in a batch: no document
+  masks, so any model takes it (what ``auto`` gives chat data).
 
 ``auto`` picks ``documents`` when the tokenizer starts a text with BOS, else ``stream``: a BOS-anchored
 model reads each document from its own BOS, as alone (``bos_blocks`` is denser, but the piece of a document
@@ -75,14 +77,14 @@ class Framing:
     @property
     def document_masks(self) -> bool:
         """Whether documents sharing a block are kept apart (per-document positions, block-diagonal mask)."""
-        return self.packing != "stream"
+        return self.packing in ("bos_blocks", "documents")
 
     def pack(
         self, documents: list[list[int]], loss_masks: Optional[list[list[int]]] = None
     ) -> dict[str, list[list[int]]]:
         """Blocks of token ids from tokenized documents (with ``position_ids`` under document masks). Documents
-        with ``loss_masks`` (conversations, each at most ``max_seq_length`` tokens) go whole into ``documents``
-        blocks, their masks beside them (``loss_mask``)."""
+        with ``loss_masks`` (conversations, each at most ``max_seq_length`` tokens) stay whole (``padded`` or
+        ``documents``), their masks beside them (``loss_mask``)."""
         if loss_masks is not None:
             return self._whole_documents(documents, loss_masks)
         if self.packing == "stream":
@@ -91,6 +93,8 @@ class Framing:
             blocks = self._bos_blocks(documents)
         else:
             pieces = [piece for document in documents for piece in self._pieces(document)]
+            if self.packing == "padded":
+                return {INPUT_IDS: pieces}
             blocks = [[pieces[i] for i in block] for block in _best_fit([len(p) for p in pieces], self.max_seq_length)]
         return {
             INPUT_IDS: [[token for piece in block for token in piece] for block in blocks],
@@ -98,9 +102,12 @@ class Framing:
         }
 
     def _whole_documents(self, documents: list[list[int]], loss_masks: list[list[int]]) -> dict[str, list[list[int]]]:
-        """Documents best-fit whole into blocks with document masks, each one's loss mask beside its ids."""
-        if self.packing != "documents" or any(len(ids) > self.max_seq_length for ids in documents):
-            raise ValueError("documents with loss masks are packed whole, packing=documents, none longer than a block")
+        """Documents whole, each one's loss mask beside its ids: one per row (``padded``) or best-fit into blocks
+        with document masks (``documents``)."""
+        if self.packing not in ("padded", "documents") or any(len(ids) > self.max_seq_length for ids in documents):
+            raise ValueError("documents with loss masks are packed whole (padded or documents), none longer than a block")
+        if self.packing == "padded":
+            return {INPUT_IDS: documents, LOSS_MASK: loss_masks}
         blocks = _best_fit([len(ids) for ids in documents], self.max_seq_length)
         return {
             INPUT_IDS: [[token for i in block for token in documents[i]] for block in blocks],

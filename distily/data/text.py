@@ -207,15 +207,16 @@ def tokenize_documents(documents: datasets.Dataset, tokenizer: PreTrainedTokeniz
 
 def data_framing(documents: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
                  packing: str) -> Framing:
-    """The framing of ``documents`` (``packing`` resolved for this tokenizer and kind of data). Conversations are
-    packed whole with document masks (``documents``): no other packing keeps them apart and uncut."""
+    """The framing of ``documents`` (``packing`` resolved for this tokenizer and kind of data). Conversations stay
+    whole and apart: one per row (``padded``, what ``auto`` gives them, for any model) or best-fit with document
+    masks (``documents``, for models that keep packed documents apart)."""
     if MESSAGES in documents.column_names:
-        if packing not in ("auto", "documents"):
+        if packing not in ("auto", "padded", "documents"):
             raise DistilyConfigError(
-                f"packing={packing!r} would let conversations attend to each other or cut them; expected documents "
-                "(or auto) for chat data"
+                f"packing={packing!r} would let conversations attend to each other or cut them; expected padded, "
+                "documents or auto for chat data"
             )
-        packing = "documents"
+        packing = "padded" if packing == "auto" else packing
     return Framing.for_tokenizer(packing, tokenizer, max_seq_length, pretokenized=INPUT_IDS in documents.column_names)
 
 

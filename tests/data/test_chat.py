@@ -49,15 +49,33 @@ def _args(path, tmp_path, **overrides):
     return DataArguments(**{**values, **overrides})
 
 
-def test_blocks_carry_loss_masks_shifted_onto_the_predicting_position(tmp_path):
-    tokenizer = make_chat_tokenizer("chatml")
-    conversations = make_conversations(12)
-    data = build_datasets(_args(write_chat_jsonl(tmp_path / "c.jsonl", conversations), tmp_path), tokenizer, 256, 0)
-    assert data.framing.packing == "documents" and data.eval_documents is None
+def _rendered_loss_masks(conversations, tokenizer):
+    """Each conversation's ids -> its loss mask (the assistant mask moved one position left)."""
     rendered = {}
     for messages in conversations:
         ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, 0)
         rendered[tuple(ids)] = mask[1:] + [0]
+    return rendered
+
+
+def test_by_default_each_conversation_is_one_padded_row_with_its_loss_mask(tmp_path):
+    tokenizer = make_chat_tokenizer("llama3")
+    conversations = make_conversations(12)
+    data = build_datasets(_args(write_chat_jsonl(tmp_path / "c.jsonl", conversations), tmp_path), tokenizer, 256, 0)
+    assert data.framing.packing == "padded" and not data.framing.document_masks and data.eval_documents is None
+    assert POSITION_IDS not in data.train.column_names and len(data.train) == 9
+    rendered = _rendered_loss_masks(conversations, tokenizer)
+    for row in data.train:
+        assert row[LOSS_MASK].tolist() == rendered[tuple(row[INPUT_IDS].tolist())]
+
+
+def test_packed_blocks_carry_each_conversations_loss_mask(tmp_path):
+    tokenizer = make_chat_tokenizer("chatml")
+    conversations = make_conversations(12)
+    path = write_chat_jsonl(tmp_path / "c.jsonl", conversations)
+    data = build_datasets(_args(path, tmp_path, packing="documents"), tokenizer, 256, 0)
+    assert data.framing.packing == "documents" and data.eval_documents is None
+    rendered = _rendered_loss_masks(conversations, tokenizer)
     found = 0
     for row in data.train:
         starts = (row[POSITION_IDS] == 0).nonzero().flatten().tolist() + [len(row[INPUT_IDS])]
@@ -100,8 +118,8 @@ def test_no_conversation_attends_to_another(tmp_path):
     tokenizer = make_chat_tokenizer("chatml")
     teacher = load_teacher(save_tiny_model(tmp_path / "llama", "llama", tokenizer, vocab_size=len(tokenizer)))
     check_document_isolation(teacher, "teacher")
-    conversations = make_conversations(12)
-    data = build_datasets(_args(write_chat_jsonl(tmp_path / "c.jsonl", conversations), tmp_path), tokenizer, 256, 0)
+    path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(12))
+    data = build_datasets(_args(path, tmp_path, packing="documents"), tokenizer, 256, 0)
     row = next(row for row in data.train if int((row[POSITION_IDS] == 0).sum()) >= 2)
     batch = collate([row])
     with torch.no_grad():

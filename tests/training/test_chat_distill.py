@@ -28,8 +28,10 @@ def _values(chat_run, tmp_path, **overrides):
     return store_values(teacher, data, tmp_path, max_seq_length=128, **overrides)
 
 
-def test_assistant_only_distillation_lowers_the_kl_on_assistant_tokens(chat_run, tmp_path):
-    values = _values(chat_run, tmp_path, max_steps=30, learning_rate=3e-3, warmup_steps=2, student_init="random")
+@pytest.mark.parametrize("packing", ["padded", "documents"])
+def test_assistant_only_distillation_lowers_the_kl_on_assistant_tokens(chat_run, tmp_path, packing):
+    values = _values(chat_run, tmp_path, max_steps=30, learning_rate=3e-3, warmup_steps=2, student_init="random",
+                     packing=packing)
     metrics = run_distillation(parse_config(**values))
     student = metrics["student"]
     assert student["after_kl_to_teacher"] < 0.8 * student["before_kl_to_teacher"], student
