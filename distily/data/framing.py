@@ -105,7 +105,7 @@ class Framing:
         """Documents whole, each one's loss mask beside its ids: one per row (``padded``) or best-fit into blocks
         with document masks (``documents``)."""
         if self.packing not in ("padded", "documents") or any(len(ids) > self.max_seq_length for ids in documents):
-            raise ValueError("documents with loss masks are packed whole (padded or documents), none longer than a block")
+            raise ValueError("documents with loss masks stay whole (padded or documents), none longer than a block")
         if self.packing == "padded":
             return {INPUT_IDS: documents, LOSS_MASK: loss_masks}
         blocks = _best_fit([len(ids) for ids in documents], self.max_seq_length)

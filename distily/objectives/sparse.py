@@ -93,8 +93,8 @@ def check_sparse_loss(name: str) -> None:
 
 
 class SparseLogitsComponent(Component):
-    """``loss(P_s, P_t) * T^2`` over the k + 1 buckets at every loss position (``loss_positions``), ``loss`` a name in
-    ``sparse_losses()``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T."""
+    """``loss(P_s, P_t) * T^2`` over the k + 1 buckets at every loss position (``loss_positions``), ``loss`` a
+    name in ``sparse_losses()``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T."""
 
     needs_student_logits = True
 

@@ -89,7 +89,8 @@ def test_prompt_completion_rows_read_as_user_and_assistant_turns(tmp_path):
     tokenizer = make_chat_tokenizer("llama3")
     rows = [{"prompt": f"say {i}", "completion": f"number {i}"} for i in range(6)]
     conversational = [
-        {"prompt": [{"role": "user", "content": f"say {i}"}], "completion": [{"role": "assistant", "content": f"number {i}"}]}
+        {"prompt": [{"role": "user", "content": f"say {i}"}],
+         "completion": [{"role": "assistant", "content": f"number {i}"}]}
         for i in range(6)
     ]
     plain = load_training_documents(_args(_dataset(tmp_path, rows, "a.jsonl"), tmp_path))
@@ -186,7 +187,7 @@ def test_a_template_that_is_not_prefix_consistent_is_refused_naming_the_row(tmp_
     # renders only the last turn: the conversation up to an assistant turn does not start the whole
     template = "{{ messages[-1]['role'] + ': ' + messages[-1]['content'] }}{% if add_generation_prompt %}A: {% endif %}"
     path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(8))
-    with pytest.raises(DistilyConfigError, match="renders row [0-9]+ up to its assistant turn [0-9]+ .*prefix-consistent"):
+    with pytest.raises(DistilyConfigError, match="renders row [0-9]+ up to its assistant turn [0-9]+ .*prefix-cons"):
         build_datasets(_args(path, tmp_path, chat_template=template), make_chat_tokenizer("chatml"), 256, 0)
 
 

@@ -61,10 +61,12 @@ def test_logit_loss_counts_the_kept_positions_only():
 
 
 def test_objective_with_a_full_loss_mask_is_the_objective_without_one():
-    student, teacher = SimpleNamespace(logits=_random(2, 6, VOCAB, seed=1)), SimpleNamespace(logits=_random(2, 6, VOCAB))
+    student = SimpleNamespace(logits=_random(2, 6, VOCAB, seed=1))
+    teacher = SimpleNamespace(logits=_random(2, 6, VOCAB))
     objective = build_objective(ObjectiveArguments(hard_label_weight=0.5))
     full = {**_batch(loss_mask=False), "loss_mask": torch.ones_like(MASK)}
-    assert torch.equal(objective(student, teacher, full).loss, objective(student, teacher, _batch(loss_mask=False)).loss)
+    unmasked = objective(student, teacher, _batch(loss_mask=False)).loss
+    assert torch.equal(objective(student, teacher, full).loss, unmasked)
     masked = objective(student, teacher, _batch()).components
     torch.testing.assert_close(masked["logits"], forward_kl(student.logits[KEPT], teacher.logits[KEPT]).mean())
 
