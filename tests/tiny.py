@@ -166,3 +166,61 @@ def make_sentencepiece_tokenizer(prepend_scheme: str = "first") -> PreTrainedTok
     backend.add_special_tokens(specials)
     backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+# Chat templates in the public formats of three families, written here (no {% generation %} markers, as theirs)
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+CHATML_TEMPLATE = (  # Qwen2's
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + "
+    "'<|end|>\\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + '<|end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+CHAT_STYLES = {  # style -> (template, its special tokens, the end-of-turn token)
+    "llama3": (LLAMA3_TEMPLATE, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+               "<|eot_id|>"),
+    "chatml": (CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], "<|im_end|>"),
+    "phi3": (PHI3_TEMPLATE, ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "<|end|>"),
+}
+
+
+def make_chat_tokenizer(style: str, with_template: bool = True) -> PreTrainedTokenizerFast:
+    """The tiny tokenizer with a family's special tokens (ids from ``VOCAB`` up) and, by default, its template."""
+    template, specials, _ = CHAT_STYLES[style]
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens(specials, special_tokens=True)
+    if style == "llama3":
+        tokenizer.bos_token = "<|begin_of_text|>"
+    if with_template:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def make_conversations(count: int, seed: int = 0) -> list[list[dict]]:
+    """Conversations where the assistant repeats the user's sentence: one to three turns, some with a system turn."""
+    rng = random.Random(seed)
+    conversations = []
+    for index in range(count):
+        turns = [{"role": "system", "content": "Repeat what you read."}] if index % 3 == 0 else []
+        for _ in range(rng.randint(1, 3)):
+            sentence = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(ENDINGS)}"
+            turns += [{"role": "user", "content": sentence}, {"role": "assistant", "content": sentence}]
+        conversations.append(turns)
+    return conversations
+
+
+def write_chat_jsonl(path, conversations: list[list[dict]]) -> str:
+    with open(path, "w") as out:
+        for messages in conversations:
+            out.write(json.dumps({"messages": messages}) + "\n")
+    return str(path)

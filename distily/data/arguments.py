@@ -6,13 +6,14 @@ from typing import Optional
 from distily.arguments import one_of
 from distily.errors import DistilyConfigError
 
-PACKINGS = ("auto", "stream", "bos_blocks", "documents")
+PACKINGS = ("auto", "stream", "bos_blocks", "documents", "padded")
+LOSS_ON = ("assistant", "all")
 
 PACKING_HELP = (
     "How documents become blocks: stream (EOS-separated, cut into full blocks: GPT-2, Qwen), bos_blocks (every "
     "block opens with BOS, documents masked apart: Llama, Mistral, Gemma), documents (whole documents best-fit "
-    "into blocks, masked apart, padded) or auto (documents when the tokenizer adds BOS, else stream; "
-    "pre-tokenized rows as documents). See docs/data.md."
+    "into blocks, masked apart, padded), padded (one document per row, padded; any model) or auto (documents when "
+    "the tokenizer adds BOS, else stream; pre-tokenized rows as documents; chat data padded). See docs/data.md."
 )
 TEXT_DOCUMENT_DELIMITER_HELP = (
     "What one document is in a .txt file (line breaks are kept inside it): blank_line (blocks separated by blank "
@@ -38,10 +39,31 @@ class DataArguments:
         default="text",
         metadata={"help": "Column holding the text. A dataset with an input_ids column is used pre-tokenized."},
     )
+    dataset_messages_column: str = field(
+        default="messages",
+        metadata={"help": "Column of chat data as lists of {role, content} messages (roles system, user, assistant)."},
+    )
+    dataset_prompt_column: str = field(
+        default="prompt",
+        metadata={"help": "Column of prompts (strings or message lists) of prompt + completion data."},
+    )
+    dataset_completion_column: str = field(
+        default="completion",
+        metadata={"help": "Column of completions (strings or message lists) of prompt + completion data."},
+    )
     chat_template: Optional[str] = field(
         default=None,
-        metadata={"help": "A chat template (a Jinja string, or a file holding one) for conversations, used instead of "
-                  "the tokenizer's own; needed when the tokenizer has none."},
+        metadata={
+            "help": "Jinja chat template (the string, or a path to a .jinja file) for chat data; default: the "
+            "teacher tokenizer's own."
+        },
+    )
+    loss_on: str = field(
+        default="assistant",
+        metadata={
+            "help": "Which tokens of chat data the losses and held-out metrics count: assistant (the assistant's "
+            "turns and their end-of-turn tokens) or all."
+        },
     )
     max_seq_length: Optional[int] = field(
         default=None,
@@ -71,6 +93,7 @@ class DataArguments:
         if not 0.0 < self.eval_fraction < 1.0:
             raise DistilyConfigError(f"eval_fraction={self.eval_fraction} is out of range; expected 0 < x < 1")
         one_of(self.packing, PACKINGS, "packing")
+        one_of(self.loss_on, LOSS_ON, "loss_on")
         for name in ("max_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

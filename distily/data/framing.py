@@ -1,6 +1,6 @@
 """How token sequences are framed into training blocks, the way each model family was pretrained.
 
-Three packings (``DataArguments.packing``):
+Four packings (``DataArguments.packing``):
 
 - ``stream``: documents, each followed by the end-of-text token (unless the tokenizer already ends them
   with it), concatenated and cut into full ``max_seq_length`` blocks; attention runs across documents.
@@ -12,6 +12,8 @@ Three packings (``DataArguments.packing``):
 - ``documents``: every document whole in a block when it fits (longer ones cut under the BOS rule),
   best-fit into blocks of at most ``max_seq_length`` tokens, with document masks; padding fills the
   rest of a batch and never enters a loss.
+- ``padded``: one document per row (longer ones cut as for ``documents``), padded in a batch: no document
+  masks, so any model takes it (what ``auto`` gives chat data).
 
 ``auto`` picks ``documents`` when the tokenizer starts a text with BOS, else ``stream``: a BOS-anchored
 model reads each document from its own BOS, as alone (``bos_blocks`` is denser, but the piece of a document
@@ -36,6 +38,7 @@ from distily.data.arguments import PACKINGS
 from distily.errors import DistilyConfigError
 
 INPUT_IDS, POSITION_IDS = "input_ids", "position_ids"
+LOSS_MASK = "loss_mask"  # [seq] per row, [batch, seq] per batch: 1 at t when the token at t + 1 is a target
 
 
 def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -74,20 +77,42 @@ class Framing:
     @property
     def document_masks(self) -> bool:
         """Whether documents sharing a block are kept apart (per-document positions, block-diagonal mask)."""
-        return self.packing != "stream"
+        return self.packing in ("bos_blocks", "documents")
 
-    def pack(self, documents: list[list[int]]) -> dict[str, list[list[int]]]:
-        """Blocks of token ids from tokenized documents (with ``position_ids`` under document masks)."""
+    def pack(
+        self, documents: list[list[int]], loss_masks: Optional[list[list[int]]] = None
+    ) -> dict[str, list[list[int]]]:
+        """Blocks of token ids from tokenized documents (with ``position_ids`` under document masks). Documents
+        with ``loss_masks`` (conversations, each at most ``max_seq_length`` tokens) stay whole (``padded`` or
+        ``documents``), their masks beside them (``loss_mask``)."""
+        if loss_masks is not None:
+            return self._whole_documents(documents, loss_masks)
         if self.packing == "stream":
             return {INPUT_IDS: self._stream(documents)}
         if self.packing == "bos_blocks":
             blocks = self._bos_blocks(documents)
         else:
-            blocks = _best_fit([piece for document in documents for piece in self._pieces(document)],
-                               self.max_seq_length)
+            pieces = [piece for document in documents for piece in self._pieces(document)]
+            if self.packing == "padded":
+                return {INPUT_IDS: pieces}
+            blocks = [[pieces[i] for i in block] for block in _best_fit([len(p) for p in pieces], self.max_seq_length)]
         return {
             INPUT_IDS: [[token for piece in block for token in piece] for block in blocks],
             POSITION_IDS: [[position for piece in block for position in range(len(piece))] for block in blocks],
+        }
+
+    def _whole_documents(self, documents: list[list[int]], loss_masks: list[list[int]]) -> dict[str, list[list[int]]]:
+        """Documents whole, each one's loss mask beside its ids: one per row (``padded``) or best-fit into blocks
+        with document masks (``documents``)."""
+        if self.packing not in ("padded", "documents") or any(len(ids) > self.max_seq_length for ids in documents):
+            raise ValueError("documents with loss masks stay whole (padded or documents), none longer than a block")
+        if self.packing == "padded":
+            return {INPUT_IDS: documents, LOSS_MASK: loss_masks}
+        blocks = _best_fit([len(ids) for ids in documents], self.max_seq_length)
+        return {
+            INPUT_IDS: [[token for i in block for token in documents[i]] for block in blocks],
+            POSITION_IDS: [[position for i in block for position in range(len(documents[i]))] for block in blocks],
+            LOSS_MASK: [[value for i in block for value in loss_masks[i]] for block in blocks],
         }
 
     def _continuation_head(self, document: list[int]) -> list[int]:
@@ -136,19 +161,21 @@ class Framing:
         return pieces
 
 
-def _best_fit(pieces: list[list[int]], length: int) -> list[list[list[int]]]:
-    """Best-fit decreasing: each piece, longest first, into the block with the least room that holds it."""
-    blocks: list[list[list[int]]] = []
+def _best_fit(sizes: list[int], length: int) -> list[list[int]]:
+    """Best-fit decreasing: each piece (by its index in ``sizes``), longest first, into the block with the least
+    room that holds it."""
+    blocks: list[list[int]] = []
     rooms: list[tuple[int, int]] = []  # (room left, block index), sorted
-    for piece in sorted(pieces, key=len, reverse=True):
-        slot = bisect.bisect_left(rooms, (len(piece), -1))
+    for piece in sorted(range(len(sizes)), key=sizes.__getitem__, reverse=True):
+        size = sizes[piece]
+        slot = bisect.bisect_left(rooms, (size, -1))
         if slot == len(rooms):
             blocks.append([piece])
-            bisect.insort(rooms, (length - len(piece), len(blocks) - 1))
+            bisect.insort(rooms, (length - size, len(blocks) - 1))
             continue
         room, index = rooms.pop(slot)
         blocks[index].append(piece)
-        bisect.insort(rooms, (room - len(piece), index))
+        bisect.insort(rooms, (room - size, index))
     return blocks
 
 

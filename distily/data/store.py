@@ -15,6 +15,7 @@ Each shard holds, for ``rows`` sequences of ``seq`` tokens (``k`` = record_top_k
     input_ids               [rows, seq]        int32    the token ids the teacher read (right-padded in a shard)
     attention_mask          [rows, seq]        int8     1 on real tokens, 0 on padding
     position_ids            [rows, seq]        int32    per-document positions (packings with document masks)
+    loss_mask               [rows, seq]        int8     chat data: 1 where the next token is a target (assistant)
     teacher_topk_logprobs   [rows, seq, k]     float16  the k largest log p_t(v | x_<=i), descending
     teacher_topk_ids        [rows, seq, k]     uint16 (vocabulary <= 65536) or int32: their token ids
     teacher_tail_logprob    [rows, seq]        float32  log of the mass of all other tokens (-inf if none)
@@ -44,7 +45,7 @@ from safetensors.torch import save_file
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
-from distily.data.framing import INPUT_IDS, POSITION_IDS
+from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.outputs import file_sha256, filesystem_errors, write_json_atomic
@@ -255,7 +256,7 @@ def collate_recorded(features: list[dict], pad_token_id: int = 0) -> dict[str, t
     padded like the tokens (padding is masked by ``attention_mask``)."""
     batch = collate(features, pad_token_id)
     for key in features[0]:
-        if key not in (INPUT_IDS, POSITION_IDS):  # collate's own
+        if key not in (INPUT_IDS, POSITION_IDS, LOSS_MASK):  # collate's own
             values = [feature[key] for feature in features]
             batch[key] = torch.stack(values) if values[0].dim() == 0 else pad_sequence(values, batch_first=True)
     return batch

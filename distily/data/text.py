@@ -15,7 +15,15 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
-from distily.data.framing import INPUT_IDS, POSITION_IDS, Framing
+from distily.data.chat import (
+    MESSAGES,
+    ChatTokenization,
+    chat_format,
+    conversations,
+    resolve_chat_template,
+    tokenize_conversations,
+)
+from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, Framing
 from distily.errors import DistilyConfigError
 from distily.outputs import atomic_output
 from distily.paths import distily_cache_dir, looks_like_local_path
@@ -174,28 +182,50 @@ def _tokenize_batch(batch, tokenizer, text_column):
 
 
 def _pack_batch(batch, framing: Framing):
-    return framing.pack(batch[INPUT_IDS])
+    return framing.pack(batch[INPUT_IDS], batch.get(LOSS_MASK))
 
 
 def tokenize_documents(documents: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, text_column: str,
-                       num_proc: Optional[int] = None) -> datasets.Dataset:
-    """Each document's token ids (``input_ids``); pre-tokenized rows as they are."""
+                       num_proc: Optional[int] = None, chat: Optional[ChatTokenization] = None) -> datasets.Dataset:
+    """Each document's token ids (``input_ids``); pre-tokenized rows as they are; conversations through the chat
+    template (``chat``), with their ``loss_mask``."""
     if INPUT_IDS in documents.column_names:
         return documents
+    if MESSAGES in documents.column_names and chat is None:
+        raise DistilyConfigError("chat data (a messages column) is read as the training dataset only; expected text")
+    tokenize, settings = (_tokenize_batch, {"text_column": text_column}) if chat is None else (
+        tokenize_conversations, {"chat": chat})
     return documents.map(
-        _tokenize_batch,
+        tokenize,
         batched=True,
         num_proc=num_proc,
         remove_columns=documents.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "text_column": text_column},
+        fn_kwargs={"tokenizer": tokenizer, **settings},
         desc="Tokenizing",
     )
 
 
 def data_framing(documents: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_seq_length: int,
                  packing: str) -> Framing:
-    """The framing of ``documents`` (``packing`` resolved for this tokenizer and kind of data)."""
+    """The framing of ``documents`` (``packing`` resolved for this tokenizer and kind of data). Conversations stay
+    whole and apart: one per row (``padded``, what ``auto`` gives them, for any model) or best-fit with document
+    masks (``documents``, for models that keep packed documents apart)."""
+    if MESSAGES in documents.column_names:
+        if packing not in ("auto", "padded", "documents"):
+            raise DistilyConfigError(
+                f"packing={packing!r} would let conversations attend to each other or cut them; expected padded, "
+                "documents or auto for chat data"
+            )
+        packing = "padded" if packing == "auto" else packing
     return Framing.for_tokenizer(packing, tokenizer, max_seq_length, pretokenized=INPUT_IDS in documents.column_names)
+
+
+def chat_tokenization(documents: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, args: DataArguments,
+                      max_seq_length: int) -> Optional[ChatTokenization]:
+    """How ``documents`` are tokenized when they are conversations (None for text or token ids)."""
+    if MESSAGES not in documents.column_names:
+        return None
+    return ChatTokenization(resolve_chat_template(tokenizer, args.chat_template), args.loss_on, max_seq_length)
 
 
 def tokenize_and_pack(
@@ -205,16 +235,17 @@ def tokenize_and_pack(
     text_column: str,
     cache_dir: str,
     num_proc: Optional[int] = None,
+    chat: Optional[ChatTokenization] = None,
 ) -> datasets.Dataset:
-    """Blocks of at most ``framing.max_seq_length`` token ids, cached by (data, tokenizer, framing) so a
-    second run with the same inputs reads the cache instead of tokenizing again."""
-    key = hashlib.sha256(
-        f"{documents._fingerprint}|{tokenizer_fingerprint(tokenizer)}|{framing}|{text_column}".encode()
-    ).hexdigest()[:24]
+    """Blocks of at most ``framing.max_seq_length`` token ids (conversations tokenized by ``chat``), cached by
+    (data, tokenizer, framing, chat tokenization) so a second run with the same inputs reads the cache instead
+    of tokenizing again."""
+    identity = f"{documents._fingerprint}|{tokenizer_fingerprint(tokenizer)}|{framing}|{text_column}"
+    key = hashlib.sha256(f"{identity}|{chat}".encode() if chat is not None else identity.encode()).hexdigest()[:24]
     cached = Path(cache_dir) / key
     if (cached / "dataset_info.json").exists():
         return datasets.load_from_disk(str(cached))
-    tokenized = tokenize_documents(documents, tokenizer, text_column, num_proc)
+    tokenized = tokenize_documents(documents, tokenizer, text_column, num_proc, chat)
     packed = tokenized.map(
         _pack_batch,
         batched=True,
@@ -246,7 +277,11 @@ class DistillationData:
 
 
 def documents_with_content(documents: datasets.Dataset, args: DataArguments) -> datasets.Dataset:
-    """The rows with text (or token ids) in them, reduced to that one column."""
+    """The rows with text (or token ids) in them, reduced to that one column; chat data as checked
+    conversations (``distily.data.chat``)."""
+    chat = chat_format(documents.column_names, args)
+    if chat is not None:
+        return conversations(documents, chat, args)
     if INPUT_IDS in documents.column_names:
         return documents.select_columns([INPUT_IDS]).filter(len, input_columns=INPUT_IDS, desc="Dropping empty rows")
     if args.dataset_text_column not in documents.column_names:
@@ -310,9 +345,10 @@ def build_datasets(
     split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
     cache_dir = args.tokenization_cache_dir or default_cache_dir()
     framing = data_framing(documents, tokenizer, max_seq_length, args.packing)
+    chat = chat_tokenization(documents, tokenizer, args, max_seq_length)
     packed = {
         name: tokenize_and_pack(
-            docs, tokenizer, framing, args.dataset_text_column, cache_dir, args.preprocessing_num_workers
+            docs, tokenizer, framing, args.dataset_text_column, cache_dir, args.preprocessing_num_workers, chat
         )
         for name, docs in (("train", split["train"]), ("eval", split["test"]))
     }
@@ -334,12 +370,13 @@ def build_datasets(
         eval=evaluation.with_format("torch"),
         max_seq_length=max_seq_length,
         framing=framing,
-        eval_documents=split["test"],
+        eval_documents=split["test"] if chat is None else None,  # conversations are packed as if alone
     )
 
 
 def collate(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence; ``attention_mask`` marks real tokens, ``labels`` are -100 on padding.
+    """Pad to the longest sequence; ``attention_mask`` marks real tokens, ``labels`` are -100 on padding, a
+    row's ``loss_mask`` (chat data) is padded with 0.
 
     Blocks with document masks also carry ``position_ids`` (restarting at each document; padding counts
     as one more document), and a document's first token is no target of the token before it (-100), as
@@ -359,6 +396,10 @@ def collate(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tens
             position_ids[row, length:] = torch.arange(longest - length)
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     batch = {INPUT_IDS: input_ids, "attention_mask": attention_mask, "labels": labels}
+    if LOSS_MASK in features[0]:
+        batch[LOSS_MASK] = torch.zeros_like(attention_mask)  # [batch, seq]
+        for row, feature in enumerate(features):
+            batch[LOSS_MASK][row, : len(feature[LOSS_MASK])] = torch.as_tensor(feature[LOSS_MASK], dtype=torch.long)
     if masked:
         labels[position_ids == 0] = -100  # a document's first token: nothing before it in its document
         batch[POSITION_IDS] = position_ids

@@ -1,6 +1,7 @@
 """Held-out quality of a model, alone and against its teacher, on packed eval sets: next-token loss and
 perplexity, bits per byte (given the model's tokenizer), forward KL to the teacher and top-1 agreement, each
-averaged over non-padding tokens (bits per byte: over the bytes of the target tokens)."""
+averaged over the loss positions (``loss_positions``: non-padding tokens, only the assistant's for chat data;
+bits per byte: over the bytes of the target tokens)."""
 
 from typing import Callable, Optional
 
@@ -15,6 +16,7 @@ from distily.evaluation.agreement import agreement_sums
 from distily.evaluation.bytes import byte_metrics, target_bytes, token_byte_lengths
 from distily.evaluation.perplexity import batch_next_token_nll, perplexity
 from distily.metrics import metric_key
+from distily.objectives.component import loss_positions
 
 
 def _loss_metrics(nll: float, targets: int, n_bytes: Optional[int] = None) -> dict[str, float]:
@@ -67,7 +69,7 @@ def _sums(
             "bytes": None if byte_lengths is None else 0, "teacher_bytes": None if teacher_byte_lengths is None else 0}
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc=desc, leave=False):
         batch = {key: value.to(device) for key, value in batch.items()}
-        mask = batch["attention_mask"].bool()  # [batch, seq]
+        mask = loss_positions(batch)  # [batch, seq]
         logits = model(**model_inputs(batch)).logits  # [batch, seq, vocab]
         nll, targets = batch_next_token_nll(logits, batch)
         sums["nll"] += nll

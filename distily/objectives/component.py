@@ -7,23 +7,34 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from distily.data.framing import LOSS_MASK
 from distily.objectives.model_shape import ModelShape
 
 POSITIONS, TARGETS = 0, 1  # rows of the token-count tensor
 
 
+def loss_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[batch, seq]`` bool: the positions whose outputs enter the losses and the held-out metrics. Every
+    non-padding position, or, when the batch carries a ``loss_mask`` (1 at t when the token at t + 1 is a
+    target: an assistant or completion token), the non-padding positions it marks. Every component, token
+    count and evaluation reads its positions here."""
+    positions = batch["attention_mask"].bool()  # [batch, seq]
+    loss_mask = batch.get(LOSS_MASK)
+    return positions if loss_mask is None else positions & loss_mask.bool()
+
+
 def next_token_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[batch, seq - 1]`` bool: the positions whose next token is a target (both real tokens, and the next
-    one not the first of a document: ``labels`` -100 there)."""
+    """``[batch, seq - 1]`` bool: the loss positions whose next token is a target (both real tokens, and the
+    next one not the first of a document: ``labels`` -100 there)."""
     mask = batch["attention_mask"].bool()  # [batch, seq]
     labels = batch.get("labels")
     following = mask[:, 1:] if labels is None else labels[:, 1:] != -100  # [batch, seq - 1]
-    return mask[:, :-1] & following
+    return loss_positions(batch)[:, :-1] & following
 
 
 def token_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[positions, targets]``: non-padding positions, and those with a next-token target."""
-    return torch.stack([batch["attention_mask"].bool().sum(), next_token_targets(batch).sum()])
+    """``[positions, targets]``: loss positions (``loss_positions``), and those with a next-token target."""
+    return torch.stack([loss_positions(batch).sum(), next_token_targets(batch).sum()])
 
 
 @dataclass(frozen=True)

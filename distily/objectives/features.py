@@ -2,7 +2,8 @@
 
 Each component pairs student and teacher layers with a layer map (``layer_maps.py``) and returns, like
 every ``Component``, its loss summed over non-padding positions; the objective divides by the token
-count. Within a component the loss is averaged over layer pairs (and heads, relation kinds), so its
+count. Only loss positions count (``loss_positions``: non-padding, and marked by a batch's ``loss_mask``
+when it has one). Within a component the loss is averaged over layer pairs (and heads, relation kinds), so its
 weight does not depend on how many layers are mapped. All reductions run in float32.
 """
 
@@ -15,7 +16,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from distily.errors import DistilyConfigError
 from distily.objectives.arguments import ObjectiveArguments
-from distily.objectives.component import Component, StepShape
+from distily.objectives.component import Component, StepShape, loss_positions
 from distily.objectives.layer_maps import LayerPairs, resolve_layer_map
 from distily.objectives.losses import cosine, kl_divergence, mse
 from distily.objectives.model_shape import ModelShape
@@ -42,7 +43,7 @@ class HiddenStatesComponent(Component):
         self.loss_name, self.loss_fn = loss, FEATURE_LOSSES[loss]
 
     def forward(self, student_outputs, teacher_outputs, batch):
-        mask = batch["attention_mask"].bool()  # [batch, seq]
+        mask = loss_positions(batch)  # [batch, seq]
         total = torch.zeros((), device=mask.device)
         for (student_index, teacher_index), projector, norm in zip(self.layer_pairs, self.projectors, self.norms):
             student = projector(student_outputs.hidden_states[student_index][mask].float())  # [tokens, teacher_width]
@@ -92,7 +93,7 @@ class AttentionsComponent(Component):
         self.matched_heads = min(student_heads, teacher_heads) if heads == "group" else 1
 
     def forward(self, student_outputs, teacher_outputs, batch):
-        mask = batch["attention_mask"].bool()  # [batch, seq]
+        mask = loss_positions(batch)  # [batch, seq]: the query rows that count
         for role, outputs in (("student", student_outputs), ("teacher", teacher_outputs)):
             if not outputs.attentions:
                 raise DistilyConfigError(
@@ -172,8 +173,8 @@ class AttentionRelationsComponent(Component):
     def forward(self, student_outputs, teacher_outputs, batch):
         if self._recorders is None:
             raise RuntimeError("attention relations read q/k/v through hooks: call attach(student, teacher) first")
-        mask = batch["attention_mask"].bool()  # [batch, seq]
-        allowed = relation_mask(mask)  # [batch, 1, seq, seq]
+        mask = loss_positions(batch)  # [batch, seq]: the query rows that count
+        allowed = relation_mask(batch["attention_mask"])  # [batch, 1, seq, seq]: keys are all real tokens
         student_recorder, teacher_recorder = self._recorders
         student_records = {index: student_recorder.take(index - 1) for index in {s for s, _ in self.layer_pairs}}
         teacher_records = {index: teacher_recorder.take(index - 1) for index in {t for _, t in self.layer_pairs}}

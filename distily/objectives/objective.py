@@ -16,13 +16,20 @@ from transformers import PretrainedConfig, PreTrainedModel
 from distily.models.architecture import plain_lm_head
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_footprint
-from distily.objectives.component import TARGETS, Component, StepShape, next_token_targets, token_counts
+from distily.objectives.component import (
+    TARGETS,
+    Component,
+    StepShape,
+    loss_positions,
+    next_token_targets,
+    token_counts,
+)
 from distily.objectives.features import build_feature_components
 from distily.objectives.losses import LOSSES, UNKNOWN_WORKING_TENSORS, check_loss
 
 
 class LogitsComponent(Component):
-    """``loss(student_logits, teacher_logits)`` at every non-padding position, in token chunks
+    """``loss(student_logits, teacher_logits)`` at every loss position (``loss_positions``), in token chunks
     (``chunked.py``) so that full ``[tokens, vocab]`` fp32 tensors of both models are never held at once.
 
     When the trainer runs the student without its logits (no component needs them), the student's final
@@ -42,7 +49,7 @@ class LogitsComponent(Component):
             self._lm_heads["teacher"] = teacher.get_output_embeddings()
 
     def forward(self, student_outputs, teacher_outputs, batch):
-        mask = batch["attention_mask"].bool()  # [batch, seq]
+        mask = loss_positions(batch)  # [batch, seq]
         common = dict(mask=mask, vocab_size=self.vocab_size, temperature=self.temperature, **self.loss_kwargs)
         teacher = getattr(teacher_outputs, "logits", None)  # [batch, seq, teacher vocab]
         if teacher is None:  # the teacher's decoder ran alone: [batch, seq, teacher hidden], after its final norm

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from distily.errors import DistilyConfigError
-from distily.objectives.component import Component, StepShape
+from distily.objectives.component import Component, StepShape, loss_positions
 from distily.objectives.losses import LOSSES
 
 SPARSE_INTERMEDIATES = 4
@@ -93,8 +93,8 @@ def check_sparse_loss(name: str) -> None:
 
 
 class SparseLogitsComponent(Component):
-    """``loss(P_s, P_t) * T^2`` over the k + 1 buckets at every non-padding position, ``loss`` a name in
-    ``sparse_losses()``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T."""
+    """``loss(P_s, P_t) * T^2`` over the k + 1 buckets at every loss position (``loss_positions``), ``loss`` a
+    name in ``sparse_losses()``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T."""
 
     needs_student_logits = True
 
@@ -111,7 +111,7 @@ class SparseLogitsComponent(Component):
                 f"{teacher_outputs.temperature}; expected {teacher_outputs.temperature} or a store recorded at "
                 f"{self.temperature}"
             )
-        mask = batch["attention_mask"].bool()  # [batch, seq]
+        mask = loss_positions(batch)  # [batch, seq]
         student, teacher = bucket_logprobs(
             student_outputs.logits[mask][:, : self.vocab_size],  # [tokens, vocab]
             teacher_outputs.topk_logprobs[mask],  # [tokens, k]

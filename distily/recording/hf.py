@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from transformers import PreTrainedModel
 
-from distily.data.framing import INPUT_IDS, POSITION_IDS, model_inputs
+from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, model_inputs
 from distily.data.store import (
     ATTENTION_MASK,
     ROW_NLL,
@@ -93,6 +93,8 @@ class HFRecorder:
         tensors = {INPUT_IDS: rows[INPUT_IDS].to(torch.int32), ATTENTION_MASK: rows["attention_mask"].to(torch.int8)}
         if POSITION_IDS in rows:
             tensors[POSITION_IDS] = rows[POSITION_IDS].to(torch.int32)
+        if LOSS_MASK in rows:
+            tensors[LOSS_MASK] = rows[LOSS_MASK].to(torch.int8)
         tensors.update({key: torch.stack(values) for key, values in per_row.items()})
         tensors.update({key: torch.cat(values) for key, values in per_batch.items()})
         stats["nll_sum"] = float(tensors[ROW_NLL].sum())

@@ -5,6 +5,7 @@ The sequences are exactly those ``distily distill`` would train and evaluate on 
 store are kept, and the rest are recorded as an uninterrupted run would have.
 """
 
+import hashlib
 import json
 from typing import Optional
 
@@ -22,7 +23,14 @@ from distily.data.store import (
     bytes_per_entry,
     id_dtype,
 )
-from distily.data.text import build_datasets, collate, data_framing, load_training_documents, tokenizer_fingerprint
+from distily.data.text import (
+    build_datasets,
+    chat_tokenization,
+    collate,
+    data_framing,
+    load_training_documents,
+    tokenizer_fingerprint,
+)
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length
@@ -38,6 +46,10 @@ def recording_settings(config: RecordConfig, teacher: PreTrainedModel, tokenizer
     data, record = config.data, config.record
     framing = data_framing(documents, tokenizer, max_seq_length, data.packing)
     vocab = output_vocab_size(teacher)
+    chat = chat_tokenization(documents, tokenizer, data, max_seq_length)
+    chat_settings = {} if chat is None else {  # chat data only: a text store's settings stay as they were
+        "loss_on": chat.loss_on, "chat_template_sha256": hashlib.sha256(chat.template.encode()).hexdigest(),
+    }
     return {
         **teacher_identity(config.model.teacher_model_name_or_path, teacher),
         "teacher_dtype": str(teacher.dtype).removeprefix("torch."),
@@ -64,6 +76,7 @@ def recording_settings(config: RecordConfig, teacher: PreTrainedModel, tokenizer
         "record_backend": record.record_backend,
         "id_dtype": str(id_dtype(vocab)).removeprefix("torch."),
         "fidelity_k": sorted({min(k, vocab) for k in (*FIDELITY_KS, record.record_top_k)}),
+        **chat_settings,
     }
 
 

@@ -24,6 +24,7 @@ from distily.evaluation.heldout import Evaluator
 from distily.metrics import Evaluation, FramingMetrics
 from distily.models.architecture import plain_lm_head, resolve_max_seq_length, token_id_limit
 from distily.models.teacher import load_teacher, load_tokenizer
+from distily.objectives.component import loss_positions
 from distily.objectives.losses import teacher_confidence
 from distily.objectives.objective import DistillationObjective, LogitsComponent
 from distily.teachers.placement import place_teacher, teacher_is_sharded
@@ -41,7 +42,7 @@ def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn, batch_si
     batches = list(itertools.islice(loader, CALIBRATION_BATCHES))
     return teacher_confidence(
         (teacher(**model_inputs(b, device)).logits for b in batches),
-        (b["attention_mask"].bool().to(device) for b in batches),
+        (loss_positions(b).to(device) for b in batches),
     )
 
 

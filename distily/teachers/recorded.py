@@ -40,7 +40,7 @@ from distily.models.architecture import max_positions, output_vocab_size
 from distily.models.arguments import ModelArguments
 from distily.models.identity import teacher_identity
 from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
-from distily.objectives.component import Component
+from distily.objectives.component import Component, loss_positions
 from distily.objectives.losses import forward_kl
 from distily.objectives.objective import DistillationObjective
 from distily.objectives.sparse import RecordedTeacherOutput, SparseLogitsComponent, bucket_logprobs
@@ -84,6 +84,8 @@ class RecordedTeacher(TeacherSource):
         packing = config.data.packing
         if packing != "auto" and packing != self.settings["packing"]:
             raise self._mismatch("packing", packing, self.settings["packing"])
+        if self.settings.get("loss_on", config.data.loss_on) != config.data.loss_on:  # a store of chat data
+            raise self._mismatch("loss_on", config.data.loss_on, self.settings["loss_on"])
         if config.objective.logits_temperature != self.temperature:
             raise self._mismatch("logits_temperature", config.objective.logits_temperature, self.temperature)
         if documents is not None and documents._fingerprint != self.settings["dataset_fingerprint"]:
@@ -244,7 +246,7 @@ class RecordedTeacher(TeacherSource):
         kl, agree, positions = 0.0, 0, 0
         for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc="Evaluating "
                           "against the store", leave=False):
-            mask = batch["attention_mask"].to(device).bool()  # [batch, seq]
+            mask = loss_positions(batch).to(device)  # [batch, seq]
             logits = student(**model_inputs(batch, device)).logits
             student_logits = logits[mask].float()  # [tokens, vocab]
             topk_ids = batch[TOPK_IDS].to(device)[mask]  # [tokens, k]

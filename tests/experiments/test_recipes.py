@@ -10,7 +10,7 @@ import yaml
 
 from distily.cli import main
 from distily.config import CONFIG_CLASSES
-from tiny import make_tokenizer, save_tiny_model
+from tiny import PHI3_TEMPLATE, SUBJECTS, make_tokenizer, save_tiny_model, write_chat_jsonl
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # recipe -> (architecture, depth of the real teacher): the student overrides in the recipe apply as they are
@@ -20,6 +20,7 @@ DISTILL_RECIPES = {
     "phi-3-mini-instruct-distily.yaml": ("phi3", 32),
 }
 SWEEP_RECIPES = {"logits-vs-hidden-states.yaml": ("gpt2", 12)}
+CHAT_RECIPES = {"phi-3-mini-instruct-distily.yaml"}  # run on a tiny local chat dataset, with Phi-3's template
 TINY_BUDGET = [
     "--max_steps", "2",
     "--warmup_steps", "0",
@@ -60,6 +61,15 @@ def _local(recipe_teachers, arch_depth, text_file, tmp_path) -> list[str]:
     ]  # fmt: skip
 
 
+def _local_chat(tmp_path) -> list[str]:
+    """A tiny chat dataset (one short exchange per row) and Phi-3's template, which the tiny tokenizer lacks."""
+    template = tmp_path / "phi3.jinja"
+    template.write_text(PHI3_TEMPLATE)
+    rows = [[{"role": "user", "content": s}, {"role": "assistant", "content": s.upper()}] for s in SUBJECTS * 3]
+    chats = write_chat_jsonl(tmp_path / "chats.jsonl", rows)
+    return ["--dataset_name", chats, "--chat_template", str(template), "--max_seq_length", "64"]
+
+
 def _skip_without_keys(recipe: Path) -> None:
     known = {f.name for cls in CONFIG_CLASSES for f in fields(cls)}
     recipe_keys = set(yaml.safe_load(recipe.read_text()))
@@ -78,6 +88,8 @@ def test_distill_recipe_runs_with_local_stand_ins(recipe, recipe_teachers, text_
     _skip_without_keys(RECIPES / recipe)
     output_dir = tmp_path / "run"
     argv = ["distill", str(RECIPES / recipe), *_local(recipe_teachers, DISTILL_RECIPES[recipe], text_file, tmp_path)]
+    if recipe in CHAT_RECIPES:
+        argv += _local_chat(tmp_path)
     assert main([*argv, "--output_dir", str(output_dir)]) == 0
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]

@@ -1,0 +1,198 @@
+"""Chat and instruction data: ``messages`` conversations and ``prompt`` + ``completion`` pairs, tokenized with
+a chat template, with the loss mask of the assistant's tokens.
+
+A dataset is chat data when it has a messages column (``dataset_messages_column``: lists of ``{role,
+content}``, roles system, user, assistant) or both a prompt and a completion column (strings, or TRL's
+conversational form where both are message lists); both kinds at once is refused. Every row becomes one
+conversation (``messages``), checked as it is loaded, and is tokenized as the chat template renders it
+(``tokenizer.apply_chat_template``'s text, tokenized without added special tokens, as transformers does).
+
+The assistant's tokens are found without ``{% generation %}`` markers, which most templates lack: for each
+assistant turn, the conversation before it is rendered with the generation prompt, which must be a prefix of
+the whole rendering (else the template is not prefix-consistent and the row is refused); the turn's content
+must follow it (whitespace aside), and the assistant's tokens are those overlapping the content, plus the
+end-of-turn token when a special token closes the content (whitespace between counted with it). The row's
+``loss_mask`` is that mask moved one position left (the shared convention: 1 at t when the token at t + 1
+is a target).
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from distily.data.arguments import DataArguments
+from distily.data.framing import INPUT_IDS, LOSS_MASK
+from distily.errors import DistilyConfigError
+
+MESSAGES = "messages"  # the column every chat row is normalised to
+ROW = "row"  # beside it: the row's index in the dataset as given, for errors
+ROLES = ("system", "user", "assistant")
+MESSAGES_FORMAT, PROMPT_COMPLETION_FORMAT = "messages", "prompt + completion"
+
+
+def chat_format(columns: list[str], args: DataArguments) -> Optional[str]:
+    """``messages``, ``prompt + completion`` or None (text or token ids) from a dataset's columns."""
+    messages = args.dataset_messages_column in columns
+    pairs = args.dataset_prompt_column in columns and args.dataset_completion_column in columns
+    if messages and pairs:
+        raise DistilyConfigError(
+            f"dataset {args.dataset_name!r} has both a messages column ({args.dataset_messages_column!r}) and "
+            f"prompt + completion columns ({args.dataset_prompt_column!r}, {args.dataset_completion_column!r}); "
+            "expected one chat format"
+        )
+    if INPUT_IDS in columns:
+        return None
+    return MESSAGES_FORMAT if messages else PROMPT_COMPLETION_FORMAT if pairs else None
+
+
+def _turns(value, where: str) -> list[dict]:
+    """A list of messages checked and reduced to ``{role, content}``."""
+    if not isinstance(value, list):
+        raise DistilyConfigError(f"{where} is a {type(value).__name__}; expected a list of {{role, content}} messages")
+    turns = []
+    for message in value:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in ROLES:
+            raise DistilyConfigError(f"{where} has a message with role={role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise DistilyConfigError(f"{where} has a {role} message without text content; expected a string")
+        turns.append({"role": role, "content": message["content"]})
+    return turns
+
+
+def _conversation(row, index: int, fmt: str, args: DataArguments) -> list[dict]:
+    where = f"dataset {args.dataset_name!r} row {index}"
+    if fmt == MESSAGES_FORMAT:
+        turns = _turns(row[args.dataset_messages_column], where)
+    else:
+        prompt, completion = row[args.dataset_prompt_column], row[args.dataset_completion_column]
+        if isinstance(prompt, str) != isinstance(completion, str):
+            raise DistilyConfigError(
+                f"{where} mixes a {type(prompt).__name__} prompt and a {type(completion).__name__} completion; "
+                "expected both strings or both message lists"
+            )
+        if isinstance(prompt, str):
+            if not completion.strip():
+                raise DistilyConfigError(f"{where} has an empty completion; expected the text the assistant answers")
+            turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        else:
+            turns = _turns(prompt, where) + _turns(completion, where)
+    if not any(turn["role"] == "assistant" and turn["content"].strip() for turn in turns):
+        raise DistilyConfigError(f"{where} has no assistant turn with content; expected at least one to learn from")
+    return turns
+
+
+def _normalise_batch(batch, indices, fmt, args):
+    rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+    return {MESSAGES: [_conversation(row, index, fmt, args) for row, index in zip(rows, indices)], ROW: indices}
+
+
+def conversations(documents: datasets.Dataset, fmt: str, args: DataArguments) -> datasets.Dataset:
+    """Every row as one checked conversation, in a ``messages`` column (its index as given in ``row``)."""
+    return documents.map(
+        _normalise_batch,
+        batched=True,
+        with_indices=True,
+        remove_columns=documents.column_names,
+        fn_kwargs={"fmt": fmt, "args": args},
+        desc="Reading conversations",
+    )
+
+
+def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str]) -> str:
+    """The template chat data is rendered with: ``chat_template`` (a Jinja string or a .jinja file), else the
+    tokenizer's own."""
+    if chat_template is None:
+        if not isinstance(tokenizer.chat_template, str):
+            raise DistilyConfigError(
+                f"the teacher's tokenizer ({type(tokenizer).__name__}) has no chat template; expected chat_template "
+                "(a Jinja string or a .jinja file) for chat data"
+            )
+        return tokenizer.chat_template
+    path = Path(os.path.expanduser(chat_template))
+    if chat_template.endswith(".jinja"):
+        if not path.is_file():
+            raise DistilyConfigError(f"chat_template={chat_template!r} does not exist; expected a .jinja file")
+        return path.read_text(encoding="utf-8")
+    return chat_template
+
+
+@dataclass(frozen=True)
+class ChatTokenization:
+    """How conversations become token ids and loss masks."""
+
+    template: str
+    loss_on: str  # assistant | all
+    max_length: int  # a longer conversation is cut to its first max_length tokens
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    added = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return added | set(tokenizer.all_special_ids)
+
+
+def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: str,
+                         row: int) -> tuple[list[int], list[int]]:
+    """``(input_ids, mask)`` of a conversation: the template's rendering tokenized, and 1 on the assistant's
+    tokens (content, and the end-of-turn token that closes it); ``row`` names the conversation in errors."""
+    def render(turns: list[dict], generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(turns, chat_template=template, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+
+    text = render(messages, False)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoding[INPUT_IDS], encoding["offset_mapping"]
+    special = _special_ids(tokenizer)
+    mask = [0] * len(ids)
+    for turn, message in enumerate(messages):
+        if message["role"] != "assistant" or not message["content"].strip():
+            continue
+        prefix = render(messages[:turn], True)
+        if not text.startswith(prefix):
+            raise DistilyConfigError(
+                f"the chat template renders row {row} up to its assistant turn {turn} as text that does not start "
+                "the whole conversation's; expected a prefix-consistent template (each turn appended to the ones "
+                "before)"
+            )
+        content = message["content"].strip()
+        start = text.find(content, len(prefix))
+        if start < 0 or text[len(prefix):start].strip():
+            raise DistilyConfigError(
+                f"the chat template does not render row {row}'s assistant turn {turn} right after its generation "
+                "prompt; expected the assistant's content verbatim there"
+            )
+        end = start + len(content)
+        token = 0
+        while token < len(ids) and offsets[token][1] <= len(prefix):
+            token += 1
+        while token < len(ids) and offsets[token][0] < end:
+            mask[token] = 1
+            token += 1
+        closing = token
+        while closing < len(ids) and ids[closing] not in special and not text[slice(*offsets[closing])].strip():
+            closing += 1  # whitespace between the content and the end-of-turn token
+        if closing < len(ids) and ids[closing] in special:
+            mask[token : closing + 1] = [1] * (closing + 1 - token)
+    return ids, mask
+
+
+def tokenize_conversations(batch, tokenizer: PreTrainedTokenizerBase, chat: ChatTokenization):
+    """Token ids of each conversation, and with ``loss_on=assistant`` its ``loss_mask``; a conversation is cut to
+    ``chat.max_length`` tokens, and with ``loss_on=assistant`` dropped when the cut leaves none of its assistant's
+    tokens."""
+    out = {INPUT_IDS: []} if chat.loss_on == "all" else {INPUT_IDS: [], LOSS_MASK: []}
+    for messages, row in zip(batch[MESSAGES], batch[ROW]):
+        ids, mask = assistant_token_mask(messages, tokenizer, chat.template, row)
+        loss_mask = (mask[1:] + [0])[: chat.max_length]
+        if chat.max_length < len(ids):
+            loss_mask[-1] = 0  # its target was cut
+        if LOSS_MASK in out and not any(loss_mask):
+            continue
+        out[INPUT_IDS].append(ids[: chat.max_length])
+        if LOSS_MASK in out:
+            out[LOSS_MASK].append(loss_mask)
+    return out

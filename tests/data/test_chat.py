@@ -1,0 +1,198 @@
+"""Chat data: formats, chat-template tokenization, assistant masks, framing and bad inputs."""
+
+import json
+
+import datasets
+import pytest
+import torch
+
+from distily.data.arguments import DataArguments
+from distily.data.chat import assistant_token_mask
+from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, check_document_isolation, model_inputs
+from distily.data.text import build_datasets, collate, load_training_documents
+from distily.errors import DistilyConfigError
+from distily.models.teacher import load_teacher
+from tiny import CHAT_STYLES, make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
+
+
+def _expected_mask_ids(messages, tokenizer, end_of_turn):
+    """The assistant turns' content tokens, each followed by the end-of-turn token."""
+    ids = []
+    for message in messages:
+        if message["role"] == "assistant":
+            ids += tokenizer(message["content"], add_special_tokens=False)[INPUT_IDS]
+            ids.append(tokenizer.convert_tokens_to_ids(end_of_turn))
+    return ids
+
+
+@pytest.mark.parametrize("style", CHAT_STYLES)
+def test_assistant_mask_is_the_assistant_content_and_end_of_turn(style):
+    tokenizer = make_chat_tokenizer(style)
+    end_of_turn = CHAT_STYLES[style][2]
+    for row, messages in enumerate(make_conversations(6)):
+        ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, row)
+        assert ids == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)[INPUT_IDS]
+        assert [token for token, kept in zip(ids, mask) if kept] == _expected_mask_ids(messages, tokenizer, end_of_turn)
+        turns = sum(message["role"] == "assistant" for message in messages)
+        runs = sum(1 for i, kept in enumerate(mask) if kept and (i == 0 or not mask[i - 1]))
+        assert runs == turns  # each turn one contiguous span
+
+
+def _dataset(tmp_path, rows, name="chat.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _args(path, tmp_path, **overrides):
+    values = {"dataset_name": path, "tokenization_cache_dir": str(tmp_path / "cache"), "eval_fraction": 0.25}
+    return DataArguments(**{**values, **overrides})
+
+
+def _rendered_loss_masks(conversations, tokenizer):
+    """Each conversation's ids -> its loss mask (the assistant mask moved one position left)."""
+    rendered = {}
+    for messages in conversations:
+        ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, 0)
+        rendered[tuple(ids)] = mask[1:] + [0]
+    return rendered
+
+
+def test_by_default_each_conversation_is_one_padded_row_with_its_loss_mask(tmp_path):
+    tokenizer = make_chat_tokenizer("llama3")
+    conversations = make_conversations(12)
+    data = build_datasets(_args(write_chat_jsonl(tmp_path / "c.jsonl", conversations), tmp_path), tokenizer, 256, 0)
+    assert data.framing.packing == "padded" and not data.framing.document_masks and data.eval_documents is None
+    assert POSITION_IDS not in data.train.column_names and len(data.train) == 9
+    rendered = _rendered_loss_masks(conversations, tokenizer)
+    for row in data.train:
+        assert row[LOSS_MASK].tolist() == rendered[tuple(row[INPUT_IDS].tolist())]
+
+
+def test_packed_blocks_carry_each_conversations_loss_mask(tmp_path):
+    tokenizer = make_chat_tokenizer("chatml")
+    conversations = make_conversations(12)
+    path = write_chat_jsonl(tmp_path / "c.jsonl", conversations)
+    data = build_datasets(_args(path, tmp_path, packing="documents"), tokenizer, 256, 0)
+    assert data.framing.packing == "documents" and data.eval_documents is None
+    rendered = _rendered_loss_masks(conversations, tokenizer)
+    found = 0
+    for row in data.train:
+        starts = (row[POSITION_IDS] == 0).nonzero().flatten().tolist() + [len(row[INPUT_IDS])]
+        for begin, end in zip(starts, starts[1:]):  # each conversation of the block, whole
+            assert row[LOSS_MASK][begin:end].tolist() == rendered[tuple(row[INPUT_IDS][begin:end].tolist())]
+            found += 1
+    assert found == 9  # the 9 training conversations (of 12, eval_fraction 0.25), none cut
+
+
+def test_prompt_completion_rows_read_as_user_and_assistant_turns(tmp_path):
+    tokenizer = make_chat_tokenizer("llama3")
+    rows = [{"prompt": f"say {i}", "completion": f"number {i}"} for i in range(6)]
+    conversational = [
+        {"prompt": [{"role": "user", "content": f"say {i}"}],
+         "completion": [{"role": "assistant", "content": f"number {i}"}]}
+        for i in range(6)
+    ]
+    plain = load_training_documents(_args(_dataset(tmp_path, rows, "a.jsonl"), tmp_path))
+    messages = load_training_documents(_args(_dataset(tmp_path, conversational, "b.jsonl"), tmp_path))
+    assert plain["messages"] == messages["messages"] == [
+        [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"number {i}"}] for i in range(6)
+    ]
+    ids, mask = assistant_token_mask(plain["messages"][0], tokenizer, tokenizer.chat_template, 0)
+    assert tokenizer.decode([t for t, kept in zip(ids, mask) if kept]) == "number 0<|eot_id|>"
+
+
+def test_a_long_conversation_is_cut_and_one_with_no_assistant_token_left_is_dropped(tmp_path):
+    tokenizer = make_chat_tokenizer("chatml")
+    long_answer = " ".join(["the cat sees a book today."] * 12)
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": long_answer}]}] * 4
+    rows += [{"messages": [{"role": "user", "content": long_answer}, {"role": "assistant", "content": "ok"}]}] * 4
+    data = build_datasets(_args(_dataset(tmp_path, rows), tmp_path, eval_fraction=0.5), tokenizer, 96, 0)
+    assert len(data.train) + len(data.eval) == 4  # one block each
+    for split in (data.train, data.eval):
+        for row in split:
+            assert len(row[INPUT_IDS]) == 96  # cut to the block; the others (answer past 96 tokens) dropped
+            assert row[LOSS_MASK][-1] == 0 and row[LOSS_MASK].sum() > 0
+
+
+def test_no_conversation_attends_to_another(tmp_path):
+    tokenizer = make_chat_tokenizer("chatml")
+    teacher = load_teacher(save_tiny_model(tmp_path / "llama", "llama", tokenizer, vocab_size=len(tokenizer)))
+    check_document_isolation(teacher, "teacher")
+    path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(12))
+    data = build_datasets(_args(path, tmp_path, packing="documents"), tokenizer, 256, 0)
+    row = next(row for row in data.train if int((row[POSITION_IDS] == 0).sum()) >= 2)
+    batch = collate([row])
+    with torch.no_grad():
+        packed = teacher(**model_inputs(batch)).logits[0]
+        starts = (row[POSITION_IDS] == 0).nonzero().flatten().tolist() + [len(row[INPUT_IDS])]
+        for begin, end in zip(starts, starts[1:]):
+            alone = teacher(input_ids=row[INPUT_IDS][None, begin:end]).logits[0]
+            torch.testing.assert_close(packed[begin:end], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_on_all_gives_no_loss_mask(tmp_path):
+    path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(12))
+    data = build_datasets(_args(path, tmp_path, loss_on="all"), make_chat_tokenizer("phi3"), 256, 0)
+    assert LOSS_MASK not in data.train.column_names
+
+
+def test_a_template_file_is_read(tmp_path):
+    template = tmp_path / "phi3.jinja"
+    template.write_text(CHAT_STYLES["phi3"][0])
+    path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(12))
+    tokenizer = make_chat_tokenizer("phi3", with_template=False)
+    data = build_datasets(_args(path, tmp_path, chat_template=str(template)), tokenizer, 256, 0)
+    assert data.train[0][LOSS_MASK].sum() > 0
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}],
+         "row 0 has a message with role='bot'; expected one of system, user, assistant"),
+        ([{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}],
+         "row 0 has no assistant turn with content"),
+        ([{"prompt": "a", "completion": "  "}], "row 0 has an empty completion"),
+        ([{"messages": [{"role": "user", "content": "a"}], "prompt": "a", "completion": "b"}],
+         "has both a messages column ('messages') and prompt + completion columns"),
+    ],
+)
+def test_bad_chat_rows_are_refused_in_one_line(tmp_path, rows, message):
+    good = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    keys = set(rows[0])
+    filler = [{key: good.get(key, "x") if key != "messages" else good["messages"] for key in keys}] * 3
+    with pytest.raises(DistilyConfigError, match="\\A[^\n]*\\Z") as err:
+        load_training_documents(_args(_dataset(tmp_path, rows + filler), tmp_path))
+    assert message in str(err.value)
+
+
+def test_a_string_prompt_with_a_message_list_completion_is_refused(tmp_path):
+    rows = [{"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]}] * 3
+    dataset = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(str(dataset))
+    with pytest.raises(DistilyConfigError, match="row 0 mixes a str prompt and a list completion; expected both"):
+        load_training_documents(_args(str(dataset), tmp_path))
+
+
+def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path):
+    path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(8))
+    with pytest.raises(DistilyConfigError, match="has no chat template; expected chat_template"):
+        build_datasets(_args(path, tmp_path), make_chat_tokenizer("chatml", with_template=False), 256, 0)
+    with pytest.raises(DistilyConfigError, match="chat_template='missing.jinja' does not exist"):
+        build_datasets(_args(path, tmp_path, chat_template="missing.jinja"), make_chat_tokenizer("chatml"), 256, 0)
+
+
+def test_a_template_that_is_not_prefix_consistent_is_refused_naming_the_row(tmp_path):
+    # renders only the last turn: the conversation up to an assistant turn does not start the whole
+    template = "{{ messages[-1]['role'] + ': ' + messages[-1]['content'] }}{% if add_generation_prompt %}A: {% endif %}"
+    path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(8))
+    with pytest.raises(DistilyConfigError, match="renders row [0-9]+ up to its assistant turn [0-9]+ .*prefix-cons"):
+        build_datasets(_args(path, tmp_path, chat_template=template), make_chat_tokenizer("chatml"), 256, 0)
+
+
+@pytest.mark.parametrize("packing", ["stream", "bos_blocks"])
+def test_chat_data_refuses_packings_that_mix_or_cut_conversations(tmp_path, packing):
+    path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(8))
+    with pytest.raises(DistilyConfigError, match=f"packing='{packing}' would let conversations attend"):
+        build_datasets(_args(path, tmp_path, packing=packing), make_chat_tokenizer("chatml"), 256, 0)

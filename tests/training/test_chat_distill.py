@@ -1,0 +1,57 @@
+"""Distillation on chat data, end to end: the assistant-only loss improves, the held-out metrics and the logit
+loss count the same positions, and a store recorded from chat data keeps its loss masks."""
+
+import pytest
+import torch
+
+from distily.config import parse_config, parse_record_config
+from distily.data.framing import LOSS_MASK
+from distily.data.store import TeacherStore
+from distily.errors import DistilyConfigError
+from distily.recording.run import run_recording
+from distily.training.distill import run_distillation
+from store_values import store_values
+from tiny import make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chat")
+    tokenizer = make_chat_tokenizer("llama3")
+    teacher = save_tiny_model(root / "teacher", "llama", tokenizer, vocab_size=len(tokenizer))
+    data = write_chat_jsonl(root / "chat.jsonl", make_conversations(160))
+    return teacher, data
+
+
+def _values(chat_run, tmp_path, **overrides):
+    teacher, data = chat_run
+    return store_values(teacher, data, tmp_path, max_seq_length=128, **overrides)
+
+
+@pytest.mark.parametrize("packing", ["padded", "documents"])
+def test_assistant_only_distillation_lowers_the_kl_on_assistant_tokens(chat_run, tmp_path, packing):
+    values = _values(chat_run, tmp_path, max_steps=30, learning_rate=3e-3, warmup_steps=2, student_init="random",
+                     packing=packing)
+    metrics = run_distillation(parse_config(**values))
+    student = metrics["student"]
+    assert student["after_kl_to_teacher"] < 0.8 * student["before_kl_to_teacher"], student
+    assert student["after_loss_logits"] == pytest.approx(student["after_kl_to_teacher"], rel=1e-4)
+
+
+def test_a_store_of_chat_data_keeps_the_loss_masks_and_trains_as_the_live_teacher(chat_run, tmp_path):
+    tokenizer_size = len(make_chat_tokenizer("llama3"))
+    values = _values(chat_run, tmp_path, record_top_k=tokenizer_size, learning_rate=1e-3)
+    run_recording(parse_record_config(**values))
+    rows = TeacherStore(values["teacher_store"]).dataset("train")
+    assert all(LOSS_MASK in rows[i] for i in range(len(rows)))
+    assert 0 < sum(int(rows[i][LOSS_MASK].sum()) for i in range(len(rows))) < sum(len(rows[i][LOSS_MASK])
+                                                                                   for i in range(len(rows)))
+    live = run_distillation(parse_config(**{**values, "output_dir": str(tmp_path / "live")}))
+    stored = run_distillation(parse_config(**{**values, "teacher_source": "recorded"}))
+    assert stored["train"]["train_loss"] == pytest.approx(live["train"]["train_loss"], rel=2e-3)
+    for key in ("before_loss_logits", "after_kl_to_teacher", "after_lm_loss"):
+        assert stored["student"][key] == pytest.approx(live["student"][key], rel=2e-3), key
+    assert torch.isfinite(torch.tensor(stored["teacher"]["lm_loss"]))
+    with pytest.raises(DistilyConfigError, match="loss_on='all' differs from the 'assistant' teacher_store="):
+        run_distillation(parse_config(**{**values, "teacher_source": "recorded", "loss_on": "all",
+                                         "output_dir": str(tmp_path / "all")}))
