@@ -8,15 +8,13 @@ distill`` reads as chat data. A response that is empty (the teacher stopped at o
 """
 
 import dataclasses
-import os
-from pathlib import Path
-from typing import Optional
 
 import datasets
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import GenerateConfig
+from distily.data.chat import resolve_chat_template
 from distily.data.text import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import pad_token_id
@@ -71,19 +69,6 @@ def prompt_conversations(prompts: datasets.Dataset) -> list[list[dict]]:
     if not conversations:
         raise DistilyConfigError("generate_prompts holds no prompts; expected at least one row")
     return conversations
-
-
-def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str]) -> str:
-    """The template conversations are formatted with: ``chat_template`` (a Jinja string, or a file holding one)
-    when given, else the tokenizer's own."""
-    if chat_template is not None:
-        return Path(chat_template).read_text() if os.path.isfile(chat_template) else chat_template
-    if tokenizer.chat_template is None:
-        raise DistilyConfigError(
-            "the teacher's tokenizer has no chat template and chat_template is not set; expected chat_template: a "
-            "Jinja template (a string or a file)"
-        )
-    return tokenizer.chat_template
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: list[dict], chat_template: str) -> list[int]:

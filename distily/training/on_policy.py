@@ -16,13 +16,11 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distily.data.framing import INPUT_IDS
+from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
 from distily.generation.engine import CompletionGenerator, SamplingSettings
-
-LOSS_MASK = "loss_mask"  # the shared convention's key: the positions whose outputs enter the losses
 
 
 def batch_prompts(batch: dict[str, torch.Tensor]) -> list[list[int]]:

@@ -10,6 +10,7 @@ from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
+from distily.training.on_policy import OnPolicyBatches
 from store_values import store_values
 from tiny import make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
 
@@ -55,3 +56,21 @@ def test_a_store_of_chat_data_keeps_the_loss_masks_and_trains_as_the_live_teache
     with pytest.raises(DistilyConfigError, match="loss_on='all' differs from the 'assistant' teacher_store="):
         run_distillation(parse_config(**{**values, "teacher_source": "recorded", "loss_on": "all",
                                          "output_dir": str(tmp_path / "all")}))
+
+
+
+def test_on_policy_distillation_on_chat_data_learns_from_the_students_completions(chat_run, tmp_path, monkeypatch):
+    generated = []  # (prompt lengths, completion lengths) of each on-policy micro-batch
+    original = OnPolicyBatches._generated
+
+    def counting(self, batch, step, student):
+        result = original(self, batch, step, student)
+        generated.append(int(result[LOSS_MASK].sum()))
+        return result
+
+    monkeypatch.setattr(OnPolicyBatches, "_generated", counting)
+    values = _values(chat_run, tmp_path, max_steps=30, learning_rate=3e-3, warmup_steps=2, student_init="random",
+                     lmbda=0.5, on_policy_max_new_tokens=12, logits_loss="jsd")
+    student = run_distillation(parse_config(**values))["student"]
+    assert student["after_kl_to_teacher"] < 0.8 * student["before_kl_to_teacher"], student
+    assert 5 < len(generated) < 25 and all(count > 0 for count in generated), generated  # about half of 30 steps

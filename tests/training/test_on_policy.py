@@ -17,7 +17,7 @@ from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.objective import build_objective
 from distily.teachers.live import LiveTeacher
 from distily.training.distill import run_distillation
-from distily.training.on_policy import LOSS_MASK, OnPolicyBatches, batch_prompts, completion_batch, on_policy_batches
+from distily.training.on_policy import LOSS_MASK, OnPolicyBatches, batch_prompts, on_policy_batches
 from distily.training.trainer import DistillationTrainer
 from tiny import VOCAB, make_documents, tiny_config
 
@@ -101,7 +101,6 @@ def test_batches_without_prompts_are_refused_at_the_first_batch():
         on_policy.replace([plain], 0, None)
 
 
-@pytest.mark.xfail(strict=True, reason="the losses honour loss_mask once the chat-data branch is merged (#17)")
 def test_the_loss_gradient_flows_only_from_completion_positions():
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(tiny_config("llama", layers=2)).eval()
