@@ -15,7 +15,7 @@ from transformers import (
 
 from tokenizers.processors import TemplateProcessing
 
-from distily.data.tokenizer import train_byte_level_bpe
+from distily.data.tokenizer import train_byte_level_bpe, train_sentencepiece_bpe
 
 VOCAB = 320
 SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "a student", "the model", "our team", "that bird"]
@@ -142,17 +142,7 @@ def train_bos_anchored_llama(tokenizer, steps: int = 250, seed: int = 0):
     return model.eval()
 
 
-def make_sentencepiece_tokenizer(vocab_size: int = 400, documents: list[str] = None) -> PreTrainedTokenizerFast:
-    """A SentencePiece-style (Llama 2) BPE: ``▁`` for the space, ``<0x..>`` byte fallback for characters it lacks,
-    ``<s>`` before every text and ``</s>`` apart; trained on other sentences than ``make_tokenizer``'s."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
-    backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    backend.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback()])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens])
-    backend.train_from_iterator(documents or make_documents(300, seed=7), trainer)
-    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=256)
+def make_sentencepiece_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style tokenizer (``▁``, byte fallback, ``<s>`` first) trained on other sentences than
+    ``make_tokenizer``'s."""
+    return train_sentencepiece_bpe(make_documents(300, seed=7), vocab_size, model_max_length=256)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
 
@@ -41,3 +42,21 @@ def train_byte_level_bpe(
     if model_max_length is not None:
         settings["model_max_length"] = model_max_length
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **settings)
+
+
+def train_sentencepiece_bpe(
+    texts: Iterable[str], vocab_size: int, *, model_max_length: int | None = None
+) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style (Llama 2) BPE of ``vocab_size`` tokens trained on ``texts``: ``▁`` for the space,
+    ``<0x..>`` byte fallback for characters it lacks (so any text round-trips), ``<s>`` (BOS) before every text,
+    ``</s>`` (EOS) and ``<unk>``: conventions other than ``train_byte_level_bpe``'s, for cross-tokenizer runs."""
+    byte_tokens = [f"<0x{byte:02X}>" for byte in range(256)]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback()])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens])
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
+    settings = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>", **settings)
