@@ -4,7 +4,8 @@ A token's bytes are read through its tokenizer's conventions: byte-level BPE (GP
 byte as one printable character (GPT-2's byte-to-unicode map: ``Ġ`` is the space byte); SentencePiece-style
 vocabularies (Llama 2, Gemma, Mistral) write the space as ``▁`` and bytes they fall back on as ``<0x0A>``; other
 tokens are their UTF-8 text. Special tokens are matched by role (BOS with BOS, EOS with EOS, UNK with UNK), never
-by text. Where one vocabulary holds the same bytes twice, the lowest id stands for them.
+by text. Where one vocabulary holds the same bytes twice, the lowest id stands for them (a byte-fallback token only when no
+regular token writes its byte).
 """
 
 import re
@@ -29,11 +30,13 @@ def is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def token_bytes(tokenizer: PreTrainedTokenizerBase) -> dict[bytes, int]:
-    """bytes of text -> the lowest id that writes them, over the tokenizer's non-special tokens."""
+    """bytes of text -> the lowest id that writes them, over the tokenizer's non-special tokens; a byte-fallback
+    token only for bytes no regular token writes (the tokenizer gives the regular one)."""
     special = set(tokenizer.all_special_ids)
     byte_of = {char: byte for byte, char in bytes_to_unicode().items()} if is_byte_level(tokenizer) else None
     found: dict[bytes, int] = {}
-    for token, token_id in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
+    in_order = sorted(tokenizer.get_vocab().items(), key=lambda item: (bool(BYTE_FALLBACK.fullmatch(item[0])), item[1]))
+    for token, token_id in in_order:
         if token_id in special:
             continue
         if byte_of is not None and all(char in byte_of for char in token):
@@ -76,6 +79,17 @@ class VocabularyMap:
                              self.teacher_size)
 
 
+def _one_to_one(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The pairs, each student and each teacher id in one only (the first pair that names it wins), sorted."""
+    students, teachers, kept = set(), set(), []
+    for s, t in pairs:
+        if s not in students and t not in teachers:
+            students.add(s)
+            teachers.add(t)
+            kept.append((s, t))
+    return sorted(kept)
+
+
 def _name(tokenizer: PreTrainedTokenizerBase) -> str:
     return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
 
@@ -93,7 +107,7 @@ def map_vocabularies(student: PreTrainedTokenizerBase, teacher: PreTrainedTokeni
         s, t = getattr(student, role), getattr(teacher, role)
         if s is not None and t is not None:
             pairs.append((s, t))
-    pairs = sorted({s: (s, t) for s, t in pairs if s < student_size and t < teacher_size}.values())
+    pairs = _one_to_one([(s, t) for s, t in pairs if s < student_size and t < teacher_size])
     if not pairs and required:
         raise DistilyConfigError(
             f"the student tokenizer {_name(student)!r} and the teacher tokenizer {_name(teacher)!r} share no token; "

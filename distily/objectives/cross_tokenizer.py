@@ -31,7 +31,7 @@ from distily.data.vocabulary import VocabularyMap
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import CHUNK_ELEMENTS, chunked_logit_loss_sum, chunked_loss_footprint
 from distily.objectives.component import Component, StepShape
-from distily.objectives.losses import LOSSES, check_loss
+from distily.objectives.losses import LOSSES
 
 EXCLUDED_LOGIT = -1e30
 """A student column left out of the support: finite (the losses need finite student logits), and far enough below
@@ -164,7 +164,6 @@ class CrossTokenizerLogitsComponent(Component):
                  cross_tokenizer_loss: str, vocabulary: VocabularyMap, **loss_kwargs):
         super().__init__()
         check_cross_tokenizer_loss(cross_tokenizer_loss, loss)
-        check_loss(loss, loss_kwargs)
         self.loss_name, self.cross_loss_name = loss, cross_tokenizer_loss
         self.loss_fn = CROSS_TOKENIZER_LOSSES[cross_tokenizer_loss]
         self.divergence = partial(LOSSES[loss], **loss_kwargs)
