@@ -99,7 +99,7 @@ def test_one_tokenizer_through_the_cross_tokenizer_path_gives_todays_loss(fused)
     tokenizer = make_tokenizer()
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(tiny_config("gpt2", layers=2)).eval()
-    student = AutoModelForCausalLM.from_config(tiny_config("gpt2", layers=1))
+    student = AutoModelForCausalLM.from_config(tiny_config("gpt2", layers=1)).eval()  # no dropout: one forward each
     texts = make_documents(3, seed=3)
     features = []
     for text in texts:
