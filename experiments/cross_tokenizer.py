@@ -147,12 +147,12 @@ def evaluate(args, prepared: dict, sweep) -> dict:
     }, "students": {}}  # fmt: skip
     descriptions = {name: what for name, what, _ in VARIANTS}
     for run in sweep.runs:
-        run_dir = sweep.run_dir(run)
+        run_dir, name = sweep.run_dir(run), run.name.rsplit("-", 1)[0]  # the sweep adds a hash of the overrides
         student = load_student(str(run_dir))
-        results["students"][run.name] = {
-            "signal": descriptions[run.name], "parameters": student.num_parameters(),
+        results["students"][name] = {
+            "signal": descriptions[name], "parameters": student.num_parameters(),
             "vocabulary": len(student_tokenizer), "train_seconds": RunDir(run_dir).read_metrics().train.wall_seconds,
-            **bits_per_byte_of(student, student_tokenizer, args, run.name),
+            **bits_per_byte_of(student, student_tokenizer, args, name),
         }  # fmt: skip
     baseline = results["students"][BASELINE]["bits_per_byte"]
     for row in results["students"].values():
