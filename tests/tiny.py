@@ -15,7 +15,7 @@ from transformers import (
 
 from tokenizers.processors import TemplateProcessing
 
-from distily.data.tokenizer import train_byte_level_bpe
+from distily.data.tokenizer import train_byte_level_bpe, train_sentencepiece_bpe
 
 VOCAB = 320
 SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "a student", "the model", "our team", "that bird"]
@@ -142,30 +142,11 @@ def train_bos_anchored_llama(tokenizer, steps: int = 250, seed: int = 0):
     return model.eval()
 
 
-def make_sentencepiece_tokenizer(prepend_scheme: str = "first") -> PreTrainedTokenizerFast:
-    """A Llama-2-style SentencePiece tokenizer: metaspace (``▁`` for a space, prepended to a text that does not
-    start with one under ``prepend_scheme="first"``), BPE pieces with byte fallback (``<0x00>`` to ``<0xFF>`` in
-    the vocabulary), ``<unk>``, ``<s>`` (BOS before every text) and ``</s>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme)
-    pieces = Tokenizer(models.BPE())
-    pieces.pre_tokenizer = metaspace
-    pieces.train_from_iterator(make_documents(200, seed=1), trainers.BpeTrainer(vocab_size=200))
-    learned = json.loads(pieces.to_str())["model"]
-    specials = ["<unk>", "<s>", "</s>"]
-    vocab = {token: index for index, token in enumerate(specials + [f"<0x{byte:02X}>" for byte in range(256)])}
-    for token in sorted(learned["vocab"], key=learned["vocab"].get):
-        vocab.setdefault(token, len(vocab))
-    merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in learned["merges"]]
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    backend.pre_tokenizer = metaspace
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    backend.add_special_tokens(specials)
-    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+def make_sentencepiece_tokenizer(prepend_scheme: str = "always", vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style (Llama 2) tokenizer (``▁`` for the space, prepended per ``prepend_scheme``, byte
+    fallback, ``<s>`` first) trained on other sentences than ``make_tokenizer``'s."""
+    return train_sentencepiece_bpe(make_documents(300, seed=7), vocab_size, model_max_length=256,
+                                   prepend_scheme=prepend_scheme)
 
 
 # Chat templates in the public formats of three families, written here (no {% generation %} markers, as theirs)

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import datasets
 import pyarrow.compute
@@ -242,23 +242,33 @@ def tokenize_and_pack(
     of tokenizing again."""
     identity = f"{documents._fingerprint}|{tokenizer_fingerprint(tokenizer)}|{framing}|{text_column}"
     key = hashlib.sha256(f"{identity}|{chat}".encode() if chat is not None else identity.encode()).hexdigest()[:24]
+
+    def build() -> datasets.Dataset:
+        tokenized = tokenize_documents(documents, tokenizer, text_column, num_proc, chat)
+        return tokenized.map(
+            _pack_batch,
+            batched=True,
+            batch_size=1000,
+            num_proc=num_proc,
+            remove_columns=tokenized.column_names,
+            fn_kwargs={"framing": framing},
+            desc=f"Packing into {framing.max_seq_length}-token blocks ({framing.packing})",
+        )
+
+    return cached_dataset(cache_dir, key, build)
+
+
+def cached_dataset(cache_dir: str, key: str, build: Callable[[], datasets.Dataset]) -> datasets.Dataset:
+    """The dataset cached under ``cache_dir/key``, built by ``build()`` and saved there when absent (an empty
+    one is returned uncached: nothing worth caching, the caller reports it)."""
     cached = Path(cache_dir) / key
     if (cached / "dataset_info.json").exists():
         return datasets.load_from_disk(str(cached))
-    tokenized = tokenize_documents(documents, tokenizer, text_column, num_proc, chat)
-    packed = tokenized.map(
-        _pack_batch,
-        batched=True,
-        batch_size=1000,
-        num_proc=num_proc,
-        remove_columns=tokenized.column_names,
-        fn_kwargs={"framing": framing},
-        desc=f"Packing into {framing.max_seq_length}-token blocks ({framing.packing})",
-    )
-    if len(packed) == 0:
-        return packed  # nothing worth caching; the caller reports it
+    built = build()
+    if len(built) == 0:
+        return built
     with atomic_output(cached, directory=True, overwrite=True) as staging:  # a crash never leaves an entry that looks complete
-        packed.save_to_disk(str(staging))
+        built.save_to_disk(str(staging))
     return datasets.load_from_disk(str(cached))
 
 

@@ -45,6 +45,13 @@ class ModelArguments(TeacherArguments):
         default=None,
         metadata={"help": "Student from a Hub id or local checkpoint. Default: built from the teacher's config."},
     )
+    student_tokenizer_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The student's tokenizer (a Hub id or local path). Default: a student checkpoint's own, else the "
+            "teacher's. One that differs from the teacher's makes the run cross-tokenizer (docs/cross_tokenizer.md)."
+        },
+    )
     student_config_name_or_path: Optional[str] = field(
         default=None,
         metadata={"help": "Student from a separate config (a config.json file, a directory or a Hub id)."},

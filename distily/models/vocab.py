@@ -7,12 +7,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distily.errors import DistilyConfigError
 
 
-def check_same_tokenizer(teacher_tokenizer: PreTrainedTokenizerBase, student_tokenizer: PreTrainedTokenizerBase):
-    if teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
+def same_vocabulary(teacher_tokenizer: PreTrainedTokenizerBase, student_tokenizer: PreTrainedTokenizerBase) -> bool:
+    return teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
+
+
+def check_same_tokenizer(teacher_tokenizer: PreTrainedTokenizerBase, student_tokenizer: PreTrainedTokenizerBase,
+                         why: str = "the agreement metrics compare the two models token by token"):
+    if not same_vocabulary(teacher_tokenizer, student_tokenizer):
         raise DistilyConfigError(
             f"the student's tokenizer ({len(student_tokenizer)} tokens) differs from the teacher's "
-            f"({len(teacher_tokenizer)} tokens); expected the same tokenizer (cross-tokenizer distillation "
-            "is not supported)"
+            f"({len(teacher_tokenizer)} tokens); expected the same tokenizer ({why})"
         )
 
 

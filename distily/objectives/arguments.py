@@ -32,6 +32,14 @@ class ObjectiveArguments:
     logits_loss_kwargs: Optional[Union[dict, str]] = field(
         default=None, metadata={"help": 'JSON object of extra loss parameters, e.g. \'{"beta": 0.5}\'.'}
     )
+    cross_tokenizer_loss: str = field(
+        default="mapped_uld",
+        metadata={
+            "help": "The logit loss when the student's tokenizer differs from the teacher's: mapped (logits_loss on "
+            "the shared tokens and the next token by the chain rule), uld (sorted-probability L1, no shared tokens "
+            "needed) or mapped_uld (both, ULD on the unshared tokens) (a name in CROSS_TOKENIZER_LOSSES)."
+        },
+    )
     hard_label_weight: float = field(
         default=0.0, metadata={"help": "Weight of the next-token cross-entropy on the data itself (0 disables it)."}
     )

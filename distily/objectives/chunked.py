@@ -15,6 +15,10 @@ API::
         mask=None,                 # [...] bool, True for tokens that count; other rows are never read
         vocab_size=None,           # count only the first vocab_size columns (vocabularies that differ
                                    # by padding rows only); None requires V_s == V_t
+        across_vocabularies=False, # True: V_s and V_t are different vocabularies, the loss reads all columns
+                                   # of each (the cross-tokenizer losses)
+        row_params=None,           # {name: [..., ...] tensor}: per-token loss parameters, each sliced with
+                                   # the tokens it goes with (a target id per token, say)
         temperature=1.0,
         chunk_size=None,           # tokens per LM-head chunk; None: about CHUNK_ELEMENTS / vocab_size
         loss_chunk_size=None,      # tokens per loss evaluation; None: about LOSS_CHUNK_ELEMENTS / vocab_size
@@ -81,9 +85,10 @@ class _LossSlices:
 
     def __init__(
         self, loss_fn, temperature, loss_params, teacher_logits: _TeacherLogits, num_tokens, row_index, vocab_size,
-        loss_chunk_size, with_grad,
+        loss_chunk_size, with_grad, row_params=None,
     ):  # fmt: skip
         self.loss_fn, self.temperature, self.loss_params = loss_fn, temperature, loss_params
+        self.row_params = row_params or {}  # name -> [N, ...]
         self.teacher_logits, self.row_index, self.vocab_size = teacher_logits, row_index, vocab_size
         self.loss_chunk_size, self.with_grad = loss_chunk_size, with_grad
         self.num_rows = num_tokens if row_index is None else row_index.numel()
@@ -100,11 +105,12 @@ class _LossSlices:
     def loss_and_grad(self, student_logits: torch.Tensor, start: int, stop: int):
         """(summed loss, its gradient w.r.t. student_logits [n, V] or None) for the tokens start:stop."""
         teacher_logits = self.teacher_logits(self.rows(start, stop), self.vocab_size)  # [n, V]
+        params = {**self.loss_params, **{name: value[self.rows(start, stop)] for name, value in self.row_params.items()}}
         if not self.with_grad:
-            return self.loss_fn(student_logits, teacher_logits, self.temperature, **self.loss_params).sum(), None
+            return self.loss_fn(student_logits, teacher_logits, self.temperature, **params).sum(), None
         student_logits = student_logits.detach().requires_grad_()
         with torch.enable_grad():
-            loss = self.loss_fn(student_logits, teacher_logits, self.temperature, **self.loss_params).sum()
+            loss = self.loss_fn(student_logits, teacher_logits, self.temperature, **params).sum()
         (grad,) = torch.autograd.grad(loss, student_logits)
         return loss.detach(), grad
 
@@ -189,13 +195,14 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         temperature: float,
         loss_params: dict,
         grad_enabled: bool,
+        row_params: Optional[dict] = None,
     ) -> torch.Tensor:
         chunk_size, loss_chunk_size = sizes
         # needs_input_grad ignores no_grad mode, so the caller's grad mode comes in as grad_enabled
         needs_student, needs_weight, needs_bias = (grad_enabled and needs for needs in ctx.needs_input_grad[:3])
         with_grad = needs_student or needs_weight or needs_bias
         slices = _LossSlices(loss_fn, temperature, loss_params, teacher_logits, student.shape[0], row_index, vocab_size,
-                             loss_chunk_size, with_grad)
+                             loss_chunk_size, with_grad, row_params)
         grad_student = torch.zeros_like(student) if needs_student else None  # [N, H or V_s]
         grad_weight = grad_bias = None
         if lm_head_weight is None:
@@ -222,7 +229,7 @@ class _ChunkedLogitLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
         scaled = [None if grad is None else grad * grad_total.to(grad.dtype) for grad in ctx.saved_tensors]
-        return (*scaled, *[None] * 8)
+        return (*scaled, *[None] * 9)
 
 
 def _check_head(name: str, weight: Optional[torch.Tensor], hidden: torch.Tensor, whose: str) -> int:
@@ -237,8 +244,10 @@ def _check_head(name: str, weight: Optional[torch.Tensor], hidden: torch.Tensor,
     return weight.shape[0]
 
 
-def _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask, vocab_size) -> int:
-    """The number of vocabulary columns that count; raises on inconsistent shapes."""
+def _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask, vocab_size,
+                  across_vocabularies=False) -> int:
+    """The number of vocabulary columns that count (the student's, across vocabularies); raises on inconsistent
+    shapes."""
     student_vocab = _check_head("lm_head_weight", lm_head_weight, student, "student")
     teacher_vocab = _check_head("teacher_lm_head_weight", teacher_lm_head_weight, teacher, "teacher")
     if student.shape[:-1] != teacher.shape[:-1]:
@@ -248,6 +257,8 @@ def _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask
         )
     if mask is not None and mask.shape != student.shape[:-1]:
         raise ValueError(f"mask has shape {tuple(mask.shape)}; expected {tuple(student.shape[:-1])}")
+    if across_vocabularies:
+        return student_vocab
     if vocab_size is None:
         if student_vocab != teacher_vocab:
             raise ValueError(
@@ -315,6 +326,8 @@ def chunked_logit_loss_sum(
     temperature: float = 1.0,
     chunk_size: Optional[int] = None,
     loss_chunk_size: Optional[int] = None,
+    across_vocabularies: bool = False,
+    row_params: Optional[dict[str, torch.Tensor]] = None,
     **loss_params,
 ) -> torch.Tensor:
     """Sum over unmasked tokens of ``loss_fn(student_logits, teacher_logits, temperature, **loss_params)``.
@@ -328,13 +341,17 @@ def chunked_logit_loss_sum(
             raise ValueError(
                 f"{prefix}lm_head_bias was given without {prefix}lm_head_weight; expected both or only the weight"
             )
-    columns = _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask, vocab_size)
+    columns = _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask, vocab_size,
+                            across_vocabularies)
     sizes = _chunk_sizes(chunk_size, loss_chunk_size, columns)
+    rows_of = {name: value.reshape(student.shape[:-1].numel(), *value.shape[student.dim() - 1:])
+               for name, value in (row_params or {}).items()}  # [N, ...]
     student_2d = student.reshape(-1, student.shape[-1])  # [N, H or V_s]
     teacher_2d = teacher.detach().reshape(-1, teacher.shape[-1])  # [N, V_t or H_t]
     detached = [None if t is None else t.detach() for t in (teacher_lm_head_weight, teacher_lm_head_bias)]
     row_index = None if mask is None else mask.reshape(-1).to(torch.bool).nonzero().squeeze(-1)  # [n_real]
     return _ChunkedLogitLoss.apply(
-        student_2d, lm_head_weight, lm_head_bias, _TeacherLogits(teacher_2d, *detached), row_index, columns, sizes,
-        loss_fn, temperature, loss_params, torch.is_grad_enabled(),
+        student_2d, lm_head_weight, lm_head_bias, _TeacherLogits(teacher_2d, *detached), row_index,
+        None if across_vocabularies else columns, sizes, loss_fn, temperature, loss_params, torch.is_grad_enabled(),
+        rows_of,
     )

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from distily.data.alignment import ALIGNED
 from distily.errors import DistilyConfigError
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.component import Component, StepShape, loss_positions
@@ -26,6 +27,18 @@ from distily.objectives.qkv import QKVRecorder
 
 FeatureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 FEATURE_LOSSES: dict[str, FeatureLoss] = {"mse": mse, "cosine": cosine}  # per token: [tokens, width] -> [tokens]
+
+
+def paired_positions(batch: dict[str, torch.Tensor]) -> tuple:
+    """(student index, teacher index) of the positions whose hidden states meet: every non-padding position; in
+    a cross-tokenizer batch, the aligned ones (the last position of each aligned chunk, ``distily.data.alignment``);
+    only the loss positions (``loss_positions``: the assistant's, for chat data)."""
+    mask = loss_positions(batch)  # [batch, seq]
+    aligned = batch.get(ALIGNED)  # [batch, student seq], -1 where none
+    if aligned is None:
+        return mask, mask
+    student = mask & (aligned >= 0)
+    return student, (student.nonzero()[:, 0], aligned[student])
 
 
 class HiddenStatesComponent(Component):
@@ -43,11 +56,11 @@ class HiddenStatesComponent(Component):
         self.loss_name, self.loss_fn = loss, FEATURE_LOSSES[loss]
 
     def forward(self, student_outputs, teacher_outputs, batch):
-        mask = loss_positions(batch)  # [batch, seq]
-        total = torch.zeros((), device=mask.device)
+        student_rows, teacher_rows = paired_positions(batch)
+        total = torch.zeros((), device=batch["input_ids"].device)
         for (student_index, teacher_index), projector, norm in zip(self.layer_pairs, self.projectors, self.norms):
-            student = projector(student_outputs.hidden_states[student_index][mask].float())  # [tokens, teacher_width]
-            teacher = teacher_outputs.hidden_states[teacher_index][mask]  # [tokens, teacher_width]
+            student = projector(student_outputs.hidden_states[student_index][student_rows].float())  # [tokens, teacher_width]
+            teacher = teacher_outputs.hidden_states[teacher_index][teacher_rows]  # [tokens, teacher_width]
             student, teacher = norm(student, teacher)  # float32
             total = total + self.loss_fn(student, teacher).sum()
         return total / len(self.layer_pairs)

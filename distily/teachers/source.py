@@ -31,7 +31,9 @@ from distily.config import DistillConfig
 from distily.objectives.arguments import ObjectiveArguments
 from distily.data.text import DistillationData
 from distily.metrics import Evaluation, FramingMetrics, RecordingSource, TeacherMetrics
+from distily.models.architecture import output_vocab_size
 from distily.models.summary import architecture_summary, parameter_count
+from distily.models.vocab import shared_vocab_size
 from distily.objectives.component import Component
 from distily.objectives.objective import DistillationObjective
 from distily.outputs import directory_size
@@ -59,6 +61,15 @@ class TeacherSource(ABC):
     @property
     def live_model(self) -> Optional[PreTrainedModel]:
         return None
+
+    @property
+    def student_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer the student reads (saved with it): the teacher's, unless the source maps between two."""
+        return self.tokenizer
+
+    def logit_columns(self, student: PreTrainedModel) -> Optional[int]:
+        """How many logit columns the logit loss compares (None: all of each model's)."""
+        return shared_vocab_size(output_vocab_size(self.model), output_vocab_size(student), len(self.tokenizer))
 
     @abstractmethod
     def student_init_model(self) -> PreTrainedModel:

@@ -14,12 +14,10 @@ from distily.errors import RunInterrupted
 from distily.evaluation.harness import task_manager
 from distily.evaluation.run import benchmark, eval_set_metrics, named_eval_sets
 from distily.metrics import AFTER, BEFORE, RunMetrics, StudentMetrics, TrainMetrics
-from distily.models.architecture import output_vocab_size
 from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student
 from distily.models.summary import architecture_summary, parameter_count
-from distily.models.teacher import load_tokenizer
-from distily.models.vocab import check_same_tokenizer, check_tokenizer_fits, shared_vocab_size
+from distily.models.vocab import check_tokenizer_fits
 from distily.objectives.objective import build_objective
 from distily.outputs import directory_size
 from distily.reporting.run import write_reports
@@ -46,17 +44,13 @@ logger = logging.getLogger(__name__)
 
 
 def _load_student(config: DistillConfig, teacher: TeacherSource) -> PreTrainedModel:
-    """The student built from the teacher (checked to be causal), after a student checkpoint's tokenizer is
-    checked to be the teacher's and the tokenizer to give no id past either model's embedding."""
-    model_args = config.model
-    student = build_student(model_args, teacher.student_init_model())
+    """The student built from the teacher (checked to be causal), after each tokenizer is checked to give no id
+    past its model's embedding."""
+    student = build_student(config.model, teacher.student_init_model())
     check_causality(student, "student")
     teacher.student_built(student)
-    if model_args.student_model_name_or_path is not None:
-        student_tokenizer = load_tokenizer(model_args.student_model_name_or_path, "student")
-        check_same_tokenizer(teacher.tokenizer, student_tokenizer)
-    for role, model in (("teacher", teacher.model), ("student", student)):
-        check_tokenizer_fits(teacher.tokenizer, model, role)
+    check_tokenizer_fits(teacher.tokenizer, teacher.model, "teacher")
+    check_tokenizer_fits(teacher.student_tokenizer, student, "student")
     return student
 
 
@@ -113,9 +107,9 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
 
     teacher = open_teacher(config)
     student = _load_student(config, teacher)
-    vocab_size = shared_vocab_size(output_vocab_size(teacher.model), output_vocab_size(student), len(teacher.tokenizer))
+    vocab_size = teacher.logit_columns(student)
     data = teacher.datasets(student)
-    if data.framing.document_masks:  # every model that runs must keep packed documents apart
+    if data.framing is not None and data.framing.document_masks:  # every model that runs must keep packed documents apart
         for role, model in (*teacher.probed_models(), ("student", student)):
             check_document_isolation(model, role)
     run = ResolvedRun(config, teacher.resolve_objective(config.objective, data.train), data.max_seq_length, vocab_size)
@@ -132,7 +126,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     framing_metrics = teacher.framing_metrics(data, collate_fn)
 
     with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
-        eval_sets = named_eval_sets(config, teacher.tokenizer, run.max_seq_length)
+        eval_sets = named_eval_sets(config, teacher.student_tokenizer, run.max_seq_length)
     eval_set_sources, eval_overlap = eval_set_metrics(config, eval_sets, data.train, data.eval, run.max_seq_length)
     evaluate_student = teacher.evaluator(data, eval_sets, collate_fn, vocab_size)
 
@@ -147,7 +141,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         train_dataset=data.train,
         eval_dataset=data.eval,
         data_collator=collate_fn,
-        processing_class=teacher.tokenizer,
+        processing_class=teacher.student_tokenizer,
         callbacks=[CheckpointChecksums()],
     )
     before = trainer.evaluate(metric_key_prefix=BEFORE)

@@ -1,0 +1,215 @@
+"""Cross-tokenizer data: each text tokenized by the teacher's and the student's tokenizer, and which teacher
+position each student position meets.
+
+Both tokenizations are mapped to the text through their offset mappings. A token *closes* at character ``e`` when
+it ends there and the next token ends later (byte-level tokens that split one character share its end, the last of
+them closes it). Where a student token and a teacher token close at the same character, both models have read the
+same text: the two positions are *aligned*, and between two aligned pairs lies a *chunk* of one or more tokens on
+each side (one-to-one, one-to-many, many-to-one). ``aligned_teacher_position[i]`` is the teacher position aligned
+with student position ``i``, -1 inside a chunk.
+
+Framing per model: a tokenizer that starts texts with BOS gets its BOS at every row's start (a 0-width token at the
+row's first character, so two BOS align); one whose framing is ``stream`` (EOS-separated families) gets EOS after a
+document's last piece (a 0-width token one past the text's end, so two EOS align). Rows are document pieces, each
+within ``max_seq_length`` tokens on both sides, cut at aligned characters; they are padded, never packed together.
+
+Text a tokenizer's offsets do not cover (a normaliser that drops characters) has no token closing in it: it stays
+inside a larger chunk, whose positions get no teacher loss (documented fallback, docs/cross_tokenizer.md).
+"""
+
+import hashlib
+from typing import Optional
+
+import datasets
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from distily.data.arguments import DataArguments
+from distily.data.framing import INPUT_IDS, resolve_packing, tokenizer_adds_bos
+from distily.data.text import DistillationData, cached_dataset, collate, default_cache_dir, tokenizer_fingerprint
+from distily.errors import DistilyConfigError
+
+TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK = "teacher_input_ids", "teacher_attention_mask"
+ALIGNED = "aligned_teacher_position"  # [batch, student seq]: the aligned teacher position, -1 none
+
+
+def check_offsets(tokenizer: PreTrainedTokenizerBase, role: str) -> None:
+    """Refuse a tokenizer that cannot map its tokens to the text (slow tokenizers give no offset mapping)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise DistilyConfigError(
+            f"the {role} tokenizer ({type(tokenizer).__name__}) gives no offset mapping; expected a fast tokenizer "
+            "(a tokenizer.json) for cross-tokenizer distillation"
+        )
+
+
+def token_ends(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Each text's token ids (no special tokens) and the character each token ends at."""
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    ends = [[end for _, end in offsets] for offsets in encoded["offset_mapping"]]
+    return encoded[INPUT_IDS], ends
+
+
+def closing_positions(ends: list[float]) -> dict[float, int]:
+    """character -> the position of the token that closes there (ends there, the next ending later); closing
+    characters only move forward (a token followed by one that ends earlier closes nothing)."""
+    closing, reached = {}, float("-inf")
+    for position, end in enumerate(ends):
+        following = ends[position + 1] if position + 1 < len(ends) else float("inf")
+        if end < following and end > reached:
+            closing[end] = position
+            reached = end
+    return closing
+
+
+def align(student_ends: list[float], teacher_ends: list[float]) -> list[int]:
+    """For each student position, the teacher position closing at the same character as it, or -1."""
+    teacher = closing_positions(teacher_ends)
+    student = closing_positions(student_ends)
+    aligned = [-1] * len(student_ends)
+    for end, position in student.items():
+        aligned[position] = teacher.get(end, -1)
+    return aligned
+
+
+class ModelFraming:
+    """One model's framing of a document piece: BOS first when its tokenizer adds one, EOS after a document's
+    last piece when its packing is ``stream``; ``budget`` tokens of text fit in a row."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, packing: str, max_seq_length: int):
+        self.bos = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else None
+        stream = resolve_packing(packing, tokenizer, pretokenized=False) == "stream"
+        self.eos = tokenizer.eos_token_id if stream else None
+        self.budget = max_seq_length - (self.bos is not None) - (self.eos is not None)
+        if self.budget < 1:
+            raise DistilyConfigError(f"max_seq_length={max_seq_length} leaves no room for text beside BOS/EOS")
+
+    def frame(self, ids: list[int], ends: list[int], start: int, last: bool, text_length: int):
+        """(ids, ends) of a piece starting at character ``start``, with BOS (ending at ``start``) and EOS (one
+        past the text)."""
+        if self.bos is not None:
+            ids, ends = [self.bos, *ids], [start, *ends]
+        if last and self.eos is not None:
+            ids, ends = [*ids, self.eos], [*ends, text_length + 1]
+        return ids, ends
+
+
+def _piece_end(start: int, student_ends: list[int], teacher_ends: list[int], student_budget: int,
+               teacher_budget: int, common: list[int]) -> int:
+    """Where the piece starting at ``start`` ends: the last character both tokenizers close at that keeps each
+    side within its budget (else the last one the tighter side reaches)."""
+    limits = []
+    for ends, budget in ((student_ends, student_budget), (teacher_ends, teacher_budget)):
+        inside = [end for end in ends if end > start]
+        count = min(budget, len(inside))
+        while 1 < count < len(inside) and inside[count] <= inside[count - 1]:  # tokens sharing a character's end
+            count -= 1
+        if inside:
+            limits.append(inside[count - 1])
+    limit = min(limits)
+    fitting = [end for end in common if start < end <= limit]
+    return fitting[-1] if fitting else limit
+
+
+def _take(ids: list[int], ends: list[int], start: int, stop: int) -> tuple[list[int], list[int]]:
+    chosen = [k for k, end in enumerate(ends) if start < end <= stop or (start == 0 and end == 0 and stop > 0)]
+    return [ids[k] for k in chosen], [ends[k] for k in chosen]
+
+
+def align_document(text: str, student: tuple, teacher: tuple, student_framing: ModelFraming,
+                   teacher_framing: ModelFraming) -> list[dict]:
+    """The rows of one document: ``student`` and ``teacher`` are its (ids, ends) from ``token_ends``."""
+    (student_ids, student_ends), (teacher_ids, teacher_ends) = student, teacher
+    if not student_ids or not teacher_ids:
+        return []
+    common = sorted(set(closing_positions(student_ends)) & set(closing_positions(teacher_ends)))
+    last_end = max(max(student_ends), max(teacher_ends))
+    rows, start = [], 0
+    while start < last_end:
+        stop = _piece_end(start, student_ends, teacher_ends, student_framing.budget, teacher_framing.budget, common)
+        last = stop >= last_end
+        sides = []
+        for (ids, ends), framing in (((student_ids, student_ends), student_framing),
+                                     ((teacher_ids, teacher_ends), teacher_framing)):
+            sides.append(framing.frame(*_take(ids, ends, start, stop), start, last, len(text)))
+        (piece_student, piece_student_ends), (piece_teacher, piece_teacher_ends) = sides
+        if piece_student and piece_teacher:
+            rows.append({
+                INPUT_IDS: piece_student,
+                TEACHER_INPUT_IDS: piece_teacher,
+                ALIGNED: align(piece_student_ends, piece_teacher_ends),
+            })
+        start = stop
+    return rows
+
+
+def _align_batch(batch, student_tokenizer, teacher_tokenizer, student_framing, teacher_framing, text_column):
+    texts = batch[text_column]
+    students = zip(*token_ends(student_tokenizer, texts))
+    teachers = zip(*token_ends(teacher_tokenizer, texts))
+    rows = [row for text, student, teacher in zip(texts, students, teachers)
+            for row in align_document(text, student, teacher, student_framing, teacher_framing)]
+    return {key: [row[key] for row in rows] for key in (INPUT_IDS, TEACHER_INPUT_IDS, ALIGNED)}
+
+
+def align_documents(documents: datasets.Dataset, student_tokenizer, teacher_tokenizer, packing: str,
+                    max_seq_length: int, text_column: str, cache_dir: str,
+                    num_proc: Optional[int] = None) -> datasets.Dataset:
+    """Aligned rows of ``documents`` (``input_ids``, ``teacher_input_ids``, ``aligned_teacher_position``), cached
+    by (data, both tokenizers, packing, length) like ``tokenize_and_pack``."""
+    framings = [ModelFraming(tokenizer, packing, max_seq_length) for tokenizer in (student_tokenizer, teacher_tokenizer)]
+    key = hashlib.sha256(
+        f"aligned|{documents._fingerprint}|{tokenizer_fingerprint(student_tokenizer)}|"
+        f"{tokenizer_fingerprint(teacher_tokenizer)}|{packing}|{max_seq_length}|{text_column}".encode()
+    ).hexdigest()[:24]
+
+    def build() -> datasets.Dataset:
+        return documents.map(
+            _align_batch, batched=True, num_proc=num_proc, remove_columns=documents.column_names,
+            fn_kwargs={"student_tokenizer": student_tokenizer, "teacher_tokenizer": teacher_tokenizer,
+                       "student_framing": framings[0], "teacher_framing": framings[1], "text_column": text_column},
+            desc="Tokenizing with both tokenizers and aligning",
+        )
+
+    return cached_dataset(cache_dir, key, build)
+
+
+def build_aligned_datasets(args: DataArguments, student_tokenizer, teacher_tokenizer, max_seq_length: int, seed: int,
+                           documents: datasets.Dataset) -> DistillationData:
+    """Train and eval rows from disjoint documents (split as ``build_datasets`` splits them)."""
+    if INPUT_IDS in documents.column_names:
+        raise DistilyConfigError(
+            f"dataset {args.dataset_name!r} is pre-tokenized (input_ids); expected text for cross-tokenizer "
+            "distillation (each tokenizer reads the text)"
+        )
+    for tokenizer, role in ((student_tokenizer, "student"), (teacher_tokenizer, "teacher")):
+        check_offsets(tokenizer, role)
+    split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
+    cache_dir = args.tokenization_cache_dir or default_cache_dir()
+    rows = {
+        name: align_documents(docs, student_tokenizer, teacher_tokenizer, args.packing, max_seq_length,
+                              args.dataset_text_column, cache_dir, args.preprocessing_num_workers)
+        for name, docs in (("train", split["train"]), ("eval", split["test"]))
+    }
+    for name, found in rows.items():
+        if len(found) == 0:
+            raise DistilyConfigError(f"dataset {args.dataset_name!r} gives no aligned {name} rows; expected text")
+    train = rows["train"].shuffle(seed=seed)
+    if args.max_samples is not None:
+        train = train.select(range(min(args.max_samples, len(train))))
+    evaluation = rows["eval"]
+    if args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    return DistillationData(train.with_format("torch"), evaluation.with_format("torch"), max_seq_length)
+
+
+def collate_aligned(features: list[dict], pad_token_id: int = 0, teacher_pad_token_id: int = 0) -> dict:
+    """``collate`` of the student's ids, plus the teacher's ids and mask and the alignment (-1 on padding)."""
+    batch = collate([{INPUT_IDS: f[INPUT_IDS]} for f in features], pad_token_id)
+    teacher = collate([{INPUT_IDS: f[TEACHER_INPUT_IDS]} for f in features], teacher_pad_token_id)
+    aligned = torch.full(batch[INPUT_IDS].shape, -1, dtype=torch.long)  # [batch, student seq]
+    for row, feature in enumerate(features):
+        positions = torch.as_tensor(feature[ALIGNED], dtype=torch.long)
+        aligned[row, : len(positions)] = positions
+    batch.update({TEACHER_INPUT_IDS: teacher[INPUT_IDS], TEACHER_ATTENTION_MASK: teacher["attention_mask"],
+                  ALIGNED: aligned})
+    return batch

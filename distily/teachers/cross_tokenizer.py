@@ -1,0 +1,127 @@
+"""A live teacher whose tokenizer is not the student's (cross-tokenizer distillation, docs/cross_tokenizer.md).
+
+Each text is tokenized by both tokenizers and aligned (``distily.data.alignment``); a batch carries the student's
+ids, the teacher's ids and the alignment. The teacher runs on its own ids; the logit loss is a
+``CROSS_TOKENIZER_LOSSES`` loss at the aligned positions, and hidden-state components pair the aligned positions.
+The student is evaluated on its own tokens (the held-out split and the named eval sets, with the student's
+tokenizer); there is no agreement with the teacher, whose vocabulary differs, and the teacher's own held-out loss is
+on its own tokens (compare the two per byte of text, not per token).
+"""
+
+from functools import partial
+from typing import Callable
+
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from distily.data.alignment import (
+    TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, build_aligned_datasets, check_offsets, collate_aligned,
+)
+from distily.data.framing import INPUT_IDS
+from distily.data.text import DistillationData, collate
+from distily.data.vocabulary import map_vocabularies
+from distily.errors import DistilyConfigError
+from distily.evaluation.arguments import HELDOUT_SET
+from distily.evaluation.heldout import Evaluator, heldout_metrics
+from distily.metrics import Evaluation, FramingMetrics, metric_key
+from distily.models.architecture import output_vocab_size, resolve_max_seq_length
+from distily.objectives.cross_tokenizer import NEEDS_SHARED_TOKENS, CrossTokenizerLogitsComponent
+from distily.objectives.features import HiddenStatesComponent
+from distily.objectives.objective import DistillationObjective, HardLabelComponent
+from distily.teachers.live import LiveTeacher, calibrate_cakld_beta
+
+ALIGNED_PIECES = "aligned_pieces"  # metrics.json's framing.packing: document pieces cut at aligned characters
+SUPPORTED_COMPONENTS = (CrossTokenizerLogitsComponent, HardLabelComponent, HiddenStatesComponent)
+
+
+def teacher_rows(dataset: Dataset) -> Dataset:
+    """The teacher's side of aligned rows, as plain ``input_ids`` rows."""
+    return dataset.select_columns([TEACHER_INPUT_IDS]).rename_column(TEACHER_INPUT_IDS, INPUT_IDS)
+
+
+class CrossTokenizerTeacher(LiveTeacher):
+    def __init__(self, live: LiveTeacher, student_tokenizer: PreTrainedTokenizerBase):
+        """The live teacher ``live``, for a student that reads ``student_tokenizer``'s tokens."""
+        self.__dict__.update(live.__dict__)
+        if self.config.evaluation.lm_eval_tasks:
+            raise DistilyConfigError(
+                "lm_eval_tasks runs the student and the teacher with one tokenizer; expected no lm_eval_tasks in a "
+                "cross-tokenizer run (evaluate the saved student with `distily eval` instead)"
+            )
+        for tokenizer, role in ((student_tokenizer, "student"), (self.tokenizer, "teacher")):
+            check_offsets(tokenizer, role)
+        self._student_tokenizer = student_tokenizer
+        self._student_vocab = len(student_tokenizer)
+
+    @property
+    def student_tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._student_tokenizer
+
+    def logit_columns(self, student: PreTrainedModel) -> None:
+        return None  # each model's own vocabulary: the loss maps between them
+
+    def student_built(self, student: PreTrainedModel) -> None:
+        self._student_vocab = output_vocab_size(student)
+        super().student_built(student)
+
+    @property
+    def logits_component(self) -> Callable:
+        objective = self.config.objective
+        vocabulary = map_vocabularies(
+            self._student_tokenizer, self.tokenizer, self._student_vocab, output_vocab_size(self.model),
+            required=objective.cross_tokenizer_loss in NEEDS_SHARED_TOKENS,
+        )
+        return partial(CrossTokenizerLogitsComponent, cross_tokenizer_loss=objective.cross_tokenizer_loss,
+                       vocabulary=vocabulary)
+
+    def datasets(self, student: PreTrainedModel) -> DistillationData:
+        """The documents cut into pieces both models take, tokenized by both tokenizers and aligned."""
+        config = self.config
+        training = config.training
+        max_seq_length = resolve_max_seq_length(config.data.max_seq_length, self.model, student)
+        with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
+            return build_aligned_datasets(config.data, self._student_tokenizer, self.tokenizer, max_seq_length,
+                                          training.seed, self.documents)
+
+    @property
+    def student_pad_token_id(self) -> int:
+        pad = self._student_tokenizer.pad_token_id
+        return pad if pad is not None else 0
+
+    def collate_fn(self) -> Callable:
+        return partial(collate_aligned, pad_token_id=self.student_pad_token_id, teacher_pad_token_id=self.pad_token_id)
+
+    def mean_confidence(self, train: Dataset) -> float:
+        return calibrate_cakld_beta(self.model, teacher_rows(train), collate)
+
+    def check_objective(self, objective: DistillationObjective) -> None:
+        """Attention maps and relations pair positions one to one, which two tokenizations do not."""
+        for name, component in objective.components.items():
+            if not isinstance(component, SUPPORTED_COMPONENTS):
+                raise DistilyConfigError(
+                    f"the {name} component pairs teacher and student positions one to one, which differ across "
+                    f"tokenizers; expected {name}_weight=0 in a cross-tokenizer run (logits, hidden states, hard labels)"
+                )
+
+    def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> FramingMetrics:
+        return FramingMetrics(ALIGNED_PIECES)
+
+    def evaluator(self, data, eval_sets, collate_fn, vocab_size) -> Evaluator:
+        """The student alone on its own tokens (held-out split and named sets); the teacher on its own, once."""
+        batch_size = self.config.training.per_device_eval_batch_size
+        self._eval = data.eval
+        plain = partial(collate, pad_token_id=self.student_pad_token_id)
+        self._evaluator = Evaluator({HELDOUT_SET: data.eval.select_columns([INPUT_IDS]), **eval_sets}, plain,
+                                    batch_size)
+        return self._evaluator
+
+    def own_metrics(self) -> Evaluation:
+        """The teacher's held-out loss and perplexity, on its own tokens of the held-out text."""
+        batch_size = self.config.training.per_device_eval_batch_size
+        found = heldout_metrics(self.model, teacher_rows(self._eval), partial(collate, pad_token_id=self.pad_token_id),
+                                batch_size, desc="Evaluating the teacher")
+        return Evaluation({metric_key(HELDOUT_SET, name): value for name, value in found.items()})
+
+    def __call__(self, batch, objective: DistillationObjective):
+        teacher_batch = {INPUT_IDS: batch[TEACHER_INPUT_IDS], "attention_mask": batch[TEACHER_ATTENTION_MASK]}
+        return super().__call__(teacher_batch, objective)

@@ -1,0 +1,124 @@
+"""Cross-tokenizer alignment: hand-made token ends, and two real tokenizers with different conventions."""
+
+import pytest
+from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+from distily.data.alignment import (
+    ALIGNED, TEACHER_INPUT_IDS, ModelFraming, align, align_document, check_offsets, closing_positions,
+    collate_aligned, token_ends,
+)
+from distily.data.framing import INPUT_IDS
+from distily.data.vocabulary import map_vocabularies, token_bytes
+from distily.errors import DistilyConfigError
+from tests.tiny import make_sentencepiece_tokenizer, make_tokenizer
+
+
+def test_one_to_one_merges_and_splits():
+    # text "abcdef": student a|bc|def, teacher ab|c|de|f
+    student, teacher = [1, 3, 6], [2, 3, 5, 6]
+    assert align(student, teacher) == [-1, 1, 3]  # "a" is inside teacher "ab"; "bc" closes with "c"; "def" with "f"
+    assert align(teacher, student) == [-1, 1, -1, 2]
+
+
+def test_a_character_split_into_bytes_closes_at_its_last_byte():
+    # "é!" : byte-level gives two tokens ending at 1 (the two bytes of é), then "!" ; the other tokenizer one token
+    assert closing_positions([1, 1, 2]) == {1: 1, 2: 2}
+    assert align([1, 1, 2], [1, 2]) == [-1, 0, 1]
+
+
+def test_closing_characters_only_move_forward():
+    # a token whose successor ends earlier (offsets that go back) closes nothing
+    assert closing_positions([2, 1, 3]) == {1: 1, 3: 2}
+    assert closing_positions([3, 1, 4]) == {1: 1, 4: 2}
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    return make_tokenizer(), make_sentencepiece_tokenizer()
+
+
+TEXT = "The cat sees a book.\n\nA dog reads émoji 😀 x"
+
+
+def test_byte_level_and_sentencepiece_align_on_words_newlines_and_unicode(tokenizers):
+    byte_level, sentencepiece = tokenizers
+    (student_ids,), (student_ends,) = token_ends(byte_level, [TEXT])
+    (teacher_ids,), (teacher_ends,) = token_ends(sentencepiece, [TEXT])
+    aligned = align(student_ends, teacher_ends)
+    for position, teacher_position in enumerate(aligned):
+        if teacher_position >= 0:  # both have read exactly the same text
+            assert student_ends[position] == teacher_ends[teacher_position]
+            assert byte_level.decode(student_ids[: position + 1]) == sentencepiece.decode(
+                teacher_ids[: teacher_position + 1]
+            ).lstrip() == TEXT[: student_ends[position]]
+    for boundary in ("The", "The cat", "The cat sees", "The cat sees a book.\n\n", "😀", " x"):
+        end = TEXT.index(boundary) + len(boundary)
+        assert end in closing_positions(student_ends) and end in closing_positions(teacher_ends)
+        assert aligned[closing_positions(student_ends)[end]] == closing_positions(teacher_ends)[end]
+    assert aligned[-1] == len(teacher_ids) - 1  # the text's end
+
+
+def test_rows_are_framed_per_model_and_cut_at_aligned_characters(tokenizers):
+    byte_level, sentencepiece = tokenizers
+    text = " ".join([TEXT] * 6)
+    student_framing = ModelFraming(byte_level, "auto", 24)  # stream family: EOS after the document
+    teacher_framing = ModelFraming(sentencepiece, "auto", 24)  # BOS family: <s> first in every row
+    rows = align_document(text, [x[0] for x in token_ends(byte_level, [text])],
+                          [x[0] for x in token_ends(sentencepiece, [text])], student_framing, teacher_framing)
+    assert len(rows) > 3
+    decoded_student = ""
+    for number, row in enumerate(rows):
+        assert len(row[INPUT_IDS]) <= 24 and len(row[TEACHER_INPUT_IDS]) <= 24
+        assert row[TEACHER_INPUT_IDS][0] == sentencepiece.bos_token_id
+        last = number == len(rows) - 1
+        # a row ends where both tokenizers end (before the student's EOS, which the teacher's framing lacks)
+        assert row[ALIGNED][-2 if last else -1] == len(row[TEACHER_INPUT_IDS]) - 1
+        assert (row[INPUT_IDS][-1] == byte_level.eos_token_id) == last
+        decoded_student += byte_level.decode(row[INPUT_IDS], skip_special_tokens=True)
+    assert decoded_student == text  # every character in exactly one row
+
+
+def test_collate_pads_both_sides_and_the_alignment():
+    features = [{INPUT_IDS: [5, 6, 7], TEACHER_INPUT_IDS: [1, 2], ALIGNED: [-1, 0, 1]},
+                {INPUT_IDS: [5], TEACHER_INPUT_IDS: [1, 2, 3], ALIGNED: [2]}]
+    batch = collate_aligned(features, pad_token_id=9, teacher_pad_token_id=8)
+    assert batch[INPUT_IDS].tolist() == [[5, 6, 7], [5, 9, 9]]
+    assert batch[TEACHER_INPUT_IDS].tolist() == [[1, 2, 8], [1, 2, 3]]
+    assert batch["teacher_attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert batch[ALIGNED].tolist() == [[-1, 0, 1], [2, -1, -1]]
+
+
+def test_shared_tokens_read_through_each_convention(tokenizers):
+    byte_level, sentencepiece = tokenizers
+    assert token_bytes(byte_level)[b" the"] == byte_level.convert_tokens_to_ids("\u0120the")
+    assert token_bytes(sentencepiece)[b" the"] == sentencepiece.convert_tokens_to_ids("\u2581the")
+    assert token_bytes(sentencepiece)[b"\n"] == sentencepiece.convert_tokens_to_ids("<0x0A>")  # no regular token
+    assert token_bytes(sentencepiece)[b"a"] == sentencepiece.convert_tokens_to_ids("a")  # not <0x61>
+    mapping = map_vocabularies(byte_level, sentencepiece)
+    pairs = dict(zip(mapping.student_ids.tolist(), mapping.teacher_ids.tolist()))
+    assert pairs[byte_level.convert_tokens_to_ids("\u0120the")] == sentencepiece.convert_tokens_to_ids("\u2581the")
+    assert pairs[byte_level.convert_tokens_to_ids("\u010a")] == sentencepiece.convert_tokens_to_ids("<0x0A>")
+    assert pairs[byte_level.eos_token_id] == sentencepiece.eos_token_id  # by role, not by text
+    assert len(set(pairs.values())) == len(pairs)  # one student token per teacher token
+
+
+def test_no_shared_token_is_an_error_naming_both(tokenizers):
+    byte_level, _ = tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"\u4e00\u4e00": 0, "\u4e8c\u4e8c": 1}, unk_token="\u4e00\u4e00"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    other = PreTrainedTokenizerFast(tokenizer_object=backend, name_or_path="hanzi")
+    with pytest.raises(DistilyConfigError, match="share no token") as error:
+        map_vocabularies(byte_level, other)
+    assert "hanzi" in str(error.value) and "\n" not in str(error.value)
+    assert len(map_vocabularies(byte_level, other, required=False)) == 0
+
+
+def test_a_slow_tokenizer_is_refused(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\nthe\ncat\n")
+    slow = BertTokenizerLegacy(str(vocab))  # a Python tokenizer: no offset mapping
+    with pytest.raises(DistilyConfigError, match="tokenizer \\(BertTokenizerLegacy\\) gives no offset mapping; expected a fast"):
+        check_offsets(slow, "student")

@@ -1,0 +1,162 @@
+"""Cross-tokenizer losses: the chain rule against enumeration, ULD against a float64 reference, the mapped loss
+against its formula, the same-tokenizer case against today's logit loss, and a run between two tokenizers."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from distily.config import parse_config
+from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, collate_aligned
+from distily.data.framing import INPUT_IDS
+from distily.data.vocabulary import VocabularyMap, map_vocabularies
+from distily.objectives.cross_tokenizer import (
+    CrossTokenizerLogitsComponent, SupportColumns, chain_logprobs, mapped, teacher_token_logprobs, uld,
+)
+from distily.objectives.losses import forward_kl
+from distily.objectives.objective import LogitsComponent
+from distily.training.distill import run_distillation
+from tests.tiny import (
+    make_bos_tokenizer, make_documents, make_sentencepiece_tokenizer, make_tokenizer, tiny_config,
+    train_bos_anchored_llama, write_jsonl,
+)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_chain_rule_span_probability_equals_enumeration(temperature):
+    torch.manual_seed(0)
+    vocab = 5
+    bigram = torch.randn(vocab, vocab) * 2  # a teacher whose next-token logits depend on the last token
+    teacher_ids = torch.tensor([[3, 1, 4, 0, 2]])
+    logits = bigram[teacher_ids]  # [1, 5, vocab]
+    # student position 0 is aligned with teacher 0, its next token spans teacher tokens 1..3; position 1 ends with 3
+    aligned = torch.tensor([[0, 3, 4]])
+    targets = torch.tensor([[True, True]])
+    token_logprobs = teacher_token_logprobs(logits, None, None, teacher_ids, temperature)
+    chain = chain_logprobs(token_logprobs, aligned, targets)
+
+    def step(previous):
+        return torch.softmax(bigram[previous].double() / temperature, -1)
+
+    joint = {}
+    for span in itertools.product(range(vocab), repeat=3):  # every teacher continuation of three tokens
+        probability, previous = 1.0, 3
+        for token in span:
+            probability *= step(previous)[token].item()
+            previous = token
+        joint[span] = probability
+    assert sum(joint.values()) == pytest.approx(1.0)
+    assert chain[0, 0].item() == pytest.approx(math.log(joint[(1, 4, 0)]), abs=1e-5)
+    assert chain[0, 1].item() == pytest.approx(math.log(step(0)[2].item()), abs=1e-5)
+    assert chain[0, 2].item() == -math.inf  # the last position: no next token
+
+
+def uld_reference(student_logits, teacher_logits, temperature):
+    rows = []
+    for student, teacher in zip(student_logits.double(), teacher_logits.double()):
+        p = sorted(torch.softmax(student / temperature, -1).tolist(), reverse=True)
+        q = sorted(torch.softmax(teacher / temperature, -1).tolist(), reverse=True)
+        width = max(len(p), len(q))
+        p, q = p + [0.0] * (width - len(p)), q + [0.0] * (width - len(q))
+        rows.append(sum(abs(a - b) for a, b in zip(p, q)) * temperature**2)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("widths", [(7, 11), (11, 7), (9, 9)])
+def test_uld_matches_a_float64_reference(widths):
+    torch.manual_seed(1)
+    student, teacher = torch.randn(6, widths[0]) * 3, torch.randn(6, widths[1]) * 3
+    for temperature in (1.0, 1.5):
+        assert torch.allclose(uld(student, teacher, temperature).double(), uld_reference(student, teacher, temperature),
+                              atol=1e-6)
+
+
+def test_mapped_is_the_divergence_on_the_shared_tokens_and_the_chain_rule_target():
+    # student tokens 0, 1 are teacher tokens 1, 2; student token 2 is unshared: its teacher probability comes by
+    # the chain rule
+    vocabulary = VocabularyMap(torch.tensor([0, 1]), torch.tensor([1, 2]), student_size=3, teacher_size=4)
+    columns = SupportColumns(vocabulary)
+    student, teacher = torch.tensor([[0.5, -1.0, 2.0]]), torch.tensor([[0.0, 1.0, 0.3, -0.7]])
+    chain = torch.tensor([-2.5])
+    found = mapped(student, teacher, 1.0, divergence=forward_kl, columns=columns, target_ids=torch.tensor([2]),
+                   target_logprob=chain)
+    teacher_logprobs = torch.log_softmax(teacher, -1)[0]
+    q = torch.softmax(torch.stack([teacher_logprobs[1], teacher_logprobs[2], chain[0]]), -1)  # renormalised
+    p = torch.softmax(student[0], -1)  # the student's support is all its tokens here
+    assert found.item() == pytest.approx((q * (q.log() - p.log())).sum().item(), abs=1e-6)
+    # a shared target: its column is the chain-rule one, not counted twice
+    shared = mapped(student, teacher, 1.0, divergence=forward_kl, columns=columns, target_ids=torch.tensor([1]),
+                    target_logprob=chain)
+    q = torch.softmax(torch.stack([teacher_logprobs[1], chain[0]]), -1)
+    p = torch.softmax(student[0, :2], -1)
+    assert shared.item() == pytest.approx((q * (q.log() - p.log())).sum().item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_one_tokenizer_through_the_cross_tokenizer_path_gives_todays_loss(fused):
+    tokenizer = make_tokenizer()
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(tiny_config("gpt2", layers=2)).eval()
+    student = AutoModelForCausalLM.from_config(tiny_config("gpt2", layers=1)).eval()  # no dropout: one forward each
+    texts = make_documents(3, seed=3)
+    features = []
+    for text in texts:
+        ids = tokenizer(text)["input_ids"][:40]
+        features.append({INPUT_IDS: ids, TEACHER_INPUT_IDS: ids, ALIGNED: list(range(len(ids)))})
+    batch = collate_aligned(features)
+    vocabulary = map_vocabularies(tokenizer, tokenizer, 320, 320)
+    assert len(vocabulary) == len(tokenizer) == 320
+    values = {}
+    for name, component in (("today", LogitsComponent("forward_kl", 2.0)),
+                            ("cross", CrossTokenizerLogitsComponent("forward_kl", 2.0, cross_tokenizer_loss="mapped",
+                                                                    vocabulary=vocabulary))):
+        component.attach(student, teacher)
+        student.zero_grad()
+        with torch.no_grad():
+            teacher_outputs = (teacher.get_decoder() if fused else teacher)(
+                input_ids=batch[TEACHER_INPUT_IDS], attention_mask=batch["teacher_attention_mask"])
+        student_outputs = student(input_ids=batch[INPUT_IDS], attention_mask=batch["attention_mask"],
+                                  output_hidden_states=True, logits_to_keep=1 if fused else 0)
+        loss = component(student_outputs, teacher_outputs, batch)
+        loss.backward()
+        values[name] = (loss.item(), student.lm_head.weight.grad.clone())
+    assert values["cross"][0] == pytest.approx(values["today"][0], rel=1e-5)
+    assert torch.allclose(values["cross"][1], values["today"][1], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def two_tokenizer_run(tmp_path_factory):
+    """A teacher trained on the grammar with a BOS-anchored byte-level tokenizer, a random student with a
+    SentencePiece-style one of another size, and the documents."""
+    root = tmp_path_factory.mktemp("xtok")
+    teacher_tokenizer = make_bos_tokenizer()
+    teacher = train_bos_anchored_llama(teacher_tokenizer, steps=150)
+    teacher.save_pretrained(root / "teacher")
+    teacher_tokenizer.save_pretrained(root / "teacher")
+    student_tokenizer = make_sentencepiece_tokenizer(vocab_size=400)
+    config = tiny_config("gpt2", layers=2, vocab_size=len(student_tokenizer))
+    config.bos_token_id, config.eos_token_id = student_tokenizer.bos_token_id, student_tokenizer.eos_token_id
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root / "student")
+    student_tokenizer.save_pretrained(root / "student")
+    return root, write_jsonl(root / "docs.jsonl", make_documents(400))
+
+
+def test_distilling_across_tokenizers_lowers_the_students_heldout_loss(two_tokenizer_run, tmp_path):
+    root, data = two_tokenizer_run
+    metrics = run_distillation(parse_config(
+        teacher_model_name_or_path=str(root / "teacher"), student_model_name_or_path=str(root / "student"),
+        dataset_name=data, max_seq_length=48, max_eval_samples=16, output_dir=str(tmp_path / "run"),
+        tokenization_cache_dir=str(tmp_path / "cache"), max_steps=30, learning_rate=3e-3,
+        per_device_train_batch_size=8, per_device_eval_batch_size=8, eval_strategy="no", save_strategy="no",
+        report_to="none", disable_tqdm=True, cross_tokenizer_loss="mapped_uld", hidden_states_weight=0.1,
+        hidden_states_layer_map="last",
+    ))
+    student = metrics["student"]
+    assert student["after_lm_loss"] < 0.9 * student["before_lm_loss"], student
+    assert student["after_loss_logits"] < student["before_loss_logits"], student
+    assert metrics["framing"]["packing"] == "aligned_pieces"
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert saved.config.vocab_size == 400
