@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distily.data.alignment import (
     TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, build_aligned_datasets, check_offsets, collate_aligned,
 )
+from distily.data.chat import chat_format
 from distily.data.framing import INPUT_IDS
 from distily.data.text import DistillationData, collate
 from distily.data.vocabulary import map_vocabularies
@@ -47,6 +48,17 @@ class CrossTokenizerTeacher(LiveTeacher):
             raise DistilyConfigError(
                 "lm_eval_tasks runs the student and the teacher with one tokenizer; expected no lm_eval_tasks in a "
                 "cross-tokenizer run (evaluate the saved student with `distily eval` instead)"
+            )
+        if self.config.training.lmbda > 0:
+            raise DistilyConfigError(
+                f"lmbda={self.config.training.lmbda}: on-policy distillation across tokenizers is not supported (the "
+                "student's completions would need re-tokenizing for the teacher at every step); expected lmbda=0"
+            )
+        fmt = chat_format(self.documents.column_names, self.config.data)
+        if fmt is not None:
+            raise DistilyConfigError(
+                f"the dataset is {fmt} chat data: cross-tokenizer distillation aligns plain text only (each model's "
+                "chat template would frame the conversation differently); expected a text dataset"
             )
         for tokenizer, role in ((student_tokenizer, "student"), (self.tokenizer, "teacher")):
             check_offsets(tokenizer, role)

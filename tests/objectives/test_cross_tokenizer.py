@@ -8,19 +8,21 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from distily.config import parse_config
+from distily.config import parse_config, parse_record_config
 from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, collate_aligned
 from distily.data.framing import INPUT_IDS
 from distily.data.vocabulary import VocabularyMap, map_vocabularies
+from distily.errors import DistilyConfigError
 from distily.objectives.cross_tokenizer import (
     CrossTokenizerLogitsComponent, SupportColumns, chain_logprobs, mapped, teacher_token_logprobs, uld,
 )
 from distily.objectives.losses import forward_kl
 from distily.objectives.objective import LogitsComponent
+from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
 from tests.tiny import (
-    make_bos_tokenizer, make_documents, make_sentencepiece_tokenizer, make_tokenizer, tiny_config,
-    train_bos_anchored_llama, write_jsonl,
+    make_bos_tokenizer, make_conversations, make_documents, make_sentencepiece_tokenizer, make_tokenizer, tiny_config,
+    train_bos_anchored_llama, write_chat_jsonl, write_jsonl,
 )
 
 
@@ -160,3 +162,28 @@ def test_distilling_across_tokenizers_lowers_the_students_heldout_loss(two_token
     assert metrics["framing"]["packing"] == "aligned_pieces"
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert saved.config.vocab_size == 400
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lmbda": 0.5}, r"lmbda=0.5: on-policy distillation across tokenizers is not supported .*; expected lmbda=0"),
+    ({"chat": True}, r"the dataset is messages chat data: cross-tokenizer distillation aligns plain text only"),
+    ({"teacher_source": "recorded"}, r"cross-tokenizer distillation needs teacher_source=live: a store holds the "),
+])
+def test_what_a_cross_tokenizer_run_cannot_do_is_a_one_line_error(two_tokenizer_run, tmp_path, overrides, message):
+    root, data = two_tokenizer_run
+    if overrides.pop("chat", False):
+        data = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(8))
+    if overrides.get("teacher_source") == "recorded":  # a store of the teacher's tokens
+        overrides["teacher_store"] = str(tmp_path / "store")
+        run_recording(parse_record_config(
+            teacher_model_name_or_path=str(root / "teacher"), dataset_name=data, max_seq_length=48, max_samples=8,
+            max_eval_samples=4, record_top_k=8, teacher_store=overrides["teacher_store"],
+            tokenization_cache_dir=str(tmp_path / "cache"),
+        ))
+    with pytest.raises(DistilyConfigError, match=message):
+        run_distillation(parse_config(
+            teacher_model_name_or_path=str(root / "teacher"), student_model_name_or_path=str(root / "student"),
+            dataset_name=data, max_seq_length=48, output_dir=str(tmp_path / "run"),
+            tokenization_cache_dir=str(tmp_path / "cache"), max_steps=1, report_to="none", **overrides,
+        ))
+    assert not (tmp_path / "run").exists()
