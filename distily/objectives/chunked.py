@@ -347,6 +347,7 @@ def chunked_logit_loss_sum(
     )
 
 
+@torch.compiler.disable  # data-dependent chunks in an autograd.Function: runs eagerly inside a compiled model
 def chunked_rows_loss_sum(
     loss_fn: LossFn,
     student: torch.Tensor,
