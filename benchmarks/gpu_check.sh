@@ -18,12 +18,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS
 
 if [[ "${1:-}" == "--cpu" ]]; then
   out=${DISTILY_GPU_CHECK_OUT:-$(mktemp -d)}
-  real_vocab=(--quick --cases distily trl flops --workdir "$out/work")
+  real_vocab=(--quick --cases distily trl --workdir "$out/work")
   loss=(--tokens 256 --vocab 2048 --hidden 64 --runs 1 --steps 1 --dtype fp32)
 else
   out=benchmarks/results/gpu
-  real_vocab=(--precision bf16 --runs 2 --steps 5 --warmup 2 --batch 4 --seq 512 --cases distily trl flops)
-  loss=(--tokens 8192 --vocab 151936 --hidden 896 --runs 3 --steps 3 --dtype bf16)
+  real_vocab=(--precision bf16 --runs 2 --steps 5 --warmup 2 --batch 4 --seq 512 --cases distily trl)
+  loss=(--tokens 4096 --vocab 151936 --hidden 896 --runs 3 --steps 3 --dtype bf16)
 fi
 mkdir -p "$out"
 export DISTILY_BENCH_RESULTS_DIR="$out"

@@ -41,7 +41,7 @@ from common import describe, interleaved, machine, medians, run_worker, write_re
 from distily.config import parse_record_config
 from distily.recording.run import run_recording
 from hardware_efficiency import matmul_peak
-from training_speed import PRECISIONS, benchmark_parser, parse_checked, prepare, report, summarise
+from training_speed import benchmark_parser, parse_checked, prepare, report, summarise
 
 HERE = Path(__file__).resolve().parent
 CASES = ("distily", "distily_recorded", "distily_compiled", "plain", "trl", "flops")
