@@ -24,10 +24,10 @@ def benchmark(tmp_path, monkeypatch):
 
 
 def test_the_fused_loss_takes_the_full_logits_value_and_less_memory_and_names_why_liger_is_left_out(benchmark):
-    results = benchmark("fused_loss_memory", "--tokens", "512", "--vocab", "8192", "--hidden", "32", "--runs", "1",
+    results = benchmark("fused_loss_memory", "--tokens", "4096", "--vocab", "8192", "--hidden", "32", "--runs", "1",
                         "--steps", "1", "--dtype", "fp32")
     assert results["distily_kl_loss_rel_err"] < 1e-5
-    assert results["distily_kl_over_naive_kl_peak_memory"] < 1  # [512, 8192] fp32 tensors dwarf the chunks
+    assert results["distily_kl_over_naive_kl_peak_memory"] < 0.6  # [4096, 8192] fp32 tensors: fresh pages each
     assert "no GPU" in results["liger_skipped"] and "liger_jsd" not in results["medians"]
 
 
