@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: fresh-process workers, interleaved rounds, medians, memory
-accounting, the machine's description, tables and the results files.
+accounting (one way for every benchmark: the CUDA allocator's peak on a GPU, the kernel's peak resident set
+on CPU), the machine's description, tables and the results files.
 
 Results go to ``benchmarks/results/<name>.json``, or to ``$DISTILY_BENCH_RESULTS_DIR/<name>.json`` when
 that is set (``run_all.py --quick`` sets it, so a smoke run never overwrites measured results).
@@ -50,6 +51,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "avx512_bf16": bool(flags and "avx512_bf16" in flags.group(1).split()),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "device": device_name(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -57,7 +59,7 @@ def machine() -> dict:
 
 
 def describe(info: dict) -> str:
-    return (f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
+    return (f"{info['device']}, {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
             f"{info['memory_gib']} GiB, torch {info['torch']}, transformers {info['transformers']}")
 
 
@@ -66,20 +68,48 @@ def memory_kib(field: str) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
 
 
-def reset_peak_rss() -> int:
-    """Reset the kernel's peak resident set size (VmHWM) to the current one and return that, in bytes."""
+_cuda_process_peak = 0  # the CUDA allocator's peak before its last reset
+
+
+def _on_gpu(gpu: bool | None) -> bool:
+    return torch.cuda.is_available() if gpu is None else gpu
+
+
+def reset_peak_memory(gpu: bool | None = None) -> int:
+    """Reset the peak-memory counter to the memory in use now and return that, in bytes: on a GPU the CUDA
+    allocator's (bytes allocated), on CPU the kernel's peak resident set size (VmHWM). ``gpu``: which (None: the
+    GPU when there is one, where the benchmarks run)."""
+    global _cuda_process_peak
+    if _on_gpu(gpu):
+        _cuda_process_peak = max(_cuda_process_peak, torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
     Path("/proc/self/clear_refs").write_text("5")
     return memory_kib("VmRSS") * 1024
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size since the last ``reset_peak_rss``."""
-    return memory_kib("VmHWM") * 1024
+def peak_memory_bytes(gpu: bool | None = None) -> int:
+    """Peak memory (GPU allocator, or resident set on CPU) since the last ``reset_peak_memory``."""
+    return torch.cuda.max_memory_allocated() if _on_gpu(gpu) else memory_kib("VmHWM") * 1024
 
 
-def process_peak_rss_bytes() -> int:
-    """Peak resident set size of the whole process, from its start (ru_maxrss; KiB on Linux)."""
+def process_peak_bytes(gpu: bool | None = None) -> int:
+    """Peak memory of the whole process, from its start: the GPU allocator's, or the resident set's on CPU
+    (ru_maxrss; KiB on Linux)."""
+    if _on_gpu(gpu):
+        return max(_cuda_process_peak, torch.cuda.max_memory_allocated())
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work (a no-op on CPU), before reading a clock."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def device_name() -> str:
+    """The GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def run_worker(script: Path, *arguments: str) -> dict:

@@ -2,7 +2,8 @@
 
     python benchmarks/hardware_efficiency.py [--precision fp32 bf16] [--runs 3] [--steps 3] [--hidden 1024]
 
-Peak: the median time of --repeats ``torch.matmul`` of two square n x n matrices (after one untimed call),
+Peak: the median time of --repeats ``torch.matmul`` of two square n x n matrices (after one untimed call; on the
+GPU when there is one, where the steps run),
 2 n^3 FLOPs each, for n in {1024, 2048, 4096}; the peak of a precision is the best of those medians,
 measured in this run beside the training steps (bf16: bf16 inputs, fp32 accumulation inside oneDNN).
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import describe, interleaved, machine, medians, run_worker, table, write_results
+from common import describe, interleaved, machine, medians, run_worker, synchronize, table, write_results
 from training_speed import PRECISIONS, SEED, StepClock, benchmark_parser, parse_checked, prepare, train_distily
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -43,13 +44,16 @@ QUICK = {"runs": 1, "steps": 1, "warmup": 1, "batch": 2, "seq": 32, "vocab": 102
 def matmul_peak(precision: str, repeats: int, sizes: tuple[int, ...] = MATMUL_SIZES) -> dict:
     """FLOP/s of the fastest size's median square matmul."""
     by_size = {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the training steps run
     for n in sizes:
-        a, b = (torch.randn(n, n).to(DTYPES[precision]) for _ in range(2))
+        a, b = (torch.randn(n, n).to(device, DTYPES[precision]) for _ in range(2))
         torch.matmul(a, b)
         seconds = []
         for _ in range(repeats):
+            synchronize()
             start = time.perf_counter()
             torch.matmul(a, b)
+            synchronize()
             seconds.append(time.perf_counter() - start)
         by_size[str(n)] = 2 * n**3 / statistics.median(seconds)
     return {"flops_per_second": max(by_size.values()), "by_size": by_size}

@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import peak_rss_bytes, reset_peak_rss, results_path, table  # noqa: E402
+from common import peak_memory_bytes, reset_peak_memory, results_path, table  # noqa: E402
 from distily.objectives.chunked import chunked_logit_loss_sum  # noqa: E402
 from distily.objectives.losses import LOSSES  # noqa: E402
 
@@ -80,7 +80,7 @@ def _measure(method: str, args) -> dict:
     _run(method, args.loss, *_inputs(64, args.vocab, args.hidden))
     inputs = _inputs(args.tokens, args.vocab, args.hidden)
     gc.collect()
-    baseline_bytes = reset_peak_rss()
+    baseline_bytes = reset_peak_memory(gpu=False)
     step_seconds, step_cpu_seconds = [], []
     for _ in range(args.steps):
         for leaf in inputs[:2]:
@@ -90,7 +90,7 @@ def _measure(method: str, args) -> dict:
         step_seconds.append(time.perf_counter() - start)
         step_cpu_seconds.append(time.process_time() - cpu_start)
     return {"seconds": statistics.mean(step_seconds), "cpu_seconds": statistics.mean(step_cpu_seconds),
-            "step_seconds": step_seconds, "peak_extra_bytes": peak_rss_bytes() - baseline_bytes,
+            "step_seconds": step_seconds, "peak_extra_bytes": peak_memory_bytes(gpu=False) - baseline_bytes,
             "baseline_bytes": baseline_bytes}
 
 

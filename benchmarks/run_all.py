@@ -1,5 +1,6 @@
 """Run Distily's benchmarks one after another: training speed and memory against a plain loop and TRL,
-hardware efficiency, the chunked loss's memory, and training from a recorded teacher.
+hardware efficiency, the chunked loss's memory, the same at real vocabularies (and against Liger-Kernel on a
+GPU), and training from a recorded teacher.
 
     python benchmarks/run_all.py [--only NAME ...] [--quick] [--results_dir DIR]
 
@@ -27,6 +28,9 @@ QUICK_ARGUMENTS = {
     "training_speed": ["--quick", "--workdir", str(QUICK_WORKDIR / "training_speed")],
     "hardware_efficiency": ["--quick", "--workdir", str(QUICK_WORKDIR / "training_speed")],
     "loss_memory": ["--tokens", "256", "--vocab", "2048", "--hidden", "64", "--runs", "1", "--steps", "1"],
+    "real_vocab": ["--quick", "--workdir", str(QUICK_WORKDIR / "real_vocab")],
+    "fused_loss_memory": ["--tokens", "256", "--vocab", "2048", "--hidden", "64", "--runs", "1", "--steps", "1",
+                          "--dtype", "fp32"],
     "recorded": ["--workdir", str(QUICK_WORKDIR / "recorded"), "--hidden", "64", "--teacher_layers", "2",
                  "--student_layers", "1", "--teacher_steps", "2", "--seq", "32", "--batch", "2", "--steps", "2",
                  "--runs", "1", "--record_rows", "16", "--eval_rows", "8"],

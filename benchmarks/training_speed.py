@@ -3,10 +3,12 @@
     python benchmarks/training_speed.py [--precision fp32 bf16] [--runs 5] [--steps 8] [--warmup 2]
                                         [--batch 4] [--seq 256] [--vocab 16384] [--hidden 512] [--quick]
 
-The same Llama-shaped teacher (--teacher_layers) and student (--student_layers), built from configs with a
-byte-level BPE of --vocab tokens trained on the help topics of Python's documentation (``pydoc_data``; every
-Python has them), the same packed blocks of that text, batch, sequence length, AdamW (weight decay 0,
-constant learning rate, gradient clipping at 1.0 as the Trainer does) and steps, trained three ways:
+The same Llama-shaped (--arch) teacher (--teacher_layers) and student (--student_layers), built from configs with
+tied embeddings (--untied: an LM head of their own) and --vocab logits per token, and a byte-level BPE of --vocab
+tokens (--tokenizer_vocab: fewer, the embeddings padded beyond them) trained on the help topics of Python's
+documentation (``pydoc_data``; every Python has them), the same packed blocks of that text, batch, sequence
+length, AdamW (weight decay 0, constant learning rate, gradient clipping at 1.0 as the Trainer does) and steps,
+trained three ways:
 
 - distily: ``run_distillation`` (what ``distily distill`` runs; forward KL, temperature 1, its defaults);
 - plain: a PyTorch loop: teacher forward under ``no_grad``, student forward, forward KL on the full logits
@@ -22,7 +24,9 @@ of the last step (a Trainer callback records each step's end; the plain loop rec
 tokens/s = timed steps * batch * seq / that time. Memory: the peak resident set size during training above
 the resident size when training starts (models loaded, data ready; the kernel's VmHWM, reset at that point),
 so optimizer state, gradients, activations and the loss's buffers count and model loading does not; the
-whole process's peak (ru_maxrss) is reported beside it. bf16 is autocast with fp32 weights, for all three.
+whole process's peak (ru_maxrss) is reported beside it. On a GPU the same two figures come from the CUDA allocator
+(``common.reset_peak_memory``), and every trainer runs there. bf16 is autocast with fp32 weights, for all three.
+--torch_compile runs Distily with the Trainer's ``torch_compile``.
 Rounds are interleaved (distily, plain, trl, distily, ...); the table gives medians and ratios and
 benchmarks/results/training_speed.json keeps every run.
 """
@@ -38,10 +42,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainerCallback, set_seed
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, TrainerCallback, set_seed
 
-from common import (describe, interleaved, machine, medians, peak_rss_bytes, process_peak_rss_bytes,
-                    reset_peak_rss, run_worker, table, write_results)
+from common import (describe, interleaved, machine, medians, peak_memory_bytes, process_peak_bytes,
+                    reset_peak_memory, run_worker, synchronize, table, write_results)
 from distily.config import parse_config
 from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets, collate
@@ -50,6 +54,7 @@ from distily.demo.corpus import python_doc_paragraphs, write_corpus
 from distily.models.teacher import load_tokenizer
 
 TRAINERS = ("distily", "plain", "trl")
+ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config}
 PRECISIONS = ("fp32", "bf16")
 SEED = 0
 QUICK = {"runs": 1, "steps": 3, "warmup": 1, "batch": 2, "seq": 32, "vocab": 1024, "hidden": 64,
@@ -66,14 +71,15 @@ class StepClock(TrainerCallback):
         self.first_loss = None
 
     def start(self) -> None:
-        self.baseline_bytes = reset_peak_rss()
+        self.baseline_bytes = reset_peak_memory()
 
     def step(self) -> None:
+        synchronize()  # a step ends when the GPU is done with it
         self.step_ends.append(time.perf_counter())
         self.step_cpu_ends.append(time.process_time())
 
     def finish(self) -> None:
-        self.peak_bytes = peak_rss_bytes()
+        self.peak_bytes = peak_memory_bytes()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start()
@@ -95,31 +101,34 @@ class StepClock(TrainerCallback):
         return {"tokens_per_second": timed_steps * tokens_per_step / seconds, "timed_steps": timed_steps,
                 "timed_seconds": seconds, "cpu_seconds_per_step": cpu_seconds / timed_steps,
                 "load_average": os.getloadavg()[0], "peak_extra_bytes": self.peak_bytes - self.baseline_bytes,
-                "baseline_bytes": self.baseline_bytes, "process_peak_bytes": process_peak_rss_bytes(),
+                "baseline_bytes": self.baseline_bytes, "process_peak_bytes": process_peak_bytes(),
                 "first_loss": self.first_loss}
 
 
 def prepare(options) -> dict:
     """Tokenizer, teacher and student directories and the corpus in --workdir (built once per shape)."""
+    tokenizer_vocab = min(options.vocab, options.tokenizer_vocab or options.vocab)
     shape = f"v{options.vocab}-h{options.hidden}-t{options.teacher_layers}-s{options.student_layers}-q{options.seq}"
+    if options.arch != "llama" or options.untied or tokenizer_vocab != options.vocab:
+        shape += f"-{options.arch}-{'untied' if options.untied else 'tied'}-bpe{tokenizer_vocab}"
     workdir = Path(options.workdir) / shape
     corpus = write_corpus(workdir / "corpus.jsonl")
     if not (workdir / "student" / "config.json").exists():
         set_seed(SEED)
-        tokenizer = train_byte_level_bpe(python_doc_paragraphs(), options.vocab, model_max_length=options.seq)
+        tokenizer = train_byte_level_bpe(python_doc_paragraphs(), tokenizer_vocab, model_max_length=options.seq)
         for role, layers in (("teacher", options.teacher_layers), ("student", options.student_layers)):
-            config = LlamaConfig(
+            config = ARCHITECTURES[options.arch](
                 vocab_size=options.vocab, hidden_size=options.hidden, intermediate_size=options.hidden * 8 // 3,
                 num_hidden_layers=layers, num_attention_heads=options.heads, num_key_value_heads=options.heads,
-                max_position_embeddings=options.seq, tie_word_embeddings=True, use_cache=False,
+                max_position_embeddings=options.seq, tie_word_embeddings=not options.untied, use_cache=False,
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             )
-            LlamaForCausalLM(config).save_pretrained(workdir / role)
+            AutoModelForCausalLM.from_config(config).save_pretrained(workdir / role)
             tokenizer.save_pretrained(workdir / role)
     spec = {"teacher": str(workdir / "teacher"), "student": str(workdir / "student"), "corpus": str(corpus),
             "cache": str(workdir / "cache"), "output_dir": str(workdir / "run"), "batch": options.batch,
             "seq": options.seq, "steps": options.warmup + options.steps, "warmup": options.warmup,
-            "lr": options.lr}
+            "lr": options.lr, "distily_overrides": {"torch_compile": True} if options.torch_compile else {}}
     training_blocks(spec)  # tokenizes and caches once, outside the timed runs
     return spec
 
@@ -131,10 +140,14 @@ def training_blocks(spec: dict):
     return build_datasets(data_args, tokenizer, spec["seq"], SEED).train
 
 
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_models(spec: dict):
     teacher = AutoModelForCausalLM.from_pretrained(spec["teacher"], dtype=torch.float32).eval().requires_grad_(False)
     student = AutoModelForCausalLM.from_pretrained(spec["student"], dtype=torch.float32).train()
-    return teacher, student
+    return teacher.to(device()), student.to(device())
 
 
 def train_distily(spec: dict, bf16: bool, clock: StepClock) -> None:
@@ -152,7 +165,7 @@ def train_distily(spec: dict, bf16: bool, clock: StepClock) -> None:
         per_device_eval_batch_size=spec["batch"], max_steps=spec["steps"], learning_rate=spec["lr"],
         lr_scheduler_type="constant", weight_decay=0.0, bf16=bf16, seed=SEED, logging_steps=1,
         eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, overwrite_output_dir=True,
-        output_dir=spec["output_dir"],
+        output_dir=spec["output_dir"], **spec.get("distily_overrides", {}),
     ))
 
 
@@ -164,7 +177,8 @@ def train_plain(spec: dict, bf16: bool, clock: StepClock) -> None:
     clock.start()
     for step in range(spec["steps"]):
         inputs = collate([blocks[row] for row in range(step * batch, (step + 1) * batch)])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        inputs = {key: value.to(device()) for key, value in inputs.items()}
+        with torch.autocast(device().type, dtype=torch.bfloat16, enabled=bf16):
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
             student_logits = student(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
@@ -262,7 +276,12 @@ def benchmark_parser(description: str, quick: dict, *, runs: int, steps: int, wa
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps at the start of each run (>= 1)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--vocab", type=int, default=16384)
+    parser.add_argument("--vocab", type=int, default=16384, help="the models' vocabulary (logits per token)")
+    parser.add_argument("--tokenizer_vocab", type=int, help="tokens the BPE learns (default: --vocab); a larger "
+                        "model vocabulary is padded, as Qwen2's and Llama 3's embeddings are beyond their tokenizers")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="llama")
+    parser.add_argument("--untied", action="store_true", help="an LM head of its own (default: tied embeddings)")
+    parser.add_argument("--torch_compile", action="store_true", help="Distily with the Trainer's torch_compile")
     parser.add_argument("--hidden", type=int, default=hidden)
     parser.add_argument("--heads", type=int, default=heads)
     parser.add_argument("--teacher_layers", type=int, default=4)

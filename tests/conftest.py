@@ -52,3 +52,15 @@ def run_values(text_file, tmp_path):
         }
 
     return values
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a GPU: skipped without one (``benchmarks/gpu_check.sh`` runs them on one)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -3,7 +3,7 @@ perplexity, bits per byte (given the model's tokenizer), forward KL to the teach
 averaged over the loss positions (``loss_positions``: non-padding tokens, only the assistant's for chat data;
 bits per byte: over the bytes of the target tokens)."""
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import datasets
 import torch
@@ -11,12 +11,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distily.data.framing import model_inputs
 from distily.evaluation.agreement import agreement_sums
 from distily.evaluation.bytes import byte_metrics, target_bytes, token_byte_lengths
-from distily.evaluation.perplexity import batch_next_token_nll, perplexity
+from distily.evaluation.perplexity import next_token_nll, perplexity
+from distily.evaluation.token_chunks import TokenChunk, logit_rows, token_chunks
 from distily.metrics import metric_key
-from distily.objectives.component import loss_positions
 
 
 def _loss_metrics(nll: float, targets: int, n_bytes: Optional[int] = None) -> dict[str, float]:
@@ -26,9 +25,9 @@ def _loss_metrics(nll: float, targets: int, n_bytes: Optional[int] = None) -> di
     return metrics if n_bytes is None else {**metrics, **byte_metrics(nll, n_bytes)}
 
 
-def _metrics(sums: dict[str, float], with_teacher: bool) -> dict[str, float]:
+def _metrics(sums: dict[str, float], with_reference: bool) -> dict[str, float]:
     metrics = _loss_metrics(sums["nll"], sums["targets"], sums["bytes"])
-    if with_teacher:
+    if with_reference:
         metrics["kl_to_teacher"] = sums["kl"] / max(sums["positions"], 1)
         metrics["top1_agreement"] = sums["agree"] / max(sums["positions"], 1)
     return metrics
@@ -47,21 +46,53 @@ def _add_bytes(sums: dict, batch: dict[str, torch.Tensor], byte_lengths: Optiona
             sums[key] += target_bytes(batch, lengths)
 
 
+def chunk_nll(logits: torch.Tensor, chunk: TokenChunk) -> float:
+    """Summed next-token loss (nats) of a chunk's tokens that have a target, from their logits [n, vocab]."""
+    return float(next_token_nll(logits[chunk.has_target], chunk.next_ids[chunk.has_target]))
+
+
+class Reference(Protocol):
+    """What a model is compared with, chunk by chunk: ``begin(batch)`` before a batch's chunks, then ``sums(logits,
+    chunk)`` with the model's logits [n, vocab] of each chunk: ``kl``, ``agree`` and ``positions`` (and any other
+    sum the walk keeps)."""
+
+    def begin(self, batch: dict[str, torch.Tensor]) -> None: ...
+
+    def sums(self, logits: torch.Tensor, chunk: TokenChunk) -> dict[str, float]: ...
+
+
+class TeacherReference:
+    """A live teacher: forward KL(teacher || model) and top-1 agreement over the first ``vocab_size`` columns (None:
+    all), and the teacher's own next-token loss from the same logits."""
+
+    def __init__(self, teacher: PreTrainedModel, vocab_size: Optional[int] = None):
+        self.teacher, self.vocab_size = teacher, vocab_size
+
+    def begin(self, batch):
+        self.rows, self.columns = logit_rows(self.teacher, batch)
+
+    def sums(self, logits, chunk):
+        teacher_logits = self.rows(chunk.rows.to(self.rows.states.device), self.columns).to(logits.device)  # [n, V_t]
+        kl, agree, positions = agreement_sums(logits, teacher_logits, self.vocab_size)
+        return {"kl": kl, "agree": agree, "positions": positions, "teacher_nll": chunk_nll(teacher_logits, chunk)}
+
+
 @torch.no_grad()
 def _sums(
     model: PreTrainedModel,
     dataset,
     collate_fn: Callable,
     batch_size: int,
-    teacher: Optional[PreTrainedModel],
-    vocab_size: Optional[int],
+    reference: Optional[Reference],
     desc: str,
+    chunk_size: Optional[int] = None,
     byte_lengths: Optional[torch.Tensor] = None,
     teacher_byte_lengths: Optional[torch.Tensor] = None,
 ) -> dict[str, float]:
-    """Sums over the dataset: the model's next-token loss and targets; with a teacher also the KL and agreement
-    sums, positions, and the teacher's own next-token loss (same forward pass, so it costs nothing more); the
-    targets' bytes by each tokenizer given (``token_byte_lengths``)."""
+    """Sums over the dataset: the model's next-token loss and targets; with a reference also its sums (KL and
+    agreement, positions; a live teacher's own next-token loss, from the same pass, so it costs nothing more); the
+    targets' bytes by each tokenizer given (``token_byte_lengths``). Every batch is read in token chunks
+    (``token_chunks``): no [tokens, vocab] logits of either model are held."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -69,19 +100,17 @@ def _sums(
             "bytes": None if byte_lengths is None else 0, "teacher_bytes": None if teacher_byte_lengths is None else 0}
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc=desc, leave=False):
         batch = {key: value.to(device) for key, value in batch.items()}
-        mask = loss_positions(batch)  # [batch, seq]
-        logits = model(**model_inputs(batch)).logits  # [batch, seq, vocab]
-        nll, targets = batch_next_token_nll(logits, batch)
-        sums["nll"] += nll
-        sums["targets"] += targets
+        rows, columns = logit_rows(model, batch)
+        if reference is not None:
+            reference.begin(batch)
+        for chunk in token_chunks(batch, columns, chunk_size):
+            logits = rows(chunk.rows, columns)  # [n, vocab]
+            sums["nll"] += chunk_nll(logits, chunk)
+            sums["targets"] += int(chunk.has_target.sum())
+            if reference is not None:
+                for key, value in reference.sums(logits, chunk).items():
+                    sums[key] += value
         _add_bytes(sums, batch, byte_lengths, teacher_byte_lengths)
-        if teacher is not None:
-            teacher_logits = teacher(**model_inputs(batch)).logits.to(device)
-            kl, agree, positions = agreement_sums(logits, teacher_logits, mask, vocab_size)
-            sums["kl"] += kl
-            sums["agree"] += agree
-            sums["positions"] += positions
-            sums["teacher_nll"] += batch_next_token_nll(teacher_logits, batch)[0]
     model.train(was_training)
     return sums
 
@@ -95,12 +124,17 @@ def heldout_metrics(
     vocab_size: Optional[int] = None,
     desc: str = "Evaluating",
     tokenizer: Optional[PreTrainedTokenizerBase] = None,
+    reference: Optional[Reference] = None,
+    chunk_size: Optional[int] = None,
 ) -> dict[str, float]:
     """``lm_loss`` (next-token cross-entropy, nats), ``perplexity``; with the model's ``tokenizer`` also
-    ``bits_per_byte`` and ``nats_per_byte`` (``distily.evaluation.bytes``); with a teacher also ``kl_to_teacher``
-    (forward KL(teacher || model) per position, nats) and ``top1_agreement`` (argmax match rate)."""
-    sums = _sums(model, dataset, collate_fn, batch_size, teacher, vocab_size, desc, _byte_lengths(tokenizer))
-    return _metrics(sums, teacher is not None)
+    ``bits_per_byte`` and ``nats_per_byte`` (``distily.evaluation.bytes``); with a teacher (or another
+    ``reference``) also ``kl_to_teacher`` (forward KL(teacher || model) per position, nats) and ``top1_agreement``
+    (argmax match rate). ``chunk_size``: tokens per chunk (None: ``token_chunks``'s default)."""
+    if teacher is not None:
+        reference = TeacherReference(teacher, vocab_size)
+    sums = _sums(model, dataset, collate_fn, batch_size, reference, desc, chunk_size, _byte_lengths(tokenizer))
+    return _metrics(sums, reference is not None)
 
 
 class Evaluator:
@@ -131,10 +165,9 @@ class Evaluator:
         byte_lengths = _byte_lengths(self.tokenizer)
         teacher_byte_lengths = _byte_lengths(self.teacher_tokenizer if self.teacher is not None else None)
         for name, dataset in self.eval_sets.items():
-            sums = _sums(
-                model, dataset, self.collate_fn, self.batch_size, self.teacher, self.vocab_size,
-                f"Evaluating on {name}", byte_lengths, teacher_byte_lengths,
-            )
+            reference = TeacherReference(self.teacher, self.vocab_size) if self.teacher is not None else None
+            sums = _sums(model, dataset, self.collate_fn, self.batch_size, reference, f"Evaluating on {name}",
+                         byte_lengths=byte_lengths, teacher_byte_lengths=teacher_byte_lengths)
             if self.teacher is not None:
                 self._teacher_metrics.setdefault(
                     name, _loss_metrics(sums["teacher_nll"], sums["targets"], sums["teacher_bytes"])

@@ -14,7 +14,6 @@ from transformers import PreTrainedTokenizerBase
 from distily.data.arguments import DataArguments
 from distily.data.text import data_framing, documents_with_content, load_documents, tokenize_and_pack
 from distily.errors import DistilyConfigError
-from distily.objectives.component import next_token_targets
 
 
 def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -22,16 +21,6 @@ def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     position before each target) -> float64 scalar, in nats."""
     logprobs = F.log_softmax(logits.float(), dim=-1)  # [n, vocab]
     return -logprobs.gather(-1, targets[:, None]).double().sum()
-
-
-def batch_next_token_nll(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
-    """``(sum of -log p(x[t+1] | x[<=t]), targets)`` over the positions t with a next-token target
-    (``next_token_targets``: no padding, no step into another document).
-
-    ``logits``: ``[batch, seq, vocab]``; ``batch`` as ``collate`` builds it, on the logits' device. Nats.
-    """
-    targets = next_token_targets(batch)  # [batch, seq - 1]
-    return float(next_token_nll(logits[:, :-1][targets], batch["input_ids"][:, 1:][targets])), int(targets.sum())
 
 
 def perplexity(mean_nll: float) -> float:

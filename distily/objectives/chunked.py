@@ -25,6 +25,9 @@ API::
         **loss_params,             # e.g. beta=0.5 for jsd
     ) -> torch.Tensor              # scalar float32: the SUM of the per-token loss over unmasked tokens
 
+``chunked_rows_loss_sum(loss_fn, student, teacher_rows, columns, ...)`` is the same with the teacher's side
+given row by row (``TeacherRows``): the sparse loss against a recorded teacher's top-k uses it.
+
 The caller divides by the number of real tokens in the whole (accumulated) batch, which keeps the
 value the same for one batch of B and k accumulated batches of B/k. Differentiable with respect to
 ``student``, ``lm_head_weight`` and ``lm_head_bias``.
@@ -44,7 +47,7 @@ gradient of the hidden states. With the teacher's LM head fused as well, each sl
 are computed when the slice needs them, so the teacher's ``[N, V_t]`` logits are never held either.
 """
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,34 +65,40 @@ and page-faulted on every allocation, which was the largest cost of the loss on 
 slices pay per-operation overhead instead (benchmarks/loss_memory.py, docs/losses.md)."""
 
 
-class _TeacherLogits:
-    """The teacher's logits for any rows: read from ``[N, V_t]`` logits, or computed from ``[N, H_t]``
-    hidden states through the LM head ``weight`` [V_t, H_t] (+ ``bias``) when a slice needs them."""
+class LogitRows:
+    """A model's logits for any rows of its flattened tokens: read from ``[N, V]`` logits, or computed from
+    ``[N, H]`` final hidden states through the LM head ``weight`` [V, H] (+ ``bias``) when a slice needs them."""
 
-    def __init__(self, teacher: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]):
-        self.teacher, self.weight, self.bias = teacher, weight, bias
+    def __init__(self, states: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]):
+        self.states, self.weight, self.bias = states, weight, bias
 
     def __call__(self, rows, vocab_size: int) -> torch.Tensor:  # [n, vocab_size]
         if self.weight is None:
-            return self.teacher[rows, :vocab_size]
+            return self.states[rows, :vocab_size]
         bias = self.bias[:vocab_size] if self.bias is not None else None
-        return F.linear(self.teacher[rows], self.weight[:vocab_size], bias)
+        return F.linear(self.states[rows], self.weight[:vocab_size], bias)
+
+
+TeacherRows = Callable[[Any, int], Any]
+"""The teacher's side of the loss for rows (a slice or an index tensor) of the flattened tokens, cut to
+``vocab_size`` columns: its logits (``LogitRows``), or whatever else the loss takes as its second argument
+(a store's top-k targets, ``sparse.py``)."""
 
 
 class _LossSlices:
     """Runs the loss, with its gradient when asked, on slices of the tokens that count.
 
-    ``teacher_logits`` gives the teacher's logits of any rows; ``row_index`` [n] lists the rows that count
+    ``teacher_rows`` gives the teacher's side of any rows; ``row_index`` [n] lists the rows that count
     (None: all ``num_tokens``); ``vocab_size`` columns count; a slice has at most ``loss_chunk_size`` tokens.
     """
 
     def __init__(
-        self, loss_fn, temperature, loss_params, teacher_logits: _TeacherLogits, num_tokens, row_index, vocab_size,
+        self, loss_fn, temperature, loss_params, teacher_rows: TeacherRows, num_tokens, row_index, vocab_size,
         loss_chunk_size, with_grad, row_params=None,
     ):  # fmt: skip
         self.loss_fn, self.temperature, self.loss_params = loss_fn, temperature, loss_params
         self.row_params = row_params or {}  # name -> [N, ...]
-        self.teacher_logits, self.row_index, self.vocab_size = teacher_logits, row_index, vocab_size
+        self.teacher_rows, self.row_index, self.vocab_size = teacher_rows, row_index, vocab_size
         self.loss_chunk_size, self.with_grad = loss_chunk_size, with_grad
         self.num_rows = num_tokens if row_index is None else row_index.numel()
 
@@ -104,13 +113,13 @@ class _LossSlices:
 
     def loss_and_grad(self, student_logits: torch.Tensor, start: int, stop: int):
         """(summed loss, its gradient w.r.t. student_logits [n, V] or None) for the tokens start:stop."""
-        teacher_logits = self.teacher_logits(self.rows(start, stop), self.vocab_size)  # [n, V]
+        teacher = self.teacher_rows(self.rows(start, stop), self.vocab_size)  # [n, V] logits, or the loss's targets
         params = {**self.loss_params, **{name: value[self.rows(start, stop)] for name, value in self.row_params.items()}}
         if not self.with_grad:
-            return self.loss_fn(student_logits, teacher_logits, self.temperature, **params).sum(), None
+            return self.loss_fn(student_logits, teacher, self.temperature, **params).sum(), None
         student_logits = student_logits.detach().requires_grad_()
         with torch.enable_grad():
-            loss = self.loss_fn(student_logits, teacher_logits, self.temperature, **params).sum()
+            loss = self.loss_fn(student_logits, teacher, self.temperature, **params).sum()
         (grad,) = torch.autograd.grad(loss, student_logits)
         return loss.detach(), grad
 
@@ -178,7 +187,7 @@ def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
 class _ChunkedLogitLoss(torch.autograd.Function):
     """Summed logit loss with its gradient computed in the forward pass.
 
-    ``student`` [N, H or V_s] is 2-D; see ``_TeacherLogits`` and ``_LossSlices`` for the rest.
+    ``student`` [N, H or V_s] is 2-D; see ``TeacherRows`` and ``_LossSlices`` for the rest.
     """
 
     @staticmethod
@@ -187,7 +196,7 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         student: torch.Tensor,
         lm_head_weight: Optional[torch.Tensor],
         lm_head_bias: Optional[torch.Tensor],
-        teacher_logits: _TeacherLogits,
+        teacher_rows: TeacherRows,
         row_index: Optional[torch.Tensor],
         vocab_size: int,
         sizes: tuple[int, int],
@@ -201,7 +210,7 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         # needs_input_grad ignores no_grad mode, so the caller's grad mode comes in as grad_enabled
         needs_student, needs_weight, needs_bias = (grad_enabled and needs for needs in ctx.needs_input_grad[:3])
         with_grad = needs_student or needs_weight or needs_bias
-        slices = _LossSlices(loss_fn, temperature, loss_params, teacher_logits, student.shape[0], row_index, vocab_size,
+        slices = _LossSlices(loss_fn, temperature, loss_params, teacher_rows, student.shape[0], row_index, vocab_size,
                              loss_chunk_size, with_grad, row_params)
         grad_student = torch.zeros_like(student) if needs_student else None  # [N, H or V_s]
         grad_weight = grad_bias = None
@@ -343,15 +352,42 @@ def chunked_logit_loss_sum(
             )
     columns = _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask, vocab_size,
                             across_vocabularies)
+    teacher_2d = teacher.detach().reshape(-1, teacher.shape[-1])  # [N, V_t or H_t]
+    detached = [None if t is None else t.detach() for t in (teacher_lm_head_weight, teacher_lm_head_bias)]
+    return chunked_rows_loss_sum(
+        loss_fn, student, LogitRows(teacher_2d, *detached), columns, lm_head_weight=lm_head_weight,
+        lm_head_bias=lm_head_bias, mask=mask, temperature=temperature, chunk_size=chunk_size,
+        loss_chunk_size=loss_chunk_size, across_vocabularies=across_vocabularies, row_params=row_params, **loss_params,
+    )
+
+
+@torch.compiler.disable  # data-dependent chunks in an autograd.Function: runs eagerly inside a compiled model
+def chunked_rows_loss_sum(
+    loss_fn: LossFn,
+    student: torch.Tensor,
+    teacher_rows: TeacherRows,
+    columns: int,
+    *,
+    lm_head_weight: Optional[torch.Tensor] = None,
+    lm_head_bias: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    temperature: float = 1.0,
+    chunk_size: Optional[int] = None,
+    loss_chunk_size: Optional[int] = None,
+    across_vocabularies: bool = False,
+    row_params: Optional[dict[str, torch.Tensor]] = None,
+    **loss_params,
+) -> torch.Tensor:
+    """``chunked_logit_loss_sum`` with the teacher's side given row by row: ``loss_fn(student_logits [n, columns],
+    teacher_rows(rows, columns), temperature, **loss_params) -> [n]``, rows of the flattened ``[...]`` tokens.
+    ``columns``: the vocabulary columns that count (at most the student's; across vocabularies the student's
+    all, and the teacher's side is read whole); shapes are the caller's to check."""
     sizes = _chunk_sizes(chunk_size, loss_chunk_size, columns)
     rows_of = {name: value.reshape(student.shape[:-1].numel(), *value.shape[student.dim() - 1:])
                for name, value in (row_params or {}).items()}  # [N, ...]
     student_2d = student.reshape(-1, student.shape[-1])  # [N, H or V_s]
-    teacher_2d = teacher.detach().reshape(-1, teacher.shape[-1])  # [N, V_t or H_t]
-    detached = [None if t is None else t.detach() for t in (teacher_lm_head_weight, teacher_lm_head_bias)]
     row_index = None if mask is None else mask.reshape(-1).to(torch.bool).nonzero().squeeze(-1)  # [n_real]
     return _ChunkedLogitLoss.apply(
-        student_2d, lm_head_weight, lm_head_bias, _TeacherLogits(teacher_2d, *detached), row_index,
-        None if across_vocabularies else columns, sizes, loss_fn, temperature, loss_params, torch.is_grad_enabled(),
-        rows_of,
+        student_2d, lm_head_weight, lm_head_bias, teacher_rows, row_index, None if across_vocabularies else columns,
+        sizes, loss_fn, temperature, loss_params, torch.is_grad_enabled(), rows_of,
     )

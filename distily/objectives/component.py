@@ -67,6 +67,7 @@ class Component(nn.Module):
     needs_hidden_states = False
     needs_attentions = False
     needs_student_logits = False  # when no component does, the student's LM head is fused into the logit loss
+    reads_teacher_internals = False  # attach() hooks into the teacher model: a recorded teacher cannot feed it
 
     def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
         """Called by the trainer with both models before any forward pass (``teacher`` is None when it was

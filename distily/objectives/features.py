@@ -164,6 +164,8 @@ class AttentionRelationsComponent(Component):
     left out and padding rows are not counted.
     """
 
+    reads_teacher_internals = True
+
     def __init__(self, layer_pairs: LayerPairs, relation_heads: int, kinds: list[str]):
         super().__init__()
         self.layer_pairs, self.relation_heads, self.kinds = list(layer_pairs), relation_heads, list(kinds)

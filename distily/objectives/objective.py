@@ -48,6 +48,14 @@ class LogitsComponent(Component):
         if teacher is not None:
             self._lm_heads["teacher"] = teacher.get_output_embeddings()
 
+    def student_side(self, student_outputs, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The student's input to a chunked loss: its logits [batch, seq, vocab] when they are all there, else its
+        final hidden states [batch, seq, hidden] (after the final norm), with its LM head to fuse."""
+        if student_outputs.logits.shape[1] == mask.shape[1]:
+            return student_outputs.logits, {}
+        head = self._lm_heads["student"]
+        return student_outputs.hidden_states[-1], {"lm_head_weight": head.weight, "lm_head_bias": head.bias}
+
     def forward(self, student_outputs, teacher_outputs, batch):
         mask = loss_positions(batch)  # [batch, seq]
         common = dict(mask=mask, vocab_size=self.vocab_size, temperature=self.temperature, **self.loss_kwargs)
@@ -55,17 +63,8 @@ class LogitsComponent(Component):
         if teacher is None:  # the teacher's decoder ran alone: [batch, seq, teacher hidden], after its final norm
             teacher, head = teacher_outputs.last_hidden_state, self._lm_heads["teacher"]
             common.update(teacher_lm_head_weight=head.weight, teacher_lm_head_bias=head.bias)
-        if student_outputs.logits.shape[1] == mask.shape[1]:  # the student's logits are all there
-            return chunked_logit_loss_sum(self.loss_fn, student_outputs.logits, teacher, **common)
-        head = self._lm_heads["student"]
-        return chunked_logit_loss_sum(
-            self.loss_fn,
-            student_outputs.hidden_states[-1],  # [batch, seq, hidden], after the final norm
-            teacher,
-            lm_head_weight=head.weight,
-            lm_head_bias=head.bias,
-            **common,
-        )
+        student, student_head = self.student_side(student_outputs, mask)
+        return chunked_logit_loss_sum(self.loss_fn, student, teacher, **student_head, **common)
 
     def memory_footprint(self, step: StepShape) -> int:
         hidden = step.student.width if step.fused_student_head else None

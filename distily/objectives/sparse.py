@@ -28,12 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from distily.errors import DistilyConfigError
-from distily.objectives.component import Component, StepShape, loss_positions
+from distily.objectives.chunked import chunked_loss_footprint, chunked_rows_loss_sum
+from distily.objectives.component import StepShape, loss_positions
 from distily.objectives.losses import LOSSES
+from distily.objectives.objective import LogitsComponent
 
 SPARSE_INTERMEDIATES = 4
-"""fp32 ``[tokens, vocab]`` tensors alive at once in ``bucket_logprobs`` and its gradient, whatever the loss on
-the k + 1 buckets (measured at the allocator, ``tests/training/test_preflight.py``)."""
+"""fp32 ``[tokens, vocab]`` tensors alive at once in ``bucket_logprobs`` and its gradient, for one slice of the
+chunked loss, whatever the loss on the k + 1 buckets (measured at the allocator, ``tests/training/test_preflight.py``)."""
 
 
 def sparse_losses() -> list[str]:
@@ -92,17 +94,34 @@ def check_sparse_loss(name: str) -> None:
         )
 
 
-class SparseLogitsComponent(Component):
-    """``loss(P_s, P_t) * T^2`` over the k + 1 buckets at every loss position (``loss_positions``), ``loss`` a
-    name in ``sparse_losses()``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T."""
+class RecordedRows:
+    """A store's targets for rows of the flattened tokens: ``(topk_logprobs [n, k], topk_ids [n, k],
+    tail_logprob [n])`` (``TeacherRows``; the recorded vocabulary is the student's, so the columns change nothing)."""
 
-    needs_student_logits = True
+    def __init__(self, outputs: RecordedTeacherOutput):
+        k = outputs.topk_ids.shape[-1]
+        self.topk_logprobs = outputs.topk_logprobs.reshape(-1, k)  # [N, k]
+        self.topk_ids = outputs.topk_ids.reshape(-1, k)  # [N, k]
+        self.tail_logprob = outputs.tail_logprob.reshape(-1)  # [N]
+
+    def __call__(self, rows, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.topk_logprobs[rows], self.topk_ids[rows], self.tail_logprob[rows]
+
+
+class SparseLogitsComponent(LogitsComponent):
+    """``loss(P_s, P_t) * T^2`` over the k + 1 buckets at every loss position (``loss_positions``), ``loss`` a name
+    in ``sparse_losses()``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T. Computed in token
+    chunks like ``LogitsComponent``: when the trainer runs the student without its logits, its LM head is applied
+    chunk by chunk inside the loss and its ``[tokens, vocab]`` logits are never materialised."""
 
     def __init__(self, loss: str, temperature: float = 1.0, vocab_size: Optional[int] = None, **loss_kwargs):
-        super().__init__()
         check_sparse_loss(loss)
-        self.loss_name, self.loss_fn = loss, LOSSES[loss]
-        self.temperature, self.vocab_size, self.loss_kwargs = temperature, vocab_size, loss_kwargs
+        super().__init__(loss, temperature, vocab_size, **loss_kwargs)
+
+    def _bucket_loss(self, student_logits, targets, temperature: float, **loss_kwargs) -> torch.Tensor:
+        """The loss on the k + 1 buckets of ``student_logits`` [n, vocab] and a store's ``targets``, per token."""
+        student, teacher = bucket_logprobs(student_logits, *targets, temperature)
+        return self.loss_fn(student, teacher, 1.0, **loss_kwargs) * temperature**2
 
     def forward(self, student_outputs, teacher_outputs: RecordedTeacherOutput, batch):
         if teacher_outputs.temperature != self.temperature:
@@ -112,20 +131,15 @@ class SparseLogitsComponent(Component):
                 f"{self.temperature}"
             )
         mask = loss_positions(batch)  # [batch, seq]
-        student, teacher = bucket_logprobs(
-            student_outputs.logits[mask][:, : self.vocab_size],  # [tokens, vocab]
-            teacher_outputs.topk_logprobs[mask],  # [tokens, k]
-            teacher_outputs.topk_ids[mask],  # [tokens, k]
-            teacher_outputs.tail_logprob[mask],  # [tokens]
-            self.temperature,
-        )
-        return self.loss_fn(student, teacher, 1.0, **self.loss_kwargs).sum() * self.temperature**2
+        student, head = self.student_side(student_outputs, mask)
+        columns = self.vocab_size or (head["lm_head_weight"].shape[0] if head else student.shape[-1])
+        return chunked_rows_loss_sum(self._bucket_loss, student, RecordedRows(teacher_outputs), columns, mask=mask,
+                                     temperature=self.temperature, **head, **self.loss_kwargs)
 
     def memory_footprint(self, step: StepShape) -> int:
-        # the real tokens' logits gathered, then fp32 [tokens, vocab] tensors: the logits scaled by 1 / T, their
-        # log-softmax, the tail's scatter and log-sum-exp, and as many gradients in the backward pass
-        columns = self.vocab_size or step.student_vocab
-        return step.tokens * columns * (step.compute_bytes + SPARSE_INTERMEDIATES * 4)
+        hidden = step.student.width if step.fused_student_head else None
+        return chunked_loss_footprint(step.tokens, self.vocab_size or step.student_vocab, hidden,
+                                      working_tensors=SPARSE_INTERMEDIATES, compute_bytes=step.compute_bytes)
 
     def extra_repr(self) -> str:
-        return f"loss={self.loss_name}, temperature={self.temperature}, vocab_size={self.vocab_size}, sparse=True"
+        return f"{super().extra_repr()}, sparse=True"

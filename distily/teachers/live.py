@@ -12,6 +12,7 @@ from typing import Callable, Optional
 from datasets import Dataset
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DynamoBackend
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
@@ -125,14 +126,18 @@ class LiveTeacher(TeacherSource):
 
     def prepare(self, accelerator: Accelerator) -> None:
         """Place the teacher (sharded like the student, or whole on each device); a whole teacher runs without
-        its LM head, which the logit loss applies slice by slice."""
+        its LM head, which the logit loss applies slice by slice. With the Trainer's ``torch_compile``, what runs
+        is compiled as the student is (the accelerator's dynamo settings)."""
         self.fuse_lm_head = not teacher_is_sharded(accelerator) and plain_lm_head(self.model)
         self.placed = place_teacher(self.model, accelerator)
+        self.forward = self.placed.get_decoder() if self.fuse_lm_head else self.placed
+        dynamo = accelerator.state.dynamo_plugin
+        if dynamo.backend != DynamoBackend.NO:
+            self.forward = torch.compile(self.forward, **dynamo.to_kwargs())
 
     def __call__(self, batch: dict[str, torch.Tensor], objective: DistillationObjective):
-        teacher = self.placed.get_decoder() if self.fuse_lm_head else self.placed
         with torch.no_grad():
-            return teacher(
+            return self.forward(
                 **model_inputs(batch),
                 output_hidden_states=objective.needs("needs_hidden_states"),
                 output_attentions=objective.needs("needs_attentions"),

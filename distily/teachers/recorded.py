@@ -13,8 +13,6 @@ from typing import Callable, Optional
 
 from datasets import Dataset
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from distily.config import DistillConfig
@@ -29,7 +27,7 @@ from distily.data.store import (
     collate_recorded,
     hidden_states_key,
 )
-from distily.data.framing import Framing, model_inputs
+from distily.data.framing import Framing
 from distily.data.text import DistillationData, collate, load_training_documents, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
 from distily.evaluation.bytes import byte_metrics, dataset_target_bytes, token_byte_lengths
@@ -40,10 +38,9 @@ from distily.models.architecture import max_positions, output_vocab_size
 from distily.models.arguments import ModelArguments
 from distily.models.identity import teacher_identity
 from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
-from distily.objectives.component import Component, loss_positions
 from distily.objectives.losses import forward_kl
 from distily.objectives.objective import DistillationObjective
-from distily.objectives.sparse import RecordedTeacherOutput, SparseLogitsComponent, bucket_logprobs
+from distily.objectives.sparse import RecordedRows, RecordedTeacherOutput, SparseLogitsComponent, bucket_logprobs
 from distily.teachers.source import TeacherSource
 
 
@@ -179,7 +176,7 @@ class RecordedTeacher(TeacherSource):
         internals, and hidden states only of recorded layers."""
         recorded = set(self.settings["record_hidden_states_layers"])
         for name, component in objective.components.items():
-            if component.needs_attentions or type(component).attach is not Component.attach:
+            if component.needs_attentions or component.reads_teacher_internals:
                 raise DistilyConfigError(
                     f"the {name} component reads the live teacher's internals, which a store does not record; "
                     f"expected teacher_source=live or {name}_weight=0"
@@ -232,30 +229,30 @@ class RecordedTeacher(TeacherSource):
             recording_temperature=self.temperature,
         )
 
-    @torch.no_grad()
     def student_metrics(
         self, student: PreTrainedModel, dataset: StoreDataset, collate_fn: Callable, batch_size: int
     ) -> dict:
-        """``heldout_metrics`` of the student alone, plus ``kl_to_teacher`` (forward KL over the store's k + 1
-        buckets at the recording temperature: equal to the full KL when k is the vocabulary and T = 1, a
-        lower bound otherwise) and ``top1_agreement`` (with the teacher's recorded top token)."""
-        metrics = heldout_metrics(student, dataset, collate_fn, batch_size, tokenizer=self.tokenizer)
-        was_training = student.training
-        student.eval()
-        device = next(student.parameters()).device
-        kl, agree, positions = 0.0, 0, 0
-        for batch in tqdm(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn), desc="Evaluating "
-                          "against the store", leave=False):
-            mask = loss_positions(batch).to(device)  # [batch, seq]
-            logits = student(**model_inputs(batch, device)).logits
-            student_logits = logits[mask].float()  # [tokens, vocab]
-            topk_ids = batch[TOPK_IDS].to(device)[mask]  # [tokens, k]
-            student_buckets, teacher_buckets = bucket_logprobs(
-                student_logits, batch[TOPK_LOGPROBS].to(device)[mask], topk_ids,
-                batch[TAIL_LOGPROB].to(device)[mask], self.temperature,
-            )
-            kl += forward_kl(student_buckets, teacher_buckets).sum().item()
-            agree += (student_logits.argmax(-1) == topk_ids[:, 0]).sum().item()
-            positions += int(mask.sum())
-        student.train(was_training)
-        return {**metrics, "kl_to_teacher": kl / max(positions, 1), "top1_agreement": agree / max(positions, 1)}
+        """``heldout_metrics`` of the student against the store: ``kl_to_teacher`` is the forward KL over the store's
+        k + 1 buckets at the recording temperature (equal to the full KL when k is the vocabulary and T = 1, a
+        lower bound otherwise), ``top1_agreement`` the match with the teacher's recorded top token."""
+        return heldout_metrics(student, dataset, collate_fn, batch_size, desc="Evaluating against the store",
+                               tokenizer=self.tokenizer, reference=StoreReference(self.temperature))
+
+
+class StoreReference:
+    """The ``Reference`` of a store's held-out rows (``heldout.py``): the student's KL to the recorded k + 1 buckets
+    and its agreement with the recorded top token, chunk by chunk."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+
+    def begin(self, batch: dict[str, torch.Tensor]) -> None:
+        self.targets = RecordedRows(RecordedTeacherOutput(batch[TOPK_LOGPROBS], batch[TOPK_IDS], batch[TAIL_LOGPROB],
+                                                          self.temperature))
+
+    def sums(self, logits: torch.Tensor, chunk) -> dict[str, float]:
+        topk_logprobs, topk_ids, tail_logprob = self.targets(chunk.rows, logits.shape[-1])
+        student_buckets, teacher_buckets = bucket_logprobs(logits, topk_logprobs, topk_ids, tail_logprob,
+                                                           self.temperature)
+        return {"kl": forward_kl(student_buckets, teacher_buckets).sum().item(),
+                "agree": int((logits.argmax(-1) == topk_ids[:, 0]).sum()), "positions": logits.shape[0]}

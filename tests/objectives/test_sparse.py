@@ -117,3 +117,39 @@ def test_the_divergences_have_a_sparse_form_and_a_marked_loss_of_ones_own_gets_o
 def test_a_loss_without_a_sparse_form_is_a_clear_error(name):
     with pytest.raises(DistilyConfigError, match=rf"logits_loss='{name}' has no sparse form for a recorded teacher"):
         check_sparse_loss(name)
+
+
+@pytest.mark.parametrize("name,temperature", [("forward_kl", 1.0), ("jsd", 2.0)])
+def test_the_fused_lm_head_gives_the_full_logits_loss_and_gradients(name, temperature):
+    """Against a store, the student's LM head applied chunk by chunk inside the loss (its logits never built) gives
+    the loss and the gradients of the hidden states and of the head that the full logits give."""
+    from types import SimpleNamespace
+
+    from distily.objectives.sparse import RecordedTeacherOutput
+
+    batch, seq, width, vocab, k = 2, 7, 8, 40, 5
+    generator = torch.Generator().manual_seed(9)
+    hidden = torch.randn(batch, seq, width, generator=generator, requires_grad=True)
+    head = torch.nn.Linear(width, vocab, bias=True)
+    top, ids, tail = _stored(_logits(batch * seq, vocab, seed=10), k, temperature)
+    teacher = RecordedTeacherOutput(top.view(batch, seq, k), ids.view(batch, seq, k), tail.view(batch, seq),
+                                    temperature=temperature)
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[0, 5:] = 0
+    component = SparseLogitsComponent(name, temperature=temperature, **PARAMS.get(name, {}))
+    component.attach(SimpleNamespace(get_output_embeddings=lambda: head), None)
+
+    def gradients(student_outputs):
+        loss = component(student_outputs, teacher, {"attention_mask": mask})
+        return (loss, *torch.autograd.grad(loss, [hidden, head.weight, head.bias]))
+
+    full = gradients(SimpleNamespace(logits=head(hidden)))
+    # as the trainer runs a fused student: logits of the last position only, the final hidden states
+    fused = gradients(SimpleNamespace(logits=head(hidden[:, -1:]), hidden_states=(hidden,)))
+    masked = torch.tensor([True] * 5 + [False] * 2 + [True] * 7)
+    per_token = _sparse_loss(name, head(hidden).flatten(0, 1)[masked], (top[masked], ids[masked], tail[masked]),
+                             temperature)
+    torch.testing.assert_close(full[0], per_token.sum())
+    for fused_value, full_value in zip(fused, full):
+        torch.testing.assert_close(fused_value, full_value, rtol=1e-5, atol=1e-6)
+    assert not component.needs_student_logits
