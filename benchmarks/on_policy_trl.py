@@ -7,7 +7,8 @@ The task, teacher and transfer set are ``experiments/instruct.py``'s (string rev
 once (half the teacher's depth, blocks from evenly spaced teacher blocks, embeddings and head copied) and both
 trainers start from it, with the same prompts (the teacher's responses dataset; at ``lmbda=1`` only its
 prompts are read), lmbda, generalized JSD with ``beta``, temperature 1 (sampling and loss), top-p 1, new
-tokens, steps, batch, learning rate (constant) and seed. Each run is a fresh process, the trainers interleaved
+tokens, steps, batch, learning rate (constant, no warmup), fp32 and seed. Distily holds 1% of the rows out as
+its own eval split (``eval_fraction``, not evaluated here); TRL trains on all. Each run is a fresh process, the trainers interleaved
 (distily, trl, distily, trl, ...); medians of ``--runs``.
 
 Measured per run: held-out exact match (greedy, ``instruct.heldout_scores``) and the wall time from loading the
@@ -126,7 +127,7 @@ def train_trl(spec: dict, output_dir: str) -> None:
     student = AutoModelForCausalLM.from_pretrained(spec["student"], dtype=torch.float32)
     args = GKDConfig(
         output_dir=output_dir, per_device_train_batch_size=options["batch"], max_steps=options["steps"],
-        learning_rate=options["lr"], lr_scheduler_type="constant", bf16=False, use_cpu=not torch.cuda.is_available(),
+        learning_rate=options["lr"], lr_scheduler_type="constant", warmup_steps=0, bf16=False, use_cpu=not torch.cuda.is_available(),
         lmbda=options["lmbda"], beta=options["beta"], temperature=1.0, max_new_tokens=spec["max_new_tokens"],
         max_length=instruct.max_length(experiment_args(argparse.Namespace(**options))), seed=0, logging_steps=max(options["steps"] // 10, 1), save_strategy="no", report_to="none",
         disable_tqdm=True,

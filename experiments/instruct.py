@@ -166,7 +166,7 @@ def chat_tokenizer() -> PreTrainedTokenizerFast:
     """One token per byte (no merges), ``<|im_end|>`` as end of text, of turn and padding, ``<|im_start|>``, and
     the ChatML-like template."""
     tokenizer = train_byte_level_bpe([], vocab_size=257, eos_token=END_OF_TURN, bos=False, pad=True)
-    tokenizer.add_special_tokens({"additional_special_tokens": [START_OF_TURN]})
+    tokenizer.add_special_tokens({"extra_special_tokens": [START_OF_TURN]})
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -261,6 +261,7 @@ def student_keys(args, teacher_dir: Path) -> dict:
         "per_device_train_batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
         "save_strategy": "steps",
         "save_steps": args.eval_every,
         "save_total_limit": 0,  # every checkpoint kept: each is a point of the curves

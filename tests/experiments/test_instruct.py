@@ -41,7 +41,7 @@ def test_goals_compare_every_kd_student_with_fine_tuning_and_on_policy_with_kd_o
 @pytest.mark.slow
 def test_instruct_writes_its_table_curves_and_numbers(tmp_path):
     report, numbers = tmp_path / "docs" / "instruct.md", tmp_path / "instruct.json"
-    toy = ["--prompts", "24", "--references", "6", "--heldout", "8", "--hidden_size", "32", "--teacher_steps", "3",
+    toy = ["--prompts", "24", "--references", "6", "--heldout", "8", "--hidden_size", "32", "--teacher_steps", "40",
            "--teacher_batch_size", "8", "--student_steps", "4", "--eval_every", "2", "--batch_size", "4"]  # fmt: skip
     results = script.main(["--work_dir", str(tmp_path / "work"), "--report", str(report), "--json", str(numbers), *toy])
 
