@@ -47,6 +47,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, Pre
 from distily.commands.sweep import run_sweep
 from distily.config import parse_generate_config
 from distily.data.chat import assistant_token_mask
+from distily.data.framing import LOSS_MASK
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.generation.engine import HFGenerator, SamplingSettings, strip_eos
 from distily.models.student import load_student
@@ -55,7 +56,7 @@ from distily.outputs import write_json_atomic
 from distily.recording.generate import run_generation
 from distily.recording.responses import prompt_ids
 from distily.training.distillation_model import STUDENT
-from distily.training.on_policy import LOSS_MASK, completion_batch
+from distily.training.on_policy import completion_batch
 from distily.training.run_dir import RunDir
 
 from wikitext import REPO, device_description, markdown_head, markdown_row, write_sweep
