@@ -26,8 +26,8 @@ reference answer (as in practice, where people label few conversations but have 
 
 Writes the table to ``docs/results/instruct.md``, the exact-match curves beside it (``instruct.png``) and every
 number to ``benchmarks/results/instruct.json``; prints the goals (every KD student beats (a) on exact match;
-on-policy or mixed beats (b) by at least 5 points). The defaults are sized for about 12 minutes on 2 idle CPU
-cores; the estimate printed at the start is from assumed per-step costs, not yet measured.
+on-policy or mixed beats (b) by at least 5 points). The estimate printed at the start comes from a smoke run's
+per-step costs (``runtime_estimate``); the teacher's steps dominate it.
 """
 
 import argparse
@@ -424,13 +424,14 @@ def plot(results: dict, path: Path) -> None:
 
 
 def runtime_estimate(args) -> float:
-    """Seconds on 2 idle CPU cores, from assumed (not yet measured) costs: 0.15 s per teacher step of 64, 0.05 s
-    per supervised and 0.2 s per on-policy student step of 32, 20 s to start each student, 1 s per evaluation
-    of 256 prompts, 5 s for the teacher's responses to 1024 prompts."""
+    """Seconds on 2 CPU cores, from a smoke run's costs on this project's machine while other runs shared it (so
+    rather an upper bound): 0.76 s per teacher step of 64 conversations, 0.23 s per supervised and 0.31 s per
+    on-policy student step of 32, 20 s to start each student, 5 s for the teacher's responses to 1024 prompts;
+    evaluations assumed at 2 s per 256 prompts."""
+    per_student_step = (3 * 0.23 + 1.5 * 0.31 + 0.5 * 0.23) * args.batch_size / 32
     evaluations = len(VARIANTS) * (args.student_steps // args.eval_every + 1)
-    student_steps = args.student_steps * args.batch_size / 32 * (3 * 0.05 + 1.5 * 0.2 + 20 / args.student_steps)
-    return (args.teacher_steps * args.teacher_batch_size / 64 * 0.15 + student_steps
-            + evaluations * args.heldout / 256 * 1.0 + args.prompts / 1024 * 5)  # fmt: skip
+    return (args.teacher_steps * args.teacher_batch_size / 64 * 0.76 + args.student_steps * per_student_step
+            + len(VARIANTS) * 20 + evaluations * args.heldout / 256 * 2 + args.prompts / 1024 * 5)  # fmt: skip
 
 
 def main(argv=None) -> dict:
