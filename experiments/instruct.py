@@ -42,7 +42,13 @@ from pathlib import Path
 import matplotlib
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    get_cosine_schedule_with_warmup,
+)
 
 from distily.commands.sweep import run_sweep
 from distily.config import parse_generate_config
@@ -205,8 +211,7 @@ def train_teacher(args, heldout_prompts: set) -> Path:
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(teacher_config(args, tokenizer, args.teacher_layers)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=args.teacher_steps,
-                                                   pct_start=0.05, cycle_momentum=False)  # fmt: skip
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(args.teacher_steps // 20, 1), args.teacher_steps)
     rng, started = random.Random(args.seed + 1), time.perf_counter()
     for step in range(args.teacher_steps):
         pairs = []
