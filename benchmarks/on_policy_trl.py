@@ -191,8 +191,8 @@ def main(argv=None) -> None:
                      f"{median['kl_to_teacher']:.3f}"))  # fmt: skip
     print(describe(machine()))
     print(table(rows))
-    for name, value in {**summary["ratios"], **summary["goals"]}.items():
-        print(f"{name} = {value}")
+    for name, value in summary["ratios"].items():
+        print(f"{name} = {value:.3f}" + (f" (goal met: {summary['goals'][name]})" if name in summary["goals"] else ""))
     path = write_results("on_policy_trl", {"settings": vars(options), "runs": runs, **summary})
     print(f"wrote {path}")
 
