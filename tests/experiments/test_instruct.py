@@ -1,0 +1,57 @@
+"""experiments/instruct.py: the task and its chat tokenization, and the whole comparison at a toy scale."""
+
+import json
+import random
+
+import pytest
+
+import instruct as script
+
+
+def test_reversal_prompts_are_answered_reversed_and_held_out_prompts_are_new():
+    prompt, answer = script.reversal(random.Random(3), 5, 12)
+    letters = prompt.removeprefix("reverse ")
+    assert answer == letters[::-1] and 5 <= len(letters) <= 12 and letters.isalpha() and letters.islower()
+    args = script.parse_args(["--prompts", "40", "--references", "8", "--heldout", "30"])
+    splits = script.task_splits(args)
+    assert len(splits["prompts"]) == 40 and len(splits["heldout"]) == 30
+    assert not {p for p, _ in splits["prompts"]} & {p for p, _ in splits["heldout"]}
+
+
+def test_chat_tokenizer_masks_exactly_the_answer_and_its_end_of_turn():
+    tokenizer = script.chat_tokenizer()
+    batch = script.tokenized_batch([script.conversation("reverse abcde", "edcba")], tokenizer)
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    assert tokenizer.decode(ids) == "<|im_start|>user\nreverse abcde<|im_end|>\n<|im_start|>assistant\nedcba<|im_end|>\n"
+    assert tokenizer.decode(labels[labels != -100]) == "edcba<|im_end|>"  # one token per letter, then end of turn
+    assert (labels != -100).sum() == 6
+
+
+def test_goals_compare_every_kd_student_with_fine_tuning_and_on_policy_with_kd_on_references():
+    students = {"a-fine-tune": 10.0, "b-kd-references": 20.0, "c-kd-responses": 30.0, "d-on-policy": 24.0,
+                "e-mixed": 26.0}  # fmt: skip
+    met = script.goals({"students": {name: {"exact_match": value} for name, value in students.items()}})
+    assert met == {"every_kd_student_beats_fine_tuning": True, "on_policy_or_mixed_over_kd_references_points": 6.0,
+                   "on_policy_or_mixed_beats_kd_references_by_5_points": True}  # fmt: skip
+    students["d-on-policy"], students["e-mixed"] = 10.0, 24.0
+    met = script.goals({"students": {name: {"exact_match": value} for name, value in students.items()}})
+    assert not met["every_kd_student_beats_fine_tuning"] and not met["on_policy_or_mixed_beats_kd_references_by_5_points"]
+
+
+@pytest.mark.slow
+def test_instruct_writes_its_table_curves_and_numbers(tmp_path):
+    report, numbers = tmp_path / "docs" / "instruct.md", tmp_path / "instruct.json"
+    toy = ["--prompts", "24", "--references", "6", "--heldout", "8", "--hidden_size", "32", "--teacher_steps", "40",
+           "--teacher_batch_size", "8", "--student_steps", "4", "--eval_every", "2", "--batch_size", "4"]  # fmt: skip
+    results = script.main(["--work_dir", str(tmp_path / "work"), "--report", str(report), "--json", str(numbers), *toy])
+
+    expected = [name for name, *_ in script.VARIANTS]
+    assert list(results["students"]) == expected
+    for row in results["students"].values():
+        assert row["steps"] == 4 and list(row["curve"]) == [2, 4]
+        assert 0.0 <= row["exact_match"] <= 100.0 and row["kl_to_teacher"] >= 0.0
+    assert len((tmp_path / "work" / "data" / "responses.jsonl").read_text().splitlines()) <= 24
+    assert json.loads(numbers.read_text())["goals"].keys() == results["goals"].keys()
+    table = report.read_text()
+    assert all(f"| {name} |" in table for name in expected) and "instruct.py --work_dir" in table
+    assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
