@@ -55,7 +55,8 @@ from distily.config import parse_generate_config
 from distily.data.chat import assistant_token_mask
 from distily.data.framing import LOSS_MASK
 from distily.data.tokenizer import train_byte_level_bpe
-from distily.generation.engine import HFGenerator, SamplingSettings, strip_eos
+from distily.generation.arguments import SamplingSettings
+from distily.generation.engine import HFGenerator, strip_eos
 from distily.models.student import load_student
 from distily.objectives.losses import forward_kl
 from distily.outputs import write_json_atomic

@@ -1,11 +1,10 @@
-"""The generation back ends a run can name, and the generator it opens."""
+"""The generator a run opens, by the back end it names (``arguments.GENERATION_BACKENDS``)."""
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distily.generation.engine import CompletionGenerator, HFGenerator, SamplingSettings
+from distily.generation.arguments import SamplingSettings
+from distily.generation.engine import CompletionGenerator, HFGenerator
 from distily.generation.vllm_engine import open_vllm_generator
-
-GENERATION_BACKENDS = ("hf", "vllm")
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

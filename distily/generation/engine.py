@@ -8,22 +8,12 @@ with the model itself, the vLLM back end copies the weights into its engine.
 """
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, TopPLogitsWarper
 
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How completions are sampled: temperature (0: greedy), nucleus top-p, at most ``max_new_tokens`` each.
-    ``final_temperature`` moves the temperature linearly along the completion (Hugging Face back end only)."""
-
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    final_temperature: Optional[float] = None
+from distily.generation.arguments import SamplingSettings
 
 
 def cut_at_eos(ids: list[int], eos_token_id: Optional[int]) -> list[int]:

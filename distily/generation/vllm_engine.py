@@ -13,7 +13,8 @@ import tempfile
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.errors import DistilyConfigError
-from distily.generation.engine import CompletionGenerator, SamplingSettings, cut_at_eos
+from distily.generation.arguments import SamplingSettings
+from distily.generation.engine import CompletionGenerator, cut_at_eos
 
 GPU_MEMORY_FRACTION = 0.3  # of the accelerator's memory, for the engine's weights and KV cache
 

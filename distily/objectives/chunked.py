@@ -366,7 +366,7 @@ def chunked_rows_loss_sum(
     loss_fn: LossFn,
     student: torch.Tensor,
     teacher_rows: TeacherRows,
-    columns: int,
+    vocab_columns: int,
     *,
     lm_head_weight: Optional[torch.Tensor] = None,
     lm_head_bias: Optional[torch.Tensor] = None,
@@ -378,16 +378,17 @@ def chunked_rows_loss_sum(
     row_params: Optional[dict[str, torch.Tensor]] = None,
     **loss_params,
 ) -> torch.Tensor:
-    """``chunked_logit_loss_sum`` with the teacher's side given row by row: ``loss_fn(student_logits [n, columns],
-    teacher_rows(rows, columns), temperature, **loss_params) -> [n]``, rows of the flattened ``[...]`` tokens.
-    ``columns``: the vocabulary columns that count (at most the student's; across vocabularies the student's
+    """``chunked_logit_loss_sum`` with the teacher's side given row by row: ``loss_fn(student_logits
+    [n, vocab_columns], teacher_rows(rows, vocab_columns), temperature, **loss_params) -> [n]``, rows of the
+    flattened ``[...]`` tokens.
+    ``vocab_columns``: the vocabulary columns that count (at most the student's; across vocabularies the student's
     all, and the teacher's side is read whole); shapes are the caller's to check."""
-    sizes = _chunk_sizes(chunk_size, loss_chunk_size, columns)
+    sizes = _chunk_sizes(chunk_size, loss_chunk_size, vocab_columns)
     rows_of = {name: value.reshape(student.shape[:-1].numel(), *value.shape[student.dim() - 1:])
                for name, value in (row_params or {}).items()}  # [N, ...]
     student_2d = student.reshape(-1, student.shape[-1])  # [N, H or V_s]
     row_index = None if mask is None else mask.reshape(-1).to(torch.bool).nonzero().squeeze(-1)  # [n_real]
     return _ChunkedLogitLoss.apply(
-        student_2d, lm_head_weight, lm_head_bias, teacher_rows, row_index, None if across_vocabularies else columns,
+        student_2d, lm_head_weight, lm_head_bias, teacher_rows, row_index, None if across_vocabularies else vocab_columns,
         sizes, loss_fn, temperature, loss_params, torch.is_grad_enabled(), rows_of,
     )

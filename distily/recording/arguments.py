@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 
 from distily.arguments import field_of, one_of
 from distily.errors import DistilyConfigError
-from distily.generation.engine import SamplingSettings
+from distily.generation.arguments import SamplingSettings
 from distily.objectives.arguments import ObjectiveArguments
 from distily.training.arguments import DistillationTrainingArguments
 

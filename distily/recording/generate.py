@@ -68,6 +68,12 @@ def write_dataset(dataset: datasets.Dataset, output: str) -> None:
     os.replace(partial, target)
 
 
+def write_samples(samples: list[list[int]], tokenizer: PreTrainedTokenizerBase, output: str) -> None:
+    """Sampled sequences as a pre-tokenized dataset (``input_ids``, and their ``text`` to read) at ``output``."""
+    texts = tokenizer.batch_decode(samples, skip_special_tokens=True)
+    write_dataset(datasets.Dataset.from_dict({"input_ids": samples, "text": texts}), output)
+
+
 def run_generation(config: GenerateConfig) -> dict:
     """Sample from the teacher (or its responses to ``generate_prompts``) into ``generate_output``; with
     ``generate_record`` also record the teacher over the samples into ``teacher_store``. Returns what was written
@@ -85,8 +91,7 @@ def run_generation(config: GenerateConfig) -> dict:
         write_dataset(datasets.Dataset.from_dict({"messages": conversations}), args.generate_output)
         return {"generate_output": args.generate_output, "conversations": len(conversations), "empty_dropped": empty}
     samples = sample_sequences(teacher, tokenizer, args, inference.per_device_eval_batch_size)
-    texts = tokenizer.batch_decode(samples, skip_special_tokens=True)
-    write_dataset(datasets.Dataset.from_dict({"input_ids": samples, "text": texts}), args.generate_output)
+    write_samples(samples, tokenizer, args.generate_output)
     result = {
         "generate_output": args.generate_output,
         "samples": len(samples),

@@ -77,8 +77,8 @@ def print_ranking(sweep, rows: list[dict], console: Console | None = None) -> No
     """The ranking without the override columns (the names carry them), then one line per failure."""
     columns, table = ranking_table(sweep, rows, overrides=False)
     ranking = Table(title=f"{sweep.source}: ranked by {sweep.metric} ({sweep.metric_goal})")
-    for column in columns:
-        ranking.add_column(column.replace(".", " ").replace("_", " "), overflow="fold")
+    for column in columns:  # the run names whole (they are what a user copies), the figures folded to fit
+        ranking.add_column(column.replace(".", " ").replace("_", " "), overflow="fold", no_wrap=column == "name")
     for row in table:
         ranking.add_row(*row)
     console = console or Console()

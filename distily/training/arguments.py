@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from distily.arguments import one_of
 from distily.errors import DistilyConfigError
-from distily.generation.backends import GENERATION_BACKENDS
+from distily.generation.arguments import GENERATION_BACKENDS
 
 
 @dataclass

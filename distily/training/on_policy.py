@@ -20,7 +20,8 @@ from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
-from distily.generation.engine import CompletionGenerator, SamplingSettings
+from distily.generation.arguments import SamplingSettings
+from distily.generation.engine import CompletionGenerator
 
 
 def batch_prompts(batch: dict[str, torch.Tensor]) -> list[list[int]]:

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
-from distily.generation.engine import HFGenerator, SamplingSettings, cut_at_eos, left_padded, strip_eos
+from distily.generation.arguments import SamplingSettings
+from distily.generation.engine import HFGenerator, cut_at_eos, left_padded, strip_eos
 from distily.generation.vllm_engine import VLLMGenerator
 from tiny import ARCHITECTURES, tiny_config
 

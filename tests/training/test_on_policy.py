@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 from distily.config import parse_config
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
-from distily.generation.engine import CompletionGenerator, SamplingSettings
+from distily.generation.arguments import SamplingSettings
+from distily.generation.engine import CompletionGenerator
 from distily.models.teacher import load_tokenizer
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.objective import build_objective
