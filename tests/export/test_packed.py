@@ -66,16 +66,19 @@ def test_packed_round_trip_is_exact(architecture, tmp_path):
         assert torch.equal(reloaded(random_tokens()).logits, student(random_tokens()).logits)
 
 
-def test_transformers_loads_packed_llama(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)  # transformers' BitNet helpers are torch.compile'd
-    student = tiny_student("llama", input_norm=True)
-    path = write_packed_checkpoint(student, tmp_path / "packed")
-    config = json.loads((path / "config.json").read_text())
-    assert config["quantization_config"]["quant_method"] == "bitnet"
-    assert config["quantization_config"]["modules_to_not_convert"] == ["lm_head"]
-    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    with torch.no_grad():
-        reference, logits = student(random_tokens()).logits, loaded(random_tokens()).logits
+def test_transformers_loads_packed_llama(tmp_path):
+    # transformers' BitNet helpers are torch.compile'd: run them eagerly. Through dynamo's own patch, which restores
+    # the setting (pytest's monkeypatch deletes an attribute that is not in the module's __dict__ on undo, and a
+    # deleted dynamo setting stays hidden: every later torch.compile fails)
+    with torch._dynamo.config.patch(disable=True):
+        student = tiny_student("llama", input_norm=True)
+        path = write_packed_checkpoint(student, tmp_path / "packed")
+        config = json.loads((path / "config.json").read_text())
+        assert config["quantization_config"]["quant_method"] == "bitnet"
+        assert config["quantization_config"]["modules_to_not_convert"] == ["lm_head"]
+        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        with torch.no_grad():
+            reference, logits = student(random_tokens()).logits, loaded(random_tokens()).logits
     assert (logits - reference).abs().max() <= LOGITS_TOLERANCE * reference.abs().max()
 
 
