@@ -35,7 +35,6 @@ import matplotlib
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from distily.commands.sweep import run_sweep
 from distily.data.text import collate
 from distily.evaluation.heldout import heldout_metrics
 from distily.models.student import load_student
@@ -53,6 +52,8 @@ from wikitext import (
     markdown_head,
     markdown_row,
     report_opening,
+    run_students,
+    save_figure,
     student_keys,
     teacher_training,
     train_teacher,
@@ -246,9 +247,7 @@ def plot(results: dict, path: Path) -> None:
         curves = {name: [(point["tokens"], point["perplexity"]) for point in points.values()]
                   for name, points in budgets.items()}  # fmt: skip
         draw_perplexity_curves(axes_row[2], curves, results["teacher"]["perplexity"], log_tokens=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv=None) -> dict:
@@ -257,10 +256,7 @@ def main(argv=None) -> dict:
     teacher_dir = train_teacher(args, Path(args.data) / "valid.txt", TEACHER_LEARNING_RATE)
     sweep, descriptions = student_sweep(args, teacher_dir)
     budgets = budget_sweep(args, teacher_dir) if args.budget_steps else None
-    rows = [row for each in (sweep, budgets) if each is not None for row in run_sweep(each)]
-    failed = [f"{row['name']}: {row.get('error')}" for row in rows if row["status"] != "finished"]
-    if failed:
-        raise SystemExit("students failed: " + "; ".join(failed))
+    run_students(*(each for each in (sweep, budgets) if each is not None))
     results = evaluate(args, teacher_dir, sweep, descriptions, budgets)
     results.update(command=command, settings=vars(args), device=device_description())
     write_json_atomic(args.json, results)

@@ -28,7 +28,6 @@ import matplotlib
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-from distily.commands.sweep import run_sweep
 from distily.data.text import collate
 from distily.data.tokenizer import train_sentencepiece_bpe
 from distily.evaluation.bytes import bits_per_byte, token_byte_lengths
@@ -40,7 +39,8 @@ from distily.training.run_dir import RunDir
 from transfer_set import draw_transfer_sets, split_articles
 from wikitext import (
     DEFAULT_DATA, REPO, add_model_arguments, device_description, heldout_blocks, markdown_head, markdown_row,
-    report_opening, student_keys, teacher_data, teacher_training, train_teacher, write_sweep,
+    report_opening, run_students, save_figure, student_keys, teacher_data, teacher_training, train_teacher,
+    write_sweep,
 )
 
 matplotlib.use("Agg")
@@ -203,9 +203,7 @@ def plot(results: dict, path: Path) -> None:
     axes.set_ylabel("held-out bits per byte")
     axes.tick_params(axis="x", rotation=20)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv=None) -> dict:
@@ -213,9 +211,7 @@ def main(argv=None) -> dict:
     command = shlex.join(["python", "experiments/cross_tokenizer.py", *(sys.argv[1:] if argv is None else argv)])
     prepared = prepare(args)
     sweep = student_sweep(args, prepared)
-    failed = [f"{row['name']}: {row.get('error')}" for row in run_sweep(sweep) if row["status"] != "finished"]
-    if failed:
-        raise SystemExit("students failed: " + "; ".join(failed))
+    run_students(sweep)
     results = evaluate(args, prepared, sweep)
     results.update(command=command, settings=vars(args), device=device_description())
     write_json_atomic(args.json, results)

@@ -50,7 +50,6 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from distily.commands.sweep import run_sweep
 from distily.config import parse_generate_config
 from distily.data.chat import assistant_token_mask
 from distily.data.framing import LOSS_MASK
@@ -66,7 +65,9 @@ from distily.training.distillation_model import STUDENT
 from distily.training.on_policy import completion_batch
 from distily.training.run_dir import RunDir
 
-from wikitext import REPO, device_description, markdown_head, markdown_row, write_sweep
+from wikitext import (
+    REPO, device_description, markdown_head, markdown_row, run_students, save_figure, write_sweep,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -424,9 +425,7 @@ def plot(results: dict, path: Path) -> None:
     axes.set_xlabel("optimizer steps")
     axes.set_ylabel("held-out exact match (%)")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def runtime_estimate(args) -> float:
@@ -449,9 +448,7 @@ def main(argv=None) -> dict:
     teacher_dir = train_teacher(args, {prompt for prompt, _ in splits["heldout"]})
     data["responses"] = teacher_responses(args, teacher_dir, data["prompts"])
     sweep = student_sweep(args, teacher_dir, data)
-    failed = [f"{row['name']}: {row.get('error')}" for row in run_sweep(sweep) if row["status"] != "finished"]
-    if failed:
-        raise SystemExit("students failed: " + "; ".join(failed))
+    run_students(sweep)
     results = evaluate(args, teacher_dir, sweep, splits["heldout"])
     results.update(goals=goals(results), command=command, settings=vars(args), device=device_description())
     write_json_atomic(args.json, results)

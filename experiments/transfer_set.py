@@ -47,7 +47,6 @@ from distily.config import parse_generate_config
 from distily.data.framing import Framing
 from distily.data.text import collate, tokenize_and_pack
 from distily.evaluation.heldout import heldout_metrics
-from distily.commands.sweep import run_sweep
 from distily.metrics import Evaluation
 from distily.outputs import write_json_atomic
 from distily.recording.generate import run_generation
@@ -66,6 +65,8 @@ from wikitext import (
     markdown_row,
     read_articles,
     report_opening,
+    run_students,
+    save_figure,
     student_keys,
     teacher_data,
     teacher_training,
@@ -461,9 +462,7 @@ def plot(results: dict, path: Path) -> None:
         axes.axvline(group["baseline_best_tokens"], color="gray", linestyle=":")
         axes.set_yscale("log")  # from an untrained student's thousands to the teacher's tens
         axes.set_title(f"{group['transfer_set']} transfer set, {INITS[group['student_init']]}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv=None) -> dict:
@@ -471,9 +470,7 @@ def main(argv=None) -> dict:
     command = shlex.join(["python", "experiments/transfer_set.py", *(sys.argv[1:] if argv is None else argv)])
     prepared = prepare_data(args)
     sweep = student_sweep(args, prepared["teacher_dir"], prepared["files"])
-    failed = [f"{row['name']}: {row.get('error')}" for row in run_sweep(sweep) if row["status"] != "finished"]
-    if failed:
-        raise SystemExit("students failed: " + "; ".join(failed))
+    run_students(sweep)
     results = evaluate(args, prepared, sweep)
     results.update(command=command, settings=vars(args), device=device_description())
     write_json_atomic(args.json, results)

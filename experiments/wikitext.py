@@ -15,6 +15,7 @@ import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from distily.commands.sweep import run_sweep
 from distily.data.arguments import DataArguments
 from distily.data.text import DistillationData, build_datasets, collate, split_text
 from distily.data.tokenizer import train_byte_level_bpe
@@ -186,6 +187,24 @@ def draw_perplexity_curves(axes, curves: dict, teacher_perplexity: float, log_to
     axes.set_xlabel("training tokens")
     axes.set_ylabel("test perplexity")
     axes.legend()
+
+
+def run_students(*sweeps: Sweep) -> None:
+    """Train every sweep's students (a sweep resumes what an earlier run finished); stop with their errors when any
+    failed."""
+    rows = [row for sweep in sweeps for row in run_sweep(sweep)]
+    failed = [f"{row['name']}: {row.get('error')}" for row in rows if row["status"] != "finished"]
+    if failed:
+        raise SystemExit("students failed: " + "; ".join(failed))
+
+
+def save_figure(figure, path) -> None:
+    """A finished matplotlib figure to ``path`` (PNG), closed (the caller chose the Agg back end)."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def device_description() -> str:
