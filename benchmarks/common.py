@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -68,7 +67,7 @@ def memory_kib(field: str) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1))
 
 
-_cuda_process_peak = 0  # the CUDA allocator's peak before its last reset
+_process_peak = {"cuda": 0, "cpu": 0}  # the peak before the last reset: the CUDA allocator's, the resident set's
 
 
 def _on_gpu(gpu: bool | None) -> bool:
@@ -79,11 +78,11 @@ def reset_peak_memory(gpu: bool | None = None) -> int:
     """Reset the peak-memory counter to the memory in use now and return that, in bytes: on a GPU the CUDA
     allocator's (bytes allocated), on CPU the kernel's peak resident set size (VmHWM). ``gpu``: which (None: the
     GPU when there is one, where the benchmarks run)."""
-    global _cuda_process_peak
     if _on_gpu(gpu):
-        _cuda_process_peak = max(_cuda_process_peak, torch.cuda.max_memory_allocated())
+        _process_peak["cuda"] = max(_process_peak["cuda"], torch.cuda.max_memory_allocated())
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
+    _process_peak["cpu"] = max(_process_peak["cpu"], memory_kib("VmHWM") * 1024)
     Path("/proc/self/clear_refs").write_text("5")
     return memory_kib("VmRSS") * 1024
 
@@ -94,11 +93,12 @@ def peak_memory_bytes(gpu: bool | None = None) -> int:
 
 
 def process_peak_bytes(gpu: bool | None = None) -> int:
-    """Peak memory of the whole process, from its start: the GPU allocator's, or the resident set's on CPU
-    (ru_maxrss; KiB on Linux)."""
+    """Peak memory of the whole process, from its start: the GPU allocator's, or the resident set's on CPU (VmHWM
+    across resets; not ru_maxrss, which Linux carries over an exec from the parent's memory: a worker started
+    by a parent holding 6 GB reported 6 GB, whatever it used)."""
     if _on_gpu(gpu):
-        return max(_cuda_process_peak, torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return max(_process_peak["cuda"], torch.cuda.max_memory_allocated())
+    return max(_process_peak["cpu"], memory_kib("VmHWM") * 1024)
 
 
 def synchronize() -> None:

@@ -97,8 +97,8 @@ def variants(spec: dict, options) -> dict[str, tuple[str, dict]]:
     """Trainer name -> (training_speed's worker, its spec), for the trainers of --cases that can run here."""
     live = {**spec, "distily_overrides": {}}
     cases = {"distily": ("distily", live),
-             "distily_recorded": ("distily", {**live, "distily_overrides": {"teacher_source": "recorded",
-                                                                             "teacher_store": spec.get("store")}}),
+             "distily_recorded": ("distily", {**live, "distily_overrides": {  # the store's documents, as recorded
+                 "teacher_source": "recorded", "teacher_store": spec.get("store"), "dataset_name": None}}),
              "distily_compiled": ("distily", {**live, "distily_overrides": {"torch_compile": True}}),
              "plain": ("plain", live), "trl": ("trl", live)}
     wanted = set(options.cases) - ({"distily_compiled"} if not options.torch_compile else set())

@@ -24,7 +24,7 @@ of the last step (a Trainer callback records each step's end; the plain loop rec
 tokens/s = timed steps * batch * seq / that time. Memory: the peak resident set size during training above
 the resident size when training starts (models loaded, data ready; the kernel's VmHWM, reset at that point),
 so optimizer state, gradients, activations and the loss's buffers count and model loading does not; the
-whole process's peak (ru_maxrss) is reported beside it. On a GPU the same two figures come from the CUDA allocator
+whole process's peak (VmHWM from its start) is reported beside it. On a GPU the same two figures come from the CUDA allocator
 (``common.reset_peak_memory``), and every trainer runs there. bf16 is autocast with fp32 weights, for all three.
 --torch_compile runs Distily with the Trainer's ``torch_compile``.
 Rounds are interleaved (distily, plain, trl, distily, ...); the table gives medians and ratios and
@@ -158,15 +158,15 @@ def train_distily(spec: dict, bf16: bool, clock: StepClock) -> None:
             super().__init__(*args, **{**kwargs, "callbacks": [*kwargs.get("callbacks", []), clock]})
 
     distill.DistillationTrainer = ClockedTrainer  # the name run_distillation builds its trainer from
-    distill.run_distillation(parse_config(
-        teacher_model_name_or_path=spec["teacher"], student_model_name_or_path=spec["student"],
-        dataset_name=spec["corpus"], tokenization_cache_dir=spec["cache"], max_seq_length=spec["seq"],
-        max_eval_samples=spec["batch"], per_device_train_batch_size=spec["batch"],
-        per_device_eval_batch_size=spec["batch"], max_steps=spec["steps"], learning_rate=spec["lr"],
-        lr_scheduler_type="constant", weight_decay=0.0, bf16=bf16, seed=SEED, logging_steps=1,
-        eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True, overwrite_output_dir=True,
-        output_dir=spec["output_dir"], **spec.get("distily_overrides", {}),
-    ))
+    distill.run_distillation(parse_config(**{
+        "teacher_model_name_or_path": spec["teacher"], "student_model_name_or_path": spec["student"],
+        "dataset_name": spec["corpus"], "tokenization_cache_dir": spec["cache"], "max_seq_length": spec["seq"],
+        "max_eval_samples": spec["batch"], "per_device_train_batch_size": spec["batch"],
+        "per_device_eval_batch_size": spec["batch"], "max_steps": spec["steps"], "learning_rate": spec["lr"],
+        "lr_scheduler_type": "constant", "weight_decay": 0.0, "bf16": bf16, "seed": SEED, "logging_steps": 1,
+        "eval_strategy": "no", "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
+        "overwrite_output_dir": True, "output_dir": spec["output_dir"], **spec.get("distily_overrides", {}),
+    }))
 
 
 def train_plain(spec: dict, bf16: bool, clock: StepClock) -> None:
