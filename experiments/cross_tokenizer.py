@@ -13,7 +13,10 @@
    by each cross-tokenizer loss (``mapped``, ``uld``, ``mapped_uld``, and ``mapped_uld`` with hidden states on
    the aligned positions). The students are a sweep (``WORK_DIR/students.yaml``): an interrupted run resumes.
 4. Every model is evaluated on the held-out articles with its own tokenizer, in bits per byte of text (the
-   tokenizer-free measure: nats summed over the targets / ln 2 / the targets' UTF-8 bytes).
+   tokenizer-free measure: nats summed over the targets / ln 2 / the targets' UTF-8 bytes); the students before
+   training and every ``--eval_every`` steps (distily's ``eval_datasets``).
+5. The baseline's reported point is its best held-out checkpoint (it overfits the small transfer set; early
+   stopping favours it); every student is compared with it there and at every later budget.
 
 Writes ``docs/results/cross_tokenizer.{md,png}`` and ``benchmarks/results/cross_tokenizer.json``.
 """
@@ -30,17 +33,14 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 
 from distily.data.text import collate
 from distily.data.tokenizer import train_sentencepiece_bpe
-from distily.evaluation.bytes import bits_per_byte, token_byte_lengths
 from distily.evaluation.heldout import heldout_metrics
-from distily.models.student import load_student
 from distily.outputs import write_json_atomic
-from distily.training.run_dir import RunDir
 
-from transfer_set import draw_transfer_sets, split_articles
+from transfer_set import UNSEEN, draw_transfer_sets, goal, split_articles, student_results
 from wikitext import (
-    DEFAULT_DATA, REPO, add_model_arguments, device_description, heldout_blocks, markdown_head, markdown_row,
-    report_opening, run_students, save_figure, student_keys, teacher_data, teacher_training, train_teacher,
-    write_sweep,
+    DEFAULT_DATA, REPO, add_model_arguments, device_description, draw_perplexity_curves, heldout_blocks,
+    markdown_head, markdown_row, report_opening, run_students, save_figure, student_keys, teacher_data,
+    teacher_training, train_teacher, write_sweep,
 )
 
 matplotlib.use("Agg")
@@ -56,7 +56,8 @@ VARIANTS = [
     ("mapped_uld+hidden", "mapped_uld + hidden states at aligned positions (linear projector, MSE)",
      {"cross_tokenizer_loss": "mapped_uld", "hidden_states_weight": 1.0, "hidden_states_projector": "linear"}),
 ]  # fmt: skip
-GOAL = 0.95  # the best cross-tokenizer student's bits per byte, at most this times the baseline's
+GOAL = 0.95  # the best cross-tokenizer student's bits per byte, at most this times the baseline's best
+CURVE_METRICS = ("bits_per_byte", "lm_loss")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,11 +69,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_arguments(parser, teacher_steps=1000)
     parser.add_argument("--teacher_learning_rate", type=float, default=1e-3)
     parser.add_argument("--student_vocab_size", type=int, default=3000)
-    parser.add_argument("--student_steps", type=int, default=600)
+    parser.add_argument("--student_steps", type=int, default=400)
+    parser.add_argument("--eval_every", type=int, default=50, help="steps between held-out evaluations (divides --student_steps)")
     parser.add_argument("--heldout_fraction", type=float, default=0.2, help="of test.txt's characters, held out")
     parser.add_argument("--transfer_fraction", type=float, default=0.1, help="of the teacher text, the students'")
     parser.add_argument("--eval_blocks", type=int, default=0, help="held-out blocks evaluated per model (all: 0)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.eval_every < 1 or args.student_steps % args.eval_every:
+        parser.error(f"--eval_every {args.eval_every} must be a positive divisor of --student_steps {args.student_steps}")
+    return args
 
 
 def prepare(args) -> dict:
@@ -115,57 +120,65 @@ def student_sweep(args, prepared: dict):
         "dataset_name": str(prepared["files"]["transfer"]),
         "eval_fraction": 0.02,
         "max_eval_samples": 64,
-        "eval_strategy": "no",
-        "save_steps": max(args.student_steps // 4, 1),
-        "logging_steps": max(args.student_steps // 10, 1),
+        "eval_datasets": {UNSEEN: {"path": str(prepared["files"]["heldout"]), "max_samples": args.eval_blocks or None}},
+        "eval_strategy": "steps",
+        "eval_steps": args.eval_every,
+        "per_device_eval_batch_size": args.batch_size,
+        "save_steps": args.eval_every,
+        "save_total_limit": 1,  # the last checkpoint's trainer state holds every evaluation
+        "logging_steps": args.eval_every,
     }
     runs = [{"name": name, **overrides} for name, _, overrides in VARIANTS]
     return write_sweep(args.work_dir, "students", {"base": base, "runs": runs})
 
 
-def bits_per_byte_of(model, tokenizer, args, label: str) -> dict:
-    """The model on the held-out articles, with its own tokenizer: loss per token and bits per byte."""
+def teacher_results(args, teacher_dir: Path) -> dict:
+    """The teacher on the held-out articles, with its own tokenizer: loss per token and bits per byte."""
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
     blocks = heldout_blocks(Path(args.work_dir) / "data" / "heldout.txt", tokenizer, args.seq_length,
                             Path(args.work_dir) / "cache", args.eval_blocks)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    found = heldout_metrics(model, blocks, partial(collate, pad_token_id=pad), desc=label)
-    lengths = token_byte_lengths(tokenizer)
-    targets = [ids[1:] for ids in blocks["input_ids"]]
-    n_targets = sum(map(len, targets))
-    n_bytes = int(sum(lengths[torch.as_tensor(ids, dtype=torch.long)].sum() for ids in targets))
-    return {**found, "targets": n_targets, "bytes": n_bytes,
-            "bits_per_byte": bits_per_byte(found["lm_loss"] * n_targets, n_bytes)}  # fmt: skip
+    found = heldout_metrics(teacher, blocks, partial(collate, pad_token_id=tokenizer.eos_token_id), desc="teacher",
+                            tokenizer=tokenizer)
+    return {"parameters": teacher.num_parameters(), "vocabulary": len(tokenizer), **teacher_training(teacher_dir),
+            **found}  # fmt: skip
+
+
+def comparison(students: dict) -> dict:
+    """The baseline is the cross-entropy student's best held-out checkpoint (bits per byte); every other student
+    is compared with it there and at every later budget (keys: steps), and the best of them (the lowest worst
+    ratio) against the goal."""
+    trained = [point for point in students[BASELINE]["curve"] if point["step"] > 0]
+    best = min(trained, key=lambda point: point["bits_per_byte"])
+    later = [point["step"] for point in trained if point["step"] >= best["step"]]
+    over_best = {}
+    for name, row in students.items():
+        at = {point["step"]: point["bits_per_byte"] for point in row["curve"]}
+        over_best[name] = {str(step): at[step] / best["bits_per_byte"] for step in later}
+        row["vs_baseline"] = over_best[name][str(best["step"])]
+    goals = {name: goal(ratios, GOAL) for name, ratios in over_best.items() if name != BASELINE}
+    best_student = min(goals, key=lambda name: goals[name]["worst"])
+    return {"baseline_best_step": best["step"], "baseline_best_bits_per_byte": best["bits_per_byte"],
+            "baseline_overfits": best["step"] < trained[-1]["step"], "over_baseline_best": over_best,
+            "best": {"name": best_student, **goals[best_student]}}  # fmt: skip
 
 
 def evaluate(args, prepared: dict, sweep) -> dict:
-    teacher = AutoModelForCausalLM.from_pretrained(prepared["teacher_dir"], dtype=torch.float32).eval()
-    teacher_tokenizer = PreTrainedTokenizerFast.from_pretrained(prepared["teacher_dir"])
     student_tokenizer = PreTrainedTokenizerFast.from_pretrained(prepared["student_dir"])
-    results = {"splits": prepared["splits"], "teacher": {
-        "parameters": teacher.num_parameters(), "vocabulary": len(teacher_tokenizer),
-        **teacher_training(prepared["teacher_dir"]), **bits_per_byte_of(teacher, teacher_tokenizer, args, "teacher"),
-    }, "students": {}}  # fmt: skip
+    results = {"splits": prepared["splits"], "teacher": teacher_results(args, prepared["teacher_dir"])}
     descriptions = {name: what for name, what, _ in VARIANTS}
+    students = {}
     for run in sweep.runs:
-        run_dir, name = sweep.run_dir(run), run.name.rsplit("-", 1)[0]  # the sweep adds a hash of the overrides
-        student = load_student(str(run_dir))
-        results["students"][name] = {
-            "signal": descriptions[name], "parameters": student.num_parameters(),
-            "vocabulary": len(student_tokenizer), "train_seconds": RunDir(run_dir).read_metrics().train.wall_seconds,
-            **bits_per_byte_of(student, student_tokenizer, args, name),
-        }  # fmt: skip
-    baseline = results["students"][BASELINE]["bits_per_byte"]
-    for row in results["students"].values():
-        row["vs_baseline"] = row["bits_per_byte"] / baseline
-    best = min((name for name in results["students"] if name != BASELINE),
-               key=lambda name: results["students"][name]["bits_per_byte"])
-    results["best"] = {"name": best, "ratio": results["students"][best]["vs_baseline"], "goal": GOAL,
-                       "met": results["students"][best]["vs_baseline"] <= GOAL}  # fmt: skip
-    return results
+        name = run.name.rsplit("-", 1)[0]  # the sweep adds a hash of the overrides
+        students[name] = {"signal": descriptions[name], "vocabulary": len(student_tokenizer),
+                          **student_results(sweep.run_dir(run), args.batch_size * args.seq_length, CURVE_METRICS)}
+    return {**results, "students": students, **comparison(students)}
 
 
 def write_report(args, results: dict, command: str) -> None:
     teacher, students, splits = results["teacher"], results["students"], results["splits"]
+    best_step, best = results["baseline_best_step"], results["best"]
+    last = students[BASELINE]["curve"][-1]["step"]
     *head, teacher_line = report_opening("Cross-tokenizer distillation (WikiText-2)", command, results["device"],
                                          args, teacher)  # fmt: skip
     lines = [
@@ -174,35 +187,48 @@ def write_report(args, results: dict, command: str) -> None:
         f"{splits['teacher_characters']:,} characters. Students: {args.student_layers}-layer Llamas from scratch with "
         f"a SentencePiece-style BPE of {next(iter(students.values()))['vocabulary']} tokens, each "
         f"{args.student_steps} steps of {args.batch_size} x {args.seq_length} tokens on the transfer set "
-        f"({splits['transfer_articles']} articles, {splits['transfer_characters']:,} characters). Evaluated on "
-        f"{splits['heldout_characters']:,} held-out characters, each model with its own tokenizer.",
+        f"({splits['transfer_articles']} articles, {splits['transfer_characters']:,} characters), evaluated every "
+        f"{args.eval_every} steps on {splits['heldout_characters']:,} held-out characters, each model with its own "
+        "tokenizer.",
         "",
-        *markdown_head(["model", "learns from", "bits per byte", "vs. baseline", "loss per token (nats)",
-                        "train time"]),
-        markdown_row(["teacher", "its own text", f"{teacher['bits_per_byte']:.3f}", "", f"{teacher['lm_loss']:.3f}",
+        f"Baseline: the cross-entropy student's best held-out checkpoint, step {best_step}, "
+        f"{results['baseline_best_bits_per_byte']:.3f} bits per byte"
+        + ("; it rose after it (the student overfits the transfer set)." if results["baseline_overfits"]
+           else "; the last budget: it had not begun to overfit, so a longer run may lower the baseline."),
+        "",
+        *markdown_head(["model", "learns from", f"bits per byte at step {best_step}", "vs. baseline",
+                        f"bits per byte at step {last}", "vs. baseline", "lowest (step)", "train time"]),
+        markdown_row(["teacher", "its own text", f"{teacher['bits_per_byte']:.3f}", "", "", "", "",
                       f"{teacher['train_seconds']:.0f} s"]),
-    ]
+    ]  # fmt: skip
     for name, row in students.items():
-        lines.append(markdown_row([name, row["signal"], f"{row['bits_per_byte']:.3f}", f"{row['vs_baseline']:.3f}x",
-                                   f"{row['lm_loss']:.3f}", f"{row['train_seconds']:.0f} s"]))  # fmt: skip
-    best = results["best"]
-    lines += ["", f"- Best cross-tokenizer student ({best['name']}): {best['ratio']:.3f}x the baseline's bits per byte "
-              f"(goal: at most {GOAL}x): {'met' if best['met'] else 'not met'}.",
-              "", f"![bits per byte per student]({Path(args.report).with_suffix('.png').name})", ""]
+        at = {point["step"]: point["bits_per_byte"] for point in row["curve"]}
+        lowest = min(row["curve"][1:], key=lambda point: point["bits_per_byte"])
+        ratios = results["over_baseline_best"][name]
+        lines.append(markdown_row([
+            name, row["signal"], f"{at[best_step]:.3f}", f"{ratios[str(best_step)]:.3f}x", f"{at[last]:.3f}",
+            f"{ratios[str(last)]:.3f}x", f"{lowest['bits_per_byte']:.3f} ({lowest['step']})",
+            f"{row['train_seconds']:.0f} s",
+        ]))  # fmt: skip
+    lines += ["", f"- Best cross-tokenizer student ({best['name']}): at most {best['worst']:.3f}x the baseline's best "
+              f"bits per byte from step {best_step} on (goal: at most {GOAL}x): {'met' if best['met'] else 'not met'}.",
+              "", f"![held-out bits per byte against training tokens]({Path(args.report).with_suffix('.png').name})",
+              ""]  # fmt: skip
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text("\n".join(lines))
     plot(results, Path(args.report).with_suffix(".png"))
 
 
 def plot(results: dict, path: Path) -> None:
-    names = list(results["students"])
-    values = [results["students"][name]["bits_per_byte"] for name in names]
-    figure, axes = plt.subplots(figsize=(9, 4))
-    axes.bar_label(axes.bar(names, values, color="tab:blue"), fmt="%.3f")
-    axes.axhline(results["teacher"]["bits_per_byte"], color="tab:red", linestyle="--", label="teacher")
-    axes.set_ylabel("held-out bits per byte")
-    axes.tick_params(axis="x", rotation=20)
-    axes.legend()
+    """Held-out bits per byte against training tokens, one line per student, the baseline's best marked."""
+    students = results["students"]
+    curves = {name: [(point["tokens"], point["bits_per_byte"]) for point in row["curve"][1:]]
+              for name, row in students.items()}  # fmt: skip
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    draw_perplexity_curves(axes, curves, results["teacher"]["bits_per_byte"], log_tokens=False,
+                           teacher_color="black", measure="held-out bits per byte")
+    best = next(point for point in students[BASELINE]["curve"] if point["step"] == results["baseline_best_step"])
+    axes.axvline(best["tokens"], color="gray", linestyle=":")
     save_figure(figure, path)
 
 

@@ -16,9 +16,11 @@
    cross-entropy on its labels (the baseline), the teacher's logits (forward KL), logits and hidden
    states, logits and labels (Hinton et al.'s mix), logits on the transfer set plus the sampled text,
    and the logit student as a ternary (BitNet b1.58) twin. On the 30% set: labels and logits, from
-   scratch. Every student trains the same steps and is evaluated on the held-out set every
-   ``--eval_every`` steps (distily's ``eval_datasets``): the same budgets for all. The students are a
-   sweep (``WORK_DIR/students.yaml``), so an interrupted experiment resumes.
+   scratch. Every student of a transfer set trains the same steps (``--student_steps``: 320 on the 10%
+   set, 960 on the 30%: three times the text takes about three times the steps to overfit) and is
+   evaluated on the held-out set every ``--eval_every`` steps (distily's ``eval_datasets``): the same
+   budgets for all. The students are a sweep (``WORK_DIR/students.yaml``), so an interrupted experiment
+   resumes.
 5. The baseline's reported point is its best held-out checkpoint (early stopping favours the baseline);
    every student is compared with it there and at every later budget.
 
@@ -113,7 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="transfer sets, as fractions of the teacher's text, nested: the first is learned from "
                         "by every signal, the others by labels and logits from scratch")
     parser.add_argument("--student_inits", nargs="+", choices=list(INITS), default=list(INITS))
-    parser.add_argument("--student_steps", type=int, default=320)
+    parser.add_argument("--student_steps", type=int, nargs="+", default=[320, 960],
+                        help="steps of every student, one value for all transfer sets or one per --transfer_fractions "
+                        "(in its order): a larger set needs more steps before the baseline overfits it")
     parser.add_argument("--eval_every", type=int, default=40, help="steps between held-out evaluations (divides --student_steps)")
     parser.add_argument("--eval_blocks", type=int, default=128, help="held-out blocks evaluated (the first ones)")
     args = parser.parse_args(argv)
@@ -121,11 +125,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--heldout_fraction {args.heldout_fraction} must be between 0 and 1")
     if not all(0 < fraction < 1 for fraction in args.transfer_fractions):
         parser.error(f"--transfer_fractions {args.transfer_fractions} must be between 0 and 1")
-    if args.eval_every < 1 or args.student_steps % args.eval_every:
+    if len(args.student_steps) not in (1, len(args.transfer_fractions)):
+        parser.error(f"--student_steps {args.student_steps}: expected one value, or one per --transfer_fractions "
+                     f"{args.transfer_fractions}")
+    if args.eval_every < 1 or any(steps % args.eval_every for steps in args.student_steps):
         parser.error(f"--eval_every {args.eval_every} must be a positive divisor of --student_steps {args.student_steps}")
     if args.eval_blocks < 1:
         parser.error(f"--eval_blocks {args.eval_blocks} must be a positive number of blocks")
-    args.transfer_fractions = sorted(set(args.transfer_fractions))
+    steps = dict(zip(args.transfer_fractions, itertools.cycle(args.student_steps)))
+    args.transfer_fractions = sorted(steps)
+    args.steps_by_set = {set_name(fraction): steps[fraction] for fraction in args.transfer_fractions}
+    args.student_steps = args.steps_by_set[set_name(args.transfer_fractions[0])]  # the common keys' max_steps
     return args  # fmt: skip
 
 
@@ -233,7 +243,8 @@ def groups(args) -> list[tuple[str, str, list[str]]]:
 
 
 def student_sweep(args, teacher_dir: Path, files: dict):
-    """Every student as a run of one sweep: equal steps, the held-out set evaluated every --eval_every steps."""
+    """Every student as a run of one sweep: equal steps within a transfer set, the held-out set evaluated every
+    --eval_every steps."""
     base = {
         **student_keys(args, teacher_dir),
         "eval_fraction": ONE_BLOCK,  # the run's own held-out check; the comparison is on the held-out articles
@@ -248,16 +259,17 @@ def student_sweep(args, teacher_dir: Path, files: dict):
     overrides = {name: keys for name, _, keys in SIGNALS}
     runs = [
         {"name": f"{init}-{transfer}-{signal}", **STUDENT_INITS[init][1], **overrides[signal],
-         "dataset_name": str(files[SAMPLED if signal == SAMPLED else transfer])}
+         "dataset_name": str(files[SAMPLED if signal == SAMPLED else transfer]),
+         **({} if args.steps_by_set[transfer] == args.student_steps else {"max_steps": args.steps_by_set[transfer]})}
         for transfer, init, signals in groups(args) for signal in signals
     ]  # fmt: skip
     spec = {"base": base, "runs": runs, "metric": f"student.after_{UNSEEN}_perplexity", "metric_goal": "min"}
     return write_sweep(args.work_dir, "students", spec)
 
 
-def curve_point(step: int, tokens_per_step: int, evaluation: Evaluation) -> dict:
+def curve_point(step: int, tokens_per_step: int, evaluation: Evaluation, metrics: tuple[str, ...]) -> dict:
     return {"step": step, "tokens": step * tokens_per_step,
-            **{metric: evaluation.get(metric, UNSEEN) for metric in CURVE_METRICS}}  # fmt: skip
+            **{metric: evaluation.get(metric, UNSEEN) for metric in metrics}}  # fmt: skip
 
 
 def logged_evaluation(entry: dict) -> Evaluation:
@@ -265,21 +277,22 @@ def logged_evaluation(entry: dict) -> Evaluation:
     return Evaluation({key.removeprefix("eval_"): value for key, value in entry.items() if key.startswith("eval_")})
 
 
-def student_results(run_dir: Path, tokens_per_step: int) -> dict:
-    """A finished student: its held-out curve (before training, then each evaluation, from the trainer state
-    of its last checkpoint), size, time and the check that the held-out set shares no span with its data."""
+def student_results(run_dir: Path, tokens_per_step: int, metrics: tuple[str, ...] = CURVE_METRICS) -> dict:
+    """A finished student: its held-out curve of ``metrics`` (before training, then each evaluation, from the
+    trainer state of its last checkpoint), size, time and the check that the held-out set shares no span with
+    its data."""
     run = RunDir(run_dir)
-    metrics = run.read_metrics()
+    found = run.read_metrics()
     state = json.loads((run.checkpoints()[0] / TRAINER_STATE_FILE).read_text())
     evaluations = [entry for entry in state["log_history"] if f"eval_{UNSEEN}_perplexity" in entry]
     return {
         "run_dir": str(run_dir),
-        "parameters": metrics.student.parameters,
-        "train_seconds": metrics.train.wall_seconds,
-        "tokens_seen": metrics.train.tokens_seen,
-        "heldout_overlap": dataclasses.asdict(metrics.eval_overlap[UNSEEN]) if UNSEEN in metrics.eval_overlap else None,
-        "curve": [curve_point(0, tokens_per_step, metrics.student.before)]
-        + [curve_point(entry["step"], tokens_per_step, logged_evaluation(entry)) for entry in evaluations],
+        "parameters": found.student.parameters,
+        "train_seconds": found.train.wall_seconds,
+        "tokens_seen": found.train.tokens_seen,
+        "heldout_overlap": dataclasses.asdict(found.eval_overlap[UNSEEN]) if UNSEEN in found.eval_overlap else None,
+        "curve": [curve_point(0, tokens_per_step, found.student.before, metrics)]
+        + [curve_point(entry["step"], tokens_per_step, logged_evaluation(entry), metrics) for entry in evaluations],
     }
 
 
@@ -371,7 +384,8 @@ def write_report(args, results: dict, command: str) -> None:
         f"{teacher['train_seconds']:.0f} s; held-out perplexity {teacher['perplexity']:.1f}. Held out from everyone: "
         f"the last {splits['heldout']['articles']} articles of `test.txt` ({splits['heldout']['tokens']:,} tokens), "
         f"of which the first {results['heldout_tokens']:,} tokens are evaluated. Students: {args.student_layers} layers, "
-        f"{args.student_steps} steps of {args.batch_size} x {args.seq_length} tokens, evaluated every {args.eval_every} "
+        + ", ".join(f"{steps} steps on the {name} set" for name, steps in args.steps_by_set.items())
+        + f", each of {args.batch_size} x {args.seq_length} tokens, evaluated every {args.eval_every} "
         "steps; KL is KL(teacher || student) per token, in nats.",
         "",
         "Transfer sets (articles of the teacher's training text): "

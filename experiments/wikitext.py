@@ -176,16 +176,16 @@ def markdown_row(cells) -> str:
 
 
 def draw_perplexity_curves(axes, curves: dict, teacher_perplexity: float, log_tokens: bool,
-                           teacher_color: str = "tab:red") -> None:
-    """Held-out perplexity against training tokens, one line per model (``curves``: name -> [(tokens,
-    perplexity)]), the teacher's as a dashed line (in a colour none of the curves has)."""
+                           teacher_color: str = "tab:red", measure: str = "test perplexity") -> None:
+    """Held-out perplexity (or another ``measure``) against training tokens, one line per model (``curves``:
+    name -> [(tokens, perplexity)]), the teacher's as a dashed line (in a colour none of the curves has)."""
     for name, points in curves.items():
         axes.plot(*zip(*points), marker="o", label=name)
     axes.axhline(teacher_perplexity, color=teacher_color, linestyle="--", label="teacher")
     if log_tokens:
         axes.set_xscale("log")
     axes.set_xlabel("training tokens")
-    axes.set_ylabel("test perplexity")
+    axes.set_ylabel(measure)
     axes.legend()
 
 

@@ -124,14 +124,14 @@ class CrossTokenizerTeacher(LiveTeacher):
         self._eval = data.eval
         plain = partial(collate, pad_token_id=self.student_pad_token_id)
         self._evaluator = Evaluator({HELDOUT_SET: data.eval.select_columns([INPUT_IDS]), **eval_sets}, plain,
-                                    batch_size)
+                                    batch_size, tokenizer=self._student_tokenizer)
         return self._evaluator
 
     def own_metrics(self) -> Evaluation:
-        """The teacher's held-out loss and perplexity, on its own tokens of the held-out text."""
+        """The teacher's held-out loss, perplexity and bits per byte, on its own tokens of the held-out text."""
         batch_size = self.config.training.per_device_eval_batch_size
         found = heldout_metrics(self.model, teacher_rows(self._eval), partial(collate, pad_token_id=self.pad_token_id),
-                                batch_size, desc="Evaluating the teacher")
+                                batch_size, desc="Evaluating the teacher", tokenizer=self.tokenizer)
         return Evaluation({metric_key(HELDOUT_SET, name): value for name, value in found.items()})
 
     def __call__(self, batch, objective: DistillationObjective):

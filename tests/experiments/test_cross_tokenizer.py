@@ -19,14 +19,26 @@ def test_cross_tokenizer_writes_its_table_plot_and_numbers(tmp_path):
     report, numbers = tmp_path / "docs" / "cross.md", tmp_path / "cross.json"
     toy = ["--vocab_size", "300", "--student_vocab_size", "350", "--hidden_size", "64", "--teacher_layers", "2",
            "--student_layers", "1", "--seq_length", "32", "--batch_size", "4", "--teacher_steps", "2",
-           "--student_steps", "2", "--eval_blocks", "4", "--transfer_fraction", "0.3"]  # fmt: skip
+           "--student_steps", "2", "--eval_every", "1", "--eval_blocks", "4", "--transfer_fraction", "0.3"]  # fmt: skip
     results = script.main(["--data", str(data), "--work_dir", str(tmp_path / "work"), "--report", str(report),
                            "--json", str(numbers), *toy])
     expected = [name for name, _, _ in script.VARIANTS]
     assert list(results["students"]) == expected
-    for row in [results["teacher"], *results["students"].values()]:
-        assert 0 < row["bits_per_byte"] < 20 and row["bytes"] > row["targets"] > 0
-    assert results["students"]["cross-entropy"]["vs_baseline"] == 1.0
+    assert 0 < results["teacher"]["bits_per_byte"] < 20
+    for row in results["students"].values():  # before training, then every --eval_every steps
+        assert [point["step"] for point in row["curve"]] == [0, 1, 2]
+        assert all(0 < point["bits_per_byte"] < 20 for point in row["curve"])
+
+    # the baseline is the cross-entropy student's best checkpoint; every student is compared with it from there on
+    baseline = results["students"]["cross-entropy"]["curve"]
+    best = min(baseline[1:], key=lambda point: point["bits_per_byte"])
+    assert results["baseline_best_step"] == best["step"] and results["students"]["cross-entropy"]["vs_baseline"] == 1.0
+    later = [str(step) for step in (1, 2) if step >= best["step"]]
+    mapped = {str(point["step"]): point["bits_per_byte"] for point in results["students"]["mapped"]["curve"]}
+    assert results["over_baseline_best"]["mapped"] == pytest.approx({step: mapped[step] / best["bits_per_byte"] for step in later})
+    worst = {name: max(ratios.values()) for name, ratios in results["over_baseline_best"].items() if name != "cross-entropy"}
+    assert results["best"]["name"] == min(worst, key=worst.get) and results["best"]["worst"] == pytest.approx(min(worst.values()))
+
     assert json.loads(numbers.read_text())["students"].keys() == set(expected)
     table = report.read_text()
     assert all(f"| {name} |" in table for name in expected) and "cross_tokenizer.py --data" in table

@@ -160,6 +160,11 @@ def test_distilling_across_tokenizers_lowers_the_students_heldout_loss(two_token
     assert student["after_lm_loss"] < 0.9 * student["before_lm_loss"], student
     assert student["after_loss_logits"] < student["before_loss_logits"], student
     assert metrics["framing"]["packing"] == "aligned_pieces"
+    # bits per byte for both models, each on its own tokens: the student's bytes per target token do not change
+    # with training, so bits per byte and loss per token move together
+    assert student["after_bits_per_byte"] / student["after_lm_loss"] == pytest.approx(
+        student["before_bits_per_byte"] / student["before_lm_loss"], rel=1e-6)
+    assert 0 < metrics["teacher"]["bits_per_byte"] < student["before_bits_per_byte"]
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
     assert saved.config.vocab_size == 400
 
