@@ -34,6 +34,7 @@ from distily.metrics import EXACT_MATCH, KL_TO_TEACHER, SAMPLES, generation_key
 from distily.recording.responses import prompt_ids
 from distily.training.on_policy import completion_batch
 
+
 @dataclass(frozen=True)
 class HeldoutPrompts:
     """Conversations to answer (each ending with the user's turn) and the reference answers."""

@@ -19,7 +19,8 @@ from distily.evaluation.harness import (
 from tiny import make_documents, save_tiny_model, write_jsonl
 
 TASK = "distily_tiny_choice"
-CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}"
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant> {% endif %}")
 
 
 def choice_task(name: str, **dataset) -> dict:
