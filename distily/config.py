@@ -157,7 +157,9 @@ class EvalConfig:
 
     prog: ClassVar[str] = "distily eval"
     usage: ClassVar[str] = "distily eval MODEL [--teacher_model_name_or_path TEACHER] [--key value ...]"
-    description: ClassVar[str] = "Evaluate a model, beside its teacher: perplexity sets, agreement, lm-eval tasks."
+    description: ClassVar[str] = (
+        "Evaluate a model, beside its teacher: perplexity sets, agreement, answers to held-out prompts, lm-eval tasks."
+    )
 
     command: EvalCommandArguments
     evaluation: EvaluationArguments
@@ -166,8 +168,11 @@ class EvalConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not self.evaluation.eval_datasets and not self.evaluation.lm_eval_tasks:
-            raise DistilyConfigError("nothing to evaluate; expected --eval_datasets and/or --lm_eval_tasks")
+        evaluation = self.evaluation
+        if not (evaluation.eval_datasets or evaluation.lm_eval_tasks or evaluation.generation_eval_dataset):
+            raise DistilyConfigError(
+                "nothing to evaluate; expected --eval_datasets, --generation_eval_dataset and/or --lm_eval_tasks"
+            )
 
 
 FILE_COMMANDS = (DistillConfig, RecordConfig, GenerateConfig)  # the commands that read a config file

@@ -20,11 +20,19 @@ from distily.evaluation.arguments import HELDOUT_SET
 PER_SET_METRICS = ("lm_loss", "perplexity", "bits_per_byte", "nats_per_byte", "kl_to_teacher", "top1_agreement")
 BYTE_METRICS = ("bits_per_byte", "nats_per_byte")  # comparable across tokenizers
 BEFORE, AFTER = "before", "after"  # the student's evaluations before and after training
+GENERATION = "generation"  # greedy answers to held-out prompts: generation/<metric> (distily.evaluation.generations)
+EXACT_MATCH, KL_TO_TEACHER, SAMPLES = "exact_match", "kl_to_teacher", "samples"
 
 
 def metric_key(set_name: str, metric: str) -> str:
     """``perplexity`` on the held-out split, ``<set>_perplexity`` on a named eval set."""
     return metric if set_name == HELDOUT_SET else f"{set_name}_{metric}"
+
+
+def generation_key(metric: str) -> str:
+    """``generation/exact_match``, ``generation/<metric function>``, ``generation/kl_to_teacher``,
+    ``generation/samples`` (the prompts answered)."""
+    return f"{GENERATION}/{metric}"
 
 
 def _split(values: dict, names) -> tuple[dict, dict]:
@@ -121,6 +129,10 @@ class TeacherMetrics:
     lm_eval: Optional[dict[str, dict[str, float]]] = None
 
     FIXED = ("parameters", "size_on_disk_bytes", "quantization", "memory_bytes", "architecture", "lm_eval")
+
+    def with_metrics(self, values: dict[str, float]) -> "TeacherMetrics":
+        """This teacher with ``values`` added to its evaluation."""
+        return dataclasses.replace(self, evaluation=Evaluation({**self.evaluation.values, **values}))
 
     @property
     def model_name_or_path(self) -> Optional[str]:

@@ -52,17 +52,13 @@ from transformers import (
 
 from distily.config import parse_generate_config
 from distily.data.chat import assistant_token_mask
-from distily.data.framing import LOSS_MASK
 from distily.data.tokenizer import train_byte_level_bpe
-from distily.generation.arguments import SamplingSettings
-from distily.generation.engine import HFGenerator, strip_eos
+from distily.evaluation.generations import GenerationEval, HeldoutPrompts
+from distily.metrics import generation_key
 from distily.models.student import load_student
-from distily.objectives.losses import forward_kl
 from distily.outputs import write_json_atomic
 from distily.recording.generate import run_generation
-from distily.recording.responses import prompt_ids
 from distily.training.distillation_model import STUDENT
-from distily.training.on_policy import completion_batch
 from distily.training.run_dir import RunDir
 
 from wikitext import (
@@ -288,39 +284,12 @@ def student_sweep(args, teacher_dir: Path, data: dict):
 # evaluation
 
 
-def answers(model: PreTrainedModel, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-            batch_size: int = 128) -> list[list[int]]:
-    """Greedy completions (up to and with the end-of-turn token) of ``prompts``."""
-    generator = HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0), tokenizer.eos_token_id,
-                            tokenizer.pad_token_id)  # fmt: skip
-    return [completion for start in range(0, len(prompts), batch_size)
-            for completion in generator.generate(prompts[start:start + batch_size])]  # fmt: skip
-
-
-@torch.no_grad()
-def kl_on_answers(student, teacher, prompts, completions, pad_token_id: int, batch_size: int = 128) -> float:
-    """KL(teacher || student) per completion token, on ``completions`` (the student's own)."""
-    total, tokens = 0.0, 0
-    for start in range(0, len(prompts), batch_size):
-        batch = completion_batch(prompts[start:start + batch_size], completions[start:start + batch_size],
-                                 pad_token_id)  # fmt: skip
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        where = batch[LOSS_MASK].bool()  # [batch, seq]
-        per_token = forward_kl(student(**inputs).logits[where], teacher(**inputs).logits[where])  # [tokens]
-        total, tokens = total + float(per_token.sum()), tokens + int(where.sum())
-    return total / max(tokens, 1)
-
-
 def heldout_scores(model, tokenizer, heldout: list[tuple[str, str]], max_new_tokens: int, teacher=None) -> dict:
     """Greedy exact match (percent) on the held-out prompts, and with ``teacher`` the KL to it on the answers."""
-    model.eval()
-    prompts = [prompt_ids(tokenizer, conversation(prompt), CHAT_TEMPLATE) for prompt, _ in heldout]
-    completions = answers(model, tokenizer, prompts, max_new_tokens)
-    texts = [tokenizer.decode(strip_eos(ids, tokenizer.eos_token_id), skip_special_tokens=True) for ids in completions]
-    scores = {"exact_match": 100.0 * sum(text == answer for text, (_, answer) in zip(texts, heldout)) / len(heldout)}
-    if teacher is not None:
-        scores["kl_to_teacher"] = kl_on_answers(model, teacher, prompts, completions, tokenizer.pad_token_id)
-    return scores
+    prompts = HeldoutPrompts([conversation(prompt) for prompt, _ in heldout], [answer for _, answer in heldout])
+    scores = GenerationEval(prompts, CHAT_TEMPLATE, max_new_tokens, batch_size=128).scores(model, tokenizer, teacher)
+    names = ("exact_match", "kl_to_teacher") if teacher is not None else ("exact_match",)
+    return {name: scores[generation_key(name)] for name in names}
 
 
 def run_checkpoints(run_dir: Path) -> dict[int, Path]:

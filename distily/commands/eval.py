@@ -1,7 +1,8 @@
 """``distily eval MODEL [--teacher_model_name_or_path T]``: the evaluation of a run, on its own.
 
 The same measurements as during and after distillation (perplexity on named eval sets, agreement with
-the teacher, lm-eval tasks with the teacher's results cached), for any causal LM and teacher.
+the teacher, greedy answers to held-out prompts, lm-eval tasks with the teacher's results cached), for any
+causal LM and teacher.
 """
 
 from functools import partial
@@ -10,8 +11,10 @@ from pathlib import Path
 from transformers import AutoConfig, PreTrainedModel
 
 from distily.config import EvalConfig, make_parser, parse_eval_config
+from distily.data.arguments import DataArguments
 from distily.data.text import collate, default_cache_dir
-from distily.evaluation.harness import cached_teacher_results, run_tasks, task_manager
+from distily.evaluation.generations import GenerationEvaluator, generation_eval
+from distily.evaluation.harness import cached_teacher_results, check_chat_template, run_tasks, task_manager
 from distily.evaluation.heldout import Evaluator
 from distily.evaluation.perplexity import load_eval_sets
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length
@@ -37,8 +40,10 @@ def run_evaluation(config: EvalConfig) -> dict:
     """``{"columns": {model name: metrics}, "table": markdown}``; with ``output_dir``, also written there."""
     command, evaluation = config.command, config.evaluation
     manager = task_manager(evaluation) if evaluation.lm_eval_tasks else None
+    answering = generation_eval(evaluation, DataArguments(), command.chat_template, command.per_device_eval_batch_size)
     model = load_model(command.model_name_or_path, command.torch_dtype, command.trust_remote_code)
     tokenizer = load_tokenizer(command.model_name_or_path, "model", command.trust_remote_code)
+    check_chat_template(tokenizer, evaluation)
     teacher, teacher_tokenizer, vocab_size = None, None, None
     if command.teacher_model_name_or_path is not None:
         teacher = load_teacher(command.teacher_model_name_or_path, command.torch_dtype, command.trust_remote_code)
@@ -53,6 +58,10 @@ def run_evaluation(config: EvalConfig) -> dict:
     evaluator = Evaluator(sets, partial(collate, pad_token_id=pad_token_id), command.per_device_eval_batch_size,
                           teacher, vocab_size, tokenizer, teacher_tokenizer)
     student_metrics, teacher_metrics = evaluator(model), evaluator.teacher_metrics()
+    if answering is not None:
+        generations = GenerationEvaluator(answering, tokenizer, teacher, vocab_size)
+        student_metrics.update(generations(model))
+        teacher_metrics.update(generations.teacher_metrics())
     if manager is not None:
         batch_size = command.per_device_eval_batch_size
         student_metrics.update(flat_lm_eval(run_tasks(model, tokenizer, evaluation, manager, batch_size)))

@@ -1,5 +1,5 @@
-"""What a user configures about evaluation: perplexity sets, the overlap check, lm-eval benchmarks, and what
-``distily eval`` evaluates."""
+"""What a user configures about evaluation: perplexity sets, the overlap check, greedy answers to held-out
+prompts, lm-eval benchmarks, and what ``distily eval`` evaluates."""
 
 import os
 import re
@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 from distily.arguments import json_dict, one_of
 from distily.data.arguments import PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP
 from distily.errors import DistilyConfigError
+from distily.evaluation.user_metric import load_metric
 from distily.models.arguments import TORCH_DTYPES
 
 EVAL_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -63,6 +64,31 @@ class EvaluationArguments:
             "(metrics.json, model card). 0 skips the check."
         },
     )
+    generation_eval_dataset: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Held-out prompts answered greedily by the student (before and after training, at every "
+            "evaluation) and the teacher: a Hub id or a local jsonl/json/parquet file or directory of chat data "
+            "(messages ending with the assistant's reference answer, or prompt + completion). Exact match in "
+            "percent, generation_eval_metric, and KL(teacher || student) per token on the student's own answers."
+        },
+    )
+    generation_eval_split: str = field(
+        default="train", metadata={"help": "Split of generation_eval_dataset (slices such as train[:100] work)."}
+    )
+    generation_eval_max_samples: int = field(
+        default=128, metadata={"help": "Prompts of generation_eval_dataset answered (its first ones)."}
+    )
+    generation_eval_max_new_tokens: int = field(
+        default=128, metadata={"help": "Tokens generated at most per answer (an end-of-text token ends it earlier)."}
+    )
+    generation_eval_metric: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A metric of the answers besides exact match, as module:function (importable, called as "
+            "function(prediction, reference) -> float and averaged over the prompts), e.g. my_metrics:char_f1."
+        },
+    )
     lm_eval_tasks: Optional[list[str]] = field(
         default=None,
         metadata={
@@ -88,6 +114,13 @@ class EvaluationArguments:
         default=100000,
         metadata={"help": "Bootstrap iterations for lm-eval standard errors of non-mean metrics (0: no stderr)."},
     )
+    lm_eval_apply_chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "lm-eval formats each prompt with the tokenizer's chat template, few-shot examples as turns "
+            "of the conversation (for chat models; tasks that support it)."
+        },
+    )
     lm_eval_cache_dir: Optional[str] = field(
         default=None,
         metadata={
@@ -102,6 +135,17 @@ class EvaluationArguments:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise DistilyConfigError(f"{name}={value} must be >= 0")
+        for name in ("generation_eval_max_samples", "generation_eval_max_new_tokens"):
+            value = getattr(self, name)
+            if value < 1:
+                raise DistilyConfigError(f"{name}={value} must be a positive integer")
+        if self.generation_eval_metric is not None:
+            if self.generation_eval_dataset is None:
+                raise DistilyConfigError(
+                    f"generation_eval_metric={self.generation_eval_metric!r} is set without generation_eval_dataset; "
+                    "expected the prompts to answer"
+                )
+            load_metric(self.generation_eval_metric)
         limit = self.lm_eval_limit
         if limit is not None:
             if limit <= 0 or (limit >= 1 and limit != int(limit)):
@@ -144,7 +188,14 @@ class EvalCommandArguments:
     max_eval_samples: Optional[int] = field(
         default=256, metadata={"help": "Limit on the packed sequences of each eval set."}
     )
-    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences per batch."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Sequences (or prompts) per batch."})
+    chat_template: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Jinja chat template (the string, or a path to a .jinja file) the prompts of "
+            "generation_eval_dataset are rendered with; default: the model tokenizer's own."
+        },
+    )
     tokenization_cache_dir: Optional[str] = field(
         default=None, metadata={"help": "Where tokenized eval sets are cached. Default: $HF_HOME/distily/tokenized."}
     )

@@ -76,6 +76,15 @@ def _check_task_loads(task: str, manager) -> None:
         ) from error
 
 
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, args: EvaluationArguments) -> None:
+    """With ``lm_eval_apply_chat_template``, the tokenizer must have a chat template (checked before training)."""
+    if args.lm_eval_tasks and args.lm_eval_apply_chat_template and not tokenizer.chat_template:
+        raise DistilyConfigError(
+            f"lm_eval_apply_chat_template=true, but the tokenizer ({type(tokenizer).__name__}) has no chat template; "
+            "expected a chat model's tokenizer, or lm_eval_apply_chat_template=false"
+        )
+
+
 def _descendants(group_subtasks: dict[str, list[str]], names: list[str]) -> set[str]:
     found, pending = set(), list(names)
     while pending:
@@ -116,11 +125,14 @@ def run_tasks(
     manager,
     batch_size: int,
 ) -> dict[str, dict[str, float]]:
-    """``task_results`` of ``model`` on ``args.lm_eval_tasks`` (the model is left in eval mode)."""
+    """``task_results`` of ``model`` on ``args.lm_eval_tasks`` (the model is left in eval mode). With
+    ``lm_eval_apply_chat_template`` the harness renders prompts with the tokenizer's chat template, few-shot
+    examples as turns of the conversation."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    chat = {"apply_chat_template": True, "fewshot_as_multiturn": True} if args.lm_eval_apply_chat_template else {}
     raw = lm_eval.simple_evaluate(
         model=wrapped,
         tasks=list(args.lm_eval_tasks),
@@ -129,6 +141,7 @@ def run_tasks(
         bootstrap_iters=args.lm_eval_bootstrap_iters,
         task_manager=manager,
         log_samples=False,
+        **chat,
     )
     return task_results(raw, list(args.lm_eval_tasks))
 
@@ -168,6 +181,8 @@ def teacher_cache_key(teacher: PreTrainedModel, teacher_name_or_path: str, args:
         "bootstrap_iters": args.lm_eval_bootstrap_iters,
         "lm_eval": version("lm_eval"),
     }
+    if args.lm_eval_apply_chat_template:  # absent when off: the keys of results cached before it existed hold
+        content["apply_chat_template"] = True
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -1,5 +1,6 @@
 """What a distillation run measures besides its loss: the named eval sets, loaded like the training data; the
-check that they (and the held-out split) are disjoint from the training sequences; the lm-eval benchmarks."""
+check that they (and the held-out split) are disjoint from the training sequences; greedy answers to held-out
+prompts; the lm-eval benchmarks."""
 
 from typing import Optional
 
@@ -9,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distily.config import DistillConfig
 from distily.data.text import default_cache_dir
 from distily.evaluation.arguments import HELDOUT_SET
+from distily.evaluation.generations import GenerationEvaluator, generation_eval
 from distily.evaluation.harness import cached_teacher_results, run_tasks
 from distily.evaluation.overlap import training_overlap
 from distily.evaluation.perplexity import load_eval_sets
@@ -35,6 +37,18 @@ def eval_set_metrics(
     n = config.evaluation.eval_overlap_ngram
     overlap = training_overlap(train, {HELDOUT_SET: heldout, **eval_sets}, n, max_seq_length) if n else {}
     return sources, overlap
+
+
+def generation_evaluator(
+    config: DistillConfig, tokenizer: PreTrainedTokenizerBase, teacher: Optional[PreTrainedModel],
+    vocab_size: Optional[int],
+) -> Optional[GenerationEvaluator]:
+    """The student's (and ``teacher``'s) greedy answers to ``generation_eval_dataset``, None without one; the prompts
+    are loaded now, so a bad set fails before training. ``teacher``: None when it does not run or reads other
+    tokens than the student."""
+    found = generation_eval(config.evaluation, config.data, config.data.chat_template,
+                            config.training.per_device_eval_batch_size)
+    return None if found is None else GenerationEvaluator(found, tokenizer, teacher, vocab_size)
 
 
 def benchmark(

@@ -7,8 +7,9 @@ It reports what was done and measured, nothing more:
   text ("distilled from [teacher](link)") and, when it is a Hub id, in the metadata key ``teacher_model``.
 - The method is read from the objective that trained the student: its components, weights, losses,
   layer maps, projectors and norms, and the student's BitNet options if any.
-- The model-index holds the student's results only; the teacher's numbers stand beside the student's in
-  the text's table. lm-eval scores on a subsample (``lm_eval_limit``) say so.
+- The model-index holds the student's results only (held-out sets, answers to held-out prompts, lm-eval
+  tasks); the teacher's numbers stand beside the student's in the text's table. lm-eval scores on a
+  subsample (``lm_eval_limit``) say so.
 - The configuration that reproduces the run, and the versions of Distily and the frameworks.
 """
 
@@ -23,7 +24,7 @@ from transformers import TrainingArguments
 
 from distily.config import DistillConfig
 from distily.evaluation.arguments import HELDOUT_SET
-from distily.metrics import FramingMetrics, RunMetrics
+from distily.metrics import GENERATION, KL_TO_TEACHER, SAMPLES, FramingMetrics, RunMetrics, generation_key
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
 from distily.reporting.tables import MIB, flat_lm_eval, markdown_table, run_columns
@@ -58,8 +59,8 @@ def _link(name_or_path: str) -> str:
 
 
 def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult]:
-    """The student's numbers on the held-out split, each named eval set, and each lm-eval task (the teacher's
-    are in the text's table: a model-index result is read as the model's own)."""
+    """The student's numbers on the held-out split, each named eval set, the held-out prompts and each lm-eval
+    task (the teacher's are in the text's table: a model-index result is read as the model's own)."""
     student = metrics.student
     data = config.data
     dataset = data.dataset_name or "recorded teacher store"
@@ -82,6 +83,13 @@ def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult
     for set_name, source in sources.items():
         for metric in CARD_METRICS:
             add(source, metric, student.after.get(metric, set_name))
+    evaluation = config.evaluation
+    if evaluation.generation_eval_dataset:
+        path = evaluation.generation_eval_dataset
+        source = (hub_id(path) or GENERATION, f"{path} (held-out prompts)", None, evaluation.generation_eval_split)
+        for key, value in student.after.values.items():
+            if key.startswith(f"{GENERATION}/") and key not in (generation_key(SAMPLES), generation_key(KL_TO_TEACHER)):
+                add(source, key.split("/", 1)[1], value)
     for key, value in flat_lm_eval(student.lm_eval or {}).items():
         _, task, metric = key.split("/", 2)
         if not metric.endswith("_stderr") and metric != "samples":
@@ -137,6 +145,13 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
         lines += ["", f"Overlap with the training sequences (sequences sharing a {n}-token span): {', '.join(found)}."]
     else:
         lines += ["", "The eval sets were not checked for overlap with the training data."]
+    if evaluation.generation_eval_dataset:
+        metric = f" and `{evaluation.generation_eval_metric}`" if evaluation.generation_eval_metric else ""
+        lines += ["", f"Held-out prompts: the first prompts of `{evaluation.generation_eval_dataset}` "
+                  f"({evaluation.generation_eval_split}), answered greedily (at most "
+                  f"{evaluation.generation_eval_max_new_tokens} new tokens) and scored by exact match with the "
+                  f"reference (whitespace-stripped){metric}; the student's KL to the teacher is per token of its own "
+                  "answers."]
     if evaluation.lm_eval_tasks:
         sample = (f"on a sample (lm_eval_limit={evaluation.lm_eval_limit}); these are not full benchmark scores"
                   if evaluation.lm_eval_limit else "on every example")

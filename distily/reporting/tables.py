@@ -1,7 +1,8 @@
 """Teacher against student(s) as a markdown table, and the rows, labels and number formats the plots share.
 
 Everything here but ``run_columns`` reads plain metric dicts: *columns* ``{column name: {metric: value}}`` with
-the same metric names in each column (``perplexity``, ``<set>_perplexity``, ``lm_eval/<task>/<metric>``, ...).
+the same metric names in each column (``perplexity``, ``<set>_perplexity``, ``generation/<metric>``,
+``lm_eval/<task>/<metric>``, ...).
 
 Perplexity and next-token loss are per token, so they compare models only when they share a tokenizer; bits per
 byte compare any two. When the compared models' tokenizers differ, the bits-per-byte rows come first.
@@ -10,7 +11,9 @@ byte compare any two. When the compared models' tokenizers differ, the bits-per-
 from typing import Optional
 
 from distily.evaluation.arguments import HELDOUT_SET
-from distily.metrics import BYTE_METRICS, PER_SET_METRICS, RunMetrics
+from distily.metrics import (
+    BYTE_METRICS, EXACT_MATCH, GENERATION, KL_TO_TEACHER, PER_SET_METRICS, SAMPLES, RunMetrics, generation_key,
+)
 
 LM_EVAL = "lm_eval"
 MIB = 2**20
@@ -25,6 +28,7 @@ LABELS = {
     "parameters": "parameters",
     "size_on_disk_bytes": "size on disk (MiB)",
 }
+GENERATION_LABELS = {EXACT_MATCH: "exact match (%)", KL_TO_TEACHER: "KL(teacher ‖ model) per token of its answers"}
 
 
 def flat_lm_eval(results: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -63,31 +67,39 @@ def _is_byte_metric(key: str) -> bool:
     return any(key == metric or key.endswith(f"_{metric}") for metric in BYTE_METRICS)
 
 
+def _namespaced(columns: dict[str, dict], namespace: str) -> list[str]:
+    """The keys ``<namespace>/...`` of the columns in order of appearance, without stderrs and sample counts."""
+    found = [key for values in columns.values() for key in values
+             if key.startswith(f"{namespace}/") and not key.endswith(("_stderr", f"/{SAMPLES}"))]
+    return list(dict.fromkeys(found))
+
+
 def row_keys(columns: dict[str, dict], tokenizers_differ: bool = False) -> list[str]:
-    """The metrics shown, in order: objective loss, held-out split, each named set, lm-eval, size; when the
-    models' ``tokenizers_differ``, the bits and nats per byte of every set first (the per-token rows do not
-    compare them)."""
+    """The metrics shown, in order: objective loss, held-out split, each named set, answers to held-out prompts,
+    lm-eval, size; when the models' ``tokenizers_differ``, the bits and nats per byte of every set first (the
+    per-token rows do not compare them)."""
     keys = ["loss", *PER_SET_METRICS]
     keys += [f"{name}_{metric}" for name in _set_names(columns) for metric in PER_SET_METRICS]
-    benchmark = [
-        key
-        for values in columns.values()
-        for key in values
-        if key.startswith(f"{LM_EVAL}/") and not key.endswith(("_stderr", "/samples"))
-    ]
-    keys += list(dict.fromkeys(benchmark))
+    keys += _namespaced(columns, GENERATION) + _namespaced(columns, LM_EVAL)
     keys += ["parameters", "size_on_disk_bytes"]
     if tokenizers_differ:
         keys = sorted(keys, key=lambda key: not _is_byte_metric(key))  # stable: each group keeps its order
     return [key for key in keys if any(is_number(values.get(key)) for values in columns.values())]
 
 
+def _counted(title: str, samples_key: str, columns: Optional[dict[str, dict]]) -> str:
+    """``title`` with the number of examples scored, when a column has it."""
+    counts = [values[samples_key] for values in (columns or {}).values() if samples_key in values]
+    return title + (f" (n={counts[0]:g})" if counts else "")
+
+
 def label(key: str, columns: Optional[dict[str, dict]] = None) -> str:
     if key.startswith(f"{LM_EVAL}/"):
         _, task, metric = key.split("/", 2)
-        counts = [values[f"{LM_EVAL}/{task}/samples"] for values in (columns or {}).values()
-                  if f"{LM_EVAL}/{task}/samples" in values]
-        return f"{task}: {metric}" + (f" (n={counts[0]:g})" if counts else "")
+        return _counted(f"{task}: {metric}", f"{LM_EVAL}/{task}/{SAMPLES}", columns)
+    if key.startswith(f"{GENERATION}/"):
+        metric = key.split("/", 1)[1]
+        return _counted(f"held-out prompts: {GENERATION_LABELS.get(metric, metric)}", generation_key(SAMPLES), columns)
     for metric in PER_SET_METRICS:
         if key.endswith(f"_{metric}"):
             return f"{key.removesuffix('_' + metric)}: {LABELS[metric]}"
@@ -110,6 +122,8 @@ def format_value(key: str, values: dict) -> str:
     if key.startswith(f"{LM_EVAL}/"):
         stderr = values.get(f"{key}_stderr")
         return f"{value:.4f}" + (f" ± {stderr:.4f}" if is_number(stderr) else "")
+    if key == generation_key(EXACT_MATCH):
+        return f"{value:.1f}"
     if key.endswith("perplexity"):
         return f"{value:,.2f}"
     return f"{value:.4f}"

@@ -11,8 +11,9 @@ import distily
 from distily.config import DistillConfig
 from distily.data.framing import check_causality, check_document_isolation
 from distily.errors import RunInterrupted
-from distily.evaluation.harness import task_manager
-from distily.evaluation.run import benchmark, eval_set_metrics, named_eval_sets
+from distily.evaluation.harness import check_chat_template, task_manager
+from distily.evaluation.generations import with_generations
+from distily.evaluation.run import benchmark, eval_set_metrics, generation_evaluator, named_eval_sets
 from distily.metrics import AFTER, BEFORE, RunMetrics, StudentMetrics, TrainMetrics
 from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student
@@ -106,6 +107,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     set_seed(training.seed)
 
     teacher = open_teacher(config)
+    check_chat_template(teacher.tokenizer, config.evaluation)
     student = _load_student(config, teacher)
     vocab_size = teacher.logit_columns(student)
     data = teacher.datasets(student)
@@ -128,7 +130,10 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
         eval_sets = named_eval_sets(config, teacher.student_tokenizer, run.max_seq_length)
     eval_set_sources, eval_overlap = eval_set_metrics(config, eval_sets, data.train, data.eval, run.max_seq_length)
-    evaluate_student = teacher.evaluator(data, eval_sets, collate_fn, vocab_size)
+    same_tokens = teacher.student_tokenizer is teacher.tokenizer
+    generations = generation_evaluator(config, teacher.student_tokenizer,
+                                       teacher.live_model if same_tokens else None, vocab_size)
+    evaluate_student = with_generations(teacher.evaluator(data, eval_sets, collate_fn, vocab_size), generations)
 
     prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
     trainer = DistillationTrainer(
@@ -155,7 +160,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     metrics = RunMetrics(
         distily_version=distily.__version__,
         command=command,
-        teacher=teacher.summary(),
+        teacher=teacher.summary().with_metrics(generations.teacher_metrics() if generations else {}),
         student=_student_summary(training, student, {**before, **after}),
         train=_train_summary(training, train_output, seconds, trainer.state),
         max_seq_length=run.max_seq_length,

@@ -13,10 +13,14 @@ from transformers import AutoModelForCausalLM
 from distily.errors import DistilyConfigError
 from distily.evaluation import harness
 from distily.evaluation.arguments import EvaluationArguments
-from distily.evaluation.harness import cached_teacher_results, run_tasks, task_manager, task_results
+from distily.evaluation.harness import (
+    cached_teacher_results, check_chat_template, run_tasks, task_manager, task_results,
+)
 from tiny import make_documents, save_tiny_model, write_jsonl
 
 TASK = "distily_tiny_choice"
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant> {% endif %}")
 
 
 def choice_task(name: str, **dataset) -> dict:
@@ -121,3 +125,45 @@ def test_a_task_whose_data_cannot_be_loaded_is_one_line_before_anything_runs(com
         "lm_eval_include_path whose data files are local"
     ]
     assert not (tmp_path / "run").exists()  # refused before any training
+
+
+def test_chat_templates_reach_the_harness_and_key_the_teachers_cache(teacher_dirs, tokenizer, tmp_path, monkeypatch):
+    import lm_eval
+
+    calls, rendered = [], []
+    original_evaluate, original_render = lm_eval.simple_evaluate, tokenizer.apply_chat_template
+
+    def evaluate(**kwargs):
+        calls.append(kwargs)
+        return original_evaluate(**kwargs)
+
+    def render(*args, **kwargs):
+        rendered.append(args[0])
+        return original_render(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", evaluate)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    monkeypatch.setattr(tokenizer, "apply_chat_template", render)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])
+    tasks = write_local_task(tmp_path / "tasks")
+    results, keys = {}, {}
+    for flag in (True, False):
+        rendered.clear()
+        args = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_include_path=tasks, lm_eval_limit=4,
+                                   lm_eval_bootstrap_iters=0, lm_eval_apply_chat_template=flag)
+        results[flag] = run_tasks(teacher, tokenizer, args, task_manager(args), batch_size=4)
+        keys[flag] = harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], args)
+        assert bool(rendered) == flag  # the prompts went through the chat template exactly when asked
+    assert calls[0]["apply_chat_template"] is True and calls[0]["fewshot_as_multiturn"] is True
+    assert "apply_chat_template" not in calls[1] and "fewshot_as_multiturn" not in calls[1]  # the harness's defaults
+    assert results[True][TASK]["samples"] == results[False][TASK]["samples"] == 4
+    assert keys[True] != keys[False]
+
+
+def test_a_chat_template_is_required_before_training(tokenizer):
+    args = EvaluationArguments(lm_eval_tasks=["hellaswag"], lm_eval_apply_chat_template=True)
+    tokenizer.chat_template = None
+    with pytest.raises(DistilyConfigError, match=r"^lm_eval_apply_chat_template=true, but the tokenizer "):
+        check_chat_template(tokenizer, args)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    check_chat_template(tokenizer, args)

@@ -1,0 +1,194 @@
+"""Greedy answers to held-out prompts: exact match and a user metric against answers computed by a plain
+one-prompt-at-a-time greedy loop, the KL on the model's own answers against a direct float64 computation, the
+bad inputs, and a chat distillation run whose metrics, table and card carry teacher and student."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from distily.cli import main
+from distily.commands.eval import run_evaluation
+from distily.config import parse_config, parse_eval_config
+from distily.data.arguments import DataArguments
+from distily.errors import DistilyConfigError
+from distily.evaluation.arguments import EvaluationArguments
+from distily.evaluation.generations import (
+    GenerationEval,
+    exact_match,
+    kl_on_answers,
+    load_heldout_prompts,
+)
+from distily.training.distill import run_distillation
+from store_values import store_values
+from tiny import make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
+
+MAX_NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def chat_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generations")
+    tokenizer = make_chat_tokenizer("llama3")
+    teacher = save_tiny_model(root / "teacher", "llama", tokenizer, vocab_size=len(tokenizer))
+    student = save_tiny_model(root / "student", "llama", tokenizer, seed=1, layers=2, vocab_size=len(tokenizer))
+    load = lambda path: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # noqa: E731
+    return tokenizer, load(teacher), load(student), teacher, student
+
+
+def prompt_tokens(tokenizer, turns: list[dict]) -> list[int]:
+    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def plain_greedy(model, tokenizer, turns: list[dict]) -> tuple[list[int], str]:
+    """One prompt alone, no cache, no padding: argmax token by token until end of text (ids, decoded answer)."""
+    prompt, completion = prompt_tokens(tokenizer, turns), []
+    for _ in range(MAX_NEW_TOKENS):
+        token = int(model(torch.tensor([prompt + completion])).logits[0, -1].argmax())
+        completion.append(token)
+        if token == tokenizer.eos_token_id:
+            break
+    ids = completion[:-1] if completion[-1] == tokenizer.eos_token_id else completion
+    return completion, tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def user_turns(count: int, seed: int) -> list[list[dict]]:
+    return [turns[:2] if turns[0]["role"] == "user" else turns[:3] for turns in make_conversations(count, seed)][:count]
+
+
+def answered_file(path, model, tokenizer, count: int, seed: int, right: set[int]) -> tuple[str, list[str]]:
+    """``count`` prompts whose reference is ``model``'s own answer (padded with whitespace) at the rows in ``right``,
+    a wrong one elsewhere; the answers' texts."""
+    rows, answers = [], []
+    for index, turns in enumerate(user_turns(count, seed)):
+        prompt = turns[:-1]
+        _, answer = plain_greedy(model, tokenizer, prompt)
+        assert answer.strip(), "the test needs answers with text"
+        reference = f"  {answer}\n" if index in right else "not the answer"
+        rows.append(prompt + [{"role": "assistant", "content": reference}])
+        answers.append(answer)
+    return write_chat_jsonl(path, rows), answers
+
+
+def test_exact_match_and_a_user_metric_match_a_plain_greedy_loop(chat_models, tmp_path, monkeypatch):
+    tokenizer, teacher, student, *_ = chat_models
+    path, answers = answered_file(tmp_path / "heldout.jsonl", student, tokenizer, 10, seed=3, right={0, 2, 3, 7})
+    (tmp_path / "my_metrics.py").write_text(
+        "def first_letter(prediction, reference):\n    return float(prediction.strip()[:1] == reference.strip()[:1])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = EvaluationArguments(generation_eval_dataset=path, generation_eval_max_samples=10,
+                               generation_eval_metric="my_metrics:first_letter")
+    prompts = load_heldout_prompts(args, DataArguments())
+    scores = GenerationEval(prompts, None, MAX_NEW_TOKENS, batch_size=4, metric=args.generation_eval_metric).scores(
+        student, tokenizer)
+
+    assert scores["generation/exact_match"] == pytest.approx(40.0)  # 4 of 10, by construction
+    first_letters = [a.strip()[:1] == r.strip()[:1] for a, r in zip(answers, prompts.references)]
+    assert scores["generation/first_letter"] == pytest.approx(sum(first_letters) / 10)
+    assert scores["generation/samples"] == 10 and "generation/kl_to_teacher" not in scores
+    assert exact_match([" a ", "b", "c"], ["a", "b ", "x"]) == pytest.approx(200 / 3)
+
+
+def test_kl_on_the_models_own_answers_is_the_direct_float64_kl_on_the_answer_positions(chat_models, tmp_path):
+    tokenizer, teacher, student, *_ = chat_models
+    prompts, completions = [], []
+    for turns in user_turns(7, seed=5):
+        prompts.append(prompt_tokens(tokenizer, turns[:-1]))
+        completions.append(plain_greedy(student, tokenizer, turns[:-1])[0])
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for prompt, completion in zip(prompts, completions):
+            ids = torch.tensor([prompt + completion])
+            positions = slice(len(prompt) - 1, len(prompt) + len(completion) - 1)  # those predicting the answer
+            student_logprobs = F.log_softmax(student(ids).logits[0, positions].double(), -1)
+            teacher_logprobs = F.log_softmax(teacher(ids).logits[0, positions].double(), -1)
+            total += float(F.kl_div(student_logprobs, teacher_logprobs, log_target=True, reduction="sum"))
+            tokens += len(completion)
+    expected = total / tokens
+    assert expected > 0
+    measured = kl_on_answers(student, teacher, prompts, completions, tokenizer.pad_token_id or 0, batch_size=3)
+    assert measured == pytest.approx(expected, rel=1e-4)
+
+    rows = [turns[:-1] + [{"role": "assistant", "content": "x"}] for turns in user_turns(7, seed=5)]
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
+    heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=3)
+    assert heldout.scores(student, tokenizer, teacher)["generation/kl_to_teacher"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"generation_eval_metric": "no_such_module_here:f"}, r"generation_eval_metric='no_such_module_here:f': module "
+                                                          r"'no_such_module_here' cannot be imported"),
+    ({"generation_eval_metric": "json:no_such_function"}, r"'json' has no function 'no_such_function'"),
+    ({"generation_eval_metric": "json.loads"}, r"generation_eval_metric='json.loads' is not usable; expected "
+                                               r"module:function"),
+    ({"generation_eval_metric": "json:exact_match"}, r"named like a built-in metric"),
+    ({"generation_eval_dataset": None, "generation_eval_metric": "json:loads"}, r"set without generation_eval_dataset"),
+    ({"generation_eval_max_new_tokens": 0}, r"^generation_eval_max_new_tokens=0 must be a positive integer$"),
+    ({"generation_eval_max_samples": -1}, r"^generation_eval_max_samples=-1 must be a positive integer$"),
+])  # fmt: skip
+def test_bad_generation_settings_are_one_line(values, expected):
+    with pytest.raises(DistilyConfigError, match=expected) as error:
+        EvaluationArguments(**{"generation_eval_dataset": "prompts.jsonl", **values})
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([{"text": "no prompts here"}], r": it has the columns text; expected prompts with references: a 'messages' column"),
+    ([{"prompt": "a prompt without its reference"}], r": it has the columns prompt; expected prompts with references"),
+    ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                    {"role": "user", "content": "and?"}]}], r"row 0 has the turns \['user', 'assistant', 'user'\]"),
+    ([{"messages": [{"role": "system", "content": "be nice"}, {"role": "assistant", "content": "hello"}]}],
+     r"row 0 has the turns \['system', 'assistant'\]; expected the user's turn, then the assistant's reference"),
+    ([{"prompt": "say hi", "completion": " "}], r"has an empty completion"),
+])  # fmt: skip
+def test_a_dataset_without_prompts_and_references_is_refused(rows, expected, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DistilyConfigError, match=expected) as error:
+        load_heldout_prompts(EvaluationArguments(generation_eval_dataset=str(path)), DataArguments())
+    assert str(error.value).startswith(f"generation_eval_dataset={str(path)!r}") and "\n" not in str(error.value)
+
+
+def test_the_eval_command_refuses_a_bad_metric_in_one_line(capsys):
+    assert main(["eval", "some/model", "--generation_eval_dataset", "p.jsonl", "--generation_eval_metric", "x"]) == 2
+    assert "generation_eval_metric='x' is not usable; expected module:function" in capsys.readouterr().err
+    parse_eval_config(["--model_name_or_path", "some/model", "--generation_eval_dataset", "p.jsonl"])  # enough
+
+
+def test_the_eval_command_answers_with_model_and_teacher(chat_models, tmp_path):
+    tokenizer, teacher, _, teacher_dir, student_dir = chat_models
+    heldout, _ = answered_file(tmp_path / "heldout.jsonl", teacher, tokenizer, 5, seed=4, right={1, 2})
+    found = run_evaluation(parse_eval_config([
+        "--model_name_or_path", student_dir, "--teacher_model_name_or_path", teacher_dir, "--generation_eval_dataset",
+        heldout, "--generation_eval_max_new_tokens", str(MAX_NEW_TOKENS), "--output_dir", str(tmp_path / "eval"),
+    ]))
+    teacher_column, student_column = found["columns"]["teacher"], found["columns"]["student"]
+    assert teacher_column["generation/exact_match"] == pytest.approx(40.0)  # its own answers at 2 of 5 rows
+    assert "generation/kl_to_teacher" not in teacher_column and student_column["generation/kl_to_teacher"] > 0
+    assert "| held-out prompts: exact match (%) (n=5) | 40.0 |" in found["table"]
+
+
+def test_chat_distillation_reports_teacher_and_student_answers(chat_models, tmp_path):
+    tokenizer, teacher, _, teacher_dir, _ = chat_models
+    train = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(120))
+    heldout, _ = answered_file(tmp_path / "heldout.jsonl", teacher, tokenizer, 6, seed=9, right=set(range(6)))
+    values = store_values(teacher_dir, train, tmp_path, max_seq_length=128, student_config_overrides=None,
+                          generation_eval_dataset=heldout, generation_eval_max_new_tokens=MAX_NEW_TOKENS,
+                          per_device_eval_batch_size=4)
+    metrics = run_distillation(parse_config(**values))
+
+    assert metrics["teacher"]["generation/exact_match"] == 100.0  # the references are its own greedy answers
+    assert metrics["teacher"]["generation/samples"] == 6
+    student = metrics["student"]
+    assert student["before_generation/exact_match"] == 100.0  # the student starts as a copy of the teacher
+    assert student["before_generation/kl_to_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert 0.0 <= student["after_generation/exact_match"] <= 100.0 and student["after_generation/kl_to_teacher"] > 0
+    results = (tmp_path / "run" / "results.md").read_text()
+    assert "| held-out prompts: exact match (%) (n=6) | 100.0 | 100.0 |" in results
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "answered greedily (at most 6 new tokens)" in card and "metric_type: exact_match" in card
