@@ -191,4 +191,4 @@ def test_chat_distillation_reports_teacher_and_student_answers(chat_models, tmp_
     results = (tmp_path / "run" / "results.md").read_text()
     assert "| held-out prompts: exact match (%) (n=6) | 100.0 | 100.0 |" in results
     card = (tmp_path / "run" / "README.md").read_text()
-    assert "answered greedily (at most 6 new tokens)" in card and "metric_type: exact_match" in card
+    assert "answered greedily (at most 6 new tokens)" in card and "- type: exact_match" in card
