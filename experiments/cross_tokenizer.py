@@ -36,7 +36,7 @@ from distily.data.tokenizer import train_sentencepiece_bpe
 from distily.evaluation.heldout import heldout_metrics
 from distily.outputs import write_json_atomic
 
-from transfer_set import UNSEEN, draw_transfer_sets, goal, split_articles, student_results
+from transfer_set import draw_transfer_sets, goal, heldout_every, split_articles, student_results
 from wikitext import (
     DEFAULT_DATA, REPO, add_model_arguments, device_description, draw_perplexity_curves, heldout_blocks,
     markdown_head, markdown_row, report_opening, run_students, save_figure, student_keys, teacher_data,
@@ -120,13 +120,7 @@ def student_sweep(args, prepared: dict):
         "dataset_name": str(prepared["files"]["transfer"]),
         "eval_fraction": 0.02,
         "max_eval_samples": 64,
-        "eval_datasets": {UNSEEN: {"path": str(prepared["files"]["heldout"]), "max_samples": args.eval_blocks or None}},
-        "eval_strategy": "steps",
-        "eval_steps": args.eval_every,
-        "per_device_eval_batch_size": args.batch_size,
-        "save_steps": args.eval_every,
-        "save_total_limit": 1,  # the last checkpoint's trainer state holds every evaluation
-        "logging_steps": args.eval_every,
+        **heldout_every(prepared["files"]["heldout"], args.eval_blocks or None, args),
     }
     runs = [{"name": name, **overrides} for name, _, overrides in VARIANTS]
     return write_sweep(args.work_dir, "students", {"base": base, "runs": runs})

@@ -39,6 +39,7 @@ import shlex
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import datasets
 import matplotlib
@@ -242,19 +243,27 @@ def groups(args) -> list[tuple[str, str, list[str]]]:
                     if init in SECOND_POINT_INITS]  # fmt: skip
 
 
-def student_sweep(args, teacher_dir: Path, files: dict):
-    """Every student as a run of one sweep: equal steps within a transfer set, the held-out set evaluated every
-    --eval_every steps."""
-    base = {
-        **student_keys(args, teacher_dir),
-        "eval_fraction": ONE_BLOCK,  # the run's own held-out check; the comparison is on the held-out articles
-        "eval_datasets": {UNSEEN: {"path": str(files["heldout"]), "max_samples": args.eval_blocks}},
+def heldout_every(heldout: Path, max_samples: Optional[int], args) -> dict:
+    """Sweep keys: the held-out text (its first ``max_samples`` blocks; None: all) as the eval set ``UNSEEN``,
+    evaluated every ``args.eval_every`` steps, where a checkpoint is written too."""
+    return {
+        "eval_datasets": {UNSEEN: {"path": str(heldout), "max_samples": max_samples}},
         "eval_strategy": "steps",
         "eval_steps": args.eval_every,
         "per_device_eval_batch_size": args.batch_size,
         "save_steps": args.eval_every,
         "save_total_limit": 1,  # the last checkpoint's trainer state holds every evaluation
         "logging_steps": args.eval_every,
+    }
+
+
+def student_sweep(args, teacher_dir: Path, files: dict):
+    """Every student as a run of one sweep: equal steps within a transfer set, the held-out set evaluated every
+    --eval_every steps."""
+    base = {
+        **student_keys(args, teacher_dir),
+        "eval_fraction": ONE_BLOCK,  # the run's own held-out check; the comparison is on the held-out articles
+        **heldout_every(files["heldout"], args.eval_blocks, args),
     }
     overrides = {name: keys for name, _, keys in SIGNALS}
     runs = [
