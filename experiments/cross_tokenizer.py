@@ -10,8 +10,8 @@
 3. The students' tokenizer: a SentencePiece-style BPE (``▁``, byte fallback, BOS first; ``--student_vocab_size``
    tokens) trained on the transfer set. The students: Llamas of ``--student_layers`` layers from scratch, with
    that vocabulary, trained the same steps on the transfer set by cross-entropy on its labels (the baseline) and
-   by each cross-tokenizer loss (``mapped``, ``uld``, ``mapped_uld``, and ``mapped_uld`` with hidden states on
-   the aligned positions). The students are a sweep (``WORK_DIR/students.yaml``): an interrupted run resumes.
+   by each cross-tokenizer loss (``mapped``, ``mapped`` with the cross-entropy, ``uld``, ``mapped_uld``, and
+   ``mapped_uld`` with hidden states on the aligned positions). The students are a sweep (``WORK_DIR/students.yaml``): an interrupted run resumes.
 4. Every model is evaluated on the held-out articles with its own tokenizer, in bits per byte of text (the
    tokenizer-free measure: nats summed over the targets / ln 2 / the targets' UTF-8 bytes); the students before
    training and every ``--eval_every`` steps (distily's ``eval_datasets``).
@@ -51,6 +51,8 @@ BASELINE = "cross-entropy"
 VARIANTS = [
     (BASELINE, "next-token cross-entropy on the transfer set (no teacher)", {"logits_weight": 0.0, "hard_label_weight": 1.0}),
     ("mapped", "forward KL on the shared tokens + the next token by the chain rule", {"cross_tokenizer_loss": "mapped"}),
+    ("mapped+labels", "mapped + next-token cross-entropy (ULD and GOLD pair their losses with it)",
+     {"cross_tokenizer_loss": "mapped", "hard_label_weight": 1.0}),
     ("uld", "ULD: sorted-probability L1 over both vocabularies", {"cross_tokenizer_loss": "uld"}),
     ("mapped_uld", "mapped on the shared tokens, ULD on the rest", {"cross_tokenizer_loss": "mapped_uld"}),
     ("mapped_uld+hidden", "mapped_uld + hidden states at aligned positions (linear projector, MSE)",
