@@ -414,3 +414,15 @@ def collate(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tens
         labels[position_ids == 0] = -100  # a document's first token: nothing before it in its document
         batch[POSITION_IDS] = position_ids
     return batch
+
+
+def completion_batch(prompts: list[list[int]], completions: list[list[int]], pad_token_id: int) -> dict:
+    """prompt + completion per row, right-padded (``collate``), with ``loss_mask`` 1 at the positions that predict
+    a completion token: ``len(prompt) - 1`` to ``len(prompt) + len(completion) - 2``."""
+    batch = collate([{INPUT_IDS: prompt + completion} for prompt, completion in zip(prompts, completions)],
+                    pad_token_id)
+    loss_mask = torch.zeros_like(batch[INPUT_IDS])  # [batch, seq]
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        loss_mask[row, len(prompt) - 1: len(prompt) + len(completion) - 1] = 1
+    batch[LOSS_MASK] = loss_mask
+    return batch

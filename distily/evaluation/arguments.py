@@ -1,16 +1,48 @@
 """What a user configures about evaluation: perplexity sets, the overlap check, greedy answers to held-out
 prompts, lm-eval benchmarks, and what ``distily eval`` evaluates."""
 
+import importlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from distily.arguments import json_dict, one_of
 from distily.data.arguments import PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP
 from distily.errors import DistilyConfigError
-from distily.evaluation.user_metric import load_metric
 from distily.models.arguments import TORCH_DTYPES
+
+# a user's metric of generated answers (generation_eval_metric): ``module:function``, an importable
+# ``function(prediction, reference) -> float`` averaged over the prompts
+METRIC_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+BUILT_IN = ("exact_match", "kl_to_teacher", "samples")  # generation metrics Distily names itself
+
+
+def metric_name(path: str) -> str:
+    """The metric's name in the results: the function's."""
+    return path.rsplit(":", 1)[1]
+
+
+def load_metric(path: str) -> Callable[[str, str], float]:
+    """The function ``path`` names, checked to be importable, callable and not named like a built-in metric."""
+    where = f"generation_eval_metric={path!r}"
+    if not METRIC_PATH.match(path):
+        raise DistilyConfigError(f"{where} is not usable; expected module:function, e.g. my_metrics:char_f1")
+    module_name, function_name = path.split(":")
+    if function_name in BUILT_IN:
+        raise DistilyConfigError(f"{where} is named like a built-in metric; expected a name other than "
+                                 f"{', '.join(BUILT_IN)}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise DistilyConfigError(f"{where}: module {module_name!r} cannot be imported ({error}); expected an "
+                                 "importable module (on PYTHONPATH or installed)") from error
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise DistilyConfigError(f"{where}: {module_name!r} has no function {function_name!r}; expected "
+                                 "function(prediction, reference) -> float")
+    return function
+
 
 EVAL_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 EVAL_SET_KEYS = ("path", "config", "split", "text_column", "max_samples")

@@ -22,17 +22,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
 from distily.data.chat import MESSAGES, chat_format, conversations, resolve_chat_template
-from distily.data.text import load_documents
+from distily.data.text import completion_batch, load_documents
 from distily.errors import DistilyConfigError
-from distily.evaluation.arguments import EvaluationArguments
+from distily.evaluation.arguments import EvaluationArguments, load_metric, metric_name
 from distily.evaluation.heldout import heldout_metrics
-from distily.evaluation.user_metric import load_metric, metric_name
 from distily.generation.arguments import SamplingSettings
 from distily.generation.backends import pad_token_id
 from distily.generation.engine import HFGenerator, strip_eos
 from distily.metrics import EXACT_MATCH, KL_TO_TEACHER, SAMPLES, generation_key
 from distily.recording.responses import prompt_ids
-from distily.training.on_policy import completion_batch
 
 
 @dataclass(frozen=True)

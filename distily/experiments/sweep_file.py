@@ -9,7 +9,7 @@
     runs:                              # explicit runs (optional); with a grid, each run at every grid point
       - {name: hidden-states, hidden_states_weight: 1.0}
     layer_search: {component: hidden_states}   # instead of grid and runs (layer_search.py)
-    metric: student.after_perplexity   # a key of the flattened metrics.json; ranks the runs, plotted
+    metric: student.after_bits_per_byte   # a key of the flattened metrics.json; ranks the runs, plotted
     metric_goal: min                   # or max
 
 ``distily sweep SWEEP.yaml --key value ...`` applies the flags to every run, over ``base`` and ``set``
@@ -28,7 +28,8 @@ from distily.experiments.runs import Run, expand_runs, overrides_hash
 
 SWEEP_KEYS = ("base", "output_dir", "set", "grid", "runs", "layer_search", "metric", "metric_goal")
 METRIC_GOALS = ("min", "max")
-DEFAULT_METRIC = "student.after_perplexity"
+DEFAULT_METRIC = "student.after_bits_per_byte"  # ranks as perplexity does when the runs share a tokenizer (same
+# targets, same bytes), and still fairly when a student has its own (#18)
 RUN_NAME_KEY = "name"
 
 

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.framing import INPUT_IDS, LOSS_MASK
-from distily.data.text import collate
+from distily.data.text import completion_batch
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
 from distily.generation.arguments import SamplingSettings
@@ -34,18 +34,6 @@ def batch_prompts(batch: dict[str, torch.Tensor]) -> list[list[int]]:
         ids = ids[row_attended]
         prompts.append(ids[: int(first[0]) + 1].tolist() if len(first) else ids.tolist())
     return prompts
-
-
-def completion_batch(prompts: list[list[int]], completions: list[list[int]], pad_token_id: int) -> dict:
-    """prompt + completion per row, right-padded (``collate``), with ``loss_mask`` 1 at the positions that predict
-    a completion token: ``len(prompt) - 1`` to ``len(prompt) + len(completion) - 2``."""
-    batch = collate([{INPUT_IDS: prompt + completion} for prompt, completion in zip(prompts, completions)],
-                    pad_token_id)
-    loss_mask = torch.zeros_like(batch[INPUT_IDS])  # [batch, seq]
-    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
-        loss_mask[row, len(prompt) - 1: len(prompt) + len(completion) - 1] = 1
-    batch[LOSS_MASK] = loss_mask
-    return batch
 
 
 class OnPolicyBatches:
