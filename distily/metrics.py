@@ -21,7 +21,6 @@ PER_SET_METRICS = ("lm_loss", "perplexity", "bits_per_byte", "nats_per_byte", "k
 BYTE_METRICS = ("bits_per_byte", "nats_per_byte")  # comparable across tokenizers
 BEFORE, AFTER = "before", "after"  # the student's evaluations before and after training
 GENERATION = "generation"  # greedy answers to held-out prompts: generation/<metric> (distily.evaluation.generations)
-EXACT_MATCH, KL_TO_TEACHER, SAMPLES = "exact_match", "kl_to_teacher", "samples"
 
 
 def metric_key(set_name: str, metric: str) -> str:

@@ -15,7 +15,8 @@ from distily.models.arguments import TORCH_DTYPES
 # a user's metric of generated answers (generation_eval_metric): ``module:function``, an importable
 # ``function(prediction, reference) -> float`` averaged over the prompts
 METRIC_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-BUILT_IN = ("exact_match", "kl_to_teacher", "samples")  # generation metrics Distily names itself
+EXACT_MATCH, KL_TO_TEACHER, SAMPLES = "exact_match", "kl_to_teacher", "samples"  # generation metrics Distily names
+BUILT_IN = (EXACT_MATCH, KL_TO_TEACHER, SAMPLES)  # itself: no user metric may take their names
 
 
 def metric_name(path: str) -> str:

@@ -24,12 +24,14 @@ from distily.data.arguments import DataArguments
 from distily.data.chat import MESSAGES, chat_format, conversations, resolve_chat_template
 from distily.data.text import completion_batch, load_documents
 from distily.errors import DistilyConfigError
-from distily.evaluation.arguments import EvaluationArguments, load_metric, metric_name
+from distily.evaluation.arguments import (
+    EXACT_MATCH, KL_TO_TEACHER, SAMPLES, EvaluationArguments, load_metric, metric_name,
+)
 from distily.evaluation.heldout import heldout_metrics
 from distily.generation.arguments import SamplingSettings
 from distily.generation.backends import pad_token_id
-from distily.generation.engine import HFGenerator, strip_eos
-from distily.metrics import EXACT_MATCH, KL_TO_TEACHER, SAMPLES, generation_key
+from distily.generation.engine import HFGenerator, completion_text
+from distily.metrics import generation_key
 from distily.recording.responses import prompt_ids
 
 
@@ -86,11 +88,6 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
             for completion in generator.generate(prompts[start:start + batch_size])]
 
 
-def answer_text(tokenizer: PreTrainedTokenizerBase, completion: list[int]) -> str:
-    """A completion as text: without its end-of-text token and special tokens."""
-    return tokenizer.decode(strip_eos(completion, tokenizer.eos_token_id), skip_special_tokens=True)
-
-
 def exact_match(answers: list[str], references: list[str]) -> float:
     """Percent of ``answers`` equal to their reference, both whitespace-stripped."""
     return 100.0 * sum(a.strip() == r.strip() for a, r in zip(answers, references)) / max(len(references), 1)
@@ -128,7 +125,7 @@ class GenerationEval:
         template = resolve_chat_template(tokenizer, self.chat_template)
         prompts = [prompt_ids(tokenizer, turns, template) for turns in self.prompts.conversations]
         completions = greedy_answers(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
-        answers = [answer_text(tokenizer, completion) for completion in completions]
+        answers = [completion_text(tokenizer, completion) for completion in completions]
         references = self.prompts.references
         scores = {generation_key(EXACT_MATCH): exact_match(answers, references)}
         if self.metric is not None:

@@ -11,7 +11,9 @@ from abc import ABC, abstractmethod
 from typing import Optional
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, TopPLogitsWarper
+from transformers import (
+    LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWarper,
+)
 
 from distily.generation.arguments import SamplingSettings
 
@@ -24,6 +26,11 @@ def cut_at_eos(ids: list[int], eos_token_id: Optional[int]) -> list[int]:
 def strip_eos(ids: list[int], eos_token_id: Optional[int]) -> list[int]:
     """A completion without its closing end-of-text token."""
     return ids[:-1] if ids and ids[-1] == eos_token_id else ids
+
+
+def completion_text(tokenizer: PreTrainedTokenizerBase, completion: list[int]) -> str:
+    """A completion as text: without its closing end-of-text token and special tokens."""
+    return tokenizer.decode(strip_eos(completion, tokenizer.eos_token_id), skip_special_tokens=True)
 
 
 class CompletionGenerator(ABC):

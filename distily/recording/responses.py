@@ -18,7 +18,7 @@ from distily.data.chat import resolve_chat_template
 from distily.data.text import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import pad_token_id
-from distily.generation.engine import HFGenerator, strip_eos
+from distily.generation.engine import HFGenerator, completion_text
 
 PROMPT, MESSAGES = "prompt", "messages"
 
@@ -88,8 +88,7 @@ def teacher_responses(
     args = config.generate
     conversations = prompt_conversations(load_prompts(config))
     template = resolve_chat_template(tokenizer, config.data.chat_template)
-    eos = tokenizer.eos_token_id
-    generator = HFGenerator(teacher, args.sampling(), eos, pad_token_id(tokenizer))
+    generator = HFGenerator(teacher, args.sampling(), tokenizer.eos_token_id, pad_token_id(tokenizer))
     requests = [
         (conversation, ids)
         for conversation in conversations
@@ -100,7 +99,7 @@ def teacher_responses(
         for start in range(0, len(requests), batch_size):
             chunk = requests[start:start + batch_size]
             for (conversation, _), completion in zip(chunk, generator.generate([ids for _, ids in chunk])):
-                response = tokenizer.decode(strip_eos(completion, eos), skip_special_tokens=True)
+                response = completion_text(tokenizer, completion)
                 if response.strip():
                     answered.append(conversation + [{"role": "assistant", "content": response}])
                 else:

@@ -23,8 +23,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainingArguments
 
 from distily.config import DistillConfig
-from distily.evaluation.arguments import HELDOUT_SET
-from distily.metrics import GENERATION, KL_TO_TEACHER, SAMPLES, FramingMetrics, RunMetrics, generation_key
+from distily.evaluation.arguments import HELDOUT_SET, KL_TO_TEACHER, SAMPLES
+from distily.metrics import GENERATION, FramingMetrics, RunMetrics, generation_key
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
 from distily.reporting.tables import MIB, flat_lm_eval, markdown_table, run_columns

@@ -10,10 +10,8 @@ byte compare any two. When the compared models' tokenizers differ, the bits-per-
 
 from typing import Optional
 
-from distily.evaluation.arguments import HELDOUT_SET
-from distily.metrics import (
-    BYTE_METRICS, EXACT_MATCH, GENERATION, KL_TO_TEACHER, PER_SET_METRICS, SAMPLES, RunMetrics, generation_key,
-)
+from distily.evaluation.arguments import EXACT_MATCH, HELDOUT_SET, KL_TO_TEACHER, SAMPLES
+from distily.metrics import BYTE_METRICS, GENERATION, PER_SET_METRICS, RunMetrics, generation_key
 
 LM_EVAL = "lm_eval"
 MIB = 2**20
