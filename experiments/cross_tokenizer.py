@@ -11,7 +11,8 @@
    tokens) trained on the transfer set. The students: Llamas of ``--student_layers`` layers from scratch, with
    that vocabulary, trained the same steps on the transfer set by cross-entropy on its labels (the baseline) and
    by each cross-tokenizer loss (``mapped``, ``mapped`` with the cross-entropy, ``uld``, ``mapped_uld``, and
-   ``mapped_uld`` with hidden states on the aligned positions). The students are a sweep (``WORK_DIR/students.yaml``): an interrupted run resumes.
+   ``mapped_uld`` with hidden states on the aligned positions). The students are a sweep
+   (``WORK_DIR/students.yaml``): an interrupted run resumes.
 4. Every model is evaluated on the held-out articles with its own tokenizer, in bits per byte of text (the
    tokenizer-free measure: nats summed over the targets / ln 2 / the targets' UTF-8 bytes); the students before
    training and every ``--eval_every`` steps (distily's ``eval_datasets``).
@@ -36,7 +37,9 @@ from distily.data.tokenizer import train_sentencepiece_bpe
 from distily.evaluation.heldout import heldout_metrics
 from distily.outputs import write_json_atomic
 
-from transfer_set import draw_transfer_sets, goal, heldout_every, split_articles, student_results
+from transfer_set import (
+    best_checkpoint, draw_transfer_sets, goal, heldout_every, ratios, split_articles, student_results,
+)
 from wikitext import (
     DEFAULT_DATA, REPO, add_model_arguments, device_description, draw_perplexity_curves, heldout_blocks,
     markdown_head, markdown_row, report_opening, run_students, save_figure, student_keys, teacher_data,
@@ -144,18 +147,16 @@ def comparison(students: dict) -> dict:
     """The baseline is the cross-entropy student's best held-out checkpoint (bits per byte); every other student
     is compared with it there and at every later budget (keys: steps), and the best of them (the lowest worst
     ratio) against the goal."""
-    trained = [point for point in students[BASELINE]["curve"] if point["step"] > 0]
-    best = min(trained, key=lambda point: point["bits_per_byte"])
-    later = [point["step"] for point in trained if point["step"] >= best["step"]]
+    best, later, overfits = best_checkpoint(students[BASELINE]["curve"], "bits_per_byte")
     over_best = {}
     for name, row in students.items():
-        at = {point["step"]: point["bits_per_byte"] for point in row["curve"]}
-        over_best[name] = {str(step): at[step] / best["bits_per_byte"] for step in later}
+        curve = {point["step"]: point for point in row["curve"]}
+        over_best[name] = ratios(curve, dict.fromkeys(later, best["bits_per_byte"]), "bits_per_byte")
         row["vs_baseline"] = over_best[name][str(best["step"])]
     goals = {name: goal(ratios, GOAL) for name, ratios in over_best.items() if name != BASELINE}
     best_student = min(goals, key=lambda name: goals[name]["worst"])
     return {"baseline_best_step": best["step"], "baseline_best_bits_per_byte": best["bits_per_byte"],
-            "baseline_overfits": best["step"] < trained[-1]["step"], "over_baseline_best": over_best,
+            "baseline_overfits": overfits, "over_baseline_best": over_best,
             "best": {"name": best_student, **goals[best_student]}}  # fmt: skip
 
 

@@ -305,9 +305,18 @@ def student_results(run_dir: Path, tokens_per_step: int, metrics: tuple[str, ...
     }
 
 
-def ratios(curve: dict, reference: dict) -> dict[str, float]:
-    """``curve``'s perplexity over ``reference``'s at each of ``reference``'s steps (keys: steps as text)."""
-    return {str(step): curve[step]["perplexity"] / perplexity for step, perplexity in reference.items()}
+def ratios(curve: dict, reference: dict, metric: str = "perplexity") -> dict[str, float]:
+    """``curve``'s ``metric`` over ``reference``'s at each of ``reference``'s steps (keys: steps as text)."""
+    return {str(step): curve[step][metric] / value for step, value in reference.items()}
+
+
+def best_checkpoint(curve: list[dict], metric: str) -> tuple[dict, list[int], bool]:
+    """The trained point of a baseline's ``curve`` lowest in ``metric`` (its best held-out checkpoint), the steps
+    from it on, and whether it overfits (its ``metric`` rose after the best)."""
+    trained = [point for point in curve if point["step"] > 0]
+    best = min(trained, key=lambda point: point[metric])
+    later = [point["step"] for point in trained if point["step"] >= best["step"]]
+    return best, later, best["step"] < trained[-1]["step"]
 
 
 def goal(ratios_by_step: dict[str, float], limit: float) -> dict:
@@ -320,9 +329,8 @@ def comparison(students: dict) -> dict:
     """One group's goals: the baseline is the cross-entropy student's best held-out checkpoint; every student is
     compared with it there and at every later budget (keys: steps)."""
     curves = {name: {point["step"]: point for point in row["curve"]} for name, row in students.items()}
-    trained = [point for point in students[BASELINE]["curve"] if point["step"] > 0]
-    best = min(trained, key=lambda point: point["perplexity"])
-    later = [point["step"] for point in trained if point["step"] >= best["step"]]
+    best, later, overfits = best_checkpoint(students[BASELINE]["curve"], "perplexity")
+    labels_trained = {step: point["perplexity"] for step, point in curves[BASELINE].items() if step > 0}
 
     def against(name: str) -> dict:  # name's perplexity at each later budget
         return {step: curves[name][step]["perplexity"] for step in later}
@@ -334,10 +342,10 @@ def comparison(students: dict) -> dict:
         "baseline_best_step": best["step"],
         "baseline_best_tokens": best["tokens"],
         "baseline_best_perplexity": best["perplexity"],
-        "baseline_overfits": best["step"] < trained[-1]["step"],  # its held-out perplexity rose after its best
+        "baseline_overfits": overfits,  # its held-out perplexity rose after its best
         "over_baseline_best": over_best,
         "best_signal_over_baseline_best": {step: {"signal": name, "ratio": ratio} for step, (ratio, name) in best_signal.items()},
-        "logits_over_labels_same_budget": ratios(curves[LOGITS], {point["step"]: point["perplexity"] for point in trained}),
+        "logits_over_labels_same_budget": ratios(curves[LOGITS], labels_trained),
     }  # fmt: skip
     goals = {
         "logits_over_baseline_best": goal(over_best[LOGITS], GOALS["logits"]),
