@@ -88,10 +88,12 @@ class HFGenerator(CompletionGenerator):
         settings = self.settings
         if settings.temperature == 0:
             return {"do_sample": False}
+        if settings.final_temperature is None:  # generate's own warpers, which skip temperature 1 and top-p 1
+            return {"do_sample": True, "temperature": settings.temperature, "top_k": 0, "top_p": settings.top_p}
         processors = LogitsProcessorList([
             LinearTemperatureLogitsProcessor(
                 settings.temperature,
-                settings.final_temperature or settings.temperature,
+                settings.final_temperature,
                 settings.max_new_tokens,
                 prompt_length=prompt_length,
             ),

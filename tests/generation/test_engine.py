@@ -81,6 +81,20 @@ def test_sampling_is_seeded_and_respects_max_new_tokens():
     assert [len(completion) for completion in first] == [5, 5, 5]
 
 
+def test_constant_temperature_sampling_draws_what_the_temperature_schedule_draws():
+    """Without a final temperature, generate's own temperature and top-p warpers sample (and skip the work at
+    temperature 1 and top-p 1); a schedule from the temperature to itself is the same distribution, so under one
+    seed the two draw the same tokens."""
+    model = tiny_model()
+    completions = []
+    for settings in (SamplingSettings(6, 1.3, 0.9), SamplingSettings(6, 1.3, 0.9, final_temperature=1.3),
+                     SamplingSettings(6, 1.0, 1.0), SamplingSettings(6, 1.0, 1.0, final_temperature=1.0)):
+        torch.manual_seed(5)
+        completions.append(HFGenerator(model, settings, eos_token_id=None, pad_token_id=PAD).generate(PROMPTS))
+    assert completions[0] == completions[1] and completions[2] == completions[3]
+    assert completions[0] != completions[2]  # the temperature and top-p act
+
+
 class StandInLLM:
     """vLLM's ``LLM`` as the back end uses it (``generate`` on prompt token ids, ``apply_model``), serving greedy
     completions from its own copy of a Hugging Face model."""
