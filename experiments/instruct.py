@@ -1,6 +1,6 @@
 """Instruction distillation: which way of learning from a chat teacher makes the best half-depth student?
 
-    python experiments/instruct.py [--work_dir runs/instruct] [--student_steps 300] [--eval_every 50]
+    python experiments/instruct.py [--work_dir runs/instruct] [--student_steps 600] [--eval_every 50]
 
 The task, built and shipped here: the user sends a string of 5 to 12 lowercase letters, the assistant answers
 it reversed (``{"role": "user", "content": "reverse abcde"}`` -> ``"edcba"``). References are scarce, prompts
@@ -22,7 +22,8 @@ reference answer (as in practice, where people label few conversations but have 
    early, poor samples in (d) and (e) give no huge reverse-KL terms, and the same divergence GKD and TRL's
    ``GKDTrainer`` default to, which ``benchmarks/on_policy_trl.py`` runs beside distily.
 4. Teacher and every student checkpoint (every ``--eval_every`` steps) answer held-out prompts greedily:
-   exact match, and KL(teacher || student) per token on the student's own answers.
+   exact match, and KL(teacher || student) per token on the student's own answers; the final students also
+   answer the reference conversations' prompts (what (a) and (b) trained on: memorising them shows there).
 
 Writes the table to ``docs/results/instruct.md``, the exact-match curves beside it (``instruct.png``) and every
 number to ``benchmarks/results/instruct.json``; prints the goals (every KD student beats (a) on exact match;
@@ -102,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--teacher_layers", type=int, default=4)
     parser.add_argument("--teacher_steps", type=int, default=1500)
     parser.add_argument("--teacher_batch_size", type=int, default=64)
-    parser.add_argument("--student_steps", type=int, default=300)
+    parser.add_argument("--student_steps", type=int, default=600)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="the students'")
     parser.add_argument("--eval_every", type=int, default=50, help="steps between the evaluated checkpoints")
@@ -285,7 +286,8 @@ def student_sweep(args, teacher_dir: Path, data: dict):
 
 
 def heldout_scores(model, tokenizer, heldout: list[tuple[str, str]], max_new_tokens: int, teacher=None) -> dict:
-    """Greedy exact match (percent) on the held-out prompts, and with ``teacher`` the KL to it on the answers."""
+    """Greedy exact match (percent) on the (prompt, answer) pairs ``heldout``, and with ``teacher`` the KL to it on
+    the answers."""
     prompts = HeldoutPrompts([conversation(prompt) for prompt, _ in heldout], [answer for _, answer in heldout])
     scores = GenerationEval(prompts, CHAT_TEMPLATE, max_new_tokens, batch_size=128).scores(model, tokenizer, teacher)
     names = ("exact_match", "kl_to_teacher") if teacher is not None else ("exact_match",)
@@ -313,7 +315,11 @@ def checkpoint_student(run_dir: Path, checkpoint: Path) -> PreTrainedModel:
     return student
 
 
-def evaluate(args, teacher_dir: Path, sweep, heldout: list) -> dict:
+def evaluate(args, teacher_dir: Path, sweep, splits: dict) -> dict:
+    """Teacher and students on the held-out prompts (every checkpoint of each student: its curve), and the final
+    students also on the prompts of the reference conversations: what (a) and (b) trained on, so that memorising
+    them shows as the gap between the two."""
+    heldout, references = splits["heldout"], splits["prompts"][: args.references]
     tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
     budget = args.max_letters + 2
@@ -332,6 +338,7 @@ def evaluate(args, teacher_dir: Path, sweep, heldout: list) -> dict:
         results["students"][label] = {
             "signal": signal, "data": source, "parameters": final.num_parameters(), "steps": train.global_step,
             "train_seconds": train.wall_seconds, **heldout_scores(final, tokenizer, heldout, budget, teacher),
+            "reference_exact_match": heldout_scores(final, tokenizer, references, budget)["exact_match"],
             "curve": {step: scores["exact_match"] for step, scores in curve.items()},
         }  # fmt: skip
     return results
@@ -365,13 +372,15 @@ def write_report(args, results: dict, command: str) -> None:
         "(b) to (e) with the generalized JSD (beta 0.5). Evaluated on "
         f"{args.heldout} held-out prompts, greedy; KL is KL(teacher || student) per token of the student's answers.",
         "",
-        *markdown_head(["model", "learns from", "data", "exact match (%)", "KL to teacher", "train time"]),
-        markdown_row(["teacher", "reference answers (fresh)", "", f"{teacher['exact_match']:.1f}", "",
+        *markdown_head(["model", "learns from", "data", "exact match (%)", "on the reference prompts (%)",
+                        "KL to teacher", "train time"]),
+        markdown_row(["teacher", "reference answers (fresh)", "", f"{teacher['exact_match']:.1f}", "", "",
                       f"{teacher['train_seconds']:.0f} s"]),
     ]  # fmt: skip
     for name, row in students.items():
         lines.append(markdown_row([name, row["signal"], row["data"], f"{row['exact_match']:.1f}",
-                                   f"{row['kl_to_teacher']:.3f}", f"{row['train_seconds']:.0f} s"]))  # fmt: skip
+                                   f"{row['reference_exact_match']:.1f}", f"{row['kl_to_teacher']:.3f}",
+                                   f"{row['train_seconds']:.0f} s"]))  # fmt: skip
     lines += [
         "",
         f"- Every KD student beats (a) on exact match: {'yes' if met['every_kd_student_beats_fine_tuning'] else 'no'}.",
@@ -418,7 +427,7 @@ def main(argv=None) -> dict:
     data["responses"] = teacher_responses(args, teacher_dir, data["prompts"])
     sweep = student_sweep(args, teacher_dir, data)
     run_students(sweep)
-    results = evaluate(args, teacher_dir, sweep, splits["heldout"])
+    results = evaluate(args, teacher_dir, sweep, splits)
     results.update(goals=goals(results), command=command, settings=vars(args), device=device_description())
     write_json_atomic(args.json, results)
     write_report(args, results, command)

@@ -50,6 +50,8 @@ def test_instruct_writes_its_table_curves_and_numbers(tmp_path):
     for row in results["students"].values():
         assert row["steps"] == 4 and list(row["curve"]) == [2, 4]
         assert 0.0 <= row["exact_match"] <= 100.0 and row["kl_to_teacher"] >= 0.0
+        assert 0.0 <= row["reference_exact_match"] <= 100.0  # on the 6 reference prompts: a multiple of 100 / 6
+        assert round(row["reference_exact_match"] * 6 / 100, 6).is_integer()
     assert len((tmp_path / "work" / "data" / "responses.jsonl").read_text().splitlines()) <= 24
     assert json.loads(numbers.read_text())["goals"].keys() == results["goals"].keys()
     table = report.read_text()
