@@ -55,7 +55,7 @@ class DataArguments:
         default=None,
         metadata={
             "help": "Jinja chat template (the string, or a path to a .jinja file) for chat data; default: the "
-            "teacher tokenizer's own."
+            "teacher tokenizer's own. Given, the student is saved with it (and lm-eval's chat prompts use it)."
         },
     )
     loss_on: str = field(

@@ -121,6 +121,14 @@ def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Opt
     return chat_template
 
 
+def adopt_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str]) -> None:
+    """Give ``tokenizer`` the run's ``chat_template`` when one is given (``resolve_chat_template``): the chat data
+    is rendered with it, and lm-eval's chat prompts, the generation eval and the student saved with this
+    tokenizer then use the same template (a teacher without one gives its student none of its own)."""
+    if chat_template is not None:
+        tokenizer.chat_template = resolve_chat_template(tokenizer, chat_template)
+
+
 @dataclass(frozen=True)
 class ChatTokenization:
     """How conversations become token ids and loss masks."""

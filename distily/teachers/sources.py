@@ -5,6 +5,7 @@ from typing import Optional
 from transformers import PreTrainedTokenizerBase
 
 from distily.config import DistillConfig
+from distily.data.chat import adopt_chat_template
 from distily.models.arguments import ModelArguments
 from distily.models.teacher import load_tokenizer
 from distily.models.vocab import check_same_tokenizer, same_vocabulary
@@ -30,9 +31,11 @@ def open_teacher(config: DistillConfig) -> TeacherSource:
     cross-tokenizer form of it."""
     name = config.record.teacher_source
     teacher = TEACHER_SOURCES[name](config)
+    adopt_chat_template(teacher.tokenizer, config.data.chat_template)
     tokenizer = student_tokenizer(config.model)
     if tokenizer is None or same_vocabulary(teacher.tokenizer, tokenizer):
         return teacher
+    adopt_chat_template(tokenizer, config.data.chat_template)
     if name not in CROSS_TOKENIZER_SOURCES:
         check_same_tokenizer(teacher.tokenizer, tokenizer, f"cross-tokenizer distillation needs teacher_source="
                              f"{' or '.join(CROSS_TOKENIZER_SOURCES)}: a store holds the teacher's tokens only")

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM
 
+from distily.data.chat import adopt_chat_template
 from distily.errors import DistilyConfigError
 from distily.evaluation import harness
 from distily.evaluation.arguments import EvaluationArguments
@@ -166,4 +167,7 @@ def test_a_chat_template_is_required_before_training(tokenizer):
     with pytest.raises(DistilyConfigError, match=r"^lm_eval_apply_chat_template=true, but the tokenizer "):
         check_chat_template(tokenizer, args)
     tokenizer.chat_template = CHAT_TEMPLATE
+    check_chat_template(tokenizer, args)
+    tokenizer.chat_template = None
+    adopt_chat_template(tokenizer, CHAT_TEMPLATE)  # a run's chat_template, for a tokenizer without one
     check_chat_template(tokenizer, args)

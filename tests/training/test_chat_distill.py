@@ -3,6 +3,7 @@ loss count the same positions, and a store recorded from chat data keeps its los
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from distily.config import parse_config, parse_record_config
 from distily.data.framing import LOSS_MASK
@@ -74,3 +75,20 @@ def test_on_policy_distillation_on_chat_data_learns_from_the_students_completion
     student = run_distillation(parse_config(**values))["student"]
     assert student["after_kl_to_teacher"] < 0.8 * student["before_kl_to_teacher"], student
     assert 5 < len(generated) < 25 and all(count > 0 for count in generated), generated  # about half of 30 steps
+
+
+def test_a_teacher_without_a_chat_template_gives_its_student_the_runs_template(tmp_path):
+    """chat_template renders the data, and the student is saved with it: a student of a base teacher is a chat
+    model with the template it was distilled on."""
+    base = make_chat_tokenizer("chatml", with_template=False)
+    teacher = save_tiny_model(tmp_path / "teacher", "llama", base, vocab_size=len(base))
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(40))
+    template = tmp_path / "chatml.jinja"
+    template.write_text(make_chat_tokenizer("chatml").chat_template, encoding="utf-8")
+    values = store_values(teacher, data, tmp_path, max_seq_length=128, max_steps=2, chat_template=str(template))
+    run_distillation(parse_config(**values))
+    saved = AutoTokenizer.from_pretrained(values["output_dir"])
+    assert saved.chat_template == template.read_text(encoding="utf-8")
+    conversation = make_conversations(1)[0]
+    assert saved.apply_chat_template(conversation, tokenize=False) == base.apply_chat_template(
+        conversation, chat_template=template.read_text(encoding="utf-8"), tokenize=False)
