@@ -158,9 +158,12 @@ def _folder_fingerprint(path: Optional[str]) -> list:
     ]
 
 
-def teacher_cache_key(teacher: PreTrainedModel, teacher_name_or_path: str, args: EvaluationArguments) -> str:
+def teacher_cache_key(
+    teacher: PreTrainedModel, teacher_name_or_path: str, tokenizer: PreTrainedTokenizerBase, args: EvaluationArguments
+) -> str:
     """What the teacher's results depend on: the teacher (its config, and its weight files' sizes and times or
-    its Hub revision), the tasks and their local definitions, the settings, and the harness version."""
+    its Hub revision), the tasks and their local definitions, the settings (with ``lm_eval_apply_chat_template``,
+    the chat template the prompts are rendered with), and the harness version."""
     from importlib.metadata import version
 
     local = Path(os.path.expanduser(teacher_name_or_path))
@@ -182,7 +185,7 @@ def teacher_cache_key(teacher: PreTrainedModel, teacher_name_or_path: str, args:
         "lm_eval": version("lm_eval"),
     }
     if args.lm_eval_apply_chat_template:  # absent when off: the keys of results cached before it existed hold
-        content["apply_chat_template"] = True
+        content["apply_chat_template"] = tokenizer.chat_template
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -195,7 +198,7 @@ def cached_teacher_results(
     batch_size: int,
 ) -> dict[str, dict[str, float]]:
     """``run_tasks`` for the teacher, read from the cache when this teacher ran these tasks before."""
-    key = teacher_cache_key(teacher, teacher_name_or_path, args)
+    key = teacher_cache_key(teacher, teacher_name_or_path, tokenizer, args)
     path = Path(os.path.expanduser(args.lm_eval_cache_dir or distily_cache_dir("lm_eval"))) / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())

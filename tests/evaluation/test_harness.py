@@ -147,18 +147,23 @@ def test_chat_templates_reach_the_harness_and_key_the_teachers_cache(teacher_dir
     monkeypatch.setattr(tokenizer, "apply_chat_template", render)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])
     tasks = write_local_task(tmp_path / "tasks")
-    results, keys = {}, {}
+    results, keys, settings = {}, {}, {}
     for flag in (True, False):
         rendered.clear()
-        args = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_include_path=tasks, lm_eval_limit=4,
-                                   lm_eval_bootstrap_iters=0, lm_eval_apply_chat_template=flag)
+        args = settings[flag] = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_include_path=tasks, lm_eval_limit=4,
+                                                    lm_eval_bootstrap_iters=0, lm_eval_apply_chat_template=flag)
         results[flag] = run_tasks(teacher, tokenizer, args, task_manager(args), batch_size=4)
-        keys[flag] = harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], args)
+        keys[flag] = harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, args)
         assert bool(rendered) == flag  # the prompts went through the chat template exactly when asked
+    monkeypatch.setattr(tokenizer, "chat_template", CHAT_TEMPLATE.replace("\n", " \n"))  # another: other prompts
+    for flag in (True, False):
+        keys[flag, "other"] = harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, settings[flag])
     assert calls[0]["apply_chat_template"] is True and calls[0]["fewshot_as_multiturn"] is True
     assert "apply_chat_template" not in calls[1] and "fewshot_as_multiturn" not in calls[1]  # the harness's defaults
     assert results[True][TASK]["samples"] == results[False][TASK]["samples"] == 4
     assert keys[True] != keys[False]
+    assert keys[True, "other"] != keys[True]  # the template keys the cache when the prompts go through it
+    assert keys[False, "other"] == keys[False]  # and only then
 
 
 def test_a_chat_template_is_required_before_training(tokenizer):
