@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: fresh-process workers, interleaved rounds, medians, memory
 accounting (one way for every benchmark: the CUDA allocator's peak on a GPU, the kernel's peak resident set
-on CPU), the machine's description, tables and the results files.
+on CPU; ``AllocatorPeak``, PyTorch's CPU allocator read through the profiler, where the resident set is not
+precise enough), the machine's description, tables and the results files.
 
 Results go to ``benchmarks/results/<name>.json``, or to ``$DISTILY_BENCH_RESULTS_DIR/<name>.json`` when
 that is set (``run_all.py --quick`` sets it, so a smoke run never overwrites measured results).
@@ -8,6 +9,7 @@ that is set (``run_all.py --quick`` sets it, so a smoke run never overwrites mea
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -20,6 +22,8 @@ from typing import Callable
 
 import torch
 import transformers
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_DIR_VARIABLE = "DISTILY_BENCH_RESULTS_DIR"
@@ -99,6 +103,44 @@ def process_peak_bytes(gpu: bool | None = None) -> int:
     if _on_gpu(gpu):
         return max(_process_peak["cuda"], torch.cuda.max_memory_allocated())
     return max(_process_peak["cpu"], memory_kib("VmHWM") * 1024)
+
+
+def cpu_tensor_bytes() -> int:
+    """Bytes of the CPU tensors alive now, each storage counted once (weights included): on CPU what
+    ``torch.cuda.memory_allocated`` gives on a GPU."""
+    storages = {}
+    for value in gc.get_objects():
+        if torch.is_tensor(value) and value.device.type == "cpu":
+            storage = value.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+class AllocatorPeak:
+    """The most bytes PyTorch's CPU allocator held at once between ``start`` and ``stop`` beyond what it held at
+    ``start`` (``alive_at_start``: the tensors then, from ``cpu_tensor_bytes``): on CPU what
+    ``torch.cuda.max_memory_allocated`` gives on a GPU. Read from the profiler's record of every allocation and
+    free (``profile_memory=True``), so it counts tensors only, not the C library's heap, which keeps freed blocks
+    and makes the resident set depend on what ran before. The profiler slows the run: time it in another run."""
+
+    def start(self) -> None:
+        self.alive_at_start = cpu_tensor_bytes()
+        self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._profile.start()
+
+    def stop(self) -> int:
+        self._profile.stop()
+        nodes, allocations = list(self._profile.profiler.kineto_results.experimental_event_tree()), []
+        while nodes:  # every node of the event tree
+            node = nodes.pop()
+            nodes.extend(node.children)
+            if node.tag == _EventType.Allocation:
+                allocations.append(node)
+        running = peak = 0
+        for allocation in sorted(allocations, key=lambda node: node.start_time_ns):
+            running += allocation.extra_fields.alloc_size  # negative for a free
+            peak = max(peak, running)
+        return peak
 
 
 def synchronize() -> None:

@@ -19,7 +19,16 @@ in fresh processes with interleaved rounds (``training_speed.py``'s workers, clo
 - distily_compiled (with --torch_compile): the live run with the Trainer's ``torch_compile``;
 - plain: the plain PyTorch loop on full logits; trl: ``GKDTrainer`` with lmbda=0, beta=0 (where TRL is installed).
 
---cases picks some of these (and ``flops``, below); the store is recorded only for distily_recorded.
+--cases picks some of these (and ``flops`` and ``allocator``, below); the store is recorded only for
+distily_recorded (and ``allocator``).
+
+``allocator``: distily and distily_recorded run once more each round (with ``--cases allocator`` alone, only
+these) with their training's peak measured at PyTorch's CPU allocator (``common.AllocatorPeak``: tensors only,
+what the CUDA allocator's figures are on a GPU). On CPU the resident-set peak also counts the C library's heap,
+which keeps what the evaluation before training freed and differs between the two runs.
+``recorded_over_live_allocated_peak_memory`` compares the tensors allocated during training beyond those alive
+when it starts; ``recorded_over_live_allocated_total_peak_memory`` the whole, the weights included (a recorded
+run loads no teacher). These runs are slowed by the profiler and not timed.
 
 Then ``hardware_efficiency.py``'s step: the FLOPs PyTorch dispatches in one Distily step over the median step
 time, against the best square-matmul FLOP/s of the same precision and of fp32, measured in the same run.
@@ -44,7 +53,8 @@ from hardware_efficiency import matmul_peak
 from training_speed import benchmark_parser, parse_checked, prepare, report, summarise
 
 HERE = Path(__file__).resolve().parent
-CASES = ("distily", "distily_recorded", "distily_compiled", "plain", "trl", "flops")
+CASES = ("distily", "distily_recorded", "distily_compiled", "plain", "trl", "flops", "allocator")
+ALLOCATOR_CASES = ("distily", "distily_recorded")  # measured at the allocator too, with ``allocator``
 SHAPES = {"qwen2": {"arch": "qwen2", "vocab": 151936, "untied": False},
           "llama3": {"arch": "llama", "vocab": 128256, "untied": True}}
 QUICK = {"runs": 1, "steps": 1, "warmup": 1, "batch": 2, "seq": 32, "hidden": 64, "teacher_layers": 2,
@@ -56,6 +66,7 @@ GOALS = {  # issue 20, at both vocabularies and precisions
     "distily_over_trl_process_peak_memory": ("<=", 0.6),
     "recorded_over_live_tokens_per_second": (">=", 1.5),
     "recorded_over_live_peak_memory": ("<=", 1.0),
+    "recorded_over_live_allocated_total_peak_memory": ("<=", 1.0),
     "distily_step_over_fp32_matmul_peak": (">=", 0.5),
 }
 
@@ -81,7 +92,7 @@ def shape_spec(options, shape: str) -> dict:
     if options.quick_vocab:
         shaped.vocab = options.quick_vocab[shape]
     spec = prepare(shaped)
-    if "distily_recorded" not in options.cases:
+    if not {"distily_recorded", "allocator"} & set(options.cases):
         return {**spec, "vocab": shaped.vocab}
     store = Path(spec["output_dir"]).parent / f"store-k{options.top_k}"
     if not (store / "manifest.json").exists():
@@ -104,6 +115,10 @@ def variants(spec: dict, options) -> dict[str, tuple[str, dict]]:
     wanted = set(options.cases) - ({"distily_compiled"} if not options.torch_compile else set())
     if importlib.util.find_spec("trl") is None:
         wanted.discard("trl")
+    if "allocator" in wanted:
+        cases.update({f"{name}_allocator": (worker, {**case_spec, "allocator": True})
+                      for name, (worker, case_spec) in list(cases.items()) if name in ALLOCATOR_CASES})
+        wanted.update(f"{name}_allocator" for name in ALLOCATOR_CASES)
     return {name: case for name, case in cases.items() if name in wanted}
 
 
@@ -124,10 +139,21 @@ def shape_results(options, spec: dict, precision: str) -> dict:
         for peak in dict.fromkeys((precision, "fp32")):
             cases[f"matmul_{peak}"] = lambda peak=peak: matmul_peak(peak, options.repeats)
     runs = interleaved(cases, options.runs)
-    trainers = {name: runs.pop(name) for name in list(runs) if not (name == "flops" or name.startswith("matmul_"))}
+    trainers = {name: runs.pop(name) for name in list(runs)
+                if not (name == "flops" or name.startswith("matmul_") or name.endswith("_allocator"))}
     result = summarise(trainers)
     median = result["medians"]
     ratios = result["ratios"]
+    allocated = {name.removesuffix("_allocator"): medians(case_runs, ("allocated_peak_extra_bytes",
+                                                                       "allocated_at_start_bytes"))
+                 for name, case_runs in runs.items() if name.endswith("_allocator")}
+    for median_peaks in allocated.values():
+        median_peaks["allocated_total_peak_bytes"] = (median_peaks["allocated_peak_extra_bytes"]
+                                                      + median_peaks["allocated_at_start_bytes"])
+    if len(allocated) == len(ALLOCATOR_CASES):
+        for name, key in (("allocated_peak_memory", "allocated_peak_extra_bytes"),
+                          ("allocated_total_peak_memory", "allocated_total_peak_bytes")):
+            ratios[f"recorded_over_live_{name}"] = ratio(allocated, "distily_recorded", "distily", key)
     for name, key in (("tokens_per_second", "tokens_per_second"), ("peak_memory", "peak_extra_bytes"),
                       ("process_peak_memory", "process_peak_bytes")):
         for prefix, variant in (("recorded_over_live", "distily_recorded"), ("compiled_over_eager", "distily_compiled")):
@@ -142,8 +168,8 @@ def shape_results(options, spec: dict, precision: str) -> dict:
             ratios[f"distily_step_over_{peak}_matmul_peak"] = step["flops_per_second"] / peaks[f"matmul_{peak}"]
     goals_met = {name: (ratios[name] >= bound if sense == ">=" else ratios[name] <= bound)
                  for name, (sense, bound) in GOALS.items() if name in ratios}
-    return {**result, "distily_step": step, "matmul_peaks": peaks, "goals_met": goals_met,
-            "runs": {**trainers, **runs}}
+    return {**result, "allocated_peaks": allocated, "distily_step": step, "matmul_peaks": peaks,
+            "goals_met": goals_met, "runs": {**trainers, **runs}}
 
 
 def main(argv=None) -> dict:
@@ -162,6 +188,9 @@ def main(argv=None) -> dict:
     for shape, by_precision in results.items():
         for precision in options.precision:
             print(f"\n{shape} (vocab {by_precision['vocab']}) " + report(precision, by_precision[precision]))
+            for name, peak in by_precision[precision]["allocated_peaks"].items():
+                print(f"{name}: at the allocator, {peak['allocated_at_start_bytes'] / 2**20:.0f} MiB alive when "
+                      f"training starts, {peak['allocated_peak_extra_bytes'] / 2**20:.0f} MiB more at its peak")
             print("goals met:", by_precision[precision]["goals_met"])
     payload = {"arguments": vars(options), "goals": GOALS, **results}
     print(f"wrote {write_results(options.name, payload)}")

@@ -25,7 +25,10 @@ tokens/s = timed steps * batch * seq / that time. Memory: the peak resident set 
 the resident size when training starts (models loaded, data ready; the kernel's VmHWM, reset at that point),
 so optimizer state, gradients, activations and the loss's buffers count and model loading does not; the
 whole process's peak (VmHWM from its start) is reported beside it. On a GPU the same two figures come from the CUDA allocator
-(``common.reset_peak_memory``), and every trainer runs there. bf16 is autocast with fp32 weights, for all three.
+(``common.reset_peak_memory``), and every trainer runs there. A worker whose spec holds ``"allocator": true``
+also measures the training's peak at PyTorch's CPU allocator (``common.AllocatorPeak``, tensors only:
+``allocated_peak_extra_bytes`` above ``allocated_at_start_bytes``, the tensors alive when training starts, the
+weights among them), which slows it: its time is not comparable. bf16 is autocast with fp32 weights, for all three.
 --torch_compile runs Distily with the Trainer's ``torch_compile``.
 Rounds are interleaved (distily, plain, trl, distily, ...); the table gives medians and ratios and
 benchmarks/results/training_speed.json keeps every run.
@@ -44,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, TrainerCallback, set_seed
 
-from common import (describe, interleaved, machine, medians, peak_memory_bytes, process_peak_bytes,
+from common import (AllocatorPeak, describe, interleaved, machine, medians, peak_memory_bytes, process_peak_bytes,
                     reset_peak_memory, run_worker, synchronize, table, write_results)
 from distily.config import parse_config
 from distily.data.arguments import DataArguments
@@ -62,9 +65,12 @@ QUICK = {"runs": 1, "steps": 3, "warmup": 1, "batch": 2, "seq": 32, "vocab": 102
 
 
 class StepClock(TrainerCallback):
-    """The times at which optimizer steps end, and the peak memory from the start of training."""
+    """The times at which optimizer steps end, and the peak memory from the start of training (``allocator``:
+    at PyTorch's CPU allocator too)."""
 
-    def __init__(self):
+    def __init__(self, allocator: bool = False):
+        self.allocator = AllocatorPeak() if allocator else None
+        self.allocated_peak_bytes = None
         self.step_ends: list[float] = []
         self.step_cpu_ends: list[float] = []  # CPU time of the process (all threads), less sensitive to other jobs
         self.baseline_bytes = self.peak_bytes = 0
@@ -72,6 +78,8 @@ class StepClock(TrainerCallback):
 
     def start(self) -> None:
         self.baseline_bytes = reset_peak_memory()
+        if self.allocator:
+            self.allocator.start()
 
     def step(self) -> None:
         synchronize()  # a step ends when the GPU is done with it
@@ -80,6 +88,8 @@ class StepClock(TrainerCallback):
 
     def finish(self) -> None:
         self.peak_bytes = peak_memory_bytes()
+        if self.allocator:
+            self.allocated_peak_bytes = self.allocator.stop()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start()
@@ -102,7 +112,9 @@ class StepClock(TrainerCallback):
                 "timed_seconds": seconds, "cpu_seconds_per_step": cpu_seconds / timed_steps,
                 "load_average": os.getloadavg()[0], "peak_extra_bytes": self.peak_bytes - self.baseline_bytes,
                 "baseline_bytes": self.baseline_bytes, "process_peak_bytes": process_peak_bytes(),
-                "first_loss": self.first_loss}
+                "first_loss": self.first_loss,
+                **({"allocated_peak_extra_bytes": self.allocated_peak_bytes,
+                    "allocated_at_start_bytes": self.allocator.alive_at_start} if self.allocator else {})}
 
 
 def prepare(options) -> dict:
@@ -218,7 +230,7 @@ TRAIN = {"distily": train_distily, "plain": train_plain, "trl": train_trl}
 def measure(trainer: str, precision: str, spec: dict) -> dict:
     """One run of ``trainer`` in this (fresh) process."""
     torch.manual_seed(SEED)
-    clock = StepClock()
+    clock = StepClock(allocator=spec.get("allocator", False))
     TRAIN[trainer](spec, precision == "bf16", clock)
     return clock.result(spec["warmup"], spec["batch"] * spec["seq"])
 

@@ -224,11 +224,12 @@ class TrainMetrics:
 @dataclass(frozen=True)
 class FramingMetrics:
     """How the documents were packed, and the teacher's held-out loss as packed and on the same documents run
-    alone (when measured)."""
+    alone (when measured); for chat data the tokens the losses counted (``loss_on``)."""
 
     packing: str
     teacher_lm_loss_packed: Optional[float] = None
     teacher_lm_loss_documents: Optional[float] = None
+    loss_on: Optional[str] = None
 
     def to_dict(self) -> dict:
         return _present(**dataclasses.asdict(self))

@@ -12,6 +12,7 @@ from transformers import AutoConfig, PreTrainedModel
 
 from distily.config import EvalConfig, make_parser, parse_eval_config
 from distily.data.arguments import DataArguments
+from distily.data.chat import adopt_chat_template
 from distily.data.text import collate, default_cache_dir
 from distily.evaluation.generations import GenerationEvaluator, generation_eval
 from distily.evaluation.harness import cached_teacher_results, check_chat_template, run_tasks, task_manager
@@ -43,11 +44,13 @@ def run_evaluation(config: EvalConfig) -> dict:
     answering = generation_eval(evaluation, DataArguments(), command.chat_template, command.per_device_eval_batch_size)
     model = load_model(command.model_name_or_path, command.torch_dtype, command.trust_remote_code)
     tokenizer = load_tokenizer(command.model_name_or_path, "model", command.trust_remote_code)
+    adopt_chat_template(tokenizer, command.chat_template)  # lm-eval's chat prompts use it too
     check_chat_template(tokenizer, evaluation)
     teacher, teacher_tokenizer, vocab_size = None, None, None
     if command.teacher_model_name_or_path is not None:
         teacher = load_teacher(command.teacher_model_name_or_path, command.torch_dtype, command.trust_remote_code)
         teacher_tokenizer = load_tokenizer(command.teacher_model_name_or_path, "teacher")
+        adopt_chat_template(teacher_tokenizer, command.chat_template)
         check_same_tokenizer(teacher_tokenizer, tokenizer)
         vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(model), len(tokenizer))
     max_seq_length = resolve_max_seq_length(command.max_seq_length, *(m for m in (model, teacher) if m is not None))

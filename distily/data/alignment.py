@@ -26,7 +26,9 @@ from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
 from distily.data.framing import INPUT_IDS, resolve_packing, tokenizer_adds_bos
-from distily.data.text import DistillationData, cached_dataset, collate, default_cache_dir, tokenizer_fingerprint
+from distily.data.text import (
+    DistillationData, cached_dataset, collate, default_cache_dir, sampled_rows, tokenizer_fingerprint,
+)
 from distily.errors import DistilyConfigError
 
 TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK = "teacher_input_ids", "teacher_attention_mask"
@@ -193,13 +195,7 @@ def build_aligned_datasets(args: DataArguments, student_tokenizer, teacher_token
     for name, found in rows.items():
         if len(found) == 0:
             raise DistilyConfigError(f"dataset {args.dataset_name!r} gives no aligned {name} rows; expected text")
-    train = rows["train"].shuffle(seed=seed)
-    if args.max_samples is not None:
-        train = train.select(range(min(args.max_samples, len(train))))
-    evaluation = rows["eval"]
-    if args.max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
-    return DistillationData(train.with_format("torch"), evaluation.with_format("torch"), max_seq_length)
+    return DistillationData(*sampled_rows(rows, args, seed), max_seq_length)
 
 
 def collate_aligned(features: list[dict], pad_token_id: int = 0, teacher_pad_token_id: int = 0) -> dict:

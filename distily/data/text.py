@@ -284,6 +284,7 @@ class DistillationData:
     max_seq_length: int
     framing: Optional[Framing] = None  # how the blocks were built (None: a store's rows)
     eval_documents: Optional[datasets.Dataset] = None  # the held-out documents before packing
+    loss_on: Optional[str] = None  # chat data: the tokens the losses count (assistant | all); None: text
 
 
 def documents_with_content(documents: datasets.Dataset, args: DataArguments) -> datasets.Dataset:
@@ -343,6 +344,18 @@ def load_training_documents(args: DataArguments) -> datasets.Dataset:
     return documents
 
 
+def sampled_rows(rows: dict[str, datasets.Dataset], args: DataArguments, seed: int):
+    """The ``train`` rows shuffled with ``seed`` and cut to ``max_samples``, the ``eval`` rows cut to
+    ``max_eval_samples``, both as torch tensors."""
+    train = rows["train"].shuffle(seed=seed)
+    if args.max_samples is not None:
+        train = train.select(range(min(args.max_samples, len(train))))
+    evaluation = rows["eval"]
+    if args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    return train.with_format("torch"), evaluation.with_format("torch")
+
+
 def build_datasets(
     args: DataArguments,
     tokenizer: PreTrainedTokenizerBase,
@@ -369,18 +382,14 @@ def build_datasets(
                 f"dataset {args.dataset_name!r} gives no {name} sequence of {max_seq_length} tokens; expected more "
                 f"text, a smaller max_seq_length or {fraction} eval_fraction (now {args.eval_fraction})"
             )
-    train = packed["train"].shuffle(seed=seed)
-    if args.max_samples is not None:
-        train = train.select(range(min(args.max_samples, len(train))))
-    evaluation = packed["eval"]
-    if args.max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    train, evaluation = sampled_rows(packed, args, seed)
     return DistillationData(
-        train=train.with_format("torch"),
-        eval=evaluation.with_format("torch"),
+        train=train,
+        eval=evaluation,
         max_seq_length=max_seq_length,
         framing=framing,
         eval_documents=split["test"] if chat is None else None,  # conversations are packed as if alone
+        loss_on=None if chat is None else chat.loss_on,
     )
 
 

@@ -226,7 +226,8 @@ class EvalCommandArguments:
         default=None,
         metadata={
             "help": "Jinja chat template (the string, or a path to a .jinja file) the prompts of "
-            "generation_eval_dataset are rendered with; default: the model tokenizer's own."
+            "generation_eval_dataset, and with lm_eval_apply_chat_template lm-eval's, are rendered with; default: "
+            "the model tokenizer's own."
         },
     )
     tokenization_cache_dir: Optional[str] = field(

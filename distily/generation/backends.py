@@ -19,8 +19,8 @@ def open_generator(
     backend: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings,
     max_model_len: int,
 ) -> CompletionGenerator:
-    """A generator sampling from ``model`` with ``settings``: ``backend`` hf (``model.generate``) or vllm (an
-    engine over a copy of ``model``, prompt and completion at most ``max_model_len`` tokens)."""
+    """A generator sampling from ``model`` with ``settings``, prompt and completion at most ``max_model_len``
+    tokens: ``backend`` hf (``model.generate``) or vllm (an engine over a copy of ``model``)."""
     if backend == "vllm":
         return open_vllm_generator(model, tokenizer, settings, max_model_len)
-    return HFGenerator(model, settings, tokenizer.eos_token_id, pad_token_id(tokenizer))
+    return HFGenerator(model, settings, tokenizer.eos_token_id, pad_token_id(tokenizer), max_length=max_model_len)

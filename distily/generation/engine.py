@@ -74,11 +74,16 @@ def left_padded(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
 
 class HFGenerator(CompletionGenerator):
     """``model.generate`` on left-padded prompts, in eval mode (dropout off; gradient checkpointing, which only
-    acts in training mode, leaves the KV cache on) under ``no_grad``; the model's mode is restored after."""
+    acts in training mode, leaves the KV cache on) under ``no_grad``; the model's mode is restored after.
+
+    Prompt and completion stay within ``max_length`` tokens (a run's sequence length; None: no bound) and the
+    model's ``max_position_embeddings``: the batch decodes no more steps than its roomiest prompt can keep, and a
+    prompt that leaves the model fewer positions than that is answered alone (a model with learned positions
+    has none beyond its last: ``generate`` would fail on it), so no completion is cut for another's sake."""
 
     def __init__(self, model: PreTrainedModel, settings: SamplingSettings, eos_token_id: Optional[int],
-                 pad_token_id: int):
-        self.model, self.settings = model, settings
+                 pad_token_id: int, max_length: Optional[int] = None):
+        self.model, self.settings, self.max_length = model, settings, max_length
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
 
     def load_weights(self, model: PreTrainedModel) -> None:
@@ -102,8 +107,32 @@ class HFGenerator(CompletionGenerator):
         # the processors above do the temperature and top-p, in that order
         return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "logits_processor": processors}
 
-    @torch.no_grad()
+    def _positions(self) -> Optional[int]:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def _room(self, prompt: list[int]) -> int:
+        """The most tokens the completion of ``prompt`` may have."""
+        bounds = [limit - len(prompt) for limit in (self.max_length, self._positions()) if limit is not None]
+        return max(min([self.settings.max_new_tokens, *bounds]), 0)
+
     def generate(self, prompts: list[list[int]]) -> list[list[int]]:
+        rooms = [self._room(prompt) for prompt in prompts]
+        positions, most = self._positions(), max(rooms)
+        tight = {row for row, prompt in enumerate(prompts)  # fewer positions left than the batch decodes
+                 if positions is not None and positions - len(prompt) < most}
+        groups = [[row for row in range(len(prompts)) if row not in tight]] + [[row] for row in sorted(tight)]
+        completions: list[list[int]] = [[] for _ in prompts]
+        for group in groups:
+            steps = max((rooms[row] for row in group), default=0)
+            if steps == 0:
+                continue
+            for row, completion in zip(group, self._generate([prompts[row] for row in group], steps)):
+                completions[row] = cut_at_eos(completion, self.eos_token_id)[: rooms[row]]
+        return completions
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """``max_new_tokens`` sampled ids per prompt (fewer when every row has ended)."""
         model = self.model
         input_ids, attention_mask = left_padded(prompts, self.pad_token_id)  # [prompts, longest] each
         device = next(model.parameters()).device
@@ -113,7 +142,7 @@ class HFGenerator(CompletionGenerator):
             generated = model.generate(
                 input_ids.to(device),
                 attention_mask=attention_mask.to(device),
-                max_new_tokens=self.settings.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 use_cache=True,
                 pad_token_id=self.pad_token_id,
                 eos_token_id=self.eos_token_id,
@@ -121,4 +150,4 @@ class HFGenerator(CompletionGenerator):
             )  # [prompts, longest + <= max_new_tokens]
         finally:
             model.train(was_training)
-        return [cut_at_eos(row, self.eos_token_id) for row in generated[:, input_ids.shape[1]:].tolist()]
+        return generated[:, input_ids.shape[1]:].tolist()

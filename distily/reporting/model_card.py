@@ -186,6 +186,13 @@ def _method_section(config: DistillConfig, metrics: RunMetrics, objective: Disti
         else:
             init = "teacher layers copied into its layers (evenly spaced, first and last included)"
         lines.append(f"The student was built from {source} config{changes}, starting from {init}.")
+    training = config.training
+    if training.lmbda > 0:
+        lines += ["", f"On-policy distillation (GKD): a fraction {training.lmbda:g} of the training micro-batches was "
+                  "replaced by the student's own completions of their prompts (temperature "
+                  f"{training.on_policy_temperature:g}, top-p {training.on_policy_top_p:g}, at most "
+                  f"{training.on_policy_max_new_tokens} new tokens, `{training.on_policy_backend}` back end), scored "
+                  "by the teacher; on those batches the losses count the completion tokens."]
     teacher = metrics.teacher
     if teacher.recording:
         lines += ["", f"The teacher did not run during training: its top-{teacher.recording.record_top_k} "
@@ -230,15 +237,24 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     data = config.data
     length, train = metrics.max_seq_length, metrics.train
     source = f"`{data.dataset_name}`" if data.dataset_name else "the recorded teacher store"
+    loss_on = metrics.framing.loss_on  # chat data only
     details = ", ".join(f"{key} `{value}`" for key, value in (
-        ("subset", data.dataset_config_name), ("split", data.dataset_split), ("text column", data.dataset_text_column)
+        ("subset", data.dataset_config_name), ("split", data.dataset_split),
+        ("text column", None if loss_on else data.dataset_text_column),
     ) if value)
+    if loss_on:
+        template = "the chat template given (`chat_template`)" if data.chat_template else "the teacher's chat template"
+        counted = "the assistant's tokens" if loss_on == "assistant" else "every token"
+        training_set = (f"- Training set: {metrics.train_sequences:,} rows of conversations rendered with {template}, "
+                        f"at most {length} tokens each; the losses count {counted} (`loss_on: {loss_on}`).")
+    else:
+        training_set = (f"- Training set: {metrics.train_sequences:,} packed sequences of {length} tokens "
+                        f"({metrics.train_sequences * length:,} tokens).")
     lines = [
         "## Training data",
         "",
         f"- Dataset: {source} ({details}); {data.eval_fraction:g} of its documents held out for evaluation.",
-        f"- Training set: {metrics.train_sequences:,} packed sequences of {length} tokens "
-        f"({metrics.train_sequences * length:,} tokens).",
+        training_set,
         _framing_line(metrics.framing),
     ]
     if train.tokens_seen is not None:

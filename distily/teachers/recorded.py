@@ -145,6 +145,7 @@ class RecordedTeacher(TeacherSource):
             eval=self.store.dataset("eval", data_args.max_eval_samples),
             max_seq_length=self.max_seq_length,
             framing=Framing(self.settings["packing"], self.max_seq_length),
+            loss_on=self.settings.get("loss_on"),  # a store of chat data holds it
         )
 
     def collate_fn(self) -> Callable:

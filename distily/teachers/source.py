@@ -113,7 +113,7 @@ class TeacherSource(ABC):
 
     def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> FramingMetrics:
         """metrics.json's ``framing``."""
-        return FramingMetrics(data.framing.packing)
+        return FramingMetrics(data.framing.packing, loss_on=data.loss_on)
 
     @abstractmethod
     def evaluator(

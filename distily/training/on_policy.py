@@ -2,9 +2,12 @@
 micro-batches is replaced by the student's own completions of their prompts, which the teacher then scores.
 
 A batch's prompts follow the shared ``loss_mask`` convention (``loss_mask[b, t] = 1`` iff the token at t + 1 is
-a target): row b's prompt is its attended tokens up to and including its first ``loss_mask`` position (the
-token that predicts the first target), the whole row when it has none. The new batch is prompt + completion per
-row, right-padded, with ``loss_mask`` 1 exactly at the positions that predict completion tokens. Whether a
+a target). Each conversation of a row (one per row when padded; under document masks, each document of the block,
+by its ``position_ids``) gives one prompt: its tokens up to and including the first position of its last run of
+``loss_mask`` (the token that predicts its last assistant turn's first target), so that a multi-turn
+conversation keeps its earlier turns as context and the student answers its last one (as TRL's GKD trainer does);
+the whole conversation when it has no target. The new batch is prompt + completion per prompt, right-padded, with
+``loss_mask`` 1 exactly at the positions that predict completion tokens. Whether a
 micro-batch goes on-policy is drawn from ``(seed, optimizer step, micro-batch index)``, so a run, and a run
 resumed from a checkpoint, picks the same batches.
 """
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from distily.data.framing import INPUT_IDS, LOSS_MASK
+from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS
 from distily.data.text import completion_batch
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
@@ -24,15 +27,25 @@ from distily.generation.arguments import SamplingSettings
 from distily.generation.engine import CompletionGenerator
 
 
+def last_turn_start(targets: torch.Tensor) -> Optional[int]:
+    """The first position of the last run of ``targets`` [seq] (bool), None when there is none."""
+    previous = torch.cat([targets.new_zeros(1), targets[:-1]])  # [seq]
+    starts = (targets & ~previous).nonzero()
+    return int(starts[-1]) if len(starts) else None
+
+
 def batch_prompts(batch: dict[str, torch.Tensor]) -> list[list[int]]:
-    """Each row's prompt: its attended tokens up to and including its first ``loss_mask`` position."""
+    """The prompt of each conversation in the batch, row by row (see the module's docstring)."""
     attended = batch["attention_mask"].bool()  # [batch, seq]
     targets = batch[LOSS_MASK].bool() & attended  # [batch, seq]
+    positions = batch.get(POSITION_IDS)  # [batch, seq] under document masks
     prompts = []
-    for ids, row_attended, row_targets in zip(batch[INPUT_IDS], attended, targets):
-        first = row_targets[row_attended].nonzero()
-        ids = ids[row_attended]
-        prompts.append(ids[: int(first[0]) + 1].tolist() if len(first) else ids.tolist())
+    for row, row_attended in enumerate(attended):
+        ids, row_targets = batch[INPUT_IDS][row][row_attended], targets[row][row_attended]
+        starts = [0] if positions is None else (positions[row][row_attended] == 0).nonzero().flatten().tolist()
+        for start, stop in zip(starts, starts[1:] + [len(ids)]):
+            first = last_turn_start(row_targets[start:stop])
+            prompts.append(ids[start:stop if first is None else start + first + 1].tolist())
     return prompts
 
 

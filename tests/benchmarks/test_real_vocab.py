@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -34,12 +35,16 @@ def test_the_fused_loss_takes_the_full_logits_value_and_less_memory_and_names_wh
 @pytest.mark.slow
 def test_real_vocab_quick_trains_live_and_recorded_and_counts_flops(benchmark, tmp_path):
     results = benchmark("real_vocab", "--quick", "--shapes", "qwen2", "--cases", "distily", "distily_recorded",
-                        "flops", "--workdir", str(tmp_path / "work"))
+                        "flops", "allocator", "--workdir", str(tmp_path / "work"))
     fp32 = results["qwen2"]["fp32"]
     assert results["qwen2"]["vocab"] == 1536 and results["qwen2"]["arch"] == "qwen2"
     for name in ("distily", "distily_recorded"):
         assert fp32["medians"][name]["tokens_per_second"] > 0 and fp32["medians"][name]["peak_extra_bytes"] > 0
     for key in ("recorded_over_live_tokens_per_second", "recorded_over_live_peak_memory",
-                "distily_step_over_fp32_matmul_peak"):
+                "recorded_over_live_allocated_peak_memory", "distily_step_over_fp32_matmul_peak"):
         assert math.isfinite(fp32["ratios"][key]) and fp32["ratios"][key] > 0, key
     assert fp32["distily_step"]["flops_per_step"] > 0
+    (student_dir,) = (tmp_path / "work").glob("*/student")
+    student_bytes = sum(p.numel() * 4 for p in AutoModelForCausalLM.from_pretrained(student_dir).parameters())
+    for name in ("distily", "distily_recorded"):  # at least the gradients and AdamW's two states, all fp32
+        assert fp32["allocated_peaks"][name]["allocated_peak_extra_bytes"] >= 3 * student_bytes

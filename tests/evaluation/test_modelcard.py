@@ -1,11 +1,13 @@
 """The model card parses with huggingface_hub, carries the metrics and tags, and never claims a fine-tune."""
 
+import dataclasses
 import re
 
 import yaml
 from huggingface_hub import ModelCard
 
 from distily.config import parse_config
+from distily.metrics import FramingMetrics
 from distily.objectives.objective import build_objective
 from distily.reporting.model_card import build_model_card, non_default_config
 from tiny import tiny_config
@@ -104,3 +106,16 @@ def test_the_configuration_in_the_card_reproduces_the_run(tmp_path, run_metrics)
     again = parse_config(**yaml.safe_load(block))
     assert non_default_config(again) == non_default_config(config)
     assert yaml.safe_load(block)["learning_rate"] == 3e-4
+
+
+def test_a_chat_students_card_names_the_template_the_loss_mask_and_the_on_policy_fraction(tmp_path, run_metrics):
+    chat = dataclasses.replace(run_metrics(), framing=FramingMetrics("padded", loss_on="assistant"))
+    card, _ = card_for(tmp_path, lambda bitnet: chat, lmbda=0.5, on_policy_temperature=0.7, on_policy_max_new_tokens=64)
+    text = card.text
+    assert "3,200 rows of conversations rendered with the teacher's chat template, at most 128 tokens each" in text
+    assert "the losses count the assistant's tokens (`loss_on: assistant`)" in text
+    assert "packed sequences" not in text and "text column" not in text
+    assert "a fraction 0.5 of the training micro-batches" in text and "temperature 0.7" in text
+    assert "at most 64 new tokens, `hf` back end" in text
+    plain, _ = card_for(tmp_path, run_metrics)
+    assert "3,200 packed sequences of 128 tokens" in plain.text and "On-policy" not in plain.text

@@ -108,3 +108,21 @@ def test_distily_eval_compares_a_model_with_its_teacher(teacher_dirs, tokenizer,
     assert columns["student"]["recent_perplexity"] > 0 and columns["teacher"]["recent_perplexity"] > 0
     assert columns["student"]["recent_bits_per_byte"] > 0 and columns["teacher"]["recent_bits_per_byte"] > 0
     assert "| recent: bits per byte (UTF-8) |" in table
+
+
+def test_distily_eval_gives_its_chat_template_to_lm_evals_chat_prompts(tokenizer, tmp_path, monkeypatch, capsys):
+    """A model whose tokenizer has no chat template: lm_eval_apply_chat_template is refused in one line, and
+    runs with the template --chat_template gives."""
+    import distily.commands.eval as eval_command
+
+    student = save_tiny_model(tmp_path / "student", "gpt2", tokenizer, seed=1, layers=2)
+    template = "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+    seen = []
+    monkeypatch.setattr(eval_command, "run_tasks", lambda model, tok, *args: seen.append(tok.chat_template) or {})
+    monkeypatch.setattr(eval_command, "task_manager", lambda evaluation: object())
+    arguments = ["eval", student, "--lm_eval_tasks", "hellaswag", "--lm_eval_apply_chat_template", "true",
+                 "--max_seq_length", "32", "--tokenization_cache_dir", str(tmp_path / "cache")]
+    assert main(arguments) != 0
+    assert "lm_eval_apply_chat_template=true, but the tokenizer" in capsys.readouterr().err and seen == []
+    assert main(arguments + ["--chat_template", template]) == 0
+    assert seen == [template]

@@ -41,6 +41,30 @@ def test_a_completion_ends_with_the_first_end_of_text_token():
     assert strip_eos([3, 4], 0) == [3, 4]
 
 
+def test_completions_stop_at_the_models_last_position_and_no_prompt_is_cut_for_anothers_sake():
+    """GPT-2's positions are learned: 16 of them here. A 14-token prompt has room for 2 completion tokens; the
+    batch's other prompts still get all 8 (generate itself fails past the last position)."""
+    model = tiny_model("gpt2", n_positions=16)
+    long_prompt = list(range(1, 15))
+    generator = HFGenerator(model, SamplingSettings(8, temperature=0.0), eos_token_id=None, pad_token_id=PAD)
+    with pytest.raises(IndexError):  # what the generator keeps from happening
+        model.generate(torch.tensor([long_prompt]), max_new_tokens=8, do_sample=False, pad_token_id=PAD)
+    completions = generator.generate([PROMPTS[0], long_prompt, PROMPTS[1]])
+    assert [len(completion) for completion in completions] == [8, 2, 8]
+    alone = [generator.generate([prompt])[0] for prompt in (PROMPTS[0], long_prompt, PROMPTS[1])]
+    assert completions == alone
+    assert generator.generate([list(range(1, 17))]) == [[]]  # a prompt that fills every position
+
+
+def test_a_runs_max_length_bounds_prompt_plus_completion():
+    model = tiny_model("llama")
+    unbounded = HFGenerator(model, SamplingSettings(8, temperature=0.0), eos_token_id=None, pad_token_id=PAD)
+    bounded = HFGenerator(model, SamplingSettings(8, temperature=0.0), None, PAD, max_length=10)
+    completions = bounded.generate(PROMPTS)
+    assert [len(completion) for completion in completions] == [3, 8, 7]  # 10 - 7, 8 (of 10 - 1), 10 - 3
+    assert completions == [full[: len(cut)] for full, cut in zip(unbounded.generate(PROMPTS), completions)]
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_batched_left_padded_greedy_equals_each_prompt_alone(arch):
     model = tiny_model(arch)

@@ -56,6 +56,28 @@ def test_the_prompt_is_each_rows_tokens_up_to_the_one_that_predicts_the_first_ta
     assert batch_prompts(no_target)[1] == [20, 21, 22]  # no target: the whole row is the prompt
 
 
+def test_a_multi_turn_conversation_is_prompted_with_its_earlier_turns_and_answers_the_last():
+    # user 10 11, assistant 12 13, user 14 15, assistant 16 17: targets 12, 13 and 16, 17
+    batch = {"input_ids": torch.tensor([[10, 11, 12, 13, 14, 15, 16, 17]]),
+             "attention_mask": torch.ones(1, 8, dtype=torch.long),
+             LOSS_MASK: torch.tensor([[0, 1, 1, 0, 0, 1, 1, 0]])}  # fmt: skip
+    assert batch_prompts(batch) == [[10, 11, 12, 13, 14, 15]]
+
+
+def test_each_conversation_of_a_block_under_document_masks_gives_a_prompt():
+    """Two conversations packed in one row (position_ids restart at the second), a padded second row."""
+    features = [{"input_ids": [10, 11, 12, 13, 20, 21, 22], "position_ids": [0, 1, 2, 3, 0, 1, 2],
+                 LOSS_MASK: [0, 1, 1, 0, 0, 1, 0]},
+                {"input_ids": [30, 31, 32], "position_ids": [0, 1, 2], LOSS_MASK: [0, 1, 0]}]  # fmt: skip
+    batch = collate(features, PAD)
+    assert batch_prompts(batch) == [[10, 11], [20, 21], [30, 31]]
+    generator = FixedCompletions([[40], [41, 0], [42]])
+    on_policy = OnPolicyBatches(generator, lmbda=1.0, seed=0, pad_token_id=PAD, max_seq_length=32)
+    (replaced,) = on_policy.replace([batch], step=0, student=torch.nn.Linear(1, 1))
+    assert replaced["input_ids"].tolist() == [[10, 11, 40, PAD], [20, 21, 41, 0], [30, 31, 42, PAD]]
+    assert replaced[LOSS_MASK].tolist() == [[0, 1, 0, 0], [0, 1, 1, 0], [0, 1, 0, 0]]
+
+
 def test_an_on_policy_step_builds_prompt_plus_completion_with_the_mask_on_completion_positions():
     generator = FixedCompletions([[30, 31, 0], [40]])
     student = torch.nn.Linear(1, 1)
