@@ -88,11 +88,14 @@ def test_distill_recipe_runs_with_local_stand_ins(recipe, recipe_teachers, text_
     _skip_without_keys(RECIPES / recipe)
     output_dir = tmp_path / "run"
     argv = ["distill", str(RECIPES / recipe), *_local(recipe_teachers, DISTILL_RECIPES[recipe], text_file, tmp_path)]
-    if recipe in CHAT_RECIPES:
-        argv += _local_chat(tmp_path)
+    if recipe in CHAT_RECIPES:  # every batch on-policy: the recipe's 0.5 draws none in two steps at its seed
+        argv += [*_local_chat(tmp_path), "--lmbda", "1.0"]
     assert main([*argv, "--output_dir", str(output_dir)]) == 0
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
+    if recipe in CHAT_RECIPES:
+        card = (output_dir / "README.md").read_text()
+        assert "`loss_on: assistant`" in card and "a fraction 1 of the training micro-batches" in card
 
 
 @pytest.mark.slow
