@@ -136,16 +136,12 @@ class GenerateConfig(RecordConfig):
         _require_teacher(self.model)
         if self.generate.generate_output is None:
             raise DistilyConfigError("generate_output is not set; expected a .jsonl file or a directory to write into")
-        if self.generate.generate_record and self.generate.generate_prompts is not None:
-            raise DistilyConfigError(
-                "generate_record=true cannot record responses to generate_prompts (a store keeps no loss mask for "
-                "the assistant's tokens); expected generate_record=false, then distill on the messages dataset"
-            )
         if self.generate.generate_record and self.record.teacher_store is None:
             raise DistilyConfigError("generate_record=true needs teacher_store; expected a directory for the store")
 
     def recording(self) -> RecordConfig:
-        """The recording of ``generate_record``: of the samples, as ``distily record`` would record them."""
+        """The recording of ``generate_record``: of the samples (or the conversations with the teacher's responses,
+        chat data with their loss mask), as ``distily record`` would record them."""
         data = dataclasses.replace(self.data, dataset_name=self.generate.generate_output)
         return RecordConfig(self.model, data, self.record, self.inference)
 

@@ -1,5 +1,5 @@
 """``distily generate CONFIG.yaml [--key value ...]``: sample synthetic text from the teacher, or its responses to
-prompts (distily.recording.generate), and with ``generate_record`` record the teacher over the samples."""
+prompts (distily.recording.generate), and with ``generate_record`` record the teacher over what it wrote."""
 
 from rich.console import Console
 

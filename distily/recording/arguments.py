@@ -148,8 +148,9 @@ class GenerateArguments:
     )
     generate_record: bool = field(
         default=False,
-        metadata={"help": "Also record the teacher over the samples into teacher_store in the same command, with "
-                  "the teacher already loaded."},
+        metadata={"help": "Also record the teacher over the samples (or the conversations with its responses, as chat "
+                  "data: loss_on, chat_template) into teacher_store in the same command, with the teacher already "
+                  "loaded."},
     )
 
     def __post_init__(self):

@@ -89,14 +89,15 @@ def run_generation(config: GenerateConfig) -> dict:
     if args.generate_prompts is not None:
         conversations, empty = teacher_responses(teacher, tokenizer, config, inference.per_device_eval_batch_size)
         write_dataset(datasets.Dataset.from_dict({"messages": conversations}), args.generate_output)
-        return {"generate_output": args.generate_output, "conversations": len(conversations), "empty_dropped": empty}
-    samples = sample_sequences(teacher, tokenizer, args, inference.per_device_eval_batch_size)
-    write_samples(samples, tokenizer, args.generate_output)
-    result = {
-        "generate_output": args.generate_output,
-        "samples": len(samples),
-        "tokens": sum(len(sample) for sample in samples),
-    }
+        result = {"generate_output": args.generate_output, "conversations": len(conversations), "empty_dropped": empty}
+    else:
+        samples = sample_sequences(teacher, tokenizer, args, inference.per_device_eval_batch_size)
+        write_samples(samples, tokenizer, args.generate_output)
+        result = {
+            "generate_output": args.generate_output,
+            "samples": len(samples),
+            "tokens": sum(len(sample) for sample in samples),
+        }
     if args.generate_record:
         result["manifest"] = run_recording(config.recording(), teacher=teacher, tokenizer=tokenizer)
     return result

@@ -6,9 +6,12 @@ import datasets
 import pytest
 
 from distily.cli import main
-from distily.config import parse_generate_config
+from distily.config import parse_config, parse_generate_config
+from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
+from distily.models.teacher import load_tokenizer
 from distily.recording.generate import run_generation
+from distily.training.distill import run_distillation
 
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -67,10 +70,27 @@ def test_bad_prompts_are_one_line_errors_and_nothing_is_written(rows, overrides,
     assert not (tmp_path / "responses.jsonl").exists()
 
 
-def test_recording_responses_is_refused(teacher_dirs, tmp_path):
-    with pytest.raises(DistilyConfigError, match=r"generate_record=true cannot record responses to generate_prompts"):
-        parse_generate_config(**values(teacher_dirs, tmp_path, "prompts.jsonl", generate_record=True,
-                                       teacher_store=str(tmp_path / "store")))
+def test_the_responses_are_recorded_with_their_assistant_mask_and_a_student_trains_on_the_store(
+        teacher_dirs, tmp_path):
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"the cat sees {n} books"} for n in range(12)])
+    keys = values(teacher_dirs, tmp_path, prompts, generate_record=True, teacher_store=str(tmp_path / "store"),
+                  record_top_k=8, max_seq_length=128, eval_fraction=0.25)
+    result = run_generation(parse_generate_config(**keys))
+    store = TeacherStore(keys["teacher_store"])
+    assert store.settings["loss_on"] == "assistant"
+    assert store.manifest["rows"]["train"] + store.manifest["rows"]["eval"] == result["conversations"]
+    tokenizer = load_tokenizer(teacher_dirs["llama"], "teacher")
+    conversations = datasets.load_dataset("json", data_files=keys["generate_output"], split="train")["messages"]
+    rows = store.dataset("train", None)
+    for row in rows:  # each row's targets are its assistant's response (and the end-of-turn newline) exactly
+        ids, mask = row["input_ids"].tolist(), row["loss_mask"].tolist()
+        text = tokenizer.decode([ids[t + 1] for t in range(len(ids)) if mask[t]])
+        assert any(text.strip() == conversation[1]["content"].strip() for conversation in conversations)
+    distilled = run_distillation(parse_config(**{
+        key: value for key, value in keys.items() if not key.startswith("generate_") and key != "seed"},
+        teacher_source="recorded", dataset_name=None, output_dir=str(tmp_path / "run"), max_steps=2,
+        per_device_train_batch_size=4, student_config_overrides={"num_hidden_layers": 1}))
+    assert distilled["teacher"]["source"] == "recorded"
 
 
 def test_a_missing_prompt_file_names_generate_prompts(teacher_dirs, tmp_path):
