@@ -7,6 +7,7 @@ including the first end-of-text token (the model chose to stop there), or ``max_
 with the model itself, the vLLM back end copies the weights into its engine.
 """
 
+import logging
 from abc import ABC, abstractmethod
 from typing import Optional
 
@@ -16,6 +17,8 @@ from transformers import (
 )
 
 from distily.generation.arguments import SamplingSettings
+
+logger = logging.getLogger(__name__)
 
 
 def cut_at_eos(ids: list[int], eos_token_id: Optional[int]) -> list[int]:
@@ -85,6 +88,7 @@ class HFGenerator(CompletionGenerator):
                  pad_token_id: int, max_length: Optional[int] = None):
         self.model, self.settings, self.max_length = model, settings, max_length
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        self._warned = False  # about the model's positions, once
 
     def load_weights(self, model: PreTrainedModel) -> None:
         self.model = model
@@ -118,6 +122,11 @@ class HFGenerator(CompletionGenerator):
     def generate(self, prompts: list[list[int]]) -> list[list[int]]:
         rooms = [self._room(prompt) for prompt in prompts]
         positions, most = self._positions(), max(rooms)
+        if not self._warned and positions is not None and any(
+                positions - len(prompt) < self.settings.max_new_tokens for prompt in prompts):
+            self._warned = True
+            logger.warning(f"prompt + max_new_tokens ({self.settings.max_new_tokens}) goes beyond the model's "
+                           f"{positions} positions: such completions stop at its last position")
         tight = {row for row, prompt in enumerate(prompts)  # fewer positions left than the batch decodes
                  if positions is not None and positions - len(prompt) < most}
         groups = [[row for row in range(len(prompts)) if row not in tight]] + [[row] for row in sorted(tight)]

@@ -41,7 +41,7 @@ def test_a_completion_ends_with_the_first_end_of_text_token():
     assert strip_eos([3, 4], 0) == [3, 4]
 
 
-def test_completions_stop_at_the_models_last_position_and_no_prompt_is_cut_for_anothers_sake():
+def test_completions_stop_at_the_models_last_position_and_no_prompt_is_cut_for_anothers_sake(caplog):
     """GPT-2's positions are learned: 16 of them here. A 14-token prompt has room for 2 completion tokens; the
     batch's other prompts still get all 8 (generate itself fails past the last position)."""
     model = tiny_model("gpt2", n_positions=16)
@@ -54,6 +54,7 @@ def test_completions_stop_at_the_models_last_position_and_no_prompt_is_cut_for_a
     alone = [generator.generate([prompt])[0] for prompt in (PROMPTS[0], long_prompt, PROMPTS[1])]
     assert completions == alone
     assert generator.generate([list(range(1, 17))]) == [[]]  # a prompt that fills every position
+    assert caplog.text.count("goes beyond the model's 16 positions") == 1  # said once, not at every batch
 
 
 def test_a_runs_max_length_bounds_prompt_plus_completion():
