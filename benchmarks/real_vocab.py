@@ -28,7 +28,8 @@ what the CUDA allocator's figures are on a GPU). On CPU the resident-set peak al
 which keeps what the evaluation before training freed and differs between the two runs.
 ``recorded_over_live_allocated_peak_memory`` compares the tensors allocated during training beyond those alive
 when it starts; ``recorded_over_live_allocated_total_peak_memory`` the whole, the weights included (a recorded
-run loads no teacher). These runs are slowed by the profiler and not timed.
+run loads no teacher). These runs are slowed by the profiler and not timed; on a GPU they are left out (its
+figures come from the CUDA allocator already).
 
 Then ``hardware_efficiency.py``'s step: the FLOPs PyTorch dispatches in one Distily step over the median step
 time, against the best square-matmul FLOP/s of the same precision and of fp32, measured in the same run.
@@ -45,6 +46,8 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+
+import torch
 
 from common import describe, interleaved, machine, medians, run_worker, write_results
 from distily.config import parse_record_config
@@ -115,6 +118,8 @@ def variants(spec: dict, options) -> dict[str, tuple[str, dict]]:
     wanted = set(options.cases) - ({"distily_compiled"} if not options.torch_compile else set())
     if importlib.util.find_spec("trl") is None:
         wanted.discard("trl")
+    if torch.cuda.is_available():
+        wanted.discard("allocator")  # a GPU's figures come from its allocator already
     if "allocator" in wanted:
         cases.update({f"{name}_allocator": (worker, {**case_spec, "allocator": True})
                       for name, (worker, case_spec) in list(cases.items()) if name in ALLOCATOR_CASES})
