@@ -3,8 +3,9 @@
 
 A generator takes prompts as token-id lists and returns, per prompt, the completion's token ids: up to and
 including the first end-of-text token (the model chose to stop there), or ``max_new_tokens`` ids without one.
-``load_weights(model)`` makes it sample from ``model``'s current weights: the Hugging Face back end generates
-with the model itself, the vLLM back end copies the weights into its engine.
+``load_weights(model, sharded)`` makes it sample from ``model``'s current weights: the Hugging Face back end
+generates with the model itself, the vLLM back end copies the weights into its engine. ``sharded``: the model's
+parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3), which then generate together.
 """
 
 import logging
@@ -12,6 +13,7 @@ from abc import ABC, abstractmethod
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from transformers import (
     LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWarper,
 )
@@ -44,8 +46,8 @@ class CompletionGenerator(ABC):
         """One completion per prompt (see the module's docstring)."""
 
     @abstractmethod
-    def load_weights(self, model: PreTrainedModel) -> None:
-        """Sample from ``model``'s current weights from now on."""
+    def load_weights(self, model: PreTrainedModel, sharded: bool = False) -> None:
+        """Sample from ``model``'s current weights from now on (``sharded``: see the module's docstring)."""
 
 
 class LinearTemperatureLogitsProcessor(LogitsProcessor):
@@ -82,16 +84,22 @@ class HFGenerator(CompletionGenerator):
     Prompt and completion stay within ``max_length`` tokens (a run's sequence length; None: no bound) and the
     model's ``max_position_embeddings``: the batch decodes no more steps than its roomiest prompt can keep, and a
     prompt that leaves the model fewer positions than that is answered alone (a model with learned positions
-    has none beyond its last: ``generate`` would fail on it), so no completion is cut for another's sake."""
+    has none beyond its last: ``generate`` would fail on it), so no completion is cut for another's sake.
+
+    A sharded model (``load_weights(model, sharded=True)``) gathers its layers as they run, so every process
+    must run as many forwards: each ``generate`` is one call on every process, decoding until every process's
+    prompts are done (``synced_gpus``), and no more steps than the prompt with the fewest positions left on any
+    process allows (there, a prompt near the model's last position shortens the others' completions)."""
 
     def __init__(self, model: PreTrainedModel, settings: SamplingSettings, eos_token_id: Optional[int],
                  pad_token_id: int, max_length: Optional[int] = None):
         self.model, self.settings, self.max_length = model, settings, max_length
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        self.sharded = False
         self._warned = False  # about the model's positions, once
 
-    def load_weights(self, model: PreTrainedModel) -> None:
-        self.model = model
+    def load_weights(self, model: PreTrainedModel, sharded: bool = False) -> None:
+        self.model, self.sharded = model, sharded
 
     def _sampling(self, prompt_length: int) -> dict:
         settings = self.settings
@@ -127,6 +135,8 @@ class HFGenerator(CompletionGenerator):
             self._warned = True
             logger.warning(f"prompt + max_new_tokens ({self.settings.max_new_tokens}) goes beyond the model's "
                            f"{positions} positions: such completions stop at its last position")
+        if self.sharded:
+            return self._generate_together(prompts, rooms)
         tight = {row for row, prompt in enumerate(prompts)  # fewer positions left than the batch decodes
                  if positions is not None and positions - len(prompt) < most}
         groups = [[row for row in range(len(prompts)) if row not in tight]] + [[row] for row in sorted(tight)]
@@ -139,9 +149,23 @@ class HFGenerator(CompletionGenerator):
                 completions[row] = cut_at_eos(completion, self.eos_token_id)[: rooms[row]]
         return completions
 
+    def _generate_together(self, prompts: list[list[int]], rooms: list[int]) -> list[list[int]]:
+        """One call with every process (see the class's docstring)."""
+        positions = self._positions()
+        left = min(positions - len(prompt) for prompt in prompts) if positions is not None else max(rooms)
+        device = next(self.model.parameters()).device
+        bounds = torch.tensor([-max(rooms), left], device=device)  # [2]
+        dist.all_reduce(bounds, op=dist.ReduceOp.MIN)
+        steps = max(min(-int(bounds[0]), int(bounds[1])), 0)  # the same on every process
+        if steps == 0:
+            return [[] for _ in prompts]
+        completions = self._generate(prompts, steps, synced=True)
+        return [cut_at_eos(completion, self.eos_token_id)[:room] for completion, room in zip(completions, rooms)]
+
     @torch.no_grad()
-    def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """``max_new_tokens`` sampled ids per prompt (fewer when every row has ended)."""
+    def _generate(self, prompts: list[list[int]], max_new_tokens: int, synced: bool = False) -> list[list[int]]:
+        """``max_new_tokens`` sampled ids per prompt (fewer when every row has ended; with ``synced``, when every
+        row of every process has)."""
         model = self.model
         input_ids, attention_mask = left_padded(prompts, self.pad_token_id)  # [prompts, longest] each
         device = next(model.parameters()).device
@@ -155,6 +179,7 @@ class HFGenerator(CompletionGenerator):
                 use_cache=True,
                 pad_token_id=self.pad_token_id,
                 eos_token_id=self.eos_token_id,
+                synced_gpus=synced,
                 **self._sampling(input_ids.shape[1]),
             )  # [prompts, longest + <= max_new_tokens]
         finally:

@@ -27,7 +27,12 @@ class VLLMGenerator(CompletionGenerator):
         self.engine, self.sampling_params = engine, sampling_params
         self.settings, self.eos_token_id = settings, eos_token_id
 
-    def load_weights(self, model: PreTrainedModel) -> None:
+    def load_weights(self, model: PreTrainedModel, sharded: bool = False) -> None:
+        if sharded:
+            raise DistilyConfigError(
+                "on_policy_backend='vllm' copies the whole student into its engine, but the student is sharded "
+                "over the processes (FSDP, DeepSpeed ZeRO-3); expected on_policy_backend=hf, or DDP / ZeRO-1/2"
+            )
         weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
         self.engine.apply_model(lambda engine_model: engine_model.load_weights(weights))
 

@@ -6,7 +6,7 @@ objective together, so under DDP the loss (and every head's gradient) comes out 
 Only the student is ever exported (``DistillationTrainer.save_model``).
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from accelerate.utils import convert_to_fp32
@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from distily.data.framing import model_inputs
 from distily.errors import DistilyConfigError
-from distily.objectives.objective import DistillationObjective, ObjectiveOutput
+from distily.objectives.objective import DistillationObjective
 
 STUDENT, OBJECTIVE = "student", "objective"  # the two children: prefixes of the state dict's names
 
@@ -48,9 +48,20 @@ class DistillationModel(nn.Module):
         return self.student.config
 
     def forward(
-        self, batch: dict[str, torch.Tensor], teacher_outputs: Any, counts: Optional[torch.Tensor] = None
-    ) -> tuple[ObjectiveOutput, Any]:
-        """The objective on the student's outputs for ``batch`` against ``teacher_outputs``, and those outputs."""
+        self,
+        batch: Optional[dict[str, torch.Tensor]] = None,
+        teacher_outputs: Any = None,
+        counts: Optional[torch.Tensor] = None,
+        *,
+        use_student: Optional[Callable[[PreTrainedModel], Any]] = None,
+    ) -> Any:
+        """The objective on the student's outputs for ``batch`` against ``teacher_outputs``, and those outputs.
+
+        With ``use_student``, only ``use_student(student)`` instead (generation, evaluation): under FSDP the
+        student's embeddings and head are this module's, gathered for its forward, so a sharded student runs
+        whole only inside it (``DistillationTrainer.run_student``)."""
+        if use_student is not None:
+            return use_student(self.student)
         student_outputs = self.student(
             **model_inputs(batch),
             output_hidden_states=self.fuse_lm_head or self.objective.needs("needs_hidden_states"),

@@ -6,7 +6,7 @@ everything ``TrainingArguments`` offers (optimizers, schedules, accumulation, lo
 """
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 from huggingface_hub import ModelCard
@@ -24,6 +24,8 @@ from distily.training.distillation_model import OBJECTIVE, STUDENT, Distillation
 from distily.training.guards import NonFiniteStepGuard
 from distily.training.on_policy import OnPolicyBatches
 from distily.training.trainer_internals import StagedCheckpoints, check_library_versions, undo_evaluation_preparation
+
+T = TypeVar("T")
 
 
 class DistillationTrainer(StagedCheckpoints):
@@ -73,6 +75,22 @@ class DistillationTrainer(StagedCheckpoints):
     @property
     def objective(self) -> DistillationObjective:
         return self.accelerator.unwrap_model(self.model).objective
+
+    def student_is_sharded(self) -> bool:
+        """Whether the student's parameters are sharded over several processes (FSDP, DeepSpeed ZeRO-3): then
+        every process must run the student together (its layers are gathered as they run)."""
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        return (self.is_fsdp_enabled or zero3) and self.args.world_size > 1
+
+    def run_student(self, use: Callable[[PreTrainedModel], T]) -> T:
+        """``use(student)`` under ``no_grad``, outside the training step (generation, evaluation). Under FSDP
+        through the wrapped model's forward, which gathers the parameters that are the root's (the embeddings
+        and head) while each decoder layer gathers its own as it runs; a student called directly would find its
+        embeddings sharded. DeepSpeed ZeRO-3 gathers every module as it runs, called directly or not."""
+        with torch.no_grad():
+            if self.is_fsdp_enabled:
+                return self.model_wrapped(use_student=use)
+            return use(self.student)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the non-finite step guard, and the BitNet schedule's decayed group
@@ -147,8 +165,9 @@ class DistillationTrainer(StagedCheckpoints):
         if not batches:
             return batches, None
         if self.on_policy is not None:
+            step, sharded = self.state.global_step, self.student_is_sharded()
             with self.accelerator.autocast():
-                batches = self.on_policy.replace(batches, self.state.global_step, self.student)
+                batches = self.run_student(lambda student: self.on_policy.replace(batches, step, student, sharded))
         self._component_steps += 1
         counts = sum(token_counts(batch) for batch in batches).to(device)  # [2]
         if self.args.world_size > 1:
@@ -203,7 +222,7 @@ class DistillationTrainer(StagedCheckpoints):
         for name, total in self._sum_over_processes(self._component_sums["eval"]).items():
             output.metrics[f"{metric_key_prefix}_loss_{name}"] = (total / batches).item()
         if self.evaluator is not None:
-            for name, value in self.evaluator(self.student).items():
+            for name, value in self.run_student(self.evaluator).items():
                 output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
 

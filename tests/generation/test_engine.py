@@ -154,6 +154,14 @@ def test_the_vllm_back_end_samples_from_the_weights_it_was_last_given():
     assert engine.loads == 2
 
 
+def test_the_vllm_back_end_refuses_a_student_sharded_over_processes_in_one_line():
+    engine = StandInLLM(tiny_model(seed=1))
+    generator = VLLMGenerator(engine, SimpleNamespace(max_tokens=12), SamplingSettings(12, 0.0), EOS)
+    with pytest.raises(DistilyConfigError, match=r"sharded .*FSDP.*expected on_policy_backend=hf") as error:
+        generator.load_weights(tiny_model(seed=0), sharded=True)
+    assert "\n" not in str(error.value) and engine.loads == 0
+
+
 def test_the_vllm_back_end_without_vllm_is_a_one_line_error():
     try:
         import vllm  # noqa: F401

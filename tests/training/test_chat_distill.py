@@ -64,8 +64,8 @@ def test_on_policy_distillation_on_chat_data_learns_from_the_students_completion
     generated = []  # (prompt lengths, completion lengths) of each on-policy micro-batch
     original = OnPolicyBatches._generated
 
-    def counting(self, batch, step, student):
-        result = original(self, batch, step, student)
+    def counting(self, batch, step, student, sharded):
+        result = original(self, batch, step, student, sharded)
         generated.append(int(result[LOSS_MASK].sum()))
         return result
 

@@ -33,7 +33,7 @@ class FixedCompletions(CompletionGenerator):
     def __init__(self, completions: list[list[int]]):
         self.completions, self.prompts, self.loaded = completions, [], []
 
-    def load_weights(self, model) -> None:
+    def load_weights(self, model, sharded=False) -> None:
         self.loaded.append(model)
 
     def generate(self, prompts):
