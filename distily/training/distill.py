@@ -16,12 +16,13 @@ from distily.evaluation.generations import with_generations
 from distily.evaluation.run import benchmark, eval_set_metrics, generation_evaluator, named_eval_sets
 from distily.metrics import AFTER, BEFORE, RunMetrics, StudentMetrics, TrainMetrics
 from distily.models.precision import bf16_is_fast
-from distily.models.student import build_student
+from distily.models.student import build_student, load_student
 from distily.models.summary import architecture_summary, parameter_count
 from distily.models.vocab import check_tokenizer_fits
 from distily.objectives.objective import build_objective
 from distily.outputs import directory_size
 from distily.reporting.run import write_reports
+from distily.teachers.placement import teacher_is_sharded
 from distily.teachers.source import TeacherSource
 from distily.teachers.sources import open_teacher
 from distily.training.checkpoints import CheckpointChecksums
@@ -55,14 +56,32 @@ def _load_student(config: DistillConfig, teacher: TeacherSource) -> PreTrainedMo
     return student
 
 
-def _student_summary(training, student: PreTrainedModel, evaluations: dict) -> StudentMetrics:
-    """metrics.json's student: size (as saved in output_dir), the before/after evaluations, architecture."""
+def _student_summary(training, shape: tuple[int, dict], evaluations: dict) -> StudentMetrics:
+    """metrics.json's student: size (as saved in output_dir), the before/after evaluations, and its parameter
+    count and architecture (``shape``, measured before the Trainer could shard it over the processes: a sharded
+    parameter counts only its shard)."""
+    parameters, architecture = shape
     return StudentMetrics(
-        parameters=parameter_count(student),
+        parameters=parameters,
         size_on_disk_bytes=directory_size(training.output_dir),
         evaluations=evaluations,
-        architecture=architecture_summary(student),
+        architecture=architecture,
     )
+
+
+def _benchmarked_models(trainer: DistillationTrainer, student: PreTrainedModel, teacher: TeacherSource,
+                        config: DistillConfig) -> tuple[PreTrainedModel, Optional[PreTrainedModel]]:
+    """The student and teacher lm-eval runs on, on the main process alone. A model sharded over the processes
+    (FSDP, ZeRO-3) cannot run there: the student is then its saved copy, loaded whole on this process's device,
+    and a sharded teacher is not benchmarked here (``distily eval`` runs it)."""
+    if trainer.student_is_sharded():
+        student = load_student(config.training.output_dir, config.model.trust_remote_code)
+        student = student.to(trainer.args.device).eval()
+    if teacher.live_model is not None and teacher_is_sharded(trainer.accelerator):
+        logger.warning("lm_eval_tasks: the teacher is sharded over the processes, so its lm-eval results are not "
+                       "measured in this run; expected `distily eval` on the teacher for them")
+        return student, None
+    return student, teacher.live_model
 
 
 def _train_summary(training, train_output, seconds: float, state) -> TrainMetrics:
@@ -109,6 +128,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     teacher = open_teacher(config)
     check_chat_template(teacher.tokenizer, config.evaluation)
     student = _load_student(config, teacher)
+    shape = parameter_count(student), architecture_summary(student)
     vocab_size = teacher.logit_columns(student)
     data = teacher.datasets(student)
     if data.framing is not None and data.framing.document_masks:  # every model that runs must keep packed documents apart
@@ -161,7 +181,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         distily_version=distily.__version__,
         command=command,
         teacher=teacher.summary().with_metrics(generations.teacher_metrics() if generations else {}),
-        student=_student_summary(training, student, {**before, **after}),
+        student=_student_summary(training, shape, {**before, **after}),
         train=_train_summary(training, train_output, seconds, trainer.state),
         max_seq_length=run.max_seq_length,
         framing=framing_metrics,
@@ -173,7 +193,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     if trainer.is_world_process_zero():
         if tasks is not None:
             metrics = metrics.with_benchmarks(
-                *benchmark(config, student, teacher.live_model, teacher.tokenizer, tasks)
+                *benchmark(config, *_benchmarked_models(trainer, student, teacher, config), teacher.tokenizer, tasks)
             )
         write_reports(trainer, run.reported_config, metrics, objective)
         RunDir(training.output_dir).write_metrics(metrics)

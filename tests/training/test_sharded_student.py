@@ -2,9 +2,11 @@
 completions and runs evaluations through ``DistillationTrainer.run_student`` exactly as the whole student does,
 each process with its own prompts, and trains on as before (``sharded_worker.py``). Called directly, an FSDP
 student fails (its embeddings are sharded); without synced decoding the processes' collectives fall out of step.
-ZeRO-3 runs where deepspeed is installed (not a test requirement: it builds against the local torch)."""
+ZeRO-3 runs where deepspeed is installed (not a test requirement: it builds against the local torch). After
+training, lm-eval (the main process alone) gets the saved student, loaded whole, and no sharded teacher."""
 
 import importlib.util
+import logging
 import os
 import re
 import subprocess
@@ -12,6 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from distily.config import parse_config
+from distily.training import distill
+from distily.training.distill import run_distillation
+from distily.training.trainer import DistillationTrainer
 
 WORKER = Path(__file__).with_name("sharded_worker.py")
 
@@ -28,3 +37,29 @@ def test_a_sharded_student_generates_and_evaluates_as_the_whole_one(mode):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(re.findall(r"ok (\d)", done.stdout)) == ["0", "1"]  # the processes' lines may interleave
+
+
+def test_a_sharded_run_benchmarks_its_saved_student_and_not_its_sharded_teacher(
+        teacher_dirs, run_values, monkeypatch, caplog):
+    """lm-eval runs on the main process alone, where a sharded model cannot run: it gets the saved student, loaded
+    whole, and no teacher (as if both were sharded: the flags are set by hand, one process)."""
+    ran = {}
+
+    def benchmark(config, student, teacher, tokenizer, manager):
+        ran.update(student=student, teacher=teacher)
+        return {"task": {"acc": 0.5}}, None
+
+    monkeypatch.setattr(distill, "task_manager", lambda args: "a task manager")
+    monkeypatch.setattr(distill, "benchmark", benchmark)
+    monkeypatch.setattr(DistillationTrainer, "student_is_sharded", lambda self: True)
+    monkeypatch.setattr(distill, "teacher_is_sharded", lambda accelerator: True)
+    values = run_values(teacher_dirs["llama"], max_steps=2, lm_eval_tasks=["task"])
+    with caplog.at_level(logging.WARNING, logger="distily"):
+        metrics = run_distillation(parse_config(**values))
+
+    saved = AutoModelForCausalLM.from_pretrained(values["output_dir"])
+    assert ran["teacher"] is None and "the teacher is sharded" in caplog.text
+    assert ran["student"].state_dict().keys() == saved.state_dict().keys()
+    assert all(torch.equal(tensor, saved.state_dict()[name]) for name, tensor in ran["student"].state_dict().items())
+    assert metrics["student"]["lm_eval"] == {"task": {"acc": 0.5}}
+    assert metrics["student"]["parameters"] == saved.num_parameters()
