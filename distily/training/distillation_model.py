@@ -47,6 +47,13 @@ class DistillationModel(nn.Module):
         """The student's configuration (the Trainer reads and sets ``use_cache`` on it)."""
         return self.student.config
 
+    @property
+    def _no_split_modules(self) -> Optional[list[str]]:
+        """The student's decoder-layer classes, read off the model accelerate prepares by FSDP's transformer-based
+        wrap policy: each student layer becomes its own unit, gathered as it runs (without them, the whole
+        student would be one unit, gathered at once)."""
+        return self.student._no_split_modules
+
     def forward(
         self,
         batch: Optional[dict[str, torch.Tensor]] = None,

@@ -1,6 +1,6 @@
-"""One process of ``test_sharded_student``: a tiny student sharded over the processes (gloo on CPU) by FSDP2
-(``fully_shard``) or FSDP1 (``FullyShardedDataParallel``), each decoder layer its own unit and the
-``DistillationModel`` the root, as accelerate wraps it, or by DeepSpeed ZeRO-3 (its CPU accelerator). After a
+"""One process of ``test_sharded_student``: a tiny student sharded over the processes (gloo on CPU) by FSDP2 or
+FSDP1 as accelerate prepares the Trainer's ``DistillationModel`` (transformer-based wrap: each decoder layer of
+the student its own unit), or by DeepSpeed ZeRO-3 (its CPU accelerator). After a
 training step, the student generates completions of this process's own prompts (the processes decoding
 different numbers of steps, then one of them near the model's last position), builds on-policy batches and runs
 an evaluation forward, all through ``DistillationTrainer.run_student``: everything must equal the same
@@ -12,16 +12,15 @@ Prints ``ok <rank>`` when every check holds (an assertion fails otherwise).
 """
 
 import copy
-import functools
 import sys
 from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
-from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, fsdp2_prepare_model
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from transformers import AutoModelForCausalLM
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from distily.generation.arguments import SamplingSettings
 from distily.generation.engine import HFGenerator
@@ -74,14 +73,19 @@ def sharded_trainee(model: DistillationModel, mode: str):
             return result.loss.item()
 
         return engine, step
-    if mode == "fsdp2":
-        for layer in model.student.model.layers:
-            fully_shard(layer)
-        return plain_trainee(fully_shard(model))
-    policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={LlamaDecoderLayer})
-    return plain_trainee(
-        FullyShardedDataParallel(model, auto_wrap_policy=policy, device_id=torch.device("cpu"), use_orig_params=True)
-    )
+    # FSDP as accelerate prepares the Trainer's model (its state set by hand: accelerate picks no FSDP on a CPU)
+    accelerator = Accelerator()
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=int(mode[-1]), auto_wrap_policy="transformer_based_wrap", use_orig_params=True)
+    accelerator.state.distributed_type = DistributedType.FSDP
+    if mode == "fsdp2":  # accelerator.prepare's FSDP2 step (it would want the optimizer, built here after it)
+        wrapped, unit = fsdp2_prepare_model(accelerator, model), FSDPModule
+    else:
+        wrapped, unit = accelerator.prepare_model(model), FullyShardedDataParallel
+    units = [name.removeprefix("_fsdp_wrapped_module.") for name, module in wrapped.named_modules()
+             if isinstance(module, unit)]
+    assert units == ["", "student.model.layers.0", "student.model.layers.1"], units  # one unit per decoder layer
+    return plain_trainee(wrapped)
 
 
 def gathered_copy(engine, like: DistillationModel) -> DistillationModel:
