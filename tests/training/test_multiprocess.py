@@ -1,12 +1,14 @@
 """Data-parallel distillation over processes (``torchrun``, gloo on CPU): 2 processes give the loss curve of
 1 process with the same global batch, for a live teacher and for a recorded store, and a checkpoint written
-by 2 processes resumes in 1. Each run is a ``distily distill`` subprocess, as a user launches it."""
+by 2 processes resumes in 1; under FSDP2, on-policy distillation gives DDP's curve. Each run is a
+``distily distill`` subprocess, as a user launches it."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -16,6 +18,9 @@ from safetensors.torch import load_file
 from distily.config import parse_record_config
 from distily.recording.run import run_recording
 from store_values import store_values
+from tiny import make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
+
+FSDP_ON_CPU = Path(__file__).parents[1] / "fsdp_on_cpu.py"
 
 # Relative difference allowed between the curves: the processes sum the same tokens in another order
 # (and all-reduce the gradients), so they agree to float32 rounding, not bit for bit.
@@ -23,12 +28,16 @@ TOLERANCE = 1e-5
 LOGGED = ("loss", "loss_logits", "grad_norm")
 
 
-def _distill(values: dict, processes: int, output_dir: Path, **overrides) -> dict:
-    """Run ``distily distill`` on ``processes`` processes; the metrics it wrote."""
+def _distill(values: dict, processes: int, output_dir: Path, fsdp_version: Optional[int] = None, **overrides) -> dict:
+    """Run ``distily distill`` on ``processes`` processes (under FSDP ``fsdp_version`` when given, through
+    ``fsdp_on_cpu.py``); the metrics it wrote."""
+    if fsdp_version is not None:
+        overrides.update(fsdp="full_shard auto_wrap", fsdp_config={"fsdp_version": fsdp_version})
     config = output_dir.with_suffix(".yaml")
     config.write_text(yaml.safe_dump({**values, "output_dir": str(output_dir), **overrides}))
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
-    command = [sys.executable, *launcher, "-m", "distily.cli", "distill", str(config)]
+    program = [str(FSDP_ON_CPU)] if fsdp_version is not None else ["-m", "distily.cli"]
+    command = [sys.executable, *launcher, *program, "distill", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -106,3 +115,31 @@ def test_two_processes_train_the_objectives_heads_like_one(teacher_dirs, run_val
     assert heads and one.keys() == two.keys()
     for name in heads:
         assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_fsdp2_runs_on_policy_distillation_as_ddp_does(tmp_path):
+    """Under FSDP2 (the student's layers and the teacher sharded, accelerate's FSDP on CPU processes: see
+    ``fsdp_on_cpu.py``), a run of on-policy batches (greedy, so the completions are the weights') with
+    evaluations and checkpoints follows DDP's curve and saves the same student."""
+    tokenizer = make_chat_tokenizer("llama3")
+    teacher = save_tiny_model(tmp_path / "teacher", "llama", tokenizer, vocab_size=len(tokenizer))
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(160))
+    values = {**_run_values(store_values(
+        teacher, data, tmp_path, max_seq_length=128, lmbda=1.0, on_policy_temperature=0.0,
+        on_policy_max_new_tokens=12, logits_loss="jsd",
+    )), "max_steps": 4, "save_steps": 2, "eval_strategy": "steps", "eval_steps": 2}
+    ddp = _distill(values, 2, tmp_path / "ddp")
+    fsdp = _distill(values, 2, tmp_path / "fsdp", fsdp_version=2)
+    assert (tmp_path / "fsdp" / "checkpoint-2" / "pytorch_model_fsdp.bin").exists()  # FSDP's own checkpoint
+    _assert_same_curve(_curve(tmp_path / "ddp"), _curve(tmp_path / "fsdp"))
+    lengths = [[entry["on_policy/mean_completion_length"] for entry in json.loads(
+        (tmp_path / run / "checkpoint-4" / "trainer_state.json").read_text())["log_history"] if "loss" in entry]
+        for run in ("ddp", "fsdp")]
+    assert lengths[0] == lengths[1] and len(set(lengths[0])) > 1  # the same completions, of several lengths
+    for key in ("before_kl_to_teacher", "after_kl_to_teacher", "after_loss"):
+        assert fsdp["student"][key] == pytest.approx(ddp["student"][key], rel=TOLERANCE), key
+    saved = [load_file(tmp_path / run / "model.safetensors") for run in ("ddp", "fsdp")]
+    assert saved[0].keys() == saved[1].keys()
+    for name, tensor in saved[0].items():
+        assert torch.allclose(tensor, saved[1][name], rtol=1e-5, atol=1e-7), name
