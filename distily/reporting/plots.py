@@ -2,14 +2,25 @@
 its output_dir), and a sweep's metric per run and against each parameter its grid varies. Plots are drawn on
 ``matplotlib.figure.Figure`` objects, so no global plotting state or display is involved."""
 
+from __future__ import annotations
+
 import math
 from pathlib import Path
-from typing import Optional
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Optional
 
 from distily.metrics import RunMetrics
 from distily.reporting.tables import is_number, label, row_keys
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(**kwargs) -> Figure:
+    """A matplotlib figure; matplotlib is imported here, not with the module, since every command that imports
+    the reports would otherwise pay its half second of import."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 RUN_DPI, SWEEP_DPI = 100, 120
 MAX_LEGEND = 10  # sweep series beyond this are drawn without a legend
@@ -20,7 +31,7 @@ def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.2, 3.0)):
     rows = max(1, math.ceil(count / columns))
     columns = min(columns, max(count, 1))
     height = size[1] * rows + 0.8  # inches: the plots, and the legend above them
-    figure = Figure(figsize=(size[0] * columns, height))
+    figure = _figure(figsize=(size[0] * columns, height))
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     figure.subplots_adjust(left=0.25 / columns, right=0.98, bottom=0.55 / height, top=1 - 0.9 / height,
                            hspace=0.6, wspace=0.3)
@@ -128,7 +139,7 @@ def plot_by_run(rows: list[dict], metric: str, path: Path) -> Optional[Path]:
     finished = _finished(rows, metric)
     if not finished:
         return None
-    figure = Figure(figsize=(10, 1.2 + 0.35 * len(finished)))
+    figure = _figure(figsize=(10, 1.2 + 0.35 * len(finished)))
     axes = figure.subplots()
     bars = axes.barh([row["name"] for row in finished], [row[metric] for row in finished])
     axes.bar_label(bars, fmt="%.4g", padding=2)
@@ -158,7 +169,7 @@ def plot_against(rows: list[dict], key: str, grid_keys: list[str], metric: str, 
         series.setdefault(label, []).append(row)
     values = list(dict.fromkeys(row.get(key, "") for row in finished))
     numbers = _numbers(values)
-    figure = Figure(figsize=(7, 4.5))
+    figure = _figure(figsize=(7, 4.5))
     axes = figure.subplots()
     for label, members in series.items():
         if numbers is None:

@@ -6,9 +6,9 @@ different numbers of steps, then one of them near the model's last position), bu
 an evaluation forward, all through ``DistillationTrainer.run_student``: everything must equal the same
 computations on an unsharded copy of its weights, and the next step the copy's.
 
-    python -m torch.distributed.run --nproc_per_node 2 sharded_worker.py {fsdp2,fsdp1,zero3}
+    python -m torch.distributed.run --nproc_per_node 2 sharded_worker.py fsdp2 fsdp1   # or: zero3 (alone)
 
-Prints ``ok <rank>`` when every check holds (an assertion fails otherwise).
+Prints ``ok <mode> <rank>`` when every check of a mode holds (an assertion fails otherwise).
 """
 
 import copy
@@ -100,13 +100,8 @@ def gathered_copy(engine, like: DistillationModel) -> DistillationModel:
     return whole
 
 
-def main(mode: str) -> None:
-    if mode == "zero3":
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo")
-    else:
-        dist.init_process_group("gloo")
+def check(mode: str) -> None:
+    """Every check of the module's docstring, with the student sharded by ``mode``."""
     rank = dist.get_rank()
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(tiny_config("llama", layers=2, pad_token_id=PAD)).eval()
@@ -165,9 +160,20 @@ def main(mode: str) -> None:
     # all of this changed nothing: the next step (new weights) is the unsharded copy's
     second = step(batch, teacher_outputs)
     assert abs(second - reference_step(batch, teacher_outputs)) < 1e-5 and abs(second - first) > 1e-3
-    print(f"ok {rank}", flush=True)
+    print(f"ok {mode} {rank}", flush=True)
+
+
+def main(modes: list[str]) -> None:
+    if modes == ["zero3"]:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    else:
+        dist.init_process_group("gloo")
+    for mode in modes:
+        check(mode)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
