@@ -19,6 +19,7 @@ from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student, load_student
 from distily.models.summary import architecture_summary, parameter_count
 from distily.models.vocab import check_tokenizer_fits
+from distily.models.whole import models_loaded_whole
 from distily.objectives.objective import build_objective
 from distily.outputs import directory_size
 from distily.reporting.run import write_reports
@@ -125,35 +126,37 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     tasks = task_manager(config.evaluation) if config.evaluation.lm_eval_tasks else None  # unknown tasks fail now
     set_seed(training.seed)
 
-    teacher = open_teacher(config)
-    check_chat_template(teacher.tokenizer, config.evaluation)
-    student = _load_student(config, teacher)
-    shape = parameter_count(student), architecture_summary(student)
-    vocab_size = teacher.logit_columns(student)
-    data = teacher.datasets(student)
-    if data.framing is not None and data.framing.document_masks:  # every model that runs must keep packed documents apart
-        for role, model in (*teacher.probed_models(), ("student", student)):
-            check_document_isolation(model, role)
-    run = ResolvedRun(config, teacher.resolve_objective(config.objective, data.train), data.max_seq_length, vocab_size)
-    objective = build_objective(run.objective, teacher.model.config, student.config, vocab_size,
-                                teacher.logits_component)
-    teacher.check_objective(objective)
-    if training.memory_check:  # a recorded teacher holds no memory during training
-        estimate = estimate_memory(
-            teacher.live_model, student, objective, training.per_device_train_batch_size, data.max_seq_length,
-            training.bf16 or training.fp16, training.optim,
-        )
-        logger.info(check_memory(estimate, training.device))
-    collate_fn = teacher.collate_fn()
-    framing_metrics = teacher.framing_metrics(data, collate_fn)
+    with models_loaded_whole():  # checked before training; DeepSpeed ZeRO-3 partitions them after
+        teacher = open_teacher(config)
+        check_chat_template(teacher.tokenizer, config.evaluation)
+        student = _load_student(config, teacher)
+        shape = parameter_count(student), architecture_summary(student)
+        vocab_size = teacher.logit_columns(student)
+        data = teacher.datasets(student)
+        if data.framing is not None and data.framing.document_masks:  # every model that runs keeps documents apart
+            for role, model in (*teacher.probed_models(), ("student", student)):
+                check_document_isolation(model, role)
+        resolved_objective = teacher.resolve_objective(config.objective, data.train)
+        run = ResolvedRun(config, resolved_objective, data.max_seq_length, vocab_size)
+        objective = build_objective(run.objective, teacher.model.config, student.config, vocab_size,
+                                    teacher.logits_component)
+        teacher.check_objective(objective)
+        if training.memory_check:  # a recorded teacher holds no memory during training
+            estimate = estimate_memory(
+                teacher.live_model, student, objective, training.per_device_train_batch_size, data.max_seq_length,
+                training.bf16 or training.fp16, training.optim,
+            )
+            logger.info(check_memory(estimate, training.device))
+        collate_fn = teacher.collate_fn()
+        framing_metrics = teacher.framing_metrics(data, collate_fn)
 
-    with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
-        eval_sets = named_eval_sets(config, teacher.student_tokenizer, run.max_seq_length)
-    eval_set_sources, eval_overlap = eval_set_metrics(config, eval_sets, data.train, data.eval, run.max_seq_length)
-    same_tokens = teacher.student_tokenizer is teacher.tokenizer
-    generations = generation_evaluator(config, teacher.student_tokenizer,
-                                       teacher.live_model if same_tokens else None, vocab_size)
-    evaluate_student = with_generations(teacher.evaluator(data, eval_sets, collate_fn, vocab_size), generations)
+        with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
+            eval_sets = named_eval_sets(config, teacher.student_tokenizer, run.max_seq_length)
+        eval_set_sources, eval_overlap = eval_set_metrics(config, eval_sets, data.train, data.eval, run.max_seq_length)
+        same_tokens = teacher.student_tokenizer is teacher.tokenizer
+        generations = generation_evaluator(config, teacher.student_tokenizer,
+                                           teacher.live_model if same_tokens else None, vocab_size)
+        evaluate_student = with_generations(teacher.evaluator(data, eval_sets, collate_fn, vocab_size), generations)
 
     prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
     trainer = DistillationTrainer(
