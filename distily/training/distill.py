@@ -19,7 +19,6 @@ from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student, load_student
 from distily.models.summary import architecture_summary, parameter_count
 from distily.models.vocab import check_tokenizer_fits
-from distily.models.whole import models_loaded_whole
 from distily.objectives.objective import build_objective
 from distily.outputs import directory_size
 from distily.reporting.run import write_reports
@@ -42,6 +41,7 @@ from distily.training.run_dir import (
     save_student,
 )
 from distily.training.trainer import DistillationTrainer
+from distily.training.trainer_internals import models_loaded_whole
 
 logger = logging.getLogger(__name__)
 

@@ -9,17 +9,25 @@ the versions in ``WRITTEN_FOR`` (a warning names any other) and each pinned by a
 - ``undo_evaluation_preparation``: an ``evaluate()`` before training prepares the model for evaluation only
   (no DDP wrapper) and marks it prepared; accelerate then refuses to prepare it for training, so each process
   would step on its own gradients.
+- ``models_loaded_whole``: under a DeepSpeed ZeRO-3 config (``deepspeed`` in the training arguments, or
+  accelerate's DeepSpeed launch, whatever its ``zero3_init_flag``) transformers partitions every model it loads
+  or builds over the processes as it goes (``deepspeed.zero.Init``), and Distily's checks before training
+  (causality, document isolation, framing, sizes) cannot run a partitioned model. Models are loaded whole with
+  transformers' ZeRO config set aside (it keeps the config object only behind a private weak reference), and
+  DeepSpeed partitions them afterwards: the Trainer's engine the student, ``placement.py`` the teacher.
 """
 
 import logging
 import os
 import shutil
 import warnings
+from contextlib import contextmanager
 from importlib.metadata import version
 
 from accelerate import Accelerator
 from torch import nn
 from transformers import Trainer
+from transformers.integrations import deepspeed as hf_deepspeed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from distily.training.guards import check_finite_weights
@@ -86,3 +94,18 @@ def undo_evaluation_preparation(accelerator: Accelerator, model: nn.Module) -> N
         model.forward = model._original_forward
         del model._original_forward
     accelerator._models = [prepared for prepared in accelerator._models if prepared is not model]
+
+
+@contextmanager
+def models_loaded_whole():
+    """While open, transformers loads and builds models unpartitioned; the run's ZeRO config is back after."""
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = reference() if reference is not None else None
+    if config is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)

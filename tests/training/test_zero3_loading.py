@@ -7,9 +7,9 @@ from transformers.integrations import deepspeed as hf_deepspeed
 
 from distily.config import parse_config
 from distily.data.framing import check_causality
-from distily.models.whole import models_loaded_whole
 from distily.training import distill
 from distily.training.distill import run_distillation
+from distily.training.trainer_internals import models_loaded_whole
 
 
 class ZeroThreeConfig:
