@@ -45,8 +45,8 @@ def check_library_versions() -> None:
         if not found.startswith(prefix):
             warnings.warn(
                 f"{package} {found}: distily/training/trainer_internals.py was written for {package} {prefix}x; "
-                "atomic checkpoints and DDP after a first evaluation may not hold (run tests/training/"
-                "test_trainer_internals.py)",
+                "atomic checkpoints, DDP after a first evaluation and whole models under ZeRO-3 may not hold (run "
+                "tests/training/test_trainer_internals.py)",
                 stacklevel=2,
             )
 
