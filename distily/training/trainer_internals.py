@@ -14,7 +14,8 @@ the versions in ``WRITTEN_FOR`` (a warning names any other) and each pinned by a
   or builds over the processes as it goes (``deepspeed.zero.Init``), and Distily's checks before training
   (causality, document isolation, framing, sizes) cannot run a partitioned model. Models are loaded whole with
   transformers' ZeRO config set aside (it keeps the config object only behind a private weak reference), and
-  DeepSpeed partitions them afterwards: the Trainer's engine the student, ``placement.py`` the teacher.
+  DeepSpeed partitions them afterwards: the Trainer's engine the student, ``placement.py`` the teacher
+  (pinned by ``tests/training/test_zero3_loading.py``).
 """
 
 import logging
