@@ -22,6 +22,7 @@ def _figure(**kwargs) -> Figure:
 
     return Figure(**kwargs)
 
+
 RUN_DPI, SWEEP_DPI = 100, 120
 MAX_LEGEND = 10  # sweep series beyond this are drawn without a legend
 
