@@ -13,7 +13,7 @@ resumed from a checkpoint, picks the same batches.
 """
 
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -102,13 +102,17 @@ class OnPolicyBatches:
         self._tokens += sum(len(completion) for completion in completions)
         return completion_batch(prompts, completions, self.pad_token_id)
 
-    def logs(self) -> dict[str, float]:
-        """Since the last call: the fraction of micro-batches that went on-policy, the generated tokens per second
-        of generation, and the mean completion length (tokens)."""
-        logs = {"on_policy/fraction": round(self._on_policy / max(self._batches, 1), 6)}
-        if self._completions:
-            logs["on_policy/generated_tokens_per_second"] = round(self._tokens / max(self._seconds, 1e-9), 3)
-            logs["on_policy/mean_completion_length"] = round(self._tokens / self._completions, 3)
+    def logs(self, total: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
+             processes: int = 1) -> dict[str, float]:
+        """Since the last call, over the ``processes`` (``total`` sums a tensor over them): the fraction of
+        micro-batches that went on-policy, the generated tokens per second of generation (the processes generate
+        side by side), and the mean completion length (tokens)."""
+        counts = [self._batches, self._on_policy, self._completions, self._tokens, self._seconds]
+        batches, on_policy, completions, tokens, seconds = total(torch.tensor(counts, dtype=torch.float64)).tolist()
+        logs = {"on_policy/fraction": round(on_policy / max(batches, 1), 6)}
+        if completions:
+            logs["on_policy/generated_tokens_per_second"] = round(tokens / max(seconds / processes, 1e-9), 3)
+            logs["on_policy/mean_completion_length"] = round(tokens / completions, 3)
         self._reset()
         return logs
 

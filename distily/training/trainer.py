@@ -242,5 +242,8 @@ class DistillationTrainer(StagedCheckpoints):
             self._component_sums["train"] = {}
             self._component_steps = 0
             if self.on_policy is not None:
-                logs.update(self.on_policy.logs())
+                def total(counts: torch.Tensor) -> torch.Tensor:
+                    return self._sum_over_processes({"counts": counts.to(self.args.device)})["counts"].cpu()
+
+                logs.update(self.on_policy.logs(total, self.args.world_size))
         super().log(logs, start_time)

@@ -1,6 +1,6 @@
 """Data-parallel distillation over processes (``torchrun``, gloo on CPU): 2 processes give the loss curve of
 1 process with the same global batch, for a live teacher and for a recorded store, and a checkpoint written
-by 2 processes resumes in 1; under FSDP2, on-policy distillation gives DDP's curve. Each run is a
+by 2 processes resumes in 1; under FSDP2, on-policy distillation gives 1 process's curve. Each run is a
 ``distily distill`` subprocess, as a user launches it."""
 
 import json
@@ -15,8 +15,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from distily.config import parse_record_config
+from distily.config import parse_config, parse_record_config
 from distily.recording.run import run_recording
+from distily.training.distill import run_distillation
 from store_values import store_values
 from tiny import make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
 
@@ -28,7 +29,8 @@ TOLERANCE = 1e-5
 LOGGED = ("loss", "loss_logits", "grad_norm")
 
 
-def _distill(values: dict, processes: int, output_dir: Path, fsdp_version: Optional[int] = None, **overrides) -> dict:
+def _distill(values: dict, processes: int, output_dir: Path, fsdp_version: Optional[int] = None,
+             **overrides) -> dict:
     """Run ``distily distill`` on ``processes`` processes (under FSDP ``fsdp_version`` when given, through
     ``fsdp_on_cpu.py``); the metrics it wrote."""
     if fsdp_version is not None:
@@ -118,10 +120,11 @@ def test_two_processes_train_the_objectives_heads_like_one(teacher_dirs, run_val
 
 
 @pytest.mark.slow
-def test_fsdp2_runs_on_policy_distillation_as_ddp_does(tmp_path):
+def test_fsdp2_runs_on_policy_distillation_as_one_process_does(tmp_path):
     """Under FSDP2 (the student's layers and the teacher sharded, accelerate's FSDP on CPU processes: see
-    ``fsdp_on_cpu.py``), a run of on-policy batches (greedy, so the completions are the weights') with its
-    evaluations and a checkpoint follows DDP's curve and saves the same student."""
+    ``fsdp_on_cpu.py``), 2 processes x batch 4 of on-policy batches (greedy, so the completions are the
+    weights') with evaluations and a checkpoint follow 1 process x batch 8: the same curve, completions (the
+    logged lengths count both processes'), held-out metrics and saved student (to float32 rounding)."""
     tokenizer = make_chat_tokenizer("llama3")
     teacher = save_tiny_model(tmp_path / "teacher", "llama", tokenizer, vocab_size=len(tokenizer))
     data = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(160))
@@ -129,17 +132,19 @@ def test_fsdp2_runs_on_policy_distillation_as_ddp_does(tmp_path):
         teacher, data, tmp_path, max_seq_length=128, lmbda=1.0, on_policy_temperature=0.0,
         on_policy_max_new_tokens=12, logits_loss="jsd",
     )), "max_steps": 4, "save_steps": 4}
-    ddp = _distill(values, 2, tmp_path / "ddp")
-    fsdp = _distill(values, 2, tmp_path / "fsdp", fsdp_version=2)
+    one = run_distillation(parse_config(**{**values, "output_dir": str(tmp_path / "one"),
+                                           "per_device_train_batch_size": 8}))
+    fsdp = _distill(values, 2, tmp_path / "fsdp", fsdp_version=2, per_device_train_batch_size=4)
     assert (tmp_path / "fsdp" / "checkpoint-4" / "pytorch_model_fsdp.bin").exists()  # FSDP's own checkpoint
-    _assert_same_curve(_curve(tmp_path / "ddp"), _curve(tmp_path / "fsdp"))
+    _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "fsdp"))
     lengths = [[entry["on_policy/mean_completion_length"] for entry in json.loads(
         (tmp_path / run / "checkpoint-4" / "trainer_state.json").read_text())["log_history"] if "loss" in entry]
-        for run in ("ddp", "fsdp")]
-    assert lengths[0] == lengths[1] and len(set(lengths[0])) > 1  # the same completions, of several lengths
+        for run in ("one", "fsdp")]
+    assert lengths[0] == lengths[1] and len(set(lengths[0])) > 1
     for key in ("before_kl_to_teacher", "after_kl_to_teacher", "after_loss"):
-        assert fsdp["student"][key] == pytest.approx(ddp["student"][key], rel=TOLERANCE), key
-    saved = [load_file(tmp_path / run / "model.safetensors") for run in ("ddp", "fsdp")]
+        assert fsdp["student"][key] == pytest.approx(one["student"][key], rel=TOLERANCE), key
+    saved = [load_file(tmp_path / run / "model.safetensors") for run in ("one", "fsdp")]
     assert saved[0].keys() == saved[1].keys()
     for name, tensor in saved[0].items():
-        assert torch.allclose(tensor, saved[1][name], rtol=1e-5, atol=1e-7), name
+        # Adam turns a float32-rounding difference in a near-zero gradient into up to a step (lr 1e-3)
+        assert torch.allclose(tensor, saved[1][name], rtol=1e-5, atol=1e-4), name
