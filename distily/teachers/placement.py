@@ -19,12 +19,17 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 
+def zero3_enabled(accelerator: Accelerator) -> bool:
+    """Whether the run is DeepSpeed ZeRO-3 (parameters partitioned over the processes)."""
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    return deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
 def teacher_is_sharded(accelerator: Accelerator) -> bool:
     """Whether ``place_teacher`` shards the teacher (FSDP2, ZeRO-3) rather than keeping a whole copy."""
-    state = accelerator.state
     if accelerator.distributed_type == DistributedType.FSDP:
-        return state.fsdp_plugin.fsdp_version == 2
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and state.deepspeed_plugin.zero_stage == 3
+        return accelerator.state.fsdp_plugin.fsdp_version == 2
+    return zero3_enabled(accelerator)
 
 
 def place_teacher(teacher: nn.Module, accelerator: Accelerator) -> nn.Module:

@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.models.bitnet import bitlinear_modules
 from distily.objectives.objective import DistillationObjective, token_counts
+from distily.teachers.placement import zero3_enabled
 from distily.teachers.source import TeacherSource
 from distily.training.bitnet_schedule import LATENT_GROUP, BitNetSchedule, BitNetScheduler
 from distily.training.distillation_model import OBJECTIVE, STUDENT, DistillationModel
@@ -79,8 +80,7 @@ class DistillationTrainer(StagedCheckpoints):
     def student_is_sharded(self) -> bool:
         """Whether the student's parameters are sharded over several processes (FSDP, DeepSpeed ZeRO-3): then
         every process must run the student together (its layers are gathered as they run)."""
-        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        return (self.is_fsdp_enabled or zero3) and self.args.world_size > 1
+        return (self.is_fsdp_enabled or zero3_enabled(self.accelerator)) and self.args.world_size > 1
 
     def run_student(self, use: Callable[[PreTrainedModel], T]) -> T:
         """``use(student)`` under ``no_grad``, outside the training step (generation, evaluation). Under FSDP
