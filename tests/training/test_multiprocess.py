@@ -1,7 +1,8 @@
 """Data-parallel distillation over processes (``torchrun``, gloo on CPU): 2 processes give the loss curve of
 1 process with the same global batch, for a live teacher and for a recorded store, and a checkpoint written
-by 2 processes resumes in 1; under FSDP2, on-policy distillation gives 1 process's curve. Each run is a
-``distily distill`` subprocess, as a user launches it."""
+by 2 processes resumes in 1; under FSDP2, on-policy distillation gives 1 process's curve. Each 2-process run is
+a ``distily distill`` subprocess under ``torchrun``, as a user launches it; the 1-process runs it is compared with
+run in the test's own process."""
 
 import json
 import os
@@ -29,15 +30,14 @@ TOLERANCE = 1e-5
 LOGGED = ("loss", "loss_logits", "grad_norm")
 
 
-def _distill(values: dict, processes: int, output_dir: Path, fsdp_version: Optional[int] = None,
-             **overrides) -> dict:
-    """Run ``distily distill`` on ``processes`` processes (under FSDP ``fsdp_version`` when given, through
+def _distill_on_two(values: dict, output_dir: Path, fsdp_version: Optional[int] = None, **overrides) -> dict:
+    """Run ``distily distill`` on 2 processes (under FSDP ``fsdp_version`` when given, through
     ``fsdp_on_cpu.py``); the metrics it wrote."""
     if fsdp_version is not None:
         overrides.update(fsdp="full_shard auto_wrap", fsdp_config={"fsdp_version": fsdp_version})
     config = output_dir.with_suffix(".yaml")
     config.write_text(yaml.safe_dump({**values, "output_dir": str(output_dir), **overrides}))
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     program = [str(FSDP_ON_CPU)] if fsdp_version is not None else ["-m", "distily.cli"]
     command = [sys.executable, *launcher, *program, "distill", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -45,6 +45,11 @@ def _distill(values: dict, processes: int, output_dir: Path, fsdp_version: Optio
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("estimated peak memory") == 1  # the main process reports, once for all
     return json.loads((output_dir / "metrics.json").read_text())
+
+
+def _distill_here(values: dict, output_dir: Path, **overrides) -> dict:
+    """One process, in this one (what ``distily distill`` runs without a launcher); the metrics it wrote."""
+    return run_distillation(parse_config(**{**values, "output_dir": str(output_dir), **overrides}))
 
 
 def _curve(output_dir: Path) -> dict[int, dict[str, float]]:
@@ -77,8 +82,8 @@ def _run_values(values: dict) -> dict:
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch_and_resume_in_one(teacher_dirs, run_values, tmp_path):
     values = _run_values(run_values(teacher_dirs["llama"]))  # Llama: no dropout, so no per-process randomness
-    one = _distill(values, 1, tmp_path / "one", per_device_train_batch_size=8)
-    two = _distill(values, 2, tmp_path / "two", per_device_train_batch_size=4)
+    one = _distill_here(values, tmp_path / "one", per_device_train_batch_size=8)
+    two = _distill_on_two(values, tmp_path / "two", per_device_train_batch_size=4)
     _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "two"))
     for key in ("before_loss", "before_loss_logits", "after_loss", "after_loss_logits", "after_kl_to_teacher"):
         assert two["student"][key] == pytest.approx(one["student"][key], rel=TOLERANCE), key
@@ -86,10 +91,8 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_in_one(te
 
     # the 2-process checkpoint at step 3, continued by 1 process, retraces the 2-process run's steps 4-6 (its
     # history holds steps 1-3 from the checkpoint)
-    _distill(
-        values, 1, tmp_path / "resumed", per_device_train_batch_size=8,
-        resume_from_checkpoint=str(tmp_path / "two" / "checkpoint-3"),
-    )
+    _distill_here(values, tmp_path / "resumed", per_device_train_batch_size=8,
+                  resume_from_checkpoint=str(tmp_path / "two" / "checkpoint-3"))
     _assert_same_curve(_curve(tmp_path / "two"), _curve(tmp_path / "resumed"))
 
 
@@ -98,8 +101,8 @@ def test_two_processes_match_one_on_a_recorded_store(teacher_dirs, text_file, tm
     values = store_values(teacher_dirs["llama"], text_file, tmp_path)
     run_recording(parse_record_config(**values))
     values = _run_values({**values, "teacher_source": "recorded"})
-    one = _distill(values, 1, tmp_path / "one", per_device_train_batch_size=8)
-    two = _distill(values, 2, tmp_path / "two", per_device_train_batch_size=4)
+    one = _distill_here(values, tmp_path / "one", per_device_train_batch_size=8)
+    two = _distill_on_two(values, tmp_path / "two", per_device_train_batch_size=4)
     _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "two"))
     for key in ("before_loss", "after_loss", "after_kl_to_teacher"):
         assert two["student"][key] == pytest.approx(one["student"][key], rel=TOLERANCE), key
@@ -109,8 +112,8 @@ def test_two_processes_match_one_on_a_recorded_store(teacher_dirs, text_file, tm
 def test_two_processes_train_the_objectives_heads_like_one(teacher_dirs, run_values, tmp_path):
     """Linear projectors and affine norms are parameters of the Trainer's model: DDP averages their gradients."""
     values = _run_values(run_values(teacher_dirs["llama"], hidden_states_weight=1.0, hidden_states_norm="affine"))
-    _distill(values, 1, tmp_path / "one", per_device_train_batch_size=8)
-    _distill(values, 2, tmp_path / "two", per_device_train_batch_size=4)
+    _distill_here(values, tmp_path / "one", per_device_train_batch_size=8)
+    _distill_on_two(values, tmp_path / "two", per_device_train_batch_size=4)
     _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "two"))
     one, two = (load_file(tmp_path / run / "checkpoint-6" / "model.safetensors") for run in ("one", "two"))
     heads = [name for name in one if name.startswith("objective.")]
@@ -132,9 +135,8 @@ def test_fsdp2_runs_on_policy_distillation_as_one_process_does(tmp_path):
         teacher, data, tmp_path, max_seq_length=128, lmbda=1.0, on_policy_temperature=0.0,
         on_policy_max_new_tokens=12, logits_loss="jsd",
     )), "max_steps": 4, "save_steps": 4}
-    one = run_distillation(parse_config(**{**values, "output_dir": str(tmp_path / "one"),
-                                           "per_device_train_batch_size": 8}))
-    fsdp = _distill(values, 2, tmp_path / "fsdp", fsdp_version=2, per_device_train_batch_size=4)
+    one = _distill_here(values, tmp_path / "one", per_device_train_batch_size=8)
+    fsdp = _distill_on_two(values, tmp_path / "fsdp", fsdp_version=2, per_device_train_batch_size=4)
     assert (tmp_path / "fsdp" / "checkpoint-4" / "pytorch_model_fsdp.bin").exists()  # FSDP's own checkpoint
     _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "fsdp"))
     lengths = [[entry["on_policy/mean_completion_length"] for entry in json.loads(
