@@ -142,6 +142,35 @@ def test_fused_lm_head_runs_in_the_autocast_dtype():
         assert _relative_error(grad, plain_grad) <= TOLERANCE[torch.bfloat16]
 
 
+class _Casts(TorchDispatchMode):
+    """Counts the dtype casts (``_to_copy``) dispatched under it, by the shape of the tensor cast."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default:
+            self.shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_fused_teacher_head_is_cast_once_under_autocast():
+    """The teacher's LM head, read slice by slice, is cast to bf16 once per loss (autocast alone would cast a
+    weight that takes no gradient at every slice), and the loss is the one through its full logits."""
+    student = _randn(40, 16, seed=1).requires_grad_()  # [N, H]
+    weight = _randn(101, 16, scale=0.75, seed=2).requires_grad_()  # [V, H]
+    teacher_states, teacher_weight = _randn(40, 12, seed=3), _randn(101, 12, scale=0.75, seed=4)  # [N, H_t], [V, H_t]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with _Casts() as casts:
+            fused = chunked_logit_loss_sum(LOSSES["forward_kl"], student, teacher_states, lm_head_weight=weight,
+                                           teacher_lm_head_weight=teacher_weight, chunk_size=8, loss_chunk_size=3)
+        full = chunked_logit_loss_sum(LOSSES["forward_kl"], student, F.linear(teacher_states, teacher_weight),
+                                      lm_head_weight=weight, chunk_size=8, loss_chunk_size=3)
+    assert casts.shapes.count(tuple(teacher_weight.shape)) == 1  # 14 slices of 3 tokens
+    torch.testing.assert_close(fused, full)
+
+
 def test_gradient_accumulation_invariance():
     """Sum / global real-token count: one batch of 4 sequences == 2 accumulated batches of 2."""
     hidden, vocab = 16, 50
