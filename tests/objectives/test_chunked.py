@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from distily.objectives import chunked
 from distily.objectives.chunked import chunked_logit_loss_sum
 from distily.objectives.losses import LOSSES
 
@@ -115,11 +116,12 @@ class _MatmulDtypes(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.dtypes = []
+        self.dtypes, self.outs = [], 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in self.MATMULS:
             self.dtypes.append({arg.dtype for arg in args if isinstance(arg, torch.Tensor) and arg.dim() == 2})
+            self.outs += func in (torch.ops.aten.mm.out, torch.ops.aten.addmm.out)
         return func(*args, **(kwargs or {}))
 
 
@@ -169,6 +171,17 @@ def test_a_fused_teacher_head_is_cast_once_under_autocast():
                                       lm_head_weight=weight, chunk_size=8, loss_chunk_size=3)
     assert casts.shapes.count(tuple(teacher_weight.shape)) == 1  # 14 slices of 3 tokens
     torch.testing.assert_close(fused, full)
+
+
+@pytest.mark.parametrize("autocast, chunks", [(False, 5), (True, 3)])
+def test_the_default_chunk_is_a_buffer_size_so_half_precision_chunks_hold_twice_the_tokens(autocast, chunks,
+                                                                                            monkeypatch):
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 8 * 101)  # 8 tokens of fp32 logits at V = 101
+    student, weight = _randn(40, 16, seed=1).requires_grad_(), _randn(101, 16, seed=2).requires_grad_()
+    teacher = _randn(40, 101, scale=3.0, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), _MatmulDtypes() as recorded:
+        chunked.chunked_logit_loss_sum(LOSSES["forward_kl"], student, teacher, lm_head_weight=weight)
+    assert recorded.outs == chunks  # one logits matmul into the buffer per chunk: 40 tokens in 8s or in 16s
 
 
 def test_gradient_accumulation_invariance():
