@@ -78,7 +78,7 @@ class LogitRows:
     ``[N, H]`` final hidden states through the LM head ``weight`` [V, H] (+ ``bias``) when a slice needs them.
 
     Under autocast the head is cast once, here: autocast casts a weight that takes no gradient at every call,
-    which for a [151936, 512] head read slice by slice was a third of a bf16 training step on CPU."""
+    which for a [151936, 512] teacher head read slice by slice was 38% of a bf16 loss's time on CPU."""
 
     def __init__(self, states: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]):
         matmul_dtype = _autocast_dtype(states.device) if weight is not None else None
