@@ -5,6 +5,7 @@ import json
 import pytest
 
 from distily.cli import main
+from distily.commands.demo import DEMO_STEPS
 from distily.demo import TEACHER_DIR
 from distily.outputs import directory_size
 
@@ -34,8 +35,10 @@ def test_bundled_teacher_stays_under_10_mb():
 
 
 @pytest.mark.slow
-def test_demo_lowers_heldout_distillation_loss_by_at_least_30_percent(tmp_path, capsys):
-    metrics, printed = _run_demo(tmp_path, capsys)
+def test_demo_lowers_heldout_distillation_loss_by_at_least_30_percent_within_a_third_of_its_steps(tmp_path, capsys):
+    """The demo as shipped, stopped after 100 of its 300 steps (50% lower here; 70% after all 300, measured in
+    docs/results.md): the suite's time, where the whole demo took a minute of it."""
+    metrics, printed = _run_demo(tmp_path, capsys, "--max_steps", str(DEMO_STEPS // 3))
     before, after = metrics["student"]["before_loss"], metrics["student"]["after_loss"]
     assert after <= 0.7 * before, (before, after)
     assert f"{1 - after / before:.0%} lower" in printed
