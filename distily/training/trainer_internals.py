@@ -47,7 +47,7 @@ def check_library_versions() -> None:
             warnings.warn(
                 f"{package} {found}: distily/training/trainer_internals.py was written for {package} {prefix}x; "
                 "atomic checkpoints, DDP after a first evaluation and whole models under ZeRO-3 may not hold (run "
-                "tests/training/test_trainer_internals.py)",
+                "tests/training/test_trainer_internals.py and tests/training/test_zero3_loading.py)",
                 stacklevel=2,
             )
 
