@@ -21,7 +21,7 @@ API::
                                    # the tokens it goes with (a target id per token, say)
         temperature=1.0,
         chunk_size=None,           # tokens per LM-head chunk; None: a 128 MiB buffer (CHUNK_ELEMENTS fp32 logits)
-        loss_chunk_size=None,      # tokens per loss evaluation; None: about LOSS_CHUNK_ELEMENTS / vocab_size
+        loss_chunk_size=None,      # tokens per loss evaluation; None: about loss_slice_elements(device) / vocab_size
         **loss_params,             # e.g. beta=0.5 for jsd
     ) -> torch.Tensor              # scalar float32: the SUM of the per-token loss over unmasked tokens
 
@@ -43,8 +43,8 @@ gradients go into the ``[N, V_s]`` gradient the caller needs anyway.
 
 Memory beyond the inputs is therefore the buffer, the loss's intermediates for one slice and the
 input-sized gradients: it does not grow with the number of tokens but through the ``[N, H]``
-gradient of the hidden states. With the teacher's LM head fused as well, each slice's teacher logits
-are computed when the slice needs them, so the teacher's ``[N, V_t]`` logits are never held either.
+gradient of the hidden states. With the teacher's LM head fused as well, each chunk's teacher logits
+are computed when the chunk needs them, so the teacher's ``[N, V_t]`` logits are never held either.
 """
 
 from typing import Any, Callable, Optional
@@ -60,10 +60,24 @@ bf16/fp16. Every chunk reads and writes the whole ``[V, H]`` fp32 LM-head gradie
 time (at V = 151,936 in bf16 on a 2-core CPU, 441-token chunks took 8.3 s a loss where 220-token ones took 12.0)."""
 
 LOSS_CHUNK_ELEMENTS = 2**23
-"""Default loss slice: 8M logits, at most 32 MiB per fp32 intermediate (166 tokens at V = 50257).
-glibc serves blocks up to 32 MiB from its heap and reuses them, while larger ones are mapped fresh
-and page-faulted on every allocation, which was the largest cost of the loss on CPU; much smaller
-slices pay per-operation overhead instead (benchmarks/loss_memory.py, docs/losses.md)."""
+"""Default loss slice on an accelerator, and the evaluation's slices everywhere: 8M logits, at most 32 MiB per fp32
+intermediate (166 tokens at V = 50257), few enough slices that launching the loss's kernels costs little."""
+
+CPU_LOSS_CHUNK_ELEMENTS = 2**20
+"""Default loss slice on CPU: 1M logits, 4 MiB per fp32 intermediate (20 tokens at V = 50257), so that the loss's
+dozen passes over a slice run from the caches. Larger blocks also cost page faults: glibc maps those over 32 MiB
+fresh on every allocation. Measured on a 2-core Xeon at 2048 tokens (benchmarks/loss_slices.py, docs/losses.md)."""
+
+
+def loss_slice_elements(device_type: str) -> int:
+    """Logits per loss slice by default on a device of this type (``"cpu"``, ``"cuda"``, ...)."""
+    return CPU_LOSS_CHUNK_ELEMENTS if device_type == "cpu" else LOSS_CHUNK_ELEMENTS
+
+ACCUMULATE_ELEMENTS = 2**21
+"""A half-precision chunk's LM-head gradient is added to the fp32 one in blocks of this many values (8 MiB in fp32,
+4096 rows at H = 512): the product of a whole [V, H] and its widened copy were fresh mappings, page-faulted on every
+chunk (0.34 s a chunk at V = 151,936, H = 512, 441 tokens, on a 2-core CPU), where blocks recycle heap memory
+(0.17 s) and never hold the [V, H] half-precision product."""
 
 
 def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
@@ -75,7 +89,7 @@ def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
 
 class LogitRows:
     """A model's logits for any rows of its flattened tokens: read from ``[N, V]`` logits, or computed from
-    ``[N, H]`` final hidden states through the LM head ``weight`` [V, H] (+ ``bias``) when a slice needs them.
+    ``[N, H]`` final hidden states through the LM head ``weight`` [V, H] (+ ``bias``) for the rows asked, when they are asked for.
 
     Under autocast the head is cast once, here: autocast casts a weight that takes no gradient at every call,
     which for a [151936, 512] teacher head read slice by slice was 38% of a bf16 loss's time on CPU."""
@@ -97,7 +111,14 @@ class LogitRows:
 TeacherRows = Callable[[Any, int], Any]
 """The teacher's side of the loss for rows (a slice or an index tensor) of the flattened tokens, cut to
 ``vocab_size`` columns: its logits (``LogitRows``), or whatever else the loss takes as its second argument
-(a store's top-k targets, ``sparse.py``)."""
+(a store's top-k targets, ``sparse.py``): a tensor or a tuple of tensors, the rows on their first dimension.
+It is asked once per LM-head chunk: a fused teacher head then runs one matmul per chunk, where one per loss
+slice ran at a third of the matmul throughput (a [55, 512] x [512, 151936] bf16 product on a 2-core CPU)."""
+
+
+def _token_rows(side, start: int, stop: int):
+    """Rows start:stop of a teacher's side (``TeacherRows``)."""
+    return tuple(part[start:stop] for part in side) if isinstance(side, tuple) else side[start:stop]
 
 
 class _LossSlices:
@@ -122,16 +143,22 @@ class _LossSlices:
         return slice(start, stop) if self.row_index is None else self.row_index[start:stop]
 
     def spans(self, start: int, stop: int):
-        """(start, stop) of each slice of the tokens start:stop."""
+        """(start, stop) of each slice of the tokens start:stop, with the teacher's side of that slice."""
+        teacher = self.teacher_rows(self.rows(start, stop), self.vocab_size)  # [C, V] logits, or the loss's targets
         for piece in range(start, stop, self.loss_chunk_size):
-            yield piece, min(piece + self.loss_chunk_size, stop)
+            piece_stop = min(piece + self.loss_chunk_size, stop)
+            yield piece, piece_stop, _token_rows(teacher, piece - start, piece_stop - start)
 
-    def loss_and_grad(self, student_logits: torch.Tensor, start: int, stop: int):
-        """(summed loss, its gradient w.r.t. student_logits [n, V] or None) for the tokens start:stop."""
-        teacher = self.teacher_rows(self.rows(start, stop), self.vocab_size)  # [n, V] logits, or the loss's targets
+    def loss_and_grad(self, student_logits: torch.Tensor, teacher, start: int, stop: int):
+        """(summed loss, its gradient w.r.t. student_logits [n, V] or None) for the tokens start:stop, whose
+        teacher's side is ``teacher``."""
         params = {**self.loss_params, **{name: value[self.rows(start, stop)] for name, value in self.row_params.items()}}
         if not self.with_grad:
             return self.loss_fn(student_logits, teacher, self.temperature, **params).sum(), None
+        value_and_gradient = getattr(self.loss_fn, "value_and_gradient", None)  # losses.closed_form_gradient
+        if value_and_gradient is not None:
+            value, grad = value_and_gradient(student_logits, teacher, self.temperature, **params)
+            return value.sum(), grad
         student_logits = student_logits.detach().requires_grad_()
         with torch.enable_grad():
             loss = self.loss_fn(student_logits, teacher, self.temperature, **params).sum()
@@ -139,24 +166,30 @@ class _LossSlices:
         return loss.detach(), grad
 
 
-def _logits_pass(slices: _LossSlices, student_logits, grad_student) -> torch.Tensor:
+def _logits_pass(slices: _LossSlices, student_logits, chunk_size, grad_student) -> torch.Tensor:
     """Summed loss of student logits [N, V_s]; their gradient goes into grad_student [N, V_s] (or None)."""
     total = torch.zeros((), dtype=torch.float32, device=student_logits.device)
-    for start, stop in slices.spans(0, slices.num_rows):
-        rows = slices.rows(start, stop)
-        loss, grad = slices.loss_and_grad(student_logits[rows, : slices.vocab_size], start, stop)
-        total += loss
-        if grad_student is not None:
-            grad_student[rows, : slices.vocab_size] = grad
+    for start in range(0, slices.num_rows, chunk_size):
+        for piece_start, piece_stop, teacher in slices.spans(start, min(start + chunk_size, slices.num_rows)):
+            rows = slices.rows(piece_start, piece_stop)
+            loss, grad = slices.loss_and_grad(student_logits[rows, : slices.vocab_size], teacher, piece_start,
+                                              piece_stop)
+            total += loss
+            if grad_student is not None:
+                grad_student[rows, : slices.vocab_size] = grad.to(grad_student.dtype)
     return total
 
 
 def _add_matmul(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
-    """accumulator += left @ right, in place, keeping the accumulator's (fp32) precision."""
+    """accumulator [M, K] += left [M, C] @ right [C, K], in place, keeping the accumulator's (fp32) precision.
+
+    With half-precision inputs the product is widened before it is added, block by block of ACCUMULATE_ELEMENTS."""
     if left.dtype == accumulator.dtype:
         accumulator.addmm_(left, right)
-    else:
-        accumulator.add_(left @ right)
+        return
+    block = max(1, ACCUMULATE_ELEMENTS // accumulator.shape[1])
+    for start in range(0, accumulator.shape[0], block):
+        accumulator[start : start + block].add_(left[start : start + block] @ right)
 
 
 def _fused_pass(
@@ -177,9 +210,9 @@ def _fused_pass(
             torch.mm(hidden_rows, weight.T, out=logits)
         else:
             torch.addmm(bias, hidden_rows, weight.T, out=logits)
-        for piece_start, piece_stop in slices.spans(start, stop):
+        for piece_start, piece_stop, teacher in slices.spans(start, stop):
             piece_logits = logits[piece_start - start : piece_stop - start]  # [n, V]
-            loss, grad = slices.loss_and_grad(piece_logits, piece_start, piece_stop)
+            loss, grad = slices.loss_and_grad(piece_logits, teacher, piece_start, piece_stop)
             total += loss
             if grad is not None:
                 piece_logits.copy_(grad)
@@ -223,7 +256,7 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         grad_student = torch.zeros_like(student) if needs_student else None  # [N, H or V_s]
         grad_weight = grad_bias = None
         if lm_head_weight is None:
-            total = _logits_pass(slices, student, grad_student)
+            total = _logits_pass(slices, student, chunk_size, grad_student)
         else:
             if needs_weight:
                 grad_weight = torch.zeros(lm_head_weight.shape, dtype=torch.float32, device=student.device)  # [V_s, H]
@@ -291,12 +324,13 @@ def _check_shapes(student, teacher, lm_head_weight, teacher_lm_head_weight, mask
     return vocab_size
 
 
-def _chunk_sizes(chunk_size: Optional[int], loss_chunk_size: Optional[int], columns: int,
-                 buffer_bytes: int = 4) -> tuple[int, int]:
-    """(tokens per LM-head chunk of ``buffer_bytes`` per logit, tokens per loss slice), the slice no larger than
-    the chunk."""
+def _chunk_sizes(chunk_size: Optional[int], loss_chunk_size: Optional[int], columns: int, buffer_bytes: int,
+                 device_type: str) -> tuple[int, int]:
+    """(tokens per LM-head chunk of ``buffer_bytes`` per logit, tokens per loss slice on ``device_type``), the
+    slice no larger than the chunk."""
     chunk_size = max(1, CHUNK_ELEMENTS * 4 // (buffer_bytes * columns)) if chunk_size is None else chunk_size
-    loss_chunk_size = max(1, LOSS_CHUNK_ELEMENTS // columns) if loss_chunk_size is None else loss_chunk_size
+    if loss_chunk_size is None:
+        loss_chunk_size = max(1, loss_slice_elements(device_type) // columns)
     for name, value in (("chunk_size", chunk_size), ("loss_chunk_size", loss_chunk_size)):
         if value < 1:
             raise ValueError(f"{name}={value}; expected a positive number of tokens")
@@ -313,6 +347,8 @@ def chunked_loss_footprint(
     hidden_bytes: int = 4,
     chunk_size: Optional[int] = None,
     loss_chunk_size: Optional[int] = None,
+    teacher_logits: bool = True,
+    device_type: str = "cpu",
 ) -> int:
     """Peak bytes ``chunked_logit_loss_sum`` allocates beyond its inputs for ``tokens`` rows that count and
     ``columns`` vocabulary columns, the gradients it returns included.
@@ -321,9 +357,15 @@ def chunked_loss_footprint(
     ``[N, V]`` gradient is what the loss returns); ``compute_bytes``: bytes per value of the matmuls (2 under
     bf16/fp16 autocast, which also makes half-precision copies of the hidden states and the LM head);
     ``hidden_bytes``: bytes per value of the student's input; ``working_tensors``: the loss's (``losses.py``), for
-    one slice of the tokens at a time."""
-    chunk, piece = (min(size, tokens) for size in _chunk_sizes(chunk_size, loss_chunk_size, columns, compute_bytes))
-    slices = working_tensors * piece * columns * 4
+    one slice of the tokens at a time; ``teacher_logits``: the teacher's side is its logits, a chunk's computed by
+    its fused LM head or gathered at once (False: a store's top-k, a few values per token); ``device_type``: where
+    the loss runs (the default slice size depends on it)."""
+    buffer_bytes = compute_bytes if hidden is not None else 4
+    sizes = _chunk_sizes(chunk_size, loss_chunk_size, columns, buffer_bytes, device_type)
+    chunk, piece = (min(size, tokens) for size in sizes)
+    slices = working_tensors * piece * columns * 4  # a slice's teacher logits among them
+    if teacher_logits:  # the rest of its chunk's
+        slices += (chunk - piece) * columns * compute_bytes
     if hidden is None:
         return tokens * columns * compute_bytes + slices
     gradients = tokens * hidden * hidden_bytes + 2 * columns * hidden * 4  # [N, H]; [V, H] fp32 and its scaled copy
@@ -394,7 +436,7 @@ def chunked_rows_loss_sum(
     ``vocab_columns``: the vocabulary columns that count (at most the student's; across vocabularies the student's
     all, and the teacher's side is read whole); shapes are the caller's to check."""
     buffer_dtype = (_autocast_dtype(student.device) or student.dtype) if lm_head_weight is not None else torch.float32
-    sizes = _chunk_sizes(chunk_size, loss_chunk_size, vocab_columns, buffer_dtype.itemsize)
+    sizes = _chunk_sizes(chunk_size, loss_chunk_size, vocab_columns, buffer_dtype.itemsize, student.device.type)
     rows_of = {name: value.reshape(student.shape[:-1].numel(), *value.shape[student.dim() - 1:])
                for name, value in (row_params or {}).items()}  # [N, ...]
     student_2d = student.reshape(-1, student.shape[-1])  # [N, H or V_s]

@@ -48,6 +48,7 @@ class StepShape:
     student_vocab: int  # the student's logits
     compute_bytes: int  # bytes per value of the models' matmul outputs: 2 under bf16/fp16 autocast, else 4
     fused_student_head: bool  # the student's logits are never materialised: the logit loss applies its LM head
+    device_type: str  # where the step runs: "cpu", "cuda", ...
 
     @property
     def tokens(self) -> int:

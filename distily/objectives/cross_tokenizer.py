@@ -213,7 +213,7 @@ class CrossTokenizerLogitsComponent(Component):
         hidden = step.student.width if step.fused_student_head else None
         columns = self.vocabulary.student_size + self.vocabulary.teacher_size
         return chunked_loss_footprint(step.tokens, columns, hidden, working_tensors=12,
-                                      compute_bytes=step.compute_bytes)
+                                      compute_bytes=step.compute_bytes, device_type=step.device_type)
 
     def extra_repr(self) -> str:
         return (f"cross_tokenizer_loss={self.cross_loss_name}, loss={self.loss_name}, "

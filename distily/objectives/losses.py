@@ -69,6 +69,19 @@ def working_tensors(count: int) -> Callable[[LossFn], LossFn]:
     return mark
 
 
+def closed_form_gradient(value_and_gradient: Callable[..., tuple[torch.Tensor, torch.Tensor]]):
+    """Give a loss the closed form of its value and its gradient with respect to the student's logits:
+    ``value_and_gradient(student_logits, teacher_logits, temperature, **params) -> (per-token loss [N] float32,
+    gradient of their sum [N, V] float32)``. The chunked loss calls it in place of autograd, which makes about
+    twice the passes over the ``[N, V]`` slice (1.6x the time of a slice of 6 tokens at V = 151,936 on CPU)."""
+
+    def mark(loss: LossFn) -> LossFn:
+        loss.value_and_gradient = value_and_gradient
+        return loss
+
+    return mark
+
+
 def between_distributions(loss: LossFn) -> LossFn:
     """Mark ``loss`` as a function of the two distributions p_s and p_t alone (not of the raw logits): it then
     has a sparse form against a recorded teacher's top-k (``distily.objectives.sparse``). Returns ``loss``."""
@@ -90,7 +103,28 @@ def _check_unit_interval(name: str, value: float, *, open_low: bool, open_high: 
         raise DistilyConfigError(f"loss parameter {name}={value!r} must lie in {interval}")
 
 
+def _forward_kl_value_and_gradient(student_logits, teacher_logits, temperature: float = 1.0):
+    """Forward KL and its gradient T (p_s - p_t) (the soft cross-entropy's too: they differ by the teacher's
+    entropy)."""
+    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
+    teacher_probs = teacher_logprobs.exp()  # [N, V]
+    value = (teacher_probs * teacher_logprobs.sub_(student_logprobs)).sum(-1) * temperature**2  # [N]
+    return value, student_logprobs.exp_().sub_(teacher_probs).mul_(temperature)
+
+
+def _reverse_kl_value_and_gradient(student_logits, teacher_logits, temperature: float = 1.0):
+    """Reverse KL and its gradient T p_s (log p_s - log p_t - KL(p_s || p_t))."""
+    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    log_ratio = student_logprobs - _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
+    student_probs = student_logprobs.exp_()  # [N, V], in place of the log-probabilities
+    divergence = (student_probs * log_ratio).sum(-1)  # [N]
+    gradient = log_ratio.sub_(divergence[:, None]).mul_(student_probs).mul_(temperature)
+    return divergence * temperature**2, gradient
+
+
 @between_distributions
+@closed_form_gradient(_forward_kl_value_and_gradient)
 @working_tensors(6)
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p_t || p_s) = sum_v p_t(v) (log p_t(v) - log p_s(v)), per token, times T^2.
@@ -103,7 +137,8 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
 
 @between_distributions
-@working_tensors(6)
+@closed_form_gradient(_reverse_kl_value_and_gradient)
+@working_tensors(5)
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p_s || p_t) = sum_v p_s(v) (log p_s(v) - log p_t(v)), per token, times T^2.
 

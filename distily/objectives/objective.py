@@ -70,7 +70,8 @@ class LogitsComponent(Component):
         hidden = step.student.width if step.fused_student_head else None
         working = getattr(self.loss_fn, "working_tensors", UNKNOWN_WORKING_TENSORS)
         return chunked_loss_footprint(step.tokens, self.vocab_size or step.student_vocab, hidden,
-                                      working_tensors=working, compute_bytes=step.compute_bytes)
+                                      working_tensors=working, compute_bytes=step.compute_bytes,
+                                      device_type=step.device_type)
 
     def extra_repr(self) -> str:
         return f"loss={self.loss_name}, temperature={self.temperature}, vocab_size={self.vocab_size}"

@@ -108,6 +108,47 @@ class RecordedRows:
         return self.topk_logprobs[rows], self.topk_ids[rows], self.tail_logprob[rows]
 
 
+class BucketLoss:
+    """A loss of ``LOSSES`` on the k + 1 buckets of student logits [n, vocab] and a store's targets, per token, times
+    T^2: the loss ``chunked_rows_loss_sum`` runs against a recorded teacher.
+
+    Its ``value_and_gradient`` runs autograd on the [n, k + 1] buckets only and writes out the chain to the logits
+    (``closed_form_gradient``), with z = logits / T, p = softmax(z), q = the student's tail mass and g_b the loss's
+    gradient with respect to bucket b's log-probability::
+
+        dL/dz_j = g_i - p_j sum_b g_b            for j = v_i, the i-th recorded token
+        dL/dz_j = p_j (g_tail / q - sum_b g_b)   for j outside the top k
+    """
+
+    def __init__(self, loss_fn):
+        self.loss_fn = loss_fn
+
+    def __call__(self, student_logits, targets, temperature: float, **loss_kwargs) -> torch.Tensor:
+        student, teacher = bucket_logprobs(student_logits, *targets, temperature)
+        return self.loss_fn(student, teacher, 1.0, **loss_kwargs) * temperature**2
+
+    def value_and_gradient(self, student_logits, targets, temperature: float, **loss_kwargs):
+        topk_logprobs, topk_ids, tail_logprob = targets  # [n, k], [n, k], [n]
+        ids, has_tail = topk_ids.long(), topk_ids.shape[-1] < student_logits.shape[-1]
+        logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [n, vocab]
+        top = logprobs.gather(-1, ids)  # [n, k]
+        rest = logprobs.exp_().scatter_(-1, ids, 0.0)  # [n, vocab]: p off the top k, 0 on it
+        student, teacher = top, topk_logprobs.float()
+        if has_tail:
+            tail_mass = rest.sum(-1, keepdim=True)  # [n, 1]
+            student = torch.cat([top, tail_mass.log()], dim=-1)  # [n, k + 1]
+            teacher = torch.cat([teacher, tail_logprob.float()[:, None]], dim=-1)
+        student = student.requires_grad_()
+        with torch.enable_grad():  # the chunked loss runs without autograd
+            value = self.loss_fn(student, teacher - teacher.logsumexp(-1, keepdim=True), 1.0, **loss_kwargs)
+            value = value * temperature**2  # [n]
+            (bucket_grad,) = torch.autograd.grad(value.sum(), student)  # [n, k (+ 1)]
+        total = bucket_grad.sum(-1, keepdim=True)  # [n, 1]
+        rest.mul_(bucket_grad[:, -1:] / tail_mass - total if has_tail else -total)
+        gradient = rest.scatter_(-1, ids, bucket_grad[:, : ids.shape[-1]] - top.exp() * total)
+        return value.detach(), gradient.div_(temperature)
+
+
 class SparseLogitsComponent(LogitsComponent):
     """``loss(P_s, P_t) * T^2`` over the k + 1 buckets at every loss position (``loss_positions``), ``loss`` a name
     in ``sparse_losses()``; the teacher is a ``RecordedTeacherOutput`` recorded at temperature T. Computed in token
@@ -117,11 +158,7 @@ class SparseLogitsComponent(LogitsComponent):
     def __init__(self, loss: str, temperature: float = 1.0, vocab_size: Optional[int] = None, **loss_kwargs):
         check_sparse_loss(loss)
         super().__init__(loss, temperature, vocab_size, **loss_kwargs)
-
-    def _bucket_loss(self, student_logits, targets, temperature: float, **loss_kwargs) -> torch.Tensor:
-        """The loss on the k + 1 buckets of ``student_logits`` [n, vocab] and a store's ``targets``, per token."""
-        student, teacher = bucket_logprobs(student_logits, *targets, temperature)
-        return self.loss_fn(student, teacher, 1.0, **loss_kwargs) * temperature**2
+        self.bucket_loss = BucketLoss(self.loss_fn)
 
     def forward(self, student_outputs, teacher_outputs: RecordedTeacherOutput, batch):
         if teacher_outputs.temperature != self.temperature:
@@ -133,13 +170,14 @@ class SparseLogitsComponent(LogitsComponent):
         mask = loss_positions(batch)  # [batch, seq]
         student, head = self.student_side(student_outputs, mask)
         columns = self.vocab_size or (head["lm_head_weight"].shape[0] if head else student.shape[-1])
-        return chunked_rows_loss_sum(self._bucket_loss, student, RecordedRows(teacher_outputs), columns, mask=mask,
+        return chunked_rows_loss_sum(self.bucket_loss, student, RecordedRows(teacher_outputs), columns, mask=mask,
                                      temperature=self.temperature, **head, **self.loss_kwargs)
 
     def memory_footprint(self, step: StepShape) -> int:
         hidden = step.student.width if step.fused_student_head else None
         return chunked_loss_footprint(step.tokens, self.vocab_size or step.student_vocab, hidden,
-                                      working_tensors=SPARSE_INTERMEDIATES, compute_bytes=step.compute_bytes)
+                                      working_tensors=SPARSE_INTERMEDIATES, compute_bytes=step.compute_bytes,
+                                      device_type=step.device_type, teacher_logits=False)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, sparse=True"

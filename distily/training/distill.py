@@ -144,7 +144,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         if training.memory_check:  # a recorded teacher holds no memory during training
             estimate = estimate_memory(
                 teacher.live_model, student, objective, training.per_device_train_batch_size, data.max_seq_length,
-                training.bf16 or training.fp16, training.optim,
+                training.bf16 or training.fp16, training.optim, training.device.type,
             )
             logger.info(check_memory(estimate, training.device))
         collate_fn = teacher.collate_fn()

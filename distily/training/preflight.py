@@ -126,9 +126,11 @@ def estimate_memory(
     max_seq_length: int,
     mixed_precision: bool,
     optim: str = "adamw_torch_fused",
+    device_type: str = "cpu",
 ) -> MemoryEstimate:
-    """The peak memory of a training step on ``batch_size`` x ``max_seq_length`` tokens. A teacher on the meta
-    device (a recorded teacher: only its shape is known) or None holds no memory and runs no forward pass."""
+    """The peak memory of a training step on ``batch_size`` x ``max_seq_length`` tokens on a ``device_type``
+    device. A teacher on the meta device (a recorded teacher: only its shape is known) or None holds no memory and
+    runs no forward pass."""
     live_teacher = teacher is not None and not next(teacher.parameters()).is_meta
     student_shape = ModelShape.from_config(student.config)
     step = StepShape(
@@ -139,6 +141,7 @@ def estimate_memory(
         student_vocab=student.get_output_embeddings().weight.shape[0],
         compute_bytes=2 if mixed_precision else 4,
         fused_student_head=objective.fuses_student_lm_head(student),
+        device_type=device_type,
     )
     parameters = [*student.parameters(), *objective.parameters()]
     trainable = [p for p in parameters if p.requires_grad]

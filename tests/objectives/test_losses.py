@@ -73,6 +73,29 @@ def test_value_and_gradient_match_reference(name, temperature):
     torch.testing.assert_close(grad.double(), reference_grad, rtol=1e-4, atol=1e-6)
 
 
+CLOSED_FORMS = sorted(name for name, loss in LOSSES.items() if hasattr(loss, "value_and_gradient"))
+
+
+def test_the_kl_divergences_have_closed_form_gradients():
+    assert {"forward_kl", "reverse_kl"} <= set(CLOSED_FORMS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("name", CLOSED_FORMS)
+def test_closed_form_value_and_gradient_match_reference(name, temperature, dtype):
+    teacher, student = _logits(6, 11, seed=1).to(dtype), _logits(6, 11, seed=2).to(dtype)
+    value, grad = LOSSES[name].value_and_gradient(student, teacher, temperature, **PARAMS.get(name, {}))
+
+    student64 = student.double().requires_grad_()
+    reference = _reference(name, student64, teacher.double(), temperature, PARAMS.get(name, {}))
+    (reference_grad,) = torch.autograd.grad(reference.sum(), student64)
+
+    assert value.dtype == grad.dtype == torch.float32 and grad.shape == student.shape
+    torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), reference_grad, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_non_negative(name):
     teacher = _logits(64, 50, seed=3)
@@ -172,6 +195,10 @@ def test_teacher_minus_infinity_is_allowed_where_the_loss_is_finite(name):
     reference = _reference(name, student.detach(), teacher, 1.0, PARAMS.get(name, {}))
     assert torch.isfinite(grad).all()
     torch.testing.assert_close(loss.double(), reference, rtol=1e-5, atol=1e-6)
+    if name in CLOSED_FORMS:
+        value, closed_grad = LOSSES[name].value_and_gradient(student.detach(), teacher, 1.0, **PARAMS.get(name, {}))
+        torch.testing.assert_close(value, loss.detach())
+        torch.testing.assert_close(closed_grad, grad)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

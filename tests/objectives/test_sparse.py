@@ -8,7 +8,13 @@ import torch
 
 from distily.errors import DistilyConfigError
 from distily.objectives.losses import LOSSES, between_distributions, forward_kl
-from distily.objectives.sparse import SparseLogitsComponent, bucket_logprobs, check_sparse_loss, sparse_losses
+from distily.objectives.sparse import (
+    BucketLoss,
+    SparseLogitsComponent,
+    bucket_logprobs,
+    check_sparse_loss,
+    sparse_losses,
+)
 from distily.recording.targets import sparse_targets
 
 PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2}, "skew_reverse_kl": {"alpha": 0.2}}
@@ -42,6 +48,21 @@ def test_sparse_loss_at_full_vocabulary_equals_the_dense_loss(name, temperature)
     # and against the unrounded teacher, within float16 rounding
     exact = LOSSES[name](student_logits, teacher_logits, temperature, **PARAMS.get(name, {}))
     torch.testing.assert_close(sparse, exact, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("k", [5, 50])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("name", sorted(sparse_losses()))
+def test_the_bucket_loss_gradient_in_closed_form_equals_autograd(name, temperature, k):
+    student_logits, teacher_logits = _logits(6, 50, seed=11), _logits(6, 50, seed=12)
+    stored, loss = _stored(teacher_logits, k, temperature), BucketLoss(LOSSES[name])
+    student = student_logits.clone().requires_grad_()
+    expected = loss(student, stored, temperature, **PARAMS.get(name, {}))
+    (expected_grad,) = torch.autograd.grad(expected.sum(), student)
+    with torch.no_grad():  # as the chunked loss calls it
+        value, grad = loss.value_and_gradient(student_logits, stored, temperature, **PARAMS.get(name, {}))
+    torch.testing.assert_close(value, expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_sparse_forward_kl_is_the_kl_of_the_bucketed_distributions():

@@ -1,0 +1,101 @@
+"""Time of the chunked logit loss by loss-slice size: how many logits each slice of the loss works on.
+
+    python benchmarks/loss_slices.py [--tokens 2048] [--hidden 512] [--vocabs 151936 50257]
+                                     [--precision bf16 fp32] [--exponents 19 20 21 22 23] [--runs 3]
+
+One loss and its backward (``chunked_logit_loss_sum`` with forward KL, both LM heads fused, as training calls it)
+on --tokens random hidden states of width --hidden, for each vocabulary, precision (bf16: under CPU autocast)
+and slice size of 2**e logits (``loss_chunk_size = 2**e // vocab`` tokens). The sizes run interleaved in one
+process, --runs rounds after one warm-up call each, and the table gives the median seconds. The default slice on
+CPU is ``CPU_LOSS_CHUNK_ELEMENTS``, on an accelerator ``LOSS_CHUNK_ELEMENTS``; the ratios
+``accelerator_default_over_cpu_default_seconds`` compare the two here, per vocabulary and precision.
+
+Results go to benchmarks/results/loss_slices.json.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import describe, machine, table, write_results  # noqa: E402
+from distily.objectives.chunked import (  # noqa: E402
+    CPU_LOSS_CHUNK_ELEMENTS,
+    LOSS_CHUNK_ELEMENTS,
+    chunked_logit_loss_sum,
+)
+from distily.objectives.losses import LOSSES  # noqa: E402
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--vocabs", type=int, nargs="+", default=[151936, 50257])
+    parser.add_argument("--precision", nargs="+", choices=("bf16", "fp32"), default=["bf16", "fp32"])
+    parser.add_argument("--exponents", type=int, nargs="+", default=[19, 20, 21, 22, 23])
+    parser.add_argument("--runs", type=int, default=3)
+    options = parser.parse_args(argv)
+    defaults = {CPU_LOSS_CHUNK_ELEMENTS.bit_length() - 1, LOSS_CHUNK_ELEMENTS.bit_length() - 1}
+    options.exponents = sorted(set(options.exponents) | defaults)
+    return options
+
+
+def loss_seconds(options, vocab: int, precision: str) -> dict[int, float]:
+    """Median seconds of one loss and its backward per slice exponent."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(options.tokens, options.hidden, generator=generator).requires_grad_()  # [N, H]
+    head = (torch.randn(vocab, options.hidden, generator=generator) * options.hidden**-0.5).requires_grad_()  # [V, H]
+    teacher = torch.randn(options.tokens, options.hidden, generator=generator)  # [N, H]
+    teacher_head = torch.randn(vocab, options.hidden, generator=generator) * options.hidden**-0.5  # [V, H]
+
+    def run(exponent: int) -> float:
+        hidden.grad = head.grad = None
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = chunked_logit_loss_sum(LOSSES["forward_kl"], hidden, teacher, lm_head_weight=head,
+                                          teacher_lm_head_weight=teacher_head, loss_chunk_size=2**exponent // vocab)
+        loss.backward()
+        return time.perf_counter() - start
+
+    seconds: dict[int, list[float]] = {exponent: [] for exponent in options.exponents}
+    for exponent in options.exponents:
+        run(exponent)  # warm-up
+    for round_index in range(options.runs):
+        for exponent in options.exponents:
+            seconds[exponent].append(run(exponent))
+        print(f"V={vocab} {precision} round {round_index + 1}/{options.runs}: "
+              + ", ".join(f"2^{e} {times[-1]:.2f} s" for e, times in seconds.items()), file=sys.stderr, flush=True)
+    return {exponent: statistics.median(times) for exponent, times in seconds.items()}
+
+
+def main(argv=None) -> dict:
+    options = parse_arguments(argv)
+    info = machine()
+    cpu, accelerator = CPU_LOSS_CHUNK_ELEMENTS.bit_length() - 1, LOSS_CHUNK_ELEMENTS.bit_length() - 1
+    results, rows = {}, [("vocab", "precision", *[f"2^{e} logits" for e in options.exponents], "2^23 / 2^20")]
+    for vocab in options.vocabs:
+        for precision in options.precision:
+            seconds = loss_seconds(options, vocab, precision)
+            ratio = seconds[accelerator] / seconds[cpu]
+            results[f"{vocab}_{precision}"] = {
+                "tokens_per_slice": {str(e): max(1, 2**e // vocab) for e in options.exponents},
+                "median_seconds": {str(e): value for e, value in seconds.items()},
+                "accelerator_default_over_cpu_default_seconds": ratio,
+            }
+            rows.append((str(vocab), precision, *[f"{seconds[e]:.2f}" for e in options.exponents], f"{ratio:.2f}x"))
+    print(f"{describe(info)}; {options.tokens} tokens, width {options.hidden}, forward KL, seconds of one loss and "
+          f"its backward, median of {options.runs} interleaved rounds")
+    print(table(rows))
+    payload = {"arguments": vars(options), "results": results}
+    write_results("loss_slices", payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
