@@ -35,8 +35,9 @@ value the same for one batch of B and k accumulated batches of B/k. Differentiab
 How: a ``torch.autograd.Function`` computes the gradient in its forward pass; the backward only
 scales it by the incoming scalar. With the LM head fused, the forward walks the real tokens in
 chunks of ``chunk_size``: one matmul writes the chunk's student logits into a ``[chunk, V]`` buffer
-that is reused for every chunk; the loss runs under autograd on slices of ``loss_chunk_size`` tokens
-(small blocks the allocator recycles), and each slice's gradient overwrites its logits in the buffer; two
+that is reused for every chunk; the loss runs on slices of ``loss_chunk_size`` tokens (small blocks the allocator
+recycles; its ``value_and_gradient`` where it has a closed form, ``losses.closed_form_gradient``, else under
+autograd), and each slice's gradient overwrites its logits in the buffer; two
 matmuls then fold the buffer into the gradients of the hidden states and of the LM head (accumulated
 in fp32). Without the LM head, the loss slices run directly on the student logits and their
 gradients go into the ``[N, V_s]`` gradient the caller needs anyway.
@@ -73,6 +74,7 @@ def loss_slice_elements(device_type: str) -> int:
     """Logits per loss slice by default on a device of this type (``"cpu"``, ``"cuda"``, ...)."""
     return CPU_LOSS_CHUNK_ELEMENTS if device_type == "cpu" else LOSS_CHUNK_ELEMENTS
 
+
 ACCUMULATE_ELEMENTS = 2**21
 """A half-precision chunk's LM-head gradient is added to the fp32 one in blocks of this many values (8 MiB in fp32,
 4096 rows at H = 512): the product of a whole [V, H] and its widened copy were fresh mappings, page-faulted on every
@@ -89,7 +91,7 @@ def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
 
 class LogitRows:
     """A model's logits for any rows of its flattened tokens: read from ``[N, V]`` logits, or computed from
-    ``[N, H]`` final hidden states through the LM head ``weight`` [V, H] (+ ``bias``) for the rows asked, when they are asked for.
+    ``[N, H]`` final hidden states through the LM head ``weight`` [V, H] (+ ``bias``) when the rows are asked for.
 
     Under autocast the head is cast once, here: autocast casts a weight that takes no gradient at every call,
     which for a [151936, 512] teacher head read slice by slice was 38% of a bf16 loss's time on CPU."""

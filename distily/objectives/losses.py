@@ -104,8 +104,7 @@ def _check_unit_interval(name: str, value: float, *, open_low: bool, open_high: 
 
 
 def _forward_kl_value_and_gradient(student_logits, teacher_logits, temperature: float = 1.0):
-    """Forward KL and its gradient T (p_s - p_t) (the soft cross-entropy's too: they differ by the teacher's
-    entropy)."""
+    """Forward KL and its gradient with respect to the student's logits, T (p_s - p_t)."""
     student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     teacher_probs = teacher_logprobs.exp()  # [N, V]
