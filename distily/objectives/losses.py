@@ -20,7 +20,8 @@ must be finite.
 Register a loss of your own with ``LOSSES["name"] = fn``; ``check_loss`` then checks a config's
 parameters against its signature. A loss that depends on the two distributions alone (not on the raw
 logits) is marked ``@between_distributions``, which gives it a sparse form against a recorded teacher;
-``@working_tensors(n)`` tells the memory preflight how many ``[tokens, vocab]`` tensors it holds at once.
+``@working_tensors(n)`` tells the memory preflight how many ``[tokens, vocab]`` tensors it holds at once;
+``@closed_form_gradient(fn)`` gives the chunked loss its value and gradient in one function, in place of autograd.
 ``mse`` and ``cosine`` also serve as the feature losses of hidden states (``features.py``).
 """
 
