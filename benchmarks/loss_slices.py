@@ -31,6 +31,9 @@ from distily.objectives.chunked import (  # noqa: E402
 )
 from distily.objectives.losses import LOSSES  # noqa: E402
 
+CPU_DEFAULT, ACCELERATOR_DEFAULT = (elements.bit_length() - 1 for elements in (CPU_LOSS_CHUNK_ELEMENTS,
+                                                                               LOSS_CHUNK_ELEMENTS))  # exponents
+
 
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,8 +44,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--exponents", type=int, nargs="+", default=[19, 20, 21, 22, 23])
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args(argv)
-    defaults = {CPU_LOSS_CHUNK_ELEMENTS.bit_length() - 1, LOSS_CHUNK_ELEMENTS.bit_length() - 1}
-    options.exponents = sorted(set(options.exponents) | defaults)
+    options.exponents = sorted(set(options.exponents) | {CPU_DEFAULT, ACCELERATOR_DEFAULT})
     return options
 
 
@@ -77,12 +79,13 @@ def loss_seconds(options, vocab: int, precision: str) -> dict[int, float]:
 def main(argv=None) -> dict:
     options = parse_arguments(argv)
     info = machine()
-    cpu, accelerator = CPU_LOSS_CHUNK_ELEMENTS.bit_length() - 1, LOSS_CHUNK_ELEMENTS.bit_length() - 1
-    results, rows = {}, [("vocab", "precision", *[f"2^{e} logits" for e in options.exponents], "2^23 / 2^20")]
+    header = ("vocab", "precision", *[f"2^{e} logits" for e in options.exponents],
+              f"2^{ACCELERATOR_DEFAULT} / 2^{CPU_DEFAULT}")
+    results, rows = {}, [header]
     for vocab in options.vocabs:
         for precision in options.precision:
             seconds = loss_seconds(options, vocab, precision)
-            ratio = seconds[accelerator] / seconds[cpu]
+            ratio = seconds[ACCELERATOR_DEFAULT] / seconds[CPU_DEFAULT]
             results[f"{vocab}_{precision}"] = {
                 "tokens_per_slice": {str(e): max(1, 2**e // vocab) for e in options.exponents},
                 "median_seconds": {str(e): value for e, value in seconds.items()},

@@ -72,18 +72,22 @@ def bucket_logprobs(
     [tokens] -> two [tokens, k + 1] tensors ([tokens, k] when k = vocab: no tail bucket). The teacher's
     buckets are normalised, which only removes the float16 rounding of the stored values (~1e-4).
     """
-    vocab, k = student_logits.shape[-1], topk_ids.shape[-1]
+    has_tail = topk_ids.shape[-1] < student_logits.shape[-1]
     student_logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [tokens, vocab]
     ids = topk_ids.long()
-    student_top = student_logprobs.gather(-1, ids)  # [tokens, k]
-    teacher = topk_logprobs.float()  # [tokens, k]
-    if k < vocab:
+    student = student_logprobs.gather(-1, ids)  # [tokens, k]
+    if has_tail:
         student_tail = student_logprobs.scatter(-1, ids, -math.inf).logsumexp(-1)  # [tokens]
-        student = torch.cat([student_top, student_tail[:, None]], dim=-1)  # [tokens, k + 1]
+        student = torch.cat([student, student_tail[:, None]], dim=-1)  # [tokens, k + 1]
+    return student, _teacher_buckets(topk_logprobs, tail_logprob, has_tail)
+
+
+def _teacher_buckets(topk_logprobs: torch.Tensor, tail_logprob: torch.Tensor, has_tail: bool) -> torch.Tensor:
+    """The teacher's log-probabilities over the k (+ 1 tail) buckets, normalised, float32 [tokens, k (+ 1)]."""
+    teacher = topk_logprobs.float()  # [tokens, k]
+    if has_tail:
         teacher = torch.cat([teacher, tail_logprob.float()[:, None]], dim=-1)  # [tokens, k + 1]
-    else:
-        student = student_top
-    return student, teacher - teacher.logsumexp(-1, keepdim=True)
+    return teacher - teacher.logsumexp(-1, keepdim=True)
 
 
 def check_sparse_loss(name: str) -> None:
@@ -133,14 +137,14 @@ class BucketLoss:
         logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [n, vocab]
         top = logprobs.gather(-1, ids)  # [n, k]
         rest = logprobs.exp_().scatter_(-1, ids, 0.0)  # [n, vocab]: p off the top k, 0 on it
-        student, teacher = top, topk_logprobs.float()
+        student = top
         if has_tail:
             tail_mass = rest.sum(-1, keepdim=True)  # [n, 1]
             student = torch.cat([top, tail_mass.log()], dim=-1)  # [n, k + 1]
-            teacher = torch.cat([teacher, tail_logprob.float()[:, None]], dim=-1)
         student = student.requires_grad_()
+        teacher = _teacher_buckets(topk_logprobs, tail_logprob, has_tail)  # [n, k (+ 1)]
         with torch.enable_grad():  # the chunked loss runs without autograd
-            value = self.loss_fn(student, teacher - teacher.logsumexp(-1, keepdim=True), 1.0, **loss_kwargs)
+            value = self.loss_fn(student, teacher, 1.0, **loss_kwargs)
             value = value * temperature**2  # [n]
             (bucket_grad,) = torch.autograd.grad(value.sum(), student)  # [n, k (+ 1)]
         total = bucket_grad.sum(-1, keepdim=True)  # [n, 1]
