@@ -14,6 +14,7 @@ Results go to benchmarks/results/loss_slices.json.
 """
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -48,32 +49,49 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return options
 
 
-def loss_seconds(options, vocab: int, precision: str) -> dict[int, float]:
-    """Median seconds of one loss and its backward per slice exponent."""
+def fused_loss_timer(tokens: int, width: int, vocab: int, precision: str):
+    """A function ``(loss_fn, loss_chunk_size, **loss_params) -> seconds`` of one chunked loss and its backward, both LM heads
+    fused as training calls it, on fixed random hidden states [tokens, width] and heads [vocab, width] (bf16: under
+    CPU autocast). Shared with ``closed_forms.py``."""
     generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(options.tokens, options.hidden, generator=generator).requires_grad_()  # [N, H]
-    head = (torch.randn(vocab, options.hidden, generator=generator) * options.hidden**-0.5).requires_grad_()  # [V, H]
-    teacher = torch.randn(options.tokens, options.hidden, generator=generator)  # [N, H]
-    teacher_head = torch.randn(vocab, options.hidden, generator=generator) * options.hidden**-0.5  # [V, H]
+    hidden = torch.randn(tokens, width, generator=generator).requires_grad_()  # [N, H]
+    head = (torch.randn(vocab, width, generator=generator) * width**-0.5).requires_grad_()  # [V, H]
+    teacher = torch.randn(tokens, width, generator=generator)  # [N, H]
+    teacher_head = torch.randn(vocab, width, generator=generator) * width**-0.5  # [V, H]
 
-    def run(exponent: int) -> float:
+    def run(loss_fn, loss_chunk_size: int, **loss_params) -> float:
         hidden.grad = head.grad = None
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = chunked_logit_loss_sum(LOSSES["forward_kl"], hidden, teacher, lm_head_weight=head,
-                                          teacher_lm_head_weight=teacher_head, loss_chunk_size=2**exponent // vocab)
+            loss = chunked_logit_loss_sum(loss_fn, hidden, teacher, lm_head_weight=head,
+                                          teacher_lm_head_weight=teacher_head, loss_chunk_size=loss_chunk_size,
+                                          **loss_params)
         loss.backward()
         return time.perf_counter() - start
 
-    seconds: dict[int, list[float]] = {exponent: [] for exponent in options.exponents}
-    for exponent in options.exponents:
-        run(exponent)  # warm-up
-    for round_index in range(options.runs):
-        for exponent in options.exponents:
-            seconds[exponent].append(run(exponent))
-        print(f"V={vocab} {precision} round {round_index + 1}/{options.runs}: "
-              + ", ".join(f"2^{e} {times[-1]:.2f} s" for e, times in seconds.items()), file=sys.stderr, flush=True)
-    return {exponent: statistics.median(times) for exponent, times in seconds.items()}
+    return run
+
+
+def median_seconds(cases: dict, runs: int, label: str) -> dict:
+    """Each of ``cases`` (key -> a call that returns its seconds) once to warm up, then ``runs`` interleaved rounds;
+    the median seconds per key. Each round's times go to stderr, after ``label``."""
+    seconds: dict = {key: [] for key in cases}
+    for case in cases.values():
+        case()  # warm-up
+    for round_index in range(runs):
+        for key, case in cases.items():
+            seconds[key].append(case())
+        print(f"{label} round {round_index + 1}/{runs}: "
+              + ", ".join(f"{key} {times[-1]:.2f} s" for key, times in seconds.items()), file=sys.stderr, flush=True)
+    return {key: statistics.median(times) for key, times in seconds.items()}
+
+
+def loss_seconds(options, vocab: int, precision: str) -> dict[int, float]:
+    """Median seconds of one loss and its backward per slice exponent."""
+    timer = fused_loss_timer(options.tokens, options.hidden, vocab, precision)
+    cases = {exponent: functools.partial(timer, LOSSES["forward_kl"], 2**exponent // vocab)
+             for exponent in options.exponents}  # fmt: skip
+    return median_seconds(cases, options.runs, f"V={vocab} {precision} (slice exponent)")
 
 
 def main(argv=None) -> dict:

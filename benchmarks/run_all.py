@@ -1,6 +1,6 @@
 """Run Distily's benchmarks one after another: training speed and memory against a plain loop and TRL,
-hardware efficiency, the chunked loss's memory and its time by loss-slice size, the same at real vocabularies
-(and against Liger-Kernel on a GPU), and training from a recorded teacher.
+hardware efficiency, the chunked loss's memory, its time by loss-slice size and with closed-form gradients against
+autograd, the same at real vocabularies (and against Liger-Kernel on a GPU), and training from a recorded teacher.
 
     python benchmarks/run_all.py [--only NAME ...] [--quick] [--results_dir DIR]
 
@@ -29,6 +29,7 @@ QUICK_ARGUMENTS = {
     "hardware_efficiency": ["--quick", "--workdir", str(QUICK_WORKDIR / "training_speed")],
     "loss_memory": ["--tokens", "256", "--vocab", "2048", "--hidden", "64", "--runs", "1", "--steps", "1"],
     "loss_slices": ["--tokens", "64", "--hidden", "32", "--vocabs", "2048", "--runs", "1"],
+    "closed_forms": ["--tokens", "64", "--hidden", "32", "--vocab", "2048", "--runs", "1", "--losses", "jsd"],
     "real_vocab": ["--quick", "--workdir", str(QUICK_WORKDIR / "real_vocab")],
     "fused_loss_memory": ["--tokens", "256", "--vocab", "2048", "--hidden", "64", "--runs", "1", "--steps", "1",
                           "--dtype", "fp32"],

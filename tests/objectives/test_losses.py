@@ -76,8 +76,9 @@ def test_value_and_gradient_match_reference(name, temperature):
 CLOSED_FORMS = sorted(name for name, loss in LOSSES.items() if hasattr(loss, "value_and_gradient"))
 
 
-def test_the_kl_divergences_have_closed_form_gradients():
-    assert {"forward_kl", "reverse_kl"} <= set(CLOSED_FORMS)
+def test_every_smooth_divergence_has_a_closed_form_gradient():
+    assert set(CLOSED_FORMS) == {"forward_kl", "reverse_kl", "cakld", "jsd", "skew_forward_kl", "skew_reverse_kl",
+                                 "soft_cross_entropy"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -92,6 +93,20 @@ def test_closed_form_value_and_gradient_match_reference(name, temperature, dtype
     (reference_grad,) = torch.autograd.grad(reference.sum(), student64)
 
     assert value.dtype == grad.dtype == torch.float32 and grad.shape == student.shape
+    torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), reference_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("cakld", {"beta": 0.0}), ("cakld", {"beta": 1.0}), ("jsd", {"beta": 0.02}), ("jsd", {"beta": 0.98}),
+    ("skew_forward_kl", {"alpha": 0.0}), ("skew_reverse_kl", {"alpha": 0.0}), ("skew_reverse_kl", {"alpha": 0.9}),
+])  # fmt: skip
+def test_closed_form_gradient_at_the_ends_of_the_parameter_range(name, params):
+    teacher, student = _logits(6, 11, seed=3), _logits(6, 11, seed=4)
+    value, grad = LOSSES[name].value_and_gradient(student, teacher, 2.0, **params)
+    student64 = student.double().requires_grad_()
+    reference = _reference(name, student64, teacher.double(), 2.0, params)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), student64)
     torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad.double(), reference_grad, rtol=1e-4, atol=1e-6)
 
@@ -112,6 +127,10 @@ def test_zero_with_zero_gradient_when_student_equals_teacher(name):
     (grad,) = torch.autograd.grad(loss.sum(), student)
     torch.testing.assert_close(loss, torch.zeros(8), atol=1e-6, rtol=0)
     torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-6, rtol=0)
+    if name in CLOSED_FORMS:
+        value, closed_grad = LOSSES[name].value_and_gradient(teacher, teacher, 2.0, **PARAMS.get(name, {}))
+        torch.testing.assert_close(value, torch.zeros(8), atol=1e-6, rtol=0)
+        torch.testing.assert_close(closed_grad, torch.zeros_like(grad), atol=1e-6, rtol=0)
 
 
 def test_soft_cross_entropy_is_forward_kl_plus_teacher_entropy():
