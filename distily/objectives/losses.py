@@ -236,7 +236,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
 @between_distributions
 @closed_form_gradient(_cakld_value_and_gradient)
-@working_tensors(8)
+@working_tensors(7)
 def cakld(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, beta: float
 ) -> torch.Tensor:
@@ -287,7 +287,7 @@ def teacher_confidence(
 
 @between_distributions
 @closed_form_gradient(_jsd_value_and_gradient)
-@working_tensors(10)
+@working_tensors(7)
 def jsd(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, beta: float = 0.5
 ) -> torch.Tensor:
@@ -311,7 +311,7 @@ def jsd(
 
 @between_distributions
 @closed_form_gradient(_skew_forward_kl_value_and_gradient)
-@working_tensors(9)
+@working_tensors(7)
 def skew_forward_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, alpha: float = 0.1
 ) -> torch.Tensor:
@@ -330,7 +330,7 @@ def skew_forward_kl(
 
 @between_distributions
 @closed_form_gradient(_skew_reverse_kl_value_and_gradient)
-@working_tensors(10)
+@working_tensors(7)
 def skew_reverse_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0, *, alpha: float = 0.1
 ) -> torch.Tensor:
