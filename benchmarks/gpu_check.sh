@@ -8,12 +8,16 @@
 #   bash benchmarks/gpu_check.sh --cpu      # every part at smoke size on CPU (the CUDA tests skip, Liger is
 #                                           # left out), results under $DISTILY_GPU_CHECK_OUT or a temporary dir
 #
-# PYTHON picks the interpreter (default: python). Liger-Kernel is installed with pip when missing
-# (LIGER_WHEEL: a wheel file to install from, for a machine without a package index); if it cannot be, the
-# Liger rows are left out with a message.
+# PYTHON picks the interpreter (default: python, else python3). DISTILY_GPU_CHECK_OUT moves the results (on the
+# GPU: default benchmarks/results/gpu). A machine without a package index (the device tool's) gets the packages its
+# image lacks as wheels: `bash benchmarks/gpu_wheels.sh` here, then there, with .whl carried:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+#     export PYTHONPATH=/tmp/site && DISTILY_GPU_CHECK_OUT=$OUT/gpu bash benchmarks/gpu_check.sh
+# Liger-Kernel is among those wheels; elsewhere it is installed with pip when missing (LIGER_WHEEL: a wheel file
+# to install from), and when it cannot be, the Liger rows are left out with a message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 if [[ "${1:-}" == "--cpu" ]]; then
@@ -21,7 +25,7 @@ if [[ "${1:-}" == "--cpu" ]]; then
   real_vocab=(--quick --cases distily trl --workdir "$out/work")
   loss=(--tokens 256 --vocab 2048 --hidden 64 --runs 1 --steps 1 --dtype fp32)
 else
-  out=benchmarks/results/gpu
+  out=${DISTILY_GPU_CHECK_OUT:-benchmarks/results/gpu}
   real_vocab=(--precision bf16 --runs 2 --steps 5 --warmup 2 --batch 4 --seq 512 --cases distily trl)
   loss=(--tokens 4096 --vocab 151936 --hidden 896 --runs 3 --steps 3 --dtype bf16)
 fi
@@ -40,7 +44,8 @@ echo "== training speed against TRL at the real vocabularies"
 
 echo "== loss memory against Liger-Kernel"
 if ! "$PYTHON" -c "import liger_kernel" 2>/dev/null && [[ "$gpu" != cpu ]]; then
-  "$PYTHON" -m pip install -q "${LIGER_WHEEL:-liger-kernel}" || echo "liger-kernel could not be installed: its rows are left out"
+  "$PYTHON" -m pip install -q --retries 1 --timeout 10 "${LIGER_WHEEL:-liger-kernel}" ||
+    echo "liger-kernel could not be installed: its rows are left out"
 fi
 "$PYTHON" benchmarks/fused_loss_memory.py "${loss[@]}" --name "fused_loss_memory_$slug"
 echo "== done: $out"
