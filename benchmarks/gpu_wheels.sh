@@ -22,8 +22,9 @@ out=${1:-.whl}
 packages=(transformers tokenizers huggingface-hub hf-xet httpx2 httpcore2 kernels datasets dill multiprocess trl gguf
           pydantic pydantic-core annotated-types typing-inspection tomlkit truststore click typer)
 pins=("liger-kernel==${LIGER_VERSION:-0.8.5}")
+version='import importlib.metadata, sys; print(importlib.metadata.version(sys.argv[1]))'
 for name in "${packages[@]}"; do
-  pins+=("$name==$("$PYTHON" -c 'import importlib.metadata, sys; print(importlib.metadata.version(sys.argv[1]))' "$name")")
+  pins+=("$name==$("$PYTHON" -c "$version" "$name")")
 done
 platforms=()
 for platform in manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_28_x86_64 manylinux_2_34_x86_64; do

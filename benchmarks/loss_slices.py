@@ -50,9 +50,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def fused_loss_timer(tokens: int, width: int, vocab: int, precision: str):
-    """A function ``(loss_fn, loss_chunk_size, **loss_params) -> seconds`` of one chunked loss and its backward, both LM heads
-    fused as training calls it, on fixed random hidden states [tokens, width] and heads [vocab, width] (bf16: under
-    CPU autocast). Shared with ``closed_forms.py``."""
+    """A function ``(loss_fn, loss_chunk_size, **loss_params) -> seconds`` of one chunked loss and its backward,
+    both LM heads fused as training calls it, on fixed random hidden states [tokens, width] and heads [vocab, width]
+    (bf16: under CPU autocast). Shared with ``closed_forms.py``."""
     generator = torch.Generator().manual_seed(0)
     hidden = torch.randn(tokens, width, generator=generator).requires_grad_()  # [N, H]
     head = (torch.randn(vocab, width, generator=generator) * width**-0.5).requires_grad_()  # [V, H]
