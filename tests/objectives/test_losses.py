@@ -81,20 +81,23 @@ def test_every_smooth_divergence_has_a_closed_form_gradient():
                                  "soft_cross_entropy"}
 
 
+def _check_closed_form(name, student, teacher, temperature, params):
+    """The loss's closed-form value and gradient against autograd on the float64 reference formula."""
+    value, grad = LOSSES[name].value_and_gradient(student, teacher, temperature, **params)
+    student64 = student.double().requires_grad_()
+    reference = _reference(name, student64, teacher.double(), temperature, params)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), student64)
+    assert value.dtype == grad.dtype == torch.float32 and grad.shape == student.shape
+    torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), reference_grad, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("name", CLOSED_FORMS)
 def test_closed_form_value_and_gradient_match_reference(name, temperature, dtype):
     teacher, student = _logits(6, 11, seed=1).to(dtype), _logits(6, 11, seed=2).to(dtype)
-    value, grad = LOSSES[name].value_and_gradient(student, teacher, temperature, **PARAMS.get(name, {}))
-
-    student64 = student.double().requires_grad_()
-    reference = _reference(name, student64, teacher.double(), temperature, PARAMS.get(name, {}))
-    (reference_grad,) = torch.autograd.grad(reference.sum(), student64)
-
-    assert value.dtype == grad.dtype == torch.float32 and grad.shape == student.shape
-    torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad.double(), reference_grad, rtol=1e-4, atol=1e-6)
+    _check_closed_form(name, student, teacher, temperature, PARAMS.get(name, {}))
 
 
 @pytest.mark.parametrize(("name", "params"), [
@@ -102,13 +105,7 @@ def test_closed_form_value_and_gradient_match_reference(name, temperature, dtype
     ("skew_forward_kl", {"alpha": 0.0}), ("skew_reverse_kl", {"alpha": 0.0}), ("skew_reverse_kl", {"alpha": 0.9}),
 ])  # fmt: skip
 def test_closed_form_gradient_at_the_ends_of_the_parameter_range(name, params):
-    teacher, student = _logits(6, 11, seed=3), _logits(6, 11, seed=4)
-    value, grad = LOSSES[name].value_and_gradient(student, teacher, 2.0, **params)
-    student64 = student.double().requires_grad_()
-    reference = _reference(name, student64, teacher.double(), 2.0, params)
-    (reference_grad,) = torch.autograd.grad(reference.sum(), student64)
-    torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad.double(), reference_grad, rtol=1e-4, atol=1e-6)
+    _check_closed_form(name, _logits(6, 11, seed=4), _logits(6, 11, seed=3), 2.0, params)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -278,6 +275,10 @@ def test_check_loss_checks_names_and_parameters(monkeypatch):
         LOSSES["cakld"](_logits(2, 5), _logits(2, 5), beta=1.5)
     with pytest.raises(DistilyConfigError, match="beta=0.0"):
         LOSSES["jsd"](_logits(2, 5), _logits(2, 5), beta=0.0)
+    for name, params in (("cakld", {"beta": 1.5}), ("jsd", {"beta": 0.0}), ("skew_forward_kl", {"alpha": 1.0}),
+                         ("skew_reverse_kl", {"alpha": -0.1})):  # the closed forms check them as the losses do
+        with pytest.raises(DistilyConfigError, match=f"{next(iter(params))}={next(iter(params.values()))}"):
+            LOSSES[name].value_and_gradient(_logits(2, 5), _logits(2, 5), **params)
 
     def l1(student_logits, teacher_logits, temperature=1.0, *, weight=1.0):
         return weight * (student_logits - teacher_logits).abs().float().sum(-1)
