@@ -100,6 +100,17 @@ def test_closed_form_value_and_gradient_match_reference(name, temperature, dtype
     _check_closed_form(name, student, teacher, temperature, PARAMS.get(name, {}))
 
 
+@pytest.mark.parametrize("name", CLOSED_FORMS)
+def test_closed_forms_compute_in_fp32_under_autocast(name):
+    """The chunked loss calls them under the run's mixed precision: no op of theirs may drop to bf16 there."""
+    teacher, student = _logits(6, 4096, seed=5), _logits(6, 4096, seed=6)
+    value, grad = LOSSES[name].value_and_gradient(student, teacher, 2.0, **PARAMS.get(name, {}))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_value, autocast_grad = LOSSES[name].value_and_gradient(student, teacher, 2.0, **PARAMS.get(name, {}))
+    torch.testing.assert_close(autocast_value, value, rtol=1e-6, atol=0)
+    torch.testing.assert_close(autocast_grad, grad, rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize(("name", "params"), [
     ("cakld", {"beta": 0.0}), ("cakld", {"beta": 1.0}), ("jsd", {"beta": 0.02}), ("jsd", {"beta": 0.98}),
     ("skew_forward_kl", {"alpha": 0.0}), ("skew_reverse_kl", {"alpha": 0.0}), ("skew_reverse_kl", {"alpha": 0.9}),
