@@ -21,10 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import describe, machine, table, write_results  # noqa: E402
-from distily.objectives.chunked import loss_slice_elements  # noqa: E402
+from common import describe, machine  # noqa: E402
 from distily.objectives.losses import LOSSES  # noqa: E402
-from loss_slices import fused_loss_timer, median_seconds  # noqa: E402
+from loss_slices import fused_loss_timer, median_seconds, report  # noqa: E402
 
 CLOSED_FORMS = sorted(name for name, loss in LOSSES.items() if hasattr(loss, "value_and_gradient"))
 PARAMS = {"cakld": {"beta": 0.5}}  # a required parameter; the others' defaults
@@ -53,9 +52,8 @@ def under_autograd(loss_fn):
 def variant_seconds(options, name: str, precision: str) -> dict[str, float]:
     """Median seconds of one loss and its backward, closed form and autograd."""
     timer = fused_loss_timer(options.tokens, options.hidden, options.vocab, precision)
-    slice_tokens = max(1, loss_slice_elements("cpu") // options.vocab)
     params = PARAMS.get(name, {})
-    cases = {variant: functools.partial(timer, loss_fn, slice_tokens, **params)
+    cases = {variant: functools.partial(timer, loss_fn, None, **params)  # None: the device's default slice
              for variant, loss_fn in (("closed_form", LOSSES[name]), ("autograd", under_autograd(LOSSES[name])))}
     return median_seconds(cases, options.runs, f"{name} {precision}")
 
@@ -71,12 +69,8 @@ def main(argv=None) -> dict:
             results[f"{name}_{precision}"] = {"median_seconds": seconds, "autograd_over_closed_form_seconds": ratio}
             rows.append((name, precision, f"{seconds['closed_form']:.2f}", f"{seconds['autograd']:.2f}",
                          f"{ratio:.2f}x"))
-    print(f"{describe(info)}; {options.tokens} tokens, width {options.hidden}, vocabulary {options.vocab}, seconds "
-          f"of one loss and its backward, median of {options.runs} interleaved rounds")
-    print(table(rows))
-    payload = {"arguments": vars(options), "results": results}
-    write_results("closed_forms", payload)
-    return payload
+    caption = f"{describe(info)}; {options.tokens} tokens, width {options.hidden}, vocabulary {options.vocab}"
+    return report("closed_forms", caption, rows, options, results)
 
 
 if __name__ == "__main__":

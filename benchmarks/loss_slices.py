@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -50,7 +51,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def fused_loss_timer(tokens: int, width: int, vocab: int, precision: str):
-    """A function ``(loss_fn, loss_chunk_size, **loss_params) -> seconds`` of one chunked loss and its backward,
+    """A function ``(loss_fn, loss_chunk_size or None, **loss_params) -> seconds`` of one chunked loss and its backward,
     both LM heads fused as training calls it, on fixed random hidden states [tokens, width] and heads [vocab, width]
     (bf16: under CPU autocast). Shared with ``closed_forms.py``."""
     generator = torch.Generator().manual_seed(0)
@@ -59,7 +60,7 @@ def fused_loss_timer(tokens: int, width: int, vocab: int, precision: str):
     teacher = torch.randn(tokens, width, generator=generator)  # [N, H]
     teacher_head = torch.randn(vocab, width, generator=generator) * width**-0.5  # [V, H]
 
-    def run(loss_fn, loss_chunk_size: int, **loss_params) -> float:
+    def run(loss_fn, loss_chunk_size: Optional[int], **loss_params) -> float:
         hidden.grad = head.grad = None
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -86,6 +87,17 @@ def median_seconds(cases: dict, runs: int, label: str) -> dict:
     return {key: statistics.median(times) for key, times in seconds.items()}
 
 
+def report(name: str, caption: str, rows: list[tuple[str, ...]], options, results: dict) -> dict:
+    """Print ``caption`` (the machine and shapes) and the table ``rows`` of median seconds, and write
+    ``{"arguments", "results"}`` as benchmarks/results/<name>.json; returns that payload. Shared with
+    ``closed_forms.py``."""
+    print(f"{caption}, seconds of one loss and its backward, median of {options.runs} interleaved rounds")
+    print(table(rows))
+    payload = {"arguments": vars(options), "results": results}
+    write_results(name, payload)
+    return payload
+
+
 def loss_seconds(options, vocab: int, precision: str) -> dict[int, float]:
     """Median seconds of one loss and its backward per slice exponent."""
     timer = fused_loss_timer(options.tokens, options.hidden, vocab, precision)
@@ -110,12 +122,8 @@ def main(argv=None) -> dict:
                 "accelerator_default_over_cpu_default_seconds": ratio,
             }
             rows.append((str(vocab), precision, *[f"{seconds[e]:.2f}" for e in options.exponents], f"{ratio:.2f}x"))
-    print(f"{describe(info)}; {options.tokens} tokens, width {options.hidden}, forward KL, seconds of one loss and "
-          f"its backward, median of {options.runs} interleaved rounds")
-    print(table(rows))
-    payload = {"arguments": vars(options), "results": results}
-    write_results("loss_slices", payload)
-    return payload
+    return report("loss_slices", f"{describe(info)}; {options.tokens} tokens, width {options.hidden}, forward KL",
+                  rows, options, results)
 
 
 if __name__ == "__main__":
