@@ -167,12 +167,30 @@ PHI3_TEMPLATE = (
     "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n' + message['content'] + '<|end|>\\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
+QWEN3_TEMPLATE = (  # ChatML, plus Qwen3's habits with reasoning: the last answer after the last user turn opens with
+    # a <think> block (empty without reasoning), earlier answers lose theirs; enable_thinking=false puts the empty
+    # block in the generation prompt
+    "{% set state = namespace(last_user=-1) %}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% set state.last_user = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}"
+    "{% set answer = message['content'] %}{% set reasoning = '' %}{% if '</think>' in answer %}"
+    "{% set reasoning = answer.split('</think>')[0].split('<think>')[-1].strip('\n') %}"
+    "{% set answer = answer.split('</think>')[-1].lstrip('\n') %}{% endif %}"
+    "{{ '<|im_start|>assistant\n' }}{% if loop.index0 > state.last_user and (loop.last or reasoning) %}"
+    "{{ '<think>\n' + reasoning + '\n</think>\n\n' }}{% endif %}{{ answer + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}"
+)
+EMPTY_REASONING = "<think>\n\n</think>\n\n"  # what Qwen3's template opens a last answer without reasoning with
 CHAT_STYLES = {  # style -> (template, its special tokens, the end-of-turn token)
     "llama3": (LLAMA3_TEMPLATE, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
                "<|eot_id|>"),
     "chatml": (CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], "<|im_end|>"),
     "phi3": (PHI3_TEMPLATE, ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "<|end|>"),
+    "qwen3": (QWEN3_TEMPLATE, ["<|im_start|>", "<|im_end|>"], "<|im_end|>"),
 }
+REASONING_TOKENS = {"qwen3": ["<think>", "</think>"]}  # added tokens, not special ones (as Qwen3's are)
 
 
 def make_chat_tokenizer(style: str, with_template: bool = True) -> PreTrainedTokenizerFast:
@@ -180,6 +198,7 @@ def make_chat_tokenizer(style: str, with_template: bool = True) -> PreTrainedTok
     template, specials, _ = CHAT_STYLES[style]
     tokenizer = make_tokenizer()
     tokenizer.add_tokens(specials, special_tokens=True)
+    tokenizer.add_tokens(REASONING_TOKENS.get(style, []))
     if style == "llama3":
         tokenizer.bos_token = "<|begin_of_text|>"
     if with_template:

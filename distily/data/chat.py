@@ -9,11 +9,14 @@ conversation (``messages``), checked as it is loaded, and is tokenized as the ch
 
 The assistant's tokens are found without ``{% generation %}`` markers, which most templates lack: for each
 assistant turn, the conversation before it is rendered with the generation prompt, which must be a prefix of
-the whole rendering (else the template is not prefix-consistent and the row is refused); the turn's content
-must follow it (whitespace aside), and the assistant's tokens are those overlapping the content, plus the
-end-of-turn token when a special token closes the content (whitespace between counted with it). The row's
-``loss_mask`` is that mask moved one position left (the shared convention: 1 at t when the token at t + 1
-is a target).
+the whole rendering (else the template is not prefix-consistent and the row is refused). The turn's content
+must follow it verbatim (whitespace-stripped): before the next special token (its last occurrence there),
+or in a template without special tokens right after the prompt (whitespace aside); else the row is refused.
+The assistant's tokens run from the generation prompt's end to the content's: text the template puts between
+them is the model's to write (Qwen3's template opens the last answer with an empty ``<think>`` block, which the
+model writes when it answers without reasoning). With them, the end-of-turn token when a special token closes
+the content (whitespace between counted with it). The row's ``loss_mask`` is that mask moved one position
+left (the shared convention: 1 at t when the token at t + 1 is a target).
 """
 
 import os
@@ -138,24 +141,31 @@ class ChatTokenization:
     max_length: int  # a longer conversation is cut to its first max_length tokens
 
 
-def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    added = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
-    return added | set(tokenizer.all_special_ids)
+def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> set[str]:
+    added = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    return added | set(tokenizer.all_special_tokens)
 
 
-def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: str,
-                         row: int) -> tuple[list[int], list[int]]:
-    """``(input_ids, mask)`` of a conversation: the template's rendering tokenized, and 1 on the assistant's
-    tokens (content, and the end-of-turn token that closes it); ``row`` names the conversation in errors."""
+@dataclass(frozen=True)
+class AssistantTurn:
+    """Where the chat template renders one assistant turn, as character offsets in the conversation's text."""
+
+    start: int  # right after its generation prompt: the first character the model writes
+    content_start: int  # its content (whitespace-stripped), verbatim from here
+    content_end: int
+
+
+def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: str,
+                    row: int) -> tuple[str, list[AssistantTurn]]:
+    """The conversation's text as ``template`` renders it, and where each assistant turn with content lies in it
+    (the module's docstring says how); ``row`` names the conversation in errors."""
     def render(turns: list[dict], generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(turns, chat_template=template, tokenize=False,
                                              add_generation_prompt=generation_prompt)
 
     text = render(messages, False)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoding[INPUT_IDS], encoding["offset_mapping"]
-    special = _special_ids(tokenizer)
-    mask = [0] * len(ids)
+    special = _special_tokens(tokenizer)
+    turns = []
     for turn, message in enumerate(messages):
         if message["role"] != "assistant" or not message["content"].strip():
             continue
@@ -167,17 +177,37 @@ def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBas
                 "before)"
             )
         content = message["content"].strip()
-        start = text.find(content, len(prefix))
-        if start < 0 or text[len(prefix):start].strip():
+        closing = min((at for at in (text.find(token, len(prefix)) for token in special) if at >= 0), default=-1)
+        if closing >= 0:  # the last occurrence before the special token that closes the turn
+            start = text.rfind(content, len(prefix), closing)
+        else:  # a template without special tokens: the first occurrence, with only whitespace before it
+            start = text.find(content, len(prefix))
+            start = -1 if text[len(prefix):max(start, 0)].strip() else start
+        if start < 0:
             raise DistilyConfigError(
-                f"the chat template does not render row {row}'s assistant turn {turn} right after its generation "
-                "prompt; expected the assistant's content verbatim there"
+                f"the chat template does not render row {row}'s assistant turn {turn} after its generation prompt "
+                "and before the next special token; expected the assistant's content there verbatim (a template that "
+                "rewrites it, as Qwen3's drops an earlier turn's <think> reasoning, cannot be masked)"
             )
-        end = start + len(content)
+        turns.append(AssistantTurn(len(prefix), start, start + len(content)))
+    return text, turns
+
+
+def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: str,
+                         row: int) -> tuple[list[int], list[int]]:
+    """``(input_ids, mask)`` of a conversation: the template's rendering tokenized, and 1 on the assistant's
+    tokens (from its generation prompt to the end of its content, and the end-of-turn token that closes it);
+    ``row`` names the conversation in errors."""
+    text, turns = assistant_turns(messages, tokenizer, template, row)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoding[INPUT_IDS], encoding["offset_mapping"]
+    special = set(tokenizer.convert_tokens_to_ids(sorted(_special_tokens(tokenizer))))
+    mask = [0] * len(ids)
+    for turn in turns:
         token = 0
-        while token < len(ids) and offsets[token][1] <= len(prefix):
+        while token < len(ids) and offsets[token][1] <= turn.start:
             token += 1
-        while token < len(ids) and offsets[token][0] < end:
+        while token < len(ids) and offsets[token][0] < turn.content_end:
             mask[token] = 1
             token += 1
         closing = token

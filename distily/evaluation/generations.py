@@ -5,10 +5,12 @@ The prompts are chat data (``distily.data.chat``'s formats): ``messages`` rows w
 assistant's reference answer, the turns before it ending with the user's (the prompt), or ``prompt`` +
 ``completion`` rows (the completion is the reference). Each prompt is rendered with the chat template and its
 generation prompt (``prompt_ids``) and answered greedily by ``HFGenerator`` (batched, left-padded, KV cache);
-an answer is its completion decoded without the end-of-text token and special tokens. Exact match counts the
-answers equal to their references, both whitespace-stripped, in percent. The KL is read on prompt + answer at
-the positions that predict the answer's tokens (``completion_batch``), chunk by chunk as every held-out
-evaluation (``heldout_metrics``).
+an answer is its completion decoded without the end-of-text token and special tokens, and without the text
+the template writes before an answer's content when it starts with it (``answer_opening``: Qwen3's template
+opens the last answer with an empty ``<think>`` block, which its models write before answering without
+reasoning). Exact match counts the answers equal to their references, both whitespace-stripped, in percent.
+The KL is read on prompt + answer at the positions that predict the answer's tokens (``completion_batch``),
+chunk by chunk as every held-out evaluation (``heldout_metrics``).
 
 Metrics are named ``generation/exact_match``, ``generation/<metric function>``, ``generation/kl_to_teacher``
 and ``generation/samples`` (the prompts answered).
@@ -21,7 +23,7 @@ from typing import Callable, Optional
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
-from distily.data.chat import MESSAGES, chat_format, conversations, resolve_chat_template
+from distily.data.chat import MESSAGES, assistant_turns, chat_format, conversations, resolve_chat_template
 from distily.data.text import completion_batch, load_documents
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import (
@@ -41,6 +43,7 @@ class HeldoutPrompts:
 
     conversations: list[list[dict]]
     references: list[str]
+    source: str = "generation_eval_dataset"  # named in errors
 
 
 def _prompt_and_reference(turns: list[dict], row: int, where: str) -> tuple[list[dict], str]:
@@ -75,7 +78,7 @@ def load_heldout_prompts(args: EvaluationArguments, data: DataArguments) -> Held
     except DistilyConfigError as err:
         raise DistilyConfigError(f"{where}: {err}")
     pairs = [_prompt_and_reference(turns, row, where) for row, turns in enumerate(read)]
-    return HeldoutPrompts([prompt for prompt, _ in pairs], [reference for _, reference in pairs])
+    return HeldoutPrompts([prompt for prompt, _ in pairs], [reference for _, reference in pairs], where)
 
 
 def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
@@ -86,6 +89,22 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
                             pad_token_id(tokenizer))
     return [completion for start in range(0, len(prompts), batch_size)
             for completion in generator.generate(prompts[start:start + batch_size])]
+
+
+def answer_opening(turns: list[dict], reference: str, tokenizer: PreTrainedTokenizerBase, template: str,
+                   row: int) -> str:
+    """The text ``template`` writes between the generation prompt after ``turns`` and the ``reference`` answer's
+    content (mostly nothing)."""
+    if not reference.strip():
+        return ""
+    text, answers = assistant_turns(turns + [{"role": "assistant", "content": reference}], tokenizer, template, row)
+    return text[answers[-1].start:answers[-1].content_start]
+
+
+def without_opening(answer: str, opening: str) -> str:
+    """``answer`` without ``opening`` (whitespace aside) when it starts with it."""
+    opening, stripped = opening.strip(), answer.lstrip()
+    return stripped[len(opening):] if opening and stripped.startswith(opening) else answer
 
 
 def exact_match(answers: list[str], references: list[str]) -> float:
@@ -124,9 +143,15 @@ class GenerationEval:
         it on ``model``'s answers."""
         template = resolve_chat_template(tokenizer, self.chat_template)
         prompts = [prompt_ids(tokenizer, turns, template) for turns in self.prompts.conversations]
-        completions = greedy_answers(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
-        answers = [completion_text(tokenizer, completion) for completion in completions]
         references = self.prompts.references
+        try:
+            openings = [answer_opening(turns, reference, tokenizer, template, row)
+                        for row, (turns, reference) in enumerate(zip(self.prompts.conversations, references))]
+        except DistilyConfigError as err:
+            raise DistilyConfigError(f"{self.prompts.source}: {err}")
+        completions = greedy_answers(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
+        answers = [without_opening(completion_text(tokenizer, completion), opening)
+                   for completion, opening in zip(completions, openings)]
         scores = {generation_key(EXACT_MATCH): exact_match(answers, references)}
         if self.metric is not None:
             function = load_metric(self.metric)

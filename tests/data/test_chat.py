@@ -12,30 +12,53 @@ from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, check_docum
 from distily.data.text import build_datasets, collate, load_training_documents
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
-from tiny import CHAT_STYLES, make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
+from tiny import (
+    CHAT_STYLES, EMPTY_REASONING, make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl,
+)
 
 
-def _expected_mask_ids(messages, tokenizer, end_of_turn):
-    """The assistant turns' content tokens, each followed by the end-of-turn token."""
+def _expected_mask_ids(messages, tokenizer, style):
+    """The assistant turns' content tokens, each followed by the end-of-turn token; with Qwen3's template the last
+    answer opens with the empty reasoning block the model writes before it."""
     ids = []
-    for message in messages:
+    for index, message in enumerate(messages):
         if message["role"] == "assistant":
-            ids += tokenizer(message["content"], add_special_tokens=False)[INPUT_IDS]
-            ids.append(tokenizer.convert_tokens_to_ids(end_of_turn))
+            opening = EMPTY_REASONING if style == "qwen3" and index == len(messages) - 1 else ""
+            ids += tokenizer(opening + message["content"], add_special_tokens=False)[INPUT_IDS]
+            ids.append(tokenizer.convert_tokens_to_ids(CHAT_STYLES[style][2]))
     return ids
 
 
 @pytest.mark.parametrize("style", CHAT_STYLES)
 def test_assistant_mask_is_the_assistant_content_and_end_of_turn(style):
     tokenizer = make_chat_tokenizer(style)
-    end_of_turn = CHAT_STYLES[style][2]
     for row, messages in enumerate(make_conversations(6)):
         ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, row)
         assert ids == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)[INPUT_IDS]
-        assert [token for token, kept in zip(ids, mask) if kept] == _expected_mask_ids(messages, tokenizer, end_of_turn)
+        assert [token for token, kept in zip(ids, mask) if kept] == _expected_mask_ids(messages, tokenizer, style)
         turns = sum(message["role"] == "assistant" for message in messages)
         runs = sum(1 for i, kept in enumerate(mask) if kept and (i == 0 or not mask[i - 1]))
         assert runs == turns  # each turn one contiguous span
+
+
+def _masked_text(messages, tokenizer) -> str:
+    ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, 0)
+    return tokenizer.decode([token for token, kept in zip(ids, mask) if kept])
+
+
+def test_reasoning_in_qwen3s_last_answer_is_the_assistants_and_in_an_earlier_one_is_refused():
+    tokenizer = make_chat_tokenizer("qwen3")
+    question = {"role": "user", "content": "the cat sleeps."}
+    thought = {"role": "assistant", "content": "<think>\nI repeat it.\n</think>\n\nthe cat sleeps."}
+    assert _masked_text([question, thought], tokenizer) == thought["content"] + "<|im_end|>"
+    # an answer that is a piece of the empty reasoning block: its own occurrence, the one that ends the turn
+    for answer in ("k", "think", "\nin"):
+        turns = [question, {"role": "assistant", "content": answer}]
+        assert _masked_text(turns, tokenizer) == EMPTY_REASONING + answer + "<|im_end|>"
+    # the template drops an earlier answer's reasoning: what the assistant wrote is no longer in the text
+    with pytest.raises(DistilyConfigError, match="row 0's assistant turn 1 .* verbatim .*Qwen3's drops"):
+        assistant_token_mask([question, thought, question, {"role": "assistant", "content": "yes."}], tokenizer,
+                             tokenizer.chat_template, 0)
 
 
 def _dataset(tmp_path, rows, name="chat.jsonl"):

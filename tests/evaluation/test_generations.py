@@ -15,6 +15,7 @@ from distily.config import parse_config, parse_eval_config
 from distily.data.arguments import DataArguments
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import EvaluationArguments
+from distily.evaluation import generations
 from distily.evaluation.generations import (
     GenerationEval,
     exact_match,
@@ -23,7 +24,7 @@ from distily.evaluation.generations import (
 )
 from distily.training.distill import run_distillation
 from store_values import store_values
-from tiny import make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
+from tiny import EMPTY_REASONING, make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
 
 MAX_NEW_TOKENS = 6
 
@@ -92,6 +93,34 @@ def test_exact_match_and_a_user_metric_match_a_plain_greedy_loop(chat_models, tm
     assert scores["generation/first_letter"] == pytest.approx(sum(first_letters) / 10)
     assert scores["generation/samples"] == 10 and "generation/kl_to_teacher" not in scores
     assert exact_match([" a ", "b", "c"], ["a", "b ", "x"]) == pytest.approx(200 / 3)
+
+
+def test_an_answer_is_read_after_the_opening_its_template_writes_before_the_content(tmp_path, monkeypatch):
+    """Qwen3's template opens the last answer with an empty <think> block: a model that writes it, then the
+    reference, answers exactly; so does one that leaves it out; one that reasons first does not."""
+    tokenizer = make_chat_tokenizer("qwen3")
+    rows = user_turns(5, seed=2)
+    references = [turns[-1]["content"] for turns in rows]
+    reasoned = f"<think>\nI repeat it.\n</think>\n\n{references[2]}"
+    written = [EMPTY_REASONING + references[0], references[1], reasoned, EMPTY_REASONING + "not the answer.",
+               f"  {EMPTY_REASONING}{references[4]}  "]
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def greedy_answers(model, tokenizer_, prompts, max_new_tokens, batch_size):
+        assert len(prompts) == len(written)
+        return [tokenizer(text, add_special_tokens=False)["input_ids"] + [end_of_turn] for text in written]
+
+    monkeypatch.setattr(generations, "greedy_answers", greedy_answers)
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
+    heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=2)
+    assert heldout.scores(None, tokenizer)["generation/exact_match"] == pytest.approx(60.0)  # rows 0, 1 and 4
+
+    # the template drops an earlier answer's reasoning: where the reference starts cannot be read
+    rewritten = [rows[0][:-1] + [{"role": "assistant", "content": reasoned}] + rows[0]]
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "rewritten.jsonl", rewritten))
+    heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=2)
+    with pytest.raises(DistilyConfigError, match="^generation_eval_dataset='.*rewritten.jsonl': .* row 0's assistant"):
+        heldout.scores(None, tokenizer)
 
 
 def test_kl_on_the_models_own_answers_is_the_direct_float64_kl_on_the_answer_positions(chat_models, tmp_path):

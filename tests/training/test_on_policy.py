@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from distily.config import parse_config
+from distily.data.chat import assistant_token_mask
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
@@ -20,7 +21,7 @@ from distily.teachers.live import LiveTeacher
 from distily.training.distill import run_distillation
 from distily.training.on_policy import LOSS_MASK, OnPolicyBatches, batch_prompts, on_policy_batches
 from distily.training.trainer import DistillationTrainer
-from tiny import VOCAB, make_documents, tiny_config
+from tiny import CHAT_STYLES, VOCAB, make_chat_tokenizer, make_conversations, make_documents, tiny_config
 
 PAD = 0
 
@@ -62,6 +63,19 @@ def test_a_multi_turn_conversation_is_prompted_with_its_earlier_turns_and_answer
              "attention_mask": torch.ones(1, 8, dtype=torch.long),
              LOSS_MASK: torch.tensor([[0, 1, 1, 0, 0, 1, 1, 0]])}  # fmt: skip
     assert batch_prompts(batch) == [[10, 11, 12, 13, 14, 15]]
+
+
+@pytest.mark.parametrize("style", CHAT_STYLES)
+def test_a_conversations_prompt_is_its_templates_rendering_up_to_the_generation_prompt(style):
+    """The chat data's masks give the prompt the template itself gives for generation: with Qwen3's, the model
+    writes the empty reasoning block that opens its last answer, so it is not in the prompt."""
+    tokenizer = make_chat_tokenizer(style)
+    for messages in make_conversations(6, seed=4):
+        ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, 0)
+        batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+                 LOSS_MASK: torch.tensor([mask[1:] + [0]])}
+        expected = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, return_dict=True)
+        assert batch_prompts(batch) == [expected["input_ids"]]
 
 
 def test_each_conversation_of_a_block_under_document_masks_gives_a_prompt():
