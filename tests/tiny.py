@@ -182,6 +182,16 @@ QWEN3_TEMPLATE = (  # ChatML, plus Qwen3's habits with reasoning: the last answe
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
     "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}"
 )
+GEMMA_TEMPLATE = (  # Gemma 3's habits: BOS from the template, the assistant called model, a system turn folded into
+    # the first user turn, and conversations whose roles do not alternate refused (raise_exception)
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set preamble = messages[0]['content'] + '\n\n' %}"
+    "{% set turns = messages[1:] %}{% else %}{% set preamble = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
+    "{{ (preamble if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
 EMPTY_REASONING = "<think>\n\n</think>\n\n"  # what Qwen3's template opens a last answer without reasoning with
 CHAT_STYLES = {  # style -> (template, its special tokens, the end-of-turn token)
     "llama3": (LLAMA3_TEMPLATE, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
@@ -189,7 +199,9 @@ CHAT_STYLES = {  # style -> (template, its special tokens, the end-of-turn token
     "chatml": (CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], "<|im_end|>"),
     "phi3": (PHI3_TEMPLATE, ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "<|end|>"),
     "qwen3": (QWEN3_TEMPLATE, ["<|im_start|>", "<|im_end|>"], "<|im_end|>"),
+    "gemma": (GEMMA_TEMPLATE, ["<bos>", "<start_of_turn>", "<end_of_turn>"], "<end_of_turn>"),
 }
+BOS_TOKENS = {"llama3": "<|begin_of_text|>", "gemma": "<bos>"}  # the styles whose template writes a BOS
 REASONING_TOKENS = {"qwen3": ["<think>", "</think>"]}  # added tokens, not special ones (as Qwen3's are)
 
 
@@ -199,8 +211,8 @@ def make_chat_tokenizer(style: str, with_template: bool = True) -> PreTrainedTok
     tokenizer = make_tokenizer()
     tokenizer.add_tokens(specials, special_tokens=True)
     tokenizer.add_tokens(REASONING_TOKENS.get(style, []))
-    if style == "llama3":
-        tokenizer.bos_token = "<|begin_of_text|>"
+    if style in BOS_TOKENS:
+        tokenizer.bos_token = BOS_TOKENS[style]
     if with_template:
         tokenizer.chat_template = template
     return tokenizer

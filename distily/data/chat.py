@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 import datasets
+from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
@@ -141,6 +142,27 @@ class ChatTokenization:
     max_length: int  # a longer conversation is cut to its first max_length tokens
 
 
+def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: str, generation_prompt: bool,
+                where: str) -> str:
+    """``turns`` as ``template`` renders them, with the generation prompt when asked; a template that refuses them
+    (``raise_exception``: Gemma's and Mistral's refuse roles out of their order) is a one-line error naming
+    ``where``."""
+    try:
+        return tokenizer.apply_chat_template(turns, chat_template=template, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+    except TemplateError as err:
+        roles = [turn["role"] for turn in turns]
+        raise DistilyConfigError(
+            f"the chat template refuses {where} (roles {roles}): {err}; expected conversations the template takes"
+        ) from None
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: str, where: str) -> list[int]:
+    """The conversation as a model reads it before its answer: the template's text with the generation prompt
+    (the template writes any BOS itself, so the tokenizer adds no special tokens)."""
+    return tokenizer(render_chat(tokenizer, turns, template, True, where), add_special_tokens=False)[INPUT_IDS]
+
+
 def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> set[str]:
     added = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
     return added | set(tokenizer.all_special_tokens)
@@ -160,8 +182,7 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
     """The conversation's text as ``template`` renders it, and where each assistant turn with content lies in it
     (the module's docstring says how); ``row`` names the conversation in errors."""
     def render(turns: list[dict], generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(turns, chat_template=template, tokenize=False,
-                                             add_generation_prompt=generation_prompt)
+        return render_chat(tokenizer, turns, template, generation_prompt, f"row {row}")
 
     text = render(messages, False)
     special = _special_tokens(tokenizer)

@@ -23,7 +23,9 @@ from typing import Callable, Optional
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
-from distily.data.chat import MESSAGES, assistant_turns, chat_format, conversations, resolve_chat_template
+from distily.data.chat import (
+    MESSAGES, assistant_turns, chat_format, conversations, prompt_ids, resolve_chat_template,
+)
 from distily.data.text import completion_batch, load_documents
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import (
@@ -34,7 +36,6 @@ from distily.generation.arguments import SamplingSettings
 from distily.generation.backends import pad_token_id
 from distily.generation.engine import HFGenerator, completion_text
 from distily.metrics import generation_key
-from distily.recording.responses import prompt_ids
 
 
 @dataclass(frozen=True)
@@ -142,13 +143,14 @@ class GenerationEval:
         """``model``'s exact match (and metric) on the prompts; with a ``teacher`` (same tokenizer) also the KL to
         it on ``model``'s answers."""
         template = resolve_chat_template(tokenizer, self.chat_template)
-        prompts = [prompt_ids(tokenizer, turns, template) for turns in self.prompts.conversations]
         references = self.prompts.references
         try:
+            prompts = [prompt_ids(tokenizer, turns, template, f"row {row}")
+                       for row, turns in enumerate(self.prompts.conversations)]
             openings = [answer_opening(turns, reference, tokenizer, template, row)
                         for row, (turns, reference) in enumerate(zip(self.prompts.conversations, references))]
         except DistilyConfigError as err:
-            raise DistilyConfigError(f"{self.prompts.source}: {err}")
+            raise DistilyConfigError(f"{self.prompts.source}: {err}") from None
         completions = greedy_answers(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
         answers = [without_opening(completion_text(tokenizer, completion), opening)
                    for completion, opening in zip(completions, openings)]

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import GenerateConfig
-from distily.data.chat import resolve_chat_template
+from distily.data.chat import prompt_ids, resolve_chat_template
 from distily.data.text import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import pad_token_id
@@ -71,15 +71,6 @@ def prompt_conversations(prompts: datasets.Dataset) -> list[list[dict]]:
     return conversations
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: list[dict], chat_template: str) -> list[int]:
-    """The conversation as the teacher reads it before its answer: the template's text with the generation prompt
-    (the template writes any BOS itself, so the tokenizer adds no special tokens)."""
-    text = tokenizer.apply_chat_template(
-        conversation, chat_template=chat_template, add_generation_prompt=True, tokenize=False
-    )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def teacher_responses(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GenerateConfig, batch_size: int
 ) -> tuple[list[list[dict]], int]:
@@ -89,11 +80,10 @@ def teacher_responses(
     conversations = prompt_conversations(load_prompts(config))
     template = resolve_chat_template(tokenizer, config.data.chat_template)
     generator = HFGenerator(teacher, args.sampling(), tokenizer.eos_token_id, pad_token_id(tokenizer))
-    requests = [
-        (conversation, ids)
-        for conversation in conversations
-        for ids in [prompt_ids(tokenizer, conversation, template)] * args.generate_num_return_sequences
-    ]
+    requests = []  # (conversation, prompt ids), each prompt generate_num_return_sequences times
+    for row, conversation in enumerate(conversations):
+        ids = prompt_ids(tokenizer, conversation, template, f"generate_prompts row {row}")
+        requests += [(conversation, ids)] * args.generate_num_return_sequences
     answered, empty = [], 0
     with tqdm(total=len(requests), desc="Teacher responses", unit="response") as progress:
         for start in range(0, len(requests), batch_size):

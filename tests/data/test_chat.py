@@ -206,6 +206,16 @@ def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path):
         build_datasets(_args(path, tmp_path, chat_template="missing.jinja"), make_chat_tokenizer("chatml"), 256, 0)
 
 
+def test_a_conversation_the_template_refuses_is_one_line_naming_the_row(tmp_path):
+    conversations = make_conversations(8)
+    conversations[5] = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                        {"role": "assistant", "content": "c"}]  # Gemma's template takes alternating roles only
+    path = write_chat_jsonl(tmp_path / "c.jsonl", conversations)
+    expected = r"\Athe chat template refuses row 5 \(roles \['user', 'user', 'assistant'\]\): Conversation [^\n]*\Z"
+    with pytest.raises(DistilyConfigError, match=expected):
+        build_datasets(_args(path, tmp_path), make_chat_tokenizer("gemma"), 256, 0)
+
+
 def test_a_template_that_is_not_prefix_consistent_is_refused_naming_the_row(tmp_path):
     # renders only the last turn: the conversation up to an assistant turn does not start the whole
     template = "{{ messages[-1]['role'] + ': ' + messages[-1]['content'] }}{% if add_generation_prompt %}A: {% endif %}"

@@ -123,6 +123,16 @@ def test_an_answer_is_read_after_the_opening_its_template_writes_before_the_cont
         heldout.scores(None, tokenizer)
 
 
+def test_a_prompt_the_template_refuses_names_the_dataset_and_row(tmp_path):
+    rows = user_turns(3, seed=2)
+    rows[1] = [rows[1][-2]] + rows[1][-2:]  # two user turns in a row: Gemma's template refuses them
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
+    heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=2)
+    expected = r"^generation_eval_dataset='.*heldout.jsonl': the chat template refuses row 1 \(roles \['user', 'user'"
+    with pytest.raises(DistilyConfigError, match=expected):
+        heldout.scores(None, make_chat_tokenizer("gemma"))
+
+
 def test_kl_on_the_models_own_answers_is_the_direct_float64_kl_on_the_answer_positions(chat_models, tmp_path):
     tokenizer, teacher, student, *_ = chat_models
     prompts, completions = [], []

@@ -12,6 +12,7 @@ from distily.errors import DistilyConfigError
 from distily.models.teacher import load_tokenizer
 from distily.recording.generate import run_generation
 from distily.training.distill import run_distillation
+from tiny import GEMMA_TEMPLATE
 
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -62,6 +63,9 @@ def test_messages_prompts_keep_their_turns_and_parquet_is_written(teacher_dirs, 
     ([{"messages": []}], {}, r"generate_prompts row 0 has no messages; expected a list of role/content turns"),
     ([{"prompt": "a dog"}], {"chat_template": None},
      r"the teacher's tokenizer \(\w+\) has no chat template; expected chat_template"),
+    ([{"messages": [{"role": "user", "content": "a"}]}, {"messages": [{"role": "user", "content": "b"}] * 2}],
+     {"chat_template": GEMMA_TEMPLATE},
+     r"the chat template refuses generate_prompts row 1 \(roles \['user', 'user'\]\): Conversation roles must"),
 ])
 def test_bad_prompts_are_one_line_errors_and_nothing_is_written(rows, overrides, message, teacher_dirs, tmp_path):
     prompts = write_rows(tmp_path / "prompts.jsonl", rows)
