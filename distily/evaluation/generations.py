@@ -34,7 +34,7 @@ from distily.evaluation.arguments import (
 from distily.evaluation.heldout import heldout_metrics
 from distily.generation.arguments import SamplingSettings
 from distily.generation.backends import pad_token_id
-from distily.generation.engine import HFGenerator, completion_text
+from distily.generation.engine import HFGenerator, completion_text, stop_token_ids
 from distily.metrics import generation_key
 
 
@@ -86,7 +86,7 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
                    max_new_tokens: int, batch_size: int) -> list[list[int]]:
     """Greedy completions of ``prompts`` (token ids, up to and with the end-of-text token), ``batch_size`` at a
     time."""
-    generator = HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0), tokenizer.eos_token_id,
+    generator = HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0), stop_token_ids(tokenizer, model),
                             pad_token_id(tokenizer))
     return [completion for start in range(0, len(prompts), batch_size)
             for completion in generator.generate(prompts[start:start + batch_size])]
@@ -152,7 +152,8 @@ class GenerationEval:
         except DistilyConfigError as err:
             raise DistilyConfigError(f"{self.prompts.source}: {err}") from None
         completions = greedy_answers(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
-        answers = [without_opening(completion_text(tokenizer, completion), opening)
+        stops = stop_token_ids(tokenizer, model)
+        answers = [without_opening(completion_text(tokenizer, completion, stops), opening)
                    for completion, opening in zip(completions, openings)]
         scores = {generation_key(EXACT_MATCH): exact_match(answers, references)}
         if self.metric is not None:

@@ -3,7 +3,7 @@
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.generation.arguments import SamplingSettings
-from distily.generation.engine import CompletionGenerator, HFGenerator
+from distily.generation.engine import CompletionGenerator, HFGenerator, stop_token_ids
 from distily.generation.vllm_engine import open_vllm_generator
 
 
@@ -23,4 +23,5 @@ def open_generator(
     tokens: ``backend`` hf (``model.generate``) or vllm (an engine over a copy of ``model``)."""
     if backend == "vllm":
         return open_vllm_generator(model, tokenizer, settings, max_model_len)
-    return HFGenerator(model, settings, tokenizer.eos_token_id, pad_token_id(tokenizer), max_length=max_model_len)
+    return HFGenerator(model, settings, stop_token_ids(tokenizer, model), pad_token_id(tokenizer),
+                       max_length=max_model_len)

@@ -2,7 +2,10 @@
 ``HFGenerator`` (``transformers`` ``generate``, here) and ``VLLMGenerator`` (``vllm_engine.py``).
 
 A generator takes prompts as token-id lists and returns, per prompt, the completion's token ids: up to and
-including the first end-of-text token (the model chose to stop there), or ``max_new_tokens`` ids without one.
+including the first stop token (the model chose to stop there), or ``max_new_tokens`` ids without one. The stop
+tokens (``stop_token_ids``) are the tokenizer's end of text and the model's generation config's: chat models end
+their turns with their own token (Phi-3 with ``<|end|>``, Gemma with ``<end_of_turn>``), which ``generate``
+stops at by default but the tokenizer's end of text is not.
 ``load_weights(model, sharded)`` makes it sample from ``model``'s current weights: the Hugging Face back end
 generates with the model itself, the vLLM back end copies the weights into its engine. ``sharded``: the model's
 parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3), which then generate together.
@@ -10,7 +13,7 @@ parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3), which then g
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,19 +26,28 @@ from distily.generation.arguments import SamplingSettings
 logger = logging.getLogger(__name__)
 
 
-def cut_at_eos(ids: list[int], eos_token_id: Optional[int]) -> list[int]:
-    """``ids`` up to and including the first ``eos_token_id`` (all of them when there is none)."""
-    return ids[: ids.index(eos_token_id) + 1] if eos_token_id in ids else ids
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    """The ids ``model``'s completions end at: the tokenizer's end of text, then its generation config's
+    ``eos_token_id`` (one id or a list)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
+    return list(dict.fromkeys(token for token in ids if token is not None))
 
 
-def strip_eos(ids: list[int], eos_token_id: Optional[int]) -> list[int]:
-    """A completion without its closing end-of-text token."""
-    return ids[:-1] if ids and ids[-1] == eos_token_id else ids
+def cut_at_stop(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
+    """``ids`` up to and including the first of ``stop_ids`` (all of them when there is none)."""
+    end = next((at for at, token in enumerate(ids) if token in stop_ids), None)
+    return ids if end is None else ids[: end + 1]
 
 
-def completion_text(tokenizer: PreTrainedTokenizerBase, completion: list[int]) -> str:
-    """A completion as text: without its closing end-of-text token and special tokens."""
-    return tokenizer.decode(strip_eos(completion, tokenizer.eos_token_id), skip_special_tokens=True)
+def strip_stop(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
+    """A completion without its closing stop token."""
+    return ids[:-1] if ids and ids[-1] in stop_ids else ids
+
+
+def completion_text(tokenizer: PreTrainedTokenizerBase, completion: list[int], stop_ids: Sequence[int]) -> str:
+    """A completion as text: without its closing stop token and special tokens."""
+    return tokenizer.decode(strip_stop(completion, stop_ids), skip_special_tokens=True)
 
 
 class CompletionGenerator(ABC):
@@ -91,10 +103,10 @@ class HFGenerator(CompletionGenerator):
     prompts are done (``synced_gpus``), and no more steps than the prompt with the fewest positions left on any
     process allows (there, a prompt near the model's last position shortens the others' completions)."""
 
-    def __init__(self, model: PreTrainedModel, settings: SamplingSettings, eos_token_id: Optional[int],
+    def __init__(self, model: PreTrainedModel, settings: SamplingSettings, stop_ids: Sequence[int],
                  pad_token_id: int, max_length: Optional[int] = None):
         self.model, self.settings, self.max_length = model, settings, max_length
-        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id
+        self.stop_ids, self.pad_token_id = list(stop_ids), pad_token_id
         self.sharded = False
         self._warned = False  # about the model's positions, once
 
@@ -146,7 +158,7 @@ class HFGenerator(CompletionGenerator):
             if steps == 0:
                 continue
             for row, completion in zip(group, self._generate([prompts[row] for row in group], steps)):
-                completions[row] = cut_at_eos(completion, self.eos_token_id)[: rooms[row]]
+                completions[row] = cut_at_stop(completion, self.stop_ids)[: rooms[row]]
         return completions
 
     def _generate_together(self, prompts: list[list[int]], rooms: list[int]) -> list[list[int]]:
@@ -160,7 +172,7 @@ class HFGenerator(CompletionGenerator):
         if steps == 0:
             return [[] for _ in prompts]
         completions = self._generate(prompts, steps, synced=True)
-        return [cut_at_eos(completion, self.eos_token_id)[:room] for completion, room in zip(completions, rooms)]
+        return [cut_at_stop(completion, self.stop_ids)[:room] for completion, room in zip(completions, rooms)]
 
     @torch.no_grad()
     def _generate(self, prompts: list[list[int]], max_new_tokens: int, synced: bool = False) -> list[list[int]]:
@@ -178,7 +190,7 @@ class HFGenerator(CompletionGenerator):
                 max_new_tokens=max_new_tokens,
                 use_cache=True,
                 pad_token_id=self.pad_token_id,
-                eos_token_id=self.eos_token_id,
+                eos_token_id=self.stop_ids or None,
                 synced_gpus=synced,
                 **self._sampling(input_ids.shape[1]),
             )  # [prompts, longest + <= max_new_tokens]

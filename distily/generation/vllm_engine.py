@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
-from distily.generation.engine import CompletionGenerator, cut_at_eos
+from distily.generation.engine import CompletionGenerator, cut_at_stop, stop_token_ids
 
 GPU_MEMORY_FRACTION = 0.3  # of the accelerator's memory, for the engine's weights and KV cache
 
@@ -23,9 +23,9 @@ class VLLMGenerator(CompletionGenerator):
     """Completions from a vLLM ``LLM`` engine (``engine``, with ``generate`` and ``apply_model``), sampled with
     ``sampling_params`` (a ``vllm.SamplingParams`` of ``settings``)."""
 
-    def __init__(self, engine, sampling_params, settings: SamplingSettings, eos_token_id):
+    def __init__(self, engine, sampling_params, settings: SamplingSettings, stop_ids: list[int]):
         self.engine, self.sampling_params = engine, sampling_params
-        self.settings, self.eos_token_id = settings, eos_token_id
+        self.settings, self.stop_ids = settings, stop_ids
 
     def load_weights(self, model: PreTrainedModel, sharded: bool = False) -> None:
         if sharded:
@@ -39,7 +39,7 @@ class VLLMGenerator(CompletionGenerator):
     def generate(self, prompts: list[list[int]]) -> list[list[int]]:
         requests = [{"prompt_token_ids": prompt} for prompt in prompts]
         outputs = self.engine.generate(requests, self.sampling_params, use_tqdm=False)
-        return [cut_at_eos(list(output.outputs[0].token_ids), self.eos_token_id) for output in outputs]
+        return [cut_at_stop(list(output.outputs[0].token_ids), self.stop_ids) for output in outputs]
 
 
 def open_vllm_generator(
@@ -69,8 +69,9 @@ def open_vllm_generator(
             gpu_memory_utilization=GPU_MEMORY_FRACTION,
             enable_prefix_caching=False,
         )
+    stop_ids = stop_token_ids(tokenizer, model)
     params = SamplingParams(
         n=1, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens,
-        detokenize=False,
+        stop_token_ids=stop_ids, detokenize=False,
     )
-    return VLLMGenerator(engine, params, settings, tokenizer.eos_token_id)
+    return VLLMGenerator(engine, params, settings, stop_ids)

@@ -1,6 +1,7 @@
 """Build the student: from a checkpoint, from a config, or from the teacher's config with overrides,
 initialised randomly or from chosen teacher layers; then named modules copied and frozen."""
 
+import copy
 import os
 
 import torch
@@ -165,6 +166,9 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedM
         student = AutoModelForCausalLM.from_config(
             config, dtype=torch.float32, trust_remote_code=args.trust_remote_code
         )
+        # the teacher's generation defaults travel with its tokenizer: where a turn ends (Phi-3's and Gemma's chat
+        # models list their end-of-turn token there, not in the config), and how it samples
+        student.generation_config = copy.deepcopy(teacher.generation_config)
         if args.student_init == "teacher":
             layers = args.student_layers_from_teacher or evenly_spaced_layers(
                 teacher.config.num_hidden_layers, config.num_hidden_layers

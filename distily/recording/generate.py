@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from distily.config import GenerateConfig
 from distily.data.framing import tokenizer_adds_bos
 from distily.errors import DistilyConfigError
-from distily.generation.engine import HFGenerator, strip_eos
+from distily.generation.engine import HFGenerator, stop_token_ids, strip_stop
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.arguments import GenerateArguments
 from distily.recording.responses import teacher_responses
@@ -38,18 +38,18 @@ def start_token(tokenizer: PreTrainedTokenizerBase) -> int:
 def sample_sequences(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: GenerateArguments, batch_size: int
 ) -> list[list[int]]:
-    """``generate_num_samples`` token lists, each cut before the first end-of-text token; for a tokenizer that
+    """``generate_num_samples`` token lists, each cut before the first stop token; for a tokenizer that
     starts texts with BOS, each starts with it, so the samples reach a student framed as the teacher read them."""
     start = start_token(tokenizer)
     head = [start] if tokenizer_adds_bos(tokenizer) else []  # a sample opens as the teacher's contexts open
-    eos = tokenizer.eos_token_id
-    generator = HFGenerator(teacher, args.sampling(), eos, pad_token_id=eos if eos is not None else start)
+    eos, stops = tokenizer.eos_token_id, stop_token_ids(tokenizer, teacher)
+    generator = HFGenerator(teacher, args.sampling(), stops, pad_token_id=eos if eos is not None else start)
     samples = []
     with tqdm(total=args.generate_num_samples, desc="Sampling from the teacher", unit="seq") as progress:
         while len(samples) < args.generate_num_samples:
             count = min(batch_size, args.generate_num_samples - len(samples))
             completions = generator.generate([[start]] * count)
-            samples.extend(head + strip_eos(completion, eos) for completion in completions)
+            samples.extend(head + strip_stop(completion, stops) for completion in completions)
             progress.update(count)
     return samples
 

@@ -18,7 +18,7 @@ from distily.data.chat import prompt_ids, resolve_chat_template
 from distily.data.text import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import pad_token_id
-from distily.generation.engine import HFGenerator, completion_text
+from distily.generation.engine import HFGenerator, completion_text, stop_token_ids
 
 PROMPT, MESSAGES = "prompt", "messages"
 
@@ -79,7 +79,8 @@ def teacher_responses(
     args = config.generate
     conversations = prompt_conversations(load_prompts(config))
     template = resolve_chat_template(tokenizer, config.data.chat_template)
-    generator = HFGenerator(teacher, args.sampling(), tokenizer.eos_token_id, pad_token_id(tokenizer))
+    stops = stop_token_ids(tokenizer, teacher)
+    generator = HFGenerator(teacher, args.sampling(), stops, pad_token_id(tokenizer))
     requests = []  # (conversation, prompt ids), each prompt generate_num_return_sequences times
     for row, conversation in enumerate(conversations):
         ids = prompt_ids(tokenizer, conversation, template, f"generate_prompts row {row}")
@@ -89,7 +90,7 @@ def teacher_responses(
         for start in range(0, len(requests), batch_size):
             chunk = requests[start:start + batch_size]
             for (conversation, _), completion in zip(chunk, generator.generate([ids for _, ids in chunk])):
-                response = completion_text(tokenizer, completion)
+                response = completion_text(tokenizer, completion, stops)
                 if response.strip():
                     answered.append(conversation + [{"role": "assistant", "content": response}])
                 else:

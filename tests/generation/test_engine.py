@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
 from distily.generation.arguments import SamplingSettings
-from distily.generation.engine import HFGenerator, cut_at_eos, left_padded, strip_eos
+from distily.generation.engine import HFGenerator, cut_at_stop, left_padded, stop_token_ids, strip_stop
 from distily.generation.vllm_engine import VLLMGenerator
 from tiny import ARCHITECTURES, tiny_config
 
@@ -25,7 +25,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
 
 
 def greedy(model, max_new_tokens: int = 12) -> HFGenerator:
-    return HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0.0), EOS, PAD)
+    return HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0.0), [EOS], PAD)
 
 
 def test_prompts_are_left_padded():
@@ -34,11 +34,33 @@ def test_prompts_are_left_padded():
     assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_a_completion_ends_with_the_first_end_of_text_token():
-    assert cut_at_eos([3, 4, 0, 5, 0], 0) == [3, 4, 0]
-    assert cut_at_eos([3, 4], 0) == [3, 4]
-    assert strip_eos([3, 4, 0], 0) == [3, 4]
-    assert strip_eos([3, 4], 0) == [3, 4]
+def test_a_completion_ends_with_the_first_stop_token():
+    assert cut_at_stop([3, 4, 0, 5, 0], [0]) == [3, 4, 0]
+    assert cut_at_stop([3, 4, 9, 0, 5], [0, 9]) == [3, 4, 9]  # whichever comes first
+    assert cut_at_stop([3, 4], [0]) == [3, 4] and cut_at_stop([3, 0], []) == [3, 0]
+    assert strip_stop([3, 4, 0], [0]) == [3, 4] and strip_stop([3, 4, 9], [0, 9]) == [3, 4]
+    assert strip_stop([3, 4], [0]) == [3, 4]
+
+
+def test_the_stop_tokens_are_the_tokenizers_end_of_text_and_the_models_generation_configs():
+    """Chat models end a turn with a token of their own, listed in their generation config (Phi-3's
+    generation_config.json: [32000, 32001, 32007]) and not the tokenizer's end of text."""
+    model = tiny_model()
+    model.generation_config.eos_token_id = [2, 7, 2]
+    assert stop_token_ids(SimpleNamespace(eos_token_id=2), model) == [2, 7]
+    model.generation_config.eos_token_id = 7
+    assert stop_token_ids(SimpleNamespace(eos_token_id=None), model) == [7]
+    model.generation_config.eos_token_id = None
+    assert stop_token_ids(SimpleNamespace(eos_token_id=3), model) == [3]
+
+
+def test_greedy_completions_stop_at_any_stop_token():
+    model = tiny_model()
+    free = HFGenerator(model, SamplingSettings(12, temperature=0.0), [], PAD).generate(PROMPTS)
+    end_of_turn = next(token for token in free[0][2:] if token not in free[0][:2] + [EOS])  # a later token
+    stopped = HFGenerator(model, SamplingSettings(12, temperature=0.0), [EOS, end_of_turn], PAD).generate(PROMPTS)
+    assert stopped == [cut_at_stop(completion, [EOS, end_of_turn]) for completion in free]
+    assert stopped[0][-1] == end_of_turn and len(stopped[0]) < len(free[0])
 
 
 def test_completions_stop_at_the_models_last_position_and_no_prompt_is_cut_for_anothers_sake(caplog):
@@ -46,7 +68,7 @@ def test_completions_stop_at_the_models_last_position_and_no_prompt_is_cut_for_a
     batch's other prompts still get all 8 (generate itself fails past the last position)."""
     model = tiny_model("gpt2", n_positions=16)
     long_prompt = list(range(1, 15))
-    generator = HFGenerator(model, SamplingSettings(8, temperature=0.0), eos_token_id=None, pad_token_id=PAD)
+    generator = HFGenerator(model, SamplingSettings(8, temperature=0.0), stop_ids=[], pad_token_id=PAD)
     with pytest.raises(IndexError):  # what the generator keeps from happening
         model.generate(torch.tensor([long_prompt]), max_new_tokens=8, do_sample=False, pad_token_id=PAD)
     completions = generator.generate([PROMPTS[0], long_prompt, PROMPTS[1]])
@@ -59,8 +81,8 @@ def test_completions_stop_at_the_models_last_position_and_no_prompt_is_cut_for_a
 
 def test_a_runs_max_length_bounds_prompt_plus_completion():
     model = tiny_model("llama")
-    unbounded = HFGenerator(model, SamplingSettings(8, temperature=0.0), eos_token_id=None, pad_token_id=PAD)
-    bounded = HFGenerator(model, SamplingSettings(8, temperature=0.0), None, PAD, max_length=10)
+    unbounded = HFGenerator(model, SamplingSettings(8, temperature=0.0), stop_ids=[], pad_token_id=PAD)
+    bounded = HFGenerator(model, SamplingSettings(8, temperature=0.0), [], PAD, max_length=10)
     completions = bounded.generate(PROMPTS)
     assert [len(completion) for completion in completions] == [3, 8, 7]  # 10 - 7, 8 (of 10 - 1), 10 - 3
     assert completions == [full[: len(cut)] for full, cut in zip(unbounded.generate(PROMPTS), completions)]
@@ -98,7 +120,7 @@ def test_generation_runs_in_eval_mode_with_the_cache_and_restores_training_mode(
 
 def test_sampling_is_seeded_and_respects_max_new_tokens():
     model = tiny_model()
-    generator = HFGenerator(model, SamplingSettings(5, temperature=1.3, top_p=0.9), eos_token_id=None, pad_token_id=PAD)
+    generator = HFGenerator(model, SamplingSettings(5, temperature=1.3, top_p=0.9), stop_ids=[], pad_token_id=PAD)
     torch.manual_seed(3)
     first = generator.generate(PROMPTS)
     torch.manual_seed(3)
@@ -115,7 +137,7 @@ def test_constant_temperature_sampling_draws_what_the_temperature_schedule_draws
     for settings in (SamplingSettings(6, 1.3, 0.9), SamplingSettings(6, 1.3, 0.9, final_temperature=1.3),
                      SamplingSettings(6, 1.0, 1.0), SamplingSettings(6, 1.0, 1.0, final_temperature=1.0)):
         torch.manual_seed(5)
-        completions.append(HFGenerator(model, settings, eos_token_id=None, pad_token_id=PAD).generate(PROMPTS))
+        completions.append(HFGenerator(model, settings, stop_ids=[], pad_token_id=PAD).generate(PROMPTS))
     assert completions[0] == completions[1] and completions[2] == completions[3]
     assert completions[0] != completions[2]  # the temperature and top-p act
 
@@ -142,21 +164,21 @@ class StandInLLM:
 def test_the_vllm_back_end_samples_from_the_weights_it_was_last_given():
     student = tiny_model(seed=0)
     engine = StandInLLM(tiny_model(seed=1))  # built from other weights
-    generator = VLLMGenerator(engine, SimpleNamespace(max_tokens=12), SamplingSettings(12, 0.0), EOS)
+    generator = VLLMGenerator(engine, SimpleNamespace(max_tokens=12), SamplingSettings(12, 0.0), [EOS])
     generator.load_weights(student)
-    assert generator.generate(PROMPTS) == [cut_at_eos(c + [EOS], EOS) for c in greedy(student).generate(PROMPTS)]
+    assert generator.generate(PROMPTS) == [cut_at_stop(c + [EOS], [EOS]) for c in greedy(student).generate(PROMPTS)]
     with torch.no_grad():
         for parameter in student.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.3)
     changed = greedy(student).generate(PROMPTS)
     generator.load_weights(student)
-    assert generator.generate(PROMPTS) == [cut_at_eos(c + [EOS], EOS) for c in changed]
+    assert generator.generate(PROMPTS) == [cut_at_stop(c + [EOS], [EOS]) for c in changed]
     assert engine.loads == 2
 
 
 def test_the_vllm_back_end_refuses_a_student_sharded_over_processes_in_one_line():
     engine = StandInLLM(tiny_model(seed=1))
-    generator = VLLMGenerator(engine, SimpleNamespace(max_tokens=12), SamplingSettings(12, 0.0), EOS)
+    generator = VLLMGenerator(engine, SimpleNamespace(max_tokens=12), SamplingSettings(12, 0.0), [EOS])
     with pytest.raises(DistilyConfigError, match=r"sharded .*FSDP.*expected on_policy_backend=hf") as error:
         generator.load_weights(tiny_model(seed=0), sharded=True)
     assert "\n" not in str(error.value) and engine.loads == 0

@@ -36,6 +36,20 @@ def test_student_from_teacher_layers_copies_the_chosen_layers(arch):
     torch.testing.assert_close(student.get_output_embeddings().weight, teacher.get_output_embeddings().weight)
 
 
+def test_a_student_built_from_the_teacher_stops_and_samples_as_it_does(tmp_path):
+    """Phi-3's chat model ends a turn with <|end|> (32007), listed in its generation config only."""
+    teacher = teacher_model("phi3")
+    teacher.generation_config.eos_token_id = [32000, 32001, 32007]
+    teacher.generation_config.temperature, teacher.generation_config.do_sample = 0.6, True
+    for init in ("teacher", "random"):
+        student = build_student(ModelArguments(student_config_overrides='{"num_hidden_layers": 2}',
+                                               student_init=init), teacher)
+        student.save_pretrained(tmp_path / init)
+        saved = AutoModelForCausalLM.from_pretrained(tmp_path / init).generation_config
+        assert saved.eos_token_id == [32000, 32001, 32007] and saved.temperature == 0.6 and saved.do_sample
+    assert student.generation_config is not teacher.generation_config
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_random_student_keeps_its_own_init(arch):
     teacher = teacher_model(arch)

@@ -121,10 +121,10 @@ def check(mode: str) -> None:
 
     # this process's prompts: rank 0 one prompt whose greedy answer ends after 2 tokens, rank 1 three that go on
     greedy = SamplingSettings(MAX_NEW_TOKENS, temperature=0)
-    eos = HFGenerator(reference.student, greedy, eos_token_id=None, pad_token_id=PAD).generate([[5, 6, 7]])[0][1]
+    eos = HFGenerator(reference.student, greedy, stop_ids=[], pad_token_id=PAD).generate([[5, 6, 7]])[0][1]
     prompts = [[5, 6, 7]] if rank == 0 else [[11, 12, 13, 14], [21, 22], [31, 32, 33, 34, 35]]
-    expected = HFGenerator(reference.student, greedy, eos_token_id=eos, pad_token_id=PAD).generate(prompts)
-    generator = HFGenerator(student, greedy, eos_token_id=eos, pad_token_id=PAD)
+    expected = HFGenerator(reference.student, greedy, stop_ids=[eos], pad_token_id=PAD).generate(prompts)
+    generator = HFGenerator(student, greedy, stop_ids=[eos], pad_token_id=PAD)
 
     def completions_of(these_prompts):
         def generate(student):
@@ -140,7 +140,7 @@ def check(mode: str) -> None:
 
     # one process has a prompt 3 positions from the model's last: every process decodes 3 steps at most
     near_end = list(range(1, tiny_config("llama").max_position_embeddings - 2))
-    expected_near_end = HFGenerator(reference.student, greedy, eos_token_id=eos, pad_token_id=PAD).generate([near_end])
+    expected_near_end = HFGenerator(reference.student, greedy, stop_ids=[eos], pad_token_id=PAD).generate([near_end])
     assert completions_of(prompts + [near_end] * rank) == (
         [completion[:3] for completion in expected] + expected_near_end * rank)
 
