@@ -52,7 +52,7 @@ from transformers import (
 )
 
 from distily.config import parse_generate_config
-from distily.data.chat import assistant_token_mask
+from distily.data.chat import ChatTemplate, assistant_token_mask
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.evaluation.generations import GenerationEval, HeldoutPrompts
 from distily.metrics import generation_key
@@ -189,7 +189,8 @@ def teacher_config(args, tokenizer, layers: int) -> LlamaConfig:
 
 def tokenized_batch(conversations: list[list[dict]], tokenizer) -> dict[str, torch.Tensor]:
     """Right-padded ids, attention mask and labels (-100 but where an assistant token is the target)."""
-    rows = [assistant_token_mask(turns, tokenizer, CHAT_TEMPLATE, row) for row, turns in enumerate(conversations)]
+    template = ChatTemplate(CHAT_TEMPLATE)
+    rows = [assistant_token_mask(turns, tokenizer, template, row) for row, turns in enumerate(conversations)]
     longest = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), longest), tokenizer.pad_token_id)  # [batch, seq]
     attention_mask, labels = torch.zeros_like(input_ids), torch.full_like(input_ids, -100)  # [batch, seq] each

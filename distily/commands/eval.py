@@ -41,7 +41,8 @@ def run_evaluation(config: EvalConfig) -> dict:
     """``{"columns": {model name: metrics}, "table": markdown}``; with ``output_dir``, also written there."""
     command, evaluation = config.command, config.evaluation
     manager = task_manager(evaluation) if evaluation.lm_eval_tasks else None
-    answering = generation_eval(evaluation, DataArguments(), command.chat_template, command.per_device_eval_batch_size)
+    answering = generation_eval(evaluation, DataArguments(), command.chat_template, command.chat_template_kwargs,
+                                command.per_device_eval_batch_size)
     model = load_model(command.model_name_or_path, command.torch_dtype, command.trust_remote_code)
     tokenizer = load_tokenizer(command.model_name_or_path, "model", command.trust_remote_code)
     adopt_chat_template(tokenizer, command.chat_template)  # lm-eval's chat prompts use it too
@@ -67,10 +68,11 @@ def run_evaluation(config: EvalConfig) -> dict:
         teacher_metrics.update(generations.teacher_metrics())
     if manager is not None:
         batch_size = command.per_device_eval_batch_size
-        student_metrics.update(flat_lm_eval(run_tasks(model, tokenizer, evaluation, manager, batch_size)))
+        variables = command.chat_template_kwargs
+        student_metrics.update(flat_lm_eval(run_tasks(model, tokenizer, evaluation, manager, batch_size, variables)))
         if teacher is not None:
             teacher_metrics.update(flat_lm_eval(cached_teacher_results(
-                teacher, command.teacher_model_name_or_path, tokenizer, evaluation, manager, batch_size
+                teacher, command.teacher_model_name_or_path, tokenizer, evaluation, manager, batch_size, variables
             )))
     columns = {"teacher": teacher_metrics} if teacher is not None else {}
     columns[Path(command.model_name_or_path).name or command.model_name_or_path] = student_metrics

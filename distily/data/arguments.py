@@ -1,9 +1,9 @@
 """What a user configures about the training text: where it is, and how it is tokenized, packed and split."""
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
-from distily.arguments import one_of
+from distily.arguments import json_dict, one_of
 from distily.errors import DistilyConfigError
 
 PACKINGS = ("auto", "stream", "bos_blocks", "documents", "padded")
@@ -15,6 +15,27 @@ PACKING_HELP = (
     "into blocks, masked apart, padded), padded (one document per row, padded; any model) or auto (documents when "
     "the tokenizer adds BOS, else stream; pre-tokenized rows as documents; chat data padded). See docs/data.md."
 )
+CHAT_TEMPLATE_KWARGS_HELP = (
+    "JSON object of variables the chat template is rendered with wherever it is (chat data, on-policy and generate "
+    "prompts, the generation eval, lm-eval's chat prompts), e.g. '{\"enable_thinking\": false}' for Qwen3's "
+    "non-thinking mode. A saved student's tokenizer does not keep them: pass them when you use it."
+)
+RENDERING_KEYS = ("conversation", "chat_template", "tokenize", "add_generation_prompt", "continue_final_message",
+                  "return_dict", "return_assistant_tokens_mask")  # set by Distily itself where it renders
+
+
+def chat_template_kwargs(value) -> dict:
+    """``chat_template_kwargs`` checked: a JSON object (or dict) without the keys Distily renders with itself."""
+    kwargs = json_dict(value, "chat_template_kwargs")
+    taken = sorted(set(kwargs) & set(RENDERING_KEYS))
+    if taken:
+        raise DistilyConfigError(
+            f"chat_template_kwargs sets {', '.join(taken)}, which Distily sets where it renders; expected the "
+            "template's own variables (such as enable_thinking)"
+        )
+    return kwargs
+
+
 TEXT_DOCUMENT_DELIMITER_HELP = (
     "What one document is in a .txt file (line breaks are kept inside it): blank_line (blocks separated by blank "
     "lines, the usual paragraph or article layout), line (one record per line), file (the whole file) or a regular "
@@ -58,6 +79,9 @@ class DataArguments:
             "teacher tokenizer's own. Given, the student is saved with it (and lm-eval's chat prompts use it)."
         },
     )
+    chat_template_kwargs: Optional[Union[dict, str]] = field(
+        default=None, metadata={"help": CHAT_TEMPLATE_KWARGS_HELP}
+    )
     loss_on: str = field(
         default="assistant",
         metadata={
@@ -94,6 +118,7 @@ class DataArguments:
             raise DistilyConfigError(f"eval_fraction={self.eval_fraction} is out of range; expected 0 < x < 1")
         one_of(self.packing, PACKINGS, "packing")
         one_of(self.loss_on, LOSS_ON, "loss_on")
+        self.chat_template_kwargs = chat_template_kwargs(self.chat_template_kwargs)
         for name in ("max_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

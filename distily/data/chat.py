@@ -9,7 +9,10 @@ conversation (``messages``), checked as it is loaded, and is tokenized as the ch
 
 The assistant's tokens are found without ``{% generation %}`` markers, which most templates lack: for each
 assistant turn, the conversation before it is rendered with the generation prompt, which must be a prefix of
-the whole rendering (else the template is not prefix-consistent and the row is refused). The turn's content
+the whole rendering; or the conversation before it without the generation prompt must be, and the turn starts
+where the generation prompt and the rendering part (Qwen3's template with ``enable_thinking: false`` writes an
+empty ``<think>`` block into the generation prompt but before the last answer only); else the template is not
+prefix-consistent and the row is refused. The turn's content
 must follow it verbatim (whitespace-stripped): before the next special token (its last occurrence there),
 or in a template without special tokens right after the prompt (whitespace aside); else the row is refused.
 The assistant's tokens run from the generation prompt's end to the content's: text the template puts between
@@ -20,7 +23,7 @@ left (the shared convention: 1 at t when the token at t + 1 is a target).
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -134,22 +137,37 @@ def adopt_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optio
 
 
 @dataclass(frozen=True)
+class ChatTemplate:
+    """A Jinja chat template and the keyword arguments it is rendered with (``chat_template_kwargs``, such as
+    Qwen3's ``enable_thinking``)."""
+
+    text: str
+    kwargs: dict = field(default_factory=dict)
+
+
+def run_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str],
+                      chat_template_kwargs: Optional[dict] = None) -> ChatTemplate:
+    """The template a run renders conversations with (``resolve_chat_template``) and its keyword arguments."""
+    return ChatTemplate(resolve_chat_template(tokenizer, chat_template), dict(chat_template_kwargs or {}))
+
+
+@dataclass(frozen=True)
 class ChatTokenization:
     """How conversations become token ids and loss masks."""
 
-    template: str
+    template: ChatTemplate
     loss_on: str  # assistant | all
     max_length: int  # a longer conversation is cut to its first max_length tokens
 
 
-def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: str, generation_prompt: bool,
-                where: str) -> str:
+def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: ChatTemplate,
+                generation_prompt: bool, where: str) -> str:
     """``turns`` as ``template`` renders them, with the generation prompt when asked; a template that refuses them
     (``raise_exception``: Gemma's and Mistral's refuse roles out of their order) is a one-line error naming
     ``where``."""
     try:
-        return tokenizer.apply_chat_template(turns, chat_template=template, tokenize=False,
-                                             add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(turns, chat_template=template.text, tokenize=False,
+                                             add_generation_prompt=generation_prompt, **template.kwargs)
     except TemplateError as err:
         roles = [turn["role"] for turn in turns]
         raise DistilyConfigError(
@@ -157,7 +175,8 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template:
         ) from None
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: str, where: str) -> list[int]:
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: ChatTemplate,
+               where: str) -> list[int]:
     """The conversation as a model reads it before its answer: the template's text with the generation prompt
     (the template writes any BOS itself, so the tokenizer adds no special tokens)."""
     return tokenizer(render_chat(tokenizer, turns, template, True, where), add_special_tokens=False)[INPUT_IDS]
@@ -177,7 +196,7 @@ class AssistantTurn:
     content_end: int
 
 
-def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: str,
+def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
                     row: int) -> tuple[str, list[AssistantTurn]]:
     """The conversation's text as ``template`` renders it, and where each assistant turn with content lies in it
     (the module's docstring says how); ``row`` names the conversation in errors."""
@@ -192,11 +211,16 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
             continue
         prefix = render(messages[:turn], True)
         if not text.startswith(prefix):
-            raise DistilyConfigError(
-                f"the chat template renders row {row} up to its assistant turn {turn} as text that does not start "
-                "the whole conversation's; expected a prefix-consistent template (each turn appended to the ones "
-                "before)"
-            )
+            before = render(messages[:turn], False)
+            if not text.startswith(before):
+                raise DistilyConfigError(
+                    f"the chat template renders row {row} up to its assistant turn {turn} as text that does not "
+                    "start the whole conversation's; expected a prefix-consistent template (each turn appended to "
+                    "the ones before)"
+                )
+            # the conversation holds less of the generation prompt before this turn (Qwen3's enable_thinking=false
+            # block opens only its last answer): the turn starts where the two part
+            prefix = before + os.path.commonprefix([prefix[len(before):], text[len(before):]])
         content = message["content"].strip()
         closing = min((at for at in (text.find(token, len(prefix)) for token in special) if at >= 0), default=-1)
         if closing >= 0:  # the last occurrence before the special token that closes the turn
@@ -214,7 +238,7 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
     return text, turns
 
 
-def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: str,
+def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
                          row: int) -> tuple[list[int], list[int]]:
     """``(input_ids, mask)`` of a conversation: the template's rendering tokenized, and 1 on the assistant's
     tokens (from its generation prompt to the end of its content, and the end-of-turn token that closes it);

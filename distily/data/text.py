@@ -20,7 +20,7 @@ from distily.data.chat import (
     ChatTokenization,
     chat_format,
     conversations,
-    resolve_chat_template,
+    run_chat_template,
     tokenize_conversations,
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, Framing
@@ -225,7 +225,8 @@ def chat_tokenization(documents: datasets.Dataset, tokenizer: PreTrainedTokenize
     """How ``documents`` are tokenized when they are conversations (None for text or token ids)."""
     if MESSAGES not in documents.column_names:
         return None
-    return ChatTokenization(resolve_chat_template(tokenizer, args.chat_template), args.loss_on, max_seq_length)
+    template = run_chat_template(tokenizer, args.chat_template, args.chat_template_kwargs)
+    return ChatTokenization(template, args.loss_on, max_seq_length)
 
 
 def tokenize_and_pack(

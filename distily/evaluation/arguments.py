@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from distily.arguments import json_dict, one_of
-from distily.data.arguments import PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP
+from distily.data.arguments import (
+    CHAT_TEMPLATE_KWARGS_HELP, PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP, chat_template_kwargs,
+)
 from distily.errors import DistilyConfigError
 from distily.models.arguments import TORCH_DTYPES
 
@@ -230,6 +232,9 @@ class EvalCommandArguments:
             "the model tokenizer's own."
         },
     )
+    chat_template_kwargs: Optional[Union[dict, str]] = field(
+        default=None, metadata={"help": CHAT_TEMPLATE_KWARGS_HELP}
+    )
     tokenization_cache_dir: Optional[str] = field(
         default=None, metadata={"help": "Where tokenized eval sets are cached. Default: $HF_HOME/distily/tokenized."}
     )
@@ -245,6 +250,7 @@ class EvalCommandArguments:
             raise DistilyConfigError("no model to evaluate; expected `distily eval MODEL` (a Hub id or a checkpoint)")
         one_of(self.torch_dtype, TORCH_DTYPES, "torch_dtype")
         one_of(self.packing, PACKINGS, "packing")
+        self.chat_template_kwargs = chat_template_kwargs(self.chat_template_kwargs)
         for name in ("max_seq_length", "max_eval_samples", "per_device_eval_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

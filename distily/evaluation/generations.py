@@ -17,14 +17,14 @@ and ``generation/samples`` (the prompts answered).
 """
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
 from distily.data.chat import (
-    MESSAGES, assistant_turns, chat_format, conversations, prompt_ids, resolve_chat_template,
+    MESSAGES, ChatTemplate, assistant_turns, chat_format, conversations, prompt_ids, run_chat_template,
 )
 from distily.data.text import completion_batch, load_documents
 from distily.errors import DistilyConfigError
@@ -92,7 +92,7 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
             for completion in generator.generate(prompts[start:start + batch_size])]
 
 
-def answer_opening(turns: list[dict], reference: str, tokenizer: PreTrainedTokenizerBase, template: str,
+def answer_opening(turns: list[dict], reference: str, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
                    row: int) -> str:
     """The text ``template`` writes between the generation prompt after ``turns`` and the ``reference`` answer's
     content (mostly nothing)."""
@@ -137,12 +137,13 @@ class GenerationEval:
     max_new_tokens: int
     batch_size: int
     metric: Optional[str] = None  # module:function
+    chat_template_kwargs: dict = field(default_factory=dict)
 
     def scores(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                teacher: Optional[PreTrainedModel] = None, vocab_size: Optional[int] = None) -> dict[str, float]:
         """``model``'s exact match (and metric) on the prompts; with a ``teacher`` (same tokenizer) also the KL to
         it on ``model``'s answers."""
-        template = resolve_chat_template(tokenizer, self.chat_template)
+        template = run_chat_template(tokenizer, self.chat_template, self.chat_template_kwargs)
         references = self.prompts.references
         try:
             prompts = [prompt_ids(tokenizer, turns, template, f"row {row}")
@@ -168,13 +169,13 @@ class GenerationEval:
 
 
 def generation_eval(args: EvaluationArguments, data: DataArguments, chat_template: Optional[str],
-                    batch_size: int) -> Optional[GenerationEval]:
+                    chat_template_kwargs: dict, batch_size: int) -> Optional[GenerationEval]:
     """The ``GenerationEval`` that ``args`` configures (its prompts loaded and checked now), or None without a
     ``generation_eval_dataset``."""
     if args.generation_eval_dataset is None:
         return None
     return GenerationEval(load_heldout_prompts(args, data), chat_template, args.generation_eval_max_new_tokens,
-                          batch_size, args.generation_eval_metric)
+                          batch_size, args.generation_eval_metric, chat_template_kwargs)
 
 
 class GenerationEvaluator:

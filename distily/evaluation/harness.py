@@ -124,15 +124,17 @@ def run_tasks(
     args: EvaluationArguments,
     manager,
     batch_size: int,
+    chat_template_kwargs: Optional[dict] = None,
 ) -> dict[str, dict[str, float]]:
     """``task_results`` of ``model`` on ``args.lm_eval_tasks`` (the model is left in eval mode). With
-    ``lm_eval_apply_chat_template`` the harness renders prompts with the tokenizer's chat template, few-shot
-    examples as turns of the conversation."""
+    ``lm_eval_apply_chat_template`` the harness renders prompts with the tokenizer's chat template (and
+    ``chat_template_kwargs``), few-shot examples as turns of the conversation."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     chat = {"apply_chat_template": True, "fewshot_as_multiturn": True} if args.lm_eval_apply_chat_template else {}
+    variables = {"chat_template_args": chat_template_kwargs} if chat and chat_template_kwargs else {}
+    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **variables)
     raw = lm_eval.simple_evaluate(
         model=wrapped,
         tasks=list(args.lm_eval_tasks),
@@ -159,11 +161,12 @@ def _folder_fingerprint(path: Optional[str]) -> list:
 
 
 def teacher_cache_key(
-    teacher: PreTrainedModel, teacher_name_or_path: str, tokenizer: PreTrainedTokenizerBase, args: EvaluationArguments
+    teacher: PreTrainedModel, teacher_name_or_path: str, tokenizer: PreTrainedTokenizerBase, args: EvaluationArguments,
+    chat_template_kwargs: Optional[dict] = None,
 ) -> str:
     """What the teacher's results depend on: the teacher (its config, and its weight files' sizes and times or
     its Hub revision), the tasks and their local definitions, the settings (with ``lm_eval_apply_chat_template``,
-    the chat template the prompts are rendered with), and the harness version."""
+    the chat template the prompts are rendered with and its variables), and the harness version."""
     from importlib.metadata import version
 
     local = Path(os.path.expanduser(teacher_name_or_path))
@@ -186,6 +189,8 @@ def teacher_cache_key(
     }
     if args.lm_eval_apply_chat_template:  # absent when off: the keys of results cached before it existed hold
         content["apply_chat_template"] = tokenizer.chat_template
+        if chat_template_kwargs:
+            content["chat_template_kwargs"] = chat_template_kwargs
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -196,12 +201,13 @@ def cached_teacher_results(
     args: EvaluationArguments,
     manager,
     batch_size: int,
+    chat_template_kwargs: Optional[dict] = None,
 ) -> dict[str, dict[str, float]]:
     """``run_tasks`` for the teacher, read from the cache when this teacher ran these tasks before."""
-    key = teacher_cache_key(teacher, teacher_name_or_path, tokenizer, args)
+    key = teacher_cache_key(teacher, teacher_name_or_path, tokenizer, args, chat_template_kwargs)
     path = Path(os.path.expanduser(args.lm_eval_cache_dir or distily_cache_dir("lm_eval"))) / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    results = run_tasks(teacher, tokenizer, args, manager, batch_size)
+    results = run_tasks(teacher, tokenizer, args, manager, batch_size, chat_template_kwargs)
     write_json_atomic(path, results)
     return results

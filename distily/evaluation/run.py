@@ -47,7 +47,7 @@ def generation_evaluator(
     are loaded now, so a bad set fails before training. ``teacher``: None when it does not run or reads other
     tokens than the student."""
     found = generation_eval(config.evaluation, config.data, config.data.chat_template,
-                            config.training.per_device_eval_batch_size)
+                            config.data.chat_template_kwargs, config.training.per_device_eval_batch_size)
     return None if found is None else GenerationEvaluator(found, tokenizer, teacher, vocab_size)
 
 
@@ -61,9 +61,10 @@ def benchmark(
     """lm-eval results of the student and (from the cache when it ran before) the teacher; the teacher's are
     None when ``teacher`` is None (only its recorded outputs are at hand)."""
     batch_size = config.training.per_device_eval_batch_size
-    student_results = run_tasks(student, tokenizer, config.evaluation, manager, batch_size)
+    variables = config.data.chat_template_kwargs
+    student_results = run_tasks(student, tokenizer, config.evaluation, manager, batch_size, variables)
     if teacher is None:
         return student_results, None
     return student_results, cached_teacher_results(
-        teacher, config.model.teacher_model_name_or_path, tokenizer, config.evaluation, manager, batch_size
+        teacher, config.model.teacher_model_name_or_path, tokenizer, config.evaluation, manager, batch_size, variables
     )

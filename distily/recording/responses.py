@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import GenerateConfig
-from distily.data.chat import prompt_ids, resolve_chat_template
+from distily.data.chat import prompt_ids, run_chat_template
 from distily.data.text import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import pad_token_id
@@ -78,7 +78,7 @@ def teacher_responses(
     prompt order), and the number of empty responses dropped."""
     args = config.generate
     conversations = prompt_conversations(load_prompts(config))
-    template = resolve_chat_template(tokenizer, config.data.chat_template)
+    template = run_chat_template(tokenizer, config.data.chat_template, config.data.chat_template_kwargs)
     stops = stop_token_ids(tokenizer, teacher)
     generator = HFGenerator(teacher, args.sampling(), stops, pad_token_id(tokenizer))
     requests = []  # (conversation, prompt ids), each prompt generate_num_return_sequences times

@@ -48,7 +48,8 @@ def recording_settings(config: RecordConfig, teacher: PreTrainedModel, tokenizer
     vocab = output_vocab_size(teacher)
     chat = chat_tokenization(documents, tokenizer, data, max_seq_length)
     chat_settings = {} if chat is None else {  # chat data only: a text store's settings stay as they were
-        "loss_on": chat.loss_on, "chat_template_sha256": hashlib.sha256(chat.template.encode()).hexdigest(),
+        "loss_on": chat.loss_on, "chat_template_sha256": hashlib.sha256(chat.template.text.encode()).hexdigest(),
+        **({"chat_template_kwargs": chat.template.kwargs} if chat.template.kwargs else {}),
     }
     return {
         **teacher_identity(config.model.teacher_model_name_or_path, teacher),

@@ -15,6 +15,7 @@ It reports what was done and measured, nothing more:
 
 import dataclasses
 import enum
+import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
@@ -244,6 +245,8 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     ) if value)
     if loss_on:
         template = "the chat template given (`chat_template`)" if data.chat_template else "the teacher's chat template"
+        if data.chat_template_kwargs:  # the student's users render with them too
+            template += f" and `chat_template_kwargs: {json.dumps(data.chat_template_kwargs)}`"
         counted = "the assistant's tokens" if loss_on == "assistant" else "every token"
         training_set = (f"- Training set: {metrics.train_sequences:,} rows of conversations rendered with {template}, "
                         f"at most {length} tokens each; the losses count {counted} (`loss_on: {loss_on}`).")

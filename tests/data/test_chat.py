@@ -1,13 +1,14 @@
 """Chat data: formats, chat-template tokenization, assistant masks, framing and bad inputs."""
 
 import json
+import re
 
 import datasets
 import pytest
 import torch
 
 from distily.data.arguments import DataArguments
-from distily.data.chat import assistant_token_mask
+from distily.data.chat import ChatTemplate, assistant_token_mask
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, check_document_isolation, model_inputs
 from distily.data.text import build_datasets, collate, load_training_documents
 from distily.errors import DistilyConfigError
@@ -33,7 +34,7 @@ def _expected_mask_ids(messages, tokenizer, style):
 def test_assistant_mask_is_the_assistant_content_and_end_of_turn(style):
     tokenizer = make_chat_tokenizer(style)
     for row, messages in enumerate(make_conversations(6)):
-        ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, row)
+        ids, mask = assistant_token_mask(messages, tokenizer, ChatTemplate(tokenizer.chat_template), row)
         assert ids == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)[INPUT_IDS]
         assert [token for token, kept in zip(ids, mask) if kept] == _expected_mask_ids(messages, tokenizer, style)
         turns = sum(message["role"] == "assistant" for message in messages)
@@ -42,7 +43,7 @@ def test_assistant_mask_is_the_assistant_content_and_end_of_turn(style):
 
 
 def _masked_text(messages, tokenizer) -> str:
-    ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, 0)
+    ids, mask = assistant_token_mask(messages, tokenizer, ChatTemplate(tokenizer.chat_template), 0)
     return tokenizer.decode([token for token, kept in zip(ids, mask) if kept])
 
 
@@ -58,7 +59,7 @@ def test_reasoning_in_qwen3s_last_answer_is_the_assistants_and_in_an_earlier_one
     # the template drops an earlier answer's reasoning: what the assistant wrote is no longer in the text
     with pytest.raises(DistilyConfigError, match="row 0's assistant turn 1 .* verbatim .*Qwen3's drops"):
         assistant_token_mask([question, thought, question, {"role": "assistant", "content": "yes."}], tokenizer,
-                             tokenizer.chat_template, 0)
+                             ChatTemplate(tokenizer.chat_template), 0)
 
 
 def _dataset(tmp_path, rows, name="chat.jsonl"):
@@ -76,7 +77,7 @@ def _rendered_loss_masks(conversations, tokenizer):
     """Each conversation's ids -> its loss mask (the assistant mask moved one position left)."""
     rendered = {}
     for messages in conversations:
-        ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, 0)
+        ids, mask = assistant_token_mask(messages, tokenizer, ChatTemplate(tokenizer.chat_template), 0)
         rendered[tuple(ids)] = mask[1:] + [0]
     return rendered
 
@@ -121,7 +122,7 @@ def test_prompt_completion_rows_read_as_user_and_assistant_turns(tmp_path):
     assert plain["messages"] == messages["messages"] == [
         [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"number {i}"}] for i in range(6)
     ]
-    ids, mask = assistant_token_mask(plain["messages"][0], tokenizer, tokenizer.chat_template, 0)
+    ids, mask = assistant_token_mask(plain["messages"][0], tokenizer, ChatTemplate(tokenizer.chat_template), 0)
     assert tokenizer.decode([t for t, kept in zip(ids, mask) if kept]) == "number 0<|eot_id|>"
 
 
@@ -204,6 +205,41 @@ def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path):
         build_datasets(_args(path, tmp_path), make_chat_tokenizer("chatml", with_template=False), 256, 0)
     with pytest.raises(DistilyConfigError, match="chat_template='missing.jinja' does not exist"):
         build_datasets(_args(path, tmp_path, chat_template="missing.jinja"), make_chat_tokenizer("chatml"), 256, 0)
+
+
+def test_chat_template_kwargs_reach_the_template_and_key_the_tokenization_cache(tmp_path):
+    """Qwen3's enable_thinking=false writes the empty reasoning block into the generation prompt: it is then the
+    prompt's, not the assistant's to write."""
+    tokenizer = make_chat_tokenizer("qwen3")
+    turns = [{"role": "user", "content": "the cat sleeps."}, {"role": "assistant", "content": "the cat sleeps."}]
+    plain = ChatTemplate(tokenizer.chat_template)
+    no_thinking = ChatTemplate(tokenizer.chat_template, {"enable_thinking": False})
+    assert _masked_text(turns, tokenizer) == EMPTY_REASONING + "the cat sleeps.<|im_end|>"
+    ids, mask = assistant_token_mask(turns, tokenizer, no_thinking, 0)
+    assert ids == assistant_token_mask(turns, tokenizer, plain, 0)[0]  # the same text: the block moves sides
+    assert tokenizer.decode([token for token, kept in zip(ids, mask) if kept]) == "the cat sleeps.<|im_end|>"
+    # before an earlier answer the conversation holds the generation prompt without the block: it starts there
+    two = turns + [{"role": "user", "content": "a dog runs."}, {"role": "assistant", "content": "a dog runs."}]
+    ids, mask = assistant_token_mask(two, tokenizer, no_thinking, 0)
+    assert tokenizer.decode([token for token, kept in zip(ids, mask) if kept]) == (
+        "the cat sleeps.<|im_end|>a dog runs.<|im_end|>")
+
+    path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(8))
+    targets = {}
+    for kwargs in (None, '{"enable_thinking": false}'):  # one cache directory: each its own entry
+        data = build_datasets(_args(path, tmp_path, chat_template_kwargs=kwargs), tokenizer, 256, 0)
+        targets[kwargs] = sum(sum(row) for row in data.train[LOSS_MASK])
+    think_tokens = len(tokenizer(EMPTY_REASONING, add_special_tokens=False)[INPUT_IDS])
+    assert targets[None] - targets['{"enable_thinking": false}'] == think_tokens * len(data.train)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ('{"add_generation_prompt": true}', "chat_template_kwargs sets add_generation_prompt, which Distily sets"),
+    ("[1]", "chat_template_kwargs='[1]' is a JSON list; expected a JSON object"),
+])
+def test_bad_chat_template_kwargs_are_one_line_errors(tmp_path, kwargs, message):
+    with pytest.raises(DistilyConfigError, match=re.escape(message)):
+        _args("c.jsonl", tmp_path, chat_template_kwargs=kwargs)
 
 
 def test_a_conversation_the_template_refuses_is_one_line_naming_the_row(tmp_path):

@@ -123,6 +123,25 @@ def test_an_answer_is_read_after_the_opening_its_template_writes_before_the_cont
         heldout.scores(None, tokenizer)
 
 
+def test_chat_template_kwargs_render_the_prompts(tmp_path, monkeypatch):
+    """Qwen3's enable_thinking=false: the empty reasoning block closes every prompt, the answer is the content."""
+    tokenizer = make_chat_tokenizer("qwen3")
+    rows = user_turns(3, seed=2)
+    asked = []
+
+    def greedy_answers(model, tokenizer_, prompts, max_new_tokens, batch_size):
+        asked.extend(prompts)
+        return [tokenizer(turns[-1]["content"], add_special_tokens=False)["input_ids"] for turns in rows]
+
+    monkeypatch.setattr(generations, "greedy_answers", greedy_answers)
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
+    heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=2,
+                             chat_template_kwargs={"enable_thinking": False})
+    assert heldout.scores(None, tokenizer)["generation/exact_match"] == pytest.approx(100.0)
+    block = tokenizer(EMPTY_REASONING, add_special_tokens=False)["input_ids"]
+    assert len(asked) == 3 and all(prompt[-len(block):] == block for prompt in asked)
+
+
 def test_a_prompt_the_template_refuses_names_the_dataset_and_row(tmp_path):
     rows = user_turns(3, seed=2)
     rows[1] = [rows[1][-2]] + rows[1][-2:]  # two user turns in a row: Gemma's template refuses them

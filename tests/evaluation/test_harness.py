@@ -166,6 +166,29 @@ def test_chat_templates_reach_the_harness_and_key_the_teachers_cache(teacher_dir
     assert keys[False, "other"] == keys[False]  # and only then
 
 
+def test_chat_template_kwargs_reach_the_harness_and_key_the_teachers_cache(teacher_dirs, tokenizer, tmp_path,
+                                                                          monkeypatch):
+    variables, original_render = [], tokenizer.apply_chat_template
+
+    def render(*args, **kwargs):
+        variables.append(kwargs.get("enable_thinking"))
+        return original_render(*args, **kwargs)
+
+    tokenizer.chat_template = CHAT_TEMPLATE
+    monkeypatch.setattr(tokenizer, "apply_chat_template", render)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])
+    args = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_include_path=write_local_task(tmp_path / "tasks"),
+                               lm_eval_limit=2, lm_eval_bootstrap_iters=0, lm_eval_apply_chat_template=True)
+    run_tasks(teacher, tokenizer, args, task_manager(args), 4, chat_template_kwargs={"enable_thinking": False})
+    assert variables and set(variables) == {False}
+    keys = {kwargs: harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, args, kwargs and {"a": kwargs})
+            for kwargs in (None, 1, 2)}
+    assert len(set(keys.values())) == 3
+    plain = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_apply_chat_template=False)
+    assert (harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, plain, {"a": 1})
+            == harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, plain))  # no chat, no effect
+
+
 def test_a_chat_template_is_required_before_training(tokenizer):
     args = EvaluationArguments(lm_eval_tasks=["hellaswag"], lm_eval_apply_chat_template=True)
     tokenizer.chat_template = None

@@ -119,3 +119,6 @@ def test_a_chat_students_card_names_the_template_the_loss_mask_and_the_on_policy
     assert "at most 64 new tokens, `hf` back end" in text
     plain, _ = card_for(tmp_path, run_metrics)
     assert "3,200 packed sequences of 128 tokens" in plain.text and "On-policy" not in plain.text
+    no_thinking, _ = card_for(tmp_path, lambda bitnet: chat, chat_template_kwargs={"enable_thinking": False})
+    assert ("rendered with the teacher's chat template and `chat_template_kwargs: {\"enable_thinking\": false}`, "
+            "at most 128") in no_thinking.text

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from distily.config import parse_config
-from distily.data.chat import assistant_token_mask
+from distily.data.chat import ChatTemplate, assistant_token_mask
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
@@ -71,7 +71,7 @@ def test_a_conversations_prompt_is_its_templates_rendering_up_to_the_generation_
     writes the empty reasoning block that opens its last answer, so it is not in the prompt."""
     tokenizer = make_chat_tokenizer(style)
     for messages in make_conversations(6, seed=4):
-        ids, mask = assistant_token_mask(messages, tokenizer, tokenizer.chat_template, 0)
+        ids, mask = assistant_token_mask(messages, tokenizer, ChatTemplate(tokenizer.chat_template), 0)
         batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
                  LOSS_MASK: torch.tensor([mask[1:] + [0]])}
         expected = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, return_dict=True)
