@@ -22,6 +22,7 @@ the content (whitespace between counted with it). The row's ``loss_mask`` is tha
 left (the shared convention: 1 at t when the token at t + 1 is a target).
 """
 
+import bisect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,9 +183,9 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: 
     return tokenizer(render_chat(tokenizer, turns, template, True, where), add_special_tokens=False)[INPUT_IDS]
 
 
-def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> set[str]:
-    added = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
-    return added | set(tokenizer.all_special_tokens)
+def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    added = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return added | set(tokenizer.all_special_ids)
 
 
 @dataclass(frozen=True)
@@ -196,15 +197,28 @@ class AssistantTurn:
     content_end: int
 
 
+@dataclass(frozen=True)
+class RenderedConversation:
+    """A conversation as the chat template renders it, that text's tokens, and its assistant turns."""
+
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]  # each token's characters in text
+    turns: list[AssistantTurn]
+
+
 def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                    row: int) -> tuple[str, list[AssistantTurn]]:
-    """The conversation's text as ``template`` renders it, and where each assistant turn with content lies in it
-    (the module's docstring says how); ``row`` names the conversation in errors."""
+                    row: int) -> RenderedConversation:
+    """The conversation as ``template`` renders it, tokenized, and where each assistant turn with content lies in
+    it (the module's docstring says how); ``row`` names the conversation in errors."""
     def render(turns: list[dict], generation_prompt: bool) -> str:
         return render_chat(tokenizer, turns, template, generation_prompt, f"row {row}")
 
     text = render(messages, False)
-    special = _special_tokens(tokenizer)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoding[INPUT_IDS], encoding["offset_mapping"]
+    special = _special_ids(tokenizer)
+    special_starts = [start for token, (start, _) in zip(ids, offsets) if token in special]  # ascending
     turns = []
     for turn, message in enumerate(messages):
         if message["role"] != "assistant" or not message["content"].strip():
@@ -222,10 +236,10 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
             # block opens only its last answer): the turn starts where the two part
             prefix = before + os.path.commonprefix([prefix[len(before):], text[len(before):]])
         content = message["content"].strip()
-        closing = min((at for at in (text.find(token, len(prefix)) for token in special) if at >= 0), default=-1)
-        if closing >= 0:  # the last occurrence before the special token that closes the turn
-            start = text.rfind(content, len(prefix), closing)
-        else:  # a template without special tokens: the first occurrence, with only whitespace before it
+        after = bisect.bisect_left(special_starts, len(prefix))
+        if after < len(special_starts):  # the last occurrence before the special token that closes the turn
+            start = text.rfind(content, len(prefix), special_starts[after])
+        else:  # no special token after it: the first occurrence, with only whitespace before it
             start = text.find(content, len(prefix))
             start = -1 if text[len(prefix):max(start, 0)].strip() else start
         if start < 0:
@@ -235,7 +249,7 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
                 "rewrites it, as Qwen3's drops an earlier turn's <think> reasoning, cannot be masked)"
             )
         turns.append(AssistantTurn(len(prefix), start, start + len(content)))
-    return text, turns
+    return RenderedConversation(text, ids, offsets, turns)
 
 
 def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
@@ -243,12 +257,11 @@ def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBas
     """``(input_ids, mask)`` of a conversation: the template's rendering tokenized, and 1 on the assistant's
     tokens (from its generation prompt to the end of its content, and the end-of-turn token that closes it);
     ``row`` names the conversation in errors."""
-    text, turns = assistant_turns(messages, tokenizer, template, row)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoding[INPUT_IDS], encoding["offset_mapping"]
-    special = set(tokenizer.convert_tokens_to_ids(sorted(_special_tokens(tokenizer))))
+    rendered = assistant_turns(messages, tokenizer, template, row)
+    text, ids, offsets = rendered.text, rendered.ids, rendered.offsets
+    special = _special_ids(tokenizer)
     mask = [0] * len(ids)
-    for turn in turns:
+    for turn in rendered.turns:
         token = 0
         while token < len(ids) and offsets[token][1] <= turn.start:
             token += 1

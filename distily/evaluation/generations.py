@@ -98,8 +98,9 @@ def answer_opening(turns: list[dict], reference: str, tokenizer: PreTrainedToken
     content (mostly nothing)."""
     if not reference.strip():
         return ""
-    text, answers = assistant_turns(turns + [{"role": "assistant", "content": reference}], tokenizer, template, row)
-    return text[answers[-1].start:answers[-1].content_start]
+    rendered = assistant_turns(turns + [{"role": "assistant", "content": reference}], tokenizer, template, row)
+    answer = rendered.turns[-1]
+    return rendered.text[answer.start:answer.content_start]
 
 
 def without_opening(answer: str, opening: str) -> str:
