@@ -174,23 +174,24 @@ QWEN3_TEMPLATE = (  # ChatML, plus Qwen3's habits with reasoning: the last answe
     "{% set state.last_user = loop.index0 %}{% endif %}{% endfor %}"
     "{% for message in messages %}{% if message['role'] == 'assistant' %}"
     "{% set answer = message['content'] %}{% set reasoning = '' %}{% if '</think>' in answer %}"
-    "{% set reasoning = answer.split('</think>')[0].split('<think>')[-1].strip('\n') %}"
-    "{% set answer = answer.split('</think>')[-1].lstrip('\n') %}{% endif %}"
-    "{{ '<|im_start|>assistant\n' }}{% if loop.index0 > state.last_user and (loop.last or reasoning) %}"
-    "{{ '<think>\n' + reasoning + '\n</think>\n\n' }}{% endif %}{{ answer + '<|im_end|>\n' }}"
-    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}"
+    "{% set reasoning = answer.split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
+    "{% set answer = answer.split('</think>')[-1].lstrip('\\n') %}{% endif %}"
+    "{{ '<|im_start|>assistant\\n' }}{% if loop.index0 > state.last_user and (loop.last or reasoning) %}"
+    "{{ '<think>\\n' + reasoning + '\\n</think>\\n\\n' }}{% endif %}{{ answer + '<|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+    "{% endif %}"
 )
 GEMMA_TEMPLATE = (  # Gemma 3's habits: BOS from the template, the assistant called model, a system turn folded into
     # the first user turn, and conversations whose roles do not alternate refused (raise_exception)
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set preamble = messages[0]['content'] + '\n\n' %}"
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set preamble = messages[0]['content'] + '\\n\\n' %}"
     "{% set turns = messages[1:] %}{% else %}{% set preamble = '' %}{% set turns = messages %}{% endif %}"
     "{% for message in turns %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
-    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' }}"
-    "{{ (preamble if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{{ (preamble if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
 EMPTY_REASONING = "<think>\n\n</think>\n\n"  # what Qwen3's template opens a last answer without reasoning with
 CHAT_STYLES = {  # style -> (template, its special tokens, the end-of-turn token)

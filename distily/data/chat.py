@@ -12,10 +12,10 @@ assistant turn, the conversation before it is rendered with the generation promp
 the whole rendering; or the conversation before it without the generation prompt must be, and the turn starts
 where the generation prompt and the rendering part (Qwen3's template with ``enable_thinking: false`` writes an
 empty ``<think>`` block into the generation prompt but before the last answer only); else the template is not
-prefix-consistent and the row is refused. The turn's content
-must follow it verbatim (whitespace-stripped): before the next special token (its last occurrence there),
-or in a template without special tokens right after the prompt (whitespace aside); else the row is refused.
-The assistant's tokens run from the generation prompt's end to the content's: text the template puts between
+prefix-consistent and the row is refused. The turn's content must follow it verbatim (whitespace-stripped):
+before the next special token (its last occurrence there), or there the end of the content alone (Qwen3's
+template drops the ``<think>`` reasoning of answers before the last user turn), or in a template without
+special tokens right after the prompt (whitespace aside); else the row is refused. The assistant's tokens run from the generation prompt's end to the content's: text the template puts between
 them is the model's to write (Qwen3's template opens the last answer with an empty ``<think>`` block, which the
 model writes when it answers without reasoning). With them, the end-of-turn token when a special token closes
 the content (whitespace between counted with it). The row's ``loss_mask`` is that mask moved one position
@@ -238,15 +238,19 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
         content = message["content"].strip()
         after = bisect.bisect_left(special_starts, len(prefix))
         if after < len(special_starts):  # the last occurrence before the special token that closes the turn
-            start = text.rfind(content, len(prefix), special_starts[after])
+            closing = special_starts[after]
+            start = text.rfind(content, len(prefix), closing)
+            shown = text[len(prefix):closing].strip()
+            if start < 0 and shown and content.endswith(shown):  # the template keeps the content's end only
+                start, content = text.index(shown, len(prefix)), shown
         else:  # no special token after it: the first occurrence, with only whitespace before it
             start = text.find(content, len(prefix))
             start = -1 if text[len(prefix):max(start, 0)].strip() else start
         if start < 0:
             raise DistilyConfigError(
                 f"the chat template does not render row {row}'s assistant turn {turn} after its generation prompt "
-                "and before the next special token; expected the assistant's content there verbatim (a template that "
-                "rewrites it, as Qwen3's drops an earlier turn's <think> reasoning, cannot be masked)"
+                "and before the next special token; expected the assistant's content there verbatim, or its end (as "
+                "Qwen3's template keeps of an earlier answer, without its <think> reasoning)"
             )
         turns.append(AssistantTurn(len(prefix), start, start + len(content)))
     return RenderedConversation(text, ids, offsets, turns)

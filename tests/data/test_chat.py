@@ -14,7 +14,8 @@ from distily.data.text import build_datasets, collate, load_training_documents
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
 from tiny import (
-    CHAT_STYLES, EMPTY_REASONING, make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl,
+    CHAT_STYLES, EMPTY_REASONING, QWEN3_TEMPLATE, make_chat_tokenizer, make_conversations, save_tiny_model,
+    write_chat_jsonl,
 )
 
 
@@ -47,7 +48,7 @@ def _masked_text(messages, tokenizer) -> str:
     return tokenizer.decode([token for token, kept in zip(ids, mask) if kept])
 
 
-def test_reasoning_in_qwen3s_last_answer_is_the_assistants_and_in_an_earlier_one_is_refused():
+def test_reasoning_in_qwen3s_last_answer_is_the_assistants_and_an_earlier_answer_is_what_the_template_keeps():
     tokenizer = make_chat_tokenizer("qwen3")
     question = {"role": "user", "content": "the cat sleeps."}
     thought = {"role": "assistant", "content": "<think>\nI repeat it.\n</think>\n\nthe cat sleeps."}
@@ -56,10 +57,15 @@ def test_reasoning_in_qwen3s_last_answer_is_the_assistants_and_in_an_earlier_one
     for answer in ("k", "think", "\nin"):
         turns = [question, {"role": "assistant", "content": answer}]
         assert _masked_text(turns, tokenizer) == EMPTY_REASONING + answer + "<|im_end|>"
-    # the template drops an earlier answer's reasoning: what the assistant wrote is no longer in the text
-    with pytest.raises(DistilyConfigError, match="row 0's assistant turn 1 .* verbatim .*Qwen3's drops"):
-        assistant_token_mask([question, thought, question, {"role": "assistant", "content": "yes."}], tokenizer,
-                             ChatTemplate(tokenizer.chat_template), 0)
+    # the template drops an earlier answer's reasoning: the answer it keeps is the assistant's
+    later = {"role": "assistant", "content": "yes."}
+    assert _masked_text([question, thought, question, later], tokenizer) == (
+        f"the cat sleeps.<|im_end|>{EMPTY_REASONING}yes.<|im_end|>")
+    # a template that leaves the assistant's turns out: nothing of them to mask
+    dropping = QWEN3_TEMPLATE.replace("{{ answer + '<|im_end|>\\n' }}", "{{ '' }}")
+    assert dropping != QWEN3_TEMPLATE
+    with pytest.raises(DistilyConfigError, match="row 0's assistant turn 1 .* verbatim, or its end"):
+        assistant_token_mask([question, thought, question, later], tokenizer, ChatTemplate(dropping), 0)
 
 
 def _dataset(tmp_path, rows, name="chat.jsonl"):

@@ -115,13 +115,6 @@ def test_an_answer_is_read_after_the_opening_its_template_writes_before_the_cont
     heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=2)
     assert heldout.scores(None, tokenizer)["generation/exact_match"] == pytest.approx(60.0)  # rows 0, 1 and 4
 
-    # the template drops an earlier answer's reasoning: where the reference starts cannot be read
-    rewritten = [rows[0][:-1] + [{"role": "assistant", "content": reasoned}] + rows[0]]
-    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "rewritten.jsonl", rewritten))
-    heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=2)
-    with pytest.raises(DistilyConfigError, match="^generation_eval_dataset='.*rewritten.jsonl': .* row 0's assistant"):
-        heldout.scores(None, tokenizer)
-
 
 def test_chat_template_kwargs_render_the_prompts(tmp_path, monkeypatch):
     """Qwen3's enable_thinking=false: the empty reasoning block closes every prompt, the answer is the content."""
