@@ -15,11 +15,12 @@ empty ``<think>`` block into the generation prompt but before the last answer on
 prefix-consistent and the row is refused. The turn's content must follow it verbatim (whitespace-stripped):
 before the next special token (its last occurrence there), or there the end of the content alone (Qwen3's
 template drops the ``<think>`` reasoning of answers before the last user turn), or in a template without
-special tokens right after the prompt (whitespace aside); else the row is refused. The assistant's tokens run from the generation prompt's end to the content's: text the template puts between
-them is the model's to write (Qwen3's template opens the last answer with an empty ``<think>`` block, which the
-model writes when it answers without reasoning). With them, the end-of-turn token when a special token closes
-the content (whitespace between counted with it). The row's ``loss_mask`` is that mask moved one position
-left (the shared convention: 1 at t when the token at t + 1 is a target).
+special tokens right after the prompt (whitespace aside); else the row is refused. The assistant's tokens run
+from the generation prompt's end to the content's: text the template puts between them is the model's to write
+(Qwen3's template opens the last answer with an empty ``<think>`` block, which the model writes when it answers
+without reasoning). With them, the end-of-turn token when a special token closes the content (whitespace
+between counted with it). The row's ``loss_mask`` is that mask moved one position left (the shared
+convention: 1 at t when the token at t + 1 is a target).
 """
 
 import bisect
