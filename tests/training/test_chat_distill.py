@@ -3,7 +3,7 @@ loss count the same positions, and a store recorded from chat data keeps its los
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GenerationConfig
 
 from distily.config import parse_config, parse_record_config
 from distily.data.framing import LOSS_MASK
@@ -11,9 +11,10 @@ from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
-from distily.training.on_policy import OnPolicyBatches
+from distily.training import on_policy
+from distily.training.on_policy import OnPolicyBatches, batch_prompts
 from store_values import store_values
-from tiny import make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
+from tiny import EMPTY_REASONING, make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,36 @@ def test_on_policy_distillation_on_chat_data_learns_from_the_students_completion
     student = run_distillation(parse_config(**values))["student"]
     assert student["after_kl_to_teacher"] < 0.8 * student["before_kl_to_teacher"], student
     assert 5 < len(generated) < 25 and all(count > 0 for count in generated), generated  # about half of 30 steps
+
+
+def test_a_qwen3_style_teacher_distills_on_policy_in_its_non_thinking_mode(tmp_path, monkeypatch):
+    """Qwen3's habits end to end: its template with enable_thinking=false (the empty <think> block closes every
+    prompt the student answers on-policy and in the generation eval), <|im_end|> a stop token only in its
+    generation config, which the student inherits."""
+    tokenizer = make_chat_tokenizer("qwen3")
+    teacher = save_tiny_model(tmp_path / "teacher", "llama", tokenizer, vocab_size=len(tokenizer))
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = GenerationConfig.from_pretrained(teacher)
+    config.eos_token_id = [end_of_turn, tokenizer.eos_token_id]
+    config.save_pretrained(teacher)
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(48))
+    prompts = []
+
+    def recorded_prompts(batch):
+        found = batch_prompts(batch)
+        prompts.extend(found)
+        return found
+
+    monkeypatch.setattr(on_policy, "batch_prompts", recorded_prompts)
+    values = store_values(teacher, data, tmp_path, max_seq_length=256, max_steps=6, lmbda=1.0,  # none cut
+                          on_policy_max_new_tokens=8, chat_template_kwargs={"enable_thinking": False},
+                          generation_eval_dataset=data, generation_eval_max_samples=4, generation_eval_max_new_tokens=8)
+    metrics = run_distillation(parse_config(**values))
+    block = tokenizer(EMPTY_REASONING, add_special_tokens=False)["input_ids"]
+    assert len(prompts) == 6 * 4 and all(prompt[-len(block):] == block for prompt in prompts)
+    assert metrics["student"]["after_generation/samples"] == 4 and "generation/exact_match" in metrics["teacher"]
+    saved = GenerationConfig.from_pretrained(values["output_dir"])
+    assert saved.eos_token_id == [end_of_turn, tokenizer.eos_token_id]
 
 
 def test_a_teacher_without_a_chat_template_gives_its_student_the_runs_template(tmp_path):
