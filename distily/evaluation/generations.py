@@ -5,7 +5,7 @@ The prompts are chat data (``distily.data.chat``'s formats): ``messages`` rows w
 assistant's reference answer, the turns before it ending with the user's (the prompt), or ``prompt`` +
 ``completion`` rows (the completion is the reference). Each prompt is rendered with the chat template and its
 generation prompt (``prompt_ids``) and answered greedily by ``HFGenerator`` (batched, left-padded, KV cache);
-an answer is its completion decoded without the end-of-text token and special tokens, and without the text
+an answer is its completion decoded without its stop token and special tokens, and without the text
 the template writes before an answer's content when it starts with it (``answer_opening``: Qwen3's template
 opens the last answer with an empty ``<think>`` block, which its models write before answering without
 reasoning). Exact match counts the answers equal to their references, both whitespace-stripped, in percent.
@@ -84,7 +84,7 @@ def load_heldout_prompts(args: EvaluationArguments, data: DataArguments) -> Held
 
 def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
                    max_new_tokens: int, batch_size: int) -> list[list[int]]:
-    """Greedy completions of ``prompts`` (token ids, up to and with the end-of-text token), ``batch_size`` at a
+    """Greedy completions of ``prompts`` (token ids, up to and with the model's stop token), ``batch_size`` at a
     time."""
     generator = HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0), stop_token_ids(tokenizer, model),
                             pad_token_id(tokenizer))

@@ -4,8 +4,8 @@
 A generator takes prompts as token-id lists and returns, per prompt, the completion's token ids: up to and
 including the first stop token (the model chose to stop there), or ``max_new_tokens`` ids without one. The stop
 tokens (``stop_token_ids``) are the tokenizer's end of text and the model's generation config's: chat models end
-their turns with their own token (Phi-3 with ``<|end|>``, Gemma with ``<end_of_turn>``), which ``generate``
-stops at by default but the tokenizer's end of text is not.
+their turns with a token of their own (Phi-3 with ``<|end|>``, Gemma with ``<end_of_turn>``) that only their
+generation config lists (where ``generate`` reads it by default).
 ``load_weights(model, sharded)`` makes it sample from ``model``'s current weights: the Hugging Face back end
 generates with the model itself, the vLLM back end copies the weights into its engine. ``sharded``: the model's
 parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3), which then generate together.
@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 from transformers import (
-    LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWarper,
+    GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWarper,
 )
 
 from distily.generation.arguments import SamplingSettings
@@ -181,8 +181,12 @@ class HFGenerator(CompletionGenerator):
         model = self.model
         input_ids, attention_mask = left_padded(prompts, self.pad_token_id)  # [prompts, longest] each
         device = next(model.parameters()).device
-        was_training = model.training
+        was_training, defaults = model.training, model.generation_config
         model.eval()
+        # generate fills what it is not given from the model's generation config: a neutral one for the run, so
+        # that only the settings shape the samples (no repetition penalty or top-k of the model's own), as the
+        # vLLM back end's explicit sampling parameters do
+        model.generation_config = GenerationConfig()
         try:
             generated = model.generate(
                 input_ids.to(device),
@@ -196,4 +200,5 @@ class HFGenerator(CompletionGenerator):
             )  # [prompts, longest + <= max_new_tokens]
         finally:
             model.train(was_training)
+            model.generation_config = defaults
         return generated[:, input_ids.shape[1]:].tolist()

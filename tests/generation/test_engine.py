@@ -107,6 +107,22 @@ def test_batched_left_padded_greedy_equals_each_prompt_alone(arch):
         assert completion == expected
 
 
+def test_only_the_settings_shape_the_completions_not_the_models_generation_defaults():
+    """A model's generation config may carry sampling defaults (Qwen2.5's repetition_penalty 1.05, top_k 20):
+    generation follows the settings alone, as the vLLM back end does, and leaves the model's config as it was."""
+    model = tiny_model()
+    plain = greedy(model).generate(PROMPTS)
+    sampled = HFGenerator(model, SamplingSettings(8, temperature=1.3), [EOS], PAD)
+    torch.manual_seed(3)
+    samples = sampled.generate(PROMPTS)
+    defaults = model.generation_config
+    defaults.repetition_penalty, defaults.no_repeat_ngram_size, defaults.top_k, defaults.min_new_tokens = 5.0, 1, 2, 12
+    assert greedy(model).generate(PROMPTS) == plain
+    torch.manual_seed(3)
+    assert sampled.generate(PROMPTS) == samples
+    assert model.generation_config is defaults and defaults.repetition_penalty == 5.0
+
+
 def test_generation_runs_in_eval_mode_with_the_cache_and_restores_training_mode():
     reference = greedy(tiny_model()).generate(PROMPTS)
     model = tiny_model(attention_dropout=0.5).train()  # the same weights; dropout would change the tokens
