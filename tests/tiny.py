@@ -11,6 +11,7 @@ from transformers import (
     Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen3Config,
 )
 
 from tokenizers.processors import TemplateProcessing
@@ -51,10 +52,14 @@ def make_tokenizer(eos_token: str = "<eos>") -> PreTrainedTokenizerFast:
 
 
 def tokenizer_for(arch: str) -> PreTrainedTokenizerFast:
-    """The tokenizer saved beside a tiny ``arch`` model. Qwen2's ends texts with ``<|endoftext|>``, as Qwen2's
-    does: transformers loads a tokenizer beside a Qwen2 config as a Qwen2Tokenizer, which adds that token
+    """The tokenizer saved beside a tiny ``arch`` model. Qwen2's and Qwen3's end texts with ``<|endoftext|>``, as
+    theirs do: transformers loads a tokenizer beside a Qwen config as a Qwen2Tokenizer, which adds that token
     (as unknown and padding token) when the vocabulary lacks it, one id past the model's embedding."""
-    return make_tokenizer("<|endoftext|>" if arch == "qwen2" else "<eos>")
+    return make_tokenizer(end_of_text(arch))
+
+
+def end_of_text(arch: str) -> str:
+    return "<|endoftext|>" if arch in ("qwen2", "qwen3") else "<eos>"
 
 
 def tiny_config(arch: str, layers: int = 4, vocab_size: int = VOCAB, **overrides):
@@ -75,6 +80,11 @@ def tiny_config(arch: str, layers: int = 4, vocab_size: int = VOCAB, **overrides
         config = Qwen2Config(
             num_hidden_layers=layers, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=128, max_position_embeddings=256, **common,
+        )
+    elif arch == "qwen3":  # not in ARCHITECTURES: the Qwen3 recipe's stand-in
+        config = Qwen3Config(
+            num_hidden_layers=layers, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=True, **common,
         )
     else:
         raise ValueError(arch)
@@ -206,10 +216,11 @@ BOS_TOKENS = {"llama3": "<|begin_of_text|>", "gemma": "<bos>"}  # the styles who
 REASONING_TOKENS = {"qwen3": ["<think>", "</think>"]}  # added tokens, not special ones (as Qwen3's are)
 
 
-def make_chat_tokenizer(style: str, with_template: bool = True) -> PreTrainedTokenizerFast:
+def make_chat_tokenizer(style: str, with_template: bool = True,
+                        eos_token: str = "<eos>") -> PreTrainedTokenizerFast:
     """The tiny tokenizer with a family's special tokens (ids from ``VOCAB`` up) and, by default, its template."""
     template, specials, _ = CHAT_STYLES[style]
-    tokenizer = make_tokenizer()
+    tokenizer = make_tokenizer(eos_token)
     tokenizer.add_tokens(specials, special_tokens=True)
     tokenizer.add_tokens(REASONING_TOKENS.get(style, []))
     if style in BOS_TOKENS:

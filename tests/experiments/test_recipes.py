@@ -4,13 +4,16 @@ ones: tiny models of the recipe's architecture and depth, for two steps."""
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
 
 from distily.cli import main
 from distily.config import CONFIG_CLASSES
-from tiny import PHI3_TEMPLATE, SUBJECTS, make_tokenizer, save_tiny_model, write_chat_jsonl
+from tiny import (
+    PHI3_TEMPLATE, SUBJECTS, end_of_text, make_chat_tokenizer, make_tokenizer, save_tiny_model, write_chat_jsonl,
+)
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # recipe -> (architecture, depth of the real teacher): the student overrides in the recipe apply as they are
@@ -18,9 +21,12 @@ DISTILL_RECIPES = {
     "gpt2-distily.yaml": ("gpt2", 12),
     "gpt2-distily-bitnet.yaml": ("gpt2", 12),
     "phi-3-mini-instruct-distily.yaml": ("phi3", 32),
+    "qwen3-instruct-distily.yaml": ("qwen3", 28),
 }
 SWEEP_RECIPES = {"logits-vs-hidden-states.yaml": ("gpt2", 12)}
-CHAT_RECIPES = {"phi-3-mini-instruct-distily.yaml"}  # run on a tiny local chat dataset, with Phi-3's template
+# run on a tiny local chat dataset: with Phi-3's template, which the tiny tokenizer lacks; with the Qwen3-style
+# teacher's own template and special tokens
+CHAT_RECIPES = {"phi-3-mini-instruct-distily.yaml": PHI3_TEMPLATE, "qwen3-instruct-distily.yaml": None}
 TINY_BUDGET = [
     "--max_steps", "2",
     "--warmup_steps", "0",
@@ -45,10 +51,12 @@ def test_every_recipe_is_tested():
 def recipe_teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipe-teachers")
     archs = set(DISTILL_RECIPES.values()) | set(SWEEP_RECIPES.values())
-    return {
-        (arch, depth): save_tiny_model(root / f"{arch}-{depth}", arch, make_tokenizer(), layers=depth)
-        for arch, depth in archs
-    }
+    teachers = {}
+    for arch, depth in archs:
+        tokenizer = make_chat_tokenizer(arch, eos_token=end_of_text(arch)) if arch == "qwen3" else make_tokenizer()
+        teachers[arch, depth] = save_tiny_model(root / f"{arch}-{depth}", arch, tokenizer, layers=depth,
+                                                vocab_size=len(tokenizer))
+    return teachers
 
 
 def _local(recipe_teachers, arch_depth, text_file, tmp_path) -> list[str]:
@@ -61,13 +69,15 @@ def _local(recipe_teachers, arch_depth, text_file, tmp_path) -> list[str]:
     ]  # fmt: skip
 
 
-def _local_chat(tmp_path) -> list[str]:
-    """A tiny chat dataset (one short exchange per row) and Phi-3's template, which the tiny tokenizer lacks."""
-    template = tmp_path / "phi3.jinja"
-    template.write_text(PHI3_TEMPLATE)
+def _local_chat(tmp_path, template: Optional[str]) -> list[str]:
+    """A tiny chat dataset (one short exchange per row), and ``template`` when the teacher has none."""
     rows = [[{"role": "user", "content": s}, {"role": "assistant", "content": s.upper()}] for s in SUBJECTS * 3]
     chats = write_chat_jsonl(tmp_path / "chats.jsonl", rows)
-    return ["--dataset_name", chats, "--chat_template", str(template), "--max_seq_length", "64"]
+    argv = ["--dataset_name", chats, "--max_seq_length", "64"]
+    if template is not None:
+        (tmp_path / "template.jinja").write_text(template)
+        argv += ["--chat_template", str(tmp_path / "template.jinja")]
+    return argv
 
 
 def _skip_without_keys(recipe: Path) -> None:
@@ -78,7 +88,7 @@ def _skip_without_keys(recipe: Path) -> None:
         pytest.skip(f"{recipe.name} uses {', '.join(missing)}, which distily does not have yet")
 
 
-SLOW = {"phi-3-mini-instruct-distily.yaml"}  # a 32-layer teacher: seconds, not a fraction of one
+SLOW = {"phi-3-mini-instruct-distily.yaml", "qwen3-instruct-distily.yaml"}  # 32- and 28-layer teachers: seconds
 
 
 @pytest.mark.parametrize(
@@ -89,13 +99,15 @@ def test_distill_recipe_runs_with_local_stand_ins(recipe, recipe_teachers, text_
     output_dir = tmp_path / "run"
     argv = ["distill", str(RECIPES / recipe), *_local(recipe_teachers, DISTILL_RECIPES[recipe], text_file, tmp_path)]
     if recipe in CHAT_RECIPES:  # every batch on-policy: the recipe's 0.5 draws none in two steps at its seed
-        argv += [*_local_chat(tmp_path), "--lmbda", "1.0"]
+        argv += [*_local_chat(tmp_path, CHAT_RECIPES[recipe]), "--lmbda", "1.0"]
     assert main([*argv, "--output_dir", str(output_dir)]) == 0
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
     if recipe in CHAT_RECIPES:
         card = (output_dir / "README.md").read_text()
         assert "`loss_on: assistant`" in card and "a fraction 1 of the training micro-batches" in card
+        variables = yaml.safe_load((RECIPES / recipe).read_text()).get("chat_template_kwargs")
+        assert not variables or f"`chat_template_kwargs: {json.dumps(variables)}`" in card
 
 
 @pytest.mark.slow
