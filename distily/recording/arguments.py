@@ -137,6 +137,12 @@ class GenerateArguments:
         default=256,
         metadata={"help": "Tokens sampled per sequence or response (a sampled end-of-text token ends it earlier)."},
     )
+    generate_keep_unfinished: bool = field(
+        default=False,
+        metadata={"help": "Keep responses to generate_prompts that reach generate_length without a stop token. By "
+                  "default they are dropped and counted: cut mid-answer, the chat template would close them as "
+                  "whole answers, and the student would learn to stop where the cut fell."},
+    )
     generate_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the first token."})
     generate_final_temperature: Optional[float] = field(
         default=None,

@@ -8,6 +8,7 @@ sampling (top-p) is applied after it. Samples are written with an ``input_ids`` 
 tokens, used pre-tokenized by ``distily distill``) and their ``text``.
 """
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,8 @@ from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.arguments import GenerateArguments
 from distily.recording.responses import teacher_responses
 from distily.recording.run import run_recording
+
+logger = logging.getLogger(__name__)
 
 
 def start_token(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -87,9 +90,19 @@ def run_generation(config: GenerateConfig) -> dict:
     ).to(inference.device)
     tokenizer = load_tokenizer(model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code)
     if args.generate_prompts is not None:
-        conversations, empty = teacher_responses(teacher, tokenizer, config, inference.per_device_eval_batch_size)
+        conversations, dropped = teacher_responses(teacher, tokenizer, config, inference.per_device_eval_batch_size)
+        if not conversations:
+            raise DistilyConfigError(
+                f"every response was dropped ({dropped['empty']} empty, {dropped['unfinished']} without a stop token "
+                f"within generate_length={args.generate_length}); expected a longer generate_length, or "
+                "generate_keep_unfinished=true"
+            )
+        if dropped["unfinished"]:
+            logger.warning(f"{dropped['unfinished']} responses reached generate_length={args.generate_length} "
+                           "without a stop token and were dropped (generate_keep_unfinished keeps them)")
         write_dataset(datasets.Dataset.from_dict({"messages": conversations}), args.generate_output)
-        result = {"generate_output": args.generate_output, "conversations": len(conversations), "empty_dropped": empty}
+        result = {"generate_output": args.generate_output, "conversations": len(conversations),
+                  "empty_dropped": dropped["empty"], "unfinished_dropped": dropped["unfinished"]}
     else:
         samples = sample_sequences(teacher, tokenizer, args, inference.per_device_eval_batch_size)
         write_samples(samples, tokenizer, args.generate_output)

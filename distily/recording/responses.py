@@ -4,7 +4,8 @@ Each prompt (a ``prompt`` string: one user turn; or ``messages``: role/content t
 formatted with the teacher's chat template (``apply_chat_template(..., add_generation_prompt=True)``), or the
 ``chat_template`` given, and the teacher samples ``generate_num_return_sequences`` responses to it. Each response
 becomes one conversation: the prompt's turns and an ``assistant`` turn, the ``messages`` rows that ``distily
-distill`` reads as chat data. A response that is empty (the teacher stopped at once) is dropped and counted.
+distill`` reads as chat data. A response that is empty (the teacher stopped at once), or unfinished (no stop
+token within ``generate_length``, unless ``generate_keep_unfinished``), is dropped and counted.
 """
 
 import dataclasses
@@ -73,9 +74,11 @@ def prompt_conversations(prompts: datasets.Dataset) -> list[list[dict]]:
 
 def teacher_responses(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GenerateConfig, batch_size: int
-) -> tuple[list[list[dict]], int]:
+) -> tuple[list[list[dict]], dict[str, int]]:
     """The conversations with the teacher's responses appended (``generate_num_return_sequences`` per prompt, in
-    prompt order), and the number of empty responses dropped."""
+    prompt order), and the responses dropped: ``empty`` ones, and ``unfinished`` ones (no stop token within
+    ``generate_length``: cut mid-answer, the template would close them as whole answers) unless
+    ``generate_keep_unfinished``."""
     args = config.generate
     conversations = prompt_conversations(load_prompts(config))
     template = run_chat_template(tokenizer, config.data.chat_template, config.data.chat_template_kwargs)
@@ -85,15 +88,17 @@ def teacher_responses(
     for row, conversation in enumerate(conversations):
         ids = prompt_ids(tokenizer, conversation, template, f"generate_prompts row {row}")
         requests += [(conversation, ids)] * args.generate_num_return_sequences
-    answered, empty = [], 0
+    answered, dropped = [], {"empty": 0, "unfinished": 0}
     with tqdm(total=len(requests), desc="Teacher responses", unit="response") as progress:
         for start in range(0, len(requests), batch_size):
             chunk = requests[start:start + batch_size]
             for (conversation, _), completion in zip(chunk, generator.generate([ids for _, ids in chunk])):
                 response = completion_text(tokenizer, completion, stops)
-                if response.strip():
-                    answered.append(conversation + [{"role": "assistant", "content": response}])
+                if not response.strip():
+                    dropped["empty"] += 1
+                elif not (completion and completion[-1] in stops) and not args.generate_keep_unfinished:
+                    dropped["unfinished"] += 1
                 else:
-                    empty += 1
+                    answered.append(conversation + [{"role": "assistant", "content": response}])
             progress.update(len(chunk))
-    return answered, empty
+    return answered, dropped

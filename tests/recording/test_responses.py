@@ -4,11 +4,15 @@ import json
 
 import datasets
 import pytest
+from transformers import AutoModelForCausalLM
 
 from distily.cli import main
 from distily.config import parse_config, parse_generate_config
+from distily.data.chat import ChatTemplate, prompt_ids
 from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
+from distily.generation.arguments import SamplingSettings
+from distily.generation.engine import HFGenerator
 from distily.models.teacher import load_tokenizer
 from distily.recording.generate import run_generation
 from distily.training.distill import run_distillation
@@ -27,7 +31,9 @@ def values(teacher_dirs, tmp_path, prompts: str, **overrides) -> dict:
     return {
         "teacher_model_name_or_path": teacher_dirs["llama"], "generate_prompts": prompts,
         "generate_output": str(tmp_path / "responses.jsonl"), "generate_length": 12, "generate_temperature": 1.0,
-        "per_device_eval_batch_size": 4, "chat_template": TEMPLATE, "seed": 0, **overrides,
+        "per_device_eval_batch_size": 4, "chat_template": TEMPLATE, "seed": 0,
+        "generate_keep_unfinished": True,  # the tiny teacher seldom stops within generate_length
+        **overrides,
     }
 
 
@@ -95,6 +101,42 @@ def test_the_responses_are_recorded_with_their_assistant_mask_and_a_student_trai
         teacher_source="recorded", dataset_name=None, output_dir=str(tmp_path / "run"), max_steps=2,
         per_device_train_batch_size=4, student_config_overrides={"num_hidden_layers": 1}))
     assert distilled["teacher"]["source"] == "recorded"
+
+
+def test_responses_without_a_stop_token_are_dropped_and_counted_unless_kept(teacher_dirs, tmp_path):
+    """A teacher whose generation config lists a second stop token (as chat models list their end of turn): the
+    responses that reach it within generate_length stay, the others are dropped and counted."""
+    turns = [[{"role": "user", "content": f"the cat sees {n} books"}] for n in range(8)]
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"messages": conversation} for conversation in turns])
+    tokenizer = load_tokenizer(teacher_dirs["llama"], "teacher")
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["llama"]).eval()
+    greedy = HFGenerator(teacher, SamplingSettings(12, temperature=0), [], 0)
+    free = greedy.generate([prompt_ids(tokenizer, t, ChatTemplate(TEMPLATE), "row") for t in turns])
+    stop = free[0][2]  # the first prompt's answer stops after two tokens
+    teacher.generation_config.eos_token_id = [tokenizer.eos_token_id, stop]
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    finished = {row for row, completion in enumerate(free) if {stop, tokenizer.eos_token_id} & set(completion)}
+    results = {}
+    for keep in (False, True):
+        output = tmp_path / f"responses-{keep}.jsonl"
+        results[keep] = run_generation(parse_generate_config(**values(
+            {"llama": str(tmp_path / "teacher")}, tmp_path, prompts, generate_output=str(output),
+            generate_temperature=0.0001, generate_keep_unfinished=keep)))
+    assert 0 < len(finished) < 8  # the test needs both kinds
+    assert results[False]["unfinished_dropped"] == 8 - len(finished)
+    assert results[False]["conversations"] == len(finished) - results[False]["empty_dropped"]
+    assert results[True]["conversations"] == 8 - results[True]["empty_dropped"]
+    assert results[True]["unfinished_dropped"] == 0
+
+
+def test_every_response_dropped_is_a_one_line_error_and_nothing_is_written(teacher_dirs, tmp_path):
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "a dog"}])
+    keys = values(teacher_dirs, tmp_path, prompts, generate_keep_unfinished=False, generate_length=2)
+    with pytest.raises(DistilyConfigError, match=r"^every response was dropped \(0 empty, 1 without a stop token .*"
+                                                 r"expected a longer generate_length, or generate_keep_unfinished"):
+        run_generation(parse_generate_config(**keys))
+    assert not (tmp_path / "responses.jsonl").exists()
 
 
 def test_a_missing_prompt_file_names_generate_prompts(teacher_dirs, tmp_path):
