@@ -14,7 +14,8 @@ def main(args: list[str], command_line: str) -> int:
         result = run_generation(config)
         if "conversations" in result:
             print(f"wrote {result['conversations']} conversations with the teacher's responses to "
-                  f"{result['generate_output']} ({result['empty_dropped']} empty responses dropped)")
+                  f"{result['generate_output']} (dropped: {result['empty_dropped']} empty responses, "
+                  f"{result['unfinished_dropped']} without a stop token)")
         else:
             print(f"wrote {result['samples']} samples ({result['tokens']} tokens) to {result['generate_output']}")
         if "manifest" in result:
