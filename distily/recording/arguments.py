@@ -135,7 +135,8 @@ class GenerateArguments:
     )
     generate_length: int = field(
         default=256,
-        metadata={"help": "Tokens sampled per sequence or response (a sampled end-of-text token ends it earlier)."},
+        metadata={"help": "Tokens sampled per sequence or response (a sampled stop token ends it earlier: the end of "
+                  "text, or an end of turn the teacher's generation config lists)."},
     )
     generate_keep_unfinished: bool = field(
         default=False,
