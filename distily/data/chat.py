@@ -13,14 +13,15 @@ the whole rendering; or the conversation before it without the generation prompt
 where the generation prompt and the rendering part (Qwen3's template with ``enable_thinking: false`` writes an
 empty ``<think>`` block into the generation prompt but before the last answer only); else the template is not
 prefix-consistent and the row is refused. The turn's content must follow it verbatim (whitespace-stripped):
-before the next special token (its last occurrence there), or there the end of the content alone (Qwen3's
-template drops the ``<think>`` reasoning of answers before the last user turn), or in a template without
-special tokens right after the prompt (whitespace aside); else the row is refused. The assistant's tokens run
-from the generation prompt's end to the content's: text the template puts between them is the model's to write
-(Qwen3's template opens the last answer with an empty ``<think>`` block, which the model writes when it answers
-without reasoning). With them, the end-of-turn token when a special token closes the content (whitespace
-between counted with it). The row's ``loss_mask`` is that mask moved one position left (the shared
-convention: 1 at t when the token at t + 1 is a target).
+before the next special token (its last occurrence there), or there the end of the content alone, whitespace
+aside (Qwen3's template drops the ``<think>`` reasoning of answers before the last user turn, and writes the last
+answer's reasoning between newlines of its own), or in a template without special tokens right after the
+prompt (whitespace aside); else the row is refused. The assistant's tokens run from the generation prompt's end
+to the content's: text the template puts between them is the model's to write (Qwen3's template opens the last
+answer with an empty ``<think>`` block, which the model writes when it answers without reasoning). With them,
+the end-of-turn token when a special token closes the content (whitespace between counted with it). The row's
+``loss_mask`` is that mask moved one position left (the shared convention: 1 at t when the token at t + 1 is a
+target).
 """
 
 import bisect
@@ -184,6 +185,10 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: 
     return tokenizer(render_chat(tokenizer, turns, template, True, where), add_special_tokens=False)[INPUT_IDS]
 
 
+def _squeezed(text: str) -> str:
+    return "".join(text.split())
+
+
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
     added = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
     return added | set(tokenizer.all_special_ids)
@@ -242,8 +247,8 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
             closing = special_starts[after]
             start = text.rfind(content, len(prefix), closing)
             shown = text[len(prefix):closing].strip()
-            if start < 0 and shown and content.endswith(shown):  # the template keeps the content's end only
-                start, content = text.index(shown, len(prefix)), shown
+            if start < 0 and shown and _squeezed(content).endswith(_squeezed(shown)):  # the content's end only,
+                start, content = text.index(shown, len(prefix)), shown  # or its whitespace rearranged
         else:  # no special token after it: the first occurrence, with only whitespace before it
             start = text.find(content, len(prefix))
             start = -1 if text[len(prefix):max(start, 0)].strip() else start

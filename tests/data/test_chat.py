@@ -53,6 +53,9 @@ def test_reasoning_in_qwen3s_last_answer_is_the_assistants_and_an_earlier_answer
     question = {"role": "user", "content": "the cat sleeps."}
     thought = {"role": "assistant", "content": "<think>\nI repeat it.\n</think>\n\nthe cat sleeps."}
     assert _masked_text([question, thought], tokenizer) == thought["content"] + "<|im_end|>"
+    # reasoning written without the template's newlines: the answer as the template writes it
+    terse = {"role": "assistant", "content": "<think>I repeat it.</think>the cat sleeps."}
+    assert _masked_text([question, terse], tokenizer) == thought["content"] + "<|im_end|>"
     # an answer that is a piece of the empty reasoning block: its own occurrence, the one that ends the turn
     for answer in ("k", "think", "\nin"):
         turns = [question, {"role": "assistant", "content": answer}]
