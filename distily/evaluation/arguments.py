@@ -124,6 +124,14 @@ class EvaluationArguments:
             "function(prediction, reference) -> float and averaged over the prompts), e.g. my_metrics:char_f1."
         },
     )
+    generation_eval_answer_after: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Text that closes a reasoning section, e.g. </think>: exact match and generation_eval_metric read "
+            "an answer after its last occurrence (an answer without it, whole), so a model that reasons first is "
+            "scored on its final answer."
+        },
+    )
     lm_eval_tasks: Optional[list[str]] = field(
         default=None,
         metadata={
@@ -174,12 +182,15 @@ class EvaluationArguments:
             value = getattr(self, name)
             if value < 1:
                 raise DistilyConfigError(f"{name}={value} must be a positive integer")
-        if self.generation_eval_metric is not None:
-            if self.generation_eval_dataset is None:
+        for name in ("generation_eval_metric", "generation_eval_answer_after"):
+            if getattr(self, name) is not None and self.generation_eval_dataset is None:
                 raise DistilyConfigError(
-                    f"generation_eval_metric={self.generation_eval_metric!r} is set without generation_eval_dataset; "
-                    "expected the prompts to answer"
+                    f"{name}={getattr(self, name)!r} is set without generation_eval_dataset; expected the prompts to "
+                    "answer"
                 )
+        if self.generation_eval_answer_after is not None and not self.generation_eval_answer_after.strip():
+            raise DistilyConfigError("generation_eval_answer_after='' marks nothing; expected text such as </think>")
+        if self.generation_eval_metric is not None:
             load_metric(self.generation_eval_metric)
         limit = self.lm_eval_limit
         if limit is not None:

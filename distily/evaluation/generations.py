@@ -8,7 +8,8 @@ generation prompt (``prompt_ids``) and answered greedily by ``HFGenerator`` (bat
 an answer is its completion decoded without its stop token and special tokens, and without the text
 the template writes before an answer's content when it starts with it (``answer_opening``: Qwen3's template
 opens the last answer with an empty ``<think>`` block, which its models write before answering without
-reasoning). Exact match counts the answers equal to their references, both whitespace-stripped, in percent.
+reasoning), and, with ``generation_eval_answer_after`` (such as ``</think>``), read after that text's last
+occurrence. Exact match counts the answers equal to their references, both whitespace-stripped, in percent.
 The KL is read on prompt + answer at the positions that predict the answer's tokens (``completion_batch``),
 chunk by chunk as every held-out evaluation (``heldout_metrics``).
 
@@ -139,6 +140,7 @@ class GenerationEval:
     batch_size: int
     metric: Optional[str] = None  # module:function
     chat_template_kwargs: dict = field(default_factory=dict)
+    answer_after: Optional[str] = None  # an answer is read after the last occurrence of this text
 
     def scores(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                teacher: Optional[PreTrainedModel] = None, vocab_size: Optional[int] = None) -> dict[str, float]:
@@ -157,6 +159,8 @@ class GenerationEval:
         stops = stop_token_ids(tokenizer, model)
         answers = [without_opening(completion_text(tokenizer, completion, stops), opening)
                    for completion, opening in zip(completions, openings)]
+        if self.answer_after is not None:
+            answers = [answer.rsplit(self.answer_after, 1)[-1] for answer in answers]
         scores = {generation_key(EXACT_MATCH): exact_match(answers, references)}
         if self.metric is not None:
             function = load_metric(self.metric)
@@ -176,7 +180,8 @@ def generation_eval(args: EvaluationArguments, data: DataArguments, chat_templat
     if args.generation_eval_dataset is None:
         return None
     return GenerationEval(load_heldout_prompts(args, data), chat_template, args.generation_eval_max_new_tokens,
-                          batch_size, args.generation_eval_metric, chat_template_kwargs)
+                          batch_size, args.generation_eval_metric, chat_template_kwargs,
+                          args.generation_eval_answer_after)
 
 
 class GenerationEvaluator:

@@ -3,6 +3,7 @@ one-prompt-at-a-time greedy loop, the KL on the model's own answers against a di
 bad inputs, and a chat distillation run whose metrics, table and card carry teacher and student."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -133,6 +134,34 @@ def test_chat_template_kwargs_render_the_prompts(tmp_path, monkeypatch):
     assert heldout.scores(None, tokenizer)["generation/exact_match"] == pytest.approx(100.0)
     block = tokenizer(EMPTY_REASONING, add_special_tokens=False)["input_ids"]
     assert len(asked) == 3 and all(prompt[-len(block):] == block for prompt in asked)
+
+
+def test_an_answer_is_read_after_its_reasoning_when_asked(tmp_path, monkeypatch):
+    tokenizer = make_chat_tokenizer("qwen3")
+    rows = user_turns(4, seed=2)
+    references = [turns[-1]["content"] for turns in rows]
+    written = [f"<think>\nI repeat it.\n</think>\n\n{references[0]}", references[1],  # no reasoning: read whole
+               f"<think>\nit is {references[2]}\n</think>\n\nnot it.", f"<think>\n</think> x </think> {references[3]}"]
+
+    def greedy_answers(model, tokenizer_, prompts, max_new_tokens, batch_size):
+        return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in written]
+
+    monkeypatch.setattr(generations, "greedy_answers", greedy_answers)
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
+    prompts = load_heldout_prompts(args, DataArguments())
+    scores = {after: GenerationEval(prompts, None, MAX_NEW_TOKENS, batch_size=2, answer_after=after).scores(
+        None, tokenizer)["generation/exact_match"] for after in (None, "</think>")}
+    assert scores == {None: pytest.approx(25.0), "</think>": pytest.approx(75.0)}  # rows 1 / 0, 1 and 3
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"generation_eval_answer_after": "</think>"}, "generation_eval_answer_after='</think>' is set without "
+                                                   "generation_eval_dataset"),
+    ({"generation_eval_answer_after": " ", "generation_eval_dataset": "x.jsonl"}, "marks nothing; expected text"),
+])
+def test_bad_answer_markers_are_one_line_errors(values, message):
+    with pytest.raises(DistilyConfigError, match=re.escape(message)):
+        EvaluationArguments(**values)
 
 
 def test_a_prompt_the_template_refuses_names_the_dataset_and_row(tmp_path):
