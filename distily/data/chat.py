@@ -201,6 +201,7 @@ class AssistantTurn:
     start: int  # right after its generation prompt: the first character the model writes
     content_start: int  # its content (whitespace-stripped), verbatim from here
     content_end: int
+    closing: Optional[int]  # where the first special token after the generation prompt starts; None: no such token
 
 
 @dataclass(frozen=True)
@@ -243,8 +244,8 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
             prefix = before + os.path.commonprefix([prefix[len(before):], text[len(before):]])
         content = message["content"].strip()
         after = bisect.bisect_left(special_starts, len(prefix))
-        if after < len(special_starts):  # the last occurrence before the special token that closes the turn
-            closing = special_starts[after]
+        closing = special_starts[after] if after < len(special_starts) else None
+        if closing is not None:  # the last occurrence before the special token that closes the turn
             start = text.rfind(content, len(prefix), closing)
             shown = text[len(prefix):closing].strip()
             if start < 0 and shown and _squeezed(content).endswith(_squeezed(shown)):  # the content's end only,
@@ -258,7 +259,7 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
                 "and before the next special token; expected the assistant's content there verbatim, or its end (as "
                 "Qwen3's template keeps of an earlier answer, without its <think> reasoning)"
             )
-        turns.append(AssistantTurn(len(prefix), start, start + len(content)))
+        turns.append(AssistantTurn(len(prefix), start, start + len(content), closing))
     return RenderedConversation(text, ids, offsets, turns)
 
 
@@ -268,22 +269,17 @@ def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBas
     tokens (from its generation prompt to the end of its content, and the end-of-turn token that closes it);
     ``row`` names the conversation in errors."""
     rendered = assistant_turns(messages, tokenizer, template, row)
-    text, ids, offsets = rendered.text, rendered.ids, rendered.offsets
-    special = _special_ids(tokenizer)
-    mask = [0] * len(ids)
+    offsets, mask = rendered.offsets, [0] * len(rendered.ids)
+    token_ends = [last for _, last in offsets]  # ascending
     for turn in rendered.turns:
-        token = 0
-        while token < len(ids) and offsets[token][1] <= turn.start:
-            token += 1
-        while token < len(ids) and offsets[token][0] < turn.content_end:
+        end = turn.content_end
+        if turn.closing is not None and not rendered.text[end:turn.closing].strip():
+            end = turn.closing + 1  # the end-of-turn token, and the whitespace before it
+        token = bisect.bisect_right(token_ends, turn.start)  # the first token that ends after the prompt
+        while token < len(mask) and offsets[token][0] < end:
             mask[token] = 1
             token += 1
-        closing = token
-        while closing < len(ids) and ids[closing] not in special and not text[slice(*offsets[closing])].strip():
-            closing += 1  # whitespace between the content and the end-of-turn token
-        if closing < len(ids) and ids[closing] in special:
-            mask[token : closing + 1] = [1] * (closing + 1 - token)
-    return ids, mask
+    return rendered.ids, mask
 
 
 def tokenize_conversations(batch, tokenizer: PreTrainedTokenizerBase, chat: ChatTokenization):
