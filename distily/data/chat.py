@@ -21,7 +21,8 @@ to the content's: text the template puts between them is the model's to write (Q
 answer with an empty ``<think>`` block, which the model writes when it answers without reasoning). With them,
 the end-of-turn token when a special token closes the content (whitespace between counted with it). The row's
 ``loss_mask`` is that mask moved one position left (the shared convention: 1 at t when the token at t + 1 is a
-target).
+target). A conversation longer than the run's sequence length is cut; a cut that would leave earlier answers but
+none of the last ends it at the last answer it keeps, rendered as the conversation's last answer.
 """
 
 import bisect
@@ -161,6 +162,9 @@ class ChatTokenization:
     template: ChatTemplate
     loss_on: str  # assistant | all
     max_length: int  # a longer conversation is cut to its first max_length tokens
+    # part of the tokenization cache's key (the dataclass's text): raised whenever the ids or masks Distily makes
+    # of a conversation change, so a cache written by an earlier version is not read back
+    scheme: int = 2
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: ChatTemplate,
@@ -198,6 +202,7 @@ def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
 class AssistantTurn:
     """Where the chat template renders one assistant turn, as character offsets in the conversation's text."""
 
+    message: int  # its index in the conversation's messages
     start: int  # right after its generation prompt: the first character the model writes
     content_start: int  # its content (whitespace-stripped), verbatim from here
     content_end: int
@@ -259,8 +264,27 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
                 "and before the next special token; expected the assistant's content there verbatim, or its end (as "
                 "Qwen3's template keeps of an earlier answer, without its <think> reasoning)"
             )
-        turns.append(AssistantTurn(len(prefix), start, start + len(content), closing))
+        turns.append(AssistantTurn(turn, len(prefix), start, start + len(content), closing))
     return RenderedConversation(text, ids, offsets, turns)
+
+
+def _masked_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+                  row: int) -> tuple[RenderedConversation, list[int], list[int]]:
+    """The rendered conversation, the mask of its assistant's tokens (see ``assistant_token_mask``) and the first
+    masked token of each of its assistant turns."""
+    rendered = assistant_turns(messages, tokenizer, template, row)
+    offsets, mask, firsts = rendered.offsets, [0] * len(rendered.ids), []
+    token_ends = [last for _, last in offsets]  # ascending
+    for turn in rendered.turns:
+        end = turn.content_end
+        if turn.closing is not None and not rendered.text[end:turn.closing].strip():
+            end = turn.closing + 1  # the end-of-turn token, and the whitespace before it
+        token = bisect.bisect_right(token_ends, turn.start)  # the first token that ends after the prompt
+        firsts.append(token)
+        while token < len(mask) and offsets[token][0] < end:
+            mask[token] = 1
+            token += 1
+    return rendered, mask, firsts
 
 
 def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
@@ -268,27 +292,35 @@ def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBas
     """``(input_ids, mask)`` of a conversation: the template's rendering tokenized, and 1 on the assistant's
     tokens (from its generation prompt to the end of its content, and the end-of-turn token that closes it);
     ``row`` names the conversation in errors."""
-    rendered = assistant_turns(messages, tokenizer, template, row)
-    offsets, mask = rendered.offsets, [0] * len(rendered.ids)
-    token_ends = [last for _, last in offsets]  # ascending
-    for turn in rendered.turns:
-        end = turn.content_end
-        if turn.closing is not None and not rendered.text[end:turn.closing].strip():
-            end = turn.closing + 1  # the end-of-turn token, and the whitespace before it
-        token = bisect.bisect_right(token_ends, turn.start)  # the first token that ends after the prompt
-        while token < len(mask) and offsets[token][0] < end:
-            mask[token] = 1
-            token += 1
+    rendered, mask, _ = _masked_turns(messages, tokenizer, template, row)
+    return rendered.ids, mask
+
+
+def _ending_at_a_kept_answer(messages: list[dict], tokenizer: PreTrainedTokenizerBase, chat: ChatTokenization,
+                             row: int) -> tuple[list[int], list[int]]:
+    """``(input_ids, mask)`` of a conversation to be cut to ``chat.max_length`` tokens. When the cut would leave
+    some of its answers but none of its last, the conversation ends at the last answer the cut keeps, rendered as
+    its last answer: the template writes a last answer as the model writes it after that question (Qwen3's opens
+    it with its ``<think>`` block and keeps its reasoning), and the on-policy prompt taken from the row is then
+    the template's generation prompt."""
+    rendered, mask, firsts = _masked_turns(messages, tokenizer, chat.template, row)
+    kept = sum(first < chat.max_length for first in firsts)
+    if 0 < kept < len(firsts):
+        return _ending_at_a_kept_answer(messages[: rendered.turns[kept - 1].message + 1], tokenizer, chat, row)
     return rendered.ids, mask
 
 
 def tokenize_conversations(batch, tokenizer: PreTrainedTokenizerBase, chat: ChatTokenization):
     """Token ids of each conversation, and with ``loss_on=assistant`` its ``loss_mask``; a conversation is cut to
-    ``chat.max_length`` tokens, and with ``loss_on=assistant`` dropped when the cut leaves none of its assistant's
-    tokens."""
+    ``chat.max_length`` tokens (with ``loss_on=assistant``, after its last answer the cut keeps when it cuts away
+    the last: see ``_ending_at_a_kept_answer``), and with ``loss_on=assistant`` dropped when the cut leaves none
+    of its assistant's tokens."""
     out = {INPUT_IDS: []} if chat.loss_on == "all" else {INPUT_IDS: [], LOSS_MASK: []}
     for messages, row in zip(batch[MESSAGES], batch[ROW]):
-        ids, mask = assistant_token_mask(messages, tokenizer, chat.template, row)
+        if LOSS_MASK in out:
+            ids, mask = _ending_at_a_kept_answer(messages, tokenizer, chat, row)
+        else:
+            ids, mask = assistant_token_mask(messages, tokenizer, chat.template, row)
         loss_mask = (mask[1:] + [0])[: chat.max_length]
         if chat.max_length < len(ids):
             loss_mask[-1] = 0  # its target was cut

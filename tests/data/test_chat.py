@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from distily.data.arguments import DataArguments
-from distily.data.chat import ChatTemplate, assistant_token_mask
+from distily.data.chat import ChatTemplate, assistant_token_mask, prompt_ids
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, check_document_isolation, model_inputs
 from distily.data.text import build_datasets, collate, load_training_documents
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
+from distily.training.on_policy import batch_prompts
 from tiny import (
     CHAT_STYLES, EMPTY_REASONING, QWEN3_TEMPLATE, make_chat_tokenizer, make_conversations, save_tiny_model,
     write_chat_jsonl,
@@ -146,6 +147,27 @@ def test_a_long_conversation_is_cut_and_one_with_no_assistant_token_left_is_drop
         for row in split:
             assert len(row[INPUT_IDS]) == 96  # cut to the block; the others (answer past 96 tokens) dropped
             assert row[LOSS_MASK][-1] == 0 and row[LOSS_MASK].sum() > 0
+
+
+@pytest.mark.parametrize("style", CHAT_STYLES)
+def test_a_cut_that_leaves_earlier_answers_ends_the_row_at_the_last_answer_it_keeps(tmp_path, style):
+    """That answer is rendered as the conversation's last, so the on-policy prompt taken from the row is the
+    template's generation prompt (with Qwen3's enable_thinking=false, the empty reasoning block closes it)."""
+    tokenizer = make_chat_tokenizer(style)
+    kwargs = {"enable_thinking": False} if style == "qwen3" else {}
+    template = ChatTemplate(tokenizer.chat_template, kwargs)
+    first = [{"role": "user", "content": "the cat sleeps."}, {"role": "assistant", "content": "the cat sleeps."}]
+    long_question = {"role": "user", "content": " ".join(["the cat sees a book today."] * 12)}
+    messages = first + [long_question, {"role": "assistant", "content": "a book."}]
+    kept = assistant_token_mask(first, tokenizer, template, 0)
+    max_length = len(kept[0]) + 12  # the cut falls in the long question
+    assert len(assistant_token_mask(messages, tokenizer, template, 0)[0]) > max_length + 20
+    args = _args(_dataset(tmp_path, [{"messages": messages}] * 4), tmp_path, eval_fraction=0.5,
+                 chat_template_kwargs=json.dumps(kwargs) if kwargs else None)
+    data = build_datasets(args, tokenizer, max_length, 0)
+    for row in list(data.train) + list(data.eval):
+        assert row[INPUT_IDS].tolist() == kept[0] and row[LOSS_MASK].tolist() == kept[1][1:] + [0]
+        assert batch_prompts(collate([row])) == [prompt_ids(tokenizer, first[:1], template, "row 0")]
 
 
 def test_no_conversation_attends_to_another(tmp_path):
