@@ -171,6 +171,16 @@ class EvaluationArguments:
             "benchmarked once. Default: $HF_HOME/distily/lm_eval."
         },
     )
+    lm_eval_model_args: Optional[Union[dict, str]] = field(
+        default=None,
+        metadata={
+            "help": "More arguments of lm-eval's HFLM model, as a JSON object, for teacher and student alike: e.g. "
+            "{\"think_end_token\": \"</think>\"} (a reasoning model's generated answers are read after its "
+            "reasoning), {\"max_length\": 4096}, {\"add_bos_token\": true}. The models are Distily's, already "
+            "loaded, so arguments about loading one do not apply; the chat template's variables are "
+            "chat_template_kwargs."
+        },
+    )
 
     def __post_init__(self):
         self.eval_datasets = _eval_sets(self.eval_datasets)
@@ -192,6 +202,11 @@ class EvaluationArguments:
             raise DistilyConfigError("generation_eval_answer_after='' marks nothing; expected text such as </think>")
         if self.generation_eval_metric is not None:
             load_metric(self.generation_eval_metric)
+        self.lm_eval_model_args = json_dict(self.lm_eval_model_args, "lm_eval_model_args")
+        if self.lm_eval_model_args and not self.lm_eval_tasks:
+            raise DistilyConfigError(
+                f"lm_eval_model_args={self.lm_eval_model_args} is set without lm_eval_tasks; expected the tasks to run"
+            )
         limit = self.lm_eval_limit
         if limit is not None:
             if limit <= 0 or (limit >= 1 and limit != int(limit)):

@@ -9,6 +9,7 @@ a cache under those and computed once.
 import difflib
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 from pathlib import Path
@@ -31,10 +32,35 @@ def task_manager(args: EvaluationArguments):
             f"lm_eval_tasks={args.lm_eval_tasks} needs lm-evaluation-harness, which is not installed; expected "
             "`pip install distily[eval]`"
         )
+    _check_model_args(args.lm_eval_model_args)
     manager = _manager_for(args)
     for task in args.lm_eval_tasks:
         _check_task_loads(task, manager)
     return manager
+
+
+SET_BY_DISTILY = {"pretrained": "the model", "tokenizer": "the model's tokenizer",
+                  "batch_size": "per_device_eval_batch_size", "chat_template_args": "chat_template_kwargs"}
+
+
+def _check_model_args(model_args: dict) -> None:
+    """``lm_eval_model_args`` names arguments of HFLM that Distily does not set itself."""
+    from lm_eval.models.huggingface import HFLM
+
+    known = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
+    for key in model_args:
+        if key in SET_BY_DISTILY:
+            raise DistilyConfigError(
+                f"lm_eval_model_args sets {key!r}, which Distily sets from {SET_BY_DISTILY[key]}; expected "
+                "other HFLM arguments"
+            )
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise DistilyConfigError(
+                f"lm_eval_model_args: {key!r} is not an argument of lm-eval's HFLM{hint}; expected one of its "
+                "named arguments, such as think_end_token or max_length"
+            )
 
 
 def _manager_for(args: EvaluationArguments):
@@ -128,13 +154,15 @@ def run_tasks(
 ) -> dict[str, dict[str, float]]:
     """``task_results`` of ``model`` on ``args.lm_eval_tasks`` (the model is left in eval mode). With
     ``lm_eval_apply_chat_template`` the harness renders prompts with the tokenizer's chat template (and
-    ``chat_template_kwargs``), few-shot examples as turns of the conversation."""
+    ``chat_template_kwargs``), few-shot examples as turns of the conversation; ``lm_eval_model_args`` go to
+    HFLM."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     chat = {"apply_chat_template": True, "fewshot_as_multiturn": True} if args.lm_eval_apply_chat_template else {}
     variables = {"chat_template_args": chat_template_kwargs} if chat and chat_template_kwargs else {}
-    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **variables)
+    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **variables,
+                   **args.lm_eval_model_args)
     raw = lm_eval.simple_evaluate(
         model=wrapped,
         tasks=list(args.lm_eval_tasks),
@@ -165,8 +193,9 @@ def teacher_cache_key(
     chat_template_kwargs: Optional[dict] = None,
 ) -> str:
     """What the teacher's results depend on: the teacher (its config, and its weight files' sizes and times or
-    its Hub revision), the tasks and their local definitions, the settings (with ``lm_eval_apply_chat_template``,
-    the chat template the prompts are rendered with and its variables), and the harness version."""
+    its Hub revision), the tasks and their local definitions, the settings (``lm_eval_model_args``; with
+    ``lm_eval_apply_chat_template``, the chat template the prompts are rendered with and its variables), and the
+    harness version."""
     from importlib.metadata import version
 
     local = Path(os.path.expanduser(teacher_name_or_path))
@@ -187,6 +216,8 @@ def teacher_cache_key(
         "bootstrap_iters": args.lm_eval_bootstrap_iters,
         "lm_eval": version("lm_eval"),
     }
+    if args.lm_eval_model_args:  # absent when none: the keys of results cached before they existed hold
+        content["model_args"] = args.lm_eval_model_args
     if args.lm_eval_apply_chat_template:  # absent when off: the keys of results cached before it existed hold
         content["apply_chat_template"] = tokenizer.chat_template
         if chat_template_kwargs:

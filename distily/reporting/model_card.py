@@ -156,7 +156,11 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
     if evaluation.lm_eval_tasks:
         sample = (f"on a sample (lm_eval_limit={evaluation.lm_eval_limit}); these are not full benchmark scores"
                   if evaluation.lm_eval_limit else "on every example")
-        lines += ["", f"lm-evaluation-harness tasks ran {sample}; n is the number of examples scored."]
+        settings = ["prompts rendered with the chat template"] if evaluation.lm_eval_apply_chat_template else []
+        if evaluation.lm_eval_model_args:
+            settings.append(f"HFLM arguments `{json.dumps(evaluation.lm_eval_model_args)}`")
+        settings = f" ({'; '.join(settings)})" if settings else ""
+        lines += ["", f"lm-evaluation-harness tasks ran {sample}{settings}; n is the number of examples scored."]
     lines += [""] + [f"![{plot}]({plot})" for plot in plots]
     return "\n".join(lines)
 

@@ -1,8 +1,10 @@
 """lm-evaluation-harness on models in memory: a local task (YAML + local data) runs offline, for teacher and
 student, and the teacher's results come from the cache the second time."""
 
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -187,6 +189,50 @@ def test_chat_template_kwargs_reach_the_harness_and_key_the_teachers_cache(teach
     plain = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_apply_chat_template=False)
     assert (harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, plain, {"a": 1})
             == harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, plain))  # no chat, no effect
+
+
+def test_lm_eval_model_args_reach_hflm_and_key_the_teachers_cache(teacher_dirs, tokenizer, tmp_path, monkeypatch):
+    from lm_eval.models.huggingface import HFLM
+
+    built, original_init = [], HFLM.__init__
+
+    @functools.wraps(original_init)
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        built.append((self.max_length, self.think_end_token))
+
+    monkeypatch.setattr(HFLM, "__init__", init)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])
+    tasks = write_local_task(tmp_path / "tasks")
+    keys = {}
+    for model_args in (None, {"max_length": 16, "think_end_token": "</think>"}, {"max_length": 32}):
+        args = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_include_path=tasks, lm_eval_limit=2,
+                                   lm_eval_bootstrap_iters=0, lm_eval_model_args=model_args and json.dumps(model_args))
+        assert run_tasks(teacher, tokenizer, args, task_manager(args), batch_size=4)[TASK]["samples"] == 2
+        keys[json.dumps(model_args)] = harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, args)
+    assert built[1:] == [(16, "</think>"), (32, None)] and built[0][0] not in (16, 32)
+    assert len(set(keys.values())) == 3
+
+
+@pytest.mark.parametrize("model_args, message", [
+    ({"think_end_tokn": "</think>"}, "lm_eval_model_args: 'think_end_tokn' is not an argument of lm-eval's HFLM "
+                                     "(did you mean 'think_end_token'?)"),
+    ({"batch_size": 8}, "lm_eval_model_args sets 'batch_size', which Distily sets from per_device_eval_batch_size"),
+    ({"chat_template_args": {}}, "lm_eval_model_args sets 'chat_template_args', which Distily sets from "
+                                 "chat_template_kwargs"),
+])
+def test_bad_lm_eval_model_args_are_refused_before_training_in_one_line(tmp_path, model_args, message):
+    args = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_include_path=write_local_task(tmp_path / "tasks"),
+                               lm_eval_model_args=model_args)
+    with pytest.raises(DistilyConfigError, match="^" + re.escape(message)):
+        task_manager(args)
+
+
+def test_lm_eval_model_args_need_tasks_and_a_json_object():
+    with pytest.raises(DistilyConfigError, match=re.escape("is set without lm_eval_tasks; expected the tasks")):
+        EvaluationArguments(lm_eval_model_args='{"max_length": 16}')
+    with pytest.raises(DistilyConfigError, match=re.escape("lm_eval_model_args='max_length=16' is not valid JSON")):
+        EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_model_args="max_length=16")
 
 
 def test_a_chat_template_is_required_before_training(tokenizer):

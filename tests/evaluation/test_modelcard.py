@@ -63,6 +63,15 @@ def test_the_card_parses_and_carries_the_metrics_and_tags(tmp_path, run_metrics)
     assert "![plots/losses.png](plots/losses.png)" in text
 
 
+def test_the_card_names_the_lm_eval_settings_that_change_scores(tmp_path, run_metrics):
+    card, _ = card_for(tmp_path, run_metrics, lm_eval_apply_chat_template=True,
+                       lm_eval_model_args='{"think_end_token": "</think>"}')
+    assert ('lm-evaluation-harness tasks ran on a sample (lm_eval_limit=100); these are not full benchmark scores '
+            '(prompts rendered with the chat template; HFLM arguments `{"think_end_token": "</think>"}`)') in card.text
+    plain, _ = card_for(tmp_path, run_metrics)
+    assert "not full benchmark scores; n is" in plain.text
+
+
 def test_the_model_index_holds_the_students_results_only(tmp_path, run_metrics):
     card, _ = card_for(tmp_path, run_metrics)
     index = front_matter(card)["model-index"]
