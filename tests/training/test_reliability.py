@@ -18,7 +18,7 @@ from distily.config import parse_config, parse_record_config
 from distily.errors import DistilyConfigError
 from distily.objectives.objective import LogitsComponent
 from distily.training.distill import run_distillation
-from distily.training.guards import NonFiniteStepGuard
+from distily.training.guards import NonFiniteStepGuard, all_finite
 from distily.recording.run import run_recording
 from distily.training.trainer import DistillationTrainer
 from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
@@ -41,6 +41,25 @@ def test_guard_skips_a_non_finite_step_and_stops_after_too_many():
     weight.grad = torch.tensor([float("inf"), 0.0, 0.0])
     with pytest.raises(DistilyConfigError, match="2 optimizer steps in a row had non-finite gradients"):
         optimizer.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_all_finite_is_isfinite_over_every_element(dtype):
+    """Against ``torch.isfinite``, including sums that overflow from finite terms (fp16's 65504 is reached by
+    two of its large values) and infinities of both signs whose sum is NaN."""
+    big = torch.finfo(dtype).max
+    cases = [
+        [torch.ones(4, 3, dtype=dtype), torch.zeros(5, dtype=dtype)],
+        [torch.ones(4, dtype=dtype), torch.tensor([1.0, float("nan")], dtype=dtype)],
+        [torch.tensor([float("inf"), 1.0], dtype=dtype)],
+        [torch.tensor([float("inf"), -float("inf")], dtype=dtype)],
+        [torch.full((3,), big, dtype=dtype), torch.tensor([-big, -big], dtype=dtype)],  # finite, sums overflow
+        [torch.full((3,), big, dtype=dtype), torch.tensor([float("-inf")], dtype=dtype)],
+        [],
+    ]
+    for tensors in cases:
+        expected = all(bool(torch.isfinite(tensor).all()) for tensor in tensors)
+        assert all_finite(iter(tensors)) is expected, tensors
 
 
 def test_a_run_with_non_finite_losses_skips_those_steps(teacher_dirs, run_values, monkeypatch):
