@@ -31,15 +31,11 @@ from distily.data.vocabulary import VocabularyMap
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import CHUNK_ELEMENTS, chunked_logit_loss_sum, chunked_loss_footprint
 from distily.objectives.component import Component, StepShape
-from distily.objectives.losses import LOSSES
+from distily.objectives.losses import LOSSES, tempered_log_softmax
 
 EXCLUDED_LOGIT = -1e30
 """A student column left out of the support: finite (the losses need finite student logits), and far enough below
 any real logit that its probability is 0 in float32 at any temperature above 1e-8."""
-
-
-def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.log_softmax(logits.float() / temperature, dim=-1)
 
 
 class SupportColumns:
@@ -66,7 +62,7 @@ def support_logits(student_logits, teacher_logits, temperature, columns: Support
     duplicate[rows, slot[rows]] = True
     student = torch.cat([student_logits.float()[:, columns.student_ids],
                          student_logits.float().gather(1, target_ids[:, None])], 1)  # [n, M + 1]
-    teacher = torch.cat([_log_softmax(teacher_logits, temperature)[:, columns.teacher_ids],
+    teacher = torch.cat([tempered_log_softmax(teacher_logits, temperature)[:, columns.teacher_ids],
                          target_logprob.float()[:, None]], 1)  # [n, M + 1]
     duplicate[:, -1] = ~has_target
     return student.masked_fill(duplicate, EXCLUDED_LOGIT), teacher.masked_fill(duplicate, -torch.inf) * temperature
@@ -83,7 +79,7 @@ def sorted_l1(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch
 
 def uld(student_logits, teacher_logits, temperature=1.0, **_):
     """ULD: ``sorted_l1(p_s, p_t) * T^2`` over the whole vocabularies."""
-    probs = [_log_softmax(logits, temperature).exp() for logits in (student_logits, teacher_logits)]
+    probs = [tempered_log_softmax(logits, temperature).exp() for logits in (student_logits, teacher_logits)]
     return sorted_l1(*probs) * temperature**2
 
 
@@ -96,11 +92,11 @@ def mapped(student_logits, teacher_logits, temperature=1.0, *, divergence, colum
 
 def mapped_uld(student_logits, teacher_logits, temperature=1.0, *, divergence, columns, target_ids, target_logprob):
     """``mapped`` plus ULD between the probabilities of the tokens outside the support, on each side."""
-    student_probs = _log_softmax(student_logits, temperature).exp() * columns.student_unmatched
+    student_probs = tempered_log_softmax(student_logits, temperature).exp() * columns.student_unmatched
     has_target = torch.isfinite(target_logprob)
     student_probs = student_probs.scatter(1, target_ids[:, None], torch.where(
         has_target[:, None], 0.0, student_probs.gather(1, target_ids[:, None])))  # x is in the support
-    teacher_probs = _log_softmax(teacher_logits, temperature).exp() * columns.teacher_unmatched
+    teacher_probs = tempered_log_softmax(teacher_logits, temperature).exp() * columns.teacher_unmatched
     rest = sorted_l1(student_probs, teacher_probs) * temperature**2
     return mapped(student_logits, teacher_logits, temperature, divergence=divergence, columns=columns,
                   target_ids=target_ids, target_logprob=target_logprob) + rest
@@ -135,7 +131,8 @@ def teacher_token_logprobs(teacher, weight, bias, teacher_ids, temperature: floa
     for start in range(0, flat.shape[0], chunk):
         rows = flat[start : start + chunk]
         logits = rows if weight is None else F.linear(rows, weight, bias)
-        out[start : start + chunk] = _log_softmax(logits, temperature).gather(1, following[start : start + chunk, None])[:, 0]
+        logprobs = tempered_log_softmax(logits, temperature)  # [chunk, V_t]
+        out[start : start + chunk] = logprobs.gather(1, following[start : start + chunk, None])[:, 0]
     out = out.reshape(teacher_ids.shape)
     out[:, -1] = 0.0
     return out

@@ -37,7 +37,8 @@ from distily.errors import DistilyConfigError
 LossFn = Callable[..., torch.Tensor]
 
 
-def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def tempered_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) in float32 over the last axis (no division, and no copy of float32 logits, at T = 1)."""
     scaled = logits.float() if temperature == 1 else logits.float() / temperature  # [N, V]
     return F.log_softmax(scaled, dim=-1)
 
@@ -45,7 +46,7 @@ def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def _teacher_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Teacher log-probabilities with log 0 = -inf raised to the lowest finite float, so that the
     0 * log 0 terms of every formula evaluate to 0 rather than nan [N, V]."""
-    logprobs = _log_softmax(logits, temperature)
+    logprobs = tempered_log_softmax(logits, temperature)
     lowest = torch.finfo(logprobs.dtype).min
     return logprobs.clamp_min(lowest) if logprobs.requires_grad else logprobs.clamp_min_(lowest)
 
@@ -106,7 +107,7 @@ def _check_unit_interval(name: str, value: float, *, open_low: bool, open_high: 
 
 def _forward_kl_value_and_gradient(student_logits, teacher_logits, temperature: float = 1.0):
     """Forward KL and its gradient with respect to the student's logits, T (p_s - p_t)."""
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     teacher_probs = teacher_logprobs.exp()  # [N, V]
     value = (teacher_probs * teacher_logprobs.sub_(student_logprobs)).sum(-1) * temperature**2  # [N]
@@ -128,7 +129,7 @@ def _through_softmax_(student_probs: torch.Tensor, grad_probs: torch.Tensor, mea
 
 def _reverse_kl_value_and_gradient(student_logits, teacher_logits, temperature: float = 1.0):
     """Reverse KL and its gradient T p_s (log p_s - log p_t - KL(p_s || p_t))."""
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     log_ratio = student_logprobs - _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     student_probs = student_logprobs.exp_()  # [N, V], in place of the log-probabilities
     divergence = _row_dot(student_probs, log_ratio)  # [N]
@@ -138,7 +139,7 @@ def _reverse_kl_value_and_gradient(student_logits, teacher_logits, temperature: 
 def _cakld_value_and_gradient(student_logits, teacher_logits, temperature: float = 1.0, *, beta: float):
     """CAKLD and its gradient, beta times the reverse KL's plus 1 - beta times the forward KL's."""
     _check_unit_interval("beta", beta, open_low=False, open_high=False)
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     student_probs, teacher_probs = student_logprobs.exp(), teacher_logprobs.exp()  # [N, V] each
     log_ratio = student_logprobs.sub_(teacher_logprobs)  # [N, V] log p_s - log p_t
@@ -152,7 +153,7 @@ def _jsd_value_and_gradient(student_logits, teacher_logits, temperature: float =
     """Generalized JSD and its gradient T (1 - beta) p_s (log p_s - log m - KL(p_s || m)): the derivative of
     JSD_beta with respect to p_s is (1 - beta) (log p_s - log m), its teacher term's and mixture's parts cancelling."""
     _check_unit_interval("beta", beta, open_low=True, open_high=True)
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, beta)  # [N, V]
     teacher_probs = teacher_logprobs.exp()  # [N, V]
@@ -170,7 +171,7 @@ def _skew_forward_kl_value_and_gradient(student_logits, teacher_logits, temperat
     """Skew KL and its gradient: with m = alpha p_t + (1 - alpha) p_s, its derivative with respect to p_s is
     -(1 - alpha) p_t / m."""
     _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, alpha)  # [N, V]
     teacher_probs = teacher_logprobs.exp()  # [N, V]
@@ -188,7 +189,7 @@ def _skew_reverse_kl_value_and_gradient(student_logits, teacher_logits, temperat
     """Skew reverse KL and its gradient: with m = (1 - alpha) p_t + alpha p_s, its derivative with respect to p_s
     is log p_s - log m + 1 - alpha p_s / m (the constant cancels through the softmax)."""
     _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(student_logprobs, teacher_logprobs, alpha)  # [N, V]
     del teacher_logprobs
@@ -203,7 +204,7 @@ def _skew_reverse_kl_value_and_gradient(student_logits, teacher_logits, temperat
 
 def _soft_cross_entropy_value_and_gradient(student_logits, teacher_logits, temperature: float = 1.0):
     """Soft cross-entropy and its gradient, the forward KL's: T (p_s - p_t)."""
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_probs = _teacher_log_softmax(teacher_logits, temperature).exp_()  # [N, V]
     value = -_row_dot(teacher_probs, student_logprobs) * temperature**2  # [N]
     return value, student_logprobs.exp_().sub_(teacher_probs).mul_(temperature)
@@ -217,7 +218,7 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
     Mode-covering; the classic distillation target (Hinton et al., 2015).
     """
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     return kl_divergence(teacher_logprobs, student_logprobs) * temperature**2
 
@@ -230,7 +231,7 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
     Mode-seeking (Gu et al., 2024, "MiniLLM: Knowledge Distillation of Large Language Models").
     """
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     return kl_divergence(student_logprobs, teacher_logprobs) * temperature**2
 
@@ -249,7 +250,7 @@ def cakld(
     a parameter, fixed by the user or estimated once before training; beta in [0, 1].
     """
     _check_unit_interval("beta", beta, open_low=False, open_high=False)
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     reverse = kl_divergence(student_logprobs, teacher_logprobs)  # [N]
     forward = kl_divergence(teacher_logprobs, student_logprobs)  # [N]
@@ -301,7 +302,7 @@ def jsd(
     beta -> 0 and JSD_beta / (1 - beta) to the reverse KL as beta -> 1. beta in (0, 1).
     """
     _check_unit_interval("beta", beta, open_low=True, open_high=True)
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, beta)  # [N, V]
     divergence = beta * kl_divergence(teacher_logprobs, mixture_logprobs) + (1 - beta) * kl_divergence(
@@ -323,7 +324,7 @@ def skew_forward_kl(
     bounded where the student puts little mass. alpha in [0, 1).
     """
     _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, alpha)  # [N, V]
     return kl_divergence(teacher_logprobs, mixture_logprobs) * temperature**2
@@ -340,7 +341,7 @@ def skew_reverse_kl(
     Ko et al., 2024, "DistiLLM", alpha-skew reverse KL. alpha = 0 is the reverse KL. alpha in [0, 1).
     """
     _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(student_logprobs, teacher_logprobs, alpha)  # [N, V]
     return kl_divergence(student_logprobs, mixture_logprobs) * temperature**2
@@ -354,7 +355,7 @@ def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     A symmetric, bounded distance (in [0, 1] before the T^2 factor); used for distillation e.g. by
     Wen et al., 2023, "f-Divergence Minimization for Sequence-Level Knowledge Distillation".
     """
-    student_probs = _log_softmax(student_logits, temperature).exp()  # [N, V]
+    student_probs = tempered_log_softmax(student_logits, temperature).exp()  # [N, V]
     teacher_probs = _teacher_log_softmax(teacher_logits, temperature).exp()  # [N, V]
     return 0.5 * (teacher_probs - student_probs).abs().sum(-1) * temperature**2
 
@@ -370,7 +371,7 @@ def soft_cross_entropy(
     The teacher enters as probabilities, the student as log-probabilities. It equals the forward KL
     plus the teacher's entropy, so it has the same gradient but is not zero when student == teacher.
     """
-    student_logprobs = _log_softmax(student_logits, temperature)  # [N, V]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     return -(teacher_logprobs.exp() * student_logprobs).sum(-1) * temperature**2
 

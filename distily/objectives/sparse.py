@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import chunked_loss_footprint, chunked_rows_loss_sum
 from distily.objectives.component import StepShape, loss_positions
-from distily.objectives.losses import LOSSES
+from distily.objectives.losses import LOSSES, tempered_log_softmax
 from distily.objectives.objective import LogitsComponent
 
 SPARSE_INTERMEDIATES = 4
@@ -134,7 +134,7 @@ class BucketLoss:
     def value_and_gradient(self, student_logits, targets, temperature: float, **loss_kwargs):
         topk_logprobs, topk_ids, tail_logprob = targets  # [n, k], [n, k], [n]
         ids, has_tail = topk_ids.long(), topk_ids.shape[-1] < student_logits.shape[-1]
-        logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [n, vocab]
+        logprobs = tempered_log_softmax(student_logits, temperature)  # [n, vocab]
         top = logprobs.gather(-1, ids)  # [n, k]
         rest = logprobs.exp_().scatter_(-1, ids, 0.0)  # [n, vocab]: p off the top k, 0 on it
         student = top
@@ -150,7 +150,7 @@ class BucketLoss:
         total = bucket_grad.sum(-1, keepdim=True)  # [n, 1]
         rest.mul_(bucket_grad[:, -1:] / tail_mass - total if has_tail else -total)
         gradient = rest.scatter_(-1, ids, bucket_grad[:, : ids.shape[-1]] - top.exp() * total)
-        return value.detach(), gradient.div_(temperature)
+        return value.detach(), gradient if temperature == 1 else gradient.div_(temperature)
 
 
 class SparseLogitsComponent(LogitsComponent):
