@@ -165,7 +165,9 @@ def test_a_cut_that_leaves_earlier_answers_ends_the_row_at_the_last_answer_it_ke
     args = _args(_dataset(tmp_path, [{"messages": messages}] * 4), tmp_path, eval_fraction=0.5,
                  chat_template_kwargs=json.dumps(kwargs) if kwargs else None)
     data = build_datasets(args, tokenizer, max_length, 0)
-    for row in list(data.train) + list(data.eval):
+    rows = list(data.train) + list(data.eval)
+    assert len(rows) == 4
+    for row in rows:
         assert row[INPUT_IDS].tolist() == kept[0] and row[LOSS_MASK].tolist() == kept[1][1:] + [0]
         assert batch_prompts(collate([row])) == [prompt_ids(tokenizer, first[:1], template, "row 0")]
 
