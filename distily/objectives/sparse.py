@@ -33,7 +33,7 @@ from distily.objectives.component import StepShape, loss_positions
 from distily.objectives.losses import LOSSES, tempered_log_softmax
 from distily.objectives.objective import LogitsComponent
 
-SPARSE_INTERMEDIATES = 4
+SPARSE_INTERMEDIATES = 3
 """fp32 ``[tokens, vocab]`` tensors alive at once in ``bucket_logprobs`` and its gradient, for one slice of the
 chunked loss, whatever the loss on the k + 1 buckets (measured at the allocator, ``tests/training/test_preflight.py``)."""
 
