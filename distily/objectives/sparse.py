@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import chunked_loss_footprint, chunked_rows_loss_sum
@@ -73,7 +72,7 @@ def bucket_logprobs(
     buckets are normalised, which only removes the float16 rounding of the stored values (~1e-4).
     """
     has_tail = topk_ids.shape[-1] < student_logits.shape[-1]
-    student_logprobs = F.log_softmax(student_logits.float() / temperature, dim=-1)  # [tokens, vocab]
+    student_logprobs = tempered_log_softmax(student_logits, temperature)  # [tokens, vocab]
     ids = topk_ids.long()
     student = student_logprobs.gather(-1, ids)  # [tokens, k]
     if has_tail:

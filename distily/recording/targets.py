@@ -8,10 +8,9 @@ rebuilt from what the store keeps, for several k, so k can be chosen from data.
 import math
 
 import torch
-import torch.nn.functional as F
 
 from distily.errors import DistilyConfigError
-from distily.objectives.losses import kl_divergence
+from distily.objectives.losses import kl_divergence, tempered_log_softmax
 
 
 def check_top_k(top_k: int, vocab: int) -> None:
@@ -25,7 +24,7 @@ def sparse_targets(logits: torch.Tensor, top_k: int, temperature: float) -> tupl
 
     The tail is the log-sum-exp of the log-probabilities outside the top k, computed exactly in float32
     (not as 1 - sum of the top k, which cancels when the tail is small)."""
-    logprobs = F.log_softmax(logits.float() / temperature, dim=-1)  # [tokens, vocab]
+    logprobs = tempered_log_softmax(logits, temperature)  # [tokens, vocab]
     top = logprobs.topk(top_k, dim=-1)  # sorted, descending
     tail = logprobs.scatter(-1, top.indices, -math.inf).logsumexp(-1)  # [tokens]
     return top.values, top.indices, tail
@@ -46,7 +45,7 @@ def fidelity_sums(logits: torch.Tensor, top_ks: list[int], temperature: float) -
     q_k the distribution rebuilt from a k-store: the float16 top-k as stored, and the tail mass spread
     evenly over the vocab - k other tokens (the store keeps no more about them)."""
     vocab = logits.shape[-1]
-    logprobs = F.log_softmax(logits.float() / temperature, dim=-1)  # [tokens, vocab]
+    logprobs = tempered_log_softmax(logits, temperature)  # [tokens, vocab]
     sums = {}
     for k in sorted({min(k, vocab) for k in top_ks}):
         top = logprobs.topk(k, dim=-1)
