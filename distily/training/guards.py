@@ -2,9 +2,10 @@
 is stopped, and weights that are not finite are never written as a checkpoint."""
 
 import logging
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from distily.errors import DistilyConfigError
@@ -27,10 +28,18 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
 class NonFiniteStepGuard:
     """Wraps ``optimizer.step``: when any gradient is NaN or infinite the step is skipped (gradients
     dropped, weights and optimizer state untouched) with a warning; ``max_consecutive`` skipped steps in
-    a row stop the run."""
+    a row stop the run.
 
-    def __init__(self, optimizer: torch.optim.Optimizer, max_consecutive: int):
+    With ``process_group_device`` (a run on several processes: the device its collectives run on), the decision
+    is taken together: a step is skipped on every process when any process holds a non-finite gradient. Sharded
+    students (FSDP, DeepSpeed ZeRO) hold a different slice of the gradients on each process, so a NaN that lands
+    in one slice would otherwise skip the step on that process alone (its slice of the weights falls out of step
+    with the others), and stopping the run there would leave the others waiting in their next collective."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_consecutive: int,
+                 process_group_device: Optional[torch.device] = None):
         self.optimizer, self.max_consecutive = optimizer, max_consecutive
+        self.process_group_device = process_group_device
         self.consecutive = self.skipped = 0
         self._step = optimizer.step
         optimizer.step = self.step
@@ -41,8 +50,16 @@ class NonFiniteStepGuard:
                 if parameter.grad is not None:
                     yield parameter.grad
 
+    def _finite_everywhere(self) -> bool:
+        finite = all_finite(self._gradients())
+        if self.process_group_device is None:
+            return finite
+        nonfinite_processes = torch.tensor([0.0 if finite else 1.0], device=self.process_group_device)
+        dist.all_reduce(nonfinite_processes)
+        return nonfinite_processes.item() == 0
+
     def step(self, *args, **kwargs):
-        if all_finite(self._gradients()):
+        if self._finite_everywhere():
             self.consecutive = 0
             return self._step(*args, **kwargs)
         self.consecutive += 1

@@ -98,7 +98,8 @@ class DistillationTrainer(StagedCheckpoints):
         building = self.optimizer is None
         optimizer = super().create_optimizer(model)
         if building:
-            self.nonfinite_guard = NonFiniteStepGuard(optimizer, self.args.max_nonfinite_steps)
+            together = self.accelerator.device if self.args.world_size > 1 else None
+            self.nonfinite_guard = NonFiniteStepGuard(optimizer, self.args.max_nonfinite_steps, together)
             if self.args.bitnet_schedule:  # the decayed group is the latent ternary weights (get_decay_parameter_names)
                 for group in optimizer.param_groups:
                     if group["weight_decay"] > 0:

@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,19 @@ def test_guard_skips_a_non_finite_step_and_stops_after_too_many():
     weight.grad = torch.tensor([float("inf"), 0.0, 0.0])
     with pytest.raises(DistilyConfigError, match="2 optimizer steps in a row had non-finite gradients"):
         optimizer.step()
+
+
+def test_a_non_finite_gradient_on_one_process_skips_the_step_on_every_process():
+    """A student sharded by FSDP2 or FSDP1 over 2 processes (gloo), a NaN in one process's slice of the
+    gradients: deciding alone the processes disagree (one steps, one skips); the guard decides together, so both
+    skip, both take the next finite step, and both stop at the same step (``guard_worker.py``)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(__file__).with_name("guard_worker.py")), "fsdp2", "fsdp1"]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    passed = sorted(re.findall(r"ok (\w+) (\d)", done.stdout))  # the processes' lines may interleave
+    assert passed == sorted((mode, rank) for mode in ("fsdp2", "fsdp1") for rank in "01")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
