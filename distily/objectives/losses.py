@@ -347,8 +347,19 @@ def skew_reverse_kl(
     return kl_divergence(student_logprobs, mixture_logprobs) * temperature**2
 
 
+def _tvd_value_and_gradient(student_logits, teacher_logits, temperature: float = 1.0):
+    """TVD and its gradient: its derivative with respect to p_s is sign(p_s - p_t) / 2 (0 where the two are
+    equal, as autograd takes |x|'s at 0)."""
+    student_probs = tempered_log_softmax(student_logits, temperature).exp_()  # [N, V]
+    difference = student_probs - _teacher_log_softmax(teacher_logits, temperature).exp_()  # [N, V] p_s - p_t
+    value = difference.abs().sum(-1).mul_(0.5 * temperature**2)  # [N]
+    sign = difference.sign_()  # [N, V]
+    return value, _through_softmax_(student_probs, sign, _row_dot(student_probs, sign), 0.5 * temperature)
+
+
 @between_distributions
-@working_tensors(6)
+@closed_form_gradient(_tvd_value_and_gradient)
+@working_tensors(5)
 def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Total variation distance: 0.5 * sum_v |p_t(v) - p_s(v)|, per token, times T^2.
 
