@@ -136,9 +136,13 @@ def make_bos_tokenizer() -> PreTrainedTokenizerFast:
 def train_bos_anchored_llama(tokenizer, steps: int = 250, seed: int = 0):
     """A 2-layer Llama trained only on contexts that start with BOS (each document alone, as Llama's
     pretraining framed them), so that, like real Llama-family models, it needs BOS at position 0."""
+    return train_llama(tokenizer, [tokenizer(text)["input_ids"] for text in make_documents(2000, seed=5)], steps, seed)
+
+
+def train_llama(tokenizer, documents: list[list[int]], steps: int, seed: int = 0):
+    """A 2-layer Llama trained on ``documents`` (token ids, each row alone), batches of 16 in turn."""
     from distily.data.text import collate
 
-    documents = [tokenizer(text)["input_ids"] for text in make_documents(2000, seed=5)]
     config = tiny_config("llama", layers=2, vocab_size=len(tokenizer))
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     torch.manual_seed(seed)
@@ -227,6 +231,17 @@ def make_chat_tokenizer(style: str, with_template: bool = True,
         tokenizer.bos_token = BOS_TOKENS[style]
     if with_template:
         tokenizer.chat_template = template
+    return tokenizer
+
+
+def make_sentencepiece_chat_tokenizer(style: str) -> PreTrainedTokenizerFast:
+    """``make_sentencepiece_tokenizer`` with a family's special tokens and template: a student's tokenizer for
+    cross-tokenizer chat data (other pieces, other byte conventions, another template than the teacher's)."""
+    template, specials, _ = CHAT_STYLES[style]
+    tokenizer = make_sentencepiece_tokenizer()
+    tokenizer.add_tokens(specials, special_tokens=True)
+    tokenizer.add_tokens(REASONING_TOKENS.get(style, []))
+    tokenizer.chat_template = template
     return tokenizer
 
 

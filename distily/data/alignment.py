@@ -18,14 +18,14 @@ inside a larger chunk, whose positions get no teacher loss (documented fallback,
 """
 
 import hashlib
-from typing import Optional
+from typing import Callable, Optional
 
 import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
-from distily.data.framing import INPUT_IDS, resolve_packing, tokenizer_adds_bos
+from distily.data.framing import INPUT_IDS, LOSS_MASK, resolve_packing, tokenizer_adds_bos
 from distily.data.text import (
     DistillationData, cached_dataset, collate, default_cache_dir, sampled_rows, tokenizer_fingerprint,
 )
@@ -175,32 +175,44 @@ def align_documents(documents: datasets.Dataset, student_tokenizer, teacher_toke
     return cached_dataset(cache_dir, key, build)
 
 
+def aligned_splits(args: DataArguments, documents: datasets.Dataset, seed: int, max_seq_length: int,
+                   align: Callable[[datasets.Dataset], datasets.Dataset], loss_on: Optional[str] = None
+                   ) -> DistillationData:
+    """Train and eval rows from disjoint documents (split as ``build_datasets`` splits them), each split's
+    documents made into aligned rows by ``align``."""
+    split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
+    rows = {name: align(docs) for name, docs in (("train", split["train"]), ("eval", split["test"]))}
+    for name, found in rows.items():
+        if len(found) == 0:
+            raise DistilyConfigError(
+                f"dataset {args.dataset_name!r} gives no aligned {name} rows; expected text (or answers) both "
+                "tokenizers read"
+            )
+    return DistillationData(*sampled_rows(rows, args, seed), max_seq_length, loss_on=loss_on)
+
+
 def build_aligned_datasets(args: DataArguments, student_tokenizer, teacher_tokenizer, max_seq_length: int, seed: int,
                            documents: datasets.Dataset) -> DistillationData:
-    """Train and eval rows from disjoint documents (split as ``build_datasets`` splits them)."""
+    """Train and eval rows of text documents, tokenized by both tokenizers and aligned."""
     if INPUT_IDS in documents.column_names:
         raise DistilyConfigError(
             f"dataset {args.dataset_name!r} is pre-tokenized (input_ids); expected text for cross-tokenizer "
             "distillation (each tokenizer reads the text)"
         )
-    for tokenizer, role in ((student_tokenizer, "student"), (teacher_tokenizer, "teacher")):
-        check_offsets(tokenizer, role)
-    split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
     cache_dir = args.tokenization_cache_dir or default_cache_dir()
-    rows = {
-        name: align_documents(docs, student_tokenizer, teacher_tokenizer, args.packing, max_seq_length,
-                              args.dataset_text_column, cache_dir, args.preprocessing_num_workers)
-        for name, docs in (("train", split["train"]), ("eval", split["test"]))
-    }
-    for name, found in rows.items():
-        if len(found) == 0:
-            raise DistilyConfigError(f"dataset {args.dataset_name!r} gives no aligned {name} rows; expected text")
-    return DistillationData(*sampled_rows(rows, args, seed), max_seq_length)
+
+    def align(docs: datasets.Dataset) -> datasets.Dataset:
+        return align_documents(docs, student_tokenizer, teacher_tokenizer, args.packing, max_seq_length,
+                               args.dataset_text_column, cache_dir, args.preprocessing_num_workers)
+
+    return aligned_splits(args, documents, seed, max_seq_length, align)
 
 
 def collate_aligned(features: list[dict], pad_token_id: int = 0, teacher_pad_token_id: int = 0) -> dict:
-    """``collate`` of the student's ids, plus the teacher's ids and mask and the alignment (-1 on padding)."""
-    batch = collate([{INPUT_IDS: f[INPUT_IDS]} for f in features], pad_token_id)
+    """``collate`` of the student's ids (and loss mask, for chat data), plus the teacher's ids and mask and the
+    alignment (-1 on padding)."""
+    student_columns = [column for column in (INPUT_IDS, LOSS_MASK) if column in features[0]]
+    batch = collate([{column: f[column] for column in student_columns} for f in features], pad_token_id)
     teacher = collate([{INPUT_IDS: f[TEACHER_INPUT_IDS]} for f in features], teacher_pad_token_id)
     aligned = torch.full(batch[INPUT_IDS].shape, -1, dtype=torch.long)  # [batch, student seq]
     for row, feature in enumerate(features):

@@ -79,6 +79,14 @@ class DataArguments:
             "teacher tokenizer's own. Given, the student is saved with it (and lm-eval's chat prompts use it)."
         },
     )
+    student_chat_template: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Jinja chat template (the string, or a path to a .jinja file) of a student with its own "
+            "tokenizer (cross-tokenizer chat data: each model reads the conversations in its own template); "
+            "default: the student tokenizer's own. Given, the student is saved with it."
+        },
+    )
     chat_template_kwargs: Optional[Union[dict, str]] = field(
         default=None, metadata={"help": CHAT_TEMPLATE_KWARGS_HELP}
     )

@@ -114,30 +114,33 @@ def conversations(documents: datasets.Dataset, fmt: str, args: DataArguments) ->
     )
 
 
-def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str]) -> str:
+def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str], role: str = "teacher",
+                          key: str = "chat_template") -> str:
     """The template chat data is rendered with: ``chat_template`` (a Jinja string or a .jinja file), else the
-    tokenizer's own."""
+    tokenizer's own; errors name the ``role`` whose tokenizer it is and the config ``key`` that sets it."""
     if chat_template is None:
         if not isinstance(tokenizer.chat_template, str):
             raise DistilyConfigError(
-                f"the teacher's tokenizer ({type(tokenizer).__name__}) has no chat template; expected chat_template "
+                f"the {role}'s tokenizer ({type(tokenizer).__name__}) has no chat template; expected {key} "
                 "(a Jinja string or a .jinja file) for chat data"
             )
         return tokenizer.chat_template
     path = Path(os.path.expanduser(chat_template))
     if chat_template.endswith(".jinja"):
         if not path.is_file():
-            raise DistilyConfigError(f"chat_template={chat_template!r} does not exist; expected a .jinja file")
+            raise DistilyConfigError(f"{key}={chat_template!r} does not exist; expected a .jinja file")
         return path.read_text(encoding="utf-8")
     return chat_template
 
 
-def adopt_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str]) -> None:
-    """Give ``tokenizer`` the run's ``chat_template`` when one is given (``resolve_chat_template``): the chat data
-    is rendered with it, and lm-eval's chat prompts, the generation eval and the student saved with this
-    tokenizer then use the same template (a teacher without one gives its student none of its own)."""
+def adopt_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str],
+                        key: str = "chat_template") -> None:
+    """Give ``tokenizer`` the run's ``chat_template`` (set by the config's ``key``) when one is given
+    (``resolve_chat_template``): the chat data is rendered with it, and lm-eval's chat prompts, the generation eval
+    and the student saved with this tokenizer then use the same template (a teacher without one gives its student
+    none of its own)."""
     if chat_template is not None:
-        tokenizer.chat_template = resolve_chat_template(tokenizer, chat_template)
+        tokenizer.chat_template = resolve_chat_template(tokenizer, chat_template, key=key)
 
 
 @dataclass(frozen=True)
@@ -150,9 +153,10 @@ class ChatTemplate:
 
 
 def run_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str],
-                      chat_template_kwargs: Optional[dict] = None) -> ChatTemplate:
+                      chat_template_kwargs: Optional[dict] = None, role: str = "teacher",
+                      key: str = "chat_template") -> ChatTemplate:
     """The template a run renders conversations with (``resolve_chat_template``) and its keyword arguments."""
-    return ChatTemplate(resolve_chat_template(tokenizer, chat_template), dict(chat_template_kwargs or {}))
+    return ChatTemplate(resolve_chat_template(tokenizer, chat_template, role, key), dict(chat_template_kwargs or {}))
 
 
 @dataclass(frozen=True)
@@ -268,8 +272,8 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
     return RenderedConversation(text, ids, offsets, turns)
 
 
-def _masked_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                  row: int) -> tuple[RenderedConversation, list[int], list[int]]:
+def masked_assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+                           row: int) -> tuple[RenderedConversation, list[int], list[int]]:
     """The rendered conversation, the mask of its assistant's tokens (see ``assistant_token_mask``) and the first
     masked token of each of its assistant turns."""
     rendered = assistant_turns(messages, tokenizer, template, row)
@@ -292,7 +296,7 @@ def assistant_token_mask(messages: list[dict], tokenizer: PreTrainedTokenizerBas
     """``(input_ids, mask)`` of a conversation: the template's rendering tokenized, and 1 on the assistant's
     tokens (from its generation prompt to the end of its content, and the end-of-turn token that closes it);
     ``row`` names the conversation in errors."""
-    rendered, mask, _ = _masked_turns(messages, tokenizer, template, row)
+    rendered, mask, _ = masked_assistant_turns(messages, tokenizer, template, row)
     return rendered.ids, mask
 
 
@@ -303,7 +307,7 @@ def _ending_at_a_kept_answer(messages: list[dict], tokenizer: PreTrainedTokenize
     its last answer: the template writes a last answer as the model writes it after that question (Qwen3's opens
     it with its ``<think>`` block and keeps its reasoning), and the on-policy prompt taken from the row is then
     the template's generation prompt."""
-    rendered, mask, firsts = _masked_turns(messages, tokenizer, chat.template, row)
+    rendered, mask, firsts = masked_assistant_turns(messages, tokenizer, chat.template, row)
     kept = sum(first < chat.max_length for first in firsts)
     if 0 < kept < len(firsts):
         return _ending_at_a_kept_answer(messages[: rendered.turns[kept - 1].message + 1], tokenizer, chat, row)

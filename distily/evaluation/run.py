@@ -41,13 +41,14 @@ def eval_set_metrics(
 
 def generation_evaluator(
     config: DistillConfig, tokenizer: PreTrainedTokenizerBase, teacher: Optional[PreTrainedModel],
-    vocab_size: Optional[int],
+    vocab_size: Optional[int], chat_template: Optional[str],
 ) -> Optional[GenerationEvaluator]:
     """The student's (and ``teacher``'s) greedy answers to ``generation_eval_dataset``, None without one; the prompts
     are loaded now, so a bad set fails before training. ``teacher``: None when it does not run or reads other
-    tokens than the student."""
-    found = generation_eval(config.evaluation, config.data, config.data.chat_template,
-                            config.data.chat_template_kwargs, config.training.per_device_eval_batch_size)
+    tokens than the student; ``chat_template``: the student's (``chat_template``, or ``student_chat_template`` for
+    a student with its own tokenizer)."""
+    found = generation_eval(config.evaluation, config.data, chat_template, config.data.chat_template_kwargs,
+                            config.training.per_device_eval_batch_size)
     return None if found is None else GenerationEvaluator(found, tokenizer, teacher, vocab_size)
 
 

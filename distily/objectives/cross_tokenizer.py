@@ -30,7 +30,7 @@ from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, TEACHER_ATTENTION
 from distily.data.vocabulary import VocabularyMap
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import CHUNK_ELEMENTS, chunked_logit_loss_sum, chunked_loss_footprint
-from distily.objectives.component import Component, StepShape
+from distily.objectives.component import Component, StepShape, loss_positions
 from distily.objectives.losses import LOSSES, tempered_log_softmax
 
 EXCLUDED_LOGIT = -1e30
@@ -153,9 +153,10 @@ def chain_logprobs(token_logprobs: torch.Tensor, aligned: torch.Tensor, targets:
 
 
 class CrossTokenizerLogitsComponent(Component):
-    """A ``CROSS_TOKENIZER_LOSSES`` loss at every aligned, non-padding student position, in token chunks as the
+    """A ``CROSS_TOKENIZER_LOSSES`` loss at every aligned loss position of the student (``loss_positions``:
+    non-padding, and the assistant's in chat data), in token chunks as the
     same-vocabulary ``LogitsComponent`` (the LM heads fused where the models run without them). It is summed
-    over aligned positions and divided, like every logit loss, by the student's non-padding positions."""
+    over aligned positions and divided, like every logit loss, by the student's loss positions."""
 
     def __init__(self, loss: str, temperature: float = 1.0, vocab_size: Optional[int] = None, *,
                  cross_tokenizer_loss: str, vocabulary: VocabularyMap, **loss_kwargs):
@@ -180,7 +181,7 @@ class CrossTokenizerLogitsComponent(Component):
 
     def forward(self, student_outputs, teacher_outputs, batch):
         aligned = batch[ALIGNED]  # [batch, student seq]
-        rows = batch["attention_mask"].bool() & (aligned >= 0)  # [batch, student seq]
+        rows = loss_positions(batch) & (aligned >= 0)  # [batch, student seq]
         teacher = getattr(teacher_outputs, "logits", None)  # [batch, teacher seq, V_t]
         teacher_head = {}
         if teacher is None:  # the teacher's decoder ran alone: [batch, teacher seq, H_t]

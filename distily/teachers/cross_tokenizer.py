@@ -1,8 +1,10 @@
 """A live teacher whose tokenizer is not the student's (cross-tokenizer distillation, docs/cross_tokenizer.md).
 
-Each text is tokenized by both tokenizers and aligned (``distily.data.alignment``); a batch carries the student's
-ids, the teacher's ids and the alignment. The teacher runs on its own ids; the logit loss is a
-``CROSS_TOKENIZER_LOSSES`` loss at the aligned positions, and hidden-state components pair the aligned positions.
+Each text is tokenized by both tokenizers and aligned (``distily.data.alignment``), each conversation of chat data
+rendered by both models' chat templates and aligned inside the assistant's turns (``distily.data.chat_alignment``);
+a batch carries the student's ids (and its assistant mask), the teacher's ids and the alignment. The teacher runs
+on its own ids; the logit loss is a ``CROSS_TOKENIZER_LOSSES`` loss at the aligned positions, and hidden-state
+components pair the aligned positions.
 The student is evaluated on its own tokens (the held-out split and the named eval sets, with the student's
 tokenizer); there is no agreement with the teacher, whose vocabulary differs, and the teacher's own held-out loss is
 on its own tokens (compare the two per byte of text, not per token).
@@ -17,8 +19,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distily.data.alignment import (
     TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, build_aligned_datasets, check_offsets, collate_aligned,
 )
-from distily.data.chat import chat_format
-from distily.data.framing import INPUT_IDS
+from distily.data.chat import MESSAGES
+from distily.data.chat_alignment import TEACHER_LOSS_MASK, build_aligned_chat_datasets
+from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.text import DistillationData, collate
 from distily.data.vocabulary import map_vocabularies
 from distily.errors import DistilyConfigError
@@ -32,12 +35,15 @@ from distily.objectives.objective import DistillationObjective, HardLabelCompone
 from distily.teachers.live import LiveTeacher, calibrate_cakld_beta
 
 ALIGNED_PIECES = "aligned_pieces"  # metrics.json's framing.packing: document pieces cut at aligned characters
+ALIGNED_CONVERSATIONS = "aligned_conversations"  # one conversation a row, each model's own rendering
 SUPPORTED_COMPONENTS = (CrossTokenizerLogitsComponent, HardLabelComponent, HiddenStatesComponent)
 
 
 def teacher_rows(dataset: Dataset) -> Dataset:
-    """The teacher's side of aligned rows, as plain ``input_ids`` rows."""
-    return dataset.select_columns([TEACHER_INPUT_IDS]).rename_column(TEACHER_INPUT_IDS, INPUT_IDS)
+    """The teacher's side of aligned rows, as plain ``input_ids`` rows (with their ``loss_mask``, for chat data)."""
+    names = {TEACHER_INPUT_IDS: INPUT_IDS, TEACHER_LOSS_MASK: LOSS_MASK}
+    found = {column: name for column, name in names.items() if column in dataset.column_names}
+    return dataset.select_columns(list(found)).rename_columns(found)
 
 
 class CrossTokenizerTeacher(LiveTeacher):
@@ -53,12 +59,6 @@ class CrossTokenizerTeacher(LiveTeacher):
             raise DistilyConfigError(
                 f"lmbda={self.config.training.lmbda}: on-policy distillation across tokenizers is not supported (the "
                 "student's completions would need re-tokenizing for the teacher at every step); expected lmbda=0"
-            )
-        fmt = chat_format(self.documents.column_names, self.config.data)
-        if fmt is not None:
-            raise DistilyConfigError(
-                f"the dataset is {fmt} chat data: cross-tokenizer distillation aligns plain text only (each model's "
-                "chat template would frame the conversation differently); expected a text dataset"
             )
         for tokenizer, role in ((student_tokenizer, "student"), (self.tokenizer, "teacher")):
             check_offsets(tokenizer, role)
@@ -91,9 +91,15 @@ class CrossTokenizerTeacher(LiveTeacher):
         config = self.config
         training = config.training
         max_seq_length = resolve_max_seq_length(config.data.max_seq_length, self.model, student)
+        build = build_aligned_chat_datasets if self.chat else build_aligned_datasets
         with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
-            return build_aligned_datasets(config.data, self._student_tokenizer, self.tokenizer, max_seq_length,
-                                          training.seed, self.documents)
+            return build(config.data, self._student_tokenizer, self.tokenizer, max_seq_length, training.seed,
+                         self.documents)
+
+    @property
+    def chat(self) -> bool:
+        """Whether the data are conversations (each model renders them with its own chat template)."""
+        return MESSAGES in self.documents.column_names
 
     @property
     def student_pad_token_id(self) -> int:
@@ -116,14 +122,15 @@ class CrossTokenizerTeacher(LiveTeacher):
                 )
 
     def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> FramingMetrics:
-        return FramingMetrics(ALIGNED_PIECES)
+        return FramingMetrics(ALIGNED_CONVERSATIONS if self.chat else ALIGNED_PIECES)
 
     def evaluator(self, data, eval_sets, collate_fn, vocab_size) -> Evaluator:
         """The student alone on its own tokens (held-out split and named sets); the teacher on its own, once."""
         batch_size = self.config.training.per_device_eval_batch_size
         self._eval = data.eval
         plain = partial(collate, pad_token_id=self.student_pad_token_id)
-        self._evaluator = Evaluator({HELDOUT_SET: data.eval.select_columns([INPUT_IDS]), **eval_sets}, plain,
+        columns = [column for column in (INPUT_IDS, LOSS_MASK) if column in data.eval.column_names]
+        self._evaluator = Evaluator({HELDOUT_SET: data.eval.select_columns(columns), **eval_sets}, plain,
                                     batch_size, tokenizer=self._student_tokenizer)
         return self._evaluator
 

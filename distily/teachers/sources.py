@@ -6,6 +6,7 @@ from transformers import PreTrainedTokenizerBase
 
 from distily.config import DistillConfig
 from distily.data.chat import adopt_chat_template
+from distily.errors import DistilyConfigError
 from distily.models.arguments import ModelArguments
 from distily.models.teacher import load_tokenizer
 from distily.models.vocab import check_same_tokenizer, same_vocabulary
@@ -34,8 +35,13 @@ def open_teacher(config: DistillConfig) -> TeacherSource:
     adopt_chat_template(teacher.tokenizer, config.data.chat_template)
     tokenizer = student_tokenizer(config.model)
     if tokenizer is None or same_vocabulary(teacher.tokenizer, tokenizer):
+        if config.data.student_chat_template is not None:
+            raise DistilyConfigError(
+                "student_chat_template is for a student with its own tokenizer, and this student reads the "
+                "teacher's; expected chat_template (one template for both)"
+            )
         return teacher
-    adopt_chat_template(tokenizer, config.data.chat_template)
+    adopt_chat_template(tokenizer, config.data.student_chat_template, key="student_chat_template")
     if name not in CROSS_TOKENIZER_SOURCES:
         check_same_tokenizer(teacher.tokenizer, tokenizer, f"cross-tokenizer distillation needs teacher_source="
                              f"{' or '.join(CROSS_TOKENIZER_SOURCES)}: a store holds the teacher's tokens only")

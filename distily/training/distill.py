@@ -154,8 +154,10 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
             eval_sets = named_eval_sets(config, teacher.student_tokenizer, run.max_seq_length)
         eval_set_sources, eval_overlap = eval_set_metrics(config, eval_sets, data.train, data.eval, run.max_seq_length)
         same_tokens = teacher.student_tokenizer is teacher.tokenizer
-        generations = generation_evaluator(config, teacher.student_tokenizer,
-                                           teacher.live_model if same_tokens else None, vocab_size)
+        generations = generation_evaluator(
+            config, teacher.student_tokenizer, teacher.live_model if same_tokens else None, vocab_size,
+            config.data.chat_template if same_tokens else config.data.student_chat_template,
+        )
         evaluate_student = with_generations(teacher.evaluator(data, eval_sets, collate_fn, vocab_size), generations)
 
     prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first

@@ -1,0 +1,88 @@
+"""Cross-tokenizer chat data: a byte-level teacher in one family's template and a SentencePiece student in another's
+align inside the assistant's turns only, on the same characters of its content."""
+
+import pytest
+
+from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, collate_aligned
+from distily.data.chat import ChatTemplate, ChatTokenization, assistant_turns, masked_assistant_turns
+from distily.data.chat_alignment import TEACHER_LOSS_MASK, ChatSide, align_conversation
+from distily.data.framing import INPUT_IDS, LOSS_MASK
+from tests.tiny import (
+    CHAT_STYLES, make_chat_tokenizer, make_conversations, make_sentencepiece_chat_tokenizer,
+)
+
+PAIRS = [("llama3", "chatml"), ("gemma", "phi3"), ("qwen3", "llama3"), ("chatml", "qwen3")]  # teacher, student
+
+
+def side(tokenizer, style: str, max_length: int = 512) -> ChatSide:
+    return ChatSide(tokenizer, ChatTokenization(ChatTemplate(CHAT_STYLES[style][0]), "assistant", max_length))
+
+
+def content_read(rendered, position: int, message: int):
+    """The characters of assistant ``message``'s content a model has read once it read the token at ``position``
+    (None before the content starts), from the tokenizer's offsets and the turn's place in the rendering."""
+    turn = next(turn for turn in rendered.turns if turn.message == message)
+    end = rendered.offsets[position][1]
+    return rendered.text[turn.content_start:end] if end > turn.content_start else None
+
+
+@pytest.mark.parametrize("teacher_style, student_style", PAIRS)
+def test_positions_align_on_the_same_characters_of_each_answer(teacher_style, student_style):
+    teacher = side(make_chat_tokenizer(teacher_style), teacher_style)
+    student = side(make_sentencepiece_chat_tokenizer(student_style), student_style)
+    for row, messages in enumerate(make_conversations(12, seed=2)):
+        if teacher_style == "gemma" and messages[0]["role"] == "system":
+            messages = messages[1:]  # Gemma's template folds a system turn into the first question: kept apart here
+        aligned_row = align_conversation(messages, row, student, teacher)
+        renderings = [assistant_turns(messages, s.tokenizer, s.chat.template, row) for s in (student, teacher)]
+        student_rendered, teacher_rendered = renderings
+        assert (aligned_row[INPUT_IDS], aligned_row[TEACHER_INPUT_IDS]) == (student_rendered.ids, teacher_rendered.ids)
+        student_end, teacher_end = (s.tokenizer.convert_tokens_to_ids(CHAT_STYLES[style][2])
+                                    for s, style in ((student, student_style), (teacher, teacher_style)))
+        pairs = [(i, j) for i, j in enumerate(aligned_row[ALIGNED]) if j >= 0]
+        closing = [(i, j) for i, j in pairs if student_rendered.ids[i] == student_end]
+        assert len(closing) == len(student_rendered.turns)  # each answer's end-of-turn tokens are paired
+        assert all(teacher_rendered.ids[j] == teacher_end for _, j in closing)
+        assert all(aligned_row[LOSS_MASK][i] == 0 for i, _ in closing)  # their next tokens are the templates'
+        for turn in student_rendered.turns:
+            within = [(i, j) for i, j in pairs if (i, j) not in closing
+                      and student_rendered.offsets[i][1] <= turn.content_end
+                      and (i + 1 >= len(student_rendered.offsets) or student_rendered.offsets[i + 1][1] > turn.start)]
+            reads = [(content_read(student_rendered, i, turn.message), content_read(teacher_rendered, j, turn.message))
+                     for i, j in within]
+            assert reads[0] == (None, None)  # the last position before the answer: both predict its first token
+            assert all(s == t and s for s, t in reads[1:])  # then the same characters of the answer read by both
+            assert reads[-1][0] == student_rendered.text[turn.content_start:turn.content_end]  # up to its end
+            assert all(aligned_row[LOSS_MASK][i] == 1 for i, _ in within)  # every aligned position a loss position
+        assert len(pairs) > len(closing) + 2 * len(student_rendered.turns)  # most of each answer aligns
+
+
+def test_a_conversation_too_long_for_one_side_ends_at_the_last_answer_both_keep():
+    """The teacher's side is cut before its last answer's first token: the row is the conversation up to its
+    second answer, rendered whole on both sides (the student's side would have fitted)."""
+    llama3, student = make_chat_tokenizer("llama3"), side(make_sentencepiece_chat_tokenizer("chatml"), "chatml")
+    messages = next(m for m in make_conversations(40, seed=5) if sum(t["role"] == "assistant" for t in m) == 3)
+    _, _, firsts = masked_assistant_turns(messages, llama3, side(llama3, "llama3").chat.template, 0)
+    row = align_conversation(messages, 0, student, side(llama3, "llama3", max_length=firsts[2]))
+    second_answer = [k for k, turn in enumerate(messages) if turn["role"] == "assistant"][1]
+    assert row == align_conversation(messages[: second_answer + 1], 0, student, side(llama3, "llama3"))
+    assert len(row[TEACHER_INPUT_IDS]) <= firsts[2]
+    assert len(row[TEACHER_LOSS_MASK]) == len(row[TEACHER_INPUT_IDS]) and sum(row[TEACHER_LOSS_MASK]) > 0
+
+
+def test_a_first_answer_longer_than_a_side_is_cut_there_and_aligned_within_both_cuts():
+    llama3, chatml = make_chat_tokenizer("llama3"), make_sentencepiece_chat_tokenizer("chatml")
+    messages = [{"role": "user", "content": "the cat sees a book today."},
+                {"role": "assistant", "content": "the cat sees a book today. " * 4}]
+    (_, _, (teacher_first,)), (_, _, (student_first,)) = (
+        masked_assistant_turns(messages, tokenizer, side(tokenizer, style).chat.template, 0)
+        for tokenizer, style in ((llama3, "llama3"), (chatml, "chatml")))
+    teacher_limit, student_limit = teacher_first + 6, student_first + 10
+    teacher, student = side(llama3, "llama3", teacher_limit), side(chatml, "chatml", student_limit)
+    row = align_conversation(messages, 0, student, teacher)
+    assert len(row[INPUT_IDS]) == student_limit and len(row[TEACHER_INPUT_IDS]) == teacher_limit
+    assert 0 < max(row[ALIGNED]) < teacher_limit and len(row[ALIGNED]) == len(row[LOSS_MASK]) == student_limit
+    assert row[LOSS_MASK][-1] == 0  # the last kept position's target was cut
+    short = align_conversation(messages[:1] + [{"role": "assistant", "content": "a dog."}], 1, student, teacher)
+    batch = collate_aligned([row, short])
+    assert batch[LOSS_MASK].shape == batch[INPUT_IDS].shape and batch[LOSS_MASK][1].sum() == sum(short[LOSS_MASK])
