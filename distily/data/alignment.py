@@ -32,6 +32,7 @@ from distily.data.text import (
 from distily.errors import DistilyConfigError
 
 TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK = "teacher_input_ids", "teacher_attention_mask"
+TEACHER_LOSS_MASK = "teacher_loss_mask"  # chat data: the teacher's own assistant mask (its prompts, its metrics)
 ALIGNED = "aligned_teacher_position"  # [batch, student seq]: the aligned teacher position, -1 none
 
 
@@ -209,11 +210,16 @@ def build_aligned_datasets(args: DataArguments, student_tokenizer, teacher_token
 
 
 def collate_aligned(features: list[dict], pad_token_id: int = 0, teacher_pad_token_id: int = 0) -> dict:
-    """``collate`` of the student's ids (and loss mask, for chat data), plus the teacher's ids and mask and the
-    alignment (-1 on padding)."""
+    """``collate`` of the student's ids (and loss mask, for chat data), plus the teacher's ids and mask (and loss
+    mask) and the alignment (-1 on padding)."""
     student_columns = [column for column in (INPUT_IDS, LOSS_MASK) if column in features[0]]
     batch = collate([{column: f[column] for column in student_columns} for f in features], pad_token_id)
-    teacher = collate([{INPUT_IDS: f[TEACHER_INPUT_IDS]} for f in features], teacher_pad_token_id)
+    teacher_columns = {TEACHER_INPUT_IDS: INPUT_IDS, TEACHER_LOSS_MASK: LOSS_MASK}
+    teacher_columns = {column: name for column, name in teacher_columns.items() if column in features[0]}
+    teacher = collate([{name: f[column] for column, name in teacher_columns.items()} for f in features],
+                      teacher_pad_token_id)
+    if TEACHER_LOSS_MASK in teacher_columns:
+        batch[TEACHER_LOSS_MASK] = teacher[LOSS_MASK]
     aligned = torch.full(batch[INPUT_IDS].shape, -1, dtype=torch.long)  # [batch, student seq]
     for row, feature in enumerate(features):
         positions = torch.as_tensor(feature[ALIGNED], dtype=torch.long)

@@ -24,22 +24,24 @@ the length on each side; pairs beyond either cut are not aligned. Each side keep
 
 import bisect
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import datasets
 from transformers import PreTrainedTokenizerBase
 
-from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, aligned_splits, closing_positions
+from distily.data.alignment import (
+    ALIGNED, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, aligned_splits, closing_positions,
+)
 from distily.data.arguments import DataArguments
 from distily.data.chat import (
-    MESSAGES, ROW, ChatTokenization, RenderedConversation, masked_assistant_turns, run_chat_template,
+    MESSAGES, ROW, ChatTemplate, ChatTokenization, RenderedConversation, assistant_turns, masked_assistant_turns,
+    run_chat_template,
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.text import DistillationData, cached_dataset, default_cache_dir, tokenizer_fingerprint
-from distily.errors import DistilyConfigError
 
-TEACHER_LOSS_MASK = "teacher_loss_mask"
 END_OF_TURN = -1  # the coordinate of an end-of-turn token: one past the content's end
 
 
@@ -135,26 +137,96 @@ def align_conversations(conversations: datasets.Dataset, student: ChatSide, teac
     return cached_dataset(cache_dir, key, build)
 
 
+def chat_templates(args: DataArguments, student_tokenizer: PreTrainedTokenizerBase,
+                   teacher_tokenizer: PreTrainedTokenizerBase) -> tuple[ChatTemplate, ChatTemplate]:
+    """The student's template (``student_chat_template``, or its tokenizer's own) and the teacher's
+    (``chat_template``, or its tokenizer's own), both with ``chat_template_kwargs``."""
+    kwargs = args.chat_template_kwargs
+    return (run_chat_template(student_tokenizer, args.student_chat_template, kwargs, "student",
+                              "student_chat_template"),
+            run_chat_template(teacher_tokenizer, args.chat_template, kwargs))
+
+
+def chat_sides(args: DataArguments, student_tokenizer: PreTrainedTokenizerBase,
+               teacher_tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> tuple[ChatSide, ChatSide]:
+    """The student's and the teacher's ``ChatSide``, each with its ``chat_templates`` template."""
+    templates = chat_templates(args, student_tokenizer, teacher_tokenizer)
+    return tuple(ChatSide(tokenizer, ChatTokenization(template, args.loss_on, max_seq_length))
+                 for tokenizer, template in zip((student_tokenizer, teacher_tokenizer), templates))
+
+
 def build_aligned_chat_datasets(args: DataArguments, student_tokenizer: PreTrainedTokenizerBase,
                                 teacher_tokenizer: PreTrainedTokenizerBase, max_seq_length: int, seed: int,
                                 conversations: datasets.Dataset) -> DistillationData:
     """Train and eval rows of checked conversations (``distily.data.chat.conversations``), each model's side
-    rendered with its template: the teacher's ``chat_template`` (or its tokenizer's own), the student's
-    ``student_chat_template`` (or its tokenizer's own), both with ``chat_template_kwargs``."""
-    if args.loss_on != "assistant":
-        raise DistilyConfigError(
-            f"loss_on={args.loss_on!r}: across tokenizers only the assistant's turns align (each template frames the "
-            "rest its own way); expected loss_on=assistant"
-        )
-    kwargs = args.chat_template_kwargs
-    student = ChatSide(student_tokenizer, ChatTokenization(
-        run_chat_template(student_tokenizer, args.student_chat_template, kwargs, "student", "student_chat_template"),
-        args.loss_on, max_seq_length))
-    teacher = ChatSide(teacher_tokenizer, ChatTokenization(
-        run_chat_template(teacher_tokenizer, args.chat_template, kwargs), args.loss_on, max_seq_length))
+    rendered with its template (``chat_sides``); ``loss_on`` is ``assistant`` (``CrossTokenizerTeacher`` checks)."""
+    student, teacher = chat_sides(args, student_tokenizer, teacher_tokenizer, max_seq_length)
     cache_dir = args.tokenization_cache_dir or default_cache_dir()
 
     def align(split: datasets.Dataset) -> datasets.Dataset:
         return align_conversations(split, student, teacher, cache_dir, args.preprocessing_num_workers)
 
     return aligned_splits(args, conversations, seed, max_seq_length, align, loss_on=args.loss_on)
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> Optional[int]:
+    """The special token that closes an assistant turn as ``template`` renders one (None when the turn ends
+    otherwise), found on a two-turn probe conversation."""
+    probe = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hello."}]
+    rendered = assistant_turns(probe, tokenizer, template, row=-1)
+    (turn,) = rendered.turns
+    if turn.closing is None or rendered.text[turn.content_end : turn.closing].strip():
+        return None
+    return next(token for token, (start, _) in zip(rendered.ids, rendered.offsets) if start == turn.closing)
+
+
+def _decoded_ends(tokenizer: PreTrainedTokenizerBase, ids: list[int], text: str) -> list[int]:
+    """Where each token of generated ``ids`` (decoded: ``text``) ends in ``text``: where the text of the tokens up
+    to it ends, or, for a token that ends inside a character (a byte of it), where that character ends, as offset
+    mappings put such tokens (``closing_positions`` then closes the character at its last byte)."""
+    ends = []
+    for count in range(1, len(ids) + 1):
+        decoded = tokenizer.decode(ids[:count], clean_up_tokenization_spaces=False)
+        common = len(os.path.commonprefix([decoded, text]))
+        ends.append(common if text.startswith(decoded) else min(common + 1, len(text)))
+    return ends
+
+
+@dataclass(frozen=True)
+class CompletionAlignment:
+    """How a student's completions become aligned rows: both tokenizers, the student's stop tokens, the teacher's
+    end-of-turn token (None: its turns end otherwise) and the longest row the teacher takes."""
+
+    student_tokenizer: PreTrainedTokenizerBase
+    teacher_tokenizer: PreTrainedTokenizerBase
+    stop_ids: tuple[int, ...]
+    teacher_end: Optional[int]
+    max_length: int
+
+    def row(self, prompt: list[int], completion: list[int], teacher_prompt: list[int]) -> dict:
+        """The aligned row of the student's ``completion`` of ``prompt``, whose teacher side is ``teacher_prompt``
+        (the same conversation in the teacher's template) and the completion's text in the teacher's tokens (then
+        its end-of-turn token when the student ended its turn). Aligned: the two prompts' last positions (both
+        predict the completion's first token), the tokens closing at the same character of the completion's text,
+        and the two end-of-turn tokens; ``loss_mask`` 1 at the positions that predict completion tokens."""
+        ended = bool(completion) and completion[-1] in self.stop_ids
+        content = completion[:-1] if ended else completion
+        text = self.student_tokenizer.decode(content, clean_up_tokenization_spaces=False)
+        encoded = self.teacher_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        teacher_content = encoded[INPUT_IDS]
+        ending = [self.teacher_end] if ended and self.teacher_end is not None else []
+        teacher_ids = (teacher_prompt + teacher_content + ending)[: self.max_length]
+        start, teacher_start = len(prompt), len(teacher_prompt)
+        aligned = [-1] * (start + len(completion))
+        aligned[start - 1] = teacher_start - 1
+        teacher_closing = closing_positions([end for _, end in encoded["offset_mapping"]])
+        for character, position in closing_positions(_decoded_ends(self.student_tokenizer, content, text)).items():
+            if character in teacher_closing:
+                aligned[start + position] = teacher_start + teacher_closing[character]
+        if ending:
+            aligned[start + len(content)] = teacher_start + len(teacher_content)
+        aligned = [partner if partner < len(teacher_ids) else -1 for partner in aligned]
+        loss_mask = [0] * len(aligned)
+        loss_mask[start - 1 : start + len(completion) - 1] = [1] * len(completion)
+        return {INPUT_IDS: prompt + completion, TEACHER_INPUT_IDS: teacher_ids, ALIGNED: aligned,
+                LOSS_MASK: loss_mask}

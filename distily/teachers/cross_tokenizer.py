@@ -17,22 +17,28 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.alignment import (
-    TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, build_aligned_datasets, check_offsets, collate_aligned,
+    TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, build_aligned_datasets, check_offsets,
+    collate_aligned,
 )
-from distily.data.chat import MESSAGES
-from distily.data.chat_alignment import TEACHER_LOSS_MASK, build_aligned_chat_datasets
+from distily.data.chat import MESSAGES, ChatTemplate
+from distily.data.chat_alignment import (
+    CompletionAlignment, build_aligned_chat_datasets, chat_templates, end_of_turn_id,
+)
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.text import DistillationData, collate
 from distily.data.vocabulary import map_vocabularies
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import HELDOUT_SET
 from distily.evaluation.heldout import Evaluator, heldout_metrics
+from distily.generation.engine import stop_token_ids
 from distily.metrics import Evaluation, FramingMetrics, metric_key
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length
 from distily.objectives.cross_tokenizer import NEEDS_SHARED_TOKENS, CrossTokenizerLogitsComponent
 from distily.objectives.features import HiddenStatesComponent
 from distily.objectives.objective import DistillationObjective, HardLabelComponent
 from distily.teachers.live import LiveTeacher, calibrate_cakld_beta
+from distily.training.cross_tokenizer_on_policy import AlignedOnPolicyBatches
+from distily.training.on_policy import on_policy_generator
 
 ALIGNED_PIECES = "aligned_pieces"  # metrics.json's framing.packing: document pieces cut at aligned characters
 ALIGNED_CONVERSATIONS = "aligned_conversations"  # one conversation a row, each model's own rendering
@@ -55,10 +61,15 @@ class CrossTokenizerTeacher(LiveTeacher):
                 "lm_eval_tasks runs the student and the teacher with one tokenizer; expected no lm_eval_tasks in a "
                 "cross-tokenizer run (evaluate the saved student with `distily eval` instead)"
             )
-        if self.config.training.lmbda > 0:
+        if self.chat and self.config.data.loss_on != "assistant":
             raise DistilyConfigError(
-                f"lmbda={self.config.training.lmbda}: on-policy distillation across tokenizers is not supported (the "
-                "student's completions would need re-tokenizing for the teacher at every step); expected lmbda=0"
+                f"loss_on={self.config.data.loss_on!r}: across tokenizers only the assistant's turns align (each "
+                "template frames the rest its own way); expected loss_on=assistant"
+            )
+        if self.config.training.lmbda > 0 and not self.chat:
+            raise DistilyConfigError(
+                f"lmbda={self.config.training.lmbda}: on-policy distillation across tokenizers completes the answers "
+                "of chat data; expected messages or prompt + completion data, or lmbda=0"
             )
         for tokenizer, role in ((student_tokenizer, "student"), (self.tokenizer, "teacher")):
             check_offsets(tokenizer, role)
@@ -73,8 +84,33 @@ class CrossTokenizerTeacher(LiveTeacher):
         return None  # each model's own vocabulary: the loss maps between them
 
     def student_built(self, student: PreTrainedModel) -> None:
+        """Sizes the vocabulary map; with chat data, the student's generation config stops at its template's
+        end-of-turn token (its completions, on-policy and in the generation eval, and the saved student's)."""
         self._student_vocab = output_vocab_size(student)
+        if self.chat:
+            end = end_of_turn_id(self._student_tokenizer, self._chat_templates()[0])
+            configured = student.generation_config.eos_token_id
+            configured = configured if isinstance(configured, list) else [configured]
+            if end is not None and end not in configured:
+                student.generation_config.eos_token_id = [end, *(token for token in configured if token is not None)]
         super().student_built(student)
+
+    def _chat_templates(self) -> tuple[ChatTemplate, ChatTemplate]:
+        return chat_templates(self.config.data, self._student_tokenizer, self.tokenizer)
+
+    def on_policy_batches(self, training, student: PreTrainedModel, max_seq_length: int):
+        """On-policy batches of the student's completions in its own template and tokens, each aligned with the
+        teacher's tokens of its text after the same conversation in the teacher's template
+        (``AlignedOnPolicyBatches``); None at lmbda=0."""
+        if training.lmbda == 0:
+            return None
+        alignment = CompletionAlignment(
+            self._student_tokenizer, self.tokenizer, tuple(stop_token_ids(self._student_tokenizer, student)),
+            end_of_turn_id(self.tokenizer, self._chat_templates()[1]), max_seq_length,
+        )
+        generator = on_policy_generator(training, student, self._student_tokenizer, max_seq_length)
+        return AlignedOnPolicyBatches(generator, training.lmbda, training.seed, self.student_pad_token_id,
+                                      max_seq_length, alignment, self.pad_token_id)
 
     @property
     def logits_component(self) -> Callable:

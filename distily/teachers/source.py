@@ -37,6 +37,7 @@ from distily.models.vocab import shared_vocab_size
 from distily.objectives.component import Component
 from distily.objectives.objective import DistillationObjective
 from distily.outputs import directory_size
+from distily.training.on_policy import OnPolicyBatches, on_policy_batches
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,11 @@ class TeacherSource(ABC):
     def probed_models(self) -> list[tuple[str, PreTrainedModel]]:
         """(role, model) of the teacher models that must keep packed documents apart: those that run."""
         return [("teacher", self.live_model)] if self.live_model is not None else []
+
+    def on_policy_batches(self, training, student: PreTrainedModel, max_seq_length: int) -> Optional[OnPolicyBatches]:
+        """The on-policy replacement of training batches ``training`` asks for (None at lmbda=0): the student's
+        completions of the batches' prompts, in the teacher's tokens."""
+        return on_policy_batches(training, student, self.tokenizer, self.pad_token_id, max_seq_length)
 
     @abstractmethod
     def mean_confidence(self, train: Dataset) -> float:

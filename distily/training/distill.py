@@ -26,7 +26,6 @@ from distily.teachers.placement import teacher_is_sharded
 from distily.teachers.source import TeacherSource
 from distily.teachers.sources import open_teacher
 from distily.training.checkpoints import CheckpointChecksums
-from distily.training.on_policy import on_policy_batches
 from distily.training.preflight import check_memory, estimate_memory
 from distily.training.resolved import ResolvedRun
 from distily.training.run_dir import (
@@ -166,7 +165,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         teacher=teacher,
         objective=objective,
         evaluator=evaluate_student,
-        on_policy=on_policy_batches(training, student, teacher.tokenizer, teacher.pad_token_id, run.max_seq_length),
+        on_policy=teacher.on_policy_batches(training, student, run.max_seq_length),
         args=config.trainer_arguments(),
         train_dataset=data.train,
         eval_dataset=data.eval,

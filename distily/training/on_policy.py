@@ -100,6 +100,10 @@ class OnPolicyBatches:
         self._on_policy += 1
         self._completions += len(completions)
         self._tokens += sum(len(completion) for completion in completions)
+        return self.completed(batch, prompts, completions)
+
+    def completed(self, batch: dict, prompts: list[list[int]], completions: list[list[int]]) -> dict:
+        """The on-policy batch of ``batch``'s ``prompts`` and the student's ``completions`` of them."""
         return completion_batch(prompts, completions, self.pad_token_id)
 
     def logs(self, total: Callable[[torch.Tensor], torch.Tensor] = lambda counts: counts,
@@ -117,14 +121,20 @@ class OnPolicyBatches:
         return logs
 
 
+def on_policy_generator(training, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                        max_seq_length: int) -> CompletionGenerator:
+    """The generator of the student's completions with ``training``'s sampling settings and back end."""
+    settings = SamplingSettings(
+        training.on_policy_max_new_tokens, training.on_policy_temperature, training.on_policy_top_p
+    )
+    return open_generator(training.on_policy_backend, student, tokenizer, settings, max_seq_length)
+
+
 def on_policy_batches(
     training, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pad_token_id: int, max_seq_length: int
 ) -> Optional[OnPolicyBatches]:
     """The on-policy replacement ``training`` (``DistillationTrainingArguments``) asks for, or None at lmbda=0."""
     if training.lmbda == 0:
         return None
-    settings = SamplingSettings(
-        training.on_policy_max_new_tokens, training.on_policy_temperature, training.on_policy_top_p
-    )
-    generator = open_generator(training.on_policy_backend, student, tokenizer, settings, max_seq_length)
+    generator = on_policy_generator(training, student, tokenizer, max_seq_length)
     return OnPolicyBatches(generator, training.lmbda, training.seed, pad_token_id, max_seq_length)

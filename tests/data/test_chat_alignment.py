@@ -1,11 +1,15 @@
 """Cross-tokenizer chat data: a byte-level teacher in one family's template and a SentencePiece student in another's
-align inside the assistant's turns only, on the same characters of its content."""
+align inside the assistant's turns only, on the same characters of its content; so do a student's completions and
+the teacher's tokens of their text."""
 
 import pytest
 
 from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, collate_aligned
-from distily.data.chat import ChatTemplate, ChatTokenization, assistant_turns, masked_assistant_turns
-from distily.data.chat_alignment import TEACHER_LOSS_MASK, ChatSide, align_conversation
+from distily.data.chat import (
+    ChatTemplate, ChatTokenization, assistant_turns, masked_assistant_turns, prompt_ids,
+)
+from distily.data.alignment import TEACHER_LOSS_MASK
+from distily.data.chat_alignment import ChatSide, CompletionAlignment, align_conversation, end_of_turn_id
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from tests.tiny import (
     CHAT_STYLES, make_chat_tokenizer, make_conversations, make_sentencepiece_chat_tokenizer,
@@ -86,3 +90,41 @@ def test_a_first_answer_longer_than_a_side_is_cut_there_and_aligned_within_both_
     short = align_conversation(messages[:1] + [{"role": "assistant", "content": "a dog."}], 1, student, teacher)
     batch = collate_aligned([row, short])
     assert batch[LOSS_MASK].shape == batch[INPUT_IDS].shape and batch[LOSS_MASK][1].sum() == sum(short[LOSS_MASK])
+
+
+@pytest.mark.parametrize("text", ["a dog finds the tree slowly.", "the café sees a book 🙂 today.", ""])
+@pytest.mark.parametrize("sentencepiece_student", [True, False], ids=["sentencepiece_student", "byte_level_student"])
+def test_a_students_completion_aligns_with_the_teachers_tokens_of_its_text(text, sentencepiece_student):
+    """On-policy rows across tokenizers: the student's completion (its tokens of ``text``, then its end of turn)
+    after its prompt, the teacher's tokens of the same text after the same conversation in its template; the
+    tokens that split a character (bytes of an emoji) close it at its last byte, on either side."""
+    sides = [(make_sentencepiece_chat_tokenizer("chatml"), "chatml"), (make_chat_tokenizer("llama3"), "llama3")]
+    (student_tokenizer, student_style), (teacher_tokenizer, teacher_style) = sides[::1 if sentencepiece_student else -1]
+    question = [{"role": "user", "content": "a dog finds the tree slowly."}]
+    prompt, teacher_prompt = (prompt_ids(tokenizer, question, ChatTemplate(CHAT_STYLES[style][0]), "the prompt")
+                              for tokenizer, style in ((student_tokenizer, student_style),
+                                                       (teacher_tokenizer, teacher_style)))
+    student_end, teacher_end = (tokenizer.convert_tokens_to_ids(CHAT_STYLES[style][2])
+                                for tokenizer, style in ((student_tokenizer, student_style),
+                                                         (teacher_tokenizer, teacher_style)))
+    assert end_of_turn_id(teacher_tokenizer, ChatTemplate(CHAT_STYLES[teacher_style][0])) == teacher_end
+    alignment = CompletionAlignment(student_tokenizer, teacher_tokenizer, (student_end,), teacher_end, 512)
+    words = student_tokenizer(text, add_special_tokens=False)[INPUT_IDS]
+    row = alignment.row(prompt, words + [student_end], teacher_prompt)
+    teacher_words = teacher_tokenizer(text, add_special_tokens=False)[INPUT_IDS]
+    assert row[INPUT_IDS] == prompt + words + [student_end]
+    assert row[TEACHER_INPUT_IDS] == teacher_prompt + teacher_words + [teacher_end]
+    start, teacher_start = len(prompt), len(teacher_prompt)
+    assert row[LOSS_MASK] == [0] * (start - 1) + [1] * (len(words) + 1) + [0]
+    aligned = row[ALIGNED]
+    assert aligned[start - 1] == teacher_start - 1 and aligned[-1] == len(row[TEACHER_INPUT_IDS]) - 1
+    assert all(j < 0 for j in aligned[: start - 1])
+    for i in range(start, start + len(words)):  # the same text read on both sides
+        j = aligned[i]
+        if j >= 0:
+            assert student_tokenizer.decode(words[: i - start + 1]) == teacher_tokenizer.decode(
+                teacher_words[: j - teacher_start + 1])
+    if words:  # the last token of the text always aligns: both have read all of it
+        assert aligned[start + len(words) - 1] == teacher_start + len(teacher_words) - 1
+    unended = alignment.row(prompt, words, teacher_prompt)  # no end of turn: max_new_tokens reached
+    assert unended[TEACHER_INPUT_IDS] == teacher_prompt + teacher_words
