@@ -19,7 +19,10 @@ drops an earlier answer's reasoning) aligns on the part both show, the coordinat
 A conversation longer than ``max_seq_length`` tokens on either side ends at the last answer both sides keep whole,
 rendered as the conversation's last answer (as ``distily.data.chat`` does for one tokenizer), and is then cut to
 the length on each side; pairs beyond either cut are not aligned. Each side keeps its assistant mask (the student's
-``loss_mask``, the teacher's ``teacher_loss_mask`` for its own held-out metrics).
+``loss_mask``, the teacher's ``teacher_loss_mask`` for its own held-out metrics and its on-policy prompts).
+
+On-policy (``CompletionAlignment``), the student's completion of a prompt is aligned with the teacher's tokens of
+its text after the same conversation's prompt in the teacher's template, on the characters of that text.
 """
 
 import bisect

@@ -11,7 +11,7 @@ on its own tokens (compare the two per byte of text, not per token).
 """
 
 from functools import partial
-from typing import Callable
+from typing import Callable, Optional
 
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -37,8 +37,6 @@ from distily.objectives.cross_tokenizer import NEEDS_SHARED_TOKENS, CrossTokeniz
 from distily.objectives.features import HiddenStatesComponent
 from distily.objectives.objective import DistillationObjective, HardLabelComponent
 from distily.teachers.live import LiveTeacher, calibrate_cakld_beta
-from distily.training.cross_tokenizer_on_policy import AlignedOnPolicyBatches
-from distily.training.on_policy import on_policy_generator
 
 ALIGNED_PIECES = "aligned_pieces"  # metrics.json's framing.packing: document pieces cut at aligned characters
 ALIGNED_CONVERSATIONS = "aligned_conversations"  # one conversation a row, each model's own rendering
@@ -98,19 +96,16 @@ class CrossTokenizerTeacher(LiveTeacher):
     def _chat_templates(self) -> tuple[ChatTemplate, ChatTemplate]:
         return chat_templates(self.config.data, self._student_tokenizer, self.tokenizer)
 
-    def on_policy_batches(self, training, student: PreTrainedModel, max_seq_length: int):
-        """On-policy batches of the student's completions in its own template and tokens, each aligned with the
-        teacher's tokens of its text after the same conversation in the teacher's template
-        (``AlignedOnPolicyBatches``); None at lmbda=0."""
-        if training.lmbda == 0:
+    def completion_alignment(self, student: PreTrainedModel, max_seq_length: int) -> Optional[CompletionAlignment]:
+        """With chat data, the student's completions (ending at its stop tokens) in the teacher's tokens after the
+        same conversation's prompt in its template, then its end-of-turn token when the student ended its turn; None
+        with text (which ``__init__`` refuses for on-policy)."""
+        if not self.chat:
             return None
-        alignment = CompletionAlignment(
+        return CompletionAlignment(
             self._student_tokenizer, self.tokenizer, tuple(stop_token_ids(self._student_tokenizer, student)),
             end_of_turn_id(self.tokenizer, self._chat_templates()[1]), max_seq_length,
         )
-        generator = on_policy_generator(training, student, self._student_tokenizer, max_seq_length)
-        return AlignedOnPolicyBatches(generator, training.lmbda, training.seed, self.student_pad_token_id,
-                                      max_seq_length, alignment, self.pad_token_id)
 
     @property
     def logits_component(self) -> Callable:

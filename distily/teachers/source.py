@@ -29,6 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import DistillConfig
 from distily.objectives.arguments import ObjectiveArguments
+from distily.data.chat_alignment import CompletionAlignment
 from distily.data.text import DistillationData
 from distily.metrics import Evaluation, FramingMetrics, RecordingSource, TeacherMetrics
 from distily.models.architecture import output_vocab_size
@@ -37,7 +38,6 @@ from distily.models.vocab import shared_vocab_size
 from distily.objectives.component import Component
 from distily.objectives.objective import DistillationObjective
 from distily.outputs import directory_size
-from distily.training.on_policy import OnPolicyBatches, on_policy_batches
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,15 @@ class TeacherSource(ABC):
         """(role, model) of the teacher models that must keep packed documents apart: those that run."""
         return [("teacher", self.live_model)] if self.live_model is not None else []
 
-    def on_policy_batches(self, training, student: PreTrainedModel, max_seq_length: int) -> Optional[OnPolicyBatches]:
-        """The on-policy replacement of training batches ``training`` asks for (None at lmbda=0): the student's
-        completions of the batches' prompts, in the teacher's tokens."""
-        return on_policy_batches(training, student, self.tokenizer, self.pad_token_id, max_seq_length)
+    @property
+    def student_pad_token_id(self) -> int:
+        """The id the student's rows are padded with."""
+        return self.pad_token_id
+
+    def completion_alignment(self, student: PreTrainedModel, max_seq_length: int) -> Optional[CompletionAlignment]:
+        """How the student's on-policy completions become rows in the teacher's tokens: None when the teacher reads
+        the student's tokens."""
+        return None
 
     @abstractmethod
     def mean_confidence(self, train: Dataset) -> float:

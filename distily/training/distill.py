@@ -26,6 +26,7 @@ from distily.teachers.placement import teacher_is_sharded
 from distily.teachers.source import TeacherSource
 from distily.teachers.sources import open_teacher
 from distily.training.checkpoints import CheckpointChecksums
+from distily.training.on_policy import on_policy_batches
 from distily.training.preflight import check_memory, estimate_memory
 from distily.training.resolved import ResolvedRun
 from distily.training.run_dir import (
@@ -165,7 +166,10 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         teacher=teacher,
         objective=objective,
         evaluator=evaluate_student,
-        on_policy=teacher.on_policy_batches(training, student, run.max_seq_length),
+        on_policy=on_policy_batches(
+            training, student, teacher.student_tokenizer, teacher.student_pad_token_id, run.max_seq_length,
+            teacher.completion_alignment(student, run.max_seq_length), teacher.pad_token_id,
+        ),
         args=config.trainer_arguments(),
         train_dataset=data.train,
         eval_dataset=data.eval,

@@ -9,7 +9,8 @@ conversation keeps its earlier turns as context and the student answers its last
 the whole conversation when it has no target. The new batch is prompt + completion per prompt, right-padded, with
 ``loss_mask`` 1 exactly at the positions that predict completion tokens. Whether a
 micro-batch goes on-policy is drawn from ``(seed, optimizer step, micro-batch index)``, so a run, and a run
-resumed from a checkpoint, picks the same batches.
+resumed from a checkpoint, picks the same batches. Across tokenizers (``AlignedOnPolicyBatches``) each new row also
+carries the teacher's tokens of the completion and the alignment.
 """
 
 import time
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distily.data.alignment import TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, collate_aligned
+from distily.data.chat_alignment import CompletionAlignment
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS
 from distily.data.text import completion_batch
 from distily.errors import DistilyConfigError
@@ -121,20 +124,43 @@ class OnPolicyBatches:
         return logs
 
 
-def on_policy_generator(training, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                        max_seq_length: int) -> CompletionGenerator:
-    """The generator of the student's completions with ``training``'s sampling settings and back end."""
-    settings = SamplingSettings(
-        training.on_policy_max_new_tokens, training.on_policy_temperature, training.on_policy_top_p
-    )
-    return open_generator(training.on_policy_backend, student, tokenizer, settings, max_seq_length)
+def teacher_prompts(batch: dict) -> list[list[int]]:
+    """The prompts of a cross-tokenizer batch's teacher side (``batch_prompts`` over its ids and assistant mask)."""
+    return batch_prompts({INPUT_IDS: batch[TEACHER_INPUT_IDS], "attention_mask": batch[TEACHER_ATTENTION_MASK],
+                          LOSS_MASK: batch[TEACHER_LOSS_MASK]})
+
+
+class AlignedOnPolicyBatches(OnPolicyBatches):
+    """On-policy batches across tokenizers (as TRL's GOLD trainer offers them): the student completes each prompt
+    in its own template and tokens, and each completion is aligned with the teacher's tokens of its text after the
+    same conversation's prompt in the teacher's template (``CompletionAlignment``), so the teacher scores what the
+    student wrote through the cross-tokenizer losses."""
+
+    def __init__(self, generator: CompletionGenerator, lmbda: float, seed: int, pad_token_id: int,
+                 max_seq_length: int, alignment: CompletionAlignment, teacher_pad_token_id: int):
+        super().__init__(generator, lmbda, seed, pad_token_id, max_seq_length)
+        self.alignment, self.teacher_pad_token_id = alignment, teacher_pad_token_id
+
+    def completed(self, batch: dict, prompts: list[list[int]], completions: list[list[int]]) -> dict:
+        rows = [self.alignment.row(prompt, completion, teacher_prompt)
+                for prompt, completion, teacher_prompt in zip(prompts, completions, teacher_prompts(batch))]
+        return collate_aligned(rows, self.pad_token_id, self.teacher_pad_token_id)
 
 
 def on_policy_batches(
-    training, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pad_token_id: int, max_seq_length: int
+    training, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pad_token_id: int, max_seq_length: int,
+    alignment: Optional[CompletionAlignment] = None, teacher_pad_token_id: int = 0,
 ) -> Optional[OnPolicyBatches]:
-    """The on-policy replacement ``training`` (``DistillationTrainingArguments``) asks for, or None at lmbda=0."""
+    """The on-policy replacement ``training`` (``DistillationTrainingArguments``) asks for, or None at lmbda=0:
+    the student's completions, sampled with ``tokenizer`` (the student's) and padded with ``pad_token_id``; across
+    tokenizers (an ``alignment`` given) aligned with the teacher's tokens, padded with ``teacher_pad_token_id``."""
     if training.lmbda == 0:
         return None
-    generator = on_policy_generator(training, student, tokenizer, max_seq_length)
-    return OnPolicyBatches(generator, training.lmbda, training.seed, pad_token_id, max_seq_length)
+    settings = SamplingSettings(
+        training.on_policy_max_new_tokens, training.on_policy_temperature, training.on_policy_top_p
+    )
+    generator = open_generator(training.on_policy_backend, student, tokenizer, settings, max_seq_length)
+    if alignment is None:
+        return OnPolicyBatches(generator, training.lmbda, training.seed, pad_token_id, max_seq_length)
+    return AlignedOnPolicyBatches(generator, training.lmbda, training.seed, pad_token_id, max_seq_length, alignment,
+                                  teacher_pad_token_id)

@@ -19,8 +19,8 @@ from distily.objectives.cross_tokenizer import (
 from distily.objectives.losses import forward_kl
 from distily.objectives.objective import LogitsComponent
 from distily.recording.run import run_recording
-from distily.training.cross_tokenizer_on_policy import AlignedOnPolicyBatches
 from distily.training.distill import run_distillation
+from distily.training.on_policy import AlignedOnPolicyBatches
 from tests.tiny import (
     CHAT_STYLES, make_bos_tokenizer, make_chat_tokenizer, make_conversations, make_documents,
     make_sentencepiece_chat_tokenizer, make_sentencepiece_tokenizer, make_tokenizer, tiny_config,
