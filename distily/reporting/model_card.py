@@ -15,6 +15,7 @@ It reports what was done and measured, nothing more:
 
 import dataclasses
 import enum
+import inspect
 import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -29,6 +30,7 @@ from distily.metrics import GENERATION, FramingMetrics, RunMetrics, generation_k
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
 from distily.reporting.tables import MIB, flat_lm_eval, markdown_table, run_columns
+from distily.teachers.cross_tokenizer import ALIGNED_CONVERSATIONS
 
 FRAMEWORKS = ("transformers", "torch", "datasets", "accelerate", "huggingface_hub", "lm_eval")
 CARD_METRICS = ("perplexity", "bits_per_byte", "kl_to_teacher", "top1_agreement")  # per eval set, in the model index
@@ -173,7 +175,7 @@ def _method_section(config: DistillConfig, metrics: RunMetrics, objective: Disti
         "",
     ]
     for name, component in objective.components.items():
-        formula = (type(component).__doc__ or "").strip().split("\n\n")[0].replace("\n", " ").replace("``", "`")
+        formula = " ".join((inspect.getdoc(type(component)) or "").split("\n\n")[0].split()).replace("``", "`")
         details = component.extra_repr()
         lines.append(f"- `{name}` × {objective.weights[name]:g}: {formula}" + (f" (`{details}`)" if details else ""))
     lines += ["", "<details><summary>The objective's modules</summary>", "", "```text", repr(objective), "```",
@@ -249,6 +251,11 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     ) if value)
     if loss_on:
         template = "the chat template given (`chat_template`)" if data.chat_template else "the teacher's chat template"
+        if metrics.framing.packing == ALIGNED_CONVERSATIONS:  # a student with its own tokenizer
+            teacher = "the one given (`chat_template`)" if data.chat_template else "its own"
+            student = "the one given (`student_chat_template`)" if data.student_chat_template else "its own"
+            template = (f"each model's own chat template (the teacher's: {teacher}; the student's: {student}), "
+                        "aligned inside the assistant's answers")
         if data.chat_template_kwargs:  # the student's users render with them too
             template += f" and `chat_template_kwargs: {json.dumps(data.chat_template_kwargs)}`"
         counted = "the assistant's tokens" if loss_on == "assistant" else "every token"

@@ -153,7 +153,7 @@ class CrossTokenizerTeacher(LiveTeacher):
                 )
 
     def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> FramingMetrics:
-        return FramingMetrics(ALIGNED_CONVERSATIONS if self.chat else ALIGNED_PIECES)
+        return FramingMetrics(ALIGNED_CONVERSATIONS if self.chat else ALIGNED_PIECES, loss_on=data.loss_on)
 
     def evaluator(self, data, eval_sets, collate_fn, vocab_size) -> Evaluator:
         """The student alone on its own tokens (held-out split and named sets); the teacher on its own, once."""

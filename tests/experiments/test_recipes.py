@@ -12,7 +12,8 @@ import yaml
 from distily.cli import main
 from distily.config import CONFIG_CLASSES
 from tiny import (
-    PHI3_TEMPLATE, SUBJECTS, end_of_text, make_chat_tokenizer, make_tokenizer, save_tiny_model, write_chat_jsonl,
+    PHI3_TEMPLATE, SUBJECTS, end_of_text, make_chat_tokenizer, make_sentencepiece_chat_tokenizer, make_tokenizer,
+    save_tiny_model, write_chat_jsonl,
 )
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -22,11 +23,15 @@ DISTILL_RECIPES = {
     "gpt2-distily-bitnet.yaml": ("gpt2", 12),
     "phi-3-mini-instruct-distily.yaml": ("phi3", 32),
     "qwen3-instruct-distily.yaml": ("qwen3", 28),
+    "phi-3-mini-to-smollm2-chat.yaml": ("phi3", 32),
 }
 SWEEP_RECIPES = {"logits-vs-hidden-states.yaml": ("gpt2", 12)}
 # run on a tiny local chat dataset: with Phi-3's template, which the tiny tokenizer lacks; with the Qwen3-style
 # teacher's own template and special tokens
-CHAT_RECIPES = {"phi-3-mini-instruct-distily.yaml": PHI3_TEMPLATE, "qwen3-instruct-distily.yaml": None}
+CHAT_RECIPES = {"phi-3-mini-instruct-distily.yaml": PHI3_TEMPLATE, "qwen3-instruct-distily.yaml": None,
+                "phi-3-mini-to-smollm2-chat.yaml": PHI3_TEMPLATE}
+CROSS_TOKENIZER_RECIPES = {"phi-3-mini-to-smollm2-chat.yaml"}  # the student too is swapped for a local one, which
+# reads its own (SentencePiece) tokenizer and ChatML
 TINY_BUDGET = [
     "--max_steps", "2",
     "--warmup_steps", "0",
@@ -80,6 +85,12 @@ def _local_chat(tmp_path, template: Optional[str]) -> list[str]:
     return argv
 
 
+def _own_tokenizer_student(path: Path) -> str:
+    """A tiny 2-layer student with a SentencePiece tokenizer and ChatML's template (not the teachers' tokenizer)."""
+    tokenizer = make_sentencepiece_chat_tokenizer("chatml")
+    return save_tiny_model(path, "llama", tokenizer, layers=2, vocab_size=len(tokenizer))
+
+
 def _skip_without_keys(recipe: Path) -> None:
     known = {f.name for cls in CONFIG_CLASSES for f in fields(cls)}
     recipe_keys = set(yaml.safe_load(recipe.read_text()))
@@ -88,7 +99,8 @@ def _skip_without_keys(recipe: Path) -> None:
         pytest.skip(f"{recipe.name} uses {', '.join(missing)}, which distily does not have yet")
 
 
-SLOW = {"phi-3-mini-instruct-distily.yaml", "qwen3-instruct-distily.yaml"}  # 32- and 28-layer teachers: seconds
+SLOW = {"phi-3-mini-instruct-distily.yaml", "qwen3-instruct-distily.yaml",
+        "phi-3-mini-to-smollm2-chat.yaml"}  # 32- and 28-layer teachers: seconds
 
 
 @pytest.mark.parametrize(
@@ -98,8 +110,10 @@ def test_distill_recipe_runs_with_local_stand_ins(recipe, recipe_teachers, text_
     _skip_without_keys(RECIPES / recipe)
     output_dir = tmp_path / "run"
     argv = ["distill", str(RECIPES / recipe), *_local(recipe_teachers, DISTILL_RECIPES[recipe], text_file, tmp_path)]
-    if recipe in CHAT_RECIPES:  # every batch on-policy: the recipe's 0.5 draws none in two steps at its seed
+    if recipe in CHAT_RECIPES:  # every batch on-policy: the recipe's fraction may draw none in two steps
         argv += [*_local_chat(tmp_path, CHAT_RECIPES[recipe]), "--lmbda", "1.0"]
+    if recipe in CROSS_TOKENIZER_RECIPES:
+        argv += ["--student_model_name_or_path", _own_tokenizer_student(tmp_path / "student")]
     assert main([*argv, "--output_dir", str(output_dir)]) == 0
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
@@ -108,6 +122,9 @@ def test_distill_recipe_runs_with_local_stand_ins(recipe, recipe_teachers, text_
         assert "`loss_on: assistant`" in card and "a fraction 1 of the training micro-batches" in card
         variables = yaml.safe_load((RECIPES / recipe).read_text()).get("chat_template_kwargs")
         assert not variables or f"`chat_template_kwargs: {json.dumps(variables)}`" in card
+    if recipe in CROSS_TOKENIZER_RECIPES:
+        assert "rendered with each model's own chat template (the teacher's: the one given (`chat_template`); the " \
+               "student's: its own), aligned inside the assistant's answers" in card
 
 
 @pytest.mark.slow

@@ -219,6 +219,10 @@ def test_distilling_chat_across_tokenizers_teaches_the_student_the_answers(two_t
     assert 0 < distilled["teacher"]["lm_loss"] < student["after_lm_loss"]  # on the teacher's answer tokens
     saved = AutoTokenizer.from_pretrained(tmp_path / "kd")
     assert saved.chat_template == CHAT_STYLES["chatml"][0]
+    card = (tmp_path / "kd" / "README.md").read_text()
+    assert "conversations rendered with each model's own chat template" in card and "`loss_on: assistant`" in card
+    (method,) = [line for line in card.splitlines() if line.startswith("- `logits`")]
+    assert "aligned loss position" in method and "  " not in method  # the docstring's line breaks folded
 
 
 @pytest.mark.slow
