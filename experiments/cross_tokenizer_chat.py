@@ -26,6 +26,7 @@ import random
 import shlex
 import sys
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 import torch
@@ -110,7 +111,8 @@ def write_chats(path: Path, rows: list[list[dict]]) -> str:
     return str(path)
 
 
-def with_chat_tokens(tokenizer, specials: list[str], template: str, bos: str = None):
+def with_chat_tokens(tokenizer, specials: list[str], template: str, bos: Optional[str] = None):
+    """``tokenizer`` with a chat template's special tokens, the template, and ``bos`` as its BOS when given."""
     tokenizer.add_tokens(specials, special_tokens=True)
     if bos is not None:
         tokenizer.bos_token = bos
