@@ -125,13 +125,23 @@ def card_data(config: DistillConfig, metrics: RunMetrics, model_name: str) -> Mo
     )
 
 
+def _heldout_rows(metrics: RunMetrics) -> str:
+    """What the held-out split is: packed sequences of text, or conversations (one a row, counted on the tokens the
+    losses count)."""
+    if metrics.framing.loss_on:
+        counted = "their assistant's tokens" if metrics.framing.loss_on == "assistant" else "all their tokens"
+        return (f"{metrics.eval_sequences} conversations of at most {metrics.max_seq_length} tokens set aside before "
+                f"training, on {counted}")
+    return (f"{metrics.eval_sequences} sequences of {metrics.max_seq_length} tokens from documents set aside before "
+            "packing")
+
+
 def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]) -> str:
     evaluation = config.evaluation
     lines = [
         "## Results",
         "",
-        f"Measured by Distily on held-out data: {metrics.eval_sequences} sequences of {metrics.max_seq_length} "
-        "tokens from documents set aside before packing"
+        f"Measured by Distily on held-out data: {_heldout_rows(metrics)}"
         + (", and the named eval sets below" if metrics.eval_sets else "") + ". KL and agreement are per "
         "token, against the teacher's next-token distribution. Bits per byte is the next-token loss summed over "
         "the held-out tokens, in bits, over the UTF-8 bytes of those tokens (each model's by its own tokenizer): "
