@@ -160,18 +160,23 @@ def align_documents(documents: datasets.Dataset, student_tokenizer, teacher_toke
     """Aligned rows of ``documents`` (``input_ids``, ``teacher_input_ids``, ``aligned_teacher_position``), cached
     by (data, both tokenizers, packing, length) like ``tokenize_and_pack``."""
     framings = [ModelFraming(tokenizer, packing, max_seq_length) for tokenizer in (student_tokenizer, teacher_tokenizer)]
-    key = hashlib.sha256(
-        f"aligned|{documents._fingerprint}|{tokenizer_fingerprint(student_tokenizer)}|"
-        f"{tokenizer_fingerprint(teacher_tokenizer)}|{packing}|{max_seq_length}|{text_column}".encode()
-    ).hexdigest()[:24]
+    identity = (f"aligned|{documents._fingerprint}|{tokenizer_fingerprint(student_tokenizer)}|"
+                f"{tokenizer_fingerprint(teacher_tokenizer)}|{packing}|{max_seq_length}|{text_column}")
+    settings = {"student_tokenizer": student_tokenizer, "teacher_tokenizer": teacher_tokenizer,
+                "student_framing": framings[0], "teacher_framing": framings[1], "text_column": text_column}
+    return cached_rows(documents, identity, _align_batch, settings, cache_dir, num_proc,
+                       "Tokenizing with both tokenizers and aligning")
+
+
+def cached_rows(documents: datasets.Dataset, identity: str, make_rows: Callable, settings: dict, cache_dir: str,
+                num_proc: Optional[int], desc: str) -> datasets.Dataset:
+    """The rows ``make_rows(batch, **settings)`` makes of ``documents`` (in batches, in place of their columns),
+    cached under the hash of ``identity`` (what the rows depend on: the data's fingerprint, the tokenizers...)."""
+    key = hashlib.sha256(identity.encode()).hexdigest()[:24]
 
     def build() -> datasets.Dataset:
-        return documents.map(
-            _align_batch, batched=True, num_proc=num_proc, remove_columns=documents.column_names,
-            fn_kwargs={"student_tokenizer": student_tokenizer, "teacher_tokenizer": teacher_tokenizer,
-                       "student_framing": framings[0], "teacher_framing": framings[1], "text_column": text_column},
-            desc="Tokenizing with both tokenizers and aligning",
-        )
+        return documents.map(make_rows, batched=True, num_proc=num_proc, remove_columns=documents.column_names,
+                             fn_kwargs=settings, desc=desc)
 
     return cached_dataset(cache_dir, key, build)
 

@@ -222,6 +222,13 @@ class RenderedConversation:
     offsets: list[tuple[int, int]]  # each token's characters in text
     turns: list[AssistantTurn]
 
+    def end_of_turn_start(self, turn: AssistantTurn) -> Optional[int]:
+        """Where the end-of-turn token of ``turn`` starts, when the turn has one: the special token that closes it
+        with only whitespace after its content (the assistant's mask counts it); None otherwise."""
+        if turn.closing is None or self.text[turn.content_end : turn.closing].strip():
+            return None
+        return turn.closing
+
 
 def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
                     row: int) -> RenderedConversation:
@@ -280,9 +287,8 @@ def masked_assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerB
     offsets, mask, firsts = rendered.offsets, [0] * len(rendered.ids), []
     token_ends = [last for _, last in offsets]  # ascending
     for turn in rendered.turns:
-        end = turn.content_end
-        if turn.closing is not None and not rendered.text[end:turn.closing].strip():
-            end = turn.closing + 1  # the end-of-turn token, and the whitespace before it
+        end_of_turn = rendered.end_of_turn_start(turn)
+        end = turn.content_end if end_of_turn is None else end_of_turn + 1  # with the whitespace before it
         token = bisect.bisect_right(token_ends, turn.start)  # the first token that ends after the prompt
         firsts.append(token)
         while token < len(mask) and offsets[token][0] < end:
@@ -314,6 +320,16 @@ def _ending_at_a_kept_answer(messages: list[dict], tokenizer: PreTrainedTokenize
     return rendered.ids, mask
 
 
+def target_mask(mask: list[int], max_length: int) -> list[int]:
+    """A conversation's ``loss_mask`` from the mask of its tokens (see ``assistant_token_mask``): moved one position
+    left (1 at t when the token at t + 1 is masked), cut to ``max_length``; when the cut took the last kept
+    position's target, that position loses it."""
+    shifted = (mask[1:] + [0])[:max_length]
+    if max_length < len(mask):
+        shifted[-1] = 0  # its target was cut
+    return shifted
+
+
 def tokenize_conversations(batch, tokenizer: PreTrainedTokenizerBase, chat: ChatTokenization):
     """Token ids of each conversation, and with ``loss_on=assistant`` its ``loss_mask``; a conversation is cut to
     ``chat.max_length`` tokens (with ``loss_on=assistant``, after its last answer the cut keeps when it cuts away
@@ -325,9 +341,7 @@ def tokenize_conversations(batch, tokenizer: PreTrainedTokenizerBase, chat: Chat
             ids, mask = _ending_at_a_kept_answer(messages, tokenizer, chat, row)
         else:
             ids, mask = assistant_token_mask(messages, tokenizer, chat.template, row)
-        loss_mask = (mask[1:] + [0])[: chat.max_length]
-        if chat.max_length < len(ids):
-            loss_mask[-1] = 0  # its target was cut
+        loss_mask = target_mask(mask, chat.max_length)
         if LOSS_MASK in out and not any(loss_mask):
             continue
         out[INPUT_IDS].append(ids[: chat.max_length])

@@ -26,7 +26,6 @@ its text after the same conversation's prompt in the teacher's template, on the 
 """
 
 import bisect
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -35,15 +34,15 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.alignment import (
-    ALIGNED, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, aligned_splits, closing_positions,
+    ALIGNED, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, aligned_splits, cached_rows, closing_positions,
 )
 from distily.data.arguments import DataArguments
 from distily.data.chat import (
     MESSAGES, ROW, ChatTemplate, ChatTokenization, RenderedConversation, assistant_turns, masked_assistant_turns,
-    run_chat_template,
+    run_chat_template, target_mask,
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK
-from distily.data.text import DistillationData, cached_dataset, default_cache_dir, tokenizer_fingerprint
+from distily.data.text import DistillationData, default_cache_dir, tokenizer_fingerprint
 
 END_OF_TURN = -1  # the coordinate of an end-of-turn token: one past the content's end
 
@@ -69,19 +68,10 @@ def turn_coordinates(rendered: RenderedConversation) -> dict[tuple[int, int], in
             found[(turn.message, turn.content_end - turn.content_start)] = closing[characters[first - 1]]
         for character in characters[first : bisect.bisect_right(characters, turn.content_end)]:
             found[(turn.message, turn.content_end - character)] = closing[character]
-        if turn.closing is not None and not rendered.text[turn.content_end : turn.closing].strip():
-            if turn.closing in starting:
-                found[(turn.message, END_OF_TURN)] = starting[turn.closing]
+        end_of_turn = rendered.end_of_turn_start(turn)
+        if end_of_turn in starting:
+            found[(turn.message, END_OF_TURN)] = starting[end_of_turn]
     return found
-
-
-def _shifted(mask: list[int], length: int, cut: bool) -> list[int]:
-    """The assistant mask moved one position left (1 at t when the token at t + 1 is the assistant's), cut to
-    ``length``; the last kept position loses its target when the cut took it."""
-    shifted = (mask[1:] + [0])[:length]
-    if cut:
-        shifted[-1] = 0
-    return shifted
 
 
 def align_conversation(messages: list[dict], row: int, student: ChatSide, teacher: ChatSide) -> Optional[dict]:
@@ -106,9 +96,8 @@ def align_conversation(messages: list[dict], row: int, student: ChatSide, teache
         INPUT_IDS: student_rendered.ids[:student_limit],
         TEACHER_INPUT_IDS: teacher_rendered.ids[:teacher_limit],
         ALIGNED: aligned,
-        LOSS_MASK: _shifted(student_mask, len(aligned), len(student_rendered.ids) > student_limit),
-        TEACHER_LOSS_MASK: _shifted(teacher_mask, min(len(teacher_rendered.ids), teacher_limit),
-                                    len(teacher_rendered.ids) > teacher_limit),
+        LOSS_MASK: target_mask(student_mask, student_limit),
+        TEACHER_LOSS_MASK: target_mask(teacher_mask, teacher_limit),
     }
 
 
@@ -125,19 +114,10 @@ def align_conversations(conversations: datasets.Dataset, student: ChatSide, teac
                         num_proc: Optional[int] = None) -> datasets.Dataset:
     """Aligned rows of ``conversations`` (``COLUMNS``), cached by (data, both tokenizers, both chat
     tokenizations) like ``align_documents``."""
-    key = hashlib.sha256(
-        f"aligned-chat|{conversations._fingerprint}|{tokenizer_fingerprint(student.tokenizer)}|{student.chat}|"
-        f"{tokenizer_fingerprint(teacher.tokenizer)}|{teacher.chat}".encode()
-    ).hexdigest()[:24]
-
-    def build() -> datasets.Dataset:
-        return conversations.map(
-            _align_batch, batched=True, num_proc=num_proc, remove_columns=conversations.column_names,
-            fn_kwargs={"student": student, "teacher": teacher},
-            desc="Rendering conversations with both templates and aligning",
-        )
-
-    return cached_dataset(cache_dir, key, build)
+    identity = (f"aligned-chat|{conversations._fingerprint}|{tokenizer_fingerprint(student.tokenizer)}|{student.chat}|"
+                f"{tokenizer_fingerprint(teacher.tokenizer)}|{teacher.chat}")
+    return cached_rows(conversations, identity, _align_batch, {"student": student, "teacher": teacher}, cache_dir,
+                       num_proc, "Rendering conversations with both templates and aligning")
 
 
 def chat_templates(args: DataArguments, student_tokenizer: PreTrainedTokenizerBase,
@@ -150,20 +130,15 @@ def chat_templates(args: DataArguments, student_tokenizer: PreTrainedTokenizerBa
             run_chat_template(teacher_tokenizer, args.chat_template, kwargs))
 
 
-def chat_sides(args: DataArguments, student_tokenizer: PreTrainedTokenizerBase,
-               teacher_tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> tuple[ChatSide, ChatSide]:
-    """The student's and the teacher's ``ChatSide``, each with its ``chat_templates`` template."""
-    templates = chat_templates(args, student_tokenizer, teacher_tokenizer)
-    return tuple(ChatSide(tokenizer, ChatTokenization(template, args.loss_on, max_seq_length))
-                 for tokenizer, template in zip((student_tokenizer, teacher_tokenizer), templates))
-
-
-def build_aligned_chat_datasets(args: DataArguments, student_tokenizer: PreTrainedTokenizerBase,
+def build_aligned_chat_datasets(args: DataArguments, templates: tuple[ChatTemplate, ChatTemplate],
+                                student_tokenizer: PreTrainedTokenizerBase,
                                 teacher_tokenizer: PreTrainedTokenizerBase, max_seq_length: int, seed: int,
                                 conversations: datasets.Dataset) -> DistillationData:
     """Train and eval rows of checked conversations (``distily.data.chat.conversations``), each model's side
-    rendered with its template (``chat_sides``); ``loss_on`` is ``assistant`` (``CrossTokenizerTeacher`` checks)."""
-    student, teacher = chat_sides(args, student_tokenizer, teacher_tokenizer, max_seq_length)
+    rendered with its template of ``templates`` (student's, teacher's: ``chat_templates``); ``loss_on`` is
+    ``assistant`` (``CrossTokenizerTeacher`` checks)."""
+    student, teacher = (ChatSide(tokenizer, ChatTokenization(template, args.loss_on, max_seq_length))
+                        for tokenizer, template in zip((student_tokenizer, teacher_tokenizer), templates))
     cache_dir = args.tokenization_cache_dir or default_cache_dir()
 
     def align(split: datasets.Dataset) -> datasets.Dataset:
@@ -178,9 +153,8 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -
     probe = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hello."}]
     rendered = assistant_turns(probe, tokenizer, template, row=-1)
     (turn,) = rendered.turns
-    if turn.closing is None or rendered.text[turn.content_end : turn.closing].strip():
-        return None
-    return next(token for token, (start, _) in zip(rendered.ids, rendered.offsets) if start == turn.closing)
+    end_of_turn = rendered.end_of_turn_start(turn)
+    return next((token for token, (start, _) in zip(rendered.ids, rendered.offsets) if start == end_of_turn), None)
 
 
 def _decoded_ends(tokenizer: PreTrainedTokenizerBase, ids: list[int], text: str) -> list[int]:

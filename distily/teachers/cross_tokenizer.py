@@ -20,7 +20,7 @@ from distily.data.alignment import (
     TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, build_aligned_datasets, check_offsets,
     collate_aligned,
 )
-from distily.data.chat import MESSAGES, ChatTemplate
+from distily.data.chat import MESSAGES
 from distily.data.chat_alignment import (
     CompletionAlignment, build_aligned_chat_datasets, chat_templates, end_of_turn_id,
 )
@@ -71,6 +71,8 @@ class CrossTokenizerTeacher(LiveTeacher):
             )
         for tokenizer, role in ((student_tokenizer, "student"), (self.tokenizer, "teacher")):
             check_offsets(tokenizer, role)
+        # the student's and the teacher's chat templates, resolved once (a student without one fails here)
+        self._templates = chat_templates(self.config.data, student_tokenizer, self.tokenizer) if self.chat else None
         self._student_tokenizer = student_tokenizer
         self._student_vocab = len(student_tokenizer)
 
@@ -86,15 +88,12 @@ class CrossTokenizerTeacher(LiveTeacher):
         end-of-turn token (its completions, on-policy and in the generation eval, and the saved student's)."""
         self._student_vocab = output_vocab_size(student)
         if self.chat:
-            end = end_of_turn_id(self._student_tokenizer, self._chat_templates()[0])
+            end = end_of_turn_id(self._student_tokenizer, self._templates[0])
             configured = student.generation_config.eos_token_id
             configured = configured if isinstance(configured, list) else [configured]
             if end is not None and end not in configured:
                 student.generation_config.eos_token_id = [end, *(token for token in configured if token is not None)]
         super().student_built(student)
-
-    def _chat_templates(self) -> tuple[ChatTemplate, ChatTemplate]:
-        return chat_templates(self.config.data, self._student_tokenizer, self.tokenizer)
 
     def completion_alignment(self, student: PreTrainedModel, max_seq_length: int) -> Optional[CompletionAlignment]:
         """With chat data, the student's completions (ending at its stop tokens) in the teacher's tokens after the
@@ -104,7 +103,7 @@ class CrossTokenizerTeacher(LiveTeacher):
             return None
         return CompletionAlignment(
             self._student_tokenizer, self.tokenizer, tuple(stop_token_ids(self._student_tokenizer, student)),
-            end_of_turn_id(self.tokenizer, self._chat_templates()[1]), max_seq_length,
+            end_of_turn_id(self.tokenizer, self._templates[1]), max_seq_length,
         )
 
     @property
@@ -122,10 +121,12 @@ class CrossTokenizerTeacher(LiveTeacher):
         config = self.config
         training = config.training
         max_seq_length = resolve_max_seq_length(config.data.max_seq_length, self.model, student)
-        build = build_aligned_chat_datasets if self.chat else build_aligned_datasets
+        tokenizers = (self._student_tokenizer, self.tokenizer)
         with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
-            return build(config.data, self._student_tokenizer, self.tokenizer, max_seq_length, training.seed,
-                         self.documents)
+            if self.chat:
+                return build_aligned_chat_datasets(config.data, self._templates, *tokenizers, max_seq_length,
+                                                   training.seed, self.documents)
+            return build_aligned_datasets(config.data, *tokenizers, max_seq_length, training.seed, self.documents)
 
     @property
     def chat(self) -> bool:
