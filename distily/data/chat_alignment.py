@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import datasets
+from tokenizers.decoders import DecodeStream
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.alignment import (
@@ -160,9 +161,25 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -
 def _decoded_ends(tokenizer: PreTrainedTokenizerBase, ids: list[int], text: str) -> list[int]:
     """Where each token of generated ``ids`` (decoded: ``text``) ends in ``text``: where the text of the tokens up
     to it ends, or, for a token that ends inside a character (a byte of it), where that character ends, as offset
-    mappings put such tokens (``closing_positions`` then closes the character at its last byte)."""
-    ends = []
+    mappings put such tokens (``closing_positions`` then closes the character at its last byte).
+
+    A fast tokenizer's incremental decoder (``tokenizers``' ``DecodeStream``) gives most of them in one pass: the
+    text each token appends. Where it appends nothing yet (a byte of a character, a token that decodes to nothing
+    so far), or for a slow tokenizer, the tokens up to it are decoded whole (45-60 ms for 512 tokens if done for
+    every token)."""
+    stream = DecodeStream(skip_special_tokens=False) if tokenizer.is_fast else None
+    written, ends = 0, []
     for count in range(1, len(ids) + 1):
+        try:
+            piece = stream.step(tokenizer.backend_tokenizer, ids[count - 1]) if stream is not None else None
+        except Exception:  # tokenizers raises a bare Exception where a token rewrites the text before it
+            stream = piece = None
+        if piece is not None and not text.startswith(piece, written):
+            stream = piece = None  # the decoder's pieces left the text: decode whole from here on
+        if piece is not None:
+            written += len(piece)
+            ends.append(written)
+            continue
         decoded = tokenizer.decode(ids[:count], clean_up_tokenization_spaces=False)
         common = len(os.path.commonprefix([decoded, text]))
         ends.append(common if text.startswith(decoded) else min(common + 1, len(text)))

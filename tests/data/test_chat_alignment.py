@@ -2,6 +2,9 @@
 align inside the assistant's turns only, on the same characters of its content; so do a student's completions and
 the teacher's tokens of their text."""
 
+import os
+import random
+
 import pytest
 
 from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, collate_aligned
@@ -9,7 +12,9 @@ from distily.data.chat import (
     ChatTemplate, ChatTokenization, assistant_turns, masked_assistant_turns, prompt_ids,
 )
 from distily.data.alignment import TEACHER_LOSS_MASK
-from distily.data.chat_alignment import ChatSide, CompletionAlignment, align_conversation, end_of_turn_id
+from distily.data.chat_alignment import (
+    ChatSide, CompletionAlignment, _decoded_ends, align_conversation, end_of_turn_id,
+)
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from tests.tiny import (
     CHAT_STYLES, make_chat_tokenizer, make_conversations, make_sentencepiece_chat_tokenizer,
@@ -128,3 +133,38 @@ def test_a_students_completion_aligns_with_the_teachers_tokens_of_its_text(text,
         assert aligned[start + len(words) - 1] == teacher_start + len(teacher_words) - 1
     unended = alignment.row(prompt, words, teacher_prompt)  # no end of turn: max_new_tokens reached
     assert unended[TEACHER_INPUT_IDS] == teacher_prompt + teacher_words
+
+
+def prefix_decoded_ends(tokenizer, ids: list[int], text: str) -> list[int]:
+    """The reference: decode every prefix; a prefix of ``text`` ends where it ends, one that ends inside a character
+    (a replacement character at its end) ends where that character does."""
+    ends = []
+    for count in range(1, len(ids) + 1):
+        decoded = tokenizer.decode(ids[:count], clean_up_tokenization_spaces=False)
+        common = len(os.path.commonprefix([decoded, text]))
+        ends.append(common if text.startswith(decoded) else min(common + 1, len(text)))
+    return ends
+
+
+@pytest.mark.parametrize("sentencepiece", [True, False], ids=["sentencepiece", "byte_level"])
+def test_where_generated_tokens_end_matches_decoding_every_prefix_in_one_pass(sentencepiece, monkeypatch):
+    """Completions are sampled, so any ids: random ones (byte pieces out of order, special tokens, pieces that
+    decode to nothing) and a tokenized text with an emoji. The incremental decoder gives the reference's ends, and
+    decodes whole only where a token appends nothing yet: a few times for 200 tokens, not 200 times."""
+    tokenizer = make_sentencepiece_chat_tokenizer("chatml") if sentencepiece else make_chat_tokenizer("llama3")
+    rng = random.Random(0)
+    samples = [[rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 30))] for _ in range(200)]
+    text = " ".join(rng.choice(["a dog", "finds", "the café", "tree 🙂", "slowly."]) for _ in range(60))
+    words = tokenizer(text, add_special_tokens=False)[INPUT_IDS][:200]
+    for ids in samples + [words]:
+        decoded = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        assert _decoded_ends(tokenizer, ids, decoded) == prefix_decoded_ends(tokenizer, ids, decoded), ids
+    decoded = tokenizer.decode(words, clean_up_tokenization_spaces=False)
+    inner_bytes = sum(len(character.encode()) - 1 for character in decoded)
+    calls = []
+    decode = type(tokenizer).decode
+    monkeypatch.setattr(type(tokenizer), "decode", lambda self, *a, **k: calls.append(1) or decode(self, *a, **k))
+    _decoded_ends(tokenizer, words, decoded)
+    # whole decodes: at a token ending inside a character (at most once per byte but its last) and at a first
+    # piece that decodes to nothing
+    assert 0 < inner_bytes and len(calls) <= 1 + inner_bytes < len(words) / 2
