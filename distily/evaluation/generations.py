@@ -84,11 +84,10 @@ def load_heldout_prompts(args: EvaluationArguments, data: DataArguments) -> Held
 
 
 def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-                   max_new_tokens: int, batch_size: int) -> list[list[int]]:
-    """Greedy completions of ``prompts`` (token ids, up to and with the model's stop token), ``batch_size`` at a
+                   stops: list[int], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """Greedy completions of ``prompts`` (token ids, up to and with the first of ``stops``), ``batch_size`` at a
     time."""
-    generator = HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0), stop_token_ids(tokenizer, model),
-                            pad_token_id(tokenizer))
+    generator = HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0), stops, pad_token_id(tokenizer))
     return [completion for start in range(0, len(prompts), batch_size)
             for completion in generator.generate(prompts[start:start + batch_size])]
 
@@ -155,8 +154,8 @@ class GenerationEval:
                         for row, (turns, reference) in enumerate(zip(self.prompts.conversations, references))]
         except DistilyConfigError as err:
             raise DistilyConfigError(f"{self.prompts.source}: {err}") from None
-        completions = greedy_answers(model, tokenizer, prompts, self.max_new_tokens, self.batch_size)
         stops = stop_token_ids(tokenizer, model)
+        completions = greedy_answers(model, tokenizer, prompts, stops, self.max_new_tokens, self.batch_size)
         answers = [without_opening(completion_text(tokenizer, completion, stops), opening)
                    for completion, opening in zip(completions, openings)]
         if self.answer_after is not None:

@@ -107,7 +107,7 @@ def test_an_answer_is_read_after_the_opening_its_template_writes_before_the_cont
                f"  {EMPTY_REASONING}{references[4]}  "]
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def greedy_answers(model, tokenizer_, prompts, max_new_tokens, batch_size):
+    def greedy_answers(model, tokenizer_, prompts, stops, max_new_tokens, batch_size):
         assert len(prompts) == len(written)
         return [tokenizer(text, add_special_tokens=False)["input_ids"] + [end_of_turn] for text in written]
 
@@ -123,7 +123,7 @@ def test_chat_template_kwargs_render_the_prompts(tmp_path, monkeypatch):
     rows = user_turns(3, seed=2)
     asked = []
 
-    def greedy_answers(model, tokenizer_, prompts, max_new_tokens, batch_size):
+    def greedy_answers(model, tokenizer_, prompts, stops, max_new_tokens, batch_size):
         asked.extend(prompts)
         return [tokenizer(turns[-1]["content"], add_special_tokens=False)["input_ids"] for turns in rows]
 
@@ -143,7 +143,7 @@ def test_an_answer_is_read_after_its_reasoning_when_asked(tmp_path, monkeypatch)
     written = [f"<think>\nI repeat it.\n</think>\n\n{references[0]}", references[1],  # no reasoning: read whole
                f"<think>\nit is {references[2]}\n</think>\n\nnot it.", f"<think>\n</think> x </think> {references[3]}"]
 
-    def greedy_answers(model, tokenizer_, prompts, max_new_tokens, batch_size):
+    def greedy_answers(model, tokenizer_, prompts, stops, max_new_tokens, batch_size):
         return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in written]
 
     monkeypatch.setattr(generations, "greedy_answers", greedy_answers)
