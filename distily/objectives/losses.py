@@ -52,8 +52,12 @@ def _teacher_log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tens
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) over the last axis, from log-probabilities [..., V] -> [...]."""
-    return (logp.exp() * (logp - logq)).sum(-1)
+    """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) over the last axis, from log-probabilities [..., V] -> [...].
+
+    The terms where p(v) = 0 are 0, value and gradient: where q(v) = 0 too (log q raised to the lowest float),
+    the product's gradient would otherwise be 0 * inf = nan once the loss is scaled by T^2 > 1."""
+    probs = logp.exp()  # [..., V]
+    return torch.where(probs > 0, probs * (logp - logq), 0.0).sum(-1)
 
 
 UNKNOWN_WORKING_TENSORS = 10
@@ -171,6 +175,8 @@ def _skew_forward_kl_value_and_gradient(student_logits, teacher_logits, temperat
     """Skew KL and its gradient: with m = alpha p_t + (1 - alpha) p_s, its derivative with respect to p_s is
     -(1 - alpha) p_t / m."""
     _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
+    if alpha == 0:  # the forward KL, whose ratio p_t / p_s has no 1 / alpha bound and overflows below
+        return _forward_kl_value_and_gradient(student_logits, teacher_logits, temperature)
     student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(teacher_logprobs, student_logprobs, alpha)  # [N, V]
@@ -189,6 +195,8 @@ def _skew_reverse_kl_value_and_gradient(student_logits, teacher_logits, temperat
     """Skew reverse KL and its gradient: with m = (1 - alpha) p_t + alpha p_s, its derivative with respect to p_s
     is log p_s - log m + 1 - alpha p_s / m (the constant cancels through the softmax)."""
     _check_unit_interval("alpha", alpha, open_low=False, open_high=True)
+    if alpha == 0:  # the reverse KL, whose ratio p_s / p_t has no 1 / alpha bound and overflows below
+        return _reverse_kl_value_and_gradient(student_logits, teacher_logits, temperature)
     student_logprobs = tempered_log_softmax(student_logits, temperature)  # [N, V]
     teacher_logprobs = _teacher_log_softmax(teacher_logits, temperature)  # [N, V]
     mixture_logprobs = _log_mixture(student_logprobs, teacher_logprobs, alpha)  # [N, V]

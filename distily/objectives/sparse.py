@@ -135,11 +135,12 @@ class BucketLoss:
         ids, has_tail = topk_ids.long(), topk_ids.shape[-1] < student_logits.shape[-1]
         logprobs = tempered_log_softmax(student_logits, temperature)  # [n, vocab]
         top = logprobs.gather(-1, ids)  # [n, k]
-        rest = logprobs.exp_().scatter_(-1, ids, 0.0)  # [n, vocab]: p off the top k, 0 on it
+        rest = logprobs.scatter_(-1, ids, -math.inf)  # [n, vocab]: log p off the top k, -inf on it
         student = top
         if has_tail:
-            tail_mass = rest.sum(-1, keepdim=True)  # [n, 1]
-            student = torch.cat([top, tail_mass.log()], dim=-1)  # [n, k + 1]
+            # in log space: a confident student's tail mass (under 1e-38, or at T < 1) underflows as a sum
+            log_tail = rest.logsumexp(-1, keepdim=True).clamp_min(torch.finfo(rest.dtype).min)  # [n, 1]
+            student = torch.cat([top, log_tail], dim=-1)  # [n, k + 1]
         student = student.requires_grad_()
         teacher = _teacher_buckets(topk_logprobs, tail_logprob, has_tail)  # [n, k (+ 1)]
         with torch.enable_grad():  # the chunked loss runs without autograd
@@ -147,7 +148,10 @@ class BucketLoss:
             value = value * temperature**2  # [n]
             (bucket_grad,) = torch.autograd.grad(value.sum(), student)  # [n, k (+ 1)]
         total = bucket_grad.sum(-1, keepdim=True)  # [n, 1]
-        rest.mul_(bucket_grad[:, -1:] / tail_mass - total if has_tail else -total)
+        if has_tail:  # p_j (g_tail / q - total) as (p_j / q) (g_tail - q total): p_j / q <= 1 wherever q underflows
+            rest.sub_(log_tail).exp_().mul_(bucket_grad[:, -1:] - log_tail.exp() * total)
+        else:
+            rest.exp_().mul_(-total)
         gradient = rest.scatter_(-1, ids, bucket_grad[:, : ids.shape[-1]] - top.exp() * total)
         return value.detach(), gradient if temperature == 1 else gradient.div_(temperature)
 

@@ -298,3 +298,34 @@ def test_check_loss_checks_names_and_parameters(monkeypatch):
     assert loss_params("l1") == {"weight": 1.0}
     check_loss("l1", {"weight": 2.0})
     torch.testing.assert_close(LOSSES["l1"](torch.ones(1, 3), torch.zeros(1, 3), weight=2.0), torch.tensor([6.0]))
+
+
+@pytest.mark.parametrize("name", ["skew_forward_kl", "skew_reverse_kl"])
+def test_skew_kl_at_alpha_zero_is_the_kl_where_one_distribution_dwarfs_the_other(name):
+    """alpha = 0 takes away the 1 / alpha bound on p_t / m (p_s / m): with the two 40 nats apart per unit of
+    logit, the ratio passes float32's range, and the closed form must still give the KL's value and gradient."""
+    student, teacher = _logits(6, 11, scale=40.0, seed=2), _logits(6, 11, scale=40.0, seed=1)
+    kl = LOSSES["forward_kl" if name == "skew_forward_kl" else "reverse_kl"]
+    value, grad = LOSSES[name].value_and_gradient(student, teacher, 2.0, alpha=0.0)
+    expected_value, expected_grad = kl.value_and_gradient(student, teacher, 2.0)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(value, expected_value)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("name", sorted(set(DIVERGENCES) - LOGIT_SPACE))
+def test_a_column_neither_distribution_reaches_changes_nothing_at_any_temperature(name):
+    """Cross-tokenizer losses run the divergences under autograd over columns some of which neither side reaches
+    (the student's logit there -1e30, the teacher's log-probability -inf): with T^2 > 1 those 0 * log 0 terms
+    must still give 0, in the value and the gradient, as if the column were not there."""
+    student, teacher = _logits(6, 11, seed=2), _logits(6, 11, seed=1)
+    padded_student = torch.cat([student, torch.full((6, 1), -1e30)], -1).requires_grad_()
+    padded_teacher = torch.cat([teacher, torch.full((6, 1), -math.inf)], -1)
+    narrow = student.clone().requires_grad_()
+    for temperature in (1.0, 2.0):
+        value = _loss(name, padded_student, padded_teacher, temperature)
+        expected = _loss(name, narrow, teacher, temperature)
+        (grad,) = torch.autograd.grad(value.sum(), padded_student)
+        (expected_grad,) = torch.autograd.grad(expected.sum(), narrow)
+        torch.testing.assert_close(value, expected)
+        torch.testing.assert_close(grad, torch.cat([expected_grad, torch.zeros(6, 1)], -1))

@@ -174,3 +174,21 @@ def test_the_fused_lm_head_gives_the_full_logits_loss_and_gradients(name, temper
     for fused_value, full_value in zip(fused, full):
         torch.testing.assert_close(fused_value, full_value, rtol=1e-5, atol=1e-6)
     assert not component.needs_student_logits
+
+
+@pytest.mark.parametrize("name", sorted(sparse_losses()))
+def test_a_confident_students_tail_keeps_the_closed_form_finite(name):
+    """A student whose recorded top-k tokens sit 120 logits above the rest has a tail mass of about e^-120, below
+    float32's smallest number as a sum of probabilities: the closed form must give autograd's value and
+    gradient (the log-space tail) rather than inf or nan."""
+    teacher_logits = _logits(4, 50, scale=2.0, seed=21)
+    stored, loss = _stored(teacher_logits, 5, 1.0), BucketLoss(LOSSES[name])
+    student_logits = torch.full((4, 50), -120.0).scatter_(1, stored[1].long(), _logits(4, 5, scale=1.0, seed=22))
+    student = student_logits.clone().requires_grad_()
+    expected = loss(student, stored, 1.0, **PARAMS.get(name, {}))
+    (expected_grad,) = torch.autograd.grad(expected.sum(), student)
+    with torch.no_grad():
+        value, grad = loss.value_and_gradient(student_logits, stored, 1.0, **PARAMS.get(name, {}))
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all()
+    torch.testing.assert_close(value, expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-6)
