@@ -8,13 +8,15 @@ by its ``position_ids``) gives one prompt: its tokens up to and including the fi
 conversation keeps its earlier turns as context and the student answers its last one (as TRL's GKD trainer does);
 the whole conversation when it has no target. The new batch is prompt + completion per prompt, right-padded, with
 ``loss_mask`` 1 exactly at the positions that predict completion tokens. Whether a
-micro-batch goes on-policy is drawn from ``(seed, optimizer step, micro-batch index)``, so a run, and a run
-resumed from a checkpoint, picks the same batches. Across tokenizers (``AlignedOnPolicyBatches``) each new row also
+micro-batch goes on-policy is drawn from ``(seed, optimizer step, micro-batch index)``, and its completions are
+sampled from the random state seeded with these and the process's index, so a run, and a run resumed from a
+checkpoint, picks the same batches and (with the ``hf`` back end) samples the same completions. Across tokenizers (``AlignedOnPolicyBatches``) each new row also
 carries the teacher's tokens of the completion and the alignment.
 """
 
 import time
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -52,13 +54,30 @@ def batch_prompts(batch: dict[str, torch.Tensor]) -> list[list[int]]:
     return prompts
 
 
+@contextmanager
+def seeded_sampling(entropy: list[int], device: torch.device) -> Iterator[None]:
+    """torch's random state on the CPU and on ``device``, seeded from ``entropy`` for the block and restored after.
+    The Trainer restores a checkpoint's random state only after it has collected the first step's batches, so
+    completions sampled from the running state would differ in a resumed run."""
+    devices = [] if device.type == "cpu" else [device.index if device.index is not None else 0]
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed(int(np.random.default_rng(entropy).integers(2**63)))
+        yield
+
+
+def model_device(model: Optional[PreTrainedModel]) -> torch.device:
+    """Where ``model``'s first parameter is (the CPU for none)."""
+    parameter = next(model.parameters(), None) if model is not None else None
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 class OnPolicyBatches:
     """Replaces the drawn micro-batches of each optimizer step with the student's completions, and keeps the
     figures logged with the training logs (``logs()``)."""
 
     def __init__(self, generator: CompletionGenerator, lmbda: float, seed: int, pad_token_id: int,
-                 max_seq_length: int):
-        self.generator, self.lmbda, self.seed = generator, lmbda, seed
+                 max_seq_length: int, process: int = 0):
+        self.generator, self.lmbda, self.seed, self.process = generator, lmbda, seed, process
         self.pad_token_id, self.max_seq_length = pad_token_id, max_seq_length
         self._loaded_step: Optional[int] = None  # the optimizer step whose weights the generator samples from
         self._reset()
@@ -87,16 +106,17 @@ class OnPolicyBatches:
             self._check_prompts(batch)
             self._batches += 1
             on_policy = self.is_on_policy(step, index)
-            replaced.append(self._generated(batch, step, student, sharded) if on_policy else batch)
+            replaced.append(self._generated(batch, step, index, student, sharded) if on_policy else batch)
         return replaced
 
-    def _generated(self, batch: dict, step: int, student: PreTrainedModel, sharded: bool) -> dict:
+    def _generated(self, batch: dict, step: int, index: int, student: PreTrainedModel, sharded: bool) -> dict:
         if self._loaded_step != step:  # the weights changed since the last generation
             self.generator.load_weights(student, sharded)
             self._loaded_step = step
         prompts = batch_prompts(batch)
         started = time.perf_counter()
-        completions = self.generator.generate(prompts)
+        with seeded_sampling([self.seed, step, index, self.process], model_device(student)):
+            completions = self.generator.generate(prompts)
         self._seconds += time.perf_counter() - started
         completions = [completion[: max(self.max_seq_length - len(prompt), 0)]  # within the run's length
                        for prompt, completion in zip(prompts, completions)]
@@ -137,8 +157,8 @@ class AlignedOnPolicyBatches(OnPolicyBatches):
     student wrote through the cross-tokenizer losses."""
 
     def __init__(self, generator: CompletionGenerator, lmbda: float, seed: int, pad_token_id: int,
-                 max_seq_length: int, alignment: CompletionAlignment, teacher_pad_token_id: int):
-        super().__init__(generator, lmbda, seed, pad_token_id, max_seq_length)
+                 max_seq_length: int, alignment: CompletionAlignment, teacher_pad_token_id: int, process: int = 0):
+        super().__init__(generator, lmbda, seed, pad_token_id, max_seq_length, process)
         self.alignment, self.teacher_pad_token_id = alignment, teacher_pad_token_id
 
     def completed(self, batch: dict, prompts: list[list[int]], completions: list[list[int]]) -> dict:
@@ -161,6 +181,7 @@ def on_policy_batches(
     )
     generator = open_generator(training.on_policy_backend, student, tokenizer, settings, max_seq_length)
     if alignment is None:
-        return OnPolicyBatches(generator, training.lmbda, training.seed, pad_token_id, max_seq_length)
+        return OnPolicyBatches(generator, training.lmbda, training.seed, pad_token_id, max_seq_length,
+                               training.process_index)
     return AlignedOnPolicyBatches(generator, training.lmbda, training.seed, pad_token_id, max_seq_length, alignment,
-                                  teacher_pad_token_id)
+                                  teacher_pad_token_id, training.process_index)

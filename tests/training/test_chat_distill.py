@@ -1,8 +1,12 @@
 """Distillation on chat data, end to end: the assistant-only loss improves, the held-out metrics and the logit
 loss count the same positions, and a store recorded from chat data keeps its loss masks."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig
 
 from distily.config import parse_config, parse_record_config
@@ -65,8 +69,8 @@ def test_on_policy_distillation_on_chat_data_learns_from_the_students_completion
     generated = []  # (prompt lengths, completion lengths) of each on-policy micro-batch
     original = OnPolicyBatches._generated
 
-    def counting(self, batch, step, student, sharded):
-        result = original(self, batch, step, student, sharded)
+    def counting(self, batch, step, index, student, sharded):
+        result = original(self, batch, step, index, student, sharded)
         generated.append(int(result[LOSS_MASK].sum()))
         return result
 
@@ -76,6 +80,22 @@ def test_on_policy_distillation_on_chat_data_learns_from_the_students_completion
     student = run_distillation(parse_config(**values))["student"]
     assert student["after_kl_to_teacher"] < 0.8 * student["before_kl_to_teacher"], student
     assert 5 < len(generated) < 25 and all(count > 0 for count in generated), generated  # about half of 30 steps
+
+
+def test_an_on_policy_run_resumed_from_a_checkpoint_samples_and_trains_as_the_uninterrupted_one(chat_run, tmp_path):
+    """The Trainer restores a checkpoint's random state only after collecting the first resumed step's batches:
+    completions sampled from the running state differed there, and the resumed run drifted from step 3 on."""
+    values = _values(chat_run, tmp_path, max_steps=4, lmbda=1.0, on_policy_max_new_tokens=6, learning_rate=1e-3,
+                     save_strategy="steps", save_steps=1, save_total_limit=0)  # 0: keep every checkpoint
+    run_distillation(parse_config(**values))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(values["output_dir"], resumed)
+    for finished in ("metrics.json", "checkpoint-3", "checkpoint-4"):
+        path = resumed / finished
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_distillation(parse_config(**{**values, "output_dir": str(resumed), "resume_from_checkpoint": "true"}))
+    expected, found = (load_file(Path(run) / "model.safetensors") for run in (values["output_dir"], resumed))
+    assert expected.keys() == found.keys() and all(torch.equal(expected[name], found[name]) for name in expected)
 
 
 def test_a_qwen3_style_teacher_distills_on_policy_in_its_non_thinking_mode(tmp_path, monkeypatch):
