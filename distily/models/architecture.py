@@ -7,7 +7,10 @@ from distily.errors import DistilyConfigError
 
 POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
 DEFAULT_MAX_SEQ_LENGTH = 1024
-LOGIT_TRANSFORM_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # applied after the LM head
+# applied to the logits after the LM head (Gemma 2/3/3n/4, Cohere, Granite, Falcon-H1, ...), in the model's config
+# or, for models loaded as ...ForConditionalGeneration, in its text config
+LOGIT_TRANSFORM_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier",
+                        "output_multiplier")
 
 
 def named_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -72,4 +75,6 @@ def plain_lm_head(model: PreTrainedModel) -> bool:
     quantized or ternary one), and no soft-capping or scaling after it."""
     head = model.get_output_embeddings()
     linear = isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward and head.weight.is_floating_point()
-    return linear and all(getattr(model.config, key, None) in (None, 1, 1.0) for key in LOGIT_TRANSFORM_KEYS)
+    configs = [model.config, model.config.get_text_config() if hasattr(model.config, "get_text_config") else None]
+    return linear and all(getattr(config, key, None) in (None, 1, 1.0)
+                          for config in configs if config is not None for key in LOGIT_TRANSFORM_KEYS)

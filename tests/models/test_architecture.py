@@ -43,3 +43,37 @@ def test_a_wrapped_head_is_not_fusable():
     model = tiny_model()
     model.set_output_embeddings(nn.Sequential(model.get_output_embeddings()))
     assert not plain_lm_head(model)
+
+
+def _gemma4_with_text_config_softcap():
+    from transformers import Gemma4Config
+    return Gemma4Config(text_config=dict(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, final_logit_softcapping=2.0,
+        sliding_window=16, vocab_size_per_layer_input=320, hidden_size_per_layer_input=16,
+    ))
+
+
+def _falcon_h1_with_head_multiplier():
+    from transformers import FalconH1Config
+    return FalconH1Config(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1,
+        mamba_d_state=16, mamba_chunk_size=16, max_position_embeddings=128, lm_head_multiplier=0.25,
+    )
+
+
+@pytest.mark.parametrize("config", [_gemma4_with_text_config_softcap, _falcon_h1_with_head_multiplier],
+                         ids=["gemma4_text_config_softcap", "falcon_h1_lm_head_multiplier"])
+def test_a_transform_after_the_head_read_from_the_text_config_or_a_multiplier_is_not_fusable(config):
+    """Gemma 4 loads as ...ForConditionalGeneration with its soft-cap in the text config; Falcon-H1 multiplies the
+    head's output: fusing either would read other logits than the model's own."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config()).eval()
+    ids = torch.randint(0, 320, (1, 12))
+    with torch.no_grad():
+        outputs = model(ids, output_hidden_states=True)
+        head = model.get_output_embeddings()
+        fused = nn.functional.linear(outputs.hidden_states[-1], head.weight, head.bias)
+    assert not torch.allclose(fused, outputs.logits, atol=1e-4)  # the transform is real
+    assert not plain_lm_head(model)
