@@ -124,7 +124,8 @@ def _descendants(group_subtasks: dict[str, list[str]], names: list[str]) -> set[
 def task_results(raw: dict[str, Any], requested: list[str]) -> dict[str, dict[str, float]]:
     """``{task: {metric: value, metric_stderr: value, samples: n}}`` from the harness's results: the requested
     tasks and groups (a group's own aggregate, not its members), and the members of requested tags. A metric
-    with a filter other than ``none`` is named ``metric_filter``; stderrs the harness did not compute are left out.
+    with a filter other than ``none`` is named ``metric_filter``, its stderr ``metric_filter_stderr`` (the name
+    the tables and the model card read as that metric's stderr); stderrs the harness did not compute are left out.
     """
     hidden = _descendants(raw.get("group_subtasks", {}), requested) - set(requested)
     results = {}
@@ -135,13 +136,21 @@ def task_results(raw: dict[str, Any], requested: list[str]) -> dict[str, dict[st
         for key, value in values.items():
             if "," not in key or not isinstance(value, (int, float)):
                 continue
-            metric, filter_name = key.split(",", 1)
-            metrics[metric if filter_name == "none" else f"{metric}_{filter_name}"] = float(value)
+            metrics[_metric_name(*key.split(",", 1))] = float(value)
         samples = raw.get("n-samples", {}).get(task, {}).get("effective")
         if samples is not None:
             metrics["samples"] = samples
         results[task] = metrics
     return results
+
+
+def _metric_name(metric: str, filter_name: str) -> str:
+    """The harness's ``metric,filter`` as one name: ``metric``, or ``metric_filter`` for a filter other than ``none``;
+    a stderr (``metric_stderr,filter``) keeps ``_stderr`` last, so that it stays its metric's stderr."""
+    if filter_name == "none":
+        return metric
+    base = metric.removesuffix("_stderr")
+    return f"{base}_{filter_name}" + ("_stderr" if base != metric else "")
 
 
 def run_tasks(

@@ -7,6 +7,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from distily.config import parse_config
+from distily.evaluation.harness import task_results
 from distily.metrics import FramingMetrics
 from distily.objectives.objective import build_objective
 from distily.reporting.model_card import build_model_card, non_default_config
@@ -79,6 +80,27 @@ def test_the_model_index_holds_the_students_results_only(tmp_path, run_metrics):
     values = [metric["value"] for result in index[0]["results"] for metric in result["metrics"]]
     assert sorted(values) == sorted([9.025, 1.3, 0.25, 0.8, 12.25, 1.4, 0.5, 0.33])  # the student's after training
     assert 7.389 not in values and 0.41 not in values and "of the teacher" not in yaml.safe_dump(index)
+
+
+GSM8K_RAW = {  # the harness's results for a task with two filters, each with its stderr
+    "results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.05,
+                          "exact_match,flexible-extract": 0.3, "exact_match_stderr,flexible-extract": 0.06}},
+    "n-samples": {"gsm8k": {"original": 1319, "effective": 20}},
+}
+
+
+def test_a_filtered_metrics_stderr_is_its_plus_minus_not_a_result(tmp_path, run_metrics):
+    gsm8k = task_results(GSM8K_RAW, ["gsm8k"])
+    assert gsm8k == {"gsm8k": {
+        "exact_match_strict-match": 0.25, "exact_match_strict-match_stderr": 0.05,
+        "exact_match_flexible-extract": 0.3, "exact_match_flexible-extract_stderr": 0.06, "samples": 20,
+    }}
+    card, _ = card_for(tmp_path, lambda bitnet: run_metrics(bitnet).with_benchmarks(gsm8k, None))
+    metrics = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results if r.dataset_name == "gsm8k"}
+    assert metrics == {("gsm8k", "exact_match_strict-match"): 0.25, ("gsm8k", "exact_match_flexible-extract"): 0.3}
+    rows = [line for line in card.text.splitlines() if line.startswith("| gsm8k:")]
+    assert rows == ["| gsm8k: exact_match_strict-match (n=20) | — | — | 0.2500 ± 0.0500 |",
+                    "| gsm8k: exact_match_flexible-extract (n=20) | — | — | 0.3000 ± 0.0600 |"]  # no stderr row
 
 
 def test_a_dense_students_card_claims_no_relation_to_its_hub_teacher(tmp_path, run_metrics):
