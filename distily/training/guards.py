@@ -7,6 +7,8 @@ from typing import Iterable, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from distily.errors import DistilyConfigError
 
@@ -25,6 +27,22 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     return bool(torch.isfinite(sums).all()) or all(bool(torch.isfinite(tensor).all()) for tensor in tensors)
 
 
+class NonFiniteStepCounts(TrainerCallback, ExportableState):
+    """The guard's counts, kept in each checkpoint's ``trainer_state.json`` (an ``ExportableState`` callback): a
+    resumed run goes on counting the skipped steps in a row, so ``max_nonfinite_steps`` still stops it."""
+
+    def __init__(self):
+        self.consecutive = self.skipped = 0
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"consecutive": self.consecutive, "skipped": self.skipped}}
+
+    def restore(self, stored: Optional[dict]) -> None:
+        """Take the counts of a checkpoint's state (``stateful_callbacks`` entry; None: keep these)."""
+        for name, value in (stored or {}).get("attributes", {}).items():
+            setattr(self, name, value)
+
+
 class NonFiniteStepGuard:
     """Wraps ``optimizer.step``: when any gradient is NaN or infinite the step is skipped (gradients
     dropped, weights and optimizer state untouched) with a warning; ``max_consecutive`` skipped steps in
@@ -37,10 +55,10 @@ class NonFiniteStepGuard:
     with the others), and stopping the run there would leave the others waiting in their next collective."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, max_consecutive: int,
-                 process_group_device: Optional[torch.device] = None):
+                 process_group_device: Optional[torch.device] = None, counts: Optional[NonFiniteStepCounts] = None):
         self.optimizer, self.max_consecutive = optimizer, max_consecutive
         self.process_group_device = process_group_device
-        self.consecutive = self.skipped = 0
+        self.counts = counts or NonFiniteStepCounts()
         self._step = optimizer.step
         optimizer.step = self.step
 
@@ -59,16 +77,17 @@ class NonFiniteStepGuard:
         return nonfinite_processes.item() == 0
 
     def step(self, *args, **kwargs):
+        counts = self.counts
         if self._finite_everywhere():
-            self.consecutive = 0
+            counts.consecutive = 0
             return self._step(*args, **kwargs)
-        self.consecutive += 1
-        self.skipped += 1
+        counts.consecutive += 1
+        counts.skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
-        logger.warning(f"non-finite gradient: optimizer step skipped ({self.consecutive} in a row)")
-        if self.consecutive >= self.max_consecutive:
+        logger.warning(f"non-finite gradient: optimizer step skipped ({counts.consecutive} in a row)")
+        if counts.consecutive >= self.max_consecutive:
             raise DistilyConfigError(
-                f"{self.consecutive} optimizer steps in a row had non-finite gradients (max_nonfinite_steps="
+                f"{counts.consecutive} optimizer steps in a row had non-finite gradients (max_nonfinite_steps="
                 f"{self.max_consecutive}); expected finite losses: lower learning_rate, or use bf16 instead of fp16"
             )
         return None

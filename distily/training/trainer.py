@@ -22,7 +22,7 @@ from distily.teachers.placement import zero3_enabled
 from distily.teachers.source import TeacherSource
 from distily.training.bitnet_schedule import LATENT_GROUP, BitNetSchedule, BitNetScheduler
 from distily.training.distillation_model import OBJECTIVE, STUDENT, DistillationModel
-from distily.training.guards import NonFiniteStepGuard
+from distily.training.guards import NonFiniteStepCounts, NonFiniteStepGuard
 from distily.training.on_policy import OnPolicyBatches
 from distily.training.trainer_internals import StagedCheckpoints, check_library_versions, undo_evaluation_preparation
 
@@ -54,6 +54,7 @@ class DistillationTrainer(StagedCheckpoints):
                     network.set_attn_implementation("eager")
         objective.attach(model, teacher.live_model)
         super().__init__(*args, model=DistillationModel(model, objective), **kwargs)
+        self.add_callback(NonFiniteStepCounts())  # before the Trainer's state lists the callbacks it checkpoints
         for callback in self.callback_handler.callbacks:  # an evaluation before training would log to ./runs
             if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
                 callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
@@ -99,7 +100,11 @@ class DistillationTrainer(StagedCheckpoints):
         optimizer = super().create_optimizer(model)
         if building:
             together = self.accelerator.device if self.args.world_size > 1 else None
-            self.nonfinite_guard = NonFiniteStepGuard(optimizer, self.args.max_nonfinite_steps, together)
+            # the Trainer has loaded a resumed run's state (and may have rebuilt its callbacks from it) by now
+            counts = next(callback for callback in self.callback_handler.callbacks
+                          if isinstance(callback, NonFiniteStepCounts))
+            counts.restore(self.state.stateful_callbacks.get(NonFiniteStepCounts.__name__))
+            self.nonfinite_guard = NonFiniteStepGuard(optimizer, self.args.max_nonfinite_steps, together, counts)
             if self.args.bitnet_schedule:  # the decayed group is the latent ternary weights (get_decay_parameter_names)
                 for group in optimizer.param_groups:
                     if group["weight_decay"] > 0:

@@ -74,7 +74,7 @@ def check(mode: str) -> None:
     backward(model, poison=False)
     before = weights(model)
     optimizer.step()
-    assert moved(model, before) and guard.skipped == 0  # a finite step is taken everywhere
+    assert moved(model, before) and guard.counts.skipped == 0  # a finite step is taken everywhere
     backward(model, poison=True)
     optimizer.step()
     backward(model, poison=True)
@@ -83,7 +83,7 @@ def check(mode: str) -> None:
         raise AssertionError("the second non-finite step in a row did not stop the run")
     except DistilyConfigError as stop:
         assert "2 optimizer steps in a row had non-finite gradients" in str(stop)
-    assert guard.skipped == 2
+    assert guard.counts.skipped == 2
     print(f"ok {mode} {dist.get_rank()}", flush=True)
 
 

@@ -4,6 +4,7 @@ student whose final save was killed left resumable."""
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from distily.config import parse_config
+from distily.errors import DistilyConfigError
 from distily.training.checkpoints import CHECKSUMS_FILE, checkpoint_problem, write_checksums
 from distily.training.distill import run_distillation
 from distily.training.run_dir import RunDir
@@ -174,3 +176,27 @@ def test_a_kill_while_the_student_is_saved_leaves_no_student_and_a_resumable_run
     assert metrics["train"]["global_step"] == 4
     assert _same_tensors(out / "model.safetensors", _student_part(trained))  # nothing lost: the student of the last step
     assert not run.student_staging.exists() and not run.lock.exists()
+
+
+def test_a_resumed_run_goes_on_counting_the_non_finite_steps_in_a_row(teacher_dirs, run_values, monkeypatch,
+                                                                       tmp_path):
+    """Steps 2 to 4 have non-finite gradients and max_nonfinite_steps=3: the run stops at step 4, and so does the
+    same run killed after checkpoint-3 (two skipped in a row) and resumed (the counts started again at 0 and it
+    finished)."""
+    compute_loss = DistillationTrainer.compute_loss
+
+    def non_finite_at_steps_2_to_4(self, model, inputs, *args, **kwargs):
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        return loss * float("nan") if model.training and self.state.global_step + 1 in (2, 3, 4) else loss
+
+    monkeypatch.setattr(DistillationTrainer, "compute_loss", non_finite_at_steps_2_to_4)
+    values = {**_values(run_values, teacher_dirs, max_steps=6, save_total_limit=0, max_nonfinite_steps=3),
+              "save_steps": 1}
+    with pytest.raises(DistilyConfigError, match="3 optimizer steps in a row"):
+        run_distillation(parse_config(**values))
+    state = json.loads((Path(values["output_dir"]) / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["NonFiniteStepCounts"]["attributes"] == {"consecutive": 2, "skipped": 2}
+    for later in ("checkpoint-4", "checkpoint-5", "checkpoint-6"):  # killed after checkpoint-3
+        shutil.rmtree(Path(values["output_dir"]) / later, ignore_errors=True)
+    with pytest.raises(DistilyConfigError, match="3 optimizer steps in a row"):
+        run_distillation(parse_config(**{**values, "resume_from_checkpoint": "true"}))

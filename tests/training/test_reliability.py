@@ -33,10 +33,10 @@ def test_guard_skips_a_non_finite_step_and_stops_after_too_many():
     weight.grad = torch.tensor([1.0, float("nan"), 0.0])
     optimizer.step()
     assert torch.equal(weight.detach(), torch.ones(3)) and not optimizer.state  # nothing moved
-    assert weight.grad is None and guard.skipped == 1
+    assert weight.grad is None and guard.counts.skipped == 1
     weight.grad = torch.ones(3)
     optimizer.step()
-    assert not torch.equal(weight.detach(), torch.ones(3)) and guard.consecutive == 0
+    assert not torch.equal(weight.detach(), torch.ones(3)) and guard.counts.consecutive == 0
     weight.grad = torch.tensor([float("inf"), 0.0, 0.0])
     optimizer.step()
     weight.grad = torch.tensor([float("inf"), 0.0, 0.0])
@@ -95,7 +95,7 @@ def test_a_run_with_non_finite_losses_skips_those_steps(teacher_dirs, run_values
 
     def train(self, *args, **kwargs):
         output = original(self, *args, **kwargs)
-        skipped.append(self.nonfinite_guard.skipped)
+        skipped.append(self.nonfinite_guard.counts.skipped)
         return output
 
     monkeypatch.setattr(DistillationTrainer, "train", train)
