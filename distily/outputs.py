@@ -160,9 +160,20 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
         staging.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def directory_size(path: str | os.PathLike, pattern: str = "*.safetensors") -> int:
-    """Bytes of the files matching ``pattern`` directly under ``path``."""
-    return sum(f.stat().st_size for f in Path(path).glob(pattern))
+# A checkpoint's weight files, in the order transformers prefers them: safetensors, else PyTorch's pickles (single or
+# sharded; not a run directory's training_args.bin).
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def directory_size(path: str | os.PathLike, pattern: str | None = None) -> int:
+    """Bytes of the files matching ``pattern`` directly under ``path``; without one, of the checkpoint's weights
+    there: the first of ``WEIGHT_FILES`` that has files, so a checkpoint saved in both formats counts once, as the
+    safetensors transformers loads."""
+    for candidate in [pattern] if pattern else WEIGHT_FILES:
+        files = list(Path(path).glob(candidate))
+        if files:
+            return sum(f.stat().st_size for f in files)
+    return 0
 
 
 def file_sha256(path: str | os.PathLike) -> str:
