@@ -75,12 +75,29 @@ def _turns(value, where: str) -> list[dict]:
     return turns
 
 
-def _conversation(row, index: int, fmt: str, args: DataArguments) -> list[dict]:
-    where = f"dataset {args.dataset_name!r} row {index}"
+@dataclass(frozen=True)
+class ChatColumns:
+    """What reading conversations depends on: the dataset's name (for errors) and its chat columns. Only these go
+    into the read conversations' fingerprint, so settings that leave the rows alone (``max_samples``, caches,
+    workers) do not make a store recorded on them refuse them as other documents."""
+
+    dataset_name: Optional[str]
+    messages: str
+    prompt: str
+    completion: str
+
+    @classmethod
+    def of(cls, args: DataArguments) -> "ChatColumns":
+        return cls(args.dataset_name, args.dataset_messages_column, args.dataset_prompt_column,
+                   args.dataset_completion_column)
+
+
+def _conversation(row, index: int, fmt: str, columns: ChatColumns) -> list[dict]:
+    where = f"dataset {columns.dataset_name!r} row {index}"
     if fmt == MESSAGES_FORMAT:
-        turns = _turns(row[args.dataset_messages_column], where)
+        turns = _turns(row[columns.messages], where)
     else:
-        prompt, completion = row[args.dataset_prompt_column], row[args.dataset_completion_column]
+        prompt, completion = row[columns.prompt], row[columns.completion]
         if isinstance(prompt, str) != isinstance(completion, str):
             raise DistilyConfigError(
                 f"{where} mixes a {type(prompt).__name__} prompt and a {type(completion).__name__} completion; "
@@ -97,9 +114,9 @@ def _conversation(row, index: int, fmt: str, args: DataArguments) -> list[dict]:
     return turns
 
 
-def _normalise_batch(batch, indices, fmt, args):
+def _normalise_batch(batch, indices, fmt: str, columns: ChatColumns):
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-    return {MESSAGES: [_conversation(row, index, fmt, args) for row, index in zip(rows, indices)], ROW: indices}
+    return {MESSAGES: [_conversation(row, index, fmt, columns) for row, index in zip(rows, indices)], ROW: indices}
 
 
 def conversations(documents: datasets.Dataset, fmt: str, args: DataArguments) -> datasets.Dataset:
@@ -109,7 +126,7 @@ def conversations(documents: datasets.Dataset, fmt: str, args: DataArguments) ->
         batched=True,
         with_indices=True,
         remove_columns=documents.column_names,
-        fn_kwargs={"fmt": fmt, "args": args},
+        fn_kwargs={"fmt": fmt, "columns": ChatColumns.of(args)},
         desc="Reading conversations",
     )
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distily.data.arguments import DataArguments
-from distily.data.chat import ChatTemplate, assistant_token_mask, prompt_ids
+from distily.data.chat import MESSAGES_FORMAT, ChatTemplate, assistant_token_mask, conversations, prompt_ids
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, check_document_isolation, model_inputs
 from distily.data.text import build_datasets, collate, load_training_documents
 from distily.errors import DistilyConfigError
@@ -298,3 +298,18 @@ def test_chat_data_refuses_packings_that_mix_or_cut_conversations(tmp_path, pack
     path = write_chat_jsonl(tmp_path / "c.jsonl", make_conversations(8))
     with pytest.raises(DistilyConfigError, match=f"packing='{packing}' would let conversations attend"):
         build_datasets(_args(path, tmp_path, packing=packing), make_chat_tokenizer("chatml"), 256, 0)
+
+
+def test_read_conversations_are_fingerprinted_by_their_rows_and_columns_only(tmp_path):
+    """A store recorded on chat data checks the run's documents by this fingerprint: settings that leave the rows
+    alone must not change it (they made the store refuse the same file as other documents)."""
+    rows = datasets.Dataset.from_list([{"messages": turns} for turns in make_conversations(8)])
+    base = DataArguments(dataset_name="chat.jsonl")
+    fingerprint = conversations(rows, MESSAGES_FORMAT, base)._fingerprint
+    for same in ({"max_samples": 4}, {"tokenization_cache_dir": str(tmp_path)}, {"preprocessing_num_workers": 1}):
+        assert conversations(rows, MESSAGES_FORMAT, DataArguments(dataset_name="chat.jsonl", **same))._fingerprint \
+            == fingerprint, same
+    other = rows.rename_column("messages", "turns")
+    assert conversations(other, MESSAGES_FORMAT, DataArguments(dataset_name="chat.jsonl",
+                                                               dataset_messages_column="turns"))._fingerprint \
+        != fingerprint
