@@ -30,7 +30,7 @@ from distily.metrics import GENERATION, FramingMetrics, RunMetrics, generation_k
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
 from distily.reporting.tables import MIB, flat_lm_eval, markdown_table, run_columns
-from distily.teachers.cross_tokenizer import ALIGNED_CONVERSATIONS
+from distily.teachers.cross_tokenizer import ALIGNED_CONVERSATIONS, ALIGNED_PIECES
 
 FRAMEWORKS = ("transformers", "torch", "datasets", "accelerate", "huggingface_hub", "lm_eval")
 CARD_METRICS = ("perplexity", "bits_per_byte", "kl_to_teacher", "top1_agreement")  # per eval set, in the model index
@@ -125,15 +125,31 @@ def card_data(config: DistillConfig, metrics: RunMetrics, model_name: str) -> Mo
     )
 
 
+FULL_BLOCKS = ("stream", "bos_blocks")  # the packings whose every row is max_seq_length tokens
+
+
+def _text_rows(count: int, packing: str, length: int) -> str:
+    """``count`` rows of text framed by ``packing``, as long as they are: full blocks of ``length`` tokens only for
+    the packings that cut the text into them; the others' rows hold at most ``length`` tokens, often fewer."""
+    if packing in FULL_BLOCKS:
+        return f"{count:,} packed sequences of {length} tokens"
+    if packing == "documents":
+        return (f"{count:,} blocks of at most {length} tokens, each holding whole documents (or pieces of longer ones) "
+                "best-fit and masked apart, so a block may be partly filled")
+    if packing == ALIGNED_PIECES:
+        return f"{count:,} rows of at most {length} tokens by either model's tokenizer, one piece of a document a row"
+    return f"{count:,} rows of at most {length} tokens, one document (or a piece of a longer one) a row"  # padded
+
+
 def _heldout_rows(metrics: RunMetrics) -> str:
-    """What the held-out split is: packed sequences of text, or conversations (one a row, counted on the tokens the
-    losses count)."""
+    """What the held-out split is: rows of text as packed (_text_rows), or conversations (one a row, counted on the
+    tokens the losses count)."""
     if metrics.framing.loss_on:
         counted = "their assistant's tokens" if metrics.framing.loss_on == "assistant" else "all their tokens"
         return (f"{metrics.eval_sequences} conversations of at most {metrics.max_seq_length} tokens set aside before "
                 f"training, on {counted}")
-    return (f"{metrics.eval_sequences} sequences of {metrics.max_seq_length} tokens from documents set aside before "
-            "packing")
+    rows = _text_rows(metrics.eval_sequences, metrics.framing.packing, metrics.max_seq_length)
+    return f"{rows}, from documents set aside before packing"
 
 
 def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]) -> str:
@@ -272,8 +288,9 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
         training_set = (f"- Training set: {metrics.train_sequences:,} rows of conversations rendered with {template}, "
                         f"at most {length} tokens each; the losses count {counted} (`loss_on: {loss_on}`).")
     else:
-        training_set = (f"- Training set: {metrics.train_sequences:,} packed sequences of {length} tokens "
-                        f"({metrics.train_sequences * length:,} tokens).")
+        packing = metrics.framing.packing
+        total = f" ({metrics.train_sequences * length:,} tokens)" if packing in FULL_BLOCKS else ""
+        training_set = f"- Training set: {_text_rows(metrics.train_sequences, packing, length)}{total}."
     lines = [
         "## Training data",
         "",
@@ -282,8 +299,9 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
         _framing_line(metrics.framing),
     ]
     if train.tokens_seen is not None:
-        lines.append(f"- Trained for {train.global_step:,} optimizer steps, about {train.tokens_seen:,} tokens "
-                     f"({train.epoch:.2f} epochs).")
+        padding = " (padding included)" if config.training.include_num_input_tokens_seen == "all" else ""
+        lines.append(f"- Trained for {train.global_step:,} optimizer steps ({train.epoch:.2f} epochs), about "
+                     f"{train.tokens_seen:,} tokens{padding}.")
     return "\n".join(lines)
 
 

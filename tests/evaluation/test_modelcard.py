@@ -3,6 +3,7 @@
 import dataclasses
 import re
 
+import pytest
 import yaml
 from huggingface_hub import ModelCard
 
@@ -101,6 +102,33 @@ def test_a_filtered_metrics_stderr_is_its_plus_minus_not_a_result(tmp_path, run_
     rows = [line for line in card.text.splitlines() if line.startswith("| gsm8k:")]
     assert rows == ["| gsm8k: exact_match_strict-match (n=20) | — | — | 0.2500 ± 0.0500 |",
                     "| gsm8k: exact_match_flexible-extract (n=20) | — | — | 0.3000 ± 0.0600 |"]  # no stderr row
+
+
+@pytest.mark.parametrize("packing, training_set, heldout", [
+    ("stream", "3,200 packed sequences of 128 tokens (409,600 tokens).", "64 packed sequences of 128 tokens, from"),
+    ("bos_blocks", "3,200 packed sequences of 128 tokens (409,600 tokens).", "64 packed sequences of 128 tokens, from"),
+    ("documents", "3,200 blocks of at most 128 tokens, each holding whole documents (or pieces of longer ones) "
+                  "best-fit and masked apart, so a block may be partly filled.", "64 blocks of at most 128 tokens,"),
+    ("padded", "3,200 rows of at most 128 tokens, one document (or a piece of a longer one) a row.",
+     "64 rows of at most 128 tokens, one document (or a piece of a longer one) a row, from"),
+    ("aligned_pieces", "3,200 rows of at most 128 tokens by either model's tokenizer, one piece of a document a row.",
+     "64 rows of at most 128 tokens by either model's tokenizer"),
+])
+def test_the_card_counts_tokens_only_where_every_row_is_full(packing, training_set, heldout, tmp_path, run_metrics):
+    """Only stream and bos_blocks cut the text into full blocks; the other packings' rows are often shorter (padded
+    rows are single documents), so rows times max_seq_length is no token count there."""
+    packed = dataclasses.replace(run_metrics(), framing=FramingMetrics(packing))
+    card, _ = card_for(tmp_path, lambda bitnet: packed)
+    assert f"- Training set: {training_set}\n" in card.text
+    assert f"Measured by Distily on held-out data: {heldout}" in card.text
+    assert ("409,600 tokens)" in card.text) == (packing in ("stream", "bos_blocks"))
+
+
+def test_the_card_says_when_the_tokens_seen_count_padding(tmp_path, run_metrics):
+    counted, _ = card_for(tmp_path, run_metrics)
+    assert "100 optimizer steps (1.00 epochs), about 409,600 tokens.\n" in counted.text  # non_padding, the default
+    padded, _ = card_for(tmp_path, run_metrics, include_num_input_tokens_seen="all")
+    assert "100 optimizer steps (1.00 epochs), about 409,600 tokens (padding included).\n" in padded.text
 
 
 def test_a_dense_students_card_claims_no_relation_to_its_hub_teacher(tmp_path, run_metrics):
