@@ -26,6 +26,7 @@ none of the last ends it at the last answer it keeps, rendered as the conversati
 """
 
 import bisect
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,11 @@ class ChatTemplate:
 
     text: str
     kwargs: dict = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        """The template text's SHA-256 (hex): how a store records the template its rows were rendered with."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
 
 
 def run_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str],

@@ -5,7 +5,6 @@ The sequences are exactly those ``distily distill`` would train and evaluate on 
 store are kept, and the rest are recorded as an uninterrupted run would have.
 """
 
-import hashlib
 import json
 from typing import Optional
 
@@ -15,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 import distily
 from distily.config import RecordConfig
+from distily.data.chat import adopt_chat_template
 from distily.data.store import (
     MANIFEST,
     TEACHER_CONFIG_DIR,
@@ -48,7 +48,7 @@ def recording_settings(config: RecordConfig, teacher: PreTrainedModel, tokenizer
     vocab = output_vocab_size(teacher)
     chat = chat_tokenization(documents, tokenizer, data, max_seq_length)
     chat_settings = {} if chat is None else {  # chat data only: a text store's settings stay as they were
-        "loss_on": chat.loss_on, "chat_template_sha256": hashlib.sha256(chat.template.text.encode()).hexdigest(),
+        "loss_on": chat.loss_on, "chat_template_sha256": chat.template.sha256,
         **({"chat_template_kwargs": chat.template.kwargs} if chat.template.kwargs else {}),
     }
     return {
@@ -164,6 +164,7 @@ def run_recording(
     if writer.finished:
         return json.loads((writer.path / MANIFEST).read_text())
     data = build_datasets(config.data, tokenizer, max_seq_length, config.inference.seed, documents)
+    adopt_chat_template(tokenizer, config.data.chat_template)  # its students are saved with the rows' template
     tokenizer.save_pretrained(writer.path / TOKENIZER_DIR)
     teacher.config.save_pretrained(writer.path / TEACHER_CONFIG_DIR)
     if data.framing.document_masks and record.record_backend == "vllm":

@@ -27,6 +27,7 @@ from distily.data.store import (
     collate_recorded,
     hidden_states_key,
 )
+from distily.data.chat import run_chat_template
 from distily.data.framing import Framing
 from distily.data.text import DistillationData, collate, load_training_documents, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
@@ -83,6 +84,7 @@ class RecordedTeacher(TeacherSource):
             raise self._mismatch("packing", packing, self.settings["packing"])
         if self.settings.get("loss_on", config.data.loss_on) != config.data.loss_on:  # a store of chat data
             raise self._mismatch("loss_on", config.data.loss_on, self.settings["loss_on"])
+        self._check_chat_template(config)
         if config.objective.logits_temperature != self.temperature:
             raise self._mismatch("logits_temperature", config.objective.logits_temperature, self.temperature)
         if documents is not None and documents._fingerprint != self.settings["dataset_fingerprint"]:
@@ -102,6 +104,24 @@ class RecordedTeacher(TeacherSource):
                     f"(fingerprint {fingerprint}) is not the one {self.where} was recorded with "
                     f"({self.settings['tokenizer_fingerprint']}); expected the recorded teacher's tokenizer"
                 )
+
+    def _check_chat_template(self, config: DistillConfig) -> None:
+        """A store of chat data holds rows rendered with one template and its keyword arguments: a run that names
+        another template (or other arguments) would train on the store's rows and save its student with its own."""
+        recorded = self.settings.get("chat_template_sha256")
+        if recorded is None:  # a store of text
+            return
+        if config.data.chat_template is not None:
+            given = run_chat_template(self.tokenizer, config.data.chat_template)
+            if given.sha256 != recorded:
+                raise DistilyConfigError(
+                    f"chat_template={config.data.chat_template[:60]!r} (sha256 {given.sha256[:12]}) is not the "
+                    f"template {self.where} was rendered with (sha256 {recorded[:12]}); expected that template, or "
+                    "no chat_template to take the store's"
+                )
+        stored_kwargs = self.settings.get("chat_template_kwargs", {})
+        if config.data.chat_template_kwargs != stored_kwargs:
+            raise self._mismatch("chat_template_kwargs", config.data.chat_template_kwargs, stored_kwargs)
 
     def student_init_model(self) -> PreTrainedModel:
         """The teacher the student is built from: with its weights when the student copies some (checked to

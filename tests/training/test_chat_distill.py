@@ -65,6 +65,23 @@ def test_a_store_of_chat_data_keeps_the_loss_masks_and_trains_as_the_live_teache
 
 
 
+def test_a_store_of_chat_data_keeps_its_template_for_the_student_and_refuses_another(chat_run, tmp_path):
+    """Rows recorded with a run's own template: the store's tokenizer carries it, so the student is saved with the
+    template its training rows were rendered in; a run naming another template or other arguments is refused."""
+    template = make_chat_tokenizer("chatml").chat_template
+    values = _values(chat_run, tmp_path, chat_template=template, max_steps=1, student_init="random")
+    run_recording(parse_record_config(**values))
+    recorded = {key: value for key, value in values.items() if key != "chat_template"}
+    run_distillation(parse_config(**{**recorded, "teacher_source": "recorded"}))
+    assert AutoTokenizer.from_pretrained(values["output_dir"]).chat_template == template
+    other = make_chat_tokenizer("llama3").chat_template
+    for change, message in (({"chat_template": other}, "is not the template"),
+                            ({"chat_template_kwargs": {"enable_thinking": False}}, "chat_template_kwargs=")):
+        with pytest.raises(DistilyConfigError, match=message):
+            run_distillation(parse_config(**{**recorded, **change, "teacher_source": "recorded",
+                                             "output_dir": str(tmp_path / "refused")}))
+
+
 def test_on_policy_distillation_on_chat_data_learns_from_the_students_completions(chat_run, tmp_path, monkeypatch):
     generated = []  # (prompt lengths, completion lengths) of each on-policy micro-batch
     original = OnPolicyBatches._generated
