@@ -31,6 +31,13 @@ def snapshot(directory: Path) -> dict:
     return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
+def previous_run(out: Path) -> None:
+    """An output_dir a Distily run wrote its student into (it recorded its settings), which nothing may overwrite."""
+    out.mkdir(parents=True)
+    (out / "model.safetensors").write_bytes(b"precious weights")
+    (out / RunDir.SETTINGS).write_text(json.dumps({"settings": {}}))
+
+
 def case_unknown_key(values, tmp_path):
     values["teacher_modle"] = "x"
     return "unknown config key 'teacher_modle'"
@@ -204,6 +211,61 @@ def case_resume_from_a_directory_that_is_no_checkpoint(values, tmp_path):
     return "is not a checkpoint; expected a checkpoint-* directory with trainer_state.json"
 
 
+def _teacher_in_output_dir(values) -> Path:
+    """The teacher's files copied into output_dir, and the run told to read its teacher from there."""
+    out = Path(values["output_dir"])
+    shutil.copytree(values["teacher_model_name_or_path"], out, dirs_exist_ok=True)
+    values["teacher_model_name_or_path"] = str(out)
+    return out
+
+
+def case_output_dir_holds_weights_no_distily_run_wrote(values, tmp_path):
+    (Path(values["output_dir"]) / RunDir.SETTINGS).unlink()
+    return (f"output_dir={values['output_dir']!r} holds model weights (model.safetensors) but no run_settings.json, "
+            "so no Distily run wrote it; expected another output_dir, or --overwrite_output_dir true to replace them")
+
+
+def case_output_dir_is_the_teacher(values, tmp_path):
+    (_teacher_in_output_dir(values) / RunDir.SETTINGS).unlink()  # a model folder, not a run's
+    return "holds model weights (model.safetensors) but no run_settings.json"
+
+
+def case_output_dir_is_the_teacher_with_overwrite(values, tmp_path):
+    out = _teacher_in_output_dir(values)
+    values["overwrite_output_dir"] = True
+    return (f"output_dir={str(out)!r} is teacher_model_name_or_path={str(out)!r}; expected an output_dir that neither "
+            "is nor contains an input of the run")
+
+
+def case_output_dir_contains_the_student_with_overwrite(values, tmp_path):
+    student = Path(values["output_dir"]) / "student"
+    shutil.copytree(values["teacher_model_name_or_path"], student)
+    values.update(student_model_name_or_path=str(student), student_config_overrides=None, overwrite_output_dir=True)
+    return f"output_dir={values['output_dir']!r} contains student_model_name_or_path={str(student)!r}"
+
+
+def _other_runs_checkpoint(tmp_path, step: int) -> str:
+    checkpoint = tmp_path / "other-run" / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return str(checkpoint)
+
+
+def case_resume_from_another_directory_over_an_unfinished_run(values, tmp_path):
+    _checkpoint(values, 2)
+    values["resume_from_checkpoint"] = _other_runs_checkpoint(tmp_path, 1)
+    return (f"resume_from_checkpoint={values['resume_from_checkpoint']!r} is not in output_dir="
+            f"{values['output_dir']!r}, which holds checkpoints of an unfinished run; expected an output_dir without "
+            "checkpoints or a finished run")
+
+
+def case_resume_from_another_directory_over_a_finished_run(values, tmp_path):
+    _checkpoint(values, 4)
+    (Path(values["output_dir"]) / "metrics.json").write_text(json.dumps({"train": {"global_step": 4}}))
+    values.update(resume_from_checkpoint=_other_runs_checkpoint(tmp_path, 6), max_steps=8)  # once accepted
+    return "which holds a finished run; expected an output_dir without checkpoints or a finished run"
+
+
 def _started_with(values, **changes):
     """A checkpoint of a run started with ``values``; the resume is asked with ``changes``."""
     _checkpoint(values, 2)
@@ -222,6 +284,11 @@ def case_resume_with_another_dataset(values, tmp_path):
     was = values["dataset_name"]
     _started_with(values, dataset_name=other)
     return f"continues a run started with dataset_name={was!r}, not {other!r}"
+
+
+def case_resume_with_another_lmbda(values, tmp_path):
+    _started_with(values, lmbda=0.5)
+    return "continues a run started with lmbda=0.0, not 0.5; expected the settings it was started with"
 
 
 def case_resume_with_no_intact_checkpoint(values, tmp_path):
@@ -301,6 +368,13 @@ CASES = [
     case_resume_with_no_intact_checkpoint,
     case_resume_from_a_checkpoint_that_fails_its_checksums,
     case_output_dir_below_a_file,
+    case_output_dir_holds_weights_no_distily_run_wrote,
+    case_output_dir_is_the_teacher,
+    case_output_dir_is_the_teacher_with_overwrite,
+    case_output_dir_contains_the_student_with_overwrite,
+    case_resume_from_another_directory_over_an_unfinished_run,
+    case_resume_from_another_directory_over_a_finished_run,
+    case_resume_with_another_lmbda,
     case_edited_store_manifest,
     case_store_manifest_not_json,
 ]
@@ -310,8 +384,7 @@ CASES = [
 def test_bad_input(case, tmp_path, teacher_dirs, run_values, capsys):
     values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2})
     out = Path(values["output_dir"])
-    out.mkdir(parents=True)
-    (out / "model.safetensors").write_bytes(b"precious weights")
+    previous_run(out)
     expected = case(values, tmp_path)
     before = snapshot(out)
     code = run_cli(tmp_path, values)
@@ -371,8 +444,7 @@ VALUE_CASES = [
 def test_bad_value(changes, expected, tmp_path, teacher_dirs, run_values, capsys):
     values = {**run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}), **changes}
     out = Path(values["output_dir"])
-    out.mkdir(parents=True)
-    (out / "model.safetensors").write_bytes(b"precious weights")
+    previous_run(out)
     before = snapshot(out)
     assert run_cli(tmp_path, values) == 2
     err = capsys.readouterr().err.strip()
@@ -430,8 +502,7 @@ def test_ctrl_c_during_training_is_one_line_with_the_resume_command(tmp_path, te
     values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2},
                         save_strategy="steps", save_steps=2)
     out = Path(values["output_dir"])
-    out.mkdir(parents=True)
-    (out / "model.safetensors").write_bytes(b"precious weights")
+    previous_run(out)
     step = DistillationTrainer.training_step
     calls = []
 

@@ -5,8 +5,11 @@
 - Before a run writes anything, the finished marker of what it replaces is deleted first, so no kill can
   leave a directory that says "finished" beside another run's checkpoints.
 - A lock file (pid and host) admits one writer; a lock left by a dead process on this host is taken over.
-- The settings that shape a run (models, data, objective, optimizer, global batch) are recorded in
-  ``run_settings.json`` when it starts; a resume with other values is refused.
+- output_dir is never one of the run's inputs (a model, tokenizer, config or teacher store) nor a folder holding
+  one, and a folder of model weights that no Distily run wrote is replaced only with ``overwrite_output_dir``.
+- The settings that shape a run (models, data, objective, on-policy sampling, optimizer, global batch) are
+  recorded in ``run_settings.json`` when it starts; a resume with other values is refused. A resume from a
+  checkpoint of another directory goes only into an output_dir without checkpoints or a finished run.
 - ``resume_from_checkpoint=true`` resumes from the newest intact checkpoint (``distily.training.checkpoints``):
   a newer one that is truncated or fails its checksums is passed over with a warning.
 - A full, read-only or unwritable filesystem is one line naming the path; the student is saved aside and
@@ -49,6 +52,7 @@ class RunDir:
     STUDENT_STAGING = ".student-staging"  # the student is saved here, then renamed into output_dir
     STUDENT_WEIGHTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
                        "pytorch_model*.bin")
+    MODEL_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # any model's, whoever saved it
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -118,17 +122,37 @@ class RunDir:
     def student_weights(self) -> list[Path]:
         return [path for pattern in self.STUDENT_WEIGHTS for path in self.path.glob(pattern)]
 
+    def foreign_weights(self) -> list[str]:
+        """The names of model weights here when no Distily run wrote this directory (no run_settings.json): a
+        model saved by someone else, which the student would replace."""
+        if self.settings.exists():
+            return []
+        return sorted({path.name for pattern in self.MODEL_WEIGHTS for path in self.path.glob(pattern)})
+
+    def holds_own(self, checkpoint: str) -> bool:
+        """Whether ``checkpoint`` is one of this directory's checkpoints."""
+        return Path(checkpoint).resolve().parent == self.path.resolve()
+
 
 # Settings a resumed run must share with the run that wrote its checkpoint: what it trains on, the models, the
-# objective and the optimizer. Anything else (max_steps, logging, evaluation, checkpoints, precision, workers)
-# may change.
+# objective, on-policy sampling and the optimizer. Anything else (max_steps, logging, evaluation, checkpoints,
+# precision, workers, back ends) may change.
 DATA_KEYS = ("dataset_name", "dataset_config_name", "dataset_split", "dataset_text_column", "dataset_messages_column",
-             "dataset_prompt_column", "dataset_completion_column", "chat_template", "chat_template_kwargs", "loss_on",
-             "max_seq_length", "packing", "text_document_delimiter", "max_samples", "eval_fraction")
+             "dataset_prompt_column", "dataset_completion_column", "chat_template", "student_chat_template",
+             "chat_template_kwargs", "loss_on", "max_seq_length", "packing", "text_document_delimiter", "max_samples",
+             "eval_fraction")
 RECORD_KEYS = ("teacher_source", "teacher_store")
 TRAINING_KEYS = ("seed", "data_seed", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
                  "weight_decay", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-                 "bitnet_schedule", "bitnet_stage_boundary")
+                 "bitnet_schedule", "bitnet_stage_boundary",
+                 # on-policy: how often the student's own completions replace a batch, and how they are sampled
+                 # (on_policy_backend may change: hf and vllm sample the same distribution)
+                 "lmbda", "on_policy_temperature", "on_policy_top_p", "on_policy_max_new_tokens")
+# The run's inputs that are local files or directories when they exist (else Hub ids): output_dir is none of them
+# and holds none of them, since the student, checkpoints and logs written there (and an overwrite or the
+# checkpoint rotation removing them) would replace them. An output_dir inside one of them only adds a folder there.
+INPUT_KEYS = ("teacher_model_name_or_path", "student_model_name_or_path", "student_tokenizer_name_or_path",
+              "student_config_name_or_path", "teacher_store")
 GLOBAL_BATCH = "global_train_batch_size"  # per-device batch x accumulation x processes: these may be traded
 RESUMABLE_CHANGES = "max_steps, logging, evaluation and checkpoint settings may change"
 
@@ -157,6 +181,22 @@ def check_output_dir_path(output_dir: str) -> None:
         raise DistilyConfigError(
             f"output_dir={output_dir!r} is an existing file; expected a directory (new, or of a previous run)"
         )
+
+
+def check_inputs_outside(output_dir: str, settings: dict) -> None:
+    """output_dir is not, and does not hold, a local model, tokenizer, config or teacher store the run reads."""
+    out = Path(output_dir).expanduser().resolve()
+    for key in INPUT_KEYS:
+        value = settings.get(key)
+        if value is None or not os.path.exists(os.path.expanduser(value)):  # unset, or a Hub id
+            continue
+        path = Path(value).expanduser().resolve()
+        if path == out or out in path.parents:
+            relation = "is" if path == out else "contains"
+            raise DistilyConfigError(
+                f"output_dir={output_dir!r} {relation} {key}={value!r}; expected an output_dir that neither is nor "
+                "contains an input of the run (the student, checkpoints and logs written there would replace it)"
+            )
 
 
 def _alive(pid: int) -> bool:
@@ -295,14 +335,41 @@ def _checkpoint_step(checkpoint: str) -> int:
     return json.loads(Path(checkpoint, TRAINER_STATE_FILE).read_text())["global_step"]
 
 
+def _check_weights_are_distilys(run: RunDir) -> None:
+    """Refuse a directory of model weights that no Distily run wrote (a model saved there, a teacher)."""
+    weights = run.foreign_weights()
+    if weights:
+        raise DistilyConfigError(
+            f"output_dir={str(run.path)!r} holds model weights ({', '.join(weights)}) but no {RunDir.SETTINGS}, so "
+            "no Distily run wrote it; expected another output_dir, or --overwrite_output_dir true to replace them"
+        )
+
+
+def _check_foreign_resume(run: RunDir, resume: Optional[str]) -> None:
+    """A resume from another directory's checkpoint goes into an output_dir without checkpoints or a finished run:
+    the Trainer would rotate that run's checkpoints away, and its files would be taken for this run's."""
+    if resume is None or run.holds_own(resume) or not (run.is_finished() or run.last_checkpoint()):
+        return
+    held = "a finished run" if run.is_finished() else "checkpoints of an unfinished run"
+    raise DistilyConfigError(
+        f"resume_from_checkpoint={resume!r} is not in output_dir={str(run.path)!r}, which holds {held}; expected "
+        "an output_dir without checkpoints or a finished run, or --resume_from_checkpoint true to continue the run "
+        "in it"
+    )
+
+
 def check_output_dir(training, resume: Optional[str]) -> None:
-    """Refuse to train again over a finished run, or to start over an unfinished one, unless told to; a
-    finished run is resumed only to train it longer, from a checkpoint at its last step."""
+    """Refuse to train again over a finished run, to start over an unfinished one, or to write into model
+    weights no Distily run wrote, unless told to; a finished run is resumed only to train it longer, from a
+    checkpoint at its last step; a checkpoint of another directory is resumed only into an output_dir without
+    checkpoints or a finished run."""
     run = RunDir(training.output_dir)
     output_dir = run.path
     check_output_dir_path(str(output_dir))
     if training.overwrite_output_dir or not output_dir.is_dir():
         return
+    _check_weights_are_distilys(run)
+    _check_foreign_resume(run, resume)
     if run.is_finished():
         finished = run.finished_step()
         steps = f" of {finished} steps" if finished is not None else ""
@@ -367,10 +434,12 @@ def _remove(paths: list[Path], trash: Path) -> None:
 
 
 def prepare_output_dir(training, resume: Optional[str], settings: dict) -> None:
-    """Just before the run writes: delete the finished marker of what it replaces first (an overwritten run, or
-    a finished run trained longer), then an overwritten run's checkpoints and student weights, so that no kill
-    leaves another run's files that a plain start, a resume or an export would take for this one's; record
-    ``settings`` (a resumed run keeps those it was started with)."""
+    """Just before the run writes: refuse an output_dir that is or holds one of the run's inputs (on every
+    process); delete the finished marker of what it replaces first (an overwritten run, or a finished run
+    trained longer), then an overwritten run's checkpoints and student weights, so that no kill leaves another
+    run's files that a plain start, a resume or an export would take for this one's; record ``settings`` (a run
+    resumed from its own checkpoint keeps those it was started with)."""
+    check_inputs_outside(training.output_dir, settings)
     if not training.should_save:
         return
     run = RunDir(training.output_dir)
@@ -378,7 +447,7 @@ def prepare_output_dir(training, resume: Optional[str], settings: dict) -> None:
     if training.overwrite_output_dir and run.path.is_dir():
         previous = [run.checkpoint_staging, run.student_staging, *run.path.glob(f"{PREFIX_CHECKPOINT_DIR}-*")]
         _remove(previous + run.student_weights(), run.replaced)
-    if resume is None or not run.settings.exists():
+    if resume is None or not run.holds_own(resume) or not run.settings.exists():
         run.record_settings(settings)
 
 
@@ -408,16 +477,16 @@ def save_student(trainer, output_dir: str) -> None:
 
 
 def _resume_command(command: str, overwrite: bool) -> str:
-    """``command`` with ``--resume_from_checkpoint true`` instead of any resume or overwrite flag."""
+    """``command`` with ``--resume_from_checkpoint true`` instead of any resume or overwrite flag, with its value
+    (a bare ``--overwrite_output_dir``, which the parser reads as true, has none: the next flag is kept)."""
     words, kept = shlex.split(command), []
     skip = False
-    for word in words:
+    for word, following in zip(words, [*words[1:], None]):
         if skip:
             skip = False
             continue
-        name = word.split("=")[0]
-        if name in ("--resume_from_checkpoint", "--overwrite_output_dir"):
-            skip = "=" not in word
+        if word.split("=")[0] in ("--resume_from_checkpoint", "--overwrite_output_dir"):
+            skip = "=" not in word and following is not None and not following.startswith("--")
             continue
         kept.append(word)
     kept += ["--overwrite_output_dir", "false"] if overwrite else []  # set in the config file

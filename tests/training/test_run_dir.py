@@ -2,11 +2,13 @@
 "finished", one writer at a time, resumes with the settings the run started with, Ctrl-C's way back."""
 
 import json
+import re
 import shlex
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -153,3 +155,87 @@ def test_ctrl_c_prints_the_resume_command_and_it_finishes_the_run(teacher_dirs, 
     assert main(shlex.split(command)[1:]) == 0
     assert json.loads((out / RunDir.METRICS).read_text())["train"]["global_step"] == 6
     assert json.loads((out / RunDir.SETTINGS).read_text())["settings"]["max_seq_length"] == 32
+
+
+@pytest.mark.parametrize(
+    "flags, kept",
+    [
+        ("--overwrite_output_dir --max_steps 10", "--max_steps 10"),  # a bare flag, then another flag
+        ("--overwrite_output_dir --max_steps=10", "--max_steps=10"),  # then a key=value
+        ("--max_steps 10 --overwrite_output_dir", "--max_steps 10"),  # last
+        ("--overwrite_output_dir true --max_steps 10", "--max_steps 10"),
+        ("--overwrite_output_dir=true --resume_from_checkpoint false --max_steps 10", "--max_steps 10"),
+    ],
+)
+def test_the_resume_command_drops_the_overwrite_flag_and_its_value_only(flags, kept, teacher_dirs, tmp_path):
+    command = run_dir._resume_command(f"distily distill config.yaml {flags}", overwrite=True)
+    assert command == f"distily distill config.yaml {kept} --overwrite_output_dir false --resume_from_checkpoint true"
+    config = parse_config(argv=[*shlex.split(command)[3:], "--teacher_model_name_or_path", teacher_dirs["llama"],
+                                "--dataset_name", "data.jsonl", "--output_dir", str(tmp_path / "run")])
+    assert config.training.max_steps == 10 and config.training.resume_from_checkpoint == "true"
+    assert not config.training.overwrite_output_dir
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("lmbda", 0.5), ("on_policy_temperature", 0.5), ("on_policy_top_p", 0.9), ("on_policy_max_new_tokens", 16),
+     ("student_chat_template", "{{ messages }}")],
+)
+def test_a_resume_that_changes_on_policy_sampling_or_the_student_chat_template_is_refused(key, value, teacher_dirs,
+                                                                                        run_values):
+    values = run_values(teacher_dirs["llama"])
+    checkpoint = Path(values["output_dir"]) / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    same = parse_config(**values)
+    RunDir(values["output_dir"]).record_settings(run_dir.run_settings(same))
+    run_dir.check_resume(same.training, str(checkpoint), run_dir.run_settings(same))  # unchanged: accepted
+
+    changed = parse_config(**values, **{key: value})
+    was = run_dir.run_settings(same)[key]
+    refusal = re.escape(f"continues a run started with {key}={was!r}, not {value!r}")
+    with pytest.raises(DistilyConfigError, match=refusal):
+        run_dir.check_resume(changed.training, str(checkpoint), run_dir.run_settings(changed))
+
+
+@pytest.mark.parametrize(
+    "key, path, refused",
+    [
+        ("teacher_model_name_or_path", "models/out", "is"),
+        ("student_model_name_or_path", "models/out/student", "contains"),
+        ("student_tokenizer_name_or_path", "models/out/tokenizer", "contains"),
+        ("student_config_name_or_path", "models/out/config.json", "contains"),
+        ("teacher_store", "models/out/store", "contains"),
+        ("teacher_model_name_or_path", "models/teacher", None),  # beside output_dir
+        ("teacher_model_name_or_path", "models", None),  # output_dir inside it only adds a folder there
+        ("teacher_model_name_or_path", "org/model", None),  # no such local path: a Hub id
+    ],
+)
+def test_output_dir_neither_is_nor_contains_an_input_of_the_run(key, path, refused, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for directory in ("models/out/student", "models/out/tokenizer", "models/out/store", "models/teacher"):
+        Path(directory).mkdir(parents=True)
+    Path("models/out/config.json").write_text("{}")
+    if refused is None:
+        run_dir.check_inputs_outside("models/out", {key: path})
+        return
+    with pytest.raises(DistilyConfigError) as error:
+        run_dir.check_inputs_outside("models/out", {key: path})
+    assert str(error.value).startswith(f"output_dir='models/out' {refused} {key}={path!r}; expected an output_dir")
+
+
+def test_a_resume_from_another_directory_records_the_settings_of_the_run_that_runs(tmp_path):
+    """An output_dir without checkpoints keeps the run_settings.json of a run killed before its first checkpoint:
+    resumed into from elsewhere, it records the resumed run's; resumed from its own checkpoint, it keeps its own."""
+    out, other = tmp_path / "run", tmp_path / "other" / "checkpoint-2"
+    other.mkdir(parents=True)
+    out.mkdir()
+    run = RunDir(out)
+    run.record_settings({"seed": 7})
+    training = SimpleNamespace(output_dir=str(out), should_save=True, overwrite_output_dir=False)
+    run_dir.prepare_output_dir(training, str(other), {"seed": 1})
+    assert run.recorded_settings() == {"seed": 1}
+
+    (out / "checkpoint-2").mkdir()
+    run_dir.prepare_output_dir(training, str(out / "checkpoint-2"), {"seed": 3})
+    assert run.recorded_settings() == {"seed": 1}
