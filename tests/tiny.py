@@ -234,6 +234,26 @@ def make_chat_tokenizer(style: str, with_template: bool = True,
     return tokenizer
 
 
+INSTRUCT_END_OF_TEXT = {"chatml": "<|endoftext|>", "llama3": "<|end_of_text|>"}  # their base models' end of text
+
+
+def make_instruct_tokenizer(style: str) -> PreTrainedTokenizerFast:
+    """An instruct tokenizer's habits: ``eos_token`` is the chat end-of-turn token, so that generation stops at a
+    turn's end, while the end-of-text token the base model was pretrained with stays in the vocabulary: ChatML
+    (Qwen2.5-Instruct, Qwen3) ``<|im_end|>``, with ``<|endoftext|>`` as padding token; Llama-3.x-Instruct
+    ``<|eot_id|>``, with ``<|end_of_text|>`` and ``<|begin_of_text|>`` before every text."""
+    tokenizer = make_chat_tokenizer(style, eos_token=INSTRUCT_END_OF_TEXT[style])
+    tokenizer.eos_token = CHAT_STYLES[style][2]
+    if style == "chatml":
+        tokenizer.pad_token = INSTRUCT_END_OF_TEXT[style]
+    if style in BOS_TOKENS:
+        bos = BOS_TOKENS[style]
+        tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"{bos} $A", special_tokens=[(bos, tokenizer.convert_tokens_to_ids(bos))]
+        )
+    return tokenizer
+
+
 def make_sentencepiece_chat_tokenizer(style: str) -> PreTrainedTokenizerFast:
     """``make_sentencepiece_tokenizer`` with a family's special tokens and template: a student's tokenizer for
     cross-tokenizer chat data (other pieces, other byte conventions, another template than the teacher's)."""

@@ -10,8 +10,10 @@ with student position ``i``, -1 inside a chunk.
 
 Framing per model: a tokenizer that starts texts with BOS gets its BOS at every row's start (a 0-width token at the
 row's first character, so two BOS align); one whose framing is ``stream`` (EOS-separated families) gets EOS after a
-document's last piece (a 0-width token one past the text's end, so two EOS align). Rows are document pieces, each
-within ``max_seq_length`` tokens on both sides, cut at aligned characters; they are padded, never packed together.
+document's last piece (a 0-width token one past the text's end, so two EOS align), the end-of-text token ``stream``
+packing separates documents with (``document_separator_id``: not an instruct tokenizer's end-of-turn EOS). Rows are
+document pieces, each within ``max_seq_length`` tokens on both sides, cut at aligned characters; they are padded,
+never packed together.
 
 Text a tokenizer's offsets do not cover (a normaliser that drops characters) has no token closing in it: it stays
 inside a larger chunk, whose positions get no teacher loss (documented fallback, docs/cross_tokenizer.md).
@@ -25,7 +27,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
-from distily.data.framing import INPUT_IDS, LOSS_MASK, resolve_packing, tokenizer_adds_bos
+from distily.data.framing import INPUT_IDS, LOSS_MASK, document_separator_id, resolve_packing, tokenizer_adds_bos
 from distily.data.text import (
     DistillationData, cached_dataset, collate, default_cache_dir, sampled_rows, tokenizer_fingerprint,
 )
@@ -75,13 +77,14 @@ def align(student_ends: list[float], teacher_ends: list[float]) -> list[int]:
 
 
 class ModelFraming:
-    """One model's framing of a document piece: BOS first when its tokenizer adds one, EOS after a document's
-    last piece when its packing is ``stream``; ``budget`` tokens of text fit in a row."""
+    """One model's framing of a document piece: BOS first when its tokenizer adds one, EOS (the end-of-text token
+    ``stream`` separates documents with, ``document_separator_id``) after a document's last piece when its packing
+    is ``stream``; ``budget`` tokens of text fit in a row."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, packing: str, max_seq_length: int):
         self.bos = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else None
         stream = resolve_packing(packing, tokenizer, pretokenized=False) == "stream"
-        self.eos = tokenizer.eos_token_id if stream else None
+        self.eos = document_separator_id(tokenizer) if stream else None
         self.budget = max_seq_length - (self.bos is not None) - (self.eos is not None)
         if self.budget < 1:
             raise DistilyConfigError(f"max_seq_length={max_seq_length} leaves no room for text beside BOS/EOS")

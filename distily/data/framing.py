@@ -4,7 +4,9 @@ Four packings (``DataArguments.packing``):
 
 - ``stream``: documents, each followed by the end-of-text token (unless the tokenizer already ends them
   with it), concatenated and cut into full ``max_seq_length`` blocks; attention runs across documents.
-  This is how GPT-2 (WebText) and other EOS-separated families were trained.
+  This is how GPT-2 (WebText) and other EOS-separated families were trained. The end-of-text token is
+  ``eos_token``, except where an instruct tokenizer made its chat end-of-turn token the EOS
+  (``document_separator_id``).
 - ``bos_blocks``: documents as the tokenizer frames them (Llama, Mistral, Gemma: BOS first), concatenated
   and cut into full blocks; a block that opens in the middle of a document opens with BOS, as every
   pretraining context of these families did. Documents sharing a block never attend to each other and
@@ -49,6 +51,29 @@ def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bos is not None and bool(ids) and ids[0] == bos
 
 
+# EOS tokens that end a chat turn, not a document: Qwen2.5-Instruct, Qwen3, SmolLM2-Instruct and Phi-4 (ChatML's
+# <|im_end|>), Llama-3.x-Instruct (<|eot_id|>), Phi-3 revisions (<|end|>), Gemma (<end_of_turn>)
+END_OF_TURN_TOKENS = frozenset({"<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"})
+# the end-of-document tokens those families were pretrained with, kept in their instruct vocabularies: Qwen, GPT-2,
+# Phi and SmolLM (<|endoftext|>), Llama 3 (<|end_of_text|>), Gemma (<eos>)
+END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "<eos>")
+
+
+def document_separator_id(tokenizer: PreTrainedTokenizerBase) -> Optional[int]:
+    """The token that ends a document in a stream of documents: the end-of-text token the model was pretrained
+    with. That is ``eos_token``, except for an instruct tokenizer whose ``eos_token`` is its chat end-of-turn token
+    (``END_OF_TURN_TOKENS``: Qwen2.5-Instruct and Qwen3 set ``<|im_end|>``, Llama-3.x-Instruct ``<|eot_id|>``, so
+    that generation stops at a turn's end): there, its vocabulary's end-of-text token (``END_OF_TEXT_TOKENS``:
+    ``<|endoftext|>``, ``<|end_of_text|>``, ``<eos>``), since ``doc1<|im_end|>doc2`` is no text such a model was
+    pretrained on. Without one in the vocabulary, ``eos_token`` stays (None without an EOS)."""
+    if tokenizer.eos_token in END_OF_TURN_TOKENS:
+        vocabulary = tokenizer.get_vocab()
+        end_of_text = next((token for token in END_OF_TEXT_TOKENS if token in vocabulary), None)
+        if end_of_text is not None:
+            return vocabulary[end_of_text]
+    return tokenizer.eos_token_id
+
+
 def resolve_packing(packing: str, tokenizer: PreTrainedTokenizerBase, pretokenized: bool) -> str:
     """The packing ``auto`` stands for with this tokenizer and data; any other value as given."""
     if packing not in PACKINGS:
@@ -65,13 +90,13 @@ class Framing:
     packing: str  # stream | bos_blocks | documents
     max_seq_length: int
     bos_token_id: Optional[int] = None  # a continuation of a document that starts with it starts with it too
-    eos_token_id: Optional[int] = None  # the separator of ``stream``
+    eos_token_id: Optional[int] = None  # the separator of ``stream``: the end-of-text token (document_separator_id)
 
     @classmethod
     def for_tokenizer(cls, packing: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int, pretokenized: bool):
         return cls(
             resolve_packing(packing, tokenizer, pretokenized), max_seq_length, tokenizer.bos_token_id,
-            tokenizer.eos_token_id,
+            document_separator_id(tokenizer),
         )
 
     @property

@@ -32,16 +32,20 @@ FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": 
 # text_document_delimiter's named values; anything else is a regular expression that starts a document
 BLANK_LINE, LINE, FILE = "blank_line", "line", "file"
 BLANK_LINES = re.compile(r"\r?\n(?:[ \t]*\r?\n)+")  # one or more blank (or whitespace-only) lines
+LINE_BREAK = re.compile(r"\r?\n")  # a record's end in a ``line`` file: not str.splitlines' \x0c, \x85, \u2028...
+BOM = "\ufeff"  # what a UTF-8 file may open with (Windows editors write it): no text of its first document
 
 
 def split_text(text: str, delimiter: str) -> list[str]:
     """A text file's documents, line breaks kept inside each: split at blank lines (``blank_line``), one per
     line (``line``), the whole file (``file``), or before each match of a regular expression (multi-line
-    mode, e.g. WikiText's article headings ``^ = [^=]``)."""
+    mode, e.g. WikiText's article headings ``^ = [^=]``). A line ends at ``\n`` or ``\r\n`` only: a form feed or a
+    Unicode line separator inside a record stays in it."""
     if delimiter == FILE:
         return [text]
     if delimiter == LINE:
-        return text.splitlines()
+        lines = LINE_BREAK.split(text)
+        return lines[:-1] if lines[-1] == "" else lines  # the file's final line break ends a line, opens none
     if delimiter == BLANK_LINE:
         return BLANK_LINES.split(text)
     try:
@@ -56,9 +60,11 @@ def split_text(text: str, delimiter: str) -> list[str]:
 
 
 def _read_text(path: str) -> str:
+    """A UTF-8 file's text, without the byte-order mark it may open with (decoded whole as UTF-8 first, so a bad
+    byte's offset counts from the file's start)."""
     data = Path(path).read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix(BOM)
     except UnicodeDecodeError as err:
         raise DistilyConfigError(f"{path!r} is not UTF-8 at byte {err.start}; expected UTF-8 text")
 
@@ -69,9 +75,19 @@ def load_text_files(files: list[str], delimiter: str) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"text": documents})
 
 
+def is_hidden(file: Path, root: Path) -> bool:
+    """Whether ``file`` is hidden under the dataset folder ``root``: a part of its path there starts with ``.`` or
+    ``__`` (``.ipynb_checkpoints/`` copies, macOS ``._x.jsonl`` resource forks, ``__pycache__/``), the files
+    ``datasets.load_dataset(folder)`` skips too; read, they would duplicate documents across train and eval."""
+    return any(part.startswith((".", "__")) for part in file.relative_to(root).parts)
+
+
 def _local_files(path: Path) -> dict[str, list[str]]:
-    """Data files under a local path, grouped by the ``datasets`` builder that reads them."""
-    candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    """Data files under a local path (hidden ones skipped), grouped by the ``datasets`` builder that reads them."""
+    if path.is_dir():
+        candidates = sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p, path))
+    else:
+        candidates = [path]
     groups: dict[str, list[str]] = {}
     for candidate in candidates:
         builder = FILE_BUILDERS.get(candidate.suffix.lower())
@@ -79,7 +95,8 @@ def _local_files(path: Path) -> dict[str, list[str]]:
             groups.setdefault(builder, []).append(str(candidate))
     if not groups:
         raise DistilyConfigError(
-            f"dataset_name={str(path)!r} holds no data files; expected {', '.join(FILE_BUILDERS)} files"
+            f"dataset_name={str(path)!r} holds no data files; expected {', '.join(FILE_BUILDERS)} files (hidden "
+            "ones, under a name starting with . or __, are skipped)"
         )
     if len(groups) > 1:
         raise DistilyConfigError(
@@ -345,15 +362,20 @@ def load_training_documents(args: DataArguments) -> datasets.Dataset:
     return documents
 
 
+def _at_most(rows: datasets.Dataset, limit: Optional[int]) -> datasets.Dataset:
+    """The first ``limit`` rows (all of them without a limit)."""
+    return rows if limit is None else rows.select(range(min(limit, len(rows))))
+
+
 def sampled_rows(rows: dict[str, datasets.Dataset], args: DataArguments, seed: int):
-    """The ``train`` rows shuffled with ``seed`` and cut to ``max_samples``, the ``eval`` rows cut to
-    ``max_eval_samples``, both as torch tensors."""
-    train = rows["train"].shuffle(seed=seed)
-    if args.max_samples is not None:
-        train = train.select(range(min(args.max_samples, len(train))))
+    """The ``train`` rows shuffled with ``seed`` and cut to ``max_samples``, the ``eval`` rows a random sample of
+    ``max_eval_samples`` drawn with ``seed`` (all of them, in order, without a limit), both as torch tensors. The
+    eval rows are sampled, not cut, because packing orders them: best-fit places the longest documents first, so
+    the first blocks would hold mostly the longest documents."""
+    train = _at_most(rows["train"].shuffle(seed=seed), args.max_samples)
     evaluation = rows["eval"]
-    if args.max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    if args.max_eval_samples is not None and args.max_eval_samples < len(evaluation):
+        evaluation = _at_most(evaluation.shuffle(seed=seed), args.max_eval_samples)
     return train.with_format("torch"), evaluation.with_format("torch")
 
 

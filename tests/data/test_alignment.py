@@ -10,7 +10,7 @@ from distily.data.alignment import (
 from distily.data.framing import INPUT_IDS
 from distily.data.vocabulary import map_vocabularies, token_bytes
 from distily.errors import DistilyConfigError
-from tests.tiny import make_sentencepiece_tokenizer, make_tokenizer
+from tests.tiny import make_instruct_tokenizer, make_sentencepiece_tokenizer, make_tokenizer
 
 
 def test_one_to_one_merges_and_splits():
@@ -76,6 +76,21 @@ def test_rows_are_framed_per_model_and_cut_at_aligned_characters(tokenizers):
         assert (row[INPUT_IDS][-1] == byte_level.eos_token_id) == last
         decoded_student += byte_level.decode(row[INPUT_IDS], skip_special_tokens=True)
     assert decoded_student == text  # every character in exactly one row
+
+
+def test_an_instruct_teachers_rows_end_with_its_end_of_text_token(tokenizers):
+    """A Qwen-instruct-like teacher (EOS <|im_end|>, the end of a chat turn) ends a document's last row with
+    <|endoftext|>, as its stream blocks do; it aligns with the student's EOS (two document ends)."""
+    byte_level, _ = tokenizers
+    teacher = make_instruct_tokenizer("chatml")
+    end_of_text = teacher.convert_tokens_to_ids("<|endoftext|>")
+    rows = align_document(TEXT, [x[0] for x in token_ends(byte_level, [TEXT])],
+                          [x[0] for x in token_ends(teacher, [TEXT])], ModelFraming(byte_level, "auto", 24),
+                          ModelFraming(teacher, "auto", 24))
+    assert [row[TEACHER_INPUT_IDS][-1] == end_of_text for row in rows] == [False] * (len(rows) - 1) + [True]
+    assert not any(teacher.eos_token_id in row[TEACHER_INPUT_IDS] for row in rows)
+    assert rows[-1][INPUT_IDS][-1] == byte_level.eos_token_id
+    assert rows[-1][ALIGNED][-1] == len(rows[-1][TEACHER_INPUT_IDS]) - 1
 
 
 def test_collate_pads_both_sides_and_the_alignment():

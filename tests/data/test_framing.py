@@ -10,8 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from distily.data.arguments import DataArguments
-from distily.data.framing import Framing, check_causality, check_document_isolation, model_inputs, resolve_packing
-from distily.data.text import build_datasets, collate, split_text
+from distily.data.alignment import ModelFraming
+from distily.data.framing import (
+    Framing, check_causality, check_document_isolation, document_separator_id, model_inputs, resolve_packing,
+)
+from distily.data.text import build_datasets, collate, load_documents, split_text
 from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator
@@ -19,8 +22,12 @@ from distily.recording.arguments import GenerateArguments
 from distily.recording.generate import sample_sequences, write_samples
 from tiny import (
     ARCHITECTURES,
+    CHAT_STYLES,
+    INSTRUCT_END_OF_TEXT,
     make_bos_tokenizer,
+    make_chat_tokenizer,
     make_documents,
+    make_instruct_tokenizer,
     make_tokenizer,
     save_tiny_masked_lm,
     tiny_config,
@@ -117,6 +124,42 @@ def test_no_token_attends_across_a_document_boundary(arch, packing):
     assert (batch["labels"][0, 10] == -100).item()  # B's first token is no target of A's last
 
 
+@pytest.mark.parametrize("style", ["chatml", "llama3"])
+def test_an_instruct_tokenizer_separates_documents_with_its_end_of_text_token(style, tmp_path):
+    """Qwen2.5-Instruct and Qwen3 (ChatML) set eos_token to <|im_end|>, Llama-3.x-Instruct to <|eot_id|>: chat
+    end-of-turn tokens. Their base models were pretrained on documents ended by <|endoftext|> / <|end_of_text|>,
+    which ``stream`` puts between documents, in the blocks and in the cross-tokenizer rows alike."""
+    tokenizer = make_instruct_tokenizer(style)
+    end_of_text, end_of_turn = INSTRUCT_END_OF_TEXT[style], CHAT_STYLES[style][2]
+    separator = tokenizer.convert_tokens_to_ids(end_of_text)
+    assert tokenizer.eos_token == end_of_turn and document_separator_id(tokenizer) == separator
+    first, second = tokenizer(["the cat sees a book.", "a dog reads the tree."])["input_ids"]
+    length = len(first) + 1 + len(second)
+    packed = Framing.for_tokenizer("stream", tokenizer, length, pretokenized=False).pack([first, second, first])
+    assert packed["input_ids"][0] == first + [separator] + second  # doc1<|endoftext|>doc2, not doc1<|im_end|>doc2
+    path = write_jsonl(tmp_path / "d.jsonl", make_documents(40, seed=3))
+    data = build_datasets(data_args(path, tmp_path, packing="stream"), tokenizer, 32, seed=0)
+    blocks = [ids.tolist() for split in (data.train, data.eval) for ids in split["input_ids"]]
+    assert data.framing.eos_token_id == separator and sum(ids.count(separator) for ids in blocks) > 10
+    assert not any(tokenizer.eos_token_id in ids for ids in blocks)
+    assert ModelFraming(tokenizer, "stream", 32).eos == separator  # the teacher's cross-tokenizer rows end alike
+
+
+def test_base_tokenizers_keep_eos_as_the_document_separator():
+    """The separator is eos_token wherever eos_token is no chat end-of-turn token (GPT-2, Qwen and Llama 3 base,
+    Phi-3's <|endoftext|>), or where the vocabulary holds no end-of-text token to use instead."""
+    base = make_tokenizer("<|endoftext|>")
+    assert document_separator_id(base) == base.eos_token_id
+    phi3 = make_chat_tokenizer("phi3", eos_token="<|endoftext|>")  # <|end|> ends a turn, <|endoftext|> is EOS
+    assert document_separator_id(phi3) == phi3.eos_token_id == phi3.convert_tokens_to_ids("<|endoftext|>")
+    gemma = make_chat_tokenizer("gemma")  # a Gemma whose EOS were its end-of-turn token: <eos> ends documents
+    gemma.eos_token = "<end_of_turn>"
+    assert document_separator_id(gemma) == gemma.convert_tokens_to_ids("<eos>")
+    bare = make_chat_tokenizer("chatml", eos_token="</s>")
+    bare.eos_token = "<|im_end|>"
+    assert document_separator_id(bare) == bare.eos_token_id  # nothing better in the vocabulary
+
+
 def test_stream_blocks_do_attend_across_documents():
     """The contrast: GPT-2's layout keeps one context over documents, so the isolation test above can fail."""
     torch.manual_seed(0)
@@ -174,6 +217,27 @@ def test_a_model_that_sees_later_tokens_is_refused_and_causal_ones_pass(tmp_path
 ])
 def test_text_files_split_into_documents_with_line_breaks_kept(delimiter, expected):
     assert split_text("a b\nc\n\nd\ne f\n \t\n\ng\n", delimiter) == expected
+
+
+def test_a_line_ends_at_a_line_feed_only():
+    """``line`` records end at \\n or \\r\\n: a form feed, a Unicode line or paragraph separator, a NEL or a lone
+    \\r inside a record (which str.splitlines cuts at) stays in it."""
+    text = "one\x0cpage\r\ntwo\u2028line\u2029para\nthree\x85nel\x1cfs\rcr\n\nfour"
+    assert split_text(text, "line") == ["one\x0cpage", "two\u2028line\u2029para", "three\x85nel\x1cfs\rcr", "", "four"]
+    assert split_text("", "line") == [] and split_text("a\n", "line") == ["a"]
+    assert split_text("a\n\n", "line") == ["a", ""]
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    """A UTF-8 file may open with a byte-order mark (Windows editors write one): no character of its first
+    document; a bad byte after it is still counted from the file's start."""
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeffFirst paragraph.\n\nSecond paragraph.\n".encode("utf-8"))
+    assert list(load_documents(DataArguments(dataset_name=str(path)))["text"]) == ["First paragraph.",
+                                                                                    "Second paragraph.\n"]
+    path.write_bytes(b"\xef\xbb\xbfgood text\n\n\xff bad")
+    with pytest.raises(DistilyConfigError, match=r"is not UTF-8 at byte 14; expected UTF-8 text"):
+        load_documents(DataArguments(dataset_name=str(path)))
 
 
 def test_a_txt_files_line_breaks_reach_the_tokenizer(tmp_path, bos_tokenizer):

@@ -1,10 +1,13 @@
+import random
+import statistics
+
 import datasets
 import pytest
 
 import distily.data.text as text_module
 from distily.data.arguments import DataArguments
 from distily.data.framing import Framing
-from distily.data.text import build_datasets, collate, tokenizer_fingerprint
+from distily.data.text import build_datasets, collate, load_documents, sampled_rows, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
 from tiny import make_documents, make_tokenizer, write_jsonl
 
@@ -122,3 +125,59 @@ def test_bad_datasets_are_clear_errors(tmp_path, tokenizer, setup, message):
     column = "body" if "body" in message else "text"
     with pytest.raises(DistilyConfigError, match=message):
         build_datasets(args(setup(tmp_path), tmp_path, dataset_text_column=column), tokenizer, 32, seed=0)
+
+
+def document_lengths(rows) -> list[int]:
+    """The lengths of the documents in blocks with document masks (positions restart at each one)."""
+    lengths = []
+    for positions in rows["position_ids"]:
+        starts = [i for i, position in enumerate(positions.tolist()) if position == 0] + [len(positions)]
+        lengths += [end - start for start, end in zip(starts, starts[1:])]
+    return lengths
+
+
+def test_kept_eval_blocks_are_a_seeded_sample_of_every_document_length(tmp_path, tokenizer):
+    """Best-fit packing opens blocks longest document first, so the first eval blocks hold the longest documents;
+    the ``max_eval_samples`` kept are a random sample drawn with the seed, whose documents are as long as the
+    held-out documents on average (the first 32 blocks' are 1.3x as long)."""
+    rng = random.Random(0)
+    words = "the cat sees a book today".split()
+    documents = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(600)]
+    path = write_jsonl(tmp_path / "d.jsonl", documents)
+    every = build_datasets(args(path, tmp_path, eval_fraction=0.5, max_eval_samples=None, packing="documents"),
+                           tokenizer, 128, seed=0)
+    held_out = [len(ids) for ids in tokenizer(list(every.eval_documents["text"]))["input_ids"]]
+    assert max(held_out) <= 128 and len(every.eval) > 64  # every document whole in a block; more blocks than kept
+    limited = args(path, tmp_path, eval_fraction=0.5, max_eval_samples=32, packing="documents")
+    rows = {"train": every.train, "eval": every.eval}
+    kept_means = [statistics.mean(document_lengths(sampled_rows(rows, limited, seed)[1])) for seed in range(10)]
+    assert statistics.mean(kept_means) == pytest.approx(statistics.mean(held_out), rel=0.05)
+    assert min(document_lengths(sampled_rows(rows, limited, 0)[1])) < 10  # short documents are measured too
+
+    first = build_datasets(limited, tokenizer, 128, seed=0)
+    assert len(first.eval) == 32
+    assert flat(first.eval) == flat(build_datasets(limited, tokenizer, 128, seed=0).eval)  # the same for a seed
+    assert flat(sampled_rows(rows, limited, 0)[1]) != flat(sampled_rows(rows, limited, 1)[1])
+
+
+def test_files_in_hidden_folders_are_not_data(tmp_path):
+    """Notebook checkpoints, macOS resource forks and ``__MACOSX`` copies hold copies of the data (or binary
+    junk): read, they would put the same documents on both sides of the split. ``datasets`` skips them too."""
+    documents = [f"document {i}" for i in range(10)]
+    root = tmp_path / "data"
+    (root / ".ipynb_checkpoints").mkdir(parents=True)
+    (root / "__MACOSX").mkdir()
+    (root / "part").mkdir()
+    write_jsonl(root / "a.jsonl", documents[:6])
+    write_jsonl(root / "part" / "b.jsonl", documents[6:])
+    write_jsonl(root / ".ipynb_checkpoints" / "a-checkpoint.jsonl", documents[:6])
+    write_jsonl(root / "__MACOSX" / "a.jsonl", documents[:6])
+    (root / "._a.jsonl").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")  # AppleDouble, not JSON
+    loaded = load_documents(args(root, tmp_path))
+    assert sorted(loaded["text"]) == sorted(documents)
+    only_hidden = tmp_path / "hidden"
+    (only_hidden / ".cache").mkdir(parents=True)
+    write_jsonl(only_hidden / ".cache" / "a.jsonl", documents)
+    with pytest.raises(DistilyConfigError, match=r"holds no data files; expected .* \(hidden ones, under a name "
+                                                 r"starting with \. or __, are skipped\)"):
+        load_documents(args(only_hidden, tmp_path))
