@@ -413,10 +413,14 @@ def check_resume(training, resume: str, settings: dict) -> None:
     if was is None:
         logger.warning(f"{run.settings} does not exist: the settings of the resumed run cannot be checked")
         return
-    for key in sorted(set(was) | set(settings)):
-        if was.get(key) != settings.get(key):
+    unrecorded = sorted(set(settings) - set(was))  # settings an older Distily did not record
+    if unrecorded:
+        logger.warning(f"{run.settings} does not record {', '.join(unrecorded)} (written by an older Distily): "
+                       "the resumed run's values of these are not checked")
+    for key in sorted(was):
+        if was[key] != settings.get(key):
             raise DistilyConfigError(
-                f"resume_from_checkpoint={resume!r} continues a run started with {key}={was.get(key)!r}, not "
+                f"resume_from_checkpoint={resume!r} continues a run started with {key}={was[key]!r}, not "
                 f"{settings.get(key)!r}; expected the settings it was started with ({RESUMABLE_CHANGES}), or "
                 "--overwrite_output_dir true to start over"
             )

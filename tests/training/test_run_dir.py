@@ -198,6 +198,24 @@ def test_a_resume_that_changes_on_policy_sampling_or_the_student_chat_template_i
         run_dir.check_resume(changed.training, str(checkpoint), run_dir.run_settings(changed))
 
 
+def test_a_run_recorded_before_a_setting_was_recorded_resumes_with_a_warning(teacher_dirs, run_values, caplog):
+    """run_settings.json written by an older Distily lacks the settings recorded since (lmbda, ...): those are not
+    checked, the others still are."""
+    values = run_values(teacher_dirs["llama"])
+    checkpoint = Path(values["output_dir"]) / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    config = parse_config(**values)
+    older = {key: value for key, value in run_dir.run_settings(config).items() if key != "lmbda"}
+    RunDir(values["output_dir"]).record_settings(older)
+    with caplog.at_level("WARNING"):
+        run_dir.check_resume(config.training, str(checkpoint), run_dir.run_settings(config))
+    assert "does not record lmbda" in caplog.text
+    changed = parse_config(**{**values, "learning_rate": 0.5})
+    with pytest.raises(DistilyConfigError, match="continues a run started with learning_rate="):
+        run_dir.check_resume(changed.training, str(checkpoint), run_dir.run_settings(changed))
+
+
 @pytest.mark.parametrize(
     "key, path, refused",
     [
