@@ -3,10 +3,11 @@
 Ternary projections are written as TQ2_0 (2.06 bits per weight) or TQ1_0 (1.69 bits): both store
 blocks of 256 values of one row with one fp16 scale per block, so a row length must be a multiple of
 256 and the per-tensor absmean scale s becomes every block's scale. Dequantised, a tensor therefore
-equals ternary * fp16(s) exactly; `verify_gguf` checks that for every ternary tensor.
+equals ternary * fp16(s) exactly; `verify_gguf` checks every tensor of the written file against the
+student's parameter it came from (ternary ones against ternary * fp16(s)).
 
 Architectures (transformers model_type -> llama.cpp architecture):
-    llama            -> llama   (Q and K rows permuted to llama.cpp's rotary layout)
+    llama            -> llama   (Q and K rows, weights and biases, permuted to llama.cpp's rotary layout)
     llama, subln     -> bitnet  (llama.cpp's BitNet graph: SubLN before attn_output and ffn_down;
                                  it ties the output to the token embedding)
     gpt2             -> gpt2
@@ -40,14 +41,16 @@ FILE_TYPES = {"TQ2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "TQ1_0": gguf.LlamaFileT
 GGUF_MODEL_NAME = "distily-bitnet-student"
 SUB_NORMS = {"o_proj": gguf.MODEL_TENSOR.ATTN_SUB_NORM, "down_proj": gguf.MODEL_TENSOR.FFN_SUB_NORM}
 GGUF_MAGIC = b"GGUF"
+FILE_CHECK = "every tensor reads back as the student's (ternary ones as ternary * scale exactly)"  # verify_gguf
 
 
 @dataclass
 class GGUFTensor:
-    """One tensor to write: `values` float32 [rows, columns] or [n] (ternary * scale for ternary tensors,
-    which also carry `ternary` and `scale`)."""
+    """One tensor to write, from the student's parameter `source`: `values` float32 [rows, columns] or [n]
+    (ternary * scale for ternary tensors, which also carry `ternary` and `scale`), in llama.cpp's layout."""
 
     name: str
+    source: str
     values: np.ndarray
     ternary: np.ndarray | None = None  # int8 [rows, columns]
     scale: float | None = None
@@ -82,20 +85,22 @@ def plan_tensors(model: PreTrainedModel, architecture: str, n_vocab: int) -> lis
     for name, parameter in model.named_parameters():
         module_name, _, leaf = name.rpartition(".")
         if module_name.endswith(".rms_norm"):
-            tensors.append(GGUFTensor(_sub_norm_name(module_name), _float32(parameter)))
+            tensors.append(GGUFTensor(_sub_norm_name(module_name), name, _float32(parameter)))
             continue
         gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise DistilyConfigError(f"no GGUF name for parameter '{name}' in llama.cpp's {architecture} graph")
         layer = ternary_layers.get(module_name)
+        heads = _rotary_heads(gguf_name, model.config, architecture)
         if isinstance(layer, BitLinear) and leaf == "weight":
-            tensors.append(_ternary_tensor(gguf_name, layer, model.config, architecture))
+            tensors.append(_ternary_tensor(gguf_name, name, layer, heads))
         elif gguf_name in ("token_embd.weight", "output.weight"):
             values = _float32(parameter)  # [vocab, hidden]
             padding = np.zeros((n_vocab - values.shape[0], values.shape[1]), dtype=np.float32)
-            tensors.append(GGUFTensor(gguf_name, np.concatenate([values, padding])))
+            tensors.append(GGUFTensor(gguf_name, name, np.concatenate([values, padding])))
         else:
-            tensors.append(GGUFTensor(gguf_name, _float32(parameter)))
+            values = _float32(parameter)  # [rows, columns] or [n]
+            tensors.append(GGUFTensor(gguf_name, name, values if heads is None else _rotary_permute(values, heads)))
     return tensors
 
 
@@ -144,7 +149,7 @@ def write_gguf(model: PreTrainedModel, tokenizer_dir: str | Path, output_path: s
     tensors = plan_tensors(model, architecture, len(vocabulary.tokens))
     check_packable(tensors, qtype)
     output_path = Path(output_path)
-    report = ExportReport("gguf", verified=["ternary tensors dequantise to ternary * scale exactly"])
+    report = ExportReport("gguf", verified=[FILE_CHECK])
     run_llama_cpp = perplexity_ids is not None and llama_cpp_available()
     if run_llama_cpp:
         report.verified.append(f"llama.cpp perplexity within {PERPLEXITY_TOLERANCE:.0%} of the student's")
@@ -166,25 +171,49 @@ def write_gguf(model: PreTrainedModel, tokenizer_dir: str | Path, output_path: s
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        verify_gguf(staging, tensors)
+        verify_gguf(staging, tensors, model, architecture)
         if run_llama_cpp:
             check_llama_cpp_perplexity(model, staging, perplexity_ids)
     return output_path
 
 
-def verify_gguf(path: str | Path, tensors: list[GGUFTensor]) -> None:
-    """Check every ternary tensor in the file dequantises to ternary * fp16(scale) exactly."""
-    expected = {tensor.name: tensor for tensor in tensors if tensor.ternary is not None}
+def verify_gguf(path: str | Path, tensors: list[GGUFTensor], model: PreTrainedModel, architecture: str) -> None:
+    """Check the file holds every planned tensor and each reads back as the student's parameter it came from.
+
+    A tensor is read back into HF's layout (llama's Q and K rows, weights and biases alike, out of llama.cpp's
+    rotary order; the vocabulary's padding rows dropped) and compared with the parameter itself, not with the
+    plan, so a tensor the plan left in the wrong layout fails here: a ternary weight must equal
+    ternary * fp16(scale) exactly, any other tensor the parameter at the precision the file keeps.
+    """
+    parameters = dict(model.named_parameters())
+    ternary_layers = dict(bitlinear_modules(model))
+    expected = {tensor.name: tensor.source for tensor in tensors}
     for stored in gguf.GGUFReader(str(path)).tensors:
-        if stored.name not in expected:
-            continue
-        tensor = expected.pop(stored.name)
-        values = gguf.quants.dequantize(stored.data, stored.tensor_type)  # [rows, columns] float32
-        reference = tensor.ternary.astype(np.float32) * np.float32(np.float16(tensor.scale))
+        source = expected.pop(stored.name, None)
+        if source is None:
+            raise DistilyConfigError(f"GGUF file {path} holds tensor {stored.name}, which was not planned; expected "
+                                     "only the student's")
+        module_name, _, leaf = source.rpartition(".")
+        layer = ternary_layers.get(module_name) if leaf == "weight" else None
+        reference = _hf_values(parameters[source], layer)  # [rows, columns] or [n]
+        values = gguf.quants.dequantize(stored.data, stored.tensor_type)[: reference.shape[0]]  # float32, as reference
+        heads = _rotary_heads(stored.name, model.config, architecture)
+        values = values if heads is None else _hf_rotary_order(values, heads)
         if values.shape != reference.shape or not np.array_equal(values, reference):
-            raise DistilyConfigError(f"GGUF tensor {stored.name} does not dequantise to ternary * scale; expected equality")
+            raise DistilyConfigError(f"GGUF tensor {stored.name} does not read back as the student's {source}; "
+                                     "expected equality")
     if expected:
-        raise DistilyConfigError(f"GGUF file {path} lacks ternary tensors {sorted(expected)[:3]}; expected all of them")
+        raise DistilyConfigError(f"GGUF file {path} lacks tensors {sorted(expected)[:3]}; expected all of them")
+
+
+def _hf_values(parameter: torch.Tensor, layer: BitLinear | None) -> np.ndarray:
+    """What the file must hold for `parameter`, in HF's layout: ternary * fp16(scale) for a BitLinear `layer`'s
+    weight, else the parameter as _add_tensor stores it (matrices in fp16, vectors in fp32), read as float32."""
+    if isinstance(layer, BitLinear):
+        ternary, scale = layer.ternary_weight()  # int8 [out, in], fp32 []
+        return ternary.numpy().astype(np.float32) * np.float32(np.float16(scale.item()))
+    values = _float32(parameter)
+    return values.astype(np.float16).astype(np.float32) if values.ndim == 2 else values
 
 
 @dataclass
@@ -267,22 +296,32 @@ def _add_tensor(writer: gguf.GGUFWriter, tensor: GGUFTensor, qtype: str) -> None
         writer.add_tensor(tensor.name, tensor.values)
 
 
-def _ternary_tensor(gguf_name: str, layer: BitLinear, config, architecture: str) -> GGUFTensor:
+def _ternary_tensor(gguf_name: str, source: str, layer: BitLinear, heads: int | None) -> GGUFTensor:
     ternary, scale = layer.ternary_weight()  # int8 [out, in], fp32 []
-    if architecture == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
-        heads = config.num_attention_heads if "attn_q" in gguf_name else config.num_key_value_heads
-        ternary = _rotary_permute(ternary, heads)
-    ternary = ternary.numpy()
-    return GGUFTensor(gguf_name, ternary.astype(np.float32) * scale.item(), ternary, scale.item())
+    ternary = ternary.numpy() if heads is None else _rotary_permute(ternary.numpy(), heads)
+    return GGUFTensor(gguf_name, source, ternary.astype(np.float32) * scale.item(), ternary, scale.item())
 
 
-def _rotary_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
+def _rotary_heads(gguf_name: str, config, architecture: str) -> int | None:
+    """The heads of a tensor whose rows llama.cpp's llama graph reads in its rotary order (the Q and K projections'
+    weights and biases, e.g. blk.0.attn_q.bias); None for any other tensor or architecture."""
+    if architecture != "llama":
+        return None
+    projection = gguf_name.rsplit(".", 2)[-2]
+    return {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}.get(projection)
+
+
+def _rotary_permute(rows: np.ndarray, heads: int) -> np.ndarray:
     """Reorder each head's rows from HF's half-split rotary layout to llama.cpp's interleaved pairs.
 
-    weight [heads * head_dim, in]: row (h, j) of half i moves to (h, 2j + i).
+    rows: a weight [heads * head_dim, in] or a bias [heads * head_dim]; row (h, j) of half i moves to (h, 2j + i).
     """
-    rows, columns = weight.shape
-    return weight.reshape(heads, 2, rows // heads // 2, columns).transpose(1, 2).reshape(rows, columns)
+    return rows.reshape(heads, 2, rows.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _hf_rotary_order(rows: np.ndarray, heads: int) -> np.ndarray:
+    """The inverse of _rotary_permute: llama.cpp's interleaved pairs back to HF's half-split rows (h, i, j)."""
+    return rows.reshape(heads, rows.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(rows.shape)
 
 
 def _sub_norm_name(norm_module: str) -> str:

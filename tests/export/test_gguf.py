@@ -17,8 +17,9 @@ from distily.export.llama_cpp_check import llama_cpp_perplexity, pytorch_perplex
 from distily.export.report import LLAMA_CPP_NOT_INSTALLED, read_export_report
 
 gguf = pytest.importorskip("gguf")
-from distily.export.gguf import write_gguf  # noqa: E402  (needs the optional gguf package)
-from distily.models.bitnet import bitlinear_modules, convert_to_bitnet
+from distily.export import gguf as gguf_module  # noqa: E402  (needs the optional gguf package)
+from distily.export.gguf import write_gguf  # noqa: E402
+from distily.models.bitnet import bitlinear_modules, convert_to_bitnet, fake_quantize_activations
 
 VOCAB = 320
 TINY_CONFIGS = {
@@ -91,6 +92,50 @@ def test_gguf_tensors_round_trip(architecture, qtype, tokenizer_dir, tmp_path):
         np.testing.assert_array_equal(values, ternary.numpy().astype(np.float32) * np.float32(np.float16(scale.item())))
     assert stored["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.F16
     assert stored["output_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def biased_llama_student():
+    """A llama student with attention biases (attention_bias=True), random so that their row order shows."""
+    student = tiny_student("llama", attention_bias=True)
+    with torch.no_grad():
+        for name, parameter in student.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(generator=torch.Generator().manual_seed(len(name)))
+    return student
+
+
+@pytest.mark.parametrize("projection, heads", [("q", 4), ("k", 2)])
+def test_llama_q_and_k_from_the_file_are_the_students_in_llama_cpp_order(projection, heads, tokenizer_dir, tmp_path):
+    """llama.cpp computes Q = x W^T + b with W and b as stored; both rows must be in its rotary order."""
+    student = biased_llama_student()
+    path = write_gguf(student, tokenizer_dir, tmp_path / "student.gguf")
+    stored = {tensor.name: tensor for tensor in gguf.GGUFReader(str(path)).tensors}
+    weight, bias = (stored[f"blk.0.attn_{projection}.{leaf}"] for leaf in ("weight", "bias"))
+    inputs = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))  # [tokens, hidden]
+    quantized = fake_quantize_activations(inputs).numpy()  # the 8-bit activations BitLinear reads
+    from_file = (quantized @ gguf.quants.dequantize(weight.data, weight.tensor_type).T
+                 + gguf.quants.dequantize(bias.data, bias.tensor_type))  # [tokens, heads * head_dim], llama.cpp order
+    with torch.no_grad():
+        expected = getattr(student.model.layers[0].self_attn, f"{projection}_proj")(inputs).numpy()  # HF order
+    np.testing.assert_allclose(unpermute_rotary(from_file.T, heads).T, expected, atol=2e-3)  # the fp16 scale's rounding
+
+
+def test_a_bias_left_in_hf_order_fails_the_exports_check(tokenizer_dir, tmp_path, monkeypatch):
+    planned = gguf_module.plan_tensors
+
+    def hf_order_biases(model, architecture, n_vocab):  # the plan as it was: Q and K biases written unpermuted
+        parameters = dict(model.named_parameters())
+        tensors = planned(model, architecture, n_vocab)
+        for tensor in tensors:
+            if tensor.name.endswith((".attn_q.bias", ".attn_k.bias")):
+                tensor.values = parameters[tensor.source].detach().numpy()
+        return tensors
+
+    monkeypatch.setattr(gguf_module, "plan_tensors", hf_order_biases)
+    with pytest.raises(DistilyConfigError, match="GGUF tensor blk.0.attn_q.bias does not read back as the student's "
+                                                 "model.layers.0.self_attn.q_proj.bias"):
+        write_gguf(biased_llama_student(), tokenizer_dir, tmp_path / "student.gguf")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gguf_tokenizer_metadata(tokenizer_dir, tmp_path):
@@ -195,8 +240,9 @@ def test_export_command_says_llama_cpp_did_not_verify_the_file(tokenizer_dir, tm
     assert main(["export", str(tmp_path / "run"), "--format", "gguf"]) == 0
     path = tmp_path / "run" / "student-tq2_0.gguf"
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == (f"wrote {path}; verified: ternary tensors dequantise to ternary * scale exactly; not verified with "
-                    "llama.cpp: llama-cpp-python is not installed; `pip install 'distily[llamacpp]'`")
+    assert last == (f"wrote {path}; verified: every tensor reads back as the student's (ternary ones as ternary * "
+                    "scale exactly); not verified with llama.cpp: llama-cpp-python is not installed; "
+                    "`pip install 'distily[llamacpp]'`")
     report = read_export_report(path)  # the file carries the same report in its metadata
     assert report.not_verified == [LLAMA_CPP_NOT_INSTALLED]
 
