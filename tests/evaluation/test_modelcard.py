@@ -97,7 +97,8 @@ def test_a_filtered_metrics_stderr_is_its_plus_minus_not_a_result(tmp_path, run_
         "exact_match_flexible-extract": 0.3, "exact_match_flexible-extract_stderr": 0.06, "samples": 20,
     }}
     card, _ = card_for(tmp_path, lambda bitnet: run_metrics(bitnet).with_benchmarks(gsm8k, None))
-    metrics = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results if r.dataset_name == "gsm8k"}
+    metrics = {(result.dataset_name, result.metric_name): result.metric_value
+               for result in card.data.eval_results if result.dataset_name == "gsm8k"}
     assert metrics == {("gsm8k", "exact_match_strict-match"): 0.25, ("gsm8k", "exact_match_flexible-extract"): 0.3}
     rows = [line for line in card.text.splitlines() if line.startswith("| gsm8k:")]
     assert rows == ["| gsm8k: exact_match_strict-match (n=20) | — | — | 0.2500 ± 0.0500 |",
