@@ -367,15 +367,20 @@ def _at_most(rows: datasets.Dataset, limit: Optional[int]) -> datasets.Dataset:
     return rows if limit is None else rows.select(range(min(limit, len(rows))))
 
 
+def evaluated_rows(rows: datasets.Dataset, limit: Optional[int], seed: int) -> datasets.Dataset:
+    """A random sample of ``limit`` of ``rows`` drawn with ``seed`` (all of them, in order, without a limit or
+    below it). Sampled, not cut, because packing orders the rows: best-fit places the longest documents first, so
+    the first blocks would hold mostly the longest documents."""
+    if limit is None or limit >= len(rows):
+        return rows
+    return _at_most(rows.shuffle(seed=seed), limit)
+
+
 def sampled_rows(rows: dict[str, datasets.Dataset], args: DataArguments, seed: int):
     """The ``train`` rows shuffled with ``seed`` and cut to ``max_samples``, the ``eval`` rows a random sample of
-    ``max_eval_samples`` drawn with ``seed`` (all of them, in order, without a limit), both as torch tensors. The
-    eval rows are sampled, not cut, because packing orders them: best-fit places the longest documents first, so
-    the first blocks would hold mostly the longest documents."""
+    ``max_eval_samples`` drawn with ``seed`` (``evaluated_rows``), both as torch tensors."""
     train = _at_most(rows["train"].shuffle(seed=seed), args.max_samples)
-    evaluation = rows["eval"]
-    if args.max_eval_samples is not None and args.max_eval_samples < len(evaluation):
-        evaluation = _at_most(evaluation.shuffle(seed=seed), args.max_eval_samples)
+    evaluation = evaluated_rows(rows["eval"], args.max_eval_samples, seed)
     return train.with_format("torch"), evaluation.with_format("torch")
 
 

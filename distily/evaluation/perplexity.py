@@ -12,8 +12,12 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
-from distily.data.text import data_framing, documents_with_content, load_documents, tokenize_and_pack
+from distily.data.text import (
+    data_framing, documents_with_content, evaluated_rows, load_documents, tokenize_and_pack,
+)
 from distily.errors import DistilyConfigError
+
+EVAL_SET_SEED = 0  # an eval set's blocks, when max_samples keeps fewer, are sampled with this seed
 
 
 def next_token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -40,7 +44,8 @@ def load_eval_set(
 ) -> datasets.Dataset:
     """Packed blocks of at most ``max_seq_length`` tokens of an eval set, ``spec`` as in
     ``EvaluationArguments.eval_datasets`` (``path``, ``config``, ``split``, ``text_column``, ``max_samples``,
-    which wins over ``max_samples``), framed like the training data (``packing``, ``text_document_delimiter``)."""
+    which wins over ``max_samples``: a sample of that many blocks, the same for every run), framed like the
+    training data (``packing``, ``text_document_delimiter``)."""
     args = DataArguments(
         dataset_name=spec["path"],
         dataset_config_name=spec["config"],
@@ -60,10 +65,8 @@ def load_eval_set(
             f"eval_datasets[{name!r}] ({spec['path']!r}) gives no sequence of {max_seq_length} tokens; expected more "
             "text or a smaller max_seq_length"
         )
-    limit = spec["max_samples"] or max_samples
-    if limit is not None:
-        blocks = blocks.select(range(min(limit, len(blocks))))
-    return blocks.with_format("torch")
+    # the same sample for every run and both models, whatever a run's seed
+    return evaluated_rows(blocks, spec["max_samples"] or max_samples, EVAL_SET_SEED).with_format("torch")
 
 
 def load_eval_sets(

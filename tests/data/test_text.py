@@ -9,6 +9,7 @@ from distily.data.arguments import DataArguments
 from distily.data.framing import Framing
 from distily.data.text import build_datasets, collate, load_documents, sampled_rows, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
+from distily.evaluation.perplexity import load_eval_set
 from tiny import make_documents, make_tokenizer, write_jsonl
 
 
@@ -181,3 +182,23 @@ def test_files_in_hidden_folders_are_not_data(tmp_path):
     with pytest.raises(DistilyConfigError, match=r"holds no data files; expected .* \(hidden ones, under a name "
                                                  r"starting with \. or __, are skipped\)"):
         load_documents(args(only_hidden, tmp_path))
+
+
+def test_an_eval_sets_kept_blocks_are_a_fixed_sample_of_every_document_length(tmp_path, tokenizer):
+    """A named eval set packed by best fit, with fewer blocks kept than it has: a sample (the same for every run),
+    not the first blocks, which hold the longest documents."""
+    rng = random.Random(1)
+    words = "the cat sees a book today".split()
+    documents = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 40))) for _ in range(2000)]
+    spec = {"path": write_jsonl(tmp_path / "eval.jsonl", documents), "config": None, "split": "train",
+            "text_column": "text", "max_samples": None}
+    every = load_eval_set("set", spec, tokenizer, 128, str(tmp_path / "cache"), packing="documents")
+    kept = load_eval_set("set", {**spec, "max_samples": 200}, tokenizer, 128, str(tmp_path / "cache"),
+                         packing="documents")
+    assert len(every) > 400 and len(kept) == 200
+    assert flat(kept) == flat(load_eval_set("set", {**spec, "max_samples": 200}, tokenizer, 128,
+                                            str(tmp_path / "cache"), packing="documents"))
+    first = every.select(range(200))
+    overall = statistics.mean(document_lengths(every))
+    assert statistics.mean(document_lengths(first)) > 1.15 * overall  # what cutting kept
+    assert statistics.mean(document_lengths(kept)) == pytest.approx(overall, rel=0.05)
