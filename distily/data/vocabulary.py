@@ -3,9 +3,10 @@
 A token's bytes are read through its tokenizer's conventions: byte-level BPE (GPT-2, Llama 3, Qwen) writes each
 byte as one printable character (GPT-2's byte-to-unicode map: ``Ġ`` is the space byte); SentencePiece-style
 vocabularies (Llama 2, Gemma, Mistral) write the space as ``▁`` and bytes they fall back on as ``<0x0A>``; other
-tokens are their UTF-8 text. Special tokens are matched by role (BOS with BOS, EOS with EOS, UNK with UNK), never
-by text. Where one vocabulary holds the same bytes twice, the lowest id stands for them (a byte-fallback token only when no
-regular token writes its byte).
+tokens are their UTF-8 text. Special tokens are matched by role, never by text: first the two document
+separators (``document_separator_id``: an instruct tokenizer's end-of-text token, not its end-of-turn EOS), then
+BOS with BOS, EOS with EOS, UNK with UNK, each token in one pair only. Where one vocabulary holds the same bytes
+twice, the lowest id stands for them (a byte-fallback token only when no regular token writes its byte).
 """
 
 import re
@@ -16,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from distily.data.framing import document_separator_id
 from distily.errors import DistilyConfigError
 
 SENTENCEPIECE_SPACE = "\u2581"  # ▁
@@ -103,10 +105,9 @@ def map_vocabularies(student: PreTrainedTokenizerBase, teacher: PreTrainedTokeni
     teacher_size = len(teacher) if teacher_size is None else teacher_size
     teacher_bytes = token_bytes(teacher)
     pairs = [(s, teacher_bytes[data]) for data, s in token_bytes(student).items() if data in teacher_bytes]
-    for role in SPECIAL_ROLES:
-        s, t = getattr(student, role), getattr(teacher, role)
-        if s is not None and t is not None:
-            pairs.append((s, t))
+    separators = (document_separator_id(student), document_separator_id(teacher))
+    roles = [separators] + [(getattr(student, role), getattr(teacher, role)) for role in SPECIAL_ROLES]
+    pairs += [(s, t) for s, t in roles if s is not None and t is not None]
     pairs = _one_to_one([(s, t) for s, t in pairs if s < student_size and t < teacher_size])
     if not pairs and required:
         raise DistilyConfigError(

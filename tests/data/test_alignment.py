@@ -137,3 +137,19 @@ def test_a_slow_tokenizer_is_refused(tmp_path):
     slow = BertTokenizerLegacy(str(vocab))  # a Python tokenizer: no offset mapping
     with pytest.raises(DistilyConfigError, match="tokenizer \\(BertTokenizerLegacy\\) gives no offset mapping; expected a fast"):
         check_offsets(slow, "student")
+
+
+def test_the_document_separators_pair_before_the_end_of_turn_tokens(tokenizers):
+    """A Qwen-instruct-like teacher ends documents with <|endoftext|> and turns with its EOS <|im_end|>: a base
+    student's EOS, its document end, pairs with the teacher's document end; two instruct tokenizers pair their
+    document ends and their turn ends."""
+    byte_level, _ = tokenizers
+    qwen, llama = make_instruct_tokenizer("chatml"), make_instruct_tokenizer("llama3")
+    mapping = map_vocabularies(byte_level, qwen)
+    pairs = dict(zip(mapping.student_ids.tolist(), mapping.teacher_ids.tolist()))
+    assert pairs[byte_level.eos_token_id] == qwen.convert_tokens_to_ids("<|endoftext|>")
+    assert qwen.eos_token_id not in pairs.values()  # no student token ends a turn
+    mapping = map_vocabularies(llama, qwen)
+    pairs = dict(zip(mapping.student_ids.tolist(), mapping.teacher_ids.tolist()))
+    assert pairs[llama.convert_tokens_to_ids("<|end_of_text|>")] == qwen.convert_tokens_to_ids("<|endoftext|>")
+    assert pairs[llama.eos_token_id] == qwen.eos_token_id  # <|eot_id|> with <|im_end|>
