@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from distily.config import GenerateConfig
-from distily.data.framing import tokenizer_adds_bos
+from distily.data.framing import document_separator_id, tokenizer_adds_bos
 from distily.errors import DistilyConfigError
 from distily.generation.engine import HFGenerator, stop_token_ids, strip_stop
 from distily.models.teacher import load_teacher, load_tokenizer
@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 
 
 def start_token(tokenizer: PreTrainedTokenizerBase) -> int:
-    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+    """What an unconditional sample starts from: BOS, else the token before each document of a pretraining stream
+    (``document_separator_id``: an instruct tokenizer's end-of-text token, not its end-of-turn EOS)."""
+    for token_id in (tokenizer.bos_token_id, document_separator_id(tokenizer)):
         if token_id is not None:
             return token_id
     raise DistilyConfigError(

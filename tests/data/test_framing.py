@@ -19,7 +19,7 @@ from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator
 from distily.recording.arguments import GenerateArguments
-from distily.recording.generate import sample_sequences, write_samples
+from distily.recording.generate import sample_sequences, start_token, write_samples
 from tiny import (
     ARCHITECTURES,
     CHAT_STYLES,
@@ -331,6 +331,14 @@ def test_generated_samples_reach_the_student_in_the_teachers_framing(bos_teacher
     assert sorted(sequences_of(data.eval)) == sorted(eval_rows)
     measured = distily_teacher_loss(bos_teacher, bos_tokenizer, data)
     assert measured == pytest.approx(plain_loss(bos_teacher, eval_rows), rel=0.01)
+
+
+def test_unconditional_samples_start_where_the_teachers_documents_start(bos_tokenizer):
+    """BOS where the tokenizer has one; else the end-of-text token that precedes each document in a stream, which
+    for an instruct tokenizer is not its EOS (<|im_end|> ends a chat turn)."""
+    assert start_token(bos_tokenizer) == bos_tokenizer.bos_token_id
+    qwen = make_instruct_tokenizer("chatml")
+    assert start_token(qwen) == qwen.convert_tokens_to_ids("<|endoftext|>") != qwen.eos_token_id
 
 
 def test_stream_packing_hurts_a_bos_teacher_and_the_guard_says_so(bos_teacher, bos_tokenizer, tmp_path, caplog):
