@@ -182,6 +182,18 @@ def block_projections(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(module, (nn.Linear, Conv1D))]
 
 
+def unconverted_matrices(model: nn.Module) -> list[str]:
+    """The weights of two or more dimensions inside the decoder blocks that no projection holds (what BitNet
+    conversion would leave full precision): transformers 5 keeps a mixture of experts' weights as 3-D tensors of
+    an experts module and its router's as a parameter of its own module. Convolutions (a Mamba mixer's depthwise
+    ``nn.Conv1d``) and embeddings are not projections and stay as they are."""
+    prefix, blocks = named_decoder_layers(model)
+    kept = (nn.Linear, Conv1D, nn.Conv1d, nn.Embedding)
+    return [f"{prefix}.{name}.{parameter_name}" if name else f"{prefix}.{parameter_name}"
+            for name, module in blocks.named_modules() if not isinstance(module, kept)
+            for parameter_name, parameter in module.named_parameters(recurse=False) if parameter.dim() >= 2]
+
+
 def convert_to_bitnet(model: nn.Module, *, input_norm: bool = False, subln: bool = False,
                       rms_norm_eps: float | None = None) -> nn.Module:
     """Replace every linear projection inside the decoder blocks by a BitLinear, in place.
@@ -197,6 +209,14 @@ def convert_to_bitnet(model: nn.Module, *, input_norm: bool = False, subln: bool
     projections = block_projections(model)
     if not projections:
         raise DistilyConfigError(f"no linear projections inside the decoder blocks of {type(model).__name__}")
+    unconverted = unconverted_matrices(model)
+    if unconverted:
+        raise DistilyConfigError(
+            f"student_as_bitnet converts nn.Linear projections, and {type(model).__name__}'s decoder blocks hold "
+            f"{len(unconverted)} weight matrices outside them ({', '.join(unconverted[:3])}"
+            f"{', ...' if len(unconverted) > 3 else ''}: fused mixture-of-experts weights or a custom router), which "
+            "would stay full precision in a model called ternary; expected a dense student"
+        )
     if subln and not any(name.rsplit(".", 1)[-1] in SUBLAYER_OUTPUT_NAMES for name, _ in projections):
         raise DistilyConfigError(
             f"subln=True but no projection named one of {sorted(SUBLAYER_OUTPUT_NAMES)} in {type(model).__name__}"

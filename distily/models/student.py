@@ -3,6 +3,7 @@ initialised randomly or from chosen teacher layers; then named modules copied an
 
 import copy
 import os
+from typing import Optional
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
@@ -23,9 +24,15 @@ def _canonical(config: PretrainedConfig, key: str) -> str:
     return config.attribute_map.get(key, key)
 
 
-def config_with_overrides(config: PretrainedConfig, overrides: dict) -> PretrainedConfig:
-    """A new config of the same class with ``overrides`` applied through the class's own constructor,
-    so values derived from the changed ones (head_dim, per-layer types) are derived again."""
+def config_with_overrides(config: PretrainedConfig, overrides: dict,
+                          layer_sources: Optional[list[int]] = None) -> PretrainedConfig:
+    """A new config of the same class with ``overrides`` applied through the class's own constructor, so values
+    derived from the changed ones are derived again: a head_dim of width / heads from the new ones. When the depth
+    changes, every per-layer list of ``config``'s depth (``layer_types``: which layers attend in a sliding window,
+    which are linear or convolutional; ``no_rope_layers``, ``mlp_layer_types``, ...) becomes the entries of the
+    layers each student layer stands for: ``layer_sources`` (the teacher layers copied into it), else evenly spaced
+    ones. Derived from the new depth instead, the copied layers would run with another attention, position scheme
+    or block than they learned with (a Gemma 3 student of 4 layers would have no global attention layer)."""
     values = config.to_dict()
     changes = {_canonical(config, key): value for key, value in overrides.items()}
     for key, original in zip(overrides, changes):
@@ -42,10 +49,13 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict) -> Pretrain
                 f"student num_attention_heads={new_heads} does not divide hidden_size={new_width}; "
                 "expected a head count that divides the hidden size"
             )
-        if values.get("head_dim") == values[width] // values[heads]:
-            values.pop("head_dim")  # derived from width and heads: derive it again
-    if depth in changes and "layer_types" not in changes and values.get("layer_types") is not None:
-        values["layer_types"] = None  # per-layer list of the teacher's depth: derive it again
+        if values.get("head_dim") == values[width] // values[heads]:  # derived from them: derive it again (Qwen3
+            values["head_dim"] = new_width // new_heads  # and Gemma would fall back to a fixed default, not this)
+    if depth in changes:
+        sources = layer_sources or evenly_spaced_layers(values[depth], changes[depth])
+        for key, value in values.items():
+            if "layer" in key and key not in changes and isinstance(value, list) and len(value) == values[depth]:
+                values[key] = [value[index] for index in sources]
     values.update(changes)
     student_config = type(config).from_dict(values)
     check_attention_shape(student_config)
@@ -69,29 +79,41 @@ def evenly_spaced_layers(teacher_depth: int, student_depth: int) -> list[int]:
     return [round(i * (teacher_depth - 1) / (student_depth - 1)) for i in range(student_depth)]
 
 
+def teacher_layer_sources(chosen: Optional[list[int]], teacher_depth: int, student_depth: int) -> list[int]:
+    """The teacher layer copied into each student layer: ``chosen`` (``student_layers_from_teacher``), checked,
+    else evenly spaced ones."""
+    if chosen is None:
+        return evenly_spaced_layers(teacher_depth, student_depth)
+    if len(chosen) != student_depth:
+        raise DistilyConfigError(
+            f"student_layers_from_teacher has {len(chosen)} entries; expected one per student layer ({student_depth})"
+        )
+    for index in chosen:
+        if not 0 <= index < teacher_depth:
+            raise DistilyConfigError(
+                f"student_layers_from_teacher index {index} is out of range; expected 0..{teacher_depth - 1}"
+            )
+    return list(chosen)
+
+
 def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teacher_layers: list[int]) -> None:
     """Copy ``teacher_layers[i]`` into student layer i, and every other parameter (embeddings, final
-    norm, LM head) whose name and shape match."""
+    norm, LM head) whose name and shape match; a tensor the student shares between two names (an LM head tied to
+    the embeddings) is copied once, from the first (the embeddings), as transformers ties the head to them."""
     teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
-    if len(teacher_layers) != len(student_blocks):
-        raise DistilyConfigError(
-            f"student_layers_from_teacher has {len(teacher_layers)} entries; expected one per student layer "
-            f"({len(student_blocks)})"
-        )
-    for index in teacher_layers:
-        if not 0 <= index < len(teacher_blocks):
-            raise DistilyConfigError(
-                f"student_layers_from_teacher index {index} is out of range; expected 0..{len(teacher_blocks) - 1}"
-            )
+    teacher_layers = teacher_layer_sources(teacher_layers, len(teacher_blocks), len(student_blocks))
     with torch.no_grad():
         for student_block, index in zip(student_blocks, teacher_layers):
             _copy_module(teacher_blocks[index], student_block, f"teacher layer {index}")
         prefix = named_decoder_layers(student)[0] + "."
         teacher_params = dict(teacher.state_dict())
+        copied = set()  # the student's tensors written so far
         for name, param in student.state_dict().items():
             source = teacher_params.get(name)
-            if not name.startswith(prefix) and source is not None and source.shape == param.shape:
-                param.copy_(source)
+            if name.startswith(prefix) or source is None or source.shape != param.shape or param.data_ptr() in copied:
+                continue
+            param.copy_(source)
+            copied.add(param.data_ptr())
 
 
 def _copy_module(source: torch.nn.Module, target: torch.nn.Module, what: str) -> None:
@@ -138,13 +160,23 @@ def freeze_named_modules(student: PreTrainedModel, names: list[str]) -> None:
 
 
 def student_config(args: ModelArguments, teacher_config: PretrainedConfig) -> PretrainedConfig:
+    """The student's config: ``student_config_name_or_path`` or the teacher's, with the overrides; a student that
+    copies teacher layers takes their per-layer settings."""
     if args.student_config_name_or_path is not None:
         base = from_pretrained(
             AutoConfig, args.student_config_name_or_path, "student config", trust_remote_code=args.trust_remote_code
         )
-    else:
-        base = teacher_config
-    return config_with_overrides(base, args.student_config_overrides)
+        return config_with_overrides(base, args.student_config_overrides)
+    overrides, sources = args.student_config_overrides, None
+    depth = next((overrides[key] for key in (DEPTH, _canonical(teacher_config, DEPTH)) if key in overrides), None)
+    if args.student_init == "teacher" and isinstance(depth, int):
+        sources = teacher_layer_sources(args.student_layers_from_teacher, text_depth(teacher_config), depth)
+    return config_with_overrides(teacher_config, overrides, sources)
+
+
+def text_depth(config: PretrainedConfig) -> int:
+    """The decoder's depth (a multimodal model's, such as Gemma 3's, is in its text config)."""
+    return config.get_text_config().num_hidden_layers
 
 
 def load_student(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
@@ -170,9 +202,8 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedM
         # models list their end-of-turn token there, not in the config), and how it samples
         student.generation_config = copy.deepcopy(teacher.generation_config)
         if args.student_init == "teacher":
-            layers = args.student_layers_from_teacher or evenly_spaced_layers(
-                teacher.config.num_hidden_layers, config.num_hidden_layers
-            )
+            layers = teacher_layer_sources(args.student_layers_from_teacher, text_depth(teacher.config),
+                                           text_depth(config))
             copy_teacher_layers(teacher, student, layers)
     copy_named_modules(teacher, student, args.copy_teacher_modules or [])
     if args.student_as_bitnet and not is_bitnet(student.config):

@@ -16,6 +16,7 @@ from distily.models.bitnet import (
     block_projections,
     convert_to_bitnet,
     fake_quantize_activations,
+    is_bitnet,
     load_bitnet_student,
     ternarize,
 )
@@ -186,3 +187,17 @@ def test_gradients_under_bf16_autocast_and_bf16_weights():
     bf16_layer = BitLinear(64, 32, bias=True, dtype=torch.bfloat16)
     bf16_layer(inputs.bfloat16()).float().square().mean().backward()
     assert bf16_layer.weight.grad.dtype == torch.bfloat16 and bf16_layer.bias.grad.dtype == torch.bfloat16
+
+
+def test_a_mixture_of_experts_is_refused_rather_than_left_mostly_full_precision():
+    """transformers 5 keeps experts as 3-D tensors and the router as its own module: converting only the
+    nn.Linear projections left two thirds of a Qwen3-MoE layer's matrix weights full precision."""
+    from transformers import Qwen3MoeConfig
+    config = Qwen3MoeConfig(vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                            intermediate_size=128, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                            num_hidden_layers=2)
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(DistilyConfigError, match=r"hold 6 weight matrices outside them \(model\.layers\.0\.mlp\."
+                                                 r"experts\.gate_up_proj.*expected a dense student"):
+        convert_to_bitnet(model)
+    assert not is_bitnet(model.config) and not any(isinstance(m, BitLinear) for m in model.modules())

@@ -117,3 +117,64 @@ def test_out_of_range_teacher_layer_is_an_error():
     args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=[0, 9])
     with pytest.raises(DistilyConfigError, match="index 9 is out of range"):
         build_student(args, teacher_model("llama"))
+
+
+def _gemma3_text(layers: int = 12, **overrides):
+    from transformers import Gemma3TextConfig
+    return Gemma3TextConfig(vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                            intermediate_size=128, max_position_embeddings=256, num_hidden_layers=layers,
+                            sliding_window=4, **overrides)
+
+
+@pytest.mark.parametrize("init, layers, sources", [
+    ("teacher", None, [0, 4, 7, 11]), ("teacher", [0, 1, 2, 11], [0, 1, 2, 11]), ("random", None, [0, 4, 7, 11]),
+])  # fmt: skip
+def test_a_shallower_student_keeps_the_per_layer_settings_of_the_layers_it_stands_for(init, layers, sources):
+    """Gemma 3 attends globally every sixth layer (rope base 1e6 there, 1e4 in the sliding-window layers): a
+    4-layer student derived from its depth had four sliding layers, so copied teacher layer 11 ran local attention
+    with the local rope base, and no layer attended globally. It takes the teacher's types at its layers."""
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(_gemma3_text()).eval()
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 4}, student_init=init,
+                          student_layers_from_teacher=layers)
+    student = build_student(args, teacher)
+    assert student.config.layer_types == [teacher.config.layer_types[index] for index in sources]
+    assert student.config.layer_types[-1] == "full_attention"
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2"])
+def test_a_narrower_students_head_dim_is_derived_from_its_width_and_heads(arch):
+    """Qwen3's and Gemma 2's configs fall back to a fixed head_dim (128, 256) when none is given: dropping the
+    teacher's derived one gave a 'narrower' student with wider attention than the teacher."""
+    from transformers import Gemma2Config, Qwen3Config
+    config_class = {"qwen3": Qwen3Config, "gemma2": Gemma2Config}[arch]
+    teacher = config_class(vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                           intermediate_size=128, num_hidden_layers=2)
+    student = config_with_overrides(teacher, {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1})
+    assert student.head_dim == 16
+
+
+def test_a_tied_student_of_an_untied_teacher_takes_the_teachers_input_embeddings():
+    """The student's LM head is its embedding matrix: copied once, from the teacher's embeddings (transformers
+    ties the head to the input embeddings), not overwritten by the teacher's separate head."""
+    teacher = teacher_model("llama", tie_word_embeddings=False)
+    with torch.no_grad():
+        teacher.get_output_embeddings().weight.add_(1.0)  # the untied head differs from the embeddings
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2, "tie_word_embeddings": True})
+    student = build_student(args, teacher)
+    assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
+    assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+
+
+def test_a_multimodal_teacher_gives_a_student_of_its_text_decoder():
+    """Gemma 3 from 4B up loads as ...ForConditionalGeneration, its depth in its text config."""
+    from transformers import Gemma3Config
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(Gemma3Config(text_config=_gemma3_text(4).to_dict(),
+                                                            vision_config=vision, mm_tokens_per_image=4)).eval()
+    student = build_student(ModelArguments(), teacher).eval()
+    ids = torch.randint(0, 128, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids).logits, teacher(ids).logits)
