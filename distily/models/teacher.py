@@ -60,7 +60,14 @@ def load_teacher(
     name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False, quantization: str = "none"
 ) -> PreTrainedModel:
     """The teacher, frozen and in eval mode; with ``quantization`` (8bit, 4bit) loaded by bitsandbytes
-    straight onto this process's device."""
+    straight onto this process's device. A multimodal model is refused before its weights load."""
+    check_model_source(name_or_path, "teacher")
+    config = from_pretrained(AutoConfig, name_or_path, "teacher", trust_remote_code=trust_remote_code)
+    if config.get_text_config() is not config:
+        raise DistilyConfigError(
+            f"the teacher {name_or_path!r} is a multimodal {type(config).__name__} (its language model's settings "
+            "are in its text_config); expected a text-only causal LM, such as the family's text checkpoint"
+        )
     quantized = {}
     if quantization != "none":
         quantized = {

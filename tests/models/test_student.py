@@ -7,6 +7,7 @@ from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
 from distily.models.arguments import ModelArguments
 from distily.models.student import build_student, config_with_overrides, evenly_spaced_layers
+from distily.models.teacher import load_teacher
 
 
 def teacher_model(arch, **overrides):
@@ -166,8 +167,10 @@ def test_a_tied_student_of_an_untied_teacher_takes_the_teachers_input_embeddings
     assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
 
 
-def test_a_multimodal_teacher_gives_a_student_of_its_text_decoder():
-    """Gemma 3 from 4B up loads as ...ForConditionalGeneration, its depth in its text config."""
+def test_a_student_of_a_multimodal_model_reads_its_depth_from_the_text_config(tmp_path):
+    """Gemma 3 from 4B up loads as ...ForConditionalGeneration, its depth in its text config: build_student copes,
+    and load_teacher refuses such a teacher in one line before loading its weights (the data checks, losses and
+    exports read a text decoder's config)."""
     from transformers import Gemma3Config
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
                   patch_size=14)
@@ -178,3 +181,6 @@ def test_a_multimodal_teacher_gives_a_student_of_its_text_decoder():
     ids = torch.randint(0, 128, (1, 12))
     with torch.no_grad():
         torch.testing.assert_close(student(ids).logits, teacher(ids).logits)
+    teacher.save_pretrained(tmp_path / "gemma3")
+    with pytest.raises(DistilyConfigError, match="is a multimodal Gemma3Config .*; expected a text-only causal LM"):
+        load_teacher(str(tmp_path / "gemma3"))
