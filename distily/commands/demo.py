@@ -11,9 +11,11 @@ from rich.table import Table
 from distily.config import ArgumentParser, parse_config
 from distily.demo import TEACHER_DIR
 from distily.demo.corpus import write_corpus
+from distily.errors import DistilyConfigError
 from distily.metrics import RunMetrics
 from distily.models.precision import bf16_is_fast
 from distily.training.distill import run_distillation
+from distily.training.run_dir import RunDir
 
 DEMO_STEPS = 300
 
@@ -78,8 +80,24 @@ def summary_table(metrics: RunMetrics) -> Table:
     return table
 
 
+def check_demo_output_dir(output_dir: str) -> None:
+    """The demo replaces its own earlier run (it sets ``overwrite_output_dir``), so ``output_dir`` must be new,
+    empty, or an earlier demo's: anything else (a model saved there, another run) is refused before a file is
+    written."""
+    path = Path(output_dir).expanduser()
+    if not path.exists() or path.is_dir() and not any(path.iterdir()):
+        return
+    recorded = RunDir(path).recorded_settings() if path.is_dir() else None
+    if recorded is None or recorded.get("teacher_model_name_or_path") != str(TEACHER_DIR):
+        raise DistilyConfigError(
+            f"output_dir={output_dir!r} exists and holds no earlier demo run, which the demo would replace; "
+            "expected a new or empty directory, or an earlier demo's"
+        )
+
+
 def run_demo(output_dir: str, max_steps: Optional[int] = None) -> RunMetrics:
     started = time.perf_counter()
+    check_demo_output_dir(output_dir)
     config = parse_config(**demo_values(output_dir, max_steps))
     metrics = RunMetrics.from_dict(run_distillation(config, command="distily demo"))
     console = Console()

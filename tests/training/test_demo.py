@@ -42,3 +42,18 @@ def test_demo_lowers_heldout_distillation_loss_by_at_least_30_percent_within_a_t
     before, after = metrics["student"]["before_loss"], metrics["student"]["after_loss"]
     assert after <= 0.7 * before, (before, after)
     assert f"{1 - after / before:.0%} lower" in printed
+
+
+def test_the_demo_replaces_only_its_own_earlier_run(tmp_path, capsys):
+    """The demo overwrites its output_dir: a directory holding anything but an earlier demo run (a model saved
+    there) is refused in one line with exit 2, untouched; an earlier demo's is run again."""
+    model = tmp_path / "mymodel"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"precious weights")
+    assert main(["demo", "--output_dir", str(model), "--max_steps", "2"]) == 2
+    assert "holds no earlier demo run" in capsys.readouterr().err
+    assert sorted(path.name for path in model.iterdir()) == ["model.safetensors"]
+    assert (model / "model.safetensors").read_bytes() == b"precious weights"
+    _run_demo(tmp_path, capsys, "--max_steps", "2")
+    metrics, _ = _run_demo(tmp_path, capsys, "--max_steps", "3")  # its own earlier run: replaced
+    assert metrics["train"]["global_step"] == 3
