@@ -170,7 +170,7 @@ def run_recording(
     if data.framing.document_masks and record.record_backend == "vllm":
         raise DistilyConfigError(
             f"record_backend=vllm records whole rows, not packed documents (packing={data.framing.packing}); "
-            "expected record_backend=hf or packing=stream"
+            "expected record_backend=hf or packing=stream or padded"
         )
     recorder = _recorder(config, teacher, max_seq_length, writer.settings["fidelity_k"])
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -4,19 +4,24 @@ same store format as the Hugging Face back end.
 vLLM returns, for prompt position j >= 1, the top log-probabilities of token j given the tokens before
 it (``prompt_logprobs``), plus the actually present token's; the prediction after the last prompt
 token comes from generating one token with ``logprobs``. It caps log-probs per position at
-``max_logprobs`` (20 by default), so the engine is built with ``max_logprobs=record_top_k``. It gives
-no full distribution: the tail mass is 1 - sum of the top k (computed in float64; tails below ~1e-7
-read as 0), there is no fidelity report, no hidden states, and log-probs are at temperature 1.
+``max_logprobs`` (20 by default), so the engine is built with ``max_logprobs=record_top_k``. Each row is
+sent unpadded (its real tokens, by its attention mask) and stored with the masks, target counts and NLL the
+Hugging Face back end writes (a chat row's ``loss_mask`` included); packed documents (``position_ids``) are
+refused before recording. It gives no full distribution: the tail mass is 1 - sum of the top k (computed in
+float64; tails below ~1e-7 read as 0), there is no fidelity report, no hidden states, and log-probs are at
+temperature 1.
 """
 
 import math
 from typing import Optional
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-from distily.data.framing import INPUT_IDS
+from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.store import ATTENTION_MASK, ROW_NLL, ROW_TARGETS, TAIL_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, id_dtype
 from distily.errors import DistilyConfigError
+from distily.objectives.component import next_token_targets
 
 
 def position_targets(candidates: dict, top_k: int) -> tuple[list[float], list[int], float]:
@@ -32,23 +37,24 @@ def position_targets(candidates: dict, top_k: int) -> tuple[list[float], list[in
     return logprobs, [int(token) for token, _ in ranked], math.log(mass) if mass > 0 else -math.inf
 
 
-def row_targets(output, input_ids: list[int], top_k: int) -> tuple[torch.Tensor, ...]:
-    """A vLLM ``RequestOutput`` for one row -> (top-k log-probs [seq, k], ids [seq, k], log tail [seq], summed
-    next-token NLL). Position j predicts token j + 1: ``prompt_logprobs[j + 1]``, and for the last position
-    the log-probs of the one generated token."""
+def row_targets(output, input_ids: list[int], top_k: int, targets: list[bool]) -> tuple[torch.Tensor, ...]:
+    """A vLLM ``RequestOutput`` for one unpadded row -> (top-k log-probs [seq, k], ids [seq, k], log tail [seq],
+    next-token NLL summed over ``targets`` [seq - 1], the positions whose next token is a target). Position j
+    predicts token j + 1: ``prompt_logprobs[j + 1]``, and for the last position the log-probs of the one generated
+    token."""
     positions = list(output.prompt_logprobs[1:]) + [output.outputs[0].logprobs[0]]
-    targets = [position_targets(candidates, top_k) for candidates in positions]
-    nll = -math.fsum(positions[j][input_ids[j + 1]].logprob for j in range(len(input_ids) - 1))
+    recorded = [position_targets(candidates, top_k) for candidates in positions]
+    nll = -math.fsum(positions[j][input_ids[j + 1]].logprob for j in range(len(input_ids) - 1) if targets[j])
     return (
-        torch.tensor([t[0] for t in targets], dtype=torch.float32),
-        torch.tensor([t[1] for t in targets], dtype=torch.int64),
-        torch.tensor([t[2] for t in targets], dtype=torch.float32),
+        torch.tensor([t[0] for t in recorded], dtype=torch.float32),
+        torch.tensor([t[1] for t in recorded], dtype=torch.int64),
+        torch.tensor([t[2] for t in recorded], dtype=torch.float32),
         torch.tensor(nll, dtype=torch.float64),
     )
 
 
 class VLLMRecorder:
-    """Records rows of token ids with a vLLM engine: ``record(input_ids [rows, seq]) -> (tensors, stats)``."""
+    """Records rows built by ``collate`` with a vLLM engine: ``record(rows) -> (shard tensors, stats)``."""
 
     def __init__(
         self,
@@ -90,25 +96,37 @@ class VLLMRecorder:
         self.params = SamplingParams(max_tokens=1, logprobs=top_k, prompt_logprobs=top_k, detokenize=False)
 
     def record(self, batch: dict, held_out: bool, progress: Optional[object] = None) -> tuple[dict, dict]:
-        """As ``HFRecorder.record``, for full rows (``packing: stream``: no padding, no document masks)."""
-        input_ids = batch[INPUT_IDS]  # [rows, seq]
-        rows = input_ids.tolist()
+        """As ``HFRecorder.record`` for rows without document masks (``collate``d, right-padded): each row goes to the
+        engine as its real tokens only, and its outputs are padded back to the shard's length (zeros, which the
+        store's readers drop by ``attention_mask``)."""
+        attention_mask = batch["attention_mask"]  # [rows, seq]
+        rows = [ids[:length] for ids, length in zip(batch[INPUT_IDS].tolist(), attention_mask.sum(-1).tolist())]
+        targets = next_token_targets(batch)  # [rows, seq - 1]: the hf back end's targets (chat: the loss mask's)
         outputs = self.engine.generate([{"prompt_token_ids": row} for row in rows], self.params, use_tqdm=False)
-        targets = [row_targets(output, row, self.top_k) for output, row in zip(outputs, rows)]
+        recorded = [
+            row_targets(output, row, self.top_k, targets[index, : len(row) - 1].tolist())
+            for index, (output, row) in enumerate(zip(outputs, rows))
+        ]
         if progress is not None:
             progress.update(len(rows))
+
+        def padded(field: int) -> torch.Tensor:  # [rows, seq, ...]
+            return pad_sequence([values[field] for values in recorded], batch_first=True)
+
         tensors = {
-            INPUT_IDS: input_ids.to(torch.int32),
-            ATTENTION_MASK: torch.ones_like(input_ids, dtype=torch.int8),
-            TOPK_LOGPROBS: torch.stack([t[0] for t in targets]).half(),  # [rows, seq, k]
-            TOPK_IDS: torch.stack([t[1] for t in targets]).to(self.id_dtype),  # [rows, seq, k]
-            TAIL_LOGPROB: torch.stack([t[2] for t in targets]),  # [rows, seq]
-            ROW_NLL: torch.stack([t[3] for t in targets]),  # [rows]
-            ROW_TARGETS: torch.full((len(rows),), input_ids.shape[1] - 1, dtype=torch.int32),  # [rows]
+            INPUT_IDS: batch[INPUT_IDS].to(torch.int32),
+            ATTENTION_MASK: attention_mask.to(torch.int8),
+            TOPK_LOGPROBS: padded(0).half(),  # [rows, seq, k]
+            TOPK_IDS: padded(1).to(self.id_dtype),  # [rows, seq, k]
+            TAIL_LOGPROB: padded(2),  # [rows, seq]
+            ROW_NLL: torch.stack([values[3] for values in recorded]),  # [rows]
+            ROW_TARGETS: targets.sum(-1).to(torch.int32),  # [rows]
         }
+        if LOSS_MASK in batch:
+            tensors[LOSS_MASK] = batch[LOSS_MASK].to(torch.int8)
         stats = {
-            "positions": input_ids.numel(),
-            "targets": input_ids.shape[0] * (input_ids.shape[1] - 1),
+            "positions": int(attention_mask.sum()),
+            "targets": int(targets.sum()),
             "nll_sum": float(tensors[ROW_NLL].sum()),
         }
         return tensors, stats
