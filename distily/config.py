@@ -22,6 +22,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from distily.data.arguments import DataArguments
+from distily.data.chat import MESSAGES
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import EvalCommandArguments, EvaluationArguments
 from distily.models.arguments import ModelArguments, TeacherArguments
@@ -142,7 +143,8 @@ class GenerateConfig(RecordConfig):
     def recording(self) -> RecordConfig:
         """The recording of ``generate_record``: of the samples (or the conversations with the teacher's responses,
         chat data with their loss mask), as ``distily record`` would record them."""
-        data = dataclasses.replace(self.data, dataset_name=self.generate.generate_output)
+        data = dataclasses.replace(self.data, dataset_name=self.generate.generate_output,
+                                   dataset_messages_column=MESSAGES)  # the column written, not the one configured
         return RecordConfig(self.model, data, self.record, self.inference)
 
 

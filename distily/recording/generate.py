@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from distily.config import GenerateConfig
+from distily.data.chat import MESSAGES
 from distily.data.framing import document_separator_id, tokenizer_adds_bos
 from distily.errors import DistilyConfigError
 from distily.generation.engine import HFGenerator, stop_token_ids, strip_stop
@@ -102,7 +103,7 @@ def run_generation(config: GenerateConfig) -> dict:
         if dropped["unfinished"]:
             logger.warning(f"{dropped['unfinished']} responses reached generate_length={args.generate_length} "
                            "without a stop token and were dropped (generate_keep_unfinished keeps them)")
-        write_dataset(datasets.Dataset.from_dict({"messages": conversations}), args.generate_output)
+        write_dataset(datasets.Dataset.from_dict({MESSAGES: conversations}), args.generate_output)
         result = {"generate_output": args.generate_output, "conversations": len(conversations),
                   "empty_dropped": dropped["empty"], "unfinished_dropped": dropped["unfinished"]}
     else:

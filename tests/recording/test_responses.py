@@ -103,6 +103,18 @@ def test_the_responses_are_recorded_with_their_assistant_mask_and_a_student_trai
     assert distilled["teacher"]["source"] == "recorded"
 
 
+def test_the_responses_are_recorded_from_the_column_written_whatever_dataset_messages_column_says(
+        teacher_dirs, tmp_path):
+    """dataset_messages_column names a column of dataset_name's chat data; the responses are written as ``messages``
+    and recorded from there (the recording used to look for the configured column, after all the generation)."""
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"the cat sees {n} books"} for n in range(6)])
+    keys = values(teacher_dirs, tmp_path, prompts, generate_record=True, teacher_store=str(tmp_path / "store"),
+                  record_top_k=8, max_seq_length=128, eval_fraction=0.25, dataset_messages_column="conversation")
+    result = run_generation(parse_generate_config(**keys))
+    assert sum(result["manifest"]["rows"].values()) == result["conversations"]
+    assert "loss_mask" in TeacherStore(keys["teacher_store"]).dataset("train")[0]
+
+
 def test_responses_without_a_stop_token_are_dropped_and_counted_unless_kept(teacher_dirs, tmp_path):
     """A teacher whose generation config lists a second stop token (as chat models list their end of turn): the
     responses that reach it within generate_length stay, the others are dropped and counted."""
