@@ -28,6 +28,8 @@ from distily.errors import DistilyConfigError
 from distily.outputs import atomic_output
 from distily.paths import distily_cache_dir, looks_like_local_path
 
+logger = logging.getLogger(__name__)
+
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # text_document_delimiter's named values; anything else is a regular expression that starts a document
 BLANK_LINE, LINE, FILE = "blank_line", "line", "file"
@@ -82,22 +84,67 @@ def is_hidden(file: Path, root: Path) -> bool:
     return any(part.startswith((".", "__")) for part in file.relative_to(root).parts)
 
 
-def _local_files(path: Path) -> dict[str, list[str]]:
-    """Data files under a local path (hidden ones skipped), grouped by the ``datasets`` builder that reads them."""
-    if path.is_dir():
-        candidates = sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p, path))
-    else:
-        candidates = [path]
-    groups: dict[str, list[str]] = {}
-    for candidate in candidates:
-        builder = FILE_BUILDERS.get(candidate.suffix.lower())
-        if builder is not None:
-            groups.setdefault(builder, []).append(str(candidate))
-    if not groups:
+def _data_files(path: Path) -> list[Path]:
+    """The data files under a local path: the file itself, or a directory's files of a kind ``FILE_BUILDERS`` reads
+    (hidden ones skipped)."""
+    found = sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p, path)) if path.is_dir() else [path]
+    files = [file for file in found if file.suffix.lower() in FILE_BUILDERS]
+    if not files:
         raise DistilyConfigError(
             f"dataset_name={str(path)!r} holds no data files; expected {', '.join(FILE_BUILDERS)} files (hidden "
             "ones, under a name starting with . or __, are skipped)"
         )
+    return files
+
+
+def _files_by_split(root: Path, files: list[Path]) -> dict[str, list[Path]]:
+    """A data directory's ``files`` by the split their names give, by ``datasets``' data-directory convention (file or
+    folder names ``train*``, ``test*``/``eval*``, ``validation*``/``valid*``/``dev*``, or shards
+    ``{split}-00000-of-00002``), as ``datasets.load_dataset(directory)`` splits them; empty when no name gives one."""
+    try:
+        patterns = datasets.data_files.get_data_patterns(str(root))
+    except datasets.data_files.EmptyDatasetError:
+        return {}
+    if patterns == datasets.data_files.DEFAULT_PATTERNS_ALL:  # {"train": ["**"]}: no name gives a split
+        return {}
+    real = {os.path.realpath(file): file for file in files}
+    by_split = {}
+    for split, split_patterns in patterns.items():
+        matched = datasets.data_files.DataFilesList.from_patterns(split_patterns, base_path=str(root))
+        kept = [real[name] for name in sorted({os.path.realpath(name) for name in matched}) if name in real]
+        if kept:
+            by_split[str(split)] = kept
+    return by_split
+
+
+def _split_files(root: Path, files: list[Path], split: str) -> list[Path]:
+    """The files of the data directory ``root`` that hold ``split``; every file when no name gives a split (all read
+    as ``train``, as a single file is). A split the names do not give is an error naming those they give; files
+    that give none beside files that do are not read (``datasets`` skips them too), with a warning."""
+    by_split = _files_by_split(root, files)
+    if not by_split:
+        return files
+    if split not in by_split:
+        raise DistilyConfigError(
+            f"{str(root)!r} has no split {split!r}; expected one of {', '.join(by_split)} (the splits its file names "
+            "give)"
+        )
+    named = {file for split_files in by_split.values() for file in split_files}
+    unnamed = [str(file) for file in files if file not in named]
+    if unnamed:
+        logger.warning(f"{len(unnamed)} data files under {str(root)!r} name no split ({unnamed[0]}, ...) beside "
+                       f"files that do ({', '.join(by_split)}): they are not read")
+    return by_split[split]
+
+
+def _local_files(path: Path, split: str) -> tuple[str, list[str]]:
+    """The ``datasets`` builder and the files of a local path's ``split`` (``_split_files``)."""
+    files = _data_files(path)
+    if path.is_dir():
+        files = _split_files(path, files, split)
+    groups: dict[str, list[str]] = {}
+    for file in files:
+        groups.setdefault(FILE_BUILDERS[file.suffix.lower()], []).append(str(file))
     if len(groups) > 1:
         raise DistilyConfigError(
             f"dataset_name={str(path)!r} mixes file kinds ({', '.join(groups)}); expected one kind of file"
@@ -105,7 +152,8 @@ def _local_files(path: Path) -> dict[str, list[str]]:
     empty = next((name for files in groups.values() for name in files if os.path.getsize(name) == 0), None)
     if empty is not None:
         raise DistilyConfigError(f"data file {empty!r} is empty (0 bytes); expected documents in it")
-    return groups
+    ((builder, names),) = groups.items()
+    return builder, names
 
 
 def _first_bad_json_line(files: list[str]) -> Optional[str]:
@@ -151,7 +199,7 @@ def load_documents(args: DataArguments) -> datasets.Dataset:
             loaded = _split(loaded, args)
         return loaded
     if path.exists():
-        ((builder, files),) = _local_files(path).items()
+        builder, files = _local_files(path, args.dataset_split)
         if builder == "text":
             return load_text_files(files, args.text_document_delimiter)
         if builder == "json":

@@ -184,6 +184,41 @@ def test_files_in_hidden_folders_are_not_data(tmp_path):
         load_documents(args(only_hidden, tmp_path))
 
 
+def test_a_directory_whose_file_names_give_splits_reads_the_split_asked_for(tmp_path, caplog):
+    """``datasets``' data-directory convention: files (or folders) named by split hold that split. Only the split
+    asked for is read (both used to be read as one training set), and a split the names do not give is a one-line
+    error naming those they give."""
+    documents = {split: [f"{split} document {i}" for i in range(4)] for split in ("train", "test", "validation")}
+    by_file, by_folder = tmp_path / "by_file", tmp_path / "by_folder"
+    by_file.mkdir()
+    write_jsonl(by_file / "train.jsonl", documents["train"])
+    write_jsonl(by_file / "test-0.jsonl", documents["test"])
+    for split in ("train", "validation"):
+        (by_folder / "data" / split).mkdir(parents=True)
+        write_jsonl(by_folder / "data" / split / "part.jsonl", documents[split])
+    assert sorted(load_documents(args(by_file, tmp_path))["text"]) == documents["train"]
+    assert sorted(load_documents(args(by_file, tmp_path, dataset_split="test"))["text"]) == documents["test"]
+    assert sorted(load_documents(args(by_folder, tmp_path, dataset_split="validation"))["text"]) == documents[
+        "validation"]
+    with pytest.raises(DistilyConfigError, match=r"^'.*by_file' has no split 'validation'; expected one of train, "
+                                                 r"test \(the splits its file names give\)$"):
+        load_documents(args(by_file, tmp_path, dataset_split="validation"))
+    write_jsonl(by_file / "notes.jsonl", ["a note"])  # names no split: not read, as datasets reads it
+    with caplog.at_level("WARNING", logger="distily.data.text"):
+        assert sorted(load_documents(args(by_file, tmp_path))["text"]) == documents["train"]
+    assert "1 data files under" in caplog.text and "notes.jsonl" in caplog.text
+
+
+def test_a_directory_whose_file_names_give_no_split_is_all_train_whatever_the_split(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    write_jsonl(root / "a.jsonl", ["first document"])
+    write_jsonl(root / "b.jsonl", ["second document"])
+    for split in ("train", "test"):
+        assert sorted(load_documents(args(root, tmp_path, dataset_split=split))["text"]) == ["first document",
+                                                                                          "second document"]
+
+
 def test_an_eval_sets_kept_blocks_are_a_fixed_sample_of_every_document_length(tmp_path, tokenizer):
     """A named eval set packed by best fit, with fewer blocks kept than it has: a sample (the same for every run),
     not the first blocks, which hold the longest documents."""

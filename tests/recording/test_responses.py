@@ -15,6 +15,7 @@ from distily.generation.arguments import SamplingSettings
 from distily.generation.engine import HFGenerator
 from distily.models.teacher import load_tokenizer
 from distily.recording.generate import run_generation
+from distily.recording.responses import load_prompts
 from distily.training.distill import run_distillation
 from tiny import GEMMA_TEMPLATE
 
@@ -149,6 +150,19 @@ def test_every_response_dropped_is_a_one_line_error_and_nothing_is_written(teach
                                                  r"expected a longer generate_length, or generate_keep_unfinished"):
         run_generation(parse_generate_config(**keys))
     assert not (tmp_path / "responses.jsonl").exists()
+
+
+def test_generate_prompts_split_picks_the_split_of_a_directory(teacher_dirs, tmp_path):
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    write_rows(folder / "train.jsonl", [{"prompt": "a train prompt"}])
+    write_rows(folder / "test.jsonl", [{"prompt": "a test prompt"}])
+    config = parse_generate_config(**values(teacher_dirs, tmp_path, str(folder), generate_prompts_split="test"))
+    assert load_prompts(config)["prompt"] == ["a test prompt"]
+    config = parse_generate_config(**values(teacher_dirs, tmp_path, str(folder), generate_prompts_split="dev"))
+    with pytest.raises(DistilyConfigError, match=r"^generate_prompts='.*prompts': '.*prompts' has no split 'dev'; "
+                                                 r"expected one of train, test"):
+        load_prompts(config)
 
 
 def test_a_missing_prompt_file_names_generate_prompts(teacher_dirs, tmp_path):
