@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from distily.data.alignment import ALIGNED
+from distily.data.framing import POSITION_IDS
 from distily.errors import DistilyConfigError
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.component import Component, StepShape, loss_positions
@@ -131,14 +132,19 @@ class AttentionsComponent(Component):
         return f"layer_pairs={self.layer_pairs}, heads={self.heads_mode}, matched_heads={self.matched_heads}"
 
 
-def relation_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Which key each query row may relate to: earlier or same positions that are not padding, and always
-    itself (so no row is empty): ``[batch, seq]`` -> ``[batch, 1, seq, seq]`` bool."""
+def relation_mask(attention_mask: torch.Tensor, position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Which key each query row may relate to: earlier or same positions that are not padding and, in a block of
+    packed documents (``position_ids`` restarting at 0 at each one, as the models are told to keep them apart), of
+    the same document; and always itself (so no row is empty): ``[batch, seq]`` -> ``[batch, 1, seq, seq]`` bool."""
     mask = attention_mask.bool()  # [batch, seq]
     seq = mask.shape[1]
     causal = torch.ones(seq, seq, dtype=torch.bool, device=mask.device).tril()  # [query, key]
     itself = torch.eye(seq, dtype=torch.bool, device=mask.device)  # [query, key]
-    return (causal & mask[:, None, None, :]) | itself
+    allowed = causal & mask[:, None, None, :]  # [batch, 1, query, key]
+    if position_ids is not None:
+        document = (position_ids == 0).cumsum(-1)  # [batch, seq]: which document each position is in
+        allowed = allowed & (document[:, None, :, None] == document[:, None, None, :])
+    return allowed | itself
 
 
 def relation_logprobs(vectors: torch.Tensor, relation_heads: int, allowed: torch.Tensor) -> torch.Tensor:
@@ -160,8 +166,8 @@ class AttentionRelationsComponent(Component):
     per query row. The q/k/v of both models are split into the same number of relation heads, so the
     student may have other widths and head counts than the teacher. They are recorded by forward hooks on
     the projections (``qkv.py``): no model needs eager attention. Rows are causal (a position relates to
-    itself and earlier positions), like the attention of the causal LMs distilled here; padding keys are
-    left out and padding rows are not counted.
+    itself and earlier positions of its document), like the attention of the causal LMs distilled here;
+    padding keys are left out and padding rows are not counted.
     """
 
     reads_teacher_internals = True
@@ -189,7 +195,7 @@ class AttentionRelationsComponent(Component):
         if self._recorders is None:
             raise RuntimeError("attention relations read q/k/v through hooks: call attach(student, teacher) first")
         mask = loss_positions(batch)  # [batch, seq]: the query rows that count
-        allowed = relation_mask(batch["attention_mask"])  # [batch, 1, seq, seq]: keys are all real tokens
+        allowed = relation_mask(batch["attention_mask"], batch.get(POSITION_IDS))  # [batch, 1, seq, seq]
         student_recorder, teacher_recorder = self._recorders
         student_records = {index: student_recorder.take(index - 1) for index in {s for s, _ in self.layer_pairs}}
         teacher_records = {index: teacher_recorder.take(index - 1) for index in {t for _, t in self.layer_pairs}}

@@ -28,8 +28,11 @@ LayerMap = Callable[..., LayerPairs]
 
 
 def relative_depth(student_index: int, student_depth: int, teacher_depth: int) -> int:
-    """The teacher index at the same relative depth as ``student_index``, halves rounded up."""
-    return (2 * student_index * teacher_depth + student_depth) // (2 * student_depth)
+    """The teacher index at the same relative depth as ``student_index``, halves rounded up; a block output
+    (index >= 1) pairs with a block output, never the embeddings (a student more than twice the teacher's depth
+    would round its first block down to 0)."""
+    index = (2 * student_index * teacher_depth + student_depth) // (2 * student_depth)
+    return max(index, 1) if student_index >= 1 else index
 
 
 def all_layers(student_depth: int, teacher_depth: int) -> LayerPairs:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Phi3Config, Qwen2Config
 
+from distily.data.framing import model_inputs
+from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
 from distily.objectives.arguments import ObjectiveArguments
@@ -313,6 +315,24 @@ def test_relations_are_zero_for_a_copy_and_ignore_padding_tokens():
     changed = tokens(seed=1)
     changed[1, 4:] = (changed[1, 4:] + 7) % VOCAB  # only padding positions differ
     assert value.item() > 0 and torch.allclose(loss_for(changed, tokens(seed=2)), value, rtol=1e-6)
+
+
+def test_relations_in_a_block_of_packed_documents_equal_those_of_each_document_alone():
+    """Under document masks (restarting position_ids) the models keep documents apart; so must the relations: a
+    query of the second document related to every key of the first (0.339 of 1.800 more on this block)."""
+    student, teacher = tiny_model("llama", 32, 4, 2), tiny_model("llama", 64, 8, 2, seed=1)
+    component = AttentionRelationsComponent([(2, 2)], relation_heads=2, kinds=["query", "key", "value"])
+    component.attach(student, teacher)
+
+    def loss(batch):
+        with torch.no_grad():
+            return component(student(**model_inputs(batch)), teacher(**model_inputs(batch)), batch).item()
+
+    generator = torch.Generator().manual_seed(2)
+    first, second = (torch.randint(1, VOCAB, (n,), generator=generator).tolist() for n in (6, 5))
+    packed = collate([{"input_ids": first + second, "position_ids": list(range(6)) + list(range(5))}])
+    alone = collate([{"input_ids": first}, {"input_ids": second}])
+    assert loss(packed) > 0 and math.isclose(loss(packed), loss(alone), rel_tol=1e-5)
 
 
 # configuration

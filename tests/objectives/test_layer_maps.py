@@ -40,6 +40,11 @@ def test_relative_depth_rounds_halves_up_and_keeps_the_ends():
     assert relative_depth(0, 5, 7) == 0 and relative_depth(5, 5, 7) == 7
 
 
+def test_a_student_more_than_twice_as_deep_pairs_its_first_block_with_a_block_not_the_embeddings():
+    assert relative_depth(1, 6, 2) == 1  # 1/3 would round to 0: the embedding output
+    assert LAYER_MAPS["all"](6, 2) == [(1, 1), (2, 1), (3, 1), (4, 1), (5, 2), (6, 2)]
+
+
 @pytest.mark.parametrize("student_depth, teacher_depth", DEPTHS)
 def test_uniform_strides_from_the_bottom_and_uniform_last_ends_at_the_top(student_depth, teacher_depth):
     stride = teacher_depth // student_depth
