@@ -240,11 +240,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_config_file(path: str) -> dict:
-    """Read a YAML or JSON config file into a flat dict of keys; a key given twice is an error."""
+    """Read a YAML or JSON config file (UTF-8) into a flat dict of keys; a key given twice, or one that is not a
+    name, is an error."""
     if not os.path.isfile(path):
         raise DistilyConfigError(f"config file {path!r} does not exist; expected a YAML or JSON file")
     try:
-        data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        raise DistilyConfigError(f"config file {path!r} is not UTF-8 at byte {err.start}; expected UTF-8 YAML or JSON")
     except yaml.YAMLError as err:
         raise DistilyConfigError(f"config file {path!r} is not valid YAML: {str(err).splitlines()[0]}")
     except _KeyGivenTwice as twice:
@@ -254,6 +257,10 @@ def read_config_file(path: str) -> dict:
         return {}
     if not isinstance(data, dict):
         raise DistilyConfigError(f"config file {path!r} holds a {type(data).__name__}; expected a mapping of keys")
+    names = [key for key in data if not isinstance(key, str)]  # YAML reads an unquoted 1, yes or null as no name
+    if names:
+        raise DistilyConfigError(f"config file {path!r} has the key {names[0]!r}, which is not a name; expected key "
+                                 "names such as max_steps")
     return data
 
 

@@ -464,8 +464,13 @@ def test_bad_value(changes, expected, tmp_path, teacher_dirs, run_values, capsys
          "sets 'learning_rate' twice (lines 1 and 3); expected each key once"),
         (lambda path: path.write_text("student_config_overrides:\n  n_layer: 2\n  n_layer: 4\n"),
          "sets 'n_layer' twice (lines 2 and 3)"),
+        (lambda path: path.write_bytes(b"max_steps: 5\n# caf\xe9\n"),
+         "is not UTF-8 at byte 18; expected UTF-8 YAML or JSON"),
+        (lambda path: path.write_text("max_steps: 5\n1: 2\n"),
+         "has the key 1, which is not a name; expected key names such as max_steps"),
     ],
-    ids=["missing", "invalid_yaml", "not_a_mapping", "key_given_twice", "nested_key_given_twice"],
+    ids=["missing", "invalid_yaml", "not_a_mapping", "key_given_twice", "nested_key_given_twice", "not_utf8",
+         "key_not_a_name"],
 )
 def test_bad_config_file(write, expected, tmp_path, capsys):
     path = tmp_path / "config.yaml"
@@ -473,6 +478,22 @@ def test_bad_config_file(write, expected, tmp_path, capsys):
     assert main(["distill", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["file", "below_a_file"])
+def test_a_teacher_store_that_is_a_file_is_refused_before_the_teacher_loads(below, tmp_path, teacher_dirs, text_file,
+                                                                            capsys, monkeypatch):
+    (tmp_path / "notes.txt").write_text("a user's file")
+    store = tmp_path / "notes.txt" / "store" if below else tmp_path / "notes.txt"
+    monkeypatch.setattr("distily.recording.run._teacher_for", lambda config: pytest.fail("the teacher was loaded"))
+    before = tree(tmp_path)
+    assert main(["record", "--teacher_model_name_or_path", teacher_dirs["llama"], "--dataset_name", text_file,
+                 "--teacher_store", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    where = f"is below the file '{tmp_path / 'notes.txt'}'" if below else "is an existing file"
+    assert err == (f"distily record: error: teacher_store='{store}' {where}; expected a directory (new, or a store "
+                   "to resume)")
+    assert tree(tmp_path) == before
 
 
 @pytest.mark.parametrize(

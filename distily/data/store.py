@@ -119,6 +119,17 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+def check_store_directory(path: str | os.PathLike) -> None:
+    """A store is a directory: ``teacher_store`` naming an existing file, or a path below one, is refused in one line
+    (checked before the teacher loads, not when the first shard is written)."""
+    path = Path(path)
+    existing = next((where for where in (path, *path.parents) if where.exists()), None)
+    if existing is None or existing.is_dir():
+        return
+    where = "is an existing file" if existing == path else f"is below the file {str(existing)!r}"
+    raise DistilyConfigError(f"teacher_store={str(path)!r} {where}; expected a directory (new, or a store to resume)")
+
+
 def _first_difference(old: dict, new: dict) -> Optional[str]:
     """The first key, in ``new``'s order, whose value differs (settings derived from others come last)."""
     for key in [*new, *(key for key in old if key not in new)]:
@@ -142,6 +153,7 @@ class StoreWriter:
     """
 
     def __init__(self, path: str | os.PathLike, settings: dict):
+        check_store_directory(path)
         self.path = Path(path)
         self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
         self.finished = False

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from distily.config import GenerateConfig
 from distily.data.chat import MESSAGES
+from distily.data.store import check_store_directory
 from distily.data.framing import document_separator_id, tokenizer_adds_bos
 from distily.errors import DistilyConfigError
 from distily.generation.engine import HFGenerator, stop_token_ids, strip_stop
@@ -87,6 +88,8 @@ def run_generation(config: GenerateConfig) -> dict:
     model_args, args, inference = config.model, config.generate, config.inference
     if os.path.exists(args.generate_output):
         raise DistilyConfigError(f"generate_output={args.generate_output!r} exists; expected a new path")
+    if args.generate_record:
+        check_store_directory(config.record.teacher_store)
     set_seed(inference.seed)
     teacher = load_teacher(
         model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code

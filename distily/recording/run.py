@@ -21,6 +21,7 @@ from distily.data.store import (
     TOKENIZER_DIR,
     StoreWriter,
     bytes_per_entry,
+    check_store_directory,
     id_dtype,
 )
 from distily.data.text import (
@@ -154,7 +155,8 @@ def run_recording(
     """Record the teacher into ``teacher_store`` (resuming a recording with the same settings) and return
     the manifest. ``teacher`` and ``tokenizer`` may be passed in when already loaded (``distily generate``)."""
     model_args, record = config.model, config.record
-    documents = load_training_documents(config.data)  # before the teacher: a bad dataset fails fast
+    check_store_directory(record.teacher_store)  # before the teacher: a bad store path or dataset fails fast
+    documents = load_training_documents(config.data)
     teacher = teacher if teacher is not None else _teacher_for(config)
     tokenizer = tokenizer or load_tokenizer(model_args.teacher_model_name_or_path, "teacher",
                                             model_args.trust_remote_code)

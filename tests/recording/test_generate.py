@@ -86,3 +86,8 @@ def test_generate_needs_an_output_and_a_store_to_record_into(teacher_dirs, text_
     values.update(generate_output=str(tmp_path / "s.jsonl"), generate_record=True, teacher_store=None)
     with pytest.raises(DistilyConfigError, match=r"generate_record=true needs teacher_store"):
         run_generation(parse_generate_config(**values))
+    (tmp_path / "notes.txt").write_text("a user's file")
+    values.update(teacher_store=str(tmp_path / "notes.txt"))  # refused before sampling, not after it
+    with pytest.raises(DistilyConfigError, match=r"teacher_store='.*notes.txt' is an existing file; expected a dir"):
+        run_generation(parse_generate_config(**values))
+    assert not (tmp_path / "s.jsonl").exists()
