@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install Distily with its test extras, taking the CPU torch wheel
-# pinned in constraints.txt rather than a multi-GB CUDA build.
+# Create .venv (if missing) and install Distily with its test extras, torch at the version constraints.txt pins
+# (for the CPU build on Linux with PyPI as the index, set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
