@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import json
 import os
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar, Optional
@@ -273,11 +274,41 @@ def check_keys(keys) -> None:
             raise DistilyConfigError(f"unknown config key {key!r}{hint}; see `distily distill --help` for the keys")
 
 
-def _as_flags(config: dict) -> list[str]:
-    """Turn file values into the flags they stand for, so both go through one parser and its checks."""
+def _key_types(command: type) -> dict[str, object]:
+    """Each key's type as declared (``Optional[int]``; ``Optional[X]`` too where the default is None), read from the
+    annotations: HfArgumentParser strips ``Optional`` from the dataclass fields' own types as it builds a parser."""
+    types = {}
+    for part in _parts(command):
+        hints = typing.get_type_hints(part)
+        for f in fields(part):
+            if f.init:
+                types[f.name] = Optional[hints[f.name]] if f.default is None else hints[f.name]
+    return types
+
+
+def _list_keys(parser: HfArgumentParser) -> set[str]:
+    """The keys whose flag takes a list (``--key a b``)."""
+    return {action.dest for action in parser._actions if action.nargs in ("+", "*")}
+
+
+def _may_be_none(kind) -> bool:
+    return type(None) in typing.get_args(kind)
+
+
+def _type_name(kind) -> str:
+    """A key's type as an error names it: ``int`` for ``Optional[int]``."""
+    kinds = [each for each in typing.get_args(kind) if each is not type(None)] or [kind]
+    return " or ".join(getattr(each, "__name__", str(each)) for each in kinds)
+
+
+def _as_flags(config: dict, list_keys: set[str], types: dict[str, object]) -> list[str]:
+    """Turn file values into the flags they stand for, so both go through one parser and its checks; a list for a key
+    of one value is an error naming the key. Values no flag expresses (null, an empty list) are ``_flagless``'s."""
     argv = []
     for key, value in config.items():
-        if value is None:
+        if isinstance(value, (list, tuple)) and key not in list_keys:
+            raise DistilyConfigError(f"{key}={list(value)!r} is a list; expected one {_type_name(types[key])}")
+        if value is None or isinstance(value, (list, tuple)) and not value:
             continue
         argv.append(f"--{key}")
         if isinstance(value, bool):
@@ -291,18 +322,34 @@ def _as_flags(config: dict) -> list[str]:
     return argv
 
 
+def _flagless(config: dict, types: dict[str, object]) -> dict:
+    """The values of ``config`` no flag can express, as the fields take them: an empty list, and null (None) for a key
+    whose field may be None (``max_eval_samples: null``: no limit); null for another key is an error."""
+    values = {}
+    for key, value in config.items():
+        if value is None:
+            if not _may_be_none(types[key]):
+                raise DistilyConfigError(
+                    f"{key} is null; expected a value of type {_type_name(types[key])} (leave it out for its default)"
+                )
+            values[key] = None
+        elif isinstance(value, (list, tuple)) and not value:
+            values[key] = []
+    return values
+
+
 def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]], values: dict):
     file_values = read_config_file(config_path) if config_path else {}
     check_keys(file_values)
     check_keys(values)
-    used = command_keys(command)
-    flags = (
-        _as_flags({key: value for key, value in file_values.items() if key in used})
-        + list(argv or [])
-        + _as_flags({key: value for key, value in values.items() if key in used})
-    )
+    used, types = command_keys(command), _key_types(command)
+    file_values = {key: value for key, value in file_values.items() if key in used}
+    values = {key: value for key, value in values.items() if key in used}
     parser = make_parser(command)
-    _, remaining = parser.parse_known_args(flags)
+    list_keys = _list_keys(parser)
+    flags = _as_flags(file_values, list_keys, types) + list(argv or []) + _as_flags(values, list_keys, types)
+    # the file's flagless values stand unless a flag sets the key; the keyword values' win over every flag
+    namespace, remaining = parser.parse_known_args(flags, argparse.Namespace(**_flagless(file_values, types)))
     if remaining:
         unknown = next((a for a in remaining if a.startswith("--")), remaining[0])
         key = unknown.lstrip("-").split("=")[0]
@@ -312,8 +359,9 @@ def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]],
                 f"{key} is not used by `{command.prog}`; expected a key of `{command.prog} --help`"
             )
         raise DistilyConfigError(f"unexpected argument {unknown!r}; expected --key value pairs")
+    settings = {**vars(namespace), **_flagless(values, types)}
     try:
-        parts = parser.parse_args_into_dataclasses(args=flags)
+        parts = [part(**{f.name: settings[f.name] for f in fields(part) if f.init}) for part in _parts(command)]
     except DistilyConfigError:
         raise
     except ValueError as err:  # raised by TrainingArguments.__post_init__ and friends

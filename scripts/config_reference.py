@@ -55,7 +55,10 @@ def reference() -> str:
         "`distily/config.py` composes them per command. `distily distill`, `distily record` and `distily generate`",
         "read one config file: each takes the keys it uses (its `--help` lists them) and ignores the others'. Every",
         "key works in a YAML/JSON config file and as a `--key value` flag of the commands that read it; a flag wins",
-        "over the file. Lists are space-separated on the command line; JSON objects are quoted.",
+        "over the file. Lists are space-separated on the command line; JSON objects are quoted. Two file values have",
+        "no flag form: `null` gives a key whose default is None, or whose type admits None, the value None (for",
+        "`max_eval_samples`: no limit; `null` for another key is refused), and `[]` gives a list key an empty list.",
+        "A list for a key of one value is refused, naming the key.",
         "",
     ]
     base = {f.name: f for f in dataclasses.fields(TrainingArguments)}

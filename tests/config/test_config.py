@@ -3,7 +3,7 @@ import re
 import pytest
 import yaml
 
-from distily.config import FILE_COMMANDS, DistillConfig, command_keys, make_parser, parse_config
+from distily.config import FILE_COMMANDS, DistillConfig, command_keys, make_parser, parse_config, parse_record_config
 from distily.errors import DistilyConfigError
 
 
@@ -130,3 +130,38 @@ def test_configuration_reference_is_up_to_date():
     script = Path(__file__).resolve().parents[2] / "scripts" / "config_reference.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_null_and_empty_lists_in_a_file_are_the_values_they_say(tmp_path):
+    """Values no flag expresses: null is None where the key may be None (max_eval_samples: no limit; it used to be
+    skipped, leaving the default 256), an empty list is an empty list (it used to be a flag without values, refused);
+    a flag still wins over the file, a keyword value over both."""
+    config_file = write_yaml(tmp_path / "c.yaml", {
+        "teacher_model_name_or_path": "t", "teacher_store": "s", "max_eval_samples": None, "max_samples": None,
+        "record_hidden_states_layers": [],
+    })
+    config = parse_record_config(config_file)
+    assert config.data.max_eval_samples is None and config.data.max_samples is None
+    assert config.record.record_hidden_states_layers == []
+    config = parse_record_config(config_file, ["--max_eval_samples", "7", "--record_hidden_states_layers", "2"])
+    assert config.data.max_eval_samples == 7 and config.record.record_hidden_states_layers == [2]
+    config = parse_record_config(config_file, ["--max_eval_samples", "7"], max_eval_samples=None)
+    assert config.data.max_eval_samples is None
+    distill = parse_config(argv=["--output_dir", "o"], teacher_model_name_or_path="t", lm_eval_tasks=[],
+                           freeze_student_modules=[])
+    assert distill.evaluation.lm_eval_tasks == [] and distill.model.freeze_student_modules == []
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"record_top_k": [1, 2]}, "record_top_k=[1, 2] is a list; expected one int"),
+        ({"logits_temperature": []}, "logits_temperature=[] is a list; expected one float"),
+        ({"record_top_k": None}, "record_top_k is null; expected a value of type int (leave it out for its default)"),
+    ],
+)
+def test_a_file_value_of_the_wrong_shape_is_a_one_line_error_naming_the_key(values, message, tmp_path):
+    config_file = write_yaml(tmp_path / "c.yaml", {"teacher_model_name_or_path": "t", "teacher_store": "s", **values})
+    with pytest.raises(DistilyConfigError) as err:
+        parse_record_config(config_file)
+    assert str(err.value) == message
