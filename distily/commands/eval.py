@@ -50,7 +50,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     teacher, teacher_tokenizer, vocab_size = None, None, None
     if command.teacher_model_name_or_path is not None:
         teacher = load_teacher(command.teacher_model_name_or_path, command.torch_dtype, command.trust_remote_code)
-        teacher_tokenizer = load_tokenizer(command.teacher_model_name_or_path, "teacher")
+        teacher_tokenizer = load_tokenizer(command.teacher_model_name_or_path, "teacher", command.trust_remote_code)
         adopt_chat_template(teacher_tokenizer, command.chat_template)
         check_same_tokenizer(teacher_tokenizer, tokenizer)
         vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(model), len(tokenizer))

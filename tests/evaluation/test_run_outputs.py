@@ -110,6 +110,37 @@ def test_distily_eval_compares_a_model_with_its_teacher(teacher_dirs, tokenizer,
     assert "| recent: bits per byte (UTF-8) |" in table
 
 
+def _with_remote_code_tokenizer(model_dir: str) -> str:
+    """``model_dir`` whose tokenizer is a class of its own code (``auto_map``) that adds a token: without
+    trust_remote_code, transformers falls back to the plain tokenizer of tokenizer.json, without that token."""
+    (Path(model_dir) / "remote_tokenizer.py").write_text(
+        "from transformers import PreTrainedTokenizerFast\n\n\nclass RemoteTokenizer(PreTrainedTokenizerFast):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        self.add_tokens(['<remote>'], special_tokens=True)\n"
+    )
+    settings = Path(model_dir) / "tokenizer_config.json"
+    config = json.loads(settings.read_text())
+    config.update(tokenizer_class="RemoteTokenizer",
+                  auto_map={"AutoTokenizer": [None, "remote_tokenizer.RemoteTokenizer"]})
+    settings.write_text(json.dumps(config))
+    return model_dir
+
+
+def test_distily_eval_loads_the_teachers_tokenizer_with_trust_remote_code(tokenizer, tmp_path, capsys):
+    """The teacher's tokenizer used to be loaded without trust_remote_code: a teacher with its own tokenizer code got
+    the plain one, refused as another tokenizer than the model's, though --trust_remote_code true was given."""
+    student = _with_remote_code_tokenizer(save_tiny_model(tmp_path / "student", "gpt2", tokenizer, seed=1, layers=2))
+    teacher = _with_remote_code_tokenizer(save_tiny_model(tmp_path / "teacher", "gpt2", tokenizer, layers=2))
+    recent = write_jsonl(tmp_path / "recent.jsonl", make_documents(30, seed=5))
+    assert main([
+        "eval", student, "--teacher_model_name_or_path", teacher, "--trust_remote_code", "true",
+        "--eval_datasets", json.dumps({"recent": recent}), "--max_seq_length", "32", "--max_eval_samples", "8",
+        "--tokenization_cache_dir", str(tmp_path / "cache"),
+    ]) == 0
+    assert "| recent: top-1 agreement with the teacher | — |" in capsys.readouterr().out
+
+
 def test_distily_eval_gives_its_chat_template_to_lm_evals_chat_prompts(tokenizer, tmp_path, monkeypatch, capsys):
     """A model whose tokenizer has no chat template: lm_eval_apply_chat_template is refused in one line, and
     runs with the template --chat_template gives."""
