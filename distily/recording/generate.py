@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import datasets
 from tqdm.auto import tqdm
@@ -23,6 +24,7 @@ from distily.data.store import check_store_directory
 from distily.data.framing import document_separator_id, tokenizer_adds_bos
 from distily.errors import DistilyConfigError
 from distily.generation.engine import HFGenerator, stop_token_ids, strip_stop
+from distily.models.architecture import max_positions
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.arguments import GenerateArguments
 from distily.recording.responses import teacher_responses
@@ -81,6 +83,20 @@ def write_samples(samples: list[list[int]], tokenizer: PreTrainedTokenizerBase, 
     write_dataset(datasets.Dataset.from_dict({"input_ids": samples, "text": texts}), output)
 
 
+def every_response_dropped(dropped: dict[str, int], generate_length: int, positions: Optional[int]) -> str:
+    """The error when ``teacher_responses`` kept no response: how many were dropped for each cause, and what would
+    keep them (shorter prompts for prompts that fill the teacher's positions; else a longer generate_length)."""
+    counts = [f"{dropped['empty']} empty", f"{dropped['unfinished']} without a stop token within generate_length="
+              f"{generate_length}"]
+    remedies = []
+    if dropped["too_long"]:
+        counts.insert(0, f"{dropped['too_long']} to prompts that fill the teacher's {positions} positions")
+        remedies.append("shorter prompts, or a teacher with more positions")
+    if dropped["empty"] or dropped["unfinished"]:
+        remedies.append("a longer generate_length, or generate_keep_unfinished=true")
+    return f"every response was dropped ({', '.join(counts)}); expected {'; or '.join(remedies)}"
+
+
 def run_generation(config: GenerateConfig) -> dict:
     """Sample from the teacher (or its responses to ``generate_prompts``) into ``generate_output``; with
     ``generate_record`` also record the teacher over the samples into ``teacher_store``. Returns what was written
@@ -97,18 +113,19 @@ def run_generation(config: GenerateConfig) -> dict:
     tokenizer = load_tokenizer(model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code)
     if args.generate_prompts is not None:
         conversations, dropped = teacher_responses(teacher, tokenizer, config, inference.per_device_eval_batch_size)
+        positions = max_positions(teacher.config)
         if not conversations:
-            raise DistilyConfigError(
-                f"every response was dropped ({dropped['empty']} empty, {dropped['unfinished']} without a stop token "
-                f"within generate_length={args.generate_length}); expected a longer generate_length, or "
-                "generate_keep_unfinished=true"
-            )
+            raise DistilyConfigError(every_response_dropped(dropped, args.generate_length, positions))
+        if dropped["too_long"]:
+            logger.warning(f"{dropped['too_long']} responses were dropped: their prompts fill the teacher's "
+                           f"{positions} positions (shorter prompts, or a teacher with more positions, answer them)")
         if dropped["unfinished"]:
             logger.warning(f"{dropped['unfinished']} responses reached generate_length={args.generate_length} "
                            "without a stop token and were dropped (generate_keep_unfinished keeps them)")
         write_dataset(datasets.Dataset.from_dict({MESSAGES: conversations}), args.generate_output)
         result = {"generate_output": args.generate_output, "conversations": len(conversations),
-                  "empty_dropped": dropped["empty"], "unfinished_dropped": dropped["unfinished"]}
+                  "too_long_dropped": dropped["too_long"], "empty_dropped": dropped["empty"],
+                  "unfinished_dropped": dropped["unfinished"]}
     else:
         samples = sample_sequences(teacher, tokenizer, args, inference.per_device_eval_batch_size)
         write_samples(samples, tokenizer, args.generate_output)

@@ -5,7 +5,8 @@ formatted with the teacher's chat template (``apply_chat_template(..., add_gener
 ``chat_template`` given, and the teacher samples ``generate_num_return_sequences`` responses to it. Each response
 becomes one conversation: the prompt's turns and an ``assistant`` turn, the ``messages`` rows that ``distily
 distill`` reads as chat data. A response that is empty (the teacher stopped at once), or unfinished (no stop
-token within ``generate_length``, unless ``generate_keep_unfinished``), is dropped and counted.
+token within ``generate_length``, unless ``generate_keep_unfinished``), is dropped and counted; so are the responses
+to a prompt that fills the teacher's positions (nothing is sampled for it).
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ from distily.data.text import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import pad_token_id
 from distily.generation.engine import HFGenerator, completion_text, stop_token_ids
+from distily.models.architecture import max_positions
 
 PROMPT, MESSAGES = "prompt", "messages"
 
@@ -76,19 +78,23 @@ def teacher_responses(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GenerateConfig, batch_size: int
 ) -> tuple[list[list[dict]], dict[str, int]]:
     """The conversations with the teacher's responses appended (``generate_num_return_sequences`` per prompt, in
-    prompt order), and the responses dropped: ``empty`` ones, and ``unfinished`` ones (no stop token within
-    ``generate_length``: cut mid-answer, the template would close them as whole answers) unless
-    ``generate_keep_unfinished``."""
+    prompt order), and the responses dropped: ``too_long`` ones (the prompt leaves none of the teacher's positions:
+    nothing is sampled), ``empty`` ones, and ``unfinished`` ones (no stop token within ``generate_length``: cut
+    mid-answer, the template would close them as whole answers) unless ``generate_keep_unfinished``."""
     args = config.generate
     conversations = prompt_conversations(load_prompts(config))
     template = run_chat_template(tokenizer, config.data.chat_template, config.data.chat_template_kwargs)
     stops = stop_token_ids(tokenizer, teacher)
     generator = HFGenerator(teacher, args.sampling(), stops, pad_token_id(tokenizer))
+    positions = max_positions(teacher.config)
     requests = []  # (conversation, prompt ids), each prompt generate_num_return_sequences times
+    answered, dropped = [], {"too_long": 0, "empty": 0, "unfinished": 0}
     for row, conversation in enumerate(conversations):
         ids = prompt_ids(tokenizer, conversation, template, f"generate_prompts row {row}")
+        if positions is not None and len(ids) >= positions:
+            dropped["too_long"] += args.generate_num_return_sequences
+            continue
         requests += [(conversation, ids)] * args.generate_num_return_sequences
-    answered, dropped = [], {"empty": 0, "unfinished": 0}
     with tqdm(total=len(requests), desc="Teacher responses", unit="response") as progress:
         for start in range(0, len(requests), batch_size):
             chunk = requests[start:start + batch_size]

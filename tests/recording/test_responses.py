@@ -17,7 +17,7 @@ from distily.models.teacher import load_tokenizer
 from distily.recording.generate import run_generation
 from distily.recording.responses import load_prompts
 from distily.training.distill import run_distillation
-from tiny import GEMMA_TEMPLATE
+from tiny import GEMMA_TEMPLATE, save_tiny_model
 
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -163,6 +163,25 @@ def test_generate_prompts_split_picks_the_split_of_a_directory(teacher_dirs, tmp
     with pytest.raises(DistilyConfigError, match=r"^generate_prompts='.*prompts': '.*prompts' has no split 'dev'; "
                                                  r"expected one of train, test"):
         load_prompts(config)
+
+
+def test_prompts_that_fill_the_teachers_positions_are_counted_apart_and_named(tokenizer, tmp_path):
+    """A prompt that leaves the teacher no position gets no response: it used to be counted as an empty one, and the
+    error advised a longer generate_length."""
+    teacher = {"llama": save_tiny_model(tmp_path / "teacher", "gpt2", tokenizer, n_positions=24)}
+    long_prompt = {"prompt": " ".join(["the cat sees a book"] * 8)}
+    prompts = write_rows(tmp_path / "prompts.jsonl", [long_prompt, {"prompt": "a dog"}, long_prompt])
+    result = run_generation(parse_generate_config(**values(teacher, tmp_path, prompts, generate_length=4)))
+    assert (result["too_long_dropped"], result["conversations"] + result["empty_dropped"]) == (2, 1)
+    only_long = write_rows(tmp_path / "long.jsonl", [long_prompt])
+    keys = values(teacher, tmp_path, only_long, generate_output=str(tmp_path / "none.jsonl"),
+                  generate_num_return_sequences=2)
+    with pytest.raises(DistilyConfigError) as error:
+        run_generation(parse_generate_config(**keys))
+    assert str(error.value) == ("every response was dropped (2 to prompts that fill the teacher's 24 positions, 0 "
+                                "empty, 0 without a stop token within generate_length=12); expected shorter prompts, "
+                                "or a teacher with more positions")
+    assert not (tmp_path / "none.jsonl").exists()
 
 
 def test_a_missing_prompt_file_names_generate_prompts(teacher_dirs, tmp_path):
