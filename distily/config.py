@@ -23,12 +23,12 @@ import yaml
 from transformers import HfArgumentParser
 
 from distily.data.arguments import DataArguments
-from distily.data.chat import MESSAGES
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import EvalCommandArguments, EvaluationArguments
 from distily.models.arguments import ModelArguments, TeacherArguments
 from distily.objectives.arguments import ObjectiveArguments
 from distily.recording.arguments import (
+    RESPONSES_COLUMN,
     GenerateArguments,
     InferenceArguments,
     RecordArguments,
@@ -145,7 +145,7 @@ class GenerateConfig(RecordConfig):
         """The recording of ``generate_record``: of the samples (or the conversations with the teacher's responses,
         chat data with their loss mask), as ``distily record`` would record them."""
         data = dataclasses.replace(self.data, dataset_name=self.generate.generate_output,
-                                   dataset_messages_column=MESSAGES)  # the column written, not the one configured
+                                   dataset_messages_column=RESPONSES_COLUMN)  # written there, whatever was set
         return RecordConfig(self.model, data, self.record, self.inference)
 
 

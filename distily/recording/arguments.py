@@ -15,6 +15,7 @@ from distily.training.arguments import DistillationTrainingArguments
 
 TEACHER_SOURCES = ("live", "recorded")
 RECORD_BACKENDS = ("hf", "vllm")
+RESPONSES_COLUMN = "messages"  # the column generate writes its responses to generate_prompts in, whatever is set
 
 
 @dataclass

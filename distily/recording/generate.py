@@ -19,14 +19,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from distily.config import GenerateConfig
-from distily.data.chat import MESSAGES
 from distily.data.store import check_store_directory
 from distily.data.framing import document_separator_id, tokenizer_adds_bos
 from distily.errors import DistilyConfigError
 from distily.generation.engine import HFGenerator, stop_token_ids, strip_stop
 from distily.models.architecture import max_positions
 from distily.models.teacher import load_teacher, load_tokenizer
-from distily.recording.arguments import GenerateArguments
+from distily.recording.arguments import RESPONSES_COLUMN, GenerateArguments
 from distily.recording.responses import teacher_responses
 from distily.recording.run import run_recording
 
@@ -122,7 +121,7 @@ def run_generation(config: GenerateConfig) -> dict:
         if dropped["unfinished"]:
             logger.warning(f"{dropped['unfinished']} responses reached generate_length={args.generate_length} "
                            "without a stop token and were dropped (generate_keep_unfinished keeps them)")
-        write_dataset(datasets.Dataset.from_dict({MESSAGES: conversations}), args.generate_output)
+        write_dataset(datasets.Dataset.from_dict({RESPONSES_COLUMN: conversations}), args.generate_output)
         result = {"generate_output": args.generate_output, "conversations": len(conversations),
                   "too_long_dropped": dropped["too_long"], "empty_dropped": dropped["empty"],
                   "unfinished_dropped": dropped["unfinished"]}
