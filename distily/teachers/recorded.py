@@ -65,7 +65,7 @@ class RecordedTeacher(TeacherSource):
         self.temperature = self.settings["logits_temperature"]
         self.max_seq_length = self.settings["max_seq_length"]
         self.store.verify()
-        self.tokenizer = load_tokenizer(self.store.tokenizer_path, "teacher store")
+        self.tokenizer = load_tokenizer(self.store.tokenizer_path, "teacher store", config.model.trust_remote_code)
         self._check_provenance(config, documents)
         self._eval: Optional[StoreDataset] = None  # the evaluated rows, set with the evaluator
 
