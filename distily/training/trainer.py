@@ -17,6 +17,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.models.bitnet import bitlinear_modules
+from distily.data.framing import LOSS_MASK
 from distily.objectives.objective import DistillationObjective, token_counts
 from distily.teachers.placement import zero3_enabled
 from distily.teachers.source import TeacherSource
@@ -67,7 +68,6 @@ class DistillationTrainer(StagedCheckpoints):
         self.loss_is_scaled_for_ga = True
 
         self._component_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
-        self._component_batches = 0
         self._component_steps = 0  # optimizer steps in the train sums since the last log
 
     @property
@@ -186,12 +186,17 @@ class DistillationTrainer(StagedCheckpoints):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         training = model.training
         counts = num_items_in_batch if training and torch.is_tensor(num_items_in_batch) else None
+        if not training:
+            inputs = self._without_repeated_rows(inputs)
         # the teacher, the student and the loss run under the accelerator's mixed precision (the losses compute
         # in fp32 themselves)
         with self.accelerator.autocast():
             teacher_outputs = self._forward_teacher(inputs)
             result, student_outputs = model(inputs, teacher_outputs, counts)
-        self._record_components(result.components, "train" if training else "eval")
+        if training:
+            self._record_components(result.components, "train")
+        else:
+            self._record_eval_sums(result.components, token_counts(inputs))
         loss = result.loss
         if counts is not None and self.args.world_size > 1:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients; the counts are global
@@ -215,18 +220,53 @@ class DistillationTrainer(StagedCheckpoints):
         sums = self._component_sums[mode]
         for name, value in components.items():
             sums[name] = sums.get(name, 0.0) + value.float()
-        if mode == "eval":
-            self._component_batches += 1
+
+    def _rows_counted(self, rows: int) -> int:
+        """How many of this process's ``rows`` of an evaluation batch are the eval set's own: on several processes,
+        accelerate fills the last batch of a set that does not divide among them with rows from its start, which
+        ``gather_for_metrics`` drops from the gathered, process-major batch as here."""
+        state = self.accelerator.gradient_state
+        if self.args.world_size == 1 or not state.end_of_dataloader or state.remainder <= 0:
+            return rows
+        return max(0, min(rows, state.remainder - self.accelerator.process_index * rows))
+
+    def _without_repeated_rows(self, inputs: dict) -> dict:
+        """``inputs`` with no loss position on the rows ``_rows_counted`` leaves out."""
+        rows = len(inputs["input_ids"])
+        kept = self._rows_counted(rows)
+        if kept == rows:
+            return inputs
+        loss_mask = inputs.get(LOSS_MASK, inputs["attention_mask"]).clone()  # [batch, seq]
+        loss_mask[kept:] = 0
+        return {**inputs, LOSS_MASK: loss_mask}
+
+    def _record_eval_sums(self, components: dict[str, torch.Tensor], counts: torch.Tensor) -> None:
+        """Each component's evaluation sum (its per-token value times the batch's count it is divided by) and the
+        batch's token counts, so that the evaluation's losses are per token over the whole set, not means of
+        batch means (a short last batch weighed as much as a full one)."""
+        sums = self._component_sums["eval"]
+        for name, value in components.items():
+            normalizer = self.objective.components[name].normalizer
+            sums[name] = sums.get(name, 0.0) + value.float() * counts[normalizer].clamp(min=1)
+        self._eval_counts = self._eval_counts + counts.to(self._eval_counts.device)
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
-        self._component_sums["eval"], self._component_batches = {}, 0
+        """The Trainer's evaluation, with the loss and each component's per token over the eval set (each counted
+        once, on any number of processes), and the evaluator's metrics."""
+        self._component_sums["eval"] = {}
+        self._eval_counts = torch.zeros(2, dtype=torch.long, device=self.args.device)  # [positions, targets]
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        batches = torch.tensor(float(self._component_batches), device=self.args.device)
-        batches = self._sum_over_processes({"batches": batches})["batches"].clamp(min=1)
-        for name, total in self._sum_over_processes(self._component_sums["eval"]).items():
-            output.metrics[f"{metric_key_prefix}_loss_{name}"] = (total / batches).item()
+        counts = {("counts", row): count for row, count in enumerate(self._eval_counts.float())}  # scalars to reduce
+        totals = self._sum_over_processes({**self._component_sums["eval"], **counts})
+        counts, loss = [totals.pop(key) for key in counts], 0.0
+        for name, total in totals.items():
+            value = (total / counts[self.objective.components[name].normalizer].clamp(min=1)).item()
+            output.metrics[f"{metric_key_prefix}_loss_{name}"] = value
+            loss += self.objective.weights[name] * value
+        if totals:
+            output.metrics[f"{metric_key_prefix}_loss"] = loss
         if self.evaluator is not None:
             for name, value in self.run_student(self.evaluator).items():
                 output.metrics[f"{metric_key_prefix}_{name}"] = value

@@ -39,6 +39,17 @@ def test_distillation_halves_heldout_kl_of_a_random_student(teacher_dirs, run_va
     assert student["after_top1_agreement"] > student["before_top1_agreement"]
 
 
+def test_the_evaluations_loss_is_per_token_over_the_set_whatever_its_batches(teacher_dirs, run_values):
+    """13 held-out rows in batches of 4: the last batch holds one row. The objective's evaluation loss was the mean
+    of the batch means, that row weighed as four; it is per token over the set, as the held-out KL is."""
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=1,
+                        max_eval_samples=13, per_device_eval_batch_size=4, student_init="random")
+    student = run_distillation(parse_config(**values))["student"]
+    for key in ("before_loss", "before_loss_logits", "after_loss", "after_loss_logits"):
+        when = key.split("_")[0]
+        assert student[key] == pytest.approx(student[f"{when}_kl_to_teacher"], rel=1e-5), key
+
+
 def test_teacher_initialised_student_starts_closer_than_a_random_one(teacher_dirs, tokenizer, text_file, tmp_path):
     teacher = load_teacher(teacher_dirs["llama"])
     data = build_datasets(
