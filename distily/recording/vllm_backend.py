@@ -8,7 +8,7 @@ token comes from generating one token with ``logprobs``. It caps log-probs per p
 sent unpadded (its real tokens, by its attention mask) and stored with the masks, target counts and NLL the
 Hugging Face back end writes (a chat row's ``loss_mask`` included); packed documents (``position_ids``) are
 refused before recording. It gives no full distribution: the tail mass is 1 - sum of the top k (computed in
-float64; tails below ~1e-7 read as 0), there is no fidelity report, no hidden states, and log-probs are at
+float64; a tail below the k log-probabilities' float32 resolution, k * 2^-24, is read at that resolution), there is no fidelity report, no hidden states, and log-probs are at
 temperature 1.
 """
 
@@ -34,7 +34,11 @@ def position_targets(candidates: dict, top_k: int) -> tuple[list[float], list[in
         )
     logprobs = [float(entry.logprob) for _, entry in ranked]
     mass = 1.0 - math.fsum(math.exp(value) for value in logprobs)
-    return logprobs, [int(token) for token, _ in ranked], math.log(mass) if mass > 0 else -math.inf
+    # k float32 log-probabilities resolve the mass left over only to about k float32 roundings: a tail below that
+    # (or a sum past 1) is read at that resolution, not as 0, whose log (-inf) would make the reverse KL and its
+    # gradient infinite wherever the student puts any mass outside the top k
+    resolution = top_k * 2.0**-24
+    return logprobs, [int(token) for token, _ in ranked], math.log(max(mass, resolution))
 
 
 def row_targets(output, input_ids: list[int], top_k: int, targets: list[bool]) -> tuple[torch.Tensor, ...]:

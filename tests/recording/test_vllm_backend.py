@@ -12,6 +12,8 @@ from distily.config import parse_record_config
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.store import ROW_NLL, ROW_TARGETS, TAIL_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, TeacherStore
 from distily.errors import DistilyConfigError
+from distily.objectives.losses import LOSSES
+from distily.objectives.sparse import BucketLoss
 from distily.models.teacher import load_teacher
 from distily.recording.run import run_recording
 from distily.recording.targets import sparse_targets
@@ -51,10 +53,17 @@ def test_a_position_with_fewer_log_probs_than_k_is_a_clear_error():
         position_targets({1: SimpleNamespace(logprob=-0.1), 2: SimpleNamespace(logprob=-3.0)}, 3)
 
 
-def test_a_full_top_k_leaves_no_tail():
+def test_a_tail_below_the_top_ks_float32_resolution_is_read_at_it_and_keeps_every_loss_finite():
+    """A confident teacher's top k sums to 1 within float32 rounding: its tail read as 0 (log -inf) made the sparse
+    reverse KL about 3e38 and its gradient about 7e36 wherever the student puts mass outside the top k."""
     candidates = {token: SimpleNamespace(logprob=math.log(0.25)) for token in range(4)}
     _, _, tail = position_targets(candidates, 4)
-    assert tail == -math.inf
+    assert tail == pytest.approx(math.log(4 * 2.0**-24))
+    top = torch.full((1, 4), math.log(0.25))
+    student = torch.cat([torch.zeros(1, 4), torch.full((1, 4), -2.0)], -1).requires_grad_()  # mass outside top 4
+    loss = BucketLoss(LOSSES["reverse_kl"])(student, (top, torch.arange(4)[None], torch.tensor([tail])), 1.0)
+    (grad,) = torch.autograd.grad(loss.sum(), student)
+    assert torch.isfinite(loss).all() and loss.item() < 20 and grad.abs().max() < 5
 
 
 class StandInLLM:
