@@ -27,6 +27,7 @@ from distily.data.arguments import DataArguments
 from distily.data.chat import (
     MESSAGES, ChatTemplate, assistant_turns, chat_format, conversations, prompt_ids, run_chat_template,
 )
+from distily.data.chat_alignment import end_of_turn_id
 from distily.data.text import completion_batch, load_documents
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import (
@@ -154,7 +155,11 @@ class GenerationEval:
                         for row, (turns, reference) in enumerate(zip(self.prompts.conversations, references))]
         except DistilyConfigError as err:
             raise DistilyConfigError(f"{self.prompts.source}: {err}") from None
-        stops = stop_token_ids(tokenizer, model)
+        # the template's end of turn ends an answer too, whether or not the model's generation config lists it (a
+        # base model given a chat template lists only its end of text, and would answer on into the next turn)
+        end_of_turn = end_of_turn_id(tokenizer, template)
+        stops = [*([end_of_turn] if end_of_turn is not None else []), *stop_token_ids(tokenizer, model)]
+        stops = list(dict.fromkeys(stops))
         completions = greedy_answers(model, tokenizer, prompts, stops, self.max_new_tokens, self.batch_size)
         answers = [without_opening(completion_text(tokenizer, completion, stops), opening)
                    for completion, opening in zip(completions, openings)]

@@ -20,7 +20,7 @@ from distily.data.alignment import (
     TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, build_aligned_datasets, check_offsets,
     collate_aligned,
 )
-from distily.data.chat import MESSAGES
+from distily.data.chat import ChatTemplate
 from distily.data.chat_alignment import (
     CompletionAlignment, build_aligned_chat_datasets, chat_templates, end_of_turn_id,
 )
@@ -84,16 +84,12 @@ class CrossTokenizerTeacher(LiveTeacher):
         return None  # each model's own vocabulary: the loss maps between them
 
     def student_built(self, student: PreTrainedModel) -> None:
-        """Sizes the vocabulary map; with chat data, the student's generation config stops at its template's
-        end-of-turn token (its completions, on-policy and in the generation eval, and the saved student's)."""
+        """Sizes the vocabulary map."""
         self._student_vocab = output_vocab_size(student)
-        if self.chat:
-            end = end_of_turn_id(self._student_tokenizer, self._templates[0])
-            configured = student.generation_config.eos_token_id
-            configured = configured if isinstance(configured, list) else [configured]
-            if end is not None and end not in configured:
-                student.generation_config.eos_token_id = [end, *(token for token in configured if token is not None)]
         super().student_built(student)
+
+    def student_chat_template(self) -> Optional[ChatTemplate]:
+        return self._templates[0] if self.chat else None
 
     def completion_alignment(self, student: PreTrainedModel, max_seq_length: int) -> Optional[CompletionAlignment]:
         """With chat data, the student's completions (ending at its stop tokens) in the teacher's tokens after the
@@ -127,11 +123,6 @@ class CrossTokenizerTeacher(LiveTeacher):
                 return build_aligned_chat_datasets(config.data, self._templates, *tokenizers, max_seq_length,
                                                    training.seed, self.documents)
             return build_aligned_datasets(config.data, *tokenizers, max_seq_length, training.seed, self.documents)
-
-    @property
-    def chat(self) -> bool:
-        """Whether the data are conversations (each model renders them with its own chat template)."""
-        return MESSAGES in self.documents.column_names
 
     @property
     def student_pad_token_id(self) -> int:

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from distily.config import DistillConfig
 from distily.evaluation.arguments import HELDOUT_SET
+from distily.data.chat import MESSAGES, ChatTemplate, run_chat_template
 from distily.data.framing import check_causality, model_inputs
 from distily.data.text import DistillationData, build_datasets, check_token_ids, collate, load_training_documents
 from distily.evaluation.framing_check import check_framing
@@ -84,6 +85,16 @@ class LiveTeacher(TeacherSource):
                 model_args.trust_remote_code,
                 model_args.teacher_quantization,
             )
+
+    @property
+    def chat(self) -> bool:
+        """Whether the data are conversations."""
+        return MESSAGES in self.documents.column_names
+
+    def student_chat_template(self) -> Optional[ChatTemplate]:
+        if not self.chat:
+            return None
+        return run_chat_template(self.tokenizer, self.config.data.chat_template, self.config.data.chat_template_kwargs)
 
     def datasets(self, student: PreTrainedModel) -> DistillationData:
         """The documents tokenized and packed, at the length both models take."""

@@ -27,7 +27,7 @@ from distily.data.store import (
     collate_recorded,
     hidden_states_key,
 )
-from distily.data.chat import run_chat_template
+from distily.data.chat import ChatTemplate, run_chat_template
 from distily.data.framing import Framing
 from distily.data.text import DistillationData, collate, load_training_documents, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
@@ -133,6 +133,13 @@ class RecordedTeacher(TeacherSource):
         """Free the teacher's weights (loaded only to initialise the student)."""
         self.model.to("meta")
         self.model.tie_weights()  # the move gave tied weights (embedding and LM head) a tensor each
+
+    def student_chat_template(self) -> Optional[ChatTemplate]:
+        """A store of chat data: the template its rows were rendered with, which its tokenizer carries (a store
+        recorded before it did carries the teacher's own, or none: then None)."""
+        if self.settings.get("chat_template_sha256") is None or not isinstance(self.tokenizer.chat_template, str):
+            return None
+        return run_chat_template(self.tokenizer, None, self.settings.get("chat_template_kwargs", {}))
 
     def _teacher_for_student(self, model_args: ModelArguments) -> PreTrainedModel:
         if not needs_teacher_weights(model_args):

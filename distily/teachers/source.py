@@ -29,7 +29,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import DistillConfig
 from distily.objectives.arguments import ObjectiveArguments
-from distily.data.chat_alignment import CompletionAlignment
+from distily.data.chat import ChatTemplate
+from distily.data.chat_alignment import CompletionAlignment, end_of_turn_id
 from distily.data.text import DistillationData
 from distily.metrics import Evaluation, FramingMetrics, RecordingSource, TeacherMetrics
 from distily.models.architecture import output_vocab_size
@@ -78,6 +79,10 @@ class TeacherSource(ABC):
 
     def student_built(self, student: PreTrainedModel) -> None:
         """Called once the student is built from ``student_init_model()``."""
+
+    def student_chat_template(self) -> Optional[ChatTemplate]:
+        """The template the student's conversations are rendered in, None for text data."""
+        return None
 
     @abstractmethod
     def datasets(self, student: PreTrainedModel) -> DistillationData:
@@ -164,3 +169,14 @@ class TeacherSource(ABC):
     @abstractmethod
     def __call__(self, batch: dict[str, torch.Tensor], objective: DistillationObjective) -> Any:
         """The teacher's outputs for a batch, as the objective reads them (the trainer calls this every step)."""
+
+
+def stop_at_end_of_turn(student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> None:
+    """List ``template``'s end-of-turn token first among the student's generation stops (its generation config's
+    ``eos_token_id``), so that its completions end with its turn: on-policy, in the generation eval and in the saved
+    student. A base model given a chat template stops only at its end of text, and would write the next turn."""
+    end = end_of_turn_id(tokenizer, template)
+    configured = student.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    if end is not None and end not in configured:
+        student.generation_config.eos_token_id = [end, *(token for token in configured if token is not None)]

@@ -23,7 +23,7 @@ from distily.objectives.objective import build_objective
 from distily.outputs import directory_size
 from distily.reporting.run import write_reports
 from distily.teachers.placement import teacher_is_sharded
-from distily.teachers.source import TeacherSource
+from distily.teachers.source import TeacherSource, stop_at_end_of_turn
 from distily.teachers.sources import open_teacher
 from distily.training.checkpoints import CheckpointChecksums
 from distily.training.on_policy import on_policy_batches
@@ -52,6 +52,9 @@ def _load_student(config: DistillConfig, teacher: TeacherSource) -> PreTrainedMo
     student = build_student(config.model, teacher.student_init_model())
     check_causality(student, "student")
     teacher.student_built(student)
+    template = teacher.student_chat_template()
+    if template is not None:
+        stop_at_end_of_turn(student, teacher.student_tokenizer, template)
     check_tokenizer_fits(teacher.tokenizer, teacher.model, "teacher")
     check_tokenizer_fits(teacher.student_tokenizer, student, "student")
     return student

@@ -117,6 +117,23 @@ def test_an_answer_is_read_after_the_opening_its_template_writes_before_the_cont
     assert heldout.scores(None, tokenizer)["generation/exact_match"] == pytest.approx(60.0)  # rows 0, 1 and 4
 
 
+def test_answers_stop_at_the_templates_end_of_turn_whatever_the_models_generation_config(tmp_path, monkeypatch):
+    """A base model given a chat template lists only its end of text as a stop: its greedy answers ran on into the
+    next turn, which exact match then compared with the reference (0 of 20 right against 5 with the stop)."""
+    tokenizer = make_chat_tokenizer("llama3")  # ends texts with <eos>, turns with <|eot_id|>
+    found = []
+
+    def greedy_answers(model, tokenizer_, prompts, stops, max_new_tokens, batch_size):
+        found.append(stops)
+        return [[] for _ in prompts]
+
+    monkeypatch.setattr(generations, "greedy_answers", greedy_answers)
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", user_turns(3, 1)))
+    GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=2).scores(
+        None, tokenizer)
+    assert found == [[tokenizer.convert_tokens_to_ids("<|eot_id|>"), tokenizer.eos_token_id]]
+
+
 def test_chat_template_kwargs_render_the_prompts(tmp_path, monkeypatch):
     """Qwen3's enable_thinking=false: the empty reasoning block closes every prompt, the answer is the content."""
     tokenizer = make_chat_tokenizer("qwen3")

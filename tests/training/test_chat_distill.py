@@ -82,6 +82,19 @@ def test_a_store_of_chat_data_keeps_its_template_for_the_student_and_refuses_ano
                                              "output_dir": str(tmp_path / "refused")}))
 
 
+def test_a_student_of_chat_data_stops_generating_at_its_templates_end_of_turn(chat_run, tmp_path):
+    """A base teacher's generation config stops at its end of text only: given a chat template, its student's
+    completions (on-policy, in the generation eval, the saved student's) ran on into the next turn. The saved
+    student's config lists the template's end-of-turn token first."""
+    teacher, _ = chat_run
+    end_of_turn = make_chat_tokenizer("llama3").convert_tokens_to_ids("<|eot_id|>")
+    assert end_of_turn not in (GenerationConfig.from_pretrained(teacher).eos_token_id or [])
+    values = _values(chat_run, tmp_path, max_steps=1, student_init="random")
+    run_distillation(parse_config(**values))
+    stops = GenerationConfig.from_pretrained(values["output_dir"]).eos_token_id
+    assert isinstance(stops, list) and stops[0] == end_of_turn
+
+
 def test_on_policy_distillation_on_chat_data_learns_from_the_students_completions(chat_run, tmp_path, monkeypatch):
     generated = []  # (prompt lengths, completion lengths) of each on-policy micro-batch
     original = OnPolicyBatches._generated
