@@ -27,6 +27,14 @@ from distily.reporting.plots import plot_comparison
 from distily.reporting.tables import flat_lm_eval, markdown_table
 
 RESULTS_FILE = "eval.json"
+TEACHER_COLUMN = "teacher"
+
+
+def model_column(name_or_path: str) -> str:
+    """The evaluated model's column: the last part of its path (or its Hub id's), marked as the model's when that
+    is the teacher column's name (a run's folder named ``teacher``), whose results it would otherwise replace."""
+    name = Path(name_or_path).name or name_or_path
+    return f"{name} (model)" if name == TEACHER_COLUMN else name
 
 
 def load_model(name_or_path: str, dtype: str, trust_remote_code: bool) -> PreTrainedModel:
@@ -74,8 +82,8 @@ def run_evaluation(config: EvalConfig) -> dict:
             teacher_metrics.update(flat_lm_eval(cached_teacher_results(
                 teacher, command.teacher_model_name_or_path, tokenizer, evaluation, manager, batch_size, variables
             )))
-    columns = {"teacher": teacher_metrics} if teacher is not None else {}
-    columns[Path(command.model_name_or_path).name or command.model_name_or_path] = student_metrics
+    columns = {TEACHER_COLUMN: teacher_metrics} if teacher is not None else {}
+    columns[model_column(command.model_name_or_path)] = student_metrics
     table = markdown_table(columns)
     if command.output_dir is not None:
         output_dir = Path(command.output_dir)

@@ -2,7 +2,9 @@
 or its ``error.txt``, ranked by the sweep's metric (distily.reporting.sweep writes and prints them)."""
 
 import math
+from difflib import get_close_matches
 
+from distily.errors import DistilyConfigError
 from distily.experiments.runs import render_value
 from distily.training.run_dir import RunDir
 
@@ -20,15 +22,39 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _score(row: dict, metric: str, goal: str) -> float:
+def _has_metric(row: dict, metric: str) -> bool:
     value = row.get(metric)
-    if not isinstance(value, (int, float)) or math.isnan(value):
-        return math.inf  # runs without the metric rank last
-    return value if goal == "min" else -value
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _score(row: dict, metric: str, goal: str) -> float:
+    return row[metric] if goal == "min" else -row[metric]
+
+
+def _check_metric(sweep, finished: list[dict]) -> None:
+    """Refuse a ranking metric that no finished run measured (a typo in ``metric:`` would otherwise rank the runs
+    in file order), naming the metrics they have; nothing to check before a run has finished."""
+    if not finished or any(_has_metric(row, sweep.metric) for row in finished):
+        return
+    measured = sorted({key for row in finished for key in row if _has_metric(row, key)})
+    closest = "".join(f" (closest: {key})" for key in get_close_matches(sweep.metric, measured, n=1))
+    raise DistilyConfigError(f"{sweep.source}: metric={sweep.metric!r} is in no finished run's metrics; expected "
+                             f"one of the metrics they have{closest}: {', '.join(measured)}")
+
+
+def rank(sweep, finished: list[dict]) -> list[dict]:
+    """The finished rows, those with the sweep's metric best first and numbered ``rank`` 1, 2, ...; then those
+    without it (a run that measured something else), unranked."""
+    _check_metric(sweep, finished)
+    ranked = sorted((row for row in finished if _has_metric(row, sweep.metric)),
+                    key=lambda row: _score(row, sweep.metric, sweep.metric_goal))
+    for number, row in enumerate(ranked, start=1):
+        row["rank"] = number
+    return ranked + [row for row in finished if not _has_metric(row, sweep.metric)]
 
 
 def gather_results(sweep) -> list[dict]:
-    """A row per run (name, overrides, status, metrics or error), finished runs ranked best first."""
+    """A row per run (name, overrides, status, metrics or error), finished runs ranked best first (``rank``)."""
     rows = []
     for run in sweep.runs:
         run_dir = sweep.run_dir(run)
@@ -40,7 +66,5 @@ def gather_results(sweep) -> list[dict]:
         else:
             row["status"] = "not run"
         rows.append(row)
-    finished = sorted((r for r in rows if r["status"] == "finished"), key=lambda r: _score(r, sweep.metric, sweep.metric_goal))
-    for rank, row in enumerate(finished, start=1):
-        row["rank"] = rank
+    finished = rank(sweep, [row for row in rows if row["status"] == "finished"])
     return finished + [row for row in rows if row["status"] != "finished"]

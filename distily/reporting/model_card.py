@@ -152,6 +152,12 @@ def _heldout_rows(metrics: RunMetrics) -> str:
     return f"{rows}, from documents set aside before packing"
 
 
+def tokenizers_differ(metrics: RunMetrics) -> bool:
+    """Whether the student has a tokenizer of its own (framed for both models' tokenizers): its per-token rows then
+    do not compare with the teacher's, and the results table leads with bits per byte."""
+    return metrics.framing.packing in (ALIGNED_PIECES, ALIGNED_CONVERSATIONS)
+
+
 def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]) -> str:
     evaluation = config.evaluation
     lines = [
@@ -163,7 +169,7 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
         "the held-out tokens, in bits, over the UTF-8 bytes of those tokens (each model's by its own tokenizer): "
         "unlike perplexity, it compares models whose tokenizers differ.",
         "",
-        markdown_table(run_columns(metrics)),
+        markdown_table(run_columns(metrics), tokenizers_differ(metrics)),
     ]
     for name, spec in metrics.eval_sets.items():
         lines.append(f"- `{name}`: {spec.sequences} sequences from `{spec.path}` ({spec.split})")

@@ -157,17 +157,22 @@ def _numbers(values: list[str]) -> Optional[list[float]]:
         return None
 
 
-def plot_against(rows: list[dict], key: str, grid_keys: list[str], metric: str, path: Path) -> Optional[Path]:
-    """``metric`` against the values of ``key``: one line per combination of the other grid keys; a numeric
-    key on a numeric axis (logarithmic when its values span a factor of 10 or more), any other in order."""
+def _line_label(row: dict, others: list[str], metric: str) -> str:
+    """The overrides a run sets besides the plotted key, which its line shares with no other run's."""
+    return ", ".join(f"{other}={row[other]}" for other in others if other in row) or metric
+
+
+def plot_against(rows: list[dict], key: str, override_keys: list[str], metric: str, path: Path) -> Optional[Path]:
+    """``metric`` against the values of ``key``: one line per combination of the runs' other overrides (the other
+    grid keys, and what each explicit run sets: runs that differ elsewhere are not one line); a numeric key on a
+    numeric axis (logarithmic when its values span a factor of 10 or more), any other in order."""
     finished = _finished(rows, metric)
     if not finished:
         return None
-    others = [other for other in grid_keys if other != key]
+    others = [other for other in override_keys if other != key]
     series: dict[str, list[dict]] = {}
     for row in finished:
-        label = ", ".join(f"{other}={row.get(other, '')}" for other in others) or metric
-        series.setdefault(label, []).append(row)
+        series.setdefault(_line_label(row, others, metric), []).append(row)
     values = list(dict.fromkeys(row.get(key, "") for row in finished))
     numbers = _numbers(values)
     figure = _figure(figsize=(7, 4.5))

@@ -52,7 +52,8 @@ def write_results(sweep, rows: list[dict]) -> list[Path]:
         writer.writeheader()
         writer.writerows(rows)
     plots = [plot_by_run(rows, sweep.metric, out / "plot_by_run.png")]
-    plots += [plot_against(rows, key, sweep.grid_keys, sweep.metric, out / f"plot_{key}.png") for key in sweep.grid_keys]
+    plots += [plot_against(rows, key, _override_keys(sweep), sweep.metric, out / f"plot_{key}.png")
+              for key in sweep.grid_keys]
     plots = [plot for plot in plots if plot is not None]
     columns, table = ranking_table(sweep, rows)
     counts = {status: sum(row["status"] == status for row in rows) for status in ("finished", "failed", "not run")}

@@ -125,6 +125,29 @@ def test_the_card_counts_tokens_only_where_every_row_is_full(packing, training_s
     assert ("409,600 tokens)" in card.text) == (packing in ("stream", "bos_blocks"))
 
 
+def _results_rows(text: str) -> list[str]:
+    """The metric names of the card's results table (the one whose columns are the teacher and the student)."""
+    lines = text.splitlines()
+    start = lines.index("| metric | teacher | student (before) | student (after) |") + 2
+    rows = lines[start:lines.index("", start)]
+    return [row.split(" | ")[0].removeprefix("| ") for row in rows]
+
+
+@pytest.mark.parametrize("packing, differ", [("aligned_pieces", True), ("aligned_conversations", True),
+                                             ("stream", False)])
+def test_a_cross_tokenizer_students_results_lead_with_bits_per_byte(packing, differ, tmp_path, run_metrics):
+    """A student with a tokenizer of its own (the aligned packings) is compared with its teacher per byte: per-token
+    loss and perplexity do not compare them, and the card (whose results section is results.md's) used to lead
+    with them."""
+    packed = dataclasses.replace(run_metrics(), framing=FramingMetrics(packing))
+    card, _ = card_for(tmp_path, lambda bitnet: packed)
+    rows = _results_rows(card.text)
+    per_byte = ["heldout: bits per byte (UTF-8)", "heldout: nats per byte (UTF-8)", "recent: bits per byte (UTF-8)"]
+    assert (rows[:3] == per_byte) == differ
+    assert rows[0] == (per_byte[0] if differ else "distillation loss (the objective)")
+    assert "heldout: perplexity" in rows
+
+
 def test_the_card_says_when_the_tokens_seen_count_padding(tmp_path, run_metrics):
     counted, _ = card_for(tmp_path, run_metrics)
     assert "100 optimizer steps (1.00 epochs), about 409,600 tokens.\n" in counted.text  # non_padding, the default

@@ -110,6 +110,23 @@ def test_distily_eval_compares_a_model_with_its_teacher(teacher_dirs, tokenizer,
     assert "| recent: bits per byte (UTF-8) |" in table
 
 
+def test_distily_eval_keeps_the_teachers_column_beside_a_model_in_a_folder_named_teacher(
+    teacher_dirs, tokenizer, tmp_path
+):
+    """The model's column is named by its folder: a run saved in ``.../teacher`` used to replace the teacher's."""
+    model = save_tiny_model(tmp_path / "run" / "teacher", "gpt2", tokenizer, seed=1, layers=2)
+    recent = write_jsonl(tmp_path / "recent.jsonl", make_documents(30, seed=5))
+    assert main([
+        "eval", model, "--teacher_model_name_or_path", teacher_dirs["gpt2"],
+        "--eval_datasets", json.dumps({"recent": recent}), "--max_seq_length", "32", "--max_eval_samples", "8",
+        "--tokenization_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "eval"),
+    ]) == 0
+    columns = json.loads((tmp_path / "eval" / "eval.json").read_text())["columns"]
+    assert list(columns) == ["teacher", "teacher (model)"]
+    assert "recent_top1_agreement" in columns["teacher (model)"] and "recent_top1_agreement" not in columns["teacher"]
+    assert (tmp_path / "eval" / "results.md").read_text().splitlines()[0] == "| metric | teacher | teacher (model) |"
+
+
 def _with_remote_code_tokenizer(model_dir: str) -> str:
     """``model_dir`` whose tokenizer is a class of its own code (``auto_map``) that adds a token: without
     trust_remote_code, transformers falls back to the plain tokenizer of tokenizer.json, without that token."""

@@ -14,8 +14,11 @@ import yaml
 from distily.cli import main
 from distily.commands.sweep import run_sweep
 from distily.errors import DistilyConfigError
-from distily.experiments.runs import run_name
+from distily.experiments.results import rank
+from distily.experiments.runs import render_value, run_name
 from distily.experiments.sweep_file import load_sweep
+from distily.reporting import plots
+from distily.reporting.sweep import write_results
 
 
 @pytest.fixture
@@ -53,6 +56,55 @@ def test_explicit_runs_at_every_grid_point_keep_their_labels(base, tmp_path):
     labels = [run.name.rsplit("-", 1)[0] for run in sweep.runs]
     assert labels == ["hard-labels+seed=0", "hard-labels+seed=1", "logits+seed=0", "logits+seed=1"]
     assert sweep.runs[0].overrides == {"logits_weight": 0.0, "hard_label_weight": 1.0, "seed": 0}
+
+
+def _finished_rows(sweep, metric: str, values: list) -> list[dict]:
+    """Rows as gather_results reads them, one per run of ``sweep``, each finished with its value of ``metric``
+    (``None``: a run that did not measure it)."""
+    return [{"name": run.name, **{key: render_value(value) for key, value in run.overrides.items()},
+             "status": "finished", **({} if value is None else {metric: value})}
+            for run, value in zip(sweep.runs, values)]
+
+
+def test_each_explicit_run_is_its_own_line_against_a_grid_key(base, tmp_path, monkeypatch):
+    """The lines used to be keyed by the other grid keys only: both runs on one line, two values per x."""
+    runs = [{"name": "logits", "logits_weight": 1.0}, {"name": "hard", "logits_weight": 0.0, "hard_label_weight": 1.0}]
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), runs=runs,
+                       grid={"learning_rate": [1.0e-4, 1.0e-2]})
+    sweep = load_sweep(path)
+    sweep.output_dir.mkdir()
+    drawn = {}
+
+    def keep(figure, path, dpi):
+        drawn[path.name] = figure
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    write_results(sweep, _finished_rows(sweep, sweep.metric, [5.6, 5.7, 5.5, 4.7]))
+    axes = drawn["plot_learning_rate.png"].axes[0]
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()}
+    assert lines == {"logits_weight=1.0": ([1e-4, 1e-2], [5.6, 5.7]),
+                     "logits_weight=0.0, hard_label_weight=1.0": ([1e-4, 1e-2], [5.5, 4.7])}
+    assert axes.get_legend() is not None
+
+
+def test_only_the_runs_that_measured_the_metric_are_ranked(base, tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1, 2]}))
+    rows = rank(sweep, _finished_rows(sweep, sweep.metric, [2.0, None, 1.0]))
+    assert [(row.get("rank"), row.get(sweep.metric)) for row in rows] == [(1, 1.0), (2, 2.0), (None, None)]
+
+
+def test_a_metric_no_finished_run_measured_is_one_line_naming_those_they_did(base, tmp_path):
+    """A typo in ``metric:`` used to rank every run 1, 2, ... in file order."""
+    path = write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]}, metric="student.after_perplexty")
+    sweep = load_sweep(path)
+    rows = _finished_rows(sweep, "student.after_perplexity", [9.0, 8.0])
+    with pytest.raises(DistilyConfigError, match=(
+        r"metric='student.after_perplexty' is in no finished run's metrics; expected one of the metrics they have "
+        r"\(closest: student.after_perplexity\): student.after_perplexity$"
+    )):
+        rank(sweep, rows)
+    assert rank(sweep, []) == []  # nothing finished yet: nothing to check
 
 
 def test_flags_apply_to_every_run_over_the_base(base, tmp_path):
