@@ -177,13 +177,13 @@ def plot_against(rows: list[dict], key: str, override_keys: list[str], metric: s
     numbers = _numbers(values)
     figure = _figure(figsize=(7, 4.5))
     axes = figure.subplots()
-    for label, members in series.items():
+    for line, members in series.items():
         if numbers is None:
             positions = [values.index(row.get(key, "")) for row in members]
         else:
             positions = [float(row[key]) for row in members]
         points = sorted(zip(positions, (row[metric] for row in members)))
-        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=line)
     if numbers is None:
         axes.set_xticks(range(len(values)), values, rotation=20, ha="right")
     elif min(numbers) > 0 and max(numbers) >= 10 * min(numbers):
