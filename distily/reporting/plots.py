@@ -110,10 +110,18 @@ def plot_eval_metrics(log_history: list[dict], metrics: RunMetrics, path: Path) 
     return _save_grid(figure, axes, path)
 
 
-def plot_comparison(columns: dict[str, dict[str, float]], path: Path) -> Optional[Path]:
-    """Bars of each model per metric (perplexities, agreement, benchmarks); ``None`` if there is none."""
-    keys = [key for key in row_keys(columns) if key not in ("loss", "parameters", "size_on_disk_bytes")
-            and not key.endswith("lm_loss")]
+def comparison_keys(columns: dict[str, dict[str, float]], tokenizers_differ: bool = False) -> list[str]:
+    """The metrics ``plot_comparison`` draws (perplexities, agreement, benchmarks), in the results table's order
+    (bits per byte first when the models' ``tokenizers_differ``)."""
+    drawn_elsewhere = ("loss", "parameters", "size_on_disk_bytes")
+    return [key for key in row_keys(columns, tokenizers_differ)
+            if key not in drawn_elsewhere and not key.endswith("lm_loss")]
+
+
+def plot_comparison(columns: dict[str, dict[str, float]], path: Path,
+                    tokenizers_differ: bool = False) -> Optional[Path]:
+    """Bars of each model per metric (``comparison_keys``); ``None`` if there is none."""
+    keys = comparison_keys(columns, tokenizers_differ)
     if not keys:
         return None
     figure, axes = _grid(len(keys))
@@ -127,8 +135,6 @@ def plot_comparison(columns: dict[str, dict[str, float]], path: Path) -> Optiona
         axis.set_xticks([])
         axis.set_title(label(key, columns), fontsize=9)
     return _save_grid(figure, axes, path)
-
-
 
 
 def _finished(rows: list[dict], metric: str) -> list[dict]:

@@ -9,7 +9,7 @@ from transformers import Trainer
 from distily.config import DistillConfig
 from distily.metrics import RunMetrics
 from distily.objectives.objective import DistillationObjective
-from distily.reporting.model_card import build_model_card, results_section
+from distily.reporting.model_card import build_model_card, results_section, tokenizers_differ
 from distily.reporting.plots import plot_comparison, plot_eval_metrics, plot_losses
 from distily.reporting.tables import is_number, row_keys, run_columns
 
@@ -39,7 +39,7 @@ def write_reports(
     drawn = [
         plot_losses(trainer.state.log_history, output_dir / PLOTS_DIR / "losses.png"),
         plot_eval_metrics(trainer.state.log_history, metrics, output_dir / PLOTS_DIR / "eval_metrics.png"),
-        plot_comparison(columns, output_dir / PLOTS_DIR / "teacher_vs_student.png"),
+        plot_comparison(columns, output_dir / PLOTS_DIR / "teacher_vs_student.png", tokenizers_differ(metrics)),
     ]
     plots = [str(path.relative_to(output_dir)) for path in drawn if path is not None]
     if "tensorboard" in config.training.report_to:

@@ -3,7 +3,7 @@
 from PIL import Image
 
 from distily.data.text import tokenizer_fingerprint
-from distily.reporting.plots import plot_comparison, plot_eval_metrics, plot_losses
+from distily.reporting.plots import comparison_keys, plot_comparison, plot_eval_metrics, plot_losses
 from distily.reporting.tables import markdown_table, row_keys, run_columns
 from tiny import make_sentencepiece_tokenizer, make_tokenizer
 
@@ -31,6 +31,15 @@ def test_plots_are_valid_pngs(tmp_path, run_metrics):
         assert draw(path) == path
         assert_png(path)
     assert plot_losses([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_the_comparison_plot_follows_the_tables_order_bits_per_byte_first_across_tokenizers(run_metrics):
+    columns = run_columns(run_metrics())
+    for differ in (False, True):
+        table_order = [key for key in row_keys(columns, differ) if key in comparison_keys(columns, differ)]
+        assert comparison_keys(columns, differ) == table_order
+    assert comparison_keys(columns, True)[0].endswith("bits_per_byte")
+    assert not comparison_keys(columns, False)[0].endswith("bits_per_byte")
 
 
 def test_the_table_puts_teacher_and_student_side_by_side(run_metrics):
