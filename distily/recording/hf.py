@@ -28,6 +28,18 @@ def hidden_states_dtype(teacher: PreTrainedModel) -> torch.dtype:
     return torch.bfloat16 if teacher.dtype == torch.bfloat16 else torch.float16
 
 
+def check_storable(hidden: torch.Tensor, dtype: torch.dtype, layer: int) -> None:
+    """Refuse hidden states that ``dtype`` cannot hold: a float32 teacher's activations past float16's 65504 would be
+    stored as inf, and a run trained from the store would skip every step on a NaN loss."""
+    largest = hidden.detach().abs().max().item()
+    if largest > torch.finfo(dtype).max:
+        raise DistilyConfigError(
+            f"hidden states of layer {layer} reach {largest:.4g}, beyond {str(dtype).removeprefix('torch.')}'s "
+            f"{torch.finfo(dtype).max:.4g}, in which they are recorded; expected teacher_torch_dtype=bfloat16 (its "
+            "hidden states are recorded in bfloat16, whose range is float32's), or a store without these layers"
+        )
+
+
 class HFRecorder:
     """Records a batch of rows built by ``collate``: ``record(rows) -> (shard tensors, stats)``.
 
@@ -85,9 +97,9 @@ class HFRecorder:
                     for k, sums in fidelity_sums(logits[:real], self.fidelity_ks, self.temperature).items():
                         fidelity[k] = {name: fidelity.get(k, {}).get(name, 0.0) + value for name, value in sums.items()}
             for layer in self.layers:
-                per_batch.setdefault(hidden_states_key(layer), []).append(
-                    outputs.hidden_states[layer].to(self.hidden_dtype).cpu()  # [batch, seq, width]
-                )
+                hidden = outputs.hidden_states[layer]  # [batch, seq, width]
+                check_storable(hidden, self.hidden_dtype, layer)
+                per_batch.setdefault(hidden_states_key(layer), []).append(hidden.to(self.hidden_dtype).cpu())
             if progress is not None:
                 progress.update(batch[INPUT_IDS].shape[0])
         tensors = {INPUT_IDS: rows[INPUT_IDS].to(torch.int32), ATTENTION_MASK: rows["attention_mask"].to(torch.int8)}

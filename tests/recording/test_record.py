@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from transformers import AutoModelForCausalLM
 
 from distily.cli import main
 from distily.config import parse_config, parse_record_config
@@ -32,6 +33,7 @@ from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
 from store_values import store_values
+from tiny import make_bos_tokenizer, tiny_config
 
 
 def _record(teacher_dir, text_file, root, **overrides):
@@ -220,3 +222,16 @@ def test_a_sigkilled_recording_resumes_to_the_uninterrupted_result(teacher_dirs,
     _, resumed = _record(teacher_dirs["llama"], text_file, tmp_path / "b")
     assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
     assert not math.isnan(resumed["teacher_heldout"]["lm_loss"])
+
+
+def test_hidden_states_past_float16s_range_are_refused_not_stored_as_inf(tmp_path, text_file):
+    """A float32 teacher's hidden states are recorded in float16: activations past 65504 became inf, and a run from
+    the store skipped every step on a NaN loss yet finished. The recording stops at the first such layer."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama"))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(2e5)  # embedding outputs near 1e5; RMSNorm keeps the model working
+    model.save_pretrained(tmp_path / "teacher")
+    make_bos_tokenizer().save_pretrained(tmp_path / "teacher")
+    with pytest.raises(DistilyConfigError, match=r"hidden states of layer 0 reach .* beyond float16's 6\.55e\+04"):
+        _record(str(tmp_path / "teacher"), text_file, tmp_path, record_hidden_states_layers=[0, 1])
