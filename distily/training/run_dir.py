@@ -35,7 +35,7 @@ from distily.errors import DistilyConfigError
 from distily.metrics import RunMetrics
 from distily.models.arguments import ModelArguments
 from distily.objectives.arguments import ObjectiveArguments
-from distily.outputs import filesystem_errors, write_json_atomic
+from distily.outputs import WEIGHT_FILES, filesystem_errors, write_json_atomic
 from distily.training.checkpoints import TRAINER_STATE_FILE, checkpoint_problem
 from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 
@@ -52,7 +52,6 @@ class RunDir:
     STUDENT_STAGING = ".student-staging"  # the student is saved here, then renamed into output_dir
     STUDENT_WEIGHTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
                        "pytorch_model*.bin")
-    MODEL_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")  # any model's, whoever saved it
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -127,7 +126,7 @@ class RunDir:
         model saved by someone else, which the student would replace."""
         if self.settings.exists():
             return []
-        return sorted({path.name for pattern in self.MODEL_WEIGHTS for path in self.path.glob(pattern)})
+        return sorted({path.name for pattern in WEIGHT_FILES for path in self.path.glob(pattern)})
 
     def holds_own(self, checkpoint: str) -> bool:
         """Whether ``checkpoint`` is one of this directory's checkpoints."""
