@@ -86,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     args = parser.parse_args(argv)
     if args.eval_every < 1 or args.student_steps % args.eval_every:
-        parser.error(f"--eval_every {args.eval_every} must be a positive divisor of --student_steps {args.student_steps}")
+        parser.error(f"--eval_every {args.eval_every} must be a positive divisor of --student_steps "
+                     f"{args.student_steps}")
     return args
 
 
@@ -120,6 +121,14 @@ def with_chat_tokens(tokenizer, specials: list[str], template: str, bos: Optiona
     return tokenizer
 
 
+def llama_config(args, tokenizer, layers: int) -> LlamaConfig:
+    """The teacher's and the students' shape: ``layers`` blocks of the run's width, tied embeddings."""
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size,
+                       num_hidden_layers=layers, num_attention_heads=max(args.hidden_size // 64, 1),
+                       max_position_embeddings=256, tie_word_embeddings=True,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
 def train_teacher(args, directory: Path) -> None:
     """The teacher's tokenizer and model, trained on its conversations' answer tokens (skipped when saved)."""
     if (directory / "model.safetensors").exists():
@@ -131,12 +140,8 @@ def train_teacher(args, directory: Path) -> None:
                                  LLAMA3_TEMPLATE, bos="<|begin_of_text|>")
     template = ChatTemplate(LLAMA3_TEMPLATE)
     encoded = [assistant_token_mask(messages, tokenizer, template, row) for row, messages in enumerate(rows)]
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size,
-                         num_hidden_layers=args.teacher_layers, num_attention_heads=max(args.hidden_size // 64, 1),
-                         max_position_embeddings=256, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(llama_config(args, tokenizer, args.teacher_layers))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
     for step in range(args.teacher_steps):
         picked = [encoded[(step * args.batch_size + k) % len(encoded)] for k in range(args.batch_size)]
@@ -156,12 +161,8 @@ def student_init(args, directory: Path) -> None:
         return
     texts = [turn["content"] for messages in conversations(2000, seed=4) for turn in messages]
     tokenizer = with_chat_tokens(train_sentencepiece_bpe(texts, 500), ["<|im_start|>", "<|im_end|>"], CHATML_TEMPLATE)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=3 * args.hidden_size,
-                         num_hidden_layers=args.student_layers, num_attention_heads=max(args.hidden_size // 64, 1),
-                         max_position_embeddings=256, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    AutoModelForCausalLM.from_config(llama_config(args, tokenizer, args.student_layers)).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
 
@@ -229,10 +230,10 @@ def write_report(args, results: dict) -> None:
         "",
         f"Command: `{results['command']}` (on {results['device']}). See the script's docstring for the setup: a "
         f"{args.teacher_layers}-layer teacher (byte-level BPE, Llama 3's template) trained on "
-        f"{args.teacher_conversations:,} conversations; {args.student_layers}-layer students from scratch (SentencePiece "
-        f"BPE, ChatML) trained {args.student_steps} steps of {args.batch_size} on {args.transfer_conversations} other "
-        f"conversations; held-out: {args.heldout_conversations} fresh ones. Bits per byte of the answers' text, each "
-        "model on its own tokens (end-of-turn included). An answer has "
+        f"{args.teacher_conversations:,} conversations; {args.student_layers}-layer students from scratch "
+        f"(SentencePiece BPE, ChatML) trained {args.student_steps} steps of {args.batch_size} on "
+        f"{args.transfer_conversations} other conversations; held-out: {args.heldout_conversations} fresh ones. "
+        "Bits per byte of the answers' text, each model on its own tokens (end-of-turn included). An answer has "
         f"{len(VERBS) * len(OBJECTS) * len(ENDINGS)} equally likely right forms; a reference is one of them.",
         "",
         f"Teacher: {results['teacher_bits_per_byte']:.4f} bits per byte.",
@@ -241,8 +242,9 @@ def write_report(args, results: dict) -> None:
                         f"at step {args.student_steps}"]),
     ]
     for name, row in results["students"].items():
-        lines.append(markdown_row([name, row["learns_from"], f"{row['best']['bits_per_byte']:.4f}", row["best"]["step"],
-                                   f"{row['best_over_baseline_best']:.3f}x", f"{row['curve'][-1]['bits_per_byte']:.4f}"]))
+        best, last = row["best"], row["curve"][-1]
+        lines.append(markdown_row([name, row["learns_from"], f"{best['bits_per_byte']:.4f}", best["step"],
+                                   f"{row['best_over_baseline_best']:.3f}x", f"{last['bits_per_byte']:.4f}"]))
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for name, row in results["students"].items():
