@@ -421,7 +421,7 @@ def evaluated_rows(rows: datasets.Dataset, limit: Optional[int], seed: int) -> d
     the first blocks would hold mostly the longest documents."""
     if limit is None or limit >= len(rows):
         return rows
-    return _at_most(rows.shuffle(seed=seed), limit)
+    return rows.shuffle(seed=seed).select(range(limit))
 
 
 def sampled_rows(rows: dict[str, datasets.Dataset], args: DataArguments, seed: int):

@@ -8,8 +8,8 @@ token comes from generating one token with ``logprobs``. It caps log-probs per p
 sent unpadded (its real tokens, by its attention mask) and stored with the masks, target counts and NLL the
 Hugging Face back end writes (a chat row's ``loss_mask`` included); packed documents (``position_ids``) are
 refused before recording. It gives no full distribution: the tail mass is 1 - sum of the top k (computed in
-float64; a tail below the k log-probabilities' float32 resolution, k * 2^-24, is read at that resolution), there is no fidelity report, no hidden states, and log-probs are at
-temperature 1.
+float64; a tail below the k log-probabilities' float32 resolution, k * 2^-24, is read at that resolution), there is
+no fidelity report, no hidden states, and log-probs are at temperature 1.
 """
 
 import math

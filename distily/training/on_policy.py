@@ -10,8 +10,8 @@ the whole conversation when it has no target. The new batch is prompt + completi
 ``loss_mask`` 1 exactly at the positions that predict completion tokens. Whether a
 micro-batch goes on-policy is drawn from ``(seed, optimizer step, micro-batch index)``, and its completions are
 sampled from the random state seeded with these and the process's index, so a run, and a run resumed from a
-checkpoint, picks the same batches and (with the ``hf`` back end) samples the same completions. Across tokenizers (``AlignedOnPolicyBatches``) each new row also
-carries the teacher's tokens of the completion and the alignment.
+checkpoint, picks the same batches and (with the ``hf`` back end) samples the same completions. Across tokenizers
+(``AlignedOnPolicyBatches``) each new row also carries the teacher's tokens of the completion and the alignment.
 """
 
 import time

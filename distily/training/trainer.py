@@ -16,8 +16,8 @@ from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from distily.models.bitnet import bitlinear_modules
 from distily.data.framing import LOSS_MASK
+from distily.models.bitnet import bitlinear_modules
 from distily.objectives.objective import DistillationObjective, token_counts
 from distily.teachers.placement import zero3_enabled
 from distily.teachers.source import TeacherSource
@@ -194,7 +194,7 @@ class DistillationTrainer(StagedCheckpoints):
             teacher_outputs = self._forward_teacher(inputs)
             result, student_outputs = model(inputs, teacher_outputs, counts)
         if training:
-            self._record_components(result.components, "train")
+            self._record_train_components(result.components)
         else:
             self._record_eval_sums(result.components, token_counts(inputs))
         loss = result.loss
@@ -216,8 +216,8 @@ class DistillationTrainer(StagedCheckpoints):
         totals = self.accelerator.reduce(torch.stack([values[name] for name in values]), "sum")  # [names]
         return dict(zip(values, totals))
 
-    def _record_components(self, components: dict[str, torch.Tensor], mode: str) -> None:
-        sums = self._component_sums[mode]
+    def _record_train_components(self, components: dict[str, torch.Tensor]) -> None:
+        sums = self._component_sums["train"]
         for name, value in components.items():
             sums[name] = sums.get(name, 0.0) + value.float()
 
