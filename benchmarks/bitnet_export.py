@@ -118,7 +118,8 @@ def report(args, dense, student, prompt: list[int], work: Path) -> None:
             seconds[name].append(time.perf_counter() - start)
     speed = {name: args.tokens / statistics.median(times) for name, times in seconds.items()}
 
-    print(f"student: llama hidden={args.hidden} intermediate={args.intermediate} layers={args.layers} vocab={args.vocab}")
+    print(f"student: llama hidden={args.hidden} intermediate={args.intermediate} layers={args.layers} "
+          f"vocab={args.vocab}")
     print(f"{'file':<24}{'MiB':>10}{'vs hf_fp32':>12}")
     for name, size in sizes.items():
         print(f"{name:<24}{size / 2**20:>10.2f}{size / sizes['hf_fp32']:>12.3f}")

@@ -50,7 +50,8 @@ def _device() -> torch.device:
 def _inputs(tokens: int, vocab: int, hidden: int, dtype: torch.dtype):
     """Student hidden states and LM head (trained), the teacher's (constant), the next-token targets."""
     generator = torch.Generator().manual_seed(0)
-    make = lambda *shape, scale=1.0: (torch.randn(*shape, generator=generator) * scale).to(_device(), dtype)  # noqa: E731
+    make = lambda *shape, scale=1.0: (  # noqa: E731
+        (torch.randn(*shape, generator=generator) * scale).to(_device(), dtype))
     student = make(tokens, hidden).requires_grad_()
     head = make(vocab, hidden, scale=hidden**-0.5).requires_grad_()
     teacher, teacher_head = make(tokens, hidden), make(vocab, hidden, scale=2 * hidden**-0.5)
@@ -125,8 +126,10 @@ def main(argv=None) -> dict:
     cases = {method: (lambda method=method: run_worker(Path(__file__), "--worker", method, *arguments))
              for method in methods}
     runs = interleaved(cases, options.runs)
-    median = {method: medians(method_runs, ("peak_extra_bytes", "seconds", "loss")) for method, method_runs in runs.items()}
-    ratios = {f"{method}_over_naive_kl_peak_memory": median[method]["peak_extra_bytes"] / median["naive_kl"]["peak_extra_bytes"]
+    median = {method: medians(method_runs, ("peak_extra_bytes", "seconds", "loss"))
+              for method, method_runs in runs.items()}
+    ratios = {f"{method}_over_naive_kl_peak_memory": (median[method]["peak_extra_bytes"]
+                                                      / median["naive_kl"]["peak_extra_bytes"])
               for method in ("distily_kl", "liger_jsd") if method in median}
     if "liger_jsd" in median:
         ratios["distily_kl_over_liger_jsd_peak_memory"] = (median["distily_kl"]["peak_extra_bytes"]
@@ -137,9 +140,11 @@ def main(argv=None) -> dict:
                     for method, reference in references.items() if method in median}
     info = machine()
     print(f"\n{describe(info)}\nN={options.tokens} V={options.vocab} H={options.hidden} {options.dtype}, median of "
-          f"{options.runs} interleaved runs of {options.steps} steps" + (f"; Liger left out: {skipped}" if skipped else ""))
+          f"{options.runs} interleaved runs of {options.steps} steps"
+          + (f"; Liger left out: {skipped}" if skipped else ""))
     rows = [("method", "peak extra MiB", "seconds per step", "loss")]
-    rows += [(m, f"{v['peak_extra_bytes'] / 2**20:.0f}", f"{v['seconds']:.4f}", f"{v['loss']:.5f}") for m, v in median.items()]
+    rows += [(m, f"{v['peak_extra_bytes'] / 2**20:.0f}", f"{v['seconds']:.4f}", f"{v['loss']:.5f}")
+             for m, v in median.items()]
     print(table(rows))
     print("\n".join(f"{name} = {value:.4g}" for name, value in {**ratios, **loss_rel_err}.items()))
     payload = {"arguments": {k: v for k, v in vars(options).items() if k != "worker"}, "liger_skipped": skipped,

@@ -89,7 +89,8 @@ def measure_step(precision: str, spec: dict) -> dict:
     torch.manual_seed(SEED)
     clock = FlopCountingClock(spec["steps"])
     train_distily(spec, precision == "bf16", clock)
-    step_seconds = [end - start for start, end in zip(clock.step_ends[spec["warmup"] - 1:], clock.step_ends[spec["warmup"]:])]
+    step_seconds = [end - start
+                    for start, end in zip(clock.step_ends[spec["warmup"] - 1:], clock.step_ends[spec["warmup"]:])]
     flops = clock.counter.get_total_flops()
     seconds = statistics.median(step_seconds)
     return {"flops_per_step": flops, "step_seconds": seconds, "flops_per_second": flops / seconds,

@@ -164,7 +164,8 @@ def train_trl(spec: dict, output_dir: str) -> None:
         learning_rate=options["lr"], lr_scheduler_type="constant", warmup_steps=0, bf16=False,
         use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
         lmbda=options["lmbda"], beta=options["beta"], temperature=1.0, max_new_tokens=spec["max_new_tokens"],
-        max_length=instruct.max_length(experiment_args(argparse.Namespace(**options))), seed=spec["seed"], logging_steps=max(options["steps"] // 10, 1), save_strategy="no", report_to="none",
+        max_length=instruct.max_length(experiment_args(argparse.Namespace(**options))), seed=spec["seed"],
+        logging_steps=max(options["steps"] // 10, 1), save_strategy="no", report_to="none",
         disable_tqdm=True,
     )  # fmt: skip
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args,

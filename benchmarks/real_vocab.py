@@ -161,7 +161,8 @@ def shape_results(options, spec: dict, precision: str) -> dict:
             ratios[f"recorded_over_live_{name}"] = ratio(allocated, "distily_recorded", "distily", key)
     for name, key in (("tokens_per_second", "tokens_per_second"), ("peak_memory", "peak_extra_bytes"),
                       ("process_peak_memory", "process_peak_bytes")):
-        for prefix, variant in (("recorded_over_live", "distily_recorded"), ("compiled_over_eager", "distily_compiled")):
+        for prefix, variant in (("recorded_over_live", "distily_recorded"),
+                                ("compiled_over_eager", "distily_compiled")):
             if variant in median and "distily" in median:
                 ratios[f"{prefix}_{name}"] = ratio(median, variant, "distily", key)
     step, peaks = None, {}

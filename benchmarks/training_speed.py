@@ -24,8 +24,8 @@ of the last step (a Trainer callback records each step's end; the plain loop rec
 tokens/s = timed steps * batch * seq / that time. Memory: the peak resident set size during training above
 the resident size when training starts (models loaded, data ready; the kernel's VmHWM, reset at that point),
 so optimizer state, gradients, activations and the loss's buffers count and model loading does not; the
-whole process's peak (VmHWM from its start) is reported beside it. On a GPU the same two figures come from the CUDA allocator
-(``common.reset_peak_memory``), and every trainer runs there. A worker whose spec holds ``"allocator": true``
+whole process's peak (VmHWM from its start) is reported beside it. On a GPU the same two figures come from the CUDA
+allocator (``common.reset_peak_memory``), and every trainer runs there. A worker whose spec holds ``"allocator": true``
 also measures the training's peak at PyTorch's CPU allocator (``common.AllocatorPeak``, tensors only:
 ``allocated_peak_extra_bytes`` above ``allocated_at_start_bytes``, the tensors alive when training starts, the
 weights among them), which slows it: its time is not comparable. bf16 is autocast with fp32 weights, for all three.
@@ -215,12 +215,13 @@ def train_trl(spec: dict, bf16: bool, clock: StepClock) -> None:
     args = GKDConfig(
         output_dir=spec["output_dir"], per_device_train_batch_size=spec["batch"], max_steps=spec["steps"],
         learning_rate=spec["lr"], lr_scheduler_type="constant", weight_decay=0.0, bf16=bf16,
-        use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False, lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0,
+        use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+        lmbda=0.0, beta=0.0, seq_kd=False, temperature=1.0,
         max_length=spec["seq"], seed=SEED, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
     )
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, data_collator=collate,
-                         train_dataset=training_blocks(spec), processing_class=load_tokenizer(spec["teacher"], "teacher"),
-                         callbacks=[clock])
+                         train_dataset=training_blocks(spec),
+                         processing_class=load_tokenizer(spec["teacher"], "teacher"), callbacks=[clock])
     trainer.train()
 
 

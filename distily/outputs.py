@@ -45,7 +45,9 @@ def check_output(target: Path, *, directory: bool = False, overwrite: bool = Fal
             raise DistilyConfigError(f"output '{target}' {relation} {what} '{path}'; expected a path outside it")
     name = previous.name if previous is not None else "output"
     if not overwrite:
-        raise DistilyConfigError(f"output '{target}' already exists; expected a new path, or --overwrite to replace a previous {name}")
+        raise DistilyConfigError(
+            f"output '{target}' already exists; expected a new path, or --overwrite to replace a previous {name}"
+        )
     if target.is_symlink():
         raise DistilyConfigError(f"output '{target}' is a symbolic link; expected a new path or a previous {name}")
     if target.is_dir() != directory:
@@ -55,7 +57,9 @@ def check_output(target: Path, *, directory: bool = False, overwrite: bool = Fal
         return  # the caller's own path, or an empty directory: nothing to lose
     reason = previous.why_not(target)
     if reason is not None:
-        raise DistilyConfigError(f"output '{target}' is not a previous {name} ({reason}); expected a new path or a previous {name}")
+        raise DistilyConfigError(
+            f"output '{target}' is not a previous {name} ({reason}); expected a new path or a previous {name}"
+        )
 
 
 # What a write needs from the filesystem, by the errno of its failure.
@@ -118,7 +122,8 @@ def filesystem_errors(path: str | os.PathLike, what: str) -> Iterator[None]:
 
 @contextmanager
 def atomic_output(target: Path, *, directory: bool = False, overwrite: bool = False,
-                  previous: PreviousOutput | None = None, protected: Mapping[Path, str] | None = None) -> Iterator[Path]:
+                  previous: PreviousOutput | None = None,
+                  protected: Mapping[Path, str] | None = None) -> Iterator[Path]:
     """Yield a fresh staging path beside `target` (same filesystem); rename it onto `target` on success.
 
     The staging path does not exist yet: the caller creates the file (or, with directory=True, the

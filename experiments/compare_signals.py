@@ -66,7 +66,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 TEACHER_LEARNING_RATE = 3e-3  # the teacher of the measured tables in docs/results.md
 # (name, what the student learns from, config keys over the common ones)
 VARIANTS = [
-    ("hard-labels", "next-token cross-entropy on the data (baseline)", {"logits_weight": 0.0, "hard_label_weight": 1.0}),
+    ("hard-labels", "next-token cross-entropy on the data (baseline)",
+     {"logits_weight": 0.0, "hard_label_weight": 1.0}),
     ("logits", "teacher logits (forward KL)", {}),
     ("hidden-states", "teacher hidden states (MSE)", {"logits_weight": 0.0, "hidden_states_weight": 1.0}),
     ("logits+hidden-states", "teacher logits + hidden states", {"hidden_states_weight": 1.0}),
@@ -79,7 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA),
                         help="directory with valid.txt (training) and test.txt (evaluation)")
-    parser.add_argument("--work_dir", default=str(REPO / "runs" / "compare-signals"), help="tokenizer, teacher, students")
+    parser.add_argument("--work_dir", default=str(REPO / "runs" / "compare-signals"),
+                        help="tokenizer, teacher, students")
     parser.add_argument("--student_init", choices=list(STUDENT_INITS), default="teacher",
                         help="teacher: the student's blocks, embeddings, final norm and LM head copied from the "
                         "teacher; random_blocks: random blocks, the rest copied; random: nothing copied")
@@ -90,7 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--student_steps", type=int, default=300)
     parser.add_argument("--eval_blocks", type=int, default=400, help="test.txt blocks evaluated (all: 0)")
     parser.add_argument("--budget_steps", type=int, nargs="*", default=[50, 100, 200],
-                        help="shorter budgets at which the cross-entropy and logit students are also trained (none: omit)")
+                        help="shorter budgets at which the cross-entropy and logit students are also trained "
+                        "(none: omit)")
     args = parser.parse_args(argv)
     if any(steps < 1 for steps in args.budget_steps):
         parser.error(f"--budget_steps {args.budget_steps} must be positive step counts")
@@ -183,7 +186,8 @@ def write_report(args, results: dict, command: str) -> None:
     lines = [
         *head,
         f"{teacher_line}, {args.teacher_steps} steps on `valid.txt`. "
-        f"Students: {args.student_layers} layers, {STUDENT_INITS[args.student_init][0]}, each trained {args.student_steps} "
+        f"Students: {args.student_layers} layers, {STUDENT_INITS[args.student_init][0]}, "
+        f"each trained {args.student_steps} "
         f"steps of {args.batch_size} x {args.seq_length} tokens on `valid.txt`. Evaluated on "
         f"{results['test_tokens']:,} tokens of `test.txt`; KL is KL(teacher || student) per token, in nats.",
         "",
@@ -198,8 +202,10 @@ def write_report(args, results: dict, command: str) -> None:
                                    f"{row['kl_to_teacher']:.3f}", f"{row['top1_agreement']:.3f}",
                                    f"{row['train_seconds']:.0f} s"]))  # fmt: skip
     logits_ratio, bitnet_ratio = _ratio(students, "logits", "hard-labels"), _ratio(students, "logits-bitnet", "logits")
-    lines += ["", f"- Logit-distilled student vs. cross-entropy baseline: {logits_ratio:.2f}x the perplexity (goal: at most 0.90x)."]
-    lines.append(f"- Ternary vs. full-precision logit-distilled student: {bitnet_ratio:.2f}x the perplexity (goal: at most 1.30x).")
+    lines += ["", f"- Logit-distilled student vs. cross-entropy baseline: {logits_ratio:.2f}x the perplexity "
+              "(goal: at most 0.90x)."]
+    lines.append(f"- Ternary vs. full-precision logit-distilled student: {bitnet_ratio:.2f}x the perplexity "
+                 "(goal: at most 1.30x).")
     lines += budget_lines(results.get("budgets"))
     lines += ["", f"![perplexity and KL per student]({Path(args.report).with_suffix('.png').name})", ""]
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +245,8 @@ def plot(results: dict, path: Path) -> None:
     left.axhline(results["teacher"]["perplexity"], color="tab:red", linestyle="--", label="teacher")
     left.set_ylabel("test perplexity")
     left.legend()
-    right.bar_label(right.bar(names, [results["students"][n]["kl_to_teacher"] for n in names], color="tab:orange"), fmt="%.3f")
+    right.bar_label(right.bar(names, [results["students"][n]["kl_to_teacher"] for n in names], color="tab:orange"),
+                    fmt="%.3f")
     right.set_ylabel("KL(teacher || student), nats/token")
     for axes in (left, right):
         axes.tick_params(axis="x", rotation=25)

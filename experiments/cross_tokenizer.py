@@ -52,8 +52,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 BASELINE = "cross-entropy"
 # (name, what the student learns from, config keys over the common ones)
 VARIANTS = [
-    (BASELINE, "next-token cross-entropy on the transfer set (no teacher)", {"logits_weight": 0.0, "hard_label_weight": 1.0}),
-    ("mapped", "forward KL on the shared tokens + the next token by the chain rule", {"cross_tokenizer_loss": "mapped"}),
+    (BASELINE, "next-token cross-entropy on the transfer set (no teacher)",
+     {"logits_weight": 0.0, "hard_label_weight": 1.0}),
+    ("mapped", "forward KL on the shared tokens + the next token by the chain rule",
+     {"cross_tokenizer_loss": "mapped"}),
     ("mapped+labels", "mapped + next-token cross-entropy (ULD and GOLD pair their losses with it)",
      {"cross_tokenizer_loss": "mapped", "hard_label_weight": 1.0}),
     ("uld", "ULD: sorted-probability L1 over both vocabularies", {"cross_tokenizer_loss": "uld"}),
@@ -75,13 +77,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--teacher_learning_rate", type=float, default=1e-3)
     parser.add_argument("--student_vocab_size", type=int, default=3000)
     parser.add_argument("--student_steps", type=int, default=400)
-    parser.add_argument("--eval_every", type=int, default=50, help="steps between held-out evaluations (divides --student_steps)")
+    parser.add_argument("--eval_every", type=int, default=50,
+                        help="steps between held-out evaluations (divides --student_steps)")
     parser.add_argument("--heldout_fraction", type=float, default=0.2, help="of test.txt's characters, held out")
     parser.add_argument("--transfer_fraction", type=float, default=0.1, help="of the teacher text, the students'")
     parser.add_argument("--eval_blocks", type=int, default=0, help="held-out blocks evaluated per model (all: 0)")
     args = parser.parse_args(argv)
     if args.eval_every < 1 or args.student_steps % args.eval_every:
-        parser.error(f"--eval_every {args.eval_every} must be a positive divisor of --student_steps {args.student_steps}")
+        parser.error(f"--eval_every {args.eval_every} must be a positive divisor of --student_steps "
+                     f"{args.student_steps}")
     return args
 
 

@@ -1,4 +1,5 @@
-"""Do distilled students beat plain training where distillation is used, with a teacher that knows more than the students' data? Measured on WikiText-2.
+"""Do distilled students beat plain training where distillation is used, with a teacher that knows more than the
+students' data? Measured on WikiText-2.
 
     python experiments/transfer_set.py [--data ../shared/data/wikitext-2] [--work_dir runs/transfer-set]
 
@@ -84,7 +85,8 @@ INITS = {"random": "from scratch", "teacher": "teacher-initialised"}  # the --st
 BASELINE, SAMPLED, LOGITS, TERNARY = "hard-labels", "logits+sampled", "logits", "logits-bitnet"
 # (name, what the student learns from, config keys over the common ones)
 SIGNALS = [
-    (BASELINE, "next-token cross-entropy on the transfer set (baseline)", {"logits_weight": 0.0, "hard_label_weight": 1.0}),
+    (BASELINE, "next-token cross-entropy on the transfer set (baseline)",
+     {"logits_weight": 0.0, "hard_label_weight": 1.0}),
     (LOGITS, "teacher logits (forward KL)", {}),
     ("logits+hidden-states", "teacher logits + hidden states (MSE after layer norm)", {"hidden_states_weight": 1.0}),
     ("logits+labels", "Hinton et al. (2015): 0.5 x forward KL at temperature 2 (scaled by 4) + 0.5 x cross-entropy",
@@ -108,10 +110,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="splits, tokenizer, teacher, samples, students")
     parser.add_argument("--report", default=str(REPO / "docs" / "results" / "transfer_set.md"),
                         help="the tables (markdown), the curves beside it as .png")
-    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "transfer_set.json"), help="every number")
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "transfer_set.json"),
+                        help="every number")
     add_model_arguments(parser, teacher_steps=1000)
     parser.add_argument("--teacher_learning_rate", type=float, default=1e-3)
-    parser.add_argument("--heldout_fraction", type=float, default=0.2, help="the tail of test.txt held out from everyone")
+    parser.add_argument("--heldout_fraction", type=float, default=0.2,
+                        help="the tail of test.txt held out from everyone")
     parser.add_argument("--transfer_fractions", type=float, nargs="+", default=[0.1, 0.3],
                         help="transfer sets, as fractions of the teacher's text, nested: the first is learned from "
                         "by every signal, the others by labels and logits from scratch")
@@ -119,7 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--student_steps", type=int, nargs="+", default=[320, 960],
                         help="steps of every student, one value for all transfer sets or one per --transfer_fractions "
                         "(in its order): a larger set needs more steps before the baseline overfits it")
-    parser.add_argument("--eval_every", type=int, default=40, help="steps between held-out evaluations (divides --student_steps)")
+    parser.add_argument("--eval_every", type=int, default=40,
+                        help="steps between held-out evaluations (divides --student_steps)")
     parser.add_argument("--eval_blocks", type=int, default=128, help="held-out blocks evaluated (the first ones)")
     args = parser.parse_args(argv)
     if not 0 < args.heldout_fraction < 1:
@@ -130,7 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--student_steps {args.student_steps}: expected one value, or one per --transfer_fractions "
                      f"{args.transfer_fractions}")
     if args.eval_every < 1 or any(steps % args.eval_every for steps in args.student_steps):
-        parser.error(f"--eval_every {args.eval_every} must be a positive divisor of --student_steps {args.student_steps}")
+        parser.error(f"--eval_every {args.eval_every} must be a positive divisor of --student_steps "
+                     f"{args.student_steps}")
     if args.eval_blocks < 1:
         parser.error(f"--eval_blocks {args.eval_blocks} must be a positive number of blocks")
     steps = dict(zip(args.transfer_fractions, itertools.cycle(args.student_steps)))
@@ -175,7 +181,8 @@ def draw_transfer_sets(candidates: list[str], total_characters: int, fractions: 
 def stream_blocks(documents: datasets.Dataset, tokenizer, args) -> datasets.Dataset:
     """``documents`` (text or token ids) as the teacher's training text was framed: end-of-text between
     documents, cut into full blocks."""
-    framing = Framing.for_tokenizer("stream", tokenizer, args.seq_length, pretokenized="input_ids" in documents.column_names)
+    framing = Framing.for_tokenizer("stream", tokenizer, args.seq_length,
+                                    pretokenized="input_ids" in documents.column_names)
     return tokenize_and_pack(documents, tokenizer, framing, "text", str(Path(args.work_dir) / "cache"))
 
 
@@ -335,7 +342,8 @@ def comparison(students: dict) -> dict:
     def against(name: str) -> dict:  # name's perplexity at each later budget
         return {step: curves[name][step]["perplexity"] for step in later}
 
-    over_best = {name: ratios(curves[name], dict.fromkeys(later, best["perplexity"])) for name in curves if name != BASELINE}
+    over_best = {name: ratios(curves[name], dict.fromkeys(later, best["perplexity"]))
+                 for name in curves if name != BASELINE}
     signals = [name for name in FULL_PRECISION_SIGNALS if name in curves]
     best_signal = {step: min(((over_best[name][step], name) for name in signals)) for step in map(str, later)}
     found = {
@@ -344,12 +352,14 @@ def comparison(students: dict) -> dict:
         "baseline_best_perplexity": best["perplexity"],
         "baseline_overfits": overfits,  # its held-out perplexity rose after its best
         "over_baseline_best": over_best,
-        "best_signal_over_baseline_best": {step: {"signal": name, "ratio": ratio} for step, (ratio, name) in best_signal.items()},
+        "best_signal_over_baseline_best": {step: {"signal": name, "ratio": ratio}
+                                           for step, (ratio, name) in best_signal.items()},
         "logits_over_labels_same_budget": ratios(curves[LOGITS], labels_trained),
     }  # fmt: skip
     goals = {
         "logits_over_baseline_best": goal(over_best[LOGITS], GOALS["logits"]),
-        "best_signal_over_baseline_best": goal({step: ratio for step, (ratio, _) in best_signal.items()}, GOALS["best_signal"]),
+        "best_signal_over_baseline_best": goal({step: ratio for step, (ratio, _) in best_signal.items()},
+                                               GOALS["best_signal"]),
     }  # fmt: skip
     if TERNARY in curves:
         found["ternary_over_full_precision"] = ratios(curves[TERNARY], against(LOGITS))
@@ -400,7 +410,8 @@ def write_report(args, results: dict, command: str) -> None:
         f"`test.txt` ({splits['teacher']['articles']} articles, {splits['teacher']['tokens']:,} tokens), "
         f"{teacher['train_seconds']:.0f} s; held-out perplexity {teacher['perplexity']:.1f}. Held out from everyone: "
         f"the last {splits['heldout']['articles']} articles of `test.txt` ({splits['heldout']['tokens']:,} tokens), "
-        f"of which the first {results['heldout_tokens']:,} tokens are evaluated. Students: {args.student_layers} layers, "
+        f"of which the first {results['heldout_tokens']:,} tokens are evaluated. "
+        f"Students: {args.student_layers} layers, "
         + ", ".join(f"{steps} steps on the {name} set" for name, steps in args.steps_by_set.items())
         + f", each of {args.batch_size} x {args.seq_length} tokens, evaluated every {args.eval_every} "
         "steps; KL is KL(teacher || student) per token, in nats.",
@@ -408,7 +419,8 @@ def write_report(args, results: dict, command: str) -> None:
         "Transfer sets (articles of the teacher's training text): "
         + "; ".join(f"{name}: {splits[name]['articles']} articles, {splits[name]['tokens']:,} tokens"
                     for name in map(set_name, args.transfer_fractions))  # fmt: skip
-        + f". Teacher-sampled text: {splits['samples']['sequences']} sequences, {splits['samples']['tokens']:,} tokens.",
+        + f". Teacher-sampled text: {splits['samples']['sequences']} sequences, "
+        f"{splits['samples']['tokens']:,} tokens.",
     ]
     for name, group in results["groups"].items():
         lines += group_lines(group, splits[group["transfer_set"]]["tokens"])
@@ -427,7 +439,8 @@ def group_lines(group: dict, transfer_tokens: int) -> list[str]:
     best_perplexity = group["baseline_best_perplexity"]
     lines = [
         "",
-        f"## {group['transfer_set']} transfer set ({transfer_tokens:,} tokens), students {INITS[group['student_init']]}",
+        f"## {group['transfer_set']} transfer set ({transfer_tokens:,} tokens), "
+        f"students {INITS[group['student_init']]}",
         "",
         f"Baseline: the cross-entropy student's best held-out checkpoint, step {best_step} "
         f"({group['baseline_best_tokens']:,} tokens, {group['baseline_best_tokens'] / transfer_tokens:.1f} passes), "
@@ -437,7 +450,8 @@ def group_lines(group: dict, transfer_tokens: int) -> list[str]:
         "",
         *markdown_head([
             "student", "learns from", f"perplexity at step {best_step}", "vs. baseline", f"perplexity at step {last}",
-            "vs. baseline", "lowest (step)", f"KL to teacher at {best_step}", f"top-1 agreement at {best_step}", "train time",
+            "vs. baseline", "lowest (step)", f"KL to teacher at {best_step}", f"top-1 agreement at {best_step}",
+            "train time",
         ]),
     ]  # fmt: skip
     for name, row in students.items():
@@ -465,13 +479,14 @@ def goal_lines(group: dict) -> list[str]:
     def line(what: str, key: str, ratios_by_step: dict, note: str = "") -> str:
         values, found = list(ratios_by_step.values()), goals[key]
         return (f"- {what}: {values[0]:.2f}x at the baseline's best budget, {min(values):.2f}x to {max(values):.2f}x "
-                f"from there on{note} (goal: at most {found['limit']}x; {'met' if found['met'] else 'missed'}).")  # fmt: skip
+                f"from there on{note} (goal: at most {found['limit']}x; "
+                f"{'met' if found['met'] else 'missed'}).")  # fmt: skip
 
     signals = ", ".join(sorted({at["signal"] for at in best.values()}))
     lines = [
         line("Logit-distilled student / baseline", "logits_over_baseline_best", group["over_baseline_best"][LOGITS]),
-        line("Best signal / baseline", "best_signal_over_baseline_best", {step: at["ratio"] for step, at in best.items()},
-             f", by {signals}"),
+        line("Best signal / baseline", "best_signal_over_baseline_best",
+             {step: at["ratio"] for step, at in best.items()}, f", by {signals}"),
     ]  # fmt: skip
     if "ternary_over_full_precision" in goals:
         lines.append(line("Ternary / full-precision logit student", "ternary_over_full_precision",

@@ -66,7 +66,8 @@ def train_tokenizer(text_file: Path, vocab_size: int) -> PreTrainedTokenizerFast
 
 def teacher_data(args, text_file: Path, tokenizer) -> DistillationData:
     """The teacher's blocks: ``text_file`` by article, 2% of the articles held out (``eval_documents``)."""
-    data_args = DataArguments(dataset_name=str(text_file), eval_fraction=0.02, text_document_delimiter=WIKITEXT_ARTICLES,
+    data_args = DataArguments(dataset_name=str(text_file), eval_fraction=0.02,
+                              text_document_delimiter=WIKITEXT_ARTICLES,
                               tokenization_cache_dir=str(Path(args.work_dir) / "cache"))  # fmt: skip
     return build_datasets(data_args, tokenizer, args.seq_length, seed=0)
 
@@ -148,7 +149,8 @@ def write_sweep(work_dir: str, name: str, spec: dict) -> Sweep:
 
 def heldout_blocks(text_file: Path, tokenizer, seq_length: int, cache_dir: Path, limit: int):
     """The first ``limit`` blocks (all: 0) of ``text_file``, by article, framed as the models were trained."""
-    spec = {"path": str(text_file), "config": None, "split": "train", "text_column": "text", "max_samples": limit or None}
+    spec = {"path": str(text_file), "config": None, "split": "train", "text_column": "text",
+            "max_samples": limit or None}
     return load_eval_set(text_file.stem, spec, tokenizer, seq_length, str(cache_dir),
                          text_document_delimiter=WIKITEXT_ARTICLES)  # fmt: skip
 

@@ -9,7 +9,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # workers share the cores: one thread each (their subprocesses too), set
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads its OpenMP runtime, or they contend for them
 
-from tiny import ARCHITECTURES, make_documents, make_tokenizer, save_tiny_model, tokenizer_for, write_jsonl  # noqa: E402
+from tiny import (  # noqa: E402
+    ARCHITECTURES, make_documents, make_tokenizer, save_tiny_model, tokenizer_for, write_jsonl,
+)
 
 
 @pytest.fixture

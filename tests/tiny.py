@@ -150,7 +150,8 @@ def train_llama(tokenizer, documents: list[list[int]], steps: int, seed: int = 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(steps):
         batch = collate([{"input_ids": documents[(step * 16 + row) % len(documents)]} for row in range(16)])
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+              labels=batch["labels"]).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()

@@ -162,7 +162,8 @@ def align_documents(documents: datasets.Dataset, student_tokenizer, teacher_toke
                     num_proc: Optional[int] = None) -> datasets.Dataset:
     """Aligned rows of ``documents`` (``input_ids``, ``teacher_input_ids``, ``aligned_teacher_position``), cached
     by (data, both tokenizers, packing, length) like ``tokenize_and_pack``."""
-    framings = [ModelFraming(tokenizer, packing, max_seq_length) for tokenizer in (student_tokenizer, teacher_tokenizer)]
+    framings = [ModelFraming(tokenizer, packing, max_seq_length)
+                for tokenizer in (student_tokenizer, teacher_tokenizer)]
     identity = (f"aligned|{documents._fingerprint}|{tokenizer_fingerprint(student_tokenizer)}|"
                 f"{tokenizer_fingerprint(teacher_tokenizer)}|{packing}|{max_seq_length}|{text_column}")
     settings = {"student_tokenizer": student_tokenizer, "teacher_tokenizer": teacher_tokenizer,

@@ -333,7 +333,8 @@ def cached_dataset(cache_dir: str, key: str, build: Callable[[], datasets.Datase
     built = build()
     if len(built) == 0:
         return built
-    with atomic_output(cached, directory=True, overwrite=True) as staging:  # a crash never leaves an entry that looks complete
+    # a crash never leaves an entry that looks complete
+    with atomic_output(cached, directory=True, overwrite=True) as staging:
         built.save_to_disk(str(staging))
     return datasets.load_from_disk(str(cached))
 

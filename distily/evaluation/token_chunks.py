@@ -54,9 +54,11 @@ class TokenChunk:
     next_ids: torch.Tensor  # [n] int64
 
 
-def token_chunks(batch: dict[str, torch.Tensor], vocab_size: int, chunk_size: Optional[int] = None) -> Iterator[TokenChunk]:
-    """The batch's loss positions (``loss_positions``: the non-padding tokens; for chat data the assistant's) in chunks of ``chunk_size`` (None: ``LOSS_CHUNK_ELEMENTS /
-    vocab_size``, the training loss's slice, so each chunk's fp32 logits stay within one of its blocks)."""
+def token_chunks(batch: dict[str, torch.Tensor], vocab_size: int,
+                 chunk_size: Optional[int] = None) -> Iterator[TokenChunk]:
+    """The batch's loss positions (``loss_positions``: the non-padding tokens; for chat data the assistant's) in
+    chunks of ``chunk_size`` (None: ``LOSS_CHUNK_ELEMENTS / vocab_size``, the training loss's slice, so each chunk's
+    fp32 logits stay within one of its blocks)."""
     chunk_size = chunk_size or max(1, LOSS_CHUNK_ELEMENTS // vocab_size)
     has_target = F.pad(next_token_targets(batch), (0, 1)).flatten()  # [batch * seq]: none at the last position
     next_ids = F.pad(batch["input_ids"][:, 1:], (0, 1)).flatten()  # [batch * seq]

@@ -142,7 +142,9 @@ def _grid_and_runs(spec: dict, where: str) -> tuple[list[Run], list[str]]:
     for index, (_, overrides) in enumerate(explicit):
         both = sorted(set(overrides) & set(grid))
         if both:
-            raise DistilyConfigError(f"{where}: runs[{index}] sets {', '.join(both)}, which the grid varies; expected one")
+            raise DistilyConfigError(
+                f"{where}: runs[{index}] sets {', '.join(both)}, which the grid varies; expected one"
+            )
     return expand_runs(explicit or [(None, {})], grid), list(grid)
 
 

@@ -60,7 +60,8 @@ class BitNetOptions:
         stored = getattr(config, BITNET_CONFIG_KEY, None)
         if not isinstance(stored, dict):
             raise DistilyConfigError(
-                f"config has no '{BITNET_CONFIG_KEY}' entry; expected a BitNet student (trained with student_as_bitnet=true)"
+                f"config has no '{BITNET_CONFIG_KEY}' entry; expected a BitNet student "
+                "(trained with student_as_bitnet=true)"
             )
         return cls(**{key: stored[key] for key in ("input_norm", "subln", "rms_norm_eps") if key in stored})
 
@@ -276,7 +277,9 @@ def load_bitnet_student(path: str | Path, dtype: torch.dtype = torch.float32) ->
     config = AutoConfig.from_pretrained(path)
     options = BitNetOptions.from_config(config)
     if getattr(config, BITNET_CONFIG_KEY).get("format", "latent") != "latent":
-        raise DistilyConfigError(f"{path} holds a {getattr(config, BITNET_CONFIG_KEY)['format']} export; expected a trained student")
+        raise DistilyConfigError(
+            f"{path} holds a {getattr(config, BITNET_CONFIG_KEY)['format']} export; expected a trained student"
+        )
     delattr(config, BITNET_CONFIG_KEY)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     convert_to_bitnet(model, **asdict(options))

@@ -60,7 +60,9 @@ class HiddenStatesComponent(Component):
         student_rows, teacher_rows = paired_positions(batch)
         total = torch.zeros((), device=batch["input_ids"].device)
         for (student_index, teacher_index), projector, norm in zip(self.layer_pairs, self.projectors, self.norms):
-            student = projector(student_outputs.hidden_states[student_index][student_rows].float())  # [tokens, teacher_width]
+            student = projector(
+                student_outputs.hidden_states[student_index][student_rows].float()
+            )  # [tokens, teacher_width]
             teacher = teacher_outputs.hidden_states[teacher_index][teacher_rows]  # [tokens, teacher_width]
             student, teacher = norm(student, teacher)  # float32
             total = total + self.loss_fn(student, teacher).sum()

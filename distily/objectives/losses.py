@@ -449,7 +449,8 @@ def check_loss(name: str, params: dict) -> None:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise DistilyConfigError(
-            f"logits_loss_kwargs {params} do not fit loss {name!r}: unknown parameters {unknown}; it accepts {sorted(accepted)}"
+            f"logits_loss_kwargs {params} do not fit loss {name!r}: unknown parameters {unknown}; "
+            f"it accepts {sorted(accepted)}"
         )
     missing = sorted(p for p, default in accepted.items() if default is inspect.Parameter.empty and p not in params)
     if missing:

@@ -141,7 +141,8 @@ class CrossTokenizerTeacher(LiveTeacher):
             if not isinstance(component, SUPPORTED_COMPONENTS):
                 raise DistilyConfigError(
                     f"the {name} component pairs teacher and student positions one to one, which differ across "
-                    f"tokenizers; expected {name}_weight=0 in a cross-tokenizer run (logits, hidden states, hard labels)"
+                    f"tokenizers; expected {name}_weight=0 in a cross-tokenizer run "
+                    "(logits, hidden states, hard labels)"
                 )
 
     def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> FramingMetrics:

@@ -83,9 +83,12 @@ def bitnet_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Optimizer groups: the latent ternary weights (with weight decay) and everything else (without)."""
     latent = [layer.weight for _, layer in bitlinear_modules(model) if layer.weight.requires_grad]
     if not latent:
-        raise DistilyConfigError(f"{type(model).__name__} has no trainable BitLinear weights; expected a converted student")
+        raise DistilyConfigError(
+            f"{type(model).__name__} has no trainable BitLinear weights; expected a converted student"
+        )
     latent_ids = {id(weight) for weight in latent}
-    others = [parameter for parameter in model.parameters() if parameter.requires_grad and id(parameter) not in latent_ids]
+    others = [parameter for parameter in model.parameters()
+              if parameter.requires_grad and id(parameter) not in latent_ids]
     return [
         {"params": latent, "weight_decay": weight_decay, "name": LATENT_GROUP},
         {"params": others, "weight_decay": 0.0, "name": "full_precision"},

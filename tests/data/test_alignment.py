@@ -135,7 +135,8 @@ def test_a_slow_tokenizer_is_refused(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("[PAD]\n[UNK]\nthe\ncat\n")
     slow = BertTokenizerLegacy(str(vocab))  # a Python tokenizer: no offset mapping
-    with pytest.raises(DistilyConfigError, match="tokenizer \\(BertTokenizerLegacy\\) gives no offset mapping; expected a fast"):
+    with pytest.raises(DistilyConfigError,
+                       match="tokenizer \\(BertTokenizerLegacy\\) gives no offset mapping; expected a fast"):
         check_offsets(slow, "student")
 
 

@@ -38,7 +38,8 @@ def _shard(rows, seed, vocab=70000, k=4, seq=6, width=5):
         ATTENTION_MASK: torch.ones(rows, seq, dtype=torch.int8),
         TOPK_LOGPROBS: (-torch.rand(rows, seq, k, generator=generator) * 10).half(),
         TOPK_IDS: torch.randint(0, vocab, (rows, seq, k), generator=generator).to(id_dtype(vocab)),
-        TAIL_LOGPROB: torch.cat([torch.full((rows, 1), float("-inf")), -torch.rand(rows, seq - 1, generator=generator)], 1),
+        TAIL_LOGPROB: torch.cat([torch.full((rows, 1), float("-inf")),
+                                 -torch.rand(rows, seq - 1, generator=generator)], 1),
         ROW_NLL: torch.rand(rows, generator=generator, dtype=torch.float64),
         hidden_states_key(2): torch.randn(rows, seq, width, generator=generator).to(torch.bfloat16),
     }
@@ -212,6 +213,7 @@ def test_a_full_disk_while_writing_a_shard_is_one_line_and_leaves_no_partial_fil
     monkeypatch.setattr("distily.data.store.save_file", full_disk)
     with pytest.raises(DistilyConfigError) as refused:
         writer.write_shard("train", 1, _shard(2, 1), {})
-    assert str(refused.value) == (f"cannot write teacher store shard '{tmp_path / 'store' / 'train-00001.safetensors'}': "
+    assert str(refused.value) == ("cannot write teacher store shard "
+                                  f"'{tmp_path / 'store' / 'train-00001.safetensors'}': "
                                   "No space left on device; expected free space on its filesystem")
     assert {path.name: path.read_bytes() for path in (tmp_path / "store").iterdir()} == before

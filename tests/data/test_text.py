@@ -29,8 +29,10 @@ def test_blocks_are_full_length_and_train_eval_documents_are_disjoint(tmp_path, 
     assert len(data.eval) > 0
     train_text = tokenizer.decode([t for row in data.train["input_ids"] for t in row.tolist()])
     eval_text = tokenizer.decode([t for row in data.eval["input_ids"] for t in row.tolist()])
-    train_numbers = {int(part.split()[0]) for part in train_text.split("document number ")[1:] if part.split()[0].isdigit()}
-    eval_numbers = {int(part.split()[0]) for part in eval_text.split("document number ")[1:] if part.split()[0].isdigit()}
+    train_numbers = {int(part.split()[0])
+                     for part in train_text.split("document number ")[1:] if part.split()[0].isdigit()}
+    eval_numbers = {int(part.split()[0])
+                    for part in eval_text.split("document number ")[1:] if part.split()[0].isdigit()}
     assert train_numbers and eval_numbers and not train_numbers & eval_numbers
 
 

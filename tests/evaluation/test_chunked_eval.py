@@ -43,7 +43,8 @@ def _full_logits_reference(model, teacher, rows, batch_size, vocab_size=None):
         valid = mask[:, :-1] & mask[:, 1:]
         following = batch["input_ids"][:, 1:][valid]
         nll -= logits[:, :-1][valid].log_softmax(-1).gather(-1, following[:, None]).double().sum().item()
-        teacher_nll -= teacher_logits[:, :-1][valid].log_softmax(-1).gather(-1, following[:, None]).double().sum().item()
+        teacher_nll -= (teacher_logits[:, :-1][valid].log_softmax(-1).gather(-1, following[:, None])
+                        .double().sum().item())
         targets += int(valid.sum())
         student_rows, teacher_rows = logits[mask][:, :vocab_size], teacher_logits[mask][:, :vocab_size]
         kl += forward_kl(student_rows, teacher_rows).sum().item()

@@ -235,7 +235,8 @@ def test_bad_generation_settings_are_one_line(values, expected):
 
 
 @pytest.mark.parametrize("rows, expected", [
-    ([{"text": "no prompts here"}], r": it has the columns text; expected prompts with references: a 'messages' column"),
+    ([{"text": "no prompts here"}],
+     r": it has the columns text; expected prompts with references: a 'messages' column"),
     ([{"prompt": "a prompt without its reference"}], r": it has the columns prompt; expected prompts with references"),
     ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                     {"role": "user", "content": "and?"}]}], r"row 0 has the turns \['user', 'assistant', 'user'\]"),

@@ -35,9 +35,12 @@ def test_cross_tokenizer_writes_its_table_plot_and_numbers(tmp_path):
     assert results["baseline_best_step"] == best["step"] and results["students"]["cross-entropy"]["vs_baseline"] == 1.0
     later = [str(step) for step in (1, 2) if step >= best["step"]]
     mapped = {str(point["step"]): point["bits_per_byte"] for point in results["students"]["mapped"]["curve"]}
-    assert results["over_baseline_best"]["mapped"] == pytest.approx({step: mapped[step] / best["bits_per_byte"] for step in later})
-    worst = {name: max(ratios.values()) for name, ratios in results["over_baseline_best"].items() if name != "cross-entropy"}
-    assert results["best"]["name"] == min(worst, key=worst.get) and results["best"]["worst"] == pytest.approx(min(worst.values()))
+    assert results["over_baseline_best"]["mapped"] == pytest.approx(
+        {step: mapped[step] / best["bits_per_byte"] for step in later})
+    worst = {name: max(ratios.values())
+             for name, ratios in results["over_baseline_best"].items() if name != "cross-entropy"}
+    assert (results["best"]["name"] == min(worst, key=worst.get)
+            and results["best"]["worst"] == pytest.approx(min(worst.values())))
 
     assert json.loads(numbers.read_text())["students"].keys() == set(expected)
     table = report.read_text()

@@ -22,7 +22,8 @@ def test_chat_tokenizer_masks_exactly_the_answer_and_its_end_of_turn():
     tokenizer = script.chat_tokenizer()
     batch = script.tokenized_batch([script.conversation("reverse abcde", "edcba")], tokenizer)
     ids, labels = batch["input_ids"][0], batch["labels"][0]
-    assert tokenizer.decode(ids) == "<|im_start|>user\nreverse abcde<|im_end|>\n<|im_start|>assistant\nedcba<|im_end|>\n"
+    assert tokenizer.decode(ids) == ("<|im_start|>user\nreverse abcde<|im_end|>\n"
+                                     "<|im_start|>assistant\nedcba<|im_end|>\n")
     assert tokenizer.decode(labels[labels != -100]) == "edcba<|im_end|>"  # one token per letter, then end of turn
     assert (labels != -100).sum() == 6
 
@@ -35,7 +36,8 @@ def test_goals_compare_every_kd_student_with_fine_tuning_and_on_policy_with_kd_o
                    "on_policy_or_mixed_beats_kd_references_by_5_points": True}  # fmt: skip
     students["d-on-policy"], students["e-mixed"] = 10.0, 24.0
     met = script.goals({"students": {name: {"exact_match": value} for name, value in students.items()}})
-    assert not met["every_kd_student_beats_fine_tuning"] and not met["on_policy_or_mixed_beats_kd_references_by_5_points"]
+    assert (not met["every_kd_student_beats_fine_tuning"]
+            and not met["on_policy_or_mixed_beats_kd_references_by_5_points"])
 
 
 @pytest.mark.slow

@@ -144,7 +144,8 @@ BAD_SWEEPS = [
 def test_sweep_file_errors_name_the_bad_value(change, message, base, tmp_path):
     spec = {"base": base, "output_dir": "out", "grid": {"seed": [0, 1]}, **change}
     with pytest.raises(DistilyConfigError, match=message):
-        load_sweep(write_sweep(tmp_path, **{key: value for key, value in spec.items() if value is not None or key == "base"}))
+        load_sweep(write_sweep(tmp_path, **{key: value for key, value in spec.items()
+                                            if value is not None or key == "base"}))
 
 
 @pytest.mark.parametrize(
@@ -238,7 +239,8 @@ def test_a_finished_run_with_other_settings_stops_the_sweep_and_keeps_its_result
     assert main(["sweep", path]) == 0
     metrics = (tmp_path / "out" / run.name / "metrics.json").read_bytes()
 
-    changed = write_sweep(tmp_path, "changed.yaml", base={**base, "learning_rate": 0.5}, output_dir=str(tmp_path / "out"), grid={"seed": [0]})
+    changed = write_sweep(tmp_path, "changed.yaml", base={**base, "learning_rate": 0.5},
+                          output_dir=str(tmp_path / "out"), grid={"seed": [0]})
     capsys.readouterr()
     assert main(["sweep", changed]) == 2
     error = capsys.readouterr().err
@@ -252,7 +254,8 @@ def test_a_finished_run_with_other_settings_stops_the_sweep_and_keeps_its_result
 @pytest.mark.slow
 def test_teacher_quantization_and_frozen_modules_as_sweep_parameters(base, tmp_path):
     pytest.importorskip("bitsandbytes")
-    grid = {"teacher_quantization": ["none", "8bit", "4bit"], "freeze_student_modules": [None, ["embeddings", "lm_head"]]}
+    grid = {"teacher_quantization": ["none", "8bit", "4bit"],
+            "freeze_student_modules": [None, ["embeddings", "lm_head"]]}
     path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid=grid)
     rows = run_sweep(load_sweep(path))
     assert [row["status"] for row in rows] == ["finished"] * 6

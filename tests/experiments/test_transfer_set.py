@@ -22,9 +22,11 @@ def test_transfer_set_splits_trains_evaluates_and_reports(tmp_path):
     (data / "test.txt").write_text(wikitext_like(make_documents(100, seed=3), title="Test"))
     work, report, numbers = tmp_path / "work", tmp_path / "docs" / "transfer.md", tmp_path / "transfer.json"
     toy = ["--vocab_size", "300", "--hidden_size", "64", "--teacher_layers", "2", "--student_layers", "1",
-           "--seq_length", str(SEQ), "--batch_size", str(BATCH), "--teacher_steps", "2", "--student_steps", str(STEPS), str(2 * STEPS),
+           "--seq_length", str(SEQ), "--batch_size", str(BATCH), "--teacher_steps", "2",
+           "--student_steps", str(STEPS), str(2 * STEPS),
            "--eval_every", str(EVERY), "--eval_blocks", "6", "--student_inits", "random"]  # fmt: skip
-    results = script.main(["--data", str(data), "--work_dir", str(work), "--report", str(report), "--json", str(numbers)] + toy)
+    results = script.main(["--data", str(data), "--work_dir", str(work), "--report", str(report),
+                           "--json", str(numbers)] + toy)
 
     # splits: by article, none shared; the held-out set is the tail of test.txt, in no one's text
     splits = results["splits"]
@@ -49,7 +51,8 @@ def test_transfer_set_splits_trains_evaluates_and_reports(tmp_path):
     assert {piece.split("\n")[0].strip() for piece in decoded[:-1]} <= titles["10pct"]
     with_samples = datasets.Dataset.from_json(str(work / "data" / "transfer-10pct+samples.jsonl"))
     assert with_samples["input_ids"][: len(blocks)] == blocks["input_ids"]
-    assert len(with_samples) == len(blocks) + splits["samples"]["blocks"] and splits["samples"]["sequences"] == len(blocks)
+    assert (len(with_samples) == len(blocks) + splits["samples"]["blocks"]
+            and splits["samples"]["sequences"] == len(blocks))
 
     # every student of a transfer set at the same budgets (the 30% set twice the steps), the tokens it read at
     # each; its curve ends where its run's final evaluation does; the held-out set measured against each run's data
@@ -64,7 +67,8 @@ def test_transfer_set_splits_trains_evaluates_and_reports(tmp_path):
             assert row["tokens_seen"] == steps * BATCH * SEQ
             assert row["heldout_overlap"]["sequences"] == 6
             metrics = json.loads((work / "students" / Path(row["run_dir"]).name / "metrics.json").read_text())
-            assert row["curve"][-1]["perplexity"] == pytest.approx(metrics["student"]["after_unseen_perplexity"], rel=1e-5)
+            assert row["curve"][-1]["perplexity"] == pytest.approx(metrics["student"]["after_unseen_perplexity"],
+                                                                   rel=1e-5)
             assert metrics["teacher"]["unseen_perplexity"] == pytest.approx(results["teacher"]["perplexity"], rel=1e-5)
 
         # the baseline's reported point is its best held-out checkpoint; the ratios are against it
@@ -73,9 +77,11 @@ def test_transfer_set_splits_trains_evaluates_and_reports(tmp_path):
         assert (group["baseline_best_step"], group["baseline_best_perplexity"]) == (best["step"], best["perplexity"])
         later = [step for step in budgets if step >= best["step"]]
         logits = {point["step"]: point["perplexity"] for point in group["students"]["logits"]["curve"]}
-        assert group["over_baseline_best"]["logits"] == pytest.approx({str(s): logits[s] / best["perplexity"] for s in later})
+        assert group["over_baseline_best"]["logits"] == pytest.approx(
+            {str(s): logits[s] / best["perplexity"] for s in later})
         worst = max(logits[s] for s in later) / best["perplexity"]
-        assert group["goals"]["logits_over_baseline_best"] == {"limit": 0.85, "worst": pytest.approx(worst), "met": worst <= 0.85}
+        assert group["goals"]["logits_over_baseline_best"] == {"limit": 0.85, "worst": pytest.approx(worst),
+                                                               "met": worst <= 0.85}
     ternary = results["groups"]["random-10pct"]["ternary_over_full_precision"]
     best_step = results["groups"]["random-10pct"]["baseline_best_step"]
     assert set(ternary) == {str(step) for step in range(0, STEPS + 1, EVERY) if step >= best_step}

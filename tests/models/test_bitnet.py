@@ -77,10 +77,14 @@ def test_conversion_replaces_only_block_projections(architecture):
     for name, weight in sources.items():  # latent weights start from the source weights
         expected = weight.t() if name in transposed else weight
         assert torch.equal(converted[name].weight, expected)
-    outside = [module for name, module in model.named_modules() if name not in sources and isinstance(module, BitLinear)]
+    outside = [module for name, module in model.named_modules()
+               if name not in sources and isinstance(module, BitLinear)]
     assert not outside
-    assert isinstance(model.get_output_embeddings(), nn.Linear) and not isinstance(model.get_output_embeddings(), BitLinear)
-    assert model.config.distily_bitnet == {"input_norm": False, "subln": False, "rms_norm_eps": pytest.approx(model.config.distily_bitnet["rms_norm_eps"])}
+    assert (isinstance(model.get_output_embeddings(), nn.Linear)
+            and not isinstance(model.get_output_embeddings(), BitLinear))
+    assert model.config.distily_bitnet == {
+        "input_norm": False, "subln": False, "rms_norm_eps": pytest.approx(model.config.distily_bitnet["rms_norm_eps"])
+    }
 
 
 def ternarised_teacher(teacher):
@@ -103,7 +107,8 @@ def test_teacher_initialised_student_tracks_ternarised_teacher(architecture):
         logprobs = student(tokens).logits.log_softmax(-1)
         teacher_logprobs = teacher(tokens).logits.log_softmax(-1)
     kl_to_ternarised = F.kl_div(logprobs, reference, log_target=True, reduction="batchmean").item() / tokens.shape[1]
-    kl_to_teacher = F.kl_div(logprobs, teacher_logprobs, log_target=True, reduction="batchmean").item() / tokens.shape[1]
+    kl_to_teacher = (F.kl_div(logprobs, teacher_logprobs, log_target=True, reduction="batchmean").item()
+                     / tokens.shape[1])
     # only the int8 activation rounding separates the student from the ternarised teacher
     assert kl_to_ternarised < 1e-3
     assert kl_to_ternarised < kl_to_teacher
@@ -113,11 +118,13 @@ def test_input_norm_and_subln_placement():
     everywhere = convert_to_bitnet(tiny_model("llama"), input_norm=True)
     assert all(layer.rms_norm is not None for _, layer in block_projections(everywhere))
     subln = convert_to_bitnet(tiny_model("llama"), subln=True)
-    with_norm = sorted({name.rsplit(".", 1)[-1] for name, layer in block_projections(subln) if layer.rms_norm is not None})
+    with_norm = sorted({name.rsplit(".", 1)[-1]
+                        for name, layer in block_projections(subln) if layer.rms_norm is not None})
     assert with_norm == ["down_proj", "o_proj"]
     gpt2 = convert_to_bitnet(tiny_model("gpt2"), subln=True)
     assert sorted({name.split(".")[-2] + "." + name.split(".")[-1]
-                   for name, layer in block_projections(gpt2) if layer.rms_norm is not None}) == ["attn.c_proj", "mlp.c_proj"]
+                   for name, layer in block_projections(gpt2)
+                   if layer.rms_norm is not None}) == ["attn.c_proj", "mlp.c_proj"]
 
 
 def test_conversion_errors():
@@ -155,7 +162,8 @@ def test_short_distillation_lowers_kl():
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(config).eval()
     student = convert_to_bitnet(AutoModelForCausalLM.from_config(config)).train()  # from its own initialisation
-    optimizer, scheduler = build_bitnet_optimizer(student, lr=3e-3, schedule=BitNetSchedule(total_steps=40, warmup_steps=4))
+    optimizer, scheduler = build_bitnet_optimizer(student, lr=3e-3,
+                                                  schedule=BitNetSchedule(total_steps=40, warmup_steps=4))
 
     def kl(tokens):
         with torch.no_grad():

@@ -36,7 +36,8 @@ def test_quantized_teacher_is_frozen_smaller_and_close(arch, bits, teacher_dirs)
 def test_without_bitsandbytes_the_error_says_what_to_install(teacher_dirs, monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "bitsandbytes" else find_spec(name))
-    with pytest.raises(DistilyConfigError, match=r"teacher_quantization='4bit' needs bitsandbytes.*distily\[quantization\]"):
+    with pytest.raises(DistilyConfigError,
+                       match=r"teacher_quantization='4bit' needs bitsandbytes.*distily\[quantization\]"):
         load_teacher(teacher_dirs["llama"], quantization="4bit")
 
 

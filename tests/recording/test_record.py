@@ -113,7 +113,8 @@ def test_a_killed_recording_resumes_to_the_uninterrupted_result(teacher_dirs, te
     assert not (tmp_path / "b" / "store" / MANIFEST).exists()
     monkeypatch.setattr(HFRecorder, "record", original)
     recorded = []
-    monkeypatch.setattr(HFRecorder, "record", lambda self, rows, *a, **k: recorded.append(len(rows["input_ids"])) or original(self, rows, *a, **k))
+    monkeypatch.setattr(HFRecorder, "record", lambda self, rows, *a, **k: (
+        recorded.append(len(rows["input_ids"])) or original(self, rows, *a, **k)))
     _, resumed = _record(teacher_dirs["llama"], text_file, tmp_path / "b")
     assert recorded == [8, 8]  # only the missing train shard and the eval shard
     assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
@@ -126,9 +127,11 @@ def _shard_hashes(manifest):
 
 def test_a_store_recorded_with_other_settings_is_not_resumed(teacher_dirs, text_file, tmp_path):
     _record(teacher_dirs["llama"], text_file, tmp_path)
-    with pytest.raises(DistilyConfigError, match=r"holds a recording with record_top_k=16; this run has record_top_k=32"):
+    with pytest.raises(DistilyConfigError,
+                       match=r"holds a recording with record_top_k=16; this run has record_top_k=32"):
         _record(teacher_dirs["llama"], text_file, tmp_path, record_top_k=32)
-    with pytest.raises(DistilyConfigError, match=r"holds a recording with max_seq_length=32; this run has max_seq_length=16"):
+    with pytest.raises(DistilyConfigError,
+                       match=r"holds a recording with max_seq_length=32; this run has max_seq_length=16"):
         _record(teacher_dirs["llama"], text_file, tmp_path, max_seq_length=16)
 
 

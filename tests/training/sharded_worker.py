@@ -150,7 +150,8 @@ def check(mode: str) -> None:
                     "attention_mask": torch.ones(1, length + 2, dtype=torch.long),
                     LOSS_MASK: torch.tensor([[0] * (length - 1) + [1, 1, 0]])}
     on_policy = OnPolicyBatches(generator, lmbda=1.0, seed=0, pad_token_id=PAD, max_seq_length=64)
-    batches = DistillationTrainer.run_student(trainer, lambda student: on_policy.replace([prompt_batch], 0, student, True))
+    batches = DistillationTrainer.run_student(trainer,
+                                              lambda student: on_policy.replace([prompt_batch], 0, student, True))
     assert batches[0]["input_ids"][0].tolist() == prompts[0] + expected[0]
 
     logits = DistillationTrainer.run_student(trainer, lambda student: student(**batch).logits)

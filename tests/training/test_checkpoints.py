@@ -105,7 +105,8 @@ def _weights(path: Path) -> dict:
 
 
 def _student_part(checkpoint_weights: dict) -> dict:
-    """A checkpoint holds the student and the objective (``student.*``, ``objective.*``); the run's output the student."""
+    """A checkpoint holds the student and the objective (``student.*``, ``objective.*``); the run's output the
+    student."""
     return {name.removeprefix("student."): tensor for name, tensor in checkpoint_weights.items()
             if name.startswith("student.")}
 
@@ -163,7 +164,8 @@ def test_a_kill_while_the_student_is_saved_leaves_no_student_and_a_resumable_run
     out = Path(values["output_dir"])
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(values))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
     script = textwrap.dedent(KILLED_WHILE_SAVING_THE_STUDENT)
     killed = subprocess.run([sys.executable, "-c", script, str(config)], env=env, capture_output=True, text=True)
     assert killed.returncode == 9, killed.stderr[-2000:]
@@ -174,7 +176,8 @@ def test_a_kill_while_the_student_is_saved_leaves_no_student_and_a_resumable_run
 
     metrics = run_distillation(parse_config(**values, resume_from_checkpoint="true"))  # takes the dead run's lock over
     assert metrics["train"]["global_step"] == 4
-    assert _same_tensors(out / "model.safetensors", _student_part(trained))  # nothing lost: the student of the last step
+    # nothing lost: the student of the last step
+    assert _same_tensors(out / "model.safetensors", _student_part(trained))
     assert not run.student_staging.exists() and not run.lock.exists()
 
 

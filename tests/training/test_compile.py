@@ -35,6 +35,7 @@ def test_a_compiled_run_trains_and_matches_the_eager_one(teacher_dirs, run_value
 
 
 @pytest.mark.cuda
-def test_a_bf16_run_compiled_with_inductor_on_a_gpu_trains_and_matches_the_eager_one(teacher_dirs, run_values, tmp_path):
+def test_a_bf16_run_compiled_with_inductor_on_a_gpu_trains_and_matches_the_eager_one(teacher_dirs, run_values,
+                                                                                     tmp_path):
     eager, compiled = compiled_and_eager(run_values, teacher_dirs["llama"], tmp_path, "inductor", bf16=True)
     check_compiled_matches_eager(eager, compiled, rel=2e-2)

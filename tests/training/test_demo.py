@@ -20,7 +20,8 @@ def _run_demo(tmp_path, capsys, *extra: str) -> tuple[dict, str]:
 def test_demo_prints_teacher_against_student(tmp_path, capsys):
     metrics, printed = _run_demo(tmp_path, capsys, "--max_steps", "6")
     student = metrics["student"]
-    rows = ("distillation loss (forward KL)", "perplexity", "bits per byte", "parameters", "size on disk", "training time")
+    rows = ("distillation loss (forward KL)", "perplexity", "bits per byte", "parameters", "size on disk",
+            "training time")
     for row in rows:
         assert row in printed
     assert f"{student['before_loss']:.3f}" in printed and f"{student['after_loss']:.3f}" in printed

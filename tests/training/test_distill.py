@@ -57,7 +57,8 @@ def test_teacher_initialised_student_starts_closer_than_a_random_one(teacher_dir
     )
     kl = {}
     for init in ("teacher", "random"):
-        student = build_student(ModelArguments(student_config_overrides={"num_hidden_layers": 3}, student_init=init), teacher)
+        student = build_student(ModelArguments(student_config_overrides={"num_hidden_layers": 3}, student_init=init),
+                                teacher)
         kl[init] = heldout_metrics(student, data.eval, collate, teacher=teacher)["kl_to_teacher"]
     assert kl["teacher"] < kl["random"], kl
 
@@ -107,7 +108,8 @@ def test_outputs_of_a_run(teacher_dirs, run_values):
     assert any("eval_loss_logits" in entry for entry in history)
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert reloaded.config.n_layer == 2
-    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(teacher_dirs["gpt2"]).get_vocab()
+    assert (AutoTokenizer.from_pretrained(out).get_vocab()
+            == AutoTokenizer.from_pretrained(teacher_dirs["gpt2"]).get_vocab())
 
 
 def test_gradient_accumulation_gives_the_same_training_curve(teacher_dirs, run_values, tmp_path):
@@ -172,7 +174,8 @@ def test_teacher_and_loss_run_in_the_students_mixed_precision(bf16, teacher_dirs
 
         return wrapped
 
-    monkeypatch.setattr(DistillationTrainer, "_forward_teacher", recording("teacher", DistillationTrainer._forward_teacher))
+    monkeypatch.setattr(DistillationTrainer, "_forward_teacher",
+                        recording("teacher", DistillationTrainer._forward_teacher))
     monkeypatch.setattr(DistillationObjective, "__call__", recording("objective", DistillationObjective.__call__))
     run_distillation(parse_config(**run_values(teacher_dirs["llama"], max_steps=2, bf16=bf16)))
     expected = torch.bfloat16 if bf16 else None
@@ -209,7 +212,8 @@ def test_the_teacher_runs_without_its_lm_head_and_the_losses_are_unchanged(arch,
 def _qwen2_style_tokenizer():
     """The tiny tokenizer with Qwen2's kind of special tokens added after its vocabulary: 3 ids from VOCAB on."""
     tokenizer = make_tokenizer()
-    tokenizer.add_special_tokens({"pad_token": "<|endoftext|>", "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.add_special_tokens({"pad_token": "<|endoftext|>",
+                                  "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     assert len(tokenizer) == VOCAB + 3 and tokenizer.pad_token_id == VOCAB
     return tokenizer
 

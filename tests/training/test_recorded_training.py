@@ -35,15 +35,16 @@ def test_training_from_a_full_vocabulary_store_matches_the_live_teacher(teacher_
     assert from_store["train"]["train_loss"] == pytest.approx(live["train"]["train_loss"], rel=2e-3)
     for key in ("before_loss_logits", "after_loss_logits", "after_kl_to_teacher", "after_lm_loss"):
         assert from_store["student"][key] == pytest.approx(live["student"][key], rel=2e-3), key
-    assert from_store["student"]["after_top1_agreement"] == pytest.approx(live["student"]["after_top1_agreement"], abs=0.02)
+    assert from_store["student"]["after_top1_agreement"] == pytest.approx(live["student"]["after_top1_agreement"],
+                                                                          abs=0.02)
     assert from_store["teacher"]["lm_loss"] == pytest.approx(live["teacher"]["lm_loss"], rel=1e-5)
     assert from_store["teacher"]["bits_per_byte"] == pytest.approx(live["teacher"]["bits_per_byte"], rel=1e-5)
     assert from_store["teacher"]["source"] == "recorded"
 
 
 def test_record_backed_training_lowers_the_kl_to_the_teacher(recorded, tmp_path):
-    metrics = _train(recorded, tmp_path, max_steps=30, learning_rate=3e-3, warmup_steps=2, teacher_model_name_or_path=None,
-                     student_init="random")
+    metrics = _train(recorded, tmp_path, max_steps=30, learning_rate=3e-3, warmup_steps=2,
+                     teacher_model_name_or_path=None, student_init="random")
     student = metrics["student"]
     assert student["after_kl_to_teacher"] < 0.8 * student["before_kl_to_teacher"], student
     assert student["after_loss_logits"] == pytest.approx(student["after_kl_to_teacher"], rel=1e-4)
@@ -70,7 +71,8 @@ def test_hidden_state_distillation_reads_recorded_layers(recorded, tmp_path):
         ({"attention_relations_weight": 1.0}, r"the attention_relations component reads the live teacher's internals"),
         ({"logits_loss": "mse"}, r"logits_loss='mse' has no sparse form for a recorded teacher"),
         ({"max_seq_length": 16}, r"max_seq_length=16 differs from the 32 teacher_store=.* was recorded with"),
-        ({"logits_temperature": 2.0}, r"logits_temperature=2.0 differs from the 1.0 teacher_store=.* was recorded with"),
+        ({"logits_temperature": 2.0},
+         r"logits_temperature=2.0 differs from the 1.0 teacher_store=.* was recorded with"),
         ({"teacher_model_name_or_path": None},
          r"the student copies teacher weights .* teacher_model_name_or_path is needed with a recorded teacher too"),
     ],
@@ -104,8 +106,9 @@ def test_another_tokenizer_or_teacher_is_a_provenance_error(recorded, tmp_path):
 
 
 def test_a_student_of_another_width_is_an_error(recorded, tmp_path):
-    with pytest.raises(DistilyConfigError, match=r"the student has 384 logits but teacher_store=.* was recorded over the "
-                                                 r"teacher's 320"):
+    with pytest.raises(DistilyConfigError,
+                       match=r"the student has 384 logits but teacher_store=.* was recorded over the "
+                       r"teacher's 320"):
         _train(recorded, tmp_path, student_init="random", student_config_overrides={"vocab_size": 384})
 
 

@@ -70,7 +70,8 @@ def test_a_finished_run_is_resumed_only_to_train_it_longer(teacher_dirs, run_val
     for changes in ({}, {"max_steps": 3}, {"resume_from_checkpoint": str(out / "checkpoint-2"), "max_steps": 6}):
         with pytest.raises(DistilyConfigError) as refused:
             run_distillation(parse_config(**{**values, "resume_from_checkpoint": "true", **changes}))
-        assert "finished run of 4 steps" in str(refused.value) or "before the end of the finished run" in str(refused.value)
+        assert ("finished run of 4 steps" in str(refused.value)
+                or "before the end of the finished run" in str(refused.value))
     assert tree(out) == before  # nothing written, the lock released
 
     # more steps, with other logging and evaluation settings: trained on from checkpoint-4
@@ -81,7 +82,8 @@ def test_a_finished_run_is_resumed_only_to_train_it_longer(teacher_dirs, run_val
 
 
 @pytest.mark.parametrize("fault", ["removing the old checkpoints", "the first training step"])
-def test_an_interrupted_overwrite_never_leaves_a_false_finished_run(fault, teacher_dirs, run_values, monkeypatch, capsys):
+def test_an_interrupted_overwrite_never_leaves_a_false_finished_run(fault, teacher_dirs, run_values, monkeypatch,
+                                                                     capsys):
     values = _values(run_values, teacher_dirs)
     out = Path(values["output_dir"])
     run_distillation(parse_config(**values))
@@ -130,7 +132,8 @@ def test_one_run_at_a_time_and_a_dead_runs_lock_is_taken_over(teacher_dirs, run_
     assert holder["host"] == socket.gethostname()
 
 
-def test_ctrl_c_prints_the_resume_command_and_it_finishes_the_run(teacher_dirs, run_values, tmp_path, monkeypatch, capsys):
+def test_ctrl_c_prints_the_resume_command_and_it_finishes_the_run(teacher_dirs, run_values, tmp_path, monkeypatch,
+                                                                   capsys):
     values = _values(run_values, teacher_dirs, max_steps=6)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(values))
