@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from distily.config import ArgumentParser
 from distily.errors import DistilyConfigError
 from distily.export.packed import PACKED_EXPORT, write_packed_checkpoint
 from distily.export.report import read_export_report
 from distily.models.bitnet import load_bitnet_student
+from distily.models.teacher import load_tokenizer
 from distily.outputs import check_output
 
 EXPORT_FORMATS = ("packed", "gguf")
@@ -34,7 +34,7 @@ def default_output(run_dir: Path, format: str, qtype: str = "TQ2_0") -> Path:
 
 
 def export_run(run_dir: str | Path, format: str, output: str | Path | None = None, *, qtype: str = "TQ2_0",
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, trust_remote_code: bool = False) -> Path:
     """Export the BitNet student saved in `run_dir` and verify what was written; returns the output path.
 
     format "packed": a transformers-loadable checkpoint with 2-bit weights (a directory), checked by
@@ -42,6 +42,7 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     with `qtype` ternary tensors (TQ2_0 or TQ1_0), checked tensor by tensor and, where llama-cpp-python
     is installed, by llama.cpp's perplexity on PERPLEXITY_TEXT (within 2% of the student's). What was
     checked, and what was not, is in the export's report (distily.export.report.read_export_report).
+    `trust_remote_code` lets the run's tokenizer run its custom code (as in the other commands).
 
     An existing `output` is refused (DistilyConfigError, before the student is loaded) unless
     `overwrite` and it is a previous export of the same format; the run directory, the current
@@ -59,16 +60,17 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     student = load_bitnet_student(run_dir)
     config = student.config
     if format == "gguf":
-        return write_gguf(student, run_dir, output, qtype=qtype, perplexity_ids=_perplexity_ids(run_dir, config), **rules)
+        perplexity_ids = _perplexity_ids(run_dir, config, trust_remote_code)
+        return write_gguf(student, run_dir, output, qtype=qtype, perplexity_ids=perplexity_ids, **rules)
     sequence = min(VERIFY_SEQUENCE, getattr(config, "max_position_embeddings", VERIFY_SEQUENCE))
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, config.vocab_size, (VERIFY_BATCH, sequence), generator=generator)
     return write_packed_checkpoint(student, output, tokenizer_dir=run_dir, verify_input_ids=input_ids, **rules)
 
 
-def _perplexity_ids(run_dir: Path, config) -> torch.Tensor:
+def _perplexity_ids(run_dir: Path, config, trust_remote_code: bool) -> torch.Tensor:
     """PERPLEXITY_TEXT tokenised by the run's tokenizer: [seq], at most the model's context."""
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    tokenizer = load_tokenizer(str(run_dir), "student", trust_remote_code)
     limit = min(PERPLEXITY_MAX_TOKENS, getattr(config, "max_position_embeddings", PERPLEXITY_MAX_TOKENS))
     return torch.tensor(tokenizer(PERPLEXITY_TEXT)["input_ids"][:limit])
 
@@ -91,7 +93,10 @@ def main(args: list[str], command_line: str) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output, if it is a previous export of this format (never the run "
                              "directory, the current directory or a directory containing them)")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="allow the run's tokenizer to run its custom code (from its tokenizer_config.json)")
     options = parser.parse_args(args)
-    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type, overwrite=options.overwrite)
+    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type,
+                      overwrite=options.overwrite, trust_remote_code=options.trust_remote_code)
     print(read_export_report(path).line(path))  # says which checks did not run, if any
     return 0

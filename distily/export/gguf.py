@@ -41,6 +41,14 @@ FILE_TYPES = {"TQ2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "TQ1_0": gguf.LlamaFileT
 GGUF_MODEL_NAME = "distily-bitnet-student"
 SUB_NORMS = {"o_proj": gguf.MODEL_TENSOR.ATTN_SUB_NORM, "down_proj": gguf.MODEL_TENSOR.FFN_SUB_NORM}
 GGUF_MAGIC = b"GGUF"
+# Byte-level BPE pre-tokenizers (tokenizer.json: a Split by this regex, then ByteLevel without its own) -> the
+# tokenizer.ggml.pre name whose regex llama.cpp splits text with in the same way.
+SPLIT_PRE_TOKENIZERS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",  # Llama 3
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",  # Qwen2, Qwen2.5, Qwen3
+}
 FILE_CHECK = "every tensor reads back as the student's (ternary ones as ternary * scale exactly)"  # verify_gguf
 
 
@@ -258,9 +266,21 @@ def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
 
 
 def _pre_tokenizer(path: Path) -> str:
-    """llama.cpp's pre-tokenizer name: GPT-2's regex for a plain ByteLevel pre-tokenizer, else its default."""
+    """llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) for the byte-level BPE tokenizer in `path`: GPT-2's for a
+    ByteLevel pre-tokenizer with its own regex, SPLIT_PRE_TOKENIZERS' for a Split by a known regex before a plain
+    ByteLevel; any other would be split by llama.cpp's default regex, unlike transformers, and is refused."""
     pre = json.loads((path / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
-    return "gpt-2" if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) else "default"
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+    if [step.get("type") for step in steps] == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
+        split = steps[0]
+        if split.get("behavior") == "Isolated" and not split.get("invert"):
+            name = SPLIT_PRE_TOKENIZERS.get(split.get("pattern", {}).get("Regex"))
+            if name is not None:
+                return name
+    raise DistilyConfigError(f"the byte-level BPE pre-tokenizer in {path} ({json.dumps(pre)[:200]}) is none llama.cpp "
+                             "reproduces; expected GPT-2's ByteLevel, or a Split by Llama 3's or Qwen2's regex")
 
 
 def _add_hyperparameters(writer: gguf.GGUFWriter, config, architecture: str) -> None:
