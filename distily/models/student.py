@@ -3,9 +3,10 @@ initialised randomly or from chosen teacher layers; then named modules copied an
 
 import copy
 import os
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from distily.errors import DistilyConfigError
@@ -32,7 +33,9 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
     which are linear or convolutional; ``no_rope_layers``, ``mlp_layer_types``, ...) becomes the entries of the
     layers each student layer stands for: ``layer_sources`` (the teacher layers copied into it), else evenly spaced
     ones. Derived from the new depth instead, the copied layers would run with another attention, position scheme
-    or block than they learned with (a Gemma 3 student of 4 layers would have no global attention layer)."""
+    or block than they learned with (a Gemma 3 student of 4 layers would have no global attention layer). Settings
+    that say which layers are dense and which a mixture of experts without a per-layer list (``MOE_LAYER_SETTINGS``)
+    are written again the same way."""
     values = config.to_dict()
     changes = {_canonical(config, key): value for key, value in overrides.items()}
     for key, original in zip(overrides, changes):
@@ -52,14 +55,29 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
         if values.get("head_dim") == values[width] // values[heads]:  # derived from them: derive it again (Qwen3
             values["head_dim"] = new_width // new_heads  # and Gemma would fall back to a fixed default, not this)
     if depth in changes:
-        sources = layer_sources or evenly_spaced_layers(values[depth], changes[depth])
+        sources = layer_sources or evenly_spaced_layers(values[depth], check_layer_count(changes[depth]))
+        moe_values = moe_layer_values(config, values, sources, changes)
         for key, value in values.items():
-            if "layer" in key and key not in changes and isinstance(value, list) and len(value) == values[depth]:
+            if "layer" in key and key not in changes and key not in MOE_LAYER_KEYS and isinstance(value, list) \
+                    and len(value) == values[depth]:  # a list of layer indices (mlp_only_layers) is not one
                 values[key] = [value[index] for index in sources]
+        values.update(moe_values)
     values.update(changes)
-    student_config = type(config).from_dict(values)
+    try:
+        student_config = type(config).from_dict(values)
+    except StrictDataclassError as err:  # transformers' own checks: a RoPE factor per rotary frequency, ...
+        raise DistilyConfigError(
+            f"the student's {type(config).__name__} is not valid: {' '.join(str(err).split())}; expected "
+            "student_config_overrides that fit together (rope_parameters for a student of another head_dim)"
+        )
     check_attention_shape(student_config)
     return student_config
+
+
+def check_layer_count(depth) -> int:
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise DistilyConfigError(f"student num_hidden_layers={depth!r} is not a layer count; expected an integer >= 1")
+    return depth
 
 
 def check_attention_shape(config: PretrainedConfig) -> None:
@@ -77,6 +95,79 @@ def evenly_spaced_layers(teacher_depth: int, student_depth: int) -> list[int]:
     if student_depth == 1:
         return [teacher_depth - 1]
     return [round(i * (teacher_depth - 1) / (student_depth - 1)) for i in range(student_depth)]
+
+
+class MoeLayerSetting(NamedTuple):
+    """Config keys that say which layers are a mixture of experts, not as a per-layer list: ``is_moe(values, layer)``
+    reads a layer's kind from a config's values, ``write(is_moe)`` gives the values under which a student's layer i
+    is MoE exactly where ``is_moe[i]``, or None where these keys cannot say so."""
+    keys: tuple[str, ...]
+    is_moe: Callable[[dict, int], bool]
+    write: Callable[[list[bool]], Optional[dict]]
+
+
+def _dense_first(key: str) -> MoeLayerSetting:
+    """The first ``key`` layers are dense, the others MoE."""
+    def write(is_moe: list[bool]) -> Optional[dict]:
+        dense = is_moe.count(False)
+        return None if any(is_moe[:dense]) else {key: dense}
+    return MoeLayerSetting((key,), lambda values, layer: layer >= values[key], write)
+
+
+def _moe_run(is_moe: list[bool]) -> Optional[dict]:
+    """Ernie 4.5's MoE layers, one run of them."""
+    moe = [layer for layer, flag in enumerate(is_moe) if flag]
+    start, end = (moe[0], moe[-1]) if moe else (len(is_moe), len(is_moe) - 1)
+    if moe != list(range(start, end + 1)):
+        return None
+    return {"moe_layer_start_index": start, "moe_layer_end_index": end, "moe_layer_interval": 1}
+
+
+MOE_LAYER_SETTINGS = (
+    # Qwen2-MoE, Qwen3-MoE, Qwen3-Next: the layers in mlp_only_layers are dense, the others MoE every
+    # decoder_sparse_step-th
+    MoeLayerSetting(
+        ("mlp_only_layers", "decoder_sparse_step"),
+        lambda values, layer: layer not in values["mlp_only_layers"]
+        and (layer + 1) % values["decoder_sparse_step"] == 0,
+        lambda is_moe: {"mlp_only_layers": [i for i, moe in enumerate(is_moe) if not moe], "decoder_sparse_step": 1},
+    ),
+    # Llama 4: the layers in moe_layers (derived from interleave_moe_layer_step when not given) are MoE
+    MoeLayerSetting(("moe_layers",), lambda values, layer: layer in values["moe_layers"],
+                    lambda is_moe: {"moe_layers": [i for i, moe in enumerate(is_moe) if moe]}),
+    _dense_first("first_k_dense_replace"),  # DeepSeek-V2/V3, GLM-4 MoE, dots1, Mistral 4
+    _dense_first("num_dense_layers"),  # AFMoE, LFM2-MoE
+    # Ernie 4.5: every moe_layer_interval-th layer from moe_layer_start_index to moe_layer_end_index is MoE
+    MoeLayerSetting(
+        ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval"),
+        lambda values, layer: values["moe_layer_start_index"] <= layer <= values["moe_layer_end_index"]
+        and (layer + 1) % values["moe_layer_interval"] == 0,
+        _moe_run,
+    ),
+)
+
+MOE_LAYER_KEYS = frozenset(key for setting in MOE_LAYER_SETTINGS for key in setting.keys)
+
+
+def moe_layer_values(config: PretrainedConfig, values: dict, sources: list[int], changes: dict) -> dict:
+    """The values of ``config``'s ``MOE_LAYER_SETTINGS`` under which student layer i is dense or MoE as layer
+    ``sources[i]`` of ``config`` is; none where a per-layer ``mlp_layer_types`` says it, or the overrides set them."""
+    written = {}
+    if "mlp_layer_types" in values:
+        return written
+    for setting in MOE_LAYER_SETTINGS:
+        if any(values.get(key) is None or key in changes for key in setting.keys):
+            continue
+        is_moe = [setting.is_moe(values, index) for index in sources]
+        student_values = setting.write(is_moe)
+        if student_values is None:
+            raise DistilyConfigError(
+                f"student layers standing for layers {sources} would be "
+                f"{', '.join('MoE' if moe else 'dense' for moe in is_moe)}, which {type(config).__name__}'s "
+                f"{', '.join(setting.keys)} cannot express; expected student_layers_from_teacher in increasing order"
+            )
+        written.update(student_values)
+    return written
 
 
 def teacher_layer_sources(chosen: Optional[list[int]], teacher_depth: int, student_depth: int) -> list[int]:
@@ -101,7 +192,6 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
     norm, LM head) whose name and shape match; a tensor the student shares between two names (an LM head tied to
     the embeddings) is copied once, from the first (the embeddings), as transformers ties the head to them."""
     teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
-    teacher_layers = teacher_layer_sources(teacher_layers, len(teacher_blocks), len(student_blocks))
     with torch.no_grad():
         for student_block, index in zip(student_blocks, teacher_layers):
             _copy_module(teacher_blocks[index], student_block, f"teacher layer {index}")
@@ -117,15 +207,18 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
 
 
 def _copy_module(source: torch.nn.Module, target: torch.nn.Module, what: str) -> None:
+    """Copy every tensor of ``source`` into ``target``: both must hold the same names with the same shapes."""
     source_state, target_state = source.state_dict(), target.state_dict()
-    for name, param in target_state.items():
-        if name not in source_state or source_state[name].shape != param.shape:
-            got = tuple(source_state[name].shape) if name in source_state else "missing"
+    for name in [*target_state, *(name for name in source_state if name not in target_state)]:
+        in_student, in_teacher = (f"of shape {tuple(state[name].shape)}" if name in state else "missing"
+                                  for state in (target_state, source_state))
+        if in_student != in_teacher:
             raise DistilyConfigError(
-                f"cannot copy {what} into the student: {name} has shape {tuple(param.shape)} in the student and "
-                f"{got} in the teacher; expected matching shapes (use student_init=random for a reshaped student)"
+                f"cannot copy {what} into the student: {name} is {in_student} in the student and {in_teacher} in the "
+                "teacher; expected matching shapes (use student_init=random for a reshaped student)"
             )
-        with torch.no_grad():
+    with torch.no_grad():
+        for name, param in target_state.items():
             param.copy_(source_state[name])
 
 
@@ -160,18 +253,33 @@ def freeze_named_modules(student: PreTrainedModel, names: list[str]) -> None:
 
 
 def student_config(args: ModelArguments, teacher_config: PretrainedConfig) -> PretrainedConfig:
-    """The student's config: ``student_config_name_or_path`` or the teacher's, with the overrides; a student that
-    copies teacher layers takes their per-layer settings."""
+    """The student's config (see ``student_config_and_teacher_layers``)."""
+    return student_config_and_teacher_layers(args, teacher_config)[0]
+
+
+def student_config_and_teacher_layers(
+    args: ModelArguments, teacher_config: PretrainedConfig
+) -> tuple[PretrainedConfig, Optional[list[int]]]:
+    """The student's config, ``student_config_name_or_path`` or the teacher's with the overrides, and for
+    student_init=teacher the teacher layer copied into each student layer; a student built from the teacher's config
+    takes the per-layer settings of those layers."""
+    overrides, teacher_depth = args.student_config_overrides, text_depth(teacher_config)
     if args.student_config_name_or_path is not None:
         base = from_pretrained(
             AutoConfig, args.student_config_name_or_path, "student config", trust_remote_code=args.trust_remote_code
         )
-        return config_with_overrides(base, args.student_config_overrides)
-    overrides, sources = args.student_config_overrides, None
-    depth = next((overrides[key] for key in (DEPTH, _canonical(teacher_config, DEPTH)) if key in overrides), None)
-    if args.student_init == "teacher" and isinstance(depth, int):
-        sources = teacher_layer_sources(args.student_layers_from_teacher, text_depth(teacher_config), depth)
-    return config_with_overrides(teacher_config, overrides, sources)
+        config = config_with_overrides(base, overrides)
+        return config, _teacher_layers(args, teacher_depth, text_depth(config))
+    depth = next((overrides[key] for key in (DEPTH, _canonical(teacher_config, DEPTH)) if key in overrides),
+                 teacher_depth)
+    sources = _teacher_layers(args, teacher_depth, check_layer_count(depth))
+    return config_with_overrides(teacher_config, overrides, sources), sources
+
+
+def _teacher_layers(args: ModelArguments, teacher_depth: int, student_depth: int) -> Optional[list[int]]:
+    if args.student_init != "teacher":
+        return None
+    return teacher_layer_sources(args.student_layers_from_teacher, teacher_depth, student_depth)
 
 
 def text_depth(config: PretrainedConfig) -> int:
@@ -194,17 +302,15 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedM
     if args.student_model_name_or_path is not None:
         student = load_student(args.student_model_name_or_path, args.trust_remote_code)
     else:
-        config = student_config(args, teacher.config)
+        config, teacher_layers = student_config_and_teacher_layers(args, teacher.config)
         student = AutoModelForCausalLM.from_config(
             config, dtype=torch.float32, trust_remote_code=args.trust_remote_code
         )
         # the teacher's generation defaults travel with its tokenizer: where a turn ends (Phi-3's and Gemma's chat
         # models list their end-of-turn token there, not in the config), and how it samples
         student.generation_config = copy.deepcopy(teacher.generation_config)
-        if args.student_init == "teacher":
-            layers = teacher_layer_sources(args.student_layers_from_teacher, text_depth(teacher.config),
-                                           text_depth(config))
-            copy_teacher_layers(teacher, student, layers)
+        if teacher_layers is not None:
+            copy_teacher_layers(teacher, student, teacher_layers)
     copy_named_modules(teacher, student, args.copy_teacher_modules or [])
     if args.student_as_bitnet and not is_bitnet(student.config):
         convert_to_bitnet(student, input_norm=args.bitnet_input_norm, subln=args.bitnet_subln)

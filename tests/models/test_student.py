@@ -54,7 +54,8 @@ def test_a_student_built_from_the_teacher_stops_and_samples_as_it_does(tmp_path)
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_random_student_keeps_its_own_init(arch):
     teacher = teacher_model(arch)
-    student = build_student(ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_init="random"), teacher)
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_init="random")
+    student = build_student(args, teacher)
     assert not torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
     assert student(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, teacher.config.vocab_size)
 
@@ -66,7 +67,8 @@ def test_architecture_specific_keys_work_for_gpt2():
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_narrower_student_derives_head_dim_again(arch):
-    config = config_with_overrides(tiny_config(arch), {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1})
+    narrower = {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1}
+    config = config_with_overrides(tiny_config(arch), narrower)
     assert getattr(config, "head_dim", 16) == 16  # Qwen2 derives it at run time
     student = AutoModelForCausalLM.from_config(config)
     assert student(torch.tensor([[1, 2]])).logits.shape[-1] == config.vocab_size
@@ -109,7 +111,8 @@ def test_impossible_student_shapes_are_clear_errors(overrides, message):
 
 
 def test_narrow_student_cannot_copy_teacher_layers():
-    args = ModelArguments(student_config_overrides={"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1})
+    narrower = {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 1}
+    args = ModelArguments(student_config_overrides=narrower)
     with pytest.raises(DistilyConfigError, match="use student_init=random"):
         build_student(args, teacher_model("llama"))
 
@@ -184,3 +187,120 @@ def test_a_student_of_a_multimodal_model_reads_its_depth_from_the_text_config(tm
     teacher.save_pretrained(tmp_path / "gemma3")
     with pytest.raises(DistilyConfigError, match="is a multimodal Gemma3Config .*; expected a text-only causal LM"):
         load_teacher(str(tmp_path / "gemma3"))
+
+
+TEXT = dict(vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+            num_hidden_layers=4)
+MOE = dict(moe_intermediate_size=32, num_experts_per_tok=2)
+MLA = dict(kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+
+
+def _per_layer_config(arch):
+    """Tiny configs whose layers differ in kind (dense or mixture of experts, RoPE or none, sliding or global)."""
+    import transformers as hf
+    return {
+        # dense layer 0 (listed) and 2 (off the sparse step), MoE 1 and 3
+        "qwen2_moe": lambda: hf.Qwen2MoeConfig(intermediate_size=128, num_experts=4, shared_expert_intermediate_size=32,
+                                               mlp_only_layers=[0], decoder_sparse_step=2, **MOE, **TEXT),
+        "qwen3_moe": lambda: hf.Qwen3MoeConfig(intermediate_size=128, num_experts=4, mlp_only_layers=[3], head_dim=16,
+                                               **MOE, **TEXT),
+        "deepseek_v2": lambda: hf.DeepseekV2Config(intermediate_size=128, n_routed_experts=4, n_shared_experts=1,
+                                                   first_k_dense_replace=2, q_lora_rank=None, **MLA, **MOE, **TEXT),
+        "deepseek_v3": lambda: hf.DeepseekV3Config(intermediate_size=128, n_routed_experts=4, n_shared_experts=1,
+                                                   first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=24,
+                                                   **MLA, **MOE, **TEXT),
+        # MoE every second layer; chunked attention with RoPE, global attention without it every fourth layer
+        "llama4": lambda: hf.Llama4TextConfig(intermediate_size=128, intermediate_size_mlp=128, num_local_experts=4,
+                                              head_dim=16, interleave_moe_layer_step=2, attention_chunk_size=4, **TEXT),
+        "ernie4_5_moe": lambda: hf.Ernie4_5_MoeConfig(intermediate_size=128, moe_num_experts=4, moe_k=2,
+                                                      moe_intermediate_size=32, moe_layer_start_index=1,
+                                                      moe_layer_end_index=2, **TEXT),
+        "gemma3": lambda: _gemma3_text(4, sliding_window_pattern=2),
+        "phi3": lambda: hf.Phi3Config(intermediate_size=128, partial_rotary_factor=0.5, pad_token_id=0, **TEXT),
+    }[arch]()
+
+
+def _layer_outputs(model, ids, inputs=None):
+    """The input and output hidden states of each decoder layer in ``model``'s forward on ``ids``; with ``inputs``,
+    layer i is given ``inputs[i]`` in place of its own input."""
+    seen_inputs, outputs, hooks = [], [], []
+
+    def take_input(layer, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen_inputs.append(hidden)
+        if inputs is None:
+            return None
+        given = inputs[len(seen_inputs) - 1]
+        return ((given, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": given})
+
+    for layer in decoder_layers(model):
+        hooks.append(layer.register_forward_pre_hook(take_input, with_kwargs=True))
+        hooks.append(layer.register_forward_hook(
+            lambda layer, args, output: outputs.append(output[0] if isinstance(output, tuple) else output)))
+    with torch.no_grad():
+        model(ids)
+    for hook in hooks:
+        hook.remove()
+    return seen_inputs, outputs
+
+
+@pytest.mark.parametrize("layers", [[0, 3], [1, 2]])
+@pytest.mark.parametrize("arch", ["qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "llama4", "ernie4_5_moe",
+                                  "gemma3", "phi3"])
+def test_each_copied_layer_computes_what_its_teacher_layer_does(arch, layers):
+    """Which layers are dense and which a mixture of experts is said by a list of indices (Qwen-MoE mlp_only_layers,
+    Llama 4 moe_layers) or a scalar (decoder_sparse_step, DeepSeek first_k_dense_replace, Ernie's MoE run): kept
+    from the teacher, a 2-layer student's layer 1 was dense where its teacher layer 3 was MoE (or the reverse), and
+    copying it failed. Student layer i, given the input of its teacher layer in the student's own forward (its own
+    mask, RoPE, experts), gives that layer's output."""
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(_per_layer_config(arch)).eval()
+    ids = torch.randint(0, 128, (1, 12))
+    teacher_inputs, teacher_outputs = _layer_outputs(teacher, ids)
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=layers)
+    student = build_student(args, teacher).eval()
+    _, student_outputs = _layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
+    for student_output, index in zip(student_outputs, layers):
+        torch.testing.assert_close(student_output, teacher_outputs[index])
+
+
+@pytest.mark.parametrize("arch", ["qwen2_moe", "qwen3_moe", "deepseek_v2", "llama4", "ernie4_5_moe"])
+def test_a_random_students_layers_have_the_modules_of_the_teacher_layers_they_stand_for(arch):
+    teacher = AutoModelForCausalLM.from_config(_per_layer_config(arch))
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_init="random")
+    student = build_student(args, teacher)
+    for student_layer, index in zip(decoder_layers(student), evenly_spaced_layers(4, 2)):
+        assert student_layer.state_dict().keys() == decoder_layers(teacher)[index].state_dict().keys()
+
+
+def test_a_dense_layer_after_an_moe_one_is_refused_where_the_config_cannot_say_so():
+    teacher = AutoModelForCausalLM.from_config(_per_layer_config("deepseek_v3"))
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=[3, 0])
+    with pytest.raises(DistilyConfigError, match=r"layers \[3, 0\] would be MoE, dense, which DeepseekV3Config's "
+                                                 "first_k_dense_replace cannot express"):
+        build_student(args, teacher)
+
+
+def test_a_copied_layer_must_hold_every_teacher_tensor():
+    """A student without the teacher's attention biases took its layers' weights and silently dropped the biases."""
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2, "attention_bias": False})
+    with pytest.raises(DistilyConfigError, match=r"self_attn.q_proj.bias is missing in the student and of shape "):
+        build_student(args, teacher_model("llama", attention_bias=True))
+
+
+@pytest.mark.parametrize("depth", [0, "2", 2.5])
+def test_a_student_depth_that_is_not_a_layer_count_is_refused(depth):
+    """Depth 0 built a student with no layers; a string or float failed inside range()."""
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": depth}, student_init="random")
+    with pytest.raises(DistilyConfigError, match=f"num_hidden_layers={depth!r} is not a layer count"):
+        build_student(args, teacher_model("llama"))
+
+
+def test_a_config_transformers_refuses_is_a_one_line_error():
+    """Phi-3's LongRoPE has one factor per rotary frequency: a student of another head_dim needs its own."""
+    from transformers import Phi3Config
+    teacher = Phi3Config(intermediate_size=128, pad_token_id=0, original_max_position_embeddings=64, **TEXT,
+                         rope_parameters={"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0] * 8,
+                                          "long_factor": [2.0] * 8})
+    with pytest.raises(DistilyConfigError, match="Phi3Config is not valid: .*short_factor field must have length 4"):
+        config_with_overrides(teacher, {"hidden_size": 32, "intermediate_size": 64})
