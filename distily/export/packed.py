@@ -144,7 +144,8 @@ def _source_projections_are_linear(config) -> bool:
 
 def why_not_packed_export(path: Path) -> str | None:
     """Why the non-empty directory `path` is not a packed export written by write_packed_checkpoint; None if it is."""
-    unexpected = sorted(entry.name for entry in path.iterdir() if entry.name not in PACKED_FILES or not entry.is_file())
+    written = PACKED_FILES | set(tokenizer_code_files(path))
+    unexpected = sorted(entry.name for entry in path.iterdir() if entry.name not in written or not entry.is_file())
     if unexpected:
         return f"it holds '{unexpected[0]}'{f' and {len(unexpected) - 1} more' if len(unexpected) > 1 else ''}, which a packed export does not write"
     try:
@@ -159,16 +160,30 @@ def why_not_packed_export(path: Path) -> str | None:
 PACKED_EXPORT = PreviousOutput("packed export", why_not_packed_export)
 
 
+def tokenizer_code_files(directory: Path) -> list[str]:
+    """The files of a tokenizer's custom code in `directory`: the modules its tokenizer_config.json's auto_map names
+    (e.g. "tokenization_custom.CustomTokenizerFast" -> tokenization_custom.py; "repo--module.Class" from any repo)."""
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    auto_map = (config.get("auto_map") if isinstance(config, dict) else None) or {}
+    classes = auto_map.get("AutoTokenizer") or []
+    classes = [classes] if isinstance(classes, str) else classes
+    return sorted({name.split("--")[-1].rsplit(".", 1)[0] + ".py" for name in classes if name})
+
+
 def write_packed_checkpoint(model: PreTrainedModel, output_dir: str | Path, tokenizer_dir: str | Path | None = None,
                             verify_input_ids: torch.Tensor | None = None, *, overwrite: bool = False,
                             protected: Mapping[Path, str] | None = None) -> Path:
     """Write `model` (a converted student) as a packed checkpoint directory; returns its path.
 
-    Tokenizer files found in `tokenizer_dir` are copied alongside. With `verify_input_ids` [batch, seq]
-    the written checkpoint is checked by verify_packed before it is moved into place; REPORT_FILE records
-    the checks that ran and those that did not. The directory appears atomically: it is written beside
-    `output_dir` and renamed into place. An existing `output_dir` is refused unless `overwrite` and it is
-    a previous packed export (distily.outputs.check_output; `protected` paths are never replaced).
+    Tokenizer files found in `tokenizer_dir` are copied alongside, with the custom code its config names
+    (tokenizer_code_files). With `verify_input_ids` [batch, seq] the written checkpoint is checked by
+    verify_packed before it is moved into place; REPORT_FILE records the checks that ran and those that did
+    not. The directory appears atomically: it is written beside `output_dir` and renamed into place. An
+    existing `output_dir` is refused unless `overwrite` and it is a previous packed export
+    (distily.outputs.check_output; `protected` paths are never replaced).
     """
     packed = to_packed(model)
     config = copy.deepcopy(model.config)
@@ -182,9 +197,11 @@ def write_packed_checkpoint(model: PreTrainedModel, output_dir: str | Path, toke
         staging.mkdir()
         save_file(_untied_state_dict(packed), str(staging / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(staging)
-        for name in TOKENIZER_FILES:
-            if tokenizer_dir is not None and (Path(tokenizer_dir) / name).is_file():
-                shutil.copy2(Path(tokenizer_dir) / name, staging / name)
+        if tokenizer_dir is not None:
+            tokenizer_dir = Path(tokenizer_dir)
+            for name in (*TOKENIZER_FILES, *tokenizer_code_files(tokenizer_dir)):
+                if (tokenizer_dir / name).is_file():
+                    shutil.copy2(tokenizer_dir / name, staging / name)
         if verify_input_ids is not None:
             error = verify_packed(model, staging, verify_input_ids)
             report.verified += ["packed linear weights at most 1/7 of fp16",

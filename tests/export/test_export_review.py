@@ -1,13 +1,14 @@
-"""`distily export` with a tokenizer that runs custom code; llama.cpp's pre-tokenizer for byte-level BPE tokenizers."""
+"""`distily export` of a run whose tokenizer runs custom code; llama.cpp's pre-tokenizer for byte-level BPE."""
 
 import json
 
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
 
 from distily.cli import main
+from distily.commands.export import export_run
 from distily.errors import DistilyConfigError
 from distily.models.bitnet import convert_to_bitnet
 
@@ -29,8 +30,8 @@ def tiny_student():
 def split_bpe_tokenizer(regex: str) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer as Llama 3's and Qwen2's are built: a Split by `regex`, then a plain ByteLevel."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), "isolated"),
-                                                       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), "isolated"), byte_level])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB - 16, special_tokens=["<|end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -38,9 +39,8 @@ def split_bpe_tokenizer(regex: str) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|end|>")
 
 
-def test_export_passes_trust_remote_code_to_the_runs_tokenizer(tmp_path, capsys):
-    """A tokenizer whose tokenizer_config.json maps AutoTokenizer to its own module loads only with the flag."""
-    run = tmp_path / "run"
+def save_run_with_custom_tokenizer(run):
+    """A run whose tokenizer_config.json maps AutoTokenizer to its own module (loads only with trust_remote_code)."""
     tiny_student().save_pretrained(run)
     split_bpe_tokenizer(LLAMA3_REGEX).save_pretrained(run)
     (run / "tokenization_custom.py").write_text(
@@ -51,8 +51,22 @@ def test_export_passes_trust_remote_code_to_the_runs_tokenizer(tmp_path, capsys)
     config.update(tokenizer_class="CustomTokenizerFast",
                   auto_map={"AutoTokenizer": [None, "tokenization_custom.CustomTokenizerFast"]})
     (run / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def test_export_passes_trust_remote_code_to_the_runs_tokenizer(tmp_path, capsys):
+    run = tmp_path / "run"
+    save_run_with_custom_tokenizer(run)
     assert main(["export", str(run), "--format", "gguf", "--trust_remote_code"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"wrote {run / 'student-tq2_0.gguf'};")
+
+
+def test_a_packed_export_carries_the_tokenizers_custom_code(tmp_path):
+    run = tmp_path / "run"
+    save_run_with_custom_tokenizer(run)
+    path = export_run(run, "packed", trust_remote_code=True)
+    assert (path / "tokenization_custom.py").read_bytes() == (run / "tokenization_custom.py").read_bytes()
+    assert type(AutoTokenizer.from_pretrained(path, trust_remote_code=True)).__name__ == "CustomTokenizerFast"
+    assert export_run(run, "packed", overwrite=True) == path  # its own code file does not hide a previous export
 
 
 @pytest.mark.parametrize("regex, name", [(LLAMA3_REGEX, "llama-bpe"), (QWEN2_REGEX, "qwen2")])
