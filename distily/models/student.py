@@ -191,6 +191,7 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
     """Copy ``teacher_layers[i]`` into student layer i, and every other parameter (embeddings, final
     norm, LM head) whose name and shape match; a tensor the student shares between two names (an LM head tied to
     the embeddings) is copied once, from the first (the embeddings), as transformers ties the head to them."""
+    check_same_heads(teacher.config.get_text_config(), student.config.get_text_config())
     teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
     with torch.no_grad():
         for student_block, index in zip(student_blocks, teacher_layers):
@@ -204,6 +205,19 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
                 continue
             param.copy_(source)
             copied.add(param.data_ptr())
+
+
+def check_same_heads(teacher_config: PretrainedConfig, student_config: PretrainedConfig) -> None:
+    """A copied layer needs the teacher's heads: with fewer, wider ones of the same total width its projections load
+    (their shapes match) but split into other heads than they learned."""
+    for key in (HEADS, "num_key_value_heads", "head_dim"):
+        teacher_value, student_value = getattr(teacher_config, key, None), getattr(student_config, key, None)
+        if teacher_value != student_value:
+            raise DistilyConfigError(
+                f"cannot copy teacher layers into a student of {key}={student_value} (the teacher's is "
+                f"{teacher_value}): its heads would split the teacher's projections otherwise; expected the teacher's "
+                f"{key} (use student_init=random for a reshaped student)"
+            )
 
 
 def _copy_module(source: torch.nn.Module, target: torch.nn.Module, what: str) -> None:

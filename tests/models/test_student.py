@@ -304,3 +304,15 @@ def test_a_config_transformers_refuses_is_a_one_line_error():
                                           "long_factor": [2.0] * 8})
     with pytest.raises(DistilyConfigError, match="Phi3Config is not valid: .*short_factor field must have length 4"):
         config_with_overrides(teacher, {"hidden_size": 32, "intermediate_size": 64})
+
+
+@pytest.mark.parametrize("arch, overrides", [
+    ("llama", {"num_attention_heads": 2, "num_key_value_heads": 1}), ("gpt2", {"n_head": 2}),
+    ("phi3", {"num_attention_heads": 2, "num_key_value_heads": 2}),
+])  # fmt: skip
+def test_teacher_layers_are_not_copied_into_other_heads(arch, overrides):
+    """Fewer, wider heads of the same width keep every projection's shape: the teacher's layers were copied and split
+    into other heads (Llama: the copied layers' outputs differed from the teacher layers' by up to 21)."""
+    with pytest.raises(DistilyConfigError, match="cannot copy teacher layers into a student of num_attention_heads=2 "
+                                                 r"\(the teacher's is 4\)"):
+        build_student(ModelArguments(student_config_overrides=overrides), teacher_model(arch))
