@@ -10,7 +10,11 @@ the two moments a step peaks at:
   forward pass), and the objective's working memory, which each component reports for the batch shape
   (``Component.memory_footprint``; the chunked logit loss computes its gradients in the forward pass, so
   they are in it);
-- after the backward pass: the student's gradients.
+- during the backward pass: the student's gradients, and under activation checkpointing the activations of
+  the one block it recomputes (a checkpointed block stores only its input in the forward pass).
+
+Weights already on the device when the check runs (every model of a CPU run, a quantized teacher on a GPU)
+are out of its free memory and in the estimate: the check adds them back to the free memory.
 
 Measured against the allocator's peak on a grid of vocabularies (512 to 151,936), batch shapes, live and
 recorded teachers, fp32 and bf16, the estimate is within 30% (``tests/training/test_preflight.py``). A run
@@ -47,14 +51,18 @@ class MemoryEstimate:
     student_activations: int
     teacher_activations: int
     objective: int
+    recomputed_block: int  # activation checkpointing: one block's activations, rebuilt during the backward pass
+    loaded: int  # the weights above that are already on the device: the free memory it reads leaves them out
 
     @property
     def total(self) -> int:
         forward_end = self.student_activations + self.teacher_activations + self.objective
-        return self.teacher_weights + self.student_weights + self.optimizer_states + max(forward_end, self.gradients)
+        backward = self.gradients + self.recomputed_block
+        return self.teacher_weights + self.student_weights + self.optimizer_states + max(forward_end, backward)
 
     def describe(self) -> str:
-        parts = ", ".join(f"{f.name.replace('_', ' ')} {getattr(self, f.name) / GIB:.2f}" for f in fields(self))
+        parts = ", ".join(f"{f.name.replace('_', ' ')} {getattr(self, f.name) / GIB:.2f}"
+                          for f in fields(self) if f.name != "loaded")
         return f"estimated peak memory {self.total / GIB:.2f} GiB ({parts} GiB)"
 
 
@@ -79,19 +87,32 @@ def _intermediate_size(config) -> int:
     return getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
 
 
-def student_activations(student: PreTrainedModel, step: StepShape) -> int:
-    """Bytes the student's forward pass stores for the backward pass, with its logits unless they are fused."""
-    shape, half = step.student, step.compute_bytes < 4
-    width, inter = shape.width, _intermediate_size(student.config)
-    # per token and block: block input, residual after attention, each norm's normalised value and output (fp32);
-    # q and k after rotary embeddings, v, the attention output and its projection's input; the MLP's gate, up,
-    # activation and product (compute dtype); under autocast also the norms' outputs cast for the projections
-    full = 6 * width * 4
-    computed = 3 * shape.query_width + 2 * shape.kv_width + 4 * inter + (2 * width if half else 0)
-    per_token = full + computed * step.compute_bytes
+def block_activations(student: PreTrainedModel, step: StepShape) -> int:
+    """Bytes one student block's forward pass stores for the backward pass."""
+    shape = step.student
+    # per token: block input, residual after attention, each norm's normalised value and output (fp32); q and k
+    # after rotary embeddings, v, the attention output and its projection's input; the MLP's gate, up, activation
+    # and product (compute dtype); under autocast also the norms' outputs cast for the projections
+    full = 6 * shape.width * 4
+    computed = 3 * shape.query_width + 2 * shape.kv_width + 4 * _intermediate_size(student.config)
+    per_token = full + (computed + (2 * shape.width if step.compute_bytes < 4 else 0)) * step.compute_bytes
     if student.config.get_text_config()._attn_implementation == "eager":  # attention probabilities, stored
         per_token += 2 * shape.heads * step.seq_length * step.compute_bytes
-    blocks = shape.depth * step.tokens * per_token
+    return step.tokens * per_token
+
+
+def checkpointed_blocks(depth: int, checkpoint_every_n_layers: Optional[int]) -> int:
+    """How many of ``depth`` blocks activation checkpointing of every n-th block recomputes (None: none)."""
+    return -(-depth // checkpoint_every_n_layers) if checkpoint_every_n_layers else 0
+
+
+def student_activations(student: PreTrainedModel, step: StepShape, checkpoint_every_n_layers: Optional[int]) -> int:
+    """Bytes the student's forward pass stores for the backward pass, with its logits unless they are fused; a
+    checkpointed block (every ``checkpoint_every_n_layers``-th, the Trainer's ``every_n_layers``) stores its input."""
+    shape, half = step.student, step.compute_bytes < 4
+    width = shape.width
+    checkpointed = checkpointed_blocks(shape.depth, checkpoint_every_n_layers)
+    blocks = (shape.depth - checkpointed) * block_activations(student, step) + checkpointed * step.tokens * width * 4
     final = 3 * step.tokens * width * 4  # embeddings and the final norm
     logits = 0 if step.fused_student_head else step.tokens * step.student_vocab * step.compute_bytes
     # autocast keeps a half-precision copy of every weight a matmul reads, for the step
@@ -127,9 +148,11 @@ def estimate_memory(
     mixed_precision: bool,
     optim: str = "adamw_torch_fused",
     device_type: str = "cpu",
+    checkpoint_every_n_layers: Optional[int] = None,
 ) -> MemoryEstimate:
     """The peak memory of a training step on ``batch_size`` x ``max_seq_length`` tokens on a ``device_type``
-    device. A teacher on the meta device (a recorded teacher: only its shape is known) or None holds no memory and
+    device, with activation checkpointing of every ``checkpoint_every_n_layers``-th student block (None: none).
+    A teacher on the meta device (a recorded teacher: only its shape is known) or None holds no memory and
     runs no forward pass."""
     live_teacher = teacher is not None and not next(teacher.parameters()).is_meta
     student_shape = ModelShape.from_config(student.config)
@@ -145,14 +168,17 @@ def estimate_memory(
     )
     parameters = [*student.parameters(), *objective.parameters()]
     trainable = [p for p in parameters if p.requires_grad]
+    teacher_parameters = list(teacher.parameters()) if live_teacher else []
     return MemoryEstimate(
-        teacher_weights=_bytes(teacher.parameters()) if live_teacher else 0,
+        teacher_weights=_bytes(teacher_parameters),
         student_weights=_bytes(parameters) + sum(b.numel() * b.element_size() for b in student.buffers()),
         optimizer_states=optimizer_state_bytes(optim, trainable),
         gradients=_bytes(trainable),
-        student_activations=student_activations(student, step),
+        student_activations=student_activations(student, step, checkpoint_every_n_layers),
         teacher_activations=teacher_activations(teacher, step, objective) if live_teacher else 0,
         objective=objective.memory_footprint(step),
+        recomputed_block=block_activations(student, step) if checkpoint_every_n_layers else 0,
+        loaded=_bytes(p for p in (*teacher_parameters, *parameters) if p.device.type == device_type),
     )
 
 
@@ -165,9 +191,10 @@ def available_memory(device: torch.device) -> int:
 
 def check_memory(estimate: MemoryEstimate, device: torch.device) -> str:
     """The estimate as a line to print; a one-line error when even its low end, (1 - MARGIN) x the estimate,
-    exceeds what ``device`` has free."""
-    free = available_memory(device)
-    line = f"{estimate.describe()}; {free / GIB:.2f} GiB free on {device}"
+    exceeds what ``device`` has free besides the weights already loaded on it."""
+    free = available_memory(device) + estimate.loaded
+    line = (f"{estimate.describe()}; {free / GIB:.2f} GiB free on {device} (with the {estimate.loaded / GIB:.2f} "
+            "GiB of weights already there)")
     if estimate.total * (1 - MARGIN) > free:
         raise DistilyConfigError(
             f"{line}: the run cannot fit; expected a smaller per_device_train_batch_size or max_seq_length, a "

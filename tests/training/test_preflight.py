@@ -26,9 +26,9 @@ from tiny import tiny_config
 TOP_K = 16
 
 
-def _models(vocab: int, recorded: bool):
+def _models(vocab: int, recorded: bool, student_layers: int = 2):
     torch.manual_seed(0)
-    student = AutoModelForCausalLM.from_config(tiny_config("llama", layers=2, vocab_size=vocab))
+    student = AutoModelForCausalLM.from_config(tiny_config("llama", layers=student_layers, vocab_size=vocab))
     teacher_config = tiny_config("llama", layers=3, vocab_size=vocab)
     if recorded:
         with torch.device("meta"):
@@ -129,6 +129,19 @@ def test_estimate_is_within_30_percent_of_the_measured_peak(vocab, batch_size, s
     assert estimate.total == pytest.approx(measured, rel=preflight.MARGIN)
 
 
+@pytest.mark.parametrize("every_n_layers,dtype", [(1, torch.float32), (3, torch.bfloat16)])
+def test_activation_checkpointing_is_within_30_percent_of_the_measured_peak(every_n_layers, dtype):
+    """A deep student whose activations dominate the step: counted as if every block stored them all, the
+    estimate is 1.4 to 3 times the peak."""
+    vocab, batch_size, seq_length = 512, 4, 256
+    teacher, student, objective = _models(vocab, recorded=False, student_layers=8)
+    student.activation_checkpointing_enable(every_n_layers=every_n_layers)
+    estimate = preflight.estimate_memory(teacher, student, objective, batch_size, seq_length, dtype != torch.float32,
+                                         checkpoint_every_n_layers=every_n_layers)
+    measured = measured_peak(teacher, student, objective, _batch(vocab, batch_size, seq_length, False), dtype)
+    assert estimate.total == pytest.approx(measured, rel=preflight.MARGIN)
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_each_loss_declares_the_working_memory_it_takes_in_the_chunked_loss(name):
     tokens, vocab, width = 256, 8192, 64
@@ -159,14 +172,27 @@ def test_the_fused_loss_never_counts_full_logits():
 
 
 def test_a_run_is_refused_only_when_even_the_low_end_of_the_estimate_cannot_fit(monkeypatch):
+    """The models, loaded on the CPU, are out of its available memory already: the check counts them once."""
     teacher, student, objective = _models(512, recorded=False)
     estimate = preflight.estimate_memory(teacher, student, objective, 4, 32, False)
-    low_end = estimate.total * (1 - preflight.MARGIN)
-    monkeypatch.setattr(preflight, "available_memory", lambda device: int(low_end) - 1)
+    assert estimate.loaded == estimate.teacher_weights + _bytes(student.parameters()) > 0
+    left_for_the_rest = estimate.total * (1 - preflight.MARGIN) - estimate.loaded
+    monkeypatch.setattr(preflight, "available_memory", lambda device: int(left_for_the_rest) - 1)
     with pytest.raises(DistilyConfigError, match="the run cannot fit"):
         preflight.check_memory(estimate, torch.device("cpu"))
-    monkeypatch.setattr(preflight, "available_memory", lambda device: int(low_end) + 1)
+    monkeypatch.setattr(preflight, "available_memory", lambda device: int(left_for_the_rest) + 1)
     assert "estimated peak memory" in preflight.check_memory(estimate, torch.device("cpu"))
+
+
+def test_only_weights_on_the_checked_device_are_already_loaded():
+    teacher, student, objective = _models(512, recorded=True)
+    assert preflight.estimate_memory(teacher, student, objective, 4, 32, False).loaded == _bytes(student.parameters())
+    teacher, student, objective = _models(512, recorded=False)
+    assert preflight.estimate_memory(teacher, student, objective, 4, 32, False, device_type="cuda").loaded == 0
+
+
+def _bytes(parameters) -> int:
+    return sum(p.numel() * p.element_size() for p in parameters)
 
 
 def test_a_recorded_teacher_holds_no_memory_and_the_optimizer_sets_the_states():
