@@ -89,6 +89,8 @@ def filesystem_errno(error: BaseException, path: Path) -> int | None:
     if code is None:
         match = re.search(r"\(os error (\d+)\)", str(error))
         code = int(match[1]) if match else None
+    if code == errno.EEXIST and os.path.lexists(path) and not os.path.isdir(path):
+        code = errno.ENOTDIR  # making the directories above a file's path met a file on the way
     if code in FILESYSTEM_ERRORS:
         return code
     directory = _existing_parent(path)

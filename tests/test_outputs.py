@@ -228,3 +228,15 @@ def test_a_filesystem_error_while_writing_is_one_line_and_leaves_the_previous_ou
             raise OSError(code, os.strerror(code))
     assert str(refused.value) == f"cannot write the output '{tmp_path / 'out'}': {expected}"
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("below", ["x.gguf", "deeper/x.gguf"])
+def test_an_output_below_a_file_is_one_line_naming_it_and_leaves_the_file(below, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    before = tree(tmp_path)
+    with pytest.raises(DistilyConfigError) as refused:
+        with atomic_output(tmp_path / "notes.txt" / below) as staging:
+            staging.write_text("never")
+    assert str(refused.value).endswith("Not a directory; expected a path whose parents are directories")
+    assert str(tmp_path / "notes.txt") in str(refused.value)
+    assert tree(tmp_path) == before
