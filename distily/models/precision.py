@@ -25,9 +25,11 @@ def cpu_has_native_bf16() -> bool:
 
 
 def bf16_is_fast(use_cpu: bool = False) -> bool:
-    """bfloat16 on an accelerator that supports it, or on a CPU with native bf16 matmuls."""
+    """bfloat16 on an accelerator that supports it natively (a CUDA GPU of compute capability 8.0 or more, not
+    one that merely emulates it, as torch.cuda.is_bf16_supported() counts by default), or on a CPU with native
+    bf16 matmuls."""
     if not use_cpu and torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if not use_cpu and torch.accelerator.is_available():
         return True
     return cpu_has_native_bf16()

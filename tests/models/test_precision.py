@@ -27,3 +27,12 @@ def test_arm_native_bf16_is_the_bf16_feature(features, native, tmp_path, monkeyp
     monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # not asked on Arm
     assert precision.cpu_has_native_bf16() is native
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_gpu_that_only_emulates_bf16_trains_without_it(native, monkeypatch):
+    """A pre-Ampere GPU (V100, T4) creates bf16 tensors, so torch.cuda.is_bf16_supported() says yes by default;
+    only including_emulation=False says whether its matmuls run bf16 natively."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert precision.bf16_is_fast() is native
