@@ -41,7 +41,8 @@ def load_model(name_or_path: str, dtype: str, trust_remote_code: bool) -> PreTra
     """A frozen model in eval mode; a Distily BitNet student is rebuilt with its BitLinear layers."""
     config = from_pretrained(AutoConfig, name_or_path, "model", trust_remote_code=trust_remote_code)
     if is_bitnet(config):
-        return load_bitnet_student(name_or_path, DTYPES[dtype] if dtype != "auto" else DTYPES["float32"])
+        return load_bitnet_student(name_or_path, DTYPES[dtype] if dtype != "auto" else DTYPES["float32"],
+                                   trust_remote_code)
     return load_teacher(name_or_path, dtype, trust_remote_code)
 
 

@@ -57,7 +57,7 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     rules = {"overwrite": overwrite, "protected": {run_dir: "the run directory"}}
     write_gguf, gguf_export = _gguf_writer() if format == "gguf" else (None, None)
     check_output(output, directory=format == "packed", previous=gguf_export or PACKED_EXPORT, **rules)
-    student = load_bitnet_student(run_dir)
+    student = load_bitnet_student(run_dir, trust_remote_code=trust_remote_code)
     config = student.config
     if format == "gguf":
         perplexity_ids = _perplexity_ids(run_dir, config, trust_remote_code)

@@ -268,20 +268,22 @@ def load_state_from_dir(model: nn.Module, path: Path) -> None:
         )
 
 
-def load_bitnet_student(path: str | Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def load_bitnet_student(path: str | Path, dtype: torch.dtype = torch.float32,
+                        trust_remote_code: bool = False) -> PreTrainedModel:
     """Rebuild a saved converted student (fake-quantised BitLinear layers, latent weights) from `path`.
 
     The checkpoint's config must carry `distily_bitnet` (written by convert_to_bitnet); the model is
-    built from the config, converted with the stored options, then loaded.
+    built from the config (an architecture of the checkpoint's own code with `trust_remote_code`), converted
+    with the stored options, then loaded.
     """
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     options = BitNetOptions.from_config(config)
     if getattr(config, BITNET_CONFIG_KEY).get("format", "latent") != "latent":
         raise DistilyConfigError(
             f"{path} holds a {getattr(config, BITNET_CONFIG_KEY)['format']} export; expected a trained student"
         )
     delattr(config, BITNET_CONFIG_KEY)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     convert_to_bitnet(model, **asdict(options))
     load_state_from_dir(model, Path(path))
     return model.eval()

@@ -305,7 +305,7 @@ def load_student(name_or_path: str, trust_remote_code: bool = False) -> PreTrain
     """A saved student in float32; a BitNet student (its config says so) comes back with its ternary layers."""
     config = from_pretrained(AutoConfig, name_or_path, "student", trust_remote_code=trust_remote_code)
     if is_bitnet(config):
-        return load_bitnet_student(os.path.expanduser(name_or_path)).train()
+        return load_bitnet_student(os.path.expanduser(name_or_path), trust_remote_code=trust_remote_code).train()
     return from_pretrained(
         AutoModelForCausalLM, name_or_path, "student", dtype=torch.float32, trust_remote_code=trust_remote_code
     )

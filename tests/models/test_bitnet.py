@@ -1,6 +1,7 @@
 """BitNet conversion: ternary layers, straight-through gradients, teacher-initialised students, distillation."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -146,6 +147,38 @@ def test_saved_student_reloads_exactly(architecture, tmp_path):
                 layer.rms_norm.weight.uniform_(0.5, 1.5)
     student.save_pretrained(tmp_path)
     reloaded = load_bitnet_student(tmp_path)
+    tokens = random_tokens()
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens).logits, student(tokens).logits)
+
+
+CUSTOM_ARCHITECTURE = """from transformers import LlamaConfig, LlamaForCausalLM
+
+
+class CustomConfig(LlamaConfig):
+    model_type = "custom_llama"
+
+
+class CustomForCausalLM(LlamaForCausalLM):
+    config_class = CustomConfig
+"""
+
+
+def test_a_student_of_custom_code_reloads_with_trust_remote_code(tmp_path):
+    """An architecture of the checkpoint's own code (``auto_map``) rebuilds only with trust_remote_code, which
+    export and eval pass through."""
+    student = convert_to_bitnet(tiny_model("llama"))
+    student.save_pretrained(tmp_path)
+    (tmp_path / "custom_llama.py").write_text(CUSTOM_ARCHITECTURE)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(model_type="custom_llama", architectures=["CustomForCausalLM"],
+                  auto_map={"AutoConfig": "custom_llama.CustomConfig",
+                            "AutoModelForCausalLM": "custom_llama.CustomForCausalLM"})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_bitnet_student(tmp_path)
+    reloaded = load_bitnet_student(tmp_path, trust_remote_code=True)
+    assert type(reloaded).__name__ == "CustomForCausalLM"
     tokens = random_tokens()
     with torch.no_grad():
         assert torch.equal(reloaded(tokens).logits, student(tokens).logits)
