@@ -64,8 +64,26 @@ class GGUFTensor:
     scale: float | None = None
 
 
+# The feed-forward activation each llama.cpp graph computes whatever the file says: SiLU-gated in its llama, phi3
+# and bitnet graphs, GELU (tanh approximation, close to the exact one) in its gpt2 graph.
+LLAMA_CPP_ACTIVATIONS = {"llama": ("silu", "swish"), "phi3": ("silu", "swish"), "bitnet": ("silu", "swish"),
+                         "gpt2": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu")}
+
+
 def gguf_architecture(model: PreTrainedModel) -> str:
     """The llama.cpp architecture for a converted student, or DistilyConfigError if it has none."""
+    architecture = _graph(model)
+    config = model.config
+    activation = config.activation_function if architecture == "gpt2" else config.hidden_act
+    if activation not in LLAMA_CPP_ACTIVATIONS[architecture]:
+        raise DistilyConfigError(
+            f"the student's activation '{activation}' is not what llama.cpp's {architecture} graph computes; "
+            f"expected one of {', '.join(LLAMA_CPP_ACTIVATIONS[architecture])}"
+        )
+    return architecture
+
+
+def _graph(model: PreTrainedModel) -> str:
     options = BitNetOptions.from_config(model.config)
     model_type = model.config.model_type
     if options.input_norm:

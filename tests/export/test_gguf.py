@@ -188,8 +188,23 @@ def test_unpackable_shape_fails_before_writing(architecture, config, match, toke
 def test_unsupported_students_are_rejected(architecture, options, match, tokenizer_dir, tmp_path):
     with pytest.raises(DistilyConfigError, match=match):
         write_gguf(tiny_student(architecture, options), tokenizer_dir, tmp_path / "student.gguf")
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(DistilyConfigError, match="'TQ3_0' is not supported"):
         write_gguf(tiny_student("llama"), tokenizer_dir, tmp_path / "student.gguf", qtype="TQ3_0")
+
+
+@pytest.mark.parametrize("architecture, config, activation", [
+    ("llama", {"hidden_act": "gelu"}, "'gelu' is not what llama.cpp's llama graph computes; expected one of silu"),
+    ("phi3", {"hidden_act": "relu"}, "'relu' is not what llama.cpp's phi3 graph computes"),
+    ("gpt2", {"activation_function": "relu"}, "'relu' is not what llama.cpp's gpt2 graph computes"),
+])
+def test_a_student_whose_activation_llama_cpp_does_not_compute_is_refused(architecture, config, activation,
+                                                                             tokenizer_dir, tmp_path):
+    """llama.cpp's graphs fix the feed-forward activation (the file cannot say another): such a student would
+    load and run with other outputs."""
+    with pytest.raises(DistilyConfigError, match=activation):
+        write_gguf(tiny_student(architecture, **config), tokenizer_dir, tmp_path / "student.gguf")
+    assert list(tmp_path.iterdir()) == []
 
 
 def save_run(run_dir, tokenizer_dir):
