@@ -49,6 +49,11 @@ SPLIT_PRE_TOKENIZERS = {
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",  # Qwen2, Qwen2.5, Qwen3
 }
+ROPE_FREQS = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+# Rotary embeddings that rescale each default frequency by a fixed factor and leave attention unscaled (Llama 3.x's
+# "llama3", "linear"): llama.cpp's llama graph divides its frequencies by the factors of a rope_freqs tensor, as
+# its own converter writes for Llama 3. Its other graphs here take the default rotary embedding only.
+RESCALED_ROPE_TYPES = {"llama": ("linear", "llama3")}
 FILE_CHECK = "every tensor reads back as the student's (ternary ones as ternary * scale exactly)"  # verify_gguf
 
 
@@ -127,7 +132,34 @@ def plan_tensors(model: PreTrainedModel, architecture: str, n_vocab: int) -> lis
         else:
             values = _float32(parameter)  # [rows, columns] or [n]
             tensors.append(GGUFTensor(gguf_name, name, values if heads is None else _rotary_permute(values, heads)))
+    factors = rope_factors(model, architecture)
+    if factors is not None:
+        tensors.append(GGUFTensor(ROPE_FREQS, "rotary_emb.inv_freq", factors))
     return tensors
+
+
+def rope_factors(model: PreTrainedModel, architecture: str) -> np.ndarray | None:
+    """llama.cpp's rope_freqs for a student whose rotary embedding rescales the default frequencies: each default
+    frequency divided by the student's own (its rotary embedding's ``inv_freq``), float32 [head_dim / 2]; None for
+    the default rotary embedding (and for GPT-2). Any other is refused: llama.cpp's graph would rotate otherwise."""
+    config = model.config
+    if architecture == "gpt2":
+        return None
+    rope = config.rope_parameters or {}
+    rope_type = rope.get("rope_type", "default")
+    allowed = ("default", *RESCALED_ROPE_TYPES.get(architecture, ()))
+    if rope_type not in allowed or rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise DistilyConfigError(f"GGUF export of a {architecture} student supports the rotary embeddings "
+                                 f"{', '.join(allowed)} over whole heads; got {rope}")
+    if rope_type == "default":
+        return None
+    rotary = model.get_decoder().rotary_emb
+    if rotary.attention_scaling != 1.0:
+        raise DistilyConfigError(f"GGUF export needs a rotary embedding without attention scaling; got {rope} "
+                                 f"(attention scaling {rotary.attention_scaling})")
+    head_dim = rotary.inv_freq.numel() * 2
+    default = 1.0 / rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    return (default / rotary.inv_freq.double().numpy()).astype(np.float32)
 
 
 def check_packable(tensors: list[GGUFTensor], qtype: str) -> None:
@@ -209,7 +241,8 @@ def verify_gguf(path: str | Path, tensors: list[GGUFTensor], model: PreTrainedMo
     A tensor is read back into HF's layout (llama's Q and K rows, weights and biases alike, out of llama.cpp's
     rotary order; the vocabulary's padding rows dropped) and compared with the parameter itself, not with the
     plan, so a tensor the plan left in the wrong layout fails here: a ternary weight must equal
-    ternary * fp16(scale) exactly, any other tensor the parameter at the precision the file keeps.
+    ternary * fp16(scale) exactly, any other tensor the parameter at the precision the file keeps (rope_freqs, no
+    parameter, the factors of the student's own rotary frequencies: rope_factors).
     """
     parameters = dict(model.named_parameters())
     ternary_layers = dict(bitlinear_modules(model))
@@ -221,7 +254,10 @@ def verify_gguf(path: str | Path, tensors: list[GGUFTensor], model: PreTrainedMo
                                      "only the student's")
         module_name, _, leaf = source.rpartition(".")
         layer = ternary_layers.get(module_name) if leaf == "weight" else None
-        reference = _hf_values(parameters[source], layer)  # [rows, columns] or [n]
+        if stored.name == ROPE_FREQS:  # not a parameter: the factors of the student's own frequencies
+            reference = rope_factors(model, architecture)
+        else:
+            reference = _hf_values(parameters[source], layer)  # [rows, columns] or [n]
         values = gguf.quants.dequantize(stored.data, stored.tensor_type)[: reference.shape[0]]  # float32, as reference
         heads = _rotary_heads(stored.name, model.config, architecture)
         values = values if heads is None else _hf_rotary_order(values, heads)
@@ -311,9 +347,7 @@ def _add_hyperparameters(writer: gguf.GGUFWriter, config, architecture: str) -> 
         writer.add_feed_forward_length(config.n_inner or 4 * config.hidden_size)
         writer.add_layer_norm_eps(config.layer_norm_epsilon)
         return
-    rope = config.rope_parameters or {}
-    if rope.get("rope_type", "default") != "default" or rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise DistilyConfigError(f"GGUF export supports the default rotary embedding only; got {rope}")
+    rope = config.rope_parameters or {}  # its type checked by rope_factors when the tensors were planned
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count_kv(config.num_key_value_heads)

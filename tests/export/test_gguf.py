@@ -207,6 +207,63 @@ def test_a_student_whose_activation_llama_cpp_does_not_compute_is_refused(archit
     assert list(tmp_path.iterdir()) == []
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """Llama 3.1's frequency scaling (Meta's reference: short wavelengths kept, long ones divided by ``factor``,
+    a smooth blend between), as the divisor of each default frequency: what llama.cpp's rope_freqs holds."""
+    low_wavelength = rope["original_max_position_embeddings"] / rope["low_freq_factor"]
+    high_wavelength = rope["original_max_position_embeddings"] / rope["high_freq_factor"]
+    factors = []
+    for frequency in 1.0 / rope["rope_theta"] ** (np.arange(0, head_dim, 2) / head_dim):
+        wavelength = 2 * np.pi / frequency
+        if wavelength < high_wavelength:
+            factors.append(1.0)
+        elif wavelength > low_wavelength:
+            factors.append(rope["factor"])
+        else:
+            smooth = (rope["original_max_position_embeddings"] / wavelength - rope["low_freq_factor"]) / (
+                rope["high_freq_factor"] - rope["low_freq_factor"])
+            factors.append(1 / ((1 - smooth) / rope["factor"] + smooth))
+    return np.array(factors)
+
+
+@pytest.mark.parametrize("rope, expected", [
+    (LLAMA3_ROPE, lambda head_dim: llama3_rope_factors(LLAMA3_ROPE, head_dim)),
+    ({"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}, lambda head_dim: np.full(head_dim // 2, 4.0)),
+])
+def test_a_rescaled_rotary_embedding_is_written_as_llama_cpps_rope_freqs(rope, expected, tokenizer_dir, tmp_path):
+    """A Llama 3.x student (rope_type llama3) or a linearly scaled one: llama.cpp's llama graph divides its default
+    frequencies by rope_freqs, which must be the published scaling's factors."""
+    path = write_gguf(tiny_student("llama", rope_parameters=rope), tokenizer_dir, tmp_path / "student.gguf")
+    reader = gguf.GGUFReader(str(path))
+    stored = {tensor.name: tensor for tensor in reader.tensors}["rope_freqs.weight"]
+    head_dim = 256 // 4
+    factors = expected(head_dim)
+    if rope["rope_type"] == "llama3":  # the frequencies span the three cases: kept, blended and divided
+        assert 1.0 in factors and rope["factor"] in factors and ((factors > 1) & (factors < rope["factor"])).any()
+    np.testing.assert_allclose(np.asarray(stored.data, dtype=np.float64), factors, rtol=1e-5)
+    assert field_value(reader, "llama.rope.freq_base") == rope["rope_theta"]
+    default = write_gguf(tiny_student("llama"), tokenizer_dir, tmp_path / "default.gguf")
+    assert "rope_freqs.weight" not in {tensor.name for tensor in gguf.GGUFReader(str(default)).tensors}
+
+
+@pytest.mark.parametrize("architecture, options, config, match", [
+    ("llama", {}, {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}},
+     "supports the rotary embeddings default, linear, llama3 over whole heads; got .*dynamic"),
+    ("llama", {}, {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0}}, "got .*yarn"),
+    ("llama", {"subln": True}, {"tie_word_embeddings": True, "rope_parameters": LLAMA3_ROPE},
+     "GGUF export of a bitnet student supports the rotary embeddings default over whole heads; got"),
+])
+def test_a_rotary_embedding_llama_cpp_would_rotate_otherwise_is_refused(architecture, options, config, match,
+                                                                        tokenizer_dir, tmp_path):
+    with pytest.raises(DistilyConfigError, match=match):
+        write_gguf(tiny_student(architecture, options, **config), tokenizer_dir, tmp_path / "student.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
 def save_run(run_dir, tokenizer_dir):
     tiny_student("llama").save_pretrained(run_dir)
     PreTrainedTokenizerFast.from_pretrained(tokenizer_dir).save_pretrained(run_dir)
@@ -231,6 +288,7 @@ def test_export_run_gguf_rejects_a_llama_cpp_perplexity_mismatch(tokenizer_dir, 
 @pytest.mark.parametrize("architecture, options, config, head_scale", [
     ("llama", {}, {}, 2), ("gpt2", {}, {}, 8), ("phi3", {}, {}, 2),
     ("llama", {"subln": True}, {"tie_word_embeddings": True}, 2),
+    ("llama", {}, {"rope_parameters": LLAMA3_ROPE}, 2),
 ])
 def test_llama_cpp_perplexity_matches_pytorch(architecture, options, config, head_scale, tokenizer_dir, tmp_path):
     pytest.importorskip("llama_cpp")
