@@ -82,11 +82,18 @@ chunk (0.34 s a chunk at V = 151,936, H = 512, 441 tokens, on a 2-core CPU), whe
 (0.17 s) and never hold the [V, H] half-precision product."""
 
 
-def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """The dtype autocast runs matmuls in on ``device`` (None outside autocast). The fused pass writes its
-    matmuls into buffers (``out=``, in place), which autocast never casts, so it casts the LM head itself,
-    as autocast would the student's own; the loss still runs in fp32 and the gradients accumulate in fp32."""
-    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+def _head_dtype(device: torch.device, weight: torch.Tensor) -> torch.dtype:
+    """The dtype an LM head's matmul runs in on ``device``: autocast's, else the head's own (the trainer hands the
+    loss a bf16 student's hidden states in fp32, where its own head ran in bf16). The fused pass writes its matmuls
+    into buffers (``out=``, in place), which autocast never casts, so it casts the LM head itself, as autocast would
+    the student's own; the loss still runs in fp32 and the gradients accumulate in fp32."""
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else weight.dtype
+
+
+def _head_inputs(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """(states [N, H], weight [V, H], bias [V] or None) cast to the head's matmul dtype (``_head_dtype``)."""
+    dtype = _head_dtype(states.device, weight)
+    return states.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 class LogitRows:
@@ -97,10 +104,8 @@ class LogitRows:
     which for a [151936, 512] teacher head read slice by slice was 38% of a bf16 loss's time on CPU."""
 
     def __init__(self, states: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]):
-        matmul_dtype = _autocast_dtype(states.device) if weight is not None else None
-        if matmul_dtype is not None:
-            states, weight = states.to(matmul_dtype), weight.to(matmul_dtype)
-            bias = bias.to(matmul_dtype) if bias is not None else None
+        if weight is not None:
+            states, weight, bias = _head_inputs(states, weight, bias)
         self.states, self.weight, self.bias = states, weight, bias
 
     def __call__(self, rows, vocab_size: int) -> torch.Tensor:  # [n, vocab_size]
@@ -264,12 +269,8 @@ class _ChunkedLogitLoss(torch.autograd.Function):
                 grad_weight = torch.zeros(lm_head_weight.shape, dtype=torch.float32, device=student.device)  # [V_s, H]
             if needs_bias:
                 grad_bias = torch.zeros(lm_head_bias.shape, dtype=torch.float32, device=student.device)  # [V_s]
-            hidden, weight = student, lm_head_weight[:vocab_size]  # [N, H], [V, H]
             bias = lm_head_bias[:vocab_size] if lm_head_bias is not None else None  # [V]
-            matmul_dtype = _autocast_dtype(student.device)
-            if matmul_dtype is not None:
-                hidden, weight = hidden.to(matmul_dtype), weight.to(matmul_dtype)
-                bias = bias.to(matmul_dtype) if bias is not None else None
+            hidden, weight, bias = _head_inputs(student, lm_head_weight[:vocab_size], bias)  # [N, H], [V, H], [V]
             total = _fused_pass(slices, hidden, weight, bias, chunk_size, grad_student,
                                 grad_weight[:vocab_size] if needs_weight else None,
                                 grad_bias[:vocab_size] if needs_bias else None)
@@ -437,7 +438,7 @@ def chunked_rows_loss_sum(
     flattened ``[...]`` tokens.
     ``vocab_columns``: the vocabulary columns that count (at most the student's; across vocabularies the student's
     all, and the teacher's side is read whole); shapes are the caller's to check."""
-    buffer_dtype = (_autocast_dtype(student.device) or student.dtype) if lm_head_weight is not None else torch.float32
+    buffer_dtype = _head_dtype(student.device, lm_head_weight) if lm_head_weight is not None else torch.float32
     sizes = _chunk_sizes(chunk_size, loss_chunk_size, vocab_columns, buffer_dtype.itemsize, student.device.type)
     rows_of = {name: value.reshape(student.shape[:-1].numel(), *value.shape[student.dim() - 1:])
                for name, value in (row_params or {}).items()}  # [N, ...]

@@ -280,3 +280,23 @@ def test_fused_teacher_lm_head_gives_the_loss_and_gradients_of_its_logits(name):
     torch.testing.assert_close(fused, expected)
     for actual, wanted in zip(torch.autograd.grad(fused, (student, weight)), expected_grads):
         torch.testing.assert_close(actual, wanted)
+
+
+def test_fp32_hidden_states_of_a_bf16_head_run_through_it_in_bf16():
+    """The trainer hands the loss a bf16 student's final hidden states in fp32 (``convert_to_fp32``); its fused head
+    runs in bf16 as the student's own would, for the teacher's too: the loss and gradients are those of the head's
+    own bf16 logits (a dtype mismatch in the matmul before)."""
+    student = _randn(3, 7, 16, seed=1).bfloat16().float().requires_grad_()  # [B, S, H], bf16 values in fp32
+    weight, bias = (_randn(101, 16, seed=2) * 0.5).bfloat16().requires_grad_(), _randn(101, seed=3).bfloat16()
+    teacher_states, teacher_weight = _randn(3, 7, 12, seed=4).bfloat16().float(), _randn(101, 12, seed=5).bfloat16()
+    mask = _randn(3, 7, seed=6) > -0.5
+    bias.requires_grad_()
+    fused = chunked_logit_loss_sum(LOSSES["forward_kl"], student, teacher_states, lm_head_weight=weight,
+                                   lm_head_bias=bias, teacher_lm_head_weight=teacher_weight, mask=mask, chunk_size=4)
+    teacher = F.linear(teacher_states.bfloat16(), teacher_weight)  # [B, S, V] bf16
+    plain = _plain_sum(LOSSES["forward_kl"], student.bfloat16(), weight, bias, teacher, mask, None, 1.0, {})
+    for grad, plain_grad in zip(torch.autograd.grad(fused, (student, weight, bias)),
+                                torch.autograd.grad(plain, (student, weight, bias))):
+        assert grad.dtype == plain_grad.dtype
+        assert _relative_error(grad, plain_grad) <= TOLERANCE[torch.bfloat16]
+    assert _relative_error(fused, plain) <= 1e-5
