@@ -26,7 +26,7 @@ from typing import Optional
 
 import psutil
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, TrainingArguments
 
 from distily.errors import DistilyConfigError
 from distily.models.architecture import plain_lm_head
@@ -99,6 +99,15 @@ def block_activations(student: PreTrainedModel, step: StepShape) -> int:
     if student.config.get_text_config()._attn_implementation == "eager":  # attention probabilities, stored
         per_token += 2 * shape.heads * step.seq_length * step.compute_bytes
     return step.tokens * per_token
+
+
+def checkpointed_every_n_layers(training: TrainingArguments) -> Optional[int]:
+    """Which student blocks the Trainer checkpoints (``activation_checkpointing``, or its old name
+    ``gradient_checkpointing``, with ``activation_checkpointing_kwargs``' ``every_n_layers``): every n-th, None for
+    none."""
+    if not training.activation_checkpointing:
+        return None
+    return (training.activation_checkpointing_kwargs or {}).get("every_n_layers", 1)
 
 
 def checkpointed_blocks(depth: int, checkpoint_every_n_layers: Optional[int]) -> int:

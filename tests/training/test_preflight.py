@@ -202,3 +202,30 @@ def test_a_recorded_teacher_holds_no_memory_and_the_optimizer_sets_the_states():
     assert estimate.teacher_weights == estimate.teacher_activations == 0
     assert estimate.optimizer_states == trainable == estimate.gradients
     assert preflight.estimate_memory(teacher, student, objective, 4, 32, False).optimizer_states == 2 * trainable
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({}, None),
+    ({"activation_checkpointing": True}, 1),
+    ({"gradient_checkpointing": True}, 1),  # transformers' old name for it
+    ({"activation_checkpointing": True, "activation_checkpointing_kwargs": {"every_n_layers": 3}}, 3),
+])
+def test_the_run_estimates_the_blocks_the_trainer_checkpoints(settings, expected, teacher_dirs, run_values,
+                                                              monkeypatch):
+    """distill passes the Trainer's checkpointing to the estimate (without it, a checkpointed run was estimated at
+    up to 2.8x its peak and could be refused)."""
+    import distily.training.distill as distill
+    from distily.config import parse_config
+
+    seen = []
+
+    def estimate(*args):
+        seen.append(args[-1])
+        raise SystemExit  # the estimate is all this test needs
+
+    monkeypatch.setattr(distill, "estimate_memory", estimate)
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=1,
+                        memory_check=True, **settings)
+    with pytest.raises(SystemExit):
+        distill.run_distillation(parse_config(**values))
+    assert seen == [expected]
