@@ -38,7 +38,8 @@ GIB = 2**30
 MARGIN = 0.3
 """The estimate's accuracy: a run is refused only when (1 - MARGIN) x the estimate exceeds the free memory."""
 
-OPTIMIZER_STATES = {"sgd": 1, "adagrad": 1, "rmsprop": 1, "adafactor": 0, "lomo": 0}
+OPTIMIZER_STATES = {"sgd": 1, "adagrad": 1, "rmsprop": 1, "adafactor": 0, "lomo": 0, "lion": 1, "ademamix": 3,
+                    "grokadamw": 3}
 """States per trainable parameter of the Trainer's optimizers (``optim``) by name fragment; Adam's 2 otherwise."""
 
 
@@ -74,11 +75,14 @@ def _bytes(parameters, trainable_only: bool = False) -> int:
 
 def optimizer_state_bytes(optim: str, trainable: list[torch.nn.Parameter]) -> int:
     """The states ``optim`` (a ``TrainingArguments.optim`` name) keeps for ``trainable`` parameters: two of the
-    parameter's dtype for Adam and its kin, one byte each for 8-bit ones."""
+    parameter's dtype for Adam and its kin (Lion one, AdEMAMix and GrokAdamW three), one byte each for 8-bit ones,
+    half a byte for 4-bit ones."""
     optim = str(getattr(optim, "value", optim))  # TrainingArguments holds an OptimizerNames
     per_parameter = next((count for name, count in OPTIMIZER_STATES.items() if name in optim), 2)
     if "8bit" in optim:
         return per_parameter * sum(p.numel() for p in trainable)
+    if "4bit" in optim:
+        return per_parameter * sum(p.numel() for p in trainable) // 2
     return per_parameter * sum(p.numel() * p.element_size() for p in trainable)
 
 

@@ -229,3 +229,13 @@ def test_the_run_estimates_the_blocks_the_trainer_checkpoints(settings, expected
     with pytest.raises(SystemExit):
         distill.run_distillation(parse_config(**values))
     assert seen == [expected]
+
+
+@pytest.mark.parametrize("optim, states, bytes_per_state", [
+    ("adamw_torch_fused", 2, 4), ("lion_32bit", 1, 4), ("paged_lion_8bit", 1, 1), ("ademamix", 3, 4),
+    ("grokadamw", 3, 4), ("adamw_torch_4bit", 2, 0.5), ("adafactor", 0, 4),
+])
+def test_optimizer_states_follow_the_optimizers_own_count(optim, states, bytes_per_state):
+    """Lion keeps one state (its momentum), AdEMAMix and GrokAdamW three, Adam two; 4-bit states take half a byte."""
+    trainable = [torch.nn.Parameter(torch.zeros(10, 30)), torch.nn.Parameter(torch.zeros(20))]
+    assert preflight.optimizer_state_bytes(optim, trainable) == states * bytes_per_state * 320
