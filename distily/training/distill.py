@@ -27,7 +27,7 @@ from distily.teachers.source import TeacherSource, stop_at_end_of_turn
 from distily.teachers.sources import open_teacher
 from distily.training.checkpoints import CheckpointChecksums
 from distily.training.on_policy import on_policy_batches
-from distily.training.preflight import check_memory, checkpointed_every_n_layers, estimate_memory
+from distily.training.preflight import check_memory, checkpointed_every_n_layers, estimate_memory, parameter_shards
 from distily.training.resolved import ResolvedRun
 from distily.training.run_dir import (
     RunDir,
@@ -148,7 +148,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
             estimate = estimate_memory(
                 teacher.live_model, student, objective, training.per_device_train_batch_size, data.max_seq_length,
                 training.bf16 or training.fp16, training.optim, training.device.type,
-                checkpointed_every_n_layers(training),
+                checkpointed_every_n_layers(training), parameter_shards(training),
             )
             logger.info(check_memory(estimate, training.device))
         collate_fn = teacher.collate_fn()

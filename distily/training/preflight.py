@@ -21,12 +21,14 @@ recorded teachers, fp32 and bf16, the estimate is within 30% (``tests/training/t
 is refused only when even 70% of the estimate exceeds the free memory, so a run that fits is never refused.
 """
 
+import os
 from dataclasses import dataclass, fields
 from typing import Optional
 
 import psutil
 import torch
 from transformers import PreTrainedModel, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from distily.errors import DistilyConfigError
 from distily.models.architecture import plain_lm_head
@@ -114,6 +116,26 @@ def checkpointed_every_n_layers(training: TrainingArguments) -> Optional[int]:
     return (training.activation_checkpointing_kwargs or {}).get("every_n_layers", 1)
 
 
+def parameter_shards(training: TrainingArguments) -> tuple[int, int]:
+    """How many ways the run splits (the student's weights, gradients and optimizer states, the teacher's weights)
+    over its processes, as the Trainer's accelerator will (``teachers.placement.teacher_is_sharded``): DeepSpeed
+    ZeRO-3 and FSDP2 both, FSDP1 the student's alone; data parallelism and ZeRO-1/2 neither (ZeRO-1/2's split
+    optimizer states are counted whole: an over-estimate). FSDP is the run's ``fsdp`` (transformers' default
+    version 2) or ``accelerate launch``'s config (accelerate's default version 1)."""
+    world = training.world_size
+    if world == 1:
+        return 1, 1
+    if is_deepspeed_zero3_enabled():
+        return world, world
+    if training.fsdp:
+        version = int((training.fsdp_config or {}).get("version", 2))
+    elif os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        version = int(os.environ.get("FSDP_VERSION", "1"))
+    else:
+        return 1, 1
+    return world, world if version == 2 else 1
+
+
 def checkpointed_blocks(depth: int, checkpoint_every_n_layers: Optional[int]) -> int:
     """How many of ``depth`` blocks activation checkpointing of every n-th block recomputes (None: none)."""
     return -(-depth // checkpoint_every_n_layers) if checkpoint_every_n_layers else 0
@@ -162,11 +184,14 @@ def estimate_memory(
     optim: str = "adamw_torch_fused",
     device_type: str = "cpu",
     checkpoint_every_n_layers: Optional[int] = None,
+    shards: tuple[int, int] = (1, 1),
 ) -> MemoryEstimate:
     """The peak memory of a training step on ``batch_size`` x ``max_seq_length`` tokens on a ``device_type``
-    device, with activation checkpointing of every ``checkpoint_every_n_layers``-th student block (None: none).
-    A teacher on the meta device (a recorded teacher: only its shape is known) or None holds no memory and
-    runs no forward pass."""
+    device, with activation checkpointing of every ``checkpoint_every_n_layers``-th student block (None: none),
+    on one process of a run that splits the student's weights, gradients and optimizer states ``shards[0]`` ways
+    and the teacher's weights ``shards[1]`` ways (``parameter_shards``; the layer being gathered as it runs is left
+    to the margin). A teacher on the meta device (a recorded teacher: only its shape is known) or None holds no
+    memory and runs no forward pass."""
     live_teacher = teacher is not None and not next(teacher.parameters()).is_meta
     student_shape = ModelShape.from_config(student.config)
     step = StepShape(
@@ -182,11 +207,13 @@ def estimate_memory(
     parameters = [*student.parameters(), *objective.parameters()]
     trainable = [p for p in parameters if p.requires_grad]
     teacher_parameters = list(teacher.parameters()) if live_teacher else []
+    student_shards, teacher_shards = shards
     return MemoryEstimate(
-        teacher_weights=_bytes(teacher_parameters),
-        student_weights=_bytes(parameters) + sum(b.numel() * b.element_size() for b in student.buffers()),
-        optimizer_states=optimizer_state_bytes(optim, trainable),
-        gradients=_bytes(trainable),
+        teacher_weights=_bytes(teacher_parameters) // teacher_shards,
+        student_weights=(_bytes(parameters) + sum(b.numel() * b.element_size() for b in student.buffers()))
+        // student_shards,
+        optimizer_states=optimizer_state_bytes(optim, trainable) // student_shards,
+        gradients=_bytes(trainable) // student_shards,
         student_activations=student_activations(student, step, checkpoint_every_n_layers),
         teacher_activations=teacher_activations(teacher, step, objective) if live_teacher else 0,
         objective=objective.memory_footprint(step),

@@ -220,7 +220,7 @@ def test_the_run_estimates_the_blocks_the_trainer_checkpoints(settings, expected
     seen = []
 
     def estimate(*args):
-        seen.append(args[-1])
+        seen.append(args[-2])
         raise SystemExit  # the estimate is all this test needs
 
     monkeypatch.setattr(distill, "estimate_memory", estimate)
@@ -239,3 +239,38 @@ def test_optimizer_states_follow_the_optimizers_own_count(optim, states, bytes_p
     """Lion keeps one state (its momentum), AdEMAMix and GrokAdamW three, Adam two; 4-bit states take half a byte."""
     trainable = [torch.nn.Parameter(torch.zeros(10, 30)), torch.nn.Parameter(torch.zeros(20))]
     assert preflight.optimizer_state_bytes(optim, trainable) == states * bytes_per_state * 320
+
+
+@pytest.mark.parametrize("world, fsdp, fsdp_config, environment, zero3, expected", [
+    (1, "full_shard", {"version": 2}, {}, False, (1, 1)),
+    (4, "", None, {}, False, (1, 1)),  # data parallelism: whole copies
+    (4, "full_shard", {"version": 2}, {}, False, (4, 4)),
+    (4, "full_shard", {}, {}, False, (4, 4)),  # transformers' default FSDP version: 2
+    (4, "full_shard", {"version": 1}, {}, False, (4, 1)),  # FSDP1 replicates the teacher
+    (4, "", None, {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, False, (4, 4)),  # accelerate launch
+    (4, "", None, {"ACCELERATE_USE_FSDP": "true"}, False, (4, 1)),  # accelerate's default FSDP version: 1
+    (4, "", None, {}, True, (4, 4)),
+])
+def test_parameter_shards_follow_how_the_run_places_each_model(world, fsdp, fsdp_config, environment, zero3, expected,
+                                                               monkeypatch):
+    from types import SimpleNamespace
+
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_VERSION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(preflight, "is_deepspeed_zero3_enabled", lambda: zero3)
+    training = SimpleNamespace(world_size=world, fsdp=fsdp, fsdp_config=fsdp_config)
+    assert preflight.parameter_shards(training) == expected
+
+
+def test_a_sharded_run_counts_each_process_s_share_of_the_sharded_memory():
+    """Under FSDP2 / ZeRO-3 on 4 processes, a process holds a quarter of the weights, gradients and optimizer
+    states (the whole estimate was compared with one device: a teacher too big for one GPU was always refused)."""
+    teacher, student, objective = _models(4096, recorded=False)
+    whole = preflight.estimate_memory(teacher, student, objective, 2, 64, False)
+    split = preflight.estimate_memory(teacher, student, objective, 2, 64, False, shards=(4, 2))
+    for name, shards in (("student_weights", 4), ("gradients", 4), ("optimizer_states", 4), ("teacher_weights", 2)):
+        assert getattr(split, name) == getattr(whole, name) // shards, name
+    for name in ("student_activations", "teacher_activations", "objective"):
+        assert getattr(split, name) == getattr(whole, name), name
