@@ -207,14 +207,15 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
             copied.add(param.data_ptr())
 
 
-def check_same_heads(teacher_config: PretrainedConfig, student_config: PretrainedConfig) -> None:
+def check_same_heads(teacher_config: PretrainedConfig, student_config: PretrainedConfig,
+                     what: str = "teacher layers") -> None:
     """A copied layer needs the teacher's heads: with fewer, wider ones of the same total width its projections load
     (their shapes match) but split into other heads than they learned."""
     for key in (HEADS, "num_key_value_heads", "head_dim"):
         teacher_value, student_value = getattr(teacher_config, key, None), getattr(student_config, key, None)
         if teacher_value != student_value:
             raise DistilyConfigError(
-                f"cannot copy teacher layers into a student of {key}={student_value} (the teacher's is "
+                f"cannot copy {what} into a student of {key}={student_value} (the teacher's is "
                 f"{teacher_value}): its heads would split the teacher's projections otherwise; expected the teacher's "
                 f"{key} (use student_init=random for a reshaped student)"
             )
@@ -243,10 +244,17 @@ def _submodule(model: PreTrainedModel, name: str, role: str, option: str) -> tor
         raise DistilyConfigError(f"{option}: {role} has no module named {name!r}; expected a name from named_modules()")
 
 
+# the attention module's name in transformers' architectures: a copied module holding one needs the teacher's heads
+ATTENTION_NAMES = frozenset({"self_attn", "attn", "attention", "self_attention"})
+
+
 def copy_named_modules(teacher: PreTrainedModel, student: PreTrainedModel, names: list[str]) -> None:
     for name in names:
         source = _submodule(teacher, name, "teacher", "copy_teacher_modules")
         target = _submodule(student, name, "student", "copy_teacher_modules")
+        if any(part in ATTENTION_NAMES for module, _ in source.named_modules(prefix=name) for part in module.split(".")):
+            check_same_heads(teacher.config.get_text_config(), student.config.get_text_config(),
+                             f"teacher module {name}")
         _copy_module(source, target, f"teacher module {name}")
 
 

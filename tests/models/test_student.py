@@ -316,3 +316,21 @@ def test_teacher_layers_are_not_copied_into_other_heads(arch, overrides):
     with pytest.raises(DistilyConfigError, match="cannot copy teacher layers into a student of num_attention_heads=2 "
                                                  r"\(the teacher's is 4\)"):
         build_student(ModelArguments(student_config_overrides=overrides), teacher_model(arch))
+
+
+@pytest.mark.parametrize("module, refused", [
+    ("model.layers.0", True), ("model.layers.0.self_attn", True), ("model.layers.0.mlp", False),
+    ("model.embed_tokens", False),
+])
+def test_copy_teacher_modules_refuses_attention_into_other_heads(module, refused):
+    """copy_teacher_modules compared shapes only: a layer or attention copied into fewer, wider heads of the same
+    width loaded and split the teacher's projections into other heads."""
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2, "num_attention_heads": 2,
+                                                    "num_key_value_heads": 1},
+                          student_init="random", copy_teacher_modules=[module])
+    if refused:
+        with pytest.raises(DistilyConfigError, match=f"cannot copy teacher module {module} into a student of "
+                                                     r"num_attention_heads=2 \(the teacher's is 4\)"):
+            build_student(args, teacher_model("llama"))
+    else:
+        build_student(args, teacher_model("llama"))
