@@ -159,7 +159,8 @@ class _LossSlices:
     def loss_and_grad(self, student_logits: torch.Tensor, teacher, start: int, stop: int):
         """(summed loss, its gradient w.r.t. student_logits [n, V] or None) for the tokens start:stop, whose
         teacher's side is ``teacher``."""
-        params = {**self.loss_params, **{name: value[self.rows(start, stop)] for name, value in self.row_params.items()}}
+        rows = self.rows(start, stop)
+        params = {**self.loss_params, **{name: value[rows] for name, value in self.row_params.items()}}
         if not self.with_grad:
             return self.loss_fn(student_logits, teacher, self.temperature, **params).sum(), None
         value_and_gradient = getattr(self.loss_fn, "value_and_gradient", None)  # losses.closed_form_gradient
@@ -445,6 +446,7 @@ def chunked_rows_loss_sum(
     student_2d = student.reshape(-1, student.shape[-1])  # [N, H or V_s]
     row_index = None if mask is None else mask.reshape(-1).to(torch.bool).nonzero().squeeze(-1)  # [n_real]
     return _ChunkedLogitLoss.apply(
-        student_2d, lm_head_weight, lm_head_bias, teacher_rows, row_index, None if across_vocabularies else vocab_columns,
-        sizes, loss_fn, temperature, loss_params, torch.is_grad_enabled(), rows_of,
+        student_2d, lm_head_weight, lm_head_bias, teacher_rows, row_index,
+        None if across_vocabularies else vocab_columns, sizes, loss_fn, temperature, loss_params,
+        torch.is_grad_enabled(), rows_of,
     )

@@ -34,7 +34,8 @@ from distily.objectives.objective import LogitsComponent
 
 SPARSE_INTERMEDIATES = 3
 """fp32 ``[tokens, vocab]`` tensors alive at once in ``bucket_logprobs`` and its gradient, for one slice of the
-chunked loss, whatever the loss on the k + 1 buckets (measured at the allocator, ``tests/training/test_preflight.py``)."""
+chunked loss, whatever the loss on the k + 1 buckets (measured at the allocator,
+``tests/training/test_preflight.py``)."""
 
 
 def sparse_losses() -> list[str]:

@@ -256,7 +256,8 @@ def test_inconsistent_inputs_are_reported():
     with pytest.raises(ValueError, match="chunk_size=0"):
         chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight, vocab_size=101, chunk_size=0)
     with pytest.raises(ValueError, match="teacher_lm_head_weight has shape \\(101, 5\\); expected \\[vocab, 101\\]"):
-        chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight, teacher_lm_head_weight=torch.ones(101, 5))
+        chunked_logit_loss_sum(loss_fn, student, teacher, lm_head_weight=weight,
+                               teacher_lm_head_weight=torch.ones(101, 5))
     with pytest.raises(ValueError, match="teacher_lm_head_bias was given without"):
         chunked_logit_loss_sum(loss_fn, student, teacher, teacher_lm_head_bias=bias)
 
@@ -270,7 +271,8 @@ def test_fused_teacher_lm_head_gives_the_loss_and_gradients_of_its_logits(name):
     teacher_states = torch.randn(*tokens, teacher_hidden)
     teacher_weight, teacher_bias = torch.randn(vocab + 5, teacher_hidden), torch.randn(vocab + 5)
     mask = torch.rand(tokens) > 0.3
-    common = dict(lm_head_weight=weight, mask=mask, vocab_size=vocab, chunk_size=8, loss_chunk_size=3, **PARAMS.get(name, {}))
+    common = dict(lm_head_weight=weight, mask=mask, vocab_size=vocab, chunk_size=8, loss_chunk_size=3,
+                  **PARAMS.get(name, {}))
 
     logits = F.linear(teacher_states, teacher_weight, teacher_bias)  # [3, 13, 106]
     expected = chunked_logit_loss_sum(LOSSES[name], student, logits, **common)

@@ -17,7 +17,8 @@ from distily.objectives.sparse import (
 )
 from distily.recording.targets import sparse_targets
 
-PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2}, "skew_reverse_kl": {"alpha": 0.2}}
+PARAMS = {"cakld": {"beta": 0.3}, "jsd": {"beta": 0.3}, "skew_forward_kl": {"alpha": 0.2},
+          "skew_reverse_kl": {"alpha": 0.2}}
 
 
 def _logits(*shape, scale=3.0, seed=0):
@@ -121,7 +122,8 @@ def test_component_masks_padding_and_checks_the_temperature():
     total = SparseLogitsComponent("forward_kl")(student, teacher, {"attention_mask": mask})
     per_token = _sparse_loss("forward_kl", student_logits.flatten(0, 1), (top, ids, tail), 1.0).view(2, 5)
     torch.testing.assert_close(total, per_token[mask.bool()].sum())
-    with pytest.raises(DistilyConfigError, match=r"logits_temperature=2.0 differs from the store's recording temperature 1.0"):
+    with pytest.raises(DistilyConfigError,
+                       match=r"logits_temperature=2.0 differs from the store's recording temperature 1.0"):
         SparseLogitsComponent("forward_kl", temperature=2.0)(student, teacher, {"attention_mask": mask})
 
 
