@@ -101,7 +101,8 @@ class ObjectiveOutput:
 
 
 class DistillationObjective(nn.Module):
-    """``sum_i weight_i * component_i / tokens_i``."""
+    """``sum_i weight_i * component_i / max(tokens_i, 1)``: a step with no token to count (padding only, or chat
+    turns without an answer) gives a loss of 0 and zero gradients, never nan."""
 
     def __init__(self, components: dict[str, Component], weights: dict[str, float]):
         super().__init__()

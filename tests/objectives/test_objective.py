@@ -87,3 +87,20 @@ def test_accumulated_halves_give_the_same_loss_and_gradient():
 def test_bad_objective_settings(arguments, message):
     with pytest.raises(DistilyConfigError, match=message):
         build_objective(ObjectiveArguments(**arguments))
+
+
+def test_a_batch_without_a_counted_token_gives_zero_not_nan():
+    """Every position masked out (chat turns without an answer): each component sums nothing and is divided by
+    max(0, 1), so the loss and every gradient are 0, the student's LM head fused (no component reads its logits)
+    or not."""
+    batch = batch_with_padding()
+    batch["loss_mask"] = torch.zeros_like(batch["attention_mask"])
+    hidden, head = torch.randn(4, 6, 8, requires_grad=True), torch.nn.Linear(8, 11)
+    fused = SimpleNamespace(logits=head(hidden[:, -1:]), hidden_states=(hidden,))
+    for student, hard_label_weight in ((fused, 0.0), (outputs(head(hidden)), 0.5)):
+        objective = build_objective(ObjectiveArguments(logits_temperature=2.0, hard_label_weight=hard_label_weight))
+        objective.attach(SimpleNamespace(get_output_embeddings=lambda: head), None)
+        result = objective(student, outputs(torch.randn(4, 6, 11)), batch)
+        grads = torch.autograd.grad(result.loss, (hidden, head.weight, head.bias))
+        assert result.loss.item() == 0 and all(value.item() == 0 for value in result.components.values())
+        assert all((grad == 0).all() for grad in grads)
