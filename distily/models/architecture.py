@@ -9,8 +9,8 @@ POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "seq_length")
 DEFAULT_MAX_SEQ_LENGTH = 1024
 # applied to the logits after the LM head (Gemma 2/3/3n/4, Cohere, Granite, Falcon-H1, ...), in the model's config
 # or, for models loaded as ...ForConditionalGeneration, in its text config
-LOGIT_TRANSFORM_KEYS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier",
-                        "output_multiplier")
+LOGIT_TRANSFORM_KEYS = ("final_logit_softcapping", "logits_soft_cap", "logit_scale", "logits_scaling",
+                        "lm_head_multiplier", "output_multiplier")
 
 
 def named_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

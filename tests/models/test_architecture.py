@@ -63,8 +63,18 @@ def _falcon_h1_with_head_multiplier():
     )
 
 
-@pytest.mark.parametrize("config", [_gemma4_with_text_config_softcap, _falcon_h1_with_head_multiplier],
-                         ids=["gemma4_text_config_softcap", "falcon_h1_lm_head_multiplier"])
+def _recurrent_gemma_with_softcap():
+    from transformers import RecurrentGemmaConfig
+    return RecurrentGemmaConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        lru_width=64, attention_window_size=16, logits_soft_cap=2.0,
+    )
+
+
+@pytest.mark.parametrize("config", [_gemma4_with_text_config_softcap, _falcon_h1_with_head_multiplier,
+                                    _recurrent_gemma_with_softcap],
+                         ids=["gemma4_text_config_softcap", "falcon_h1_lm_head_multiplier",
+                              "recurrent_gemma_logits_soft_cap"])
 def test_a_transform_after_the_head_read_from_the_text_config_or_a_multiplier_is_not_fusable(config):
     """Gemma 4 loads as ...ForConditionalGeneration with its soft-cap in the text config; Falcon-H1 multiplies the
     head's output: fusing either would read other logits than the model's own."""
