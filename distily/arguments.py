@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any, Optional
 
 from distily.errors import DistilyConfigError
@@ -23,6 +24,21 @@ def json_dict(value: Any, key: str) -> dict:
 def one_of(value: str, choices: tuple, key: str) -> None:
     if value not in choices:
         raise DistilyConfigError(f"{key}={value!r} is not supported; expected one of {', '.join(choices)}")
+
+
+def check_seed(seed: int) -> None:
+    """A seed numpy takes (``set_seed`` seeds numpy too, which refuses one outside 0..2**32-1 deep inside a run)."""
+    if not 0 <= seed < 2**32:
+        raise DistilyConfigError(f"seed={seed} is out of range; expected an integer 0 <= x < 2**32")
+
+
+def file_in_the_way(path: str) -> Optional[str]:
+    """Why no directory can be made at ``path`` ("is an existing file" or "is below the file '...'"), or None."""
+    path = Path(path)
+    existing = next((where for where in (path, *path.parents) if where.exists()), None)
+    if existing is None or existing.is_dir():
+        return None
+    return "is an existing file" if existing == path else f"is below the file {str(existing)!r}"
 
 
 def field_of(cls: type, name: str, help: Optional[str] = None) -> dataclasses.Field:

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, fields
@@ -244,7 +245,8 @@ def read_config_file(path: str) -> dict:
     """Read a YAML or JSON config file (UTF-8) into a flat dict of keys; a key given twice, or one that is not a
     name, is an error."""
     if not os.path.isfile(path):
-        raise DistilyConfigError(f"config file {path!r} does not exist; expected a YAML or JSON file")
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise DistilyConfigError(f"config file {path!r} {what}; expected a YAML or JSON file")
     try:
         data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError as err:
@@ -303,22 +305,22 @@ def _type_name(kind) -> str:
 
 def _as_flags(config: dict, list_keys: set[str], types: dict[str, object]) -> list[str]:
     """Turn file values into the flags they stand for, so both go through one parser and its checks; a list for a key
-    of one value is an error naming the key. Values no flag expresses (null, an empty list) are ``_flagless``'s."""
+    of one value is an error naming the key. Values no flag expresses (null, an empty list) are ``_flagless``'s. One
+    value is joined to its flag (``--key=value``), so that argparse does not take a value such as ``---`` for a flag."""
     argv = []
     for key, value in config.items():
         if isinstance(value, (list, tuple)) and key not in list_keys:
             raise DistilyConfigError(f"{key}={list(value)!r} is a list; expected one {_type_name(types[key])}")
         if value is None or isinstance(value, (list, tuple)) and not value:
             continue
-        argv.append(f"--{key}")
-        if isinstance(value, bool):
-            argv.append(str(value).lower())
-        elif isinstance(value, (list, tuple)):
-            argv.extend(str(v) for v in value)
+        if isinstance(value, (list, tuple)):
+            argv.extend([f"--{key}", *(str(v) for v in value)])
+        elif isinstance(value, bool):
+            argv.append(f"--{key}={str(value).lower()}")
         elif isinstance(value, dict):
-            argv.append(json.dumps(value))
+            argv.append(f"--{key}={json.dumps(value)}")
         else:
-            argv.append(str(value))
+            argv.append(f"--{key}={value}")
     return argv
 
 
@@ -338,6 +340,14 @@ def _flagless(config: dict, types: dict[str, object]) -> dict:
     return values
 
 
+def _check_finite(settings: dict) -> None:
+    """Refuse a float that is NaN or infinite: it passes the range checks (``nan > 0`` is False), then trains a NaN
+    student or fails deep inside a run."""
+    for key, value in settings.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DistilyConfigError(f"{key}={value} is not finite; expected a finite number")
+
+
 def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]], values: dict):
     file_values = read_config_file(config_path) if config_path else {}
     check_keys(file_values)
@@ -352,6 +362,10 @@ def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]],
     namespace, remaining = parser.parse_known_args(flags, argparse.Namespace(**_flagless(file_values, types)))
     if remaining:
         unknown = next((a for a in remaining if a.startswith("--")), remaining[0])
+        if not unknown.startswith("-"):  # a second file, a file after the flags, one value too many
+            raise DistilyConfigError(
+                f"unexpected argument {unknown!r}; expected one config file first, then --key value pairs"
+            )
         key = unknown.lstrip("-").split("=")[0]
         check_keys([key])
         if key in _known_keys():
@@ -360,6 +374,7 @@ def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]],
             )
         raise DistilyConfigError(f"unexpected argument {unknown!r}; expected --key value pairs")
     settings = {**vars(namespace), **_flagless(values, types)}
+    _check_finite(settings)
     try:
         parts = [part(**{f.name: settings[f.name] for f in fields(part) if f.init}) for part in _parts(command)]
     except DistilyConfigError:
@@ -400,7 +415,8 @@ def config_from_command_line(command: type, args: list[str]):
 def parse_eval_config(argv: list[str]) -> EvalConfig:
     """``distily eval`` flags (no config file)."""
     parser = make_parser(EvalConfig)
-    _, remaining = parser.parse_known_args(argv)
+    namespace, remaining = parser.parse_known_args(argv)
     if remaining:
         raise DistilyConfigError(f"unexpected argument {remaining[0]!r}; expected a key of `distily eval --help`")
+    _check_finite(vars(namespace))
     return EvalConfig(*parser.parse_args_into_dataclasses(args=argv))

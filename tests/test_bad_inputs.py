@@ -437,6 +437,25 @@ VALUE_CASES = [
      "cannot load teacher 'no-such-org/no-such-teacher': no local directory 'no-such-org/no-such-teacher', and from "
      "the Hub: "),
     ("bad_tokens_seen_setting", {"include_num_input_tokens_seen": "some"}, "include_num_input_tokens_seen='some' is not"),
+    # NaN passed every range check (nan <= 0 is False): a run 'finished' with a NaN loss and an untrained student
+    ("nan_temperature", {"logits_temperature": float("nan")}, "logits_temperature=nan is not finite; expected a"),
+    ("nan_weight_decay", {"weight_decay": float("nan")}, "weight_decay=nan is not finite"),  # saved NaN weights
+    ("nan_weight", {"logits_weight": float("nan")}, "logits_weight=nan is not finite"),  # an AttributeError
+    ("infinite_epochs", {"max_steps": -1, "num_train_epochs": float("inf")}, "num_train_epochs=inf is not finite"),
+    ("negative_seed", {"seed": -1}, "seed=-1 is out of range; expected an integer 0 <= x < 2**32"),
+    ("seed_too_large", {"seed": 2**32}, "seed=4294967296 is out of range"),
+    ("negative_dataloader_workers", {"dataloader_num_workers": -1}, "dataloader_num_workers=-1 must be >= 0"),
+    ("negative_tokenizing_workers", {"preprocessing_num_workers": -1}, "preprocessing_num_workers=-1 must be >= 0"),
+    ("unknown_logger", {"report_to": "tensorbord"}, "report_to='tensorbord' is not a logger; expected none, all or "
+                                                    "among azure_ml, comet_ml"),
+    ("null_logger", {"report_to": None}, "report_to=None is not a logger"),
+    ("teacher_layers_with_random_init", {"student_init": "random", "student_layers_from_teacher": [0, 3]},
+     "student_layers_from_teacher=[0, 3] is set with student_init='random', which copies no teacher layer"),
+    ("teacher_layers_with_a_student_checkpoint", {"student_model_name_or_path": "student", "student_config_overrides":
+                                                  None, "student_layers_from_teacher": [0, 3]},
+     "student_layers_from_teacher=[0, 3] is set with student_model_name_or_path"),
+    ("bitnet_norm_without_bitnet", {"bitnet_input_norm": True}, "bitnet_input_norm=true needs a BitNet student"),
+    ("bitnet_subln_without_bitnet", {"bitnet_subln": True}, "bitnet_subln=true needs a BitNet student"),
 ]
 
 
@@ -468,9 +487,10 @@ def test_bad_value(changes, expected, tmp_path, teacher_dirs, run_values, capsys
          "is not UTF-8 at byte 18; expected UTF-8 YAML or JSON"),
         (lambda path: path.write_text("max_steps: 5\n1: 2\n"),
          "has the key 1, which is not a name; expected key names such as max_steps"),
+        (lambda path: path.mkdir(), "is a directory; expected a YAML or JSON file"),
     ],
     ids=["missing", "invalid_yaml", "not_a_mapping", "key_given_twice", "nested_key_given_twice", "not_utf8",
-         "key_not_a_name"],
+         "key_not_a_name", "a_directory"],
 )
 def test_bad_config_file(write, expected, tmp_path, capsys):
     path = tmp_path / "config.yaml"
@@ -478,6 +498,67 @@ def test_bad_config_file(write, expected, tmp_path, capsys):
     assert main(["distill", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
+
+
+@pytest.mark.parametrize(
+    "args, stray",
+    [(["{config}", "{config}"], "{config}"), (["--max_steps", "5", "{config}"], "{config}"),
+     (["{config}", "--max_steps", "5", "6"], "6")],
+    ids=["two_config_files", "config_file_after_flags", "one_value_too_many"],
+)
+def test_a_stray_argument_is_named_as_such(args, stray, tmp_path, capsys):
+    """Once reported as "unknown config key '<the path>'"."""
+    config = tmp_path / "config.yaml"
+    config.write_text("max_steps: 5\n")
+    assert main(["distill", *(arg.format(config=config) for arg in args)]) == 2
+    assert capsys.readouterr().err == (f"distily distill: error: unexpected argument {stray.format(config=config)!r}; "
+                                       "expected one config file first, then --key value pairs\n")
+
+
+@pytest.mark.parametrize(
+    "command, flags, expected",
+    [
+        ("record", ["--teacher_store", "{tmp}/store", "--seed", "-1"], "seed=-1 is out of range"),
+        ("record", ["--teacher_store", "{tmp}/store", "--logits_temperature", "nan"], "logits_temperature=nan is not "
+                                                                                     "finite"),  # a NaN store
+        ("generate", ["--generate_output", "{tmp}/samples.jsonl", "--generate_temperature", "nan"],
+         "generate_temperature=nan is not finite"),  # a ValueError from transformers' sampling
+    ],
+    ids=["record_negative_seed", "record_nan_temperature", "generate_nan_temperature"],
+)
+def test_a_bad_record_or_generate_value_is_refused_before_the_teacher_loads(command, flags, expected, tmp_path,
+                                                                           teacher_dirs, text_file, capsys,
+                                                                           monkeypatch):
+    monkeypatch.setattr("distily.recording.run._teacher_for", lambda config: pytest.fail("the teacher was loaded"))
+    monkeypatch.setattr("distily.recording.generate.load_teacher", lambda *args: pytest.fail("the teacher was loaded"))
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    assert main([command, "--teacher_model_name_or_path", teacher_dirs["llama"], "--dataset_name", text_file,
+                 *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"distily {command}: error: {expected}") and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "output_dir, expected",
+    [("notes.txt", "is an existing file"), ("notes.txt/eval", "is below the file '{tmp}/notes.txt'")],
+    ids=["a_file", "below_a_file"],
+)
+def test_eval_refuses_an_output_dir_it_cannot_make_before_evaluating(output_dir, expected, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Once a FileExistsError after the whole evaluation."""
+    (tmp_path / "notes.txt").write_text("a user's file")
+    monkeypatch.setattr("distily.commands.eval.load_model", lambda *args: pytest.fail("the model was loaded"))
+    output_dir = str(tmp_path / output_dir)
+    assert main(["eval", "some/model", "--eval_datasets", '{"a": "a.jsonl"}', "--output_dir", output_dir]) == 2
+    assert capsys.readouterr().err == (f"distily eval: error: output_dir={output_dir!r} "
+                                       f"{expected.format(tmp=tmp_path)}; expected a directory\n")
+    assert (tmp_path / "notes.txt").read_text() == "a user's file"
+
+
+def test_eval_refuses_a_nan_limit(capsys):
+    assert main(["eval", "some/model", "--lm_eval_tasks", "t", "--lm_eval_limit", "nan"]) == 2
+    assert capsys.readouterr().err == "distily eval: error: lm_eval_limit=nan is not finite; expected a finite number\n"
 
 
 @pytest.mark.parametrize("below", [False, True], ids=["file", "below_a_file"])

@@ -131,5 +131,9 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DistilyConfigError(f"{name}={value} must be a positive integer")
+        if self.preprocessing_num_workers is not None and self.preprocessing_num_workers < 0:
+            raise DistilyConfigError(
+                f"preprocessing_num_workers={self.preprocessing_num_workers} must be >= 0 (0 or unset: one process)"
+            )
         if self.max_seq_length is not None and self.max_seq_length < 2:
             raise DistilyConfigError(f"max_seq_length={self.max_seq_length} is too short; expected at least 2")

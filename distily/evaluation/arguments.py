@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from distily.arguments import json_dict, one_of
+from distily.arguments import file_in_the_way, json_dict, one_of
 from distily.data.arguments import (
     CHAT_TEMPLATE_KWARGS_HELP, PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP, chat_template_kwargs,
 )
@@ -281,3 +281,6 @@ class EvalCommandArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DistilyConfigError(f"{name}={value} must be a positive integer")
+        blocked = file_in_the_way(self.output_dir) if self.output_dir is not None else None
+        if blocked is not None:  # refused now, not after the evaluation when the results are written
+            raise DistilyConfigError(f"output_dir={self.output_dir!r} {blocked}; expected a directory")

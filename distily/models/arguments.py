@@ -116,6 +116,20 @@ class ModelArguments(TeacherArguments):
             raise DistilyConfigError(
                 "student_model_name_or_path and student_config_name_or_path are both set; expected at most one"
             )
+        layers = self.student_layers_from_teacher
+        if layers is not None and self.student_model_name_or_path is not None:
+            raise DistilyConfigError(
+                f"student_layers_from_teacher={layers} is set with student_model_name_or_path, a student loaded, not "
+                "built from teacher layers; expected at most one of them"
+            )
+        if layers is not None and self.student_init != "teacher":
+            raise DistilyConfigError(
+                f"student_layers_from_teacher={layers} is set with student_init={self.student_init!r}, which copies "
+                "no teacher layer; expected student_init='teacher'"
+            )
+        for name in ("bitnet_input_norm", "bitnet_subln"):
+            if getattr(self, name) and not self.student_as_bitnet:
+                raise DistilyConfigError(f"{name}=true needs a BitNet student; expected student_as_bitnet=true")
         if self.student_model_name_or_path is not None and self.student_config_overrides:
             raise DistilyConfigError(
                 "student_config_overrides is set with student_model_name_or_path; overrides apply to a student "

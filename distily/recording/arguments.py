@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from transformers import TrainingArguments
 
-from distily.arguments import field_of, one_of
+from distily.arguments import check_seed, field_of, one_of
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
 from distily.objectives.arguments import ObjectiveArguments
@@ -103,6 +103,7 @@ class InferenceArguments:
             raise DistilyConfigError(
                 f"per_device_eval_batch_size={self.per_device_eval_batch_size} must be a positive integer"
             )
+        check_seed(self.seed)
 
     @property
     def device(self) -> torch.device:

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from transformers import TrainingArguments
 
-from distily.arguments import one_of
+from distily.arguments import check_seed, one_of
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import GENERATION_BACKENDS
 
@@ -101,6 +101,19 @@ class DistillationTrainingArguments(TrainingArguments):
         if not torch.accelerator.is_available():
             self.use_cpu = True  # lets bf16 mean CPU autocast on machines without an accelerator
         super().__post_init__()
+        self._check_loggers()
+
+    def _check_loggers(self) -> None:
+        """report_to as TrainingArguments left it (a list; "all" and "none" resolved), each a logger transformers
+        knows, or the Trainer would refuse it after the models have loaded."""
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK  # 2 s; only distill reads it
+
+        unknown = [name for name in self.report_to if name not in INTEGRATION_TO_CALLBACK]
+        if unknown:
+            raise DistilyConfigError(
+                f"report_to={unknown[0]!r} is not a logger; expected none, all or among "
+                f"{', '.join(INTEGRATION_TO_CALLBACK)}"
+            )
 
     def _check_on_policy_values(self) -> None:
         if not 0.0 <= self.lmbda <= 1.0:
@@ -120,6 +133,11 @@ class DistillationTrainingArguments(TrainingArguments):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise DistilyConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.dataloader_num_workers < 0:
+            raise DistilyConfigError(
+                f"dataloader_num_workers={self.dataloader_num_workers} must be >= 0 (0: load in the main process)"
+            )
+        check_seed(self.seed)
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise DistilyConfigError(f"learning_rate={self.learning_rate} must be > 0; expected e.g. 1e-4")
         if self.weight_decay < 0:

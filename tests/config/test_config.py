@@ -165,3 +165,16 @@ def test_a_file_value_of_the_wrong_shape_is_a_one_line_error_naming_the_key(valu
     with pytest.raises(DistilyConfigError) as err:
         parse_record_config(config_file)
     assert str(err.value) == message
+
+
+def test_a_file_value_that_starts_with_a_dash_is_a_value(tmp_path):
+    """A text document delimiter '---' or an answer marker '-->' was taken by argparse for a flag: 'expected one
+    argument'. Keyword values go through the same flags."""
+    config_file = write_yaml(tmp_path / "c.yaml", {
+        "teacher_model_name_or_path": "t", "output_dir": "o", "text_document_delimiter": "^---$",
+        "generation_eval_dataset": "p.jsonl", "generation_eval_answer_after": "-->", "dataset_config_name": "---",
+    })
+    config = parse_config(config_file, logits_loss_kwargs={"a": "-1"})
+    assert (config.data.text_document_delimiter, config.evaluation.generation_eval_answer_after) == ("^---$", "-->")
+    assert config.data.dataset_config_name == "---" and config.model.teacher_model_name_or_path == "t"
+    assert config.objective.logits_loss_kwargs == {"a": "-1"}
