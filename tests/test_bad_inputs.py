@@ -53,6 +53,24 @@ def case_missing_teacher(values, tmp_path):
     return "teacher path"
 
 
+def case_teacher_folder_without_a_config(values, tmp_path):
+    (tmp_path / "teacher-empty").mkdir()
+    values["teacher_model_name_or_path"] = str(tmp_path / "teacher-empty")
+    return "expected a saved model's directory (its config.json names its model_type)"
+
+
+def case_teacher_with_code_of_its_own(values, tmp_path):
+    teacher = tmp_path / "teacher-custom"
+    shutil.copytree(values["teacher_model_name_or_path"], teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    config.update(model_type="custom_llama", auto_map={"AutoConfig": "custom.CustomConfig"})
+    (teacher / "config.json").write_text(json.dumps(config))
+    (teacher / "custom.py").write_text("from transformers import LlamaConfig\n\n\nclass CustomConfig(LlamaConfig):\n"
+                                       "    model_type = 'custom_llama'\n")
+    values["teacher_model_name_or_path"] = str(teacher)
+    return "it runs code of its own; expected trust_remote_code=true"
+
+
 def case_missing_column(values, tmp_path):
     values["dataset_text_column"] = "body"
     return "dataset_text_column='body' is not a column"
@@ -338,6 +356,8 @@ CASES = [
     case_unknown_key,
     case_wrong_type,
     case_missing_teacher,
+    case_teacher_folder_without_a_config,
+    case_teacher_with_code_of_its_own,
     case_missing_column,
     case_empty_dataset,
     case_heads_not_dividing,

@@ -39,6 +39,15 @@ def from_pretrained(loader, name_or_path: str, role: str, **kwargs):
         reason = str(err).strip().splitlines()[0]
         local = "" if "/" not in name_or_path else f"no local directory {name_or_path!r}, and from the Hub: "
         raise DistilyConfigError(f"cannot load {role} {name_or_path!r}: {local}{reason}")
+    except ValueError as err:  # transformers' answer to a folder without a model's config, or to custom code
+        reason = str(err).strip().splitlines()[0]
+        if "trust_remote_code" in str(err):
+            raise DistilyConfigError(f"cannot load {role} {name_or_path!r}: it runs code of its own; expected "
+                                     "trust_remote_code=true (once that code is trusted)") from None
+        if reason.startswith("Unrecognized"):
+            raise DistilyConfigError(f"cannot load {role} {name_or_path!r}: {reason}; expected a saved model's "
+                                     "directory (its config.json names its model_type)") from None
+        raise
 
 
 def bitsandbytes_config(quantization: str, dtype: str) -> BitsAndBytesConfig:
