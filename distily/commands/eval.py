@@ -5,6 +5,7 @@ the teacher, greedy answers to held-out prompts, lm-eval tasks with the teacher'
 causal LM and teacher.
 """
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from distily.config import EvalConfig, make_parser, parse_eval_config
 from distily.data.arguments import DataArguments
 from distily.data.chat import adopt_chat_template
 from distily.data.text import collate, default_cache_dir
+from distily.errors import DistilyConfigError
 from distily.evaluation.generations import GenerationEvaluator, generation_eval
 from distily.evaluation.harness import cached_teacher_results, check_chat_template, run_tasks, task_manager
 from distily.evaluation.heldout import Evaluator
@@ -46,9 +48,27 @@ def load_model(name_or_path: str, dtype: str, trust_remote_code: bool) -> PreTra
     return load_teacher(name_or_path, dtype, trust_remote_code)
 
 
+EVAL_OUTPUTS = (RESULTS_FILE, "results.md", "teacher_vs_student.png")
+
+
+def check_eval_output_dir(output_dir: Path) -> None:
+    """Before evaluating: ``output_dir`` may hold an earlier evaluation's files (``eval.json`` marks one), replaced,
+    but no other ``results.md`` or plot of that name, such as a training run's own."""
+    if (output_dir / RESULTS_FILE).is_file():
+        return
+    taken = [name for name in EVAL_OUTPUTS if os.path.lexists(output_dir / name)]
+    if taken:
+        raise DistilyConfigError(
+            f"output_dir '{output_dir}' holds {taken[0]}, which no earlier distily eval wrote (a training run's?); "
+            f"expected a new folder, e.g. '{output_dir / 'eval'}', or an earlier evaluation's"
+        )
+
+
 def run_evaluation(config: EvalConfig) -> dict:
     """``{"columns": {model name: metrics}, "table": markdown}``; with ``output_dir``, also written there."""
     command, evaluation = config.command, config.evaluation
+    if command.output_dir is not None:
+        check_eval_output_dir(Path(command.output_dir))
     manager = task_manager(evaluation) if evaluation.lm_eval_tasks else None
     answering = generation_eval(evaluation, DataArguments(), command.chat_template, command.chat_template_kwargs,
                                 command.per_device_eval_batch_size)

@@ -174,3 +174,21 @@ def test_distily_eval_gives_its_chat_template_to_lm_evals_chat_prompts(tokenizer
     assert "lm_eval_apply_chat_template=true, but the tokenizer" in capsys.readouterr().err and seen == []
     assert main(arguments + ["--chat_template", template]) == 0
     assert seen == [template]
+
+
+def test_distily_eval_never_replaces_a_runs_own_results(teacher_dirs, tokenizer, tmp_path, capsys):
+    """eval --output_dir RUN_DIR wrote over the run's results.md; it now refuses before evaluating, and replaces only
+    an earlier evaluation's files."""
+    student = save_tiny_model(tmp_path / "student", "gpt2", tokenizer, seed=1, layers=2)
+    (Path(student) / "results.md").write_text("the run's own results\n")
+    recent = write_jsonl(tmp_path / "recent.jsonl", make_documents(10, seed=5))
+    arguments = ["--eval_datasets", json.dumps({"recent": recent}), "--max_seq_length", "32", "--max_eval_samples",
+                 "4", "--tokenization_cache_dir", str(tmp_path / "cache")]
+    assert main(["eval", student, *arguments, "--output_dir", student]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"output_dir '{student}' holds results.md, which no earlier distily eval wrote (a training run's?); expected "
+        f"a new folder, e.g. '{Path(student) / 'eval'}', or an earlier evaluation's")
+    assert (Path(student) / "results.md").read_text() == "the run's own results\n"
+    for _ in range(2):  # an earlier evaluation's folder is replaced
+        assert main(["eval", student, *arguments, "--output_dir", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "results.md").read_text().startswith("| metric |")
