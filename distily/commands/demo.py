@@ -31,7 +31,7 @@ def demo_values(output_dir: str, max_steps: Optional[int] = None) -> dict:
         "max_eval_samples": 64,
         "output_dir": output_dir,
         "overwrite_output_dir": True,
-        "max_steps": max_steps or DEMO_STEPS,
+        "max_steps": DEMO_STEPS if max_steps is None else max_steps,
         "per_device_train_batch_size": 16,
         "learning_rate": 3e-3,
         "bf16": bf16_is_fast(),  # fp32 where bf16 matmuls are emulated (CPUs without AVX512-BF16/AMX)

@@ -58,3 +58,10 @@ def test_the_demo_replaces_only_its_own_earlier_run(tmp_path, capsys):
     _run_demo(tmp_path, capsys, "--max_steps", "2")
     metrics, _ = _run_demo(tmp_path, capsys, "--max_steps", "3")  # its own earlier run: replaced
     assert metrics["train"]["global_step"] == 3
+
+
+def test_demo_refuses_max_steps_0_instead_of_running_its_own_steps(tmp_path, capsys):
+    """``--max_steps 0`` read as "the default" (``max_steps or DEMO_STEPS``) ran the whole demo."""
+    assert main(["demo", "--output_dir", str(tmp_path / "demo"), "--max_steps", "0"]) == 2
+    assert "max_steps=0 trains nothing" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
