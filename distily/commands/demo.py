@@ -26,7 +26,7 @@ def demo_values(output_dir: str, max_steps: Optional[int] = None) -> dict:
         "teacher_model_name_or_path": str(TEACHER_DIR),
         "student_config_overrides": {"num_hidden_layers": 2},
         "student_init": "random",
-        "dataset_name": str(write_corpus(Path(output_dir) / "data" / "python_docs.jsonl")),
+        "dataset_name": str(Path(output_dir) / "data" / "python_docs.jsonl"),  # written once the config is valid
         "max_seq_length": 128,
         "max_eval_samples": 64,
         "output_dir": output_dir,
@@ -99,6 +99,7 @@ def run_demo(output_dir: str, max_steps: Optional[int] = None) -> RunMetrics:
     started = time.perf_counter()
     check_demo_output_dir(output_dir)
     config = parse_config(**demo_values(output_dir, max_steps))
+    write_corpus(config.data.dataset_name)
     metrics = RunMetrics.from_dict(run_distillation(config, command="distily demo"))
     console = Console()
     console.print(summary_table(metrics))
