@@ -437,6 +437,7 @@ VALUE_CASES = [
     ("negative_weight", {"logits_weight": -1}, "logits_weight=-1.0 must be >= 0"),
     ("no_component", {"logits_weight": 0}, "expected"),
     ("zero_temperature", {"logits_temperature": 0}, "logits_temperature=0.0 must be > 0"),
+    ("fp16_on_the_cpu", {"fp16": True}, "fp16=true on the CPU: no float16 autocast runs there"),
     ("loss_kwargs_mismatch", {"logits_loss_kwargs": {"gamma": 2}}, "do not fit loss 'forward_kl'"),
     ("bitnet_schedule_without_bitnet", {"bitnet_schedule": True}, "needs a BitNet student"),
     ("nonfinite_limit", {"max_nonfinite_steps": 0}, "max_nonfinite_steps=0 must be a positive integer"),

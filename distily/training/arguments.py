@@ -102,6 +102,11 @@ class DistillationTrainingArguments(TrainingArguments):
             self.use_cpu = True  # lets bf16 mean CPU autocast on machines without an accelerator
         super().__post_init__()
         self._check_loggers()
+        if self.fp16 and self.use_cpu:
+            raise DistilyConfigError(
+                "fp16=true on the CPU: no float16 autocast runs there, so the run would train in fp32; expected "
+                "bf16=true (CPU autocast) or neither"
+            )
 
     def _check_loggers(self) -> None:
         """report_to as TrainingArguments left it (a list; "all" and "none" resolved), each a logger transformers
