@@ -25,6 +25,11 @@ def _canonical(config: PretrainedConfig, key: str) -> str:
     return config.attribute_map.get(key, key)
 
 
+# config keys that are sizes or counts (hidden_size, num_key_value_heads, head_dim, num_experts, ...): positive integers
+SIZE_SUFFIXES = ("_size", "_heads", "_layers", "_dim", "num_experts", "num_experts_per_tok", "n_embd", "n_head",
+                 "n_layer", "n_inner")
+
+
 def config_with_overrides(config: PretrainedConfig, overrides: dict,
                           layer_sources: Optional[list[int]] = None) -> PretrainedConfig:
     """A new config of the same class with ``overrides`` applied through the class's own constructor, so values
@@ -43,6 +48,11 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
             raise DistilyConfigError(
                 f"student_config_overrides key {key!r} is not a field of {type(config).__name__}; "
                 "expected one of its config keys"
+            )
+        sized = original.endswith(SIZE_SUFFIXES) and type(values.get(original)) is int and values[original] >= 1
+        if sized and not (type(changes[original]) is int and changes[original] >= 1):
+            raise DistilyConfigError(
+                f"student_config_overrides {key}={changes[original]!r} must be a positive integer (a size or count)"
             )
     width, heads, depth = (_canonical(config, k) for k in (WIDTH, HEADS, DEPTH))
     if (width in changes or heads in changes) and "head_dim" not in changes:

@@ -103,6 +103,9 @@ def test_copy_and_freeze_named_modules():
         ({"num_attention_heads": 5}, "num_attention_heads=5 does not divide hidden_size=64"),
         ({"num_attention_heads": 4, "num_key_value_heads": 3}, "num_key_value_heads=3 does not divide"),
         ({"num_layerz": 2}, "key 'num_layerz' is not a field of LlamaConfig"),
+        ({"hidden_size": -64}, "student_config_overrides hidden_size=-64 must be a positive integer"),
+        ({"intermediate_size": 0}, "intermediate_size=0 must be a positive integer"),
+        ({"num_key_value_heads": 1.5}, "num_key_value_heads=1.5 must be a positive integer"),
     ],
 )
 def test_impossible_student_shapes_are_clear_errors(overrides, message):
