@@ -160,7 +160,9 @@ def case_negative_token_id(values, tmp_path):
 
 def case_dataset_too_short(values, tmp_path):
     values["dataset_name"] = write_jsonl(tmp_path / "short.jsonl", ["A cat.", "A dog.", "A bird."])
-    return "gives no train sequence of 32 tokens; expected more text, a smaller max_seq_length or a smaller eval_fraction"
+    return (
+        "gives no train sequence of 32 tokens; expected more text, a smaller max_seq_length or a smaller eval_fraction"
+    )
 
 
 def case_missing_dataset_without_dot_slash(values, tmp_path):
@@ -425,7 +427,8 @@ VALUE_CASES = [
     ("unknown_override_key", {"student_config_overrides": {"num_layerz": 2}}, "'num_layerz' is not a field"),
     ("kv_heads_not_dividing", {"student_config_overrides": {"num_key_value_heads": 3}}, "num_key_value_heads=3"),
     ("teacher_layer_out_of_range", {"student_layers_from_teacher": [0, 7]}, "index 7 is out of range"),
-    ("teacher_layer_count", {"student_layers_from_teacher": [0, 1, 2]}, "has 3 entries; expected one per student layer"),
+    ("teacher_layer_count", {"student_layers_from_teacher": [0, 1, 2]},
+     "has 3 entries; expected one per student layer"),
     ("narrow_student_from_teacher_layers", {"student_config_overrides": {"hidden_size": 32, "num_attention_heads": 2,
                                             "num_key_value_heads": 1}}, "use student_init=random"),
     ("copy_unknown_module", {"copy_teacher_modules": ["model.embedz"]}, "no module named 'model.embedz'"),
@@ -457,7 +460,8 @@ VALUE_CASES = [
     ("teacher_neither_local_nor_on_the_hub", {"teacher_model_name_or_path": "no-such-org/no-such-teacher"},
      "cannot load teacher 'no-such-org/no-such-teacher': no local directory 'no-such-org/no-such-teacher', and from "
      "the Hub: "),
-    ("bad_tokens_seen_setting", {"include_num_input_tokens_seen": "some"}, "include_num_input_tokens_seen='some' is not"),
+    ("bad_tokens_seen_setting", {"include_num_input_tokens_seen": "some"},
+     "include_num_input_tokens_seen='some' is not"),
     # NaN passed every range check (nan <= 0 is False): a run 'finished' with a NaN loss and an untrained student
     ("nan_temperature", {"logits_temperature": float("nan")}, "logits_temperature=nan is not finite; expected a"),
     ("nan_weight_decay", {"weight_decay": float("nan")}, "weight_decay=nan is not finite"),  # saved NaN weights
@@ -679,7 +683,8 @@ EXPORT_OUTPUT_CASES = [
 
 @pytest.mark.parametrize("output, flags, cwd, expected", [case[1:] for case in EXPORT_OUTPUT_CASES],
                          ids=[case[0] for case in EXPORT_OUTPUT_CASES])
-def test_export_never_replaces_what_it_did_not_write(output, flags, cwd, expected, tmp_path, teacher_dirs, capsys, monkeypatch):
+def test_export_never_replaces_what_it_did_not_write(output, flags, cwd, expected, tmp_path, teacher_dirs, capsys,
+                                                     monkeypatch):
     work = tmp_path / "work"
     shutil.copytree(teacher_dirs["llama"], work / "run")  # the output checks come before the student is loaded
     (work / "mine").mkdir()
@@ -695,8 +700,8 @@ def test_export_never_replaces_what_it_did_not_write(output, flags, cwd, expecte
 
 
 @pytest.mark.parametrize("filesystem", ["read-only", "full"])
-def test_a_read_only_or_full_filesystem_is_one_line_and_the_run_resumable(filesystem, tmp_path, teacher_dirs, run_values,
-                                                                         capsys):
+def test_a_read_only_or_full_filesystem_is_one_line_and_the_run_resumable(filesystem, tmp_path, teacher_dirs,
+                                                                         run_values, capsys):
     """A real tmpfs: read-only, the run stops before training; full, when it saves the student, leaving nothing
     half-written. Once there is room, the same command finishes the run."""
     with small_filesystem(tmp_path / "mnt", "8m" if filesystem == "read-only" else "96k") as mnt:
@@ -740,5 +745,8 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_checkpo
     monkeypatch.setattr("torch.save", full_disk)
     assert run_cli(tmp_path, values) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == f"distily distill: error: cannot write in output_dir '{out}': No space left on device; expected free space on its filesystem"
+    assert last == (
+        f"distily distill: error: cannot write in output_dir '{out}': No space left on device; "
+        "expected free space on its filesystem"
+    )
     assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [RunDir.SETTINGS]

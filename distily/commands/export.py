@@ -50,7 +50,9 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
     """
     run_dir = Path(run_dir)
     if format not in EXPORT_FORMATS:
-        raise DistilyConfigError(f"export format '{format}' is not supported; expected one of {', '.join(EXPORT_FORMATS)}")
+        raise DistilyConfigError(
+            f"export format '{format}' is not supported; expected one of {', '.join(EXPORT_FORMATS)}"
+        )
     if not (run_dir / "config.json").is_file():
         raise DistilyConfigError(f"run directory '{run_dir}' has no config.json; expected a saved student checkpoint")
     output = Path(output) if output is not None else default_output(run_dir, format, qtype)
@@ -76,11 +78,14 @@ def _perplexity_ids(run_dir: Path, config, trust_remote_code: bool) -> torch.Ten
 
 
 def _gguf_writer():
-    """distily.export.gguf's write_gguf and GGUF_EXPORT; imported on use because the gguf package is an optional extra."""
+    """distily.export.gguf's write_gguf and GGUF_EXPORT; imported on use because the gguf package is an optional
+    extra."""
     try:
         from distily.export.gguf import GGUF_EXPORT, write_gguf
     except ImportError as error:
-        raise DistilyConfigError(f"GGUF export needs the gguf package ({error}); expected `pip install 'distily[bitnet]'`") from error
+        raise DistilyConfigError(
+            f"GGUF export needs the gguf package ({error}); expected `pip install 'distily[bitnet]'`"
+        ) from error
     return write_gguf, GGUF_EXPORT
 
 

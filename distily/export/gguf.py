@@ -95,9 +95,13 @@ def _graph(model: PreTrainedModel) -> str:
         raise DistilyConfigError("input_norm=True students have no llama.cpp graph; expected input_norm=False for GGUF")
     if options.subln:
         if model_type != "llama":
-            raise DistilyConfigError(f"subln GGUF export needs model_type 'llama' (llama.cpp 'bitnet'); got '{model_type}'")
+            raise DistilyConfigError(
+                f"subln GGUF export needs model_type 'llama' (llama.cpp 'bitnet'); got '{model_type}'"
+            )
         if not model.config.tie_word_embeddings:
-            raise DistilyConfigError("llama.cpp's bitnet graph ties the LM head to the embeddings; expected tie_word_embeddings=True")
+            raise DistilyConfigError(
+                "llama.cpp's bitnet graph ties the LM head to the embeddings; expected tie_word_embeddings=True"
+            )
         return "bitnet"
     if model_type not in ("llama", "gpt2", "phi3"):
         raise DistilyConfigError(f"no GGUF mapping for model_type '{model_type}'; expected one of llama, gpt2, phi3")
@@ -165,7 +169,9 @@ def rope_factors(model: PreTrainedModel, architecture: str) -> np.ndarray | None
 def check_packable(tensors: list[GGUFTensor], qtype: str) -> None:
     """Raise DistilyConfigError unless every ternary tensor's row length fits the GGUF type's block size."""
     if qtype not in TERNARY_TYPES:
-        raise DistilyConfigError(f"GGUF ternary type '{qtype}' is not supported; expected one of {sorted(TERNARY_TYPES)}")
+        raise DistilyConfigError(
+            f"GGUF ternary type '{qtype}' is not supported; expected one of {sorted(TERNARY_TYPES)}"
+        )
     block_size, _ = gguf.GGML_QUANT_SIZES[TERNARY_TYPES[qtype]]
     for tensor in tensors:
         if tensor.ternary is not None and tensor.ternary.shape[-1] % block_size:
@@ -305,11 +311,17 @@ def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
         except (FileNotFoundError, TypeError, ValueError, ImportError):
             continue
     else:
-        raise DistilyConfigError(f"no byte-level BPE or SentencePiece tokenizer in {path}; expected tokenizer.json or tokenizer.model")
+        raise DistilyConfigError(
+            f"no byte-level BPE or SentencePiece tokenizer in {path}; expected tokenizer.json or tokenizer.model"
+        )
     entries = list(vocab.all_tokens())
     if len(entries) > model_vocab_size:
-        raise DistilyConfigError(f"tokenizer in {path} has {len(entries)} tokens; expected at most the model's {model_vocab_size}")
-    entries += [(f"[PAD{index}]".encode(), -1000.0, gguf.TokenType.UNUSED) for index in range(len(entries), model_vocab_size)]
+        raise DistilyConfigError(
+            f"tokenizer in {path} has {len(entries)} tokens; expected at most the model's {model_vocab_size}"
+        )
+    entries += [
+        (f"[PAD{index}]".encode(), -1000.0, gguf.TokenType.UNUSED) for index in range(len(entries), model_vocab_size)
+    ]
     tokens, scores, types = zip(*entries)
     return _Vocabulary(
         model=vocab.tokenizer_model,
@@ -401,7 +413,9 @@ def _sub_norm_name(norm_module: str) -> str:
     parts = norm_module.split(".")
     projection, block = parts[-2], next(int(part) for part in parts if part.isdigit())
     if projection not in SUB_NORMS:
-        raise DistilyConfigError(f"no GGUF name for the norm inside '{projection}'; expected one of {sorted(SUB_NORMS)}")
+        raise DistilyConfigError(
+            f"no GGUF name for the norm inside '{projection}'; expected one of {sorted(SUB_NORMS)}"
+        )
     return gguf.TENSOR_NAMES[SUB_NORMS[projection]].format(bid=block) + ".weight"
 
 

@@ -43,7 +43,9 @@ def llama_cpp_perplexity(path: str | Path, token_ids: torch.Tensor, threads: int
     return _perplexity(logits, token_ids)
 
 
-def check_llama_cpp_perplexity(model: PreTrainedModel, path: str | Path, token_ids: torch.Tensor) -> tuple[float, float]:
+def check_llama_cpp_perplexity(
+    model: PreTrainedModel, path: str | Path, token_ids: torch.Tensor
+) -> tuple[float, float]:
     """(llama.cpp, PyTorch) perplexities; DistilyConfigError if they differ by more than PERPLEXITY_TOLERANCE."""
     reference = pytorch_perplexity(model, token_ids)
     measured = llama_cpp_perplexity(path, token_ids)

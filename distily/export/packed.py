@@ -108,7 +108,9 @@ def to_packed(model: PreTrainedModel) -> PreTrainedModel:
     """A copy of a converted (fake-quantised) student with every BitLinear replaced by a PackedBitLinear."""
     layers = bitlinear_modules(model)
     if not layers:
-        raise DistilyConfigError(f"{type(model).__name__} has no BitLinear layers; expected a convert_to_bitnet student")
+        raise DistilyConfigError(
+            f"{type(model).__name__} has no BitLinear layers; expected a convert_to_bitnet student"
+        )
     packed = copy.deepcopy(model)
     for name, layer in layers:
         packed.set_submodule(name, PackedBitLinear.from_bitlinear(layer))
@@ -147,7 +149,10 @@ def why_not_packed_export(path: Path) -> str | None:
     written = PACKED_FILES | set(tokenizer_code_files(path))
     unexpected = sorted(entry.name for entry in path.iterdir() if entry.name not in written or not entry.is_file())
     if unexpected:
-        return f"it holds '{unexpected[0]}'{f' and {len(unexpected) - 1} more' if len(unexpected) > 1 else ''}, which a packed export does not write"
+        return (
+            f"it holds '{unexpected[0]}'{f' and {len(unexpected) - 1} more' if len(unexpected) > 1 else ''}, "
+            "which a packed export does not write"
+        )
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -193,7 +198,9 @@ def write_packed_checkpoint(model: PreTrainedModel, output_dir: str | Path, toke
     getattr(config, BITNET_CONFIG_KEY)["format"] = "packed"
     report = ExportReport("packed")
     output = Path(output_dir)
-    with atomic_output(output, directory=True, overwrite=overwrite, previous=PACKED_EXPORT, protected=protected) as staging:
+    with atomic_output(
+        output, directory=True, overwrite=overwrite, previous=PACKED_EXPORT, protected=protected
+    ) as staging:
         staging.mkdir()
         save_file(_untied_state_dict(packed), str(staging / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(staging)
@@ -217,7 +224,9 @@ def load_packed_student(path: str | Path, dtype: torch.dtype = torch.float32) ->
     config = AutoConfig.from_pretrained(path)
     options = BitNetOptions.from_config(config)
     if getattr(config, BITNET_CONFIG_KEY).get("format") != "packed":
-        raise DistilyConfigError(f"{path} is not a packed checkpoint; expected config.{BITNET_CONFIG_KEY}.format='packed'")
+        raise DistilyConfigError(
+            f"{path} is not a packed checkpoint; expected config.{BITNET_CONFIG_KEY}.format='packed'"
+        )
     config.quantization_config = None
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     for name, module in block_projections(model):
@@ -251,7 +260,9 @@ def verify_packed(model: PreTrainedModel, path: str | Path, input_ids: torch.Ten
     """
     packed_bytes, fp16_bytes = linear_weight_bytes(path)
     if packed_bytes * 7 > fp16_bytes:
-        raise DistilyConfigError(f"packed linear weights take {packed_bytes} bytes; expected at most {fp16_bytes / 7:.0f}")
+        raise DistilyConfigError(
+            f"packed linear weights take {packed_bytes} bytes; expected at most {fp16_bytes / 7:.0f}"
+        )
     parameter = next(model.parameters())
     reloaded = load_packed_student(path, dtype=parameter.dtype).to(parameter.device)
     input_ids = input_ids.to(parameter.device)
@@ -263,7 +274,9 @@ def verify_packed(model: PreTrainedModel, path: str | Path, input_ids: torch.Ten
     model.train(was_training)
     error = ((logits - reference).abs().max() / reference.abs().max().clamp(min=1e-12)).item()
     if error > LOGITS_TOLERANCE:
-        raise DistilyConfigError(f"packed logits differ from the fake-quantised ones by {error:.2e}; expected <= {LOGITS_TOLERANCE}")
+        raise DistilyConfigError(
+            f"packed logits differ from the fake-quantised ones by {error:.2e}; expected <= {LOGITS_TOLERANCE}"
+        )
     return error
 
 

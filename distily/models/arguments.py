@@ -99,7 +99,8 @@ class ModelArguments(TeacherArguments):
         default=False, metadata={"help": "BitNet: an RMSNorm at the input of each ternary layer (the BitNet recipe)."}
     )
     bitnet_subln: bool = field(
-        default=False, metadata={"help": "BitNet: insert SubLN norms before the attention output and MLP down projections."}
+        default=False,
+        metadata={"help": "BitNet: insert SubLN norms before the attention output and MLP down projections."},
     )
 
     def __post_init__(self):

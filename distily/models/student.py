@@ -262,7 +262,8 @@ def copy_named_modules(teacher: PreTrainedModel, student: PreTrainedModel, names
     for name in names:
         source = _submodule(teacher, name, "teacher", "copy_teacher_modules")
         target = _submodule(student, name, "student", "copy_teacher_modules")
-        if any(part in ATTENTION_NAMES for module, _ in source.named_modules(prefix=name) for part in module.split(".")):
+        if any(part in ATTENTION_NAMES
+               for module, _ in source.named_modules(prefix=name) for part in module.split(".")):
             check_same_heads(teacher.config.get_text_config(), student.config.get_text_config(),
                              f"teacher module {name}")
         _copy_module(source, target, f"teacher module {name}")

@@ -25,8 +25,12 @@ def check_model_source(name_or_path: str, role: str, allow_file: bool = False) -
     """A local path must exist (a directory, or with ``allow_file`` a file); anything else is a Hub id."""
     path = os.path.expanduser(name_or_path)
     if looks_like_local_path(name_or_path) and not (os.path.isdir(path) or allow_file and os.path.isfile(path)):
-        expected = "a checkpoint directory, a config file or a Hub id" if allow_file else "a checkpoint directory or a Hub id"
-        raise DistilyConfigError(f"{role} path {name_or_path!r} does not exist or is not a directory; expected {expected}")
+        expected = (
+            "a checkpoint directory, a config file or a Hub id" if allow_file else "a checkpoint directory or a Hub id"
+        )
+        raise DistilyConfigError(
+            f"{role} path {name_or_path!r} does not exist or is not a directory; expected {expected}"
+        )
 
 
 def from_pretrained(loader, name_or_path: str, role: str, **kwargs):

@@ -31,7 +31,8 @@ class DistillationTrainingArguments(TrainingArguments):
         },
     )
     bitnet_stage_boundary: float = field(
-        default=0.5, metadata={"help": "Fraction of the training steps where the BitNet schedule's second stage starts."}
+        default=0.5,
+        metadata={"help": "Fraction of the training steps where the BitNet schedule's second stage starts."},
     )
     max_nonfinite_steps: int = field(
         default=5,
@@ -90,7 +91,9 @@ class DistillationTrainingArguments(TrainingArguments):
         if self.output_dir is None:
             raise DistilyConfigError("output_dir is not set; expected a directory for the student and its logs")
         if not 0 < self.bitnet_stage_boundary < 1:
-            raise DistilyConfigError(f"bitnet_stage_boundary={self.bitnet_stage_boundary} is out of range; expected 0 < x < 1")
+            raise DistilyConfigError(
+                f"bitnet_stage_boundary={self.bitnet_stage_boundary} is out of range; expected 0 < x < 1"
+            )
         if self.max_nonfinite_steps < 1:
             raise DistilyConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be a positive integer")
         self._check_training_values()

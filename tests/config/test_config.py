@@ -98,7 +98,8 @@ def test_a_shared_config_file_serves_every_command_and_flags_stay_strict(tmp_pat
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--output_dir", "o", "--learning_rat", "1"], "unknown config key 'learning_rat' (did you mean 'learning_rate'?)"),
+        (["--output_dir", "o", "--learning_rat", "1"],
+         "unknown config key 'learning_rat' (did you mean 'learning_rate'?)"),
         (["--output_dir", "o", "--learning_rate", "fast"], "invalid float value: 'fast'"),
         (["--output_dir", "o", "--student_config_overrides", "{n_layer: 2"], "is not valid JSON"),
         (["--output_dir", "o", "--teacher_torch_dtype", "int3"], "teacher_torch_dtype='int3' is not supported"),

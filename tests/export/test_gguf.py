@@ -23,7 +23,8 @@ from distily.models.bitnet import bitlinear_modules, convert_to_bitnet, fake_qua
 
 VOCAB = 320
 TINY_CONFIGS = {
-    "gpt2": lambda **kw: GPT2Config(**{"vocab_size": VOCAB, "n_embd": 256, "n_layer": 2, "n_head": 4, "n_positions": 64, **kw}),
+    "gpt2": lambda **kw: GPT2Config(**{"vocab_size": VOCAB, "n_embd": 256, "n_layer": 2, "n_head": 4,
+                                       "n_positions": 64, **kw}),
     "llama": lambda **kw: LlamaConfig(**{"vocab_size": VOCAB, "hidden_size": 256, "intermediate_size": 512,
                                          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                                          "max_position_embeddings": 64, **kw}),
@@ -58,7 +59,9 @@ def sentencepiece_tokenizer_dir(tmp_path_factory):
     trainer = trainers.BpeTrainer(vocab_size=VOCAB - 16, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens])
     tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 8, trainer)
     path = tmp_path_factory.mktemp("sentencepiece")
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(path)
     return path
 
 
@@ -86,7 +89,9 @@ def test_gguf_tensors_round_trip(architecture, qtype, tokenizer_dir, tmp_path):
         assert tensor.tensor_type == gguf.GGMLQuantizationType[qtype]
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # [out, in]
         if architecture == "llama" and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
-            heads = student.config.num_attention_heads if "attn_q" in tensor.name else student.config.num_key_value_heads
+            heads = (
+                student.config.num_attention_heads if "attn_q" in tensor.name else student.config.num_key_value_heads
+            )
             values = unpermute_rotary(values, heads)
         ternary, scale = layer.ternary_weight()
         np.testing.assert_array_equal(values, ternary.numpy().astype(np.float32) * np.float32(np.float16(scale.item())))
@@ -293,8 +298,11 @@ def test_export_run_gguf_rejects_a_llama_cpp_perplexity_mismatch(tokenizer_dir, 
 def test_llama_cpp_perplexity_matches_pytorch(architecture, options, config, head_scale, tokenizer_dir, tmp_path):
     pytest.importorskip("llama_cpp")
     torch.manual_seed(0)
-    student = convert_to_bitnet(AutoModelForCausalLM.from_config(TINY_CONFIGS[architecture](**config)).eval(), **options)
-    with torch.no_grad():  # peaked predictions and attention, so that a wrong layout shows (random init is near uniform)
+    student = convert_to_bitnet(
+        AutoModelForCausalLM.from_config(TINY_CONFIGS[architecture](**config)).eval(), **options
+    )
+    # peaked predictions and attention, so that a wrong layout shows (random init is near uniform)
+    with torch.no_grad():
         student.get_output_embeddings().weight.mul_(head_scale)
         for name, module in student.named_modules():
             if name.endswith(("q_proj", "k_proj", "qkv_proj", "c_attn")):
@@ -322,7 +330,9 @@ def test_export_command_says_llama_cpp_did_not_verify_the_file(tokenizer_dir, tm
 
 def test_llama_cpp_extra_installs_what_the_message_names():
     tomllib = pytest.importorskip("tomllib")
-    extras = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads(
+        (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    )["project"]["optional-dependencies"]
     assert any(requirement.startswith("llama-cpp-python") for requirement in extras["llamacpp"])
     assert any(requirement.startswith("gguf") for requirement in extras["llamacpp"])
 
@@ -345,7 +355,10 @@ def test_gguf_export_replaces_a_previous_one_only_with_overwrite(tokenizer_dir, 
     capsys.readouterr()
     assert main(["export", str(tmp_path / "run"), "--format", "gguf"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"distily export: error: output '{path}' already exists; expected a new path, or --overwrite to replace a previous GGUF export"
+    assert err == (
+        f"distily export: error: output '{path}' already exists; expected a new path, "
+        "or --overwrite to replace a previous GGUF export"
+    )
     assert tree(tmp_path) == before
     assert main(["export", str(tmp_path / "run"), "--format", "gguf", "--overwrite"]) == 0
     assert path.stat().st_ino != inode and tree(tmp_path) == before  # the same file again, renamed in

@@ -152,7 +152,10 @@ def test_export_command_replaces_a_previous_export_only_with_overwrite(tmp_path,
 
     assert export_command(tmp_path / "run", "--format", "packed", "--output", output) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"distily export: error: output '{output}' already exists; expected a new path, or --overwrite to replace a previous packed export"
+    assert err == (
+        f"distily export: error: output '{output}' already exists; expected a new path, "
+        "or --overwrite to replace a previous packed export"
+    )
     assert tree(tmp_path) == before
 
     assert export_command(tmp_path / "run", "--format", "packed", "--output", output, "--overwrite") == 0
@@ -168,7 +171,10 @@ def test_export_refuses_a_users_folder_even_with_overwrite(tmp_path, capsys):
     (folder / "thesis.tex").write_text("years of work")
     before = tree(tmp_path)
     capsys.readouterr()  # the saved run's progress bars
-    for flags, expected in (([], "already exists"), (["--overwrite"], "is not a previous packed export (it holds 'thesis.tex'")):
+    for flags, expected in (
+        ([], "already exists"),
+        (["--overwrite"], "is not a previous packed export (it holds 'thesis.tex'"),
+    ):
         assert export_command(tmp_path / "run", "--format", "packed", "--output", folder, *flags) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
@@ -192,5 +198,7 @@ def test_a_failed_overwrite_leaves_the_previous_export_and_no_staging(tmp_path, 
 def test_packed_export_report_without_verification_says_so(tmp_path):
     path = write_packed_checkpoint(tiny_student("llama"), tmp_path / "packed")
     report = read_export_report(path)
-    assert report.verified == [] and report.not_verified == ["not verified against the student's logits: no verify_input_ids given"]
+    assert report.verified == [] and report.not_verified == [
+        "not verified against the student's logits: no verify_input_ids given"
+    ]
     assert report.line(path).startswith(f"wrote {path}; verified: nothing; not verified")
