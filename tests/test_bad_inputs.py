@@ -473,7 +473,7 @@ VALUE_CASES = [
     ("negative_tokenizing_workers", {"preprocessing_num_workers": -1}, "preprocessing_num_workers=-1 must be >= 0"),
     ("unknown_logger", {"report_to": "tensorbord"}, "report_to='tensorbord' is not a logger; expected none, all or "
                                                     "among azure_ml, comet_ml"),
-    ("null_logger", {"report_to": None}, "report_to=None is not a logger"),
+    ("null_logger", {"report_to": None}, "report_to is null; expected a value of type str"),
     ("teacher_layers_with_random_init", {"student_init": "random", "student_layers_from_teacher": [0, 3]},
      "student_layers_from_teacher=[0, 3] is set with student_init='random', which copies no teacher layer"),
     ("teacher_layers_with_a_student_checkpoint", {"student_model_name_or_path": "student", "student_config_overrides":

@@ -54,7 +54,10 @@ class DistillationTrainingArguments(TrainingArguments):
     eval_steps: Optional[float] = field(default=0.25, metadata={"help": "Evaluate every N steps (< 1: a fraction)."})
     save_steps: float = field(default=0.25, metadata={"help": "Checkpoint every N steps (< 1: a fraction)."})
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept, the newest (0: all)."})
-    report_to: Optional[str] = field(default="tensorboard", metadata={"help": "Loggers: tensorboard, wandb, none..."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"help": "Loggers, one or several (--report_to tensorboard wandb): tensorboard, wandb, ...; none or all"},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all dataset columns (needed)."})
     include_num_input_tokens_seen: str = field(
         default="non_padding",

@@ -43,6 +43,21 @@ def test_training_arguments_are_transformers_training_arguments(tmp_path):
     assert config.training.report_to == ["tensorboard"]  # a distillation default
 
 
+@pytest.mark.parametrize("source", ["file", "flags"])
+def test_several_loggers_are_given_as_a_list(source, tmp_path):
+    """report_to was one string: two loggers (a list in a config file, or two values after the flag) were refused."""
+    if source == "file":
+        path = tmp_path / "run.yaml"
+        path.write_text(f"teacher_model_name_or_path: gpt2\noutput_dir: {tmp_path}\nreport_to: [tensorboard, wandb]\n")
+        config = parse_config(str(path))
+    else:
+        config = parse_config(argv=["--report_to", "tensorboard", "wandb"], teacher_model_name_or_path="gpt2",
+                              output_dir=str(tmp_path))
+    assert config.training.report_to == ["tensorboard", "wandb"]
+    assert parse_config(teacher_model_name_or_path="gpt2", output_dir=str(tmp_path),
+                        report_to="wandb").training.report_to == ["wandb"]
+
+
 @pytest.mark.parametrize(
     "values, expected",
     [
