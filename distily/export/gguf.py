@@ -315,6 +315,8 @@ def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
             f"no byte-level BPE or SentencePiece tokenizer in {path}; expected tokenizer.json or tokenizer.model"
         )
     entries = list(vocab.all_tokens())
+    if vocab.tokenizer_model == "gpt2":
+        entries = _added_token_types(path, entries)
     if len(entries) > model_vocab_size:
         raise DistilyConfigError(
             f"tokenizer in {path} has {len(entries)} tokens; expected at most the model's {model_vocab_size}"
@@ -329,6 +331,16 @@ def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
         tokens=list(tokens), scores=list(scores), types=[int(kind) for kind in types],
         special=gguf.SpecialVocab(path, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=model_vocab_size),
     )
+
+
+def _added_token_types(path: Path, entries: list[tuple]) -> list[tuple]:
+    """The entries with the token types llama.cpp's own converter gives a tokenizer's added tokens: CONTROL for a
+    special one, USER_DEFINED for another. gguf's BPE reader leaves an added token that is also in the base
+    vocabulary (GPT-2's <|endoftext|>) NORMAL, so llama.cpp would print it as text."""
+    added = json.loads((path / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
+    kinds = {token["id"]: gguf.TokenType.CONTROL if token.get("special") else gguf.TokenType.USER_DEFINED
+             for token in added}
+    return [(text, score, kinds.get(index, kind)) for index, (text, score, kind) in enumerate(entries)]
 
 
 def _pre_tokenizer(path: Path) -> str:

@@ -152,6 +152,11 @@ def test_gguf_tokenizer_metadata(tokenizer_dir, tmp_path):
     assert len(field_value(reader, "tokenizer.ggml.merges")) > 0
     eos = field_value(reader, "tokenizer.ggml.eos_token_id")
     assert tokens[eos] == "<|endoftext|>"
+    types = field_value(reader, "tokenizer.ggml.token_type")
+    # the special token is CONTROL, as llama.cpp's converter writes it (it is also in the base vocabulary, where
+    # gguf's reader left it NORMAL, printed as text by llama.cpp); an ordinary token NORMAL, padding UNUSED
+    assert types[eos] == gguf.TokenType.CONTROL
+    assert types[tokens.index("the")] == gguf.TokenType.NORMAL and types[-1] == gguf.TokenType.UNUSED
 
 
 @pytest.mark.parametrize("fixture, model", [("tokenizer_dir", "gpt2"), ("sentencepiece_tokenizer_dir", "llama")])
