@@ -22,8 +22,9 @@ students' data? Measured on WikiText-2.
    evaluated on the held-out set every ``--eval_every`` steps (distily's ``eval_datasets``): the same
    budgets for all. The students are a sweep (``WORK_DIR/students.yaml``), so an interrupted experiment
    resumes.
-5. The baseline's reported point is its best held-out checkpoint (early stopping favours the baseline);
-   every student is compared with it there and at every later budget.
+5. The baseline's reported point is its best checkpoint (early stopping favours the baseline), chosen on a
+   validation set distinct from the held-out test set: the teacher's own held-out articles, which no model
+   trained on. Every student is compared with it there and at every later budget, on the test set.
 
 The students read the transfer set as its 128-token blocks (framed as the teacher's text was, articles
 separated by end-of-text), so distily's own held-out split of each run takes one block, not an article.
@@ -96,7 +97,8 @@ SIGNALS = [
 ]  # fmt: skip
 SECOND_POINT_SIGNALS, SECOND_POINT_INITS = (BASELINE, LOGITS), ("random",)  # on the larger transfer sets
 FULL_PRECISION_SIGNALS = [name for name, _, _ in SIGNALS if name not in (BASELINE, TERNARY)]  # "the best signal"
-UNSEEN = "unseen"  # the held-out set's name among each run's eval sets
+UNSEEN = "unseen"  # the held-out test set's name among each run's eval sets
+VALIDATION = "validation"  # the set the baseline's best checkpoint is chosen on: the teacher's own held-out articles
 ONE_BLOCK = 1e-3  # eval_fraction: distily's own held-out split of a transfer set is ceil(0.001 x blocks) blocks
 CURVE_METRICS = ("perplexity", "kl_to_teacher", "top1_agreement")
 # the goals of issue #19: each ratio at most this, at the baseline's best budget and every later one
@@ -125,7 +127,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(in its order): a larger set needs more steps before the baseline overfits it")
     parser.add_argument("--eval_every", type=int, default=40,
                         help="steps between held-out evaluations (divides --student_steps)")
-    parser.add_argument("--eval_blocks", type=int, default=128, help="held-out blocks evaluated (the first ones)")
+    parser.add_argument("--eval_blocks", type=int, default=128,
+                        help="held-out test and validation blocks evaluated (a sample drawn with a fixed seed)")
     args = parser.parse_args(argv)
     if not 0 < args.heldout_fraction < 1:
         parser.error(f"--heldout_fraction {args.heldout_fraction} must be between 0 and 1")
@@ -215,8 +218,7 @@ def prepare_data(args) -> dict:
         files[name].write_text("".join(articles), encoding="utf-8")  # the articles as they were, one after another
     teacher_dir = train_teacher(args, files["teacher"], args.teacher_learning_rate)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
-    teacher_eval = set(teacher_data(args, files["teacher"], tokenizer).eval_documents["text"])
-    candidates = [article for article in teacher_articles if article not in teacher_eval]
+    teacher_eval, candidates = teacher_heldout(args, files, teacher_articles, tokenizer)
     transfer_sets = draw_transfer_sets(candidates, sum(map(len, teacher_articles)), args.transfer_fractions)
 
     def summary(articles: list[str]) -> dict:
@@ -242,6 +244,15 @@ def prepare_data(args) -> dict:
     return {"teacher_dir": teacher_dir, "files": files, "splits": splits}
 
 
+def teacher_heldout(args, files: dict, teacher_articles: list[str], tokenizer) -> tuple[set[str], list[str]]:
+    """(the teacher's own held-out articles, written to ``files["validation"]``: no model trains on them; the
+    teacher's other articles, from which the transfer sets are drawn)."""
+    teacher_eval = set(teacher_data(args, files["teacher"], tokenizer).eval_documents["text"])
+    files["validation"] = Path(args.work_dir) / "data" / "validation.txt"
+    files["validation"].write_text("".join(a for a in teacher_articles if a in teacher_eval), encoding="utf-8")
+    return teacher_eval, [article for article in teacher_articles if article not in teacher_eval]
+
+
 def groups(args) -> list[tuple[str, str, list[str]]]:
     """(transfer set, starting point, signals) of every group of students compared with one baseline."""
     first, *others = [set_name(fraction) for fraction in args.transfer_fractions]
@@ -250,11 +261,13 @@ def groups(args) -> list[tuple[str, str, list[str]]]:
                     if init in SECOND_POINT_INITS]  # fmt: skip
 
 
-def heldout_every(heldout: Path, max_samples: Optional[int], args) -> dict:
-    """Sweep keys: the held-out text (its first ``max_samples`` blocks; None: all) as the eval set ``UNSEEN``,
-    evaluated every ``args.eval_every`` steps, where a checkpoint is written too."""
+def heldout_every(files: dict, max_samples: Optional[int], args) -> dict:
+    """Sweep keys: the held-out test text and the validation text (each a sample of ``max_samples`` blocks; None:
+    all) as the eval sets ``UNSEEN`` and ``VALIDATION``, evaluated every ``args.eval_every`` steps, where a
+    checkpoint is written too."""
+    sets = {UNSEEN: files["heldout"], VALIDATION: files["validation"]}
     return {
-        "eval_datasets": {UNSEEN: {"path": str(heldout), "max_samples": max_samples}},
+        "eval_datasets": {name: {"path": str(path), "max_samples": max_samples} for name, path in sets.items()},
         "eval_strategy": "steps",
         "eval_steps": args.eval_every,
         "per_device_eval_batch_size": args.batch_size,
@@ -270,7 +283,7 @@ def student_sweep(args, teacher_dir: Path, files: dict):
     base = {
         **student_keys(args, teacher_dir),
         "eval_fraction": ONE_BLOCK,  # the run's own held-out check; the comparison is on the held-out articles
-        **heldout_every(files["heldout"], args.eval_blocks, args),
+        **heldout_every(files, args.eval_blocks, args),
     }
     overrides = {name: keys for name, _, keys in SIGNALS}
     runs = [
@@ -284,8 +297,10 @@ def student_sweep(args, teacher_dir: Path, files: dict):
 
 
 def curve_point(step: int, tokens_per_step: int, evaluation: Evaluation, metrics: tuple[str, ...]) -> dict:
+    """The test set's ``metrics`` at ``step``, and the validation set's as ``validation_METRIC``."""
     return {"step": step, "tokens": step * tokens_per_step,
-            **{metric: evaluation.get(metric, UNSEEN) for metric in metrics}}  # fmt: skip
+            **{metric: evaluation.get(metric, UNSEEN) for metric in metrics},
+            **{f"{VALIDATION}_{metric}": evaluation.get(metric, VALIDATION) for metric in metrics}}  # fmt: skip
 
 
 def logged_evaluation(entry: dict) -> Evaluation:
@@ -318,10 +333,11 @@ def ratios(curve: dict, reference: dict, metric: str = "perplexity") -> dict[str
 
 
 def best_checkpoint(curve: list[dict], metric: str) -> tuple[dict, list[int], bool]:
-    """The trained point of a baseline's ``curve`` lowest in ``metric`` (its best held-out checkpoint), the steps
-    from it on, and whether it overfits (its ``metric`` rose after the best)."""
+    """The trained point of a baseline's ``curve`` lowest in the validation set's ``metric`` (its best checkpoint,
+    chosen on a set the reported test ``metric`` is not measured on), the steps from it on, and whether it
+    overfits (its best is before its last budget)."""
     trained = [point for point in curve if point["step"] > 0]
-    best = min(trained, key=lambda point: point[metric])
+    best = min(trained, key=lambda point: point[f"{VALIDATION}_{metric}"])
     later = [point["step"] for point in trained if point["step"] >= best["step"]]
     return best, later, best["step"] < trained[-1]["step"]
 
@@ -333,8 +349,8 @@ def goal(ratios_by_step: dict[str, float], limit: float) -> dict:
 
 
 def comparison(students: dict) -> dict:
-    """One group's goals: the baseline is the cross-entropy student's best held-out checkpoint; every student is
-    compared with it there and at every later budget (keys: steps)."""
+    """One group's goals: the baseline is the cross-entropy student's best checkpoint on the validation set; every
+    student is compared with it on the test set there and at every later budget (keys: steps)."""
     curves = {name: {point["step"]: point for point in row["curve"]} for name, row in students.items()}
     best, later, overfits = best_checkpoint(students[BASELINE]["curve"], "perplexity")
     labels_trained = {step: point["perplexity"] for step, point in curves[BASELINE].items() if step > 0}
@@ -410,7 +426,7 @@ def write_report(args, results: dict, command: str) -> None:
         f"`test.txt` ({splits['teacher']['articles']} articles, {splits['teacher']['tokens']:,} tokens), "
         f"{teacher['train_seconds']:.0f} s; held-out perplexity {teacher['perplexity']:.1f}. Held out from everyone: "
         f"the last {splits['heldout']['articles']} articles of `test.txt` ({splits['heldout']['tokens']:,} tokens), "
-        f"of which the first {results['heldout_tokens']:,} tokens are evaluated. "
+        f"of which {results['heldout_tokens']:,} tokens (a fixed sample of blocks) are the test set. "
         f"Students: {args.student_layers} layers, "
         + ", ".join(f"{steps} steps on the {name} set" for name, steps in args.steps_by_set.items())
         + f", each of {args.batch_size} x {args.seq_length} tokens, evaluated every {args.eval_every} "
@@ -442,10 +458,10 @@ def group_lines(group: dict, transfer_tokens: int) -> list[str]:
         f"## {group['transfer_set']} transfer set ({transfer_tokens:,} tokens), "
         f"students {INITS[group['student_init']]}",
         "",
-        f"Baseline: the cross-entropy student's best held-out checkpoint, step {best_step} "
-        f"({group['baseline_best_tokens']:,} tokens, {group['baseline_best_tokens'] / transfer_tokens:.1f} passes), "
-        f"perplexity {best_perplexity:.1f}"
-        + ("; its held-out perplexity rose after it." if group["baseline_overfits"]
+        f"Baseline: the cross-entropy student's checkpoint of lowest validation perplexity (the teacher's own "
+        f"held-out articles), step {best_step} ({group['baseline_best_tokens']:,} tokens, "
+        f"{group['baseline_best_tokens'] / transfer_tokens:.1f} passes), test perplexity {best_perplexity:.1f}"
+        + ("; its validation perplexity rose after it." if group["baseline_overfits"]
            else "; the last budget: it had not begun to overfit, so a longer run may lower the baseline."),  # fmt: skip
         "",
         *markdown_head([

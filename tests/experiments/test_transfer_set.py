@@ -37,6 +37,8 @@ def test_transfer_set_splits_trains_evaluates_and_reports(tmp_path):
     assert not titles["heldout"] & titles["teacher"]
     assert titles["teacher_own_heldout"] <= titles["teacher"]
     assert titles["10pct"] <= titles["30pct"] <= titles["teacher"] - titles["teacher_own_heldout"]
+    validation = {article.split("\n")[0].strip() for article in read_articles(work / "data" / "validation.txt")}
+    assert validation == titles["teacher_own_heldout"]  # the baseline's checkpoint is chosen on it, not on the test
     teacher_text = (work / "data" / "teacher.txt").read_text()
     assert not any(article in teacher_text for article in read_articles(work / "data" / "heldout.txt"))
     longest = max(len(article) for article in read_articles(work / "data" / "teacher.txt"))
@@ -70,10 +72,13 @@ def test_transfer_set_splits_trains_evaluates_and_reports(tmp_path):
             assert row["curve"][-1]["perplexity"] == pytest.approx(metrics["student"]["after_unseen_perplexity"],
                                                                    rel=1e-5)
             assert metrics["teacher"]["unseen_perplexity"] == pytest.approx(results["teacher"]["perplexity"], rel=1e-5)
+            assert row["curve"][-1]["validation_perplexity"] == pytest.approx(
+                metrics["student"]["after_validation_perplexity"], rel=1e-5)
 
-        # the baseline's reported point is its best held-out checkpoint; the ratios are against it
+        # the baseline's reported point is its best checkpoint on the validation set; the ratios are against its
+        # test perplexity there
         baseline = group["students"]["hard-labels"]["curve"]
-        best = min(baseline[1:], key=lambda point: point["perplexity"])
+        best = min(baseline[1:], key=lambda point: point["validation_perplexity"])
         assert (group["baseline_best_step"], group["baseline_best_perplexity"]) == (best["step"], best["perplexity"])
         later = [step for step in budgets if step >= best["step"]]
         logits = {point["step"]: point["perplexity"] for point in group["students"]["logits"]["curve"]}
@@ -91,3 +96,18 @@ def test_transfer_set_splits_trains_evaluates_and_reports(tmp_path):
     assert "transfer_set.py --data" in table and all(f"| {name} |" in table for name in expected["random-10pct"])
     assert table.count("| steps | tokens |") == 2 and "Logit-distilled student / baseline" in table
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_baseline_checkpoint_is_chosen_on_validation_and_reported_on_test():
+    """Choosing on the test set would report the baseline's luckiest test point: here validation is lowest at step
+    2, test at step 4, so the baseline is step 2's test perplexity and the students are compared from step 2 on."""
+    def curve(test: list[float], validation: list[float]) -> dict:
+        return {"curve": [{"step": step, "tokens": 10 * step, "perplexity": t, "validation_perplexity": v}
+                          for step, t, v in zip((0, 2, 4, 6), test, validation)]}
+
+    students = {"hard-labels": curve([900, 60, 50, 70], [900, 55, 65, 80]),
+                "logits": curve([900, 48, 45, 44], [900, 50, 46, 45])}
+    found = script.comparison(students)
+    assert (found["baseline_best_step"], found["baseline_best_perplexity"], found["baseline_overfits"]) == (2, 60, True)
+    assert found["over_baseline_best"]["logits"] == {"2": 48 / 60, "4": 45 / 60, "6": 44 / 60}
+    assert found["goals"]["logits_over_baseline_best"] == {"limit": 0.85, "worst": 0.8, "met": True}
