@@ -14,7 +14,10 @@
    the teacher scores the text of its answer in its own tokens and template).
 4. Every model is evaluated on ``--heldout_conversations`` fresh conversations: its own tokens of the answers
    (end-of-turn included), in bits per byte; the students before training and every ``--eval_every`` steps. The
-   baseline's reported point is its best checkpoint; the lowest possible value is the answers' entropy.
+   baseline's reported point is its best checkpoint, chosen on those same answers (there is no validation set);
+   the lowest possible value is the answers' entropy. The task has ``len(SUBJECTS)`` times as many distinct
+   conversations as answers (4,096), so the teacher's draws hold nearly all of them and some held-out draws
+   repeat a transfer one.
 
 Writes ``docs/results/cross_tokenizer_chat.{md,png}`` and ``benchmarks/results/cross_tokenizer_chat.json``.
 """
@@ -232,7 +235,7 @@ def write_report(args, results: dict) -> None:
         f"{args.teacher_layers}-layer teacher (byte-level BPE, Llama 3's template) trained on "
         f"{args.teacher_conversations:,} conversations; {args.student_layers}-layer students from scratch "
         f"(SentencePiece BPE, ChatML) trained {args.student_steps} steps of {args.batch_size} on "
-        f"{args.transfer_conversations} other conversations; held-out: {args.heldout_conversations} fresh ones. "
+        f"{args.transfer_conversations} other draws; held-out: {args.heldout_conversations} new draws. "
         "Bits per byte of the answers' text, each model on its own tokens (end-of-turn included). An answer has "
         f"{len(VERBS) * len(OBJECTS) * len(ENDINGS)} equally likely right forms; a reference is one of them.",
         "",
