@@ -7,8 +7,8 @@ The same Llama-shaped (--arch) teacher (--teacher_layers) and student (--student
 tied embeddings (--untied: an LM head of their own) and --vocab logits per token, and a byte-level BPE of --vocab
 tokens (--tokenizer_vocab: fewer, the embeddings padded beyond them) trained on the help topics of Python's
 documentation (``pydoc_data``; every Python has them), the same packed blocks of that text, batch, sequence
-length, AdamW (weight decay 0, constant learning rate, gradient clipping at 1.0 as the Trainer does) and steps,
-trained three ways:
+length, optimizer (the Trainer's default, fused AdamW; weight decay 0, constant learning rate, gradient clipping
+at 1.0 as the Trainer does) and steps, trained three ways:
 
 - distily: ``run_distillation`` (what ``distily distill`` runs; forward KL, temperature 1, its defaults);
 - plain: a PyTorch loop: teacher forward under ``no_grad``, student forward, forward KL on the full logits
@@ -181,10 +181,16 @@ def train_distily(spec: dict, bf16: bool, clock: StepClock) -> None:
     }))
 
 
+def plain_optimizer(student, lr: float) -> torch.optim.Optimizer:
+    """The optimizer the Trainer builds for distily and TRL by default (``optim="adamw_torch_fused"``): AdamW with
+    fused=True, whose step on CPU takes a fifth of the CPU time of ``torch.optim.AdamW``'s default for-loop."""
+    return torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, fused=True)
+
+
 def train_plain(spec: dict, bf16: bool, clock: StepClock) -> None:
     teacher, student = load_models(spec)
     blocks = training_blocks(spec).shuffle(seed=SEED)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=spec["lr"], weight_decay=0.0)
+    optimizer = plain_optimizer(student, spec["lr"])
     batch = spec["batch"]
     clock.start()
     for step in range(spec["steps"]):
