@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import tempfile
@@ -25,12 +24,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from common import write_results
 from distily.data.tokenizer import train_byte_level_bpe
 from distily.export.gguf import write_gguf
 from distily.export.packed import linear_weight_bytes, write_packed_checkpoint
 from distily.models.bitnet import convert_to_bitnet
 
-RESULTS = Path(__file__).parent / "results" / "bitnet_export.json"
 PROMPT_LENGTH = 16
 
 
@@ -92,7 +91,7 @@ def main() -> None:
 
 
 def report(args, dense, student, prompt: list[int], work: Path) -> None:
-    """Export into `work`, measure sizes and decode speed, print the table and write RESULTS."""
+    """Export into `work`, measure sizes and decode speed, print the table and write the results file."""
     build_tokenizer(work / "tokenizer")
     dense.save_pretrained(work / "hf_fp32")
     write_packed_checkpoint(student, work / "packed", verify_input_ids=torch.tensor([prompt]))
@@ -128,12 +127,8 @@ def report(args, dense, student, prompt: list[int], work: Path) -> None:
           f"   (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     for name, tokens_per_second in speed.items():
         print(f"{name:<24}{tokens_per_second:>10.1f}{tokens_per_second / speed['hf_fp32']:>12.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "arguments": vars(args), "bytes": sizes, "tokens_per_second": speed,
-        "seconds_per_run": seconds, "torch": torch.__version__,
-        "load_average_1_5_15min_at_end": os.getloadavg(),
-    }, indent=2) + "\n")
+    write_results("bitnet_export", {"arguments": vars(args), "bytes": sizes, "tokens_per_second": speed,
+                                    "seconds_per_run": seconds})
 
 
 if __name__ == "__main__":

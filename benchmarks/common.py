@@ -44,7 +44,8 @@ def write_results(name: str, payload: dict) -> Path:
 
 
 def machine() -> dict:
-    """CPU model, cores, bf16 support and library versions."""
+    """CPU model, cores, bf16 support, the load average over the last 1, 5 and 15 minutes (read when the results are
+    written: jobs beside the benchmark show there) and library versions."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
     flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.M)
@@ -54,6 +55,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "avx512_bf16": bool(flags and "avx512_bf16" in flags.group(1).split()),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average_1_5_15min": os.getloadavg(),
         "device": device_name(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -46,11 +46,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import peak_memory_bytes, reset_peak_memory, results_path, table  # noqa: E402
+from common import peak_memory_bytes, reset_peak_memory, table, write_results  # noqa: E402
 from distily.objectives.chunked import chunked_logit_loss_sum  # noqa: E402
 from distily.objectives.losses import LOSSES  # noqa: E402
 
-RESULTS = results_path("loss_memory")
 GOALS = {"peak_memory": 0.25, "time": 1.0, "rel_err": 1e-5, "peak_growth": 0.10}
 
 
@@ -150,7 +149,7 @@ def main(argv=None) -> None:
 
 
 def _report(args, runs: dict, accuracy: dict) -> None:
-    """Print the table of medians and ratios, and write it all to RESULTS."""
+    """Print the table of medians and ratios, and write it all to the results file."""
     median = {case: {key: statistics.median(run[key] for run in case_runs)
                      for key in ("seconds", "cpu_seconds", "peak_extra_bytes")}
               for case, case_runs in runs.items()}
@@ -189,14 +188,12 @@ def _report(args, runs: dict, accuracy: dict) -> None:
           f"{torch.get_num_threads()} threads")
     print(table(rows))
     print("goals met:", goals_met)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "command": "python " + " ".join(["benchmarks/loss_memory.py", *sys.argv[1:]]),
+    write_results("loss_memory", {
         "config": {"loss": args.loss, "tokens": n, "vocab": args.vocab, "hidden": args.hidden,
                    "runs": args.runs, "steps": args.steps, "dtype": "float32", "torch": torch.__version__,
                    "threads": torch.get_num_threads()},
         **ratios, **accuracy, "medians": median, "runs": runs, "goals": GOALS, "goals_met": goals_met,
-    }, indent=2) + "\n")
+    })
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,6 @@ Prints a table with the ratios and writes benchmarks/results/recorded.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
-from common import results_path
+from common import write_results
 from distily.config import parse_config, parse_record_config
 from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets
@@ -34,7 +33,6 @@ from distily.metrics import RunMetrics
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
 
-RESULTS = results_path("recorded")
 WIKITEXT = Path("/work/shared/data/wikitext-2")
 FIDELITY_KS = (8, 32, 64, 128)
 VOCAB = 4096
@@ -156,16 +154,15 @@ def main(argv=None) -> None:
     for k in FIDELITY_KS:
         report = fidelity["by_k"][str(k)]
         print(f"{k:>5}{stores[k]['bytes_per_token']:>14.1f}{report['kl']:>16.5f}{report['tail_mass']:>12.5f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    path = write_results("recorded", {
         "arguments": vars(options),
         "tokens_per_second": tokens_per_second,
         "speedup_recorded_over_live": speedup,
         "seconds_per_run": seconds,
         "stores": stores,
         "fidelity": fidelity,
-    }, indent=2) + "\n")
-    print(f"\nrecorded / live = {speedup:.2f}x (goal >= 1.4x); wrote {RESULTS}")
+    })
+    print(f"\nrecorded / live = {speedup:.2f}x (goal >= 1.4x); wrote {path}")
 
 
 if __name__ == "__main__":
