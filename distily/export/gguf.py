@@ -7,7 +7,9 @@ equals ternary * fp16(s) exactly; `verify_gguf` checks every tensor of the writt
 student's parameter it came from (ternary ones against ternary * fp16(s)).
 
 Architectures (transformers model_type -> llama.cpp architecture):
-    llama            -> llama   (Q and K rows, weights and biases, permuted to llama.cpp's rotary layout)
+    llama, mistral   -> llama   (Q and K rows, weights and biases, permuted to llama.cpp's rotary layout; a
+                                 rescaled rotary embedding, Llama 3's, as rope_freqs; no sliding window)
+    qwen2, qwen3     -> qwen2, qwen3 (HF's rotary layout is theirs; Qwen3's Q/K norms as attn_q_norm/attn_k_norm)
     llama, subln     -> bitnet  (llama.cpp's BitNet graph: SubLN before attn_output and ffn_down;
                                  it ties the output to the token embedding)
     gpt2             -> gpt2
@@ -71,8 +73,11 @@ class GGUFTensor:
 
 # The feed-forward activation each llama.cpp graph computes whatever the file says: SiLU-gated in its llama, phi3
 # and bitnet graphs, GELU (tanh approximation, close to the exact one) in its gpt2 graph.
-LLAMA_CPP_ACTIVATIONS = {"llama": ("silu", "swish"), "phi3": ("silu", "swish"), "bitnet": ("silu", "swish"),
+SILU = ("silu", "swish")
+LLAMA_CPP_ACTIVATIONS = {"llama": SILU, "phi3": SILU, "bitnet": SILU, "qwen2": SILU, "qwen3": SILU,
                          "gpt2": ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu")}
+# The llama.cpp graph of each model type (its converter's choice: Mistral runs as llama).
+GRAPHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2", "phi3": "phi3"}
 
 
 def gguf_architecture(model: PreTrainedModel) -> str:
@@ -103,9 +108,15 @@ def _graph(model: PreTrainedModel) -> str:
                 "llama.cpp's bitnet graph ties the LM head to the embeddings; expected tie_word_embeddings=True"
             )
         return "bitnet"
-    if model_type not in ("llama", "gpt2", "phi3"):
-        raise DistilyConfigError(f"no GGUF mapping for model_type '{model_type}'; expected one of llama, gpt2, phi3")
-    return model_type
+    if model_type not in GRAPHS:
+        raise DistilyConfigError(f"no GGUF mapping for model_type '{model_type}'; expected one of {', '.join(GRAPHS)}")
+    window = getattr(model.config, "sliding_window", None) if getattr(model.config, "use_sliding_window", True) else None
+    if window is not None and window < model.config.max_position_embeddings:
+        raise DistilyConfigError(
+            f"the student attends within a sliding window of {window} tokens, which llama.cpp's "
+            f"{GRAPHS[model_type]} graph does not; expected sliding_window null (or use_sliding_window false)"
+        )
+    return GRAPHS[model_type]
 
 
 def plan_tensors(model: PreTrainedModel, architecture: str, n_vocab: int) -> list[GGUFTensor]:

@@ -7,7 +7,10 @@ import pytest
 import torch
 from file_tree import tree
 from tokenizers import Tokenizer, decoders, models, normalizers, trainers
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Phi3Config, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Phi3Config, PreTrainedTokenizerFast, Qwen2Config,
+    Qwen3Config,
+)
 
 from distily.cli import main
 from distily.commands.export import export_run
@@ -32,7 +35,15 @@ TINY_CONFIGS = {
                                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
                                        "max_position_embeddings": 64, "pad_token_id": 0, **kw}),
 }
-EXPECTED_ARCH = {"gpt2": "gpt2", "llama": "llama", "phi3": "phi3"}
+QWEN = {"vocab_size": VOCAB, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
+TINY_CONFIGS.update({
+    "mistral": lambda **kw: MistralConfig(**{**QWEN, "sliding_window": None, **kw}),
+    "qwen2": lambda **kw: Qwen2Config(**{**QWEN, "tie_word_embeddings": True, **kw}),
+    "qwen3": lambda **kw: Qwen3Config(**{**QWEN, "head_dim": 128, **kw}),  # head_dim other than width / heads
+})
+EXPECTED_ARCH = {"gpt2": "gpt2", "llama": "llama", "phi3": "phi3", "mistral": "llama", "qwen2": "qwen2",
+                 "qwen3": "qwen3"}
 
 
 def tiny_student(architecture: str, options: dict | None = None, **config):
@@ -88,7 +99,7 @@ def test_gguf_tensors_round_trip(architecture, qtype, tokenizer_dir, tmp_path):
         tensor = stored[name_map.get_name(name + ".weight", try_suffixes=(".weight",))]
         assert tensor.tensor_type == gguf.GGMLQuantizationType[qtype]
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # [out, in]
-        if architecture == "llama" and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
+        if EXPECTED_ARCH[architecture] == "llama" and tensor.name.endswith(("attn_q.weight", "attn_k.weight")):
             heads = (
                 student.config.num_attention_heads if "attn_q" in tensor.name else student.config.num_key_value_heads
             )
@@ -203,6 +214,16 @@ def test_unsupported_students_are_rejected(architecture, options, match, tokeniz
         write_gguf(tiny_student("llama"), tokenizer_dir, tmp_path / "student.gguf", qtype="TQ3_0")
 
 
+@pytest.mark.parametrize("architecture, config", [
+    ("mistral", {"sliding_window": 16}), ("qwen2", {"use_sliding_window": True, "sliding_window": 16}),
+])
+def test_a_student_attending_in_a_sliding_window_is_refused(architecture, config, tokenizer_dir, tmp_path):
+    """llama.cpp's llama and qwen2 graphs attend to every earlier position: a windowed student would run otherwise."""
+    with pytest.raises(DistilyConfigError, match="sliding window of 16 tokens, which llama.cpp's"):
+        write_gguf(tiny_student(architecture, **config), tokenizer_dir, tmp_path / "student.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("architecture, config, activation", [
     ("llama", {"hidden_act": "gelu"}, "'gelu' is not what llama.cpp's llama graph computes; expected one of silu"),
     ("phi3", {"hidden_act": "relu"}, "'relu' is not what llama.cpp's phi3 graph computes"),
@@ -298,7 +319,8 @@ def test_export_run_gguf_rejects_a_llama_cpp_perplexity_mismatch(tokenizer_dir, 
 @pytest.mark.parametrize("architecture, options, config, head_scale", [
     ("llama", {}, {}, 2), ("gpt2", {}, {}, 8), ("phi3", {}, {}, 2),
     ("llama", {"subln": True}, {"tie_word_embeddings": True}, 2),
-    ("llama", {}, {"rope_parameters": LLAMA3_ROPE}, 2),
+    ("llama", {}, {"rope_parameters": LLAMA3_ROPE}, 2), ("mistral", {}, {}, 2), ("qwen2", {}, {}, 2),
+    ("qwen3", {}, {}, 2),
 ])
 def test_llama_cpp_perplexity_matches_pytorch(architecture, options, config, head_scale, tokenizer_dir, tmp_path):
     pytest.importorskip("llama_cpp")
