@@ -5,7 +5,7 @@
 
 One loss and its backward (``chunked_logit_loss_sum`` with forward KL, both LM heads fused, as training calls it)
 on --tokens random hidden states of width --hidden, for each vocabulary, precision (bf16: under CPU autocast)
-and slice size of 2**e logits (``loss_chunk_size = 2**e // vocab`` tokens). The sizes run interleaved in one
+and slice size of 2**e logits (``loss_chunk_size = max(1, 2**e // vocab)`` tokens). The sizes run interleaved in one
 process, --runs rounds after one warm-up call each, and the table gives the median seconds. The default slice on
 CPU is ``CPU_LOSS_CHUNK_ELEMENTS``, on an accelerator ``LOSS_CHUNK_ELEMENTS``; the ratios
 ``accelerator_default_over_cpu_default_seconds`` compare the two here, per vocabulary and precision.
@@ -98,10 +98,15 @@ def report(name: str, caption: str, rows: list[tuple[str, ...]], options, result
     return payload
 
 
+def tokens_per_slice(exponent: int, vocab: int) -> int:
+    """The tokens of a loss slice of about 2**exponent logits: at least one."""
+    return max(1, 2**exponent // vocab)
+
+
 def loss_seconds(options, vocab: int, precision: str) -> dict[int, float]:
     """Median seconds of one loss and its backward per slice exponent."""
     timer = fused_loss_timer(options.tokens, options.hidden, vocab, precision)
-    cases = {exponent: functools.partial(timer, LOSSES["forward_kl"], 2**exponent // vocab)
+    cases = {exponent: functools.partial(timer, LOSSES["forward_kl"], tokens_per_slice(exponent, vocab))
              for exponent in options.exponents}  # fmt: skip
     return median_seconds(cases, options.runs, f"V={vocab} {precision} (slice exponent)")
 
@@ -117,7 +122,7 @@ def main(argv=None) -> dict:
             seconds = loss_seconds(options, vocab, precision)
             ratio = seconds[ACCELERATOR_DEFAULT] / seconds[CPU_DEFAULT]
             results[f"{vocab}_{precision}"] = {
-                "tokens_per_slice": {str(e): max(1, 2**e // vocab) for e in options.exponents},
+                "tokens_per_slice": {str(e): tokens_per_slice(e, vocab) for e in options.exponents},
                 "median_seconds": {str(e): value for e, value in seconds.items()},
                 "accelerator_default_over_cpu_default_seconds": ratio,
             }

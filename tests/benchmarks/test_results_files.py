@@ -1,4 +1,4 @@
-"""Every benchmark's JSON says how it was produced: its command and the machine, with the load average beside it."""
+"""What the benchmarks write: their command and the machine with its load average, and what they measured."""
 
 import importlib
 import json
@@ -21,3 +21,15 @@ def test_loss_memory_writes_its_command_and_the_machine_with_its_load_average(tm
     load_average = results["machine"]["load_average_1_5_15min"]
     assert len(load_average) == 3 and all(value >= 0 for value in load_average)
     assert results["machine"]["cores"] >= 1 and results["config"]["tokens"] == 16
+
+
+def test_loss_slices_times_a_slice_smaller_than_one_token_as_one_token_as_its_json_says(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("DISTILY_BENCH_RESULTS_DIR", str(tmp_path))
+
+    payload = importlib.import_module("loss_slices").main(
+        ["--tokens", "4", "--hidden", "8", "--vocabs", "2048", "--exponents", "10", "--runs", "1", "--precision",
+         "fp32"])  # 2**10 logits: half a token of 2048
+
+    result = payload["results"]["2048_fp32"]
+    assert result["tokens_per_slice"]["10"] == 1 and result["median_seconds"]["10"] > 0
