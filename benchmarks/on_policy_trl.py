@@ -18,9 +18,10 @@ seeds, at least minus twice its standard error.
 
 Measured per run: held-out exact match (greedy, ``instruct.heldout_scores``), the wall time from loading the
 models to the trained student (TRL: models, trainer, ``train()``; Distily: ``run_distillation``, which also
-tokenizes the data (cached after the first run), checks and writes its reports), and the process's peak memory
-at that point. Goals: Distily's exact match within noise of TRL's or better (the runs' spread and the paired
-differences are in the JSON), its wall time at most 0.8x TRL's.
+tokenizes the data (cached after the first run), evaluates its eval split before and after training, checks and
+writes its reports: work TRL's time leaves out), and the process's peak memory at that point. Goals: Distily's
+exact match within noise of TRL's or better (the runs' spread and the paired differences are in the JSON), its
+wall time at most 0.8x TRL's.
 Writes ``benchmarks/results/on_policy_trl.json``.
 
 ``--vocab N`` runs the same with both models' (tied) embeddings padded to N rows, as Qwen2's 151,936 are padded
