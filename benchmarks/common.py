@@ -4,7 +4,8 @@ on CPU; ``AllocatorPeak``, PyTorch's CPU allocator read through the profiler, wh
 precise enough), the machine's description, tables and the results files.
 
 Results go to ``benchmarks/results/<name>.json``, or to ``$DISTILY_BENCH_RESULTS_DIR/<name>.json`` when
-that is set (``run_all.py --quick`` sets it, so a smoke run never overwrites measured results).
+that is set (a smoke run, ``--quick``, sets it to ``QUICK_RESULTS_DIR`` unless it is set, so it never overwrites
+measured results).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -27,11 +29,19 @@ from torch.profiler import ProfilerActivity, profile
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_DIR_VARIABLE = "DISTILY_BENCH_RESULTS_DIR"
+QUICK_RESULTS_DIR = Path(tempfile.gettempdir()) / "distily-bench-quick" / "results"
 
 
 def results_path(name: str) -> Path:
     """Where the benchmark ``name`` writes its JSON."""
     return Path(os.environ.get(RESULTS_DIR_VARIABLE) or RESULTS_DIR) / f"{name}.json"
+
+
+def keep_measured_results() -> None:
+    """Send this process's results (and its workers') to ``QUICK_RESULTS_DIR`` unless ``RESULTS_DIR_VARIABLE`` names
+    a folder: what a smoke run (``--quick``) calls, so that its tiny shapes never replace measured results."""
+    if not os.environ.get(RESULTS_DIR_VARIABLE):
+        os.environ[RESULTS_DIR_VARIABLE] = str(QUICK_RESULTS_DIR)
 
 
 def write_results(name: str, payload: dict) -> Path:

@@ -43,7 +43,8 @@ from pathlib import Path
 
 import torch
 
-from common import describe, interleaved, machine, medians, process_peak_bytes, run_worker, table, write_results
+from common import (describe, interleaved, keep_measured_results, machine, medians, process_peak_bytes, run_worker,
+                    table, write_results)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
@@ -77,6 +78,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.quick:
         vars(options).update(QUICK)
+        keep_measured_results()
     if options.runs < 1 or options.steps < 1:
         parser.error(f"--runs {options.runs} and --steps {options.steps} must be at least 1")
     if options.vocab is not None and options.vocab < 2**16:

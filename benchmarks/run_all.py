@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR_VARIABLE  # noqa: E402
+from common import QUICK_RESULTS_DIR, RESULTS_DIR_VARIABLE  # noqa: E402
 
 QUICK_WORKDIR = Path(tempfile.gettempdir()) / "distily-bench-quick"
 QUICK_ARGUMENTS = {
@@ -56,7 +56,7 @@ def main(argv=None) -> dict[str, float]:
     parser.add_argument("--results_dir", help="where the JSON results go (default: benchmarks/results; "
                                               "with --quick, a temporary directory)")
     options = parser.parse_args(argv)
-    results_dir = options.results_dir or (str(QUICK_WORKDIR / "results") if options.quick else None)
+    results_dir = options.results_dir or (str(QUICK_RESULTS_DIR) if options.quick else None)
     if results_dir:
         os.environ[RESULTS_DIR_VARIABLE] = results_dir
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, TrainerCallback, set_seed
 
-from common import (AllocatorPeak, describe, interleaved, machine, medians, peak_memory_bytes, process_peak_bytes,
-                    reset_peak_memory, run_worker, synchronize, table, write_results)
+from common import (AllocatorPeak, describe, interleaved, keep_measured_results, machine, medians, peak_memory_bytes,
+                    process_peak_bytes, reset_peak_memory, run_worker, synchronize, table, write_results)
 from distily.config import parse_config
 from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets, collate
@@ -316,6 +316,7 @@ def parse_checked(parser: argparse.ArgumentParser, argv, quick: dict) -> argpars
     options = parser.parse_args(argv)
     if options.quick:
         vars(options).update(quick)
+        keep_measured_results()
     if options.warmup < 1 or options.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
     return options

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -33,3 +35,14 @@ def test_loss_slices_times_a_slice_smaller_than_one_token_as_one_token_as_its_js
 
     result = payload["results"]["2048_fp32"]
     assert result["tokens_per_slice"]["10"] == 1 and result["median_seconds"]["10"] > 0
+
+
+@pytest.mark.parametrize("benchmark", ["training_speed", "hardware_efficiency", "real_vocab", "on_policy_trl"])
+def test_a_smoke_run_never_writes_over_the_measured_results(benchmark, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("DISTILY_BENCH_RESULTS_DIR", "")  # as in a shell that never set it
+    common = importlib.import_module("common")
+
+    importlib.import_module(benchmark).parse_arguments(["--quick"])
+
+    assert common.results_path(benchmark).parent == common.QUICK_RESULTS_DIR != common.RESULTS_DIR
