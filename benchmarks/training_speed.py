@@ -120,7 +120,8 @@ class StepClock(TrainerCallback):
 def prepare(options) -> dict:
     """Tokenizer, teacher and student directories and the corpus in --workdir (built once per shape)."""
     tokenizer_vocab = min(options.vocab, options.tokenizer_vocab or options.vocab)
-    shape = f"v{options.vocab}-h{options.hidden}-t{options.teacher_layers}-s{options.student_layers}-q{options.seq}"
+    shape = (f"v{options.vocab}-h{options.hidden}-heads{options.heads}-t{options.teacher_layers}"
+             f"-s{options.student_layers}-q{options.seq}")
     if options.arch != "llama" or options.untied or tokenizer_vocab != options.vocab:
         shape += f"-{options.arch}-{'untied' if options.untied else 'tied'}-bpe{tokenizer_vocab}"
     workdir = Path(options.workdir) / shape

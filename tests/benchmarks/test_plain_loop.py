@@ -1,4 +1,4 @@
-"""training_speed's plain loop does the work distily and TRL do: the same optimizer as the Trainer builds."""
+"""training_speed's baselines do distily's work: the optimizer the Trainer builds, on the models asked for."""
 
 import importlib
 from pathlib import Path
@@ -34,3 +34,17 @@ def test_the_plain_loop_steps_with_the_optimizer_the_trainer_builds(trainer, tmp
     assert type(optimizer) is trainer_class is torch.optim.AdamW
     assert {key: optimizer.defaults[key] for key in trainer_kwargs} == trainer_kwargs
     assert trainer_kwargs["fused"] and optimizer.defaults["weight_decay"] == 0.0
+
+
+def test_the_models_have_the_heads_asked_for_when_another_head_count_was_built_before(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("DISTILY_BENCH_RESULTS_DIR", str(tmp_path / "results"))  # where --quick would send results
+    training_speed = importlib.import_module("training_speed")
+    for heads in (2, 4):  # the same width, vocabulary, depths and sequence length in the same --workdir
+        options = training_speed.parse_arguments(["--quick", "--workdir", str(tmp_path)])
+        options.heads = heads  # --quick's shapes have 2
+
+        spec = training_speed.prepare(options)
+
+        for role in ("teacher", "student"):
+            assert AutoModelForCausalLM.from_pretrained(spec[role]).config.num_attention_heads == heads
