@@ -25,10 +25,11 @@ tokens/s = timed steps * batch * seq / that time. Memory: the peak resident set 
 the resident size when training starts (models loaded, data ready; the kernel's VmHWM, reset at that point),
 so optimizer state, gradients, activations and the loss's buffers count and model loading does not; the
 whole process's peak (VmHWM from its start) is reported beside it. On a GPU the same two figures come from the CUDA
-allocator (``common.reset_peak_memory``), and every trainer runs there. A worker whose spec holds ``"allocator": true``
-also measures the training's peak at PyTorch's CPU allocator (``common.AllocatorPeak``, tensors only:
-``allocated_peak_extra_bytes`` above ``allocated_at_start_bytes``, the tensors alive when training starts, the
-weights among them), which slows it: its time is not comparable. bf16 is autocast with fp32 weights, for all three.
+allocator (``common.reset_peak_memory``), and every trainer runs there. With --allocator (a worker whose spec holds
+``"allocator": true``) each run also measures the training's peak at PyTorch's CPU allocator (``common.AllocatorPeak``,
+tensors only: ``allocated_peak_extra_bytes`` above ``allocated_at_start_bytes``, the tensors alive when training
+starts, the weights among them; ratios ``distily_over_<baseline>_allocated_peak_memory``), which slows it: its time
+is not comparable. bf16 is autocast with fp32 weights, for all three.
 --torch_compile runs Distily with the Trainer's ``torch_compile``.
 Rounds are interleaved (distily, plain, trl, distily, ...); the table gives medians and ratios and
 benchmarks/results/training_speed.json keeps every run.
@@ -251,20 +252,25 @@ def run_cases(precision: str, trainers: tuple[str, ...], spec: dict, runs: int) 
 
 
 MEDIAN_KEYS = ("tokens_per_second", "peak_extra_bytes", "process_peak_bytes", "first_loss")
+ALLOCATED_KEY = "allocated_peak_extra_bytes"  # with ``--allocator``
+
+
+RATIOS = {"tokens_per_second": "tokens_per_second", "peak_memory": "peak_extra_bytes",
+          "process_peak_memory": "process_peak_bytes", "allocated_peak_memory": "allocated_peak_extra_bytes"}
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
-    """Medians per trainer and Distily's ratios to each baseline that ran."""
-    median = {name: medians(trainer_runs, MEDIAN_KEYS) for name, trainer_runs in runs.items()}
+    """Medians per trainer and Distily's ratios to each baseline that ran (at the allocator where every run was
+    measured there)."""
+    allocated = all(ALLOCATED_KEY in run for trainer_runs in runs.values() for run in trainer_runs)
+    keys = MEDIAN_KEYS + ((ALLOCATED_KEY,) if allocated else ())
+    median = {name: medians(trainer_runs, keys) for name, trainer_runs in runs.items()}
     ratios = {}
     for baseline in ("trl", "plain"):
         if baseline in median and "distily" in median:
-            ratios[f"distily_over_{baseline}_tokens_per_second"] = (
-                median["distily"]["tokens_per_second"] / median[baseline]["tokens_per_second"])
-            ratios[f"distily_over_{baseline}_peak_memory"] = (
-                median["distily"]["peak_extra_bytes"] / median[baseline]["peak_extra_bytes"])
-            ratios[f"distily_over_{baseline}_process_peak_memory"] = (
-                median["distily"]["process_peak_bytes"] / median[baseline]["process_peak_bytes"])
+            for name, key in RATIOS.items():
+                if key in keys:
+                    ratios[f"distily_over_{baseline}_{name}"] = median["distily"][key] / median[baseline][key]
     return {"medians": median, "ratios": ratios}
 
 
@@ -328,6 +334,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=None,
                         help="default: all three, or distily and plain where trl is not installed")
     parser.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
+    parser.add_argument("--allocator", action="store_true",
+                        help="measure the training peak at PyTorch's CPU allocator too (tensors only, as a GPU's "
+                        "allocator counts; the resident set also counts the C library's heap, which keeps what "
+                        "Distily's evaluation before training freed): the profiler slows the runs, so their times "
+                        "are not comparable")
+    parser.add_argument("--name", default="training_speed", help="the results file's name")
     parser.add_argument("--worker_precision", choices=PRECISIONS, help=argparse.SUPPRESS)
     options = parse_checked(parser, argv, QUICK)
     trl_installed = importlib.util.find_spec("trl") is not None
@@ -344,7 +356,7 @@ def main(argv=None) -> dict:
     if options.worker:
         print(json.dumps(measure(options.worker, options.worker_precision, json.loads(options.worker_spec))))
         return {}
-    spec = prepare(options)
+    spec = {**prepare(options), "allocator": options.allocator}
     results = {}
     for precision in options.precision:
         runs = run_cases(precision, tuple(options.trainers), spec, options.runs)
@@ -358,7 +370,7 @@ def main(argv=None) -> dict:
         print(report(precision, result), "\ngoals met:", result["goals_met"])
     payload = {"arguments": {k: v for k, v in vars(options).items() if not k.startswith("worker")},
                "goals": GOALS, **results}
-    print(f"wrote {write_results('training_speed', payload)}")
+    print(f"wrote {write_results(options.name, payload)}")
     return payload
 
 

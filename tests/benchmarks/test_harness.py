@@ -45,3 +45,16 @@ def test_trl_reports_finite_speed_and_memory_and_the_same_loss(quick_results):
     # position, and the trainers draw their first batch alike)
     distily_loss, trl_loss = (quick_results["medians"][name]["first_loss"] for name in ("distily", "trl"))
     assert trl_loss == pytest.approx(distily_loss, rel=0.1)
+
+
+def test_allocator_compares_the_trainers_at_pytorchs_allocator(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("DISTILY_BENCH_RESULTS_DIR", str(tmp_path / "results"))
+
+    payload = importlib.import_module("training_speed").main(
+        ["--quick", "--allocator", "--trainers", "distily", "plain", "--workdir", str(tmp_path / "work")])
+
+    medians, ratios = payload["fp32"]["medians"], payload["fp32"]["ratios"]
+    distily, plain = (medians[name]["allocated_peak_extra_bytes"] for name in ("distily", "plain"))
+    assert distily > 0 and plain > 0  # at least the gradients and AdamW's states
+    assert ratios["distily_over_plain_allocated_peak_memory"] == pytest.approx(distily / plain)
