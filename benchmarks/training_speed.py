@@ -29,7 +29,7 @@ allocator (``common.reset_peak_memory``), and every trainer runs there. With --a
 ``"allocator": true``) each run also measures the training's peak at PyTorch's CPU allocator (``common.AllocatorPeak``,
 tensors only: ``allocated_peak_extra_bytes`` above ``allocated_at_start_bytes``, the tensors alive when training
 starts, the weights among them; ratios ``distily_over_<baseline>_allocated_peak_memory``), which slows it: its time
-is not comparable. bf16 is autocast with fp32 weights, for all three.
+is not comparable, and no ratio of tokens/s is given. bf16 is autocast with fp32 weights, for all three.
 --torch_compile runs Distily with the Trainer's ``torch_compile``.
 Rounds are interleaved (distily, plain, trl, distily, ...); the table gives medians and ratios and
 benchmarks/results/training_speed.json keeps every run.
@@ -259,9 +259,9 @@ RATIOS = {"tokens_per_second": "tokens_per_second", "peak_memory": "peak_extra_b
           "process_peak_memory": "process_peak_bytes", "allocated_peak_memory": "allocated_peak_extra_bytes"}
 
 
-def summarise(runs: dict[str, list[dict]]) -> dict:
+def summarise(runs: dict[str, list[dict]], timed: bool = True) -> dict:
     """Medians per trainer and Distily's ratios to each baseline that ran (at the allocator where every run was
-    measured there)."""
+    measured there; no ratio of tokens/s unless ``timed``: runs slowed by the profiler are not)."""
     allocated = all(ALLOCATED_KEY in run for trainer_runs in runs.values() for run in trainer_runs)
     keys = MEDIAN_KEYS + ((ALLOCATED_KEY,) if allocated else ())
     median = {name: medians(trainer_runs, keys) for name, trainer_runs in runs.items()}
@@ -269,7 +269,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     for baseline in ("trl", "plain"):
         if baseline in median and "distily" in median:
             for name, key in RATIOS.items():
-                if key in keys:
+                if key in keys and (timed or key != "tokens_per_second"):
                     ratios[f"distily_over_{baseline}_{name}"] = median["distily"][key] / median[baseline][key]
     return {"medians": median, "ratios": ratios}
 
@@ -338,7 +338,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                         help="measure the training peak at PyTorch's CPU allocator too (tensors only, as a GPU's "
                         "allocator counts; the resident set also counts the C library's heap, which keeps what "
                         "Distily's evaluation before training freed): the profiler slows the runs, so their times "
-                        "are not comparable")
+                        "are not comparable and no ratio of tokens/s is given")
     parser.add_argument("--name", default="training_speed", help="the results file's name")
     parser.add_argument("--worker_precision", choices=PRECISIONS, help=argparse.SUPPRESS)
     options = parse_checked(parser, argv, QUICK)
@@ -360,7 +360,7 @@ def main(argv=None) -> dict:
     results = {}
     for precision in options.precision:
         runs = run_cases(precision, tuple(options.trainers), spec, options.runs)
-        results[precision] = {**summarise(runs), "runs": runs}
+        results[precision] = {**summarise(runs, timed=not options.allocator), "runs": runs}
         results[precision]["goals_met"] = goals_met(results[precision]["ratios"])
     info = machine()
     print(f"\n{describe(info)}\nteacher {options.teacher_layers} layers, student {options.student_layers}, width "

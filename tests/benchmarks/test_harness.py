@@ -58,3 +58,4 @@ def test_allocator_compares_the_trainers_at_pytorchs_allocator(tmp_path, monkeyp
     distily, plain = (medians[name]["allocated_peak_extra_bytes"] for name in ("distily", "plain"))
     assert distily > 0 and plain > 0  # at least the gradients and AdamW's states
     assert ratios["distily_over_plain_allocated_peak_memory"] == pytest.approx(distily / plain)
+    assert "distily_over_plain_tokens_per_second" not in ratios  # the profiler slows the runs: they are not timed
