@@ -246,7 +246,8 @@ def _differ(actual: torch.Tensor, expected: torch.Tensor) -> bool:
 def check_document_isolation(model: PreTrainedModel, role: str) -> None:
     """Refuse a model that does not keep packed documents apart: the second document's logits in a packed
     block must equal its logits alone (a model whose attention ignores restarting positions would let it
-    see the first one)."""
+    see the first one). The refusal names ``padded``, which runs each document alone as ``documents`` would;
+    ``stream`` instead joins and cuts documents, a framing only an EOS-separated family was pretrained on."""
     first, second = _probe_ids(model, ISOLATION_PROBE)
     positions = torch.cat([torch.arange(n) for n in ISOLATION_PROBE])[None]  # [1, seq]
     device = next(model.parameters()).device
@@ -254,7 +255,8 @@ def check_document_isolation(model: PreTrainedModel, role: str) -> None:
     if _differ(packed, _logits(model, second)):
         raise DistilyConfigError(
             f"the {role} ({type(model).__name__}) lets packed documents attend to each other (it ignores restarting "
-            "position_ids); expected packing=stream for this model"
+            "position_ids); expected packing=padded for this model (each document alone), or stream if it was "
+            "pretrained on a stream of documents"
         )
 
 

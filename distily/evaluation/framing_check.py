@@ -55,7 +55,8 @@ def check_framing(
     packed_loss = heldout_metrics(teacher, blocks, **measure)["lm_loss"]
     aligned_loss = heldout_metrics(teacher, aligned, **measure)["lm_loss"]
     if packed_loss > (1 + TOLERANCE) * aligned_loss:
-        better = "documents" if framing.packing != "documents" else "stream"
+        # padded: each document alone, as documents, for a model that ignores restarting positions too
+        better = "documents or padded" if framing.packing != "documents" else "stream"
         logger.warning(
             f"packing={framing.packing} makes the teacher's held-out loss {packed_loss:.3f} nats against "
             f"{aligned_loss:.3f} on the same documents run alone (+{packed_loss / aligned_loss - 1:.0%}); "

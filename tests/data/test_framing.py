@@ -2,12 +2,13 @@
 BOS-anchored teacher measured by Distily scores what plain transformers gives on the same sequences."""
 
 import logging
+import re
 from functools import partial
 
 import datasets
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, OPTConfig
 
 from distily.data.arguments import DataArguments
 from distily.data.alignment import ModelFraming
@@ -17,7 +18,7 @@ from distily.data.framing import (
 from distily.data.text import build_datasets, collate, load_documents, split_text
 from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
-from distily.evaluation.heldout import Evaluator
+from distily.evaluation.heldout import Evaluator, heldout_metrics
 from distily.recording.arguments import GenerateArguments
 from distily.recording.generate import sample_sequences, start_token, write_samples
 from tiny import (
@@ -195,6 +196,24 @@ def test_a_model_that_lets_documents_see_each_other_is_refused():
     check_document_isolation(AutoModelForCausalLM.from_config(tiny_config("llama", layers=2)), "student")
 
 
+def test_the_packing_a_refused_model_is_told_to_use_measures_it_on_each_document_alone(bos_tokenizer):
+    """OPT ignores restarting positions and its tokenizer starts every text with BOS: the packing the refusal names
+    must score each document alone, as plain transformers does (stream, once named, joined and cut them: +86% on a
+    trained OPT's held-out loss, and the framing guard then asked for documents, which is refused)."""
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(bos_tokenizer), hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
+                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(DistilyConfigError, match=r"lets packed documents attend") as refusal:
+        check_document_isolation(model, "teacher")
+    packing = re.search(r"expected packing=(\w+)", str(refusal.value)).group(1)
+    documents = bos_tokenizer(make_documents(12, seed=3))["input_ids"]
+    blocks = Framing.for_tokenizer(packing, bos_tokenizer, 128, pretokenized=False).pack(documents)
+    rows = [dict(zip(blocks, row)) for row in zip(*blocks.values())]
+    measured = heldout_metrics(model, rows, partial(collate, pad_token_id=0), batch_size=4)["lm_loss"]
+    assert measured == pytest.approx(plain_loss(model, documents), rel=1e-5)
+
+
 def test_a_model_that_sees_later_tokens_is_refused_and_causal_ones_pass(tmp_path):
     from transformers import BertLMHeadModel
 
@@ -351,6 +370,7 @@ def test_stream_packing_hurts_a_bos_teacher_and_the_guard_says_so(bos_teacher, b
         report = check_framing(bos_teacher, stream.eval_documents, bos_tokenizer, stream.framing, "text", collate_fn, 4)
     assert report.teacher_lm_loss_packed > 1.3 * report.teacher_lm_loss_documents
     assert "packing=stream makes the teacher's held-out loss" in caplog.text
+    assert "expected packing=documents or padded" in caplog.text  # padded too: a model may ignore document masks
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="distily"):
         report = check_framing(bos_teacher, framed.eval_documents, bos_tokenizer, framed.framing, "text", collate_fn, 4)
