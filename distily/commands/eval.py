@@ -14,6 +14,7 @@ from transformers import AutoConfig, PreTrainedModel
 from distily.config import EvalConfig, make_parser, parse_eval_config
 from distily.data.arguments import DataArguments
 from distily.data.chat import adopt_chat_template
+from distily.data.framing import check_models_keep_documents_apart
 from distily.data.text import collate, default_cache_dir
 from distily.errors import DistilyConfigError
 from distily.evaluation.generations import GenerationEvaluator, generation_eval
@@ -87,6 +88,8 @@ def run_evaluation(config: EvalConfig) -> dict:
     cache_dir = command.tokenization_cache_dir or default_cache_dir()
     sets = load_eval_sets(evaluation.eval_datasets, tokenizer, max_seq_length, cache_dir, command.max_eval_samples,
                           command.packing, command.text_document_delimiter)
+    check_models_keep_documents_apart([("model", model), *([("teacher", teacher)] if teacher is not None else [])],
+                                      None, sets.values())
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     evaluator = Evaluator(sets, partial(collate, pad_token_id=pad_token_id), command.per_device_eval_batch_size,
                           teacher, vocab_size, tokenizer, teacher_tokenizer)

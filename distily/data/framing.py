@@ -30,9 +30,11 @@ varlen flash-attention kernels, as TRL's padding-free collator does.
 """
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Optional
 
+import datasets
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -258,6 +260,16 @@ def check_document_isolation(model: PreTrainedModel, role: str) -> None:
             "position_ids); expected packing=padded for this model (each document alone), or stream if it was "
             "pretrained on a stream of documents"
         )
+
+
+def check_models_keep_documents_apart(models: Iterable[tuple[str, PreTrainedModel]], framing: Optional[Framing],
+                                      eval_sets: Iterable[datasets.Dataset] = ()) -> None:
+    """``check_document_isolation`` for every (role, model) that will read blocks of packed documents: in training
+    and held-out blocks under ``framing`` with document masks, or in a named eval set carrying ``position_ids``
+    (text eval sets are packed as documents even when chat training data is padded)."""
+    if framing is not None and framing.document_masks or any(POSITION_IDS in s.column_names for s in eval_sets):
+        for role, model in models:
+            check_document_isolation(model, role)
 
 
 @torch.no_grad()

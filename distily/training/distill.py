@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, set_seed
 
 import distily
 from distily.config import DistillConfig
-from distily.data.framing import check_causality, check_document_isolation
+from distily.data.framing import check_causality, check_models_keep_documents_apart
 from distily.errors import RunInterrupted
 from distily.evaluation.harness import check_chat_template, task_manager
 from distily.evaluation.generations import with_generations
@@ -136,9 +136,6 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         shape = parameter_count(student), architecture_summary(student)
         vocab_size = teacher.logit_columns(student)
         data = teacher.datasets(student)
-        if data.framing is not None and data.framing.document_masks:  # every model that runs keeps documents apart
-            for role, model in (*teacher.probed_models(), ("student", student)):
-                check_document_isolation(model, role)
         resolved_objective = teacher.resolve_objective(config.objective, data.train)
         run = ResolvedRun(config, resolved_objective, data.max_seq_length, vocab_size)
         objective = build_objective(run.objective, teacher.model.config, student.config, vocab_size,
@@ -157,6 +154,9 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         with training.main_process_first(local=training.save_on_each_node, desc="tokenizing the eval sets"):
             eval_sets = named_eval_sets(config, teacher.student_tokenizer, run.max_seq_length)
         eval_set_sources, eval_overlap = eval_set_metrics(config, eval_sets, data.train, data.eval, run.max_seq_length)
+        # every model that runs keeps packed documents apart, in training and in every evaluation
+        check_models_keep_documents_apart((*teacher.probed_models(), ("student", student)), data.framing,
+                                          eval_sets.values())
         same_tokens = teacher.student_tokenizer is teacher.tokenizer
         generations = generation_evaluator(
             config, teacher.student_tokenizer, teacher.live_model if same_tokens else None, vocab_size,

@@ -1,6 +1,7 @@
 """Framing: blocks open the way the model's pretraining contexts did, documents never see each other, and a
 BOS-anchored teacher measured by Distily scores what plain transformers gives on the same sequences."""
 
+import json
 import logging
 import re
 from functools import partial
@@ -13,7 +14,8 @@ from transformers import AutoModelForCausalLM, OPTConfig
 from distily.data.arguments import DataArguments
 from distily.data.alignment import ModelFraming
 from distily.data.framing import (
-    Framing, check_causality, check_document_isolation, document_separator_id, model_inputs, resolve_packing,
+    Framing, check_causality, check_document_isolation, check_models_keep_documents_apart, document_separator_id,
+    model_inputs, resolve_packing,
 )
 from distily.data.text import build_datasets, collate, load_documents, split_text
 from distily.errors import DistilyConfigError
@@ -212,6 +214,41 @@ def test_the_packing_a_refused_model_is_told_to_use_measures_it_on_each_document
     rows = [dict(zip(blocks, row)) for row in zip(*blocks.values())]
     measured = heldout_metrics(model, rows, partial(collate, pad_token_id=0), batch_size=4)["lm_loss"]
     assert measured == pytest.approx(plain_loss(model, documents), rel=1e-5)
+
+
+def _opt(tokenizer):
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
+                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_only_models_that_will_read_packed_documents_are_probed(bos_tokenizer):
+    packed = datasets.Dataset.from_dict({"input_ids": [[1, 2]], "position_ids": [[0, 0]]})
+    plain = datasets.Dataset.from_dict({"input_ids": [[1, 2]]})
+    teacher = [("teacher", _opt(bos_tokenizer))]
+    check_models_keep_documents_apart(teacher, Framing("padded", 64), [plain])  # no packed documents anywhere
+    for framing, eval_sets in ((Framing("documents", 64), [plain]), (Framing("padded", 64), [plain, packed]),
+                               (None, [packed])):
+        with pytest.raises(DistilyConfigError, match=r"the teacher \(OPTForCausalLM\) lets packed documents attend"):
+            check_models_keep_documents_apart(teacher, framing, eval_sets)
+
+
+def test_distily_eval_refuses_a_model_that_would_read_across_packed_documents(bos_tokenizer, tmp_path, capsys):
+    """eval never probed its models: a BOS tokenizer packs named eval sets as documents, and a model ignoring
+    restarting position_ids (OPT) read across them silently (+5.7% held-out loss on a trained OPT)."""
+    from distily.cli import main
+
+    model_dir = tmp_path / "opt"
+    _opt(bos_tokenizer).save_pretrained(model_dir)
+    bos_tokenizer.save_pretrained(model_dir)
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(make_documents(12, seed=3)))
+    arguments = ["eval", str(model_dir), "--eval_datasets", json.dumps({"text": str(text)}), "--max_seq_length", "64",
+                 "--tokenization_cache_dir", str(tmp_path / "cache")]
+    assert main(arguments) == 2
+    assert "lets packed documents attend to each other" in capsys.readouterr().err
+    assert main([*arguments, "--packing", "padded"]) == 0
 
 
 def test_a_model_that_sees_later_tokens_is_refused_and_causal_ones_pass(tmp_path):
