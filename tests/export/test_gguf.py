@@ -240,6 +240,7 @@ def test_a_student_whose_activation_llama_cpp_does_not_compute_is_refused(archit
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+LLAMA3 = {"rope_parameters": LLAMA3_ROPE, "max_position_embeddings": 128}  # longer than the original context
 
 
 def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
@@ -268,7 +269,8 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
 def test_a_rescaled_rotary_embedding_is_written_as_llama_cpps_rope_freqs(rope, expected, tokenizer_dir, tmp_path):
     """A Llama 3.x student (rope_type llama3) or a linearly scaled one: llama.cpp's llama graph divides its default
     frequencies by rope_freqs, which must be the published scaling's factors."""
-    path = write_gguf(tiny_student("llama", rope_parameters=rope), tokenizer_dir, tmp_path / "student.gguf")
+    path = write_gguf(tiny_student("llama", rope_parameters=rope, max_position_embeddings=128), tokenizer_dir,
+                      tmp_path / "student.gguf")
     reader = gguf.GGUFReader(str(path))
     stored = {tensor.name: tensor for tensor in reader.tensors}["rope_freqs.weight"]
     head_dim = 256 // 4
@@ -285,7 +287,7 @@ def test_a_rescaled_rotary_embedding_is_written_as_llama_cpps_rope_freqs(rope, e
     ("llama", {}, {"rope_parameters": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}},
      "supports the rotary embeddings default, linear, llama3 over whole heads; got .*dynamic"),
     ("llama", {}, {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0}}, "got .*yarn"),
-    ("llama", {"subln": True}, {"tie_word_embeddings": True, "rope_parameters": LLAMA3_ROPE},
+    ("llama", {"subln": True}, {"tie_word_embeddings": True, **LLAMA3},
      "GGUF export of a bitnet student supports the rotary embeddings default over whole heads; got"),
 ])
 def test_a_rotary_embedding_llama_cpp_would_rotate_otherwise_is_refused(architecture, options, config, match,
@@ -319,7 +321,7 @@ def test_export_run_gguf_rejects_a_llama_cpp_perplexity_mismatch(tokenizer_dir, 
 @pytest.mark.parametrize("architecture, options, config, head_scale", [
     ("llama", {}, {}, 2), ("gpt2", {}, {}, 8), ("phi3", {}, {}, 2),
     ("llama", {"subln": True}, {"tie_word_embeddings": True}, 2),
-    ("llama", {}, {"rope_parameters": LLAMA3_ROPE}, 2), ("mistral", {}, {}, 2), ("qwen2", {}, {}, 2),
+    ("llama", {}, LLAMA3, 2), ("mistral", {}, {}, 2), ("qwen2", {}, {}, 2),
     ("qwen3", {}, {}, 2),
 ])
 def test_llama_cpp_perplexity_matches_pytorch(architecture, options, config, head_scale, tokenizer_dir, tmp_path):
