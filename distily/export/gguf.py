@@ -110,7 +110,8 @@ def _graph(model: PreTrainedModel) -> str:
         return "bitnet"
     if model_type not in GRAPHS:
         raise DistilyConfigError(f"no GGUF mapping for model_type '{model_type}'; expected one of {', '.join(GRAPHS)}")
-    window = getattr(model.config, "sliding_window", None) if getattr(model.config, "use_sliding_window", True) else None
+    windowed = getattr(model.config, "use_sliding_window", True)  # Qwen2 says so apart from the window's size
+    window = getattr(model.config, "sliding_window", None) if windowed else None
     if window is not None and window < model.config.max_position_embeddings:
         raise DistilyConfigError(
             f"the student attends within a sliding window of {window} tokens, which llama.cpp's "

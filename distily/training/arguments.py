@@ -56,7 +56,8 @@ class DistillationTrainingArguments(TrainingArguments):
     save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept, the newest (0: all)."})
     report_to: list[str] = field(
         default_factory=lambda: ["tensorboard"],
-        metadata={"help": "Loggers, one or several (--report_to tensorboard wandb): tensorboard, wandb, ...; none or all"},
+        metadata={"help": "Loggers, one or several (--report_to tensorboard wandb): tensorboard, wandb, ...; "
+                          "none or all"},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep all dataset columns (needed)."})
     include_num_input_tokens_seen: str = field(
