@@ -153,6 +153,12 @@ def case_token_id_out_of_range(values, tmp_path):
     return "row 3 (counting from 0) holds token id 320; expected ids in 0..319 (the models' vocabulary)"
 
 
+def case_token_id_out_of_range_in_an_eval_set(values, tmp_path):
+    path = _token_rows(tmp_path, bad_row=2, bad_id=320)
+    values["eval_datasets"] = {"tokens": path}
+    return f"eval_datasets['tokens']: dataset '{path}' row 2 (counting from 0) holds token id 320; expected ids in 0..319"
+
+
 def case_negative_token_id(values, tmp_path):
     values["dataset_name"] = _token_rows(tmp_path, bad_row=17, bad_id=-1)
     return "row 17 (counting from 0) holds token id -1; expected ids in 0..319"
@@ -373,6 +379,7 @@ CASES = [
     case_malformed_jsonl_line,
     case_jsonl_line_not_an_object,
     case_token_id_out_of_range,
+    case_token_id_out_of_range_in_an_eval_set,
     case_negative_token_id,
     case_dataset_too_short,
     case_missing_dataset_without_dot_slash,

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
 from distily.data.text import (
-    data_framing, documents_with_content, evaluated_rows, load_documents, tokenize_and_pack,
+    check_token_ids, data_framing, documents_with_content, evaluated_rows, load_documents, tokenize_and_pack,
 )
 from distily.errors import DistilyConfigError
 
@@ -56,6 +56,7 @@ def load_eval_set(
     )
     try:
         documents = documents_with_content(load_documents(args), args)
+        check_token_ids(documents, len(tokenizer), args)  # pre-tokenized rows: ids of the tokenizer's vocabulary
     except DistilyConfigError as err:
         raise DistilyConfigError(f"eval_datasets[{name!r}]: {err}")
     framing = data_framing(documents, tokenizer, max_seq_length, packing)
