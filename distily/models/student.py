@@ -3,7 +3,7 @@ initialised randomly or from chosen teacher layers; then named modules copied an
 
 import copy
 import os
-from typing import Callable, NamedTuple, Optional
+from typing import Optional
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -13,6 +13,7 @@ from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import ModelArguments
 from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student
+from distily.models.moe_layers import MOE_LAYER_KEYS, moe_layer_values
 from distily.models.teacher import from_pretrained
 
 DEPTH = "num_hidden_layers"
@@ -105,79 +106,6 @@ def evenly_spaced_layers(teacher_depth: int, student_depth: int) -> list[int]:
     if student_depth == 1:
         return [teacher_depth - 1]
     return [round(i * (teacher_depth - 1) / (student_depth - 1)) for i in range(student_depth)]
-
-
-class MoeLayerSetting(NamedTuple):
-    """Config keys that say which layers are a mixture of experts, not as a per-layer list: ``is_moe(values, layer)``
-    reads a layer's kind from a config's values, ``write(is_moe)`` gives the values under which a student's layer i
-    is MoE exactly where ``is_moe[i]``, or None where these keys cannot say so."""
-    keys: tuple[str, ...]
-    is_moe: Callable[[dict, int], bool]
-    write: Callable[[list[bool]], Optional[dict]]
-
-
-def _dense_first(key: str) -> MoeLayerSetting:
-    """The first ``key`` layers are dense, the others MoE."""
-    def write(is_moe: list[bool]) -> Optional[dict]:
-        dense = is_moe.count(False)
-        return None if any(is_moe[:dense]) else {key: dense}
-    return MoeLayerSetting((key,), lambda values, layer: layer >= values[key], write)
-
-
-def _moe_run(is_moe: list[bool]) -> Optional[dict]:
-    """Ernie 4.5's MoE layers, one run of them."""
-    moe = [layer for layer, flag in enumerate(is_moe) if flag]
-    start, end = (moe[0], moe[-1]) if moe else (len(is_moe), len(is_moe) - 1)
-    if moe != list(range(start, end + 1)):
-        return None
-    return {"moe_layer_start_index": start, "moe_layer_end_index": end, "moe_layer_interval": 1}
-
-
-MOE_LAYER_SETTINGS = (
-    # Qwen2-MoE, Qwen3-MoE, Qwen3-Next: the layers in mlp_only_layers are dense, the others MoE every
-    # decoder_sparse_step-th
-    MoeLayerSetting(
-        ("mlp_only_layers", "decoder_sparse_step"),
-        lambda values, layer: layer not in values["mlp_only_layers"]
-        and (layer + 1) % values["decoder_sparse_step"] == 0,
-        lambda is_moe: {"mlp_only_layers": [i for i, moe in enumerate(is_moe) if not moe], "decoder_sparse_step": 1},
-    ),
-    # Llama 4: the layers in moe_layers (derived from interleave_moe_layer_step when not given) are MoE
-    MoeLayerSetting(("moe_layers",), lambda values, layer: layer in values["moe_layers"],
-                    lambda is_moe: {"moe_layers": [i for i, moe in enumerate(is_moe) if moe]}),
-    _dense_first("first_k_dense_replace"),  # DeepSeek-V2/V3, GLM-4 MoE, dots1, Mistral 4
-    _dense_first("num_dense_layers"),  # AFMoE, LFM2-MoE
-    # Ernie 4.5: every moe_layer_interval-th layer from moe_layer_start_index to moe_layer_end_index is MoE
-    MoeLayerSetting(
-        ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval"),
-        lambda values, layer: values["moe_layer_start_index"] <= layer <= values["moe_layer_end_index"]
-        and (layer + 1) % values["moe_layer_interval"] == 0,
-        _moe_run,
-    ),
-)
-
-MOE_LAYER_KEYS = frozenset(key for setting in MOE_LAYER_SETTINGS for key in setting.keys)
-
-
-def moe_layer_values(config: PretrainedConfig, values: dict, sources: list[int], changes: dict) -> dict:
-    """The values of ``config``'s ``MOE_LAYER_SETTINGS`` under which student layer i is dense or MoE as layer
-    ``sources[i]`` of ``config`` is; none where a per-layer ``mlp_layer_types`` says it, or the overrides set them."""
-    written = {}
-    if "mlp_layer_types" in values:
-        return written
-    for setting in MOE_LAYER_SETTINGS:
-        if any(values.get(key) is None or key in changes for key in setting.keys):
-            continue
-        is_moe = [setting.is_moe(values, index) for index in sources]
-        student_values = setting.write(is_moe)
-        if student_values is None:
-            raise DistilyConfigError(
-                f"student layers standing for layers {sources} would be "
-                f"{', '.join('MoE' if moe else 'dense' for moe in is_moe)}, which {type(config).__name__}'s "
-                f"{', '.join(setting.keys)} cannot express; expected student_layers_from_teacher in increasing order"
-            )
-        written.update(student_values)
-    return written
 
 
 def teacher_layer_sources(chosen: Optional[list[int]], teacher_depth: int, student_depth: int) -> list[int]:
