@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from distily.arguments import file_in_the_way
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
@@ -122,12 +123,11 @@ def read_manifest(path: Path) -> dict:
 def check_store_directory(path: str | os.PathLike) -> None:
     """A store is a directory: ``teacher_store`` naming an existing file, or a path below one, is refused in one line
     (checked before the teacher loads, not when the first shard is written)."""
-    path = Path(path)
-    existing = next((where for where in (path, *path.parents) if where.exists()), None)
-    if existing is None or existing.is_dir():
-        return
-    where = "is an existing file" if existing == path else f"is below the file {str(existing)!r}"
-    raise DistilyConfigError(f"teacher_store={str(path)!r} {where}; expected a directory (new, or a store to resume)")
+    where = file_in_the_way(path)
+    if where is not None:
+        raise DistilyConfigError(
+            f"teacher_store={str(path)!r} {where}; expected a directory (new, or a store to resume)"
+        )
 
 
 def _first_difference(old: dict, new: dict) -> Optional[str]:
