@@ -326,9 +326,11 @@ def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
         raise DistilyConfigError(
             f"no byte-level BPE or SentencePiece tokenizer in {path}; expected tokenizer.json or tokenizer.model"
         )
+    byte_level = vocab.tokenizer_model == "gpt2"
+    settings = json.loads((path / "tokenizer.json").read_text(encoding="utf-8")) if byte_level else {}
     entries = list(vocab.all_tokens())
-    if vocab.tokenizer_model == "gpt2":
-        entries = _added_token_types(path, entries)
+    if byte_level:
+        entries = _added_token_types(settings, entries)
     if len(entries) > model_vocab_size:
         raise DistilyConfigError(
             f"tokenizer in {path} has {len(entries)} tokens; expected at most the model's {model_vocab_size}"
@@ -339,27 +341,28 @@ def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
     tokens, scores, types = zip(*entries)
     return _Vocabulary(
         model=vocab.tokenizer_model,
-        pre=_pre_tokenizer(path) if vocab.tokenizer_model == "gpt2" else "default",
+        pre=_pre_tokenizer(path, settings) if byte_level else "default",
         tokens=list(tokens), scores=list(scores), types=[int(kind) for kind in types],
-        special=gguf.SpecialVocab(path, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=model_vocab_size),
+        special=gguf.SpecialVocab(path, load_merges=byte_level, n_vocab=model_vocab_size),
     )
 
 
-def _added_token_types(path: Path, entries: list[tuple]) -> list[tuple]:
-    """The entries with the token types llama.cpp's own converter gives a tokenizer's added tokens: CONTROL for a
-    special one, USER_DEFINED for another. gguf's BPE reader leaves an added token that is also in the base
-    vocabulary (GPT-2's <|endoftext|>) NORMAL, so llama.cpp would print it as text."""
-    added = json.loads((path / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
+def _added_token_types(settings: dict, entries: list[tuple]) -> list[tuple]:
+    """The entries with the token types llama.cpp's own converter gives the added tokens of a tokenizer.json
+    (``settings``): CONTROL for a special one, USER_DEFINED for another. gguf's BPE reader leaves an added token that
+    is also in the base vocabulary (GPT-2's <|endoftext|>) NORMAL, so llama.cpp would print it as text."""
+    added = settings.get("added_tokens", [])
     kinds = {token["id"]: gguf.TokenType.CONTROL if token.get("special") else gguf.TokenType.USER_DEFINED
              for token in added}
     return [(text, score, kinds.get(index, kind)) for index, (text, score, kind) in enumerate(entries)]
 
 
-def _pre_tokenizer(path: Path) -> str:
-    """llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) for the byte-level BPE tokenizer in `path`: GPT-2's for a
-    ByteLevel pre-tokenizer with its own regex, SPLIT_PRE_TOKENIZERS' for a Split by a known regex before a plain
-    ByteLevel; any other would be split by llama.cpp's default regex, unlike transformers, and is refused."""
-    pre = json.loads((path / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+def _pre_tokenizer(path: Path, settings: dict) -> str:
+    """llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) for the byte-level BPE tokenizer in `path` (its
+    tokenizer.json: ``settings``): GPT-2's for a ByteLevel pre-tokenizer with its own regex, SPLIT_PRE_TOKENIZERS'
+    for a Split by a known regex before a plain ByteLevel; any other would be split by llama.cpp's default regex,
+    unlike transformers, and is refused."""
+    pre = settings.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return "gpt-2"
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
