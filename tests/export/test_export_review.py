@@ -53,7 +53,8 @@ def save_run_with_custom_tokenizer(run):
     (run / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def test_export_passes_trust_remote_code_to_the_runs_tokenizer(tmp_path, capsys):
+def test_export_passes_trust_remote_code_to_the_runs_tokenizer(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("distily.export.gguf.llama_cpp_available", lambda: False)  # as where it is not installed
     run = tmp_path / "run"
     save_run_with_custom_tokenizer(run)
     assert main(["export", str(run), "--format", "gguf", "--trust_remote_code"]) == 0
