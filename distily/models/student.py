@@ -66,7 +66,7 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
         if values.get("head_dim") == values[width] // values[heads]:  # derived from them: derive it again (Qwen3
             values["head_dim"] = new_width // new_heads  # and Gemma would fall back to a fixed default, not this)
     if depth in changes:
-        sources = layer_sources or evenly_spaced_layers(values[depth], check_layer_count(changes[depth]))
+        sources = layer_sources or evenly_spaced_layers(values[depth], changes[depth])  # a count: checked above
         moe_values = moe_layer_values(config, values, sources, changes)
         for key, value in values.items():
             if "layer" in key and key not in changes and key not in MOE_LAYER_KEYS and isinstance(value, list) \
