@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -9,12 +10,14 @@ from transformers import PreTrainedModel
 
 from distily.outputs import file_sha256
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)")
+"""What ``from_pretrained`` loads weights from: whole or sharded, safetensors or pickled. A Trainer's output folder
+also holds ``training_args.bin`` (its pickled arguments), which is no weight file and changes with every run."""
 
 
 def weights_sha256(directory: str | os.PathLike) -> Optional[str]:
     """One hash over a local checkpoint's weight files (names and contents); None if it has none."""
-    files = sorted(p for p in Path(directory).iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    files = sorted(p for p in Path(directory).iterdir() if WEIGHT_FILE.fullmatch(p.name) and p.is_file())
     if not files:
         return None
     digest = hashlib.sha256()
