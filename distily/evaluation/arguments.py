@@ -177,8 +177,8 @@ class EvaluationArguments:
             "help": "More arguments of lm-eval's HFLM model, as a JSON object, for teacher and student alike: e.g. "
             "{\"think_end_token\": \"</think>\"} (a reasoning model's generated answers are read after its "
             "reasoning), {\"max_length\": 4096}, {\"add_bos_token\": true}. The models are Distily's, already "
-            "loaded, so arguments about loading one do not apply; the chat template's variables are "
-            "chat_template_kwargs."
+            "loaded, so arguments about loading one (dtype, device, peft, parallelize, ...) are refused; the chat "
+            "template's variables are chat_template_kwargs."
         },
     )
 

@@ -41,10 +41,16 @@ def task_manager(args: EvaluationArguments):
 
 SET_BY_DISTILY = {"pretrained": "the model", "tokenizer": "the model's tokenizer",
                   "batch_size": "per_device_eval_batch_size", "chat_template_args": "chat_template_kwargs"}
+# HFLM arguments for loading a model (or tokenizer) itself: HFLM ignores them for the loaded model Distily hands it,
+# or refuses that model (parallelize, tp_plan)
+LOADING_ARGS = ("revision", "subfolder", "device", "dtype", "trust_remote_code", "use_fast_tokenizer", "parallelize",
+                "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "tp_plan", "peft", "delta", "autogptq",
+                "gptqmodel", "gguf_file")
 
 
 def _check_model_args(model_args: dict) -> None:
-    """``lm_eval_model_args`` names arguments of HFLM that Distily does not set itself."""
+    """``lm_eval_model_args`` names arguments of HFLM that apply to a loaded model and that Distily does not set
+    itself, and holds what HFLM requires of them (checked before training: HFLM is built after it)."""
     from lm_eval.models.huggingface import HFLM
 
     known = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
@@ -54,6 +60,12 @@ def _check_model_args(model_args: dict) -> None:
                 f"lm_eval_model_args sets {key!r}, which Distily sets from {SET_BY_DISTILY[key]}; expected "
                 "other HFLM arguments"
             )
+        if key in LOADING_ARGS:
+            raise DistilyConfigError(
+                f"lm_eval_model_args sets {key!r}, which lm-eval's HFLM uses only to load a model itself, not for "
+                "the loaded model Distily gives it; expected arguments for a loaded model, such as think_end_token "
+                "or max_length"
+            )
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -61,6 +73,11 @@ def _check_model_args(model_args: dict) -> None:
                 f"lm_eval_model_args: {key!r} is not an argument of lm-eval's HFLM{hint}; expected one of its "
                 "named arguments, such as think_end_token or max_length"
             )
+    if model_args.get("enable_thinking") and model_args.get("think_end_token") is None:
+        raise DistilyConfigError(
+            "lm_eval_model_args sets enable_thinking=true without think_end_token; expected think_end_token too "
+            "(the text that ends the reasoning, e.g. </think>), as lm-eval's HFLM requires"
+        )
 
 
 def _manager_for(args: EvaluationArguments):

@@ -220,6 +220,12 @@ def test_lm_eval_model_args_reach_hflm_and_key_the_teachers_cache(teacher_dirs, 
     ({"batch_size": 8}, "lm_eval_model_args sets 'batch_size', which Distily sets from per_device_eval_batch_size"),
     ({"chat_template_args": {}}, "lm_eval_model_args sets 'chat_template_args', which Distily sets from "
                                  "chat_template_kwargs"),
+    # HFLM ignored these for a loaded model (the card still named them), or refused it after training
+    ({"dtype": "bfloat16"}, "lm_eval_model_args sets 'dtype', which lm-eval's HFLM uses only to load a model itself"),
+    ({"peft": "adapter"}, "lm_eval_model_args sets 'peft', which lm-eval's HFLM uses only to load a model itself"),
+    ({"parallelize": True}, "lm_eval_model_args sets 'parallelize', which lm-eval's HFLM uses only to load a model"),
+    ({"enable_thinking": True}, "lm_eval_model_args sets enable_thinking=true without think_end_token; expected "
+                                "think_end_token too"),
 ])
 def test_bad_lm_eval_model_args_are_refused_before_training_in_one_line(tmp_path, model_args, message):
     args = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_include_path=write_local_task(tmp_path / "tasks"),
