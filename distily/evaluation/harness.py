@@ -25,8 +25,9 @@ from distily.paths import distily_cache_dir
 
 def task_manager(args: EvaluationArguments):
     """The harness's ``TaskManager`` for ``args.lm_eval_tasks``, checked before any model is trained: a missing
-    harness, an unknown task or a task whose data cannot be loaded (offline and not cached, a dataset that is
-    not there) fails now, in one line, not after training."""
+    harness, an unknown task, a task whose data cannot be loaded (offline and not cached, a dataset that is
+    not there) or one that two of the tasks run (a task and a group holding it) fails now, in one line, not after
+    training."""
     if importlib.util.find_spec("lm_eval") is None:
         raise DistilyConfigError(
             f"lm_eval_tasks={args.lm_eval_tasks} needs lm-evaluation-harness, which is not installed; expected "
@@ -34,8 +35,14 @@ def task_manager(args: EvaluationArguments):
         )
     _check_model_args(args.lm_eval_model_args)
     manager = _manager_for(args)
+    run_by: dict[str, str] = {}  # each task that runs -> the first of lm_eval_tasks that runs it
     for task in args.lm_eval_tasks:
-        _check_task_loads(task, manager)
+        for member in _check_task_loads(task, manager):
+            if run_by.setdefault(member, task) != task:
+                raise DistilyConfigError(
+                    f"lm_eval_tasks: {member!r} is run by both {run_by[member]!r} and {task!r}; expected each task "
+                    "once (a group runs its members)"
+                )
     return manager
 
 
@@ -102,14 +109,20 @@ def _manager_for(args: EvaluationArguments):
     return manager
 
 
-def _check_task_loads(task: str, manager) -> None:
+def _leaf_tasks(task_dict: dict) -> set[str]:
+    """The names of the tasks in the harness's ``get_task_dict`` answer (``{group: {task name: Task}}``, nested)."""
+    return {leaf for name, value in task_dict.items()
+            for leaf in (_leaf_tasks(value) if isinstance(value, dict) else [name])}
+
+
+def _check_task_loads(task: str, manager) -> set[str]:
     """Build ``task`` as the harness will after training, which loads its data (from the datasets cache the
-    second time). Whatever the harness or ``datasets`` raise (a dataset not on the Hub, the Hub unreachable or
-    offline without a cached copy, a bad task file) is told in one line."""
+    second time), and return the names of the tasks it runs. Whatever the harness or ``datasets`` raise (a dataset
+    not on the Hub, the Hub unreachable or offline without a cached copy, a bad task file) is told in one line."""
     from lm_eval.tasks import get_task_dict
 
     try:
-        get_task_dict([task], manager)
+        return _leaf_tasks(get_task_dict([task], manager))
     except Exception as error:  # the harness lets any of datasets' and the Hub's errors through
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
         raise DistilyConfigError(
@@ -138,22 +151,37 @@ def _descendants(group_subtasks: dict[str, list[str]], names: list[str]) -> set[
     return found
 
 
+def _scores(values: dict[str, Any]) -> dict[str, float]:
+    """A task's or group's numbers in the harness's results (``metric,filter``), named by ``_metric_name``."""
+    return {_metric_name(*key.split(",", 1)): float(value) for key, value in values.items()
+            if "," in key and isinstance(value, (int, float))}
+
+
+def _hidden(group_subtasks: dict[str, list[str]], results: dict[str, dict], names: list[str]) -> set[str]:
+    """What ``names`` report in place of: every member of a group with its own aggregate; for a group without one
+    (the harness gives it no numbers), what its members report in place of."""
+    hidden = set()
+    for name in names:
+        if _scores(results.get(name, {})):
+            hidden |= _descendants(group_subtasks, [name])
+        else:
+            hidden |= _hidden(group_subtasks, results, group_subtasks.get(name, []))
+    return hidden
+
+
 def task_results(raw: dict[str, Any], requested: list[str]) -> dict[str, dict[str, float]]:
     """``{task: {metric: value, metric_stderr: value, samples: n}}`` from the harness's results: the requested
-    tasks and groups (a group's own aggregate, not its members), and the members of requested tags. A metric
-    with a filter other than ``none`` is named ``metric_filter``, its stderr ``metric_filter_stderr`` (the name
-    the tables and the model card read as that metric's stderr); stderrs the harness did not compute are left out.
+    tasks and groups (a group's own aggregate, not its members; a group without an aggregate, its members), and
+    the members of requested tags. A metric with a filter other than ``none`` is named ``metric_filter``, its
+    stderr ``metric_filter_stderr`` (the name the tables and the model card read as that metric's stderr); stderrs
+    the harness did not compute are left out.
     """
-    hidden = _descendants(raw.get("group_subtasks", {}), requested) - set(requested)
+    hidden = _hidden(raw.get("group_subtasks", {}), raw["results"], requested) - set(requested)
     results = {}
     for task, values in raw["results"].items():
-        if task in hidden:
+        metrics = _scores(values)
+        if task in hidden or not metrics:
             continue
-        metrics = {}
-        for key, value in values.items():
-            if "," not in key or not isinstance(value, (int, float)):
-                continue
-            metrics[_metric_name(*key.split(",", 1))] = float(value)
         samples = raw.get("n-samples", {}).get(task, {}).get("effective")
         if samples is not None:
             metrics["samples"] = samples

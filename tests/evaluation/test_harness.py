@@ -93,6 +93,54 @@ def test_results_keep_requested_tasks_and_groups_not_group_members():
     }
 
 
+def test_a_group_without_its_own_aggregate_is_reported_as_its_members():
+    """The harness gives such a group no numbers: its members used to be dropped with it (an empty entry)."""
+    raw = {
+        "results": {
+            "bench": {"alias": "bench"},  # no aggregate_metric_list
+            "bench_scored": {"alias": " - scored", "acc,none": 0.5},  # a subgroup with its own
+            "bench_scored_a": {"alias": "  - a", "acc,none": 0.25},
+            "bench_b": {"alias": " - b", "acc,none": 0.75},
+        },
+        "group_subtasks": {"bench": ["bench_scored", "bench_b"], "bench_scored": ["bench_scored_a"]},
+        "n-samples": {"bench_scored_a": {"original": 9, "effective": 3}, "bench_b": {"original": 9, "effective": 3}},
+    }
+    assert task_results(raw, ["bench"]) == {"bench_scored": {"acc": 0.5}, "bench_b": {"acc": 0.75, "samples": 3}}
+
+
+def write_group_tasks(directory) -> str:
+    """Two tasks of the tiny grammar and the group ``tiny_suite`` of both, with no aggregate metric of its own."""
+    write_local_task(directory)
+    data = str(directory / "tiny_choice.jsonl")
+    for name in ("tiny_a", "tiny_b"):
+        task = choice_task(name, dataset_path="json", dataset_kwargs={"data_files": {"test": data}})
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump(task))
+    (directory / "tiny_suite.yaml").write_text(yaml.safe_dump({"group": "tiny_suite", "task": ["tiny_a", "tiny_b"]}))
+    return str(directory)
+
+
+def test_the_members_of_a_group_without_an_aggregate_are_scored(teacher_dirs, tokenizer, tmp_path):
+    args = EvaluationArguments(lm_eval_tasks=["tiny_suite"], lm_eval_include_path=write_group_tasks(tmp_path / "tasks"),
+                               lm_eval_limit=2, lm_eval_bootstrap_iters=0)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])
+    results = run_tasks(teacher, tokenizer, args, task_manager(args), batch_size=4)
+    assert sorted(results) == ["tiny_a", "tiny_b"]  # was {"tiny_suite": {}}
+    assert all(0.0 <= found["acc"] <= 1.0 and found["samples"] == 2 for found in results.values())
+
+
+def test_a_task_asked_for_alone_and_in_a_group_is_one_line_before_training(tmp_path):
+    """The harness refuses to run a task twice, which it used to do after training (ValueError: Duplicate task)."""
+    args = EvaluationArguments(lm_eval_tasks=["tiny_suite", "tiny_a"],
+                               lm_eval_include_path=write_group_tasks(tmp_path / "tasks"))
+    with pytest.raises(DistilyConfigError, match=re.escape(
+        "lm_eval_tasks: 'tiny_a' is run by both 'tiny_suite' and 'tiny_a'; expected each task once (a group runs "
+        "its members)"
+    )):
+        task_manager(args)
+    assert task_manager(EvaluationArguments(lm_eval_tasks=["tiny_suite", TASK],
+                                            lm_eval_include_path=args.lm_eval_include_path))
+
+
 def test_a_missing_harness_is_named_before_training(monkeypatch):
     monkeypatch.setattr(harness.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DistilyConfigError, match=r"needs lm-evaluation-harness.*pip install distily\[eval\]"):
