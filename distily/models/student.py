@@ -13,7 +13,7 @@ from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import ModelArguments
 from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student
-from distily.models.moe_layers import MOE_LAYER_KEYS, moe_layer_values
+from distily.models.layer_kinds import DERIVED_LAYER_KEYS, LAYER_KIND_KEYS, layer_kind_values
 from distily.models.teacher import from_pretrained
 
 DEPTH = "num_hidden_layers"
@@ -40,8 +40,9 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
     layers each student layer stands for: ``layer_sources`` (the teacher layers copied into it), else evenly spaced
     ones. Derived from the new depth instead, the copied layers would run with another attention, position scheme
     or block than they learned with (a Gemma 3 student of 4 layers would have no global attention layer). Settings
-    that say which layers are dense and which a mixture of experts without a per-layer list (``MOE_LAYER_SETTINGS``)
-    are written again the same way."""
+    that say which kind each layer is without a per-layer list (``LAYER_KIND_SETTINGS``: dense or MoE, attention or
+    Mamba, by layer indices or scalars) are written again the same way; indices a config derives from its per-layer
+    list (``DERIVED_LAYER_KEYS``) are derived again from the student's."""
     values = config.to_dict()
     changes = {_canonical(config, key): value for key, value in overrides.items()}
     for key, original in zip(overrides, changes):
@@ -66,13 +67,16 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
         if values.get("head_dim") == values[width] // values[heads]:  # derived from them: derive it again (Qwen3
             values["head_dim"] = new_width // new_heads  # and Gemma would fall back to a fixed default, not this)
     if depth in changes:
-        sources = layer_sources or evenly_spaced_layers(values[depth], changes[depth])  # a count: checked above
-        moe_values = moe_layer_values(config, values, sources, changes)
+        config_depth = getattr(config, depth)  # Nemotron-H derives it from layers_block_type: not in values
+        sources = layer_sources or evenly_spaced_layers(config_depth, changes[depth])  # a count: checked above
+        kind_values = layer_kind_values(config, values, sources, changes)
+        for key in DERIVED_LAYER_KEYS:
+            values.pop(key, None)
         for key, value in values.items():
-            if "layer" in key and key not in changes and key not in MOE_LAYER_KEYS and isinstance(value, list) \
-                    and len(value) == values[depth]:  # a list of layer indices (mlp_only_layers) is not one
+            if "layer" in key and key not in changes and key not in LAYER_KIND_KEYS and isinstance(value, list) \
+                    and len(value) == config_depth:  # a list of layer indices (mlp_only_layers) is not one
                 values[key] = [value[index] for index in sources]
-        values.update(moe_values)
+        values.update(kind_values)
     values.update(changes)
     try:
         student_config = type(config).from_dict(values)

@@ -196,6 +196,7 @@ TEXT = dict(vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value
             num_hidden_layers=4)
 MOE = dict(moe_intermediate_size=32, num_experts_per_tok=2)
 MLA = dict(kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+MAMBA2 = dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=8)
 
 
 def _per_layer_config(arch):
@@ -220,6 +221,25 @@ def _per_layer_config(arch):
                                                       moe_layer_end_index=2, **TEXT),
         "gemma3": lambda: _gemma3_text(4, sliding_window_pattern=2),
         "phi3": lambda: hf.Phi3Config(intermediate_size=128, partial_rotary_factor=0.5, pad_token_id=0, **TEXT),
+        # attention at layer 1 (every third from 1), Mamba elsewhere; MoE at 1 and 3 (every second from 1)
+        "jamba": lambda: hf.JambaConfig(intermediate_size=128, num_experts=4, num_experts_per_tok=2,
+                                        attn_layer_period=3, attn_layer_offset=1, expert_layer_period=2,
+                                        expert_layer_offset=1, mamba_d_state=8, **TEXT),
+        "bamba": lambda: hf.BambaConfig(intermediate_size=128, attn_layer_indices=[1], **MAMBA2, **TEXT),
+        # recurrent, recurrent, attention, recurrent: block_types repeated
+        "recurrent_gemma": lambda: hf.RecurrentGemmaConfig(vocab_size=128, hidden_size=64, num_attention_heads=4,
+                                                           num_key_value_heads=2, intermediate_size=128,
+                                                           num_hidden_layers=4, attention_window_size=8),
+        # the depth is the length of layers_block_type
+        "nemotron_h": lambda: hf.NemotronHConfig(
+            vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=128, mamba_num_heads=8, mamba_head_dim=16, n_groups=1, ssm_state_size=16, chunk_size=8,
+            n_routed_experts=4, moe_intermediate_size=32, moe_shared_expert_intermediate_size=32,
+            layers_block_type=["mamba", "moe", "attention", "mlp"]),
+        # a shared transformer block in layers 1 and 3 (hybrid_layer_ids, derived from layers_block_type)
+        "zamba2": lambda: hf.Zamba2Config(intermediate_size=128, n_mamba_heads=4, mamba_d_state=8, chunk_size=8,
+                                          layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
+                                          **{**TEXT, "num_key_value_heads": 4}),
     }[arch]()
 
 
@@ -241,7 +261,7 @@ def _layer_outputs(model, ids, inputs=None):
         hooks.append(layer.register_forward_hook(
             lambda layer, args, output: outputs.append(output[0] if isinstance(output, tuple) else output)))
     with torch.no_grad():
-        model(ids)
+        model(ids, use_cache=False)  # transformers makes no mask for a cache of Mamba layers alone
     for hook in hooks:
         hook.remove()
     return seen_inputs, outputs
@@ -249,13 +269,15 @@ def _layer_outputs(model, ids, inputs=None):
 
 @pytest.mark.parametrize("layers", [[0, 3], [1, 2]])
 @pytest.mark.parametrize("arch", ["qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "llama4", "ernie4_5_moe",
-                                  "gemma3", "phi3"])
+                                  "gemma3", "phi3", "jamba", "bamba", "recurrent_gemma", "nemotron_h"])
 def test_each_copied_layer_computes_what_its_teacher_layer_does(arch, layers):
     """Which layers are dense and which a mixture of experts is said by a list of indices (Qwen-MoE mlp_only_layers,
     Llama 4 moe_layers) or a scalar (decoder_sparse_step, DeepSeek first_k_dense_replace, Ernie's MoE run): kept
     from the teacher, a 2-layer student's layer 1 was dense where its teacher layer 3 was MoE (or the reverse), and
-    copying it failed. Student layer i, given the input of its teacher layer in the student's own forward (its own
-    mask, RoPE, experts), gives that layer's output."""
+    copying it failed. Which are attention and which Mamba or recurrent likewise (Jamba's attn_layer_period and
+    expert_layer_period, Bamba's attn_layer_indices, RecurrentGemma's block_types); Nemotron-H's depth, derived from
+    its layers_block_type, was a KeyError. Student layer i, given the input of its teacher layer in the student's own
+    forward (its own mask, RoPE, experts), gives that layer's output."""
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(_per_layer_config(arch)).eval()
     ids = torch.randint(0, 128, (1, 12))
@@ -267,7 +289,8 @@ def test_each_copied_layer_computes_what_its_teacher_layer_does(arch, layers):
         torch.testing.assert_close(student_output, teacher_outputs[index])
 
 
-@pytest.mark.parametrize("arch", ["qwen2_moe", "qwen3_moe", "deepseek_v2", "llama4", "ernie4_5_moe"])
+@pytest.mark.parametrize("arch", ["qwen2_moe", "qwen3_moe", "deepseek_v2", "llama4", "ernie4_5_moe", "jamba",
+                                  "bamba", "recurrent_gemma", "nemotron_h"])
 def test_a_random_students_layers_have_the_modules_of_the_teacher_layers_they_stand_for(arch):
     teacher = AutoModelForCausalLM.from_config(_per_layer_config(arch))
     args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_init="random")
@@ -281,6 +304,52 @@ def test_a_dense_layer_after_an_moe_one_is_refused_where_the_config_cannot_say_s
     args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=[3, 0])
     with pytest.raises(DistilyConfigError, match=r"layers \[3, 0\] would be MoE, dense, which DeepseekV3Config's "
                                                  "first_k_dense_replace cannot express"):
+        build_student(args, teacher)
+
+
+def test_a_pattern_a_period_cannot_give_is_refused():
+    """Jamba's attention layers are every attn_layer_period-th: attention, attention, Mamba has no period."""
+    from transformers import JambaConfig
+    teacher = JambaConfig(attn_layer_period=2, attn_layer_offset=0, **TEXT)  # attention at 0 and 2
+    with pytest.raises(DistilyConfigError, match=r"layers \[0, 2, 1\] would be attention, attention, mamba, which "
+                                                 "JambaConfig's attn_layer_period, attn_layer_offset cannot express; "
+                                                 "expected student_layers_from_teacher whose attention layers repeat"):
+        config_with_overrides(teacher, {"num_hidden_layers": 3}, [0, 2, 1])
+
+
+@pytest.mark.parametrize("init, layers, hybrid", [("random", None, [1]), ("teacher", [1, 3], [0, 1])])
+def test_a_zamba2_students_shared_blocks_sit_in_its_own_hybrid_layers(init, layers, hybrid):
+    """Zamba2 derives hybrid_layer_ids (the layers holding its shared transformer block) from layers_block_type:
+    kept from the teacher ([1, 3]), a 2-layer student with one hybrid layer had adapters for two and the build was
+    refused (two module lists of 2 layers). Copied, its layers give their teacher layers' outputs."""
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(_per_layer_config("zamba2")).eval()
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_init=init,
+                          student_layers_from_teacher=layers)
+    student = build_student(args, teacher).eval()
+    assert student.config.hybrid_layer_ids == hybrid
+    if layers is not None:
+        ids = torch.randint(0, 128, (1, 12))
+        teacher_inputs, teacher_outputs = _layer_outputs(teacher, ids)
+        _, student_outputs = _layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
+        for student_output, index in zip(student_outputs, layers):
+            torch.testing.assert_close(student_output, teacher_outputs[index])
+
+
+def test_an_lfm2_students_attention_indices_are_its_own():
+    """LFM2 keeps the full_attn_idxs its layer_types came from: a 2-layer student had the teacher's, [1, 3]."""
+    from transformers import Lfm2Config
+    teacher = Lfm2Config(full_attn_idxs=[1, 3], **TEXT)
+    student = config_with_overrides(teacher, {"num_hidden_layers": 2}, [3, 2])
+    assert student.layer_types == ["full_attention", "conv"] and student.full_attn_idxs == [0]
+
+
+def test_a_zamba2_student_of_fewer_hybrid_layers_is_not_copied():
+    """The shared block holds an adapter per hybrid layer: a student of fewer has no place for the teacher's."""
+    teacher = AutoModelForCausalLM.from_config(_per_layer_config("zamba2"))
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=[1, 2])
+    with pytest.raises(DistilyConfigError, match=r"cannot copy teacher layer 1 into the student: .*adapter_list\.1\..* "
+                                                 "is missing in the student"):
         build_student(args, teacher)
 
 
