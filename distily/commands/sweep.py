@@ -5,16 +5,18 @@ or resumable run whose settings (config keys and flags, recorded in its ``run.js
 sweep's now is an error before anything runs, rather than a stale result in the table. A run that
 was killed resumes from its last checkpoint (or starts again without one); a failed run is tried
 again. A failure (any exception) goes to the run's ``error.txt`` and one line of the results, and the
-sweep goes on. Results are written when the sweep ends, also when it is interrupted.
+sweep goes on. Results are written when the sweep ends, also when it is interrupted; Ctrl-C names the
+command that continues the sweep.
 """
 
 import gc
 import json
+import shlex
 import traceback
 
 from tqdm.auto import tqdm
 
-from distily.errors import DistilyConfigError
+from distily.errors import DistilyConfigError, RunInterrupted
 from distily.experiments import sweep_file
 from distily.experiments.results import ERROR_FILE, gather_results
 from distily.experiments.runs import Run
@@ -31,6 +33,11 @@ def one_line(error: Exception) -> str:
     """A user error's own message; any other exception's type and first line."""
     message = (str(error).strip().splitlines() or [""])[0]
     return message if isinstance(error, DistilyConfigError) else f"{type(error).__name__}: {message}"
+
+
+def sweep_command(sweep: Sweep) -> str:
+    """The command line that runs ``sweep`` (its flags and output_dir included): what continues it."""
+    return shlex.join(["distily", "sweep", sweep.source, *sweep.flags, "--output_dir", str(sweep.output_dir)])
 
 
 def _resumable(run_dir) -> bool:
@@ -80,7 +87,7 @@ def _run(sweep: Sweep, run: Run) -> None:
     write_json_atomic(run_dir / RUN_FILE, record)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     config = sweep.config(run, **({"resume_from_checkpoint": "true"} if resume else {}))
-    run_distillation(config, command=f"distily sweep {sweep.source} (run {run.name})")
+    run_distillation(config, command=f"{sweep_command(sweep)} (run {run.name})")
 
 
 def run_sweep(sweep: Sweep) -> list[dict]:
@@ -100,6 +107,11 @@ def run_sweep(sweep: Sweep) -> list[dict]:
                 (sweep.run_dir(run) / ERROR_FILE).write_text(f"{one_line(error)}\n\n{traceback.format_exc()}")
                 tqdm.write(f"{run.name}: failed: {one_line(error)}")
             gc.collect()
+    except KeyboardInterrupt as interrupt:  # the sweep, not its run, is what to start again
+        raise RunInterrupted(
+            f"interrupted; `{sweep_command(sweep)}` continues the sweep (an unfinished run from its last checkpoint, "
+            "or from the start without one)"
+        ) from interrupt
     finally:
         progress.close()
         rows = gather_results(sweep)

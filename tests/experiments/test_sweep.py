@@ -4,21 +4,26 @@ resuming killed runs, and the results files."""
 import csv
 import itertools
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from distily.cli import main
+from distily.commands import sweep as sweep_command
 from distily.commands.sweep import run_sweep
-from distily.errors import DistilyConfigError
+from distily.errors import DistilyConfigError, RunInterrupted
 from distily.experiments.results import rank
 from distily.experiments.runs import render_value, run_name
 from distily.experiments.sweep_file import load_sweep
 from distily.reporting import plots
 from distily.reporting.sweep import write_results
+from distily.training.run_dir import interrupted
 
 
 @pytest.fixture
@@ -231,6 +236,30 @@ def test_a_sweep_killed_part_way_finishes_only_the_missing_runs(base, tmp_path):
     assert [row["status"] for row in rows] == ["finished"] * 3
     assert first.stat().st_mtime_ns == finished_at
     assert json.loads(first.read_text())["command"].endswith(f"(run {runs[0].name})")
+
+
+def test_ctrl_c_names_the_sweep_command_that_continues_it(base, tmp_path, monkeypatch, capsys):
+    """The interrupted run's own line (resume_from_checkpoint=true continues it) used to be printed: given to the
+    sweep as a flag, that is refused as a change of the runs' settings."""
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"seed": [0, 1]})
+
+    def killed_after_a_checkpoint(config, command):
+        (Path(config.training.output_dir) / "checkpoint-1").mkdir()
+        raise RunInterrupted(interrupted(config.training, command))
+
+    monkeypatch.setattr(sweep_command, "run_distillation", killed_after_a_checkpoint)
+    assert main(["sweep", path, "--learning_rate", "0.5"]) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    again = re.fullmatch(r"distily sweep: interrupted; `(.+)` continues the sweep \(.+\)", line)
+    assert again, line
+
+    started = []
+    monkeypatch.setattr(sweep_command, "run_distillation", lambda config, command: started.append(
+        (config.training.resume_from_checkpoint, command)))
+    assert main(shlex.split(again.group(1))[1:]) == 0
+    first, second = load_sweep(path).runs
+    assert started == [("true", f"{again.group(1)} (run {first.name})"), (None, f"{again.group(1)} (run {second.name})")]
+    assert "--learning_rate 0.5" in started[0][1]  # the card's "started as" holds the sweep's flags
 
 
 def test_a_finished_run_with_other_settings_stops_the_sweep_and_keeps_its_results(base, tmp_path, capsys):
