@@ -26,6 +26,7 @@ from transformers import TrainingArguments
 
 from distily.config import DistillConfig
 from distily.evaluation.arguments import HELDOUT_SET, KL_TO_TEACHER, SAMPLES
+from distily.evaluation.framing_check import CHECK_BLOCKS
 from distily.metrics import GENERATION, FramingMetrics, RunMetrics, generation_key
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
@@ -264,11 +265,13 @@ def _architecture_section(metrics: RunMetrics) -> str:
 
 
 def _framing_line(framing: FramingMetrics) -> str:
-    """How the documents were framed, and the teacher's loss as packed against the documents run alone."""
+    """How the documents were framed, and the framing check: the teacher's loss on its sample of held-out documents
+    as packed against the same documents run alone."""
     line = f"- Packing: `{framing.packing}` (see Distily's docs/data.md)"
     if framing.teacher_lm_loss_documents is not None:
-        line += (f"; the teacher's held-out loss as packed {framing.teacher_lm_loss_packed:.3f} nats, on the same "
-                 f"documents run alone {framing.teacher_lm_loss_documents:.3f}")
+        line += (f"; the framing check ran the teacher on the first held-out documents (about {CHECK_BLOCKS} blocks' "
+                 f"worth, not the held-out set above): {framing.teacher_lm_loss_packed:.3f} nats as packed, "
+                 f"{framing.teacher_lm_loss_documents:.3f} with each document run alone")
     return line + "."
 
 

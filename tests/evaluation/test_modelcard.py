@@ -205,3 +205,15 @@ def test_a_chat_students_card_names_the_template_the_loss_mask_and_the_on_policy
     no_thinking, _ = card_for(tmp_path, lambda bitnet: chat, chat_template_kwargs={"enable_thinking": False})
     assert ("rendered with the teacher's chat template and `chat_template_kwargs: {\"enable_thinking\": false}`, "
             "at most 128") in no_thinking.text
+
+
+def test_the_framing_check_is_named_as_a_sample_not_as_the_held_out_loss(tmp_path, run_metrics):
+    """The check runs the teacher on the first held-out documents (about 8 blocks), not on the held-out set the
+    table reports: a tiny run's card said "the teacher's held-out loss as packed 6.654 nats" beside a table giving
+    its held-out loss as 6.6870."""
+    checked = dataclasses.replace(run_metrics(), framing=FramingMetrics("stream", 2.25, 2.5))
+    card, _ = card_for(tmp_path, lambda bitnet: checked)
+    assert ("- Packing: `stream` (see Distily's docs/data.md); the framing check ran the teacher on the first held-out "
+            "documents (about 8 blocks' worth, not the held-out set above): 2.250 nats as packed, 2.500 with each "
+            "document run alone.") in card.text
+    assert "| heldout: next-token loss (nats) | 2.0000 |" in card.text
