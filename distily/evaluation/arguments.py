@@ -19,6 +19,7 @@ from distily.models.arguments import TORCH_DTYPES
 METRIC_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 EXACT_MATCH, KL_TO_TEACHER, SAMPLES = "exact_match", "kl_to_teacher", "samples"  # generation metrics Distily names
 BUILT_IN = (EXACT_MATCH, KL_TO_TEACHER, SAMPLES)  # itself: no user metric may take their names
+FEWSHOT = "num_fewshot"  # beside SAMPLES in an lm-eval task's results: the few-shot examples in each prompt
 
 
 def metric_name(path: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.errors import DistilyConfigError
-from distily.evaluation.arguments import EvaluationArguments
+from distily.evaluation.arguments import FEWSHOT, SAMPLES, EvaluationArguments
 from distily.outputs import write_json_atomic
 from distily.paths import distily_cache_dir
 
@@ -170,11 +170,12 @@ def _hidden(group_subtasks: dict[str, list[str]], results: dict[str, dict], name
 
 
 def task_results(raw: dict[str, Any], requested: list[str]) -> dict[str, dict[str, float]]:
-    """``{task: {metric: value, metric_stderr: value, samples: n}}`` from the harness's results: the requested
-    tasks and groups (a group's own aggregate, not its members; a group without an aggregate, its members), and
-    the members of requested tags. A metric with a filter other than ``none`` is named ``metric_filter``, its
-    stderr ``metric_filter_stderr`` (the name the tables and the model card read as that metric's stderr); stderrs
-    the harness did not compute are left out.
+    """``{task: {metric: value, metric_stderr: value, samples: n, num_fewshot: k}}`` from the harness's results (n:
+    the examples scored, k: the few-shot examples in each prompt): the requested tasks and groups (a group's own
+    aggregate, not its members; a group without an aggregate, its members), and the members of requested tags. A
+    metric with a filter other than ``none`` is named ``metric_filter``, its stderr ``metric_filter_stderr`` (the
+    name the tables and the model card read as that metric's stderr); stderrs the harness did not compute are left
+    out.
     """
     hidden = _hidden(raw.get("group_subtasks", {}), raw["results"], requested) - set(requested)
     results = {}
@@ -184,7 +185,10 @@ def task_results(raw: dict[str, Any], requested: list[str]) -> dict[str, dict[st
             continue
         samples = raw.get("n-samples", {}).get(task, {}).get("effective")
         if samples is not None:
-            metrics["samples"] = samples
+            metrics[SAMPLES] = samples
+        shots = raw.get("n-shot", {}).get(task)
+        if shots is not None:
+            metrics[FEWSHOT] = shots
         results[task] = metrics
     return results
 

@@ -25,12 +25,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainingArguments
 
 from distily.config import DistillConfig
-from distily.evaluation.arguments import HELDOUT_SET, KL_TO_TEACHER, SAMPLES
+from distily.evaluation.arguments import FEWSHOT, HELDOUT_SET, KL_TO_TEACHER, SAMPLES
 from distily.evaluation.framing_check import CHECK_BLOCKS
 from distily.metrics import GENERATION, FramingMetrics, RunMetrics, generation_key
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
-from distily.reporting.tables import MIB, flat_lm_eval, markdown_table, run_columns
+from distily.reporting.tables import MIB, markdown_table, run_columns
 from distily.teachers.cross_tokenizer import ALIGNED_CONVERSATIONS, ALIGNED_PIECES
 
 FRAMEWORKS = ("transformers", "torch", "datasets", "accelerate", "huggingface_hub", "lm_eval")
@@ -62,6 +62,20 @@ def _link(name_or_path: str) -> str:
     return f"[{repo}](https://huggingface.co/{repo})" if repo else f"the local checkpoint `{name_or_path}`"
 
 
+def _lm_eval_dataset(task: str, found: dict[str, float], limit: int | float | None) -> tuple[str, dict]:
+    """An lm-eval task's model-index name and dataset args, as the Hub's leaderboards give them (``hellaswag
+    (10-shot)``, ``num_few_shot``), and saying when ``lm_eval_limit`` cut the task to a sample."""
+    shots = found.get(FEWSHOT)
+    details, args = [], {}
+    if shots is not None:
+        details.append(f"{shots:g}-shot")
+        args["num_few_shot"] = int(shots)
+    if limit is not None:
+        details.append(f"a sample: lm_eval_limit={limit}")
+        args["limit"] = limit
+    return task + (f" ({'; '.join(details)})" if details else ""), args
+
+
 def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult]:
     """The student's numbers on the held-out split, each named eval set, the held-out prompts and each lm-eval
     task (the teacher's are in the text's table: a model-index result is read as the model's own)."""
@@ -75,13 +89,13 @@ def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult
         sources[name] = (hub_id(spec.path) or name, name, spec.config, spec.split)
     results = []
 
-    def add(source, metric, value):
+    def add(source, metric, value, dataset_args=None):
         if isinstance(value, (int, float)):
             dataset_type, dataset_name, dataset_config, dataset_split = source
             results.append(EvalResult(
                 task_type="text-generation", dataset_type=dataset_type, dataset_name=dataset_name,
-                dataset_config=dataset_config, dataset_split=dataset_split, metric_type=metric,
-                metric_value=float(value), metric_name=metric,
+                dataset_config=dataset_config, dataset_split=dataset_split, dataset_args=dataset_args or None,
+                metric_type=metric, metric_value=float(value), metric_name=metric,
             ))
 
     for set_name, source in sources.items():
@@ -94,10 +108,11 @@ def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult
         for key, value in student.after.values.items():
             if key.startswith(f"{GENERATION}/") and key not in (generation_key(SAMPLES), generation_key(KL_TO_TEACHER)):
                 add(source, key.split("/", 1)[1], value)
-    for key, value in flat_lm_eval(student.lm_eval or {}).items():
-        _, task, metric = key.split("/", 2)
-        if not metric.endswith("_stderr") and metric != "samples":
-            add((task, task, None, None), metric, value)
+    for task, found in (student.lm_eval or {}).items():
+        name, dataset_args = _lm_eval_dataset(task, found, evaluation.lm_eval_limit)
+        for metric, value in found.items():
+            if not metric.endswith("_stderr") and metric not in (SAMPLES, FEWSHOT):
+                add((task, name, None, None), metric, value, dataset_args)
     return results
 
 

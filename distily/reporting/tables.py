@@ -10,7 +10,7 @@ byte compare any two. When the compared models' tokenizers differ, the bits-per-
 
 from typing import Optional
 
-from distily.evaluation.arguments import EXACT_MATCH, HELDOUT_SET, KL_TO_TEACHER, SAMPLES
+from distily.evaluation.arguments import EXACT_MATCH, FEWSHOT, HELDOUT_SET, KL_TO_TEACHER, SAMPLES
 from distily.metrics import BYTE_METRICS, GENERATION, PER_SET_METRICS, RunMetrics, generation_key
 
 LM_EVAL = "lm_eval"
@@ -66,9 +66,10 @@ def _is_byte_metric(key: str) -> bool:
 
 
 def _namespaced(columns: dict[str, dict], namespace: str) -> list[str]:
-    """The keys ``<namespace>/...`` of the columns in order of appearance, without stderrs and sample counts."""
+    """The keys ``<namespace>/...`` of the columns in order of appearance, without stderrs and the counts of examples
+    and few-shot examples."""
     found = [key for values in columns.values() for key in values
-             if key.startswith(f"{namespace}/") and not key.endswith(("_stderr", f"/{SAMPLES}"))]
+             if key.startswith(f"{namespace}/") and not key.endswith(("_stderr", f"/{SAMPLES}", f"/{FEWSHOT}"))]
     return list(dict.fromkeys(found))
 
 
@@ -85,16 +86,22 @@ def row_keys(columns: dict[str, dict], tokenizers_differ: bool = False) -> list[
     return [key for key in keys if any(is_number(values.get(key)) for values in columns.values())]
 
 
-def _counted(title: str, samples_key: str, columns: Optional[dict[str, dict]]) -> str:
-    """``title`` with the number of examples scored, when a column has it."""
-    counts = [values[samples_key] for values in (columns or {}).values() if samples_key in values]
-    return title + (f" (n={counts[0]:g})" if counts else "")
+def _first(columns: Optional[dict[str, dict]], key: str):
+    """``key``'s value in the first column that has it; None when none has."""
+    return next((values[key] for values in (columns or {}).values() if key in values), None)
+
+
+def _counted(title: str, samples_key: str, columns: Optional[dict[str, dict]], shots_key: Optional[str] = None) -> str:
+    """``title`` with the number of examples scored and of few-shot examples per prompt, when a column has them."""
+    samples, shots = _first(columns, samples_key), shots_key and _first(columns, shots_key)
+    counts = ([f"n={samples:g}"] if samples is not None else []) + ([f"{shots:g}-shot"] if shots is not None else [])
+    return title + (f" ({', '.join(counts)})" if counts else "")
 
 
 def label(key: str, columns: Optional[dict[str, dict]] = None) -> str:
     if key.startswith(f"{LM_EVAL}/"):
         _, task, metric = key.split("/", 2)
-        return _counted(f"{task}: {metric}", f"{LM_EVAL}/{task}/{SAMPLES}", columns)
+        return _counted(f"{task}: {metric}", f"{LM_EVAL}/{task}/{SAMPLES}", columns, f"{LM_EVAL}/{task}/{FEWSHOT}")
     if key.startswith(f"{GENERATION}/"):
         metric = key.split("/", 1)[1]
         return _counted(f"held-out prompts: {GENERATION_LABELS.get(metric, metric)}", generation_key(SAMPLES), columns)

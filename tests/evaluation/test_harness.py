@@ -71,6 +71,7 @@ def test_a_local_task_runs_offline_for_teacher_and_student(teacher_dirs, tokeniz
         assert set(results) == {TASK}
         assert 0.0 <= results[TASK]["acc"] <= 1.0
         assert results[TASK]["samples"] == 6  # lm_eval_limit
+        assert results[TASK]["num_fewshot"] == 0  # the task's own (no lm_eval_num_fewshot)
         assert "acc_stderr" in results[TASK]
     monkeypatch.setattr(harness, "run_tasks", lambda *a, **k: pytest.fail("the teacher ran again"))
     again = cached_teacher_results(teacher, teacher_dirs["gpt2"], tokenizer, args, manager, batch_size=4)

@@ -23,9 +23,8 @@ def card_for(tmp_path, run_metrics, teacher="gpt2", bitnet=None, **values):
         hidden_states_weight=0.5,
         eval_datasets={"recent": "data/recent.jsonl"},
         lm_eval_tasks=["hellaswag"],
-        lm_eval_limit=100,
         output_dir=str(tmp_path / "run"),
-        **values,
+        **{"lm_eval_limit": 100, **values},
     )
     objective = build_objective(config.objective, tiny_config("llama"), tiny_config("llama", layers=2), 320)
     card = build_model_card(config, run_metrics(bitnet), objective, "tiny-student", ["plots/losses.png"])
@@ -51,7 +50,7 @@ def test_the_card_parses_and_carries_the_metrics_and_tags(tmp_path, run_metrics)
     assert results[("wikimedia/wikipedia (held-out documents)", "perplexity")] == 9.025
     assert results[("recent", "kl_to_teacher")] == 0.5
     assert results[("recent", "bits_per_byte")] == 1.4
-    assert results[("hellaswag", "acc")] == 0.33
+    assert results[("hellaswag (a sample: lm_eval_limit=100)", "acc")] == 0.33
     text = card.text
     assert "| heldout: perplexity | 7.39 | 30.00 | 9.03 |" in text  # the teacher's numbers beside the student's
     assert "| heldout: bits per byte (UTF-8) | 1.2000 | — | 1.3000 |" in text
@@ -97,8 +96,8 @@ def test_a_filtered_metrics_stderr_is_its_plus_minus_not_a_result(tmp_path, run_
         "exact_match_flexible-extract": 0.3, "exact_match_flexible-extract_stderr": 0.06, "samples": 20,
     }}
     card, _ = card_for(tmp_path, lambda bitnet: run_metrics(bitnet).with_benchmarks(gsm8k, None))
-    metrics = {(result.dataset_name, result.metric_name): result.metric_value
-               for result in card.data.eval_results if result.dataset_name == "gsm8k"}
+    metrics = {(result.dataset_type, result.metric_name): result.metric_value
+               for result in card.data.eval_results if result.dataset_type == "gsm8k"}
     assert metrics == {("gsm8k", "exact_match_strict-match"): 0.25, ("gsm8k", "exact_match_flexible-extract"): 0.3}
     rows = [line for line in card.text.splitlines() if line.startswith("| gsm8k:")]
     assert rows == ["| gsm8k: exact_match_strict-match (n=20) | — | — | 0.2500 ± 0.0500 |",
@@ -217,3 +216,24 @@ def test_the_framing_check_is_named_as_a_sample_not_as_the_held_out_loss(tmp_pat
             "documents (about 8 blocks' worth, not the held-out set above): 2.250 nats as packed, 2.500 with each "
             "document run alone.") in card.text
     assert "| heldout: next-token loss (nats) | 2.0000 |" in card.text
+
+
+def _hellaswag_index_entry(card: ModelCard) -> dict:
+    (entry,) = [result["dataset"] for result in front_matter(card)["model-index"][0]["results"]
+                if result["dataset"]["type"] == "hellaswag"]
+    return entry
+
+
+def test_lm_eval_results_in_the_model_index_say_their_shots_and_when_they_are_a_sample(tmp_path, run_metrics):
+    """The model index gave a 100-example sample's score as plain "hellaswag" (the Hub shows it as the task's
+    score), with no few-shot count; the Hub's convention names both (dataset args ``num_few_shot``)."""
+    scored = {"hellaswag": {"acc": 0.33, "acc_stderr": 0.01, "samples": 100, "num_fewshot": 10}}
+    with_shots = lambda bitnet: run_metrics(bitnet).with_benchmarks(scored, None)  # noqa: E731
+    sampled, _ = card_for(tmp_path, with_shots)
+    assert _hellaswag_index_entry(sampled) == {"name": "hellaswag (10-shot; a sample: lm_eval_limit=100)",
+                                               "type": "hellaswag", "args": {"num_few_shot": 10, "limit": 100}}
+    assert "| hellaswag: acc (n=100, 10-shot) | 0.4100 ± 0.0100 | — | 0.3300 ± 0.0100 |" in sampled.text
+    assert "num_fewshot" not in sampled.text  # a count of the label, not a row of the table
+    whole, _ = card_for(tmp_path, with_shots, lm_eval_limit=None)
+    assert _hellaswag_index_entry(whole) == {"name": "hellaswag (10-shot)", "type": "hellaswag",
+                                             "args": {"num_few_shot": 10}}
