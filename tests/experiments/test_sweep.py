@@ -258,7 +258,8 @@ def test_ctrl_c_names_the_sweep_command_that_continues_it(base, tmp_path, monkey
         (config.training.resume_from_checkpoint, command)))
     assert main(shlex.split(again.group(1))[1:]) == 0
     first, second = load_sweep(path).runs
-    assert started == [("true", f"{again.group(1)} (run {first.name})"), (None, f"{again.group(1)} (run {second.name})")]
+    command = again.group(1)
+    assert started == [("true", f"{command} (run {first.name})"), (None, f"{command} (run {second.name})")]
     assert "--learning_rate 0.5" in started[0][1]  # the card's "started as" holds the sweep's flags
 
 
