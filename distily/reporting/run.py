@@ -2,6 +2,7 @@
 (``plots/``), tensorboard scalars (``runs/results``) and the model card (``README.md``, the one ``push_to_hub``
 uploads)."""
 
+import shutil
 from pathlib import Path
 
 from transformers import Trainer
@@ -32,9 +33,12 @@ def write_tensorboard(columns: dict[str, dict[str, float]], log_dir: Path, step:
 def write_reports(
     trainer: Trainer, config: DistillConfig, metrics: RunMetrics, objective: DistillationObjective
 ) -> None:
-    """``results.md``, the plots, tensorboard scalars (when tensorboard is a logger) and the model card."""
+    """``results.md``, the plots, tensorboard scalars (when tensorboard is a logger) and the model card. The plots and
+    scalars are this run's alone: those of a run it replaced (overwritten, or trained longer) are removed first."""
     output_dir = Path(config.training.output_dir)
-    (output_dir / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
+    for replaced in (PLOTS_DIR, TENSORBOARD_RESULTS_DIR):
+        shutil.rmtree(output_dir / replaced, ignore_errors=True)
+    (output_dir / PLOTS_DIR).mkdir(parents=True)
     columns = run_columns(metrics)
     drawn = [
         plot_losses(trainer.state.log_history, output_dir / PLOTS_DIR / "losses.png"),

@@ -1,11 +1,17 @@
 """The side-by-side table and the plots: valid PNGs, drawn from a log history and metrics.json."""
 
+from types import SimpleNamespace
+
+import pytest
 from PIL import Image
 
+from distily.config import parse_config
 from distily.data.text import tokenizer_fingerprint
+from distily.objectives.objective import build_objective
 from distily.reporting.plots import comparison_keys, plot_comparison, plot_eval_metrics, plot_losses
+from distily.reporting.run import PLOTS_DIR, TENSORBOARD_RESULTS_DIR, write_reports, write_tensorboard
 from distily.reporting.tables import markdown_table, row_keys, run_columns
-from tiny import make_sentencepiece_tokenizer, make_tokenizer
+from tiny import make_sentencepiece_tokenizer, make_tokenizer, tiny_config
 
 LOG_HISTORY = [
     {"step": 10, "loss": 1.0, "loss_logits": 0.8, "loss_hidden_states": 0.4},
@@ -71,3 +77,30 @@ def test_bits_per_byte_lead_the_table_when_the_tokenizers_differ():
         assert row_keys(columns, tokenizers_differ) == expected
         rows = markdown_table(columns, tokenizers_differ).splitlines()[2:]
         assert rows[0].startswith("| heldout: bits per byte (UTF-8) | 1.2000 | 1.3000 |") == tokenizers_differ
+
+
+
+def test_the_plots_and_tensorboard_results_are_this_runs_alone(tmp_path, run_metrics):
+    """A run that replaced another (overwritten) left the replaced run's plot that it did not draw itself in
+    ``plots/``, pushed to the Hub beside the new card, and wrote its final scalars beside the replaced run's in
+    ``runs/results``, where TensorBoard drew one line through both (a tiny run overwritten with more steps gave
+    [(4, 951.28), (6, 939.43)]; overwritten with max_steps=1, which logs no training loss, it kept the old
+    losses.png)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = parse_config(teacher_model_name_or_path="gpt2", dataset_name="data.jsonl", report_to="tensorboard",
+                          output_dir=str(tmp_path / "run"))
+    objective = build_objective(config.objective, tiny_config("llama"), tiny_config("llama", layers=2), 320)
+    run = tmp_path / "run"
+    (run / PLOTS_DIR).mkdir(parents=True)
+    (run / PLOTS_DIR / "losses.png").write_bytes(b"the replaced run's")
+    write_tensorboard({"student (after)": {"perplexity": 951.28}}, run / TENSORBOARD_RESULTS_DIR, step=4)
+    trainer = SimpleNamespace(state=SimpleNamespace(log_history=[]), model_card=None, create_model_card=lambda: None)
+    metrics = run_metrics()  # after 100 steps
+    write_reports(trainer, config, metrics, objective)
+    assert sorted(path.name for path in (run / PLOTS_DIR).iterdir()) == ["eval_metrics.png", "teacher_vs_student.png"]
+    assert "losses.png" not in (run / "results.md").read_text()
+    events = EventAccumulator(str(run / TENSORBOARD_RESULTS_DIR))
+    events.Reload()
+    points = [(event.step, event.value) for event in events.Scalars("results/perplexity/student (after)")]
+    assert points == [(100, pytest.approx(metrics.student.after.perplexity))]
