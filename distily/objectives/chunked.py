@@ -370,11 +370,20 @@ def chunked_loss_footprint(
     slices = working_tensors * piece * columns * 4  # a slice's teacher logits among them
     if teacher_logits:  # the rest of its chunk's
         slices += (chunk - piece) * columns * compute_bytes
+    held = chunked_loss_held(tokens, columns, hidden, compute_bytes=compute_bytes, hidden_bytes=hidden_bytes)
+    buffer = 0 if hidden is None else chunk * columns * compute_bytes  # the [chunk, V] buffer
+    return held + buffer + slices
+
+
+def chunked_loss_held(tokens: int, columns: int, hidden: Optional[int] = None, *, compute_bytes: int = 4,
+                      hidden_bytes: int = 4) -> int:
+    """Bytes of ``chunked_loss_footprint`` (same arguments) that outlive the call: the gradients the loss computes
+    in its forward pass for the backward pass, and autocast's copies of the hidden states and the LM head."""
     if hidden is None:
-        return tokens * columns * compute_bytes + slices
+        return tokens * columns * compute_bytes  # [N, V]
     gradients = tokens * hidden * hidden_bytes + 2 * columns * hidden * 4  # [N, H]; [V, H] fp32 and its scaled copy
     casts = (tokens + columns) * hidden * compute_bytes if compute_bytes < 4 else 0  # autocast's copies
-    return gradients + casts + chunk * columns * compute_bytes + slices  # + the [chunk, V] buffer
+    return gradients + casts
 
 
 def chunked_logit_loss_sum(

@@ -49,6 +49,7 @@ class StepShape:
     compute_bytes: int  # bytes per value of the models' matmul outputs: 2 under bf16/fp16 autocast, else 4
     fused_student_head: bool  # the student's logits are never materialised: the logit loss applies its LM head
     device_type: str  # where the step runs: "cpu", "cuda", ...
+    eager_attention: bool  # the student runs eager attention (its own setting, or for an attention loss)
 
     @property
     def tokens(self) -> int:
@@ -82,3 +83,8 @@ class Component(nn.Module):
         """Peak bytes this component allocates for a micro-batch of ``step``'s shape, the gradients it hands
         back included (the models' own outputs are counted with the models)."""
         return 0
+
+    def memory_held(self, step: StepShape) -> int:
+        """Bytes of its footprint still allocated after its forward pass (what it keeps for the backward pass),
+        while the components after it run: all of it unless a component knows better."""
+        return self.memory_footprint(step)

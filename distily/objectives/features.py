@@ -90,6 +90,11 @@ def _row_kl(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.T
     return kl_divergence(teacher_probs.float().clamp_min(tiny).log(), student_probs.float().clamp_min(tiny).log())
 
 
+def _map_bytes(step: StepShape, heads: int) -> int:
+    """Bytes of one fp32 ``[batch, heads, seq, seq]`` map of ``step``."""
+    return step.batch_size * heads * step.seq_length**2 * 4
+
+
 class AttentionsComponent(Component):
     """``mean over pairs, heads of KL(A_t[j] || A_s[i])`` per attention row (query position), the rows'
     distributions over keys; MiniLM's self-attention distribution transfer (Wang et al., 2020, "MiniLM:
@@ -126,9 +131,16 @@ class AttentionsComponent(Component):
         return total / len(self.layer_pairs)
 
     def memory_footprint(self, step: StepShape) -> int:
-        # per pair: fp32 [batch, heads, seq, seq] probabilities of both models, merged, gathered by row, their
-        # logs and differences (the models' own attention outputs are counted with the models)
-        return len(self.layer_pairs) * 8 * step.batch_size * self.matched_heads * step.seq_length**2 * 4
+        # in fp32 [batch, matched heads, seq, seq] maps (measured at the allocator): per pair 3.25 held for the
+        # backward pass (the student's rows and their clamp, the teacher's probabilities, the KL's mask); while the
+        # last pair's KL runs, 7 more: both models' merged maps and rows, their logs, the difference and product.
+        # Or, if larger, a half-precision teacher's [batch, heads, seq, seq] maps widened to fp32 as their heads merge
+        # (counted whatever the teacher's dtype). The models' own attention outputs are counted with the models.
+        widened = step.teacher.heads // self.matched_heads + 1
+        return self.memory_held(step) + max(7, widened) * _map_bytes(step, self.matched_heads)
+
+    def memory_held(self, step: StepShape) -> int:
+        return 13 * len(self.layer_pairs) * _map_bytes(step, self.matched_heads) // 4
 
     def extra_repr(self) -> str:
         return f"layer_pairs={self.layer_pairs}, heads={self.heads_mode}, matched_heads={self.matched_heads}"
@@ -211,10 +223,14 @@ class AttentionRelationsComponent(Component):
         return total / (len(self.layer_pairs) * len(self.kinds))
 
     def memory_footprint(self, step: StepShape) -> int:
-        # per pair and kind: fp32 [batch, relation heads, seq, seq] scores, masked scores and log-probabilities of
-        # both models, and the KL's terms; the student's q/k/v are kept by the hooks (counted with the model)
-        kinds = len(self.layer_pairs) * len(self.kinds)
-        return kinds * 8 * step.batch_size * self.relation_heads * step.seq_length**2 * 4
+        # in fp32 [batch, relation heads, seq, seq] maps (measured at the allocator): per pair and kind 3 held for the
+        # backward pass (the student's log-probabilities, the teacher's probabilities, the masks), and 3 more while
+        # the last one's scores are scaled, masked and normalised; the student's q/k/v are kept by the hooks
+        # (counted with the model)
+        return self.memory_held(step) + 3 * _map_bytes(step, self.relation_heads)
+
+    def memory_held(self, step: StepShape) -> int:
+        return 3 * len(self.layer_pairs) * len(self.kinds) * _map_bytes(step, self.relation_heads)
 
     def extra_repr(self) -> str:
         return f"layer_pairs={self.layer_pairs}, relation_heads={self.relation_heads}, kinds={self.kinds}"

@@ -15,7 +15,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from distily.models.architecture import plain_lm_head
 from distily.objectives.arguments import ObjectiveArguments
-from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_footprint
+from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_footprint, chunked_loss_held
 from distily.objectives.component import (
     TARGETS,
     Component,
@@ -73,6 +73,11 @@ class LogitsComponent(Component):
                                       working_tensors=working, compute_bytes=step.compute_bytes,
                                       device_type=step.device_type)
 
+    def memory_held(self, step: StepShape) -> int:
+        hidden = step.student.width if step.fused_student_head else None
+        return chunked_loss_held(step.tokens, self.vocab_size or step.student_vocab, hidden,
+                                 compute_bytes=step.compute_bytes)
+
     def extra_repr(self) -> str:
         return f"loss={self.loss_name}, temperature={self.temperature}, vocab_size={self.vocab_size}"
 
@@ -118,10 +123,13 @@ class DistillationObjective(nn.Module):
         return not self.needs("needs_student_logits") and plain_lm_head(student)
 
     def memory_footprint(self, step: StepShape) -> int:
-        """Peak bytes the objective allocates for a micro-batch of ``step``'s shape: the sum of its components'
-        (each count includes what the component holds for the backward pass; the sum errs high, as they run one
-        after the other)."""
-        return sum(component.memory_footprint(step) for component in self.components.values())
+        """Peak bytes the objective allocates for a micro-batch of ``step``'s shape. The components run one after
+        the other, each beside what the ones before it hold for the backward pass."""
+        held, peak = 0, 0
+        for component in self.components.values():
+            peak = max(peak, held + component.memory_footprint(step))
+            held += component.memory_held(step)
+        return peak
 
     def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
         """Let components that read model internals (hooks) attach to both models; the trainer calls it
