@@ -2,9 +2,11 @@
 
 It reports what was done and measured, nothing more:
 
-- The front matter has no ``base_model`` (see ``card_data``): the Hub would show the student as "Finetuned
-  from" or "Quantized from" its teacher, and a distilled student is neither. The teacher is named in the
-  text ("distilled from [teacher](link)") and, when it is a Hub id, in the metadata key ``teacher_model``.
+- The front matter's ``base_model`` is never the teacher (see ``card_data``): the Hub would show the student as
+  "Finetuned from" or "Quantized from" its teacher, and a distilled student is neither. It is the Hub checkpoint
+  the student started from (``student_model_name_or_path``), of which the student is a fine-tune. The teacher is
+  named in the text ("distilled from [teacher](link)") and, when it is a Hub id, in the metadata key
+  ``teacher_model``.
 - The method is read from the objective that trained the student: its components, weights, losses,
   layer maps, projectors and norms, and the student's BitNet options if any.
 - The model-index holds the student's results only (held-out sets, answers to held-out prompts, lm-eval
@@ -118,18 +120,22 @@ def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult
 
 def card_data(config: DistillConfig, metrics: RunMetrics, model_name: str) -> ModelCardData:
     """The front matter. The rule: ``base_model`` only with a relation the Hub defines (``adapter``, ``merge``,
-    ``quantized``, ``finetune``) that is true of the student, and none is. A distilled student is no adapter
-    or merge; it is not a quantization of the teacher, not even a BitNet student that keeps the teacher's
+    ``quantized``, ``finetune``) that is true of the student. Of the teacher, none is: a distilled student is no
+    adapter or merge; it is not a quantization of the teacher, not even a BitNet student that keeps the teacher's
     architecture (its ternary weights were trained against the teacher's outputs, not rounded from its
     weights); it is not a fine-tune (it was trained to reproduce the teacher, whose layers it may only have
     started from). A ``base_model`` without a relation is worse: the Hub infers one from the files, and
-    shows "Finetuned from" or "Quantized from". So there is no ``base_model``; the teacher, when a Hub id, is
-    ``teacher_model`` (a key of Distily's: the Hub shows no relation for it), and the text names it with a link
-    (a local teacher is named there only)."""
+    shows "Finetuned from" or "Quantized from". So the teacher, when a Hub id, is ``teacher_model`` (a key of
+    Distily's: the Hub shows no relation for it), and the text names it with a link (a local teacher is named
+    there only). A student started from a Hub checkpoint (``student_model_name_or_path``) is a fine-tune of that
+    checkpoint: it is the ``base_model``, relation ``finetune``."""
     teacher = hub_id(teacher_name(config, metrics))
     tags = ["distily", "distillation"] + (["bitnet", "1.58b", "ternary"] if metrics.student.bitnet else [])
     dataset = hub_id(config.data.dataset_name) if config.data.dataset_name else None
     extra = {"teacher_model": teacher} if teacher else {}
+    start = config.model.student_model_name_or_path
+    if start and hub_id(start):
+        extra.update(base_model=start, base_model_relation="finetune")
     return ModelCardData(
         model_name=model_name,
         library_name="transformers",

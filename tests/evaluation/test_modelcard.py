@@ -19,12 +19,11 @@ def card_for(tmp_path, run_metrics, teacher="gpt2", bitnet=None, **values):
         teacher_model_name_or_path=teacher,
         dataset_name="wikimedia/wikipedia",
         dataset_config_name="20231101.en",
-        student_config_overrides={"num_hidden_layers": 2},
         hidden_states_weight=0.5,
         eval_datasets={"recent": "data/recent.jsonl"},
         lm_eval_tasks=["hellaswag"],
         output_dir=str(tmp_path / "run"),
-        **{"lm_eval_limit": 100, **values},
+        **{"lm_eval_limit": 100, "student_config_overrides": {"num_hidden_layers": 2}, **values},
     )
     objective = build_objective(config.objective, tiny_config("llama"), tiny_config("llama", layers=2), 320)
     card = build_model_card(config, run_metrics(bitnet), objective, "tiny-student", ["plots/losses.png"])
@@ -237,3 +236,15 @@ def test_lm_eval_results_in_the_model_index_say_their_shots_and_when_they_are_a_
     whole, _ = card_for(tmp_path, with_shots, lm_eval_limit=None)
     assert _hellaswag_index_entry(whole) == {"name": "hellaswag (10-shot)", "type": "hellaswag",
                                              "args": {"num_few_shot": 10}}
+
+
+def test_a_student_started_from_a_hub_checkpoint_names_it_as_its_base_model(tmp_path, run_metrics):
+    """Its weights began as that checkpoint's and were trained further: a fine-tune of it, which the Hub's model
+    tree shows from ``base_model`` (the card used to set none, as for a student built from its teacher)."""
+    card, _ = card_for(tmp_path, run_metrics, teacher="openai-community/gpt2-medium",
+                       student_model_name_or_path="openai-community/gpt2", student_config_overrides=None)
+    meta = front_matter(card)
+    assert meta["base_model"] == "openai-community/gpt2" and meta["base_model_relation"] == "finetune"
+    assert meta["teacher_model"] == "openai-community/gpt2-medium"
+    local, _ = card_for(tmp_path, run_metrics, student_model_name_or_path=str(tmp_path), student_config_overrides=None)
+    assert "base_model" not in front_matter(local)  # a local checkpoint is named in the text only
