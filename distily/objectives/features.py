@@ -164,9 +164,11 @@ def relation_mask(attention_mask: torch.Tensor, position_ids: Optional[torch.Ten
 def relation_logprobs(vectors: torch.Tensor, relation_heads: int, allowed: torch.Tensor) -> torch.Tensor:
     """``log softmax(V_r V_r^T / sqrt(d_r))`` over allowed keys for each relation head r, where ``V_r`` is
     the r-th of ``relation_heads`` equal slices of the width: ``[batch, seq, width]`` ->
-    ``[batch, relation_heads, seq, seq]`` float32. Disallowed keys get probability 0."""
+    ``[batch, relation_heads, seq, seq]`` float32, under autocast too (which would run the product in bf16/fp16).
+    Disallowed keys get probability 0."""
     head_vectors = vectors.float().unflatten(-1, (relation_heads, -1)).transpose(1, 2)  # [batch, R, seq, d_r]
-    scores = head_vectors @ head_vectors.transpose(-1, -2) / math.sqrt(head_vectors.shape[-1])  # [batch, R, seq, seq]
+    with torch.autocast(vectors.device.type, enabled=False):
+        scores = head_vectors @ head_vectors.transpose(-1, -2) / math.sqrt(head_vectors.shape[-1])  # [b, R, seq, seq]
     scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
     return scores.log_softmax(-1)
 

@@ -282,6 +282,23 @@ def test_relations_match_the_minilm_formula_for_a_narrower_student_without_eager
     assert getattr(attention, projection).weight.grad.abs().sum() > 0
 
 
+def test_relations_under_bf16_autocast_are_the_float32_relations():
+    """Autocast ran the relation product in bf16, whose scores could not take the float32 fill of the masked keys
+    (a RuntimeError at every step of a bf16 run)."""
+    teacher, student = tiny_model("llama", 64, 8, 4), tiny_model("llama", 32, 4, 2, seed=1)
+    component = AttentionRelationsComponent([(2, 4)], relation_heads=2, kinds=["query", "key", "value"])
+    component.attach(student, teacher)
+    losses = []
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            student_outputs = student(tokens(), attention_mask=MASK)
+            with torch.no_grad():
+                teacher_outputs = teacher(tokens(), attention_mask=MASK)
+            losses.append(component(student_outputs, teacher_outputs, batch_of(tokens())))
+    assert losses[1].dtype == torch.float32
+    torch.testing.assert_close(losses[1], losses[0], rtol=0.05, atol=1e-3)  # the q/k/v come from bf16 matmuls
+
+
 def test_relations_give_the_same_gradients_under_activation_checkpointing():
     teacher = tiny_model("llama", 64, 8, 4)
     gradients = []
