@@ -192,4 +192,16 @@ def load_sweep(path: str, argv: Optional[list[str]] = None) -> Sweep:
     else:
         sweep.runs, sweep.grid_keys = _grid_and_runs(spec, where)
     _check_runs(sweep.runs, flags, where)
+    _fix_the_data_of_a_seed_sweep(sweep)
     return sweep
+
+
+def _fix_the_data_of_a_seed_sweep(sweep: Sweep) -> None:
+    """Runs that differ in ``seed`` alone would split off other held-out documents (the split is drawn with
+    ``data_seed``, else ``seed``) and rank by numbers measured on different text: unless the sweep sets
+    ``data_seed``, every run of a sweep over ``seed`` takes the base's seed as its ``data_seed``, which also fixes
+    the order the Trainer samples the data in. Sweep ``data_seed`` as well to vary the data."""
+    varied = {key for run in sweep.runs for key in run.overrides}
+    if "seed" not in varied or "data_seed" in varied or "data_seed" in {*sweep.base, *flag_keys(sweep.flags)}:
+        return
+    sweep.base["data_seed"] = parse_config(argv=sweep.flags, **sweep.values(Run("base", {}))).training.seed

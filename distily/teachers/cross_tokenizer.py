@@ -121,8 +121,8 @@ class CrossTokenizerTeacher(LiveTeacher):
         with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
             if self.chat:
                 return build_aligned_chat_datasets(config.data, self._templates, *tokenizers, max_seq_length,
-                                                   training.seed, self.documents)
-            return build_aligned_datasets(config.data, *tokenizers, max_seq_length, training.seed, self.documents)
+                                                   training.split_seed, self.documents)
+            return build_aligned_datasets(config.data, *tokenizers, max_seq_length, training.split_seed, self.documents)
 
     @property
     def student_pad_token_id(self) -> int:

@@ -104,7 +104,7 @@ class LiveTeacher(TeacherSource):
         max_seq_length = resolve_max_seq_length(config.data.max_seq_length, self.model, student)
         # one process writes the tokenization cache, the others read it (one per node without a shared filesystem)
         with training.main_process_first(local=training.save_on_each_node, desc="tokenizing"):
-            return build_datasets(config.data, self.tokenizer, max_seq_length, training.seed, self.documents)
+            return build_datasets(config.data, self.tokenizer, max_seq_length, training.split_seed, self.documents)
 
     def collate_fn(self) -> Callable:
         return partial(collate, pad_token_id=self.pad_token_id)

@@ -115,6 +115,12 @@ class DistillationTrainingArguments(TrainingArguments):
                 "bf16=true (CPU autocast) or neither"
             )
 
+    @property
+    def split_seed(self) -> int:
+        """The seed of the held-out split and of the samples of the data: ``data_seed`` where set (the Trainer's seed
+        of data sampling, independent of the model's), else ``seed``."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def _check_loggers(self) -> None:
         """report_to as TrainingArguments left it (a list; "all" and "none" resolved), each a logger transformers
         knows, or the Trainer would refuse it after the models have loaded."""

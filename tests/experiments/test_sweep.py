@@ -292,3 +292,20 @@ def test_teacher_quantization_and_frozen_modules_as_sweep_parameters(base, tmp_p
     quality = {row["teacher_quantization"]: row["teacher.perplexity"] for row in rows}
     assert {row["teacher.quantization"] for row in rows} == {"none", "8bit", "4bit"} and len(set(quality.values())) == 3
     assert (tmp_path / "out" / "plot_teacher_quantization.png").exists()
+
+
+def test_a_seed_sweep_ranks_its_runs_on_the_same_heldout_documents(base, tmp_path):
+    """The held-out split is drawn with data_seed, else seed: the runs of a sweep over seed measured the same
+    teacher on other documents (its loss differed by run) unless the sweep fixes data_seed, as it now does."""
+    spec = dict(base={**base, "seed": 7, "eval_fraction": 0.3}, output_dir=str(tmp_path), grid={"seed": [0, 1]})
+    sweep = load_sweep(write_sweep(tmp_path, **spec))
+    assert [sweep.config(run).training.data_seed for run in sweep.runs] == [7, 7]
+    rows = run_sweep(sweep)
+    teacher_losses = {row["teacher.lm_loss"] for row in rows}
+    assert len(rows) == 2 and len(teacher_losses) == 1, rows
+    given = load_sweep(write_sweep(tmp_path, "given.yaml", base=base, output_dir="out", set={"data_seed": 3},
+                                   grid={"seed": [0, 1]}))
+    assert [given.config(run).training.data_seed for run in given.runs] == [3, 3]
+    varied = load_sweep(write_sweep(tmp_path, "varied.yaml", base=base, output_dir="out",
+                                    grid={"seed": [0, 1], "data_seed": [0, 1]}))
+    assert [varied.config(run).training.data_seed for run in varied.runs] == [0, 1, 0, 1]
