@@ -17,6 +17,7 @@ from transformers import (
 from tokenizers.processors import TemplateProcessing
 
 from distily.data.tokenizer import train_byte_level_bpe, train_sentencepiece_bpe
+from distily.models.architecture import decoder_layers
 
 VOCAB = 320
 SUBJECTS = ["the cat", "a dog", "my friend", "the teacher", "a student", "the model", "our team", "that bird"]
@@ -95,6 +96,34 @@ def tiny_config(arch: str, layers: int = 4, vocab_size: int = VOCAB, **overrides
 
 
 ARCHITECTURES = ["gpt2", "llama", "phi3", "qwen2"]
+SLIDING, FULL = "sliding_attention", "full_attention"
+
+
+def tiny_gemma4_config(layers: int = 4, vocab_size: int = VOCAB, **settings):
+    """A Gemma 4 text config: sliding-window layers then full-attention ones (the last must be), whose head_dim is
+    global_head_dim (a per_layer_config override), and per-layer inputs (PLE) of width 8. ``settings`` go to the
+    constructor: attention_k_eq_v, num_kv_shared_layers, enable_moe_block, ... are read there."""
+    from transformers import Gemma4TextConfig
+
+    text = dict(num_hidden_layers=layers, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, global_head_dim=32, hidden_size_per_layer_input=8,
+                vocab_size_per_layer_input=vocab_size, sliding_window=4, max_position_embeddings=256,
+                layer_types=[SLIDING] * (layers // 2) + [FULL] * (layers - layers // 2))
+    return Gemma4TextConfig(vocab_size=vocab_size, initializer_range=0.2, **{**text, **settings})
+
+
+def tiny_gemma3n_config(layers: int = 4, vocab_size: int = VOCAB, **settings):
+    """A Gemma 3n text config: sliding-window layers then full-attention ones, an MLP width and an activation
+    sparsity per layer, per-layer inputs of width 8, AltUp over 2 streams, no layer sharing keys and values unless
+    ``settings`` say so."""
+    from transformers import Gemma3nTextConfig
+
+    text = dict(num_hidden_layers=layers, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                intermediate_size=[96 + 16 * i for i in range(layers)], hidden_size_per_layer_input=8,
+                activation_sparsity_pattern=[0.9] + [0.0] * (layers - 1), vocab_size_per_layer_input=vocab_size,
+                sliding_window=4, max_position_embeddings=256, altup_num_inputs=2, laurel_rank=8,
+                num_kv_shared_layers=0, layer_types=[SLIDING] * (layers // 2) + [FULL] * (layers - layers // 2))
+    return Gemma3nTextConfig(vocab_size=vocab_size, initializer_range=0.2, **{**text, **settings})
 
 
 def save_tiny_model(path, arch: str, tokenizer, seed: int = 0, **config_overrides) -> str:
@@ -116,6 +145,55 @@ def save_tiny_masked_lm(path, tokenizer) -> str:
     BertForMaskedLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def layer_outputs(model, ids, inputs=None):
+    """The input and output hidden states of each decoder layer in ``model``'s forward on ``ids``; with ``inputs``,
+    layer i is given ``inputs[i]`` in place of its own input."""
+    seen_inputs, outputs, hooks = [], [], []
+
+    def take_input(layer, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen_inputs.append(hidden)
+        if inputs is None:
+            return None
+        given = inputs[len(seen_inputs) - 1]
+        return ((given, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": given})
+
+    for layer in decoder_layers(model):
+        hooks.append(layer.register_forward_pre_hook(take_input, with_kwargs=True))
+        hooks.append(layer.register_forward_hook(
+            lambda layer, args, output: outputs.append(output[0] if isinstance(output, tuple) else output)))
+    with torch.no_grad():
+        model(ids, use_cache=False)  # transformers makes no mask for a cache of Mamba layers alone
+    for hook in hooks:
+        hook.remove()
+    return seen_inputs, outputs
+
+
+def documents_of(block_ids, block_positions):
+    """The pieces of a block, cut where positions restart."""
+    pieces = []
+    for token, position in zip(block_ids, block_positions):
+        if position == 0:
+            pieces.append([])
+        pieces[-1].append(token)
+    return pieces
+
+
+def sequences_of(dataset) -> list[list[int]]:
+    return [piece for row in dataset for piece in documents_of(row["input_ids"].tolist(), row["position_ids"].tolist())]
+
+
+def plain_loss(model, sequences: list[list[int]]) -> float:
+    """Mean next-token loss of each sequence run alone, in plain transformers."""
+    total, targets = 0.0, 0
+    with torch.no_grad():
+        for ids in filter(lambda ids: len(ids) > 1, sequences):  # a one-token piece has no target
+            ids = torch.tensor([ids])
+            total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+            targets += ids.shape[1] - 1
+    return total / targets
 
 
 def write_jsonl(path, documents: list[str]) -> str:

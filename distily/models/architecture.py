@@ -16,13 +16,16 @@ LOGIT_TRANSFORM_KEYS = ("final_logit_softcapping", "logits_soft_cap", "logit_sca
 def named_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """(qualified name, list) of the decoder blocks: the only ``ModuleList`` with ``num_hidden_layers``
     entries, e.g. ``model.layers`` or ``transformer.h``, not counting lists inside another (a Zamba2 block's
-    adapters, one per hybrid layer: as many as the layers where every one is hybrid)."""
+    adapters, one per hybrid layer: as many as the layers where every one is hybrid) or lists of single layers
+    without modules inside (Gemma 3n's AltUp projections, one per extra stream: 3, as many as a 3-layer student's
+    blocks)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     depth = getattr(config, "num_hidden_layers", None)
     lists = [
         (name, module)
         for name, module in model.named_modules()
         if isinstance(module, nn.ModuleList) and depth is not None and len(module) == depth
+        and all(any(True for _ in block.children()) for block in module)
     ]
     found = [(name, module) for name, module in lists
              if not any(name.startswith(f"{outer}.") for outer, _ in lists)]

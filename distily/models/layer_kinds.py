@@ -1,6 +1,6 @@
-"""Which kind each decoder layer is (dense or a mixture of experts; attention, Mamba or recurrent) where a config
-says so without a per-layer list, by layer indices or scalars: written again for a student whose layers stand for
-chosen teacher layers."""
+"""Which kind each decoder layer is (dense or a mixture of experts; attention, Mamba or recurrent; computing its own
+keys and values or reusing an earlier layer's) where a config says so without a per-layer list, by layer indices or
+scalars: written again for a student whose layers stand for chosen teacher layers."""
 
 from typing import Callable, NamedTuple, Optional
 
@@ -36,6 +36,15 @@ def _dense_first(key: str) -> LayerKindSetting:
         return None if "MoE" in kinds[:dense] else {key: dense}
     return LayerKindSetting((key,), lambda values, layer: "dense" if layer < values[key] else "MoE", write,
                             unless="mlp_layer_types")
+
+
+def _last(key: str, listed: str, other: str) -> LayerKindSetting:
+    """The last ``key`` layers are of kind ``listed``, the others ``other``."""
+    def write(kinds: list[str]) -> Optional[dict]:
+        count = len(kinds) - kinds.index(listed) if listed in kinds else 0
+        return None if other in kinds[len(kinds) - count:] else {key: count}
+    return LayerKindSetting((key,), lambda values, layer: listed if layer >= values["num_hidden_layers"] - values[key]
+                            else other, write)
 
 
 def _moe_run(kinds: list[str]) -> Optional[dict]:
@@ -99,6 +108,8 @@ LAYER_KIND_SETTINGS = (
     _listed("attn_layer_indices", "attention", "mamba"),  # Bamba: attention where listed, Mamba elsewhere
     _listed("full_attn_idxs", "attention", "conv"),  # LFM2: kept beside the layer_types it gave
     _cycle("block_types"),  # RecurrentGemma: recurrent and attention blocks repeating block_types
+    # Gemma 3n, Gemma 4: the last num_kv_shared_layers layers reuse the keys and values of earlier ones
+    _last("num_kv_shared_layers", "KV-sharing", "KV-computing"),
 )
 
 LAYER_KIND_KEYS = frozenset(key for setting in LAYER_KIND_SETTINGS for key in setting.keys)

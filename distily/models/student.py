@@ -13,7 +13,10 @@ from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import ModelArguments
 from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student
-from distily.models.layer_kinds import DERIVED_LAYER_KEYS, LAYER_KIND_KEYS, layer_kind_values
+from distily.models.kv_sharing import check_kv_producers
+from distily.models.layer_kinds import DERIVED_LAYER_KEYS, layer_kind_values
+from distily.models.layer_settings import check_kept, layer_config, per_layer_values
+from distily.models.packed_layers import layer_slices
 from distily.models.teacher import from_pretrained
 
 DEPTH = "num_hidden_layers"
@@ -36,13 +39,16 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
     """A new config of the same class with ``overrides`` applied through the class's own constructor, so values
     derived from the changed ones are derived again: a head_dim of width / heads from the new ones. When the depth
     changes, every per-layer list of ``config``'s depth (``layer_types``: which layers attend in a sliding window,
-    which are linear or convolutional; ``no_rope_layers``, ``mlp_layer_types``, ...) becomes the entries of the
-    layers each student layer stands for: ``layer_sources`` (the teacher layers copied into it), else evenly spaced
-    ones. Derived from the new depth instead, the copied layers would run with another attention, position scheme
-    or block than they learned with (a Gemma 3 student of 4 layers would have no global attention layer). Settings
-    that say which kind each layer is without a per-layer list (``LAYER_KIND_SETTINGS``: dense or MoE, attention or
-    Mamba, by layer indices or scalars) are written again the same way; indices a config derives from its per-layer
-    list (``DERIVED_LAYER_KEYS``) are derived again from the student's."""
+    which are linear or convolutional; ``no_rope_layers``, ``mlp_layer_types``, Gemma 3n's ``intermediate_size``, ...)
+    and the per-layer overrides of a heterogeneous config (``per_layer_config``: Gemma 4's full-attention head_dim)
+    become the entries of the layers each student layer stands for: ``layer_sources`` (the teacher layers copied into
+    it), else evenly spaced ones; a config class that changes them is refused. Derived from the new depth instead,
+    the copied layers would run with another attention, position scheme or block than they learned with (a Gemma 3
+    student of 4 layers would have no global attention layer). Settings that say which kind each layer is without a
+    per-layer list (``LAYER_KIND_SETTINGS``: dense or MoE, attention or Mamba, sharing keys and values or not, by
+    layer indices or scalars) are written again the same way; indices a config derives from its per-layer list
+    (``DERIVED_LAYER_KEYS``) are derived again from the student's. A layer reusing keys and values must have a layer
+    to take them from (``check_kv_producers``)."""
     values = config.to_dict()
     changes = {_canonical(config, key): value for key, value in overrides.items()}
     for key, original in zip(overrides, changes):
@@ -66,16 +72,16 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
             )
         if values.get("head_dim") == values[width] // values[heads]:  # derived from them: derive it again (Qwen3
             values["head_dim"] = new_width // new_heads  # and Gemma would fall back to a fixed default, not this)
+    sources, per_layer = None, {}
     if depth in changes:
         config_depth = getattr(config, depth)  # Nemotron-H derives it from layers_block_type: not in values
         sources = layer_sources or evenly_spaced_layers(config_depth, changes[depth])  # a count: checked above
         kind_values = layer_kind_values(config, values, sources, changes)
         for key in DERIVED_LAYER_KEYS:
             values.pop(key, None)
-        for key, value in values.items():
-            if "layer" in key and key not in changes and key not in LAYER_KIND_KEYS and isinstance(value, list) \
-                    and len(value) == config_depth:  # a list of layer indices (mlp_only_layers) is not one
-                values[key] = [value[index] for index in sources]
+        per_layer = {key: value for key, value in per_layer_values(values, config_depth, sources).items()
+                     if key not in changes}
+        values.update(copy.deepcopy(per_layer))  # a config class may change them in place (Gemma 4's last type)
         values.update(kind_values)
     values.update(changes)
     try:
@@ -86,6 +92,9 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
             "student_config_overrides that fit together (rope_parameters for a student of another head_dim)"
         )
     check_attention_shape(student_config)
+    if sources is not None:
+        check_kept(student_config, per_layer, sources)
+        check_kv_producers(config, student_config, sources, copied=layer_sources is not None)
     return student_config
 
 
@@ -96,13 +105,15 @@ def check_layer_count(depth) -> int:
 
 
 def check_attention_shape(config: PretrainedConfig) -> None:
-    heads = getattr(config, HEADS, None)
-    kv_heads = getattr(config, "num_key_value_heads", None)
-    if heads and kv_heads and heads % kv_heads:
-        raise DistilyConfigError(
-            f"student num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}; "
-            "expected a KV head count that divides the head count"
-        )
+    """Each layer's KV heads divide its heads (a heterogeneous config's layers have their own)."""
+    for layer in range(text_depth(config)):
+        settings = layer_config(config, layer)
+        heads, kv_heads = getattr(settings, HEADS, None), getattr(settings, "num_key_value_heads", None)
+        if heads and kv_heads and heads % kv_heads:
+            raise DistilyConfigError(
+                f"student num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}; "
+                "expected a KV head count that divides the head count"
+            )
 
 
 def evenly_spaced_layers(teacher_depth: int, student_depth: int) -> list[int]:
@@ -131,9 +142,11 @@ def teacher_layer_sources(chosen: Optional[list[int]], teacher_depth: int, stude
 
 def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teacher_layers: list[int]) -> None:
     """Copy ``teacher_layers[i]`` into student layer i, and every other parameter (embeddings, final
-    norm, LM head) whose name and shape match; a tensor the student shares between two names (an LM head tied to
-    the embeddings) is copied once, from the first (the embeddings), as transformers ties the head to them."""
-    check_same_heads(teacher.config.get_text_config(), student.config.get_text_config())
+    norm, LM head) whose name and shape match, a table packing a slice per layer with the slices of those layers;
+    a tensor the student shares between two names (an LM head tied to the embeddings) is copied once, from the first
+    (the embeddings), as transformers ties the head to them."""
+    teacher_config = teacher.config.get_text_config()
+    check_same_heads(teacher_config, student.config.get_text_config(), list(enumerate(teacher_layers)))
     teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
     with torch.no_grad():
         for student_block, index in zip(student_blocks, teacher_layers):
@@ -143,24 +156,30 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
         copied = set()  # the student's tensors written so far
         for name, param in student.state_dict().items():
             source = teacher_params.get(name)
-            if name.startswith(prefix) or source is None or source.shape != param.shape or param.data_ptr() in copied:
+            if name.startswith(prefix) or source is None or param.data_ptr() in copied:
                 continue
-            param.copy_(source)
-            copied.add(param.data_ptr())
+            source = layer_slices(name, source, teacher_config, teacher_layers)
+            if source.shape == param.shape:
+                param.copy_(source)
+                copied.add(param.data_ptr())
 
 
 def check_same_heads(teacher_config: PretrainedConfig, student_config: PretrainedConfig,
-                     what: str = "teacher layers") -> None:
+                     layers: list[tuple[int, int]], what: str = "teacher layers") -> None:
     """A copied layer needs the teacher's heads: with fewer, wider ones of the same total width its projections load
-    (their shapes match) but split into other heads than they learned."""
-    for key in (HEADS, "num_key_value_heads", "head_dim"):
-        teacher_value, student_value = getattr(teacher_config, key, None), getattr(student_config, key, None)
-        if teacher_value != student_value:
-            raise DistilyConfigError(
-                f"cannot copy {what} into a student of {key}={student_value} (the teacher's is "
-                f"{teacher_value}): its heads would split the teacher's projections otherwise; expected the teacher's "
-                f"{key} (use student_init=random for a reshaped student)"
-            )
+    (their shapes match) but split into other heads than they learned. ``layers`` pairs each student layer with the
+    teacher layer copied into it (a heterogeneous config's layers differ: Gemma 4's full-attention head_dim)."""
+    for student_layer, teacher_layer in layers:
+        teacher_settings = layer_config(teacher_config, teacher_layer)
+        student_settings = layer_config(student_config, student_layer)
+        for key in (HEADS, "num_key_value_heads", "head_dim"):
+            teacher_value, student_value = getattr(teacher_settings, key, None), getattr(student_settings, key, None)
+            if teacher_value != student_value:
+                raise DistilyConfigError(
+                    f"cannot copy {what} into a student of {key}={student_value} (the teacher's is "
+                    f"{teacher_value}): its heads would split the teacher's projections otherwise; expected the "
+                    f"teacher's {key} (use student_init=random for a reshaped student)"
+                )
 
 
 def _copy_module(source: torch.nn.Module, target: torch.nn.Module, what: str) -> None:
@@ -190,6 +209,15 @@ def _submodule(model: PreTrainedModel, name: str, role: str, option: str) -> tor
 ATTENTION_NAMES = frozenset({"self_attn", "attn", "attention", "self_attention"})
 
 
+def _layers_holding(model: PreTrainedModel, name: str, other_depth: int) -> list[tuple[int, int]]:
+    """(layer, layer) for the decoder layer module ``name`` is in, or for every layer both models have."""
+    prefix = named_decoder_layers(model)[0] + "."
+    if name.startswith(prefix):
+        layer = int(name[len(prefix):].split(".")[0])
+        return [(layer, layer)]
+    return [(layer, layer) for layer in range(min(text_depth(model.config), other_depth))]
+
+
 def copy_named_modules(teacher: PreTrainedModel, student: PreTrainedModel, names: list[str]) -> None:
     for name in names:
         source = _submodule(teacher, name, "teacher", "copy_teacher_modules")
@@ -197,7 +225,7 @@ def copy_named_modules(teacher: PreTrainedModel, student: PreTrainedModel, names
         if any(part in ATTENTION_NAMES
                for module, _ in source.named_modules(prefix=name) for part in module.split(".")):
             check_same_heads(teacher.config.get_text_config(), student.config.get_text_config(),
-                             f"teacher module {name}")
+                             _layers_holding(student, name, text_depth(teacher.config)), f"teacher module {name}")
         _copy_module(source, target, f"teacher module {name}")
 
 

@@ -15,12 +15,15 @@ SHAPE_KEYS = {  # summary name: config attribute (after get_text_config; GPT-2's
 
 
 def architecture_summary(model: PreTrainedModel) -> dict:
-    """``model_type``, the shape numbers of ``SHAPE_KEYS`` the config has, ``dtype``, and ``bitnet``: the
-    options of a ternary (BitNet b1.58) model, ``None`` for a dense one."""
+    """``model_type``, the shape numbers of ``SHAPE_KEYS`` the config has, one for every layer (not Gemma 3n's
+    per-layer MLP widths, nor what a heterogeneous config sets apart for some layers: Gemma 4's KV heads with
+    attention_k_eq_v), ``dtype``, and ``bitnet``: the options of a ternary (BitNet b1.58) model, ``None`` for a
+    dense one."""
     config = model.config.get_text_config()
     summary = {"model_type": config.model_type}
+    per_layer = getattr(config, "per_layer_attributes", None) or set()
     for name, attribute in SHAPE_KEYS.items():
-        value = getattr(config, attribute, None)
+        value = None if attribute in per_layer else getattr(config, attribute, None)
         if isinstance(value, int):
             summary[name] = value
     summary["dtype"] = str(model.dtype).removeprefix("torch.")

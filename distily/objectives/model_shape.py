@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
+from distily.models.layer_settings import layer_config
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -23,13 +25,20 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: PretrainedConfig) -> "ModelShape":
-        """From any HF causal-LM config (GPT-2's n_layer/n_embd/n_head are read through its attribute_map)."""
+        """From any HF causal-LM config (GPT-2's n_layer/n_embd/n_head are read through its attribute_map); where
+        the layers' attention differs (a heterogeneous config: Gemma 4's full-attention layers have a wider head_dim),
+        the widest layer's."""
         config = config.get_text_config()
-        heads = config.num_attention_heads
+        layers = (cls._of_layer(config, layer_config(config, layer)) for layer in range(config.num_hidden_layers))
+        return max(layers, key=lambda shape: shape.query_width + 2 * shape.kv_width)
+
+    @classmethod
+    def _of_layer(cls, config: PretrainedConfig, settings: PretrainedConfig) -> "ModelShape":
+        heads = settings.num_attention_heads
         return cls(
             depth=config.num_hidden_layers,
             width=config.hidden_size,
             heads=heads,
-            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            kv_heads=getattr(settings, "num_key_value_heads", None) or heads,
+            head_dim=getattr(settings, "head_dim", None) or config.hidden_size // heads,
         )

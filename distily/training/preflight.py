@@ -91,8 +91,10 @@ def optimizer_state_bytes(optim: str, trainable: list[torch.nn.Parameter]) -> in
 
 
 def _intermediate_size(config) -> int:
+    """The MLP width; the widest where each layer has its own (Gemma 3n's list)."""
     config = config.get_text_config()
-    return getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    size = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    return max(size) if isinstance(size, list) else size
 
 
 def block_activations(student: PreTrainedModel, step: StepShape) -> int:

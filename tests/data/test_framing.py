@@ -27,28 +27,21 @@ from tiny import (
     ARCHITECTURES,
     CHAT_STYLES,
     INSTRUCT_END_OF_TEXT,
+    documents_of,
     make_bos_tokenizer,
     make_chat_tokenizer,
     make_documents,
     make_instruct_tokenizer,
     make_tokenizer,
+    plain_loss,
     save_tiny_masked_lm,
+    sequences_of,
     tiny_config,
     train_bos_anchored_llama,
     write_jsonl,
 )
 
 BOS = 1000  # a stand-in id in the pure framing tests
-
-
-def documents_of(block_ids, block_positions):
-    """The pieces of a block, cut where positions restart."""
-    pieces = []
-    for token, position in zip(block_ids, block_positions):
-        if position == 0:
-            pieces.append([])
-        pieces[-1].append(token)
-    return pieces
 
 
 @pytest.fixture(scope="module")
@@ -324,24 +317,9 @@ def test_invalid_document_delimiter_and_non_utf8_are_one_line_errors(tmp_path):
 # ----- a BOS-anchored teacher, measured by Distily and by plain transformers -----
 
 
-def plain_loss(model, sequences: list[list[int]]) -> float:
-    """Mean next-token loss of each sequence run alone, in plain transformers."""
-    total, targets = 0.0, 0
-    with torch.no_grad():
-        for ids in filter(lambda ids: len(ids) > 1, sequences):  # a one-token piece has no target
-            ids = torch.tensor([ids])
-            total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
-            targets += ids.shape[1] - 1
-    return total / targets
-
-
 def distily_teacher_loss(teacher, tokenizer, data):
     evaluator = Evaluator({"heldout": data.eval}, partial(collate, pad_token_id=0), 4, teacher, len(tokenizer))
     return evaluator.teacher_metrics()["lm_loss"]
-
-
-def sequences_of(dataset) -> list[list[int]]:
-    return [piece for row in dataset for piece in documents_of(row["input_ids"].tolist(), row["position_ids"].tolist())]
 
 
 def data_args(path, tmp_path, **overrides):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tiny import ARCHITECTURES, tiny_config
+from tiny import ARCHITECTURES, layer_outputs, tiny_config
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
 from distily.models.arguments import ModelArguments
@@ -243,30 +243,6 @@ def _per_layer_config(arch):
     }[arch]()
 
 
-def _layer_outputs(model, ids, inputs=None):
-    """The input and output hidden states of each decoder layer in ``model``'s forward on ``ids``; with ``inputs``,
-    layer i is given ``inputs[i]`` in place of its own input."""
-    seen_inputs, outputs, hooks = [], [], []
-
-    def take_input(layer, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        seen_inputs.append(hidden)
-        if inputs is None:
-            return None
-        given = inputs[len(seen_inputs) - 1]
-        return ((given, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": given})
-
-    for layer in decoder_layers(model):
-        hooks.append(layer.register_forward_pre_hook(take_input, with_kwargs=True))
-        hooks.append(layer.register_forward_hook(
-            lambda layer, args, output: outputs.append(output[0] if isinstance(output, tuple) else output)))
-    with torch.no_grad():
-        model(ids, use_cache=False)  # transformers makes no mask for a cache of Mamba layers alone
-    for hook in hooks:
-        hook.remove()
-    return seen_inputs, outputs
-
-
 @pytest.mark.parametrize("layers", [[0, 3], [1, 2]])
 @pytest.mark.parametrize("arch", ["qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "llama4", "ernie4_5_moe",
                                   "gemma3", "phi3", "jamba", "bamba", "recurrent_gemma", "nemotron_h"])
@@ -281,10 +257,10 @@ def test_each_copied_layer_computes_what_its_teacher_layer_does(arch, layers):
     torch.manual_seed(0)
     teacher = AutoModelForCausalLM.from_config(_per_layer_config(arch)).eval()
     ids = torch.randint(0, 128, (1, 12))
-    teacher_inputs, teacher_outputs = _layer_outputs(teacher, ids)
+    teacher_inputs, teacher_outputs = layer_outputs(teacher, ids)
     args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=layers)
     student = build_student(args, teacher).eval()
-    _, student_outputs = _layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
+    _, student_outputs = layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
     for student_output, index in zip(student_outputs, layers):
         torch.testing.assert_close(student_output, teacher_outputs[index])
 
@@ -330,8 +306,8 @@ def test_a_zamba2_students_shared_blocks_sit_in_its_own_hybrid_layers(init, laye
     assert student.config.hybrid_layer_ids == hybrid
     if layers is not None:
         ids = torch.randint(0, 128, (1, 12))
-        teacher_inputs, teacher_outputs = _layer_outputs(teacher, ids)
-        _, student_outputs = _layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
+        teacher_inputs, teacher_outputs = layer_outputs(teacher, ids)
+        _, student_outputs = layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
         for student_output, index in zip(student_outputs, layers):
             torch.testing.assert_close(student_output, teacher_outputs[index])
 
