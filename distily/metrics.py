@@ -17,8 +17,9 @@ from typing import Any, Optional
 from distily.evaluation.arguments import HELDOUT_SET
 
 # measured on each eval set (bits and nats per byte: by the model's own tokenizer, see distily.evaluation.bytes)
-PER_SET_METRICS = ("lm_loss", "perplexity", "bits_per_byte", "nats_per_byte", "kl_to_teacher", "top1_agreement")
 BYTE_METRICS = ("bits_per_byte", "nats_per_byte")  # comparable across tokenizers
+LOSS_METRICS = ("lm_loss", "perplexity", *BYTE_METRICS)  # a model's own, on each eval set: the teacher's are these
+PER_SET_METRICS = (*LOSS_METRICS, "kl_to_teacher", "top1_agreement")
 BEFORE, AFTER = "before", "after"  # the student's evaluations before and after training
 GENERATION = "generation"  # greedy answers to held-out prompts: generation/<metric> (distily.evaluation.generations)
 

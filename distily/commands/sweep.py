@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from distily.errors import DistilyConfigError, RunInterrupted
 from distily.experiments import sweep_file
-from distily.experiments.results import ERROR_FILE, gather_results
+from distily.experiments.results import ERROR_FILE, check_ranked, gather_results
 from distily.experiments.runs import Run
 from distily.experiments.sweep_file import Sweep, flag_keys
 from distily.outputs import write_json_atomic
@@ -91,7 +91,8 @@ def _run(sweep: Sweep, run: Run) -> None:
 
 
 def run_sweep(sweep: Sweep) -> list[dict]:
-    """Run what is left of ``sweep``, write results.csv, results.md and plots, and return the ranked rows."""
+    """Run what is left of ``sweep``, write results.csv, results.md and plots, and return the ranked rows (a
+    DistilyConfigError, after they are written, when no finished run measured the sweep's metric)."""
     check_started_runs(sweep)
     sweep.output_dir.mkdir(parents=True, exist_ok=True)
     progress = tqdm(sweep.runs, desc=f"sweep {sweep.output_dir.name}", unit="run")
@@ -116,6 +117,7 @@ def run_sweep(sweep: Sweep) -> list[dict]:
         progress.close()
         rows = gather_results(sweep)
         write_results(sweep, rows)
+    check_ranked(sweep, rows)  # after the results are written: the finished runs' figures are kept
     return rows
 
 

@@ -31,9 +31,10 @@ def _score(row: dict, metric: str, goal: str) -> float:
     return row[metric] if goal == "min" else -row[metric]
 
 
-def _check_metric(sweep, finished: list[dict]) -> None:
-    """Refuse a ranking metric that no finished run measured (a typo in ``metric:`` would otherwise rank the runs
-    in file order), naming the metrics they have; nothing to check before a run has finished."""
+def check_ranked(sweep, rows: list[dict]) -> None:
+    """Refuse a ranking metric that no finished run measured (``metric:`` names a key a run can hold, but none
+    of these did), naming the metrics they have; nothing to check before a run has finished."""
+    finished = [row for row in rows if row["status"] == "finished"]
     if not finished or any(_has_metric(row, sweep.metric) for row in finished):
         return
     measured = sorted({key for row in finished for key in row if _has_metric(row, key)})
@@ -45,7 +46,6 @@ def _check_metric(sweep, finished: list[dict]) -> None:
 def rank(sweep, finished: list[dict]) -> list[dict]:
     """The finished rows, those with the sweep's metric best first and numbered ``rank`` 1, 2, ...; then those
     without it (a run that measured something else), unranked."""
-    _check_metric(sweep, finished)
     ranked = sorted((row for row in finished if _has_metric(row, sweep.metric)),
                     key=lambda row: _score(row, sweep.metric, sweep.metric_goal))
     for number, row in enumerate(ranked, start=1):

@@ -9,7 +9,8 @@
     runs:                              # explicit runs (optional); with a grid, each run at every grid point
       - {name: hidden-states, hidden_states_weight: 1.0}
     layer_search: {component: hidden_states}   # instead of grid and runs (layer_search.py)
-    metric: student.after_bits_per_byte   # a key of the flattened metrics.json; ranks the runs, plotted
+    metric: student.after_bits_per_byte   # a key of the flattened metrics.json; ranks the runs, plotted; one
+                                       # no run can measure is refused before any run starts
     metric_goal: min                   # or max
 
 ``distily sweep SWEEP.yaml --key value ...`` applies the flags to every run, over ``base`` and ``set``
@@ -24,6 +25,7 @@ from typing import Optional
 from distily.config import DistillConfig, check_keys, parse_config, read_config_file
 from distily.errors import DistilyConfigError
 from distily.experiments.layer_search import layer_search_runs
+from distily.experiments.metric_keys import check_metric
 from distily.experiments.runs import Run, expand_runs, overrides_hash
 
 SWEEP_KEYS = ("base", "output_dir", "set", "grid", "runs", "layer_search", "metric", "metric_goal")
@@ -193,7 +195,19 @@ def load_sweep(path: str, argv: Optional[list[str]] = None) -> Sweep:
         sweep.runs, sweep.grid_keys = _grid_and_runs(spec, where)
     _check_runs(sweep.runs, flags, where)
     _fix_the_data_of_a_seed_sweep(sweep)
+    check_metric(sweep.metric, _run_configs(sweep), where)
     return sweep
+
+
+def _run_configs(sweep: Sweep) -> list[DistillConfig]:
+    """The configs of the runs; a run whose config is refused is left out (its error is recorded when it runs)."""
+    configs = []
+    for run in sweep.runs:
+        try:
+            configs.append(sweep.config(run))
+        except DistilyConfigError:
+            continue
+    return configs
 
 
 def _fix_the_data_of_a_seed_sweep(sweep: Sweep) -> None:

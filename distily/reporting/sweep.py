@@ -42,6 +42,13 @@ def ranking_table(sweep, rows: list[dict], overrides: bool = True) -> tuple[list
     return columns, [[_format(row.get(column)) for column in columns] for row in rows]
 
 
+def _ranked_by(sweep, rows: list[dict]) -> str:
+    """What results.md's runs are ordered by: the metric, or nothing when no finished run measured it."""
+    if any(row["status"] == "finished" for row in rows) and not any("rank" in row for row in rows):
+        return f"Not ranked: no finished run measured `{sweep.metric}`; "
+    return f"Ranked by `{sweep.metric}` ({'lower' if sweep.metric_goal == 'min' else 'higher'} is better); "
+
+
 def write_results(sweep, rows: list[dict]) -> list[Path]:
     """results.csv, results.md and the plots, in the sweep's output_dir; returns their paths."""
     out = sweep.output_dir
@@ -60,8 +67,7 @@ def write_results(sweep, rows: list[dict]) -> list[Path]:
     lines = [
         f"# Sweep `{sweep.source}`",
         "",
-        f"Ranked by `{sweep.metric}` ({'lower' if sweep.metric_goal == 'min' else 'higher'} is better); "
-        + ", ".join(f"{count} {status}" for status, count in counts.items())
+        _ranked_by(sweep, rows) + ", ".join(f"{count} {status}" for status, count in counts.items())
         + ". Every value of every run: `results.csv`.",
         "",
         "| " + " | ".join(columns) + " |",

@@ -18,7 +18,7 @@ from distily.cli import main
 from distily.commands import sweep as sweep_command
 from distily.commands.sweep import run_sweep
 from distily.errors import DistilyConfigError, RunInterrupted
-from distily.experiments.results import rank
+from distily.experiments.results import check_ranked, rank
 from distily.experiments.runs import render_value, run_name
 from distily.experiments.sweep_file import load_sweep
 from distily.reporting import plots
@@ -100,16 +100,61 @@ def test_only_the_runs_that_measured_the_metric_are_ranked(base, tmp_path):
 
 
 def test_a_metric_no_finished_run_measured_is_one_line_naming_those_they_did(base, tmp_path):
-    """A typo in ``metric:`` used to rank every run 1, 2, ... in file order."""
-    path = write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]}, metric="student.after_perplexty")
-    sweep = load_sweep(path)
-    rows = _finished_rows(sweep, "student.after_perplexity", [9.0, 8.0])
+    """A metric a run can hold but none measured used to rank every run 1, 2, ... in file order."""
+    sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]},
+                                   metric="train.tokens_seen"))
+    rows = _finished_rows(sweep, "train.wall_seconds", [9.0, 8.0])
     with pytest.raises(DistilyConfigError, match=(
-        r"metric='student.after_perplexty' is in no finished run's metrics; expected one of the metrics they have "
-        r"\(closest: student.after_perplexity\): student.after_perplexity$"
+        r"metric='train.tokens_seen' is in no finished run's metrics; expected one of the metrics they have: "
+        r"train.wall_seconds$"
     )):
-        rank(sweep, rows)
-    assert rank(sweep, []) == []  # nothing finished yet: nothing to check
+        check_ranked(sweep, rows)
+    check_ranked(sweep, [])  # nothing finished yet: nothing to check
+
+
+def test_a_metric_no_run_can_measure_is_refused_before_any_run_starts(base, tmp_path, capsys):
+    """A typo in ``metric:`` used to be found after every run had finished, and no results were written."""
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"seed": [0, 1]},
+                       metric="student.after_perplexty")
+    assert main(["sweep", path]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert ("metric='student.after_perplexty' is not a number any run of the sweep can measure (closest: "
+            "student.after_perplexity); expected a key of the flattened metrics.json among ") in error
+    for metric in ("teacher.quantization", "student.after_other_perplexity", "student.after_loss_hidden_states",
+                   "student.lm_eval.hellaswag.acc", "student.after_generation/exact_match"):
+        with pytest.raises(DistilyConfigError, match=f"metric='{metric}' is not a number any run"):
+            load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]}, metric=metric))
+
+
+def test_every_number_a_run_measures_is_a_metric_its_sweep_accepts(base, tmp_path):
+    """Keys named by the config (an eval set, a feature component, lm-eval tasks, a generation metric) and by the
+    Trainer are accepted: those of a real run, and those of the options it did not use."""
+    other = str(tmp_path / "other.jsonl")
+    Path(other).write_text(Path(base["dataset_name"]).read_text().split("\n", 1)[0] + "\n")
+    runs = [{"name": "sets", "eval_datasets": {"other": other}, "hidden_states_weight": 1.0,
+             "skip_memory_metrics": False}, {"name": "plain"}]
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), runs=runs)
+    (row, _) = run_sweep(load_sweep(path))
+    measured = [key for key, value in row.items() if isinstance(value, (int, float)) and key not in ("rank",)]
+    assert {"student.after_other_perplexity", "student.after_loss_hidden_states", "eval_overlap.other.sequences",
+            "train.train_loss", "student.architecture.layers"} <= set(measured)
+    extra = {"lm_eval_tasks": ["hellaswag"], "generation_eval_dataset": other, "generation_eval_metric": "os.path:join",
+             "teacher_source": "recorded", "teacher_store": str(tmp_path / "store")}
+    for metric in [*measured, "student.lm_eval.hellaswag.acc_norm", "teacher.lm_eval.hellaswag.acc",
+                   "student.after_generation/join", "teacher.generation/exact_match", "teacher.record_top_k"]:
+        load_sweep(write_sweep(tmp_path, base={**base, **extra}, output_dir="out", runs=runs, metric=metric))
+
+
+def test_the_results_are_written_when_no_finished_run_measured_the_metric(base, tmp_path, capsys):
+    """The ranking's error used to leave the sweep without results.csv and results.md."""
+    path = write_sweep(tmp_path, base={**base, "include_num_input_tokens_seen": "no"},
+                       output_dir=str(tmp_path / "out"), runs=[{"name": "only"}], metric="train.tokens_seen")
+    assert main(["sweep", path]) == 2
+    assert "metric='train.tokens_seen' is in no finished run's metrics" in capsys.readouterr().err
+    assert list(_statuses(tmp_path / "out").values()) == ["finished"]
+    assert "Not ranked: no finished run measured `train.tokens_seen`; 1 finished" in (
+        tmp_path / "out" / "results.md").read_text()
 
 
 def test_flags_apply_to_every_run_over_the_base(base, tmp_path):

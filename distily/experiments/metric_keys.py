@@ -1,0 +1,106 @@
+"""The keys of a finished run's flattened metrics.json (``student.after_perplexity``) that can hold a number, worked
+out from the run's config before it runs: metrics.json's numeric fields (distily.metrics), the Trainer's figures,
+and the names the config gives (eval sets, objective components, the generation metric, lm-eval tasks, whose
+members and metrics only the harness knows: ``student.lm_eval.*``). A sweep refuses a ranking metric that none of
+its runs can measure before the first run starts (``check_metric``)."""
+
+import dataclasses
+import time
+import typing
+from difflib import get_close_matches
+from fnmatch import fnmatchcase
+from typing import Optional
+
+from transformers.trainer_utils import speed_metrics
+
+from distily.config import DistillConfig
+from distily.errors import DistilyConfigError
+from distily.evaluation.arguments import BUILT_IN, HELDOUT_SET, metric_name
+from distily.metrics import (
+    AFTER, BEFORE, LOSS_METRICS, PER_SET_METRICS, EvalSetSource, FramingMetrics, OverlapCheck, RecordingSource,
+    RunMetrics, StudentMetrics, TeacherMetrics, TrainMetrics, generation_key, metric_key,
+)
+
+NUMBERS = (int, float, Optional[int], Optional[float])
+TRAINER_FIGURES = ("epoch", "num_input_tokens_seen")  # the Trainer's log adds them to its metrics
+ANY = "*"  # a part of a key that the Trainer, the harness or the architecture summary names
+
+
+def _numeric_fields(cls) -> list[str]:
+    """``cls``'s fields that hold a number."""
+    return [name for name, hint in typing.get_type_hints(cls).items() if hint in NUMBERS]
+
+
+def _speed_figures(stage: str) -> list[str]:
+    """The Trainer's time and throughput figures of ``stage``, as ``transformers.trainer_utils.speed_metrics`` names
+    them."""
+    return list(speed_metrics(stage, time.time() - 1, num_samples=1, num_steps=1))
+
+
+def _component_names(config: DistillConfig) -> list[str]:
+    """The objective's components that run: those whose ``<name>_weight`` is above 0."""
+    return [item.name.removesuffix("_weight") for item in dataclasses.fields(config.objective)
+            if item.name.endswith("_weight") and getattr(config.objective, item.name) > 0]
+
+
+def _evaluated(config: DistillConfig, metrics: tuple[str, ...]) -> list[str]:
+    """What a model's evaluation measures: ``metrics`` on each eval set, and the greedy answers' scores."""
+    evaluation = config.evaluation
+    sets = [HELDOUT_SET, *(evaluation.eval_datasets or {})]
+    keys = [metric_key(name, metric) for name in sets for metric in metrics]
+    if evaluation.generation_eval_dataset:
+        user = [metric_name(evaluation.generation_eval_metric)] if evaluation.generation_eval_metric else []
+        keys += [generation_key(metric) for metric in (*BUILT_IN, *user)]
+    return keys
+
+
+def _student_keys(config: DistillConfig) -> list[str]:
+    """The student's evaluations before and after training (the objective, its components, what the evaluation
+    measures, the Trainer's figures), its size and architecture."""
+    measured = ["loss", *(f"loss_{name}" for name in _component_names(config)), *_evaluated(config, PER_SET_METRICS),
+                "model_preparation_time"]
+    stages = [key for stage in (BEFORE, AFTER) for key in (*(f"{stage}_{name}" for name in measured),
+                                                           *_speed_figures(stage))]
+    return [*stages, *TRAINER_FIGURES, *_numeric_fields(StudentMetrics), f"architecture.{ANY}"]
+
+
+def _teacher_keys(config: DistillConfig) -> list[str]:
+    recorded = config.record.teacher_source == RecordingSource.SOURCE
+    return [*_evaluated(config, LOSS_METRICS), *_numeric_fields(TeacherMetrics), f"architecture.{ANY}",
+            *(_numeric_fields(RecordingSource) if recorded else [])]
+
+
+def _train_keys(config: DistillConfig) -> list[str]:
+    return [*_speed_figures("train"), "train_loss", *TRAINER_FIGURES, *_numeric_fields(TrainMetrics)]
+
+
+def metric_keys(config: DistillConfig) -> list[str]:
+    """The flattened metrics.json keys that a run of ``config`` can hold a number under (``*``: any name there)."""
+    keys = {
+        "teacher": _teacher_keys(config),
+        "student": _student_keys(config),
+        "train": _train_keys(config),
+        "framing": _numeric_fields(FramingMetrics),
+        "eval_sets": [f"{name}.{key}" for name in config.evaluation.eval_datasets or {}
+                      for key in _numeric_fields(EvalSetSource)],
+        "eval_overlap": [f"{name}.{key}" for name in (HELDOUT_SET, *(config.evaluation.eval_datasets or {}))
+                         for key in _numeric_fields(OverlapCheck)],
+    }
+    if config.evaluation.lm_eval_tasks:
+        keys["teacher"].append(f"lm_eval.{ANY}")
+        keys["student"].append(f"lm_eval.{ANY}")
+    if not config.training.skip_memory_metrics:  # the Trainer's memory tracker, named by its own stages
+        keys["student"].append(f"{ANY}_mem_{ANY}")
+        keys["train"].append(f"{ANY}_mem_{ANY}")
+    return [*_numeric_fields(RunMetrics), *(f"{part}.{key}" for part, names in keys.items() for key in names)]
+
+
+def check_metric(metric: str, configs: list[DistillConfig], where: str) -> None:
+    """Refuse a ranking ``metric`` that no run of ``configs`` can measure (a typo, a set or task no run evaluates, a
+    field that holds no number), naming the closest key and those they can."""
+    possible = list(dict.fromkeys(key for config in configs for key in metric_keys(config)))
+    if not configs or any(fnmatchcase(metric, key) for key in possible):
+        return
+    closest = "".join(f" (closest: {key})" for key in get_close_matches(metric, possible, n=1))
+    raise DistilyConfigError(f"{where}: metric={metric!r} is not a number any run of the sweep can measure"
+                             f"{closest}; expected a key of the flattened metrics.json among {', '.join(possible)}")
