@@ -194,15 +194,18 @@ class StudentMetrics:
 
 @dataclass(frozen=True)
 class TrainMetrics:
-    """Training: the Trainer's figures as it gave them (``train_runtime``, ``train_loss``, ``epoch``, ...), wall
-    time, optimizer steps and the tokens read (None when not counted)."""
+    """Training: the Trainer's figures as it gave them (``train_runtime``, ``epoch``, ...; those of the last session
+    when the run was resumed, after ``resumed_from_step``) but ``train_loss``, the mean training loss over all the
+    run's steps; the wall time of every session's training, optimizer steps and the tokens read (None when not
+    counted)."""
 
     trainer: dict[str, Any]
     wall_seconds: float
     global_step: int
     tokens_seen: Optional[int] = None
+    resumed_from_step: Optional[int] = None  # the step the last session started from (None: one session)
 
-    FIXED = ("wall_seconds", "global_step", "tokens_seen")
+    FIXED = ("wall_seconds", "global_step", "tokens_seen", "resumed_from_step")
 
     @property
     def runtime(self) -> float:
@@ -215,7 +218,7 @@ class TrainMetrics:
 
     def to_dict(self) -> dict:
         return {**self.trainer, "wall_seconds": self.wall_seconds, "global_step": self.global_step,
-                **_present(tokens_seen=self.tokens_seen)}
+                **_present(tokens_seen=self.tokens_seen, resumed_from_step=self.resumed_from_step)}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainMetrics":

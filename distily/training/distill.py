@@ -88,16 +88,20 @@ def _benchmarked_models(trainer: DistillationTrainer, student: PreTrainedModel, 
     return student, teacher.live_model
 
 
-def _train_summary(training, train_output, seconds: float, state) -> TrainMetrics:
-    """metrics.json's train: the Trainer's figures, wall time, optimizer steps and the tokens read in training
-    (the Trainer's count over all processes and sessions; without padding unless include_num_input_tokens_seen
-    says otherwise, and absent when it is "no")."""
+def _train_summary(training, train_output, seconds: float, trainer: DistillationTrainer) -> TrainMetrics:
+    """metrics.json's train: the Trainer's figures, the whole run's mean training loss and wall time (over every
+    session of a resumed run), optimizer steps and the tokens read in training (the Trainer's count over all
+    processes and sessions; without padding unless include_num_input_tokens_seen says otherwise, and absent when it
+    is "no")."""
     counted = training.include_num_input_tokens_seen != "no"
+    totals = trainer.run_totals()
+    loss, seconds = totals.whole_run(train_output.metrics["train_loss"], seconds, train_output.global_step)
     return TrainMetrics(
-        trainer=train_output.metrics,
+        trainer={**train_output.metrics, "train_loss": loss},
         wall_seconds=seconds,
         global_step=train_output.global_step,
-        tokens_seen=state.num_input_tokens_seen if counted else None,
+        tokens_seen=trainer.state.num_input_tokens_seen if counted else None,
+        resumed_from_step=totals.resumed_from_step or None,
     )
 
 
@@ -194,7 +198,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         command=command,
         teacher=teacher.summary().with_metrics(generations.teacher_metrics() if generations else {}),
         student=_student_summary(training, shape, {**before, **after}),
-        train=_train_summary(training, train_output, seconds, trainer.state),
+        train=_train_summary(training, train_output, seconds, trainer),
         max_seq_length=run.max_seq_length,
         framing=framing_metrics,
         train_sequences=len(data.train),

@@ -25,6 +25,7 @@ from distily.training.bitnet_schedule import LATENT_GROUP, BitNetSchedule, BitNe
 from distily.training.distillation_model import OBJECTIVE, STUDENT, DistillationModel
 from distily.training.guards import NonFiniteStepCounts, NonFiniteStepGuard
 from distily.training.on_policy import OnPolicyBatches
+from distily.training.totals import RunTotals
 from distily.training.trainer_internals import StagedCheckpoints, check_library_versions, undo_evaluation_preparation
 
 T = TypeVar("T")
@@ -56,6 +57,7 @@ class DistillationTrainer(StagedCheckpoints):
         objective.attach(model, teacher.live_model)
         super().__init__(*args, model=DistillationModel(model, objective), **kwargs)
         self.add_callback(NonFiniteStepCounts())  # before the Trainer's state lists the callbacks it checkpoints
+        self.add_callback(RunTotals())
         for callback in self.callback_handler.callbacks:  # an evaluation before training would log to ./runs
             if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
                 callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
@@ -77,6 +79,10 @@ class DistillationTrainer(StagedCheckpoints):
     @property
     def objective(self) -> DistillationObjective:
         return self.accelerator.unwrap_model(self.model).objective
+
+    def run_totals(self) -> RunTotals:
+        """The whole run's training loss and time (the Trainer may have rebuilt the callback from a checkpoint)."""
+        return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, RunTotals))
 
     def student_is_sharded(self) -> bool:
         """Whether the student's parameters are sharded over several processes (FSDP, DeepSpeed ZeRO-3): then

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from distily.config import parse_config
 from distily.errors import DistilyConfigError
-from distily.training.checkpoints import CHECKSUMS_FILE, checkpoint_problem, write_checksums
+from distily.training.checkpoints import CHECKSUMS_FILE, CheckpointChecksums, checkpoint_problem, write_checksums
 from distily.training.distill import run_distillation
 from distily.training.run_dir import RunDir
 from distily.training.trainer import DistillationTrainer
@@ -203,3 +204,32 @@ def test_a_resumed_run_goes_on_counting_the_non_finite_steps_in_a_row(teacher_di
         shutil.rmtree(Path(values["output_dir"]) / later, ignore_errors=True)
     with pytest.raises(DistilyConfigError, match="3 optimizer steps in a row"):
         run_distillation(parse_config(**{**values, "resume_from_checkpoint": "true"}))
+
+
+def test_a_resumed_run_reports_the_whole_runs_training_loss_and_time(teacher_dirs, run_values, monkeypatch, tmp_path):
+    """metrics.json's train_loss and wall_seconds used to be the last session's (the Trainer's figures of its own
+    train() call): the mean over steps 4 to 6 and their time, for a run killed after checkpoint-3 and resumed."""
+    values = _values(run_values, teacher_dirs, max_steps=6, logging_steps=2)  # a checkpoint between two logs
+    values["save_steps"] = 3
+    whole = run_distillation(parse_config(**{**values, "output_dir": str(tmp_path / "whole")}))
+    on_save, compute_loss = CheckpointChecksums.on_save, DistillationTrainer.compute_loss
+
+    def killed_after_checkpoint_3(self, args, state, control, **kwargs):
+        on_save(self, args, state, control, **kwargs)
+        if state.global_step == 3:
+            raise KeyboardInterrupt("killed")
+
+    def slow_first_step(self, model, inputs, *args, **kwargs):
+        if model.training and self.state.global_step == 0:
+            time.sleep(0.5)
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CheckpointChecksums, "on_save", killed_after_checkpoint_3)
+        patch.setattr(DistillationTrainer, "compute_loss", slow_first_step)
+        with pytest.raises(KeyboardInterrupt):
+            run_distillation(parse_config(**values))
+    resumed = run_distillation(parse_config(**values, resume_from_checkpoint="true"))["train"]
+    assert resumed["train_loss"] == pytest.approx(whole["train"]["train_loss"], rel=1e-6)
+    assert resumed["resumed_from_step"] == 3 and "resumed_from_step" not in whole["train"]
+    assert resumed["wall_seconds"] > 0.5 + resumed["train_runtime"]
