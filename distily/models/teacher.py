@@ -1,5 +1,7 @@
-"""Load the teacher: any causal LM, frozen, in eval mode, optionally quantized to 8 or 4 bits."""
+"""Load the teacher: any causal LM, or a multimodal checkpoint's language model, frozen, in eval mode, optionally
+quantized to 8 or 4 bits."""
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -11,14 +13,25 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from distily.errors import DistilyConfigError
 from distily.paths import looks_like_local_path
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Where multimodal checkpoints keep their language model, as the keys of the family's text-only causal LM: the layout
+# transformers 5 saves (Gemma 4, Gemma 3n, Qwen3.5), the one transformers 4 saved and it still writes for the LLaVA
+# family (Gemma 3, Mistral 3, Llama 4, PaliGemma, LLaVA), and Idefics3's and SmolVLM's.
+LANGUAGE_MODEL_KEYS = {
+    r"^model\.language_model\.": "model.",
+    r"^language_model\.model\.": "model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+    r"^model\.text_model\.": "model.",
+}
 
 
 def check_model_source(name_or_path: str, role: str, allow_file: bool = False) -> None:
@@ -69,35 +82,75 @@ def bitsandbytes_config(quantization: str, dtype: str) -> BitsAndBytesConfig:
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
 
 
+def teacher_config(config: PretrainedConfig, name_or_path: str) -> PretrainedConfig:
+    """The config the teacher loads as: a text-only model's own; a multimodal checkpoint's language model's (its text
+    config), refused where transformers has no text-only causal LM class for it."""
+    text = config.get_text_config()
+    if text is not config and type(text) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise DistilyConfigError(
+            f"the teacher {name_or_path!r} is a multimodal {type(config).__name__} whose language model "
+            f"({text.model_type}) has no text-only causal LM class in transformers; expected a text-only causal LM, "
+            "or a multimodal checkpoint whose language model has one (Gemma 3, Gemma 3n, Gemma 4, Mistral 3, ...)"
+        )
+    return text
+
+
 def load_teacher(
     name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False, quantization: str = "none"
 ) -> PreTrainedModel:
     """The teacher, frozen and in eval mode; with ``quantization`` (8bit, 4bit) loaded by bitsandbytes
-    straight onto this process's device. A multimodal model is refused before its weights load."""
+    straight onto this process's device. Of a multimodal checkpoint, the language model alone."""
     check_model_source(name_or_path, "teacher")
     config = from_pretrained(AutoConfig, name_or_path, "teacher", trust_remote_code=trust_remote_code)
-    if config.get_text_config() is not config:
-        raise DistilyConfigError(
-            f"the teacher {name_or_path!r} is a multimodal {type(config).__name__} (its language model's settings "
-            "are in its text_config); expected a text-only causal LM, such as the family's text checkpoint"
-        )
+    text = teacher_config(config, name_or_path)
     quantized = {}
     if quantization != "none":
         quantized = {
             "quantization_config": bitsandbytes_config(quantization, dtype),
             "device_map": {"": PartialState().device},
         }
-    teacher = from_pretrained(
-        AutoModelForCausalLM,
-        name_or_path,
-        "teacher",
-        dtype=DTYPES[dtype],
-        trust_remote_code=trust_remote_code,
-        **quantized,
-    )
+    settings = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **quantized)
+    if text is config:
+        teacher = from_pretrained(AutoModelForCausalLM, name_or_path, "teacher", **settings)
+    else:
+        teacher = load_language_model(name_or_path, config, text, **settings)
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def load_language_model(
+    name_or_path: str, config: PretrainedConfig, text: PretrainedConfig, **settings
+) -> PreTrainedModel:
+    """A multimodal checkpoint's language model and LM head as the family's text-only causal LM (``text`` its
+    config): transformers reads only the checkpoint's tensors the model has, so the other towers' weights stay on
+    disk. A language model the checkpoint does not hold under ``LANGUAGE_MODEL_KEYS`` is refused."""
+    with _without_load_report():  # it would list every weight of the other towers as unexpected
+        model, loading = from_pretrained(AutoModelForCausalLM, name_or_path, "teacher", config=text,
+                                         key_mapping=LANGUAGE_MODEL_KEYS, output_loading_info=True, **settings)
+    missing, tied = set(loading["missing_keys"]), set(model._tied_weights_keys or {})
+    if missing and getattr(config, "tie_word_embeddings", False) and missing <= tied:
+        model.config.tie_word_embeddings = True  # as the multimodal model, which ties by its own config, does
+        model.tie_weights()
+    elif missing:
+        layouts = ", ".join(pattern.strip("^").replace("\\", "") + "*" for pattern in LANGUAGE_MODEL_KEYS)
+        raise DistilyConfigError(
+            f"the teacher {name_or_path!r} is a multimodal {type(config).__name__} whose checkpoint lacks "
+            f"{len(missing)} weights of its language model, such as {min(missing, key=lambda key: (key in tied, key))}"
+            f", under {layouts}; expected a checkpoint in one of those layouts"
+        )
+    return model
+
+
+@contextlib.contextmanager
+def _without_load_report():
+    log = logging.getLogger("transformers.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def load_tokenizer(name_or_path: str, role: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -36,7 +36,7 @@ from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length
 from distily.models.identity import teacher_identity
-from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
+from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer, teacher_config
 from distily.recording.hf import HFRecorder, hidden_states_dtype
 
 FIDELITY_KS = (8, 32, 64, 128)
@@ -141,10 +141,11 @@ def _teacher_for(config: RecordConfig) -> PreTrainedModel:
     if config.record.record_backend == "hf":
         return load_teacher(model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype,
                             model_args.trust_remote_code)
-    teacher_config = from_pretrained(AutoConfig, model_args.teacher_model_name_or_path, "teacher config",
-                                     trust_remote_code=model_args.trust_remote_code)
+    name = model_args.teacher_model_name_or_path
+    config = from_pretrained(AutoConfig, name, "teacher config", trust_remote_code=model_args.trust_remote_code)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(teacher_config, trust_remote_code=model_args.trust_remote_code)
+        return AutoModelForCausalLM.from_config(teacher_config(config, name),
+                                                trust_remote_code=model_args.trust_remote_code)
 
 
 def run_recording(
