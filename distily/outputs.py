@@ -167,6 +167,18 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
         staging.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def remove_earlier_outputs(directory: Path, names) -> None:
+    """Remove the files and folders ``names`` under ``directory``, which an earlier run of the command wrote, before
+    it writes its own: what the new one does not write again (a plot it draws no more) never stands beside its
+    results."""
+    for name in names:
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 # A checkpoint's weight files, in the order transformers prefers them: safetensors, else PyTorch's pickles (single or
 # sharded; not a run directory's training_args.bin).
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")

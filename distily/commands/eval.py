@@ -25,7 +25,7 @@ from distily.models.architecture import output_vocab_size, resolve_max_seq_lengt
 from distily.models.bitnet import is_bitnet, load_bitnet_student
 from distily.models.teacher import DTYPES, from_pretrained, load_teacher, load_tokenizer
 from distily.models.vocab import check_same_tokenizer, shared_vocab_size
-from distily.outputs import write_json_atomic
+from distily.outputs import remove_earlier_outputs, write_json_atomic
 from distily.reporting.plots import plot_comparison
 from distily.reporting.tables import flat_lm_eval, markdown_table
 
@@ -112,6 +112,7 @@ def run_evaluation(config: EvalConfig) -> dict:
     if command.output_dir is not None:
         output_dir = Path(command.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
+        remove_earlier_outputs(output_dir, EVAL_OUTPUTS)  # checked above to be an earlier evaluation's
         write_json_atomic(output_dir / RESULTS_FILE, {"columns": columns, "max_seq_length": max_seq_length})
         (output_dir / "results.md").write_text(table)
         plot_comparison(columns, output_dir / "teacher_vs_student.png")

@@ -2,7 +2,6 @@
 (``plots/``), tensorboard scalars (``runs/results``) and the model card (``README.md``, the one ``push_to_hub``
 uploads)."""
 
-import shutil
 from pathlib import Path
 
 from transformers import Trainer
@@ -10,6 +9,7 @@ from transformers import Trainer
 from distily.config import DistillConfig
 from distily.metrics import RunMetrics
 from distily.objectives.objective import DistillationObjective
+from distily.outputs import remove_earlier_outputs
 from distily.reporting.model_card import build_model_card, results_section, tokenizers_differ
 from distily.reporting.plots import plot_comparison, plot_eval_metrics, plot_losses
 from distily.reporting.tables import is_number, row_keys, run_columns
@@ -36,8 +36,7 @@ def write_reports(
     """``results.md``, the plots, tensorboard scalars (when tensorboard is a logger) and the model card. The plots and
     scalars are this run's alone: those of a run it replaced (overwritten, or trained longer) are removed first."""
     output_dir = Path(config.training.output_dir)
-    for replaced in (PLOTS_DIR, TENSORBOARD_RESULTS_DIR):
-        shutil.rmtree(output_dir / replaced, ignore_errors=True)
+    remove_earlier_outputs(output_dir, (PLOTS_DIR, TENSORBOARD_RESULTS_DIR))
     (output_dir / PLOTS_DIR).mkdir(parents=True)
     columns = run_columns(metrics)
     drawn = [

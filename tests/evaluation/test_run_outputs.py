@@ -192,3 +192,20 @@ def test_distily_eval_never_replaces_a_runs_own_results(teacher_dirs, tokenizer,
     for _ in range(2):  # an earlier evaluation's folder is replaced
         assert main(["eval", student, *arguments, "--output_dir", str(tmp_path / "eval")]) == 0
     assert (tmp_path / "eval" / "results.md").read_text().startswith("| metric |")
+
+
+def test_distily_eval_leaves_no_plot_of_an_earlier_evaluation(tokenizer, tmp_path, monkeypatch):
+    """An evaluation that draws no plot (its lm-eval task reported no number) used to leave the earlier evaluation's
+    teacher_vs_student.png beside its own results."""
+    import distily.commands.eval as eval_command
+
+    student = save_tiny_model(tmp_path / "student", "gpt2", tokenizer, seed=1, layers=2)
+    recent = write_jsonl(tmp_path / "recent.jsonl", make_documents(10, seed=5))
+    arguments = ["--max_seq_length", "32", "--max_eval_samples", "4", "--tokenization_cache_dir",
+                 str(tmp_path / "cache"), "--output_dir", str(tmp_path / "eval")]
+    assert main(["eval", student, "--eval_datasets", json.dumps({"recent": recent}), *arguments]) == 0
+    assert (tmp_path / "eval" / "teacher_vs_student.png").is_file()
+    monkeypatch.setattr(eval_command, "run_tasks", lambda *args: {})
+    monkeypatch.setattr(eval_command, "task_manager", lambda evaluation: object())
+    assert main(["eval", student, "--lm_eval_tasks", "hellaswag", *arguments]) == 0
+    assert sorted(path.name for path in (tmp_path / "eval").iterdir()) == ["eval.json", "results.md"]
