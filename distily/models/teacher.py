@@ -5,6 +5,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+from typing import Optional
 
 import torch
 from accelerate import PartialState
@@ -17,7 +18,9 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from huggingface_hub import ResolvedRevision
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.utils.hub import resolve_revision
 
 from distily.errors import DistilyConfigError
 from distily.paths import looks_like_local_path
@@ -101,7 +104,9 @@ def load_teacher(
     """The teacher, frozen and in eval mode; with ``quantization`` (8bit, 4bit) loaded by bitsandbytes
     straight onto this process's device. Of a multimodal checkpoint, the language model alone."""
     check_model_source(name_or_path, "teacher")
-    config = from_pretrained(AutoConfig, name_or_path, "teacher", trust_remote_code=trust_remote_code)
+    revision = hub_revision(name_or_path)
+    config = from_pretrained(AutoConfig, name_or_path, "teacher", trust_remote_code=trust_remote_code,
+                             revision=revision)
     text = teacher_config(config, name_or_path)
     quantized = {}
     if quantization != "none":
@@ -109,14 +114,26 @@ def load_teacher(
             "quantization_config": bitsandbytes_config(quantization, dtype),
             "device_map": {"": PartialState().device},
         }
-    settings = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **quantized)
+    settings = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, revision=revision, **quantized)
     if text is config:
         teacher = from_pretrained(AutoModelForCausalLM, name_or_path, "teacher", **settings)
     else:
         teacher = load_language_model(name_or_path, config, text, **settings)
+    # where transformers 4 kept the commit a model came from (5 no longer does; never saved with the config)
+    teacher.config._commit_hash = revision.resolved if revision is not None else None
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+def hub_revision(name_or_path: str) -> Optional[ResolvedRevision]:
+    """The commit a Hub id's default branch points to (read from the local cache when offline), resolved once so that
+    the teacher's config, its weights and the identity a store records are of one commit; None for a local folder,
+    or where the Hub and the cache cannot say (loading then reports what is wrong)."""
+    if looks_like_local_path(name_or_path):
+        return None
+    revision = resolve_revision(name_or_path)
+    return revision if isinstance(revision, ResolvedRevision) else None
 
 
 def load_language_model(
