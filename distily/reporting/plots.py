@@ -163,15 +163,23 @@ def _numbers(values: list[str]) -> Optional[list[float]]:
         return None
 
 
+def _scale(key: str, values: list[str]) -> Optional[list[float]]:
+    """``key``'s values as points on a numeric scale; None when they are categories: not all numbers, or numbers
+    that name a draw rather than measure something (``seed``, ``data_seed``)."""
+    return None if key == "seed" or key.endswith("_seed") else _numbers(values)
+
+
 def _line_label(row: dict, others: list[str], metric: str) -> str:
     """The overrides a run sets besides the plotted key, which its line shares with no other run's."""
     return ", ".join(f"{other}={row[other]}" for other in others if other in row) or metric
 
 
 def plot_against(rows: list[dict], key: str, override_keys: list[str], metric: str, path: Path) -> Optional[Path]:
-    """``metric`` against the values of ``key``: one line per combination of the runs' other overrides (the other
-    grid keys, and what each explicit run sets: runs that differ elsewhere are not one line); a numeric key on a
-    numeric axis (logarithmic when its values span a factor of 10 or more), any other in order."""
+    """``metric`` against the values of ``key``: one series per combination of the runs' other overrides (the other
+    grid keys, and what each explicit run sets: runs that differ elsewhere are not one series). A numeric key is a
+    line on a numeric axis (logarithmic when its values span a factor of 10 or more); a categorical one
+    (a seed, or values that are not numbers: ``_scale``) is points over its values in order, with no line to
+    suggest a trend between them."""
     finished = _finished(rows, metric)
     if not finished:
         return None
@@ -180,7 +188,7 @@ def plot_against(rows: list[dict], key: str, override_keys: list[str], metric: s
     for row in finished:
         series.setdefault(_line_label(row, others, metric), []).append(row)
     values = list(dict.fromkeys(row.get(key, "") for row in finished))
-    numbers = _numbers(values)
+    numbers = _scale(key, values)
     figure = _figure(figsize=(7, 4.5))
     axes = figure.subplots()
     for line, members in series.items():
@@ -189,7 +197,8 @@ def plot_against(rows: list[dict], key: str, override_keys: list[str], metric: s
         else:
             positions = [float(row[key]) for row in members]
         points = sorted(zip(positions, (row[metric] for row in members)))
-        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=line)
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=line,
+                  linestyle="none" if numbers is None else "-")
     if numbers is None:
         axes.set_xticks(range(len(values)), values, rotation=20, ha="right")
     elif min(numbers) > 0 and max(numbers) >= 10 * min(numbers):

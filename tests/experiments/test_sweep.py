@@ -93,6 +93,22 @@ def test_each_explicit_run_is_its_own_line_against_a_grid_key(base, tmp_path, mo
     assert axes.get_legend() is not None
 
 
+def test_a_seed_or_a_name_is_drawn_as_points_per_value_without_a_line(base, tmp_path, monkeypatch):
+    """The plot against seed used to draw a line on a numeric axis (seeds 0, 1, 7 spaced by value), as if the metric
+    had a trend in the seed; a key of names was joined by a line too."""
+    grid = {"seed": [0, 1, 7], "logits_loss": ["forward_kl", "jsd"]}
+    sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid=grid))
+    sweep.output_dir.mkdir()
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path, dpi: drawn.setdefault(path.name, figure) and path)
+    write_results(sweep, _finished_rows(sweep, sweep.metric, [5.6, 5.7, 5.5, 4.7, 5.0, 5.1]))
+    for key, values in grid.items():
+        axes = drawn[f"plot_{key}.png"].axes[0]
+        assert [tick.get_text() for tick in axes.get_xticklabels()] == [str(value) for value in values]
+        for line in axes.get_lines():
+            assert line.get_linestyle() == "None" and list(line.get_xdata()) == list(range(len(values)))
+
+
 def test_only_the_runs_that_measured_the_metric_are_ranked(base, tmp_path):
     sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1, 2]}))
     rows = rank(sweep, _finished_rows(sweep, sweep.metric, [2.0, None, 1.0]))
