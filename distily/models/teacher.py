@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 from accelerate import PartialState
+from huggingface_hub import ResolvedRevision
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -18,7 +19,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from huggingface_hub import ResolvedRevision
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils.hub import resolve_revision
 
