@@ -213,4 +213,5 @@ def save_figure(figure, path) -> None:
 def device_description() -> str:
     if torch.accelerator.is_available():
         return str(torch.accelerator.current_accelerator())
-    return f"CPU, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU, {threads} thread{'s' if threads > 1 else ''}"
