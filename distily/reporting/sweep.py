@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from distily.outputs import remove_earlier_outputs
 from distily.reporting.plots import plot_against, plot_by_run
 
 SHOWN = (
@@ -21,10 +22,16 @@ SHOWN = (
     "train.wall_seconds",
 )
 FIXED = ("rank", "name", "status")
+PLOT_BY_RUN = "plot_by_run.png"
 
 
 def _override_keys(sweep) -> list[str]:
     return list(dict.fromkeys(key for run in sweep.runs for key in run.overrides))
+
+
+def _plot_name(key: str) -> str:
+    """The plot of the metric against the grid key ``key``."""
+    return f"plot_{key}.png"
 
 
 def _format(value) -> str:
@@ -58,8 +65,9 @@ def write_results(sweep, rows: list[dict]) -> list[Path]:
         writer = csv.DictWriter(handle, fieldnames=[*first, *rest, "error"], restval="")
         writer.writeheader()
         writer.writerows(rows)
-    plots = [plot_by_run(rows, sweep.metric, out / "plot_by_run.png")]
-    plots += [plot_against(rows, key, _override_keys(sweep), sweep.metric, out / f"plot_{key}.png")
+    remove_earlier_outputs(out, [PLOT_BY_RUN, *(_plot_name(key) for key in sweep.grid_keys)])  # not all redrawn
+    plots = [plot_by_run(rows, sweep.metric, out / PLOT_BY_RUN)]
+    plots += [plot_against(rows, key, _override_keys(sweep), sweep.metric, out / _plot_name(key))
               for key in sweep.grid_keys]
     plots = [plot for plot in plots if plot is not None]
     columns, table = ranking_table(sweep, rows)

@@ -173,6 +173,17 @@ def test_the_results_are_written_when_no_finished_run_measured_the_metric(base, 
         tmp_path / "out" / "results.md").read_text()
 
 
+def test_plots_of_an_earlier_ranking_do_not_stay_beside_unranked_results(base, tmp_path):
+    """Results written when no finished run measured the metric (it was changed) used to keep the plots of the
+    earlier metric's ranking beside them."""
+    sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"seed": [0, 1]}))
+    sweep.output_dir.mkdir()
+    write_results(sweep, rank(sweep, _finished_rows(sweep, sweep.metric, [9.0, 8.0])))
+    assert {"plot_by_run.png", "plot_seed.png"} <= {path.name for path in sweep.output_dir.iterdir()}
+    write_results(sweep, _finished_rows(sweep, "train.wall_seconds", [9.0, 8.0]))
+    assert sorted(path.name for path in sweep.output_dir.iterdir()) == ["results.csv", "results.md"]
+
+
 def test_flags_apply_to_every_run_over_the_base(base, tmp_path):
     path = write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]})
     sweep = load_sweep(path, ["--learning_rate", "0.5", "--output_dir", str(tmp_path / "moved")])
