@@ -65,12 +65,14 @@ def _student_keys(config: DistillConfig) -> list[str]:
 
 
 def _teacher_keys(config: DistillConfig) -> list[str]:
+    """The teacher's own metrics on each eval set, its size, memory and architecture, and its recording's settings."""
     recorded = config.record.teacher_source == RecordingSource.SOURCE
     return [*_evaluated(config, LOSS_METRICS), *_numeric_fields(TeacherMetrics), f"architecture.{ANY}",
             *(_numeric_fields(RecordingSource) if recorded else [])]
 
 
 def _train_keys(config: DistillConfig) -> list[str]:
+    """The Trainer's training figures and Distily's own (``TrainMetrics``)."""
     return [*_speed_figures("train"), "train_loss", *TRAINER_FIGURES, *_numeric_fields(TrainMetrics)]
 
 
@@ -96,8 +98,8 @@ def metric_keys(config: DistillConfig) -> list[str]:
 
 
 def check_metric(metric: str, configs: list[DistillConfig], where: str) -> None:
-    """Refuse a ranking ``metric`` that no run of ``configs`` can measure (a typo, a set or task no run evaluates, a
-    field that holds no number), naming the closest key and those they can."""
+    """Refuse a ranking ``metric`` that no run of ``configs`` can measure (a typo, a set no run evaluates, lm-eval
+    results where no run runs lm-eval, a field that holds no number), naming the closest key and those they can."""
     possible = list(dict.fromkeys(key for config in configs for key in metric_keys(config)))
     if not configs or any(fnmatchcase(metric, key) for key in possible):
         return
