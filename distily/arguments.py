@@ -32,6 +32,12 @@ def check_seed(seed: int) -> None:
         raise DistilyConfigError(f"seed={seed} is out of range; expected an integer 0 <= x < 2**32")
 
 
+def split_seed(seed: int, data_seed: Optional[int]) -> int:
+    """The seed of the held-out split and of the samples of the data: ``data_seed`` where set (the Trainer's seed of
+    data sampling, independent of the model's), else ``seed``. distill, record and generate draw the same rows."""
+    return seed if data_seed is None else data_seed
+
+
 def file_in_the_way(path: str) -> Optional[str]:
     """Why no directory can be made at ``path`` ("is an existing file" or "is below the file '...'"), or None."""
     path = Path(path)

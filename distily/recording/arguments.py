@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from transformers import TrainingArguments
 
-from distily.arguments import check_seed, field_of, one_of
+from distily.arguments import check_seed, field_of, one_of, split_seed
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
 from distily.objectives.arguments import ObjectiveArguments
@@ -91,6 +91,10 @@ class InferenceArguments:
     """How ``distily record`` and ``distily generate`` run the teacher: seed, batch size, device."""
 
     seed: int = field_of(TrainingArguments, "seed", help="Random seed (the split of the documents, the samples).")
+    data_seed: Optional[int] = field_of(
+        TrainingArguments, "data_seed",
+        help="Where set, the seed of the split of the documents and of their samples in place of seed (as in distill).",
+    )
     per_device_eval_batch_size: int = field_of(
         DistillationTrainingArguments, "per_device_eval_batch_size", help="Sequences per batch of the teacher."
     )
@@ -104,6 +108,11 @@ class InferenceArguments:
                 f"per_device_eval_batch_size={self.per_device_eval_batch_size} must be a positive integer"
             )
         check_seed(self.seed)
+
+    @property
+    def split_seed(self) -> int:
+        """The seed distill splits and samples the documents with (``distily.arguments.split_seed``)."""
+        return split_seed(self.seed, self.data_seed)
 
     @property
     def device(self) -> torch.device:

@@ -69,7 +69,7 @@ def recording_settings(config: RecordConfig, teacher: PreTrainedModel, tokenizer
         "eval_fraction": data.eval_fraction,
         "max_samples": data.max_samples,
         "max_eval_samples": data.max_eval_samples,
-        "seed": config.inference.seed,
+        "seed": config.inference.split_seed,
         "record_top_k": record.record_top_k,
         "logits_temperature": record.logits_temperature,
         "record_hidden_states_layers": sorted(record.record_hidden_states_layers or []),
@@ -166,7 +166,7 @@ def run_recording(
                                                                   max_seq_length))
     if writer.finished:
         return json.loads((writer.path / MANIFEST).read_text())
-    data = build_datasets(config.data, tokenizer, max_seq_length, config.inference.seed, documents)
+    data = build_datasets(config.data, tokenizer, max_seq_length, config.inference.split_seed, documents)
     adopt_chat_template(tokenizer, config.data.chat_template)  # its students are saved with the rows' template
     tokenizer.save_pretrained(writer.path / TOKENIZER_DIR)
     teacher.config.save_pretrained(writer.path / TEACHER_CONFIG_DIR)

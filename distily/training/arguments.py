@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from transformers import TrainingArguments
 
-from distily.arguments import check_seed, one_of
+from distily.arguments import check_seed, one_of, split_seed
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import GENERATION_BACKENDS
 
@@ -117,9 +117,8 @@ class DistillationTrainingArguments(TrainingArguments):
 
     @property
     def split_seed(self) -> int:
-        """The seed of the held-out split and of the samples of the data: ``data_seed`` where set (the Trainer's seed
-        of data sampling, independent of the model's), else ``seed``."""
-        return self.seed if self.data_seed is None else self.data_seed
+        """The seed of the held-out split and of the samples of the data (``distily.arguments.split_seed``)."""
+        return split_seed(self.seed, self.data_seed)
 
     def _check_loggers(self) -> None:
         """report_to as TrainingArguments left it (a list; "all" and "none" resolved), each a logger transformers

@@ -27,7 +27,7 @@ from distily.data.store import (
     TeacherStore,
     hidden_states_key,
 )
-from distily.data.text import INPUT_IDS, tokenizer_fingerprint
+from distily.data.text import INPUT_IDS, build_datasets, tokenizer_fingerprint
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.hf import HFRecorder
@@ -69,6 +69,19 @@ def test_stored_values_are_the_teachers_top_k_tail_and_loss(teacher_dirs, text_f
         assert stored.dtype == torch.float16
         torch.testing.assert_close(stored.float(), outputs.hidden_states[layer], rtol=1e-3, atol=1e-3)
     assert hidden_states_key(1) not in items[0]
+
+
+def test_the_store_holds_the_sequences_distill_takes_with_a_data_seed(teacher_dirs, text_file, tmp_path):
+    """distill draws its held-out split and samples with data_seed where set: record ignored the key and drew them with
+    seed, so a store held other sequences than a live run of the same config."""
+    values, manifest = _record(teacher_dirs["llama"], text_file, tmp_path, data_seed=7)
+    config = parse_config(**values)
+    live = build_datasets(config.data, load_tokenizer(teacher_dirs["llama"], "teacher"), 32, config.training.split_seed)
+    store = TeacherStore(values["teacher_store"])
+    for split in ("train", "eval"):
+        stored = [row[INPUT_IDS].tolist() for row in store.dataset(split)]
+        assert stored == [row[INPUT_IDS].tolist() for row in getattr(live, split)], split
+    assert manifest["settings"]["seed"] == 7
 
 
 def test_fidelity_report_matches_a_direct_computation(teacher_dirs, text_file, tmp_path):
