@@ -290,15 +290,28 @@ def load_student(name_or_path: str, trust_remote_code: bool = False) -> PreTrain
     )
 
 
+def student_from_config(config: PretrainedConfig, trust_remote_code: bool) -> PreTrainedModel:
+    """A new float32 model of ``config``; one the model class itself cannot be built for (a valid config of a shape
+    its code does not handle, such as a Zamba with one hybrid layer, whose shared-weight ties need two) is refused in
+    one line."""
+    try:
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        reason = " ".join(str(err).split())
+        raise DistilyConfigError(
+            f"transformers cannot build a {config.model_type} student of this shape: "
+            f"{reason if len(reason) <= 200 else reason[:200] + '...'}; expected other student_config_overrides or "
+            "student_layers_from_teacher"
+        ) from err
+
+
 def build_student(args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedModel:
     """The student, in float32 (mixed precision is the trainer's business), ready to train."""
     if args.student_model_name_or_path is not None:
         student = load_student(args.student_model_name_or_path, args.trust_remote_code)
     else:
         config, teacher_layers = student_config_and_teacher_layers(args, teacher.config)
-        student = AutoModelForCausalLM.from_config(
-            config, dtype=torch.float32, trust_remote_code=args.trust_remote_code
-        )
+        student = student_from_config(config, args.trust_remote_code)
         # the teacher's generation defaults travel with its tokenizer: where a turn ends (Phi-3's and Gemma's chat
         # models list their end-of-turn token there, not in the config), and how it samples
         student.generation_config = copy.deepcopy(teacher.generation_config)

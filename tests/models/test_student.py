@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, ZambaConfig
 
 from tiny import ARCHITECTURES, layer_outputs, tiny_config
 from distily.errors import DistilyConfigError
@@ -327,6 +327,22 @@ def test_a_zamba2_student_of_fewer_hybrid_layers_is_not_copied():
     args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=[1, 2])
     with pytest.raises(DistilyConfigError, match=r"cannot copy teacher layer 1 into the student: .*adapter_list\.1\..* "
                                                  "is missing in the student"):
+        build_student(args, teacher)
+
+
+def test_a_student_its_model_class_cannot_build_is_one_line():
+    """A Zamba of one hybrid layer is a valid config whose model transformers cannot build (its shared block's ties
+    need two): a ValueError traceback from inside transformers, now a one-line error naming the architecture."""
+    config = ZambaConfig(vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+                         attention_hidden_size=128, intermediate_size=128, mamba_d_state=8, n_mamba_heads=2,
+                         num_hidden_layers=8, attn_layer_period=2, attn_layer_offset=1)
+    teacher = AutoModelForCausalLM.from_config(config)  # hybrid layers 2, 4 and 6
+    for layers, hybrid in (([0, 1], 0), ([2, 4], 2)):
+        args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=layers)
+        assert build_student(args, teacher).config.layers_block_type.count("hybrid") == hybrid
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=[0, 2])
+    with pytest.raises(DistilyConfigError, match=r"^transformers cannot build a zamba student of this shape: There is "
+                                                 r"an issue with your definition of `tie_weights_keys`.*; expected"):
         build_student(args, teacher)
 
 
