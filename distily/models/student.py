@@ -38,8 +38,9 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
                           layer_sources: Optional[list[int]] = None) -> PretrainedConfig:
     """A new config of the same class with ``overrides`` applied through the class's own constructor, so values
     derived from the changed ones are derived again: a head_dim of width / heads from the new ones. When the depth
-    changes, every per-layer list of ``config``'s depth (``layer_types``: which layers attend in a sliding window,
-    which are linear or convolutional; ``no_rope_layers``, ``mlp_layer_types``, Gemma 3n's ``intermediate_size``, ...)
+    changes or the copied teacher layers are others than the first ones in order, every per-layer list of
+    ``config``'s depth (``layer_types``: which layers attend in a sliding window, which are linear or convolutional;
+    ``no_rope_layers``, ``mlp_layer_types``, Gemma 3n's ``intermediate_size``, ...)
     and the per-layer overrides of a heterogeneous config (``per_layer_config``: Gemma 4's full-attention head_dim)
     become the entries of the layers each student layer stands for: ``layer_sources`` (the teacher layers copied into
     it), else evenly spaced ones; a config class that changes them is refused. Derived from the new depth instead,
@@ -73,7 +74,8 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
         if values.get("head_dim") == values[width] // values[heads]:  # derived from them: derive it again (Qwen3
             values["head_dim"] = new_width // new_heads  # and Gemma would fall back to a fixed default, not this)
     sources, per_layer = None, {}
-    if depth in changes:
+    reordered = layer_sources is not None and list(layer_sources) != list(range(len(layer_sources)))
+    if depth in changes or reordered:  # teacher layers copied in another order, at the teacher's depth too
         config_depth = getattr(config, depth)  # Nemotron-H derives it from layers_block_type: not in values
         sources = layer_sources or evenly_spaced_layers(config_depth, changes[depth])  # a count: checked above
         kind_values = layer_kind_values(config, values, sources, changes)

@@ -399,3 +399,13 @@ def test_copy_teacher_modules_refuses_attention_into_other_heads(module, refused
             build_student(args, teacher_model("llama"))
     else:
         build_student(args, teacher_model("llama"))
+
+
+def test_teacher_layers_copied_in_another_order_keep_their_kinds_at_the_teachers_depth():
+    """At the teacher's depth the per-layer settings were kept as the teacher's: Gemma 3's layers copied in reverse
+    order put its global-attention layer (the last) first but left layer_types saying the last one attends globally."""
+    teacher = AutoModelForCausalLM.from_config(_gemma3_text(4, sliding_window_pattern=4))
+    assert teacher.config.layer_types == ["sliding_attention"] * 3 + ["full_attention"]
+    args = ModelArguments(student_layers_from_teacher=[3, 2, 1, 0])
+    student = build_student(args, teacher)
+    assert student.config.layer_types == teacher.config.layer_types[::-1]
