@@ -36,7 +36,7 @@ from distily.evaluation.arguments import (
 from distily.evaluation.heldout import heldout_metrics
 from distily.generation.arguments import SamplingSettings
 from distily.generation.backends import pad_token_id
-from distily.generation.engine import HFGenerator, completion_text, stop_token_ids
+from distily.generation.engine import HFGenerator, completion_text, stop_token_ids, vocabulary_size
 from distily.metrics import generation_key
 
 
@@ -86,9 +86,10 @@ def load_heldout_prompts(args: EvaluationArguments, data: DataArguments) -> Held
 
 def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
                    stops: list[int], max_new_tokens: int, batch_size: int) -> list[list[int]]:
-    """Greedy completions of ``prompts`` (token ids, up to and with the first of ``stops``), ``batch_size`` at a
-    time."""
-    generator = HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0), stops, pad_token_id(tokenizer))
+    """Greedy completions of ``prompts`` (token ids of ``tokenizer``, up to and with the first of ``stops``),
+    ``batch_size`` at a time."""
+    generator = HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0), stops, pad_token_id(tokenizer),
+                            vocab_size=vocabulary_size(tokenizer, stops))
     return [completion for start in range(0, len(prompts), batch_size)
             for completion in generator.generate(prompts[start:start + batch_size])]
 

@@ -3,7 +3,7 @@
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.generation.arguments import SamplingSettings
-from distily.generation.engine import CompletionGenerator, HFGenerator, stop_token_ids
+from distily.generation.engine import CompletionGenerator, HFGenerator, stop_token_ids, vocabulary_size
 from distily.generation.vllm_engine import open_vllm_generator
 
 
@@ -19,9 +19,10 @@ def open_generator(
     backend: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings,
     max_model_len: int,
 ) -> CompletionGenerator:
-    """A generator sampling from ``model`` with ``settings``, prompt and completion at most ``max_model_len``
-    tokens: ``backend`` hf (``model.generate``) or vllm (an engine over a copy of ``model``)."""
+    """A generator sampling from ``model`` with ``settings`` the ids of ``tokenizer``, prompt and completion at most
+    ``max_model_len`` tokens: ``backend`` hf (``model.generate``) or vllm (an engine over a copy of ``model``)."""
     if backend == "vllm":
         return open_vllm_generator(model, tokenizer, settings, max_model_len)
-    return HFGenerator(model, settings, stop_token_ids(tokenizer, model), pad_token_id(tokenizer),
-                       max_length=max_model_len)
+    stop_ids = stop_token_ids(tokenizer, model)
+    return HFGenerator(model, settings, stop_ids, pad_token_id(tokenizer), max_length=max_model_len,
+                       vocab_size=vocabulary_size(tokenizer, stop_ids))

@@ -2,16 +2,19 @@
 ``HFGenerator`` (``transformers`` ``generate``, here) and ``VLLMGenerator`` (``vllm_engine.py``).
 
 A generator takes prompts as token-id lists and returns, per prompt, the completion's token ids: up to and
-including the first stop token (the model chose to stop there), or ``max_new_tokens`` ids without one. The stop
-tokens (``stop_token_ids``) are the tokenizer's end of text and the model's generation config's: chat models end
-their turns with a token of their own (Phi-3 with ``<|end|>``, Gemma with ``<end_of_turn>``) that only their
-generation config lists (where ``generate`` reads it by default).
+including the first stop token (the model chose to stop there), or ``max_new_tokens`` ids without one; with a
+``vocab_size``, only ids below it: the tokenizer's (``vocabulary_size``), as a model's logits may have padding
+columns past its last token (an embedding padded to a multiple of 64), which are no text and which a teacher
+without those rows cannot read. The stop tokens (``stop_token_ids``) are the tokenizer's end of text and the
+model's generation config's: chat models end their turns with a token of their own (Phi-3 with ``<|end|>``, Gemma
+with ``<end_of_turn>``) that only their generation config lists (where ``generate`` reads it by default).
 ``load_weights(model, sharded)`` makes it sample from ``model``'s current weights: the Hugging Face back end
 generates with the model itself, the vLLM back end copies the weights into its engine. ``sharded``: the model's
 parameters are sharded over the processes (FSDP, DeepSpeed ZeRO-3), which then generate together.
 """
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from typing import Optional, Sequence
 
@@ -32,6 +35,11 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
     return list(dict.fromkeys(token for token in ids if token is not None))
+
+
+def vocabulary_size(tokenizer: PreTrainedTokenizerBase, stop_ids: Sequence[int]) -> int:
+    """One past the largest id a completion may hold: the tokenizer's tokens, and every stop token."""
+    return max([len(tokenizer), *(token + 1 for token in stop_ids)])
 
 
 def cut_at_stop(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
@@ -78,6 +86,18 @@ class LinearTemperatureLogitsProcessor(LogitsProcessor):
         return scores / self.temperature(input_ids.shape[-1] - self.prompt_length)
 
 
+class VocabularyLogitsProcessor(LogitsProcessor):
+    """Leaves only the first ``vocab_size`` ids to choose from (run before the temperature and top-p)."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # scores [batch, vocab]
+        beyond = torch.arange(scores.shape[-1], device=scores.device) >= self.vocab_size  # [vocab]
+        return scores.masked_fill(beyond, -math.inf)
+
+
 def left_padded(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` [prompts, longest], each prompt at the right end of its row."""
     longest = max(len(prompt) for prompt in prompts)
@@ -93,8 +113,9 @@ class HFGenerator(CompletionGenerator):
     """``model.generate`` on left-padded prompts, in eval mode (dropout off; gradient checkpointing, which only
     acts in training mode, leaves the KV cache on) under ``no_grad``; the model's mode is restored after.
 
-    Prompt and completion stay within ``max_length`` tokens (a run's sequence length; None: no bound) and the
-    model's ``max_position_embeddings``: the batch decodes no more steps than its roomiest prompt can keep, and a
+    Completions hold only ids below ``vocab_size`` (None: any of the model's logit columns). Prompt and completion
+    stay within ``max_length`` tokens (a run's sequence length; None: no bound) and the model's
+    ``max_position_embeddings``: the batch decodes no more steps than its roomiest prompt can keep, and a
     prompt that leaves the model fewer positions than that is answered alone (a model with learned positions
     has none beyond its last: ``generate`` would fail on it), so no completion is cut for another's sake.
 
@@ -104,8 +125,8 @@ class HFGenerator(CompletionGenerator):
     process allows (there, a prompt near the model's last position shortens the others' completions)."""
 
     def __init__(self, model: PreTrainedModel, settings: SamplingSettings, stop_ids: Sequence[int],
-                 pad_token_id: int, max_length: Optional[int] = None):
-        self.model, self.settings, self.max_length = model, settings, max_length
+                 pad_token_id: int, max_length: Optional[int] = None, vocab_size: Optional[int] = None):
+        self.model, self.settings, self.max_length, self.vocab_size = model, settings, max_length, vocab_size
         self.stop_ids, self.pad_token_id = list(stop_ids), pad_token_id
         self.sharded = False
         self._warned = False  # about the model's positions, once
@@ -114,12 +135,17 @@ class HFGenerator(CompletionGenerator):
         self.model, self.sharded = model, sharded
 
     def _sampling(self, prompt_length: int) -> dict:
+        """``generate``'s arguments for the settings; its own warpers (temperature, top-p) run after the processors
+        given, and skip temperature 1 and top-p 1."""
         settings = self.settings
+        bounded = self.vocab_size is not None
+        processors = LogitsProcessorList([VocabularyLogitsProcessor(self.vocab_size)] if bounded else [])
         if settings.temperature == 0:
-            return {"do_sample": False}
-        if settings.final_temperature is None:  # generate's own warpers, which skip temperature 1 and top-p 1
-            return {"do_sample": True, "temperature": settings.temperature, "top_k": 0, "top_p": settings.top_p}
-        processors = LogitsProcessorList([
+            return {"do_sample": False, "logits_processor": processors}
+        if settings.final_temperature is None:
+            return {"do_sample": True, "temperature": settings.temperature, "top_k": 0, "top_p": settings.top_p,
+                    "logits_processor": processors}
+        processors += [
             LinearTemperatureLogitsProcessor(
                 settings.temperature,
                 settings.final_temperature,
@@ -127,7 +153,7 @@ class HFGenerator(CompletionGenerator):
                 prompt_length=prompt_length,
             ),
             TopPLogitsWarper(settings.top_p),
-        ])
+        ]
         # the processors above do the temperature and top-p, in that order
         return {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "logits_processor": processors}
 

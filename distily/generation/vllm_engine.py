@@ -14,7 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
-from distily.generation.engine import CompletionGenerator, cut_at_stop, stop_token_ids
+from distily.generation.engine import CompletionGenerator, cut_at_stop, stop_token_ids, vocabulary_size
+from distily.models.architecture import output_vocab_size
 
 GPU_MEMORY_FRACTION = 0.3  # of the accelerator's memory, for the engine's weights and KV cache
 
@@ -70,8 +71,11 @@ def open_vllm_generator(
             enable_prefix_caching=False,
         )
     stop_ids = stop_token_ids(tokenizer, model)
+    vocab_size = vocabulary_size(tokenizer, stop_ids)
     params = SamplingParams(
         n=1, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens,
         stop_token_ids=stop_ids, detokenize=False,
+        # the head's padding columns past the tokenizer's ids, when it has any, are left out (see engine.py)
+        allowed_token_ids=list(range(vocab_size)) if vocab_size < output_vocab_size(model) else None,
     )
     return VLLMGenerator(engine, params, settings, stop_ids)

@@ -25,7 +25,9 @@ from distily.evaluation.generations import (
 )
 from distily.training.distill import run_distillation
 from store_values import store_values
-from tiny import EMPTY_REASONING, make_chat_tokenizer, make_conversations, save_tiny_model, write_chat_jsonl
+from tiny import (
+    EMPTY_REASONING, make_chat_tokenizer, make_conversations, save_tiny_model, tiny_config, write_chat_jsonl,
+)
 
 MAX_NEW_TOKENS = 6
 
@@ -215,6 +217,25 @@ def test_kl_on_the_models_own_answers_is_the_direct_float64_kl_on_the_answer_pos
     args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
     heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=3)
     assert heldout.scores(student, tokenizer, teacher)["generation/kl_to_teacher"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_student_whose_head_has_padding_columns_answers_in_the_tokenizers_ids(chat_models, tmp_path, monkeypatch):
+    """A student with 64 logit columns past the tokenizer's ids (an embedding padded to a multiple of 64), the
+    likeliest here: its greedy answers were those columns, which the teacher (no such rows) failed to read."""
+    tokenizer, teacher, *_ = chat_models
+    torch.manual_seed(0)
+    student = AutoModelForCausalLM.from_config(tiny_config("llama", layers=1, vocab_size=len(tokenizer) + 64)).eval()
+    with torch.no_grad():
+        student.lm_head.weight[len(tokenizer):] *= 50
+    answered = []
+    original = generations.greedy_answers
+    monkeypatch.setattr(generations, "greedy_answers", lambda *args: answered.extend(original(*args)) or answered)
+    rows = [turns[:-1] + [{"role": "assistant", "content": "x"}] for turns in user_turns(5, seed=5)]
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
+    heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=3)
+    scores = heldout.scores(student, tokenizer, teacher, vocab_size=len(tokenizer))
+    assert len(answered) == 5 and all(token < len(tokenizer) for answer in answered for token in answer)
+    assert 0 < scores["generation/kl_to_teacher"] < float("inf")
 
 
 @pytest.mark.parametrize("values, expected", [

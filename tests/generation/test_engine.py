@@ -2,6 +2,7 @@
 engine with vLLM's interface (the package itself needs a GPU machine)."""
 
 import copy
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from distily.generation.backends import open_generator
 from distily.generation.arguments import SamplingSettings
 from distily.generation.engine import HFGenerator, cut_at_stop, left_padded, stop_token_ids, strip_stop
 from distily.generation.vllm_engine import VLLMGenerator
-from tiny import ARCHITECTURES, tiny_config
+from tiny import ARCHITECTURES, make_tokenizer, tiny_config
 
 EOS, PAD = 0, 0
 PROMPTS = [[5, 17, 42, 9, 33, 8, 71], [12], [101, 7, 66]]  # of different lengths: the batch is left-padded
@@ -208,3 +209,48 @@ def test_the_vllm_back_end_without_vllm_is_a_one_line_error():
         pass
     with pytest.raises(DistilyConfigError, match=r"on_policy_backend='vllm' needs the vllm package; expected"):
         open_generator("vllm", tiny_model(), None, SamplingSettings(4), max_model_len=32)
+
+
+def padded_head_model(tokens: int) -> AutoModelForCausalLM:
+    """A model whose logits have 64 padding columns past the tokenizer's ``tokens`` ids (an embedding padded to a
+    multiple of 64), made the likeliest: they are no tokens, and a teacher with ``tokens`` rows cannot read them."""
+    model = tiny_model(vocab_size=tokens + 64)
+    with torch.no_grad():
+        model.lm_head.weight[tokens:] *= 50
+    return model
+
+
+def test_completions_hold_only_the_tokenizers_ids_never_the_heads_padding_columns():
+    tokenizer = make_tokenizer()
+    tokens = len(tokenizer)
+    model = padded_head_model(tokens)
+    settings = [SamplingSettings(12, temperature=0.0), SamplingSettings(12, 1.3, 0.9),
+                SamplingSettings(12, 1.3, 0.9, final_temperature=0.7)]
+    unbounded = HFGenerator(model, settings[1], [EOS], PAD).generate(PROMPTS)
+    assert any(token >= tokens for completion in unbounded for token in completion)  # what the bound prevents
+    for sampling in settings:
+        torch.manual_seed(0)
+        completions = open_generator("hf", model, tokenizer, sampling, max_model_len=64).generate(PROMPTS)
+        assert all(token < tokens for completion in completions for token in completion), sampling
+    greedy_completions = open_generator("hf", model, tokenizer, settings[0], max_model_len=64).generate(PROMPTS)
+    for prompt, completion in zip(PROMPTS, greedy_completions):  # argmax over the tokenizer's columns, token by token
+        ids, expected = torch.tensor([prompt]), []
+        while len(expected) < 12 and (not expected or expected[-1] != tokenizer.eos_token_id):
+            expected.append(int(model(input_ids=ids).logits[0, -1, :tokens].argmax()))
+            ids = torch.cat([ids, torch.tensor([[expected[-1]]])], dim=1)
+        assert completion == expected
+
+
+def test_the_vllm_back_end_samples_only_the_tokenizers_ids(monkeypatch):
+    """The engine and its sampling parameters as vLLM's classes receive them (vllm itself needs a GPU machine)."""
+    tokenizer = make_tokenizer()
+    built = {}
+
+    def recorded(name):
+        return lambda *args, **kwargs: built.__setitem__(name, kwargs)
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=recorded("engine"), SamplingParams=recorded("params")))
+    open_generator("vllm", padded_head_model(len(tokenizer)), tokenizer, SamplingSettings(4), max_model_len=32)
+    assert built["params"]["allowed_token_ids"] == list(range(len(tokenizer)))
+    open_generator("vllm", tiny_model(vocab_size=len(tokenizer)), tokenizer, SamplingSettings(4), max_model_len=32)
+    assert built["params"]["allowed_token_ids"] is None  # the head has no padding columns: nothing to leave out

@@ -21,7 +21,11 @@ from distily.teachers.live import LiveTeacher
 from distily.training.distill import run_distillation
 from distily.training.on_policy import LOSS_MASK, OnPolicyBatches, batch_prompts, on_policy_batches
 from distily.training.trainer import DistillationTrainer
-from tiny import CHAT_STYLES, VOCAB, make_chat_tokenizer, make_conversations, make_documents, tiny_config
+from store_values import store_values
+from tiny import (
+    CHAT_STYLES, VOCAB, make_chat_tokenizer, make_conversations, make_documents, save_tiny_model, tiny_config,
+    write_chat_jsonl,
+)
 
 PAD = 0
 
@@ -232,3 +236,16 @@ def test_an_on_policy_run_trains_on_the_students_completions(teacher_dirs, run_v
         assert 1 <= entry["on_policy/mean_completion_length"] <= 6 and math.isfinite(entry["loss"])
     assert student.training  # generation handed the student back in training mode
     assert any(not torch.equal(before[name], value) for name, value in student.state_dict().items())
+
+
+def test_a_student_whose_head_is_wider_than_the_teachers_distills_on_policy(tmp_path):
+    """A student with 64 logit columns past the tokenizer's ids (an embedding padded to a multiple of 64) sampled
+    them, and the teacher, which has no such rows, failed at the first on-policy batch (index out of range)."""
+    tokenizer = make_chat_tokenizer("llama3")
+    teacher = save_tiny_model(tmp_path / "teacher", "llama", tokenizer, vocab_size=len(tokenizer))
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(24))
+    values = store_values(teacher, data, tmp_path, max_seq_length=128, max_steps=2, lmbda=1.0, student_init="random",
+                          on_policy_max_new_tokens=12, logging_steps=2,
+                          student_config_overrides={"num_hidden_layers": 1, "vocab_size": len(tokenizer) + 64})
+    metrics = run_distillation(parse_config(**values))
+    assert math.isfinite(metrics["train"]["train_loss"])
