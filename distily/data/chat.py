@@ -10,19 +10,23 @@ conversation (``messages``), checked as it is loaded, and is tokenized as the ch
 The assistant's tokens are found without ``{% generation %}`` markers, which most templates lack: for each
 assistant turn, the conversation before it is rendered with the generation prompt, which must be a prefix of
 the whole rendering; or the conversation before it without the generation prompt must be, and the turn starts
-where the generation prompt and the rendering part (Qwen3's template with ``enable_thinking: false`` writes an
-empty ``<think>`` block into the generation prompt but before the last answer only); else the template is not
+after the last of the generation prompt's tokens the rendering holds whole (Qwen3's template with
+``enable_thinking: false`` writes an empty ``<think>`` block into the generation prompt but before the last answer
+only; the DeepSeek-R1 distills' opens a ``<think>`` block there before no answer); else the template is not
 prefix-consistent and the row is refused. The turn's content must follow it verbatim (whitespace-stripped):
 before the next special token (its last occurrence there), or there the end of the content alone, whitespace
 aside (Qwen3's template drops the ``<think>`` reasoning of answers before the last user turn, and writes the last
 answer's reasoning between newlines of its own), or in a template without special tokens right after the
-prompt (whitespace aside); else the row is refused. The assistant's tokens run from the generation prompt's end
-to the content's: text the template puts between them is the model's to write (Qwen3's template opens the last
-answer with an empty ``<think>`` block, which the model writes when it answers without reasoning). With them,
-the end-of-turn token when a special token closes the content (whitespace between counted with it). The row's
-``loss_mask`` is that mask moved one position left (the shared convention: 1 at t when the token at t + 1 is a
-target). A conversation longer than the run's sequence length is cut; a cut that would leave earlier answers but
-none of the last ends it at the last answer it keeps, rendered as the conversation's last answer.
+prompt (whitespace aside); else the row is refused. The conversation's last message, when an answer, must be
+shown whole (whitespace aside): a template that keeps only its end (the R1 distills' drop its reasoning) is
+refused, as it would teach an answer without the reasoning the model writes first. The assistant's tokens run
+from the generation prompt's end to the content's: text the template puts between them is the model's to write
+(Qwen3's template opens the last answer with an empty ``<think>`` block, which the model writes when it answers
+without reasoning). With them, the end-of-turn token when a special token closes the content (whitespace between
+counted with it). The row's ``loss_mask`` is that mask moved one position left (the shared convention: 1 at t when
+the token at t + 1 is a target). A conversation longer than the run's sequence length is cut; a cut that would
+leave earlier answers but none of the last ends it at the last answer it keeps, rendered as the conversation's
+last answer.
 """
 
 import bisect
@@ -191,7 +195,7 @@ class ChatTokenization:
     max_length: int  # a longer conversation is cut to its first max_length tokens
     # part of the tokenization cache's key (the dataclass's text): raised whenever the ids or masks Distily makes
     # of a conversation change, so a cache written by an earlier version is not read back
-    scheme: int = 2
+    scheme: int = 3
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: ChatTemplate,
@@ -253,6 +257,37 @@ class RenderedConversation:
         return turn.closing
 
 
+def _held_prompt_end(tokenizer: PreTrainedTokenizerBase, prompt: str, before: str, text: str, row: int,
+                     turn: int) -> int:
+    """Where assistant turn ``turn`` starts in the conversation's ``text`` when the text does not hold its whole
+    generation prompt ``prompt`` (Qwen3's enable_thinking=false block opens only the last answer, the R1 distills'
+    ``<think>`` no answer): after the last of the prompt's tokens the text holds whole, and at least after the
+    conversation before the turn (``before``), which the text must start with. A prompt's token the text holds in
+    part is the answer's (the ``<`` of an answer starting ``<b>``, where the prompt writes ``<think>``)."""
+    if not text.startswith(before):
+        raise DistilyConfigError(
+            f"the chat template renders row {row} up to its assistant turn {turn} as text that does not start the "
+            "whole conversation's; expected a prefix-consistent template (each turn appended to the ones before)"
+        )
+    held = len(os.path.commonprefix([prompt, text]))
+    offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return max([len(before)] + [end for _, end in offsets if end <= held])
+
+
+def _shown_content(text: str, content: str, begin: int, closing: Optional[int]) -> tuple[int, str]:
+    """Where whitespace-stripped ``content`` starts after ``begin`` and what of it the text shows: verbatim before
+    the special token at ``closing`` (its last occurrence there), or there its end alone, whitespace aside; with no
+    special token after it, verbatim right after ``begin`` (whitespace aside). The start is -1 when it is not."""
+    if closing is None:
+        start = text.find(content, begin)
+        return (-1 if text[begin:max(start, 0)].strip() else start), content
+    start = text.rfind(content, begin, closing)
+    shown = text[begin:closing].strip()
+    if start < 0 and shown and _squeezed(content).endswith(_squeezed(shown)):  # the content's end only,
+        return text.index(shown, begin), shown  # or its whitespace rearranged
+    return start, content
+
+
 def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
                     row: int) -> RenderedConversation:
     """The conversation as ``template`` renders it, tokenized, and where each assistant turn with content lies in
@@ -269,36 +304,27 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
     for turn, message in enumerate(messages):
         if message["role"] != "assistant" or not message["content"].strip():
             continue
-        prefix = render(messages[:turn], True)
-        if not text.startswith(prefix):
-            before = render(messages[:turn], False)
-            if not text.startswith(before):
-                raise DistilyConfigError(
-                    f"the chat template renders row {row} up to its assistant turn {turn} as text that does not "
-                    "start the whole conversation's; expected a prefix-consistent template (each turn appended to "
-                    "the ones before)"
-                )
-            # the conversation holds less of the generation prompt before this turn (Qwen3's enable_thinking=false
-            # block opens only its last answer): the turn starts where the two part
-            prefix = before + os.path.commonprefix([prefix[len(before):], text[len(before):]])
-        content = message["content"].strip()
-        after = bisect.bisect_left(special_starts, len(prefix))
+        prompt = render(messages[:turn], True)
+        begin = len(prompt) if text.startswith(prompt) else _held_prompt_end(
+            tokenizer, prompt, render(messages[:turn], False), text, row, turn)
+        after = bisect.bisect_left(special_starts, begin)
         closing = special_starts[after] if after < len(special_starts) else None
-        if closing is not None:  # the last occurrence before the special token that closes the turn
-            start = text.rfind(content, len(prefix), closing)
-            shown = text[len(prefix):closing].strip()
-            if start < 0 and shown and _squeezed(content).endswith(_squeezed(shown)):  # the content's end only,
-                start, content = text.index(shown, len(prefix)), shown  # or its whitespace rearranged
-        else:  # no special token after it: the first occurrence, with only whitespace before it
-            start = text.find(content, len(prefix))
-            start = -1 if text[len(prefix):max(start, 0)].strip() else start
+        content = message["content"].strip()
+        start, shown = _shown_content(text, content, begin, closing)
         if start < 0:
             raise DistilyConfigError(
                 f"the chat template does not render row {row}'s assistant turn {turn} after its generation prompt "
                 "and before the next special token; expected the assistant's content there verbatim, or its end (as "
                 "Qwen3's template keeps of an earlier answer, without its <think> reasoning)"
             )
-        turns.append(AssistantTurn(turn, len(prefix), start, start + len(content), closing))
+        if turn == len(messages) - 1 and _squeezed(shown) != _squeezed(content):
+            raise DistilyConfigError(
+                f"the chat template leaves the assistant only the end of row {row}'s last answer (turn {turn}) after "
+                "the generation prompt (the DeepSeek-R1 distills' template drops its <think> reasoning; Qwen3's prompt "
+                "holds an empty one with enable_thinking=false); expected that answer whole: another chat_template "
+                "or chat_template_kwargs, or answers without reasoning"
+            )
+        turns.append(AssistantTurn(turn, begin, start, start + len(shown), closing))
     return RenderedConversation(text, ids, offsets, turns)
 
 

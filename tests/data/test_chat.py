@@ -15,8 +15,8 @@ from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
 from distily.training.on_policy import batch_prompts
 from tiny import (
-    CHAT_STYLES, EMPTY_REASONING, QWEN3_TEMPLATE, make_chat_tokenizer, make_conversations, save_tiny_model,
-    write_chat_jsonl,
+    CHAT_STYLES, EMPTY_REASONING, QWEN3_TEMPLATE, make_chat_tokenizer, make_conversations, make_tokenizer,
+    save_tiny_model, write_chat_jsonl,
 )
 
 
@@ -70,6 +70,58 @@ def test_reasoning_in_qwen3s_last_answer_is_the_assistants_and_an_earlier_answer
     assert dropping != QWEN3_TEMPLATE
     with pytest.raises(DistilyConfigError, match="row 0's assistant turn 1 .* verbatim, or its end"):
         assistant_token_mask([question, thought, question, later], tokenizer, ChatTemplate(dropping), 0)
+
+
+R1_TEMPLATE = (  # the DeepSeek-R1 distills' habits: BOS and the system prompt first, every answer's <think> reasoning
+    # dropped, and a generation prompt that opens a <think> block the conversation does not hold
+    "{{ bos_token }}{% for m in messages if m['role'] == 'system' %}{{ m['content'] }}{% endfor %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '<｜User｜>' + m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ '<｜Assistant｜>' + m['content'].split('</think>')[-1] + eos_token }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
+)
+
+
+def _r1_tokenizer():
+    tokenizer = make_tokenizer("<｜end▁of▁sentence｜>")
+    tokenizer.add_tokens(["<｜begin▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"], special_tokens=True)
+    tokenizer.add_tokens(["<think>", "</think>"])
+    tokenizer.bos_token = "<｜begin▁of▁sentence｜>"
+    tokenizer.chat_template = R1_TEMPLATE
+    return tokenizer
+
+
+def test_an_answer_that_starts_like_the_rest_of_the_generation_prompt_is_the_assistants_whole():
+    """Where the conversation holds only part of the generation prompt (Qwen3's with enable_thinking=false before an
+    earlier answer, the R1 distills' before every answer), only the prompt's whole tokens it holds are the
+    prompt's: the ``<`` of an answer starting ``<b>`` is no part of ``<think>``."""
+    question = {"role": "user", "content": "the cat sleeps."}
+    tagged = {"role": "assistant", "content": "<b>the cat</b> sleeps."}
+    qwen3 = make_chat_tokenizer("qwen3")
+    no_thinking = ChatTemplate(qwen3.chat_template, {"enable_thinking": False})
+    ids, mask = assistant_token_mask([question, tagged, question, tagged], qwen3, no_thinking, 0)
+    assert qwen3.decode([token for token, kept in zip(ids, mask) if kept]) == (
+        "<b>the cat</b> sleeps.<|im_end|><b>the cat</b> sleeps.<|im_end|>")
+    r1 = _r1_tokenizer()
+    for answer in (tagged, {"role": "assistant", "content": "the cat sleeps."}):
+        assert _masked_text([question, answer], r1) == answer["content"] + r1.eos_token
+
+
+def test_a_template_that_writes_only_the_end_of_the_last_answer_is_refused():
+    """The R1 distills' template drops the reasoning of the last answer too: the student would learn the answer
+    without the reasoning the teacher writes first. An earlier answer's reasoning is history it may drop."""
+    r1 = _r1_tokenizer()
+    question = {"role": "user", "content": "the cat sleeps."}
+    thought = {"role": "assistant", "content": "<think>\nI repeat it.\n</think>\n\nthe cat sleeps."}
+    with pytest.raises(DistilyConfigError, match=r"\A[^\n]*only the end of row 0's last answer \(turn 1\)"):
+        assistant_token_mask([question, thought], r1, ChatTemplate(r1.chat_template), 0)
+    assert _masked_text([question, thought, question, {"role": "assistant", "content": "yes."}], r1) == (
+        "\n\nthe cat sleeps." + r1.eos_token + "yes." + r1.eos_token)
+    # Qwen3's generation prompt with enable_thinking=false holds an empty <think> block: a last answer with
+    # reasoning is no answer the model writes after it
+    qwen3 = make_chat_tokenizer("qwen3")
+    with pytest.raises(DistilyConfigError, match=r"only the end of row 0's last answer \(turn 1\)"):
+        no_thinking = ChatTemplate(qwen3.chat_template, {"enable_thinking": False})
+        assistant_token_mask([question, thought], qwen3, no_thinking, 0)
 
 
 def _dataset(tmp_path, rows, name="chat.jsonl"):
