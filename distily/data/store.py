@@ -32,12 +32,13 @@ leaves complete, listed shards and nothing that looks complete but is not.
 """
 
 import bisect
+import copy
 import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from safetensors import safe_open
@@ -230,11 +231,17 @@ class StoreDataset(torch.utils.data.Dataset):
         self.shard_paths, self.shard_rows = list(shard_paths), list(shard_rows)
         self.starts = [sum(self.shard_rows[:i]) for i in range(len(self.shard_rows))]
         total = sum(self.shard_rows)
-        self.length = total if limit is None else min(limit, total)
+        self.rows: Sequence[int] = range(total if limit is None else min(limit, total))  # the store rows served
         self._handles: dict[int, object] = {}
 
+    def select(self, rows: Sequence[int]) -> "StoreDataset":
+        """The dataset of ``rows`` (indices into this one), in their order."""
+        selected = copy.copy(self)
+        selected.rows = [self.rows[row] for row in rows]
+        return selected
+
     def __len__(self) -> int:
-        return self.length
+        return len(self.rows)
 
     def __getstate__(self):  # file handles stay in the process that opened them (DataLoader workers)
         return {**self.__dict__, "_handles": {}}
@@ -245,8 +252,9 @@ class StoreDataset(torch.utils.data.Dataset):
         return self._handles[shard]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < self.length:
+        if not 0 <= index < len(self.rows):
             raise IndexError(index)
+        index = self.rows[index]
         shard = bisect.bisect_right(self.starts, index) - 1
         row = index - self.starts[shard]
         handle = self._handle(shard)
@@ -260,7 +268,7 @@ class StoreDataset(torch.utils.data.Dataset):
     def row_values(self, key: str) -> torch.Tensor:
         """``[rows]``: a per-row field (``ROW_NLL``, ``ROW_TARGETS``) of every row, read without the others."""
         values = [self._handle(shard).get_tensor(key) for shard in range(len(self.shard_paths))]
-        return torch.cat(values)[: self.length]
+        return torch.cat(values)[list(self.rows)]
 
 
 def collate_recorded(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:

@@ -29,7 +29,9 @@ from distily.data.store import (
 )
 from distily.data.chat import ChatTemplate, run_chat_template
 from distily.data.framing import Framing
-from distily.data.text import DistillationData, collate, load_training_documents, tokenizer_fingerprint
+from distily.data.text import (
+    DistillationData, collate, evaluated_rows, load_training_documents, tokenizer_fingerprint,
+)
 from distily.errors import DistilyConfigError
 from distily.evaluation.bytes import byte_metrics, dataset_target_bytes, token_byte_lengths
 from distily.evaluation.heldout import Evaluator, heldout_metrics
@@ -169,11 +171,23 @@ class RecordedTeacher(TeacherSource):
         data_args = self.config.data
         return DistillationData(
             train=self.store.dataset("train", data_args.max_samples),
-            eval=self.store.dataset("eval", data_args.max_eval_samples),
+            eval=self._held_out(data_args.max_eval_samples),
             max_seq_length=self.max_seq_length,
             framing=Framing(self.settings["packing"], self.max_seq_length),
             loss_on=self.settings.get("loss_on"),  # a store of chat data holds it
         )
+
+    def _held_out(self, limit: Optional[int]) -> StoreDataset:
+        """The held-out rows a live run evaluates with ``max_eval_samples=limit``: from a store of every held-out row
+        (recorded without a limit, or one above their number: in packing order), the sample ``evaluated_rows`` draws;
+        from a store of a sample, its first rows (the same draw, cut shorter). A store recorded with a limit of exactly
+        the number of held-out rows holds them all but cannot be told from a sample: its first rows."""
+        rows = self.store.dataset("eval")
+        recorded_limit = self.settings["max_eval_samples"]
+        if recorded_limit is not None and recorded_limit <= len(rows):
+            return self.store.dataset("eval", limit)
+        indices = Dataset.from_dict({"row": range(len(rows))})
+        return rows.select(evaluated_rows(indices, limit, self.settings["seed"])["row"])
 
     def collate_fn(self) -> Callable:
         return partial(collate_recorded, pad_token_id=self.pad_token_id)

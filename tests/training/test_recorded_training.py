@@ -4,13 +4,19 @@ lowers the KL at small k, reads recorded hidden states, and refuses a store that
 import shutil
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from distily.config import parse_config, parse_record_config
+from distily.data.store import ROW_NLL
+from distily.data.text import INPUT_IDS, build_datasets
 from distily.errors import DistilyConfigError
+from distily.models.teacher import load_tokenizer
 from distily.recording.run import run_recording
+from distily.teachers.recorded import RecordedTeacher
 from distily.training.distill import run_distillation
 from store_values import store_values
-from tiny import VOCAB, make_documents, make_tokenizer, save_tiny_model, write_jsonl
+from tiny import VOCAB, make_documents, make_tokenizer, save_tiny_model, tiny_config, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +46,22 @@ def test_training_from_a_full_vocabulary_store_matches_the_live_teacher(teacher_
     assert from_store["teacher"]["lm_loss"] == pytest.approx(live["teacher"]["lm_loss"], rel=1e-5)
     assert from_store["teacher"]["bits_per_byte"] == pytest.approx(live["teacher"]["bits_per_byte"], rel=1e-5)
     assert from_store["teacher"]["source"] == "recorded"
+
+
+@pytest.mark.parametrize("recorded_limit", [None, 100, 16])  # 16: a sample of the 42
+def test_fewer_held_out_rows_than_the_store_holds_are_those_a_live_run_samples(teacher_dirs, text_file, tmp_path,
+                                                                                recorded_limit):
+    """A store of every held-out row (none sampled: they are in packing order) evaluated with a smaller
+    max_eval_samples gave its first rows, where a live run samples them at random (best-fit packing puts the longest
+    documents first): the two evaluated other sequences, and the teacher's held-out loss differed."""
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path, max_eval_samples=recorded_limit,
+                          packing="documents")
+    run_recording(parse_record_config(**values))
+    config = parse_config(**{**values, "max_eval_samples": 8, "teacher_source": "recorded"})
+    stored = RecordedTeacher(config).datasets(AutoModelForCausalLM.from_config(tiny_config("llama"))).eval
+    live = build_datasets(config.data, load_tokenizer(teacher_dirs["llama"], "teacher"), 32, config.training.split_seed)
+    assert [stored[i][INPUT_IDS].tolist() for i in range(len(stored))] == [row.tolist() for row in live.eval[INPUT_IDS]]
+    assert torch.equal(stored.row_values(ROW_NLL), torch.stack([stored[i][ROW_NLL] for i in range(len(stored))]))
 
 
 def test_record_backed_training_lowers_the_kl_to_the_teacher(recorded, tmp_path):
