@@ -22,11 +22,12 @@ shown whole (whitespace aside): a template that keeps only its end (the R1 disti
 refused, as it would teach an answer without the reasoning the model writes first. The assistant's tokens run
 from the generation prompt's end to the content's: text the template puts between them is the model's to write
 (Qwen3's template opens the last answer with an empty ``<think>`` block, which the model writes when it answers
-without reasoning). With them, the end-of-turn token when a special token closes the content (whitespace between
-counted with it). The row's ``loss_mask`` is that mask moved one position left (the shared convention: 1 at t when
-the token at t + 1 is a target). A conversation longer than the run's sequence length is cut; a cut that would
-leave earlier answers but none of the last ends it at the last answer it keeps, rendered as the conversation's
-last answer.
+without reasoning); a special token the prompt ends inside is the prompt's (Phi-3's ``<|assistant|>`` takes the
+whitespace after it, so also the leading space of an answer). With them, the end-of-turn token when a special
+token closes the content (whitespace between counted with it). The row's ``loss_mask`` is that mask moved one
+position left (the shared convention: 1 at t when the token at t + 1 is a target). A conversation longer than the
+run's sequence length is cut; a cut that would leave earlier answers but none of the last ends it at the last
+answer it keeps, rendered as the conversation's last answer.
 """
 
 import bisect
@@ -195,7 +196,7 @@ class ChatTokenization:
     max_length: int  # a longer conversation is cut to its first max_length tokens
     # part of the tokenization cache's key (the dataclass's text): raised whenever the ids or masks Distily makes
     # of a conversation change, so a cache written by an earlier version is not read back
-    scheme: int = 3
+    scheme: int = 4
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: ChatTemplate,
@@ -299,7 +300,8 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoding[INPUT_IDS], encoding["offset_mapping"]
     special = _special_ids(tokenizer)
-    special_starts = [start for token, (start, _) in zip(ids, offsets) if token in special]  # ascending
+    special_spans = [span for token, span in zip(ids, offsets) if token in special]  # ascending
+    special_starts = [start for start, _ in special_spans]
     turns = []
     for turn, message in enumerate(messages):
         if message["role"] != "assistant" or not message["content"].strip():
@@ -308,6 +310,8 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
         begin = len(prompt) if text.startswith(prompt) else _held_prompt_end(
             tokenizer, prompt, render(messages[:turn], False), text, row, turn)
         after = bisect.bisect_left(special_starts, begin)
+        if after > 0 and special_spans[after - 1][1] > begin:  # a role token that takes the whitespace after it
+            begin = special_spans[after - 1][1]  # (Phi-3's, rstrip) ends in the answer: it is still the prompt's
         closing = special_starts[after] if after < len(special_starts) else None
         content = message["content"].strip()
         start, shown = _shown_content(text, content, begin, closing)

@@ -6,6 +6,7 @@ import re
 import datasets
 import pytest
 import torch
+from tokenizers import AddedToken
 
 from distily.data.arguments import DataArguments
 from distily.data.chat import MESSAGES_FORMAT, ChatTemplate, assistant_token_mask, conversations, prompt_ids
@@ -122,6 +123,18 @@ def test_a_template_that_writes_only_the_end_of_the_last_answer_is_refused():
     with pytest.raises(DistilyConfigError, match=r"only the end of row 0's last answer \(turn 1\)"):
         no_thinking = ChatTemplate(qwen3.chat_template, {"enable_thinking": False})
         assistant_token_mask([question, thought], qwen3, no_thinking, 0)
+
+
+def test_a_role_token_that_takes_the_whitespace_after_it_stays_the_prompts():
+    """Phi-3's role tokens strip the whitespace on their right (rstrip): before an answer that starts with a space
+    (a completion " Paris."), ``<|assistant|>`` takes the generation prompt's newline and that space, and ends
+    inside the answer; it is still the template's token, not the assistant's."""
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens([AddedToken(token, rstrip=True, special=True, normalized=False)
+                          for token in CHAT_STYLES["phi3"][1]], special_tokens=True)
+    tokenizer.chat_template = CHAT_STYLES["phi3"][0]
+    turns = [{"role": "user", "content": "the cat sleeps."}, {"role": "assistant", "content": " the cat sleeps."}]
+    assert _masked_text(turns, tokenizer) == "the cat sleeps.<|end|>"
 
 
 def _dataset(tmp_path, rows, name="chat.jsonl"):
