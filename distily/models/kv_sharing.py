@@ -34,7 +34,8 @@ def check_kv_producers(teacher: PretrainedConfig, student: PretrainedConfig, sou
                  else f"those of its layer {producer} (teacher layer {sources[producer]})")
         expected = ("a num_kv_shared_layers that leaves a layer of each attention type before the KV-sharing ones"
                     if wanted is None else f"student layers that include teacher layers {needed} before the "
-                    "KV-sharing ones (student_layers_from_teacher), or num_kv_shared_layers in student_config_overrides")
+                    "KV-sharing ones (student_layers_from_teacher), or num_kv_shared_layers in "
+                    "student_config_overrides")
         raise DistilyConfigError(
             f"student layer {layer} {verb} teacher layer {sources[layer]}{took}; in the student it would reuse "
             f"{given}; expected {expected}"

@@ -89,8 +89,8 @@ def test_a_random_gemma_students_layers_have_the_modules_of_the_teacher_layers_t
     ("kv_shared", "teacher", [1, 3], r"student layer 1 copies teacher layer 3, which reuses the keys and values of "
                                      "teacher layer 2; in the student it would reuse no layer's"),
     ("kv_shared_full_first", "teacher", [0, 3], r"student layer 1 copies teacher layer 3, which reuses the keys and "
-                                                r"values of teacher layer 2; in the student it would reuse those of its "
-                                                r"layer 0 \(teacher layer 0\)"),
+                                                r"values of teacher layer 2; in the student it would reuse those of "
+                                                r"its layer 0 \(teacher layer 0\)"),
     ("kv_shared", "random", None, r"student layer 1 stands for teacher layer 3, which reuses the keys and values of "
                                   "teacher layer 2; .* or num_kv_shared_layers in student_config_overrides"),
     ("kv_shared", "teacher", [3, 2], r"layers \[3, 2\] would be KV-sharing, KV-computing, which Gemma4TextConfig's "

@@ -276,11 +276,18 @@ def test_a_random_students_layers_have_the_modules_of_the_teacher_layers_they_st
         assert student_layer.state_dict().keys() == decoder_layers(teacher)[index].state_dict().keys()
 
 
-def test_a_dense_layer_after_an_moe_one_is_refused_where_the_config_cannot_say_so():
-    teacher = AutoModelForCausalLM.from_config(_per_layer_config("deepseek_v3"))
-    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=[3, 0])
-    with pytest.raises(DistilyConfigError, match=r"layers \[3, 0\] would be MoE, dense, which DeepseekV3Config's "
-                                                 "first_k_dense_replace cannot express"):
+@pytest.mark.parametrize("arch, layers, message", [
+    # a dense layer after an MoE one, where the config says which are MoE by a count of dense first layers
+    ("deepseek_v3", [3, 0], r"layers \[3, 0\] would be MoE, dense, which DeepseekV3Config's first_k_dense_replace "
+                            "cannot express"),
+    # Zamba2's shared block holds an adapter per hybrid layer: a student of fewer has no place for the teacher's
+    ("zamba2", [1, 2], r"cannot copy teacher layer 1 into the student: .*adapter_list\.1\..* is missing in the "
+                       "student"),
+])
+def test_copies_the_students_config_cannot_hold_are_refused(arch, layers, message):
+    teacher = AutoModelForCausalLM.from_config(_per_layer_config(arch))
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=layers)
+    with pytest.raises(DistilyConfigError, match=message):
         build_student(args, teacher)
 
 
@@ -319,15 +326,6 @@ def test_an_lfm2_students_attention_indices_are_its_own():
     teacher = Lfm2Config(full_attn_idxs=[1, 3], **TEXT)
     student = config_with_overrides(teacher, {"num_hidden_layers": 2}, [3, 2])
     assert student.layer_types == ["full_attention", "conv"] and student.full_attn_idxs == [0]
-
-
-def test_a_zamba2_student_of_fewer_hybrid_layers_is_not_copied():
-    """The shared block holds an adapter per hybrid layer: a student of fewer has no place for the teacher's."""
-    teacher = AutoModelForCausalLM.from_config(_per_layer_config("zamba2"))
-    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=[1, 2])
-    with pytest.raises(DistilyConfigError, match=r"cannot copy teacher layer 1 into the student: .*adapter_list\.1\..* "
-                                                 "is missing in the student"):
-        build_student(args, teacher)
 
 
 def test_a_student_its_model_class_cannot_build_is_one_line():
