@@ -22,7 +22,7 @@ from distily.config import GenerateConfig
 from distily.data.store import check_store_directory
 from distily.data.framing import document_separator_id, tokenizer_adds_bos
 from distily.errors import DistilyConfigError
-from distily.generation.engine import HFGenerator, stop_token_ids, strip_stop
+from distily.generation.engine import HFGenerator, stop_token_ids, strip_stop, vocabulary_size
 from distily.models.architecture import max_positions
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.arguments import RESPONSES_COLUMN, GenerateArguments
@@ -51,7 +51,8 @@ def sample_sequences(
     start = start_token(tokenizer)
     head = [start] if tokenizer_adds_bos(tokenizer) else []  # a sample opens as the teacher's contexts open
     eos, stops = tokenizer.eos_token_id, stop_token_ids(tokenizer, teacher)
-    generator = HFGenerator(teacher, args.sampling(), stops, pad_token_id=eos if eos is not None else start)
+    generator = HFGenerator(teacher, args.sampling(), stops, pad_token_id=eos if eos is not None else start,
+                            vocab_size=vocabulary_size(tokenizer, stops))  # never the head's padding columns
     samples = []
     with tqdm(total=args.generate_num_samples, desc="Sampling from the teacher", unit="seq") as progress:
         while len(samples) < args.generate_num_samples:

@@ -6,16 +6,18 @@ import datasets
 import pytest
 import torch
 import yaml
+from transformers import AutoModelForCausalLM
 
 from distily.cli import main
 from distily.config import parse_config, parse_generate_config
 from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_tokenizer
-from distily.generation.engine import LinearTemperatureLogitsProcessor
+from distily.generation.engine import HFGenerator, LinearTemperatureLogitsProcessor
 from distily.recording.generate import run_generation
 from distily.training.distill import run_distillation
 from store_values import store_values
+from tiny import tiny_config
 
 
 def test_temperature_moves_linearly_along_the_sequence_then_stays():
@@ -91,3 +93,30 @@ def test_generate_needs_an_output_and_a_store_to_record_into(teacher_dirs, text_
     with pytest.raises(DistilyConfigError, match=r"teacher_store='.*notes.txt' is an existing file; expected a dir"):
         run_generation(parse_generate_config(**values))
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_teacher_samples_and_responses_hold_only_the_tokenizers_ids(teacher_dirs, text_file, tmp_path, monkeypatch):
+    """A teacher whose logits have padding columns past its tokenizer (Qwen2.5: 151,936 against 151,665 ids) could
+    sample them, ids no tokenizer can decode or student read: made the likeliest here, none may appear."""
+    tokenizer = load_tokenizer(teacher_dirs["llama"], "teacher")
+    tokens = len(tokenizer)
+    teacher = AutoModelForCausalLM.from_config(tiny_config("llama", vocab_size=tokens + 64))
+    with torch.no_grad():
+        teacher.lm_head.weight[tokens:] *= 50
+    padded = tmp_path / "padded-teacher"
+    teacher.save_pretrained(padded)
+    tokenizer.save_pretrained(padded)
+    completions = []
+    generate = HFGenerator.generate
+    monkeypatch.setattr(HFGenerator, "generate", lambda self, prompts: completions.extend(
+        generate(self, prompts)) or completions[-len(prompts):])
+    samples = tmp_path / "samples.jsonl"
+    values = _values(teacher_dirs, text_file, tmp_path, teacher_model_name_or_path=str(padded),
+                     generate_output=str(samples), generate_keep_unfinished=True)
+    run_generation(parse_generate_config(**values))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"the cat sees {n} books"}) + "\n" for n in range(4)))
+    template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    run_generation(parse_generate_config(**{**values, "generate_prompts": str(prompts), "chat_template": template,
+                                            "generate_output": str(tmp_path / "responses.jsonl")}))
+    assert len(completions) == 12 + 4 and all(token < tokens for ids in completions for token in ids)
