@@ -254,6 +254,18 @@ CHATML_TEMPLATE = (  # Qwen2's
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+REASONING_CONTENT_TEMPLATE = (  # ChatML whose assistant turns open with the message's reasoning_content (as Qwen3's
+    # and SmolLM3's templates render a reasoning dataset's traces)
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message.reasoning_content is defined %}{{ '<think>\\n' + message.reasoning_content + '\\n</think>\\n\\n' }}"
+    "{% endif %}{{ message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+DATED_TEMPLATE = (  # ChatML whose system turn holds the day it is rendered (SmolLM3's and Mistral Small 3's habit)
+    "{{ '<|im_start|>system\\nToday: ' + strftime_now('%d %b %Y') + '<|im_end|>\\n' }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 PHI3_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + "
     "'<|end|>\\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '<|end|>\\n' }}"

@@ -67,7 +67,8 @@ def chat_format(columns: list[str], args: DataArguments) -> Optional[str]:
 
 
 def _turns(value, where: str) -> list[dict]:
-    """A list of messages checked and reduced to ``{role, content}``."""
+    """A list of messages checked: each a ``{role, content}`` dict, its other keys (``reasoning_content``, which
+    Qwen3's and SmolLM3's templates render) kept unchanged for the template."""
     if not isinstance(value, list):
         raise DistilyConfigError(f"{where} is a {type(value).__name__}; expected a list of {{role, content}} messages")
     turns = []
@@ -77,7 +78,7 @@ def _turns(value, where: str) -> list[dict]:
             raise DistilyConfigError(f"{where} has a message with role={role!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(message.get("content"), str):
             raise DistilyConfigError(f"{where} has a {role} message without text content; expected a string")
-        turns.append({"role": role, "content": message["content"]})
+        turns.append(dict(message))
     return turns
 
 
@@ -196,16 +197,18 @@ class ChatTokenization:
     max_length: int  # a longer conversation is cut to its first max_length tokens
     # part of the tokenization cache's key (the dataclass's text): raised whenever the ids or masks Distily makes
     # of a conversation change, so a cache written by an earlier version is not read back
-    scheme: int = 4
+    scheme: int = 5
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: ChatTemplate,
                 generation_prompt: bool, where: str) -> str:
     """``turns`` as ``template`` renders them, with the generation prompt when asked; a template that refuses them
     (``raise_exception``: Gemma's and Mistral's refuse roles out of their order) is a one-line error naming
-    ``where``."""
+    ``where``. A message's key that reads back as None (Arrow gives a message every key any message of the
+    dataset has) is absent to the template, as it was in the message."""
+    present = [{key: value for key, value in turn.items() if value is not None} for turn in turns]
     try:
-        return tokenizer.apply_chat_template(turns, chat_template=template.text, tokenize=False,
+        return tokenizer.apply_chat_template(present, chat_template=template.text, tokenize=False,
                                              add_generation_prompt=generation_prompt, **template.kwargs)
     except TemplateError as err:
         roles = [turn["role"] for turn in turns]

@@ -16,8 +16,8 @@ from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
 from distily.training.on_policy import batch_prompts
 from tiny import (
-    CHAT_STYLES, EMPTY_REASONING, QWEN3_TEMPLATE, make_chat_tokenizer, make_conversations, make_tokenizer,
-    save_tiny_model, write_chat_jsonl,
+    CHAT_STYLES, EMPTY_REASONING, QWEN3_TEMPLATE, REASONING_CONTENT_TEMPLATE, make_chat_tokenizer, make_conversations,
+    make_tokenizer, save_tiny_model, write_chat_jsonl,
 )
 
 
@@ -378,3 +378,25 @@ def test_read_conversations_are_fingerprinted_by_their_rows_and_columns_only(tmp
     assert conversations(other, MESSAGES_FORMAT, DataArguments(dataset_name="chat.jsonl",
                                                                dataset_messages_column="turns"))._fingerprint \
         != fingerprint
+
+
+def test_reasoning_content_is_rendered_and_masked_as_the_template_writes_it():
+    """A message's reasoning_content (a reasoning dataset's traces) reaches the template, and the mask is what each
+    assistant turn adds to the rendering after its generation prompt (rendered independently, turn by turn)."""
+    tokenizer = make_chat_tokenizer("chatml", with_template=False)
+    tokenizer.chat_template = REASONING_CONTENT_TEMPLATE
+    messages = [{"role": "user", "content": "the cat sleeps."},  # no reasoning_content: None once read (Arrow)
+                {"role": "assistant", "content": "the cat sleeps.", "reasoning_content": "I repeat it."},
+                {"role": "user", "content": "a dog runs."},
+                {"role": "assistant", "content": "a dog runs.", "reasoning_content": "Again."}]
+    documents = datasets.Dataset.from_list([{"messages": messages}])
+    read = conversations(documents, MESSAGES_FORMAT, DataArguments(dataset_name="reasoning"))["messages"][0]
+    ids, mask = assistant_token_mask(read, tokenizer, ChatTemplate(REASONING_CONTENT_TEMPLATE), 0)
+    assert ids == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)[INPUT_IDS]
+
+    def render(turns, generation_prompt):
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation_prompt)
+    answers = [render(messages[: turn + 1], False)[len(render(messages[:turn], True)):].rstrip("\n")
+               for turn in (1, 3)]
+    assert answers[0] == "<think>\nI repeat it.\n</think>\n\nthe cat sleeps.<|im_end|>"
+    assert tokenizer.decode([token for token, kept in zip(ids, mask) if kept]) == "".join(answers)
