@@ -5,7 +5,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -352,6 +352,7 @@ class DistillationData:
     framing: Optional[Framing] = None  # how the blocks were built (None: a store's rows)
     eval_documents: Optional[datasets.Dataset] = None  # the held-out documents before packing
     loss_on: Optional[str] = None  # chat data: the tokens the losses count (assistant | all); None: text
+    packed_rows: dict[str, int] = field(default_factory=dict)  # each split's rows before max_(eval_)samples
 
 
 def documents_with_content(documents: datasets.Dataset, args: DataArguments) -> datasets.Dataset:
@@ -467,6 +468,7 @@ def build_datasets(
         framing=framing,
         eval_documents=split["test"] if chat is None else None,  # conversations are packed as if alone
         loss_on=None if chat is None else chat.loss_on,
+        packed_rows={name: len(blocks) for name, blocks in packed.items()},
     )
 
 

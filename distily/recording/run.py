@@ -189,5 +189,5 @@ def run_recording(
                                pad_token_id)  # [rows, seq], padded to the shard's longest
                 tensors, stats = recorder.record(rows, held_out=split == "eval", progress=progress)
                 writer.write_shard(split, index, tensors, stats)
-    return writer.finish(_report(writer))
+    return writer.finish({**_report(writer), "packed_rows": data.packed_rows})  # all rows or a cut/sample
 

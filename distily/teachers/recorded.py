@@ -8,6 +8,8 @@ to copy layers into a student initialised from it; nothing of it runs, so it is 
 counted in the preflight, and metrics.json gives it no memory figure.
 """
 
+import dataclasses
+import logging
 from functools import partial
 from typing import Callable, Optional
 
@@ -45,6 +47,17 @@ from distily.objectives.losses import forward_kl
 from distily.objectives.objective import DistillationObjective
 from distily.objectives.sparse import RecordedRows, RecordedTeacherOutput, SparseLogitsComponent, bucket_logprobs
 from distily.teachers.source import TeacherSource
+
+
+logger = logging.getLogger(__name__)
+
+LIMITS = {"train": "max_samples", "eval": "max_eval_samples"}  # the setting that cuts or samples each split
+
+
+def user_set(arguments, name: str) -> bool:
+    """Whether ``name`` of a config dataclass differs from its default (a default given explicitly reads as unset)."""
+    default = next(field.default for field in dataclasses.fields(arguments) if field.name == name)
+    return getattr(arguments, name) != default
 
 
 def needs_teacher_weights(model_args: ModelArguments) -> bool:
@@ -87,6 +100,7 @@ class RecordedTeacher(TeacherSource):
         if self.settings.get("loss_on", config.data.loss_on) != config.data.loss_on:  # a store of chat data
             raise self._mismatch("loss_on", config.data.loss_on, self.settings["loss_on"])
         self._check_chat_template(config)
+        self._check_split(config)
         if config.objective.logits_temperature != self.temperature:
             raise self._mismatch("logits_temperature", config.objective.logits_temperature, self.temperature)
         if documents is not None and documents._fingerprint != self.settings["dataset_fingerprint"]:
@@ -106,6 +120,54 @@ class RecordedTeacher(TeacherSource):
                     f"(fingerprint {fingerprint}) is not the one {self.where} was recorded with "
                     f"({self.settings['tokenizer_fingerprint']}); expected the recorded teacher's tokenizer"
                 )
+
+    def _check_split(self, config: DistillConfig) -> None:
+        """The settings that decide which rows a live run draws, against the store's: one the store cannot honour is
+        refused when the user set it; left at its default, the store's applies (and is logged)."""
+        data, training = config.data, config.training
+        stored_fraction = self.settings["eval_fraction"]
+        self._check_drawn("eval_fraction", data.eval_fraction, stored_fraction, user_set(data, "eval_fraction"),
+                          "no eval_fraction (the store's then)")
+        seed_key = "seed" if training.data_seed is None else "data_seed"
+        stored_seed = self.settings["seed"]
+        self._check_drawn(seed_key, training.split_seed, stored_seed, user_set(training, seed_key),
+                          f"data_seed={stored_seed} (any seed then)")
+        for split, key in LIMITS.items():
+            self._check_limit(split, key, getattr(data, key), user_set(data, key))
+
+    def _check_drawn(self, key: str, run_value, stored_value, given: bool, instead: str) -> None:
+        if run_value == stored_value:
+            return
+        if given:
+            raise DistilyConfigError(
+                f"{key}={run_value!r} would draw other rows than the {stored_value!r} {self.where} was recorded with; "
+                f"expected {instead}, or a store recorded with {key}={run_value!r}"
+            )
+        logger.info(f"{key}: the store's {stored_value!r} applies (the rows were drawn with it)")
+
+    def _check_limit(self, split: str, key: str, limit: Optional[int], given: bool) -> None:
+        """More rows than a store of the first ``max_samples`` (train) or of a sample (eval) holds cannot be
+        served; a store of all of a split's rows serves what a live run gets."""
+        rows = len(self.store.dataset(split))
+        if self._holds_all(split, rows) or (limit is not None and limit <= rows):
+            return
+        if given:
+            raise DistilyConfigError(
+                f"{key}={limit!r} asks for more than the {rows} {split} rows {self.where} holds ({key}="
+                f"{self.settings[key]!r} when recorded); expected {key} <= {rows} or unset (the store's rows), or a "
+                f"store recorded with {key}={limit!r}"
+            )
+        logger.info(f"{key}: the store's {rows} {split} rows")
+
+    def _holds_all(self, split: str, rows: int) -> bool:
+        """Whether the store's ``rows`` are all the split packs into, not the first ``max_samples`` (train) or a
+        sample of ``max_eval_samples`` (eval). A store recorded before manifests gave ``packed_rows`` cannot tell
+        when its limit equals its rows: then it is taken for a cut (or sample)."""
+        packed = self.store.manifest.get("packed_rows")
+        if packed is not None:
+            return rows == packed[split]
+        limit = self.settings[LIMITS[split]]
+        return limit is None or limit > rows
 
     def _check_chat_template(self, config: DistillConfig) -> None:
         """A store of chat data holds rows rendered with one template and its keyword arguments: a run that names
@@ -179,12 +241,10 @@ class RecordedTeacher(TeacherSource):
 
     def _held_out(self, limit: Optional[int]) -> StoreDataset:
         """The held-out rows a live run evaluates with ``max_eval_samples=limit``: from a store of every held-out row
-        (recorded without a limit, or one above their number: in packing order), the sample ``evaluated_rows`` draws;
-        from a store of a sample, its first rows (the same draw, cut shorter). A store recorded with a limit of exactly
-        the number of held-out rows holds them all but cannot be told from a sample: its first rows."""
+        (in packing order), the sample ``evaluated_rows`` draws; from a store of a sample, its first rows (the same
+        draw, cut shorter)."""
         rows = self.store.dataset("eval")
-        recorded_limit = self.settings["max_eval_samples"]
-        if recorded_limit is not None and recorded_limit <= len(rows):
+        if not self._holds_all("eval", len(rows)):
             return self.store.dataset("eval", limit)
         indices = Dataset.from_dict({"row": range(len(rows))})
         return rows.select(evaluated_rows(indices, limit, self.settings["seed"])["row"])

@@ -82,6 +82,8 @@ def test_the_store_holds_the_sequences_distill_takes_with_a_data_seed(teacher_di
         stored = [row[INPUT_IDS].tolist() for row in store.dataset(split)]
         assert stored == [row[INPUT_IDS].tolist() for row in getattr(live, split)], split
     assert manifest["settings"]["seed"] == 7
+    assert manifest["packed_rows"] == live.packed_rows  # all of each split's rows, before max_(eval_)samples
+    assert live.packed_rows["train"] > 24 and live.packed_rows["eval"] > 8
 
 
 def test_fidelity_report_matches_a_direct_computation(teacher_dirs, text_file, tmp_path):

@@ -1,6 +1,7 @@
 """Training from a store (``teacher_source: recorded``): equal to the live teacher at k = vocabulary,
 lowers the KL at small k, reads recorded hidden states, and refuses a store that does not fit the run."""
 
+import json
 import shutil
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from distily.config import parse_config, parse_record_config
-from distily.data.store import ROW_NLL
+from distily.data.store import MANIFEST, MANIFEST_CHECKSUM, ROW_NLL, manifest_checksum
 from distily.data.text import INPUT_IDS, build_datasets
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_tokenizer
@@ -48,20 +49,53 @@ def test_training_from_a_full_vocabulary_store_matches_the_live_teacher(teacher_
     assert from_store["teacher"]["source"] == "recorded"
 
 
-@pytest.mark.parametrize("recorded_limit", [None, 100, 16])  # 16: a sample of the 42
+@pytest.mark.parametrize("recorded_limit", [None, 100, 42, 16])  # 42: all the held-out rows; 16: a sample of them
 def test_fewer_held_out_rows_than_the_store_holds_are_those_a_live_run_samples(teacher_dirs, text_file, tmp_path,
                                                                                 recorded_limit):
     """A store of every held-out row (none sampled: they are in packing order) evaluated with a smaller
     max_eval_samples gave its first rows, where a live run samples them at random (best-fit packing puts the longest
-    documents first): the two evaluated other sequences, and the teacher's held-out loss differed."""
+    documents first): the two evaluated other sequences, and the teacher's held-out loss differed. A store recorded
+    with max_eval_samples equal to the number of held-out rows was taken for a sample (its manifest now says)."""
     values = store_values(teacher_dirs["llama"], text_file, tmp_path, max_eval_samples=recorded_limit,
                           packing="documents")
-    run_recording(parse_record_config(**values))
+    assert run_recording(parse_record_config(**values))["packed_rows"]["eval"] == 42
     config = parse_config(**{**values, "max_eval_samples": 8, "teacher_source": "recorded"})
     stored = RecordedTeacher(config).datasets(AutoModelForCausalLM.from_config(tiny_config("llama"))).eval
     live = build_datasets(config.data, load_tokenizer(teacher_dirs["llama"], "teacher"), 32, config.training.split_seed)
     assert [stored[i][INPUT_IDS].tolist() for i in range(len(stored))] == [row.tolist() for row in live.eval[INPUT_IDS]]
     assert torch.equal(stored.row_values(ROW_NLL), torch.stack([stored[i][ROW_NLL] for i in range(len(stored))]))
+
+
+def test_split_settings_left_at_their_defaults_take_the_stores(teacher_dirs, text_file, tmp_path, caplog):
+    """A store drawn with seed 7 and eval_fraction 0.1, trained from without either: the store's apply, and say so."""
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path, seed=7, eval_fraction=0.1)
+    run_recording(parse_record_config(**values))
+    run = {key: value for key, value in values.items() if key not in ("seed", "eval_fraction", "max_samples",
+                                                                      "max_eval_samples")}
+    with caplog.at_level("INFO", logger="distily.teachers.recorded"):
+        teacher = RecordedTeacher(parse_config(**run, teacher_source="recorded"))
+    data = teacher.datasets(AutoModelForCausalLM.from_config(tiny_config("llama")))
+    assert caplog.messages == ["eval_fraction: the store's 0.1 applies (the rows were drawn with it)",
+                               "seed: the store's 7 applies (the rows were drawn with it)",
+                               "max_samples: the store's 24 train rows", "max_eval_samples: the store's 8 eval rows"]
+    live = build_datasets(parse_config(**values).data, load_tokenizer(teacher_dirs["llama"], "teacher"), 32, 7)
+    assert [data.eval[i][INPUT_IDS].tolist() for i in range(8)] == [row.tolist() for row in live.eval[INPUT_IDS]]
+    assert len(data.train) == 24
+
+
+def test_a_store_recorded_before_manifests_gave_packed_rows_opens_as_before(teacher_dirs, text_file, tmp_path):
+    """No packed_rows: a store recorded without max_eval_samples holds every held-out row (sampled as a live run)."""
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path, max_eval_samples=None)
+    run_recording(parse_record_config(**values))
+    manifest_path = tmp_path / "store" / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["packed_rows"]
+    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    config = parse_config(**{**values, "max_eval_samples": 8, "teacher_source": "recorded"})
+    stored = RecordedTeacher(config).datasets(AutoModelForCausalLM.from_config(tiny_config("llama"))).eval
+    live = build_datasets(config.data, load_tokenizer(teacher_dirs["llama"], "teacher"), 32, config.training.split_seed)
+    assert [stored[i][INPUT_IDS].tolist() for i in range(len(stored))] == [row.tolist() for row in live.eval[INPUT_IDS]]
 
 
 def test_record_backed_training_lowers_the_kl_to_the_teacher(recorded, tmp_path):
@@ -85,6 +119,15 @@ def test_hidden_state_distillation_reads_recorded_layers(recorded, tmp_path):
     "overrides, message",
     [
         ({"hidden_states_weight": 1.0, "hidden_states_layer_map": "all"}, None),  # teacher layers 2 and 4
+        ({"eval_fraction": 0.2}, r"eval_fraction=0.2 would draw other rows than the 0.05 teacher_store=.* was "
+                                 r"recorded with; expected no eval_fraction \(the store's then\), or a store recorded"),
+        ({"seed": 7}, r"seed=7 would draw other rows than the 42 teacher_store=.* was recorded with; expected "
+                      r"data_seed=42 \(any seed then\)"),
+        ({"data_seed": 7}, r"data_seed=7 would draw other rows than the 42 teacher_store="),
+        ({"seed": 7, "data_seed": 42}, None),  # another initialisation, the store's rows
+        ({"max_samples": 100}, r"max_samples=100 asks for more than the 24 train rows teacher_store=.* holds "
+                               r"\(max_samples=24 when recorded\); expected max_samples <= 24 or unset"),
+        ({"max_eval_samples": 100}, r"max_eval_samples=100 asks for more than the 8 eval rows teacher_store="),
         ({"hidden_states_weight": 1.0, "hidden_states_layer_map": "pairs",
           "hidden_states_layer_map_kwargs": {"pairs": [[0, 0], [1, 1], [2, 3]]}},
          r"hidden_states_layer_map uses teacher hidden states \[0, 1, 3\], but teacher_store=.* recorded \[2, 4\]; "
