@@ -1,5 +1,6 @@
 """What a user configures about the training text: where it is, and how it is tokenized, packed and split."""
 
+import datetime
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -34,6 +35,14 @@ def chat_template_kwargs(value) -> dict:
             "template's own variables (such as enable_thinking)"
         )
     return kwargs
+
+
+def chat_template_date(value: Optional[str]) -> Optional[str]:
+    """``chat_template_date`` checked: None or a ``YYYY-MM-DD`` date."""
+    try:
+        return None if value is None else datetime.date.fromisoformat(value).isoformat()
+    except (TypeError, ValueError):
+        raise DistilyConfigError(f"chat_template_date={value!r} is not a date; expected YYYY-MM-DD") from None
 
 
 TEXT_DOCUMENT_DELIMITER_HELP = (
@@ -90,6 +99,14 @@ class DataArguments:
     chat_template_kwargs: Optional[Union[dict, str]] = field(
         default=None, metadata={"help": CHAT_TEMPLATE_KWARGS_HELP}
     )
+    chat_template_date: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The date (YYYY-MM-DD) a chat template that writes the day it is rendered (strftime_now: "
+            "SmolLM3's, Mistral Small 3's, Llama 3's without date_string) renders the whole run with; default: the "
+            "day the run starts (UTC), recorded in run_settings.json, which a resume renders with."
+        },
+    )
     loss_on: str = field(
         default="assistant",
         metadata={
@@ -127,6 +144,7 @@ class DataArguments:
         one_of(self.packing, PACKINGS, "packing")
         one_of(self.loss_on, LOSS_ON, "loss_on")
         self.chat_template_kwargs = chat_template_kwargs(self.chat_template_kwargs)
+        self.chat_template_date = chat_template_date(self.chat_template_date)
         for name in ("max_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -31,8 +31,10 @@ answer it keeps, rendered as the conversation's last answer.
 """
 
 import bisect
+import datetime
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -167,13 +169,37 @@ def adopt_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optio
         tokenizer.chat_template = resolve_chat_template(tokenizer, chat_template, key=key)
 
 
+CLOCK_CALL = re.compile(r"""strftime_now\(\s*(?:'([^']*)'|"([^"]*)")?""")  # the format: a string literal
+
+
+def today() -> str:
+    """Today's date (UTC) as ``chat_template_date`` writes it."""
+    return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
-    """A Jinja chat template and the keyword arguments it is rendered with (``chat_template_kwargs``, such as
-    Qwen3's ``enable_thinking``)."""
+    """A Jinja chat template, the keyword arguments it is rendered with (``chat_template_kwargs``, such as
+    Qwen3's ``enable_thinking``) and, for a template that writes the day it is rendered (``strftime_now``:
+    SmolLM3's, Mistral Small 3's), the date it is rendered with (None for others)."""
 
     text: str
     kwargs: dict = field(default_factory=dict)
+    date: Optional[str] = None  # YYYY-MM-DD
+
+    @property
+    def pinned_text(self) -> str:
+        """The text to render: a dated template's opens with a ``strftime_now`` of its own that writes ``date``
+        in each format the template asks for (a format that is not a string literal is refused)."""
+        if self.date is None:
+            return self.text
+        formats = {next(filter(None, match.groups()), None) for match in CLOCK_CALL.finditer(self.text)}
+        if None in formats:
+            raise DistilyConfigError("the chat template calls strftime_now with a format that is not a string "
+                                     "literal; expected formats Distily can write chat_template_date in")
+        day = datetime.date.fromisoformat(self.date)
+        written = {format: day.strftime(format) for format in formats}
+        return f"{{% macro strftime_now(format) %}}{{{{ {written!r}[format] }}}}{{% endmacro +%}}" + self.text
 
     @property
     def sha256(self) -> str:
@@ -183,9 +209,12 @@ class ChatTemplate:
 
 def run_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optional[str],
                       chat_template_kwargs: Optional[dict] = None, role: str = "teacher",
-                      key: str = "chat_template") -> ChatTemplate:
-    """The template a run renders conversations with (``resolve_chat_template``) and its keyword arguments."""
-    return ChatTemplate(resolve_chat_template(tokenizer, chat_template, role, key), dict(chat_template_kwargs or {}))
+                      key: str = "chat_template", date: Optional[str] = None) -> ChatTemplate:
+    """The template a run renders conversations with (``resolve_chat_template``), its keyword arguments, and for
+    a dated template the run's ``date`` (None: today)."""
+    text = resolve_chat_template(tokenizer, chat_template, role, key)
+    dated = CLOCK_CALL.search(text) is not None
+    return ChatTemplate(text, dict(chat_template_kwargs or {}), (date or today()) if dated else None)
 
 
 @dataclass(frozen=True)
@@ -208,7 +237,7 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template:
     dataset has) is absent to the template, as it was in the message."""
     present = [{key: value for key, value in turn.items() if value is not None} for turn in turns]
     try:
-        return tokenizer.apply_chat_template(present, chat_template=template.text, tokenize=False,
+        return tokenizer.apply_chat_template(present, chat_template=template.pinned_text, tokenize=False,
                                              add_generation_prompt=generation_prompt, **template.kwargs)
     except TemplateError as err:
         roles = [turn["role"] for turn in turns]

@@ -125,10 +125,10 @@ def chat_templates(args: DataArguments, student_tokenizer: PreTrainedTokenizerBa
                    teacher_tokenizer: PreTrainedTokenizerBase) -> tuple[ChatTemplate, ChatTemplate]:
     """The student's template (``student_chat_template``, or its tokenizer's own) and the teacher's
     (``chat_template``, or its tokenizer's own), both with ``chat_template_kwargs``."""
-    kwargs = args.chat_template_kwargs
+    kwargs, date = args.chat_template_kwargs, args.chat_template_date
     return (run_chat_template(student_tokenizer, args.student_chat_template, kwargs, "student",
-                              "student_chat_template"),
-            run_chat_template(teacher_tokenizer, args.chat_template, kwargs))
+                              "student_chat_template", date),
+            run_chat_template(teacher_tokenizer, args.chat_template, kwargs, date=date))
 
 
 def build_aligned_chat_datasets(args: DataArguments, templates: tuple[ChatTemplate, ChatTemplate],

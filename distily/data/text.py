@@ -290,7 +290,8 @@ def chat_tokenization(documents: datasets.Dataset, tokenizer: PreTrainedTokenize
     """How ``documents`` are tokenized when they are conversations (None for text or token ids)."""
     if MESSAGES not in documents.column_names:
         return None
-    template = run_chat_template(tokenizer, args.chat_template, args.chat_template_kwargs)
+    template = run_chat_template(tokenizer, args.chat_template, args.chat_template_kwargs,
+                                 date=args.chat_template_date)
     return ChatTokenization(template, args.loss_on, max_seq_length)
 
 

@@ -142,12 +142,14 @@ class GenerationEval:
     metric: Optional[str] = None  # module:function
     chat_template_kwargs: dict = field(default_factory=dict)
     answer_after: Optional[str] = None  # an answer is read after the last occurrence of this text
+    chat_template_date: Optional[str] = None  # what a dated template writes (None: today)
 
     def scores(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                teacher: Optional[PreTrainedModel] = None, vocab_size: Optional[int] = None) -> dict[str, float]:
         """``model``'s exact match (and metric) on the prompts; with a ``teacher`` (same tokenizer) also the KL to
         it on ``model``'s answers."""
-        template = run_chat_template(tokenizer, self.chat_template, self.chat_template_kwargs)
+        template = run_chat_template(tokenizer, self.chat_template, self.chat_template_kwargs,
+                                     date=self.chat_template_date)
         references = self.prompts.references
         try:
             prompts = [prompt_ids(tokenizer, turns, template, f"row {row}")
@@ -186,7 +188,7 @@ def generation_eval(args: EvaluationArguments, data: DataArguments, chat_templat
         return None
     return GenerationEval(load_heldout_prompts(args, data), chat_template, args.generation_eval_max_new_tokens,
                           batch_size, args.generation_eval_metric, chat_template_kwargs,
-                          args.generation_eval_answer_after)
+                          args.generation_eval_answer_after, data.chat_template_date)
 
 
 class GenerationEvaluator:

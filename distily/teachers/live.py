@@ -94,7 +94,9 @@ class LiveTeacher(TeacherSource):
     def student_chat_template(self) -> Optional[ChatTemplate]:
         if not self.chat:
             return None
-        return run_chat_template(self.tokenizer, self.config.data.chat_template, self.config.data.chat_template_kwargs)
+        data = self.config.data
+        return run_chat_template(self.tokenizer, data.chat_template, data.chat_template_kwargs,
+                                 date=data.chat_template_date)
 
     def datasets(self, student: PreTrainedModel) -> DistillationData:
         """The documents tokenized and packed, at the length both models take."""

@@ -35,6 +35,7 @@ from distily.training.run_dir import (
     check_resume,
     interrupted,
     output_dir_lock,
+    pin_chat_template_date,
     prepare_output_dir,
     resolve_resume,
     run_settings,
@@ -127,6 +128,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     training = config.training
     resume = resolve_resume(training)
     check_output_dir(training, resume)
+    pin_chat_template_date(config.data, resume)
     settings = run_settings(config)
     if resume is not None:
         check_resume(training, resume, settings)

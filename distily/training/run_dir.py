@@ -31,6 +31,7 @@ from typing import Iterator, Optional
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.config import DistillConfig
+from distily.data.chat import today
 from distily.errors import DistilyConfigError
 from distily.metrics import RunMetrics
 from distily.models.arguments import ModelArguments
@@ -138,8 +139,8 @@ class RunDir:
 # precision, workers, back ends) may change.
 DATA_KEYS = ("dataset_name", "dataset_config_name", "dataset_split", "dataset_text_column", "dataset_messages_column",
              "dataset_prompt_column", "dataset_completion_column", "chat_template", "student_chat_template",
-             "chat_template_kwargs", "loss_on", "max_seq_length", "packing", "text_document_delimiter", "max_samples",
-             "eval_fraction")
+             "chat_template_kwargs", "chat_template_date", "loss_on", "max_seq_length", "packing",
+             "text_document_delimiter", "max_samples", "eval_fraction")
 RECORD_KEYS = ("teacher_source", "teacher_store")
 TRAINING_KEYS = ("seed", "data_seed", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
                  "weight_decay", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
@@ -328,6 +329,14 @@ def resolve_resume(training) -> Optional[str]:
             "one, or resume_from_checkpoint=true for the newest intact one)"
         )
     return value
+
+
+def pin_chat_template_date(data, resume: Optional[str]) -> None:
+    """Fix the date a dated chat template renders the whole run with (``chat_template_date``): the one given, else
+    the one the resumed run recorded, else today (UTC); the run's settings record it."""
+    if data.chat_template_date is None and resume is not None:
+        data.chat_template_date = (RunDir(Path(resume).parent).recorded_settings() or {}).get("chat_template_date")
+    data.chat_template_date = data.chat_template_date or today()
 
 
 def _checkpoint_step(checkpoint: str) -> int:

@@ -1,5 +1,6 @@
 """Chat data: formats, chat-template tokenization, assistant masks, framing and bad inputs."""
 
+import datetime
 import json
 import re
 
@@ -7,17 +8,21 @@ import datasets
 import pytest
 import torch
 from tokenizers import AddedToken
+from transformers.utils import chat_template_utils
 
 from distily.data.arguments import DataArguments
-from distily.data.chat import MESSAGES_FORMAT, ChatTemplate, assistant_token_mask, conversations, prompt_ids
+from distily.data import chat
+from distily.data.chat import (
+    MESSAGES_FORMAT, ChatTemplate, assistant_token_mask, conversations, prompt_ids, run_chat_template,
+)
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, check_document_isolation, model_inputs
 from distily.data.text import build_datasets, collate, load_training_documents
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
 from distily.training.on_policy import batch_prompts
 from tiny import (
-    CHAT_STYLES, EMPTY_REASONING, QWEN3_TEMPLATE, REASONING_CONTENT_TEMPLATE, make_chat_tokenizer, make_conversations,
-    make_tokenizer, save_tiny_model, write_chat_jsonl,
+    CHAT_STYLES, DATED_TEMPLATE, EMPTY_REASONING, QWEN3_TEMPLATE, REASONING_CONTENT_TEMPLATE, make_chat_tokenizer,
+    make_conversations, make_tokenizer, save_tiny_model, write_chat_jsonl,
 )
 
 
@@ -400,3 +405,52 @@ def test_reasoning_content_is_rendered_and_masked_as_the_template_writes_it():
                for turn in (1, 3)]
     assert answers[0] == "<think>\nI repeat it.\n</think>\n\nthe cat sleeps.<|im_end|>"
     assert tokenizer.decode([token for token, kept in zip(ids, mask) if kept]) == "".join(answers)
+
+
+class _Clock:
+    """transformers' clock (``datetime`` in its chat template module) stopped on ``day``."""
+
+    def __init__(self, day: str):
+        self.day = day
+
+    def now(self, *_):
+        return datetime.datetime.fromisoformat(self.day)
+
+
+def _dated_run_rows(tmp_path, monkeypatch, day: str, **settings) -> list[str]:
+    """The training rows (decoded) of chat data rendered with a template that writes the day, in a run on ``day``
+    whose tokenization cache is the same as every other's."""
+    monkeypatch.setattr(chat_template_utils, "datetime", _Clock(day))
+    monkeypatch.setattr(chat, "today", lambda: day, raising=False)
+    tokenizer = make_chat_tokenizer("chatml", with_template=False)
+    tokenizer.chat_template = DATED_TEMPLATE
+    path = tmp_path / "c.jsonl"
+    if not path.exists():  # the same file (its time stamp is in the cache's key)
+        write_chat_jsonl(path, make_conversations(8))
+    data = build_datasets(_args(str(path), tmp_path, **settings), tokenizer, 256, 0)
+    return [tokenizer.decode(row[INPUT_IDS]) for row in data.train]
+
+
+def test_a_template_that_writes_the_day_renders_the_runs_date_and_the_cache_keys_on_it(tmp_path, monkeypatch):
+    """SmolLM3's and Mistral Small 3's templates write today's date (strftime_now): a run on another day renders
+    its own date, not the tokens cached the day before; a given chat_template_date is what every day renders."""
+    first = _dated_run_rows(tmp_path, monkeypatch, "2024-07-26")
+    assert all(row.startswith("<|im_start|>system\nToday: 26 Jul 2024<|im_end|>") for row in first)
+    later = _dated_run_rows(tmp_path, monkeypatch, "2024-07-27")
+    assert all(row.startswith("<|im_start|>system\nToday: 27 Jul 2024<|im_end|>") for row in later)
+    pinned = _dated_run_rows(tmp_path, monkeypatch, "2024-07-28", chat_template_date="2024-07-26")
+    assert pinned == first
+
+
+def test_a_dated_templates_prompts_are_rendered_with_the_runs_date():
+    tokenizer = make_chat_tokenizer("chatml", with_template=False)
+    template = run_chat_template(tokenizer, DATED_TEMPLATE, date="2024-07-26")
+    question = [{"role": "user", "content": "hi"}]
+    assert tokenizer.decode(prompt_ids(tokenizer, question, template, "row 0")).startswith(
+        "<|im_start|>system\nToday: 26 Jul 2024<|im_end|>")
+    assert run_chat_template(tokenizer, QWEN3_TEMPLATE, date="2024-07-26").date is None  # no date in it
+    unknown = run_chat_template(tokenizer, DATED_TEMPLATE.replace("'%d %b %Y'", "style"), date="2024-07-26")
+    with pytest.raises(DistilyConfigError, match="strftime_now with a format that is not a string literal"):
+        prompt_ids(tokenizer, question, unknown, "row 0")
+    with pytest.raises(DistilyConfigError, match="chat_template_date='26 Jul 2024' is not a date; expected YYYY-MM-DD"):
+        DataArguments(chat_template_date="26 Jul 2024")

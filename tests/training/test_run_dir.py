@@ -15,6 +15,7 @@ import yaml
 
 from distily.cli import main
 from distily.config import parse_config
+from distily.data.arguments import DataArguments
 from distily.errors import DistilyConfigError
 from distily.training import run_dir
 from distily.training.distill import run_distillation
@@ -260,3 +261,19 @@ def test_a_resume_from_another_directory_records_the_settings_of_the_run_that_ru
     (out / "checkpoint-2").mkdir()
     run_dir.prepare_output_dir(training, str(out / "checkpoint-2"), {"seed": 3})
     assert run.recorded_settings() == {"seed": 1}
+
+
+def test_a_run_pins_the_chat_template_date_and_a_resume_renders_with_the_one_recorded(tmp_path, monkeypatch):
+    """A dated chat template renders a run with the day it started, which run_settings.json records and a resume on
+    another day takes; a date given is kept; a run that recorded none resumes with today's."""
+    monkeypatch.setattr(run_dir, "today", lambda: "2024-07-27")
+    RunDir(tmp_path / "dated").record_settings({"chat_template_date": "2024-07-26"})
+    RunDir(tmp_path / "older").record_settings({"seed": 1})
+    dated, older = str(tmp_path / "dated" / "checkpoint-4"), str(tmp_path / "older" / "checkpoint-4")
+    cases = [(None, None, "2024-07-27"), (None, dated, "2024-07-26"), ("2024-07-25", dated, "2024-07-25"),
+             (None, older, "2024-07-27")]
+    for given, resume, pinned in cases:
+        data = DataArguments(chat_template_date=given)
+        run_dir.pin_chat_template_date(data, resume)
+        assert data.chat_template_date == pinned
+    assert "chat_template_date" in run_dir.DATA_KEYS
