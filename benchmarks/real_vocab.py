@@ -53,7 +53,7 @@ from common import describe, interleaved, machine, medians, run_worker, write_re
 from distily.config import parse_record_config
 from distily.recording.run import run_recording
 from hardware_efficiency import matmul_peak
-from training_speed import benchmark_parser, parse_checked, prepare, report, summarise
+from training_speed import SEED, benchmark_parser, parse_checked, prepare, report, summarise
 
 HERE = Path(__file__).resolve().parent
 CASES = ("distily", "distily_recorded", "distily_compiled", "plain", "trl", "flops", "allocator")
@@ -103,6 +103,7 @@ def shape_spec(options, shape: str) -> dict:
             teacher_model_name_or_path=spec["teacher"], dataset_name=spec["corpus"], max_seq_length=spec["seq"],
             tokenization_cache_dir=spec["cache"], teacher_store=str(store), record_top_k=options.top_k,
             max_samples=spec["batch"] * spec["steps"], max_eval_samples=spec["batch"], output_dir=spec["output_dir"],
+            seed=SEED,  # the runs' seed, which a store's rows must have been drawn with
         ))
     return {**spec, "store": str(store), "vocab": shaped.vocab}
 

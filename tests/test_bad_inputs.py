@@ -14,7 +14,7 @@ from distily.cli import main
 from distily.config import parse_config
 from distily.data.store import StoreWriter
 from distily.training.checkpoints import write_checksums
-from distily.training.run_dir import RunDir, run_settings
+from distily.training.run_dir import RunDir, pin_chat_template_date, run_settings
 from distily.training.trainer import DistillationTrainer
 from file_tree import tree
 from small_filesystem import remount, small_filesystem
@@ -295,7 +295,9 @@ def case_resume_from_another_directory_over_a_finished_run(values, tmp_path):
 def _started_with(values, **changes):
     """A checkpoint of a run started with ``values``; the resume is asked with ``changes``."""
     _checkpoint(values, 2)
-    settings = run_settings(parse_config(**values))
+    config = parse_config(**values)
+    pin_chat_template_date(config.data, None)  # as a run does before it records its settings
+    settings = run_settings(config)
     (Path(values["output_dir"]) / RunDir.SETTINGS).write_text(json.dumps({"settings": settings}))
     values.update(resume_from_checkpoint="true", **changes)
 
