@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import FEWSHOT, SAMPLES, EvaluationArguments
+from distily.models.identity import weight_files
 from distily.outputs import write_json_atomic
 from distily.paths import distily_cache_dir
 
@@ -258,8 +259,7 @@ def teacher_cache_key(
 
     local = Path(os.path.expanduser(teacher_name_or_path))
     if local.is_dir():
-        files = sorted([*local.glob("*.safetensors"), *local.glob("*.bin")])
-        weights = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        weights = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(local)]
     else:
         weights = getattr(teacher.config, "_commit_hash", None)
     content = {

@@ -15,9 +15,14 @@ WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin
 also holds ``training_args.bin`` (its pickled arguments), which is no weight file and changes with every run."""
 
 
+def weight_files(directory: str | os.PathLike) -> list[Path]:
+    """A local checkpoint's weight files (``WEIGHT_FILE``), sorted by name."""
+    return sorted(p for p in Path(directory).iterdir() if WEIGHT_FILE.fullmatch(p.name) and p.is_file())
+
+
 def weights_sha256(directory: str | os.PathLike) -> Optional[str]:
     """One hash over a local checkpoint's weight files (names and contents); None if it has none."""
-    files = sorted(p for p in Path(directory).iterdir() if WEIGHT_FILE.fullmatch(p.name) and p.is_file())
+    files = weight_files(directory)
     if not files:
         return None
     digest = hashlib.sha256()
