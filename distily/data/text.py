@@ -25,6 +25,7 @@ from distily.data.chat import (
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, Framing
 from distily.errors import DistilyConfigError
+from distily.logs import quieted
 from distily.outputs import atomic_output
 from distily.paths import distily_cache_dir, looks_like_local_path
 
@@ -174,18 +175,14 @@ def _first_bad_json_line(files: list[str]) -> Optional[str]:
 
 def _load_json_files(files: list[str]) -> datasets.Dataset:
     """JSON or JSON-lines files as a dataset; a malformed line is named by file and line number."""
-    builder_log = logging.getLogger("datasets.packaged_modules.json.json")
-    level = builder_log.level
-    builder_log.setLevel(logging.CRITICAL)  # it logs a parse error as it raises it, by row in a chunk
-    try:
-        return datasets.load_dataset("json", data_files=files, split="train")
+    try:  # the builder logs a parse error as it raises it, by row in a chunk
+        with quieted("datasets.packaged_modules.json.json", logging.CRITICAL):
+            return datasets.load_dataset("json", data_files=files, split="train")
     except Exception:  # the builder's own error says neither file nor line
         bad = _first_bad_json_line([name for name in files if name.lower().endswith(".jsonl")])
         if bad is None:
             raise
         raise DistilyConfigError(f"{bad}; expected one JSON object per line, such as {{\"text\": \"...\"}}")
-    finally:
-        builder_log.setLevel(level)
 
 
 def load_documents(args: DataArguments) -> datasets.Dataset:

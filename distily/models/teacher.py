@@ -1,7 +1,6 @@
 """Load the teacher: any causal LM, or a multimodal checkpoint's language model, frozen, in eval mode, optionally
 quantized to 8 or 4 bits."""
 
-import contextlib
 import importlib.util
 import logging
 import os
@@ -23,6 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils.hub import resolve_revision
 
 from distily.errors import DistilyConfigError
+from distily.logs import quieted
 from distily.paths import looks_like_local_path
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -142,7 +142,7 @@ def load_language_model(
     """A multimodal checkpoint's language model and LM head as the family's text-only causal LM (``text`` its
     config): transformers reads only the checkpoint's tensors the model has, so the other towers' weights stay on
     disk. A language model the checkpoint does not hold under ``LANGUAGE_MODEL_KEYS`` is refused."""
-    with _without_load_report():  # it would list every weight of the other towers as unexpected
+    with quieted("transformers.modeling_utils", logging.ERROR):  # its load report lists the other towers' weights
         model, loading = from_pretrained(AutoModelForCausalLM, name_or_path, "teacher", config=text,
                                          key_mapping=LANGUAGE_MODEL_KEYS, output_loading_info=True, **settings)
     missing, tied = set(loading["missing_keys"]), set(model._tied_weights_keys or {})
@@ -158,16 +158,6 @@ def load_language_model(
         )
     return model
 
-
-@contextlib.contextmanager
-def _without_load_report():
-    log = logging.getLogger("transformers.modeling_utils")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def load_tokenizer(name_or_path: str, role: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
