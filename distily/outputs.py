@@ -184,6 +184,11 @@ def remove_earlier_outputs(directory: Path, names) -> None:
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 
 
+def weight_files(directory: str | os.PathLike) -> list[Path]:
+    """The weight files (``WEIGHT_FILES``, both formats) directly under ``directory``, sorted."""
+    return sorted({path for pattern in WEIGHT_FILES for path in Path(directory).glob(pattern) if path.is_file()})
+
+
 def directory_size(path: str | os.PathLike, pattern: str | None = None) -> int:
     """Bytes of the files matching ``pattern`` directly under ``path``; without one, of the checkpoint's weights
     there: the first of ``WEIGHT_FILES`` that has files, so a checkpoint saved in both formats counts once, as the

@@ -19,8 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import FEWSHOT, SAMPLES, EvaluationArguments
-from distily.models.identity import weight_files
-from distily.outputs import write_json_atomic
+from distily.outputs import weight_files, write_json_atomic
 from distily.paths import distily_cache_dir
 
 

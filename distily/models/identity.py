@@ -2,26 +2,16 @@
 
 import hashlib
 import os
-import re
-from pathlib import Path
 from typing import Optional
 
 from transformers import PreTrainedModel
 
-from distily.outputs import file_sha256
-
-WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)")
-"""What ``from_pretrained`` loads weights from: whole or sharded, safetensors or pickled. A Trainer's output folder
-also holds ``training_args.bin`` (its pickled arguments), which is no weight file and changes with every run."""
-
-
-def weight_files(directory: str | os.PathLike) -> list[Path]:
-    """A local checkpoint's weight files (``WEIGHT_FILE``), sorted by name."""
-    return sorted(p for p in Path(directory).iterdir() if WEIGHT_FILE.fullmatch(p.name) and p.is_file())
+from distily.outputs import file_sha256, weight_files
 
 
 def weights_sha256(directory: str | os.PathLike) -> Optional[str]:
-    """One hash over a local checkpoint's weight files (names and contents); None if it has none."""
+    """One hash over a local checkpoint's weight files (``distily.outputs.weight_files``: not a Trainer's pickled
+    ``training_args.bin``, which changes with every run), names and contents; None if it has none."""
     files = weight_files(directory)
     if not files:
         return None

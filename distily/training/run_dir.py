@@ -36,7 +36,7 @@ from distily.errors import DistilyConfigError
 from distily.metrics import RunMetrics
 from distily.models.arguments import ModelArguments
 from distily.objectives.arguments import ObjectiveArguments
-from distily.outputs import WEIGHT_FILES, filesystem_errors, write_json_atomic
+from distily.outputs import filesystem_errors, weight_files, write_json_atomic
 from distily.training.checkpoints import TRAINER_STATE_FILE, checkpoint_problem
 from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 
@@ -127,7 +127,7 @@ class RunDir:
         model saved by someone else, which the student would replace."""
         if self.settings.exists():
             return []
-        return sorted({path.name for pattern in WEIGHT_FILES for path in self.path.glob(pattern)})
+        return [path.name for path in weight_files(self.path)]
 
     def holds_own(self, checkpoint: str) -> bool:
         """Whether ``checkpoint`` is one of this directory's checkpoints."""
