@@ -1,5 +1,7 @@
 """The generator a run opens, by the back end it names (``arguments.GENERATION_BACKENDS``)."""
 
+from typing import Optional
+
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.generation.arguments import SamplingSettings
@@ -17,10 +19,11 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def open_generator(
     backend: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings,
-    max_model_len: int,
+    max_model_len: Optional[int],
 ) -> CompletionGenerator:
     """A generator sampling from ``model`` with ``settings`` the ids of ``tokenizer``, prompt and completion at most
-    ``max_model_len`` tokens: ``backend`` hf (``model.generate``) or vllm (an engine over a copy of ``model``)."""
+    ``max_model_len`` tokens (None, hf only: the model's positions): ``backend`` hf (``model.generate``) or vllm (an
+    engine over a copy of ``model``)."""
     if backend == "vllm":
         return open_vllm_generator(model, tokenizer, settings, max_model_len)
     stop_ids = stop_token_ids(tokenizer, model)

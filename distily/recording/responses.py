@@ -19,8 +19,8 @@ from distily.config import GenerateConfig
 from distily.data.chat import prompt_ids, run_chat_template
 from distily.data.text import load_documents
 from distily.errors import DistilyConfigError
-from distily.generation.backends import pad_token_id
-from distily.generation.engine import HFGenerator, completion_text, stop_token_ids, vocabulary_size
+from distily.generation.backends import open_generator
+from distily.generation.engine import completion_text, stop_token_ids
 from distily.models.architecture import max_positions
 
 PROMPT, MESSAGES = "prompt", "messages"
@@ -85,8 +85,7 @@ def teacher_responses(
     conversations = prompt_conversations(load_prompts(config))
     template = run_chat_template(tokenizer, config.data.chat_template, config.data.chat_template_kwargs)
     stops = stop_token_ids(tokenizer, teacher)
-    generator = HFGenerator(teacher, args.sampling(), stops, pad_token_id(tokenizer),
-                            vocab_size=vocabulary_size(tokenizer, stops))  # never the head's padding columns
+    generator = open_generator("hf", teacher, tokenizer, args.sampling(), max_model_len=None)
     positions = max_positions(teacher.config)
     requests = []  # (conversation, prompt ids), each prompt generate_num_return_sequences times
     answered, dropped = [], {"too_long": 0, "empty": 0, "unfinished": 0}
