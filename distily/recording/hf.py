@@ -16,7 +16,7 @@ from distily.data.store import (
     hidden_states_key,
     id_dtype,
 )
-from distily.objectives.component import next_token_targets
+from distily.objectives.component import loss_positions, next_token_targets
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import next_token_nll
 from distily.models.architecture import output_vocab_size
@@ -72,11 +72,13 @@ class HFRecorder:
         self, rows: dict[str, torch.Tensor], held_out: bool, progress: Optional[object] = None
     ) -> tuple[dict, dict]:
         """Shard tensors for ``rows`` (``input_ids`` [rows, seq], its masks and positions) and the sums the
-        manifest reports (the teacher's NLL; on held-out rows also the fidelity sums)."""
+        manifest reports (the teacher's NLL; on held-out rows also the fidelity sums, over the positions the losses
+        read: ``loss_positions``, for chat data with ``loss_on: assistant`` the assistant's)."""
         device = self.teacher.device
         per_row: dict[str, list[torch.Tensor]] = {}  # one entry per sequence, stacked at the end
         per_batch: dict[str, list[torch.Tensor]] = {}  # one [batch, ...] entry per batch, concatenated
         targets = next_token_targets(rows)  # [rows, seq - 1]
+        read = loss_positions(rows)  # [rows, seq]
         stats: dict = {"positions": int(rows["attention_mask"].sum()), "targets": int(targets.sum())}
         fidelity: dict = {}
         for start in range(0, rows[INPUT_IDS].shape[0], self.batch_size):
@@ -84,7 +86,6 @@ class HFRecorder:
             outputs = self.teacher(**model_inputs(batch), output_hidden_states=bool(self.layers))
             for row in range(batch[INPUT_IDS].shape[0]):
                 logits = outputs.logits[row]  # [seq, vocab]
-                real = int(batch["attention_mask"][row].sum())
                 top_logprobs, top_ids, tail = sparse_targets(logits, self.top_k, self.temperature)
                 per_row.setdefault(TOPK_LOGPROBS, []).append(top_logprobs.half().cpu())  # [seq, k]
                 per_row.setdefault(TOPK_IDS, []).append(top_ids.cpu().to(self.id_dtype))  # [seq, k]
@@ -94,7 +95,8 @@ class HFRecorder:
                 per_row.setdefault(ROW_NLL, []).append(nll.cpu())  # []
                 per_row.setdefault(ROW_TARGETS, []).append(row_targets.sum().to(torch.int32).cpu())  # []
                 if held_out:
-                    for k, sums in fidelity_sums(logits[:real], self.fidelity_ks, self.temperature).items():
+                    row_read = read[start + row].to(device)  # [seq]
+                    for k, sums in fidelity_sums(logits[row_read], self.fidelity_ks, self.temperature).items():
                         fidelity[k] = {name: fidelity.get(k, {}).get(name, 0.0) + value for name, value in sums.items()}
             for layer in self.layers:
                 hidden = outputs.hidden_states[layer]  # [batch, seq, width]
@@ -111,5 +113,5 @@ class HFRecorder:
         tensors.update({key: torch.cat(values) for key, values in per_batch.items()})
         stats["nll_sum"] = float(tensors[ROW_NLL].sum())
         if held_out:
-            stats["fidelity"] = fidelity
+            stats["fidelity"], stats["loss_positions"] = fidelity, int(read.sum())
         return tensors, stats

@@ -98,7 +98,7 @@ def _report(writer: StoreWriter) -> dict:
         "teacher_heldout": {"lm_loss": lm_loss, "perplexity": perplexity(lm_loss)},
     }
     if "fidelity" in held_out:
-        positions = held_out["positions"]
+        positions = held_out["loss_positions"]  # for chat data with loss_on: assistant, the assistant's
         report["fidelity"] = {
             "tokens": positions,
             "temperature": settings["logits_temperature"],

@@ -10,9 +10,11 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig
 
 from distily.config import parse_config, parse_record_config
-from distily.data.framing import LOSS_MASK
+from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
+from distily.models.teacher import load_teacher
+from distily.recording.targets import fidelity_sums
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
 from distily.training import on_policy
@@ -63,6 +65,26 @@ def test_a_store_of_chat_data_keeps_the_loss_masks_and_trains_as_the_live_teache
         run_distillation(parse_config(**{**values, "teacher_source": "recorded", "loss_on": "all",
                                          "output_dir": str(tmp_path / "all")}))
 
+
+def test_a_chat_stores_fidelity_report_averages_over_the_assistants_positions(chat_run, tmp_path):
+    """The report measured every token of the held-out conversations (907 positions here), where the losses read
+    the assistant's alone (loss_on: assistant; 251): it now averages over the positions the losses read."""
+    values = _values(chat_run, tmp_path, record_top_k=8)
+    report = run_recording(parse_record_config(**values))["fidelity"]
+    teacher = load_teacher(chat_run[0])
+    rows = TeacherStore(values["teacher_store"]).dataset("eval")
+    sums, read, every = {}, 0, 0
+    for row in (rows[i] for i in range(len(rows))):
+        with torch.no_grad():
+            logits = teacher(input_ids=row[INPUT_IDS][None]).logits[0]  # [seq, vocab]: one unpacked conversation
+        assistant = row[LOSS_MASK].bool()  # [seq]
+        read, every = read + int(assistant.sum()), every + len(assistant)
+        for k, row_sums in fidelity_sums(logits[assistant], [8, 32], 1.0).items():
+            sums[k] = {name: sums.get(k, {}).get(name, 0.0) + value for name, value in row_sums.items()}
+    assert report["tokens"] == read < every
+    for k, total in sums.items():
+        assert report["by_k"][k]["kl"] == pytest.approx(total["kl_sum"] / read, rel=1e-4), k
+        assert report["by_k"][k]["tail_mass"] == pytest.approx(total["tail_mass_sum"] / read, rel=1e-4), k
 
 
 def test_a_store_of_chat_data_keeps_its_template_for_the_student_and_refuses_another(chat_run, tmp_path):
