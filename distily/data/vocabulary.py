@@ -57,8 +57,8 @@ class VocabularyMap:
 
     student_ids: torch.Tensor  # [shared] long
     teacher_ids: torch.Tensor  # [shared] long
-    student_size: int  # the student's logit columns
-    teacher_size: int  # the teacher's logit columns
+    student_size: int  # the student's vocabulary: its logit columns of its tokenizer's ids (no padding rows)
+    teacher_size: int  # the teacher's vocabulary, likewise
 
     def __len__(self) -> int:
         return self.student_ids.numel()
@@ -99,10 +99,11 @@ def _name(tokenizer: PreTrainedTokenizerBase) -> str:
 def map_vocabularies(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase,
                      student_size: Optional[int] = None, teacher_size: Optional[int] = None,
                      required: bool = True) -> VocabularyMap:
-    """The shared tokens of two tokenizers (sizes: the models' logit columns, default the tokenizers' lengths).
-    With ``required``, a mapping that covers nothing is an error naming both tokenizers."""
-    student_size = len(student) if student_size is None else student_size
-    teacher_size = len(teacher) if teacher_size is None else teacher_size
+    """The shared tokens of two tokenizers. Sizes: the models' logit columns (default the tokenizers' lengths), cut
+    to the tokenizers' ids: the rows of an LM head padded past them (Qwen2's 151,936 for 151,665 tokens) are no
+    token. With ``required``, a mapping that covers nothing is an error naming both tokenizers."""
+    student_size = len(student) if student_size is None else min(student_size, len(student))
+    teacher_size = len(teacher) if teacher_size is None else min(teacher_size, len(teacher))
     teacher_bytes = token_bytes(teacher)
     pairs = [(s, teacher_bytes[data]) for data, s in token_bytes(student).items() if data in teacher_bytes]
     separators = (document_separator_id(student), document_separator_id(teacher))

@@ -2,7 +2,9 @@
 
 At a student position ``i`` aligned with teacher position ``j`` (both models have read the same text, see
 ``distily.data.alignment``), the student predicts its next token over its vocabulary ``V_s`` and the teacher its
-next token over ``V_t``. Notation: ``p_s = softmax(z_s / T)``, ``p_t = softmax(z_t / T)`` there.
+next token over ``V_t``. Notation: ``p_s = softmax(z_s / T)``, ``p_t = softmax(z_t / T)`` there, each over its
+tokenizer's ids: the rows of an LM head padded past them (to a multiple of 64, say) are no token, and are left out
+of every loss below (as in the ULD paper, each distribution is over its own vocabulary).
 
 - ``mapped``: the tokens both vocabularies share (the same bytes, ``distily.data.vocabulary``) form a common
   support; the student's next token ``x`` joins it with the teacher's probability of its text by the chain rule
@@ -152,6 +154,13 @@ def chain_logprobs(token_logprobs: torch.Tensor, aligned: torch.Tensor, targets:
     return torch.where(valid, sums, -torch.inf).float()
 
 
+def head_rows(head: torch.nn.Module, size: int, prefix: str = "") -> dict[str, Optional[torch.Tensor]]:
+    """An LM head's first ``size`` rows (its weight [size, H] and bias [size] or None), as ``chunked_logit_loss_sum``
+    takes a fused head (``prefix``: ``teacher_`` for the teacher's)."""
+    bias = None if head.bias is None else head.bias[:size]
+    return {f"{prefix}lm_head_weight": head.weight[:size], f"{prefix}lm_head_bias": bias}
+
+
 class CrossTokenizerLogitsComponent(Component):
     """A ``CROSS_TOKENIZER_LOSSES`` loss at every aligned loss position of the student (``loss_positions``:
     non-padding, and the assistant's in chat data), in token chunks as the
@@ -180,13 +189,17 @@ class CrossTokenizerLogitsComponent(Component):
         return self._columns[device]
 
     def forward(self, student_outputs, teacher_outputs, batch):
+        """The loss over each model's vocabulary (``VocabularyMap``'s sizes: its LM head's padding rows left out)."""
         aligned = batch[ALIGNED]  # [batch, student seq]
         rows = loss_positions(batch) & (aligned >= 0)  # [batch, student seq]
+        student_size, teacher_size = self.vocabulary.student_size, self.vocabulary.teacher_size
         teacher = getattr(teacher_outputs, "logits", None)  # [batch, teacher seq, V_t]
         teacher_head = {}
         if teacher is None:  # the teacher's decoder ran alone: [batch, teacher seq, H_t]
-            teacher, head = teacher_outputs.last_hidden_state, self._lm_heads["teacher"]
-            teacher_head = dict(teacher_lm_head_weight=head.weight, teacher_lm_head_bias=head.bias)
+            teacher = teacher_outputs.last_hidden_state
+            teacher_head = head_rows(self._lm_heads["teacher"], teacher_size, "teacher_")
+        else:
+            teacher = teacher[..., :teacher_size]
         teacher_ids = batch[TEACHER_INPUT_IDS].masked_fill(batch[TEACHER_ATTENTION_MASK] == 0, 0)
         token_logprobs = teacher_token_logprobs(teacher, teacher_head.get("teacher_lm_head_weight"),
                                                 teacher_head.get("teacher_lm_head_bias"), teacher_ids,
@@ -197,10 +210,10 @@ class CrossTokenizerLogitsComponent(Component):
         teacher_rows = teacher[rows.nonzero()[:, 0], aligned[rows]]  # [n, V_t or H_t]
         student_head = {}
         if student_outputs.logits.shape[1] == rows.shape[1]:
-            student = student_outputs.logits[rows]  # [n, V_s]
+            student = student_outputs.logits[rows][:, :student_size]  # [n, V_s]
         else:
-            student, head = student_outputs.hidden_states[-1][rows], self._lm_heads["student"]  # [n, H]
-            student_head = dict(lm_head_weight=head.weight, lm_head_bias=head.bias)
+            student = student_outputs.hidden_states[-1][rows]  # [n, H]
+            student_head = head_rows(self._lm_heads["student"], student_size)
         return chunked_logit_loss_sum(
             self.loss_fn, student, teacher_rows, temperature=self.temperature, across_vocabularies=True,
             row_params={"target_ids": target_ids, "target_logprob": target_logprob},

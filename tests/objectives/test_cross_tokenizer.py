@@ -130,6 +130,43 @@ def test_one_tokenizer_through_the_cross_tokenizer_path_gives_todays_loss(fused)
     assert torch.allclose(values["cross"][1], values["today"][1], atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_losses_leave_out_the_lm_heads_padding_rows(fused):
+    """Heads padded past their tokenizers' ids (to multiples of 64 and 128, as many models pad them): ULD compares
+    the two distributions over the tokenizers' ids only (the float64 reference), and the padding rows, which no
+    text can hold, take no gradient from any cross-tokenizer loss."""
+    student_tokenizer, teacher_tokenizer = make_sentencepiece_tokenizer(vocab_size=400), make_bos_tokenizer()
+    sizes = (len(student_tokenizer), len(teacher_tokenizer))  # 400, 320
+    torch.manual_seed(0)
+    student = AutoModelForCausalLM.from_config(tiny_config("gpt2", layers=1, vocab_size=448)).eval()
+    teacher = AutoModelForCausalLM.from_config(tiny_config("llama", layers=1, vocab_size=384)).eval()
+    text = make_documents(1, seed=3)[0]
+    ids = [tokenizer(text)[INPUT_IDS][:24] for tokenizer in (student_tokenizer, teacher_tokenizer)]
+    batch = collate_aligned([{INPUT_IDS: ids[0], TEACHER_INPUT_IDS: ids[1], ALIGNED: list(range(24))}])
+    vocabulary = map_vocabularies(student_tokenizer, teacher_tokenizer, 448, 384)
+    assert (vocabulary.student_size, vocabulary.teacher_size) == sizes
+    with torch.no_grad():
+        student_logits = student(input_ids=batch[INPUT_IDS]).logits[0]  # [24, 448]: every position aligned
+        teacher_logits = teacher(input_ids=batch[TEACHER_INPUT_IDS]).logits[0]  # [24, 384]
+    # a random head's padding rows hold real probability, which the old losses compared
+    assert torch.softmax(student_logits / 2.0, -1)[:, sizes[0]:].sum(-1).min() > 0.05
+    expected = uld_reference(student_logits[:, : sizes[0]], teacher_logits[:, : sizes[1]], 2.0).sum()
+    for loss in ("uld", "mapped_uld"):
+        component = CrossTokenizerLogitsComponent("forward_kl", 2.0, cross_tokenizer_loss=loss, vocabulary=vocabulary)
+        component.attach(student, teacher)
+        student.zero_grad()
+        with torch.no_grad():
+            teacher_outputs = (teacher.get_decoder() if fused else teacher)(input_ids=batch[TEACHER_INPUT_IDS])
+        student_outputs = student(input_ids=batch[INPUT_IDS], output_hidden_states=True,
+                                  logits_to_keep=1 if fused else 0)
+        value = component(student_outputs, teacher_outputs, batch)
+        value.backward()
+        if loss == "uld":
+            assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+        gradient = student.lm_head.weight.grad
+        assert gradient[: sizes[0]].abs().sum() > 0 and gradient[sizes[0]:].abs().sum() == 0
+
+
 @pytest.fixture(scope="module")
 def two_tokenizer_run(tmp_path_factory):
     """A teacher trained on the grammar with a BOS-anchored byte-level tokenizer, a random student with a
