@@ -74,7 +74,8 @@ class ModelArguments(TeacherArguments):
         default=None,
         metadata={
             "help": "Teacher layer index copied into each student layer (student_init=teacher). Default: evenly "
-            "spaced, first and last included."
+            "spaced, first and last included; where one reuses the keys and values of a teacher layer not chosen "
+            "(Gemma 3n, Gemma 4), that layer replaces the nearest chosen one none of them needs."
         },
     )
     copy_teacher_modules: Optional[list[str]] = field(

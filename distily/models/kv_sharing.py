@@ -1,6 +1,7 @@
 """Layers that reuse the keys and values of an earlier layer (Gemma 3n, Gemma 4: each of the last
 ``num_kv_shared_layers`` layers reuses those of the last layer of its attention type before them): a student's must
-have a layer to take them from, and a copied one the copy of the teacher layer it took them from."""
+have a layer to take them from, and a copied one the copy of the teacher layer it took them from, which the default
+teacher layers include."""
 
 from typing import Optional
 
@@ -16,6 +17,21 @@ def kv_producers(config: PretrainedConfig) -> dict[int, Optional[int]]:
     types = config.layer_types if first_sharing < depth else []
     return {layer: next((i for i in reversed(range(first_sharing)) if types[i] == types[layer]), None)
             for layer in range(first_sharing, depth)}
+
+
+def with_kv_producers(config: PretrainedConfig, layers: list[int]) -> list[int]:
+    """``layers`` (teacher layers in increasing order) with the layers the KV-sharing ones among them take keys and
+    values from: each one missing replaces the layer nearest it (the earlier of two as near) that no chosen layer
+    takes them from, so the student keeps the teacher's layers that share keys and values and their producers."""
+    producers, chosen = kv_producers(config), list(layers)
+    while True:
+        needed = {producers[layer] for layer in chosen if producers.get(layer) is not None}
+        missing = sorted(needed.difference(chosen))
+        if not missing:  # each step adds a missing one and drops one none needs: fewer are missing after it
+            return sorted(chosen)
+        spare = min((layer for layer in chosen if layer not in needed),
+                    key=lambda layer: (abs(layer - missing[0]), layer))
+        chosen[chosen.index(spare)] = missing[0]
 
 
 def check_kv_producers(teacher: PretrainedConfig, student: PretrainedConfig, sources: list[int], copied: bool) -> None:

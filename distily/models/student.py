@@ -2,6 +2,7 @@
 initialised randomly or from chosen teacher layers; then named modules copied and frozen."""
 
 import copy
+import logging
 import os
 from typing import Optional
 
@@ -13,11 +14,13 @@ from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import ModelArguments
 from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student
-from distily.models.kv_sharing import check_kv_producers
+from distily.models.kv_sharing import check_kv_producers, with_kv_producers
 from distily.models.layer_kinds import DERIVED_LAYER_KEYS, layer_kind_values
 from distily.models.layer_settings import check_kept, layer_config, per_layer_values
 from distily.models.packed_layers import layer_slices
 from distily.models.teacher import from_pretrained
+
+logger = logging.getLogger(__name__)
 
 DEPTH = "num_hidden_layers"
 WIDTH = "hidden_size"
@@ -43,13 +46,13 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
     ``no_rope_layers``, ``mlp_layer_types``, Gemma 3n's ``intermediate_size``, ...)
     and the per-layer overrides of a heterogeneous config (``per_layer_config``: Gemma 4's full-attention head_dim)
     become the entries of the layers each student layer stands for: ``layer_sources`` (the teacher layers copied into
-    it), else evenly spaced ones; a config class that changes them is refused. Derived from the new depth instead,
-    the copied layers would run with another attention, position scheme or block than they learned with (a Gemma 3
-    student of 4 layers would have no global attention layer). Settings that say which kind each layer is without a
-    per-layer list (``LAYER_KIND_SETTINGS``: dense or MoE, attention or Mamba, sharing keys and values or not, by
-    layer indices or scalars) are written again the same way; indices a config derives from its per-layer list
-    (``DERIVED_LAYER_KEYS``) are derived again from the student's. A layer reusing keys and values must have a layer
-    to take them from (``check_kv_producers``)."""
+    it), else the default ones (``default_teacher_layers``); a config class that changes them is refused. Derived
+    from the new depth instead, the copied layers would run with another attention, position scheme or block than
+    they learned with (a Gemma 3 student of 4 layers would have no global attention layer). Settings that say which
+    kind each layer is without a per-layer list (``LAYER_KIND_SETTINGS``: dense or MoE, attention or Mamba, sharing
+    keys and values or not, by layer indices or scalars) are written again the same way; indices a config derives
+    from its per-layer list (``DERIVED_LAYER_KEYS``) are derived again from the student's. A layer reusing keys and
+    values must have a layer to take them from (``check_kv_producers``)."""
     values = config.to_dict()
     changes = {_canonical(config, key): value for key, value in overrides.items()}
     for key, original in zip(overrides, changes):
@@ -77,7 +80,7 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
     reordered = layer_sources is not None and list(layer_sources) != list(range(len(layer_sources)))
     if depth in changes or reordered:  # teacher layers copied in another order, at the teacher's depth too
         config_depth = getattr(config, depth)  # Nemotron-H derives it from layers_block_type: not in values
-        sources = layer_sources or evenly_spaced_layers(config_depth, changes[depth])  # a count: checked above
+        sources = layer_sources or default_teacher_layers(config, changes[depth])  # a count: checked above
         kind_values = layer_kind_values(config, values, sources, changes)
         for key in DERIVED_LAYER_KEYS:
             values.pop(key, None)
@@ -125,11 +128,18 @@ def evenly_spaced_layers(teacher_depth: int, student_depth: int) -> list[int]:
     return [round(i * (teacher_depth - 1) / (student_depth - 1)) for i in range(student_depth)]
 
 
-def teacher_layer_sources(chosen: Optional[list[int]], teacher_depth: int, student_depth: int) -> list[int]:
+def default_teacher_layers(teacher: PretrainedConfig, student_depth: int) -> list[int]:
+    """The teacher layer each student layer stands for unless chosen: evenly spaced ones, with the layers those
+    reusing keys and values take them from (Gemma 3n, Gemma 4: ``with_kv_producers``)."""
+    return with_kv_producers(teacher.get_text_config(), evenly_spaced_layers(text_depth(teacher), student_depth))
+
+
+def teacher_layer_sources(chosen: Optional[list[int]], teacher: PretrainedConfig, student_depth: int) -> list[int]:
     """The teacher layer copied into each student layer: ``chosen`` (``student_layers_from_teacher``), checked,
-    else evenly spaced ones."""
+    else the default ones."""
     if chosen is None:
-        return evenly_spaced_layers(teacher_depth, student_depth)
+        return default_teacher_layers(teacher, student_depth)
+    teacher_depth = text_depth(teacher)
     if len(chosen) != student_depth:
         raise DistilyConfigError(
             f"student_layers_from_teacher has {len(chosen)} entries; expected one per student layer ({student_depth})"
@@ -258,23 +268,23 @@ def student_config_and_teacher_layers(
     """The student's config, ``student_config_name_or_path`` or the teacher's with the overrides, and for
     student_init=teacher the teacher layer copied into each student layer; a student built from the teacher's config
     takes the per-layer settings of those layers."""
-    overrides, teacher_depth = args.student_config_overrides, text_depth(teacher_config)
+    overrides = args.student_config_overrides
     if args.student_config_name_or_path is not None:
         base = from_pretrained(
             AutoConfig, args.student_config_name_or_path, "student config", trust_remote_code=args.trust_remote_code
         )
         config = config_with_overrides(base, overrides)
-        return config, _teacher_layers(args, teacher_depth, text_depth(config))
+        return config, _teacher_layers(args, teacher_config, text_depth(config))
     depth = next((overrides[key] for key in (DEPTH, _canonical(teacher_config, DEPTH)) if key in overrides),
-                 teacher_depth)
-    sources = _teacher_layers(args, teacher_depth, check_layer_count(depth))
+                 text_depth(teacher_config))
+    sources = _teacher_layers(args, teacher_config, check_layer_count(depth))
     return config_with_overrides(teacher_config, overrides, sources), sources
 
 
-def _teacher_layers(args: ModelArguments, teacher_depth: int, student_depth: int) -> Optional[list[int]]:
+def _teacher_layers(args: ModelArguments, teacher: PretrainedConfig, student_depth: int) -> Optional[list[int]]:
     if args.student_init != "teacher":
         return None
-    return teacher_layer_sources(args.student_layers_from_teacher, teacher_depth, student_depth)
+    return teacher_layer_sources(args.student_layers_from_teacher, teacher, student_depth)
 
 
 def text_depth(config: PretrainedConfig) -> int:
@@ -318,6 +328,7 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedM
         # models list their end-of-turn token there, not in the config), and how it samples
         student.generation_config = copy.deepcopy(teacher.generation_config)
         if teacher_layers is not None:
+            logger.info(f"Student layers copied from teacher layers {teacher_layers}")
             copy_teacher_layers(teacher, student, teacher_layers)
     copy_named_modules(teacher, student, args.copy_teacher_modules or [])
     if args.student_as_bitnet and not is_bitnet(student.config):

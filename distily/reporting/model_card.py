@@ -245,7 +245,8 @@ def _method_section(config: DistillConfig, metrics: RunMetrics, objective: Disti
         elif model.student_layers_from_teacher:
             init = f"teacher layers {model.student_layers_from_teacher} copied into its layers"
         else:
-            init = "teacher layers copied into its layers (evenly spaced, first and last included)"
+            init = ("teacher layers copied into its layers (evenly spaced, first and last included, with the layers "
+                    "KV-sharing ones take keys and values from)")
         lines.append(f"The student was built from {source} config{changes}, starting from {init}.")
     training = config.training
     if training.lmbda > 0:

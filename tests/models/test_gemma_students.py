@@ -2,6 +2,8 @@
 with another head_dim (per_layer_config), Gemma 3n's MLP width and activation sparsity per layer, per-layer inputs
 packed in one table (PLE), the last layers reusing earlier layers' keys and values (num_kv_shared_layers)."""
 
+import logging
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -15,7 +17,7 @@ from distily.data.text import build_datasets
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
 from distily.models.arguments import ModelArguments
-from distily.models.student import build_student, evenly_spaced_layers
+from distily.models.student import build_student, evenly_spaced_layers, student_config_and_teacher_layers
 from distily.training.distill import run_distillation
 
 VARIANTS = {  # the tiny teachers' layers: sliding, sliding, full, full
@@ -36,9 +38,9 @@ def gemma_teacher(variant: str, **settings):
     return AutoModelForCausalLM.from_config(tiny_config(**VARIANTS[variant], **settings)).eval()
 
 
-def student_of(teacher, layers=None, init="teacher"):
+def student_of(teacher, layers=None, init="teacher", **overrides):
     depth = len(layers) if layers else 2
-    args = ModelArguments(student_config_overrides={"num_hidden_layers": depth}, student_init=init,
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": depth, **overrides}, student_init=init,
                           student_layers_from_teacher=layers)
     return build_student(args, teacher).eval()
 
@@ -91,8 +93,6 @@ def test_a_random_gemma_students_layers_have_the_modules_of_the_teacher_layers_t
     ("kv_shared_full_first", "teacher", [0, 3], r"student layer 1 copies teacher layer 3, which reuses the keys and "
                                                 r"values of teacher layer 2; in the student it would reuse those of "
                                                 r"its layer 0 \(teacher layer 0\)"),
-    ("kv_shared", "random", None, r"student layer 1 stands for teacher layer 3, which reuses the keys and values of "
-                                  "teacher layer 2; .* or num_kv_shared_layers in student_config_overrides"),
     ("kv_shared", "teacher", [3, 2], r"layers \[3, 2\] would be KV-sharing, KV-computing, which Gemma4TextConfig's "
                                      "num_kv_shared_layers cannot express"),
     ("gemma3n_kv_shared", "teacher", [0, 3], r"student layer 1 copies teacher layer 3, which reuses the keys and "
@@ -104,6 +104,68 @@ def test_a_gemma_student_its_config_cannot_represent_is_refused(variant, init, l
     teacher layer took them from (transformers refused a student with none in a ValueError when building it)."""
     with pytest.raises(DistilyConfigError, match=message):
         student_of(gemma_teacher(variant), layers, init)
+
+
+def test_a_random_gemma_student_whose_num_kv_shared_layers_leaves_no_producer_is_refused():
+    """Its default layers, teacher layers 0 and 2 (sliding, full), compute their own keys and values; told to reuse
+    them, the full-attention one has no full-attention layer before it to take them from."""
+    with pytest.raises(DistilyConfigError, match=r"student layer 1 stands for teacher layer 2; in the student it "
+                                                 "would reuse no layer's; expected a num_kv_shared_layers that "
+                                                 "leaves a layer of each attention type"):
+        student_of(gemma_teacher("kv_shared"), init="random", num_kv_shared_layers=1)
+
+
+def every_fifth_full(layers: int) -> list[str]:
+    """Gemma 4 E2B's and Gemma 3n's layout: four sliding-window layers, then a full-attention one."""
+    return [FULL if i % 5 == 4 else SLIDING for i in range(layers)]
+
+
+@pytest.mark.parametrize("variant, settings", [
+    ("dense", dict(use_double_wide_mlp=True)),  # as Gemma 4 E2B: its KV-sharing layers have a double-wide MLP
+    ("gemma3n_altup_4", dict(activation_sparsity_pattern=[0.95] * 4 + [0.0] * 6)),  # as Gemma 3n E2B
+])  # fmt: skip
+def test_every_depth_of_a_kv_sharing_teachers_default_student_copies_its_layers_exactly(variant, settings, caplog):
+    """Teacher layers 5-9 reuse the keys and values of layer 3 (sliding) or 4 (full). Evenly spaced, most students'
+    KV-sharing layers lacked those (2 layers: 0 and 9, 9 needing 4) and were refused; the default layers now take
+    them, replacing the nearest layers none needs. Every depth builds, keeps the teacher's first and last layers
+    from 3 layers up, and each student layer, given its teacher layer's input in the student's own forward (its
+    keys and values taken from the copied producer), gives that layer's output; the run log names the layers."""
+    teacher = gemma_teacher(variant, layers=10, num_kv_shared_layers=5, layer_types=every_fifth_full(10), **settings)
+    ids = torch.randint(0, 320, (1, 12))
+    teacher_inputs, teacher_outputs = layer_outputs(teacher, ids)
+    for depth in range(1, 11):
+        args = ModelArguments(student_config_overrides={"num_hidden_layers": depth})
+        layers = student_config_and_teacher_layers(args, teacher.config)[1]
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="distily.models.student"):
+            student = build_student(args, teacher).eval()
+        assert caplog.messages == [f"Student layers copied from teacher layers {layers}"]
+        assert layers == sorted(set(layers)) and len(layers) == depth
+        assert depth < 3 or (layers[0], layers[-1]) == (0, 9)
+        assert student.config.layer_types == [teacher.config.layer_types[index] for index in layers]
+        assert student.config.num_kv_shared_layers == sum(index >= 5 for index in layers)
+        _, student_outputs = layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
+        for student_output, index in zip(student_outputs, layers):
+            torch.testing.assert_close(student_output, teacher_outputs[index], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant, depth, shared, student_depth, expected", [
+    ("dense", 35, 20, 1, [14]), ("dense", 35, 20, 2, [14, 34]), ("dense", 35, 20, 6, [0, 13, 14, 20, 27, 34]),
+    ("dense", 35, 20, 8, [0, 5, 10, 14, 19, 24, 29, 34]), ("gemma3n", 30, 10, 6, [0, 6, 12, 18, 19, 29]),
+    ("gemma3n", 30, 10, 7, [0, 5, 10, 14, 19, 24, 29]),
+])  # fmt: skip
+def test_the_default_layers_of_a_kv_sharing_teacher_are_evenly_spaced_with_the_producers_they_need(
+        variant, depth, shared, student_depth, expected):
+    """Laid out as Gemma 4 E2B (35 layers, the last 20 reusing the keys and values of layer 13, sliding, or 14,
+    full) and Gemma 3n E2B (30 layers, the last 10 reusing those of 18 or 19): a missing producer replaces the
+    nearest layer no KV-sharing one needs (6 of E2B's: 7 of 0, 7, 14, 20, 27, 34 makes way for 13); evenly spaced
+    layers that have their producers stay as they are."""
+    tiny_config = tiny_gemma3n_config if variant.startswith("gemma3n") else tiny_gemma4_config
+    teacher = tiny_config(depth, num_kv_shared_layers=shared, layer_types=every_fifth_full(depth))
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": student_depth})
+    config, layers = student_config_and_teacher_layers(args, teacher)
+    assert layers == expected
+    assert config.num_kv_shared_layers == sum(index >= depth - shared for index in expected)
 
 
 def test_a_gemma4_student_of_a_wider_attention_cannot_copy_its_layers():
