@@ -325,7 +325,8 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     lines = [
         "## Training data",
         "",
-        f"- Dataset: {source} ({details}); {data.eval_fraction:g} of its documents held out for evaluation.",
+        f"- Dataset: {source} ({details}); {data.eval_fraction:g} of its documents held out for evaluation (drawn "
+        f"with seed {config.training.split_seed}).",
         training_set,
         _framing_line(metrics.framing),
     ]

@@ -1,15 +1,14 @@
 """Training from a recorded teacher (``teacher_source: recorded``).
 
 ``RecordedTeacher`` opens a store for a run: it verifies the shards, checks the store's provenance
-against the run (sequence length, dataset, tokenizer, temperature, teacher), gives the datasets (the
+against the run (sequence length, dataset, tokenizer, temperature, teacher; the split settings the run takes
+from the store before it starts: ``store_split``), gives the datasets (the
 stored token ids and sparse targets), and, called on a batch, the teacher's outputs the objective reads
 (``RecordedTeacherOutput``, fed to the sparse logit loss). The teacher model is not loaded, except once,
 to copy layers into a student initialised from it; nothing of it runs, so it is neither probed nor
 counted in the preflight, and metrics.json gives it no memory figure.
 """
 
-import dataclasses
-import logging
 from functools import partial
 from typing import Callable, Optional
 
@@ -47,17 +46,7 @@ from distily.objectives.losses import forward_kl
 from distily.objectives.objective import DistillationObjective
 from distily.objectives.sparse import RecordedRows, RecordedTeacherOutput, SparseLogitsComponent, bucket_logprobs
 from distily.teachers.source import TeacherSource
-
-
-logger = logging.getLogger(__name__)
-
-LIMITS = {"train": "max_samples", "eval": "max_eval_samples"}  # the setting that cuts or samples each split
-
-
-def user_set(arguments, name: str) -> bool:
-    """Whether ``name`` of a config dataclass differs from its default (a default given explicitly reads as unset)."""
-    default = next(field.default for field in dataclasses.fields(arguments) if field.name == name)
-    return getattr(arguments, name) != default
+from distily.teachers.store_split import holds_all, store_split, store_where
 
 
 def needs_teacher_weights(model_args: ModelArguments) -> bool:
@@ -69,13 +58,18 @@ def needs_teacher_weights(model_args: ModelArguments) -> bool:
 class RecordedTeacher(TeacherSource):
     logits_component = SparseLogitsComponent
 
+    @classmethod
+    def settled_config(cls, config: DistillConfig) -> DistillConfig:
+        """``config`` with the split the store's rows were drawn with (``store_split``)."""
+        return store_split(config, TeacherStore(config.record.teacher_store))
+
     def __init__(self, config: DistillConfig):
-        """Open and verify the store, and check it against the run (the documents, when a dataset is named,
-        are loaded first: a bad dataset fails fast)."""
+        """Open and verify the store, and check it against the run, whose ``config`` has the store's split
+        (``settled_config``). The documents, when a dataset is named, are loaded first: a bad dataset fails fast."""
         documents = load_training_documents(config.data) if config.data.dataset_name else None
         self.config = config
         self.store = TeacherStore(config.record.teacher_store)
-        self.where = f"teacher_store={str(self.store.path)!r}"
+        self.where = store_where(self.store)
         self.settings = self.store.settings
         self.temperature = self.settings["logits_temperature"]
         self.max_seq_length = self.settings["max_seq_length"]
@@ -100,7 +94,6 @@ class RecordedTeacher(TeacherSource):
         if self.settings.get("loss_on", config.data.loss_on) != config.data.loss_on:  # a store of chat data
             raise self._mismatch("loss_on", config.data.loss_on, self.settings["loss_on"])
         self._check_chat_template(config)
-        self._check_split(config)
         if config.objective.logits_temperature != self.temperature:
             raise self._mismatch("logits_temperature", config.objective.logits_temperature, self.temperature)
         if documents is not None and documents._fingerprint != self.settings["dataset_fingerprint"]:
@@ -120,54 +113,6 @@ class RecordedTeacher(TeacherSource):
                     f"(fingerprint {fingerprint}) is not the one {self.where} was recorded with "
                     f"({self.settings['tokenizer_fingerprint']}); expected the recorded teacher's tokenizer"
                 )
-
-    def _check_split(self, config: DistillConfig) -> None:
-        """The settings that decide which rows a live run draws, against the store's: one the store cannot honour is
-        refused when the user set it; left at its default, the store's applies (and is logged)."""
-        data, training = config.data, config.training
-        stored_fraction = self.settings["eval_fraction"]
-        self._check_drawn("eval_fraction", data.eval_fraction, stored_fraction, user_set(data, "eval_fraction"),
-                          "no eval_fraction (the store's then)")
-        seed_key = "seed" if training.data_seed is None else "data_seed"
-        stored_seed = self.settings["seed"]
-        self._check_drawn(seed_key, training.split_seed, stored_seed, user_set(training, seed_key),
-                          f"data_seed={stored_seed} (any seed then)")
-        for split, key in LIMITS.items():
-            self._check_limit(split, key, getattr(data, key), user_set(data, key))
-
-    def _check_drawn(self, key: str, run_value, stored_value, given: bool, instead: str) -> None:
-        if run_value == stored_value:
-            return
-        if given:
-            raise DistilyConfigError(
-                f"{key}={run_value!r} would draw other rows than the {stored_value!r} {self.where} was recorded with; "
-                f"expected {instead}, or a store recorded with {key}={run_value!r}"
-            )
-        logger.info(f"{key}: the store's {stored_value!r} applies (the rows were drawn with it)")
-
-    def _check_limit(self, split: str, key: str, limit: Optional[int], given: bool) -> None:
-        """More rows than a store of the first ``max_samples`` (train) or of a sample (eval) holds cannot be
-        served; a store of all of a split's rows serves what a live run gets."""
-        rows = len(self.store.dataset(split))
-        if self._holds_all(split, rows) or (limit is not None and limit <= rows):
-            return
-        if given:
-            raise DistilyConfigError(
-                f"{key}={limit!r} asks for more than the {rows} {split} rows {self.where} holds ({key}="
-                f"{self.settings[key]!r} when recorded); expected {key} <= {rows} or unset (the store's rows), or a "
-                f"store recorded with {key}={limit!r}"
-            )
-        logger.info(f"{key}: the store's {rows} {split} rows")
-
-    def _holds_all(self, split: str, rows: int) -> bool:
-        """Whether the store's ``rows`` are all the split packs into, not the first ``max_samples`` (train) or a
-        sample of ``max_eval_samples`` (eval). A store recorded before manifests gave ``packed_rows`` cannot tell
-        when its limit equals its rows: then it is taken for a cut (or sample)."""
-        packed = self.store.manifest.get("packed_rows")
-        if packed is not None:
-            return rows == packed[split]
-        limit = self.settings[LIMITS[split]]
-        return limit is None or limit > rows
 
     def _check_chat_template(self, config: DistillConfig) -> None:
         """A store of chat data holds rows rendered with one template and its keyword arguments: a run that names
@@ -244,7 +189,7 @@ class RecordedTeacher(TeacherSource):
         (in packing order), the sample ``evaluated_rows`` draws; from a store of a sample, its first rows (the same
         draw, cut shorter)."""
         rows = self.store.dataset("eval")
-        if not self._holds_all("eval", len(rows)):
+        if not holds_all(self.store, "eval"):
             return self.store.dataset("eval", limit)
         indices = Dataset.from_dict({"row": range(len(rows))})
         return rows.select(evaluated_rows(indices, limit, self.settings["seed"])["row"])

@@ -2,6 +2,8 @@
 
 ``run_distillation`` asks the source, in this order, for everything that depends on the teacher:
 
+- ``settled_config(config)`` (before it is opened): the run's config with what the source decides filled in
+  (a store: the split its rows were drawn with), which the run records, reports and opens the source with;
 - ``student_init_model()``: the model the student is built from (layers, config), then
   ``student_built(student)`` once the student exists;
 - ``datasets(student)`` and ``collate_fn()``: what the run trains and evaluates on;
@@ -59,6 +61,11 @@ class TeacherSource(ABC):
     tokenizer: PreTrainedTokenizerBase
     model: PreTrainedModel
     logits_component: type[Component]  # the logit loss this teacher's outputs feed
+
+    @classmethod
+    def settled_config(cls, config: DistillConfig) -> DistillConfig:
+        """``config`` with what this kind of source decides filled in: as given, unless the source says otherwise."""
+        return config
 
     @property
     def live_model(self) -> Optional[PreTrainedModel]:

@@ -27,9 +27,14 @@ def student_tokenizer(model_args: ModelArguments) -> Optional[PreTrainedTokenize
     return None if name is None else load_tokenizer(name, "student", model_args.trust_remote_code)
 
 
+def settled_config(config: DistillConfig) -> DistillConfig:
+    """``config`` as the source ``teacher_source`` names settles it (``TeacherSource.settled_config``)."""
+    return TEACHER_SOURCES[config.record.teacher_source].settled_config(config)
+
+
 def open_teacher(config: DistillConfig) -> TeacherSource:
-    """The run's teacher source, as ``teacher_source`` names it; for a student with another tokenizer, the
-    cross-tokenizer form of it."""
+    """The run's teacher source, as ``teacher_source`` names it, opened with ``config`` as ``settled_config`` gives
+    it; for a student with another tokenizer, the cross-tokenizer form of it."""
     name = config.record.teacher_source
     teacher = TEACHER_SOURCES[name](config)
     adopt_chat_template(teacher.tokenizer, config.data.chat_template)

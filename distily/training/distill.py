@@ -24,7 +24,7 @@ from distily.outputs import directory_size
 from distily.reporting.run import write_reports
 from distily.teachers.placement import teacher_is_sharded
 from distily.teachers.source import TeacherSource, stop_at_end_of_turn
-from distily.teachers.sources import open_teacher
+from distily.teachers.sources import open_teacher, settled_config
 from distily.training.checkpoints import CheckpointChecksums
 from distily.training.on_policy import on_policy_batches
 from distily.training.preflight import check_memory, checkpointed_every_n_layers, estimate_memory, parameter_shards
@@ -125,6 +125,7 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
 
 
 def _distill(config: DistillConfig, command: Optional[str]) -> dict:
+    config = settled_config(config)  # a store's split: the run records and reports the values its rows were drawn with
     training = config.training
     resume = resolve_resume(training)
     check_output_dir(training, resume)

@@ -66,21 +66,33 @@ def test_fewer_held_out_rows_than_the_store_holds_are_those_a_live_run_samples(t
     assert torch.equal(stored.row_values(ROW_NLL), torch.stack([stored[i][ROW_NLL] for i in range(len(stored))]))
 
 
-def test_split_settings_left_at_their_defaults_take_the_stores(teacher_dirs, text_file, tmp_path, caplog):
-    """A store drawn with seed 7 and eval_fraction 0.1, trained from without either: the store's apply, and say so."""
-    values = store_values(teacher_dirs["llama"], text_file, tmp_path, seed=7, eval_fraction=0.1)
+def test_split_settings_left_unset_are_the_stores_and_the_run_reports_them(teacher_dirs, text_file, tmp_path, caplog):
+    """A store drawn with seed 7, eval_fraction 0.1 and the first 24 train rows, trained from with seed 3 and neither
+    of the others: the store's rows applied, but run_settings.json and the card said eval_fraction 0.05, all rows and
+    seed 3 alone (and seed 3 was refused). The run now records how its rows were drawn (data_seed 7: the rows and
+    their order; seed 3 the rest), and a live run with those settings trains the same."""
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path, seed=7, eval_fraction=0.1, record_top_k=VOCAB,
+                          learning_rate=1e-3)
     run_recording(parse_record_config(**values))
-    run = {key: value for key, value in values.items() if key not in ("seed", "eval_fraction", "max_samples",
-                                                                      "max_eval_samples")}
-    with caplog.at_level("INFO", logger="distily.teachers.recorded"):
-        teacher = RecordedTeacher(parse_config(**run, teacher_source="recorded"))
-    data = teacher.datasets(AutoModelForCausalLM.from_config(tiny_config("llama")))
-    assert caplog.messages == ["eval_fraction: the store's 0.1 applies (the rows were drawn with it)",
-                               "seed: the store's 7 applies (the rows were drawn with it)",
-                               "max_samples: the store's 24 train rows", "max_eval_samples: the store's 8 eval rows"]
-    live = build_datasets(parse_config(**values).data, load_tokenizer(teacher_dirs["llama"], "teacher"), 32, 7)
-    assert [data.eval[i][INPUT_IDS].tolist() for i in range(8)] == [row.tolist() for row in live.eval[INPUT_IDS]]
-    assert len(data.train) == 24
+    run = {**values, "seed": 3, "eval_fraction": None, "max_samples": None}  # None: left out
+    with caplog.at_level("INFO", logger="distily.teachers.store_split"):
+        stored = _train(run, tmp_path)
+    assert [record.getMessage() for record in caplog.records if record.name == "distily.teachers.store_split"] == [
+        "eval_fraction: the store's 0.1 applies (its rows were drawn with it)",
+        "max_samples: the store's 24 train rows",
+        "data_seed: the store's 7 applies (its rows were drawn with it, and their order follows it); seed=3 seeds the "
+        "rest",
+    ]
+    settings = json.loads((tmp_path / "run" / "run_settings.json").read_text())["settings"]
+    drawn = {key: settings[key] for key in ("eval_fraction", "max_samples", "seed", "data_seed")}
+    assert drawn == {"eval_fraction": 0.1, "max_samples": 24, "seed": 3, "data_seed": 7}
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "0.1 of its documents held out for evaluation (drawn with seed 7)" in card
+    live = run_distillation(parse_config(**{**values, **drawn, "output_dir": str(tmp_path / "live")}))
+    assert stored["train"]["train_loss"] == pytest.approx(live["train"]["train_loss"], rel=2e-3)
+    for key in ("before_kl_to_teacher", "after_kl_to_teacher", "after_lm_loss"):
+        assert stored["student"][key] == pytest.approx(live["student"][key], rel=2e-3), key
+    assert (stored["train_sequences"], stored["eval_sequences"]) == (live["train_sequences"], live["eval_sequences"])
 
 
 def test_a_store_recorded_before_manifests_gave_packed_rows_opens_as_before(teacher_dirs, text_file, tmp_path):
@@ -121,9 +133,8 @@ def test_hidden_state_distillation_reads_recorded_layers(recorded, tmp_path):
         ({"hidden_states_weight": 1.0, "hidden_states_layer_map": "all"}, None),  # teacher layers 2 and 4
         ({"eval_fraction": 0.2}, r"eval_fraction=0.2 would draw other rows than the 0.05 teacher_store=.* was "
                                  r"recorded with; expected no eval_fraction \(the store's then\), or a store recorded"),
-        ({"seed": 7}, r"seed=7 would draw other rows than the 42 teacher_store=.* was recorded with; expected "
-                      r"data_seed=42 \(any seed then\)"),
-        ({"data_seed": 7}, r"data_seed=7 would draw other rows than the 42 teacher_store="),
+        ({"data_seed": 7}, r"data_seed=7 would draw other rows than the 42 teacher_store=.* was recorded with; "
+                           r"expected data_seed=42 or none \(any seed then: it seeds the initialisation"),
         ({"seed": 7, "data_seed": 42}, None),  # another initialisation, the store's rows
         ({"max_samples": 100}, r"max_samples=100 asks for more than the 24 train rows teacher_store=.* holds "
                                r"\(max_samples=24 when recorded\); expected max_samples <= 24 or unset"),
