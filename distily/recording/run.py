@@ -82,6 +82,14 @@ def recording_settings(config: RecordConfig, teacher: PreTrainedModel, tokenizer
     }
 
 
+def _fidelity_positions(writer: StoreWriter) -> int:
+    """The positions the held-out fidelity sums cover: each shard's loss positions, or all its positions for a shard
+    recorded before they were counted (its sums covered all of them), so that a recording resumed across that change
+    finishes with the mean of what was summed."""
+    return sum(entry["stats"].get("loss_positions", entry["stats"]["positions"])
+               for entry in writer.shards["eval"].values())
+
+
 def _report(writer: StoreWriter) -> dict:
     """What the manifest says about the finished store: sizes, the teacher's held-out loss, fidelity."""
     settings = writer.settings
@@ -98,7 +106,7 @@ def _report(writer: StoreWriter) -> dict:
         "teacher_heldout": {"lm_loss": lm_loss, "perplexity": perplexity(lm_loss)},
     }
     if "fidelity" in held_out:
-        positions = held_out["loss_positions"]  # for chat data with loss_on: assistant, the assistant's
+        positions = _fidelity_positions(writer)  # for chat data with loss_on: assistant, the assistant's
         report["fidelity"] = {
             "tokens": positions,
             "temperature": settings["logits_temperature"],

@@ -20,6 +20,7 @@ from distily.cli import main
 from distily.config import parse_config, parse_record_config
 from distily.data.store import (
     MANIFEST,
+    PROGRESS,
     ROW_NLL,
     TAIL_LOGPROB,
     TOPK_IDS,
@@ -135,6 +136,19 @@ def test_a_killed_recording_resumes_to_the_uninterrupted_result(teacher_dirs, te
     assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
     assert resumed["fidelity"] == uninterrupted["fidelity"]
 
+
+
+def test_a_recording_of_shards_without_loss_positions_finishes_with_its_fidelity(teacher_dirs, text_file, tmp_path):
+    """Shards recorded before the fidelity counted its positions (summed over all of them) and resumed after: the
+    report divides by their positions (finishing failed on the missing count)."""
+    values, finished = _record(teacher_dirs["llama"], text_file, tmp_path)
+    store = Path(values["teacher_store"])
+    for entry in finished["shards"]["eval"].values():
+        entry["stats"].pop("loss_positions")
+    (store / PROGRESS).write_text(json.dumps({"settings": finished["settings"], "shards": finished["shards"]}))
+    (store / MANIFEST).unlink()
+    resumed = run_recording(parse_record_config(**values))
+    assert resumed["fidelity"] == finished["fidelity"]  # text: the loss positions are all positions
 
 def _shard_hashes(manifest):
     return {split: [entry["sha256"] for entry in shards.values()] for split, shards in manifest["shards"].items()}
