@@ -266,6 +266,10 @@ DATED_TEMPLATE = (  # ChatML whose system turn holds the day it is rendered (Smo
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+LLAMA3_DATED_TEMPLATE = (  # Llama 3.1's habit: the system turn holds date_string, else the day it is rendered
+    "{% if date_string is not defined %}{% set date_string = strftime_now('%d %b %Y') %}{% endif %}{{ bos_token }}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\\n\\nToday Date: ' + date_string + '<|eot_id|>' }}"
+) + LLAMA3_TEMPLATE.removeprefix("{{ bos_token }}")
 PHI3_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + "
     "'<|end|>\\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '<|end|>\\n' }}"

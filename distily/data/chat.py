@@ -213,8 +213,26 @@ def run_chat_template(tokenizer: PreTrainedTokenizerBase, chat_template: Optiona
     """The template a run renders conversations with (``resolve_chat_template``), its keyword arguments, and for
     a dated template the run's ``date`` (None: today)."""
     text = resolve_chat_template(tokenizer, chat_template, role, key)
-    dated = CLOCK_CALL.search(text) is not None
-    return ChatTemplate(text, dict(chat_template_kwargs or {}), (date or today()) if dated else None)
+    kwargs = dict(chat_template_kwargs or {})
+    return ChatTemplate(text, kwargs, (date or today()) if writes_the_day(tokenizer, text, kwargs) else None)
+
+
+PROBE = [{"role": "user", "content": "What day is it?"}]
+PROBE_DAYS = ("2001-02-03", "2012-11-28")  # apart in every field a date format writes (day, weekday, month, year)
+
+
+def writes_the_day(tokenizer: PreTrainedTokenizerBase, text: str, kwargs: dict) -> bool:
+    """Whether the template ``text``, given ``kwargs``, writes the day it is rendered: it calls ``strftime_now`` and
+    a question rendered on two days reads differently (Llama 3's given ``date_string`` writes that date instead).
+    One it cannot render (or pin) counts as dated: rendering the run's data says why."""
+    if CLOCK_CALL.search(text) is None:
+        return False
+    try:
+        renderings = {render_chat(tokenizer, PROBE, ChatTemplate(text, kwargs, day), True, "a question")
+                      for day in PROBE_DAYS}
+    except DistilyConfigError:
+        return True
+    return len(renderings) > 1
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
 from distily.training.on_policy import batch_prompts
 from tiny import (
-    CHAT_STYLES, DATED_TEMPLATE, EMPTY_REASONING, QWEN3_TEMPLATE, REASONING_CONTENT_TEMPLATE, make_chat_tokenizer,
-    make_conversations, make_tokenizer, save_tiny_model, write_chat_jsonl,
+    CHAT_STYLES, DATED_TEMPLATE, EMPTY_REASONING, LLAMA3_DATED_TEMPLATE, QWEN3_TEMPLATE, REASONING_CONTENT_TEMPLATE,
+    make_chat_tokenizer, make_conversations, make_tokenizer, save_tiny_model, write_chat_jsonl,
 )
 
 
@@ -454,3 +454,15 @@ def test_a_dated_templates_prompts_are_rendered_with_the_runs_date():
         prompt_ids(tokenizer, question, unknown, "row 0")
     with pytest.raises(DistilyConfigError, match="chat_template_date='26 Jul 2024' is not a date; expected YYYY-MM-DD"):
         DataArguments(chat_template_date="26 Jul 2024")
+
+def test_a_llama3_template_given_date_string_writes_no_day_of_its_own():
+    """Llama 3's template writes the day it is rendered only without date_string: given one, the template is not
+    dated (no run date in its cache key, none a store checks), and renders the date_string given."""
+    tokenizer = make_chat_tokenizer("llama3", with_template=False)
+    question = [{"role": "user", "content": "hi"}]
+    clocked = run_chat_template(tokenizer, LLAMA3_DATED_TEMPLATE, date="2024-07-26")
+    assert clocked.date == "2024-07-26"
+    assert "Today Date: 26 Jul 2024<|eot_id|>" in tokenizer.decode(prompt_ids(tokenizer, question, clocked, "row 0"))
+    given = run_chat_template(tokenizer, LLAMA3_DATED_TEMPLATE, {"date_string": "01 Jan 2025"}, date="2024-07-26")
+    assert given.date is None
+    assert "Today Date: 01 Jan 2025<|eot_id|>" in tokenizer.decode(prompt_ids(tokenizer, question, given, "row 0"))
