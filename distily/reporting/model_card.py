@@ -384,8 +384,18 @@ def framework_versions() -> dict[str, str]:
     return found
 
 
+def renders_chat(config: DistillConfig, metrics: RunMetrics) -> bool:
+    """Whether the run rendered a chat template: chat data, the generation eval's prompts or lm-eval's chat prompts."""
+    evaluation = config.evaluation
+    return bool(metrics.framing.loss_on or evaluation.generation_eval_dataset
+                or (evaluation.lm_eval_tasks and evaluation.lm_eval_apply_chat_template))
+
+
 def _reproduce_section(config: DistillConfig, metrics: RunMetrics) -> str:
-    settings = yaml.safe_dump(non_default_config(config), sort_keys=False, allow_unicode=True).strip()
+    values = non_default_config(config)
+    if not renders_chat(config, metrics):  # every run pins a chat_template_date; only a chat template reads it
+        values.pop("chat_template_date", None)
+    settings = yaml.safe_dump(values, sort_keys=False, allow_unicode=True).strip()
     hyper = _hyperparameters(config.training)
     versions = ", ".join(f"{name} {value}" for name, value in framework_versions().items())
     lines = [

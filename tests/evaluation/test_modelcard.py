@@ -189,6 +189,22 @@ def test_the_configuration_in_the_card_reproduces_the_run(tmp_path, run_metrics)
     assert yaml.safe_load(block)["learning_rate"] == 3e-4
 
 
+def test_the_cards_configuration_holds_the_runs_chat_template_date_only_where_a_chat_template_rendered(
+        tmp_path, run_metrics):
+    """Every run pins a chat_template_date (its settings record it for a resume); the card's configuration gave it
+    for a run on text too, where nothing read it. It now holds it for chat data, the generation eval's prompts and
+    lm-eval's chat prompts only."""
+    def reproduced(metrics, **values):
+        card, _ = card_for(tmp_path, lambda bitnet: metrics, chat_template_date="2024-07-26", **values)
+        return yaml.safe_load(re.search(r"```yaml\n(.*?)```", card.text, re.DOTALL).group(1))
+
+    text, chat = run_metrics(), dataclasses.replace(run_metrics(), framing=FramingMetrics("padded", loss_on="all"))
+    assert "chat_template_date" not in reproduced(text)
+    for metrics, values in ((chat, {}), (text, {"generation_eval_dataset": "prompts.jsonl"}),
+                            (text, {"lm_eval_apply_chat_template": True})):
+        assert reproduced(metrics, **values)["chat_template_date"] == "2024-07-26"
+
+
 def test_a_chat_students_card_names_the_template_the_loss_mask_and_the_on_policy_fraction(tmp_path, run_metrics):
     chat = dataclasses.replace(run_metrics(), framing=FramingMetrics("padded", loss_on="assistant"))
     card, _ = card_for(tmp_path, lambda bitnet: chat, lmbda=0.5, on_policy_temperature=0.7, on_policy_max_new_tokens=64)
