@@ -296,7 +296,7 @@ def _started_with(values, **changes):
     """A checkpoint of a run started with ``values``; the resume is asked with ``changes``."""
     _checkpoint(values, 2)
     config = parse_config(**values)
-    pin_chat_template_date(config.data, None)  # as a run does before it records its settings
+    pin_chat_template_date(config, None)  # as a run does before it records its settings
     settings = run_settings(config)
     (Path(values["output_dir"]) / RunDir.SETTINGS).write_text(json.dumps({"settings": settings}))
     values.update(resume_from_checkpoint="true", **changes)

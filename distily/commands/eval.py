@@ -13,7 +13,7 @@ from transformers import AutoConfig, PreTrainedModel
 
 from distily.config import EvalConfig, make_parser, parse_eval_config
 from distily.data.arguments import DataArguments
-from distily.data.chat import adopt_chat_template
+from distily.data.chat import adopt_chat_template, run_date
 from distily.data.framing import check_models_keep_documents_apart
 from distily.data.text import collate, default_cache_dir
 from distily.errors import DistilyConfigError
@@ -71,8 +71,9 @@ def run_evaluation(config: EvalConfig) -> dict:
     if command.output_dir is not None:
         check_eval_output_dir(Path(command.output_dir))
     manager = task_manager(evaluation) if evaluation.lm_eval_tasks else None
-    answering = generation_eval(evaluation, DataArguments(), command.chat_template, command.chat_template_kwargs,
-                                command.per_device_eval_batch_size)
+    date = run_date(command.chat_template_date)  # one for the generation eval and lm-eval
+    answering = generation_eval(evaluation, DataArguments(chat_template_date=date), command.chat_template,
+                                command.chat_template_kwargs, command.per_device_eval_batch_size)
     model = load_model(command.model_name_or_path, command.torch_dtype, command.trust_remote_code)
     tokenizer = load_tokenizer(command.model_name_or_path, "model", command.trust_remote_code)
     adopt_chat_template(tokenizer, command.chat_template)  # lm-eval's chat prompts use it too
@@ -100,11 +101,11 @@ def run_evaluation(config: EvalConfig) -> dict:
         teacher_metrics.update(generations.teacher_metrics())
     if manager is not None:
         batch_size = command.per_device_eval_batch_size
-        variables = command.chat_template_kwargs
-        student_metrics.update(flat_lm_eval(run_tasks(model, tokenizer, evaluation, manager, batch_size, variables)))
+        chat = command.chat_template_kwargs, date
+        student_metrics.update(flat_lm_eval(run_tasks(model, tokenizer, evaluation, manager, batch_size, *chat)))
         if teacher is not None:
             teacher_metrics.update(flat_lm_eval(cached_teacher_results(
-                teacher, command.teacher_model_name_or_path, tokenizer, evaluation, manager, batch_size, variables
+                teacher, command.teacher_model_name_or_path, tokenizer, evaluation, manager, batch_size, *chat
             )))
     columns = {TEACHER_COLUMN: teacher_metrics} if teacher is not None else {}
     columns[model_column(command.model_name_or_path)] = student_metrics

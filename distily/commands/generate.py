@@ -16,6 +16,9 @@ def main(args: list[str], command_line: str) -> int:
             print(f"wrote {result['conversations']} conversations with the teacher's responses to "
                   f"{result['generate_output']} (dropped: {result['empty_dropped']} empty responses, "
                   f"{result['unfinished_dropped']} without a stop token)")
+            if "chat_template_date" in result:
+                print(f"the chat template dated the prompts {result['chat_template_date']}: distill with "
+                      f"chat_template_date={result['chat_template_date']} to frame them as the teacher answered them")
         else:
             print(f"wrote {result['samples']} samples ({result['tokens']} tokens) to {result['generate_output']}")
         if "manifest" in result:

@@ -103,8 +103,10 @@ class DataArguments:
         default=None,
         metadata={
             "help": "The date (YYYY-MM-DD) a chat template that writes the day it is rendered (strftime_now: "
-            "SmolLM3's, Mistral Small 3's, Llama 3's without date_string) renders the whole run with; default: the "
-            "day the run starts (UTC), recorded in run_settings.json, which a resume renders with."
+            "SmolLM3's, Mistral Small 3's, Llama 3's without date_string) renders the whole run with (its data, "
+            "prompts and lm-eval's chat prompts); default: the date of the run or recording resumed, else of the "
+            "recorded teacher store, else the day the run starts (UTC). A run records it in run_settings.json, a "
+            "store in its settings (a run on it with another date is refused); generate reports its prompts'."
         },
     )
     loss_on: str = field(

@@ -177,6 +177,12 @@ def today() -> str:
     return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 
 
+def run_date(*recorded: Optional[str]) -> str:
+    """The date a run renders dated templates with: the first of ``recorded`` that is set (the run's setting, then
+    the date the run or store it goes on with was rendered with), else today (UTC)."""
+    return next(filter(None, recorded), None) or today()
+
+
 @dataclass(frozen=True)
 class ChatTemplate:
     """A Jinja chat template, the keyword arguments it is rendered with (``chat_template_kwargs``, such as

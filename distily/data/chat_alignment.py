@@ -22,7 +22,8 @@ the length on each side; pairs beyond either cut are not aligned. Each side keep
 ``loss_mask``, the teacher's ``teacher_loss_mask`` for its own held-out metrics and its on-policy prompts).
 
 On-policy (``CompletionAlignment``), the student's completion of a prompt is aligned with the teacher's tokens of
-its text after the same conversation's prompt in the teacher's template, on the characters of that text.
+the same conversation's prompt in the teacher's template and the completion's text read as one text, on the
+characters of that text.
 """
 
 import bisect
@@ -199,28 +200,62 @@ class CompletionAlignment:
 
     def row(self, prompt: list[int], completion: list[int], teacher_prompt: list[int]) -> dict:
         """The aligned row of the student's ``completion`` of ``prompt``, whose teacher side is ``teacher_prompt``
-        (the same conversation in the teacher's template) and the completion's text in the teacher's tokens (then
-        its end-of-turn token when the student ended its turn). Aligned: the two prompts' last positions (both
-        predict the completion's first token), the tokens closing at the same character of the completion's text,
-        and the two end-of-turn tokens; ``loss_mask`` 1 at the positions that predict completion tokens."""
+        (the same conversation in the teacher's template). The completion's text is what the student wrote after
+        its prompt (``written_after``); the teacher reads its prompt and that text as one text (``read_after``),
+        then its end-of-turn token when the student ended its turn. Aligned: the two prompts' last positions (both
+        predict the completion's first token; none where a teacher token spans the join, as a BPE merge can), the
+        tokens closing at the same character of the completion's text, and the two end-of-turn tokens;
+        ``loss_mask`` 1 at the positions that predict completion tokens."""
         ended = bool(completion) and completion[-1] in self.stop_ids
         content = completion[:-1] if ended else completion
-        text = self.student_tokenizer.decode(content, clean_up_tokenization_spaces=False)
-        encoded = self.teacher_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        teacher_content = encoded[INPUT_IDS]
+        text, student_ends = written_after(self.student_tokenizer, prompt, content)
+        kept, teacher_content, teacher_ends = read_after(self.teacher_tokenizer, teacher_prompt, text)
         ending = [self.teacher_end] if ended and self.teacher_end is not None else []
-        teacher_ids = (teacher_prompt + teacher_content + ending)[: self.max_length]
-        start, teacher_start = len(prompt), len(teacher_prompt)
+        teacher_ids = (teacher_prompt[:kept] + teacher_content + ending)[: self.max_length]
+        start = len(prompt)
         aligned = [-1] * (start + len(completion))
-        aligned[start - 1] = teacher_start - 1
-        teacher_closing = closing_positions([end for _, end in encoded["offset_mapping"]])
-        for character, position in closing_positions(_decoded_ends(self.student_tokenizer, content, text)).items():
-            if character in teacher_closing:
-                aligned[start + position] = teacher_start + teacher_closing[character]
+        teacher_closing = closing_positions(teacher_ends)
+        if 0 in teacher_closing:  # a teacher token ends at the join (none where one spans it)
+            aligned[start - 1] = kept + teacher_closing[0]
+        for character, position in closing_positions(student_ends).items():
+            if character > 0 and character in teacher_closing:
+                aligned[start + position] = kept + teacher_closing[character]
         if ending:
-            aligned[start + len(content)] = teacher_start + len(teacher_content)
+            aligned[start + len(content)] = kept + len(teacher_content)
         aligned = [partner if partner < len(teacher_ids) else -1 for partner in aligned]
         loss_mask = [0] * len(aligned)
         loss_mask[start - 1 : start + len(completion) - 1] = [1] * len(completion)
         return {INPUT_IDS: prompt + completion, TEACHER_INPUT_IDS: teacher_ids, ALIGNED: aligned,
                 LOSS_MASK: loss_mask}
+
+
+def last_segment(tokenizer: PreTrainedTokenizerBase, prompt: list[int]) -> int:
+    """Where the prompt's last segment starts: at its last added token (0 without one). A tokenizer splits a text
+    at its added tokens before anything else, so what it reads from there on does not depend on what came before."""
+    added = tokenizer.added_tokens_decoder
+    return max((at for at, token in enumerate(prompt) if token in added), default=0)
+
+
+def written_after(tokenizer: PreTrainedTokenizerBase, prompt: list[int], ids: list[int]) -> tuple[str, list[int]]:
+    """(text, ends): the text generated ``ids`` add after ``prompt``, decoded in its context (decoded alone, a
+    SentencePiece token's leading space would be dropped as a text's first), and where each of them ends in it."""
+    context = prompt[last_segment(tokenizer, prompt):]
+    before = tokenizer.decode(context, clean_up_tokenization_spaces=False)
+    whole = tokenizer.decode(context + ids, clean_up_tokenization_spaces=False)
+    ends = _decoded_ends(tokenizer, context + ids, whole)[len(context):]
+    return whole[len(before):], [end - len(before) for end in ends]
+
+
+def read_after(tokenizer: PreTrainedTokenizerBase, prompt: list[int], text: str) -> tuple[int, list[int], list[int]]:
+    """(kept, ids, ends): ``prompt`` followed by ``text`` as the tokenizer reads them as one text: ``prompt[:kept]``
+    then ``ids``, which read the prompt's last segment and ``text`` together (a token may span the join; a
+    SentencePiece tokenizer prepends its space at a text's start only), each ending at ``ends`` (characters of
+    ``text``: 0 or less inside the prompt). The segment is given as its text: its added token's, then the rest
+    decoded alone, which a tokenizer reads back as the same tokens after that added token."""
+    kept = last_segment(tokenizer, prompt)
+    segment = prompt[kept:]
+    split = 1 if segment and segment[0] in tokenizer.added_tokens_decoder else 0
+    before = "".join(tokenizer.decode(piece, clean_up_tokenization_spaces=False)
+                     for piece in (segment[:split], segment[split:]))
+    encoded = tokenizer(before + text, add_special_tokens=False, return_offsets_mapping=True)
+    return kept, encoded[INPUT_IDS], [end - len(before) for _, end in encoded["offset_mapping"]]

@@ -131,6 +131,23 @@ def check_store_directory(path: str | os.PathLike) -> None:
         )
 
 
+def existing_recording(path: Path) -> tuple[Optional[dict], bool]:
+    """The recording a store directory holds (its manifest, or the progress file of one under way) and whether it is
+    finished; (None, False) where none is."""
+    for name in (MANIFEST, PROGRESS):
+        existing = path / name
+        if existing.is_file():
+            recording = read_manifest(existing) if name == MANIFEST else json.loads(existing.read_text())
+            return recording, name == MANIFEST
+    return None, False
+
+
+def recorded_chat_template_date(path: str | os.PathLike) -> Optional[str]:
+    """The date a store's dated chat template was rendered with (None: no recording there, or none dated)."""
+    recording, _ = existing_recording(Path(path))
+    return None if recording is None else recording["settings"].get("chat_template_date")
+
+
 def _first_difference(old: dict, new: dict) -> Optional[str]:
     """The first key, in ``new``'s order, whose value differs (settings derived from others come last)."""
     for key in [*new, *(key for key in old if key not in new)]:
@@ -157,16 +174,11 @@ class StoreWriter:
         check_store_directory(path)
         self.path = Path(path)
         self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
-        self.finished = False
         self.shards: dict[str, dict[str, dict]] = {split: {} for split in SPLITS}
-        for name in (MANIFEST, PROGRESS):
-            existing = self.path / name
-            if existing.is_file():
-                recorded = read_manifest(existing) if name == MANIFEST else json.loads(existing.read_text())
-                self._check_settings(recorded["settings"])
-                self.shards = recorded["shards"]
-                self.finished = name == MANIFEST
-                break
+        recording, self.finished = existing_recording(self.path)
+        if recording is not None:
+            self._check_settings(recording["settings"])
+            self.shards = recording["shards"]
         self.path.mkdir(parents=True, exist_ok=True)
 
     def _check_settings(self, recorded: dict) -> None:

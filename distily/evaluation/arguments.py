@@ -9,7 +9,8 @@ from typing import Any, Callable, Optional, Union
 
 from distily.arguments import file_in_the_way, json_dict, one_of
 from distily.data.arguments import (
-    CHAT_TEMPLATE_KWARGS_HELP, PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP, chat_template_kwargs,
+    CHAT_TEMPLATE_KWARGS_HELP, PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP, chat_template_date,
+    chat_template_kwargs,
 )
 from distily.errors import DistilyConfigError
 from distily.models.arguments import TORCH_DTYPES
@@ -262,6 +263,13 @@ class EvalCommandArguments:
     chat_template_kwargs: Optional[Union[dict, str]] = field(
         default=None, metadata={"help": CHAT_TEMPLATE_KWARGS_HELP}
     )
+    chat_template_date: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "The date (YYYY-MM-DD) a chat template that writes the day it is rendered (strftime_now) renders "
+            "those prompts with (a distilled student's run_settings.json holds its run's); default: today (UTC)."
+        },
+    )
     tokenization_cache_dir: Optional[str] = field(
         default=None, metadata={"help": "Where tokenized eval sets are cached. Default: $HF_HOME/distily/tokenized."}
     )
@@ -278,6 +286,7 @@ class EvalCommandArguments:
         one_of(self.torch_dtype, TORCH_DTYPES, "torch_dtype")
         one_of(self.packing, PACKINGS, "packing")
         self.chat_template_kwargs = chat_template_kwargs(self.chat_template_kwargs)
+        self.chat_template_date = chat_template_date(self.chat_template_date)
         for name in ("max_seq_length", "max_eval_samples", "per_device_eval_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distily.data.chat import ChatTemplate, run_chat_template
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import FEWSHOT, SAMPLES, EvaluationArguments
 from distily.outputs import weight_files, write_json_atomic
@@ -202,6 +203,16 @@ def _metric_name(metric: str, filter_name: str) -> str:
     return f"{base}_{filter_name}" + ("_stderr" if base != metric else "")
 
 
+def harness_template(tokenizer: PreTrainedTokenizerBase, chat_template_kwargs: Optional[dict],
+                     chat_template_date: Optional[str]) -> Optional[ChatTemplate]:
+    """The template the harness renders chat prompts with: the tokenizer's, its variables, and for a template that
+    writes the day it is rendered, the run's date (None: today); None for a tokenizer of named templates (lm-eval
+    picks one and renders it as it is)."""
+    if not isinstance(tokenizer.chat_template, str):
+        return None
+    return run_chat_template(tokenizer, None, chat_template_kwargs, date=chat_template_date)
+
+
 def run_tasks(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -209,16 +220,21 @@ def run_tasks(
     manager,
     batch_size: int,
     chat_template_kwargs: Optional[dict] = None,
+    chat_template_date: Optional[str] = None,
 ) -> dict[str, dict[str, float]]:
     """``task_results`` of ``model`` on ``args.lm_eval_tasks`` (the model is left in eval mode). With
     ``lm_eval_apply_chat_template`` the harness renders prompts with the tokenizer's chat template (and
-    ``chat_template_kwargs``), few-shot examples as turns of the conversation; ``lm_eval_model_args`` go to
-    HFLM."""
+    ``chat_template_kwargs``; a template that writes the day, pinned on ``chat_template_date``), few-shot examples
+    as turns of the conversation; ``lm_eval_model_args`` go to HFLM."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     chat = {"apply_chat_template": True, "fewshot_as_multiturn": True} if args.lm_eval_apply_chat_template else {}
-    variables = {"chat_template_args": chat_template_kwargs} if chat and chat_template_kwargs else {}
+    arguments = dict(chat_template_kwargs or {})  # HFLM renders with apply_chat_template(..., **chat_template_args)
+    template = harness_template(tokenizer, chat_template_kwargs, chat_template_date) if chat else None
+    if template is not None:  # the template pinned on the run's date: lm-eval's own rendering reads the clock
+        arguments["chat_template"] = template.pinned_text
+    variables = {"chat_template_args": arguments} if chat and arguments else {}
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **variables,
                    **args.lm_eval_model_args)
     raw = lm_eval.simple_evaluate(
@@ -248,12 +264,12 @@ def _folder_fingerprint(path: Optional[str]) -> list:
 
 def teacher_cache_key(
     teacher: PreTrainedModel, teacher_name_or_path: str, tokenizer: PreTrainedTokenizerBase, args: EvaluationArguments,
-    chat_template_kwargs: Optional[dict] = None,
+    chat_template_kwargs: Optional[dict] = None, chat_template_date: Optional[str] = None,
 ) -> str:
     """What the teacher's results depend on: the teacher (its config, and its weight files' sizes and times or
     its Hub revision), the tasks and their local definitions, the settings (``lm_eval_model_args``; with
-    ``lm_eval_apply_chat_template``, the chat template the prompts are rendered with and its variables), and the
-    harness version."""
+    ``lm_eval_apply_chat_template``, the chat template the prompts are rendered with, its variables and the date a
+    dated one writes), and the harness version."""
     from importlib.metadata import version
 
     local = Path(os.path.expanduser(teacher_name_or_path))
@@ -279,6 +295,9 @@ def teacher_cache_key(
         content["apply_chat_template"] = tokenizer.chat_template
         if chat_template_kwargs:
             content["chat_template_kwargs"] = chat_template_kwargs
+        template = harness_template(tokenizer, chat_template_kwargs, chat_template_date)
+        if template is not None and template.date:  # a dated template's prompts read the date
+            content["chat_template_date"] = template.date
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -290,12 +309,13 @@ def cached_teacher_results(
     manager,
     batch_size: int,
     chat_template_kwargs: Optional[dict] = None,
+    chat_template_date: Optional[str] = None,
 ) -> dict[str, dict[str, float]]:
     """``run_tasks`` for the teacher, read from the cache when this teacher ran these tasks before."""
-    key = teacher_cache_key(teacher, teacher_name_or_path, tokenizer, args, chat_template_kwargs)
+    key = teacher_cache_key(teacher, teacher_name_or_path, tokenizer, args, chat_template_kwargs, chat_template_date)
     path = Path(os.path.expanduser(args.lm_eval_cache_dir or distily_cache_dir("lm_eval"))) / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    results = run_tasks(teacher, tokenizer, args, manager, batch_size, chat_template_kwargs)
+    results = run_tasks(teacher, tokenizer, args, manager, batch_size, chat_template_kwargs, chat_template_date)
     write_json_atomic(path, results)
     return results

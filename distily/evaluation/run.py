@@ -62,10 +62,10 @@ def benchmark(
     """lm-eval results of the student and (from the cache when it ran before) the teacher; the teacher's are
     None when ``teacher`` is None (only its recorded outputs are at hand)."""
     batch_size = config.training.per_device_eval_batch_size
-    variables = config.data.chat_template_kwargs
-    student_results = run_tasks(student, tokenizer, config.evaluation, manager, batch_size, variables)
+    chat = config.data.chat_template_kwargs, config.data.chat_template_date  # the run's: lm-eval renders with them
+    student_results = run_tasks(student, tokenizer, config.evaluation, manager, batch_size, *chat)
     if teacher is None:
         return student_results, None
     return student_results, cached_teacher_results(
-        teacher, config.model.teacher_model_name_or_path, tokenizer, config.evaluation, manager, batch_size, variables
+        teacher, config.model.teacher_model_name_or_path, tokenizer, config.evaluation, manager, batch_size, *chat
     )

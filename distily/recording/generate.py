@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from distily.config import GenerateConfig
+from distily.data.chat import run_chat_template, run_date
 from distily.data.store import check_store_directory
 from distily.data.framing import document_separator_id, tokenizer_adds_bos
 from distily.errors import DistilyConfigError
@@ -112,7 +113,12 @@ def run_generation(config: GenerateConfig) -> dict:
     ).to(inference.device)
     tokenizer = load_tokenizer(model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code)
     if args.generate_prompts is not None:
-        conversations, dropped = teacher_responses(teacher, tokenizer, config, inference.per_device_eval_batch_size)
+        data = config.data  # one date for the prompts and a store of the conversations (generate_record)
+        data.chat_template_date = run_date(data.chat_template_date)
+        template = run_chat_template(tokenizer, data.chat_template, data.chat_template_kwargs,
+                                     date=data.chat_template_date)
+        conversations, dropped = teacher_responses(teacher, tokenizer, config, template,
+                                                   inference.per_device_eval_batch_size)
         positions = max_positions(teacher.config)
         if not conversations:
             raise DistilyConfigError(every_response_dropped(dropped, args.generate_length, positions))
@@ -125,7 +131,8 @@ def run_generation(config: GenerateConfig) -> dict:
         write_dataset(datasets.Dataset.from_dict({RESPONSES_COLUMN: conversations}), args.generate_output)
         result = {"generate_output": args.generate_output, "conversations": len(conversations),
                   "too_long_dropped": dropped["too_long"], "empty_dropped": dropped["empty"],
-                  "unfinished_dropped": dropped["unfinished"]}
+                  "unfinished_dropped": dropped["unfinished"],
+                  **({"chat_template_date": template.date} if template.date else {})}  # what the template wrote
     else:
         samples = sample_sequences(teacher, tokenizer, args, inference.per_device_eval_batch_size)
         write_samples(samples, tokenizer, args.generate_output)

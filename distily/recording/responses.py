@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import GenerateConfig
-from distily.data.chat import prompt_ids, run_chat_template
+from distily.data.chat import ChatTemplate, prompt_ids
 from distily.data.text import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
@@ -75,15 +75,16 @@ def prompt_conversations(prompts: datasets.Dataset) -> list[list[dict]]:
 
 
 def teacher_responses(
-    teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GenerateConfig, batch_size: int
+    teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GenerateConfig, template: ChatTemplate,
+    batch_size: int,
 ) -> tuple[list[list[dict]], dict[str, int]]:
     """The conversations with the teacher's responses appended (``generate_num_return_sequences`` per prompt, in
-    prompt order), and the responses dropped: ``too_long`` ones (the prompt leaves none of the teacher's positions:
-    nothing is sampled), ``empty`` ones, and ``unfinished`` ones (no stop token within ``generate_length``: cut
-    mid-answer, the template would close them as whole answers) unless ``generate_keep_unfinished``."""
+    prompt order, each prompt rendered with ``template``), and the responses dropped: ``too_long`` ones (the prompt
+    leaves none of the teacher's positions: nothing is sampled), ``empty`` ones, and ``unfinished`` ones (no stop
+    token within ``generate_length``: cut mid-answer, the template would close them as whole answers) unless
+    ``generate_keep_unfinished``."""
     args = config.generate
     conversations = prompt_conversations(load_prompts(config))
-    template = run_chat_template(tokenizer, config.data.chat_template, config.data.chat_template_kwargs)
     stops = stop_token_ids(tokenizer, teacher)
     generator = open_generator("hf", teacher, tokenizer, args.sampling(), max_model_len=None)
     positions = max_positions(teacher.config)

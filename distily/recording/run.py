@@ -2,7 +2,9 @@
 
 The sequences are exactly those ``distily distill`` would train and evaluate on with the same config
 (same documents, split, tokenizer, length, seed and limits). Recording resumes: shards already in the
-store are kept, and the rest are recorded as an uninterrupted run would have.
+store are kept, and the rest are recorded as an uninterrupted run would have. A chat template that writes the day
+renders the whole recording with one date (``chat_template_date``, else the resumed recording's, else today), which
+the store's settings record.
 """
 
 import json
@@ -14,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 import distily
 from distily.config import RecordConfig
-from distily.data.chat import adopt_chat_template
+from distily.data.chat import adopt_chat_template, run_date
 from distily.data.store import (
     MANIFEST,
     TEACHER_CONFIG_DIR,
@@ -23,6 +25,7 @@ from distily.data.store import (
     bytes_per_entry,
     check_store_directory,
     id_dtype,
+    recorded_chat_template_date,
 )
 from distily.data.text import (
     build_datasets,
@@ -51,6 +54,7 @@ def recording_settings(config: RecordConfig, teacher: PreTrainedModel, tokenizer
     chat_settings = {} if chat is None else {  # chat data only: a text store's settings stay as they were
         "loss_on": chat.loss_on, "chat_template_sha256": chat.template.sha256,
         **({"chat_template_kwargs": chat.template.kwargs} if chat.template.kwargs else {}),
+        **({"chat_template_date": chat.template.date} if chat.template.date else {}),  # a dated template's
     }
     return {
         **teacher_identity(config.model.teacher_model_name_or_path, teacher),
@@ -165,6 +169,9 @@ def run_recording(
     the manifest. ``teacher`` and ``tokenizer`` may be passed in when already loaded (``distily generate``)."""
     model_args, record = config.model, config.record
     check_store_directory(record.teacher_store)  # before the teacher: a bad store path or dataset fails fast
+    # one date for the whole recording: the one given, else a resumed recording's, else today
+    config.data.chat_template_date = run_date(config.data.chat_template_date,
+                                              recorded_chat_template_date(record.teacher_store))
     documents = load_training_documents(config.data)
     teacher = teacher if teacher is not None else _teacher_for(config)
     tokenizer = tokenizer or load_tokenizer(model_args.teacher_model_name_or_path, "teacher",

@@ -115,8 +115,10 @@ class RecordedTeacher(TeacherSource):
                 )
 
     def _check_chat_template(self, config: DistillConfig) -> None:
-        """A store of chat data holds rows rendered with one template and its keyword arguments: a run that names
-        another template (or other arguments) would train on the store's rows and save its student with its own."""
+        """A store of chat data holds rows rendered with one template, its keyword arguments and (a dated template)
+        one date: a run that names another template (or other arguments) would train on the store's rows and save its
+        student with its own; one with another date would frame its prompts (the generation eval's, lm-eval's) otherwise
+        than the rows it trains on."""
         recorded = self.settings.get("chat_template_sha256")
         if recorded is None:  # a store of text
             return
@@ -131,6 +133,9 @@ class RecordedTeacher(TeacherSource):
         stored_kwargs = self.settings.get("chat_template_kwargs", {})
         if config.data.chat_template_kwargs != stored_kwargs:
             raise self._mismatch("chat_template_kwargs", config.data.chat_template_kwargs, stored_kwargs)
+        stored_date = self.settings.get("chat_template_date")  # absent: not a dated template
+        if stored_date is not None and config.data.chat_template_date != stored_date:
+            raise self._mismatch("chat_template_date", config.data.chat_template_date, stored_date)
 
     def student_init_model(self) -> PreTrainedModel:
         """The teacher the student is built from: with its weights when the student copies some (checked to
@@ -148,7 +153,8 @@ class RecordedTeacher(TeacherSource):
         recorded before it did carries the teacher's own, or none: then None)."""
         if self.settings.get("chat_template_sha256") is None or not isinstance(self.tokenizer.chat_template, str):
             return None
-        return run_chat_template(self.tokenizer, None, self.settings.get("chat_template_kwargs", {}))
+        return run_chat_template(self.tokenizer, None, self.settings.get("chat_template_kwargs", {}),
+                                 date=self.config.data.chat_template_date)
 
     def _teacher_for_student(self, model_args: ModelArguments) -> PreTrainedModel:
         if not needs_teacher_weights(model_args):

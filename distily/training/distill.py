@@ -129,7 +129,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     training = config.training
     resume = resolve_resume(training)
     check_output_dir(training, resume)
-    pin_chat_template_date(config.data, resume)
+    pin_chat_template_date(config, resume)
     settings = run_settings(config)
     if resume is not None:
         check_resume(training, resume, settings)

@@ -28,10 +28,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Iterator, Optional
 
+from accelerate.utils import broadcast_object_list
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.config import DistillConfig
-from distily.data.chat import today
+from distily.data.chat import run_date
+from distily.data.store import recorded_chat_template_date
 from distily.errors import DistilyConfigError
 from distily.metrics import RunMetrics
 from distily.models.arguments import ModelArguments
@@ -331,12 +333,15 @@ def resolve_resume(training) -> Optional[str]:
     return value
 
 
-def pin_chat_template_date(data, resume: Optional[str]) -> None:
+def pin_chat_template_date(config: DistillConfig, resume: Optional[str]) -> None:
     """Fix the date a dated chat template renders the whole run with (``chat_template_date``): the one given, else
-    the one the resumed run recorded, else today (UTC); the run's settings record it."""
-    if data.chat_template_date is None and resume is not None:
-        data.chat_template_date = (RunDir(Path(resume).parent).recorded_settings() or {}).get("chat_template_date")
-    data.chat_template_date = data.chat_template_date or today()
+    the one the resumed run recorded, else the recorded teacher store's, else today (UTC) on the main process, which
+    every process takes (one started at midnight could read the next day); the run's settings record it."""
+    data, record = config.data, config.record
+    resumed = (RunDir(Path(resume).parent).recorded_settings() or {}) if resume is not None else {}
+    stored = recorded_chat_template_date(record.teacher_store) if record.teacher_source == "recorded" else None
+    date = run_date(data.chat_template_date, resumed.get("chat_template_date"), stored)
+    [data.chat_template_date] = broadcast_object_list([date])  # the main process's (from process 0)
 
 
 def _checkpoint_step(checkpoint: str) -> int:

@@ -8,9 +8,7 @@ import random
 import pytest
 
 from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, collate_aligned
-from distily.data.chat import (
-    ChatTemplate, ChatTokenization, assistant_turns, masked_assistant_turns, prompt_ids,
-)
+from distily.data.chat import ChatTemplate, ChatTokenization, assistant_turns, masked_assistant_turns, render_chat
 from distily.data.alignment import TEACHER_LOSS_MASK
 from distily.data.chat_alignment import (
     ChatSide, CompletionAlignment, _decoded_ends, align_conversation, end_of_turn_id,
@@ -18,6 +16,7 @@ from distily.data.chat_alignment import (
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from tests.tiny import (
     CHAT_STYLES, make_chat_tokenizer, make_conversations, make_sentencepiece_chat_tokenizer,
+    make_sentencepiece_tokenizer,
 )
 
 PAIRS = [("llama3", "chatml"), ("gemma", "phi3"), ("qwen3", "llama3"), ("chatml", "qwen3")]  # teacher, student
@@ -97,42 +96,89 @@ def test_a_first_answer_longer_than_a_side_is_cut_there_and_aligned_within_both_
     assert batch[LOSS_MASK].shape == batch[INPUT_IDS].shape and batch[LOSS_MASK][1].sum() == sum(short[LOSS_MASK])
 
 
-@pytest.mark.parametrize("text", ["a dog finds the tree slowly.", "the café sees a book 🙂 today.", ""])
-@pytest.mark.parametrize("sentencepiece_student", [True, False], ids=["sentencepiece_student", "byte_level_student"])
-def test_a_students_completion_aligns_with_the_teachers_tokens_of_its_text(text, sentencepiece_student):
-    """On-policy rows across tokenizers: the student's completion (its tokens of ``text``, then its end of turn)
-    after its prompt, the teacher's tokens of the same text after the same conversation in its template; the
-    tokens that split a character (bytes of an emoji) close it at its last byte, on either side."""
-    sides = [(make_sentencepiece_chat_tokenizer("chatml"), "chatml"), (make_chat_tokenizer("llama3"), "llama3")]
-    (student_tokenizer, student_style), (teacher_tokenizer, teacher_style) = sides[::1 if sentencepiece_student else -1]
+def sentencepiece_first_chat_tokenizer(style: str):
+    """A SentencePiece chat tokenizer that prepends its space at a text's start only (``prepend_scheme: first``)."""
+    tokenizer = make_sentencepiece_tokenizer(prepend_scheme="first")
+    tokenizer.add_tokens(CHAT_STYLES[style][1], special_tokens=True)
+    tokenizer.chat_template = CHAT_STYLES[style][0]
+    return tokenizer
+
+
+COMPLETION_SIDES = {  # student, teacher: (tokenizer, style)
+    "sentencepiece_student": ((make_sentencepiece_chat_tokenizer, "chatml"), (make_chat_tokenizer, "llama3")),
+    "byte_level_student": ((make_chat_tokenizer, "llama3"), (make_sentencepiece_chat_tokenizer, "chatml")),
+    "prepend_first_teacher": ((make_chat_tokenizer, "llama3"), (sentencepiece_first_chat_tokenizer, "phi3")),
+}
+
+
+@pytest.mark.parametrize("text", ["a dog finds the tree slowly.", " the café sees 🙂 today.", "\nthe cat.", ""])
+@pytest.mark.parametrize("sides", list(COMPLETION_SIDES))
+def test_a_students_completion_aligns_with_the_teachers_reading_of_the_prompt_and_its_text(text, sides):
+    """On-policy rows across tokenizers: the student's completion (its tokens of ``text`` after its prompt, then its
+    end of turn) and, on the teacher's side, its tokens of the same conversation's prompt in its template followed by
+    ``text``, read as one text, as its own rendering of the conversation gives them: a SentencePiece teacher
+    prepends no space to the answer (it would to ``text`` read alone), and a SentencePiece student's leading space
+    (``▁the`` after its prompt) is kept. Aligned pairs have read the same characters of ``text`` (the tokenizers'
+    offsets in both renderings); tokens that split a character (bytes of an emoji) close it at its last byte."""
+    (student_tokenizer, student_style), (teacher_tokenizer, teacher_style) = (
+        (make(style), style) for make, style in COMPLETION_SIDES[sides])
     question = [{"role": "user", "content": "a dog finds the tree slowly."}]
-    prompt, teacher_prompt = (prompt_ids(tokenizer, question, ChatTemplate(CHAT_STYLES[style][0]), "the prompt")
-                              for tokenizer, style in ((student_tokenizer, student_style),
-                                                       (teacher_tokenizer, teacher_style)))
+    (student_prompt_text, student_read), (teacher_prompt_text, teacher_read) = (
+        (prompt_text, tokenizer(prompt_text + text, add_special_tokens=False, return_offsets_mapping=True))
+        for tokenizer, style in ((student_tokenizer, student_style), (teacher_tokenizer, teacher_style))
+        for prompt_text in [render_chat(tokenizer, question, ChatTemplate(CHAT_STYLES[style][0]), True, "a test")])
+    prompt, teacher_prompt = (tokenizer(prompt_text, add_special_tokens=False)[INPUT_IDS]
+                              for tokenizer, prompt_text in ((student_tokenizer, student_prompt_text),
+                                                             (teacher_tokenizer, teacher_prompt_text)))
     student_end, teacher_end = (tokenizer.convert_tokens_to_ids(CHAT_STYLES[style][2])
                                 for tokenizer, style in ((student_tokenizer, student_style),
                                                          (teacher_tokenizer, teacher_style)))
     assert end_of_turn_id(teacher_tokenizer, ChatTemplate(CHAT_STYLES[teacher_style][0])) == teacher_end
     alignment = CompletionAlignment(student_tokenizer, teacher_tokenizer, (student_end,), teacher_end, 512)
-    words = student_tokenizer(text, add_special_tokens=False)[INPUT_IDS]
+    assert student_read[INPUT_IDS][: len(prompt)] == prompt
+    words = student_read[INPUT_IDS][len(prompt):]
     row = alignment.row(prompt, words + [student_end], teacher_prompt)
-    teacher_words = teacher_tokenizer(text, add_special_tokens=False)[INPUT_IDS]
     assert row[INPUT_IDS] == prompt + words + [student_end]
-    assert row[TEACHER_INPUT_IDS] == teacher_prompt + teacher_words + [teacher_end]
-    start, teacher_start = len(prompt), len(teacher_prompt)
+    assert row[TEACHER_INPUT_IDS] == teacher_read[INPUT_IDS] + [teacher_end]
+    start = len(prompt)
     assert row[LOSS_MASK] == [0] * (start - 1) + [1] * (len(words) + 1) + [0]
+
+    def read(offsets, prompt_text: str, position: int) -> int:  # characters of text read once position was read
+        return offsets[position][1] - len(prompt_text)
+
+    student_reads = [read(student_read["offset_mapping"], student_prompt_text, i) for i in range(len(words) + start)]
+    teacher_reads = [read(teacher_read["offset_mapping"], teacher_prompt_text, j)
+                     for j in range(len(teacher_read[INPUT_IDS]))]
     aligned = row[ALIGNED]
-    assert aligned[start - 1] == teacher_start - 1 and aligned[-1] == len(row[TEACHER_INPUT_IDS]) - 1
-    assert all(j < 0 for j in aligned[: start - 1])
-    for i in range(start, start + len(words)):  # the same text read on both sides
-        j = aligned[i]
-        if j >= 0:
-            assert student_tokenizer.decode(words[: i - start + 1]) == teacher_tokenizer.decode(
-                teacher_words[: j - teacher_start + 1])
+    assert all(j < 0 for j in aligned[: start - 1]) and aligned[-1] == len(row[TEACHER_INPUT_IDS]) - 1
+    assert aligned[start - 1] >= 0 and teacher_reads[aligned[start - 1]] == 0  # the prompts' ends: no text read
+    pairs = [(i, j) for i, j in enumerate(aligned[start : start + len(words)], start) if j >= 0]
+    assert all(student_reads[i] == teacher_reads[j] > 0 for i, j in pairs)
     if words:  # the last token of the text always aligns: both have read all of it
-        assert aligned[start + len(words) - 1] == teacher_start + len(teacher_words) - 1
+        assert pairs[-1] == (start + len(words) - 1, len(teacher_reads) - 1)
     unended = alignment.row(prompt, words, teacher_prompt)  # no end of turn: max_new_tokens reached
-    assert unended[TEACHER_INPUT_IDS] == teacher_prompt + teacher_words
+    assert unended[TEACHER_INPUT_IDS] == teacher_read[INPUT_IDS]
+
+
+def test_a_teacher_token_spanning_the_join_reads_both_sides_of_it_and_leaves_the_prompts_end_unaligned():
+    """A prompt that ends inside a word (a prefilled answer): the teacher reads ``th`` + ``e tree`` as ``▁the``,
+    ``▁tree``, as its rendering of the whole text does, so no teacher position has read the prompt alone; the
+    student's ``e`` and the teacher's ``▁the`` have both read ``the``."""
+    student_tokenizer, teacher_tokenizer = make_chat_tokenizer("llama3"), make_sentencepiece_chat_tokenizer("chatml")
+    question = [{"role": "user", "content": "a dog finds the tree slowly."}]
+    prompt_texts = [render_chat(tokenizer, question, ChatTemplate(CHAT_STYLES[style][0]), True, "a test") + "a dog th"
+                    for tokenizer, style in ((student_tokenizer, "llama3"), (teacher_tokenizer, "chatml"))]
+    prompt, teacher_prompt = (tokenizer(text, add_special_tokens=False)[INPUT_IDS]
+                              for tokenizer, text in zip((student_tokenizer, teacher_tokenizer), prompt_texts))
+    words = student_tokenizer("e tree", add_special_tokens=False)[INPUT_IDS]
+    row = CompletionAlignment(student_tokenizer, teacher_tokenizer, (), None, 512).row(prompt, words, teacher_prompt)
+    read = teacher_tokenizer(prompt_texts[1] + "e tree", add_special_tokens=False)[INPUT_IDS]
+    joined = len(teacher_prompt) - 2  # the prompt's ▁t, h are read as ▁the with the completion's e
+    assert row[TEACHER_INPUT_IDS] == read and read[:joined] == teacher_prompt[:joined]
+    assert teacher_tokenizer.convert_ids_to_tokens(teacher_prompt[joined:]) == ["▁t", "h"]
+    assert teacher_tokenizer.convert_ids_to_tokens(read[joined:]) == ["▁the", "▁tree"]
+    start = len(prompt)
+    assert row[ALIGNED][start - 1] == -1 and row[ALIGNED][start] == joined and row[ALIGNED][-1] == len(read) - 1
 
 
 def prefix_decoded_ends(tokenizer, ids: list[int], text: str) -> list[int]:

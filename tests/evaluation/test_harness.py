@@ -240,6 +240,33 @@ def test_chat_template_kwargs_reach_the_harness_and_key_the_teachers_cache(teach
             == harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, plain))  # no chat, no effect
 
 
+def test_a_dated_template_renders_the_harness_prompts_with_the_runs_date_which_keys_the_teachers_cache(
+        teacher_dirs, tokenizer, tmp_path, monkeypatch):
+    """A template that writes the day renders lm-eval's chat prompts with the run's chat_template_date (they read
+    the clock), and the date keys the teacher's cached results; an undated template's key ignores it."""
+    prompts, original_render = [], tokenizer.apply_chat_template
+
+    def render(*args, **kwargs):
+        rendered = original_render(*args, **kwargs)
+        if "continue_final_message" in kwargs:  # the harness's (not Distily's own)
+            prompts.append(rendered)
+        return rendered
+
+    tokenizer.chat_template = "Today: {{ strftime_now('%d %b %Y') }}\n" + CHAT_TEMPLATE
+    monkeypatch.setattr(tokenizer, "apply_chat_template", render)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])
+    args = EvaluationArguments(lm_eval_tasks=[TASK], lm_eval_include_path=write_local_task(tmp_path / "tasks"),
+                               lm_eval_limit=2, lm_eval_bootstrap_iters=0, lm_eval_apply_chat_template=True)
+    run_tasks(teacher, tokenizer, args, task_manager(args), 4, chat_template_date="2024-07-26")
+    assert prompts and all(prompt.startswith("Today: 26 Jul 2024\n") for prompt in prompts)
+
+    def key(date):
+        return harness.teacher_cache_key(teacher, teacher_dirs["gpt2"], tokenizer, args, chat_template_date=date)
+    assert key("2024-07-26") != key("2024-07-27")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    assert key("2024-07-26") == key("2024-07-27")
+
+
 def test_lm_eval_model_args_reach_hflm_and_key_the_teachers_cache(teacher_dirs, tokenizer, tmp_path, monkeypatch):
     from lm_eval.models.huggingface import HFLM
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from distily.cli import main
 from distily.config import parse_config
+from distily.data import chat
 from distily.training.distill import run_distillation
 from tiny import make_documents, save_tiny_model, write_jsonl
 
@@ -174,6 +175,25 @@ def test_distily_eval_gives_its_chat_template_to_lm_evals_chat_prompts(tokenizer
     assert "lm_eval_apply_chat_template=true, but the tokenizer" in capsys.readouterr().err and seen == []
     assert main(arguments + ["--chat_template", template]) == 0
     assert seen == [template]
+
+
+def test_distily_eval_renders_lm_evals_chat_prompts_with_its_chat_template_date(tokenizer, tmp_path, monkeypatch,
+                                                                               capsys):
+    """A dated template's prompts take --chat_template_date (a student's run's, to evaluate it as it was trained),
+    else today; a value that is not a date is refused in one line."""
+    import distily.commands.eval as eval_command
+
+    student = save_tiny_model(tmp_path / "student", "gpt2", tokenizer, seed=1, layers=2)
+    dates = []
+    monkeypatch.setattr(eval_command, "run_tasks", lambda *args: dates.append(args[-1]) or {})
+    monkeypatch.setattr(eval_command, "task_manager", lambda evaluation: object())
+    monkeypatch.setattr(chat, "today", lambda: "2024-07-27")
+    arguments = ["eval", student, "--lm_eval_tasks", "hellaswag", "--lm_eval_apply_chat_template", "true",
+                 "--chat_template", "{{ strftime_now('%d %b %Y') }}", "--max_seq_length", "32"]
+    assert main(arguments) == 0 and main(arguments + ["--chat_template_date", "2024-07-26"]) == 0
+    assert dates == ["2024-07-27", "2024-07-26"]
+    assert main(arguments + ["--chat_template_date", "26/07/2024"]) == 2
+    assert "chat_template_date='26/07/2024' is not a date; expected YYYY-MM-DD" in capsys.readouterr().err
 
 
 def test_distily_eval_never_replaces_a_runs_own_results(teacher_dirs, tokenizer, tmp_path, capsys):

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from distily.cli import main
 from distily.config import parse_config, parse_generate_config
+from distily.data import chat
 from distily.data.chat import ChatTemplate, prompt_ids
 from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
@@ -15,6 +16,7 @@ from distily.generation.arguments import SamplingSettings
 from distily.generation.engine import HFGenerator
 from distily.models.teacher import load_tokenizer
 from distily.recording.generate import run_generation
+from distily.recording import responses
 from distily.recording.responses import load_prompts
 from distily.training.distill import run_distillation
 from tiny import GEMMA_TEMPLATE, save_tiny_model
@@ -102,6 +104,29 @@ def test_the_responses_are_recorded_with_their_assistant_mask_and_a_student_trai
         teacher_source="recorded", dataset_name=None, output_dir=str(tmp_path / "run"), max_steps=2,
         per_device_train_batch_size=4, student_config_overrides={"num_hidden_layers": 1}))
     assert distilled["teacher"]["source"] == "recorded"
+
+
+def test_a_dated_templates_prompts_and_the_store_of_the_responses_read_one_date(teacher_dirs, tmp_path, monkeypatch,
+                                                                                capsys):
+    """A template that writes the day renders the prompts with the run's date (chat_template_date, else today), which
+    the command reports and a store of the responses records (the prompts used to read today's, unrecorded)."""
+    prompted = []  # each prompt as the teacher read it
+
+    def reading(tokenizer, turns, template, where):
+        ids = prompt_ids(tokenizer, turns, template, where)
+        prompted.append(tokenizer.decode(ids))
+        return ids
+
+    monkeypatch.setattr(responses, "prompt_ids", reading)
+    monkeypatch.setattr(chat, "today", lambda: "2024-07-27")
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"the cat sees {n} books"} for n in range(6)])
+    keys = values(teacher_dirs, tmp_path, prompts, chat_template="Today: {{ strftime_now('%d %b %Y') }}\n" + TEMPLATE,
+                  generate_record=True, teacher_store=str(tmp_path / "store"), record_top_k=8, max_seq_length=128,
+                  eval_fraction=0.25, chat_template_date="2024-07-26")
+    assert main(["generate", *sum(([f"--{key}", str(value)] for key, value in keys.items()), [])]) == 0
+    assert prompted and all(prompt.startswith("Today: 26 Jul 2024") for prompt in prompted)
+    assert "distill with chat_template_date=2024-07-26" in capsys.readouterr().out
+    assert TeacherStore(keys["teacher_store"]).settings["chat_template_date"] == "2024-07-26"
 
 
 def test_the_responses_are_recorded_from_the_column_written_whatever_dataset_messages_column_says(

@@ -15,8 +15,10 @@ import yaml
 
 from distily.cli import main
 from distily.config import parse_config
+from distily.data import chat
 from distily.data.arguments import DataArguments
 from distily.errors import DistilyConfigError
+from distily.recording.arguments import TeacherSourceArguments
 from distily.training import run_dir
 from distily.training.distill import run_distillation
 from distily.training.run_dir import RunDir, output_dir_lock
@@ -265,15 +267,23 @@ def test_a_resume_from_another_directory_records_the_settings_of_the_run_that_ru
 
 def test_a_run_pins_the_chat_template_date_and_a_resume_renders_with_the_one_recorded(tmp_path, monkeypatch):
     """A dated chat template renders a run with the day it started, which run_settings.json records and a resume on
-    another day takes; a date given is kept; a run that recorded none resumes with today's."""
-    monkeypatch.setattr(run_dir, "today", lambda: "2024-07-27")
+    another day takes; a date given is kept; a run that recorded none resumes with today's; a run on a recorded
+    store takes the date the store's rows were rendered with."""
+    monkeypatch.setattr(chat, "today", lambda: "2024-07-27")
     RunDir(tmp_path / "dated").record_settings({"chat_template_date": "2024-07-26"})
     RunDir(tmp_path / "older").record_settings({"seed": 1})
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "progress.json").write_text(json.dumps({"settings": {"chat_template_date": "2024-07-20"}, "shards": {}}))
     dated, older = str(tmp_path / "dated" / "checkpoint-4"), str(tmp_path / "older" / "checkpoint-4")
-    cases = [(None, None, "2024-07-27"), (None, dated, "2024-07-26"), ("2024-07-25", dated, "2024-07-25"),
-             (None, older, "2024-07-27")]
-    for given, resume, pinned in cases:
-        data = DataArguments(chat_template_date=given)
-        run_dir.pin_chat_template_date(data, resume)
-        assert data.chat_template_date == pinned
+    recorded = TeacherSourceArguments(teacher_source="recorded", teacher_store=str(store))
+    cases = [(None, None, None, "2024-07-27"), (None, dated, None, "2024-07-26"),
+             ("2024-07-25", dated, None, "2024-07-25"), (None, older, None, "2024-07-27"),
+             (None, None, recorded, "2024-07-20"), ("2024-07-25", None, recorded, "2024-07-25"),
+             (None, older, recorded, "2024-07-20"), (None, None, TeacherSourceArguments(), "2024-07-27")]
+    for given, resume, record, pinned in cases:
+        config = SimpleNamespace(data=DataArguments(chat_template_date=given),
+                                 record=record or TeacherSourceArguments())
+        run_dir.pin_chat_template_date(config, resume)
+        assert config.data.chat_template_date == pinned
     assert "chat_template_date" in run_dir.DATA_KEYS
