@@ -7,26 +7,28 @@ conversational form where both are message lists); both kinds at once is refused
 conversation (``messages``), checked as it is loaded, and is tokenized as the chat template renders it
 (``tokenizer.apply_chat_template``'s text, tokenized without added special tokens, as transformers does).
 
-The assistant's tokens are found without ``{% generation %}`` markers, which most templates lack: for each
-assistant turn, the conversation before it is rendered with the generation prompt, which must be a prefix of
-the whole rendering; or the conversation before it without the generation prompt must be, and the turn starts
-after the last of the generation prompt's tokens the rendering holds whole (Qwen3's template with
-``enable_thinking: false`` writes an empty ``<think>`` block into the generation prompt but before the last answer
-only; the DeepSeek-R1 distills' opens a ``<think>`` block there before no answer); else the template is not
-prefix-consistent and the row is refused. The turn's content must follow it verbatim (whitespace-stripped):
-before the next special token (its last occurrence there), or there the end of the content alone, whitespace
-aside (Qwen3's template drops the ``<think>`` reasoning of answers before the last user turn, and writes the last
-answer's reasoning between newlines of its own), or in a template without special tokens right after the
-prompt (whitespace aside); else the row is refused. The conversation's last message, when an answer, must be
-shown whole (whitespace aside): a template that keeps only its end (the R1 distills' drop its reasoning) is
-refused, as it would teach an answer without the reasoning the model writes first. The assistant's tokens run
-from the generation prompt's end to the content's: text the template puts between them is the model's to write
-(Qwen3's template opens the last answer with an empty ``<think>`` block, which the model writes when it answers
-without reasoning); a special token the prompt ends inside is the prompt's (Phi-3's ``<|assistant|>`` takes the
-whitespace after it, so also the leading space of an answer). With them, the end-of-turn token when a special
-token closes the content (whitespace between counted with it). The row's ``loss_mask`` is that mask moved one
-position left (the shared convention: 1 at t when the token at t + 1 is a target). A conversation longer than the
-run's sequence length is cut; a cut that would leave earlier answers but none of the last ends it at the last
+The assistant's tokens are found without ``{% generation %}`` markers, which most templates lack: for each assistant
+turn, the conversation before it is rendered with the generation prompt, which must be a prefix of the whole
+rendering; or the conversation before it without the generation prompt must be, and the turn starts after the last
+of the generation prompt's tokens the rendering holds whole (Qwen3's template with ``enable_thinking: false`` writes
+an empty ``<think>`` block into the generation prompt but before the last answer only; the DeepSeek-R1 distills'
+opens a ``<think>`` block there before no answer); else the template is not prefix-consistent and the row is refused
+(saying so of a system message that Mistral v3's and Nemo's templates write into the last user turn only, which a
+conversation ending with an answer loses). The turn's content must follow it verbatim (whitespace-stripped): before
+the next special token (its last occurrence there), or there the end of the content alone, whitespace aside (Qwen3's
+template drops the ``<think>`` reasoning of answers before the last user turn, and writes the last answer's
+reasoning between newlines of its own), or in a template without special tokens right after the prompt (whitespace
+aside); else the row is refused. The conversation's last message, when an answer, must be shown whole (whitespace
+aside): a template that keeps only its end (the R1 distills' drop its reasoning) is refused, as it would teach an
+answer without the reasoning the model writes first. The assistant's tokens run from the generation prompt's end to
+the content's: text the template puts between them is the model's to write (Qwen3's template opens the last answer
+with an empty ``<think>`` block, which the model writes when it answers without reasoning); a special token the
+prompt ends inside is the prompt's (Phi-3's ``<|assistant|>`` takes the whitespace after it, so also the leading
+space of an answer). An answer before the last that the text holds verbatim from inside its generation prompt starts
+there (one starting ``<think>``, as the R1 distills' prompt ends, keeps it). With them, the end-of-turn token when a
+special token closes the content (whitespace between counted with it). The row's ``loss_mask`` is that mask moved
+one position left (the shared convention: 1 at t when the token at t + 1 is a target). A conversation longer than
+the run's sequence length is cut; a cut that would leave earlier answers but none of the last ends it at the last
 answer it keeps, rendered as the conversation's last answer.
 """
 
@@ -113,11 +115,15 @@ def _conversation(row, index: int, fmt: str, columns: ChatColumns) -> list[dict]
                 "expected both strings or both message lists"
             )
         if isinstance(prompt, str):
-            if not completion.strip():
-                raise DistilyConfigError(f"{where} has an empty completion; expected the text the assistant answers")
-            turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-        else:
-            turns = _turns(prompt, where) + _turns(completion, where)
+            prompt, completion = [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
+        answers = _turns(completion, where)
+        if not any(turn["role"] == "assistant" and turn["content"].strip() for turn in answers):
+            raise DistilyConfigError(f"{where} has an empty completion; expected the text the assistant answers")
+        turns = _turns(prompt, where) + answers
+    empty = [index for index, turn in enumerate(turns) if turn["role"] == "assistant" and not turn["content"].strip()]
+    if empty:
+        raise DistilyConfigError(f"{where} has an empty assistant turn (message {empty[0]}); expected the text the "
+                                 "assistant answers")
     if not any(turn["role"] == "assistant" and turn["content"].strip() for turn in turns):
         raise DistilyConfigError(f"{where} has no assistant turn with content; expected at least one to learn from")
     return turns
@@ -250,7 +256,7 @@ class ChatTokenization:
     max_length: int  # a longer conversation is cut to its first max_length tokens
     # part of the tokenization cache's key (the dataclass's text): raised whenever the ids or masks Distily makes
     # of a conversation change, so a cache written by an earlier version is not read back
-    scheme: int = 5
+    scheme: int = 6
 
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[dict], template: ChatTemplate,
@@ -314,21 +320,43 @@ class RenderedConversation:
         return turn.closing
 
 
-def _held_prompt_end(tokenizer: PreTrainedTokenizerBase, prompt: str, before: str, text: str, row: int,
-                     turn: int) -> int:
-    """Where assistant turn ``turn`` starts in the conversation's ``text`` when the text does not hold its whole
+def _not_prefix_consistent(messages: list[dict], before: str, text: str, row: int, turn: int) -> DistilyConfigError:
+    """The error for a conversation whose rendering up to assistant turn ``turn`` (``before``) does not start its
+    whole rendering ``text``: it says so of a system message the template writes only while a user's turn is the
+    conversation's last (Mistral v3's and Nemo's write it into that turn, so a conversation ending with an answer
+    loses it)."""
+    if any(text.count(message["content"]) < before.count(message["content"])
+           for message in messages if message["role"] == "system" and message["content"].strip()):
+        return DistilyConfigError(
+            f"the chat template writes row {row}'s system message only where a user's turn is the conversation's "
+            "last (as Mistral v3's and Nemo's put it into the last user turn): its rendering ending with an answer "
+            f"leaves it out, its rendering up to assistant turn {turn} holds it; expected rows without a system "
+            "message for this template, or a chat_template that keeps the system message before every turn"
+        )
+    return DistilyConfigError(
+        f"the chat template renders row {row} up to its assistant turn {turn} as text that does not start the "
+        "whole conversation's; expected a prefix-consistent template (each turn appended to the ones before)"
+    )
+
+
+def _held_prompt_end(tokenizer: PreTrainedTokenizerBase, prompt: str, before: str, text: str) -> int:
+    """Where an assistant turn starts in the conversation's ``text`` when the text does not hold its whole
     generation prompt ``prompt`` (Qwen3's enable_thinking=false block opens only the last answer, the R1 distills'
     ``<think>`` no answer): after the last of the prompt's tokens the text holds whole, and at least after the
-    conversation before the turn (``before``), which the text must start with. A prompt's token the text holds in
+    conversation before the turn (``before``), which the text starts with. A prompt's token the text holds in
     part is the answer's (the ``<`` of an answer starting ``<b>``, where the prompt writes ``<think>``)."""
-    if not text.startswith(before):
-        raise DistilyConfigError(
-            f"the chat template renders row {row} up to its assistant turn {turn} as text that does not start the "
-            "whole conversation's; expected a prefix-consistent template (each turn appended to the ones before)"
-        )
     held = len(os.path.commonprefix([prompt, text]))
     offsets = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     return max([len(before)] + [end for _, end in offsets if end <= held])
+
+
+def _own_start(text: str, content: str, begin: int, closing: Optional[int]) -> int:
+    """Where an answer before the conversation's last starts: at ``begin`` (its generation prompt's end), or sooner
+    where the text holds its ``content`` verbatim across ``begin`` before ``closing``: an answer that starts like the
+    end of the generation prompt, which the template writes before no earlier answer (``<think>``: Qwen3's prompt
+    with enable_thinking=false, the R1 distills'), keeps those tokens as its own."""
+    own = text.rfind(content, 0, len(text) if closing is None else closing)
+    return own if 0 <= own < begin < own + len(content) else begin
 
 
 def _shown_content(text: str, content: str, begin: int, closing: Optional[int]) -> tuple[int, str]:
@@ -362,14 +390,20 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
     for turn, message in enumerate(messages):
         if message["role"] != "assistant" or not message["content"].strip():
             continue
-        prompt = render(messages[:turn], True)
-        begin = len(prompt) if text.startswith(prompt) else _held_prompt_end(
-            tokenizer, prompt, render(messages[:turn], False), text, row, turn)
+        prompt, last = render(messages[:turn], True), turn == len(messages) - 1
+        begin = len(prompt)
+        if not text.startswith(prompt):
+            before = render(messages[:turn], False)
+            if not text.startswith(before):
+                raise _not_prefix_consistent(messages, before, text, row, turn)
+            begin = _held_prompt_end(tokenizer, prompt, before, text)
         after = bisect.bisect_left(special_starts, begin)
         if after > 0 and special_spans[after - 1][1] > begin:  # a role token that takes the whitespace after it
             begin = special_spans[after - 1][1]  # (Phi-3's, rstrip) ends in the answer: it is still the prompt's
         closing = special_starts[after] if after < len(special_starts) else None
         content = message["content"].strip()
+        if not last:
+            begin = _own_start(text, content, begin, closing)
         start, shown = _shown_content(text, content, begin, closing)
         if start < 0:
             raise DistilyConfigError(
@@ -377,7 +411,7 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
                 "and before the next special token; expected the assistant's content there verbatim, or its end (as "
                 "Qwen3's template keeps of an earlier answer, without its <think> reasoning)"
             )
-        if turn == len(messages) - 1 and _squeezed(shown) != _squeezed(content):
+        if last and _squeezed(shown) != _squeezed(content):
             raise DistilyConfigError(
                 f"the chat template leaves the assistant only the end of row {row}'s last answer (turn {turn}) after "
                 "the generation prompt (the DeepSeek-R1 distills' template drops its <think> reasoning; Qwen3's prompt "

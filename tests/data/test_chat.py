@@ -142,6 +142,59 @@ def test_a_role_token_that_takes_the_whitespace_after_it_stays_the_prompts():
     assert _masked_text(turns, tokenizer) == "the cat sleeps.<|end|>"
 
 
+def test_an_earlier_answer_that_starts_like_the_end_of_the_generation_prompt_keeps_those_tokens():
+    """An answer before the last that starts as the generation prompt ends (``<think>``, where Qwen3's prompt with
+    enable_thinking=false and the R1 distills' open a block the template writes before no earlier answer) holds
+    those tokens itself: the mask is its content's tokens and its end of turn, as for any other answer."""
+    question, later = {"role": "user", "content": "the cat sleeps."}, {"role": "assistant", "content": "yes."}
+    qwen3 = make_chat_tokenizer("qwen3")
+    no_thinking = ChatTemplate(qwen3.chat_template, {"enable_thinking": False})
+    r1 = _r1_tokenizer()
+    for answer in ("<think> is a tag.", "<think>\nthe cat sleeps."):
+        turns = [question, {"role": "assistant", "content": answer}, question, later]
+        ids, mask = assistant_token_mask(turns, qwen3, no_thinking, 0)
+        assert qwen3.decode([token for token, kept in zip(ids, mask) if kept]) == f"{answer}<|im_end|>yes.<|im_end|>"
+        assert _masked_text(turns, r1) == f"{answer}{r1.eos_token}yes.{r1.eos_token}"
+
+
+@pytest.mark.parametrize("style", CHAT_STYLES)
+def test_an_answer_that_repeats_an_earlier_turn_is_masked_where_it_is_written(style):
+    """Answers equal to the question before them and to each other: each turn's own tokens are masked, once."""
+    tokenizer = make_chat_tokenizer(style)
+    sentence = "the cat sleeps."
+    messages = [{"role": role, "content": sentence} for role in ("user", "assistant") * 3]
+    ids, mask = assistant_token_mask(messages, tokenizer, ChatTemplate(tokenizer.chat_template), 0)
+    assert [token for token, kept in zip(ids, mask) if kept] == _expected_mask_ids(messages, tokenizer, style)
+    assert sum(1 for i, kept in enumerate(mask) if kept and (i == 0 or not mask[i - 1])) == 3
+
+
+MISTRAL_V3_TEMPLATE = (  # Mistral v3's habits (Nemo's alike, without the spaces): no generation prompt, the system
+    # message written into the last user turn only, an answer opened by a space
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] + '\\n\\n' %}"
+    "{% set turns = messages[1:] %}{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{{ bos_token }}{% for message in turns %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + (system if loop.last else '') + message['content'] + '[/INST]' }}"
+    "{% else %}{{ ' ' + message['content'] | trim + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_mistrals_system_message_in_the_last_user_turn_only_is_refused_saying_so():
+    """Mistral v3's and Nemo's templates write the system message into the last user turn only, so a conversation
+    that ends with an answer is rendered without it: the refusal says so in one line."""
+    tokenizer = make_tokenizer("</s>")
+    tokenizer.add_tokens(["<s>", "[INST]", "[/INST]"], special_tokens=True)
+    tokenizer.bos_token = "<s>"
+    template = ChatTemplate(MISTRAL_V3_TEMPLATE)
+    turns = [{"role": "user", "content": "the cat sleeps."}, {"role": "assistant", "content": "yes."}]
+    ids, mask = assistant_token_mask(turns * 2, tokenizer, template, 0)
+    assert tokenizer.decode([token for token, kept in zip(ids, mask) if kept]) == " yes.</s> yes.</s>"
+    system = [{"role": "system", "content": "Be brief."}]
+    for conversation in (system + turns, system + turns * 2):
+        with pytest.raises(DistilyConfigError, match=r"\A[^\n]*system message only where a user's turn is the "
+                                                     r"conversation's last[^\n]*rows without a system message"):
+            assistant_token_mask(conversation, tokenizer, template, 3)
+
+
 def _dataset(tmp_path, rows, name="chat.jsonl"):
     path = tmp_path / name
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -281,6 +334,9 @@ def test_a_template_file_is_read(tmp_path):
         ([{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}],
          "row 0 has no assistant turn with content"),
         ([{"prompt": "a", "completion": "  "}], "row 0 has an empty completion"),
+        ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "},
+                        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}],
+         "row 0 has an empty assistant turn (message 1); expected the text the assistant answers"),
         ([{"messages": [{"role": "user", "content": "a"}], "prompt": "a", "completion": "b"}],
          "has both a messages column ('messages') and prompt + completion columns"),
     ],
@@ -300,6 +356,15 @@ def test_a_string_prompt_with_a_message_list_completion_is_refused(tmp_path):
     datasets.Dataset.from_list(rows).save_to_disk(str(dataset))
     with pytest.raises(DistilyConfigError, match="row 0 mixes a str prompt and a list completion; expected both"):
         load_training_documents(_args(str(dataset), tmp_path))
+
+
+@pytest.mark.parametrize("completion", [[{"role": "assistant", "content": " "}], []])
+def test_an_empty_conversational_completion_is_refused_in_one_line(tmp_path, completion):
+    """TRL's conversational form: a completion with no answer is refused, though its prompt holds one."""
+    prompt = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    rows = [{"prompt": prompt, "completion": completion}] + [{"prompt": prompt, "completion": prompt[1:2]}] * 3
+    with pytest.raises(DistilyConfigError, match="\\A[^\n]*row 0 has an empty completion; expected the text the"):
+        load_training_documents(_args(_dataset(tmp_path, rows), tmp_path))
 
 
 def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path):
