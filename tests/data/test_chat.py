@@ -520,6 +520,7 @@ def test_a_dated_templates_prompts_are_rendered_with_the_runs_date():
     with pytest.raises(DistilyConfigError, match="chat_template_date='26 Jul 2024' is not a date; expected YYYY-MM-DD"):
         DataArguments(chat_template_date="26 Jul 2024")
 
+
 def test_a_llama3_template_given_date_string_writes_no_day_of_its_own():
     """Llama 3's template writes the day it is rendered only without date_string: given one, the template is not
     dated (no run date in its cache key, none a store checks), and renders the date_string given."""
