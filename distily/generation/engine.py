@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from distily.generation.arguments import SamplingSettings
+from distily.generation.recurrent_cache import cache_argument
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def left_padded(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tens
 
 class HFGenerator(CompletionGenerator):
     """``model.generate`` on left-padded prompts, in eval mode (dropout off; gradient checkpointing, which only
-    acts in training mode, leaves the KV cache on) under ``no_grad``; the model's mode is restored after.
+    acts in training mode, leaves the KV cache on) under ``no_grad``; the model's mode is restored after. A hybrid
+    model that kept no attention layer caches its recurrent states in a ``RecurrentStateCache`` (``cache_argument``).
 
     Completions hold only ids below ``vocab_size`` (None: any of the model's logit columns). Prompt and completion
     stay within ``max_length`` tokens (a run's sequence length; None: no bound) and the model's
@@ -222,6 +224,7 @@ class HFGenerator(CompletionGenerator):
                 pad_token_id=self.pad_token_id,
                 eos_token_id=self.stop_ids or None,
                 synced_gpus=synced,
+                **cache_argument(model),
                 **self._sampling(input_ids.shape[1]),
             )  # [prompts, longest + <= max_new_tokens]
         finally:
