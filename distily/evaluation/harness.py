@@ -227,7 +227,8 @@ def run_tasks(
     ``chat_template_kwargs``; a template that writes the day, pinned on ``chat_template_date``), few-shot examples
     as turns of the conversation; ``lm_eval_model_args`` go to HFLM."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
+
+    from distily.evaluation.harness_model import HarnessModel
 
     chat = {"apply_chat_template": True, "fewshot_as_multiturn": True} if args.lm_eval_apply_chat_template else {}
     arguments = dict(chat_template_kwargs or {})  # HFLM renders with apply_chat_template(..., **chat_template_args)
@@ -235,8 +236,8 @@ def run_tasks(
     if template is not None:  # the template pinned on the run's date: lm-eval's own rendering reads the clock
         arguments["chat_template"] = template.pinned_text
     variables = {"chat_template_args": arguments} if chat and arguments else {}
-    wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **variables,
-                   **args.lm_eval_model_args)
+    wrapped = HarnessModel(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **variables,
+                           **args.lm_eval_model_args)
     raw = lm_eval.simple_evaluate(
         model=wrapped,
         tasks=list(args.lm_eval_tasks),
