@@ -97,6 +97,7 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
             "student_config_overrides that fit together (rope_parameters for a student of another head_dim)"
         )
     check_attention_shape(student_config)
+    check_shared_attention_adapters(student_config)
     if sources is not None:
         check_kept(student_config, per_layer, sources)
         check_kv_producers(config, student_config, sources, copied=layer_sources is not None)
@@ -119,6 +120,20 @@ def check_attention_shape(config: PretrainedConfig) -> None:
                 f"student num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}; "
                 "expected a KV head count that divides the head count"
             )
+
+
+def check_shared_attention_adapters(config: PretrainedConfig) -> None:
+    """Zamba2's shared attention adapters (``use_shared_attention_adapter``) give keys and values for every head,
+    which transformers adds to those of the KV heads: with fewer KV heads than heads, every forward through a
+    hybrid layer (``hybrid_layer_ids``, those holding the shared attention) fails."""
+    heads, kv_heads = getattr(config, HEADS, None), getattr(config, "num_key_value_heads", None)
+    adapted = getattr(config, "use_shared_attention_adapter", False) and getattr(config, "hybrid_layer_ids", None)
+    if adapted and kv_heads != heads:
+        raise DistilyConfigError(
+            f"student num_key_value_heads={kv_heads} with use_shared_attention_adapter: transformers' "
+            f"{config.model_type} adds the adapters' keys and values of all {heads} heads to those of the KV heads, "
+            f"which fails in every forward; expected num_key_value_heads={heads} or use_shared_attention_adapter=false"
+        )
 
 
 def evenly_spaced_layers(teacher_depth: int, student_depth: int) -> list[int]:
