@@ -88,3 +88,9 @@ class Component(nn.Module):
         """Bytes of its footprint still allocated after its forward pass (what it keeps for the backward pass),
         while the components after it run: all of it unless a component knows better."""
         return self.memory_footprint(step)
+
+    def deepest_student_output(self, student_depth: int) -> int:
+        """The deepest student output the loss reads, as an index of the student's hidden states (0: the embeddings;
+        i: block i, its output or its attention; ``student_depth + 1``: the logits, the default): no gradient of
+        this component reaches the blocks after it or, short of the logits, the LM head."""
+        return student_depth + 1

@@ -42,7 +42,16 @@ def paired_positions(batch: dict[str, torch.Tensor]) -> tuple:
     return student, (student.nonzero()[:, 0], aligned[student])
 
 
-class HiddenStatesComponent(Component):
+class LayerPairsComponent(Component):
+    """A component that reads the student at the layers of its ``layer_pairs`` (set by the subclass)."""
+
+    layer_pairs: LayerPairs
+
+    def deepest_student_output(self, student_depth: int) -> int:
+        return max(student_index for student_index, _ in self.layer_pairs)
+
+
+class HiddenStatesComponent(LayerPairsComponent):
     """``mean over pairs (i, j) of loss(norm(project(h_s[i])), norm(h_t[j]))`` at every non-padding token,
     ``h[i]`` the model's ``hidden_states[i]`` (index 0: embeddings). FitNets hints (Romero et al., 2015)
     and TinyBERT's hidden-state distillation (Jiao et al., 2020) are the linear-projector, MSE case."""
@@ -95,7 +104,7 @@ def _map_bytes(step: StepShape, heads: int) -> int:
     return step.batch_size * heads * step.seq_length**2 * 4
 
 
-class AttentionsComponent(Component):
+class AttentionsComponent(LayerPairsComponent):
     """``mean over pairs, heads of KL(A_t[j] || A_s[i])`` per attention row (query position), the rows'
     distributions over keys; MiniLM's self-attention distribution transfer (Wang et al., 2020, "MiniLM:
     Deep Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers").
@@ -173,7 +182,7 @@ def relation_logprobs(vectors: torch.Tensor, relation_heads: int, allowed: torch
     return scores.log_softmax(-1)
 
 
-class AttentionRelationsComponent(Component):
+class AttentionRelationsComponent(LayerPairsComponent):
     """Self-attention relation distillation (Wang et al., 2021, "MiniLMv2: Multi-Head Self-Attention
     Relation Distillation for Compressing Pretrained Transformers"): for each kind in q-q, k-k, v-v,
 

@@ -122,6 +122,10 @@ class DistillationObjective(nn.Module):
         component needs the logits and the head is a plain linear layer."""
         return not self.needs("needs_student_logits") and plain_lm_head(student)
 
+    def deepest_student_output(self, student_depth: int) -> int:
+        """The deepest student output any component reads (``Component.deepest_student_output``)."""
+        return max(component.deepest_student_output(student_depth) for component in self.components.values())
+
     def memory_footprint(self, step: StepShape) -> int:
         """Peak bytes the objective allocates for a micro-batch of ``step``'s shape. The components run one after
         the other, each beside what the ones before it hold for the backward pass."""

@@ -1,26 +1,29 @@
 """Before training: estimate the peak memory of a training step, print it, and refuse a run that cannot fit.
 
-The estimate adds what stays alive (the weights of both models, the optimizer's states) to the larger of
-the two moments a step peaks at:
+The estimate adds what stays alive (the weights of both models, the optimizer's states of the parameters that
+get gradients, ``trained_parameters``: without a logit loss not the LM head) to the larger of the two moments a
+step peaks at:
 
 - the end of the forward pass: the student's stored activations (a pre-norm decoder block with a gated
   MLP, Llama's and Qwen's, counted tensor by tensor: the residual stream and the norms' internals in fp32,
   the rest in the compute dtype; under bf16/fp16 autocast also its half-precision copies of the weights),
-  the teacher's outputs and its largest layer's intermediates (a live teacher only: a recorded one runs no
-  forward pass), and the objective's working memory, which each component reports for the batch shape
+  the teacher's outputs (its hidden states in its weights' dtype, under autocast too) and its largest layer's
+  intermediates (a live teacher only: a recorded one runs no forward pass), and the objective's working
+  memory, which each component reports for the batch shape
   (``Component.memory_footprint``; the chunked logit loss computes its gradients in the forward pass, so
   they are in it; the components run in turn, each beside what the earlier ones hold, ``memory_held``);
   with an attention loss the student's eager attention, which the trainer switches both models to;
-- during the backward pass: the student's gradients, and under activation checkpointing the activations of
-  the one block it recomputes (a checkpointed block stores only its input in the forward pass).
+- during the backward pass: the student's gradients (those of ``trained_parameters``), and under activation
+  checkpointing the activations of the one block it recomputes (a checkpointed block stores only its input in
+  the forward pass).
 
 Weights already on the device when the check runs (every model of a CPU run, a quantized teacher on a GPU)
 are out of its free memory and in the estimate: the check adds them back to the free memory.
 
 Measured against the allocator's peak on a grid of vocabularies (512 to 151,936), batch shapes, live and
-recorded teachers, fp32 and bf16, the estimate is within 30%, and 1.0 to 1.2 times the peak with attention
-losses (``tests/training/test_preflight.py``). A run is refused only when even 70% of the estimate exceeds the
-free memory, so a run that fits is never refused.
+recorded teachers, fp32 and bf16, the estimate is within 30%, 1.0 to 1.2 times the peak with attention
+losses, and 0.95 to 1.15 times it with a feature loss alone (``tests/training/test_preflight.py``). A run is
+refused only when even 70% of the estimate exceeds the free memory, so a run that fits is never refused.
 """
 
 import os
@@ -33,7 +36,7 @@ from transformers import PreTrainedModel, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from distily.errors import DistilyConfigError
-from distily.models.architecture import plain_lm_head
+from distily.models.architecture import named_decoder_layers, plain_lm_head
 from distily.objectives.component import StepShape
 from distily.objectives.model_shape import ModelShape
 from distily.objectives.objective import DistillationObjective
@@ -75,6 +78,30 @@ def _bytes(parameters, trainable_only: bool = False) -> int:
     """Bytes of the (trainable) tensors that hold memory: none on the meta device."""
     counted = (p for p in parameters if not p.is_meta and (p.requires_grad or not trainable_only))
     return sum(p.numel() * p.element_size() for p in counted)
+
+
+def trained_parameters(student: PreTrainedModel, objective: DistillationObjective) -> list[torch.nn.Parameter]:
+    """The trainable parameters that get gradients (the Trainer's AdamW keeps no states for the others): the
+    objective's, and the student's up to the deepest output the objective reads
+    (``DistillationObjective.deepest_student_output``). Without a logit loss that leaves out the LM head (unless it
+    is tied to the input embeddings) and the blocks after the deepest one a feature loss reads; a block whose
+    attention alone is read counts whole, as does the final norm."""
+    unread = tuple(f"{name}." for name in _unread_modules(student, objective))
+    reached = {id(p): p for name, p in student.named_parameters(remove_duplicate=False)
+               if p.requires_grad and not name.startswith(unread)}
+    return [*reached.values(), *(p for p in objective.parameters() if p.requires_grad)]
+
+
+def _unread_modules(student: PreTrainedModel, objective: DistillationObjective) -> list[str]:
+    """Names of the student's modules no loss reads through: the LM head and the blocks after the deepest read."""
+    depth = ModelShape.from_config(student.config).depth
+    deepest = objective.deepest_student_output(depth)
+    if deepest > depth:
+        return []
+    head = student.get_output_embeddings()
+    blocks, _ = named_decoder_layers(student)
+    return [next(name for name, module in student.named_modules() if module is head),
+            *(f"{blocks}.{index}" for index in range(deepest, depth))]
 
 
 def optimizer_state_bytes(optim: str, trainable: list[torch.nn.Parameter]) -> int:
@@ -154,9 +181,11 @@ def checkpointed_blocks(depth: int, checkpoint_every_n_layers: Optional[int]) ->
     return -(-depth // checkpoint_every_n_layers) if checkpoint_every_n_layers else 0
 
 
-def student_activations(student: PreTrainedModel, step: StepShape, checkpoint_every_n_layers: Optional[int]) -> int:
+def student_activations(student: PreTrainedModel, step: StepShape, checkpoint_every_n_layers: Optional[int],
+                        head_in_loss: bool) -> int:
     """Bytes the student's forward pass stores for the backward pass, with its logits unless they are fused; a
-    checkpointed block (every ``checkpoint_every_n_layers``-th, the Trainer's ``every_n_layers``) stores its input."""
+    checkpointed block (every ``checkpoint_every_n_layers``-th, the Trainer's ``every_n_layers``) stores its input.
+    ``head_in_loss``: a logit loss applies the student's LM head itself (fused), and counts autocast's copy of it."""
     shape, half = step.student, step.compute_bytes < 4
     width = shape.width
     checkpointed = checkpointed_blocks(shape.depth, checkpoint_every_n_layers)
@@ -165,7 +194,7 @@ def student_activations(student: PreTrainedModel, step: StepShape, checkpoint_ev
     logits = 0 if step.fused_student_head else step.tokens * step.student_vocab * step.compute_bytes
     # autocast keeps a half-precision copy of every weight a matmul reads, for the step
     copies = 2 * _bytes(student.get_decoder().parameters()) // 4 if half else 0
-    if half and not step.fused_student_head:
+    if half and not head_in_loss:  # the student applies its head: to every token, or to the last (fused)
         copies += 2 * _bytes(student.get_output_embeddings().parameters()) // 4
     return blocks + final + logits + copies
 
@@ -173,11 +202,11 @@ def student_activations(student: PreTrainedModel, step: StepShape, checkpoint_ev
 def teacher_activations(teacher: PreTrainedModel, step: StepShape, objective: DistillationObjective) -> int:
     """Bytes of a live teacher's forward pass (no gradients): the outputs the objective reads, and its largest
     block's intermediates while they are computed."""
-    shape, bytes_per_value = step.teacher, step.compute_bytes
-    weight_bytes = next(teacher.parameters()).element_size()
-    if step.compute_bytes == 4:
-        bytes_per_value = weight_bytes
-    held = step.tokens * shape.width * bytes_per_value  # the final hidden state (the loss applies the LM head)
+    shape, weight_bytes = step.teacher, next(teacher.parameters()).element_size()
+    bytes_per_value = step.compute_bytes if step.compute_bytes < 4 else weight_bytes  # the blocks' matmul outputs
+    # the final hidden state (the loss applies the LM head), every one for a hidden-state loss: the residual stream,
+    # in the weights' dtype under autocast too
+    held = step.tokens * shape.width * weight_bytes
     if objective.needs("needs_hidden_states"):
         held *= shape.depth + 1
     if not plain_lm_head(teacher):  # its logits
@@ -223,7 +252,8 @@ def estimate_memory(
         or student.config.get_text_config()._attn_implementation == "eager",
     )
     parameters = [*student.parameters(), *objective.parameters()]
-    trainable = [p for p in parameters if p.requires_grad]
+    trainable = trained_parameters(student, objective)
+    logit_loss = objective.deepest_student_output(student_shape.depth) > student_shape.depth
     teacher_parameters = list(teacher.parameters()) if live_teacher else []
     student_shards, teacher_shards = shards
     return MemoryEstimate(
@@ -232,7 +262,8 @@ def estimate_memory(
         // student_shards,
         optimizer_states=optimizer_state_bytes(optim, trainable) // student_shards,
         gradients=_bytes(trainable) // student_shards,
-        student_activations=student_activations(student, step, checkpoint_every_n_layers),
+        student_activations=student_activations(student, step, checkpoint_every_n_layers,
+                                                head_in_loss=step.fused_student_head and logit_loss),
         teacher_activations=teacher_activations(teacher, step, objective) if live_teacher else 0,
         objective=objective.memory_footprint(step),
         recomputed_block=block_activations(student, step) if checkpoint_every_n_layers else 0,
