@@ -115,9 +115,24 @@ RECORDING_KEYS = ("source", *(item.name for item in dataclasses.fields(Recording
 
 
 @dataclass(frozen=True)
+class MultimodalCheckpoint:
+    """The multimodal checkpoint a teacher was the language model of: its ``model_type``, the towers left on disk
+    (``vision``, ``audio``) and, for a local one, the bytes of all its weights (the teacher's ``size_on_disk_bytes``
+    counts its language model's alone)."""
+
+    model_type: str
+    unused_towers: list[str]
+    checkpoint_size_on_disk_bytes: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        return _present(**dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
 class TeacherMetrics:
     """The teacher: its own held-out metrics, where a recorded teacher came from, size, precision, memory (when
-    it ran), architecture and lm-eval results (when measured)."""
+    it ran), architecture, the multimodal checkpoint it is the language model of (if it is) and lm-eval results
+    (when measured)."""
 
     evaluation: Evaluation
     parameters: int
@@ -126,9 +141,11 @@ class TeacherMetrics:
     architecture: dict[str, Any]
     recording: Optional[RecordingSource] = None
     memory_bytes: Optional[int] = None
+    multimodal_checkpoint: Optional[MultimodalCheckpoint] = None
     lm_eval: Optional[dict[str, dict[str, float]]] = None
 
-    FIXED = ("parameters", "size_on_disk_bytes", "quantization", "memory_bytes", "architecture", "lm_eval")
+    FIXED = ("parameters", "size_on_disk_bytes", "quantization", "memory_bytes", "multimodal_checkpoint",
+             "architecture", "lm_eval")
 
     def with_metrics(self, values: dict[str, float]) -> "TeacherMetrics":
         """This teacher with ``values`` added to its evaluation."""
@@ -143,13 +160,18 @@ class TeacherMetrics:
         return {
             **self.evaluation.values,
             **(self.recording.to_dict() if self.recording else {}),
-            **_model_dict(self, {"quantization": self.quantization, **_present(memory_bytes=self.memory_bytes)}),
+            **_model_dict(self, {"quantization": self.quantization, **_present(
+                memory_bytes=self.memory_bytes,
+                multimodal_checkpoint=self.multimodal_checkpoint and self.multimodal_checkpoint.to_dict(),
+            )}),
         }
 
     @classmethod
     def from_dict(cls, values: dict) -> "TeacherMetrics":
         fixed, rest = _split(values, cls.FIXED)
         recording, evaluation = _split(rest, RECORDING_KEYS)
+        if "multimodal_checkpoint" in fixed:
+            fixed["multimodal_checkpoint"] = MultimodalCheckpoint(**fixed["multimodal_checkpoint"])
         return cls(evaluation=Evaluation(evaluation), recording=RecordingSource.from_dict(recording), **fixed)
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -198,6 +199,19 @@ def directory_size(path: str | os.PathLike, pattern: str | None = None) -> int:
         if files:
             return sum(f.stat().st_size for f in files)
     return 0
+
+
+def safetensors_tensor_bytes(directory: str | os.PathLike) -> dict[str, int]:
+    """The bytes of each tensor in the safetensors files directly under ``directory``, by name, read from their
+    headers (8 bytes of length, then JSON giving each tensor's ``data_offsets``); empty when it has none."""
+    found = {}
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        found.update({name: entry["data_offsets"][1] - entry["data_offsets"][0]
+                      for name, entry in header.items() if name != "__metadata__"})
+    return found
 
 
 def file_sha256(path: str | os.PathLike) -> str:

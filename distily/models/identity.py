@@ -11,7 +11,8 @@ from distily.outputs import file_sha256, weight_files
 
 def weights_sha256(directory: str | os.PathLike) -> Optional[str]:
     """One hash over a local checkpoint's weight files (``distily.outputs.weight_files``: not a Trainer's pickled
-    ``training_args.bin``, which changes with every run), names and contents; None if it has none."""
+    ``training_args.bin``, which changes with every run), names and contents; None if it has none. All of them: a
+    multimodal checkpoint's other towers too, though the teacher is its language model (it names the checkpoint)."""
     files = weight_files(directory)
     if not files:
         return None

@@ -4,6 +4,7 @@ quantized to 8 or 4 bits."""
 import importlib.util
 import logging
 import os
+import re
 from typing import Optional
 
 import torch
@@ -23,6 +24,7 @@ from transformers.utils.hub import resolve_revision
 
 from distily.errors import DistilyConfigError
 from distily.logs import quieted
+from distily.outputs import safetensors_tensor_bytes
 from distily.paths import looks_like_local_path
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -158,6 +160,23 @@ def load_language_model(
         )
     return model
 
+
+def unused_towers(config: PretrainedConfig) -> list[str]:
+    """The towers of a multimodal checkpoint's ``config`` that a teacher, its language model, leaves on disk: its
+    sub-configs other than the text one (``vision``, ``audio``)."""
+    text = config.get_text_config()
+    towers = {name: getattr(config, name, None) for name in config.sub_configs}
+    return [name.removesuffix("_config") for name, tower in towers.items() if tower is not None and tower is not text]
+
+
+def language_model_bytes(directory: str | os.PathLike) -> Optional[int]:
+    """Bytes of a local multimodal checkpoint's tensors that ``load_language_model`` loads (those under
+    ``LANGUAGE_MODEL_KEYS``, and the LM head), read from its safetensors headers; None without safetensors files."""
+    tensors = safetensors_tensor_bytes(directory)
+    if not tensors:
+        return None
+    return sum(size for name, size in tensors.items()
+               if name.startswith("lm_head.") or any(re.match(pattern, name) for pattern in LANGUAGE_MODEL_KEYS))
 
 
 def load_tokenizer(name_or_path: str, role: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -29,7 +29,7 @@ from transformers import TrainingArguments
 from distily.config import DistillConfig
 from distily.evaluation.arguments import FEWSHOT, HELDOUT_SET, KL_TO_TEACHER, SAMPLES
 from distily.evaluation.framing_check import CHECK_BLOCKS
-from distily.metrics import GENERATION, FramingMetrics, RunMetrics, generation_key
+from distily.metrics import GENERATION, FramingMetrics, MultimodalCheckpoint, RunMetrics, generation_key
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
 from distily.reporting.tables import MIB, markdown_table, run_columns
@@ -272,6 +272,33 @@ def _method_section(config: DistillConfig, metrics: RunMetrics, objective: Disti
     return "\n".join(lines)
 
 
+def _towers(multimodal: MultimodalCheckpoint) -> str:
+    """``vision tower``, ``audio and vision towers``."""
+    towers = multimodal.unused_towers
+    return f"{' and '.join(towers)} tower{'s' if len(towers) > 1 else ''}" if towers else "other towers"
+
+
+def _teacher_loaded(metrics: RunMetrics) -> str:
+    """What the teacher is, where it is a multimodal checkpoint's language model: `` (the language model of a
+    multimodal `gemma3` checkpoint; vision tower not used)``; else nothing."""
+    multimodal = metrics.teacher.multimodal_checkpoint
+    if multimodal is None:
+        return ""
+    return f" (the language model of a multimodal `{multimodal.model_type}` checkpoint; {_towers(multimodal)} not used)"
+
+
+def _multimodal_lines(metrics: RunMetrics) -> list[str]:
+    """Under the architecture table: the teacher's numbers are its language model's, not the whole checkpoint's."""
+    multimodal = metrics.teacher.multimodal_checkpoint
+    if multimodal is None:
+        return []
+    whole = multimodal.checkpoint_size_on_disk_bytes
+    whole = f" (the whole checkpoint's weights: {whole / MIB:,.1f} MiB)" if whole is not None else ""
+    return ["", f"The teacher is the language model of a multimodal `{multimodal.model_type}` checkpoint, loaded as "
+            f"its text-only causal LM; the checkpoint's {_towers(multimodal)} stayed on disk, unused. Its "
+            f"architecture, parameters and size on disk here are those of its language model and LM head{whole}."]
+
+
 def _architecture_section(metrics: RunMetrics) -> str:
     teacher, student = metrics.teacher, metrics.student
     shapes = teacher.architecture, student.architecture
@@ -283,7 +310,7 @@ def _architecture_section(metrics: RunMetrics) -> str:
     lines.append(f"| parameters | {teacher.parameters:,} | {student.parameters:,} |")
     sizes = [f"{model.size_on_disk_bytes / MIB:,.1f}" for model in (teacher, student)]
     lines.append(f"| size on disk (MiB) | {sizes[0]} | {sizes[1]} |")
-    return "\n".join(lines)
+    return "\n".join(lines + _multimodal_lines(metrics))
 
 
 def _framing_line(framing: FramingMetrics) -> str:
@@ -432,7 +459,7 @@ def build_model_card(
         f"# {model_name}\n\n{model_name} is {kind} distilled from {_link(teacher)} with Distily: it was trained to "
         f"reproduce the teacher's output distribution on `{data}` (knowledge distillation); it is not a fine-tune of "
         "the teacher. "
-        f"It has {metrics.student.parameters:,} parameters; the teacher has "
+        f"It has {metrics.student.parameters:,} parameters; the teacher{_teacher_loaded(metrics)} has "
         f"{metrics.teacher.parameters:,}."
     )
     sections = [

@@ -27,16 +27,17 @@ from typing import Any, Callable, Optional
 from datasets import Dataset
 import torch
 from accelerate import Accelerator
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import DistillConfig
 from distily.objectives.arguments import ObjectiveArguments
 from distily.data.chat import ChatTemplate
 from distily.data.chat_alignment import CompletionAlignment, end_of_turn_id
 from distily.data.text import DistillationData
-from distily.metrics import Evaluation, FramingMetrics, RecordingSource, TeacherMetrics
+from distily.metrics import Evaluation, FramingMetrics, MultimodalCheckpoint, RecordingSource, TeacherMetrics
 from distily.models.architecture import output_vocab_size
 from distily.models.summary import architecture_summary, parameter_count
+from distily.models.teacher import from_pretrained, language_model_bytes, unused_towers
 from distily.models.vocab import shared_vocab_size
 from distily.objectives.component import Component
 from distily.objectives.objective import DistillationObjective
@@ -45,10 +46,29 @@ from distily.outputs import directory_size
 logger = logging.getLogger(__name__)
 
 
-def checkpoint_size(name_or_path: Optional[str], model: PreTrainedModel) -> int:
-    """Bytes of a local checkpoint's weights; for a Hub model (or a recorded one not named), of its weights."""
+def multimodal_checkpoint(
+    name_or_path: Optional[str], model: PreTrainedModel, trust_remote_code: bool
+) -> Optional[MultimodalCheckpoint]:
+    """The multimodal checkpoint the teacher ``model`` is the language model of (its config read again, at the commit
+    the teacher was loaded from); None for a text-only one, or a recorded teacher not named."""
+    if name_or_path is None:
+        return None
+    config = from_pretrained(AutoConfig, name_or_path, "teacher", trust_remote_code=trust_remote_code,
+                             revision=getattr(model.config, "_commit_hash", None))
+    if config.get_text_config() is config:
+        return None
+    whole = directory_size(name_or_path) if os.path.isdir(name_or_path) else None
+    return MultimodalCheckpoint(config.model_type, unused_towers(config), whole)
+
+
+def checkpoint_size(name_or_path: Optional[str], model: PreTrainedModel, multimodal: bool = False) -> int:
+    """Bytes of the teacher's weights on disk: a local checkpoint's weight files, of a ``multimodal`` one the tensors
+    of the language model it loaded (``language_model_bytes``); for a Hub model (or a recorded one not named, or a
+    multimodal checkpoint without safetensors files), the loaded weights' bytes."""
     if name_or_path is not None and os.path.isdir(name_or_path):
-        return directory_size(name_or_path)
+        size = language_model_bytes(name_or_path) if multimodal else directory_size(name_or_path)
+        if size is not None:
+            return size
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
@@ -157,16 +177,19 @@ class TeacherSource(ABC):
         return None
 
     def summary(self) -> TeacherMetrics:
-        """metrics.json's ``teacher``: its own held-out metrics, where it was recorded, size, precision and
-        architecture; its memory only when it ran."""
+        """metrics.json's ``teacher``: its own held-out metrics, where it was recorded, size, precision, architecture
+        and the multimodal checkpoint it is the language model of (if it is); its memory only when it ran."""
         model_args = self.config.model
+        name = model_args.teacher_model_name_or_path
+        multimodal = multimodal_checkpoint(name, self.model, model_args.trust_remote_code)
         return TeacherMetrics(
             evaluation=self.own_metrics(),
             recording=self.recording(),
             parameters=parameter_count(self.model),
-            size_on_disk_bytes=checkpoint_size(model_args.teacher_model_name_or_path, self.model),
+            size_on_disk_bytes=checkpoint_size(name, self.model, multimodal is not None),
             quantization=model_args.teacher_quantization,
             memory_bytes=self.memory_bytes(),
+            multimodal_checkpoint=multimodal,
             architecture=architecture_summary(self.model),
         )
 

@@ -2,9 +2,11 @@
 with tiny vision towers, saved by transformers in the layouts it saves the published ones in."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
@@ -17,6 +19,7 @@ from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
 from distily.recording.run import _teacher_for, run_recording
 from distily.training.distill import run_distillation
+from distily.training.run_dir import RunDir
 
 SPECIAL = VOCAB  # the image (and other placeholder) tokens: past the tokenizer's, as in the published vocabularies
 TEXT = dict(vocab_size=VOCAB + 8, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -69,6 +72,13 @@ def save_multimodal(path, family: str) -> str:
     return str(path)
 
 
+def language_model_bytes(path: str) -> int:
+    """The bytes of the checkpoint's language model and LM head tensors, as safetensors reads them."""
+    with safe_open(str(Path(path) / "model.safetensors"), framework="pt") as tensors:
+        return sum(tensors.get_tensor(key).nbytes for key in tensors.keys()
+                   if "language_model." in key or key.startswith("lm_head."))
+
+
 def full_model(path: str):
     return AutoModelForImageTextToText.from_pretrained(path).eval()
 
@@ -100,12 +110,23 @@ def test_the_teacher_of_a_multimodal_checkpoint_is_its_language_model(family, te
 def test_a_multimodal_teacher_distills_and_its_heldout_loss_is_the_multimodal_models(family, run_values, tmp_path):
     """End to end from the multimodal checkpoint: the student's KL to the teacher falls, the teacher's held-out
     loss is the full multimodal model's on the same sequences, and the student, built from the text config, is saved
-    as the text class with the checkpoint's tokenizer and chat template."""
+    as the text class with the checkpoint's tokenizer and chat template. The teacher's size on disk in metrics.json
+    and the card is its language model's tensors' (it was the whole checkpoint's, vision tower included), and both
+    say what was loaded."""
     path = save_multimodal(tmp_path / family, family)
     values = run_values(path, student_config_overrides={"num_hidden_layers": 2}, max_steps=10, learning_rate=3e-3,
                         max_eval_samples=None)
     metrics = run_distillation(parse_config(**values))
     assert metrics["student"]["after_kl_to_teacher"] < 0.8 * metrics["student"]["before_kl_to_teacher"]
+    language_model, whole = language_model_bytes(path), (Path(path) / "model.safetensors").stat().st_size
+    teacher = metrics["teacher"]
+    assert teacher["size_on_disk_bytes"] == language_model < whole
+    assert teacher["multimodal_checkpoint"] == {"model_type": family, "unused_towers": ["vision"],
+                                                "checkpoint_size_on_disk_bytes": whole}
+    assert RunDir(values["output_dir"]).read_metrics().to_dict() == json.loads(json.dumps(metrics))
+    card = (Path(values["output_dir"]) / "README.md").read_text()
+    assert f"| size on disk (MiB) | {language_model / 2**20:,.1f} |" in card
+    assert f"multimodal `{family}` checkpoint; vision tower not used) has {teacher['parameters']:,}" in card
     config = parse_config(**values)
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert tokenizer.chat_template == TEMPLATE
