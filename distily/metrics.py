@@ -177,15 +177,19 @@ class TeacherMetrics:
 
 @dataclass(frozen=True)
 class StudentMetrics:
-    """The student: size as saved, its evaluations before and after training, architecture and lm-eval results."""
+    """The student: size as saved, the teacher layers it stands for (``distily.models.student.layers_from_teacher``),
+    its evaluations before and after training, architecture and lm-eval results."""
 
     parameters: int
     size_on_disk_bytes: int
     evaluations: dict[str, Any]  # as Trainer.evaluate returned them: before_*, after_*, epoch, num_input_tokens_seen
     architecture: dict[str, Any]
     lm_eval: Optional[dict[str, dict[str, float]]] = None
+    teacher_layers_copied: Optional[list[int]] = None  # the teacher layer copied into each student layer
+    teacher_layer_settings: Optional[list[int]] = None  # the teacher layer whose per-layer settings each one took
 
-    FIXED = ("parameters", "size_on_disk_bytes", "architecture", "lm_eval")
+    FIXED = ("parameters", "size_on_disk_bytes", "architecture", "lm_eval", "teacher_layers_copied",
+             "teacher_layer_settings")
 
     def evaluation(self, stage: str) -> Evaluation:
         """The evaluation ``BEFORE`` or ``AFTER`` training."""
@@ -207,7 +211,9 @@ class StudentMetrics:
         return self.architecture.get("bitnet")
 
     def to_dict(self) -> dict:
-        return _model_dict(self, self.evaluations)
+        layers = _present(teacher_layers_copied=self.teacher_layers_copied,
+                          teacher_layer_settings=self.teacher_layer_settings)
+        return _model_dict(self, {**layers, **self.evaluations})
 
     @classmethod
     def from_dict(cls, values: dict) -> "StudentMetrics":

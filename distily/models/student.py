@@ -302,6 +302,21 @@ def _teacher_layers(args: ModelArguments, teacher: PretrainedConfig, student_dep
     return teacher_layer_sources(args.student_layers_from_teacher, teacher, student_depth)
 
 
+def layers_from_teacher(args: ModelArguments, teacher: PretrainedConfig, student: PretrainedConfig) -> dict:
+    """The teacher layer each student layer stands for, as metrics.json records it: ``teacher_layers_copied``, those
+    whose weights it started from (student_init=teacher), and ``teacher_layer_settings``, those whose per-layer
+    settings its config took (a student built from the teacher's config: ``config_with_overrides``; at the teacher's
+    depth, its own layers in order); neither for a student loaded from a checkpoint."""
+    if args.student_model_name_or_path is not None:
+        return {}
+    depth = text_depth(student)
+    copied = _teacher_layers(args, teacher, depth)
+    found = {"teacher_layers_copied": copied}
+    if args.student_config_name_or_path is None:
+        found["teacher_layer_settings"] = copied or default_teacher_layers(teacher, depth)
+    return {key: value for key, value in found.items() if value is not None}
+
+
 def text_depth(config: PretrainedConfig) -> int:
     """The decoder's depth (a multimodal model's, such as Gemma 3's, is in its text config)."""
     return config.get_text_config().num_hidden_layers

@@ -221,6 +221,20 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
     return "\n".join(lines)
 
 
+def _student_init(config: DistillConfig, metrics: RunMetrics) -> str:
+    """How a student built from a config started: the teacher layers copied into its layers, or a random
+    initialisation, and the teacher layers whose per-layer settings its layers took (metrics.json's student)."""
+    copied, settings = metrics.student.teacher_layers_copied, metrics.student.teacher_layer_settings
+    settings_of = "per-layer settings (attention kind, block type, ...; where its config has any)"
+    if copied is None:
+        taken = f"; its layers take, in order, the {settings_of} of teacher layers {settings}" if settings else ""
+        return f"a random initialisation{taken}"
+    chosen = ("as chosen (`student_layers_from_teacher`)" if config.model.student_layers_from_teacher else
+              "evenly spaced, first and last included, with the layers KV-sharing ones take keys and values from")
+    kept = f", each with that teacher layer's {settings_of}" if settings else ""
+    return f"teacher layers {copied} ({chosen}) copied into its layers in order{kept}"
+
+
 def _method_section(config: DistillConfig, metrics: RunMetrics, objective: DistillationObjective) -> str:
     lines = [
         "## Method",
@@ -240,14 +254,8 @@ def _method_section(config: DistillConfig, metrics: RunMetrics, objective: Disti
     else:
         source = f"`{model.student_config_name_or_path}`" if model.student_config_name_or_path else "the teacher's"
         changes = f" with `{model.student_config_overrides}`" if model.student_config_overrides else ""
-        if model.student_init != "teacher":
-            init = "a random initialisation"
-        elif model.student_layers_from_teacher:
-            init = f"teacher layers {model.student_layers_from_teacher} copied into its layers"
-        else:
-            init = ("teacher layers copied into its layers (evenly spaced, first and last included, with the layers "
-                    "KV-sharing ones take keys and values from)")
-        lines.append(f"The student was built from {source} config{changes}, starting from {init}.")
+        lines.append(f"The student was built from {source} config{changes}, starting from "
+                     f"{_student_init(config, metrics)}.")
     training = config.training
     if training.lmbda > 0:
         lines += ["", f"On-policy distillation (GKD): a fraction {training.lmbda:g} of the training micro-batches was "

@@ -16,7 +16,7 @@ from distily.evaluation.generations import with_generations
 from distily.evaluation.run import benchmark, eval_set_metrics, generation_evaluator, named_eval_sets
 from distily.metrics import AFTER, BEFORE, RunMetrics, StudentMetrics, TrainMetrics
 from distily.models.precision import bf16_is_fast
-from distily.models.student import build_student, load_student
+from distily.models.student import build_student, layers_from_teacher, load_student
 from distily.models.summary import architecture_summary, parameter_count
 from distily.models.vocab import check_tokenizer_fits
 from distily.objectives.objective import build_objective
@@ -61,16 +61,17 @@ def _load_student(config: DistillConfig, teacher: TeacherSource) -> PreTrainedMo
     return student
 
 
-def _student_summary(training, shape: tuple[int, dict], evaluations: dict) -> StudentMetrics:
-    """metrics.json's student: size (as saved in output_dir), the before/after evaluations, and its parameter
-    count and architecture (``shape``, measured before the Trainer could shard it over the processes: a sharded
-    parameter counts only its shard)."""
+def _student_summary(training, shape: tuple[int, dict], layers: dict, evaluations: dict) -> StudentMetrics:
+    """metrics.json's student: size (as saved in output_dir), the teacher layers it stands for (``layers``:
+    ``layers_from_teacher``), the before/after evaluations, and its parameter count and architecture (``shape``,
+    measured before the Trainer could shard it over the processes: a sharded parameter counts only its shard)."""
     parameters, architecture = shape
     return StudentMetrics(
         parameters=parameters,
         size_on_disk_bytes=directory_size(training.output_dir),
         evaluations=evaluations,
         architecture=architecture,
+        **layers,
     )
 
 
@@ -141,6 +142,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         check_chat_template(teacher.tokenizer, config.evaluation)
         student = _load_student(config, teacher)
         shape = parameter_count(student), architecture_summary(student)
+        layers = layers_from_teacher(config.model, teacher.model.config, student.config)
         vocab_size = teacher.logit_columns(student)
         data = teacher.datasets(student)
         resolved_objective = teacher.resolve_objective(config.objective, data.train)
@@ -200,7 +202,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         distily_version=distily.__version__,
         command=command,
         teacher=teacher.summary().with_metrics(generations.teacher_metrics() if generations else {}),
-        student=_student_summary(training, shape, {**before, **after}),
+        student=_student_summary(training, shape, layers, {**before, **after}),
         train=_train_summary(training, train_output, seconds, trainer),
         max_seq_length=run.max_seq_length,
         framing=framing_metrics,
