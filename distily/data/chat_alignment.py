@@ -6,8 +6,11 @@ end-of-turn token), so positions are aligned in *turn coordinates*: a position i
 message's index) and the number of characters left to that turn's content's end when its token closes (closes as
 in ``distily.data.alignment``). Three kinds of position get one, on each side:
 
-- the last token closing at or before the content's start (the generation prompt's last token, or the last of what
-  the model writes before the content, as Qwen3's empty ``<think>`` block): it predicts the content's first token;
+- the last token closing at or before the content's start, when it closes at or after the turn's start (the
+  generation prompt's last token, or the last of what the model writes before the content, as Qwen3's empty
+  ``<think>`` block): it has read the whole generation prompt and none of the content, and predicts the content's
+  first token. Where a token spans the prompt's end into the content (`` the`` after a prompt ending ``Assistant: ``,
+  as a byte-level BPE or SentencePiece's ``▁`` merges them), no position has, and that side gives none;
 - each token closing inside the content;
 - the end-of-turn token (when only whitespace lies between it and the content, as the assistant mask counts it),
   one past the content's end: a position the loss does not count (its next token is the template's), which makes
@@ -47,6 +50,9 @@ from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.text import DistillationData, default_cache_dir, tokenizer_fingerprint
 
 END_OF_TURN = -1  # the coordinate of an end-of-turn token: one past the content's end
+# part of the aligned rows' cache key: raised whenever the rows Distily makes of a conversation change (2: no pair
+# before an answer whose first token spans the generation prompt's end), so older caches are not read back
+ALIGNMENT_SCHEME = 2
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def turn_coordinates(rendered: RenderedConversation) -> dict[tuple[int, int], in
     found = {}
     for turn in rendered.turns:
         first = bisect.bisect_right(characters, turn.content_start)  # the first character inside the content
-        if first > 0:
+        if first > 0 and characters[first - 1] >= turn.start:  # it has read the whole generation prompt
             found[(turn.message, turn.content_end - turn.content_start)] = closing[characters[first - 1]]
         for character in characters[first : bisect.bisect_right(characters, turn.content_end)]:
             found[(turn.message, turn.content_end - character)] = closing[character]
@@ -116,7 +122,8 @@ def align_conversations(conversations: datasets.Dataset, student: ChatSide, teac
                         num_proc: Optional[int] = None) -> datasets.Dataset:
     """Aligned rows of ``conversations`` (``COLUMNS``), cached by (data, both tokenizers, both chat
     tokenizations) like ``align_documents``."""
-    identity = (f"aligned-chat|{conversations._fingerprint}|{tokenizer_fingerprint(student.tokenizer)}|{student.chat}|"
+    identity = (f"aligned-chat|{ALIGNMENT_SCHEME}|{conversations._fingerprint}|"
+                f"{tokenizer_fingerprint(student.tokenizer)}|{student.chat}|"
                 f"{tokenizer_fingerprint(teacher.tokenizer)}|{teacher.chat}")
     return cached_rows(conversations, identity, _align_batch, {"student": student, "teacher": teacher}, cache_dir,
                        num_proc, "Rendering conversations with both templates and aligning")

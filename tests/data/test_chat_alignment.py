@@ -96,6 +96,56 @@ def test_a_first_answer_longer_than_a_side_is_cut_there_and_aligned_within_both_
     assert batch[LOSS_MASK].shape == batch[INPUT_IDS].shape and batch[LOSS_MASK][1].sum() == sum(short[LOSS_MASK])
 
 
+PLAIN_TEMPLATE = (  # role names, no role tokens: a generation prompt ending in a space, which the answer's first
+    # token reads with it (' the' in a byte-level BPE, '▁the' in SentencePiece)
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}"
+    "{{ 'Assistant: ' + message['content'] + '</s>\\n' }}{% else %}{{ message['role'] + ': ' + message['content'] + "
+    "'\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+
+
+def what_is_read(rendered, position: int) -> tuple:
+    """(assistant message, whether its whole generation prompt was read, the characters of its content read) once
+    the token at ``position`` was read, from the tokenizer's offsets and the turns' places in the rendering; the
+    turn is the first whose end-of-turn token (or content's end) is not before the token."""
+    start, end = rendered.offsets[position]
+    turn = next(turn for turn in rendered.turns
+                if start <= (turn.content_end if turn.closing is None else turn.closing))
+    read = rendered.text[turn.content_start:min(max(end, turn.content_start), turn.content_end)]
+    return turn.message, end >= turn.start, read
+
+
+def is_end_of_turn(rendered, position: int) -> bool:
+    return rendered.offsets[position][0] in {turn.closing for turn in rendered.turns}
+
+
+@pytest.mark.parametrize("plain_role", ["teacher", "student"])
+def test_the_position_before_an_answer_pairs_only_where_both_have_read_their_whole_generation_prompt(plain_role):
+    """In a template whose generation prompt ends ``Assistant: ``, a byte-level BPE reads the answer's first word
+    with the prompt's last space (`` the``): the position before it has not read the whole prompt, so it pairs with
+    no position of the other side (which has read its own); every pair has read the whole prompt and the same
+    characters of the answer, or is the two end-of-turn tokens. At every turn of a conversation, in either role."""
+    tokenizer = make_chat_tokenizer("chatml")
+    tokenizer.add_tokens(["</s>"], special_tokens=True)
+    plain = ChatSide(tokenizer, ChatTokenization(ChatTemplate(PLAIN_TEMPLATE), "assistant", 512))
+    chatml = side(make_sentencepiece_chat_tokenizer("chatml"), "chatml")
+    student, teacher = (plain, chatml) if plain_role == "student" else (chatml, plain)
+    for row, messages in enumerate(make_conversations(6, seed=2)):
+        aligned = align_conversation(messages, row, student, teacher)[ALIGNED]
+        renderings = [assistant_turns(messages, s.tokenizer, s.chat.template, row) for s in (student, teacher)]
+        plain_rendered = renderings[0 if plain_role == "student" else 1]
+        spanned = [any(start < turn.start < end for start, end in plain_rendered.offsets)
+                   for turn in plain_rendered.turns]
+        assert all(spanned)  # each answer's first token (' the', ' a', ...) starts in its prompt
+        pairs = [(i, j) for i, j in enumerate(aligned) if j >= 0]
+        for i, j in pairs:
+            reads = what_is_read(renderings[0], i), what_is_read(renderings[1], j)
+            endings = is_end_of_turn(renderings[0], i), is_end_of_turn(renderings[1], j)
+            assert endings == (True, True) or (reads[0] == reads[1] and reads[0][1]), (row, i, j, reads)
+        assert all(what_is_read(renderings[0], i)[2] for i, _ in pairs)  # none before an answer
+        assert len(pairs) > 4 * len(spanned)  # the answers' characters and end-of-turn tokens still pair
+
+
 def sentencepiece_first_chat_tokenizer(style: str):
     """A SentencePiece chat tokenizer that prepends its space at a text's start only (``prepend_scheme: first``)."""
     tokenizer = make_sentencepiece_tokenizer(prepend_scheme="first")
