@@ -26,13 +26,14 @@ reference answer (as in practice, where people label few conversations but have 
    answer the reference conversations' prompts (what (a) and (b) trained on: memorising them shows there).
 
 Writes the table to ``docs/results/instruct.md``, the exact-match curves beside it (``instruct.png``) and every
-number to ``benchmarks/results/instruct.json``; prints the goals (every KD student beats (a) on exact match;
-on-policy or mixed beats (b) by at least 5 points). The estimate printed at the start comes from a smoke run's
+number to ``benchmarks/results/instruct.json``; prints the goals (every KD student beats (a) on exact match, by
+more than two standard errors of the difference; on-policy or mixed beats (b) by at least 5 points). The estimate printed at the start comes from a smoke run's
 per-step costs (``runtime_estimate``); the teacher's steps dominate it.
 """
 
 import argparse
 import json
+import math
 import random
 import shlex
 import string
@@ -345,13 +346,23 @@ def evaluate(args, teacher_dir: Path, sweep, splits: dict) -> dict:
     return results
 
 
-def goals(results: dict) -> dict:
-    """Every KD student above (a) on exact match; on-policy or mixed at least GOAL_MARGIN points above (b)."""
+def beats(better: float, worse: float, prompts: int) -> bool:
+    """Whether exact match ``better`` exceeds ``worse`` (percent of ``prompts`` held-out prompts) by more than two
+    standard errors of the difference of two binomial proportions: 1 prompt of 256 apart is not a win."""
+    p, q = better / 100, worse / 100
+    return better - worse > 200 * math.sqrt((p * (1 - p) + q * (1 - q)) / prompts)
+
+
+def goals(results: dict, prompts: int) -> dict:
+    """Every KD student above (a) on exact match, beyond noise on the ``prompts`` held-out prompts (``beats``);
+    on-policy or mixed at least GOAL_MARGIN points above (b)."""
     students = results["students"]
     baseline, kd_references = students["a-fine-tune"]["exact_match"], students["b-kd-references"]["exact_match"]
     best_on_policy = max(students[name]["exact_match"] for name in ON_POLICY_VARIANTS)
     return {
-        "every_kd_student_beats_fine_tuning": all(students[name]["exact_match"] > baseline for name in KD_VARIANTS),
+        "every_kd_student_beats_fine_tuning": all(
+            beats(students[name]["exact_match"], baseline, prompts) for name in KD_VARIANTS
+        ),
         "on_policy_or_mixed_over_kd_references_points": best_on_policy - kd_references,
         "on_policy_or_mixed_beats_kd_references_by_5_points": best_on_policy - kd_references >= GOAL_MARGIN,
     }
@@ -384,7 +395,8 @@ def write_report(args, results: dict, command: str) -> None:
                                    f"{row['train_seconds']:.0f} s"]))  # fmt: skip
     lines += [
         "",
-        f"- Every KD student beats (a) on exact match: {'yes' if met['every_kd_student_beats_fine_tuning'] else 'no'}.",
+        f"- Every KD student beats (a) on exact match, by more than two standard errors: "
+        f"{'yes' if met['every_kd_student_beats_fine_tuning'] else 'no'}.",
         f"- On-policy or mixed over (b): {met['on_policy_or_mixed_over_kd_references_points']:+.1f} points "
         f"(goal: at least +{GOAL_MARGIN:.0f}).",
         "",
@@ -429,7 +441,8 @@ def main(argv=None) -> dict:
     sweep = student_sweep(args, teacher_dir, data)
     run_students(sweep)
     results = evaluate(args, teacher_dir, sweep, splits)
-    results.update(goals=goals(results), command=command, settings=vars(args), device=device_description())
+    results.update(goals=goals(results, args.heldout), command=command, settings=vars(args),
+                   device=device_description())
     write_json_atomic(args.json, results)
     write_report(args, results, command)
     for name, value in results["goals"].items():

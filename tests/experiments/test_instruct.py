@@ -31,13 +31,21 @@ def test_chat_tokenizer_masks_exactly_the_answer_and_its_end_of_turn():
 def test_goals_compare_every_kd_student_with_fine_tuning_and_on_policy_with_kd_on_references():
     students = {"a-fine-tune": 10.0, "b-kd-references": 20.0, "c-kd-responses": 30.0, "d-on-policy": 24.0,
                 "e-mixed": 26.0}  # fmt: skip
-    met = script.goals({"students": {name: {"exact_match": value} for name, value in students.items()}})
+    met = script.goals({"students": {name: {"exact_match": value} for name, value in students.items()}}, 256)
     assert met == {"every_kd_student_beats_fine_tuning": True, "on_policy_or_mixed_over_kd_references_points": 6.0,
                    "on_policy_or_mixed_beats_kd_references_by_5_points": True}  # fmt: skip
     students["d-on-policy"], students["e-mixed"] = 10.0, 24.0
-    met = script.goals({"students": {name: {"exact_match": value} for name, value in students.items()}})
+    met = script.goals({"students": {name: {"exact_match": value} for name, value in students.items()}}, 256)
     assert (not met["every_kd_student_beats_fine_tuning"]
             and not met["on_policy_or_mixed_beats_kd_references_by_5_points"])
+
+
+def test_a_student_beats_another_only_beyond_two_standard_errors_of_the_difference():
+    """1 prompt of 256 against 2 is noise; 10% against 20% of 256 is not (two standard errors: 6.25 points), nor of
+    64 prompts (12.5 points)."""
+    one, two = 100 / 256, 200 / 256
+    assert not script.beats(two, one, 256) and script.beats(20.0, 10.0, 256) and not script.beats(20.0, 10.0, 64)
+    assert script.beats(20.0, 13.0, 256) and not script.beats(20.0, 14.0, 256)  # two standard errors: 6.53, 6.62
 
 
 @pytest.mark.slow
