@@ -57,9 +57,9 @@ class LiveTeacher(TeacherSource):
         model_args = config.model
         self.config = config
         self.documents = load_training_documents(config.data)
-        self.model = load_teacher(
+        self.hold(load_teacher(
             model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
-        )
+        ))
         check_causality(self.model, "teacher")
         self.tokenizer = load_tokenizer(
             model_args.teacher_model_name_or_path, "teacher", model_args.trust_remote_code
@@ -79,12 +79,12 @@ class LiveTeacher(TeacherSource):
         """Quantize the teacher now (the student copied its full-precision weights)."""
         model_args = self.config.model
         if model_args.teacher_quantization != "none":
-            self.model = load_teacher(
+            self.hold(load_teacher(
                 model_args.teacher_model_name_or_path,
                 model_args.teacher_torch_dtype,
                 model_args.trust_remote_code,
                 model_args.teacher_quantization,
-            )
+            ))
 
     @property
     def chat(self) -> bool:

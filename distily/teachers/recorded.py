@@ -140,7 +140,7 @@ class RecordedTeacher(TeacherSource):
     def student_init_model(self) -> PreTrainedModel:
         """The teacher the student is built from: with its weights when the student copies some (checked to
         be the recorded teacher's), otherwise without any (its config on the meta device)."""
-        self.model = self._teacher_for_student(self.config.model)
+        self.hold(self._teacher_for_student(self.config.model))
         return self.model
 
     def student_built(self, student: PreTrainedModel) -> None:

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from datasets import Dataset
@@ -72,6 +73,23 @@ def checkpoint_size(name_or_path: Optional[str], model: PreTrainedModel, multimo
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+@dataclass(frozen=True)
+class TeacherCheckpoint:
+    """What metrics.json says of the teacher's checkpoint: its size on disk and the multimodal checkpoint it is the
+    language model of (if it is)."""
+
+    size_on_disk_bytes: int
+    multimodal: Optional[MultimodalCheckpoint]
+
+
+def teacher_checkpoint(
+    name_or_path: Optional[str], model: PreTrainedModel, trust_remote_code: bool
+) -> TeacherCheckpoint:
+    """``TeacherCheckpoint`` of the teacher ``model`` loaded from ``name_or_path``, read from its checkpoint."""
+    multimodal = multimodal_checkpoint(name_or_path, model, trust_remote_code)
+    return TeacherCheckpoint(checkpoint_size(name_or_path, model, multimodal is not None), multimodal)
+
+
 class TeacherSource(ABC):
     """The teacher of one run. ``model`` is its architecture and size (it sizes the objective and is reported;
     a teacher that does not run may hold it on the meta device); ``live_model`` is the model that runs during
@@ -80,7 +98,15 @@ class TeacherSource(ABC):
     config: DistillConfig
     tokenizer: PreTrainedTokenizerBase
     model: PreTrainedModel
+    checkpoint: TeacherCheckpoint  # read with ``model`` (``hold``), not again at the run's end
     logits_component: type[Component]  # the logit loss this teacher's outputs feed
+
+    def hold(self, model: PreTrainedModel) -> None:
+        """Make ``model``, just loaded, the teacher's, and read now what metrics.json says of its checkpoint: a folder
+        moved or a Hub cache pruned before the run ends cannot cost it its metrics."""
+        model_args = self.config.model
+        self.model = model
+        self.checkpoint = teacher_checkpoint(model_args.teacher_model_name_or_path, model, model_args.trust_remote_code)
 
     @classmethod
     def settled_config(cls, config: DistillConfig) -> DistillConfig:
@@ -178,18 +204,16 @@ class TeacherSource(ABC):
 
     def summary(self) -> TeacherMetrics:
         """metrics.json's ``teacher``: its own held-out metrics, where it was recorded, size, precision, architecture
-        and the multimodal checkpoint it is the language model of (if it is); its memory only when it ran."""
-        model_args = self.config.model
-        name = model_args.teacher_model_name_or_path
-        multimodal = multimodal_checkpoint(name, self.model, model_args.trust_remote_code)
+        and the multimodal checkpoint it is the language model of (if it is; both as read when it loaded); its memory
+        only when it ran."""
         return TeacherMetrics(
             evaluation=self.own_metrics(),
             recording=self.recording(),
             parameters=parameter_count(self.model),
-            size_on_disk_bytes=checkpoint_size(name, self.model, multimodal is not None),
-            quantization=model_args.teacher_quantization,
+            size_on_disk_bytes=self.checkpoint.size_on_disk_bytes,
+            quantization=self.config.model.teacher_quantization,
             memory_bytes=self.memory_bytes(),
-            multimodal_checkpoint=multimodal,
+            multimodal_checkpoint=self.checkpoint.multimodal,
             architecture=architecture_summary(self.model),
         )
 

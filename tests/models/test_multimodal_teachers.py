@@ -20,6 +20,7 @@ from distily.models.teacher import load_teacher
 from distily.recording.run import _teacher_for, run_recording
 from distily.training.distill import run_distillation
 from distily.training.run_dir import RunDir
+from distily.training.trainer import DistillationTrainer
 
 SPECIAL = VOCAB  # the image (and other placeholder) tokens: past the tokenizer's, as in the published vocabularies
 TEXT = dict(vocab_size=VOCAB + 8, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -135,6 +136,26 @@ def test_a_multimodal_teacher_distills_and_its_heldout_loss_is_the_multimodal_mo
     student = AutoModelForCausalLM.from_pretrained(values["output_dir"])
     assert type(student).__name__ == type(load_teacher(path)).__name__
     assert AutoTokenizer.from_pretrained(values["output_dir"]).chat_template == TEMPLATE
+
+
+def test_what_metrics_json_says_of_the_teacher_is_read_when_it_loads(run_values, tmp_path, monkeypatch):
+    """The teacher's checkpoint is read when it loads, not again when metrics.json is written: its folder moved away
+    while the student trained (a Hub cache pruned, say) costs the run nothing. The end of the run read its config
+    again and failed, so a finished run left no metrics.json."""
+    path = save_multimodal(tmp_path / "gemma3", "gemma3")
+    language_model, whole = language_model_bytes(path), (Path(path) / "model.safetensors").stat().st_size
+    train = DistillationTrainer.train
+
+    def train_without_the_teachers_folder(trainer, *args, **kwargs):
+        Path(path).rename(tmp_path / "moved")
+        return train(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "train", train_without_the_teachers_folder)
+    values = run_values(path, student_config_overrides={"num_hidden_layers": 1}, max_steps=1)
+    run_distillation(parse_config(**values))
+    teacher = RunDir(values["output_dir"]).read_metrics().teacher
+    assert not Path(path).exists() and teacher.size_on_disk_bytes == language_model
+    assert teacher.multimodal_checkpoint.checkpoint_size_on_disk_bytes == whole
 
 
 def test_a_recorded_multimodal_teacher_is_known_by_its_checkpoint(text_file, tmp_path):
