@@ -19,39 +19,11 @@ from distily.evaluation.arguments import EvaluationArguments
 from distily.evaluation.harness import (
     cached_teacher_results, check_chat_template, run_tasks, task_manager, task_results,
 )
+from harness_tasks import TASK, choice_task, write_local_task
 from tiny import make_documents, save_tiny_model, write_jsonl
 
-TASK = "distily_tiny_choice"
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant> {% endif %}")
-
-
-def choice_task(name: str, **dataset) -> dict:
-    """A multiple-choice task definition over rows of context, choices and label, its data as ``dataset`` says."""
-    return {
-        "task": name,
-        **dataset,
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{context}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "{{label}}",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
-
-
-def write_local_task(directory) -> str:
-    """A multiple-choice task over the tiny grammar: which continuation the data would have."""
-    directory.mkdir()
-    rows = [
-        {"context": "The cat sees", "choices": [" a book today.", " sees sees sees."], "label": 0},
-        {"context": "My friend reads", "choices": [" reads the.", " the river again."], "label": 1},
-    ] * 4
-    data = directory / "tiny_choice.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    task = choice_task(TASK, dataset_path="json", dataset_kwargs={"data_files": {"test": str(data)}})
-    (directory / "tiny_choice.yaml").write_text(yaml.safe_dump(task))
-    return str(directory)
 
 
 def test_a_local_task_runs_offline_for_teacher_and_student(teacher_dirs, tokenizer, tmp_path, monkeypatch):
