@@ -201,16 +201,31 @@ def directory_size(path: str | os.PathLike, pattern: str | None = None) -> int:
     return 0
 
 
-def safetensors_tensor_bytes(directory: str | os.PathLike) -> dict[str, int]:
-    """The bytes of each tensor in the safetensors files directly under ``directory``, by name, read from their
-    headers (8 bytes of length, then JSON giving each tensor's ``data_offsets``); empty when it has none."""
-    found = {}
-    for path in sorted(Path(directory).glob("*.safetensors")):
+def safetensors_offsets(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """Each tensor's ``data_offsets`` in a safetensors file (begin and end in its bytes after the header), by name,
+    from its header: 8 bytes of length, then JSON, then the tensors' bytes up to the last tensor's end, where the file
+    ends. A file cut off, or whose header does not read, is refused in one line naming it."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length))
-        found.update({name: entry["data_offsets"][1] - entry["data_offsets"][0]
-                      for name, entry in header.items() if name != "__metadata__"})
+            header = json.loads(handle.read(length)) if 8 + length <= size else {}  # cut off in its header
+        offsets = {name: tuple(entry["data_offsets"]) for name, entry in header.items() if name != "__metadata__"}
+        expected = 8 + length + max((stop for start, stop in offsets.values()), default=0)
+    except (struct.error, ValueError, AttributeError, KeyError, TypeError):
+        raise DistilyConfigError(f"{path.name}'s header is cut off or unreadable") from None
+    if size != expected:
+        raise DistilyConfigError(f"{path.name} has {size} bytes, its header says {expected}")
+    return offsets
+
+
+def safetensors_tensor_bytes(directory: str | os.PathLike) -> dict[str, int]:
+    """The bytes of each tensor in the safetensors files directly under ``directory``, by name, read from their
+    headers (``safetensors_offsets``); empty when it has none."""
+    found = {}
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        found.update({name: stop - start for name, (start, stop) in safetensors_offsets(path).items()})
     return found
 
 

@@ -1,5 +1,5 @@
 """atomic_output and check_output: nothing the caller did not write is replaced, and a replacement is
-renames only, so a failure or a kill at any moment leaves the old or the new output complete."""
+renames only, so a failure or a kill at any moment leaves the old or the new output complete; safetensors headers."""
 
 import errno
 import hashlib
@@ -10,11 +10,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from file_tree import tree
+from safetensors.torch import save_file
 from small_filesystem import small_filesystem
 
 from distily.errors import DistilyConfigError
-from distily.outputs import PreviousOutput, atomic_output, check_output, write_json_atomic
+from distily.outputs import PreviousOutput, atomic_output, check_output, safetensors_tensor_bytes, write_json_atomic
 
 MARKER = "made-by-us"
 OURS = PreviousOutput("test export", lambda path: None if (path / MARKER).is_file() else "it has no marker")
@@ -240,3 +242,14 @@ def test_an_output_below_a_file_is_one_line_naming_it_and_leaves_the_file(below,
     assert str(refused.value).endswith("Not a directory; expected a path whose parents are directories")
     assert str(tmp_path / "notes.txt") in str(refused.value)
     assert tree(tmp_path) == before
+
+
+def test_safetensors_tensor_sizes_are_read_from_whole_files_only(tmp_path):
+    """The tensors' sizes from the headers; a file cut off is refused in one line naming it, as a checkpoint's is
+    (they were read from its header as if it were whole)."""
+    save_file({"a": torch.zeros(3), "b": torch.zeros(2, 4, dtype=torch.bfloat16)}, tmp_path / "model.safetensors")
+    assert safetensors_tensor_bytes(tmp_path) == {"a": 12, "b": 16}
+    size = (tmp_path / "model.safetensors").stat().st_size
+    os.truncate(tmp_path / "model.safetensors", size - 1)
+    with pytest.raises(DistilyConfigError, match=f"^model.safetensors has {size - 1} bytes, its header says {size}$"):
+        safetensors_tensor_bytes(tmp_path)

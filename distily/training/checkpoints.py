@@ -10,7 +10,6 @@ header says, each torch file's zip directory (at the end of the file) reads.
 
 import json
 import os
-import struct
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -18,7 +17,8 @@ from typing import Optional
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from distily.outputs import file_sha256, write_json_atomic
+from distily.errors import DistilyConfigError
+from distily.outputs import file_sha256, safetensors_offsets, write_json_atomic
 
 CHECKSUMS_FILE = "distily_checksums.json"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -52,18 +52,11 @@ def _checksum_problem(checkpoint: Path, listed: dict) -> Optional[str]:
 
 
 def _safetensors_problem(path: Path) -> Optional[str]:
-    """A safetensors file is 8 bytes of header length, the JSON header, then the tensors' bytes."""
-    size = path.stat().st_size
+    """Why a safetensors file is not as long as its header says (``safetensors_offsets``), or None."""
     try:
-        with open(path, "rb") as handle:
-            (header_bytes,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(header_bytes)) if 8 + header_bytes <= size else {}
-        tensors = [entry for key, entry in header.items() if key != "__metadata__"]
-        end = max((entry["data_offsets"][1] for entry in tensors), default=0)
-    except (struct.error, ValueError, AttributeError, KeyError, TypeError, IndexError):
-        return f"{path.name}'s header is cut off or unreadable"
-    if size != 8 + header_bytes + end:
-        return f"{path.name} has {size} bytes, its header says {8 + header_bytes + end}"
+        safetensors_offsets(path)
+    except DistilyConfigError as problem:
+        return str(problem)
     return None
 
 
