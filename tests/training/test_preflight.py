@@ -108,6 +108,17 @@ def measured_peak(teacher, student, objective, batch, dtype) -> int:
     return alive + _allocated_peak(steps)
 
 
+def estimate_over_measured_peak(teacher, student, objective, vocab, batch_size, seq_length, dtype) -> float:
+    """The estimate over the measured peak of a live teacher's run, the estimate taken as distill takes it: before the
+    trainer switches the models to eager attention for an attention loss."""
+    estimate = preflight.estimate_memory(teacher, student, objective, batch_size, seq_length, dtype != torch.float32)
+    if objective.needs("needs_attentions"):
+        for model in (student, teacher):
+            model.set_attn_implementation("eager")
+    return estimate.total / measured_peak(teacher, student, objective, _batch(vocab, batch_size, seq_length, False),
+                                          dtype)
+
+
 GRID = [  # (vocab, batch, seq length, recorded, dtype)
     (512, 4, 64, False, torch.float32),
     (512, 8, 256, False, torch.float32),
@@ -153,18 +164,12 @@ def test_activation_checkpointing_is_within_30_percent_of_the_measured_peak(ever
     ({"attention_relations_weight": 1.0}, torch.float32),
 ])
 def test_attention_losses_are_estimated_within_0_95_to_1_2_times_the_measured_peak(objective_args, dtype):
-    """At 256 tokens a row, where the [batch, heads, seq, seq] maps are most of the step. The estimate is taken as
-    distill takes it, before the trainer switches the models to eager attention. It was 0.83 to 2.2 times these
-    peaks: the objective counted 8 maps per layer pair (and relation kind), all held at once, while the student's
-    eager attention was left out and a teacher's fp32 probabilities were counted in bf16."""
+    """At 256 tokens a row, where the [batch, heads, seq, seq] maps are most of the step. It was 0.83 to 2.2 times
+    these peaks: the objective counted 8 maps per layer pair (and relation kind), all held at once, while the
+    student's eager attention was left out and a teacher's fp32 probabilities were counted in bf16."""
     vocab, batch_size, seq_length = 512, 4, 256
     teacher, student, objective = _models(vocab, recorded=False, **objective_args)
-    estimate = preflight.estimate_memory(teacher, student, objective, batch_size, seq_length, dtype != torch.float32)
-    if objective.needs("needs_attentions"):
-        for model in (student, teacher):
-            model.set_attn_implementation("eager")
-    measured = measured_peak(teacher, student, objective, _batch(vocab, batch_size, seq_length, False), dtype)
-    assert 0.95 <= estimate.total / measured <= 1.2
+    assert 0.95 <= estimate_over_measured_peak(teacher, student, objective, vocab, batch_size, seq_length, dtype) <= 1.2
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -347,12 +352,8 @@ def test_a_feature_loss_alone_is_estimated_within_0_95_to_1_15_times_the_measure
     these peaks), but under autocast the student's forward still casts it, for its last token's logits (0.93 times
     the peak without that copy)."""
     teacher, student, objective = _models(vocab, recorded=False, logits_weight=0, **objective_args)
-    estimate = preflight.estimate_memory(teacher, student, objective, batch_size, seq_length, dtype != torch.float32)
-    if objective.needs("needs_attentions"):
-        for model in (student, teacher):
-            model.set_attn_implementation("eager")
-    measured = measured_peak(teacher, student, objective, _batch(vocab, batch_size, seq_length, False), dtype)
-    assert 0.95 <= estimate.total / measured <= 1.15
+    ratio = estimate_over_measured_peak(teacher, student, objective, vocab, batch_size, seq_length, dtype)
+    assert 0.95 <= ratio <= 1.15
 
 
 def test_a_teacher_s_hidden_states_are_counted_in_its_weights_dtype_under_autocast():
