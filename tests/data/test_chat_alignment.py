@@ -26,16 +26,36 @@ def side(tokenizer, style: str, max_length: int = 512) -> ChatSide:
     return ChatSide(tokenizer, ChatTokenization(ChatTemplate(CHAT_STYLES[style][0]), "assistant", max_length))
 
 
-def content_read(rendered, position: int, message: int):
-    """The characters of assistant ``message``'s content a model has read once it read the token at ``position``
-    (None before the content starts), from the tokenizer's offsets and the turn's place in the rendering."""
-    turn = next(turn for turn in rendered.turns if turn.message == message)
-    end = rendered.offsets[position][1]
-    return rendered.text[turn.content_start:end] if end > turn.content_start else None
+def what_is_read(rendered, position: int) -> tuple:
+    """(assistant message, whether its whole generation prompt was read, the characters of its content read) once
+    the token at ``position`` was read, from the tokenizer's offsets and the turns' places in the rendering; the
+    turn is the first whose end-of-turn token (or content's end) is not before the token."""
+    start, end = rendered.offsets[position]
+    turn = next(turn for turn in rendered.turns
+                if start <= (turn.content_end if turn.closing is None else turn.closing))
+    read = rendered.text[turn.content_start:min(max(end, turn.content_start), turn.content_end)]
+    return turn.message, end >= turn.start, read
+
+
+def is_end_of_turn(rendered, position: int) -> bool:
+    return rendered.offsets[position][0] in {turn.closing for turn in rendered.turns}
+
+
+def read_alike(renderings, aligned: list[int]) -> list[tuple[int, int]]:
+    """The (student, teacher) positions ``aligned`` pairs, each checked: both have read their whole generation prompt
+    and the same characters of the same answer, or both are end-of-turn tokens."""
+    pairs = [(i, j) for i, j in enumerate(aligned) if j >= 0]
+    for i, j in pairs:
+        reads = what_is_read(renderings[0], i), what_is_read(renderings[1], j)
+        endings = is_end_of_turn(renderings[0], i), is_end_of_turn(renderings[1], j)
+        assert endings == (True, True) or (reads[0] == reads[1] and reads[0][1]), (i, j, reads)
+    return pairs
 
 
 @pytest.mark.parametrize("teacher_style, student_style", PAIRS)
 def test_positions_align_on_the_same_characters_of_each_answer(teacher_style, student_style):
+    """Every pair has read its whole generation prompt and the same characters of an answer, or is the two end-of-turn
+    tokens (``read_alike``); each answer pairs from the position before it to its end, every one a loss position."""
     teacher = side(make_chat_tokenizer(teacher_style), teacher_style)
     student = side(make_sentencepiece_chat_tokenizer(student_style), student_style)
     for row, messages in enumerate(make_conversations(12, seed=2)):
@@ -45,23 +65,18 @@ def test_positions_align_on_the_same_characters_of_each_answer(teacher_style, st
         renderings = [assistant_turns(messages, s.tokenizer, s.chat.template, row) for s in (student, teacher)]
         student_rendered, teacher_rendered = renderings
         assert (aligned_row[INPUT_IDS], aligned_row[TEACHER_INPUT_IDS]) == (student_rendered.ids, teacher_rendered.ids)
-        student_end, teacher_end = (s.tokenizer.convert_tokens_to_ids(CHAT_STYLES[style][2])
-                                    for s, style in ((student, student_style), (teacher, teacher_style)))
-        pairs = [(i, j) for i, j in enumerate(aligned_row[ALIGNED]) if j >= 0]
-        closing = [(i, j) for i, j in pairs if student_rendered.ids[i] == student_end]
+        pairs = read_alike(renderings, aligned_row[ALIGNED])
+        closing = [(i, j) for i, j in pairs if is_end_of_turn(student_rendered, i)]
         assert len(closing) == len(student_rendered.turns)  # each answer's end-of-turn tokens are paired
-        assert all(teacher_rendered.ids[j] == teacher_end for _, j in closing)
+        assert all(is_end_of_turn(teacher_rendered, j) for _, j in closing)
         assert all(aligned_row[LOSS_MASK][i] == 0 for i, _ in closing)  # their next tokens are the templates'
+        within = [i for i, j in pairs if (i, j) not in closing]
+        assert all(aligned_row[LOSS_MASK][i] == 1 for i in within)  # every aligned position a loss position
+        reads = [what_is_read(student_rendered, i) for i in within]
         for turn in student_rendered.turns:
-            within = [(i, j) for i, j in pairs if (i, j) not in closing
-                      and student_rendered.offsets[i][1] <= turn.content_end
-                      and (i + 1 >= len(student_rendered.offsets) or student_rendered.offsets[i + 1][1] > turn.start)]
-            reads = [(content_read(student_rendered, i, turn.message), content_read(teacher_rendered, j, turn.message))
-                     for i, j in within]
-            assert reads[0] == (None, None)  # the last position before the answer: both predict its first token
-            assert all(s == t and s for s, t in reads[1:])  # then the same characters of the answer read by both
-            assert reads[-1][0] == student_rendered.text[turn.content_start:turn.content_end]  # up to its end
-            assert all(aligned_row[LOSS_MASK][i] == 1 for i, _ in within)  # every aligned position a loss position
+            read = [characters for message, _, characters in reads if message == turn.message]
+            assert read[0] == "" and all(read[1:])  # the last position before the answer: both predict its first token
+            assert read[-1] == student_rendered.text[turn.content_start:turn.content_end]  # up to its end
         assert len(pairs) > len(closing) + 2 * len(student_rendered.turns)  # most of each answer aligns
 
 
@@ -104,21 +119,6 @@ PLAIN_TEMPLATE = (  # role names, no role tokens: a generation prompt ending in 
 )
 
 
-def what_is_read(rendered, position: int) -> tuple:
-    """(assistant message, whether its whole generation prompt was read, the characters of its content read) once
-    the token at ``position`` was read, from the tokenizer's offsets and the turns' places in the rendering; the
-    turn is the first whose end-of-turn token (or content's end) is not before the token."""
-    start, end = rendered.offsets[position]
-    turn = next(turn for turn in rendered.turns
-                if start <= (turn.content_end if turn.closing is None else turn.closing))
-    read = rendered.text[turn.content_start:min(max(end, turn.content_start), turn.content_end)]
-    return turn.message, end >= turn.start, read
-
-
-def is_end_of_turn(rendered, position: int) -> bool:
-    return rendered.offsets[position][0] in {turn.closing for turn in rendered.turns}
-
-
 @pytest.mark.parametrize("plain_role", ["teacher", "student"])
 def test_the_position_before_an_answer_pairs_only_where_both_have_read_their_whole_generation_prompt(plain_role):
     """In a template whose generation prompt ends ``Assistant: ``, a byte-level BPE reads the answer's first word
@@ -137,11 +137,7 @@ def test_the_position_before_an_answer_pairs_only_where_both_have_read_their_who
         spanned = [any(start < turn.start < end for start, end in plain_rendered.offsets)
                    for turn in plain_rendered.turns]
         assert all(spanned)  # each answer's first token (' the', ' a', ...) starts in its prompt
-        pairs = [(i, j) for i, j in enumerate(aligned) if j >= 0]
-        for i, j in pairs:
-            reads = what_is_read(renderings[0], i), what_is_read(renderings[1], j)
-            endings = is_end_of_turn(renderings[0], i), is_end_of_turn(renderings[1], j)
-            assert endings == (True, True) or (reads[0] == reads[1] and reads[0][1]), (row, i, j, reads)
+        pairs = read_alike(renderings, aligned)
         assert all(what_is_read(renderings[0], i)[2] for i, _ in pairs)  # none before an answer
         assert len(pairs) > 4 * len(spanned)  # the answers' characters and end-of-turn tokens still pair
 
