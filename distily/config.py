@@ -267,13 +267,14 @@ def read_config_file(path: str) -> dict:
     return data
 
 
-def check_keys(keys) -> None:
+def check_keys(keys, prog: str = DistillConfig.prog) -> None:
+    """Every key is one of some command's; the error points to ``prog``'s help, the command the keys were given to."""
     known = _known_keys()
     for key in keys:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise DistilyConfigError(f"unknown config key {key!r}{hint}; see `distily distill --help` for the keys")
+            raise DistilyConfigError(f"unknown config key {key!r}{hint}; see `{prog} --help` for the keys")
 
 
 def _key_types(command: type) -> dict[str, object]:
@@ -350,8 +351,8 @@ def _check_finite(settings: dict) -> None:
 
 def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]], values: dict):
     file_values = read_config_file(config_path) if config_path else {}
-    check_keys(file_values)
-    check_keys(values)
+    check_keys(file_values, command.prog)
+    check_keys(values, command.prog)
     used, types = command_keys(command), _key_types(command)
     file_values = {key: value for key, value in file_values.items() if key in used}
     values = {key: value for key, value in values.items() if key in used}
@@ -367,7 +368,7 @@ def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]],
                 f"unexpected argument {unknown!r}; expected one config file first, then --key value pairs"
             )
         key = unknown.lstrip("-").split("=")[0]
-        check_keys([key])
+        check_keys([key], command.prog)
         if key in _known_keys():
             raise DistilyConfigError(
                 f"{key} is not used by `{command.prog}`; expected a key of `{command.prog} --help`"

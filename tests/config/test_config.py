@@ -3,7 +3,9 @@ import re
 import pytest
 import yaml
 
-from distily.config import FILE_COMMANDS, DistillConfig, command_keys, make_parser, parse_config, parse_record_config
+from distily.config import (
+    FILE_COMMANDS, DistillConfig, command_keys, config_from_command_line, make_parser, parse_config, parse_record_config,
+)
 from distily.errors import DistilyConfigError
 
 
@@ -136,6 +138,15 @@ def test_unknown_key_in_file_is_named(tmp_path):
     config_file = write_yaml(tmp_path / "c.yaml", {"output_dir": "o", "teacher_modle": "gpt2"})
     with pytest.raises(DistilyConfigError, match="unknown config key 'teacher_modle'"):
         parse_config(config_file)
+
+
+@pytest.mark.parametrize("command", FILE_COMMANDS)
+def test_unknown_key_points_to_the_commands_own_help(tmp_path, command):
+    """`distily record --record_topk 8` once said to see `distily distill --help`, which lists no record key."""
+    config_file = write_yaml(tmp_path / "c.yaml", {"teacher_modle": "gpt2"})
+    for argv in ([str(config_file)], ["--record_topk", "8"]):
+        with pytest.raises(DistilyConfigError, match=f"unknown config key .*; see `{command.prog} --help` for the keys"):
+            config_from_command_line(command, argv)
 
 
 def test_configuration_reference_is_up_to_date():
