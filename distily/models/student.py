@@ -191,8 +191,12 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
                 copied.add(param.data_ptr())
 
 
+# what to do when a part copied from the teacher does not fit the student
+LAYERS_REMEDY = "use student_init=random for a reshaped student"
+
+
 def check_same_heads(teacher_config: PretrainedConfig, student_config: PretrainedConfig,
-                     layers: list[tuple[int, int]], what: str = "teacher layers") -> None:
+                     layers: list[tuple[int, int]], what: str = "teacher layers", remedy: str = LAYERS_REMEDY) -> None:
     """A copied layer needs the teacher's heads: with fewer, wider ones of the same total width its projections load
     (their shapes match) but split into other heads than they learned. ``layers`` pairs each student layer with the
     teacher layer copied into it (a heterogeneous config's layers differ: Gemma 4's full-attention head_dim)."""
@@ -205,11 +209,11 @@ def check_same_heads(teacher_config: PretrainedConfig, student_config: Pretraine
                 raise DistilyConfigError(
                     f"cannot copy {what} into a student of {key}={student_value} (the teacher's is "
                     f"{teacher_value}): its heads would split the teacher's projections otherwise; expected the "
-                    f"teacher's {key} (use student_init=random for a reshaped student)"
+                    f"teacher's {key} ({remedy})"
                 )
 
 
-def _copy_module(source: torch.nn.Module, target: torch.nn.Module, what: str) -> None:
+def _copy_module(source: torch.nn.Module, target: torch.nn.Module, what: str, remedy: str = LAYERS_REMEDY) -> None:
     """Copy every tensor of ``source`` into ``target``: both must hold the same names with the same shapes."""
     source_state, target_state = source.state_dict(), target.state_dict()
     for name in [*target_state, *(name for name in source_state if name not in target_state)]:
@@ -218,7 +222,7 @@ def _copy_module(source: torch.nn.Module, target: torch.nn.Module, what: str) ->
         if in_student != in_teacher:
             raise DistilyConfigError(
                 f"cannot copy {what} into the student: {name} is {in_student} in the student and {in_teacher} in the "
-                "teacher; expected matching shapes (use student_init=random for a reshaped student)"
+                f"teacher; expected matching shapes ({remedy})"
             )
     with torch.no_grad():
         for name, param in target_state.items():
@@ -247,13 +251,15 @@ def _layers_holding(model: PreTrainedModel, name: str, other_depth: int) -> list
 
 def copy_named_modules(teacher: PreTrainedModel, student: PreTrainedModel, names: list[str]) -> None:
     for name in names:
+        remedy = f"or leave {name} out of copy_teacher_modules: it is copied whatever student_init says"
         source = _submodule(teacher, name, "teacher", "copy_teacher_modules")
         target = _submodule(student, name, "student", "copy_teacher_modules")
         if any(part in ATTENTION_NAMES
                for module, _ in source.named_modules(prefix=name) for part in module.split(".")):
             check_same_heads(teacher.config.get_text_config(), student.config.get_text_config(),
-                             _layers_holding(student, name, text_depth(teacher.config)), f"teacher module {name}")
-        _copy_module(source, target, f"teacher module {name}")
+                             _layers_holding(student, name, text_depth(teacher.config)), f"teacher module {name}",
+                             remedy)
+        _copy_module(source, target, f"teacher module {name}", remedy)
 
 
 # names that mean the same module in every architecture (an LM head tied to the embeddings is one parameter)

@@ -399,6 +399,20 @@ def test_copy_teacher_modules_refuses_attention_into_other_heads(module, refused
         build_student(args, teacher_model("llama"))
 
 
+@pytest.mark.parametrize("overrides, module, message", [
+    ({"hidden_size": 32}, "model.norm", r"weight is of shape \(32,\) in the student and of shape \(64,\)"),
+    ({"num_attention_heads": 2, "num_key_value_heads": 1}, "model.layers.0.self_attn", "num_attention_heads=2"),
+])  # fmt: skip
+def test_a_module_that_does_not_fit_says_to_leave_it_out_of_copy_teacher_modules(overrides, module, message):
+    """The refusal said 'use student_init=random for a reshaped student' of a random student: copy_teacher_modules
+    copies whatever the init, so only leaving the module out builds it."""
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2, **overrides}, student_init="random",
+                          copy_teacher_modules=[module])
+    with pytest.raises(DistilyConfigError, match=f"{message}.*leave {module} out of copy_teacher_modules") as err:
+        build_student(args, teacher_model("llama"))
+    assert "student_init=random for" not in str(err.value)
+
+
 def test_teacher_layers_copied_in_another_order_keep_their_kinds_at_the_teachers_depth():
     """At the teacher's depth the per-layer settings were kept as the teacher's: Gemma 3's layers copied in reverse
     order put its global-attention layer (the last) first but left layer_types saying the last one attends globally."""
