@@ -193,15 +193,10 @@ def load_documents(args: DataArguments) -> datasets.Dataset:
     if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
-            loaded = _split(loaded, args)
-        return loaded
+            return _read_split(lambda name: _split(loaded, name, args), args)
+        return _read_split(lambda name: loaded, args)
     if path.exists():
-        builder, files = _local_files(path, args.dataset_split)
-        if builder == "text":
-            return load_text_files(files, args.text_document_delimiter)
-        if builder == "json":
-            return _load_json_files(files)
-        return datasets.load_dataset(builder, data_files=files, split="train")
+        return _read_split(lambda name: _load_local(path, name, args), args)
     if looks_like_local_path(args.dataset_name):
         raise DistilyConfigError(
             f"dataset_name={args.dataset_name!r} does not exist; expected an existing local path or a Hub id"
@@ -216,13 +211,40 @@ def load_documents(args: DataArguments) -> datasets.Dataset:
     return loaded
 
 
-def _split(dataset_dict: datasets.DatasetDict, args: DataArguments) -> datasets.Dataset:
-    if args.dataset_split not in dataset_dict:
+def _load_local(path: Path, split: str, args: DataArguments) -> datasets.Dataset:
+    """The split ``split`` (a name, no slice) of a local file or data directory (``_local_files``)."""
+    builder, files = _local_files(path, split)
+    if builder == "text":
+        return load_text_files(files, args.text_document_delimiter)
+    if builder == "json":
+        return _load_json_files(files)
+    return datasets.load_dataset(builder, data_files=files, split="train")
+
+
+def _read_split(load_split: Callable[[str], datasets.Dataset], args: DataArguments) -> datasets.Dataset:
+    """``dataset_split`` of local data whose split ``name`` is ``load_split(name)``, read as ``datasets`` reads a Hub
+    dataset's: ``train``, a slice (``train[:10%]``, ``train[-500:]``) or a sum of them (``train[:100]+test``)."""
+    try:
+        instruction = datasets.ReadInstruction.from_spec(args.dataset_split)
+    except ValueError as err:
+        raise DistilyConfigError(f"dataset_split={args.dataset_split!r} of {args.dataset_name!r}: {err}; expected a "
+                                 "split such as train, train[:10%] or train[:1000]+test")
+    names = dict.fromkeys(part.split("[")[0].strip() for part in args.dataset_split.split("+"))
+    loaded = {name: load_split(name) for name in names}
+    parts = []
+    for part in instruction.to_absolute({name: len(dataset) for name, dataset in loaded.items()}):
+        dataset = loaded[part.splitname]
+        whole = (part.from_, part.to) == (0, len(dataset))
+        parts.append(dataset if whole else dataset.select(range(part.from_, part.to)))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _split(dataset_dict: datasets.DatasetDict, split: str, args: DataArguments) -> datasets.Dataset:
+    if split not in dataset_dict:
         raise DistilyConfigError(
-            f"dataset_split={args.dataset_split!r} is not in {args.dataset_name!r}; expected one of "
-            f"{', '.join(dataset_dict)}"
+            f"dataset_split={split!r} is not in {args.dataset_name!r}; expected one of {', '.join(dataset_dict)}"
         )
-    return dataset_dict[args.dataset_split]
+    return dataset_dict[split]
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -221,6 +221,29 @@ def test_a_directory_whose_file_names_give_no_split_is_all_train_whatever_the_sp
                                                                                           "second document"]
 
 
+def test_a_slice_of_a_split_reads_that_slice_of_local_data(tmp_path):
+    """A split such as the recipes' ``train[:10%]`` was read whole from a local file (and refused by a split-named
+    directory or a save_to_disk DatasetDict): local data is now sliced as datasets slices a Hub dataset's split."""
+    documents = [f"document {i}" for i in range(10)]
+    text_file = tmp_path / "docs.txt"
+    text_file.write_text("\n\n".join(documents))
+    by_split = tmp_path / "by_split"
+    by_split.mkdir()
+    write_jsonl(by_split / "train.jsonl", documents)
+    write_jsonl(by_split / "test.jsonl", ["test document"])
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": documents})}).save_to_disk(str(saved))
+    for path in (write_jsonl(tmp_path / "docs.jsonl", documents), text_file, by_split, saved):
+        for split, expected in (("train", documents), ("train[:30%]", documents[:3]), ("train[-2:]", documents[-2:]),
+                                ("train[2:4]+train[:1]", documents[2:4] + documents[:1])):
+            assert list(load_documents(args(path, tmp_path, dataset_split=split))["text"]) == expected, (path, split)
+    assert list(load_documents(args(by_split, tmp_path, dataset_split="train[:1]+test"))["text"]) == [
+        "document 0", "test document"]
+    with pytest.raises(DistilyConfigError, match=r"^dataset_split='train\[5:' of '.*docs.txt': Unrecognized "
+                                                 r"instruction format: train\[5:; expected a split such as train"):
+        load_documents(args(text_file, tmp_path, dataset_split="train[5:"))
+
+
 def test_an_eval_sets_kept_blocks_are_a_fixed_sample_of_every_document_length(tmp_path, tokenizer):
     """A named eval set packed by best fit, with fewer blocks kept than it has: a sample (the same for every run),
     not the first blocks, which hold the longest documents."""
