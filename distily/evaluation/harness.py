@@ -29,11 +29,7 @@ def task_manager(args: EvaluationArguments):
     harness, an unknown task, a task whose data cannot be loaded (offline and not cached, a dataset that is
     not there) or one that two of the tasks run (a task and a group holding it) fails now, in one line, not after
     training."""
-    if importlib.util.find_spec("lm_eval") is None:
-        raise DistilyConfigError(
-            f"lm_eval_tasks={args.lm_eval_tasks} needs lm-evaluation-harness, which is not installed; expected "
-            "`pip install distily[eval]`"
-        )
+    _require_harness(args)
     _check_model_args(args.lm_eval_model_args)
     manager = _manager_for(args)
     run_by: dict[str, str] = {}  # each task that runs -> the first of lm_eval_tasks that runs it
@@ -45,6 +41,50 @@ def task_manager(args: EvaluationArguments):
                     "once (a group runs its members)"
                 )
     return manager
+
+
+def _require_harness(args: EvaluationArguments) -> None:
+    if importlib.util.find_spec("lm_eval") is None:
+        raise DistilyConfigError(
+            f"lm_eval_tasks={args.lm_eval_tasks} needs lm-evaluation-harness, which is not installed; expected "
+            "`pip install distily[eval]`"
+        )
+
+
+def reported_tasks(args: EvaluationArguments) -> set[str]:
+    """The names ``task_results`` can report results under for ``args.lm_eval_tasks``, from the harness's task
+    registry alone (no data loaded, so offline): each task, group and tag asked for, and what each runs."""
+    _require_harness(args)
+    manager = _manager_for(args)
+    return {name for task in args.lm_eval_tasks for name in _names_run_by(task, manager)}
+
+
+def _names_run_by(member, manager, group: Optional[str] = None) -> set[str]:
+    """``member`` of ``group`` (a name, or a group's entry: a mapping naming a task or group) and what it runs,
+    named as the harness's task factory names them: a tag's tasks (and the tag: a group's entry that names a tag and
+    settings gives its tasks the tag's name), a group's members and theirs, and a task or group defined inside
+    ``group`` alone (not in the registry) as ``GROUP::NAME``."""
+    if isinstance(member, dict):
+        inline = "group" in member and member["group"] not in manager.task_index
+        if not inline:
+            return _names_run_by(member.get("group", member.get("task")), manager, group)
+        name = f"{group}::{member['group']}"
+        return {name, *_members_names(member, manager, name)}
+    entry = manager.task_index.get(member)
+    if entry is None:
+        return {f"{group}::{member}"}
+    if member in manager.all_tags:
+        return {member, *entry.tags}
+    if member in manager.all_groups:
+        return {member, *_members_names(entry.cfg, manager, member)}
+    return {member}
+
+
+def _members_names(group_config: dict, manager, group: str) -> set[str]:
+    """The names of what the members of a group (its config's ``task``: a name or a list) run."""
+    members = group_config.get("task") or []
+    return {name for member in (members if isinstance(members, list) else [members])
+            for name in _names_run_by(member, manager, group)}
 
 
 SET_BY_DISTILY = {"pretrained": "the model", "tokenizer": "the model's tokenizer",

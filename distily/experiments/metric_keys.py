@@ -1,8 +1,9 @@
 """The keys of a finished run's flattened metrics.json (``student.after_perplexity``) that can hold a number, worked
 out from the run's config before it runs: metrics.json's numeric fields (distily.metrics), the Trainer's figures,
-and the names the config gives (eval sets, objective components, the generation metric, lm-eval tasks, whose
-members and metrics only the harness knows: ``student.lm_eval.*``). A sweep refuses a ranking metric that none of
-its runs can measure before the first run starts (``check_metric``)."""
+and the names the config gives (eval sets, objective components, the generation metric; lm-eval results under the
+tasks the config asks for and what they run, as the harness's registry names them: ``student.lm_eval.TASK.*``, whose
+metrics only the harness knows). A sweep refuses a ranking metric that none of its runs can measure before the first
+run starts (``check_metric``)."""
 
 import dataclasses
 import time
@@ -16,19 +17,36 @@ from transformers.trainer_utils import speed_metrics
 from distily.config import DistillConfig
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import BUILT_IN, HELDOUT_SET, metric_name
+from distily.evaluation.harness import reported_tasks
 from distily.metrics import (
-    AFTER, BEFORE, LOSS_METRICS, PER_SET_METRICS, EvalSetSource, FramingMetrics, OverlapCheck, RecordingSource,
-    RunMetrics, StudentMetrics, TeacherMetrics, TrainMetrics, generation_key, metric_key,
+    AFTER, BEFORE, LOSS_METRICS, PER_SET_METRICS, EvalSetSource, FramingMetrics, MultimodalCheckpoint, OverlapCheck,
+    RecordingSource, RunMetrics, StudentMetrics, TeacherMetrics, TrainMetrics, generation_key, metric_key,
 )
+from distily.models.bitnet import BitNetOptions
+from distily.models.summary import SHAPE_KEYS
 
 NUMBERS = (int, float, Optional[int], Optional[float])
 TRAINER_FIGURES = ("epoch", "num_input_tokens_seen")  # the Trainer's log adds them to its metrics
-ANY = "*"  # a part of a key that the Trainer, the harness or the architecture summary names
+TOKEN_COUNTS = ("num_input_tokens_seen", "tokens_seen")  # absent when include_num_input_tokens_seen is "no"
+ANY = "*"  # a part of a key that the Trainer or the harness names
+LM_EVAL = "lm_eval"
 
 
 def _numeric_fields(cls) -> list[str]:
     """``cls``'s fields that hold a number."""
     return [name for name, hint in typing.get_type_hints(cls).items() if hint in NUMBERS]
+
+
+def _counted(config: DistillConfig, keys) -> list[str]:
+    """``keys`` without the tokens read in training (``TOKEN_COUNTS``) where the run does not count them."""
+    counts = config.training.include_num_input_tokens_seen != "no"
+    return [key for key in keys if counts or key not in TOKEN_COUNTS]
+
+
+def _architecture_keys() -> list[str]:
+    """The numbers of a model's ``architecture_summary``: its shape, and a BitNet model's options."""
+    return [*(f"architecture.{name}" for name in SHAPE_KEYS),
+            *(f"architecture.bitnet.{name}" for name in _numeric_fields(BitNetOptions))]
 
 
 def _speed_figures(stage: str) -> list[str]:
@@ -61,19 +79,22 @@ def _student_keys(config: DistillConfig) -> list[str]:
                 "model_preparation_time"]
     stages = [key for stage in (BEFORE, AFTER) for key in (*(f"{stage}_{name}" for name in measured),
                                                            *_speed_figures(stage))]
-    return [*stages, *TRAINER_FIGURES, *_numeric_fields(StudentMetrics), f"architecture.{ANY}"]
+    return [*stages, *_counted(config, TRAINER_FIGURES), *_numeric_fields(StudentMetrics), *_architecture_keys()]
 
 
 def _teacher_keys(config: DistillConfig) -> list[str]:
-    """The teacher's own metrics on each eval set, its size, memory and architecture, and its recording's settings."""
+    """The teacher's own metrics on each eval set, its size, memory and architecture, the multimodal checkpoint it may
+    be the language model of, and its recording's settings."""
     recorded = config.record.teacher_source == RecordingSource.SOURCE
-    return [*_evaluated(config, LOSS_METRICS), *_numeric_fields(TeacherMetrics), f"architecture.{ANY}",
+    return [*_evaluated(config, LOSS_METRICS), *_numeric_fields(TeacherMetrics), *_architecture_keys(),
+            *(f"multimodal_checkpoint.{name}" for name in _numeric_fields(MultimodalCheckpoint)),
             *(_numeric_fields(RecordingSource) if recorded else [])]
 
 
 def _train_keys(config: DistillConfig) -> list[str]:
     """The Trainer's training figures and Distily's own (``TrainMetrics``)."""
-    return [*_speed_figures("train"), "train_loss", *TRAINER_FIGURES, *_numeric_fields(TrainMetrics)]
+    counted = _counted(config, [*TRAINER_FIGURES, *_numeric_fields(TrainMetrics)])
+    return [*_speed_figures("train"), "train_loss", *counted]
 
 
 def metric_keys(config: DistillConfig) -> list[str]:
@@ -89,8 +110,8 @@ def metric_keys(config: DistillConfig) -> list[str]:
                          for key in _numeric_fields(OverlapCheck)],
     }
     if config.evaluation.lm_eval_tasks:
-        keys["teacher"].append(f"lm_eval.{ANY}")
-        keys["student"].append(f"lm_eval.{ANY}")
+        keys["teacher"].append(f"{LM_EVAL}.{ANY}")  # its tasks: _check_lm_eval_task
+        keys["student"].append(f"{LM_EVAL}.{ANY}")
     if not config.training.skip_memory_metrics:  # the Trainer's memory tracker, named by its own stages
         keys["student"].append(f"{ANY}_mem_{ANY}")
         keys["train"].append(f"{ANY}_mem_{ANY}")
@@ -99,10 +120,27 @@ def metric_keys(config: DistillConfig) -> list[str]:
 
 def check_metric(metric: str, configs: list[DistillConfig], where: str) -> None:
     """Refuse a ranking ``metric`` that no run of ``configs`` can measure (a typo, a set no run evaluates, lm-eval
-    results where no run runs lm-eval, a field that holds no number), naming the closest key and those they can."""
+    results where no run runs lm-eval or of a task none runs, a field that holds no number), naming the closest key
+    and those they can."""
     possible = list(dict.fromkeys(key for config in configs for key in metric_keys(config)))
-    if not configs or any(fnmatchcase(metric, key) for key in possible):
+    if not any(fnmatchcase(metric, key) for key in possible):
+        closest = "".join(f" (closest: {key})" for key in get_close_matches(metric, possible, n=1))
+        raise DistilyConfigError(f"{where}: metric={metric!r} is not a number any run of the sweep can measure"
+                                 f"{closest}; expected a key of the flattened metrics.json among {', '.join(possible)}")
+    _check_lm_eval_task(metric, configs, where)
+
+
+def _check_lm_eval_task(metric: str, configs: list[DistillConfig], where: str) -> None:
+    """Refuse lm-eval results (``student.lm_eval.TASK.METRIC``) of a TASK under which no run's results can be: the
+    tasks, groups and tags the runs ask for and what those run, as the harness's task registry names them."""
+    part, lm_eval, task_metric = metric.partition(f".{LM_EVAL}.")
+    if not lm_eval:
         return
-    closest = "".join(f" (closest: {key})" for key in get_close_matches(metric, possible, n=1))
-    raise DistilyConfigError(f"{where}: metric={metric!r} is not a number any run of the sweep can measure"
-                             f"{closest}; expected a key of the flattened metrics.json among {', '.join(possible)}")
+    settings = {(tuple(config.evaluation.lm_eval_tasks), config.evaluation.lm_eval_include_path): config.evaluation
+                for config in configs if config.evaluation.lm_eval_tasks}  # each registry read once
+    tasks = sorted({task for evaluation in settings.values() for task in reported_tasks(evaluation)})
+    if any(task_metric.startswith(f"{task}.") for task in tasks):
+        return
+    closest = "".join(f" (closest: {task})" for task in get_close_matches(task_metric.rsplit(".", 1)[0], tasks, n=1))
+    raise DistilyConfigError(f"{where}: metric={metric!r} names no lm-eval task the runs evaluate{closest}; expected "
+                             f"{part}.{LM_EVAL}.TASK.METRIC with TASK among {', '.join(tasks)}")

@@ -11,11 +11,12 @@
     layer_search: {component: hidden_states}   # instead of grid and runs (layer_search.py)
     metric: student.after_bits_per_byte   # a key of the flattened metrics.json; ranks the runs, plotted; one
                                        # no run can measure is refused before any run starts
-    metric_goal: min                   # or max
+    metric_goal: min                   # or max; required with metric (min goes with the default metric)
 
 ``distily sweep SWEEP.yaml --key value ...`` applies the flags to every run, over ``base`` and ``set``
 (``--output_dir`` moves the whole sweep); a flag may not name a key the sweep varies. A value of
-``null`` in a run means the key's default.
+``null`` in a run means the key's default. A run whose config is refused (a value of the wrong type, ...) stops the
+sweep before any run starts.
 """
 
 from dataclasses import dataclass
@@ -116,8 +117,10 @@ def _base(spec: dict, path: Path, where: str) -> dict:
 def _grid(spec: dict, where: str) -> dict[str, list]:
     grid = _config_keys(_mapping(spec, "grid", where), f"{where}: grid")
     for key, values in grid.items():
-        if not isinstance(values, list) or not values:
+        if not isinstance(values, list):
             raise DistilyConfigError(f"{where}: grid.{key}={values!r} is not a list of values; expected e.g. [1, 2]")
+        if not values:
+            raise DistilyConfigError(f"{where}: grid.{key}=[] has no values; expected e.g. [1, 2]")
     return grid
 
 
@@ -133,6 +136,10 @@ def _explicit_runs(spec: dict, where: str) -> list[tuple[Optional[str], dict]]:
         label = overrides.pop(RUN_NAME_KEY, None)
         if label is not None and not isinstance(label, str):
             raise DistilyConfigError(f"{where}: runs[{index}].name={label!r} is not a string; expected a short label")
+        named = [given for given, _ in explicit]
+        if label is not None and label in named:
+            raise DistilyConfigError(f"{where}: runs[{index}].name={label!r} is also runs[{named.index(label)}]'s; "
+                                     "expected a name of its own for each run")
         explicit.append((label, _config_keys(overrides, f"{where}: runs[{index}]")))
     return explicit
 
@@ -168,6 +175,19 @@ def _check_runs(runs: list[Run], flags: list[str], where: str) -> None:
         )
 
 
+def _metric(spec: dict, where: str) -> tuple[str, str]:
+    """The metric that ranks the runs and its goal: given together, or neither (the default metric, lower better)."""
+    metric, goal = spec.get("metric", DEFAULT_METRIC), spec.get("metric_goal", "min")
+    if not isinstance(metric, str):
+        raise DistilyConfigError(f"{where}: metric={metric!r} is not a string; expected e.g. {DEFAULT_METRIC}")
+    if "metric" in spec and "metric_goal" not in spec:
+        raise DistilyConfigError(f"{where}: metric={metric!r} has no metric_goal; expected metric_goal: min (lower is "
+                                 "better) or max (higher is better)")
+    if goal not in METRIC_GOALS:
+        raise DistilyConfigError(f"{where}: metric_goal={goal!r} is not supported; expected one of min, max")
+    return metric, goal
+
+
 def load_sweep(path: str, argv: Optional[list[str]] = None) -> Sweep:
     """Read and check a sweep file; ``argv`` holds the flags given after it on the command line."""
     where = f"sweep file {path!r}"
@@ -180,11 +200,7 @@ def load_sweep(path: str, argv: Optional[list[str]] = None) -> Sweep:
     output_dir = output_dir or spec.get("output_dir")
     if not isinstance(output_dir, str) or not output_dir:
         raise DistilyConfigError(f"{where}: output_dir={output_dir!r} is not a directory; expected e.g. runs/my-sweep")
-    metric, goal = spec.get("metric", DEFAULT_METRIC), spec.get("metric_goal", "min")
-    if not isinstance(metric, str):
-        raise DistilyConfigError(f"{where}: metric={metric!r} is not a string; expected e.g. {DEFAULT_METRIC}")
-    if goal not in METRIC_GOALS:
-        raise DistilyConfigError(f"{where}: metric_goal={goal!r} is not supported; expected one of min, max")
+    metric, goal = _metric(spec, where)
     sweep = Sweep(path, _base(spec, Path(path), where), flags, [], Path(output_dir), [], metric, goal)
     if "layer_search" in spec:
         if "grid" in spec or "runs" in spec:
@@ -195,19 +211,17 @@ def load_sweep(path: str, argv: Optional[list[str]] = None) -> Sweep:
         sweep.runs, sweep.grid_keys = _grid_and_runs(spec, where)
     _check_runs(sweep.runs, flags, where)
     _fix_the_data_of_a_seed_sweep(sweep)
-    check_metric(sweep.metric, _run_configs(sweep), where)
+    check_metric(sweep.metric, [_run_config(sweep, run, where) for run in sweep.runs], where)
     return sweep
 
 
-def _run_configs(sweep: Sweep) -> list[DistillConfig]:
-    """The configs of the runs; a run whose config is refused is left out (its error is recorded when it runs)."""
-    configs = []
-    for run in sweep.runs:
-        try:
-            configs.append(sweep.config(run))
-        except DistilyConfigError:
-            continue
-    return configs
+def _run_config(sweep: Sweep, run: Run, where: str) -> DistillConfig:
+    """The config of ``run``; one the config refuses (a grid value of the wrong type, keys that do not go together)
+    stops the sweep before any run starts, naming the run."""
+    try:
+        return sweep.config(run)
+    except DistilyConfigError as err:
+        raise DistilyConfigError(f"{where}: run {run.name!r}: {err}") from err
 
 
 def _fix_the_data_of_a_seed_sweep(sweep: Sweep) -> None:

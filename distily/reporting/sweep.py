@@ -22,7 +22,8 @@ SHOWN = (
     "train.wall_seconds",
 )
 FIXED = ("rank", "name", "status")
-PLOT_BY_RUN = "plot_by_run.png"
+PLOT_PREFIX = "plot_"  # every PNG the sweep draws in its output_dir: plot_by_run.png, plot_KEY.png per grid key
+PLOT_BY_RUN = f"{PLOT_PREFIX}by_run.png"
 
 
 def _override_keys(sweep) -> list[str]:
@@ -31,7 +32,7 @@ def _override_keys(sweep) -> list[str]:
 
 def _plot_name(key: str) -> str:
     """The plot of the metric against the grid key ``key``."""
-    return f"plot_{key}.png"
+    return f"{PLOT_PREFIX}{key}.png"
 
 
 def _format(value) -> str:
@@ -65,7 +66,8 @@ def write_results(sweep, rows: list[dict]) -> list[Path]:
         writer = csv.DictWriter(handle, fieldnames=[*first, *rest, "error"], restval="")
         writer.writeheader()
         writer.writerows(rows)
-    remove_earlier_outputs(out, [PLOT_BY_RUN, *(_plot_name(key) for key in sweep.grid_keys)])  # not all redrawn
+    # not all are drawn again: a ranking may be gone, an earlier sweep file in output_dir may have had other grid keys
+    remove_earlier_outputs(out, [plot.name for plot in out.glob(f"{PLOT_PREFIX}*.png")])
     plots = [plot_by_run(rows, sweep.metric, out / PLOT_BY_RUN)]
     plots += [plot_against(rows, key, _override_keys(sweep), sweep.metric, out / _plot_name(key))
               for key in sweep.grid_keys]

@@ -19,6 +19,7 @@ def search_file(tmp_path, base, **layer_search) -> str:
         "set": {"hidden_states_weight": 1.0},
         "layer_search": layer_search,
         "metric": "student.after_lm_loss",
+        "metric_goal": "min",
     }
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(spec))

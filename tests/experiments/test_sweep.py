@@ -21,6 +21,7 @@ from distily.errors import DistilyConfigError, RunInterrupted
 from distily.experiments.results import check_ranked, rank
 from distily.experiments.runs import render_value, run_name
 from distily.experiments.sweep_file import load_sweep
+from distily.metrics import MultimodalCheckpoint
 from distily.reporting import plots
 from distily.reporting.sweep import write_results
 from distily.training.run_dir import interrupted
@@ -38,6 +39,18 @@ def write_sweep(tmp_path, name="sweep.yaml", **spec) -> str:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return str(path)
+
+
+def write_registry(directory) -> str:
+    """lm-eval task files, read by the harness's registry alone (no data): tasks tiny_a, tiny_b (tag tiny_tag) and
+    tiny_c, and the group tiny_suite of tiny_a, a task defined inside it and a subgroup running tiny_tag."""
+    directory.mkdir()
+    for name, tag in (("tiny_a", None), ("tiny_b", "tiny_tag"), ("tiny_c", None)):
+        task = {"task": name, "dataset_path": "json", "output_type": "multiple_choice", **({"tag": tag} if tag else {})}
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump(task))
+    members = ["tiny_a", {"task": "tiny_inline", "dataset_path": "json"}, {"group": "tiny_sub", "task": ["tiny_tag"]}]
+    (directory / "tiny_suite.yaml").write_text(yaml.safe_dump({"group": "tiny_suite", "task": members}))
+    return str(directory)
 
 
 def test_grid_expands_to_every_combination_with_stable_readable_names(base, tmp_path):
@@ -118,7 +131,7 @@ def test_only_the_runs_that_measured_the_metric_are_ranked(base, tmp_path):
 def test_a_metric_no_finished_run_measured_is_one_line_naming_those_they_did(base, tmp_path):
     """A metric a run can hold but none measured used to rank every run 1, 2, ... in file order."""
     sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]},
-                                   metric="train.tokens_seen"))
+                                   metric="train.tokens_seen", metric_goal="min"))
     rows = _finished_rows(sweep, "train.wall_seconds", [9.0, 8.0])
     with pytest.raises(DistilyConfigError, match=(
         r"metric='train.tokens_seen' is in no finished run's metrics; expected one of the metrics they have: "
@@ -131,16 +144,55 @@ def test_a_metric_no_finished_run_measured_is_one_line_naming_those_they_did(bas
 def test_a_metric_no_run_can_measure_is_refused_before_any_run_starts(base, tmp_path, capsys):
     """A typo in ``metric:`` used to be found after every run had finished, and no results were written."""
     path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"seed": [0, 1]},
-                       metric="student.after_perplexty")
+                       metric="student.after_perplexty", metric_goal="min")
     assert main(["sweep", path]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and not (tmp_path / "out").exists()
     assert ("metric='student.after_perplexty' is not a number any run of the sweep can measure (closest: "
             "student.after_perplexity); expected a key of the flattened metrics.json among ") in error
-    for metric in ("teacher.quantization", "student.after_other_perplexity", "student.after_loss_hidden_states",
-                   "student.lm_eval.hellaswag.acc", "student.after_generation/exact_match"):
+    uncounted = {**base, "include_num_input_tokens_seen": "no"}
+    for metric, values in [
+        *((metric, base) for metric in ("teacher.quantization", "student.after_other_perplexity",
+                                        "student.after_loss_hidden_states", "student.lm_eval.hellaswag.acc",
+                                        "student.after_generation/exact_match", "student.architecture.layer",
+                                        "teacher.architecture.model_type", "student.architecture.bitnet.subln")),
+        *((metric, uncounted) for metric in ("train.tokens_seen", "train.num_input_tokens_seen",
+                                             "student.num_input_tokens_seen")),
+    ]:  # an architecture field, or the tokens read where they are not counted, used to pass
         with pytest.raises(DistilyConfigError, match=f"metric='{metric}' is not a number any run"):
-            load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]}, metric=metric))
+            load_sweep(write_sweep(tmp_path, base=values, output_dir="out", grid={"seed": [0, 1]}, metric=metric,
+                                   metric_goal="min"))
+
+
+def test_lm_eval_results_of_a_task_no_run_evaluates_are_refused_before_any_run_starts(base, tmp_path):
+    """Any task name under student.lm_eval passed (a typo in a task was found after every run): the task is one the
+    runs ask for or one those run, as the harness's registry names them (a task defined in a group as GROUP::NAME)."""
+    tasks = write_registry(tmp_path / "tasks")
+    values = {**base, "lm_eval_tasks": ["tiny_suite", "tiny_c"], "lm_eval_include_path": tasks}
+    others = {**base, "lm_eval_tasks": ["tiny_a"], "lm_eval_include_path": tasks}
+    runs = [{"name": "suite"}, {"name": "tiny_a only", "lm_eval_tasks": ["tiny_a"]}]
+
+    def load(metric, base=values, runs=runs):
+        return load_sweep(write_sweep(tmp_path, base=base, output_dir="out", runs=runs, metric=metric,
+                                      metric_goal="max"))
+
+    for task in ("tiny_suite", "tiny_a", "tiny_suite::tiny_inline", "tiny_suite::tiny_sub", "tiny_tag", "tiny_b",
+                 "tiny_c"):
+        load(f"student.lm_eval.{task}.acc")
+        load(f"teacher.lm_eval.{task}.acc_stderr")
+    with pytest.raises(DistilyConfigError, match=re.escape(
+        "metric='student.lm_eval.tiny_cc.acc' names no lm-eval task the runs evaluate (closest: tiny_c); expected "
+        "student.lm_eval.TASK.METRIC with TASK among tiny_a, tiny_b, tiny_c, tiny_suite, tiny_suite::tiny_inline, "
+        "tiny_suite::tiny_sub, tiny_tag"
+    )):
+        load("student.lm_eval.tiny_cc.acc")
+    with pytest.raises(DistilyConfigError, match="metric='teacher.lm_eval.tiny_b.acc' names no lm-eval task"):
+        load("teacher.lm_eval.tiny_b.acc", others)
+    with pytest.raises(DistilyConfigError, match=re.escape(
+        "metric='student.lm_eval.hellaswg.acc' names no lm-eval task the runs evaluate (closest: hellaswag); expected "
+        "student.lm_eval.TASK.METRIC with TASK among hellaswag"
+    )):  # the harness's own tasks, read offline
+        load("student.lm_eval.hellaswg.acc", {**base, "lm_eval_tasks": ["hellaswag"]}, [{"name": "only"}])
 
 
 def test_every_number_a_run_measures_is_a_metric_its_sweep_accepts(base, tmp_path):
@@ -155,21 +207,26 @@ def test_every_number_a_run_measures_is_a_metric_its_sweep_accepts(base, tmp_pat
     measured = [key for key, value in row.items() if isinstance(value, (int, float)) and key not in ("rank",)]
     assert {"student.after_other_perplexity", "student.after_loss_hidden_states", "eval_overlap.other.sequences",
             "train.train_loss", "student.architecture.layers"} <= set(measured)
-    extra = {"lm_eval_tasks": ["hellaswag"], "generation_eval_dataset": other, "generation_eval_metric": "os.path:join",
-             "teacher_source": "recorded", "teacher_store": str(tmp_path / "store")}
-    for metric in [*measured, "student.lm_eval.hellaswag.acc_norm", "teacher.lm_eval.hellaswag.acc",
-                   "student.after_generation/join", "teacher.generation/exact_match", "teacher.record_top_k"]:
-        load_sweep(write_sweep(tmp_path, base={**base, **extra}, output_dir="out", runs=runs, metric=metric))
+    extra = {"lm_eval_tasks": ["tiny_c"], "lm_eval_include_path": write_registry(tmp_path / "tasks"),
+             "generation_eval_dataset": other, "generation_eval_metric": "os.path:join", "teacher_source": "recorded",
+             "teacher_store": str(tmp_path / "store"), "student_as_bitnet": True}
+    for metric in [*measured, "student.lm_eval.tiny_c.acc_norm", "teacher.lm_eval.tiny_c.acc",
+                   "student.after_generation/join", "teacher.generation/exact_match", "teacher.record_top_k",
+                   "student.architecture.bitnet.rms_norm_eps",
+                   "teacher.multimodal_checkpoint.checkpoint_size_on_disk_bytes"]:
+        load_sweep(write_sweep(tmp_path, base={**base, **extra}, output_dir="out", runs=runs, metric=metric,
+                               metric_goal="min"))
+    assert "checkpoint_size_on_disk_bytes" in MultimodalCheckpoint("gemma3", [], 1).to_dict()
 
 
 def test_the_results_are_written_when_no_finished_run_measured_the_metric(base, tmp_path, capsys):
     """The ranking's error used to leave the sweep without results.csv and results.md."""
-    path = write_sweep(tmp_path, base={**base, "include_num_input_tokens_seen": "no"},
-                       output_dir=str(tmp_path / "out"), runs=[{"name": "only"}], metric="train.tokens_seen")
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), runs=[{"name": "only"}],
+                       metric="train.resumed_from_step", metric_goal="min")  # a run of one session has none
     assert main(["sweep", path]) == 2
-    assert "metric='train.tokens_seen' is in no finished run's metrics" in capsys.readouterr().err
+    assert "metric='train.resumed_from_step' is in no finished run's metrics" in capsys.readouterr().err
     assert list(_statuses(tmp_path / "out").values()) == ["finished"]
-    assert "Not ranked: no finished run measured `train.tokens_seen`; 1 finished" in (
+    assert "Not ranked: no finished run measured `train.resumed_from_step`; 1 finished" in (
         tmp_path / "out" / "results.md").read_text()
 
 
@@ -182,6 +239,21 @@ def test_plots_of_an_earlier_ranking_do_not_stay_beside_unranked_results(base, t
     assert {"plot_by_run.png", "plot_seed.png"} <= {path.name for path in sweep.output_dir.iterdir()}
     write_results(sweep, _finished_rows(sweep, "train.wall_seconds", [9.0, 8.0]))
     assert sorted(path.name for path in sweep.output_dir.iterdir()) == ["results.csv", "results.md"]
+
+
+def test_plots_of_an_earlier_sweep_files_grid_keys_do_not_stay_beside_a_new_sweeps_results(base, tmp_path):
+    """A sweep file with other grid keys written into the same output_dir used to leave the plot against the old
+    file's key (plot_seed.png, of runs no longer in the results) beside the new results."""
+    out = tmp_path / "out"
+    first = load_sweep(write_sweep(tmp_path, base=base, output_dir=str(out), grid={"seed": [0, 1]}))
+    out.mkdir()
+    write_results(first, rank(first, _finished_rows(first, first.metric, [9.0, 8.0])))
+    assert (out / "plot_seed.png").exists()
+    second = load_sweep(write_sweep(tmp_path, "second.yaml", base=base, output_dir=str(out),
+                                    grid={"learning_rate": [1.0e-4, 1.0e-3]}))
+    write_results(second, rank(second, _finished_rows(second, second.metric, [9.0, 8.0])))
+    assert sorted(path.name for path in out.iterdir()) == ["plot_by_run.png", "plot_learning_rate.png", "results.csv",
+                                                           "results.md"]
 
 
 def test_flags_apply_to_every_run_over_the_base(base, tmp_path):
@@ -200,6 +272,11 @@ BAD_SWEEPS = [
     ({"base": "missing.yaml"}, "base='missing.yaml' does not exist"),
     ({"output_dir": None}, "output_dir=None is not a directory"),
     ({"grid": {"seed": 1}}, "grid.seed=1 is not a list of values"),
+    ({"grid": {"seed": []}}, "grid.seed=\\[\\] has no values"),
+    ({"grid": {"learning_rate": ["fast", 1.0e-4]}},
+     "run 'learning_rate=fast-[0-9a-f]{8}': argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
+    ({"grid": {"teacher_quantization": [True]}}, "run 'teacher_quantization=true-[0-9a-f]{8}': teacher_quantization="),
+    ({"base": "base.yaml"}, "base: unknown config key 'lerning_rate' \\(did you mean 'learning_rate'"),
     ({"grid": {"lerning_rate": [1]}}, "grid: unknown config key 'lerning_rate' \\(did you mean 'learning_rate'"),
     ({"grid": {"output_dir": ["a", "b"]}}, "output_dir is chosen by the sweep"),
     ({"set": [1]}, "set=\\[1\\] is not a mapping"),
@@ -207,9 +284,13 @@ BAD_SWEEPS = [
     ({"runs": [{"name": 3}]}, "runs\\[0\\].name=3 is not a string"),
     ({"runs": [{"seed": 1}], "grid": {"seed": [2]}}, "runs\\[0\\] sets seed, which the grid varies"),
     ({"runs": [{"seed": 1}, {"name": "again", "seed": 1}], "grid": None}, "have the same overrides"),
+    ({"runs": [{"name": "a", "seed": 1}, {"name": "a", "seed": 2}], "grid": None},
+     "runs\\[1\\].name='a' is also runs\\[0\\]'s; expected a name of its own"),
     ({"grid": None}, "has no runs; expected grid, runs or layer_search"),
     ({"metric_goal": "best"}, "metric_goal='best' is not supported"),
     ({"metric": 3}, "metric=3 is not a string"),
+    ({"metric": "student.after_top1_agreement"}, "metric='student.after_top1_agreement' has no metric_goal; expected "
+                                                 "metric_goal: min \\(lower is better\\) or max"),
     ({"layer_search": {}, "grid": {"seed": [1]}}, "expected layer_search alone"),
     ({"grid": None, "layer_search": {"component": "logits"}}, "layer_search.component='logits' is not supported"),
     ({"grid": None, "layer_search": {"mapz": []}}, "layer_search has \\['mapz'\\]"),
@@ -219,6 +300,7 @@ BAD_SWEEPS = [
 
 @pytest.mark.parametrize("change, message", BAD_SWEEPS, ids=[message[:40] for _, message in BAD_SWEEPS])
 def test_sweep_file_errors_name_the_bad_value(change, message, base, tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**base, "lerning_rate": 1.0e-4}))
     spec = {"base": base, "output_dir": "out", "grid": {"seed": [0, 1]}, **change}
     with pytest.raises(DistilyConfigError, match=message):
         load_sweep(write_sweep(tmp_path, **{key: value for key, value in spec.items()
@@ -236,6 +318,14 @@ def test_sweep_file_errors_name_the_bad_value(change, message, base, tmp_path):
 def test_sweep_flag_errors(flags, message, base, tmp_path):
     with pytest.raises(DistilyConfigError, match=message):
         load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]}), flags)
+
+
+def test_a_run_whose_config_is_refused_stops_the_sweep_before_any_run_starts(base, tmp_path, capsys):
+    """A grid value of the wrong type used to be found when its run started, after the runs before it had run."""
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"learning_rate": [1.0e-4, "fast"]})
+    assert main(["sweep", path]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "invalid float value: 'fast'" in error and not (tmp_path / "out").exists()
 
 
 def test_missing_sweep_file_is_one_line_and_exit_2(tmp_path, capsys):
