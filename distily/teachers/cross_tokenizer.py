@@ -64,11 +64,6 @@ class CrossTokenizerTeacher(LiveTeacher):
                 f"loss_on={self.config.data.loss_on!r}: across tokenizers only the assistant's turns align (each "
                 "template frames the rest its own way); expected loss_on=assistant"
             )
-        if self.config.training.lmbda > 0 and not self.chat:
-            raise DistilyConfigError(
-                f"lmbda={self.config.training.lmbda}: on-policy distillation across tokenizers completes the answers "
-                "of chat data; expected messages or prompt + completion data, or lmbda=0"
-            )
         for tokenizer, role in ((student_tokenizer, "student"), (self.tokenizer, "teacher")):
             check_offsets(tokenizer, role)
         # the student's and the teacher's chat templates, resolved once (a student without one fails here)

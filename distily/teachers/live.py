@@ -21,6 +21,7 @@ from distily.evaluation.arguments import HELDOUT_SET
 from distily.data.chat import MESSAGES, ChatTemplate, run_chat_template
 from distily.data.framing import check_causality, model_inputs
 from distily.data.text import DistillationData, build_datasets, check_token_ids, collate, load_training_documents
+from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator
 from distily.metrics import Evaluation, FramingMetrics
@@ -57,6 +58,11 @@ class LiveTeacher(TeacherSource):
         model_args = config.model
         self.config = config
         self.documents = load_training_documents(config.data)
+        if config.training.lmbda > 0 and not self.chat:
+            raise DistilyConfigError(
+                f"lmbda={config.training.lmbda}: on-policy distillation completes the prompts of chat data, and "
+                f"{config.data.dataset_name!r} holds none; expected messages or prompt + completion data, or lmbda=0"
+            )
         self.hold(load_teacher(
             model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code
         ))

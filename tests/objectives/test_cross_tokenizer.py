@@ -297,8 +297,8 @@ def test_student_chat_template_needs_a_student_with_its_own_tokenizer(two_tokeni
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"lmbda": 0.5}, r"lmbda=0.5: on-policy distillation across tokenizers completes the answers of chat data; "
-                     r"expected messages or prompt \+ completion data, or lmbda=0"),
+    ({"lmbda": 0.5}, r"lmbda=0.5: on-policy distillation completes the prompts of chat data, and '.*' holds "
+                     r"none; expected messages or prompt \+ completion data, or lmbda=0"),
     ({"chat": True}, r"the student's tokenizer \(\w+\) has no chat template; expected student_chat_template"),
     ({"chat": True, "loss_on": "all", "student_chat_template": CHAT_STYLES["chatml"][0]},
      r"loss_on='all': across tokenizers only the assistant's turns align .*; expected loss_on=assistant"),

@@ -2,6 +2,7 @@
 the refusals, and a short on-policy training run."""
 
 import math
+import os
 
 import datasets
 import pytest
@@ -174,9 +175,17 @@ def test_bad_on_policy_settings_are_one_line_errors(values, message, teacher_dir
         parse_config(**run_values(teacher_dirs["llama"], **values))
 
 
-def test_plain_text_with_lmbda_is_refused_at_the_first_batch(teacher_dirs, run_values):
-    with pytest.raises(DistilyConfigError, match=r"lmbda=0.5 needs prompts"):
-        run_distillation(parse_config(**run_values(teacher_dirs["llama"], lmbda=0.5, max_steps=1)))
+def test_plain_text_with_lmbda_is_refused_before_the_models_load(teacher_dirs, run_values, monkeypatch):
+    """Refused at the first batch, it came after the models loaded, the data were tokenized, the student evaluated
+    and output_dir written: the documents say it as they load."""
+    import distily.teachers.live as live
+
+    monkeypatch.setattr(live, "load_teacher", lambda *args: pytest.fail("the teacher was loaded"))
+    values = run_values(teacher_dirs["llama"], lmbda=0.5, max_steps=1)
+    with pytest.raises(DistilyConfigError, match=r"^lmbda=0.5: on-policy distillation completes the prompts of chat "
+                                                 r"data, and '.*docs.jsonl' holds none; expected messages"):
+        run_distillation(parse_config(**values))
+    assert not os.path.exists(values["output_dir"])
 
 
 @pytest.mark.slow
