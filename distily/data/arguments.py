@@ -65,8 +65,8 @@ class DataArguments:
     )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset subset (config) name."})
     dataset_split: str = field(default="train", metadata={
-        "help": "Dataset split to read: a name, or a slice of it as datasets reads one (train[:1000], train[-500:]), of "
-                "local data too."})
+        "help": "Dataset split to read: a name, or a slice of it as datasets reads one (train[:1000], "
+                "train[-500:]), of local data too."})
     dataset_text_column: str = field(
         default="text",
         metadata={"help": "Column holding the text. A dataset with an input_ids column is used pre-tokenized."},
