@@ -126,9 +126,11 @@ def check_shared_attention_adapters(config: PretrainedConfig) -> None:
     """Zamba2's shared attention adapters (``use_shared_attention_adapter``) give keys and values for every head,
     which transformers adds to those of the KV heads: with fewer KV heads than heads, every forward through a
     hybrid layer (``hybrid_layer_ids``, those holding the shared attention) fails."""
-    heads, kv_heads = getattr(config, HEADS, None), getattr(config, "num_key_value_heads", None)
     adapted = getattr(config, "use_shared_attention_adapter", False) and getattr(config, "hybrid_layer_ids", None)
-    if adapted and kv_heads != heads:
+    if not adapted:  # read no head counts of other configs (a heterogeneous one refuses a global read)
+        return
+    heads, kv_heads = getattr(config, HEADS, None), getattr(config, "num_key_value_heads", None)
+    if kv_heads != heads:
         raise DistilyConfigError(
             f"student num_key_value_heads={kv_heads} with use_shared_attention_adapter: transformers' "
             f"{config.model_type} adds the adapters' keys and values of all {heads} heads to those of the KV heads, "
