@@ -204,9 +204,14 @@ def tokenized_batch(conversations: list[list[dict]], tokenizer) -> dict[str, tor
 
 def train_teacher(args, heldout_prompts: set) -> Path:
     """The tokenizer and the teacher, trained on fresh reversals (none of the held-out prompts) into
-    WORK_DIR/teacher (returned); kept when it is there."""
+    WORK_DIR/teacher (returned); kept when it is there, if trained with this seed (which draws the held-out
+    prompts it must not have seen)."""
     teacher_dir = Path(args.work_dir) / "teacher"
     if (teacher_dir / "model.safetensors").exists():
+        kept_seed = json.loads((teacher_dir / "training.json").read_text()).get("seed", args.seed)
+        if kept_seed != args.seed:
+            raise SystemExit(f"{teacher_dir} was trained with --seed {kept_seed}, not {args.seed}: its training data "
+                             "may hold this seed's held-out prompts; expected another --work_dir for this seed")
         return teacher_dir
     tokenizer = chat_tokenizer()
     torch.manual_seed(args.seed)
@@ -231,7 +236,7 @@ def train_teacher(args, heldout_prompts: set) -> Path:
     model.save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
     write_json_atomic(teacher_dir / "training.json", {"train_seconds": time.perf_counter() - started,
-                                                      "steps": args.teacher_steps})  # fmt: skip
+                                                      "steps": args.teacher_steps, "seed": args.seed})  # fmt: skip
     return teacher_dir
 
 

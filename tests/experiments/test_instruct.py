@@ -1,5 +1,6 @@
 """experiments/instruct.py: the task and its chat tokenization, and the whole comparison at a toy scale."""
 
+import argparse
 import json
 import random
 
@@ -67,3 +68,17 @@ def test_instruct_writes_its_table_curves_and_numbers(tmp_path):
     table = report.read_text()
     assert all(f"| {name} |" in table for name in expected) and "instruct.py --work_dir" in table
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_kept_teacher_of_another_seed_is_refused(tmp_path):
+    """The seed draws the held-out prompts the teacher must not train on: a teacher kept in WORK_DIR from another
+    seed is refused, one of the same seed (or of a run before seeds were recorded) kept."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "model.safetensors").write_bytes(b"")
+    (teacher / "training.json").write_text('{"train_seconds": 1.0, "steps": 10, "seed": 0}')
+    with pytest.raises(SystemExit, match="trained with --seed 0, not 1"):
+        script.train_teacher(argparse.Namespace(work_dir=str(tmp_path), seed=1), set())
+    assert script.train_teacher(argparse.Namespace(work_dir=str(tmp_path), seed=0), set()) == teacher
+    (teacher / "training.json").write_text('{"train_seconds": 1.0, "steps": 10}')
+    assert script.train_teacher(argparse.Namespace(work_dir=str(tmp_path), seed=1), set()) == teacher
