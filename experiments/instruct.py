@@ -27,8 +27,8 @@ reference answer (as in practice, where people label few conversations but have 
 
 Writes the table to ``docs/results/instruct.md``, the exact-match curves beside it (``instruct.png``) and every
 number to ``benchmarks/results/instruct.json``; prints the goals (every KD student beats (a) on exact match, by
-more than two standard errors of the difference; on-policy or mixed beats (b) by at least 5 points). The estimate printed at the start comes from a smoke run's
-per-step costs (``runtime_estimate``); the teacher's steps dominate it.
+more than two standard errors of the difference; on-policy or mixed beats (b) by at least 5 points). The estimate
+printed at the start comes from a smoke run's per-step costs (``runtime_estimate``); the teacher's steps dominate it.
 """
 
 import argparse
