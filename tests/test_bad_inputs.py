@@ -252,8 +252,9 @@ def case_output_dir_holds_weights_no_distily_run_wrote(values, tmp_path):
 
 
 def case_output_dir_is_the_teacher(values, tmp_path):
-    (_teacher_in_output_dir(values) / RunDir.SETTINGS).unlink()  # a model folder, not a run's
-    return "holds model weights (model.safetensors) but no run_settings.json"
+    out = _teacher_in_output_dir(values)
+    (out / RunDir.SETTINGS).unlink()  # a model folder, not a run's: named as the teacher, not advised to overwrite
+    return f"output_dir={str(out)!r} is teacher_model_name_or_path={str(out)!r}; expected an output_dir that neither"
 
 
 def case_output_dir_is_the_teacher_with_overwrite(values, tmp_path):

@@ -129,9 +129,9 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     config = settled_config(config)  # a store's split: the run records and reports the values its rows were drawn with
     training = config.training
     resume = resolve_resume(training)
-    check_output_dir(training, resume)
     pin_chat_template_date(config, resume)
     settings = run_settings(config)
+    check_output_dir(training, resume, settings)
     if resume is not None:
         check_resume(training, resume, settings)
     tasks = task_manager(config.evaluation) if config.evaluation.lm_eval_tasks else None  # unknown tasks fail now

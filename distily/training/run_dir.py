@@ -371,14 +371,16 @@ def _check_foreign_resume(run: RunDir, resume: Optional[str]) -> None:
     )
 
 
-def check_output_dir(training, resume: Optional[str]) -> None:
-    """Refuse to train again over a finished run, to start over an unfinished one, or to write into model
-    weights no Distily run wrote, unless told to; a finished run is resumed only to train it longer, from a
+def check_output_dir(training, resume: Optional[str], settings: dict) -> None:
+    """Refuse an output_dir that is or holds one of the run's inputs (``settings``, on every process); refuse to
+    train again over a finished run, to start over an unfinished one, or to write into model weights no Distily run
+    wrote, unless told to; a finished run is resumed only to train it longer, from a
     checkpoint at its last step; a checkpoint of another directory is resumed only into an output_dir without
     checkpoints or a finished run."""
     run = RunDir(training.output_dir)
     output_dir = run.path
     check_output_dir_path(str(output_dir))
+    check_inputs_outside(training.output_dir, settings)  # first: the advice below (overwrite) would replace an input
     if training.overwrite_output_dir or not output_dir.is_dir():
         return
     _check_weights_are_distilys(run)
@@ -451,12 +453,10 @@ def _remove(paths: list[Path], trash: Path) -> None:
 
 
 def prepare_output_dir(training, resume: Optional[str], settings: dict) -> None:
-    """Just before the run writes: refuse an output_dir that is or holds one of the run's inputs (on every
-    process); delete the finished marker of what it replaces first (an overwritten run, or a finished run
-    trained longer), then an overwritten run's checkpoints and student weights, so that no kill leaves another
-    run's files that a plain start, a resume or an export would take for this one's; record ``settings`` (a run
-    resumed from its own checkpoint keeps those it was started with)."""
-    check_inputs_outside(training.output_dir, settings)
+    """Just before the run writes: delete the finished marker of what it replaces first (an overwritten run, or a
+    finished run trained longer), then an overwritten run's checkpoints and student weights, so that no kill leaves
+    another run's files that a plain start, a resume or an export would take for this one's; record ``settings`` (a
+    run resumed from its own checkpoint keeps those it was started with)."""
     if not training.should_save:
         return
     run = RunDir(training.output_dir)
