@@ -6,6 +6,7 @@ on 26 Jul 2024, the others after midnight (27 Jul), as when a run starts at midn
 Prints ``rank <process> <date pinned>``.
 """
 
+import sys
 from types import SimpleNamespace
 
 from accelerate import PartialState
@@ -19,4 +20,5 @@ state = PartialState(cpu=True)
 chat.today = lambda: "2024-07-26" if state.is_main_process else "2024-07-27"
 config = SimpleNamespace(data=DataArguments(), record=TeacherSourceArguments())
 pin_chat_template_date(config, None)
-print(f"rank {state.process_index} {config.data.chat_template_date}", flush=True)
+sys.stdout.write(f"rank {state.process_index} {config.data.chat_template_date}\n")  # one write: lines never interleave
+sys.stdout.flush()

@@ -63,4 +63,4 @@ def test_the_processes_of_a_run_started_at_midnight_render_one_date():
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(re.findall(r"rank (\d) (\S+)", done.stdout)) == [("0", "2024-07-26"), ("1", "2024-07-26")]
+    assert sorted(re.findall(r"rank (\d) (\d{4}-\d\d-\d\d)", done.stdout)) == [("0", "2024-07-26"), ("1", "2024-07-26")]
