@@ -26,6 +26,12 @@ def one_of(value: str, choices: tuple, key: str) -> None:
         raise DistilyConfigError(f"{key}={value!r} is not supported; expected one of {', '.join(choices)}")
 
 
+def registered(value: str, registry: dict, key: str, kind: str) -> None:
+    """Stop unless ``value`` names an entry of ``registry`` (a registered ``kind``: loss, projector, ...)."""
+    if value not in registry:
+        raise DistilyConfigError(f"{key}={value!r} is not a registered {kind}; expected one of {', '.join(registry)}")
+
+
 def check_seed(seed: int) -> None:
     """A seed numpy takes (``set_seed`` seeds numpy too, which refuses one outside 0..2**32-1 deep inside a run)."""
     if not 0 <= seed < 2**32:

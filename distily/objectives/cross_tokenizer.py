@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK
 from distily.data.vocabulary import VocabularyMap
+from distily.arguments import registered
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import CHUNK_ELEMENTS, chunked_logit_loss_sum, chunked_loss_footprint
 from distily.objectives.component import Component, StepShape, loss_positions
@@ -109,10 +110,7 @@ NEEDS_SHARED_TOKENS = ("mapped", "mapped_uld")
 
 
 def check_cross_tokenizer_loss(name: str, logits_loss: str) -> None:
-    if name not in CROSS_TOKENIZER_LOSSES:
-        raise DistilyConfigError(
-            f"cross_tokenizer_loss={name!r} is not registered; expected one of {', '.join(CROSS_TOKENIZER_LOSSES)}"
-        )
+    registered(name, CROSS_TOKENIZER_LOSSES, "cross_tokenizer_loss", "cross-tokenizer loss")
     if name in NEEDS_SHARED_TOKENS and not getattr(LOSSES.get(logits_loss), "between_distributions", False):
         raise DistilyConfigError(
             f"logits_loss={logits_loss!r} compares raw logits; cross_tokenizer_loss={name} needs a loss between "

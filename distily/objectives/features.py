@@ -8,26 +8,24 @@ weight does not depend on how many layers are mapped. All reductions run in floa
 """
 
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from distily.arguments import registered
 from distily.data.alignment import ALIGNED
 from distily.data.framing import POSITION_IDS
 from distily.errors import DistilyConfigError
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.component import Component, StepShape, loss_positions
 from distily.objectives.layer_maps import LayerPairs, resolve_layer_map
-from distily.objectives.losses import cosine, kl_divergence, mse
+from distily.objectives.losses import FEATURE_LOSSES, kl_divergence
 from distily.objectives.model_shape import ModelShape
 from distily.objectives.norms import PairNorm, build_norm
 from distily.objectives.projectors import build_projector
 from distily.objectives.qkv import QKVRecorder
-
-FeatureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-FEATURE_LOSSES: dict[str, FeatureLoss] = {"mse": mse, "cosine": cosine}  # per token: [tokens, width] -> [tokens]
 
 
 def paired_positions(batch: dict[str, torch.Tensor]) -> tuple:
@@ -264,11 +262,7 @@ def _layer_pairs(
 
 def _hidden_states(args: ObjectiveArguments, teacher: ModelShape, student: ModelShape) -> HiddenStatesComponent:
     pairs = _layer_pairs(args, "hidden_states", teacher, student, allow_embeddings=True)
-    if args.hidden_states_loss not in FEATURE_LOSSES:
-        raise DistilyConfigError(
-            f"hidden_states_loss={args.hidden_states_loss!r} is not a registered feature loss; expected one of "
-            f"{', '.join(FEATURE_LOSSES)}"
-        )
+    registered(args.hidden_states_loss, FEATURE_LOSSES, "hidden_states_loss", "feature loss")
     projectors = [
         build_projector("hidden_states_projector", args.hidden_states_projector, student.width, teacher.width)
         for _ in pairs

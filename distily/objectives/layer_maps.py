@@ -21,6 +21,7 @@ configured parameters against its signature and the pairs it returns against the
 import inspect
 from typing import Callable
 
+from distily.arguments import registered
 from distily.errors import DistilyConfigError
 
 LayerPairs = list[tuple[int, int]]
@@ -107,6 +108,16 @@ LAYER_MAPS: dict[str, LayerMap] = {
 }
 
 
+def check_layer_map(option: str, name: str, params: dict) -> None:
+    """Stop unless ``name`` is a registered layer map that takes the parameters ``params`` (checked before the
+    depths are known; ``option`` names the config key in errors)."""
+    registered(name, LAYER_MAPS, option, "layer map")
+    try:
+        inspect.signature(LAYER_MAPS[name]).bind(1, 1, **params)  # any depths: only the parameters' names bind
+    except TypeError as err:
+        raise DistilyConfigError(f"{option}_kwargs {params} do not fit layer map {name!r}: {err}")
+
+
 def resolve_layer_map(
     option: str, name: str, params: dict, student_depth: int, teacher_depth: int, allow_embeddings: bool
 ) -> LayerPairs:
@@ -114,17 +125,9 @@ def resolve_layer_map(
 
     ``allow_embeddings`` is False for attention components, which have no index 0.
     """
-    if name not in LAYER_MAPS:
-        raise DistilyConfigError(
-            f"{option}={name!r} is not a registered layer map; expected one of {', '.join(LAYER_MAPS)}"
-        )
-    layer_map = LAYER_MAPS[name]
+    check_layer_map(option, name, params)
     try:
-        inspect.signature(layer_map).bind(student_depth, teacher_depth, **params)
-    except TypeError as err:
-        raise DistilyConfigError(f"{option}_kwargs {params} do not fit layer map {name!r}: {err}")
-    try:
-        result = layer_map(student_depth, teacher_depth, **params)
+        result = LAYER_MAPS[name](student_depth, teacher_depth, **params)
     except DistilyConfigError as err:
         raise DistilyConfigError(f"{option}={name!r}: {err}")
     if not result:

@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn.functional as F
 
+from distily.arguments import registered
 from distily.errors import DistilyConfigError
 
 LossFn = Callable[..., torch.Tensor]
@@ -431,6 +432,9 @@ LOSSES: dict[str, LossFn] = {
     "cosine": cosine,
 }
 
+FeatureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+FEATURE_LOSSES: dict[str, FeatureLoss] = {"mse": mse, "cosine": cosine}  # per token: [tokens, width] -> [tokens]
+
 
 def loss_params(name: str) -> dict[str, object]:
     """The extra parameters of the registered loss ``name``: name -> default (``inspect.Parameter.empty``
@@ -441,10 +445,10 @@ def loss_params(name: str) -> dict[str, object]:
     return {p.name: p.default for p in parameters}
 
 
-def check_loss(name: str, params: dict) -> None:
-    """Stop unless ``name`` is a registered loss and ``params`` are parameters it accepts, every required one given."""
-    if name not in LOSSES:
-        raise DistilyConfigError(f"logits_loss={name!r} is not a registered loss; expected one of {', '.join(LOSSES)}")
+def check_loss(name: str, params: dict, complete: bool = True) -> None:
+    """Stop unless ``name`` is a registered loss and ``params`` are parameters it accepts, with ``complete`` every
+    required one given (not yet as the config is read: CAKLD's beta is calibrated from the teacher later)."""
+    registered(name, LOSSES, "logits_loss", "loss")
     accepted = loss_params(name)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
@@ -453,5 +457,5 @@ def check_loss(name: str, params: dict) -> None:
             f"it accepts {sorted(accepted)}"
         )
     missing = sorted(p for p, default in accepted.items() if default is inspect.Parameter.empty and p not in params)
-    if missing:
+    if missing and complete:
         raise DistilyConfigError(f"logits_loss_kwargs {params} do not fit loss {name!r}: it needs parameters {missing}")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distily.errors import DistilyConfigError
+from distily.arguments import registered
 
 EPS = 1e-5
 
@@ -75,6 +75,5 @@ NORMS: dict[str, Callable[[int], PairNorm]] = {
 
 def build_norm(option: str, name: str, width: int) -> PairNorm:
     """``NORMS[name]`` for features of this width; ``option`` names the config key in errors."""
-    if name not in NORMS:
-        raise DistilyConfigError(f"{option}={name!r} is not a registered norm; expected one of {', '.join(NORMS)}")
+    registered(name, NORMS, option, "norm")
     return NORMS[name](width)

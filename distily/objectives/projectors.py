@@ -11,6 +11,7 @@ from typing import Callable
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal as orthogonal_parametrization
 
+from distily.arguments import registered
 from distily.errors import DistilyConfigError
 
 ProjectorFactory = Callable[[int, int], nn.Module]
@@ -57,10 +58,7 @@ PROJECTORS: dict[str, ProjectorFactory] = {
 
 def build_projector(option: str, name: str, student_width: int, teacher_width: int) -> nn.Module:
     """``PROJECTORS[name]`` for these widths; ``option`` names the config key in errors."""
-    if name not in PROJECTORS:
-        raise DistilyConfigError(
-            f"{option}={name!r} is not a registered projector; expected one of {', '.join(PROJECTORS)}"
-        )
+    registered(name, PROJECTORS, option, "projector")
     try:
         return PROJECTORS[name](student_width, teacher_width)
     except DistilyConfigError as err:

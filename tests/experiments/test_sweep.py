@@ -326,6 +326,12 @@ def test_a_run_whose_config_is_refused_stops_the_sweep_before_any_run_starts(bas
     assert main(["sweep", path]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "invalid float value: 'fast'" in error and not (tmp_path / "out").exists()
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"),
+                       runs=[{"name": "kl"}, {"name": "typo", "logits_loss": "reverse_kll"}])
+    assert main(["sweep", path]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "logits_loss='reverse_kll' is not a registered loss" in error
+    assert not (tmp_path / "out").exists()  # a loss name used to be checked when its run started
 
 
 def test_missing_sweep_file_is_one_line_and_exit_2(tmp_path, capsys):

@@ -14,12 +14,8 @@ from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
 from distily.objectives.arguments import ObjectiveArguments
-from distily.objectives.features import (
-    FEATURE_LOSSES,
-    AttentionRelationsComponent,
-    AttentionsComponent,
-    HiddenStatesComponent,
-)
+from distily.objectives.features import AttentionRelationsComponent, AttentionsComponent, HiddenStatesComponent
+from distily.objectives.losses import FEATURE_LOSSES
 from distily.objectives.norms import NORMS
 from distily.objectives.objective import build_objective
 from distily.objectives.projectors import PROJECTORS
