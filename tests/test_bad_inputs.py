@@ -491,6 +491,9 @@ VALUE_CASES = [
      "student_layers_from_teacher=[0, 3] is set with student_model_name_or_path"),
     ("bitnet_norm_without_bitnet", {"bitnet_input_norm": True}, "bitnet_input_norm=true needs a BitNet student"),
     ("bitnet_subln_without_bitnet", {"bitnet_subln": True}, "bitnet_subln=true needs a BitNet student"),
+    ("bitnet_warmup_past_its_second_stage", {"student_as_bitnet": True, "bitnet_schedule": True, "max_steps": 1},
+     "warmup_steps=0.05 (1 of them) and bitnet_stage_boundary=0.5: the warmup does not end before the second stage "
+     "starts (step 0)"),  # was refused as training started, the models loaded and the run's folder written
 ]
 
 

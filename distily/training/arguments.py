@@ -11,6 +11,7 @@ from transformers import TrainingArguments
 from distily.arguments import check_seed, one_of, split_seed
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import GENERATION_BACKENDS
+from distily.training.bitnet_schedule import boundary_step
 
 
 @dataclass
@@ -109,6 +110,7 @@ class DistillationTrainingArguments(TrainingArguments):
             self.use_cpu = True  # lets bf16 mean CPU autocast on machines without an accelerator
         super().__post_init__()
         self._check_loggers()
+        self._check_bitnet_schedule()
         if self.fp16 and self.use_cpu:
             raise DistilyConfigError(
                 "fp16=true on the CPU: no float16 autocast runs there, so the run would train in fp32; expected "
@@ -119,6 +121,20 @@ class DistillationTrainingArguments(TrainingArguments):
     def split_seed(self) -> int:
         """The seed of the held-out split and of the samples of the data (``distily.arguments.split_seed``)."""
         return split_seed(self.seed, self.data_seed)
+
+    def _check_bitnet_schedule(self) -> None:
+        """The BitNet schedule's stages for max_steps (by epochs, the steps are known once the data is), or the run
+        would be refused as its training starts."""
+        if not self.bitnet_schedule or self.max_steps <= 0:
+            return
+        warmup = self.get_warmup_steps(self.max_steps)
+        boundary = boundary_step(self.bitnet_stage_boundary, self.max_steps)
+        if warmup >= boundary:
+            raise DistilyConfigError(
+                f"bitnet_schedule=true with max_steps={self.max_steps}, warmup_steps={self.warmup_steps} ({warmup} of "
+                f"them) and bitnet_stage_boundary={self.bitnet_stage_boundary}: the warmup does not end before the "
+                f"second stage starts (step {boundary}); expected fewer warmup steps or more max_steps"
+            )
 
     def _check_loggers(self) -> None:
         """report_to as TrainingArguments left it (a list; "all" and "none" resolved), each a logger transformers

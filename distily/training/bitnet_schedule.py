@@ -33,6 +33,11 @@ from distily.models.bitnet import bitlinear_modules
 LATENT_GROUP = "bitnet_latent"
 
 
+def boundary_step(stage_boundary: float, total_steps: int) -> int:
+    """The first step of the second stage."""
+    return round(stage_boundary * total_steps)
+
+
 @dataclass(frozen=True)
 class BitNetSchedule:
     """Shape of the two-stage schedule; ratios are multipliers on the base learning rate."""
@@ -54,7 +59,7 @@ class BitNetSchedule:
 
     @property
     def boundary_step(self) -> int:
-        return round(self.stage_boundary * self.total_steps)
+        return boundary_step(self.stage_boundary, self.total_steps)
 
     def in_second_stage(self, step: int) -> bool:
         return step >= self.boundary_step
