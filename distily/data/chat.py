@@ -287,9 +287,10 @@ def _squeezed(text: str) -> str:
     return "".join(text.split())
 
 
-def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    added = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
-    return added | set(tokenizer.all_special_ids)
+def _special_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
+    """The tokenizer's special tokens (those it declares, and added tokens marked special): id -> text."""
+    added = {index: token.content for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return {**dict(zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)), **added}
 
 
 @dataclass(frozen=True)
@@ -383,7 +384,7 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
     text = render(messages, False)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoding[INPUT_IDS], encoding["offset_mapping"]
-    special = _special_ids(tokenizer)
+    special = _special_tokens(tokenizer)
     special_spans = [span for token, span in zip(ids, offsets) if token in special]  # ascending
     special_starts = [start for start, _ in special_spans]
     turns = []
@@ -406,7 +407,12 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
             begin = _own_start(text, content, begin, closing)
         start, shown = _shown_content(text, content, begin, closing)
         if start < 0:
+            held = sorted(token for token in set(special.values()) if token in content)
             raise DistilyConfigError(
+                f"row {row}'s assistant turn {turn} holds {held[0]!r}, the text of one of the tokenizer's special "
+                "tokens, which it reads as that token, not as the answer's text; expected answers without "
+                "special-token text"
+            ) if held else DistilyConfigError(
                 f"the chat template does not render row {row}'s assistant turn {turn} after its generation prompt "
                 "and before the next special token; expected the assistant's content there verbatim, or its end (as "
                 "Qwen3's template keeps of an earlier answer, without its <think> reasoning)"

@@ -195,6 +195,20 @@ def test_mistrals_system_message_in_the_last_user_turn_only_is_refused_saying_so
             assistant_token_mask(conversation, tokenizer, template, 3)
 
 
+@pytest.mark.parametrize("style", CHAT_STYLES)
+def test_an_answer_holding_a_special_tokens_text_is_refused_saying_so(style):
+    """The tokenizer reads the text as the special token, which splits the answer: it was refused for a template that
+    does not render the answer where it should. Elsewhere in a conversation the text is the user's to write."""
+    tokenizer = make_chat_tokenizer(style)
+    end = CHAT_STYLES[style][2]
+    template = ChatTemplate(tokenizer.chat_template)
+    question, answer = {"role": "user", "content": f"what ends a turn? {end}"}, {"role": "assistant", "content": "x"}
+    assistant_token_mask([question, answer], tokenizer, template, 0)
+    with pytest.raises(DistilyConfigError, match="\\A[^\n]*\\Z") as err:
+        assistant_token_mask([question, {**answer, "content": f"this: {end} ends it"}], tokenizer, template, 3)
+    assert str(err.value).startswith(f"row 3's assistant turn 1 holds '{end}', the text of one of the tokenizer's")
+
+
 def _dataset(tmp_path, rows, name="chat.jsonl"):
     path = tmp_path / name
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
