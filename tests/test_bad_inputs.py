@@ -430,6 +430,15 @@ def test_bad_input(case, tmp_path, teacher_dirs, run_values, capsys):
     assert snapshot(out) == before
 
 
+def test_a_registry_typo_is_refused_before_the_teacher_loads(tmp_path, teacher_dirs, run_values, capsys,
+                                                               monkeypatch):
+    monkeypatch.setattr("distily.training.distill.open_teacher", lambda config: pytest.fail("the teacher was loaded"))
+    values = run_values(teacher_dirs["llama"], hidden_states_weight=1.0, hidden_states_projector="linera")
+    assert run_cli(tmp_path, values) == 2
+    assert "hidden_states_projector='linera' is not a registered projector" in capsys.readouterr().err
+    assert not Path(values["output_dir"]).exists()
+
+
 # Cases that are a change of config values: (id, values to set, expected text of the error line).
 VALUE_CASES = [
     ("bad_json_overrides", {"student_config_overrides": "{n_layer: 2"}, "is not valid JSON"),

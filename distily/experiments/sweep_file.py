@@ -28,6 +28,7 @@ from distily.errors import DistilyConfigError
 from distily.experiments.layer_search import layer_search_runs
 from distily.experiments.metric_keys import check_metric
 from distily.experiments.runs import Run, expand_runs, overrides_hash
+from distily.objectives.objective import check_objective
 
 SWEEP_KEYS = ("base", "output_dir", "set", "grid", "runs", "layer_search", "metric", "metric_goal")
 METRIC_GOALS = ("min", "max")
@@ -219,7 +220,9 @@ def _run_config(sweep: Sweep, run: Run, where: str) -> DistillConfig:
     """The config of ``run``; one the config refuses (a grid value of the wrong type, keys that do not go together)
     stops the sweep before any run starts, naming the run."""
     try:
-        return sweep.config(run)
+        config = sweep.config(run)
+        check_objective(config.objective)
+        return config
     except DistilyConfigError as err:
         raise DistilyConfigError(f"{where}: run {run.name!r}: {err}") from err
 

@@ -3,13 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from distily.arguments import json_dict, one_of, registered
+from distily.arguments import json_dict, one_of
 from distily.errors import DistilyConfigError
-from distily.objectives.cross_tokenizer import CROSS_TOKENIZER_LOSSES
-from distily.objectives.layer_maps import check_layer_map
-from distily.objectives.losses import FEATURE_LOSSES, check_loss
-from distily.objectives.norms import NORMS
-from distily.objectives.projectors import PROJECTORS
 
 ATTENTION_HEAD_MATCHING = ("group", "mean")
 ATTENTION_RELATION_KINDS = ("query", "key", "value")
@@ -144,21 +139,3 @@ class ObjectiveArguments:
                 f"attention_relations_kinds={kinds!r} is not supported; expected distinct values among "
                 f"{', '.join(ATTENTION_RELATION_KINDS)}"
             )
-        self.check_registered_names()
-
-    def check_registered_names(self) -> None:
-        """Every registry name (and the parameters it is given) the turned-on components use, checked as the
-        configuration is read: a typo stops a run before its models load, and a sweep before its first run."""
-        if self.logits_weight > 0:
-            check_loss(self.logits_loss, self.logits_loss_kwargs, complete=False)
-            registered(
-                self.cross_tokenizer_loss, CROSS_TOKENIZER_LOSSES, "cross_tokenizer_loss", "cross-tokenizer loss"
-            )
-        if self.hidden_states_weight > 0:
-            registered(self.hidden_states_loss, FEATURE_LOSSES, "hidden_states_loss", "feature loss")
-            registered(self.hidden_states_projector, PROJECTORS, "hidden_states_projector", "projector")
-            registered(self.hidden_states_norm, NORMS, "hidden_states_norm", "norm")
-        for component in ("hidden_states", "attentions", "attention_relations"):
-            if getattr(self, f"{component}_weight") > 0:
-                option = f"{component}_layer_map"
-                check_layer_map(option, getattr(self, option), getattr(self, f"{option}_kwargs"))

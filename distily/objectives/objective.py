@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from distily.arguments import registered
 from distily.models.architecture import plain_lm_head
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.chunked import chunked_logit_loss_sum, chunked_loss_footprint, chunked_loss_held
@@ -24,8 +25,12 @@ from distily.objectives.component import (
     next_token_targets,
     token_counts,
 )
+from distily.objectives.cross_tokenizer import CROSS_TOKENIZER_LOSSES
 from distily.objectives.features import build_feature_components
-from distily.objectives.losses import LOSSES, UNKNOWN_WORKING_TENSORS, check_loss
+from distily.objectives.layer_maps import check_layer_map
+from distily.objectives.losses import FEATURE_LOSSES, LOSSES, UNKNOWN_WORKING_TENSORS, check_loss
+from distily.objectives.norms import NORMS
+from distily.objectives.projectors import PROJECTORS
 
 
 class LogitsComponent(Component):
@@ -155,6 +160,23 @@ class DistillationObjective(nn.Module):
             total = total + self.weights[name] * value
             logged[name] = value.detach()
         return ObjectiveOutput(loss=total, components=logged)
+
+
+def check_objective(args: ObjectiveArguments) -> None:
+    """Every registry name (and the parameters it is given) of the components turned on, checked before the models
+    load, so that a typo stops a run before it starts and a sweep before its first run. Required loss parameters may
+    still be missing: CAKLD's beta is calibrated from the teacher."""
+    if args.logits_weight > 0:
+        check_loss(args.logits_loss, args.logits_loss_kwargs, complete=False)
+        registered(args.cross_tokenizer_loss, CROSS_TOKENIZER_LOSSES, "cross_tokenizer_loss", "cross-tokenizer loss")
+    if args.hidden_states_weight > 0:
+        registered(args.hidden_states_loss, FEATURE_LOSSES, "hidden_states_loss", "feature loss")
+        registered(args.hidden_states_projector, PROJECTORS, "hidden_states_projector", "projector")
+        registered(args.hidden_states_norm, NORMS, "hidden_states_norm", "norm")
+    for component in ("hidden_states", "attentions", "attention_relations"):
+        if getattr(args, f"{component}_weight") > 0:
+            option = f"{component}_layer_map"
+            check_layer_map(option, getattr(args, option), getattr(args, f"{option}_kwargs"))
 
 
 def build_objective(

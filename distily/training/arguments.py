@@ -11,7 +11,11 @@ from transformers import TrainingArguments
 from distily.arguments import check_seed, one_of, split_seed
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import GENERATION_BACKENDS
-from distily.training.bitnet_schedule import boundary_step
+
+
+def boundary_step(stage_boundary: float, total_steps: int) -> int:
+    """The first step of the BitNet schedule's second stage."""
+    return round(stage_boundary * total_steps)
 
 
 @dataclass

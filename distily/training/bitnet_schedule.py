@@ -29,13 +29,9 @@ from transformers import TrainerCallback
 
 from distily.errors import DistilyConfigError
 from distily.models.bitnet import bitlinear_modules
+from distily.training.arguments import boundary_step
 
 LATENT_GROUP = "bitnet_latent"
-
-
-def boundary_step(stage_boundary: float, total_steps: int) -> int:
-    """The first step of the second stage."""
-    return round(stage_boundary * total_steps)
 
 
 @dataclass(frozen=True)

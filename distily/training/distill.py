@@ -19,7 +19,7 @@ from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student, layers_from_teacher, load_student
 from distily.models.summary import architecture_summary, parameter_count
 from distily.models.vocab import check_tokenizer_fits
-from distily.objectives.objective import build_objective
+from distily.objectives.objective import build_objective, check_objective
 from distily.outputs import directory_size
 from distily.reporting.run import write_reports
 from distily.teachers.placement import teacher_is_sharded
@@ -111,6 +111,7 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
     """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics (as
     ``RunMetrics.to_dict()``: metrics.json's content)."""
     training = config.training
+    check_objective(config.objective)
     if not training.should_log:  # the main process reports for all; the others only log errors
         logging.getLogger("distily").setLevel(logging.ERROR)
     if training.bf16 and training.use_cpu and not bf16_is_fast(use_cpu=True):

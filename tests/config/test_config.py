@@ -135,34 +135,6 @@ def test_bad_values_raise_one_line_errors(argv, message):
     assert "\n" not in str(err.value)
 
 
-REGISTRY_TYPOS = [
-    ({"logits_loss": "kl"}, "logits_loss='kl' is not a registered loss; expected one of forward_kl, reverse_kl"),
-    ({"logits_loss_kwargs": '{"beta": 0.5}'}, "do not fit loss 'forward_kl': unknown parameters ['beta']"),
-    ({"cross_tokenizer_loss": "uldd"}, "cross_tokenizer_loss='uldd' is not a registered cross-tokenizer loss"),
-    ({"hidden_states_weight": 1, "hidden_states_loss": "l1"}, "hidden_states_loss='l1' is not a registered feature"),
-    ({"hidden_states_weight": 1, "hidden_states_projector": "conv"}, "hidden_states_projector='conv' is not a"),
-    ({"hidden_states_weight": 1, "hidden_states_norm": "rms"}, "hidden_states_norm='rms' is not a registered norm"),
-    ({"hidden_states_weight": 1, "hidden_states_layer_map": "nearest"}, "hidden_states_layer_map='nearest' is not"),
-    ({"attentions_weight": 1, "attentions_layer_map": "last_k", "attentions_layer_map_kwargs": '{"kk": 2}'},
-     "attentions_layer_map_kwargs {'kk': 2} do not fit layer map 'last_k'"),
-    ({"attention_relations_weight": 1, "attention_relations_layer_map": "pairs"},
-     "attention_relations_layer_map_kwargs {} do not fit layer map 'pairs'"),
-]
-
-
-@pytest.mark.parametrize("values, message", REGISTRY_TYPOS, ids=[message[:30] for _, message in REGISTRY_TYPOS])
-def test_a_name_no_registry_holds_is_refused_as_the_config_is_read(values, message):
-    """Such a typo used to be found after both models had loaded (and in a sweep, when its run started); the
-    names of a component that is turned off are not read."""
-    argv = ["--output_dir", "o", "--teacher_model_name_or_path", "t"]
-    with pytest.raises(DistilyConfigError) as err:
-        parse_config(argv=argv, **values)
-    assert message in str(err.value) and "\n" not in str(err.value)
-    turned_off = {key: value for key, value in values.items() if not key.endswith("_weight")}
-    if len(turned_off) < len(values):
-        parse_config(argv=argv, **turned_off)
-
-
 def test_unknown_key_in_file_is_named(tmp_path):
     config_file = write_yaml(tmp_path / "c.yaml", {"output_dir": "o", "teacher_modle": "gpt2"})
     with pytest.raises(DistilyConfigError, match="unknown config key 'teacher_modle'"):

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from distily.errors import DistilyConfigError
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.losses import forward_kl
-from distily.objectives.objective import build_objective, token_counts
+from distily.objectives.objective import build_objective, check_objective, token_counts
 from tiny import tiny_config
 
 
@@ -87,6 +87,34 @@ def test_accumulated_halves_give_the_same_loss_and_gradient():
 def test_bad_objective_settings(arguments, message):
     with pytest.raises(DistilyConfigError, match=message):
         build_objective(ObjectiveArguments(**arguments))
+
+
+REGISTRY_TYPOS = [
+    ({"logits_loss": "kl"}, "logits_loss='kl' is not a registered loss; expected one of forward_kl, reverse_kl"),
+    ({"logits_loss_kwargs": '{"beta": 0.5}'}, "do not fit loss 'forward_kl': unknown parameters ['beta']"),
+    ({"cross_tokenizer_loss": "uldd"}, "cross_tokenizer_loss='uldd' is not a registered cross-tokenizer loss"),
+    ({"hidden_states_weight": 1, "hidden_states_loss": "l1"}, "hidden_states_loss='l1' is not a registered feature"),
+    ({"hidden_states_weight": 1, "hidden_states_projector": "conv"}, "hidden_states_projector='conv' is not a"),
+    ({"hidden_states_weight": 1, "hidden_states_norm": "rms"}, "hidden_states_norm='rms' is not a registered norm"),
+    ({"hidden_states_weight": 1, "hidden_states_layer_map": "nearest"}, "hidden_states_layer_map='nearest' is not"),
+    ({"attentions_weight": 1, "attentions_layer_map": "last_k", "attentions_layer_map_kwargs": '{"kk": 2}'},
+     "attentions_layer_map_kwargs {'kk': 2} do not fit layer map 'last_k'"),
+    ({"attention_relations_weight": 1, "attention_relations_layer_map": "pairs"},
+     "attention_relations_layer_map_kwargs {} do not fit layer map 'pairs'"),
+]
+
+
+@pytest.mark.parametrize("values, message", REGISTRY_TYPOS, ids=[message[:30] for _, message in REGISTRY_TYPOS])
+def test_a_name_no_registry_holds_is_refused_before_the_models_are_known(values, message):
+    """Such a typo used to be found after both models had loaded (and in a sweep, when its run started); the
+    names of a component that is turned off are not read, and CAKLD's beta may be left to calibration."""
+    with pytest.raises(DistilyConfigError) as err:
+        check_objective(ObjectiveArguments(**values))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    turned_off = {key: value for key, value in values.items() if not key.endswith("_weight")}
+    if len(turned_off) < len(values):
+        check_objective(ObjectiveArguments(**turned_off))
+    check_objective(ObjectiveArguments(logits_loss="cakld"))
 
 
 def test_a_batch_without_a_counted_token_gives_zero_not_nan():
