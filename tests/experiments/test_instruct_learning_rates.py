@@ -1,0 +1,49 @@
+"""experiments/instruct_learning_rates.py: one learning rate per student, chosen by its median over the seeds."""
+
+import json
+
+import pytest
+
+import instruct_learning_rates as script
+
+SETTINGS = {"heldout": 256, "references": 256, "student_steps": 1500, "work_dir": "w", "json": "j", "report": "r"}
+
+
+def write_run(directory, seed, rate, scores, **settings):
+    path = directory / f"seed{seed}-lr{rate}.json"
+    students = {name: {"exact_match": score} for name, score in zip(script.STUDENTS, scores)}
+    path.write_text(json.dumps({"settings": {**SETTINGS, "seed": seed, "learning_rate": rate, **settings,
+                                             "work_dir": f"runs/{seed}-{rate}"},
+                                "students": students}))
+    return str(path)
+
+
+def test_each_student_gets_the_rate_of_its_best_median_and_the_goals_are_checked_at_every_seed(tmp_path):
+    scores = {  # (a) best at 3e-3, (b) to (e) at 1e-3
+        (0, 1e-3): [1.0, 60.0, 80.0, 70.0, 75.0], (1, 1e-3): [0.0, 2.0, 50.0, 50.0, 3.0],
+        (2, 1e-3): [40.0, 45.0, 60.0, 77.0, 57.0],
+        (0, 3e-3): [30.0, 10.0, 1.0, 1.0, 1.0], (1, 3e-3): [44.0, 17.0, 1.0, 0.0, 1.0],
+        (2, 3e-3): [50.0, 20.0, 2.0, 0.0, 0.0],
+        (1, 3e-4): [90.0, 90.0, 90.0, 90.0, 90.0],  # at one seed only: not a candidate
+    }
+    paths = [write_run(tmp_path, seed, rate, values) for (seed, rate), values in scores.items()]
+    runs, settings = script.read_runs(paths)
+    chosen = script.best_rates(runs)
+    assert {name: found["rate"] for name, found in chosen.items()} == {
+        "a-fine-tune": 3e-3, "b-kd-references": 1e-3, "c-kd-responses": 1e-3, "d-on-policy": 1e-3, "e-mixed": 1e-3}
+    assert chosen["a-fine-tune"]["medians"] == {1e-3: 1.0, 3e-3: 44.0}
+    goals = script.goals_at(runs, chosen, settings["heldout"])
+    assert goals[0]["exact_match"]["a-fine-tune"] == 30.0 and goals[0]["exact_match"]["b-kd-references"] == 60.0
+    assert [found["every_kd_student_beats_fine_tuning"] for found in goals.values()] == [True, False, False]
+    assert [found["on_policy_or_mixed_over_kd_references_points"] for found in goals.values()] == [15.0, 48.0, 32.0]
+    script.main([*paths, "--report", str(tmp_path / "out" / "r.md"), "--json", str(tmp_path / "out" / "r.json")])
+    assert (tmp_path / "out" / "r.png").stat().st_size > 0
+    assert "| 0 | 30.0 | 60.0 | 80.0 | 70.0 | 75.0 | yes | +15.0 |" in (tmp_path / "out" / "r.md").read_text()
+
+
+def test_runs_that_differ_in_more_than_seed_and_rate_are_refused(tmp_path):
+    paths = [write_run(tmp_path, 0, 1e-3, [0.0] * 5), write_run(tmp_path, 1, 1e-3, [0.0] * 5, student_steps=600)]
+    with pytest.raises(SystemExit, match="differs from the runs before it in student_steps; expected runs that"):
+        script.read_runs(paths)
+    with pytest.raises(SystemExit, match="is a second run of seed 0 at learning rate 0.001"):
+        script.read_runs([paths[0], paths[0]])
