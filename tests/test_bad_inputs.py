@@ -503,6 +503,11 @@ VALUE_CASES = [
     ("bitnet_warmup_past_its_second_stage", {"student_as_bitnet": True, "bitnet_schedule": True, "max_steps": 1},
      "warmup_steps=0.05 (1 of them) and bitnet_stage_boundary=0.5: the warmup does not end before the second stage "
      "starts (step 0)"),  # was refused as training started, the models loaded and the run's folder written
+    # by epochs the steps are known from the data: it was refused as training started, the run's folder written
+    ("bitnet_warmup_past_its_second_stage_by_epochs",
+     {"student_as_bitnet": True, "bitnet_schedule": True, "max_steps": -1, "num_train_epochs": 0.004},
+     "num_train_epochs=0.004 (1 optimizer steps), warmup_steps=0.05 (1 of them) and bitnet_stage_boundary=0.5: the "
+     "warmup does not end before the second stage starts (step 0)"),
 ]
 
 

@@ -114,7 +114,8 @@ class DistillationTrainingArguments(TrainingArguments):
             self.use_cpu = True  # lets bf16 mean CPU autocast on machines without an accelerator
         super().__post_init__()
         self._check_loggers()
-        self._check_bitnet_schedule()
+        if self.max_steps > 0:  # by epochs, the steps are known once the data is: the run checks them then
+            self.check_bitnet_schedule(self.max_steps)
         if self.fp16 and self.use_cpu:
             raise DistilyConfigError(
                 "fp16=true on the CPU: no float16 autocast runs there, so the run would train in fp32; expected "
@@ -126,18 +127,23 @@ class DistillationTrainingArguments(TrainingArguments):
         """The seed of the held-out split and of the samples of the data (``distily.arguments.split_seed``)."""
         return split_seed(self.seed, self.data_seed)
 
-    def _check_bitnet_schedule(self) -> None:
-        """The BitNet schedule's stages for max_steps (by epochs, the steps are known once the data is), or the run
-        would be refused as its training starts."""
-        if not self.bitnet_schedule or self.max_steps <= 0:
+    def check_bitnet_schedule(self, total_steps: int) -> None:
+        """The BitNet schedule's warmup ends before its second stage in a run of ``total_steps`` optimizer steps
+        (max_steps, or the Trainer's count for num_train_epochs), or the run would be refused as its training
+        starts."""
+        if not self.bitnet_schedule:
             return
-        warmup = self.get_warmup_steps(self.max_steps)
-        boundary = boundary_step(self.bitnet_stage_boundary, self.max_steps)
+        warmup = self.get_warmup_steps(total_steps)
+        boundary = boundary_step(self.bitnet_stage_boundary, total_steps)
         if warmup >= boundary:
+            length, more = f"max_steps={self.max_steps}", "more max_steps"
+            if self.max_steps <= 0:
+                length = f"num_train_epochs={self.num_train_epochs} ({total_steps} optimizer steps)"
+                more = "more num_train_epochs (or a positive max_steps)"
             raise DistilyConfigError(
-                f"bitnet_schedule=true with max_steps={self.max_steps}, warmup_steps={self.warmup_steps} ({warmup} of "
-                f"them) and bitnet_stage_boundary={self.bitnet_stage_boundary}: the warmup does not end before the "
-                f"second stage starts (step {boundary}); expected fewer warmup steps or more max_steps"
+                f"bitnet_schedule=true with {length}, warmup_steps={self.warmup_steps} ({warmup} of them) and "
+                f"bitnet_stage_boundary={self.bitnet_stage_boundary}: the warmup does not end before the second stage "
+                f"starts (step {boundary}); expected fewer warmup steps or {more}"
             )
 
     def _check_loggers(self) -> None:

@@ -174,7 +174,6 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         )
         evaluate_student = with_generations(teacher.evaluator(data, eval_sets, collate_fn, vocab_size), generations)
 
-    prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
     trainer = DistillationTrainer(
         model=student,
         teacher=teacher,
@@ -191,6 +190,8 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         processing_class=teacher.student_tokenizer,
         callbacks=[CheckpointChecksums()],
     )
+    training.check_bitnet_schedule(trainer.training_steps())  # by epochs, the steps are known from the data now
+    prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
     before = trainer.evaluate(metric_key_prefix=BEFORE)
 
     started = time.perf_counter()

@@ -125,6 +125,11 @@ class DistillationTrainer(StagedCheckpoints):
             return [f"{name}.weight" for name, _ in bitlinear_modules(model)]
         return [name for name in super().get_decay_parameter_names(model) if not name.startswith(f"{OBJECTIVE}.")]
 
+    def training_steps(self) -> int:
+        """The optimizer steps ``train()`` takes in all, counted as the Trainer counts them: max_steps, or
+        num_train_epochs times the steps of an epoch (the training dataloader's batches over the accumulation)."""
+        return self.set_initial_training_values(self.args, self.get_train_dataloader())[-1]
+
     def create_scheduler(self, num_training_steps, optimizer=None):
         if not self.args.bitnet_schedule or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
