@@ -232,6 +232,22 @@ def case_resume_below_its_checkpoint(values, tmp_path):
     return "max_steps=4 is below the step of resume_from_checkpoint"
 
 
+def case_resume_below_its_checkpoint_by_epochs(values, tmp_path):  # trained nothing and reported 6 steps
+    _checkpoint(values, 6)
+    values.update(resume_from_checkpoint="true", max_steps=-1, num_train_epochs=0.004)
+    return ("num_train_epochs=0.004 (1 optimizer steps) is below the step of resume_from_checkpoint="
+            f"{str(Path(values['output_dir']) / 'checkpoint-6')!r} (6); expected more num_train_epochs or max_steps "
+            "of at least 6")
+
+
+def case_resume_a_finished_run_by_epochs(values, tmp_path):
+    _checkpoint(values, 1)
+    (Path(values["output_dir"]) / "metrics.json").write_text(json.dumps({"train": {"global_step": 1}}))
+    values.update(resume_from_checkpoint="true", max_steps=-1, num_train_epochs=0.004)
+    return ("holds a finished run of 1 steps and num_train_epochs=0.004 (1 optimizer steps) trains no further; "
+            "expected more num_train_epochs or max_steps above 1 to train it longer")
+
+
 def case_resume_from_a_directory_that_is_no_checkpoint(values, tmp_path):
     values["resume_from_checkpoint"] = str(tmp_path)
     return "is not a checkpoint; expected a checkpoint-* directory with trainer_state.json"
@@ -394,6 +410,8 @@ CASES = [
     case_resume_a_finished_run,
     case_resume_and_overwrite,
     case_resume_below_its_checkpoint,
+    case_resume_below_its_checkpoint_by_epochs,
+    case_resume_a_finished_run_by_epochs,
     case_resume_from_a_directory_that_is_no_checkpoint,
     case_resume_with_another_max_seq_length,
     case_resume_with_another_dataset,

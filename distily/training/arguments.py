@@ -127,6 +127,13 @@ class DistillationTrainingArguments(TrainingArguments):
         """The seed of the held-out split and of the samples of the data (``distily.arguments.split_seed``)."""
         return split_seed(self.seed, self.data_seed)
 
+    def run_length(self, total_steps: int) -> str:
+        """What sizes a run of ``total_steps`` optimizer steps, for a message: max_steps, or num_train_epochs and the
+        steps they come to."""
+        if self.max_steps > 0:
+            return f"max_steps={self.max_steps}"
+        return f"num_train_epochs={self.num_train_epochs} ({total_steps} optimizer steps)"
+
     def check_bitnet_schedule(self, total_steps: int) -> None:
         """The BitNet schedule's warmup ends before its second stage in a run of ``total_steps`` optimizer steps
         (max_steps, or the Trainer's count for num_train_epochs), or the run would be refused as its training
@@ -136,14 +143,11 @@ class DistillationTrainingArguments(TrainingArguments):
         warmup = self.get_warmup_steps(total_steps)
         boundary = boundary_step(self.bitnet_stage_boundary, total_steps)
         if warmup >= boundary:
-            length, more = f"max_steps={self.max_steps}", "more max_steps"
-            if self.max_steps <= 0:
-                length = f"num_train_epochs={self.num_train_epochs} ({total_steps} optimizer steps)"
-                more = "more num_train_epochs (or a positive max_steps)"
+            more = "more max_steps" if self.max_steps > 0 else "more num_train_epochs or a positive max_steps"
             raise DistilyConfigError(
-                f"bitnet_schedule=true with {length}, warmup_steps={self.warmup_steps} ({warmup} of them) and "
-                f"bitnet_stage_boundary={self.bitnet_stage_boundary}: the warmup does not end before the second stage "
-                f"starts (step {boundary}); expected fewer warmup steps or {more}"
+                f"bitnet_schedule=true with {self.run_length(total_steps)}, warmup_steps={self.warmup_steps} ({warmup} "
+                f"of them) and bitnet_stage_boundary={self.bitnet_stage_boundary}: the warmup does not end before the "
+                f"second stage starts (step {boundary}); expected fewer warmup steps or {more}"
             )
 
     def _check_loggers(self) -> None:

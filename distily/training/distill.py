@@ -33,6 +33,7 @@ from distily.training.run_dir import (
     RunDir,
     check_output_dir,
     check_resume,
+    check_steps,
     interrupted,
     output_dir_lock,
     pin_chat_template_date,
@@ -190,7 +191,9 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         processing_class=teacher.student_tokenizer,
         callbacks=[CheckpointChecksums()],
     )
-    training.check_bitnet_schedule(trainer.training_steps())  # by epochs, the steps are known from the data now
+    total_steps = trainer.training_steps()  # by epochs, known from the data only now
+    training.check_bitnet_schedule(total_steps)
+    check_steps(training, resume, total_steps)
     prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
     before = trainer.evaluate(metric_key_prefix=BEFORE)
 

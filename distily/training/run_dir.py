@@ -1,7 +1,8 @@
 """A run's ``output_dir``: finished or not, resumed or started over, written by one run at a time.
 
 - ``metrics.json`` is written last: its presence marks a finished run. A finished run is trained again
-  only with ``overwrite_output_dir``, or longer (``resume_from_checkpoint`` with a larger ``max_steps``).
+  only with ``overwrite_output_dir``, or longer (``resume_from_checkpoint`` with a larger ``max_steps``, or by
+  epochs more ``num_train_epochs``: checked once the data gives the run's steps).
 - Before a run writes anything, the finished marker of what it replaces is deleted first, so no kill can
   leave a directory that says "finished" beside another run's checkpoints.
 - A lock file (pid and host) admits one writer; a lock left by a dead process on this host is taken over.
@@ -392,15 +393,11 @@ def check_output_dir(training, resume: Optional[str], settings: dict) -> None:
         if resume is None or finished is None:
             raise DistilyConfigError(
                 f"output_dir={str(output_dir)!r} holds a finished run{steps}; expected {expected}"
-                + ("" if finished is None else f" (or --resume_from_checkpoint true with max_steps above {finished} "
-                   "to train it longer)")
+                + ("" if finished is None else f" (or --resume_from_checkpoint true with "
+                   f"{_more_steps(training, f'max_steps above {finished}')} to train it longer)")
             )
-        if training.max_steps <= finished:
-            raise DistilyConfigError(
-                f"output_dir={str(output_dir)!r} holds a finished run of {finished} steps and max_steps="
-                f"{training.max_steps} trains no further; expected max_steps above {finished} to train it longer, or "
-                f"{expected}"
-            )
+        if training.max_steps > 0:  # by epochs, once the data gives the steps (check_steps)
+            _check_trains_further(training, finished, training.max_steps)
         if _checkpoint_step(resume) < finished:
             raise DistilyConfigError(
                 f"resume_from_checkpoint={resume!r} is at step {_checkpoint_step(resume)}, before the end of the "
@@ -415,14 +412,48 @@ def check_output_dir(training, resume: Optional[str], settings: dict) -> None:
         )
 
 
+def _more_steps(training, max_steps: str) -> str:
+    """The advice to train longer, ``max_steps`` (e.g. "max_steps above 4"), by epochs also more num_train_epochs."""
+    return max_steps if training.max_steps > 0 else f"more num_train_epochs or {max_steps}"
+
+
+def _check_trains_further(training, finished: int, total_steps: int) -> None:
+    """A run of ``total_steps`` steps that resumes a finished run of ``finished`` steps trains it longer."""
+    if total_steps <= finished:
+        raise DistilyConfigError(
+            f"output_dir={training.output_dir!r} holds a finished run of {finished} steps and "
+            f"{training.run_length(total_steps)} trains no further; expected "
+            f"{_more_steps(training, f'max_steps above {finished}')} to train it longer, or --overwrite_output_dir "
+            "true to train it again, or another output_dir"
+        )
+
+
+def _check_reaches_checkpoint(training, resume: str, total_steps: int) -> None:
+    """A run of ``total_steps`` steps resumed from ``resume`` trains at least to its step."""
+    step = _checkpoint_step(resume)
+    if total_steps < step:
+        raise DistilyConfigError(
+            f"{training.run_length(total_steps)} is below the step of resume_from_checkpoint={resume!r} ({step}); "
+            f"expected {_more_steps(training, f'max_steps of at least {step}')}"
+        )
+
+
+def check_steps(training, resume: Optional[str], total_steps: int) -> None:
+    """A run by epochs (max_steps -1), once its data gives its ``total_steps`` (the Trainer's count): resumed, it
+    trains further than the finished run it continues and at least to its checkpoint's step (``check_output_dir``
+    and ``check_resume`` check a positive max_steps before anything loads)."""
+    if resume is None or training.max_steps > 0:
+        return
+    finished = RunDir(training.output_dir).finished_step()
+    if finished is not None:
+        _check_trains_further(training, finished, total_steps)
+    _check_reaches_checkpoint(training, resume, total_steps)
+
+
 def check_resume(training, resume: str, settings: dict) -> None:
     """A resumed run trains at least to its checkpoint's step, with the settings that run was started with."""
-    step = _checkpoint_step(resume)
-    if 0 < training.max_steps < step:
-        raise DistilyConfigError(
-            f"max_steps={training.max_steps} is below the step of resume_from_checkpoint={resume!r} ({step}); "
-            f"expected max_steps of at least {step}"
-        )
+    if training.max_steps > 0:  # by epochs, once the data gives the steps (check_steps)
+        _check_reaches_checkpoint(training, resume, training.max_steps)
     run = RunDir(Path(resume).parent)
     was = run.recorded_settings()
     if was is None:

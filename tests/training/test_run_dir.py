@@ -2,6 +2,7 @@
 "finished", one writer at a time, resumes with the settings the run started with, Ctrl-C's way back."""
 
 import json
+import math
 import re
 import shlex
 import socket
@@ -82,6 +83,21 @@ def test_a_finished_run_is_resumed_only_to_train_it_longer(teacher_dirs, run_val
     metrics = run_distillation(parse_config(**longer))
     assert metrics["train"]["global_step"] == 6 and _steps(out / "checkpoint-6") == 6
     assert not (out / RunDir.LOCK).exists()
+
+
+def test_a_finished_run_by_epochs_is_trained_longer_with_more_epochs(teacher_dirs, run_values):
+    values = _values(run_values, teacher_dirs, max_steps=-1, num_train_epochs=0.015)  # 4 of 208 steps an epoch
+    out = Path(values["output_dir"])
+    first = run_distillation(parse_config(**values))["train"]
+    per_epoch = round(first["global_step"] / first["epoch"])
+    assert first["global_step"] == math.ceil(0.015 * per_epoch) == 4 and _steps(out / "checkpoint-4") == 4
+
+    # the Trainer's count for 0.025 epochs, past the 4 steps trained: it was refused as "max_steps=-1 trains no
+    # further"
+    metrics = run_distillation(parse_config(**{**values, "num_train_epochs": 0.025, "resume_from_checkpoint": "true"}))
+    assert metrics["train"]["global_step"] == math.ceil(0.025 * per_epoch) == 6
+    assert metrics["train"]["resumed_from_step"] == 4 and _steps(out / "checkpoint-6") == 6
+    assert metrics["train"]["epoch"] == pytest.approx(6 / per_epoch)
 
 
 @pytest.mark.parametrize("fault", ["removing the old checkpoints", "the first training step"])
