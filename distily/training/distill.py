@@ -191,7 +191,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         processing_class=teacher.student_tokenizer,
         callbacks=[CheckpointChecksums()],
     )
-    total_steps = trainer.training_steps()  # by epochs, known from the data only now
+    total_steps = training.max_steps if training.max_steps > 0 else trainer.training_steps()  # by epochs: from the data
     training.check_bitnet_schedule(total_steps)
     check_steps(training, resume, total_steps)
     prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
