@@ -74,10 +74,9 @@ class MemoryEstimate:
         return f"estimated peak memory {self.total / GIB:.2f} GiB ({parts} GiB)"
 
 
-def _bytes(parameters, trainable_only: bool = False) -> int:
-    """Bytes of the (trainable) tensors that hold memory: none on the meta device."""
-    counted = (p for p in parameters if not p.is_meta and (p.requires_grad or not trainable_only))
-    return sum(p.numel() * p.element_size() for p in counted)
+def _bytes(parameters) -> int:
+    """Bytes of the tensors that hold memory: none on the meta device."""
+    return sum(p.numel() * p.element_size() for p in parameters if not p.is_meta)
 
 
 def trained_parameters(student: PreTrainedModel, objective: DistillationObjective) -> list[torch.nn.Parameter]:
