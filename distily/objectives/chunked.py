@@ -348,40 +348,35 @@ def chunked_loss_footprint(
     *,
     working_tensors: int = UNKNOWN_WORKING_TENSORS,
     compute_bytes: int = 4,
-    hidden_bytes: int = 4,
-    chunk_size: Optional[int] = None,
-    loss_chunk_size: Optional[int] = None,
     teacher_logits: bool = True,
     device_type: str = "cpu",
 ) -> int:
     """Peak bytes ``chunked_logit_loss_sum`` allocates beyond its inputs for ``tokens`` rows that count and
-    ``columns`` vocabulary columns, the gradients it returns included.
+    ``columns`` vocabulary columns at its default chunk sizes, the gradients it returns included.
 
     ``hidden``: the student's width when its LM head is fused (None: the student's logits are given, and their
     ``[N, V]`` gradient is what the loss returns); ``compute_bytes``: bytes per value of the matmuls (2 under
     bf16/fp16 autocast, which also makes half-precision copies of the hidden states and the LM head);
-    ``hidden_bytes``: bytes per value of the student's input; ``working_tensors``: the loss's (``losses.py``), for
-    one slice of the tokens at a time; ``teacher_logits``: the teacher's side is its logits, a chunk's computed by
-    its fused LM head or gathered at once (False: a store's top-k, a few values per token); ``device_type``: where
-    the loss runs (the default slice size depends on it)."""
+    ``working_tensors``: the loss's (``losses.py``), for one slice of the tokens at a time; ``teacher_logits``: the
+    teacher's side is its logits, a chunk's computed by its fused LM head or gathered at once (False: a store's
+    top-k, a few values per token); ``device_type``: where the loss runs (the default slice size depends on it)."""
     buffer_bytes = compute_bytes if hidden is not None else 4
-    sizes = _chunk_sizes(chunk_size, loss_chunk_size, columns, buffer_bytes, device_type)
+    sizes = _chunk_sizes(None, None, columns, buffer_bytes, device_type)
     chunk, piece = (min(size, tokens) for size in sizes)
     slices = working_tensors * piece * columns * 4  # a slice's teacher logits among them
     if teacher_logits:  # the rest of its chunk's
         slices += (chunk - piece) * columns * compute_bytes
-    held = chunked_loss_held(tokens, columns, hidden, compute_bytes=compute_bytes, hidden_bytes=hidden_bytes)
+    held = chunked_loss_held(tokens, columns, hidden, compute_bytes=compute_bytes)
     buffer = 0 if hidden is None else chunk * columns * compute_bytes  # the [chunk, V] buffer
     return held + buffer + slices
 
 
-def chunked_loss_held(tokens: int, columns: int, hidden: Optional[int] = None, *, compute_bytes: int = 4,
-                      hidden_bytes: int = 4) -> int:
+def chunked_loss_held(tokens: int, columns: int, hidden: Optional[int] = None, *, compute_bytes: int = 4) -> int:
     """Bytes of ``chunked_loss_footprint`` (same arguments) that outlive the call: the gradients the loss computes
     in its forward pass for the backward pass, and autocast's copies of the hidden states and the LM head."""
     if hidden is None:
         return tokens * columns * compute_bytes  # [N, V]
-    gradients = tokens * hidden * hidden_bytes + 2 * columns * hidden * 4  # [N, H]; [V, H] fp32 and its scaled copy
+    gradients = (tokens + 2 * columns) * hidden * 4  # [N, H] and [V, H] fp32, and the latter's scaled copy
     casts = (tokens + columns) * hidden * compute_bytes if compute_bytes < 4 else 0  # autocast's copies
     return gradients + casts
 
