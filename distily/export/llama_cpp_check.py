@@ -31,12 +31,12 @@ def pytorch_perplexity(model: PreTrainedModel, token_ids: torch.Tensor) -> float
     return _perplexity(logits, token_ids)
 
 
-def llama_cpp_perplexity(path: str | Path, token_ids: torch.Tensor, threads: int | None = None) -> float:
+def llama_cpp_perplexity(path: str | Path, token_ids: torch.Tensor) -> float:
     """The same quantity computed by llama.cpp on the GGUF file at `path`."""
     import llama_cpp
 
     model = llama_cpp.Llama(model_path=str(path), n_ctx=len(token_ids), logits_all=True, verbose=False,
-                            n_threads=threads or torch.get_num_threads())
+                            n_threads=torch.get_num_threads())
     model.eval(token_ids.tolist())
     logits = torch.from_numpy(np.asarray(model.scores[: len(token_ids)], dtype=np.float32))[:-1]  # [seq - 1, vocab]
     model.close()
