@@ -25,14 +25,15 @@ def _figure(**kwargs) -> Figure:
 
 RUN_DPI, SWEEP_DPI = 100, 120
 MAX_LEGEND = 10  # sweep series beyond this are drawn without a legend
+GRID_COLUMNS, PLOT_INCHES = 3, (4.2, 3.0)  # a grid's plots to a row; each plot's width and height
 
 
-def _grid(count: int, columns: int = 3, size: tuple[float, float] = (4.2, 3.0)):
+def _grid(count: int):
     """A figure of ``count`` small plots, three to a row (fixed spacing: automatic layouts cost seconds)."""
-    rows = max(1, math.ceil(count / columns))
-    columns = min(columns, max(count, 1))
-    height = size[1] * rows + 0.8  # inches: the plots, and the legend above them
-    figure = _figure(figsize=(size[0] * columns, height))
+    rows = max(1, math.ceil(count / GRID_COLUMNS))
+    columns = min(GRID_COLUMNS, max(count, 1))
+    height = PLOT_INCHES[1] * rows + 0.8  # inches: the plots, and the legend above them
+    figure = _figure(figsize=(PLOT_INCHES[0] * columns, height))
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     figure.subplots_adjust(left=0.25 / columns, right=0.98, bottom=0.55 / height, top=1 - 0.9 / height,
                            hspace=0.6, wspace=0.3)
