@@ -33,14 +33,14 @@ from distily.objectives.objective import DistillationObjective, LogitsComponent
 from distily.teachers.placement import place_teacher, teacher_is_sharded
 from distily.teachers.source import TeacherSource
 
-CALIBRATION_BATCHES = 20
+CALIBRATION_BATCHES, CALIBRATION_BATCH_SIZE = 20, 8
 
 
 @torch.no_grad()
-def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn, batch_size: int = 8) -> float:
+def calibrate_cakld_beta(teacher: PreTrainedModel, dataset, collate_fn) -> float:
     """CAKLD's beta: the teacher's mean confidence over the first training batches (as BitDistiller does,
     Du et al., 2024), estimated once before training."""
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+    loader = DataLoader(dataset, batch_size=CALIBRATION_BATCH_SIZE, collate_fn=collate_fn)
     device = next(teacher.parameters()).device
     batches = list(itertools.islice(loader, CALIBRATION_BATCHES))
     return teacher_confidence(
