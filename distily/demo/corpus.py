@@ -5,14 +5,17 @@ import json
 from pathlib import Path
 
 
-def python_doc_paragraphs(min_chars: int = 40) -> list[str]:
+MIN_CHARS = 40  # a shorter paragraph is left out
+
+
+def python_doc_paragraphs() -> list[str]:
     from pydoc_data.topics import topics
 
     paragraphs = []
     for name in sorted(topics):
         for paragraph in topics[name].split("\n\n"):
             paragraph = paragraph.strip()
-            if len(paragraph) >= min_chars:
+            if len(paragraph) >= MIN_CHARS:
                 paragraphs.append(paragraph)
     return paragraphs
 
