@@ -108,11 +108,11 @@ def peak_memory_bytes(gpu: bool | None = None) -> int:
     return torch.cuda.max_memory_allocated() if _on_gpu(gpu) else memory_kib("VmHWM") * 1024
 
 
-def process_peak_bytes(gpu: bool | None = None) -> int:
+def process_peak_bytes() -> int:
     """Peak memory of the whole process, from its start: the GPU allocator's, or the resident set's on CPU (VmHWM
     across resets; not ru_maxrss, which Linux carries over an exec from the parent's memory: a worker started
     by a parent holding 6 GB reported 6 GB, whatever it used)."""
-    if _on_gpu(gpu):
+    if torch.cuda.is_available():
         return max(_process_peak["cuda"], torch.cuda.max_memory_allocated())
     return max(_process_peak["cpu"], memory_kib("VmHWM") * 1024)
 

@@ -41,11 +41,11 @@ QUICK = {"runs": 1, "steps": 1, "warmup": 1, "batch": 2, "seq": 32, "vocab": 102
          "teacher_layers": 2, "student_layers": 1, "heads": 2, "repeats": 2, "precision": ["fp32"]}
 
 
-def matmul_peak(precision: str, repeats: int, sizes: tuple[int, ...] = MATMUL_SIZES) -> dict:
+def matmul_peak(precision: str, repeats: int) -> dict:
     """FLOP/s of the fastest size's median square matmul."""
     by_size = {}
     device = "cuda" if torch.cuda.is_available() else "cpu"  # where the training steps run
-    for n in sizes:
+    for n in MATMUL_SIZES:
         a, b = (torch.randn(n, n).to(device, DTYPES[precision]) for _ in range(2))
         torch.matmul(a, b)
         seconds = []
