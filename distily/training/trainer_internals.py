@@ -18,7 +18,6 @@ the versions in ``WRITTEN_FOR`` (a warning names any other) and each pinned by a
   (pinned by ``tests/training/test_zero3_loading.py``).
 """
 
-import logging
 import os
 import shutil
 import warnings
@@ -32,8 +31,6 @@ from transformers.integrations import deepspeed as hf_deepspeed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from distily.training.guards import check_finite_weights
-
-logger = logging.getLogger(__name__)
 
 CHECKPOINT_STAGING_DIR = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
 WRITTEN_FOR = {"transformers": "5.", "accelerate": "1.1"}  # version prefixes: transformers 5.x, accelerate 1.1x
