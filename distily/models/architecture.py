@@ -19,7 +19,7 @@ def named_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     adapters, one per hybrid layer: as many as the layers where every one is hybrid) or lists of single layers
     without modules inside (Gemma 3n's AltUp projections, one per extra stream: 3, as many as a 3-layer student's
     blocks)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = model.config.get_text_config()
     depth = getattr(config, "num_hidden_layers", None)
     lists = [
         (name, module)
@@ -81,6 +81,6 @@ def plain_lm_head(model: PreTrainedModel) -> bool:
     quantized or ternary one), and no soft-capping or scaling after it."""
     head = model.get_output_embeddings()
     linear = isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward and head.weight.is_floating_point()
-    configs = [model.config, model.config.get_text_config() if hasattr(model.config, "get_text_config") else None]
+    configs = [model.config, model.config.get_text_config()]
     return linear and all(getattr(config, key, None) in (None, 1, 1.0)
-                          for config in configs if config is not None for key in LOGIT_TRANSFORM_KEYS)
+                          for config in configs for key in LOGIT_TRANSFORM_KEYS)
