@@ -132,6 +132,8 @@ def plot(runs: dict, chosen: dict, path: Path) -> None:
         medians = chosen[name]["medians"]
         ax.plot(list(medians), list(medians.values()), color="black", linewidth=2, label="median")
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(list(medians), [f"{rate:g}" for rate in medians])
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("learning rate")
     axes[0].set_ylabel("held-out exact match (%)")
