@@ -19,7 +19,7 @@ commands:
   sweep SWEEP.yaml [--key value ...]      run a grid, a list of runs or a layer search (docs/experiments.md)
   eval MODEL [--teacher_model_name_or_path T] [--key value ...]
                                           perplexity sets, agreement, lm-eval tasks (see `distily eval --help`)
-  export RUN_DIR --format packed|gguf [--output PATH] [--overwrite]
+  export RUN_DIR --format packed|gguf [--output PATH] [--gguf_type TQ2_0|TQ1_0] [--overwrite]
                                           export a BitNet student (2-bit packed checkpoint or GGUF) and verify it
   demo [--output_dir DIR]                 offline demo: distill the bundled teacher on Python's own docs
 
