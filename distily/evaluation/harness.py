@@ -51,12 +51,78 @@ def _require_harness(args: EvaluationArguments) -> None:
         )
 
 
-def reported_tasks(args: EvaluationArguments) -> set[str]:
-    """The names ``task_results`` can report results under for ``args.lm_eval_tasks``, from the harness's task
-    registry alone (no data loaded, so offline): each task, group and tag asked for, and what each runs."""
+def reported_metrics(args: EvaluationArguments) -> dict[str, Optional[set[str]]]:
+    """The names ``task_results`` can report results under for ``args.lm_eval_tasks`` (each task, group and tag
+    asked for, and what each runs), each with the names its metrics can have there as ``fnmatch`` patterns (None:
+    any), from the harness's task registry alone (no data loaded, so offline)."""
     _require_harness(args)
     manager = _manager_for(args)
-    return {name for task in args.lm_eval_tasks for name in _names_run_by(task, manager)}
+    names = {name for task in args.lm_eval_tasks for name in _names_run_by(task, manager)}
+    metrics = {name: _registry_metrics(manager.task_index.get(name), manager) for name in names}
+    for group in names & set(manager.all_groups):
+        if _sets_metrics(manager.task_index[group].cfg or {}):  # its members' metrics: as it sets them
+            metrics.update(dict.fromkeys(_names_run_by(group, manager)))
+    return metrics
+
+
+METRIC_SETTINGS = ("metric_list", "filter_list", "process_results", "output_type", "class")  # what names metrics
+
+
+def _sets_metrics(group_config: dict) -> bool:
+    """Whether a group's config (or an entry of its members) changes what its members' metrics are named."""
+    return any(key in group_config for key in METRIC_SETTINGS) or any(
+        _sets_metrics(member) for member in _listed(group_config.get("task"), []) if isinstance(member, dict))
+
+
+def _registry_metrics(entry, manager) -> Optional[set[str]]:
+    """The names (``fnmatch`` patterns) ``task_results`` gives the metrics of a registry entry, each with its stderr,
+    and the counts. None (any name) where the registry cannot tell: Python names them (``process_results``, a task
+    class), the harness's defaults do (no ``metric_list``), a tag, a group without an aggregate (it reports none), a
+    task defined inside a group."""
+    config = entry.cfg if entry is not None and entry.cfg else {}
+    if entry is None or entry.name in manager.all_tags or "class" in config or config.get("process_results"):
+        return None
+    pairs = _group_pairs(entry.name, config, manager) if entry.name in manager.all_groups else _task_pairs(config)
+    if not pairs or not all(isinstance(part, str) for pair in pairs for part in pair):
+        return None
+    return {SAMPLES, FEWSHOT, *(_metric_name(name, filter_name) for metric, filter_name in pairs
+                                for name in (metric, f"{metric}_stderr"))}
+
+
+def _task_pairs(config: dict) -> list[tuple]:
+    """A task's ``(metric, filter)``: each of its ``metric_list`` under each filter of its ``filter_list`` (the
+    harness's ``none`` without one)."""
+    filters = [_field(item, "name") for item in _listed(config.get("filter_list"), [{"name": "none"}])]
+    return [(_field(item, "metric"), name) for item in _listed(config.get("metric_list"), []) for name in filters]
+
+
+def _group_pairs(group: str, config: dict, manager) -> list[tuple]:
+    """A group's ``(metric, filter)``: each of its ``aggregate_metric_list`` under each filter it names (without,
+    those of the metrics of what it runs: ``_member_filters``)."""
+    items = _listed(config.get("aggregate_metric_list"), [])
+    found = _member_filters(group, manager) if any(_field(item, "filter_list") is None for item in items) else []
+    return [(_field(item, "metric"), name) for item in items for name in _listed(_field(item, "filter_list"), found)]
+
+
+def _member_filters(group: str, manager) -> list[str]:
+    """The filters of the tasks ``group`` runs; any (``none`` and ``*``) where the registry cannot tell one's."""
+    names = _names_run_by(group, manager) - {group}
+    groups = [manager.task_index[name].cfg or {} for name in names if name in manager.all_groups]
+    tasks = [manager.task_index.get(name) for name in names
+             if name not in manager.all_groups and name not in manager.all_tags]
+    if any(map(_sets_metrics, groups)) or any(_registry_metrics(task, manager) is None for task in tasks):
+        return ["none", "*"]
+    return sorted({filter_name for task in tasks for _, filter_name in _task_pairs(task.cfg)})
+
+
+def _field(item, key: str):
+    """``item[key]`` for a mapping, None for anything else."""
+    return item.get(key) if isinstance(item, dict) else None
+
+
+def _listed(value, default: list) -> list:
+    """A config's value that is one item or a list of them, as a list (``default`` when it is not set)."""
+    return default if value is None else value if isinstance(value, list) else [value]
 
 
 def _names_run_by(member, manager, group: Optional[str] = None) -> set[str]:

@@ -1,9 +1,9 @@
 """The keys of a finished run's flattened metrics.json (``student.after_perplexity``) that can hold a number, worked
 out from the run's config before it runs: metrics.json's numeric fields (distily.metrics), the Trainer's figures,
 and the names the config gives (eval sets, objective components, the generation metric; lm-eval results under the
-tasks the config asks for and what they run, as the harness's registry names them: ``student.lm_eval.TASK.*``, whose
-metrics only the harness knows). A sweep refuses a ranking metric that none of its runs can measure before the first
-run starts (``check_metric``)."""
+tasks the config asks for and what they run, as the harness's registry names them: ``student.lm_eval.TASK.*``, with
+the metrics their configs in the registry name, where they do). A sweep refuses a ranking metric that none of its
+runs can measure before the first run starts (``check_metric``)."""
 
 import dataclasses
 import time
@@ -17,7 +17,7 @@ from transformers.trainer_utils import speed_metrics
 from distily.config import DistillConfig
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import BUILT_IN, HELDOUT_SET, metric_name
-from distily.evaluation.harness import reported_tasks
+from distily.evaluation.harness import reported_metrics
 from distily.metrics import (
     AFTER, BEFORE, LOSS_METRICS, PER_SET_METRICS, EvalSetSource, FramingMetrics, MultimodalCheckpoint, OverlapCheck,
     RecordingSource, RunMetrics, StudentMetrics, TeacherMetrics, TrainMetrics, generation_key, metric_key,
@@ -131,16 +131,41 @@ def check_metric(metric: str, configs: list[DistillConfig], where: str) -> None:
 
 
 def _check_lm_eval_task(metric: str, configs: list[DistillConfig], where: str) -> None:
-    """Refuse lm-eval results (``student.lm_eval.TASK.METRIC``) of a TASK under which no run's results can be: the
-    tasks, groups and tags the runs ask for and what those run, as the harness's task registry names them."""
+    """Refuse lm-eval results (``student.lm_eval.TASK.METRIC``) of a TASK under which no run's results can be (the
+    tasks, groups and tags the runs ask for and what those run, as the harness's task registry names them), or of a
+    METRIC that TASK cannot report (``reported_metrics``)."""
     part, lm_eval, task_metric = metric.partition(f".{LM_EVAL}.")
     if not lm_eval:
         return
+    reported = _reported_metrics(configs)
+    tasks = sorted(reported)
+    matched = [task for task in tasks if task_metric.startswith(f"{task}.")]
+    if not matched:
+        closest = "".join(f" (closest: {task})"
+                          for task in get_close_matches(task_metric.rsplit(".", 1)[0], tasks, n=1))
+        raise DistilyConfigError(f"{where}: metric={metric!r} names no lm-eval task the runs evaluate{closest}; "
+                                 f"expected {part}.{LM_EVAL}.TASK.METRIC with TASK among {', '.join(tasks)}")
+    if any(_reports(reported[task], task_metric.removeprefix(f"{task}.")) for task in matched):
+        return
+    task = matched[-1]
+    name, names = task_metric.removeprefix(f"{task}."), sorted(reported[task])
+    closest = "".join(f" (closest: {key})" for key in get_close_matches(name, names, n=1))
+    raise DistilyConfigError(f"{where}: metric={metric!r} names a metric lm-eval task {task!r} does not report"
+                             f"{closest}; expected {part}.{LM_EVAL}.{task}.METRIC with METRIC among {', '.join(names)}")
+
+
+def _reported_metrics(configs: list[DistillConfig]) -> dict[str, Optional[set[str]]]:
+    """``reported_metrics`` of every run's lm-eval settings together (None: any metric in one of them)."""
     settings = {(tuple(config.evaluation.lm_eval_tasks), config.evaluation.lm_eval_include_path): config.evaluation
                 for config in configs if config.evaluation.lm_eval_tasks}  # each registry read once
-    tasks = sorted({task for evaluation in settings.values() for task in reported_tasks(evaluation)})
-    if any(task_metric.startswith(f"{task}.") for task in tasks):
-        return
-    closest = "".join(f" (closest: {task})" for task in get_close_matches(task_metric.rsplit(".", 1)[0], tasks, n=1))
-    raise DistilyConfigError(f"{where}: metric={metric!r} names no lm-eval task the runs evaluate{closest}; expected "
-                             f"{part}.{LM_EVAL}.TASK.METRIC with TASK among {', '.join(tasks)}")
+    merged: dict[str, Optional[set[str]]] = {}
+    for evaluation in settings.values():
+        for task, names in reported_metrics(evaluation).items():
+            unknown = names is None or (task in merged and merged[task] is None)
+            merged[task] = None if unknown else merged.get(task, set()) | names
+    return merged
+
+
+def _reports(names: Optional[set[str]], name: str) -> bool:
+    """Whether ``name`` is among a task's metric ``names`` (patterns; None: any)."""
+    return names is None or any(fnmatchcase(name, pattern) for pattern in names)

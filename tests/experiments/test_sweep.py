@@ -18,6 +18,7 @@ from distily.cli import main
 from distily.commands import sweep as sweep_command
 from distily.commands.sweep import run_sweep
 from distily.errors import DistilyConfigError, RunInterrupted
+from distily.evaluation.harness import task_results
 from distily.experiments.results import check_ranked, rank
 from distily.experiments.runs import render_value, run_name
 from distily.experiments.sweep_file import load_sweep
@@ -193,6 +194,77 @@ def test_lm_eval_results_of_a_task_no_run_evaluates_are_refused_before_any_run_s
         "student.lm_eval.TASK.METRIC with TASK among hellaswag"
     )):  # the harness's own tasks, read offline
         load("student.lm_eval.hellaswg.acc", {**base, "lm_eval_tasks": ["hellaswag"]}, [{"name": "only"}])
+
+
+def write_metric_registry(directory) -> str:
+    """lm-eval task files naming their metrics (registry alone, no data): tiny_choice (acc, acc_norm), tiny_gen
+    (exact_match under the filters strict-match and flexible-extract), tiny_scored (Python names its metrics), the
+    group tiny_group of tiny_gen with an aggregate exact_match over its filters, and tiny_renamed, a group that
+    sets tiny_choice's metrics."""
+    directory.mkdir()
+    metric = {"aggregation": "mean", "higher_is_better": True}
+    filters = [{"name": name, "filter": [{"function": "take_first"}]} for name in ("strict-match", "flexible-extract")]
+    tasks = {
+        "tiny_choice": {"output_type": "multiple_choice",
+                        "metric_list": [{"metric": "acc", **metric}, {"metric": "acc_norm", **metric}]},
+        "tiny_gen": {"output_type": "generate_until", "metric_list": [{"metric": "exact_match", **metric}],
+                     "filter_list": filters},
+        "tiny_scored": {"output_type": "multiple_choice", "metric_list": [{"metric": "acc", **metric}],
+                        "process_results": "scores computed in Python"},
+        "tiny_group": {"group": "tiny_group", "task": ["tiny_gen"],
+                       "aggregate_metric_list": [{"metric": "exact_match"}]},
+        "tiny_renamed": {"group": "tiny_renamed",
+                         "task": [{"task": "tiny_choice", "metric_list": [{"metric": "brier_score", **metric}]}]},
+    }
+    for name, config in tasks.items():
+        task = config if "group" in config else {"task": name, "dataset_path": "json", **config}
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump(task))
+    return str(directory)
+
+
+def test_lm_eval_metrics_a_task_does_not_report_are_refused_before_any_run_starts(base, tmp_path):
+    """Any metric of a task the runs evaluate passed (student.lm_eval.hellaswag.acc_nrom was found missing after
+    every run): the metric is one the task's config in the harness's registry names, as task_results writes it."""
+    values = {**base, "lm_eval_tasks": ["tiny_choice", "tiny_gen", "tiny_scored", "tiny_group"],
+              "lm_eval_include_path": write_metric_registry(tmp_path / "tasks")}
+    runs = [{"name": "all"}, {"name": "renamed", "lm_eval_tasks": ["tiny_renamed"]}]
+
+    def load(metric, base=values, runs=runs):
+        return load_sweep(write_sweep(tmp_path, base=base, output_dir="out", runs=runs, metric=metric,
+                                      metric_goal="max"))
+
+    generated = {f"exact_match{stderr},{name}": 0.1 for stderr in ("", "_stderr")
+                 for name in ("strict-match", "flexible-extract")}
+    raw = {"results": {"tiny_choice": {"acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.5,
+                                       "acc_norm_stderr,none": 0.1},
+                       "tiny_gen": generated, "tiny_group": generated},  # the harness's output, shaped as it is
+           "n-samples": {"tiny_choice": {"effective": 4}}, "n-shot": {"tiny_choice": 0}}
+    written = [f"{task}.{name}" for task, metrics in task_results(raw, ["tiny_choice", "tiny_group"]).items()
+               for name in metrics]
+    assert "tiny_gen.exact_match_strict-match_stderr" in written and "tiny_choice.samples" in written
+    for name in [*written, "tiny_scored.anything", "tiny_renamed.brier_score", "tiny_choice.brier_score"]:
+        load(f"student.lm_eval.{name}")  # tiny_choice's metrics as tiny_renamed sets them: any
+    load("teacher.lm_eval.tiny_choice.acc_norm_stderr", {**values, "lm_eval_tasks": ["tiny_choice"]}, [{"name": "a"}])
+    with pytest.raises(DistilyConfigError, match=re.escape(
+        "metric='student.lm_eval.tiny_gen.exact_match' names a metric lm-eval task 'tiny_gen' does not report "
+        "(closest: exact_match_strict-match); expected student.lm_eval.tiny_gen.METRIC with METRIC among "
+        "exact_match_flexible-extract, exact_match_flexible-extract_stderr, exact_match_strict-match, "
+        "exact_match_strict-match_stderr, num_fewshot, samples"
+    )):  # a filtered metric is named metric_filter
+        load("student.lm_eval.tiny_gen.exact_match")
+    for metric in ("teacher.lm_eval.tiny_choice.acc_nrom", "student.lm_eval.tiny_group.acc",
+                   "student.lm_eval.tiny_group.exact_match_strict"):
+        with pytest.raises(DistilyConfigError, match=f"metric='{re.escape(metric)}' names a metric lm-eval task"):
+            load(metric, {**values, "lm_eval_tasks": ["tiny_choice", "tiny_group"]}, [{"name": "a"}])
+    hellaswag = {**base, "lm_eval_tasks": ["hellaswag"]}
+    for metric in ("acc", "acc_norm", "acc_norm_stderr", "samples", "num_fewshot"):  # the harness's own, read offline
+        load(f"student.lm_eval.hellaswag.{metric}", hellaswag, [{"name": "only"}])
+    with pytest.raises(DistilyConfigError, match=re.escape(
+        "metric='student.lm_eval.hellaswag.acc_nrom' names a metric lm-eval task 'hellaswag' does not report "
+        "(closest: acc_norm); expected student.lm_eval.hellaswag.METRIC with METRIC among acc, acc_norm, "
+        "acc_norm_stderr, acc_stderr, num_fewshot, samples"
+    )):
+        load("student.lm_eval.hellaswag.acc_nrom", hellaswag, [{"name": "only"}])
 
 
 def test_every_number_a_run_measures_is_a_metric_its_sweep_accepts(base, tmp_path):
