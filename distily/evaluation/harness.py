@@ -148,9 +148,7 @@ def _names_run_by(member, manager, group: Optional[str] = None) -> set[str]:
 
 def _members_names(group_config: dict, manager, group: str) -> set[str]:
     """The names of what the members of a group (its config's ``task``: a name or a list) run."""
-    members = group_config.get("task") or []
-    return {name for member in (members if isinstance(members, list) else [members])
-            for name in _names_run_by(member, manager, group)}
+    return {name for member in _listed(group_config.get("task"), []) for name in _names_run_by(member, manager, group)}
 
 
 SET_BY_DISTILY = {"pretrained": "the model", "tokenizer": "the model's tokenizer",
