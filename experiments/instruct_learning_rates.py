@@ -25,7 +25,7 @@ import matplotlib
 
 from distily.outputs import write_json_atomic
 
-from instruct import GOAL_MARGIN, KD_VARIANTS, ON_POLICY_VARIANTS, VARIANTS, beats
+from instruct import GOAL_MARGIN, VARIANTS, goals
 from wikitext import REPO, markdown_head, markdown_row, save_figure
 
 matplotlib.use("Agg")
@@ -83,14 +83,8 @@ def goals_at(runs: dict, chosen: dict, prompts: int) -> dict[int, dict]:
     found = {}
     for seed in sorted({seed for seed, _ in runs}):
         scores = {name: runs[seed, chosen[name]["rate"]][name] for name in STUDENTS}
-        over = max(scores[name] for name in ON_POLICY_VARIANTS) - scores["b-kd-references"]
-        found[seed] = {
-            "exact_match": scores,
-            "every_kd_student_beats_fine_tuning": all(beats(scores[name], scores["a-fine-tune"], prompts)
-                                                      for name in KD_VARIANTS),
-            "on_policy_or_mixed_over_kd_references_points": over,
-            "on_policy_or_mixed_beats_kd_references_by_5_points": over >= GOAL_MARGIN,
-        }
+        students = {name: {"exact_match": score} for name, score in scores.items()}
+        found[seed] = {"exact_match": scores, **goals({"students": students}, prompts)}
     return found
 
 
