@@ -28,9 +28,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from distily.arguments import registered
 from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK
 from distily.data.vocabulary import VocabularyMap
-from distily.arguments import registered
 from distily.errors import DistilyConfigError
 from distily.objectives.chunked import CHUNK_ELEMENTS, chunked_logit_loss_sum, chunked_loss_footprint
 from distily.objectives.component import Component, StepShape, loss_positions
