@@ -106,7 +106,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--teacher_batch_size", type=int, default=64)
     parser.add_argument("--student_steps", type=int, default=600)
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=1e-3, help="the students'")
+    parser.add_argument("--learning_rate", type=float, default=1e-3, help="the students' (the peak, with a schedule)")
+    parser.add_argument("--lr_scheduler_type", default="constant",
+                        choices=("constant", "constant_with_warmup", "cosine", "linear"),
+                        help="the students' schedule (transformers' names; constant: no warmup)")
+    parser.add_argument("--warmup_steps", type=int, default=0, help="the students' linear warmup from 0")
     parser.add_argument("--eval_every", type=int, default=50, help="steps between the evaluated checkpoints")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -114,6 +118,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--min_letters {args.min_letters} --max_letters {args.max_letters}: expected 1 <= min <= max")
     if not 1 <= args.references <= args.prompts:
         parser.error(f"--references {args.references} must be between 1 and --prompts {args.prompts}")
+    if not 0 <= args.warmup_steps < args.student_steps:
+        parser.error(f"--warmup_steps {args.warmup_steps}: expected 0 <= it < --student_steps {args.student_steps}")
+    if args.warmup_steps and args.lr_scheduler_type == "constant":
+        parser.error(f"--warmup_steps {args.warmup_steps} with --lr_scheduler_type constant: expected "
+                     "constant_with_warmup (constant has no warmup)")
     if args.eval_every < 1 or args.student_steps % args.eval_every:
         parser.error(f"--eval_every {args.eval_every} must divide --student_steps {args.student_steps}")
     return args  # fmt: skip
@@ -272,8 +281,8 @@ def student_keys(args, teacher_dir: Path) -> dict:
         "max_steps": args.student_steps,
         "per_device_train_batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
+        "lr_scheduler_type": args.lr_scheduler_type,
+        "warmup_steps": args.warmup_steps,
         "save_strategy": "steps",
         "save_steps": args.eval_every,
         "save_total_limit": 0,  # every checkpoint kept: each is a point of the curves
@@ -373,6 +382,14 @@ def goals(results: dict, prompts: int) -> dict:
     }
 
 
+def schedule_text(args) -> str:
+    """The students' schedule, as the report words it ("" for a constant rate from the first step)."""
+    if args.lr_scheduler_type == "constant" and args.warmup_steps == 0:
+        return ""
+    warmup = f"{args.warmup_steps} warmup steps, then " if args.warmup_steps else ""
+    return f" ({warmup}{args.lr_scheduler_type})"
+
+
 def write_report(args, results: dict, command: str) -> None:
     teacher, students, met = results["teacher"], results["students"], results["goals"]
     lines = [
@@ -385,7 +402,8 @@ def write_report(args, results: dict, command: str) -> None:
         f"reference answers. Teacher: Llama, {args.teacher_layers} layers, width {args.hidden_size}, "
         f"{teacher['parameters'] / 1e6:.2f}M parameters, {teacher['steps']} steps of {args.teacher_batch_size} fresh "
         f"reversals. Students: {args.teacher_layers // 2} layers, blocks, embeddings and head from the teacher, "
-        f"each {args.student_steps} steps of {args.batch_size} conversations at learning rate {args.learning_rate}; "
+        f"each {args.student_steps} steps of {args.batch_size} conversations at learning rate {args.learning_rate}"
+        f"{schedule_text(args)}; "
         "(b) to (e) with the generalized JSD (beta 0.5). Evaluated on "
         f"{args.heldout} held-out prompts, greedy; KL is KL(teacher || student) per token of the student's answers.",
         "",

@@ -82,3 +82,22 @@ def test_a_kept_teacher_of_another_seed_is_refused(tmp_path):
     assert script.train_teacher(argparse.Namespace(work_dir=str(tmp_path), seed=0), set()) == teacher
     (teacher / "training.json").write_text('{"train_seconds": 1.0, "steps": 10}')
     assert script.train_teacher(argparse.Namespace(work_dir=str(tmp_path), seed=1), set()) == teacher
+
+
+def test_the_students_schedule_reaches_their_runs_and_the_report(tmp_path):
+    args = script.parse_args(["--lr_scheduler_type", "cosine", "--warmup_steps", "60", "--work_dir", str(tmp_path)])
+    keys = script.student_keys(args, tmp_path / "teacher")
+    assert (keys["lr_scheduler_type"], keys["warmup_steps"], keys["learning_rate"]) == ("cosine", 60, 1e-3)
+    assert script.schedule_text(args) == " (60 warmup steps, then cosine)"
+    assert script.schedule_text(script.parse_args([])) == ""  # constant from the first step, as before
+    assert script.student_keys(script.parse_args([]), tmp_path)["lr_scheduler_type"] == "constant"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--warmup_steps", "600"], "--warmup_steps 600: expected 0 <= it < --student_steps 600"),
+    (["--warmup_steps", "10"], "--warmup_steps 10 with --lr_scheduler_type constant: expected constant_with_warmup"),
+])  # fmt: skip
+def test_a_warmup_the_schedule_cannot_run_is_refused(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(flags)
+    assert message in capsys.readouterr().err
