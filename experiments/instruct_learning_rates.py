@@ -25,7 +25,7 @@ import matplotlib
 
 from distily.outputs import write_json_atomic
 
-from instruct import GOAL_MARGIN, VARIANTS, goals
+from instruct import GOAL_MARGIN, VARIANTS, goals, schedule_text
 from wikitext import REPO, markdown_head, markdown_row, save_figure
 
 matplotlib.use("Agg")
@@ -88,12 +88,20 @@ def goals_at(runs: dict, chosen: dict, prompts: int) -> dict[int, dict]:
     return found
 
 
-def write_report(path: Path, runs: dict, chosen: dict, goals: dict, command: str) -> None:
+def rate_words(settings: dict) -> str:
+    """The runs' learning rate as the report words it: constant, or the peak of a schedule (runs from before the
+    schedule was an option record none: constant)."""
+    schedule = schedule_text(argparse.Namespace(lr_scheduler_type=settings.get("lr_scheduler_type", "constant"),
+                                                warmup_steps=settings.get("warmup_steps", 0)))
+    return f"peak learning rate{schedule}" if schedule else "constant learning rate"
+
+
+def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: dict, command: str) -> None:
     rates = sorted({rate for _, rate in runs})
     letters = [f"({name[0]}) {name[2:]}" for name in STUDENTS]
-    lines = ["# Instruction distillation at 256 references: each student at its best learning rate", "",
-             f"Command: `{command}`.", "",
-             "Held-out exact match (%) after the run's last step, each seed and constant learning rate:", "",
+    lines = [f"# Instruction distillation at {settings['references']} references: each student at its best learning "
+             "rate", "", f"Command: `{command}`.", "",
+             f"Held-out exact match (%) after the run's last step, each seed and {rate_words(settings)}:", "",
              *markdown_head(["seed", "learning rate", *letters])]
     for seed, rate in sorted(runs):
         lines.append(markdown_row([seed, f"{rate:g}", *(f"{runs[seed, rate][name]:.1f}" for name in STUDENTS)]))
@@ -146,7 +154,7 @@ def main(argv=None) -> dict:
                "runs": [{"seed": seed, "learning_rate": rate, "exact_match": scores}
                         for (seed, rate), scores in sorted(runs.items())]}
     write_json_atomic(args.json, results)
-    write_report(Path(args.report), runs, chosen, goals, command)
+    write_report(Path(args.report), runs, settings, chosen, goals, command)
     plot(runs, chosen, Path(args.report).with_suffix(".png"))
     for seed, found in goals.items():
         print(f"seed {seed}: every KD student beats (a): {found['every_kd_student_beats_fine_tuning']}; "

@@ -38,7 +38,18 @@ def test_each_student_gets_the_rate_of_its_best_median_and_the_goals_are_checked
     assert [found["on_policy_or_mixed_over_kd_references_points"] for found in goals.values()] == [15.0, 48.0, 32.0]
     script.main([*paths, "--report", str(tmp_path / "out" / "r.md"), "--json", str(tmp_path / "out" / "r.json")])
     assert (tmp_path / "out" / "r.png").stat().st_size > 0
-    assert "| 0 | 30.0 | 60.0 | 80.0 | 70.0 | 75.0 | yes | +15.0 |" in (tmp_path / "out" / "r.md").read_text()
+    report = (tmp_path / "out" / "r.md").read_text()
+    assert "| 0 | 30.0 | 60.0 | 80.0 | 70.0 | 75.0 | yes | +15.0 |" in report
+    assert "each seed and constant learning rate:" in report  # the runs record no schedule: constant
+
+
+def test_the_report_names_the_runs_schedule(tmp_path):
+    paths = [write_run(tmp_path, seed, 1e-3, [0.0] * 5, lr_scheduler_type="cosine", warmup_steps=150)
+             for seed in (0, 1)]
+    script.main([*paths, "--report", str(tmp_path / "r.md"), "--json", str(tmp_path / "r.json")])
+    report = (tmp_path / "r.md").read_text()
+    assert "each seed and peak learning rate (150 warmup steps, then cosine):" in report
+    assert report.startswith("# Instruction distillation at 256 references")
 
 
 def test_runs_that_differ_in_more_than_seed_and_rate_are_refused(tmp_path):
