@@ -111,6 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=("constant", "constant_with_warmup", "cosine", "linear"),
                         help="the students' schedule (transformers' names; constant: no warmup)")
     parser.add_argument("--warmup_steps", type=int, default=0, help="the students' linear warmup from 0")
+    parser.add_argument("--logits_temperature", type=float, default=1.0,
+                        help="of the KD students' (b to e) loss: both distributions softened, the loss times T^2")
     parser.add_argument("--eval_every", type=int, default=50, help="steps between the evaluated checkpoints")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -118,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--min_letters {args.min_letters} --max_letters {args.max_letters}: expected 1 <= min <= max")
     if not 1 <= args.references <= args.prompts:
         parser.error(f"--references {args.references} must be between 1 and --prompts {args.prompts}")
+    if args.logits_temperature <= 0:
+        parser.error(f"--logits_temperature {args.logits_temperature}: expected a positive number")
     if not 0 <= args.warmup_steps < args.student_steps:
         parser.error(f"--warmup_steps {args.warmup_steps}: expected 0 <= it < --student_steps {args.student_steps}")
     if args.warmup_steps and args.lr_scheduler_type == "constant":
@@ -276,6 +280,7 @@ def student_keys(args, teacher_dir: Path) -> dict:
         "max_seq_length": max_length(args),
         "tokenization_cache_dir": str(Path(args.work_dir) / "cache"),
         **LOGITS_LOSS,
+        "logits_temperature": args.logits_temperature,
         "on_policy_temperature": 1.0,
         "on_policy_max_new_tokens": args.max_letters + 2,
         "max_steps": args.student_steps,
@@ -390,6 +395,11 @@ def schedule_text(args) -> str:
     return f" ({warmup}{args.lr_scheduler_type})"
 
 
+def temperature_text(args) -> str:
+    """The KD students' loss temperature, as the report words it ("" at 1)."""
+    return "" if args.logits_temperature == 1 else f", temperature {args.logits_temperature:g}"
+
+
 def write_report(args, results: dict, command: str) -> None:
     teacher, students, met = results["teacher"], results["students"], results["goals"]
     lines = [
@@ -404,7 +414,7 @@ def write_report(args, results: dict, command: str) -> None:
         f"reversals. Students: {args.teacher_layers // 2} layers, blocks, embeddings and head from the teacher, "
         f"each {args.student_steps} steps of {args.batch_size} conversations at learning rate {args.learning_rate}"
         f"{schedule_text(args)}; "
-        "(b) to (e) with the generalized JSD (beta 0.5). Evaluated on "
+        f"(b) to (e) with the generalized JSD (beta 0.5{temperature_text(args)}). Evaluated on "
         f"{args.heldout} held-out prompts, greedy; KL is KL(teacher || student) per token of the student's answers.",
         "",
         *markdown_head(["model", "learns from", "data", "exact match (%)", "on the reference prompts (%)",

@@ -25,7 +25,7 @@ import matplotlib
 
 from distily.outputs import write_json_atomic
 
-from instruct import GOAL_MARGIN, VARIANTS, goals, schedule_text
+from instruct import GOAL_MARGIN, VARIANTS, goals, parse_args as parse_instruct_args, schedule_text
 from wikitext import REPO, markdown_head, markdown_row, save_figure
 
 matplotlib.use("Agg")
@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 VARIED = ("seed", "learning_rate")
 UNCOMPARED = ("json", "report", "work_dir")  # where a run wrote its files, not how it trained
 STUDENTS = [name for name, *_ in VARIANTS]
+DEFAULTS = vars(parse_instruct_args([]))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +52,7 @@ def read_runs(paths: list[str]) -> tuple[dict, dict]:
     runs, shared = {}, None
     for path in paths:
         result = json.loads(Path(path).read_text())
-        settings = result["settings"]
+        settings = {**DEFAULTS, **result["settings"]}  # a run from before an option existed ran at its default
         same = {key: value for key, value in settings.items() if key not in VARIED + UNCOMPARED}
         if shared is not None and same != shared:
             other = sorted(key for key in same.keys() | shared.keys() if same.get(key) != shared.get(key))
@@ -89,10 +90,8 @@ def goals_at(runs: dict, chosen: dict, prompts: int) -> dict[int, dict]:
 
 
 def rate_words(settings: dict) -> str:
-    """The runs' learning rate as the report words it: constant, or the peak of a schedule (runs from before the
-    schedule was an option record none: constant)."""
-    schedule = schedule_text(argparse.Namespace(lr_scheduler_type=settings.get("lr_scheduler_type", "constant"),
-                                                warmup_steps=settings.get("warmup_steps", 0)))
+    """The runs' learning rate as the report words it: constant, or the peak of a schedule."""
+    schedule = schedule_text(argparse.Namespace(**settings))
     return f"peak learning rate{schedule}" if schedule else "constant learning rate"
 
 

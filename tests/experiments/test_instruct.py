@@ -93,11 +93,19 @@ def test_the_students_schedule_reaches_their_runs_and_the_report(tmp_path):
     assert script.student_keys(script.parse_args([]), tmp_path)["lr_scheduler_type"] == "constant"
 
 
+def test_the_kd_students_temperature_reaches_their_runs_and_the_report(tmp_path):
+    args = script.parse_args(["--logits_temperature", "2", "--work_dir", str(tmp_path)])
+    assert script.student_keys(args, tmp_path / "teacher")["logits_temperature"] == 2.0
+    assert script.temperature_text(args) == ", temperature 2"
+    assert script.temperature_text(script.parse_args([])) == ""
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--warmup_steps", "600"], "--warmup_steps 600: expected 0 <= it < --student_steps 600"),
     (["--warmup_steps", "10"], "--warmup_steps 10 with --lr_scheduler_type constant: expected constant_with_warmup"),
+    (["--logits_temperature", "0"], "--logits_temperature 0.0: expected a positive number"),
 ])  # fmt: skip
-def test_a_warmup_the_schedule_cannot_run_is_refused(flags, message, capsys):
+def test_a_schedule_or_temperature_the_students_cannot_use_is_refused(flags, message, capsys):
     with pytest.raises(SystemExit):
         script.parse_args(flags)
     assert message in capsys.readouterr().err

@@ -58,3 +58,11 @@ def test_runs_that_differ_in_more_than_seed_and_rate_are_refused(tmp_path):
         script.read_runs(paths)
     with pytest.raises(SystemExit, match="is a second run of seed 0 at learning rate 0.001"):
         script.read_runs([paths[0], paths[0]])
+
+
+def test_a_run_from_before_an_option_existed_counts_as_run_at_its_default(tmp_path):
+    older = write_run(tmp_path, 0, 1e-3, [0.0] * 5)  # records no logits_temperature: it ran at 1
+    runs, settings = script.read_runs([older, write_run(tmp_path, 1, 1e-3, [0.0] * 5, logits_temperature=1.0)])
+    assert len(runs) == 2 and settings["logits_temperature"] == 1.0
+    with pytest.raises(SystemExit, match="differs from the runs before it in logits_temperature"):
+        script.read_runs([older, write_run(tmp_path, 2, 1e-3, [0.0] * 5, logits_temperature=2.0)])
