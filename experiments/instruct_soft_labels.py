@@ -70,8 +70,9 @@ def main(argv=None) -> dict:
     for work_dir in args.work_dirs:
         found = folders[work_dir] = soft_labels(Path(work_dir))
         print(f"{work_dir}: teacher's probability of the reference token: mean "
-              f"{found['mean_reference_probability']:.4f}, median {found['median_reference_probability']:.4f}, above {CONFIDENT} at "
-              f"{100 * found['share_above_0.99']:.1f}% of {found['answer_tokens']} tokens; mean entropy "
+              f"{found['mean_reference_probability']:.4f}, median {found['median_reference_probability']:.4f}, "
+              f"above {CONFIDENT} at {100 * found['share_above_0.99']:.1f}% of {found['answer_tokens']} tokens; mean "
+              f"entropy "
               f"{found['mean_entropy_nats']:.4f} nats")
     results = {"command": command, "work_dirs": folders}
     write_json_atomic(args.json, results)
