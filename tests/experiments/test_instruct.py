@@ -70,6 +70,18 @@ def test_instruct_writes_its_table_curves_and_numbers(tmp_path):
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_instruct_trains_only_the_students_asked_for_and_checks_no_goal_without_all_five(tmp_path):
+    report = tmp_path / "instruct.md"
+    toy = ["--prompts", "24", "--references", "6", "--heldout", "8", "--hidden_size", "32", "--teacher_steps", "20",
+           "--teacher_batch_size", "8", "--student_steps", "2", "--eval_every", "2", "--batch_size", "4"]  # fmt: skip
+    results = script.main(["--work_dir", str(tmp_path / "work"), "--report", str(report), "--json",
+                           str(tmp_path / "instruct.json"), "--students", "b-kd-references", *toy])
+    assert list(results["students"]) == ["b-kd-references"] and results["goals"] == {}
+    trained = [path.name.rsplit("-", 1)[0] for path in (tmp_path / "work" / "students").iterdir() if path.is_dir()]
+    assert trained == ["b-kd-references"]
+    assert "not checked" in report.read_text()
+
+
 def test_a_kept_teacher_of_another_seed_is_refused(tmp_path):
     """The seed draws the held-out prompts the teacher must not train on: a teacher kept in WORK_DIR from another
     seed is refused, one of the same seed (or of a run before seeds were recorded) kept."""
@@ -104,6 +116,7 @@ def test_the_kd_students_temperature_reaches_their_runs_and_the_report(tmp_path)
     (["--warmup_steps", "600"], "--warmup_steps 600: expected 0 <= it < --student_steps 600"),
     (["--warmup_steps", "10"], "--warmup_steps 10 with --lr_scheduler_type constant: expected constant_with_warmup"),
     (["--logits_temperature", "0"], "--logits_temperature 0.0: expected a positive number"),
+    (["--students", "b-kd"], "argument --students: invalid choice: 'b-kd'"),
 ])  # fmt: skip
 def test_a_schedule_or_temperature_the_students_cannot_use_is_refused(flags, message, capsys):
     with pytest.raises(SystemExit):
