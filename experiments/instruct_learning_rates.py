@@ -1,17 +1,21 @@
-"""The instruction-distillation comparison with each way of learning at its own best learning rate.
+"""The instruction-distillation comparison with each way of learning at its own best learning rate (and, for the
+KD students, temperature).
 
     python experiments/instruct_learning_rates.py benchmarks/results/instruct_references256_seed*.json
 
-``experiments/instruct.py`` trains the five students (a) to (e) at one learning rate. How fast a 2-layer student
-takes off on the reversal task depends on the learning rate differently for each signal, so one shared rate can
-leave a method (the baseline included) below its best. This script reads ``instruct.py``'s JSON results of runs
-that differ only in ``--seed`` and ``--learning_rate``, and picks for each student the rate with the highest median
-held-out exact match over the seeds (one rate per method, the same at every seed: choosing per seed would fit the
-held-out prompts), then checks ``instruct.py``'s goals at every seed with those rates. The held-out prompts both
-choose the rate and score it, for every method alike: the rates are few (a grid of three), the choice is coarse.
+``experiments/instruct.py`` trains the five students (a) to (e) at one learning rate and one KD temperature. How
+fast a 2-layer student takes off on the reversal task depends on the learning rate differently for each signal,
+so one shared rate can leave a method (the baseline included) below its best. This script reads ``instruct.py``'s
+JSON results of runs that differ only in ``--seed``, ``--learning_rate`` and ``--logits_temperature`` (a run may
+hold some of the students: ``--students``), and picks for each student the setting (rate, temperature) with the
+highest median held-out exact match over the seeds, among those it was run with at every seed (one setting per
+method, the same at every seed: choosing per seed would fit the held-out prompts), then checks ``instruct.py``'s
+goals at every seed with those settings. The held-out prompts both choose the setting and score it, for every
+method alike: the settings are few, the choice is coarse. Fine-tuning (a) has no temperature (its loss reads no
+teacher logits).
 
-Writes the tables to ``docs/results/instruct-references256-learning-rates.md``, exact match against the rate beside
-it (``.png``) and every number to ``benchmarks/results/instruct_references256_learning_rates.json``.
+Writes the tables to ``docs/results/instruct-references256-learning-rates.md``, exact match against the setting
+beside it (``.png``) and every number to ``benchmarks/results/instruct_references256_learning_rates.json``.
 """
 
 import argparse
@@ -25,30 +29,35 @@ import matplotlib
 
 from distily.outputs import write_json_atomic
 
-from instruct import GOAL_MARGIN, VARIANTS, goals, parse_args as parse_instruct_args, schedule_text
+from instruct import GOAL_MARGIN, STUDENTS, goals, parse_args as parse_instruct_args, schedule_text
 from wikitext import REPO, markdown_head, markdown_row, save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-VARIED = ("seed", "learning_rate")
-UNCOMPARED = ("json", "report", "work_dir")  # where a run wrote its files, not how it trained
-STUDENTS = [name for name, *_ in VARIANTS]
+VARIED = ("seed", "learning_rate", "logits_temperature")
+UNCOMPARED = ("json", "report", "work_dir", "students")  # where a run wrote its files and which students it trained
 DEFAULTS = vars(parse_instruct_args([]))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="+", help="instruct.py JSON results (--json) of the seeds and rates")
+    parser.add_argument("results", nargs="+", help="instruct.py JSON results (--json) of the seeds and settings")
     parser.add_argument("--report", default=str(REPO / "docs" / "results" / "instruct-references256-learning-rates.md"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" /
                                               "instruct_references256_learning_rates.json"))
     return parser.parse_args(argv)
 
 
+def label(setting: tuple[float, float]) -> str:
+    """A setting (learning rate, temperature) as the tables name it: the rate, and the temperature unless 1."""
+    rate, temperature = setting
+    return f"{rate:g}" if temperature == 1 else f"{rate:g}, T {temperature:g}"
+
+
 def read_runs(paths: list[str]) -> tuple[dict, dict]:
-    """{(seed, learning rate): {student: final held-out exact match}} and the settings the runs share; runs that
-    differ in anything else, or two runs of one seed and rate, are refused."""
+    """{(seed, (learning rate, temperature)): {student: final held-out exact match}} and the settings the runs
+    share; runs that differ in anything else, or a student run twice at one seed and setting, are refused."""
     runs, shared = {}, None
     for path in paths:
         result = json.loads(Path(path).read_text())
@@ -57,33 +66,39 @@ def read_runs(paths: list[str]) -> tuple[dict, dict]:
         if shared is not None and same != shared:
             other = sorted(key for key in same.keys() | shared.keys() if same.get(key) != shared.get(key))
             raise SystemExit(f"{path} differs from the runs before it in {', '.join(other)}; expected runs that "
-                             "differ only in seed and learning_rate")
+                             f"differ only in {', '.join(VARIED)}")
         shared = same
-        key = (settings["seed"], settings["learning_rate"])
-        if key in runs:
-            raise SystemExit(f"{path} is a second run of seed {key[0]} at learning rate {key[1]}; expected one")
-        runs[key] = {name: result["students"][name]["exact_match"] for name in STUDENTS}
+        seed, setting = settings["seed"], (settings["learning_rate"], settings["logits_temperature"])
+        scores = runs.setdefault((seed, setting), {})
+        for name, row in result["students"].items():
+            if name in scores:
+                raise SystemExit(f"{path} runs {name} a second time at seed {seed}, {label(setting)}; expected once")
+            scores[name] = row["exact_match"]
     return runs, shared
 
 
-def best_rates(runs: dict) -> dict[str, dict]:
-    """Per student: the median exact match over the seeds at each rate run at every seed, and the best rate."""
+def best_settings(runs: dict) -> dict[str, dict]:
+    """Per student: the median exact match over the seeds at each setting it was run with at every seed, and the
+    best of them."""
     seeds = sorted({seed for seed, _ in runs})
-    rates = sorted(rate for rate in {rate for _, rate in runs} if all((seed, rate) in runs for seed in seeds))
-    if not rates:
-        raise SystemExit("no learning rate was run at every seed; expected each rate run at the same seeds")
+    settings = sorted({setting for _, setting in runs}, key=lambda setting: (setting[1], setting[0]))
     chosen = {}
     for name in STUDENTS:
-        medians = {rate: statistics.median(runs[seed, rate][name] for seed in seeds) for rate in rates}
-        chosen[name] = {"medians": medians, "rate": max(rates, key=lambda rate: medians[rate])}
+        medians = {setting: statistics.median(runs[seed, setting][name] for seed in seeds) for setting in settings
+                   if all(name in runs.get((seed, setting), {}) for seed in seeds)}
+        if not medians:
+            raise SystemExit(f"{name} was run at no setting at every seed ({', '.join(map(str, seeds))}); expected "
+                             "each student run with some setting at the same seeds")
+        best = max(medians, key=lambda setting: medians[setting])
+        chosen[name] = {"medians": medians, "setting": best}
     return chosen
 
 
 def goals_at(runs: dict, chosen: dict, prompts: int) -> dict[int, dict]:
-    """instruct.py's goals at each seed, every student at its chosen rate."""
+    """instruct.py's goals at each seed, every student at its chosen setting."""
     found = {}
     for seed in sorted({seed for seed, _ in runs}):
-        scores = {name: runs[seed, chosen[name]["rate"]][name] for name in STUDENTS}
+        scores = {name: runs[seed, chosen[name]["setting"]][name] for name in STUDENTS}
         students = {name: {"exact_match": score} for name, score in scores.items()}
         found[seed] = {"exact_match": scores, **goals({"students": students}, prompts)}
     return found
@@ -96,21 +111,26 @@ def rate_words(settings: dict) -> str:
 
 
 def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: dict, command: str) -> None:
-    rates = sorted({rate for _, rate in runs})
     letters = [f"({name[0]}) {name[2:]}" for name in STUDENTS]
+    ordered = sorted({setting for _, setting in runs}, key=lambda setting: (setting[1], setting[0]))
     lines = [f"# Instruction distillation at {settings['references']} references: each student at its best learning "
              "rate", "", f"Command: `{command}`.", "",
              f"Held-out exact match (%) after the run's last step, each seed and {rate_words(settings)}:", "",
              *markdown_head(["seed", "learning rate", *letters])]
-    for seed, rate in sorted(runs):
-        lines.append(markdown_row([seed, f"{rate:g}", *(f"{runs[seed, rate][name]:.1f}" for name in STUDENTS)]))
-    lines += ["", "Median over the seeds, the chosen rate in bold:", "", *markdown_head(["learning rate", *letters])]
-    for rate in rates:
-        cells = [(f"**{chosen[name]['medians'][rate]:.1f}**" if chosen[name]["rate"] == rate
-                  else f"{chosen[name]['medians'][rate]:.1f}") if rate in chosen[name]["medians"] else "-"
+    for seed, setting in sorted(runs, key=lambda key: (key[0], key[1][1], key[1][0])):
+        scores = runs[seed, setting]
+        lines.append(markdown_row([seed, label(setting), *(f"{scores[name]:.1f}" if name in scores else "-"
+                                                           for name in STUDENTS)]))
+    if any(setting[1] != 1 for setting in ordered) or any(len(scores) < len(STUDENTS) for scores in runs.values()):
+        lines += ["", "T: the KD students' loss temperature, where it is not 1; -: the student was not run."]
+    lines += ["", "Median over the seeds, the chosen setting in bold:", "",
+              *markdown_head(["learning rate", *letters])]
+    for setting in ordered:
+        cells = [(f"**{chosen[name]['medians'][setting]:.1f}**" if chosen[name]["setting"] == setting
+                  else f"{chosen[name]['medians'][setting]:.1f}") if setting in chosen[name]["medians"] else "-"
                  for name in STUDENTS]
-        lines.append(markdown_row([f"{rate:g}", *cells]))
-    lines += ["", "Each student at its chosen rate:", "",
+        lines.append(markdown_row([label(setting), *cells]))
+    lines += ["", "Each student at its chosen setting:", "",
               *markdown_head(["seed", *letters, "every KD student beats (a)", "(d) or (e) over (b)"])]
     for seed, found in goals.items():
         lines.append(markdown_row([seed, *(f"{found['exact_match'][name]:.1f}" for name in STUDENTS),
@@ -125,16 +145,18 @@ def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: di
 
 def plot(runs: dict, chosen: dict, path: Path) -> None:
     seeds = sorted({seed for seed, _ in runs})
+    ordered = sorted({setting for _, setting in runs}, key=lambda setting: (setting[1], setting[0]))
+    at = {setting: index for index, setting in enumerate(ordered)}  # the settings side by side, evenly
     figure, axes = plt.subplots(1, len(STUDENTS), figsize=(3 * len(STUDENTS), 3.2), sharey=True)
     for ax, name in zip(axes, STUDENTS):
         for seed in seeds:
-            rates = sorted(rate for s, rate in runs if s == seed)
-            ax.plot(rates, [runs[seed, rate][name] for rate in rates], marker="o", alpha=0.6, label=f"seed {seed}")
+            ran = [setting for setting in ordered if name in runs.get((seed, setting), {})]
+            ax.plot([at[setting] for setting in ran], [runs[seed, setting][name] for setting in ran], marker="o",
+                    alpha=0.6, label=f"seed {seed}")
         medians = chosen[name]["medians"]
-        ax.plot(list(medians), list(medians.values()), color="black", linewidth=2, label="median")
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(list(medians), [f"{rate:g}" for rate in medians])
+        ax.plot([at[setting] for setting in medians], list(medians.values()), color="black", linewidth=2,
+                label="median")
+        ax.set_xticks(range(len(ordered)), [label(setting).replace(", ", "\n") for setting in ordered])
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("learning rate")
     axes[0].set_ylabel("held-out exact match (%)")
@@ -147,11 +169,17 @@ def main(argv=None) -> dict:
     command = shlex.join(["python", "experiments/instruct_learning_rates.py", *(sys.argv[1:] if argv is None
                                                                                   else argv)])
     runs, settings = read_runs(args.results)
-    chosen = best_rates(runs)
+    chosen = best_settings(runs)
     goals = goals_at(runs, chosen, settings["heldout"])
-    results = {"command": command, "settings": settings, "chosen_learning_rates": chosen, "goals": goals,
-               "runs": [{"seed": seed, "learning_rate": rate, "exact_match": scores}
-                        for (seed, rate), scores in sorted(runs.items())]}
+    results = {
+        "command": command, "settings": settings,
+        "chosen": {name: {"learning_rate": found["setting"][0], "logits_temperature": found["setting"][1],
+                          "medians": {label(setting): median for setting, median in found["medians"].items()}}
+                   for name, found in chosen.items()},
+        "goals": goals,
+        "runs": [{"seed": seed, "learning_rate": setting[0], "logits_temperature": setting[1], "exact_match": scores}
+                 for (seed, setting), scores in sorted(runs.items())],
+    }  # fmt: skip
     write_json_atomic(args.json, results)
     write_report(Path(args.report), runs, settings, chosen, goals, command)
     plot(runs, chosen, Path(args.report).with_suffix(".png"))

@@ -1,4 +1,5 @@
-"""experiments/instruct_learning_rates.py: one learning rate per student, chosen by its median over the seeds."""
+"""experiments/instruct_learning_rates.py: one setting (learning rate, KD temperature) per student, chosen by its
+median over the seeds."""
 
 import json
 
@@ -9,9 +10,10 @@ import instruct_learning_rates as script
 SETTINGS = {"heldout": 256, "references": 256, "student_steps": 1500, "work_dir": "w", "json": "j", "report": "r"}
 
 
-def write_run(directory, seed, rate, scores, **settings):
-    path = directory / f"seed{seed}-lr{rate}.json"
-    students = {name: {"exact_match": score} for name, score in zip(script.STUDENTS, scores)}
+def write_run(directory, seed, rate, scores, names=script.STUDENTS, **settings):
+    varied = "-".join(f"{key}{value}" for key, value in settings.items())
+    path = directory / f"seed{seed}-lr{rate}-{varied}-{len(names)}.json"
+    students = {name: {"exact_match": score} for name, score in zip(names, scores)}
     path.write_text(json.dumps({"settings": {**SETTINGS, "seed": seed, "learning_rate": rate, **settings,
                                              "work_dir": f"runs/{seed}-{rate}"},
                                 "students": students}))
@@ -28,10 +30,10 @@ def test_each_student_gets_the_rate_of_its_best_median_and_the_goals_are_checked
     }
     paths = [write_run(tmp_path, seed, rate, values) for (seed, rate), values in scores.items()]
     runs, settings = script.read_runs(paths)
-    chosen = script.best_rates(runs)
-    assert {name: found["rate"] for name, found in chosen.items()} == {
+    chosen = script.best_settings(runs)
+    assert {name: found["setting"][0] for name, found in chosen.items()} == {
         "a-fine-tune": 3e-3, "b-kd-references": 1e-3, "c-kd-responses": 1e-3, "d-on-policy": 1e-3, "e-mixed": 1e-3}
-    assert chosen["a-fine-tune"]["medians"] == {1e-3: 1.0, 3e-3: 44.0}
+    assert chosen["a-fine-tune"]["medians"] == {(1e-3, 1.0): 1.0, (3e-3, 1.0): 44.0}
     goals = script.goals_at(runs, chosen, settings["heldout"])
     assert goals[0]["exact_match"]["a-fine-tune"] == 30.0 and goals[0]["exact_match"]["b-kd-references"] == 60.0
     assert [found["every_kd_student_beats_fine_tuning"] for found in goals.values()] == [True, False, False]
@@ -56,13 +58,35 @@ def test_runs_that_differ_in_more_than_seed_and_rate_are_refused(tmp_path):
     paths = [write_run(tmp_path, 0, 1e-3, [0.0] * 5), write_run(tmp_path, 1, 1e-3, [0.0] * 5, student_steps=600)]
     with pytest.raises(SystemExit, match="differs from the runs before it in student_steps; expected runs that"):
         script.read_runs(paths)
-    with pytest.raises(SystemExit, match="is a second run of seed 0 at learning rate 0.001"):
+    with pytest.raises(SystemExit, match="runs a-fine-tune a second time at seed 0, 0.001; expected once"):
         script.read_runs([paths[0], paths[0]])
 
 
+def test_a_student_run_alone_at_another_temperature_competes_for_its_setting(tmp_path):
+    """(b) rerun alone (instruct.py --students) at temperature 2 at every seed: chosen where its median is best;
+    a temperature run at one seed only is no candidate."""
+    full = {0: [10.0, 5.0, 50.0, 60.0, 55.0], 1: [20.0, 1.0, 40.0, 50.0, 45.0]}
+    paths = [write_run(tmp_path, seed, 1e-3, scores) for seed, scores in full.items()]
+    paths += [write_run(tmp_path, seed, 1e-3, [score], names=["b-kd-references"], logits_temperature=2.0)
+              for seed, score in ((0, 30.0), (1, 25.0))]
+    paths.append(write_run(tmp_path, 0, 1e-3, [90.0], names=["c-kd-responses"], logits_temperature=4.0))
+    runs, _ = script.read_runs(paths)
+    chosen = script.best_settings(runs)
+    assert chosen["b-kd-references"]["setting"] == (1e-3, 2.0)
+    assert chosen["b-kd-references"]["medians"] == {(1e-3, 1.0): 3.0, (1e-3, 2.0): 27.5}
+    assert chosen["c-kd-responses"]["medians"] == {(1e-3, 1.0): 45.0}  # T 4 at seed 0 only
+    goals = script.goals_at(runs, chosen, 256)
+    assert goals[1]["exact_match"]["b-kd-references"] == 25.0 and goals[1]["exact_match"]["a-fine-tune"] == 20.0
+    results = script.main([*paths, "--report", str(tmp_path / "r.md"), "--json", str(tmp_path / "r.json")])
+    assert results["chosen"]["b-kd-references"]["logits_temperature"] == 2.0
+    report = (tmp_path / "r.md").read_text()
+    assert "| 0 | 0.001, T 2 | - | 30.0 | - | - | - |" in report and "T: the KD students' loss temperature" in report
+    assert "| 0.001, T 2 | - | **27.5** | - | - | - |" in report
+
+
 def test_a_run_from_before_an_option_existed_counts_as_run_at_its_default(tmp_path):
-    older = write_run(tmp_path, 0, 1e-3, [0.0] * 5)  # records no logits_temperature: it ran at 1
-    runs, settings = script.read_runs([older, write_run(tmp_path, 1, 1e-3, [0.0] * 5, logits_temperature=1.0)])
-    assert len(runs) == 2 and settings["logits_temperature"] == 1.0
-    with pytest.raises(SystemExit, match="differs from the runs before it in logits_temperature"):
-        script.read_runs([older, write_run(tmp_path, 2, 1e-3, [0.0] * 5, logits_temperature=2.0)])
+    older = write_run(tmp_path, 0, 1e-3, [0.0] * 5)  # records no lr_scheduler_type: it ran at the constant rate
+    runs, settings = script.read_runs([older, write_run(tmp_path, 1, 1e-3, [0.0] * 5, lr_scheduler_type="constant")])
+    assert len(runs) == 2 and settings["lr_scheduler_type"] == "constant"
+    with pytest.raises(SystemExit, match="differs from the runs before it in lr_scheduler_type"):
+        script.read_runs([older, write_run(tmp_path, 2, 1e-3, [0.0] * 5, lr_scheduler_type="cosine")])
