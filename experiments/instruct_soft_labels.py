@@ -8,12 +8,14 @@ learn more than (a) where those distributions are soft: where the teacher spread
 reference token. For each ``instruct.py`` work folder given (its ``teacher/`` and ``data/references.jsonl``), this
 measures, over every answer token of the reference conversations (the letters and the end of turn, the tokens
 both losses count): the teacher's mean and median probability of the reference token, the share of tokens where
-it is above 0.99, and the mean entropy of the teacher's distribution (nats; 0 for a one-hot label).
+it is above 0.99, and the mean entropy of the teacher's distribution (nats; 0 for a one-hot label), at each of
+``--temperatures`` (the KD loss's ``logits_temperature``: the teacher's logits divided by it before the softmax).
 
 Writes every number to ``benchmarks/results/instruct_references256_soft_labels.json`` and prints one line a folder.
 """
 
 import argparse
+import itertools
 import json
 import shlex
 import sys
@@ -33,20 +35,23 @@ CONFIDENT = 0.99  # a teacher probability above this is as good as a hard label
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work_dirs", nargs="+", help="instruct.py work folders (--work_dir), each with a teacher")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" /
                                               "instruct_references256_soft_labels.json"))
     return parser.parse_args(argv)
 
 
 @torch.no_grad()
-def soft_labels(work_dir: Path) -> dict:
-    """The teacher's distributions at the answer tokens of ``work_dir``'s reference conversations."""
+def soft_labels(work_dir: Path, temperature: float = 1.0) -> dict:
+    """The teacher's distributions at ``temperature`` at the answer tokens of ``work_dir``'s reference
+    conversations."""
     teacher_dir = work_dir / "teacher"
     tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
     lines = (work_dir / "data" / "references.jsonl").read_text().splitlines()
     batch = tokenized_batch([json.loads(line)["messages"] for line in lines], tokenizer)
-    log_probs = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [rows, seq, vocab]
+    log_probs = (logits / temperature).log_softmax(-1)
     targets = batch["labels"][:, 1:]  # [rows, seq - 1]: the token each position predicts, -100 outside answers
     counted = targets != -100  # [rows, seq - 1]
     log_probs = log_probs[:, :-1][counted]  # [answer tokens, vocab]
@@ -66,15 +71,15 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     command = shlex.join(["python", "experiments/instruct_soft_labels.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    folders = {}
-    for work_dir in args.work_dirs:
-        found = folders[work_dir] = soft_labels(Path(work_dir))
-        print(f"{work_dir}: teacher's probability of the reference token: mean "
+    folders = {work_dir: {} for work_dir in args.work_dirs}
+    for work_dir, temperature in itertools.product(args.work_dirs, args.temperatures):
+        found = folders[work_dir][f"{temperature:g}"] = soft_labels(Path(work_dir), temperature)
+        print(f"{work_dir}, T {temperature:g}: teacher's probability of the reference token: mean "
               f"{found['mean_reference_probability']:.4f}, median {found['median_reference_probability']:.4f}, "
               f"above {CONFIDENT} at {100 * found['share_above_0.99']:.1f}% of {found['answer_tokens']} tokens; mean "
               f"entropy "
               f"{found['mean_entropy_nats']:.4f} nats")
-    results = {"command": command, "work_dirs": folders}
+    results = {"command": command, "by_work_dir_and_temperature": folders}
     write_json_atomic(args.json, results)
     return results
 

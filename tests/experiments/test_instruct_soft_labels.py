@@ -23,20 +23,24 @@ def test_soft_labels_read_the_teacher_at_each_answer_token_one_conversation_at_a
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "references.jsonl").write_text("".join(json.dumps({"messages": turns}) + "\n"
                                                                 for turns in conversations))
-    found = script.soft_labels(tmp_path)
-
-    # the same, one unpadded conversation at a time: the answer's letters, then the end of turn
-    probabilities, entropies = [], []
-    for turns in conversations:
-        prompt = tokenizer.apply_chat_template(turns[:1], add_generation_prompt=True, tokenize=False)
-        answer = tokenizer(turns[1]["content"] + instruct.END_OF_TURN, add_special_tokens=False).input_ids
-        ids = tokenizer(prompt, add_special_tokens=False).input_ids + answer
-        with torch.no_grad():
-            log_probs = teacher(torch.tensor([ids])).logits[0].log_softmax(-1)[len(ids) - len(answer) - 1:-1]
-        probabilities += log_probs.exp()[range(len(answer)), answer].tolist()
-        entropies += (-(log_probs.exp() * log_probs).sum(-1)).tolist()
-    assert found["answer_tokens"] == len(probabilities) == 3 + 5 + 2 + 3 and found["conversations"] == 3
-    assert math.isclose(found["mean_reference_probability"], sum(probabilities) / len(probabilities), rel_tol=1e-5)
-    assert math.isclose(found["mean_entropy_nats"], sum(entropies) / len(entropies), rel_tol=1e-5)
-    assert found["share_above_0.99"] == 0.0  # an untrained teacher: far from a hard label
-    assert found["mean_entropy_nats"] > 0.9 * math.log(len(tokenizer))
+    for temperature in (1.0, 2.0):
+        found = script.soft_labels(tmp_path, temperature)
+        # the same, one unpadded conversation at a time: the answer's letters, then the end of turn
+        probabilities, entropies = [], []
+        for turns in conversations:
+            prompt = tokenizer.apply_chat_template(turns[:1], add_generation_prompt=True, tokenize=False)
+            answer = tokenizer(turns[1]["content"] + instruct.END_OF_TURN, add_special_tokens=False).input_ids
+            ids = tokenizer(prompt, add_special_tokens=False).input_ids + answer
+            with torch.no_grad():
+                logits = teacher(torch.tensor([ids])).logits[0, len(ids) - len(answer) - 1:-1]  # [answer, vocab]
+            log_probs = (logits / temperature).log_softmax(-1)
+            probabilities += log_probs.exp()[range(len(answer)), answer].tolist()
+            entropies += (-(log_probs.exp() * log_probs).sum(-1)).tolist()
+        assert found["answer_tokens"] == len(probabilities) == 3 + 5 + 2 + 3 and found["conversations"] == 3
+        assert math.isclose(found["mean_reference_probability"], sum(probabilities) / len(probabilities),
+                            rel_tol=1e-5)
+        assert math.isclose(found["mean_entropy_nats"], sum(entropies) / len(entropies), rel_tol=1e-5)
+        assert found["share_above_0.99"] == 0.0  # an untrained teacher: far from a hard label
+    assert script.soft_labels(tmp_path) == script.soft_labels(tmp_path, 1.0)
+    colder, hotter = script.soft_labels(tmp_path, 1.0), script.soft_labels(tmp_path, 4.0)
+    assert 0.9 * math.log(len(tokenizer)) < colder["mean_entropy_nats"] < hotter["mean_entropy_nats"]
