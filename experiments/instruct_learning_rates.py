@@ -113,8 +113,8 @@ def rate_words(settings: dict) -> str:
 def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: dict, command: str) -> None:
     letters = [f"({name[0]}) {name[2:]}" for name in STUDENTS]
     ordered = sorted({setting for _, setting in runs}, key=lambda setting: (setting[1], setting[0]))
-    lines = [f"# Instruction distillation at {settings['references']} references: each student at its best learning "
-             "rate", "", f"Command: `{command}`.", "",
+    lines = [f"# Instruction distillation at {settings['references']} references: each student at its best setting",
+             "", f"Command: `{command}`.", "",
              f"Held-out exact match (%) after the run's last step, each seed and {rate_words(settings)}:", "",
              *markdown_head(["seed", "learning rate", *letters])]
     for seed, setting in sorted(runs, key=lambda key: (key[0], key[1][1], key[1][0])):
