@@ -15,7 +15,6 @@ Writes every number to ``benchmarks/results/instruct_references256_soft_labels.j
 """
 
 import argparse
-import itertools
 import json
 import shlex
 import sys
@@ -42,43 +41,45 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def soft_labels(work_dir: Path, temperature: float = 1.0) -> dict:
-    """The teacher's distributions at ``temperature`` at the answer tokens of ``work_dir``'s reference
-    conversations."""
+def soft_labels(work_dir: Path, temperatures: list[float]) -> dict[str, dict]:
+    """The teacher's distributions at each of ``temperatures`` at the answer tokens of ``work_dir``'s reference
+    conversations, by temperature (its ``:g`` text); the teacher runs once."""
     teacher_dir = work_dir / "teacher"
     tokenizer = PreTrainedTokenizerFast.from_pretrained(teacher_dir)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
     lines = (work_dir / "data" / "references.jsonl").read_text().splitlines()
     batch = tokenized_batch([json.loads(line)["messages"] for line in lines], tokenizer)
     logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # [rows, seq, vocab]
-    log_probs = (logits / temperature).log_softmax(-1)
     targets = batch["labels"][:, 1:]  # [rows, seq - 1]: the token each position predicts, -100 outside answers
     counted = targets != -100  # [rows, seq - 1]
-    log_probs = log_probs[:, :-1][counted]  # [answer tokens, vocab]
-    reference = log_probs.gather(1, targets[counted][:, None]).squeeze(1).exp()  # [answer tokens]
-    entropy = -(log_probs.exp() * log_probs).sum(-1)  # [answer tokens]
-    return {
-        "conversations": len(lines),
-        "answer_tokens": int(counted.sum()),
-        "mean_reference_probability": float(reference.mean()),
-        "median_reference_probability": float(reference.median()),
-        "share_above_0.99": float((reference > CONFIDENT).float().mean()),
-        "mean_entropy_nats": float(entropy.mean()),
-    }
+    logits, targets = logits[:, :-1][counted], targets[counted]  # [answer tokens, vocab], [answer tokens]
+    found = {}
+    for temperature in temperatures:
+        log_probs = (logits / temperature).log_softmax(-1)  # [answer tokens, vocab]
+        reference = log_probs.gather(1, targets[:, None]).squeeze(1).exp()  # [answer tokens]
+        entropy = -(log_probs.exp() * log_probs).sum(-1)  # [answer tokens]
+        found[f"{temperature:g}"] = {
+            "conversations": len(lines),
+            "answer_tokens": len(targets),
+            "mean_reference_probability": float(reference.mean()),
+            "median_reference_probability": float(reference.median()),
+            "share_above_0.99": float((reference > CONFIDENT).float().mean()),
+            "mean_entropy_nats": float(entropy.mean()),
+        }
+    return found
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     command = shlex.join(["python", "experiments/instruct_soft_labels.py",
                           *(sys.argv[1:] if argv is None else argv)])
-    folders = {work_dir: {} for work_dir in args.work_dirs}
-    for work_dir, temperature in itertools.product(args.work_dirs, args.temperatures):
-        found = folders[work_dir][f"{temperature:g}"] = soft_labels(Path(work_dir), temperature)
-        print(f"{work_dir}, T {temperature:g}: teacher's probability of the reference token: mean "
-              f"{found['mean_reference_probability']:.4f}, median {found['median_reference_probability']:.4f}, "
-              f"above {CONFIDENT} at {100 * found['share_above_0.99']:.1f}% of {found['answer_tokens']} tokens; mean "
-              f"entropy "
-              f"{found['mean_entropy_nats']:.4f} nats")
+    folders = {work_dir: soft_labels(Path(work_dir), args.temperatures) for work_dir in args.work_dirs}
+    for work_dir, by_temperature in folders.items():
+        for temperature, found in by_temperature.items():
+            print(f"{work_dir}, T {temperature}: teacher's probability of the reference token: mean "
+                  f"{found['mean_reference_probability']:.4f}, median {found['median_reference_probability']:.4f}, "
+                  f"above {CONFIDENT} at {100 * found['share_above_0.99']:.1f}% of {found['answer_tokens']} tokens; "
+                  f"mean entropy {found['mean_entropy_nats']:.4f} nats")
     results = {"command": command, "by_work_dir_and_temperature": folders}
     write_json_atomic(args.json, results)
     return results

@@ -23,8 +23,10 @@ def test_soft_labels_read_the_teacher_at_each_answer_token_one_conversation_at_a
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "references.jsonl").write_text("".join(json.dumps({"messages": turns}) + "\n"
                                                                 for turns in conversations))
+    by_temperature = script.soft_labels(tmp_path, [1.0, 2.0, 4.0])
+    assert list(by_temperature) == ["1", "2", "4"]
     for temperature in (1.0, 2.0):
-        found = script.soft_labels(tmp_path, temperature)
+        found = by_temperature[f"{temperature:g}"]
         # the same, one unpadded conversation at a time: the answer's letters, then the end of turn
         probabilities, entropies = [], []
         for turns in conversations:
@@ -41,6 +43,6 @@ def test_soft_labels_read_the_teacher_at_each_answer_token_one_conversation_at_a
                             rel_tol=1e-5)
         assert math.isclose(found["mean_entropy_nats"], sum(entropies) / len(entropies), rel_tol=1e-5)
         assert found["share_above_0.99"] == 0.0  # an untrained teacher: far from a hard label
-    assert script.soft_labels(tmp_path) == script.soft_labels(tmp_path, 1.0)
-    colder, hotter = script.soft_labels(tmp_path, 1.0), script.soft_labels(tmp_path, 4.0)
+    assert script.soft_labels(tmp_path, [1.0]) == {"1": by_temperature["1"]}  # one temperature as among several
+    colder, hotter = by_temperature["1"], by_temperature["4"]
     assert 0.9 * math.log(len(tokenizer)) < colder["mean_entropy_nats"] < hotter["mean_entropy_nats"]
