@@ -55,6 +55,11 @@ def label(setting: tuple[float, float]) -> str:
     return f"{rate:g}" if temperature == 1 else f"{rate:g}, T {temperature:g}"
 
 
+def in_order(settings) -> list[tuple[float, float]]:
+    """Settings (learning rate, temperature) as the tables and the plot list them: by temperature, then rate."""
+    return sorted(settings, key=lambda setting: (setting[1], setting[0]))
+
+
 def read_runs(paths: list[str]) -> tuple[dict, dict]:
     """{(seed, (learning rate, temperature)): {student: final held-out exact match}} and the settings the runs
     share; runs that differ in anything else, or a student run twice at one seed and setting, are refused."""
@@ -81,7 +86,7 @@ def best_settings(runs: dict) -> dict[str, dict]:
     """Per student: the median exact match over the seeds at each setting it was run with at every seed, and the
     best of them."""
     seeds = sorted({seed for seed, _ in runs})
-    settings = sorted({setting for _, setting in runs}, key=lambda setting: (setting[1], setting[0]))
+    settings = in_order({setting for _, setting in runs})
     chosen = {}
     for name in STUDENTS:
         medians = {setting: statistics.median(runs[seed, setting][name] for seed in seeds) for setting in settings
@@ -112,12 +117,12 @@ def rate_words(settings: dict) -> str:
 
 def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: dict, command: str) -> None:
     letters = [f"({name[0]}) {name[2:]}" for name in STUDENTS]
-    ordered = sorted({setting for _, setting in runs}, key=lambda setting: (setting[1], setting[0]))
+    ordered = in_order({setting for _, setting in runs})
     lines = [f"# Instruction distillation at {settings['references']} references: each student at its best setting",
              "", f"Command: `{command}`.", "",
              f"Held-out exact match (%) after the run's last step, each seed and {rate_words(settings)}:", "",
              *markdown_head(["seed", "learning rate", *letters])]
-    for seed, setting in sorted(runs, key=lambda key: (key[0], key[1][1], key[1][0])):
+    for seed, setting in sorted(runs, key=lambda key: (key[0], ordered.index(key[1]))):
         scores = runs[seed, setting]
         lines.append(markdown_row([seed, label(setting), *(f"{scores[name]:.1f}" if name in scores else "-"
                                                            for name in STUDENTS)]))
@@ -145,7 +150,7 @@ def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: di
 
 def plot(runs: dict, chosen: dict, path: Path) -> None:
     seeds = sorted({seed for seed, _ in runs})
-    ordered = sorted({setting for _, setting in runs}, key=lambda setting: (setting[1], setting[0]))
+    ordered = in_order({setting for _, setting in runs})
     at = {setting: index for index, setting in enumerate(ordered)}  # the settings side by side, evenly
     figure, axes = plt.subplots(1, len(STUDENTS), figsize=(3 * len(STUDENTS), 3.2), sharey=True)
     for ax, name in zip(axes, STUDENTS):
