@@ -26,8 +26,6 @@ Writes the table and a plot to ``docs/results/compare_signals.{md,png}`` and eve
 """
 
 import argparse
-import shlex
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -38,7 +36,6 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from distily.data.text import collate
 from distily.evaluation.heldout import heldout_metrics
 from distily.models.student import load_student
-from distily.outputs import write_json_atomic
 from distily.training.run_dir import RunDir
 
 from wikitext import (
@@ -46,7 +43,7 @@ from wikitext import (
     REPO,
     STUDENT_INITS,
     add_model_arguments,
-    device_description,
+    command_line,
     draw_perplexity_curves,
     heldout_blocks,
     markdown_head,
@@ -54,6 +51,7 @@ from wikitext import (
     report_opening,
     run_students,
     save_figure,
+    save_results,
     student_keys,
     teacher_training,
     train_teacher,
@@ -259,16 +257,13 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = shlex.join(["python", "experiments/compare_signals.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("compare_signals.py", argv)
     teacher_dir = train_teacher(args, Path(args.data) / "valid.txt", TEACHER_LEARNING_RATE)
     sweep, descriptions = student_sweep(args, teacher_dir)
     budgets = budget_sweep(args, teacher_dir) if args.budget_steps else None
     run_students(*(each for each in (sweep, budgets) if each is not None))
     results = evaluate(args, teacher_dir, sweep, descriptions, budgets)
-    results.update(command=command, settings=vars(args), device=device_description())
-    write_json_atomic(args.json, results)
-    write_report(args, results, command)
-    return results
+    return save_results(args, results, command, write_report)
 
 
 if __name__ == "__main__":

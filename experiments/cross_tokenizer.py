@@ -24,8 +24,6 @@ Writes ``docs/results/cross_tokenizer.{md,png}`` and ``benchmarks/results/cross_
 """
 
 import argparse
-import shlex
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -36,14 +34,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerF
 from distily.data.text import collate
 from distily.data.tokenizer import train_sentencepiece_bpe
 from distily.evaluation.heldout import heldout_metrics
-from distily.outputs import write_json_atomic
 
 from transfer_set import (
     best_checkpoint, draw_transfer_sets, goal, heldout_every, ratios, split_articles, student_results, teacher_heldout,
 )
 from wikitext import (
-    DEFAULT_DATA, REPO, add_model_arguments, device_description, draw_perplexity_curves, heldout_blocks,
-    markdown_head, markdown_row, report_opening, run_students, save_figure, student_keys,
+    DEFAULT_DATA, REPO, add_model_arguments, command_line, draw_perplexity_curves, heldout_blocks,
+    markdown_head, markdown_row, report_opening, run_students, save_figure, save_results, student_keys,
     teacher_training, train_teacher, write_sweep,
 )
 
@@ -235,15 +232,12 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = shlex.join(["python", "experiments/cross_tokenizer.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("cross_tokenizer.py", argv)
     prepared = prepare(args)
     sweep = student_sweep(args, prepared)
     run_students(sweep)
     results = evaluate(args, prepared, sweep)
-    results.update(command=command, settings=vars(args), device=device_description())
-    write_json_atomic(args.json, results)
-    write_report(args, results, command)
-    return results
+    return save_results(args, results, command, write_report)
 
 
 if __name__ == "__main__":

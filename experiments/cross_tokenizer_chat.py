@@ -26,8 +26,6 @@ import argparse
 import json
 import math
 import random
-import shlex
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -43,7 +41,7 @@ from distily.outputs import write_json_atomic
 from distily.training.distill import run_distillation
 from distily.training.run_dir import TRAINER_STATE_FILE, RunDir
 
-from wikitext import REPO, device_description, markdown_head, markdown_row, save_figure
+from wikitext import REPO, command_line, device_description, markdown_head, markdown_row, save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -216,10 +214,9 @@ def main(argv=None) -> dict:
     for row in students.values():
         row["best"] = min((p for p in row["curve"] if p["step"] > 0), key=lambda point: point["bits_per_byte"])
         row["best_over_baseline_best"] = row["best"]["bits_per_byte"] / best["bits_per_byte"]
-    command = "python experiments/cross_tokenizer_chat.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    results = {"command": command.strip(), "device": device_description(), "arguments": vars(args),
-               "teacher_bits_per_byte": teacher_bpb, "answer_entropy_bits": answer_entropy_bits(),
-               "baseline_best_step": best["step"], "students": students}
+    results = {"command": command_line("cross_tokenizer_chat.py", argv), "device": device_description(),
+               "arguments": vars(args), "teacher_bits_per_byte": teacher_bpb,
+               "answer_entropy_bits": answer_entropy_bits(), "baseline_best_step": best["step"], "students": students}
     write_json_atomic(Path(args.json), results)
     write_report(args, results)
     return results

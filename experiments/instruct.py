@@ -35,9 +35,7 @@ import argparse
 import json
 import math
 import random
-import shlex
 import string
-import sys
 import time
 from pathlib import Path
 
@@ -64,7 +62,7 @@ from distily.training.distillation_model import STUDENT
 from distily.training.run_dir import RunDir
 
 from wikitext import (
-    REPO, device_description, markdown_head, markdown_row, run_students, save_figure, write_sweep,
+    REPO, command_line, markdown_head, markdown_row, run_students, save_figure, save_results, write_sweep,
 )
 
 matplotlib.use("Agg")
@@ -470,7 +468,7 @@ def runtime_estimate(args) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = shlex.join(["python", "experiments/instruct.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("instruct.py", argv)
     print(f"expected runtime on 2 idle CPU cores: about {runtime_estimate(args) / 60:.0f} minutes", flush=True)
     splits = task_splits(args)
     data = write_task_data(args, splits)
@@ -479,11 +477,8 @@ def main(argv=None) -> dict:
     sweep = student_sweep(args, teacher_dir, data)
     run_students(sweep)
     results = evaluate(args, teacher_dir, sweep, splits)
-    every_student = set(args.students) == set(STUDENTS)
-    results.update(goals=goals(results, args.heldout) if every_student else {}, command=command, settings=vars(args),
-                   device=device_description())
-    write_json_atomic(args.json, results)
-    write_report(args, results, command)
+    results["goals"] = goals(results, args.heldout) if set(args.students) == set(STUDENTS) else {}
+    save_results(args, results, command, write_report)
     for name, value in results["goals"].items():
         print(f"{name}: {value}")
     return results

@@ -20,9 +20,7 @@ beside it (``.png``) and every number to ``benchmarks/results/instruct_reference
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -30,7 +28,7 @@ import matplotlib
 from distily.outputs import write_json_atomic
 
 from instruct import GOAL_MARGIN, STUDENTS, goals, parse_args as parse_instruct_args, schedule_text
-from wikitext import REPO, markdown_head, markdown_row, save_figure
+from wikitext import REPO, command_line, markdown_head, markdown_row, save_figure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -171,8 +169,7 @@ def plot(runs: dict, chosen: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = shlex.join(["python", "experiments/instruct_learning_rates.py", *(sys.argv[1:] if argv is None
-                                                                                  else argv)])
+    command = command_line("instruct_learning_rates.py", argv)
     runs, settings = read_runs(args.results)
     chosen = best_settings(runs)
     goals = goals_at(runs, chosen, settings["heldout"])

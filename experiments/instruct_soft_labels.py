@@ -16,8 +16,6 @@ Writes every number to ``benchmarks/results/instruct_references256_soft_labels.j
 
 import argparse
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import torch
@@ -26,7 +24,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from distily.outputs import write_json_atomic
 
 from instruct import tokenized_batch
-from wikitext import REPO
+from wikitext import REPO, command_line
 
 CONFIDENT = 0.99  # a teacher probability above this is as good as a hard label
 
@@ -71,8 +69,7 @@ def soft_labels(work_dir: Path, temperatures: list[float]) -> dict[str, dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = shlex.join(["python", "experiments/instruct_soft_labels.py",
-                          *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("instruct_soft_labels.py", argv)
     folders = {work_dir: soft_labels(Path(work_dir), args.temperatures) for work_dir in args.work_dirs}
     for work_dir, by_temperature in folders.items():
         for temperature, found in by_temperature.items():

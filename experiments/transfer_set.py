@@ -37,8 +37,6 @@ import dataclasses
 import itertools
 import json
 import random
-import shlex
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -53,7 +51,6 @@ from distily.data.framing import Framing
 from distily.data.text import collate, tokenize_and_pack
 from distily.evaluation.heldout import heldout_metrics
 from distily.metrics import Evaluation
-from distily.outputs import write_json_atomic
 from distily.recording.generate import run_generation
 from distily.training.checkpoints import TRAINER_STATE_FILE
 from distily.training.run_dir import RunDir
@@ -63,7 +60,7 @@ from wikitext import (
     REPO,
     STUDENT_INITS,
     add_model_arguments,
-    device_description,
+    command_line,
     draw_perplexity_curves,
     heldout_blocks,
     markdown_head,
@@ -72,6 +69,7 @@ from wikitext import (
     report_opening,
     run_students,
     save_figure,
+    save_results,
     student_keys,
     teacher_data,
     teacher_training,
@@ -494,7 +492,8 @@ def goal_lines(group: dict) -> list[str]:
 
     def line(what: str, key: str, ratios_by_step: dict, note: str = "") -> str:
         values, found = list(ratios_by_step.values()), goals[key]
-        return (f"- {what}: {values[0]:.2f}x at the baseline's best budget, {min(values):.2f}x to {max(values):.2f}x "
+        first = ratios_by_step[min(ratios_by_step, key=int)]  # keys: steps as text, in any order (JSON sorts them)
+        return (f"- {what}: {first:.2f}x at the baseline's best budget, {min(values):.2f}x to {max(values):.2f}x "
                 f"from there on{note} (goal: at most {found['limit']}x; "
                 f"{'met' if found['met'] else 'missed'}).")  # fmt: skip
 
@@ -529,15 +528,12 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    command = shlex.join(["python", "experiments/transfer_set.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("transfer_set.py", argv)
     prepared = prepare_data(args)
     sweep = student_sweep(args, prepared["teacher_dir"], prepared["files"])
     run_students(sweep)
     results = evaluate(args, prepared, sweep)
-    results.update(command=command, settings=vars(args), device=device_description())
-    write_json_atomic(args.json, results)
-    write_report(args, results, command)
-    return results
+    return save_results(args, results, command, write_report)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""What the WikiText-2 experiments share: the text by article, the byte-level BPE and the small Llama teacher
-trained on it, held-out blocks, and the pieces of their reports (markdown rows, perplexity curves).
+"""What the experiments share: for the WikiText-2 ones, the text by article, the byte-level BPE and the small Llama
+teacher trained on it, and held-out blocks; for all, training a sweep's students and the pieces of their results
+(markdown rows, perplexity curves, the command line, the JSON and report written together).
 
-Imported by ``compare_signals.py`` and ``transfer_set.py`` from this directory (each runs as
-``python experiments/NAME.py``, which puts it on ``sys.path``)."""
+Imported by the experiments in this directory (each runs as ``python experiments/NAME.py``, which puts it on
+``sys.path``)."""
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -208,6 +211,21 @@ def save_figure(figure, path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def command_line(script: str, argv) -> str:
+    """How ``experiments/<script>`` was run (``argv``: as ``main`` got them; None: this process's), for its JSON and
+    report."""
+    return shlex.join(["python", f"experiments/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def save_results(args, results: dict, command: str, write_report) -> dict:
+    """``results`` with the command, the settings and the device, written to ``args.json`` and by
+    ``write_report(args, results, command)``."""
+    results.update(command=command, settings=vars(args), device=device_description())
+    write_json_atomic(args.json, results)
+    write_report(args, results, command)
+    return results
 
 
 def device_description() -> str:

@@ -111,3 +111,19 @@ def test_the_baseline_checkpoint_is_chosen_on_validation_and_reported_on_test():
     assert (found["baseline_best_step"], found["baseline_best_perplexity"], found["baseline_overfits"]) == (2, 60, True)
     assert found["over_baseline_best"]["logits"] == {"2": 48 / 60, "4": 45 / 60, "6": 44 / 60}
     assert found["goals"]["logits_over_baseline_best"] == {"limit": 0.85, "worst": 0.8, "met": True}
+
+
+def test_goal_lines_start_at_the_baseline_best_budget_in_any_order_of_the_steps():
+    """The ratios are keyed by steps as text; read back from JSON with sorted keys, "16" comes before "8": the line
+    must still quote the baseline's best budget (step 8) first."""
+    def curve(test: list[float], validation: list[float]) -> dict:
+        return {"curve": [{"step": step, "tokens": 10 * step, "perplexity": t, "validation_perplexity": v}
+                          for step, t, v in zip((0, 8, 16, 24), test, validation)]}
+
+    students = {"hard-labels": curve([900, 60, 50, 70], [900, 55, 65, 80]),
+                "logits": curve([900, 48, 45, 44], [900, 50, 46, 45])}
+    group = json.loads(json.dumps(script.comparison(students), sort_keys=True))
+    assert list(group["over_baseline_best"]["logits"]) == ["16", "24", "8"]
+    logits_line = script.goal_lines(group)[0]
+    assert logits_line.startswith("- Logit-distilled student / baseline: 0.80x at the baseline's best budget, "
+                                  "0.73x to 0.80x from there on"), logits_line
