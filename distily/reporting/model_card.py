@@ -367,7 +367,8 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     ]
     if train.tokens_seen is not None:
         padding = " (padding included)" if config.training.include_num_input_tokens_seen == "all" else ""
-        lines.append(f"- Trained for {train.global_step:,} optimizer steps ({train.epoch:.2f} epochs), about "
+        steps = f"{train.global_step:,} optimizer step{'' if train.global_step == 1 else 's'}"
+        lines.append(f"- Trained for {steps} ({train.epoch:.2f} epochs), about "
                      f"{train.tokens_seen:,} tokens{padding}.")
     return "\n".join(lines)
 

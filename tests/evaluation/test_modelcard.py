@@ -151,6 +151,9 @@ def test_the_card_says_when_the_tokens_seen_count_padding(tmp_path, run_metrics)
     assert "100 optimizer steps (1.00 epochs), about 409,600 tokens.\n" in counted.text  # non_padding, the default
     padded, _ = card_for(tmp_path, run_metrics, include_num_input_tokens_seen="all")
     assert "100 optimizer steps (1.00 epochs), about 409,600 tokens (padding included).\n" in padded.text
+    one_step = dataclasses.replace(run_metrics(), train=dataclasses.replace(run_metrics().train, global_step=1))
+    single, _ = card_for(tmp_path, lambda bitnet: one_step)
+    assert "Trained for 1 optimizer step (1.00 epochs)" in single.text
 
 
 def test_a_dense_students_card_claims_no_relation_to_its_hub_teacher(tmp_path, run_metrics):
