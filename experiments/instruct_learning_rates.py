@@ -14,6 +14,9 @@ goals at every seed with those settings. The held-out prompts both choose the se
 method alike: the settings are few, the choice is coarse. Fine-tuning (a) has no temperature (its loss reads no
 teacher logits).
 
+``--fixed_settings FILE`` takes the settings from an earlier output of this script instead (chosen on its seeds)
+and only scores them: run on new seeds, a test of the choice on prompts, data and teachers it never saw.
+
 Writes the tables to ``docs/results/instruct-references256-learning-rates.md``, exact match against the setting
 beside it (``.png``) and every number to ``benchmarks/results/instruct_references256_learning_rates.json``.
 """
@@ -22,6 +25,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -44,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--report", default=str(REPO / "docs" / "results" / "instruct-references256-learning-rates.md"))
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" /
                                               "instruct_references256_learning_rates.json"))
+    parser.add_argument("--fixed_settings", metavar="FILE",
+                        help="this script's JSON from other seeds: score each student at the setting chosen there")
     return parser.parse_args(argv)
 
 
@@ -80,9 +86,18 @@ def read_runs(paths: list[str]) -> tuple[dict, dict]:
     return runs, shared
 
 
-def best_settings(runs: dict) -> dict[str, dict]:
+def fixed_settings(path: str) -> dict[str, tuple[float, float]]:
+    """Per student, the setting (learning rate, temperature) an earlier output of this script chose."""
+    chosen = json.loads(Path(path).read_text()).get("chosen", {})
+    if set(chosen) != set(STUDENTS):
+        raise SystemExit(f"--fixed_settings {path} chose settings for {', '.join(sorted(chosen)) or 'no student'}; "
+                         f"expected this script's JSON, with a setting for each of {', '.join(STUDENTS)}")
+    return {name: (found["learning_rate"], found["logits_temperature"]) for name, found in chosen.items()}
+
+
+def best_settings(runs: dict, fixed: Optional[dict] = None) -> dict[str, dict]:
     """Per student: the median exact match over the seeds at each setting it was run with at every seed, and the
-    best of them."""
+    best of them, or the setting ``fixed`` gives it (``fixed_settings``)."""
     seeds = sorted({seed for seed, _ in runs})
     settings = in_order({setting for _, setting in runs})
     chosen = {}
@@ -92,7 +107,10 @@ def best_settings(runs: dict) -> dict[str, dict]:
         if not medians:
             raise SystemExit(f"{name} was run at no setting at every seed ({', '.join(map(str, seeds))}); expected "
                              "each student run with some setting at the same seeds")
-        best = max(medians, key=lambda setting: medians[setting])
+        best = fixed[name] if fixed is not None else max(medians, key=lambda setting: medians[setting])
+        if best not in medians:
+            raise SystemExit(f"{name} was not run at {label(best)} (the fixed setting) at every seed "
+                             f"({', '.join(map(str, seeds))}); expected a run of it at that setting at each")
         chosen[name] = {"medians": medians, "setting": best}
     return chosen
 
@@ -113,7 +131,8 @@ def rate_words(settings: dict) -> str:
     return f"peak learning rate{schedule}" if schedule else "constant learning rate"
 
 
-def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: dict, command: str) -> None:
+def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: dict, command: str,
+                 fixed_by: Optional[str] = None) -> None:
     letters = [f"({name[0]}) {name[2:]}" for name in STUDENTS]
     ordered = in_order({setting for _, setting in runs})
     lines = [f"# Instruction distillation at {settings['references']} references: each student at its best setting",
@@ -126,14 +145,15 @@ def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: di
                                                            for name in STUDENTS)]))
     if any(setting[1] != 1 for setting in ordered) or any(len(scores) < len(STUDENTS) for scores in runs.values()):
         lines += ["", "T: the KD students' loss temperature, where it is not 1; -: the student was not run."]
-    lines += ["", "Median over the seeds, the chosen setting in bold:", "",
+    how = f"the setting fixed by `{fixed_by}` (chosen on its seeds)" if fixed_by else "the chosen setting"
+    lines += ["", f"Median over the seeds, {how} in bold:", "",
               *markdown_head(["learning rate", *letters])]
     for setting in ordered:
         cells = [(f"**{chosen[name]['medians'][setting]:.1f}**" if chosen[name]["setting"] == setting
                   else f"{chosen[name]['medians'][setting]:.1f}") if setting in chosen[name]["medians"] else "-"
                  for name in STUDENTS]
         lines.append(markdown_row([label(setting), *cells]))
-    lines += ["", "Each student at its chosen setting:", "",
+    lines += ["", f"Each student at {'that' if fixed_by else 'its chosen'} setting:", "",
               *markdown_head(["seed", *letters, "every KD student beats (a)", "(d) or (e) over (b)"])]
     for seed, found in goals.items():
         lines.append(markdown_row([seed, *(f"{found['exact_match'][name]:.1f}" for name in STUDENTS),
@@ -171,10 +191,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     command = command_line("instruct_learning_rates.py", argv)
     runs, settings = read_runs(args.results)
-    chosen = best_settings(runs)
+    chosen = best_settings(runs, fixed_settings(args.fixed_settings) if args.fixed_settings else None)
     goals = goals_at(runs, chosen, settings["heldout"])
     results = {
-        "command": command, "settings": settings,
+        "command": command, "settings": settings, **({"fixed_by": args.fixed_settings} if args.fixed_settings else {}),
         "chosen": {name: {"learning_rate": found["setting"][0], "logits_temperature": found["setting"][1],
                           "medians": {label(setting): median for setting, median in found["medians"].items()}}
                    for name, found in chosen.items()},
@@ -183,7 +203,7 @@ def main(argv=None) -> dict:
                  for (seed, setting), scores in sorted(runs.items())],
     }  # fmt: skip
     write_json_atomic(args.json, results)
-    write_report(Path(args.report), runs, settings, chosen, goals, command)
+    write_report(Path(args.report), runs, settings, chosen, goals, command, args.fixed_settings)
     plot(runs, chosen, Path(args.report).with_suffix(".png"))
     for seed, found in goals.items():
         print(f"seed {seed}: every KD student beats (a): {found['every_kd_student_beats_fine_tuning']}; "

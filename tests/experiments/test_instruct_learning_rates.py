@@ -90,3 +90,29 @@ def test_a_run_from_before_an_option_existed_counts_as_run_at_its_default(tmp_pa
     assert len(runs) == 2 and settings["lr_scheduler_type"] == "constant"
     with pytest.raises(SystemExit, match="differs from the runs before it in lr_scheduler_type"):
         script.read_runs([older, write_run(tmp_path, 2, 1e-3, [0.0] * 5, lr_scheduler_type="cosine")])
+
+
+def test_fixed_settings_from_other_seeds_are_scored_not_chosen(tmp_path):
+    """The settings chosen on seeds 0 and 1 are scored on seed 2, even where another setting does better there."""
+    first = [write_run(tmp_path, seed, rate, [10.0 if rate == 3e-3 else 0.0, *[50.0 if rate == 1e-3 else 5.0] * 4])
+             for seed in (0, 1) for rate in (1e-3, 3e-3)]
+    chosen_json = tmp_path / "chosen.json"
+    script.main([*first, "--report", str(tmp_path / "chosen.md"), "--json", str(chosen_json)])
+    new = [write_run(tmp_path, 2, 1e-3, [90.0, 20.0, 30.0, 40.0, 50.0]),
+           write_run(tmp_path, 2, 3e-3, [5.0, 80.0, 80.0, 80.0, 80.0])]
+    results = script.main([*new, "--fixed_settings", str(chosen_json), "--report", str(tmp_path / "fixed.md"),
+                           "--json", str(tmp_path / "fixed.json")])
+    assert {name: found["learning_rate"] for name, found in results["chosen"].items()} == {
+        "a-fine-tune": 3e-3, "b-kd-references": 1e-3, "c-kd-responses": 1e-3, "d-on-policy": 1e-3, "e-mixed": 1e-3}
+    assert results["goals"][2]["exact_match"] == {"a-fine-tune": 5.0, "b-kd-references": 20.0,
+                                                  "c-kd-responses": 30.0, "d-on-policy": 40.0, "e-mixed": 50.0}
+    assert results["fixed_by"] == str(chosen_json)
+    report = (tmp_path / "fixed.md").read_text()
+    assert f"the setting fixed by `{chosen_json}` (chosen on its seeds) in bold" in report
+    assert "fixed_by" not in json.loads(chosen_json.read_text())  # a choosing run's JSON is as before
+
+    lone = [write_run(tmp_path, 3, 1e-3, [90.0, 20.0, 30.0, 40.0, 50.0])]  # (a)'s fixed 3e-3 not run at seed 3
+    with pytest.raises(SystemExit, match=r"a-fine-tune was not run at 0.003 \(the fixed setting\) at every seed"):
+        script.main([*lone, "--fixed_settings", str(chosen_json), "--json", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="chose settings for no student; expected this script's JSON"):
+        script.main([*new, "--fixed_settings", new[0], "--json", str(tmp_path / "x.json")])
