@@ -432,6 +432,25 @@ def load_training_documents(args: DataArguments) -> datasets.Dataset:
     return documents
 
 
+def conversations_in(blocks: datasets.Dataset) -> int:
+    """How many conversations packed ``blocks`` hold: one a row, or under document masks one per position 0."""
+    if POSITION_IDS not in blocks.column_names:
+        return len(blocks)
+    positions = pyarrow.compute.list_flatten(blocks.with_format("arrow")[POSITION_IDS])
+    return pyarrow.compute.sum(pyarrow.compute.equal(positions, 0)).as_py()
+
+
+def warn_dropped_conversations(given: int, kept: int, split: str, max_seq_length: int) -> None:
+    """A warning when the cut to ``max_seq_length`` tokens left ``kept`` of a split's ``given`` conversations: the
+    others had none of the assistant's tokens in it, and were dropped."""
+    if kept < given:
+        logger.warning(
+            f"{given - kept} of {given} {split} conversations were dropped: the turns before their first answer fill "
+            f"their first {max_seq_length} tokens (max_seq_length), leaving none of the assistant's tokens to learn; "
+            "a larger max_seq_length keeps them"
+        )
+
+
 def _at_most(rows: datasets.Dataset, limit: Optional[int]) -> datasets.Dataset:
     """The first ``limit`` rows (all of them without a limit)."""
     return rows if limit is None else rows.select(range(min(limit, len(rows))))
@@ -474,12 +493,22 @@ def build_datasets(
         for name, docs in (("train", split["train"]), ("eval", split["test"]))
     }
     for name, blocks in packed.items():
+        if len(blocks) == 0 and chat is not None:  # each of the split's conversations was dropped by the cut
+            more = f" or a larger eval_fraction (now {args.eval_fraction})" if name == "eval" else ""
+            raise DistilyConfigError(
+                f"dataset {args.dataset_name!r} gives no {name} conversation with an assistant token in its first "
+                f"{max_seq_length} tokens (the turns before each first answer fill them); expected a larger "
+                f"max_seq_length{more}"
+            )
         if len(blocks) == 0:
             fraction = "a smaller" if name == "train" else "a larger"
             raise DistilyConfigError(
                 f"dataset {args.dataset_name!r} gives no {name} sequence of {max_seq_length} tokens; expected more "
                 f"text, a smaller max_seq_length or {fraction} eval_fraction (now {args.eval_fraction})"
             )
+    if chat is not None:
+        for name, docs in (("train", split["train"]), ("eval", split["test"])):
+            warn_dropped_conversations(len(docs), conversations_in(packed[name]), name, max_seq_length)
     train, evaluation = sampled_rows(packed, args, seed)
     return DistillationData(
         train=train,

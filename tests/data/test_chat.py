@@ -2,6 +2,7 @@
 
 import datetime
 import json
+import logging
 import re
 
 import datasets
@@ -284,6 +285,34 @@ def test_a_long_conversation_is_cut_and_one_with_no_assistant_token_left_is_drop
         for row in split:
             assert len(row[INPUT_IDS]) == 96  # cut to the block; the others (answer past 96 tokens) dropped
             assert row[LOSS_MASK][-1] == 0 and row[LOSS_MASK].sum() > 0
+
+
+@pytest.mark.parametrize("packing", ["padded", "documents"])
+def test_conversations_the_cut_drops_are_counted_in_a_warning_on_every_run(tmp_path, caplog, packing):
+    tokenizer = make_chat_tokenizer("chatml")
+    long_question = " ".join(["the cat sees a book today."] * 12)
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}] * 6
+    rows += [{"messages": [{"role": "user", "content": long_question}, {"role": "assistant", "content": "ok"}]}] * 2
+    args = _args(_dataset(tmp_path, rows), tmp_path, eval_fraction=0.25, packing=packing)
+    for _ in range(2):  # the second run reads the tokenization cache
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="distily"):
+            data = build_datasets(args, tokenizer, 128, 0)  # a short conversation is 54 tokens, a long one 221
+        counts = [re.match(r"(\d+) of (\d+) (train|eval) conversations were dropped: the turns before their first "
+                           r"answer fill their first 128 tokens", record.getMessage()) for record in caplog.records]
+        assert sum(data.packed_rows.values()) == (6 if packing == "padded" else 3)  # documents: two a block
+        assert all(counts) and sum(int(found[1]) for found in counts) == 2  # the two long questions
+        assert all(int(found[2]) == {"train": 6, "eval": 2}[found[3]] for found in counts)  # of the split's rows
+
+
+def test_a_split_whose_conversations_the_cut_all_drops_asks_for_a_larger_max_seq_length(tmp_path):
+    tokenizer = make_chat_tokenizer("chatml")
+    rows = [{"messages": [{"role": "user", "content": "the cat sees a book today. " * 12},
+                          {"role": "assistant", "content": "ok"}]}] * 4
+    with pytest.raises(DistilyConfigError, match="\\A[^\n]*\\Z") as err:
+        build_datasets(_args(_dataset(tmp_path, rows), tmp_path), tokenizer, 64, 0)
+    assert "conversation with an assistant token in its first 64 tokens" in str(err.value)
+    assert str(err.value).endswith("expected a larger max_seq_length")
 
 
 @pytest.mark.parametrize("style", CHAT_STYLES)
