@@ -126,6 +126,9 @@ def _conversation(row, index: int, fmt: str, columns: ChatColumns) -> list[dict]
                                  "assistant answers")
     if not any(turn["role"] == "assistant" and turn["content"].strip() for turn in turns):
         raise DistilyConfigError(f"{where} has no assistant turn with content; expected at least one to learn from")
+    if turns[0]["role"] == "assistant":  # its prompt: an empty conversation, which apply_chat_template refuses
+        raise DistilyConfigError(f"{where} opens with an assistant turn; expected a system or user turn before the "
+                                 "first answer (the prompt it answers)")
     return turns
 
 

@@ -382,6 +382,9 @@ def test_a_template_file_is_read(tmp_path):
          "row 0 has an empty assistant turn (message 1); expected the text the assistant answers"),
         ([{"messages": [{"role": "user", "content": "a"}], "prompt": "a", "completion": "b"}],
          "has both a messages column ('messages') and prompt + completion columns"),
+        ([{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "a"},
+                        {"role": "assistant", "content": "b"}]}],
+         "row 0 opens with an assistant turn; expected a system or user turn before the first answer"),
     ],
 )
 def test_bad_chat_rows_are_refused_in_one_line(tmp_path, rows, message):
