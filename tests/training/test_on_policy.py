@@ -11,9 +11,11 @@ from transformers import AutoModelForCausalLM
 
 from distily.config import parse_config
 from distily.data.chat import ChatTemplate, assistant_token_mask
+from distily.data.framing import model_inputs
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
+from distily.generation.backends import open_generator
 from distily.generation.engine import CompletionGenerator
 from distily.models.teacher import load_tokenizer
 from distily.objectives.arguments import ObjectiveArguments
@@ -159,6 +161,51 @@ def test_the_loss_gradient_flows_only_from_completion_positions():
         objective(outputs, teacher_outputs, batch).loss.backward()
         reached = outputs.logits.grad.abs().sum(-1) > 0  # [batch, seq]
         assert reached.tolist() == batch[LOSS_MASK].bool().tolist()
+
+
+def test_an_on_policy_batchs_loss_is_gkds_jsd_on_each_rows_completion_run_alone():
+    """The student's own sampled completions (its stop token first, later, or none before max_new_tokens): each row's
+    loss positions are exactly those predicting its completion's tokens, and the objective on the padded batch
+    equals GKD's generalized JSD in float64 over those positions, teacher and student run on each unpadded
+    prompt + completion alone."""
+    tokenizer, beta, max_new_tokens = make_chat_tokenizer("chatml"), 0.3, 8
+    torch.manual_seed(0)
+    student, teacher = (AutoModelForCausalLM.from_config(tiny_config("llama", layers=layers,
+                                                                     vocab_size=len(tokenizer))).eval()
+                        for layers in (2, 3))
+    template = ChatTemplate(tokenizer.chat_template)
+    rows = [assistant_token_mask(messages, tokenizer, template, 0) for messages in make_conversations(12, seed=4)]
+    batch = collate([{"input_ids": ids, LOSS_MASK: mask[1:] + [0]} for ids, mask in rows], PAD)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    student.generation_config.eos_token_id = end
+    with torch.no_grad():  # the end of turn as likely as the first prompt's favourite next token: some stop at once
+        head = student.get_output_embeddings().weight
+        head[end] = 4 * head[student(torch.tensor([batch_prompts(batch)[0]])).logits[0, -1].argmax()]
+    generator = open_generator("hf", student, tokenizer, SamplingSettings(max_new_tokens, 1.0, 0.9), 256)
+    (new,) = OnPolicyBatches(generator, 1.0, 0, PAD, 256).replace([batch], step=0, student=student)
+    prompts, kinds = batch_prompts(batch), set()
+    for row, prompt in enumerate(prompts):
+        length = int(new["attention_mask"][row].sum())
+        completion = new["input_ids"][row, len(prompt):length].tolist()
+        assert new["input_ids"][row, :len(prompt)].tolist() == prompt and end not in completion[:-1]
+        assert completion[-1] == end or len(completion) == max_new_tokens
+        kinds.add("stop first" if completion == [end] else "stopped" if completion[-1] == end else "cut")
+        assert new[LOSS_MASK][row].nonzero().flatten().tolist() == list(range(len(prompt) - 1, length - 1))
+    assert kinds == {"stop first", "stopped", "cut"}
+    objective = build_objective(ObjectiveArguments(logits_loss="jsd", logits_loss_kwargs={"beta": beta}))
+    objective.attach(student, teacher)
+    with torch.no_grad():
+        loss = objective(student(**model_inputs(new)), teacher(**model_inputs(new)), new).loss.item()
+        expected = []
+        for row in range(len(prompts)):
+            ids = new["input_ids"][row : row + 1, : int(new["attention_mask"][row].sum())]
+            student_logprobs, teacher_logprobs = (model(input_ids=ids).logits[0].double().log_softmax(-1)
+                                                  for model in (student, teacher))
+            mixture = torch.logaddexp(teacher_logprobs + math.log(beta), student_logprobs + math.log(1 - beta))
+            divergence = (beta * (teacher_logprobs.exp() * (teacher_logprobs - mixture)).sum(-1)
+                          + (1 - beta) * (student_logprobs.exp() * (student_logprobs - mixture)).sum(-1))
+            expected.append(divergence[new[LOSS_MASK][row, : ids.shape[1]].bool()])
+    assert loss == pytest.approx(torch.cat(expected).mean().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("values, message", [
