@@ -85,6 +85,11 @@ class DistillConfig:
                 f"lmbda={self.training.lmbda} needs a live teacher: a recorded store cannot score the student's new "
                 "completions; expected teacher_source=live or lmbda=0"
             )
+        if self.training.lmbda > 0 and self.data.loss_on == "all":
+            raise DistilyConfigError(
+                f"lmbda={self.training.lmbda} with loss_on='all': on-policy batches find each conversation's prompt "
+                "by its assistant mask, which loss_on='all' does not build; expected loss_on=assistant or lmbda=0"
+            )
 
     def trainer_arguments(self) -> DistillationTrainingArguments:
         """The training arguments the Trainer runs with: the user's, with DDP's search for parameters without

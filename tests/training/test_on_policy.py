@@ -216,6 +216,9 @@ def test_an_on_policy_batchs_loss_is_gkds_jsd_on_each_rows_completion_run_alone(
     ({"on_policy_backend": "sglang"}, r"on_policy_backend='sglang' is not supported; expected one of hf, vllm"),
     ({"lmbda": 0.5, "teacher_source": "recorded", "teacher_store": "store"},
      r"lmbda=0.5 needs a live teacher: a recorded store cannot score the student's new completions; expected"),
+    ({"lmbda": 0.5, "loss_on": "all"},
+     r"^lmbda=0.5 with loss_on='all': on-policy batches find each conversation's prompt by its assistant mask, "
+     r"which loss_on='all' does not build; expected loss_on=assistant or lmbda=0$"),
 ])
 def test_bad_on_policy_settings_are_one_line_errors(values, message, teacher_dirs, run_values):
     with pytest.raises(DistilyConfigError, match=message):
