@@ -81,7 +81,9 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     on_policy_top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p of on-policy completions."})
     on_policy_max_new_tokens: int = field(
-        default=128, metadata={"help": "Tokens generated at most per on-policy completion (end-of-text stops earlier)."}
+        default=128,
+        metadata={"help": "Tokens generated at most per on-policy completion (a stop token, end-of-text or the chat "
+                  "template's end-of-turn, ends one earlier)."},
     )
     on_policy_backend: str = field(
         default="hf",
