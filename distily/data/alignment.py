@@ -30,6 +30,7 @@ from distily.data.arguments import DataArguments
 from distily.data.framing import INPUT_IDS, LOSS_MASK, document_separator_id, resolve_packing, tokenizer_adds_bos
 from distily.data.text import (
     DistillationData, cached_dataset, collate, default_cache_dir, sampled_rows, tokenizer_fingerprint,
+    no_conversation_left, warn_dropped_conversations,
 )
 from distily.errors import DistilyConfigError
 
@@ -193,11 +194,16 @@ def aligned_splits(args: DataArguments, documents: datasets.Dataset, seed: int, 
     split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
     rows = {name: align(docs) for name, docs in (("train", split["train"]), ("eval", split["test"]))}
     for name, found in rows.items():
+        if len(found) == 0 and loss_on is not None:  # each of the split's conversations was dropped by the cut
+            raise no_conversation_left(args, name, max_seq_length)
         if len(found) == 0:
             raise DistilyConfigError(
                 f"dataset {args.dataset_name!r} gives no aligned {name} rows; expected text (or answers) both "
                 "tokenizers read"
             )
+    if loss_on is not None:  # conversations: a row each, but for those the cut leaves no aligned answer token
+        for name, docs in (("train", split["train"]), ("eval", split["test"])):
+            warn_dropped_conversations(len(docs), len(rows[name]), name, max_seq_length)
     return DistillationData(*sampled_rows(rows, args, seed), max_seq_length, loss_on=loss_on)
 
 

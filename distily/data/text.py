@@ -440,6 +440,16 @@ def conversations_in(blocks: datasets.Dataset) -> int:
     return pyarrow.compute.sum(pyarrow.compute.equal(positions, 0)).as_py()
 
 
+def no_conversation_left(args: DataArguments, split: str, max_seq_length: int) -> DistilyConfigError:
+    """The error for a split whose conversations the cut to ``max_seq_length`` tokens all dropped."""
+    more = f" or a larger eval_fraction (now {args.eval_fraction})" if split == "eval" else ""
+    return DistilyConfigError(
+        f"dataset {args.dataset_name!r} gives no {split} conversation with an assistant token in its first "
+        f"{max_seq_length} tokens (the turns before each first answer fill them); expected a larger "
+        f"max_seq_length{more}"
+    )
+
+
 def warn_dropped_conversations(given: int, kept: int, split: str, max_seq_length: int) -> None:
     """A warning when the cut to ``max_seq_length`` tokens left ``kept`` of a split's ``given`` conversations: the
     others had none of the assistant's tokens in it, and were dropped."""
@@ -494,12 +504,7 @@ def build_datasets(
     }
     for name, blocks in packed.items():
         if len(blocks) == 0 and chat is not None:  # each of the split's conversations was dropped by the cut
-            more = f" or a larger eval_fraction (now {args.eval_fraction})" if name == "eval" else ""
-            raise DistilyConfigError(
-                f"dataset {args.dataset_name!r} gives no {name} conversation with an assistant token in its first "
-                f"{max_seq_length} tokens (the turns before each first answer fill them); expected a larger "
-                f"max_seq_length{more}"
-            )
+            raise no_conversation_left(args, name, max_seq_length)
         if len(blocks) == 0:
             fraction = "a smaller" if name == "train" else "a larger"
             raise DistilyConfigError(

@@ -2,21 +2,27 @@
 align inside the assistant's turns only, on the same characters of its content; so do a student's completions and
 the teacher's tokens of their text."""
 
+import logging
 import os
 import random
+import re
 
 import pytest
 
 from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, collate_aligned
+from distily.data.arguments import DataArguments
 from distily.data.chat import ChatTemplate, ChatTokenization, assistant_turns, masked_assistant_turns, render_chat
 from distily.data.alignment import TEACHER_LOSS_MASK
 from distily.data.chat_alignment import (
-    ChatSide, CompletionAlignment, _decoded_ends, align_conversation, end_of_turn_id,
+    ChatSide, CompletionAlignment, _decoded_ends, align_conversation, build_aligned_chat_datasets, chat_templates,
+    end_of_turn_id,
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK
+from distily.data.text import load_training_documents
+from distily.errors import DistilyConfigError
 from tests.tiny import (
     CHAT_STYLES, make_chat_tokenizer, make_conversations, make_sentencepiece_chat_tokenizer,
-    make_sentencepiece_tokenizer,
+    make_sentencepiece_tokenizer, write_chat_jsonl,
 )
 
 PAIRS = [("llama3", "chatml"), ("gemma", "phi3"), ("qwen3", "llama3"), ("chatml", "qwen3")]  # teacher, student
@@ -109,6 +115,37 @@ def test_a_first_answer_longer_than_a_side_is_cut_there_and_aligned_within_both_
     short = align_conversation(messages[:1] + [{"role": "assistant", "content": "a dog."}], 1, student, teacher)
     batch = collate_aligned([row, short])
     assert batch[LOSS_MASK].shape == batch[INPUT_IDS].shape and batch[LOSS_MASK][1].sum() == sum(short[LOSS_MASK])
+
+
+LONG_QUESTION = [{"role": "user", "content": "the cat sees a book today. " * 12},
+                 {"role": "assistant", "content": "ok"}]
+CUT_ROWS = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]] * 6 + [LONG_QUESTION] * 2
+
+
+def _aligned_chat_data(tmp_path, conversations, max_length: int):
+    """Train and eval rows of ``conversations`` for a ChatML teacher and a SentencePiece Llama 3 student."""
+    teacher, student = make_chat_tokenizer("chatml"), make_sentencepiece_chat_tokenizer("llama3")
+    path = write_chat_jsonl(tmp_path / "c.jsonl", conversations)
+    args = DataArguments(dataset_name=path, tokenization_cache_dir=str(tmp_path / "cache"), eval_fraction=0.25)
+    return build_aligned_chat_datasets(args, chat_templates(args, student, teacher), student, teacher, max_length, 0,
+                                       load_training_documents(args))
+
+
+def test_conversations_the_cut_drops_are_counted_in_a_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="distily"):
+        data = _aligned_chat_data(tmp_path, CUT_ROWS, 128)  # a long question: 218 teacher tokens, 121 student ones
+    counts = [re.match(r"(\d+) of (\d+) (train|eval) conversations were dropped: the turns before their first "
+                       r"answer fill their first 128 tokens", record.getMessage()) for record in caplog.records]
+    assert len(data.train) + len(data.eval) == 6
+    assert all(counts) and sum(int(found[1]) for found in counts) == 2
+    assert all(int(found[2]) == {"train": 6, "eval": 2}[found[3]] for found in counts)
+
+
+def test_a_split_whose_conversations_the_cut_all_drops_asks_for_a_larger_max_seq_length(tmp_path):
+    with pytest.raises(DistilyConfigError, match="\\A[^\n]*\\Z") as err:
+        _aligned_chat_data(tmp_path, CUT_ROWS[-2:] * 2, 128)
+    assert "conversation with an assistant token in its first 128 tokens" in str(err.value)
+    assert str(err.value).endswith("expected a larger max_seq_length")
 
 
 PLAIN_TEMPLATE = (  # role names, no role tokens: a generation prompt ending in a space, which the answer's first
