@@ -69,12 +69,14 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
     width, heads, depth = (_canonical(config, k) for k in (WIDTH, HEADS, DEPTH))
     if (width in changes or heads in changes) and "head_dim" not in changes:
         new_width, new_heads = changes.get(width, values[width]), changes.get(heads, values[heads])
-        if not isinstance(new_heads, int) or new_heads < 1 or new_width % new_heads:
+        # a head_dim of its own (Qwen3-4B: 128 on a width of 2560 with 32 heads) is kept: the heads need not divide
+        derived = values.get("head_dim") in (None, values[width] // values[heads])
+        if derived and (not isinstance(new_heads, int) or new_heads < 1 or new_width % new_heads):
             raise DistilyConfigError(
                 f"student num_attention_heads={new_heads} does not divide hidden_size={new_width}; "
                 "expected a head count that divides the hidden size"
             )
-        if values.get("head_dim") == values[width] // values[heads]:  # derived from them: derive it again (Qwen3
+        if derived and values.get("head_dim") is not None:  # derived from them: derive it again (Qwen3
             values["head_dim"] = new_width // new_heads  # and Gemma would fall back to a fixed default, not this)
     sources, per_layer = None, {}
     reordered = layer_sources is not None and list(layer_sources) != list(range(len(layer_sources)))

@@ -161,6 +161,20 @@ def test_a_narrower_students_head_dim_is_derived_from_its_width_and_heads(arch):
     assert student.head_dim == 16
 
 
+def test_a_head_dim_of_its_own_is_kept_and_the_heads_need_not_divide_the_width():
+    """Qwen3-0.6B's head_dim (128) is not its width over its heads (1024 / 16): such a student's attention is
+    heads x head_dim wide whatever the width, so 3 heads on a width of 64 are a valid student, as transformers
+    builds it, not 'a head count that divides the hidden size'."""
+    from transformers import Qwen3Config
+    teacher = Qwen3Config(vocab_size=128, hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+                          intermediate_size=128, num_hidden_layers=2)
+    student = config_with_overrides(teacher, {"num_attention_heads": 3})
+    assert (student.num_attention_heads, student.head_dim) == (3, 32)
+    model = AutoModelForCausalLM.from_config(student)
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (96, 64)
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 128)
+
+
 def test_a_tied_student_of_an_untied_teacher_takes_the_teachers_input_embeddings():
     """The student's LM head is its embedding matrix: copied once, from the teacher's embeddings (transformers
     ties the head to the input embeddings), not overwritten by the teacher's separate head."""
