@@ -8,6 +8,7 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
     LlamaConfig,
+    OPTConfig,
     Phi3Config,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -132,6 +133,15 @@ def save_tiny_model(path, arch: str, tokenizer, seed: int = 0, **config_override
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def tiny_opt(tokenizer):
+    """A tiny OPTForCausalLM over ``tokenizer``, in eval mode: its attention ignores restarting position_ids (packed
+    documents read each other)."""
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
+                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def save_tiny_masked_lm(path, tokenizer) -> str:

@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 import distily
 from distily.config import RecordConfig
 from distily.data.chat import adopt_chat_template, run_date
+from distily.data.framing import Framing, check_causality, check_models_keep_documents_apart
 from distily.data.store import (
     MANIFEST,
     TEACHER_CONFIG_DIR,
@@ -147,6 +148,14 @@ def _recorder(config: RecordConfig, teacher: PreTrainedModel, max_seq_length: in
     )
 
 
+def _check_teacher_reads(teacher: PreTrainedModel, framing: Framing) -> None:
+    """The live teacher's refusals, before a row is recorded: a teacher that sees later tokens, or (packings with
+    document masks) one that lets packed documents attend to each other, would fill the store with predictions a
+    causal student reading each document alone cannot match, and a run from the store runs no teacher to probe."""
+    check_causality(teacher, "teacher")
+    check_models_keep_documents_apart([("teacher", teacher)], framing)
+
+
 def _teacher_for(config: RecordConfig) -> PreTrainedModel:
     """The loaded teacher (hf), or for vllm one without weights (its config is all the store needs)."""
     model_args = config.model
@@ -182,6 +191,8 @@ def run_recording(
     if writer.finished:
         return json.loads((writer.path / MANIFEST).read_text())
     data = build_datasets(config.data, tokenizer, max_seq_length, config.inference.split_seed, documents)
+    if record.record_backend == "hf":  # vllm's teacher has no weights here (its engine loads them)
+        _check_teacher_reads(teacher, data.framing)
     adopt_chat_template(tokenizer, config.data.chat_template)  # its students are saved with the rows' template
     tokenizer.save_pretrained(writer.path / TOKENIZER_DIR)
     teacher.config.save_pretrained(writer.path / TEACHER_CONFIG_DIR)

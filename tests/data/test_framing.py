@@ -9,7 +9,7 @@ from functools import partial
 import datasets
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, OPTConfig
+from transformers import AutoModelForCausalLM
 
 from distily.data.arguments import DataArguments
 from distily.data.alignment import ModelFraming
@@ -37,6 +37,7 @@ from tiny import (
     save_tiny_masked_lm,
     sequences_of,
     tiny_config,
+    tiny_opt,
     train_bos_anchored_llama,
     write_jsonl,
 )
@@ -195,10 +196,7 @@ def test_the_packing_a_refused_model_is_told_to_use_measures_it_on_each_document
     """OPT ignores restarting positions and its tokenizer starts every text with BOS: the packing the refusal names
     must score each document alone, as plain transformers does (stream, once named, joined and cut them: +86% on a
     trained OPT's held-out loss, and the framing guard then asked for documents, which is refused)."""
-    torch.manual_seed(0)
-    config = OPTConfig(vocab_size=len(bos_tokenizer), hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
-                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = tiny_opt(bos_tokenizer)
     with pytest.raises(DistilyConfigError, match=r"lets packed documents attend") as refusal:
         check_document_isolation(model, "teacher")
     packing = re.search(r"expected packing=(\w+)", str(refusal.value)).group(1)
@@ -209,17 +207,10 @@ def test_the_packing_a_refused_model_is_told_to_use_measures_it_on_each_document
     assert measured == pytest.approx(plain_loss(model, documents), rel=1e-5)
 
 
-def _opt(tokenizer):
-    torch.manual_seed(0)
-    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=32, ffn_dim=64,
-                       num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
-    return AutoModelForCausalLM.from_config(config).eval()
-
-
 def test_only_models_that_will_read_packed_documents_are_probed(bos_tokenizer):
     packed = datasets.Dataset.from_dict({"input_ids": [[1, 2]], "position_ids": [[0, 0]]})
     plain = datasets.Dataset.from_dict({"input_ids": [[1, 2]]})
-    teacher = [("teacher", _opt(bos_tokenizer))]
+    teacher = [("teacher", tiny_opt(bos_tokenizer))]
     check_models_keep_documents_apart(teacher, Framing("padded", 64), [plain])  # no packed documents anywhere
     for framing, eval_sets in ((Framing("documents", 64), [plain]), (Framing("padded", 64), [plain, packed]),
                                (None, [packed])):
@@ -233,7 +224,7 @@ def test_distily_eval_refuses_a_model_that_would_read_across_packed_documents(bo
     from distily.cli import main
 
     model_dir = tmp_path / "opt"
-    _opt(bos_tokenizer).save_pretrained(model_dir)
+    tiny_opt(bos_tokenizer).save_pretrained(model_dir)
     bos_tokenizer.save_pretrained(model_dir)
     text = tmp_path / "text.txt"
     text.write_text("\n\n".join(make_documents(12, seed=3)))

@@ -34,7 +34,7 @@ from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
 from store_values import store_values
-from tiny import make_bos_tokenizer, tiny_config
+from tiny import make_bos_tokenizer, make_tokenizer, save_tiny_masked_lm, tiny_config, tiny_opt
 
 
 def _record(teacher_dir, text_file, root, **overrides):
@@ -267,3 +267,24 @@ def test_hidden_states_past_float16s_range_are_refused_not_stored_as_inf(tmp_pat
     make_bos_tokenizer().save_pretrained(tmp_path / "teacher")
     with pytest.raises(DistilyConfigError, match=r"hidden states of layer 0 reach .* beyond float16's 6\.55e\+04"):
         _record(str(tmp_path / "teacher"), text_file, tmp_path, record_hidden_states_layers=[0, 1])
+
+
+def _opt_teacher(path) -> str:
+    """A tiny OPT with a BOS tokenizer (packing auto: documents): OPT ignores restarting position_ids."""
+    tokenizer = make_bos_tokenizer()
+    tiny_opt(tokenizer).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("teacher, message", [
+    (_opt_teacher, r"^the teacher \(OPTForCausalLM\) lets packed documents attend to each other"),
+    (lambda path: save_tiny_masked_lm(path, make_tokenizer()), r"^the teacher \(BertLMHeadModel\) is not causal"),
+])
+def test_a_teacher_the_live_path_refuses_is_refused_before_a_row_is_recorded(teacher, message, text_file, tmp_path):
+    """record never probed its teacher: an OPT teacher's packed documents read each other (stored top-k log-probs
+    0.1 nats off the teacher's on each document alone) and a masked LM's predictions read the next token, and both
+    were recorded, where a live run refuses them and a run from the store runs no teacher to probe."""
+    with pytest.raises(DistilyConfigError, match=message):
+        _record(teacher(tmp_path / "teacher"), text_file, tmp_path, max_seq_length=128)
+    assert [path.name for path in (tmp_path / "store").iterdir()] == []  # no shard, progress or manifest
