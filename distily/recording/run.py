@@ -31,6 +31,7 @@ from distily.data.store import (
 from distily.data.text import (
     build_datasets,
     chat_tokenization,
+    check_token_ids,
     collate,
     data_framing,
     load_training_documents,
@@ -38,7 +39,7 @@ from distily.data.text import (
 )
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import perplexity
-from distily.models.architecture import output_vocab_size, resolve_max_seq_length
+from distily.models.architecture import output_vocab_size, resolve_max_seq_length, token_id_limit
 from distily.models.identity import teacher_identity
 from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer, teacher_config
 from distily.recording.hf import HFRecorder, hidden_states_dtype
@@ -185,6 +186,7 @@ def run_recording(
     teacher = teacher if teacher is not None else _teacher_for(config)
     tokenizer = tokenizer or load_tokenizer(model_args.teacher_model_name_or_path, "teacher",
                                             model_args.trust_remote_code)
+    check_token_ids(documents, token_id_limit(teacher), config.data)  # pre-tokenized rows: ids it takes
     max_seq_length = resolve_max_seq_length(config.data.max_seq_length, teacher)
     writer = StoreWriter(record.teacher_store, recording_settings(config, teacher, tokenizer, documents,
                                                                   max_seq_length))

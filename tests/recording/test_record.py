@@ -288,3 +288,16 @@ def test_a_teacher_the_live_path_refuses_is_refused_before_a_row_is_recorded(tea
     with pytest.raises(DistilyConfigError, match=message):
         _record(teacher(tmp_path / "teacher"), text_file, tmp_path, max_seq_length=128)
     assert [path.name for path in (tmp_path / "store").iterdir()] == []  # no shard, progress or manifest
+
+
+def test_pre_tokenized_ids_past_the_teachers_vocabulary_are_refused_before_a_row_is_recorded(teacher_dirs, tmp_path):
+    """A live run refuses them in one line; record ran the teacher on them and failed with a traceback (IndexError
+    in the embedding), after writing a shard."""
+    rows = [{"input_ids": [1 + (row * 7 + i) % 300 for i in range(40)]} for row in range(100)]
+    rows[5]["input_ids"][3] = 400
+    data = tmp_path / "ids.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in rows))
+    with pytest.raises(DistilyConfigError, match=r"row 5 \(counting from 0\) holds token id 400; expected ids in "
+                                                 r"0\.\.319"):
+        _record(teacher_dirs["llama"], str(data), tmp_path)
+    assert not (tmp_path / "store").exists()
