@@ -42,6 +42,7 @@ from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length, token_id_limit
 from distily.models.identity import teacher_identity
 from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer, teacher_config
+from distily.models.vocab import check_tokenizer_fits
 from distily.recording.hf import HFRecorder, hidden_states_dtype
 
 FIDELITY_KS = (8, 32, 64, 128)
@@ -186,6 +187,7 @@ def run_recording(
     teacher = teacher if teacher is not None else _teacher_for(config)
     tokenizer = tokenizer or load_tokenizer(model_args.teacher_model_name_or_path, "teacher",
                                             model_args.trust_remote_code)
+    check_tokenizer_fits(tokenizer, teacher, "teacher")  # a run from the store checks it too
     check_token_ids(documents, token_id_limit(teacher), config.data)  # pre-tokenized rows: ids it takes
     max_seq_length = resolve_max_seq_length(config.data.max_seq_length, teacher)
     writer = StoreWriter(record.teacher_store, recording_settings(config, teacher, tokenizer, documents,

@@ -34,7 +34,7 @@ from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
 from store_values import store_values
-from tiny import make_bos_tokenizer, make_tokenizer, save_tiny_masked_lm, tiny_config, tiny_opt
+from tiny import make_bos_tokenizer, make_tokenizer, save_tiny_masked_lm, save_tiny_model, tiny_config, tiny_opt
 
 
 def _record(teacher_dir, text_file, root, **overrides):
@@ -301,3 +301,16 @@ def test_pre_tokenized_ids_past_the_teachers_vocabulary_are_refused_before_a_row
                                                  r"0\.\.319"):
         _record(teacher_dirs["llama"], str(data), tmp_path)
     assert not (tmp_path / "store").exists()
+
+
+def test_a_tokenizer_past_the_teachers_embedding_is_refused_before_a_row_is_recorded(text_file, tmp_path):
+    """A run from the store refuses it (check_tokenizer_fits): record finished the store all the same (stream) or
+    failed with a traceback (padded: the pad id past the embedding, IndexError)."""
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})  # id 320: the embedding has 320 rows
+    teacher = save_tiny_model(tmp_path / "teacher", "llama", tokenizer)
+    for packing in ("stream", "padded"):
+        with pytest.raises(DistilyConfigError, match=r"^the tokenizer has 321 tokens, pad_token_id 320, but the "
+                                                     r"teacher's input embedding has 320 rows"):
+            _record(teacher, text_file, tmp_path, packing=packing)
+        assert not (tmp_path / "store").exists()
