@@ -286,8 +286,9 @@ class RecordedTeacher(TeacherSource):
         self, student: PreTrainedModel, dataset: StoreDataset, collate_fn: Callable, batch_size: int
     ) -> dict:
         """``heldout_metrics`` of the student against the store: ``kl_to_teacher`` is the forward KL over the store's
-        k + 1 buckets at the recording temperature (equal to the full KL when k is the vocabulary and T = 1, a
-        lower bound otherwise), ``top1_agreement`` the match with the teacher's recorded top token."""
+        k + 1 buckets at the recording temperature T (at most the full KL at T, equal to it when k is the
+        vocabulary; a live run's is taken at T = 1, so at T != 1 the two differ either way), ``top1_agreement`` the
+        match with the teacher's recorded top token."""
         return heldout_metrics(student, dataset, collate_fn, batch_size, desc="Evaluating against the store",
                                tokenizer=self.tokenizer, reference=StoreReference(self.temperature))
 
