@@ -56,7 +56,8 @@ ROPE_FREQS = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
 # "llama3", "linear"): llama.cpp's llama graph divides its frequencies by the factors of a rope_freqs tensor, as
 # its own converter writes for Llama 3. Its other graphs here take the default rotary embedding only.
 RESCALED_ROPE_TYPES = {"llama": ("linear", "llama3")}
-FILE_CHECK = "every tensor reads back as the student's (ternary ones as ternary * scale exactly)"  # verify_gguf
+# What verify_gguf checks. A ternary tensor's block scales are fp16, so it holds the scale rounded to fp16.
+FILE_CHECK = "every tensor reads back as the student's (ternary ones as ternary * fp16(scale) exactly)"
 
 
 @dataclass

@@ -110,6 +110,20 @@ def test_gguf_tensors_round_trip(architecture, qtype, tokenizer_dir, tmp_path):
     assert stored["output_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
 
 
+def test_the_report_names_the_fp16_scale_a_ternary_tensor_holds(tokenizer_dir, tmp_path):
+    """TQ2_0 keeps a block's scale in fp16: the file holds ternary * fp16(s), not the student's fp32 s, and the
+    export's report says which it checked."""
+    student = tiny_student("llama")
+    path = write_gguf(student, tokenizer_dir, tmp_path / "student.gguf")
+    stored = {tensor.name: tensor for tensor in gguf.GGUFReader(str(path)).tensors}["blk.0.attn_output.weight"]
+    _, scale = dict(bitlinear_modules(student))["model.layers.0.self_attn.o_proj"].ternary_weight()
+    file_scale = np.abs(gguf.quants.dequantize(stored.data, stored.tensor_type)).max()
+    assert file_scale == np.float16(scale.item()) and file_scale != np.float32(scale.item())
+    assert read_export_report(path).verified == [
+        "every tensor reads back as the student's (ternary ones as ternary * fp16(scale) exactly)"
+    ]
+
+
 def biased_llama_student():
     """A llama student with attention biases (attention_bias=True), random so that their row order shows."""
     student = tiny_student("llama", attention_bias=True)
@@ -351,7 +365,7 @@ def test_export_command_says_llama_cpp_did_not_verify_the_file(tokenizer_dir, tm
     path = tmp_path / "run" / "student-tq2_0.gguf"
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == (f"wrote {path}; verified: every tensor reads back as the student's (ternary ones as ternary * "
-                    "scale exactly); not verified with llama.cpp: llama-cpp-python is not installed; "
+                    "fp16(scale) exactly); not verified with llama.cpp: llama-cpp-python is not installed; "
                     "`pip install 'distily[llamacpp]'`")
     report = read_export_report(path)  # the file carries the same report in its metadata
     assert report.not_verified == [LLAMA_CPP_NOT_INSTALLED]
