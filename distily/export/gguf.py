@@ -121,12 +121,10 @@ def _graph(model: PreTrainedModel) -> str:
     return GRAPHS[model_type]
 
 
-def plan_tensors(model: PreTrainedModel, architecture: str, n_vocab: int) -> list[GGUFTensor]:
-    """Map every parameter to its GGUF name and value; ternary layers are ternarised here.
-
-    Embeddings / LM head are padded to `n_vocab` rows when the tokenizer is larger than the model's
-    vocabulary (never the other way round, which is rejected in write_gguf).
-    """
+def plan_tensors(model: PreTrainedModel, architecture: str) -> list[GGUFTensor]:
+    """Map every parameter to its GGUF name and value; ternary layers are ternarised here. (The embeddings and LM
+    head keep the model's rows: a smaller tokenizer's vocabulary is padded to them, a larger one refused, in
+    ``_vocabulary``.)"""
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[architecture.upper()], model.config.num_hidden_layers)
     ternary_layers = dict(bitlinear_modules(model))
     tensors = []
@@ -142,10 +140,6 @@ def plan_tensors(model: PreTrainedModel, architecture: str, n_vocab: int) -> lis
         heads = _rotary_heads(gguf_name, model.config, architecture)
         if isinstance(layer, BitLinear) and leaf == "weight":
             tensors.append(_ternary_tensor(gguf_name, name, layer, heads))
-        elif gguf_name in ("token_embd.weight", "output.weight"):
-            values = _float32(parameter)  # [vocab, hidden]
-            padding = np.zeros((n_vocab - values.shape[0], values.shape[1]), dtype=np.float32)
-            tensors.append(GGUFTensor(gguf_name, name, np.concatenate([values, padding])))
         else:
             values = _float32(parameter)  # [rows, columns] or [n]
             tensors.append(GGUFTensor(gguf_name, name, values if heads is None else _rotary_permute(values, heads)))
@@ -223,7 +217,7 @@ def write_gguf(model: PreTrainedModel, tokenizer_dir: str | Path, output_path: s
     """
     architecture = gguf_architecture(model)
     vocabulary = _vocabulary(Path(tokenizer_dir), model.config.vocab_size)
-    tensors = plan_tensors(model, architecture, len(vocabulary.tokens))
+    tensors = plan_tensors(model, architecture)
     check_packable(tensors, qtype)
     output_path = Path(output_path)
     report = ExportReport("gguf", verified=[FILE_CHECK])

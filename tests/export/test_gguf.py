@@ -153,9 +153,9 @@ def test_llama_q_and_k_from_the_file_are_the_students_in_llama_cpp_order(project
 def test_a_bias_left_in_hf_order_fails_the_exports_check(tokenizer_dir, tmp_path, monkeypatch):
     planned = gguf_module.plan_tensors
 
-    def hf_order_biases(model, architecture, n_vocab):  # the plan as it was: Q and K biases written unpermuted
+    def hf_order_biases(model, architecture):  # the plan as it was: Q and K biases written unpermuted
         parameters = dict(model.named_parameters())
-        tensors = planned(model, architecture, n_vocab)
+        tensors = planned(model, architecture)
         for tensor in tensors:
             if tensor.name.endswith((".attn_q.bias", ".attn_k.bias")):
                 tensor.values = parameters[tensor.source].detach().numpy()
