@@ -173,9 +173,10 @@ class GenerationEval:
             function = load_metric(self.metric)
             values = [float(function(answer, reference)) for answer, reference in zip(answers, references)]
             scores[generation_key(metric_name(self.metric))] = sum(values) / len(values)
-        if teacher is not None:
+        if teacher is not None:  # over the columns the answers were drawn from (never a head's padding columns)
+            columns = vocab_size if vocab_size is not None else vocabulary_size(tokenizer, stops)
             scores[generation_key(KL_TO_TEACHER)] = kl_on_answers(
-                model, teacher, prompts, completions, pad_token_id(tokenizer), self.batch_size, vocab_size
+                model, teacher, prompts, completions, pad_token_id(tokenizer), self.batch_size, columns
             )
         return {**scores, generation_key(SAMPLES): len(prompts)}
 

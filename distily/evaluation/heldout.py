@@ -46,6 +46,12 @@ def _add_bytes(sums: dict, batch: dict[str, torch.Tensor], byte_lengths: Optiona
             sums[key] += target_bytes(batch, lengths)
 
 
+def compared_columns(vocab_size: Optional[int], tokenizer: Optional[PreTrainedTokenizerBase]) -> Optional[int]:
+    """The logit columns KL and agreement compare: ``vocab_size`` when given (heads of different widths), else the
+    tokenizer's ids (heads of one width may both have padding columns past them, which are no text), else all."""
+    return vocab_size if vocab_size is not None or tokenizer is None else len(tokenizer)
+
+
 def chunk_nll(logits: torch.Tensor, chunk: TokenChunk) -> float:
     """Summed next-token loss (nats) of a chunk's tokens that have a target, from their logits [n, vocab]."""
     return float(next_token_nll(logits[chunk.has_target], chunk.next_ids[chunk.has_target]))
@@ -130,9 +136,10 @@ def heldout_metrics(
     """``lm_loss`` (next-token cross-entropy, nats), ``perplexity``; with the model's ``tokenizer`` also
     ``bits_per_byte`` and ``nats_per_byte`` (``distily.evaluation.bytes``); with a teacher (or another
     ``reference``) also ``kl_to_teacher`` (forward KL(teacher || model) per position, nats) and ``top1_agreement``
-    (argmax match rate). ``chunk_size``: tokens per chunk (None: ``token_chunks``'s default)."""
+    (argmax match rate), over ``compared_columns``. ``chunk_size``: tokens per chunk (None: ``token_chunks``'s
+    default)."""
     if teacher is not None:
-        reference = TeacherReference(teacher, vocab_size)
+        reference = TeacherReference(teacher, compared_columns(vocab_size, tokenizer))
     sums = _sums(model, dataset, collate_fn, batch_size, reference, desc, chunk_size, _byte_lengths(tokenizer))
     return _metrics(sums, reference is not None)
 
@@ -156,7 +163,7 @@ class Evaluator:
     ):
         self.eval_sets = eval_sets
         self.collate_fn, self.batch_size = collate_fn, batch_size
-        self.teacher, self.vocab_size = teacher, vocab_size
+        self.teacher, self.vocab_size = teacher, compared_columns(vocab_size, tokenizer)
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer or tokenizer
         self._teacher_metrics: dict[str, dict[str, float]] = {}
 

@@ -14,7 +14,7 @@ from distily.objectives.losses import forward_kl
 from distily.objectives.sparse import bucket_logprobs
 from distily.recording.targets import sparse_targets
 from distily.teachers.recorded import StoreReference
-from tiny import tiny_config
+from tiny import make_tokenizer, tiny_config
 
 VOCAB = 320
 LENGTHS = [12, 7, 12, 3, 9]  # padded in batches of two
@@ -78,6 +78,25 @@ def test_heldout_metrics_in_chunks_equal_the_full_logits(student_arch, teacher_a
     evaluator = Evaluator({"heldout": rows}, collate, 2, teacher, VOCAB)
     evaluator(student)
     assert evaluator.teacher_metrics()["lm_loss"] == pytest.approx(expected["teacher_lm_loss"], rel=1e-5)
+
+
+def test_heads_of_one_width_are_compared_over_the_tokenizers_ids_only():
+    """Both heads have 64 padding columns past the tokenizer's 320 ids (one width: the objective cuts nothing,
+    vocab_size None). Those columns are no text, but they counted in KL and agreement: KL 10.48 against 2.56 over
+    the tokenizer's ids, agreement 0.023 against 0 here (their rows scaled by 3); 2.59 against 2.56 unscaled."""
+    student, teacher = _model("llama", 0, vocab_size=VOCAB + 64), _model("llama", 1, vocab_size=VOCAB + 64)
+    with torch.no_grad():
+        for model in (student, teacher):
+            model.lm_head.weight[VOCAB:] *= 3
+    tokenizer, rows = make_tokenizer(), _rows()
+    assert len(tokenizer) == VOCAB
+    expected = _full_logits_reference(student, teacher, rows, 2, VOCAB)
+    by_set = Evaluator({"heldout": rows}, collate, 2, teacher, None, tokenizer)(student)
+    alone = heldout_metrics(student, rows, collate, batch_size=2, teacher=teacher, tokenizer=tokenizer)
+    for metrics in (by_set, alone):
+        for key in ("kl_to_teacher", "top1_agreement"):
+            assert metrics[key] == pytest.approx(expected[key], rel=1e-5), key
+        assert metrics["lm_loss"] == pytest.approx(expected["lm_loss"], rel=1e-5)  # the model's own: every column
 
 
 def test_a_model_with_a_transformed_head_is_read_from_its_full_logits():

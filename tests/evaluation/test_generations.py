@@ -238,6 +238,39 @@ def test_a_student_whose_head_has_padding_columns_answers_in_the_tokenizers_ids(
     assert 0 < scores["generation/kl_to_teacher"] < float("inf")
 
 
+def test_kl_on_answers_of_heads_of_one_width_reads_the_tokenizers_ids_only(chat_models, tmp_path, monkeypatch):
+    """Teacher and student heads both 64 columns wider than the tokenizer (one width: vocab_size None). The answers
+    hold only the tokenizer's ids, and the KL on them is the float64 KL over those columns; it counted the padding
+    columns too (2.431 against 2.419 here)."""
+    tokenizer = chat_models[0]
+    models = []
+    for seed, layers in ((0, 2), (1, 1)):
+        torch.manual_seed(seed)
+        config = tiny_config("llama", layers=layers, vocab_size=len(tokenizer) + 64)
+        models.append(AutoModelForCausalLM.from_config(config).eval())
+    teacher, student = models
+    answered = []
+    original = generations.greedy_answers
+    monkeypatch.setattr(generations, "greedy_answers", lambda *args: answered.extend(original(*args)) or answered)
+    conversations = user_turns(5, seed=5)
+    rows = [turns[:-1] + [{"role": "assistant", "content": "x"}] for turns in conversations]
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
+    heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=3)
+    measured = heldout.scores(student, tokenizer, teacher)["generation/kl_to_teacher"]
+    total, tokens, columns = 0.0, 0, len(tokenizer)
+    with torch.no_grad():
+        for turns, completion in zip(conversations, answered):
+            prompt = prompt_tokens(tokenizer, turns[:-1])
+            ids = torch.tensor([prompt + completion])
+            positions = slice(len(prompt) - 1, len(prompt) + len(completion) - 1)  # those predicting the answer
+            student_logprobs = F.log_softmax(student(ids).logits[0, positions, :columns].double(), -1)
+            teacher_logprobs = F.log_softmax(teacher(ids).logits[0, positions, :columns].double(), -1)
+            total += float(F.kl_div(student_logprobs, teacher_logprobs, log_target=True, reduction="sum"))
+            tokens += len(completion)
+    assert len(answered) == 5 and all(token < columns for answer in answered for token in answer)
+    assert measured == pytest.approx(total / tokens, rel=1e-4)
+
+
 @pytest.mark.parametrize("values, expected", [
     ({"generation_eval_metric": "no_such_module_here:f"}, r"generation_eval_metric='no_such_module_here:f': module "
                                                           r"'no_such_module_here' cannot be imported"),
