@@ -299,6 +299,7 @@ class _Vocabulary:
     scores: list[float]
     types: list[int]
     special: gguf.SpecialVocab
+    add_space_prefix: bool | None  # SentencePiece: whether "▁" goes before the text (None: llama.cpp's default, yes)
 
     def add_to(self, writer: gguf.GGUFWriter) -> None:
         writer.add_tokenizer_model(self.model)
@@ -306,7 +307,29 @@ class _Vocabulary:
         writer.add_token_list(self.tokens)
         writer.add_token_scores(self.scores)
         writer.add_token_types(self.types)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
         self.special.add_to_gguf(writer, quiet=True)
+
+
+def _steps(component: dict | None) -> list[dict]:
+    """A tokenizer.json normalizer or pre-tokenizer as the list of its steps (a Sequence's, or itself)."""
+    if component is None:
+        return []
+    return component.get("normalizers") or component.get("pretokenizers") or [component]
+
+
+def _adds_space_prefix(settings: dict) -> bool:
+    """Whether a SentencePiece-style tokenizer.json puts "▁" before a text (a Prepend normalizer, or a Metaspace
+    pre-tokenizer that prepends), as llama.cpp's add_space_prefix does: without it llama.cpp would tokenize "the"
+    as "▁the" where transformers reads "t", "he"."""
+    def metaspace_prepends(step: dict) -> bool:  # tokenizers before 0.14 wrote add_prefix_space, not prepend_scheme
+        scheme = step.get("prepend_scheme")
+        return step.get("add_prefix_space", True) if scheme is None else scheme != "never"
+
+    return any(step.get("type") == "Prepend" for step in _steps(settings.get("normalizer"))) or any(
+        step.get("type") == "Metaspace" and metaspace_prepends(step) for step in _steps(settings.get("pre_tokenizer"))
+    )
 
 
 def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
@@ -322,7 +345,8 @@ def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
             f"no byte-level BPE or SentencePiece tokenizer in {path}; expected tokenizer.json or tokenizer.model"
         )
     byte_level = vocab.tokenizer_model == "gpt2"
-    settings = json.loads((path / "tokenizer.json").read_text(encoding="utf-8")) if byte_level else {}
+    tokenizer_json = path / "tokenizer.json"
+    settings = json.loads(tokenizer_json.read_text(encoding="utf-8")) if tokenizer_json.exists() else {}
     entries = list(vocab.all_tokens())
     if byte_level:
         entries = _added_token_types(settings, entries)
@@ -339,6 +363,8 @@ def _vocabulary(path: Path, model_vocab_size: int) -> _Vocabulary:
         pre=_pre_tokenizer(path, settings) if byte_level else "default",
         tokens=list(tokens), scores=list(scores), types=[int(kind) for kind in types],
         special=gguf.SpecialVocab(path, load_merges=byte_level, n_vocab=model_vocab_size),
+        # a tokenizer.model alone (no tokenizer.json) keeps SentencePiece's and llama.cpp's default: prepend
+        add_space_prefix=_adds_space_prefix(settings) if not byte_level and settings else None,
     )
 
 

@@ -14,7 +14,7 @@ from transformers import (
 
 from distily.cli import main
 from distily.commands.export import export_run
-from distily.data.tokenizer import train_byte_level_bpe
+from distily.data.tokenizer import train_byte_level_bpe, train_sentencepiece_bpe
 from distily.errors import DistilyConfigError
 from distily.export.llama_cpp_check import llama_cpp_perplexity, pytorch_perplexity
 from distily.export.report import LLAMA_CPP_NOT_INSTALLED, read_export_report
@@ -73,6 +73,15 @@ def sentencepiece_tokenizer_dir(tmp_path_factory):
     PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     ).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def unprefixed_sentencepiece_dir(tmp_path_factory):
+    """A SentencePiece-style tokenizer whose Metaspace never puts "▁" before a text (Gemma-like)."""
+    path = tmp_path_factory.mktemp("unprefixed")
+    train_sentencepiece_bpe(["the quick brown fox jumps over the lazy dog"] * 8, VOCAB - 16,
+                            prepend_scheme="never").save_pretrained(path)
     return path
 
 
@@ -184,7 +193,23 @@ def test_gguf_tokenizer_metadata(tokenizer_dir, tmp_path):
     assert types[tokens.index("the")] == gguf.TokenType.NORMAL and types[-1] == gguf.TokenType.UNUSED
 
 
-@pytest.mark.parametrize("fixture, model", [("tokenizer_dir", "gpt2"), ("sentencepiece_tokenizer_dir", "llama")])
+@pytest.mark.parametrize("prepend_scheme, written", [("always", True), ("first", True), ("never", False)])
+def test_a_sentencepiece_tokenizers_space_prefix_is_written_as_it_tokenizes(prepend_scheme, written, tmp_path):
+    """llama.cpp puts "▁" before a SentencePiece text unless add_space_prefix says no: a tokenizer that never does
+    must say so, or llama.cpp reads "the" as "▁the" where transformers reads other tokens."""
+    train_sentencepiece_bpe(["the quick brown fox"] * 8, VOCAB - 16,
+                            prepend_scheme=prepend_scheme).save_pretrained(tmp_path / "tokenizer")
+    path = write_gguf(tiny_student("llama"), tmp_path / "tokenizer", tmp_path / "student.gguf")
+    assert field_value(gguf.GGUFReader(str(path)), "tokenizer.ggml.add_space_prefix") is written
+
+
+def test_a_prepending_normalizer_is_a_space_prefix(sentencepiece_tokenizer_dir, tmp_path):
+    path = write_gguf(tiny_student("llama"), sentencepiece_tokenizer_dir, tmp_path / "student.gguf")
+    assert field_value(gguf.GGUFReader(str(path)), "tokenizer.ggml.add_space_prefix") is True
+
+
+@pytest.mark.parametrize("fixture, model", [("tokenizer_dir", "gpt2"), ("sentencepiece_tokenizer_dir", "llama"),
+                                            ("unprefixed_sentencepiece_dir", "llama")])
 def test_llama_cpp_tokenizes_like_transformers(fixture, model, request, tmp_path):
     directory = request.getfixturevalue(fixture)
     path = write_gguf(tiny_student("llama"), directory, tmp_path / "student.gguf")
