@@ -156,7 +156,8 @@ def case_token_id_out_of_range(values, tmp_path):
 def case_token_id_out_of_range_in_an_eval_set(values, tmp_path):
     path = _token_rows(tmp_path, bad_row=2, bad_id=320)
     values["eval_datasets"] = {"tokens": path}
-    return f"eval_datasets['tokens']: dataset '{path}' row 2 (counting from 0) holds token id 320; expected ids in 0..319"
+    return (f"eval_datasets['tokens']: dataset '{path}' row 2 (counting from 0) holds token id 320; expected ids in "
+            "0..319")
 
 
 def case_negative_token_id(values, tmp_path):
