@@ -163,11 +163,24 @@ def _add_stats(total: dict, stats: dict) -> dict:
     return total
 
 
+def shard_problem(path: Path, entry: dict) -> Optional[str]:
+    """What is wrong with a listed shard's file (None: it has its recorded size and sha256)."""
+    if not path.is_file():
+        return "is missing; expected the recorded file"
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return f"has {size} bytes; expected {entry['bytes']} (truncated or replaced)"
+    if file_sha256(path) != entry["sha256"]:
+        return f"fails its sha256 check; expected {entry['sha256'][:16]}... (corrupted)"
+    return None
+
+
 class StoreWriter:
     """Writes shards into a store directory, resuming a recording with the same ``settings``.
 
     ``settings`` is a JSON-able dict of everything that determines the store's content (provenance,
-    k, temperature, layers, shard size); a store started with other settings is an error.
+    k, temperature, layers, shard size); a store started with other settings is an error. A resumed recording's
+    shards that are missing or damaged (a disk that failed while it was stopped) are recorded again.
     """
 
     def __init__(self, path: str | os.PathLike, settings: dict):
@@ -179,7 +192,17 @@ class StoreWriter:
         if recording is not None:
             self._check_settings(recording["settings"])
             self.shards = recording["shards"]
+            if not self.finished:
+                self._forget_damaged_shards()
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def _forget_damaged_shards(self) -> None:
+        for split in SPLITS:
+            for index, entry in list(self.shards[split].items()):
+                problem = shard_problem(self.path / entry["file"], entry)
+                if problem is not None:
+                    logger.warning(f"teacher store shard {entry['file']!r} {problem}: recording it again")
+                    del self.shards[split][index]
 
     def _check_settings(self, recorded: dict) -> None:
         key = _first_difference(recorded, self.settings)
@@ -214,7 +237,8 @@ class StoreWriter:
             "stats": stats,
         }
         os.replace(partial, self.path / name)
-        self.shards[split][str(index)] = entry
+        listed = {**self.shards[split], str(index): entry}
+        self.shards[split] = {key: listed[key] for key in sorted(listed, key=int)}  # as an uninterrupted run lists them
         write_json_atomic(self.path / PROGRESS, {"settings": self.settings, "shards": self.shards})
 
     def totals(self, split: str) -> dict:
@@ -322,19 +346,9 @@ class TeacherStore:
         entries = [entry for split in SPLITS for entry in self._entries(split)]
         for entry in tqdm(entries, desc="Verifying teacher store", leave=False):
             path = self.path / entry["file"]
-            if not path.is_file():
-                raise DistilyConfigError(f"teacher store shard {str(path)!r} is missing; expected the recorded file")
-            size = path.stat().st_size
-            if size != entry["bytes"]:
-                raise DistilyConfigError(
-                    f"teacher store shard {str(path)!r} has {size} bytes; expected {entry['bytes']} (truncated or "
-                    "replaced: record it again)"
-                )
-            if file_sha256(path) != entry["sha256"]:
-                raise DistilyConfigError(
-                    f"teacher store shard {str(path)!r} fails its sha256 check; expected {entry['sha256'][:16]}... "
-                    "(corrupted: record it again)"
-                )
+            problem = shard_problem(path, entry)
+            if problem is not None:
+                raise DistilyConfigError(f"teacher store shard {str(path)!r} {problem}: record it again")
 
     def dataset(self, split: str, limit: Optional[int] = None) -> StoreDataset:
         entries = self._entries(split)

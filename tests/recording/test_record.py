@@ -137,6 +137,35 @@ def test_a_killed_recording_resumes_to_the_uninterrupted_result(teacher_dirs, te
     assert resumed["fidelity"] == uninterrupted["fidelity"]
 
 
+def test_a_shard_damaged_while_the_recording_was_stopped_is_recorded_again(teacher_dirs, text_file, tmp_path,
+                                                                          monkeypatch, caplog):
+    """Resuming kept every listed shard as it was: one damaged between the stop and the resume made the finished
+    store fail its check in every run that read it. Now it is recorded again, with a warning."""
+    _, uninterrupted = _record(teacher_dirs["llama"], text_file, tmp_path / "a")
+    original = HFRecorder.record
+    calls = {"count": 0}
+
+    def dies_on_the_third_shard(self, *args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFRecorder, "record", dies_on_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        _record(teacher_dirs["llama"], text_file, tmp_path / "b")
+    shard = tmp_path / "b" / "store" / "train-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    recorded = []
+    monkeypatch.setattr(HFRecorder, "record", lambda self, rows, *a, **k: (
+        recorded.append(len(rows["input_ids"])) or original(self, rows, *a, **k)))
+    with caplog.at_level("WARNING"):
+        _, resumed = _record(teacher_dirs["llama"], text_file, tmp_path / "b")
+    assert recorded == [8, 8, 8]  # the damaged shard, the missing train shard and the eval shard
+    assert "shard 'train-00000.safetensors' has" in caplog.text and "recording it again" in caplog.text
+    assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
+
+
 
 def test_a_recording_of_shards_without_loss_positions_finishes_with_its_fidelity(teacher_dirs, text_file, tmp_path):
     """Shards recorded before the fidelity counted its positions (summed over all of them) and resumed after: the
