@@ -97,6 +97,9 @@ class RecordedTeacher(TeacherSource):
         if config.objective.logits_temperature != self.temperature:
             raise self._mismatch("logits_temperature", config.objective.logits_temperature, self.temperature)
         if documents is not None and documents._fingerprint != self.settings["dataset_fingerprint"]:
+            delimiter = self.settings.get("text_document_delimiter", config.data.text_document_delimiter)
+            if config.data.text_document_delimiter != delimiter:  # the same .txt file, cut into other documents
+                raise self._mismatch("text_document_delimiter", config.data.text_document_delimiter, delimiter)
             raise DistilyConfigError(
                 f"dataset_name={config.data.dataset_name!r} holds other documents than the "
                 f"{self.settings['dataset_name']!r} {self.where} was recorded on (fingerprint "

@@ -222,3 +222,15 @@ def test_tied_embeddings_are_counted_once_and_a_recorded_teacher_has_no_memory_f
         assert metrics["student"]["parameters"] == _unique_parameters(student)
     assert live["teacher"]["memory_bytes"] > 0
     assert "memory_bytes" not in with_weights["teacher"] and "memory_bytes" not in without["teacher"]
+
+
+def test_another_document_delimiter_is_named(teacher_dirs, tmp_path):
+    """The same .txt file cut into other documents gave only 'holds other documents than' the same file, with two
+    fingerprints; the setting that differs is named now."""
+    text = tmp_path / "docs.txt"
+    text.write_text("\n\n".join(document.replace(". ", ".\n") for document in make_documents(80)) + "\n")
+    values = store_values(teacher_dirs["llama"], str(text), tmp_path / "store")
+    run_recording(parse_record_config(**values))
+    with pytest.raises(DistilyConfigError, match=r"^text_document_delimiter='line' differs from the 'blank_line' "
+                                                 r"teacher_store=.* was recorded with; expected 'blank_line'"):
+        _train(values, tmp_path, text_document_delimiter="line")
