@@ -135,7 +135,8 @@ def write_report(path: Path, runs: dict, settings: dict, chosen: dict, goals: di
                  fixed_by: Optional[str] = None) -> None:
     letters = [f"({name[0]}) {name[2:]}" for name in STUDENTS]
     ordered = in_order({setting for _, setting in runs})
-    lines = [f"# Instruction distillation at {settings['references']} references: each student at its best setting",
+    at = "the setting chosen on other seeds" if fixed_by else "its best setting"
+    lines = [f"# Instruction distillation at {settings['references']} references: each student at {at}",
              "", f"Command: `{command}`.", "",
              f"Held-out exact match (%) after the run's last step, each seed and {rate_words(settings)}:", "",
              *markdown_head(["seed", "learning rate", *letters])]
@@ -178,7 +179,7 @@ def plot(runs: dict, chosen: dict, path: Path) -> None:
                     alpha=0.6, label=f"seed {seed}")
         medians = chosen[name]["medians"]
         ax.plot([at[setting] for setting in medians], list(medians.values()), color="black", linewidth=2,
-                label="median")
+                marker="_", markersize=18, markeredgewidth=2, label="median")  # a bar: one setting has no line
         ax.set_xticks(range(len(ordered)), [label(setting).replace(", ", "\n") for setting in ordered])
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("learning rate")

@@ -109,6 +109,8 @@ def test_fixed_settings_from_other_seeds_are_scored_not_chosen(tmp_path):
     assert results["fixed_by"] == str(chosen_json)
     report = (tmp_path / "fixed.md").read_text()
     assert f"the setting fixed by `{chosen_json}` (chosen on its seeds) in bold" in report
+    assert report.startswith("# Instruction distillation at 256 references: each student at the setting chosen on "
+                             "other seeds")
     assert "fixed_by" not in json.loads(chosen_json.read_text())  # a choosing run's JSON is as before
 
     lone = [write_run(tmp_path, 3, 1e-3, [90.0, 20.0, 30.0, 40.0, 50.0])]  # (a)'s fixed 3e-3 not run at seed 3
