@@ -112,10 +112,11 @@ def test_fidelity_report_matches_a_direct_computation(teacher_dirs, text_file, t
     assert kls == sorted(kls, reverse=True)  # a larger k loses less
 
 
-def test_a_killed_recording_resumes_to_the_uninterrupted_result(teacher_dirs, text_file, tmp_path, monkeypatch):
-    _, uninterrupted = _record(teacher_dirs["llama"], text_file, tmp_path / "a")
-    calls = {"count": 0}
+def _killed_then_resumed(teacher_dir, text_file, out: Path, monkeypatch, damage=lambda store: None):
+    """A recording killed at its third shard, ``damage(store)`` done to what it left, then resumed: the resumed
+    manifest and the number of rows each shard recorded in the resumed run."""
     original = HFRecorder.record
+    calls = {"count": 0}
 
     def dies_on_the_third_shard(self, *args, **kwargs):
         calls["count"] += 1
@@ -125,13 +126,19 @@ def test_a_killed_recording_resumes_to_the_uninterrupted_result(teacher_dirs, te
 
     monkeypatch.setattr(HFRecorder, "record", dies_on_the_third_shard)
     with pytest.raises(KeyboardInterrupt):
-        _record(teacher_dirs["llama"], text_file, tmp_path / "b")
-    assert not (tmp_path / "b" / "store" / MANIFEST).exists()
-    monkeypatch.setattr(HFRecorder, "record", original)
+        _record(teacher_dir, text_file, out)
+    assert not (out / "store" / MANIFEST).exists()
+    damage(out / "store")
     recorded = []
     monkeypatch.setattr(HFRecorder, "record", lambda self, rows, *a, **k: (
         recorded.append(len(rows["input_ids"])) or original(self, rows, *a, **k)))
-    _, resumed = _record(teacher_dirs["llama"], text_file, tmp_path / "b")
+    _, resumed = _record(teacher_dir, text_file, out)
+    return resumed, recorded
+
+
+def test_a_killed_recording_resumes_to_the_uninterrupted_result(teacher_dirs, text_file, tmp_path, monkeypatch):
+    _, uninterrupted = _record(teacher_dirs["llama"], text_file, tmp_path / "a")
+    resumed, recorded = _killed_then_resumed(teacher_dirs["llama"], text_file, tmp_path / "b", monkeypatch)
     assert recorded == [8, 8]  # only the missing train shard and the eval shard
     assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
     assert resumed["fidelity"] == uninterrupted["fidelity"]
@@ -142,29 +149,17 @@ def test_a_shard_damaged_while_the_recording_was_stopped_is_recorded_again(teach
     """Resuming kept every listed shard as it was: one damaged between the stop and the resume made the finished
     store fail its check in every run that read it. Now it is recorded again, with a warning."""
     _, uninterrupted = _record(teacher_dirs["llama"], text_file, tmp_path / "a")
-    original = HFRecorder.record
-    calls = {"count": 0}
 
-    def dies_on_the_third_shard(self, *args, **kwargs):
-        calls["count"] += 1
-        if calls["count"] == 3:
-            raise KeyboardInterrupt("killed")
-        return original(self, *args, **kwargs)
+    def truncate_the_first_shard(store: Path) -> None:
+        shard = store / "train-00000.safetensors"
+        shard.write_bytes(shard.read_bytes()[:-10])
 
-    monkeypatch.setattr(HFRecorder, "record", dies_on_the_third_shard)
-    with pytest.raises(KeyboardInterrupt):
-        _record(teacher_dirs["llama"], text_file, tmp_path / "b")
-    shard = tmp_path / "b" / "store" / "train-00000.safetensors"
-    shard.write_bytes(shard.read_bytes()[:-10])
-    recorded = []
-    monkeypatch.setattr(HFRecorder, "record", lambda self, rows, *a, **k: (
-        recorded.append(len(rows["input_ids"])) or original(self, rows, *a, **k)))
     with caplog.at_level("WARNING"):
-        _, resumed = _record(teacher_dirs["llama"], text_file, tmp_path / "b")
+        resumed, recorded = _killed_then_resumed(teacher_dirs["llama"], text_file, tmp_path / "b", monkeypatch,
+                                                 truncate_the_first_shard)
     assert recorded == [8, 8, 8]  # the damaged shard, the missing train shard and the eval shard
     assert "shard 'train-00000.safetensors' has" in caplog.text and "recording it again" in caplog.text
     assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
-
 
 
 def test_a_recording_of_shards_without_loss_positions_finishes_with_its_fidelity(teacher_dirs, text_file, tmp_path):
