@@ -9,6 +9,7 @@ and evaluation, so that a checkpoint's sum covers every step before it.
 """
 
 import logging
+import math
 import time
 from typing import Optional
 
@@ -55,7 +56,8 @@ class RunTotals(TrainerCallback, ExportableState):
     on_epoch_end = on_step_end
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:  # the mean training loss over the steps since the previous log
+        if logs and "loss" in logs and math.isfinite(logs["loss"]):  # the mean loss over the steps since the last
+            # log (NaN when the guard skipped them all: they count at the next window's mean)
             self.loss_sum += logs["loss"] * (state.global_step - self._logged_step)
             self._logged_step = state.global_step
 

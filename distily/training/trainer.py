@@ -25,6 +25,7 @@ from distily.training.bitnet_schedule import LATENT_GROUP, BitNetSchedule, BitNe
 from distily.training.distillation_model import OBJECTIVE, STUDENT, DistillationModel
 from distily.training.guards import NonFiniteStepCounts, NonFiniteStepGuard
 from distily.training.on_policy import OnPolicyBatches
+from distily.training.step_sums import StepSums
 from distily.training.totals import RunTotals
 from distily.training.trainer_internals import StagedCheckpoints, check_library_versions, undo_evaluation_preparation
 
@@ -69,8 +70,9 @@ class DistillationTrainer(StagedCheckpoints):
         # compute_loss divides by the token count of the whole accumulated batch itself
         self.loss_is_scaled_for_ga = True
 
-        self._component_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
-        self._component_steps = 0  # optimizer steps in the train sums since the last log
+        self._component_sums: dict[str, dict[str, torch.Tensor]] = {"eval": {}}
+        self._train_sums = StepSums()
+        self._skipped_before_step = 0  # the guard's skipped count when the step under way began
 
     @property
     def student(self) -> PreTrainedModel:
@@ -178,6 +180,7 @@ class DistillationTrainer(StagedCheckpoints):
         if self.state.global_step >= self.state.max_steps:
             self.control.should_training_stop = True
             return [], None
+        self._close_step()
         batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batches:
             return batches, None
@@ -185,7 +188,6 @@ class DistillationTrainer(StagedCheckpoints):
             step, sharded = self.state.global_step, self.student_is_sharded()
             with self.accelerator.autocast():
                 batches = self.run_student(lambda student: self.on_policy.replace(batches, step, student, sharded))
-        self._component_steps += 1
         counts = sum(token_counts(batch) for batch in batches).to(device)  # [2]
         if self.args.world_size > 1:
             counts = self.accelerator.gather(counts[None]).sum(0)
@@ -228,9 +230,29 @@ class DistillationTrainer(StagedCheckpoints):
         return dict(zip(values, totals))
 
     def _record_train_components(self, components: dict[str, torch.Tensor]) -> None:
-        sums = self._component_sums["train"]
-        for name, value in components.items():
-            sums[name] = sums.get(name, 0.0) + value.float()
+        self._train_sums.add(components)
+
+    def _close_step(self) -> None:
+        """The step whose components were recorded is over: taken, or skipped by the non-finite guard (whose
+        decision is every process's)."""
+        skipped = self.nonfinite_guard is not None and self.nonfinite_guard.counts.skipped > self._skipped_before_step
+        self._train_sums.close_step(skipped)
+        if self.nonfinite_guard is not None:
+            self._skipped_before_step = self.nonfinite_guard.counts.skipped
+
+    def _weighted(self, means: dict[str, float]) -> float:
+        return sum(self.objective.weights[name] * value for name, value in means.items())
+
+    def session_train_loss(self, trainer_loss: float) -> float:
+        """This session's mean training loss: the Trainer's, or, where the guard skipped steps, the mean over the
+        steps taken (NaN if none was)."""
+        self._close_step()
+        sums = self._train_sums
+        if sums.session_skipped == 0:
+            return trainer_loss
+        totals = self._sum_over_processes(sums.session)
+        return self._weighted({name: float(total) / sums.session_steps for name, total in totals.items()}) \
+            if sums.session_steps else float("nan")
 
     def _rows_counted(self, rows: int) -> int:
         """How many of this process's ``rows`` of an evaluation batch are the eval set's own: on several processes,
@@ -271,13 +293,13 @@ class DistillationTrainer(StagedCheckpoints):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         counts = {("counts", row): count for row, count in enumerate(self._eval_counts.float())}  # scalars to reduce
         totals = self._sum_over_processes({**self._component_sums["eval"], **counts})
-        counts, loss = [totals.pop(key) for key in counts], 0.0
-        for name, total in totals.items():
-            value = (total / counts[self.objective.components[name].normalizer].clamp(min=1)).item()
+        counts = [totals.pop(key) for key in counts]
+        means = {name: (total / counts[self.objective.components[name].normalizer].clamp(min=1)).item()
+                 for name, total in totals.items()}
+        for name, value in means.items():
             output.metrics[f"{metric_key_prefix}_loss_{name}"] = value
-            loss += self.objective.weights[name] * value
-        if totals:
-            output.metrics[f"{metric_key_prefix}_loss"] = loss
+        if means:
+            output.metrics[f"{metric_key_prefix}_loss"] = self._weighted(means)
         if self.evaluator is not None:
             for name, value in self.run_student(self.evaluator).items():
                 output.metrics[f"{metric_key_prefix}_{name}"] = value
@@ -291,16 +313,21 @@ class DistillationTrainer(StagedCheckpoints):
             self.model_card.save(os.path.join(self.args.output_dir, "README.md"))
 
     def log(self, logs, start_time=None):
-        """Add each objective component's mean since the last log to the training logs, and the on-policy figures."""
+        """Add each objective component's mean since the last log to the training logs, and the on-policy figures;
+        where the non-finite guard skipped steps, the loss and ``train_loss`` over the steps taken (``StepSums``)."""
         if "loss" in logs:
-            steps = max(self._component_steps, 1)
-            for name, total in self._sum_over_processes(self._component_sums["train"]).items():
-                logs[f"loss_{name}"] = round(float(total) / steps, 6)
-            self._component_sums["train"] = {}
-            self._component_steps = 0
+            self._close_step()
+            window, steps, skipped = self._train_sums.take_window()
+            means = {name: float(total) / max(steps, 1) for name, total in self._sum_over_processes(window).items()}
+            for name, mean in means.items():
+                logs[f"loss_{name}"] = round(mean, 6)
+            if skipped:  # the Trainer counted the skipped steps' non-finite losses as its running mean
+                logs["loss"] = round(self._weighted(means), 4) if steps else float("nan")
             if self.on_policy is not None:
                 def total(counts: torch.Tensor) -> torch.Tensor:
                     return self._sum_over_processes({"counts": counts.to(self.args.device)})["counts"].cpu()
 
                 logs.update(self.on_policy.logs(total, self.args.world_size))
+        if "train_loss" in logs:  # the session's, when training ends
+            logs["train_loss"] = self.session_train_loss(logs["train_loss"])
         super().log(logs, start_time)

@@ -1,5 +1,6 @@
 """Numerical guards, atomic checkpoints, and exact resume after SIGKILL."""
 
+import math
 import os
 import random
 import re
@@ -196,3 +197,40 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights_bi
         assert not objective or file == "model.safetensors" or any(name.startswith("objective.") for name in expected)
         different = [name for name in expected if not torch.equal(actual[name], expected[name])]
         assert not different, (file, different)
+
+
+def test_the_logged_loss_and_train_loss_leave_the_skipped_steps_out(teacher_dirs, run_values, monkeypatch):
+    """The Trainer counted a skipped step's non-finite loss as its window's running mean: 0.0 when the step began
+    its window, so the logged loss read 0 and train_loss was pulled down. Logged every step here, steps 2 and 3 are
+    skipped: they log NaN, and train_loss is the mean of the three steps taken."""
+    calls = {"n": 0}
+    forward = LogitsComponent.forward
+
+    def nan_at_steps_2_and_3(self, *args):
+        value = forward(self, *args)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] in (2, 3):
+                return value * float("nan")
+        return value
+
+    monkeypatch.setattr(LogitsComponent, "forward", nan_at_steps_2_and_3)
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=5,
+                        logging_steps=1)
+    history = []
+    original = DistillationTrainer.train
+
+    def train(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        history.extend(self.state.log_history)
+        return output
+
+    monkeypatch.setattr(DistillationTrainer, "train", train)
+    metrics = run_distillation(parse_config(**values))
+    logged = {entry["step"]: entry for entry in history if "loss" in entry}
+    assert all(math.isnan(logged[step]["loss"]) for step in (2, 3))
+    taken = [logged[step]["loss"] for step in (1, 4, 5)]
+    assert all(math.isfinite(loss) and loss > 1 for loss in taken)
+    for step in (1, 4, 5):  # the loss is the weighted sum of the logged components, as the Trainer's was
+        assert logged[step]["loss"] == pytest.approx(logged[step]["loss_logits"], rel=1e-3)
+    assert metrics["train"]["train_loss"] == pytest.approx(sum(taken) / 3, rel=1e-3)
