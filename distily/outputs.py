@@ -236,3 +236,15 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_problem(path: Path, recorded: dict) -> str | None:
+    """What is wrong with a file against its recorded ``{"bytes": ..., "sha256": ...}`` (None: nothing)."""
+    if not path.is_file():
+        return "is missing"
+    size = path.stat().st_size
+    if size != recorded["bytes"]:
+        return f"has {size} bytes, expected {recorded['bytes']}"
+    if file_sha256(path) != recorded["sha256"]:
+        return "fails its sha256 check"
+    return None

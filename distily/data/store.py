@@ -50,7 +50,7 @@ from distily.arguments import file_in_the_way
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
-from distily.outputs import file_sha256, filesystem_errors, write_json_atomic
+from distily.outputs import file_problem, file_sha256, filesystem_errors, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -163,18 +163,6 @@ def _add_stats(total: dict, stats: dict) -> dict:
     return total
 
 
-def shard_problem(path: Path, entry: dict) -> Optional[str]:
-    """What is wrong with a listed shard's file (None: it has its recorded size and sha256)."""
-    if not path.is_file():
-        return "is missing; expected the recorded file"
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        return f"has {size} bytes; expected {entry['bytes']} (truncated or replaced)"
-    if file_sha256(path) != entry["sha256"]:
-        return f"fails its sha256 check; expected {entry['sha256'][:16]}... (corrupted)"
-    return None
-
-
 class StoreWriter:
     """Writes shards into a store directory, resuming a recording with the same ``settings``.
 
@@ -199,7 +187,7 @@ class StoreWriter:
     def _forget_damaged_shards(self) -> None:
         for split in SPLITS:
             for index, entry in list(self.shards[split].items()):
-                problem = shard_problem(self.path / entry["file"], entry)
+                problem = file_problem(self.path / entry["file"], entry)
                 if problem is not None:
                     logger.warning(f"teacher store shard {entry['file']!r} {problem}: recording it again")
                     del self.shards[split][index]
@@ -346,9 +334,10 @@ class TeacherStore:
         entries = [entry for split in SPLITS for entry in self._entries(split)]
         for entry in tqdm(entries, desc="Verifying teacher store", leave=False):
             path = self.path / entry["file"]
-            problem = shard_problem(path, entry)
+            problem = file_problem(path, entry)
             if problem is not None:
-                raise DistilyConfigError(f"teacher store shard {str(path)!r} {problem}: record it again")
+                raise DistilyConfigError(f"teacher store shard {str(path)!r} {problem}; expected the file as recorded "
+                                         "(truncated, replaced or corrupted: record it again)")
 
     def dataset(self, split: str, limit: Optional[int] = None) -> StoreDataset:
         entries = self._entries(split)

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.errors import DistilyConfigError
-from distily.outputs import file_sha256, safetensors_offsets, write_json_atomic
+from distily.outputs import file_problem, file_sha256, safetensors_offsets, write_json_atomic
 
 CHECKSUMS_FILE = "distily_checksums.json"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -40,14 +40,9 @@ def write_checksums(checkpoint: Path) -> None:
 
 def _checksum_problem(checkpoint: Path, listed: dict) -> Optional[str]:
     for name, expected in sorted(listed.items()):
-        path = checkpoint / name
-        if not path.is_file():
-            return f"{name} is missing"
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            return f"{name} has {size} bytes, expected {expected['bytes']}"
-        if file_sha256(path) != expected["sha256"]:
-            return f"{name} fails its sha256 check"
+        problem = file_problem(checkpoint / name, expected)
+        if problem is not None:
+            return f"{name} {problem}"
     return None
 
 

@@ -77,7 +77,8 @@ def test_all_finite_is_isfinite_over_every_element(dtype):
         assert all_finite(iter(tensors)) is expected, tensors
 
 
-def test_a_run_with_non_finite_losses_skips_those_steps(teacher_dirs, run_values, monkeypatch):
+def _nan_logits_at_steps_2_and_3(monkeypatch) -> None:
+    """The logit loss NaN in the 2nd and 3rd training forwards (one micro-batch a step: steps 2 and 3)."""
     calls = {"n": 0}
     forward = LogitsComponent.forward
 
@@ -90,6 +91,10 @@ def test_a_run_with_non_finite_losses_skips_those_steps(teacher_dirs, run_values
         return value
 
     monkeypatch.setattr(LogitsComponent, "forward", sometimes_nan)
+
+
+def test_a_run_with_non_finite_losses_skips_those_steps(teacher_dirs, run_values, monkeypatch):
+    _nan_logits_at_steps_2_and_3(monkeypatch)
     values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=5)
     skipped = []
     original = DistillationTrainer.train
@@ -203,18 +208,7 @@ def test_the_logged_loss_and_train_loss_leave_the_skipped_steps_out(teacher_dirs
     """The Trainer counted a skipped step's non-finite loss as its window's running mean: 0.0 when the step began
     its window, so the logged loss read 0 and train_loss was pulled down. Logged every step here, steps 2 and 3 are
     skipped: they log NaN, and train_loss is the mean of the three steps taken."""
-    calls = {"n": 0}
-    forward = LogitsComponent.forward
-
-    def nan_at_steps_2_and_3(self, *args):
-        value = forward(self, *args)
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] in (2, 3):
-                return value * float("nan")
-        return value
-
-    monkeypatch.setattr(LogitsComponent, "forward", nan_at_steps_2_and_3)
+    _nan_logits_at_steps_2_and_3(monkeypatch)
     values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=5,
                         logging_steps=1)
     history = []
