@@ -29,8 +29,8 @@ from transformers import PreTrainedTokenizerBase
 from distily.data.arguments import DataArguments
 from distily.data.framing import INPUT_IDS, LOSS_MASK, document_separator_id, resolve_packing, tokenizer_adds_bos
 from distily.data.text import (
-    DistillationData, cached_dataset, collate, default_cache_dir, sampled_rows, tokenizer_fingerprint,
-    no_conversation_left, warn_dropped_conversations,
+    DistillationData, cached_dataset, collate, default_cache_dir, no_conversation_left, sampled_rows,
+    tokenizer_fingerprint, warn_dropped_conversations,
 )
 from distily.errors import DistilyConfigError
 
