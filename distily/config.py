@@ -272,9 +272,10 @@ def read_config_file(path: str) -> dict:
     return data
 
 
-def check_keys(keys, prog: str = DistillConfig.prog) -> None:
-    """Every key is one of some command's; the error points to ``prog``'s help, the command the keys were given to."""
-    known = _known_keys()
+def check_keys(keys, prog: str = DistillConfig.prog, own_keys: frozenset = frozenset()) -> None:
+    """Every key is one of some command's (or of ``own_keys``, those of a command without a config file); the error
+    points to ``prog``'s help, the command the keys were given to."""
+    known = _known_keys() | own_keys
     for key in keys:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -354,6 +355,15 @@ def _check_finite(settings: dict) -> None:
             raise DistilyConfigError(f"{key}={value} is not finite; expected a finite number")
 
 
+def _refuse_flag(flag: str, command: type) -> None:
+    """Stop at a flag ``command``'s parser left: a typo (with the key it is closest to), or another command's key."""
+    key = flag.lstrip("-").split("=")[0]
+    check_keys([key], command.prog, frozenset(command_keys(command)))
+    if key in _known_keys():
+        raise DistilyConfigError(f"{key} is not used by `{command.prog}`; expected a key of `{command.prog} --help`")
+    raise DistilyConfigError(f"unexpected argument {flag!r}; expected --key value pairs")
+
+
 def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]], values: dict):
     file_values = read_config_file(config_path) if config_path else {}
     check_keys(file_values, command.prog)
@@ -372,13 +382,7 @@ def _parse(command: type, config_path: Optional[str], argv: Optional[list[str]],
             raise DistilyConfigError(
                 f"unexpected argument {unknown!r}; expected one config file first, then --key value pairs"
             )
-        key = unknown.lstrip("-").split("=")[0]
-        check_keys([key], command.prog)
-        if key in _known_keys():
-            raise DistilyConfigError(
-                f"{key} is not used by `{command.prog}`; expected a key of `{command.prog} --help`"
-            )
-        raise DistilyConfigError(f"unexpected argument {unknown!r}; expected --key value pairs")
+        _refuse_flag(unknown, command)
     settings = {**vars(namespace), **_flagless(values, types)}
     _check_finite(settings)
     try:
@@ -423,6 +427,9 @@ def parse_eval_config(argv: list[str]) -> EvalConfig:
     parser = make_parser(EvalConfig)
     namespace, remaining = parser.parse_known_args(argv)
     if remaining:
-        raise DistilyConfigError(f"unexpected argument {remaining[0]!r}; expected a key of `distily eval --help`")
+        unknown = next((arg for arg in remaining if arg.startswith("--")), remaining[0])
+        if unknown.startswith("-"):
+            _refuse_flag(unknown, EvalConfig)
+        raise DistilyConfigError(f"unexpected argument {unknown!r}; expected a key of `distily eval --help`")
     _check_finite(vars(namespace))
     return EvalConfig(*parser.parse_args_into_dataclasses(args=argv))

@@ -48,6 +48,15 @@ def test_eval_command_errors(capsys):
     assert main(["eval"]) == 2
     assert "no model to evaluate; expected `distily eval MODEL`" in capsys.readouterr().err
     assert main(["eval", "some/model", "--lm_eval_limt", "3"]) == 2
-    assert "unexpected argument '--lm_eval_limt'" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("distily eval: error: unknown config key 'lm_eval_limt' (did you mean "
+                                       "'lm_eval_limit'?); see `distily eval --help` for the keys\n")
+    assert main(["eval", "some/model", "--eval_datasets", "wikitext", "--max_steps", "3"]) == 2
+    assert capsys.readouterr().err == ("distily eval: error: max_steps is not used by `distily eval`; expected a key "
+                                       "of `distily eval --help`\n")
+    assert main(["eval", "some/model", "--teacher_model_name_or_pat", "t"]) == 2
+    assert "(did you mean 'teacher_model_name_or_path'?)" in capsys.readouterr().err
+    assert main(["eval", "some/model", "other/model"]) == 2
+    assert capsys.readouterr().err == ("distily eval: error: unexpected argument 'other/model'; expected a key of "
+                                       "`distily eval --help`\n")
     with pytest.raises(DistilyConfigError, match="nothing to evaluate; expected --eval_datasets"):
         parse_eval_config(["--model_name_or_path", "some/model"])
