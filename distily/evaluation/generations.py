@@ -27,7 +27,6 @@ from distily.data.arguments import DataArguments
 from distily.data.chat import (
     MESSAGES, ChatTemplate, assistant_turns, chat_format, conversations, prompt_ids, run_chat_template,
 )
-from distily.data.chat_alignment import end_of_turn_id
 from distily.data.text import completion_batch, load_documents
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import (
@@ -36,7 +35,7 @@ from distily.evaluation.arguments import (
 from distily.evaluation.heldout import heldout_metrics
 from distily.generation.arguments import SamplingSettings
 from distily.generation.backends import pad_token_id
-from distily.generation.engine import HFGenerator, completion_text, stop_token_ids, vocabulary_size
+from distily.generation.engine import HFGenerator, chat_stop_ids, completion_text, vocabulary_size
 from distily.metrics import generation_key
 
 
@@ -158,11 +157,7 @@ class GenerationEval:
                         for row, (turns, reference) in enumerate(zip(self.prompts.conversations, references))]
         except DistilyConfigError as err:
             raise DistilyConfigError(f"{self.prompts.source}: {err}") from None
-        # the template's end of turn ends an answer too, whether or not the model's generation config lists it (a
-        # base model given a chat template lists only its end of text, and would answer on into the next turn)
-        end_of_turn = end_of_turn_id(tokenizer, template)
-        stops = [*([end_of_turn] if end_of_turn is not None else []), *stop_token_ids(tokenizer, model)]
-        stops = list(dict.fromkeys(stops))
+        stops = chat_stop_ids(tokenizer, model, template)  # the template's end of turn ends an answer too
         completions = greedy_answers(model, tokenizer, prompts, stops, self.max_new_tokens, self.batch_size)
         answers = [without_opening(completion_text(tokenizer, completion, stops), opening)
                    for completion, opening in zip(completions, openings)]

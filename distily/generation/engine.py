@@ -24,6 +24,8 @@ from transformers import (
     GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWarper,
 )
 
+from distily.data.chat import ChatTemplate
+from distily.data.chat_alignment import end_of_turn_id
 from distily.generation.arguments import SamplingSettings
 from distily.generation.recurrent_cache import cache_argument
 
@@ -36,6 +38,14 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
     return list(dict.fromkeys(token for token in ids if token is not None))
+
+
+def chat_stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, template: ChatTemplate) -> list[int]:
+    """The ids ``model``'s answers in chats rendered with ``template`` end at: the template's end of turn first,
+    whether or not ``model``'s generation config lists it (a base model given a chat template stops only at its
+    end of text, and would answer on into the next turn), then ``stop_token_ids``."""
+    end_of_turn = end_of_turn_id(tokenizer, template)
+    return list(dict.fromkeys([*([end_of_turn] if end_of_turn is not None else []), *stop_token_ids(tokenizer, model)]))
 
 
 def vocabulary_size(tokenizer: PreTrainedTokenizerBase, stop_ids: Sequence[int]) -> int:

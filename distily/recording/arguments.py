@@ -147,7 +147,8 @@ class GenerateArguments:
     generate_length: int = field(
         default=256,
         metadata={"help": "Tokens sampled per sequence or response (a sampled stop token ends it earlier: the end of "
-                  "text, or an end of turn the teacher's generation config lists)."},
+                  "text, an end of turn the teacher's generation config lists, or for a response the chat "
+                  "template's end of turn)."},
     )
     generate_keep_unfinished: bool = field(
         default=False,

@@ -4,6 +4,7 @@ import json
 
 import datasets
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from distily.cli import main
@@ -19,7 +20,7 @@ from distily.recording.generate import run_generation
 from distily.recording import responses
 from distily.recording.responses import load_prompts
 from distily.training.distill import run_distillation
-from tiny import GEMMA_TEMPLATE, save_tiny_model
+from tiny import CHATML_TEMPLATE, GEMMA_TEMPLATE, make_chat_tokenizer, save_tiny_model
 
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -166,6 +167,30 @@ def test_responses_without_a_stop_token_are_dropped_and_counted_unless_kept(teac
     assert results[False]["conversations"] == len(finished) - results[False]["empty_dropped"]
     assert results[True]["conversations"] == 8 - results[True]["empty_dropped"]
     assert results[True]["unfinished_dropped"] == 0
+
+
+def test_a_response_ends_at_the_chat_templates_end_of_turn_that_the_generation_config_leaves_out(tmp_path):
+    """A base teacher given ChatML stops only at its end of text (<eos>): its answer ends where it writes <|im_end|>.
+    It used to run on into the turns after it, written as one response (or dropped as unfinished)."""
+    tokenizer = make_chat_tokenizer("chatml")
+    path = save_tiny_model(tmp_path / "teacher", "llama", tokenizer, vocab_size=len(tokenizer),
+                           tie_word_embeddings=False)
+    teacher = AutoModelForCausalLM.from_pretrained(path).eval()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompt = prompt_ids(tokenizer, [{"role": "user", "content": "a dog reads"}], ChatTemplate(CHATML_TEMPLATE), "row")
+    written = HFGenerator(teacher, SamplingSettings(12, temperature=0), [], 0).generate([prompt])[0]
+    with torch.no_grad():  # the teacher ends its turn where it wrote its third token, and writes on after it
+        teacher.lm_head.weight[end] = 3 * teacher.lm_head.weight[written[2]]
+    teacher.save_pretrained(path)
+    free = HFGenerator(teacher, SamplingSettings(12, temperature=0), [], 0).generate([prompt])[0]
+    assert end in free[1:-1] and teacher.generation_config.eos_token_id == tokenizer.eos_token_id
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "a dog reads"}])
+    result = run_generation(parse_generate_config(**values(
+        {"llama": path}, tmp_path, prompts, chat_template=None, generate_temperature=0.0001,
+        generate_keep_unfinished=False)))
+    assert (result["conversations"], result["unfinished_dropped"]) == (1, 0)
+    response = json.loads((tmp_path / "responses.jsonl").read_text())["messages"][-1]["content"]
+    assert response == tokenizer.decode(free[:free.index(end)])
 
 
 def test_every_response_dropped_is_a_one_line_error_and_nothing_is_written(teacher_dirs, tmp_path):
