@@ -4,8 +4,9 @@ from typing import Optional
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distily.data.chat import ChatTemplate
 from distily.generation.arguments import SamplingSettings
-from distily.generation.engine import CompletionGenerator, HFGenerator, stop_token_ids, vocabulary_size
+from distily.generation.engine import CompletionGenerator, HFGenerator, chat_stop_ids, vocabulary_size
 from distily.generation.vllm_engine import open_vllm_generator
 
 
@@ -19,13 +20,14 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def open_generator(
     backend: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings,
-    max_model_len: Optional[int],
+    max_model_len: Optional[int], template: Optional[ChatTemplate] = None,
 ) -> CompletionGenerator:
     """A generator sampling from ``model`` with ``settings`` the ids of ``tokenizer``, prompt and completion at most
     ``max_model_len`` tokens (None, hf only: the model's positions): ``backend`` hf (``model.generate``) or vllm (an
-    engine over a copy of ``model``)."""
+    engine over a copy of ``model``). Completions of chats rendered with ``template`` end at its end of turn too
+    (``chat_stop_ids``)."""
     if backend == "vllm":
-        return open_vllm_generator(model, tokenizer, settings, max_model_len)
-    stop_ids = stop_token_ids(tokenizer, model)
+        return open_vllm_generator(model, tokenizer, settings, max_model_len, template)
+    stop_ids = chat_stop_ids(tokenizer, model, template)
     return HFGenerator(model, settings, stop_ids, pad_token_id(tokenizer), max_length=max_model_len,
                        vocab_size=vocabulary_size(tokenizer, stop_ids))

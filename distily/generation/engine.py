@@ -40,11 +40,12 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -
     return list(dict.fromkeys(token for token in ids if token is not None))
 
 
-def chat_stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, template: ChatTemplate) -> list[int]:
+def chat_stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel,
+                  template: Optional[ChatTemplate]) -> list[int]:
     """The ids ``model``'s answers in chats rendered with ``template`` end at: the template's end of turn first,
     whether or not ``model``'s generation config lists it (a base model given a chat template stops only at its
-    end of text, and would answer on into the next turn), then ``stop_token_ids``."""
-    end_of_turn = end_of_turn_id(tokenizer, template)
+    end of text, and would answer on into the next turn), then ``stop_token_ids`` (alone for text: no template)."""
+    end_of_turn = end_of_turn_id(tokenizer, template) if template is not None else None
     return list(dict.fromkeys([*([end_of_turn] if end_of_turn is not None else []), *stop_token_ids(tokenizer, model)]))
 
 

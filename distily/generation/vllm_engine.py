@@ -9,12 +9,14 @@ and takes ``GPU_MEMORY_FRACTION`` of the accelerator's memory, beside the traini
 
 import os
 import tempfile
+from typing import Optional
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from distily.data.chat import ChatTemplate
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
-from distily.generation.engine import CompletionGenerator, cut_at_stop, stop_token_ids, vocabulary_size
+from distily.generation.engine import CompletionGenerator, chat_stop_ids, cut_at_stop, vocabulary_size
 from distily.models.architecture import output_vocab_size
 
 GPU_MEMORY_FRACTION = 0.3  # of the accelerator's memory, for the engine's weights and KV cache
@@ -44,9 +46,11 @@ class VLLMGenerator(CompletionGenerator):
 
 
 def open_vllm_generator(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings, max_model_len: int
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings, max_model_len: int,
+    template: Optional[ChatTemplate] = None,
 ) -> VLLMGenerator:
-    """A vLLM engine over a saved copy of ``model`` (and ``tokenizer``), sampling with ``settings``."""
+    """A vLLM engine over a saved copy of ``model`` (and ``tokenizer``), sampling with ``settings`` until a stop
+    token (``chat_stop_ids``: with ``template``, its end of turn too)."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError:
@@ -70,7 +74,7 @@ def open_vllm_generator(
             gpu_memory_utilization=GPU_MEMORY_FRACTION,
             enable_prefix_caching=False,
         )
-    stop_ids = stop_token_ids(tokenizer, model)
+    stop_ids = chat_stop_ids(tokenizer, model, template)
     vocab_size = vocabulary_size(tokenizer, stop_ids)
     params = SamplingParams(
         n=1, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens,

@@ -19,9 +19,8 @@ from distily.config import GenerateConfig
 from distily.data.chat import ChatTemplate, prompt_ids
 from distily.data.text import load_documents
 from distily.errors import DistilyConfigError
-from distily.generation.arguments import SamplingSettings
-from distily.generation.backends import pad_token_id
-from distily.generation.engine import HFGenerator, chat_stop_ids, completion_text, vocabulary_size
+from distily.generation.backends import open_generator
+from distily.generation.engine import completion_text
 from distily.models.architecture import max_positions
 
 PROMPT, MESSAGES = "prompt", "messages"
@@ -75,14 +74,6 @@ def prompt_conversations(prompts: datasets.Dataset) -> list[list[dict]]:
     return conversations
 
 
-def responder(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-              settings: SamplingSettings) -> HFGenerator:
-    """The teacher's generator of answers to prompts rendered with ``template`` (stopping at its end of turn too:
-    ``chat_stop_ids``)."""
-    stops = chat_stop_ids(tokenizer, teacher, template)
-    return HFGenerator(teacher, settings, stops, pad_token_id(tokenizer), vocab_size=vocabulary_size(tokenizer, stops))
-
-
 def teacher_responses(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GenerateConfig, template: ChatTemplate,
     batch_size: int,
@@ -94,7 +85,7 @@ def teacher_responses(
     ``generate_keep_unfinished``."""
     args = config.generate
     conversations = prompt_conversations(load_prompts(config))
-    generator = responder(teacher, tokenizer, template, args.sampling())
+    generator = open_generator("hf", teacher, tokenizer, args.sampling(), None, template)  # ends at its end of turn
     stops = generator.stop_ids
     positions = max_positions(teacher.config)
     requests = []  # (conversation, prompt ids), each prompt generate_num_return_sequences times

@@ -30,7 +30,7 @@ from distily.data.vocabulary import map_vocabularies
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import HELDOUT_SET
 from distily.evaluation.heldout import Evaluator, heldout_metrics
-from distily.generation.engine import stop_token_ids
+from distily.generation.engine import chat_stop_ids
 from distily.metrics import Evaluation, FramingMetrics, metric_key
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length
 from distily.objectives.cross_tokenizer import NEEDS_SHARED_TOKENS, CrossTokenizerLogitsComponent
@@ -87,13 +87,14 @@ class CrossTokenizerTeacher(LiveTeacher):
         return self._templates[0] if self.chat else None
 
     def completion_alignment(self, student: PreTrainedModel, max_seq_length: int) -> Optional[CompletionAlignment]:
-        """With chat data, the student's completions (ending at its stop tokens) in the teacher's tokens after the
+        """With chat data, the student's completions (ending at its chat stop tokens) in the teacher's tokens after the
         same conversation's prompt in its template, then its end-of-turn token when the student ended its turn; None
         with text (which ``__init__`` refuses for on-policy)."""
         if not self.chat:
             return None
         return CompletionAlignment(
-            self._student_tokenizer, self.tokenizer, tuple(stop_token_ids(self._student_tokenizer, student)),
+            self._student_tokenizer, self.tokenizer,
+            tuple(chat_stop_ids(self._student_tokenizer, student, self._templates[0])),  # as its generator stops
             end_of_turn_id(self.tokenizer, self._templates[1]), max_seq_length,
         )
 

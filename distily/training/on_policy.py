@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.alignment import TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, collate_aligned
+from distily.data.chat import ChatTemplate
 from distily.data.chat_alignment import CompletionAlignment
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS
 from distily.data.text import completion_batch
@@ -170,16 +171,18 @@ class AlignedOnPolicyBatches(OnPolicyBatches):
 def on_policy_batches(
     training, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pad_token_id: int, max_seq_length: int,
     alignment: Optional[CompletionAlignment] = None, teacher_pad_token_id: int = 0,
+    template: Optional[ChatTemplate] = None,
 ) -> Optional[OnPolicyBatches]:
     """The on-policy replacement ``training`` (``DistillationTrainingArguments``) asks for, or None at lmbda=0:
     the student's completions, sampled with ``tokenizer`` (the student's) and padded with ``pad_token_id``; across
-    tokenizers (an ``alignment`` given) aligned with the teacher's tokens, padded with ``teacher_pad_token_id``."""
+    tokenizers (an ``alignment`` given) aligned with the teacher's tokens, padded with ``teacher_pad_token_id``;
+    a completion of a chat rendered with ``template`` (the student's) ends at its end of turn too."""
     if training.lmbda == 0:
         return None
     settings = SamplingSettings(
         training.on_policy_max_new_tokens, training.on_policy_temperature, training.on_policy_top_p
     )
-    generator = open_generator(training.on_policy_backend, student, tokenizer, settings, max_seq_length)
+    generator = open_generator(training.on_policy_backend, student, tokenizer, settings, max_seq_length, template)
     if alignment is None:
         return OnPolicyBatches(generator, training.lmbda, training.seed, pad_token_id, max_seq_length,
                                training.process_index)

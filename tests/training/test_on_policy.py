@@ -26,8 +26,8 @@ from distily.training.on_policy import LOSS_MASK, OnPolicyBatches, batch_prompts
 from distily.training.trainer import DistillationTrainer
 from store_values import store_values
 from tiny import (
-    CHAT_STYLES, VOCAB, make_chat_tokenizer, make_conversations, make_documents, save_tiny_model, tiny_config,
-    write_chat_jsonl,
+    CHAT_STYLES, CHATML_TEMPLATE, VOCAB, make_chat_tokenizer, make_conversations, make_documents, save_tiny_model,
+    tiny_config, write_chat_jsonl,
 )
 
 PAD = 0
@@ -311,3 +311,27 @@ def test_a_student_whose_head_is_wider_than_the_teachers_distills_on_policy(tmp_
                           student_config_overrides={"num_hidden_layers": 1, "vocab_size": len(tokenizer) + 64})
     metrics = run_distillation(parse_config(**values))
     assert math.isfinite(metrics["train"]["train_loss"])
+
+
+def test_an_on_policy_completion_ends_at_the_chat_templates_end_of_turn(teacher_dirs, run_values, tmp_path):
+    """A base student given ChatML stops only at its end of text: its completion ran on past the <|im_end|> it
+    wrote, into turns the teacher then scored. With the run's template, it ends there (as generate's responses)."""
+    tokenizer = make_chat_tokenizer("chatml")
+    path = save_tiny_model(tmp_path / "student", "llama", tokenizer, vocab_size=len(tokenizer),
+                           tie_word_embeddings=False)
+    student = AutoModelForCausalLM.from_pretrained(path).eval()
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    template = ChatTemplate(CHATML_TEMPLATE)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "a dog reads"}], chat_template=CHATML_TEMPLATE,
+                                           add_generation_prompt=True, tokenize=True, return_dict=False)
+    settings = SamplingSettings(12, temperature=0)
+    written = open_generator("hf", student, tokenizer, settings, 64).generate([prompt])[0]
+    with torch.no_grad():  # the student ends its turn where it wrote its third token, and writes on after it
+        student.lm_head.weight[end] = 3 * student.lm_head.weight[written[2]]
+    assert student.generation_config.eos_token_id == tokenizer.eos_token_id != end
+    config = parse_config(**run_values(teacher_dirs["llama"], lmbda=1.0, on_policy_max_new_tokens=12,
+                                       on_policy_temperature=0.0))
+    free = on_policy_batches(config.training, student, tokenizer, PAD, 64).generator.generate([prompt])[0]
+    assert end in free[:-1]  # without the template: on past the end of turn
+    ended = on_policy_batches(config.training, student, tokenizer, PAD, 64, template=template)
+    assert ended.generator.generate([prompt])[0] == free[: free.index(end) + 1]
