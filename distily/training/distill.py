@@ -98,8 +98,8 @@ def _train_summary(training, train_output, seconds: float, trainer: Distillation
     is "no")."""
     counted = training.include_num_input_tokens_seen != "no"
     totals = trainer.run_totals()
-    loss, seconds = totals.whole_run(trainer.session_train_loss(train_output.metrics["train_loss"]), seconds,
-                                     train_output.global_step)
+    # the session's train_loss as DistillationTrainer.log corrected it (over the steps taken, when some were skipped)
+    loss, seconds = totals.whole_run(train_output.metrics["train_loss"], seconds, train_output.global_step)
     return TrainMetrics(
         trainer={**train_output.metrics, "train_loss": loss},
         wall_seconds=seconds,

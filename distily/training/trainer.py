@@ -70,7 +70,7 @@ class DistillationTrainer(StagedCheckpoints):
         # compute_loss divides by the token count of the whole accumulated batch itself
         self.loss_is_scaled_for_ga = True
 
-        self._component_sums: dict[str, dict[str, torch.Tensor]] = {"eval": {}}
+        self._eval_sums: dict[str, torch.Tensor] = {}  # each component's sum over the evaluation under way
         self._train_sums = StepSums()
         self._skipped_before_step = 0  # the guard's skipped count when the step under way began
 
@@ -277,7 +277,7 @@ class DistillationTrainer(StagedCheckpoints):
         """Each component's evaluation sum (its per-token value times the batch's count it is divided by) and the
         batch's token counts, so that the evaluation's losses are per token over the whole set, not means of
         batch means (a short last batch weighed as much as a full one)."""
-        sums = self._component_sums["eval"]
+        sums = self._eval_sums
         for name, value in components.items():
             normalizer = self.objective.components[name].normalizer
             sums[name] = sums.get(name, 0.0) + value.float() * counts[normalizer].clamp(min=1)
@@ -288,11 +288,11 @@ class DistillationTrainer(StagedCheckpoints):
     ):
         """The Trainer's evaluation, with the loss and each component's per token over the eval set (each counted
         once, on any number of processes), and the evaluator's metrics."""
-        self._component_sums["eval"] = {}
+        self._eval_sums = {}
         self._eval_counts = torch.zeros(2, dtype=torch.long, device=self.args.device)  # [positions, targets]
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         counts = {("counts", row): count for row, count in enumerate(self._eval_counts.float())}  # scalars to reduce
-        totals = self._sum_over_processes({**self._component_sums["eval"], **counts})
+        totals = self._sum_over_processes({**self._eval_sums, **counts})
         counts = [totals.pop(key) for key in counts]
         means = {name: (total / counts[self.objective.components[name].normalizer].clamp(min=1)).item()
                  for name, total in totals.items()}
