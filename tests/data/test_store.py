@@ -105,7 +105,9 @@ def test_a_truncated_shard_is_detected(tmp_path):
     _write_store(tmp_path / "store")
     shard = tmp_path / "store" / "train-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-10])
-    with pytest.raises(DistilyConfigError, match=r"train-00001.safetensors' has \d+ bytes, expected \d+; expected the file as recorded \(truncated"):
+    with pytest.raises(DistilyConfigError,
+                       match=r"train-00001.safetensors' has \d+ bytes, expected \d+; expected the file as recorded "
+                             r"\(truncated"):
         TeacherStore(tmp_path / "store").verify()
 
 
