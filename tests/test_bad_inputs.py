@@ -264,8 +264,20 @@ def _teacher_in_output_dir(values) -> Path:
 
 def case_output_dir_holds_weights_no_distily_run_wrote(values, tmp_path):
     (Path(values["output_dir"]) / RunDir.SETTINGS).unlink()
-    return (f"output_dir={values['output_dir']!r} holds model weights (model.safetensors) but no run_settings.json, "
-            "so no Distily run wrote it; expected another output_dir, or --overwrite_output_dir true to replace them")
+    return (f"output_dir={values['output_dir']!r} holds model.safetensors but no run_settings.json, so no Distily run "
+            "wrote it and the run would write over them; expected another output_dir, or --overwrite_output_dir true "
+            "to replace them")
+
+
+def case_output_dir_is_a_model_repository_no_distily_run_wrote(values, tmp_path):
+    """A clone of the user's model repository, before any weights: its card and config are theirs."""
+    out = Path(values["output_dir"])
+    for name in (RunDir.SETTINGS, "model.safetensors"):
+        (out / name).unlink()
+    for name in ("README.md", "config.json", "tokenizer_config.json", ".gitattributes", "notes.txt"):
+        (out / name).write_text(f"the user's {name}")
+    return (f"output_dir={values['output_dir']!r} holds README.md, config.json, tokenizer_config.json but no "
+            "run_settings.json, so no Distily run wrote it")
 
 
 def case_output_dir_is_the_teacher(values, tmp_path):
@@ -420,6 +432,7 @@ CASES = [
     case_resume_from_a_checkpoint_that_fails_its_checksums,
     case_output_dir_below_a_file,
     case_output_dir_holds_weights_no_distily_run_wrote,
+    case_output_dir_is_a_model_repository_no_distily_run_wrote,
     case_output_dir_is_the_teacher,
     case_output_dir_is_the_teacher_with_overwrite,
     case_output_dir_contains_the_student_with_overwrite,

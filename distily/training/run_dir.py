@@ -7,7 +7,8 @@
   leave a directory that says "finished" beside another run's checkpoints.
 - A lock file (pid and host) admits one writer; a lock left by a dead process on this host is taken over.
 - output_dir is never one of the run's inputs (a model, tokenizer, config or teacher store) nor a folder holding
-  one, and a folder of model weights that no Distily run wrote is replaced only with ``overwrite_output_dir``.
+  one, and a folder that no Distily run wrote is written into only when the run would replace none of its files
+  (model weights, config, tokenizer, model card, report), or with ``overwrite_output_dir``.
 - The settings that shape a run (models, data, objective, on-policy sampling, optimizer, global batch) are
   recorded in ``run_settings.json`` when it starts; a resume with other values is refused. A resume from a
   checkpoint of another directory goes only into an output_dir without checkpoints or a finished run.
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from accelerate.utils import broadcast_object_list
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.config import DistillConfig
@@ -40,6 +42,7 @@ from distily.metrics import RunMetrics
 from distily.models.arguments import ModelArguments
 from distily.objectives.arguments import ObjectiveArguments
 from distily.outputs import filesystem_errors, weight_files, write_json_atomic
+from distily.reporting.run import PLOTS_DIR, REPORT_FILE
 from distily.training.checkpoints import TRAINER_STATE_FILE, checkpoint_problem
 from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 
@@ -56,6 +59,11 @@ class RunDir:
     STUDENT_STAGING = ".student-staging"  # the student is saved here, then renamed into output_dir
     STUDENT_WEIGHTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
                        "pytorch_model*.bin")
+    # What else a run writes at the top of output_dir, under names a model folder or a model's repository uses too:
+    # the student's config and tokenizer (the files any tokenizer class saves), its card, the report and its plots
+    WRITTEN = ("README.md", REPORT_FILE, PLOTS_DIR, "config.json", "generation_config.json", TRAINING_ARGS_NAME,
+               "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
+               "chat_template.*", "*.model")
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -125,12 +133,13 @@ class RunDir:
     def student_weights(self) -> list[Path]:
         return [path for pattern in self.STUDENT_WEIGHTS for path in self.path.glob(pattern)]
 
-    def foreign_weights(self) -> list[str]:
-        """The names of model weights here when no Distily run wrote this directory (no run_settings.json): a
-        model saved by someone else, which the student would replace."""
+    def foreign_files(self) -> list[str]:
+        """The names of the files here that the run would write over, when no Distily run wrote this directory (no
+        run_settings.json): a model or a model's repository saved by someone else."""
         if self.settings.exists():
             return []
-        return [path.name for path in weight_files(self.path)]
+        written = {path.name for pattern in self.WRITTEN for path in self.path.glob(pattern)}
+        return sorted(written | {path.name for path in weight_files(self.path)})
 
     def holds_own(self, checkpoint: str) -> bool:
         """Whether ``checkpoint`` is one of this directory's checkpoints."""
@@ -349,13 +358,15 @@ def _checkpoint_step(checkpoint: str) -> int:
     return json.loads(Path(checkpoint, TRAINER_STATE_FILE).read_text())["global_step"]
 
 
-def _check_weights_are_distilys(run: RunDir) -> None:
-    """Refuse a directory of model weights that no Distily run wrote (a model saved there, a teacher)."""
-    weights = run.foreign_weights()
-    if weights:
+def _check_files_are_distilys(run: RunDir) -> None:
+    """Refuse a directory that no Distily run wrote holding files the run would write over (a model saved there, a
+    clone of a model's repository)."""
+    files = run.foreign_files()
+    if files:
         raise DistilyConfigError(
-            f"output_dir={str(run.path)!r} holds model weights ({', '.join(weights)}) but no {RunDir.SETTINGS}, so "
-            "no Distily run wrote it; expected another output_dir, or --overwrite_output_dir true to replace them"
+            f"output_dir={str(run.path)!r} holds {', '.join(files)} but no {RunDir.SETTINGS}, so no Distily run wrote "
+            "it and the run would write over them; expected another output_dir, or --overwrite_output_dir true to "
+            "replace them"
         )
 
 
@@ -374,8 +385,8 @@ def _check_foreign_resume(run: RunDir, resume: Optional[str]) -> None:
 
 def check_output_dir(training, resume: Optional[str], settings: dict) -> None:
     """Refuse an output_dir that is or holds one of the run's inputs (``settings``, on every process); refuse to
-    train again over a finished run, to start over an unfinished one, or to write into model weights no Distily run
-    wrote, unless told to; a finished run is resumed only to train it longer, from a
+    train again over a finished run, to start over an unfinished one, or to write over files no Distily run wrote,
+    unless told to; a finished run is resumed only to train it longer, from a
     checkpoint at its last step; a checkpoint of another directory is resumed only into an output_dir without
     checkpoints or a finished run."""
     run = RunDir(training.output_dir)
@@ -384,7 +395,7 @@ def check_output_dir(training, resume: Optional[str], settings: dict) -> None:
     check_inputs_outside(training.output_dir, settings)  # first: the advice below (overwrite) would replace an input
     if training.overwrite_output_dir or not output_dir.is_dir():
         return
-    _check_weights_are_distilys(run)
+    _check_files_are_distilys(run)
     _check_foreign_resume(run, resume)
     if run.is_finished():
         finished = run.finished_step()

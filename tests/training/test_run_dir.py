@@ -303,3 +303,18 @@ def test_a_run_pins_the_chat_template_date_and_a_resume_renders_with_the_one_rec
         run_dir.pin_chat_template_date(config, resume)
         assert config.data.chat_template_date == pinned
     assert "chat_template_date" in run_dir.DATA_KEYS
+
+
+def test_a_folder_no_run_wrote_is_refused_only_for_files_the_run_would_write_over(tmp_path):
+    """A folder of the user's own files (notes, data, a repository's .gitattributes) takes a run; one holding a file
+    the run writes (the card, the config, a tokenizer file, the report's plots) is refused until a run recorded its
+    settings there."""
+    run = RunDir(tmp_path)
+    for name in ("notes.txt", ".gitattributes", "data.jsonl", "runs"):
+        (tmp_path / name).write_text("the user's")
+    assert run.foreign_files() == []
+    for name in ("README.md", "tokenizer.json", "vocab.json", "spiece.model", "plots"):
+        (tmp_path / name).write_text("the user's")
+    assert run.foreign_files() == ["README.md", "plots", "spiece.model", "tokenizer.json", "vocab.json"]
+    run.record_settings({"seed": 1})
+    assert run.foreign_files() == []
