@@ -15,7 +15,9 @@ from transformers import (
     Qwen3Config,
 )
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers.processors import TemplateProcessing
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from distily.data.tokenizer import train_byte_level_bpe, train_sentencepiece_bpe
 from distily.models.architecture import decoder_layers
@@ -250,6 +252,21 @@ def make_sentencepiece_tokenizer(prepend_scheme: str = "always", vocab_size: int
     fallback, ``<s>`` first) trained on other sentences than ``make_tokenizer``'s."""
     return train_sentencepiece_bpe(make_documents(300, seed=7), vocab_size, model_max_length=256,
                                    prepend_scheme=prepend_scheme)
+
+
+def make_character_splitting_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE whose merges cut across characters (byte-level merges may): ``中文`` (bytes e4 b8 ad, e6 96
+    87) is read as e4 b8 | ad e6 96 87, a token holding 中's first two bytes, then one holding its last
+    byte and all of 文."""
+    byte_char = bytes_to_unicode()
+    merges = [(0xE4, 0xB8), (0xAD, 0xE6), (0xAD, 0xE6, 0x96), (0xAD, 0xE6, 0x96, 0x87)]
+    vocab = {byte_char[byte]: byte for byte in range(256)}
+    pairs = [("".join(byte_char[b] for b in merge[:-1]), byte_char[merge[-1]]) for merge in merges]
+    vocab.update({left + right: 256 + rank for rank, (left, right) in enumerate(pairs)})
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
 
 
 # Chat templates in the public formats of three families, written here (no {% generation %} markers, as theirs)

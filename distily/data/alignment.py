@@ -2,11 +2,13 @@
 position each student position meets.
 
 Both tokenizations are mapped to the text through their offset mappings. A token *closes* at character ``e`` when
-it ends there and the next token ends later (byte-level tokens that split one character share its end, the last of
-them closes it). Where a student token and a teacher token close at the same character, both models have read the
-same text: the two positions are *aligned*, and between two aligned pairs lies a *chunk* of one or more tokens on
-each side (one-to-one, one-to-many, many-to-one). ``aligned_teacher_position[i]`` is the teacher position aligned
-with student position ``i``, -1 inside a chunk.
+it ends there and the next token ends later. Tokens that split a character (bytes of it) share the end of the token
+that completes it (``shared_character_ends``), so the last of them closes it: a token holding a character's first
+bytes has not read that character, though its offsets end where the character does. Where a student token and a
+teacher token close at the same character, both models have read the same text: the two positions are *aligned*,
+and between two aligned pairs lies a *chunk* of one or more tokens on each side (one-to-one, one-to-many,
+many-to-one). ``aligned_teacher_position[i]`` is the teacher position aligned with student position ``i``, -1
+inside a chunk.
 
 Framing per model: a tokenizer that starts texts with BOS gets its BOS at every row's start (a 0-width token at the
 row's first character, so two BOS align); one whose framing is ``stream`` (EOS-separated families) gets EOS after a
@@ -37,6 +39,10 @@ from distily.errors import DistilyConfigError
 TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK = "teacher_input_ids", "teacher_attention_mask"
 TEACHER_LOSS_MASK = "teacher_loss_mask"  # chat data: the teacher's own assistant mask (its prompts, its metrics)
 ALIGNED = "aligned_teacher_position"  # [batch, student seq]: the aligned teacher position, -1 none
+# part of the aligned rows' cache keys (text and chat): raised whenever the rows Distily makes change, so older caches
+# are not read back (2: no pair before an answer whose first token spans the generation prompt's end; 3: the tokens
+# that split a character close together, at the one that completes it)
+ALIGNMENT_SCHEME = 3
 
 
 def check_offsets(tokenizer: PreTrainedTokenizerBase, role: str) -> None:
@@ -48,11 +54,30 @@ def check_offsets(tokenizer: PreTrainedTokenizerBase, role: str) -> None:
         )
 
 
+def shared_character_ends(ends: list[int], inside: list[bool]) -> list[int]:
+    """``ends``, where each token that ends inside a character (``inside``: it holds the character's first bytes, a
+    later token the rest) takes the end of the token after it: the tokens that split a character share the end of
+    the one that completes it (which may end characters later: a byte-level BPE token can hold the last bytes of one
+    character and the first of the next)."""
+    shared = list(ends)
+    for position in range(len(shared) - 2, -1, -1):
+        if inside[position]:
+            shared[position] = max(shared[position], shared[position + 1])
+    return shared
+
+
+def offset_ends(offsets: list[tuple[int, int]]) -> list[int]:
+    """The character each token of an offset mapping ends at (``shared_character_ends``). Tokenizers give a token
+    that holds part of a character that character's whole span, so a token ends inside a character when the next
+    token starts before its end."""
+    inside = [following < end for (_, end), (following, _) in zip(offsets, offsets[1:])] + [False]
+    return shared_character_ends([end for _, end in offsets], inside)
+
+
 def token_ends(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-    """Each text's token ids (no special tokens) and the character each token ends at."""
+    """Each text's token ids (no special tokens) and the character each token ends at (``offset_ends``)."""
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    ends = [[end for _, end in offsets] for offsets in encoded["offset_mapping"]]
-    return encoded[INPUT_IDS], ends
+    return encoded[INPUT_IDS], [offset_ends(offsets) for offsets in encoded["offset_mapping"]]
 
 
 def closing_positions(ends: list[float]) -> dict[float, int]:
@@ -165,7 +190,7 @@ def align_documents(documents: datasets.Dataset, student_tokenizer, teacher_toke
     by (data, both tokenizers, packing, length) like ``tokenize_and_pack``."""
     framings = [ModelFraming(tokenizer, packing, max_seq_length)
                 for tokenizer in (student_tokenizer, teacher_tokenizer)]
-    identity = (f"aligned|{documents._fingerprint}|{tokenizer_fingerprint(student_tokenizer)}|"
+    identity = (f"aligned|{ALIGNMENT_SCHEME}|{documents._fingerprint}|{tokenizer_fingerprint(student_tokenizer)}|"
                 f"{tokenizer_fingerprint(teacher_tokenizer)}|{packing}|{max_seq_length}|{text_column}")
     settings = {"student_tokenizer": student_tokenizer, "teacher_tokenizer": teacher_tokenizer,
                 "student_framing": framings[0], "teacher_framing": framings[1], "text_column": text_column}

@@ -39,7 +39,8 @@ from tokenizers.decoders import DecodeStream
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.alignment import (
-    ALIGNED, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, aligned_splits, cached_rows, closing_positions,
+    ALIGNED, ALIGNMENT_SCHEME, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, aligned_splits, cached_rows, closing_positions,
+    offset_ends, shared_character_ends,
 )
 from distily.data.arguments import DataArguments
 from distily.data.chat import (
@@ -50,9 +51,7 @@ from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.text import DistillationData, default_cache_dir, tokenizer_fingerprint
 
 END_OF_TURN = -1  # the coordinate of an end-of-turn token: one past the content's end
-# part of the aligned rows' cache key: raised whenever the rows Distily makes of a conversation change (2: no pair
-# before an answer whose first token spans the generation prompt's end), so older caches are not read back
-ALIGNMENT_SCHEME = 2
+REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for the bytes of a character it has not all of
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class ChatSide:
 def turn_coordinates(rendered: RenderedConversation) -> dict[tuple[int, int], int]:
     """(assistant message index, characters left to its content's end) -> token position, for the positions the
     module's docstring lists."""
-    closing = closing_positions([end for _, end in rendered.offsets])  # character -> the token closing there
+    closing = closing_positions(offset_ends(rendered.offsets))  # character -> the token closing there
     characters = sorted(closing)
     starting = {start: position for position, (start, _) in enumerate(rendered.offsets)}
     found = {}
@@ -168,15 +167,16 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -
 
 def _decoded_ends(tokenizer: PreTrainedTokenizerBase, ids: list[int], text: str) -> list[int]:
     """Where each token of generated ``ids`` (decoded: ``text``) ends in ``text``: where the text of the tokens up
-    to it ends, or, for a token that ends inside a character (a byte of it), where that character ends, as offset
-    mappings put such tokens (``closing_positions`` then closes the character at its last byte).
+    to it ends; the tokens that split a character (its bytes: the text up to them decodes to a replacement character
+    at its end) end where the token that completes it ends, as ``offset_ends`` reads an offset mapping
+    (``closing_positions`` then closes the character at its last byte).
 
     A fast tokenizer's incremental decoder (``tokenizers``' ``DecodeStream``) gives most of them in one pass: the
     text each token appends. Where it appends nothing yet (a byte of a character, a token that decodes to nothing
     so far), or for a slow tokenizer, the tokens up to it are decoded whole (45-60 ms for 512 tokens if done for
     every token)."""
     stream = DecodeStream(skip_special_tokens=False) if tokenizer.is_fast else None
-    written, ends = 0, []
+    written, ends, inside = 0, [], []
     for count in range(1, len(ids) + 1):
         try:
             piece = stream.step(tokenizer.backend_tokenizer, ids[count - 1]) if stream is not None else None
@@ -187,11 +187,13 @@ def _decoded_ends(tokenizer: PreTrainedTokenizerBase, ids: list[int], text: str)
         if piece is not None:
             written += len(piece)
             ends.append(written)
+            inside.append(False)
             continue
         decoded = tokenizer.decode(ids[:count], clean_up_tokenization_spaces=False)
         common = len(os.path.commonprefix([decoded, text]))
         ends.append(common if text.startswith(decoded) else min(common + 1, len(text)))
-    return ends
+        inside.append(decoded.endswith(REPLACEMENT_CHARACTER) and not text.startswith(decoded))
+    return shared_character_ends(ends, inside)
 
 
 @dataclass(frozen=True)
@@ -265,4 +267,4 @@ def read_after(tokenizer: PreTrainedTokenizerBase, prompt: list[int], text: str)
     before = "".join(tokenizer.decode(piece, clean_up_tokenization_spaces=False)
                      for piece in (segment[:split], segment[split:]))
     encoded = tokenizer(before + text, add_special_tokens=False, return_offsets_mapping=True)
-    return kept, encoded[INPUT_IDS], [end - len(before) for _, end in encoded["offset_mapping"]]
+    return kept, encoded[INPUT_IDS], [end - len(before) for end in offset_ends(encoded["offset_mapping"])]

@@ -10,7 +10,9 @@ from distily.data.alignment import (
 from distily.data.framing import INPUT_IDS
 from distily.data.vocabulary import map_vocabularies, token_bytes
 from distily.errors import DistilyConfigError
-from tests.tiny import make_instruct_tokenizer, make_sentencepiece_tokenizer, make_tokenizer
+from tests.tiny import (
+    make_character_splitting_tokenizer, make_instruct_tokenizer, make_sentencepiece_tokenizer, make_tokenizer,
+)
 
 
 def test_one_to_one_merges_and_splits():
@@ -30,6 +32,23 @@ def test_closing_characters_only_move_forward():
     # a token whose successor ends earlier (offsets that go back) closes nothing
     assert closing_positions([2, 1, 3]) == {1: 1, 3: 2}
     assert closing_positions([3, 1, 4]) == {1: 1, 4: 2}
+
+
+def test_a_token_that_splits_a_character_closes_nothing_before_the_token_that_completes_it(tokenizers):
+    """A byte-level teacher reads ``中文`` as 中's first two bytes, then 中's last byte with 文: its first token ends
+    where 中 does in its offsets but has not read 中. Aligned pairs have read the same text (their prefixes decode
+    alike); the student's 中 has no partner, its 文 pairs with the token that completes both."""
+    student = tokenizers[1]  # SentencePiece: 中 and 文 each as its three byte-fallback tokens
+    teacher = make_character_splitting_tokenizer()
+    text = "中文 ok"
+    (student_ids,), (student_ends,) = token_ends(student, [text])
+    (teacher_ids,), (teacher_ends,) = token_ends(teacher, [text])
+    assert teacher_ends[:2] == [2, 2] and len(teacher_ids) == 5
+    aligned = align(student_ends, teacher_ends)
+    pairs = [(i, j) for i, j in enumerate(aligned) if j >= 0]
+    for i, j in pairs:
+        assert student.decode(student_ids[: i + 1]).lstrip() == teacher.decode(teacher_ids[: j + 1])
+    assert [student.decode(student_ids[: i + 1]).lstrip() for i, _ in pairs] == ["中文", "中文 ", "中文 ok"]
 
 
 @pytest.fixture(scope="module")

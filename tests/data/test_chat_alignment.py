@@ -15,14 +15,14 @@ from distily.data.chat import ChatTemplate, ChatTokenization, assistant_turns, m
 from distily.data.alignment import TEACHER_LOSS_MASK
 from distily.data.chat_alignment import (
     ChatSide, CompletionAlignment, _decoded_ends, align_conversation, build_aligned_chat_datasets, chat_templates,
-    end_of_turn_id,
+    end_of_turn_id, read_after,
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.text import load_training_documents
 from distily.errors import DistilyConfigError
 from tests.tiny import (
-    CHAT_STYLES, make_chat_tokenizer, make_conversations, make_sentencepiece_chat_tokenizer,
-    make_sentencepiece_tokenizer, write_chat_jsonl,
+    CHAT_STYLES, make_character_splitting_tokenizer, make_chat_tokenizer, make_conversations,
+    make_sentencepiece_chat_tokenizer, make_sentencepiece_tokenizer, write_chat_jsonl,
 )
 
 PAIRS = [("llama3", "chatml"), ("gemma", "phi3"), ("qwen3", "llama3"), ("chatml", "qwen3")]  # teacher, student
@@ -266,12 +266,19 @@ def test_a_teacher_token_spanning_the_join_reads_both_sides_of_it_and_leaves_the
 
 def prefix_decoded_ends(tokenizer, ids: list[int], text: str) -> list[int]:
     """The reference: decode every prefix; a prefix of ``text`` ends where it ends, one that ends inside a character
-    (a replacement character at its end) ends where that character does."""
-    ends = []
+    (a replacement character at its end) where that character does, or later, where the first longer prefix that
+    does not end inside a character ends (the tokens that split a character close together)."""
+    ends, unfinished = [], []
     for count in range(1, len(ids) + 1):
         decoded = tokenizer.decode(ids[:count], clean_up_tokenization_spaces=False)
         common = len(os.path.commonprefix([decoded, text]))
         ends.append(common if text.startswith(decoded) else min(common + 1, len(text)))
+        if decoded.endswith("\ufffd") and not text.startswith(decoded):
+            unfinished.append(count - 1)
+            continue
+        for position in unfinished:
+            ends[position] = max(ends[position], ends[-1])
+        unfinished = []
     return ends
 
 
@@ -297,3 +304,19 @@ def test_where_generated_tokens_end_matches_decoding_every_prefix_in_one_pass(se
     # whole decodes: at a token ending inside a character (at most once per byte but its last) and at a first
     # piece that decodes to nothing
     assert 0 < inner_bytes and len(calls) <= 1 + inner_bytes < len(words) / 2
+
+
+def test_a_completion_token_that_splits_a_character_closes_it_with_the_token_that_completes_it():
+    """On-policy rows: a byte-level student writes ``中文 ok`` as 中's first two bytes, then 中's last byte with 文.
+    Both where its generated tokens end and where the tokens of a text read after a prompt end close 中 only with 文
+    (the first token has not read 中), so the student's first token pairs with no teacher token that has read 中."""
+    splitting, sentencepiece = make_character_splitting_tokenizer(), make_sentencepiece_tokenizer()
+    text = "中文 ok"
+    ids = splitting(text, add_special_tokens=False)[INPUT_IDS]
+    assert _decoded_ends(splitting, ids, text) == [2, 2, 3, 4, 5]
+    assert read_after(splitting, [], text) == (0, ids, [2, 2, 3, 4, 5])
+    prompt, teacher_prompt = (tokenizer("Q: a dog?\nA:", add_special_tokens=False)[INPUT_IDS]
+                              for tokenizer in (splitting, sentencepiece))
+    row = CompletionAlignment(splitting, sentencepiece, (), None, 512).row(prompt, ids, teacher_prompt)
+    start = len(prompt)
+    assert row[ALIGNED][start] == -1 and row[ALIGNED][start + 1] >= 0
