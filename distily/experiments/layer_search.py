@@ -21,8 +21,8 @@ from distily.config import DistillConfig
 from distily.errors import DistilyConfigError
 from distily.experiments.runs import Run, render_overrides, run_name
 from distily.models.arguments import ModelArguments
-from distily.models.student import student_config
-from distily.models.teacher import from_pretrained
+from distily.models.student import student_config, text_depth
+from distily.models.teacher import from_pretrained, teacher_config
 from distily.objectives.layer_maps import LAYER_MAPS, resolve_layer_map
 
 logger = logging.getLogger(__name__)
@@ -33,16 +33,18 @@ SEARCH_KEYS = ("component", "maps", "single_pairs")
 
 
 def model_depths(model_args: ModelArguments) -> tuple[int, int]:
-    """(student, teacher) decoder depths, read from their configs: no weights are loaded."""
-    if model_args.teacher_model_name_or_path is None:
+    """(student, teacher) decoder depths, read from their configs: no weights are loaded. Of a multimodal teacher,
+    its language model's, whose config the student is built from, as the run does."""
+    name = model_args.teacher_model_name_or_path
+    if name is None:
         raise DistilyConfigError("teacher_model_name_or_path is not set; expected a Hub id or a local checkpoint")
     remote = {"trust_remote_code": model_args.trust_remote_code}
-    teacher = from_pretrained(AutoConfig, model_args.teacher_model_name_or_path, "teacher config", **remote)
+    teacher = teacher_config(from_pretrained(AutoConfig, name, "teacher config", **remote), name)
     if model_args.student_model_name_or_path is not None:
         student = from_pretrained(AutoConfig, model_args.student_model_name_or_path, "student config", **remote)
     else:
         student = student_config(model_args, teacher)
-    return student.num_hidden_layers, teacher.num_hidden_layers
+    return text_depth(student), text_depth(teacher)
 
 
 def _named_maps(entries, where: str) -> list[tuple[str, dict]]:

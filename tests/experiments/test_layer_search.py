@@ -5,6 +5,7 @@ import logging
 import pytest
 import yaml
 from rich.console import Console
+from transformers import Gemma3Config
 
 from distily.commands.sweep import run_sweep
 from distily.errors import DistilyConfigError
@@ -62,6 +63,19 @@ def test_a_map_that_does_not_fit_is_left_out_with_a_warning(base, tmp_path, capl
 def test_a_search_needs_a_teacher_to_read_the_depths_from(base, tmp_path):
     with pytest.raises(DistilyConfigError, match="teacher_model_name_or_path is not set"):
         load_sweep(search_file(tmp_path, {**base, "teacher_model_name_or_path": None}))
+
+
+def test_a_multimodal_teachers_depth_is_its_language_models(base, tmp_path):
+    """A multimodal teacher (a Gemma 3 config of 6 text layers) used to be refused: the student's config was built
+    from the multimodal config, which has no num_hidden_layers to override, where the run builds it from the
+    language model's."""
+    text = dict(model_type="gemma3_text", num_hidden_layers=6, hidden_size=64, intermediate_size=128,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=300)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    Gemma3Config(text_config=text, vision_config=vision).save_pretrained(tmp_path / "gemma3")
+    teacher = {**base, "teacher_model_name_or_path": str(tmp_path / "gemma3")}
+    runs = load_sweep(search_file(tmp_path, teacher, maps=["all", "last"])).runs
+    assert [_pairs(run) for run in runs] == [[[1, 3], [2, 6]], [[2, 6]]]
 
 
 @pytest.mark.parametrize(
