@@ -156,7 +156,11 @@ class GenerateArguments:
                   "default they are dropped and counted: cut mid-answer, the chat template would close them as "
                   "whole answers, and the student would learn to stop where the cut fell."},
     )
-    generate_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the first token."})
+    generate_temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature of the first token; 0: greedy (the teacher's most likely response to "
+                  "each of generate_prompts, one per prompt)."},
+    )
     generate_final_temperature: Optional[float] = field(
         default=None,
         metadata={"help": "Temperature of the last token; it moves linearly from generate_temperature along the "
@@ -176,12 +180,34 @@ class GenerateArguments:
         for name in ("generate_num_samples", "generate_length", "generate_num_return_sequences"):
             if getattr(self, name) < 1:
                 raise DistilyConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        for name in ("generate_temperature", "generate_final_temperature"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise DistilyConfigError(f"{name}={value} must be > 0")
+        if self.generate_final_temperature is not None and self.generate_final_temperature <= 0:
+            raise DistilyConfigError(f"generate_final_temperature={self.generate_final_temperature} must be > 0")
+        if self.generate_temperature < 0:
+            raise DistilyConfigError(f"generate_temperature={self.generate_temperature} must be >= 0 (0: greedy)")
+        if self.generate_temperature == 0:
+            self._check_greedy()
         if not 0.0 < self.generate_top_p <= 1.0:
             raise DistilyConfigError(f"generate_top_p={self.generate_top_p} is out of range; expected 0 < x <= 1")
+
+    def _check_greedy(self) -> None:
+        """Greedy decoding answers each prompt with its one most likely response: from BOS, or several per prompt,
+        it would write copies; a temperature schedule has nothing to move."""
+        if self.generate_prompts is None:
+            raise DistilyConfigError(
+                "generate_temperature=0 (greedy) without generate_prompts would write one sequence "
+                f"{self.generate_num_samples} times; expected a temperature > 0 to sample from BOS, or generate_prompts"
+            )
+        copies = self.generate_num_return_sequences
+        if copies > 1:
+            raise DistilyConfigError(
+                f"generate_temperature=0 (greedy) with generate_num_return_sequences={copies} would write copies of one "
+                "response; expected 1 response per prompt, or a temperature > 0"
+            )
+        if self.generate_final_temperature is not None:
+            raise DistilyConfigError(
+                f"generate_final_temperature={self.generate_final_temperature} with generate_temperature=0 (greedy); "
+                "expected no final temperature, or a generate_temperature > 0 to move from"
+            )
 
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(

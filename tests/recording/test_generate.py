@@ -71,7 +71,13 @@ def test_generate_can_record_the_teacher_in_the_same_command(teacher_dirs, text_
     "flags, message",
     [
         (["--generate_num_samples", "0"], r"generate_num_samples=0 must be a positive integer"),
-        (["--generate_temperature", "0"], r"generate_temperature=0.0 must be > 0"),
+        (["--generate_temperature", "-1"], r"generate_temperature=-1.0 must be >= 0 \(0: greedy\)"),
+        (["--generate_temperature", "0"], r"generate_temperature=0 \(greedy\) without generate_prompts would write "
+                                          r"one sequence 1000 times; expected a temperature > 0 to sample from BOS"),
+        (["--generate_temperature", "0", "--generate_prompts", "p.jsonl", "--generate_num_return_sequences", "3"],
+         r"generate_num_return_sequences=3 would write copies of one response; expected 1 response per prompt"),
+        (["--generate_temperature", "0", "--generate_prompts", "p.jsonl", "--generate_final_temperature", "0.5"],
+         r"generate_final_temperature=0.5 with generate_temperature=0 \(greedy\); expected no final temperature"),
         (["--generate_final_temperature", "-1"], r"generate_final_temperature=-1.0 must be > 0"),
         (["--generate_top_p", "1.5"], r"generate_top_p=1.5 is out of range; expected 0 < x <= 1"),
     ],

@@ -52,12 +52,33 @@ def test_prompts_become_conversations_with_the_teachers_responses(teacher_dirs, 
     assert all(row["messages"][1]["content"].strip() for row in rows)
 
 
+def test_greedy_responses_are_plain_transformers_greedy_generation(teacher_dirs, tmp_path):
+    """generate_temperature 0: each prompt's response is what ``generate(do_sample=False)`` writes after the prompt
+    that ``apply_chat_template`` renders, cut at the end of text."""
+    texts = [f"the cat sees {n} books" for n in range(4)]
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": text} for text in texts])
+    result = run_generation(parse_generate_config(**values(teacher_dirs, tmp_path, prompts, generate_temperature=0)))
+    written = [json.loads(line)["messages"] for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    tokenizer = load_tokenizer(teacher_dirs["llama"], "teacher")
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["llama"]).eval()
+    expected = {}
+    for text in texts:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], chat_template=TEMPLATE,
+                                            add_generation_prompt=True, return_dict=True, return_tensors="pt")
+        new = teacher.generate(**ids, do_sample=False, max_new_tokens=12)[0, ids["input_ids"].shape[1]:].tolist()
+        new = new[:new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+        expected[text] = tokenizer.decode(new)
+    assert result["conversations"] == len(written) == 4 - result["empty_dropped"] > 0
+    assert {turns[0]["content"]: turns[1]["content"] for turns in written} == {
+        text: response for text, response in expected.items() if response.strip()}
+
+
 def test_messages_prompts_keep_their_turns_and_parquet_is_written(teacher_dirs, tmp_path, capsys):
     turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a dog reads"}]
     prompts = write_rows(tmp_path / "prompts.jsonl", [{"messages": turns}] * 2)
     output = tmp_path / "responses.parquet"
     assert main(["generate", *sum(([f"--{key}", str(value)] for key, value in values(
-        teacher_dirs, tmp_path, prompts, generate_output=str(output), generate_temperature=0.0001).items()), [])]) == 0
+        teacher_dirs, tmp_path, prompts, generate_output=str(output), generate_temperature=0).items()), [])]) == 0
     assert "conversations with the teacher's responses" in capsys.readouterr().out
     rows = datasets.load_dataset("parquet", data_files=str(output), split="train")
     assert [[turn["role"] for turn in messages] for messages in rows["messages"]] == [
@@ -161,7 +182,7 @@ def test_responses_without_a_stop_token_are_dropped_and_counted_unless_kept(teac
         output = tmp_path / f"responses-{keep}.jsonl"
         results[keep] = run_generation(parse_generate_config(**values(
             {"llama": str(tmp_path / "teacher")}, tmp_path, prompts, generate_output=str(output),
-            generate_temperature=0.0001, generate_keep_unfinished=keep)))
+            generate_temperature=0, generate_keep_unfinished=keep)))
     assert 0 < len(finished) < 8  # the test needs both kinds
     assert results[False]["unfinished_dropped"] == 8 - len(finished)
     assert results[False]["conversations"] == len(finished) - results[False]["empty_dropped"]
@@ -186,7 +207,7 @@ def test_a_response_ends_at_the_chat_templates_end_of_turn_that_the_generation_c
     assert end in free[1:-1] and teacher.generation_config.eos_token_id == tokenizer.eos_token_id
     prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "a dog reads"}])
     result = run_generation(parse_generate_config(**values(
-        {"llama": path}, tmp_path, prompts, chat_template=None, generate_temperature=0.0001,
+        {"llama": path}, tmp_path, prompts, chat_template=None, generate_temperature=0,
         generate_keep_unfinished=False)))
     assert (result["conversations"], result["unfinished_dropped"]) == (1, 0)
     response = json.loads((tmp_path / "responses.jsonl").read_text())["messages"][-1]["content"]
