@@ -200,8 +200,8 @@ class GenerateArguments:
         copies = self.generate_num_return_sequences
         if copies > 1:
             raise DistilyConfigError(
-                f"generate_temperature=0 (greedy) with generate_num_return_sequences={copies} would write copies of one "
-                "response; expected 1 response per prompt, or a temperature > 0"
+                f"generate_temperature=0 (greedy) with generate_num_return_sequences={copies} would write copies of "
+                "one response; expected 1 response per prompt, or a temperature > 0"
             )
         if self.generate_final_temperature is not None:
             raise DistilyConfigError(
