@@ -3,10 +3,11 @@
 A token's bytes are read through its tokenizer's conventions: byte-level BPE (GPT-2, Llama 3, Qwen) writes each
 byte as one printable character (GPT-2's byte-to-unicode map: ``Ġ`` is the space byte); SentencePiece-style
 vocabularies (Llama 2, Gemma, Mistral) write the space as ``▁`` and bytes they fall back on as ``<0x0A>``; other
-tokens are their UTF-8 text. Special tokens are matched by role, never by text: first the two document
-separators (``document_separator_id``: an instruct tokenizer's end-of-text token, not its end-of-turn EOS), then
-BOS with BOS, EOS with EOS, UNK with UNK, each token in one pair only. Where one vocabulary holds the same bytes
-twice, the lowest id stands for them (a byte-fallback token only when no regular token writes its byte).
+tokens, and tokens added to a byte-level vocabulary (matched in the text before its byte map), are their UTF-8 text.
+Special tokens are matched by role, never by text: first the two document separators (``document_separator_id``:
+an instruct tokenizer's end-of-text token, not its end-of-turn EOS), then BOS with BOS, EOS with EOS, UNK with UNK,
+each token in one pair only. Where one vocabulary holds the same bytes twice, the lowest id stands for them (a
+byte-fallback token only when no regular token writes its byte).
 """
 
 import re
@@ -35,13 +36,14 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase) -> dict[bytes, int]:
     """bytes of text -> the lowest id that writes them, over the tokenizer's non-special tokens; a byte-fallback
     token only for bytes no regular token writes (the tokenizer gives the regular one)."""
     special = set(tokenizer.all_special_ids)
+    added = tokenizer.added_tokens_decoder  # their text as written: a byte-level tokenizer reads them before its map
     byte_of = {char: byte for byte, char in bytes_to_unicode().items()} if is_byte_level(tokenizer) else None
     found: dict[bytes, int] = {}
     in_order = sorted(tokenizer.get_vocab().items(), key=lambda item: (bool(BYTE_FALLBACK.fullmatch(item[0])), item[1]))
     for token, token_id in in_order:
         if token_id in special:
             continue
-        if byte_of is not None and all(char in byte_of for char in token):
+        if byte_of is not None and token_id not in added and all(char in byte_of for char in token):
             data = bytes(byte_of[char] for char in token)
         elif BYTE_FALLBACK.fullmatch(token):
             data = bytes([int(BYTE_FALLBACK.fullmatch(token).group(1), 16)])

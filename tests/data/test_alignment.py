@@ -136,6 +136,21 @@ def test_shared_tokens_read_through_each_convention(tokenizers):
     assert len(set(pairs.values())) == len(pairs)  # one student token per teacher token
 
 
+def test_a_token_added_to_a_byte_level_vocabulary_is_read_as_its_text():
+    """A byte-level tokenizer matches its added tokens in the text before its byte map: ``ünï`` added to it stands for
+    the UTF-8 bytes of ``ünï`` (as a SentencePiece tokenizer's does), not for the three bytes its characters stand for
+    in the map (ü is byte 0xFC there)."""
+    byte_level, sentencepiece = make_tokenizer(), make_sentencepiece_tokenizer()
+    for tokenizer in (byte_level, sentencepiece):
+        tokenizer.add_tokens(["ünï"])
+    added = byte_level.convert_tokens_to_ids("ünï")
+    assert byte_level("a ünï", add_special_tokens=False)["input_ids"][-1] == added
+    assert token_bytes(byte_level)["ünï".encode()] == added
+    mapping = map_vocabularies(byte_level, sentencepiece)
+    pairs = dict(zip(mapping.student_ids.tolist(), mapping.teacher_ids.tolist()))
+    assert pairs[added] == sentencepiece.convert_tokens_to_ids("ünï")
+
+
 def test_no_shared_token_is_an_error_naming_both(tokenizers):
     byte_level, _ = tokenizers
     from tokenizers import Tokenizer, models, pre_tokenizers
