@@ -1,11 +1,11 @@
 """The results of a sweep: one row per run, from its ``metrics.json`` (flattened: ``student.after_perplexity``)
 or its ``error.txt``, ranked by the sweep's metric (distily.reporting.sweep writes and prints them)."""
 
-import math
 from difflib import get_close_matches
 
 from distily.errors import DistilyConfigError
 from distily.experiments.runs import render_value
+from distily.reporting.tables import is_nan, is_number
 from distily.training.run_dir import RunDir
 
 ERROR_FILE = "error.txt"  # first line: the error in one line; then the traceback
@@ -24,7 +24,7 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
 
 def _has_metric(row: dict, metric: str) -> bool:
     value = row.get(metric)
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    return is_number(value) and not is_nan(value)
 
 
 def _score(row: dict, metric: str, goal: str) -> float:
@@ -33,10 +33,18 @@ def _score(row: dict, metric: str, goal: str) -> float:
 
 def check_ranked(sweep, rows: list[dict]) -> None:
     """Refuse a ranking metric that no finished run measured (``metric:`` names a key a run can hold, but none
-    of these did), naming the metrics they have; nothing to check before a run has finished."""
+    of these did), naming the metrics they have, or measured as a number (NaN in every run that has it); nothing to
+    check before a run has finished."""
     finished = [row for row in rows if row["status"] == "finished"]
     if not finished or any(_has_metric(row, sweep.metric) for row in finished):
         return
+    diverged = sum(is_nan(row.get(sweep.metric)) for row in finished)
+    if diverged:
+        raise DistilyConfigError(
+            f"{sweep.source}: metric={sweep.metric!r} is NaN in every finished run that measured it ({diverged} of "
+            f"{len(finished)}); expected a number to rank the runs by (a student that diverged measures NaN: a lower "
+            "learning_rate?)"
+        )
     measured = sorted({key for row in finished for key in row if _has_metric(row, key)})
     closest = "".join(f" (closest: {key})" for key in get_close_matches(sweep.metric, measured, n=1))
     raise DistilyConfigError(f"{sweep.source}: metric={sweep.metric!r} is in no finished run's metrics; expected "

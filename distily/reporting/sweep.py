@@ -10,6 +10,7 @@ from rich.table import Table
 
 from distily.outputs import remove_earlier_outputs
 from distily.reporting.plots import plot_against, plot_by_run
+from distily.reporting.tables import is_nan
 
 SHOWN = (
     "teacher.perplexity",
@@ -53,6 +54,8 @@ def ranking_table(sweep, rows: list[dict], overrides: bool = True) -> tuple[list
 def _ranked_by(sweep, rows: list[dict]) -> str:
     """What results.md's runs are ordered by: the metric, or nothing when no finished run measured it."""
     if any(row["status"] == "finished" for row in rows) and not any("rank" in row for row in rows):
+        if any(is_nan(row.get(sweep.metric)) for row in rows):
+            return f"Not ranked: `{sweep.metric}` is NaN in every finished run that measured it; "
         return f"Not ranked: no finished run measured `{sweep.metric}`; "
     return f"Ranked by `{sweep.metric}` ({'lower' if sweep.metric_goal == 'min' else 'higher'} is better); "
 

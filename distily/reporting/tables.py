@@ -8,6 +8,7 @@ Perplexity and next-token loss are per token, so they compare models only when t
 byte compare any two. When the compared models' tokenizers differ, the bits-per-byte rows come first.
 """
 
+import math
 from typing import Optional
 
 from distily.evaluation.arguments import EXACT_MATCH, FEWSHOT, HELDOUT_SET, KL_TO_TEACHER, SAMPLES
@@ -114,6 +115,11 @@ def label(key: str, columns: Optional[dict[str, dict]] = None) -> str:
 
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_nan(value) -> bool:
+    """Whether a metric's value is NaN: what a student measures once it has diverged."""
+    return isinstance(value, float) and math.isnan(value)
 
 
 def format_value(key: str, values: dict) -> str:

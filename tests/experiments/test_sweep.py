@@ -302,6 +302,18 @@ def test_the_results_are_written_when_no_finished_run_measured_the_metric(base, 
         tmp_path / "out" / "results.md").read_text()
 
 
+def test_a_sweep_whose_students_diverged_says_its_metric_is_nan(base, tmp_path, capsys):
+    """A student that diverged measures NaN. The error used to say the metric was in no finished run's metrics and
+    offer another (closest: student.before_bits_per_byte), results.md that no run measured it."""
+    path = write_sweep(tmp_path, base={**base, "warmup_steps": 0}, output_dir=str(tmp_path / "out"),
+                       runs=[{"name": "diverged", "learning_rate": 1.0e30}])
+    assert main(["sweep", path]) == 2
+    assert ("metric='student.after_bits_per_byte' is NaN in every finished run that measured it (1 of 1); expected "
+            "a number") in capsys.readouterr().err
+    assert "Not ranked: `student.after_bits_per_byte` is NaN in every finished run that measured it; 1 finished" in (
+        tmp_path / "out" / "results.md").read_text()
+
+
 def test_plots_of_an_earlier_ranking_do_not_stay_beside_unranked_results(base, tmp_path):
     """Results written when no finished run measured the metric (it was changed) used to keep the plots of the
     earlier metric's ranking beside them."""
