@@ -13,7 +13,9 @@ inside a chunk.
 Framing per model: a tokenizer that starts texts with BOS gets its BOS at every row's start (a 0-width token at the
 row's first character, so two BOS align); one whose framing is ``stream`` (EOS-separated families) gets EOS after a
 document's last piece (a 0-width token one past the text's end, so two EOS align), the end-of-text token ``stream``
-packing separates documents with (``document_separator_id``: not an instruct tokenizer's end-of-turn EOS). Rows are
+packing separates documents with (``document_separator_id``: not an instruct tokenizer's end-of-turn EOS), and the
+same token at every row's start when it has no BOS (it precedes a document in the model's stream: the row's first
+token is predicted, and aligns with the other side's first token, as two BOS do). Rows are
 document pieces, each within ``max_seq_length`` tokens on both sides, cut at aligned characters; they are padded,
 never packed together.
 
@@ -41,8 +43,9 @@ TEACHER_LOSS_MASK = "teacher_loss_mask"  # chat data: the teacher's own assistan
 ALIGNED = "aligned_teacher_position"  # [batch, student seq]: the aligned teacher position, -1 none
 # part of the aligned rows' cache keys (text and chat): raised whenever the rows Distily makes change, so older caches
 # are not read back (2: no pair before an answer whose first token spans the generation prompt's end; 3: the tokens
-# that split a character close together, at the one that completes it)
-ALIGNMENT_SCHEME = 3
+# that split a character close together, at the one that completes it; 4: text rows of EOS-separated families start
+# with their end-of-text token)
+ALIGNMENT_SCHEME = 4
 
 
 def check_offsets(tokenizer: PreTrainedTokenizerBase, role: str) -> None:
@@ -103,23 +106,25 @@ def align(student_ends: list[float], teacher_ends: list[float]) -> list[int]:
 
 
 class ModelFraming:
-    """One model's framing of a document piece: BOS first when its tokenizer adds one, EOS (the end-of-text token
-    ``stream`` separates documents with, ``document_separator_id``) after a document's last piece when its packing
-    is ``stream``; ``budget`` tokens of text fit in a row."""
+    """One model's framing of a document piece: BOS first when its tokenizer adds one; when its packing is
+    ``stream``, the end-of-text token ``stream`` separates documents with (``document_separator_id``) after a
+    document's last piece, and first in every piece without BOS (what precedes a document in its stream, so that
+    the model predicts the piece's first token, and every token of the text counts); ``budget`` tokens of text fit
+    in a row."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, packing: str, max_seq_length: int):
-        self.bos = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else None
         stream = resolve_packing(packing, tokenizer, pretokenized=False) == "stream"
         self.eos = document_separator_id(tokenizer) if stream else None
-        self.budget = max_seq_length - (self.bos is not None) - (self.eos is not None)
+        self.first = tokenizer.bos_token_id if tokenizer_adds_bos(tokenizer) else self.eos
+        self.budget = max_seq_length - (self.first is not None) - (self.eos is not None)
         if self.budget < 1:
             raise DistilyConfigError(f"max_seq_length={max_seq_length} leaves no room for text beside BOS/EOS")
 
     def frame(self, ids: list[int], ends: list[int], start: int, last: bool, text_length: int):
-        """(ids, ends) of a piece starting at character ``start``, with BOS (ending at ``start``) and EOS (one
-        past the text)."""
-        if self.bos is not None:
-            ids, ends = [self.bos, *ids], [start, *ends]
+        """(ids, ends) of a piece starting at character ``start``, with its first token (ending at ``start``) and
+        EOS (one past the text)."""
+        if self.first is not None:
+            ids, ends = [self.first, *ids], [start, *ends]
         if last and self.eos is not None:
             ids, ends = [*ids, self.eos], [*ends, text_length + 1]
         return ids, ends

@@ -1,17 +1,26 @@
 """Cross-tokenizer alignment: hand-made token ends, and two real tokenizers with different conventions."""
 
+import math
+
 import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
 from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
 
 from distily.data.alignment import (
-    ALIGNED, TEACHER_INPUT_IDS, ModelFraming, align, align_document, check_offsets, closing_positions,
-    collate_aligned, token_ends,
+    ALIGNED, TEACHER_INPUT_IDS, ModelFraming, align, align_document, align_documents, check_offsets,
+    closing_positions, collate_aligned, token_ends,
 )
 from distily.data.framing import INPUT_IDS
+from distily.data.text import collate
 from distily.data.vocabulary import map_vocabularies, token_bytes
 from distily.errors import DistilyConfigError
+from distily.evaluation.bytes import dataset_target_bytes, token_byte_lengths
+from distily.evaluation.heldout import heldout_metrics
 from tests.tiny import (
-    make_character_splitting_tokenizer, make_instruct_tokenizer, make_sentencepiece_tokenizer, make_tokenizer,
+    make_character_splitting_tokenizer, make_documents, make_instruct_tokenizer, make_sentencepiece_tokenizer,
+    make_tokenizer, tiny_config,
 )
 
 
@@ -110,6 +119,39 @@ def test_an_instruct_teachers_rows_end_with_its_end_of_text_token(tokenizers):
     assert not any(teacher.eos_token_id in row[TEACHER_INPUT_IDS] for row in rows)
     assert rows[-1][INPUT_IDS][-1] == byte_level.eos_token_id
     assert rows[-1][ALIGNED][-1] == len(rows[-1][TEACHER_INPUT_IDS]) - 1
+
+
+def test_both_models_predict_every_token_so_bits_per_byte_count_each_byte_once(tokenizers, tmp_path):
+    """Each side of the aligned rows evaluated on its own tokens: the byte-level side (no BOS, EOS-separated)
+    starts every row with its end-of-text token, as its stream precedes a document, so it predicts the row's first
+    token too. Both models' held-out bits per byte equal the plain-transformers ones over every byte of the text (the
+    SentencePiece side reads one space more per document, its prepended ``▁``), also for documents cut in rows."""
+    byte_level, sentencepiece = tokenizers
+    documents = make_documents(6, seed=5)
+    rows = align_documents(Dataset.from_dict({"text": documents}), byte_level, sentencepiece, "auto", 256, "text",
+                           str(tmp_path))
+    assert len(rows) == len(documents)  # a row each
+    torch.manual_seed(0)
+    sides = ((INPUT_IDS, byte_level, "gpt2", [byte_level.eos_token_id], [byte_level.eos_token_id], 0),
+             (TEACHER_INPUT_IDS, sentencepiece, "llama", [sentencepiece.bos_token_id], [], 1))
+    for column, tokenizer, architecture, before, after, space in sides:
+        model = AutoModelForCausalLM.from_config(tiny_config(architecture, layers=1, vocab_size=len(tokenizer)))
+        own = Dataset.from_dict({INPUT_IDS: rows[column]})
+        found = heldout_metrics(model.eval(), own, collate, tokenizer=tokenizer)["bits_per_byte"]
+        nll = 0.0
+        for document in documents:
+            ids = torch.tensor(before + tokenizer(document, add_special_tokens=False)[INPUT_IDS] + after)
+            with torch.no_grad():
+                logits = model(ids[None]).logits[0].double()
+            nll += torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="sum").item()
+        text_bytes = sum(len(document.encode()) + space for document in documents)
+        assert found == pytest.approx(nll / math.log(2) / text_bytes, rel=1e-5)
+    long = [" ".join(documents) + " 😀 café"]
+    rows = align_documents(Dataset.from_dict({"text": long}), byte_level, sentencepiece, "auto", 24, "text",
+                           str(tmp_path))
+    assert len(rows) > 4
+    own = rows.select_columns([INPUT_IDS])
+    assert dataset_target_bytes(own, collate, token_byte_lengths(byte_level)) == len(long[0].encode())
 
 
 def test_collate_pads_both_sides_and_the_alignment():
