@@ -5,7 +5,9 @@ the versions in ``WRITTEN_FOR`` (a warning names any other) and each pinned by a
 - ``StagedCheckpoints``: the Trainer writes a checkpoint file by file into ``checkpoint-N``, so a save cut
   short leaves a directory that ``get_last_checkpoint`` takes for a checkpoint. Here it is written into
   ``.checkpoint-staging/checkpoint-N`` and renamed into place once complete (``_get_output_dir`` and
-  ``_save_checkpoint``: no public hook runs before the Trainer picks the directory).
+  ``_save_checkpoint``: no public hook runs before the Trainer picks the directory). The best checkpoint the
+  Trainer records (``load_best_model_at_end``) is then the staged path: every process, and the checkpoint's
+  ``trainer_state.json``, are given the final one.
 - ``undo_evaluation_preparation``: an ``evaluate()`` before training prepares the model for evaluation only
   (no DDP wrapper) and marks it prepared; accelerate then refuses to prepare it for training, so each process
   would step on its own gradients.
@@ -28,6 +30,7 @@ from accelerate import Accelerator
 from torch import nn
 from transformers import Trainer
 from transformers.integrations import deepspeed as hf_deepspeed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from distily.training.guards import check_finite_weights
@@ -67,15 +70,18 @@ class StagedCheckpoints(Trainer):
         finally:
             self._checkpoint_staging = None
         self.accelerator.wait_for_everyone()
-        if not self.args.should_save:
-            return
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
+        best_is_this_one = self.state.best_model_checkpoint == staged
+        if best_is_this_one:  # on every process: each loads the best model from it at the end of training
+            self.state.best_model_checkpoint = final
+        if not self.args.should_save:
+            return
+        if best_is_this_one:  # the state the Trainer wrote names the staged path, which a resume would not find
+            self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(staged, final)
-        if self.state.best_model_checkpoint == staged:
-            self.state.best_model_checkpoint = final
         if not os.listdir(staging):  # else it holds a half-written checkpoint of an interrupted save
             os.rmdir(staging)
         rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)

@@ -82,11 +82,17 @@ def _run_values(values: dict) -> dict:
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch_and_resume_in_one(teacher_dirs, run_values, tmp_path):
     # Llama: no dropout, so no per-process randomness. 13 held-out rows in batches of 4 a process: accelerate fills
-    # the 2 processes' last batches with 3 rows from the start, which the evaluation's losses must not count
-    values = {**_run_values(run_values(teacher_dirs["llama"])), "max_eval_samples": 13, "per_device_eval_batch_size": 4}
+    # the 2 processes' last batches with 3 rows from the start, which the evaluation's losses must not count. The
+    # best checkpoint is the one of the higher held-out loss (step 3): every process loads it at the end, so the
+    # evaluation after training is of its weights on both (the second process once kept its last weights)
+    values = {**_run_values(run_values(teacher_dirs["llama"])), "max_eval_samples": 13, "per_device_eval_batch_size": 4,
+              "eval_strategy": "steps", "eval_steps": 3, "load_best_model_at_end": True,
+              "metric_for_best_model": "loss", "greater_is_better": True}
     one = _distill_here(values, tmp_path / "one", per_device_train_batch_size=8)
     two = _distill_on_two(values, tmp_path / "two", per_device_train_batch_size=4)
     _assert_same_curve(_curve(tmp_path / "one"), _curve(tmp_path / "two"))
+    state = json.loads((tmp_path / "two" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == str(tmp_path / "two" / "checkpoint-3")
     for key in ("before_loss", "before_loss_logits", "after_loss", "after_loss_logits", "after_kl_to_teacher"):
         assert two["student"][key] == pytest.approx(one["student"][key], rel=TOLERANCE), key
     assert two["train"]["tokens_seen"] == one["train"]["tokens_seen"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerState, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from distily.training import trainer_internals
@@ -86,3 +86,22 @@ def test_a_library_version_the_workarounds_were_not_written_for_is_named(monkeyp
     monkeypatch.setattr(trainer_internals, "version", lambda package: "9.0" if package == "accelerate" else "5.1")
     with pytest.warns(UserWarning, match="accelerate 9.0: distily/training/trainer_internals.py was written for"):
         check_library_versions()
+
+
+@pytest.mark.parametrize("saves", [True, False], ids=["main process", "other process"])
+def test_the_best_checkpoint_is_recorded_where_it_was_renamed_to(tmp_path, monkeypatch, saves):
+    """The Trainer records the best checkpoint (``load_best_model_at_end``) as the staged path. A process that does
+    not save kept it and at the end of training loaded no best model (under DDP the processes then evaluated
+    different weights); the checkpoint's trainer_state.json named it too, so a run resumed from it lost its best."""
+    trainer = _trainer(StagedCheckpoints, tmp_path)
+    trainer.args.save_strategy = "steps"
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    trainer.state.global_step = trainer.state.best_global_step = 1
+    monkeypatch.setattr(TrainingArguments, "should_save", property(lambda args: saves))
+    if not saves:  # what the main process wrote, with the other processes waiting
+        (tmp_path / CHECKPOINT_STAGING_DIR / "checkpoint-1").mkdir(parents=True)
+    trainer._save_checkpoint(trainer.model, trial=None)
+    final = str(tmp_path / "checkpoint-1")
+    assert trainer.state.best_model_checkpoint == final
+    if saves:
+        assert TrainerState.load_from_json(f"{final}/trainer_state.json").best_model_checkpoint == final
