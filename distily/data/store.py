@@ -289,6 +289,12 @@ class StoreDataset(torch.utils.data.Dataset):
         item[TOPK_IDS] = item[TOPK_IDS].to(torch.int32)
         return item
 
+    def longest_row(self) -> int:
+        """The most tokens in one of the rows served: the widest shard holding one (each shard is padded to its
+        longest row)."""
+        shards = {bisect.bisect_right(self.starts, row) - 1 for row in self.rows}
+        return max((self._handle(shard).get_slice(INPUT_IDS).get_shape()[1] for shard in shards), default=0)
+
     def row_values(self, key: str) -> torch.Tensor:
         """``[rows]``: a per-row field (``ROW_NLL``, ``ROW_TARGETS``) of every row, read without the others."""
         values = [self._handle(shard).get_tensor(key) for shard in range(len(self.shard_paths))]

@@ -408,6 +408,15 @@ def _ids_outside(documents: datasets.Dataset, limit: int) -> Optional[tuple[int,
     return None
 
 
+def longest_row(rows: datasets.Dataset, column: str = INPUT_IDS) -> int:
+    """The most tokens in one row of ``rows``' ``column``: the longest ``collate`` pads a batch to. Read in Arrow
+    batches."""
+    table = rows.with_format("arrow")
+    lengths = (pyarrow.compute.max(pyarrow.compute.list_value_length(table[start:start + 4096][column])).as_py()
+               for start in range(0, len(rows), 4096))
+    return max((length or 0 for length in lengths), default=0)
+
+
 def check_token_ids(documents: datasets.Dataset, limit: int, args: DataArguments) -> None:
     """Pre-tokenized rows hold only ids the models have rows for, 0..limit-1 (else a step fails with an index
     error deep inside the embedding, on a GPU as a device-side assert); the row is counted in the dataset as

@@ -25,7 +25,7 @@ from distily.data.chat_alignment import (
     CompletionAlignment, build_aligned_chat_datasets, chat_templates, end_of_turn_id,
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK
-from distily.data.text import DistillationData, collate
+from distily.data.text import DistillationData, collate, longest_row
 from distily.data.vocabulary import map_vocabularies
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import HELDOUT_SET
@@ -127,6 +127,10 @@ class CrossTokenizerTeacher(LiveTeacher):
 
     def collate_fn(self) -> Callable:
         return partial(collate_aligned, pad_token_id=self.student_pad_token_id, teacher_pad_token_id=self.pad_token_id)
+
+    def longest_train_row(self, data: DistillationData) -> int:
+        """The most tokens in one training row, in either model's tokens."""
+        return max(longest_row(data.train), longest_row(data.train, TEACHER_INPUT_IDS))
 
     def mean_confidence(self, train: Dataset) -> float:
         return calibrate_cakld_beta(self.model, teacher_rows(train), collate)

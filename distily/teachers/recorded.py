@@ -210,6 +210,9 @@ class RecordedTeacher(TeacherSource):
         """``collate`` of the token ids alone (for text eval sets, and counting the store rows' bytes)."""
         return partial(collate, pad_token_id=self.pad_token_id)
 
+    def longest_train_row(self, data: DistillationData) -> int:
+        return data.train.longest_row()
+
     def mean_confidence(self, train: Dataset) -> float:
         raise DistilyConfigError("logits_loss=cakld from a store needs a fixed beta; expected logits_loss_kwargs beta")
 

@@ -34,7 +34,7 @@ from distily.config import DistillConfig
 from distily.objectives.arguments import ObjectiveArguments
 from distily.data.chat import ChatTemplate
 from distily.data.chat_alignment import CompletionAlignment, end_of_turn_id
-from distily.data.text import DistillationData
+from distily.data.text import DistillationData, longest_row
 from distily.metrics import Evaluation, FramingMetrics, MultimodalCheckpoint, RecordingSource, TeacherMetrics
 from distily.models.architecture import output_vocab_size
 from distily.models.summary import architecture_summary, parameter_count
@@ -163,6 +163,10 @@ class TeacherSource(ABC):
         """How the student's on-policy completions become rows in the teacher's tokens: None when the teacher reads
         the student's tokens."""
         return None
+
+    def longest_train_row(self, data: DistillationData) -> int:
+        """The most tokens in one training row: the longest a training batch is padded to."""
+        return longest_row(data.train)
 
     @abstractmethod
     def mean_confidence(self, train: Dataset) -> float:

@@ -27,7 +27,9 @@ from distily.teachers.source import TeacherSource, stop_at_end_of_turn
 from distily.teachers.sources import open_teacher, settled_config
 from distily.training.checkpoints import CheckpointChecksums
 from distily.training.on_policy import on_policy_batches
-from distily.training.preflight import check_memory, checkpointed_every_n_layers, estimate_memory, parameter_shards
+from distily.training.preflight import (
+    check_memory, checkpointed_every_n_layers, estimate_memory, padded_row_length, parameter_shards,
+)
 from distily.training.resolved import ResolvedRun
 from distily.training.run_dir import (
     RunDir,
@@ -154,8 +156,9 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
                                     teacher.logits_component)
         teacher.check_objective(objective)
         if training.memory_check:  # a recorded teacher holds no memory during training
+            row_length = padded_row_length(training, teacher.longest_train_row(data), data.max_seq_length)
             estimate = estimate_memory(
-                teacher.live_model, student, objective, training.per_device_train_batch_size, data.max_seq_length,
+                teacher.live_model, student, objective, training.per_device_train_batch_size, row_length,
                 training.bf16 or training.fp16, training.optim, training.device.type,
                 checkpointed_every_n_layers(training), parameter_shards(training),
             )

@@ -1,5 +1,9 @@
 """Before training: estimate the peak memory of a training step, print it, and refuse a run that cannot fit.
 
+A step is estimated on ``per_device_train_batch_size`` rows of the longest training row's length (``collate`` pads
+a batch to its longest row: packed text fills max_seq_length, conversations are most often far shorter), with
+on-policy batches that plus ``on_policy_max_new_tokens``, at most max_seq_length (``padded_row_length``).
+
 The estimate adds what stays alive (the weights of both models, the optimizer's states of the parameters that
 get gradients, ``trained_parameters``: without a logit loss not the LM head) to the larger of the two moments a
 step peaks at:
@@ -175,6 +179,14 @@ def parameter_shards(training: TrainingArguments) -> tuple[int, int]:
     return world, world if version == 2 else 1
 
 
+def padded_row_length(training: TrainingArguments, longest_row: int, max_seq_length: int) -> int:
+    """The most tokens in a row of a training batch, which is padded to its longest row: the longest training row,
+    or with on-policy batches (``lmbda`` > 0) that plus the completion the student writes after a prompt of it, at
+    most ``max_seq_length``."""
+    completion = training.on_policy_max_new_tokens if training.lmbda > 0 else 0
+    return min(max_seq_length, longest_row + completion)
+
+
 def checkpointed_blocks(depth: int, checkpoint_every_n_layers: Optional[int]) -> int:
     """How many of ``depth`` blocks activation checkpointing of every n-th block recomputes (None: none)."""
     return -(-depth // checkpoint_every_n_layers) if checkpoint_every_n_layers else 0
@@ -222,14 +234,14 @@ def estimate_memory(
     student: PreTrainedModel,
     objective: DistillationObjective,
     batch_size: int,
-    max_seq_length: int,
+    seq_length: int,
     mixed_precision: bool,
     optim: str = "adamw_torch_fused",
     device_type: str = "cpu",
     checkpoint_every_n_layers: Optional[int] = None,
     shards: tuple[int, int] = (1, 1),
 ) -> MemoryEstimate:
-    """The peak memory of a training step on ``batch_size`` x ``max_seq_length`` tokens on a ``device_type``
+    """The peak memory of a training step on ``batch_size`` x ``seq_length`` tokens on a ``device_type``
     device, with activation checkpointing of every ``checkpoint_every_n_layers``-th student block (None: none),
     on one process of a run that splits the student's weights, gradients and optimizer states ``shards[0]`` ways
     and the teacher's weights ``shards[1]`` ways (``parameter_shards``; the layer being gathered as it runs is left
@@ -239,7 +251,7 @@ def estimate_memory(
     student_shape = ModelShape.from_config(student.config)
     step = StepShape(
         batch_size=batch_size,
-        seq_length=max_seq_length,
+        seq_length=seq_length,
         student=student_shape,
         teacher=ModelShape.from_config(teacher.config) if teacher is not None else student_shape,
         student_vocab=student.get_output_embeddings().weight.shape[0],

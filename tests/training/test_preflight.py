@@ -21,7 +21,13 @@ from distily.objectives.losses import LOSSES
 from distily.objectives.objective import LogitsComponent, build_objective
 from distily.objectives.sparse import SparseLogitsComponent
 from distily.objectives.sparse import RecordedTeacherOutput
-from tiny import tiny_config
+from distily.data.alignment import TEACHER_INPUT_IDS
+from distily.data.framing import INPUT_IDS
+from store_values import store_values
+from tiny import (
+    make_chat_tokenizer, make_conversations, make_sentencepiece_chat_tokenizer, save_tiny_model, tiny_config,
+    write_chat_jsonl,
+)
 
 TOP_K = 16
 
@@ -259,6 +265,72 @@ def test_the_run_estimates_the_blocks_the_trainer_checkpoints(settings, expected
     with pytest.raises(SystemExit):
         distill.run_distillation(parse_config(**values))
     assert seen == [expected]
+
+
+def _estimated_and_longest_row(values: dict, monkeypatch) -> tuple[int, int]:
+    """The row length distill estimates a run's memory for, and its longest training row (read row by row)."""
+    import distily.training.distill as distill
+    from distily.config import parse_config
+
+    estimated, longest = [], []
+
+    def estimate(*args):
+        estimated.append(args[4])
+        raise SystemExit  # the estimate is all this test needs
+
+    def open_teacher(config):
+        teacher = opened(config)
+        datasets = teacher.datasets
+
+        def read(student):
+            data = datasets(student)
+            longest.append(max(len(row[column]) for row in data.train for column in (INPUT_IDS, TEACHER_INPUT_IDS)
+                               if column in row))
+            return data
+
+        teacher.datasets = read
+        return teacher
+
+    opened = distill.open_teacher
+    monkeypatch.setattr(distill, "estimate_memory", estimate)
+    monkeypatch.setattr(distill, "open_teacher", open_teacher)
+    with pytest.raises(SystemExit):
+        distill.run_distillation(parse_config(**values))
+    return estimated[0], longest[0]
+
+
+def _student_of_another_tokenizer(path) -> dict:
+    """A tiny GPT-2 student with a SentencePiece tokenizer and ChatML: a cross-tokenizer run's settings."""
+    tokenizer = make_sentencepiece_chat_tokenizer("chatml")
+    save_tiny_model(path, "gpt2", tokenizer, layers=2, vocab_size=len(tokenizer))
+    return {"student_model_name_or_path": str(path), "student_config_overrides": None}
+
+
+@pytest.mark.parametrize("settings, completion", [
+    ({}, 0),
+    ({"lmbda": 0.5, "on_policy_max_new_tokens": 8}, 8),  # a completion after a prompt of the longest row
+    ({"teacher_source": "recorded"}, 0),
+    ("cross_tokenizer", 0),  # the longest row in either model's tokens
+])
+def test_a_run_is_estimated_at_its_longest_training_row(settings, completion, tmp_path, monkeypatch):
+    """A batch of conversations is padded to its longest row, not to max_seq_length: estimated at max_seq_length,
+    a chat run at max_seq_length 1024 (its conversations far shorter) was estimated at 3.8 times its measured peak
+    (1.4 times now, the batches' rows being shorter than the longest), and could be refused though it fit."""
+    from distily.config import parse_record_config
+    from distily.recording.run import run_recording
+
+    tokenizer = make_chat_tokenizer("llama3")
+    teacher = save_tiny_model(tmp_path / "teacher", "llama", tokenizer, vocab_size=len(tokenizer))
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(24))
+    if settings == "cross_tokenizer":
+        settings = _student_of_another_tokenizer(tmp_path / "student")
+    values = store_values(teacher, data, tmp_path, max_seq_length=256, memory_check=True, **settings)
+    if "teacher_source" in settings:
+        run_recording(parse_record_config(**{key: value for key, value in values.items()
+                                             if key not in ("teacher_source", "memory_check")}))
+    estimated, longest = _estimated_and_longest_row(values, monkeypatch)
+    assert longest + completion < 256
+    assert estimated == longest + completion
 
 
 @pytest.mark.parametrize("optim, states, bytes_per_state", [
