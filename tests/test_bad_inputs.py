@@ -667,8 +667,9 @@ def test_a_teacher_store_that_is_a_file_is_refused_before_the_teacher_loads(belo
         (["--format", "zip"], "export format 'zip' is not supported"),
         (["--format", "packed"], "expected a BitNet student"),
         ([], "the following arguments are required: --format"),
+        (["--format", "gguf", "--gguf_type", "TQ3_0"], "GGUF ternary type 'TQ3_0' is not supported"),
     ],
-    ids=["unknown_format", "dense_student", "no_format"],
+    ids=["unknown_format", "dense_student", "no_format", "unknown_gguf_type"],
 )
 def test_bad_export(args, expected, teacher_dirs, capsys):
     before = snapshot(Path(teacher_dirs["llama"]))

@@ -57,7 +57,7 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
         raise DistilyConfigError(f"run directory '{run_dir}' has no config.json; expected a saved student checkpoint")
     output = Path(output) if output is not None else default_output(run_dir, format, qtype)
     rules = {"overwrite": overwrite, "protected": {run_dir: "the run directory"}}
-    write_gguf, gguf_export = _gguf_writer() if format == "gguf" else (None, None)
+    write_gguf, gguf_export = _gguf_writer(qtype) if format == "gguf" else (None, None)
     check_output(output, directory=format == "packed", previous=gguf_export or PACKED_EXPORT, **rules)
     student = load_bitnet_student(run_dir, trust_remote_code=trust_remote_code)
     config = student.config
@@ -77,15 +77,16 @@ def _perplexity_ids(run_dir: Path, config, trust_remote_code: bool) -> torch.Ten
     return torch.tensor(tokenizer(PERPLEXITY_TEXT)["input_ids"][:limit])
 
 
-def _gguf_writer():
-    """distily.export.gguf's write_gguf and GGUF_EXPORT; imported on use because the gguf package is an optional
-    extra."""
+def _gguf_writer(qtype: str):
+    """distily.export.gguf's write_gguf and GGUF_EXPORT, once `qtype` is a type it writes (refused before the student
+    loads); imported on use because the gguf package is an optional extra."""
     try:
-        from distily.export.gguf import GGUF_EXPORT, write_gguf
+        from distily.export.gguf import GGUF_EXPORT, check_ternary_type, write_gguf
     except ImportError as error:
         raise DistilyConfigError(
             f"GGUF export needs the gguf package ({error}); expected `pip install 'distily[bitnet]'`"
         ) from error
+    check_ternary_type(qtype)
     return write_gguf, GGUF_EXPORT
 
 

@@ -173,12 +173,18 @@ def rope_factors(model: PreTrainedModel, architecture: str) -> np.ndarray | None
     return (default / rotary.inv_freq.double().numpy()).astype(np.float32)
 
 
-def check_packable(tensors: list[GGUFTensor], qtype: str) -> None:
-    """Raise DistilyConfigError unless every ternary tensor's row length fits the GGUF type's block size."""
+def check_ternary_type(qtype: str) -> None:
+    """Raise DistilyConfigError unless `qtype` is a GGUF ternary type this module writes."""
     if qtype not in TERNARY_TYPES:
         raise DistilyConfigError(
             f"GGUF ternary type '{qtype}' is not supported; expected one of {sorted(TERNARY_TYPES)}"
         )
+
+
+def check_packable(tensors: list[GGUFTensor], qtype: str) -> None:
+    """Raise DistilyConfigError unless `qtype` is supported and every ternary tensor's row length fits its block
+    size."""
+    check_ternary_type(qtype)
     block_size, _ = gguf.GGML_QUANT_SIZES[TERNARY_TYPES[qtype]]
     for tensor in tensors:
         if tensor.ternary is not None and tensor.ternary.shape[-1] % block_size:
