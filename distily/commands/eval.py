@@ -21,8 +21,9 @@ from distily.evaluation.generations import GenerationEvaluator, generation_eval
 from distily.evaluation.harness import cached_teacher_results, check_chat_template, run_tasks, task_manager
 from distily.evaluation.heldout import Evaluator
 from distily.evaluation.perplexity import load_eval_sets
+from distily.export.packed import load_packed_student
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length
-from distily.models.bitnet import is_bitnet, load_bitnet_student
+from distily.models.bitnet import bitnet_format, is_bitnet, load_bitnet_student
 from distily.models.teacher import DTYPES, from_pretrained, load_teacher, load_tokenizer
 from distily.models.vocab import check_same_tokenizer, shared_vocab_size
 from distily.outputs import remove_earlier_outputs, write_json_atomic
@@ -41,12 +42,15 @@ def model_column(name_or_path: str) -> str:
 
 
 def load_model(name_or_path: str, dtype: str, trust_remote_code: bool) -> PreTrainedModel:
-    """A frozen model in eval mode; a Distily BitNet student is rebuilt with its BitLinear layers."""
+    """A frozen model in eval mode; a Distily BitNet student is rebuilt with its BitLinear layers, a packed export of
+    one with its packed layers."""
     config = from_pretrained(AutoConfig, name_or_path, "model", trust_remote_code=trust_remote_code)
-    if is_bitnet(config):
-        return load_bitnet_student(name_or_path, DTYPES[dtype] if dtype != "auto" else DTYPES["float32"],
-                                   trust_remote_code)
-    return load_teacher(name_or_path, dtype, trust_remote_code)
+    if not is_bitnet(config):
+        return load_teacher(name_or_path, dtype, trust_remote_code)
+    weights_dtype = DTYPES[dtype] if dtype != "auto" else DTYPES["float32"]
+    if bitnet_format(config) == "packed":
+        return load_packed_student(name_or_path, weights_dtype)
+    return load_bitnet_student(name_or_path, weights_dtype, trust_remote_code)
 
 
 EVAL_OUTPUTS = (RESULTS_FILE, "results.md", "teacher_vs_student.png")

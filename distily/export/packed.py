@@ -37,6 +37,7 @@ from distily.models.bitnet import (
     BitNetOptions,
     SUBLAYER_OUTPUT_NAMES,
     bitlinear_modules,
+    bitnet_format,
     block_projections,
     fake_quantize_activations,
     load_state_from_dir,
@@ -223,7 +224,7 @@ def load_packed_student(path: str | Path, dtype: torch.dtype = torch.float32) ->
     """Rebuild a packed checkpoint written by write_packed_checkpoint as a model of PackedBitLinear layers."""
     config = AutoConfig.from_pretrained(path)
     options = BitNetOptions.from_config(config)
-    if getattr(config, BITNET_CONFIG_KEY).get("format") != "packed":
+    if bitnet_format(config) != "packed":
         raise DistilyConfigError(
             f"{path} is not a packed checkpoint; expected config.{BITNET_CONFIG_KEY}.format='packed'"
         )

@@ -71,6 +71,12 @@ def is_bitnet(config) -> bool:
     return getattr(config, BITNET_CONFIG_KEY, None) is not None
 
 
+def bitnet_format(config) -> str:
+    """How a BitNet student's checkpoint holds its ternary layers: ``latent`` (a trained student's full-precision
+    latent weights) or ``packed`` (an export's 2-bit weights and scales)."""
+    return getattr(config, BITNET_CONFIG_KEY).get("format", "latent")
+
+
 def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Absmean quantisation of a weight matrix.
 
@@ -278,10 +284,8 @@ def load_bitnet_student(path: str | Path, dtype: torch.dtype = torch.float32,
     """
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     options = BitNetOptions.from_config(config)
-    if getattr(config, BITNET_CONFIG_KEY).get("format", "latent") != "latent":
-        raise DistilyConfigError(
-            f"{path} holds a {getattr(config, BITNET_CONFIG_KEY)['format']} export; expected a trained student"
-        )
+    if bitnet_format(config) != "latent":
+        raise DistilyConfigError(f"{path} holds a {bitnet_format(config)} export; expected a trained student")
     delattr(config, BITNET_CONFIG_KEY)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     convert_to_bitnet(model, **asdict(options))

@@ -163,6 +163,22 @@ def test_export_command_replaces_a_previous_export_only_with_overwrite(tmp_path,
     assert tree(tmp_path) == before  # the same export again, and no staging left beside it
 
 
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_distily_eval_measures_a_packed_export_as_the_student_it_came_from(architecture, text_file, tmp_path):
+    """distily eval refused a packed export ("holds a packed export; expected a trained student"), which transformers
+    loads (Llama) and load_packed_student loads (GPT-2's Conv1D layout): its held-out loss is the latent student's."""
+    save_run(tiny_student(architecture), tmp_path / "run")
+    assert export_command(tmp_path / "run", "--format", "packed") == 0
+    losses = {}
+    for model in ("run", "run/packed"):
+        evaluation = ["--eval_datasets", json.dumps({"docs": text_file}), "--max_seq_length", "32",
+                      "--max_eval_samples", "4", "--output_dir", str(tmp_path / "eval" / model)]
+        assert main(["eval", str(tmp_path / model), *evaluation]) == 0
+        results = json.loads((tmp_path / "eval" / model / "eval.json").read_text())
+        (losses[model],) = [column["docs_lm_loss"] for column in results["columns"].values()]
+    assert losses["run/packed"] == losses["run"]
+
+
 def test_export_refuses_a_users_folder_even_with_overwrite(tmp_path, capsys):
     save_run(tiny_student("llama"), tmp_path / "run")
     folder = tmp_path / "mine"
