@@ -78,9 +78,23 @@ def token_id_limit(*models: PreTrainedModel) -> int:
 def plain_lm_head(model: PreTrainedModel) -> bool:
     """True when the logits are exactly ``F.linear(last hidden state, head.weight, head.bias)``, so the head
     can be fused into the loss: a linear head with float weights and ``nn.Linear``'s own forward (not a
-    quantized or ternary one), and no soft-capping or scaling after it."""
+    quantized or ternary one), reading the decoder's output directly (``_head_reads_decoder``), and no
+    soft-capping or scaling after it."""
     head = model.get_output_embeddings()
     linear = isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward and head.weight.is_floating_point()
     configs = [model.config, model.config.get_text_config()]
-    return linear and all(getattr(config, key, None) in (None, 1, 1.0)
-                          for config in configs for key in LOGIT_TRANSFORM_KEYS)
+    return linear and _head_reads_decoder(model, head) and all(
+        getattr(config, key, None) in (None, 1, 1.0) for config in configs for key in LOGIT_TRANSFORM_KEYS
+    )
+
+
+def _head_reads_decoder(model: PreTrainedModel, head: nn.Module) -> bool:
+    """Whether ``model.get_decoder()`` (what the fused paths run) is a module of its own whose last hidden state
+    goes straight into ``head``: every weight of the model is the decoder's or the head's. Not so where a
+    prediction head (dense, activation, norm) sits between them (ModernBERT's and RoBERTa's decoders), nor where
+    ``get_decoder`` finds no decoder and returns the model itself (Llama 4's causal LM)."""
+    decoder = model.get_decoder()
+    if decoder is model:
+        return False
+    inside = {id(parameter) for module in (decoder, head) for parameter in module.parameters()}
+    return all(id(parameter) in inside for parameter in model.parameters())

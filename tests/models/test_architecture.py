@@ -4,6 +4,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from tiny import tiny_config
+from distily.evaluation.token_chunks import logit_rows
 from distily.models.architecture import plain_lm_head
 from distily.models.bitnet import BitLinear
 
@@ -86,4 +87,46 @@ def test_a_transform_after_the_head_read_from_the_text_config_or_a_multiplier_is
         head = model.get_output_embeddings()
         fused = nn.functional.linear(outputs.hidden_states[-1], head.weight, head.bias)
     assert not torch.allclose(fused, outputs.logits, atol=1e-4)  # the transform is real
+    assert not plain_lm_head(model)
+
+
+def _modernbert_decoder():
+    from transformers import ModernBertDecoderConfig
+    return ModernBertDecoderConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=128, local_attention=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        sep_token_id=2, cls_token_id=1,
+    )
+
+
+def _roberta_decoder():
+    from transformers import RobertaConfig
+    return RobertaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=130, is_decoder=True)
+
+
+def _llama4_text():
+    from transformers import Llama4TextConfig
+    return Llama4TextConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=128, intermediate_size_mlp=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=2, num_experts_per_tok=1,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )
+
+
+@pytest.mark.parametrize("config", [_modernbert_decoder, _roberta_decoder, _llama4_text],
+                         ids=["modernbert_decoder", "roberta_decoder", "llama4_text"])
+def test_a_head_behind_a_prediction_head_or_without_a_decoder_of_its_own_is_not_fusable(config):
+    """ModernBERT's and RoBERTa's decoders put a prediction head (dense, activation, norm) between the decoder and
+    the linear head, and Llama 4's causal LM has no ``get_decoder`` but itself. Fusing them read other logits than
+    the model's (RoBERTa), called the linear head on the token ids (ModernBERT: its ``get_decoder`` is that head) or
+    found no last hidden state (Llama 4): the teacher's first step or the first evaluation failed. The logits the
+    evaluation and the live teacher read are now the model's own."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config()).eval()
+    ids = torch.randint(3, 320, (2, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        rows, columns = logit_rows(model, batch)
+        torch.testing.assert_close(rows(slice(None), columns), model(**batch).logits.flatten(0, 1))
     assert not plain_lm_head(model)

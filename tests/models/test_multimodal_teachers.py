@@ -107,7 +107,7 @@ def test_the_teacher_of_a_multimodal_checkpoint_is_its_language_model(family, te
         torch.testing.assert_close(teacher(input_ids=ids).logits, full(input_ids=ids).logits, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["gemma3", "gemma4"])
+@pytest.mark.parametrize("family", ["gemma3", "gemma4", "llama4"])  # Llama 4: no decoder of its own, logits whole
 def test_a_multimodal_teacher_distills_and_its_heldout_loss_is_the_multimodal_models(family, run_values, tmp_path):
     """End to end from the multimodal checkpoint: the student's KL to the teacher falls, the teacher's held-out
     loss is the full multimodal model's on the same sequences, and the student, built from the text config, is saved
