@@ -11,7 +11,7 @@
     layer_search: {component: hidden_states}   # instead of grid and runs (layer_search.py)
     metric: student.after_bits_per_byte   # a key of the flattened metrics.json; ranks the runs, plotted; one
                                        # no run can measure is refused before any run starts
-    metric_goal: min                   # or max; required with metric (min goes with the default metric)
+    metric_goal: min                   # or max; required with metric, and only with it
 
 ``distily sweep SWEEP.yaml --key value ...`` applies the flags to every run, over ``base`` and ``set``
 (``--output_dir`` moves the whole sweep); a flag may not name a key the sweep varies. A value of
@@ -186,6 +186,9 @@ def _metric(spec: dict, where: str) -> tuple[str, str]:
                                  "better) or max (higher is better)")
     if goal not in METRIC_GOALS:
         raise DistilyConfigError(f"{where}: metric_goal={goal!r} is not supported; expected one of min, max")
+    if "metric_goal" in spec and "metric" not in spec:
+        raise DistilyConfigError(f"{where}: metric_goal={goal!r} has no metric; expected the metric it ranks by "
+                                 f"(metric: KEY) beside it, or neither: {DEFAULT_METRIC}, lower is better")
     return metric, goal
 
 
