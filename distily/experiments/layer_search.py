@@ -1,8 +1,9 @@
 """Layer-selection search: which teacher layers to distill into which student layers.
 
 Each candidate layer map becomes one short run of the sweep (its base and ``set``, with the component's
-layer map replaced by the candidate's explicit pairs), and the sweep ranks the candidates by its metric,
-held-out loss by default. In a sweep file, instead of ``grid`` and ``runs``::
+layer map replaced by the candidate's explicit pairs), and the sweep ranks the candidates by its metric, by default
+held-out bits per byte (in the order of held-out loss: the candidates share a tokenizer). In a sweep file, instead
+of ``grid`` and ``runs``::
 
     layer_search:
       component: hidden_states      # or attentions, attention_relations: whose *_layer_map is searched
