@@ -161,6 +161,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
                 teacher.live_model, student, objective, training.per_device_train_batch_size, row_length,
                 training.bf16 or training.fp16, training.optim, training.device.type,
                 checkpointed_every_n_layers(training), parameter_shards(training),
+                accumulation_steps=training.gradient_accumulation_steps,
             )
             logger.info(check_memory(estimate, training.device))
         collate_fn = teacher.collate_fn()
