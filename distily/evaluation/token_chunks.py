@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from distily.data.framing import model_inputs
-from distily.models.architecture import plain_lm_head
+from distily.models.architecture import decoder_of, plain_lm_head
 from distily.objectives.chunked import LOSS_CHUNK_ELEMENTS, LogitRows
 from distily.objectives.component import loss_positions, next_token_targets
 
@@ -40,7 +40,7 @@ def logit_rows(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[LogitR
     if head is None:
         logits = model(**model_inputs(batch)).logits  # [batch, seq, vocab]
         return LogitRows(logits.flatten(0, 1), None, None), logits.shape[-1]
-    states = model.get_decoder()(**model_inputs(batch)).last_hidden_state  # [batch, seq, hidden], final norm applied
+    states = decoder_of(model)(**model_inputs(batch)).last_hidden_state  # [batch, seq, hidden], final norm applied
     return LogitRows(states.flatten(0, 1), head.weight, head.bias), head.weight.shape[0]
 
 

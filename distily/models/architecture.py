@@ -88,12 +88,20 @@ def plain_lm_head(model: PreTrainedModel) -> bool:
     )
 
 
+def decoder_of(model: PreTrainedModel) -> nn.Module:
+    """The decoder under a causal LM's head: ``get_decoder()``, or where that finds none and returns the model itself,
+    the ``model`` attribute causal LMs keep it in (Llama 4's causal LM, whose ``base_model_prefix`` names an
+    attribute it does not have)."""
+    decoder, inner = model.get_decoder(), getattr(model, "model", None)
+    return inner if decoder is model and isinstance(inner, nn.Module) else decoder
+
+
 def _head_reads_decoder(model: PreTrainedModel, head: nn.Module) -> bool:
-    """Whether ``model.get_decoder()`` (what the fused paths run) is a module of its own whose last hidden state
+    """Whether ``decoder_of(model)`` (what the fused paths run) is a module of its own whose last hidden state
     goes straight into ``head``: every weight of the model is the decoder's or the head's. Not so where a
     prediction head (dense, activation, norm) sits between them (ModernBERT's and RoBERTa's decoders), nor where
-    ``get_decoder`` finds no decoder and returns the model itself (Llama 4's causal LM)."""
-    decoder = model.get_decoder()
+    no decoder is found but the model itself."""
+    decoder = decoder_of(model)
     if decoder is model:
         return False
     inside = {id(parameter) for module in (decoder, head) for parameter in module.parameters()}

@@ -25,7 +25,7 @@ from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator
 from distily.metrics import Evaluation, FramingMetrics
-from distily.models.architecture import plain_lm_head, resolve_max_seq_length, token_id_limit
+from distily.models.architecture import decoder_of, plain_lm_head, resolve_max_seq_length, token_id_limit
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.objectives.component import loss_positions
 from distily.objectives.losses import teacher_confidence
@@ -149,7 +149,7 @@ class LiveTeacher(TeacherSource):
         is compiled as the student is (the accelerator's dynamo settings)."""
         self.fuse_lm_head = not teacher_is_sharded(accelerator) and plain_lm_head(self.model)
         self.placed = place_teacher(self.model, accelerator)
-        self.forward = self.placed.get_decoder() if self.fuse_lm_head else self.placed
+        self.forward = decoder_of(self.placed) if self.fuse_lm_head else self.placed
         dynamo = accelerator.state.dynamo_plugin
         if dynamo.backend != DynamoBackend.NO:
             self.forward = torch.compile(self.forward, **dynamo.to_kwargs())

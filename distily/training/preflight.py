@@ -44,7 +44,7 @@ from transformers import PreTrainedModel, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from distily.errors import DistilyConfigError
-from distily.models.architecture import named_decoder_layers, plain_lm_head
+from distily.models.architecture import decoder_of, named_decoder_layers, plain_lm_head
 from distily.objectives.component import StepShape
 from distily.objectives.model_shape import ModelShape
 from distily.objectives.objective import DistillationObjective
@@ -209,7 +209,7 @@ def student_activations(student: PreTrainedModel, step: StepShape, checkpoint_ev
     final = 3 * step.tokens * width * 4  # embeddings and the final norm
     logits = 0 if step.fused_student_head else step.tokens * step.student_vocab * step.compute_bytes
     # autocast keeps a half-precision copy of every weight a matmul reads, for the step
-    copies = 2 * _bytes(student.get_decoder().parameters()) // 4 if half else 0
+    copies = 2 * _bytes(decoder_of(student).parameters()) // 4 if half else 0
     if half and not head_in_loss:  # the student applies its head: to every token, or to the last (fused)
         copies += 2 * _bytes(student.get_output_embeddings().parameters()) // 4
     return blocks + final + logits + copies

@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM
 
 from tiny import tiny_config
 from distily.evaluation.token_chunks import logit_rows
-from distily.models.architecture import plain_lm_head
+from distily.models.architecture import decoder_of, plain_lm_head
 from distily.models.bitnet import BitLinear
 
 
@@ -114,14 +114,16 @@ def _llama4_text():
     )
 
 
-@pytest.mark.parametrize("config", [_modernbert_decoder, _roberta_decoder, _llama4_text],
+@pytest.mark.parametrize("config, fused",
+                         [(_modernbert_decoder, False), (_roberta_decoder, False), (_llama4_text, True)],
                          ids=["modernbert_decoder", "roberta_decoder", "llama4_text"])
-def test_a_head_behind_a_prediction_head_or_without_a_decoder_of_its_own_is_not_fusable(config):
+def test_a_head_behind_a_prediction_head_is_not_fused_and_llama4s_is_through_its_inner_decoder(config, fused):
     """ModernBERT's and RoBERTa's decoders put a prediction head (dense, activation, norm) between the decoder and
     the linear head, and Llama 4's causal LM has no ``get_decoder`` but itself. Fusing them read other logits than
     the model's (RoBERTa), called the linear head on the token ids (ModernBERT: its ``get_decoder`` is that head) or
     found no last hidden state (Llama 4): the teacher's first step or the first evaluation failed. The logits the
-    evaluation and the live teacher read are now the model's own."""
+    evaluation and the live teacher read are now the model's own; Llama 4's head is fused over its inner decoder
+    (``model.model``), so its 202k-token vocabulary is never held whole."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config()).eval()
     ids = torch.randint(3, 320, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -129,4 +131,5 @@ def test_a_head_behind_a_prediction_head_or_without_a_decoder_of_its_own_is_not_
     with torch.no_grad():
         rows, columns = logit_rows(model, batch)
         torch.testing.assert_close(rows(slice(None), columns), model(**batch).logits.flatten(0, 1))
-    assert not plain_lm_head(model)
+    assert plain_lm_head(model) == fused
+    assert (decoder_of(model) is getattr(model, "model", None)) == fused
