@@ -668,8 +668,10 @@ def test_a_teacher_store_that_is_a_file_is_refused_before_the_teacher_loads(belo
         (["--format", "packed"], "expected a BitNet student"),
         ([], "the following arguments are required: --format"),
         (["--format", "gguf", "--gguf_type", "TQ3_0"], "GGUF ternary type 'TQ3_0' is not supported"),
+        (["--format", "packed", "--gguf_type", "TQ1_0"], "--gguf_type TQ1_0 is a GGUF setting but --format is "
+                                                          "'packed'; expected --format gguf, or no --gguf_type"),
     ],
-    ids=["unknown_format", "dense_student", "no_format", "unknown_gguf_type"],
+    ids=["unknown_format", "dense_student", "no_format", "unknown_gguf_type", "gguf_type_for_packed"],
 )
 def test_bad_export(args, expected, teacher_dirs, capsys):
     before = snapshot(Path(teacher_dirs["llama"]))

@@ -95,14 +95,19 @@ def main(args: list[str], command_line: str) -> int:
     parser.add_argument("run_dir", help="a run's output_dir (or any saved BitNet student)")
     parser.add_argument("--format", required=True, help=f"one of {', '.join(EXPORT_FORMATS)}")
     parser.add_argument("--output", default=None, help="where to write (default: inside RUN_DIR)")
-    parser.add_argument("--gguf_type", default="TQ2_0", help="GGUF ternary type: TQ2_0 or TQ1_0")
+    parser.add_argument("--gguf_type", default=None, help="GGUF ternary type: TQ2_0 (default) or TQ1_0 (--format gguf)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output, if it is a previous export of this format (never the run "
                              "directory, the current directory or a directory containing them)")
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="allow the run's tokenizer to run its custom code (from its tokenizer_config.json)")
     options = parser.parse_args(args)
-    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type,
+    if options.gguf_type is not None and options.format != "gguf":
+        raise DistilyConfigError(
+            f"--gguf_type {options.gguf_type} is a GGUF setting but --format is {options.format!r}; expected "
+            "--format gguf, or no --gguf_type"
+        )
+    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type or "TQ2_0",
                       overwrite=options.overwrite, trust_remote_code=options.trust_remote_code)
     print(read_export_report(path).line(path))  # says which checks did not run, if any
     return 0
