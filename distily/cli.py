@@ -21,7 +21,7 @@ commands:
                                           perplexity sets, agreement, lm-eval tasks (see `distily eval --help`)
   export RUN_DIR --format packed|gguf [--output PATH] [--gguf_type TQ2_0|TQ1_0] [--overwrite]
                                           export a BitNet student (2-bit packed checkpoint or GGUF) and verify it
-  demo [--output_dir DIR]                 offline demo: distill the bundled teacher on Python's own docs
+  demo [--output_dir DIR] [--max_steps N] offline demo: distill the bundled teacher on Python's own docs
 
 record and generate read the same config file as distill, each using its own keys (see `distily record --help`,
 `distily generate --help` and docs/recording.md).
