@@ -96,6 +96,21 @@ def decoder_of(model: PreTrainedModel) -> nn.Module:
     return inner if decoder is model and isinstance(inner, nn.Module) else decoder
 
 
+def attending_layers(model: PreTrainedModel) -> list[int]:
+    """The decoder layers (0-based) whose attention probabilities a forward with ``output_attentions`` returns, in
+    the order it returns them: those holding a module of the class transformers records them from (the decoder's
+    ``_can_record_outputs``), so not a hybrid model's Mamba, recurrent, convolutional or linear-attention layers;
+    every layer where the decoder names no such class."""
+    recorded = (getattr(decoder_of(model), "_can_record_outputs", None) or {}).get("attentions")
+    layers = decoder_layers(model)
+    if recorded is None:
+        return list(range(len(layers)))
+    target, name = getattr(recorded, "target_class", recorded), getattr(recorded, "layer_name", None)
+    return [index for index, layer in enumerate(layers)
+            if any(isinstance(module, target) and (name is None or name in path)
+                   for path, module in layer.named_modules(prefix="layer"))]
+
+
 def _head_reads_decoder(model: PreTrainedModel, head: nn.Module) -> bool:
     """Whether ``decoder_of(model)`` (what the fused paths run) is a module of its own whose last hidden state
     goes straight into ``head``: every weight of the model is the decoder's or the head's. Not so where a

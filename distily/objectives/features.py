@@ -18,6 +18,7 @@ from distily.arguments import registered
 from distily.data.alignment import ALIGNED
 from distily.data.framing import POSITION_IDS
 from distily.errors import DistilyConfigError
+from distily.models.architecture import attending_layers
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.component import Component, StepShape, loss_positions
 from distily.objectives.layer_maps import LayerPairs, resolve_layer_map
@@ -119,6 +120,25 @@ class AttentionsComponent(LayerPairsComponent):
         super().__init__()
         self.layer_pairs, self.heads_mode = list(layer_pairs), heads
         self.matched_heads = min(student_heads, teacher_heads) if heads == "group" else 1
+        # index i's entry in each model's ``attentions``: i - 1 until attach() finds which blocks attend
+        self.positions = {role: {pair[side]: pair[side] - 1 for pair in self.layer_pairs}
+                          for side, role in enumerate(("student", "teacher"))}
+
+    def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
+        """Where only some blocks attend (a hybrid model: ``attentions`` holds one entry per attending block), index
+        i is block i's entry; a pair naming a block that returns no attention probabilities is refused."""
+        for role, model in (("student", student), ("teacher", teacher)):
+            if model is None:
+                continue
+            attending = [layer + 1 for layer in attending_layers(model)]
+            for index in self.positions[role]:
+                if index not in attending:
+                    raise DistilyConfigError(
+                        f"attentions_layer_map pairs {role} block {index} ({type(model).__name__}), which returns no "
+                        f"attention probabilities: only its blocks {attending} attend; expected pairs of attending "
+                        "blocks (attentions_layer_map: pairs or indices)"
+                    )
+                self.positions[role][index] = attending.index(index)
 
     def forward(self, student_outputs, teacher_outputs, batch):
         mask = loss_positions(batch)  # [batch, seq]: the query rows that count
@@ -130,8 +150,10 @@ class AttentionsComponent(LayerPairsComponent):
                 )
         total = torch.zeros((), device=mask.device)
         for student_index, teacher_index in self.layer_pairs:
-            student_probs = _merge_heads(student_outputs.attentions[student_index - 1], self.matched_heads)
-            teacher_probs = _merge_heads(teacher_outputs.attentions[teacher_index - 1], self.matched_heads)
+            student_attention = student_outputs.attentions[self.positions["student"][student_index]]
+            teacher_attention = teacher_outputs.attentions[self.positions["teacher"][teacher_index]]
+            student_probs = _merge_heads(student_attention, self.matched_heads)  # [batch, heads, seq, seq]
+            teacher_probs = _merge_heads(teacher_attention, self.matched_heads)
             student_rows = student_probs.transpose(1, 2)[mask]  # [tokens, heads, keys]
             teacher_rows = teacher_probs.transpose(1, 2)[mask]  # [tokens, heads, keys]
             total = total + _row_kl(teacher_rows, student_rows).mean(-1).sum()

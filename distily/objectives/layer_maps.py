@@ -8,7 +8,8 @@ Indices follow Hugging Face's ``output_hidden_states``, which has ``depth + 1`` 
 embedding output and index i (1..depth) the output of decoder block i; in most models (Llama, GPT-2,
 Phi-3, Qwen2) the last entry has the final norm applied. One index space serves every component:
 for attention probabilities and attention relations, index i means the attention of block i
-(``attentions[i - 1]``), and index 0, which has no attention, is refused. The named maps pair block
+(``attentions[i - 1]``, or block i's entry where only some blocks attend: ``AttentionsComponent.attach``), and
+index 0, which has no attention, is refused. The named maps pair block
 outputs (1..depth) only; the embeddings (index 0) can be named in ``pairs`` and ``indices``.
 
 "Same relative depth" below is ``teacher_index = round(i * teacher_depth / student_depth)``, halves

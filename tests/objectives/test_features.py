@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Phi3Config, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM, BambaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, Lfm2Config, Phi3Config, Qwen2Config,
+)
 
 from distily.data.framing import model_inputs
 from distily.data.text import collate
@@ -190,6 +192,43 @@ def test_attentions_from_eager_models_train_the_student():
     loss = component(student_outputs, teacher_outputs, batch_of(tokens()))
     loss.backward()
     assert loss.item() > 0 and student.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+
+HYBRID_CONFIGS = {  # blocks 1 and 3 Mamba or convolutional, blocks 2 and 4 attention
+    "bamba": lambda: BambaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                 num_key_value_heads=2, num_hidden_layers=4, attn_layer_indices=[1, 3],
+                                 mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_chunk_size=8),
+    "lfm2": lambda: Lfm2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                               num_key_value_heads=2, num_hidden_layers=4, layer_types=["conv", "full_attention"] * 2),
+}
+
+
+@pytest.mark.parametrize("architecture", HYBRID_CONFIGS)
+def test_attention_pairs_of_hybrid_models_read_the_blocks_they_name(architecture):
+    """A hybrid model returns attention probabilities for its attending blocks alone (2 here, of 4 blocks): index i
+    read ``attentions[i - 1]``, so pair (2, 4) read the teacher's map at position 3 (an IndexError: it has 2) and
+    (1, 1), a Mamba block, read block 2's map. After attach, index i reads block i's map, by the float64 loops, and a
+    pair naming a block that does not attend is refused in one line."""
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(AutoModelForCausalLM.from_config(HYBRID_CONFIGS[architecture](),
+                                                       attn_implementation="eager").eval())
+    student, teacher = models
+    with torch.no_grad():
+        student_out, teacher_out = (model(tokens(), attention_mask=MASK, output_attentions=True, use_cache=False)
+                                    for model in models)
+    assert len(student_out.attentions) == len(teacher_out.attentions) == 2
+    component = AttentionsComponent([(2, 4), (4, 2)], 4, 4)
+    component.attach(student, teacher)
+    expected = sum(reference_attention_kl(student_out.attentions[s].double(), teacher_out.attentions[t].double())
+                   for s, t in ((0, 1), (1, 0)))
+    assert math.isclose(component(student_out, teacher_out, batch_of(tokens())).item(), expected / 2, rel_tol=1e-4)
+    name = type(teacher).__name__
+    with pytest.raises(DistilyConfigError, match=rf"^attentions_layer_map pairs teacher block 3 \({name}\), which "
+                                                 r"returns no attention probabilities: only its blocks \[2, 4\] attend"):
+        AttentionsComponent([(2, 3)], 4, 4).attach(student, teacher)
 
 
 # q/k/v capture and attention relations
