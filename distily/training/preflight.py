@@ -50,6 +50,11 @@ from distily.objectives.model_shape import ModelShape
 from distily.objectives.objective import DistillationObjective
 
 GIB = 2**30
+
+
+def _size(count: int, unit: str) -> str:
+    """``count`` bytes in ``unit`` (GiB or MiB), two decimals."""
+    return f"{count / (GIB if unit == 'GiB' else 2**20):.2f}"
 MARGIN = 0.3
 """The estimate's accuracy: a run is refused only when (1 - MARGIN) x the estimate exceeds the free memory."""
 
@@ -77,10 +82,15 @@ class MemoryEstimate:
         backward = self.gradients + self.recomputed_block
         return self.teacher_weights + self.student_weights + self.optimizer_states + max(forward_end, backward)
 
+    @property
+    def unit(self) -> str:
+        """The unit its figures are printed in: MiB below a GiB, where GiB would read 0.00."""
+        return "GiB" if self.total >= GIB else "MiB"
+
     def describe(self) -> str:
-        parts = ", ".join(f"{f.name.replace('_', ' ')} {getattr(self, f.name) / GIB:.2f}"
+        parts = ", ".join(f"{f.name.replace('_', ' ')} {_size(getattr(self, f.name), self.unit)}"
                           for f in fields(self) if f.name != "loaded")
-        return f"estimated peak memory {self.total / GIB:.2f} GiB ({parts} GiB)"
+        return f"estimated peak memory {_size(self.total, self.unit)} {self.unit} ({parts} {self.unit})"
 
 
 def _bytes(parameters) -> int:
@@ -301,8 +311,8 @@ def check_memory(estimate: MemoryEstimate, device: torch.device) -> str:
     """The estimate as a line to print; a one-line error when even its low end, (1 - MARGIN) x the estimate,
     exceeds what ``device`` has free besides the weights already loaded on it."""
     free = available_memory(device) + estimate.loaded
-    line = (f"{estimate.describe()}; {free / GIB:.2f} GiB free on {device} (with the {estimate.loaded / GIB:.2f} "
-            "GiB of weights already there)")
+    line = (f"{estimate.describe()}; {_size(free, 'GiB')} GiB free on {device} (with the "
+            f"{_size(estimate.loaded, estimate.unit)} {estimate.unit} of weights already there)")
     if estimate.total * (1 - MARGIN) > free:
         raise DistilyConfigError(
             f"{line}: the run cannot fit; expected a smaller per_device_train_batch_size or max_seq_length, a "

@@ -471,3 +471,15 @@ def test_a_teacher_s_hidden_states_are_counted_in_its_weights_dtype_under_autoca
         outputs = teacher.get_decoder()(input_ids=batch["input_ids"], output_hidden_states=True)
     # the last one, the final hidden state, is counted either way
     assert hidden_states_share == sum(h.numel() * h.element_size() for h in outputs.hidden_states[:-1])
+
+
+def test_the_estimate_prints_mib_below_a_gib_and_gib_above():
+    """A small run's figures read in MiB (in GiB they were all 0.00); from a GiB on, in GiB."""
+    mib = 2**20
+    small = preflight.MemoryEstimate(3 * mib, 5 * mib, 10 * mib, 5 * mib, 7 * mib, 2 * mib, mib, 0, 0, 3 * mib)
+    assert small.describe() == (
+        "estimated peak memory 28.00 MiB (teacher weights 3.00, student weights 5.00, optimizer states 10.00, "
+        "gradients 5.00, student activations 7.00, teacher activations 2.00, objective 1.00, recomputed block 0.00, "
+        "accumulated gradients 0.00 MiB)")
+    large = preflight.MemoryEstimate(2**30, 2**29, 2**30, 2**29, 2**29, 2**28, 0, 0, 0, 0)
+    assert large.describe().startswith("estimated peak memory 3.25 GiB (teacher weights 1.00, student weights 0.50")
