@@ -248,7 +248,10 @@ def _split(dataset_dict: datasets.DatasetDict, split: str, args: DataArguments) 
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A stable hash of what the tokenizer does: its class, vocabulary and special tokens."""
+    """A stable hash of what the tokenizer does: its class, vocabulary, special tokens, its backend's pipeline and
+    whether it reads special tokens' text as plain text (``split_special_tokens``, a setting of its
+    ``tokenizer_config.json`` kept out of the backend's; in the hash only when set, so other hashes stay as they
+    were)."""
     content = {
         "class": type(tokenizer).__name__,
         "vocab": sorted(tokenizer.get_vocab().items()),
@@ -257,6 +260,8 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         content["backend"] = backend.to_str()
+    if getattr(tokenizer, "split_special_tokens", False):
+        content["split_special_tokens"] = True
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -1,8 +1,10 @@
+import json
 import random
 import statistics
 
 import datasets
 import pytest
+from transformers import AutoTokenizer
 
 import distily.data.text as text_module
 from distily.data.arguments import DataArguments
@@ -262,3 +264,20 @@ def test_an_eval_sets_kept_blocks_are_a_fixed_sample_of_every_document_length(tm
     overall = statistics.mean(document_lengths(every))
     assert statistics.mean(document_lengths(first)) > 1.15 * overall  # what cutting kept
     assert statistics.mean(document_lengths(kept)) == pytest.approx(overall, rel=0.05)
+
+
+def test_a_tokenizer_config_that_splits_special_tokens_is_another_cache_entry(tmp_path, tokenizer):
+    """``split_special_tokens`` in a tokenizer's tokenizer_config.json changes its ids, not its backend's files: the
+    cache written with the tokenizer before the edit was served for it (the ids of ``<eos>`` as one token)."""
+    documents = [f"{text} <eos> the end" for text in make_documents(40)]
+    path = write_jsonl(tmp_path / "d.jsonl", documents)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    build_datasets(args(path, tmp_path, packing="padded"), AutoTokenizer.from_pretrained(tmp_path / "tokenizer"), 256,
+                   seed=0)
+    settings = json.loads((tmp_path / "tokenizer" / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**settings, "split_special_tokens": True}))
+    edited = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    data = build_datasets(args(path, tmp_path, packing="padded"), edited, 256, seed=0)
+    expected = {tuple(ids) for ids in edited(documents)["input_ids"]}
+    assert set(flat(data.train)) | set(flat(data.eval)) == expected
+    assert tokenizer.eos_token_id not in {token for row in expected for token in row}
