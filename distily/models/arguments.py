@@ -19,7 +19,10 @@ class TeacherArguments:
         default=None, metadata={"help": "Teacher: a Hugging Face Hub id or a local checkpoint directory (required)."}
     )
     teacher_torch_dtype: str = field(
-        default="auto", metadata={"help": f"Teacher weights dtype, one of {', '.join(TORCH_DTYPES)}."}
+        default="auto",
+        metadata={"help": f"Teacher weights dtype, one of {', '.join(TORCH_DTYPES)} (auto: the checkpoint's). A "
+                  "student initialised from the teacher copies its weights in this dtype: bfloat16 or float16 from a "
+                  "float32 checkpoint gives it rounded copies."},
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow custom modelling code from the Hub for the models loaded."}
