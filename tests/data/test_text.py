@@ -274,8 +274,8 @@ def test_a_tokenizer_config_that_splits_special_tokens_is_another_cache_entry(tm
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     build_datasets(args(path, tmp_path, packing="padded"), AutoTokenizer.from_pretrained(tmp_path / "tokenizer"), 256,
                    seed=0)
-    settings = json.loads((tmp_path / "tokenizer" / "tokenizer_config.json").read_text())
-    (tmp_path / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**settings, "split_special_tokens": True}))
+    config = tmp_path / "tokenizer" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "split_special_tokens": True}))
     edited = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
     data = build_datasets(args(path, tmp_path, packing="padded"), edited, 256, seed=0)
     expected = {tuple(ids) for ids in edited(documents)["input_ids"]}
