@@ -7,7 +7,8 @@ the versions in ``WRITTEN_FOR`` (a warning names any other) and each pinned by a
   ``.checkpoint-staging/checkpoint-N`` and renamed into place once complete (``_get_output_dir`` and
   ``_save_checkpoint``: no public hook runs before the Trainer picks the directory). The best checkpoint the
   Trainer records (``load_best_model_at_end``) is then the staged path: every process, and the checkpoint's
-  ``trainer_state.json``, are given the final one.
+  ``trainer_state.json``, are given the final one. The Trainer pushes a checkpoint (``hub_strategy`` other than
+  ``end``) from inside its save, with the checkpoint still staged: ``push_checkpoint`` pushes it once in place.
 - ``undo_evaluation_preparation``: an ``evaluate()`` before training prepares the model for evaluation only
   (no DDP wrapper) and marks it prepared; accelerate then refuses to prepare it for training, so each process
   would step on its own gradients.
@@ -27,11 +28,13 @@ from contextlib import contextmanager
 from importlib.metadata import version
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch import nn
 from transformers import Trainer
 from transformers.integrations import deepspeed as hf_deepspeed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, rotate_checkpoints
+from transformers.utils.hub import PushInProgress, hf_api
 
 from distily.training.guards import check_finite_weights
 
@@ -75,16 +78,47 @@ class StagedCheckpoints(Trainer):
         best_is_this_one = self.state.best_model_checkpoint == staged
         if best_is_this_one:  # on every process: each loads the best model from it at the end of training
             self.state.best_model_checkpoint = final
-        if not self.args.should_save:
+        if self.args.should_save:
+            if best_is_this_one:  # the state the Trainer wrote names the staged path, which a resume would not find
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            if not os.listdir(staging):  # else it holds a half-written checkpoint of an interrupted save
+                os.rmdir(staging)
+            rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        if self.args.push_to_hub:
+            self.push_checkpoint(final)
+
+    def _push_from_checkpoint(self, checkpoint_folder):
+        """Nothing: the Trainer calls this from inside its save, with the checkpoint still staged."""
+
+    def push_checkpoint(self, checkpoint: str) -> None:
+        """Under ``hub_strategy`` every_save, checkpoint or all_checkpoints: the model saved into output_dir and
+        pushed (``push_to_hub``, which leaves out ``checkpoint-*``), and ``checkpoint`` pushed as the strategy says
+        (``last-checkpoint``, or under its own name). The Trainer's own push uploaded output_dir with the staged
+        checkpoint in it (optimizer state included), and copied the checkpoint's weights into output_dir as the
+        model: a subclass's model may be more than what it saves as the model (Distily's checkpoints hold the
+        student under ``student.`` beside the objective's modules, and no config). Like the Trainer, it skips a
+        save while the previous push is still uploading, unless ``hub_always_push``; every process calls this."""
+        pushing = getattr(self, "push_in_progress", None)  # set on the main process only
+        busy = pushing is not None and not pushing.is_done()
+        skip = [self.args.hub_strategy == HubStrategy.END or (busy and not self.args.hub_always_push)]
+        if broadcast_object_list(skip)[0]:  # the main process's answer: every process saves the model, or none
             return
-        if best_is_this_one:  # the state the Trainer wrote names the staged path, which a resume would not find
-            self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(staged, final)
-        if not os.listdir(staging):  # else it holds a half-written checkpoint of an interrupted save
-            os.rmdir(staging)
-        rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint, use_mtime=True)
+        step = f"Training in progress, step {self.state.global_step}"
+        jobs = [self.push_to_hub(commit_message=step, blocking=False)]  # every process: the model is saved first
+        if not self.is_world_process_zero():
+            return
+        if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
+            last = self.args.hub_strategy == HubStrategy.CHECKPOINT
+            jobs.append(hf_api().upload_folder(
+                repo_id=self.hub_model_id, folder_path=checkpoint,
+                path_in_repo="last-checkpoint" if last else os.path.basename(checkpoint),
+                commit_message=f"{step}, checkpoint", token=self.args.hub_token, run_as_future=True,
+                revision=self.args.hub_revision,
+            ))
+        self.push_in_progress = PushInProgress(jobs)
 
 
 def undo_evaluation_preparation(accelerator: Accelerator, model: nn.Module) -> None:

@@ -4,36 +4,26 @@ and the model card that push_to_hub uploads (the Hub itself replaced by a record
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 from PIL import Image
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
 
 from distily.cli import main
 from distily.config import parse_config
 from distily.data import chat
 from distily.training.distill import run_distillation
+from hub_recorder import RecordingHub
 from tiny import make_documents, save_tiny_model, write_jsonl
-
-
-class RecordingHub:
-    """What ``transformers.trainer.hf_api()`` is asked to do, with what ``README.md`` held at each upload."""
-
-    def __init__(self):
-        self.uploads = []
-
-    def create_repo(self, repo_id, **kwargs):
-        return SimpleNamespace(repo_id=repo_id)
-
-    def upload_folder(self, repo_id, folder_path, **kwargs):
-        self.uploads.append({"repo_id": repo_id, "readme": (Path(folder_path) / "README.md").read_text()})
 
 
 def test_a_run_reports_eval_sets_during_and_after_training_and_pushes_its_card(
     teacher_dirs, run_values, tmp_path, monkeypatch
 ):
-    hub = RecordingHub()
+    hub = RecordingHub(tmp_path / "hub")
     monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     recent = write_jsonl(tmp_path / "recent.jsonl", make_documents(30, seed=5))
@@ -90,7 +80,31 @@ def test_a_run_reports_eval_sets_during_and_after_training_and_pushes_its_card(
     card_bpb = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
     assert card_bpb[("recent", "bits_per_byte")] == pytest.approx(student["after_recent_bits_per_byte"])
     assert [upload["repo_id"] for upload in hub.uploads] == ["someone/tiny-student"]
-    assert hub.uploads[0]["readme"] == (out / "README.md").read_text()  # the card is what was pushed
+    assert (hub.uploads[0]["folder"] / "README.md").read_text() == (out / "README.md").read_text()  # as pushed
+
+
+def test_a_checkpoint_pushes_the_student_as_the_repositorys_model(teacher_dirs, run_values, tmp_path, monkeypatch):
+    """hub_strategy checkpoint (every_save, the Trainer's default, alike): at each save the Trainer copied the
+    checkpoint's weights into output_dir and pushed them as the model: the DistillationModel's, every key under
+    ``student.``, without the student's config, with the staged checkpoint (optimizer state and all) beside them."""
+    hub = RecordingHub(tmp_path / "hub")
+    for module in ("transformers.trainer", "distily.training.trainer_internals"):
+        monkeypatch.setattr(f"{module}.hf_api", lambda: hub)
+    values = run_values(teacher_dirs["gpt2"], student_config_overrides={"n_layer": 2}, save_strategy="steps",
+                        save_steps=2, push_to_hub=True, hub_model_id="someone/tiny-student", hub_strategy="checkpoint")
+    run_distillation(parse_config(**values))
+    out = Path(values["output_dir"])
+    assert [upload["message"] for upload in hub.uploads] == [
+        "Training in progress, step 2", "Training in progress, step 2, checkpoint",
+        "Training in progress, step 4", "Training in progress, step 4, checkpoint", "End of training"]
+    assert not [path for upload in hub.uploads for path in upload["paths"] if path.startswith((".", "_"))]
+    at_step_2 = AutoModelForCausalLM.from_pretrained(hub.uploads[0]["folder"]).state_dict()
+    with safe_open(out / "checkpoint-2" / "model.safetensors", "pt") as checkpoint:  # the tied LM head left out
+        assert all(key.startswith("student.") for key in checkpoint.keys())
+        for key in checkpoint.keys():
+            assert torch.equal(at_step_2[key.removeprefix("student.")], checkpoint.get_tensor(key)), key
+    assert (hub.repo / "last-checkpoint" / "optimizer.pt").is_file()
+    assert (hub.repo / "README.md").read_text() == (out / "README.md").read_text()
 
 
 def test_distily_eval_compares_a_model_with_its_teacher(teacher_dirs, tokenizer, tmp_path, capsys):

@@ -18,6 +18,7 @@ from distily.training.trainer_internals import (
     check_library_versions,
     undo_evaluation_preparation,
 )
+from hub_recorder import RecordingHub
 from tiny import tiny_config
 
 
@@ -105,3 +106,32 @@ def test_the_best_checkpoint_is_recorded_where_it_was_renamed_to(tmp_path, monke
     assert trainer.state.best_model_checkpoint == final
     if saves:
         assert TrainerState.load_from_json(f"{final}/trainer_state.json").best_model_checkpoint == final
+
+
+@pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "all_checkpoints"])
+def test_a_checkpoint_is_pushed_once_in_place_without_the_staging_folder(tmp_path, monkeypatch, strategy):
+    """The Trainer pushes from inside its save, the checkpoint still staged: output_dir went up with
+    ``.checkpoint-staging/checkpoint-N`` in it (optimizer state included), and the checkpoint as last-checkpoint from
+    the staged folder, renamed away while the upload runs. Now: the model at the top, the checkpoint as the strategy
+    says, from where it stays."""
+    hub = RecordingHub(tmp_path / "hub")
+    monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
+    monkeypatch.setattr(trainer_internals, "hf_api", lambda: hub)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama", layers=1))
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True, save_strategy="steps",
+                             push_to_hub=True, hub_model_id="someone/tiny", hub_strategy=strategy)
+    trainer = StagedCheckpoints(model=model, args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=2)
+    for step in (1, 2):
+        trainer.state.global_step = step
+        trainer._save_checkpoint(trainer.model, trial=None)
+    pushed = [path for upload in hub.uploads for path in upload["paths"]]
+    assert not [path for path in pushed if CHECKPOINT_STAGING_DIR in path]
+    checkpoints = {"every_save": set(), "checkpoint": {"last-checkpoint"},
+                   "all_checkpoints": {"checkpoint-1", "checkpoint-2"}}[strategy]
+    assert {path.split("/")[0] for path in pushed if "/" in path} == checkpoints
+    assert [upload["message"] for upload in hub.uploads if "config.json" in upload["paths"]] == [
+        "Training in progress, step 1", "Training in progress, step 2"]
+    for checkpoint in checkpoints:
+        assert {"optimizer.pt", "trainer_state.json"} <= {path.name for path in (hub.repo / checkpoint).iterdir()}
+    assert AutoModelForCausalLM.from_pretrained(hub.repo).state_dict().keys() == model.state_dict().keys()
