@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import datasets
 import pyarrow.compute
+import pyarrow.parquet
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -150,11 +151,41 @@ def _local_files(path: Path, split: str) -> tuple[str, list[str]]:
         raise DistilyConfigError(
             f"dataset_name={str(path)!r} mixes file kinds ({', '.join(groups)}); expected one kind of file"
         )
-    empty = next((name for files in groups.values() for name in files if os.path.getsize(name) == 0), None)
-    if empty is not None:
-        raise DistilyConfigError(f"data file {empty!r} is empty (0 bytes); expected documents in it")
     ((builder, names),) = groups.items()
+    for name in names:
+        problem = _without_rows(builder, name)
+        if problem is not None:
+            raise DistilyConfigError(f"data file {name!r} {problem}")
     return builder, names
+
+
+def _holds_no_json(name: str) -> bool:
+    """Whether a JSON or JSON-lines file holds nothing but whitespace, or an empty JSON array (read up to its third
+    character that is not whitespace)."""
+    seen = ""
+    with open(name, encoding="utf-8", errors="replace") as text:
+        for chunk in iter(lambda: text.read(4096), ""):
+            seen += "".join(chunk.split())
+            if len(seen) > 2:
+                return False
+    return seen in ("", "[]")
+
+
+def _without_rows(builder: str, name: str) -> Optional[str]:
+    """Why the data file ``name``, read by ``builder``, gives no document (None: it may): it is empty, a JSON file of
+    nothing but whitespace or ``[]``, or a parquet file that is not one or has no rows (``datasets`` fails on each
+    with its own error naming no file, or on an empty file only when it is read first)."""
+    if os.path.getsize(name) == 0:
+        return "is empty (0 bytes); expected documents in it"
+    if builder == "json" and _holds_no_json(name):
+        return "holds no rows (only whitespace or []); expected documents in it"
+    if builder != "parquet":
+        return None
+    try:
+        rows = pyarrow.parquet.read_metadata(name).num_rows
+    except (pyarrow.ArrowException, OSError) as err:
+        return f"is not a parquet file ({str(err).splitlines()[0]}); expected a parquet file of documents"
+    return "holds no rows; expected documents in it" if rows == 0 else None
 
 
 def _first_bad_json_line(files: list[str]) -> Optional[str]:
@@ -392,6 +423,12 @@ def documents_with_content(documents: datasets.Dataset, args: DataArguments) -> 
         raise DistilyConfigError(
             f"dataset_text_column={args.dataset_text_column!r} is not a column of {args.dataset_name!r}; expected one "
             f"of {', '.join(documents.column_names)} (or an input_ids column)"
+        )
+    feature = documents.features[args.dataset_text_column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise DistilyConfigError(
+            f"dataset_text_column={args.dataset_text_column!r} of {args.dataset_name!r} is not text (datasets reads it "
+            f"as {feature}); expected a string in every row"
         )
     return documents.select_columns([args.dataset_text_column]).filter(
         lambda text: bool(text and text.strip()), input_columns=args.dataset_text_column, desc="Dropping empty rows"

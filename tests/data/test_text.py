@@ -132,6 +132,34 @@ def test_bad_datasets_are_clear_errors(tmp_path, tokenizer, setup, message):
         build_datasets(args(setup(tmp_path), tmp_path, dataset_text_column=column), tokenizer, 32, seed=0)
 
 
+def write_parquet(path, texts):
+    datasets.Dataset.from_dict({"text": texts}, features=datasets.Features({"text": datasets.Value("string")})
+                               ).to_parquet(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: (p / "d.jsonl").write_text('{"text": 5}\n{"text": 7}\n'), r"is not text \(datasets reads it as"),
+        (lambda p: (p / "d.jsonl").write_text('{"text": "a"}\n{"text": ["b"]}\n'), "is not text"),
+        (lambda p: (p / "d.jsonl").write_text("\n  \n"), r"d.jsonl' holds no rows \(only whitespace or \[\]\)"),
+        (lambda p: (p / "d.json").write_text("[ ]"), "d.json' holds no rows"),
+        (lambda p: ((p / "d").mkdir(), (p / "d" / "a.jsonl").write_text("\n"),
+                    write_jsonl(p / "d" / "b.jsonl", make_documents(9))), "a.jsonl' holds no rows"),
+        (lambda p: (p / "d.parquet").write_text("not parquet"), "d.parquet' is not a parquet file"),
+        (lambda p: write_parquet(p / "d.parquet", []), "d.parquet' holds no rows"),
+    ],
+)
+def test_unreadable_local_files_are_one_line_errors_naming_the_file(tmp_path, setup, message):
+    """Each of these raised the library's own error (AttributeError, "Instruction 'train' corresponds to no data",
+    CastError, ArrowInvalid) with a traceback."""
+    setup(tmp_path)
+    (path,) = [name for name in tmp_path.iterdir() if name.name != "cache"]
+    with pytest.raises(DistilyConfigError, match=message):
+        build_datasets(args(path, tmp_path), make_tokenizer(), 32, seed=0)
+
+
 def document_lengths(rows) -> list[int]:
     """The lengths of the documents in blocks with document masks (positions restart at each one)."""
     lengths = []
