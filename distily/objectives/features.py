@@ -41,6 +41,10 @@ def paired_positions(batch: dict[str, torch.Tensor]) -> tuple:
     return student, (student.nonzero()[:, 0], aligned[student])
 
 
+# the config key naming the residual stream a model with several computes on (Gemma 3n's AltUp)
+ACTIVE_STREAM = "altup_active_idx"
+
+
 class LayerPairsComponent(Component):
     """A component that reads the student at the layers of its ``layer_pairs`` (set by the subclass)."""
 
@@ -63,15 +67,29 @@ class HiddenStatesComponent(LayerPairsComponent):
         self.projectors = nn.ModuleList(projectors)  # one per pair: [..., student_width] -> [..., teacher_width]
         self.norms = nn.ModuleList(norms)  # one per pair
         self.loss_name, self.loss_fn = loss, FEATURE_LOSSES[loss]
+        self.streams: dict[str, Optional[int]] = {"student": None, "teacher": None}
+
+    def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
+        """A model that carries several residual streams (Gemma 3n's AltUp: each hidden state is
+        ``[streams, batch, seq, width]``) is read at its active one (``altup_active_idx``), the stream its layers
+        compute on."""
+        for role, model in (("student", student), ("teacher", teacher)):
+            if model is not None:
+                self.streams[role] = getattr(model.config.get_text_config(), ACTIVE_STREAM, None)
+
+    def _block_output(self, outputs, index: int, role: str) -> torch.Tensor:
+        """``outputs.hidden_states[index]``: [batch, seq, width]."""
+        hidden = outputs.hidden_states[index]
+        return hidden if self.streams[role] is None else hidden[self.streams[role]]
 
     def forward(self, student_outputs, teacher_outputs, batch):
         student_rows, teacher_rows = paired_positions(batch)
         total = torch.zeros((), device=batch["input_ids"].device)
         for (student_index, teacher_index), projector, norm in zip(self.layer_pairs, self.projectors, self.norms):
             student = projector(
-                student_outputs.hidden_states[student_index][student_rows].float()
+                self._block_output(student_outputs, student_index, "student")[student_rows].float()
             )  # [tokens, teacher_width]
-            teacher = teacher_outputs.hidden_states[teacher_index][teacher_rows]  # [tokens, teacher_width]
+            teacher = self._block_output(teacher_outputs, teacher_index, "teacher")[teacher_rows]  # [tokens, width]
             student, teacher = norm(student, teacher)  # float32
             total = total + self.loss_fn(student, teacher).sum()
         return total / len(self.layer_pairs)

@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForCausalLM, BambaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, Lfm2Config, Phi3Config, Qwen2Config,
 )
 
+from tiny import tiny_gemma3n_config
 from distily.data.framing import model_inputs
 from distily.data.text import collate
 from distily.errors import DistilyConfigError
@@ -229,6 +230,31 @@ def test_attention_pairs_of_hybrid_models_read_the_blocks_they_name(architecture
     with pytest.raises(DistilyConfigError, match=rf"^attentions_layer_map pairs teacher block 3 \({name}\), which "
                                                  r"returns no attention probabilities: only its blocks \[2, 4\] attend"):
         AttentionsComponent([(2, 3)], 4, 4).attach(student, teacher)
+
+
+
+def test_hidden_states_of_gemma3n_are_read_at_the_active_altup_stream():
+    """Gemma 3n returns each hidden state as its AltUp streams, ``[streams, batch, seq, width]``: indexed by the
+    ``[batch, seq]`` token mask they raised an IndexError. After attach, each model's are read at its active stream
+    (``altup_active_idx``: 1 in this teacher), the one its layers compute on: the loss is the float64 mean squared
+    difference of those streams at the real tokens."""
+    models = []
+    for seed, active in ((1, 0), (2, 1)):
+        torch.manual_seed(seed)
+        models.append(AutoModelForCausalLM.from_config(tiny_gemma3n_config(altup_active_idx=active)).eval())
+    student, teacher = models
+    with torch.no_grad():
+        student_out, teacher_out = (model(tokens(), attention_mask=MASK, output_hidden_states=True, use_cache=False)
+                                    for model in models)
+    assert student_out.hidden_states[1].shape == (2, *MASK.shape, 64)
+    pairs = [(1, 2), (4, 4)]
+    component = HiddenStatesComponent(pairs, [PROJECTORS["identity"](64, 64)] * 2, [NORMS["none"](64)] * 2, "mse")
+    component.attach(student, teacher)
+    rows = MASK.bool()
+    expected = sum((student_out.hidden_states[s][0][rows].double() - teacher_out.hidden_states[t][1][rows].double())
+                   .square().mean(-1).sum().item() for s, t in pairs) / len(pairs)
+    actual = component(student_out, teacher_out, batch_of(tokens())).item()
+    assert actual > 0 and math.isclose(actual, expected, rel_tol=1e-5)
 
 
 # q/k/v capture and attention relations
