@@ -258,9 +258,9 @@ def _method_section(config: DistillConfig, metrics: RunMetrics, objective: Disti
                      f"{_student_init(config, metrics)}.")
     training = config.training
     if training.lmbda > 0:
-        lines += ["", f"On-policy distillation (GKD): a fraction {training.lmbda:g} of the training micro-batches was "
-                  "replaced by the student's own completions of their prompts (temperature "
-                  f"{training.on_policy_temperature:g}, top-p {training.on_policy_top_p:g}, at most "
+        lines += ["", "On-policy distillation (GKD): each training micro-batch was, with probability "
+                  f"{training.lmbda:g} (`lmbda`), replaced by the student's own completions of its prompts "
+                  f"(temperature {training.on_policy_temperature:g}, top-p {training.on_policy_top_p:g}, at most "
                   f"{training.on_policy_max_new_tokens} new tokens, `{training.on_policy_backend}` back end), scored "
                   "by the teacher; on those batches the losses count the completion tokens."]
     teacher = metrics.teacher

@@ -119,7 +119,7 @@ def test_distill_recipe_runs_with_local_stand_ins(recipe, recipe_teachers, text_
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
     if recipe in CHAT_RECIPES:
         card = (output_dir / "README.md").read_text()
-        assert "`loss_on: assistant`" in card and "a fraction 1 of the training micro-batches" in card
+        assert "`loss_on: assistant`" in card and "each training micro-batch was, with probability 1 (`lmbda`)" in card
         variables = yaml.safe_load((RECIPES / recipe).read_text()).get("chat_template_kwargs")
         assert not variables or f"`chat_template_kwargs: {json.dumps(variables)}`" in card
     if recipe in CROSS_TOKENIZER_RECIPES:
