@@ -56,7 +56,7 @@ class RunDir:
     LOCK = "_distily.lock"  # while a run writes output_dir ("_": push_to_hub does not upload it)
     SETTINGS = "run_settings.json"  # what shapes the run, recorded when it starts
     REPLACED = "_replaced"  # an overwritten run's files on their way out
-    STUDENT_STAGING = ".student-staging"  # the student is saved here, then renamed into output_dir
+    STUDENT_STAGING = "_student-staging"  # the student is saved here, then renamed into output_dir ("_": as LOCK)
     STUDENT_WEIGHTS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
                        "pytorch_model*.bin")
     # What else a run writes at the top of output_dir, under names a model folder or a model's repository uses too:

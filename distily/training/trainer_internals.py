@@ -4,7 +4,7 @@ the versions in ``WRITTEN_FOR`` (a warning names any other) and each pinned by a
 
 - ``StagedCheckpoints``: the Trainer writes a checkpoint file by file into ``checkpoint-N``, so a save cut
   short leaves a directory that ``get_last_checkpoint`` takes for a checkpoint. Here it is written into
-  ``.checkpoint-staging/checkpoint-N`` and renamed into place once complete (``_get_output_dir`` and
+  ``_checkpoint-staging/checkpoint-N`` and renamed into place once complete (``_get_output_dir`` and
   ``_save_checkpoint``: no public hook runs before the Trainer picks the directory). The best checkpoint the
   Trainer records (``load_best_model_at_end``) is then the staged path: every process, and the checkpoint's
   ``trainer_state.json``, are given the final one. The Trainer pushes a checkpoint (``hub_strategy`` other than
@@ -38,7 +38,7 @@ from transformers.utils.hub import PushInProgress, hf_api
 
 from distily.training.guards import check_finite_weights
 
-CHECKPOINT_STAGING_DIR = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
+CHECKPOINT_STAGING_DIR = "_checkpoint-staging"  # checkpoints are written here, then renamed ("_": never pushed)
 WRITTEN_FOR = {"transformers": "5.", "accelerate": "1.1"}  # version prefixes: transformers 5.x, accelerate 1.1x
 
 
@@ -95,12 +95,13 @@ class StagedCheckpoints(Trainer):
 
     def push_checkpoint(self, checkpoint: str) -> None:
         """Under ``hub_strategy`` every_save, checkpoint or all_checkpoints: the model saved into output_dir and
-        pushed (``push_to_hub``, which leaves out ``checkpoint-*``), and ``checkpoint`` pushed as the strategy says
-        (``last-checkpoint``, or under its own name). The Trainer's own push uploaded output_dir with the staged
-        checkpoint in it (optimizer state included), and copied the checkpoint's weights into output_dir as the
-        model: a subclass's model may be more than what it saves as the model (Distily's checkpoints hold the
-        student under ``student.`` beside the objective's modules, and no config). Like the Trainer, it skips a
-        save while the previous push is still uploading, unless ``hub_always_push``; every process calls this."""
+        pushed (``push_to_hub``, which leaves out ``_*`` and ``checkpoint-*``), and ``checkpoint`` pushed as the
+        strategy says (``last-checkpoint``, or under its own name). The Trainer's own push ran from inside the save,
+        the checkpoint still staged (uploaded from a folder renamed right after), and copied the checkpoint's
+        weights into output_dir as the model: a subclass's model may be more than what it saves as the model
+        (Distily's checkpoints hold the student under ``student.`` beside the objective's modules, and no config).
+        Like the Trainer, it skips a save while the previous push is still uploading, unless ``hub_always_push``;
+        every process calls this."""
         pushing = getattr(self, "push_in_progress", None)  # set on the main process only
         busy = pushing is not None and not pushing.is_done()
         skip = [self.args.hub_strategy == HubStrategy.END or (busy and not self.args.hub_always_push)]

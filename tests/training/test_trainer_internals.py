@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerState, TrainingAr
 from transformers.trainer_utils import get_last_checkpoint
 
 from distily.training import trainer_internals
+from distily.training.run_dir import RunDir
 from distily.training.trainer_internals import (
     CHECKPOINT_STAGING_DIR,
     StagedCheckpoints,
@@ -110,9 +111,9 @@ def test_the_best_checkpoint_is_recorded_where_it_was_renamed_to(tmp_path, monke
 
 @pytest.mark.parametrize("strategy", ["every_save", "checkpoint", "all_checkpoints"])
 def test_a_checkpoint_is_pushed_once_in_place_without_the_staging_folder(tmp_path, monkeypatch, strategy):
-    """The Trainer pushes from inside its save, the checkpoint still staged: output_dir went up with
-    ``.checkpoint-staging/checkpoint-N`` in it (optimizer state included), and the checkpoint as last-checkpoint from
-    the staged folder, renamed away while the upload runs. Now: the model at the top, the checkpoint as the strategy
+    """The Trainer pushes from inside its save, the checkpoint still staged: output_dir went up with the staging
+    folder's ``checkpoint-N`` in it (optimizer state included), and the checkpoint as last-checkpoint from the staged
+    folder, renamed away while the upload runs. Now: the model at the top, the checkpoint as the strategy
     says, from where it stays."""
     hub = RecordingHub(tmp_path / "hub")
     monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
@@ -135,3 +136,21 @@ def test_a_checkpoint_is_pushed_once_in_place_without_the_staging_folder(tmp_pat
     for checkpoint in checkpoints:
         assert {"optimizer.pt", "trainer_state.json"} <= {path.name for path in (hub.repo / checkpoint).iterdir()}
     assert AutoModelForCausalLM.from_pretrained(hub.repo).state_dict().keys() == model.state_dict().keys()
+
+
+def test_what_a_killed_save_left_in_a_staging_folder_is_never_pushed(tmp_path, monkeypatch):
+    """A checkpoint save killed part-way leaves its checkpoint in the staging folder, where it stays when the run
+    resumes (a killed save of the student, its files in theirs until the next); the Trainer's push_to_hub leaves out
+    only ``_*`` and ``checkpoint-*``, so the resumed run pushed them too."""
+    trainer = _trainer(StagedCheckpoints, tmp_path / "run")
+    _save_killed_after_the_weights(trainer, monkeypatch)
+    monkeypatch.undo()
+    RunDir(tmp_path / "run").student_staging.mkdir()
+    (RunDir(tmp_path / "run").student_staging / "model.safetensors").write_bytes(b"half")
+    hub = RecordingHub(tmp_path / "hub")
+    monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
+    trainer.push_to_hub()
+    assert (tmp_path / "run" / CHECKPOINT_STAGING_DIR / "checkpoint-1" / "model.safetensors").is_file()
+    assert "model.safetensors" in hub.uploads[0]["paths"]
+    staged = (CHECKPOINT_STAGING_DIR, RunDir.STUDENT_STAGING)
+    assert not [path for path in hub.uploads[0]["paths"] if path.startswith(staged)]
