@@ -30,7 +30,7 @@ varlen flash-attention kernels, as TRL's padding-free collator does.
 """
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -106,6 +106,20 @@ class Framing:
         """Whether documents sharing a block are kept apart (per-document positions, block-diagonal mask)."""
         return self.packing in ("bos_blocks", "documents")
 
+    @property
+    def in_order(self) -> bool:
+        """Whether blocks run through the documents in order, cut at full blocks (``stream``, ``bos_blocks``): a
+        batch of documents packed alone leaves its own last partial block."""
+        return self.packing in ("stream", "bos_blocks")
+
+    def rows_in_order(self, documents: Iterable[list[int]]) -> Iterator[dict[str, list[int]]]:
+        """The blocks of ``stream`` or ``bos_blocks`` (``in_order``) as rows, one at a time, of documents read once
+        in order, however many: only the last partial block of them all is dropped."""
+        if self.packing == "stream":
+            yield from ({INPUT_IDS: block} for block in self._stream(documents))
+        else:
+            yield from (_row(block) for block in self._bos_blocks(documents))
+
     def pack(
         self, documents: list[list[int]], loss_masks: Optional[list[list[int]]] = None
     ) -> dict[str, list[list[int]]]:
@@ -115,18 +129,16 @@ class Framing:
         if loss_masks is not None:
             return self._whole_documents(documents, loss_masks)
         if self.packing == "stream":
-            return {INPUT_IDS: self._stream(documents)}
+            return {INPUT_IDS: list(self._stream(documents))}
         if self.packing == "bos_blocks":
-            blocks = self._bos_blocks(documents)
+            blocks = list(self._bos_blocks(documents))
         else:
             pieces = [piece for document in documents for piece in self._pieces(document)]
             if self.packing == "padded":
                 return {INPUT_IDS: pieces}
             blocks = [[pieces[i] for i in block] for block in _best_fit([len(p) for p in pieces], self.max_seq_length)]
-        return {
-            INPUT_IDS: [[token for piece in block for token in piece] for block in blocks],
-            POSITION_IDS: [[position for piece in block for position in range(len(piece))] for block in blocks],
-        }
+        rows = [_row(block) for block in blocks]
+        return {INPUT_IDS: [row[INPUT_IDS] for row in rows], POSITION_IDS: [row[POSITION_IDS] for row in rows]}
 
     def _whole_documents(self, documents: list[list[int]], loss_masks: list[list[int]]) -> dict[str, list[list[int]]]:
         """Documents whole, each one's loss mask beside its ids: one per row (``padded``) or best-fit into blocks
@@ -146,22 +158,24 @@ class Framing:
         """What a continuation of ``document`` starts with: BOS when the document does."""
         return [self.bos_token_id] if self.bos_token_id is not None and document[:1] == [self.bos_token_id] else []
 
-    def _stream(self, documents: list[list[int]]) -> list[list[int]]:
+    def _stream(self, documents: Iterable[list[int]]) -> Iterator[list[int]]:
         """Documents with separators, concatenated and cut into full blocks (the last partial one dropped)."""
         separator = [self.eos_token_id] if self.eos_token_id is not None else []
+        length = self.max_seq_length
         stream = []
         for ids in documents:
             stream.extend(ids)
             if separator and ids[-1:] != separator:
                 stream.extend(separator)
-        length = self.max_seq_length
-        return [stream[i : i + length] for i in range(0, len(stream) - len(stream) % length, length)]
+            full = len(stream) - len(stream) % length
+            yield from (stream[i : i + length] for i in range(0, full, length))
+            stream = stream[full:]
 
-    def _bos_blocks(self, documents: list[list[int]]) -> list[list[list[int]]]:
+    def _bos_blocks(self, documents: Iterable[list[int]]) -> Iterator[list[list[int]]]:
         """Documents end to end in full blocks, each block a list of document pieces; a document cut at a
         block's end goes on at the next block's start behind its continuation head (the last partial
         block is dropped)."""
-        blocks, block, used = [], [], 0
+        block, used = [], 0
         for document in documents:
             start = 0
             while start < len(document):
@@ -172,9 +186,8 @@ class Framing:
                 used += len(piece)
                 start += room
                 if used == self.max_seq_length:
-                    blocks.append(block)
+                    yield block
                     block, used = [], 0
-        return blocks
 
     def _pieces(self, document: list[int]) -> list[list[int]]:
         """A document cut into pieces of at most ``max_seq_length`` tokens, continuations behind their head."""
@@ -186,6 +199,14 @@ class Framing:
             pieces.append(head + document[start : start + room])
             start += room
         return pieces
+
+
+def _row(block: list[list[int]]) -> dict[str, list[int]]:
+    """A block of document pieces as a row: their ids end to end, each piece's positions from 0."""
+    return {
+        INPUT_IDS: [token for piece in block for token in piece],
+        POSITION_IDS: [position for piece in block for position in range(len(piece))],
+    }
 
 
 def _best_fit(sizes: list[int], length: int) -> list[list[int]]:

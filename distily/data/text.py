@@ -1,6 +1,7 @@
 """Text in, packed token sequences out: load, split by document, tokenize, pack, cache."""
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -367,6 +368,8 @@ def tokenize_and_pack(
 
     def build() -> datasets.Dataset:
         tokenized = tokenize_documents(documents, tokenizer, text_column, num_proc, chat)
+        if framing.in_order:
+            return _packed_in_order(tokenized, framing, key)
         return tokenized.map(
             _pack_batch,
             batched=True,
@@ -378,6 +381,21 @@ def tokenize_and_pack(
         )
 
     return cached_dataset(cache_dir, key, build)
+
+
+def _packed_in_order(tokenized: datasets.Dataset, framing: Framing, fingerprint: str) -> datasets.Dataset:
+    """``stream`` or ``bos_blocks`` blocks (``Framing.in_order``) of all of ``tokenized``'s documents as one run:
+    only its last partial block is dropped (packed batch by batch, each batch would drop its own). Read and written
+    a batch at a time, so memory holds one; the rows are written under ``fingerprint`` (the cache key)."""
+    documents = (ids for batch in tokenized.iter(batch_size=1000) for ids in batch[INPUT_IDS])
+    rows = framing.rows_in_order(documents)
+    first = next(rows, None)
+    columns = [INPUT_IDS] + ([POSITION_IDS] if framing.document_masks else [])
+    features = datasets.Features({name: datasets.List(datasets.Value("int64")) for name in columns})
+    if first is None:  # from_generator refuses a generator of no rows
+        return datasets.Dataset.from_dict({name: [] for name in columns}, features=features)
+    return datasets.Dataset.from_generator(lambda: itertools.chain([first], rows), features=features,
+                                           fingerprint=fingerprint)
 
 
 def cached_dataset(cache_dir: str, key: str, build: Callable[[], datasets.Dataset]) -> datasets.Dataset:
