@@ -14,6 +14,7 @@ from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import ModelArguments
 from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student
+from distily.models.hybrid_slots import hybrid_slots, slotted_state
 from distily.models.kv_sharing import check_kv_producers, with_kv_producers
 from distily.models.layer_kinds import DERIVED_LAYER_KEYS, layer_kind_values
 from distily.models.layer_settings import check_kept, layer_config, per_layer_values
@@ -172,16 +173,21 @@ def teacher_layer_sources(chosen: Optional[list[int]], teacher: PretrainedConfig
 
 
 def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teacher_layers: list[int]) -> None:
-    """Copy ``teacher_layers[i]`` into student layer i, and every other parameter (embeddings, final
-    norm, LM head) whose name and shape match, a table packing a slice per layer with the slices of those layers;
+    """Copy ``teacher_layers[i]`` into student layer i (an adapter slot per hybrid layer from the teacher hybrid
+    layer's: ``hybrid_slots``), and every other parameter (embeddings, final norm, LM head) whose name and shape
+    match, a table packing a slice per layer with the slices of those layers;
     a tensor the student shares between two names (an LM head tied to the embeddings) is copied once, from the first
     (the embeddings), as transformers ties the head to them."""
     teacher_config = teacher.config.get_text_config()
     check_same_heads(teacher_config, student.config.get_text_config(), list(enumerate(teacher_layers)))
     teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
+    slots = hybrid_slots(teacher_config, teacher_layers)
     with torch.no_grad():
         for student_block, index in zip(student_blocks, teacher_layers):
-            _copy_module(teacher_blocks[index], student_block, f"teacher layer {index}")
+            source = teacher_blocks[index].state_dict()
+            if slots is not None:
+                source = slotted_state(source, list(student_block.state_dict()), slots)
+            _copy_module(source, student_block, f"teacher layer {index}")
         prefix = named_decoder_layers(student)[0] + "."
         teacher_params = dict(teacher.state_dict())
         copied = set()  # the student's tensors written so far
@@ -217,9 +223,12 @@ def check_same_heads(teacher_config: PretrainedConfig, student_config: Pretraine
                 )
 
 
-def _copy_module(source: torch.nn.Module, target: torch.nn.Module, what: str, remedy: str = LAYERS_REMEDY) -> None:
-    """Copy every tensor of ``source`` into ``target``: both must hold the same names with the same shapes."""
-    source_state, target_state = source.state_dict(), target.state_dict()
+def _copy_module(source: torch.nn.Module | dict[str, torch.Tensor], target: torch.nn.Module, what: str,
+                 remedy: str = LAYERS_REMEDY) -> None:
+    """Copy every tensor of ``source`` (a module or its state) into ``target``: both must hold the same names with the
+    same shapes."""
+    source_state = source if isinstance(source, dict) else source.state_dict()
+    target_state = target.state_dict()
     for name in [*target_state, *(name for name in source_state if name not in target_state)]:
         in_student, in_teacher = (f"of shape {tuple(state[name].shape)}" if name in state else "missing"
                                   for state in (target_state, source_state))
