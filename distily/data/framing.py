@@ -93,6 +93,10 @@ class Framing:
     max_seq_length: int
     bos_token_id: Optional[int] = None  # a continuation of a document that starts with it starts with it too
     eos_token_id: Optional[int] = None  # the separator of ``stream``: the end-of-text token (document_separator_id)
+    # part of the tokenization cache's key (the dataclass's text): raised whenever the blocks Distily packs of the same
+    # token ids change, so a cache written by an earlier version is not read back (2: stream and bos_blocks no longer
+    # drop a partial block per 1000 documents)
+    scheme: int = 2
 
     @classmethod
     def for_tokenizer(cls, packing: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int, pretokenized: bool):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import random
 import statistics
@@ -322,3 +323,17 @@ def test_only_the_last_partial_block_of_a_split_is_dropped(tmp_path, tokenizer, 
     separator = packing == "stream"  # an EOS after each document (the tokenizer adds no BOS)
     tokens = sum(len(ids) + separator for ids in tokenizer(list(train["text"]))["input_ids"])
     assert tokens - 128 < data.packed_rows["train"] * 128 <= tokens
+
+
+def test_blocks_cached_by_an_earlier_packing_scheme_are_not_read_back(tmp_path, tokenizer, monkeypatch):
+    """Framing.scheme is in the cache key: rows an earlier version packed otherwise (here: only the first block)
+    from the same documents, tokenizer and settings are not served to this one."""
+    documents = datasets.Dataset.from_dict({"text": make_documents(50)})
+    framing = Framing.for_tokenizer("stream", tokenizer, 32, pretokenized=False)
+    earlier = dataclasses.replace(framing, scheme=framing.scheme - 1)
+    packed = text_module._packed_in_order
+    with monkeypatch.context() as patch:
+        patch.setattr(text_module, "_packed_in_order", lambda *given: packed(*given).select([0]))
+        assert len(text_module.tokenize_and_pack(documents, tokenizer, earlier, "text", str(tmp_path))) == 1
+    rows = text_module.tokenize_and_pack(documents, tokenizer, framing, "text", str(tmp_path))
+    assert len(rows) == len(framing.pack(tokenizer(list(documents["text"]))["input_ids"])["input_ids"]) > 1
