@@ -6,7 +6,8 @@ It reports what was done and measured, nothing more:
   "Finetuned from" or "Quantized from" its teacher, and a distilled student is neither. It is the Hub checkpoint
   the student started from (``student_model_name_or_path``), of which the student is a fine-tune. The teacher is
   named in the text ("distilled from [teacher](link)") and, when it is a Hub id, in the metadata key
-  ``teacher_model``.
+  ``teacher_model``; the text says what the student learned from it (its output distribution, hidden states, ...),
+  and a student that no loss taught from the teacher (a hard-label baseline) is said to be trained on the data alone.
 - The method is read from the objective that trained the student: its components, weights, losses,
   layer maps, projectors and norms, and the student's BitNet options if any.
 - The model-index holds the student's results only (held-out sets, answers to held-out prompts, lm-eval
@@ -37,6 +38,9 @@ from distily.teachers.cross_tokenizer import ALIGNED_CONVERSATIONS, ALIGNED_PIEC
 
 FRAMEWORKS = ("transformers", "torch", "datasets", "accelerate", "huggingface_hub", "lm_eval")
 CARD_METRICS = ("perplexity", "bits_per_byte", "kl_to_teacher", "top1_agreement")  # per eval set, in the model index
+# what of the teacher each objective component teaches the student, by its name in the objective
+TEACHER_SIGNALS = {"logits": "output distribution", "hidden_states": "hidden states", "attentions": "attention maps",
+                   "attention_relations": "attention relations"}
 ARCHITECTURE_ROWS = {
     "model_type": "model type",
     "layers": "layers",
@@ -118,7 +122,14 @@ def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult
     return results
 
 
-def card_data(config: DistillConfig, metrics: RunMetrics, model_name: str) -> ModelCardData:
+def teacher_signals(objective: DistillationObjective) -> list[str]:
+    """What the student learned from the teacher: each component that reads the teacher's outputs (none where the
+    student learned from the data alone, e.g. a hard-label baseline)."""
+    return [TEACHER_SIGNALS.get(name, f"`{name}`") for name, component in objective.components.items()
+            if component.needs_teacher]
+
+
+def card_data(config: DistillConfig, metrics: RunMetrics, model_name: str, distilled: bool) -> ModelCardData:
     """The front matter. The rule: ``base_model`` only with a relation the Hub defines (``adapter``, ``merge``,
     ``quantized``, ``finetune``) that is true of the student. Of the teacher, none is: a distilled student is no
     adapter or merge; it is not a quantization of the teacher, not even a BitNet student that keeps the teacher's
@@ -128,9 +139,11 @@ def card_data(config: DistillConfig, metrics: RunMetrics, model_name: str) -> Mo
     shows "Finetuned from" or "Quantized from". So the teacher, when a Hub id, is ``teacher_model`` (a key of
     Distily's: the Hub shows no relation for it), and the text names it with a link (a local teacher is named
     there only). A student started from a Hub checkpoint (``student_model_name_or_path``) is a fine-tune of that
-    checkpoint: it is the ``base_model``, relation ``finetune``."""
-    teacher = hub_id(teacher_name(config, metrics))
-    tags = ["distily", "distillation"] + (["bitnet", "1.58b", "ternary"] if metrics.student.bitnet else [])
+    checkpoint: it is the ``base_model``, relation ``finetune``. A student that learned nothing from the teacher
+    (not ``distilled``: trained on the data alone) has no ``teacher_model`` and no ``distillation`` tag."""
+    teacher = hub_id(teacher_name(config, metrics)) if distilled else None
+    tags = ["distily"] + (["distillation"] if distilled else [])
+    tags += ["bitnet", "1.58b", "ternary"] if metrics.student.bitnet else []
     dataset = hub_id(config.data.dataset_name) if config.data.dataset_name else None
     extra = {"teacher_model": teacher} if teacher else {}
     start = config.model.student_model_name_or_path
@@ -456,21 +469,29 @@ def _reproduce_section(config: DistillConfig, metrics: RunMetrics) -> str:
     return "\n".join(lines)
 
 
+def _what_it_is(config: DistillConfig, metrics: RunMetrics, signals: list[str]) -> str:
+    """The card's first sentences: what the student learned from whom (``signals``: teacher_signals), and sizes."""
+    teacher = _link(teacher_name(config, metrics))
+    kind = "a ternary (BitNet b1.58) student" if metrics.student.bitnet else "a student"
+    data = config.data.dataset_name or "the teacher's recorded outputs"
+    if signals:
+        learned = f"{', '.join(signals[:-1])} and {signals[-1]}" if len(signals) > 1 else signals[0]
+        what = (f"{kind} distilled from {teacher} with Distily: it was trained to reproduce the teacher's {learned} "
+                f"on `{data}` (knowledge distillation); it is not a fine-tune of the teacher.")
+    else:
+        what = (f"{kind} trained with Distily on `{data}` by next-token cross-entropy alone: no loss read the "
+                f"teacher, {teacher}, which is measured beside it.")
+    return (f"{what} It has {metrics.student.parameters:,} parameters; the teacher{_teacher_loaded(metrics)} has "
+            f"{metrics.teacher.parameters:,}.")
+
+
 def build_model_card(
     config: DistillConfig, metrics: RunMetrics, objective: DistillationObjective, model_name: str,
     plots: list[str] = (),
 ) -> ModelCard:
     """The card of a finished run, ``plots`` paths relative to the card."""
-    teacher = teacher_name(config, metrics)
-    kind = "a ternary (BitNet b1.58) student" if metrics.student.bitnet else "a student"
-    data = config.data.dataset_name or "the teacher's recorded outputs"
-    intro = (
-        f"# {model_name}\n\n{model_name} is {kind} distilled from {_link(teacher)} with Distily: it was trained to "
-        f"reproduce the teacher's output distribution on `{data}` (knowledge distillation); it is not a fine-tune of "
-        "the teacher. "
-        f"It has {metrics.student.parameters:,} parameters; the teacher{_teacher_loaded(metrics)} has "
-        f"{metrics.teacher.parameters:,}."
-    )
+    signals = teacher_signals(objective)
+    intro = f"# {model_name}\n\n{model_name} is {_what_it_is(config, metrics, signals)}"
     sections = [
         intro,
         results_section(config, metrics, list(plots)),
@@ -479,5 +500,5 @@ def build_model_card(
         _data_section(config, metrics),
         _reproduce_section(config, metrics),
     ]
-    data_yaml = card_data(config, metrics, model_name).to_yaml()
+    data_yaml = card_data(config, metrics, model_name, distilled=bool(signals)).to_yaml()
     return ModelCard("---\n" + data_yaml + "\n---\n\n" + "\n\n".join(sections) + "\n")

@@ -19,11 +19,11 @@ def card_for(tmp_path, run_metrics, teacher="gpt2", bitnet=None, **values):
         teacher_model_name_or_path=teacher,
         dataset_name="wikimedia/wikipedia",
         dataset_config_name="20231101.en",
-        hidden_states_weight=0.5,
         eval_datasets={"recent": "data/recent.jsonl"},
         lm_eval_tasks=["hellaswag"],
         output_dir=str(tmp_path / "run"),
-        **{"lm_eval_limit": 100, "student_config_overrides": {"num_hidden_layers": 2}, **values},
+        **{"hidden_states_weight": 0.5, "lm_eval_limit": 100, "student_config_overrides": {"num_hidden_layers": 2},
+           **values},
     )
     objective = build_objective(config.objective, tiny_config("llama"), tiny_config("llama", layers=2), 320)
     card = build_model_card(config, run_metrics(bitnet), objective, "tiny-student", ["plots/losses.png"])
@@ -164,6 +164,25 @@ def test_a_dense_students_card_claims_no_relation_to_its_hub_teacher(tmp_path, r
     assert meta["tags"] == ["distily", "distillation"]
     assert "distilled from [openai-community/gpt2](https://huggingface.co/openai-community/gpt2)" in card.text
     assert not re.search(r"fine-?tuned from|quantized from", str(card), re.IGNORECASE)
+
+
+def test_the_card_says_what_the_student_learned_from_the_teacher(tmp_path, run_metrics):
+    """The card said "trained to reproduce the teacher's output distribution (knowledge distillation)" of every
+    student: of one that learned its hidden states alone too, and of the hard-label baseline of
+    recipes/logits-vs-hidden-states.yaml, which no loss taught from the teacher (and tagged it distillation)."""
+    both, _ = card_for(tmp_path, run_metrics, teacher="openai-community/gpt2")
+    assert "trained to reproduce the teacher's output distribution and hidden states on" in both.text
+    hidden, _ = card_for(tmp_path, run_metrics, logits_weight=0.0, hidden_states_weight=1.0)
+    assert "trained to reproduce the teacher's hidden states on `wikimedia/wikipedia`" in hidden.text
+    assert "output distribution" not in hidden.text
+    alone, _ = card_for(tmp_path, run_metrics, teacher="openai-community/gpt2", logits_weight=0.0,
+                        hidden_states_weight=0.0, hard_label_weight=1.0)
+    assert ("tiny-student is a student trained with Distily on `wikimedia/wikipedia` by next-token cross-entropy "
+            "alone: no loss read the teacher, [openai-community/gpt2](https://huggingface.co/openai-community/gpt2), "
+            "which is measured beside it.") in alone.text
+    assert "distilled" not in alone.text and "knowledge distillation" not in alone.text
+    meta = front_matter(alone)
+    assert meta["tags"] == ["distily"] and "teacher_model" not in meta
 
 
 def test_a_bitnet_students_card_is_tagged_but_claims_no_quantization(tmp_path, run_metrics):
