@@ -1,6 +1,6 @@
-"""Generation with a student of a hybrid teacher that kept none of its attention layers: transformers' own cache
-makes these models raise in every forward with use_cache=True; with Distily's, they generate what their full
-forward continues greedily, one token per step after the prompt."""
+"""Generation with a student of a hybrid teacher that kept none of its attention layers, or whose first layer caches
+nothing: transformers' own cache makes these models raise in every forward with use_cache=True; with Distily's, they
+generate what their full forward continues greedily, one token per step after the prompt."""
 
 import pytest
 import torch
@@ -10,6 +10,8 @@ from transformers import AutoModelForCausalLM
 from distily.generation.arguments import SamplingSettings
 from distily.generation.engine import HFGenerator
 from distily.generation.recurrent_cache import cache_argument
+from distily.models.arguments import ModelArguments
+from distily.models.student import build_student
 
 EOS, PAD = 0, 0
 PROMPTS = [[5, 17, 42, 9, 33, 8, 71], [12], [101, 7, 66]]  # of different lengths: the batch is left-padded
@@ -63,6 +65,25 @@ def test_a_student_without_attention_layers_generates_its_greedy_continuation_wi
     with torch.no_grad():
         assert batched == [greedy_continuation(model, prompt, 12) for prompt in PROMPTS]
     assert len({token for completion in batched for token in completion}) > 3  # not one token over and over
+
+
+@pytest.mark.parametrize("layers", [[1, 2], [3, 0], [1, 0]])
+def test_a_student_whose_first_layer_caches_nothing_generates_its_greedy_continuation_with_a_cache(layers):
+    """A Nemotron-H student whose first layer stands for an MLP or MoE block: transformers reads the cache's length
+    from that layer, which caches nothing, and raised AttributeError ('DummyLayer' object has no attribute
+    'get_seq_length') in generate."""
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(hf.NemotronHConfig(
+        head_dim=16, intermediate_size=128, mamba_num_heads=8, mamba_head_dim=16, n_groups=1, ssm_state_size=16,
+        chunk_size=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+        moe_shared_expert_intermediate_size=32, layers_block_type=["mamba", "mlp", "attention", "moe"],
+        **{**TEXT, "num_hidden_layers": None}))
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=layers)
+    student = build_student(args, teacher).eval()
+    assert student.config.layers_block_type[0] in ("mlp", "moe")
+    batched = HFGenerator(student, SamplingSettings(12, temperature=0.0), [EOS], PAD).generate(PROMPTS)
+    with torch.no_grad():
+        assert batched == [greedy_continuation(student, prompt, 12) for prompt in PROMPTS]
 
 
 @pytest.mark.parametrize("config", [lambda: hf.BambaConfig(intermediate_size=128, attn_layer_indices=[1], **MAMBA2,
