@@ -289,7 +289,10 @@ def _method_section(config: DistillConfig, metrics: RunMetrics, objective: Disti
         lines += ["", "It is a ternary BitNet b1.58 model: every linear projection in its decoder blocks is a "
                   "BitLinear layer with weights in {-1, 0, +1} times a per-tensor scale and 8-bit activations "
                   f"(options: `{bitnet}`). This checkpoint holds the latent weights the ternary ones are computed "
-                  "from."]
+                  "from: `AutoModelForCausalLM.from_pretrained` loads them as a full-precision model, which is not "
+                  "the model measured here. Load it with Distily (`from distily.models.bitnet import "
+                  "load_bitnet_student`; `load_bitnet_student(path)`), or export it packed or as GGUF with "
+                  "`distily export` (Distily's docs/bitnet.md)."]
     return "\n".join(lines)
 
 

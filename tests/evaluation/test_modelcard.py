@@ -193,6 +193,10 @@ def test_a_bitnet_students_card_is_tagged_but_claims_no_quantization(tmp_path, r
     assert {"distillation", "bitnet", "1.58b"} <= set(meta["tags"])
     assert "ternary BitNet b1.58" in card.text and "| weights | dense | ternary (BitNet b1.58) |" in card.text
     assert "distilled from [gpt2](https://huggingface.co/gpt2)" in card.text
+    # transformers alone loads the latent weights as a dense model (a tiny BitNet Llama run's: 1.6% top-1 agreement
+    # with the ternary model the card measured), and the card named no other way to load it
+    assert "`AutoModelForCausalLM.from_pretrained` loads them as a full-precision model, which is not" in card.text
+    assert "`load_bitnet_student(path)`" in card.text and "`distily export`" in card.text
 
 
 def test_a_local_teacher_is_named_in_the_text_only(tmp_path, run_metrics):
