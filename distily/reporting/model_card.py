@@ -58,6 +58,13 @@ def teacher_name(config: DistillConfig, metrics: RunMetrics) -> str:
     return config.model.teacher_model_name_or_path or metrics.teacher.model_name_or_path or "unknown"
 
 
+def training_documents(config: DistillConfig) -> str:
+    """The training documents as the card names them: the dataset given, or those a store-only run's teacher store
+    was recorded on (the run's dataset settings are then defaults, not the store's)."""
+    name = config.data.dataset_name
+    return f"`{name}`" if name else "the documents its teacher store was recorded on"
+
+
 def hub_id(name_or_path: str) -> str | None:
     """``name_or_path`` when it names a Hub repository rather than a local directory."""
     return None if looks_like_local_path(name_or_path) else name_or_path
@@ -87,10 +94,14 @@ def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult
     task (the teacher's are in the text's table: a model-index result is read as the model's own)."""
     student = metrics.student
     data = config.data
-    dataset = data.dataset_name or "recorded teacher store"
-    # (type: a Hub id, else the set's name, so that local sets stay apart; name; config; split)
-    sources = {HELDOUT_SET: (hub_id(dataset) or HELDOUT_SET, f"{dataset} (held-out documents)",
-                             data.dataset_config_name, f"{data.dataset_split} (held-out documents)")}
+    # (type: a Hub id, else the set's name, so that local sets stay apart; name; config; split); a store-only run
+    # knows its documents' split from the store alone
+    if data.dataset_name:
+        heldout = (hub_id(data.dataset_name) or HELDOUT_SET, f"{data.dataset_name} (held-out documents)",
+                   data.dataset_config_name, f"{data.dataset_split} (held-out documents)")
+    else:
+        heldout = (HELDOUT_SET, "recorded teacher store (held-out documents)", None, None)
+    sources = {HELDOUT_SET: heldout}
     for name, spec in metrics.eval_sets.items():
         sources[name] = (hub_id(spec.path) or name, name, spec.config, spec.split)
     results = []
@@ -351,12 +362,15 @@ def _framing_line(framing: FramingMetrics) -> str:
 def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     data = config.data
     length, train = metrics.max_seq_length, metrics.train
-    source = f"`{data.dataset_name}`" if data.dataset_name else "the recorded teacher store"
     loss_on = metrics.framing.loss_on  # chat data only
     details = ", ".join(f"{key} `{value}`" for key, value in (
         ("subset", data.dataset_config_name), ("split", data.dataset_split),
         ("text column", None if loss_on else data.dataset_text_column),
     ) if value)
+    recording = metrics.teacher.recording
+    if not data.dataset_name and recording:  # the run's dataset settings are defaults, not the store's
+        details = f"`{recording.teacher_store}`, whose manifest names them"
+    source = f"{training_documents(config)} ({details})"
     if loss_on:
         template = "the chat template given (`chat_template`)" if data.chat_template else "the teacher's chat template"
         if metrics.framing.packing == ALIGNED_CONVERSATIONS:  # a student with its own tokenizer
@@ -376,7 +390,7 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     lines = [
         "## Training data",
         "",
-        f"- Dataset: {source} ({details}); {data.eval_fraction:g} of its documents held out for evaluation (drawn "
+        f"- Dataset: {source}; {data.eval_fraction:g} of its documents held out for evaluation (drawn "
         f"with seed {config.training.split_seed}).",
         training_set,
         _framing_line(metrics.framing),
@@ -476,13 +490,13 @@ def _what_it_is(config: DistillConfig, metrics: RunMetrics, signals: list[str]) 
     """The card's first sentences: what the student learned from whom (``signals``: teacher_signals), and sizes."""
     teacher = _link(teacher_name(config, metrics))
     kind = "a ternary (BitNet b1.58) student" if metrics.student.bitnet else "a student"
-    data = config.data.dataset_name or "the teacher's recorded outputs"
+    data = training_documents(config)
     if signals:
         learned = f"{', '.join(signals[:-1])} and {signals[-1]}" if len(signals) > 1 else signals[0]
         what = (f"{kind} distilled from {teacher} with Distily: it was trained to reproduce the teacher's {learned} "
-                f"on `{data}` (knowledge distillation); it is not a fine-tune of the teacher.")
+                f"on {data} (knowledge distillation); it is not a fine-tune of the teacher.")
     else:
-        what = (f"{kind} trained with Distily on `{data}` by next-token cross-entropy alone: no loss read the "
+        what = (f"{kind} trained with Distily on {data} by next-token cross-entropy alone: no loss read the "
                 f"teacher, {teacher}, which is measured beside it.")
     return (f"{what} It has {metrics.student.parameters:,} parameters; the teacher{_teacher_loaded(metrics)} has "
             f"{metrics.teacher.parameters:,}.")

@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard
 
 from distily.config import parse_config
 from distily.evaluation.harness import task_results
-from distily.metrics import FramingMetrics
+from distily.metrics import FramingMetrics, RecordingSource
 from distily.objectives.objective import build_objective
 from distily.reporting.model_card import build_model_card, non_default_config
 from tiny import tiny_config
@@ -17,13 +17,11 @@ from tiny import tiny_config
 def card_for(tmp_path, run_metrics, teacher="gpt2", bitnet=None, **values):
     config = parse_config(
         teacher_model_name_or_path=teacher,
-        dataset_name="wikimedia/wikipedia",
-        dataset_config_name="20231101.en",
         eval_datasets={"recent": "data/recent.jsonl"},
         lm_eval_tasks=["hellaswag"],
         output_dir=str(tmp_path / "run"),
-        **{"hidden_states_weight": 0.5, "lm_eval_limit": 100, "student_config_overrides": {"num_hidden_layers": 2},
-           **values},
+        **{"dataset_name": "wikimedia/wikipedia", "dataset_config_name": "20231101.en", "hidden_states_weight": 0.5,
+           "lm_eval_limit": 100, "student_config_overrides": {"num_hidden_layers": 2}, **values},
     )
     objective = build_objective(config.objective, tiny_config("llama"), tiny_config("llama", layers=2), 320)
     card = build_model_card(config, run_metrics(bitnet), objective, "tiny-student", ["plots/losses.png"])
@@ -205,6 +203,23 @@ def test_a_local_teacher_is_named_in_the_text_only(tmp_path, run_metrics):
     assert "base_model" not in meta and "teacher_model" not in meta
     assert str(tmp_path) not in yaml.safe_dump(meta)
     assert f"distilled from the local checkpoint `{tmp_path}`" in card.text
+
+
+def test_a_store_only_runs_card_names_no_dataset_settings_of_its_own(tmp_path, run_metrics):
+    """A run from a teacher store without dataset_name trains on the documents the store was recorded on: the card
+    gave the run's dataset defaults as theirs (a store recorded on split train[:50%]: "Dataset: the recorded teacher
+    store (split `train`, text column `text`)", and split "train (held-out documents)" in the model index)."""
+    stored = RecordingSource("gpt2", "stores/gpt2", record_top_k=64, recording_temperature=1.0)
+    recorded = dataclasses.replace(run_metrics(), teacher=dataclasses.replace(run_metrics().teacher, recording=stored))
+    card, _ = card_for(tmp_path, lambda bitnet: recorded, dataset_name=None, dataset_config_name=None,
+                       teacher_source="recorded", teacher_store="stores/gpt2", hidden_states_weight=0.0)
+    assert ("- Dataset: the documents its teacher store was recorded on (`stores/gpt2`, whose manifest names them); "
+            "0.05 of its documents held out") in card.text
+    assert "trained to reproduce the teacher's output distribution on the documents its teacher store was recorded" \
+           " on (knowledge distillation)" in card.text
+    assert "`train`" not in card.text and "text column" not in card.text
+    heldout = [result for result in card.data.eval_results if result.dataset_type == "heldout"]
+    assert heldout and all(result.dataset_split is None for result in heldout)
 
 
 def test_the_configuration_in_the_card_reproduces_the_run(tmp_path, run_metrics):
