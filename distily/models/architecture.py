@@ -1,5 +1,8 @@
 """Facts about a causal LM's architecture that distillation needs, found generically."""
 
+from typing import Optional
+
+import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -94,6 +97,21 @@ def decoder_of(model: PreTrainedModel) -> nn.Module:
     attribute it does not have)."""
     decoder, inner = model.get_decoder(), getattr(model, "model", None)
     return inner if decoder is model and isinstance(inner, nn.Module) else decoder
+
+
+# the config key naming the residual stream a model that carries several computes on (Gemma 3n's AltUp)
+ACTIVE_STREAM = "altup_active_idx"
+
+
+def active_stream(config: PretrainedConfig) -> Optional[int]:
+    """The residual stream a model of ``config`` computes on, where it carries several; else None."""
+    return getattr(config.get_text_config(), ACTIVE_STREAM, None)
+
+
+def block_output(hidden: torch.Tensor, stream: Optional[int]) -> torch.Tensor:
+    """An entry of a model's ``output_hidden_states`` as ``[batch, seq, width]``: of a model that carries several
+    residual streams (Gemma 3n's AltUp: ``[streams, batch, seq, width]``), its active one (``active_stream``)."""
+    return hidden if stream is None else hidden[stream]
 
 
 def attending_layers(model: PreTrainedModel) -> list[int]:

@@ -18,7 +18,7 @@ from distily.arguments import registered
 from distily.data.alignment import ALIGNED
 from distily.data.framing import POSITION_IDS
 from distily.errors import DistilyConfigError
-from distily.models.architecture import attending_layers
+from distily.models.architecture import active_stream, attending_layers, block_output
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.component import Component, StepShape, loss_positions
 from distily.objectives.layer_maps import LayerPairs, resolve_layer_map
@@ -39,10 +39,6 @@ def paired_positions(batch: dict[str, torch.Tensor]) -> tuple:
         return mask, mask
     student = mask & (aligned >= 0)
     return student, (student.nonzero()[:, 0], aligned[student])
-
-
-# the config key naming the residual stream a model with several computes on (Gemma 3n's AltUp)
-ACTIVE_STREAM = "altup_active_idx"
 
 
 class LayerPairsComponent(Component):
@@ -70,17 +66,15 @@ class HiddenStatesComponent(LayerPairsComponent):
         self.streams: dict[str, Optional[int]] = {"student": None, "teacher": None}
 
     def attach(self, student: PreTrainedModel, teacher: Optional[PreTrainedModel]) -> None:
-        """A model that carries several residual streams (Gemma 3n's AltUp: each hidden state is
-        ``[streams, batch, seq, width]``) is read at its active one (``altup_active_idx``), the stream its layers
-        compute on."""
+        """A model that carries several residual streams (Gemma 3n's AltUp) is read at its active one, the stream its
+        layers compute on (``block_output``)."""
         for role, model in (("student", student), ("teacher", teacher)):
             if model is not None:
-                self.streams[role] = getattr(model.config.get_text_config(), ACTIVE_STREAM, None)
+                self.streams[role] = active_stream(model.config)
 
     def _block_output(self, outputs, index: int, role: str) -> torch.Tensor:
         """``outputs.hidden_states[index]``: [batch, seq, width]."""
-        hidden = outputs.hidden_states[index]
-        return hidden if self.streams[role] is None else hidden[self.streams[role]]
+        return block_output(outputs.hidden_states[index], self.streams[role])
 
     def forward(self, student_outputs, teacher_outputs, batch):
         student_rows, teacher_rows = paired_positions(batch)

@@ -19,7 +19,7 @@ from distily.data.store import (
 from distily.objectives.component import loss_positions, next_token_targets
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import next_token_nll
-from distily.models.architecture import output_vocab_size
+from distily.models.architecture import active_stream, block_output, output_vocab_size
 from distily.recording.targets import check_top_k, fidelity_sums, sparse_targets
 
 
@@ -99,7 +99,7 @@ class HFRecorder:
                     for k, sums in fidelity_sums(logits[row_read], self.fidelity_ks, self.temperature).items():
                         fidelity[k] = {name: fidelity.get(k, {}).get(name, 0.0) + value for name, value in sums.items()}
             for layer in self.layers:
-                hidden = outputs.hidden_states[layer]  # [batch, seq, width]
+                hidden = block_output(outputs.hidden_states[layer], active_stream(self.teacher.config))  # [b, s, w]
                 check_storable(hidden, self.hidden_dtype, layer)
                 per_batch.setdefault(hidden_states_key(layer), []).append(hidden.to(self.hidden_dtype).cpu())
             if progress is not None:

@@ -34,7 +34,9 @@ from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
 from store_values import store_values
-from tiny import make_bos_tokenizer, make_tokenizer, save_tiny_masked_lm, save_tiny_model, tiny_config, tiny_opt
+from tiny import (
+    make_bos_tokenizer, make_tokenizer, save_tiny_masked_lm, save_tiny_model, tiny_config, tiny_gemma3n_config, tiny_opt,
+)
 
 
 def _record(teacher_dir, text_file, root, **overrides):
@@ -70,6 +72,27 @@ def test_stored_values_are_the_teachers_top_k_tail_and_loss(teacher_dirs, text_f
         assert stored.dtype == torch.float16
         torch.testing.assert_close(stored.float(), outputs.hidden_states[layer], rtol=1e-3, atol=1e-3)
     assert hidden_states_key(1) not in items[0]
+
+
+def test_a_gemma3n_teachers_hidden_states_are_stored_at_its_active_altup_stream(text_file, tmp_path):
+    """Gemma 3n returns each hidden state as its AltUp streams, [streams, batch, seq, width]: stored as they came,
+    a shard's rows held the streams, and reading row 2 on raised IndexError. Each row now holds the active stream
+    (altup_active_idx, 1 here) of its own forward."""
+    tokenizer = make_bos_tokenizer()
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(tiny_gemma3n_config(
+        vocab_size=len(tokenizer), altup_active_idx=1, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=None)).eval()
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    values, _ = _record(str(tmp_path / "teacher"), text_file, tmp_path, record_hidden_states_layers=[2, 4])
+    rows = TeacherStore(values["teacher_store"]).dataset("train")
+    items = [rows[i] for i in range(8, 16)]  # the second shard, one recording batch
+    with torch.no_grad():
+        outputs = teacher(input_ids=torch.stack([item[INPUT_IDS] for item in items]), output_hidden_states=True)
+    for layer in (2, 4):
+        stored = torch.stack([item[hidden_states_key(layer)] for item in items])  # [8, 32, 64]
+        torch.testing.assert_close(stored.float(), outputs.hidden_states[layer][1], rtol=1e-3, atol=1e-3)
 
 
 def test_the_store_holds_the_sequences_distill_takes_with_a_data_seed(teacher_dirs, text_file, tmp_path):
