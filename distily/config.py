@@ -80,6 +80,11 @@ class DistillConfig:
             _require_teacher(self.model)
         if self.training.bitnet_schedule and not self.model.student_as_bitnet:
             raise DistilyConfigError("bitnet_schedule=true needs a BitNet student; expected student_as_bitnet=true")
+        if self.model.teacher_quantization != "none" and self.record.teacher_source == "recorded":
+            raise DistilyConfigError(  # metrics.json and the card would name a quantized teacher that never ran
+                f"teacher_quantization={self.model.teacher_quantization!r} with teacher_source=recorded: the teacher "
+                "does not run (its outputs are read from the store); expected teacher_quantization=none"
+            )
         if self.training.lmbda > 0 and self.record.teacher_source == "recorded":
             raise DistilyConfigError(
                 f"lmbda={self.training.lmbda} needs a live teacher: a recorded store cannot score the student's new "

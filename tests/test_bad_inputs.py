@@ -530,6 +530,9 @@ VALUE_CASES = [
     ("teacher_layers_with_a_student_checkpoint", {"student_model_name_or_path": "student", "student_config_overrides":
                                                   None, "student_layers_from_teacher": [0, 3]},
      "student_layers_from_teacher=[0, 3] is set with student_model_name_or_path"),
+    # metrics.json recorded quantization '8bit' and the card's config kept it, though no teacher ran quantized
+    ("quantized_recorded_teacher", {"teacher_source": "recorded", "teacher_store": "store", "teacher_quantization":
+                                    "8bit"}, "teacher_quantization='8bit' with teacher_source=recorded: the teacher"),
     ("bitnet_norm_without_bitnet", {"bitnet_input_norm": True}, "bitnet_input_norm=true needs a BitNet student"),
     ("bitnet_subln_without_bitnet", {"bitnet_subln": True}, "bitnet_subln=true needs a BitNet student"),
     ("bitnet_warmup_past_its_second_stage", {"student_as_bitnet": True, "bitnet_schedule": True, "max_steps": 1},
