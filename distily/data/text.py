@@ -92,6 +92,11 @@ def _data_files(path: Path) -> list[Path]:
     (hidden ones skipped)."""
     found = sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p, path)) if path.is_dir() else [path]
     files = [file for file in found if file.suffix.lower() in FILE_BUILDERS]
+    if not files and not path.is_dir():
+        raise DistilyConfigError(
+            f"dataset_name={str(path)!r} is a {path.suffix or 'suffix-less'} file, which Distily does not read; "
+            f"expected a {', '.join(FILE_BUILDERS)} file, a directory of them or one written by save_to_disk"
+        )
     if not files:
         raise DistilyConfigError(
             f"dataset_name={str(path)!r} holds no data files; expected {', '.join(FILE_BUILDERS)} files (hidden "

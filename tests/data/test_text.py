@@ -150,11 +150,13 @@ def write_parquet(path, texts):
                     write_jsonl(p / "d" / "b.jsonl", make_documents(9))), "a.jsonl' holds no rows"),
         (lambda p: (p / "d.parquet").write_text("not parquet"), "d.parquet' is not a parquet file"),
         (lambda p: write_parquet(p / "d.parquet", []), "d.parquet' holds no rows"),
+        (lambda p: (p / "d.csv").write_text("text\na b\nc d\n"),
+         r"d.csv' is a .csv file, which Distily does not read; expected a .txt, .jsonl, .json, .parquet file"),
     ],
 )
 def test_unreadable_local_files_are_one_line_errors_naming_the_file(tmp_path, setup, message):
     """Each of these raised the library's own error (AttributeError, "Instruction 'train' corresponds to no data",
-    CastError, ArrowInvalid) with a traceback."""
+    CastError, ArrowInvalid) with a traceback; a .csv file was said to 'hold no data files'."""
     setup(tmp_path)
     (path,) = [name for name in tmp_path.iterdir() if name.name != "cache"]
     with pytest.raises(DistilyConfigError, match=message):
