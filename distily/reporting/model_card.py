@@ -171,6 +171,11 @@ def card_data(config: DistillConfig, metrics: RunMetrics, model_name: str, disti
     )
 
 
+def count_of(count: int, noun: str) -> str:
+    """``1 row``, ``1,024 rows``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 FULL_BLOCKS = ("stream", "bos_blocks")  # the packings whose every row is max_seq_length tokens
 
 
@@ -178,13 +183,15 @@ def _text_rows(count: int, packing: str, length: int) -> str:
     """``count`` rows of text framed by ``packing``, as long as they are: full blocks of ``length`` tokens only for
     the packings that cut the text into them; the others' rows hold at most ``length`` tokens, often fewer."""
     if packing in FULL_BLOCKS:
-        return f"{count:,} packed sequences of {length} tokens"
+        return f"{count_of(count, 'packed sequence')} of {length} tokens"
     if packing == "documents":
-        return (f"{count:,} blocks of at most {length} tokens, each holding whole documents (or pieces of longer ones) "
-                "best-fit and masked apart, so a block may be partly filled")
+        return (f"{count_of(count, 'block')} of at most {length} tokens, each holding whole documents (or pieces of "
+                "longer ones) best-fit and masked apart, so a block may be partly filled")
     if packing == ALIGNED_PIECES:
-        return f"{count:,} rows of at most {length} tokens by either model's tokenizer, one piece of a document a row"
-    return f"{count:,} rows of at most {length} tokens, one document (or a piece of a longer one) a row"  # padded
+        return (f"{count_of(count, 'row')} of at most {length} tokens by either model's tokenizer,"
+                " one piece of a document a row")
+    return (f"{count_of(count, 'row')} of at most {length} tokens, one document (or a piece of a longer one) "
+            "a row")  # padded
 
 
 def _heldout_rows(metrics: RunMetrics) -> str:
@@ -192,8 +199,8 @@ def _heldout_rows(metrics: RunMetrics) -> str:
     tokens the losses count)."""
     if metrics.framing.loss_on:
         counted = "their assistant's tokens" if metrics.framing.loss_on == "assistant" else "all their tokens"
-        return (f"{metrics.eval_sequences} conversations of at most {metrics.max_seq_length} tokens set aside before "
-                f"training, on {counted}")
+        return (f"{count_of(metrics.eval_sequences, 'conversation')} of at most {metrics.max_seq_length} tokens set "
+                f"aside before training, on {counted}")
     rows = _text_rows(metrics.eval_sequences, metrics.framing.packing, metrics.max_seq_length)
     return f"{rows}, from documents set aside before packing"
 
@@ -218,7 +225,7 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
         markdown_table(run_columns(metrics), tokenizers_differ(metrics)),
     ]
     for name, spec in metrics.eval_sets.items():
-        lines.append(f"- `{name}`: {spec.sequences} sequences from `{spec.path}` ({spec.split})")
+        lines.append(f"- `{name}`: {count_of(spec.sequences, 'sequence')} from `{spec.path}` ({spec.split})")
     overlap = metrics.eval_overlap
     if overlap:
         found = [f"`{name}` {o.overlapping_sequences} of {o.sequences}" for name, o in overlap.items()]
@@ -381,8 +388,8 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
         if data.chat_template_kwargs:  # the student's users render with them too
             template += f" and `chat_template_kwargs: {json.dumps(data.chat_template_kwargs)}`"
         counted = "the assistant's tokens" if loss_on == "assistant" else "every token"
-        training_set = (f"- Training set: {metrics.train_sequences:,} rows of conversations rendered with {template}, "
-                        f"at most {length} tokens each; the losses count {counted} (`loss_on: {loss_on}`).")
+        training_set = (f"- Training set: {count_of(metrics.train_sequences, 'row')} of conversations rendered with "
+                        f"{template}, at most {length} tokens each; the losses count {counted} (`loss_on: {loss_on}`).")
     else:
         packing = metrics.framing.packing
         total = f" ({metrics.train_sequences * length:,} tokens)" if packing in FULL_BLOCKS else ""
@@ -397,7 +404,7 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     ]
     if train.tokens_seen is not None:
         padding = " (padding included)" if config.training.include_num_input_tokens_seen == "all" else ""
-        steps = f"{train.global_step:,} optimizer step{'' if train.global_step == 1 else 's'}"
+        steps = count_of(train.global_step, "optimizer step")
         lines.append(f"- Trained for {steps} ({train.epoch:.2f} epochs), about "
                      f"{train.tokens_seen:,} tokens{padding}.")
     return "\n".join(lines)

@@ -264,6 +264,19 @@ def test_a_chat_students_card_names_the_template_the_loss_mask_and_the_on_policy
             "at most 128") in no_thinking.text
 
 
+def test_a_count_of_one_is_singular(tmp_path, run_metrics):
+    """A tiny chat run held out one conversation: its card said "1 conversations of at most 64 tokens"."""
+    single = dataclasses.replace(run_metrics(), framing=FramingMetrics("padded", loss_on="assistant"),
+                                 eval_sequences=1, train_sequences=1)
+    single.eval_sets["recent"] = dataclasses.replace(single.eval_sets["recent"], sequences=1)
+    text = card_for(tmp_path, lambda bitnet: single)[0].text
+    assert "held-out data: 1 conversation of at most 128 tokens set aside" in text
+    assert "- Training set: 1 row of conversations rendered" in text
+    assert "- `recent`: 1 sequence from `data/recent.jsonl`" in text
+    packed = dataclasses.replace(run_metrics(), eval_sequences=1)
+    assert "held-out data: 1 packed sequence of 128 tokens, from" in card_for(tmp_path, lambda bitnet: packed)[0].text
+
+
 def test_the_framing_check_is_named_as_a_sample_not_as_the_held_out_loss(tmp_path, run_metrics):
     """The check runs the teacher on the first held-out documents (about 8 blocks), not on the held-out set the
     table reports: a tiny run's card said "the teacher's held-out loss as packed 6.654 nats" beside a table giving
