@@ -235,11 +235,13 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
         lines += ["", "The eval sets were not checked for overlap with the training data."]
     if evaluation.generation_eval_dataset:
         metric = f" and `{evaluation.generation_eval_metric}`" if evaluation.generation_eval_metric else ""
+        # the KL needs a teacher that runs and reads the student's tokens (none from a store, or across tokenizers)
+        kl = generation_key(KL_TO_TEACHER) in metrics.student.after.values
         lines += ["", f"Held-out prompts: the first prompts of `{evaluation.generation_eval_dataset}` "
                   f"({evaluation.generation_eval_split}), answered greedily (at most "
                   f"{evaluation.generation_eval_max_new_tokens} new tokens) and scored by exact match with the "
-                  f"reference (whitespace-stripped){metric}; the student's KL to the teacher is per token of its own "
-                  "answers."]
+                  f"reference (whitespace-stripped){metric}"
+                  + ("; the student's KL to the teacher is per token of its own answers." if kl else ".")]
     if evaluation.lm_eval_tasks:
         sample = (f"on a sample (lm_eval_limit={evaluation.lm_eval_limit}); these are not full benchmark scores"
                   if evaluation.lm_eval_limit else "on every example")

@@ -277,6 +277,21 @@ def test_a_count_of_one_is_singular(tmp_path, run_metrics):
     assert "held-out data: 1 packed sequence of 128 tokens, from" in card_for(tmp_path, lambda bitnet: packed)[0].text
 
 
+def test_the_held_out_prompts_line_names_the_kl_only_where_it_was_measured(tmp_path, run_metrics):
+    """A student whose answers no teacher scored (a recorded teacher, or one with other tokens) has no
+    generation/kl_to_teacher, yet its card said how that KL is measured."""
+    def answered(kl: bool):
+        metrics = run_metrics()
+        metrics.student.evaluations.update({"after_generation/exact_match": 25.0, "after_generation/samples": 8,
+                                            **({"after_generation/kl_to_teacher": 0.5} if kl else {})})
+        return card_for(tmp_path, lambda bitnet: metrics, generation_eval_dataset="prompts.jsonl")[0].text
+
+    assert "the student's KL to the teacher is per token of its own answers." in answered(kl=True)
+    without = answered(kl=False)
+    assert "KL to the teacher is per token of its own answers" not in without
+    assert "scored by exact match with the reference (whitespace-stripped)." in without
+
+
 def test_the_framing_check_is_named_as_a_sample_not_as_the_held_out_loss(tmp_path, run_metrics):
     """The check runs the teacher on the first held-out documents (about 8 blocks), not on the held-out set the
     table reports: a tiny run's card said "the teacher's held-out loss as packed 6.654 nats" beside a table giving
