@@ -217,10 +217,13 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
         "## Results",
         "",
         f"Measured by Distily on held-out data: {_heldout_rows(metrics)}"
-        + (", and the named eval sets below" if metrics.eval_sets else "") + ". KL and agreement are per "
-        "token, against the teacher's next-token distribution. Bits per byte is the next-token loss summed over "
-        "the held-out tokens, in bits, over the UTF-8 bytes of those tokens (each model's by its own tokenizer): "
-        "unlike perplexity, it compares models whose tokenizers differ.",
+        + (", and the named eval sets below" if metrics.eval_sets else "") + "."
+        # measured against a teacher with the student's tokens only (not across tokenizers)
+        + (" KL and agreement are per token, against the teacher's next-token distribution."
+           if metrics.student.after.get(KL_TO_TEACHER) is not None else "")
+        + " Bits per byte is the next-token loss summed over the held-out tokens, in bits, over the UTF-8 bytes of "
+        "those tokens (each model's by its own tokenizer): unlike perplexity, it compares models whose tokenizers "
+        "differ.",
         "",
         markdown_table(run_columns(metrics), tokenizers_differ(metrics)),
     ]

@@ -277,6 +277,19 @@ def test_a_count_of_one_is_singular(tmp_path, run_metrics):
     assert "held-out data: 1 packed sequence of 128 tokens, from" in card_for(tmp_path, lambda bitnet: packed)[0].text
 
 
+def test_the_results_explain_kl_and_agreement_only_where_they_were_measured(tmp_path, run_metrics):
+    """A student with its own tokenizer has no KL or agreement rows (a tiny cross-tokenizer run's table had none),
+    yet its card said how they are measured."""
+    text = card_for(tmp_path, run_metrics)[0].text
+    assert ". KL and agreement are per token, against the teacher's next-token distribution. Bits per" in text
+    metrics = run_metrics()
+    for key in [key for key in metrics.student.evaluations if "kl_to_teacher" in key or "agreement" in key]:
+        del metrics.student.evaluations[key]
+    without = card_for(tmp_path, lambda bitnet: metrics)[0].text
+    assert "KL and agreement" not in without
+    assert "and the named eval sets below. Bits per byte is the next-token loss" in without
+
+
 def test_the_held_out_prompts_line_names_the_kl_only_where_it_was_measured(tmp_path, run_metrics):
     """A student whose answers no teacher scored (a recorded teacher, or one with other tokens) has no
     generation/kl_to_teacher, yet its card said how that KL is measured."""
