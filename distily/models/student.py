@@ -10,6 +10,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from distily.data.vocabulary import VocabularyMap
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import ModelArguments
@@ -172,12 +173,14 @@ def teacher_layer_sources(chosen: Optional[list[int]], teacher: PretrainedConfig
     return list(chosen)
 
 
-def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teacher_layers: list[int]) -> None:
+def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teacher_layers: list[int],
+                        token_map: Optional[VocabularyMap] = None) -> None:
     """Copy ``teacher_layers[i]`` into student layer i (an adapter slot per hybrid layer from the teacher hybrid
     layer's: ``hybrid_slots``), and every other parameter (embeddings, final norm, LM head) whose name and shape
     match, a table packing a slice per layer with the slices of those layers;
     a tensor the student shares between two names (an LM head tied to the embeddings) is copied once, from the first
-    (the embeddings), as transformers ties the head to them."""
+    (the embeddings), as transformers ties the head to them. A student with a tokenizer of its own (``token_map``)
+    gets the embedding and LM-head rows of the tokens both tokenizers hold, by token (``copy_shared_token_rows``)."""
     teacher_config = teacher.config.get_text_config()
     check_same_heads(teacher_config, student.config.get_text_config(), list(enumerate(teacher_layers)))
     teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
@@ -191,6 +194,8 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
         prefix = named_decoder_layers(student)[0] + "."
         teacher_params = dict(teacher.state_dict())
         copied = set()  # the student's tensors written so far
+        if token_map is not None:  # by id, another tokenizer's rows would be other tokens'
+            copied |= {tensor.data_ptr() for tensor in _token_rows(student)}
         for name, param in student.state_dict().items():
             source = teacher_params.get(name)
             if name.startswith(prefix) or source is None or param.data_ptr() in copied:
@@ -199,6 +204,36 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
             if source.shape == param.shape:
                 param.copy_(source)
                 copied.add(param.data_ptr())
+    if token_map is not None:
+        copy_shared_token_rows(teacher, student, token_map)
+
+
+def _token_rows(model: PreTrainedModel) -> list[torch.Tensor]:
+    """The tensors with a row per token: the input embedding's, and the LM head's weight and bias (once if tied)."""
+    tensors = [model.get_input_embeddings().weight]
+    head = model.get_output_embeddings()
+    if head is not None:
+        tensors += [tensor for tensor in (head.weight, getattr(head, "bias", None))
+                    if tensor is not None and tensor is not tensors[0]]
+    return tensors
+
+
+def copy_shared_token_rows(teacher: PreTrainedModel, student: PreTrainedModel, token_map: VocabularyMap) -> None:
+    """Across tokenizers, the student's rows (input embedding, LM head) of each token the teacher's tokenizer also
+    holds, from the teacher's row of that token; the others keep their initialisation. Only where a row has the
+    teacher's width."""
+    pairs = [(student.get_input_embeddings(), teacher.get_input_embeddings())]
+    student_head, teacher_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+    if student_head is not None and teacher_head is not None and student_head.weight is not pairs[0][0].weight:
+        pairs.append((student_head, teacher_head))
+    with torch.no_grad():
+        for target, source in pairs:
+            for name in ("weight", "bias"):
+                rows, teacher_rows = getattr(target, name, None), getattr(source, name, None)
+                if rows is None or teacher_rows is None or rows.shape[1:] != teacher_rows.shape[1:]:
+                    continue
+                keep = (token_map.student_ids < rows.shape[0]) & (token_map.teacher_ids < teacher_rows.shape[0])
+                rows[token_map.student_ids[keep]] = teacher_rows[token_map.teacher_ids[keep]].to(rows.dtype)
 
 
 # what to do when a part copied from the teacher does not fit the student
@@ -366,8 +401,10 @@ def student_from_config(config: PretrainedConfig, trust_remote_code: bool) -> Pr
         ) from err
 
 
-def build_student(args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedModel:
-    """The student, in float32 (mixed precision is the trainer's business), ready to train."""
+def build_student(args: ModelArguments, teacher: PreTrainedModel,
+                  token_map: Optional[VocabularyMap] = None) -> PreTrainedModel:
+    """The student, in float32 (mixed precision is the trainer's business), ready to train; ``token_map`` pairs
+    its tokens with the teacher's where its tokenizer is another."""
     if args.student_model_name_or_path is not None:
         student = load_student(args.student_model_name_or_path, args.trust_remote_code)
     else:
@@ -378,7 +415,7 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel) -> PreTrainedM
         student.generation_config = copy.deepcopy(teacher.generation_config)
         if teacher_layers is not None:
             logger.info(f"Student layers copied from teacher layers {teacher_layers}")
-            copy_teacher_layers(teacher, student, teacher_layers)
+            copy_teacher_layers(teacher, student, teacher_layers, token_map)
     copy_named_modules(teacher, student, args.copy_teacher_modules or [])
     if args.student_as_bitnet and not is_bitnet(student.config):
         convert_to_bitnet(student, input_norm=args.bitnet_input_norm, subln=args.bitnet_subln)

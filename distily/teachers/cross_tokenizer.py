@@ -26,7 +26,7 @@ from distily.data.chat_alignment import (
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.text import DistillationData, collate, longest_row
-from distily.data.vocabulary import map_vocabularies
+from distily.data.vocabulary import VocabularyMap, map_vocabularies
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import HELDOUT_SET
 from distily.evaluation.heldout import Evaluator, heldout_metrics
@@ -78,9 +78,17 @@ class CrossTokenizerTeacher(LiveTeacher):
     def logit_columns(self, student: PreTrainedModel) -> None:
         return None  # each model's own vocabulary: the loss maps between them
 
+    def student_token_map(self) -> VocabularyMap:
+        return map_vocabularies(self._student_tokenizer, self.tokenizer, required=False)
+
     def student_built(self, student: PreTrainedModel) -> None:
-        """Sizes the vocabulary map."""
+        """Sizes the vocabulary map; a student built from the teacher's config takes its special tokens (BOS, end of
+        text, padding) from its own tokenizer, in its config and generation config, not the teacher's ids."""
         self._student_vocab = output_vocab_size(student)
+        if self.config.model.student_model_name_or_path is None:
+            for settings in (student.config, student.generation_config):
+                for role in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                    setattr(settings, role, getattr(self._student_tokenizer, role))
         super().student_built(student)
 
     def student_chat_template(self) -> Optional[ChatTemplate]:

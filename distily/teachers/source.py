@@ -4,8 +4,8 @@
 
 - ``settled_config(config)`` (before it is opened): the run's config with what the source decides filled in
   (a store: the split its rows were drawn with), which the run records, reports and opens the source with;
-- ``student_init_model()``: the model the student is built from (layers, config), then
-  ``student_built(student)`` once the student exists;
+- ``student_init_model()``: the model the student is built from (layers, config), with ``student_token_map()``
+  where its tokenizer is another, then ``student_built(student)`` once the student exists;
 - ``datasets(student)`` and ``collate_fn()``: what the run trains and evaluates on;
 - ``live_model``: the model that runs during the run (its weights count in the preflight), or None;
 - ``probed_models()``: the teacher models checked to keep packed documents apart;
@@ -35,6 +35,7 @@ from distily.objectives.arguments import ObjectiveArguments
 from distily.data.chat import ChatTemplate
 from distily.data.chat_alignment import CompletionAlignment, end_of_turn_id
 from distily.data.text import DistillationData, longest_row
+from distily.data.vocabulary import VocabularyMap
 from distily.metrics import Evaluation, FramingMetrics, MultimodalCheckpoint, RecordingSource, TeacherMetrics
 from distily.models.architecture import output_vocab_size
 from distily.models.summary import architecture_summary, parameter_count
@@ -129,6 +130,11 @@ class TeacherSource(ABC):
     @abstractmethod
     def student_init_model(self) -> PreTrainedModel:
         """The teacher the student is built from (weights where the student copies some)."""
+
+    def student_token_map(self) -> Optional[VocabularyMap]:
+        """Which student token is which teacher token where the student reads another tokenizer (a student built
+        from the teacher gets the rows of the tokens both hold by token); None with one tokenizer."""
+        return None
 
     def student_built(self, student: PreTrainedModel) -> None:
         """Called once the student is built from ``student_init_model()``."""

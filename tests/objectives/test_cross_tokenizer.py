@@ -322,3 +322,38 @@ def test_what_a_cross_tokenizer_run_cannot_do_is_a_one_line_error(two_tokenizer_
             tokenization_cache_dir=str(tmp_path / "cache"), max_steps=1, report_to="none", **overrides,
         ))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_student_built_from_the_teacher_with_its_own_tokenizer_takes_rows_and_special_tokens_by_token(tmp_path):
+    """The teacher's layers, and of its embedding and LM head the rows of the tokens both tokenizers hold, each
+    where the student's tokenizer has that token (a vocabulary of the teacher's size used to be copied by id: every
+    row another token's); the saved student's config and generation config name its own tokenizer's BOS, end of
+    text and padding (they named the teacher's ids)."""
+    teacher_tokenizer, student_tokenizer = make_bos_tokenizer(), make_sentencepiece_tokenizer(vocab_size=320)
+    config = tiny_config("llama", layers=2, vocab_size=len(teacher_tokenizer), tie_word_embeddings=False)
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(config)
+    teacher.save_pretrained(tmp_path / "teacher")
+    teacher_tokenizer.save_pretrained(tmp_path / "teacher")
+    student_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    run_distillation(parse_config(
+        teacher_model_name_or_path=str(tmp_path / "teacher"),
+        student_tokenizer_name_or_path=str(tmp_path / "tokenizer"), student_config_overrides={"num_hidden_layers": 1},
+        dataset_name=write_jsonl(tmp_path / "d.jsonl", make_documents(40)),
+        max_seq_length=32, max_eval_samples=8, output_dir=str(tmp_path / "run"),
+        tokenization_cache_dir=str(tmp_path / "cache"), max_steps=1, learning_rate=1e-12,
+        per_device_train_batch_size=4, eval_strategy="no", save_strategy="no", report_to="none", disable_tqdm=True,
+    ))
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    shared = map_vocabularies(student_tokenizer, teacher_tokenizer)
+    assert 0 < len(shared) < len(student_tokenizer) and student.config.vocab_size == config.vocab_size
+    for rows, teacher_rows in ((student.get_input_embeddings().weight, teacher.get_input_embeddings().weight),
+                               (student.lm_head.weight, teacher.lm_head.weight)):
+        torch.testing.assert_close(rows[shared.student_ids], teacher_rows[shared.teacher_ids], atol=1e-6, rtol=0)
+        unshared = sorted(set(range(len(student_tokenizer))) - set(shared.student_ids.tolist()))
+        assert not torch.isclose(rows[unshared], teacher_rows[unshared], atol=1e-6, rtol=0).all(dim=1).any()
+    copied = student.model.layers[0].mlp.up_proj.weight
+    assert any(torch.allclose(copied, layer.mlp.up_proj.weight, atol=1e-6, rtol=0) for layer in teacher.model.layers)
+    for settings in (student.config, student.generation_config):
+        assert (settings.bos_token_id, settings.eos_token_id, settings.pad_token_id) == (
+            student_tokenizer.bos_token_id, student_tokenizer.eos_token_id, student_tokenizer.pad_token_id)
