@@ -20,6 +20,7 @@ import dataclasses
 import enum
 import inspect
 import json
+import math
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
@@ -107,7 +108,7 @@ def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult
     results = []
 
     def add(source, metric, value, dataset_args=None):
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and math.isfinite(value):  # a diverged student's NaN: the table's alone
             dataset_type, dataset_name, dataset_config, dataset_split = source
             results.append(EvalResult(
                 task_type="text-generation", dataset_type=dataset_type, dataset_name=dataset_name,

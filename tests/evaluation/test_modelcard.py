@@ -79,6 +79,22 @@ def test_the_model_index_holds_the_students_results_only(tmp_path, run_metrics):
     assert 7.389 not in values and 0.41 not in values and "of the teacher" not in yaml.safe_dump(index)
 
 
+def test_a_non_finite_result_stays_out_of_the_model_index(tmp_path, run_metrics):
+    """A diverged student measures NaN or infinity: the Hub's model-index takes numbers, so those stay in the
+    card's table alone; the finite results are indexed as before."""
+    def diverged(bitnet=None):
+        metrics = run_metrics(bitnet)
+        metrics.student.evaluations.update(after_perplexity=float("inf"), after_bits_per_byte=float("nan"))
+        return metrics
+
+    card, _ = card_for(tmp_path, diverged)
+    text = str(card)
+    values = [metric["value"] for result in front_matter(card)["model-index"][0]["results"]
+              for metric in result["metrics"]]
+    assert sorted(values) == sorted([0.25, 0.8, 12.25, 1.4, 0.5, 0.33])
+    assert ".nan" not in text.split("---\n", 2)[1] and ".inf" not in text.split("---\n", 2)[1]
+
+
 GSM8K_RAW = {  # the harness's results for a task with two filters, each with its stderr
     "results": {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.05,
                           "exact_match,flexible-extract": 0.3, "exact_match_stderr,flexible-extract": 0.06}},
