@@ -1,11 +1,14 @@
 """Text in, packed token sequences out: load, split by document, tokenize, pack, cache."""
 
+import errno
 import hashlib
 import itertools
 import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -28,7 +31,7 @@ from distily.data.chat import (
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, Framing
 from distily.errors import DistilyConfigError
 from distily.logs import quieted
-from distily.outputs import atomic_output
+from distily.outputs import filesystem_errors
 from distily.paths import distily_cache_dir, looks_like_local_path
 
 logger = logging.getLogger(__name__)
@@ -407,15 +410,40 @@ def cached_dataset(cache_dir: str, key: str, build: Callable[[], datasets.Datase
     """The dataset cached under ``cache_dir/key``, built by ``build()`` and saved there when absent (an empty
     one is returned uncached: nothing worth caching, the caller reports it)."""
     cached = Path(cache_dir) / key
-    if (cached / "dataset_info.json").exists():
-        return datasets.load_from_disk(str(cached))
-    built = build()
-    if len(built) == 0:
-        return built
-    # a crash never leaves an entry that looks complete
-    with atomic_output(cached, directory=True, overwrite=True) as staging:
-        built.save_to_disk(str(staging))
+    if not (cached / "dataset_info.json").exists():
+        built = build()
+        if len(built) == 0:
+            return built
+        _save_entry(built, cached)
     return datasets.load_from_disk(str(cached))
+
+
+def _save_entry(built: datasets.Dataset, cached: Path) -> None:
+    """``built`` saved beside ``cached``, then renamed to it whole (a crash never leaves an entry that looks
+    complete), never over an entry there: processes sharing the cache that build the same entry at once all read the
+    first one in (the others hold the same rows), which is never moved or deleted under its readers."""
+    with filesystem_errors(cached, "the tokenization cache"):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        workspace = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    try:
+        with filesystem_errors(cached, "the tokenization cache"):  # diagnosed before the workspace is removed
+            built.save_to_disk(str(workspace / "entry"))
+            _rename_entry(workspace / "entry", cached)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _rename_entry(staging: Path, cached: Path) -> None:
+    """Rename the saved entry ``staging`` to ``cached`` unless another process's entry is there already."""
+    try:
+        os.rename(staging, cached)  # fails onto a directory that holds anything
+    except OSError as err:
+        if (cached / "dataset_info.json").exists():
+            return
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise DistilyConfigError(f"tokenization cache entry '{cached}' is not a saved dataset (no dataset_info.json); "
+                                 "expected it removed (Distily writes none such)")
 
 
 def default_cache_dir() -> str:

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import os
 import random
 import statistics
 
@@ -339,3 +340,30 @@ def test_blocks_cached_by_an_earlier_packing_scheme_are_not_read_back(tmp_path, 
         assert len(text_module.tokenize_and_pack(documents, tokenizer, earlier, "text", str(tmp_path))) == 1
     rows = text_module.tokenize_and_pack(documents, tokenizer, framing, "text", str(tmp_path))
     assert len(rows) == len(framing.pack(tokenizer(list(documents["text"]))["input_ids"])["input_ids"]) > 1
+
+
+def test_an_entry_another_process_cached_meanwhile_is_kept_for_its_readers(tmp_path):
+    """Two runs sharing the cache may build one entry at once. The last one in moved the first one's entry aside and
+    deleted it, under the runs reading it: two processes writing 120 entries each at the same moments failed twice
+    (OSError 'Directory not empty' on the rename, FileNotFoundError in a reader's shuffle) before this."""
+    rows = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3, 4]]})
+    theirs = {}
+
+    def build():  # another process caches the same entry while this one builds it
+        entry = text_module.cached_dataset(str(tmp_path), "key", lambda: rows)
+        theirs["inode"] = os.stat(entry.cache_files[0]["filename"]).st_ino
+        return rows
+
+    ours = text_module.cached_dataset(str(tmp_path), "key", build)
+    assert os.stat(ours.cache_files[0]["filename"]).st_ino == theirs["inode"]
+    assert flat(ours.with_format("torch")) == [(1, 2), (3, 4)]
+    assert [path.name for path in tmp_path.iterdir()] == ["key"]  # no staging left beside it
+
+
+def test_a_cache_entry_that_is_no_saved_dataset_is_a_one_line_error(tmp_path):
+    (tmp_path / "key").mkdir()
+    (tmp_path / "key" / "notes.txt").write_text("not a dataset")
+    rows = datasets.Dataset.from_dict({"input_ids": [[1, 2]]})
+    with pytest.raises(DistilyConfigError, match=r"entry '.*key' is not a saved dataset \(no dataset_info.json\)"):
+        text_module.cached_dataset(str(tmp_path), "key", lambda: rows)
+    assert (tmp_path / "key" / "notes.txt").exists()
