@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_check.sh            # on the GPU machine, from anywhere
 #   bash benchmarks/gpu_check.sh --cpu      # every part at smoke size on CPU (the CUDA tests skip, Liger is
 #                                           # left out), results under $DISTILY_GPU_CHECK_OUT or a temporary dir
+# Both need TRL (pip install -e ".[bench]"; a wheel on the GPU machine): real_vocab.py stops when --cases trl
+# cannot run.
 #
 # PYTHON picks the interpreter (default: python, else python3). DISTILY_GPU_CHECK_OUT moves the results (on the
 # GPU: default benchmarks/results/gpu). A machine without a package index (the device tool's) gets the packages its

@@ -17,7 +17,8 @@ in fresh processes with interleaved rounds (``training_speed.py``'s workers, clo
   process peak, as ``distily distill`` runs it);
 - distily_recorded: the same from a store of the teacher's top --top_k recorded beforehand (``distily record``);
 - distily_compiled (with --torch_compile): the live run with the Trainer's ``torch_compile``;
-- plain: the plain PyTorch loop on full logits; trl: ``GKDTrainer`` with lmbda=0, beta=0 (where TRL is installed).
+- plain: the plain PyTorch loop on full logits; trl: ``GKDTrainer`` with lmbda=0, beta=0 (by default where TRL is
+  installed; ``--cases trl`` without it is an error).
 
 --cases picks some of these (and ``flops`` and ``allocator``, below); the store is recorded only for
 distily_recorded (and ``allocator``).
@@ -42,7 +43,6 @@ Medians per trainer, ratios named for what they compare (``distily_over_trl_toke
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -53,7 +53,7 @@ from common import describe, interleaved, machine, medians, run_worker, write_re
 from distily.config import parse_record_config
 from distily.recording.run import run_recording
 from hardware_efficiency import matmul_peak
-from training_speed import SEED, benchmark_parser, parse_checked, prepare, report, summarise
+from training_speed import SEED, benchmark_parser, parse_checked, prepare, report, summarise, with_trl_if_installed
 
 HERE = Path(__file__).resolve().parent
 CASES = ("distily", "distily_recorded", "distily_compiled", "plain", "trl", "flops", "allocator")
@@ -79,12 +79,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.set_defaults(seq=512, tokenizer_vocab=16384, workdir="/tmp/distily-bench-real-vocab")
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES),
                         help="--arch, --vocab and --untied are set by each shape")
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
-                        help="what runs (default: all; distily_compiled only with --torch_compile)")
+    parser.add_argument("--cases", nargs="+", choices=CASES,
+                        help="what runs (default: all, trl where it is installed; distily_compiled only with "
+                        "--torch_compile)")
     parser.add_argument("--top_k", type=int, default=64, help="top-k log-probabilities of the recorded store")
     parser.add_argument("--repeats", type=int, default=5, help="timed matmuls per size for the peak")
     parser.add_argument("--name", default="real_vocab", help="the results file's name")
     options = parse_checked(parser, argv, QUICK)
+    options.cases = with_trl_if_installed(parser, options.cases, CASES, "--cases")
     options.quick_vocab = QUICK["quick_vocab"] if options.quick else None
     return options
 
@@ -117,8 +119,6 @@ def variants(spec: dict, options) -> dict[str, tuple[str, dict]]:
              "distily_compiled": ("distily", {**live, "distily_overrides": {"torch_compile": True}}),
              "plain": ("plain", live), "trl": ("trl", live)}
     wanted = set(options.cases) - ({"distily_compiled"} if not options.torch_compile else set())
-    if importlib.util.find_spec("trl") is None:
-        wanted.discard("trl")
     if torch.cuda.is_available():
         wanted.discard("allocator")  # a GPU's figures come from its allocator already
     if "allocator" in wanted:

@@ -329,6 +329,18 @@ def parse_checked(parser: argparse.ArgumentParser, argv, quick: dict) -> argpars
     return options
 
 
+def with_trl_if_installed(parser: argparse.ArgumentParser, asked: list[str] | None, default: tuple[str, ...],
+                          option: str) -> list[str]:
+    """What runs: ``asked`` on the command line (``option``), else ``default`` less ``trl`` where TRL is not
+    installed; asking for ``trl`` without it is an error, not a comparison silently left out."""
+    installed = importlib.util.find_spec("trl") is not None
+    if asked is None:
+        return [name for name in default if installed or name != "trl"]
+    if "trl" in asked and not installed:
+        parser.error(f'{option} trl needs TRL; expected pip install -e ".[bench]"')
+    return asked
+
+
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = benchmark_parser(__doc__.splitlines()[0], QUICK, runs=5, steps=8, warmup=2, hidden=512, heads=8)
     parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=None,
@@ -342,11 +354,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", default="training_speed", help="the results file's name")
     parser.add_argument("--worker_precision", choices=PRECISIONS, help=argparse.SUPPRESS)
     options = parse_checked(parser, argv, QUICK)
-    trl_installed = importlib.util.find_spec("trl") is not None
-    if options.trainers is None:
-        options.trainers = list(TRAINERS if trl_installed else ("distily", "plain"))
-    elif "trl" in options.trainers and not trl_installed:
-        parser.error('--trainers trl needs TRL; expected pip install -e ".[bench]"')
+    options.trainers = with_trl_if_installed(parser, options.trainers, TRAINERS, "--trainers")
     return options
 
 

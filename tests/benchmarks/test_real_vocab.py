@@ -2,6 +2,7 @@
 are read for (the measured numbers come from the lead's runs on an idle machine)."""
 
 import importlib
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -48,3 +49,21 @@ def test_real_vocab_quick_trains_live_and_recorded_and_counts_flops(benchmark, t
     student_bytes = sum(p.numel() * 4 for p in AutoModelForCausalLM.from_pretrained(student_dir).parameters())
     for name in ("distily", "distily_recorded"):  # at least the gradients and AdamW's two states, all fp32
         assert fp32["allocated_peaks"][name]["allocated_peak_extra_bytes"] >= 3 * student_bytes
+
+
+def test_asking_for_trl_where_it_is_not_installed_is_an_error_and_the_default_leaves_it_out(tmp_path, monkeypatch,
+                                                                                             capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("DISTILY_BENCH_RESULTS_DIR", str(tmp_path))  # where --quick would send results
+    find_spec = importlib.util.find_spec
+
+    def without_trl(name, *args):
+        return None if name == "trl" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_trl)
+    real_vocab = importlib.import_module("real_vocab")
+
+    assert "trl" not in real_vocab.parse_arguments(["--quick"]).cases
+    with pytest.raises(SystemExit) as error:  # the GPU check's comparison, not left out without a word
+        real_vocab.parse_arguments(["--quick", "--cases", "distily", "trl"])
+    assert error.value.code == 2 and "--cases trl needs TRL" in capsys.readouterr().err
