@@ -42,11 +42,11 @@ def _format(value) -> str:
     return "" if value is None else str(value)
 
 
-def ranking_table(sweep, rows: list[dict], overrides: bool = True) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the main columns: rank, name, status, (overrides,) the metric, SHOWN, error."""
+def ranking_table(sweep, rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the main columns: rank, name, status, overrides, the metric, SHOWN, error."""
     metrics = [sweep.metric] + [key for key in SHOWN if key != sweep.metric and any(key in row for row in rows)]
-    columns = [*FIXED, *(_override_keys(sweep) if overrides else []), *metrics]
-    if overrides and any("error" in row for row in rows):
+    columns = [*FIXED, *_override_keys(sweep), *metrics]
+    if any("error" in row for row in rows):
         columns.append("error")
     return columns, [[_format(row.get(column)) for column in columns] for row in rows]
 
@@ -94,16 +94,21 @@ def write_results(sweep, rows: list[dict]) -> list[Path]:
 
 
 def print_ranking(sweep, rows: list[dict], console: Console | None = None) -> None:
-    """The ranking without the override columns (the names carry them), then one line per failure."""
-    columns, table = ranking_table(sweep, rows, overrides=False)
+    """The ranking by the metric (the names carry the overrides; the other columns are in results.md), with the
+    status where a run did not finish, then one line per failure. Few enough columns to fit an 80-column terminal
+    or log: every main column there left each figure a character or two wide, folded over several lines."""
+    unfinished = any(row["status"] != "finished" for row in rows)
+    columns = ["rank", "name", *(["status"] if unfinished else []), sweep.metric]
     ranking = Table(title=f"{sweep.source}: ranked by {sweep.metric} ({sweep.metric_goal})")
-    for column in columns:  # the run names whole (they are what a user copies), the figures folded to fit
-        ranking.add_column(column.replace(".", " ").replace("_", " "), overflow="fold", no_wrap=column == "name")
-    for row in table:
-        ranking.add_row(*row)
+    table = [[_format(row.get(column)) for column in columns] for row in rows]
+    for index, column in enumerate(columns):  # whole names (what a user copies) and figures; headers may wrap
+        width = max((len(cells[index]) for cells in table), default=0)
+        ranking.add_column(column.replace(".", " ").replace("_", " "), no_wrap=column == "name", min_width=width)
+    for cells in table:
+        ranking.add_row(*cells)
     console = console or Console()
     console.print(ranking)
     for row in rows:
         if row["status"] == "failed":
             console.print(f"{row['name']}: failed: {row['error']}", markup=False, highlight=False)
-    console.print(f"results: {sweep.output_dir / 'results.md'}")
+    console.print(f"results: {sweep.output_dir / 'results.md'} (every value: results.csv)")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from distily.cli import main
 from distily.commands import sweep as sweep_command
@@ -24,7 +25,7 @@ from distily.experiments.runs import render_value, run_name
 from distily.experiments.sweep_file import load_sweep
 from distily.metrics import MultimodalCheckpoint
 from distily.reporting import plots
-from distily.reporting.sweep import write_results
+from distily.reporting.sweep import SHOWN, print_ranking, write_results
 from distily.training.run_dir import interrupted
 
 
@@ -121,6 +122,21 @@ def test_a_seed_or_a_name_is_drawn_as_points_per_value_without_a_line(base, tmp_
         assert [tick.get_text() for tick in axes.get_xticklabels()] == [str(value) for value in values]
         for line in axes.get_lines():
             assert line.get_linestyle() == "None" and list(line.get_xdata()) == list(range(len(values)))
+
+
+def test_the_printed_ranking_fits_an_80_column_terminal_with_whole_figures(base, tmp_path):
+    """Every main column at 80 columns (a terminal, a log) left each figure a character or two wide: '1.424' was
+    printed as '1.', '42', '4' on three lines."""
+    sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"learning_rate": [1.0e-4, 1.0e-3]}))
+    rows = rank(sweep, _finished_rows(sweep, sweep.metric, [1.4487, 1.4237]))
+    for row in rows:
+        row.update({key: 1234.5678 for key in SHOWN if key != sweep.metric})
+    console = Console(record=True, width=80)
+    print_ranking(sweep, rows, console)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for row, figure in zip(rows, ["1.424", "1.449"]):
+        assert any(row["name"] in line and figure in line for line in lines), (row["name"], lines)
 
 
 def test_only_the_runs_that_measured_the_metric_are_ranked(base, tmp_path):
