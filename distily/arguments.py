@@ -32,10 +32,11 @@ def registered(value: str, registry: dict, key: str, kind: str) -> None:
         raise DistilyConfigError(f"{key}={value!r} is not a registered {kind}; expected one of {', '.join(registry)}")
 
 
-def check_seed(seed: int) -> None:
-    """A seed numpy takes (``set_seed`` seeds numpy too, which refuses one outside 0..2**32-1 deep inside a run)."""
-    if not 0 <= seed < 2**32:
-        raise DistilyConfigError(f"seed={seed} is out of range; expected an integer 0 <= x < 2**32")
+def check_seed(seed: Optional[int], key: str = "seed") -> None:
+    """A seed numpy takes (``set_seed`` seeds numpy too, which refuses one outside 0..2**32-1 deep inside a run; the
+    split of the documents by ``data_seed`` refuses a negative one); None (unset) passes."""
+    if seed is not None and not 0 <= seed < 2**32:
+        raise DistilyConfigError(f"{key}={seed} is out of range; expected an integer 0 <= x < 2**32")
 
 
 def split_seed(seed: int, data_seed: Optional[int]) -> int:

@@ -1,6 +1,7 @@
 """Each bad input: one line naming the problem, exit code 2, nothing overwritten."""
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -543,6 +544,22 @@ VALUE_CASES = [
      {"student_as_bitnet": True, "bitnet_schedule": True, "max_steps": -1, "num_train_epochs": 0.004},
      "num_train_epochs=0.004 (1 optimizer steps), warmup_steps=0.05 (1 of them) and bitnet_stage_boundary=0.5: the "
      "warmup does not end before the second stage starts (step 0)"),
+    # each of these was a traceback (ValueError, TypeError, RuntimeError, AttributeError, FileNotFoundError) after the
+    # models had loaded, or while TrainingArguments read the setting
+    ("negative_data_seed", {"data_seed": -1}, "data_seed=-1 is out of range; expected an integer 0 <= x < 2**32"),
+    ("adam_beta_out_of_range", {"adam_beta2": 1.5}, "adam_beta2=1.5 is out of range; expected 0 <= x < 1"),
+    ("negative_adam_epsilon", {"adam_epsilon": -1e-8}, "adam_epsilon=-1e-08 must be >= 0"),
+    ("neftune", {"neftune_noise_alpha": 5.0}, "neftune_noise_alpha=5.0 is not supported by distill"),
+    ("unknown_scheduler_parameter", {"lr_scheduler_kwargs": {"num_cycle": 1}},
+     "lr_scheduler_kwargs sets 'num_cycle', which the cosine schedule does not take; expected among num_cycles"),
+    ("scheduler_kwargs_not_an_object", {"lr_scheduler_kwargs": "[]"},
+     "lr_scheduler_kwargs='[]' is a JSON list; expected a JSON object"),
+    ("freeze_the_whole_student", {"freeze_student_modules": [""]},
+     "freeze_student_modules=[''] freezes every parameter of the student, which would not train"),
+    ("missing_accelerator_config", {"accelerator_config": "no-such.json"},
+     "accelerator_config='no-such.json' is not a file; expected a JSON file or a JSON object"),
+    ("unknown_accelerator_config_field", {"accelerator_config": {"split_batch": True}},
+     "accelerator_config sets 'split_batch', which is not a field of transformers' AcceleratorConfig"),
 ]
 
 
@@ -608,10 +625,11 @@ def test_a_stray_argument_is_named_as_such(args, stray, tmp_path, capsys):
         ("record", ["--teacher_store", "{tmp}/store", "--seed", "-1"], "seed=-1 is out of range"),
         ("record", ["--teacher_store", "{tmp}/store", "--logits_temperature", "nan"], "logits_temperature=nan is not "
                                                                                      "finite"),  # a NaN store
+        ("record", ["--teacher_store", "{tmp}/store", "--data_seed", "-1"], "data_seed=-1 is out of range"),
         ("generate", ["--generate_output", "{tmp}/samples.jsonl", "--generate_temperature", "nan"],
          "generate_temperature=nan is not finite"),  # a ValueError from transformers' sampling
     ],
-    ids=["record_negative_seed", "record_nan_temperature", "generate_nan_temperature"],
+    ids=["record_negative_seed", "record_nan_temperature", "record_negative_data_seed", "generate_nan_temperature"],
 )
 def test_a_bad_record_or_generate_value_is_refused_before_the_teacher_loads(command, flags, expected, tmp_path,
                                                                            teacher_dirs, text_file, capsys,
@@ -641,6 +659,16 @@ def test_eval_refuses_an_output_dir_it_cannot_make_before_evaluating(output_dir,
     assert capsys.readouterr().err == (f"distily eval: error: output_dir={output_dir!r} "
                                        f"{expected.format(tmp=tmp_path)}; expected a directory\n")
     assert (tmp_path / "notes.txt").read_text() == "a user's file"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed")
+def test_deepspeed_without_its_package_is_one_line(tmp_path, capsys):
+    """Once a PackageNotFoundError, raised as TrainingArguments read the setting."""
+    assert main(["distill", "--teacher_model_name_or_path", "t", "--output_dir", str(tmp_path / "run"),
+                 "--deepspeed", "ds.json"]) == 2
+    assert capsys.readouterr().err == ("distily distill: error: deepspeed='ds.json' needs the deepspeed package, which "
+                                       "is not installed; expected `pip install deepspeed`, or no deepspeed\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_eval_refuses_a_nan_limit(capsys):

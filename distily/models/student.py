@@ -324,6 +324,11 @@ def freeze_named_modules(student: PreTrainedModel, names: list[str]) -> None:
         else:
             module = _submodule(student, name, "student", "freeze_student_modules")
         module.requires_grad_(False)
+    if names and not any(parameter.requires_grad for parameter in student.parameters()):
+        raise DistilyConfigError(  # '' names the whole model; once a RuntimeError in the first backward pass
+            f"freeze_student_modules={names} freezes every parameter of the student, which would not train; expected "
+            "modules that leave part of it to train"
+        )
 
 
 def student_config(args: ModelArguments, teacher_config: PretrainedConfig) -> PretrainedConfig:

@@ -108,6 +108,7 @@ class InferenceArguments:
                 f"per_device_eval_batch_size={self.per_device_eval_batch_size} must be a positive integer"
             )
         check_seed(self.seed)
+        check_seed(self.data_seed, "data_seed")
 
     @property
     def split_seed(self) -> int:

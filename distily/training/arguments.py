@@ -1,14 +1,21 @@
 """What a user configures about training: ``transformers.TrainingArguments`` with defaults for distillation and
 a few additions."""
 
+import dataclasses
+import importlib.util
+import inspect
+import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import TrainingArguments
+from transformers import SchedulerType, TrainingArguments
+from transformers.trainer_pt_utils import AcceleratorConfig
 
-from distily.arguments import check_seed, one_of, split_seed
+from distily.arguments import check_seed, json_dict, one_of, split_seed
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import GENERATION_BACKENDS
 
@@ -108,7 +115,10 @@ class DistillationTrainingArguments(TrainingArguments):
         if self.max_nonfinite_steps < 1:
             raise DistilyConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be a positive integer")
         self._check_training_values()
+        self._check_optimizer_values()
         self._check_on_policy_values()
+        self._check_accelerator_config()
+        self._check_deepspeed()
         counted = {"true": "all", "false": "no"}.get(str(self.include_num_input_tokens_seen).lower())
         self.include_num_input_tokens_seen = counted or self.include_num_input_tokens_seen
         one_of(self.include_num_input_tokens_seen, ("non_padding", "all", "no"), "include_num_input_tokens_seen")
@@ -116,6 +126,7 @@ class DistillationTrainingArguments(TrainingArguments):
             self.use_cpu = True  # lets bf16 mean CPU autocast on machines without an accelerator
         super().__post_init__()
         self._check_loggers()
+        self._check_scheduler_kwargs()
         if self.max_steps > 0:  # by epochs, the steps are known once the data is: the run checks them then
             self.check_bitnet_schedule(self.max_steps)
         if self.fp16 and self.use_cpu:
@@ -164,6 +175,24 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"{', '.join(INTEGRATION_TO_CALLBACK)}"
             )
 
+    def _check_scheduler_kwargs(self) -> None:
+        """lr_scheduler_kwargs as a JSON object of parameters of the schedule, or the Trainer fails on it as it builds
+        the schedule, the models loaded."""
+        from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+
+        kwargs = json_dict(self.lr_scheduler_kwargs, "lr_scheduler_kwargs")
+        schedule = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(self.lr_scheduler_type)]
+        parameters = inspect.signature(schedule).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return
+        own = [name for name in parameters if name not in ("optimizer", "num_warmup_steps", "num_training_steps")]
+        unknown = [key for key in kwargs if key not in own]
+        if unknown:
+            raise DistilyConfigError(
+                f"lr_scheduler_kwargs sets {unknown[0]!r}, which the {SchedulerType(self.lr_scheduler_type).value} "
+                f"schedule does not take; expected among {', '.join(own)}"
+            )
+
     def _check_on_policy_values(self) -> None:
         if not 0.0 <= self.lmbda <= 1.0:
             raise DistilyConfigError(f"lmbda={self.lmbda} is out of range; expected 0 <= x <= 1")
@@ -177,6 +206,56 @@ class DistillationTrainingArguments(TrainingArguments):
             )
         one_of(self.on_policy_backend, GENERATION_BACKENDS, "on_policy_backend")
 
+    def _check_optimizer_values(self) -> None:
+        """AdamW's values, which torch refuses only as the Trainer builds the optimizer, the models loaded; NEFTune,
+        which the Trainer would hook into the input embeddings of the model it trains: Distily's wrapper of student
+        and teacher has none."""
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise DistilyConfigError(f"{name}={getattr(self, name)} is out of range; expected 0 <= x < 1")
+        if self.adam_epsilon < 0:
+            raise DistilyConfigError(f"adam_epsilon={self.adam_epsilon} must be >= 0")
+        if self.neftune_noise_alpha is not None:
+            raise DistilyConfigError(
+                f"neftune_noise_alpha={self.neftune_noise_alpha} is not supported by distill (the Trainer hooks "
+                "NEFTune into the model it trains, which is Distily's wrapper of student and teacher); expected it "
+                "unset"
+            )
+
+    def _check_accelerator_config(self) -> None:
+        """accelerator_config, which TrainingArguments reads with a FileNotFoundError (no such file), a TypeError (an
+        unknown field) or an error that does not name it (a file that is not JSON)."""
+        config = self.accelerator_config
+        if isinstance(config, str) and not config.lstrip().startswith("{"):  # TrainingArguments loads '{...}' itself
+            if not os.path.isfile(config):
+                raise DistilyConfigError(
+                    f"accelerator_config={config!r} is not a file; expected a JSON file or a JSON object of the "
+                    "fields of transformers' AcceleratorConfig"
+                )
+            try:
+                config = json.loads(Path(config).read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise DistilyConfigError(
+                    f"accelerator_config={self.accelerator_config!r} is not a JSON file ({err}); expected a JSON object"
+                ) from None
+        if isinstance(config, str):
+            config = json_dict(config, "accelerator_config")
+        known = [f.name for f in dataclasses.fields(AcceleratorConfig)]
+        unknown = [key for key in config if key not in known] if isinstance(config, dict) else []
+        if unknown:
+            raise DistilyConfigError(
+                f"accelerator_config sets {unknown[0]!r}, which is not a field of transformers' AcceleratorConfig; "
+                f"expected among {', '.join(known)}"
+            )
+
+    def _check_deepspeed(self) -> None:
+        """TrainingArguments reads a deepspeed config only with the package, raising PackageNotFoundError without."""
+        if self.deepspeed and importlib.util.find_spec("deepspeed") is None:
+            raise DistilyConfigError(
+                f"deepspeed={self.deepspeed!r} needs the deepspeed package, which is not installed; expected "
+                "`pip install deepspeed`, or no deepspeed"
+            )
+
     def _check_training_values(self) -> None:
         """Values the Trainer would take and then train nothing with, or fail on deep inside a step."""
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -187,6 +266,7 @@ class DistillationTrainingArguments(TrainingArguments):
                 f"dataloader_num_workers={self.dataloader_num_workers} must be >= 0 (0: load in the main process)"
             )
         check_seed(self.seed)
+        check_seed(self.data_seed, "data_seed")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise DistilyConfigError(f"learning_rate={self.learning_rate} must be > 0; expected e.g. 1e-4")
         if self.weight_decay < 0:
