@@ -8,7 +8,9 @@ converts it to BitNet, exports packed and GGUF (TQ2_0 and TQ1_0), then times gre
 median of --runs runs:
     hf_fp32        the dense fp32 student in transformers (what the export replaces)
     llama_cpp_*    the GGUF file in llama.cpp (when llama-cpp-python is installed)
-Prints a table with ratios against hf_fp32 and writes benchmarks/results/bitnet_export.json.
+Prints a table with ratios against hf_fp32 and writes benchmarks/results/bitnet_export.json, the ratios under
+"ratios" (``<file>_over_hf_fp32_bytes``, ``<backend>_over_hf_fp32_tokens_per_second``,
+``packed_linear_weights_over_fp16_linear_weights_bytes``).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def llama_cpp_decoder(path: Path, prompt: list[int], tokens: int, threads: int):
     return decode
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--intermediate", type=int, default=2816)
@@ -76,7 +78,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per timed decode")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
@@ -88,6 +90,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bitnet-bench-") as work:
         report(args, dense, student, prompt, Path(work))
+
+
+def ratios(sizes: dict, speed: dict) -> dict:
+    """What the table prints beside the figures, each named for what it compares: the bytes of every file and the
+    decode speed of every backend over hf_fp32's, and the packed linear weights' bytes over theirs in fp16."""
+    return {**{f"{name}_over_hf_fp32_bytes": size / sizes["hf_fp32"]
+               for name, size in sizes.items() if name != "hf_fp32"},
+            **{f"{name}_over_hf_fp32_tokens_per_second": value / speed["hf_fp32"]
+               for name, value in speed.items() if name != "hf_fp32"},
+            "packed_linear_weights_over_fp16_linear_weights_bytes":
+                sizes["packed_linear_weights"] / sizes["fp16_linear_weights"]}
 
 
 def report(args, dense, student, prompt: list[int], work: Path) -> None:
@@ -116,19 +129,22 @@ def report(args, dense, student, prompt: list[int], work: Path) -> None:
             decode()
             seconds[name].append(time.perf_counter() - start)
     speed = {name: args.tokens / statistics.median(times) for name, times in seconds.items()}
+    compared = ratios(sizes, speed)
 
     print(f"student: llama hidden={args.hidden} intermediate={args.intermediate} layers={args.layers} "
           f"vocab={args.vocab}")
     print(f"{'file':<24}{'MiB':>10}{'vs hf_fp32':>12}")
     for name, size in sizes.items():
-        print(f"{name:<24}{size / 2**20:>10.2f}{size / sizes['hf_fp32']:>12.3f}")
-    print(f"packed linear weights / fp16 linear weights: {packed_linear / fp16_linear:.4f}")
+        print(f"{name:<24}{size / 2**20:>10.2f}{compared.get(f'{name}_over_hf_fp32_bytes', 1.0):>12.3f}")
+    print("packed linear weights / fp16 linear weights: "
+          f"{compared['packed_linear_weights_over_fp16_linear_weights_bytes']:.4f}")
     print(f"{'decode (median of ' + str(args.runs) + ')':<24}{'tok/s':>10}{'vs hf_fp32':>12}"
           f"   (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     for name, tokens_per_second in speed.items():
-        print(f"{name:<24}{tokens_per_second:>10.1f}{tokens_per_second / speed['hf_fp32']:>12.2f}")
-    write_results("bitnet_export", {"arguments": vars(args), "bytes": sizes, "tokens_per_second": speed,
-                                    "seconds_per_run": seconds})
+        print(f"{name:<24}{tokens_per_second:>10.1f}"
+              f"{compared.get(f'{name}_over_hf_fp32_tokens_per_second', 1.0):>12.2f}")
+    write_results("bitnet_export", {"arguments": vars(args), "ratios": compared, "bytes": sizes,
+                                    "tokens_per_second": speed, "seconds_per_run": seconds})
 
 
 if __name__ == "__main__":

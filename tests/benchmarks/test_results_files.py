@@ -46,3 +46,22 @@ def test_a_smoke_run_never_writes_over_the_measured_results(benchmark, monkeypat
     importlib.import_module(benchmark).parse_arguments(["--quick"])
 
     assert common.results_path(benchmark).parent == common.QUICK_RESULTS_DIR != common.RESULTS_DIR
+
+
+def test_bitnet_export_writes_the_ratios_its_table_prints_named_for_what_they_compare(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("DISTILY_BENCH_RESULTS_DIR", str(tmp_path))
+
+    importlib.import_module("bitnet_export").main(  # rows of 256: what TQ2_0 packs
+        ["--hidden", "256", "--intermediate", "256", "--layers", "1", "--heads", "4", "--vocab", "1024", "--tokens",
+         "2", "--runs", "1", "--threads", "1"])
+
+    results = json.loads((tmp_path / "bitnet_export.json").read_text())
+    sizes, ratios = results["bytes"], results["ratios"]
+    for name in ("packed", "gguf_TQ2_0", "gguf_TQ1_0"):
+        assert ratios[f"{name}_over_hf_fp32_bytes"] == sizes[name] / sizes["hf_fp32"] < 1
+    assert ratios["packed_linear_weights_over_fp16_linear_weights_bytes"] == pytest.approx(2 / 16, rel=0.01)
+    for name, speed in results["tokens_per_second"].items():  # llama.cpp's where llama-cpp-python is installed
+        if name != "hf_fp32":
+            assert ratios[f"{name}_over_hf_fp32_tokens_per_second"] == speed / results["tokens_per_second"]["hf_fp32"]
