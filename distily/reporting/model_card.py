@@ -212,6 +212,11 @@ def tokenizers_differ(metrics: RunMetrics) -> bool:
     return metrics.framing.packing in (ALIGNED_PIECES, ALIGNED_CONVERSATIONS)
 
 
+def results_table(metrics: RunMetrics) -> str:
+    """The table of results.md and the card: one row per metric; teacher, student before and after."""
+    return markdown_table(run_columns(metrics), tokenizers_differ(metrics))
+
+
 def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]) -> str:
     evaluation = config.evaluation
     lines = [
@@ -226,7 +231,7 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
         "those tokens (each model's by its own tokenizer): unlike perplexity, it compares models whose tokenizers "
         "differ.",
         "",
-        markdown_table(run_columns(metrics), tokenizers_differ(metrics)),
+        results_table(metrics),
     ]
     for name, spec in metrics.eval_sets.items():
         lines.append(f"- `{name}`: {count_of(spec.sequences, 'sequence')} from `{spec.path}` ({spec.split})")

@@ -8,6 +8,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from distily.cli import main
 from distily.config import parse_config
 from distily.data.arguments import DataArguments
 from distily.data.text import build_datasets, collate
@@ -82,6 +83,22 @@ def test_student_of_another_architecture_from_a_checkpoint(
     values = run_values(teacher_dirs[teacher_arch], student_model_name_or_path=student_dir)
     metrics = run_distillation(parse_config(**values))
     assert metrics["student"]["parameters"] < metrics["teacher"]["parameters"]
+
+
+def test_a_finished_run_prints_teacher_against_student_and_where_its_outputs_are(teacher_dirs, run_values, capsys):
+    """``distily distill`` used to end on the last progress bar, saying neither how the student did nor where it was
+    written."""
+    values = run_values(teacher_dirs["gpt2"], student_config_overrides={"n_layer": 1}, max_steps=1)
+    flags = [part for key, value in values.items()
+             for part in (f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value))]
+    assert main(["distill", *flags]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    results = (Path(values["output_dir"]) / "results.md").read_text()
+    table = [line for line in results.splitlines() if line.startswith("|")]
+    assert table[0] == "| metric | teacher | student (before) | student (after) |"
+    start = printed.index(table[0])
+    assert printed[start:start + len(table)] == table
+    assert printed[-1].endswith(f"metrics.json are in {values['output_dir']}")
 
 
 def test_outputs_of_a_run(teacher_dirs, run_values):
