@@ -65,3 +65,20 @@ def test_bitnet_export_writes_the_ratios_its_table_prints_named_for_what_they_co
     for name, speed in results["tokens_per_second"].items():  # llama.cpp's where llama-cpp-python is installed
         if name != "hf_fp32":
             assert ratios[f"{name}_over_hf_fp32_tokens_per_second"] == speed / results["tokens_per_second"]["hf_fp32"]
+
+
+def test_on_policy_trl_judges_exact_match_within_noise_only_on_two_rounds_or_more(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    summarise = importlib.import_module("on_policy_trl").summarise
+
+    def run(exact_match: float) -> dict:
+        return {"wall_seconds": 1.0, "process_peak_bytes": 2**20, "exact_match": exact_match, "kl_to_teacher": 0.1}
+
+    one_round = summarise({"distily": [run(40.0)], "trl": [run(50.0)]})
+    json.dumps(one_round, allow_nan=False)  # valid JSON: no infinite standard error
+    assert "exact_match_within_noise_or_better" not in one_round["goals"]
+    assert "paired_distily_minus_trl_exact_match_points_standard_error" not in one_round["ratios"]
+
+    two_rounds = summarise({"distily": [run(40.0), run(60.0)], "trl": [run(50.0), run(50.0)]})  # pairs -10, +10
+    assert two_rounds["ratios"]["paired_distily_minus_trl_exact_match_points_standard_error"] == pytest.approx(10.0)
+    assert two_rounds["goals"]["exact_match_within_noise_or_better"]
