@@ -27,7 +27,9 @@ from distily.training.guards import NonFiniteStepCounts, NonFiniteStepGuard
 from distily.training.on_policy import OnPolicyBatches
 from distily.training.step_sums import StepSums
 from distily.training.totals import RunTotals
-from distily.training.trainer_internals import StagedCheckpoints, check_library_versions, undo_evaluation_preparation
+from distily.training.trainer_internals import (
+    StagedCheckpoints, check_library_versions, quiet_resume_arguments_warning, undo_evaluation_preparation,
+)
 
 T = TypeVar("T")
 
@@ -51,6 +53,7 @@ class DistillationTrainer(StagedCheckpoints):
         evaluation, adds its metrics (perplexity on the eval sets, agreement with the teacher) to the
         evaluation's. ``on_policy`` replaces some training micro-batches with the student's own completions."""
         check_library_versions()
+        quiet_resume_arguments_warning()
         if objective.needs("needs_attentions"):  # only eager attention returns attention probabilities
             for network in (model, teacher.live_model):
                 if network is not None:

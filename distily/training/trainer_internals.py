@@ -19,8 +19,13 @@ the versions in ``WRITTEN_FOR`` (a warning names any other) and each pinned by a
   transformers' ZeRO config set aside (it keeps the config object only behind a private weak reference), and
   DeepSpeed partitions them afterwards: the Trainer's engine the student, ``placement.py`` the teacher
   (pinned by ``tests/training/test_zero3_loading.py``).
+- ``quiet_resume_arguments_warning``: on a resume transformers warns of any ``logging_steps``, ``eval_steps``,
+  ``save_steps`` or per-device batch that differs from the checkpoint's. Distily checks a resume itself
+  (``run_settings.json``) and lets those change, and its fractional defaults never equal the step counts a
+  checkpoint holds: every resume warned ``eval_steps: 0.25 (from args) != 30 (from trainer_state.json)``.
 """
 
+import logging
 import os
 import shutil
 import warnings
@@ -53,6 +58,22 @@ def check_library_versions() -> None:
                 "tests/training/test_trainer_internals.py and tests/training/test_zero3_loading.py)",
                 stacklevel=2,
             )
+
+
+RESUME_ARGUMENTS_WARNING = "Warning: The following arguments do not match the ones in the `trainer_state.json`"
+
+
+class _WithoutResumeArgumentsWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RESUME_ARGUMENTS_WARNING)
+
+
+WITHOUT_RESUME_ARGUMENTS_WARNING = _WithoutResumeArgumentsWarning()
+
+
+def quiet_resume_arguments_warning() -> None:
+    """Drop transformers' warning that a resumed checkpoint's step settings differ (added once)."""
+    logging.getLogger("transformers.trainer_utils").addFilter(WITHOUT_RESUME_ARGUMENTS_WARNING)
 
 
 class StagedCheckpoints(Trainer):

@@ -1,6 +1,7 @@
 """The library behaviours ``distily/training/trainer_internals.py`` works around, pinned: when one of these tests
 fails, transformers or accelerate changed, and the workaround must be checked (or removed)."""
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -9,14 +10,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForCausalLM, Trainer, TrainerState, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import compare_trainer_and_checkpoint_args, get_last_checkpoint
 
 from distily.training import trainer_internals
 from distily.training.run_dir import RunDir
 from distily.training.trainer_internals import (
     CHECKPOINT_STAGING_DIR,
+    RESUME_ARGUMENTS_WARNING,
+    WITHOUT_RESUME_ARGUMENTS_WARNING,
     StagedCheckpoints,
     check_library_versions,
+    quiet_resume_arguments_warning,
     undo_evaluation_preparation,
 )
 from hub_recorder import RecordingHub
@@ -88,6 +92,26 @@ def test_a_library_version_the_workarounds_were_not_written_for_is_named(monkeyp
     monkeypatch.setattr(trainer_internals, "version", lambda package: "9.0" if package == "accelerate" else "5.1")
     with pytest.warns(UserWarning, match="accelerate 9.0: distily/training/trainer_internals.py was written for"):
         check_library_versions()
+
+
+def test_a_resume_does_not_warn_that_fractional_step_settings_differ_from_the_checkpoints(tmp_path):
+    """Every resume of a run with Distily's fractional defaults warned 'eval_steps: 0.25 (from args) != 30 (from
+    trainer_state.json)'. Pinned: transformers still warns so, with this message, without the filter."""
+    library_logger = logging.getLogger("transformers.trainer_utils")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library_logger.addHandler(handler)
+    args = TrainingArguments(output_dir=str(tmp_path), eval_steps=0.25, save_steps=0.25, report_to="none", use_cpu=True)
+    try:
+        library_logger.removeFilter(WITHOUT_RESUME_ARGUMENTS_WARNING)
+        compare_trainer_and_checkpoint_args(args, TrainerState(eval_steps=7919, save_steps=7920, train_batch_size=8))
+        assert [record.getMessage().startswith(RESUME_ARGUMENTS_WARNING) for record in records] == [True]
+        quiet_resume_arguments_warning()
+        compare_trainer_and_checkpoint_args(args, TrainerState(eval_steps=7921, save_steps=7922, train_batch_size=8))
+        assert len(records) == 1
+    finally:
+        library_logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize("saves", [True, False], ids=["main process", "other process"])
