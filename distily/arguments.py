@@ -39,6 +39,13 @@ def check_seed(seed: Optional[int], key: str = "seed") -> None:
         raise DistilyConfigError(f"{key}={seed} is out of range; expected an integer 0 <= x < 2**32")
 
 
+def check_not_blank(value: Optional[str], key: str, expected: str) -> None:
+    """Refuse an empty path or name: libraries fail on it deep inside a command, or read it as the current
+    directory."""
+    if value is not None and not value.strip():
+        raise DistilyConfigError(f"{key}={value!r} is empty; expected {expected}")
+
+
 def split_seed(seed: int, data_seed: Optional[int]) -> int:
     """The seed of the held-out split and of the samples of the data: ``data_seed`` where set (the Trainer's seed of
     data sampling, independent of the model's), else ``seed``. distill, record and generate draw the same rows."""

@@ -560,6 +560,11 @@ VALUE_CASES = [
      "accelerator_config='no-such.json' is not a file; expected a JSON file or a JSON object"),
     ("unknown_accelerator_config_field", {"accelerator_config": {"split_batch": True}},
      "accelerator_config sets 'split_batch', which is not a field of transformers' AcceleratorConfig"),
+    ("optim_args_not_pairs", {"optim_args": "beta1"}, "optim_args='beta1' is not usable; expected key=value pairs"),
+    ("empty_dataset_name", {"dataset_name": ""}, "dataset_name='' is empty; expected a Hub dataset id or a local path"),
+    ("empty_eval_set_path", {"eval_datasets": {"a": ""}}, "eval_datasets['a'] path='' is empty"),
+    # accepted and ignored: Distily's loss replaces the Trainer's, which applies it (the same loss with and without)
+    ("label_smoothing", {"label_smoothing_factor": 0.1}, "label_smoothing_factor=0.1 is not applied by distill"),
 ]
 
 
@@ -626,10 +631,13 @@ def test_a_stray_argument_is_named_as_such(args, stray, tmp_path, capsys):
         ("record", ["--teacher_store", "{tmp}/store", "--logits_temperature", "nan"], "logits_temperature=nan is not "
                                                                                      "finite"),  # a NaN store
         ("record", ["--teacher_store", "{tmp}/store", "--data_seed", "-1"], "data_seed=-1 is out of range"),
+        ("record", ["--teacher_store", ""], "teacher_store='' is empty"),  # a store written into the current directory
+        ("generate", ["--generate_output", ""], "generate_output='' is empty"),  # a ValueError
         ("generate", ["--generate_output", "{tmp}/samples.jsonl", "--generate_temperature", "nan"],
          "generate_temperature=nan is not finite"),  # a ValueError from transformers' sampling
     ],
-    ids=["record_negative_seed", "record_nan_temperature", "record_negative_data_seed", "generate_nan_temperature"],
+    ids=["record_negative_seed", "record_nan_temperature", "record_negative_data_seed", "record_empty_store",
+         "generate_empty_output", "generate_nan_temperature"],
 )
 def test_a_bad_record_or_generate_value_is_refused_before_the_teacher_loads(command, flags, expected, tmp_path,
                                                                            teacher_dirs, text_file, capsys,

@@ -4,7 +4,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from distily.arguments import json_dict, one_of
+from distily.arguments import check_not_blank, json_dict, one_of
 from distily.errors import DistilyConfigError
 
 PACKINGS = ("auto", "stream", "bos_blocks", "documents", "padded")
@@ -143,6 +143,7 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        check_not_blank(self.dataset_name, "dataset_name", "a Hub dataset id or a local path")
         if not 0.0 < self.eval_fraction < 1.0:
             raise DistilyConfigError(f"eval_fraction={self.eval_fraction} is out of range; expected 0 < x < 1")
         one_of(self.packing, PACKINGS, "packing")

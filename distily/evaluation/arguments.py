@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from distily.arguments import file_in_the_way, json_dict, one_of
+from distily.arguments import check_not_blank, file_in_the_way, json_dict, one_of
 from distily.data.arguments import (
     CHAT_TEMPLATE_KWARGS_HELP, PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP, chat_template_date,
     chat_template_kwargs,
@@ -67,6 +67,7 @@ def _eval_sets(value: Any) -> dict[str, dict]:
         spec = {"path": spec} if isinstance(spec, str) else spec
         if not isinstance(spec, dict) or not isinstance(spec.get("path"), str):
             raise DistilyConfigError(f"{where}={spec!r}; expected a path or Hub id, or an object with a 'path'")
+        check_not_blank(spec["path"], f"{where} path", "a Hub dataset id or a local path")
         unknown = sorted(set(spec) - set(EVAL_SET_KEYS))
         if unknown:
             raise DistilyConfigError(

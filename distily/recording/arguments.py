@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from transformers import TrainingArguments
 
-from distily.arguments import check_seed, field_of, one_of, split_seed
+from distily.arguments import check_not_blank, check_seed, field_of, one_of, split_seed
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
 from distily.objectives.arguments import ObjectiveArguments
@@ -73,6 +73,7 @@ class RecordArguments:
     )
 
     def __post_init__(self):
+        check_not_blank(self.teacher_store, "teacher_store", "a directory for the store")  # '': the current one
         one_of(self.record_backend, RECORD_BACKENDS, "record_backend")
         for name in ("record_top_k", "record_shard_size"):
             if getattr(self, name) < 1:
@@ -178,6 +179,7 @@ class GenerateArguments:
     )
 
     def __post_init__(self):
+        check_not_blank(self.generate_output, "generate_output", "a .jsonl or .parquet file, or a directory")
         for name in ("generate_num_samples", "generate_length", "generate_num_return_sequences"):
             if getattr(self, name) < 1:
                 raise DistilyConfigError(f"{name}={getattr(self, name)} must be a positive integer")

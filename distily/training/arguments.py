@@ -116,6 +116,7 @@ class DistillationTrainingArguments(TrainingArguments):
             raise DistilyConfigError(f"max_nonfinite_steps={self.max_nonfinite_steps} must be a positive integer")
         self._check_training_values()
         self._check_optimizer_values()
+        self._check_trainer_features()
         self._check_on_policy_values()
         self._check_accelerator_config()
         self._check_deepspeed()
@@ -207,14 +208,29 @@ class DistillationTrainingArguments(TrainingArguments):
         one_of(self.on_policy_backend, GENERATION_BACKENDS, "on_policy_backend")
 
     def _check_optimizer_values(self) -> None:
-        """AdamW's values, which torch refuses only as the Trainer builds the optimizer, the models loaded; NEFTune,
-        which the Trainer would hook into the input embeddings of the model it trains: Distily's wrapper of student
-        and teacher has none."""
+        """AdamW's values and optim_args, which torch and the Trainer refuse only as they build the optimizer, the
+        models loaded."""
         for name in ("adam_beta1", "adam_beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise DistilyConfigError(f"{name}={getattr(self, name)} is out of range; expected 0 <= x < 1")
         if self.adam_epsilon < 0:
             raise DistilyConfigError(f"adam_epsilon={self.adam_epsilon} must be >= 0")
+        pairs = self.optim_args.replace(" ", "").split(",") if self.optim_args else []  # as the Trainer splits them
+        if any(pair.count("=") != 1 for pair in pairs):
+            raise DistilyConfigError(
+                f"optim_args={self.optim_args!r} is not usable; expected key=value pairs separated by commas, e.g. "
+                "'beta1=0.9,beta2=0.95'"
+            )
+
+    def _check_trainer_features(self) -> None:
+        """Features of the Trainer that Distily's training does not run: NEFTune, which it would hook into the input
+        embeddings of the model it trains (Distily's wrapper of student and teacher has none), and label smoothing,
+        which its loss, replaced by Distily's, would apply."""
+        if self.label_smoothing_factor != 0:
+            raise DistilyConfigError(
+                f"label_smoothing_factor={self.label_smoothing_factor} is not applied by distill (its losses are its "
+                "own: hard_label_weight weighs a plain cross-entropy); expected 0"
+            )
         if self.neftune_noise_alpha is not None:
             raise DistilyConfigError(
                 f"neftune_noise_alpha={self.neftune_noise_alpha} is not supported by distill (the Trainer hooks "
