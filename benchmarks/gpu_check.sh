@@ -10,7 +10,8 @@
 # Both need TRL (pip install -e ".[bench]"; a wheel on the GPU machine): real_vocab.py stops when --cases trl
 # cannot run.
 #
-# PYTHON picks the interpreter (default: python, else python3). DISTILY_GPU_CHECK_OUT moves the results (on the
+# PYTHON picks the interpreter (default: python3, the one with PyTorch on the lent GPU machines, else python; here:
+# PYTHON=.venv/bin/python). DISTILY_GPU_CHECK_OUT moves the results (on the
 # GPU: default benchmarks/results/gpu). A machine without a package index (the device tool's) gets the packages its
 # image lacks as wheels: `bash benchmarks/gpu_wheels.sh` here, then there, with .whl carried:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
@@ -19,7 +20,7 @@
 # to install from), and when it cannot be, the Liger rows are left out with a message.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-$(command -v python || command -v python3)}
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 if [[ "${1:-}" == "--cpu" ]]; then
