@@ -23,6 +23,7 @@ import json
 import math
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from typing import Optional
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -31,7 +32,9 @@ from transformers import TrainingArguments
 from distily.config import DistillConfig
 from distily.evaluation.arguments import FEWSHOT, HELDOUT_SET, KL_TO_TEACHER, SAMPLES
 from distily.evaluation.framing_check import CHECK_BLOCKS
-from distily.metrics import GENERATION, FramingMetrics, MultimodalCheckpoint, RunMetrics, generation_key
+from distily.metrics import (
+    GENERATION, FramingMetrics, MultimodalCheckpoint, RecordingSource, RunMetrics, generation_key,
+)
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
 from distily.reporting.tables import MIB, markdown_table, run_columns
@@ -217,6 +220,16 @@ def results_table(metrics: RunMetrics) -> str:
     return markdown_table(run_columns(metrics), tokenizers_differ(metrics))
 
 
+def _kl_and_agreement(recording: Optional[RecordingSource]) -> str:
+    """How the results' KL and agreement were measured: a store holds the teacher's top k alone (docs/recording.md)."""
+    if recording is None:
+        return " KL and agreement are per token, against the teacher's next-token distribution."
+    return (f" KL and agreement are per token, against the teacher's next-token distribution as recorded in the store: "
+            f"its top {recording.record_top_k} tokens and the rest as one bucket, at temperature "
+            f"{recording.recording_temperature:g}. This KL is at most the KL to the whole distribution, so it does not "
+            "compare with a live teacher's.")
+
+
 def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]) -> str:
     evaluation = config.evaluation
     lines = [
@@ -225,8 +238,8 @@ def results_section(config: DistillConfig, metrics: RunMetrics, plots: list[str]
         f"Measured by Distily on held-out data: {_heldout_rows(metrics)}"
         + (", and the named eval sets below" if metrics.eval_sets else "") + "."
         # measured against a teacher with the student's tokens only (not across tokenizers)
-        + (" KL and agreement are per token, against the teacher's next-token distribution."
-           if metrics.student.after.get(KL_TO_TEACHER) is not None else "")
+        + (_kl_and_agreement(metrics.teacher.recording) if metrics.student.after.get(KL_TO_TEACHER) is not None
+           else "")
         + " Bits per byte is the next-token loss summed over the held-out tokens, in bits, over the UTF-8 bytes of "
         "those tokens (each model's by its own tokenizer): unlike perplexity, it compares models whose tokenizers "
         "differ.",
