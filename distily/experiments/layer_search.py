@@ -75,7 +75,7 @@ def _named_maps(entries, where: str) -> list[tuple[str, dict]]:
 def _layer_indices(value, depth: int, low: int, what: str, where: str) -> list[int]:
     if value == "all":
         return list(range(low, depth + 1))
-    if isinstance(value, list) and value and all(isinstance(i, int) and low <= i <= depth for i in value):
+    if isinstance(value, list) and value and all(type(i) is int and low <= i <= depth for i in value):  # not a bool
         return value
     raise DistilyConfigError(
         f"{where}: layer_search.single_pairs.{what}={value!r} is not 'all' or a list of {what} indices; expected "

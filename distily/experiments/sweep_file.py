@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from distily.arguments import file_in_the_way
 from distily.config import DistillConfig, check_keys, parse_config, read_config_file
 from distily.errors import DistilyConfigError
 from distily.experiments.layer_search import layer_search_runs
@@ -204,6 +205,9 @@ def load_sweep(path: str, argv: Optional[list[str]] = None) -> Sweep:
     output_dir = output_dir or spec.get("output_dir")
     if not isinstance(output_dir, str) or not output_dir:
         raise DistilyConfigError(f"{where}: output_dir={output_dir!r} is not a directory; expected e.g. runs/my-sweep")
+    blocked = file_in_the_way(output_dir)
+    if blocked is not None:  # once a FileExistsError or NotADirectoryError as the first run started
+        raise DistilyConfigError(f"{where}: output_dir={output_dir!r} {blocked}; expected a directory")
     metric, goal = _metric(spec, where)
     sweep = Sweep(path, _base(spec, Path(path), where), flags, [], Path(output_dir), [], metric, goal)
     if "layer_search" in spec:

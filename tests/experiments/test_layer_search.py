@@ -85,6 +85,7 @@ def test_a_multimodal_teachers_depth_is_its_language_models(base, tmp_path):
         ({"maps": "all"}, "layer_search.maps='all' is not a list"),
         ({"maps": [3]}, "layer_search.maps entry 3 is not a map name"),
         ({"single_pairs": {"student": [9]}}, "single_pairs.student=\\[9\\] is not 'all' or a list"),
+        ({"single_pairs": {"teacher": [True]}}, "single_pairs.teacher=\\[True\\] is not 'all' or a list"),  # was 1
         ({"single_pairs": [1, 2]}, "single_pairs=\\[1, 2\\] is not a mapping"),
         ({"component": "attentions", "maps": ["last"]}, "attentions_weight is 0"),
     ],

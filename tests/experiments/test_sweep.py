@@ -371,6 +371,9 @@ BAD_SWEEPS = [
     ({"base": None}, "base=None is not a config file or a mapping"),
     ({"base": "missing.yaml"}, "base='missing.yaml' does not exist"),
     ({"output_dir": None}, "output_dir=None is not a directory"),
+    ({"output_dir": "base.yaml"}, "output_dir='base.yaml' is an existing file; expected a directory"),  # a traceback
+    ({"output_dir": "base.yaml/out"}, "output_dir='base.yaml/out' is below the file 'base.yaml'; expected a "
+                                      "directory"),
     ({"grid": {"seed": 1}}, "grid.seed=1 is not a list of values"),
     ({"grid": {"seed": []}}, "grid.seed=\\[\\] has no values"),
     ({"grid": {"learning_rate": ["fast", 1.0e-4]}},
@@ -401,7 +404,8 @@ BAD_SWEEPS = [
 
 
 @pytest.mark.parametrize("change, message", BAD_SWEEPS, ids=[message[:40] for _, message in BAD_SWEEPS])
-def test_sweep_file_errors_name_the_bad_value(change, message, base, tmp_path):
+def test_sweep_file_errors_name_the_bad_value(change, message, base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a relative output_dir is
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({**base, "lerning_rate": 1.0e-4}))
     spec = {"base": base, "output_dir": "out", "grid": {"seed": [0, 1]}, **change}
     with pytest.raises(DistilyConfigError, match=message):
