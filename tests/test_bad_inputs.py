@@ -700,6 +700,21 @@ def test_a_teacher_store_that_is_a_file_is_refused_before_the_teacher_loads(belo
     assert tree(tmp_path) == before
 
 
+def test_a_teacher_store_in_a_users_folder_is_refused_before_the_teacher_loads(tmp_path, teacher_dirs, text_file,
+                                                                             capsys, monkeypatch):
+    """Once the store's manifest, shards, teacher/ and tokenizer/ were written among the folder's files (with
+    teacher_store '.', into the current directory)."""
+    (tmp_path / "notes.txt").write_text("a user's file")
+    monkeypatch.setattr("distily.recording.run._teacher_for", lambda config: pytest.fail("the teacher was loaded"))
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    assert main(["record", "--teacher_model_name_or_path", teacher_dirs["llama"], "--dataset_name", text_file,
+                 "--teacher_store", "."]) == 2
+    assert capsys.readouterr().err == ("distily record: error: teacher_store='.' holds 'notes.txt', which no store "
+                                       "writes; expected a directory (new, or a store to resume)\n")
+    assert tree(tmp_path) == before
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

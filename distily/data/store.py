@@ -121,10 +121,22 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
+def _written_by_a_store(name: str) -> bool:
+    """A name a store writes: its manifest or progress file, tokenizer/, teacher/ and its shards (partial ones too)."""
+    if name in (MANIFEST, PROGRESS, TOKENIZER_DIR, TEACHER_CONFIG_DIR):
+        return True
+    split, _, rest = name.partition("-")
+    return split in SPLITS and rest.removesuffix(".partial").endswith(".safetensors")
+
+
 def check_store_directory(path: str | os.PathLike) -> None:
-    """A store is a directory: ``teacher_store`` naming an existing file, or a path below one, is refused in one line
-    (checked before the teacher loads, not when the first shard is written)."""
+    """A store is a directory of its own: ``teacher_store`` naming an existing file, a path below one, or a directory
+    holding what no store writes (a user's folder, the current directory for '.') is refused in one line (checked
+    before the teacher loads, not when the first shard is written beside the user's files)."""
     where = file_in_the_way(path)
+    if where is None and os.path.isdir(path):
+        foreign = sorted(name for name in os.listdir(path) if not _written_by_a_store(name))
+        where = f"holds {foreign[0]!r}, which no store writes" if foreign else None
     if where is not None:
         raise DistilyConfigError(
             f"teacher_store={str(path)!r} {where}; expected a directory (new, or a store to resume)"
