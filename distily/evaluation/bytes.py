@@ -5,7 +5,10 @@ models whose tokenizers differ (perplexity is per token, and a token is a differ
 
 The bytes counted are those the predicted target tokens spell (``token_byte_lengths``): the text the targets
 cover, as the tokenizer saw it. Special tokens (BOS, EOS, padding) spell nothing and count 0 bytes, though
-predicting them costs NLL like any token. For a SentencePiece tokenizer that adds a space before every text (Llama
+predicting them costs NLL like any token; but the unknown token of a tokenizer with byte fallback (Llama 2's
+``<unk>``) spells its own text: such a tokenizer spells any character in bytes, so it reads ``<unk>`` only where the
+text holds those five characters (WikiText-2 does, thousands of times), and they count as the other tokenizers'
+pieces of them do. For a SentencePiece tokenizer that adds a space before every text (Llama
 1/2, Mistral: ``▁`` prepended), the first token of each document spells that space, so a document counts one byte
 more than its raw UTF-8 text; the decoder drops that space again, but the model predicted it.
 """
@@ -14,7 +17,7 @@ import json
 import math
 import re
 import weakref
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader
@@ -50,19 +53,29 @@ def _spelling_rule(tokenizer: PreTrainedTokenizerBase, vocab: list[str]) -> Call
     return lambda token: len(tokenizer.convert_tokens_to_string([token]).encode("utf-8"))
 
 
+def _unknown_as_text(tokenizer: PreTrainedTokenizerBase) -> Optional[int]:
+    """The unknown token's id when the tokenizer falls back to bytes (then it is read only from its own text in the
+    input, never for a character the tokenizer cannot spell), else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = json.loads(backend.to_str())["model"] if backend is not None else {}
+    return tokenizer.unk_token_id if model.get("byte_fallback") else None
+
+
 def token_byte_lengths(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     """``[len(tokenizer)]`` int64: the UTF-8 bytes each token id adds to the text it decodes to. Byte-level BPE:
     the bytes its characters stand for; SentencePiece: ``▁`` one space byte, ``<0xNN>`` one byte; a special
-    token 0; a non-special added token its content's bytes; an id with no token 0. Computed once per tokenizer
-    (again when tokens were added to it since)."""
+    token 0, but a byte-fallback tokenizer's unknown token its content's bytes (``_unknown_as_text``); a
+    non-special added token its content's bytes; an id with no token 0. Computed once per tokenizer (again when
+    tokens were added to it since)."""
     if tokenizer not in _LENGTHS or len(_LENGTHS[tokenizer]) != len(tokenizer):
         size = len(tokenizer)
         vocab = tokenizer.convert_ids_to_tokens(list(range(size)))
         spelled = _spelling_rule(tokenizer, [token for token in vocab if token is not None])
-        added = tokenizer.added_tokens_decoder
+        added, unknown = tokenizer.added_tokens_decoder, _unknown_as_text(tokenizer)
         lengths = [
             0 if token is None
-            else (0 if added[index].special else len(added[index].content.encode("utf-8"))) if index in added
+            else (0 if added[index].special and index != unknown else len(added[index].content.encode("utf-8")))
+            if index in added
             else spelled(token)
             for index, token in enumerate(vocab)
         ]

@@ -57,11 +57,22 @@ def test_byte_fallback_and_special_tokens_have_their_lengths():
     tokenizer = make_sentencepiece_tokenizer()
     lengths = token_byte_lengths(tokenizer)
     assert lengths.shape == (len(tokenizer),) and lengths.dtype == torch.long
-    for token, expected in (("<s>", 0), ("</s>", 0), ("<unk>", 0), ("<0x0A>", 1), ("<0xF0>", 1), ("▁", 1)):
+    for token, expected in (("<s>", 0), ("</s>", 0), ("<unk>", 5), ("<0x0A>", 1), ("<0xF0>", 1), ("▁", 1)):
         assert lengths[tokenizer.convert_tokens_to_ids(token)] == expected, token
     assert token_byte_lengths(tokenizer) is lengths  # computed once per tokenizer
     spelled = tokenizer.convert_ids_to_tokens(tokenizer(TEXTS[2])["input_ids"])
     assert "<0xF0>" in spelled and "▁a" in spelled  # the texts above go through byte fallback and pieces
+
+
+def test_unknown_token_of_a_byte_fallback_tokenizer_spells_its_text():
+    """WikiText-2 writes ``<unk>`` for rare words; a SentencePiece tokenizer reads those five characters as its
+    unknown token (it spells any other character in bytes), a byte-level BPE as pieces: both count them."""
+    text = "The <unk> sees a <unk> book."
+    sentencepiece, byte_level = make_sentencepiece_tokenizer("never"), make_tokenizer()
+    ids = sentencepiece(text)["input_ids"]
+    assert ids.count(sentencepiece.unk_token_id) == 2
+    assert spelled_bytes(sentencepiece, ids) == len(text.encode("utf-8"))
+    assert spelled_bytes(byte_level, byte_level(text)["input_ids"]) == len(text.encode("utf-8"))
 
 
 def test_target_bytes_count_the_predicted_tokens_only():
