@@ -125,7 +125,7 @@ def student_sweep(args, prepared: dict):
         "student_model_name_or_path": str(prepared["student_dir"]),
         "dataset_name": str(prepared["files"]["transfer"]),
         "eval_fraction": 0.02,
-        "max_eval_samples": 64,
+        "max_eval_samples": None,  # the eval sets' default too: every block unless --eval_blocks, as for the teacher
         **heldout_every(prepared["files"], args.eval_blocks or None, args),
     }
     runs = [{"name": name, **overrides} for name, _, overrides in VARIANTS]
@@ -186,8 +186,8 @@ def write_report(args, results: dict, command: str) -> None:
         f"a SentencePiece-style BPE of {next(iter(students.values()))['vocabulary']} tokens, each "
         f"{args.student_steps} steps of {args.batch_size} x {args.seq_length} tokens on the transfer set "
         f"({splits['transfer_articles']} articles, {splits['transfer_characters']:,} characters), evaluated every "
-        f"{args.eval_every} steps on {splits['heldout_characters']:,} held-out characters, each model with its own "
-        "tokenizer.",
+        f"{args.eval_every} steps on {f'a sample of {args.eval_blocks} blocks of ' if args.eval_blocks else ''}the "
+        f"{splits['heldout_characters']:,} held-out characters, each model with its own tokenizer.",
         "",
         f"Baseline: the cross-entropy student's checkpoint of lowest validation bits per byte (the teacher's own "
         f"held-out articles), step {best_step}, {results['baseline_best_bits_per_byte']:.3f} test bits per byte"

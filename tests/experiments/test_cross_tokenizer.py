@@ -7,7 +7,10 @@ import pytest
 pytest.importorskip("distily.evaluation.bytes")  # bits per byte (#18, built beside this script)
 
 import cross_tokenizer as script  # noqa: E402
+from distily.data.tokenizer import train_sentencepiece_bpe  # noqa: E402
+from distily.evaluation.run import named_eval_sets  # noqa: E402
 from tiny import make_documents, wikitext_like  # noqa: E402
+from wikitext import heldout_blocks  # noqa: E402
 
 
 @pytest.mark.slow
@@ -48,3 +51,19 @@ def test_cross_tokenizer_writes_its_table_plot_and_numbers(tmp_path):
     table = report.read_text()
     assert all(f"| {name} |" in table for name in expected) and "cross_tokenizer.py --data" in table
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_students_are_evaluated_on_every_held_out_block_as_the_teacher(tmp_path):
+    """With ``--eval_blocks 0`` the teacher reads every block of the test and validation text; so do the students'
+    runs, not a sample of ``max_eval_samples`` blocks."""
+    files = {name: tmp_path / f"{name}.txt" for name in ("heldout", "validation", "transfer")}
+    for seed, path in enumerate(files.values()):
+        path.write_text(wikitext_like(make_documents(120, seed=seed)))
+    tokenizer = train_sentencepiece_bpe(make_documents(50, seed=5), 300)
+    args = script.parse_args(["--work_dir", str(tmp_path), "--seq_length", "16"])
+    prepared = {"teacher_dir": tmp_path / "teacher", "student_dir": tmp_path / "student", "files": files}
+    sweep = script.student_sweep(args, prepared)
+    eval_sets = named_eval_sets(sweep.config(sweep.runs[0]), tokenizer, args.seq_length)
+    for name, path in (("unseen", files["heldout"]), ("validation", files["validation"])):
+        everything = heldout_blocks(path, tokenizer, args.seq_length, tmp_path / "cache", 0)
+        assert len(everything) > 64 and len(eval_sets[name]) == len(everything), name
