@@ -15,7 +15,8 @@ method alike: the settings are few, the choice is coarse. Fine-tuning (a) has no
 teacher logits).
 
 ``--fixed_settings FILE`` takes the settings from an earlier output of this script instead (chosen on its seeds)
-and only scores them: run on new seeds, a test of the choice on prompts, data and teachers it never saw.
+and only scores them: run on new seeds, a test of the choice on prompts, data and teachers it never saw. Its runs
+must share the settings of the runs scored (schedule, steps, references...), as the runs of one call must.
 
 Writes the tables to ``docs/results/instruct-references256-learning-rates.md``, exact match against the setting
 beside it (``.png``) and every number to ``benchmarks/results/instruct_references256_learning_rates.json``.
@@ -64,18 +65,27 @@ def in_order(settings) -> list[tuple[float, float]]:
     return sorted(settings, key=lambda setting: (setting[1], setting[0]))
 
 
+def compared(settings: dict) -> dict:
+    """The settings runs must share: all but VARIED and UNCOMPARED, a setting a run does not record (it is from
+    before the option existed) at its default."""
+    return {key: value for key, value in {**DEFAULTS, **settings}.items() if key not in VARIED + UNCOMPARED}
+
+
+def differing(first: dict, second: dict) -> str:
+    """The keys whose values differ between two ``compared`` settings, as text."""
+    return ", ".join(sorted(key for key in first.keys() | second.keys() if first.get(key) != second.get(key)))
+
+
 def read_runs(paths: list[str]) -> tuple[dict, dict]:
     """{(seed, (learning rate, temperature)): {student: final held-out exact match}} and the settings the runs
     share; runs that differ in anything else, or a student run twice at one seed and setting, are refused."""
     runs, shared = {}, None
     for path in paths:
         result = json.loads(Path(path).read_text())
-        settings = {**DEFAULTS, **result["settings"]}  # a run from before an option existed ran at its default
-        same = {key: value for key, value in settings.items() if key not in VARIED + UNCOMPARED}
+        settings, same = {**DEFAULTS, **result["settings"]}, compared(result["settings"])
         if shared is not None and same != shared:
-            other = sorted(key for key in same.keys() | shared.keys() if same.get(key) != shared.get(key))
-            raise SystemExit(f"{path} differs from the runs before it in {', '.join(other)}; expected runs that "
-                             f"differ only in {', '.join(VARIED)}")
+            raise SystemExit(f"{path} differs from the runs before it in {differing(same, shared)}; expected runs "
+                             f"that differ only in {', '.join(VARIED)}")
         shared = same
         seed, setting = settings["seed"], (settings["learning_rate"], settings["logits_temperature"])
         scores = runs.setdefault((seed, setting), {})
@@ -86,13 +96,19 @@ def read_runs(paths: list[str]) -> tuple[dict, dict]:
     return runs, shared
 
 
-def fixed_settings(path: str) -> dict[str, tuple[float, float]]:
-    """Per student, the setting (learning rate, temperature) an earlier output of this script chose."""
-    chosen = json.loads(Path(path).read_text()).get("chosen", {})
+def fixed_settings(path: str, shared: dict) -> dict[str, tuple[float, float]]:
+    """Per student, the setting (learning rate, temperature) an earlier output of this script chose, on runs that
+    shared the ``shared`` settings of the runs now scored (else the setting was chosen for another experiment)."""
+    found = json.loads(Path(path).read_text())
+    chosen = found.get("chosen", {})
     if set(chosen) != set(STUDENTS):
         raise SystemExit(f"--fixed_settings {path} chose settings for {', '.join(sorted(chosen)) or 'no student'}; "
                          f"expected this script's JSON, with a setting for each of {', '.join(STUDENTS)}")
-    return {name: (found["learning_rate"], found["logits_temperature"]) for name, found in chosen.items()}
+    earlier = compared(found.get("settings", {}))
+    if earlier != shared:
+        raise SystemExit(f"--fixed_settings {path} chose on runs that differ from these in {differing(earlier, shared)}"
+                         f"; expected runs that differ only in {', '.join(VARIED)}")
+    return {name: (setting["learning_rate"], setting["logits_temperature"]) for name, setting in chosen.items()}
 
 
 def best_settings(runs: dict, fixed: Optional[dict] = None) -> dict[str, dict]:
@@ -192,7 +208,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     command = command_line("instruct_learning_rates.py", argv)
     runs, settings = read_runs(args.results)
-    chosen = best_settings(runs, fixed_settings(args.fixed_settings) if args.fixed_settings else None)
+    chosen = best_settings(runs, fixed_settings(args.fixed_settings, settings) if args.fixed_settings else None)
     goals = goals_at(runs, chosen, settings["heldout"])
     results = {
         "command": command, "settings": settings, **({"fixed_by": args.fixed_settings} if args.fixed_settings else {}),

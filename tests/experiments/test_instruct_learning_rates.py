@@ -118,3 +118,18 @@ def test_fixed_settings_from_other_seeds_are_scored_not_chosen(tmp_path):
         script.main([*lone, "--fixed_settings", str(chosen_json), "--json", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit, match="chose settings for no student; expected this script's JSON"):
         script.main([*new, "--fixed_settings", new[0], "--json", str(tmp_path / "x.json")])
+
+
+def test_fixed_settings_chosen_on_runs_of_another_schedule_are_refused(tmp_path):
+    """Settings chosen on cosine runs say nothing of the best rate at a constant one: scoring them there is
+    refused, naming what differs, before anything is written."""
+    cosine = [write_run(tmp_path, seed, 1e-3, [0.0] * 5, lr_scheduler_type="cosine", warmup_steps=150)
+              for seed in (0, 1)]
+    chosen_json = tmp_path / "chosen.json"
+    script.main([*cosine, "--report", str(tmp_path / "chosen.md"), "--json", str(chosen_json)])
+    constant = [write_run(tmp_path, 2, 1e-3, [0.0] * 5)]
+    with pytest.raises(SystemExit, match="chose on runs that differ from these in lr_scheduler_type, warmup_steps; "
+                                         "expected runs that differ only in seed"):
+        script.main([*constant, "--fixed_settings", str(chosen_json), "--report", str(tmp_path / "fixed.md"),
+                     "--json", str(tmp_path / "fixed.json")])
+    assert not (tmp_path / "fixed.json").exists() and not (tmp_path / "fixed.md").exists()
