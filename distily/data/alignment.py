@@ -32,6 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
 from distily.data.framing import INPUT_IDS, LOSS_MASK, document_separator_id, resolve_packing, tokenizer_adds_bos
+from distily.data.splits import split_documents
 from distily.data.text import (
     DistillationData, cached_dataset, collate, default_cache_dir, no_conversation_left, sampled_rows,
     tokenizer_fingerprint, warn_dropped_conversations,
@@ -221,7 +222,7 @@ def aligned_splits(args: DataArguments, documents: datasets.Dataset, seed: int, 
                    ) -> DistillationData:
     """Train and eval rows from disjoint documents (split as ``build_datasets`` splits them), each split's
     documents made into aligned rows by ``align``."""
-    split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
+    split = split_documents(documents, args.eval_fraction, seed)
     rows = {name: align(docs) for name, docs in (("train", split["train"]), ("eval", split["test"]))}
     for name, found in rows.items():
         if len(found) == 0 and loss_on is not None:  # each of the split's conversations was dropped by the cut

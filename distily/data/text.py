@@ -29,6 +29,7 @@ from distily.data.chat import (
     tokenize_conversations,
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, Framing
+from distily.data.splits import split_documents
 from distily.errors import DistilyConfigError
 from distily.logs import quieted
 from distily.outputs import filesystem_errors
@@ -306,8 +307,9 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 def _tokenize_batch(batch, tokenizer, text_column):
-    """Token ids of each document with the tokenizer's own special tokens (BOS where it adds one)."""
-    return {INPUT_IDS: tokenizer(batch[text_column])[INPUT_IDS]}
+    """Token ids of each document with the tokenizer's own special tokens (BOS where it adds one); no warning for a
+    document longer than the model takes (the packing cuts it)."""
+    return {INPUT_IDS: tokenizer(batch[text_column], verbose=False)[INPUT_IDS]}
 
 
 def _pack_batch(batch, framing: Framing):
@@ -594,7 +596,7 @@ def build_datasets(
 ) -> DistillationData:
     """Train and eval blocks from disjoint sets of documents, shuffled with ``seed``."""
     documents = load_training_documents(args) if documents is None else documents
-    split = documents.train_test_split(test_size=args.eval_fraction, seed=seed)
+    split = split_documents(documents, args.eval_fraction, seed)
     cache_dir = args.tokenization_cache_dir or default_cache_dir()
     framing = data_framing(documents, tokenizer, max_seq_length, args.packing)
     chat = chat_tokenization(documents, tokenizer, args, max_seq_length)

@@ -277,8 +277,10 @@ def test_prompt_completion_rows_read_as_user_and_assistant_turns(tmp_path):
 def test_a_long_conversation_is_cut_and_one_with_no_assistant_token_left_is_dropped(tmp_path):
     tokenizer = make_chat_tokenizer("chatml")
     long_answer = " ".join(["the cat sees a book today."] * 12)
-    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": long_answer}]}] * 4
-    rows += [{"messages": [{"role": "user", "content": long_answer}, {"role": "assistant", "content": "ok"}]}] * 4
+    rows = [{"messages": [{"role": "user", "content": f"hi {n}"}, {"role": "assistant", "content": long_answer}]}
+            for n in range(4)]
+    rows += [{"messages": [{"role": "user", "content": f"{long_answer} {n}"}, {"role": "assistant", "content": "ok"}]}
+             for n in range(4)]
     data = build_datasets(_args(_dataset(tmp_path, rows), tmp_path, eval_fraction=0.5), tokenizer, 96, 0)
     assert len(data.train) + len(data.eval) == 4  # one block each
     for split in (data.train, data.eval):
@@ -291,8 +293,10 @@ def test_a_long_conversation_is_cut_and_one_with_no_assistant_token_left_is_drop
 def test_conversations_the_cut_drops_are_counted_in_a_warning_on_every_run(tmp_path, caplog, packing):
     tokenizer = make_chat_tokenizer("chatml")
     long_question = " ".join(["the cat sees a book today."] * 12)
-    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}] * 6
-    rows += [{"messages": [{"role": "user", "content": long_question}, {"role": "assistant", "content": "ok"}]}] * 2
+    rows = [{"messages": [{"role": "user", "content": f"hi {n}"}, {"role": "assistant", "content": "ok"}]}
+            for n in range(6)]
+    rows += [{"messages": [{"role": "user", "content": f"{long_question} {n}"}, {"role": "assistant", "content": "ok"}]}
+             for n in range(2)]
     args = _args(_dataset(tmp_path, rows), tmp_path, eval_fraction=0.25, packing=packing)
     for _ in range(2):  # the second run reads the tokenization cache
         caplog.clear()

@@ -119,7 +119,10 @@ def test_a_first_answer_longer_than_a_side_is_cut_there_and_aligned_within_both_
 
 LONG_QUESTION = [{"role": "user", "content": "the cat sees a book today. " * 12},
                  {"role": "assistant", "content": "ok"}]
-CUT_ROWS = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]] * 6 + [LONG_QUESTION] * 2
+CUT_ROWS = (  # distinct prompts: conversations answering one prompt stay on one side of the split
+    [[{"role": "user", "content": f"hi {n}"}, {"role": "assistant", "content": "ok"}] for n in range(6)]
+    + [[{**LONG_QUESTION[0], "content": f"{LONG_QUESTION[0]['content']} {n}"}, *LONG_QUESTION[1:]] for n in range(2)]
+)
 
 
 def _aligned_chat_data(tmp_path, conversations, max_length: int):

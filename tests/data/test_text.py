@@ -367,3 +367,14 @@ def test_a_cache_entry_that_is_no_saved_dataset_is_a_one_line_error(tmp_path):
     with pytest.raises(DistilyConfigError, match=r"entry '.*key' is not a saved dataset \(no dataset_info.json\)"):
         text_module.cached_dataset(str(tmp_path), "key", lambda: rows)
     assert (tmp_path / "key" / "notes.txt").exists()
+
+
+def test_a_document_longer_than_the_model_is_tokenized_without_transformers_warning(caplog):
+    """Documents are cut into blocks after tokenizing, so transformers' 'Token indices sequence length is longer
+    than the specified maximum' (printed on every run of long documents) is a false alarm: not printed."""
+    tokenizer = make_tokenizer()
+    tokenizer.model_max_length = 4
+    with caplog.at_level("WARNING"):
+        rows = text_module._tokenize_batch({"text": ["the cat sees the dog " * 5]}, tokenizer, "text")
+    assert len(rows["input_ids"][0]) > 4
+    assert "Token indices sequence length" not in caplog.text
