@@ -174,6 +174,7 @@ def train_student(args, name: str, keys: dict, paths: dict) -> dict:
         run_distillation(parse_config(
             teacher_model_name_or_path=str(paths["teacher"]), student_model_name_or_path=str(paths["student"]),
             dataset_name=paths["data"], eval_fraction=args.heldout_conversations / paths["rows"], max_eval_samples=None,
+            eval_split_by="conversation",  # fresh draws of answers to the same questions, not unseen questions
             max_seq_length=64, output_dir=str(output_dir), overwrite_output_dir=True, max_steps=args.student_steps,
             learning_rate=args.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
             per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, eval_strategy="steps",

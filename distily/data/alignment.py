@@ -222,7 +222,7 @@ def aligned_splits(args: DataArguments, documents: datasets.Dataset, seed: int, 
                    ) -> DistillationData:
     """Train and eval rows from disjoint documents (split as ``build_datasets`` splits them), each split's
     documents made into aligned rows by ``align``."""
-    split = split_documents(documents, args.eval_fraction, seed)
+    split = split_documents(documents, args.eval_fraction, seed, args.eval_split_by)
     rows = {name: align(docs) for name, docs in (("train", split["train"]), ("eval", split["test"]))}
     for name, found in rows.items():
         if len(found) == 0 and loss_on is not None:  # each of the split's conversations was dropped by the cut

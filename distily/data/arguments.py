@@ -9,6 +9,7 @@ from distily.errors import DistilyConfigError
 
 PACKINGS = ("auto", "stream", "bos_blocks", "documents", "padded")
 LOSS_ON = ("assistant", "all")
+EVAL_SPLITS = ("prompt", "conversation")  # what chat data holds out: whole prompts, or single conversations
 
 PACKING_HELP = (
     "How documents become blocks: stream (EOS-separated, cut into full blocks: GPT-2, Qwen), bos_blocks (every "
@@ -131,6 +132,12 @@ class DataArguments:
         default=0.05,
         metadata={"help": "Fraction of documents held out for evaluation (split before packing, so no overlap)."},
     )
+    eval_split_by: str = field(
+        default="prompt",
+        metadata={"help": "Chat data: hold out whole prompts (prompt: the conversations answering one prompt stay on "
+                  "one side, so no held-out prompt is trained on) or single conversations (conversation: held-out "
+                  "answers to prompts also trained on, for data of many answers per prompt drawn alike)."},
+    )
     max_eval_samples: Optional[int] = field(
         default=256, metadata={"help": "Limit on the number of packed evaluation sequences."}
     )
@@ -147,6 +154,7 @@ class DataArguments:
         if not 0.0 < self.eval_fraction < 1.0:
             raise DistilyConfigError(f"eval_fraction={self.eval_fraction} is out of range; expected 0 < x < 1")
         one_of(self.packing, PACKINGS, "packing")
+        one_of(self.eval_split_by, EVAL_SPLITS, "eval_split_by")
         one_of(self.loss_on, LOSS_ON, "loss_on")
         self.chat_template_kwargs = chat_template_kwargs(self.chat_template_kwargs)
         self.chat_template_date = chat_template_date(self.chat_template_date)

@@ -3,7 +3,9 @@
 Conversations that answer one prompt (``distily generate`` writes ``generate_num_return_sequences`` of them per
 prompt, and instruction sets repeat prompts) stay on one side: split one by one, a held-out prompt's other answers
 would be trained on, and the held-out loss would measure recall of them. Data whose prompts are all distinct, or
-all one (with a warning), and text, split row by row as ``datasets``' ``train_test_split`` does.
+all one (with a warning), text, and chat data split by conversation (``eval_split_by: conversation``: many answers
+per prompt drawn alike, where held-out answers to trained prompts are what is measured) split row by row as
+``datasets``' ``train_test_split`` does.
 """
 
 import json
@@ -30,10 +32,11 @@ def prompts_of(documents: datasets.Dataset) -> Optional[list[str]]:
     return [_prompt(turns) for turns in documents[MESSAGES]]
 
 
-def split_documents(documents: datasets.Dataset, eval_fraction: float, seed: int) -> datasets.DatasetDict:
-    """``train`` and ``test`` documents, ``eval_fraction`` of them (of the prompts, where conversations repeat one)
-    held out, drawn with ``seed``."""
-    prompts = prompts_of(documents)
+def split_documents(documents: datasets.Dataset, eval_fraction: float, seed: int,
+                    by: str = "prompt") -> datasets.DatasetDict:
+    """``train`` and ``test`` documents, ``eval_fraction`` of them (of the prompts, where conversations repeat one
+    and ``by`` is prompt) held out, drawn with ``seed``."""
+    prompts = prompts_of(documents) if by == "prompt" else None
     distinct = len(set(prompts)) if prompts is not None else None
     if distinct == 1 and len(prompts) > 1:
         logger.warning(f"the {len(prompts)} conversations answer one prompt: the held-out ones share it with training")

@@ -596,7 +596,7 @@ def build_datasets(
 ) -> DistillationData:
     """Train and eval blocks from disjoint sets of documents, shuffled with ``seed``."""
     documents = load_training_documents(args) if documents is None else documents
-    split = split_documents(documents, args.eval_fraction, seed)
+    split = split_documents(documents, args.eval_fraction, seed, args.eval_split_by)
     cache_dir = args.tokenization_cache_dir or default_cache_dir()
     framing = data_framing(documents, tokenizer, max_seq_length, args.packing)
     chat = chat_tokenization(documents, tokenizer, args, max_seq_length)

@@ -152,7 +152,7 @@ class RunDir:
 DATA_KEYS = ("dataset_name", "dataset_config_name", "dataset_split", "dataset_text_column", "dataset_messages_column",
              "dataset_prompt_column", "dataset_completion_column", "chat_template", "student_chat_template",
              "chat_template_kwargs", "chat_template_date", "loss_on", "max_seq_length", "packing",
-             "text_document_delimiter", "max_samples", "eval_fraction")
+             "text_document_delimiter", "max_samples", "eval_fraction", "eval_split_by")
 RECORD_KEYS = ("teacher_source", "teacher_store")
 TRAINING_KEYS = ("seed", "data_seed", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
                  "weight_decay", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",

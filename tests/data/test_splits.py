@@ -36,3 +36,12 @@ def test_distinct_prompts_and_text_split_row_by_row_as_before():
         expected = documents.train_test_split(test_size=0.25, seed=7)
         assert split["test"].to_dict() == expected["test"].to_dict()
         assert split["train"].to_dict() == expected["train"].to_dict()
+
+
+def test_chat_data_split_by_conversation_splits_row_by_row():
+    """eval_split_by: conversation, for many answers per prompt drawn alike: held-out answers to trained prompts."""
+    documents = _conversations(40, 3)
+    split = split_documents(documents, 0.25, seed=7, by="conversation")
+    expected = documents.train_test_split(test_size=0.25, seed=7)
+    assert split["test"]["messages"] == expected["test"]["messages"]
+    assert _prompts(split["train"]) & _prompts(split["test"])
