@@ -518,6 +518,7 @@ VALUE_CASES = [
      "include_num_input_tokens_seen='some' is not"),
     # NaN passed every range check (nan <= 0 is False): a run 'finished' with a NaN loss and an untrained student
     ("nan_temperature", {"logits_temperature": float("nan")}, "logits_temperature=nan is not finite; expected a"),
+    ("temperature_squared_overflows", {"logits_temperature": 1e300}, "logits_temperature=1e+300 is too large"),
     ("nan_weight_decay", {"weight_decay": float("nan")}, "weight_decay=nan is not finite"),  # saved NaN weights
     ("nan_weight", {"logits_weight": float("nan")}, "logits_weight=nan is not finite"),  # an AttributeError
     ("infinite_epochs", {"max_steps": -1, "num_train_epochs": float("inf")}, "num_train_epochs=inf is not finite"),

@@ -1,5 +1,6 @@
 """What a user configures about the objective: the weighted components the student is trained to match."""
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -121,6 +122,11 @@ class ObjectiveArguments:
             setattr(self, key, json_dict(getattr(self, key), key))
         if self.logits_temperature <= 0:
             raise DistilyConfigError(f"logits_temperature={self.logits_temperature} must be > 0")
+        if not math.isfinite(self.logits_temperature * self.logits_temperature):  # once an OverflowError in the loss
+            raise DistilyConfigError(
+                f"logits_temperature={self.logits_temperature} is too large: the logit loss is scaled by its square, "
+                "which is not a finite number; expected a smaller temperature"
+            )
         weights = ("logits_weight", "hard_label_weight", "hidden_states_weight", "attentions_weight",
                    "attention_relations_weight")
         for name in weights:
