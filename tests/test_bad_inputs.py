@@ -17,6 +17,7 @@ from distily.data.store import StoreWriter
 from distily.training.checkpoints import write_checksums
 from distily.training.run_dir import RunDir, pin_chat_template_date, run_settings
 from distily.training.trainer import DistillationTrainer
+from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 from file_tree import tree
 from small_filesystem import remount, small_filesystem
 from tiny import make_documents, make_tokenizer, save_tiny_masked_lm, write_jsonl
@@ -868,4 +869,6 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_checkpo
         f"distily distill: error: cannot write in output_dir '{out}': No space left on device; "
         "expected free space on its filesystem"
     )
-    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [RunDir.SETTINGS]
+    # what was staged of the checkpoint is set aside, never taken for one (as a killed save's: test_reliability)
+    assert sorted(path.name for path in out.iterdir()) == [CHECKPOINT_STAGING_DIR, RunDir.SETTINGS]
+    assert RunDir(out).last_checkpoint() is None
