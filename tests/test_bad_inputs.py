@@ -872,3 +872,18 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_checkpo
     # what was staged of the checkpoint is set aside, never taken for one (as a killed save's: test_reliability)
     assert sorted(path.name for path in out.iterdir()) == [CHECKPOINT_STAGING_DIR, RunDir.SETTINGS]
     assert RunDir(out).last_checkpoint() is None
+
+
+def test_weights_a_learning_rate_overflowed_are_one_line_and_no_student_is_written(tmp_path, teacher_dirs, run_values,
+                                                                                  capsys):
+    """learning_rate 1e300: the first step's gradients are finite (the guard lets it through), the weights it writes
+    are not, and the later steps are skipped as non-finite; the run used to finish (exit 0) and save a student of NaN
+    weights beside metrics.json. Now it stops before the evaluation after training: unfinished, no student."""
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=2,
+                        learning_rate=1e300)
+    assert run_cli(tmp_path, values) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("distily distill: error: parameter ") and last.endswith(
+        "holds non-finite values; expected finite weights (a lower learning_rate?), so no student is written")
+    out = Path(values["output_dir"])
+    assert not (out / RunDir.METRICS).exists() and not list(out.glob("*.safetensors"))

@@ -26,6 +26,7 @@ from distily.teachers.placement import teacher_is_sharded
 from distily.teachers.source import TeacherSource, stop_at_end_of_turn
 from distily.teachers.sources import open_teacher, settled_config
 from distily.training.checkpoints import CheckpointChecksums
+from distily.training.guards import check_finite_weights
 from distily.training.on_policy import on_policy_batches
 from distily.training.preflight import (
     check_memory, checkpointed_every_n_layers, estimate_memory, padded_row_length, parameter_shards,
@@ -206,6 +207,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
+    check_finite_weights(trainer.model, written="student")  # an unfinished run then: no metrics.json
 
     after = trainer.evaluate(metric_key_prefix=AFTER)
     save_student(trainer, training.output_dir)  # pushed once, at the end, with the model card

@@ -93,11 +93,13 @@ class NonFiniteStepGuard:
         return None
 
 
-def check_finite_weights(*modules: nn.Module) -> None:
-    """Refuse to write a checkpoint of weights that are not finite."""
+def check_finite_weights(*modules: nn.Module, written: str = "checkpoint") -> None:
+    """Refuse to write a checkpoint (or the ``written`` student) of weights that are not finite: steps whose
+    gradients were finite can still overflow the weights (a learning rate far too high)."""
     for module in modules:
         for name, parameter in module.named_parameters():
             if not torch.isfinite(parameter).all():
                 raise DistilyConfigError(
-                    f"parameter {name} holds non-finite values; expected finite weights, so no checkpoint is written"
+                    f"parameter {name} holds non-finite values; expected finite weights (a lower learning_rate?), "
+                    f"so no {written} is written"
                 )
