@@ -490,6 +490,8 @@ VALUE_CASES = [
     ("bad_student_init", {"student_init": "copy"}, "student_init='copy' is not supported"),
     ("two_student_sources", {"student_model_name_or_path": "a", "student_config_name_or_path": "b"}, "both set"),
     ("eval_fraction_out_of_range", {"eval_fraction": 0}, "eval_fraction=0"),
+    ("empty_text_document_delimiter", {"text_document_delimiter": ""},
+     "text_document_delimiter='' is empty; expected blank_line, line, file or a regular expression"),
     ("bad_eval_split_by", {"eval_split_by": "row"},
      "eval_split_by='row' is not supported; expected one of prompt, conversation"),
     ("negative_weight", {"logits_weight": -1}, "logits_weight=-1.0 must be >= 0"),

@@ -151,6 +151,8 @@ class DataArguments:
 
     def __post_init__(self):
         check_not_blank(self.dataset_name, "dataset_name", "a Hub dataset id or a local path")
+        check_not_blank(self.text_document_delimiter, "text_document_delimiter",  # as a regex: a document a character
+                        "blank_line, line, file or a regular expression that starts a document")
         if not 0.0 < self.eval_fraction < 1.0:
             raise DistilyConfigError(f"eval_fraction={self.eval_fraction} is out of range; expected 0 < x < 1")
         one_of(self.packing, PACKINGS, "packing")
