@@ -391,8 +391,9 @@ BAD_SWEEPS = [
      "runs\\[1\\].name='a' is also runs\\[0\\]'s; expected a name of its own"),
     ({"grid": None}, "has no runs; expected grid, runs or layer_search"),
     ({"metric_goal": "best"}, "metric_goal='best' is not supported"),
+    # was ranked highest first
     ({"metric_goal": "max"}, "metric_goal='max' has no metric; expected the metric it ranks by \\(metric: KEY\\) "
-                             "beside it, or neither: student.after_bits_per_byte, lower is better"),  # was ranked highest
+                             "beside it, or neither: student.after_bits_per_byte, lower is better"),
     ({"metric": 3}, "metric=3 is not a string"),
     ({"metric": "student.after_top1_agreement"}, "metric='student.after_top1_agreement' has no metric_goal; expected "
                                                  "metric_goal: min \\(lower is better\\) or max"),

@@ -227,8 +227,9 @@ def test_attention_pairs_of_hybrid_models_read_the_blocks_they_name(architecture
                    for s, t in ((0, 1), (1, 0)))
     assert math.isclose(component(student_out, teacher_out, batch_of(tokens())).item(), expected / 2, rel_tol=1e-4)
     name = type(teacher).__name__
-    with pytest.raises(DistilyConfigError, match=rf"^attentions_layer_map pairs teacher block 3 \({name}\), which "
-                                                 r"returns no attention probabilities: only its blocks \[2, 4\] attend"):
+    with pytest.raises(DistilyConfigError, match=rf"^attentions_layer_map pairs teacher block 3 \({name}\), "
+                                                 r"which returns no attention probabilities: only its blocks \[2, 4\] "
+                                                 r"attend"):
         AttentionsComponent([(2, 3)], 4, 4).attach(student, teacher)
 
 

@@ -35,7 +35,8 @@ from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
 from store_values import store_values
 from tiny import (
-    make_bos_tokenizer, make_tokenizer, save_tiny_masked_lm, save_tiny_model, tiny_config, tiny_gemma3n_config, tiny_opt,
+    make_bos_tokenizer, make_tokenizer, save_tiny_masked_lm, save_tiny_model, tiny_config, tiny_gemma3n_config,
+    tiny_opt,
 )
 
 
