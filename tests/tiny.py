@@ -183,6 +183,19 @@ def layer_outputs(model, ids, inputs=None):
     return seen_inputs, outputs
 
 
+def assert_stands_for_teacher_layers(teacher, student, layers: list[int], ids, directory, **forward) -> None:
+    """Student layer i, given teacher layer ``layers[i]``'s input in the student's own forward, gives that layer's
+    output exactly, and the student saved in ``directory`` loads in plain transformers with the same logits."""
+    teacher_inputs, teacher_outputs = layer_outputs(teacher, ids)
+    _, student_outputs = layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
+    for student_output, index in zip(student_outputs, layers):
+        torch.testing.assert_close(student_output, teacher_outputs[index], rtol=0, atol=0)
+    student.save_pretrained(directory)
+    reloaded = AutoModelForCausalLM.from_pretrained(directory).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids, **forward).logits, student(ids, **forward).logits, rtol=0, atol=0)
+
+
 def documents_of(block_ids, block_positions):
     """The pieces of a block, cut where positions restart."""
     pieces = []

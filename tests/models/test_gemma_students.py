@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tiny import (
-    FULL, SLIDING, layer_outputs, make_bos_tokenizer, plain_loss, sequences_of, tiny_gemma3n_config,
-    tiny_gemma4_config,
+    FULL, SLIDING, assert_stands_for_teacher_layers, layer_outputs, make_bos_tokenizer, plain_loss, sequences_of,
+    tiny_gemma3n_config, tiny_gemma4_config,
 )
 from distily.config import parse_config
 from distily.data.text import build_datasets
@@ -61,15 +61,7 @@ def test_each_copied_gemma_layer_computes_what_its_teacher_layer_does(variant, l
     teacher = gemma_teacher(variant)
     student = student_of(teacher, layers)
     assert student.config.layer_types == [teacher.config.layer_types[index] for index in layers]
-    ids = torch.randint(0, 320, (1, 12))
-    teacher_inputs, teacher_outputs = layer_outputs(teacher, ids)
-    _, student_outputs = layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
-    for student_output, index in zip(student_outputs, layers):
-        torch.testing.assert_close(student_output, teacher_outputs[index], rtol=0, atol=0)
-    student.save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, student(ids).logits, rtol=0, atol=0)
+    assert_stands_for_teacher_layers(teacher, student, layers, torch.randint(0, 320, (1, 12)), tmp_path)
 
 
 @pytest.mark.parametrize("variant", ["dense", "k_eq_v", "moe", "gemma3n"])

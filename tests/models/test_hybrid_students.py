@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Zamba2Config
 
-from tiny import layer_outputs
+from tiny import assert_stands_for_teacher_layers
 from distily.errors import DistilyConfigError
 from distily.models.arguments import ModelArguments
 from distily.models.student import build_student
@@ -65,16 +65,8 @@ def test_each_copied_zamba2_layer_computes_what_its_teacher_layer_does(num_mem_b
     args = ModelArguments(student_config_overrides={"num_hidden_layers": len(layers)},
                           student_layers_from_teacher=layers)
     student = build_student(args, teacher).eval()
-    ids = torch.tensor([[5, 9, 17, 3, 44, 100, 7]])
-    teacher_inputs, teacher_outputs = layer_outputs(teacher, ids)
-    _, student_outputs = layer_outputs(student, ids, [teacher_inputs[index] for index in layers])
-    for student_output, index in zip(student_outputs, layers):
-        torch.testing.assert_close(student_output, teacher_outputs[index], rtol=0, atol=0)
-    student.save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids, use_cache=False).logits, student(ids, use_cache=False).logits,
-                                   rtol=0, atol=0)
+    assert_stands_for_teacher_layers(teacher, student, layers, torch.tensor([[5, 9, 17, 3, 44, 100, 7]]), tmp_path,
+                                     use_cache=False)
 
 
 def test_zamba2_hybrid_layers_sharing_a_block_must_copy_teacher_layers_sharing_one():
