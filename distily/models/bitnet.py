@@ -22,6 +22,7 @@ output projection (attention output, MLP down projection), the SubLN placement o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from transformers.pytorch_utils import Conv1D
 
 from distily.errors import DistilyConfigError
 from distily.models.architecture import named_decoder_layers
+
+logger = logging.getLogger(__name__)
 
 # The key under which a converted model's options are stored in its (saved) config.
 BITNET_CONFIG_KEY = "distily_bitnet"
@@ -238,6 +241,20 @@ def convert_to_bitnet(model: nn.Module, *, input_norm: bool = False, subln: bool
 def bitlinear_modules(model: nn.Module) -> list[tuple[str, BitLinear]]:
     """(qualified name, layer) of every BitLinear in a converted model, in module order."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, BitLinear)]
+
+
+GGUF_TERNARY_BLOCK = 256  # values per block of llama.cpp's TQ1_0 and TQ2_0: a ternary row's length is a multiple
+
+
+def warn_unless_gguf_packable(model: nn.Module) -> None:
+    """Say as the run starts, not at its export, that GGUF's ternary types cannot pack this student: rows of its
+    BitLinear layers whose length is no multiple of their block (the packed export takes any width)."""
+    widths = sorted({layer.in_features for _, layer in bitlinear_modules(model)
+                     if layer.in_features % GGUF_TERNARY_BLOCK})
+    if widths:
+        logger.warning(f"ternary layers with rows of {', '.join(map(str, widths))} values, not a multiple of "
+                       f"{GGUF_TERNARY_BLOCK}: `distily export --format gguf` will refuse this student (--format "
+                       "packed takes it); widths of multiples of 256 export to both")
 
 
 def _norm_eps(config, override: float | None) -> float:

@@ -14,7 +14,7 @@ from distily.data.vocabulary import VocabularyMap
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import ModelArguments
-from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student
+from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student, warn_unless_gguf_packable
 from distily.models.hybrid_slots import hybrid_slots, slotted_state
 from distily.models.kv_sharing import check_kv_producers, with_kv_producers
 from distily.models.layer_kinds import DERIVED_LAYER_KEYS, layer_kind_values
@@ -424,6 +424,8 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel,
     copy_named_modules(teacher, student, args.copy_teacher_modules or [])
     if args.student_as_bitnet and not is_bitnet(student.config):
         convert_to_bitnet(student, input_norm=args.bitnet_input_norm, subln=args.bitnet_subln)
+    if is_bitnet(student.config):
+        warn_unless_gguf_packable(student)
     freeze_named_modules(student, args.freeze_student_modules or [])
     return student
 

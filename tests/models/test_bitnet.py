@@ -12,8 +12,10 @@ from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from distily.errors import DistilyConfigError
+from distily.models.arguments import ModelArguments
 from distily.models.bitnet import (
     BitLinear,
+    bitlinear_modules,
     block_projections,
     convert_to_bitnet,
     fake_quantize_activations,
@@ -21,6 +23,7 @@ from distily.models.bitnet import (
     load_bitnet_student,
     ternarize,
 )
+from distily.models.student import build_student
 from distily.training.bitnet_schedule import BitNetSchedule, build_bitnet_optimizer
 
 ARCHITECTURES = ["gpt2", "llama", "phi3"]
@@ -242,3 +245,16 @@ def test_a_mixture_of_experts_is_refused_rather_than_left_mostly_full_precision(
                                                  r"experts\.gate_up_proj.*expected a dense student"):
         convert_to_bitnet(model)
     assert not is_bitnet(model.config) and not any(isinstance(m, BitLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("hidden, warned", [(64, True), (256, False)])
+def test_a_bitnet_student_gguf_cannot_pack_is_named_as_it_is_built(hidden, warned, caplog):
+    """GGUF's ternary types pack rows in blocks of 256 values: a student of width 64 is told so as the run starts,
+    not after training at its export; one of width 256 is not warned."""
+    teacher = AutoModelForCausalLM.from_config(tiny_config("llama", layers=2, hidden_size=hidden, num_attention_heads=4,
+                                                           head_dim=hidden // 4, intermediate_size=4 * hidden))
+    with caplog.at_level("WARNING", logger="distily"):
+        student = build_student(ModelArguments(student_as_bitnet=True), teacher)
+    assert bitlinear_modules(student)
+    warning = f"ternary layers with rows of {hidden} values, not a multiple of 256"
+    assert (warning in caplog.text) == warned and ("export --format gguf" in caplog.text) == warned
