@@ -208,26 +208,25 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
         copy_shared_token_rows(teacher, student, token_map)
 
 
+def _token_row_modules(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The modules with a row per token: the input embedding, and the LM head unless it is tied to it."""
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    return [embeddings] + ([head] if head is not None and head.weight is not embeddings.weight else [])
+
+
 def _token_rows(model: PreTrainedModel) -> list[torch.Tensor]:
     """The tensors with a row per token: the input embedding's, and the LM head's weight and bias (once if tied)."""
-    tensors = [model.get_input_embeddings().weight]
-    head = model.get_output_embeddings()
-    if head is not None:
-        tensors += [tensor for tensor in (head.weight, getattr(head, "bias", None))
-                    if tensor is not None and tensor is not tensors[0]]
-    return tensors
+    return [tensor for module in _token_row_modules(model) for tensor in (module.weight, getattr(module, "bias", None))
+            if tensor is not None]
 
 
 def copy_shared_token_rows(teacher: PreTrainedModel, student: PreTrainedModel, token_map: VocabularyMap) -> None:
     """Across tokenizers, the student's rows (input embedding, LM head) of each token the teacher's tokenizer also
     holds, from the teacher's row of that token; the others keep their initialisation. Only where a row has the
     teacher's width."""
-    pairs = [(student.get_input_embeddings(), teacher.get_input_embeddings())]
-    student_head, teacher_head = student.get_output_embeddings(), teacher.get_output_embeddings()
-    if student_head is not None and teacher_head is not None and student_head.weight is not pairs[0][0].weight:
-        pairs.append((student_head, teacher_head))
+    sources = [teacher.get_input_embeddings(), teacher.get_output_embeddings()]
     with torch.no_grad():
-        for target, source in pairs:
+        for target, source in zip(_token_row_modules(student), sources):
             for name in ("weight", "bias"):
                 rows, teacher_rows = getattr(target, name, None), getattr(source, name, None)
                 if rows is None or teacher_rows is None or rows.shape[1:] != teacher_rows.shape[1:]:
