@@ -4,7 +4,7 @@ initialised randomly or from chosen teacher layers; then named modules copied an
 import copy
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -406,9 +406,10 @@ def student_from_config(config: PretrainedConfig, trust_remote_code: bool) -> Pr
 
 
 def build_student(args: ModelArguments, teacher: PreTrainedModel,
-                  token_map: Optional[VocabularyMap] = None) -> PreTrainedModel:
-    """The student, in float32 (mixed precision is the trainer's business), ready to train; ``token_map`` pairs
-    its tokens with the teacher's where its tokenizer is another."""
+                  token_map: Callable[[], Optional[VocabularyMap]] = lambda: None) -> PreTrainedModel:
+    """The student, in float32 (mixed precision is the trainer's business), ready to train; ``token_map()`` pairs
+    its tokens with the teacher's where its tokenizer is another (called only for a student that copies the
+    teacher's layers: mapping two vocabularies reads every token of both)."""
     if args.student_model_name_or_path is not None:
         student = load_student(args.student_model_name_or_path, args.trust_remote_code)
     else:
@@ -419,7 +420,7 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel,
         student.generation_config = copy.deepcopy(teacher.generation_config)
         if teacher_layers is not None:
             logger.info(f"Student layers copied from teacher layers {teacher_layers}")
-            copy_teacher_layers(teacher, student, teacher_layers, token_map)
+            copy_teacher_layers(teacher, student, teacher_layers, token_map())
     copy_named_modules(teacher, student, args.copy_teacher_modules or [])
     if args.student_as_bitnet and not is_bitnet(student.config):
         convert_to_bitnet(student, input_norm=args.bitnet_input_norm, subln=args.bitnet_subln)

@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 def _load_student(config: DistillConfig, teacher: TeacherSource) -> PreTrainedModel:
     """The student built from the teacher (checked to be causal), after each tokenizer is checked to give no id
     past its model's embedding."""
-    student = build_student(config.model, teacher.student_init_model(), teacher.student_token_map())
+    student = build_student(config.model, teacher.student_init_model(), teacher.student_token_map)
     check_causality(student, "student")
     teacher.student_built(student)
     template = teacher.student_chat_template()
