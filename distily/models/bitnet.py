@@ -254,7 +254,7 @@ def warn_unless_gguf_packable(model: nn.Module) -> None:
     if widths:
         logger.warning(f"ternary layers with rows of {', '.join(map(str, widths))} values, not a multiple of "
                        f"{GGUF_TERNARY_BLOCK}: `distily export --format gguf` will refuse this student (--format "
-                       "packed takes it); widths of multiples of 256 export to both")
+                       f"packed takes it); widths of multiples of {GGUF_TERNARY_BLOCK} export to both")
 
 
 def _norm_eps(config, override: float | None) -> float:

@@ -50,17 +50,18 @@ from distily.objectives.model_shape import ModelShape
 from distily.objectives.objective import DistillationObjective
 
 GIB = 2**30
-
-
-def _size(count: int, unit: str) -> str:
-    """``count`` bytes in ``unit`` (GiB or MiB), two decimals."""
-    return f"{count / (GIB if unit == 'GiB' else 2**20):.2f}"
+UNITS = {"GiB": GIB, "MiB": 2**20}  # the estimate's figures are printed in one of these
 MARGIN = 0.3
 """The estimate's accuracy: a run is refused only when (1 - MARGIN) x the estimate exceeds the free memory."""
 
 OPTIMIZER_STATES = {"sgd": 1, "adagrad": 1, "rmsprop": 1, "adafactor": 0, "lomo": 0, "lion": 1, "ademamix": 3,
                     "grokadamw": 3}
 """States per trainable parameter of the Trainer's optimizers (``optim``) by name fragment; Adam's 2 otherwise."""
+
+
+def _size(count: int, unit: str) -> str:
+    """``count`` bytes in ``unit`` (of ``UNITS``), two decimals."""
+    return f"{count / UNITS[unit]:.2f}"
 
 
 @dataclass
