@@ -26,14 +26,15 @@ PERPLEXITY_TEXT = (
 PERPLEXITY_MAX_TOKENS = 128
 # Tokens of the fixed random batch the packed export is checked on: [batch, seq].
 VERIFY_BATCH, VERIFY_SEQUENCE = 2, 32
+DEFAULT_GGUF_TYPE = "TQ2_0"
 
 
-def default_output(run_dir: Path, format: str, qtype: str = "TQ2_0") -> Path:
+def default_output(run_dir: Path, format: str, qtype: str = DEFAULT_GGUF_TYPE) -> Path:
     """Where an export goes when no output is given: inside the run directory."""
     return run_dir / ("packed" if format == "packed" else f"student-{qtype.lower()}.gguf")
 
 
-def export_run(run_dir: str | Path, format: str, output: str | Path | None = None, *, qtype: str = "TQ2_0",
+def export_run(run_dir: str | Path, format: str, output: str | Path | None = None, *, qtype: str = DEFAULT_GGUF_TYPE,
                overwrite: bool = False, trust_remote_code: bool = False) -> Path:
     """Export the BitNet student saved in `run_dir` and verify what was written; returns the output path.
 
@@ -95,7 +96,8 @@ def main(args: list[str], command_line: str) -> int:
     parser.add_argument("run_dir", help="a run's output_dir (or any saved BitNet student)")
     parser.add_argument("--format", required=True, help=f"one of {', '.join(EXPORT_FORMATS)}")
     parser.add_argument("--output", default=None, help="where to write (default: inside RUN_DIR)")
-    parser.add_argument("--gguf_type", default=None, help="GGUF ternary type: TQ2_0 (default) or TQ1_0 (--format gguf)")
+    parser.add_argument("--gguf_type", default=None,
+                        help=f"GGUF ternary type: TQ2_0 or TQ1_0 (--format gguf; default {DEFAULT_GGUF_TYPE})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output, if it is a previous export of this format (never the run "
                              "directory, the current directory or a directory containing them)")
@@ -107,7 +109,7 @@ def main(args: list[str], command_line: str) -> int:
             f"--gguf_type {options.gguf_type} is a GGUF setting but --format is {options.format!r}; expected "
             "--format gguf, or no --gguf_type"
         )
-    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type or "TQ2_0",
+    path = export_run(options.run_dir, options.format, options.output, qtype=options.gguf_type or DEFAULT_GGUF_TYPE,
                       overwrite=options.overwrite, trust_remote_code=options.trust_remote_code)
     print(read_export_report(path).line(path))  # says which checks did not run, if any
     return 0
