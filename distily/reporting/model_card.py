@@ -62,11 +62,16 @@ def teacher_name(config: DistillConfig, metrics: RunMetrics) -> str:
     return config.model.teacher_model_name_or_path or metrics.teacher.model_name_or_path or "unknown"
 
 
-def training_documents(config: DistillConfig) -> str:
-    """The training documents as the card names them: the dataset given, or those a store-only run's teacher store
-    was recorded on (the run's dataset settings are then defaults, not the store's)."""
+def data_items(metrics: RunMetrics) -> str:
+    """What the data's items are called: conversations for chat data (its losses count ``loss_on``), else documents."""
+    return "conversations" if metrics.framing.loss_on else "documents"
+
+
+def training_data(config: DistillConfig, metrics: RunMetrics) -> str:
+    """The training data as the card names them: the dataset given, or the documents or conversations a store-only
+    run's teacher store was recorded on (the run's dataset settings are then defaults, not the store's)."""
     name = config.data.dataset_name
-    return f"`{name}`" if name else "the documents its teacher store was recorded on"
+    return f"`{name}`" if name else f"the {data_items(metrics)} its teacher store was recorded on"
 
 
 def hub_id(name_or_path: str) -> str | None:
@@ -99,12 +104,13 @@ def _eval_results(config: DistillConfig, metrics: RunMetrics) -> list[EvalResult
     student = metrics.student
     data = config.data
     # (type: a Hub id, else the set's name, so that local sets stay apart; name; config; split); a store-only run
-    # knows its documents' split from the store alone
+    # knows its data's split from the store alone
+    held_out = f"(held-out {data_items(metrics)})"
     if data.dataset_name:
-        heldout = (hub_id(data.dataset_name) or HELDOUT_SET, f"{data.dataset_name} (held-out documents)",
-                   data.dataset_config_name, f"{data.dataset_split} (held-out documents)")
+        heldout = (hub_id(data.dataset_name) or HELDOUT_SET, f"{data.dataset_name} {held_out}",
+                   data.dataset_config_name, f"{data.dataset_split} {held_out}")
     else:
-        heldout = (HELDOUT_SET, "recorded teacher store (held-out documents)", None, None)
+        heldout = (HELDOUT_SET, f"recorded teacher store {held_out}", None, None)
     sources = {HELDOUT_SET: heldout}
     for name, spec in metrics.eval_sets.items():
         sources[name] = (hub_id(spec.path) or name, name, spec.config, spec.split)
@@ -401,7 +407,7 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     recording = metrics.teacher.recording
     if not data.dataset_name and recording:  # the run's dataset settings are defaults, not the store's
         details = f"`{recording.teacher_store}`, whose manifest names them"
-    source = f"{training_documents(config)} ({details})"
+    source = f"{training_data(config, metrics)} ({details})"
     if loss_on:
         template = "the chat template given (`chat_template`)" if data.chat_template else "the teacher's chat template"
         if metrics.framing.packing == ALIGNED_CONVERSATIONS:  # a student with its own tokenizer
@@ -421,7 +427,7 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
     lines = [
         "## Training data",
         "",
-        f"- Dataset: {source}; {data.eval_fraction:g} of its documents held out for evaluation (drawn "
+        f"- Dataset: {source}; {data.eval_fraction:g} of its {data_items(metrics)} held out for evaluation (drawn "
         f"with seed {config.training.split_seed}).",
         training_set,
         _framing_line(metrics.framing),
@@ -521,7 +527,7 @@ def _what_it_is(config: DistillConfig, metrics: RunMetrics, signals: list[str]) 
     """The card's first sentences: what the student learned from whom (``signals``: teacher_signals), and sizes."""
     teacher = _link(teacher_name(config, metrics))
     kind = "a ternary (BitNet b1.58) student" if metrics.student.bitnet else "a student"
-    data = training_documents(config)
+    data = training_data(config, metrics)
     if signals:
         learned = f"{', '.join(signals[:-1])} and {signals[-1]}" if len(signals) > 1 else signals[0]
         what = (f"{kind} distilled from {teacher} with Distily: it was trained to reproduce the teacher's {learned} "

@@ -280,6 +280,24 @@ def test_a_chat_students_card_names_the_template_the_loss_mask_and_the_on_policy
             "at most 128") in no_thinking.text
 
 
+def test_a_chat_runs_card_calls_its_data_conversations_not_documents(tmp_path, run_metrics):
+    """A chat run's card said "0.05 of its documents held out" and named its held-out set "train (held-out
+    documents)" in the model index, where the data are conversations (a store-only chat run: "the documents its
+    teacher store was recorded on")."""
+    chat = dataclasses.replace(run_metrics(), framing=FramingMetrics("padded", loss_on="assistant"))
+    card, _ = card_for(tmp_path, lambda bitnet: chat, dataset_name="HuggingFaceH4/ultrachat_200k")
+    assert "document" not in str(card).lower()
+    assert "0.05 of its conversations held out for evaluation" in card.text
+    results = {(r.dataset_name, r.dataset_split) for r in card.data.eval_results}
+    assert ("HuggingFaceH4/ultrachat_200k (held-out conversations)", "train (held-out conversations)") in results
+    stored = RecordingSource("gpt2", "stores/chat", record_top_k=64, recording_temperature=1.0)
+    recorded = dataclasses.replace(chat, teacher=dataclasses.replace(chat.teacher, recording=stored))
+    card, _ = card_for(tmp_path, lambda bitnet: recorded, dataset_name=None, dataset_config_name=None,
+                       teacher_source="recorded", teacher_store="stores/chat", hidden_states_weight=0.0)
+    assert "document" not in str(card).lower()
+    assert "- Dataset: the conversations its teacher store was recorded on" in card.text
+    assert "recorded teacher store (held-out conversations)" in {r.dataset_name for r in card.data.eval_results}
+
 def test_a_count_of_one_is_singular(tmp_path, run_metrics):
     """A tiny chat run held out one conversation: its card said "1 conversations of at most 64 tokens"."""
     single = dataclasses.replace(run_metrics(), framing=FramingMetrics("padded", loss_on="assistant"),
