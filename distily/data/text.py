@@ -32,7 +32,7 @@ from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, Framing
 from distily.data.splits import split_documents
 from distily.errors import DistilyConfigError
 from distily.logs import quieted
-from distily.outputs import filesystem_errors
+from distily.outputs import file_sha256, filesystem_errors
 from distily.paths import distily_cache_dir, looks_like_local_path
 
 logger = logging.getLogger(__name__)
@@ -198,6 +198,15 @@ def _without_rows(builder: str, name: str) -> Optional[str]:
     return "holds no rows; expected documents in it" if rows == 0 else None
 
 
+def _load_builder(builder: str, files: list[str]) -> datasets.Dataset:
+    """``files`` read by the ``datasets`` builder ``builder``, under a configuration named by their bytes' sha256:
+    ``datasets`` knows a local file by its path and mtime, so a file rewritten with its mtime kept
+    (``tar -x``, ``cp -p``, a filesystem of whole-second mtimes) was read back from its cached Arrow copy, under the
+    same fingerprint (so the tokenization cache's key too). Hashing reads about 400 MB a second."""
+    digest = hashlib.sha256("".join(f"{file_sha256(name)}\n" for name in files).encode())
+    return datasets.load_dataset(builder, name=f"sha256-{digest.hexdigest()[:24]}", data_files=files, split="train")
+
+
 def _first_bad_json_line(files: list[str]) -> Optional[str]:
     """Where a JSON-lines file is not one JSON object per line: the file, line number and what is wrong."""
     for name in files:
@@ -218,7 +227,7 @@ def _load_json_files(files: list[str]) -> datasets.Dataset:
     """JSON or JSON-lines files as a dataset; a malformed line is named by file and line number."""
     try:  # the builder logs a parse error as it raises it, by row in a chunk
         with quieted("datasets.packaged_modules.json.json", logging.CRITICAL):
-            return datasets.load_dataset("json", data_files=files, split="train")
+            return _load_builder("json", files)
     except Exception:  # the builder's own error says neither file nor line
         bad = _first_bad_json_line([name for name in files if name.lower().endswith(".jsonl")])
         if bad is None:
@@ -259,7 +268,7 @@ def _load_local(path: Path, split: str, args: DataArguments) -> datasets.Dataset
         return load_text_files(files, args.text_document_delimiter)
     if builder == "json":
         return _load_json_files(files)
-    return datasets.load_dataset(builder, data_files=files, split="train")
+    return _load_builder(builder, files)
 
 
 def _read_split(load_split: Callable[[str], datasets.Dataset], args: DataArguments) -> datasets.Dataset:

@@ -378,3 +378,27 @@ def test_a_document_longer_than_the_model_is_tokenized_without_transformers_warn
         rows = text_module._tokenize_batch({"text": ["the cat sees the dog " * 5]}, tokenizer, "text")
     assert len(rows["input_ids"][0]) > 4
     assert "Token indices sequence length" not in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_a_data_file_edited_in_place_is_read_again(tmp_path, tokenizer, kind):
+    """``datasets`` knows a local file by its path and mtime: a file rewritten with other words and its mtime kept
+    (``tar -x``, ``cp -p``, a filesystem with whole-second mtimes) was served from both caches (its Arrow copy and
+    the tokenized blocks) as it was. Its content is in the key now."""
+    path = tmp_path / f"d.{kind}"
+
+    def write(words: list[str]) -> list[str]:
+        documents = [f"the {word} sees the dog number {i}" for i, word in enumerate(words)]
+        if kind == "jsonl":
+            write_jsonl(path, documents)
+        else:
+            datasets.Dataset.from_dict({"text": documents}).to_parquet(str(path))
+        return documents
+
+    write(["cat"] * 20)
+    before = os.stat(path)
+    build_datasets(args(path, tmp_path, packing="padded"), tokenizer, 256, seed=0)
+    documents = write(["dog"] * 20)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    data = build_datasets(args(path, tmp_path, packing="padded"), tokenizer, 256, seed=0)
+    assert set(flat(data.train)) | set(flat(data.eval)) == {tuple(ids) for ids in tokenizer(documents)["input_ids"]}
