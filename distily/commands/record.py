@@ -1,5 +1,7 @@
 """``distily record CONFIG.yaml [--key value ...]``: record the teacher into a store (distily.recording.run) and
-print the store's fidelity report."""
+print the store's fidelity report and where the store is."""
+
+import shlex
 
 from rich.console import Console
 from rich.table import Table
@@ -22,8 +24,17 @@ def summary_table(manifest: dict) -> Table:
     return table
 
 
+def store_location(manifest: dict, store: str) -> str:
+    """One line: what the store holds, where it is, and how a run trains from it."""
+    rows = manifest["rows"]
+    return (f"The teacher store ({rows['train']} train and {rows['eval']} held-out sequences) is in {store}: "
+            f"distill from it with --teacher_source recorded --teacher_store {shlex.quote(store)}")
+
+
 def main(args: list[str], command_line: str) -> int:
     config = config_from_command_line(RecordConfig, args)
     if config is not None:
-        Console().print(summary_table(run_recording(config)))
+        manifest = run_recording(config)
+        Console().print(summary_table(manifest))
+        print(store_location(manifest, config.record.teacher_store))
     return 0

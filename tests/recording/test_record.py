@@ -267,7 +267,11 @@ def test_record_command_writes_the_store_and_prints_the_report(teacher_dirs, tex
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(values))
     assert main(["record", str(config_file)]) == 0
-    assert "KL(teacher || rebuilt)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "KL(teacher || rebuilt)" in out
+    store = values["teacher_store"]
+    assert out.splitlines()[-1] == (f"The teacher store (24 train and 8 held-out sequences) is in {store}: distill "
+                                    f"from it with --teacher_source recorded --teacher_store {store}")
     assert json.loads((tmp_path / "store" / MANIFEST).read_text())["rows"]["eval"] == 8
     assert main(["record", str(config_file), "--record_top_k", "8"]) == 2
     assert "holds a recording with record_top_k=16" in capsys.readouterr().err
