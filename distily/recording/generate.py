@@ -18,6 +18,7 @@ import datasets
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from distily.arguments import file_in_the_way
 from distily.config import GenerateConfig
 from distily.data.chat import run_chat_template, run_date
 from distily.data.store import check_store_directory
@@ -103,8 +104,9 @@ def run_generation(config: GenerateConfig) -> dict:
     ``generate_record`` also record the teacher over the samples into ``teacher_store``. Returns what was written
     (and the store's manifest)."""
     model_args, args, inference = config.model, config.generate, config.inference
-    if os.path.exists(args.generate_output):
-        raise DistilyConfigError(f"generate_output={args.generate_output!r} exists; expected a new path")
+    blocked = "exists" if os.path.exists(args.generate_output) else file_in_the_way(args.generate_output)
+    if blocked is not None:  # before the teacher loads, not after all the sampling
+        raise DistilyConfigError(f"generate_output={args.generate_output!r} {blocked}; expected a new path")
     if args.generate_record:
         check_store_directory(config.record.teacher_store)
     set_seed(inference.seed)

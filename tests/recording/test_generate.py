@@ -14,6 +14,7 @@ from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_tokenizer
 from distily.generation.engine import HFGenerator, LinearTemperatureLogitsProcessor
+from distily.recording import generate
 from distily.recording.generate import run_generation
 from distily.training.distill import run_distillation
 from store_values import store_values
@@ -99,6 +100,19 @@ def test_generate_needs_an_output_and_a_store_to_record_into(teacher_dirs, text_
     with pytest.raises(DistilyConfigError, match=r"teacher_store='.*notes.txt' is an existing file; expected a dir"):
         run_generation(parse_generate_config(**values))
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_an_output_below_an_existing_file_is_refused_before_the_teacher_loads(teacher_dirs, text_file, tmp_path,
+                                                                             monkeypatch):
+    """The samples are written after all the sampling: a path no file can be made at used to end it there with a
+    FileExistsError."""
+    (tmp_path / "notes.txt").write_text("a user's file")
+    monkeypatch.setattr(generate, "load_teacher", lambda *args: pytest.fail("the teacher loaded"))
+    values = _values(teacher_dirs, text_file, tmp_path, generate_output=str(tmp_path / "notes.txt" / "s.jsonl"))
+    with pytest.raises(DistilyConfigError, match=r"generate_output='.*s.jsonl' is below the file '.*notes.txt'; "
+                                                 r"expected a new path"):
+        run_generation(parse_generate_config(**values))
+    assert (tmp_path / "notes.txt").read_text() == "a user's file"
 
 
 def test_teacher_samples_and_responses_hold_only_the_tokenizers_ids(teacher_dirs, text_file, tmp_path, monkeypatch):
