@@ -18,6 +18,7 @@ from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
 from distily.generation.engine import CompletionGenerator, chat_stop_ids, cut_at_stop, vocabulary_size
 from distily.models.architecture import output_vocab_size
+from distily.models.bitnet import is_bitnet
 
 GPU_MEMORY_FRACTION = 0.3  # of the accelerator's memory, for the engine's weights and KV cache
 
@@ -51,6 +52,11 @@ def open_vllm_generator(
 ) -> VLLMGenerator:
     """A vLLM engine over a saved copy of ``model`` (and ``tokenizer``), sampling with ``settings`` until a stop
     token (``chat_stop_ids``: with ``template``, its end of turn too)."""
+    if is_bitnet(model.config):  # vLLM would read the saved copy as its plain architecture: full-precision layers
+        raise DistilyConfigError(
+            "on_policy_backend='vllm' would sample from the BitNet student's full-precision latent weights (the "
+            "engine knows no ternary layers), not from the student; expected on_policy_backend=hf"
+        )
     try:
         from vllm import LLM, SamplingParams
     except ImportError:

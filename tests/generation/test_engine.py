@@ -3,6 +3,7 @@ engine with vLLM's interface (the package itself needs a GPU machine)."""
 
 import copy
 import sys
+import tempfile
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from distily.generation.backends import open_generator
 from distily.generation.arguments import SamplingSettings
 from distily.generation.engine import HFGenerator, cut_at_stop, left_padded, stop_token_ids, strip_stop
 from distily.generation.vllm_engine import VLLMGenerator
+from distily.models.bitnet import convert_to_bitnet
 from tiny import ARCHITECTURES, make_tokenizer, tiny_config
 
 EOS, PAD = 0, 0
@@ -254,3 +256,20 @@ def test_the_vllm_back_end_samples_only_the_tokenizers_ids(monkeypatch):
     assert built["params"]["allowed_token_ids"] == list(range(len(tokenizer)))
     open_generator("vllm", tiny_model(vocab_size=len(tokenizer)), tokenizer, SamplingSettings(4), max_model_len=32)
     assert built["params"]["allowed_token_ids"] is None  # the head has no padding columns: nothing to leave out
+
+
+def test_the_vllm_back_end_refuses_a_bitnet_student_in_one_line(monkeypatch):
+    """vLLM reads the student's saved copy as its plain architecture: full-precision layers of the latent weights,
+    whose completions are not the ternary student's (read back so here: other tokens)."""
+    student = convert_to_bitnet(tiny_model())
+    with tempfile.TemporaryDirectory() as copy:
+        student.save_pretrained(copy)
+        as_read = AutoModelForCausalLM.from_pretrained(copy).eval()
+    assert greedy(as_read).generate(PROMPTS) != greedy(student).generate(PROMPTS)
+    built = []
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=lambda **kwargs: built.append(kwargs),
+                                                             SamplingParams=lambda **kwargs: kwargs))
+    with pytest.raises(DistilyConfigError, match=r"on_policy_backend='vllm' would sample from the BitNet student's "
+                                                 r"full-precision latent weights.*expected on_policy_backend=hf"):
+        open_generator("vllm", student, make_tokenizer(), SamplingSettings(4), max_model_len=32)
+    assert not built
