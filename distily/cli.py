@@ -9,6 +9,7 @@ from typing import Optional
 
 from distily import __version__
 from distily.errors import DistilyConfigError
+from distily.logs import close_progress_bars
 
 USAGE = """usage: distily COMMAND [ARGS] [--debug]
 
@@ -57,6 +58,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"distily {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # Ctrl-C: one line (a run's says how to resume), 128 + SIGINT
+        close_progress_bars()  # the line starts a line of its own, not the end of the bar Ctrl-C stopped
         if debug:
             raise
         print(f"distily {command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)

@@ -28,3 +28,34 @@ def test_usage_lists_version_and_export_overwrite(capsys):
     assert main([]) == 0
     usage = capsys.readouterr().out
     assert "--version" in usage and "--overwrite" in usage
+
+
+def test_ctrl_c_during_training_starts_its_line_after_the_progress_bar(tmp_path, teacher_dirs, run_values, capsys,
+                                                                       monkeypatch):
+    """The bar Ctrl-C stopped was left open: the message went on the bar's line ("... 2/6 [00:01<00:02, 1.9it/s]distily
+    distill: interrupted; ..."), and the bar was drawn again after it at exit."""
+    import yaml
+
+    from distily.training.run_dir import RunDir
+    from distily.training.trainer import DistillationTrainer
+
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=6,
+                        save_strategy="steps", save_steps=2, disable_tqdm=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(values))
+    step = DistillationTrainer.training_step
+    calls = []
+
+    def ctrl_c_at_step_3(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "training_step", ctrl_c_at_step_3)
+    assert main(["distill", str(config)]) == 130
+    err = capsys.readouterr().err
+    out = Path(values["output_dir"])
+    line = f"distily distill: interrupted; the last checkpoint is '{out / 'checkpoint-2'}', resume with: "
+    assert "it/s]" in err and f"\n{line}" in err and err.endswith(" --resume_from_checkpoint true\n"), err[-300:]
+    assert not (out / RunDir.LOCK).exists() and not (out / RunDir.METRICS).exists()

@@ -14,6 +14,7 @@ from distily.errors import RunInterrupted
 from distily.evaluation.harness import check_chat_template, task_manager
 from distily.evaluation.generations import with_generations
 from distily.evaluation.run import benchmark, eval_set_metrics, generation_evaluator, named_eval_sets
+from distily.logs import close_progress_bars
 from distily.metrics import AFTER, BEFORE, RunMetrics, StudentMetrics, TrainMetrics
 from distily.models.precision import bf16_is_fast
 from distily.models.student import build_student, layers_from_teacher, load_student
@@ -128,6 +129,7 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
         with output_dir_lock(training.output_dir, enabled=training.should_save):  # one run writes output_dir
             return _distill(config, command)
     except KeyboardInterrupt as interrupt:  # Ctrl-C: one line saying how to go on
+        close_progress_bars()  # what is logged while the line is composed starts a line too
         raise RunInterrupted(interrupted(training, command)) from interrupt
 
 
