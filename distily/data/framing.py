@@ -6,7 +6,8 @@ Four packings (``DataArguments.packing``):
   with it), concatenated and cut into full ``max_seq_length`` blocks; attention runs across documents.
   This is how GPT-2 (WebText) and other EOS-separated families were trained. The end-of-text token is
   ``eos_token``, except where an instruct tokenizer made its chat end-of-turn token the EOS
-  (``document_separator_id``).
+  (``document_separator_id``). A tokenizer that opens a text with that token (OPT's BOS is its EOS, ``</s>``)
+  gives ``</s> doc1 </s> doc2 </s>``, one between documents, as OPT was pretrained.
 - ``bos_blocks``: documents as the tokenizer frames them (Llama, Mistral, Gemma: BOS first), concatenated
   and cut into full blocks; a block that opens in the middle of a document opens with BOS, as every
   pretraining context of these families did. Documents sharing a block never attend to each other and
@@ -95,8 +96,8 @@ class Framing:
     eos_token_id: Optional[int] = None  # the separator of ``stream``: the end-of-text token (document_separator_id)
     # part of the tokenization cache's key (the dataclass's text): raised whenever the blocks Distily packs of the same
     # token ids change, so a cache written by an earlier version is not read back (2: stream and bos_blocks no longer
-    # drop a partial block per 1000 documents)
-    scheme: int = 2
+    # drop a partial block per 1000 documents; 3: stream puts one separator between documents whose BOS is it, OPT's)
+    scheme: int = 3
 
     @classmethod
     def for_tokenizer(cls, packing: str, tokenizer: PreTrainedTokenizerBase, max_seq_length: int, pretokenized: bool):
@@ -163,11 +164,15 @@ class Framing:
         return [self.bos_token_id] if self.bos_token_id is not None and document[:1] == [self.bos_token_id] else []
 
     def _stream(self, documents: Iterable[list[int]]) -> Iterator[list[int]]:
-        """Documents with separators, concatenated and cut into full blocks (the last partial one dropped)."""
+        """Documents with separators, concatenated and cut into full blocks (the last partial one dropped). A
+        document after the first that opens with the separator (OPT's tokenizer starts a text with ``</s>``, its BOS
+        and EOS) drops it: one ``</s>`` between documents, as OPT was pretrained (metaseq ends each with it)."""
         separator = [self.eos_token_id] if self.eos_token_id is not None else []
         length = self.max_seq_length
         stream = []
-        for ids in documents:
+        for index, ids in enumerate(documents):
+            if index and separator and ids[:1] == separator:  # the stream ends with the separator already
+                ids = ids[1:]
             stream.extend(ids)
             if separator and ids[-1:] != separator:
                 stream.extend(separator)

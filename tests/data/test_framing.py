@@ -9,7 +9,8 @@ from functools import partial
 import datasets
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from tokenizers.processors import TemplateProcessing
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from distily.data.arguments import DataArguments
 from distily.data.alignment import ModelFraming
@@ -155,6 +156,30 @@ def test_base_tokenizers_keep_eos_as_the_document_separator():
     bare = make_chat_tokenizer("chatml", eos_token="</s>")
     bare.eos_token = "<|im_end|>"
     assert document_separator_id(bare) == bare.eos_token_id  # nothing better in the vocabulary
+
+
+def make_opt_tokenizer():
+    """OPT's habits: its BOS is its EOS, ``</s>``, and it starts every text with it."""
+    backend = make_tokenizer("</s>").backend_tokenizer
+    eos = backend.token_to_id("</s>")
+    backend.post_processor = TemplateProcessing(single="</s> $A", special_tokens=[("</s>", eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="</s>", eos_token="</s>")
+
+
+def test_one_end_of_text_token_separates_documents_where_bos_is_eos():
+    """OPT was pretrained on documents each followed by ``</s>`` (metaseq's streaming_language_modeling), joined
+    and cut into blocks, and its tokenizer starts a text with ``</s>`` (the previous document's end). ``stream``
+    added the separator after each document before the next one's BOS: ``</s></s>`` 39 times between 40
+    documents, a pair of tokens OPT never saw. Now the stream is OPT's: ``</s> doc1 </s> doc2 </s> ...``."""
+    tokenizer = make_opt_tokenizer()
+    eos = tokenizer.eos_token_id
+    texts = make_documents(40, seed=3)
+    assert tokenizer(texts[0])["input_ids"][0] == eos == tokenizer.bos_token_id
+    framing = Framing.for_tokenizer("stream", tokenizer, 64, pretokenized=False)
+    stream = [token for block in framing.pack(tokenizer(texts)["input_ids"])["input_ids"] for token in block]
+    plain = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    pretrained = [eos] + [token for ids in plain for token in ids + [eos]]
+    assert stream == pretrained[: len(pretrained) // 64 * 64]
 
 
 def test_stream_blocks_do_attend_across_documents():
