@@ -10,11 +10,13 @@ from functools import partial
 from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedModel
+from transformers.utils import CONFIG_NAME
 
 from distily.config import EvalConfig, make_parser, parse_eval_config
 from distily.data.arguments import DataArguments
 from distily.data.chat import adopt_chat_template, run_date
 from distily.data.framing import check_models_keep_documents_apart
+from distily.data.store import MANIFEST, PROGRESS
 from distily.data.text import collate, default_cache_dir
 from distily.errors import DistilyConfigError
 from distily.evaluation.generations import GenerationEvaluator, generation_eval
@@ -69,9 +71,24 @@ def check_eval_output_dir(output_dir: Path) -> None:
         )
 
 
+def check_not_a_store(name_or_path: str, key: str) -> None:
+    """A teacher store (``distily record``'s folder: a manifest, or a recording's progress, and no model config) holds
+    a teacher's outputs, not a model to evaluate."""
+    path = Path(os.path.expanduser(name_or_path))
+    if any((path / name).is_file() for name in (MANIFEST, PROGRESS)) and not (path / CONFIG_NAME).is_file():
+        raise DistilyConfigError(
+            f"{key}={name_or_path!r} is a teacher store (distily record's outputs of a teacher), not a model; expected "
+            "a model's directory or Hub id, such as the teacher the store recorded"
+        )
+
+
 def run_evaluation(config: EvalConfig) -> dict:
-    """``{"columns": {model name: metrics}, "table": markdown}``; with ``output_dir``, also written there."""
+    """``{"columns": {model name: metrics}, "table": markdown, "written": [paths]}``; with ``output_dir``, the
+    results are written there (``written``: the files, empty without it)."""
     command, evaluation = config.command, config.evaluation
+    check_not_a_store(command.model_name_or_path, "model_name_or_path")
+    if command.teacher_model_name_or_path is not None:
+        check_not_a_store(command.teacher_model_name_or_path, "teacher_model_name_or_path")
     if command.output_dir is not None:
         check_eval_output_dir(Path(command.output_dir))
     manager = task_manager(evaluation) if evaluation.lm_eval_tasks else None
@@ -114,14 +131,16 @@ def run_evaluation(config: EvalConfig) -> dict:
     columns = {TEACHER_COLUMN: teacher_metrics} if teacher is not None else {}
     columns[model_column(command.model_name_or_path)] = student_metrics
     table = markdown_table(columns)
+    written = []
     if command.output_dir is not None:
         output_dir = Path(command.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_earlier_outputs(output_dir, EVAL_OUTPUTS)  # checked above to be an earlier evaluation's
         write_json_atomic(output_dir / RESULTS_FILE, {"columns": columns, "max_seq_length": max_seq_length})
         (output_dir / "results.md").write_text(table)
-        plot_comparison(columns, output_dir / "teacher_vs_student.png")
-    return {"columns": columns, "table": table}
+        plot = plot_comparison(columns, output_dir / "teacher_vs_student.png")
+        written = [output_dir / RESULTS_FILE, output_dir / "results.md", *([plot] if plot is not None else [])]
+    return {"columns": columns, "table": table, "written": written}
 
 
 def main(args: list[str], command_line: str) -> int:
@@ -129,5 +148,9 @@ def main(args: list[str], command_line: str) -> int:
         make_parser(EvalConfig).print_help()
         return 0
     flags = ["--model_name_or_path", *args] if args and not args[0].startswith("-") else args
-    print(run_evaluation(parse_eval_config(flags))["table"], end="")
+    results = run_evaluation(parse_eval_config(flags))
+    print(results["table"], end="")
+    if results["written"]:
+        folder = results["written"][0].parent
+        print(f"wrote {', '.join(path.name for path in results['written'])} to {folder}")
     return 0

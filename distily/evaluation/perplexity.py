@@ -57,10 +57,10 @@ def load_eval_set(
     try:
         documents = documents_with_content(load_documents(args), args)
         check_token_ids(documents, len(tokenizer), args)  # pre-tokenized rows: ids of the tokenizer's vocabulary
+        framing = data_framing(documents, tokenizer, max_seq_length, packing)
+        blocks = tokenize_and_pack(documents, tokenizer, framing, spec["text_column"], cache_dir)
     except DistilyConfigError as err:
         raise DistilyConfigError(f"eval_datasets[{name!r}]: {err}")
-    framing = data_framing(documents, tokenizer, max_seq_length, packing)
-    blocks = tokenize_and_pack(documents, tokenizer, framing, spec["text_column"], cache_dir)
     if len(blocks) == 0:
         raise DistilyConfigError(
             f"eval_datasets[{name!r}] ({spec['path']!r}) gives no sequence of {max_seq_length} tokens; expected more "

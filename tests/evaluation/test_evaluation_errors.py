@@ -8,6 +8,7 @@ from distily.cli import main
 from distily.config import parse_config, parse_eval_config
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import load_eval_set
+from tiny import make_conversations, write_chat_jsonl
 
 
 @pytest.mark.parametrize(
@@ -42,6 +43,9 @@ def test_an_eval_set_that_cannot_be_read_is_named(tokenizer, tmp_path):
     short.write_text(json.dumps({"text": "Too short."}) + "\n")
     with pytest.raises(DistilyConfigError, match=r"gives no sequence of 32 tokens; expected more text"):
         load_eval_set("short", {**spec, "path": str(short)}, tokenizer, 32, str(tmp_path))
+    chat = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(4))
+    with pytest.raises(DistilyConfigError, match=r"^eval_datasets\['chat'\]: chat data \(a messages column\)"):
+        load_eval_set("chat", {**spec, "path": chat}, tokenizer, 32, str(tmp_path))
 
 
 def test_eval_command_errors(capsys):
@@ -60,3 +64,22 @@ def test_eval_command_errors(capsys):
                                        "`distily eval --help`\n")
     with pytest.raises(DistilyConfigError, match="nothing to evaluate; expected --eval_datasets"):
         parse_eval_config(["--model_name_or_path", "some/model"])
+
+
+@pytest.mark.parametrize("recording", [False, True])
+@pytest.mark.parametrize("key", ["model_name_or_path", "teacher_model_name_or_path"])
+def test_eval_refuses_a_teacher_store_where_a_model_is_expected(key, recording, tmp_path, capsys):
+    """A teacher store (finished: manifest.json; or still recording: progress.json) holds a config in teacher/, not at
+    its top: it used to be refused with transformers' "Unrecognized model ... model_type key" line."""
+    store = tmp_path / "store"
+    (store / "teacher").mkdir(parents=True)
+    (store / "teacher" / "config.json").write_text("{}")
+    (store / ("progress.json" if recording else "manifest.json")).write_text("{}")
+    paths = {"model_name_or_path": str(tmp_path / "model"), "teacher_model_name_or_path": str(tmp_path / "teacher"),
+             key: str(store)}
+    assert main(["eval", paths["model_name_or_path"], "--teacher_model_name_or_path",
+                 paths["teacher_model_name_or_path"], "--eval_datasets", '{"s": "s.jsonl"}']) == 2
+    assert capsys.readouterr().err == (
+        f"distily eval: error: {key}='{store}' is a teacher store (distily record's outputs of a teacher), not a "
+        "model; expected a model's directory or Hub id, such as the teacher the store recorded\n"
+    )

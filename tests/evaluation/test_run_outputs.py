@@ -123,6 +123,7 @@ def test_distily_eval_compares_a_model_with_its_teacher(teacher_dirs, tokenizer,
     assert columns["student"]["recent_perplexity"] > 0 and columns["teacher"]["recent_perplexity"] > 0
     assert columns["student"]["recent_bits_per_byte"] > 0 and columns["teacher"]["recent_bits_per_byte"] > 0
     assert "| recent: bits per byte (UTF-8) |" in table
+    assert table.splitlines()[-1] == f"wrote eval.json, results.md, teacher_vs_student.png to {tmp_path / 'eval'}"
 
 
 def test_distily_eval_keeps_the_teachers_column_beside_a_model_in_a_folder_named_teacher(
@@ -228,7 +229,7 @@ def test_distily_eval_never_replaces_a_runs_own_results(teacher_dirs, tokenizer,
     assert (tmp_path / "eval" / "results.md").read_text().startswith("| metric |")
 
 
-def test_distily_eval_leaves_no_plot_of_an_earlier_evaluation(tokenizer, tmp_path, monkeypatch):
+def test_distily_eval_leaves_no_plot_of_an_earlier_evaluation(tokenizer, tmp_path, monkeypatch, capsys):
     """An evaluation that draws no plot (its lm-eval task reported no number) used to leave the earlier evaluation's
     teacher_vs_student.png beside its own results."""
     import distily.commands.eval as eval_command
@@ -241,5 +242,7 @@ def test_distily_eval_leaves_no_plot_of_an_earlier_evaluation(tokenizer, tmp_pat
     assert (tmp_path / "eval" / "teacher_vs_student.png").is_file()
     monkeypatch.setattr(eval_command, "run_tasks", lambda *args: {})
     monkeypatch.setattr(eval_command, "task_manager", lambda evaluation: object())
+    capsys.readouterr()
     assert main(["eval", student, "--lm_eval_tasks", "hellaswag", *arguments]) == 0
     assert sorted(path.name for path in (tmp_path / "eval").iterdir()) == ["eval.json", "results.md"]
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote eval.json, results.md to {tmp_path / 'eval'}"
