@@ -135,7 +135,7 @@ def _recorder(config: RecordConfig, teacher: PreTrainedModel, max_seq_length: in
             record.record_top_k,
             record.logits_temperature,
             record.record_hidden_states_layers or [],
-            output_vocab_size(teacher),
+            teacher,
             max_seq_length,
             config.model.teacher_torch_dtype,
             config.model.trust_remote_code,

@@ -7,9 +7,10 @@ token comes from generating one token with ``logprobs``. It caps log-probs per p
 ``max_logprobs`` (20 by default), so the engine is built with ``max_logprobs=record_top_k``. Each row is
 sent unpadded (its real tokens, by its attention mask) and stored with the masks, target counts and NLL the
 Hugging Face back end writes (a chat row's ``loss_mask`` included); packed documents (``position_ids``) are
-refused before recording. It gives no full distribution: the tail mass is 1 - sum of the top k (computed in
-float64; a tail below the k log-probabilities' float32 resolution, k * 2^-24, is read at that resolution), there is
-no fidelity report, no hidden states, and log-probs are at temperature 1.
+refused before recording. The engine holds a row and the token sampled after it (``engine_length``), in the
+teacher's dtype (auto: the checkpoint's, as the hf back end loads it). It gives no full distribution: the tail mass
+is 1 - sum of the top k (computed in float64; a tail below the k log-probabilities' float32 resolution, k * 2^-24,
+is read at that resolution), there is no fidelity report, no hidden states, and log-probs are at temperature 1.
 """
 
 import math
@@ -17,10 +18,12 @@ from typing import Optional
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
+from transformers import PreTrainedModel
 
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.store import ATTENTION_MASK, ROW_NLL, ROW_TARGETS, TAIL_LOGPROB, TOPK_IDS, TOPK_LOGPROBS, id_dtype
 from distily.errors import DistilyConfigError
+from distily.models.architecture import max_positions, output_vocab_size
 from distily.objectives.component import next_token_targets
 
 
@@ -57,8 +60,24 @@ def row_targets(output, input_ids: list[int], top_k: int, targets: list[bool]) -
     )
 
 
+def engine_length(teacher: PreTrainedModel, max_seq_length: int) -> int:
+    """The engine's ``max_model_len``: a row of ``max_seq_length`` tokens and the one token sampled after it (whose
+    log-probs are the last position's), refused where that passes the teacher's positions (vLLM refuses an engine
+    longer than the model's positions)."""
+    positions = max_positions(teacher.config)
+    if positions is not None and max_seq_length + 1 > positions:
+        raise DistilyConfigError(
+            f"record_backend=vllm samples one token after each row for its last position's log-probs, and "
+            f"max_seq_length={max_seq_length} leaves no position for it among the teacher's {positions}; expected "
+            f"max_seq_length <= {positions - 1}, or record_backend=hf"
+        )
+    return max_seq_length + 1
+
+
 class VLLMRecorder:
-    """Records rows built by ``collate`` with a vLLM engine: ``record(rows) -> (shard tensors, stats)``."""
+    """Records rows built by ``collate`` with a vLLM engine: ``record(rows) -> (shard tensors, stats)``. ``teacher``
+    (its config, no weights needed) gives the engine's vocabulary, positions and, for ``dtype`` auto, the checkpoint's
+    dtype: vLLM's own auto would cast a float32 checkpoint to half precision, where the hf back end keeps it."""
 
     def __init__(
         self,
@@ -66,7 +85,7 @@ class VLLMRecorder:
         top_k: int,
         temperature: float,
         hidden_states_layers: list[int],
-        vocab_size: int,
+        teacher: PreTrainedModel,
         max_seq_length: int,
         dtype: str,
         trust_remote_code: bool,
@@ -88,12 +107,12 @@ class VLLMRecorder:
                 f"record_backend='vllm' returns log-probs at temperature 1, not logits_temperature={temperature}; "
                 "expected logits_temperature=1.0 or record_backend=hf"
             )
-        self.top_k, self.id_dtype = top_k, id_dtype(vocab_size)
+        self.top_k, self.id_dtype = top_k, id_dtype(output_vocab_size(teacher))
         self.engine = LLM(
             model=name_or_path,
-            dtype=dtype,
+            dtype=str(teacher.dtype).removeprefix("torch.") if dtype == "auto" else dtype,
             max_logprobs=top_k,
-            max_model_len=max_seq_length + 1,
+            max_model_len=engine_length(teacher, max_seq_length),
             trust_remote_code=trust_remote_code,
             enable_prefix_caching=False,
         )

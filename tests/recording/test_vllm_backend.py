@@ -14,12 +14,13 @@ from distily.data.store import ROW_NLL, ROW_TARGETS, TAIL_LOGPROB, TOPK_IDS, TOP
 from distily.errors import DistilyConfigError
 from distily.objectives.losses import LOSSES
 from distily.objectives.sparse import BucketLoss
+from distily.models.architecture import max_positions
 from distily.models.teacher import load_teacher
 from distily.recording.run import run_recording
 from distily.recording.targets import sparse_targets
 from distily.recording.vllm_backend import position_targets, row_targets
 from store_values import store_values
-from tiny import make_conversations, make_instruct_tokenizer, save_tiny_model, write_chat_jsonl
+from tiny import make_conversations, make_instruct_tokenizer, make_tokenizer, save_tiny_model, write_chat_jsonl
 
 
 def _candidates(logprobs: torch.Tensor, top_k: int, present: int) -> dict:
@@ -70,8 +71,14 @@ class StandInLLM:
     """vLLM's ``LLM`` for the recorder: prompt log-probs of the Hugging Face teacher over exactly the token ids it is
     sent (a real engine reads no attention mask), plus those of the one generated position."""
 
+    built: list[dict] = []  # the settings of each engine built
+
     def __init__(self, model: str, **settings):
         self.model = load_teacher(model)
+        if settings["max_model_len"] > max_positions(self.model.config):  # as vLLM refuses such an engine
+            raise ValueError(f"User-specified max_model_len ({settings['max_model_len']}) is greater than the derived "
+                             f"max_model_len (max_position_embeddings={max_positions(self.model.config)})")
+        StandInLLM.built.append(settings)
 
     @torch.no_grad()
     def generate(self, requests, params, use_tqdm=True):
@@ -149,3 +156,30 @@ def test_the_vllm_back_end_refuses_packed_documents_in_one_line(stand_in_vllm, t
     values = store_values(teacher_dirs["llama"], text_file, tmp_path, record_backend="vllm", packing="documents")
     with pytest.raises(DistilyConfigError, match=r"records whole rows, not packed documents \(packing=documents\)"):
         run_recording(parse_record_config(**values))
+
+
+def test_the_vllm_engine_holds_the_checkpoints_dtype_for_auto_as_the_hf_back_end_does(stand_in_vllm, teacher_dirs,
+                                                                                      text_file, tmp_path):
+    """vLLM's own auto casts a float32 checkpoint to half precision; the hf back end's auto keeps float32."""
+    teacher = teacher_dirs["llama"]
+    assert load_teacher(teacher, "auto").dtype == torch.float32
+    for dtype, expected in (("auto", "float32"), ("bfloat16", "bfloat16")):
+        values = store_values(teacher, text_file, tmp_path / dtype, record_backend="vllm", teacher_torch_dtype=dtype)
+        run_recording(parse_record_config(**values))
+        assert StandInLLM.built[-1]["dtype"] == expected
+
+
+def test_a_row_that_leaves_the_teacher_no_position_for_the_sampled_token_is_refused_in_one_line(
+        stand_in_vllm, text_file, tmp_path):
+    """The last position's log-probs come with a token sampled after the row: rows as long as the teacher's positions
+    would need an engine longer than the model, which vLLM refuses with its own error."""
+    teacher = save_tiny_model(tmp_path / "teacher", "llama", make_tokenizer(), max_position_embeddings=32)
+    built = len(StandInLLM.built)
+    values = store_values(teacher, text_file, tmp_path, record_backend="vllm", max_seq_length=32)
+    with pytest.raises(DistilyConfigError, match=r"record_backend=vllm samples one token after each row .* "
+                                                 r"max_seq_length=32 leaves no position for it among the teacher's 32; "
+                                                 r"expected max_seq_length <= 31, or record_backend=hf"):
+        run_recording(parse_record_config(**values))
+    assert len(StandInLLM.built) == built
+    run_recording(parse_record_config(**{**values, "max_seq_length": 31, "teacher_store": str(tmp_path / "s31")}))
+    assert StandInLLM.built[-1]["max_model_len"] == 32
