@@ -4,9 +4,9 @@ A run is finished when its ``metrics.json`` exists, and running the sweep again 
 or resumable run whose settings (config keys and flags, recorded in its ``run.json``) differ from the
 sweep's now is an error before anything runs, rather than a stale result in the table. A run that
 was killed resumes from its last checkpoint (or starts again without one); a failed run is tried
-again. A failure (any exception) goes to the run's ``error.txt`` and one line of the results, and the
-sweep goes on. Results are written when the sweep ends, also when it is interrupted; Ctrl-C names the
-command that continues the sweep.
+again. A failure (any exception, also one after ``metrics.json`` was written, which is then removed) goes to
+the run's ``error.txt`` and one line of the results, and the sweep goes on. Results are written when the sweep
+ends, also when it is interrupted; Ctrl-C names the command that continues the sweep.
 """
 
 import gc
@@ -105,6 +105,7 @@ def run_sweep(sweep: Sweep) -> list[dict]:
             try:
                 _run(sweep, run)
             except Exception as error:  # recorded; the other runs go on
+                RunDir(sweep.run_dir(run)).unmark_finished()  # a failure after metrics.json: failed, tried again
                 (sweep.run_dir(run) / ERROR_FILE).write_text(f"{one_line(error)}\n\n{traceback.format_exc()}")
                 tqdm.write(f"{run.name}: failed: {one_line(error)}")
             gc.collect()

@@ -52,12 +52,14 @@ def check_ranked(sweep, rows: list[dict]) -> None:
 
 
 def rank(sweep, finished: list[dict]) -> list[dict]:
-    """The finished rows, those with the sweep's metric best first and numbered ``rank`` 1, 2, ...; then those
+    """The finished rows, those with the sweep's metric best first and numbered ``rank`` 1, 2, ...; runs of equal
+    values share a rank, the next one counting them all (1, 1, 3), and keep the sweep file's order; then the rows
     without it (a run that measured something else), unranked."""
     ranked = sorted((row for row in finished if _has_metric(row, sweep.metric)),
                     key=lambda row: _score(row, sweep.metric, sweep.metric_goal))
-    for number, row in enumerate(ranked, start=1):
-        row["rank"] = number
+    for position, row in enumerate(ranked):
+        tied = position > 0 and row[sweep.metric] == ranked[position - 1][sweep.metric]
+        row["rank"] = ranked[position - 1]["rank"] if tied else position + 1
     return ranked + [row for row in finished if not _has_metric(row, sweep.metric)]
 
 

@@ -145,6 +145,15 @@ def test_only_the_runs_that_measured_the_metric_are_ranked(base, tmp_path):
     assert [(row.get("rank"), row.get(sweep.metric)) for row in rows] == [(1, 1.0), (2, 2.0), (None, None)]
 
 
+def test_runs_of_equal_values_share_a_rank_in_the_sweep_files_order(base, tmp_path):
+    """Two seeds whose students measured the same bits per byte (5.220826603891264, one step each) were ranked 1
+    and 2, as if one were better."""
+    sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1, 2, 3]}))
+    rows = rank(sweep, _finished_rows(sweep, sweep.metric, [2.0, 1.0, 3.0, 1.0]))
+    names = [run.name for run in sweep.runs]
+    assert [(row["rank"], row["name"]) for row in rows] == [(1, names[1]), (1, names[3]), (3, names[0]),
+                                                            (4, names[2])]
+
 def test_a_metric_no_finished_run_measured_is_one_line_naming_those_they_did(base, tmp_path):
     """A metric a run can hold but none measured used to rank every run 1, 2, ... in file order."""
     sweep = load_sweep(write_sweep(tmp_path, base=base, output_dir="out", grid={"seed": [0, 1]},
@@ -474,6 +483,26 @@ def test_a_failed_run_is_recorded_and_a_rerun_does_only_what_is_missing(base, tm
     assert {row["name"]: row["status"] for row in rows} == _statuses(out)
     assert _statuses(out)[other.name] == "finished" and _statuses(out)[bad.name] == "failed"
 
+
+def test_a_run_that_fails_after_writing_its_metrics_is_failed_and_tried_again(base, tmp_path, monkeypatch):
+    """A run that raised after metrics.json was written (a push_to_hub that fails) was listed as finished, the sweep
+    exited 0, and a rerun skipped it as finished earlier."""
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), runs=[{"name": "only"}])
+    (run,) = load_sweep(path).runs
+    distill = sweep_command.run_distillation
+
+    def fails_after_its_metrics(config, command):
+        distill(config, command)
+        raise OSError("push_to_hub: connection refused")
+
+    monkeypatch.setattr(sweep_command, "run_distillation", fails_after_its_metrics)
+    assert main(["sweep", path]) == 1
+    out = tmp_path / "out"
+    assert _statuses(out) == {run.name: "failed"}
+    assert (out / run.name / "error.txt").read_text().startswith("OSError: push_to_hub: connection refused\n")
+    monkeypatch.setattr(sweep_command, "run_distillation", distill)
+    assert main(["sweep", path]) == 0
+    assert _statuses(out) == {run.name: "finished"} and not (out / run.name / "error.txt").exists()
 
 @pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_resumes_from_it(base, tmp_path):
