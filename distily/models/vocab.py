@@ -11,12 +11,22 @@ def same_vocabulary(teacher_tokenizer: PreTrainedTokenizerBase, student_tokenize
     return teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
 
 
+def _first_difference(teacher_tokenizer: PreTrainedTokenizerBase, student_tokenizer: PreTrainedTokenizerBase) -> str:
+    """Where two different vocabularies part, in words: the token of lowest id that either holds under another id or
+    lacks."""
+    teacher, student = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    token = min(set(teacher.items()) ^ set(student.items()), key=lambda item: (item[1], item[0]))[0]
+    student_id, teacher_id = student.get(token, "none"), teacher.get(token, "none")
+    return f"{token!r} is id {student_id} in the student's, {teacher_id} in the teacher's"
+
+
 def check_same_tokenizer(teacher_tokenizer: PreTrainedTokenizerBase, student_tokenizer: PreTrainedTokenizerBase,
                          why: str = "the agreement metrics compare the two models token by token"):
     if not same_vocabulary(teacher_tokenizer, student_tokenizer):
         raise DistilyConfigError(
             f"the student's tokenizer ({len(student_tokenizer)} tokens) differs from the teacher's "
-            f"({len(teacher_tokenizer)} tokens); expected the same tokenizer ({why})"
+            f"({len(teacher_tokenizer)} tokens): {_first_difference(teacher_tokenizer, student_tokenizer)}; expected "
+            f"the same tokenizer ({why})"
         )
 
 

@@ -1,4 +1,6 @@
 import pytest
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
 
 from tiny import make_tokenizer
 from distily.errors import DistilyConfigError
@@ -25,6 +27,23 @@ def test_different_tokenizers_are_an_error():
     with pytest.raises(DistilyConfigError, match="differs from the teacher's"):
         check_same_tokenizer(make_tokenizer(), PreTrainedTokenizerFast(tokenizer_object=other))
     check_same_tokenizer(make_tokenizer(), make_tokenizer())
+
+
+def test_tokenizers_of_one_size_are_told_apart_by_a_token():
+    """Two vocabularies of 320 tokens used to be refused as 'the student's tokenizer (320 tokens) differs from the
+    teacher's (320 tokens)', which names no difference."""
+    student = make_tokenizer()
+    renamed = {**student.get_vocab()}
+    first = min(renamed, key=renamed.get)
+    renamed["<renamed>"] = renamed.pop(first)
+    teacher = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(renamed, unk_token="<renamed>")))
+    with pytest.raises(DistilyConfigError) as error:
+        check_same_tokenizer(teacher, student)
+    assert str(error.value) == (
+        "the student's tokenizer (320 tokens) differs from the teacher's (320 tokens): '<eos>' is id 0 in the "
+        "student's, none in the teacher's; expected the same tokenizer (the agreement metrics compare the two models "
+        "token by token)"
+    )
 
 
 def test_a_tokenizer_must_fit_the_input_embedding():
