@@ -24,7 +24,8 @@ from distily.data.chat import run_chat_template, run_date
 from distily.data.store import check_store_directory
 from distily.data.framing import document_separator_id, tokenizer_adds_bos
 from distily.errors import DistilyConfigError
-from distily.generation.engine import HFGenerator, stop_token_ids, strip_stop, vocabulary_size
+from distily.generation.backends import open_generator
+from distily.generation.engine import strip_stop
 from distily.models.architecture import max_positions
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.arguments import RESPONSES_COLUMN, GenerateArguments
@@ -52,15 +53,13 @@ def sample_sequences(
     starts texts with BOS, each starts with it, so the samples reach a student framed as the teacher read them."""
     start = start_token(tokenizer)
     head = [start] if tokenizer_adds_bos(tokenizer) else []  # a sample opens as the teacher's contexts open
-    eos, stops = tokenizer.eos_token_id, stop_token_ids(tokenizer, teacher)
-    generator = HFGenerator(teacher, args.sampling(), stops, pad_token_id=eos if eos is not None else start,
-                            vocab_size=vocabulary_size(tokenizer, stops))  # never the head's padding columns
+    generator = open_generator("hf", teacher, tokenizer, args.sampling(), None)  # the tokenizer's ids, its stops
     samples = []
     with tqdm(total=args.generate_num_samples, desc="Sampling from the teacher", unit="seq") as progress:
         while len(samples) < args.generate_num_samples:
             count = min(batch_size, args.generate_num_samples - len(samples))
             completions = generator.generate([[start]] * count)
-            samples.extend(head + strip_stop(completion, stops) for completion in completions)
+            samples.extend(head + strip_stop(completion, generator.stop_ids) for completion in completions)
             progress.update(count)
     return samples
 
