@@ -27,16 +27,35 @@ commands:
 record and generate read the same config file as distill, each using its own keys (see `distily record --help`,
 `distily generate --help` and docs/recording.md).
 
---debug shows the full traceback of an error instead of one line; --version prints the version."""
+--debug (no value) shows the full traceback of an error instead of one line; --version prints the version."""
 
 
 COMMANDS = ("distill", "record", "generate", "sweep", "eval", "export", "demo")  # each a module of distily.commands
+WITHOUT_POSITIONAL = ("demo",)  # the commands whose first argument is no file, model or run directory
+DEBUG = "--debug"
+
+
+def debug_value(argv: list[str]) -> Optional[str]:
+    """A value given after ``--debug`` (``--debug true``), which takes none: the word after it that is neither the
+    command (``distily --debug distill``) nor the command's first argument (``distily distill --debug run.yaml``)."""
+    for index, arg in enumerate(argv[:-1]):
+        after = argv[index + 1]
+        first_argument = index == 1 and argv[0] not in WITHOUT_POSITIONAL
+        if arg == DEBUG and not after.startswith("-") and index != 0 and not first_argument:
+            return after
+    return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [arg for arg in argv if arg != "--debug"]
+    value = debug_value(argv)
+    if value is not None:
+        print(f"distily: error: --debug takes no value, got {value!r} after it; expected --debug alone (it shows an "
+              "error's full traceback), or --debug=VALUE for the Trainer's debug key (`distily distill --help`)",
+              file=sys.stderr)
+        return 2
+    debug = DEBUG in argv
+    argv = [arg for arg in argv if arg != DEBUG]
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

@@ -1,12 +1,15 @@
-"""The `distily` command itself: --version and the usage text."""
+"""The `distily` command itself: --version, the usage text, --debug and Ctrl-C."""
 
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import distily
 from distily.cli import main
+from distily.errors import DistilyConfigError
 
 
 def test_version_prints_the_package_version(capsys):
@@ -59,3 +62,20 @@ def test_ctrl_c_during_training_starts_its_line_after_the_progress_bar(tmp_path,
     line = f"distily distill: interrupted; the last checkpoint is '{out / 'checkpoint-2'}', resume with: "
     assert "it/s]" in err and f"\n{line}" in err and err.endswith(" --resume_from_checkpoint true\n"), err[-300:]
     assert not (out / RunDir.LOCK).exists() and not (out / RunDir.METRICS).exists()
+
+
+def test_a_value_after_debug_is_one_line_and_exit_2(tmp_path, capsys):
+    """`--debug true` turned the traceback on and left 'true' to the command: a traceback of "unexpected argument
+    'true'" and exit 1. The command and its first argument may still follow --debug."""
+    config = tmp_path / "run.yaml"
+    config.write_text("output_dir: out\n")
+    for argv, value in (["distill", str(config), "--debug", "true"], "true"), (["demo", "--debug", "x"], "x"):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (f"distily: error: --debug takes no value, got {value!r} after it; expected --debug alone (it "
+                       "shows an error's full traceback), or --debug=VALUE for the Trainer's debug key (`distily "
+                       "distill --help`)\n")
+    missing = str(tmp_path / "missing.yaml")
+    for argv in (["--debug", "distill", missing], ["distill", "--debug", missing], ["distill", missing, "--debug"]):
+        with pytest.raises(DistilyConfigError, match="does not exist"):
+            main(argv)
