@@ -27,8 +27,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 from common import write_results
 from distily.config import parse_config, parse_record_config
 from distily.data.arguments import DataArguments
-from distily.data.text import build_datasets
 from distily.data.tokenizer import train_byte_level_bpe
+from distily.data.training_data import build_datasets
 from distily.metrics import RunMetrics
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation

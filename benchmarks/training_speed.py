@@ -52,8 +52,9 @@ from common import (AllocatorPeak, describe, interleaved, keep_measured_results,
                     process_peak_bytes, reset_peak_memory, run_worker, synchronize, table, write_results)
 from distily.config import parse_config
 from distily.data.arguments import DataArguments
-from distily.data.text import build_datasets, collate
+from distily.data.batches import collate
 from distily.data.tokenizer import train_byte_level_bpe
+from distily.data.training_data import build_datasets
 from distily.demo.corpus import python_doc_paragraphs, write_corpus
 from distily.models.teacher import load_tokenizer
 

@@ -33,7 +33,7 @@ import matplotlib
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from distily.data.text import collate
+from distily.data.batches import collate
 from distily.evaluation.heldout import heldout_metrics
 from distily.models.student import load_student
 from distily.training.run_dir import RunDir

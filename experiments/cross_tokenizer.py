@@ -31,7 +31,7 @@ import matplotlib
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-from distily.data.text import collate
+from distily.data.batches import collate
 from distily.data.tokenizer import train_sentencepiece_bpe
 from distily.evaluation.heldout import heldout_metrics
 

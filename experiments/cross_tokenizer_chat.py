@@ -34,8 +34,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from distily.config import parse_config
+from distily.data.batches import collate
 from distily.data.chat import ChatTemplate, assistant_token_mask
-from distily.data.text import collate
 from distily.data.tokenizer import train_byte_level_bpe, train_sentencepiece_bpe
 from distily.outputs import write_json_atomic
 from distily.training.distill import run_distillation

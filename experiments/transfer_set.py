@@ -47,8 +47,9 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from distily.config import parse_generate_config
+from distily.data.batches import collate
 from distily.data.framing import Framing
-from distily.data.text import collate, tokenize_and_pack
+from distily.data.packing import tokenize_and_pack
 from distily.evaluation.heldout import heldout_metrics
 from distily.metrics import Evaluation
 from distily.recording.generate import run_generation

@@ -20,8 +20,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from distily.commands.sweep import run_sweep
 from distily.data.arguments import DataArguments
-from distily.data.text import DistillationData, build_datasets, collate, split_text
+from distily.data.batches import collate
+from distily.data.text_files import split_text
 from distily.data.tokenizer import train_byte_level_bpe
+from distily.data.training_data import DistillationData, build_datasets
 from distily.evaluation.perplexity import load_eval_set
 from distily.experiments.sweep_file import Sweep, load_sweep
 from distily.models.precision import bf16_is_fast
@@ -152,7 +154,7 @@ def write_sweep(work_dir: str, name: str, spec: dict) -> Sweep:
 
 def heldout_blocks(text_file: Path, tokenizer, seq_length: int, cache_dir: Path, limit: int):
     """``limit`` blocks (all: 0) of ``text_file``, by article, framed as the models were trained: the sample every
-    run's eval set of that ``max_samples`` takes (``distily.data.text.evaluated_rows``), not the first blocks."""
+    run's eval set of that ``max_samples`` takes (``distily.data.training_data.evaluated_rows``), not the first blocks."""
     spec = {"path": str(text_file), "config": None, "split": "train", "text_column": "text",
             "max_samples": limit or None}
     return load_eval_set(text_file.stem, spec, tokenizer, seq_length, str(cache_dir),

@@ -14,8 +14,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
 
 from distily.data.arguments import DataArguments
-from distily.data.text import build_datasets, collate
+from distily.data.batches import collate
 from distily.data.tokenizer import train_byte_level_bpe
+from distily.data.training_data import build_datasets
 from distily.demo.corpus import python_doc_paragraphs, write_corpus
 
 VOCAB_SIZE = 2048

@@ -244,7 +244,7 @@ def train_bos_anchored_llama(tokenizer, steps: int = 250, seed: int = 0):
 
 def train_llama(tokenizer, documents: list[list[int]], steps: int, seed: int = 0):
     """A 2-layer Llama trained on ``documents`` (token ids, each row alone), batches of 16 in turn."""
-    from distily.data.text import collate
+    from distily.data.batches import collate
 
     config = tiny_config("llama", layers=2, vocab_size=len(tokenizer))
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id

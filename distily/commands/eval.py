@@ -14,10 +14,11 @@ from transformers.utils import CONFIG_NAME
 
 from distily.config import EvalConfig, make_parser, parse_eval_config
 from distily.data.arguments import DataArguments
+from distily.data.batches import collate
 from distily.data.chat import adopt_chat_template, run_date
 from distily.data.framing import check_models_keep_documents_apart
 from distily.data.store import MANIFEST, PROGRESS
-from distily.data.text import collate, default_cache_dir
+from distily.data.tokenization_cache import default_cache_dir
 from distily.errors import DistilyConfigError
 from distily.evaluation.generations import GenerationEvaluator, generation_eval
 from distily.evaluation.harness import cached_teacher_results, check_chat_template, run_tasks, task_manager

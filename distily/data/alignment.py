@@ -31,12 +31,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
+from distily.data.batches import collate
 from distily.data.framing import INPUT_IDS, LOSS_MASK, document_separator_id, resolve_packing, tokenizer_adds_bos
 from distily.data.splits import split_documents
-from distily.data.text import (
-    DistillationData, cached_dataset, collate, default_cache_dir, no_conversation_left, sampled_rows,
-    tokenizer_fingerprint, warn_dropped_conversations,
-)
+from distily.data.tokenization_cache import cached_dataset, default_cache_dir, tokenizer_fingerprint
+from distily.data.training_data import DistillationData, no_conversation_left, sampled_rows, warn_dropped_conversations
 from distily.errors import DistilyConfigError
 
 TEACHER_INPUT_IDS, TEACHER_ATTENTION_MASK = "teacher_input_ids", "teacher_attention_mask"

@@ -48,7 +48,8 @@ from distily.data.chat import (
     run_chat_template, target_mask,
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK
-from distily.data.text import DistillationData, default_cache_dir, tokenizer_fingerprint
+from distily.data.tokenization_cache import default_cache_dir, tokenizer_fingerprint
+from distily.data.training_data import DistillationData
 
 END_OF_TURN = -1  # the coordinate of an end-of-turn token: one past the content's end
 REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder writes for the bytes of a character it has not all of

@@ -47,8 +47,8 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from distily.arguments import file_in_the_way
+from distily.data.batches import collate
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS
-from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.outputs import file_problem, file_sha256, filesystem_errors, write_json_atomic
 

@@ -10,7 +10,7 @@ import datasets
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.framing import INPUT_IDS, Framing
-from distily.data.text import tokenize_documents
+from distily.data.packing import tokenize_documents
 from distily.evaluation.heldout import heldout_metrics
 from distily.metrics import FramingMetrics
 

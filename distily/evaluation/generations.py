@@ -24,10 +24,11 @@ from typing import Callable, Optional
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
+from distily.data.batches import completion_batch
 from distily.data.chat import (
     MESSAGES, ChatTemplate, assistant_turns, chat_format, conversations, prompt_ids, run_chat_template,
 )
-from distily.data.text import completion_batch, load_documents
+from distily.data.sources import load_documents
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import (
     EXACT_MATCH, KL_TO_TEACHER, SAMPLES, EvaluationArguments, load_metric, metric_name,

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from tqdm.auto import tqdm
 
-from distily.data.text import INPUT_IDS
+from distily.data.framing import INPUT_IDS
 from distily.errors import DistilyConfigError
 from distily.metrics import OverlapCheck
 

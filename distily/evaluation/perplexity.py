@@ -1,7 +1,7 @@
 """Perplexity: next-token loss of a model on text, and the named eval sets it is measured on.
 
-An eval set is loaded, tokenized and packed exactly like the training data (``distily.data.text``), so
-its perplexity is comparable with the held-out split's.
+An eval set is loaded, tokenized and packed exactly like the training data (``distily.data.sources``,
+``distily.data.packing``), so its perplexity is comparable with the held-out split's.
 """
 
 import math
@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
-from distily.data.text import (
-    check_token_ids, data_framing, documents_with_content, evaluated_rows, load_documents, tokenize_and_pack,
-)
+from distily.data.documents import check_token_ids, documents_with_content
+from distily.data.packing import data_framing, tokenize_and_pack
+from distily.data.sources import load_documents
+from distily.data.training_data import evaluated_rows
 from distily.errors import DistilyConfigError
 
 EVAL_SET_SEED = 0  # an eval set's blocks, when max_samples keeps fewer, are sampled with this seed

@@ -8,7 +8,7 @@ import datasets
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import DistillConfig
-from distily.data.text import default_cache_dir
+from distily.data.tokenization_cache import default_cache_dir
 from distily.evaluation.arguments import HELDOUT_SET
 from distily.evaluation.generations import GenerationEvaluator, generation_eval
 from distily.evaluation.harness import cached_teacher_results, run_tasks

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import GenerateConfig
 from distily.data.chat import ChatTemplate, prompt_ids
-from distily.data.text import load_documents
+from distily.data.sources import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
 from distily.generation.engine import completion_text

@@ -16,8 +16,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreT
 
 import distily
 from distily.config import RecordConfig
+from distily.data.batches import collate
 from distily.data.chat import adopt_chat_template, run_date
+from distily.data.documents import check_token_ids, load_training_documents
 from distily.data.framing import Framing, check_causality, check_models_keep_documents_apart
+from distily.data.packing import chat_tokenization, data_framing
 from distily.data.store import (
     MANIFEST,
     TEACHER_CONFIG_DIR,
@@ -28,15 +31,8 @@ from distily.data.store import (
     id_dtype,
     recorded_chat_template_date,
 )
-from distily.data.text import (
-    build_datasets,
-    chat_tokenization,
-    check_token_ids,
-    collate,
-    data_framing,
-    load_training_documents,
-    tokenizer_fingerprint,
-)
+from distily.data.tokenization_cache import tokenizer_fingerprint
+from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length, token_id_limit

@@ -20,12 +20,13 @@ from distily.data.alignment import (
     TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, build_aligned_datasets, check_offsets,
     collate_aligned,
 )
+from distily.data.batches import collate, longest_row
 from distily.data.chat import ChatTemplate
 from distily.data.chat_alignment import (
     CompletionAlignment, build_aligned_chat_datasets, chat_templates, end_of_turn_id,
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK
-from distily.data.text import DistillationData, collate, longest_row
+from distily.data.training_data import DistillationData
 from distily.data.vocabulary import VocabularyMap, map_vocabularies
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import HELDOUT_SET

@@ -18,9 +18,11 @@ from transformers import PreTrainedModel
 
 from distily.config import DistillConfig
 from distily.evaluation.arguments import HELDOUT_SET
+from distily.data.batches import collate
 from distily.data.chat import MESSAGES, ChatTemplate, run_chat_template
+from distily.data.documents import check_token_ids, load_training_documents
 from distily.data.framing import check_causality, model_inputs
-from distily.data.text import DistillationData, build_datasets, check_token_ids, collate, load_training_documents
+from distily.data.training_data import DistillationData, build_datasets
 from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator

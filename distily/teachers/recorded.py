@@ -17,6 +17,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from distily.config import DistillConfig
+from distily.data.batches import collate
+from distily.data.chat import ChatTemplate, run_chat_template
+from distily.data.documents import load_training_documents
+from distily.data.framing import Framing
 from distily.data.store import (
     ROW_NLL,
     ROW_TARGETS,
@@ -28,11 +32,8 @@ from distily.data.store import (
     collate_recorded,
     hidden_states_key,
 )
-from distily.data.chat import ChatTemplate, run_chat_template
-from distily.data.framing import Framing
-from distily.data.text import (
-    DistillationData, collate, evaluated_rows, load_training_documents, tokenizer_fingerprint,
-)
+from distily.data.tokenization_cache import tokenizer_fingerprint
+from distily.data.training_data import DistillationData, evaluated_rows
 from distily.errors import DistilyConfigError
 from distily.evaluation.bytes import byte_metrics, dataset_target_bytes, token_byte_lengths
 from distily.evaluation.heldout import Evaluator, heldout_metrics

@@ -32,9 +32,10 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import DistillConfig
 from distily.objectives.arguments import ObjectiveArguments
+from distily.data.batches import longest_row
 from distily.data.chat import ChatTemplate
 from distily.data.chat_alignment import CompletionAlignment, end_of_turn_id
-from distily.data.text import DistillationData, longest_row
+from distily.data.training_data import DistillationData
 from distily.data.vocabulary import VocabularyMap
 from distily.metrics import Evaluation, FramingMetrics, MultimodalCheckpoint, RecordingSource, TeacherMetrics
 from distily.models.architecture import output_vocab_size

@@ -23,10 +23,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.alignment import TEACHER_ATTENTION_MASK, TEACHER_INPUT_IDS, TEACHER_LOSS_MASK, collate_aligned
+from distily.data.batches import completion_batch
 from distily.data.chat import ChatTemplate
 from distily.data.chat_alignment import CompletionAlignment
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS
-from distily.data.text import completion_batch
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
 from distily.generation.arguments import SamplingSettings

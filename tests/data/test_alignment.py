@@ -12,8 +12,8 @@ from distily.data.alignment import (
     ALIGNED, TEACHER_INPUT_IDS, ModelFraming, align, align_document, align_documents, check_offsets,
     closing_positions, collate_aligned, token_ends,
 )
+from distily.data.batches import collate
 from distily.data.framing import INPUT_IDS
-from distily.data.text import collate
 from distily.data.vocabulary import map_vocabularies, token_bytes
 from distily.errors import DistilyConfigError
 from distily.evaluation.bytes import dataset_target_bytes, token_byte_lengths

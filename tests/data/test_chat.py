@@ -13,11 +13,13 @@ from transformers.utils import chat_template_utils
 
 from distily.data.arguments import DataArguments
 from distily.data import chat
+from distily.data.batches import collate
 from distily.data.chat import (
     MESSAGES_FORMAT, ChatTemplate, assistant_token_mask, conversations, prompt_ids, run_chat_template,
 )
+from distily.data.documents import load_training_documents
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, check_document_isolation, model_inputs
-from distily.data.text import build_datasets, collate, load_training_documents
+from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
 from distily.training.on_policy import batch_prompts

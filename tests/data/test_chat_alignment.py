@@ -10,15 +10,15 @@ import re
 import pytest
 
 from distily.data.alignment import ALIGNED, TEACHER_INPUT_IDS, collate_aligned
+from distily.data.alignment import TEACHER_LOSS_MASK
 from distily.data.arguments import DataArguments
 from distily.data.chat import ChatTemplate, ChatTokenization, assistant_turns, masked_assistant_turns, render_chat
-from distily.data.alignment import TEACHER_LOSS_MASK
 from distily.data.chat_alignment import (
     ChatSide, CompletionAlignment, _decoded_ends, align_conversation, build_aligned_chat_datasets, chat_templates,
     end_of_turn_id, read_after,
 )
+from distily.data.documents import load_training_documents
 from distily.data.framing import INPUT_IDS, LOSS_MASK
-from distily.data.text import load_training_documents
 from distily.errors import DistilyConfigError
 from tests.tiny import (
     CHAT_STYLES, make_character_splitting_tokenizer, make_chat_tokenizer, make_conversations,

@@ -12,13 +12,16 @@ import torch
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from distily.data.arguments import DataArguments
 from distily.data.alignment import ModelFraming
+from distily.data.arguments import DataArguments
+from distily.data.batches import collate
 from distily.data.framing import (
     Framing, check_causality, check_document_isolation, check_models_keep_documents_apart, document_separator_id,
     model_inputs, resolve_packing,
 )
-from distily.data.text import build_datasets, collate, load_documents, split_text
+from distily.data.sources import load_documents
+from distily.data.text_files import split_text
+from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator, heldout_metrics
@@ -324,7 +327,7 @@ def test_invalid_document_delimiter_and_non_utf8_are_one_line_errors(tmp_path):
         split_text("x", "(")
     path = tmp_path / "bad.txt"
     path.write_bytes(b"good text\n\n\xff\xfe bad")
-    from distily.data.text import load_documents
+    from distily.data.sources import load_documents
 
     with pytest.raises(DistilyConfigError, match=r"is not UTF-8 at byte 11; expected UTF-8 text"):
         load_documents(DataArguments(dataset_name=str(path)))

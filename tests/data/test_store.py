@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from distily.data.framing import INPUT_IDS
 from distily.data.store import (
     ATTENTION_MASK,
     MANIFEST,
@@ -25,7 +26,6 @@ from distily.data.store import (
     hidden_states_key,
     id_dtype,
 )
-from distily.data.text import INPUT_IDS
 from distily.errors import DistilyConfigError
 
 SETTINGS = {"record_top_k": 4, "max_seq_length": 6}

@@ -8,10 +8,13 @@ import datasets
 import pytest
 from transformers import AutoTokenizer
 
-import distily.data.text as text_module
+import distily.data.packing as packing_module
 from distily.data.arguments import DataArguments
+from distily.data.batches import collate
 from distily.data.framing import Framing
-from distily.data.text import build_datasets, collate, load_documents, sampled_rows, tokenizer_fingerprint
+from distily.data.sources import load_documents
+from distily.data.tokenization_cache import cached_dataset, tokenizer_fingerprint
+from distily.data.training_data import build_datasets, sampled_rows
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import load_eval_set
 from tiny import make_documents, make_tokenizer, write_jsonl
@@ -42,7 +45,7 @@ def test_blocks_are_full_length_and_train_eval_documents_are_disjoint(tmp_path, 
 
 def test_packing_keeps_every_token_with_separators(tmp_path, tokenizer):
     documents = make_documents(50)
-    batch = text_module._tokenize_batch({"text": documents}, tokenizer, "text")
+    batch = packing_module._tokenize_batch({"text": documents}, tokenizer, "text")
     packed = Framing("stream", 16, eos_token_id=tokenizer.eos_token_id).pack(batch["input_ids"])
     stream = [t for ids in batch["input_ids"] for t in ids + [tokenizer.eos_token_id]]
     assert [t for block in packed["input_ids"] for t in block] == stream[: len(stream) // 16 * 16]
@@ -88,13 +91,13 @@ def test_shuffle_depends_on_seed_and_max_samples_limits(tmp_path, tokenizer):
 def test_tokenization_is_cached(tmp_path, tokenizer, monkeypatch):
     path = write_jsonl(tmp_path / "d.jsonl", make_documents(100))
     calls = []
-    original = text_module._tokenize_batch
+    original = packing_module._tokenize_batch
 
     def counting(batch, **kwargs):
         calls.append(len(batch["text"]))
         return original(batch, **kwargs)
 
-    monkeypatch.setattr(text_module, "_tokenize_batch", counting)
+    monkeypatch.setattr(packing_module, "_tokenize_batch", counting)
     first = build_datasets(args(path, tmp_path), tokenizer, 32, seed=0)
     assert calls
     calls.clear()
@@ -240,7 +243,7 @@ def test_a_directory_whose_file_names_give_splits_reads_the_split_asked_for(tmp_
                                                  r"test \(the splits its file names give\)$"):
         load_documents(args(by_file, tmp_path, dataset_split="validation"))
     write_jsonl(by_file / "notes.jsonl", ["a note"])  # names no split: not read, as datasets reads it
-    with caplog.at_level("WARNING", logger="distily.data.text"):
+    with caplog.at_level("WARNING", logger="distily.data.local_files"):
         assert sorted(load_documents(args(by_file, tmp_path))["text"]) == documents["train"]
     assert "1 data files under" in caplog.text and "notes.jsonl" in caplog.text
 
@@ -334,11 +337,11 @@ def test_blocks_cached_by_an_earlier_packing_scheme_are_not_read_back(tmp_path, 
     documents = datasets.Dataset.from_dict({"text": make_documents(50)})
     framing = Framing.for_tokenizer("stream", tokenizer, 32, pretokenized=False)
     earlier = dataclasses.replace(framing, scheme=framing.scheme - 1)
-    packed = text_module._packed_in_order
+    packed = packing_module._packed_in_order
     with monkeypatch.context() as patch:
-        patch.setattr(text_module, "_packed_in_order", lambda *given: packed(*given).select([0]))
-        assert len(text_module.tokenize_and_pack(documents, tokenizer, earlier, "text", str(tmp_path))) == 1
-    rows = text_module.tokenize_and_pack(documents, tokenizer, framing, "text", str(tmp_path))
+        patch.setattr(packing_module, "_packed_in_order", lambda *given: packed(*given).select([0]))
+        assert len(packing_module.tokenize_and_pack(documents, tokenizer, earlier, "text", str(tmp_path))) == 1
+    rows = packing_module.tokenize_and_pack(documents, tokenizer, framing, "text", str(tmp_path))
     assert len(rows) == len(framing.pack(tokenizer(list(documents["text"]))["input_ids"])["input_ids"]) > 1
 
 
@@ -350,11 +353,11 @@ def test_an_entry_another_process_cached_meanwhile_is_kept_for_its_readers(tmp_p
     theirs = {}
 
     def build():  # another process caches the same entry while this one builds it
-        entry = text_module.cached_dataset(str(tmp_path), "key", lambda: rows)
+        entry = cached_dataset(str(tmp_path), "key", lambda: rows)
         theirs["inode"] = os.stat(entry.cache_files[0]["filename"]).st_ino
         return rows
 
-    ours = text_module.cached_dataset(str(tmp_path), "key", build)
+    ours = cached_dataset(str(tmp_path), "key", build)
     assert os.stat(ours.cache_files[0]["filename"]).st_ino == theirs["inode"]
     assert flat(ours.with_format("torch")) == [(1, 2), (3, 4)]
     assert [path.name for path in tmp_path.iterdir()] == ["key"]  # no staging left beside it
@@ -365,7 +368,7 @@ def test_a_cache_entry_that_is_no_saved_dataset_is_a_one_line_error(tmp_path):
     (tmp_path / "key" / "notes.txt").write_text("not a dataset")
     rows = datasets.Dataset.from_dict({"input_ids": [[1, 2]]})
     with pytest.raises(DistilyConfigError, match=r"entry '.*key' is not a saved dataset \(no dataset_info.json\)"):
-        text_module.cached_dataset(str(tmp_path), "key", lambda: rows)
+        cached_dataset(str(tmp_path), "key", lambda: rows)
     assert (tmp_path / "key" / "notes.txt").exists()
 
 
@@ -375,7 +378,7 @@ def test_a_document_longer_than_the_model_is_tokenized_without_transformers_warn
     tokenizer = make_tokenizer()
     tokenizer.model_max_length = 4
     with caplog.at_level("WARNING"):
-        rows = text_module._tokenize_batch({"text": ["the cat sees the dog " * 5]}, tokenizer, "text")
+        rows = packing_module._tokenize_batch({"text": ["the cat sees the dog " * 5]}, tokenizer, "text")
     assert len(rows["input_ids"][0]) > 4
     assert "Token indices sequence length" not in caplog.text
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tokenizers import decoders
 
-from distily.data.text import collate
+from distily.data.batches import collate
 from distily.evaluation.bytes import (
     bits_per_byte,
     dataset_target_bytes,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from distily.data.batches import collate
 from distily.data.store import TAIL_LOGPROB, TOPK_IDS, TOPK_LOGPROBS
-from distily.data.text import collate
 from distily.evaluation.heldout import Evaluator, heldout_metrics
 from distily.objectives.losses import forward_kl
 from distily.objectives.sparse import bucket_logprobs

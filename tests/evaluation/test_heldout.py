@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from distily.data.text import collate
+from distily.data.batches import collate
 from distily.evaluation.heldout import Evaluator, heldout_metrics
 
 # Next-token distributions p(. | current token) over a vocabulary of 3; rows sum to 1.

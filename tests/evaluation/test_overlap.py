@@ -6,7 +6,7 @@ import datasets
 import pytest
 
 from distily.data.framing import Framing
-from distily.data.text import tokenize_and_pack
+from distily.data.packing import tokenize_and_pack
 from distily.errors import DistilyConfigError
 from distily.evaluation.overlap import training_overlap
 from distily.evaluation.perplexity import load_eval_set

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from distily.config import parse_config
-from distily.data.text import tokenizer_fingerprint
+from distily.data.tokenization_cache import tokenizer_fingerprint
 from distily.objectives.objective import build_objective
 from distily.reporting.plots import comparison_keys, plot_comparison, plot_eval_metrics, plot_losses
 from distily.reporting.run import PLOTS_DIR, TENSORBOARD_RESULTS_DIR, write_reports, write_tensorboard

@@ -13,7 +13,7 @@ from tiny import (
     tiny_gemma3n_config, tiny_gemma4_config,
 )
 from distily.config import parse_config
-from distily.data.text import build_datasets
+from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
 from distily.models.arguments import ModelArguments

@@ -14,7 +14,7 @@ from store_values import store_values
 from tiny import VOCAB, make_bos_tokenizer, plain_loss, sequences_of, tiny_gemma4_config
 from distily.config import parse_config, parse_record_config
 from distily.data.store import TeacherStore
-from distily.data.text import build_datasets
+from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher
 from distily.recording.run import _teacher_for, run_recording

@@ -12,8 +12,8 @@ from transformers import (
 )
 
 from tiny import tiny_gemma3n_config
+from distily.data.batches import collate
 from distily.data.framing import model_inputs
-from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
 from distily.objectives.arguments import ObjectiveArguments

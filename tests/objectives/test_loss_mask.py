@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from distily.data.text import collate
+from distily.data.batches import collate
 from distily.evaluation.heldout import heldout_metrics
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.component import loss_positions, next_token_targets, token_counts

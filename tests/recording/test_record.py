@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from distily.cli import main
 from distily.config import parse_config, parse_record_config
+from distily.data.framing import INPUT_IDS
 from distily.data.store import (
     MANIFEST,
     PROGRESS,
@@ -28,7 +29,8 @@ from distily.data.store import (
     TeacherStore,
     hidden_states_key,
 )
-from distily.data.text import INPUT_IDS, build_datasets, tokenizer_fingerprint
+from distily.data.tokenization_cache import tokenizer_fingerprint
+from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.recording.hf import HFRecorder

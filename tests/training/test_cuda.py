@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from distily.data.text import collate
+from distily.data.batches import collate
 from distily.evaluation.heldout import heldout_metrics
 from distily.objectives.chunked import chunked_logit_loss_sum
 from distily.objectives.losses import forward_kl

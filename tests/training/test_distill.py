@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from distily.cli import main
 from distily.config import parse_config
 from distily.data.arguments import DataArguments
-from distily.data.text import build_datasets, collate
+from distily.data.batches import collate
+from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.evaluation.heldout import heldout_metrics
 from distily.models.arguments import ModelArguments

@@ -10,9 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from distily.config import parse_config
+from distily.data.batches import collate
 from distily.data.chat import ChatTemplate, assistant_token_mask
 from distily.data.framing import model_inputs
-from distily.data.text import collate
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
 from distily.generation.backends import open_generator

@@ -9,8 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from distily.config import parse_config, parse_record_config
+from distily.data.framing import INPUT_IDS
 from distily.data.store import MANIFEST, MANIFEST_CHECKSUM, ROW_NLL, manifest_checksum
-from distily.data.text import INPUT_IDS, build_datasets
+from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_tokenizer
 from distily.recording.run import run_recording

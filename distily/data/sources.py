@@ -1,0 +1,118 @@
+"""The raw dataset a run reads: from the Hub, local files (``distily.data.local_files``) or a directory written by
+``save_to_disk``, the split and slice ``dataset_split`` names."""
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import datasets
+
+from distily.data.arguments import DataArguments
+from distily.data.local_files import local_data_files
+from distily.data.text_files import load_text_files
+from distily.errors import DistilyConfigError
+from distily.logs import quieted
+from distily.outputs import file_sha256
+from distily.paths import looks_like_local_path
+
+
+def _load_builder(builder: str, files: list[str]) -> datasets.Dataset:
+    """``files`` read by the ``datasets`` builder ``builder``, under a configuration named by their bytes' sha256:
+    ``datasets`` knows a local file by its path and mtime, so a file rewritten with its mtime kept
+    (``tar -x``, ``cp -p``, a filesystem of whole-second mtimes) was read back from its cached Arrow copy, under the
+    same fingerprint (so the tokenization cache's key too). Hashing reads about 400 MB a second."""
+    digest = hashlib.sha256("".join(f"{file_sha256(name)}\n" for name in files).encode())
+    return datasets.load_dataset(builder, name=f"sha256-{digest.hexdigest()[:24]}", data_files=files, split="train")
+
+
+def _first_bad_json_line(files: list[str]) -> Optional[str]:
+    """Where a JSON-lines file is not one JSON object per line: the file, line number and what is wrong."""
+    for name in files:
+        with open(name, encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as err:
+                    return f"data file {name!r} line {number} is not valid JSON ({err.msg}, column {err.colno})"
+                if not isinstance(row, dict):
+                    return f"data file {name!r} line {number} holds a JSON {type(row).__name__}"
+    return None
+
+
+def _load_json_files(files: list[str]) -> datasets.Dataset:
+    """JSON or JSON-lines files as a dataset; a malformed line is named by file and line number."""
+    try:  # the builder logs a parse error as it raises it, by row in a chunk
+        with quieted("datasets.packaged_modules.json.json", logging.CRITICAL):
+            return _load_builder("json", files)
+    except Exception:  # the builder's own error says neither file nor line
+        bad = _first_bad_json_line([name for name in files if name.lower().endswith(".jsonl")])
+        if bad is None:
+            raise
+        raise DistilyConfigError(f"{bad}; expected one JSON object per line, such as {{\"text\": \"...\"}}")
+
+
+def load_documents(args: DataArguments) -> datasets.Dataset:
+    """The raw dataset: from the Hub, local files, or a directory written by ``save_to_disk``."""
+    if args.dataset_name is None:
+        raise DistilyConfigError("dataset_name is not set; expected a Hub dataset id or a local path")
+    path = Path(os.path.expanduser(args.dataset_name))
+    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            return _read_split(lambda name: _split(loaded, name, args), args)
+        return _read_split(lambda name: loaded, args)
+    if path.exists():
+        return _read_split(lambda name: _load_local(path, name, args), args)
+    if looks_like_local_path(args.dataset_name):
+        raise DistilyConfigError(
+            f"dataset_name={args.dataset_name!r} does not exist; expected an existing local path or a Hub id"
+        )
+    try:
+        loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise DistilyConfigError(f"cannot load dataset {args.dataset_name!r}: {reason}")
+    except ValueError as err:  # unknown split or subset
+        raise DistilyConfigError(f"dataset {args.dataset_name!r}: {str(err).strip().splitlines()[0]}")
+    return loaded
+
+
+def _load_local(path: Path, split: str, args: DataArguments) -> datasets.Dataset:
+    """The split ``split`` (a name, no slice) of a local file or data directory (``local_data_files``)."""
+    builder, files = local_data_files(path, split)
+    if builder == "text":
+        return load_text_files(files, args.text_document_delimiter)
+    if builder == "json":
+        return _load_json_files(files)
+    return _load_builder(builder, files)
+
+
+def _read_split(load_split: Callable[[str], datasets.Dataset], args: DataArguments) -> datasets.Dataset:
+    """``dataset_split`` of local data whose split ``name`` is ``load_split(name)``, read as ``datasets`` reads a Hub
+    dataset's: ``train``, a slice (``train[:10%]``, ``train[-500:]``) or a sum of them (``train[:100]+test``)."""
+    try:
+        instruction = datasets.ReadInstruction.from_spec(args.dataset_split)
+    except ValueError as err:
+        raise DistilyConfigError(f"dataset_split={args.dataset_split!r} of {args.dataset_name!r}: {err}; expected a "
+                                 "split such as train, train[:10%] or train[:1000]+test")
+    names = dict.fromkeys(part.split("[")[0].strip() for part in args.dataset_split.split("+"))
+    loaded = {name: load_split(name) for name in names}
+    parts = []
+    for part in instruction.to_absolute({name: len(dataset) for name, dataset in loaded.items()}):
+        dataset = loaded[part.splitname]
+        whole = (part.from_, part.to) == (0, len(dataset))
+        parts.append(dataset if whole else dataset.select(range(part.from_, part.to)))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _split(dataset_dict: datasets.DatasetDict, split: str, args: DataArguments) -> datasets.Dataset:
+    if split not in dataset_dict:
+        raise DistilyConfigError(
+            f"dataset_split={split!r} is not in {args.dataset_name!r}; expected one of {', '.join(dataset_dict)}"
+        )
+    return dataset_dict[split]
