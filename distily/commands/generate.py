@@ -12,7 +12,9 @@ def main(args: list[str], command_line: str) -> int:
     config = config_from_command_line(GenerateConfig, args)
     if config is not None:
         result = run_generation(config)
-        if "conversations" in result:
+        if result.get("resumed"):
+            print(f"resumed the recording of {result['generate_output']}, which a stopped run wrote")
+        elif "conversations" in result:
             print(f"wrote {result['conversations']} conversations with the teacher's responses to "
                   f"{result['generate_output']} (dropped: {result['empty_dropped']} empty responses, "
                   f"{result['unfinished_dropped']} without a stop token)")

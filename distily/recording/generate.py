@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from distily.arguments import file_in_the_way
 from distily.config import GenerateConfig
 from distily.data.chat import run_chat_template, run_date
-from distily.data.store import check_store_directory
+from distily.data.store import check_store_directory, existing_recording
 from distily.data.framing import document_separator_id, tokenizer_adds_bos
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
@@ -98,16 +98,31 @@ def every_response_dropped(dropped: dict[str, int], generate_length: int, positi
     return f"every response was dropped ({', '.join(counts)}); expected {'; or '.join(remedies)}"
 
 
+def interrupted_recording(config: GenerateConfig) -> bool:
+    """Whether ``teacher_store`` holds an unfinished recording of ``generate_output``: what a ``generate_record`` run
+    stopped during its recording leaves (the samples written, the store part-way), which the same command resumes."""
+    output = config.generate.generate_output
+    if not os.path.exists(output):
+        return False
+    recording, finished = existing_recording(Path(config.record.teacher_store))
+    return recording is not None and not finished and recording["settings"].get("dataset_name") == output
+
+
 def run_generation(config: GenerateConfig) -> dict:
     """Sample from the teacher (or its responses to ``generate_prompts``) into ``generate_output``; with
-    ``generate_record`` also record the teacher over the samples into ``teacher_store``. Returns what was written
-    (and the store's manifest)."""
+    ``generate_record`` also record the teacher over the samples into ``teacher_store`` (a recording a stopped run
+    left unfinished resumes: ``interrupted_recording``). Returns what was written (and the store's manifest)."""
     model_args, args, inference = config.model, config.generate, config.inference
+    if args.generate_record:
+        check_store_directory(config.record.teacher_store)
+        if interrupted_recording(config):
+            logger.warning(f"teacher_store={config.record.teacher_store!r} holds an unfinished recording of "
+                           f"generate_output={args.generate_output!r}: resuming it (nothing is sampled)")
+            return {"generate_output": args.generate_output, "resumed": True,
+                    "manifest": run_recording(config.recording())}
     blocked = "exists" if os.path.exists(args.generate_output) else file_in_the_way(args.generate_output)
     if blocked is not None:  # before the teacher loads, not after all the sampling
         raise DistilyConfigError(f"generate_output={args.generate_output!r} {blocked}; expected a new path")
-    if args.generate_record:
-        check_store_directory(config.record.teacher_store)
     set_seed(inference.seed)
     teacher = load_teacher(
         model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype, model_args.trust_remote_code

@@ -16,6 +16,8 @@ from distily.models.teacher import load_tokenizer
 from distily.generation.engine import HFGenerator, LinearTemperatureLogitsProcessor
 from distily.recording import generate
 from distily.recording.generate import run_generation
+from distily.recording.hf import HFRecorder
+from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
 from store_values import store_values
 from tiny import tiny_config
@@ -66,6 +68,38 @@ def test_generate_can_record_the_teacher_in_the_same_command(teacher_dirs, text_
     metrics = run_distillation(parse_config(**{**values, "dataset_name": str(output), "teacher_source": "recorded",
                                                "output_dir": str(tmp_path / "run"), "max_steps": 2}))
     assert metrics["teacher"]["source"] == "recorded"
+
+
+def test_a_recording_stopped_part_way_resumes_with_the_same_command(teacher_dirs, text_file, tmp_path, monkeypatch,
+                                                                   capsys):
+    """The samples are written before the recording: a run stopped during it is finished by the same command (it
+    was refused, generate_output existing, and a new generate_output was refused by the store's settings)."""
+    output = tmp_path / "samples.jsonl"
+    values = _values(teacher_dirs, text_file, tmp_path, generate_output=str(output), generate_record=True)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump({key: value for key, value in values.items() if value is not None}))
+    record, recorded = HFRecorder.record, []
+
+    def stopped(self, *args, **kwargs):  # the second shard never comes
+        if recorded:
+            raise KeyboardInterrupt
+        recorded.append(args)
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFRecorder, "record", stopped)
+    assert main(["generate", str(config_file)]) == 130  # Ctrl-C
+    samples = output.read_text()
+    monkeypatch.setattr(HFRecorder, "record", record)
+    monkeypatch.setattr(HFGenerator, "generate", lambda *args: pytest.fail("sampled again"))
+    assert main(["generate", str(config_file)]) == 0
+    assert "resumed the recording of" in capsys.readouterr().out and output.read_text() == samples
+    whole = parse_generate_config(**{**values, "teacher_store": str(tmp_path / "whole")})
+    run_recording(whole.recording())  # the samples recorded without a stop
+    resumed, reference = TeacherStore(values["teacher_store"]), TeacherStore(str(tmp_path / "whole"))
+    assert resumed.manifest["rows"] == reference.manifest["rows"] and resumed.manifest["rows"]["train"] > 8
+    for split in ("train", "eval"):
+        for row, expected in zip(resumed.dataset(split), reference.dataset(split), strict=True):
+            assert all(torch.equal(row[key], expected[key]) for key in expected)
 
 
 @pytest.mark.parametrize(
