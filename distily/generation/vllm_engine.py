@@ -48,10 +48,10 @@ class VLLMGenerator(CompletionGenerator):
 
 def open_vllm_generator(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings, max_model_len: int,
-    template: Optional[ChatTemplate] = None,
+    template: Optional[ChatTemplate] = None, trust_remote_code: bool = False,
 ) -> VLLMGenerator:
     """A vLLM engine over a saved copy of ``model`` (and ``tokenizer``), sampling with ``settings`` until a stop
-    token (``chat_stop_ids``: with ``template``, its end of turn too)."""
+    token (``chat_stop_ids``: with ``template``, its end of turn too); ``trust_remote_code`` as the run loaded it."""
     if is_bitnet(model.config):  # vLLM would read the saved copy as its plain architecture: full-precision layers
         raise DistilyConfigError(
             "on_policy_backend='vllm' would sample from the BitNet student's full-precision latent weights (the "
@@ -79,6 +79,7 @@ def open_vllm_generator(
             max_model_len=max_model_len,
             gpu_memory_utilization=GPU_MEMORY_FRACTION,
             enable_prefix_caching=False,
+            trust_remote_code=trust_remote_code,  # the saved copy's config may name the checkpoint's code (auto_map)
         )
     stop_ids = chat_stop_ids(tokenizer, model, template)
     vocab_size = vocabulary_size(tokenizer, stop_ids)

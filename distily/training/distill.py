@@ -191,7 +191,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         on_policy=on_policy_batches(
             training, student, teacher.student_tokenizer, teacher.student_pad_token_id, run.max_seq_length,
             teacher.completion_alignment(student, run.max_seq_length), teacher.pad_token_id,
-            teacher.student_chat_template(),
+            teacher.student_chat_template(), config.model.trust_remote_code,
         ),
         args=config.trainer_arguments(),
         train_dataset=data.train,

@@ -171,18 +171,20 @@ class AlignedOnPolicyBatches(OnPolicyBatches):
 def on_policy_batches(
     training, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pad_token_id: int, max_seq_length: int,
     alignment: Optional[CompletionAlignment] = None, teacher_pad_token_id: int = 0,
-    template: Optional[ChatTemplate] = None,
+    template: Optional[ChatTemplate] = None, trust_remote_code: bool = False,
 ) -> Optional[OnPolicyBatches]:
     """The on-policy replacement ``training`` (``DistillationTrainingArguments``) asks for, or None at lmbda=0:
     the student's completions, sampled with ``tokenizer`` (the student's) and padded with ``pad_token_id``; across
     tokenizers (an ``alignment`` given) aligned with the teacher's tokens, padded with ``teacher_pad_token_id``;
-    a completion of a chat rendered with ``template`` (the student's) ends at its end of turn too."""
+    a completion of a chat rendered with ``template`` (the student's) ends at its end of turn too;
+    ``trust_remote_code`` (the run's) lets a vllm engine load a student whose config names its checkpoint's code."""
     if training.lmbda == 0:
         return None
     settings = SamplingSettings(
         training.on_policy_max_new_tokens, training.on_policy_temperature, training.on_policy_top_p
     )
-    generator = open_generator(training.on_policy_backend, student, tokenizer, settings, max_seq_length, template)
+    generator = open_generator(training.on_policy_backend, student, tokenizer, settings, max_seq_length, template,
+                               trust_remote_code)
     if alignment is None:
         return OnPolicyBatches(generator, training.lmbda, training.seed, pad_token_id, max_seq_length,
                                training.process_index)

@@ -3,6 +3,8 @@ the refusals, and a short on-policy training run."""
 
 import math
 import os
+import sys
+from types import SimpleNamespace
 
 import datasets
 import pytest
@@ -335,3 +337,27 @@ def test_an_on_policy_completion_ends_at_the_chat_templates_end_of_turn(teacher_
     assert end in free[:-1]  # without the template: on past the end of turn
     ended = on_policy_batches(config.training, student, tokenizer, PAD, 64, template=template)
     assert ended.generator.generate([prompt])[0] == free[: free.index(end) + 1]
+
+
+@pytest.mark.parametrize("trust_remote_code", [False, True])
+def test_the_vllm_engine_loads_the_student_with_the_runs_trust_remote_code(trust_remote_code, tmp_path, monkeypatch):
+    """vLLM reads the saved copy's config as transformers does: one naming its checkpoint's code (auto_map) loads
+    only with trust_remote_code, which the engine was never given."""
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def engine(**settings):
+        built.append(settings)
+        raise Built  # the engine, as the run builds it: enough here
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=engine, SamplingParams=dict))
+    tokenizer = make_chat_tokenizer("chatml")
+    teacher = save_tiny_model(tmp_path / "teacher", "llama", tokenizer, vocab_size=len(tokenizer))
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", make_conversations(8))
+    values = store_values(teacher, data, tmp_path, max_seq_length=64, lmbda=1.0, on_policy_backend="vllm",
+                          trust_remote_code=trust_remote_code)
+    with pytest.raises(Built):
+        run_distillation(parse_config(**values))
+    assert [settings["trust_remote_code"] for settings in built] == [trust_remote_code]
