@@ -21,7 +21,9 @@ Four packings (``DataArguments.packing``):
 ``auto`` picks ``documents`` when the tokenizer starts a text with BOS, else ``stream``: a BOS-anchored
 model reads each document from its own BOS, as alone (``bos_blocks`` is denser, but the piece of a document
 continued in the next block has lost its start: on the BOS-anchored test teacher at 64-token blocks its
-held-out loss is 0.76 nats against 0.52 for whole documents). Pre-tokenized rows are the user's exact
+held-out loss is 0.76 nats against 0.52 for whole documents). A BOS that is the document separator (OPT's
+``</s>``) is the previous document's end, not an anchor: such a tokenizer gets ``stream``, the model's pretraining
+(and OPT's attention takes no document masks). Pre-tokenized rows are the user's exact
 sequences, so ``auto`` packs them as ``documents`` too (no separator added, none re-cut unless longer than
 ``max_seq_length``).
 
@@ -83,7 +85,8 @@ def resolve_packing(packing: str, tokenizer: PreTrainedTokenizerBase, pretokeniz
         raise DistilyConfigError(f"packing={packing!r} is not supported; expected one of {', '.join(PACKINGS)}")
     if packing != "auto":
         return packing
-    return "documents" if pretokenized or tokenizer_adds_bos(tokenizer) else "stream"
+    anchored = tokenizer_adds_bos(tokenizer) and tokenizer.bos_token_id != document_separator_id(tokenizer)
+    return "documents" if pretokenized or anchored else "stream"
 
 
 @dataclass(frozen=True)

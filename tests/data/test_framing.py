@@ -98,6 +98,8 @@ def test_auto_packing_follows_the_tokenizer(bos_tokenizer, tokenizer):
     assert resolve_packing("auto", tokenizer, pretokenized=False) == "stream"  # GPT-2 style: no BOS
     assert resolve_packing("auto", tokenizer, pretokenized=True) == "documents"
     assert resolve_packing("stream", bos_tokenizer, pretokenized=True) == "stream"
+    # OPT's BOS is its separator </s>, the end of the document before: it was pretrained on a stream
+    assert resolve_packing("auto", make_opt_tokenizer(), pretokenized=False) == "stream"
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
