@@ -58,7 +58,7 @@ def case_missing_teacher(values, tmp_path):
 def case_teacher_folder_without_a_config(values, tmp_path):
     (tmp_path / "teacher-empty").mkdir()
     values["teacher_model_name_or_path"] = str(tmp_path / "teacher-empty")
-    return "expected a saved model's directory (its config.json names its model_type)"
+    return "key in its config.json; expected a saved model's directory (its config.json names its model_type)"
 
 
 def case_teacher_with_code_of_its_own(values, tmp_path):

@@ -67,8 +67,8 @@ def from_pretrained(loader, name_or_path: str, role: str, **kwargs):
             raise DistilyConfigError(f"cannot load {role} {name_or_path!r}: it runs code of its own; expected "
                                      "trust_remote_code=true (once that code is trusted)") from None
         if reason.startswith("Unrecognized"):
-            raise DistilyConfigError(f"cannot load {role} {name_or_path!r}: {reason}; expected a saved model's "
-                                     "directory (its config.json names its model_type)") from None
+            raise DistilyConfigError(f"cannot load {role} {name_or_path!r}: {reason.rstrip('.')}; expected a saved "
+                                     "model's directory (its config.json names its model_type)") from None
         raise
 
 
