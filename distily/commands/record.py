@@ -3,6 +3,7 @@ print the store's fidelity report and where the store is."""
 
 import shlex
 
+from accelerate import PartialState
 from rich.console import Console
 from rich.table import Table
 
@@ -35,6 +36,7 @@ def main(args: list[str], command_line: str) -> int:
     config = config_from_command_line(RecordConfig, args)
     if config is not None:
         manifest = run_recording(config)
-        Console().print(summary_table(manifest))
-        print(store_location(manifest, config.record.teacher_store))
+        if PartialState().is_main_process:  # the process that wrote the manifest
+            Console().print(summary_table(manifest))
+            print(store_location(manifest, config.record.teacher_store))
     return 0

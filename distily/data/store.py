@@ -218,9 +218,9 @@ class StoreWriter:
     def rows_done(self) -> int:
         return sum(entry["rows"] for split in SPLITS for entry in self.shards[split].values())
 
-    def write_shard(self, split: str, index: int, tensors: dict[str, torch.Tensor], stats: dict) -> None:
-        """Write one shard atomically, then list it with its checksum and ``stats`` (sums over its rows); a write
-        that fails (a full disk: one line naming the shard) leaves no partial file."""
+    def save_shard(self, split: str, index: int, tensors: dict[str, torch.Tensor], stats: dict) -> dict:
+        """Write one shard atomically and return its entry (file, rows, bytes, sha256, ``stats``), not yet listed; a
+        write that fails (a full disk: one line naming the shard) leaves no partial file."""
         name = shard_name(split, index)
         partial = self.path / (name + ".partial")
         try:
@@ -237,6 +237,10 @@ class StoreWriter:
             "stats": stats,
         }
         os.replace(partial, self.path / name)
+        return entry
+
+    def list_shard(self, split: str, index: int, entry: dict) -> None:
+        """List a saved shard in ``progress.json``: a recording resumed from here keeps it."""
         listed = {**self.shards[split], str(index): entry}
         self.shards[split] = {key: listed[key] for key in sorted(listed, key=int)}  # as an uninterrupted run lists them
         write_json_atomic(self.path / PROGRESS, {"settings": self.settings, "shards": self.shards})

@@ -2,15 +2,21 @@
 
 The sequences are exactly those ``distily distill`` would train and evaluate on with the same config
 (same documents, split, tokenizer, length, seed and limits). Recording resumes: shards already in the
-store are kept, and the rest are recorded as an uninterrupted run would have. A chat template that writes the day
+store are kept, and the rest are recorded as an uninterrupted run would have. Launched on several processes
+(``accelerate launch``, ``torchrun``), each records its share of the shards on its own device and the main process
+lists them all: the store is the one a single process writes. A chat template that writes the day
 renders the whole recording with one date (``chat_template_date``, else the resumed recording's, else today), which
 the store's settings record.
 """
 
 import json
+import math
 from typing import Optional
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -29,6 +35,7 @@ from distily.data.store import (
     bytes_per_entry,
     check_store_directory,
     id_dtype,
+    read_manifest,
     recorded_chat_template_date,
 )
 from distily.data.tokenization_cache import tokenizer_fingerprint
@@ -175,6 +182,8 @@ def run_recording(
     """Record the teacher into ``teacher_store`` (resuming a recording with the same settings) and return
     the manifest. ``teacher`` and ``tokenizer`` may be passed in when already loaded (``distily generate``)."""
     model_args, record = config.model, config.record
+    # with a launcher: this process's rank (over gloo on the CPU), and its own accelerator as the current device
+    state = PartialState(cpu=config.inference.device.type == "cpu")
     check_store_directory(record.teacher_store)  # before the teacher: a bad store path or dataset fails fast
     # one date for the whole recording: the one given, else a resumed recording's, else today
     config.data.chat_template_date = run_date(config.data.chat_template_date,
@@ -190,12 +199,14 @@ def run_recording(
                                                                   max_seq_length))
     if writer.finished:
         return json.loads((writer.path / MANIFEST).read_text())
-    data = build_datasets(config.data, tokenizer, max_seq_length, config.inference.split_seed, documents)
+    with state.main_process_first():  # one process writes the tokenization cache, the others read it
+        data = build_datasets(config.data, tokenizer, max_seq_length, config.inference.split_seed, documents)
     if record.record_backend == "hf":  # vllm's teacher has no weights here (its engine loads them)
         _check_teacher_reads(teacher, data.framing)
     adopt_chat_template(tokenizer, config.data.chat_template)  # its students are saved with the rows' template
-    tokenizer.save_pretrained(writer.path / TOKENIZER_DIR)
-    teacher.config.save_pretrained(writer.path / TEACHER_CONFIG_DIR)
+    if state.is_main_process:
+        tokenizer.save_pretrained(writer.path / TOKENIZER_DIR)
+        teacher.config.save_pretrained(writer.path / TEACHER_CONFIG_DIR)
     if data.framing.document_masks and record.record_backend == "vllm":
         raise DistilyConfigError(
             f"record_backend=vllm records whole rows, not packed documents (packing={data.framing.packing}); "
@@ -203,17 +214,41 @@ def run_recording(
         )
     recorder = _recorder(config, teacher, max_seq_length, writer.settings["fidelity_k"])
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    shard_size = record.record_shard_size
-    splits = (("train", data.train), ("eval", data.eval))
-    total = sum(len(dataset) for _, dataset in splits)
-    with tqdm(total=total, initial=writer.rows_done(), desc="Recording teacher", unit="seq") as progress:
-        for split, dataset in splits:
-            for index, start in enumerate(range(0, len(dataset), shard_size)):
-                if writer.done(split, index):
+    _record_shards(writer, recorder, {"train": data.train, "eval": data.eval}, record.record_shard_size,
+                   pad_token_id, state)
+    if state.is_main_process:
+        writer.finish({**_report(writer), "packed_rows": data.packed_rows})  # all rows or a cut/sample
+    state.wait_for_everyone()
+    return read_manifest(writer.path / MANIFEST)
+
+
+def _shards_to_record(writer: StoreWriter, datasets: dict[str, Dataset], shard_size: int) -> list[tuple]:
+    """``(split, index, rows)`` of each shard the store lacks, in the order an uninterrupted recording writes them."""
+    return [(split, index, range(start, min(start + shard_size, len(dataset))))
+            for split, dataset in datasets.items() for index, start in enumerate(range(0, len(dataset), shard_size))
+            if not writer.done(split, index)]
+
+
+def _record_shards(writer: StoreWriter, recorder, datasets: dict[str, Dataset], shard_size: int, pad_token_id: int,
+                   state: PartialState) -> None:
+    """Record the shards the store lacks. Of N processes, each records every N-th of them, and the main process lists
+    each round of N in ``progress.json`` (a recording stopped in a round is resumed from the shards listed)."""
+    pending = _shards_to_record(writer, datasets, shard_size)
+    mine = pending[state.process_index :: state.num_processes]
+    total = sum(len(dataset) for dataset in datasets.values())
+    with tqdm(total=total, initial=writer.rows_done(), desc="Recording teacher", unit="seq",
+              disable=not state.is_main_process) as progress:
+        for round_index in range(math.ceil(len(pending) / state.num_processes)):
+            saved = None  # this process's shard of the round: (split, index, entry)
+            if round_index < len(mine):
+                split, index, rows = mine[round_index]
+                batch = collate([datasets[split][row] for row in rows], pad_token_id)  # [rows, seq], to the longest
+                tensors, stats = recorder.record(batch, held_out=split == "eval", progress=progress)
+                saved = (split, index, writer.save_shard(split, index, tensors, stats))
+            for process, shard in enumerate(gather_object([saved])):
+                if shard is None or not state.is_main_process:
                     continue
-                rows = collate([dataset[row] for row in range(start, min(start + shard_size, len(dataset)))],
-                               pad_token_id)  # [rows, seq], padded to the shard's longest
-                tensors, stats = recorder.record(rows, held_out=split == "eval", progress=progress)
-                writer.write_shard(split, index, tensors, stats)
-    return writer.finish({**_report(writer), "packed_rows": data.packed_rows})  # all rows or a cut/sample
+                writer.list_shard(*shard)
+                if process != state.process_index:  # the main process's rows were counted as it recorded them
+                    progress.update(shard[2]["rows"])
 

@@ -45,12 +45,17 @@ def _shard(rows, seed, vocab=70000, k=4, seq=6, width=5):
     }
 
 
+def _write(writer: StoreWriter, split: str, index: int, shard: dict, stats: dict) -> None:
+    """Save a shard and list it, as a recording does."""
+    writer.list_shard(split, index, writer.save_shard(split, index, shard, stats))
+
+
 def _write_store(path, shards=(3, 2), eval_rows=2):
     writer = StoreWriter(path, SETTINGS)
     written = {"train": [_shard(rows, seed) for seed, rows in enumerate(shards)], "eval": [_shard(eval_rows, 99)]}
     for split, tensors in written.items():
         for index, shard in enumerate(tensors):
-            writer.write_shard(split, index, shard, {"positions": shard[INPUT_IDS].numel()})
+            _write(writer, split, index, shard, {"positions": shard[INPUT_IDS].numel()})
     writer.finish({})
     return written
 
@@ -82,8 +87,8 @@ def test_a_padded_row_reads_back_without_its_padding(tmp_path):
     shard = _shard(2, seed=3)
     shard[ATTENTION_MASK][1, 4:] = 0  # the second row has 4 real tokens
     writer = StoreWriter(tmp_path / "store", SETTINGS)
-    writer.write_shard("train", 0, shard, {"positions": 10})
-    writer.write_shard("eval", 0, _shard(1, seed=4), {"positions": 6})
+    _write(writer, "train", 0, shard, {"positions": 10})
+    _write(writer, "eval", 0, _shard(1, seed=4), {"positions": 6})
     writer.finish({})
     item = TeacherStore(tmp_path / "store").dataset("train")[1]
     assert ATTENTION_MASK not in item
@@ -130,14 +135,14 @@ def test_a_missing_shard_is_detected(tmp_path):
 
 def test_writer_resumes_listed_shards_and_rejects_other_settings(tmp_path):
     writer = StoreWriter(tmp_path / "store", SETTINGS)
-    writer.write_shard("train", 0, _shard(3, 0), {"positions": 18})
+    _write(writer, "train", 0, _shard(3, 0), {"positions": 18})
     (tmp_path / "store" / "train-00001.safetensors.partial").write_bytes(b"killed mid-write")
     resumed = StoreWriter(tmp_path / "store", SETTINGS)
     assert resumed.done("train", 0) and not resumed.done("train", 1) and resumed.rows_done() == 3
     with pytest.raises(DistilyConfigError, match=r"holds a recording with record_top_k=4; this run has record_top_k=8"):
         StoreWriter(tmp_path / "store", {**SETTINGS, "record_top_k": 8})
-    resumed.write_shard("train", 1, _shard(2, 1), {"positions": 12})
-    resumed.write_shard("eval", 0, _shard(2, 2), {"positions": 12})
+    _write(resumed, "train", 1, _shard(2, 1), {"positions": 12})
+    _write(resumed, "eval", 0, _shard(2, 2), {"positions": 12})
     manifest = resumed.finish({})
     assert not (tmp_path / "store" / PROGRESS).exists()
     assert [entry["rows"] for entry in manifest["shards"]["train"].values()] == [3, 2]
@@ -147,7 +152,7 @@ def test_writer_resumes_listed_shards_and_rejects_other_settings(tmp_path):
 
 def test_an_unfinished_or_foreign_directory_is_a_clear_error(tmp_path):
     writer = StoreWriter(tmp_path / "store", SETTINGS)
-    writer.write_shard("train", 0, _shard(3, 0), {})
+    _write(writer, "train", 0, _shard(3, 0), {})
     with pytest.raises(DistilyConfigError, match=r"holds an unfinished recording; expected `distily record`"):
         TeacherStore(tmp_path / "store")
     with pytest.raises(DistilyConfigError, match=r"has no manifest.json; expected a directory written by"):
@@ -205,7 +210,7 @@ def test_a_manifest_that_is_not_json_is_refused_and_one_without_a_checksum_is_re
 
 def test_a_full_disk_while_writing_a_shard_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
     writer = StoreWriter(tmp_path / "store", SETTINGS)
-    writer.write_shard("train", 0, _shard(3, 0), {})
+    _write(writer, "train", 0, _shard(3, 0), {})
     before = {path.name: path.read_bytes() for path in (tmp_path / "store").iterdir()}
 
     def full_disk(tensors, filename):
@@ -214,7 +219,7 @@ def test_a_full_disk_while_writing_a_shard_is_one_line_and_leaves_no_partial_fil
 
     monkeypatch.setattr("distily.data.store.save_file", full_disk)
     with pytest.raises(DistilyConfigError) as refused:
-        writer.write_shard("train", 1, _shard(2, 1), {})
+        _write(writer, "train", 1, _shard(2, 1), {})
     assert str(refused.value) == ("cannot write teacher store shard "
                                   f"'{tmp_path / 'store' / 'train-00001.safetensors'}': "
                                   "No space left on device; expected free space on its filesystem")

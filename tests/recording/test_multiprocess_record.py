@@ -1,0 +1,80 @@
+"""``distily record`` launched on 2 processes (``torchrun``, gloo on CPU): each records its share of the shards, and
+the store is the one 1 process writes, also when it resumes a recording 1 process began."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distily.config import parse_record_config
+from distily.data.store import MANIFEST
+from distily.recording.hf import HFRecorder
+from distily.recording.run import run_recording
+from store_values import store_values
+
+COUNTING = """
+import sys
+from distily.cli import main
+from distily.recording.hf import HFRecorder
+record = HFRecorder.record
+def counted(self, rows, *args, **kwargs):
+    sys.stdout.write(f"recorded {len(rows['input_ids'])} rows\\n")  # one write: the processes share the pipe
+    sys.stdout.flush()
+    return record(self, rows, *args, **kwargs)
+HFRecorder.record = counted
+sys.exit(main(["record", sys.argv[1]]))
+"""
+
+
+def _record_on_two(values: dict, root: Path) -> str:
+    """Run ``distily record`` on 2 processes; their stdout, which counts the shards each recorded."""
+    config, script = root / "record.yaml", root / "counting_record.py"
+    config.write_text(yaml.safe_dump({key: value for key, value in values.items() if key != "output_dir"}))
+    script.write_text(COUNTING)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+               str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _store(values: dict) -> dict:
+    """The store's shard files (bytes) and its manifest."""
+    store = Path(values["teacher_store"])
+    return {"shards": {path.name: path.read_bytes() for path in sorted(store.glob("*.safetensors"))},
+            "manifest": json.loads((store / MANIFEST).read_text())}
+
+
+@pytest.mark.slow
+def test_two_processes_record_the_store_one_process_records(teacher_dirs, text_file, tmp_path, monkeypatch):
+    """Each process recorded every shard (8 recorded lines, twice the work: on GPUs, all on the first one), and both
+    wrote the same files at once. Now each records 2 of the 4 shards, the main process lists them and reports once;
+    the store is byte for byte the 1-process one, and a recording 1 process stopped after 2 shards is finished by 2
+    processes (one shard each) into the same store."""
+    one = store_values(teacher_dirs["llama"], text_file, tmp_path / "one", record_hidden_states_layers=[2])
+    run_recording(parse_record_config(**one))
+    two = {**one, "teacher_store": str(tmp_path / "two" / "store")}
+    output = _record_on_two(two, tmp_path)
+    assert output.count("recorded 8 rows") == 4
+    assert output.count("The teacher store (24 train and 8 held-out sequences) is in") == 1
+    assert _store(two) == _store(one)
+
+    resumed = {**one, "teacher_store": str(tmp_path / "resumed" / "store")}
+    record, calls = HFRecorder.record, []
+
+    def stops_at_the_third_shard(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("stopped")
+        return record(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFRecorder, "record", stops_at_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        run_recording(parse_record_config(**resumed))
+    assert _record_on_two(resumed, tmp_path).count("recorded 8 rows") == 2
+    assert _store(resumed) == _store(one)
