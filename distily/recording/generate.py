@@ -2,10 +2,10 @@
 (``distily.recording.responses``), as a dataset to distill on.
 
 Without prompts, each sample starts from the beginning-of-text token (the end-of-text token where the tokenizer has
-none) and runs ``generate_length`` tokens or until the teacher samples end-of-text. The temperature
-can move along the sequence (hot at the start for variety, cooler later for coherence); nucleus
-sampling (top-p) is applied after it. Samples are written with an ``input_ids`` column (the exact
-tokens, used pre-tokenized by ``distily distill``) and their ``text``.
+none), which the sample keeps, and runs ``generate_length`` tokens or until the teacher samples end-of-text. The
+temperature can move along the sequence (hot at the start for variety, cooler later for coherence); nucleus sampling
+(top-p) is applied after it. Samples are written with an ``input_ids`` column (the exact tokens, used pre-tokenized
+by ``distily distill``) and their ``text``.
 """
 
 import logging
@@ -22,7 +22,7 @@ from distily.arguments import file_in_the_way
 from distily.config import GenerateConfig
 from distily.data.chat import run_chat_template, run_date
 from distily.data.store import check_store_directory, existing_recording
-from distily.data.framing import document_separator_id, tokenizer_adds_bos
+from distily.data.framing import document_separator_id
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
 from distily.generation.engine import strip_stop
@@ -49,17 +49,18 @@ def start_token(tokenizer: PreTrainedTokenizerBase) -> int:
 def sample_sequences(
     teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: GenerateArguments, batch_size: int
 ) -> list[list[int]]:
-    """``generate_num_samples`` token lists, each cut before the first stop token; for a tokenizer that
-    starts texts with BOS, each starts with it, so the samples reach a student framed as the teacher read them."""
+    """``generate_num_samples`` token lists, each the token it was sampled from (``start_token``) and what the teacher
+    wrote after it, cut before the first stop token: the student reads each sample in the context it was drawn in
+    (without the start token, a tokenizer that adds no BOS, GPT-2's or Qwen's, gave the teacher's first token no
+    context to predict it from, and every later one another context than it was sampled in)."""
     start = start_token(tokenizer)
-    head = [start] if tokenizer_adds_bos(tokenizer) else []  # a sample opens as the teacher's contexts open
     generator = open_generator("hf", teacher, tokenizer, args.sampling(), None)  # the tokenizer's ids, its stops
     samples = []
     with tqdm(total=args.generate_num_samples, desc="Sampling from the teacher", unit="seq") as progress:
         while len(samples) < args.generate_num_samples:
             count = min(batch_size, args.generate_num_samples - len(samples))
             completions = generator.generate([[start]] * count)
-            samples.extend(head + strip_stop(completion, generator.stop_ids) for completion in completions)
+            samples.extend([start] + strip_stop(completion, generator.stop_ids) for completion in completions)
             progress.update(count)
     return samples
 

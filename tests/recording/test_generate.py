@@ -15,7 +15,8 @@ from distily.errors import DistilyConfigError
 from distily.models.teacher import load_tokenizer
 from distily.generation.engine import HFGenerator, LinearTemperatureLogitsProcessor
 from distily.recording import generate
-from distily.recording.generate import run_generation
+from distily.recording.arguments import GenerateArguments
+from distily.recording.generate import run_generation, sample_sequences, start_token
 from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
@@ -47,12 +48,33 @@ def test_generated_samples_form_a_dataset_to_distill_on(teacher_dirs, text_file,
     result = run_generation(parse_generate_config(**values))
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == result["samples"] == 12
-    assert all(0 < len(row["input_ids"]) <= 40 and tokenizer.eos_token_id not in row["input_ids"] for row in rows)
-    assert rows[0]["text"] == tokenizer.decode(rows[0]["input_ids"])
+    start = start_token(tokenizer)  # the tokenizer has no BOS: the end of text each document follows
+    assert all(1 <= len(row["input_ids"]) <= 41 and row["input_ids"][0] == start and start not in row["input_ids"][1:]
+               for row in rows)
+    assert rows[0]["text"] == tokenizer.decode(rows[0]["input_ids"], skip_special_tokens=True)
     with pytest.raises(DistilyConfigError, match=r"generate_output='.*samples.jsonl' exists; expected a new path"):
         run_generation(parse_generate_config(**values))
     metrics = run_distillation(parse_config(**{**values, "dataset_name": str(output), "max_steps": 2}))
     assert metrics["train_sequences"] > 0
+
+
+def test_samples_are_plain_generates_sequences_from_the_start_token_cut_before_the_stop(teacher_dirs, tmp_path):
+    """A tokenizer that adds no BOS (GPT-2's, Qwen's; this one's) samples after its end-of-text token: the samples
+    kept only what followed it, so the teacher's first token had no context to be predicted from, and every later one
+    another context than it was drawn in."""
+    tokenizer = load_tokenizer(teacher_dirs["llama"], "teacher")
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["llama"]).eval()
+    args = GenerateArguments(generate_output=str(tmp_path / "s.jsonl"), generate_num_samples=8, generate_length=12,
+                             generate_temperature=1.3, generate_top_p=0.9)
+    torch.manual_seed(0)
+    samples = sample_sequences(teacher, tokenizer, args, batch_size=8)
+    torch.manual_seed(0)
+    start = torch.full((8, 1), tokenizer.eos_token_id)  # this tokenizer's end of text
+    plain = teacher.generate(start, attention_mask=torch.ones_like(start), do_sample=True, temperature=1.3, top_k=0,
+                             top_p=0.9, max_new_tokens=12, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.eos_token_id).tolist()
+    expected = [row[: row.index(row[0], 1)] if row[0] in row[1:] else row for row in plain]  # cut before the stop
+    assert samples == expected
 
 
 def test_generate_can_record_the_teacher_in_the_same_command(teacher_dirs, text_file, tmp_path):
