@@ -251,6 +251,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (its first line alone, such as "while parsing a flow
+    sequence", says neither)."""
+    problem = " ".join((getattr(err, "problem", None) or str(err)).split())
+    mark = getattr(err, "problem_mark", None)
+    return problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+
+
 def read_config_file(path: str) -> dict:
     """Read a YAML or JSON config file (UTF-8) into a flat dict of keys; a key given twice, or one that is not a
     name, is an error."""
@@ -262,7 +270,7 @@ def read_config_file(path: str) -> dict:
     except UnicodeDecodeError as err:
         raise DistilyConfigError(f"config file {path!r} is not UTF-8 at byte {err.start}; expected UTF-8 YAML or JSON")
     except yaml.YAMLError as err:
-        raise DistilyConfigError(f"config file {path!r} is not valid YAML: {str(err).splitlines()[0]}")
+        raise DistilyConfigError(f"config file {path!r} is not valid YAML: {_yaml_problem(err)}")
     except _KeyGivenTwice as twice:
         lines = f"lines {twice.first_line} and {twice.line}" if twice.first_line != twice.line else f"line {twice.line}"
         raise DistilyConfigError(f"config file {path!r} sets {twice.key!r} twice ({lines}); expected each key once")

@@ -79,3 +79,15 @@ def test_a_value_after_debug_is_one_line_and_exit_2(tmp_path, capsys):
     for argv in (["--debug", "distill", missing], ["distill", "--debug", missing], ["distill", missing, "--debug"]):
         with pytest.raises(DistilyConfigError, match="does not exist"):
             main(argv)
+
+
+def test_a_config_file_that_is_not_yaml_names_the_problem_and_where(tmp_path, capsys):
+    """The error gave the YAML error's first line alone: "is not valid YAML: while parsing a flow sequence"."""
+    config = tmp_path / "run.yaml"
+    for text, problem in (("max_steps: [1\n", "expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
+                          ("max_steps: 3\n\tlearning_rate: 1\n",
+                           "found character '\\t' that cannot start any token (line 2, column 1)")):
+        config.write_text(text)
+        assert main(["distill", str(config)]) == 2
+        assert capsys.readouterr().err == f"distily distill: error: config file {str(config)!r} is not valid YAML: " \
+                                          f"{problem}\n"
