@@ -12,12 +12,35 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from accelerate.utils import get_torch_accelerator_backend, str_to_bool
 from transformers import SchedulerType, TrainingArguments
 from transformers.trainer_pt_utils import AcceleratorConfig
 
 from distily.arguments import check_seed, json_dict, one_of, split_seed
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import GENERATION_BACKENDS
+
+
+def fsdp_version(training: TrainingArguments) -> Optional[int]:
+    """The FSDP version the Trainer's accelerator will run, None without FSDP: the run's ``fsdp`` with its
+    ``fsdp_config`` (as TrainingArguments has read it; transformers' default version 2), else ``accelerate launch``'s
+    config, passed in the environment (accelerate's default version 1)."""
+    if training.fsdp:
+        return int((training.fsdp_config or {}).get("version", 2))
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return int(os.environ.get("FSDP_VERSION", "1"))
+    return None
+
+
+def fsdp_syncs_module_states(training: TrainingArguments) -> bool:
+    """Whether the run's FSDP is version 1 broadcasting the first process's weights as it wraps the model
+    (``sync_module_states``: on unless set off in ``fsdp_config``; accelerate launch passes its config's, on by
+    default)."""
+    if fsdp_version(training) != 1:
+        return False
+    if training.fsdp:
+        return str_to_bool(str(training.fsdp_config.get("sync_module_states", "true"))) == 1
+    return str_to_bool(os.environ.get("FSDP_SYNC_MODULE_STATES", "false")) == 1
 
 
 def boundary_step(stage_boundary: float, total_steps: int) -> int:
@@ -126,6 +149,7 @@ class DistillationTrainingArguments(TrainingArguments):
         if not torch.accelerator.is_available():
             self.use_cpu = True  # lets bf16 mean CPU autocast on machines without an accelerator
         super().__post_init__()
+        self._check_fsdp_device()
         self._check_loggers()
         self._check_scheduler_kwargs()
         if self.max_steps > 0:  # by epochs, the steps are known once the data is: the run checks them then
@@ -262,6 +286,16 @@ class DistillationTrainingArguments(TrainingArguments):
             raise DistilyConfigError(
                 f"accelerator_config sets {unknown[0]!r}, which is not a field of transformers' AcceleratorConfig; "
                 f"expected among {', '.join(known)}"
+            )
+
+    def _check_fsdp_device(self) -> None:
+        """accelerate refuses FSDP version 1's sync_module_states on a machine without an accelerator, in a
+        RuntimeError per process as the Trainer starts. FSDP2 has no such step and starts there."""
+        device = get_torch_accelerator_backend()[0] or "cpu"
+        if device in ("cpu", "mps") and fsdp_syncs_module_states(self):
+            raise DistilyConfigError(
+                f"fsdp_version=1 cannot start on {device}: accelerate refuses FSDP1's sync_module_states without a "
+                "GPU; expected fsdp_version 2 (in fsdp_config, or accelerate's config), or sync_module_states false"
             )
 
     def _check_deepspeed(self) -> None:

@@ -204,7 +204,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     training.check_bitnet_schedule(total_steps)
     check_steps(training, resume, total_steps)
     prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
-    before = trainer.evaluate(metric_key_prefix=BEFORE)
+    before = trainer.evaluate_before_training(BEFORE)
 
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=resume)

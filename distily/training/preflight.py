@@ -34,7 +34,6 @@ recorded teachers, fp32 and bf16, with activation checkpointing or gradient accu
 memory, so a run that fits is never refused.
 """
 
-import os
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -48,6 +47,7 @@ from distily.models.architecture import decoder_of, named_decoder_layers, plain_
 from distily.objectives.component import StepShape
 from distily.objectives.model_shape import ModelShape
 from distily.objectives.objective import DistillationObjective
+from distily.training.arguments import fsdp_version
 
 GIB = 2**30
 UNITS = {"GiB": GIB, "MiB": 2**20}  # the estimate's figures are printed in one of these
@@ -186,11 +186,8 @@ def parameter_shards(training: TrainingArguments) -> tuple[int, int]:
         return 1, 1
     if is_deepspeed_zero3_enabled():
         return world, world
-    if training.fsdp:
-        version = int((training.fsdp_config or {}).get("version", 2))
-    elif os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        version = int(os.environ.get("FSDP_VERSION", "1"))
-    else:
+    version = fsdp_version(training)
+    if version is None:
         return 1, 1
     return world, world if version == 2 else 1
 

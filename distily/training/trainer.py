@@ -9,6 +9,7 @@ import os
 from typing import Callable, Optional, TypeVar
 
 import torch
+from accelerate import Accelerator
 from huggingface_hub import ModelCard
 from transformers import PreTrainedModel
 from transformers.integrations import TensorBoardCallback
@@ -17,6 +18,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.data.framing import LOSS_MASK
+from distily.errors import DistilyConfigError
 from distily.models.bitnet import bitlinear_modules
 from distily.objectives.objective import DistillationObjective, token_counts
 from distily.teachers.placement import zero3_enabled
@@ -28,10 +30,24 @@ from distily.training.on_policy import OnPolicyBatches
 from distily.training.step_sums import StepSums
 from distily.training.totals import RunTotals
 from distily.training.trainer_internals import (
-    StagedCheckpoints, check_library_versions, quiet_resume_arguments_warning, undo_evaluation_preparation,
+    StagedCheckpoints, check_library_versions, deepspeed_set_aside, quiet_resume_arguments_warning,
+    undo_evaluation_preparation,
 )
 
 T = TypeVar("T")
+ZERO3_SAVES_WHOLE = "stage3_gather_16bit_weights_on_model_save"
+
+
+def check_student_saves_whole(accelerator: Accelerator) -> None:
+    """Under DeepSpeed ZeRO-3 the student is written as whole tensors only where the DeepSpeed config gathers them
+    on save (accelerate's ``get_state_dict``): without that the run would train, then fail to write the student."""
+    if zero3_enabled(accelerator) and not accelerator.state.deepspeed_plugin.deepspeed_config[
+            "zero_optimization"].get(ZERO3_SAVES_WHOLE, False):
+        raise DistilyConfigError(
+            f"{ZERO3_SAVES_WHOLE} is not set in the ZeRO-3 config: the run would train, then fail to save the "
+            f"student (its weights partitioned over the processes); expected {ZERO3_SAVES_WHOLE}: true "
+            "(zero3_save_16bit_model: true in accelerate's config)"
+        )
 
 
 class DistillationTrainer(StagedCheckpoints):
@@ -60,6 +76,7 @@ class DistillationTrainer(StagedCheckpoints):
                     network.set_attn_implementation("eager")
         objective.attach(model, teacher.live_model)
         super().__init__(*args, model=DistillationModel(model, objective), **kwargs)
+        check_student_saves_whole(self.accelerator)
         self.add_callback(NonFiniteStepCounts())  # before the Trainer's state lists the callbacks it checkpoints
         self.add_callback(RunTotals())
         for callback in self.callback_handler.callbacks:  # an evaluation before training would log to ./runs
@@ -147,10 +164,17 @@ class DistillationTrainer(StagedCheckpoints):
         self.lr_scheduler = BitNetScheduler(optimizer or self.optimizer, schedule)
         return self.lr_scheduler
 
+    def evaluate_before_training(self, metric_key_prefix: str) -> dict[str, float]:
+        """``evaluate()`` before ``train()``; under DeepSpeed as under data parallelism, each process running its
+        whole copy of the model (``deepspeed_set_aside`` in ``trainer_internals``)."""
+        with deepspeed_set_aside(self):
+            return self.evaluate(metric_key_prefix=metric_key_prefix)
+
     def train(self, *args, **kwargs):
-        """The Trainer's ``train``, after undoing an evaluation-only preparation of the model (without FSDP or
-        DeepSpeed, whose evaluation prepares it fully): see ``trainer_internals``."""
-        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled) and self.model_wrapped is self.model:
+        """The Trainer's ``train``, after undoing an evaluation-only preparation of the model (without FSDP, whose
+        evaluation prepares it fully; DeepSpeed's is one since ``evaluate_before_training``): see
+        ``trainer_internals``."""
+        if not self.is_fsdp_enabled and self.model_wrapped is self.model:
             undo_evaluation_preparation(self.accelerator, self.model)
         return super().train(*args, **kwargs)
 

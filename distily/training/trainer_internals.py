@@ -12,6 +12,11 @@ the versions in ``WRITTEN_FOR`` (a warning names any other) and each pinned by a
 - ``undo_evaluation_preparation``: an ``evaluate()`` before training prepares the model for evaluation only
   (no DDP wrapper) and marks it prepared; accelerate then refuses to prepare it for training, so each process
   would step on its own gradients.
+- ``deepspeed_set_aside``: an ``evaluate()`` before training under DeepSpeed builds an engine for inference alone
+  (``deepspeed_init(inference=True)``): ZeRO-1/2 refuse it ("ZeRO inference only makes sense with ZeRO Stage 3"),
+  and after a ZeRO-3 one ``train()`` keeps that engine, prepares no optimizer, and fails at its first backward.
+  With the Trainer's ``is_deepspeed_enabled`` set aside the evaluation is data parallelism's (each process runs its
+  whole copy of the model, which DeepSpeed has not yet partitioned) and ``undo_evaluation_preparation`` follows.
 - ``models_loaded_whole``: under a DeepSpeed ZeRO-3 config (``deepspeed`` in the training arguments, or
   accelerate's DeepSpeed launch, whatever its ``zero3_init_flag``) transformers partitions every model it loads
   or builds over the processes as it goes (``deepspeed.zero.Init``), and Distily's checks before training
@@ -154,6 +159,17 @@ def undo_evaluation_preparation(accelerator: Accelerator, model: nn.Module) -> N
         model.forward = model._original_forward
         del model._original_forward
     accelerator._models = [prepared for prepared in accelerator._models if prepared is not model]
+
+
+@contextmanager
+def deepspeed_set_aside(trainer: Trainer):
+    """While open, the Trainer evaluates without DeepSpeed (before training: see the module's docstring)."""
+    enabled = trainer.is_deepspeed_enabled
+    trainer.is_deepspeed_enabled = False
+    try:
+        yield
+    finally:
+        trainer.is_deepspeed_enabled = enabled
 
 
 @contextmanager

@@ -2,8 +2,9 @@
 1 process with the same global batch, for a live teacher and for a recorded store, and a checkpoint written
 by 2 processes resumes in 1; under FSDP2, on-policy distillation gives 1 process's curve. Each 2-process run is
 a ``distily distill`` subprocess under ``torchrun``, as a user launches it; the 1-process runs it is compared with
-run in the test's own process."""
+run in the test's own process. DeepSpeed ZeRO-2 and ZeRO-3 run on its CPU accelerator where deepspeed is installed."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -40,7 +41,8 @@ def _distill_on_two(values: dict, output_dir: Path, fsdp_version: Optional[int] 
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     program = [str(FSDP_ON_CPU)] if fsdp_version is not None else ["-m", "distily.cli"]
     command = [sys.executable, *launcher, *program, "distill", str(config)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {"DS_ACCELERATOR": "cpu", **os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("estimated peak memory") == 1  # the main process reports, once for all
@@ -158,3 +160,32 @@ def test_fsdp2_runs_on_policy_distillation_as_one_process_does(tmp_path):
     for name, tensor in saved[0].items():
         # Adam turns a float32-rounding difference in a near-zero gradient into up to a step (lr 1e-3)
         assert torch.allclose(tensor, saved[1][name], rtol=1e-5, atol=1e-4), name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="deepspeed is not installed (pip install --no-build-isolation deepspeed)")
+def test_deepspeed_zero2_and_zero3_match_one_process(teacher_dirs, run_values, tmp_path):
+    """ZeRO-2 (the student's gradients and optimizer states sharded) and ZeRO-3 (its parameters too, and the
+    teacher's), 2 processes x batch 4, follow 1 process x batch 8: the curve, the held-out losses before and after
+    training and the saved student. ZeRO-2 once stopped at the evaluation before training ("ZeRO inference only
+    makes sense with ZeRO Stage 3"), ZeRO-3 at its first backward (the Trainer kept that evaluation's engine)."""
+    values = _run_values(run_values(teacher_dirs["llama"]))
+    one = _distill_here(values, tmp_path / "one", per_device_train_batch_size=8)
+    saved = load_file(tmp_path / "one" / "model.safetensors")
+    for stage in (2, 3):
+        config = tmp_path / f"zero{stage}.json"
+        config.write_text(json.dumps({
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "bf16": {"enabled": "auto"},
+            "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
+        }))
+        run = tmp_path / f"zero{stage}"
+        metrics = _distill_on_two(values, run, per_device_train_batch_size=4, deepspeed=str(config))
+        _assert_same_curve(_curve(tmp_path / "one"), _curve(run))
+        for key in ("before_loss", "after_loss", "after_kl_to_teacher"):
+            assert metrics["student"][key] == pytest.approx(one["student"][key], rel=TOLERANCE), (stage, key)
+        student = load_file(run / "model.safetensors")
+        assert student.keys() == saved.keys()
+        for name, tensor in saved.items():
+            assert torch.allclose(tensor, student[name], rtol=1e-5, atol=1e-5), (stage, name)

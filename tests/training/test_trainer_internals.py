@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers.trainer
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForCausalLM, Trainer, TrainerState, TrainingArguments
@@ -20,6 +21,7 @@ from distily.training.trainer_internals import (
     WITHOUT_RESUME_ARGUMENTS_WARNING,
     StagedCheckpoints,
     check_library_versions,
+    deepspeed_set_aside,
     quiet_resume_arguments_warning,
     undo_evaluation_preparation,
 )
@@ -83,6 +85,25 @@ def test_an_evaluation_only_preparation_blocks_the_training_one_until_undone():
     accelerator.prepare_model(model)  # prepared afresh
     assert model._is_accelerate_prepared and model in accelerator._models
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_an_evaluation_before_training_under_deepspeed_builds_an_engine_for_inference_unless_set_aside(
+        tmp_path, monkeypatch):
+    """What ``deepspeed_set_aside`` works around: under DeepSpeed the Trainer builds an engine for inference alone for
+    an evaluation before training (refused by ZeRO-1/2; after ZeRO-3 ``train()`` kept it). The flag set aside, the
+    evaluation is data parallelism's (deepspeed itself is not needed to show it)."""
+    def deepspeed_init(trainer, num_training_steps, inference=False):
+        raise RuntimeError(f"deepspeed_init(inference={inference})")
+
+    monkeypatch.setattr(transformers.trainer, "deepspeed_init", deepspeed_init)
+    trainer = _trainer(Trainer, tmp_path)
+    trainer.is_deepspeed_enabled = True  # as a DeepSpeed run's Trainer has it
+    rows = [{"input_ids": torch.arange(1, 9), "labels": torch.arange(1, 9)}] * 2
+    with pytest.raises(RuntimeError, match=r"inference=True"):
+        trainer.evaluate(rows)
+    with deepspeed_set_aside(trainer):
+        metrics = trainer.evaluate(rows)
+    assert trainer.is_deepspeed_enabled and metrics["eval_loss"] > 0
 
 
 def test_a_library_version_the_workarounds_were_not_written_for_is_named(monkeypatch):
