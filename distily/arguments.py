@@ -46,6 +46,16 @@ def check_not_blank(value: Optional[str], key: str, expected: str) -> None:
         raise DistilyConfigError(f"{key}={value!r} is empty; expected {expected}")
 
 
+def default_of(arguments, name: str) -> Any:
+    """The default of the field ``name`` of a config dataclass."""
+    return next(field.default for field in dataclasses.fields(arguments) if field.name == name)
+
+
+def user_set(arguments, name: str) -> bool:
+    """Whether ``name`` of a config dataclass differs from its default (a default given explicitly reads as unset)."""
+    return getattr(arguments, name) != default_of(arguments, name)
+
+
 def split_seed(seed: int, data_seed: Optional[int]) -> int:
     """The seed of the held-out split and of the samples of the data: ``data_seed`` where set (the Trainer's seed of
     data sampling, independent of the model's), else ``seed``. distill, record and generate draw the same rows."""

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 import distily
+from distily.arguments import user_set
 from distily.config import RecordConfig
 from distily.data.batches import collate
 from distily.data.chat import adopt_chat_template, run_date
@@ -61,6 +62,7 @@ def recording_settings(config: RecordConfig, teacher: PreTrainedModel, tokenizer
         "loss_on": chat.loss_on, "chat_template_sha256": chat.template.sha256,
         **({"chat_template_kwargs": chat.template.kwargs} if chat.template.kwargs else {}),
         **({"chat_template_date": chat.template.date} if chat.template.date else {}),  # a dated template's
+        **({"eval_split_by": data.eval_split_by} if user_set(data, "eval_split_by") else {}),  # not the default
     }
     return {
         **teacher_identity(config.model.teacher_model_name_or_path, teacher),

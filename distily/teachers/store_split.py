@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from typing import Optional
 
+from distily.arguments import default_of, user_set
 from distily.config import DistillConfig
 from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
@@ -24,12 +25,6 @@ LIMITS = {"train": "max_samples", "eval": "max_eval_samples"}  # the setting tha
 def store_where(store: TeacherStore) -> str:
     """How messages name the store."""
     return f"teacher_store={str(store.path)!r}"
-
-
-def user_set(arguments, name: str) -> bool:
-    """Whether ``name`` of a config dataclass differs from its default (a default given explicitly reads as unset)."""
-    default = next(field.default for field in dataclasses.fields(arguments) if field.name == name)
-    return getattr(arguments, name) != default
 
 
 def holds_all(store: TeacherStore, split: str) -> bool:
@@ -45,32 +40,40 @@ def holds_all(store: TeacherStore, split: str) -> bool:
 
 
 def store_split(config: DistillConfig, store: TeacherStore) -> DistillConfig:
-    """``config`` with the store's split (a new config; ``config`` is left as given): its ``eval_fraction`` and, for a
-    store of the first ``max_samples`` train rows, that limit, where the run left them unset; its split seed as
-    ``data_seed`` (which seeds the rows and their order) when ``seed`` is another (which then seeds the rest: the
-    initialisation, dropout). An ``eval_fraction`` or ``data_seed`` given other than the store's, or a limit above the
-    rows of a store that holds only some of a split, is refused."""
+    """``config`` with the store's split (a new config; ``config`` is left as given): its ``eval_fraction``, its
+    ``eval_split_by`` (chat data) and, for a store of the first ``max_samples`` train rows, that limit, where the run
+    left them unset; its split seed as ``data_seed`` (which seeds the rows and their order) when ``seed`` is another
+    (which then seeds the rest: the initialisation, dropout). An ``eval_fraction``, ``eval_split_by`` or ``data_seed``
+    given other than the store's, or a limit above the rows of a store that holds only some of a split, is refused."""
     data, training = config.data, config.training
-    eval_fraction = _stored_fraction(data, store)
+    eval_fraction = _stored(data, store, "eval_fraction", store.settings["eval_fraction"])
+    eval_split_by = _stored(data, store, "eval_split_by", _stored_split_by(data, store))
     max_samples = _limit(store, "train", data.max_samples, user_set(data, "max_samples"))
     _limit(store, "eval", data.max_eval_samples, user_set(data, "max_eval_samples"))  # the named eval sets keep theirs
     resolved = copy.copy(training)  # as DistillConfig.trainer_arguments: TrainingArguments' post-init runs once
     resolved.data_seed = _data_seed(training.seed, training.data_seed, store)
-    return dataclasses.replace(
-        config, data=dataclasses.replace(data, eval_fraction=eval_fraction, max_samples=max_samples), training=resolved,
-    )
+    split = {"eval_fraction": eval_fraction, "eval_split_by": eval_split_by, "max_samples": max_samples}
+    return dataclasses.replace(config, data=dataclasses.replace(data, **split), training=resolved)
 
 
-def _stored_fraction(data, store: TeacherStore) -> float:
-    stored = store.settings["eval_fraction"]
-    if data.eval_fraction != stored:
-        if user_set(data, "eval_fraction"):
+def _stored_split_by(data, store: TeacherStore) -> str:
+    """How the store held out chat data: its ``eval_split_by``, in its settings unless the default. Text is held out
+    alike either way: a run from a store of text keeps its own."""
+    if "loss_on" not in store.settings:  # a store of text
+        return data.eval_split_by
+    return store.settings.get("eval_split_by", default_of(data, "eval_split_by"))
+
+
+def _stored(data, store: TeacherStore, name: str, stored):
+    """The store's value of the split setting ``name``: taken where the run left it unset, refused where given other."""
+    value = getattr(data, name)
+    if value != stored:
+        if user_set(data, name):
             raise DistilyConfigError(
-                f"eval_fraction={data.eval_fraction!r} would draw other rows than the {stored!r} {store_where(store)} "
-                f"was recorded with; expected no eval_fraction (the store's then), or a store recorded with "
-                f"eval_fraction={data.eval_fraction!r}"
+                f"{name}={value!r} would draw other rows than the {stored!r} {store_where(store)} was recorded with; "
+                f"expected no {name} (the store's then), or a store recorded with {name}={value!r}"
             )
-        logger.info(f"eval_fraction: the store's {stored!r} applies (its rows were drawn with it)")
+        logger.info(f"{name}: the store's {stored!r} applies (its rows were drawn with it)")
     return stored
 
 
