@@ -27,6 +27,7 @@ logits) is marked ``@between_distributions``, which gives it a sparse form again
 
 import inspect
 import math
+import numbers
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -103,11 +104,12 @@ def _log_mixture(logp: torch.Tensor, logq: torch.Tensor, weight_p: float) -> tor
 
 
 def _check_unit_interval(name: str, value: float, *, open_low: bool, open_high: bool) -> None:
-    low_ok = value > 0 if open_low else value >= 0
-    high_ok = value < 1 if open_high else value <= 1
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    low_ok = number and (value > 0 if open_low else value >= 0)
+    high_ok = number and (value < 1 if open_high else value <= 1)
     if not (low_ok and high_ok):
         interval = ("(" if open_low else "[") + "0, 1" + (")" if open_high else "]")
-        raise DistilyConfigError(f"loss parameter {name}={value!r} must lie in {interval}")
+        raise DistilyConfigError(f"loss parameter {name}={value!r} must be a number in {interval}")
 
 
 def _forward_kl_value_and_gradient(student_logits, teacher_logits, temperature: float = 1.0):
@@ -446,8 +448,9 @@ def loss_params(name: str) -> dict[str, object]:
 
 
 def check_loss(name: str, params: dict, complete: bool = True) -> None:
-    """Stop unless ``name`` is a registered loss and ``params`` are parameters it accepts, with ``complete`` every
-    required one given (not yet as the config is read: CAKLD's beta is calibrated from the teacher later)."""
+    """Stop unless ``name`` is a registered loss and ``params`` are parameters it accepts, with values it accepts
+    (the loss runs once on a one-token input), with ``complete`` every required one given (not yet as the config is
+    read: CAKLD's beta is calibrated from the teacher later)."""
     registered(name, LOSSES, "logits_loss", "loss")
     accepted = loss_params(name)
     unknown = sorted(set(params) - set(accepted))
@@ -459,3 +462,9 @@ def check_loss(name: str, params: dict, complete: bool = True) -> None:
     missing = sorted(p for p, default in accepted.items() if default is inspect.Parameter.empty and p not in params)
     if missing and complete:
         raise DistilyConfigError(f"logits_loss_kwargs {params} do not fit loss {name!r}: it needs parameters {missing}")
+    if not missing:  # the loss's own checks of its parameters' values, run on one token of two columns
+        probe = torch.zeros(1, 2)
+        try:
+            LOSSES[name](probe, probe, 1.0, **params)
+        except DistilyConfigError as err:
+            raise DistilyConfigError(f"logits_loss_kwargs {params} do not fit loss {name!r}: {err}") from None

@@ -117,6 +117,20 @@ def test_a_name_no_registry_holds_is_refused_before_the_models_are_known(values,
     check_objective(ObjectiveArguments(logits_loss="cakld"))
 
 
+@pytest.mark.parametrize(("name", "params", "value"), [
+    ("jsd", {"beta": 1.5}, "beta=1.5"), ("jsd", {"beta": "0.5"}, "beta='0.5'"), ("cakld", {"beta": -0.1}, "beta=-0.1"),
+    ("skew_forward_kl", {"alpha": 1.0}, "alpha=1.0"), ("skew_reverse_kl", {"alpha": True}, "alpha=True"),
+])
+def test_a_parameter_value_the_loss_refuses_is_refused_before_the_models_are_known(name, params, value):
+    """Such a value used to pass and stop the run at its first loss, after both models had loaded and the output
+    folder had its run settings (a string with a TypeError traceback)."""
+    with pytest.raises(DistilyConfigError) as err:
+        check_objective(ObjectiveArguments(logits_loss=name, logits_loss_kwargs=params))
+    assert f"do not fit loss {name!r}: loss parameter {value} must be a number in" in str(err.value)
+    assert "\n" not in str(err.value)
+    check_objective(ObjectiveArguments(logits_loss=name, logits_loss_kwargs={next(iter(params)): 0.5}))
+
+
 def test_a_batch_without_a_counted_token_gives_zero_not_nan():
     """Every position masked out (chat turns without an answer): each component sums nothing and is divided by
     max(0, 1), so the loss and every gradient are 0, the student's LM head fused (no component reads its logits)
