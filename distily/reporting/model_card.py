@@ -204,13 +204,21 @@ def _text_rows(count: int, packing: str, length: int) -> str:
             "a row")  # padded
 
 
+def _conversation_rows(count: int, packing: str, length: int) -> str:
+    """``count`` rows of chat data: a conversation each, or with ``packing: documents`` blocks of whole
+    conversations (so fewer rows than conversations)."""
+    if packing == "documents":
+        return f"{count_of(count, 'block')} of at most {length} tokens (whole conversations, best-fit and masked apart)"
+    return f"{count_of(count, 'conversation')} of at most {length} tokens"
+
+
 def _heldout_rows(metrics: RunMetrics) -> str:
-    """What the held-out split is: rows of text as packed (_text_rows), or conversations (one a row, counted on the
-    tokens the losses count)."""
+    """What the held-out split is: rows of text as packed (_text_rows), or of conversations (_conversation_rows,
+    counted on the tokens the losses count)."""
     if metrics.framing.loss_on:
         counted = "their assistant's tokens" if metrics.framing.loss_on == "assistant" else "all their tokens"
-        return (f"{count_of(metrics.eval_sequences, 'conversation')} of at most {metrics.max_seq_length} tokens set "
-                f"aside before training, on {counted}")
+        rows = _conversation_rows(metrics.eval_sequences, metrics.framing.packing, metrics.max_seq_length)
+        return f"{rows} set aside before training, on {counted}"
     rows = _text_rows(metrics.eval_sequences, metrics.framing.packing, metrics.max_seq_length)
     return f"{rows}, from documents set aside before packing"
 
@@ -418,8 +426,9 @@ def _data_section(config: DistillConfig, metrics: RunMetrics) -> str:
         if data.chat_template_kwargs:  # the student's users render with them too
             template += f" and `chat_template_kwargs: {json.dumps(data.chat_template_kwargs)}`"
         counted = "the assistant's tokens" if loss_on == "assistant" else "every token"
-        training_set = (f"- Training set: {count_of(metrics.train_sequences, 'row')} of conversations rendered with "
-                        f"{template}, at most {length} tokens each; the losses count {counted} (`loss_on: {loss_on}`).")
+        rows = _conversation_rows(metrics.train_sequences, metrics.framing.packing, length)
+        training_set = (f"- Training set: {rows}, rendered with {template}; the losses count {counted} "
+                        f"(`loss_on: {loss_on}`).")
     else:
         packing = metrics.framing.packing
         total = f" ({metrics.train_sequences * length:,} tokens)" if packing in FULL_BLOCKS else ""

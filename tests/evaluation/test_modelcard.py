@@ -266,7 +266,7 @@ def test_a_chat_students_card_names_the_template_the_loss_mask_and_the_on_policy
     chat = dataclasses.replace(run_metrics(), framing=FramingMetrics("padded", loss_on="assistant"))
     card, _ = card_for(tmp_path, lambda bitnet: chat, lmbda=0.5, on_policy_temperature=0.7, on_policy_max_new_tokens=64)
     text = card.text
-    assert "3,200 rows of conversations rendered with the teacher's chat template, at most 128 tokens each" in text
+    assert "3,200 conversations of at most 128 tokens, rendered with the teacher's chat template; the" in text
     assert "the losses count the assistant's tokens (`loss_on: assistant`)" in text
     assert "packed sequences" not in text and "text column" not in text
     # each micro-batch is drawn with probability lmbda: a short run's share may be far from it (seed 42, 2 steps: none)
@@ -276,8 +276,8 @@ def test_a_chat_students_card_names_the_template_the_loss_mask_and_the_on_policy
     plain, _ = card_for(tmp_path, run_metrics)
     assert "3,200 packed sequences of 128 tokens" in plain.text and "On-policy" not in plain.text
     no_thinking, _ = card_for(tmp_path, lambda bitnet: chat, chat_template_kwargs={"enable_thinking": False})
-    assert ("rendered with the teacher's chat template and `chat_template_kwargs: {\"enable_thinking\": false}`, "
-            "at most 128") in no_thinking.text
+    assert ("rendered with the teacher's chat template and `chat_template_kwargs: {\"enable_thinking\": false}`; "
+            "the losses") in no_thinking.text
 
 
 def test_a_chat_runs_card_calls_its_data_conversations_not_documents(tmp_path, run_metrics):
@@ -298,6 +298,18 @@ def test_a_chat_runs_card_calls_its_data_conversations_not_documents(tmp_path, r
     assert "- Dataset: the conversations its teacher store was recorded on" in card.text
     assert "recorded teacher store (held-out conversations)" in {r.dataset_name for r in card.data.eval_results}
 
+def test_a_chat_card_packed_by_documents_counts_blocks_not_conversations(tmp_path, run_metrics):
+    """Chat data with packing: documents held 18 conversations out in 16 blocks (eval_fraction 0.3 of 60), and its
+    card said "16 conversations of at most 128 tokens"; training said "37 rows of conversations ..., at most 128
+    tokens each" of blocks holding several."""
+    packed = dataclasses.replace(run_metrics(), framing=FramingMetrics("documents", loss_on="assistant"),
+                                 eval_sequences=16, train_sequences=37)
+    text = card_for(tmp_path, lambda bitnet: packed)[0].text
+    blocks = "of at most 128 tokens (whole conversations, best-fit and masked apart)"
+    assert f"held-out data: 16 blocks {blocks} set aside before training, on their assistant's tokens" in text
+    assert f"- Training set: 37 blocks {blocks}, rendered with the teacher's chat template; the losses" in text
+    assert "16 conversations" not in text and "37 conversations" not in text
+
 def test_a_count_of_one_is_singular(tmp_path, run_metrics):
     """A tiny chat run held out one conversation: its card said "1 conversations of at most 64 tokens"."""
     single = dataclasses.replace(run_metrics(), framing=FramingMetrics("padded", loss_on="assistant"),
@@ -305,7 +317,7 @@ def test_a_count_of_one_is_singular(tmp_path, run_metrics):
     single.eval_sets["recent"] = dataclasses.replace(single.eval_sets["recent"], sequences=1)
     text = card_for(tmp_path, lambda bitnet: single)[0].text
     assert "held-out data: 1 conversation of at most 128 tokens set aside" in text
-    assert "- Training set: 1 row of conversations rendered" in text
+    assert "- Training set: 1 conversation of at most 128 tokens, rendered" in text
     assert "- `recent`: 1 sequence from `data/recent.jsonl`" in text
     packed = dataclasses.replace(run_metrics(), eval_sequences=1)
     assert "held-out data: 1 packed sequence of 128 tokens, from" in card_for(tmp_path, lambda bitnet: packed)[0].text
