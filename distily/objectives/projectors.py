@@ -3,11 +3,13 @@
 ``PROJECTORS[name](student_width, teacher_width) -> nn.Module`` maps ``[..., student_width]`` to
 ``[..., teacher_width]``. Projectors are built from the model configs when the objective is created
 (no dry-run batch), trained with the student, saved in checkpoints, and never exported with the
-student. Register one of your own with ``PROJECTORS["name"] = fn``.
+student. Register one of your own with ``PROJECTORS["name"] = fn``; ``build_projector`` refuses one that does not
+map a feature of the student's width to one of the teacher's.
 """
 
 from typing import Callable
 
+import torch
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal as orthogonal_parametrization
 
@@ -57,9 +59,21 @@ PROJECTORS: dict[str, ProjectorFactory] = {
 
 
 def build_projector(option: str, name: str, student_width: int, teacher_width: int) -> nn.Module:
-    """``PROJECTORS[name]`` for these widths; ``option`` names the config key in errors."""
+    """``PROJECTORS[name]`` for these widths, checked on one feature of the student's width to give one of the
+    teacher's (a registered projector may not); ``option`` names the config key in errors."""
     registered(name, PROJECTORS, option, "projector")
     try:
-        return PROJECTORS[name](student_width, teacher_width)
+        projector = PROJECTORS[name](student_width, teacher_width)
     except DistilyConfigError as err:
         raise DistilyConfigError(f"{option}={name!r}: {err}")
+    with torch.no_grad():
+        try:
+            width = projector(torch.zeros(1, student_width)).shape[-1]
+        except RuntimeError as err:
+            width = f"nothing ({str(err).splitlines()[0]})"
+    if width != teacher_width:
+        raise DistilyConfigError(
+            f"{option}={name!r} maps a feature of the student's width {student_width} to {width}; expected the "
+            f"teacher's width {teacher_width}"
+        )
+    return projector

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from torch import nn
 
 from distily.errors import DistilyConfigError
 from distily.objectives.norms import NORMS, build_norm
-from distily.objectives.projectors import build_projector
+from distily.objectives.projectors import PROJECTORS, build_projector
 
 WIDTHS = [(16, 32), (32, 16), (24, 24), (8, 96)]  # (student, teacher)
 LEADING_SHAPES = [(5,), (2, 7)]  # [tokens] or [batch, seq]
@@ -36,6 +37,20 @@ def test_unknown_projector_names_the_choices():
     with pytest.raises(DistilyConfigError, match="hidden_states_projector='conv' is not a registered projector"):
         build_projector("hidden_states_projector", "conv", 16, 32)
 
+
+
+@pytest.mark.parametrize(("projector", "width"), [
+    (lambda student_width, teacher_width: nn.Linear(student_width, student_width), "16"),
+    (lambda student_width, teacher_width: nn.Linear(teacher_width, teacher_width), "nothing (mat1 and mat2 shapes"),
+])
+def test_a_registered_projector_of_other_widths_is_refused_as_it_is_built(monkeypatch, projector, width):
+    """It used to be built, and the first step ended in a RuntimeError of the loss (tensor sizes 16 and 32)."""
+    monkeypatch.setitem(PROJECTORS, "mine", projector)
+    with pytest.raises(DistilyConfigError) as err:
+        build_projector("hidden_states_projector", "mine", 16, 32)
+    message = str(err.value)
+    assert message.startswith(f"hidden_states_projector='mine' maps a feature of the student's width 16 to {width}")
+    assert message.endswith("expected the teacher's width 32") and "\n" not in message
 
 @pytest.mark.parametrize("student_width, teacher_width", [(16, 32), (32, 16), (24, 24)])
 def test_orthogonal_projector_is_semi_orthogonal_and_stays_so_after_a_step(student_width, teacher_width):
