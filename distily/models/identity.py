@@ -23,11 +23,16 @@ def weights_sha256(directory: str | os.PathLike) -> Optional[str]:
 
 
 def teacher_identity(name_or_path: str, teacher: PreTrainedModel) -> dict:
-    """``teacher_model_name_or_path``, ``teacher_revision`` (the Hub commit, for a Hub id) and
-    ``teacher_weights_sha256`` (for a local checkpoint directory)."""
+    """``checkpoint_identity`` of a loaded teacher (its config holds the Hub commit it was loaded from)."""
+    return checkpoint_identity(name_or_path, getattr(teacher.config, "_commit_hash", None))
+
+
+def checkpoint_identity(name_or_path: str, commit: Optional[str]) -> dict:
+    """``teacher_model_name_or_path``, ``teacher_revision`` (``commit``, for a Hub id) and ``teacher_weights_sha256``
+    (for a local checkpoint directory)."""
     local = os.path.isdir(os.path.expanduser(name_or_path))
     return {
         "teacher_model_name_or_path": name_or_path,
-        "teacher_revision": None if local else getattr(teacher.config, "_commit_hash", None),
+        "teacher_revision": None if local else commit,
         "teacher_weights_sha256": weights_sha256(os.path.expanduser(name_or_path)) if local else None,
     }

@@ -41,8 +41,8 @@ from distily.evaluation.perplexity import perplexity
 from distily.metrics import Evaluation, RecordingSource
 from distily.models.architecture import max_positions, output_vocab_size
 from distily.models.arguments import ModelArguments
-from distily.models.identity import teacher_identity
-from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer
+from distily.models.identity import checkpoint_identity
+from distily.models.teacher import from_pretrained, hub_revision, load_teacher, load_tokenizer
 from distily.objectives.losses import forward_kl
 from distily.objectives.objective import DistillationObjective
 from distily.objectives.sparse import RecordedRows, RecordedTeacherOutput, SparseLogitsComponent, bucket_logprobs
@@ -117,6 +117,23 @@ class RecordedTeacher(TeacherSource):
                     f"(fingerprint {fingerprint}) is not the one {self.where} was recorded with "
                     f"({self.settings['tokenizer_fingerprint']}); expected the recorded teacher's tokenizer"
                 )
+            self._check_teacher(model_args.teacher_model_name_or_path)
+
+    def _check_teacher(self, name: str) -> None:
+        """A teacher the run names must be the recorded one, whether the student copies its weights or not: the run
+        names it as its teacher (run_settings.json, the model card). Its identity is read without loading it: the Hub
+        commit its id resolves to, or a hash of a local checkpoint's weight files; of a store that recorded neither (a
+        Hub teacher whose commit the back end did not give), its name."""
+        revision = hub_revision(name)
+        identity = checkpoint_identity(name, revision.resolved if revision is not None else None)
+        recorded = [key for key in ("teacher_revision", "teacher_weights_sha256") if self.settings[key] is not None]
+        for key in recorded or ["teacher_model_name_or_path"]:
+            if identity[key] != self.settings[key]:
+                raise DistilyConfigError(
+                    f"teacher_model_name_or_path={name!r} is not the teacher {self.where} was recorded with "
+                    f"({self.settings['teacher_model_name_or_path']!r}, {key} differs); expected the recorded teacher, "
+                    "or no teacher_model_name_or_path where the student copies no teacher weights"
+                )
 
     def _check_chat_template(self, config: DistillConfig) -> None:
         """A store of chat data holds rows rendered with one template, its keyword arguments and (a dated template)
@@ -172,15 +189,7 @@ class RecordedTeacher(TeacherSource):
                 f"teacher_model_name_or_path is needed with a recorded teacher too; expected "
                 f"{self.settings['teacher_model_name_or_path']!r} (the recorded teacher) or student_init=random"
             )
-        teacher = load_teacher(name, model_args.teacher_torch_dtype, model_args.trust_remote_code)
-        identity = teacher_identity(name, teacher)
-        for key in ("teacher_revision", "teacher_weights_sha256"):
-            if identity[key] != self.settings[key]:
-                raise DistilyConfigError(
-                    f"teacher_model_name_or_path={name!r} is not the teacher {self.where} was recorded with "
-                    f"({self.settings['teacher_model_name_or_path']!r}, {key} differs); expected the recorded teacher"
-                )
-        return teacher
+        return load_teacher(name, model_args.teacher_torch_dtype, model_args.trust_remote_code)  # checked: provenance
 
     def datasets(self, student: PreTrainedModel) -> DistillationData:
         """The store's sequences (at the length they were recorded at), once the student fits them."""

@@ -182,6 +182,19 @@ def test_another_tokenizer_or_teacher_is_a_provenance_error(recorded, tmp_path):
         _train(recorded, tmp_path, teacher_model_name_or_path=other_weights)
 
 
+def test_a_teacher_named_beside_a_store_must_be_the_recorded_one(recorded, tmp_path):
+    """Another checkpoint with the teacher's tokenizer, named with a student that copies no weights: the run trained on
+    the store and its model card said it was distilled from the checkpoint named. A copy of the recorded teacher
+    elsewhere is the same teacher."""
+    other_weights = save_tiny_model(tmp_path / "weights", "llama", make_tokenizer(), seed=1)
+    with pytest.raises(DistilyConfigError, match=r"^teacher_model_name_or_path=.* is not the teacher teacher_store=.* "
+                                                 r"was recorded with .*teacher_weights_sha256 differs\); expected"):
+        _train(recorded, tmp_path, teacher_model_name_or_path=other_weights, student_init="random")
+    copy = shutil.copytree(recorded["teacher_model_name_or_path"], tmp_path / "copy")
+    config = parse_config(**{**recorded, "teacher_source": "recorded", "teacher_model_name_or_path": str(copy)})
+    RecordedTeacher(RecordedTeacher.settled_config(config))
+
+
 def test_a_student_of_another_width_is_an_error(recorded, tmp_path):
     with pytest.raises(DistilyConfigError,
                        match=r"the student has 384 logits but teacher_store=.* was recorded over the "
