@@ -38,7 +38,6 @@ def test_unknown_projector_names_the_choices():
         build_projector("hidden_states_projector", "conv", 16, 32)
 
 
-
 @pytest.mark.parametrize(("projector", "width"), [
     (lambda student_width, teacher_width: nn.Linear(student_width, student_width), "16"),
     (lambda student_width, teacher_width: nn.Linear(teacher_width, teacher_width), "nothing (mat1 and mat2 shapes"),
@@ -51,6 +50,7 @@ def test_a_registered_projector_of_other_widths_is_refused_as_it_is_built(monkey
     message = str(err.value)
     assert message.startswith(f"hidden_states_projector='mine' maps a feature of the student's width 16 to {width}")
     assert message.endswith("expected the teacher's width 32") and "\n" not in message
+
 
 @pytest.mark.parametrize("student_width, teacher_width", [(16, 32), (32, 16), (24, 24)])
 def test_orthogonal_projector_is_semi_orthogonal_and_stays_so_after_a_step(student_width, teacher_width):
