@@ -6,8 +6,9 @@ Every loss in ``LOSSES`` has the signature::
 
 with ``student_logits`` and ``teacher_logits`` of shape ``[tokens, vocab]`` (padding already removed)
 and a ``[tokens]`` result in float32, whatever the input dtype. Logits are divided by ``temperature``
-and the result is multiplied by ``temperature ** 2`` so gradient magnitudes do not depend on it
-(Hinton et al., 2015, "Distilling the Knowledge in a Neural Network"). The two losses on raw logits
+and the result is multiplied by ``temperature ** 2`` so that the gradients of the KL-type losses keep their
+magnitude as it grows, rather than shrinking as 1 / T^2 (Hinton et al., 2015, "Distilling the Knowledge in a Neural
+Network"); ``tvd``'s, first order in p_t - p_s, grows in proportion to T instead. The two losses on raw logits
 (``mse``, ``cosine``) are independent of the temperature: for MSE the rule cancels exactly, and the
 cosine is scale invariant. The reduction over tokens is the caller's job, so that one batch of B and
 k accumulated batches of B/k give the same value (sum, then divide by the global token count).
@@ -375,7 +376,8 @@ def tvd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature:
     """Total variation distance: 0.5 * sum_v |p_t(v) - p_s(v)|, per token, times T^2.
 
     A symmetric, bounded distance (in [0, 1] before the T^2 factor); used for distillation e.g. by
-    Wen et al., 2023, "f-Divergence Minimization for Sequence-Level Knowledge Distillation".
+    Wen et al., 2023, "f-Divergence Minimization for Sequence-Level Knowledge Distillation". Unlike the KLs' (second
+    order in p_t - p_s), its gradient grows in proportion to T under the T^2 factor (docs/losses.md).
     """
     student_probs = tempered_log_softmax(student_logits, temperature).exp()  # [N, V]
     teacher_probs = _teacher_log_softmax(teacher_logits, temperature).exp()  # [N, V]
