@@ -11,7 +11,7 @@ Layouts found by module name inside each decoder block:
 - GPT-2's fused ``c_attn`` (a ``Conv1D``): ``[q | k | v]``, each ``hidden_size`` wide.
 
 The outputs are those of the projections: before rotary position embeddings, which are applied
-inside attention.
+inside attention, and before the per-head query and key norms of models that have them (Qwen3, Gemma 3).
 """
 
 from functools import partial
