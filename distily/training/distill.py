@@ -209,7 +209,8 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
-    check_finite_weights(trainer.model, written="student")  # an unfinished run then: no metrics.json
+    # weights that are not finite leave an unfinished run: no metrics.json
+    check_finite_weights(trainer.model, written="student", process_group_device=trainer.process_group_device)
 
     after = trainer.evaluate(metric_key_prefix=AFTER)
     save_student(trainer, training.output_dir)  # pushed once, at the end, with the model card

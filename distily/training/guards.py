@@ -93,13 +93,30 @@ class NonFiniteStepGuard:
         return None
 
 
-def check_finite_weights(*modules: nn.Module, written: str = "checkpoint") -> None:
+def local_part(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of a parameter (or gradient) this process holds: the whole tensor, its slice under FSDP, and under
+    DeepSpeed ZeRO-3 its partition (``ds_tensor``: the parameter itself is then empty)."""
+    if hasattr(tensor, "ds_tensor"):
+        return tensor.ds_tensor
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def check_finite_weights(*modules: nn.Module, written: str = "checkpoint",
+                         process_group_device: Optional[torch.device] = None) -> None:
     """Refuse to write a checkpoint (or the ``written`` student) of weights that are not finite: steps whose
-    gradients were finite can still overflow the weights (a learning rate far too high)."""
-    for module in modules:
-        for name, parameter in module.named_parameters():
-            if not torch.isfinite(parameter).all():
-                raise DistilyConfigError(
-                    f"parameter {name} holds non-finite values; expected finite weights (a lower learning_rate?), "
-                    f"so no {written} is written"
-                )
+    gradients were finite can still overflow the weights (a learning rate far too high). Each process checks the
+    weights it holds; with ``process_group_device`` (a run on several processes: the device its collectives run
+    on) every process refuses when any holds a non-finite one, since a sharded model's processes hold different
+    slices and one refusing alone would leave the others waiting in the save."""
+    nonfinite = next((f"parameter {name}" for module in modules for name, parameter in module.named_parameters()
+                      if not torch.isfinite(local_part(parameter)).all()), None)
+    if process_group_device is not None:
+        nonfinite_processes = torch.tensor([0.0 if nonfinite is None else 1.0], device=process_group_device)
+        dist.all_reduce(nonfinite_processes)
+        if nonfinite is None and nonfinite_processes.item() > 0:
+            nonfinite = "another process's slice of the weights"
+    if nonfinite is not None:
+        raise DistilyConfigError(
+            f"{nonfinite} holds non-finite values; expected finite weights (a lower learning_rate?), so no {written} "
+            "is written"
+        )

@@ -127,12 +127,13 @@ class DistillationTrainer(StagedCheckpoints):
         building = self.optimizer is None
         optimizer = super().create_optimizer(model)
         if building:
-            together = self.accelerator.device if self.args.world_size > 1 else None
             # the Trainer has loaded a resumed run's state (and may have rebuilt its callbacks from it) by now
             counts = next(callback for callback in self.callback_handler.callbacks
                           if isinstance(callback, NonFiniteStepCounts))
             counts.restore(self.state.stateful_callbacks.get(NonFiniteStepCounts.__name__))
-            self.nonfinite_guard = NonFiniteStepGuard(optimizer, self.args.max_nonfinite_steps, together, counts)
+            self.nonfinite_guard = NonFiniteStepGuard(
+                optimizer, self.args.max_nonfinite_steps, self.process_group_device, counts
+            )
             if self.args.bitnet_schedule:  # the decayed group is the latent ternary weights (get_decay_parameter_names)
                 for group in optimizer.param_groups:
                     if group["weight_decay"] > 0:

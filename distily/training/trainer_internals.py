@@ -36,7 +36,9 @@ import shutil
 import warnings
 from contextlib import contextmanager
 from importlib.metadata import version
+from typing import Optional
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch import nn
@@ -86,11 +88,16 @@ class StagedCheckpoints(Trainer):
 
     _checkpoint_staging = None  # the run directory the Trainer writes into, while a checkpoint is written
 
+    @property
+    def process_group_device(self) -> Optional[torch.device]:
+        """The device the processes' collectives run on, in a run on several processes; None on one."""
+        return self.accelerator.device if self.args.world_size > 1 else None
+
     def _get_output_dir(self, trial):
         return self._checkpoint_staging or super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
-        check_finite_weights(self.model)
+        check_finite_weights(self.model, process_group_device=self.process_group_device)
         run_dir = self._get_output_dir(trial)
         staging = os.path.join(run_dir, CHECKPOINT_STAGING_DIR)
         self._checkpoint_staging = staging

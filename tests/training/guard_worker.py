@@ -1,8 +1,10 @@
-"""One process of ``test_a_non_finite_gradient_on_one_process_skips_the_step_on_every_process``: a small model
+"""One process of ``test_a_non_finite_gradient_or_weight_on_one_process_stops_every_process``: a small model
 sharded over 2 processes (gloo on CPU) by FSDP2 or FSDP1, its optimizer under ``NonFiniteStepGuard``; after a
 backward, process 1 alone puts a NaN in its slice of the gradients (as when an overflow lands in its shard).
+Then process 1 alone puts a NaN in its slice of the weights, which ``check_finite_weights`` must refuse on every
+process (also under DeepSpeed ZeRO-3, where a parameter's slice is its ``ds_tensor``: the ``zero3`` mode alone).
 
-    python -m torch.distributed.run --nproc_per_node 2 guard_worker.py fsdp2 fsdp1
+    python -m torch.distributed.run --nproc_per_node 2 guard_worker.py fsdp2 fsdp1   # or: zero3
 
 Prints ``ok <mode> <rank>`` when every check of a mode holds (an assertion fails otherwise).
 """
@@ -16,7 +18,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 
 from distily.errors import DistilyConfigError
-from distily.training.guards import NonFiniteStepGuard
+from distily.training.guards import NonFiniteStepGuard, check_finite_weights, local_part
 
 CPU = torch.device("cpu")
 
@@ -30,20 +32,16 @@ def sharded_model(mode: str) -> nn.Module:
     return FullyShardedDataParallel(model, use_orig_params=True, device_id=CPU)
 
 
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This process's slice of a (DTensor or plain) parameter or gradient."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
 def backward(model: nn.Module, poison: bool) -> None:
     model(torch.ones(2, 8)).sum().backward()
     if poison and dist.get_rank() == 1:
-        grad = next(local(p.grad) for p in model.parameters() if p.grad is not None and local(p.grad).numel())
+        grad = next(local_part(p.grad) for p in model.parameters()
+                    if p.grad is not None and local_part(p.grad).numel())
         grad.view(-1)[0] = float("nan")
 
 
 def weights(model: nn.Module) -> list[torch.Tensor]:
-    return [local(parameter).detach().clone() for parameter in model.parameters()]
+    return [local_part(parameter).detach().clone() for parameter in model.parameters()]
 
 
 def moved(model: nn.Module, before: list[torch.Tensor]) -> bool:
@@ -84,11 +82,50 @@ def check(mode: str) -> None:
     except DistilyConfigError as stop:
         assert "2 optimizer steps in a row had non-finite gradients" in str(stop)
     assert guard.counts.skipped == 2
+    check_weights(mode)
+
+
+def zero3_model() -> nn.Module:
+    """The small model partitioned by DeepSpeed ZeRO-3 (its CPU accelerator)."""
+    import deepspeed
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))
+    config = {"train_micro_batch_size_per_gpu": 2, "zero_allow_untested_optimizer": True,
+              "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                                      config=config)
+    return engine.module
+
+
+def refusals(mode: str, process_group_device) -> list:
+    """Whether each process refuses to write the model after process 1 alone put a NaN in its slice of the weights."""
+    model = zero3_model() if mode == "zero3" else sharded_model(mode)
+    if dist.get_rank() == 1:
+        with torch.no_grad():
+            next(part for part in map(local_part, model.parameters()) if part.numel()).view(-1)[0] = float("nan")
+    try:
+        check_finite_weights(model, process_group_device=process_group_device)
+        refused = False
+    except DistilyConfigError:
+        refused = True
+    answers = [None] * dist.get_world_size()
+    dist.all_gather_object(answers, refused)
+    return answers
+
+
+def check_weights(mode: str) -> None:
+    # the case: deciding alone, only process 1 refuses, and process 0 would go on into the save and wait there
+    assert refusals(mode, None) == [False, True]
+    assert refusals(mode, CPU) == [True, True]  # decided together, both refuse
     print(f"ok {mode} {dist.get_rank()}", flush=True)
 
 
 if __name__ == "__main__":
     dist.init_process_group("gloo")
     for mode in sys.argv[1:]:
-        check(mode)
+        if mode == "zero3":
+            check_weights(mode)
+        else:
+            check(mode)
     dist.destroy_process_group()
