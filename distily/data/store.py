@@ -179,8 +179,9 @@ class StoreWriter:
     """Writes shards into a store directory, resuming a recording with the same ``settings``.
 
     ``settings`` is a JSON-able dict of everything that determines the store's content (provenance,
-    k, temperature, layers, shard size); a store started with other settings is an error. A resumed recording's
-    shards that are missing or damaged (a disk that failed while it was stopped) are recorded again.
+    k, temperature, layers, shard size); a store started with other settings is an error. The shards of a resumed
+    recording, or of a finished store recorded into again, that are missing or damaged (a disk that failed since) are
+    recorded again.
     """
 
     def __init__(self, path: str | os.PathLike, settings: dict):
@@ -192,17 +193,29 @@ class StoreWriter:
         if recording is not None:
             self._check_settings(recording["settings"])
             self.shards = recording["shards"]
-            if not self.finished:
-                self._forget_damaged_shards()
+            if self._forget_damaged_shards() and self.finished:
+                self._reopen()
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def _forget_damaged_shards(self) -> None:
+    def _forget_damaged_shards(self) -> bool:
+        """Unlist the shards that are missing or differ from their entries (damaged since they were written), so that
+        they are recorded again; whether there were any."""
+        damaged = False
         for split in SPLITS:
             for index, entry in list(self.shards[split].items()):
                 problem = file_problem(self.path / entry["file"], entry)
                 if problem is not None:
                     logger.warning(f"teacher store shard {entry['file']!r} {problem}: recording it again")
                     del self.shards[split][index]
+                    damaged = True
+        return damaged
+
+    def _reopen(self) -> None:
+        """A finished store with damaged shards becomes a recording under way again: ``progress.json`` lists the sound
+        shards, and the manifest goes until the missing ones are recorded (a store with a manifest is whole)."""
+        write_json_atomic(self.path / PROGRESS, {"settings": self.settings, "shards": self.shards})
+        (self.path / MANIFEST).unlink()
+        self.finished = False
 
     def _check_settings(self, recorded: dict) -> None:
         key = _first_difference(recorded, self.settings)
@@ -359,7 +372,8 @@ class TeacherStore:
             problem = file_problem(path, entry)
             if problem is not None:
                 raise DistilyConfigError(f"teacher store shard {str(path)!r} {problem}; expected the file as recorded "
-                                         "(truncated, replaced or corrupted: record it again)")
+                                         "(truncated, replaced or corrupted: `distily record` with the store's config "
+                                         "records it again)")
 
     def dataset(self, split: str, limit: Optional[int] = None) -> StoreDataset:
         entries = self._entries(split)

@@ -197,8 +197,9 @@ def run_recording(
     check_tokenizer_fits(tokenizer, teacher, "teacher")  # a run from the store checks it too
     check_token_ids(documents, token_id_limit(teacher), config.data)  # pre-tokenized rows: ids it takes
     max_seq_length = resolve_max_seq_length(config.data.max_seq_length, teacher)
-    writer = StoreWriter(record.teacher_store, recording_settings(config, teacher, tokenizer, documents,
-                                                                  max_seq_length))
+    settings = recording_settings(config, teacher, tokenizer, documents, max_seq_length)
+    with state.main_process_first():  # the main process reopens a finished store with damaged shards
+        writer = StoreWriter(record.teacher_store, settings)
     if writer.finished:
         return json.loads((writer.path / MANIFEST).read_text())
     with state.main_process_first():  # one process writes the tokenization cache, the others read it

@@ -188,6 +188,23 @@ def test_a_shard_damaged_while_the_recording_was_stopped_is_recorded_again(teach
     assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
 
 
+def test_recording_again_into_a_finished_store_records_its_damaged_shards(teacher_dirs, text_file, tmp_path, caplog):
+    """A shard corrupted after the store was finished failed every run with 'record it again', but recording again
+    returned the finished store as it was, corrupted shard and all. Now the damaged shard is recorded again."""
+    values, finished = _record(teacher_dirs["llama"], text_file, tmp_path)
+    shard = Path(values["teacher_store"]) / "train-00001.safetensors"
+    damaged = bytearray(shard.read_bytes())
+    damaged[-5] ^= 1
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(DistilyConfigError, match=r"fails its sha256 check; .*`distily record` with the store's config"):
+        TeacherStore(values["teacher_store"]).verify()
+    with caplog.at_level("WARNING"):
+        again = run_recording(parse_record_config(**values))
+    assert "shard 'train-00001.safetensors' fails its sha256 check: recording it again" in caplog.text
+    assert again == finished and not (Path(values["teacher_store"]) / PROGRESS).exists()
+    TeacherStore(values["teacher_store"]).verify()
+
+
 def test_a_recording_of_shards_without_loss_positions_finishes_with_its_fidelity(teacher_dirs, text_file, tmp_path):
     """Shards recorded before the fidelity counted its positions (summed over all of them) and resumed after: the
     report divides by their positions (finishing failed on the missing count)."""
