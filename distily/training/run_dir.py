@@ -12,12 +12,15 @@
 - The settings that shape a run (models, data, objective, on-policy sampling, optimizer, global batch) are
   recorded in ``run_settings.json`` when it starts; a resume with other values is refused. A resume from a
   checkpoint of another directory goes only into an output_dir without checkpoints or a finished run.
+  Once the data loads, a sample of the training rows is recorded with them too (``check_train_rows``): a resume on
+  data rewritten under the same name is refused.
 - ``resume_from_checkpoint=true`` resumes from the newest intact checkpoint (``distily.training.checkpoints``):
   a newer one that is truncated or fails its checksums is passed over with a warning.
 - A full, read-only or unwritable filesystem is one line naming the path; the student is saved aside and
   renamed in, so nothing half-written is left where a user or a resume would look.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -36,6 +39,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from distily.config import DistillConfig
 from distily.data.chat import run_date
+from distily.data.framing import INPUT_IDS
 from distily.data.store import recorded_chat_template_date
 from distily.errors import DistilyConfigError
 from distily.metrics import RunMetrics
@@ -166,6 +170,8 @@ TRAINING_KEYS = ("seed", "data_seed", "learning_rate", "lr_scheduler_type", "lr_
 INPUT_KEYS = ("teacher_model_name_or_path", "student_model_name_or_path", "student_tokenizer_name_or_path",
               "student_config_name_or_path", "teacher_store")
 GLOBAL_BATCH = "global_train_batch_size"  # per-device batch x accumulation x processes: these may be traded
+TRAIN_ROWS = "train_rows_sha256"  # a sample of the training rows (train_rows_digest), recorded once the data loads
+SAMPLED_ROWS = 64
 RESUMABLE_CHANGES = "max_steps, logging, evaluation and checkpoint settings may change"
 
 
@@ -461,6 +467,11 @@ def check_steps(training, resume: Optional[str], total_steps: int) -> None:
     _check_reaches_checkpoint(training, resume, total_steps)
 
 
+def _warn_unrecorded(run: RunDir, keys: list[str]) -> None:
+    logger.warning(f"{run.settings} does not record {', '.join(keys)} (written by an older Distily): the resumed "
+                   "run's values of these are not checked")
+
+
 def check_resume(training, resume: str, settings: dict) -> None:
     """A resumed run trains at least to its checkpoint's step, with the settings that run was started with."""
     if training.max_steps > 0:  # by epochs, once the data gives the steps (check_steps)
@@ -472,15 +483,44 @@ def check_resume(training, resume: str, settings: dict) -> None:
         return
     unrecorded = sorted(set(settings) - set(was))  # settings an older Distily did not record
     if unrecorded:
-        logger.warning(f"{run.settings} does not record {', '.join(unrecorded)} (written by an older Distily): "
-                       "the resumed run's values of these are not checked")
-    for key in sorted(was):
+        _warn_unrecorded(run, unrecorded)
+    for key in sorted(set(was) - {TRAIN_ROWS}):  # the rows once the data loads (check_train_rows)
         if was[key] != settings.get(key):
             raise DistilyConfigError(
                 f"resume_from_checkpoint={resume!r} continues a run started with {key}={was[key]!r}, not "
                 f"{settings.get(key)!r}; expected the settings it was started with ({RESUMABLE_CHANGES}), or "
                 "--overwrite_output_dir true to start over"
             )
+
+
+def train_rows_digest(train) -> str:
+    """The sha256 of the training set's row count and of the token ids of ``SAMPLED_ROWS`` rows spread evenly over it
+    (its first and last among them): data rewritten under the same name gives other rows, read in milliseconds."""
+    count = len(train)
+    digest = hashlib.sha256(f"{count} rows".encode())
+    sampled = {round(index * (count - 1) / (SAMPLED_ROWS - 1)) for index in range(SAMPLED_ROWS)} if count else set()
+    for row in sorted(sampled):
+        digest.update(json.dumps([int(token) for token in train[row][INPUT_IDS]]).encode())
+    return digest.hexdigest()
+
+
+def check_train_rows(resume: Optional[str], settings: dict, train) -> None:
+    """Record the training rows' digest (``train_rows_digest``) in ``settings``; refuse a resume of a run that was
+    started on other rows (a data file or a teacher store rewritten under its name since)."""
+    settings[TRAIN_ROWS] = train_rows_digest(train)
+    run = RunDir(Path(resume).parent) if resume is not None else None
+    was = run.recorded_settings() if run is not None else None
+    if was is not None and TRAIN_ROWS not in was:
+        _warn_unrecorded(run, [TRAIN_ROWS])
+    if was is None or was.get(TRAIN_ROWS, settings[TRAIN_ROWS]) == settings[TRAIN_ROWS]:
+        return
+    source = "teacher_store" if settings.get("teacher_source") == "recorded" else "dataset_name"
+    raise DistilyConfigError(
+        f"resume_from_checkpoint={resume!r} continues a run started on other training rows than {source}="
+        f"{settings.get(source)!r} gives now ({TRAIN_ROWS} {was[TRAIN_ROWS][:12]}..., now "
+        f"{settings[TRAIN_ROWS][:12]}...: its data changed since); expected the data it was started with, or "
+        "--overwrite_output_dir true to start over"
+    )
 
 
 def _remove(paths: list[Path], trash: Path) -> None:

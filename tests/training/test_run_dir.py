@@ -25,6 +25,7 @@ from distily.training.distill import run_distillation
 from distily.training.run_dir import RunDir, output_dir_lock
 from distily.training.trainer import DistillationTrainer
 from file_tree import tree
+from tiny import make_documents, write_jsonl
 
 
 def _values(run_values, teacher_dirs, **overrides):
@@ -236,6 +237,33 @@ def test_a_run_recorded_before_a_setting_was_recorded_resumes_with_a_warning(tea
     changed = parse_config(**{**values, "learning_rate": 0.5})
     with pytest.raises(DistilyConfigError, match="continues a run started with learning_rate="):
         run_dir.check_resume(changed.training, str(checkpoint), run_dir.run_settings(changed))
+
+
+def test_a_resume_on_data_rewritten_under_its_name_is_refused_and_writes_nothing(teacher_dirs, run_values, tmp_path,
+                                                                                   monkeypatch):
+    """The same dataset_name with other documents in it: the run took the checkpoint's model and optimizer on into
+    another data order, a student neither run would give. The training rows' digest, recorded when it started, refuses
+    it once the data loads, before anything is written."""
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, make_documents(400))
+    values = _values(run_values, teacher_dirs, dataset_name=str(data))
+    with monkeypatch.context() as patch:
+        _kill_after_training(patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_distillation(parse_config(**values))
+    out = Path(values["output_dir"])
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    write_jsonl(data, make_documents(400, seed=5))
+    digests = r"\(train_rows_sha256 [0-9a-f]{12}\.\.\., now [0-9a-f]{12}\.\.\.: its data changed since\)"
+    refusal = (re.escape(f"resume_from_checkpoint='{out / 'checkpoint-4'}' continues a run started on other training "
+                         f"rows than dataset_name='{data}' gives now ") + digests
+               + re.escape("; expected the data it was started with, or --overwrite_output_dir true to start over"))
+    with pytest.raises(DistilyConfigError, match=f"^{refusal}$"):
+        run_distillation(parse_config(**values, resume_from_checkpoint="true"))
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
+
+    write_jsonl(data, make_documents(400))  # the data it started with: the run finishes
+    assert run_distillation(parse_config(**values, resume_from_checkpoint="true"))["train"]["global_step"] == 4
 
 
 @pytest.mark.parametrize(
