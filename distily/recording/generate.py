@@ -109,11 +109,23 @@ def interrupted_recording(config: GenerateConfig) -> bool:
     return recording is not None and not finished and recording["settings"].get("dataset_name") == output
 
 
+def check_one_process() -> None:
+    """Sampling runs in one process: under a launcher every process would sample the same and write the same
+    ``generate_output``."""
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:
+        raise DistilyConfigError(
+            f"distily generate was launched as {processes} processes (WORLD_SIZE={processes}); expected one: start "
+            "it without accelerate launch or torchrun (a recording of what it wrote, distily record, may use several)"
+        )
+
+
 def run_generation(config: GenerateConfig) -> dict:
     """Sample from the teacher (or its responses to ``generate_prompts``) into ``generate_output``; with
     ``generate_record`` also record the teacher over the samples into ``teacher_store`` (a recording a stopped run
     left unfinished resumes: ``interrupted_recording``). Returns what was written (and the store's manifest)."""
     model_args, args, inference = config.model, config.generate, config.inference
+    check_one_process()
     if args.generate_record:
         check_store_directory(config.record.teacher_store)
         if interrupted_recording(config):

@@ -171,6 +171,18 @@ def test_an_output_below_an_existing_file_is_refused_before_the_teacher_loads(te
     assert (tmp_path / "notes.txt").read_text() == "a user's file"
 
 
+def test_a_launch_of_several_processes_is_refused_before_the_teacher_loads(teacher_dirs, text_file, tmp_path,
+                                                                           monkeypatch):
+    """Every process sampled the same prompts and wrote the same generate_output."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(generate, "load_teacher", lambda *args: pytest.fail("the teacher loaded"))
+    values = _values(teacher_dirs, text_file, tmp_path, generate_output=str(tmp_path / "s.jsonl"))
+    with pytest.raises(DistilyConfigError, match=r"^distily generate was launched as 2 processes \(WORLD_SIZE=2\); "
+                                                 r"expected one"):
+        run_generation(parse_generate_config(**values))
+    assert not (tmp_path / "s.jsonl").exists()
+
+
 def test_teacher_samples_and_responses_hold_only_the_tokenizers_ids(teacher_dirs, text_file, tmp_path, monkeypatch):
     """A teacher whose logits have padding columns past its tokenizer (Qwen2.5: 151,936 against 151,665 ids) could
     sample them, ids no tokenizer can decode or student read: made the likeliest here, none may appear."""
