@@ -124,9 +124,13 @@ def run_sweep(sweep: Sweep) -> list[dict]:
 
 def main(args: list[str], command_line: str) -> int:
     """Exit status 1 when a run failed (the others still ran)."""
-    if not args or args[0] in ("-h", "--help"):
+    if args and args[0] in ("-h", "--help"):
         print(f"usage: distily sweep SWEEP.yaml [--output_dir DIR] [--key value ...]\n\n{sweep_file.__doc__}")
         return 0
+    if not args or args[0].startswith("-"):
+        given = f"{args[0]!r} first" if args else "nothing"
+        raise DistilyConfigError(f"got {given}; expected a sweep file first: distily sweep SWEEP.yaml [--key value ...]"
+                                 " (distily sweep --help describes the file)")
     sweep = sweep_file.load_sweep(args[0], args[1:])
     rows = run_sweep(sweep)
     print_ranking(sweep, rows)

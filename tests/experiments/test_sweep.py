@@ -167,6 +167,15 @@ def test_a_metric_no_finished_run_measured_is_one_line_naming_those_they_did(bas
     check_ranked(sweep, [])  # nothing finished yet: nothing to check
 
 
+def test_a_sweep_without_its_file_is_a_one_line_error(capsys):
+    """It printed the sweep file's description and exited 0, as if it had run."""
+    for args, given in (([], "nothing"), (["--output_dir", "out"], "'--output_dir' first")):
+        assert main(["sweep", *args]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"got {given}; expected a sweep file first" in error
+    assert main(["sweep", "--help"]) == 0 and "usage: distily sweep SWEEP.yaml" in capsys.readouterr().out
+
+
 def test_a_metric_no_run_can_measure_is_refused_before_any_run_starts(base, tmp_path, capsys):
     """A typo in ``metric:`` used to be found after every run had finished, and no results were written."""
     path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"seed": [0, 1]},
