@@ -518,8 +518,8 @@ def check_train_rows(resume: Optional[str], settings: dict, train) -> None:
     raise DistilyConfigError(
         f"resume_from_checkpoint={resume!r} continues a run started on other training rows than {source}="
         f"{settings.get(source)!r} gives now ({TRAIN_ROWS} {was[TRAIN_ROWS][:12]}..., now "
-        f"{settings[TRAIN_ROWS][:12]}...: its data changed since); expected the data it was started with, or "
-        "--overwrite_output_dir true to start over"
+        f"{settings[TRAIN_ROWS][:12]}...: the data, or how a newer Distily frames it, changed since); expected the "
+        "data it was started with, or --overwrite_output_dir true to start over"
     )
 
 

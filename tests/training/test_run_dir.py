@@ -254,7 +254,8 @@ def test_a_resume_on_data_rewritten_under_its_name_is_refused_and_writes_nothing
     out = Path(values["output_dir"])
     written = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
     write_jsonl(data, make_documents(400, seed=5))
-    digests = r"\(train_rows_sha256 [0-9a-f]{12}\.\.\., now [0-9a-f]{12}\.\.\.: its data changed since\)"
+    digests = r"\(train_rows_sha256 [0-9a-f]{12}\.\.\., now [0-9a-f]{12}\.\.\.: " + re.escape(
+        "the data, or how a newer Distily frames it, changed since)")
     refusal = (re.escape(f"resume_from_checkpoint='{out / 'checkpoint-4'}' continues a run started on other training "
                          f"rows than dataset_name='{data}' gives now ") + digests
                + re.escape("; expected the data it was started with, or --overwrite_output_dir true to start over"))
