@@ -2,7 +2,7 @@
 is stopped, and weights that are not finite are never written as a checkpoint."""
 
 import logging
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -77,20 +77,40 @@ class NonFiniteStepGuard:
         return nonfinite_processes.item() == 0
 
     def step(self, *args, **kwargs):
-        counts = self.counts
         if self._finite_everywhere():
-            counts.consecutive = 0
+            self.counts.consecutive = 0
             return self._step(*args, **kwargs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.count_skipped()
+        return None
+
+    def count_skipped(self) -> None:
+        """Count a step skipped for non-finite gradients (here, or by DeepSpeed: ``DeepSpeedSkippedSteps``), and
+        stop the run at ``max_consecutive`` in a row."""
+        counts = self.counts
         counts.consecutive += 1
         counts.skipped += 1
-        self.optimizer.zero_grad(set_to_none=True)
         logger.warning(f"non-finite gradient: optimizer step skipped ({counts.consecutive} in a row)")
         if counts.consecutive >= self.max_consecutive:
             raise DistilyConfigError(
                 f"{counts.consecutive} optimizer steps in a row had non-finite gradients (max_nonfinite_steps="
                 f"{self.max_consecutive}); expected finite losses: lower learning_rate, or use bf16 instead of fp16"
             )
-        return None
+
+
+class DeepSpeedSkippedSteps(TrainerCallback):
+    """DeepSpeed skips a step whose gradients are not finite itself ("OVERFLOW! Skipping step", in float32
+    too), before the guard's wrapped step would run: the guard counts it here, after each optimizer step,
+    from the step's ``step_was_skipped`` (accelerate's DeepSpeed optimizer wrapper; the same on every process).
+    ``guard()`` gives the run's guard, built with the optimizer. Not for fp16, whose loss scaling skips steps as it
+    adjusts its scale."""
+
+    def __init__(self, guard: Callable[[], NonFiniteStepGuard]):
+        self.guard = guard
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None and optimizer.step_was_skipped:
+            self.guard().count_skipped()
 
 
 def local_part(tensor: torch.Tensor) -> torch.Tensor:

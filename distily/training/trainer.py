@@ -25,7 +25,7 @@ from distily.teachers.placement import zero3_enabled
 from distily.teachers.source import TeacherSource
 from distily.training.bitnet_schedule import LATENT_GROUP, BitNetSchedule, BitNetScheduler
 from distily.training.distillation_model import OBJECTIVE, STUDENT, DistillationModel
-from distily.training.guards import NonFiniteStepCounts, NonFiniteStepGuard
+from distily.training.guards import DeepSpeedSkippedSteps, NonFiniteStepCounts, NonFiniteStepGuard
 from distily.training.on_policy import OnPolicyBatches
 from distily.training.step_sums import StepSums
 from distily.training.totals import RunTotals
@@ -78,6 +78,8 @@ class DistillationTrainer(StagedCheckpoints):
         super().__init__(*args, model=DistillationModel(model, objective), **kwargs)
         check_student_saves_whole(self.accelerator)
         self.add_callback(NonFiniteStepCounts())  # before the Trainer's state lists the callbacks it checkpoints
+        if self.is_deepspeed_enabled and not self.args.fp16:
+            self.add_callback(DeepSpeedSkippedSteps(lambda: self.nonfinite_guard))
         self.add_callback(RunTotals())
         for callback in self.callback_handler.callbacks:  # an evaluation before training would log to ./runs
             if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:

@@ -31,19 +31,25 @@ TOLERANCE = 1e-5
 LOGGED = ("loss", "loss_logits", "grad_norm")
 
 
+def _launch_on_two(program: list[str], values: dict, output_dir: Path, **overrides) -> subprocess.CompletedProcess:
+    """``distily distill`` with ``values`` and ``overrides`` into ``output_dir`` on 2 processes under torchrun, each
+    running ``program`` (``distily.cli``, or a script around it)."""
+    config = output_dir.with_suffix(".yaml")
+    config.write_text(yaml.safe_dump({**values, "output_dir": str(output_dir), **overrides}))
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [sys.executable, *launcher, *program, "distill", str(config)]
+    env = {"DS_ACCELERATOR": "cpu", **os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
 def _distill_on_two(values: dict, output_dir: Path, fsdp_version: Optional[int] = None, **overrides) -> dict:
     """Run ``distily distill`` on 2 processes (under FSDP ``fsdp_version`` when given, through
     ``fsdp_on_cpu.py``); the metrics it wrote."""
     if fsdp_version is not None:
         overrides.update(fsdp="full_shard auto_wrap", fsdp_config={"fsdp_version": fsdp_version})
-    config = output_dir.with_suffix(".yaml")
-    config.write_text(yaml.safe_dump({**values, "output_dir": str(output_dir), **overrides}))
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     program = [str(FSDP_ON_CPU)] if fsdp_version is not None else ["-m", "distily.cli"]
-    command = [sys.executable, *launcher, *program, "distill", str(config)]
-    env = {"DS_ACCELERATOR": "cpu", **os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = _launch_on_two(program, values, output_dir, **overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("estimated peak memory") == 1  # the main process reports, once for all
     return json.loads((output_dir / "metrics.json").read_text())
@@ -162,6 +168,18 @@ def test_fsdp2_runs_on_policy_distillation_as_one_process_does(tmp_path):
         assert torch.allclose(tensor, saved[1][name], rtol=1e-5, atol=1e-4), name
 
 
+def _zero_config(directory: Path, stage: int) -> str:
+    """A DeepSpeed config file of ZeRO ``stage`` (the student saved whole under ZeRO-3), its batch sizes, clipping and
+    precision the run's ("auto")."""
+    config = directory / f"zero{stage}.json"
+    config.write_text(json.dumps({
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto", "bf16": {"enabled": "auto"},
+        "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
+    }))
+    return str(config)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                     reason="deepspeed is not installed (pip install --no-build-isolation deepspeed)")
@@ -174,14 +192,8 @@ def test_deepspeed_zero2_and_zero3_match_one_process(teacher_dirs, run_values, t
     one = _distill_here(values, tmp_path / "one", per_device_train_batch_size=8)
     saved = load_file(tmp_path / "one" / "model.safetensors")
     for stage in (2, 3):
-        config = tmp_path / f"zero{stage}.json"
-        config.write_text(json.dumps({
-            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-            "gradient_clipping": "auto", "bf16": {"enabled": "auto"},
-            "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
-        }))
         run = tmp_path / f"zero{stage}"
-        metrics = _distill_on_two(values, run, per_device_train_batch_size=4, deepspeed=str(config))
+        metrics = _distill_on_two(values, run, per_device_train_batch_size=4, deepspeed=_zero_config(tmp_path, stage))
         _assert_same_curve(_curve(tmp_path / "one"), _curve(run))
         for key in ("before_loss", "after_loss", "after_kl_to_teacher"):
             assert metrics["student"][key] == pytest.approx(one["student"][key], rel=TOLERANCE), (stage, key)
@@ -189,3 +201,20 @@ def test_deepspeed_zero2_and_zero3_match_one_process(teacher_dirs, run_values, t
         assert student.keys() == saved.keys()
         for name, tensor in saved.items():
             assert torch.allclose(tensor, student[name], rtol=1e-5, atol=1e-5), (stage, name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="deepspeed is not installed (pip install --no-build-isolation deepspeed)")
+def test_deepspeed_runs_stop_after_max_nonfinite_steps(teacher_dirs, run_values, tmp_path):
+    """DeepSpeed skips a step of non-finite gradients itself, before Distily's guard would: ZeRO-2 and ZeRO-3 runs
+    whose losses are NaN from the second step once trained to the end (skipping, logging a loss of 0) and wrote a
+    student as finished. Now they stop at the second such step in a row, as one process does, with nothing written."""
+    values = {**_run_values(run_values(teacher_dirs["llama"])), "max_nonfinite_steps": 2, "save_strategy": "no"}
+    for stage in (2, 3):
+        run = tmp_path / f"zero{stage}"
+        done = _launch_on_two([str(Path(__file__).with_name("nan_losses.py"))], values, run,
+                              per_device_train_batch_size=4, deepspeed=_zero_config(tmp_path, stage))
+        assert done.returncode != 0, stage
+        assert "2 optimizer steps in a row had non-finite gradients" in done.stderr, done.stderr[-3000:]
+        assert sorted(path.name for path in run.iterdir()) == ["run_settings.json"], stage

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from distily.config import parse_config, parse_record_config
 from distily.errors import DistilyConfigError
 from distily.objectives.objective import LogitsComponent
 from distily.training.distill import run_distillation
-from distily.training.guards import NonFiniteStepGuard, all_finite
+from distily.training.guards import DeepSpeedSkippedSteps, NonFiniteStepGuard, all_finite
 from distily.recording.run import run_recording
 from distily.training.trainer import DistillationTrainer
 from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
@@ -44,6 +45,24 @@ def test_guard_skips_a_non_finite_step_and_stops_after_too_many():
     weight.grad = torch.tensor([float("inf"), 0.0, 0.0])
     with pytest.raises(DistilyConfigError, match="2 optimizer steps in a row had non-finite gradients"):
         optimizer.step()
+
+
+def test_steps_deepspeed_skipped_count_as_skipped_and_stop_the_run():
+    """DeepSpeed skips a step of non-finite gradients itself, so the guard's wrapped step never ran for it; the
+    callback counts it from the step's ``step_was_skipped`` (end to end: ``test_multiprocess``)."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    guard = NonFiniteStepGuard(torch.optim.SGD([weight], lr=0.1), max_consecutive=2)
+    callback = DeepSpeedSkippedSteps(lambda: guard)
+
+    def step(skipped: bool) -> None:
+        callback.on_optimizer_step(None, None, None, optimizer=SimpleNamespace(step_was_skipped=skipped))
+
+    step(False)
+    assert guard.counts.skipped == 0
+    step(True)
+    assert (guard.counts.skipped, guard.counts.consecutive) == (1, 1)
+    with pytest.raises(DistilyConfigError, match="2 optimizer steps in a row had non-finite gradients"):
+        step(True)
 
 
 @pytest.mark.parametrize("modes", [["fsdp2", "fsdp1"], ["zero3"]], ids=["fsdp", "zero3"])
