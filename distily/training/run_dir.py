@@ -9,7 +9,7 @@
 - output_dir is never one of the run's inputs (a model, tokenizer, config or teacher store) nor a folder holding
   one, and a folder that no Distily run wrote is written into only when the run would replace none of its files
   (model weights, config, tokenizer, model card, report), or with ``overwrite_output_dir``.
-- The settings that shape a run (models, data, objective, on-policy sampling, optimizer, global batch) are
+- The settings that shape a run (models, data and its order, objective, on-policy sampling, optimizer, global batch) are
   recorded in ``run_settings.json`` when it starts; a resume with other values is refused. A resume from a
   checkpoint of another directory goes only into an output_dir without checkpoints or a finished run.
   Once the data loads, a sample of the training rows is recorded with them too (``check_train_rows``): a resume on
@@ -150,9 +150,9 @@ class RunDir:
         return Path(checkpoint).resolve().parent == self.path.resolve()
 
 
-# Settings a resumed run must share with the run that wrote its checkpoint: what it trains on, the models, the
-# objective, on-policy sampling and the optimizer. Anything else (max_steps, logging, evaluation, checkpoints,
-# precision, workers, back ends) may change.
+# Settings a resumed run must share with the run that wrote its checkpoint: what it trains on and in which order,
+# the models, the objective, on-policy sampling and the optimizer. Anything else (max_steps, logging, evaluation,
+# checkpoints, precision, workers, back ends) may change.
 DATA_KEYS = ("dataset_name", "dataset_config_name", "dataset_split", "dataset_text_column", "dataset_messages_column",
              "dataset_prompt_column", "dataset_completion_column", "chat_template", "student_chat_template",
              "chat_template_kwargs", "chat_template_date", "loss_on", "max_seq_length", "packing",
@@ -161,6 +161,8 @@ RECORD_KEYS = ("teacher_source", "teacher_store")
 TRAINING_KEYS = ("seed", "data_seed", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps",
                  "weight_decay", "optim", "optim_args", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
                  "bitnet_schedule", "bitnet_stage_boundary",
+                 # the order the training rows are drawn in, and whether an epoch ends with a short batch
+                 "train_sampling_strategy", "dataloader_drop_last",
                  # on-policy: how often the student's own completions replace a batch, and how they are sampled
                  # (on_policy_backend may change: hf and vllm sample the same distribution)
                  "lmbda", "on_policy_temperature", "on_policy_top_p", "on_policy_max_new_tokens")

@@ -202,10 +202,12 @@ def test_the_resume_command_drops_the_overwrite_flag_and_its_value_only(flags, k
 @pytest.mark.parametrize(
     "key, value",
     [("lmbda", 0.5), ("on_policy_temperature", 0.5), ("on_policy_top_p", 0.9), ("on_policy_max_new_tokens", 16),
-     ("student_chat_template", "{{ messages }}")],
+     ("student_chat_template", "{{ messages }}"), ("train_sampling_strategy", "sequential"),
+     ("dataloader_drop_last", True)],
 )
-def test_a_resume_that_changes_on_policy_sampling_or_the_student_chat_template_is_refused(key, value, teacher_dirs,
-                                                                                        run_values):
+def test_a_resume_that_changes_on_policy_sampling_the_data_order_or_the_chat_template_is_refused(key, value,
+                                                                                               teacher_dirs,
+                                                                                               run_values):
     values = run_values(teacher_dirs["llama"])
     checkpoint = Path(values["output_dir"]) / "checkpoint-2"
     checkpoint.mkdir(parents=True)
