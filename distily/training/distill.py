@@ -146,6 +146,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     tasks = task_manager(config.evaluation) if config.evaluation.lm_eval_tasks else None  # unknown tasks fail now
     set_seed(training.seed)
 
+    shards = parameter_shards(training)  # read before models_loaded_whole sets a ZeRO-3 config aside
     with models_loaded_whole():  # checked before training; DeepSpeed ZeRO-3 partitions them after
         teacher = open_teacher(config)
         check_chat_template(teacher.tokenizer, config.evaluation)
@@ -165,7 +166,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
             estimate = estimate_memory(
                 teacher.live_model, student, objective, training.per_device_train_batch_size, row_length,
                 training.bf16 or training.fp16, training.optim, training.device.type,
-                checkpointed_every_n_layers(training), parameter_shards(training),
+                checkpointed_every_n_layers(training), shards,
                 accumulation_steps=training.gradient_accumulation_steps,
             )
             logger.info(check_memory(estimate, training.device))

@@ -56,3 +56,26 @@ def test_distill_opens_its_models_whole_and_gives_the_trainer_the_zero3_config(
     with pytest.raises(RuntimeError, match="stop before training"):
         run_distillation(parse_config(**run_values(teacher_dirs["llama"])))
     assert seen == {"opening": False, "trainer": True}
+
+
+
+def test_the_memory_estimate_reads_the_zero3_config(teacher_dirs, run_values, zero3_run, monkeypatch):
+    """The estimate before training is made while the models load whole, with transformers' ZeRO-3 config set
+    aside: read then, the run was no ZeRO-3 one and every model counted whole on each process (on 2 CPU processes,
+    4.88 MiB with the whole teacher's 0.72 MiB of weights, against 3.86 MiB and 0.36 MiB), so a teacher too big for
+    one device was refused. The shards are read with the config in place and reach the estimate."""
+    seen = {}
+
+    def parameter_shards(training):
+        seen["zero3"] = hf_deepspeed.is_deepspeed_zero3_enabled()
+        return 2, 2
+
+    def estimate_memory(*args, **kwargs):
+        seen["shards"] = args[9]
+        raise RuntimeError("stop at the estimate")
+
+    monkeypatch.setattr(distill, "parameter_shards", parameter_shards)
+    monkeypatch.setattr(distill, "estimate_memory", estimate_memory)
+    with pytest.raises(RuntimeError, match="stop at the estimate"):
+        run_distillation(parse_config(**run_values(teacher_dirs["llama"])))
+    assert seen == {"zero3": True, "shards": (2, 2)}
