@@ -154,7 +154,8 @@ def write_sweep(work_dir: str, name: str, spec: dict) -> Sweep:
 
 def heldout_blocks(text_file: Path, tokenizer, seq_length: int, cache_dir: Path, limit: int):
     """``limit`` blocks (all: 0) of ``text_file``, by article, framed as the models were trained: the sample every
-    run's eval set of that ``max_samples`` takes (``distily.data.training_data.evaluated_rows``), not the first blocks."""
+    run's eval set of that ``max_samples`` takes (``distily.data.training_data.evaluated_rows``), not the first
+    blocks."""
     spec = {"path": str(text_file), "config": None, "split": "train", "text_column": "text",
             "max_samples": limit or None}
     return load_eval_set(text_file.stem, spec, tokenizer, seq_length, str(cache_dir),
