@@ -16,9 +16,9 @@ from distily.config import parse_config
 from distily.data.store import StoreWriter
 from distily.training.checkpoints import write_checksums
 from distily.training.run_dir import RunDir, pin_chat_template_date, run_settings
-from distily.training.trainer import DistillationTrainer
 from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 from file_tree import tree
+from interrupts import ctrl_c_at_training_step
 from small_filesystem import remount, small_filesystem
 from tiny import make_documents, make_tokenizer, save_tiny_masked_lm, write_jsonl
 
@@ -752,16 +752,7 @@ def test_ctrl_c_during_training_is_one_line_with_the_resume_command(tmp_path, te
                         save_strategy="steps", save_steps=2)
     out = Path(values["output_dir"])
     previous_run(out)
-    step = DistillationTrainer.training_step
-    calls = []
-
-    def ctrl_c_at_step_3(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(DistillationTrainer, "training_step", ctrl_c_at_step_3)
+    ctrl_c_at_training_step(monkeypatch, 3)
     assert run_cli(tmp_path, values) == 130
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1]

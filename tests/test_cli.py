@@ -40,22 +40,13 @@ def test_ctrl_c_during_training_starts_its_line_after_the_progress_bar(tmp_path,
     import yaml
 
     from distily.training.run_dir import RunDir
-    from distily.training.trainer import DistillationTrainer
+    from interrupts import ctrl_c_at_training_step
 
     values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=6,
                         save_strategy="steps", save_steps=2, disable_tqdm=False)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(values))
-    step = DistillationTrainer.training_step
-    calls = []
-
-    def ctrl_c_at_step_3(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(DistillationTrainer, "training_step", ctrl_c_at_step_3)
+    ctrl_c_at_training_step(monkeypatch, 3)
     assert main(["distill", str(config)]) == 130
     err = capsys.readouterr().err
     out = Path(values["output_dir"])

@@ -25,6 +25,7 @@ from distily.training.distill import run_distillation
 from distily.training.run_dir import RunDir, output_dir_lock
 from distily.training.trainer import DistillationTrainer
 from file_tree import tree
+from interrupts import ctrl_c_at_training_step
 from tiny import make_documents, write_jsonl
 
 
@@ -157,17 +158,8 @@ def test_ctrl_c_prints_the_resume_command_and_it_finishes_the_run(teacher_dirs, 
     values = _values(run_values, teacher_dirs, max_steps=6)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(values))
-    step = DistillationTrainer.training_step
-    calls = {"n": 0}
-
-    def ctrl_c_at_step_3(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return step(self, *args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(DistillationTrainer, "training_step", ctrl_c_at_step_3)
+        ctrl_c_at_training_step(patch, 3)
         assert main(["distill", str(config), "--logging_steps", "1"]) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
     out = Path(values["output_dir"])
