@@ -324,7 +324,8 @@ class RenderedConversation:
         return turn.closing
 
 
-def _not_prefix_consistent(messages: list[dict], before: str, text: str, row: int, turn: int) -> DistilyConfigError:
+def _not_prefix_consistent(messages: list[dict], before: str, text: str, where: str,
+                           turn: int) -> DistilyConfigError:
     """The error for a conversation whose rendering up to assistant turn ``turn`` (``before``) does not start its
     whole rendering ``text``: it says so of a system message the template writes only while a user's turn is the
     conversation's last (Mistral v3's and Nemo's write it into that turn, so a conversation ending with an answer
@@ -332,13 +333,13 @@ def _not_prefix_consistent(messages: list[dict], before: str, text: str, row: in
     if any(text.count(message["content"]) < before.count(message["content"])
            for message in messages if message["role"] == "system" and message["content"].strip()):
         return DistilyConfigError(
-            f"the chat template writes row {row}'s system message only where a user's turn is the conversation's "
+            f"the chat template writes {where}'s system message only where a user's turn is the conversation's "
             "last (as Mistral v3's and Nemo's put it into the last user turn): its rendering ending with an answer "
             f"leaves it out, its rendering up to assistant turn {turn} holds it; expected rows without a system "
             "message for this template, or a chat_template that keeps the system message before every turn"
         )
     return DistilyConfigError(
-        f"the chat template renders row {row} up to its assistant turn {turn} as text that does not start the "
+        f"the chat template renders {where} up to its assistant turn {turn} as text that does not start the "
         "whole conversation's; expected a prefix-consistent template (each turn appended to the ones before)"
     )
 
@@ -378,11 +379,11 @@ def _shown_content(text: str, content: str, begin: int, closing: Optional[int]) 
 
 
 def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                    row: int) -> RenderedConversation:
+                    where: str) -> RenderedConversation:
     """The conversation as ``template`` renders it, tokenized, and where each assistant turn with content lies in
-    it (the module's docstring says how); ``row`` names the conversation in errors."""
+    it (the module's docstring says how); ``where`` names the conversation in errors (``row 3``)."""
     def render(turns: list[dict], generation_prompt: bool) -> str:
-        return render_chat(tokenizer, turns, template, generation_prompt, f"row {row}")
+        return render_chat(tokenizer, turns, template, generation_prompt, where)
 
     text = render(messages, False)
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -399,7 +400,7 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
         if not text.startswith(prompt):
             before = render(messages[:turn], False)
             if not text.startswith(before):
-                raise _not_prefix_consistent(messages, before, text, row, turn)
+                raise _not_prefix_consistent(messages, before, text, where, turn)
             begin = _held_prompt_end(tokenizer, prompt, before, text)
         after = bisect.bisect_left(special_starts, begin)
         if after > 0 and special_spans[after - 1][1] > begin:  # a role token that takes the whitespace after it
@@ -412,20 +413,20 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
         if start < 0:
             held = sorted(token for token in set(special.values()) if token in content)
             raise DistilyConfigError(
-                f"row {row}'s assistant turn {turn} holds {held[0]!r}, the text of one of the tokenizer's special "
+                f"{where}'s assistant turn {turn} holds {held[0]!r}, the text of one of the tokenizer's special "
                 "tokens, which it reads as that token, not as the answer's text; expected answers without "
                 "special-token text"
             ) if held else DistilyConfigError(
-                f"the chat template does not render row {row}'s assistant turn {turn} after its generation prompt "
+                f"the chat template does not render assistant turn {turn} of {where} after its generation prompt "
                 "and before the next special token; expected the assistant's content there verbatim, or its end (as "
                 "Qwen3's template keeps of an earlier answer, without its <think> reasoning)"
             )
         if last and _squeezed(shown) != _squeezed(content):
             raise DistilyConfigError(
-                f"the chat template leaves the assistant only the end of row {row}'s last answer (turn {turn}) after "
-                "the generation prompt (the DeepSeek-R1 distills' template drops its <think> reasoning; Qwen3's prompt "
-                "holds an empty one with enable_thinking=false); expected that answer whole: another chat_template "
-                "or chat_template_kwargs, or answers without reasoning"
+                f"the chat template leaves the assistant only the end of the last answer (turn {turn}) of {where} "
+                "after the generation prompt (the DeepSeek-R1 distills' template drops its <think> reasoning; Qwen3's "
+                "prompt holds an empty one with enable_thinking=false); expected that answer whole: another "
+                "chat_template or chat_template_kwargs, or answers without reasoning"
             )
         turns.append(AssistantTurn(turn, begin, start, start + len(shown), closing))
     return RenderedConversation(text, ids, offsets, turns)
@@ -435,7 +436,7 @@ def masked_assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerB
                            row: int) -> tuple[RenderedConversation, list[int], list[int]]:
     """The rendered conversation, the mask of its assistant's tokens (see ``assistant_token_mask``) and the first
     masked token of each of its assistant turns."""
-    rendered = assistant_turns(messages, tokenizer, template, row)
+    rendered = assistant_turns(messages, tokenizer, template, f"row {row}")
     offsets, mask, firsts = rendered.offsets, [0] * len(rendered.ids), []
     token_ends = [last for _, last in offsets]  # ascending
     for turn in rendered.turns:

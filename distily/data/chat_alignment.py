@@ -160,7 +160,8 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -
     """The special token that closes an assistant turn as ``template`` renders one (None when the turn ends
     otherwise), found on a two-turn probe conversation."""
     probe = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hello."}]
-    rendered = assistant_turns(probe, tokenizer, template, row=-1)
+    where = "the conversation Distily renders to find the template's end-of-turn token"
+    rendered = assistant_turns(probe, tokenizer, template, where)
     (turn,) = rendered.turns
     end_of_turn = rendered.end_of_turn_start(turn)
     return next((token for token, (start, _) in zip(rendered.ids, rendered.offsets) if start == end_of_turn), None)

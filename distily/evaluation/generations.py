@@ -100,7 +100,8 @@ def answer_opening(turns: list[dict], reference: str, tokenizer: PreTrainedToken
     content (mostly nothing)."""
     if not reference.strip():
         return ""
-    rendered = assistant_turns(turns + [{"role": "assistant", "content": reference}], tokenizer, template, row)
+    rendered = assistant_turns(turns + [{"role": "assistant", "content": reference}], tokenizer, template,
+                               f"row {row}")
     answer = rendered.turns[-1]
     return rendered.text[answer.start:answer.content_start]
 

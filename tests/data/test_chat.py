@@ -77,7 +77,7 @@ def test_reasoning_in_qwen3s_last_answer_is_the_assistants_and_an_earlier_answer
     # a template that leaves the assistant's turns out: nothing of them to mask
     dropping = QWEN3_TEMPLATE.replace("{{ answer + '<|im_end|>\\n' }}", "{{ '' }}")
     assert dropping != QWEN3_TEMPLATE
-    with pytest.raises(DistilyConfigError, match="row 0's assistant turn 1 .* verbatim, or its end"):
+    with pytest.raises(DistilyConfigError, match="assistant turn 1 of row 0 .* verbatim, or its end"):
         assistant_token_mask([question, thought, question, later], tokenizer, ChatTemplate(dropping), 0)
 
 
@@ -121,14 +121,14 @@ def test_a_template_that_writes_only_the_end_of_the_last_answer_is_refused():
     r1 = _r1_tokenizer()
     question = {"role": "user", "content": "the cat sleeps."}
     thought = {"role": "assistant", "content": "<think>\nI repeat it.\n</think>\n\nthe cat sleeps."}
-    with pytest.raises(DistilyConfigError, match=r"\A[^\n]*only the end of row 0's last answer \(turn 1\)"):
+    with pytest.raises(DistilyConfigError, match=r"\A[^\n]*only the end of the last answer \(turn 1\) of row 0 "):
         assistant_token_mask([question, thought], r1, ChatTemplate(r1.chat_template), 0)
     assert _masked_text([question, thought, question, {"role": "assistant", "content": "yes."}], r1) == (
         "\n\nthe cat sleeps." + r1.eos_token + "yes." + r1.eos_token)
     # Qwen3's generation prompt with enable_thinking=false holds an empty <think> block: a last answer with
     # reasoning is no answer the model writes after it
     qwen3 = make_chat_tokenizer("qwen3")
-    with pytest.raises(DistilyConfigError, match=r"only the end of row 0's last answer \(turn 1\)"):
+    with pytest.raises(DistilyConfigError, match=r"only the end of the last answer \(turn 1\) of row 0 "):
         no_thinking = ChatTemplate(qwen3.chat_template, {"enable_thinking": False})
         assistant_token_mask([question, thought], qwen3, no_thinking, 0)
 

@@ -68,7 +68,8 @@ def test_positions_align_on_the_same_characters_of_each_answer(teacher_style, st
         if teacher_style == "gemma" and messages[0]["role"] == "system":
             messages = messages[1:]  # Gemma's template folds a system turn into the first question: kept apart here
         aligned_row = align_conversation(messages, row, student, teacher)
-        renderings = [assistant_turns(messages, s.tokenizer, s.chat.template, row) for s in (student, teacher)]
+        renderings = [assistant_turns(messages, s.tokenizer, s.chat.template, f"row {row}")
+                      for s in (student, teacher)]
         student_rendered, teacher_rendered = renderings
         assert (aligned_row[INPUT_IDS], aligned_row[TEACHER_INPUT_IDS]) == (student_rendered.ids, teacher_rendered.ids)
         pairs = read_alike(renderings, aligned_row[ALIGNED])
@@ -172,7 +173,8 @@ def test_the_position_before_an_answer_pairs_only_where_both_have_read_their_who
     student, teacher = (plain, chatml) if plain_role == "student" else (chatml, plain)
     for row, messages in enumerate(make_conversations(6, seed=2)):
         aligned = align_conversation(messages, row, student, teacher)[ALIGNED]
-        renderings = [assistant_turns(messages, s.tokenizer, s.chat.template, row) for s in (student, teacher)]
+        renderings = [assistant_turns(messages, s.tokenizer, s.chat.template, f"row {row}")
+                      for s in (student, teacher)]
         plain_rendered = renderings[0 if plain_role == "student" else 1]
         spanned = [any(start < turn.start < end for start, end in plain_rendered.offsets)
                    for turn in plain_rendered.turns]
@@ -195,6 +197,27 @@ COMPLETION_SIDES = {  # student, teacher: (tokenizer, style)
     "byte_level_student": ((make_chat_tokenizer, "llama3"), (make_sentencepiece_chat_tokenizer, "chatml")),
     "prepend_first_teacher": ((make_chat_tokenizer, "llama3"), (sentencepiece_first_chat_tokenizer, "phi3")),
 }
+
+
+HARMONY_TEMPLATE = (  # gpt-oss's habit: after the generation prompt <|start|>assistant the model writes its channel
+    # (<|channel|>final<|message|>), special tokens before the answer, which Distily does not read as an answer's
+    "{% for message in messages %}{{ '<|start|>' + message['role'] }}{% if message['role'] == 'assistant' %}"
+    "{{ '<|channel|>final' }}{% endif %}{{ '<|message|>' + message['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("template", [HARMONY_TEMPLATE, "{{ raise_exception('Only tool conversations') }}"])
+def test_a_template_whose_end_of_turn_is_not_found_is_refused_naming_the_probe_conversation(template):
+    """distily generate and on-policy runs find the end-of-turn token on a conversation of their own; an error there
+    names that conversation in one line (it named a 'row -1' of the user's data)."""
+    tokenizer = make_chat_tokenizer("chatml")
+    tokenizer.add_tokens(["<|start|>", "<|channel|>", "<|message|>", "<|end|>"], special_tokens=True)
+    with pytest.raises(DistilyConfigError) as err:
+        end_of_turn_id(tokenizer, ChatTemplate(template))
+    message = str(err.value)
+    assert "\n" not in message and not re.search(r"\brow\b", message)
+    assert "the conversation Distily renders to find the template's end-of-turn token" in message
 
 
 @pytest.mark.parametrize("text", ["a dog finds the tree slowly.", " the café sees 🙂 today.", "\nthe cat.", ""])
