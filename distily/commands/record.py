@@ -20,8 +20,9 @@ def summary_table(manifest: dict) -> Table:
     table.add_column("k", justify="right")
     table.add_column("KL(teacher || rebuilt), nats/token", justify="right")
     table.add_column("tail mass", justify="right")
-    for k, values in manifest.get("fidelity", {}).get("by_k", {}).items():
-        table.add_row(k, f"{values['kl']:.5f}", f"{values['tail_mass']:.5f}")
+    by_k = manifest.get("fidelity", {}).get("by_k", {})
+    for k in sorted(by_k, key=int):  # manifest.json's keys are text, sorted as text: 128 before 32 and 8
+        table.add_row(k, f"{by_k[k]['kl']:.5f}", f"{by_k[k]['tail_mass']:.5f}")
     return table
 
 

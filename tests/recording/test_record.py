@@ -17,6 +17,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from distily.cli import main
+from distily.commands.record import summary_table
 from distily.config import parse_config, parse_record_config
 from distily.data.framing import INPUT_IDS
 from distily.data.store import (
@@ -385,3 +386,11 @@ def test_a_tokenizer_past_the_teachers_embedding_is_refused_before_a_row_is_reco
                                                      r"teacher's input embedding has 320 rows"):
             _record(teacher, text_file, tmp_path, packing=packing)
         assert not (tmp_path / "store").exists()
+
+
+def test_the_fidelity_report_lists_k_in_increasing_order():
+    # as manifest.json reads back: its keys sorted as text
+    by_k = {k: {"kl": 1 / int(k), "tail_mass": 0.5} for k in sorted(["8", "16", "32", "64", "128"])}
+    manifest = {"settings": {"record_top_k": 16}, "bytes_per_topk_entry": 4, "bytes_per_token": 74.0,
+                "fidelity": {"by_k": by_k}}
+    assert list(summary_table(manifest).columns[0].cells) == ["8", "16", "32", "64", "128"]
