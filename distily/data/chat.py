@@ -18,9 +18,12 @@ conversation ending with an answer loses). The turn's content must follow it ver
 the next special token (its last occurrence there), or there the end of the content alone, whitespace aside (Qwen3's
 template drops the ``<think>`` reasoning of answers before the last user turn, and writes the last answer's
 reasoning between newlines of its own), or in a template without special tokens right after the prompt (whitespace
-aside); else the row is refused. The conversation's last message, when an answer, must be shown whole (whitespace
-aside): a template that keeps only its end (the R1 distills' drop its reasoning) is refused, as it would teach an
-answer without the reasoning the model writes first. The assistant's tokens run from the generation prompt's end to
+aside); or, where the model writes special tokens before it (gpt-oss's ``<|channel|>final<|message|>`` after the
+generation prompt ``<|start|>assistant``), where the rendering writes it (its rendering with a character appended to
+the answer parts from the text there), after the prompt and holding no special token; else the row is refused. The
+conversation's last message, when an answer, must be shown whole (whitespace aside): a template that keeps only its
+end (the R1 distills' drop its reasoning) is refused, as it would teach an answer without the reasoning the model
+writes first. The assistant's tokens run from the generation prompt's end to
 the content's: text the template puts between them is the model's to write (Qwen3's template opens the last answer
 with an empty ``<think>`` block, which the model writes when it answers without reasoning); a special token the
 prompt ends inside is the prompt's (Phi-3's ``<|assistant|>`` takes the whitespace after it, so also the leading
@@ -39,7 +42,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import datasets
 from jinja2.exceptions import TemplateError
@@ -304,7 +307,8 @@ class AssistantTurn:
     start: int  # right after its generation prompt: the first character the model writes
     content_start: int  # its content (whitespace-stripped), verbatim from here
     content_end: int
-    closing: Optional[int]  # where the first special token after the generation prompt starts; None: no such token
+    closing: Optional[int]  # where the first special token after the generation prompt starts (after the content
+    # where the model writes special tokens before it: gpt-oss's channel); None: no such token
 
 
 @dataclass(frozen=True)
@@ -378,6 +382,29 @@ def _shown_content(text: str, content: str, begin: int, closing: Optional[int]) 
     return start, content
 
 
+def _written_at(messages: list[dict], turn: int, text: str, render: Callable[[list[dict], bool], str]) -> int:
+    """Where the conversation's rendering ``text`` writes message ``turn``'s whitespace-stripped content: its
+    rendering (by ``render``) with a character appended to that content parts from ``text`` where the content ends.
+    -1 when the text there does not end with the content (a template that changes it)."""
+    content = messages[turn]["content"]
+    appended = [*messages[:turn], {**messages[turn], "content": content.rstrip() + "\x00"}, *messages[turn + 1:]]
+    end = len(os.path.commonprefix([render(appended, False), text]))
+    return end - len(content.strip()) if text[:end].endswith(content.strip()) else -1
+
+
+def _after_written_special_tokens(messages: list[dict], turn: int, text: str, render: Callable[[list[dict], bool], str],
+                                  begin: int, special_starts: list[int]) -> tuple[int, Optional[int]]:
+    """Where answer ``turn``'s whitespace-stripped content starts when the model writes special tokens between its
+    generation prompt's end ``begin`` and it (gpt-oss's ``<|channel|>final<|message|>``), and where the special token
+    after it starts (None: none): where the conversation's rendering ``text`` writes it (``_written_at``), after
+    ``begin`` and holding no special token (``special_starts``, ascending). The start is -1 otherwise."""
+    start = _written_at(messages, turn, text, render)
+    after = bisect.bisect_left(special_starts, start + len(messages[turn]["content"].strip()))
+    if start < begin or bisect.bisect_left(special_starts, start) != after:
+        return -1, None
+    return start, special_starts[after] if after < len(special_starts) else None
+
+
 def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
                     where: str) -> RenderedConversation:
     """The conversation as ``template`` renders it, tokenized, and where each assistant turn with content lies in
@@ -410,6 +437,8 @@ def assistant_turns(messages: list[dict], tokenizer: PreTrainedTokenizerBase, te
         if not last:
             begin = _own_start(text, content, begin, closing)
         start, shown = _shown_content(text, content, begin, closing)
+        if start < 0 and closing is not None:
+            start, closing = _after_written_special_tokens(messages, turn, text, render, begin, special_starts)
         if start < 0:
             held = sorted(token for token in set(special.values()) if token in content)
             raise DistilyConfigError(

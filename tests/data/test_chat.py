@@ -17,6 +17,7 @@ from distily.data.batches import collate
 from distily.data.chat import (
     MESSAGES_FORMAT, ChatTemplate, assistant_token_mask, conversations, prompt_ids, run_chat_template,
 )
+from distily.data.chat_alignment import end_of_turn_id
 from distily.data.documents import load_training_documents
 from distily.data.framing import INPUT_IDS, LOSS_MASK, POSITION_IDS, check_document_isolation, model_inputs
 from distily.data.training_data import build_datasets
@@ -196,6 +197,43 @@ def test_mistrals_system_message_in_the_last_user_turn_only_is_refused_saying_so
         with pytest.raises(DistilyConfigError, match=r"\A[^\n]*system message only where a user's turn is the "
                                                      r"conversation's last[^\n]*rows without a system message"):
             assistant_token_mask(conversation, tokenizer, template, 3)
+
+
+HARMONY_TEMPLATE = (  # gpt-oss's habits: after the generation prompt <|start|>assistant the model writes its channel
+    # (<|channel|>final<|message|>, special tokens) before the answer; the last answer ends <|return|>, after its
+    # analysis channel when it has thinking, earlier ones <|end|>. The assistant's part in {% generation %} markers
+    "{% for message in messages %}{% if message['role'] != 'assistant' %}"
+    "{{ '<|start|>' + message['role'] + '<|message|>' + message['content'] + '<|end|>' }}"
+    "{% elif loop.last and not add_generation_prompt %}{{ '<|start|>assistant' }}{% generation %}"
+    "{% if message.thinking is defined %}{{ '<|channel|>analysis<|message|>' + message.thinking + "
+    "'<|end|><|start|>assistant' }}{% endif %}{{ '<|channel|>final<|message|>' + message['content'] + '<|return|>' }}"
+    "{% endgeneration %}{% else %}{{ '<|start|>assistant' }}{% generation %}"
+    "{{ '<|channel|>final<|message|>' + message['content'] + '<|end|>' }}{% endgeneration %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
+)
+
+
+def test_special_tokens_the_model_writes_before_its_answer_are_the_assistants_as_generation_markers_say():
+    """gpt-oss's template: the answer follows special tokens the model writes after the generation prompt. The mask
+    is transformers' {% generation %} mask (on the marked template; Distily renders it without the markers), also
+    for answers that are a channel's or role's name and a thinking that repeats the answer; the end of turn is
+    <|return|>; the on-policy prompt, the row up to its last answer, is the template's generation prompt."""
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens(["<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>"], special_tokens=True)
+    plain = re.sub(r"{% (end)?generation %}", "", HARMONY_TEMPLATE)
+    conversations = make_conversations(6)
+    conversations[1][-1] = {"role": "assistant", "content": "user", "thinking": "user"}
+    conversations[2][1]["content"] = "final"
+    conversations[4][-1]["thinking"] = "the cat sees a book."
+    for row, messages in enumerate(conversations):
+        ids, mask = assistant_token_mask(messages, tokenizer, ChatTemplate(plain), row)
+        marked = tokenizer.apply_chat_template(messages, chat_template=HARMONY_TEMPLATE, return_dict=True,
+                                               return_assistant_tokens_mask=True)
+        assert (ids, mask) == (marked[INPUT_IDS], marked["assistant_masks"])
+        first_of_last = max(at for at in range(len(mask)) if mask[at] and not mask[at - 1])
+        assert ids[:first_of_last] == tokenizer.apply_chat_template(
+            messages[:-1], chat_template=plain, add_generation_prompt=True, return_dict=True)[INPUT_IDS]
+    assert end_of_turn_id(tokenizer, ChatTemplate(plain)) == tokenizer.convert_tokens_to_ids("<|return|>")
 
 
 @pytest.mark.parametrize("style", CHAT_STYLES)
