@@ -96,10 +96,12 @@ def test_layer_search_errors_name_the_bad_value(search, message, base, tmp_path)
 
 
 def test_layer_search_ranks_the_candidates_by_heldout_loss(base, tmp_path):
-    sweep = load_sweep(search_file(tmp_path, base, maps=["all", "last"], single_pairs={"student": [1], "teacher": [1]}))
+    trained = {**base, "warmup_steps": 0, "learning_rate": 1e-2}  # the one step moves the student (no warmup)
+    sweep = load_sweep(search_file(tmp_path, trained, maps=["all", "last"],
+                                   single_pairs={"student": [1], "teacher": [1]}))
     rows = run_sweep(sweep)
     losses = [row["student.after_lm_loss"] for row in rows]
-    assert [row["status"] for row in rows] == ["finished"] * 3 and losses == sorted(losses)
+    assert [row["status"] for row in rows] == ["finished"] * 3 and losses == sorted(set(losses))  # three values
     assert [row["rank"] for row in rows] == [1, 2, 3]
 
     console = Console(record=True, width=200)

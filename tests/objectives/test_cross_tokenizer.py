@@ -257,7 +257,7 @@ def test_distilling_chat_across_tokenizers_teaches_the_student_the_answers(two_t
     saved = AutoTokenizer.from_pretrained(tmp_path / "kd")
     assert saved.chat_template == CHAT_STYLES["chatml"][0]
     card = (tmp_path / "kd" / "README.md").read_text()
-    assert "conversations rendered with each model's own chat template" in card and "`loss_on: assistant`" in card
+    assert "tokens, rendered with each model's own chat template" in card and "`loss_on: assistant`" in card
     assert ("held-out data: 15 conversations of at most 96 tokens set aside before training, on their assistant's"
             in card)
     (method,) = [line for line in card.splitlines() if line.startswith("- `logits`")]
