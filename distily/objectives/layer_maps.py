@@ -29,6 +29,11 @@ LayerPairs = list[tuple[int, int]]
 LayerMap = Callable[..., LayerPairs]
 
 
+def is_index(value) -> bool:
+    """A layer index or count as a config gives it: an int, not a bool (YAML's true would read as layer 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def relative_depth(student_index: int, student_depth: int, teacher_depth: int) -> int:
     """The teacher index at the same relative depth as ``student_index``, halves rounded up; a block output
     (index >= 1) pairs with a block output, never the embeddings (a student more than twice the teacher's depth
@@ -50,7 +55,7 @@ def last(student_depth: int, teacher_depth: int) -> LayerPairs:
 
 def last_k(student_depth: int, teacher_depth: int, k: int) -> LayerPairs:
     """The last k block outputs of each model, in order: ``(S - k + j, T - k + j)`` for j = 1..k."""
-    if not isinstance(k, int) or not 1 <= k <= min(student_depth, teacher_depth):
+    if not is_index(k) or not 1 <= k <= min(student_depth, teacher_depth):
         raise DistilyConfigError(
             f"k={k!r} does not fit depths {student_depth} (student) and {teacher_depth} (teacher); "
             f"expected an integer 1 <= k <= {min(student_depth, teacher_depth)}"
@@ -85,7 +90,7 @@ def uniform_last(student_depth: int, teacher_depth: int) -> LayerPairs:
 def explicit_pairs(student_depth: int, teacher_depth: int, pairs: list) -> LayerPairs:
     """Explicit ``[[student_index, teacher_index], ...]`` pairs, in the order given."""
     if not isinstance(pairs, (list, tuple)) or not all(
-        isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(i, int) for i in pair) for pair in pairs
+        isinstance(pair, (list, tuple)) and len(pair) == 2 and all(is_index(i) for i in pair) for pair in pairs
     ):
         raise DistilyConfigError(f"pairs={pairs!r} is not a list of index pairs; expected e.g. [[1, 2], [2, 4]]")
     return [(student, teacher) for student, teacher in pairs]
@@ -93,7 +98,7 @@ def explicit_pairs(student_depth: int, teacher_depth: int, pairs: list) -> Layer
 
 def chosen_indices(student_depth: int, teacher_depth: int, indices: list) -> LayerPairs:
     """The listed student indices, each with the teacher's at the same relative depth."""
-    if not isinstance(indices, (list, tuple)) or not all(isinstance(i, int) for i in indices):
+    if not isinstance(indices, (list, tuple)) or not all(is_index(i) for i in indices):
         raise DistilyConfigError(f"indices={indices!r} is not a list of layer indices; expected e.g. [2, 4]")
     return [(i, relative_depth(i, student_depth, teacher_depth)) for i in indices]
 

@@ -87,6 +87,9 @@ def test_pairs_and_indices_may_name_the_embeddings():
         ("uniform_last", {}, 6, 4, "student depth <= teacher depth"),
         ("pairs", {"pairs": [[1, 5]]}, 2, 4, "gives the pair (1, 5)"),
         ("pairs", {"pairs": [1, 2]}, 2, 4, "not a list of index pairs"),
+        ("pairs", {"pairs": [[True, 1]]}, 2, 4, "not a list of index pairs"),  # YAML's true is no layer 1
+        ("indices", {"indices": [True]}, 2, 4, "not a list of layer indices"),
+        ("last_k", {"k": True}, 2, 4, "expected an integer 1 <= k <= 2"),
         ("indices", {"indices": [3]}, 2, 4, "gives the pair (3, 6)"),
         ("indices", {"indices": []}, 2, 4, "gives no layer pairs"),
     ],
