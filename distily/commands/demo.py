@@ -8,6 +8,7 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
+from distily.arguments import file_in_the_way
 from distily.config import ArgumentParser, parse_config
 from distily.demo import TEACHER_DIR
 from distily.demo.corpus import write_corpus
@@ -85,9 +86,13 @@ def check_demo_output_dir(output_dir: str) -> None:
     empty, or an earlier demo's: anything else (a model saved there, another run) is refused before a file is
     written."""
     path = Path(output_dir).expanduser()
-    if not path.exists() or path.is_dir() and not any(path.iterdir()):
+    blocked = file_in_the_way(str(path))
+    if blocked is not None:
+        raise DistilyConfigError(f"output_dir={output_dir!r} {blocked}; expected a new or empty directory, or an "
+                                 "earlier demo's")
+    if not path.exists() or not any(path.iterdir()):
         return
-    recorded = RunDir(path).recorded_settings() if path.is_dir() else None
+    recorded = RunDir(path).recorded_settings()
     if recorded is None or recorded.get("teacher_model_name_or_path") != str(TEACHER_DIR):
         raise DistilyConfigError(
             f"output_dir={output_dir!r} exists and holds no earlier demo run, which the demo would replace; "

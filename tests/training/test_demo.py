@@ -55,6 +55,12 @@ def test_the_demo_replaces_only_its_own_earlier_run(tmp_path, capsys):
     assert "holds no earlier demo run" in capsys.readouterr().err
     assert sorted(path.name for path in model.iterdir()) == ["model.safetensors"]
     assert (model / "model.safetensors").read_bytes() == b"precious weights"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's file")
+    for output_dir, problem in ((notes, "is an existing file"), (notes / "demo", f"is below the file '{notes}'")):
+        assert main(["demo", "--output_dir", str(output_dir), "--max_steps", "2"]) == 2
+        assert f"output_dir='{output_dir}' {problem}; expected a new or empty directory" in capsys.readouterr().err
+    assert notes.read_text() == "a user's file"
     _run_demo(tmp_path, capsys, "--max_steps", "2")
     metrics, _ = _run_demo(tmp_path, capsys, "--max_steps", "3")  # its own earlier run: replaced
     assert metrics["train"]["global_step"] == 3
