@@ -45,7 +45,7 @@ from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length, token_id_limit
 from distily.models.identity import teacher_identity
-from distily.models.teacher import from_pretrained, load_teacher, load_tokenizer, teacher_config
+from distily.models.teacher import DTYPES, from_pretrained, load_teacher, load_tokenizer, teacher_config
 from distily.models.vocab import check_tokenizer_fits
 from distily.recording.hf import HFRecorder, hidden_states_dtype
 
@@ -142,7 +142,6 @@ def _recorder(config: RecordConfig, teacher: PreTrainedModel, max_seq_length: in
             record.record_hidden_states_layers or [],
             teacher,
             max_seq_length,
-            config.model.teacher_torch_dtype,
             config.model.trust_remote_code,
         )
     return HFRecorder(
@@ -164,16 +163,19 @@ def _check_teacher_reads(teacher: PreTrainedModel, framing: Framing) -> None:
 
 
 def _teacher_for(config: RecordConfig) -> PreTrainedModel:
-    """The loaded teacher (hf), or for vllm one without weights (its config is all the store needs)."""
+    """The loaded teacher (hf), or for vllm one without weights in the dtype it runs in (the checkpoint's for auto):
+    its config and dtype are all the store and the engine need."""
     model_args = config.model
     if config.record.record_backend == "hf":
         return load_teacher(model_args.teacher_model_name_or_path, model_args.teacher_torch_dtype,
                             model_args.trust_remote_code)
     name = model_args.teacher_model_name_or_path
     config = from_pretrained(AutoConfig, name, "teacher config", trust_remote_code=model_args.trust_remote_code)
+    dtype = DTYPES[model_args.teacher_torch_dtype]
+    chosen = {} if dtype == "auto" else {"dtype": dtype}  # auto: the config's, the checkpoint's
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(teacher_config(config, name),
-                                                trust_remote_code=model_args.trust_remote_code)
+                                                trust_remote_code=model_args.trust_remote_code, **chosen)
 
 
 def run_recording(

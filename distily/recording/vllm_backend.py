@@ -76,8 +76,9 @@ def engine_length(teacher: PreTrainedModel, max_seq_length: int) -> int:
 
 class VLLMRecorder:
     """Records rows built by ``collate`` with a vLLM engine: ``record(rows) -> (shard tensors, stats)``. ``teacher``
-    (its config, no weights needed) gives the engine's vocabulary, positions and, for ``dtype`` auto, the checkpoint's
-    dtype: vLLM's own auto would cast a float32 checkpoint to half precision, where the hf back end keeps it."""
+    (its config in the dtype the run gives, no weights needed) gives the engine's vocabulary, positions and dtype: the
+    checkpoint's for teacher_torch_dtype auto, which vLLM's own auto would cast from float32 to half precision, where
+    the hf back end keeps it."""
 
     def __init__(
         self,
@@ -87,7 +88,6 @@ class VLLMRecorder:
         hidden_states_layers: list[int],
         teacher: PreTrainedModel,
         max_seq_length: int,
-        dtype: str,
         trust_remote_code: bool,
     ):
         try:
@@ -110,7 +110,7 @@ class VLLMRecorder:
         self.top_k, self.id_dtype = top_k, id_dtype(output_vocab_size(teacher))
         self.engine = LLM(
             model=name_or_path,
-            dtype=str(teacher.dtype).removeprefix("torch.") if dtype == "auto" else dtype,
+            dtype=str(teacher.dtype).removeprefix("torch."),
             max_logprobs=top_k,
             max_model_len=engine_length(teacher, max_seq_length),
             trust_remote_code=trust_remote_code,

@@ -160,13 +160,14 @@ def test_the_vllm_back_end_refuses_packed_documents_in_one_line(stand_in_vllm, t
 
 def test_the_vllm_engine_holds_the_checkpoints_dtype_for_auto_as_the_hf_back_end_does(stand_in_vllm, teacher_dirs,
                                                                                       text_file, tmp_path):
-    """vLLM's own auto casts a float32 checkpoint to half precision; the hf back end's auto keeps float32."""
+    """vLLM's own auto casts a float32 checkpoint to half precision; the hf back end's auto keeps float32. The store
+    says what the engine ran (it said float32, the checkpoint's, under teacher_torch_dtype bfloat16)."""
     teacher = teacher_dirs["llama"]
     assert load_teacher(teacher, "auto").dtype == torch.float32
     for dtype, expected in (("auto", "float32"), ("bfloat16", "bfloat16")):
         values = store_values(teacher, text_file, tmp_path / dtype, record_backend="vllm", teacher_torch_dtype=dtype)
-        run_recording(parse_record_config(**values))
-        assert StandInLLM.built[-1]["dtype"] == expected
+        manifest = run_recording(parse_record_config(**values))
+        assert StandInLLM.built[-1]["dtype"] == manifest["settings"]["teacher_dtype"] == expected
 
 
 def test_a_row_that_leaves_the_teacher_no_position_for_the_sampled_token_is_refused_in_one_line(
