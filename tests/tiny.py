@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 
 import torch
 from transformers import (
@@ -342,6 +343,19 @@ GEMMA_TEMPLATE = (  # Gemma 3's habits: BOS from the template, the assistant cal
     "{{ (preamble if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
+HARMONY_TEMPLATE = (  # gpt-oss's habits: after the generation prompt <|start|>assistant the model writes its channel
+    # (<|channel|>final<|message|>, special tokens) before the answer; the last answer ends <|return|>, after its
+    # analysis channel when it has thinking, earlier ones <|end|>. The assistant's part in {% generation %} markers
+    "{% for message in messages %}{% if message['role'] != 'assistant' %}"
+    "{{ '<|start|>' + message['role'] + '<|message|>' + message['content'] + '<|end|>' }}"
+    "{% elif loop.last and not add_generation_prompt %}{{ '<|start|>assistant' }}{% generation %}"
+    "{% if message.thinking is defined %}{{ '<|channel|>analysis<|message|>' + message.thinking + "
+    "'<|end|><|start|>assistant' }}{% endif %}{{ '<|channel|>final<|message|>' + message['content'] + '<|return|>' }}"
+    "{% endgeneration %}{% else %}{{ '<|start|>assistant' }}{% generation %}"
+    "{{ '<|channel|>final<|message|>' + message['content'] + '<|end|>' }}{% endgeneration %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start|>assistant' }}{% endif %}"
+)
+HARMONY_TOKENS = ["<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>"]  # gpt-oss's, special
 EMPTY_REASONING = "<think>\n\n</think>\n\n"  # what Qwen3's template opens a last answer without reasoning with
 CHAT_STYLES = {  # style -> (template, its special tokens, the end-of-turn token)
     "llama3": (LLAMA3_TEMPLATE, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
@@ -366,6 +380,15 @@ def make_chat_tokenizer(style: str, with_template: bool = True,
         tokenizer.bos_token = BOS_TOKENS[style]
     if with_template:
         tokenizer.chat_template = template
+    return tokenizer
+
+
+def make_harmony_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny tokenizer with gpt-oss's special tokens and ``HARMONY_TEMPLATE`` without its ``{% generation %}``
+    markers (as Distily renders a template)."""
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens(HARMONY_TOKENS, special_tokens=True)
+    tokenizer.chat_template = re.sub(r"{% (end)?generation %}", "", HARMONY_TEMPLATE)
     return tokenizer
 
 

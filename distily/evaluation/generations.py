@@ -6,9 +6,10 @@ assistant's reference answer, the turns before it ending with the user's (the pr
 ``completion`` rows (the completion is the reference). Each prompt is rendered with the chat template and its
 generation prompt (``prompt_ids``) and answered greedily by ``HFGenerator`` (batched, left-padded, KV cache);
 an answer is its completion decoded without its stop token and special tokens, and without the text
-the template writes before an answer's content when it starts with it (``answer_opening``: Qwen3's template
-opens the last answer with an empty ``<think>`` block, which its models write before answering without
-reasoning), and, with ``generation_eval_answer_after`` (such as ``</think>``), read after that text's last
+the template writes before an answer's content, as that decoding shows it, when it starts with it
+(``answer_opening``: Qwen3's template opens the last answer with an empty ``<think>`` block, which its models
+write before answering without reasoning; gpt-oss's model writes ``<|channel|>final<|message|>``, shown as
+``final``), and, with ``generation_eval_answer_after`` (such as ``</think>``), read after that text's last
 occurrence. Exact match counts the answers equal to their references, both whitespace-stripped, in percent.
 The KL is read on prompt + answer at the positions that predict the answer's tokens (``completion_batch``),
 chunk by chunk as every held-out evaluation (``heldout_metrics``).
@@ -26,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distily.data.arguments import DataArguments
 from distily.data.batches import completion_batch
 from distily.data.chat import (
-    MESSAGES, ChatTemplate, assistant_turns, chat_format, conversations, prompt_ids, run_chat_template,
+    MESSAGES, chat_format, conversations, prompt_ids, run_chat_template,
 )
 from distily.data.sources import load_documents
 from distily.errors import DistilyConfigError
@@ -36,7 +37,9 @@ from distily.evaluation.arguments import (
 from distily.evaluation.heldout import heldout_metrics
 from distily.generation.arguments import SamplingSettings
 from distily.generation.backends import pad_token_id
-from distily.generation.engine import HFGenerator, chat_stop_ids, completion_text, vocabulary_size
+from distily.generation.engine import (
+    HFGenerator, answer_opening, chat_stop_ids, completion_text, vocabulary_size, without_opening,
+)
 from distily.metrics import generation_key
 
 
@@ -94,24 +97,6 @@ def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
             for completion in generator.generate(prompts[start:start + batch_size])]
 
 
-def answer_opening(turns: list[dict], reference: str, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
-                   row: int) -> str:
-    """The text ``template`` writes between the generation prompt after ``turns`` and the ``reference`` answer's
-    content (mostly nothing)."""
-    if not reference.strip():
-        return ""
-    rendered = assistant_turns(turns + [{"role": "assistant", "content": reference}], tokenizer, template,
-                               f"row {row}")
-    answer = rendered.turns[-1]
-    return rendered.text[answer.start:answer.content_start]
-
-
-def without_opening(answer: str, opening: str) -> str:
-    """``answer`` without ``opening`` (whitespace aside) when it starts with it."""
-    opening, stripped = opening.strip(), answer.lstrip()
-    return stripped[len(opening):] if opening and stripped.startswith(opening) else answer
-
-
 def exact_match(answers: list[str], references: list[str]) -> float:
     """Percent of ``answers`` equal to their reference, both whitespace-stripped."""
     return 100.0 * sum(a.strip() == r.strip() for a, r in zip(answers, references)) / max(len(references), 1)
@@ -155,7 +140,7 @@ class GenerationEval:
         try:
             prompts = [prompt_ids(tokenizer, turns, template, f"row {row}")
                        for row, turns in enumerate(self.prompts.conversations)]
-            openings = [answer_opening(turns, reference, tokenizer, template, row)
+            openings = [answer_opening(tokenizer, turns, reference, template, f"row {row}")
                         for row, (turns, reference) in enumerate(zip(self.prompts.conversations, references))]
         except DistilyConfigError as err:
             raise DistilyConfigError(f"{self.prompts.source}: {err}") from None

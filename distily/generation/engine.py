@@ -24,8 +24,9 @@ from transformers import (
     GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWarper,
 )
 
-from distily.data.chat import ChatTemplate
+from distily.data.chat import ChatTemplate, assistant_turns
 from distily.data.chat_alignment import end_of_turn_id
+from distily.data.framing import INPUT_IDS
 from distily.generation.arguments import SamplingSettings
 from distily.generation.recurrent_cache import cache_argument
 
@@ -68,6 +69,26 @@ def strip_stop(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
 def completion_text(tokenizer: PreTrainedTokenizerBase, completion: list[int], stop_ids: Sequence[int]) -> str:
     """A completion as text: without its closing stop token and special tokens."""
     return tokenizer.decode(strip_stop(completion, stop_ids), skip_special_tokens=True)
+
+
+def answer_opening(tokenizer: PreTrainedTokenizerBase, turns: list[dict], answer: str, template: ChatTemplate,
+                   where: str) -> str:
+    """What ``template`` writes between the generation prompt after ``turns`` and ``answer``'s content (mostly
+    nothing; Qwen3's empty ``<think>`` block), as ``completion_text`` shows it: without special tokens (gpt-oss's
+    ``<|channel|>final<|message|>`` reads ``final``); ``where`` names the conversation in errors."""
+    if not answer.strip():
+        return ""
+    rendered = assistant_turns(turns + [{"role": "assistant", "content": answer}], tokenizer, template, where)
+    turn = rendered.turns[-1]
+    written = tokenizer(rendered.text[turn.start:turn.content_start], add_special_tokens=False)[INPUT_IDS]
+    return completion_text(tokenizer, written, ())
+
+
+def without_opening(answer: str, opening: str) -> str:
+    """``answer`` without ``opening`` and the whitespace after it (whitespace before it aside) when it starts with
+    it."""
+    opening, stripped = opening.strip(), answer.lstrip()
+    return stripped[len(opening):].lstrip() if opening and stripped.startswith(opening) else answer
 
 
 class CompletionGenerator(ABC):

@@ -6,7 +6,10 @@ formatted with the teacher's chat template (``apply_chat_template(..., add_gener
 becomes one conversation: the prompt's turns and an ``assistant`` turn, the ``messages`` rows that ``distily
 distill`` reads as chat data. A response that is empty (the teacher stopped at once), or unfinished (no stop
 token within ``generate_length``, unless ``generate_keep_unfinished``), is dropped and counted; so are the responses
-to a prompt that fills the teacher's positions (nothing is sampled for it).
+to a prompt that fills the teacher's positions (nothing is sampled for it). A response is the teacher's text without
+its stop token and special tokens, and without what the template writes before an answer's content when it opens
+with it (``answer_opening``, found on a probe answer: gpt-oss's ``<|channel|>final<|message|>``, shown as ``final``;
+Qwen3's empty ``<think>`` block), which the template writes back when the conversation is rendered.
 """
 
 import dataclasses
@@ -20,10 +23,11 @@ from distily.data.chat import ChatTemplate, prompt_ids
 from distily.data.sources import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
-from distily.generation.engine import completion_text
+from distily.generation.engine import answer_opening, completion_text, without_opening
 from distily.models.architecture import max_positions
 
 PROMPT, MESSAGES = "prompt", "messages"
+OPENING_PROBE = [{"role": "user", "content": "Hello."}]  # answered "Hello.": what a template writes before an answer
 
 
 def load_prompts(config: GenerateConfig) -> datasets.Dataset:
@@ -87,6 +91,8 @@ def teacher_responses(
     conversations = prompt_conversations(load_prompts(config))
     generator = open_generator("hf", teacher, tokenizer, args.sampling(), None, template)  # ends at its end of turn
     stops = generator.stop_ids
+    opening = answer_opening(tokenizer, OPENING_PROBE, "Hello.", template,
+                             "the conversation Distily renders to find what the template writes before an answer")
     positions = max_positions(teacher.config)
     requests = []  # (conversation, prompt ids), each prompt generate_num_return_sequences times
     answered, dropped = [], {"too_long": 0, "empty": 0, "unfinished": 0}
@@ -100,7 +106,7 @@ def teacher_responses(
         for start in range(0, len(requests), batch_size):
             chunk = requests[start:start + batch_size]
             for (conversation, _), completion in zip(chunk, generator.generate([ids for _, ids in chunk])):
-                response = completion_text(tokenizer, completion, stops)
+                response = without_opening(completion_text(tokenizer, completion, stops), opening)
                 if not response.strip():
                     dropped["empty"] += 1
                 elif not (completion and completion[-1] in stops) and not args.generate_keep_unfinished:

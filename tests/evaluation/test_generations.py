@@ -26,7 +26,8 @@ from distily.evaluation.generations import (
 from distily.training.distill import run_distillation
 from store_values import store_values
 from tiny import (
-    EMPTY_REASONING, make_chat_tokenizer, make_conversations, save_tiny_model, tiny_config, write_chat_jsonl,
+    EMPTY_REASONING, make_chat_tokenizer, make_conversations, make_harmony_tokenizer, save_tiny_model, tiny_config,
+    write_chat_jsonl,
 )
 
 MAX_NEW_TOKENS = 6
@@ -117,6 +118,32 @@ def test_an_answer_is_read_after_the_opening_its_template_writes_before_the_cont
     args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
     heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=2)
     assert heldout.scores(None, tokenizer)["generation/exact_match"] == pytest.approx(60.0)  # rows 0, 1 and 4
+
+
+def test_an_answer_is_read_after_the_special_tokens_its_template_writes_before_the_content(tmp_path, monkeypatch):
+    """gpt-oss's template: after the generation prompt the model writes <|channel|>final<|message|>, the answer and
+    <|return|>, which a completion's text (special tokens skipped) shows as 'final' glued to the answer. A model
+    that writes each reference as apply_chat_template frames it answers exactly (none did), also a reference that
+    starts like the channel's name; a wrong answer does not."""
+    tokenizer = make_harmony_tokenizer()
+    rows = user_turns(5, seed=2)
+    rows[1][-1]["content"] = "final answer"
+    rows[4][-1]["content"] = "the reference"
+
+    def framed(turns: list[dict]) -> str:  # what the template writes after the generation prompt
+        prompt = tokenizer.apply_chat_template(turns[:-1], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(turns, tokenize=False).removeprefix(prompt)
+
+    written = [framed(turns) for turns in rows[:4]] + [framed(rows[4][:-1] + [{"role": "assistant", "content": "no"}])]
+
+    def greedy_answers(model, tokenizer_, prompts, stops, max_new_tokens, batch_size):
+        return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in written]
+
+    monkeypatch.setattr(generations, "greedy_answers", greedy_answers)
+    args = EvaluationArguments(generation_eval_dataset=write_chat_jsonl(tmp_path / "heldout.jsonl", rows))
+    heldout = GenerationEval(load_heldout_prompts(args, DataArguments()), None, MAX_NEW_TOKENS, batch_size=2)
+    assert written[1] == "<|channel|>final<|message|>final answer<|return|>"
+    assert heldout.scores(None, tokenizer)["generation/exact_match"] == pytest.approx(80.0)
 
 
 def test_answers_stop_at_the_templates_end_of_turn_whatever_the_models_generation_config(tmp_path, monkeypatch):

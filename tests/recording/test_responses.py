@@ -20,7 +20,7 @@ from distily.recording.generate import run_generation
 from distily.recording import responses
 from distily.recording.responses import load_prompts
 from distily.training.distill import run_distillation
-from tiny import CHATML_TEMPLATE, GEMMA_TEMPLATE, make_chat_tokenizer, save_tiny_model
+from tiny import CHATML_TEMPLATE, GEMMA_TEMPLATE, make_chat_tokenizer, make_harmony_tokenizer, save_tiny_model
 
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -212,6 +212,32 @@ def test_a_response_ends_at_the_chat_templates_end_of_turn_that_the_generation_c
     assert (result["conversations"], result["unfinished_dropped"]) == (1, 0)
     response = json.loads((tmp_path / "responses.jsonl").read_text())["messages"][-1]["content"]
     assert response == tokenizer.decode(free[:free.index(end)])
+
+
+def test_a_response_is_the_answer_without_the_special_tokens_its_template_writes_before_it(tmp_path, monkeypatch):
+    """gpt-oss's template: the teacher writes <|channel|>final<|message|>, its answer and <|return|>. The response is
+    the answer (it was 'final' glued to it, which the template then framed again): the conversation written renders
+    as the prompt and what the teacher wrote, also for an answer that starts like the channel's name."""
+    tokenizer = make_harmony_tokenizer()
+    path = save_tiny_model(tmp_path / "teacher", "llama", tokenizer, vocab_size=len(tokenizer))
+    answers = ["a dog reads.", "final answer"]
+    written = [f"<|channel|>final<|message|>{answer}<|return|>" for answer in answers]
+    open_hf = responses.open_generator
+
+    def open_generator(*args):  # the teacher's generator, writing ``written``
+        generator = open_hf(*args)
+        generator.generate = lambda prompts: [tokenizer(text, add_special_tokens=False)["input_ids"]
+                                              for text in written]
+        return generator
+
+    monkeypatch.setattr(responses, "open_generator", open_generator)
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "a dog"}, {"prompt": "the cat"}])
+    run_generation(parse_generate_config(**values({"llama": path}, tmp_path, prompts, chat_template=None)))
+    rows = [json.loads(line)["messages"] for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert [turns[-1]["content"] for turns in rows] == answers
+    for turns, text in zip(rows, written):
+        prompt = tokenizer.apply_chat_template(turns[:-1], tokenize=False, add_generation_prompt=True)
+        assert tokenizer.apply_chat_template(turns, tokenize=False) == prompt + text
 
 
 def test_every_response_dropped_is_a_one_line_error_and_nothing_is_written(teacher_dirs, tmp_path):
