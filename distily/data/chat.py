@@ -3,9 +3,11 @@ a chat template, with the loss mask of the assistant's tokens.
 
 A dataset is chat data when it has a messages column (``dataset_messages_column``: lists of ``{role,
 content}``, roles system, user, assistant) or both a prompt and a completion column (strings, or TRL's
-conversational form where both are message lists); both kinds at once is refused. Every row becomes one
-conversation (``messages``), checked as it is loaded, and is tokenized as the chat template renders it
-(``tokenizer.apply_chat_template``'s text, tokenized without added special tokens, as transformers does).
+conversational form where both are message lists); both kinds at once is refused. A message's content is a
+string or a list of text parts (``[{"type": "text", "text": ...}]``, as Gemma 3's, Llama 4's and Qwen2.5-VL's
+templates take), read as their texts joined (``message_text``); a part of another type (an image) is refused.
+Every row becomes one conversation (``messages``), checked as it is loaded, and is tokenized as the chat template
+renders it (``tokenizer.apply_chat_template``'s text, tokenized without added special tokens, as transformers does).
 
 The assistant's tokens are found without ``{% generation %}`` markers, which most templates lack: for each assistant
 turn, the conversation before it is rendered with the generation prompt, which must be a prefix of the whole
@@ -73,9 +75,29 @@ def chat_format(columns: list[str], args: DataArguments) -> Optional[str]:
     return MESSAGES_FORMAT if messages else PROMPT_COMPLETION_FORMAT if pairs else None
 
 
+def message_text(content, role: str, where: str) -> str:
+    """A ``role`` message's content as text: a string, or a list of text parts (the OpenAI and multimodal form,
+    ``[{"type": "text", "text": ...}]``) whose texts are joined, as Llama 4's and Qwen2.5-VL's templates render a
+    list of text parts. A part of another type (an image, audio) is refused: ``where`` names the conversation."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise DistilyConfigError(f"{where} has a {role} message without text content; expected a string or a list of "
+                                 "text parts")
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text":
+            raise DistilyConfigError(f"{where} has a {role} message with a part of type {kind!r}; expected text parts "
+                                     "only ({'type': 'text', 'text': ...}): Distily distills text")
+        if not isinstance(part.get("text"), str):
+            raise DistilyConfigError(f"{where} has a {role} message with a text part without text; expected a string")
+    return "".join(part["text"] for part in content)
+
+
 def _turns(value, where: str) -> list[dict]:
-    """A list of messages checked: each a ``{role, content}`` dict, its other keys (``reasoning_content``, which
-    Qwen3's and SmolLM3's templates render) kept unchanged for the template."""
+    """A list of messages checked: each a ``{role, content}`` dict, its content as text (``message_text``), its
+    other keys (``reasoning_content``, which Qwen3's and SmolLM3's templates render) kept unchanged for the
+    template."""
     if not isinstance(value, list):
         raise DistilyConfigError(f"{where} is a {type(value).__name__}; expected a list of {{role, content}} messages")
     turns = []
@@ -83,9 +105,7 @@ def _turns(value, where: str) -> list[dict]:
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ROLES:
             raise DistilyConfigError(f"{where} has a message with role={role!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(message.get("content"), str):
-            raise DistilyConfigError(f"{where} has a {role} message without text content; expected a string")
-        turns.append(dict(message))
+        turns.append({**message, "content": message_text(message.get("content"), role, where)})
     return turns
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import GenerateConfig
-from distily.data.chat import ChatTemplate, prompt_ids
+from distily.data.chat import ChatTemplate, message_text, prompt_ids
 from distily.data.sources import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
@@ -43,19 +43,23 @@ def load_prompts(config: GenerateConfig) -> datasets.Dataset:
 
 
 def _turns(messages, row: int) -> list[dict]:
-    """A ``messages`` row as a list of {role, content} turns, checked to end with the user's turn."""
+    """A ``messages`` row as a list of {role, content} turns, checked to end with the user's turn; a content of text
+    parts is read as their texts joined (``message_text``)."""
     if not isinstance(messages, list) or not messages:
         raise DistilyConfigError(f"generate_prompts row {row} has no messages; expected a list of role/content turns")
     for turn in messages:
-        if not (isinstance(turn, dict) and all(isinstance(turn.get(key), str) for key in ("role", "content"))):
+        if not (isinstance(turn, dict) and isinstance(turn.get("role"), str)):
             raise DistilyConfigError(
-                f"generate_prompts row {row} holds the turn {turn!r}; expected {{'role': ..., 'content': ...}} strings"
+                f"generate_prompts row {row} holds the turn {turn!r}; expected {{'role': ..., 'content': ...}} with a "
+                "string role"
             )
     if messages[-1]["role"] != "user":
         raise DistilyConfigError(
             f"generate_prompts row {row} ends with a {messages[-1]['role']!r} turn; expected the user's turn last"
         )
-    return [{"role": turn["role"], "content": turn["content"]} for turn in messages]
+    where = f"generate_prompts row {row}"
+    return [{"role": turn["role"], "content": message_text(turn.get("content"), turn["role"], where)}
+            for turn in messages]
 
 
 def prompt_conversations(prompts: datasets.Dataset) -> list[list[dict]]:

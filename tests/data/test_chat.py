@@ -399,6 +399,51 @@ def test_a_template_file_is_read(tmp_path):
     assert data.train[0][LOSS_MASK].sum() > 0
 
 
+PARTS_TEMPLATE = (  # Llama 4's way with a message's content: a string, or its parts in order (an image as <|image|>)
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|image|>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+def _text_parts(messages: list[dict], parts: int) -> list[dict]:
+    """``messages`` with each content as ``parts`` text parts (cut inside words and beside spaces)."""
+    def cut(text: str) -> list[dict]:
+        ends = [len(text) * part // parts for part in range(parts + 1)]
+        return [{"type": "text", "text": text[start:end]} for start, end in zip(ends, ends[1:])]
+
+    return [{**message, "content": cut(message["content"])} for message in messages]
+
+
+def test_content_of_text_parts_is_read_as_their_texts_joined(tmp_path):
+    """Content as a list of text parts (the OpenAI form, which Gemma 3's, Llama 4's and Qwen2.5-VL's templates take)
+    was refused ('expected a string'). It reads as the string of the texts joined, whose ids are those of the list
+    form as a template that iterates parts renders it."""
+    tokenizer = make_chat_tokenizer("llama3")
+    conversations = make_conversations(8)
+    for parts in (1, 3):
+        rows = [{"messages": _text_parts(messages, parts)} for messages in conversations]
+        read = load_training_documents(_args(_dataset(tmp_path, rows, f"{parts}.jsonl"), tmp_path))["messages"]
+        assert read == conversations
+        for row, (messages, parted) in enumerate(zip(read, rows)):
+            ids, _ = assistant_token_mask(messages, tokenizer, ChatTemplate(PARTS_TEMPLATE), row)
+            assert ids == tokenizer.apply_chat_template(parted["messages"], chat_template=PARTS_TEMPLATE,
+                                                        return_dict=True)[INPUT_IDS]
+
+
+@pytest.mark.parametrize("part", [{"type": "image", "image": "cat.png"}, {"type": "audio", "audio": "cat.wav"}])
+def test_a_part_that_is_not_text_is_refused_in_one_line_naming_the_row_and_its_type(tmp_path, part):
+    good = _text_parts([{"role": "user", "content": "a cat"}, {"role": "assistant", "content": "a cat"}], 1)
+    bad = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, part]}, good[1]]
+    rows = [{"messages": good}] * 2 + [{"messages": bad}, {"messages": good}]
+    with pytest.raises(DistilyConfigError, match="\\A[^\n]*\\Z") as err:
+        load_training_documents(_args(_dataset(tmp_path, rows), tmp_path))
+    assert f"row 2 has a user message with a part of type {part['type']!r}; expected text parts only" in str(err.value)
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [

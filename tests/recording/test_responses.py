@@ -18,7 +18,7 @@ from distily.generation.engine import HFGenerator
 from distily.models.teacher import load_tokenizer
 from distily.recording.generate import run_generation
 from distily.recording import responses
-from distily.recording.responses import load_prompts
+from distily.recording.responses import load_prompts, prompt_conversations
 from distily.training.distill import run_distillation
 from tiny import CHATML_TEMPLATE, GEMMA_TEMPLATE, make_chat_tokenizer, make_harmony_tokenizer, save_tiny_model
 
@@ -103,6 +103,17 @@ def test_bad_prompts_are_one_line_errors_and_nothing_is_written(rows, overrides,
     with pytest.raises(DistilyConfigError, match=message):
         run_generation(parse_generate_config(**values(teacher_dirs, tmp_path, prompts, **overrides)))
     assert not (tmp_path / "responses.jsonl").exists()
+
+
+def test_prompts_of_text_parts_read_as_their_texts_joined_and_a_part_that_is_not_text_is_refused():
+    """Content as a list of text parts (the OpenAI form) was refused; an image part is, naming the row and its type."""
+    parted = [{"role": "user", "content": [{"type": "text", "text": "a dog "}, {"type": "text", "text": "reads"}]}]
+    assert prompt_conversations(datasets.Dataset.from_list([{"messages": parted}])) == [
+        [{"role": "user", "content": "a dog reads"}]]
+    image = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, {"type": "image", "text": None}]}]
+    with pytest.raises(DistilyConfigError, match=r"^generate_prompts row 1 has a user message with a part of type "
+                                                 r"'image'; expected text parts only [^\n]*$"):
+        prompt_conversations(datasets.Dataset.from_list([{"messages": parted}, {"messages": image}]))
 
 
 def test_the_responses_are_recorded_with_their_assistant_mask_and_a_student_trains_on_the_store(
