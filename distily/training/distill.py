@@ -38,6 +38,7 @@ from distily.training.run_dir import (
     check_output_dir,
     check_resume,
     check_steps,
+    check_teacher_weights,
     check_train_rows,
     interrupted,
     output_dir_lock,
@@ -156,6 +157,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         vocab_size = teacher.logit_columns(student)
         data = teacher.datasets(student)
         check_train_rows(resume, settings, data.train)  # recorded with the settings; a resume on other rows is refused
+        check_teacher_weights(resume, settings, teacher.live_model)  # and on another live teacher at its path
         resolved_objective = teacher.resolve_objective(config.objective, data.train)
         run = ResolvedRun(config, resolved_objective, data.max_seq_length, vocab_size)
         objective = build_objective(run.objective, teacher.model.config, student.config, vocab_size,

@@ -12,8 +12,9 @@
 - The settings that shape a run (models, data and its order, objective, on-policy sampling, optimizer, global batch) are
   recorded in ``run_settings.json`` when it starts; a resume with other values is refused. A resume from a
   checkpoint of another directory goes only into an output_dir without checkpoints or a finished run.
-  Once the data loads, a sample of the training rows is recorded with them too (``check_train_rows``): a resume on
-  data rewritten under the same name is refused.
+  Once the data loads, a sample of the training rows is recorded with them too (``check_train_rows``), and once a
+  live teacher loads a fingerprint of its weights (``check_teacher_weights``): a resume on data rewritten under the
+  same name, or on a teacher saved again at its path, is refused.
 - ``resume_from_checkpoint=true`` resumes from the newest intact checkpoint (``distily.training.checkpoints``):
   a newer one that is truncated or fails its checksums is passed over with a warning.
 - A full, read-only or unwritable filesystem is one line naming the path; the student is saved aside and
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from accelerate.utils import broadcast_object_list
+from transformers import PreTrainedModel
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -44,6 +46,7 @@ from distily.data.store import recorded_chat_template_date
 from distily.errors import DistilyConfigError
 from distily.metrics import RunMetrics
 from distily.models.arguments import ModelArguments
+from distily.models.identity import weights_fingerprint
 from distily.objectives.arguments import ObjectiveArguments
 from distily.outputs import filesystem_errors, weight_files, write_json_atomic
 from distily.reporting.run import PLOTS_DIR, REPORT_FILE
@@ -173,6 +176,8 @@ INPUT_KEYS = ("teacher_model_name_or_path", "student_model_name_or_path", "stude
               "student_config_name_or_path", "teacher_store")
 GLOBAL_BATCH = "global_train_batch_size"  # per-device batch x accumulation x processes: these may be traded
 TRAIN_ROWS = "train_rows_sha256"  # a sample of the training rows (train_rows_digest), recorded once the data loads
+TEACHER_WEIGHTS = "teacher_weights"  # the live teacher's weights_fingerprint, recorded once it loads
+CONTENTS = (TRAIN_ROWS, TEACHER_WEIGHTS)  # what the inputs held: checked as they load (_check_unchanged)
 SAMPLED_ROWS = 64
 RESUMABLE_CHANGES = "max_steps, logging, evaluation and checkpoint settings may change"
 
@@ -486,7 +491,7 @@ def check_resume(training, resume: str, settings: dict) -> None:
     unrecorded = sorted(set(settings) - set(was))  # settings an older Distily did not record
     if unrecorded:
         _warn_unrecorded(run, unrecorded)
-    for key in sorted(set(was) - {TRAIN_ROWS}):  # the rows once the data loads (check_train_rows)
+    for key in sorted(set(was) - set(CONTENTS)):  # those as the inputs load (check_train_rows, check_teacher_weights)
         if was[key] != settings.get(key):
             raise DistilyConfigError(
                 f"resume_from_checkpoint={resume!r} continues a run started with {key}={was[key]!r}, not "
@@ -506,23 +511,42 @@ def train_rows_digest(train) -> str:
     return digest.hexdigest()
 
 
+def _check_unchanged(resume: Optional[str], settings: dict, key: str, value: str, started: str, changed: str,
+                     expected: str) -> None:
+    """Record ``value`` (what an input holds now) under ``key`` in ``settings``; refuse a resume of a run that
+    recorded another: it continues a run ``started`` (on what), ``changed`` (what changed since), ``expected``."""
+    settings[key] = value
+    run = RunDir(Path(resume).parent) if resume is not None else None
+    was = run.recorded_settings() if run is not None else None
+    if was is not None and key not in was:
+        _warn_unrecorded(run, [key])
+    if was is None or was.get(key, value) == value:
+        return
+    raise DistilyConfigError(
+        f"resume_from_checkpoint={resume!r} continues a run started {started} ({key} {was[key][:12]}..., now "
+        f"{value[:12]}...: {changed} changed since); expected {expected}, or --overwrite_output_dir true to start over"
+    )
+
+
 def check_train_rows(resume: Optional[str], settings: dict, train) -> None:
     """Record the training rows' digest (``train_rows_digest``) in ``settings``; refuse a resume of a run that was
     started on other rows (a data file or a teacher store rewritten under its name since)."""
-    settings[TRAIN_ROWS] = train_rows_digest(train)
-    run = RunDir(Path(resume).parent) if resume is not None else None
-    was = run.recorded_settings() if run is not None else None
-    if was is not None and TRAIN_ROWS not in was:
-        _warn_unrecorded(run, [TRAIN_ROWS])
-    if was is None or was.get(TRAIN_ROWS, settings[TRAIN_ROWS]) == settings[TRAIN_ROWS]:
-        return
     source = "teacher_store" if settings.get("teacher_source") == "recorded" else "dataset_name"
-    raise DistilyConfigError(
-        f"resume_from_checkpoint={resume!r} continues a run started on other training rows than {source}="
-        f"{settings.get(source)!r} gives now ({TRAIN_ROWS} {was[TRAIN_ROWS][:12]}..., now "
-        f"{settings[TRAIN_ROWS][:12]}...: the data, or how a newer Distily frames it, changed since); expected the "
-        "data it was started with, or --overwrite_output_dir true to start over"
-    )
+    _check_unchanged(resume, settings, TRAIN_ROWS, train_rows_digest(train),
+                     f"on other training rows than {source}={settings.get(source)!r} gives now",
+                     "the data, or how a newer Distily frames it,", "the data it was started with")
+
+
+def check_teacher_weights(resume: Optional[str], settings: dict, teacher: Optional[PreTrainedModel]) -> None:
+    """Record the live teacher's ``weights_fingerprint`` in ``settings`` (none without a live teacher, or where it is
+    unknown); refuse a resume of a run that was started on other weights (a teacher saved again at its path, or a Hub
+    revision that moved since)."""
+    name = settings.get("teacher_model_name_or_path")
+    fingerprint = weights_fingerprint(name, teacher) if teacher is not None and name is not None else None
+    if fingerprint is not None:
+        _check_unchanged(resume, settings, TEACHER_WEIGHTS, fingerprint,
+                         f"with other weights than teacher_model_name_or_path={name!r} holds now",
+                         "the checkpoint there (or its Hub revision)", "the teacher it was started with")
 
 
 def _remove(paths: list[Path], trash: Path) -> None:

@@ -5,6 +5,7 @@ import json
 import math
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
+from transformers import AutoModelForCausalLM
 
 from distily.cli import main
 from distily.config import parse_config
@@ -258,6 +261,40 @@ def test_a_resume_on_data_rewritten_under_its_name_is_refused_and_writes_nothing
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
 
     write_jsonl(data, make_documents(400))  # the data it started with: the run finishes
+    assert run_distillation(parse_config(**values, resume_from_checkpoint="true"))["train"]["global_step"] == 4
+
+
+def test_a_resume_on_a_teacher_saved_again_at_its_path_is_refused_and_writes_nothing(teacher_dirs, run_values,
+                                                                                      tmp_path, monkeypatch):
+    """The teacher trained on and saved to the same folder: the run took the checkpoint's student on against another
+    teacher without a word. Its weights' sampled digest, recorded when the run started, refuses it once the teacher
+    loads, before anything is written; the teacher it started with finishes the run."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dirs["llama"], teacher)
+    original = (teacher / "model.safetensors").read_bytes()
+    values = _values(run_values, teacher_dirs, teacher_model_name_or_path=str(teacher))
+    with monkeypatch.context() as patch:
+        _kill_after_training(patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_distillation(parse_config(**values))
+    out = Path(values["output_dir"])
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    trained = AutoModelForCausalLM.from_pretrained(teacher)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(1e-3)  # a step of training: every weight moves, the file's size and header stay
+    trained.save_pretrained(teacher)
+    assert (teacher / "model.safetensors").stat().st_size == len(original)
+    refusal = (re.escape(f"resume_from_checkpoint='{out / 'checkpoint-4'}' continues a run started with other weights "
+                         f"than teacher_model_name_or_path='{teacher}' holds now (teacher_weights ")
+               + r"[0-9a-f]{12}\.\.\., now [0-9a-f]{12}\.\.\.: " + re.escape(
+                   "the checkpoint there (or its Hub revision) changed since); expected the teacher it was started "
+                   "with, or --overwrite_output_dir true to start over"))
+    with pytest.raises(DistilyConfigError, match=f"^{refusal}$"):
+        run_distillation(parse_config(**values, resume_from_checkpoint="true"))
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
+
+    (teacher / "model.safetensors").write_bytes(original)  # the teacher it started with: the run finishes
     assert run_distillation(parse_config(**values, resume_from_checkpoint="true"))["train"]["global_step"] == 4
 
 
