@@ -89,7 +89,8 @@ class ModelArguments(TeacherArguments):
         default=None,
         metadata={
             "help": "Named student modules whose parameters are not trained, e.g. model.embed_tokens; 'embeddings' "
-            "and 'lm_head' name the input embeddings and the output layer of any architecture."
+            "and 'lm_head' name the input embeddings (with Gemma 3n's and Gemma 4's per-layer token table) and the "
+            "output layer of any architecture."
         },
     )
     student_as_bitnet: bool = field(

@@ -6,8 +6,9 @@ import torch
 from transformers import PretrainedConfig
 
 PER_LAYER_WIDTH = "hidden_size_per_layer_input"
+PER_LAYER_TOKEN_TABLE = "embed_tokens_per_layer"  # the module of a vector per input token for every layer
 # the tables, by the end of their names, and the dimension that packs the layers
-PACKED_TABLES = {"embed_tokens_per_layer.weight": 1, "per_layer_model_projection.weight": 0}
+PACKED_TABLES = {f"{PER_LAYER_TOKEN_TABLE}.weight": 1, "per_layer_model_projection.weight": 0}
 
 
 def layer_slices(name: str, tensor: torch.Tensor, config: PretrainedConfig, layers: list[int]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from distily.models.hybrid_slots import hybrid_slots, slotted_state
 from distily.models.kv_sharing import check_kv_producers, with_kv_producers
 from distily.models.layer_kinds import DERIVED_LAYER_KEYS, layer_kind_values
 from distily.models.layer_settings import check_kept, layer_config, per_layer_values
-from distily.models.packed_layers import layer_slices
+from distily.models.packed_layers import PER_LAYER_TOKEN_TABLE, layer_slices
 from distily.models.teacher import from_pretrained
 
 logger = logging.getLogger(__name__)
@@ -309,20 +309,28 @@ def copy_named_modules(teacher: PreTrainedModel, student: PreTrainedModel, names
         _copy_module(source, target, f"teacher module {name}", remedy)
 
 
-# names that mean the same module in every architecture (an LM head tied to the embeddings is one parameter)
+def input_embeddings(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """Every table of a vector per input token: the input embeddings, and Gemma 3n's and Gemma 4's per-layer inputs'
+    table beside them (``PER_LAYER_TOKEN_TABLE``)."""
+    tables = [module for name, module in model.named_modules() if name.rsplit(".", 1)[-1] == PER_LAYER_TOKEN_TABLE]
+    return [model.get_input_embeddings(), *tables]
+
+
+# names that mean the same modules in every architecture (an LM head tied to the embeddings is one parameter)
 FREEZE_ALIASES = {
-    "embeddings": PreTrainedModel.get_input_embeddings,
-    "lm_head": PreTrainedModel.get_output_embeddings,
+    "embeddings": input_embeddings,
+    "lm_head": lambda model: [model.get_output_embeddings()],
 }
 
 
 def freeze_named_modules(student: PreTrainedModel, names: list[str]) -> None:
     for name in names:
         if name in FREEZE_ALIASES:
-            module = FREEZE_ALIASES[name](student)
+            modules = FREEZE_ALIASES[name](student)
         else:
-            module = _submodule(student, name, "student", "freeze_student_modules")
-        module.requires_grad_(False)
+            modules = [_submodule(student, name, "student", "freeze_student_modules")]
+        for module in modules:
+            module.requires_grad_(False)
     if names and not any(parameter.requires_grad for parameter in student.parameters()):
         raise DistilyConfigError(  # '' names the whole model; once a RuntimeError in the first backward pass
             f"freeze_student_modules={names} freezes every parameter of the student, which would not train; expected "
