@@ -15,8 +15,8 @@ PACKING_HELP = (
     "How documents become blocks: stream (EOS-separated, cut into full blocks: GPT-2, Qwen), bos_blocks (every "
     "block opens with BOS, documents masked apart: Llama, Mistral, Gemma), documents (whole documents best-fit "
     "into blocks, masked apart, padded), padded (one document per row, padded; any model) or auto (documents when "
-    "the tokenizer adds a BOS other than its EOS, else stream; pre-tokenized rows as documents; chat data padded). "
-    "See docs/data.md."
+    "the tokenizer adds a BOS other than its document separator, else stream; pre-tokenized rows as documents; chat "
+    "data padded). See docs/data.md."
 )
 CHAT_TEMPLATE_KWARGS_HELP = (
     "JSON object of variables the chat template is rendered with wherever it is (chat data, on-policy and generate "
