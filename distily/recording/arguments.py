@@ -137,7 +137,8 @@ class GenerateArguments:
         default=None,
         metadata={"help": "A prompt dataset (a local jsonl/json/parquet file or directory, or a Hub id) with a prompt "
                   "column (a string) or a messages column (role/content turns ending with the user's): the teacher "
-                  "answers each, formatted with its chat template (or chat_template). Default: sample from BOS (the end-of-text token without one)."},
+                  "answers each, formatted with its chat template (or chat_template). Default: sample from BOS (the "
+                  "end-of-text token without one)."},
     )
     generate_prompts_split: str = field(default="train", metadata={"help": "Split of generate_prompts to read."})
     generate_num_return_sequences: int = field(

@@ -236,6 +236,23 @@ def test_a_run_recorded_before_a_setting_was_recorded_resumes_with_a_warning(tea
         run_dir.check_resume(changed.training, str(checkpoint), run_dir.run_settings(changed))
 
 
+def _killed_after_its_last_checkpoint(values: dict, monkeypatch) -> tuple[Path, dict]:
+    """The run of ``values`` killed after its last checkpoint: its output_dir and each file's mtime there."""
+    with monkeypatch.context() as patch:
+        _kill_after_training(patch)
+        with pytest.raises(KeyboardInterrupt):
+            run_distillation(parse_config(**values))
+    out = Path(values["output_dir"])
+    return out, {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+
+
+def _refused_untouched(values: dict, refusal: str, out: Path, written: dict) -> None:
+    """Its resume is refused with the one line ``refusal`` (a regular expression), every file left as it was."""
+    with pytest.raises(DistilyConfigError, match=f"^{refusal}$"):
+        run_distillation(parse_config(**values, resume_from_checkpoint="true"))
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
+
+
 def test_a_resume_on_data_rewritten_under_its_name_is_refused_and_writes_nothing(teacher_dirs, run_values, tmp_path,
                                                                                    monkeypatch):
     """The same dataset_name with other documents in it: the run took the checkpoint's model and optimizer on into
@@ -244,21 +261,14 @@ def test_a_resume_on_data_rewritten_under_its_name_is_refused_and_writes_nothing
     data = tmp_path / "data.jsonl"
     write_jsonl(data, make_documents(400))
     values = _values(run_values, teacher_dirs, dataset_name=str(data))
-    with monkeypatch.context() as patch:
-        _kill_after_training(patch)
-        with pytest.raises(KeyboardInterrupt):
-            run_distillation(parse_config(**values))
-    out = Path(values["output_dir"])
-    written = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    out, written = _killed_after_its_last_checkpoint(values, monkeypatch)
     write_jsonl(data, make_documents(400, seed=5))
     digests = r"\(train_rows_sha256 [0-9a-f]{12}\.\.\., now [0-9a-f]{12}\.\.\.: " + re.escape(
         "the data, or how a newer Distily frames it, changed since)")
     refusal = (re.escape(f"resume_from_checkpoint='{out / 'checkpoint-4'}' continues a run started on other training "
                          f"rows than dataset_name='{data}' gives now ") + digests
                + re.escape("; expected the data it was started with, or --overwrite_output_dir true to start over"))
-    with pytest.raises(DistilyConfigError, match=f"^{refusal}$"):
-        run_distillation(parse_config(**values, resume_from_checkpoint="true"))
-    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
+    _refused_untouched(values, refusal, out, written)
 
     write_jsonl(data, make_documents(400))  # the data it started with: the run finishes
     assert run_distillation(parse_config(**values, resume_from_checkpoint="true"))["train"]["global_step"] == 4
@@ -273,12 +283,7 @@ def test_a_resume_on_a_teacher_saved_again_at_its_path_is_refused_and_writes_not
     shutil.copytree(teacher_dirs["llama"], teacher)
     original = (teacher / "model.safetensors").read_bytes()
     values = _values(run_values, teacher_dirs, teacher_model_name_or_path=str(teacher))
-    with monkeypatch.context() as patch:
-        _kill_after_training(patch)
-        with pytest.raises(KeyboardInterrupt):
-            run_distillation(parse_config(**values))
-    out = Path(values["output_dir"])
-    written = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    out, written = _killed_after_its_last_checkpoint(values, monkeypatch)
     trained = AutoModelForCausalLM.from_pretrained(teacher)
     with torch.no_grad():
         for parameter in trained.parameters():
@@ -290,9 +295,7 @@ def test_a_resume_on_a_teacher_saved_again_at_its_path_is_refused_and_writes_not
                + r"[0-9a-f]{12}\.\.\., now [0-9a-f]{12}\.\.\.: " + re.escape(
                    "the checkpoint there (or its Hub revision) changed since); expected the teacher it was started "
                    "with, or --overwrite_output_dir true to start over"))
-    with pytest.raises(DistilyConfigError, match=f"^{refusal}$"):
-        run_distillation(parse_config(**values, resume_from_checkpoint="true"))
-    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == written
+    _refused_untouched(values, refusal, out, written)
 
     (teacher / "model.safetensors").write_bytes(original)  # the teacher it started with: the run finishes
     assert run_distillation(parse_config(**values, resume_from_checkpoint="true"))["train"]["global_step"] == 4
