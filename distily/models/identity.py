@@ -43,26 +43,35 @@ def sampled_weights_digest(directory: str | os.PathLike) -> Optional[str]:
     return digest.hexdigest()
 
 
-def weights_fingerprint(name_or_path: str, teacher: PreTrainedModel) -> Optional[str]:
-    """What tells a loaded teacher's weights apart cheaply: for a local checkpoint its ``sampled_weights_digest``, for
-    a Hub id the commit it was loaded from (None where neither is known)."""
+def _local_directory(name_or_path: str) -> Optional[str]:
+    """The checkpoint directory ``name_or_path`` names on this machine; None for a Hub id."""
     path = os.path.expanduser(name_or_path)
-    if os.path.isdir(path):
-        return sampled_weights_digest(path)
+    return path if os.path.isdir(path) else None
+
+
+def _loaded_commit(teacher: PreTrainedModel) -> Optional[str]:
+    """The Hub commit a loaded teacher came from (its config holds it; None for a local checkpoint)."""
     return getattr(teacher.config, "_commit_hash", None)
 
 
+def weights_fingerprint(name_or_path: str, teacher: PreTrainedModel) -> Optional[str]:
+    """What tells a loaded teacher's weights apart cheaply: for a local checkpoint its ``sampled_weights_digest``, for
+    a Hub id the commit it was loaded from (None where neither is known)."""
+    local = _local_directory(name_or_path)
+    return sampled_weights_digest(local) if local is not None else _loaded_commit(teacher)
+
+
 def teacher_identity(name_or_path: str, teacher: PreTrainedModel) -> dict:
-    """``checkpoint_identity`` of a loaded teacher (its config holds the Hub commit it was loaded from)."""
-    return checkpoint_identity(name_or_path, getattr(teacher.config, "_commit_hash", None))
+    """``checkpoint_identity`` of a loaded teacher."""
+    return checkpoint_identity(name_or_path, _loaded_commit(teacher))
 
 
 def checkpoint_identity(name_or_path: str, commit: Optional[str]) -> dict:
     """``teacher_model_name_or_path``, ``teacher_revision`` (``commit``, for a Hub id) and ``teacher_weights_sha256``
     (for a local checkpoint directory)."""
-    local = os.path.isdir(os.path.expanduser(name_or_path))
+    local = _local_directory(name_or_path)
     return {
         "teacher_model_name_or_path": name_or_path,
-        "teacher_revision": None if local else commit,
-        "teacher_weights_sha256": weights_sha256(os.path.expanduser(name_or_path)) if local else None,
+        "teacher_revision": None if local is not None else commit,
+        "teacher_weights_sha256": weights_sha256(local) if local is not None else None,
     }
