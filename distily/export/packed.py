@@ -36,6 +36,7 @@ from distily.models.bitnet import (
     BitLinear,
     BitNetOptions,
     SUBLAYER_OUTPUT_NAMES,
+    bias_over_scale,
     bitlinear_modules,
     bitnet_format,
     block_projections,
@@ -91,7 +92,7 @@ class PackedBitLinear(nn.Module):
         packed.weight.copy_(pack_ternary(ternary))
         packed.weight_scale.copy_(scale.reshape(1))
         if layer.bias is not None:
-            packed.bias.copy_((layer.bias.detach().float() / scale).to(layer.bias.dtype))
+            packed.bias.copy_(bias_over_scale(layer.bias, scale))
         if layer.rms_norm is not None:
             packed.rms_norm.load_state_dict(layer.rms_norm.state_dict())
         return packed

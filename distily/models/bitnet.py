@@ -97,6 +97,17 @@ def dequantize_ternary(ternary: torch.Tensor, scale: torch.Tensor, dtype: torch.
     return (ternary.float() * scale.float().reshape(())).to(dtype)
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype products and reductions run in: fp32, or the model's own dtype where it is wider (float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def bias_over_scale(bias: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """bias [out] / scale [] (the bias the ternary matmul adds before the scale multiplies both), in the bias's dtype,
+    divided in fp32 or wider."""
+    return (bias.detach().to(_compute_dtype(bias.dtype)) / scale).to(bias.dtype)
+
+
 def fake_quantize_activations(activations: torch.Tensor) -> torch.Tensor:
     """Absmax int8 quantisation per token, returned dequantised in the input dtype.
 
@@ -122,7 +133,7 @@ class _TernaryLinear(torch.autograd.Function):
         # inputs [..., in], weight (latent) [out, in], bias [out] -> [..., out]
         ternary, scale = ternarize(weight)
         quantised_inputs = fake_quantize_activations(inputs)
-        scaled_bias = None if bias is None else (bias.float() / scale).to(inputs.dtype)
+        scaled_bias = None if bias is None else bias_over_scale(bias, scale).to(inputs.dtype)
         ctx.save_for_backward(quantised_inputs, ternary, scale)
         ctx.dtypes = (inputs.dtype, weight.dtype, None if bias is None else bias.dtype)
         output = F.linear(quantised_inputs, ternary.to(inputs.dtype), scaled_bias)
@@ -130,12 +141,13 @@ class _TernaryLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        # products in fp32 whatever the training dtype, cast back to each input's dtype
+        # products in fp32 (fp64 for a float64 model), cast back to each input's dtype
         quantised_inputs, ternary, scale = ctx.saved_tensors
         input_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        grad_rows = grad_output.float().reshape(-1, grad_output.shape[-1])  # [tokens, out]
-        input_rows = quantised_inputs.float().reshape(-1, quantised_inputs.shape[-1])  # [tokens, in]
-        grad_inputs = (grad_rows @ dequantize_ternary(ternary, scale, torch.float32)).to(input_dtype)
+        compute = _compute_dtype(input_dtype)
+        grad_rows = grad_output.to(compute).reshape(-1, grad_output.shape[-1])  # [tokens, out]
+        input_rows = quantised_inputs.to(compute).reshape(-1, quantised_inputs.shape[-1])  # [tokens, in]
+        grad_inputs = (grad_rows @ dequantize_ternary(ternary, scale, compute)).to(input_dtype)
         grad_weight = (grad_rows.t() @ input_rows).to(weight_dtype)  # [out, in]
         grad_bias = None if bias_dtype is None else grad_rows.sum(0).to(bias_dtype)
         return grad_inputs.reshape(quantised_inputs.shape), grad_weight, grad_bias

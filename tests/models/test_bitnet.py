@@ -258,3 +258,31 @@ def test_a_bitnet_student_gguf_cannot_pack_is_named_as_it_is_built(hidden, warne
     assert bitlinear_modules(student)
     warning = f"ternary layers with rows of {hidden} values, not a multiple of 256"
     assert (warning in caplog.text) == warned and ("export --format gguf" in caplog.text) == warned
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_bitlinear_matches_transformers_online_autobitlinear(dtype, tolerance):
+    """Output and straight-through gradients equal those of transformers' quantisation-aware AutoBitLinear
+    (WeightQuant, ActQuant) on the same weights and inputs. In float64 the bias was divided by the scale and the
+    gradients multiplied in fp32: the weight's gradient was 2e-6 away from transformers' (relative 1e-7)."""
+    from transformers.integrations.bitnet import AutoBitLinear
+
+    torch.manual_seed(0)
+    ours, theirs = BitLinear(64, 48, bias=True, dtype=dtype), AutoBitLinear(64, 48, dtype=dtype, online_quant=True)
+    with torch.no_grad():
+        ours.bias.normal_(0, 0.1)
+    theirs.load_state_dict(ours.state_dict())
+    inputs = [torch.randn(3, 7, 64, dtype=dtype, generator=torch.Generator().manual_seed(1)).requires_grad_()
+              for _ in range(2)]
+    grad_output = torch.randn(3, 7, 48, dtype=dtype)
+    with torch._dynamo.config.patch(disable=True):  # transformers compiles its quantisers
+        outputs = [layer(layer_inputs) for layer, layer_inputs in zip((ours, theirs), inputs)]
+    for output in outputs:
+        output.backward(grad_output)
+
+    def close(mine: torch.Tensor, reference: torch.Tensor) -> bool:
+        return (mine - reference).abs().max() <= tolerance * reference.abs().max()
+
+    assert close(outputs[0], outputs[1])
+    assert close(inputs[0].grad, inputs[1].grad)
+    assert close(ours.weight.grad, theirs.weight.grad) and close(ours.bias.grad, theirs.bias.grad)
