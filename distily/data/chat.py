@@ -94,7 +94,7 @@ def message_text(content, role: str, where: str) -> str:
     return "".join(part["text"] for part in content)
 
 
-def _turns(value, where: str) -> list[dict]:
+def message_turns(value, where: str) -> list[dict]:
     """A list of messages checked: each a ``{role, content}`` dict, its content as text (``message_text``), its
     other keys (``reasoning_content``, which Qwen3's and SmolLM3's templates render) kept unchanged for the
     template."""
@@ -129,7 +129,7 @@ class ChatColumns:
 def _conversation(row, index: int, fmt: str, columns: ChatColumns) -> list[dict]:
     where = f"dataset {columns.dataset_name!r} row {index}"
     if fmt == MESSAGES_FORMAT:
-        turns = _turns(row[columns.messages], where)
+        turns = message_turns(row[columns.messages], where)
     else:
         prompt, completion = row[columns.prompt], row[columns.completion]
         if isinstance(prompt, str) != isinstance(completion, str):
@@ -139,10 +139,10 @@ def _conversation(row, index: int, fmt: str, columns: ChatColumns) -> list[dict]
             )
         if isinstance(prompt, str):
             prompt, completion = [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
-        answers = _turns(completion, where)
+        answers = message_turns(completion, where)
         if not any(turn["role"] == "assistant" and turn["content"].strip() for turn in answers):
             raise DistilyConfigError(f"{where} has an empty completion; expected the text the assistant answers")
-        turns = _turns(prompt, where) + answers
+        turns = message_turns(prompt, where) + answers
     empty = [index for index, turn in enumerate(turns) if turn["role"] == "assistant" and not turn["content"].strip()]
     if empty:
         raise DistilyConfigError(f"{where} has an empty assistant turn (message {empty[0]}); expected the text the "

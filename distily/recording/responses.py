@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.config import GenerateConfig
-from distily.data.chat import ChatTemplate, message_text, prompt_ids
+from distily.data.chat import ChatTemplate, message_turns, prompt_ids
 from distily.data.sources import load_documents
 from distily.errors import DistilyConfigError
 from distily.generation.backends import open_generator
@@ -43,23 +43,16 @@ def load_prompts(config: GenerateConfig) -> datasets.Dataset:
 
 
 def _turns(messages, row: int) -> list[dict]:
-    """A ``messages`` row as a list of {role, content} turns, checked to end with the user's turn; a content of text
-    parts is read as their texts joined (``message_text``)."""
-    if not isinstance(messages, list) or not messages:
-        raise DistilyConfigError(f"generate_prompts row {row} has no messages; expected a list of role/content turns")
-    for turn in messages:
-        if not (isinstance(turn, dict) and isinstance(turn.get("role"), str)):
-            raise DistilyConfigError(
-                f"generate_prompts row {row} holds the turn {turn!r}; expected {{'role': ..., 'content': ...}} with a "
-                "string role"
-            )
-    if messages[-1]["role"] != "user":
-        raise DistilyConfigError(
-            f"generate_prompts row {row} ends with a {messages[-1]['role']!r} turn; expected the user's turn last"
-        )
+    """A ``messages`` row as a list of {role, content} turns, checked as chat data's messages are (``message_turns``:
+    roles system, user and assistant, a content of text parts read as their texts joined) and to end with the user's
+    turn."""
     where = f"generate_prompts row {row}"
-    return [{"role": turn["role"], "content": message_text(turn.get("content"), turn["role"], where)}
-            for turn in messages]
+    if isinstance(messages, list) and not messages:
+        raise DistilyConfigError(f"{where} has no messages; expected a list of role/content turns")
+    turns = message_turns(messages, where)
+    if turns[-1]["role"] != "user":
+        raise DistilyConfigError(f"{where} ends with a {turns[-1]['role']!r} turn; expected the user's turn last")
+    return [{"role": turn["role"], "content": turn["content"]} for turn in turns]
 
 
 def prompt_conversations(prompts: datasets.Dataset) -> list[list[dict]]:

@@ -116,6 +116,17 @@ def test_prompts_of_text_parts_read_as_their_texts_joined_and_a_part_that_is_not
         prompt_conversations(datasets.Dataset.from_list([{"messages": parted}, {"messages": image}]))
 
 
+def test_prompt_turns_are_checked_as_chat_data_reads_them():
+    """generate_prompts took any string role ('tool'), writing conversations that distill then refused as chat data;
+    the turns are now read by chat data's own check (message_turns)."""
+    tool = [{"role": "tool", "content": "42"}, {"role": "user", "content": "and so?"}]
+    with pytest.raises(DistilyConfigError, match=r"^generate_prompts row 0 has a message with role='tool'; expected "
+                                                 r"one of system, user, assistant$"):
+        prompt_conversations(datasets.Dataset.from_list([{"messages": tool}]))
+    kept = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert prompt_conversations(datasets.Dataset.from_list([{"messages": kept}])) == [kept]
+
+
 def test_the_responses_are_recorded_with_their_assistant_mask_and_a_student_trains_on_the_store(
         teacher_dirs, tmp_path):
     prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"the cat sees {n} books"} for n in range(12)])
