@@ -35,7 +35,7 @@ from distily.recording.arguments import (
     RecordArguments,
     TeacherSourceArguments,
 )
-from distily.training.arguments import DistillationTrainingArguments
+from distily.training.arguments import JOINED_VALUE_KEYS, DistillationTrainingArguments
 
 # Every dataclass a config file's keys belong to (a key is known when one of them declares it).
 CONFIG_CLASSES = (
@@ -199,6 +199,16 @@ class ArgumentParser(_OneLineErrors, argparse.ArgumentParser):
     """argparse whose errors are one-line ``DistilyConfigError``s."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """The help's formatter, showing a key whose value the command line takes joined to its flag alone
+    (``JOINED_VALUE_KEYS``) as it is given: ``--debug=VALUE``, not ``--debug DEBUG [DEBUG ...]``."""
+
+    def _format_action_invocation(self, action):
+        if action.dest in JOINED_VALUE_KEYS:
+            return f"--{action.dest}=VALUE"
+        return super()._format_action_invocation(action)
+
+
 class _Parser(_OneLineErrors, HfArgumentParser):
     pass
 
@@ -215,6 +225,7 @@ def make_parser(command: type = DistillConfig) -> HfArgumentParser:
         allow_abbrev=False,
         usage=getattr(command, "usage", f"{command.prog} [CONFIG.yaml] [--key value ...]"),
         description=command.description,
+        formatter_class=_HelpFormatter,
     )
 
 

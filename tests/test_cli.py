@@ -72,6 +72,15 @@ def test_a_value_after_debug_is_one_line_and_exit_2(tmp_path, capsys):
             main(argv)
 
 
+def test_the_help_shows_the_trainers_debug_key_as_the_command_line_takes_it(capsys):
+    """`distily distill --help` listed `--debug DEBUG [DEBUG ...]`, a form the command line refuses (a bare --debug is
+    the traceback switch): only --debug=VALUE reaches the Trainer's key."""
+    assert main(["distill", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert re.search(r"^  --debug=VALUE +The Trainer's debug features", help_text, re.MULTILINE)
+    assert "--debug DEBUG" not in help_text
+
+
 def test_a_config_file_that_is_not_yaml_names_the_problem_and_where(tmp_path, capsys):
     """The error gave the YAML error's first line alone: "is not valid YAML: while parsing a flow sequence"."""
     config = tmp_path / "run.yaml"

@@ -9,14 +9,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from accelerate.utils import get_torch_accelerator_backend, str_to_bool
 from transformers import SchedulerType, TrainingArguments
+from transformers.debug_utils import DebugOption
 from transformers.trainer_pt_utils import AcceleratorConfig
 
-from distily.arguments import check_seed, json_dict, one_of, split_seed
+from distily.arguments import check_seed, field_of, json_dict, one_of, split_seed
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import GENERATION_BACKENDS
 
@@ -41,6 +42,9 @@ def fsdp_syncs_module_states(training: TrainingArguments) -> bool:
     if training.fsdp:
         return str_to_bool(str(training.fsdp_config.get("sync_module_states", "true"))) == 1
     return str_to_bool(os.environ.get("FSDP_SYNC_MODULE_STATES", "false")) == 1
+
+
+JOINED_VALUE_KEYS = ("debug",)  # given on the command line as --debug=VALUE only: a bare --debug is the CLI's own
 
 
 def boundary_step(stage_boundary: float, total_steps: int) -> int:
@@ -120,6 +124,12 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={"help": f"Generation back end of on-policy completions, one of {', '.join(GENERATION_BACKENDS)}: hf "
                   "(the student's generate, KV cache) or vllm (an engine the student's weights are copied into "
                   "after each optimizer step; needs the vllm package and a GPU)."},
+    )
+    debug: Union[str, list[DebugOption]] = field_of(
+        TrainingArguments, "debug",
+        help="The Trainer's debug features: underflow_overflow (detect overflow in model I/O), tpu_metrics_debug (print "
+        "TPU metrics). On the command line one, joined to its flag (--debug=underflow_overflow): a bare --debug shows "
+        "an error's full traceback and takes no value; in the config file one or a list.",
     )
     ddp_find_unused_parameters: Optional[bool] = field(
         default=None,
