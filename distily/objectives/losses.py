@@ -58,9 +58,10 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """KL(p || q) = sum_v p(v) (log p(v) - log q(v)) over the last axis, from log-probabilities [..., V] -> [...].
 
     The terms where p(v) = 0 are 0, value and gradient: where q(v) = 0 too (log q raised to the lowest float),
-    the product's gradient would otherwise be 0 * inf = nan once the loss is scaled by T^2 > 1."""
+    the product's gradient would otherwise be 0 * inf = nan once the loss is scaled by T^2 > 1. A NaN p(v) (a
+    teacher whose half-precision activations overflowed) stays NaN: ``p > 0`` would count it as 0."""
     probs = logp.exp()  # [..., V]
-    return torch.where(probs > 0, probs * (logp - logq), 0.0).sum(-1)
+    return torch.where(probs != 0, probs * (logp - logq), 0.0).sum(-1)
 
 
 UNKNOWN_WORKING_TENSORS = 10

@@ -228,6 +228,18 @@ def test_teacher_minus_infinity_is_allowed_where_the_loss_is_finite(name):
         torch.testing.assert_close(closed_grad, grad)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_teacher_row_that_is_not_finite_gives_nan_never_a_finite_loss(name, bad):
+    """A float16 teacher whose activations overflowed gives NaN or inf logits: its rows' loss must show it (the float64
+    formula's NaN, or inf), never count as 0 (the forward KLs' did, which hid the rows from the evaluation's KL)."""
+    student, teacher = _logits(3, 20, seed=35), _logits(3, 20, seed=36)
+    teacher[1, 7] = bad
+    assert not torch.isfinite(_reference(name, student, teacher, 1.0, PARAMS.get(name, {}))[1])
+    assert not torch.isfinite(_loss(name, student, teacher)[1])
+    assert torch.isfinite(_loss(name, student, teacher)[[0, 2]]).all()
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_bf16_inputs_give_fp32_losses_close_to_fp32(name):
     student, teacher = _logits(6, 64, seed=31), _logits(6, 64, seed=32)
