@@ -7,10 +7,11 @@ Layout (transformers' BitNet integration, `quant_method: bitnet`, `linear_class:
     `weight_scale`  fp32 [1], the absmean scale s
     `bias`          bias / s, because transformers' AutoBitLinear multiplies (x W_t^T + bias) by s
     `rms_norm.weight`  when the layer has an input RMSNorm
-Every other tensor is stored as trained. Transformers loads such a checkpoint only when every ternary
-layer is an nn.Linear and the norms are all-or-nothing (`use_rms_norm`); GPT-2's Conv1D layers and
-SubLN students are written without `quantization_config` and load with `load_packed_student`, so a
-plain transformers load fails on the weight shapes instead of computing something else.
+Every other tensor is stored as trained. Transformers loads such a checkpoint when every ternary layer is an
+nn.Linear and the norms are all-or-nothing (`use_rms_norm`), and a SubLN Llama written as its BitNetForCausalLM
+(bitnet_architecture); GPT-2's Conv1D layers and other SubLN students are written without `quantization_config` and
+load with `load_packed_student`, so a plain transformers load fails on the weight shapes instead of computing
+something else.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from distily.errors import DistilyConfigError
+from distily.export.bitnet_architecture import (
+    bitnet_config,
+    bitnet_tensor_name,
+    is_bitnet_architecture,
+    norms_in_architecture,
+)
 from distily.export.report import REPORT_FILE, ExportReport
 from distily.outputs import PreviousOutput, atomic_output
 from distily.models.bitnet import (
@@ -123,7 +130,8 @@ def transformers_quantization_config(model: PreTrainedModel) -> dict | None:
     """The `quantization_config` transformers needs, or None when it cannot rebuild these layers."""
     options = BitNetOptions.from_config(model.config)
     converted = {name for name, _ in bitlinear_modules(model)}
-    if options.subln or not _source_projections_are_linear(model.config):
+    rebuilt = not options.subln or is_bitnet_architecture(model.config)  # SubLN: in BitNetForCausalLM alone
+    if not rebuilt or not _source_projections_are_linear(model.config):
         return None
     return {
         "quant_method": "bitnet",
@@ -193,7 +201,10 @@ def write_packed_checkpoint(model: PreTrainedModel, output_dir: str | Path, toke
     (distily.outputs.check_output; `protected` paths are never replaced).
     """
     packed = to_packed(model)
+    state = _untied_state_dict(packed)
     config = copy.deepcopy(model.config)
+    if is_bitnet_architecture(config):
+        config, state = bitnet_config(config), {bitnet_tensor_name(name): tensor for name, tensor in state.items()}
     quantization_config = transformers_quantization_config(model)
     if quantization_config is not None:
         config.quantization_config = quantization_config
@@ -204,7 +215,7 @@ def write_packed_checkpoint(model: PreTrainedModel, output_dir: str | Path, toke
         output, directory=True, overwrite=overwrite, previous=PACKED_EXPORT, protected=protected
     ) as staging:
         staging.mkdir()
-        save_file(_untied_state_dict(packed), str(staging / "model.safetensors"), metadata={"format": "pt"})
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(staging)
         if tokenizer_dir is not None:
             tokenizer_dir = Path(tokenizer_dir)
@@ -234,7 +245,7 @@ def load_packed_student(path: str | Path, dtype: torch.dtype = torch.float32) ->
     for name, module in block_projections(model):
         out_features, in_features = module.weight.shape if isinstance(module, nn.Linear) else module.weight.shape[::-1]
         with_norm = options.input_norm or (options.subln and name.rsplit(".", 1)[-1] in SUBLAYER_OUTPUT_NAMES)
-        norm_eps = options.rms_norm_eps if with_norm else None
+        norm_eps = options.rms_norm_eps if with_norm and not norms_in_architecture(config) else None
         model.set_submodule(name, PackedBitLinear(in_features, out_features, module.bias is not None, norm_eps, dtype))
     load_state_from_dir(model, Path(path))
     return model.eval()

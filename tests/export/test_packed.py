@@ -82,7 +82,32 @@ def test_transformers_loads_packed_llama(tmp_path):
     assert (logits - reference).abs().max() <= LOGITS_TOLERANCE * reference.abs().max()
 
 
-@pytest.mark.parametrize("architecture, options", [("gpt2", {}), ("llama", {"subln": True})])
+def test_transformers_loads_a_subln_llama_as_bitnet(tmp_path):
+    """A SubLN Llama student is transformers' BitNet b1.58 architecture (BitNetForCausalLM, as
+    microsoft/bitnet-b1.58-2B-4T): its export was written without quantization_config, so plain transformers
+    failed on the packed weight shapes. It loads now, its sub-norms as attn_sub_norm / ffn_sub_norm."""
+    student = tiny_student("llama", subln=True)
+    with torch.no_grad():
+        for _, layer in bitlinear_modules(student):
+            if layer.rms_norm is not None:
+                layer.rms_norm.weight.uniform_(0.5, 1.5)
+    path = write_packed_checkpoint(student, tmp_path / "packed", verify_input_ids=random_tokens())
+    config = json.loads((path / "config.json").read_text())
+    assert (config["model_type"], config["architectures"]) == ("bitnet", ["BitNetForCausalLM"])
+    assert config["quantization_config"]["quant_method"] == "bitnet"
+    assert "model.layers.1.mlp.ffn_sub_norm.weight" in load_file(path / "model.safetensors")
+    with torch._dynamo.config.patch(disable=True):  # see test_transformers_loads_packed_llama
+        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        with torch.no_grad():
+            reference, logits = student(random_tokens()).logits, loaded(random_tokens()).logits
+    assert type(loaded).__name__ == "BitNetForCausalLM"
+    assert (logits - reference).abs().max() <= LOGITS_TOLERANCE * reference.abs().max()
+    with torch.no_grad():
+        assert torch.equal(load_packed_student(path)(random_tokens()).logits, reference)
+
+
+@pytest.mark.parametrize("architecture, options", [("gpt2", {}), ("qwen2", {"subln": True}),
+                                                   ("llama", {"subln": True, "rms_norm_eps": 1e-3})])
 def test_layouts_transformers_cannot_rebuild_carry_no_quantization_config(architecture, options, tmp_path):
     student = tiny_student(architecture, **options)
     path = write_packed_checkpoint(student, tmp_path / "packed", verify_input_ids=random_tokens())
