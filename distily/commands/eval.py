@@ -105,8 +105,9 @@ def run_evaluation(config: EvalConfig) -> dict:
         teacher = load_teacher(command.teacher_model_name_or_path, command.torch_dtype, command.trust_remote_code)
         teacher_tokenizer = load_tokenizer(command.teacher_model_name_or_path, "teacher", command.trust_remote_code)
         adopt_chat_template(teacher_tokenizer, command.chat_template)
-        check_same_tokenizer(teacher_tokenizer, tokenizer)
-        vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(model), len(tokenizer))
+        named = repr(command.model_name_or_path)  # as given: the model need not be a student
+        check_same_tokenizer(teacher_tokenizer, tokenizer, model=named)
+        vocab_size = shared_vocab_size(output_vocab_size(teacher), output_vocab_size(model), len(tokenizer), named)
     max_seq_length = resolve_max_seq_length(command.max_seq_length, *(m for m in (model, teacher) if m is not None))
     cache_dir = command.tokenization_cache_dir or default_cache_dir()
     sets = load_eval_sets(evaluation.eval_datasets, tokenizer, max_seq_length, cache_dir, command.max_eval_samples,

@@ -17,28 +17,34 @@ def _first_difference(teacher_tokenizer: PreTrainedTokenizerBase, student_tokeni
     teacher, student = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
     token = min(set(teacher.items()) ^ set(student.items()), key=lambda item: (item[1], item[0]))[0]
     student_id, teacher_id = student.get(token, "none"), teacher.get(token, "none")
-    return f"{token!r} is id {student_id} in the student's, {teacher_id} in the teacher's"
+    return f"{token!r} is id {student_id} in it, {teacher_id} in the teacher's"
 
 
 def check_same_tokenizer(teacher_tokenizer: PreTrainedTokenizerBase, student_tokenizer: PreTrainedTokenizerBase,
-                         why: str = "the agreement metrics compare the two models token by token"):
+                         why: str = "the agreement metrics compare the two models token by token",
+                         model: str = "the student"):
+    """``student_tokenizer``, the tokenizer of ``model`` (``distily eval``: the model as the user named it), has the
+    teacher's vocabulary; else one line naming a token they differ on."""
     if not same_vocabulary(teacher_tokenizer, student_tokenizer):
         raise DistilyConfigError(
-            f"the student's tokenizer ({len(student_tokenizer)} tokens) differs from the teacher's "
+            f"the tokenizer of {model} ({len(student_tokenizer)} tokens) differs from the teacher's "
             f"({len(teacher_tokenizer)} tokens): {_first_difference(teacher_tokenizer, student_tokenizer)}; expected "
             f"the same tokenizer ({why})"
         )
 
 
-def shared_vocab_size(teacher_vocab: int, student_vocab: int, tokenizer_size: int) -> Optional[int]:
+def shared_vocab_size(teacher_vocab: int, student_vocab: int, tokenizer_size: int,
+                      model: str = "the student") -> Optional[int]:
     """How many logit columns the loss compares: None (all) when both heads have the same width, else
-    the real vocabulary when both heads cover it and differ only by padding rows."""
+    the real vocabulary when both heads cover it and differ only by padding rows. ``model`` names the model of
+    ``student_vocab`` columns."""
     if teacher_vocab == student_vocab:
         return None
     if min(teacher_vocab, student_vocab) < tokenizer_size:
         raise DistilyConfigError(
-            f"teacher logits have {teacher_vocab} columns and student logits {student_vocab}, but the tokenizer has "
-            f"{tokenizer_size} tokens; expected both to cover the tokenizer (differing only by padding rows)"
+            f"the teacher's logits have {teacher_vocab} columns and those of {model} {student_vocab}, but the "
+            f"tokenizer has {tokenizer_size} tokens; expected both to cover the tokenizer (differing only by padding "
+            "rows)"
         )
     return tokenizer_size
 

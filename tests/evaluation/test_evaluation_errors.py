@@ -8,7 +8,10 @@ from distily.cli import main
 from distily.config import parse_config, parse_eval_config
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import load_eval_set
-from tiny import make_conversations, write_chat_jsonl
+from tiny import (
+    make_conversations, make_documents, make_sentencepiece_tokenizer, make_tokenizer, save_tiny_model, write_chat_jsonl,
+    write_jsonl,
+)
 
 
 @pytest.mark.parametrize(
@@ -83,3 +86,22 @@ def test_eval_refuses_a_teacher_store_where_a_model_is_expected(key, recording, 
         f"distily eval: error: {key}='{store}' is a teacher store (distily record's outputs of a teacher), not a "
         "model; expected a model's directory or Hub id, such as the teacher the store recorded\n"
     )
+
+
+def test_eval_names_the_model_it_was_given_not_a_student(tmp_path, capsys):
+    """distily eval evaluates any model, but its tokenizer and logit-width errors said 'the student's tokenizer' and
+    'student logits'."""
+    teacher = save_tiny_model(tmp_path / "teacher", "llama", make_tokenizer())
+    other = save_tiny_model(tmp_path / "other", "llama", make_sentencepiece_tokenizer())
+    narrow = save_tiny_model(tmp_path / "narrow", "llama", make_tokenizer(), vocab_size=100)
+    sets = json.dumps({"s": write_jsonl(tmp_path / "s.jsonl", make_documents(4))})
+    capsys.readouterr()
+    assert main(["eval", other, "--teacher_model_name_or_path", teacher, "--eval_datasets", sets]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"distily eval: error: the tokenizer of {other!r} (400 tokens) differs from the teacher's (320 tokens): '<eos>' "
+        "is id none in it, 0 in the teacher's; expected the same tokenizer (the agreement metrics compare the two "
+        "models token by token)")
+    assert main(["eval", narrow, "--teacher_model_name_or_path", teacher, "--eval_datasets", sets]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"distily eval: error: the teacher's logits have 320 columns and those of {narrow!r} 100, but the tokenizer "
+        "has 320 tokens; expected both to cover the tokenizer (differing only by padding rows)")

@@ -40,9 +40,9 @@ def test_tokenizers_of_one_size_are_told_apart_by_a_token():
     with pytest.raises(DistilyConfigError) as error:
         check_same_tokenizer(teacher, student)
     assert str(error.value) == (
-        "the student's tokenizer (320 tokens) differs from the teacher's (320 tokens): '<eos>' is id 0 in the "
-        "student's, none in the teacher's; expected the same tokenizer (the agreement metrics compare the two models "
-        "token by token)"
+        "the tokenizer of the student (320 tokens) differs from the teacher's (320 tokens): '<eos>' is id 0 in it, "
+        "none in the teacher's; expected the same tokenizer (the agreement metrics compare the two models token by "
+        "token)"
     )
 
 
