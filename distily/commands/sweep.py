@@ -1,7 +1,7 @@
 """``distily sweep``: run each run of a sweep that has not finished, record failures, gather the results.
 
-A run is finished when its ``metrics.json`` exists, and running the sweep again skips it; a finished
-or resumable run whose settings (config keys and flags, recorded in its ``run.json``) differ from the
+A run is finished when its ``metrics.json`` exists without an ``error.txt``, and running the sweep again skips it;
+a finished or resumable run whose settings (config keys and flags, recorded in its ``run.json``) differ from the
 sweep's now is an error before anything runs, rather than a stale result in the table. A run that
 was killed resumes from its last checkpoint (or starts again without one); a failed run is tried
 again. A failure (any exception, also one after ``metrics.json`` was written, which is then removed) goes to
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from distily.errors import DistilyConfigError, RunInterrupted
 from distily.experiments import sweep_file
-from distily.experiments.results import ERROR_FILE, check_ranked, gather_results
+from distily.experiments.results import ERROR_FILE, check_ranked, gather_results, run_finished
 from distily.experiments.runs import Run
 from distily.experiments.sweep_file import Sweep, flag_keys
 from distily.outputs import write_json_atomic
@@ -60,7 +60,7 @@ def check_started_runs(sweep: Sweep) -> None:
     """Refuse a sweep whose finished or resumable runs were started with other settings than it would use now."""
     for run in sweep.runs:
         run_dir = sweep.run_dir(run)
-        kept = RunDir(run_dir).is_finished() or _resumable(run_dir)
+        kept = run_finished(run_dir) or _resumable(run_dir)
         if not kept or not (run_dir / RUN_FILE).exists():
             continue
         was = json.loads((run_dir / RUN_FILE).read_text()).get("settings")
@@ -85,6 +85,8 @@ def _run(sweep: Sweep, run: Run) -> None:
     resume = _resumable(run_dir)
     record = {"name": run.name, "overrides": run.overrides, "sweep": sweep.source, "settings": _settings(sweep, run)}
     write_json_atomic(run_dir / RUN_FILE, record)
+    if (run_dir / ERROR_FILE).exists():  # failed: a metrics.json beside its error is the failed attempt's
+        RunDir(run_dir).unmark_finished()
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     config = sweep.config(run, **({"resume_from_checkpoint": "true"} if resume else {}))
     run_distillation(config, command=f"{sweep_command(sweep)} (run {run.name})")
@@ -99,7 +101,7 @@ def run_sweep(sweep: Sweep) -> list[dict]:
     try:
         for run in progress:
             progress.set_postfix_str(run.name)
-            if RunDir(sweep.run_dir(run)).is_finished():
+            if run_finished(sweep.run_dir(run)):
                 tqdm.write(f"{run.name}: finished earlier, skipped")
                 continue
             try:

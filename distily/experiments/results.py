@@ -11,6 +11,13 @@ from distily.training.run_dir import RunDir
 ERROR_FILE = "error.txt"  # first line: the error in one line; then the traceback
 
 
+def run_finished(run_dir) -> bool:
+    """Whether a sweep's run finished: its ``metrics.json`` is there, and no ``error.txt``. Every attempt at a run
+    removes ``error.txt`` first, so the two together say it failed after writing its metrics (a folder of a sweep
+    before bde2db0, which left both; since then a failure removes ``metrics.json``)."""
+    return RunDir(run_dir).is_finished() and not (run_dir / ERROR_FILE).exists()
+
+
 def flatten(metrics: dict, prefix: str = "") -> dict:
     """Nested metrics as one level of dotted keys; lists are left out."""
     flat = {}
@@ -69,7 +76,7 @@ def gather_results(sweep) -> list[dict]:
     for run in sweep.runs:
         run_dir = sweep.run_dir(run)
         row = {"name": run.name, **{key: render_value(value) for key, value in run.overrides.items()}}
-        if RunDir(run_dir).is_finished():
+        if run_finished(run_dir):
             row.update(status="finished", **flatten(RunDir(run_dir).read_metrics().to_dict()))
         elif (run_dir / ERROR_FILE).exists():
             row.update(status="failed", error=(run_dir / ERROR_FILE).read_text().splitlines()[0])

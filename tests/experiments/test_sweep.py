@@ -20,7 +20,7 @@ from distily.commands import sweep as sweep_command
 from distily.commands.sweep import run_sweep
 from distily.errors import DistilyConfigError, RunInterrupted
 from distily.evaluation.harness import task_results
-from distily.experiments.results import check_ranked, rank
+from distily.experiments.results import check_ranked, gather_results, rank
 from distily.experiments.runs import render_value, run_name
 from distily.experiments.sweep_file import load_sweep
 from distily.metrics import MultimodalCheckpoint
@@ -512,6 +512,22 @@ def test_a_run_that_fails_after_writing_its_metrics_is_failed_and_tried_again(ba
     monkeypatch.setattr(sweep_command, "run_distillation", distill)
     assert main(["sweep", path]) == 0
     assert _statuses(out) == {run.name: "finished"} and not (out / run.name / "error.txt").exists()
+
+def test_a_folder_of_an_older_sweep_holding_metrics_and_an_error_is_failed_and_tried_again(base, tmp_path):
+    """A sweep before bde2db0 left metrics.json beside error.txt when a run failed after writing it: that folder was
+    listed as finished and skipped, though newer sweeps call the same failure failed."""
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), runs=[{"name": "only"}])
+    (run,) = load_sweep(path).runs
+    assert main(["sweep", path]) == 0
+    folder = tmp_path / "out" / run.name
+    (folder / "error.txt").write_text("OSError: push_to_hub: connection refused\n\nTraceback ...\n")
+    written = (folder / "metrics.json").stat().st_mtime_ns
+    rows = gather_results(load_sweep(path))
+    assert [(row["status"], row["error"]) for row in rows] == [("failed", "OSError: push_to_hub: connection refused")]
+    assert main(["sweep", path]) == 0
+    assert _statuses(tmp_path / "out") == {run.name: "finished"} and not (folder / "error.txt").exists()
+    assert (folder / "metrics.json").stat().st_mtime_ns != written  # run again, not skipped
+
 
 @pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_resumes_from_it(base, tmp_path):
