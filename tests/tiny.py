@@ -9,6 +9,7 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
     LlamaConfig,
+    MixtralConfig,
     OPTConfig,
     Phi3Config,
     PreTrainedTokenizerFast,
@@ -90,6 +91,11 @@ def tiny_config(arch: str, layers: int = 4, vocab_size: int = VOCAB, **overrides
         config = Qwen3Config(
             num_hidden_layers=layers, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=True, **common,
+        )
+    elif arch == "mixtral":  # a mixture of 8 experts, 2 per token: not in ARCHITECTURES
+        config = MixtralConfig(
+            num_hidden_layers=layers, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=32, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=256, **common,
         )
     else:
         raise ValueError(arch)

@@ -31,6 +31,7 @@ from distily.objectives.layer_maps import check_layer_map
 from distily.objectives.losses import FEATURE_LOSSES, LOSSES, UNKNOWN_WORKING_TENSORS, check_loss
 from distily.objectives.norms import NORMS
 from distily.objectives.projectors import PROJECTORS
+from distily.objectives.router import ROUTER_AUX, RouterAuxComponent, router_aux_weight
 
 
 class LogitsComponent(Component):
@@ -189,7 +190,8 @@ def build_objective(
     """The objective the configuration asks for. The model configs size the feature components (layer maps,
     projectors, norms) without a forward pass, and are needed only when one is turned on; ``vocab_size``
     limits logit losses to the shared vocabulary. ``logits_component`` is the logit loss the teacher's
-    outputs feed: full logits (``LogitsComponent``) or a store's sparse targets (``SparseLogitsComponent``)."""
+    outputs feed: full logits (``LogitsComponent``) or a store's sparse targets (``SparseLogitsComponent``).
+    A mixture-of-experts student whose config sets ``output_router_logits`` adds its router loss (``router.py``)."""
     components, weights = {}, {}
     if args.logits_weight > 0:
         check_loss(args.logits_loss, args.logits_loss_kwargs)
@@ -200,5 +202,8 @@ def build_objective(
     if args.hard_label_weight > 0:
         components["hard_label"] = HardLabelComponent()
         weights["hard_label"] = args.hard_label_weight
+    if router_aux_weight(student_config) > 0:
+        components[ROUTER_AUX] = RouterAuxComponent()
+        weights[ROUTER_AUX] = router_aux_weight(student_config)
     features, feature_weights = build_feature_components(args, teacher_config, student_config)
     return DistillationObjective({**components, **features}, {**weights, **feature_weights})

@@ -37,11 +37,12 @@ from distily.models.architecture import output_vocab_size, resolve_max_seq_lengt
 from distily.objectives.cross_tokenizer import NEEDS_SHARED_TOKENS, CrossTokenizerLogitsComponent
 from distily.objectives.features import HiddenStatesComponent
 from distily.objectives.objective import DistillationObjective, HardLabelComponent
+from distily.objectives.router import RouterAuxComponent
 from distily.teachers.live import LiveTeacher, calibrate_cakld_beta
 
 ALIGNED_PIECES = "aligned_pieces"  # metrics.json's framing.packing: document pieces cut at aligned characters
 ALIGNED_CONVERSATIONS = "aligned_conversations"  # one conversation a row, each model's own rendering
-SUPPORTED_COMPONENTS = (CrossTokenizerLogitsComponent, HardLabelComponent, HiddenStatesComponent)
+SUPPORTED_COMPONENTS = (CrossTokenizerLogitsComponent, HardLabelComponent, HiddenStatesComponent, RouterAuxComponent)
 
 
 def teacher_rows(dataset: Dataset) -> Dataset:
@@ -151,7 +152,7 @@ class CrossTokenizerTeacher(LiveTeacher):
                 raise DistilyConfigError(
                     f"the {name} component pairs teacher and student positions one to one, which differ across "
                     f"tokenizers; expected {name}_weight=0 in a cross-tokenizer run "
-                    "(logits, hidden states, hard labels)"
+                    "(logits, hidden states, hard labels, a mixture-of-experts student's router loss)"
                 )
 
     def framing_metrics(self, data: DistillationData, collate_fn: Callable) -> FramingMetrics:
