@@ -23,9 +23,14 @@ def _load_builder(builder: str, files: list[str]) -> datasets.Dataset:
     """``files`` read by the ``datasets`` builder ``builder``, under a configuration named by their bytes' sha256:
     ``datasets`` knows a local file by its path and mtime, so a file rewritten with its mtime kept
     (``tar -x``, ``cp -p``, a filesystem of whole-second mtimes) was read back from its cached Arrow copy, under the
-    same fingerprint (so the tokenization cache's key too). Hashing reads about 400 MB a second."""
-    digest = hashlib.sha256("".join(f"{file_sha256(name)}\n" for name in files).encode())
-    return datasets.load_dataset(builder, name=f"sha256-{digest.hexdigest()[:24]}", data_files=files, split="train")
+    same fingerprint (so the tokenization cache's key too). Hashing reads about 400 MB a second. The dataset's
+    fingerprint is the builder's and the bytes' too: ``datasets`` would give it one of the files' mtimes, so the same
+    file written again (copied back, a fresh checkout) read as other documents, and a store recorded on it was
+    refused."""
+    digest = hashlib.sha256("".join(f"{file_sha256(name)}\n" for name in files).encode()).hexdigest()
+    loaded = datasets.load_dataset(builder, name=f"sha256-{digest[:24]}", data_files=files, split="train")
+    fingerprint = hashlib.sha256(f"{builder}:{digest}".encode()).hexdigest()[:16]
+    return datasets.Dataset(loaded.data, info=loaded.info, split=loaded.split, fingerprint=fingerprint)
 
 
 def _first_bad_json_line(files: list[str]) -> Optional[str]:

@@ -405,3 +405,24 @@ def test_a_data_file_edited_in_place_is_read_again(tmp_path, tokenizer, kind):
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     data = build_datasets(args(path, tmp_path, packing="padded"), tokenizer, 256, seed=0)
     assert set(flat(data.train)) | set(flat(data.eval)) == {tuple(ids) for ids in tokenizer(documents)["input_ids"]}
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_a_data_file_written_again_with_the_same_bytes_keeps_its_fingerprint(tmp_path, kind):
+    """The documents' fingerprint (a store's dataset_fingerprint, the tokenization cache's key) came from the file's
+    mtime: the same bytes written again (copied back, a fresh checkout) read as other documents, and a store recorded
+    on them was refused. Other bytes still read as other documents."""
+    path = tmp_path / f"d.{kind}"
+
+    def fingerprint(words: list[str], mtime: int) -> str:
+        documents = [f"the {word} sees the dog number {i}" for i, word in enumerate(words)]
+        if kind == "jsonl":
+            write_jsonl(path, documents)
+        else:
+            datasets.Dataset.from_dict({"text": documents}).to_parquet(str(path))
+        os.utime(path, (mtime, mtime))
+        return load_documents(DataArguments(dataset_name=str(path)))._fingerprint
+
+    first = fingerprint(["cat"] * 20, 1_000_000_000)
+    assert fingerprint(["cat"] * 20, 1_000_000_100) == first
+    assert fingerprint(["dog"] * 20, 1_000_000_200) != first
