@@ -23,7 +23,7 @@ from typing import ClassVar, Optional
 import yaml
 from transformers import HfArgumentParser
 
-from distily.data.arguments import DataArguments
+from distily.data.arguments import DataArguments, row_ranges
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import EvalCommandArguments, EvaluationArguments
 from distily.models.arguments import ModelArguments, TeacherArguments
@@ -49,6 +49,13 @@ CONFIG_CLASSES = (
     GenerateArguments,
     EvaluationArguments,
 )
+
+
+def _check_streamed_split(data: DataArguments, split: str, key: str) -> None:
+    """With ``dataset_streaming``, the split read (``key``) names row ranges a stream can be read for (``row_ranges``):
+    refused before any model loads."""
+    if data.dataset_streaming:
+        row_ranges(split, key)
 
 
 def _require_teacher(model: TeacherArguments) -> None:
@@ -78,6 +85,7 @@ class DistillConfig:
     def validate(self) -> None:
         if self.record.teacher_source != "recorded":  # a recorded teacher's name is the store's
             _require_teacher(self.model)
+        _check_streamed_split(self.data, self.data.dataset_split, "dataset_split")
         if self.training.bitnet_schedule and not self.model.student_as_bitnet:
             raise DistilyConfigError("bitnet_schedule=true needs a BitNet student; expected student_as_bitnet=true")
         if self.model.teacher_quantization != "none" and self.record.teacher_source == "recorded":
@@ -131,6 +139,7 @@ class RecordConfig:
         if self.record.teacher_store is None:
             raise DistilyConfigError("teacher_store is not set; expected the directory to write the store into")
         _require_teacher(self.model)
+        _check_streamed_split(self.data, self.data.dataset_split, "dataset_split")
 
 
 @dataclass
@@ -151,11 +160,12 @@ class GenerateConfig(RecordConfig):
             raise DistilyConfigError("generate_output is not set; expected a .jsonl file or a directory to write into")
         if self.generate.generate_record and self.record.teacher_store is None:
             raise DistilyConfigError("generate_record=true needs teacher_store; expected a directory for the store")
+        _check_streamed_split(self.data, self.generate.generate_prompts_split, "generate_prompts_split")
 
     def recording(self) -> RecordConfig:
         """The recording of ``generate_record``: of the samples (or the conversations with the teacher's responses,
         chat data with their loss mask), as ``distily record`` would record them."""
-        data = dataclasses.replace(self.data, dataset_name=self.generate.generate_output,
+        data = dataclasses.replace(self.data, dataset_name=self.generate.generate_output, dataset_streaming=False,
                                    dataset_messages_column=RESPONSES_COLUMN)  # written there, whatever was set
         return RecordConfig(self.model, data, self.record, self.inference)
 

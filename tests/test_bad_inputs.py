@@ -569,6 +569,8 @@ VALUE_CASES = [
     ("optim_args_not_pairs", {"optim_args": "beta1"}, "optim_args='beta1' is not usable; expected key=value pairs"),
     ("empty_dataset_name", {"dataset_name": ""}, "dataset_name='' is empty; expected a Hub dataset id or a local path"),
     ("empty_eval_set_path", {"eval_datasets": {"a": ""}}, "eval_datasets['a'] path='' is empty"),
+    ("percent_of_a_stream", {"dataset_streaming": True, "dataset_split": "train[:1%]"},
+     "dataset_split='train[:1%]' cannot be read as a stream (dataset_streaming=true): 'train[:1%]' counts in percent"),
     # accepted and ignored: Distily's loss replaces the Trainer's, which applies it (the same loss with and without)
     ("label_smoothing", {"label_smoothing_factor": 0.1}, "label_smoothing_factor=0.1 is not applied by distill"),
 ]
@@ -638,12 +640,14 @@ def test_a_stray_argument_is_named_as_such(args, stray, tmp_path, capsys):
                                                                                      "finite"),  # a NaN store
         ("record", ["--teacher_store", "{tmp}/store", "--data_seed", "-1"], "data_seed=-1 is out of range"),
         ("record", ["--teacher_store", ""], "teacher_store='' is empty"),  # a store written into the current directory
+        ("record", ["--teacher_store", "{tmp}/store", "--dataset_streaming", "true"],  # dataset_split: train
+         "dataset_split='train' cannot be read as a stream (dataset_streaming=true): 'train' names a whole split"),
         ("generate", ["--generate_output", ""], "generate_output='' is empty"),  # a ValueError
         ("generate", ["--generate_output", "{tmp}/samples.jsonl", "--generate_temperature", "nan"],
          "generate_temperature=nan is not finite"),  # a ValueError from transformers' sampling
     ],
     ids=["record_negative_seed", "record_nan_temperature", "record_negative_data_seed", "record_empty_store",
-         "generate_empty_output", "generate_nan_temperature"],
+         "record_whole_split_streamed", "generate_empty_output", "generate_nan_temperature"],
 )
 def test_a_bad_record_or_generate_value_is_refused_before_the_teacher_loads(command, flags, expected, tmp_path,
                                                                            teacher_dirs, text_file, capsys,

@@ -20,4 +20,5 @@ def test_the_readmes_minimal_config_parses_and_bounds_its_run(tmp_path):
     config = parse_config(str(config_file))
     assert config.training.max_steps > 0
     assert config.data.dataset_split == keys["dataset_split"] and "[" in keys["dataset_split"]
+    assert config.data.dataset_streaming  # only those rows are read, not every data file of the split first
     assert config.model.teacher_model_name_or_path == "gpt2" and config.training.output_dir == keys["output_dir"]

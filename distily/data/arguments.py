@@ -1,6 +1,7 @@
 """What a user configures about the training text: where it is, and how it is tokenized, packed and split."""
 
 import datetime
+import re
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -47,6 +48,57 @@ def chat_template_date(value: Optional[str]) -> Optional[str]:
         raise DistilyConfigError(f"chat_template_date={value!r} is not a date; expected YYYY-MM-DD") from None
 
 
+# a split name, then optionally a range [start:stop] as datasets writes one (digits, _, sign and % looked at below)
+_PART = re.compile(r"(?P<split>\w[\w.-]*)\s*(?:\[\s*(?P<start>[^:\]]*?)\s*:\s*(?P<stop>[^:\]]*?)\s*\])?")
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """Rows ``start`` up to ``stop`` (not included) of the split ``split``, counted from 0."""
+
+    split: str
+    start: int
+    stop: int
+
+
+def _why_not_streamable(match) -> str | None:
+    """Why a part of a split spec (a ``_PART`` match) names no row range a stream of unknown length can be read for
+    (None: it names one)."""
+    if match is None:
+        return "is not a split name with a row range"
+    if match["stop"] is None:
+        return "names a whole split, which a stream would read to its end"
+    start, stop = match["start"], match["stop"]
+    if "%" in start + stop:
+        return "counts in percent of the split's length, which a stream does not know"
+    if start.startswith("-") or stop.startswith("-"):
+        return "counts rows from the split's end, which a stream does not know"
+    if not stop:
+        return "has no end row, so a stream would be read to its end"
+    if not all(re.fullmatch(r"\d+(_\d+)*", number) for number in (start or "0", stop)):
+        return "is not a range of row numbers"
+    if int(start or 0) >= int(stop):
+        return "holds no rows"
+    return None
+
+
+def row_ranges(split: str, key: str) -> list[RowRange]:
+    """The row ranges a split spec read as a stream names (``train[:1000]``, ``train[1000:5000]+test[:100]``),
+    checked: each of row numbers, with an end (a percentage, a row counted from the end or a whole split needs the
+    split's length, which a stream does not know). ``key`` names the setting in the error."""
+    ranges = []
+    for part in split.split("+"):
+        match = _PART.fullmatch(part.strip())
+        why = _why_not_streamable(match)
+        if why is not None:
+            raise DistilyConfigError(
+                f"{key}={split!r} cannot be read as a stream (dataset_streaming=true): {part.strip()!r} {why}; "
+                "expected a range of row numbers such as train[:100000] or train[1000:5000]"
+            )
+        ranges.append(RowRange(match["split"], int(match["start"] or 0), int(match["stop"])))
+    return ranges
+
+
 TEXT_DOCUMENT_DELIMITER_HELP = (
     "What one document is in a .txt file (line breaks are kept inside it): blank_line (blocks separated by blank "
     "lines, the usual paragraph or article layout), line (one record per line), file (the whole file) or a regular "
@@ -69,6 +121,13 @@ class DataArguments:
     dataset_split: str = field(default="train", metadata={
         "help": "Dataset split to read: a name, or a slice of it as datasets reads one (train[:1000], "
                 "train[-500:]), of local data too."})
+    dataset_streaming: bool = field(default=False, metadata={
+        "help": "Read dataset_split's rows from a stream of the dataset instead of letting datasets download and "
+                "convert every data file of the split first (gigabytes to terabytes for a Hub corpus): dataset_split "
+                "then names rows by number (train[:200000], train[1000:5000]; no percentage, no row counted from the "
+                "end, no whole split). The rows read are kept in $HF_HOME/distily/streamed, so a re-run or a resume "
+                "reads them there. Applies to dataset_name (distill, record) and generate_prompts (generate); eval "
+                "sets are read whole. See docs/data.md."})
     dataset_text_column: str = field(
         default="text",
         metadata={"help": "Column holding the text. A dataset with an input_ids column is used pre-tokenized."},

@@ -1,17 +1,21 @@
 """The raw dataset a run reads: from the Hub, local files (``distily.data.local_files``) or a directory written by
-``save_to_disk``, the split and slice ``dataset_split`` names."""
+``save_to_disk``, the split and slice ``dataset_split`` names; with ``dataset_streaming``, a Hub dataset's or local
+files' rows read from a stream (``distily.data.streaming``)."""
 
 import hashlib
 import json
 import logging
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import datasets
+from huggingface_hub.errors import RepositoryNotFoundError
 
-from distily.data.arguments import DataArguments
+from distily.data.arguments import DataArguments, RowRange, row_ranges
 from distily.data.local_files import local_data_files
+from distily.data.streaming import hub_dataset_commit, streamed_rows
 from distily.data.text_files import load_text_files
 from distily.errors import DistilyConfigError
 from distily.logs import quieted
@@ -19,15 +23,19 @@ from distily.outputs import file_sha256
 from distily.paths import looks_like_local_path
 
 
+def _files_sha256(files: list[str]) -> str:
+    """One sha256 over the bytes of ``files`` (about 400 MB a second)."""
+    return hashlib.sha256("".join(f"{file_sha256(name)}\n" for name in files).encode()).hexdigest()
+
+
 def _load_builder(builder: str, files: list[str]) -> datasets.Dataset:
     """``files`` read by the ``datasets`` builder ``builder``, under a configuration named by their bytes' sha256:
     ``datasets`` knows a local file by its path and mtime, so a file rewritten with its mtime kept
     (``tar -x``, ``cp -p``, a filesystem of whole-second mtimes) was read back from its cached Arrow copy, under the
-    same fingerprint (so the tokenization cache's key too). Hashing reads about 400 MB a second. The dataset's
-    fingerprint is the builder's and the bytes' too: ``datasets`` would give it one of the files' mtimes, so the same
-    file written again (copied back, a fresh checkout) read as other documents, and a store recorded on it was
-    refused."""
-    digest = hashlib.sha256("".join(f"{file_sha256(name)}\n" for name in files).encode()).hexdigest()
+    same fingerprint (so the tokenization cache's key too). The dataset's fingerprint is the builder's and the bytes'
+    too: ``datasets`` would give it one of the files' mtimes, so the same file written again (copied back, a fresh
+    checkout) read as other documents, and a store recorded on it was refused."""
+    digest = _files_sha256(files)
     loaded = datasets.load_dataset(builder, name=f"sha256-{digest[:24]}", data_files=files, split="train")
     fingerprint = hashlib.sha256(f"{builder}:{digest}".encode()).hexdigest()[:16]
     return datasets.Dataset(loaded.data, info=loaded.info, split=loaded.split, fingerprint=fingerprint)
@@ -49,16 +57,26 @@ def _first_bad_json_line(files: list[str]) -> Optional[str]:
     return None
 
 
-def _load_json_files(files: list[str]) -> datasets.Dataset:
-    """JSON or JSON-lines files as a dataset; a malformed line is named by file and line number."""
+@contextmanager
+def _json_line_errors(files: list[str]) -> Iterator[None]:
+    """A failure to read JSON or JSON-lines ``files`` as a ``DistilyConfigError`` naming the malformed line by file
+    and line number, where one is."""
     try:  # the builder logs a parse error as it raises it, by row in a chunk
         with quieted("datasets.packaged_modules.json.json", logging.CRITICAL):
-            return _load_builder("json", files)
+            yield
+    except DistilyConfigError:
+        raise
     except Exception:  # the builder's own error says neither file nor line
         bad = _first_bad_json_line([name for name in files if name.lower().endswith(".jsonl")])
         if bad is None:
             raise
         raise DistilyConfigError(f"{bad}; expected one JSON object per line, such as {{\"text\": \"...\"}}")
+
+
+def _load_json_files(files: list[str]) -> datasets.Dataset:
+    """JSON or JSON-lines files as a dataset; a malformed line is named by file and line number."""
+    with _json_line_errors(files):
+        return _load_builder("json", files)
 
 
 def load_documents(args: DataArguments) -> datasets.Dataset:
@@ -71,20 +89,63 @@ def load_documents(args: DataArguments) -> datasets.Dataset:
         if isinstance(loaded, datasets.DatasetDict):
             return _read_split(lambda name: _split(loaded, name, args), args)
         return _read_split(lambda name: loaded, args)
+    if path.exists() and args.dataset_streaming:
+        return _streamed(lambda rows: _streamed_local(path, rows, args), args)
     if path.exists():
         return _read_split(lambda name: _load_local(path, name, args), args)
     if looks_like_local_path(args.dataset_name):
         raise DistilyConfigError(
             f"dataset_name={args.dataset_name!r} does not exist; expected an existing local path or a Hub id"
         )
+    with _hub_errors(args.dataset_name):
+        if args.dataset_streaming:
+            commit = hub_dataset_commit(args.dataset_name)
+            return _streamed(lambda rows: _streamed_hub(args, commit, rows), args)
+        return datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
+
+
+@contextmanager
+def _hub_errors(name: str) -> Iterator[None]:
+    """A Hub dataset that cannot be reached, found or read as asked as a one-line ``DistilyConfigError``."""
     try:
-        loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
-    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
-        reason = str(err).strip().splitlines()[0]
-        raise DistilyConfigError(f"cannot load dataset {args.dataset_name!r}: {reason}")
+        yield
+    except DistilyConfigError:
+        raise
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError,
+            RepositoryNotFoundError) as err:
+        raise DistilyConfigError(f"cannot load dataset {name!r}: {str(err).strip().splitlines()[0]}")
     except ValueError as err:  # unknown split or subset
-        raise DistilyConfigError(f"dataset {args.dataset_name!r}: {str(err).strip().splitlines()[0]}")
-    return loaded
+        raise DistilyConfigError(f"dataset {name!r}: {str(err).strip().splitlines()[0]}")
+
+
+def _streamed(read: Callable[[RowRange], datasets.Dataset], args: DataArguments) -> datasets.Dataset:
+    """The row ranges ``dataset_split`` names (``row_ranges``), each read by ``read``, one after another."""
+    parts = [read(rows) for rows in row_ranges(args.dataset_split, "dataset_split")]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _streamed_hub(args: DataArguments, commit: str, rows: RowRange) -> datasets.Dataset:
+    """``rows`` of the Hub dataset ``dataset_name`` at ``commit``, read from a stream."""
+    source = {"dataset": args.dataset_name, "config": args.dataset_config_name, "commit": commit}
+    return streamed_rows(
+        lambda: datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=rows.split, streaming=True,
+                                      revision=commit),
+        rows, source, repr(args.dataset_name),
+    )
+
+
+def _streamed_local(path: Path, rows: RowRange, args: DataArguments) -> datasets.Dataset:
+    """``rows`` of a local file or data directory's split, read from a stream of its files (``.txt`` files are split
+    into documents whole, as without streaming, then read as a stream)."""
+    builder, files = local_data_files(path, rows.split)
+    source = {"builder": builder, "files_sha256": _files_sha256(files)}
+    if builder == "text":
+        source["text_document_delimiter"] = args.text_document_delimiter
+        return streamed_rows(lambda: load_text_files(files, args.text_document_delimiter).to_iterable_dataset(),
+                             rows, source, repr(str(path)))
+    with _json_line_errors(files) if builder == "json" else nullcontext():
+        return streamed_rows(lambda: datasets.load_dataset(builder, data_files=files, split="train", streaming=True),
+                             rows, source, repr(str(path)))
 
 
 def _load_local(path: Path, split: str, args: DataArguments) -> datasets.Dataset:

@@ -36,34 +36,35 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached_dataset(cache_dir: str, key: str, build: Callable[[], datasets.Dataset]) -> datasets.Dataset:
+def cached_dataset(cache_dir: str, key: str, build: Callable[[], datasets.Dataset],
+                   cache: str = "the tokenization cache") -> datasets.Dataset:
     """The dataset cached under ``cache_dir/key``, built by ``build()`` and saved there when absent (an empty
-    one is returned uncached: nothing worth caching, the caller reports it)."""
+    one is returned uncached: nothing worth caching, the caller reports it); ``cache`` names the cache in errors."""
     cached = Path(cache_dir) / key
     if not (cached / "dataset_info.json").exists():
         built = build()
         if len(built) == 0:
             return built
-        _save_entry(built, cached)
+        _save_entry(built, cached, cache)
     return datasets.load_from_disk(str(cached))
 
 
-def _save_entry(built: datasets.Dataset, cached: Path) -> None:
+def _save_entry(built: datasets.Dataset, cached: Path, cache: str) -> None:
     """``built`` saved beside ``cached``, then renamed to it whole (a crash never leaves an entry that looks
     complete), never over an entry there: processes sharing the cache that build the same entry at once all read the
     first one in (the others hold the same rows), which is never moved or deleted under its readers."""
-    with filesystem_errors(cached, "the tokenization cache"):
+    with filesystem_errors(cached, cache):
         cached.parent.mkdir(parents=True, exist_ok=True)
         workspace = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
     try:
-        with filesystem_errors(cached, "the tokenization cache"):  # diagnosed before the workspace is removed
+        with filesystem_errors(cached, cache):  # diagnosed before the workspace is removed
             built.save_to_disk(str(workspace / "entry"))
-            _rename_entry(workspace / "entry", cached)
+            _rename_entry(workspace / "entry", cached, cache)
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
 
 
-def _rename_entry(staging: Path, cached: Path) -> None:
+def _rename_entry(staging: Path, cached: Path, cache: str) -> None:
     """Rename the saved entry ``staging`` to ``cached`` unless another process's entry is there already."""
     try:
         os.rename(staging, cached)  # fails onto a directory that holds anything
@@ -72,8 +73,8 @@ def _rename_entry(staging: Path, cached: Path) -> None:
             return
         if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
-        raise DistilyConfigError(f"tokenization cache entry '{cached}' is not a saved dataset (no dataset_info.json); "
-                                 "expected it removed (Distily writes none such)")
+        raise DistilyConfigError(f"{cache.removeprefix('the ')} entry '{cached}' is not a saved dataset (no "
+                                 "dataset_info.json); expected it removed (Distily writes none such)")
 
 
 def default_cache_dir() -> str:

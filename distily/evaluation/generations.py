@@ -67,7 +67,7 @@ def load_heldout_prompts(args: EvaluationArguments, data: DataArguments) -> Held
     with ``data``'s column names."""
     where = f"generation_eval_dataset={args.generation_eval_dataset!r}"
     data = dataclasses.replace(data, dataset_name=args.generation_eval_dataset, dataset_config_name=None,
-                               dataset_split=args.generation_eval_split)
+                               dataset_split=args.generation_eval_split, dataset_streaming=False)  # read whole
     try:
         documents = load_documents(data)
         fmt = chat_format(documents.column_names, data)

@@ -1,0 +1,181 @@
+"""dataset_streaming: the rows of a split's row range read from a stream equal those of the same slice read without
+one (local JSON-lines, parquet and .txt data; text and chat columns), are kept so that a second read opens no stream,
+and a split a stream cannot be read for is refused in one line before any model loads."""
+
+import json
+import re
+from pathlib import Path
+
+import datasets
+import huggingface_hub
+import pytest
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+from distily.config import parse_config, parse_generate_config
+from distily.data.arguments import DataArguments, RowRange, row_ranges
+from distily.data.sources import load_documents
+from distily.errors import DistilyConfigError
+from distily.recording.responses import load_prompts
+from tiny import make_conversations, make_documents
+
+ROWS = [{"text": text, "messages": turns} for text, turns in zip(make_documents(60), make_conversations(60))]
+EXPECTED = "expected a range of row numbers such as train[:100000] or train[1000:5000]"
+
+
+@pytest.fixture(autouse=True)
+def hf_home(tmp_path, monkeypatch):
+    """The streamed rows kept under a fresh HF_HOME."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(tmp_path / "hf_home"))
+    return tmp_path / "hf_home"
+
+
+def _write(directory: Path, suffix: str, rows: list[dict]) -> str:
+    path = directory / f"train{suffix}"
+    if suffix == ".parquet":
+        datasets.Dataset.from_list(rows).to_parquet(str(path))
+    elif suffix == ".txt":
+        path.write_text("\n\n".join(row["text"] for row in rows) + "\n")
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _streamed_and_whole(name: str, split: str, **settings) -> tuple[datasets.Dataset, datasets.Dataset]:
+    whole = load_documents(DataArguments(dataset_name=name, dataset_split=split, **settings))
+    return load_documents(DataArguments(dataset_name=name, dataset_split=split, dataset_streaming=True,
+                                        **settings)), whole
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".txt"])
+@pytest.mark.parametrize("split", ["train[:25]", "train[10:40]", "train[50:70]", "train[30:35]+train[:3]"])
+def test_streamed_rows_equal_the_slice_read_whole(suffix, split, tmp_path):
+    """Text and chat columns alike, types included; a range past the split's end ends with it (as a slice does)."""
+    streamed, whole = _streamed_and_whole(_write(tmp_path, suffix, ROWS), split)
+    assert len(streamed) == len(whole) > 0
+    assert streamed.features == whole.features
+    assert streamed.to_list() == whole.to_list()
+
+
+def test_a_data_directory_streams_the_split_its_file_names_give(tmp_path):
+    _write(tmp_path, ".jsonl", ROWS[:40])
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS[40:]))
+    streamed, whole = _streamed_and_whole(str(tmp_path), "test[2:12]")
+    assert streamed.to_list() == whole.to_list() == ROWS[42:52]
+    with pytest.raises(DistilyConfigError, match=re.escape("has no split 'validation'; expected one of train, test")):
+        load_documents(DataArguments(dataset_name=str(tmp_path), dataset_split="validation[:5]",
+                                     dataset_streaming=True))
+
+
+def test_rows_read_once_are_read_again_from_the_cache_not_the_stream(tmp_path, monkeypatch):
+    name = _write(tmp_path, ".jsonl", ROWS)
+    args = DataArguments(dataset_name=name, dataset_split="train[5:15]", dataset_streaming=True)
+    first = load_documents(args)
+    monkeypatch.setattr(datasets, "load_dataset", _refuse)
+    assert load_documents(args).to_list() == first.to_list() == ROWS[5:15]
+    Path(name).write_text("".join(json.dumps(row) + "\n" for row in ROWS[::-1]))  # other bytes: read again
+    with pytest.raises(AssertionError, match="opened a stream"):
+        load_documents(args)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError(f"opened a stream: load_dataset{args}")
+
+
+def test_a_range_from_past_the_end_of_the_split_is_refused(tmp_path):
+    with pytest.raises(DistilyConfigError, match=r"split 'train' holds no row from row 60 on; expected a row range"):
+        load_documents(DataArguments(dataset_name=_write(tmp_path, ".jsonl", ROWS), dataset_split="train[60:80]",
+                                     dataset_streaming=True))
+
+
+def test_a_malformed_json_line_is_named_when_streamed(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "one"}\n{"text": \n')
+    with pytest.raises(DistilyConfigError, match=r"bad.jsonl' line 2 is not valid JSON"):
+        load_documents(DataArguments(dataset_name=str(path), dataset_split="train[:2]", dataset_streaming=True))
+
+
+def test_row_ranges_read_as_datasets_writes_them():
+    assert row_ranges(" train[:200_000] + test [ 5 : 10 ]", "dataset_split") == [
+        RowRange("train", 0, 200000), RowRange("test", 5, 10)]
+
+
+@pytest.mark.parametrize("split, why", [
+    ("train[:1%]", "'train[:1%]' counts in percent of the split's length, which a stream does not know"),
+    ("train[-100:]", "'train[-100:]' counts rows from the split's end, which a stream does not know"),
+    ("train[:-5]", "'train[:-5]' counts rows from the split's end, which a stream does not know"),
+    ("train", "'train' names a whole split, which a stream would read to its end"),
+    ("train[1000:]", "'train[1000:]' has no end row, so a stream would be read to its end"),
+    ("train[:10]+test", "'test' names a whole split, which a stream would read to its end"),
+    ("train[10:10]", "'train[10:10]' holds no rows"),
+    ("train[a:b]", "'train[a:b]' is not a range of row numbers"),
+    ("train[:1__0]", "'train[:1__0]' is not a range of row numbers"),
+])
+def test_a_split_a_stream_cannot_be_read_for_is_refused_before_any_model_loads(split, why, text_file, tmp_path):
+    """The teacher named does not exist: the refusal comes first. A bare split is refused even with max_samples,
+    which counts packed blocks, not rows: how many rows fill them is known only once they are tokenized."""
+    message = f"dataset_split={split!r} cannot be read as a stream (dataset_streaming=true): {why}; {EXPECTED}"
+    with pytest.raises(DistilyConfigError, match=f"^{re.escape(message)}$"):
+        parse_config(teacher_model_name_or_path="/nowhere/teacher", dataset_name=text_file, dataset_split=split,
+                     dataset_streaming=True, max_samples=100, output_dir=str(tmp_path / "run"))
+
+
+def test_generate_streams_its_prompts_and_checks_their_split(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Question {index}?"}) + "\n" for index in range(30)))
+    values = {"teacher_model_name_or_path": "/nowhere/teacher", "generate_prompts": str(prompts),
+              "generate_output": str(tmp_path / "out.jsonl"), "teacher_store": str(tmp_path / "store"),
+              "dataset_streaming": True}
+    with pytest.raises(DistilyConfigError, match=re.escape("generate_prompts_split='train[:50%]' cannot be read")):
+        parse_generate_config(**values, generate_prompts_split="train[:50%]")
+    config = parse_generate_config(**values, generate_prompts_split="train[3:6]")
+    assert load_prompts(config)["prompt"] == ["Question 3?", "Question 4?", "Question 5?"]
+    assert not config.recording().data.dataset_streaming  # the samples it writes are read whole
+
+
+class FakeHub:
+    """A stand-in for the Hub, since the tests run offline: ``hf_hub_download`` answers a dataset card path under the
+    commit ``commit`` (as the Hub cache lays it out) and ``datasets.load_dataset`` a stream of ``ROWS`` for the split
+    ``train``; what Distily asked each for is recorded. It checks what Distily does with the Hub's answers, not that
+    the Hub streams as ``datasets`` says it does."""
+
+    def __init__(self, monkeypatch, tmp_path):
+        self.commit, self.streams, self.root = "a" * 40, [], tmp_path
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", self.download)
+        monkeypatch.setattr(datasets, "load_dataset", self.load_dataset)
+
+    def download(self, repo_id, filename, repo_type=None):
+        assert (repo_id, filename, repo_type) == ("org/corpus", "README.md", "dataset")
+        if self.commit is None:
+            raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic "
+                                          "has been disabled.")
+        return str(self.root / "datasets--org--corpus" / "snapshots" / self.commit / filename)
+
+    def load_dataset(self, path, name=None, split=None, streaming=False, revision=None):
+        self.streams.append((path, name, split, streaming, revision))
+        if split != "train":
+            raise ValueError(f"Bad split: {split}. Available splits: ['train']")
+        return datasets.Dataset.from_list(ROWS).to_iterable_dataset()
+
+
+def test_a_hub_dataset_is_streamed_at_its_commit_and_kept_under_it(monkeypatch, tmp_path):
+    hub = FakeHub(monkeypatch, tmp_path)
+    args = DataArguments(dataset_name="org/corpus", dataset_config_name="en", dataset_split="train[20:30]",
+                         dataset_streaming=True)
+    assert load_documents(args).to_list() == ROWS[20:30]
+    assert hub.streams == [("org/corpus", "en", "train", True, "a" * 40)]
+    assert load_documents(args).to_list() == ROWS[20:30] and len(hub.streams) == 1  # kept: no stream opened
+    hub.commit = "b" * 40  # the dataset moved on: its rows are read again
+    load_documents(args)
+    assert hub.streams[-1] == ("org/corpus", "en", "train", True, "b" * 40)
+
+
+def test_hub_streaming_errors_are_one_line(monkeypatch, tmp_path):
+    hub = FakeHub(monkeypatch, tmp_path)
+    args = DataArguments(dataset_name="org/corpus", dataset_split="validation[:10]", dataset_streaming=True)
+    with pytest.raises(DistilyConfigError, match=re.escape("dataset 'org/corpus': Bad split: validation. Available "
+                                                           "splits: ['train']")):
+        load_documents(args)
+    hub.commit = None  # offline, and this machine never saw the dataset
+    with pytest.raises(DistilyConfigError, match=re.escape("cannot load dataset 'org/corpus': Cannot find the "
+                                                           "requested files in the disk cache")):
+        load_documents(args)
