@@ -10,7 +10,7 @@ tokenizer); there is no agreement with the teacher, whose vocabulary differs, an
 on its own tokens (compare the two per byte of text, not per token).
 """
 
-from functools import partial
+from functools import cached_property, partial
 from typing import Callable, Optional
 
 from datasets import Dataset
@@ -27,7 +27,7 @@ from distily.data.chat_alignment import (
 )
 from distily.data.framing import INPUT_IDS, LOSS_MASK
 from distily.data.training_data import DistillationData
-from distily.data.vocabulary import VocabularyMap, map_vocabularies
+from distily.data.vocabulary import VocabularyMap, map_vocabularies, token_pairs
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import HELDOUT_SET
 from distily.evaluation.heldout import Evaluator, heldout_metrics
@@ -80,8 +80,13 @@ class CrossTokenizerTeacher(LiveTeacher):
     def logit_columns(self, student: PreTrainedModel) -> None:
         return None  # each model's own vocabulary: the loss maps between them
 
+    @cached_property
+    def _token_pairs(self) -> list[tuple[int, int]]:
+        """The tokenizers' ``token_pairs``, found once for the student's rows and the loss's map."""
+        return token_pairs(self._student_tokenizer, self.tokenizer)
+
     def student_token_map(self) -> VocabularyMap:
-        return map_vocabularies(self._student_tokenizer, self.tokenizer, required=False)
+        return map_vocabularies(self._student_tokenizer, self.tokenizer, required=False, pairs=self._token_pairs)
 
     def student_built(self, student: PreTrainedModel) -> None:
         """Sizes the vocabulary map; a student built from the teacher's config takes its special tokens (BOS, end of
@@ -113,7 +118,7 @@ class CrossTokenizerTeacher(LiveTeacher):
         objective = self.config.objective
         vocabulary = map_vocabularies(
             self._student_tokenizer, self.tokenizer, self._student_vocab, output_vocab_size(self.model),
-            required=objective.cross_tokenizer_loss in NEEDS_SHARED_TOKENS,
+            required=objective.cross_tokenizer_loss in NEEDS_SHARED_TOKENS, pairs=self._token_pairs,
         )
         return partial(CrossTokenizerLogitsComponent, cross_tokenizer_loss=objective.cross_tokenizer_loss,
                        vocabulary=vocabulary)
