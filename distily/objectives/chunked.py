@@ -42,6 +42,9 @@ matmuls then fold the buffer into the gradients of the hidden states and of the 
 in fp32). Without the LM head, the loss slices run directly on the student logits and their
 gradients go into the ``[N, V_s]`` gradient the caller needs anyway.
 
+In float16, whose range ends near 6e-8, each slice's gradient is stored times a power of two that brings its largest
+value near 1, divided out in float32 (``_storage_scale``): fp16 training's loss scale reaches it only in the backward.
+
 Memory beyond the inputs is therefore the buffer, the loss's intermediates for one slice and the
 input-sized gradients: it does not grow with the number of tokens but through the ``[N, H]``
 gradient of the hidden states. With the teacher's LM head fused as well, each chunk's teacher logits
@@ -94,6 +97,19 @@ def _head_inputs(states: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     """(states [N, H], weight [V, H], bias [V] or None) cast to the head's matmul dtype (``_head_dtype``)."""
     dtype = _head_dtype(states.device, weight)
     return states.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
+
+
+def _storage_scale(grad: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """A power of two (0-dim float32) that brings a loss slice's largest |gradient| into [0.5, 1) before it is stored
+    in ``dtype``; None unless ``dtype`` is float16. float16 flushes values under 6e-8 to zero and keeps few digits
+    below 6e-5, where a loss over a vocabulary puts much of its gradient (mse's and cosine's are of order 1 / V): the
+    loss scale of fp16 training would lift them, but it reaches this gradient only in the backward pass, after it is
+    stored. A power of two scales exactly; the scale is divided out in float32."""
+    if dtype != torch.float16:
+        return None
+    low, high = grad.aminmax()  # no [n, V] copy, as abs() would make
+    largest = torch.maximum(-low, high).clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.exp2(-torch.floor(torch.log2(largest)) - 1)
 
 
 class LogitRows:
@@ -167,15 +183,16 @@ class _LossSlices:
         if value_and_gradient is not None:
             value, grad = value_and_gradient(student_logits, teacher, self.temperature, **params)
             return value.sum(), grad
-        student_logits = student_logits.detach().requires_grad_()
+        student_logits = student_logits.detach().float().requires_grad_()  # a float32 gradient, as closed forms give
         with torch.enable_grad():
             loss = self.loss_fn(student_logits, teacher, self.temperature, **params).sum()
         (grad,) = torch.autograd.grad(loss, student_logits)
         return loss.detach(), grad
 
 
-def _logits_pass(slices: _LossSlices, student_logits, chunk_size, grad_student) -> torch.Tensor:
-    """Summed loss of student logits [N, V_s]; their gradient goes into grad_student [N, V_s] (or None)."""
+def _logits_pass(slices: _LossSlices, student_logits, chunk_size, grad_student, row_scale) -> torch.Tensor:
+    """Summed loss of student logits [N, V_s]; their gradient goes into grad_student [N, V_s] (or None), each row
+    times its ``row_scale`` [N] (float32; None: unscaled, see ``_storage_scale``)."""
     total = torch.zeros((), dtype=torch.float32, device=student_logits.device)
     for start in range(0, slices.num_rows, chunk_size):
         for piece_start, piece_stop, teacher in slices.spans(start, min(start + chunk_size, slices.num_rows)):
@@ -184,20 +201,27 @@ def _logits_pass(slices: _LossSlices, student_logits, chunk_size, grad_student) 
                                               piece_stop)
             total += loss
             if grad_student is not None:
+                scale = _storage_scale(grad, grad_student.dtype)
+                if scale is not None:
+                    row_scale[rows] = scale
+                    grad.mul_(scale)
                 grad_student[rows, : slices.vocab_size] = grad.to(grad_student.dtype)
     return total
 
 
-def _add_matmul(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
-    """accumulator [M, K] += left [M, C] @ right [C, K], in place, keeping the accumulator's (fp32) precision.
+def _add_matmul(accumulator: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
+                divisor: Optional[torch.Tensor] = None) -> None:
+    """accumulator [M, K] += left [M, C] @ right [C, K] (/ ``divisor``, a 0-dim float32 tensor), in place, keeping the
+    accumulator's (fp32) precision.
 
     With half-precision inputs the product is widened before it is added, block by block of ACCUMULATE_ELEMENTS."""
-    if left.dtype == accumulator.dtype:
+    if left.dtype == accumulator.dtype and divisor is None:
         accumulator.addmm_(left, right)
         return
     block = max(1, ACCUMULATE_ELEMENTS // accumulator.shape[1])
     for start in range(0, accumulator.shape[0], block):
-        accumulator[start : start + block].add_(left[start : start + block] @ right)
+        product = left[start : start + block] @ right
+        accumulator[start : start + block].add_(product if divisor is None else product.float().div_(divisor))
 
 
 def _fused_pass(
@@ -218,19 +242,39 @@ def _fused_pass(
             torch.mm(hidden_rows, weight.T, out=logits)
         else:
             torch.addmm(bias, hidden_rows, weight.T, out=logits)
+        row_scale = torch.ones(stop - start, device=hidden.device) if buffer.dtype == torch.float16 else None  # [C]
         for piece_start, piece_stop, teacher in slices.spans(start, stop):
             piece_logits = logits[piece_start - start : piece_stop - start]  # [n, V]
             loss, grad = slices.loss_and_grad(piece_logits, teacher, piece_start, piece_stop)
             total += loss
             if grad is not None:
+                scale = _storage_scale(grad, buffer.dtype)
+                if scale is not None:
+                    row_scale[piece_start - start : piece_stop - start] = scale
+                    grad.mul_(scale)
                 piece_logits.copy_(grad)
-        if grad_hidden is not None:
-            grad_hidden[rows] = (logits @ weight).to(grad_hidden.dtype)  # [C, H]
-        if grad_weight is not None:
-            _add_matmul(grad_weight, logits.T, hidden_rows)  # [V, H]
-        if grad_bias is not None:
-            grad_bias += logits.sum(0, dtype=torch.float32)  # [V]
+        _fold_chunk(logits, row_scale, rows, hidden_rows, weight, grad_hidden, grad_weight, grad_bias)
     return total
+
+
+def _fold_chunk(logits, row_scale, rows, hidden_rows, weight, grad_hidden, grad_weight, grad_bias) -> None:
+    """Add a chunk's logit gradients [C, V] (each row times its ``row_scale`` [C], or None: unscaled) into the
+    gradients of its hidden states [C, H] (rows ``rows`` of grad_hidden), of the LM head [V, H] and of its bias [V].
+    Scaled rows are brought to the chunk's smallest scale (powers of two: exact) before the head's sum over them."""
+    if grad_hidden is not None:
+        product = logits @ weight  # [C, H]
+        if row_scale is not None:
+            product = product.float().div_(row_scale[:, None])
+        grad_hidden[rows] = product.to(grad_hidden.dtype)
+    divisor = None
+    if row_scale is not None and (grad_weight is not None or grad_bias is not None):
+        divisor = row_scale.min()
+        logits.mul_((divisor / row_scale)[:, None])
+    if grad_weight is not None:
+        _add_matmul(grad_weight, logits.T, hidden_rows, divisor)  # [V, H]
+    if grad_bias is not None:
+        column_sums = logits.sum(0, dtype=torch.float32)  # [V]
+        grad_bias += column_sums if divisor is None else column_sums.div_(divisor)
 
 
 class _ChunkedLogitLoss(torch.autograd.Function):
@@ -262,9 +306,11 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         slices = _LossSlices(loss_fn, temperature, loss_params, teacher_rows, student.shape[0], row_index, vocab_size,
                              loss_chunk_size, with_grad, row_params)
         grad_student = torch.zeros_like(student) if needs_student else None  # [N, H or V_s]
-        grad_weight = grad_bias = None
+        grad_weight = grad_bias = row_scale = None
         if lm_head_weight is None:
-            total = _logits_pass(slices, student, chunk_size, grad_student)
+            if needs_student and student.dtype == torch.float16:  # see _storage_scale
+                row_scale = torch.ones(student.shape[0], device=student.device)  # [N]
+            total = _logits_pass(slices, student, chunk_size, grad_student, row_scale)
         else:
             if needs_weight:
                 grad_weight = torch.zeros(lm_head_weight.shape, dtype=torch.float32, device=student.device)  # [V_s, H]
@@ -277,13 +323,25 @@ class _ChunkedLogitLoss(torch.autograd.Function):
                                 grad_bias[:vocab_size] if needs_bias else None)
             grad_weight = grad_weight.to(lm_head_weight.dtype) if needs_weight else None
             grad_bias = grad_bias.to(lm_head_bias.dtype) if needs_bias else None
-        ctx.save_for_backward(grad_student, grad_weight, grad_bias)
+        ctx.save_for_backward(grad_student, grad_weight, grad_bias, row_scale)
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
-        scaled = [None if grad is None else grad * grad_total.to(grad.dtype) for grad in ctx.saved_tensors]
+        grad_student, grad_weight, grad_bias, row_scale = ctx.saved_tensors
+        scaled = (_times(grad_student, grad_total, row_scale), _times(grad_weight, grad_total),
+                  _times(grad_bias, grad_total))
         return (*scaled, *[None] * 9)
+
+
+def _times(grad: Optional[torch.Tensor], grad_total: torch.Tensor, row_scale: Optional[torch.Tensor] = None):
+    """A stored gradient times the incoming scalar; with ``row_scale`` [N] (float16 rows, ``_storage_scale``) each row
+    divided by its scale, in float32 and rounded once."""
+    if grad is None:
+        return None
+    if row_scale is None:
+        return grad * grad_total.to(grad.dtype)
+    return torch.mul(grad, (grad_total / row_scale)[:, None], out=torch.empty_like(grad))
 
 
 def _check_head(name: str, weight: Optional[torch.Tensor], hidden: torch.Tensor, whose: str) -> int:

@@ -146,6 +146,41 @@ def test_fused_lm_head_runs_in_the_autocast_dtype(monkeypatch):
         assert _relative_error(grad, plain_grad) <= TOLERANCE[torch.bfloat16]
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("name", ["mse", "cosine"])
+def test_float16_gradients_are_as_close_to_float64_as_autograd_s_under_a_loss_scale(name, fused):
+    """Under float16 autocast with fp16 training's loss scale (GradScaler's 2^16), the student's gradients are as close
+    to float64 (on the same float16-rounded inputs) as autograd's through the plain loss. The chunked loss stores its
+    gradient in float16 before the scale reaches it: mse's and cosine's, of order 1 / V, lost their digits there."""
+    vocab, tokens, width, loss_scale = 151936, 16, 32, 2.0**16
+    hidden, weight = _randn(tokens, width, seed=1), _randn(vocab, width, scale=width**-0.5 * 8, seed=2)
+    teacher = (hidden @ weight.T + _randn(tokens, vocab, scale=0.5, seed=3)).half()
+
+    def gradients(loss):  # of the mean over tokens of loss(hidden, weight), under float16 autocast (float64 stays)
+        leaves = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.float16):
+            value = loss(*leaves)
+        (value * loss_scale / tokens).backward()
+        return [leaf.grad.double() / loss_scale for leaf in leaves]
+
+    def reference(hidden, weight):  # float64
+        logits, target = F.linear(hidden.half().double(), weight.half().double()), teacher.double()
+        if name == "mse":
+            return (logits - target).square().mean(-1).sum()
+        return (1 - F.cosine_similarity(logits, target, dim=-1)).sum()
+
+    def plain(hidden, weight):
+        return LOSSES[name](F.linear(hidden, weight), teacher).sum()
+
+    def distily(hidden, weight):
+        if fused:
+            return chunked_logit_loss_sum(LOSSES[name], hidden, teacher, lm_head_weight=weight)
+        return chunked_logit_loss_sum(LOSSES[name], F.linear(hidden, weight), teacher)
+
+    for grad, plain_grad, reference_grad in zip(gradients(distily), gradients(plain), gradients(reference)):
+        assert _relative_error(grad, reference_grad) <= 1.1 * _relative_error(plain_grad, reference_grad)
+
+
 class _Casts(TorchDispatchMode):
     """Counts the dtype casts (``_to_copy``) dispatched under it, by the shape of the tensor cast."""
 
