@@ -180,7 +180,8 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
     match, a table packing a slice per layer with the slices of those layers;
     a tensor the student shares between two names (an LM head tied to the embeddings) is copied once, from the first
     (the embeddings), as transformers ties the head to them. A student with a tokenizer of its own (``token_map``)
-    gets the embedding and LM-head rows of the tokens both tokenizers hold, by token (``copy_shared_token_rows``)."""
+    gets the rows of the tokens both tokenizers hold, by token (``copy_shared_token_rows``): of the embedding, the LM
+    head and Gemma 3n's and Gemma 4's per-layer token table."""
     teacher_config = teacher.config.get_text_config()
     check_same_heads(teacher_config, student.config.get_text_config(), list(enumerate(teacher_layers)))
     teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
@@ -193,9 +194,8 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
             _copy_module(source, student_block, f"teacher layer {index}")
         prefix = named_decoder_layers(student)[0] + "."
         teacher_params = dict(teacher.state_dict())
-        copied = set()  # the student's tensors written so far
-        if token_map is not None:  # by id, another tokenizer's rows would be other tokens'
-            copied |= {tensor.data_ptr() for tensor in _token_rows(student)}
+        token_rows = _token_row_pairs(teacher, student, teacher_layers) if token_map is not None else []
+        copied = {rows.data_ptr() for rows, _ in token_rows}  # by id, another tokenizer's rows would be other tokens'
         for name, param in student.state_dict().items():
             source = teacher_params.get(name)
             if name.startswith(prefix) or source is None or param.data_ptr() in copied:
@@ -204,35 +204,41 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
             if source.shape == param.shape:
                 param.copy_(source)
                 copied.add(param.data_ptr())
-    if token_map is not None:
-        copy_shared_token_rows(teacher, student, token_map)
+    if token_rows:
+        copy_shared_token_rows(token_rows, token_map)
 
 
-def _token_row_modules(model: PreTrainedModel) -> list[torch.nn.Module]:
-    """The modules with a row per token: the input embedding, and the LM head unless it is tied to it."""
-    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
-    return [embeddings] + ([head] if head is not None and head.weight is not embeddings.weight else [])
+TokenRows = tuple[torch.Tensor, Optional[torch.Tensor]]  # a student's tensor of a row per token, the teacher's or None
 
 
-def _token_rows(model: PreTrainedModel) -> list[torch.Tensor]:
-    """The tensors with a row per token: the input embedding's, and the LM head's weight and bias (once if tied)."""
-    return [tensor for module in _token_row_modules(model) for tensor in (module.weight, getattr(module, "bias", None))
-            if tensor is not None]
+def _token_row_pairs(teacher: PreTrainedModel, student: PreTrainedModel, teacher_layers: list[int]) -> list[TokenRows]:
+    """The student's tensors with a row per token, each beside the teacher's: the input embedding's, the LM head's
+    weight and bias unless it is tied to the embedding, and Gemma 3n's and Gemma 4's per-layer token table
+    (``PER_LAYER_TOKEN_TABLE``) beside the teacher's slices of ``teacher_layers``."""
+    embeddings, head = student.get_input_embeddings(), student.get_output_embeddings()
+    modules = [(embeddings, teacher.get_input_embeddings())]
+    if head is not None and head.weight is not embeddings.weight:
+        modules.append((head, teacher.get_output_embeddings()))
+    pairs = [(getattr(target, name), getattr(source, name, None)) for target, source in modules
+             for name in ("weight", "bias") if getattr(target, name, None) is not None]
+    teacher_params, config = teacher.state_dict(), teacher.config.get_text_config()
+    for name, table in student.state_dict().items():
+        if name.endswith(f"{PER_LAYER_TOKEN_TABLE}.weight"):
+            source = teacher_params.get(name)
+            pairs.append((table, None if source is None else layer_slices(name, source, config, teacher_layers)))
+    return pairs
 
 
-def copy_shared_token_rows(teacher: PreTrainedModel, student: PreTrainedModel, token_map: VocabularyMap) -> None:
-    """Across tokenizers, the student's rows (input embedding, LM head) of each token the teacher's tokenizer also
-    holds, from the teacher's row of that token; the others keep their initialisation. Only where a row has the
-    teacher's width."""
-    sources = [teacher.get_input_embeddings(), teacher.get_output_embeddings()]
+def copy_shared_token_rows(token_rows: list[TokenRows], token_map: VocabularyMap) -> None:
+    """Across tokenizers, the student's rows (``_token_row_pairs``) of each token the teacher's tokenizer also holds,
+    from the teacher's row of that token; the others keep their initialisation. Only where a row has the teacher's
+    width."""
     with torch.no_grad():
-        for target, source in zip(_token_row_modules(student), sources):
-            for name in ("weight", "bias"):
-                rows, teacher_rows = getattr(target, name, None), getattr(source, name, None)
-                if rows is None or teacher_rows is None or rows.shape[1:] != teacher_rows.shape[1:]:
-                    continue
-                keep = (token_map.student_ids < rows.shape[0]) & (token_map.teacher_ids < teacher_rows.shape[0])
-                rows[token_map.student_ids[keep]] = teacher_rows[token_map.teacher_ids[keep]].to(rows.dtype)
+        for rows, teacher_rows in token_rows:
+            if teacher_rows is None or rows.shape[1:] != teacher_rows.shape[1:]:
+                continue
+            keep = (token_map.student_ids < rows.shape[0]) & (token_map.teacher_ids < teacher_rows.shape[0])
+            rows[token_map.student_ids[keep]] = teacher_rows[token_map.teacher_ids[keep]].to(rows.dtype)
 
 
 # what to do when a part copied from the teacher does not fit the student

@@ -9,14 +9,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tiny import (
-    FULL, SLIDING, assert_stands_for_teacher_layers, layer_outputs, make_bos_tokenizer, plain_loss, sequences_of,
-    tiny_gemma3n_config, tiny_gemma4_config,
+    FULL, SLIDING, assert_stands_for_teacher_layers, layer_outputs, make_bos_tokenizer, make_sentencepiece_tokenizer,
+    plain_loss, sequences_of, tiny_gemma3n_config, tiny_gemma4_config,
 )
 from distily.config import parse_config
 from distily.data.training_data import build_datasets
+from distily.data.vocabulary import map_vocabularies
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers
 from distily.models.arguments import ModelArguments
+from distily.models.packed_layers import PER_LAYER_TOKEN_TABLE, layer_slices
 from distily.models.student import build_student, evenly_spaced_layers, student_config_and_teacher_layers
 from distily.training.distill import run_distillation
 
@@ -62,6 +64,24 @@ def test_each_copied_gemma_layer_computes_what_its_teacher_layer_does(variant, l
     student = student_of(teacher, layers)
     assert student.config.layer_types == [teacher.config.layer_types[index] for index in layers]
     assert_stands_for_teacher_layers(teacher, student, layers, torch.randint(0, 320, (1, 12)), tmp_path)
+
+
+@pytest.mark.parametrize("variant", ["dense", "gemma3n"])
+def test_a_gemma_student_with_its_own_tokenizer_takes_the_per_layer_token_table_by_token(variant):
+    """Across tokenizers, the per-layer token table (embed_tokens_per_layer) was copied by name and shape, so by id:
+    each student token took another token's per-layer inputs (every row equal by id, none by token), while the
+    embeddings were mapped by token. Its rows now go by token too, of the copied layers' slices."""
+    teacher = gemma_teacher(variant)
+    shared = map_vocabularies(make_sentencepiece_tokenizer(vocab_size=320), make_bos_tokenizer())
+    args = ModelArguments(student_config_overrides={"num_hidden_layers": 2}, student_layers_from_teacher=[0, 3])
+    student = build_student(args, teacher, lambda: shared)
+    name = f"model.{PER_LAYER_TOKEN_TABLE}.weight"
+    rows = student.state_dict()[name]
+    teacher_rows = layer_slices(name, teacher.state_dict()[name], teacher.config, [0, 3])
+    assert 0 < len(shared) < rows.shape[0]
+    torch.testing.assert_close(rows[shared.student_ids], teacher_rows[shared.teacher_ids], atol=0, rtol=0)
+    torch.testing.assert_close(student.get_input_embeddings().weight[shared.student_ids],
+                               teacher.get_input_embeddings().weight[shared.teacher_ids], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("variant", ["dense", "k_eq_v", "moe", "gemma3n"])
