@@ -10,7 +10,8 @@ step peaks at:
 
 - the end of the forward pass: the student's stored activations (a pre-norm decoder block with a gated
   MLP, Llama's and Qwen's, counted tensor by tensor: the residual stream and the norms' internals in fp32,
-  the rest in the compute dtype; under bf16/fp16 autocast also its half-precision copies of the weights),
+  the rest in the compute dtype; under bf16/fp16 autocast also its half-precision copies of the weights; a
+  mixture of experts' MLP values for each expert a token is routed to, in the experts' own dtype),
   the teacher's outputs (its hidden states in its weights' dtype, under autocast too) and its largest layer's
   intermediates (a live teacher only: a recorded one runs no forward pass), and the objective's working
   memory, which each component reports for the batch shape
@@ -28,8 +29,9 @@ Weights already on the device when the check runs (every model of a CPU run, a q
 are out of its free memory and in the estimate: the check adds them back to the free memory.
 
 Measured against the allocator's peak on a grid of vocabularies (512 to 151,936), batch shapes, live and
-recorded teachers, fp32 and bf16, with activation checkpointing or gradient accumulation, the estimate is within
-30%, 1.0 to 1.2 times the peak with attention losses, and 0.95 to 1.15 times it with a feature loss alone
+recorded teachers, fp32 and bf16, with activation checkpointing or gradient accumulation, and on mixtures of experts
+of OLMoE's, Mixtral's and Qwen3-MoE's proportions, the estimate is within 30%, 1.0 to 1.2 times the peak with
+attention losses, and 0.95 to 1.15 times it with a feature loss alone
 (``tests/training/test_preflight.py``). A run is refused only when even 70% of the estimate exceeds the free
 memory, so a run that fits is never refused.
 """
@@ -44,6 +46,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_of, named_decoder_layers, plain_lm_head
+from distily.models.experts import routing
 from distily.objectives.component import StepShape
 from distily.objectives.model_shape import ModelShape
 from distily.objectives.objective import DistillationObjective
@@ -143,6 +146,24 @@ def _intermediate_size(config) -> int:
     return max(size) if isinstance(size, list) else size
 
 
+def _mlp_bytes(config, width: int, per_width: int, per_expert_input: int, compute_bytes: int,
+               expert_bytes: int) -> int:
+    """Bytes an MLP holds per token: ``per_width`` values per channel of its intermediate size; a mixture of experts'
+    for each expert a token is routed to, with ``per_expert_input`` times the width (the experts run on copies of the
+    tokens grouped by expert), in the experts' weights' dtype (``expert_bytes``: transformers' grouped matmul is no
+    autocast op), and its shared experts'; the larger where some layers are dense."""
+    routed = routing(config)
+    experts = routed.experts_per_token * (per_width * routed.expert_width + per_expert_input * width)
+    mixture = experts * expert_bytes + per_width * routed.shared_width * compute_bytes
+    return max(per_width * _intermediate_size(config) * compute_bytes, mixture)
+
+
+def _autocast_copied(parameters) -> int:
+    """Bytes of the half-precision copies autocast makes of the weights its matmuls read: not of the experts' stacked
+    3-D weights, which transformers' grouped matmul reads in their own dtype."""
+    return 2 * _bytes(p for p in parameters if p.ndim < 3) // 4
+
+
 def block_activations(student: PreTrainedModel, step: StepShape) -> int:
     """Bytes one student block's forward pass stores for the backward pass."""
     shape = step.student
@@ -150,8 +171,9 @@ def block_activations(student: PreTrainedModel, step: StepShape) -> int:
     # after rotary embeddings, v, the attention output and its projection's input; the MLP's gate, up, activation
     # and product (compute dtype); under autocast also the norms' outputs cast for the projections
     full = 6 * shape.width * 4
-    computed = 3 * shape.query_width + 2 * shape.kv_width + 4 * _intermediate_size(student.config)
-    per_token = full + (computed + (2 * shape.width if step.compute_bytes < 4 else 0)) * step.compute_bytes
+    computed = 3 * shape.query_width + 2 * shape.kv_width + (2 * shape.width if step.compute_bytes < 4 else 0)
+    mlp = _mlp_bytes(student.config, shape.width, 4, 2, step.compute_bytes, next(student.parameters()).element_size())
+    per_token = full + computed * step.compute_bytes + mlp
     if step.eager_attention:
         per_token += eager_attention_extra(shape, step)
     return step.tokens * per_token
@@ -217,7 +239,7 @@ def student_activations(student: PreTrainedModel, step: StepShape, checkpoint_ev
     final = 3 * step.tokens * width * 4  # embeddings and the final norm
     logits = 0 if step.fused_student_head else step.tokens * step.student_vocab * step.compute_bytes
     # autocast keeps a half-precision copy of every weight a matmul reads, for the step
-    copies = 2 * _bytes(decoder_of(student).parameters()) // 4 if half else 0
+    copies = _autocast_copied(decoder_of(student).parameters()) if half else 0
     if half and not head_in_loss:  # the student applies its head: to every token, or to the last (fused)
         copies += 2 * _bytes(student.get_output_embeddings().parameters()) // 4
     return blocks + final + logits + copies
@@ -238,8 +260,9 @@ def teacher_activations(teacher: PreTrainedModel, step: StepShape, objective: Di
     # the attention probabilities are in q's dtype: the weights', even under autocast (rotary embeddings promote q)
     if objective.needs("needs_attentions"):
         held += shape.depth * step.batch_size * shape.heads * step.seq_length**2 * weight_bytes
-    block = 2 * shape.width + shape.query_width + 2 * shape.kv_width + 3 * _intermediate_size(teacher.config)
-    return held + step.tokens * block * bytes_per_value
+    block = (2 * shape.width + shape.query_width + 2 * shape.kv_width) * bytes_per_value
+    block += _mlp_bytes(teacher.config, shape.width, 3, 3, bytes_per_value, weight_bytes)
+    return held + step.tokens * block
 
 
 def estimate_memory(

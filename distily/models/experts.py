@@ -1,0 +1,33 @@
+"""What a mixture-of-experts config says about the work a token does: how many experts it is routed to, and how wide
+they are. Dense configs route nowhere."""
+
+from dataclasses import dataclass
+
+from transformers import PretrainedConfig
+
+
+@dataclass(frozen=True)
+class Routing:
+    experts_per_token: int  # routed experts each token passes through (0: a dense model)
+    expert_width: int  # one routed expert's intermediate size
+    shared_width: int  # the shared experts' intermediate size, which every token passes through too
+
+    @property
+    def active_width(self) -> int:
+        """The intermediate size a token passes through in a mixture-of-experts layer."""
+        return self.experts_per_token * self.expert_width + self.shared_width
+
+
+def routing(config: PretrainedConfig) -> Routing:
+    """The routing of ``config``'s mixture-of-experts layers: ``num_experts_per_tok`` experts each of
+    ``moe_intermediate_size`` (Qwen-MoE, DeepSeek) or, without it, of ``intermediate_size`` (Mixtral, OLMoE, gpt-oss),
+    and shared experts of ``shared_expert_intermediate_size`` (Qwen-MoE) or ``n_shared_experts`` routed experts' widths
+    (DeepSeek, GLM-4-MoE)."""
+    config = config.get_text_config()
+    per_token = getattr(config, "num_experts_per_tok", None) or 0
+    if not per_token:
+        return Routing(0, 0, 0)
+    width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    shared = getattr(config, "shared_expert_intermediate_size", None) or (
+        (getattr(config, "n_shared_experts", None) or 0) * width)
+    return Routing(per_token, width, shared)
