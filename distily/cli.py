@@ -72,6 +72,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run = importlib.import_module(f"distily.commands.{command}").main
         return run(args, shlex.join(["distily", *argv]))
     except DistilyConfigError as err:
+        close_progress_bars()  # the error starts a line of its own and is the last one: an open bar is drawn at exit
         if debug:
             raise
         print(f"distily {command}: error: {err}", file=sys.stderr)

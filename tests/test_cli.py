@@ -91,3 +91,24 @@ def test_a_config_file_that_is_not_yaml_names_the_problem_and_where(tmp_path, ca
         assert main(["distill", str(config)]) == 2
         assert capsys.readouterr().err == f"distily distill: error: config file {str(config)!r} is not valid YAML: " \
                                           f"{problem}\n"
+
+
+def test_an_error_during_a_progress_bar_is_the_last_line_on_a_line_of_its_own(monkeypatch, capsys):
+    """An error raised while a bar was open (the evaluation before training, tokenizing) went on the bar's line, and the
+    bar was drawn again after it when it closed at exit: the error was not the last thing printed."""
+    from tqdm.auto import tqdm
+
+    import distily.commands.export
+
+    bars = []
+
+    def failing(args, command_line):
+        bars.append(tqdm(total=2, desc="Evaluating", file=sys.stderr))
+        bars[0].update(1)
+        raise DistilyConfigError("bad value; expected another")
+
+    monkeypatch.setattr(distily.commands.export, "main", failing)
+    assert main(["export", "run"]) == 2
+    bars[0].close()  # what exit does to a bar still open
+    err = capsys.readouterr().err
+    assert "1/2" in err and err.endswith("\ndistily export: error: bad value; expected another\n"), err[-300:]
