@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 import datasets
 import huggingface_hub
 from datasets.exceptions import DatasetGenerationError
+from filelock import FileLock
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from tqdm.auto import tqdm
 
@@ -92,10 +93,13 @@ def _read(stream: datasets.IterableDataset, rows: RowRange, where: str, key: str
 def streamed_rows(open_stream: Callable[[], datasets.IterableDataset], rows: RowRange, source: dict,
                   where: str) -> datasets.Dataset:
     """``rows`` of the stream ``open_stream()`` opens (only when they are not kept yet), kept under a key of
-    ``source`` (what the data is) and ``rows``; ``where`` names the dataset in messages."""
+    ``source`` (what the data is) and ``rows``; ``where`` names the dataset in messages. Processes that ask for the
+    same rows at once (a run's processes on one machine each load the documents) take turns: one reads them."""
     key = hashlib.sha256(json.dumps({**source, **asdict(rows)}, sort_keys=True).encode()).hexdigest()[:32]
     cache_dir = streamed_cache_dir()
     with filesystem_errors(cache_dir, STREAMED_CACHE):
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".reading-", dir=cache_dir) as scratch:  # until the entry is saved
-        return cached_dataset(cache_dir, key, lambda: _read(open_stream(), rows, where, key, scratch), STREAMED_CACHE)
+    with FileLock(str(Path(cache_dir) / f".{key}.lock")):
+        with tempfile.TemporaryDirectory(prefix=".reading-", dir=cache_dir) as scratch:  # until the entry is saved
+            return cached_dataset(cache_dir, key, lambda: _read(open_stream(), rows, where, key, scratch),
+                                  STREAMED_CACHE)

@@ -3,7 +3,11 @@ one (local JSON-lines, parquet and .txt data; text and chat columns), are kept s
 and a split a stream cannot be read for is refused in one line before any model loads."""
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -75,6 +79,25 @@ def test_rows_read_once_are_read_again_from_the_cache_not_the_stream(tmp_path, m
     Path(name).write_text("".join(json.dumps(row) + "\n" for row in ROWS[::-1]))  # other bytes: read again
     with pytest.raises(AssertionError, match="opened a stream"):
         load_documents(args)
+
+
+def test_processes_asking_for_the_same_rows_at_once_read_the_stream_once(tmp_path, hf_home):
+    """A run's processes on one machine each load the documents: one streams the rows, the other waits for them
+    (``stream_worker.py``, whose streams take 2 seconds to open, started together)."""
+    go, opened = tmp_path / "go", tmp_path / "opened"
+    environment = {**os.environ, "HF_HOME": str(hf_home), "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
+                                                                os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, str(Path(__file__).with_name("stream_worker.py")),
+               _write(tmp_path, ".jsonl", ROWS), str(go), str(opened)]
+    workers = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    while len(list(tmp_path.glob("go.ready.*"))) < 2 and all(worker.poll() is None for worker in workers):
+        time.sleep(0.1)
+    go.touch()
+    outputs = [worker.communicate(timeout=120)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0]
+    assert [json.loads(output) for output in outputs] == [[row["text"] for row in ROWS[5:15]]] * 2
+    assert opened.read_text() == "opened\n"
 
 
 def _refuse(*args, **kwargs):
