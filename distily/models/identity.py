@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 from distily.outputs import file_sha256, weight_files
 
 SAMPLES, SAMPLE_BYTES = 8, 1 << 16  # sampled_weights_digest: 512 KiB read per weight file
+WEIGHTS_DIGEST = "teacher_weights_digest"  # a store's manifest: a local teacher's sampled_weights_digest
 
 
 def weights_sha256(directory: str | os.PathLike) -> Optional[str]:
@@ -52,6 +53,12 @@ def _local_directory(name_or_path: str) -> Optional[str]:
 def _loaded_commit(teacher: PreTrainedModel) -> Optional[str]:
     """The Hub commit a loaded teacher came from (its config holds it; None for a local checkpoint)."""
     return getattr(teacher.config, "_commit_hash", None)
+
+
+def local_weights_digest(name_or_path: str) -> Optional[str]:
+    """The ``sampled_weights_digest`` of the local checkpoint ``name_or_path`` names; None for a Hub id."""
+    local = _local_directory(name_or_path)
+    return sampled_weights_digest(local) if local is not None else None
 
 
 def weights_fingerprint(name_or_path: str, teacher: PreTrainedModel) -> Optional[str]:

@@ -44,7 +44,7 @@ from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length, token_id_limit
-from distily.models.identity import teacher_identity
+from distily.models.identity import WEIGHTS_DIGEST, local_weights_digest, teacher_identity
 from distily.models.teacher import DTYPES, from_pretrained, load_teacher, load_tokenizer, teacher_config
 from distily.models.vocab import check_tokenizer_fits
 from distily.recording.hf import HFRecorder, hidden_states_dtype
@@ -222,7 +222,9 @@ def run_recording(
     _record_shards(writer, recorder, {"train": data.train, "eval": data.eval}, record.record_shard_size,
                    pad_token_id, state)
     if state.is_main_process:
-        writer.finish({**_report(writer), "packed_rows": data.packed_rows})  # all rows or a cut/sample
+        digest = local_weights_digest(model_args.teacher_model_name_or_path)  # a run naming the teacher checks it
+        writer.finish({**_report(writer), "packed_rows": data.packed_rows,  # all rows or a cut/sample
+                       **({WEIGHTS_DIGEST: digest} if digest is not None else {})})
     state.wait_for_everyone()
     return read_manifest(writer.path / MANIFEST)
 

@@ -41,7 +41,7 @@ from distily.evaluation.perplexity import perplexity
 from distily.metrics import Evaluation, RecordingSource
 from distily.models.architecture import max_positions, output_vocab_size
 from distily.models.arguments import ModelArguments
-from distily.models.identity import checkpoint_identity
+from distily.models.identity import WEIGHTS_DIGEST, checkpoint_identity, local_weights_digest
 from distily.models.teacher import from_pretrained, hub_revision, load_teacher, load_tokenizer
 from distily.objectives.losses import forward_kl
 from distily.objectives.objective import DistillationObjective
@@ -122,18 +122,28 @@ class RecordedTeacher(TeacherSource):
     def _check_teacher(self, name: str) -> None:
         """A teacher the run names must be the recorded one, whether the student copies its weights or not: the run
         names it as its teacher (run_settings.json, the model card). Its identity is read without loading it: the Hub
-        commit its id resolves to, or a hash of a local checkpoint's weight files; of a store that recorded neither (a
-        Hub teacher whose commit the back end did not give), its name."""
+        commit its id resolves to, or of a local checkpoint the sampled digest of its weight files the manifest holds
+        (milliseconds), else, of a store recorded before it did, the hash of every byte of them; of a store that
+        recorded neither (a Hub teacher whose commit the back end did not give), its name."""
+        recorded_digest = self.store.manifest.get(WEIGHTS_DIGEST)
+        digest = local_weights_digest(name) if recorded_digest is not None else None
+        if digest is not None:
+            if digest != recorded_digest:
+                raise self._other_teacher(name, WEIGHTS_DIGEST)
+            return
         revision = hub_revision(name)
         identity = checkpoint_identity(name, revision.resolved if revision is not None else None)
         recorded = [key for key in ("teacher_revision", "teacher_weights_sha256") if self.settings[key] is not None]
         for key in recorded or ["teacher_model_name_or_path"]:
             if identity[key] != self.settings[key]:
-                raise DistilyConfigError(
-                    f"teacher_model_name_or_path={name!r} is not the teacher {self.where} was recorded with "
-                    f"({self.settings['teacher_model_name_or_path']!r}, {key} differs); expected the recorded teacher, "
-                    "or no teacher_model_name_or_path where the student copies no teacher weights"
-                )
+                raise self._other_teacher(name, key)
+
+    def _other_teacher(self, name: str, key: str) -> DistilyConfigError:
+        return DistilyConfigError(
+            f"teacher_model_name_or_path={name!r} is not the teacher {self.where} was recorded with "
+            f"({self.settings['teacher_model_name_or_path']!r}, {key} differs); expected the recorded teacher, "
+            "or no teacher_model_name_or_path where the student copies no teacher weights"
+        )
 
     def _check_chat_template(self, config: DistillConfig) -> None:
         """A store of chat data holds rows rendered with one template, its keyword arguments and (a dated template)

@@ -3,6 +3,7 @@ lowers the KL at small k, reads recorded hidden states, and refuses a store that
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +11,11 @@ from transformers import AutoModelForCausalLM
 
 from distily.config import parse_config, parse_record_config
 from distily.data.framing import INPUT_IDS
-from distily.data.store import MANIFEST, MANIFEST_CHECKSUM, ROW_NLL, manifest_checksum
+from distily.data.store import MANIFEST, MANIFEST_CHECKSUM, ROW_NLL, manifest_checksum, read_manifest
 from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
+from distily.models import identity
+from distily.models.identity import WEIGHTS_DIGEST, sampled_weights_digest, weights_sha256
 from distily.models.teacher import load_tokenizer
 from distily.recording.run import run_recording
 from distily.teachers.recorded import RecordedTeacher
@@ -178,7 +181,7 @@ def test_another_tokenizer_or_teacher_is_a_provenance_error(recorded, tmp_path):
         _train(recorded, tmp_path, teacher_model_name_or_path=other_tokenizer)
     other_weights = save_tiny_model(tmp_path / "weights", "llama", make_tokenizer(), seed=1)
     with pytest.raises(DistilyConfigError, match=r"is not the teacher teacher_store=.* was recorded with .*"
-                                                 r"teacher_weights_sha256 differs"):
+                                                 r"teacher_weights_digest differs"):
         _train(recorded, tmp_path, teacher_model_name_or_path=other_weights)
 
 
@@ -188,11 +191,36 @@ def test_a_teacher_named_beside_a_store_must_be_the_recorded_one(recorded, tmp_p
     elsewhere is the same teacher."""
     other_weights = save_tiny_model(tmp_path / "weights", "llama", make_tokenizer(), seed=1)
     with pytest.raises(DistilyConfigError, match=r"^teacher_model_name_or_path=.* is not the teacher teacher_store=.* "
-                                                 r"was recorded with .*teacher_weights_sha256 differs\); expected"):
+                                                 r"was recorded with .*teacher_weights_digest differs\); expected"):
         _train(recorded, tmp_path, teacher_model_name_or_path=other_weights, student_init="random")
     copy = shutil.copytree(recorded["teacher_model_name_or_path"], tmp_path / "copy")
     config = parse_config(**{**recorded, "teacher_source": "recorded", "teacher_model_name_or_path": str(copy)})
     RecordedTeacher(RecordedTeacher.settled_config(config))
+
+
+def test_a_local_teacher_is_checked_by_the_stores_sampled_digest_and_an_older_store_by_every_byte(
+        recorded, tmp_path, monkeypatch):
+    """Naming a local teacher beside a store hashed all its weight files at every start (1.0-1.5 s for a checkpoint of
+    507 MB here, minutes for a real teacher); the manifest now holds their sampled digest, read in milliseconds. A
+    store recorded before it did is checked by every byte, as before: the same teacher passes, another is refused."""
+    hashed = []
+    monkeypatch.setattr(identity, "weights_sha256", lambda directory: hashed.append(directory) or full(directory))
+    full = weights_sha256
+    teacher = recorded["teacher_model_name_or_path"]
+    assert read_manifest(Path(recorded["teacher_store"]) / MANIFEST)[WEIGHTS_DIGEST] == sampled_weights_digest(teacher)
+    config = parse_config(**{**recorded, "teacher_source": "recorded"})
+    RecordedTeacher(RecordedTeacher.settled_config(config))
+    assert hashed == []
+    older = shutil.copytree(recorded["teacher_store"], tmp_path / "older")
+    manifest = json.loads((older / MANIFEST).read_text())
+    del manifest[WEIGHTS_DIGEST], manifest[MANIFEST_CHECKSUM]
+    (older / MANIFEST).write_text(json.dumps({**manifest, MANIFEST_CHECKSUM: manifest_checksum(manifest)}))
+    config = parse_config(**{**recorded, "teacher_source": "recorded", "teacher_store": str(older)})
+    RecordedTeacher(RecordedTeacher.settled_config(config))
+    assert hashed == [teacher]
+    other_weights = save_tiny_model(tmp_path / "weights", "llama", make_tokenizer(), seed=1)
+    with pytest.raises(DistilyConfigError, match=r"teacher_weights_sha256 differs"):
+        _train(recorded, tmp_path, teacher_store=str(older), teacher_model_name_or_path=other_weights)
 
 
 def test_a_student_of_another_width_is_an_error(recorded, tmp_path):
