@@ -13,7 +13,6 @@ from pathlib import Path
 import datasets
 import huggingface_hub
 import pytest
-from huggingface_hub.errors import LocalEntryNotFoundError
 
 from distily.config import parse_config, parse_generate_config
 from distily.data.arguments import DataArguments, RowRange, row_ranges
@@ -156,22 +155,24 @@ def test_generate_streams_its_prompts_and_checks_their_split(tmp_path):
 
 
 class FakeHub:
-    """A stand-in for the Hub, since the tests run offline: ``hf_hub_download`` answers a dataset card path under the
-    commit ``commit`` (as the Hub cache lays it out) and ``datasets.load_dataset`` a stream of ``ROWS`` for the split
-    ``train``; what Distily asked each for is recorded. It checks what Distily does with the Hub's answers, not that
-    the Hub streams as ``datasets`` says it does."""
+    """A Hub dataset ``org/corpus`` this machine has seen: its dataset card in a Hub cache under ``tmp_path``, where
+    the real ``hf_hub_download`` finds it offline (the tests run offline), and a stand-in for ``datasets.load_dataset``
+    that streams ``ROWS`` as its split ``train`` and records what it was asked for. It checks what Distily does with
+    the Hub's answers, not that the Hub streams as ``datasets`` says it does."""
 
     def __init__(self, monkeypatch, tmp_path):
-        self.commit, self.streams, self.root = "a" * 40, [], tmp_path
-        monkeypatch.setattr(huggingface_hub, "hf_hub_download", self.download)
+        self.cache, self.streams = tmp_path / "hub", []
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(self.cache))
         monkeypatch.setattr(datasets, "load_dataset", self.load_dataset)
+        self.seen("a" * 40)
 
-    def download(self, repo_id, filename, repo_type=None):
-        assert (repo_id, filename, repo_type) == ("org/corpus", "README.md", "dataset")
-        if self.commit is None:
-            raise LocalEntryNotFoundError("Cannot find the requested files in the disk cache and outgoing traffic "
-                                          "has been disabled.")
-        return str(self.root / "datasets--org--corpus" / "snapshots" / self.commit / filename)
+    def seen(self, commit: str) -> None:
+        """The dataset card of ``commit`` in the Hub cache, as the newest of main this machine saw."""
+        repo = self.cache / "datasets--org--corpus"
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "README.md").write_text("---\n---\n")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
 
     def load_dataset(self, path, name=None, split=None, streaming=False, revision=None):
         self.streams.append((path, name, split, streaming, revision))
@@ -187,18 +188,18 @@ def test_a_hub_dataset_is_streamed_at_its_commit_and_kept_under_it(monkeypatch, 
     assert load_documents(args).to_list() == ROWS[20:30]
     assert hub.streams == [("org/corpus", "en", "train", True, "a" * 40)]
     assert load_documents(args).to_list() == ROWS[20:30] and len(hub.streams) == 1  # kept: no stream opened
-    hub.commit = "b" * 40  # the dataset moved on: its rows are read again
+    hub.seen("b" * 40)  # the dataset moved on: its rows are read again
     load_documents(args)
     assert hub.streams[-1] == ("org/corpus", "en", "train", True, "b" * 40)
 
 
 def test_hub_streaming_errors_are_one_line(monkeypatch, tmp_path):
-    hub = FakeHub(monkeypatch, tmp_path)
+    FakeHub(monkeypatch, tmp_path)
     args = DataArguments(dataset_name="org/corpus", dataset_split="validation[:10]", dataset_streaming=True)
     with pytest.raises(DistilyConfigError, match=re.escape("dataset 'org/corpus': Bad split: validation. Available "
                                                            "splits: ['train']")):
         load_documents(args)
-    hub.commit = None  # offline, and this machine never saw the dataset
-    with pytest.raises(DistilyConfigError, match=re.escape("cannot load dataset 'org/corpus': Cannot find the "
-                                                           "requested files in the disk cache")):
-        load_documents(args)
+    unseen = DataArguments(dataset_name="org/unseen", dataset_split="train[:10]", dataset_streaming=True)
+    with pytest.raises(DistilyConfigError, match=r"^cannot load dataset 'org/unseen': An error happened while trying "
+                                                 r"to locate the file on the Hub[^\n]*$"):
+        load_documents(unseen)  # offline, and never seen on this machine

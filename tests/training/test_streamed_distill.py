@@ -1,5 +1,6 @@
 """A run on rows read from a stream (dataset_streaming) trains on the blocks a run on the same slice read whole
-trains on, to the same losses; interrupted, it resumes on the rows kept from the stream, without opening it again."""
+trains on, to the same losses; interrupted, it resumes on the rows kept from the stream, without opening it again;
+distily record streams them too."""
 
 from pathlib import Path
 
@@ -7,11 +8,13 @@ import datasets
 import huggingface_hub
 import pytest
 
-from distily.config import parse_config
+from distily.config import parse_config, parse_record_config
 from distily.errors import RunInterrupted
+from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
 from distily.training.run_dir import TRAIN_ROWS, RunDir
 from interrupts import ctrl_c_at_training_step
+from store_values import store_values
 
 SLICE = "train[40:340]"
 
@@ -59,3 +62,12 @@ def test_an_interrupted_streamed_run_resumes_on_the_rows_it_read(run_values, tea
     metrics = run_distillation(parse_config(**values, resume_from_checkpoint="true"))
     assert metrics["train"]["resumed_from_step"] == 2 and metrics["train"]["global_step"] == 4
     assert _train_rows(values) == started
+
+
+def test_a_store_recorded_on_streamed_rows_trains_a_run_that_streams_them(teacher_dirs, text_file, tmp_path):
+    """The store's dataset_fingerprint is that of the streamed rows, which the run names again: the provenance
+    check passes."""
+    values = store_values(teacher_dirs["llama"], text_file, tmp_path, dataset_split=SLICE, dataset_streaming=True)
+    run_recording(parse_record_config(**values))
+    metrics = run_distillation(parse_config(**{**values, "teacher_source": "recorded", "max_steps": 1}))
+    assert metrics["train"]["global_step"] == 1 and metrics["train_sequences"] == 24
