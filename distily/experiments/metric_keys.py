@@ -23,7 +23,7 @@ from distily.metrics import (
     RecordingSource, RunMetrics, StudentMetrics, TeacherMetrics, TrainMetrics, generation_key, metric_key,
 )
 from distily.models.bitnet import BitNetOptions
-from distily.models.summary import SHAPE_KEYS
+from distily.models.summary import ACTIVE_PARAMETERS, SHAPE_KEYS
 
 NUMBERS = (int, float, Optional[int], Optional[float])
 TRAINER_FIGURES = ("epoch", "num_input_tokens_seen")  # the Trainer's log adds them to its metrics
@@ -44,8 +44,9 @@ def _counted(config: DistillConfig, keys) -> list[str]:
 
 
 def _architecture_keys() -> list[str]:
-    """The numbers of a model's ``architecture_summary``: its shape, and a BitNet model's options."""
-    return [*(f"architecture.{name}" for name in SHAPE_KEYS),
+    """The numbers of a model's ``architecture_summary``: its shape (a mixture of experts' active parameters), and a
+    BitNet model's options."""
+    return [*(f"architecture.{name}" for name in (*SHAPE_KEYS, ACTIVE_PARAMETERS)),
             *(f"architecture.bitnet.{name}" for name in _numeric_fields(BitNetOptions))]
 
 

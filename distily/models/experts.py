@@ -2,8 +2,12 @@
 they are. Dense configs route nowhere."""
 
 from dataclasses import dataclass
+from typing import Optional
 
-from transformers import PretrainedConfig
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+EXPERTS = "experts"  # the module holding a layer's routed experts in transformers' mixtures (shared ones are apart)
 
 
 @dataclass(frozen=True)
@@ -31,3 +35,21 @@ def routing(config: PretrainedConfig) -> Routing:
     shared = getattr(config, "shared_expert_intermediate_size", None) or (
         (getattr(config, "n_shared_experts", None) or 0) * width)
     return Routing(per_token, width, shared)
+
+
+def _unrouted_share(experts: nn.Module, per_token: int) -> int:
+    """Parameters of a layer's routed experts that a token does not pass through: all but ``per_token`` experts'
+    slices of their stacked tensors (``[experts, ...]``, as every transformers mixture keeps them)."""
+    return sum(tensor.numel() - tensor.numel() // tensor.shape[0] * per_token
+               for tensor in experts.parameters(recurse=False))
+
+
+def active_parameters(model: PreTrainedModel) -> Optional[int]:
+    """The parameters a token passes through (``num_parameters`` less the routed experts it is not sent to); None for
+    a dense model, which a token passes through whole."""
+    per_token = routing(model.config).experts_per_token
+    if not per_token:
+        return None
+    unrouted = sum(_unrouted_share(module, per_token) for name, module in model.named_modules()
+                   if name.rsplit(".", 1)[-1] == EXPERTS)
+    return model.num_parameters() - unrouted

@@ -3,6 +3,9 @@
 from transformers import PreTrainedModel
 
 from distily.models.bitnet import BITNET_CONFIG_KEY
+from distily.models.experts import active_parameters
+
+ACTIVE_PARAMETERS = "active_parameters"  # a mixture of experts': the parameters a token passes through
 
 SHAPE_KEYS = {  # summary name: config attribute (after get_text_config; GPT-2's names are attribute aliases)
     "layers": "num_hidden_layers",
@@ -28,6 +31,9 @@ def architecture_summary(model: PreTrainedModel) -> dict:
             summary[name] = value
     summary["dtype"] = str(model.dtype).removeprefix("torch.")
     summary["bitnet"] = getattr(model.config, BITNET_CONFIG_KEY, None)
+    active = active_parameters(model)
+    if active is not None:
+        summary[ACTIVE_PARAMETERS] = active
     return summary
 
 

@@ -35,6 +35,7 @@ from distily.evaluation.framing_check import CHECK_BLOCKS
 from distily.metrics import (
     GENERATION, FramingMetrics, MultimodalCheckpoint, RecordingSource, RunMetrics, generation_key,
 )
+from distily.models.summary import ACTIVE_PARAMETERS
 from distily.models.teacher import looks_like_local_path
 from distily.objectives.objective import DistillationObjective
 from distily.reporting.tables import MIB, markdown_table, run_columns
@@ -388,6 +389,9 @@ def _architecture_section(metrics: RunMetrics) -> str:
             lines.append(f"| {title} | {shapes[0].get(key, '—')} | {shapes[1].get(key, '—')} |")
     lines.append(f"| weights | dense | {'ternary (BitNet b1.58)' if shapes[1].get('bitnet') else 'dense'} |")
     lines.append(f"| parameters | {teacher.parameters:,} | {student.parameters:,} |")
+    if any(ACTIVE_PARAMETERS in shape for shape in shapes):  # a mixture of experts: those a token passes through
+        active = [shape.get(ACTIVE_PARAMETERS, model.parameters) for shape, model in zip(shapes, (teacher, student))]
+        lines.append(f"| parameters per token | {active[0]:,} | {active[1]:,} |")
     sizes = [f"{model.size_on_disk_bytes / MIB:,.1f}" for model in (teacher, student)]
     lines.append(f"| size on disk (MiB) | {sizes[0]} | {sizes[1]} |")
     return "\n".join(lines + _multimodal_lines(metrics))

@@ -405,3 +405,15 @@ def test_a_student_started_from_a_hub_checkpoint_names_it_as_its_base_model(tmp_
     assert meta["teacher_model"] == "openai-community/gpt2-medium"
     local, _ = card_for(tmp_path, run_metrics, student_model_name_or_path=str(tmp_path), student_config_overrides=None)
     assert "base_model" not in front_matter(local)  # a local checkpoint is named in the text only
+
+
+def test_a_mixture_of_experts_card_gives_the_parameters_a_token_passes_through(tmp_path, run_metrics):
+    """Beside the total (a dense model's is its count per token too)."""
+    def metrics(bitnet=None):
+        found = run_metrics(bitnet)
+        found.teacher.architecture["active_parameters"] = 100_000
+        return found
+
+    card, _ = card_for(tmp_path, metrics)
+    assert "| parameters | 400,000 | 200,000 |\n| parameters per token | 100,000 | 200,000 |" in card.text
+    assert "parameters per token" not in card_for(tmp_path, run_metrics)[0].text
