@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +21,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from distily.data.chat import ChatTemplate, run_chat_template
 from distily.errors import DistilyConfigError
 from distily.evaluation.arguments import FEWSHOT, SAMPLES, EvaluationArguments
+from distily.logs import quieted
 from distily.outputs import weight_files, write_json_atomic
 from distily.paths import distily_cache_dir
+
+logger = logging.getLogger(__name__)
 
 
 def task_manager(args: EvaluationArguments):
@@ -214,20 +218,13 @@ def _manager_for(args: EvaluationArguments):
     return manager
 
 
-def _leaf_tasks(task_dict: dict) -> set[str]:
-    """The names of the tasks in the harness's ``get_task_dict`` answer (``{group: {task name: Task}}``, nested)."""
-    return {leaf for name, value in task_dict.items()
-            for leaf in (_leaf_tasks(value) if isinstance(value, dict) else [name])}
-
-
 def _check_task_loads(task: str, manager) -> set[str]:
     """Build ``task`` as the harness will after training, which loads its data (from the datasets cache the
-    second time), and return the names of the tasks it runs. Whatever the harness or ``datasets`` raise (a dataset
-    not on the Hub, the Hub unreachable or offline without a cached copy, a bad task file) is told in one line."""
-    from lm_eval.tasks import get_task_dict
-
+    second time), and return the names of the tasks it runs (``TaskManager.load``'s leaf tasks). Whatever the harness
+    or ``datasets`` raise (a dataset not on the Hub, the Hub unreachable or offline without a cached copy, a bad task
+    file) is told in one line."""
     try:
-        return _leaf_tasks(get_task_dict([task], manager))
+        return set(manager.load([task])["tasks"])
     except Exception as error:  # the harness lets any of datasets' and the Hub's errors through
         reason = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
         raise DistilyConfigError(
@@ -325,23 +322,27 @@ def run_tasks(
     batch_size: int,
     chat_template_kwargs: Optional[dict] = None,
     chat_template_date: Optional[str] = None,
+    model_name: str = "the model",
 ) -> dict[str, dict[str, float]]:
-    """``task_results`` of ``model`` on ``args.lm_eval_tasks`` (the model is left in eval mode). With
-    ``lm_eval_apply_chat_template`` the harness renders prompts with the tokenizer's chat template (and
-    ``chat_template_kwargs``; a template that writes the day, pinned on ``chat_template_date``), few-shot examples
-    as turns of the conversation; ``lm_eval_model_args`` go to HFLM."""
+    """``task_results`` of ``model`` (``model_name`` in the line logged) on ``args.lm_eval_tasks`` (the model is left
+    in eval mode). With ``lm_eval_apply_chat_template`` the harness renders prompts with the tokenizer's chat template
+    (and ``chat_template_kwargs``; a template that writes the day, pinned on ``chat_template_date``), few-shot
+    examples as turns of the conversation; ``lm_eval_model_args`` go to HFLM."""
     import lm_eval
 
     from distily.evaluation.harness_model import HarnessModel
 
+    logger.info(f"lm-eval on {model_name}: {', '.join(args.lm_eval_tasks)}")
     chat = {"apply_chat_template": True, "fewshot_as_multiturn": True} if args.lm_eval_apply_chat_template else {}
     arguments = dict(chat_template_kwargs or {})  # HFLM renders with apply_chat_template(..., **chat_template_args)
     template = harness_template(tokenizer, chat_template_kwargs, chat_template_date) if chat else None
     if template is not None:  # the template pinned on the run's date: lm-eval's own rendering reads the clock
         arguments["chat_template"] = template.pinned_text
     variables = {"chat_template_args": arguments} if chat and arguments else {}
-    wrapped = HarnessModel(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **variables,
-                           **args.lm_eval_model_args)
+    # HFLM warns that a model passed in skips its own loading and distributed setup, as Distily means it to
+    with quieted("lm_eval.models.huggingface", logging.ERROR):
+        wrapped = HarnessModel(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **variables,
+                               **args.lm_eval_model_args)
     raw = lm_eval.simple_evaluate(
         model=wrapped,
         tasks=list(args.lm_eval_tasks),
@@ -420,7 +421,9 @@ def cached_teacher_results(
     key = teacher_cache_key(teacher, teacher_name_or_path, tokenizer, args, chat_template_kwargs, chat_template_date)
     path = Path(os.path.expanduser(args.lm_eval_cache_dir or distily_cache_dir("lm_eval"))) / f"{key}.json"
     if path.is_file():
+        logger.info(f"lm-eval on the teacher: {', '.join(args.lm_eval_tasks)}, read from the cache ({path})")
         return json.loads(path.read_text())
-    results = run_tasks(teacher, tokenizer, args, manager, batch_size, chat_template_kwargs, chat_template_date)
+    results = run_tasks(teacher, tokenizer, args, manager, batch_size, chat_template_kwargs, chat_template_date,
+                        model_name="the teacher")
     write_json_atomic(path, results)
     return results

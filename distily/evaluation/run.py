@@ -63,7 +63,8 @@ def benchmark(
     None when ``teacher`` is None (only its recorded outputs are at hand)."""
     batch_size = config.training.per_device_eval_batch_size
     chat = config.data.chat_template_kwargs, config.data.chat_template_date  # the run's: lm-eval renders with them
-    student_results = run_tasks(student, tokenizer, config.evaluation, manager, batch_size, *chat)
+    student_results = run_tasks(student, tokenizer, config.evaluation, manager, batch_size, *chat,
+                                model_name="the student")
     if teacher is None:
         return student_results, None
     return student_results, cached_teacher_results(

@@ -3,6 +3,7 @@ student, and the teacher's results come from the cache the second time."""
 
 import functools
 import json
+import logging
 import os
 import re
 import subprocess
@@ -26,7 +27,10 @@ CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{
                  "{% if add_generation_prompt %}<assistant> {% endif %}")
 
 
-def test_a_local_task_runs_offline_for_teacher_and_student(teacher_dirs, tokenizer, tmp_path, monkeypatch):
+def test_a_local_task_runs_offline_for_teacher_and_student(teacher_dirs, tokenizer, tmp_path, monkeypatch, caplog):
+    """Each model's run is named in a line before the harness's bars (the two looked the same), and the teacher's
+    results read from the cache say so."""
+    caplog.set_level(logging.INFO, logger="distily")
     args = EvaluationArguments(
         lm_eval_tasks=[TASK],
         lm_eval_include_path=write_local_task(tmp_path / "tasks"),
@@ -37,7 +41,7 @@ def test_a_local_task_runs_offline_for_teacher_and_student(teacher_dirs, tokeniz
     manager = task_manager(args)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])
     student = AutoModelForCausalLM.from_pretrained(save_tiny_model(tmp_path / "student", "gpt2", tokenizer, layers=2))
-    student_results = run_tasks(student, tokenizer, args, manager, batch_size=4)
+    student_results = run_tasks(student, tokenizer, args, manager, batch_size=4, model_name="the student")
     teacher_results = cached_teacher_results(teacher, teacher_dirs["gpt2"], tokenizer, args, manager, batch_size=4)
     for results in (student_results, teacher_results):
         assert set(results) == {TASK}
@@ -48,6 +52,11 @@ def test_a_local_task_runs_offline_for_teacher_and_student(teacher_dirs, tokeniz
     monkeypatch.setattr(harness, "run_tasks", lambda *a, **k: pytest.fail("the teacher ran again"))
     again = cached_teacher_results(teacher, teacher_dirs["gpt2"], tokenizer, args, manager, batch_size=4)
     assert again == teacher_results
+    cached = next(tmp_path.joinpath("cache").glob("*.json"))
+    assert [record.getMessage() for record in caplog.records if record.name == harness.__name__] == [
+        f"lm-eval on the student: {TASK}", f"lm-eval on the teacher: {TASK}",
+        f"lm-eval on the teacher: {TASK}, read from the cache ({cached})",
+    ]
 
 
 def test_results_keep_requested_tasks_and_groups_not_group_members():
@@ -299,3 +308,36 @@ def test_a_chat_template_is_required_before_training(tokenizer):
     tokenizer.chat_template = None
     adopt_chat_template(tokenizer, CHAT_TEMPLATE)  # a run's chat_template, for a tokenizer without one
     check_chat_template(tokenizer, args)
+
+
+def test_tasks_are_checked_without_the_harness_deprecated_api(tmp_path):
+    """The check before training called lm_eval's get_task_dict, deprecated ("Use TaskManager.load() instead") in the
+    harness version Distily needs; a group still runs its members."""
+    import warnings
+
+    args = EvaluationArguments(lm_eval_tasks=["tiny_suite"], lm_eval_include_path=write_group_tasks(tmp_path / "tasks"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert task_manager(args)
+    with pytest.raises(DistilyConfigError, match="'tiny_a' is run by both 'tiny_suite' and 'tiny_a'"):
+        task_manager(EvaluationArguments(lm_eval_tasks=["tiny_suite", "tiny_a"],
+                                         lm_eval_include_path=args.lm_eval_include_path))
+
+
+def test_the_harness_does_not_warn_about_the_model_distily_passes_in(teacher_dirs, tokenizer, monkeypatch, caplog):
+    """HFLM warned twice per model (student and teacher) that a model object skips its loading and distributed setup
+    ("`pretrained` model kwarg is not of type `str`...", "Passed an already-initialized model..."): both are what
+    Distily means, and said nothing to its user."""
+    import lm_eval
+
+    class Evaluated(Exception):
+        pass
+
+    def simple_evaluate(**kwargs):
+        raise Evaluated
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", simple_evaluate)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dirs["gpt2"])
+    with caplog.at_level(logging.WARNING), pytest.raises(Evaluated):
+        run_tasks(teacher, tokenizer, EvaluationArguments(lm_eval_tasks=[TASK]), None, batch_size=2)
+    assert not [record.getMessage() for record in caplog.records if record.name.startswith("lm_eval")]
