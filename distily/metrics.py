@@ -187,9 +187,10 @@ class StudentMetrics:
     lm_eval: Optional[dict[str, dict[str, float]]] = None
     teacher_layers_copied: Optional[list[int]] = None  # the teacher layer copied into each student layer
     teacher_layer_settings: Optional[list[int]] = None  # the teacher layer whose per-layer settings each one took
+    pruning: Optional[dict] = None  # student_init=pruned: calibration rows, sizes kept and the teacher's
 
     FIXED = ("parameters", "size_on_disk_bytes", "architecture", "lm_eval", "teacher_layers_copied",
-             "teacher_layer_settings")
+             "teacher_layer_settings", "pruning")
 
     def evaluation(self, stage: str) -> Evaluation:
         """The evaluation ``BEFORE`` or ``AFTER`` training."""
@@ -212,7 +213,7 @@ class StudentMetrics:
 
     def to_dict(self) -> dict:
         layers = _present(teacher_layers_copied=self.teacher_layers_copied,
-                          teacher_layer_settings=self.teacher_layer_settings)
+                          teacher_layer_settings=self.teacher_layer_settings, pruning=self.pruning)
         return _model_dict(self, {**layers, **self.evaluations})
 
     @classmethod

@@ -8,7 +8,8 @@ from distily.errors import DistilyConfigError
 
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 TEACHER_QUANTIZATIONS = ("none", "8bit", "4bit")
-STUDENT_INITS = ("teacher", "random")
+STUDENT_INITS = ("teacher", "random", "pruned")
+FROM_TEACHER_LAYERS = ("teacher", "pruned")  # the inits that start from chosen teacher layers
 
 
 @dataclass
@@ -70,15 +71,25 @@ class ModelArguments(TeacherArguments):
         default="teacher",
         metadata={
             "help": "How a student built from a config is initialised: 'teacher' copies teacher layers (and "
-            "embeddings, final norm and LM head where shapes match); 'random' keeps the random init."
+            "embeddings, final norm and LM head where shapes match); 'pruned' copies them too, keeping of a narrower "
+            "student's widths the teacher's most important MLP neurons, attention heads (whole KV groups) and hidden "
+            "channels by its activations on the first training rows (Minitron; Llama, Mistral, Qwen2, Qwen3, Gemma "
+            "1-3 text); 'random' keeps the random init."
+        },
+    )
+    pruning_calibration_samples: int = field(
+        default=256,
+        metadata={
+            "help": "student_init=pruned: how many of the first training rows (padding excluded) the teacher runs on "
+            "to rank its neurons, heads and hidden channels (Minitron used 1024)."
         },
     )
     student_layers_from_teacher: Optional[list[int]] = field(
         default=None,
         metadata={
-            "help": "Teacher layer index copied into each student layer (student_init=teacher). Default: evenly "
-            "spaced, first and last included; where one reuses the keys and values of a teacher layer not chosen "
-            "(Gemma 3n, Gemma 4), that layer replaces the nearest chosen one none of them needs."
+            "help": "Teacher layer index copied into each student layer (student_init=teacher or pruned). Default: "
+            "evenly spaced, first and last included; where one reuses the keys and values of a teacher layer not "
+            "chosen (Gemma 3n, Gemma 4), that layer replaces the nearest chosen one none of them needs."
         },
     )
     copy_teacher_modules: Optional[list[str]] = field(
@@ -128,14 +139,23 @@ class ModelArguments(TeacherArguments):
                 f"student_layers_from_teacher={layers} is set with student_model_name_or_path, a student loaded, not "
                 "built from teacher layers; expected at most one of them"
             )
-        if layers is not None and self.student_init != "teacher":
+        if layers is not None and self.student_init not in FROM_TEACHER_LAYERS:
             raise DistilyConfigError(
                 f"student_layers_from_teacher={layers} is set with student_init={self.student_init!r}, which copies "
-                "no teacher layer; expected student_init='teacher'"
+                "no teacher layer; expected student_init='teacher' or 'pruned'"
             )
+        samples = self.pruning_calibration_samples
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+            raise DistilyConfigError(f"pruning_calibration_samples={samples!r} is not a row count; expected an "
+                                     "integer >= 1")
         for name in ("bitnet_input_norm", "bitnet_subln"):
             if getattr(self, name) and not self.student_as_bitnet:
                 raise DistilyConfigError(f"{name}=true needs a BitNet student; expected student_as_bitnet=true")
+        if self.student_init == "pruned" and self.student_model_name_or_path is not None:
+            raise DistilyConfigError(
+                "student_init=pruned is set with student_model_name_or_path, a student loaded, not built from the "
+                "teacher; expected at most one of them"
+            )
         if self.student_model_name_or_path is not None and self.student_config_overrides:
             raise DistilyConfigError(
                 "student_config_overrides is set with student_model_name_or_path; overrides apply to a student "

@@ -13,13 +13,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from distily.data.vocabulary import VocabularyMap
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
-from distily.models.arguments import ModelArguments
+from distily.models.arguments import FROM_TEACHER_LAYERS, ModelArguments
 from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student, warn_unless_gguf_packable
 from distily.models.hybrid_slots import hybrid_slots, slotted_state
 from distily.models.kv_sharing import check_kv_producers, with_kv_producers
 from distily.models.layer_kinds import DERIVED_LAYER_KEYS, layer_kind_values
 from distily.models.layer_settings import check_kept, layer_config, per_layer_values
 from distily.models.packed_layers import PER_LAYER_TOKEN_TABLE, layer_slices
+from distily.models.pruning import Calibration, check_prunable, pruned_init
 from distily.models.teacher import from_pretrained
 
 logger = logging.getLogger(__name__)
@@ -353,8 +354,8 @@ def student_config_and_teacher_layers(
     args: ModelArguments, teacher_config: PretrainedConfig
 ) -> tuple[PretrainedConfig, Optional[list[int]]]:
     """The student's config, ``student_config_name_or_path`` or the teacher's with the overrides, and for
-    student_init=teacher the teacher layer copied into each student layer; a student built from the teacher's config
-    takes the per-layer settings of those layers."""
+    student_init=teacher or pruned the teacher layer copied into each student layer; a student built from the
+    teacher's config takes the per-layer settings of those layers."""
     overrides = args.student_config_overrides
     if args.student_config_name_or_path is not None:
         base = from_pretrained(
@@ -369,16 +370,16 @@ def student_config_and_teacher_layers(
 
 
 def _teacher_layers(args: ModelArguments, teacher: PretrainedConfig, student_depth: int) -> Optional[list[int]]:
-    if args.student_init != "teacher":
+    if args.student_init not in FROM_TEACHER_LAYERS:
         return None
     return teacher_layer_sources(args.student_layers_from_teacher, teacher, student_depth)
 
 
 def layers_from_teacher(args: ModelArguments, teacher: PretrainedConfig, student: PretrainedConfig) -> dict:
     """The teacher layer each student layer stands for, as metrics.json records it: ``teacher_layers_copied``, those
-    whose weights it started from (student_init=teacher), and ``teacher_layer_settings``, those whose per-layer
-    settings its config took (a student built from the teacher's config: ``config_with_overrides``; at the teacher's
-    depth, its own layers in order); neither for a student loaded from a checkpoint."""
+    whose weights it started from (student_init=teacher or pruned), and ``teacher_layer_settings``, those whose
+    per-layer settings its config took (a student built from the teacher's config: ``config_with_overrides``; at the
+    teacher's depth, its own layers in order); neither for a student loaded from a checkpoint."""
     if args.student_model_name_or_path is not None:
         return {}
     depth = text_depth(student)
@@ -419,22 +420,42 @@ def student_from_config(config: PretrainedConfig, trust_remote_code: bool) -> Pr
         ) from err
 
 
+def _pruned_student(teacher: PreTrainedModel, student: PreTrainedModel, teacher_layers: list[int],
+                    token_map: Callable[[], Optional[VocabularyMap]], calibration: Optional[Calibration]) -> None:
+    """Initialise ``student`` from the ``teacher_layers`` pruned by activation importance (``pruned_init``)."""
+    if calibration is None:
+        raise ValueError("student_init=pruned needs a Calibration: the rows the teacher's activations are read on")
+    if token_map() is not None:
+        raise DistilyConfigError(
+            "student_init=pruned ranks the teacher's embedding channels in the teacher's tokens, and this student "
+            "reads another tokenizer; expected the teacher's tokenizer, or student_init=teacher / random"
+        )
+    pruned_init(teacher, student, teacher_layers, calibration)
+
+
 def build_student(args: ModelArguments, teacher: PreTrainedModel,
-                  token_map: Callable[[], Optional[VocabularyMap]] = lambda: None) -> PreTrainedModel:
+                  token_map: Callable[[], Optional[VocabularyMap]] = lambda: None,
+                  calibration: Optional[Calibration] = None) -> PreTrainedModel:
     """The student, in float32 (mixed precision is the trainer's business), ready to train; ``token_map()`` pairs
     its tokens with the teacher's where its tokenizer is another (called only for a student that copies the
-    teacher's layers: mapping two vocabularies reads every token of both)."""
+    teacher's layers: mapping two vocabularies reads every token of both); ``calibration`` gives the rows a pruned
+    student's importance scores come from (student_init=pruned)."""
     if args.student_model_name_or_path is not None:
         student = load_student(args.student_model_name_or_path, args.trust_remote_code)
     else:
         config, teacher_layers = student_config_and_teacher_layers(args, teacher.config)
+        if args.student_init == "pruned":
+            check_prunable(teacher.config.get_text_config(), config.get_text_config())
         student = student_from_config(config, args.trust_remote_code)
         # the teacher's generation defaults travel with its tokenizer: where a turn ends (Phi-3's and Gemma's chat
         # models list their end-of-turn token there, not in the config), and how it samples
         student.generation_config = copy.deepcopy(teacher.generation_config)
         if teacher_layers is not None:
-            logger.info(f"Student layers copied from teacher layers {teacher_layers}")
-            copy_teacher_layers(teacher, student, teacher_layers, token_map())
+            logger.info(f"Student layers {args.student_init} from teacher layers {teacher_layers}")
+            if args.student_init == "pruned":
+                _pruned_student(teacher, student, teacher_layers, token_map, calibration)
+            else:
+                copy_teacher_layers(teacher, student, teacher_layers, token_map())
     copy_named_modules(teacher, student, args.copy_teacher_modules or [])
     if args.student_as_bitnet and not is_bitnet(student.config):
         convert_to_bitnet(student, input_norm=args.bitnet_input_norm, subln=args.bitnet_subln)

@@ -302,7 +302,17 @@ def _student_init(config: DistillConfig, metrics: RunMetrics) -> str:
     chosen = ("as chosen (`student_layers_from_teacher`)" if config.model.student_layers_from_teacher else
               "evenly spaced, first and last included, with the layers KV-sharing ones take keys and values from")
     kept = f", each with that teacher layer's {settings_of}" if settings else ""
-    return f"teacher layers {copied} ({chosen}) copied into its layers in order{kept}"
+    return f"teacher layers {copied} ({chosen}) copied into its layers in order{kept}{_pruned(metrics)}"
+
+
+def _pruned(metrics: RunMetrics) -> str:
+    """How a pruned student (student_init=pruned) was cut from the teacher's layers; empty for any other."""
+    pruning = metrics.student.pruning
+    if pruning is None:
+        return ""
+    sizes = ", ".join(f"`{key}` {kept} of {pruning['teacher'][key]}" for key, kept in pruning["kept"].items())
+    return (f", width-pruned to the teacher's most important units by its activations on the first "
+            f"{pruning['calibration_rows']} training rows (Minitron: {sizes})")
 
 
 def _method_section(config: DistillConfig, metrics: RunMetrics, objective: DistillationObjective) -> str:

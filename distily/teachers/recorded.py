@@ -40,7 +40,7 @@ from distily.evaluation.heldout import Evaluator, heldout_metrics
 from distily.evaluation.perplexity import perplexity
 from distily.metrics import Evaluation, RecordingSource
 from distily.models.architecture import max_positions, output_vocab_size
-from distily.models.arguments import ModelArguments
+from distily.models.arguments import FROM_TEACHER_LAYERS, ModelArguments
 from distily.models.identity import WEIGHTS_DIGEST, checkpoint_identity, local_weights_digest
 from distily.models.teacher import from_pretrained, hub_revision, load_teacher, load_tokenizer
 from distily.objectives.losses import forward_kl
@@ -51,8 +51,9 @@ from distily.teachers.store_split import holds_all, store_split, store_where
 
 
 def needs_teacher_weights(model_args: ModelArguments) -> bool:
-    """Whether building the student copies teacher weights (layers, or named modules)."""
-    from_teacher_layers = model_args.student_model_name_or_path is None and model_args.student_init == "teacher"
+    """Whether building the student copies teacher weights (layers, whole or pruned, or named modules)."""
+    from_teacher_layers = (model_args.student_model_name_or_path is None
+                           and model_args.student_init in FROM_TEACHER_LAYERS)
     return from_teacher_layers or bool(model_args.copy_teacher_modules)
 
 
@@ -195,7 +196,7 @@ class RecordedTeacher(TeacherSource):
         name = model_args.teacher_model_name_or_path
         if name is None:
             raise DistilyConfigError(
-                "the student copies teacher weights (student_init='teacher' or copy_teacher_modules), so "
+                "the student copies teacher weights (student_init='teacher' or 'pruned', or copy_teacher_modules), so "
                 f"teacher_model_name_or_path is needed with a recorded teacher too; expected "
                 f"{self.settings['teacher_model_name_or_path']!r} (the recorded teacher) or student_init=random"
             )

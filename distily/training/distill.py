@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, set_seed
 import distily
 from distily.config import DistillConfig
 from distily.data.framing import check_causality, check_models_keep_documents_apart
+from distily.data.training_data import DistillationData
 from distily.errors import RunInterrupted
 from distily.evaluation.harness import check_chat_template, task_manager
 from distily.evaluation.generations import with_generations
@@ -17,6 +18,7 @@ from distily.evaluation.run import benchmark, eval_set_metrics, generation_evalu
 from distily.logs import close_progress_bars
 from distily.metrics import AFTER, BEFORE, RunMetrics, StudentMetrics, TrainMetrics
 from distily.models.precision import bf16_is_fast
+from distily.models.pruning import Calibration, pruning_summary
 from distily.models.student import build_student, layers_from_teacher, load_student
 from distily.models.summary import architecture_summary, parameter_count
 from distily.models.vocab import check_tokenizer_fits
@@ -54,18 +56,29 @@ from distily.training.trainer_internals import models_loaded_whole
 logger = logging.getLogger(__name__)
 
 
-def _load_student(config: DistillConfig, teacher: TeacherSource) -> PreTrainedModel:
-    """The student built from the teacher (checked to be causal), after each tokenizer is checked to give no id
-    past its model's embedding."""
-    student = build_student(config.model, teacher.student_init_model(), teacher.student_token_map)
+def _load_student(config: DistillConfig, teacher: TeacherSource) -> tuple[PreTrainedModel, DistillationData]:
+    """The student built from the teacher (checked to be causal), and the run's data, read once each tokenizer is
+    checked to give no id past its model's embedding. The data depend on the student's shape (the length it takes),
+    so they are read once it is built; a pruned student (student_init=pruned) is initialised after that, from the
+    teacher's activations on the first training rows."""
+    data = []
+
+    def read_data(student: PreTrainedModel) -> DistillationData:
+        if not data:
+            check_tokenizer_fits(teacher.tokenizer, teacher.model, "teacher")
+            check_tokenizer_fits(teacher.student_tokenizer, student, "student")
+            data.append(teacher.datasets(student))
+        return data[0]
+
+    calibration = Calibration(lambda student: read_data(student).train, config.model.pruning_calibration_samples,
+                              config.training.device)
+    student = build_student(config.model, teacher.student_init_model(), teacher.student_token_map, calibration)
     check_causality(student, "student")
     teacher.student_built(student)
     template = teacher.student_chat_template()
     if template is not None:
         stop_at_end_of_turn(student, teacher.student_tokenizer, template)
-    check_tokenizer_fits(teacher.tokenizer, teacher.model, "teacher")
-    check_tokenizer_fits(teacher.student_tokenizer, student, "student")
-    return student
+    return student, read_data(student)
 
 
 def _student_summary(training, shape: tuple[int, dict], layers: dict, evaluations: dict) -> StudentMetrics:
@@ -151,11 +164,11 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     with models_loaded_whole():  # checked before training; DeepSpeed ZeRO-3 partitions them after
         teacher = open_teacher(config)
         check_chat_template(teacher.tokenizer, config.evaluation)
-        student = _load_student(config, teacher)
+        student, data = _load_student(config, teacher)
         shape = parameter_count(student), architecture_summary(student)
-        layers = layers_from_teacher(config.model, teacher.model.config, student.config)
+        layers = {**layers_from_teacher(config.model, teacher.model.config, student.config),
+                  **pruning_summary(config.model, teacher.model.config, student.config, len(data.train))}
         vocab_size = teacher.logit_columns(student)
-        data = teacher.datasets(student)
         check_train_rows(resume, settings, data.train)  # recorded with the settings; a resume on other rows is refused
         check_teacher_weights(resume, settings, teacher.live_model)  # and on another live teacher at its path
         resolved_objective = teacher.resolve_objective(config.objective, data.train)
