@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from distily.data.arguments import DataArguments
@@ -90,11 +91,11 @@ def load_heldout_prompts(args: EvaluationArguments, data: DataArguments) -> Held
 def greedy_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
                    stops: list[int], max_new_tokens: int, batch_size: int) -> list[list[int]]:
     """Greedy completions of ``prompts`` (token ids of ``tokenizer``, up to and with the first of ``stops``),
-    ``batch_size`` at a time."""
+    ``batch_size`` at a time, with a progress bar over the batches."""
     generator = HFGenerator(model, SamplingSettings(max_new_tokens, temperature=0), stops, pad_token_id(tokenizer),
                             vocab_size=vocabulary_size(tokenizer, stops))
-    return [completion for start in range(0, len(prompts), batch_size)
-            for completion in generator.generate(prompts[start:start + batch_size])]
+    starts = tqdm(range(0, len(prompts), batch_size), desc="Answering the generation prompts", leave=False)
+    return [completion for start in starts for completion in generator.generate(prompts[start:start + batch_size])]
 
 
 def exact_match(answers: list[str], references: list[str]) -> float:

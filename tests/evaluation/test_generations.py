@@ -99,6 +99,15 @@ def test_exact_match_and_a_user_metric_match_a_plain_greedy_loop(chat_models, tm
     assert exact_match([" a ", "b", "c"], ["a", "b ", "x"]) == pytest.approx(200 / 3)
 
 
+def test_answering_shows_a_progress_bar_over_its_batches(chat_models, capsys):
+    """The prompts were answered without a bar: 128 prompts of 128 tokens at every evaluation (and the teacher's once)
+    ran for minutes on a large model with nothing on the screen after the held-out evaluation's bar."""
+    tokenizer, _, student, *_ = chat_models
+    prompts = [prompt_tokens(tokenizer, turns[:-1]) for turns in user_turns(3, seed=3)]
+    answers = generations.greedy_answers(student, tokenizer, prompts, [tokenizer.eos_token_id], 2, batch_size=2)
+    assert len(answers) == 3 and "Answering the generation prompts:   0%|          | 0/2" in capsys.readouterr().err
+
+
 def test_an_answer_is_read_after_the_opening_its_template_writes_before_the_content(tmp_path, monkeypatch):
     """Qwen3's template opens the last answer with an empty <think> block: a model that writes it, then the
     reference, answers exactly; so does one that leaves it out; one that reasons first does not."""
