@@ -15,6 +15,7 @@ from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import FROM_TEACHER_LAYERS, ModelArguments
 from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student, warn_unless_gguf_packable
+from distily.models.experts import check_same_experts
 from distily.models.hybrid_slots import hybrid_slots, slotted_state
 from distily.models.kv_sharing import check_kv_producers, with_kv_producers
 from distily.models.layer_kinds import DERIVED_LAYER_KEYS, layer_kind_values
@@ -185,6 +186,7 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
     head and Gemma 3n's and Gemma 4's per-layer token table."""
     teacher_config = teacher.config.get_text_config()
     check_same_heads(teacher_config, student.config.get_text_config(), list(enumerate(teacher_layers)))
+    check_same_experts(teacher_config, student.config.get_text_config(), LAYERS_REMEDY)
     teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
     slots = hybrid_slots(teacher_config, teacher_layers)
     with torch.no_grad():
