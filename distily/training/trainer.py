@@ -134,7 +134,8 @@ class DistillationTrainer(StagedCheckpoints):
                           if isinstance(callback, NonFiniteStepCounts))
             counts.restore(self.state.stateful_callbacks.get(NonFiniteStepCounts.__name__))
             self.nonfinite_guard = NonFiniteStepGuard(
-                optimizer, self.args.max_nonfinite_steps, self.process_group_device, counts
+                optimizer, self.args.max_nonfinite_steps, self.process_group_device, counts,
+                self.teacher.nonfinite_outputs,
             )
             if self.args.bitnet_schedule:  # the decayed group is the latent ternary weights (get_decay_parameter_names)
                 for group in optimizer.param_groups:
@@ -350,9 +351,9 @@ class DistillationTrainer(StagedCheckpoints):
             window, steps, skipped = self._train_sums.take_window()
             means = {name: float(total) / max(steps, 1) for name, total in self._sum_over_processes(window).items()}
             for name, mean in means.items():
-                logs[f"loss_{name}"] = round(mean, 6)
+                logs[f"loss_{name}"] = mean
             if skipped:  # the Trainer counted the skipped steps' non-finite losses as its running mean
-                logs["loss"] = round(self._weighted(means), 4) if steps else float("nan")
+                logs["loss"] = self._weighted(means) if steps else float("nan")
             if self.on_policy is not None:
                 def total(counts: torch.Tensor) -> torch.Tensor:
                     return self._sum_over_processes({"counts": counts.to(self.args.device)})["counts"].cpu()
