@@ -49,6 +49,7 @@ from distily.models.bitnet import (
     block_projections,
     fake_quantize_activations,
     load_state_from_dir,
+    transformers_quantization_config,
 )
 
 VALUES_PER_BYTE = 4
@@ -126,32 +127,14 @@ def to_packed(model: PreTrainedModel) -> PreTrainedModel:
     return packed
 
 
-def transformers_quantization_config(model: PreTrainedModel) -> dict | None:
-    """The `quantization_config` transformers needs, or None when it cannot rebuild these layers."""
-    options = BitNetOptions.from_config(model.config)
-    converted = {name for name, _ in bitlinear_modules(model)}
-    rebuilt = not options.subln or is_bitnet_architecture(model.config)  # SubLN: in BitNetForCausalLM alone
-    if not rebuilt or not _source_projections_are_linear(model.config):
-        return None
-    return {
-        "quant_method": "bitnet",
-        "linear_class": "autobitlinear",
-        "quantization_mode": "offline",
-        "use_rms_norm": options.input_norm,
-        "rms_norm_eps": options.rms_norm_eps,
-        "modules_to_not_convert": sorted(
-            name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in converted
-        ),
-    }
-
-
-def _source_projections_are_linear(config) -> bool:
-    """Whether the unconverted architecture's block projections are nn.Linear (not, e.g., GPT-2's Conv1D)."""
-    config = copy.deepcopy(config)
-    delattr(config, BITNET_CONFIG_KEY)
-    with torch.device("meta"):
-        source = AutoModelForCausalLM.from_config(config)
-    return all(type(module) is nn.Linear for _, module in block_projections(source))
+def packed_quantization_config(model: PreTrainedModel) -> dict | None:
+    """The `quantization_config` transformers needs to load a packed export of `model`, or None when it cannot rebuild
+    these layers: the latent student's own (convert_to_bitnet writes it where transformers rebuilds its layers) in
+    offline mode, or a SubLN Llama's, written as BitNetForCausalLM."""
+    if is_bitnet_architecture(model.config):
+        return transformers_quantization_config(model, "offline")
+    latent = getattr(model.config, "quantization_config", None)
+    return None if latent is None else {**latent, "quantization_mode": "offline"}
 
 
 def why_not_packed_export(path: Path) -> str | None:
@@ -205,7 +188,7 @@ def write_packed_checkpoint(model: PreTrainedModel, output_dir: str | Path, toke
     config = copy.deepcopy(model.config)
     if is_bitnet_architecture(config):
         config, state = bitnet_config(config), {bitnet_tensor_name(name): tensor for name, tensor in state.items()}
-    quantization_config = transformers_quantization_config(model)
+    quantization_config = packed_quantization_config(model)
     if quantization_config is not None:
         config.quantization_config = quantization_config
     getattr(config, BITNET_CONFIG_KEY)["format"] = "packed"

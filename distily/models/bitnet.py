@@ -223,7 +223,9 @@ def convert_to_bitnet(model: nn.Module, *, input_norm: bool = False, subln: bool
     Latent weights start from the module's current weights (GPT-2 Conv1D weights are transposed to
     the [out, in] layout). Embeddings, LM head and norms are left alone. `rms_norm_eps` defaults to
     the model config's `rms_norm_eps` / `layer_norm_epsilon` / 1e-6. Records the options in
-    `model.config.distily_bitnet` and returns the model.
+    `model.config.distily_bitnet`, and transformers' BitNet `quantization_config` where transformers can rebuild the
+    ternary layers (no SubLN, nn.Linear projections), so that a saved student loads in plain transformers as the
+    ternary model; returns the model.
     """
     if is_bitnet(model.config):
         raise DistilyConfigError(f"model config already has '{BITNET_CONFIG_KEY}'; expected an unconverted model")
@@ -247,7 +249,30 @@ def convert_to_bitnet(model: nn.Module, *, input_norm: bool = False, subln: bool
         with_norm = input_norm or (subln and name.rsplit(".", 1)[-1] in SUBLAYER_OUTPUT_NAMES)
         model.set_submodule(name, BitLinear.from_module(module, norm_eps=options.rms_norm_eps if with_norm else None))
     setattr(model.config, BITNET_CONFIG_KEY, asdict(options))
+    if not subln and all(type(module) is nn.Linear for _, module in projections):
+        # transformers' from_pretrained then loads the saved latent weights as this ternary model (online
+        # AutoBitLinear), not as a full-precision one; it has no SubLN placement and converts nn.Linear alone
+        model.config.quantization_config = transformers_quantization_config(model, "online")
     return model
+
+
+def transformers_quantization_config(model: nn.Module, mode: str) -> dict:
+    """The `quantization_config` under which transformers' from_pretrained rebuilds a converted model's BitLinear
+    layers as its AutoBitLinear: mode `online` over latent weights (a trained student), `offline` over packed ones
+    (an export). Every other nn.Linear (usually `lm_head`) is named in `modules_to_not_convert`, because
+    transformers would otherwise convert all of them."""
+    options = BitNetOptions.from_config(model.config)
+    converted = {name for name, _ in bitlinear_modules(model)}
+    return {
+        "quant_method": "bitnet",
+        "linear_class": "autobitlinear",
+        "quantization_mode": mode,
+        "use_rms_norm": options.input_norm,
+        "rms_norm_eps": options.rms_norm_eps,
+        "modules_to_not_convert": sorted(
+            name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in converted
+        ),
+    }
 
 
 def bitlinear_modules(model: nn.Module) -> list[tuple[str, BitLinear]]:

@@ -14,7 +14,13 @@ from distily.data.vocabulary import VocabularyMap
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import FROM_TEACHER_LAYERS, ModelArguments
-from distily.models.bitnet import convert_to_bitnet, is_bitnet, load_bitnet_student, warn_unless_gguf_packable
+from distily.models.bitnet import (
+    BITNET_CONFIG_KEY,
+    convert_to_bitnet,
+    is_bitnet,
+    load_bitnet_student,
+    warn_unless_gguf_packable,
+)
 from distily.models.experts import check_same_experts
 from distily.models.hybrid_slots import hybrid_slots, slotted_state
 from distily.models.kv_sharing import check_kv_producers, with_kv_producers
@@ -29,6 +35,9 @@ logger = logging.getLogger(__name__)
 DEPTH = "num_hidden_layers"
 WIDTH = "hidden_size"
 HEADS = "num_attention_heads"
+# what a config says of its own model only, how it was quantized (a 4-bit teacher) or made ternary: a model built
+# from it is neither
+SOURCE_ONLY_KEYS = ("quantization_config", BITNET_CONFIG_KEY)
 
 
 def _canonical(config: PretrainedConfig, key: str) -> str:
@@ -56,8 +65,9 @@ def config_with_overrides(config: PretrainedConfig, overrides: dict,
     kind each layer is without a per-layer list (``LAYER_KIND_SETTINGS``: dense or MoE, attention or Mamba, sharing
     keys and values or not, by layer indices or scalars) are written again the same way; indices a config derives
     from its per-layer list (``DERIVED_LAYER_KEYS``) are derived again from the student's. A layer reusing keys and
-    values must have a layer to take them from (``check_kv_producers``)."""
-    values = config.to_dict()
+    values must have a layer to take them from (``check_kv_producers``). How the source model was quantized or
+    made ternary (``SOURCE_ONLY_KEYS``) is not copied: the new model is dense and full precision until converted."""
+    values = {key: value for key, value in config.to_dict().items() if key not in SOURCE_ONLY_KEYS}
     changes = {_canonical(config, key): value for key, value in overrides.items()}
     for key, original in zip(overrides, changes):
         if original not in values and not hasattr(config, original):

@@ -21,7 +21,8 @@ def architecture_summary(model: PreTrainedModel) -> dict:
     """``model_type``, the shape numbers of ``SHAPE_KEYS`` the config has, one for every layer (not Gemma 3n's
     per-layer MLP widths, nor what a heterogeneous config sets apart for some layers: Gemma 4's KV heads with
     attention_k_eq_v), ``dtype``, and ``bitnet``: the options of a ternary (BitNet b1.58) model, ``None`` for a
-    dense one."""
+    dense one, with ``bitnet_in_transformers`` for a ternary one: whether its saved config carries transformers' BitNet
+    ``quantization_config`` (convert_to_bitnet)."""
     config = model.config.get_text_config()
     summary = {"model_type": config.model_type}
     per_layer = getattr(config, "per_layer_attributes", None) or set()
@@ -31,6 +32,8 @@ def architecture_summary(model: PreTrainedModel) -> dict:
             summary[name] = value
     summary["dtype"] = str(model.dtype).removeprefix("torch.")
     summary["bitnet"] = getattr(model.config, BITNET_CONFIG_KEY, None)
+    if summary["bitnet"] is not None:  # whether plain transformers loads its checkpoint as the ternary model
+        summary["bitnet_in_transformers"] = getattr(model.config, "quantization_config", None) is not None
     active = active_parameters(model)
     if active is not None:
         summary[ACTIVE_PARAMETERS] = active

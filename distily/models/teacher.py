@@ -24,6 +24,7 @@ from transformers.utils.hub import resolve_revision
 
 from distily.errors import DistilyConfigError
 from distily.logs import quieted
+from distily.models.bitnet import bitnet_format, is_bitnet, load_bitnet_student
 from distily.outputs import safetensors_tensor_bytes
 from distily.paths import looks_like_local_path
 
@@ -100,11 +101,18 @@ def teacher_config(config: PretrainedConfig, name_or_path: str) -> PretrainedCon
     return text
 
 
+def _is_local_bitnet_run(name_or_path: str, config: PretrainedConfig) -> bool:
+    """Whether ``name_or_path`` is a local folder of a trained BitNet student (its latent weights, not a packed
+    export)."""
+    return is_bitnet(config) and bitnet_format(config) == "latent" and looks_like_local_path(name_or_path)
+
+
 def load_teacher(
     name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False, quantization: str = "none"
 ) -> PreTrainedModel:
     """The teacher, frozen and in eval mode; with ``quantization`` (8bit, 4bit) loaded by bitsandbytes
-    straight onto this process's device. Of a multimodal checkpoint, the language model alone."""
+    straight onto this process's device. Of a multimodal checkpoint, the language model alone; of a local BitNet run,
+    Distily's ternary student."""
     check_model_source(name_or_path, "teacher")
     revision = hub_revision(name_or_path)
     config = from_pretrained(AutoConfig, name_or_path, "teacher", trust_remote_code=trust_remote_code,
@@ -117,7 +125,12 @@ def load_teacher(
             "device_map": {"": PartialState().device},
         }
     settings = dict(dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, revision=revision, **quantized)
-    if text is config:
+    if not quantized and _is_local_bitnet_run(name_or_path, config):
+        # a BitNet run: its BitLinear layers, bit for bit the model it trained (transformers' own BitNet layers round
+        # differently; a run saved without its quantization_config loads in transformers as a full-precision model)
+        weights_dtype = torch.float32 if dtype == "auto" else DTYPES[dtype]
+        teacher = load_bitnet_student(os.path.expanduser(name_or_path), weights_dtype, trust_remote_code)
+    elif text is config:
         teacher = from_pretrained(AutoModelForCausalLM, name_or_path, "teacher", **settings)
     else:
         teacher = load_language_model(name_or_path, config, text, **settings)

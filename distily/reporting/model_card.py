@@ -356,11 +356,24 @@ def _method_section(config: DistillConfig, metrics: RunMetrics, objective: Disti
         lines += ["", "It is a ternary BitNet b1.58 model: every linear projection in its decoder blocks is a "
                   "BitLinear layer with weights in {-1, 0, +1} times a per-tensor scale and 8-bit activations "
                   f"(options: `{bitnet}`). This checkpoint holds the latent weights the ternary ones are computed "
-                  "from: `AutoModelForCausalLM.from_pretrained` loads them as a full-precision model, which is not "
-                  "the model measured here. Load it with Distily (`from distily.models.bitnet import "
-                  "load_bitnet_student`; `load_bitnet_student(path)`), or export it packed or as GGUF with "
-                  "`distily export` (Distily's docs/bitnet.md)."]
+                  f"from{_bitnet_loading(metrics.student.architecture)}"]
     return "\n".join(lines)
+
+
+def _bitnet_loading(architecture: dict) -> str:
+    """How a BitNet student's checkpoint loads as the ternary model: with plain transformers where its config carries
+    transformers' BitNet ``quantization_config``, else with Distily alone."""
+    if architecture.get("bitnet_in_transformers"):
+        return (", and its config transformers' BitNet `quantization_config` (online mode): "
+                "`AutoModelForCausalLM.from_pretrained(path)` loads it as the ternary model measured here (its "
+                "`AutoBitLinear` layers ternarise the weights and quantise the activations as they run; logits equal "
+                "Distily's to float rounding). `distily export` packs it for inference, as 2-bit weights or GGUF "
+                "for llama.cpp (Distily's docs/bitnet.md).")
+    return (", in a layout transformers' BitNet integration cannot rebuild (SubLN norms, or GPT-2's Conv1D layers): "
+            "`AutoModelForCausalLM.from_pretrained` loads them as a full-precision model, which is not the model "
+            "measured here (GPT-2's fails on their shapes). Load it with Distily (`from distily.models.bitnet import "
+            "load_bitnet_student`; `load_bitnet_student(path)`), or export it packed or as GGUF with `distily export` "
+            "(Distily's docs/bitnet.md; a SubLN Llama's packed export loads in transformers as BitNetForCausalLM).")
 
 
 def _towers(multimodal: MultimodalCheckpoint) -> str:

@@ -213,6 +213,19 @@ def test_a_bitnet_students_card_is_tagged_but_claims_no_quantization(tmp_path, r
     assert "`load_bitnet_student(path)`" in card.text and "`distily export`" in card.text
 
 
+def test_a_bitnet_student_transformers_loads_as_ternary_says_so(tmp_path, run_metrics):
+    """Where its saved config carries transformers' BitNet quantization_config, from_pretrained loads the checkpoint
+    as the ternary model: the card said it gave a full-precision one and sent the reader to Distily."""
+    def loadable(bitnet):
+        metrics = run_metrics(bitnet)
+        architecture = {**metrics.student.architecture, "bitnet_in_transformers": True}
+        return dataclasses.replace(metrics, student=dataclasses.replace(metrics.student, architecture=architecture))
+
+    card, _ = card_for(tmp_path, loadable, bitnet={"input_norm": False, "subln": False, "rms_norm_eps": 1e-6})
+    assert "`AutoModelForCausalLM.from_pretrained(path)` loads it as the ternary model measured here" in card.text
+    assert "full-precision" not in card.text and "`distily export`" in card.text
+
+
 def test_a_local_teacher_is_named_in_the_text_only(tmp_path, run_metrics):
     card, _ = card_for(tmp_path, run_metrics, teacher=str(tmp_path))
     meta = front_matter(card)

@@ -23,7 +23,8 @@ from distily.models.bitnet import (
     load_bitnet_student,
     ternarize,
 )
-from distily.models.student import build_student
+from distily.models.student import build_student, config_with_overrides
+from distily.models.teacher import load_teacher
 from distily.training.bitnet_schedule import BitNetSchedule, build_bitnet_optimizer
 
 ARCHITECTURES = ["gpt2", "llama", "phi3"]
@@ -286,3 +287,67 @@ def test_bitlinear_matches_transformers_online_autobitlinear(dtype, tolerance):
     assert close(outputs[0], outputs[1])
     assert close(inputs[0].grad, inputs[1].grad)
     assert close(ours.weight.grad, theirs.weight.grad) and close(ours.bias.grad, theirs.bias.grad)
+
+
+@pytest.mark.parametrize("architecture, overrides, options, tolerance", [
+    ("llama", {}, {}, 0.0), ("llama", {"tie_word_embeddings": True}, {}, 0.0),
+    ("llama", {}, {"input_norm": True}, 1e-6),  # transformers' LlamaRMSNorm computes in fp32, in a float64 model too
+    ("qwen2", {}, {}, 0.0), ("qwen3", {}, {}, 0.0), ("phi3", {}, {}, 0.0),
+], ids=["llama", "llama-tied", "llama-input-norm", "qwen2", "qwen3-tied", "phi3"])
+def test_a_saved_student_loads_in_plain_transformers_as_the_ternary_model(architecture, overrides, options,
+                                                                          tolerance, tmp_path):
+    """A trained student's checkpoint (its latent weights) loaded with AutoModelForCausalLM.from_pretrained was the
+    full-precision model of those weights (tiny students: max |logits difference| 8 to 9, top-1 agreement 0-9%); its
+    config now carries transformers' BitNet quantization_config (online AutoBitLinear), so it loads as the ternary
+    model. In float64 its logits are Distily's exactly (in fp32 within 7e-7 relative, but where a rounding difference
+    flips an activation's int8 step)."""
+    torch.manual_seed(0)
+    student = convert_to_bitnet(AutoModelForCausalLM.from_config(tiny_config(architecture, layers=2, **overrides)),
+                                **options)
+    with torch.no_grad():  # as if trained: latent weights, norms and biases away from their initial values
+        for parameter in student.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    student.save_pretrained(tmp_path)
+    with torch._dynamo.config.patch(disable=True):  # transformers compiles its quantisers
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+        with torch.no_grad():
+            logits = loaded(random_tokens()).logits
+    with torch.no_grad():
+        reference = load_bitnet_student(tmp_path, dtype=torch.float64)(random_tokens()).logits
+    assert (logits - reference).abs().max() <= tolerance * reference.abs().max()
+    ternary = {name for name, module in loaded.named_modules() if type(module).__name__ == "AutoBitLinear"}
+    assert ternary == {name for name, _ in bitlinear_modules(student)}
+    assert type(loaded.lm_head) is nn.Linear  # embeddings and LM head stay full precision
+
+
+@pytest.mark.parametrize("architecture, options", [("gpt2", {}), ("llama", {"subln": True})])
+def test_students_transformers_cannot_rebuild_get_no_quantization_config(architecture, options):
+    """transformers' BitNet integration converts nn.Linear layers alone and places no SubLN norms: a GPT-2 student
+    (Conv1D) and a SubLN one would load as another model under it, so their configs carry none."""
+    student = convert_to_bitnet(tiny_model(architecture), **options)
+    assert getattr(student.config, "quantization_config", None) is None
+
+
+def test_a_student_config_built_from_a_bitnet_or_quantized_model_is_dense():
+    """A student built from a BitNet run's config (the run as teacher) inherited its distily_bitnet and
+    quantization_config: a dense student saved as one Distily and transformers load as ternary. A 4-bit teacher's
+    bitsandbytes quantization_config was inherited the same way."""
+    config = convert_to_bitnet(tiny_model("llama")).config
+    assert is_bitnet(config) and config.quantization_config["quant_method"] == "bitnet"
+    student = config_with_overrides(config, {"num_hidden_layers": 1})
+    assert not is_bitnet(student) and getattr(student, "quantization_config", None) is None
+    assert student.num_hidden_layers == 1
+
+
+def test_a_bitnet_run_as_teacher_is_the_ternary_student(tmp_path):
+    """A BitNet run named as the teacher loaded as the full-precision model of its latent weights; it is Distily's
+    ternary student now, bit for bit (not transformers' AutoBitLinear, which rounds differently)."""
+    student = convert_to_bitnet(tiny_model("llama"))
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    student.save_pretrained(tmp_path)
+    teacher = load_teacher(str(tmp_path))
+    assert not teacher.training and not any(parameter.requires_grad for parameter in teacher.parameters())
+    with torch.no_grad():
+        assert torch.equal(teacher(random_tokens()).logits, student(random_tokens()).logits)

@@ -3,9 +3,12 @@
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
 from distily.cli import main
 from distily.config import parse_config
-from distily.models.bitnet import BitLinear, bitlinear_modules
+from distily.models.bitnet import BitLinear, bitlinear_modules, load_bitnet_student
 from distily.models.student import load_student
 from distily.training.bitnet_schedule import LATENT_GROUP
 from distily.training.distill import run_distillation
@@ -39,10 +42,17 @@ def test_bitnet_student_with_schedule_trains_and_exports(teacher_dirs, run_value
     assert seen["final_decay"] == 0.0  # the second stage turned weight decay off
     assert set(seen["others_decay"]) == {0.0}  # never on full-precision parameters
     assert metrics["student"]["after_loss"] > 0
+    assert metrics["student"]["architecture"]["bitnet_in_transformers"]  # the model card says how it loads
 
     out = Path(values["output_dir"])
     reloaded = load_student(str(out))
     assert any(isinstance(module, BitLinear) for module in reloaded.modules())
+    # plain transformers loads the run as the ternary model it trained (it was the full-precision one of its latent
+    # weights): in float64, the logits of Distily's loader
+    tokens = torch.randint(0, reloaded.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch._dynamo.config.patch(disable=True), torch.no_grad():  # transformers compiles its quantisers
+        plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float64)(tokens).logits
+        assert torch.equal(plain, load_bitnet_student(out, dtype=torch.float64)(tokens).logits)
     assert main(["export", str(out), "--format", "packed"]) == 0
     assert (out / "packed" / "config.json").exists()
     assert "wrote and verified" in capsys.readouterr().out
