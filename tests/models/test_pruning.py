@@ -300,3 +300,14 @@ def test_pruned_options_that_do_not_fit_are_refused():
         ModelArguments(student_init="pruned", pruning_calibration_samples=0)
     with pytest.raises(DistilyConfigError, match="student_init=pruned is set with student_model_name_or_path"):
         ModelArguments(student_init="pruned", student_model_name_or_path="student")
+
+
+def test_a_student_of_another_tokenizer_or_architecture_is_refused(tmp_path):
+    teacher, calibration = teacher_of("llama"), Calibration(lambda student: calibration_rows(), 6)
+    args = ModelArguments(student_init="pruned", student_config_overrides=NARROW)
+    with pytest.raises(DistilyConfigError, match="this student reads another tokenizer; expected the teacher's"):
+        build_student(args, teacher, token_map=lambda: object(), calibration=calibration)
+    tiny_config("qwen2").save_pretrained(tmp_path)
+    args = ModelArguments(student_init="pruned", student_config_name_or_path=str(tmp_path))
+    with pytest.raises(DistilyConfigError, match="the student is a qwen2, expected a llama"):
+        build_student(args, teacher, calibration=calibration)
