@@ -31,6 +31,7 @@ from distily.data.batches import collate
 from distily.data.framing import model_inputs
 from distily.errors import DistilyConfigError
 from distily.models.architecture import decoder_layers, decoder_of
+from distily.models.arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,8 @@ def top(scores: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(torch.sort(scores, descending=True, stable=True).indices[:count]).values
 
 
-def kept_heads(scores: torch.Tensor, teacher_groups: int, groups: int, per_group: int) -> tuple[torch.Tensor, ...]:
+def kept_heads(scores: torch.Tensor, teacher_groups: int, groups: int,
+               per_group: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(query heads, KV groups) kept of a layer whose heads have ``scores`` [heads]: the ``groups`` KV groups of the
     most important heads in all (of ``teacher_groups``), and in each the ``per_group`` most important."""
     by_group = scores.view(teacher_groups, -1)  # [kv heads, heads per group]
@@ -224,6 +226,7 @@ def kept_indices(importance: Importance, teacher: PretrainedConfig, student: Pre
 
 
 def _axes(name: str) -> tuple:
+    """What each dimension of a decoder layer's parameter ``name`` (``self_attn.q_proj.weight``) indexes."""
     module = name.rsplit(".", 2)[-2]
     if module in LAYER_AXES:
         return LAYER_AXES[module]
@@ -246,7 +249,6 @@ def prune_into(teacher: PreTrainedModel, student: PreTrainedModel, layers: list[
     the student ties to another (an LM head tied to the embeddings) is written once."""
     teacher_config, student_config = teacher.config.get_text_config(), student.config.get_text_config()
     teacher_params = dict(teacher.state_dict())
-    written = set()
     with torch.no_grad():
         for block, index in zip(decoder_layers(student), layers):
             kept = kept_indices(importance, teacher_config, student_config, index)
@@ -254,9 +256,9 @@ def prune_into(teacher: PreTrainedModel, student: PreTrainedModel, layers: list[
             for name, param in block.state_dict().items():
                 param.copy_(sliced(source[name], _axes(name), kept))
         channels = {CHANNELS: top(importance.channels, student_config.hidden_size)}
-        layer_params = {param.data_ptr() for param in decoder_layers(student).state_dict().values()}
+        written = {param.data_ptr() for param in decoder_layers(student).state_dict().values()}
         for name, param in student.state_dict().items():
-            if param.data_ptr() in written | layer_params:
+            if param.data_ptr() in written:
                 continue
             source = teacher_params[name]
             param.copy_(sliced(source, (None,) * (source.dim() - 1) + (CHANNELS,), channels))
@@ -290,9 +292,10 @@ def pruned_init(teacher: PreTrainedModel, student: PreTrainedModel, layers: list
     prune_into(teacher, student, layers, activation_importance(teacher, layers, batches, calibration.device))
 
 
-def pruning_summary(args, teacher: PretrainedConfig, student: PretrainedConfig, training_rows: int) -> dict:
-    """metrics.json's student ``pruning`` of a pruned student (``args``: its ``ModelArguments``): the calibration rows
-    the teacher ran on, and the sizes kept of the teacher's; empty for any other."""
+def pruning_summary(args: ModelArguments, teacher: PretrainedConfig, student: PretrainedConfig,
+                    training_rows: int) -> dict:
+    """metrics.json's student ``pruning`` of a pruned student: the calibration rows the teacher ran on, and the sizes
+    kept of the teacher's; empty for any other."""
     if args.student_init != "pruned":
         return {}
     teacher, student = teacher.get_text_config(), student.get_text_config()
