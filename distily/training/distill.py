@@ -230,7 +230,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     # weights that are not finite leave an unfinished run: no metrics.json
     check_finite_weights(trainer.model, written="student", process_group_device=trainer.process_group_device)
 
-    after = trainer.evaluate(metric_key_prefix=AFTER)
+    after = trainer.evaluate_after_training(AFTER)
     save_student(trainer, training.output_dir)  # pushed once, at the end, with the model card
     metrics = RunMetrics(
         distily_version=distily.__version__,

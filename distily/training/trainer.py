@@ -36,6 +36,14 @@ from distily.training.trainer_internals import (
 
 T = TypeVar("T")
 ZERO3_SAVES_WHOLE = "stage3_gather_16bit_weights_on_model_save"
+EVAL = "eval"  # the prefix of the Trainer's own evaluations: eval/ in tensorboard
+
+
+def evaluation_under(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """An evaluation's metrics with the Trainer's ``eval_`` keys under ``prefix`` (the others, such as ``epoch``, as
+    they are)."""
+    return {f"{prefix}_{key.removeprefix(f'{EVAL}_')}" if key.startswith(f"{EVAL}_") else key: value
+            for key, value in metrics.items()}
 
 
 def check_student_saves_whole(accelerator: Accelerator) -> None:
@@ -168,10 +176,24 @@ class DistillationTrainer(StagedCheckpoints):
         return self.lr_scheduler
 
     def evaluate_before_training(self, metric_key_prefix: str) -> dict[str, float]:
-        """``evaluate()`` before ``train()``; under DeepSpeed as under data parallelism, each process running its
-        whole copy of the model (``deepspeed_set_aside`` in ``trainer_internals``)."""
+        """``evaluate()`` before ``train()``, logged as the Trainer's evaluation at step 0 (the first point of the
+        ``eval/`` curves, as ``eval_on_start`` logs it) and returned under ``metric_key_prefix``; under DeepSpeed as
+        under data parallelism, each process running its whole copy of the model (``deepspeed_set_aside`` in
+        ``trainer_internals``)."""
         with deepspeed_set_aside(self):
+            return evaluation_under(self.evaluate(), metric_key_prefix)
+
+    def evaluate_after_training(self, metric_key_prefix: str) -> dict[str, float]:
+        """The student's evaluation after ``train()``, under ``metric_key_prefix``: the Trainer's own at the last step
+        where it ran one there (an eval_strategy of steps always does), so that the same weights are not evaluated
+        and logged twice; else ``evaluate()``, logged as the last point of the ``eval/`` curves. With
+        ``load_best_model_at_end`` the weights are another step's: evaluated, and logged under the prefix."""
+        if self.args.load_best_model_at_end:
             return self.evaluate(metric_key_prefix=metric_key_prefix)
+        last = next((entry for entry in reversed(self.state.log_history) if f"{EVAL}_runtime" in entry), None)
+        if last is None or last["step"] != self.state.global_step:
+            return evaluation_under(self.evaluate(), metric_key_prefix)
+        return evaluation_under({key: value for key, value in last.items() if key != "step"}, metric_key_prefix)
 
     def train(self, *args, **kwargs):
         """The Trainer's ``train``, after undoing an evaluation-only preparation of the model (without FSDP, whose

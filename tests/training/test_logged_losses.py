@@ -1,5 +1,7 @@
 """What a run logs of its objective: each component's mean over the logging window, as the objective computed it."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -40,3 +42,39 @@ def test_each_component_is_logged_as_computed_however_small(teacher_dirs, run_va
             assert entry[f"loss_{name}"] == pytest.approx(expected, rel=1e-6), (name, entry)
         assert entry["loss"] == pytest.approx(entry["loss_logits"] + 0.5 * entry["loss_hard_label"], rel=1e-6)
     assert 0 < logged[0]["loss_logits"] < 1e-3  # 1.35e-4: rounded, 0.000135, off by 2e-3 of its value
+
+
+def test_the_evaluations_before_and_after_training_are_logged_once_each_as_evaluations(
+        teacher_dirs, run_values, monkeypatch):
+    """The Trainer evaluates at the last step (an eval_strategy of steps always does), and the evaluation after
+    training ran again on the same weights: every eval set, generation eval included, twice, its numbers logged twice.
+    The evaluation before training was logged as before_* at step 0, which tensorboard files under train/
+    (train/before_loss); it is the step-0 point of the eval/ curves, as the Trainer's eval_on_start logs it (not in
+    the log history, which train() starts anew)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    evaluated_after, history, train = [], [], DistillationTrainer.train
+
+    def training(self, *args, **kwargs):
+        output = train(self, *args, **kwargs)
+        history.extend(self.state.log_history)
+        evaluator = self.evaluator
+        self.evaluator = lambda student: evaluated_after.append(True) or evaluator(student)
+        return output
+
+    monkeypatch.setattr(DistillationTrainer, "train", training)
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2}, max_steps=4,
+                        eval_strategy="steps", eval_steps=2, report_to="tensorboard")
+    metrics = run_distillation(parse_config(**values))
+    student = metrics["student"]
+    assert not evaluated_after
+    last = next(entry for entry in reversed(history) if "eval_loss" in entry)
+    assert last["step"] == 4 and student["after_loss"] == last["eval_loss"]
+    assert student["after_perplexity"] == last["eval_perplexity"]
+    events = [EventAccumulator(str(path)) for path in Path(values["output_dir"]).glob("runs/*/events.out.tfevents.*")]
+    tags = {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for accumulator in events if accumulator.Reload() for tag in accumulator.Tags()["scalars"]}
+    assert [step for step, _ in tags["eval/loss"]] == [0, 2, 4]
+    assert tags["eval/loss"][0][1] == pytest.approx(student["before_loss"], rel=1e-6)
+    assert tags["eval/perplexity"][-1][1] == pytest.approx(student["after_perplexity"], rel=1e-6)
+    assert not [tag for tag in tags if tag.startswith(("train/before", "train/after"))]
