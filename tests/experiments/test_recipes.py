@@ -50,6 +50,25 @@ def test_every_recipe_is_tested():
     assert {path.name for path in RECIPES.glob("*.yaml")} == set(DISTILL_RECIPES) | set(SWEEP_RECIPES)
 
 
+def test_the_training_flags_a_recipe_suggests_are_not_deprecated(tmp_path):
+    """The recipes suggested --gradient_checkpointing true for smaller GPUs, which transformers 5 deprecates in favour
+    of activation_checkpointing: a FutureWarning on every run that followed the advice."""
+    import dataclasses
+    import re
+    import warnings
+
+    from transformers import TrainingArguments
+
+    training_keys = {field.name for field in dataclasses.fields(TrainingArguments)}
+    for recipe in RECIPES.glob("*.yaml"):
+        comments = "\n".join(line for line in recipe.read_text().splitlines() if line.startswith("#"))
+        for key, value in re.findall(r"--(\w+) (\w+)", comments):
+            if key in training_keys:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    TrainingArguments(output_dir=str(tmp_path), **{key: yaml.safe_load(value)})
+
+
 @pytest.fixture(scope="module")
 def recipe_teachers(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipe-teachers")

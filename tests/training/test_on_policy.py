@@ -275,7 +275,7 @@ def collate_with_loss_mask(features: list[dict]) -> dict:
 def test_an_on_policy_run_trains_on_the_students_completions(teacher_dirs, run_values):
     values = run_values(
         teacher_dirs["llama"], lmbda=1.0, on_policy_max_new_tokens=6, on_policy_temperature=1.0, max_steps=3,
-        per_device_train_batch_size=2, gradient_accumulation_steps=2, gradient_checkpointing=True, logging_steps=1,
+        per_device_train_batch_size=2, gradient_accumulation_steps=2, activation_checkpointing=True, logging_steps=1,
         logits_loss="jsd", logits_loss_kwargs={"beta": 0.5},
     )
     config = parse_config(**values)
