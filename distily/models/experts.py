@@ -12,6 +12,7 @@ from distily.errors import DistilyConfigError
 EXPERTS = "experts"  # the module holding a layer's routed experts in transformers' mixtures (shared ones are apart)
 # how many routed experts a layer has: Mixtral, gpt-oss, Llama 4; Qwen-MoE, OLMoE, Jamba; DeepSeek; Ernie 4.5
 EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+LLAMA4_TEXT = "llama4_text"  # runs every expert on every token (the unrouted ones on zeros), beside a shared expert
 
 
 @dataclass(frozen=True)
@@ -19,26 +20,24 @@ class Routing:
     experts_per_token: int  # routed experts each token passes through (0: a dense model)
     expert_width: int  # one routed expert's intermediate size
     shared_width: int  # the shared experts' intermediate size, which every token passes through too
-
-    @property
-    def active_width(self) -> int:
-        """The intermediate size a token passes through in a mixture-of-experts layer."""
-        return self.experts_per_token * self.expert_width + self.shared_width
+    computed_per_token: int  # routed experts transformers runs each token through: those it is routed to, or all
 
 
 def routing(config: PretrainedConfig) -> Routing:
     """The routing of ``config``'s mixture-of-experts layers: ``num_experts_per_tok`` experts each of
     ``moe_intermediate_size`` (Qwen-MoE, DeepSeek) or, without it, of ``intermediate_size`` (Mixtral, OLMoE, gpt-oss),
     and shared experts of ``shared_expert_intermediate_size`` (Qwen-MoE) or ``n_shared_experts`` routed experts' widths
-    (DeepSeek, GLM-4-MoE)."""
+    (DeepSeek, GLM-4-MoE); Llama 4's of ``intermediate_size``, a shared one too, computed on every token."""
     config = config.get_text_config()
     per_token = getattr(config, "num_experts_per_tok", None) or 0
     if not per_token:
-        return Routing(0, 0, 0)
+        return Routing(0, 0, 0, 0)
+    if config.model_type == LLAMA4_TEXT:
+        return Routing(per_token, config.intermediate_size, config.intermediate_size, config.num_local_experts)
     width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
     shared = getattr(config, "shared_expert_intermediate_size", None) or (
         (getattr(config, "n_shared_experts", None) or 0) * width)
-    return Routing(per_token, width, shared)
+    return Routing(per_token, width, shared, per_token)
 
 
 def _unrouted_share(experts: nn.Module, per_token: int) -> int:

@@ -11,7 +11,8 @@ step peaks at:
 - the end of the forward pass: the student's stored activations (a pre-norm decoder block with a gated
   MLP, Llama's and Qwen's, counted tensor by tensor: the residual stream and the norms' internals in fp32,
   the rest in the compute dtype; under bf16/fp16 autocast also its half-precision copies of the weights; a
-  mixture of experts' MLP values for each expert a token is routed to, in the experts' own dtype),
+  mixture of experts' MLP values for each expert transformers runs a token through, under its grouped matmul in the
+  experts' own dtype),
   the teacher's outputs (its hidden states in its weights' dtype, under autocast too) and its largest layer's
   intermediates (a live teacher only: a recorded one runs no forward pass), and the objective's working
   memory, which each component reports for the batch shape
@@ -146,22 +147,34 @@ def _intermediate_size(config) -> int:
     return max(size) if isinstance(size, list) else size
 
 
+def _grouped_experts(model: PreTrainedModel) -> bool:
+    """Whether a mixture's experts run in transformers' grouped matmul, which is no autocast op: their activations are
+    in their weights' dtype, and autocast makes no half-precision copy of those."""
+    return model.get_experts_implementation().get("") == "grouped_mm"
+
+
+def _expert_bytes(model: PreTrainedModel, compute_bytes: int) -> int:
+    """Bytes per value of a mixture's expert activations (``_grouped_experts``)."""
+    return next(model.parameters()).element_size() if _grouped_experts(model) else compute_bytes
+
+
 def _mlp_bytes(config, width: int, per_width: int, per_expert_input: int, compute_bytes: int,
                expert_bytes: int) -> int:
     """Bytes an MLP holds per token: ``per_width`` values per channel of its intermediate size; a mixture of experts'
-    for each expert a token is routed to, with ``per_expert_input`` times the width (the experts run on copies of the
-    tokens grouped by expert), in the experts' weights' dtype (``expert_bytes``: transformers' grouped matmul is no
-    autocast op), and its shared experts'; the larger where some layers are dense."""
+    for each expert transformers runs a token through, with ``per_expert_input`` times the width (the experts run on
+    copies of the tokens grouped by expert), in ``expert_bytes`` (``_expert_bytes``), and its shared experts'; the
+    larger where some layers are dense."""
     routed = routing(config)
-    experts = routed.experts_per_token * (per_width * routed.expert_width + per_expert_input * width)
+    experts = routed.computed_per_token * (per_width * routed.expert_width + per_expert_input * width)
     mixture = experts * expert_bytes + per_width * routed.shared_width * compute_bytes
     return max(per_width * _intermediate_size(config) * compute_bytes, mixture)
 
 
-def _autocast_copied(parameters) -> int:
-    """Bytes of the half-precision copies autocast makes of the weights its matmuls read: not of the experts' stacked
-    3-D weights, which transformers' grouped matmul reads in their own dtype."""
-    return 2 * _bytes(p for p in parameters if p.ndim < 3) // 4
+def _autocast_copied(student: PreTrainedModel) -> int:
+    """Bytes of the half-precision copies autocast makes of the decoder weights its matmuls read: not of the experts'
+    stacked 3-D weights where the grouped matmul reads them (``_grouped_experts``)."""
+    grouped = _grouped_experts(student)
+    return 2 * _bytes(p for p in decoder_of(student).parameters() if not (grouped and p.ndim == 3)) // 4
 
 
 def block_activations(student: PreTrainedModel, step: StepShape) -> int:
@@ -172,7 +185,7 @@ def block_activations(student: PreTrainedModel, step: StepShape) -> int:
     # and product (compute dtype); under autocast also the norms' outputs cast for the projections
     full = 6 * shape.width * 4
     computed = 3 * shape.query_width + 2 * shape.kv_width + (2 * shape.width if step.compute_bytes < 4 else 0)
-    mlp = _mlp_bytes(student.config, shape.width, 4, 2, step.compute_bytes, next(student.parameters()).element_size())
+    mlp = _mlp_bytes(student.config, shape.width, 4, 2, step.compute_bytes, _expert_bytes(student, step.compute_bytes))
     per_token = full + computed * step.compute_bytes + mlp
     if step.eager_attention:
         per_token += eager_attention_extra(shape, step)
@@ -239,7 +252,7 @@ def student_activations(student: PreTrainedModel, step: StepShape, checkpoint_ev
     final = 3 * step.tokens * width * 4  # embeddings and the final norm
     logits = 0 if step.fused_student_head else step.tokens * step.student_vocab * step.compute_bytes
     # autocast keeps a half-precision copy of every weight a matmul reads, for the step
-    copies = _autocast_copied(decoder_of(student).parameters()) if half else 0
+    copies = _autocast_copied(student) if half else 0
     if half and not head_in_loss:  # the student applies its head: to every token, or to the last (fused)
         copies += 2 * _bytes(student.get_output_embeddings().parameters()) // 4
     return blocks + final + logits + copies
@@ -261,7 +274,7 @@ def teacher_activations(teacher: PreTrainedModel, step: StepShape, objective: Di
     if objective.needs("needs_attentions"):
         held += shape.depth * step.batch_size * shape.heads * step.seq_length**2 * weight_bytes
     block = (2 * shape.width + shape.query_width + 2 * shape.kv_width) * bytes_per_value
-    block += _mlp_bytes(teacher.config, shape.width, 3, 3, bytes_per_value, weight_bytes)
+    block += _mlp_bytes(teacher.config, shape.width, 3, 3, bytes_per_value, _expert_bytes(teacher, bytes_per_value))
     return held + step.tokens * block
 
 

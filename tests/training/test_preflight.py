@@ -487,7 +487,8 @@ def test_the_estimate_prints_mib_below_a_gib_and_gib_above():
 
 def _mixture_of_experts(family: str, layers: int):
     """Tiny configs of released mixtures' proportions: OLMoE's 8 routed experts a token, each as wide as the model;
-    Mixtral's 2 of 8, 4 times as wide; Qwen3-MoE's 8, its intermediate_size (which no MoE layer uses) theirs summed."""
+    Mixtral's 2 of 8, 4 times as wide; Qwen3-MoE's 8, its intermediate_size (which no MoE layer uses) theirs summed;
+    Llama 4's 1 of 8 beside a shared expert, transformers running every expert on every token."""
     import transformers as hf
     text = dict(vocab_size=512, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=layers)
     return {
@@ -495,19 +496,22 @@ def _mixture_of_experts(family: str, layers: int):
         "mixtral": lambda: hf.MixtralConfig(intermediate_size=256, num_local_experts=8, num_experts_per_tok=2, **text),
         "qwen3_moe": lambda: hf.Qwen3MoeConfig(intermediate_size=512, moe_intermediate_size=64, num_experts=16,
                                                num_experts_per_tok=8, head_dim=16, **text),
+        "llama4": lambda: hf.Llama4TextConfig(intermediate_size=256, intermediate_size_mlp=512, num_local_experts=8,
+                                              num_experts_per_tok=1, head_dim=16, interleave_moe_layer_step=1, **text),
     }[family]()
 
 
 @pytest.mark.parametrize("family,seq_length,dtype", [
     ("olmoe", 256, torch.float32), ("olmoe", 128, torch.bfloat16), ("mixtral", 128, torch.bfloat16),
-    ("qwen3_moe", 128, torch.bfloat16),
+    ("qwen3_moe", 128, torch.bfloat16), ("llama4", 256, torch.float32), ("llama4", 128, torch.bfloat16),
 ])
 def test_a_mixture_of_experts_is_estimated_within_30_percent_of_the_measured_peak(family, seq_length, dtype):
     """A mixture-of-experts block holds the gated MLP's values for each of the experts a token is routed to, with the
     token's copy for each, in the experts' weights' dtype (transformers' grouped matmul is no autocast op, so no
     half-precision copy of their weights either); the estimate counted one MLP of intermediate_size in the compute
     dtype: 0.38 and 0.41 times the peak for OLMoE's proportions, 0.75 for Mixtral's and 0.78 for Qwen3-MoE's under
-    bf16 (1.07 to 1.14 now, as a dense Llama's 1.14)."""
+    bf16, 0.28 and 0.51 for Llama 4's, whose every expert runs on every token in the compute dtype (now 1.04 to 1.14,
+    as a dense Llama's 1.14)."""
     torch.manual_seed(0)
     student = AutoModelForCausalLM.from_config(_mixture_of_experts(family, 4))
     teacher = AutoModelForCausalLM.from_config(_mixture_of_experts(family, 3)).requires_grad_(False)
