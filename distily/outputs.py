@@ -73,6 +73,7 @@ FILESYSTEM_ERRORS = {
     errno.ENOTDIR: "a path whose parents are directories",
 }
 LOW_SPACE_BYTES = 1 << 20  # below this, a failed write with no errno is taken for a full filesystem
+SAFETENSORS_HEADER_BYTES = 60  # a tensor's entry in a safetensors header besides its name: dtype, shape, offsets
 
 
 def _existing_parent(path: Path) -> Path:
@@ -103,6 +104,53 @@ def filesystem_errno(error: BaseException, path: Path) -> int | None:
     if stats.f_bavail * stats.f_frsize < LOW_SPACE_BYTES:
         return errno.ENOSPC
     return None
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes this user may still write on the filesystem that holds ``path`` (its nearest existing parent)."""
+    return shutil.disk_usage(_existing_parent(Path(path))).free
+
+
+def human_size(count: int) -> str:
+    """``count`` bytes in GiB, MiB or KiB, whichever keeps the figure at 1 or more (two decimals)."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{count / 1024:.2f} KiB"
+
+
+def check_free_space(path: str | os.PathLike, needed: int, what: str, remedies: str, refuse: bool = True,
+                     detail: str = "") -> str:
+    """One line giving ``needed`` bytes of ``what`` (``detail``: of what they are made) against the free space where
+    ``path`` is written; with ``refuse``, a one-line DistilyConfigError when they exceed it, naming ``remedies`` (what
+    to change to need less)."""
+    free = free_bytes(path)
+    line = f"{what} of ~{human_size(needed)}{detail}; {human_size(free)} free for '{path}'"
+    if refuse and needed > free:
+        raise DistilyConfigError(f"{line}: it cannot fit; expected {remedies}, more free space, or disk_check=false "
+                                 "to try anyway (a filesystem that misreports its free space)")
+    return line
+
+
+def safetensors_size(tensors: Mapping[str, object]) -> int:
+    """Bytes of a safetensors file of ``tensors`` (torch tensors, on the meta device too) by name: each tensor's data
+    (a storage shared by several names once, as the writer dedupes tied weights) and a JSON header of about
+    ``SAFETENSORS_HEADER_BYTES`` plus its name per tensor."""
+    seen, data = set(), 0
+    for tensor in tensors.values():
+        storage = id(tensor) if tensor.is_meta else (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if storage not in seen:
+            seen.add(storage)
+            data += tensor.numel() * tensor.element_size()
+    return data + 8 + sum(len(name) + SAFETENSORS_HEADER_BYTES for name in tensors)
+
+
+def saved_size(save: Callable[[Path], object]) -> int:
+    """Bytes ``save(directory)`` writes (a tokenizer's or config's ``save_pretrained``), measured in a temporary
+    directory that is removed after."""
+    with tempfile.TemporaryDirectory() as directory:
+        save(Path(directory))
+        return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())
 
 
 @contextmanager

@@ -819,7 +819,8 @@ def test_export_never_replaces_what_it_did_not_write(output, flags, cwd, expecte
 @pytest.mark.parametrize("filesystem", ["read-only", "full"])
 def test_a_read_only_or_full_filesystem_is_one_line_and_the_run_resumable(filesystem, tmp_path, teacher_dirs,
                                                                          run_values, capsys):
-    """A real tmpfs: read-only, the run stops before training; full, when it saves the student, leaving nothing
+    """A real tmpfs: read-only, the run stops before training; full, the run is refused before it writes (the disk
+    check), and told to try anyway (disk_check: false) stops when it saves the student, leaving nothing
     half-written. Once there is room, the same command finishes the run."""
     with small_filesystem(tmp_path / "mnt", "8m" if filesystem == "read-only" else "96k") as mnt:
         values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2},
@@ -830,7 +831,12 @@ def test_a_read_only_or_full_filesystem_is_one_line_and_the_run_resumable(filesy
         if filesystem == "read-only":
             remount(mnt, "ro")
         before = tree(mnt)
-        assert run_cli(tmp_path, values) == 2
+        if filesystem == "full":
+            assert run_cli(tmp_path, values) == 2
+            last = capsys.readouterr().err.strip().splitlines()[-1]
+            assert last.startswith("distily distill: error: run output of ~") and tree(mnt) == before
+            assert f" free for '{out}': it cannot fit; expected a smaller save_total_limit" in last
+        assert run_cli(tmp_path, values, "--disk_check", "false") == 2
         err = capsys.readouterr().err.strip()
         last = err.splitlines()[-1]
         assert "Traceback" not in err and [line for line in err.splitlines() if "error" in line.lower()] == [last]

@@ -83,6 +83,28 @@ def bytes_per_entry(vocab_size: int) -> int:
     return 2 + torch.empty((), dtype=id_dtype(vocab_size)).element_size()
 
 
+def shard_layout(rows: int, seq: int, top_k: int, vocab_size: int, hidden_widths: dict[int, int],
+                 hidden_dtype: torch.dtype, position_ids: bool, loss_mask: bool) -> dict[str, torch.Tensor]:
+    """The tensors of a shard of ``rows`` rows padded to ``seq`` tokens, on the meta device (shapes and dtypes, no
+    data): the table above, with the hidden states of each layer in ``hidden_widths`` (layer -> width), and
+    ``position_ids`` and ``loss_mask`` where the rows carry them."""
+    def empty(dtype, *shape):
+        return torch.empty(shape, dtype=dtype, device="meta")
+
+    tensors = {
+        INPUT_IDS: empty(torch.int32, rows, seq), ATTENTION_MASK: empty(torch.int8, rows, seq),
+        TOPK_LOGPROBS: empty(torch.float16, rows, seq, top_k), TOPK_IDS: empty(id_dtype(vocab_size), rows, seq, top_k),
+        TAIL_LOGPROB: empty(torch.float32, rows, seq), ROW_NLL: empty(torch.float64, rows),
+        ROW_TARGETS: empty(torch.int32, rows),
+        **{hidden_states_key(layer): empty(hidden_dtype, rows, seq, width) for layer, width in hidden_widths.items()},
+    }
+    if position_ids:
+        tensors[POSITION_IDS] = empty(torch.int32, rows, seq)
+    if loss_mask:
+        tensors[LOSS_MASK] = empty(torch.int8, rows, seq)
+    return tensors
+
+
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.safetensors"
 
@@ -195,7 +217,6 @@ class StoreWriter:
             self.shards = recording["shards"]
             if self._forget_damaged_shards() and self.finished:
                 self._reopen()
-        self.path.mkdir(parents=True, exist_ok=True)
 
     def _forget_damaged_shards(self) -> bool:
         """Unlist the shards that are missing or differ from their entries (damaged since they were written), so that
@@ -238,6 +259,7 @@ class StoreWriter:
         partial = self.path / (name + ".partial")
         try:
             with filesystem_errors(self.path / name, "teacher store shard"):  # diagnosed before the partial goes
+                self.path.mkdir(parents=True, exist_ok=True)  # the first write into a new store
                 save_file({key: value.contiguous() for key, value in tensors.items()}, str(partial))
         except BaseException:
             partial.unlink(missing_ok=True)

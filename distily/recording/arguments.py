@@ -71,6 +71,11 @@ class RecordArguments:
         ObjectiveArguments, "logits_temperature",
         help="Softmax temperature the teacher is recorded at; a store serves runs at this temperature only.",
     )
+    disk_check: bool = field_of(
+        DistillationTrainingArguments, "disk_check",
+        help="Estimate the store's size before the teacher runs, print it, and refuse a recording whose filesystem "
+        "has less free space (false: print it only).",
+    )
 
     def __post_init__(self):
         check_not_blank(self.teacher_store, "teacher_store", "a directory for the store")  # '': the current one

@@ -47,6 +47,7 @@ from distily.models.architecture import output_vocab_size, resolve_max_seq_lengt
 from distily.models.identity import WEIGHTS_DIGEST, local_weights_digest, teacher_identity
 from distily.models.teacher import DTYPES, from_pretrained, load_teacher, load_tokenizer, teacher_config
 from distily.models.vocab import check_tokenizer_fits
+from distily.recording.disk_space import check_store_space
 from distily.recording.hf import HFRecorder, hidden_states_dtype
 
 FIDELITY_KS = (8, 32, 64, 128)
@@ -209,6 +210,9 @@ def run_recording(
     if record.record_backend == "hf":  # vllm's teacher has no weights here (its engine loads them)
         _check_teacher_reads(teacher, data.framing)
     adopt_chat_template(tokenizer, config.data.chat_template)  # its students are saved with the rows' template
+    datasets = {"train": data.train, "eval": data.eval}
+    check_store_space(writer, _shards_to_record(writer, datasets, record.record_shard_size), datasets, teacher,
+                      tokenizer, record, log=state.is_main_process)  # before the first write
     if state.is_main_process:
         tokenizer.save_pretrained(writer.path / TOKENIZER_DIR)
         teacher.config.save_pretrained(writer.path / TEACHER_CONFIG_DIR)
@@ -219,8 +223,7 @@ def run_recording(
         )
     recorder = _recorder(config, teacher, max_seq_length, writer.settings["fidelity_k"])
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    _record_shards(writer, recorder, {"train": data.train, "eval": data.eval}, record.record_shard_size,
-                   pad_token_id, state)
+    _record_shards(writer, recorder, datasets, record.record_shard_size, pad_token_id, state)
     if state.is_main_process:
         digest = local_weights_digest(model_args.teacher_model_name_or_path)  # a run naming the teacher checks it
         writer.finish({**_report(writer), "packed_rows": data.packed_rows,  # all rows or a cut/sample

@@ -81,6 +81,11 @@ class DistillationTrainingArguments(TrainingArguments):
         default=True,
         metadata={"help": "Estimate the peak memory before training, print it, and refuse a run that cannot fit."},
     )
+    disk_check: bool = field(
+        default=True,
+        metadata={"help": "Estimate the bytes the run writes at most (checkpoints, the student) before training, print "
+                  "it, and refuse a run whose output_dir's filesystem has less free space (false: print it only)."},
+    )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate of the student (AdamW)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     warmup_steps: float = field(

@@ -29,6 +29,7 @@ from distily.teachers.placement import teacher_is_sharded
 from distily.teachers.source import TeacherSource, stop_at_end_of_turn
 from distily.teachers.sources import open_teacher, settled_config
 from distily.training.checkpoints import CheckpointChecksums
+from distily.training.disk_space import check_disk
 from distily.training.guards import check_finite_weights
 from distily.training.on_policy import on_policy_batches
 from distily.training.preflight import (
@@ -221,6 +222,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     total_steps = training.max_steps if training.max_steps > 0 else trainer.training_steps()  # by epochs: from the data
     training.check_bitnet_schedule(total_steps)
     check_steps(training, resume, total_steps)
+    logger.info(check_disk(trainer, total_steps))  # before the first write
     prepare_output_dir(training, resume, settings)  # the first write: a replaced run's finished marker goes first
     before = trainer.evaluate_before_training(BEFORE)
 
