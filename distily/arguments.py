@@ -2,10 +2,12 @@
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 from distily.errors import DistilyConfigError
+from distily.paths import looks_like_local_path
 
 
 def json_dict(value: Any, key: str) -> dict:
@@ -44,6 +46,13 @@ def check_not_blank(value: Optional[str], key: str, expected: str) -> None:
     directory."""
     if value is not None and not value.strip():
         raise DistilyConfigError(f"{key}={value!r} is empty; expected {expected}")
+
+
+def check_local_path_exists(value: Optional[str], key: str) -> None:
+    """Refuse a value that can only be a local path (``looks_like_local_path``: ``data/train.jsonl``) where nothing
+    is: as the config is read, not once the models have loaded and the path is opened."""
+    if value is not None and looks_like_local_path(value) and not os.path.exists(os.path.expanduser(value)):
+        raise DistilyConfigError(f"{key}={value!r} does not exist; expected an existing local path or a Hub id")
 
 
 def default_of(arguments, name: str) -> Any:

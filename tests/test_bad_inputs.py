@@ -672,8 +672,8 @@ def test_eval_refuses_an_output_dir_it_cannot_make_before_evaluating(output_dir,
     """Once a FileExistsError after the whole evaluation."""
     (tmp_path / "notes.txt").write_text("a user's file")
     monkeypatch.setattr("distily.commands.eval.load_model", lambda *args: pytest.fail("the model was loaded"))
-    output_dir = str(tmp_path / output_dir)
-    assert main(["eval", "some/model", "--eval_datasets", '{"a": "a.jsonl"}', "--output_dir", output_dir]) == 2
+    output_dir, eval_set = str(tmp_path / output_dir), json.dumps({"a": str(tmp_path / "notes.txt")})
+    assert main(["eval", "some/model", "--eval_datasets", eval_set, "--output_dir", output_dir]) == 2
     assert capsys.readouterr().err == (f"distily eval: error: output_dir={output_dir!r} "
                                        f"{expected.format(tmp=tmp_path)}; expected a directory\n")
     assert (tmp_path / "notes.txt").read_text() == "a user's file"

@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Optional
 import datasets
 from huggingface_hub.errors import RepositoryNotFoundError
 
+from distily.arguments import check_local_path_exists
 from distily.data.arguments import DataArguments, RowRange, row_ranges
 from distily.data.local_files import local_data_files
 from distily.data.streaming import hub_dataset_commit, streamed_rows
@@ -20,7 +21,6 @@ from distily.data.text_files import load_text_files
 from distily.errors import DistilyConfigError
 from distily.logs import quieted
 from distily.outputs import file_sha256
-from distily.paths import looks_like_local_path
 
 
 def _files_sha256(files: list[str]) -> str:
@@ -93,10 +93,7 @@ def load_documents(args: DataArguments) -> datasets.Dataset:
         return _streamed(lambda rows: _streamed_local(path, rows, args), args)
     if path.exists():
         return _read_split(lambda name: _load_local(path, name, args), args)
-    if looks_like_local_path(args.dataset_name):
-        raise DistilyConfigError(
-            f"dataset_name={args.dataset_name!r} does not exist; expected an existing local path or a Hub id"
-        )
+    check_local_path_exists(args.dataset_name, "dataset_name")
     with _hub_errors(args.dataset_name):
         if args.dataset_streaming:
             commit = hub_dataset_commit(args.dataset_name)

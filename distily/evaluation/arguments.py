@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from distily.arguments import check_not_blank, file_in_the_way, json_dict, one_of
+from distily.arguments import check_local_path_exists, check_not_blank, file_in_the_way, json_dict, one_of
 from distily.data.arguments import (
     CHAT_TEMPLATE_KWARGS_HELP, PACKING_HELP, PACKINGS, TEXT_DOCUMENT_DELIMITER_HELP, chat_template_date,
     chat_template_kwargs,
@@ -68,6 +68,7 @@ def _eval_sets(value: Any) -> dict[str, dict]:
         if not isinstance(spec, dict) or not isinstance(spec.get("path"), str):
             raise DistilyConfigError(f"{where}={spec!r}; expected a path or Hub id, or an object with a 'path'")
         check_not_blank(spec["path"], f"{where} path", "a Hub dataset id or a local path")
+        check_local_path_exists(spec["path"], f"{where} path")
         unknown = sorted(set(spec) - set(EVAL_SET_KEYS))
         if unknown:
             raise DistilyConfigError(
@@ -187,6 +188,7 @@ class EvaluationArguments:
 
     def __post_init__(self):
         self.eval_datasets = _eval_sets(self.eval_datasets)
+        check_local_path_exists(self.generation_eval_dataset, "generation_eval_dataset")
         for name in ("eval_overlap_ngram", "lm_eval_bootstrap_iters", "lm_eval_num_fewshot"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -200,7 +200,7 @@ def test_a_file_value_that_starts_with_a_dash_is_a_value(tmp_path):
     argument'. Keyword values go through the same flags."""
     config_file = write_yaml(tmp_path / "c.yaml", {
         "teacher_model_name_or_path": "t", "output_dir": "o", "text_document_delimiter": "^---$",
-        "generation_eval_dataset": "p.jsonl", "generation_eval_answer_after": "-->", "dataset_config_name": "---",
+        "generation_eval_dataset": "org/prompts", "generation_eval_answer_after": "-->", "dataset_config_name": "---",
     })
     config = parse_config(config_file, logits_loss="jsd", logits_loss_kwargs={"beta": "-1"})
     assert (config.data.text_document_delimiter, config.evaluation.generation_eval_answer_after) == ("^---$", "-->")

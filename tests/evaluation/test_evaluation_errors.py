@@ -23,6 +23,10 @@ from tiny import (
         ({"eval_datasets": {"a": {"split": "test"}}}, "expected a path or Hub id, or an object with a 'path'"),
         ({"eval_datasets": {"a": {"path": "x", "splt": "test"}}}, "eval_datasets['a'] has unknown key 'splt'"),
         ({"eval_datasets": {"a": {"path": "x", "max_samples": 0}}}, "max_samples=0 must be a positive integer"),
+        ({"eval_datasets": {"recent": "data/wiki_2025.jsonl"}}, "eval_datasets['recent'] path='data/wiki_2025.jsonl' "
+         "does not exist; expected an existing local path or a Hub id"),
+        ({"generation_eval_dataset": "data/prompts.jsonl"}, "generation_eval_dataset='data/prompts.jsonl' does not "
+         "exist; expected an existing local path or a Hub id"),
         ({"eval_overlap_ngram": -1}, "eval_overlap_ngram=-1 must be >= 0"),
         ({"lm_eval_bootstrap_iters": -5}, "lm_eval_bootstrap_iters=-5 must be >= 0"),
         ({"lm_eval_limit": 2.5}, "lm_eval_limit=2.5 is not usable; expected a count, or a fraction 0 < x < 1"),
@@ -81,7 +85,7 @@ def test_eval_refuses_a_teacher_store_where_a_model_is_expected(key, recording, 
     paths = {"model_name_or_path": str(tmp_path / "model"), "teacher_model_name_or_path": str(tmp_path / "teacher"),
              key: str(store)}
     assert main(["eval", paths["model_name_or_path"], "--teacher_model_name_or_path",
-                 paths["teacher_model_name_or_path"], "--eval_datasets", '{"s": "s.jsonl"}']) == 2
+                 paths["teacher_model_name_or_path"], "--eval_datasets", '{"s": "org/s"}']) == 2
     assert capsys.readouterr().err == (
         f"distily eval: error: {key}='{store}' is a teacher store (distily record's outputs of a teacher), not a "
         "model; expected a model's directory or Hub id, such as the teacher the store recorded\n"

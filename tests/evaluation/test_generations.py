@@ -212,7 +212,7 @@ def test_an_answer_is_read_after_its_reasoning_when_asked(tmp_path, monkeypatch)
 @pytest.mark.parametrize("values, message", [
     ({"generation_eval_answer_after": "</think>"}, "generation_eval_answer_after='</think>' is set without "
                                                    "generation_eval_dataset"),
-    ({"generation_eval_answer_after": " ", "generation_eval_dataset": "x.jsonl"}, "marks nothing; expected text"),
+    ({"generation_eval_answer_after": " ", "generation_eval_dataset": "org/prompts"}, "marks nothing; expected text"),
 ])
 def test_bad_answer_markers_are_one_line_errors(values, message):
     with pytest.raises(DistilyConfigError, match=re.escape(message)):
@@ -320,7 +320,7 @@ def test_kl_on_answers_of_heads_of_one_width_reads_the_tokenizers_ids_only(chat_
 ])  # fmt: skip
 def test_bad_generation_settings_are_one_line(values, expected):
     with pytest.raises(DistilyConfigError, match=expected) as error:
-        EvaluationArguments(**{"generation_eval_dataset": "prompts.jsonl", **values})
+        EvaluationArguments(**{"generation_eval_dataset": "org/prompts", **values})
     assert "\n" not in str(error.value)
 
 
@@ -343,9 +343,10 @@ def test_a_dataset_without_prompts_and_references_is_refused(rows, expected, tmp
 
 
 def test_the_eval_command_refuses_a_bad_metric_in_one_line(capsys):
-    assert main(["eval", "some/model", "--generation_eval_dataset", "p.jsonl", "--generation_eval_metric", "x"]) == 2
+    assert main(["eval", "some/model", "--generation_eval_dataset", "org/prompts", "--generation_eval_metric",
+                 "x"]) == 2
     assert "generation_eval_metric='x' is not usable; expected module:function" in capsys.readouterr().err
-    parse_eval_config(["--model_name_or_path", "some/model", "--generation_eval_dataset", "p.jsonl"])  # enough
+    parse_eval_config(["--model_name_or_path", "some/model", "--generation_eval_dataset", "org/prompts"])  # enough
 
 
 def test_the_eval_command_answers_with_model_and_teacher(chat_models, tmp_path):

@@ -14,10 +14,19 @@ from distily.objectives.objective import build_objective
 from distily.reporting.model_card import build_model_card, non_default_config
 from tiny import tiny_config
 
+
+def local_file(tmp_path, name: str) -> str:
+    """An empty file at ``tmp_path / name``: a local eval set the config reads (a missing one is refused)."""
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return str(path)
+
+
 def card_for(tmp_path, run_metrics, teacher="gpt2", bitnet=None, **values):
     config = parse_config(
         teacher_model_name_or_path=teacher,
-        eval_datasets={"recent": "data/recent.jsonl"},
+        eval_datasets={"recent": local_file(tmp_path, "data/recent.jsonl")},
         lm_eval_tasks=["hellaswag"],
         output_dir=str(tmp_path / "run"),
         **{"dataset_name": "wikimedia/wikipedia", "dataset_config_name": "20231101.en", "hidden_states_weight": 0.5,
@@ -270,7 +279,7 @@ def test_the_cards_configuration_holds_the_runs_chat_template_date_only_where_a_
 
     text, chat = run_metrics(), dataclasses.replace(run_metrics(), framing=FramingMetrics("padded", loss_on="all"))
     assert "chat_template_date" not in reproduced(text)
-    for metrics, values in ((chat, {}), (text, {"generation_eval_dataset": "prompts.jsonl"}),
+    for metrics, values in ((chat, {}), (text, {"generation_eval_dataset": local_file(tmp_path, "prompts.jsonl")}),
                             (text, {"lm_eval_apply_chat_template": True})):
         assert reproduced(metrics, **values)["chat_template_date"] == "2024-07-26"
 
@@ -367,7 +376,8 @@ def test_the_held_out_prompts_line_names_the_kl_only_where_it_was_measured(tmp_p
         metrics = run_metrics()
         metrics.student.evaluations.update({"after_generation/exact_match": 25.0, "after_generation/samples": 8,
                                             **({"after_generation/kl_to_teacher": 0.5} if kl else {})})
-        return card_for(tmp_path, lambda bitnet: metrics, generation_eval_dataset="prompts.jsonl")[0].text
+        prompts = local_file(tmp_path, "prompts.jsonl")
+        return card_for(tmp_path, lambda bitnet: metrics, generation_eval_dataset=prompts)[0].text
 
     assert "the student's KL to the teacher is per token of its own answers." in answered(kl=True)
     without = answered(kl=False)
