@@ -463,7 +463,8 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel,
         # models list their end-of-turn token there, not in the config), and how it samples
         student.generation_config = copy.deepcopy(teacher.generation_config)
         if teacher_layers is not None:
-            logger.info(f"Student layers {args.student_init} from teacher layers {teacher_layers}")
+            how = "pruned" if args.student_init == "pruned" else "copied"
+            logger.info(f"Student layers {how} from teacher layers {teacher_layers}")
             if args.student_init == "pruned":
                 _pruned_student(teacher, student, teacher_layers, token_map, calibration)
             else:
