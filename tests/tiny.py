@@ -144,6 +144,17 @@ def save_tiny_model(path, arch: str, tokenizer, seed: int = 0, **config_override
     return str(path)
 
 
+def save_float16_overflowing_llama(path) -> str:
+    """A tiny Llama teacher (the llama tokenizer beside it) finite in float32 whose second block's MLP output is 3e4
+    times its own: loaded in float16 its activations overflow, and its logits are NaN."""
+    save_tiny_model(path, "llama", tokenizer_for("llama"))
+    model = AutoModelForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(3e4)
+    model.save_pretrained(path)
+    return str(path)
+
+
 def tiny_opt(tokenizer):
     """A tiny OPTForCausalLM over ``tokenizer``, in eval mode: its attention ignores restarting position_ids (packed
     documents read each other)."""

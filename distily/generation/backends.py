@@ -21,14 +21,15 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 def open_generator(
     backend: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: SamplingSettings,
     max_model_len: Optional[int], template: Optional[ChatTemplate] = None, trust_remote_code: bool = False,
+    role: str = "model",
 ) -> CompletionGenerator:
     """A generator sampling from ``model`` with ``settings`` the ids of ``tokenizer``, prompt and completion at most
     ``max_model_len`` tokens (None, hf only: the model's positions): ``backend`` hf (``model.generate``) or vllm (an
     engine over a copy of ``model``). Completions of chats rendered with ``template`` end at its end of turn too
     (``chat_stop_ids``). ``trust_remote_code``: the engine may run the model's code from its checkpoint, as the run
-    does (vllm)."""
+    does (vllm). ``role`` names the model in an error (hf: logits that hold NaN or +inf)."""
     if backend == "vllm":
         return open_vllm_generator(model, tokenizer, settings, max_model_len, template, trust_remote_code)
     stop_ids = chat_stop_ids(tokenizer, model, template)
     return HFGenerator(model, settings, stop_ids, pad_token_id(tokenizer), max_length=max_model_len,
-                       vocab_size=vocabulary_size(tokenizer, stop_ids))
+                       vocab_size=vocabulary_size(tokenizer, stop_ids), role=role)

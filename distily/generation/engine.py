@@ -27,6 +27,8 @@ from transformers import (
 from distily.data.chat import ChatTemplate, assistant_turns
 from distily.data.chat_alignment import end_of_turn_id
 from distily.data.framing import INPUT_IDS
+from distily.errors import DistilyConfigError
+from distily.models.finite import NonFiniteOutputs
 from distily.generation.arguments import SamplingSettings
 from distily.generation.recurrent_cache import cache_argument
 
@@ -131,6 +133,20 @@ class VocabularyLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(beyond, -math.inf)
 
 
+class FiniteScoresProcessor(LogitsProcessor):
+    """Notes in ``outputs`` whether the next-token scores held NaN or +inf, and hands ``generate`` finite ones in their
+    place (NaN and +inf as 0), so that sampling does not fail on them (a traceback; on a GPU a device-side assert)
+    before the generator can say why in one line (run first)."""
+
+    def __init__(self, outputs: NonFiniteOutputs, weights: torch.dtype):
+        self.outputs, self.weights = outputs, weights
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # scores [batch, vocab]
+        self.outputs.add(scores, self.weights)
+        return scores.nan_to_num(nan=0.0, posinf=0.0, neginf=-math.inf)
+
+
 def left_padded(prompts: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` [prompts, longest], each prompt at the right end of its row."""
     longest = max(len(prompt) for prompt in prompts)
@@ -159,9 +175,11 @@ class HFGenerator(CompletionGenerator):
     process allows (there, a prompt near the model's last position shortens the others' completions)."""
 
     def __init__(self, model: PreTrainedModel, settings: SamplingSettings, stop_ids: Sequence[int],
-                 pad_token_id: int, max_length: Optional[int] = None, vocab_size: Optional[int] = None):
+                 pad_token_id: int, max_length: Optional[int] = None, vocab_size: Optional[int] = None,
+                 role: str = "model"):
         self.model, self.settings, self.max_length, self.vocab_size = model, settings, max_length, vocab_size
         self.stop_ids, self.pad_token_id = list(stop_ids), pad_token_id
+        self.nonfinite = NonFiniteOutputs(role)  # the ``role`` names the model in its error
         self.sharded = False
         self._warned = False  # about the model's positions, once
 
@@ -173,7 +191,8 @@ class HFGenerator(CompletionGenerator):
         given, and skip temperature 1 and top-p 1."""
         settings = self.settings
         bounded = self.vocab_size is not None
-        processors = LogitsProcessorList([VocabularyLogitsProcessor(self.vocab_size)] if bounded else [])
+        processors = LogitsProcessorList([FiniteScoresProcessor(self.nonfinite, self.model.dtype)]
+                                         + ([VocabularyLogitsProcessor(self.vocab_size)] if bounded else []))
         if settings.temperature == 0:
             return {"do_sample": False, "logits_processor": processors}
         if settings.final_temperature is None:
@@ -262,4 +281,15 @@ class HFGenerator(CompletionGenerator):
         finally:
             model.train(was_training)
             model.generation_config = defaults
+        self._check_finite(synced)
         return generated[:, input_ids.shape[1]:].tolist()
+
+    def _check_finite(self, synced: bool) -> None:
+        """Refuse completions sampled from next-token logits that held NaN or +inf (on any process, ``synced``)."""
+        nonfinite = self.nonfinite.take()
+        if synced:
+            processes = torch.tensor([float(nonfinite)], device=next(self.model.parameters()).device)
+            dist.all_reduce(processes)
+            nonfinite = processes.item() > 0
+        if nonfinite:
+            raise DistilyConfigError(self.nonfinite.message(f"the {self.nonfinite.role}'s next-token logits"))

@@ -54,7 +54,8 @@ def sample_sequences(
     (without the start token, a tokenizer that adds no BOS, GPT-2's or Qwen's, gave the teacher's first token no
     context to predict it from, and every later one another context than it was sampled in)."""
     start = start_token(tokenizer)
-    generator = open_generator("hf", teacher, tokenizer, args.sampling(), None)  # the tokenizer's ids, its stops
+    # the tokenizer's ids, its stops
+    generator = open_generator("hf", teacher, tokenizer, args.sampling(), None, role="teacher")
     samples = []
     with tqdm(total=args.generate_num_samples, desc="Sampling from the teacher", unit="seq") as progress:
         while len(samples) < args.generate_num_samples:

@@ -1,5 +1,6 @@
 """The Hugging Face recording back end: batched teacher forward passes, no gradients, any device."""
 
+import math
 from typing import Optional
 
 import torch
@@ -20,6 +21,7 @@ from distily.objectives.component import loss_positions, next_token_targets
 from distily.errors import DistilyConfigError
 from distily.evaluation.perplexity import next_token_nll
 from distily.models.architecture import active_stream, block_output, output_vocab_size
+from distily.models.finite import nan_or_positive_inf, nonfinite_message
 from distily.recording.targets import check_top_k, fidelity_sums, sparse_targets
 
 
@@ -28,10 +30,19 @@ def hidden_states_dtype(teacher: PreTrainedModel) -> torch.dtype:
     return torch.bfloat16 if teacher.dtype == torch.bfloat16 else torch.float16
 
 
-def check_storable(hidden: torch.Tensor, dtype: torch.dtype, layer: int) -> None:
+def check_finite_logits(logits: torch.Tensor, row: int, teacher_dtype: torch.dtype) -> None:
+    """Refuse a row whose teacher ``logits`` [seq, vocab] hold NaN or +inf (an overflowing teacher), before its shard
+    is written: its stored top-k and loss would be NaN, and a run from the store would skip every step."""
+    if nan_or_positive_inf(logits):
+        raise DistilyConfigError(nonfinite_message(f"the teacher's logits of row {row}", teacher_dtype))
+
+
+def check_storable(hidden: torch.Tensor, dtype: torch.dtype, layer: int, teacher_dtype: torch.dtype) -> None:
     """Refuse hidden states that ``dtype`` cannot hold: a float32 teacher's activations past float16's 65504 would be
-    stored as inf, and a run trained from the store would skip every step on a NaN loss."""
-    largest = hidden.detach().abs().max().item()
+    stored as inf, and a run trained from the store would skip every step on a NaN loss; or that hold NaN."""
+    largest = hidden.detach().abs().max().item()  # NaN when any is
+    if math.isnan(largest):
+        raise DistilyConfigError(nonfinite_message(f"the teacher's hidden states of layer {layer}", teacher_dtype))
     if largest > torch.finfo(dtype).max:
         raise DistilyConfigError(
             f"hidden states of layer {layer} reach {largest:.4g}, beyond {str(dtype).removeprefix('torch.')}'s "
@@ -86,6 +97,7 @@ class HFRecorder:
             outputs = self.teacher(**model_inputs(batch), output_hidden_states=bool(self.layers))
             for row in range(batch[INPUT_IDS].shape[0]):
                 logits = outputs.logits[row]  # [seq, vocab]
+                check_finite_logits(logits, start + row, self.teacher.dtype)
                 top_logprobs, top_ids, tail = sparse_targets(logits, self.top_k, self.temperature)
                 per_row.setdefault(TOPK_LOGPROBS, []).append(top_logprobs.half().cpu())  # [seq, k]
                 per_row.setdefault(TOPK_IDS, []).append(top_ids.cpu().to(self.id_dtype))  # [seq, k]
@@ -100,7 +112,7 @@ class HFRecorder:
                         fidelity[k] = {name: fidelity.get(k, {}).get(name, 0.0) + value for name, value in sums.items()}
             for layer in self.layers:
                 hidden = block_output(outputs.hidden_states[layer], active_stream(self.teacher.config))  # [b, s, w]
-                check_storable(hidden, self.hidden_dtype, layer)
+                check_storable(hidden, self.hidden_dtype, layer, self.teacher.dtype)
                 per_batch.setdefault(hidden_states_key(layer), []).append(hidden.to(self.hidden_dtype).cpu())
             if progress is not None:
                 progress.update(batch[INPUT_IDS].shape[0])

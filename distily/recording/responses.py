@@ -86,7 +86,8 @@ def teacher_responses(
     ``generate_keep_unfinished``."""
     args = config.generate
     conversations = prompt_conversations(load_prompts(config))
-    generator = open_generator("hf", teacher, tokenizer, args.sampling(), None, template)  # ends at its end of turn
+    # ends at its end of turn
+    generator = open_generator("hf", teacher, tokenizer, args.sampling(), None, template, role="teacher")
     stops = generator.stop_ids
     opening = answer_opening(tokenizer, OPENING_PROBE, "Hello.", template,
                              "the conversation Distily renders to find what the template writes before an answer")

@@ -38,6 +38,7 @@ from distily.data.store import (
     id_dtype,
     read_manifest,
     recorded_chat_template_date,
+    shard_name,
 )
 from distily.data.tokenization_cache import tokenizer_fingerprint
 from distily.data.training_data import build_datasets
@@ -253,7 +254,10 @@ def _record_shards(writer: StoreWriter, recorder, datasets: dict[str, Dataset], 
             if round_index < len(mine):
                 split, index, rows = mine[round_index]
                 batch = collate([datasets[split][row] for row in rows], pad_token_id)  # [rows, seq], to the longest
-                tensors, stats = recorder.record(batch, held_out=split == "eval", progress=progress)
+                try:
+                    tensors, stats = recorder.record(batch, held_out=split == "eval", progress=progress)
+                except DistilyConfigError as err:  # a row the teacher gave what cannot be stored: none written
+                    raise DistilyConfigError(f"shard {shard_name(split, index)!r}: {err}") from None
                 saved = (split, index, writer.save_shard(split, index, tensors, stats))
             for process, shard in enumerate(gather_object([saved])):
                 if shard is None or not state.is_main_process:

@@ -6,6 +6,7 @@ logits are never held at once.
 """
 
 import itertools
+import math
 from functools import partial
 from typing import Callable, Optional
 
@@ -26,8 +27,9 @@ from distily.data.training_data import DistillationData, build_datasets
 from distily.errors import DistilyConfigError
 from distily.evaluation.framing_check import check_framing
 from distily.evaluation.heldout import Evaluator
-from distily.metrics import Evaluation, FramingMetrics
+from distily.metrics import Evaluation, FramingMetrics, metric_key
 from distily.models.architecture import decoder_of, plain_lm_head, resolve_max_seq_length, token_id_limit
+from distily.models.finite import NonFiniteOutputs, nonfinite_message, on_any_process
 from distily.models.teacher import load_teacher, load_tokenizer
 from distily.objectives.component import loss_positions
 from distily.objectives.losses import teacher_confidence
@@ -75,6 +77,8 @@ class LiveTeacher(TeacherSource):
         self.placed = self.model  # the teacher as it runs (sharded under FSDP2/ZeRO-3): set in ``prepare``
         self.fuse_lm_head = False  # decided in ``prepare``
         self._evaluator: Optional[Evaluator] = None
+        self.nonfinite_outputs = NonFiniteOutputs()
+        self.process_group_device: Optional[torch.device] = None  # a run's on several processes: set in ``prepare``
 
     @property
     def live_model(self) -> PreTrainedModel:
@@ -132,12 +136,30 @@ class LiveTeacher(TeacherSource):
             collate_fn, config.training.per_device_eval_batch_size,
         ) or super().framing_metrics(data, collate_fn)
 
-    def evaluator(self, data, eval_sets, collate_fn, vocab_size) -> Evaluator:
-        """Held-out split and named sets, against the teacher; its own metrics computed once."""
+    def evaluator(self, data, eval_sets, collate_fn, vocab_size) -> Callable[[PreTrainedModel], dict[str, float]]:
+        """Held-out split and named sets, against the teacher; its own metrics computed once, in the first
+        evaluation (before training), and checked there: ``_evaluate``."""
         batch_size = self.config.training.per_device_eval_batch_size
         self._evaluator = Evaluator({HELDOUT_SET: data.eval, **eval_sets}, collate_fn, batch_size, self.model,
                                     vocab_size, tokenizer=self.tokenizer)
-        return self._evaluator
+        return self._evaluate
+
+    def _evaluate(self, student: PreTrainedModel) -> dict[str, float]:
+        """The evaluator's metrics of ``student``, once the teacher is found finite: its own held-out loss on each set
+        (in its own dtype), and its outputs in the evaluation's losses just computed (under the run's autocast, as in
+        training; on every process). A teacher whose logits hold NaN or +inf stops the run at the evaluation before
+        training, before any step (a masked column's -inf logit leaves both finite)."""
+        metrics = self._evaluator(student)
+        teacher_metrics = self._evaluator.teacher_metrics()
+        for name in self._evaluator.eval_sets:
+            loss = teacher_metrics[metric_key(name, "lm_loss")]
+            if not math.isfinite(loss):
+                raise DistilyConfigError(nonfinite_message(
+                    f"the teacher's held-out loss on eval set {name!r} is {loss}: its logits", self.model.dtype
+                ))
+        if on_any_process(self.nonfinite_outputs.take(), self.process_group_device):
+            raise DistilyConfigError(self.nonfinite_outputs.message("the teacher's outputs in the evaluation's losses"))
+        return metrics
 
     def own_metrics(self) -> Evaluation:
         return Evaluation(self._evaluator.teacher_metrics())
@@ -150,6 +172,7 @@ class LiveTeacher(TeacherSource):
         its LM head, which the logit loss applies slice by slice. With the Trainer's ``torch_compile``, what runs
         is compiled as the student is (the accelerator's dynamo settings)."""
         self.fuse_lm_head = not teacher_is_sharded(accelerator) and plain_lm_head(self.model)
+        self.process_group_device = accelerator.device if accelerator.num_processes > 1 else None
         self.placed = place_teacher(self.model, accelerator)
         self.forward = decoder_of(self.placed) if self.fuse_lm_head else self.placed
         dynamo = accelerator.state.dynamo_plugin
@@ -157,9 +180,14 @@ class LiveTeacher(TeacherSource):
             self.forward = torch.compile(self.forward, **dynamo.to_kwargs())
 
     def __call__(self, batch: dict[str, torch.Tensor], objective: DistillationObjective):
+        """The teacher's outputs for ``batch``, noted in ``nonfinite_outputs``: its logits, or the last hidden state
+        the logit loss applies its LM head to."""
         with torch.no_grad():
-            return self.forward(
+            outputs = self.forward(
                 **model_inputs(batch),
                 output_hidden_states=objective.needs("needs_hidden_states"),
                 output_attentions=objective.needs("needs_attentions"),
             )
+        logits = getattr(outputs, "logits", None)
+        self.nonfinite_outputs.add(outputs.last_hidden_state if logits is None else logits, self.model.dtype)
+        return outputs

@@ -39,6 +39,7 @@ from distily.data.training_data import DistillationData
 from distily.data.vocabulary import VocabularyMap
 from distily.metrics import Evaluation, FramingMetrics, MultimodalCheckpoint, RecordingSource, TeacherMetrics
 from distily.models.architecture import output_vocab_size
+from distily.models.finite import NonFiniteOutputs
 from distily.models.summary import architecture_summary, parameter_count
 from distily.models.teacher import from_pretrained, language_model_bytes, unused_towers
 from distily.models.vocab import shared_vocab_size
@@ -102,6 +103,7 @@ class TeacherSource(ABC):
     model: PreTrainedModel
     checkpoint: TeacherCheckpoint  # read with ``model`` (``hold``), not again at the run's end
     logits_component: type[Component]  # the logit loss this teacher's outputs feed
+    nonfinite_outputs: Optional[NonFiniteOutputs] = None  # a teacher that runs notes its outputs' NaN and +inf here
 
     def hold(self, model: PreTrainedModel) -> None:
         """Make ``model``, just loaded, the teacher's, and read now what metrics.json says of its checkpoint: a folder

@@ -5,12 +5,12 @@ import logging
 from typing import Callable, Iterable, Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from distily.errors import DistilyConfigError
+from distily.models.finite import NonFiniteOutputs, on_any_process
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +52,19 @@ class NonFiniteStepGuard:
     is taken together: a step is skipped on every process when any process holds a non-finite gradient. Sharded
     students (FSDP, DeepSpeed ZeRO) hold a different slice of the gradients on each process, so a NaN that lands
     in one slice would otherwise skip the step on that process alone (its slice of the weights falls out of step
-    with the others), and stopping the run there would leave the others waiting in their next collective."""
+    with the others), and stopping the run there would leave the others waiting in their next collective.
+
+    With ``teacher_outputs`` (a live teacher's), a skipped step whose teacher outputs held NaN or +inf (on any
+    process) names the teacher as the cause, in the warning and in the error that stops the run: no learning rate
+    helps a teacher that overflows the precision it runs in."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, max_consecutive: int,
-                 process_group_device: Optional[torch.device] = None, counts: Optional[NonFiniteStepCounts] = None):
+                 process_group_device: Optional[torch.device] = None, counts: Optional[NonFiniteStepCounts] = None,
+                 teacher_outputs: Optional[NonFiniteOutputs] = None):
         self.optimizer, self.max_consecutive = optimizer, max_consecutive
         self.process_group_device = process_group_device
         self.counts = counts or NonFiniteStepCounts()
+        self.teacher_outputs = teacher_outputs
         self._step = optimizer.step
         optimizer.step = self.step
 
@@ -69,20 +75,24 @@ class NonFiniteStepGuard:
                     yield parameter.grad
 
     def _finite_everywhere(self) -> bool:
-        finite = all_finite(self._gradients())
-        if self.process_group_device is None:
-            return finite
-        nonfinite_processes = torch.tensor([0.0 if finite else 1.0], device=self.process_group_device)
-        dist.all_reduce(nonfinite_processes)
-        return nonfinite_processes.item() == 0
+        return not on_any_process(not all_finite(self._gradients()), self.process_group_device)
 
     def step(self, *args, **kwargs):
         if self._finite_everywhere():
             self.counts.consecutive = 0
+            if self.teacher_outputs is not None:
+                self.teacher_outputs.reset()  # the next step's outputs are its own
             return self._step(*args, **kwargs)
         self.optimizer.zero_grad(set_to_none=True)
         self.count_skipped()
         return None
+
+    def _teacher_cause(self) -> Optional[str]:
+        """The teacher as the cause of the step skipped, when its outputs since the last step held NaN or +inf on
+        any process (every process calls this together: the step is skipped on all)."""
+        if self.teacher_outputs is None or not on_any_process(self.teacher_outputs.take(), self.process_group_device):
+            return None
+        return self.teacher_outputs.message("the teacher's outputs of the step's batches")
 
     def count_skipped(self) -> None:
         """Count a step skipped for non-finite gradients (here, or by DeepSpeed: ``DeepSpeedSkippedSteps``), and
@@ -90,11 +100,14 @@ class NonFiniteStepGuard:
         counts = self.counts
         counts.consecutive += 1
         counts.skipped += 1
-        logger.warning(f"non-finite gradient: optimizer step skipped ({counts.consecutive} in a row)")
+        cause = self._teacher_cause()
+        logger.warning(f"non-finite gradient: optimizer step skipped ({counts.consecutive} in a row)"
+                       + (f": {cause}" if cause else ""))
         if counts.consecutive >= self.max_consecutive:
             raise DistilyConfigError(
                 f"{counts.consecutive} optimizer steps in a row had non-finite gradients (max_nonfinite_steps="
-                f"{self.max_consecutive}); expected finite losses: lower learning_rate, or use bf16 instead of fp16"
+                f"{self.max_consecutive}); "
+                + (cause or "expected finite losses: lower learning_rate, or use bf16 instead of fp16")
             )
 
 
@@ -130,11 +143,8 @@ def check_finite_weights(*modules: nn.Module, written: str = "checkpoint",
     slices and one refusing alone would leave the others waiting in the save."""
     nonfinite = next((f"parameter {name}" for module in modules for name, parameter in module.named_parameters()
                       if not torch.isfinite(local_part(parameter)).all()), None)
-    if process_group_device is not None:
-        nonfinite_processes = torch.tensor([0.0 if nonfinite is None else 1.0], device=process_group_device)
-        dist.all_reduce(nonfinite_processes)
-        if nonfinite is None and nonfinite_processes.item() > 0:
-            nonfinite = "another process's slice of the weights"
+    if on_any_process(nonfinite is not None, process_group_device) and nonfinite is None:
+        nonfinite = "another process's slice of the weights"
     if nonfinite is not None:
         raise DistilyConfigError(
             f"{nonfinite} holds non-finite values; expected finite weights (a lower learning_rate?), so no {written} "

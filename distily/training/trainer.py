@@ -142,7 +142,8 @@ class DistillationTrainer(StagedCheckpoints):
                           if isinstance(callback, NonFiniteStepCounts))
             counts.restore(self.state.stateful_callbacks.get(NonFiniteStepCounts.__name__))
             self.nonfinite_guard = NonFiniteStepGuard(
-                optimizer, self.args.max_nonfinite_steps, self.process_group_device, counts
+                optimizer, self.args.max_nonfinite_steps, self.process_group_device, counts,
+                self.teacher.nonfinite_outputs,
             )
             if self.args.bitnet_schedule:  # the decayed group is the latent ternary weights (get_decay_parameter_names)
                 for group in optimizer.param_groups:

@@ -13,6 +13,7 @@ from distily.config import parse_config, parse_generate_config
 from distily.data.store import TeacherStore
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_tokenizer
+from distily.generation.arguments import SamplingSettings
 from distily.generation.engine import HFGenerator, LinearTemperatureLogitsProcessor
 from distily.recording import generate
 from distily.recording.arguments import GenerateArguments
@@ -21,7 +22,7 @@ from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
 from distily.training.distill import run_distillation
 from store_values import store_values
-from tiny import tiny_config
+from tiny import save_float16_overflowing_llama, tiny_config
 
 
 def test_temperature_moves_linearly_along_the_sequence_then_stays():
@@ -142,6 +143,32 @@ def test_a_recording_stopped_part_way_resumes_with_the_same_command(teacher_dirs
 def test_bad_generate_flags_are_one_line_errors(flags, message):
     with pytest.raises(DistilyConfigError, match=message):
         parse_generate_config(argv=["--teacher_model_name_or_path", "t", "--generate_output", "g", *flags])
+
+
+def test_a_teacher_that_overflows_float16_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
+    """Sampling from its NaN logits ended in a traceback from torch.multinomial (on a GPU, a device-side assert).
+    Now one line names the teacher and its dtype."""
+    teacher = save_float16_overflowing_llama(tmp_path / "teacher")
+    output = tmp_path / "samples.jsonl"
+    values = {"teacher_model_name_or_path": teacher, "teacher_torch_dtype": "float16", "generate_num_samples": 2,
+              "generate_length": 4, "generate_output": str(output)}
+    (tmp_path / "generate.yaml").write_text(yaml.safe_dump(values))
+    assert main(["generate", str(tmp_path / "generate.yaml")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "distily generate: error: the teacher's next-token logits hold NaN or +inf (the teacher ran with float16 "
+        "weights); expected finite teacher outputs: teacher_torch_dtype bfloat16 or float32 (some families, such as "
+        "Gemma, overflow in float16)")
+    assert not output.exists()
+
+
+def test_greedy_answers_of_nan_logits_are_refused_not_returned(tmp_path):
+    """Greedy decoding returned the argmax of NaN logits as an answer (the generation eval scored them)."""
+    model = AutoModelForCausalLM.from_pretrained(save_float16_overflowing_llama(tmp_path / "teacher"),
+                                                 dtype=torch.float16)
+    generator = HFGenerator(model, SamplingSettings(4, temperature=0), [0], 0)
+    with pytest.raises(DistilyConfigError, match=r"^the model's next-token logits hold NaN or \+inf \(the model ran "
+                       r"with float16 weights\); expected finite model outputs: weights in bfloat16 or float32"):
+        generator.generate([[5, 6, 7]])
 
 
 def test_generate_needs_an_output_and_a_store_to_record_into(teacher_dirs, text_file, tmp_path):

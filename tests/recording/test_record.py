@@ -34,12 +34,12 @@ from distily.data.tokenization_cache import tokenizer_fingerprint
 from distily.data.training_data import build_datasets
 from distily.errors import DistilyConfigError
 from distily.models.teacher import load_teacher, load_tokenizer
-from distily.recording.hf import HFRecorder
+from distily.recording.hf import HFRecorder, check_storable
 from distily.recording.run import run_recording
 from store_values import store_values
 from tiny import (
-    make_bos_tokenizer, make_tokenizer, save_tiny_masked_lm, save_tiny_model, tiny_config, tiny_gemma3n_config,
-    tiny_opt,
+    make_bos_tokenizer, make_tokenizer, save_float16_overflowing_llama, save_tiny_masked_lm, save_tiny_model,
+    tiny_config, tiny_gemma3n_config, tiny_opt,
 )
 
 
@@ -339,6 +339,55 @@ def test_hidden_states_past_float16s_range_are_refused_not_stored_as_inf(tmp_pat
     make_bos_tokenizer().save_pretrained(tmp_path / "teacher")
     with pytest.raises(DistilyConfigError, match=r"hidden states of layer 0 reach .* beyond float16's 6\.55e\+04"):
         _record(str(tmp_path / "teacher"), text_file, tmp_path, record_hidden_states_layers=[0, 1])
+
+
+def test_a_teacher_that_overflows_float16_is_refused_before_its_shard_is_written(text_file, tmp_path):
+    """Found by review: a float16 teacher's NaN logits went into the store's top-k unchecked."""
+    teacher = save_float16_overflowing_llama(tmp_path / "teacher")
+    with pytest.raises(DistilyConfigError, match=r"^shard 'train-00000.safetensors': the teacher's logits of row 0 "
+                       r"hold NaN or \+inf \(the teacher ran with float16 weights\); expected finite teacher outputs: "
+                       r"teacher_torch_dtype bfloat16 or float32 \(some families, such as Gemma, overflow in float16\)$"):
+        _record(teacher, text_file, tmp_path, teacher_torch_dtype="float16")
+    assert not list((tmp_path / "store").glob("*.safetensors*"))
+
+
+def test_a_recording_refused_at_nan_logits_wrote_no_part_of_that_shard_and_resumes(teacher_dirs, text_file, tmp_path,
+                                                                                  monkeypatch):
+    """The teacher's logits of each batch's last row NaN in the third shard: refused there, the two shards before it
+    kept whole and nothing of the third written; the same command then resumes to the uninterrupted store."""
+    _, uninterrupted = _record(teacher_dirs["llama"], text_file, tmp_path / "a")
+    original, calls = HFRecorder.record, []
+
+    def last_row_nan(module, inputs, output) -> None:
+        output.logits[-1].fill_(math.nan)
+
+    def nan_in_the_third_shard(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) != 3:
+            return original(self, *args, **kwargs)
+        hook = self.teacher.register_forward_hook(last_row_nan)
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(HFRecorder, "record", nan_in_the_third_shard)
+    with pytest.raises(DistilyConfigError, match=r"^shard 'train-00002.safetensors': the teacher's logits of row \d+ "
+                       r"hold NaN or \+inf \(the teacher ran with float32 weights\)"):
+        _record(teacher_dirs["llama"], text_file, tmp_path / "b")
+    store = tmp_path / "b" / "store"
+    assert sorted(path.name for path in store.glob("*.safetensors*")) == [
+        "train-00000.safetensors", "train-00001.safetensors"]
+    monkeypatch.setattr(HFRecorder, "record", original)
+    _, resumed = _record(teacher_dirs["llama"], text_file, tmp_path / "b")
+    assert _shard_hashes(resumed) == _shard_hashes(uninterrupted)
+
+
+def test_nan_hidden_states_are_refused_not_stored():
+    """``nan > float16's largest`` is False: NaN hidden states passed the range check into the store."""
+    with pytest.raises(DistilyConfigError, match=r"^the teacher's hidden states of layer 2 hold NaN or \+inf \(the "
+                       r"teacher ran with float32 weights\)"):
+        check_storable(torch.tensor([[1.0, math.nan]]), torch.float16, 2, torch.float32)
 
 
 def _opt_teacher(path) -> str:

@@ -246,8 +246,8 @@ def test_a_response_is_the_answer_without_the_special_tokens_its_template_writes
     written = [f"<|channel|>final<|message|>{answer}<|return|>" for answer in answers]
     open_hf = responses.open_generator
 
-    def open_generator(*args):  # the teacher's generator, writing ``written``
-        generator = open_hf(*args)
+    def open_generator(*args, **kwargs):  # the teacher's generator, writing ``written``
+        generator = open_hf(*args, **kwargs)
         generator.generate = lambda prompts: [tokenizer(text, add_special_tokens=False)["input_ids"]
                                               for text in written]
         return generator
