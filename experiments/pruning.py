@@ -3,12 +3,16 @@
     OMP_NUM_THREADS=1 python experiments/pruning.py [--work_dir runs/pruning] [--max_steps 300]
 
 The demo's run (``distily demo``: the bundled teacher, Llama, 4 layers, width 192, 6 heads / 2 KV heads, MLP 512;
-its Python-documentation corpus; 300 steps of forward KL) for three students of about the same size:
+its Python-documentation corpus; 300 steps of forward KL) for students of about the same size:
 
 - ``pruned``: 4 layers at width 128, 4 heads / 2 KV heads, MLP 256, from the teacher pruned by activation importance
   on the first 256 training rows (``pruning_calibration_samples``);
 - ``random``: the same shape, randomly initialised;
-- ``depth-only``: the demo's own student, 2 layers of the teacher's width, randomly initialised.
+- ``depth-only``: the demo's own student, 2 layers of the teacher's width, randomly initialised;
+- ``depth-only-teacher``: the same 2 layers copied from teacher layers 0 and 3 (``student_init: teacher``), the
+  depth pruning Distily did before width pruning existed;
+- ``pruned-mlp``: 4 layers of the teacher's width and heads with the MLP pruned to 176 neurons, the depth-only
+  students' parameter count (1.19M against 1.18M), so that width and depth pruning compare at one size.
 
 Prints a markdown table of each student's held-out KL to the teacher and perplexity before and after training.
 """
@@ -24,10 +28,13 @@ from distily.training.distill import run_distillation
 
 NARROW = {"num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
           "intermediate_size": 256}
+MLP_ONLY = {"num_hidden_layers": 4, "intermediate_size": 176}
 STUDENTS = {
     "pruned": {"student_config_overrides": NARROW, "student_init": "pruned"},
     "random": {"student_config_overrides": NARROW, "student_init": "random"},
     "depth-only": {},  # the demo's: {"num_hidden_layers": 2}, random
+    "depth-only-teacher": {"student_init": "teacher"},
+    "pruned-mlp": {"student_config_overrides": MLP_ONLY, "student_init": "pruned"},
 }
 
 
