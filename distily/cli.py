@@ -1,5 +1,6 @@
 """The ``distily`` command: finds the command (each a module of ``distily.commands``, imported on use), hands it
-the arguments, and turns user errors into one line and exit code 2 (Ctrl-C: one line and 130)."""
+the arguments, and turns user errors into one line and exit code 2 (Ctrl-C: one line and 130; a stop signal,
+SIGTERM or SIGUSR1: one line and 128 + its number)."""
 
 import importlib
 import logging
@@ -8,7 +9,7 @@ import sys
 from typing import Optional
 
 from distily import __version__
-from distily.errors import DistilyConfigError
+from distily.errors import DistilyConfigError, RunInterrupted
 from distily.logs import close_progress_bars
 
 USAGE = """usage: distily COMMAND [ARGS] [--debug]
@@ -77,12 +78,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         print(f"distily {command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line (a run's says how to resume), 128 + SIGINT
+    except KeyboardInterrupt as interrupt:  # one line (a run's says how to resume), 128 + the signal's number
         close_progress_bars()  # the line starts a line of its own, not the end of the bar Ctrl-C stopped
         if debug:
             raise
         print(f"distily {command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return RunInterrupted.of(interrupt).exit_status
 
 
 if __name__ == "__main__":

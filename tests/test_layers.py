@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "distily"
 # ``arguments`` module (its configuration dataclasses) is on the configuration floor, with ``distily.config``
 # that composes them per command, so that every floor may read them.
 FLOORS = (
-    ("foundation", ("distily", "distily.errors", "distily.logs", "distily.paths", "distily.outputs")),
+    ("foundation", ("distily", "distily.errors", "distily.logs", "distily.paths", "distily.outputs",
+                    "distily.preemption")),
     ("configuration", ("distily.arguments", "distily.*.arguments", "distily.config")),
     ("what a run measured (metrics.json)", ("distily.metrics",)),
     ("models and data", ("distily.models", "distily.data", "distily.demo")),

@@ -22,6 +22,7 @@ from distily.experiments.results import ERROR_FILE, check_ranked, gather_results
 from distily.experiments.runs import Run
 from distily.experiments.sweep_file import Sweep, flag_keys
 from distily.outputs import write_json_atomic
+from distily.preemption import stopped_on
 from distily.reporting.sweep import print_ranking, write_results
 from distily.training.distill import run_distillation
 from distily.training.run_dir import RunDir
@@ -112,9 +113,10 @@ def run_sweep(sweep: Sweep) -> list[dict]:
                 tqdm.write(f"{run.name}: failed: {one_line(error)}")
             gc.collect()
     except KeyboardInterrupt as interrupt:  # the sweep, not its run, is what to start again
+        number = RunInterrupted.of(interrupt).signal_number
         raise RunInterrupted(
-            f"interrupted; `{sweep_command(sweep)}` continues the sweep (an unfinished run from its last checkpoint, "
-            "or from the start without one)"
+            f"{stopped_on(number)}; `{sweep_command(sweep)}` continues the sweep (an unfinished run from its last "
+            "checkpoint, or from the start without one)", number,
         ) from interrupt
     finally:
         progress.close()

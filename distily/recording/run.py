@@ -42,12 +42,13 @@ from distily.data.store import (
 )
 from distily.data.tokenization_cache import tokenizer_fingerprint
 from distily.data.training_data import build_datasets
-from distily.errors import DistilyConfigError
+from distily.errors import DistilyConfigError, RunInterrupted
 from distily.evaluation.perplexity import perplexity
 from distily.models.architecture import output_vocab_size, resolve_max_seq_length, token_id_limit
 from distily.models.identity import WEIGHTS_DIGEST, local_weights_digest, teacher_identity
 from distily.models.teacher import DTYPES, from_pretrained, load_teacher, load_tokenizer, teacher_config
 from distily.models.vocab import check_tokenizer_fits
+from distily.preemption import StopSignals, stopped_on
 from distily.recording.disk_space import check_store_space
 from distily.recording.hf import HFRecorder, hidden_states_dtype
 
@@ -243,12 +244,14 @@ def _shards_to_record(writer: StoreWriter, datasets: dict[str, Dataset], shard_s
 def _record_shards(writer: StoreWriter, recorder, datasets: dict[str, Dataset], shard_size: int, pad_token_id: int,
                    state: PartialState) -> None:
     """Record the shards the store lacks. Of N processes, each records every N-th of them, and the main process lists
-    each round of N in ``progress.json`` (a recording stopped in a round is resumed from the shards listed)."""
+    each round of N in ``progress.json`` (a recording stopped in a round is resumed from the shards listed). A stop
+    signal (SIGTERM, SIGUSR1: ``distily.preemption``) on any process stops every one once the round is listed."""
     pending = _shards_to_record(writer, datasets, shard_size)
     mine = pending[state.process_index :: state.num_processes]
     total = sum(len(dataset) for dataset in datasets.values())
-    with tqdm(total=total, initial=writer.rows_done(), desc="Recording teacher", unit="seq",
-              disable=not state.is_main_process) as progress:
+    with StopSignals() as signals, signals.deferred(), tqdm(
+            total=total, initial=writer.rows_done(), desc="Recording teacher", unit="seq",
+            disable=not state.is_main_process) as progress:
         for round_index in range(math.ceil(len(pending) / state.num_processes)):
             saved = None  # this process's shard of the round: (split, index, entry)
             if round_index < len(mine):
@@ -259,10 +262,15 @@ def _record_shards(writer: StoreWriter, recorder, datasets: dict[str, Dataset], 
                 except DistilyConfigError as err:  # a row the teacher gave what cannot be stored: none written
                     raise DistilyConfigError(f"shard {shard_name(split, index)!r}: {err}") from None
                 saved = (split, index, writer.save_shard(split, index, tensors, stats))
-            for process, shard in enumerate(gather_object([saved])):
+            gathered = gather_object([(saved, signals.received or 0)])
+            for process, (shard, _) in enumerate(gathered):
                 if shard is None or not state.is_main_process:
                     continue
                 writer.list_shard(*shard)
                 if process != state.process_index:  # the main process's rows were counted as it recorded them
                     progress.update(shard[2]["rows"])
+            stop = max(number for _, number in gathered)
+            if stop:  # listed: the store resumes after this round
+                raise RunInterrupted(f"{stopped_on(stop)} between shards; those recorded are kept in "
+                                     f"{str(writer.path)!r}, the same command records the rest", stop)
 

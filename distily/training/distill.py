@@ -24,6 +24,7 @@ from distily.models.summary import architecture_summary, parameter_count
 from distily.models.vocab import check_tokenizer_fits
 from distily.objectives.objective import build_objective, check_objective
 from distily.outputs import directory_size
+from distily.preemption import StopSignals
 from distily.reporting.run import write_reports
 from distily.teachers.placement import teacher_is_sharded
 from distily.teachers.source import TeacherSource, stop_at_end_of_turn
@@ -32,6 +33,7 @@ from distily.training.checkpoints import CheckpointChecksums
 from distily.training.disk_space import check_disk
 from distily.training.guards import check_finite_weights
 from distily.training.on_policy import on_policy_batches
+from distily.training.preemption import StopAtSignal
 from distily.training.preflight import (
     check_memory, checkpointed_every_n_layers, estimate_memory, padded_row_length, parameter_shards,
 )
@@ -131,7 +133,8 @@ def _train_summary(training, train_output, seconds: float, trainer: Distillation
 
 def run_distillation(config: DistillConfig, command: Optional[str] = None) -> dict:
     """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics (as
-    ``RunMetrics.to_dict()``: metrics.json's content)."""
+    ``RunMetrics.to_dict()``: metrics.json's content). A stop signal (SIGTERM, SIGUSR1: ``distily.preemption``) in
+    training stops it with a checkpoint of the step under way; before training, at once."""
     training = config.training
     check_objective(config.objective)
     if not training.should_log:  # the main process reports for all; the others only log errors
@@ -142,14 +145,16 @@ def run_distillation(config: DistillConfig, command: Optional[str] = None) -> di
             "emulated and run many times slower than fp32; expected bf16=false on this machine"
         )
     try:
-        with output_dir_lock(training.output_dir, enabled=training.should_save):  # one run writes output_dir
-            return _distill(config, command)
-    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line saying how to go on
+        # one run writes output_dir
+        with StopSignals() as signals, output_dir_lock(training.output_dir, enabled=training.should_save):
+            return _distill(config, command, signals)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or a stop signal: one line saying how to go on
         close_progress_bars()  # what is logged while the line is composed starts a line too
-        raise RunInterrupted(interrupted(training, command)) from interrupt
+        stop = RunInterrupted.of(interrupt)
+        raise RunInterrupted(interrupted(training, command, str(stop)), stop.signal_number) from interrupt
 
 
-def _distill(config: DistillConfig, command: Optional[str]) -> dict:
+def _distill(config: DistillConfig, command: Optional[str], signals: StopSignals) -> dict:
     config = settled_config(config)  # a store's split: the run records and reports the values its rows were drawn with
     training = config.training
     resume = resolve_resume(training)
@@ -217,7 +222,7 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
         eval_dataset=data.eval,
         data_collator=collate_fn,
         processing_class=teacher.student_tokenizer,
-        callbacks=[CheckpointChecksums()],
+        callbacks=[CheckpointChecksums(), StopAtSignal(signals)],
     )
     total_steps = training.max_steps if training.max_steps > 0 else trainer.training_steps()  # by epochs: from the data
     training.check_bitnet_schedule(total_steps)
@@ -227,7 +232,8 @@ def _distill(config: DistillConfig, command: Optional[str]) -> dict:
     before = trainer.evaluate_before_training(BEFORE)
 
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    with signals.deferred():  # a stop signal ends training with a checkpoint of the step under way
+        train_output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started
     # weights that are not finite leave an unfinished run: no metrics.json
     check_finite_weights(trainer.model, written="student", process_group_device=trainer.process_group_device)

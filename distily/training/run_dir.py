@@ -618,15 +618,16 @@ def _resume_command(command: str, overwrite: bool) -> str:
     return shlex.join([*kept, "--resume_from_checkpoint", "true"])
 
 
-def interrupted(training, command: Optional[str]) -> str:
-    """What a Ctrl-C leaves, in one line: the checkpoint to resume from and the command that does it."""
+def interrupted(training, command: Optional[str], stopped: str = "interrupted") -> str:
+    """What a stopped run leaves, in one line starting with ``stopped`` (how it stopped): the checkpoint to resume
+    from and the command that does it."""
     run = RunDir(training.output_dir)
     if run.is_finished():
-        return f"interrupted after the run finished ({run.metrics} is written)"
+        return f"{stopped} after the run finished ({run.metrics} is written)"
     if run.last_checkpoint() is None:
-        return f"interrupted before the first checkpoint in {training.output_dir!r}; nothing to resume, start it again"
+        return f"{stopped} before the first checkpoint in {training.output_dir!r}; nothing to resume, start it again"
     last = str(run.last_checkpoint())
     if command is None or not command.startswith("distily distill "):  # called from Python, or by a sweep
-        return f"interrupted; the last checkpoint is {last!r}, resume_from_checkpoint=true continues it"
+        return f"{stopped}; the last checkpoint is {last!r}, resume_from_checkpoint=true continues it"
     how = _resume_command(command, training.overwrite_output_dir)
-    return f"interrupted; the last checkpoint is {last!r}, resume with: {how}"
+    return f"{stopped}; the last checkpoint is {last!r}, resume with: {how}"
