@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -590,6 +591,19 @@ def test_ctrl_c_names_the_sweep_command_that_continues_it(base, tmp_path, monkey
     command = again.group(1)
     assert started == [("true", f"{command} (run {first.name})"), (None, f"{command} (run {second.name})")]
     assert "--learning_rate 0.5" in started[0][1]  # the card's "started as" holds the sweep's flags
+
+
+def test_a_sweep_whose_run_is_preempted_exits_with_the_signal(base, tmp_path, monkeypatch, capsys):
+    """A run stopped by SIGTERM (a checkpoint of its step written) stops the sweep with 143, not Ctrl-C's 130."""
+    path = write_sweep(tmp_path, base=base, output_dir=str(tmp_path / "out"), grid={"seed": [0, 1]})
+
+    def preempted(config, command):
+        raise RunInterrupted(interrupted(config.training, command, "stopped on SIGTERM at step 1"), signal.SIGTERM)
+
+    monkeypatch.setattr(sweep_command, "run_distillation", preempted)
+    assert main(["sweep", path]) == 143
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"distily sweep: stopped on SIGTERM; `distily sweep .+` continues the sweep \(.+\)", line)
 
 
 def test_a_finished_run_with_other_settings_stops_the_sweep_and_keeps_its_results(base, tmp_path, capsys):
