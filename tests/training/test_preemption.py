@@ -63,6 +63,18 @@ def test_sigterm_saves_the_step_under_way_and_the_resumed_run_ends_with_the_unin
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
+def test_a_step_that_save_strategy_best_would_not_save_is_saved(teacher_dirs, run_values, tmp_path, monkeypatch):
+    """save_strategy=best saves an evaluated step only when it is the best: step 6's evaluation is not (the first
+    one, step 3's, is the best here), and SIGTERM in step 6 still leaves its checkpoint."""
+    best = {"eval_strategy": "steps", "eval_steps": 3, "save_strategy": "best", "metric_for_best_model": "loss",
+            "greater_is_better": True}
+    values = run_values(teacher_dirs["llama"], **RUN, **best)
+    signal_at_training_step(monkeypatch, 6, signal.SIGTERM)
+    with pytest.raises(RunInterrupted, match="^stopped on SIGTERM at step 6; the last checkpoint is .*checkpoint-6'"):
+        run_distillation(parse_config(**values))
+    assert _checkpoint_steps(values["output_dir"]) == [3, 6]
+
+
 def test_a_stop_signal_before_training_stops_at_once(teacher_dirs, run_values, tmp_path, monkeypatch):
     """SIGUSR1 in the evaluation before training: stopped there, with nothing to resume."""
     values = run_values(teacher_dirs["llama"], **RUN)
