@@ -3,7 +3,6 @@ engine with vLLM's interface (the package itself needs a GPU machine)."""
 
 import copy
 import sys
-import tempfile
 from types import SimpleNamespace
 
 import pytest
@@ -259,13 +258,10 @@ def test_the_vllm_back_end_samples_only_the_tokenizers_ids(monkeypatch):
 
 
 def test_the_vllm_back_end_refuses_a_bitnet_student_in_one_line(monkeypatch):
-    """vLLM reads the student's saved copy as its plain architecture: full-precision layers of the latent weights,
-    whose completions are not the ternary student's (read back so here: other tokens)."""
+    """vLLM has no ternary layers (transformers' bitnet quantization_config, which plain transformers now reads from
+    the student's saved copy, is no quantization method of vLLM's): it would sample from full-precision layers of the
+    latent weights, not from the student."""
     student = convert_to_bitnet(tiny_model())
-    with tempfile.TemporaryDirectory() as copy:
-        student.save_pretrained(copy)
-        as_read = AutoModelForCausalLM.from_pretrained(copy).eval()
-    assert greedy(as_read).generate(PROMPTS) != greedy(student).generate(PROMPTS)
     built = []
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(LLM=lambda **kwargs: built.append(kwargs),
                                                              SamplingParams=lambda **kwargs: kwargs))
