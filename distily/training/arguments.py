@@ -132,9 +132,9 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     debug: Union[str, list[DebugOption]] = field_of(
         TrainingArguments, "debug",
-        help="The Trainer's debug features: underflow_overflow (detect overflow in model I/O), tpu_metrics_debug (print "
-        "TPU metrics). On the command line one, joined to its flag (--debug=underflow_overflow): a bare --debug shows "
-        "an error's full traceback and takes no value; in the config file one or a list.",
+        help="The Trainer's debug features: underflow_overflow (detect overflow in model I/O), tpu_metrics_debug "
+        "(print TPU metrics). On the command line one, joined to its flag (--debug=underflow_overflow): a bare --debug "
+        "shows an error's full traceback and takes no value; in the config file one or a list.",
     )
     ddp_find_unused_parameters: Optional[bool] = field(
         default=None,

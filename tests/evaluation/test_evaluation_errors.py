@@ -102,8 +102,8 @@ def test_eval_names_the_model_it_was_given_not_a_student(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", other, "--teacher_model_name_or_path", teacher, "--eval_datasets", sets]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"distily eval: error: the tokenizer of {other!r} (400 tokens) differs from the teacher's (320 tokens): '<eos>' "
-        "is id none in it, 0 in the teacher's; expected the same tokenizer (the agreement metrics compare the two "
+        f"distily eval: error: the tokenizer of {other!r} (400 tokens) differs from the teacher's (320 tokens): "
+        "'<eos>' is id none in it, 0 in the teacher's; expected the same tokenizer (the agreement metrics compare the two "
         "models token by token)")
     assert main(["eval", narrow, "--teacher_model_name_or_path", teacher, "--eval_datasets", sets]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (

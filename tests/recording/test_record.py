@@ -346,7 +346,8 @@ def test_a_teacher_that_overflows_float16_is_refused_before_its_shard_is_written
     teacher = save_float16_overflowing_llama(tmp_path / "teacher")
     with pytest.raises(DistilyConfigError, match=r"^shard 'train-00000.safetensors': the teacher's logits of row 0 "
                        r"hold NaN or \+inf \(the teacher ran with float16 weights\); expected finite teacher outputs: "
-                       r"teacher_torch_dtype bfloat16 or float32 \(some families, such as Gemma, overflow in float16\)$"):
+                       r"teacher_torch_dtype bfloat16 or float32 \(some families, such as Gemma, overflow in "
+                       r"float16\)$"):
         _record(teacher, text_file, tmp_path, teacher_torch_dtype="float16")
     assert not list((tmp_path / "store").glob("*.safetensors*"))
 
