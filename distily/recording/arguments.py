@@ -160,9 +160,10 @@ class GenerateArguments:
     )
     generate_keep_unfinished: bool = field(
         default=False,
-        metadata={"help": "Keep responses to generate_prompts that reach generate_length without a stop token. By "
-                  "default they are dropped and counted: cut mid-answer, the chat template would close them as "
-                  "whole answers, and the student would learn to stop where the cut fell."},
+        metadata={"help": "Keep responses to generate_prompts that reach generate_length (or the teacher's last "
+                  "position) without a stop token. By default they are dropped and counted: cut mid-answer, the chat "
+                  "template would close them as whole answers, and the student would learn to stop where the cut "
+                  "fell."},
     )
     generate_temperature: float = field(
         default=1.0,

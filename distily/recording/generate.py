@@ -86,17 +86,30 @@ def write_samples(samples: list[list[int]], tokenizer: PreTrainedTokenizerBase, 
     write_dataset(datasets.Dataset.from_dict({"input_ids": samples, "text": texts}), output)
 
 
+def unfinished_counts(dropped: dict[str, int], generate_length: int, positions: Optional[int]) -> list[str]:
+    """The responses dropped without a stop token, counted by the limit they reached: ``generate_length``, or the
+    teacher's last position (where a prompt leaves fewer than ``generate_length`` positions)."""
+    at_length, counts = dropped["unfinished"] - dropped["at_positions"], []
+    if at_length or not dropped["at_positions"]:
+        counts.append(f"{at_length} without a stop token within generate_length={generate_length}")
+    if dropped["at_positions"]:
+        counts.append(f"{dropped['at_positions']} without a stop token within the teacher's {positions} positions")
+    return counts
+
+
 def every_response_dropped(dropped: dict[str, int], generate_length: int, positions: Optional[int]) -> str:
     """The error when ``teacher_responses`` kept no response: how many were dropped for each cause, and what would
-    keep them (shorter prompts for prompts that fill the teacher's positions; else a longer generate_length)."""
-    counts = [f"{dropped['empty']} empty", f"{dropped['unfinished']} without a stop token within generate_length="
-              f"{generate_length}"]
+    keep them (shorter prompts where the teacher's positions ran out; a longer generate_length where it did)."""
+    counts = [f"{dropped['empty']} empty", *unfinished_counts(dropped, generate_length, positions)]
     remedies = []
     if dropped["too_long"]:
         counts.insert(0, f"{dropped['too_long']} to prompts that fill the teacher's {positions} positions")
+    if dropped["too_long"] or dropped["at_positions"]:
         remedies.append("shorter prompts, or a teacher with more positions")
-    if dropped["empty"] or dropped["unfinished"]:
-        remedies.append("a longer generate_length, or generate_keep_unfinished=true")
+    if dropped["empty"] or dropped["unfinished"] > dropped["at_positions"]:
+        remedies.append("a longer generate_length")
+    if dropped["unfinished"]:
+        remedies.append("generate_keep_unfinished=true")
     return f"every response was dropped ({', '.join(counts)}); expected {'; or '.join(remedies)}"
 
 
@@ -156,8 +169,8 @@ def run_generation(config: GenerateConfig) -> dict:
             logger.warning(f"{dropped['too_long']} responses were dropped: their prompts fill the teacher's "
                            f"{positions} positions (shorter prompts, or a teacher with more positions, answer them)")
         if dropped["unfinished"]:
-            logger.warning(f"{dropped['unfinished']} responses reached generate_length={args.generate_length} "
-                           "without a stop token and were dropped (generate_keep_unfinished keeps them)")
+            unfinished = ", ".join(unfinished_counts(dropped, args.generate_length, positions))
+            logger.warning(f"responses were dropped: {unfinished} (generate_keep_unfinished keeps them)")
         write_dataset(datasets.Dataset.from_dict({RESPONSES_COLUMN: conversations}), args.generate_output)
         result = {"generate_output": args.generate_output, "conversations": len(conversations),
                   "too_long_dropped": dropped["too_long"], "empty_dropped": dropped["empty"],

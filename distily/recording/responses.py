@@ -5,11 +5,12 @@ formatted with the teacher's chat template (``apply_chat_template(..., add_gener
 ``chat_template`` given, and the teacher samples ``generate_num_return_sequences`` responses to it. Each response
 becomes one conversation: the prompt's turns and an ``assistant`` turn, the ``messages`` rows that ``distily
 distill`` reads as chat data. A response that is empty (the teacher stopped at once), or unfinished (no stop
-token within ``generate_length``, unless ``generate_keep_unfinished``), is dropped and counted; so are the responses
-to a prompt that fills the teacher's positions (nothing is sampled for it). A response is the teacher's text without
-its stop token and special tokens, and without what the template writes before an answer's content when it opens
-with it (``answer_opening``, found on a probe answer: gpt-oss's ``<|channel|>final<|message|>``, shown as ``final``;
-Qwen3's empty ``<think>`` block), which the template writes back when the conversation is rendered.
+token within ``generate_length`` or before the teacher's last position, unless ``generate_keep_unfinished``), is
+dropped and counted; so are the responses to a prompt that fills the teacher's positions (nothing is sampled for
+it). A response is the teacher's text without its stop token and special tokens, and without what the template
+writes before an answer's content when it opens with it (``answer_opening``, found on a probe answer: gpt-oss's
+``<|channel|>final<|message|>``, shown as ``final``; Qwen3's empty ``<think>`` block), which the template writes
+back when the conversation is rendered.
 """
 
 import dataclasses
@@ -82,8 +83,9 @@ def teacher_responses(
     """The conversations with the teacher's responses appended (``generate_num_return_sequences`` per prompt, in
     prompt order, each prompt rendered with ``template``), and the responses dropped: ``too_long`` ones (the prompt
     leaves none of the teacher's positions: nothing is sampled), ``empty`` ones, and ``unfinished`` ones (no stop
-    token within ``generate_length``: cut mid-answer, the template would close them as whole answers) unless
-    ``generate_keep_unfinished``."""
+    token within ``generate_length`` or the teacher's positions: cut mid-answer, the template would close them as
+    whole answers) unless ``generate_keep_unfinished``; ``at_positions`` counts the unfinished ones that reached the
+    teacher's last position."""
     args = config.generate
     conversations = prompt_conversations(load_prompts(config))
     # ends at its end of turn
@@ -93,7 +95,7 @@ def teacher_responses(
                              "the conversation Distily renders to find what the template writes before an answer")
     positions = max_positions(teacher.config)
     requests = []  # (conversation, prompt ids), each prompt generate_num_return_sequences times
-    answered, dropped = [], {"too_long": 0, "empty": 0, "unfinished": 0}
+    answered, dropped = [], {"too_long": 0, "empty": 0, "unfinished": 0, "at_positions": 0}
     for row, conversation in enumerate(conversations):
         ids = prompt_ids(tokenizer, conversation, template, f"generate_prompts row {row}")
         if positions is not None and len(ids) >= positions:
@@ -103,12 +105,13 @@ def teacher_responses(
     with tqdm(total=len(requests), desc="Teacher responses", unit="response") as progress:
         for start in range(0, len(requests), batch_size):
             chunk = requests[start:start + batch_size]
-            for (conversation, _), completion in zip(chunk, generator.generate([ids for _, ids in chunk])):
+            for (conversation, ids), completion in zip(chunk, generator.generate([ids for _, ids in chunk])):
                 response = without_opening(completion_text(tokenizer, completion, stops), opening)
                 if not response.strip():
                     dropped["empty"] += 1
                 elif not (completion and completion[-1] in stops) and not args.generate_keep_unfinished:
                     dropped["unfinished"] += 1
+                    dropped["at_positions"] += positions is not None and len(ids) + len(completion) >= positions
                 else:
                     answered.append(conversation + [{"role": "assistant", "content": response}])
             progress.update(len(chunk))

@@ -266,7 +266,7 @@ def test_every_response_dropped_is_a_one_line_error_and_nothing_is_written(teach
     prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "a dog"}])
     keys = values(teacher_dirs, tmp_path, prompts, generate_keep_unfinished=False, generate_length=2)
     with pytest.raises(DistilyConfigError, match=r"^every response was dropped \(0 empty, 1 without a stop token .*"
-                                                 r"expected a longer generate_length, or generate_keep_unfinished"):
+                                                 r"expected a longer generate_length; or generate_keep_unfinished"):
         run_generation(parse_generate_config(**keys))
     assert not (tmp_path / "responses.jsonl").exists()
 
@@ -306,3 +306,31 @@ def test_prompts_that_fill_the_teachers_positions_are_counted_apart_and_named(to
 def test_a_missing_prompt_file_names_generate_prompts(teacher_dirs, tmp_path):
     with pytest.raises(DistilyConfigError, match=r"^generate_prompts='./nowhere.jsonl': .* does not exist"):
         run_generation(parse_generate_config(**values(teacher_dirs, tmp_path, "./nowhere.jsonl")))
+
+
+def test_responses_cut_at_the_teachers_last_position_name_that_limit_not_generate_length(tokenizer, tmp_path, caplog,
+                                                                                          monkeypatch):
+    """generate_length 40 on a teacher of 24 positions: the responses stop at its last position, and the error said
+    they reached generate_length=40, advising a longer one; so did the warning when some response was kept."""
+    teacher = {"llama": save_tiny_model(tmp_path / "teacher", "gpt2", tokenizer, n_positions=24)}
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "a dog"}, {"prompt": "the cat"}])
+    keys = values(teacher, tmp_path, prompts, generate_length=40, generate_temperature=0,
+                  generate_keep_unfinished=False)
+    with pytest.raises(DistilyConfigError) as error:
+        run_generation(parse_generate_config(**keys))
+    assert str(error.value) == ("every response was dropped (0 empty, 2 without a stop token within the teacher's 24 "
+                                "positions); expected shorter prompts, or a teacher with more positions; or "
+                                "generate_keep_unfinished=true")
+    assert not (tmp_path / "responses.jsonl").exists()
+    open_hf = responses.open_generator
+
+    def open_generator(*args, **kwargs):  # the first answer stops, the second runs to the last position
+        generator = open_hf(*args, **kwargs)
+        generate = generator.generate
+        generator.generate = lambda prompts: [[7, generator.stop_ids[0]], generate(prompts[1:])[0]]
+        return generator
+
+    monkeypatch.setattr(responses, "open_generator", open_generator)
+    result = run_generation(parse_generate_config(**keys))
+    assert (result["conversations"], result["unfinished_dropped"]) == (1, 1)
+    assert "responses were dropped: 1 without a stop token within the teacher's 24 positions" in caplog.text
