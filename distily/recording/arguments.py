@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from transformers import TrainingArguments
 
-from distily.arguments import check_not_blank, check_seed, field_of, one_of, split_seed
+from distily.arguments import check_local_path_exists, check_not_blank, check_seed, field_of, one_of, split_seed
 from distily.errors import DistilyConfigError
 from distily.generation.arguments import SamplingSettings
 from distily.objectives.arguments import ObjectiveArguments
@@ -198,6 +198,7 @@ class GenerateArguments:
             self._check_greedy()
         if not 0.0 < self.generate_top_p <= 1.0:
             raise DistilyConfigError(f"generate_top_p={self.generate_top_p} is out of range; expected 0 < x <= 1")
+        check_local_path_exists(self.generate_prompts, "generate_prompts")
 
     def _check_greedy(self) -> None:
         """Greedy decoding answers each prompt with its one most likely response: from BOS, or several per prompt,

@@ -303,9 +303,14 @@ def test_prompts_that_fill_the_teachers_positions_are_counted_apart_and_named(to
     assert not (tmp_path / "none.jsonl").exists()
 
 
-def test_a_missing_prompt_file_names_generate_prompts(teacher_dirs, tmp_path):
-    with pytest.raises(DistilyConfigError, match=r"^generate_prompts='./nowhere.jsonl': .* does not exist"):
-        run_generation(parse_generate_config(**values(teacher_dirs, tmp_path, "./nowhere.jsonl")))
+def test_a_missing_prompt_file_is_refused_as_the_config_is_read(teacher_dirs, tmp_path, capsys):
+    """It was reported only once the teacher had loaded."""
+    with pytest.raises(DistilyConfigError, match=r"^generate_prompts='./nowhere.jsonl' does not exist; expected an "
+                                                 r"existing local path or a Hub id$"):
+        parse_generate_config(**values(teacher_dirs, tmp_path, "./nowhere.jsonl"))
+    keys = values(teacher_dirs, tmp_path, "./nowhere.jsonl")
+    assert main(["generate", *sum(([f"--{key}", str(value)] for key, value in keys.items()), [])]) == 2
+    assert "generate_prompts='./nowhere.jsonl' does not exist" in capsys.readouterr().err
 
 
 def test_responses_cut_at_the_teachers_last_position_name_that_limit_not_generate_length(tokenizer, tmp_path, caplog,
