@@ -245,7 +245,8 @@ def _record_shards(writer: StoreWriter, recorder, datasets: dict[str, Dataset], 
                    state: PartialState) -> None:
     """Record the shards the store lacks. Of N processes, each records every N-th of them, and the main process lists
     each round of N in ``progress.json`` (a recording stopped in a round is resumed from the shards listed). A stop
-    signal (SIGTERM, SIGUSR1: ``distily.preemption``) on any process stops every one once the round is listed."""
+    signal (SIGTERM, SIGUSR1: ``distily.preemption``) or a refused shard on any process stops every one once the
+    round is listed (each process exits with the refusal's line: none is left waiting for another)."""
     pending = _shards_to_record(writer, datasets, shard_size)
     mine = pending[state.process_index :: state.num_processes]
     total = sum(len(dataset) for dataset in datasets.values())
@@ -253,24 +254,33 @@ def _record_shards(writer: StoreWriter, recorder, datasets: dict[str, Dataset], 
             total=total, initial=writer.rows_done(), desc="Recording teacher", unit="seq",
             disable=not state.is_main_process) as progress:
         for round_index in range(math.ceil(len(pending) / state.num_processes)):
-            saved = None  # this process's shard of the round: (split, index, entry)
+            saved, refusal = None, None  # this process's shard of the round: (split, index, entry), or its refusal
             if round_index < len(mine):
-                split, index, rows = mine[round_index]
-                batch = collate([datasets[split][row] for row in rows], pad_token_id)  # [rows, seq], to the longest
-                try:
-                    tensors, stats = recorder.record(batch, held_out=split == "eval", progress=progress)
-                except DistilyConfigError as err:  # a row the teacher gave what cannot be stored: none written
-                    raise DistilyConfigError(f"shard {shard_name(split, index)!r}: {err}") from None
-                saved = (split, index, writer.save_shard(split, index, tensors, stats))
-            gathered = gather_object([(saved, signals.received or 0)])
-            for process, (shard, _) in enumerate(gathered):
+                saved, refusal = _record_shard(writer, recorder, datasets, mine[round_index], pad_token_id, progress)
+            gathered = gather_object([(saved, signals.received or 0, refusal)])
+            for process, (shard, _, _) in enumerate(gathered):
                 if shard is None or not state.is_main_process:
                     continue
                 writer.list_shard(*shard)
                 if process != state.process_index:  # the main process's rows were counted as it recorded them
                     progress.update(shard[2]["rows"])
-            stop = max(number for _, number in gathered)
+            refusals = [refused for _, _, refused in gathered if refused is not None]
+            if refusals:  # on every process, once the round's recorded shards are listed: none waits for another
+                raise DistilyConfigError(refusal or refusals[0])
+            stop = max(number for _, number, _ in gathered)
             if stop:  # listed: the store resumes after this round
                 raise RunInterrupted(f"{stopped_on(stop)} between shards; those recorded are kept in "
                                      f"{str(writer.path)!r}, the same command records the rest", stop)
 
+
+def _record_shard(writer: StoreWriter, recorder, datasets: dict[str, Dataset], shard: tuple, pad_token_id: int,
+                  progress) -> tuple[Optional[tuple], Optional[str]]:
+    """Record and save the ``shard`` ``(split, index, rows)``: ``((split, index, entry), None)``, or ``(None, the
+    refusal)`` where a row's teacher outputs cannot be stored, with nothing of the shard written."""
+    split, index, rows = shard
+    batch = collate([datasets[split][row] for row in rows], pad_token_id)  # [rows, seq], to the longest
+    try:
+        tensors, stats = recorder.record(batch, held_out=split == "eval", progress=progress)
+    except DistilyConfigError as err:
+        return None, f"shard {shard_name(split, index)!r}: {err}"
+    return (split, index, writer.save_shard(split, index, tensors, stats)), None

@@ -3,6 +3,7 @@ the store is the one 1 process writes, also when it resumes a recording 1 proces
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from distily.config import parse_record_config
-from distily.data.store import MANIFEST
+from distily.data.store import MANIFEST, PROGRESS
 from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
 from store_values import store_values
@@ -26,6 +27,25 @@ def counted(self, rows, *args, **kwargs):
     sys.stdout.flush()
     return record(self, rows, *args, **kwargs)
 HFRecorder.record = counted
+sys.exit(main(["record", sys.argv[1]]))
+"""
+
+NAN_ON_RANK_1 = """
+import math, os, sys
+from distily.cli import main
+from distily.recording.hf import HFRecorder
+record = HFRecorder.record
+def last_row_nan(module, inputs, output):
+    output.logits[-1].fill_(math.nan)
+def nan_on_rank_1(self, *args, **kwargs):
+    if os.environ["RANK"] != "1":
+        return record(self, *args, **kwargs)
+    hook = self.teacher.register_forward_hook(last_row_nan)
+    try:
+        return record(self, *args, **kwargs)
+    finally:
+        hook.remove()
+HFRecorder.record = nan_on_rank_1
 sys.exit(main(["record", sys.argv[1]]))
 """
 
@@ -78,3 +98,53 @@ def test_two_processes_record_the_store_one_process_records(teacher_dirs, text_f
         run_recording(parse_record_config(**resumed))
     assert _record_on_two(resumed, tmp_path).count("recorded 8 rows") == 2
     assert _store(resumed) == _store(one)
+
+
+def _launch_each(script: Path, config: Path) -> list[subprocess.CompletedProcess]:
+    """``script config`` on 2 processes launched one by one, as on 2 machines, where no launcher stops the others
+    when one exits (torchrun on one machine does); each given 120 s, so that a hang fails the test."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    launched = [subprocess.Popen([sys.executable, str(script), str(config)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(2)]
+    done = []
+    for process in launched:
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for each in launched:
+                each.kill()
+            raise
+        done.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return done
+
+
+@pytest.mark.slow
+def test_a_shard_refused_on_one_process_stops_every_process_with_its_line(teacher_dirs, text_file, tmp_path):
+    """The teacher's logits NaN on the second process only, in its first shard: it refused and exited while the
+    first waited for it in the round's gather, which ended in gloo's "Connection closed by peer" traceback (exit 1;
+    NCCL, blind to a peer's exit, waits for its timeout), the first process's shard written but not listed. Now the
+    refusal is gathered with the round's shards: both processes exit with its line, the first's shard listed,
+    nothing of the refused one written, and the same command resumes to the store an uninterrupted recording
+    writes."""
+    one = store_values(teacher_dirs["llama"], text_file, tmp_path / "one")
+    run_recording(parse_record_config(**one))
+    two = {**one, "teacher_store": str(tmp_path / "two" / "store")}
+    config, script = tmp_path / "record.yaml", tmp_path / "nan_on_rank_1.py"
+    config.write_text(yaml.safe_dump({key: value for key, value in two.items() if key != "output_dir"}))
+    script.write_text(NAN_ON_RANK_1)
+    line = ("distily record: error: shard 'train-00001.safetensors': the teacher's logits of row 7 hold NaN or +inf "
+            "(the teacher ran with float32 weights); expected finite teacher outputs: a teacher whose weights are "
+            "finite")
+    for done in _launch_each(script, config):
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.splitlines()[-1] == line
+    store = Path(two["teacher_store"])
+    assert sorted(path.name for path in store.glob("*.safetensors*")) == ["train-00000.safetensors"]
+    assert list(json.loads((store / PROGRESS).read_text())["shards"]["train"]) == ["0"]
+    run_recording(parse_record_config(**two))
+    assert _store(two) == _store(one)
