@@ -746,8 +746,16 @@ def test_bad_export(args, expected, teacher_dirs, capsys):
 
 
 def test_export_of_a_missing_run_dir(tmp_path, capsys):
+    """A folder that does not exist is named so (it was said to have no config.json); a file is not a folder; a folder
+    without a checkpoint has no config.json."""
     assert main(["export", str(tmp_path / "nothing"), "--format", "packed"]) == 2
-    assert "has no config.json" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == (f"distily export: error: run directory '{tmp_path / 'nothing'}' does "
+                                               "not exist; expected a run's output_dir (a saved student checkpoint)")
+    (tmp_path / "file").write_text("")
+    assert main(["export", str(tmp_path / "file"), "--format", "packed"]) == 2
+    assert f"run directory '{tmp_path / 'file'}' is not a directory; expected" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--format", "packed"]) == 2
+    assert f"run directory '{tmp_path}' has no config.json; expected" in capsys.readouterr().err
 
 
 def test_ctrl_c_during_training_is_one_line_with_the_resume_command(tmp_path, teacher_dirs, run_values, capsys,

@@ -54,6 +54,10 @@ def export_run(run_dir: str | Path, format: str, output: str | Path | None = Non
         raise DistilyConfigError(
             f"export format '{format}' is not supported; expected one of {', '.join(EXPORT_FORMATS)}"
         )
+    if not run_dir.is_dir():
+        what = "is not a directory" if run_dir.exists() else "does not exist"
+        raise DistilyConfigError(f"run directory '{run_dir}' {what}; expected a run's output_dir (a saved student "
+                                 "checkpoint)")
     if not (run_dir / "config.json").is_file():
         raise DistilyConfigError(f"run directory '{run_dir}' has no config.json; expected a saved student checkpoint")
     output = Path(output) if output is not None else default_output(run_dir, format, qtype)
