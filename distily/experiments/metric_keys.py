@@ -24,6 +24,7 @@ from distily.metrics import (
 )
 from distily.models.bitnet import BitNetOptions
 from distily.models.summary import ACTIVE_PARAMETERS, SHAPE_KEYS
+from distily.objectives.router import ROUTER_AUX
 
 NUMBERS = (int, float, Optional[int], Optional[float])
 TRAINER_FIGURES = ("epoch", "num_input_tokens_seen")  # the Trainer's log adds them to its metrics
@@ -57,9 +58,15 @@ def _speed_figures(stage: str) -> list[str]:
 
 
 def _component_names(config: DistillConfig) -> list[str]:
-    """The objective's components that run: those whose ``<name>_weight`` is above 0."""
-    return [item.name.removesuffix("_weight") for item in dataclasses.fields(config.objective)
-            if item.name.endswith("_weight") and getattr(config.objective, item.name) > 0]
+    """The objective's components that run: those whose ``<name>_weight`` is above 0, and a mixture-of-experts
+    student's router loss where ``student_config_overrides`` asks for router logits (``router_aux_weight``) and sets
+    no ``router_aux_loss_coef`` of 0. A saved config that asks for them itself (the teacher's, a student's) is not
+    read: the metric is checked before any model's files are, and a Hub id's would need the network."""
+    weighted = [item.name.removesuffix("_weight") for item in dataclasses.fields(config.objective)
+                if item.name.endswith("_weight") and getattr(config.objective, item.name) > 0]
+    overrides = config.model.student_config_overrides or {}
+    router = overrides.get("output_router_logits") and overrides.get("router_aux_loss_coef") != 0
+    return [*weighted, *([ROUTER_AUX] if router else [])]
 
 
 def _evaluated(config: DistillConfig, metrics: tuple[str, ...]) -> list[str]:

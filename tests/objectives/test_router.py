@@ -6,7 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from distily.config import parse_config
 from distily.errors import DistilyConfigError
+from distily.experiments.metric_keys import metric_keys
+from distily.models.student import student_config
 from distily.objectives.arguments import ObjectiveArguments
 from distily.objectives.objective import build_objective
 from distily.teachers.cross_tokenizer import CrossTokenizerTeacher
@@ -57,3 +60,19 @@ def test_a_cross_tokenizer_run_keeps_the_students_router_loss():
     objective = build_objective(ObjectiveArguments(logits_weight=0, hard_label_weight=1), student_config=config)
     assert "router_aux" in objective.components
     CrossTokenizerTeacher.check_objective(None, objective)
+
+
+@pytest.mark.parametrize("overrides, ranked", [
+    ({"output_router_logits": True}, True), ({}, False),
+    ({"output_router_logits": True, "router_aux_loss_coef": 0.0}, False),
+])
+def test_a_sweep_can_rank_by_the_router_loss_where_the_run_asks_for_it(overrides, ranked):
+    """A sweep refused student.after_loss_router_aux as a metric no run measures: the metrics.json keys were read from
+    the weight options alone. Every component the run's objective logs is a key a sweep can rank by."""
+    config = parse_config(teacher_model_name_or_path="gpt2", dataset_name="data.jsonl", output_dir="out",
+                          student_config_overrides=overrides)
+    student = student_config(config.model, tiny_config("mixtral"))  # the student of a Mixtral teacher
+    objective = build_objective(config.objective, student_config=student)
+    keys = set(metric_keys(config))
+    assert {f"student.{stage}_loss_{name}" for name in objective.components for stage in ("before", "after")} <= keys
+    assert ("student.after_loss_router_aux" in keys) == ranked == ("router_aux" in objective.components)
