@@ -74,7 +74,7 @@ class ModelArguments(TeacherArguments):
             "embeddings, final norm and LM head where shapes match); 'pruned' copies them too, keeping of a narrower "
             "student's widths the teacher's most important MLP neurons, attention heads (whole KV groups) and hidden "
             "channels by its activations on the first training rows (Minitron; Llama, Mistral, Qwen2, Qwen3, Gemma "
-            "1-3 text); 'random' keeps the random init."
+            "1-3 text, Phi-3); 'random' keeps the random init."
         },
     )
     pruning_calibration_samples: int = field(

@@ -14,7 +14,8 @@ Each is aggregated over tokens as Minitron found best: the L2 norm over a row's 
 the mean over rows. With grouped-query attention whole KV groups are kept (a group's importance is the sum of its
 query heads'), and inside each kept group its most important query heads, so each student group holds
 ``num_attention_heads / num_key_value_heads`` query heads; ``head_dim`` is kept. Kept units stay in the teacher's
-order, so a student of the teacher's width is the teacher-initialised student exactly.
+order, so a student of the teacher's width is the teacher-initialised student exactly. A fused projection (Phi-3's
+``qkv_proj``, ``gate_up_proj``) is cut part by part, each part as the weight it fuses (``LAYER_AXES``).
 """
 
 import logging
@@ -36,15 +37,19 @@ from distily.models.arguments import ModelArguments
 logger = logging.getLogger(__name__)
 
 # architectures with Llama's module layout: q/k/v/o_proj, gate/up/down_proj and RMSNorm weights over the hidden width
-PRUNABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+# (Phi-3's fuses q/k/v_proj into qkv_proj and gate/up_proj into gate_up_proj)
+PRUNABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
 CHANNELS, NEURONS, HEADS, GROUPS = "channels", "neurons", "heads", "groups"
-# what each dimension of a decoder layer's weight indexes (its rows first), by the name of the module holding it;
+# what each dimension of a decoder layer's weight indexes (its rows first), by the name of the module holding it: one
+# kind of unit, or a tuple of kinds where the dimension holds each kind's rows in turn (a fused projection's);
 # every other module whose name ends in "layernorm" is a norm over the hidden channels
 LAYER_AXES = {
     "q_proj": (HEADS, CHANNELS), "k_proj": (GROUPS, CHANNELS), "v_proj": (GROUPS, CHANNELS),
     "o_proj": (CHANNELS, HEADS),
     "gate_proj": (NEURONS, CHANNELS), "up_proj": (NEURONS, CHANNELS), "down_proj": (CHANNELS, NEURONS),
     "q_norm": (None,), "k_norm": (None,),  # Qwen3's and Gemma 3's norms over head_dim: kept whole
+    # Phi-3's: the query heads' rows, the KV groups' keys', their values'; the gate's rows, the up projection's
+    "qkv_proj": ((HEADS, GROUPS, GROUPS), CHANNELS), "gate_up_proj": ((NEURONS, NEURONS), CHANNELS),
 }
 # the sizes a pruned student may make smaller, as its config names them
 PRUNED_SIZES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
@@ -73,7 +78,7 @@ class Importance:
 
 
 def check_prunable(teacher: PretrainedConfig, student: PretrainedConfig) -> None:
-    """A student pruned from ``teacher``: of an architecture with Llama's layout, no size larger than the
+    """A student pruned from ``teacher``: of an architecture with Llama's layout (or Phi-3's), no size larger than the
     teacher's, the teacher's head_dim, and no more KV groups or query heads per group than the teacher has."""
     if teacher.model_type not in PRUNABLE_MODEL_TYPES:
         raise DistilyConfigError(
@@ -205,23 +210,28 @@ def kept_heads(scores: torch.Tensor, teacher_groups: int, groups: int,
     return torch.cat(heads), kept_groups
 
 
-def _rows(units: torch.Tensor, width: int) -> torch.Tensor:
-    """The rows of a projection of ``width`` rows per unit (a head's head_dim) for the kept ``units``."""
-    return (units[:, None] * width + torch.arange(width)).flatten()
+def _mask(kept: torch.Tensor, count: int) -> torch.Tensor:
+    """Which of ``count`` units are ``kept`` (indices): a bool [count]."""
+    return torch.zeros(count, dtype=torch.bool).index_fill_(0, kept, True)
 
 
-def kept_indices(importance: Importance, teacher: PretrainedConfig, student: PretrainedConfig,
+def kept_channels(importance: Importance, teacher: PretrainedConfig, student: PretrainedConfig) -> torch.Tensor:
+    """Which of the teacher's hidden channels the student keeps (a bool [teacher hidden_size])."""
+    return _mask(top(importance.channels, student.hidden_size), teacher.hidden_size)
+
+
+def kept_units(importance: Importance, teacher: PretrainedConfig, student: PretrainedConfig,
                  layer: int) -> dict[str, torch.Tensor]:
-    """What the student keeps of teacher layer ``layer``, by what a weight's dimension indexes (``LAYER_AXES``):
-    hidden channels, neurons, and the rows of the kept query heads and KV groups."""
+    """What the student keeps of teacher layer ``layer``, by what a weight's dimension indexes (``LAYER_AXES``): which
+    hidden channels, neurons, and rows of the query heads and of the KV groups (bool masks over the teacher's)."""
     heads, groups = kept_heads(importance.heads[layer], teacher.num_key_value_heads, student.num_key_value_heads,
                                student.num_attention_heads // student.num_key_value_heads)
     head_dim = _head_dim(teacher)
     return {
-        CHANNELS: top(importance.channels, student.hidden_size),
-        NEURONS: top(importance.neurons[layer], student.intermediate_size),
-        HEADS: _rows(heads, head_dim),
-        GROUPS: _rows(groups, head_dim),
+        CHANNELS: kept_channels(importance, teacher, student),
+        NEURONS: _mask(top(importance.neurons[layer], student.intermediate_size), teacher.intermediate_size),
+        HEADS: _mask(heads, teacher.num_attention_heads).repeat_interleave(head_dim),
+        GROUPS: _mask(groups, teacher.num_key_value_heads).repeat_interleave(head_dim),
     }
 
 
@@ -232,14 +242,17 @@ def _axes(name: str) -> tuple:
         return LAYER_AXES[module]
     if module.endswith("layernorm"):
         return (CHANNELS,)
-    raise DistilyConfigError(f"student_init=pruned does not know how to prune {name}; expected Llama's layout")
+    raise DistilyConfigError(f"student_init=pruned does not know how to prune {name}; expected Llama's or Phi-3's "
+                             "layout")
 
 
 def sliced(tensor: torch.Tensor, axes: tuple, kept: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``tensor`` with each dimension cut to the kept units of what ``axes`` says it indexes."""
+    """``tensor`` with each dimension cut to the kept units of what ``axes`` says it indexes: of one kind, or of
+    several kinds' units in turn (each kind's mask in ``kept``, joined)."""
     for dim, axis in enumerate(axes[:tensor.dim()]):
         if axis is not None:
-            tensor = tensor.index_select(dim, kept[axis].to(tensor.device))
+            mask = torch.cat([kept[kind] for kind in ((axis,) if isinstance(axis, str) else axis)])
+            tensor = tensor.index_select(dim, mask.nonzero().squeeze(1).to(tensor.device))
     return tensor
 
 
@@ -251,11 +264,11 @@ def prune_into(teacher: PreTrainedModel, student: PreTrainedModel, layers: list[
     teacher_params = dict(teacher.state_dict())
     with torch.no_grad():
         for block, index in zip(decoder_layers(student), layers):
-            kept = kept_indices(importance, teacher_config, student_config, index)
+            kept = kept_units(importance, teacher_config, student_config, index)
             source = decoder_layers(teacher)[index].state_dict()
             for name, param in block.state_dict().items():
                 param.copy_(sliced(source[name], _axes(name), kept))
-        channels = {CHANNELS: top(importance.channels, student_config.hidden_size)}
+        channels = {CHANNELS: kept_channels(importance, teacher_config, student_config)}
         written = {param.data_ptr() for param in decoder_layers(student).state_dict().values()}
         for name, param in student.state_dict().items():
             if param.data_ptr() in written:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import (
-    AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GemmaConfig, MistralConfig,
+    AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GemmaConfig, MistralConfig, Phi3Config,
 )
 
 from store_values import store_values
@@ -26,19 +26,38 @@ from distily.training.distill import run_distillation
 
 NARROW = {"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 2, "num_key_value_heads": 1}
 GEMMAS = {"gemma": GemmaConfig, "gemma2": Gemma2Config, "gemma3_text": Gemma3TextConfig, "mistral": MistralConfig}
-PRUNABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
+PRUNABLE = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"]
+# partial rotary as in Phi-4-mini (a Phi-3 model), with longrope: the first half of each head's dimensions rotated
+PHI3_ROPE = {"rope_type": "longrope", "partial_rotary_factor": 0.5, "rope_theta": 10000.0,
+             "short_factor": [1.0, 1.5, 2.0, 4.0], "long_factor": [2.0, 3.0, 4.0, 8.0]}
 
 
 def teacher_of(arch: str):
     """A tiny teacher: 4 layers, width 64, 4 heads of 16 in 2 KV groups, MLP 128."""
     torch.manual_seed(0)
+    shape = dict(num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=256, initializer_range=0.2)
     if arch in GEMMAS:
-        config = GEMMAS[arch](num_hidden_layers=4, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                              head_dim=16, intermediate_size=128, vocab_size=VOCAB, max_position_embeddings=256,
-                              initializer_range=0.2)
+        config = GEMMAS[arch](head_dim=16, **shape)
+    elif arch == "phi3":
+        config = Phi3Config(original_max_position_embeddings=64, rope_parameters=dict(PHI3_ROPE), pad_token_id=0,
+                            bos_token_id=0, eos_token_id=0, **shape)
     else:
         config = tiny_config(arch)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def weights(layer) -> dict[str, torch.Tensor]:
+    """A decoder layer's weights by module name (q_proj, ..., input_layernorm); Phi-3's q/k/v_proj and gate/up_proj
+    are views of its fused qkv_proj (the query heads' rows, the keys', the values') and gate_up_proj (the gate's rows,
+    the up projection's), split as modeling_phi3 splits their outputs."""
+    found = {name.rsplit(".", 1)[-1]: module.weight for name, module in layer.named_modules()
+             if isinstance(getattr(module, "weight", None), torch.Tensor)}
+    if "qkv_proj" in found:
+        keys, fused = layer.self_attn.num_key_value_heads * layer.self_attn.head_dim, found.pop("qkv_proj")
+        found.update(zip(("q_proj", "k_proj", "v_proj"), fused.split([len(fused) - 2 * keys, keys, keys])))
+        found.update(zip(("gate_proj", "up_proj"), found.pop("gate_up_proj").chunk(2)))
+    return found
 
 
 def calibration_rows(count: int = 6, seed: int = 1) -> list[dict]:
@@ -102,10 +121,12 @@ def best(scores, count: int) -> list[int]:
     return sorted(sorted(range(len(scores)), key=lambda i: -float(scores[i]))[:count])
 
 
-def test_the_kept_weights_are_the_teachers_slices_of_the_most_important_units():
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_the_kept_weights_are_the_teachers_slices_of_the_most_important_units(arch):
     """Student of 2 layers from teacher layers 0 and 3, width 32 of 64, MLP 48 of 128, 2 heads in 1 KV group of 4
-    heads in 2: each weight is the teacher's, indexed by a ranking computed independently (rows run one by one)."""
-    teacher, rows = teacher_of("llama"), calibration_rows()
+    heads in 2: each weight is the teacher's, indexed by a ranking computed independently (rows run one by one);
+    Phi-3's fused weights are checked part by part."""
+    teacher, rows = teacher_of(arch), calibration_rows()
     student = pruned(teacher, rows, num_hidden_layers=2, **NARROW)
     reference = reference_importance(teacher, rows, [0, 3])
     channels = best(reference["channels"], 32)
@@ -114,52 +135,54 @@ def test_the_kept_weights_are_the_teachers_slices_of_the_most_important_units():
         assert torch.equal(student.state_dict()[key], teacher_state[key][:, channels])
     assert torch.equal(student.model.norm.weight, teacher.model.norm.weight[channels])
     for block, index in zip(decoder_layers(student), [0, 3]):
-        source = decoder_layers(teacher)[index]
+        source = weights(decoder_layers(teacher)[index])
         neurons = best(reference[("neurons", index)], 48)
         heads = reference[("heads", index)]
         group = best(heads.view(2, 2).sum(dim=1), 1)[0]
         kept_heads = [2 * group + head for head in best(heads.view(2, 2)[group], 2)]
         rows_of = lambda units: [unit * 16 + i for unit in units for i in range(16)]  # noqa: E731
         expected = {
-            "self_attn.q_proj.weight": source.self_attn.q_proj.weight[rows_of(kept_heads)][:, channels],
-            "self_attn.k_proj.weight": source.self_attn.k_proj.weight[rows_of([group])][:, channels],
-            "self_attn.v_proj.weight": source.self_attn.v_proj.weight[rows_of([group])][:, channels],
-            "self_attn.o_proj.weight": source.self_attn.o_proj.weight[channels][:, rows_of(kept_heads)],
-            "mlp.gate_proj.weight": source.mlp.gate_proj.weight[neurons][:, channels],
-            "mlp.up_proj.weight": source.mlp.up_proj.weight[neurons][:, channels],
-            "mlp.down_proj.weight": source.mlp.down_proj.weight[channels][:, neurons],
-            "input_layernorm.weight": source.input_layernorm.weight[channels],
-            "post_attention_layernorm.weight": source.post_attention_layernorm.weight[channels],
+            "q_proj": source["q_proj"][rows_of(kept_heads)][:, channels],
+            "k_proj": source["k_proj"][rows_of([group])][:, channels],
+            "v_proj": source["v_proj"][rows_of([group])][:, channels],
+            "o_proj": source["o_proj"][channels][:, rows_of(kept_heads)],
+            "gate_proj": source["gate_proj"][neurons][:, channels],
+            "up_proj": source["up_proj"][neurons][:, channels],
+            "down_proj": source["down_proj"][channels][:, neurons],
+            "input_layernorm": source["input_layernorm"][channels],
+            "post_attention_layernorm": source["post_attention_layernorm"][channels],
         }
-        state = block.state_dict()
+        state = weights(block)
         assert set(state) == set(expected)
+        assert sum(value.numel() for value in state.values()) == sum(param.numel() for param in block.parameters())
         for name, value in expected.items():
             assert torch.equal(state[name], value), (index, name)
 
 
-def test_dead_neurons_heads_and_channels_are_the_ones_pruned():
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_dead_neurons_heads_and_channels_are_the_ones_pruned(arch):
     """Zeroed in the teacher: the gate rows of 64 neurons per layer (their activation is 0), the value rows of KV
     group 0 (its heads output 0) and the norm weights of 32 hidden channels (every norm outputs 0 there). The student
     keeps exactly the others."""
-    teacher = teacher_of("llama")
+    teacher = teacher_of(arch)
     dead_neurons, dead_channels = list(range(0, 128, 2)), list(range(1, 64, 2))
     with torch.no_grad():
-        for layer in decoder_layers(teacher):
-            layer.mlp.gate_proj.weight[dead_neurons] = 0
-            layer.self_attn.v_proj.weight[:16] = 0
-            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
-                norm.weight[dead_channels] = 0
+        for layer in map(weights, decoder_layers(teacher)):
+            layer["gate_proj"][dead_neurons] = 0
+            layer["v_proj"][:16] = 0
+            for norm in ("input_layernorm", "post_attention_layernorm"):
+                layer[norm][dead_channels] = 0
         teacher.model.norm.weight[dead_channels] = 0
     student = pruned(teacher, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1)
     live_channels, live_neurons = list(range(0, 64, 2)), list(range(1, 128, 2))
     assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight[:, live_channels])
-    for block, source in zip(decoder_layers(student), decoder_layers(teacher)):
-        assert torch.equal(block.mlp.up_proj.weight, source.mlp.up_proj.weight[live_neurons][:, live_channels])
-        assert torch.equal(block.self_attn.k_proj.weight, source.self_attn.k_proj.weight[16:, live_channels])
-        assert torch.equal(block.self_attn.q_proj.weight, source.self_attn.q_proj.weight[32:, live_channels])
+    for block, source in zip(map(weights, decoder_layers(student)), map(weights, decoder_layers(teacher))):
+        assert torch.equal(block["up_proj"], source["up_proj"][live_neurons][:, live_channels])
+        assert torch.equal(block["k_proj"], source["k_proj"][16:, live_channels])
+        assert torch.equal(block["q_proj"], source["q_proj"][32:, live_channels])
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3_text", "phi3"])
 @pytest.mark.parametrize("kv_heads", [2, 1])
 def test_each_kept_query_head_keeps_its_own_kv_group(arch, kv_heads):
     """4 heads in 2 KV groups pruned to 2 heads in 2 groups (one query head of each) or in 1 (two of one): each
@@ -168,23 +191,22 @@ def test_each_kept_query_head_keeps_its_own_kv_group(arch, kv_heads):
     student = pruned(teacher, num_attention_heads=2, num_key_value_heads=kv_heads, hidden_size=32)
     channels = kept_channels(teacher, student)
     per_group = 2 // kv_heads
-    for block, source in zip(decoder_layers(student), decoder_layers(teacher)):
-        teacher_heads = [teacher_head(source.self_attn.q_proj.weight[:, channels], block.self_attn.q_proj.weight, head)
-                         for head in range(2)]
+    for block, source in zip(map(weights, decoder_layers(student)), map(weights, decoder_layers(teacher))):
+        teacher_heads = [teacher_head(source["q_proj"][:, channels], block["q_proj"], head) for head in range(2)]
         for head, taken in enumerate(teacher_heads):
             group, taken_group = slice(head // per_group * 16, (head // per_group + 1) * 16), taken // 2
             for name in ("k_proj", "v_proj"):
-                teacher_rows = getattr(source.self_attn, name).weight[taken_group * 16:(taken_group + 1) * 16]
-                assert torch.equal(getattr(block.self_attn, name).weight[group], teacher_rows[:, channels])
+                teacher_rows = source[name][taken_group * 16:(taken_group + 1) * 16]
+                assert torch.equal(block[name][group], teacher_rows[:, channels])
         assert len({taken // 2 for taken in teacher_heads}) == kv_heads
 
 
 def kept_channels(teacher, student) -> list[int]:
     """The teacher's hidden channels the student kept: the columns of its first gate_proj (all neurons kept) the
     student's are."""
-    columns = decoder_layers(teacher)[0].mlp.gate_proj.weight.T
+    columns = weights(decoder_layers(teacher)[0])["gate_proj"].T
     return [next(i for i, column in enumerate(columns) if torch.equal(column, kept))
-            for kept in decoder_layers(student)[0].mlp.gate_proj.weight.T]
+            for kept in weights(decoder_layers(student)[0])["gate_proj"].T]
 
 
 def teacher_head(teacher_query, student_query, head: int) -> int:
@@ -193,11 +215,14 @@ def teacher_head(teacher_query, student_query, head: int) -> int:
     return next(h for h in range(4) if torch.equal(teacher_query[h * 16:(h + 1) * 16], rows))
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"])
 def test_a_pruned_student_reloads_in_plain_transformers_with_the_same_logits(arch, tmp_path):
-    student = pruned(teacher_of(arch), num_hidden_layers=3, **NARROW).eval()
+    """And with the teacher's rotary settings (Phi-3's: longrope over half of each head's dimensions)."""
+    teacher = teacher_of(arch)
+    student = pruned(teacher, num_hidden_layers=3, **NARROW).eval()
     student.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.rope_parameters == teacher.config.rope_parameters
     ids = torch.tensor([[3, 7, 11, 19, 5, 2]])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, student(ids).logits, rtol=0, atol=0)
@@ -278,8 +303,7 @@ BAD = [
      "student num_key_value_heads=2 does not divide num_attention_heads=3"),
     ("llama", {"num_key_value_heads": 1}, "the student's 4 query heads per KV head exceed the teacher's 2"),
     ("gpt2", {"n_embd": 32}, "student_init=pruned does not support a gpt2 teacher; expected one of llama, mistral"),
-    ("phi3", {"hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 2},
-     "student_init=pruned does not support a phi3 teacher"),
+    ("phi3", {"num_key_value_heads": 2}, "the student's 2 query heads per KV head exceed the teacher's 1"),
 ]
 
 
