@@ -148,18 +148,25 @@ class LiveTeacher(TeacherSource):
         """The evaluator's metrics of ``student``, once the teacher is found finite: its own held-out loss on each set
         (in its own dtype), and its outputs in the evaluation's losses just computed (under the run's autocast, as in
         training; on every process). A teacher whose logits hold NaN or +inf stops the run at the evaluation before
-        training, before any step (a masked column's -inf logit leaves both finite)."""
+        training, before any step (a masked column's -inf logit leaves both finite), on every process together: one
+        that stopped alone would leave the others waiting in their next collective."""
         metrics = self._evaluator(student)
-        teacher_metrics = self._evaluator.teacher_metrics()
-        for name in self._evaluator.eval_sets:
-            loss = teacher_metrics[metric_key(name, "lm_loss")]
-            if not math.isfinite(loss):
-                raise DistilyConfigError(nonfinite_message(
-                    f"the teacher's held-out loss on eval set {name!r} is {loss}: its logits", self.model.dtype
-                ))
+        nonfinite_loss = self._nonfinite_heldout_loss()
+        if on_any_process(nonfinite_loss is not None, self.process_group_device):
+            raise DistilyConfigError(nonfinite_message(
+                nonfinite_loss or "the teacher's held-out loss on another process: its logits", self.model.dtype
+            ))
         if on_any_process(self.nonfinite_outputs.take(), self.process_group_device):
             raise DistilyConfigError(self.nonfinite_outputs.message("the teacher's outputs in the evaluation's losses"))
         return metrics
+
+    def _nonfinite_heldout_loss(self) -> Optional[str]:
+        """The teacher's first held-out loss (its own, on an eval set) that is not finite, in words; None if all
+        are."""
+        teacher_metrics = self._evaluator.teacher_metrics()
+        losses = {name: teacher_metrics[metric_key(name, "lm_loss")] for name in self._evaluator.eval_sets}
+        return next((f"the teacher's held-out loss on eval set {name!r} is {loss}: its logits"
+                     for name, loss in losses.items() if not math.isfinite(loss)), None)
 
     def own_metrics(self) -> Evaluation:
         return Evaluation(self._evaluator.teacher_metrics())

@@ -3,7 +3,6 @@ the store is the one 1 process writes, also when it resumes a recording 1 proces
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from distily.config import parse_record_config
 from distily.data.store import MANIFEST, PROGRESS
 from distily.recording.hf import HFRecorder
 from distily.recording.run import run_recording
+from launch_each import launch_each
 from store_values import store_values
 
 COUNTING = """
@@ -100,29 +100,6 @@ def test_two_processes_record_the_store_one_process_records(teacher_dirs, text_f
     assert _store(resumed) == _store(one)
 
 
-def _launch_each(script: Path, config: Path) -> list[subprocess.CompletedProcess]:
-    """``script config`` on 2 processes launched one by one, as on 2 machines, where no launcher stops the others
-    when one exits (torchrun on one machine does); each given 120 s, so that a hang fails the test."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    base = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
-    launched = [subprocess.Popen([sys.executable, str(script), str(config)], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True,
-                                 env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(2)]
-    done = []
-    for process in launched:
-        try:
-            stdout, stderr = process.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            for each in launched:
-                each.kill()
-            raise
-        done.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
-    return done
-
-
 @pytest.mark.slow
 def test_a_shard_refused_on_one_process_stops_every_process_with_its_line(teacher_dirs, text_file, tmp_path):
     """The teacher's logits NaN on the second process only, in its first shard: it refused and exited while the
@@ -140,7 +117,7 @@ def test_a_shard_refused_on_one_process_stops_every_process_with_its_line(teache
     line = ("distily record: error: shard 'train-00001.safetensors': the teacher's logits of row 7 hold NaN or +inf "
             "(the teacher ran with float32 weights); expected finite teacher outputs: a teacher whose weights are "
             "finite")
-    for done in _launch_each(script, config):
+    for done in launch_each(script, str(config)):
         assert done.returncode == 2, done.stderr[-3000:]
         assert done.stderr.splitlines()[-1] == line
     store = Path(two["teacher_store"])

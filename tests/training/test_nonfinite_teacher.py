@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+import yaml
 
 from distily.config import parse_config
 from distily.errors import DistilyConfigError
@@ -11,9 +12,25 @@ from distily.teachers.live import LiveTeacher
 from distily.training.distill import run_distillation
 from distily.training.guards import NonFiniteStepGuard
 from distily.training.trainer import DistillationTrainer
+from launch_each import launch_each
 from tiny import save_float16_overflowing_llama
 
 FLOAT16_FIX = r"teacher_torch_dtype bfloat16 or float32 \(some families, such as Gemma, overflow in float16\)"
+
+NAN_ON_RANK_1 = """
+import math, os, sys
+from distily.cli import main
+from distily.teachers.live import LiveTeacher
+prepare = LiveTeacher.prepare
+def nan_norm(module, inputs, output):
+    output.fill_(math.nan)
+def prepare_nan_on_rank_1(self, accelerator):
+    prepare(self, accelerator)
+    if os.environ["RANK"] == "1":
+        self.model.model.norm.register_forward_hook(nan_norm)
+LiveTeacher.prepare = prepare_nan_on_rank_1
+sys.exit(main(["distill", sys.argv[1]]))
+"""
 
 
 def test_nan_and_positive_inf_are_flagged_and_a_masked_columns_negative_inf_is_not():
@@ -124,3 +141,21 @@ def test_a_teacher_not_finite_in_the_evaluations_losses_stops_the_run_before_any
     with pytest.raises(DistilyConfigError, match=r"^the teacher's outputs in the evaluation's losses hold NaN or "
                        r"\+inf \(the teacher ran with float32 weights\)"):
         run_distillation(parse_config(**values))
+
+
+@pytest.mark.slow
+def test_a_teacher_not_finite_on_one_process_stops_every_process_before_any_step(teacher_dirs, run_values, tmp_path):
+    """The teacher's logits NaN on the second process only: its held-out loss stopped that process alone while the
+    first waited for it in the next all-reduce, which ended in gloo's "Connection closed by peer" traceback (exit 1;
+    NCCL, blind to a peer's exit, waits for its timeout). Now the processes agree first: each exits with a line."""
+    values = run_values(teacher_dirs["llama"], student_config_overrides={"num_hidden_layers": 2})
+    config, script = tmp_path / "distill.yaml", tmp_path / "nan_on_rank_1.py"
+    config.write_text(yaml.safe_dump(values))
+    script.write_text(NAN_ON_RANK_1)
+    first, second = launch_each(script, str(config))
+    ran = "its logits hold NaN or +inf (the teacher ran with float32 weights)"
+    for done, where in ((first, "another process"), (second, "eval set 'heldout' is nan")):
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.splitlines()[-1].startswith(f"distily distill: error: the teacher's held-out loss on "
+                                                       f"{where}: {ran}; expected finite teacher outputs")
+    assert not (tmp_path / "run" / "metrics.json").exists()
