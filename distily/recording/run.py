@@ -276,11 +276,15 @@ def _record_shards(writer: StoreWriter, recorder, datasets: dict[str, Dataset], 
 def _record_shard(writer: StoreWriter, recorder, datasets: dict[str, Dataset], shard: tuple, pad_token_id: int,
                   progress) -> tuple[Optional[tuple], Optional[str]]:
     """Record and save the ``shard`` ``(split, index, rows)``: ``((split, index, entry), None)``, or ``(None, the
-    refusal)`` where a row's teacher outputs cannot be stored, with nothing of the shard written."""
+    refusal)`` where a row's teacher outputs cannot be stored or the shard cannot be written (a full disk), with
+    nothing of the shard written."""
     split, index, rows = shard
     batch = collate([datasets[split][row] for row in rows], pad_token_id)  # [rows, seq], to the longest
     try:
         tensors, stats = recorder.record(batch, held_out=split == "eval", progress=progress)
     except DistilyConfigError as err:
         return None, f"shard {shard_name(split, index)!r}: {err}"
-    return (split, index, writer.save_shard(split, index, tensors, stats)), None
+    try:
+        return (split, index, writer.save_shard(split, index, tensors, stats)), None
+    except DistilyConfigError as err:  # its line names the shard's file
+        return None, str(err)

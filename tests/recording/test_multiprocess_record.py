@@ -49,6 +49,19 @@ HFRecorder.record = nan_on_rank_1
 sys.exit(main(["record", sys.argv[1]]))
 """
 
+FULL_ON_RANK_1 = """
+import errno, os, sys
+import distily.data.store as store
+from distily.cli import main
+save_file = store.save_file
+def full_on_rank_1(tensors, filename, *args, **kwargs):
+    if os.environ["RANK"] == "1":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+    return save_file(tensors, filename, *args, **kwargs)
+store.save_file = full_on_rank_1
+sys.exit(main(["record", sys.argv[1]]))
+"""
+
 
 def _record_on_two(values: dict, root: Path) -> str:
     """Run ``distily record`` on 2 processes; their stdout, which counts the shards each recorded."""
@@ -101,26 +114,30 @@ def test_two_processes_record_the_store_one_process_records(teacher_dirs, text_f
 
 
 @pytest.mark.slow
-def test_a_shard_refused_on_one_process_stops_every_process_with_its_line(teacher_dirs, text_file, tmp_path):
-    """The teacher's logits NaN on the second process only, in its first shard: it refused and exited while the
-    first waited for it in the round's gather, which ended in gloo's "Connection closed by peer" traceback (exit 1;
-    NCCL, blind to a peer's exit, waits for its timeout), the first process's shard written but not listed. Now the
-    refusal is gathered with the round's shards: both processes exit with its line, the first's shard listed,
-    nothing of the refused one written, and the same command resumes to the store an uninterrupted recording
-    writes."""
+@pytest.mark.parametrize("script, line", [
+    (NAN_ON_RANK_1, "shard 'train-00001.safetensors': the teacher's logits of row 7 hold NaN or +inf (the teacher ran "
+                    "with float32 weights); expected finite teacher outputs: a teacher whose weights are finite"),
+    (FULL_ON_RANK_1, "cannot write teacher store shard '{store}/train-00001.safetensors.partial': No space left on "
+                     "device; expected free space on its filesystem"),
+], ids=["nan-logits", "full-disk"])
+def test_a_shard_refused_on_one_process_stops_every_process_with_its_line(script, line, teacher_dirs, text_file,
+                                                                          tmp_path):
+    """The second process's first shard refused there alone (the teacher's logits NaN; its write failing on a full
+    disk): it exited while the first waited for it in the round's gather, which ended in gloo's "Connection closed by
+    peer" traceback (exit 1; NCCL, blind to a peer's exit, waits for its timeout), the first process's shard written
+    but not listed. Now the refusal is gathered with the round's shards: both processes exit with its line, the
+    first's shard listed, nothing of the refused one written, and the same command resumes to the store an
+    uninterrupted recording writes."""
     one = store_values(teacher_dirs["llama"], text_file, tmp_path / "one")
     run_recording(parse_record_config(**one))
     two = {**one, "teacher_store": str(tmp_path / "two" / "store")}
-    config, script = tmp_path / "record.yaml", tmp_path / "nan_on_rank_1.py"
+    config, refusing = tmp_path / "record.yaml", tmp_path / "refused_on_rank_1.py"
     config.write_text(yaml.safe_dump({key: value for key, value in two.items() if key != "output_dir"}))
-    script.write_text(NAN_ON_RANK_1)
-    line = ("distily record: error: shard 'train-00001.safetensors': the teacher's logits of row 7 hold NaN or +inf "
-            "(the teacher ran with float32 weights); expected finite teacher outputs: a teacher whose weights are "
-            "finite")
-    for done in launch_each(script, str(config)):
-        assert done.returncode == 2, done.stderr[-3000:]
-        assert done.stderr.splitlines()[-1] == line
+    refusing.write_text(script)
     store = Path(two["teacher_store"])
+    for done in launch_each(refusing, str(config)):
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.splitlines()[-1] == "distily record: error: " + line.format(store=store)
     assert sorted(path.name for path in store.glob("*.safetensors*")) == ["train-00000.safetensors"]
     assert list(json.loads((store / PROGRESS).read_text())["shards"]["train"]) == ["0"]
     run_recording(parse_record_config(**two))
