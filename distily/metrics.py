@@ -6,8 +6,8 @@ training sequences, and lm-eval results.
 unchanged (a figure a run does not have, such as a recorded teacher's memory or an uncounted ``tokens_seen``, is
 absent, not null). Metrics measured per eval set are named at run time (``perplexity`` on the held-out split,
 ``<set>_perplexity`` on a named set, see ``metric_key``); an ``Evaluation`` holds them and reads them by metric
-and set. The student's evaluations are kept as the Trainer returned them (``before_*``, ``after_*``, with the
-Trainer's ``epoch`` and token count), and the Trainer's training figures as it gave them.
+and set. The student's evaluations are kept as the Trainer returned them (``before_*``, ``after_*``; the
+``epoch`` and token count its log adds are training's), and the Trainer's training figures as it gave them.
 """
 
 import dataclasses
@@ -182,7 +182,7 @@ class StudentMetrics:
 
     parameters: int
     size_on_disk_bytes: int
-    evaluations: dict[str, Any]  # as Trainer.evaluate returned them: before_*, after_*, epoch, num_input_tokens_seen
+    evaluations: dict[str, Any]  # as Trainer.evaluate returned them, under before_* and after_*
     architecture: dict[str, Any]
     lm_eval: Optional[dict[str, dict[str, float]]] = None
     teacher_layers_copied: Optional[list[int]] = None  # the teacher layer copied into each student layer

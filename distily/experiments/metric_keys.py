@@ -27,7 +27,7 @@ from distily.models.summary import ACTIVE_PARAMETERS, SHAPE_KEYS
 from distily.objectives.router import ROUTER_AUX
 
 NUMBERS = (int, float, Optional[int], Optional[float])
-TRAINER_FIGURES = ("epoch", "num_input_tokens_seen")  # the Trainer's log adds them to its metrics
+TRAINER_FIGURES = ("epoch", "num_input_tokens_seen")  # the Trainer's log adds them to its training figures
 TOKEN_COUNTS = ("num_input_tokens_seen", "tokens_seen")  # absent when include_num_input_tokens_seen is "no"
 ANY = "*"  # a part of a key that the Trainer or the harness names
 LM_EVAL = "lm_eval"
@@ -82,12 +82,12 @@ def _evaluated(config: DistillConfig, metrics: tuple[str, ...]) -> list[str]:
 
 def _student_keys(config: DistillConfig) -> list[str]:
     """The student's evaluations before and after training (the objective, its components, what the evaluation
-    measures, the Trainer's figures), its size and architecture."""
+    measures, the Trainer's time and throughput), its size and architecture."""
     measured = ["loss", *(f"loss_{name}" for name in _component_names(config)), *_evaluated(config, PER_SET_METRICS),
                 "model_preparation_time"]
     stages = [key for stage in (BEFORE, AFTER) for key in (*(f"{stage}_{name}" for name in measured),
                                                            *_speed_figures(stage))]
-    return [*stages, *_counted(config, TRAINER_FIGURES), *_numeric_fields(StudentMetrics), *_architecture_keys()]
+    return [*stages, *_numeric_fields(StudentMetrics), *_architecture_keys()]
 
 
 def _teacher_keys(config: DistillConfig) -> list[str]:

@@ -40,10 +40,11 @@ EVAL = "eval"  # the prefix of the Trainer's own evaluations: eval/ in tensorboa
 
 
 def evaluation_under(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    """An evaluation's metrics with the Trainer's ``eval_`` keys under ``prefix`` (the others, such as ``epoch``, as
-    they are)."""
+    """An evaluation's own metrics under ``prefix``: the Trainer's ``eval_`` keys renamed, those already under
+    ``prefix`` kept; not the figures the Trainer's log adds to them (``epoch``, ``num_input_tokens_seen``), which
+    are training's."""
     return {f"{prefix}_{key.removeprefix(f'{EVAL}_')}" if key.startswith(f"{EVAL}_") else key: value
-            for key, value in metrics.items()}
+            for key, value in metrics.items() if key.startswith((f"{EVAL}_", f"{prefix}_"))}
 
 
 def check_student_saves_whole(accelerator: Accelerator) -> None:
@@ -190,11 +191,11 @@ class DistillationTrainer(StagedCheckpoints):
         and logged twice; else ``evaluate()``, logged as the last point of the ``eval/`` curves. With
         ``load_best_model_at_end`` the weights are another step's: evaluated, and logged under the prefix."""
         if self.args.load_best_model_at_end:
-            return self.evaluate(metric_key_prefix=metric_key_prefix)
+            return evaluation_under(self.evaluate(metric_key_prefix=metric_key_prefix), metric_key_prefix)
         last = next((entry for entry in reversed(self.state.log_history) if f"{EVAL}_runtime" in entry), None)
         if last is None or last["step"] != self.state.global_step:
             return evaluation_under(self.evaluate(), metric_key_prefix)
-        return evaluation_under({key: value for key, value in last.items() if key != "step"}, metric_key_prefix)
+        return evaluation_under(last, metric_key_prefix)
 
     def train(self, *args, **kwargs):
         """The Trainer's ``train``, after undoing an evaluation-only preparation of the model (without FSDP, whose

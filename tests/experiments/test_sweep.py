@@ -191,10 +191,10 @@ def test_a_metric_no_run_can_measure_is_refused_before_any_run_starts(base, tmp_
         *((metric, base) for metric in ("teacher.quantization", "student.after_other_perplexity",
                                         "student.after_loss_hidden_states", "student.lm_eval.hellaswag.acc",
                                         "student.after_generation/exact_match", "student.architecture.layer",
-                                        "teacher.architecture.model_type", "student.architecture.bitnet.subln")),
-        *((metric, uncounted) for metric in ("train.tokens_seen", "train.num_input_tokens_seen",
-                                             "student.num_input_tokens_seen")),
-    ]:  # an architecture field, or the tokens read where they are not counted, used to pass
+                                        "teacher.architecture.model_type", "student.architecture.bitnet.subln",
+                                        "student.epoch", "student.num_input_tokens_seen")),
+        *((metric, uncounted) for metric in ("train.tokens_seen", "train.num_input_tokens_seen")),
+    ]:  # an architecture field, the tokens read where they are not counted, or the student's, used to pass
         with pytest.raises(DistilyConfigError, match=f"metric='{metric}' is not a number any run"):
             load_sweep(write_sweep(tmp_path, base=values, output_dir="out", grid={"seed": [0, 1]}, metric=metric,
                                    metric_goal="min"))

@@ -33,10 +33,22 @@ def test_a_live_teachers_metrics_round_trip(teacher_dirs, run_values, tmp_path):
     assert teacher.evaluation.get("perplexity", "recent") == teacher.evaluation.values["recent_perplexity"] > 1
     assert student.after.get("top1_agreement", "recent") == student.evaluations["after_recent_top1_agreement"]
     assert student.before.loss == student.evaluations["before_loss"] == 0.0  # the student starts as the teacher
+    # the evaluations' own figures alone: the Trainer's log added its epoch and token count, which train holds
+    assert all(key.startswith(("before_", "after_")) for key in student.evaluations), sorted(student.evaluations)
+    assert metrics.train.trainer["epoch"] > 0
     assert metrics.train.global_step == 2 and metrics.train.tokens_seen == 2 * 4 * 32
     assert metrics.eval_sets["recent"].sequences == 8 and metrics.eval_sets["recent"].path == recent
     assert set(metrics.eval_overlap) == {"heldout", "recent"}
     assert metrics.framing.teacher_lm_loss_packed is not None and metrics.command == "distily distill run.yaml"
+
+
+def test_the_students_evaluation_of_the_best_checkpoint_holds_its_own_figures_alone(teacher_dirs, run_values):
+    """With load_best_model_at_end the student's evaluation after training is the Trainer's under after_, to which
+    its log added the epoch and the token count, written into metrics.json's student."""
+    values = run_values(teacher_dirs["llama"], max_steps=2, eval_strategy="steps", eval_steps=1, save_strategy="steps",
+                        save_steps=1, load_best_model_at_end=True, metric_for_best_model="loss")
+    student = run_distillation(parse_config(**values))["student"]
+    assert "after_loss" in student and not {"epoch", "num_input_tokens_seen"} & set(student)
 
 
 def test_a_recorded_teachers_metrics_round_trip(teacher_dirs, text_file, tmp_path):
