@@ -22,6 +22,7 @@ from distily.training.checkpoints import CHECKSUMS_FILE, CheckpointChecksums, ch
 from distily.training.distill import run_distillation
 from distily.training.run_dir import RunDir
 from distily.training.trainer import DistillationTrainer
+from launch_each import launch_each
 
 
 def _checkpoint(path: Path) -> Path:
@@ -176,6 +177,45 @@ def test_a_kill_while_the_student_is_saved_leaves_no_student_and_a_resumable_run
     # nothing lost: the student of the last step
     assert _same_tensors(out / "model.safetensors", _student_part(trained))
     assert not run.student_staging.exists() and not run.lock.exists()
+
+
+DISK_FULL_FOR_THE_MAIN_PROCESSES_STUDENT = """
+import errno, os, sys
+import transformers.modeling_utils as modeling_utils
+from distily.cli import main
+save = modeling_utils.safe_save_file
+def full_for_the_student(tensors, filename, *args, **kwargs):  # the main process writes the student, alone
+    if "_student-staging" in str(filename):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+    return save(tensors, filename, *args, **kwargs)
+modeling_utils.safe_save_file = full_for_the_student
+sys.exit(main(["distill", sys.argv[1]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_student_the_main_process_cannot_write_stops_every_process(teacher_dirs, run_values, tmp_path):
+    """2 processes: the main one writes the student, on a full disk, and raised its line while the other waited for it
+    at the barrier after the save, which ended in gloo's "Connection closed by peer" traceback (exit 1; NCCL, blind
+    to a peer's exit, waits for its timeout). Now both agree first: each exits with a line, no student written, and
+    the run resumes from its last checkpoint to a finished one."""
+    values = _values(run_values, teacher_dirs)
+    out = Path(values["output_dir"])
+    config, script = tmp_path / "config.yaml", tmp_path / "disk_full.py"
+    config.write_text(yaml.safe_dump(values))
+    script.write_text(DISK_FULL_FOR_THE_MAIN_PROCESSES_STUDENT)
+    main, other = launch_each(script, str(config))
+    for done, line in ((main, f"cannot write the student '{out}/_student-staging/model.safetensors': No space left on "
+                               "device; expected free space on its filesystem"),
+                       (other, "saving the student failed on another process, whose error names the cause; expected "
+                               "it to succeed on every process")):
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.splitlines()[-1] == f"distily distill: error: {line}"
+    run = RunDir(out)
+    assert not run.is_finished() and not run.student_weights() and not run.student_staging.exists()
+    resumed = {**values, "per_device_train_batch_size": 8}  # the global batch of 2 processes of 4
+    assert run_distillation(parse_config(**resumed, resume_from_checkpoint="true"))["train"]["global_step"] == 4
+    assert run.student_weights()
 
 
 def test_a_resumed_run_goes_on_counting_the_non_finite_steps_in_a_row(teacher_dirs, run_values, monkeypatch,
