@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
@@ -97,9 +97,9 @@ def streamed_rows(open_stream: Callable[[], datasets.IterableDataset], rows: Row
     same rows at once (a run's processes on one machine each load the documents) take turns: one reads them."""
     key = hashlib.sha256(json.dumps({**source, **asdict(rows)}, sort_keys=True).encode()).hexdigest()[:32]
     cache_dir = streamed_cache_dir()
-    with filesystem_errors(cache_dir, STREAMED_CACHE):
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    with FileLock(str(Path(cache_dir) / f".{key}.lock")):
-        with tempfile.TemporaryDirectory(prefix=".reading-", dir=cache_dir) as scratch:  # until the entry is saved
-            return cached_dataset(cache_dir, key, lambda: _read(open_stream(), rows, where, key, scratch),
-                                  STREAMED_CACHE)
+    with ExitStack() as held:
+        with filesystem_errors(cache_dir, STREAMED_CACHE):  # a cache another user owns, read-only or full
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            held.enter_context(FileLock(str(Path(cache_dir) / f".{key}.lock")))
+            scratch = held.enter_context(tempfile.TemporaryDirectory(prefix=".reading-", dir=cache_dir))  # until saved
+        return cached_dataset(cache_dir, key, lambda: _read(open_stream(), rows, where, key, scratch), STREAMED_CACHE)

@@ -19,6 +19,7 @@ from distily.data.arguments import DataArguments, RowRange, row_ranges
 from distily.data.sources import load_documents
 from distily.errors import DistilyConfigError
 from distily.recording.responses import load_prompts
+from small_filesystem import remount, small_filesystem
 from tiny import make_conversations, make_documents
 
 ROWS = [{"text": text, "messages": turns} for text, turns in zip(make_documents(60), make_conversations(60))]
@@ -97,6 +98,18 @@ def test_processes_asking_for_the_same_rows_at_once_read_the_stream_once(tmp_pat
     assert [worker.returncode for worker in workers] == [0, 0]
     assert [json.loads(output) for output in outputs] == [[row["text"] for row in ROWS[5:15]]] * 2
     assert opened.read_text() == "opened\n"
+
+
+def test_a_streamed_rows_cache_that_cannot_be_written_is_one_line(tmp_path, hf_home):
+    """A read-only cache (a shared HF_HOME): its lock file was a PermissionError / OSError traceback."""
+    name = _write(tmp_path, ".jsonl", ROWS)
+    with small_filesystem(hf_home, "8m"):
+        (hf_home / "distily" / "streamed").mkdir(parents=True)
+        remount(hf_home, "ro")
+        with pytest.raises(DistilyConfigError, match=re.escape(
+                f"cannot write the streamed rows cache '{hf_home / 'distily' / 'streamed'}/.")
+                + r"\w+\.lock': Read-only file system; expected a writable filesystem$"):
+            load_documents(DataArguments(dataset_name=name, dataset_split="train[:5]", dataset_streaming=True))
 
 
 def _refuse(*args, **kwargs):
