@@ -74,7 +74,7 @@ def _read(stream: datasets.IterableDataset, rows: RowRange, where: str, key: str
         ended.append(True)
 
     try:
-        with _datasets_progress_bars_off():
+        with _datasets_progress_bars_off(), filesystem_errors(Path(scratch).parent, STREAMED_CACHE):  # a full cache
             read = datasets.Dataset.from_generator(read_rows, features=stream.features, cache_dir=scratch,
                                                    fingerprint=key)
     except (ValueError, DatasetGenerationError) as err:  # datasets writes no dataset of no rows

@@ -100,16 +100,22 @@ def test_processes_asking_for_the_same_rows_at_once_read_the_stream_once(tmp_pat
     assert opened.read_text() == "opened\n"
 
 
-def test_a_streamed_rows_cache_that_cannot_be_written_is_one_line(tmp_path, hf_home):
-    """A read-only cache (a shared HF_HOME): its lock file was a PermissionError / OSError traceback."""
-    name = _write(tmp_path, ".jsonl", ROWS)
-    with small_filesystem(hf_home, "8m"):
-        (hf_home / "distily" / "streamed").mkdir(parents=True)
-        remount(hf_home, "ro")
-        with pytest.raises(DistilyConfigError, match=re.escape(
-                f"cannot write the streamed rows cache '{hf_home / 'distily' / 'streamed'}/.")
-                + r"\w+\.lock': Read-only file system; expected a writable filesystem$"):
-            load_documents(DataArguments(dataset_name=name, dataset_split="train[:5]", dataset_streaming=True))
+@pytest.mark.parametrize("filesystem", ["read-only", "full"])
+def test_a_streamed_rows_cache_that_cannot_be_written_is_one_line(filesystem, tmp_path, hf_home):
+    """A read-only cache (a shared HF_HOME) failed on its lock file, a full one as the rows were written: both were
+    tracebacks (OSError, DatasetGenerationError)."""
+    name = tmp_path / "long.jsonl"
+    name.write_text("".join(json.dumps({"text": f"{'word ' * 200}{row}"}) + "\n" for row in range(300)))
+    cache = hf_home / "distily" / "streamed"
+    with small_filesystem(hf_home, "64k"):
+        cache.mkdir(parents=True)
+        if filesystem == "read-only":
+            remount(hf_home, "ro")
+        where, why = ((re.escape(f"{cache}/.") + r"\w+\.lock", "Read-only file system; expected a writable filesystem")
+                      if filesystem == "read-only" else
+                      (re.escape(str(cache)), "No space left on device; expected free space on its filesystem"))
+        with pytest.raises(DistilyConfigError, match=f"^cannot write the streamed rows cache '{where}': {why}$"):
+            load_documents(DataArguments(dataset_name=str(name), dataset_split="train[:300]", dataset_streaming=True))
 
 
 def _refuse(*args, **kwargs):
