@@ -4,6 +4,7 @@ initialised randomly or from chosen teacher layers; then named modules copied an
 import copy
 import logging
 import os
+from dataclasses import asdict
 from typing import Callable, Optional
 
 import torch
@@ -16,6 +17,7 @@ from distily.models.architecture import decoder_layers, named_decoder_layers
 from distily.models.arguments import FROM_TEACHER_LAYERS, ModelArguments
 from distily.models.bitnet import (
     BITNET_CONFIG_KEY,
+    BitNetOptions,
     convert_to_bitnet,
     is_bitnet,
     load_bitnet_student,
@@ -445,6 +447,15 @@ def _pruned_student(teacher: PreTrainedModel, student: PreTrainedModel, teacher_
     pruned_init(teacher, student, teacher_layers, calibration)
 
 
+def _converted_as_teacher(args: ModelArguments, teacher: PreTrainedModel) -> Optional[BitNetOptions]:
+    """The options of a BitNet teacher (a BitNet run) where the student is made ternary as it was (student_as_bitnet,
+    the same bitnet_input_norm and bitnet_subln); None for any other teacher or student."""
+    if not args.student_as_bitnet or not is_bitnet(teacher.config):
+        return None
+    options = BitNetOptions.from_config(teacher.config)
+    return options if (options.input_norm, options.subln) == (args.bitnet_input_norm, args.bitnet_subln) else None
+
+
 def build_student(args: ModelArguments, teacher: PreTrainedModel,
                   token_map: Callable[[], Optional[VocabularyMap]] = lambda: None,
                   calibration: Optional[Calibration] = None) -> PreTrainedModel:
@@ -462,6 +473,9 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel,
         # the teacher's generation defaults travel with its tokenizer: where a turn ends (Phi-3's and Gemma's chat
         # models list their end-of-turn token there, not in the config), and how it samples
         student.generation_config = copy.deepcopy(teacher.generation_config)
+        teacher_options = _converted_as_teacher(args, teacher)
+        if teacher_options is not None:  # before it copies the teacher's ternary layers, so it takes them whole,
+            convert_to_bitnet(student, **asdict(teacher_options))  # their norms (input_norm, SubLN) included
         if teacher_layers is not None:
             how = "pruned" if args.student_init == "pruned" else "copied"
             logger.info(f"Student layers {how} from teacher layers {teacher_layers}")

@@ -351,3 +351,23 @@ def test_a_bitnet_run_as_teacher_is_the_ternary_student(tmp_path):
     assert not teacher.training and not any(parameter.requires_grad for parameter in teacher.parameters())
     with torch.no_grad():
         assert torch.equal(teacher(random_tokens()).logits, student(random_tokens()).logits)
+
+
+@pytest.mark.parametrize("options", [{"input_norm": True}, {"subln": True}])
+def test_a_bitnet_student_copies_a_bitnet_run_with_norms_whole(options, tmp_path):
+    """A BitNet run named as the teacher loads as Distily's ternary student (29e6592), whose BitLinear layers of an
+    input_norm or SubLN run hold norms; a BitNet student of the same options copying its layers (student_init=teacher,
+    the default) was refused, its layers still nn.Linear when copied ('rms_norm.weight is missing in the student').
+    It is converted as the teacher was first: at the teacher's depth it is the teacher."""
+    student = convert_to_bitnet(tiny_model("llama"), **options)
+    with torch.no_grad():  # as if trained: the norms away from their initial ones
+        for parameter in student.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    student.save_pretrained(tmp_path)
+    teacher = load_teacher(str(tmp_path))
+    flags = {"bitnet_input_norm": options.get("input_norm", False), "bitnet_subln": options.get("subln", False)}
+    copied = build_student(ModelArguments(teacher_model_name_or_path=str(tmp_path), student_as_bitnet=True, **flags),
+                           teacher)
+    assert copied.config.distily_bitnet == teacher.config.distily_bitnet
+    with torch.no_grad():
+        assert torch.equal(copied(random_tokens()).logits, teacher(random_tokens()).logits)
