@@ -1,13 +1,16 @@
 """Outputs that are not finite (a teacher's, or a model's as it generates), the line that names the model as their
-cause, and such a decision taken by every process together.
+cause, and such a decision taken by every process together (also whether a block raised on any).
 
 NaN and +inf are never legitimate outputs; -inf is (a logit column a model masks), so a check reads the largest
 value: ``amax`` is NaN when any element is, +inf when any is and none is NaN, in one pass with no copy."""
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
+
+from distily.errors import DistilyConfigError
 
 FLOAT16_ADVICE = "some families, such as Gemma, overflow in float16"
 
@@ -40,6 +43,21 @@ def on_any_process(true_here: bool, process_group_device: Optional[torch.device]
     processes = torch.tensor([1.0 if true_here else 0.0], device=process_group_device)
     dist.all_reduce(processes)
     return processes.item() > 0
+
+
+@contextmanager
+def raised_on_every_process(process_group_device: Optional[torch.device], what: str) -> Iterator[None]:
+    """Agree, once the block has run on every process, whether it raised on any (``on_any_process``): the process
+    that raised raises its error, the others one line naming ``what``, so that none is left waiting for it in the
+    next collective (a write one process makes alone, on a full disk)."""
+    try:
+        yield
+    except Exception:
+        on_any_process(True, process_group_device)
+        raise
+    if on_any_process(False, process_group_device):
+        raise DistilyConfigError(f"{what} failed on another process, whose error names the cause; expected it to "
+                                 "succeed on every process")
 
 
 class NonFiniteOutputs:

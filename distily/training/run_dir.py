@@ -46,7 +46,7 @@ from distily.data.store import recorded_chat_template_date
 from distily.errors import DistilyConfigError
 from distily.metrics import RunMetrics
 from distily.models.arguments import ModelArguments
-from distily.models.finite import on_any_process
+from distily.models.finite import raised_on_every_process
 from distily.models.identity import weights_fingerprint
 from distily.objectives.arguments import ObjectiveArguments
 from distily.outputs import filesystem_errors, weight_files, write_json_atomic
@@ -586,7 +586,7 @@ def save_student(trainer, output_dir: str) -> None:
         with filesystem_errors(run.path, "the student"):  # diagnosed before the staged files are removed
             if saves:
                 shutil.rmtree(run.student_staging, ignore_errors=True)  # left by a killed save
-            with _on_every_process(trainer.process_group_device, "saving the student"):
+            with raised_on_every_process(trainer.process_group_device, "saving the student"):
                 trainer.save_model(str(run.student_staging), _internal_call=True)
             trainer.accelerator.wait_for_everyone()
             if saves:
@@ -601,21 +601,6 @@ def save_student(trainer, output_dir: str) -> None:
         if saves:
             shutil.rmtree(run.student_staging, ignore_errors=True)
         raise
-
-
-@contextmanager
-def _on_every_process(process_group_device, what: str) -> Iterator[None]:
-    """Agree, once the block has run on every process, whether it failed on any (``on_any_process``): the failing
-    process raises its error, the others one line naming ``what``, so that none is left waiting for it in the next
-    collective (a write the main process alone makes, on a full disk)."""
-    try:
-        yield
-    except Exception:
-        on_any_process(True, process_group_device)
-        raise
-    if on_any_process(False, process_group_device):
-        raise DistilyConfigError(f"{what} failed on another process, whose error names the cause; expected it to "
-                                 "succeed on every process")
 
 
 def _resume_command(command: str, overwrite: bool) -> str:

@@ -48,6 +48,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, rotate_checkpoints
 from transformers.utils.hub import PushInProgress, hf_api
 
+from distily.models.finite import raised_on_every_process
 from distily.training.guards import check_finite_weights
 
 CHECKPOINT_STAGING_DIR = "_checkpoint-staging"  # checkpoints are written here, then renamed ("_": never pushed)
@@ -102,7 +103,8 @@ class StagedCheckpoints(Trainer):
         staging = os.path.join(run_dir, CHECKPOINT_STAGING_DIR)
         self._checkpoint_staging = staging
         try:
-            super()._save_checkpoint(model, trial)
+            with raised_on_every_process(self.process_group_device, "saving the checkpoint"):
+                super()._save_checkpoint(model, trial)
         finally:
             self._checkpoint_staging = None
         self.accelerator.wait_for_everyone()

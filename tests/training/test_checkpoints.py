@@ -179,18 +179,35 @@ def test_a_kill_while_the_student_is_saved_leaves_no_student_and_a_resumable_run
     assert not run.student_staging.exists() and not run.lock.exists()
 
 
-DISK_FULL_FOR_THE_MAIN_PROCESSES_STUDENT = """
+DISK_FULL = """
 import errno, os, sys
+import safetensors.torch
 import transformers.modeling_utils as modeling_utils
 from distily.cli import main
-save = modeling_utils.safe_save_file
-def full_for_the_student(tensors, filename, *args, **kwargs):  # the main process writes the student, alone
-    if "_student-staging" in str(filename):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
-    return save(tensors, filename, *args, **kwargs)
-modeling_utils.safe_save_file = full_for_the_student
+def full_for(written, save):
+    def full(tensors, filename, *args, **kwargs):
+        if written in str(filename):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        return save(tensors, filename, *args, **kwargs)
+    return full
+# the student's weights (through save_pretrained), the checkpoints' (the Trainer's own save): the main process's alone
+modeling_utils.safe_save_file = full_for(sys.argv[2], modeling_utils.safe_save_file)
+safetensors.torch.save_file = full_for(sys.argv[2], safetensors.torch.save_file)
 sys.exit(main(["distill", sys.argv[1]]))
 """
+
+
+def _disk_full_on_two(values: dict, written: str, tmp_path: Path, main_line: str, what: str) -> None:
+    """``distily distill`` on 2 processes whose writes of a file named with ``written`` fail on a full disk: the main
+    process, which writes it, exits with ``main_line``, the other with the line naming ``what``."""
+    config, script = tmp_path / "config.yaml", tmp_path / "disk_full.py"
+    config.write_text(yaml.safe_dump(values))
+    script.write_text(DISK_FULL)
+    main, other = launch_each(script, str(config), written)
+    for done, line in ((main, main_line), (other, f"{what} failed on another process, whose error names the cause; "
+                                                   "expected it to succeed on every process")):
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.splitlines()[-1] == f"distily distill: error: {line}"
 
 
 @pytest.mark.slow
@@ -201,21 +218,26 @@ def test_a_student_the_main_process_cannot_write_stops_every_process(teacher_dir
     the run resumes from its last checkpoint to a finished one."""
     values = _values(run_values, teacher_dirs)
     out = Path(values["output_dir"])
-    config, script = tmp_path / "config.yaml", tmp_path / "disk_full.py"
-    config.write_text(yaml.safe_dump(values))
-    script.write_text(DISK_FULL_FOR_THE_MAIN_PROCESSES_STUDENT)
-    main, other = launch_each(script, str(config))
-    for done, line in ((main, f"cannot write the student '{out}/_student-staging/model.safetensors': No space left on "
-                               "device; expected free space on its filesystem"),
-                       (other, "saving the student failed on another process, whose error names the cause; expected "
-                               "it to succeed on every process")):
-        assert done.returncode == 2, done.stderr[-3000:]
-        assert done.stderr.splitlines()[-1] == f"distily distill: error: {line}"
+    _disk_full_on_two(values, "_student-staging", tmp_path, f"cannot write the student '{out}/_student-staging/"
+                      "model.safetensors': No space left on device; expected free space on its filesystem",
+                      "saving the student")
     run = RunDir(out)
     assert not run.is_finished() and not run.student_weights() and not run.student_staging.exists()
     resumed = {**values, "per_device_train_batch_size": 8}  # the global batch of 2 processes of 4
     assert run_distillation(parse_config(**resumed, resume_from_checkpoint="true"))["train"]["global_step"] == 4
     assert run.student_weights()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_the_main_process_cannot_write_stops_every_process(teacher_dirs, run_values, tmp_path):
+    """As for the student: the other process waited at the barrier after the Trainer's checkpoint save (gloo's
+    traceback, exit 1); now each exits with a line, and no checkpoint appears (the staged one stays staged)."""
+    values = _values(run_values, teacher_dirs)
+    out = Path(values["output_dir"])
+    _disk_full_on_two(values, "checkpoint-", tmp_path, f"cannot write in output_dir '{out}/_checkpoint-staging/"
+                      "checkpoint-2/model.safetensors': No space left on device; expected free space on its "
+                      "filesystem", "saving the checkpoint")
+    assert not RunDir(out).checkpoints() and not RunDir(out).is_finished()
 
 
 def test_a_resumed_run_goes_on_counting_the_non_finite_steps_in_a_row(teacher_dirs, run_values, monkeypatch,
