@@ -16,7 +16,8 @@ class StopAtSignal(TrainerCallback):
     """Once ``signals`` has received a stop signal (on any process: the processes agree at each step's end, as each
     may get it at another step), the step ends as the Trainer ends it (logged, evaluated when due) with a checkpoint,
     and training stops with ``RunInterrupted`` as soon as that is written, skipping what ``train()`` does at the end
-    of a finished run. Listed before the callbacks that act on a save (``RunTotals`` logs at it)."""
+    of a finished run; a signal while a checkpoint is written (or the evaluation before it) stops at that checkpoint.
+    Listed before the callbacks that act on a save (``RunTotals`` logs at it)."""
 
     def __init__(self, signals: StopSignals):
         self.signals = signals
@@ -42,6 +43,8 @@ class StopAtSignal(TrainerCallback):
             control.should_evaluate = False
 
     def on_save(self, args, state, control, **kwargs):
+        if self.stopping is None:  # a signal while this checkpoint (of the step under way) was written: stop at it
+            self.stopping = self._agreed_signal(args)
         if self.stopping is None:
             return
         if args.world_size > 1:

@@ -75,6 +75,23 @@ def test_a_step_that_save_strategy_best_would_not_save_is_saved(teacher_dirs, ru
     assert _checkpoint_steps(values["output_dir"]) == [3, 6]
 
 
+def test_a_signal_during_a_checkpoint_write_stops_at_that_checkpoint(teacher_dirs, run_values, monkeypatch):
+    """SIGTERM while step 4's checkpoint (save_steps) is written: that checkpoint is the step under way, so the run
+    stops there; it ran step 5 and wrote a second checkpoint first (as long again as a scheduler's grace period)."""
+    values = run_values(teacher_dirs["llama"], **RUN, save_strategy="steps", save_steps=4)
+    save = DistillationTrainer._save_checkpoint
+
+    def signalled(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "_save_checkpoint", signalled)
+    with pytest.raises(RunInterrupted, match="^stopped on SIGTERM at step 4; the last checkpoint is .*checkpoint-4'"):
+        run_distillation(parse_config(**values))
+    assert _checkpoint_steps(values["output_dir"]) == [4]
+    assert checkpoint_problem(Path(values["output_dir"]) / "checkpoint-4") is None
+
+
 def test_a_stop_signal_before_training_stops_at_once(teacher_dirs, run_values, tmp_path, monkeypatch):
     """SIGUSR1 in the evaluation before training: stopped there, with nothing to resume."""
     values = run_values(teacher_dirs["llama"], **RUN)
