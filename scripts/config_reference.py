@@ -65,13 +65,14 @@ def reference() -> str:
     for cls in CONFIG_CLASSES:
         fields = [f for f in dataclasses.fields(cls) if f.init]
         if cls is DistillationTrainingArguments:
-            changed = [f for f in fields if f.name not in base or f.default != base[f.name].default]
+            changed = [f for f in fields if f.name not in base or f.default != base[f.name].default
+                       or f.metadata.get("help") != base[f.name].metadata.get("help")]
             lines += [
                 f"## {cls.__name__}",
                 "",
                 "All of `transformers.TrainingArguments` "
                 "(https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments) "
-                f"is accepted. Distily adds or changes the defaults of these. {_readers(cls)}",
+                f"is accepted. Distily adds these, or changes their defaults or what they do. {_readers(cls)}",
                 "",
                 *_rows(changed),
                 "",

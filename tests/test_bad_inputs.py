@@ -351,6 +351,20 @@ def case_resume_with_another_lmbda(values, tmp_path):
     return "continues a run started with lmbda=0.0, not 0.5; expected the settings it was started with"
 
 
+def case_auto_resume_with_another_lmbda(values, tmp_path):
+    _started_with(values, lmbda=0.5)
+    values["resume_from_checkpoint"] = "auto"
+    return "continues a run started with lmbda=0.0, not 0.5; expected the settings it was started with"
+
+
+def case_auto_restart_with_another_max_seq_length(values, tmp_path):  # killed before its first checkpoint
+    _started_with(values, max_seq_length=64)
+    shutil.rmtree(Path(values["output_dir"]) / "checkpoint-2")
+    values["resume_from_checkpoint"] = "auto"
+    return ("resume_from_checkpoint=auto would start again the unfinished run in "
+            f"{values['output_dir']!r} (no checkpoint yet), started with max_seq_length=32, not 64")
+
+
 def case_resume_with_no_intact_checkpoint(values, tmp_path):
     (_checkpoint(values, 2) / "trainer_state.json").write_text('{"global_st')  # cut off
     values["resume_from_checkpoint"] = "true"
@@ -441,6 +455,8 @@ CASES = [
     case_resume_from_another_directory_over_an_unfinished_run,
     case_resume_from_another_directory_over_a_finished_run,
     case_resume_with_another_lmbda,
+    case_auto_resume_with_another_lmbda,
+    case_auto_restart_with_another_max_seq_length,
     case_edited_store_manifest,
     case_store_manifest_not_json,
 ]

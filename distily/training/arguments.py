@@ -62,6 +62,14 @@ class DistillationTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a finished run in output_dir instead of refusing to start."}
     )
+    resume_from_checkpoint: Optional[str] = field_of(
+        TrainingArguments, "resume_from_checkpoint",
+        help="Continue a run from a checkpoint: a checkpoint-* directory, or true for the newest intact one in "
+        "output_dir (the Trainer's values), or auto (Distily's, for a job requeued with the same command each time): "
+        "a new run where output_dir holds none, true's resume where it holds an unfinished run's checkpoints, the run "
+        "started again where it stopped before its first checkpoint (same settings only), and nothing (exit 0) where "
+        "it holds a finished run. See the README's Long runs.",
+    )
     bitnet_schedule: bool = field(
         default=False,
         metadata={

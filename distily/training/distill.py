@@ -45,6 +45,8 @@ from distily.training.run_dir import (
     check_steps,
     check_teacher_weights,
     check_train_rows,
+    continued_run,
+    finished_run_left,
     interrupted,
     output_dir_lock,
     pin_chat_template_date,
@@ -134,11 +136,16 @@ def _train_summary(training, train_output, seconds: float, trainer: Distillation
 def run_distillation(config: DistillConfig, command: Optional[str] = None) -> dict:
     """Distill, write the student and ``metrics.json`` into ``output_dir``, and return the metrics (as
     ``RunMetrics.to_dict()``: metrics.json's content). A stop signal (SIGTERM, SIGUSR1: ``distily.preemption``) in
-    training stops it with a checkpoint of the step under way; before training, at once."""
+    training stops it with a checkpoint of the step under way; before training, at once. With
+    resume_from_checkpoint=auto, a finished run in output_dir is left as it is: its metrics are returned."""
     training = config.training
     check_objective(config.objective)
     if not training.should_log:  # the main process reports for all; the others only log errors
         logging.getLogger("distily").setLevel(logging.ERROR)
+    finished = finished_run_left(training)
+    if finished is not None:  # a job requeued after its run finished: nothing to do, nothing written
+        logger.info(finished)
+        return RunDir(training.output_dir).read_metrics().to_dict()
     if training.bf16 and training.use_cpu and not bf16_is_fast(use_cpu=True):
         logger.warning(
             f"bf16=true on a CPU without native bf16 matmuls ({torch.backends.cpu.get_cpu_capability()}): they are "
@@ -158,7 +165,7 @@ def _distill(config: DistillConfig, command: Optional[str], signals: StopSignals
     config = settled_config(config)  # a store's split: the run records and reports the values its rows were drawn with
     training = config.training
     resume = resolve_resume(training)
-    pin_chat_template_date(config, resume)
+    pin_chat_template_date(config, continued_run(training, resume))
     settings = run_settings(config)
     check_output_dir(training, resume, settings)
     if resume is not None:

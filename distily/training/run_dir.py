@@ -17,6 +17,10 @@
   same name, or on a teacher saved again at its path, is refused.
 - ``resume_from_checkpoint=true`` resumes from the newest intact checkpoint (``distily.training.checkpoints``):
   a newer one that is truncated or fails its checksums is passed over with a warning.
+- ``resume_from_checkpoint=auto`` (Distily's, for a job requeued with the same command): a new run where output_dir
+  holds no run, a resume as with true where it holds checkpoints of an unfinished run, the run started again where
+  it stopped before its first checkpoint (its settings, recorded in ``run_settings.json``, checked as a resume's),
+  and nothing at all where the run finished (``finished_run_left``).
 - A full, read-only or unwritable filesystem is one line naming the path; the student is saved aside and
   renamed in, so nothing half-written is left where a user or a resume would look.
 """
@@ -181,6 +185,7 @@ TEACHER_WEIGHTS = "teacher_weights"  # the live teacher's weights_fingerprint, r
 CONTENTS = (TRAIN_ROWS, TEACHER_WEIGHTS)  # what the inputs held: checked as they load (_check_unchanged)
 SAMPLED_ROWS = 64
 RESUMABLE_CHANGES = "max_steps, logging, evaluation and checkpoint settings may change"
+AUTO = "auto"  # resume_from_checkpoint=auto: Distily's own value (the Trainer's are a path or true)
 
 
 def run_settings(config: DistillConfig) -> dict:
@@ -343,10 +348,12 @@ def resolve_resume(training) -> Optional[str]:
         )
     if str(value).lower() in ("true", "last", "yes"):
         return _newest_intact(value, training.output_dir)
+    if _is_auto(training):  # a new run, or one started again, where output_dir holds no checkpoint
+        return _newest_intact(value, training.output_dir) if RunDir(training.output_dir).checkpoints() else None
     if not os.path.isfile(os.path.join(value, TRAINER_STATE_FILE)):
         raise DistilyConfigError(
             f"resume_from_checkpoint={value!r} is not a checkpoint; expected a checkpoint-* directory with "
-            f"{TRAINER_STATE_FILE}"
+            f"{TRAINER_STATE_FILE}, true (the newest intact one in output_dir) or {AUTO}"
         )
     problem = checkpoint_problem(value)
     if problem is not None:
@@ -357,12 +364,41 @@ def resolve_resume(training) -> Optional[str]:
     return value
 
 
-def pin_chat_template_date(config: DistillConfig, resume: Optional[str]) -> None:
+def _is_auto(training) -> bool:
+    return str(training.resume_from_checkpoint).lower() == AUTO
+
+
+def finished_run_left(training) -> Optional[str]:
+    """With resume_from_checkpoint=auto over a finished run, the line saying that the run leaves it as it is (a job
+    requeued after its run finished: nothing to do, nothing written); None otherwise."""
+    run = RunDir(training.output_dir)
+    if not _is_auto(training) or not run.is_finished():
+        return None
+    finished = run.finished_step()
+    steps = "" if finished is None else f" of {finished} steps"
+    longer = "" if finished is None else (f" (--resume_from_checkpoint true with "
+                                          f"{_more_steps(training, f'max_steps above {finished}')} trains it longer)")
+    return (f"output_dir={str(run.path)!r} holds a finished run{steps}: resume_from_checkpoint={AUTO} leaves it as it "
+            f"is{longer}")
+
+
+def continued_run(training, resume: Optional[str]) -> Optional[RunDir]:
+    """The run whose settings this one keeps: the resumed checkpoint's, or the unfinished run of output_dir that
+    resume_from_checkpoint=auto starts again (it recorded its settings but stopped before its first checkpoint);
+    None for a new run."""
+    if resume is not None:
+        return RunDir(Path(resume).parent)
+    run = RunDir(training.output_dir)
+    return run if _is_auto(training) and run.settings.is_file() and not run.is_finished() else None
+
+
+def pin_chat_template_date(config: DistillConfig, continued: Optional[RunDir]) -> None:
     """Fix the date a dated chat template renders the whole run with (``chat_template_date``): the one given, else
-    the one the resumed run recorded, else the recorded teacher store's, else today (UTC) on the main process, which
-    every process takes (one started at midnight could read the next day); the run's settings record it."""
+    the one the run it continues (``continued_run``: resumed, or started again) recorded, else the recorded teacher
+    store's, else today (UTC) on the main process, which every process takes (one started at midnight could read the
+    next day); the run's settings record it."""
     data, record = config.data, config.record
-    resumed = (RunDir(Path(resume).parent).recorded_settings() or {}) if resume is not None else {}
+    resumed = (continued.recorded_settings() or {}) if continued is not None else {}
     stored = recorded_chat_template_date(record.teacher_store) if record.teacher_source == "recorded" else None
     date = run_date(data.chat_template_date, resumed.get("chat_template_date"), stored)
     [data.chat_template_date] = broadcast_object_list([date])  # the main process's (from process 0)
@@ -435,6 +471,10 @@ def check_output_dir(training, resume: Optional[str], settings: dict) -> None:
             f"output_dir={str(output_dir)!r} holds checkpoints of an unfinished run; expected "
             "--resume_from_checkpoint true to continue it or --overwrite_output_dir true to start over"
         )
+    restarted = continued_run(training, resume) if resume is None else None
+    if restarted is not None:  # only a run of these settings is started again, and its half-written saves removed
+        _check_settings(restarted, settings, f"resume_from_checkpoint={AUTO} would start again the unfinished run in "
+                                             f"{str(output_dir)!r} (no checkpoint yet), started")
 
 
 def _more_steps(training, max_steps: str) -> str:
@@ -484,7 +524,12 @@ def check_resume(training, resume: str, settings: dict) -> None:
     """A resumed run trains at least to its checkpoint's step, with the settings that run was started with."""
     if training.max_steps > 0:  # by epochs, once the data gives the steps (check_steps)
         _check_reaches_checkpoint(training, resume, training.max_steps)
-    run = RunDir(Path(resume).parent)
+    _check_settings(RunDir(Path(resume).parent), settings, f"resume_from_checkpoint={resume!r} continues a run started")
+
+
+def _check_settings(run: RunDir, settings: dict, started: str) -> None:
+    """``settings`` are those ``run`` recorded when it started, but for those its inputs' contents give (checked as
+    they load: check_train_rows, check_teacher_weights); a refusal opens with ``started`` (the run it goes on)."""
     was = run.recorded_settings()
     if was is None:
         logger.warning(f"{run.settings} does not exist: the settings of the resumed run cannot be checked")
@@ -492,12 +537,11 @@ def check_resume(training, resume: str, settings: dict) -> None:
     unrecorded = sorted(set(settings) - set(was))  # settings an older Distily did not record
     if unrecorded:
         _warn_unrecorded(run, unrecorded)
-    for key in sorted(set(was) - set(CONTENTS)):  # those as the inputs load (check_train_rows, check_teacher_weights)
+    for key in sorted(set(was) - set(CONTENTS)):
         if was[key] != settings.get(key):
             raise DistilyConfigError(
-                f"resume_from_checkpoint={resume!r} continues a run started with {key}={was[key]!r}, not "
-                f"{settings.get(key)!r}; expected the settings it was started with ({RESUMABLE_CHANGES}), or "
-                "--overwrite_output_dir true to start over"
+                f"{started} with {key}={was[key]!r}, not {settings.get(key)!r}; expected the settings it was started "
+                f"with ({RESUMABLE_CHANGES}), or --overwrite_output_dir true to start over"
             )
 
 
@@ -564,8 +608,9 @@ def _remove(paths: list[Path], trash: Path) -> None:
 def prepare_output_dir(training, resume: Optional[str], settings: dict) -> None:
     """Just before the run writes: delete the finished marker of what it replaces first (an overwritten run, or a
     finished run trained longer), then an overwritten run's checkpoints and student weights, so that no kill leaves
-    another run's files that a plain start, a resume or an export would take for this one's; record ``settings`` (a
-    run resumed from its own checkpoint keeps those it was started with)."""
+    another run's files that a plain start, a resume or an export would take for this one's (a run that
+    resume_from_checkpoint=auto starts again: the half-written saves it stopped in); record ``settings`` (a run
+    resumed from its own checkpoint keeps those it was started with)."""
     if not training.should_save:
         return
     run = RunDir(training.output_dir)
@@ -573,6 +618,8 @@ def prepare_output_dir(training, resume: Optional[str], settings: dict) -> None:
     if training.overwrite_output_dir and run.path.is_dir():
         previous = [run.checkpoint_staging, run.student_staging, *run.path.glob(f"{PREFIX_CHECKPOINT_DIR}-*")]
         _remove(previous + run.student_weights(), run.replaced)
+    elif resume is None and continued_run(training, resume) is not None:  # started again: settings checked
+        _remove([run.checkpoint_staging, run.student_staging], run.replaced)
     if resume is None or not run.holds_own(resume) or not run.settings.exists():
         run.record_settings(settings)
 

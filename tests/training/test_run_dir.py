@@ -27,6 +27,7 @@ from distily.training import run_dir
 from distily.training.distill import run_distillation
 from distily.training.run_dir import RunDir, output_dir_lock
 from distily.training.trainer import DistillationTrainer
+from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 from file_tree import tree
 from interrupts import ctrl_c_at_training_step
 from tiny import make_documents, write_jsonl
@@ -350,16 +351,16 @@ def test_a_run_pins_the_chat_template_date_and_a_resume_renders_with_the_one_rec
     store = tmp_path / "store"
     store.mkdir()
     (store / "progress.json").write_text(json.dumps({"settings": {"chat_template_date": "2024-07-20"}, "shards": {}}))
-    dated, older = str(tmp_path / "dated" / "checkpoint-4"), str(tmp_path / "older" / "checkpoint-4")
+    dated, older = RunDir(tmp_path / "dated"), RunDir(tmp_path / "older")
     recorded = TeacherSourceArguments(teacher_source="recorded", teacher_store=str(store))
     cases = [(None, None, None, "2024-07-27"), (None, dated, None, "2024-07-26"),
              ("2024-07-25", dated, None, "2024-07-25"), (None, older, None, "2024-07-27"),
              (None, None, recorded, "2024-07-20"), ("2024-07-25", None, recorded, "2024-07-25"),
              (None, older, recorded, "2024-07-20"), (None, None, TeacherSourceArguments(), "2024-07-27")]
-    for given, resume, record, pinned in cases:
+    for given, continued, record, pinned in cases:
         config = SimpleNamespace(data=DataArguments(chat_template_date=given),
                                  record=record or TeacherSourceArguments())
-        run_dir.pin_chat_template_date(config, resume)
+        run_dir.pin_chat_template_date(config, continued)
         assert config.data.chat_template_date == pinned
     assert "chat_template_date" in run_dir.DATA_KEYS
 
@@ -377,3 +378,73 @@ def test_a_folder_no_run_wrote_is_refused_only_for_files_the_run_would_write_ove
     assert run.foreign_files() == ["README.md", "plots", "spiece.model", "tokenizer.json", "vocab.json"]
     run.record_settings({"seed": 1})
     assert run.foreign_files() == []
+
+
+def _auto(values: dict) -> dict:
+    return run_distillation(parse_config(**values, resume_from_checkpoint="auto"))
+
+
+def _state(out: Path) -> dict:
+    """Every path under ``out`` with its mtime and a file's bytes."""
+    return {path: (path.stat().st_mtime_ns, path.is_file() and path.read_bytes()) for path in out.rglob("*")}
+
+
+def test_auto_starts_a_new_run_then_leaves_it_finished_with_exit_0(teacher_dirs, run_values, tmp_path, caplog):
+    """--resume_from_checkpoint auto in a new output_dir starts the run (true is refused there: no checkpoint); run
+    again once the run finished (a requeued job), it prints one line and exits 0, every file as it was."""
+    values = _values(run_values, teacher_dirs)
+    out = Path(values["output_dir"])
+    train = _auto(values)["train"]
+    assert train["global_step"] == 4 and "resumed_from_step" not in train
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**values, "max_steps": 6}))
+    written = _state(out)
+    with caplog.at_level("INFO", logger="distily"):
+        assert main(["distill", str(config), "--resume_from_checkpoint", "auto"]) == 0
+    assert (f"output_dir={str(out)!r} holds a finished run of 4 steps: resume_from_checkpoint=auto leaves it as it is "
+            "(--resume_from_checkpoint true with max_steps above 4 trains it longer)") in caplog.messages
+    assert _state(out) == written
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    auto = parse_config(**{**values, "output_dir": str(empty)}, resume_from_checkpoint="auto")
+    assert run_dir.resolve_resume(auto.training) is None
+
+
+def test_auto_resumes_an_unfinished_run_as_true_does(teacher_dirs, run_values, tmp_path, monkeypatch):
+    """A run stopped at step 3 (checkpoint-2): auto resumes it from checkpoint-2 to the student true's resume gives."""
+    values = _values(run_values, teacher_dirs)
+    out = Path(values["output_dir"])
+    with monkeypatch.context() as patch:
+        ctrl_c_at_training_step(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            run_distillation(parse_config(**values))
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert _auto(values)["train"]["resumed_from_step"] == 2
+    run_distillation(parse_config(**{**values, "output_dir": str(copy)}, resume_from_checkpoint="true"))
+    assert (out / "model.safetensors").read_bytes() == (copy / "model.safetensors").read_bytes()
+
+
+def test_auto_starts_again_a_run_stopped_before_its_first_checkpoint(teacher_dirs, run_values, monkeypatch):
+    """A run that recorded its settings and stopped before its first checkpoint (half-way through writing it): auto
+    starts it again from step 0, on another day with the date it recorded, its half-written checkpoint removed, the
+    user's files kept; with other settings it is refused (a resume's rule) and nothing is touched."""
+    values = _values(run_values, teacher_dirs)
+    out = Path(values["output_dir"])
+    config = parse_config(**values)
+    run_dir.pin_chat_template_date(config, None)  # as a run does before it records its settings
+    RunDir(out).record_settings(run_dir.run_settings(config))
+    staged = out / CHECKPOINT_STAGING_DIR / "checkpoint-3"
+    staged.mkdir(parents=True)
+    (staged / "optimizer.pt").write_bytes(b"half")
+    (out / "notes.txt").write_text("the user's")
+    monkeypatch.setattr(chat, "today", lambda: "2099-01-01")  # requeued the next day
+    before = tree(out)
+    with pytest.raises(DistilyConfigError, match=re.escape(
+            f"resume_from_checkpoint=auto would start again the unfinished run in {str(out)!r} (no checkpoint yet), "
+            "started with learning_rate=0.0001, not 0.5; expected the settings it was started with")):
+        _auto({**values, "learning_rate": 0.5})
+    assert tree(out) == before
+    train = _auto(values)["train"]
+    assert train["global_step"] == 4 and "resumed_from_step" not in train
+    assert not (out / CHECKPOINT_STAGING_DIR).exists() and (out / "notes.txt").read_text() == "the user's"
