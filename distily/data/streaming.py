@@ -7,6 +7,7 @@ that a re-run or a resume reads them there, not from the stream again."""
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
@@ -101,5 +102,7 @@ def streamed_rows(open_stream: Callable[[], datasets.IterableDataset], rows: Row
         with filesystem_errors(cache_dir, STREAMED_CACHE):  # a cache another user owns, read-only or full
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             held.enter_context(FileLock(str(Path(cache_dir) / f".{key}.lock")))
-            scratch = held.enter_context(tempfile.TemporaryDirectory(prefix=".reading-", dir=cache_dir))  # until saved
+            for killed in Path(cache_dir).glob(f".reading-{key}-*"):  # left by a read of these rows SIGKILLed
+                shutil.rmtree(killed, ignore_errors=True)
+            scratch = held.enter_context(tempfile.TemporaryDirectory(prefix=f".reading-{key}-", dir=cache_dir))
         return cached_dataset(cache_dir, key, lambda: _read(open_stream(), rows, where, key, scratch), STREAMED_CACHE)

@@ -100,6 +100,27 @@ def test_processes_asking_for_the_same_rows_at_once_read_the_stream_once(tmp_pat
     assert opened.read_text() == "opened\n"
 
 
+def test_a_read_killed_midway_leaves_no_scratch_once_the_rows_are_read_again(tmp_path, hf_home):
+    """A read SIGKILLed (a scheduler's kill after its grace period) leaves its scratch directory, as large as the rows
+    it had read; reading the same rows again removed none, so each kill left one more."""
+    go, opened = tmp_path / "go", tmp_path / "opened"
+    go.touch()
+    environment = {**os.environ, "HF_HOME": str(hf_home), "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
+                                                                os.environ.get("PYTHONPATH")]))}
+    name = _write(tmp_path, ".jsonl", ROWS)
+    worker = subprocess.Popen([sys.executable, str(Path(__file__).with_name("stream_worker.py")), name, str(go),
+                               str(opened)], env=environment, stdout=subprocess.DEVNULL)
+    while not opened.exists() and worker.poll() is None:  # its stream opening, inside the read
+        time.sleep(0.05)
+    worker.kill()
+    worker.wait()
+    cache = hf_home / "distily" / "streamed"
+    assert len(list(cache.glob(".reading-*"))) == 1
+    rows = load_documents(DataArguments(dataset_name=name, dataset_split="train[5:15]", dataset_streaming=True))
+    assert rows.to_list() == ROWS[5:15] and not list(cache.glob(".reading-*"))
+
+
 @pytest.mark.parametrize("filesystem", ["read-only", "full"])
 def test_a_streamed_rows_cache_that_cannot_be_written_is_one_line(filesystem, tmp_path, hf_home):
     """A read-only cache (a shared HF_HOME) failed on its lock file, a full one as the rows were written: both were
