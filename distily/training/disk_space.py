@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from distily.models.finite import raised_on_every_process
 from distily.outputs import check_free_space, human_size, safetensors_size, saved_size
 from distily.training.arguments import DistillationTrainingArguments
 from distily.training.preflight import optimizer_state_bytes, trained_parameters
@@ -88,7 +89,9 @@ def estimate_disk(trainer, total_steps: int) -> DiskEstimate:
 
 def check_disk(trainer, total_steps: int) -> str:
     """What the run writes at most (``estimate_disk``) against the free space for output_dir, as a line to log;
-    refused (``disk_check``) when it exceeds it, on the processes that write (``should_save``)."""
+    refused (``disk_check``) when it exceeds it, by the processes that write (``should_save``) and, with a line, by
+    the others (none is left waiting for them in the evaluation before training)."""
     estimate = estimate_disk(trainer, total_steps)
-    return check_free_space(trainer.args.output_dir, estimate.total, "run output", REMEDIES,
-                            refuse=trainer.args.disk_check and trainer.args.should_save, detail=estimate.describe())
+    with raised_on_every_process(trainer.process_group_device, "the disk check"):
+        return check_free_space(trainer.args.output_dir, estimate.total, "run output", REMEDIES,
+                                refuse=trainer.args.disk_check and trainer.args.should_save, detail=estimate.describe())

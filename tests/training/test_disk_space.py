@@ -5,12 +5,22 @@ import logging
 from pathlib import Path
 
 import pytest
+import yaml
 
 from distily.config import parse_config
 from distily.errors import DistilyConfigError
 from distily.training import disk_space, trainer_internals
 from distily.training.disk_space import checkpoint_count, output_size
 from distily.training.distill import run_distillation
+from launch_each import launch_each
+
+SMALL_DISK = """
+import sys
+import distily.outputs
+distily.outputs.free_bytes = lambda path: 1 << 20  # the filesystem's free space, faked
+from distily.cli import main
+sys.exit(main(["distill", sys.argv[1]]))
+"""
 
 
 def _values(run_values, teacher_dirs, **overrides):
@@ -56,6 +66,20 @@ def test_a_run_the_disk_cannot_hold_is_refused_before_anything_is_written(run_va
         run_distillation(parse_config(**values, disk_check=False))  # told to try anyway: trained, and logged
     assert (Path(values["output_dir"]) / "metrics.json").is_file()
     assert any(record.getMessage().startswith("run output of ~4.") for record in caplog.records)
+
+
+def test_a_run_the_disk_cannot_hold_is_refused_on_every_process(run_values, teacher_dirs, tmp_path):
+    """On 2 processes the one that writes refused alone, and the other went on into the evaluation before training and
+    failed there in a collective ('Connection closed by peer', a traceback; on one machine torchrun kills it)."""
+    config, script = tmp_path / "distill.yaml", tmp_path / "small_disk.py"
+    config.write_text(yaml.safe_dump(_values(run_values, teacher_dirs)))
+    script.write_text(SMALL_DISK)
+    first, second = launch_each(script, str(config))
+    assert [done.returncode for done in (first, second)] == [2, 2], second.stderr[-3000:]
+    assert first.stderr.splitlines()[-1].startswith("distily distill: error: run output of ~4.")
+    assert second.stderr.splitlines()[-1] == ("distily distill: error: the disk check failed on another process, whose "
+                                              "error names the cause; expected it to succeed on every process")
+    assert "Traceback" not in first.stderr + second.stderr
 
 
 @pytest.mark.parametrize("settings, count", [
