@@ -16,8 +16,8 @@ class StopAtSignal(TrainerCallback):
     """Once ``signals`` has received a stop signal (on any process: the processes agree at each step's end, as each
     may get it at another step), the step ends as the Trainer ends it (logged, evaluated when due) with a checkpoint,
     and training stops with ``RunInterrupted`` as soon as that is written, skipping what ``train()`` does at the end
-    of a finished run; a signal while a checkpoint is written (or the evaluation before it) stops at that checkpoint.
-    Listed before the callbacks that act on a save (``RunTotals`` logs at it)."""
+    of a finished run; a signal while a step is evaluated or checkpointed stops at that step's checkpoint (written
+    after the evaluation). Listed before the callbacks that act on a save (``RunTotals`` logs at it)."""
 
     def __init__(self, signals: StopSignals):
         self.signals = signals
@@ -36,6 +36,10 @@ class StopAtSignal(TrainerCallback):
         if self.stopping is not None:
             control.should_save = True
             control.should_training_stop = True
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.stopping is None:  # a signal during the step's evaluation: its checkpoint now (the last step's too)
+            self.on_step_end(args, state, control)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.stopping is not None:  # the step was not saved (save_strategy=best, not the best): now, as it is

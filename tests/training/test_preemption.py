@@ -92,6 +92,28 @@ def test_a_signal_during_a_checkpoint_write_stops_at_that_checkpoint(teacher_dir
     assert checkpoint_problem(Path(values["output_dir"]) / "checkpoint-4") is None
 
 
+@pytest.mark.parametrize("at_step", [4, 8])
+def test_a_signal_during_an_evaluation_stops_at_that_step_with_its_checkpoint(teacher_dirs, run_values, monkeypatch,
+                                                                             at_step):
+    """SIGTERM in step 4's or the last step's evaluation (eval_steps 4) with save_strategy=no: step 4's ran one more
+    step first; the last step's was never checkpointed (the loop had ended), so the whole run was lost ('nothing to
+    resume, start it again')."""
+    values = run_values(teacher_dirs["llama"], **RUN, eval_strategy="steps", eval_steps=4)
+    evaluate = DistillationTrainer.evaluate
+
+    def signalled(self, *args, **kwargs):
+        if self.state.global_step == at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationTrainer, "evaluate", signalled)
+    with pytest.raises(RunInterrupted, match=f"^stopped on SIGTERM at step {at_step}; the last checkpoint is "
+                                             f".*checkpoint-{at_step}'"):
+        run_distillation(parse_config(**values))
+    assert _checkpoint_steps(values["output_dir"]) == [at_step]
+    assert checkpoint_problem(Path(values["output_dir"]) / f"checkpoint-{at_step}") is None
+
+
 def test_a_stop_signal_before_training_stops_at_once(teacher_dirs, run_values, tmp_path, monkeypatch):
     """SIGUSR1 in the evaluation before training: stopped there, with nothing to resume."""
     values = run_values(teacher_dirs["llama"], **RUN)
