@@ -33,6 +33,7 @@ from distily.training.checkpoints import CheckpointChecksums
 from distily.training.disk_space import check_disk
 from distily.training.guards import check_finite_weights
 from distily.training.on_policy import on_policy_batches
+from distily.training.output_lock import output_dir_lock
 from distily.training.preemption import StopAtSignal
 from distily.training.preflight import (
     check_memory, checkpointed_every_n_layers, estimate_memory, padded_row_length, parameter_shards,
@@ -48,7 +49,6 @@ from distily.training.run_dir import (
     continued_run,
     finished_run_left,
     interrupted,
-    output_dir_lock,
     pin_chat_template_date,
     prepare_output_dir,
     resolve_resume,

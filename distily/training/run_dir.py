@@ -5,7 +5,7 @@
   epochs more ``num_train_epochs``: checked once the data gives the run's steps).
 - Before a run writes anything, the finished marker of what it replaces is deleted first, so no kill can
   leave a directory that says "finished" beside another run's checkpoints.
-- A lock file (pid and host) admits one writer; a lock left by a dead process on this host is taken over.
+- A lock file admits one writer (``distily.training.output_lock``).
 - output_dir is never one of the run's inputs (a model, tokenizer, config or teacher store) nor a folder holding
   one, and a folder that no Distily run wrote is written into only when the run would replace none of its files
   (model weights, config, tokenizer, model card, report), or with ``overwrite_output_dir``.
@@ -31,12 +31,9 @@ import logging
 import os
 import shlex
 import shutil
-import socket
-import time
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from accelerate.utils import broadcast_object_list
 from transformers import PreTrainedModel
@@ -228,89 +225,6 @@ def check_inputs_outside(output_dir: str, settings: dict) -> None:
                 f"output_dir={output_dir!r} {relation} {key}={value!r}; expected an output_dir that neither is nor "
                 "contains an input of the run (the student, checkpoints and logs written there would replace it)"
             )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _holder(lock: Path) -> dict:
-    try:
-        holder = json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _stale(holder: dict) -> bool:
-    """A lock written by a process of this host that is gone."""
-    pid = holder.get("pid")
-    return (
-        isinstance(pid, int) and holder.get("host") == socket.gethostname() and pid != os.getpid() and not _alive(pid)
-    )
-
-
-def _acquire(lock: Path) -> None:
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(5):
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _holder(lock)
-            if not _stale(holder):
-                who = (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}"
-                       if holder else "a run whose lock file is unreadable")
-                raise DistilyConfigError(
-                    f"output_dir={str(lock.parent)!r} is in use by another run ({who}); expected one run per "
-                    f"output_dir at a time: wait for it, use another output_dir, or delete {str(lock)!r} if that run "
-                    "is gone"
-                )
-            aside = lock.with_name(f"{RunDir.LOCK}.stale-{os.getpid()}")
-            try:  # one rename wins when several runs take the stale lock over at once
-                os.rename(lock, aside)
-                aside.unlink()
-                logger.warning(f"took over {lock}: its run (process {holder['pid']}) is gone")
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(handle, "w") as out:
-            json.dump(me, out)
-        return
-    raise DistilyConfigError(f"could not take {str(lock)!r}; expected one run per output_dir at a time")
-
-
-@contextmanager
-def output_dir_lock(output_dir: str, enabled: bool = True) -> Iterator[None]:
-    """Hold ``output_dir``'s lock file while the block runs (created with the directory if need be); at exit,
-    remove it, and the directories made for it when they are still empty. A write into output_dir that fails
-    because of the filesystem is one line naming the path."""
-    if not enabled:
-        yield
-        return
-    check_output_dir_path(output_dir)
-    directory = Path(output_dir)
-    made = [path for path in (directory, *directory.parents) if not path.exists()]
-    lock = RunDir(directory).lock
-    with filesystem_errors(directory, "in output_dir"):
-        directory.mkdir(parents=True, exist_ok=True)
-        _acquire(lock)
-    try:
-        with filesystem_errors(directory, "in output_dir"):
-            yield
-    finally:
-        if _holder(lock).get("pid") == os.getpid():
-            lock.unlink(missing_ok=True)
-        for path in made:  # innermost first
-            try:
-                path.rmdir()
-            except OSError:  # not empty: the run wrote into it
-                break
 
 
 def _newest_intact(value, output_dir: str) -> str:

@@ -25,7 +25,8 @@ from distily.errors import DistilyConfigError
 from distily.recording.arguments import TeacherSourceArguments
 from distily.training import run_dir
 from distily.training.distill import run_distillation
-from distily.training.run_dir import RunDir, output_dir_lock
+from distily.training.output_lock import output_dir_lock
+from distily.training.run_dir import RunDir
 from distily.training.trainer import DistillationTrainer
 from distily.training.trainer_internals import CHECKPOINT_STAGING_DIR
 from file_tree import tree
