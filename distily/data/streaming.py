@@ -63,7 +63,7 @@ def _datasets_progress_bars_off() -> Iterator[None]:
 
 def _read(stream: datasets.IterableDataset, rows: RowRange, where: str, key: str, scratch: str) -> datasets.Dataset:
     """``rows`` of ``stream`` written to an Arrow file under ``scratch`` as they arrive (with a progress bar); none
-    is an error, fewer than asked a warning."""
+    is an error."""
     wanted = rows.stop - rows.start
     progress = tqdm(total=wanted, desc=f"Reading {where} {rows.split}[{rows.start}:{rows.stop}]", unit=" rows")
     ended = []  # whether the stream was read to its end
@@ -85,6 +85,13 @@ def _read(stream: datasets.IterableDataset, rows: RowRange, where: str, key: str
         raise
     finally:
         progress.close()
+    return read
+
+
+def _warn_if_short(read: datasets.Dataset, rows: RowRange, where: str) -> datasets.Dataset:
+    """``read``, with a warning where the split ended before the range did (each time: also when read from the
+    cache)."""
+    wanted = rows.stop - rows.start
     if len(read) < wanted:
         logger.warning(f"{where} split {rows.split!r} ends at row {rows.start + len(read)}: {len(read)} rows read of "
                        f"the {wanted} of {rows.split}[{rows.start}:{rows.stop}]")
@@ -105,4 +112,5 @@ def streamed_rows(open_stream: Callable[[], datasets.IterableDataset], rows: Row
             for killed in Path(cache_dir).glob(f".reading-{key}-*"):  # left by a read of these rows SIGKILLed
                 shutil.rmtree(killed, ignore_errors=True)
             scratch = held.enter_context(tempfile.TemporaryDirectory(prefix=f".reading-{key}-", dir=cache_dir))
-        return cached_dataset(cache_dir, key, lambda: _read(open_stream(), rows, where, key, scratch), STREAMED_CACHE)
+        read = cached_dataset(cache_dir, key, lambda: _read(open_stream(), rows, where, key, scratch), STREAMED_CACHE)
+    return _warn_if_short(read, rows, where)

@@ -3,6 +3,7 @@ one (local JSON-lines, parquet and .txt data; text and chat columns), are kept s
 and a split a stream cannot be read for is refused in one line before any model loads."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -79,6 +80,19 @@ def test_rows_read_once_are_read_again_from_the_cache_not_the_stream(tmp_path, m
     Path(name).write_text("".join(json.dumps(row) + "\n" for row in ROWS[::-1]))  # other bytes: read again
     with pytest.raises(AssertionError, match="opened a stream"):
         load_documents(args)
+
+
+def test_a_range_the_split_ends_in_warns_also_when_read_from_the_cache(tmp_path, monkeypatch, caplog):
+    """A re-run read the shorter rows from the cache without a word: the warning came only with the stream."""
+    args = DataArguments(dataset_name=_write(tmp_path, ".jsonl", ROWS), dataset_split="train[50:70]",
+                         dataset_streaming=True)
+    expected = "split 'train' ends at row 60: 10 rows read of the 20 of train[50:70]"
+    for read in ("stream", "cache"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="distily"):
+            assert len(load_documents(args)) == 10
+        assert [record.getMessage().endswith(expected) for record in caplog.records] == [True], read
+        monkeypatch.setattr(datasets, "load_dataset", _refuse)
 
 
 def test_processes_asking_for_the_same_rows_at_once_read_the_stream_once(tmp_path, hf_home):
