@@ -447,13 +447,26 @@ def _pruned_student(teacher: PreTrainedModel, student: PreTrainedModel, teacher_
     pruned_init(teacher, student, teacher_layers, calibration)
 
 
-def _converted_as_teacher(args: ModelArguments, teacher: PreTrainedModel) -> Optional[BitNetOptions]:
+def _converted_as_teacher(args: ModelArguments, teacher: PreTrainedModel,
+                          copies_layers: bool) -> Optional[BitNetOptions]:
     """The options of a BitNet teacher (a BitNet run) where the student is made ternary as it was (student_as_bitnet,
-    the same bitnet_input_norm and bitnet_subln); None for any other teacher or student."""
-    if not args.student_as_bitnet or not is_bitnet(teacher.config):
+    the same bitnet_input_norm and bitnet_subln); None for any other teacher or student. A student otherwise made
+    that ``copies_layers`` of a run whose ternary layers hold norms (input_norm, SubLN) is refused: it has no place
+    for them."""
+    if not is_bitnet(teacher.config):
         return None
     options = BitNetOptions.from_config(teacher.config)
-    return options if (options.input_norm, options.subln) == (args.bitnet_input_norm, args.bitnet_subln) else None
+    if args.student_as_bitnet and (options.input_norm, options.subln) == (args.bitnet_input_norm, args.bitnet_subln):
+        return options
+    if copies_layers and (options.input_norm or options.subln):
+        raise DistilyConfigError(
+            f"cannot copy the layers of a BitNet teacher trained with bitnet_input_norm={options.input_norm} and "
+            f"bitnet_subln={options.subln} (its layers hold norms) into a student of student_as_bitnet="
+            f"{args.student_as_bitnet}, bitnet_input_norm={args.bitnet_input_norm}, bitnet_subln={args.bitnet_subln}; "
+            f"expected student_as_bitnet=true with the teacher's bitnet_input_norm and bitnet_subln (or "
+            "student_init=random)"
+        )
+    return None
 
 
 def build_student(args: ModelArguments, teacher: PreTrainedModel,
@@ -473,7 +486,7 @@ def build_student(args: ModelArguments, teacher: PreTrainedModel,
         # the teacher's generation defaults travel with its tokenizer: where a turn ends (Phi-3's and Gemma's chat
         # models list their end-of-turn token there, not in the config), and how it samples
         student.generation_config = copy.deepcopy(teacher.generation_config)
-        teacher_options = _converted_as_teacher(args, teacher)
+        teacher_options = _converted_as_teacher(args, teacher, copies_layers=teacher_layers is not None)
         if teacher_options is not None:  # before it copies the teacher's ternary layers, so it takes them whole,
             convert_to_bitnet(student, **asdict(teacher_options))  # their norms (input_norm, SubLN) included
         if teacher_layers is not None:

@@ -371,3 +371,19 @@ def test_a_bitnet_student_copies_a_bitnet_run_with_norms_whole(options, tmp_path
     assert copied.config.distily_bitnet == teacher.config.distily_bitnet
     with torch.no_grad():
         assert torch.equal(copied(random_tokens()).logits, teacher(random_tokens()).logits)
+
+
+@pytest.mark.parametrize("student_options", [{}, {"student_as_bitnet": True}])
+def test_a_student_made_otherwise_than_a_bitnet_run_with_norms_is_refused_naming_the_options(student_options,
+                                                                                           tmp_path):
+    """It was refused with the advice for a reshaped student ('rms_norm.weight is missing in the student ... use
+    student_init=random for a reshaped student'), though its shape is the teacher's: the options differ."""
+    convert_to_bitnet(tiny_model("llama"), input_norm=True).save_pretrained(tmp_path)
+    teacher = load_teacher(str(tmp_path))
+    with pytest.raises(DistilyConfigError, match=r"^cannot copy the layers of a BitNet teacher trained with "
+                                                 r"bitnet_input_norm=True and bitnet_subln=False .*expected "
+                                                 r"student_as_bitnet=true with the teacher's bitnet_input_norm"):
+        build_student(ModelArguments(teacher_model_name_or_path=str(tmp_path), **student_options), teacher)
+    random = build_student(ModelArguments(teacher_model_name_or_path=str(tmp_path), student_init="random",
+                                          **student_options), teacher)
+    assert random.config.num_hidden_layers == teacher.config.num_hidden_layers
