@@ -7,8 +7,6 @@ from typing import Optional
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from distily.errors import DistilyConfigError
-
 EXPERTS = "experts"  # the module holding a layer's routed experts in transformers' mixtures (shared ones are apart)
 # how many routed experts a layer has: Mixtral, gpt-oss, Llama 4; Qwen-MoE, OLMoE, Jamba; DeepSeek; Ernie 4.5
 EXPERT_COUNT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
@@ -56,16 +54,3 @@ def active_parameters(model: PreTrainedModel) -> Optional[int]:
     unrouted = sum(_unrouted_share(module, per_token) for name, module in model.named_modules()
                    if name.rsplit(".", 1)[-1] == EXPERTS)
     return model.num_parameters() - unrouted
-
-
-def check_same_experts(teacher: PretrainedConfig, student: PretrainedConfig, remedy: str) -> None:
-    """A teacher layer copied into a student layer brings all of its routed experts and its router's row for each:
-    a student with other counts of experts is refused in one line, naming the key."""
-    for key in EXPERT_COUNT_KEYS:
-        teacher_count, student_count = getattr(teacher, key, None), getattr(student, key, None)
-        if teacher_count != student_count:
-            raise DistilyConfigError(
-                f"cannot copy teacher layers into a student of {key}={student_count} (the teacher's is "
-                f"{teacher_count}): a copied layer brings every one of its experts and its router's row for each; "
-                f"expected the teacher's {key} ({remedy})"
-            )

@@ -23,7 +23,7 @@ from distily.models.bitnet import (
     load_bitnet_student,
     warn_unless_gguf_packable,
 )
-from distily.models.experts import check_same_experts
+from distily.models.experts import EXPERT_COUNT_KEYS
 from distily.models.hybrid_slots import hybrid_slots, slotted_state
 from distily.models.kv_sharing import check_kv_producers, with_kv_producers
 from distily.models.layer_kinds import DERIVED_LAYER_KEYS, layer_kind_values
@@ -198,7 +198,7 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel, teac
     head and Gemma 3n's and Gemma 4's per-layer token table."""
     teacher_config = teacher.config.get_text_config()
     check_same_heads(teacher_config, student.config.get_text_config(), list(enumerate(teacher_layers)))
-    check_same_experts(teacher_config, student.config.get_text_config(), LAYERS_REMEDY)
+    check_same_experts(teacher_config, student.config.get_text_config())
     teacher_blocks, student_blocks = decoder_layers(teacher), decoder_layers(student)
     slots = hybrid_slots(teacher_config, teacher_layers)
     with torch.no_grad():
@@ -260,22 +260,36 @@ def copy_shared_token_rows(token_rows: list[TokenRows], token_map: VocabularyMap
 LAYERS_REMEDY = "use student_init=random for a reshaped student"
 
 
+def _check_same_keys(teacher_config: PretrainedConfig, student_config: PretrainedConfig, keys: tuple[str, ...],
+                     why: str, what: str, remedy: str) -> None:
+    """Each of ``keys`` has the teacher's value in the student's config, or the copy of ``what`` is refused in one
+    line saying ``why`` it needs it."""
+    for key in keys:
+        teacher_value, student_value = getattr(teacher_config, key, None), getattr(student_config, key, None)
+        if teacher_value != student_value:
+            raise DistilyConfigError(
+                f"cannot copy {what} into a student of {key}={student_value} (the teacher's is {teacher_value}): "
+                f"{why}; expected the teacher's {key} ({remedy})"
+            )
+
+
 def check_same_heads(teacher_config: PretrainedConfig, student_config: PretrainedConfig,
                      layers: list[tuple[int, int]], what: str = "teacher layers", remedy: str = LAYERS_REMEDY) -> None:
     """A copied layer needs the teacher's heads: with fewer, wider ones of the same total width its projections load
     (their shapes match) but split into other heads than they learned. ``layers`` pairs each student layer with the
     teacher layer copied into it (a heterogeneous config's layers differ: Gemma 4's full-attention head_dim)."""
     for student_layer, teacher_layer in layers:
-        teacher_settings = layer_config(teacher_config, teacher_layer)
-        student_settings = layer_config(student_config, student_layer)
-        for key in (HEADS, "num_key_value_heads", "head_dim"):
-            teacher_value, student_value = getattr(teacher_settings, key, None), getattr(student_settings, key, None)
-            if teacher_value != student_value:
-                raise DistilyConfigError(
-                    f"cannot copy {what} into a student of {key}={student_value} (the teacher's is "
-                    f"{teacher_value}): its heads would split the teacher's projections otherwise; expected the "
-                    f"teacher's {key} ({remedy})"
-                )
+        _check_same_keys(layer_config(teacher_config, teacher_layer), layer_config(student_config, student_layer),
+                         (HEADS, "num_key_value_heads", "head_dim"),
+                         "its heads would split the teacher's projections otherwise", what, remedy)
+
+
+def check_same_experts(teacher_config: PretrainedConfig, student_config: PretrainedConfig) -> None:
+    """A teacher layer copied into a student layer brings all of its routed experts and its router's row for each:
+    a student with other counts of experts is refused in one line, naming the key."""
+    _check_same_keys(teacher_config, student_config, EXPERT_COUNT_KEYS,
+                     "a copied layer brings every one of its experts and its router's row for each", "teacher layers",
+                     LAYERS_REMEDY)
 
 
 def _copy_module(source: torch.nn.Module | dict[str, torch.Tensor], target: torch.nn.Module, what: str,
