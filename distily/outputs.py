@@ -10,7 +10,7 @@ import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,12 +145,17 @@ def safetensors_size(tensors: Mapping[str, object]) -> int:
     return data + 8 + sum(len(name) + SAFETENSORS_HEADER_BYTES for name in tensors)
 
 
+def tree_size(path: Path, leaving_out: Collection[Path] = ()) -> int:
+    """Bytes of the files under ``path``, at any depth, but those ``leaving_out`` (0 where there is nothing)."""
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file() and file not in leaving_out)
+
+
 def saved_size(save: Callable[[Path], object]) -> int:
     """Bytes ``save(directory)`` writes (a tokenizer's or config's ``save_pretrained``), measured in a temporary
     directory that is removed after."""
     with tempfile.TemporaryDirectory() as directory:
         save(Path(directory))
-        return sum(path.stat().st_size for path in Path(directory).rglob("*") if path.is_file())
+        return tree_size(Path(directory))
 
 
 @contextmanager

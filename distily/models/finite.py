@@ -35,14 +35,19 @@ def nonfinite_message(what: str, weights: torch.dtype, autocast: Optional[torch.
     return f"{what} hold NaN or +inf (the {role} ran {ran}); expected finite {role} outputs: {fix}"
 
 
-def on_any_process(true_here: bool, process_group_device: Optional[torch.device]) -> bool:
-    """Whether ``true_here`` holds on any process: every process calls this together, its collective on
+def largest_on_any_process(value: int, process_group_device: Optional[torch.device]) -> int:
+    """The largest of the processes' ``value``: every process calls this together, its collective on
     ``process_group_device`` (None: a run on one process)."""
     if process_group_device is None:
-        return true_here
-    processes = torch.tensor([1.0 if true_here else 0.0], device=process_group_device)
-    dist.all_reduce(processes)
-    return processes.item() > 0
+        return value
+    values = torch.tensor([value], device=process_group_device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return int(values.item())
+
+
+def on_any_process(true_here: bool, process_group_device: Optional[torch.device]) -> bool:
+    """Whether ``true_here`` holds on any process (``largest_on_any_process``)."""
+    return largest_on_any_process(int(true_here), process_group_device) > 0
 
 
 @contextmanager

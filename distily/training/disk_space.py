@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distily.models.finite import raised_on_every_process
-from distily.outputs import check_free_space, human_size, safetensors_size, saved_size
+from distily.outputs import check_free_space, human_size, safetensors_size, saved_size, tree_size
 from distily.training.arguments import DistillationTrainingArguments
 from distily.training.preflight import optimizer_state_bytes, trained_parameters
 from distily.training.run_dir import RunDir
@@ -63,8 +63,7 @@ def checkpoint_count(training: DistillationTrainingArguments, total_steps: int) 
 
 def output_size(path: Path) -> int:
     """Bytes of the files under ``path`` but the run's lock file (0 where there is nothing)."""
-    files = [file for file in path.rglob("*") if file.is_file() and file != RunDir(path).lock]
-    return sum(file.stat().st_size for file in files)
+    return tree_size(path, leaving_out={RunDir(path).lock})
 
 
 def estimate_disk(trainer, total_steps: int) -> DiskEstimate:

@@ -4,11 +4,11 @@ student or metrics.json)."""
 
 from typing import Optional
 
-import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
 from distily.errors import RunInterrupted
+from distily.models.finite import largest_on_any_process
 from distily.preemption import StopSignals, stopped_on
 
 
@@ -24,12 +24,7 @@ class StopAtSignal(TrainerCallback):
         self.stopping: Optional[int] = None  # the signal's number, once the processes agreed to stop
 
     def _agreed_signal(self, args) -> Optional[int]:
-        number = self.signals.received or 0
-        if args.world_size > 1:
-            flag = torch.tensor([number], device=args.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            number = int(flag.item())
-        return number or None
+        return largest_on_any_process(self.signals.received or 0, args.device if args.world_size > 1 else None) or None
 
     def on_step_end(self, args, state, control, **kwargs):
         self.stopping = self._agreed_signal(args)
